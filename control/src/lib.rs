@@ -1,0 +1,1 @@
+//! vGPU control plane (placeholder while it is being written).

@@ -1,0 +1,110 @@
+//! The `Transport` trait: an ordered, reliable byte channel between one client thread and its server thread.
+//! Framing, batching and bulk payloads are layered on top of it by `crate::wire`; transports only move bytes.
+
+use std::fmt;
+
+/// Why a transport stopped working. Every variant ends the channel: the caller drops it.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The peer closed the channel or its process went away.
+    #[error("peer closed the connection")]
+    Closed,
+    /// An operating-system error on the underlying socket or mapping.
+    #[error("transport I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer broke the transport's own rules (bad ring indices, wrong setup message).
+    #[error("transport protocol violation: {0}")]
+    Protocol(String),
+}
+
+/// One end of a channel. Implementations: TCP and shared memory in `vgpu-transports` (RDMA later).
+///
+/// `send` writes every part, in order, as one contiguous stretch of the stream, without copying the parts
+/// into an intermediate buffer when the transport can avoid it (TCP uses `writev`). `recv_exact` fills the
+/// whole buffer or fails; bulk payloads are received straight into their destination this way.
+pub trait Transport: Send {
+    /// Sends all parts in order.
+    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError>;
+    /// Receives exactly `buf.len()` bytes.
+    fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError>;
+    /// Short name used in logs and bench tables ("tcp", "shm").
+    fn kind(&self) -> &'static str;
+}
+
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        (**self).send(parts)
+    }
+    fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+        (**self).recv_exact(buf)
+    }
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+}
+
+/// Where a GPU server listens, as written in `VGPU_SERVER`: `tcp://host:port` or `shm://name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A TCP address, `host:port`.
+    Tcp(String),
+    /// A shared-memory rendezvous: the Unix socket at `shm_socket_path(name)`.
+    Shm(String),
+}
+
+impl Endpoint {
+    /// Parses `tcp://host:port` or `shm://name`; a bare `host:port` means TCP.
+    pub fn parse(text: &str) -> Result<Endpoint, String> {
+        let text = text.trim();
+        if let Some(rest) = text.strip_prefix("tcp://") {
+            if rest.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+                return Err(format!("'{text}': a TCP endpoint needs host:port, e.g. tcp://127.0.0.1:7070"));
+            }
+            Ok(Endpoint::Tcp(rest.to_string()))
+        } else if let Some(rest) = text.strip_prefix("shm://") {
+            if rest.is_empty() {
+                return Err(format!("'{text}': a shared-memory endpoint needs a name, e.g. shm://vgpu"));
+            }
+            Ok(Endpoint::Shm(rest.to_string()))
+        } else if text.contains("://") {
+            Err(format!("'{text}': unknown transport; use tcp://host:port or shm://name"))
+        } else {
+            Endpoint::parse(&format!("tcp://{text}"))
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+            Endpoint::Shm(n) => write!(f, "shm://{n}"),
+        }
+    }
+}
+
+/// The Unix socket a shared-memory endpoint named `name` listens on. A name containing `/` is a path.
+pub fn shm_socket_path(name: &str) -> std::path::PathBuf {
+    if name.contains('/') {
+        std::path::PathBuf::from(name)
+    } else {
+        std::env::temp_dir().join(format!("vgpu-{name}.sock"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_endpoints_and_rejects_bad_ones() {
+        assert_eq!(Endpoint::parse("tcp://127.0.0.1:7070"), Ok(Endpoint::Tcp("127.0.0.1:7070".into())));
+        assert_eq!(Endpoint::parse("localhost:9"), Ok(Endpoint::Tcp("localhost:9".into())));
+        assert_eq!(Endpoint::parse("shm://vgpu"), Ok(Endpoint::Shm("vgpu".into())));
+        assert!(Endpoint::parse("tcp://nohost").is_err());
+        assert!(Endpoint::parse("tcp://h:99999").is_err());
+        assert!(Endpoint::parse("shm://").is_err());
+        assert!(Endpoint::parse("rdma://x:1").is_err());
+        assert_eq!(Endpoint::parse("shm://a").map(|e| e.to_string()), Ok("shm://a".to_string()));
+    }
+}
