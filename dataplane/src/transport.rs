@@ -57,17 +57,26 @@ impl Endpoint {
     pub fn parse(text: &str) -> Result<Endpoint, String> {
         let text = text.trim();
         if let Some(rest) = text.strip_prefix("tcp://") {
-            if rest.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
-                return Err(format!("'{text}': a TCP endpoint needs host:port, e.g. tcp://127.0.0.1:7070"));
+            if rest
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return Err(format!(
+                    "'{text}': a TCP endpoint needs host:port, e.g. tcp://127.0.0.1:7070"
+                ));
             }
             Ok(Endpoint::Tcp(rest.to_string()))
         } else if let Some(rest) = text.strip_prefix("shm://") {
             if rest.is_empty() {
-                return Err(format!("'{text}': a shared-memory endpoint needs a name, e.g. shm://vgpu"));
+                return Err(format!(
+                    "'{text}': a shared-memory endpoint needs a name, e.g. shm://vgpu"
+                ));
             }
             Ok(Endpoint::Shm(rest.to_string()))
         } else if text.contains("://") {
-            Err(format!("'{text}': unknown transport; use tcp://host:port or shm://name"))
+            Err(format!(
+                "'{text}': unknown transport; use tcp://host:port or shm://name"
+            ))
         } else {
             Endpoint::parse(&format!("tcp://{text}"))
         }
@@ -98,13 +107,19 @@ mod tests {
 
     #[test]
     fn parses_endpoints_and_rejects_bad_ones() {
-        assert_eq!(Endpoint::parse("tcp://127.0.0.1:7070"), Ok(Endpoint::Tcp("127.0.0.1:7070".into())));
+        assert_eq!(
+            Endpoint::parse("tcp://127.0.0.1:7070"),
+            Ok(Endpoint::Tcp("127.0.0.1:7070".into()))
+        );
         assert_eq!(Endpoint::parse("localhost:9"), Ok(Endpoint::Tcp("localhost:9".into())));
         assert_eq!(Endpoint::parse("shm://vgpu"), Ok(Endpoint::Shm("vgpu".into())));
         assert!(Endpoint::parse("tcp://nohost").is_err());
         assert!(Endpoint::parse("tcp://h:99999").is_err());
         assert!(Endpoint::parse("shm://").is_err());
         assert!(Endpoint::parse("rdma://x:1").is_err());
-        assert_eq!(Endpoint::parse("shm://a").map(|e| e.to_string()), Ok("shm://a".to_string()));
+        assert_eq!(
+            Endpoint::parse("shm://a").map(|e| e.to_string()),
+            Ok("shm://a".to_string())
+        );
     }
 }

@@ -1,0 +1,198 @@
+//! Contexts: primary-context reference counts, creation and destruction (one round trip each), and the
+//! per-thread current-context stack, which lives in the client and is mirrored to the thread's server thread.
+
+use std::ffi::{c_int, c_uint, c_void};
+
+use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::wire::*;
+
+use super::Handle;
+use crate::state::{self, ContextInfo};
+use crate::{client, ffi};
+
+fn check_device(dev: c_int) -> Result<(), u32> {
+    let s = client::session()?;
+    if dev < 0 || dev as usize >= s.devices.len() {
+        return Err(CUDA_ERROR_INVALID_DEVICE);
+    }
+    Ok(())
+}
+
+fn ctx_id(ctx: Handle) -> u64 {
+    ctx as u64
+}
+
+fn known_ctx(ctx: u64) -> Result<ContextInfo, u32> {
+    state::read()
+        .contexts
+        .get(&ctx)
+        .copied()
+        .ok_or(CUDA_ERROR_INVALID_CONTEXT)
+}
+
+/// Makes `ctx` current on this thread and on its server thread.
+fn mirror_current(ctx: u64) -> Result<(), u32> {
+    client::post(0, &CtxSetCurrent { ctx }, &[])
+}
+
+fn create(out: *mut Handle, flags: c_uint, dev: c_int) -> Result<(), u32> {
+    check_device(dev)?;
+    if out.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let ctx = state::new_id();
+    client::call(
+        0,
+        &CtxCreate {
+            ctx,
+            flags,
+            dev: dev as u32,
+        },
+        &[],
+    )?;
+    state::write().contexts.insert(
+        ctx,
+        ContextInfo {
+            device: dev,
+            primary: false,
+        },
+    );
+    state::push_ctx(ctx);
+    ffi::write(out, ctx as Handle)
+}
+
+fn destroy(ctx: Handle) -> Result<(), u32> {
+    let id = ctx_id(ctx);
+    let info = known_ctx(id)?;
+    if info.primary {
+        return Err(CUDA_ERROR_INVALID_CONTEXT);
+    }
+    client::call(0, &CtxDestroy { ctx: id }, &[])?;
+    state::write().contexts.remove(&id);
+    state::forget_ctx(id);
+    Ok(())
+}
+
+fn release_primary(dev: c_int) -> Result<(), u32> {
+    check_device(dev)?;
+    let last = {
+        let mut reg = state::write();
+        let refs = reg.primary_refs.entry(dev).or_insert(0);
+        if *refs == 0 {
+            return Err(CUDA_ERROR_INVALID_CONTEXT);
+        }
+        *refs -= 1;
+        *refs == 0
+    };
+    if last {
+        client::call(
+            0,
+            &PrimaryCtxRelease {
+                dev: dev as u32,
+                _pad: 0,
+            },
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
+fn synchronize() -> Result<(), u32> {
+    super::need_ctx()?;
+    client::call(0, &CtxSynchronize {}, &[]).map(|_| ())
+}
+
+entry! {
+    [cuDevicePrimaryCtxRetain] [] (out: *mut Handle, dev: c_int) |f| {
+        check_device(dev)?;
+        if out.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let ctx = state::primary_ctx_id(dev);
+        let first = state::read().primary_refs.get(&dev).copied().unwrap_or(0) == 0;
+        if first {
+            client::call(0, &PrimaryCtxRetain { ctx, dev: dev as u32, _pad: 0 }, &[])?;
+        }
+        let mut reg = state::write();
+        reg.contexts.insert(ctx, ContextInfo { device: dev, primary: true });
+        *reg.primary_refs.entry(dev).or_insert(0) += 1;
+        ffi::write(out, ctx as Handle)
+    }
+    [cuDevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2] [] (dev: c_int) |f| {
+        release_primary(dev)
+    }
+    [cuDevicePrimaryCtxReset, cuDevicePrimaryCtxReset_v2] [] (dev: c_int) |f| {
+        check_device(dev)?;
+        client::call(0, &PrimaryCtxReset { dev: dev as u32, _pad: 0 }, &[]).map(|_| ())
+    }
+    [cuDevicePrimaryCtxGetState] [] (dev: c_int, flags: *mut c_uint, active: *mut c_int) |f| {
+        check_device(dev)?;
+        let refs = state::read().primary_refs.get(&dev).copied().unwrap_or(0);
+        ffi::write(flags, 0)?;
+        ffi::write(active, (refs > 0) as c_int)
+    }
+    [cuCtxCreate, cuCtxCreate_v2] [] (out: *mut Handle, flags: c_uint, dev: c_int) |f| {
+        create(out, flags, dev)
+    }
+    [cuCtxCreate_v4] [] (out: *mut Handle, params: *mut c_void, flags: c_uint, dev: c_int) |f| {
+        if !params.is_null() {
+            // Execution-affinity and CIG parameters are not remoted yet.
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        create(out, flags, dev)
+    }
+    [cuCtxDestroy, cuCtxDestroy_v2] [] (ctx: Handle) |f| {
+        destroy(ctx)
+    }
+    [cuCtxGetCurrent] [] (out: *mut Handle) |f| {
+        client::session()?;
+        ffi::write(out, state::current_ctx() as Handle)
+    }
+    [cuCtxSetCurrent] [] (ctx: Handle) |f| {
+        let id = ctx_id(ctx);
+        if id != 0 {
+            known_ctx(id)?;
+        } else {
+            client::session()?;
+        }
+        if state::current_ctx() != id {
+            mirror_current(id)?;
+            state::set_current_ctx(id);
+        }
+        Ok(())
+    }
+    [cuCtxPushCurrent, cuCtxPushCurrent_v2] [] (ctx: Handle) |f| {
+        let id = ctx_id(ctx);
+        known_ctx(id)?;
+        mirror_current(id)?;
+        state::push_ctx(id);
+        Ok(())
+    }
+    [cuCtxPopCurrent, cuCtxPopCurrent_v2] [] (out: *mut Handle) |f| {
+        client::session()?;
+        let (popped, now) = state::pop_ctx().ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
+        mirror_current(now)?;
+        if !out.is_null() {
+            ffi::write(out, popped as Handle)?;
+        }
+        Ok(())
+    }
+    [cuCtxGetDevice] [] (dev: *mut c_int) |f| {
+        let ctx = super::need_ctx()?;
+        ffi::write(dev, known_ctx(ctx)?.device)
+    }
+    [cuCtxGetDevice_v2] [] (dev: *mut c_int, ctx: Handle) |f| {
+        let id = if ctx.is_null() { super::need_ctx()? } else { ctx_id(ctx) };
+        ffi::write(dev, known_ctx(id)?.device)
+    }
+    [cuCtxSynchronize] [] () |f| {
+        synchronize()
+    }
+    [cuCtxSynchronize_v2] [] (ctx: Handle) |f| {
+        if !ctx.is_null() && ctx_id(ctx) != state::current_ctx() {
+            // Synchronizing another context than the current one needs a context switch on the server.
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        synchronize()
+    }
+}

@@ -1,0 +1,120 @@
+//! Initialisation, driver version, device queries and error strings, all answered from facts the server sent
+//! once at session start (no round trip).
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_uint, CString};
+use std::sync::LazyLock;
+
+use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::handshake::DeviceFacts;
+
+use crate::{client, ffi};
+
+/// The CUDA API level this shim implements (CUDA 13.0).
+const API_VERSION: i32 = 13000;
+
+fn device(dev: c_int) -> Result<&'static DeviceFacts, u32> {
+    let s = client::session()?;
+    usize::try_from(dev)
+        .ok()
+        .and_then(|d| s.devices.get(d))
+        .ok_or(CUDA_ERROR_INVALID_DEVICE)
+}
+
+static ERROR_TEXT: LazyLock<HashMap<u32, (CString, CString)>> = LazyLock::new(|| {
+    CU_RESULT_NAMES
+        .iter()
+        .filter_map(|&(code, name)| {
+            let text = error_string(code)?;
+            Some((code, (CString::new(name).ok()?, CString::new(text).ok()?)))
+        })
+        .collect()
+});
+
+entry! {
+    [cuInit] [] (flags: c_uint) |f| {
+        if flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        match client::init() {
+            0 => Ok(()),
+            e => Err(e),
+        }
+    }
+    [cuDriverGetVersion] [] (version: *mut c_int) |f| {
+        let v = client::session().map(|s| s.driver_version.min(API_VERSION)).unwrap_or(API_VERSION);
+        ffi::write(version, v)
+    }
+    [cuDeviceGetCount] [] (count: *mut c_int) |f| {
+        ffi::write(count, client::session()?.devices.len() as c_int)
+    }
+    [cuDeviceGet] [] (out: *mut c_int, ordinal: c_int) |f| {
+        device(ordinal)?;
+        ffi::write(out, ordinal)
+    }
+    [cuDeviceGetName] [] (name: *mut c_char, len: c_int, dev: c_int) |f| {
+        let d = device(dev)?;
+        let len = usize::try_from(len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        let out = ffi::bytes_mut(name as *mut u8, len)?;
+        if out.is_empty() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let text = d.name_str().as_bytes();
+        let n = text.len().min(out.len() - 1);
+        out[..n].copy_from_slice(&text[..n]);
+        out[n] = 0;
+        Ok(())
+    }
+    [cuDeviceTotalMem_v2] [] (bytes: *mut usize, dev: c_int) |f| {
+        ffi::write(bytes, device(dev)?.total_mem as usize)
+    }
+    [cuDeviceGetAttribute] [] (value: *mut c_int, attrib: c_int, dev: c_int) |f| {
+        let d = device(dev)?;
+        let v = usize::try_from(attrib).ok().and_then(|a| d.attr(a)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        ffi::write(value, v)
+    }
+    [cuDeviceGetUuid, cuDeviceGetUuid_v2] [] (uuid: *mut [u8; 16], dev: c_int) |f| {
+        ffi::write(uuid, device(dev)?.uuid)
+    }
+    [cuDeviceComputeCapability] [] (major: *mut c_int, minor: *mut c_int, dev: c_int) |f| {
+        let d = device(dev)?;
+        ffi::write(major, d.attr(75).unwrap_or(0))?;
+        ffi::write(minor, d.attr(76).unwrap_or(0))
+    }
+    [cuDeviceGetPCIBusId] [] (out: *mut c_char, len: c_int, dev: c_int) |f| {
+        let d = device(dev)?;
+        let text = format!(
+            "{:08X}:{:02X}:{:02X}.0",
+            d.attr(50).unwrap_or(0),
+            d.attr(33).unwrap_or(0),
+            d.attr(34).unwrap_or(0)
+        );
+        let len = usize::try_from(len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        let buf = ffi::bytes_mut(out as *mut u8, len)?;
+        if buf.is_empty() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let n = text.len().min(buf.len() - 1);
+        buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+        buf[n] = 0;
+        Ok(())
+    }
+    [cuGetErrorName] [] (error: u32, text: *mut *const c_char) |f| {
+        match ERROR_TEXT.get(&error) {
+            Some((name, _)) => ffi::write(text, name.as_ptr()),
+            None => {
+                let _ = ffi::write(text, std::ptr::null());
+                Err(CUDA_ERROR_INVALID_VALUE)
+            }
+        }
+    }
+    [cuGetErrorString] [] (error: u32, text: *mut *const c_char) |f| {
+        match ERROR_TEXT.get(&error) {
+            Some((_, s)) => ffi::write(text, s.as_ptr()),
+            None => {
+                let _ = ffi::write(text, std::ptr::null());
+                Err(CUDA_ERROR_INVALID_VALUE)
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Device memory and copies. Allocation and synchronous copies are one round trip; async copies and memsets
+//! are queued; device-to-host async data is pushed back before the synchronizing call that covers it returns.
+
+use std::ffi::{c_uint, c_void};
+
+use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::wire::*;
+
+use super::{need_ctx, Handle};
+use crate::state;
+use crate::{client, ffi};
+
+fn stream_id(stream: Handle) -> Result<u64, u32> {
+    super::exec::stream_id(stream)
+}
+
+fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> Result<(), u32> {
+    need_ctx()?;
+    let data = ffi::bytes(src as *const u8, n)?;
+    client::call(flags, &MemcpyHtoD { dst, size: n as u64 }, data).map(|_| ())
+}
+
+fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> Result<(), u32> {
+    need_ctx()?;
+    let out = ffi::bytes_mut(dst as *mut u8, n)?;
+    client::with_channel(|ch, _| ch.copy_to_host(flags, &MemcpyDtoH { src, size: n as u64 }, out))
+}
+
+fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, stream: Handle) -> Result<(), u32> {
+    need_ctx()?;
+    let stream = stream_id(stream)?;
+    let data = ffi::bytes(src as *const u8, n)?;
+    client::post(
+        flags,
+        &MemcpyHtoDAsync {
+            dst,
+            size: n as u64,
+            stream,
+        },
+        data,
+    )
+}
+
+fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, stream: Handle) -> Result<(), u32> {
+    need_ctx()?;
+    let stream = stream_id(stream)?;
+    if n == 0 {
+        return Ok(());
+    }
+    if dst.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let pending_id = client::pending_register(dst as usize, n);
+    client::post(
+        flags,
+        &MemcpyDtoHAsync {
+            src,
+            size: n as u64,
+            stream,
+            pending_id,
+        },
+        &[],
+    )
+}
+
+fn memset(flags: u16, dst: u64, pitch: usize, value: u32, elem: u32, width: usize, height: usize) -> Result<(), u32> {
+    need_ctx()?;
+    let call = Memset {
+        dst,
+        pitch: pitch as u64,
+        width: width as u64,
+        height: height as u64,
+        value,
+        elem_size: elem,
+    };
+    client::call(flags, &call, &[]).map(|_| ())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn memset_async(
+    flags: u16,
+    dst: u64,
+    pitch: usize,
+    value: u32,
+    elem: u32,
+    width: usize,
+    height: usize,
+    stream: Handle,
+) -> Result<(), u32> {
+    need_ctx()?;
+    let stream = stream_id(stream)?;
+    let call = MemsetAsync {
+        dst,
+        pitch: pitch as u64,
+        width: width as u64,
+        height: height as u64,
+        stream,
+        value,
+        elem_size: elem,
+    };
+    client::post(flags, &call, &[])
+}
+
+/// Page-aligned host memory for cuMemAllocHost/cuMemHostAlloc. The server stages copies through its own
+/// pinned buffers, so the client's buffer only needs the alignment programs expect.
+fn host_alloc(out: *mut *mut c_void, size: usize) -> Result<(), u32> {
+    need_ctx()?;
+    if out.is_null() || size == 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let ptr = ffi::alloc_host(size)?;
+    state::write().host_allocs.insert(ptr as usize, size);
+    ffi::write(out, ptr as *mut c_void)
+}
+
+entry! {
+    [cuMemAlloc_v2] [] (out: *mut u64, size: usize) |f| {
+        need_ctx()?;
+        if out.is_null() || size == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let r = client::call(0, &MemAlloc { size: size as u64 }, &[])?;
+        ffi::write(out, r.dptr)
+    }
+    [cuMemAllocPitch_v2] [] (out: *mut u64, pitch: *mut usize, width: usize, height: usize, elem: c_uint) |f| {
+        need_ctx()?;
+        if out.is_null() || pitch.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let call = MemAllocPitch { width: width as u64, height: height as u64, elem_size: elem, _pad: 0 };
+        let r = client::call(0, &call, &[])?;
+        ffi::write(out, r.dptr)?;
+        ffi::write(pitch, r.pitch as usize)
+    }
+    [cuMemFree_v2] [] (dptr: u64) |f| {
+        need_ctx()?;
+        client::call(0, &MemFree { dptr }, &[]).map(|_| ())
+    }
+    [cuMemGetInfo_v2] [] (free: *mut usize, total: *mut usize) |f| {
+        need_ctx()?;
+        let r = client::call(0, &MemGetInfo {}, &[])?;
+        ffi::write(free, r.free as usize)?;
+        ffi::write(total, r.total as usize)
+    }
+    [cuMemAllocHost_v2] [] (out: *mut *mut c_void, size: usize) |f| {
+        host_alloc(out, size)
+    }
+    [cuMemHostAlloc] [] (out: *mut *mut c_void, size: usize, flags: c_uint) |f| {
+        // PORTABLE | DEVICEMAP | WRITECOMBINED are the defined flags.
+        if flags & !0x7 != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        host_alloc(out, size)
+    }
+    [cuMemFreeHost] [] (ptr: *mut c_void) |f| {
+        client::session()?;
+        let size = state::write().host_allocs.remove(&(ptr as usize)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        // Removed from the registry above, so it is freed exactly once.
+        ffi::free_host(ptr as *mut u8, size)
+    }
+    [cuMemcpyHtoD_v2] [cuMemcpyHtoD_v2_ptds] (dst: u64, src: *const c_void, n: usize) |f| {
+        htod(f, dst, src, n)
+    }
+    [cuMemcpyDtoH_v2] [cuMemcpyDtoH_v2_ptds] (dst: *mut c_void, src: u64, n: usize) |f| {
+        dtoh(f, dst, src, n)
+    }
+    [cuMemcpyDtoD_v2] [cuMemcpyDtoD_v2_ptds] (dst: u64, src: u64, n: usize) |f| {
+        need_ctx()?;
+        client::call(f, &MemcpyDtoD { dst, src, size: n as u64 }, &[]).map(|_| ())
+    }
+    [cuMemcpyHtoDAsync_v2] [cuMemcpyHtoDAsync_v2_ptsz] (dst: u64, src: *const c_void, n: usize, stream: Handle) |f| {
+        htod_async(f, dst, src, n, stream)
+    }
+    [cuMemcpyDtoHAsync_v2] [cuMemcpyDtoHAsync_v2_ptsz] (dst: *mut c_void, src: u64, n: usize, stream: Handle) |f| {
+        dtoh_async(f, dst, src, n, stream)
+    }
+    [cuMemcpyDtoDAsync_v2] [cuMemcpyDtoDAsync_v2_ptsz] (dst: u64, src: u64, n: usize, stream: Handle) |f| {
+        need_ctx()?;
+        let stream = stream_id(stream)?;
+        client::post(f, &MemcpyDtoDAsync { dst, src, size: n as u64, stream }, &[])
+    }
+    [cuMemsetD8_v2] [cuMemsetD8_v2_ptds] (dst: u64, value: u8, n: usize) |f| {
+        memset(f, dst, n, value as u32, 1, n, 1)
+    }
+    [cuMemsetD16_v2] [cuMemsetD16_v2_ptds] (dst: u64, value: u16, n: usize) |f| {
+        memset(f, dst, n * 2, value as u32, 2, n, 1)
+    }
+    [cuMemsetD32_v2] [cuMemsetD32_v2_ptds] (dst: u64, value: u32, n: usize) |f| {
+        memset(f, dst, n * 4, value, 4, n, 1)
+    }
+    [cuMemsetD2D8_v2] [cuMemsetD2D8_v2_ptds] (dst: u64, pitch: usize, value: u8, w: usize, h: usize) |f| {
+        memset(f, dst, pitch, value as u32, 1, w, h)
+    }
+    [cuMemsetD2D16_v2] [cuMemsetD2D16_v2_ptds] (dst: u64, pitch: usize, value: u16, w: usize, h: usize) |f| {
+        memset(f, dst, pitch, value as u32, 2, w, h)
+    }
+    [cuMemsetD2D32_v2] [cuMemsetD2D32_v2_ptds] (dst: u64, pitch: usize, value: u32, w: usize, h: usize) |f| {
+        memset(f, dst, pitch, value, 4, w, h)
+    }
+    [cuMemsetD8Async] [cuMemsetD8Async_ptsz] (dst: u64, value: u8, n: usize, stream: Handle) |f| {
+        memset_async(f, dst, n, value as u32, 1, n, 1, stream)
+    }
+    [cuMemsetD16Async] [cuMemsetD16Async_ptsz] (dst: u64, value: u16, n: usize, stream: Handle) |f| {
+        memset_async(f, dst, n * 2, value as u32, 2, n, 1, stream)
+    }
+    [cuMemsetD32Async] [cuMemsetD32Async_ptsz] (dst: u64, value: u32, n: usize, stream: Handle) |f| {
+        memset_async(f, dst, n * 4, value, 4, n, 1, stream)
+    }
+    [cuMemsetD2D8Async] [cuMemsetD2D8Async_ptsz] (dst: u64, pitch: usize, value: u8, w: usize, h: usize, stream: Handle) |f| {
+        memset_async(f, dst, pitch, value as u32, 1, w, h, stream)
+    }
+    [cuMemsetD2D16Async] [cuMemsetD2D16Async_ptsz] (dst: u64, pitch: usize, value: u16, w: usize, h: usize, stream: Handle) |f| {
+        memset_async(f, dst, pitch, value as u32, 2, w, h, stream)
+    }
+    [cuMemsetD2D32Async] [cuMemsetD2D32Async_ptsz] (dst: u64, pitch: usize, value: u32, w: usize, h: usize, stream: Handle) |f| {
+        memset_async(f, dst, pitch, value, 4, w, h, stream)
+    }
+}

@@ -1,0 +1,52 @@
+//! The driver entry points vGPU implements, grouped by area. Each is declared with `entry!`, which exports
+//! it under all of its names (legacy, `_v2`, and the `_ptds`/`_ptsz` per-thread-default-stream forms).
+
+use std::ffi::c_void;
+
+pub(crate) type Handle = *mut c_void;
+
+/// Declares an exported entry point. Names in the first list run with flags 0; names in the second with
+/// `FLAG_PER_THREAD` (their NULL stream is the calling thread's per-thread default stream).
+macro_rules! entry {
+    () => {};
+    ([$($name:ident),*] [$($pt:ident),*] $args:tt |$flags:ident| $body:block $($rest:tt)*) => {
+        $( $crate::api::entry_fn!($name, 0, $args, $flags, $body); )*
+        $( $crate::api::entry_fn!($pt, vgpu_dataplane::wire::FLAG_PER_THREAD, $args, $flags, $body); )*
+        $crate::api::entry!($($rest)*);
+    };
+}
+
+macro_rules! entry_fn {
+    ($name:ident, $flag_value:expr, ($($arg:ident : $ty:ty),* $(,)?), $flags:ident, $body:block) => {
+        #[no_mangle]
+        pub extern "C" fn $name($($arg: $ty),*) -> u32 {
+            $crate::log::trace_call!(stringify!($name));
+            #[allow(unused_variables)]
+            let $flags: u16 = $flag_value;
+            $crate::api::code((|| -> Result<(), u32> { $body })())
+        }
+    };
+}
+pub(crate) use entry;
+pub(crate) use entry_fn;
+
+pub(crate) fn code(r: Result<(), u32>) -> u32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => e,
+    }
+}
+
+/// Fails with `CUDA_ERROR_INVALID_CONTEXT` when the calling thread has no current context, as the driver does.
+pub(crate) fn need_ctx() -> Result<u64, u32> {
+    crate::client::session()?;
+    match crate::state::current_ctx() {
+        0 => Err(vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_CONTEXT),
+        c => Ok(c),
+    }
+}
+
+mod context;
+mod device;
+mod exec;
+mod memory;

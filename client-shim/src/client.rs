@@ -1,0 +1,514 @@
+//! The connection to the GPU server: one channel per app thread, asynchronous calls batched per channel and
+//! flushed at synchronous calls (TCP also by a background flusher), replies and pushed copy data read back.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::handshake::*;
+use vgpu_dataplane::wire::*;
+use vgpu_dataplane::{Endpoint, Transport};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::log::{log, ERROR, INFO, WARN};
+
+/// Returned by every call once the server is gone: the app sees a lost device, as with a GPU that fell off the bus.
+pub const LOST: u32 = 46; // CUDA_ERROR_DEVICE_UNAVAILABLE
+
+/// Immutable facts of the session, fixed at `cuInit`.
+pub struct Session {
+    pub endpoint: Endpoint,
+    pub session_id: u64,
+    pub secret: [u8; 16],
+    pub backend: u32,
+    pub driver_version: i32,
+    pub devices: Vec<DeviceFacts>,
+    /// Async calls are batched up to this many bytes before a write (0: write each call at once).
+    batch_limit: usize,
+    /// The first channel; kept for the life of the process, because its closing ends the session.
+    _primary: Arc<Mutex<Channel>>,
+}
+
+static SESSION: OnceLock<Result<Session, u32>> = OnceLock::new();
+
+/// The session, or the error `cuInit` returned (`CUDA_ERROR_NOT_INITIALIZED` before `cuInit`).
+pub fn session() -> Result<&'static Session, u32> {
+    match SESSION.get() {
+        Some(Ok(s)) => Ok(s),
+        Some(Err(e)) => Err(*e),
+        None => Err(CUDA_ERROR_NOT_INITIALIZED),
+    }
+}
+
+/// Connects to the server named by `VGPU_SERVER` (once per process) and returns `cuInit`'s result.
+pub fn init() -> u32 {
+    match SESSION.get_or_init(connect_session) {
+        Ok(_) => CUDA_SUCCESS,
+        Err(e) => *e,
+    }
+}
+
+fn connect_session() -> Result<Session, u32> {
+    let text = std::env::var("VGPU_SERVER").unwrap_or_else(|_| "tcp://127.0.0.1:7070".into());
+    let endpoint = Endpoint::parse(&text).map_err(|why| {
+        log!(ERROR, "VGPU_SERVER: {why}");
+        CUDA_ERROR_NO_DEVICE
+    })?;
+    let credential = std::env::var("VGPU_TICKET")
+        .or_else(|_| std::env::var("VGPU_KEY"))
+        .unwrap_or_default();
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        capabilities: CAPABILITIES,
+        mode: MODE_NEW_SESSION,
+        pid: std::process::id(),
+        ..Default::default()
+    };
+    let (transport, welcome, devices, message) = open_channel(&endpoint, &hello, credential.as_bytes())?;
+    let batch_limit = match transport.kind() {
+        "tcp" => std::env::var("VGPU_BATCH_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64 * 1024),
+        _ => 0,
+    };
+    log!(INFO, "connected to {endpoint} ({message}), {} device(s)", devices.len());
+    let primary = Arc::new(Mutex::new(Channel::new(transport)));
+    if batch_limit > 0 {
+        register_for_flushing(&primary);
+    }
+    CHANNEL.with(|c| *c.borrow_mut() = Some(primary.clone()));
+    Ok(Session {
+        endpoint,
+        session_id: welcome.session_id,
+        secret: welcome.secret,
+        backend: welcome.backend,
+        driver_version: welcome.driver_version,
+        devices,
+        batch_limit,
+        _primary: primary,
+    })
+}
+
+type Opened = (Box<dyn Transport>, Welcome, Vec<DeviceFacts>, String);
+
+fn open_channel(endpoint: &Endpoint, hello: &Hello, credential: &[u8]) -> Result<Opened, u32> {
+    let framed = encode_hello(hello, credential);
+    let mut t = vgpu_transports::connect(endpoint, &framed).map_err(|e| {
+        log!(
+            ERROR,
+            "cannot reach the GPU server at {endpoint}: {e} (is `vgpu server` running? set VGPU_SERVER)"
+        );
+        CUDA_ERROR_NO_DEVICE
+    })?;
+    let mut head = [0u8; std::mem::size_of::<Welcome>()];
+    t.recv_exact(&mut head).map_err(|e| {
+        log!(
+            ERROR,
+            "the GPU server at {endpoint} closed the connection during the handshake: {e}"
+        );
+        CUDA_ERROR_NO_DEVICE
+    })?;
+    let welcome = Welcome::read_from_bytes(&head[..]).map_err(|_| CUDA_ERROR_NO_DEVICE)?;
+    let tail_len = welcome_tail_len(&welcome).map_err(|why| {
+        log!(ERROR, "{endpoint}: {why}");
+        CUDA_ERROR_NO_DEVICE
+    })?;
+    let mut tail = vec![0u8; tail_len];
+    t.recv_exact(&mut tail).map_err(|_| CUDA_ERROR_NO_DEVICE)?;
+    let (devices, message) = decode_welcome_tail(&welcome, &tail).map_err(|_| CUDA_ERROR_NO_DEVICE)?;
+    match welcome.status {
+        STATUS_OK if welcome.version == PROTOCOL_VERSION => Ok((t, welcome, devices, message)),
+        STATUS_OK | STATUS_VERSION_MISMATCH => {
+            log!(ERROR, "GPU server at {endpoint} refused: {message}");
+            Err(CUDA_ERROR_SYSTEM_DRIVER_MISMATCH)
+        }
+        STATUS_UNAUTHORIZED => {
+            log!(ERROR, "GPU server at {endpoint} refused: {message}");
+            Err(CUDA_ERROR_NOT_PERMITTED)
+        }
+        _ => {
+            log!(ERROR, "GPU server at {endpoint} refused: {message}");
+            Err(CUDA_ERROR_NO_DEVICE)
+        }
+    }
+}
+
+thread_local! {
+    static CHANNEL: RefCell<Option<Arc<Mutex<Channel>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on this thread's channel, opening one (attached to the session) on the thread's first call.
+pub fn with_channel<R>(f: impl FnOnce(&mut Channel, &Session) -> Result<R, u32>) -> Result<R, u32> {
+    let s = session()?;
+    let ch = CHANNEL.with(|c| -> Result<Arc<Mutex<Channel>>, u32> {
+        let mut slot = c.borrow_mut();
+        if let Some(ch) = &*slot {
+            return Ok(ch.clone());
+        }
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            capabilities: CAPABILITIES,
+            mode: MODE_ATTACH,
+            pid: std::process::id(),
+            session_id: s.session_id,
+            secret: s.secret,
+            ..Default::default()
+        };
+        let (t, ..) = open_channel(&s.endpoint, &hello, &[]).map_err(|_| LOST)?;
+        let ch = Arc::new(Mutex::new(Channel::new(t)));
+        if s.batch_limit > 0 {
+            register_for_flushing(&ch);
+        }
+        *slot = Some(ch.clone());
+        Ok(ch)
+    })?;
+    let mut guard = lock(&ch);
+    f(&mut guard, s)
+}
+
+fn lock(ch: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
+    ch.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One app thread's link to its server thread.
+pub struct Channel {
+    transport: Box<dyn Transport>,
+    batch: BytesMut,
+    seq: u32,
+    broken: bool,
+}
+
+static LOST_REPORTED: AtomicBool = AtomicBool::new(false);
+
+impl Channel {
+    fn new(transport: Box<dyn Transport>) -> Self {
+        Channel {
+            transport,
+            batch: BytesMut::with_capacity(64 * 1024),
+            seq: 0,
+            broken: false,
+        }
+    }
+
+    fn fail(&mut self, what: &dyn std::fmt::Display) -> u32 {
+        self.broken = true;
+        if !LOST_REPORTED.swap(true, Ordering::Relaxed) {
+            log!(
+                ERROR,
+                "lost the GPU server: {what}; every CUDA call now fails with CUDA_ERROR_DEVICE_UNAVAILABLE"
+            );
+        }
+        LOST
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Writes out everything batched so far.
+    pub fn flush(&mut self) -> Result<(), u32> {
+        if self.broken {
+            return Err(LOST);
+        }
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let r = self.transport.send(&[&self.batch]);
+        self.batch.clear();
+        r.map_err(|e| self.fail(&e))
+    }
+
+    /// Queues an asynchronous call; its error, if any, latches on the server.
+    pub fn post<C: Call>(&mut self, flags: u16, call: &C, tail: &[u8], batch_limit: usize) -> Result<(), u32> {
+        self.post_with(flags, call, tail.len(), |buf| buf.put_slice(tail), batch_limit)
+    }
+
+    /// Queues an asynchronous call whose `tail_len`-byte tail `write_tail` appends in place.
+    pub fn post_with<C: Call>(
+        &mut self,
+        flags: u16,
+        call: &C,
+        tail_len: usize,
+        write_tail: impl FnOnce(&mut BytesMut),
+        batch_limit: usize,
+    ) -> Result<(), u32> {
+        debug_assert!(!C::SYNC);
+        if self.broken {
+            return Err(LOST);
+        }
+        let seq = self.next_seq();
+        let header = request_header::<C>(seq, flags, tail_len);
+        if tail_len >= 256 * 1024 {
+            // Large tails (async host-to-device data) go out directly rather than through the batch.
+            let mut tail = BytesMut::with_capacity(tail_len);
+            write_tail(&mut tail);
+            self.flush()?;
+            return self
+                .transport
+                .send(&[header.as_bytes(), call.as_bytes(), &tail])
+                .map_err(|e| self.fail(&e));
+        }
+        let was_empty = self.batch.is_empty();
+        self.batch.put_slice(header.as_bytes());
+        self.batch.put_slice(call.as_bytes());
+        let before = self.batch.len();
+        write_tail(&mut self.batch);
+        debug_assert_eq!(self.batch.len() - before, tail_len);
+        if self.batch.len() >= batch_limit {
+            self.flush()
+        } else {
+            if was_empty {
+                wake_flusher();
+            }
+            Ok(())
+        }
+    }
+
+    /// Sends a synchronous call (after the batch) and waits for its reply; `reply_tail` receives any bytes
+    /// after the fixed reply body.
+    pub fn call<C: Call>(
+        &mut self,
+        flags: u16,
+        call: &C,
+        tail: &[u8],
+        reply_tail: Option<&mut Vec<u8>>,
+    ) -> Result<C::Reply, u32> {
+        debug_assert!(C::SYNC);
+        let seq = self.send_sync::<C>(flags, call, tail)?;
+        let header = self.await_reply(seq)?;
+        if header.result != CUDA_SUCCESS {
+            self.skip(header.len as usize)?;
+            return Err(header.result);
+        }
+        let body_len = std::mem::size_of::<C::Reply>();
+        if (header.len as usize) < body_len {
+            return Err(self.fail(&"short reply"));
+        }
+        let mut reply = C::Reply::default();
+        self.transport
+            .recv_exact(reply.as_mut_bytes())
+            .map_err(|e| self.fail(&e))?;
+        let extra = header.len as usize - body_len;
+        match reply_tail {
+            Some(buf) => {
+                buf.resize(extra, 0);
+                self.transport.recv_exact(buf).map_err(|e| self.fail(&e))?;
+            }
+            None => self.skip(extra)?,
+        }
+        Ok(reply)
+    }
+
+    /// `cuMemcpyDtoH`: the data lands straight in `dst`, then a final status word follows.
+    pub fn copy_to_host(&mut self, flags: u16, call: &MemcpyDtoH, dst: &mut [u8]) -> Result<(), u32> {
+        let seq = self.send_sync::<MemcpyDtoH>(flags, call, &[])?;
+        let header = self.await_reply(seq)?;
+        if header.result != CUDA_SUCCESS {
+            self.skip(header.len as usize)?;
+            return Err(header.result);
+        }
+        if header.len as usize != dst.len() + 4 {
+            return Err(self.fail(&"device-to-host reply of the wrong length"));
+        }
+        self.transport.recv_exact(dst).map_err(|e| self.fail(&e))?;
+        let mut status = [0u8; 4];
+        self.transport.recv_exact(&mut status).map_err(|e| self.fail(&e))?;
+        match u32::from_le_bytes(status) {
+            CUDA_SUCCESS => Ok(()),
+            e => Err(e),
+        }
+    }
+
+    fn send_sync<C: Call>(&mut self, flags: u16, call: &C, tail: &[u8]) -> Result<u32, u32> {
+        if self.broken {
+            return Err(LOST);
+        }
+        let seq = self.next_seq();
+        let header = request_header::<C>(seq, flags, tail.len());
+        let r = if self.batch.is_empty() {
+            self.transport.send(&[header.as_bytes(), call.as_bytes(), tail])
+        } else {
+            let r = self
+                .transport
+                .send(&[&self.batch, header.as_bytes(), call.as_bytes(), tail]);
+            self.batch.clear();
+            r
+        };
+        r.map_err(|e| self.fail(&e))?;
+        Ok(seq)
+    }
+
+    /// Reads frames until the reply to `seq`, landing pushed async-copy data on the way.
+    fn await_reply(&mut self, seq: u32) -> Result<ReplyHeader, u32> {
+        loop {
+            let mut head = ReplyHeader::default();
+            self.transport
+                .recv_exact(head.as_mut_bytes())
+                .map_err(|e| self.fail(&e))?;
+            match head.kind {
+                REPLY_KIND_RESULT if head.seq == seq => return Ok(head),
+                REPLY_KIND_RESULT => return Err(self.fail(&format!("reply {} where {seq} was due", head.seq))),
+                REPLY_KIND_PUSH => self.land_push(head.len as usize)?,
+                other => return Err(self.fail(&format!("unknown frame kind {other}"))),
+            }
+        }
+    }
+
+    fn land_push(&mut self, len: usize) -> Result<(), u32> {
+        let mut push = PushHeader::default();
+        if len < std::mem::size_of::<PushHeader>() {
+            return Err(self.fail(&"short push frame"));
+        }
+        self.transport
+            .recv_exact(push.as_mut_bytes())
+            .map_err(|e| self.fail(&e))?;
+        let data_len = len - std::mem::size_of::<PushHeader>();
+        let target = pending_take(push.pending_id);
+        match target {
+            Some((ptr, want)) if want == data_len && push.len as usize == data_len => {
+                let dst = crate::ffi::fill(ptr, data_len);
+                self.transport.recv_exact(dst).map_err(|e| self.fail(&e))
+            }
+            _ => {
+                log!(
+                    WARN,
+                    "server pushed {data_len} bytes for unknown copy {}",
+                    push.pending_id
+                );
+                self.skip(data_len)
+            }
+        }
+    }
+
+    fn skip(&mut self, mut len: usize) -> Result<(), u32> {
+        let mut scratch = [0u8; 4096];
+        while len > 0 {
+            let n = len.min(scratch.len());
+            self.transport
+                .recv_exact(&mut scratch[..n])
+                .map_err(|e| self.fail(&e))?;
+            len -= n;
+        }
+        Ok(())
+    }
+}
+
+/// Sends a synchronous call on this thread's channel.
+pub fn call<C: Call>(flags: u16, c: &C, tail: &[u8]) -> Result<C::Reply, u32> {
+    with_channel(|ch, _| ch.call(flags, c, tail, None))
+}
+
+/// Sends a synchronous call whose reply carries a tail.
+pub fn call_with_tail<C: Call>(flags: u16, c: &C, tail: &[u8], reply_tail: &mut Vec<u8>) -> Result<C::Reply, u32> {
+    with_channel(|ch, _| ch.call(flags, c, tail, Some(reply_tail)))
+}
+
+/// Queues an asynchronous call on this thread's channel.
+pub fn post<C: Call>(flags: u16, c: &C, tail: &[u8]) -> Result<(), u32> {
+    with_channel(|ch, s| ch.post(flags, c, tail, s.batch_limit))
+}
+
+/// Queues an asynchronous call with a tail written in place.
+pub fn post_with<C: Call>(
+    flags: u16,
+    c: &C,
+    tail_len: usize,
+    write_tail: impl FnOnce(&mut BytesMut),
+) -> Result<(), u32> {
+    with_channel(|ch, s| ch.post_with(flags, c, tail_len, write_tail, s.batch_limit))
+}
+
+// Device-to-host async copies waiting for their data: id → (destination address, length).
+static PENDING: OnceLock<Mutex<HashMap<u64, (usize, usize)>>> = OnceLock::new();
+static NEXT_PENDING: AtomicU64 = AtomicU64::new(1);
+
+fn pending() -> MutexGuard<'static, HashMap<u64, (usize, usize)>> {
+    PENDING
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Records where an async device-to-host copy's bytes must land; returns the id the server echoes.
+pub fn pending_register(dst: usize, len: usize) -> u64 {
+    let id = NEXT_PENDING.fetch_add(1, Ordering::Relaxed);
+    pending().insert(id, (dst, len));
+    id
+}
+
+fn pending_take(id: u64) -> Option<(usize, usize)> {
+    pending().remove(&id)
+}
+
+// The TCP flusher: a batch must not sit unsent while the app computes, or the GPU would idle. A channel
+// that becomes non-empty wakes this thread, which writes out batches still pending after a short delay.
+static FLUSH_LIST: Mutex<Vec<Weak<Mutex<Channel>>>> = Mutex::new(Vec::new());
+static FLUSH_SIGNAL: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+static FLUSHER_STARTED: AtomicBool = AtomicBool::new(false);
+
+fn register_for_flushing(ch: &Arc<Mutex<Channel>>) {
+    FLUSH_LIST
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Arc::downgrade(ch));
+    if !FLUSHER_STARTED.swap(true, Ordering::Relaxed) {
+        let _ = std::thread::Builder::new().name("vgpu-flusher".into()).spawn(flusher);
+    }
+}
+
+fn wake_flusher() {
+    if !FLUSHER_STARTED.load(Ordering::Relaxed) {
+        return;
+    }
+    let (flag, cv) = &FLUSH_SIGNAL;
+    *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    cv.notify_one();
+}
+
+fn flusher() {
+    let delay = Duration::from_micros(
+        std::env::var("VGPU_FLUSH_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50),
+    );
+    let (flag, cv) = &FLUSH_SIGNAL;
+    loop {
+        {
+            let mut pending = flag.lock().unwrap_or_else(|p| p.into_inner());
+            while !*pending {
+                pending = cv.wait(pending).unwrap_or_else(|p| p.into_inner());
+            }
+            *pending = false;
+        }
+        loop {
+            std::thread::sleep(delay);
+            let list: Vec<_> = {
+                let mut l = FLUSH_LIST.lock().unwrap_or_else(|p| p.into_inner());
+                l.retain(|w| w.strong_count() > 0);
+                l.iter().filter_map(Weak::upgrade).collect()
+            };
+            let mut again = false;
+            for ch in list {
+                match ch.try_lock() {
+                    Ok(mut c) => {
+                        let _ = c.flush();
+                    }
+                    // Its thread is in a call, which flushes; look again shortly in case it only appended.
+                    Err(_) => again = true,
+                }
+            }
+            if !again {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Client-side object registries: the ids the shim hands out as CUDA handles, what each one is, and the
+//! per-thread context stack. Lets most queries and handle checks be answered without a round trip.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use vgpu_dataplane::wire::FunctionInfo;
+
+/// Ids start well above 2 (stream ids 0, 1, 2 are the driver's special streams) and are 16-byte aligned so
+/// they look like the pointers real handles are.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0x10_0000);
+
+pub fn new_id() -> u64 {
+    NEXT_ID.fetch_add(0x10, Ordering::Relaxed)
+}
+
+/// Primary contexts have fixed ids, one per device.
+pub fn primary_ctx_id(dev: i32) -> u64 {
+    0x1000 + 0x10 * dev as u64
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ContextInfo {
+    pub device: i32,
+    pub primary: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModuleInfo {
+    pub is_library: bool,
+    pub functions: HashMap<String, Arc<FunctionInfo>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FunctionEntry {
+    pub info: Arc<FunctionInfo>,
+    /// A `CUkernel` (library kernel) rather than a `CUfunction`.
+    pub is_kernel: bool,
+    pub module: u64,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    pub contexts: HashMap<u64, ContextInfo>,
+    pub primary_refs: HashMap<i32, u32>,
+    pub streams: HashMap<u64, (u32, i32)>,
+    pub events: HashMap<u64, u32>,
+    pub modules: HashMap<u64, ModuleInfo>,
+    pub functions: HashMap<u64, FunctionEntry>,
+    /// Host allocations made by cuMemAllocHost/cuMemHostAlloc: address → length.
+    pub host_allocs: HashMap<usize, usize>,
+}
+
+static REGISTRY: RwLock<Option<Registry>> = RwLock::new(None);
+
+pub struct ReadGuard(RwLockReadGuard<'static, Option<Registry>>);
+pub struct WriteGuard(RwLockWriteGuard<'static, Option<Registry>>);
+
+impl std::ops::Deref for ReadGuard {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
+        match &*self.0 {
+            Some(r) => r,
+            None => unreachable!("registry initialised before any read guard is handed out"),
+        }
+    }
+}
+impl std::ops::Deref for WriteGuard {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
+        match &*self.0 {
+            Some(r) => r,
+            None => unreachable!("registry initialised before any write guard is handed out"),
+        }
+    }
+}
+impl std::ops::DerefMut for WriteGuard {
+    fn deref_mut(&mut self) -> &mut Registry {
+        self.0.get_or_insert_with(Registry::default)
+    }
+}
+
+pub fn read() -> ReadGuard {
+    {
+        let g = REGISTRY.read().unwrap_or_else(|p| p.into_inner());
+        if g.is_some() {
+            return ReadGuard(g);
+        }
+    }
+    drop(write());
+    ReadGuard(REGISTRY.read().unwrap_or_else(|p| p.into_inner()))
+}
+
+pub fn write() -> WriteGuard {
+    let mut g = REGISTRY.write().unwrap_or_else(|p| p.into_inner());
+    g.get_or_insert_with(Registry::default);
+    WriteGuard(g)
+}
+
+thread_local! {
+    static CTX_STACK: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The calling thread's current context (0 = none).
+pub fn current_ctx() -> u64 {
+    CTX_STACK.with(|s| s.borrow().last().copied().unwrap_or(0))
+}
+
+pub fn set_current_ctx(ctx: u64) {
+    CTX_STACK.with(|s| {
+        let mut s = s.borrow_mut();
+        match (s.last_mut(), ctx) {
+            (Some(top), _) => *top = ctx,
+            (None, 0) => {}
+            (None, c) => s.push(c),
+        }
+    })
+}
+
+pub fn push_ctx(ctx: u64) {
+    CTX_STACK.with(|s| s.borrow_mut().push(ctx))
+}
+
+/// Pops the current context; returns it and the new current one.
+pub fn pop_ctx() -> Option<(u64, u64)> {
+    CTX_STACK.with(|s| {
+        let mut s = s.borrow_mut();
+        let top = s.pop()?;
+        Some((top, s.last().copied().unwrap_or(0)))
+    })
+}
+
+/// Removes a destroyed context from the calling thread's stack.
+pub fn forget_ctx(ctx: u64) {
+    CTX_STACK.with(|s| s.borrow_mut().retain(|&c| c != ctx))
+}

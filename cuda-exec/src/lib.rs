@@ -1,0 +1,12 @@
+//! vGPU's GPU server: accepts sessions on every transport, runs one worker process per session, and executes
+//! remoted driver calls on NVIDIA's real driver (loaded at run time) or on the emulated backend.
+
+pub mod backend;
+pub mod emulated;
+pub mod ptx;
+pub mod real;
+pub mod server;
+pub mod session;
+mod sys;
+
+pub use server::{open_backend, run_server, run_worker_from_env, BackendChoice, ServerConfig};

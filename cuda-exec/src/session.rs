@@ -1,0 +1,956 @@
+//! One session's executor: the objects a client created (by its ids), and the loop that serves one client
+//! thread's channel. Every handle, length and address from the wire is checked here before the backend sees it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::BytesMut;
+use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::image::MAX_IMAGE;
+use vgpu_dataplane::wire::*;
+use vgpu_dataplane::{Transport, TransportError};
+use zerocopy::IntoBytes;
+
+use crate::backend::{Backend, HostBuffer, LoadedFunction, STREAM_PER_THREAD};
+
+/// Staging chunk for pipelined copies: big enough to amortise a stream sync, small enough to overlap.
+const CHUNK: usize = 8 << 20;
+/// Largest kernel argument buffer (CUDA 12.1+ allows 32764 bytes of parameters).
+const MAX_ARGS: usize = 32 * 1024;
+const MAX_NAME: usize = 4096;
+/// Pinned buffers kept for reuse per channel.
+const POOL_KEEP: usize = 8;
+
+/// Why a channel stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelEnd {
+    #[error("client closed the channel")]
+    Closed,
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("transport failed: {0}")]
+    Transport(TransportError),
+}
+
+impl From<TransportError> for ChannelEnd {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Closed => ChannelEnd::Closed,
+            other => ChannelEnd::Transport(other),
+        }
+    }
+}
+
+impl From<WireError> for ChannelEnd {
+    fn from(e: WireError) -> Self {
+        ChannelEnd::Malformed(e.to_string())
+    }
+}
+
+struct Module {
+    real: u64,
+    is_library: bool,
+    functions: HashMap<String, LoadedFunction>,
+}
+
+#[derive(Clone)]
+struct Function {
+    real: u64,
+    params: Arc<[(u32, u32)]>,
+    args_size: usize,
+}
+
+#[derive(Default)]
+struct Objects {
+    contexts: HashMap<u64, u64>,
+    streams: HashMap<u64, u64>,
+    events: HashMap<u64, u64>,
+    modules: HashMap<u64, Module>,
+    functions: HashMap<u64, Function>,
+    /// base → length of every device range the client may name: allocations and module globals.
+    ranges: BTreeMap<u64, u64>,
+    /// Subset of `ranges` that `cuMemFree` may release.
+    allocations: HashMap<u64, u64>,
+    allocated_bytes: u64,
+}
+
+/// Limits a session runs under (from its ticket, or none in standalone mode).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+}
+
+/// Everything one client process owns on this server.
+pub struct Session {
+    backend: Arc<dyn Backend>,
+    objects: Mutex<Objects>,
+    limits: Limits,
+}
+
+impl Session {
+    pub fn new(backend: Arc<dyn Backend>, limits: Limits) -> Arc<Session> {
+        Arc::new(Session {
+            backend,
+            objects: Mutex::new(Objects::default()),
+            limits,
+        })
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    fn objects(&self) -> MutexGuard<'_, Objects> {
+        self.objects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves one client thread's channel until the client closes it or breaks the protocol.
+    pub fn serve_channel(self: &Arc<Session>, transport: &mut dyn Transport) -> Result<(), ChannelEnd> {
+        let mut ch = Channel {
+            session: Some(self.clone()),
+            ..Default::default()
+        };
+        let result = ch.run(transport);
+        ch.release();
+        result
+    }
+}
+
+/// A device-to-host async copy whose bytes wait in a pinned buffer until a synchronizing reply carries them.
+struct PendingCopy {
+    id: u64,
+    buf: HostBuffer,
+    len: usize,
+    event: u64,
+}
+
+/// Host memory an async host-to-device copy still reads from, until `event` completes.
+struct InFlight {
+    buf: HostBuffer,
+    event: u64,
+}
+
+#[derive(Default)]
+struct Channel {
+    session: Option<Arc<Session>>,
+    latched: u32,
+    staging: Vec<HostBuffer>,
+    pool: Vec<HostBuffer>,
+    pending: Vec<PendingCopy>,
+    in_flight: Vec<InFlight>,
+    body: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl Channel {
+    fn s(&self) -> &Session {
+        match &self.session {
+            Some(s) => s,
+            None => unreachable!("a channel always has its session"),
+        }
+    }
+    fn b(&self) -> &dyn Backend {
+        &*self.s().backend
+    }
+
+    fn run(&mut self, t: &mut dyn Transport) -> Result<(), ChannelEnd> {
+        let mut hdr = [0u8; std::mem::size_of::<RequestHeader>()];
+        loop {
+            t.recv_exact(&mut hdr)?;
+            let header = zerocopy::FromBytes::read_from_bytes(&hdr[..])
+                .map_err(|_| ChannelEnd::Malformed("short header".into()))?;
+            let op = check_request_header(&header)?;
+            self.body.resize(header.body_len as usize, 0);
+            t.recv_exact(&mut self.body)?;
+            self.dispatch(t, op, &header)?;
+        }
+    }
+
+    /// Reads a tail of exactly `want` bytes (refusing other lengths) into `self.tail`.
+    fn read_tail(&mut self, t: &mut dyn Transport, header: &RequestHeader, max: usize) -> Result<(), ChannelEnd> {
+        let len = header.tail_len();
+        if len > max {
+            return Err(WireError::TailTooLong {
+                op: Op::from_u16(header.op)?,
+                got: len,
+                max,
+            }
+            .into());
+        }
+        self.tail.resize(len, 0);
+        t.recv_exact(&mut self.tail)?;
+        Ok(())
+    }
+
+    fn no_tail(header: &RequestHeader) -> Result<(), ChannelEnd> {
+        if header.tail_len() != 0 {
+            return Err(ChannelEnd::Malformed(format!("unexpected tail on op {}", header.op)));
+        }
+        Ok(())
+    }
+
+    fn name_from_tail(&self) -> Result<CString, ChannelEnd> {
+        CString::new(self.tail.clone()).map_err(|_| ChannelEnd::Malformed("name contains NUL".into()))
+    }
+
+    fn dispatch(&mut self, t: &mut dyn Transport, op: Op, h: &RequestHeader) -> Result<(), ChannelEnd> {
+        let per_thread = h.flags & FLAG_PER_THREAD != 0;
+        macro_rules! body {
+            ($ty:ty) => {
+                decode_body::<$ty>(&self.body)?
+            };
+        }
+        // Calls with fixed bodies and no tail share one shape: decode, run, reply or latch.
+        macro_rules! simple {
+            ($ty:ty, |$c:ident| $run:expr) => {{
+                Self::no_tail(h)?;
+                let $c = body!($ty);
+                let r: Result<<$ty as Call>::Reply, u32> = $run;
+                self.finish::<$ty>(t, h.seq, r, &[])
+            }};
+        }
+        match op {
+            Op::PrimaryCtxRetain => simple!(PrimaryCtxRetain, |c| {
+                self.b().primary_ctx_retain(c.dev as i32).map(|real| {
+                    self.s().objects().contexts.insert(c.ctx, real);
+                    Empty {}
+                })
+            }),
+            Op::PrimaryCtxRelease => simple!(PrimaryCtxRelease, |c| self
+                .b()
+                .primary_ctx_release(c.dev as i32)
+                .map(|_| Empty {})),
+            Op::PrimaryCtxReset => simple!(PrimaryCtxReset, |c| self
+                .b()
+                .primary_ctx_reset(c.dev as i32)
+                .map(|_| Empty {})),
+            Op::CtxCreate => simple!(CtxCreate, |c| {
+                self.b().ctx_create(c.flags, c.dev as i32).map(|real| {
+                    self.s().objects().contexts.insert(c.ctx, real);
+                    Empty {}
+                })
+            }),
+            Op::CtxDestroy => simple!(CtxDestroy, |c| {
+                let real = self.s().objects().contexts.remove(&c.ctx);
+                match real {
+                    Some(real) => self.b().ctx_destroy(real).map(|_| Empty {}),
+                    None => Err(CUDA_ERROR_INVALID_CONTEXT),
+                }
+            }),
+            Op::CtxSetCurrent => simple!(CtxSetCurrent, |c| {
+                let real = if c.ctx == 0 {
+                    Some(0)
+                } else {
+                    self.s().objects().contexts.get(&c.ctx).copied()
+                };
+                match real {
+                    Some(real) => self.b().ctx_set_current(real).map(|_| Empty {}),
+                    None => Err(CUDA_ERROR_INVALID_CONTEXT),
+                }
+            }),
+            Op::CtxSynchronize => simple!(CtxSynchronize, |_c| self.b().ctx_synchronize().map(|_| Empty {})),
+            Op::MemAlloc => simple!(MemAlloc, |c| self.mem_alloc(c.size).map(|dptr| MemAllocReply { dptr })),
+            Op::MemAllocPitch => simple!(MemAllocPitch, |c| self.mem_alloc_pitch(c)),
+            Op::MemFree => simple!(MemFree, |c| self.mem_free(c.dptr).map(|_| Empty {})),
+            Op::MemGetInfo => simple!(MemGetInfo, |_c| self.mem_get_info()),
+            Op::MemcpyHtoD => {
+                let c = body!(MemcpyHtoD);
+                let r = self.htod_sync(t, h, c, per_thread)?;
+                self.finish::<MemcpyHtoD>(t, h.seq, r.map(|_| Empty {}), &[])
+            }
+            Op::MemcpyHtoDAsync => {
+                let c = body!(MemcpyHtoDAsync);
+                let r = self.htod_async(t, h, c, per_thread)?;
+                self.finish::<MemcpyHtoDAsync>(t, h.seq, r.map(|_| Empty {}), &[])
+            }
+            Op::MemcpyDtoH => {
+                Self::no_tail(h)?;
+                let c = body!(MemcpyDtoH);
+                self.dtoh_sync(t, h.seq, c, per_thread)
+            }
+            Op::MemcpyDtoHAsync => simple!(MemcpyDtoHAsync, |c| self.dtoh_async(c, per_thread).map(|_| Empty {})),
+            Op::MemcpyDtoD => simple!(MemcpyDtoD, |c| {
+                let stream = if per_thread { STREAM_PER_THREAD } else { 0 };
+                self.check_range(c.src, c.size)
+                    .and_then(|_| self.check_range(c.dst, c.size))
+                    .and_then(|_| self.b().memcpy_dtod_async(c.dst, c.src, c.size, stream))
+                    .and_then(|_| self.b().stream_synchronize(stream))
+                    .map(|_| Empty {})
+            }),
+            Op::MemcpyDtoDAsync => simple!(MemcpyDtoDAsync, |c| {
+                self.stream(c.stream, per_thread).and_then(|s| {
+                    self.check_range(c.src, c.size)?;
+                    self.check_range(c.dst, c.size)?;
+                    self.b().memcpy_dtod_async(c.dst, c.src, c.size, s).map(|_| Empty {})
+                })
+            }),
+            Op::Memset => simple!(Memset, |c| {
+                let stream = if per_thread { STREAM_PER_THREAD } else { 0 };
+                self.memset(c.dst, c.pitch, c.value, c.elem_size, c.width, c.height, stream)
+                    .and_then(|_| self.b().stream_synchronize(stream))
+                    .map(|_| Empty {})
+            }),
+            Op::MemsetAsync => simple!(MemsetAsync, |c| {
+                self.stream(c.stream, per_thread)
+                    .and_then(|s| self.memset(c.dst, c.pitch, c.value, c.elem_size, c.width, c.height, s))
+                    .map(|_| Empty {})
+            }),
+            Op::StreamCreate => simple!(StreamCreate, |c| {
+                self.b().stream_create(c.flags, c.priority).map(|real| {
+                    self.s().objects().streams.insert(c.stream, real);
+                    Empty {}
+                })
+            }),
+            Op::StreamDestroy => simple!(StreamDestroy, |c| {
+                let real = self
+                    .s()
+                    .objects()
+                    .streams
+                    .remove(&c.stream)
+                    .ok_or(CUDA_ERROR_INVALID_HANDLE);
+                real.and_then(|r| self.b().stream_destroy(r)).map(|_| Empty {})
+            }),
+            Op::StreamSynchronize => simple!(StreamSynchronize, |c| {
+                self.stream(c.stream, per_thread)
+                    .and_then(|s| self.b().stream_synchronize(s))
+                    .map(|_| Empty {})
+            }),
+            Op::StreamQuery => simple!(StreamQuery, |c| {
+                self.stream(c.stream, per_thread)
+                    .and_then(|s| self.b().stream_query(s))
+                    .map(|_| Empty {})
+            }),
+            Op::StreamWaitEvent => simple!(StreamWaitEvent, |c| {
+                let e = self.event(c.event);
+                self.stream(c.stream, per_thread)
+                    .and_then(|s| self.b().stream_wait_event(s, e?, c.flags))
+                    .map(|_| Empty {})
+            }),
+            Op::EventCreate => simple!(EventCreate, |c| {
+                self.b().event_create(c.flags).map(|real| {
+                    self.s().objects().events.insert(c.event, real);
+                    Empty {}
+                })
+            }),
+            Op::EventRecord => simple!(EventRecord, |c| {
+                let e = self.event(c.event);
+                self.stream(c.stream, per_thread)
+                    .and_then(|s| self.b().event_record(e?, s))
+                    .map(|_| Empty {})
+            }),
+            Op::EventSynchronize => {
+                simple!(EventSynchronize, |c| self
+                    .event(c.event)
+                    .and_then(|e| self.b().event_synchronize(e))
+                    .map(|_| Empty {}))
+            }
+            Op::EventQuery => simple!(EventQuery, |c| self
+                .event(c.event)
+                .and_then(|e| self.b().event_query(e))
+                .map(|_| Empty {})),
+            Op::EventElapsedTime => simple!(EventElapsedTime, |c| {
+                let (a, b) = (self.event(c.start), self.event(c.end));
+                a.and_then(|a| self.b().event_elapsed(a, b?))
+                    .map(|ms| EventElapsedReply { ms, _pad: 0 })
+            }),
+            Op::EventDestroy => simple!(EventDestroy, |c| {
+                let real = self
+                    .s()
+                    .objects()
+                    .events
+                    .remove(&c.event)
+                    .ok_or(CUDA_ERROR_INVALID_HANDLE);
+                real.and_then(|r| self.b().event_destroy(r)).map(|_| Empty {})
+            }),
+            Op::ModuleLoad | Op::LibraryLoad => {
+                let is_library = op == Op::LibraryLoad;
+                let id = if is_library {
+                    body!(LibraryLoad).library
+                } else {
+                    body!(ModuleLoad).module
+                };
+                self.read_tail(t, h, MAX_IMAGE as usize)?;
+                let loaded = if is_library {
+                    self.b().library_load(&self.tail)
+                } else {
+                    self.b().module_load(&self.tail)
+                };
+                let mut table = BytesMut::new();
+                let r = loaded.map(|(real, functions)| {
+                    let infos: Vec<FunctionInfo> = functions.iter().map(|f| f.info.clone()).collect();
+                    encode_function_table(&mut table, &infos);
+                    let functions = functions.into_iter().map(|f| (f.info.name.clone(), f)).collect();
+                    self.s().objects().modules.insert(
+                        id,
+                        Module {
+                            real,
+                            is_library,
+                            functions,
+                        },
+                    );
+                    Empty {}
+                });
+                self.finish::<ModuleLoad>(t, h.seq, r, &table)
+            }
+            Op::ModuleUnload | Op::LibraryUnload => {
+                Self::no_tail(h)?;
+                let id = if op == Op::LibraryUnload {
+                    body!(LibraryUnload).library
+                } else {
+                    body!(ModuleUnload).module
+                };
+                let module = self.s().objects().modules.remove(&id);
+                let r = match module {
+                    Some(m) if m.is_library == (op == Op::LibraryUnload) => {
+                        let mut objs = self.s().objects();
+                        let reals: Vec<u64> = m.functions.values().map(|f| f.handle).collect();
+                        objs.functions.retain(|_, f| !reals.contains(&f.real));
+                        drop(objs);
+                        if m.is_library {
+                            self.b().library_unload(m.real)
+                        } else {
+                            self.b().module_unload(m.real)
+                        }
+                    }
+                    Some(m) => {
+                        self.s().objects().modules.insert(id, m);
+                        Err(CUDA_ERROR_INVALID_HANDLE)
+                    }
+                    None => Err(CUDA_ERROR_INVALID_HANDLE),
+                };
+                self.finish::<ModuleUnload>(t, h.seq, r.map(|_| Empty {}), &[])
+            }
+            Op::ModuleGetFunction | Op::LibraryGetKernel => {
+                let (module, function) = if op == Op::LibraryGetKernel {
+                    let c = body!(LibraryGetKernel);
+                    (c.library, c.kernel)
+                } else {
+                    let c = body!(ModuleGetFunction);
+                    (c.module, c.function)
+                };
+                self.read_tail(t, h, MAX_NAME)?;
+                let name = String::from_utf8_lossy(&self.tail).into_owned();
+                let mut objs = self.s().objects();
+                let found = objs
+                    .modules
+                    .get(&module)
+                    .ok_or(CUDA_ERROR_INVALID_HANDLE)
+                    .and_then(|m| {
+                        m.functions
+                            .get(&name)
+                            .map(|f| (f.handle, f.info.clone()))
+                            .ok_or(CUDA_ERROR_NOT_FOUND)
+                    });
+                let r = found.map(|(real, info)| {
+                    let args_size = info.args_size();
+                    objs.functions.insert(
+                        function,
+                        Function {
+                            real,
+                            params: info.params.into(),
+                            args_size,
+                        },
+                    );
+                    Empty {}
+                });
+                drop(objs);
+                self.finish::<ModuleGetFunction>(t, h.seq, r, &[])
+            }
+            Op::ModuleGetGlobal | Op::LibraryGetGlobal => {
+                let id = if op == Op::LibraryGetGlobal {
+                    body!(LibraryGetGlobal).library
+                } else {
+                    body!(ModuleGetGlobal).module
+                };
+                self.read_tail(t, h, MAX_NAME)?;
+                let name = self.name_from_tail()?;
+                let module = self.s().objects().modules.get(&id).map(|m| (m.real, m.is_library));
+                let r = match module {
+                    Some((real, true)) => self.b().library_get_global(real, &name),
+                    Some((real, false)) => self.b().module_get_global(real, &name),
+                    None => Err(CUDA_ERROR_INVALID_HANDLE),
+                };
+                let r = r.map(|(dptr, size)| {
+                    self.s().objects().ranges.insert(dptr, size);
+                    GlobalReply { dptr, size }
+                });
+                self.finish::<ModuleGetGlobal>(t, h.seq, r, &[])
+            }
+            Op::KernelGetFunction => simple!(KernelGetFunction, |c| {
+                let kernel = self.s().objects().functions.get(&c.kernel).cloned();
+                match kernel {
+                    Some(k) => self.b().kernel_get_function(k.real).map(|real| {
+                        self.s().objects().functions.insert(c.function, Function { real, ..k });
+                        Empty {}
+                    }),
+                    None => Err(CUDA_ERROR_INVALID_HANDLE),
+                }
+            }),
+            Op::LaunchKernel => {
+                let c = body!(LaunchKernel);
+                self.read_tail(t, h, MAX_ARGS)?;
+                let r = self.launch(c, per_thread);
+                self.finish::<LaunchKernel>(t, h.seq, r.map(|_| Empty {}), &[])
+            }
+            Op::Ping => simple!(Ping, |_c| Ok(Empty {})),
+        }
+    }
+
+    /// Replies to a synchronous call (after delivering finished async copies), or latches an async call's error.
+    fn finish<C: Call>(
+        &mut self,
+        t: &mut dyn Transport,
+        seq: u32,
+        r: Result<C::Reply, u32>,
+        tail: &[u8],
+    ) -> Result<(), ChannelEnd> {
+        if !C::SYNC {
+            if let Err(code) = r {
+                if self.latched == 0 {
+                    self.latched = code;
+                }
+            }
+            return Ok(());
+        }
+        self.deliver_pending(t)?;
+        let (mut result, body) = match &r {
+            Ok(reply) => (CUDA_SUCCESS, reply.as_bytes()),
+            Err(code) => (*code, &[][..]),
+        };
+        if result == CUDA_SUCCESS && self.latched != 0 {
+            result = std::mem::take(&mut self.latched);
+        }
+        let header = ReplyHeader {
+            len: (body.len() + tail.len()) as u32,
+            result,
+            kind: REPLY_KIND_RESULT,
+            seq,
+        };
+        t.send(&[header.as_bytes(), body, tail])?;
+        Ok(())
+    }
+
+    /// Sends the bytes of every finished device-to-host async copy, so they land before this reply returns.
+    fn deliver_pending(&mut self, t: &mut dyn Transport) -> Result<(), ChannelEnd> {
+        let mut i = 0;
+        while i < self.pending.len() {
+            match self.b().event_query(self.pending[i].event) {
+                Ok(()) => {
+                    let p = self.pending.swap_remove(i);
+                    let push = PushHeader {
+                        pending_id: p.id,
+                        len: p.len as u64,
+                    };
+                    let header = ReplyHeader {
+                        len: (std::mem::size_of::<PushHeader>() + p.len) as u32,
+                        result: 0,
+                        kind: REPLY_KIND_PUSH,
+                        seq: 0,
+                    };
+                    let sent = t.send(&[header.as_bytes(), push.as_bytes(), &p.buf.as_slice()[..p.len]]);
+                    let _ = self.b().event_destroy(p.event);
+                    self.give_back(p.buf);
+                    sent?;
+                }
+                Err(CUDA_ERROR_NOT_READY) => i += 1,
+                Err(_) => {
+                    // The stream failed (sticky error): the copy will never land; the error reaches the
+                    // client through its next synchronizing call.
+                    let p = self.pending.swap_remove(i);
+                    let _ = self.b().event_destroy(p.event);
+                    self.give_back(p.buf);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stream(&self, id: u64, per_thread: bool) -> Result<u64, u32> {
+        match id {
+            0 if per_thread => Ok(STREAM_PER_THREAD),
+            0..=2 => Ok(id),
+            _ => self
+                .s()
+                .objects()
+                .streams
+                .get(&id)
+                .copied()
+                .ok_or(CUDA_ERROR_INVALID_HANDLE),
+        }
+    }
+
+    fn event(&self, id: u64) -> Result<u64, u32> {
+        self.s()
+            .objects()
+            .events
+            .get(&id)
+            .copied()
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+
+    /// [addr, addr+len) must lie inside one range the session owns.
+    fn check_range(&self, addr: u64, len: u64) -> Result<(), u32> {
+        let objs = self.s().objects();
+        let (&base, &size) = objs.ranges.range(..=addr).next_back().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let end = addr.checked_add(len).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if end > base + size {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        Ok(())
+    }
+
+    fn mem_alloc(&self, size: u64) -> Result<u64, u32> {
+        if let Some(limit) = self.s().limits.memory_bytes {
+            if self.s().objects().allocated_bytes.saturating_add(size) > limit {
+                return Err(CUDA_ERROR_OUT_OF_MEMORY);
+            }
+        }
+        let dptr = self.b().mem_alloc(size)?;
+        let mut objs = self.s().objects();
+        objs.ranges.insert(dptr, size);
+        objs.allocations.insert(dptr, size);
+        objs.allocated_bytes += size;
+        Ok(dptr)
+    }
+
+    fn mem_alloc_pitch(&self, c: MemAllocPitch) -> Result<MemAllocPitchReply, u32> {
+        let (dptr, pitch) = self.b().mem_alloc_pitch(c.width, c.height, c.elem_size)?;
+        let size = pitch.saturating_mul(c.height);
+        let mut objs = self.s().objects();
+        objs.ranges.insert(dptr, size);
+        objs.allocations.insert(dptr, size);
+        objs.allocated_bytes += size;
+        Ok(MemAllocPitchReply { dptr, pitch })
+    }
+
+    fn mem_free(&self, dptr: u64) -> Result<(), u32> {
+        if dptr == 0 {
+            return Ok(());
+        }
+        let size = self
+            .s()
+            .objects()
+            .allocations
+            .get(&dptr)
+            .copied()
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        self.b().mem_free(dptr)?;
+        let mut objs = self.s().objects();
+        objs.allocations.remove(&dptr);
+        objs.ranges.remove(&dptr);
+        objs.allocated_bytes -= size;
+        Ok(())
+    }
+
+    fn mem_get_info(&self) -> Result<MemGetInfoReply, u32> {
+        let (free, total) = self.b().mem_get_info()?;
+        Ok(match self.s().limits.memory_bytes {
+            Some(limit) => {
+                let used = self.s().objects().allocated_bytes;
+                MemGetInfoReply {
+                    free: free.min(limit.saturating_sub(used)),
+                    total: total.min(limit),
+                }
+            }
+            None => MemGetInfoReply { free, total },
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn memset(&self, dst: u64, pitch: u64, value: u32, elem: u32, width: u64, height: u64, s: u64) -> Result<(), u32> {
+        if !matches!(elem, 1 | 2 | 4) || (height > 1 && pitch < width * elem as u64) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if width == 0 || height == 0 {
+            return Ok(());
+        }
+        let span = pitch.saturating_mul(height - 1).saturating_add(width * elem as u64);
+        self.check_range(dst, span)?;
+        self.b().memset_async(dst, pitch, value, elem, width, height, s)
+    }
+
+    fn launch(&mut self, c: LaunchKernel, per_thread: bool) -> Result<(), u32> {
+        let f = self
+            .s()
+            .objects()
+            .functions
+            .get(&c.function)
+            .cloned()
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if self.tail.len() != f.args_size {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let stream = self.stream(c.stream, per_thread)?;
+        let session = self.session.clone();
+        let Some(session) = session else {
+            return Err(CUDA_ERROR_UNKNOWN);
+        };
+        session.backend.launch(
+            f.real,
+            [c.grid_x, c.grid_y, c.grid_z],
+            [c.block_x, c.block_y, c.block_z],
+            c.shared_mem,
+            stream,
+            &mut self.tail,
+            &f.params,
+        )
+    }
+
+    /// A pinned buffer of at least `len` bytes, reusing a returned one when it fits.
+    fn take_buffer(&mut self, len: usize) -> Result<HostBuffer, u32> {
+        self.reclaim_in_flight();
+        if let Some(i) = self
+            .pool
+            .iter()
+            .position(|b| b.len >= len && b.len <= len.max(4096) * 2)
+        {
+            return Ok(self.pool.swap_remove(i));
+        }
+        self.b().host_alloc(len.max(4096))
+    }
+
+    fn give_back(&mut self, buf: HostBuffer) {
+        if self.pool.len() < POOL_KEEP {
+            self.pool.push(buf);
+        } else {
+            self.b().host_free(buf);
+        }
+    }
+
+    fn reclaim_in_flight(&mut self) {
+        let mut i = 0;
+        while i < self.in_flight.len() {
+            if self.b().event_query(self.in_flight[i].event) != Err(CUDA_ERROR_NOT_READY) {
+                let f = self.in_flight.swap_remove(i);
+                let _ = self.b().event_destroy(f.event);
+                self.give_back(f.buf);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn ensure_staging(&mut self) -> Result<(), u32> {
+        while self.staging.len() < 2 {
+            let b = self.b().host_alloc(CHUNK)?;
+            self.staging.push(b);
+        }
+        Ok(())
+    }
+
+    /// Drains `len` bytes of a tail the call could not use, keeping the stream in frame.
+    fn discard(&mut self, t: &mut dyn Transport, mut len: usize) -> Result<(), ChannelEnd> {
+        let mut scratch = vec![0u8; len.min(1 << 20)];
+        while len > 0 {
+            let n = len.min(scratch.len());
+            t.recv_exact(&mut scratch[..n])?;
+            len -= n;
+        }
+        Ok(())
+    }
+
+    /// Synchronous host-to-device copy, pipelined: the network fills one staging buffer while the copy engine
+    /// drains the other.
+    fn htod_sync(
+        &mut self,
+        t: &mut dyn Transport,
+        h: &RequestHeader,
+        c: MemcpyHtoD,
+        per_thread: bool,
+    ) -> Result<Result<(), u32>, ChannelEnd> {
+        let len = h.tail_len();
+        if len as u64 != c.size {
+            return Err(ChannelEnd::Malformed(format!("copy of {} bytes carries {len}", c.size)));
+        }
+        let stream = if per_thread { STREAM_PER_THREAD } else { 0 };
+        if let Err(e) = self.check_range(c.dst, c.size).and_then(|_| self.ensure_staging()) {
+            self.discard(t, len)?;
+            return Ok(Err(e));
+        }
+        let mut done = 0usize;
+        let mut which = 0;
+        let mut error = None;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            let buf = &mut self.staging[which];
+            t.recv_exact(&mut buf.as_mut_slice()[..n])?;
+            if error.is_none() {
+                // The other buffer's copy was issued before this one was filled: wait for it before reusing.
+                let r = self
+                    .b()
+                    .memcpy_htod_async(c.dst + done as u64, self.staging[which].ptr, n, stream)
+                    .and_then(|_| {
+                        if done + n < len {
+                            self.b().stream_synchronize(stream)
+                        } else {
+                            Ok(())
+                        }
+                    });
+                error = r.err();
+            }
+            done += n;
+            which ^= 1;
+        }
+        let r = match error {
+            Some(e) => Err(e),
+            None => self.b().stream_synchronize(stream),
+        };
+        Ok(r)
+    }
+
+    fn htod_async(
+        &mut self,
+        t: &mut dyn Transport,
+        h: &RequestHeader,
+        c: MemcpyHtoDAsync,
+        per_thread: bool,
+    ) -> Result<Result<(), u32>, ChannelEnd> {
+        let len = h.tail_len();
+        if len as u64 != c.size {
+            return Err(ChannelEnd::Malformed(format!("copy of {} bytes carries {len}", c.size)));
+        }
+        let prepared = self
+            .stream(c.stream, per_thread)
+            .and_then(|s| self.check_range(c.dst, c.size).map(|_| s))
+            .and_then(|s| self.take_buffer(len).map(|b| (s, b)));
+        let (stream, mut buf) = match prepared {
+            Ok(v) => v,
+            Err(e) => {
+                self.discard(t, len)?;
+                return Ok(Err(e));
+            }
+        };
+        t.recv_exact(&mut buf.as_mut_slice()[..len])?;
+        let issued = self
+            .b()
+            .memcpy_htod_async(c.dst, buf.ptr, len, stream)
+            .and_then(|_| self.b().event_create(2 /* CU_EVENT_DISABLE_TIMING */))
+            .and_then(|ev| self.b().event_record(ev, stream).map(|_| ev));
+        match issued {
+            Ok(event) => {
+                self.in_flight.push(InFlight { buf, event });
+                Ok(Ok(()))
+            }
+            Err(e) => {
+                // The copy may still be queued: wait for the stream before the buffer is reused.
+                let _ = self.b().stream_synchronize(stream);
+                self.give_back(buf);
+                Ok(Err(e))
+            }
+        }
+    }
+
+    /// Synchronous device-to-host copy: reply header, the data chunk by chunk as the copy engine fills the
+    /// staging buffers, then a final status word (an error can surface after the first chunk left).
+    fn dtoh_sync(
+        &mut self,
+        t: &mut dyn Transport,
+        seq: u32,
+        c: MemcpyDtoH,
+        per_thread: bool,
+    ) -> Result<(), ChannelEnd> {
+        let stream = if per_thread { STREAM_PER_THREAD } else { 0 };
+        let len = c.size as usize;
+        if let Err(e) = self.check_range(c.src, c.size).and_then(|_| self.ensure_staging()) {
+            return self.finish::<MemcpyDtoH>(t, seq, Err(e), &[]);
+        }
+        self.deliver_pending(t)?;
+        let latched = std::mem::take(&mut self.latched);
+        let header = ReplyHeader {
+            len: (len + 4) as u32,
+            result: 0,
+            kind: REPLY_KIND_RESULT,
+            seq,
+        };
+        if len + 4 > u32::MAX as usize {
+            return Err(ChannelEnd::Malformed(
+                "device-to-host copy over 4 GiB in one call".into(),
+            ));
+        }
+        t.send(&[header.as_bytes()])?;
+        let mut error: Option<u32> = None;
+        let mut offset = 0usize;
+        let mut which = 0;
+        // Issue the first chunk, then: wait for chunk i, issue chunk i+1 into the other buffer, send chunk i.
+        let first = len.min(CHUNK);
+        if first > 0 {
+            error = self
+                .b()
+                .memcpy_dtoh_async(self.staging[0].ptr, c.src, first, stream)
+                .err();
+        }
+        while offset < len {
+            let n = (len - offset).min(CHUNK);
+            if error.is_none() {
+                error = self.b().stream_synchronize(stream).err();
+            }
+            let next = offset + n;
+            if next < len && error.is_none() {
+                let m = (len - next).min(CHUNK);
+                error = self
+                    .b()
+                    .memcpy_dtoh_async(self.staging[which ^ 1].ptr, c.src + next as u64, m, stream)
+                    .err();
+            }
+            if error.is_some() {
+                self.staging[which].as_mut_slice()[..n].fill(0);
+            }
+            t.send(&[&self.staging[which].as_slice()[..n]])?;
+            offset = next;
+            which ^= 1;
+        }
+        let status = error.unwrap_or(latched);
+        t.send(&[&status.to_le_bytes()])?;
+        Ok(())
+    }
+
+    fn dtoh_async(&mut self, c: MemcpyDtoHAsync, per_thread: bool) -> Result<(), u32> {
+        let stream = self.stream(c.stream, per_thread)?;
+        self.check_range(c.src, c.size)?;
+        let len = c.size as usize;
+        let buf = self.take_buffer(len)?;
+        let issued = self
+            .b()
+            .memcpy_dtoh_async(buf.ptr, c.src, len, stream)
+            .and_then(|_| self.b().event_create(2 /* CU_EVENT_DISABLE_TIMING */))
+            .and_then(|ev| self.b().event_record(ev, stream).map(|_| ev));
+        match issued {
+            Ok(event) => {
+                self.pending.push(PendingCopy {
+                    id: c.pending_id,
+                    buf,
+                    len,
+                    event,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.b().stream_synchronize(stream);
+                self.give_back(buf);
+                Err(e)
+            }
+        }
+    }
+
+    /// Returns buffers to the backend when the channel ends (the worker's exit frees the rest).
+    fn release(&mut self) {
+        let b = match &self.session {
+            Some(s) => s.backend.clone(),
+            None => return,
+        };
+        for buf in self.staging.drain(..).chain(self.pool.drain(..)) {
+            b.host_free(buf);
+        }
+        for p in self.pending.drain(..) {
+            let _ = b.event_synchronize(p.event);
+            let _ = b.event_destroy(p.event);
+            b.host_free(p.buf);
+        }
+        for f in self.in_flight.drain(..) {
+            let _ = b.event_synchronize(f.event);
+            let _ = b.event_destroy(f.event);
+            b.host_free(f.buf);
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The versioned handshake: the client's `Hello` (raw on the socket, before the transport is set up) and the
+//! server's `Welcome`, which carries every immutable device fact so that device queries never cross the wire.
+
+use bytes::{BufMut, BytesMut};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+pub const MAGIC: [u8; 4] = *b"VGPU";
+/// Bumped whenever any encoding in this crate changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Capability bits: what this build can do beyond the base protocol.
+pub const CAP_PUSH_DTOH: u64 = 1;
+pub const CAPABILITIES: u64 = CAP_PUSH_DTOH;
+
+pub const MODE_NEW_SESSION: u32 = 0;
+pub const MODE_ATTACH: u32 = 1;
+
+/// Largest credential (static key or control-plane ticket) accepted in a hello.
+pub const MAX_CREDENTIAL: usize = 16 * 1024;
+
+/// First bytes on a new connection. A new session carries a credential; an attach (a further client thread)
+/// carries the session id and secret the first connection's `Welcome` gave.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct Hello {
+    pub magic: [u8; 4],
+    pub version: u32,
+    pub capabilities: u64,
+    pub mode: u32,
+    pub pid: u32,
+    pub session_id: u64,
+    pub secret: [u8; 16],
+    pub credential_len: u32,
+    pub _pad: u32,
+}
+
+/// Why a server refused a hello; carried in `Welcome::status` with a human-readable message.
+pub const STATUS_OK: u32 = 0;
+pub const STATUS_VERSION_MISMATCH: u32 = 1;
+pub const STATUS_UNAUTHORIZED: u32 = 2;
+pub const STATUS_NO_SUCH_SESSION: u32 = 3;
+pub const STATUS_SERVER_ERROR: u32 = 4;
+
+pub const BACKEND_REAL: u32 = 0;
+pub const BACKEND_EMULATED: u32 = 1;
+
+/// Server's answer, sent over the ready transport. Followed by `device_count` `DeviceFacts` and then
+/// `message_len` bytes of UTF-8 text (the refusal reason, or a banner).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct Welcome {
+    pub magic: [u8; 4],
+    pub version: u32,
+    pub capabilities: u64,
+    pub status: u32,
+    pub backend: u32,
+    pub session_id: u64,
+    pub secret: [u8; 16],
+    pub driver_version: i32,
+    pub device_count: u32,
+    pub message_len: u32,
+    pub _pad: u32,
+}
+
+/// Device attributes are fetched for ids below this bound (CU_DEVICE_ATTRIBUTE_MAX is 149 in CUDA 13.0).
+pub const DEVICE_ATTR_SLOTS: usize = 256;
+
+/// Everything immutable about one device, gathered once per session.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct DeviceFacts {
+    pub name: [u8; 256],
+    pub uuid: [u8; 16],
+    pub total_mem: u64,
+    /// `cuDeviceGetAttribute` values, indexed by attribute.
+    pub attrs: [i32; DEVICE_ATTR_SLOTS],
+    /// Bit i set: attribute i is valid (the driver answered it without error).
+    pub attr_valid: [u64; DEVICE_ATTR_SLOTS / 64],
+}
+
+impl Default for DeviceFacts {
+    fn default() -> Self {
+        DeviceFacts {
+            name: [0; 256],
+            uuid: [0; 16],
+            total_mem: 0,
+            attrs: [0; DEVICE_ATTR_SLOTS],
+            attr_valid: [0; DEVICE_ATTR_SLOTS / 64],
+        }
+    }
+}
+
+impl DeviceFacts {
+    pub fn name_str(&self) -> &str {
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
+        std::str::from_utf8(&self.name[..end]).unwrap_or("?")
+    }
+    pub fn set_name(&mut self, name: &str) {
+        self.name = [0; 256];
+        let n = name.len().min(255);
+        self.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    }
+    pub fn attr(&self, attr: usize) -> Option<i32> {
+        (attr < DEVICE_ATTR_SLOTS && self.attr_valid[attr / 64] & (1 << (attr % 64)) != 0).then(|| self.attrs[attr])
+    }
+    pub fn set_attr(&mut self, attr: usize, value: i32) {
+        if attr < DEVICE_ATTR_SLOTS {
+            self.attrs[attr] = value;
+            self.attr_valid[attr / 64] |= 1 << (attr % 64);
+        }
+    }
+}
+
+/// Frames a hello for sending raw on a fresh socket: `[u32 LE length][Hello][credential]`.
+pub fn encode_hello(hello: &Hello, credential: &[u8]) -> Vec<u8> {
+    let mut h = *hello;
+    h.credential_len = credential.len() as u32;
+    let mut out = Vec::with_capacity(4 + std::mem::size_of::<Hello>() + credential.len());
+    out.extend_from_slice(&((std::mem::size_of::<Hello>() + credential.len()) as u32).to_le_bytes());
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(credential);
+    out
+}
+
+/// Parses a hello payload (without its length prefix); returns it with its credential.
+pub fn decode_hello(payload: &[u8]) -> Result<(Hello, Vec<u8>), String> {
+    let (hello, rest) = Hello::read_from_prefix(payload).map_err(|_| "hello too short".to_string())?;
+    if hello.magic != MAGIC {
+        return Err("not a vGPU client (bad magic)".into());
+    }
+    let len = hello.credential_len as usize;
+    if len > MAX_CREDENTIAL || len != rest.len() {
+        return Err(format!(
+            "credential length {len} does not match the {} bytes sent",
+            rest.len()
+        ));
+    }
+    Ok((hello, rest.to_vec()))
+}
+
+/// Encodes a welcome with its device facts and message.
+pub fn encode_welcome(welcome: &Welcome, devices: &[DeviceFacts], message: &str) -> BytesMut {
+    let mut w = *welcome;
+    w.device_count = devices.len() as u32;
+    w.message_len = message.len() as u32;
+    let mut out = BytesMut::new();
+    out.put_slice(w.as_bytes());
+    for d in devices {
+        out.put_slice(d.as_bytes());
+    }
+    out.put_slice(message.as_bytes());
+    out
+}
+
+/// Most devices one server may report.
+pub const MAX_DEVICES: u32 = 64;
+pub const MAX_MESSAGE: u32 = 64 * 1024;
+
+/// Bytes that follow a `Welcome` header, or an error if it announces absurd sizes.
+pub fn welcome_tail_len(welcome: &Welcome) -> Result<usize, String> {
+    if welcome.magic != MAGIC {
+        return Err("not a vGPU server (bad magic in welcome)".into());
+    }
+    if welcome.device_count > MAX_DEVICES || welcome.message_len > MAX_MESSAGE {
+        return Err("welcome announces too many devices or too long a message".into());
+    }
+    Ok(welcome.device_count as usize * std::mem::size_of::<DeviceFacts>() + welcome.message_len as usize)
+}
+
+/// Splits a welcome's tail into device facts and message.
+pub fn decode_welcome_tail(welcome: &Welcome, tail: &[u8]) -> Result<(Vec<DeviceFacts>, String), String> {
+    let facts_len = welcome.device_count as usize * std::mem::size_of::<DeviceFacts>();
+    if tail.len() != welcome_tail_len(welcome)? {
+        return Err("welcome tail has the wrong length".into());
+    }
+    let (facts, msg) = tail.split_at(facts_len);
+    let devices = facts
+        .chunks_exact(std::mem::size_of::<DeviceFacts>())
+        .map(|c| DeviceFacts::read_from_bytes(c).map_err(|_| "bad device facts".to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((devices, String::from_utf8_lossy(msg).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trips_and_rejects_bad_input() {
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            pid: 42,
+            ..Default::default()
+        };
+        let framed = encode_hello(&hello, b"key-123");
+        let len = u32::from_le_bytes([framed[0], framed[1], framed[2], framed[3]]) as usize;
+        assert_eq!(len, framed.len() - 4);
+        let (back, cred) = decode_hello(&framed[4..]).expect("decodes");
+        assert_eq!(back.pid, 42);
+        assert_eq!(cred, b"key-123");
+        assert!(decode_hello(&framed[4..framed.len() - 1]).is_err());
+        let mut bad = framed[4..].to_vec();
+        bad[0] = b'X';
+        assert!(decode_hello(&bad).is_err());
+        snapshot!(framed.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    }
+
+    #[test]
+    fn welcome_carries_devices_and_message() {
+        let mut dev = DeviceFacts::default();
+        dev.set_name("NVIDIA H100 80GB HBM3");
+        dev.set_attr(75, 9);
+        dev.total_mem = 80 << 30;
+        let w = Welcome {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            driver_version: 13000,
+            ..Default::default()
+        };
+        let enc = encode_welcome(&w, &[dev], "hello");
+        let (head, tail) = Welcome::read_from_prefix(&enc).expect("header");
+        assert_eq!(welcome_tail_len(&head), Ok(tail.len()));
+        let (devs, msg) = decode_welcome_tail(&head, tail).expect("tail");
+        assert_eq!(devs[0].name_str(), "NVIDIA H100 80GB HBM3");
+        assert_eq!(devs[0].attr(75), Some(9));
+        assert_eq!(devs[0].attr(76), None);
+        assert_eq!(msg, "hello");
+        let absurd = Welcome {
+            device_count: 1000,
+            ..head
+        };
+        assert!(welcome_tail_len(&absurd).is_err());
+    }
+}

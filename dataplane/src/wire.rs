@@ -1,0 +1,498 @@
+//! Message encodings: a 16-byte frame header, then one fixed-layout little-endian body per remoted call, then a
+//! raw tail (kernel arguments, copy data, module images, names) that is never serialized, only appended.
+
+use bytes::{BufMut, BytesMut};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// Largest fixed body any call has; a header announcing more is malformed.
+pub const MAX_BODY: usize = 256;
+/// Header flag: the call came through a `_ptds`/`_ptsz` entry point (per-thread default stream semantics).
+pub const FLAG_PER_THREAD: u16 = 1;
+
+/// Precedes every request. `len` counts body and tail; `body_len` the fixed body alone.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct RequestHeader {
+    pub len: u32,
+    pub op: u16,
+    pub flags: u16,
+    pub body_len: u32,
+    pub seq: u32,
+}
+
+impl RequestHeader {
+    /// Bytes after the fixed body.
+    pub fn tail_len(&self) -> usize {
+        (self.len - self.body_len) as usize
+    }
+}
+
+/// Kind of server→client frame: the reply to the pending synchronous call, or data for an earlier async copy.
+pub const REPLY_KIND_RESULT: u32 = 0;
+pub const REPLY_KIND_PUSH: u32 = 1;
+
+/// Precedes every server→client frame. `len` counts the bytes after the header.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct ReplyHeader {
+    pub len: u32,
+    pub result: u32,
+    pub kind: u32,
+    pub seq: u32,
+}
+
+/// Body of a push frame: the client's pending device-to-host copy `id` completed; `len` bytes follow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct PushHeader {
+    pub pending_id: u64,
+    pub len: u64,
+}
+
+/// A malformed frame. The server ends the session that sent it; the client treats it as a lost server.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("unknown operation code {0}")]
+    UnknownOp(u16),
+    #[error("body of {got} bytes where operation {op:?} has {want}")]
+    BodySize { op: Op, got: usize, want: usize },
+    #[error("frame header inconsistent: len {len}, body_len {body_len}")]
+    BadHeader { len: u32, body_len: u32 },
+    #[error("tail of {got} bytes where at most {max} are allowed for {op:?}")]
+    TailTooLong { op: Op, got: usize, max: usize },
+    #[error("{0}")]
+    Malformed(&'static str),
+}
+
+/// One remoted call: its body layout, operation code, and whether the client waits for a reply.
+pub trait Call: IntoBytes + FromBytes + Immutable + KnownLayout + Copy + Sized {
+    const OP: Op;
+    /// Synchronous calls get a reply frame; asynchronous ones never do (their errors latch on the server).
+    const SYNC: bool;
+    /// The fixed reply body of a synchronous call (`Empty` when only the CUresult matters).
+    type Reply: IntoBytes + FromBytes + Immutable + KnownLayout + Copy + Default;
+}
+
+/// Reply body of calls that return only a CUresult.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct Empty {}
+
+macro_rules! calls {
+    ($( $(#[$doc:meta])* $name:ident = $op:literal, $mode:ident { $($field:ident : $ty:ty),* $(,)? } -> $reply:ty; )*) => {
+        /// Operation codes, one per remoted call.
+        #[repr(u16)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Op { $( $name = $op, )* }
+
+        impl Op {
+            pub fn from_u16(v: u16) -> Result<Op, WireError> {
+                match v { $( $op => Ok(Op::$name), )* other => Err(WireError::UnknownOp(other)) }
+            }
+            /// Size of the fixed body of this operation.
+            pub fn body_len(self) -> usize {
+                match self { $( Op::$name => std::mem::size_of::<$name>(), )* }
+            }
+            pub fn is_sync(self) -> bool {
+                match self { $( Op::$name => <$name as Call>::SYNC, )* }
+            }
+            pub const ALL: &'static [Op] = &[ $( Op::$name, )* ];
+        }
+
+        $(
+            $(#[$doc])*
+            #[repr(C)]
+            #[derive(Debug, Clone, Copy, Default, PartialEq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+            pub struct $name { $( pub $field: $ty, )* }
+
+            impl Call for $name {
+                const OP: Op = Op::$name;
+                const SYNC: bool = calls!(@sync $mode);
+                type Reply = $reply;
+            }
+        )*
+    };
+    (@sync sync) => { true };
+    (@sync async) => { false };
+}
+
+// Handles (contexts, streams, events, modules, functions, kernels, libraries) are client-chosen ids; 0, 1 and
+// 2 as stream ids keep the driver's meaning (NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD). Device pointers
+// are the server's real addresses. Every struct is padded by hand so that it has no implicit padding.
+calls! {
+    /// `cuDevicePrimaryCtxRetain`: binds `ctx` to device `dev`'s primary context. Tail: none.
+    PrimaryCtxRetain = 1, sync { ctx: u64, dev: u32, _pad: u32 } -> Empty;
+    /// `cuDevicePrimaryCtxRelease`.
+    PrimaryCtxRelease = 2, sync { dev: u32, _pad: u32 } -> Empty;
+    /// `cuDevicePrimaryCtxReset`.
+    PrimaryCtxReset = 3, sync { dev: u32, _pad: u32 } -> Empty;
+    /// `cuCtxCreate`: a new context with client id `ctx`; it becomes current on the calling thread.
+    CtxCreate = 4, sync { ctx: u64, flags: u32, dev: u32 } -> Empty;
+    /// `cuCtxDestroy`.
+    CtxDestroy = 5, sync { ctx: u64 } -> Empty;
+    /// Mirrors the client thread's current context (0 = none) on its server thread.
+    CtxSetCurrent = 6, async { ctx: u64 } -> Empty;
+    /// `cuCtxSynchronize`.
+    CtxSynchronize = 7, sync { } -> Empty;
+    /// `cuMemAlloc`.
+    MemAlloc = 10, sync { size: u64 } -> MemAllocReply;
+    /// `cuMemAllocPitch`.
+    MemAllocPitch = 11, sync { width: u64, height: u64, elem_size: u32, _pad: u32 } -> MemAllocPitchReply;
+    /// `cuMemFree`.
+    MemFree = 12, sync { dptr: u64 } -> Empty;
+    /// `cuMemGetInfo`.
+    MemGetInfo = 13, sync { } -> MemGetInfoReply;
+    /// `cuMemcpyHtoD`: `size` bytes of tail to `dst`.
+    MemcpyHtoD = 20, sync { dst: u64, size: u64 } -> Empty;
+    /// `cuMemcpyHtoDAsync`: data captured at call time travels in the tail.
+    MemcpyHtoDAsync = 21, async { dst: u64, size: u64, stream: u64 } -> Empty;
+    /// `cuMemcpyDtoH`: the reply's tail holds the `size` bytes.
+    MemcpyDtoH = 22, sync { src: u64, size: u64 } -> Empty;
+    /// `cuMemcpyDtoHAsync`: the bytes come back in a push frame tagged `pending_id` before the reply of a
+    /// later synchronizing call that covers the copy.
+    MemcpyDtoHAsync = 23, async { src: u64, size: u64, stream: u64, pending_id: u64 } -> Empty;
+    /// `cuMemcpyDtoD` (also `cuMemcpy` with unified addressing).
+    MemcpyDtoD = 24, sync { dst: u64, src: u64, size: u64 } -> Empty;
+    /// `cuMemcpyDtoDAsync`.
+    MemcpyDtoDAsync = 25, async { dst: u64, src: u64, size: u64, stream: u64 } -> Empty;
+    /// `cuMemsetD8/D16/D32` and their 2D forms: `width` elements of `elem_size` bytes per row, `height` rows.
+    Memset = 26, sync { dst: u64, pitch: u64, width: u64, height: u64, value: u32, elem_size: u32 } -> Empty;
+    /// The `Async` forms of `Memset`.
+    MemsetAsync = 27, async { dst: u64, pitch: u64, width: u64, height: u64, stream: u64, value: u32, elem_size: u32 } -> Empty;
+    /// `cuStreamCreate` / `cuStreamCreateWithPriority` with client id `stream`.
+    StreamCreate = 30, async { stream: u64, flags: u32, priority: i32 } -> Empty;
+    /// `cuStreamDestroy`.
+    StreamDestroy = 31, async { stream: u64 } -> Empty;
+    /// `cuStreamSynchronize`.
+    StreamSynchronize = 32, sync { stream: u64 } -> Empty;
+    /// `cuStreamQuery`.
+    StreamQuery = 33, sync { stream: u64 } -> Empty;
+    /// `cuStreamWaitEvent`.
+    StreamWaitEvent = 34, async { stream: u64, event: u64, flags: u32, _pad: u32 } -> Empty;
+    /// `cuEventCreate` with client id `event`.
+    EventCreate = 40, async { event: u64, flags: u32, _pad: u32 } -> Empty;
+    /// `cuEventRecord`.
+    EventRecord = 41, async { event: u64, stream: u64 } -> Empty;
+    /// `cuEventSynchronize`.
+    EventSynchronize = 42, sync { event: u64 } -> Empty;
+    /// `cuEventQuery`.
+    EventQuery = 43, sync { event: u64 } -> Empty;
+    /// `cuEventElapsedTime`.
+    EventElapsedTime = 44, sync { start: u64, end: u64 } -> EventElapsedReply;
+    /// `cuEventDestroy`.
+    EventDestroy = 45, async { event: u64 } -> Empty;
+    /// `cuModuleLoadData`/`cuModuleLoadFatBinary`: tail is the image; the reply's tail lists every function
+    /// with its parameter layout and attributes (`FunctionTable`).
+    ModuleLoad = 50, sync { module: u64 } -> Empty;
+    /// `cuModuleUnload`.
+    ModuleUnload = 51, sync { module: u64 } -> Empty;
+    /// `cuModuleGetFunction` for a name the load reply listed: binds client id `function`. Tail: the name.
+    ModuleGetFunction = 52, async { module: u64, function: u64 } -> Empty;
+    /// `cuModuleGetGlobal`. Tail: the name.
+    ModuleGetGlobal = 53, sync { module: u64 } -> GlobalReply;
+    /// `cuLibraryLoadData`: like `ModuleLoad`, for a library; the reply lists its kernels.
+    LibraryLoad = 54, sync { library: u64 } -> Empty;
+    /// `cuLibraryUnload`.
+    LibraryUnload = 55, sync { library: u64 } -> Empty;
+    /// `cuLibraryGetKernel` for a listed name: binds client id `kernel`. Tail: the name.
+    LibraryGetKernel = 56, async { library: u64, kernel: u64 } -> Empty;
+    /// `cuLibraryGetGlobal`. Tail: the name.
+    LibraryGetGlobal = 57, sync { library: u64 } -> GlobalReply;
+    /// `cuKernelGetFunction`: binds client id `function` to the kernel's function in the current context.
+    KernelGetFunction = 58, async { kernel: u64, function: u64 } -> Empty;
+    /// `cuLaunchKernel`: the tail holds the arguments packed at the offsets of the function's parameter layout.
+    LaunchKernel = 60, async {
+        function: u64, stream: u64,
+        grid_x: u32, grid_y: u32, grid_z: u32,
+        block_x: u32, block_y: u32, block_z: u32,
+        shared_mem: u32, _pad: u32
+    } -> Empty;
+    /// Flushes and reports any latched asynchronous error without doing anything else (used by tests and at exit).
+    Ping = 90, sync { } -> Empty;
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct MemAllocReply {
+    pub dptr: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct MemAllocPitchReply {
+    pub dptr: u64,
+    pub pitch: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct MemGetInfoReply {
+    pub free: u64,
+    pub total: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct EventElapsedReply {
+    pub ms: f32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct GlobalReply {
+    pub dptr: u64,
+    pub size: u64,
+}
+
+/// Builds the header of a request whose tail has `tail_len` bytes.
+pub fn request_header<C: Call>(seq: u32, flags: u16, tail_len: usize) -> RequestHeader {
+    let body_len = std::mem::size_of::<C>() as u32;
+    RequestHeader {
+        len: body_len + tail_len as u32,
+        op: C::OP as u16,
+        flags,
+        body_len,
+        seq,
+    }
+}
+
+/// Appends one whole request (header, body, tail) to a batch buffer.
+pub fn encode_request<C: Call>(buf: &mut BytesMut, seq: u32, flags: u16, call: &C, tail: &[u8]) {
+    let header = request_header::<C>(seq, flags, tail.len());
+    buf.reserve(std::mem::size_of::<RequestHeader>() + header.len as usize);
+    buf.put_slice(header.as_bytes());
+    buf.put_slice(call.as_bytes());
+    buf.put_slice(tail);
+}
+
+/// Checks a received request header: known op, body of that op's exact size, no length overflow.
+pub fn check_request_header(header: &RequestHeader) -> Result<Op, WireError> {
+    let op = Op::from_u16(header.op)?;
+    if header.body_len > header.len {
+        return Err(WireError::BadHeader {
+            len: header.len,
+            body_len: header.body_len,
+        });
+    }
+    let want = op.body_len();
+    if header.body_len as usize != want {
+        return Err(WireError::BodySize {
+            op,
+            got: header.body_len as usize,
+            want,
+        });
+    }
+    Ok(op)
+}
+
+/// Reads a call's fixed body.
+pub fn decode_body<C: Call>(body: &[u8]) -> Result<C, WireError> {
+    C::read_from_bytes(body).map_err(|_| WireError::BodySize {
+        op: C::OP,
+        got: body.len(),
+        want: std::mem::size_of::<C>(),
+    })
+}
+
+/// Number of `CUfunction_attribute` values (0..=10 in CUDA 13.0) returned with every function.
+pub const FUNC_ATTR_COUNT: usize = 11;
+
+/// One kernel of a loaded module or library, as the server reports it with the load.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FunctionInfo {
+    pub name: String,
+    /// (offset, size) of each parameter in the packed argument buffer, in order.
+    pub params: Vec<(u32, u32)>,
+    /// `cuFuncGetAttribute` values, indexed by attribute; `i32::MIN` where the driver gave an error.
+    pub attrs: [i32; FUNC_ATTR_COUNT],
+}
+
+impl FunctionInfo {
+    /// Bytes of the packed argument buffer: the end of the last parameter.
+    pub fn args_size(&self) -> usize {
+        self.params
+            .iter()
+            .map(|&(o, s)| o as usize + s as usize)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Largest number of functions or parameters accepted in a function table.
+const MAX_TABLE_ENTRIES: u32 = 1 << 20;
+
+/// Encodes the function table that follows a module or library load reply.
+pub fn encode_function_table(buf: &mut BytesMut, functions: &[FunctionInfo]) {
+    buf.put_u32_le(functions.len() as u32);
+    for f in functions {
+        buf.put_u32_le(f.name.len() as u32);
+        buf.put_slice(f.name.as_bytes());
+        buf.put_u32_le(f.params.len() as u32);
+        for &(offset, size) in &f.params {
+            buf.put_u32_le(offset);
+            buf.put_u32_le(size);
+        }
+        for a in f.attrs {
+            buf.put_i32_le(a);
+        }
+    }
+}
+
+/// Decodes a function table, refusing truncated or absurd input.
+pub fn decode_function_table(mut data: &[u8]) -> Result<Vec<FunctionInfo>, WireError> {
+    fn take_u32(d: &mut &[u8]) -> Result<u32, WireError> {
+        let (head, rest) = d
+            .split_first_chunk::<4>()
+            .ok_or(WireError::Malformed("function table truncated"))?;
+        *d = rest;
+        Ok(u32::from_le_bytes(*head))
+    }
+    let count = take_u32(&mut data)?;
+    if count > MAX_TABLE_ENTRIES {
+        return Err(WireError::Malformed("function table too long"));
+    }
+    let mut out = Vec::with_capacity(count.min(4096) as usize);
+    for _ in 0..count {
+        let name_len = take_u32(&mut data)? as usize;
+        if name_len > data.len() {
+            return Err(WireError::Malformed("function name truncated"));
+        }
+        let (name, rest) = data.split_at(name_len);
+        data = rest;
+        let name = String::from_utf8(name.to_vec()).map_err(|_| WireError::Malformed("function name not UTF-8"))?;
+        let nparams = take_u32(&mut data)?;
+        if nparams > MAX_TABLE_ENTRIES {
+            return Err(WireError::Malformed("parameter list too long"));
+        }
+        let mut params = Vec::with_capacity(nparams.min(4096) as usize);
+        for _ in 0..nparams {
+            let offset = take_u32(&mut data)?;
+            let size = take_u32(&mut data)?;
+            params.push((offset, size));
+        }
+        let mut attrs = [0i32; FUNC_ATTR_COUNT];
+        for a in attrs.iter_mut() {
+            *a = take_u32(&mut data)? as i32;
+        }
+        out.push(FunctionInfo { name, params, attrs });
+    }
+    if !data.is_empty() {
+        return Err(WireError::Malformed("trailing bytes after function table"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn op_codes_are_unique_and_bodies_small() {
+        let mut seen = std::collections::HashSet::new();
+        for op in Op::ALL {
+            assert!(seen.insert(*op as u16), "duplicate op {op:?}");
+            assert!(op.body_len() <= MAX_BODY, "{op:?} body too large");
+            assert_eq!(op.body_len() % 8, 0, "{op:?} body not 8-byte aligned in size");
+            assert_eq!(Op::from_u16(*op as u16), Ok(*op));
+        }
+        assert_eq!(Op::from_u16(0xffff), Err(WireError::UnknownOp(0xffff)));
+    }
+
+    #[test]
+    fn launch_encoding_is_pinned() {
+        let mut buf = BytesMut::new();
+        let call = LaunchKernel {
+            function: 0x1001,
+            stream: 2,
+            grid_x: 4,
+            grid_y: 1,
+            grid_z: 1,
+            block_x: 256,
+            block_y: 1,
+            block_z: 1,
+            shared_mem: 0,
+            _pad: 0,
+        };
+        encode_request(&mut buf, 7, 0, &call, &[0xaa, 0xbb, 0xcc, 0xdd, 0, 0, 0, 0]);
+        snapshot!(hex(&buf));
+    }
+
+    #[test]
+    fn memcpy_and_alloc_encodings_are_pinned() {
+        let mut buf = BytesMut::new();
+        encode_request(
+            &mut buf,
+            1,
+            FLAG_PER_THREAD,
+            &MemcpyHtoD {
+                dst: 0x7f00_0000_1000,
+                size: 3,
+            },
+            b"abc",
+        );
+        encode_request(&mut buf, 2, 0, &MemAlloc { size: 1 << 20 }, &[]);
+        snapshot!(hex(&buf));
+    }
+
+    #[test]
+    fn header_checks_reject_malformed_frames() {
+        let good = request_header::<MemAlloc>(1, 0, 0);
+        assert_eq!(check_request_header(&good), Ok(Op::MemAlloc));
+        let bad_body = RequestHeader {
+            body_len: 16,
+            len: 16,
+            ..good
+        };
+        assert!(matches!(
+            check_request_header(&bad_body),
+            Err(WireError::BodySize { .. })
+        ));
+        let inverted = RequestHeader {
+            body_len: 8,
+            len: 4,
+            ..good
+        };
+        assert!(matches!(
+            check_request_header(&inverted),
+            Err(WireError::BadHeader { .. })
+        ));
+        let unknown = RequestHeader { op: 999, ..good };
+        assert_eq!(check_request_header(&unknown), Err(WireError::UnknownOp(999)));
+        assert!(decode_body::<MemAlloc>(&[0u8; 7]).is_err());
+        assert_eq!(decode_body::<MemAlloc>(&42u64.to_le_bytes()), Ok(MemAlloc { size: 42 }));
+    }
+
+    #[test]
+    fn function_table_round_trips_and_rejects_truncation() {
+        let fns = vec![
+            FunctionInfo {
+                name: "vecadd".into(),
+                params: vec![(0, 8), (8, 8), (16, 8), (24, 4)],
+                attrs: [1; 11],
+            },
+            FunctionInfo {
+                name: "empty".into(),
+                params: vec![],
+                attrs: [0; 11],
+            },
+        ];
+        let mut buf = BytesMut::new();
+        encode_function_table(&mut buf, &fns);
+        assert_eq!(decode_function_table(&buf), Ok(fns.clone()));
+        assert_eq!(fns[0].args_size(), 28);
+        for cut in 0..buf.len() {
+            assert!(
+                decode_function_table(&buf[..cut]).is_err(),
+                "truncation at {cut} accepted"
+            );
+        }
+        let mut huge = BytesMut::new();
+        huge.put_u32_le(u32::MAX);
+        assert!(decode_function_table(&huge).is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! Transport floors that `vgpu bench` prints beside its ratios: what a bare round trip and a bare bulk stream cost
+//! on this host, so remoting overhead can be told apart from the transport's own.
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::Instant;
+
+use vgpu_dataplane::transport::{Transport, TransportError};
+
+use crate::shm::{self, ShmConfig, ShmTransport};
+use crate::tcp::TcpTransport;
+
+const PING: usize = 64;
+/// Bulk data goes out in sends of this size, as the pipelined copy path does.
+const BULK_PIECE: usize = 4 << 20;
+
+fn to_io(e: TransportError) -> io::Error {
+    match e {
+        TransportError::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// A connected TCP pair over loopback: (client, server).
+pub(crate) fn tcp_pair() -> io::Result<(TcpTransport, TcpTransport)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let client = TcpStream::connect(addr)?;
+    let (server, _) = listener.accept()?;
+    Ok((TcpTransport::from_stream(client)?, TcpTransport::from_stream(server)?))
+}
+
+/// A connected shared-memory pair through a private rendezvous socket: (client, server).
+pub(crate) fn shm_pair(config: &ShmConfig) -> io::Result<(ShmTransport, ShmTransport)> {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let path: PathBuf = std::env::temp_dir().join(format!(
+        "vgpu-floor-{}-{}.sock",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    let server = thread::spawn(move || -> io::Result<ShmTransport> {
+        let (mut s, _) = listener.accept()?;
+        crate::read_raw_hello(&mut s, 64)?;
+        ShmTransport::accept_with(s, config_spin()).map_err(to_io)
+    });
+    let client = shm::connect_with(&path, &0u32.to_le_bytes(), config).map_err(to_io);
+    let server = server
+        .join()
+        .map_err(|_| io::Error::other("shm floor server thread panicked"))?;
+    let _ = std::fs::remove_file(&path);
+    Ok((client?, server?))
+}
+
+fn config_spin() -> std::time::Duration {
+    ShmConfig::from_env().unwrap_or_default().spin
+}
+
+fn pingpong<T: Transport + 'static>(mut a: T, mut b: T, iters: usize) -> io::Result<f64> {
+    let iters = iters.max(1);
+    let warmup = (iters / 10).clamp(1, 1000);
+    let echo = thread::spawn(move || -> Result<(), TransportError> {
+        let mut buf = [0u8; PING];
+        for _ in 0..iters + warmup {
+            b.recv_exact(&mut buf)?;
+            b.send(&[&buf])?;
+        }
+        Ok(())
+    });
+    let msg = [0x5au8; PING];
+    let mut back = [0u8; PING];
+    let mut times = Vec::with_capacity(iters);
+    for i in 0..iters + warmup {
+        let t0 = Instant::now();
+        a.send(&[&msg]).map_err(to_io)?;
+        a.recv_exact(&mut back).map_err(to_io)?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    echo.join()
+        .map_err(|_| io::Error::other("echo thread panicked"))?
+        .map_err(to_io)?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn bulk<T: Transport + 'static>(mut a: T, mut b: T, total: usize) -> io::Result<f64> {
+    let total = total.max(1);
+    let sink = thread::spawn(move || -> Result<(), TransportError> {
+        let mut buf = vec![0u8; BULK_PIECE];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(BULK_PIECE);
+            b.recv_exact(&mut buf[..n])?;
+            left -= n;
+        }
+        b.send(&[&[1u8]])
+    });
+    let data = vec![0xa5u8; BULK_PIECE.min(total)];
+    let t0 = Instant::now();
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(data.len());
+        a.send(&[&data[..n]]).map_err(to_io)?;
+        left -= n;
+    }
+    let mut ack = [0u8; 1];
+    a.recv_exact(&mut ack).map_err(to_io)?;
+    let secs = t0.elapsed().as_secs_f64();
+    sink.join()
+        .map_err(|_| io::Error::other("sink thread panicked"))?
+        .map_err(to_io)?;
+    Ok(total as f64 / secs / 1e9)
+}
+
+/// Round trips of a 64-byte request/response over loopback TCP with TCP_NODELAY, median µs.
+pub fn tcp_pingpong_us(iters: usize) -> io::Result<f64> {
+    let (a, b) = tcp_pair()?;
+    pingpong(a, b, iters)
+}
+
+/// One-way bulk throughput over one loopback TCP connection, GB/s (1e9).
+pub fn tcp_bulk_gbps(total_bytes: usize) -> io::Result<f64> {
+    let (a, b) = tcp_pair()?;
+    bulk(a, b, total_bytes)
+}
+
+/// Round trips of a 64-byte request/response over the shared-memory transport (two threads), median µs.
+pub fn shm_pingpong_us(iters: usize) -> io::Result<f64> {
+    let (a, b) = shm_pair(&ShmConfig::from_env().map_err(to_io)?)?;
+    pingpong(a, b, iters)
+}
+
+/// One-way bulk throughput over the shared-memory transport (two threads), GB/s (1e9).
+pub fn shm_bulk_gbps(total_bytes: usize) -> io::Result<f64> {
+    let (a, b) = shm_pair(&ShmConfig::from_env().map_err(to_io)?)?;
+    bulk(a, b, total_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floors_give_plausible_numbers() {
+        for (name, us) in [("tcp", tcp_pingpong_us(200)), ("shm", shm_pingpong_us(200))] {
+            let us = us.expect(name);
+            assert!(us > 0.0 && us < 50_000.0, "{name} pingpong {us} µs");
+        }
+        for (name, g) in [("tcp", tcp_bulk_gbps(32 << 20)), ("shm", shm_bulk_gbps(32 << 20))] {
+            let g = g.expect(name);
+            assert!(g > 0.0 && g < 1000.0, "{name} bulk {g} GB/s");
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Every `unsafe` operation of this crate: memfd, seals, futex, poll, `sendmsg`/`recvmsg` with `SCM_RIGHTS`, socket
+//! options, and the raw shared mapping. Keeping them here leaves the transports themselves in safe Rust.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io::{self, IoSlice};
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::Duration;
+
+/// Creates an anonymous memory file that can be sealed, closed on exec.
+pub(crate) fn memfd_create(name: &CStr) -> io::Result<File> {
+    // SAFETY: `name` is a valid NUL-terminated string; the call has no other memory effects.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create, is open, and nothing else owns it.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Adds seals to a memfd.
+pub(crate) fn add_seals(file: &File, seals: libc::c_int) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, with an integer argument.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The seals present on a memfd (an error if it is not one).
+pub(crate) fn get_seals(file: &File) -> io::Result<libc::c_int> {
+    // SAFETY: fcntl on a descriptor we own, no pointer arguments.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+pub(crate) const SEAL_SHRINK: libc::c_int = libc::F_SEAL_SHRINK;
+pub(crate) const SEAL_GROW: libc::c_int = libc::F_SEAL_GROW;
+pub(crate) const SEAL_SEAL: libc::c_int = libc::F_SEAL_SEAL;
+
+/// How a futex wait ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Woken, interrupted, or the word no longer held the expected value: re-check the condition.
+    Maybe,
+    /// Nobody woke us within the timeout.
+    TimedOut,
+}
+
+/// Sleeps while `word == expected`, at most `timeout`. Shared (non-private) futex: the peer is another process.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) -> Wake {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+        tv_nsec: timeout.subsec_nanos().into(),
+    };
+    // SAFETY: `word` is a live, aligned 32-bit atomic (in a shared mapping kept alive by the caller) and `ts` lives
+    // for the duration of the call; FUTEX_WAIT only reads both.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        )
+    };
+    if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT) {
+        Wake::TimedOut
+    } else {
+        Wake::Maybe
+    }
+}
+
+/// Wakes up to `n` sleepers on `word`.
+pub(crate) fn futex_wake(word: &AtomicU32, n: u32) {
+    // SAFETY: `word` is a live, aligned 32-bit atomic; FUTEX_WAKE does not access the memory beyond its address.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            n,
+            std::ptr::null::<u32>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Whether the peer of a stream socket has hung up (or the socket failed), without blocking.
+pub(crate) fn peer_hung_up(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// At most this many iovecs per `sendmsg` (Linux's IOV_MAX).
+pub(crate) const IOV_MAX: usize = 1024;
+
+/// `sendmsg` of the slices, with MSG_NOSIGNAL: inside an application that does not ignore SIGPIPE (the client shim),
+/// a closed peer must become an error, not a killed process. Returns the bytes written.
+pub(crate) fn send_vectored(fd: RawFd, bufs: &[IoSlice<'_>], fds: &[RawFd]) -> io::Result<usize> {
+    let bufs = &bufs[..bufs.len().min(IOV_MAX)];
+    let mut cmsg_buf = CmsgBuf::new(fds.len());
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec (documented guarantee on Unix); sendmsg only reads through it.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len() as _;
+    if !fds.is_empty() {
+        msg.msg_control = cmsg_buf.as_mut_ptr();
+        msg.msg_controllen = cmsg_buf.len() as _;
+        // SAFETY: msg_control points to a zeroed, aligned buffer of CMSG_SPACE(fds) bytes, so the first header and
+        // its data (fds.len() ints) fit.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c) as *mut RawFd, fds.len());
+        }
+    }
+    loop {
+        // SAFETY: `msg` references the slices and the control buffer, all alive across the call.
+        let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// `recvmsg` into `buf`, accepting up to `max_fds` descriptors (close-on-exec). Returns (bytes, descriptors).
+pub(crate) fn recv_with_fds(fd: RawFd, buf: &mut [u8], max_fds: usize) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut cmsg_buf = CmsgBuf::new(max_fds);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if max_fds > 0 {
+        msg.msg_control = cmsg_buf.as_mut_ptr();
+        msg.msg_controllen = cmsg_buf.len() as _;
+    }
+    let n = loop {
+        // SAFETY: `msg` points to `iov` (covering `buf`) and to the control buffer, all alive and writable.
+        let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    if max_fds > 0 && msg.msg_controllen > 0 {
+        // SAFETY: the kernel filled msg_control with well-formed cmsg headers up to msg_controllen; the CMSG_* macros
+        // walk only within it, and each SCM_RIGHTS payload holds (cmsg_len - CMSG_LEN(0)) / 4 descriptors that are now
+        // ours to own.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data_len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    let count = data_len / size_of::<RawFd>();
+                    let p = libc::CMSG_DATA(c) as *const RawFd;
+                    for i in 0..count {
+                        fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(p.add(i))));
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+    }
+    // CMSG_SPACE rounds up, so room for `max_fds` may hold one more; the caller's limit is the rule.
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > max_fds {
+        // `fds` is dropped here, closing whatever did arrive.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "more descriptors arrived than were expected",
+        ));
+    }
+    Ok((n, fds))
+}
+
+/// A control-message buffer aligned for `cmsghdr`, sized for `n` descriptors.
+struct CmsgBuf {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl CmsgBuf {
+    fn new(n: usize) -> CmsgBuf {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        let len = if n == 0 {
+            0
+        } else {
+            unsafe { libc::CMSG_SPACE((n * size_of::<RawFd>()) as u32) as usize }
+        };
+        CmsgBuf {
+            words: vec![0u64; len.div_ceil(8)],
+            len,
+        }
+    }
+    fn as_mut_ptr(&mut self) -> *mut libc::c_void {
+        self.words.as_mut_ptr() as *mut libc::c_void
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// A shared mapping of a whole file, accessed only through atomics and raw byte copies, never through references to
+/// its bytes: the other process writes to it concurrently.
+pub(crate) struct SharedMap {
+    base: *mut u8,
+    len: usize,
+    _map: memmap2::MmapMut,
+}
+
+// SAFETY: the mapping is owned by this value and all access goes through atomics or explicit copies of ranges that the
+// ring protocol gives to one side at a time; moving it to another thread changes nothing about that.
+unsafe impl Send for SharedMap {}
+
+impl SharedMap {
+    /// Maps `len` bytes of `file` shared, read-write.
+    pub(crate) fn new(file: &File, len: usize) -> io::Result<SharedMap> {
+        // SAFETY: the file is a sealed memfd (cannot shrink, so no SIGBUS within `len`, which the caller checked
+        // against its size); the peer writing concurrently is handled by never forming references to the bytes.
+        let mut map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(file)? };
+        let base = map.as_mut_ptr();
+        Ok(SharedMap { base, len, _map: map })
+    }
+
+    pub(crate) fn u64_at(&self, off: usize) -> &AtomicU64 {
+        assert!(off & 7 == 0 && off + 8 <= self.len, "shared u64 offset out of range");
+        // SAFETY: in bounds and 8-aligned (the mapping is page-aligned); AtomicU64 has the layout of u64 and may
+        // alias memory other processes modify atomically. The reference lives no longer than `self` (the mapping).
+        unsafe { AtomicU64::from_ptr(self.base.add(off) as *mut u64) }
+    }
+
+    pub(crate) fn u32_at(&self, off: usize) -> &AtomicU32 {
+        assert!(off & 3 == 0 && off + 4 <= self.len, "shared u32 offset out of range");
+        // SAFETY: as for u64_at, with 4-byte alignment.
+        unsafe { AtomicU32::from_ptr(self.base.add(off) as *mut u32) }
+    }
+
+    /// Copies `src` into the mapping at `off`.
+    pub(crate) fn write(&self, off: usize, src: &[u8]) {
+        assert!(
+            off.checked_add(src.len()).is_some_and(|e| e <= self.len),
+            "shared write out of range"
+        );
+        // SAFETY: the destination range is inside the mapping (checked) and cannot overlap `src`, which is ordinary
+        // process memory; the ring protocol gives this range to the writer alone until it publishes it.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(off), src.len()) }
+    }
+
+    /// Copies bytes at `off` out of the mapping into `dst`.
+    pub(crate) fn read(&self, off: usize, dst: &mut [u8]) {
+        assert!(
+            off.checked_add(dst.len()).is_some_and(|e| e <= self.len),
+            "shared read out of range"
+        );
+        // SAFETY: the source range is inside the mapping (checked) and disjoint from `dst`; a misbehaving peer could
+        // scribble on it meanwhile, which can only change the bytes we deliver, as it could by sending other bytes.
+        unsafe { std::ptr::copy_nonoverlapping(self.base.add(off), dst.as_mut_ptr(), dst.len()) }
+    }
+}

@@ -1,0 +1,135 @@
+//! Starting a local `vgpu server` as a child process and running programs through the shim: shared by
+//! `quickstart`, `bench` and the end-to-end tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A server child, killed when dropped.
+pub struct LocalServer {
+    child: Child,
+    pub tcp: String,
+    pub shm: String,
+    /// What the server printed before it was ready (backend and GPUs).
+    pub banner: Vec<String>,
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl LocalServer {
+    /// Starts `vgpu server` on a free loopback port and a fresh shared-memory name.
+    pub fn start(backend: &str, extra_args: &[&str]) -> Result<LocalServer, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let shm = format!("vgpu-{}-{}", std::process::id(), rand_suffix());
+        let mut child = Command::new(exe)
+            .args(["server", "--tcp", "127.0.0.1:0", "--shm", &shm, "--backend", backend])
+            .args(extra_args)
+            .env_remove("LD_LIBRARY_PATH")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start vgpu server: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout from the server")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut banner = Vec::new();
+        loop {
+            let line = match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    return Err(format!(
+                        "vgpu server did not become ready; it said: {}",
+                        banner.join(" | ")
+                    ));
+                }
+            };
+            if let Some(rest) = line.split("ready on ").nth(1) {
+                let tcp = rest
+                    .split(", ")
+                    .find(|e| e.starts_with("tcp://"))
+                    .map(str::to_string)
+                    .ok_or("server is ready but printed no tcp endpoint")?;
+                // Keep draining the server's output so it never blocks on a full pipe.
+                std::thread::spawn(move || while rx.recv().is_ok() {});
+                return Ok(LocalServer {
+                    child,
+                    tcp,
+                    shm: format!("shm://{shm}"),
+                    banner,
+                });
+            }
+            banner.push(line);
+        }
+    }
+}
+
+fn rand_suffix() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    t ^ std::process::id().rotate_left(16)
+}
+
+/// The folder holding vGPU's `libcuda.so.1`: `VGPU_SHIM_DIR`, `lib/` beside the binary, or the cargo build
+/// output beside the binary (where a `shim/libcuda.so.1` link to `libcuda.so` is made on first use).
+pub fn shim_dir() -> Result<PathBuf, String> {
+    if let Ok(dir) = std::env::var("VGPU_SHIM_DIR") {
+        let dir = PathBuf::from(dir);
+        if dir.join("libcuda.so.1").exists() {
+            return Ok(dir);
+        }
+        return Err(format!("VGPU_SHIM_DIR={} holds no libcuda.so.1", dir.display()));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin_dir = exe.parent().ok_or("binary has no folder")?;
+    let lib = bin_dir.join("lib");
+    if lib.join("libcuda.so.1").exists() {
+        return Ok(lib);
+    }
+    let built = bin_dir.join("libcuda.so");
+    if built.exists() {
+        let shim = bin_dir.join("shim");
+        let link = shim.join("libcuda.so.1");
+        if !link.exists() {
+            std::fs::create_dir_all(&shim).map_err(|e| format!("cannot create {}: {e}", shim.display()))?;
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(Path::new("../libcuda.so"), &link)
+                .map_err(|e| format!("cannot link {}: {e}", link.display()))?;
+        }
+        return Ok(shim);
+    }
+    Err(format!(
+        "vGPU's libcuda.so.1 is not next to {} (build it with `cargo build --release -p vgpu-client-shim`, \
+         or set VGPU_SHIM_DIR)",
+        exe.display()
+    ))
+}
+
+/// A command that runs through the shim against `server`.
+pub fn through_shim(program: impl AsRef<std::ffi::OsStr>, server: &str) -> Result<Command, String> {
+    let dir = shim_dir()?;
+    let mut cmd = Command::new(program);
+    let old = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
+    let path = if old.is_empty() {
+        dir.display().to_string()
+    } else {
+        format!("{}:{old}", dir.display())
+    };
+    cmd.env("LD_LIBRARY_PATH", path).env("VGPU_SERVER", server);
+    Ok(cmd)
+}

@@ -1,0 +1,101 @@
+//! The bundled sample: saxpy over a million floats through whatever `libcuda.so.1` is loaded, with every
+//! result checked on the host. `vgpu quickstart` runs it through the shim.
+
+use std::ffi::c_void;
+
+use crate::cuda::{Cuda, PTX};
+
+/// Runs the sample and returns the line it reports.
+pub fn run() -> Result<String, String> {
+    let cuda = Cuda::load()?;
+    cuda.open_device()?;
+    let backend = cuda.vgpu_backend();
+    let n: u32 = 1 << 20;
+    let a: f32 = 2.5;
+    let x: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 * 0.5).collect();
+    let y: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let bytes = n as usize * 4;
+    let f = cuda.kernel(PTX, "saxpy")?;
+    let (mut dx, mut dy) = (0u64, 0u64);
+    let mut out = vec![0f32; n as usize];
+    let mut x_back = vec![0f32; n as usize];
+    // SAFETY (this block): driver calls with host buffers of `bytes` bytes and arguments that outlive them.
+    unsafe {
+        cuda.check("cuMemAlloc", (cuda.mem_alloc)(&mut dx, bytes))?;
+        cuda.check("cuMemAlloc", (cuda.mem_alloc)(&mut dy, bytes))?;
+        cuda.check(
+            "cuMemcpyHtoD",
+            (cuda.memcpy_htod)(dx, x.as_ptr() as *const c_void, bytes),
+        )?;
+        cuda.check(
+            "cuMemcpyHtoD",
+            (cuda.memcpy_htod)(dy, y.as_ptr() as *const c_void, bytes),
+        )?;
+        let (mut pn, mut pa, mut px, mut py) = (n, a, dx, dy);
+        let mut args = [
+            &mut pn as *mut u32 as *mut c_void,
+            &mut pa as *mut f32 as *mut c_void,
+            &mut px as *mut u64 as *mut c_void,
+            &mut py as *mut u64 as *mut c_void,
+        ];
+        let grid = n.div_ceil(256);
+        let null = std::ptr::null_mut();
+        cuda.check(
+            "cuLaunchKernel",
+            (cuda.launch_kernel)(
+                f,
+                grid,
+                1,
+                1,
+                256,
+                1,
+                1,
+                0,
+                null,
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            ),
+        )?;
+        cuda.check("cuCtxSynchronize", (cuda.ctx_synchronize)())?;
+        cuda.check(
+            "cuMemcpyDtoH",
+            (cuda.memcpy_dtoh)(out.as_mut_ptr() as *mut c_void, dy, bytes),
+        )?;
+        cuda.check(
+            "cuMemcpyDtoH",
+            (cuda.memcpy_dtoh)(x_back.as_mut_ptr() as *mut c_void, dx, bytes),
+        )?;
+        cuda.check("cuMemFree", (cuda.mem_free)(dx))?;
+        cuda.check("cuMemFree", (cuda.mem_free)(dy))?;
+    }
+    if x_back != x {
+        return Err("the copy round trip corrupted data".into());
+    }
+    let device = cuda.device_name();
+    let place = match backend {
+        0 => "through vGPU on a real GPU",
+        1 => "through vGPU on the emulated backend",
+        _ => "on the native NVIDIA driver",
+    };
+    if backend == 1 {
+        // The emulated backend checks and records launches but does not run them: y must be unchanged.
+        if out != y {
+            return Err("emulated backend changed y although it runs no kernels".into());
+        }
+        return Ok(format!(
+            "sample: saxpy on {n} floats {place} ({device}): copies verified byte for byte, launch accepted; \
+             kernels are not executed on the emulated backend"
+        ));
+    }
+    let bad = out
+        .iter()
+        .zip(x.iter().zip(&y))
+        .filter(|(o, (xi, yi))| **o != a.mul_add(**xi, **yi))
+        .count();
+    if bad > 0 {
+        return Err(format!("saxpy gave {bad} wrong results out of {n}"));
+    }
+    Ok(format!(
+        "sample: saxpy on {n} floats {place} ({device}): all {n} results correct"
+    ))
+}
