@@ -2,7 +2,7 @@
 //! per-thread context stack. Lets most queries and handle checks be answered without a round trip.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -30,6 +30,9 @@ pub struct ContextInfo {
 #[derive(Clone, Debug)]
 pub struct ModuleInfo {
     pub is_library: bool,
+    /// A library whose image the server rejected: natively, library loading is lazy, so the error surfaces
+    /// at the first kernel lookup instead of at the load.
+    pub deferred_error: Option<u32>,
     pub functions: HashMap<String, Arc<FunctionInfo>>,
 }
 
@@ -51,6 +54,24 @@ pub struct Registry {
     pub functions: HashMap<u64, FunctionEntry>,
     /// Host allocations made by cuMemAllocHost/cuMemHostAlloc: address → length.
     pub host_allocs: HashMap<usize, usize>,
+    /// Device ranges the app may name (allocations and module globals): base → length. Lets asynchronous
+    /// copies fail at the call, as natively, instead of at a later synchronizing call.
+    pub device_ranges: BTreeMap<u64, u64>,
+    /// Libraries unloaded by the app: looking a kernel up in one is CUDA_ERROR_NOT_FOUND natively.
+    pub unloaded_libraries: HashSet<u64>,
+}
+
+impl Registry {
+    /// CUDA_ERROR_INVALID_VALUE unless [addr, addr+len) lies inside one known device range.
+    pub fn check_range(&self, addr: u64, len: u64) -> Result<(), u32> {
+        let invalid = vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_VALUE;
+        let (&base, &size) = self.device_ranges.range(..=addr).next_back().ok_or(invalid)?;
+        let end = addr.checked_add(len).ok_or(invalid)?;
+        if end > base.saturating_add(size) {
+            return Err(invalid);
+        }
+        Ok(())
+    }
 }
 
 static REGISTRY: RwLock<Option<Registry>> = RwLock::new(None);

@@ -35,6 +35,8 @@ struct State {
     /// event → time it was last recorded.
     events: HashMap<u64, Option<Instant>>,
     modules: HashMap<u64, Vec<LoadedFunction>>,
+    /// Module-scope variables of each module: name → (address, size).
+    globals: HashMap<u64, HashMap<String, (u64, u64)>>,
     functions: HashMap<u64, usize>,
     launches: u64,
 }
@@ -105,8 +107,15 @@ impl EmulatedBackend {
 
     fn load(&self, image: &[u8]) -> CuResult<(u64, Vec<LoadedFunction>)> {
         self.require_ctx()?;
+        let mut variables = Vec::new();
         let infos = match fatbin::classify(image) {
-            fatbin::Image::Ptx(text) => ptx::entries(text).map_err(|_| CUDA_ERROR_INVALID_PTX)?,
+            fatbin::Image::Ptx(text) => {
+                if !ptx::looks_compilable(text) {
+                    return Err(CUDA_ERROR_INVALID_PTX);
+                }
+                variables = ptx::globals(text);
+                ptx::entries(text).map_err(|_| CUDA_ERROR_INVALID_PTX)?
+            }
             fatbin::Image::FatBinary(entries) => {
                 let texts: Vec<&str> = entries.iter().filter_map(|e| e.ptx_text()).collect();
                 if texts.is_empty() {
@@ -115,6 +124,11 @@ impl EmulatedBackend {
                 }
                 let mut all: Vec<_> = Vec::new();
                 for t in texts {
+                    for g in ptx::globals(t) {
+                        if !variables.iter().any(|v: &(String, u64)| v.0 == g.0) {
+                            variables.push(g);
+                        }
+                    }
                     for f in ptx::entries(t).map_err(|_| CUDA_ERROR_INVALID_PTX)? {
                         if !all
                             .iter()
@@ -142,12 +156,30 @@ impl EmulatedBackend {
             st.functions.insert(f.handle, f.info.args_size());
         }
         st.modules.insert(module, functions.clone());
+        let mut table = HashMap::new();
+        for (name, size) in variables {
+            let addr = Self::place(&mut st, size.max(1));
+            table.insert(name, (addr, size));
+        }
+        st.globals.insert(module, table);
         Ok((module, functions))
+    }
+
+    /// Reserves device addresses for `size` bytes, with a guard gap so that distinct allocations are never
+    /// adjacent (a copy running off one must not land in the next, as on a real GPU).
+    fn place(st: &mut State, size: u64) -> u64 {
+        let addr = st.next_addr;
+        st.next_addr = (addr + size).div_ceil(ALLOC_ALIGN) * ALLOC_ALIGN + ALLOC_ALIGN;
+        st.allocations.insert(addr, vec![0u8; size as usize]);
+        addr
     }
 
     fn unload(&self, module: u64) -> CuResult<()> {
         let mut st = self.state();
         let functions = st.modules.remove(&module).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        for (addr, _) in st.globals.remove(&module).unwrap_or_default().into_values() {
+            st.allocations.remove(&addr);
+        }
         for f in functions {
             st.functions.remove(&f.handle);
         }
@@ -327,11 +359,8 @@ impl Backend for EmulatedBackend {
         if st.used.saturating_add(size) > EMULATED_TOTAL_MEM {
             return Err(CUDA_ERROR_OUT_OF_MEMORY);
         }
-        let addr = st.next_addr;
-        st.next_addr = (addr + size).div_ceil(ALLOC_ALIGN) * ALLOC_ALIGN;
         st.used += size;
-        st.allocations.insert(addr, vec![0u8; size as usize]);
-        Ok(addr)
+        Ok(Self::place(&mut st, size))
     }
     fn mem_alloc_pitch(&self, width: u64, height: u64, elem_size: u32) -> CuResult<(u64, u64)> {
         if width == 0 || height == 0 || !matches!(elem_size, 4 | 8 | 16) {
@@ -342,6 +371,9 @@ impl Backend for EmulatedBackend {
     }
     fn mem_free(&self, dptr: u64) -> CuResult<()> {
         let mut st = self.state();
+        if st.globals.values().any(|g| g.values().any(|&(a, _)| a == dptr)) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
         let bytes = st.allocations.remove(&dptr).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         st.used -= bytes.len() as u64;
         Ok(())
@@ -471,11 +503,16 @@ impl Backend for EmulatedBackend {
         self.unload(module)
     }
     fn module_get_global(&self, module: u64, name: &std::ffi::CStr) -> CuResult<(u64, u64)> {
-        // Globals are not parsed out of PTX: give each (module, name) a small zeroed allocation on first use.
-        if !self.state().modules.contains_key(&module) {
-            return Err(CUDA_ERROR_INVALID_HANDLE);
+        let st = self.state();
+        let functions = st.modules.get(&module).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let name = name.to_str().map_err(|_| CUDA_ERROR_NOT_FOUND)?;
+        if let Some(&(addr, size)) = st.globals.get(&module).and_then(|g| g.get(name)) {
+            return Ok((addr, size));
         }
-        let _ = name;
+        // A kernel's name is not a variable: the driver answers INVALID_VALUE rather than NOT_FOUND.
+        if functions.iter().any(|f| f.info.name == name) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
         Err(CUDA_ERROR_NOT_FOUND)
     }
     fn library_load(&self, image: &[u8]) -> CuResult<(u64, Vec<LoadedFunction>)> {

@@ -149,3 +149,134 @@ mod tests {
         assert!(entries(".entry ( .param .u32 x )").is_err());
     }
 }
+
+/// Module-scope `.global` and `.const` variables: (name, size in bytes).
+pub fn globals(ptx: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for stmt in top_level_statements(ptx) {
+        let tokens: Vec<&str> = stmt.split_whitespace().collect();
+        if !tokens.iter().any(|t| *t == ".global" || *t == ".const") || tokens.contains(&".extern") {
+            continue;
+        }
+        let Some(ty) = tokens.iter().position(|t| scalar_size(t).is_some()) else { continue };
+        let Some(name) = tokens.get(ty + 1) else { continue };
+        let elem = scalar_size(tokens[ty]).unwrap_or(1) as u64;
+        let base = name.split(['[', '=']).next().unwrap_or("").to_string();
+        if base.is_empty() {
+            continue;
+        }
+        let count: u64 = name
+            .split('[')
+            .skip(1)
+            .filter_map(|d| d.split(']').next().and_then(|n| n.trim().parse::<u64>().ok()))
+            .product();
+        out.push((base, elem * count.max(1)));
+    }
+    out
+}
+
+/// Statements outside every `{ }` body, split at `;`.
+fn top_level_statements(ptx: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0usize;
+    let mut cur = String::new();
+    for line in ptx.lines() {
+        let line = line.split("//").next().unwrap_or("");
+        for c in line.chars() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth = depth.saturating_sub(1),
+                ';' if depth == 0 => out.push(std::mem::take(&mut cur)),
+                _ if depth == 0 => cur.push(c),
+                _ => {}
+            }
+        }
+        if depth == 0 {
+            cur.push(' ');
+        }
+    }
+    out
+}
+
+/// A light check that kernel bodies are made of PTX instructions: the emulated backend cannot compile PTX,
+/// but must still refuse text the driver's compiler would reject outright (`CUDA_ERROR_INVALID_PTX`).
+pub fn looks_compilable(ptx: &str) -> bool {
+    let mut depth = 0usize;
+    let mut stmt = String::new();
+    for line in ptx.lines() {
+        let line = line.split("//").next().unwrap_or("");
+        for c in line.chars() {
+            match c {
+                '{' => {
+                    depth += 1;
+                    stmt.clear();
+                }
+                '}' => {
+                    depth = depth.saturating_sub(1);
+                    stmt.clear();
+                }
+                ';' if depth > 0 => {
+                    if !statement_ok(&stmt) {
+                        return false;
+                    }
+                    stmt.clear();
+                }
+                _ if depth > 0 => stmt.push(c),
+                _ => {}
+            }
+        }
+        stmt.push(' ');
+    }
+    true
+}
+
+fn statement_ok(stmt: &str) -> bool {
+    let mut s = stmt.trim();
+    // Labels ("L1:") may precede an instruction.
+    while let Some((label, rest)) = s.split_once(':') {
+        if label.trim().chars().all(|c| c.is_alphanumeric() || c == '_' || c == '$') && !label.trim().is_empty() {
+            s = rest.trim();
+        } else {
+            break;
+        }
+    }
+    if s.is_empty() || s.starts_with('.') {
+        return true;
+    }
+    if s.starts_with('@') {
+        s = s.split_once(char::is_whitespace).map(|(_, r)| r.trim()).unwrap_or("");
+    }
+    let opcode = s.split(|c: char| c == '.' || c.is_whitespace()).next().unwrap_or("");
+    KNOWN_OPCODES.contains(&opcode)
+}
+
+const KNOWN_OPCODES: &[&str] = &[
+    "abs", "activemask", "add", "addc", "alloca", "and", "applypriority", "atom", "bar", "barrier", "bfe", "bfi",
+    "bfind", "bmsk", "bra", "brev", "brkpt", "brx", "call", "clz", "cnot", "copysign", "cos", "cp", "createpolicy",
+    "cvt", "cvta", "discard", "div", "dp2a", "dp4a", "elect", "ex2", "exit", "fence", "fma", "fns", "getctarank",
+    "griddepcontrol", "isspacep", "istypep", "ld", "ldmatrix", "ldu", "lg2", "lop3", "mad", "mad24", "madc", "mapa",
+    "match", "max", "mbarrier", "membar", "min", "mma", "mov", "movmatrix", "mul", "mul24", "multimem", "nanosleep",
+    "neg", "not", "or", "pmevent", "popc", "prefetch", "prefetchu", "prmt", "rcp", "red", "redux", "rem", "ret",
+    "rsqrt", "sad", "selp", "set", "setmaxnreg", "setp", "shf", "shfl", "shl", "shr", "sin", "slct", "sqrt", "st",
+    "stackrestore", "stacksave", "stmatrix", "sub", "subc", "suld", "suq", "sured", "sust", "szext", "tanh",
+    "tcgen05", "tensormap", "testp", "tex", "tld4", "trap", "txq", "vabsdiff", "vadd", "vmad", "vmax", "vmin",
+    "vote", "vset", "vshl", "vshr", "vsub", "wgmma", "wmma", "xor", "clusterlaunchcontrol", "st.async", "red.async",
+];
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    #[test]
+    fn finds_globals_and_rejects_non_ptx_bodies() {
+        let ptx = ".version 8.0\n.global .align 4 .b8 g_table[1024];\n.visible .global .align 4 .u32 g_counter;\n\
+                   .const .align 4 .f32 c_scale = 0f3F800000;\n.extern .global .u32 ext;\n\
+                   .visible .entry k(.param .u64 p)\n{\n  .reg .b32 %r<2>;\nL1:\n  mov.u32 %r1, 1;\n  @%p bra L1;\n  ret;\n}\n";
+        assert_eq!(
+            globals(ptx),
+            vec![("g_table".into(), 1024), ("g_counter".into(), 4), ("c_scale".into(), 4)]
+        );
+        assert!(looks_compilable(ptx));
+        assert!(!looks_compilable(".entry b(\n.param .u64 p\n)\n{\n  this is not ptx;\n}\n"));
+    }
+}

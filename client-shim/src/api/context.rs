@@ -62,6 +62,10 @@ fn create(out: *mut Handle, flags: c_uint, dev: c_int) -> Result<(), u32> {
 }
 
 fn destroy(ctx: Handle) -> Result<(), u32> {
+    client::session()?;
+    if ctx.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
     let id = ctx_id(ctx);
     let info = known_ctx(id)?;
     if info.primary {
@@ -69,7 +73,12 @@ fn destroy(ctx: Handle) -> Result<(), u32> {
     }
     client::call(0, &CtxDestroy { ctx: id }, &[])?;
     state::write().contexts.remove(&id);
+    let was_current = state::current_ctx() == id;
     state::forget_ctx(id);
+    if was_current {
+        // The driver pops a destroyed current context; say which one is current now on both sides.
+        mirror_current(state::current_ctx())?;
+    }
     Ok(())
 }
 

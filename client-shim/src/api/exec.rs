@@ -89,30 +89,41 @@ fn load(out: *mut Handle, image: *const c_void, is_library: bool) -> Result<(), 
     let id = state::new_id();
     let mut table = Vec::new();
     if is_library {
-        client::call_with_tail(0, &LibraryLoad { library: id }, bytes, &mut table)?;
+        match client::call_with_tail(0, &LibraryLoad { library: id }, bytes, &mut table) {
+            Ok(_) => {}
+            Err(e @ (CUDA_ERROR_INVALID_IMAGE | CUDA_ERROR_INVALID_PTX)) => {
+                let info = ModuleInfo { is_library, deferred_error: Some(e), functions: Default::default() };
+                state::write().modules.insert(id, info);
+                return ffi::write(out, id as Handle);
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         client::call_with_tail(0, &ModuleLoad { module: id }, bytes, &mut table)?;
     }
     let functions = decode_function_table(&table).map_err(|_| CUDA_ERROR_UNKNOWN)?;
     let functions = functions.into_iter().map(|f| (f.name.clone(), Arc::new(f))).collect();
-    state::write().modules.insert(id, ModuleInfo { is_library, functions });
+    state::write().modules.insert(id, ModuleInfo { is_library, deferred_error: None, functions });
     ffi::write(out, id as Handle)
 }
 
 fn unload(module: Handle, is_library: bool) -> Result<(), u32> {
     let id = module as u64;
-    match state::read().modules.get(&id) {
-        Some(m) if m.is_library == is_library => {}
+    let deferred = match state::read().modules.get(&id) {
+        Some(m) if m.is_library == is_library => m.deferred_error.is_some(),
         _ => return Err(CUDA_ERROR_INVALID_HANDLE),
-    }
-    if is_library {
+    };
+    if is_library && !deferred {
         client::call(0, &LibraryUnload { library: id }, &[])?;
-    } else {
+    } else if !is_library {
         client::call(0, &ModuleUnload { module: id }, &[])?;
     }
     let mut reg = state::write();
     reg.modules.remove(&id);
     reg.functions.retain(|_, f| f.module != id);
+    if is_library {
+        reg.unloaded_libraries.insert(id);
+    }
     Ok(())
 }
 
@@ -122,13 +133,22 @@ fn get_function(out: *mut Handle, module: Handle, name: *const c_char, is_librar
     if out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
+    if name.is_empty() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
     let info = {
         let reg = state::read();
+        if is_library && reg.unloaded_libraries.contains(&id) {
+            return Err(CUDA_ERROR_NOT_FOUND);
+        }
         let m = reg
             .modules
             .get(&id)
             .filter(|m| m.is_library == is_library)
             .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if let Some(e) = m.deferred_error {
+            return Err(e);
+        }
         let name = name.to_str().map_err(|_| CUDA_ERROR_NOT_FOUND)?;
         m.functions.get(name).cloned().ok_or(CUDA_ERROR_NOT_FOUND)?
     };
@@ -174,7 +194,11 @@ fn get_global(
     need_ctx()?;
     let id = module as u64;
     match state::read().modules.get(&id) {
-        Some(m) if m.is_library == is_library => {}
+        Some(m) if m.is_library == is_library => {
+            if let Some(e) = m.deferred_error {
+                return Err(e);
+            }
+        }
         _ => return Err(CUDA_ERROR_INVALID_HANDLE),
     }
     let name = ffi::cstr(name)?.to_bytes();
@@ -183,6 +207,7 @@ fn get_global(
     } else {
         client::call(0, &ModuleGetGlobal { module: id }, name)?
     };
+    state::write().device_ranges.insert(r.dptr, r.size);
     if !out.is_null() {
         ffi::write(out, r.dptr)?;
     }
@@ -205,8 +230,8 @@ const PARAM_END: usize = 0x00;
 const PARAM_BUFFER_POINTER: usize = 0x01;
 const PARAM_BUFFER_SIZE: usize = 0x02;
 
-/// The packed-buffer form of `extra`: returns the buffer.
-fn extra_buffer<'a>(extra: *mut *mut c_void) -> Result<&'a [u8], u32> {
+/// The packed-buffer form of `extra`: returns the buffer (pointer and size), either possibly absent.
+fn extra_buffer<'a>(extra: *mut *mut c_void) -> Result<(Option<*mut c_void>, Option<usize>), u32> {
     let (mut ptr, mut size) = (None, None);
     let mut i = 0;
     loop {
@@ -226,10 +251,7 @@ fn extra_buffer<'a>(extra: *mut *mut c_void) -> Result<&'a [u8], u32> {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
     }
-    match (ptr, size) {
-        (Some(p), Some(n)) => ffi::bytes(p as *const u8, n),
-        _ => Err(CUDA_ERROR_INVALID_VALUE),
-    }
+    Ok((ptr, size))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -282,11 +304,27 @@ fn launch(
             })
         }
         (true, false) => {
-            let packed = extra_buffer(extra)?;
-            if packed.len() < size {
-                return Err(CUDA_ERROR_INVALID_VALUE);
+            // The driver's answers, measured on driver 580: no buffer at all is fine for a kernel without
+            // parameters; a size of 0 for one with parameters, or a missing pointer or size, is INVALID_VALUE;
+            // a short buffer is accepted (the rest of the parameters is undefined; we send zeros); a longer
+            // one than the parameters is LAUNCH_OUT_OF_RESOURCES.
+            match extra_buffer(extra)? {
+                (None, None) if size == 0 => client::post(flags, &call, &[]),
+                (Some(p), Some(n)) => {
+                    if n > size {
+                        return Err(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES);
+                    }
+                    if n == 0 && size > 0 {
+                        return Err(CUDA_ERROR_INVALID_VALUE);
+                    }
+                    let packed = ffi::bytes(p as *const u8, n)?;
+                    client::post_with(flags, &call, size, |buf| {
+                        buf.put_slice(packed);
+                        buf.put_bytes(0, size - n);
+                    })
+                }
+                _ => Err(CUDA_ERROR_INVALID_VALUE),
             }
-            client::post(flags, &call, &packed[..size])
         }
         (true, true) if size == 0 => client::post(flags, &call, &[]),
         _ => Err(CUDA_ERROR_INVALID_VALUE),
@@ -388,6 +426,13 @@ entry! {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let (start, end) = (event_id(start)?, event_id(end)?);
+        {
+            // CU_EVENT_DISABLE_TIMING on either event.
+            let reg = state::read();
+            if [start, end].iter().any(|e| reg.events.get(e).is_some_and(|f| f & 2 != 0)) {
+                return Err(CUDA_ERROR_INVALID_HANDLE);
+            }
+        }
         let r = client::call(0, &EventElapsedTime { start, end }, &[])?;
         ffi::write(ms, r.ms)
     }

@@ -29,6 +29,7 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> Result<(), u32> {
 fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, stream: Handle) -> Result<(), u32> {
     need_ctx()?;
     let stream = stream_id(stream)?;
+    state::read().check_range(dst, n as u64)?;
     let data = ffi::bytes(src as *const u8, n)?;
     client::post(
         flags,
@@ -44,6 +45,7 @@ fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, stream: Handle
 fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, stream: Handle) -> Result<(), u32> {
     need_ctx()?;
     let stream = stream_id(stream)?;
+    state::read().check_range(src, n as u64)?;
     if n == 0 {
         return Ok(());
     }
@@ -63,8 +65,22 @@ fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, stream: Handle) 
     )
 }
 
+/// The driver's own checks on a memset: element alignment of the address and pitch, and the range.
+fn check_memset(dst: u64, pitch: usize, elem: u32, width: usize, height: usize) -> Result<(), u32> {
+    let e = elem as u64;
+    if dst % e != 0 || (height > 1 && (pitch as u64 % e != 0 || (pitch as u64) < width as u64 * e)) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    if width == 0 || height == 0 {
+        return Ok(());
+    }
+    let span = (pitch as u64).saturating_mul(height as u64 - 1).saturating_add(width as u64 * e);
+    state::read().check_range(dst, span)
+}
+
 fn memset(flags: u16, dst: u64, pitch: usize, value: u32, elem: u32, width: usize, height: usize) -> Result<(), u32> {
     need_ctx()?;
+    check_memset(dst, pitch, elem, width, height)?;
     let call = Memset {
         dst,
         pitch: pitch as u64,
@@ -89,6 +105,7 @@ fn memset_async(
 ) -> Result<(), u32> {
     need_ctx()?;
     let stream = stream_id(stream)?;
+    check_memset(dst, pitch, elem, width, height)?;
     let call = MemsetAsync {
         dst,
         pitch: pitch as u64,
@@ -120,6 +137,7 @@ entry! {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let r = client::call(0, &MemAlloc { size: size as u64 }, &[])?;
+        state::write().device_ranges.insert(r.dptr, size as u64);
         ffi::write(out, r.dptr)
     }
     [cuMemAllocPitch_v2] [] (out: *mut u64, pitch: *mut usize, width: usize, height: usize, elem: c_uint) |f| {
@@ -129,12 +147,15 @@ entry! {
         }
         let call = MemAllocPitch { width: width as u64, height: height as u64, elem_size: elem, _pad: 0 };
         let r = client::call(0, &call, &[])?;
+        state::write().device_ranges.insert(r.dptr, r.pitch.saturating_mul(height as u64));
         ffi::write(out, r.dptr)?;
         ffi::write(pitch, r.pitch as usize)
     }
     [cuMemFree_v2] [] (dptr: u64) |f| {
         need_ctx()?;
-        client::call(0, &MemFree { dptr }, &[]).map(|_| ())
+        client::call(0, &MemFree { dptr }, &[])?;
+        state::write().device_ranges.remove(&dptr);
+        Ok(())
     }
     [cuMemGetInfo_v2] [] (free: *mut usize, total: *mut usize) |f| {
         need_ctx()?;
@@ -177,6 +198,11 @@ entry! {
     [cuMemcpyDtoDAsync_v2] [cuMemcpyDtoDAsync_v2_ptsz] (dst: u64, src: u64, n: usize, stream: Handle) |f| {
         need_ctx()?;
         let stream = stream_id(stream)?;
+        {
+            let reg = state::read();
+            reg.check_range(src, n as u64)?;
+            reg.check_range(dst, n as u64)?;
+        }
         client::post(f, &MemcpyDtoDAsync { dst, src, size: n as u64, stream }, &[])
     }
     [cuMemsetD8_v2] [cuMemsetD8_v2_ptds] (dst: u64, value: u8, n: usize) |f| {
