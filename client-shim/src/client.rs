@@ -373,9 +373,17 @@ impl Channel {
         let data_len = len - std::mem::size_of::<PushHeader>();
         let target = pending_take(push.pending_id);
         match target {
-            Some((ptr, want)) if want == data_len && push.len as usize == data_len => {
-                let dst = crate::ffi::fill(ptr, data_len);
+            Some(l) if l.len() == data_len && push.len as usize == data_len && l.rows <= 1 => {
+                let dst = crate::ffi::fill(l.addr, data_len);
                 self.transport.recv_exact(dst).map_err(|e| self.fail(&e))
+            }
+            Some(l) if l.len() == data_len && push.len as usize == data_len => {
+                let mut packed = vec![0u8; data_len];
+                self.transport.recv_exact(&mut packed).map_err(|e| self.fail(&e))?;
+                for (row, chunk) in packed.chunks_exact(l.width).enumerate() {
+                    crate::ffi::fill(l.addr + row * l.pitch, l.width).copy_from_slice(chunk);
+                }
+                Ok(())
             }
             _ => {
                 log!(
@@ -416,6 +424,11 @@ pub fn post<C: Call>(flags: u16, c: &C, tail: &[u8]) -> Result<(), u32> {
     with_channel(|ch, s| ch.post(flags, c, tail, s.batch_limit))
 }
 
+/// Sends an asynchronous call at once (not batched): for handle bindings other threads may use next.
+pub fn post_now<C: Call>(flags: u16, c: &C, tail: &[u8]) -> Result<(), u32> {
+    with_channel(|ch, _| ch.post(flags, c, tail, 0))
+}
+
 /// Queues an asynchronous call with a tail written in place.
 pub fn post_with<C: Call>(
     flags: u16,
@@ -426,11 +439,27 @@ pub fn post_with<C: Call>(
     with_channel(|ch, s| ch.post_with(flags, c, tail_len, write_tail, s.batch_limit))
 }
 
-// Device-to-host async copies waiting for their data: id → (destination address, length).
-static PENDING: OnceLock<Mutex<HashMap<u64, (usize, usize)>>> = OnceLock::new();
+/// Where the bytes of an async device-to-host copy must land: `rows` rows of `width` bytes, `pitch` apart
+/// (one row for a plain copy). The server sends them packed.
+#[derive(Clone, Copy, Debug)]
+pub struct Landing {
+    pub addr: usize,
+    pub pitch: usize,
+    pub width: usize,
+    pub rows: usize,
+}
+
+impl Landing {
+    fn len(&self) -> usize {
+        self.width * self.rows
+    }
+}
+
+// Device-to-host async copies waiting for their data, by id.
+static PENDING: OnceLock<Mutex<HashMap<u64, Landing>>> = OnceLock::new();
 static NEXT_PENDING: AtomicU64 = AtomicU64::new(1);
 
-fn pending() -> MutexGuard<'static, HashMap<u64, (usize, usize)>> {
+fn pending() -> MutexGuard<'static, HashMap<u64, Landing>> {
     PENDING
         .get_or_init(Default::default)
         .lock()
@@ -438,13 +467,13 @@ fn pending() -> MutexGuard<'static, HashMap<u64, (usize, usize)>> {
 }
 
 /// Records where an async device-to-host copy's bytes must land; returns the id the server echoes.
-pub fn pending_register(dst: usize, len: usize) -> u64 {
+pub fn pending_register(landing: Landing) -> u64 {
     let id = NEXT_PENDING.fetch_add(1, Ordering::Relaxed);
-    pending().insert(id, (dst, len));
+    pending().insert(id, landing);
     id
 }
 
-fn pending_take(id: u64) -> Option<(usize, usize)> {
+fn pending_take(id: u64) -> Option<Landing> {
     pending().remove(&id)
 }
 

@@ -57,6 +57,8 @@ pub struct Registry {
     /// Device ranges the app may name (allocations and module globals): base → length. Lets asynchronous
     /// copies fail at the call, as natively, instead of at a later synchronizing call.
     pub device_ranges: BTreeMap<u64, u64>,
+    /// Attributes fetched on first use for functions whose module was loaded lazily.
+    pub func_attrs: HashMap<u64, [i32; vgpu_dataplane::wire::FUNC_ATTR_COUNT]>,
     /// Libraries unloaded by the app: looking a kernel up in one is CUDA_ERROR_NOT_FOUND natively.
     pub unloaded_libraries: HashSet<u64>,
 }

@@ -32,6 +32,23 @@ impl HostBuffer {
         // SAFETY: as above, and &mut self gives exclusive access.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
+    /// Writes `data` at `offset` (bounds-checked). A buffer is the device's to write as well (async copies
+    /// land in it), so writes go through the pointer like the copy engine's do, not through a `&mut`.
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> bool {
+        if offset.checked_add(data.len()).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        // SAFETY: the range was checked to lie inside the buffer, which only its channel thread touches.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset), data.len()) };
+        true
+    }
+}
+
+/// One side of a 2D copy: a staging buffer the session owns, or device memory, with its row pitch.
+#[derive(Clone, Copy)]
+pub enum Place<'a> {
+    Host(&'a HostBuffer, u64),
+    Device(u64, u64),
 }
 
 /// Stream handles 0, 1 and 2 keep the driver's meaning (NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD).
@@ -60,9 +77,10 @@ pub trait Backend: Send + Sync + 'static {
     fn mem_get_info(&self) -> CuResult<(u64, u64)>;
     fn host_alloc(&self, len: usize) -> CuResult<HostBuffer>;
     fn host_free(&self, buf: HostBuffer);
-    /// Copies from host memory that stays valid until the stream passes this point.
-    fn memcpy_htod_async(&self, dst: u64, src: *const u8, len: usize, stream: u64) -> CuResult<()>;
-    fn memcpy_dtoh_async(&self, dst: *mut u8, src: u64, len: usize, stream: u64) -> CuResult<()>;
+    /// Copies the first `len` bytes of a staging buffer, which stays untouched until the stream passes here.
+    fn memcpy_htod_async(&self, dst: u64, src: &HostBuffer, len: usize, stream: u64) -> CuResult<()>;
+    /// Copies into the first `len` bytes of a staging buffer.
+    fn memcpy_dtoh_async(&self, dst: &HostBuffer, src: u64, len: usize, stream: u64) -> CuResult<()>;
     fn memcpy_dtod_async(&self, dst: u64, src: u64, len: u64, stream: u64) -> CuResult<()>;
     #[allow(clippy::too_many_arguments)]
     fn memset_async(
@@ -75,6 +93,9 @@ pub trait Backend: Send + Sync + 'static {
         height: u64,
         stream: u64,
     ) -> CuResult<()>;
+
+    /// Copies `height` rows of `width` bytes between two places.
+    fn memcpy_2d_async(&self, src: Place<'_>, dst: Place<'_>, width: u64, height: u64, stream: u64) -> CuResult<()>;
 
     fn stream_create(&self, flags: u32, priority: i32) -> CuResult<u64>;
     fn stream_destroy(&self, stream: u64) -> CuResult<()>;
@@ -94,6 +115,11 @@ pub trait Backend: Send + Sync + 'static {
     fn library_load(&self, image: &[u8]) -> CuResult<(u64, Vec<LoadedFunction>)>;
     fn library_unload(&self, library: u64) -> CuResult<()>;
     fn library_get_global(&self, library: u64, name: &std::ffi::CStr) -> CuResult<(u64, u64)>;
+    /// Every `CUfunction_attribute` of a function (or library kernel), `i32::MIN` where the driver refuses one.
+    fn func_attributes(&self, function: u64, is_kernel: bool)
+        -> CuResult<[i32; vgpu_dataplane::wire::FUNC_ATTR_COUNT]>;
+    /// Looks `name` up in a module or library the normal way, for the driver's own error on a missing name.
+    fn lookup(&self, module: u64, is_library: bool, name: &std::ffi::CStr) -> CuResult<()>;
     /// The function of `kernel` in the current context.
     fn kernel_get_function(&self, kernel: u64) -> CuResult<u64>;
     /// Launches `function` with arguments packed at the offsets of `params`.

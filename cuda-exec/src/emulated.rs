@@ -10,7 +10,7 @@ use std::time::Instant;
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::handshake::{DeviceFacts, BACKEND_EMULATED};
 
-use crate::backend::{Backend, CuResult, HostBuffer, LoadedFunction};
+use crate::backend::{Backend, CuResult, HostBuffer, LoadedFunction, Place};
 use crate::ptx;
 use vgpu_dataplane::image as fatbin;
 
@@ -393,17 +393,19 @@ impl Backend for EmulatedBackend {
         // SAFETY: buf was made by host_alloc from a boxed slice of max(len, 1) bytes that was forgotten there.
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(buf.ptr, buf.len.max(1))) });
     }
-    fn memcpy_htod_async(&self, dst: u64, src: *const u8, len: usize, stream: u64) -> CuResult<()> {
+    fn memcpy_htod_async(&self, dst: u64, src: &HostBuffer, len: usize, stream: u64) -> CuResult<()> {
         self.check_stream(stream)?;
-        // SAFETY: the session passes a host buffer it owns that is valid for len bytes.
-        let src = unsafe { std::slice::from_raw_parts(src, len) };
+        let src = src.as_slice().get(..len).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         self.with_range(dst, len as u64, |d| d.copy_from_slice(src))
     }
-    fn memcpy_dtoh_async(&self, dst: *mut u8, src: u64, len: usize, stream: u64) -> CuResult<()> {
+    fn memcpy_dtoh_async(&self, dst: &HostBuffer, src: u64, len: usize, stream: u64) -> CuResult<()> {
         self.check_stream(stream)?;
-        // SAFETY: the session passes a host buffer it owns that is valid for len bytes.
-        let dst = unsafe { std::slice::from_raw_parts_mut(dst, len) };
-        self.with_range(src, len as u64, |s| dst.copy_from_slice(s))
+        let data = self.with_range(src, len as u64, |s| s.to_vec())?;
+        if dst.write_at(0, &data) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_VALUE)
+        }
     }
     fn memcpy_dtod_async(&self, dst: u64, src: u64, len: u64, stream: u64) -> CuResult<()> {
         self.check_stream(stream)?;
@@ -523,6 +525,50 @@ impl Backend for EmulatedBackend {
     }
     fn library_get_global(&self, library: u64, name: &std::ffi::CStr) -> CuResult<(u64, u64)> {
         self.module_get_global(library, name)
+    }
+    fn func_attributes(
+        &self,
+        function: u64,
+        _is_kernel: bool,
+    ) -> CuResult<[i32; vgpu_dataplane::wire::FUNC_ATTR_COUNT]> {
+        let st = self.state();
+        st.modules
+            .values()
+            .flatten()
+            .find(|f| f.handle == function)
+            .map(|f| f.info.attrs)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+    fn lookup(&self, module: u64, _is_library: bool, _name: &std::ffi::CStr) -> CuResult<()> {
+        if self.state().modules.contains_key(&module) {
+            Err(CUDA_ERROR_NOT_FOUND)
+        } else {
+            Err(CUDA_ERROR_INVALID_HANDLE)
+        }
+    }
+    fn memcpy_2d_async(&self, src: Place<'_>, dst: Place<'_>, width: u64, height: u64, stream: u64) -> CuResult<()> {
+        self.check_stream(stream)?;
+        for row in 0..height {
+            let data = match src {
+                Place::Host(buf, pitch) => {
+                    let at = (row * pitch) as usize;
+                    buf.as_slice()
+                        .get(at..at + width as usize)
+                        .ok_or(CUDA_ERROR_INVALID_VALUE)?
+                        .to_vec()
+                }
+                Place::Device(a, pitch) => self.with_range(a + row * pitch, width, |s| s.to_vec())?,
+            };
+            match dst {
+                Place::Host(buf, pitch) => {
+                    if !buf.write_at((row * pitch) as usize, &data) {
+                        return Err(CUDA_ERROR_INVALID_VALUE);
+                    }
+                }
+                Place::Device(a, pitch) => self.with_range(a + row * pitch, width, |d| d.copy_from_slice(&data))?,
+            }
+        }
+        Ok(())
     }
     fn kernel_get_function(&self, kernel: u64) -> CuResult<u64> {
         self.require_ctx()?;

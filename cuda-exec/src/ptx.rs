@@ -11,9 +11,7 @@ pub fn entries(ptx: &str) -> Result<Vec<FunctionInfo>, String> {
     while let Some(pos) = find_entry(rest) {
         rest = &rest[pos + ".entry".len()..];
         let open = rest.find('(');
-        let name_end = rest
-            .find(|c: char| c == '(' || c == '{' || c == ';')
-            .ok_or("unterminated .entry")?;
+        let name_end = rest.find(['(', '{', ';']).ok_or("unterminated .entry")?;
         let name = rest[..name_end].trim().to_string();
         if name.is_empty() {
             return Err("an .entry without a name".into());
@@ -158,7 +156,9 @@ pub fn globals(ptx: &str) -> Vec<(String, u64)> {
         if !tokens.iter().any(|t| *t == ".global" || *t == ".const") || tokens.contains(&".extern") {
             continue;
         }
-        let Some(ty) = tokens.iter().position(|t| scalar_size(t).is_some()) else { continue };
+        let Some(ty) = tokens.iter().position(|t| scalar_size(t).is_some()) else {
+            continue;
+        };
         let Some(name) = tokens.get(ty + 1) else { continue };
         let elem = scalar_size(tokens[ty]).unwrap_or(1) as u64;
         let base = name.split(['[', '=']).next().unwrap_or("").to_string();
@@ -234,7 +234,12 @@ fn statement_ok(stmt: &str) -> bool {
     let mut s = stmt.trim();
     // Labels ("L1:") may precede an instruction.
     while let Some((label, rest)) = s.split_once(':') {
-        if label.trim().chars().all(|c| c.is_alphanumeric() || c == '_' || c == '$') && !label.trim().is_empty() {
+        if label
+            .trim()
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+            && !label.trim().is_empty()
+        {
             s = rest.trim();
         } else {
             break;
@@ -251,16 +256,129 @@ fn statement_ok(stmt: &str) -> bool {
 }
 
 const KNOWN_OPCODES: &[&str] = &[
-    "abs", "activemask", "add", "addc", "alloca", "and", "applypriority", "atom", "bar", "barrier", "bfe", "bfi",
-    "bfind", "bmsk", "bra", "brev", "brkpt", "brx", "call", "clz", "cnot", "copysign", "cos", "cp", "createpolicy",
-    "cvt", "cvta", "discard", "div", "dp2a", "dp4a", "elect", "ex2", "exit", "fence", "fma", "fns", "getctarank",
-    "griddepcontrol", "isspacep", "istypep", "ld", "ldmatrix", "ldu", "lg2", "lop3", "mad", "mad24", "madc", "mapa",
-    "match", "max", "mbarrier", "membar", "min", "mma", "mov", "movmatrix", "mul", "mul24", "multimem", "nanosleep",
-    "neg", "not", "or", "pmevent", "popc", "prefetch", "prefetchu", "prmt", "rcp", "red", "redux", "rem", "ret",
-    "rsqrt", "sad", "selp", "set", "setmaxnreg", "setp", "shf", "shfl", "shl", "shr", "sin", "slct", "sqrt", "st",
-    "stackrestore", "stacksave", "stmatrix", "sub", "subc", "suld", "suq", "sured", "sust", "szext", "tanh",
-    "tcgen05", "tensormap", "testp", "tex", "tld4", "trap", "txq", "vabsdiff", "vadd", "vmad", "vmax", "vmin",
-    "vote", "vset", "vshl", "vshr", "vsub", "wgmma", "wmma", "xor", "clusterlaunchcontrol", "st.async", "red.async",
+    "abs",
+    "activemask",
+    "add",
+    "addc",
+    "alloca",
+    "and",
+    "applypriority",
+    "atom",
+    "bar",
+    "barrier",
+    "bfe",
+    "bfi",
+    "bfind",
+    "bmsk",
+    "bra",
+    "brev",
+    "brkpt",
+    "brx",
+    "call",
+    "clz",
+    "cnot",
+    "copysign",
+    "cos",
+    "cp",
+    "createpolicy",
+    "cvt",
+    "cvta",
+    "discard",
+    "div",
+    "dp2a",
+    "dp4a",
+    "elect",
+    "ex2",
+    "exit",
+    "fence",
+    "fma",
+    "fns",
+    "getctarank",
+    "griddepcontrol",
+    "isspacep",
+    "istypep",
+    "ld",
+    "ldmatrix",
+    "ldu",
+    "lg2",
+    "lop3",
+    "mad",
+    "mad24",
+    "madc",
+    "mapa",
+    "match",
+    "max",
+    "mbarrier",
+    "membar",
+    "min",
+    "mma",
+    "mov",
+    "movmatrix",
+    "mul",
+    "mul24",
+    "multimem",
+    "nanosleep",
+    "neg",
+    "not",
+    "or",
+    "pmevent",
+    "popc",
+    "prefetch",
+    "prefetchu",
+    "prmt",
+    "rcp",
+    "red",
+    "redux",
+    "rem",
+    "ret",
+    "rsqrt",
+    "sad",
+    "selp",
+    "set",
+    "setmaxnreg",
+    "setp",
+    "shf",
+    "shfl",
+    "shl",
+    "shr",
+    "sin",
+    "slct",
+    "sqrt",
+    "st",
+    "stackrestore",
+    "stacksave",
+    "stmatrix",
+    "sub",
+    "subc",
+    "suld",
+    "suq",
+    "sured",
+    "sust",
+    "szext",
+    "tanh",
+    "tcgen05",
+    "tensormap",
+    "testp",
+    "tex",
+    "tld4",
+    "trap",
+    "txq",
+    "vabsdiff",
+    "vadd",
+    "vmad",
+    "vmax",
+    "vmin",
+    "vote",
+    "vset",
+    "vshl",
+    "vshr",
+    "vsub",
+    "wgmma",
+    "wmma",
+    "xor",
+    "clusterlaunchcontrol",
+    "st.async",
+    "red.async",
 ];
 
 #[cfg(test)]
@@ -277,6 +395,8 @@ mod more_tests {
             vec![("g_table".into(), 1024), ("g_counter".into(), 4), ("c_scale".into(), 4)]
         );
         assert!(looks_compilable(ptx));
-        assert!(!looks_compilable(".entry b(\n.param .u64 p\n)\n{\n  this is not ptx;\n}\n"));
+        assert!(!looks_compilable(
+            ".entry b(\n.param .u64 p\n)\n{\n  this is not ptx;\n}\n"
+        ));
     }
 }

@@ -7,7 +7,7 @@ use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::handshake::{DeviceFacts, BACKEND_REAL, DEVICE_ATTR_SLOTS};
 use vgpu_dataplane::wire::{FunctionInfo, FUNC_ATTR_COUNT};
 
-use crate::backend::{Backend, CuResult, HostBuffer, LoadedFunction};
+use crate::backend::{Backend, CuResult, HostBuffer, LoadedFunction, Place};
 
 type P = *mut c_void;
 
@@ -100,8 +100,36 @@ driver_table! {
     kernel_get_param_info = "cuKernelGetParamInfo": fn(P, usize, *mut usize, *mut usize);
     kernel_get_attribute = "cuKernelGetAttribute": fn(*mut c_int, c_int, P, c_int);
     kernel_get_function = "cuKernelGetFunction": fn(*mut P, P);
+    memcpy_2d_async = "cuMemcpy2DAsync_v2": fn(*const Memcpy2DParams, P);
+    module_get_function = "cuModuleGetFunction": fn(*mut P, P, *const c_char);
+    library_get_kernel = "cuLibraryGetKernel": fn(*mut P, P, *const c_char);
     launch_kernel = "cuLaunchKernel": fn(P, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, P, *mut *mut c_void, *mut *mut c_void);
 }
+
+/// `CUDA_MEMCPY2D` from cuda.h.
+#[repr(C)]
+#[derive(Default)]
+struct Memcpy2DParams {
+    src_x_in_bytes: usize,
+    src_y: usize,
+    src_memory_type: u32,
+    src_host: usize,
+    src_device: u64,
+    src_array: usize,
+    src_pitch: usize,
+    dst_x_in_bytes: usize,
+    dst_y: usize,
+    dst_memory_type: u32,
+    dst_host: usize,
+    dst_device: u64,
+    dst_array: usize,
+    dst_pitch: usize,
+    width_in_bytes: usize,
+    height: usize,
+}
+
+const MEMORYTYPE_HOST: u32 = 1;
+const MEMORYTYPE_DEVICE: u32 = 2;
 
 pub struct RealBackend {
     driver: Driver,
@@ -289,11 +317,17 @@ impl Backend for RealBackend {
     fn host_free(&self, buf: HostBuffer) {
         unsafe { (self.driver.mem_free_host)(buf.ptr as P) };
     }
-    fn memcpy_htod_async(&self, dst: u64, src: *const u8, len: usize, stream: u64) -> CuResult<()> {
-        ok(unsafe { (self.driver.memcpy_htod_async)(dst, src as *const c_void, len, p(stream)) })
+    fn memcpy_htod_async(&self, dst: u64, src: &HostBuffer, len: usize, stream: u64) -> CuResult<()> {
+        if len > src.len {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        ok(unsafe { (self.driver.memcpy_htod_async)(dst, src.ptr as *const c_void, len, p(stream)) })
     }
-    fn memcpy_dtoh_async(&self, dst: *mut u8, src: u64, len: usize, stream: u64) -> CuResult<()> {
-        ok(unsafe { (self.driver.memcpy_dtoh_async)(dst as P, src, len, p(stream)) })
+    fn memcpy_dtoh_async(&self, dst: &HostBuffer, src: u64, len: usize, stream: u64) -> CuResult<()> {
+        if len > dst.len {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        ok(unsafe { (self.driver.memcpy_dtoh_async)(dst.ptr as P, src, len, p(stream)) })
     }
     fn memcpy_dtod_async(&self, dst: u64, src: u64, len: u64, stream: u64) -> CuResult<()> {
         ok(unsafe { (self.driver.memcpy_dtod_async)(dst, src, len as usize, p(stream)) })
@@ -371,13 +405,12 @@ impl Backend for RealBackend {
             .map(|f| {
                 let mut name = std::ptr::null();
                 unsafe { (self.driver.func_get_name)(&mut name, f) };
+                // Attributes are left for FuncGetAttributes: querying them here would load every kernel of
+                // the module, which the driver otherwise does lazily.
                 let info = self.function_info(
                     cstr_name(name),
                     |i, off, size| unsafe { (self.driver.func_get_param_info)(f, i, off, size) },
-                    |a| {
-                        let mut v = 0;
-                        ok(unsafe { (self.driver.func_get_attribute)(&mut v, a, f) }).map(|_| v)
-                    },
+                    |_| Err(CUDA_ERROR_NOT_READY),
                 );
                 LoadedFunction { info, handle: h(f) }
             })
@@ -402,7 +435,6 @@ impl Backend for RealBackend {
         ok(unsafe { (self.driver.library_get_kernel_count)(&mut count, l) })?;
         let mut handles = vec![std::ptr::null_mut(); count as usize];
         ok(unsafe { (self.driver.library_enumerate_kernels)(handles.as_mut_ptr(), count, l) })?;
-        let dev = self.current_device();
         let kernels = handles
             .into_iter()
             .map(|k| {
@@ -411,10 +443,7 @@ impl Backend for RealBackend {
                 let info = self.function_info(
                     cstr_name(name),
                     |i, off, size| unsafe { (self.driver.kernel_get_param_info)(k, i, off, size) },
-                    |a| {
-                        let mut v = 0;
-                        ok(unsafe { (self.driver.kernel_get_attribute)(&mut v, a, k, dev) }).map(|_| v)
-                    },
+                    |_| Err(CUDA_ERROR_NOT_READY),
                 );
                 LoadedFunction { info, handle: h(k) }
             })
@@ -428,6 +457,69 @@ impl Backend for RealBackend {
         let (mut d, mut size) = (0u64, 0usize);
         ok(unsafe { (self.driver.library_get_global)(&mut d, &mut size, p(library), name.as_ptr()) })?;
         Ok((d, size as u64))
+    }
+    fn func_attributes(&self, function: u64, is_kernel: bool) -> CuResult<[i32; FUNC_ATTR_COUNT]> {
+        let dev = self.current_device();
+        let mut attrs = [i32::MIN; FUNC_ATTR_COUNT];
+        for (i, a) in attrs.iter_mut().enumerate() {
+            let mut v = 0;
+            let r = if is_kernel {
+                unsafe { (self.driver.kernel_get_attribute)(&mut v, i as c_int, p(function), dev) }
+            } else {
+                unsafe { (self.driver.func_get_attribute)(&mut v, i as c_int, p(function)) }
+            };
+            if r == CUDA_SUCCESS {
+                *a = v;
+            } else if i == 0 {
+                // The first attribute failing means the function itself is unusable: report the driver's error.
+                return Err(r);
+            }
+        }
+        Ok(attrs)
+    }
+    fn lookup(&self, module: u64, is_library: bool, name: &CStr) -> CuResult<()> {
+        let mut out = std::ptr::null_mut();
+        let r = if is_library {
+            unsafe { (self.driver.library_get_kernel)(&mut out, p(module), name.as_ptr()) }
+        } else {
+            unsafe { (self.driver.module_get_function)(&mut out, p(module), name.as_ptr()) }
+        };
+        match r {
+            CUDA_SUCCESS => Err(CUDA_ERROR_NOT_FOUND),
+            e => Err(e),
+        }
+    }
+    fn memcpy_2d_async(&self, src: Place<'_>, dst: Place<'_>, width: u64, height: u64, stream: u64) -> CuResult<()> {
+        let mut m = Memcpy2DParams {
+            width_in_bytes: width as usize,
+            height: height as usize,
+            ..Default::default()
+        };
+        match src {
+            Place::Host(buf, pitch) => {
+                m.src_memory_type = MEMORYTYPE_HOST;
+                m.src_host = buf.ptr as usize;
+                m.src_pitch = pitch as usize;
+            }
+            Place::Device(addr, pitch) => {
+                m.src_memory_type = MEMORYTYPE_DEVICE;
+                m.src_device = addr;
+                m.src_pitch = pitch as usize;
+            }
+        }
+        match dst {
+            Place::Host(buf, pitch) => {
+                m.dst_memory_type = MEMORYTYPE_HOST;
+                m.dst_host = buf.ptr as usize;
+                m.dst_pitch = pitch as usize;
+            }
+            Place::Device(addr, pitch) => {
+                m.dst_memory_type = MEMORYTYPE_DEVICE;
+                m.dst_device = addr;
+                m.dst_pitch = pitch as usize;
+            }
+        }
+        ok(unsafe { (self.driver.memcpy_2d_async)(&m, p(stream)) })
     }
     fn kernel_get_function(&self, kernel: u64) -> CuResult<u64> {
         let mut f = std::ptr::null_mut();

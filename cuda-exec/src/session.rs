@@ -12,7 +12,7 @@ use vgpu_dataplane::wire::*;
 use vgpu_dataplane::{Transport, TransportError};
 use zerocopy::IntoBytes;
 
-use crate::backend::{Backend, HostBuffer, LoadedFunction, STREAM_PER_THREAD};
+use crate::backend::{Backend, HostBuffer, LoadedFunction, Place, STREAM_PER_THREAD};
 
 /// Staging chunk for pipelined copies: big enough to amortise a stream sync, small enough to overlap.
 const CHUNK: usize = 8 << 20;
@@ -59,6 +59,8 @@ struct Function {
     real: u64,
     params: Arc<[(u32, u32)]>,
     args_size: usize,
+    /// A library kernel (`CUkernel`) rather than a module function.
+    is_kernel: bool,
 }
 
 #[derive(Default)]
@@ -442,6 +444,7 @@ impl Channel {
                             .map(|f| (f.handle, f.info.clone()))
                             .ok_or(CUDA_ERROR_NOT_FOUND)
                     });
+                let is_kernel = op == Op::LibraryGetKernel;
                 let r = found.map(|(real, info)| {
                     let args_size = info.args_size();
                     objs.functions.insert(
@@ -450,6 +453,7 @@ impl Channel {
                             real,
                             params: info.params.into(),
                             args_size,
+                            is_kernel,
                         },
                     );
                     Empty {}
@@ -481,12 +485,54 @@ impl Channel {
                 let kernel = self.s().objects().functions.get(&c.kernel).cloned();
                 match kernel {
                     Some(k) => self.b().kernel_get_function(k.real).map(|real| {
-                        self.s().objects().functions.insert(c.function, Function { real, ..k });
+                        self.s().objects().functions.insert(
+                            c.function,
+                            Function {
+                                real,
+                                is_kernel: false,
+                                ..k
+                            },
+                        );
                         Empty {}
                     }),
                     None => Err(CUDA_ERROR_INVALID_HANDLE),
                 }
             }),
+            Op::FuncGetAttributes => simple!(FuncGetAttributes, |c| {
+                let f = self.s().objects().functions.get(&c.function).cloned();
+                match f {
+                    Some(f) => self
+                        .b()
+                        .func_attributes(f.real, f.is_kernel)
+                        .map(|attrs| FuncAttrsReply { attrs, _pad: 0 }),
+                    None => Err(CUDA_ERROR_INVALID_HANDLE),
+                }
+            }),
+            Op::LookupName => {
+                let c = body!(LookupName);
+                self.read_tail(t, h, MAX_NAME)?;
+                let name = self.name_from_tail()?;
+                let module = self
+                    .s()
+                    .objects()
+                    .modules
+                    .get(&c.module)
+                    .map(|m| (m.real, m.is_library));
+                let r = match module {
+                    Some((real, is_library)) => self.b().lookup(real, is_library, &name),
+                    None => Err(CUDA_ERROR_INVALID_HANDLE),
+                };
+                self.finish::<LookupName>(t, h.seq, r.map(|_| Empty {}), &[])
+            }
+            Op::Memcpy2D => {
+                let c = body!(Memcpy2D);
+                self.copy_2d(t, h, c, per_thread)
+            }
+            Op::Memcpy2DAsync => {
+                let c = body!(Memcpy2DAsync);
+                let r = self.copy_2d_async(t, h, c, per_thread)?;
+                self.finish::<Memcpy2DAsync>(t, h.seq, r.map(|_| Empty {}), &[])
+            }
             Op::LaunchKernel => {
                 let c = body!(LaunchKernel);
                 self.read_tail(t, h, MAX_ARGS)?;
@@ -779,7 +825,7 @@ impl Channel {
                 // The other buffer's copy was issued before this one was filled: wait for it before reusing.
                 let r = self
                     .b()
-                    .memcpy_htod_async(c.dst + done as u64, self.staging[which].ptr, n, stream)
+                    .memcpy_htod_async(c.dst + done as u64, &self.staging[which], n, stream)
                     .and_then(|_| {
                         if done + n < len {
                             self.b().stream_synchronize(stream)
@@ -824,7 +870,7 @@ impl Channel {
         t.recv_exact(&mut buf.as_mut_slice()[..len])?;
         let issued = self
             .b()
-            .memcpy_htod_async(c.dst, buf.ptr, len, stream)
+            .memcpy_htod_async(c.dst, &buf, len, stream)
             .and_then(|_| self.b().event_create(2 /* CU_EVENT_DISABLE_TIMING */))
             .and_then(|ev| self.b().event_record(ev, stream).map(|_| ev));
         match issued {
@@ -875,10 +921,7 @@ impl Channel {
         // Issue the first chunk, then: wait for chunk i, issue chunk i+1 into the other buffer, send chunk i.
         let first = len.min(CHUNK);
         if first > 0 {
-            error = self
-                .b()
-                .memcpy_dtoh_async(self.staging[0].ptr, c.src, first, stream)
-                .err();
+            error = self.b().memcpy_dtoh_async(&self.staging[0], c.src, first, stream).err();
         }
         while offset < len {
             let n = (len - offset).min(CHUNK);
@@ -890,7 +933,7 @@ impl Channel {
                 let m = (len - next).min(CHUNK);
                 error = self
                     .b()
-                    .memcpy_dtoh_async(self.staging[which ^ 1].ptr, c.src + next as u64, m, stream)
+                    .memcpy_dtoh_async(&self.staging[which ^ 1], c.src + next as u64, m, stream)
                     .err();
             }
             if error.is_some() {
@@ -912,7 +955,7 @@ impl Channel {
         let buf = self.take_buffer(len)?;
         let issued = self
             .b()
-            .memcpy_dtoh_async(buf.ptr, c.src, len, stream)
+            .memcpy_dtoh_async(&buf, c.src, len, stream)
             .and_then(|_| self.b().event_create(2 /* CU_EVENT_DISABLE_TIMING */))
             .and_then(|ev| self.b().event_record(ev, stream).map(|_| ev));
         match issued {
@@ -929,6 +972,173 @@ impl Channel {
                 let _ = self.b().stream_synchronize(stream);
                 self.give_back(buf);
                 Err(e)
+            }
+        }
+    }
+
+    /// The device span a 2D copy touches: `height` rows at `pitch`, `width` bytes each.
+    fn check_2d(&self, addr: u64, pitch: u64, width: u64, height: u64) -> Result<(), u32> {
+        if height == 0 || width == 0 {
+            return Ok(());
+        }
+        if height > 1 && pitch < width {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let span = pitch
+            .checked_mul(height - 1)
+            .and_then(|v| v.checked_add(width))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        self.check_range(addr, span)
+    }
+
+    /// Synchronous 2D copy. Host rows travel packed; the server copies them through a staging buffer.
+    fn copy_2d(
+        &mut self,
+        t: &mut dyn Transport,
+        h: &RequestHeader,
+        c: Memcpy2D,
+        per_thread: bool,
+    ) -> Result<(), ChannelEnd> {
+        let stream = if per_thread { STREAM_PER_THREAD } else { 0 };
+        let packed = c
+            .width
+            .checked_mul(c.height)
+            .ok_or_else(|| ChannelEnd::Malformed("2D copy size overflows".into()))?;
+        let expect_tail = if c.direction == 0 { packed } else { 0 };
+        if h.tail_len() as u64 != expect_tail || c.direction > 2 {
+            return Err(ChannelEnd::Malformed(
+                "2D copy with a tail that does not match its direction".into(),
+            ));
+        }
+        let checked = match c.direction {
+            0 => self.check_2d(c.dst, c.dst_pitch, c.width, c.height),
+            1 => self.check_2d(c.src, c.src_pitch, c.width, c.height),
+            _ => self
+                .check_2d(c.src, c.src_pitch, c.width, c.height)
+                .and_then(|_| self.check_2d(c.dst, c.dst_pitch, c.width, c.height)),
+        };
+        let buf = checked.and_then(|_| {
+            if c.direction < 2 {
+                self.take_buffer(packed as usize).map(Some)
+            } else {
+                Ok(None)
+            }
+        });
+        let mut buf = match buf {
+            Ok(b) => b,
+            Err(e) => {
+                self.discard(t, h.tail_len())?;
+                return self.finish::<Memcpy2D>(t, h.seq, Err(e), &[]);
+            }
+        };
+        let (src, dst) = match (c.direction, &mut buf) {
+            (0, Some(b)) => {
+                t.recv_exact(&mut b.as_mut_slice()[..packed as usize])?;
+                (Place::Host(b, c.width), Place::Device(c.dst, c.dst_pitch))
+            }
+            (1, Some(b)) => (Place::Device(c.src, c.src_pitch), Place::Host(b, c.width)),
+            _ => (Place::Device(c.src, c.src_pitch), Place::Device(c.dst, c.dst_pitch)),
+        };
+        let r = self
+            .b()
+            .memcpy_2d_async(src, dst, c.width, c.height, stream)
+            .and_then(|_| self.b().stream_synchronize(stream));
+        let result = match (&r, c.direction, &buf) {
+            (Ok(()), 1, Some(b)) => {
+                let data = b.as_slice()[..packed as usize].to_vec();
+                self.finish::<Memcpy2D>(t, h.seq, Ok(Empty {}), &data)
+            }
+            _ => self.finish::<Memcpy2D>(t, h.seq, r.map(|_| Empty {}), &[]),
+        };
+        if let Some(b) = buf {
+            self.give_back(b);
+        }
+        result
+    }
+
+    fn copy_2d_async(
+        &mut self,
+        t: &mut dyn Transport,
+        h: &RequestHeader,
+        c: Memcpy2DAsync,
+        per_thread: bool,
+    ) -> Result<Result<(), u32>, ChannelEnd> {
+        let packed = c
+            .width
+            .checked_mul(c.height)
+            .ok_or_else(|| ChannelEnd::Malformed("2D copy size overflows".into()))?;
+        let expect_tail = if c.direction == 0 { packed } else { 0 };
+        if h.tail_len() as u64 != expect_tail || c.direction > 2 {
+            return Err(ChannelEnd::Malformed(
+                "2D copy with a tail that does not match its direction".into(),
+            ));
+        }
+        let prepared = self.stream(c.stream, per_thread).and_then(|s| {
+            match c.direction {
+                0 => self.check_2d(c.dst, c.dst_pitch, c.width, c.height)?,
+                1 => self.check_2d(c.src, c.src_pitch, c.width, c.height)?,
+                _ => {
+                    self.check_2d(c.src, c.src_pitch, c.width, c.height)?;
+                    self.check_2d(c.dst, c.dst_pitch, c.width, c.height)?
+                }
+            }
+            let buf = if c.direction < 2 {
+                Some(self.take_buffer(packed as usize)?)
+            } else {
+                None
+            };
+            Ok((s, buf))
+        });
+        let (stream, mut buf) = match prepared {
+            Ok(v) => v,
+            Err(e) => {
+                self.discard(t, h.tail_len())?;
+                return Ok(Err(e));
+            }
+        };
+        let (src, dst) = match (c.direction, &mut buf) {
+            (0, Some(b)) => {
+                t.recv_exact(&mut b.as_mut_slice()[..packed as usize])?;
+                (Place::Host(b, c.width), Place::Device(c.dst, c.dst_pitch))
+            }
+            (1, Some(b)) => (Place::Device(c.src, c.src_pitch), Place::Host(b, c.width)),
+            _ => (Place::Device(c.src, c.src_pitch), Place::Device(c.dst, c.dst_pitch)),
+        };
+        let issued = self
+            .b()
+            .memcpy_2d_async(src, dst, c.width, c.height, stream)
+            .and_then(|_| match buf {
+                Some(_) => self
+                    .b()
+                    .event_create(2)
+                    .and_then(|ev| self.b().event_record(ev, stream).map(|_| Some(ev))),
+                None => Ok(None),
+            });
+        match (issued, buf) {
+            (Ok(Some(event)), Some(b)) if c.direction == 1 => {
+                self.pending.push(PendingCopy {
+                    id: c.pending_id,
+                    buf: b,
+                    len: packed as usize,
+                    event,
+                });
+                Ok(Ok(()))
+            }
+            (Ok(Some(event)), Some(b)) => {
+                self.in_flight.push(InFlight { buf: b, event });
+                Ok(Ok(()))
+            }
+            (Ok(_), None) => Ok(Ok(())),
+            (Ok(None), Some(b)) => {
+                self.give_back(b);
+                Ok(Ok(()))
+            }
+            (Err(e), b) => {
+                let _ = self.b().stream_synchronize(stream);
+                if let Some(b) = b {
+                    self.give_back(b);
+                }
+                Ok(Err(e))
             }
         }
     }

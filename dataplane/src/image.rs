@@ -150,7 +150,7 @@ mod tests {
     fn fatbin_with_ptx(ptx: &str) -> Vec<u8> {
         let mut payload = ptx.as_bytes().to_vec();
         payload.push(0);
-        while payload.len() % 8 != 0 {
+        while !payload.len().is_multiple_of(8) {
             payload.push(0);
         }
         let mut entry = vec![0u8; 64];

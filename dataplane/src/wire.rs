@@ -200,6 +200,21 @@ calls! {
     LibraryGetGlobal = 57, sync { library: u64 } -> GlobalReply;
     /// `cuKernelGetFunction`: binds client id `function` to the kernel's function in the current context.
     KernelGetFunction = 58, async { kernel: u64, function: u64 } -> Empty;
+    /// `cuFuncGetAttribute`/`cuKernelGetAttribute` for a function whose attributes the load left unknown (the
+    /// driver loads kernels lazily; asking for attributes is what loads them).
+    FuncGetAttributes = 59, sync { function: u64 } -> FuncAttrsReply;
+    /// A kernel name the load reply did not list: asks the driver, so the error is the driver's own. Tail: name.
+    LookupName = 61, sync { module: u64, is_library: u32, _pad: u32 } -> Empty;
+    /// `cuMemcpy2D`: `height` rows of `width` bytes. Host rows travel packed (pitch = width) in the tail
+    /// (host-to-device) or the reply (device-to-host); `direction` is 0 H→D, 1 D→H, 2 D→D.
+    Memcpy2D = 28, sync {
+        src: u64, src_pitch: u64, dst: u64, dst_pitch: u64, width: u64, height: u64, direction: u32, _pad: u32
+    } -> Empty;
+    /// `cuMemcpy2DAsync`; device-to-host rows come back in a push frame tagged `pending_id`.
+    Memcpy2DAsync = 29, async {
+        src: u64, src_pitch: u64, dst: u64, dst_pitch: u64, width: u64, height: u64, stream: u64,
+        pending_id: u64, direction: u32, _pad: u32
+    } -> Empty;
     /// `cuLaunchKernel`: the tail holds the arguments packed at the offsets of the function's parameter layout.
     LaunchKernel = 60, async {
         function: u64, stream: u64,
@@ -235,6 +250,13 @@ pub struct MemGetInfoReply {
 #[derive(Debug, Clone, Copy, Default, PartialEq, IntoBytes, FromBytes, Immutable, KnownLayout)]
 pub struct EventElapsedReply {
     pub ms: f32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct FuncAttrsReply {
+    pub attrs: [i32; FUNC_ATTR_COUNT],
     pub _pad: u32,
 }
 
@@ -304,9 +326,13 @@ pub struct FunctionInfo {
     pub name: String,
     /// (offset, size) of each parameter in the packed argument buffer, in order.
     pub params: Vec<(u32, u32)>,
-    /// `cuFuncGetAttribute` values, indexed by attribute; `i32::MIN` where the driver gave an error.
+    /// `cuFuncGetAttribute` values, indexed by attribute; `i32::MIN` where the driver gave an error or the
+    /// value is not known yet (`ATTRS_UNKNOWN`: ask with `FuncGetAttributes`).
     pub attrs: [i32; FUNC_ATTR_COUNT],
 }
+
+/// Attributes of a function whose module was loaded lazily: fetched on first use.
+pub const ATTRS_UNKNOWN: [i32; FUNC_ATTR_COUNT] = [i32::MIN; FUNC_ATTR_COUNT];
 
 impl FunctionInfo {
     /// Bytes of the packed argument buffer: the end of the last parameter.

@@ -92,7 +92,11 @@ fn load(out: *mut Handle, image: *const c_void, is_library: bool) -> Result<(), 
         match client::call_with_tail(0, &LibraryLoad { library: id }, bytes, &mut table) {
             Ok(_) => {}
             Err(e @ (CUDA_ERROR_INVALID_IMAGE | CUDA_ERROR_INVALID_PTX)) => {
-                let info = ModuleInfo { is_library, deferred_error: Some(e), functions: Default::default() };
+                let info = ModuleInfo {
+                    is_library,
+                    deferred_error: Some(e),
+                    functions: Default::default(),
+                };
                 state::write().modules.insert(id, info);
                 return ffi::write(out, id as Handle);
             }
@@ -103,7 +107,14 @@ fn load(out: *mut Handle, image: *const c_void, is_library: bool) -> Result<(), 
     }
     let functions = decode_function_table(&table).map_err(|_| CUDA_ERROR_UNKNOWN)?;
     let functions = functions.into_iter().map(|f| (f.name.clone(), Arc::new(f))).collect();
-    state::write().modules.insert(id, ModuleInfo { is_library, deferred_error: None, functions });
+    state::write().modules.insert(
+        id,
+        ModuleInfo {
+            is_library,
+            deferred_error: None,
+            functions,
+        },
+    );
     ffi::write(out, id as Handle)
 }
 
@@ -149,8 +160,20 @@ fn get_function(out: *mut Handle, module: Handle, name: *const c_char, is_librar
         if let Some(e) = m.deferred_error {
             return Err(e);
         }
-        let name = name.to_str().map_err(|_| CUDA_ERROR_NOT_FOUND)?;
-        m.functions.get(name).cloned().ok_or(CUDA_ERROR_NOT_FOUND)?
+        name.to_str().ok().and_then(|n| m.functions.get(n).cloned())
+    };
+    let Some(info) = info else {
+        // Not in the load reply: let the driver say why (NOT_FOUND, or a lazily reported image error).
+        client::call(
+            0,
+            &LookupName {
+                module: id,
+                is_library: is_library as u32,
+                _pad: 0,
+            },
+            name.to_bytes(),
+        )?;
+        return Err(CUDA_ERROR_NOT_FOUND);
     };
     let fid = state::new_id();
     let name = name.to_bytes();
@@ -225,13 +248,35 @@ fn function(f: Handle) -> Result<FunctionEntry, u32> {
         .ok_or(CUDA_ERROR_INVALID_HANDLE)
 }
 
+/// A function's attributes: from the load reply, from the cache, or fetched once from the server.
+fn attributes(f: Handle) -> Result<[i32; FUNC_ATTR_COUNT], u32> {
+    let entry = function(f)?;
+    if entry.info.attrs != ATTRS_UNKNOWN {
+        return Ok(entry.info.attrs);
+    }
+    if let Some(a) = state::read().func_attrs.get(&(f as u64)) {
+        return Ok(*a);
+    }
+    let r = client::call(0, &FuncGetAttributes { function: f as u64 }, &[])?;
+    state::write().func_attrs.insert(f as u64, r.attrs);
+    Ok(r.attrs)
+}
+
+/// Attributes already known without a round trip (for launch checks).
+fn known_attributes(f: &FunctionEntry, id: u64) -> Option<[i32; FUNC_ATTR_COUNT]> {
+    if f.info.attrs != ATTRS_UNKNOWN {
+        return Some(f.info.attrs);
+    }
+    state::read().func_attrs.get(&id).copied()
+}
+
 /// CU_LAUNCH_PARAM_END, CU_LAUNCH_PARAM_BUFFER_POINTER, CU_LAUNCH_PARAM_BUFFER_SIZE.
 const PARAM_END: usize = 0x00;
 const PARAM_BUFFER_POINTER: usize = 0x01;
 const PARAM_BUFFER_SIZE: usize = 0x02;
 
 /// The packed-buffer form of `extra`: returns the buffer (pointer and size), either possibly absent.
-fn extra_buffer<'a>(extra: *mut *mut c_void) -> Result<(Option<*mut c_void>, Option<usize>), u32> {
+fn extra_buffer(extra: *mut *mut c_void) -> Result<(Option<*mut c_void>, Option<usize>), u32> {
     let (mut ptr, mut size) = (None, None);
     let mut i = 0;
     loop {
@@ -268,7 +313,8 @@ fn launch(
     let ctx = need_ctx()?;
     let entry = function(f)?;
     let stream = stream_id(stream)?;
-    check_launch_shape(ctx, &entry, grid, block, shared_mem)?;
+    let attrs = known_attributes(&entry, f as u64);
+    check_launch_shape(ctx, attrs, grid, block, shared_mem)?;
     let info = &entry.info;
     let size = info.args_size();
     let call = LaunchKernel {
@@ -332,14 +378,20 @@ fn launch(
 }
 
 /// The checks the driver makes before queueing a launch, done here so their errors come back at once.
-fn check_launch_shape(ctx: u64, f: &FunctionEntry, grid: [u32; 3], block: [u32; 3], shared: u32) -> Result<(), u32> {
+fn check_launch_shape(
+    ctx: u64,
+    attrs: Option<[i32; FUNC_ATTR_COUNT]>,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared: u32,
+) -> Result<(), u32> {
     let s = client::session()?;
     let device = state::read().contexts.get(&ctx).map(|c| c.device).unwrap_or(0);
     let dev = s.devices.get(device as usize).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
     let limit = |a: usize| dev.attr(a).map(|v| v as u64).unwrap_or(u64::MAX);
     let threads: u64 = block.iter().map(|&b| b as u64).product();
-    let func_max = match f.info.attrs[0] {
-        v if v > 0 => v as u64,
+    let func_max = match attrs.map(|a| a[0]) {
+        Some(v) if v > 0 => v as u64,
         _ => u64::MAX,
     };
     if grid.contains(&0) || block.contains(&0) {
@@ -405,7 +457,7 @@ entry! {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let event = state::new_id();
-        client::post(0, &EventCreate { event, flags, _pad: 0 }, &[])?;
+        client::post_now(0, &EventCreate { event, flags, _pad: 0 }, &[])?;
         state::write().events.insert(event, flags);
         ffi::write(out, event as Handle)
     }
@@ -481,21 +533,21 @@ entry! {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
         let fid = state::new_id();
-        client::post(0, &KernelGetFunction { kernel: kernel as u64, function: fid }, &[])?;
+        client::post_now(0, &KernelGetFunction { kernel: kernel as u64, function: fid }, &[])?;
         state::write().functions.insert(fid, FunctionEntry { is_kernel: false, ..k });
         ffi::write(out, fid as Handle)
     }
     [cuFuncGetAttribute] [] (out: *mut c_int, attrib: c_int, func: Handle) |f| {
-        let entry = function(func)?;
-        let v = usize::try_from(attrib).ok().and_then(|a| entry.info.attrs.get(a).copied()).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let attrs = attributes(func)?;
+        let v = usize::try_from(attrib).ok().and_then(|a| attrs.get(a).copied()).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         if v == i32::MIN {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         ffi::write(out, v)
     }
     [cuKernelGetAttribute] [] (out: *mut c_int, attrib: c_int, kernel: Handle, _dev: c_int) |f| {
-        let entry = function(kernel)?;
-        let v = usize::try_from(attrib).ok().and_then(|a| entry.info.attrs.get(a).copied()).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let attrs = attributes(kernel)?;
+        let v = usize::try_from(attrib).ok().and_then(|a| attrs.get(a).copied()).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         if v == i32::MIN {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }

@@ -52,7 +52,12 @@ fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, stream: Handle) 
     if dst.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let pending_id = client::pending_register(dst as usize, n);
+    let pending_id = client::pending_register(client::Landing {
+        addr: dst as usize,
+        pitch: n,
+        width: n,
+        rows: 1,
+    });
     client::post(
         flags,
         &MemcpyDtoHAsync {
@@ -68,13 +73,17 @@ fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, stream: Handle) 
 /// The driver's own checks on a memset: element alignment of the address and pitch, and the range.
 fn check_memset(dst: u64, pitch: usize, elem: u32, width: usize, height: usize) -> Result<(), u32> {
     let e = elem as u64;
-    if dst % e != 0 || (height > 1 && (pitch as u64 % e != 0 || (pitch as u64) < width as u64 * e)) {
+    if !dst.is_multiple_of(e)
+        || (height > 1 && (!(pitch as u64).is_multiple_of(e) || (pitch as u64) < width as u64 * e))
+    {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     if width == 0 || height == 0 {
         return Ok(());
     }
-    let span = (pitch as u64).saturating_mul(height as u64 - 1).saturating_add(width as u64 * e);
+    let span = (pitch as u64)
+        .saturating_mul(height as u64 - 1)
+        .saturating_add(width as u64 * e);
     state::read().check_range(dst, span)
 }
 
@@ -116,6 +125,170 @@ fn memset_async(
         elem_size: elem,
     };
     client::post(flags, &call, &[])
+}
+
+/// `CUDA_MEMCPY2D` from cuda.h.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Copy2D {
+    src_x_in_bytes: usize,
+    src_y: usize,
+    src_memory_type: u32,
+    src_host: usize,
+    src_device: u64,
+    src_array: usize,
+    src_pitch: usize,
+    dst_x_in_bytes: usize,
+    dst_y: usize,
+    dst_memory_type: u32,
+    dst_host: usize,
+    dst_device: u64,
+    dst_array: usize,
+    dst_pitch: usize,
+    width_in_bytes: usize,
+    height: usize,
+}
+
+/// One side of a 2D copy after resolving memory types and offsets.
+enum Side {
+    Host(usize, usize),
+    Device(u64, u64),
+}
+
+fn side(kind: u32, host: usize, device: u64, x: usize, y: usize, pitch: usize) -> Result<Side, u32> {
+    const HOST: u32 = 1;
+    const DEVICE: u32 = 2;
+    const UNIFIED: u32 = 4;
+    let offset = y
+        .checked_mul(pitch)
+        .and_then(|o| o.checked_add(x))
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    match kind {
+        HOST => Ok(Side::Host(host.wrapping_add(offset), pitch)),
+        DEVICE => Ok(Side::Device(device.wrapping_add(offset as u64), pitch as u64)),
+        // Unified addressing: a pointer the app got from cuMemAlloc is device memory, anything else host.
+        UNIFIED if state::read().check_range(device, 1).is_ok() => {
+            Ok(Side::Device(device + offset as u64, pitch as u64))
+        }
+        UNIFIED => Ok(Side::Host(device as usize + offset, pitch)),
+        // CUDA arrays are not remoted yet.
+        _ => Err(CUDA_ERROR_NOT_SUPPORTED),
+    }
+}
+
+fn copy_2d(flags: u16, params: *const c_void, stream: Option<Handle>) -> Result<(), u32> {
+    need_ctx()?;
+    let m: Copy2D = ffi::read(params as *const Copy2D)?;
+    let stream = stream.map(stream_id).transpose()?;
+    let src = side(
+        m.src_memory_type,
+        m.src_host,
+        m.src_device,
+        m.src_x_in_bytes,
+        m.src_y,
+        m.src_pitch,
+    )?;
+    let dst = side(
+        m.dst_memory_type,
+        m.dst_host,
+        m.dst_device,
+        m.dst_x_in_bytes,
+        m.dst_y,
+        m.dst_pitch,
+    )?;
+    let (w, h) = (m.width_in_bytes, m.height);
+    if h > 1 && (m.src_pitch < w || m.dst_pitch < w) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let span = |pitch: u64| {
+        pitch
+            .saturating_mul(h.saturating_sub(1) as u64)
+            .saturating_add(w as u64)
+    };
+    let (direction, src_addr, src_pitch, dst_addr, dst_pitch) = match (&src, &dst) {
+        (Side::Host(_, _), Side::Device(d, dp)) => (0, 0, 0, *d, *dp),
+        (Side::Device(s, sp), Side::Host(_, _)) => (1, *s, *sp, 0, 0),
+        (Side::Device(s, sp), Side::Device(d, dp)) => (2, *s, *sp, *d, *dp),
+        // Host to host: the driver does it with a plain copy; so do we, without the server.
+        (Side::Host(s, sp), Side::Host(d, dp)) => {
+            for row in 0..h {
+                let from = ffi::bytes((s + row * sp) as *const u8, w)?.to_vec();
+                ffi::bytes_mut((d + row * dp) as *mut u8, w)?.copy_from_slice(&from);
+            }
+            return Ok(());
+        }
+    };
+    {
+        let reg = state::read();
+        if direction != 0 {
+            reg.check_range(src_addr, span(src_pitch))?;
+        }
+        if direction != 1 {
+            reg.check_range(dst_addr, span(dst_pitch))?;
+        }
+    }
+    let packed_len = w.checked_mul(h).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let host_rows = |addr: usize, pitch: usize| -> Result<Vec<u8>, u32> {
+        let mut v = Vec::with_capacity(packed_len);
+        for row in 0..h {
+            v.extend_from_slice(ffi::bytes((addr + row * pitch) as *const u8, w)?);
+        }
+        Ok(v)
+    };
+    let tail = match src {
+        Side::Host(a, p) => host_rows(a, p)?,
+        _ => Vec::new(),
+    };
+    let (width, height) = (w as u64, h as u64);
+    match stream {
+        None => {
+            let call = Memcpy2D {
+                src: src_addr,
+                src_pitch,
+                dst: dst_addr,
+                dst_pitch,
+                width,
+                height,
+                direction,
+                _pad: 0,
+            };
+            let mut reply = Vec::new();
+            client::call_with_tail(flags, &call, &tail, &mut reply)?;
+            if let Side::Host(a, p) = dst {
+                if reply.len() != packed_len {
+                    return Err(CUDA_ERROR_UNKNOWN);
+                }
+                for (row, chunk) in reply.chunks_exact(w.max(1)).enumerate().take(h) {
+                    ffi::bytes_mut((a + row * p) as *mut u8, w)?.copy_from_slice(chunk);
+                }
+            }
+            Ok(())
+        }
+        Some(stream) => {
+            let pending_id = match dst {
+                Side::Host(a, p) if packed_len > 0 => client::pending_register(client::Landing {
+                    addr: a,
+                    pitch: p,
+                    width: w,
+                    rows: h,
+                }),
+                _ => 0,
+            };
+            let call = Memcpy2DAsync {
+                src: src_addr,
+                src_pitch,
+                dst: dst_addr,
+                dst_pitch,
+                width,
+                height,
+                stream,
+                pending_id,
+                direction,
+                _pad: 0,
+            };
+            client::post(flags, &call, &tail)
+        }
+    }
 }
 
 /// Page-aligned host memory for cuMemAllocHost/cuMemHostAlloc. The server stages copies through its own
@@ -204,6 +377,12 @@ entry! {
             reg.check_range(dst, n as u64)?;
         }
         client::post(f, &MemcpyDtoDAsync { dst, src, size: n as u64, stream }, &[])
+    }
+    [cuMemcpy2D_v2, cuMemcpy2DUnaligned_v2] [cuMemcpy2D_v2_ptds, cuMemcpy2DUnaligned_v2_ptds] (params: *const c_void) |f| {
+        copy_2d(f, params, None)
+    }
+    [cuMemcpy2DAsync_v2] [cuMemcpy2DAsync_v2_ptsz] (params: *const c_void, stream: Handle) |f| {
+        copy_2d(f, params, Some(stream))
     }
     [cuMemsetD8_v2] [cuMemsetD8_v2_ptds] (dst: u64, value: u8, n: usize) |f| {
         memset(f, dst, n, value as u32, 1, n, 1)

@@ -21,9 +21,10 @@ macro_rules! entry_fn {
         #[no_mangle]
         pub extern "C" fn $name($($arg: $ty),*) -> u32 {
             $crate::log::trace_call!(stringify!($name));
-            #[allow(unused_variables)]
-            let $flags: u16 = $flag_value;
-            $crate::api::code((|| -> Result<(), u32> { $body })())
+            // The driver's signatures are what they are: some entry points take a dozen arguments.
+            #[allow(unused_variables, clippy::too_many_arguments)]
+            fn body($flags: u16, $($arg: $ty),*) -> Result<(), u32> $body
+            $crate::api::code(body($flag_value, $($arg),*))
         }
     };
 }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (device tool), from the repository root, with .device/ carried:
+#   .device/bin/vgpu, .device/bin/lib/libcuda.so.1 (the shim), .device/e2e/* (test programs), .device/probes/*
+# Runs the end-to-end suite natively and through vGPU (real backend) over TCP and shared memory, the
+# quickstart and the benchmark, and leaves logs and JSON in $OUT.
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PATH="$PWD/.device/bin:$PATH"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+LIBCUDA=$(ldconfig -p | awk '/libcuda.so.1 /{print $NF; exit}')
+echo "native driver: $LIBCUDA"
+if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = probes ]; then
+  nm -D --defined-only "$LIBCUDA" | awk '$3 ~ /^cu/ {print $3}' | sort > "$OUT/native-exports.txt"
+  .device/probes/error_table > "$OUT/error-table.tsv" 2>&1
+  echo "native exports: $(wc -l < "$OUT/native-exports.txt"), error codes: $(wc -l < "$OUT/error-table.tsv")"
+fi
+if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = e2e ]; then
+  python3 tests/e2e/run.py run --bins .device/e2e --mode native --expected tests/e2e/expected --no-device \
+    --save "$OUT/native" > "$OUT/e2e-native.log" 2>&1; tail -1 "$OUT/e2e-native.log"
+  for t in tcp shm; do
+    python3 tests/e2e/run.py run --bins .device/e2e --mode vgpu --vgpu .device/bin/vgpu --transport $t \
+      --backend real --expected "$OUT/native" > "$OUT/e2e-vgpu-$t.log" 2>&1
+    echo "vgpu $t: $(tail -1 "$OUT/e2e-vgpu-$t.log")"; grep -E "^FAIL" "$OUT/e2e-vgpu-$t.log" || true
+  done
+  vgpu quickstart 2>&1 | tee "$OUT/quickstart.log" | tail -4
+fi
+if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = bench ]; then
+  vgpu bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+fi
