@@ -925,6 +925,19 @@ impl App {
             tx.put(&format!("gpu/{uuid}"), &rec)?;
             uuids.push(uuid);
         }
+        // A GPU the server no longer reports disappears, unless a tenant holds it: then its record stays so the
+        // assignment still shows (as on an offline server) until an admin moves or revokes it.
+        let assigned: Vec<String> = self
+            .db
+            .list::<Assignment>("assign/")?
+            .into_iter()
+            .map(|a| a.gpu_uuid)
+            .collect();
+        for old in self.db.list::<Gpu>("gpu/")? {
+            if old.server_id == server_id && !uuids.contains(&old.uuid) && !assigned.contains(&old.uuid) {
+                tx.delete(&format!("gpu/{}", old.uuid));
+            }
+        }
         Ok(uuids)
     }
 

@@ -67,11 +67,21 @@ fn routes(app: Arc<App>) -> impl Filter<Extract = (warp::reply::Response,), Erro
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
         .and_then(
-            move |method: warp::http::Method, path: warp::path::FullPath, query: String, auth: Option<String>, body| {
+            move |method: warp::http::Method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  auth: Option<String>,
+                  length: Option<u64>,
+                  body| {
                 let app = app.clone();
                 async move {
+                    // Refuse a declared oversized body before reading any of it.
+                    if length.is_some_and(|l| l > MAX_BODY as u64) {
+                        return Ok(json_error(413, "payload_too_large", "request body over 1 MiB"));
+                    }
                     let body = match read_limited(body, MAX_BODY).await {
                         Some(b) => b,
                         None => {

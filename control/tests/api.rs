@@ -136,7 +136,19 @@ fn servers_heartbeat_and_gpus() {
         403
     );
     let g = h.ok(200, "GET", "/v1/gpus", Some(ADMIN_KEY), None);
-    assert_eq!(g["gpus"].as_array().unwrap().len(), 3);
+    assert_eq!(g["gpus"].as_array().unwrap().len(), 2, "n1 now reports one GPU, n2 one");
+    // A GPU that vanishes from the inventory stays listed only while it is assigned.
+    let (t, _, _) = h.tenant("a");
+    h.assign(&t, "GPU-n1-0", None, None);
+    h.ok(
+        200,
+        "POST",
+        &format!("/v1/servers/{sid}/heartbeat"),
+        Some(&stok),
+        Some(json!({"gpus": []})),
+    );
+    let g = h.ok(200, "GET", "/v1/gpus", Some(ADMIN_KEY), None).to_string();
+    assert!(g.contains("GPU-n1-0") && !g.contains("GPU-n1-1"), "{g}");
 }
 
 #[test]

@@ -220,6 +220,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     programs = sorted(p for p in bins.iterdir() if p.is_file() and os.access(p, os.X_OK)) if bins.is_dir() else []
     if args.only:
         programs = [p for p in programs if p.name in args.only]
+    skipped = []
+    for entry in args.skip or []:
+        name, _, reason = entry.partition(":")
+        if any(p.name == name for p in programs):
+            skipped.append((name, reason or "no reason given"))
+            programs = [p for p in programs if p.name != name]
+    for name, reason in skipped:
+        print(f"skip {name}: {reason}")
     if not programs:
         print(f"no programs in {bins}")
         print("0 passed, 1 failed")
@@ -306,7 +314,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if server:
             server.stop()
-    print(f"{passed} passed, {failed} failed")
+    print(f"{passed} passed, {failed} failed" + (f", {len(skipped)} skipped" if skipped else ""))
     return 1 if failed else 0
 
 
@@ -358,6 +366,8 @@ def main() -> int:
     r.add_argument("--write-expected", help="write each program's output there as <name>.out")
     r.add_argument("--save", help="also save each program's output there (for `compare`)")
     r.add_argument("--only", nargs="+", help="run only these programs")
+    r.add_argument("--skip", action="append",
+                   help="NAME:REASON - leave a program out, saying why (reported as skipped)")
     r.add_argument("--no-device", action="store_true",
                    help="ignore device: lines (references taken on another machine: UUIDs differ)")
 

@@ -44,6 +44,9 @@ function signOut(msg) {
   token = null; me = null;
   sessionStorage.removeItem("vgpu_token");
   if (timer) clearInterval(timer);
+  // Nothing of the previous user's data stays on the page for the next one.
+  cache = { tenants: [], gpus: [], plans: [] };
+  document.querySelectorAll("main tbody, main select:not(#usage-days), #new-secret, #usage-chart").forEach((e) => e.replaceChildren());
   document.querySelectorAll("main > section").forEach((s) => (s.hidden = s.id !== "signin"));
   $("nav").hidden = true; $("signout").hidden = true; $("whoami").textContent = "";
   say(msg || "");

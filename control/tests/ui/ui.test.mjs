@@ -5,6 +5,7 @@ import path from "node:path";
 
 const [url, adminKey, nodeToken, profileDir, artefacts] = process.argv.slice(2);
 let passed = 0, failed = 0;
+let tenantKey = null;
 
 async function api(method, p, body, auth) {
   const headers = { "Content-Type": "application/json" };
@@ -86,6 +87,7 @@ try {
     await page.getByRole("button", { name: "Create key for ui-lab" }).click();
     const secret = await page.locator("#secret-value").textContent();
     expect(/^vgpu_[a-z0-9]+_/.test(secret), "no key shown: " + secret);
+    tenantKey = secret;
   });
 
   await test("assign a GPU slice and see it listed", async () => {
@@ -121,6 +123,19 @@ try {
     await svg.waitFor();
     expect((await svg.getAttribute("aria-label")).includes("ui-lab"), "chart lacks the tenant");
     await page.screenshot({ path: path.join(artefacts, "ui-admin.png"), fullPage: true });
+  });
+
+  await test("a tenant signs in with its key and sees only its own GPU", async () => {
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await page.getByLabel("API key").fill(tenantKey);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByText(/Signed in as tenant/).waitFor();
+    await page.locator("#gpu-rows tr", { hasText: "GPU-ui-1" }).waitFor();
+    const gpus = await page.locator("#gpu-rows").textContent();
+    expect(!gpus.includes("GPU-ui-0"), "tenant sees a GPU it was not assigned");
+    expect(await page.locator("#tenants").isHidden(), "tenant sees the tenants section");
+    expect(await page.locator("#assign-form").isHidden(), "tenant sees the assign form");
+    await page.screenshot({ path: path.join(artefacts, "ui-tenant.png"), fullPage: true });
   });
 
   await test("no request left the machine and the page threw nothing", async () => {

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The project's test command (see README): every crate's unit and integration tests, the end-to-end
+# driver-API programs through vGPU on the emulated backend over TCP and shared memory, and the control
+# plane's browser test. Needs python3, gcc and network access to PyPI (CUDA headers and nvcc wheels), npm
+# and Debian packages (Chromium) the first time. Ends with one summary line: "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+log=$(mktemp -d)
+total_pass=0
+total_fail=0
+count() { # adds up "N passed" / "N failed" lines from a log
+  local p f
+  p=$(grep -Eo '([0-9]+) passed' "$1" | awk '{s+=$1} END {print s+0}')
+  f=$(grep -Eo '([0-9]+) failed' "$1" | awk '{s+=$1} END {print s+0}')
+  total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
+}
+step() { echo; echo "=== $*"; }
+
+step "CUDA 13.0 headers and nvcc from NVIDIA's PyPI wheels"
+scripts/setup-cuda.sh || { echo "setup-cuda.sh failed"; echo "0 passed, 1 failed"; exit 1; }
+step "generated driver declarations match cuda.h"
+if ! python3 tools/gen_driver_api.py --check; then total_fail=$((total_fail + 1)); fi
+
+step "cargo test (every crate)"
+cargo build --workspace --all-targets 2>&1 | tail -3
+INSTA_UPDATE=no cargo test --workspace --no-fail-fast 2>&1 | tee "$log/cargo.log" | grep -E '^test result|FAILED|panicked'
+count "$log/cargo.log"
+if grep -q "error\[E\|could not compile" "$log/cargo.log"; then total_fail=$((total_fail + 1)); fi
+
+step "end-to-end driver-API programs through vGPU (emulated backend)"
+python3 tests/e2e/run.py build --cuda-include .cuda/include --lib-dir target/debug --out target/e2e | tail -1
+for transport in tcp shm; do
+  python3 tests/e2e/run.py run --bins target/e2e --mode vgpu --vgpu target/debug/vgpu --transport $transport \
+    --backend emulated --expected tests/e2e/expected \
+    --skip "fatbin:the emulated backend cannot read kernel layouts out of compressed cubins yet (runs on the H100)" \
+    2>&1 | tee "$log/e2e-$transport.log" | grep -Ev '^    '
+  count "$log/e2e-$transport.log"
+done
+
+if [ -x control/tests/ui/run.sh ]; then
+  step "control plane web UI in headless Chromium"
+  control/tests/ui/run.sh 2>&1 | tee "$log/ui.log" | tail -15
+  count "$log/ui.log"
+fi
+
+echo
+echo "=== all suites"
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]
