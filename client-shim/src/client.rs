@@ -53,14 +53,12 @@ pub fn init() -> u32 {
 }
 
 fn connect_session() -> Result<Session, u32> {
-    let text = std::env::var("VGPU_SERVER").unwrap_or_else(|_| "tcp://127.0.0.1:7070".into());
-    let endpoint = Endpoint::parse(&text).map_err(|why| {
+    let target = crate::ticket::target()?;
+    let endpoint = Endpoint::parse(&target.server).map_err(|why| {
         log!(ERROR, "VGPU_SERVER: {why}");
         CUDA_ERROR_NO_DEVICE
     })?;
-    let credential = std::env::var("VGPU_TICKET")
-        .or_else(|_| std::env::var("VGPU_KEY"))
-        .unwrap_or_default();
+    let credential = target.credential;
     let hello = Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,

@@ -7,6 +7,7 @@ mod exports;
 mod ffi;
 mod log;
 mod state;
+mod ticket;
 
 /// Lets the server (and `vgpu run`) tell this shim apart from NVIDIA's driver when both are named libcuda.so.1.
 #[no_mangle]

@@ -9,4 +9,8 @@ pub mod server;
 pub mod session;
 mod sys;
 
-pub use server::{open_backend, run_server, run_worker_from_env, BackendChoice, ServerConfig};
+pub use server::{
+    open_backend, run_server, run_worker_from_env, Admission, Authority, BackendChoice, ServerConfig, StaticKey,
+    UsageDelta,
+};
+pub use session::Limits;

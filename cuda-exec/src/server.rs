@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vgpu_dataplane::handshake::*;
 use vgpu_dataplane::{shm_socket_path, Transport};
@@ -16,7 +16,77 @@ use vgpu_transports::{fdpass, read_raw_hello, shm::ShmTransport, tcp::TcpTranspo
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::backend::Backend;
-use crate::session::{Limits, Session};
+use crate::session::{Limits, Session, UsageCounters};
+
+/// What a session may use, decided when the server accepts its hello.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Admission {
+    /// The session's name in the authority's books (a ticket's session id); empty in standalone mode.
+    pub label: String,
+    pub limits: Limits,
+}
+
+/// Usage of one session over one period (between two reports of its worker).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageDelta {
+    pub label: String,
+    /// Start and end of the period, in seconds since the Unix epoch.
+    pub period_start: u64,
+    pub period_end: u64,
+    /// Wall-clock seconds the session held its GPUs during the period.
+    pub seconds: f64,
+    /// Integral of the session's device memory over the period.
+    pub memory_byte_seconds: f64,
+    pub bytes_moved: u64,
+    /// Device memory held at the end of the period.
+    pub allocated_bytes: u64,
+    /// The session is over: this is its last report.
+    pub ended: bool,
+}
+
+/// Who may open sessions and with what limits; also told how much each session used. `vgpu server` uses a
+/// static key on its own, or the control plane's tickets (implemented in the `vgpu` binary).
+pub trait Authority: Send + Sync {
+    /// Called once the server listens (`tcp`: its bound TCP address) and knows its GPUs, before it reports
+    /// ready; returns lines to print. An error stops the server.
+    fn started(&self, _tcp: Option<std::net::SocketAddr>, _devices: &[DeviceFacts]) -> Result<Vec<String>, String> {
+        Ok(Vec::new())
+    }
+    /// Checks a hello's credential; `Err` carries the reason the client is told.
+    fn admit(&self, credential: &[u8]) -> Result<Admission, String>;
+    /// Usage of one session since its previous report.
+    fn record(&self, _usage: UsageDelta) {}
+    /// Labels of sessions to end now (revoked assignments, admin action); polled every second.
+    fn sessions_to_end(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Standalone mode: one shared key (or none) and the same memory limit for every session.
+pub struct StaticKey {
+    pub key: Option<String>,
+    pub memory_limit: Option<u64>,
+}
+
+impl Authority for StaticKey {
+    fn admit(&self, credential: &[u8]) -> Result<Admission, String> {
+        if let Some(key) = &self.key {
+            if !constant_time_eq(key.as_bytes(), credential) {
+                return Err("the server refused the key (set VGPU_KEY)".into());
+            }
+        }
+        Ok(Admission {
+            label: String::new(),
+            limits: Limits {
+                memory_bytes: self.memory_limit,
+                devices: None,
+            },
+        })
+    }
+}
+
+/// How often a worker tells the listener its usage.
+const USAGE_TICK: Duration = Duration::from_secs(1);
 
 /// Which backend to run sessions on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +116,7 @@ impl BackendChoice {
 }
 
 /// Configuration of `vgpu server`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// TCP address to listen on (`host:port`), if any.
     pub tcp: Option<String>,
@@ -55,10 +125,10 @@ pub struct ServerConfig {
     pub backend: BackendChoice,
     /// Path of NVIDIA's libcuda.so.1 (default: the dynamic loader's choice).
     pub driver: Option<String>,
-    /// Static key clients must present (standalone mode); `None` accepts every client.
-    pub key: Option<String>,
-    /// Memory limit applied to every session (standalone mode), in bytes.
-    pub memory_limit: Option<u64>,
+    /// Decides who may open sessions, with what limits, and hears their usage.
+    pub authority: Arc<dyn Authority>,
+    /// Printed at start: how clients authenticate (e.g. "static key", "control plane tickets").
+    pub auth_description: String,
     /// Command that starts a worker: the program and its leading arguments.
     pub worker_command: Vec<String>,
 }
@@ -92,6 +162,15 @@ struct Handoff {
 struct SessionEntry {
     secret: [u8; 16],
     control: UnixStream,
+    label: String,
+}
+
+/// What a worker reports on its control socket every `USAGE_TICK` and just before it exits.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, IntoBytes, FromBytes, Immutable, KnownLayout)]
+struct UsageTick {
+    allocated_bytes: u64,
+    bytes_moved: u64,
 }
 
 struct Listener {
@@ -166,13 +245,10 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
             d.total_mem >> 20
         );
     }
-    if cfg.key.is_none() {
-        let _ = writeln!(
-            out,
-            "vgpu server: no key set: any client that can reach these endpoints may connect"
-        );
-    }
+    let _ = writeln!(out, "vgpu server: clients authenticate with {}", cfg.auth_description);
+    let devices = backend.devices().to_vec();
     drop(backend);
+    let mut tcp_bound = None;
     let listener = Arc::new(Listener {
         cfg: cfg.clone(),
         resolved,
@@ -183,6 +259,7 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
     if let Some(addr) = &cfg.tcp {
         let tcp = TcpListener::bind(addr).map_err(|e| format!("cannot listen on tcp://{addr}: {e}"))?;
         let local = tcp.local_addr().map_err(|e| e.to_string())?;
+        tcp_bound = Some(local);
         endpoints.push(format!("tcp://{local}"));
         let l = listener.clone();
         threads.push(std::thread::spawn(move || {
@@ -211,6 +288,17 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
             }
         }));
     }
+    for line in cfg.authority.started(tcp_bound, &devices)? {
+        let _ = writeln!(out, "vgpu server: {line}");
+    }
+    let l = listener.clone();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let labels = l.cfg.authority.sessions_to_end();
+        if !labels.is_empty() {
+            l.end_sessions(&labels);
+        }
+    });
     let _ = writeln!(out, "vgpu server: ready on {}", endpoints.join(", "));
     let _ = out.flush();
     drop(out);
@@ -262,13 +350,14 @@ impl Listener {
         }
         match hello.mode {
             MODE_NEW_SESSION => {
-                if let Some(key) = &self.cfg.key {
-                    if !constant_time_eq(key.as_bytes(), &credential) {
-                        tracing::warn!("refusing pid {}: wrong key", hello.pid);
-                        return conn.refuse(STATUS_UNAUTHORIZED, "the server refused the key (set VGPU_KEY)");
+                let admission = match self.cfg.authority.admit(&credential) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        tracing::warn!("refusing pid {}: {why}", hello.pid);
+                        return conn.refuse(STATUS_UNAUTHORIZED, &why);
                     }
-                }
-                if let Err(why) = self.start_session(conn, &hello) {
+                };
+                if let Err(why) = self.start_session(conn, &hello, admission) {
                     tracing::error!("cannot start a session: {why}");
                 }
             }
@@ -304,12 +393,13 @@ impl Listener {
         }
     }
 
-    fn start_session(self: &Arc<Self>, conn: Conn, hello: &Hello) -> Result<(), String> {
+    fn start_session(self: &Arc<Self>, conn: Conn, hello: &Hello, admission: Admission) -> Result<(), String> {
         let session_id: u64 = rand::random();
         let secret: [u8; 16] = rand::random();
         let (control, child_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let ticks = control.try_clone().map_err(|e| format!("socketpair: {e}"))?;
         let child = self
-            .spawn_worker(&child_end)
+            .spawn_worker(&child_end, &admission.limits)
             .map_err(|e| format!("cannot start a worker: {e}"))?;
         drop(child_end);
         let handoff = Handoff {
@@ -322,17 +412,93 @@ impl Listener {
         };
         fdpass::send_with_fds(&control, handoff.as_bytes(), &[conn.fd()]).map_err(|e| format!("handoff: {e}"))?;
         drop(conn);
-        tracing::info!("session {session_id:016x} started for client pid {}", hello.pid);
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(session_id, SessionEntry { secret, control });
+        tracing::info!(
+            "session {session_id:016x} started for client pid {} {}",
+            hello.pid,
+            admission.label
+        );
+        let label = admission.label;
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            session_id,
+            SessionEntry {
+                secret,
+                control,
+                label: label.clone(),
+            },
+        );
         let me = self.clone();
-        std::thread::spawn(move || me.reap(session_id, child));
+        std::thread::spawn(move || {
+            me.meter(&label, ticks);
+            me.reap(session_id, child);
+        });
         Ok(())
     }
 
-    fn spawn_worker(&self, child_end: &UnixStream) -> std::io::Result<Child> {
+    /// Reads the worker's usage ticks until it exits, handing each period to the authority; the last one
+    /// (sent when the socket closes) says the session ended.
+    fn meter(&self, label: &str, mut ticks: UnixStream) {
+        use std::io::Read;
+        let epoch = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        let mut last = UsageCounters::default();
+        let mut since = Instant::now();
+        let mut since_wall = std::time::SystemTime::now();
+        let mut buf = [0u8; std::mem::size_of::<UsageTick>()];
+        loop {
+            let now_counters = match ticks.read_exact(&mut buf) {
+                Ok(()) => match UsageTick::read_from_bytes(&buf) {
+                    Ok(t) => Some(UsageCounters {
+                        allocated_bytes: t.allocated_bytes,
+                        bytes_moved: t.bytes_moved,
+                    }),
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            };
+            let ended = now_counters.is_none();
+            let now = Instant::now();
+            let now_wall = std::time::SystemTime::now();
+            let current = now_counters.unwrap_or(UsageCounters {
+                allocated_bytes: 0,
+                bytes_moved: last.bytes_moved,
+            });
+            let seconds = now.duration_since(since).as_secs_f64();
+            // Ticks are a second apart: memory between two is taken as the mean of both readings.
+            let mean_held = (last.allocated_bytes as f64 + current.allocated_bytes as f64) / 2.0;
+            self.cfg.authority.record(UsageDelta {
+                label: label.to_string(),
+                period_start: epoch(since_wall),
+                period_end: epoch(now_wall),
+                seconds,
+                memory_byte_seconds: mean_held * seconds,
+                bytes_moved: current.bytes_moved.saturating_sub(last.bytes_moved),
+                allocated_bytes: current.allocated_bytes,
+                ended,
+            });
+            if ended {
+                return;
+            }
+            last = current;
+            since = now;
+            since_wall = now_wall;
+        }
+    }
+
+    /// Ends every live session with one of these labels: its worker is told to exit and frees its memory.
+    fn end_sessions(&self, labels: &[String]) {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, entry) in sessions.iter() {
+            if !entry.label.is_empty() && labels.contains(&entry.label) {
+                tracing::warn!("session {id:016x} ({}): ended by the control plane", entry.label);
+                let _ = entry.control.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    fn spawn_worker(&self, child_end: &UnixStream, limits: &Limits) -> std::io::Result<Child> {
         let fd = child_end.as_raw_fd();
         // The worker inherits exactly this one descriptor: clear close-on-exec on it alone.
         crate::sys::clear_cloexec(fd)?;
@@ -348,8 +514,12 @@ impl Listener {
         if let Some(d) = &self.cfg.driver {
             cmd.env("VGPU_WORKER_DRIVER", d);
         }
-        if let Some(m) = self.cfg.memory_limit {
+        if let Some(m) = limits.memory_bytes {
             cmd.env("VGPU_WORKER_MEMORY_LIMIT", m.to_string());
+        }
+        if let Some(devices) = &limits.devices {
+            let list: Vec<String> = devices.iter().map(u32::to_string).collect();
+            cmd.env("VGPU_WORKER_DEVICES", list.join(","));
         }
         let child = cmd.spawn();
         let _ = crate::sys::set_cloexec(fd);
@@ -385,15 +555,29 @@ pub fn run_worker_from_env() -> Result<(), String> {
     let memory_bytes = std::env::var("VGPU_WORKER_MEMORY_LIMIT")
         .ok()
         .and_then(|v| v.parse().ok());
+    let devices = match std::env::var("VGPU_WORKER_DEVICES") {
+        Ok(list) => Some(
+            list.split(',')
+                .map(|d| d.parse::<u32>().map_err(|_| format!("bad VGPU_WORKER_DEVICES: {list}")))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Err(_) => None,
+    };
     // SAFETY: the server passed this descriptor to us (and only us) through VGPU_WORKER_FD.
     let control = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let (backend, _) = open_backend(choice, driver.as_deref())?;
-    let session = Session::new(backend, Limits { memory_bytes });
+    let session = Session::new(backend, Limits { memory_bytes, devices });
+    let ticks = control.try_clone().map_err(|e| format!("control socket: {e}"))?;
+    let _ = METER.set((ticks, session.clone()));
+    std::thread::spawn(|| loop {
+        std::thread::sleep(USAGE_TICK);
+        report_usage();
+    });
     let mut buf = [0u8; std::mem::size_of::<Handoff>()];
     loop {
         let (n, mut fds) = fdpass::recv_with_fds(&control, &mut buf, 1).map_err(|e| format!("control socket: {e}"))?;
         if n == 0 {
-            tracing::info!("server went away; worker exits");
+            tracing::info!("server went away (or ended this session); worker exits");
             std::process::exit(0);
         }
         let (Ok(handoff), Some(fd)) = (Handoff::read_from_bytes(&buf[..n]), fds.pop()) else {
@@ -402,6 +586,28 @@ pub fn run_worker_from_env() -> Result<(), String> {
         let session = session.clone();
         std::thread::spawn(move || serve_connection(session, handoff, fd));
     }
+}
+
+/// The worker's end of the usage channel and its session, for `report_usage`.
+static METER: std::sync::OnceLock<(UnixStream, Arc<Session>)> = std::sync::OnceLock::new();
+
+/// Sends the session's usage to the listener (every tick, and once more just before the worker exits).
+fn report_usage() {
+    use std::io::Write as _;
+    if let Some((socket, session)) = METER.get() {
+        let u = session.usage();
+        let tick = UsageTick {
+            allocated_bytes: u.allocated_bytes,
+            bytes_moved: u.bytes_moved,
+        };
+        let _ = (&*socket).write_all(tick.as_bytes());
+    }
+}
+
+/// Ends the worker process after a last usage report.
+fn exit_worker(code: i32) -> ! {
+    report_usage();
+    std::process::exit(code)
 }
 
 fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
@@ -418,7 +624,7 @@ fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
         Err(e) => {
             tracing::warn!("session {:016x}: transport setup failed: {e}", handoff.session_id);
             if handoff.primary == 1 {
-                std::process::exit(1);
+                exit_worker(1);
             }
             return;
         }
@@ -435,7 +641,7 @@ fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
         driver_version: backend.driver_version(),
         ..Default::default()
     };
-    let bytes = encode_welcome(&welcome, backend.devices(), &backend.describe());
+    let bytes = encode_welcome(&welcome, &session.visible_devices(), &backend.describe());
     let outcome = match transport.send(&[&bytes]) {
         Ok(()) => session.serve_channel(&mut *transport),
         Err(e) => Err(e.into()),
@@ -450,8 +656,8 @@ fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
     }
     if handoff.primary == 1 {
         if let Err(crate::session::ChannelEnd::Malformed(_)) = &outcome {
-            std::process::exit(2);
+            exit_worker(2);
         }
-        std::process::exit(0);
+        exit_worker(0);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BytesMut;
@@ -78,9 +79,21 @@ struct Objects {
 }
 
 /// Limits a session runs under (from its ticket, or none in standalone mode).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Limits {
+    /// Device memory the session may hold at once; past it allocations fail with out-of-memory.
     pub memory_bytes: Option<u64>,
+    /// The server's device ordinals the session sees, in the order the client numbers them (`None`: all).
+    pub devices: Option<Vec<u32>>,
+}
+
+/// What a session has used so far, for metering.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageCounters {
+    /// Device memory held now.
+    pub allocated_bytes: u64,
+    /// Bytes copied between the client and the GPU since the session started.
+    pub bytes_moved: u64,
 }
 
 /// Everything one client process owns on this server.
@@ -88,6 +101,7 @@ pub struct Session {
     backend: Arc<dyn Backend>,
     objects: Mutex<Objects>,
     limits: Limits,
+    bytes_moved: AtomicU64,
 }
 
 impl Session {
@@ -96,11 +110,58 @@ impl Session {
             backend,
             objects: Mutex::new(Objects::default()),
             limits,
+            bytes_moved: AtomicU64::new(0),
         })
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// The devices this session's client sees (its ticket's GPUs, or all of the server's).
+    pub fn visible_devices(&self) -> Vec<vgpu_dataplane::handshake::DeviceFacts> {
+        let all = self.backend.devices();
+        match &self.limits.devices {
+            None => all.to_vec(),
+            Some(list) => list.iter().filter_map(|&d| all.get(d as usize).cloned()).collect(),
+        }
+    }
+
+    /// The server's ordinal for the client's device `dev`.
+    fn real_device(&self, dev: u32) -> Result<i32, u32> {
+        let real = match &self.limits.devices {
+            None => dev,
+            Some(list) => *list.get(dev as usize).ok_or(CUDA_ERROR_INVALID_DEVICE)?,
+        };
+        i32::try_from(real).map_err(|_| CUDA_ERROR_INVALID_DEVICE)
+    }
+
+    pub fn usage(&self) -> UsageCounters {
+        UsageCounters {
+            allocated_bytes: self.objects().allocated_bytes,
+            bytes_moved: self.bytes_moved.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count_moved(&self, bytes: u64) {
+        self.bytes_moved.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Reserves `size` bytes against the memory limit before the driver allocates them, so that concurrent
+    /// client threads cannot together pass it.
+    fn reserve(&self, size: u64) -> Result<(), u32> {
+        let mut objs = self.objects();
+        let after = objs.allocated_bytes.checked_add(size).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        if self.limits.memory_bytes.is_some_and(|limit| after > limit) {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        objs.allocated_bytes = after;
+        Ok(())
+    }
+
+    fn unreserve(&self, size: u64) {
+        let mut objs = self.objects();
+        objs.allocated_bytes = objs.allocated_bytes.saturating_sub(size);
     }
 
     fn objects(&self) -> MutexGuard<'_, Objects> {
@@ -214,24 +275,32 @@ impl Channel {
         }
         match op {
             Op::PrimaryCtxRetain => simple!(PrimaryCtxRetain, |c| {
-                self.b().primary_ctx_retain(c.dev as i32).map(|real| {
-                    self.s().objects().contexts.insert(c.ctx, real);
-                    Empty {}
-                })
+                self.s()
+                    .real_device(c.dev)
+                    .and_then(|d| self.b().primary_ctx_retain(d))
+                    .map(|real| {
+                        self.s().objects().contexts.insert(c.ctx, real);
+                        Empty {}
+                    })
             }),
             Op::PrimaryCtxRelease => simple!(PrimaryCtxRelease, |c| self
-                .b()
-                .primary_ctx_release(c.dev as i32)
+                .s()
+                .real_device(c.dev)
+                .and_then(|d| self.b().primary_ctx_release(d))
                 .map(|_| Empty {})),
             Op::PrimaryCtxReset => simple!(PrimaryCtxReset, |c| self
-                .b()
-                .primary_ctx_reset(c.dev as i32)
+                .s()
+                .real_device(c.dev)
+                .and_then(|d| self.b().primary_ctx_reset(d))
                 .map(|_| Empty {})),
             Op::CtxCreate => simple!(CtxCreate, |c| {
-                self.b().ctx_create(c.flags, c.dev as i32).map(|real| {
-                    self.s().objects().contexts.insert(c.ctx, real);
-                    Empty {}
-                })
+                self.s()
+                    .real_device(c.dev)
+                    .and_then(|d| self.b().ctx_create(c.flags, d))
+                    .map(|real| {
+                        self.s().objects().contexts.insert(c.ctx, real);
+                        Empty {}
+                    })
             }),
             Op::CtxDestroy => simple!(CtxDestroy, |c| {
                 let real = self.s().objects().contexts.remove(&c.ctx);
@@ -647,26 +716,29 @@ impl Channel {
     }
 
     fn mem_alloc(&self, size: u64) -> Result<u64, u32> {
-        if let Some(limit) = self.s().limits.memory_bytes {
-            if self.s().objects().allocated_bytes.saturating_add(size) > limit {
-                return Err(CUDA_ERROR_OUT_OF_MEMORY);
-            }
-        }
-        let dptr = self.b().mem_alloc(size)?;
+        self.s().reserve(size)?;
+        let dptr = self.b().mem_alloc(size).inspect_err(|_| self.s().unreserve(size))?;
         let mut objs = self.s().objects();
         objs.ranges.insert(dptr, size);
         objs.allocations.insert(dptr, size);
-        objs.allocated_bytes += size;
         Ok(dptr)
     }
 
     fn mem_alloc_pitch(&self, c: MemAllocPitch) -> Result<MemAllocPitchReply, u32> {
-        let (dptr, pitch) = self.b().mem_alloc_pitch(c.width, c.height, c.elem_size)?;
+        // The driver picks the pitch; reserve the widest it may choose (rows rounded up to 512 bytes) and
+        // settle the difference once it has answered.
+        let width = c.width.checked_next_multiple_of(512).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let bound = width.checked_mul(c.height).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        self.s().reserve(bound)?;
+        let (dptr, pitch) = self
+            .b()
+            .mem_alloc_pitch(c.width, c.height, c.elem_size)
+            .inspect_err(|_| self.s().unreserve(bound))?;
         let size = pitch.saturating_mul(c.height);
         let mut objs = self.s().objects();
         objs.ranges.insert(dptr, size);
         objs.allocations.insert(dptr, size);
-        objs.allocated_bytes += size;
+        objs.allocated_bytes = objs.allocated_bytes.saturating_sub(bound).saturating_add(size);
         Ok(MemAllocPitchReply { dptr, pitch })
     }
 
@@ -685,7 +757,7 @@ impl Channel {
         let mut objs = self.s().objects();
         objs.allocations.remove(&dptr);
         objs.ranges.remove(&dptr);
-        objs.allocated_bytes -= size;
+        objs.allocated_bytes = objs.allocated_bytes.saturating_sub(size);
         Ok(())
     }
 
@@ -809,6 +881,7 @@ impl Channel {
         if len as u64 != c.size {
             return Err(ChannelEnd::Malformed(format!("copy of {} bytes carries {len}", c.size)));
         }
+        self.s().count_moved(c.size);
         let stream = if per_thread { STREAM_PER_THREAD } else { 0 };
         if let Err(e) = self.check_range(c.dst, c.size).and_then(|_| self.ensure_staging()) {
             self.discard(t, len)?;
@@ -856,6 +929,7 @@ impl Channel {
         if len as u64 != c.size {
             return Err(ChannelEnd::Malformed(format!("copy of {} bytes carries {len}", c.size)));
         }
+        self.s().count_moved(c.size);
         let prepared = self
             .stream(c.stream, per_thread)
             .and_then(|s| self.check_range(c.dst, c.size).map(|_| s))
@@ -901,6 +975,7 @@ impl Channel {
         if let Err(e) = self.check_range(c.src, c.size).and_then(|_| self.ensure_staging()) {
             return self.finish::<MemcpyDtoH>(t, seq, Err(e), &[]);
         }
+        self.s().count_moved(c.size);
         self.deliver_pending(t)?;
         let latched = std::mem::take(&mut self.latched);
         let header = ReplyHeader {
@@ -960,6 +1035,7 @@ impl Channel {
             .and_then(|ev| self.b().event_record(ev, stream).map(|_| ev));
         match issued {
             Ok(event) => {
+                self.s().count_moved(c.size);
                 self.pending.push(PendingCopy {
                     id: c.pending_id,
                     buf,
@@ -1009,6 +1085,9 @@ impl Channel {
             return Err(ChannelEnd::Malformed(
                 "2D copy with a tail that does not match its direction".into(),
             ));
+        }
+        if c.direction < 2 {
+            self.s().count_moved(packed);
         }
         let checked = match c.direction {
             0 => self.check_2d(c.dst, c.dst_pitch, c.width, c.height),
@@ -1072,6 +1151,9 @@ impl Channel {
             return Err(ChannelEnd::Malformed(
                 "2D copy with a tail that does not match its direction".into(),
             ));
+        }
+        if c.direction < 2 {
+            self.s().count_moved(packed);
         }
         let prepared = self.stream(c.stream, per_thread).and_then(|s| {
             match c.direction {

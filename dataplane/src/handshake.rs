@@ -94,6 +94,18 @@ impl DeviceFacts {
         let end = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
         std::str::from_utf8(&self.name[..end]).unwrap_or("?")
     }
+    /// The UUID as NVIDIA's tools print it: `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+    pub fn uuid_string(&self) -> String {
+        let h: String = self.uuid.iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "GPU-{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
+    }
     pub fn set_name(&mut self, name: &str) {
         self.name = [0; 256];
         let n = name.len().min(255);

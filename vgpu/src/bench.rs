@@ -173,8 +173,8 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str) -> R
         eprintln!("vgpu bench: no native run ({e}); ratios are left out");
     }
     let server = LocalServer::start(backend, &[])?;
-    let tcp = run_probe(through_shim(&exe, &server.tcp)?, quick)?;
-    let shm = run_probe(through_shim(&exe, &server.shm)?, quick)?;
+    let tcp = run_probe(through_shim(&exe, Some(&server.tcp))?, quick)?;
+    let shm = run_probe(through_shim(&exe, Some(&server.shm))?, quick)?;
     drop(server);
     let floors = json!({
         "tcp_pingpong_us": vgpu_transports::floor::tcp_pingpong_us(2000).ok(),

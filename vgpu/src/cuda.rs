@@ -30,6 +30,7 @@ macro_rules! api {
 
 api! {
     init = "cuInit": fn(c_uint);
+    device_get_count = "cuDeviceGetCount": fn(*mut c_int);
     device_get_name = "cuDeviceGetName": fn(*mut c_char, c_int, c_int);
     primary_ctx_retain = "cuDevicePrimaryCtxRetain": fn(*mut P, c_int);
     ctx_set_current = "cuCtxSetCurrent": fn(P);

@@ -26,11 +26,17 @@ impl Drop for LocalServer {
 impl LocalServer {
     /// Starts `vgpu server` on a free loopback port and a fresh shared-memory name.
     pub fn start(backend: &str, extra_args: &[&str]) -> Result<LocalServer, String> {
+        Self::start_with_env(backend, extra_args, &[])
+    }
+
+    /// Like `start`, with extra environment variables (secrets stay out of the process list).
+    pub fn start_with_env(backend: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Result<LocalServer, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let shm = format!("vgpu-{}-{}", std::process::id(), rand_suffix());
         let mut child = Command::new(exe)
             .args(["server", "--tcp", "127.0.0.1:0", "--shm", &shm, "--backend", backend])
             .args(extra_args)
+            .envs(env.iter().copied())
             .env_remove("LD_LIBRARY_PATH")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -120,8 +126,9 @@ pub fn shim_dir() -> Result<PathBuf, String> {
     ))
 }
 
-/// A command that runs through the shim against `server`.
-pub fn through_shim(program: impl AsRef<std::ffi::OsStr>, server: &str) -> Result<Command, String> {
+/// A command that runs through the shim against `server` (`None`: the shim decides, from VGPU_SERVER or the
+/// control plane's ticket).
+pub fn through_shim(program: impl AsRef<std::ffi::OsStr>, server: Option<&str>) -> Result<Command, String> {
     let dir = shim_dir()?;
     let mut cmd = Command::new(program);
     let old = std::env::var("LD_LIBRARY_PATH").unwrap_or_default();
@@ -130,6 +137,9 @@ pub fn through_shim(program: impl AsRef<std::ffi::OsStr>, server: &str) -> Resul
     } else {
         format!("{}:{old}", dir.display())
     };
-    cmd.env("LD_LIBRARY_PATH", path).env("VGPU_SERVER", server);
+    cmd.env("LD_LIBRARY_PATH", path);
+    if let Some(server) = server {
+        cmd.env("VGPU_SERVER", server);
+    }
     Ok(cmd)
 }

@@ -1,16 +1,20 @@
 //! `vgpu`: the one user-facing binary. It only parses arguments and wires the library crates together:
-//! `server` (cuda-exec), `run` (the shim), `quickstart`, `sample`, `bench`.
+//! `server` (cuda-exec), `control` and `admin` (the control plane), `run` (the shim), `quickstart`, `sample`, `bench`.
 
 mod bench;
+mod controlled;
 mod cuda;
 mod local;
+mod quickstart;
 mod sample;
 
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
-use vgpu_cuda_exec::{BackendChoice, ServerConfig};
+use vgpu_cuda_exec::{Authority, BackendChoice, ServerConfig, StaticKey};
 
 #[derive(Parser)]
 #[command(
@@ -25,11 +29,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start a server on this machine and run the bundled sample through the shim over TCP and shared memory.
+    /// Start a control plane and a GPU server on this machine, give a tenant a key and a GPU slice, and run the
+    /// bundled sample with that key through the shim over TCP and shared memory; then show its metered usage.
     Quickstart {
         /// Backend for the server: auto (a real GPU if the NVIDIA driver works, else emulated), real, emulated.
         #[arg(long, default_value = "auto")]
         backend: String,
+        /// No control plane: a server without a key, and the sample against it.
+        #[arg(long)]
+        standalone: bool,
     },
     /// Serve this machine's GPUs (or the emulated backend) to vGPU clients.
     Server {
@@ -57,12 +65,32 @@ enum Cmd {
         /// Memory limit per session, in MiB (standalone mode).
         #[arg(long)]
         memory_limit_mib: Option<u64>,
+        /// Control plane URL: register there, admit sessions by its tickets, report usage.
+        #[arg(long, conflicts_with_all = ["key", "memory_limit_mib"])]
+        control: Option<String>,
+        /// Token the control plane's operator gave this server (with --control). Also read from VGPU_NODE_TOKEN.
+        #[arg(long, env = "VGPU_NODE_TOKEN", hide_env_values = true)]
+        node_token: Option<String>,
+        /// Name to register under (with --control; default: this host's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// host:port clients should dial (with --control; default: this host's name and the --tcp port).
+        #[arg(long)]
+        advertise: Option<String>,
     },
-    /// Run a program with vGPU's libcuda.so.1, against the server in --server or VGPU_SERVER.
+    /// Start the control plane: REST API, web UI and store of tenants, keys, GPUs, assignments and usage.
+    Control(vgpu_control::ControlArgs),
+    /// Manage the control plane from the command line (everything the web UI does).
+    Admin(vgpu_control::AdminArgs),
+    /// Run a program with vGPU's libcuda.so.1. With VGPU_KEY and VGPU_CONTROL_URL set, the shim exchanges the
+    /// key for a session ticket and connects to the server holding the tenant's GPU.
     Run {
-        /// Server endpoint: tcp://host:port or shm://name.
-        #[arg(long, env = "VGPU_SERVER", default_value = "tcp://127.0.0.1:7070")]
-        server: String,
+        /// Server endpoint: tcp://host:port or shm://name (default: the ticket's server, or tcp://127.0.0.1:7070).
+        #[arg(long, env = "VGPU_SERVER")]
+        server: Option<String>,
+        /// Control plane URL, for a tenant key in VGPU_KEY.
+        #[arg(long, env = "VGPU_CONTROL_URL")]
+        control: Option<String>,
         /// The program and its arguments.
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<std::ffi::OsString>,
@@ -83,6 +111,12 @@ enum Cmd {
     },
     #[command(name = "__worker", hide = true)]
     Worker,
+    #[command(name = "__memcheck", hide = true)]
+    Memcheck {
+        #[arg(long, default_value_t = 0)]
+        hold_ms: u64,
+        alloc_mib: Vec<u64>,
+    },
     #[command(name = "__probe", hide = true)]
     Probe {
         #[arg(long)]
@@ -116,62 +150,88 @@ fn run(cmd: Cmd) -> Result<(), String> {
             driver,
             key,
             memory_limit_mib,
+            control,
+            node_token,
+            name,
+            advertise,
         } => {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let key = key.filter(|k| !k.is_empty());
+            let (authority, auth_description): (Arc<dyn Authority>, String) = match control {
+                Some(url) => {
+                    let node_token = node_token
+                        .filter(|t| !t.is_empty())
+                        .ok_or("--control needs the node token: --node-token or VGPU_NODE_TOKEN")?;
+                    let name = name.unwrap_or_else(|| {
+                        std::fs::read_to_string("/proc/sys/kernel/hostname")
+                            .map(|h| h.trim().to_string())
+                            .unwrap_or_else(|_| "vgpu-server".into())
+                    });
+                    let link = controlled::ControlLink {
+                        url: url.clone(),
+                        node_token,
+                        name,
+                        advertise,
+                    };
+                    (
+                        controlled::TicketAuthority::new(link),
+                        format!("session tickets from the control plane at {url}"),
+                    )
+                }
+                None => {
+                    let described = match (&key, memory_limit_mib) {
+                        (Some(_), Some(m)) => format!("a static key (VGPU_KEY); {m} MiB per session"),
+                        (Some(_), None) => "a static key (VGPU_KEY)".into(),
+                        (None, _) => {
+                            "nothing: no key set, any client that can reach these endpoints may connect".into()
+                        }
+                    };
+                    let authority = StaticKey {
+                        key,
+                        memory_limit: memory_limit_mib.map(|m| m << 20),
+                    };
+                    (Arc::new(authority), described)
+                }
+            };
             vgpu_cuda_exec::run_server(ServerConfig {
                 tcp: (!no_tcp).then_some(tcp),
                 shm: (!no_shm).then_some(shm),
                 backend: BackendChoice::parse(&backend)?,
                 driver,
-                key: key.filter(|k| !k.is_empty()),
-                memory_limit: memory_limit_mib.map(|m| m << 20),
+                authority,
+                auth_description,
                 worker_command: vec![exe.display().to_string(), "__worker".into()],
             })
         }
+        Cmd::Control(args) => vgpu_control::run_control(args),
+        Cmd::Admin(args) => vgpu_control::run_admin(args),
         Cmd::Worker => vgpu_cuda_exec::run_worker_from_env(),
-        Cmd::Run { server, command } => {
-            vgpu_dataplane::Endpoint::parse(&server)?;
+        Cmd::Memcheck { hold_ms, alloc_mib } => sample::memcheck(&alloc_mib, hold_ms),
+        Cmd::Run {
+            server,
+            control,
+            command,
+        } => {
             let (program, args) = command.split_first().ok_or("nothing to run")?;
-            let err = local::through_shim(program, &server)?.args(args).exec();
+            let mut cmd = local::through_shim(program, server.as_deref())?;
+            if let Some(server) = &server {
+                vgpu_dataplane::Endpoint::parse(server)?;
+            }
+            if let Some(url) = control {
+                if std::env::var_os("VGPU_KEY").is_none() && std::env::var_os("VGPU_TICKET").is_none() {
+                    return Err("--control needs the tenant's key in VGPU_KEY".into());
+                }
+                cmd.env("VGPU_CONTROL_URL", url);
+            }
+            let err = cmd.args(args).exec();
             Err(format!("cannot run {}: {err}", program.to_string_lossy()))
         }
         Cmd::Sample => {
             println!("{}", sample::run()?);
             Ok(())
         }
-        Cmd::Quickstart { backend } => quickstart(&backend),
+        Cmd::Quickstart { backend, standalone } => quickstart::run(&backend, standalone),
         Cmd::Bench { quick, json, backend } => bench::run(quick, json.as_deref(), &backend),
         Cmd::Probe { quick } => bench::probe(quick),
     }
-}
-
-fn quickstart(backend: &str) -> Result<(), String> {
-    BackendChoice::parse(backend)?;
-    println!("vgpu quickstart: starting a GPU server on this machine");
-    let server = local::LocalServer::start(backend, &[])?;
-    for line in &server.banner {
-        println!("  {line}");
-    }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut failed = false;
-    for endpoint in [&server.tcp, &server.shm] {
-        println!("vgpu quickstart: running the bundled sample through the shim over {endpoint}");
-        let out = local::through_shim(&exe, endpoint)?
-            .arg("sample")
-            .output()
-            .map_err(|e| e.to_string())?;
-        print!("  {}", String::from_utf8_lossy(&out.stdout));
-        if !out.status.success() {
-            failed = true;
-            eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-    if failed {
-        return Err("the sample failed through vGPU".into());
-    }
-    println!(
-        "vgpu quickstart: done. Run your own program with: vgpu run --server {} -- ./your-app",
-        server.tcp
-    );
-    Ok(())
 }

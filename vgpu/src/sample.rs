@@ -99,3 +99,38 @@ pub fn run() -> Result<String, String> {
         "sample: saxpy on {n} floats {place} ({device}): all {n} results correct"
     ))
 }
+
+/// `vgpu __memcheck`: what a session may see and allocate, for tests of ticket limits. Prints one line per
+/// fact: the device count, `cuMemGetInfo`'s total and free, then each allocation's result (kept allocated), then
+/// holds the session open for `hold_ms` and checks it still answers.
+pub fn memcheck(alloc_mib: &[u64], hold_ms: u64) -> Result<(), String> {
+    let cuda = Cuda::load()?;
+    cuda.open_device()?;
+    let mut count = 0;
+    let (mut free, mut total) = (0usize, 0usize);
+    // SAFETY (this block): documented driver calls with out-pointers to locals.
+    unsafe {
+        cuda.check("cuDeviceGetCount", (cuda.device_get_count)(&mut count))?;
+        cuda.check("cuMemGetInfo", (cuda.mem_get_info)(&mut free, &mut total))?;
+    }
+    println!("devices {count}");
+    println!("total_mib {}", total >> 20);
+    println!("free_mib {}", free >> 20);
+    for &mib in alloc_mib {
+        let mut dptr = 0u64;
+        // SAFETY: out-pointer to a local.
+        let r = unsafe { (cuda.mem_alloc)(&mut dptr, (mib << 20) as usize) };
+        println!(
+            "alloc {mib} {}",
+            cuda.check("cuMemAlloc", r).err().unwrap_or_else(|| "ok".into())
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(hold_ms));
+    // SAFETY: no arguments.
+    let r = unsafe { (cuda.ctx_synchronize)() };
+    println!(
+        "after_hold {}",
+        cuda.check("cuCtxSynchronize", r).err().unwrap_or_else(|| "ok".into())
+    );
+    Ok(())
+}

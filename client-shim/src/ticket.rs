@@ -1,0 +1,104 @@
+//! Where the shim connects and with what credential: a ticket given in `VGPU_TICKET`, a ticket fetched from
+//! the control plane with the tenant's `VGPU_KEY` (when `VGPU_CONTROL_URL` is set), or a server's static key.
+
+use crate::log::{log, ERROR, INFO};
+use std::time::Duration;
+use vgpu_dataplane::cuerr::*;
+
+/// The server to dial and the credential to present in the hello.
+pub struct Target {
+    pub server: String,
+    pub credential: String,
+}
+
+/// Decides the target from the environment. Errors are logged with their reason and become `cuInit`'s result.
+pub fn target() -> Result<Target, u32> {
+    let server = std::env::var("VGPU_SERVER").ok().filter(|s| !s.is_empty());
+    if let Ok(ticket) = std::env::var("VGPU_TICKET") {
+        return Ok(Target {
+            server: server.unwrap_or_else(default_server),
+            credential: ticket,
+        });
+    }
+    let key = std::env::var("VGPU_KEY").unwrap_or_default();
+    match std::env::var("VGPU_CONTROL_URL").ok().filter(|u| !u.is_empty()) {
+        Some(url) if !key.is_empty() => {
+            let grant = fetch_ticket(&url, &key)?;
+            log!(
+                INFO,
+                "control plane {url} granted session {} on {}",
+                grant.session_id,
+                grant.server
+            );
+            Ok(Target {
+                server: server.unwrap_or(grant.server),
+                credential: grant.ticket,
+            })
+        }
+        _ => Ok(Target {
+            server: server.unwrap_or_else(default_server),
+            credential: key,
+        }),
+    }
+}
+
+fn default_server() -> String {
+    "tcp://127.0.0.1:7070".into()
+}
+
+struct Grant {
+    ticket: String,
+    session_id: String,
+    /// `tcp://address` of the server holding the ticket's first GPU.
+    server: String,
+}
+
+/// `POST /v1/tickets` with the tenant's key. A session runs on one server: the one holding the first GPU the
+/// ticket names.
+fn fetch_ticket(url: &str, key: &str) -> Result<Grant, u32> {
+    let endpoint = format!("{}/v1/tickets", url.trim_end_matches('/'));
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .timeout(Duration::from_secs(20))
+        .build();
+    let reply = agent
+        .post(&endpoint)
+        .set("Authorization", &format!("Bearer {key}"))
+        .send_json(serde_json::json!({}));
+    let body: serde_json::Value = match reply {
+        Ok(r) => r.into_json().map_err(|e| {
+            log!(ERROR, "control plane at {url} sent an unreadable ticket: {e}");
+            CUDA_ERROR_NO_DEVICE
+        })?,
+        Err(ureq::Error::Status(status, r)) => {
+            let v: serde_json::Value = r.into_json().unwrap_or_default();
+            let message = v["error"]["message"].as_str().unwrap_or("no reason given");
+            log!(ERROR, "control plane at {url} refused VGPU_KEY ({status}): {message}");
+            return Err(match status {
+                401 | 403 => CUDA_ERROR_NOT_PERMITTED,
+                _ => CUDA_ERROR_NO_DEVICE,
+            });
+        }
+        Err(e) => {
+            log!(ERROR, "cannot reach the control plane at {url} (VGPU_CONTROL_URL): {e}");
+            return Err(CUDA_ERROR_NO_DEVICE);
+        }
+    };
+    let ticket = body["ticket"].as_str();
+    let address = body["gpus"][0]["server_address"].as_str();
+    match (ticket, address) {
+        (Some(t), Some(a)) => Ok(Grant {
+            ticket: t.to_string(),
+            session_id: body["session_id"].as_str().unwrap_or("?").to_string(),
+            server: if a.contains("://") {
+                a.to_string()
+            } else {
+                format!("tcp://{a}")
+            },
+        }),
+        _ => {
+            log!(ERROR, "control plane at {url} sent a ticket without a server");
+            Err(CUDA_ERROR_NO_DEVICE)
+        }
+    }
+}

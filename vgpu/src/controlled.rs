@@ -1,0 +1,444 @@
+//! `vgpu server --control URL`: registers this server and its GPUs with the control plane, admits sessions
+//! by their tickets (checked offline with the control plane's public key), ends revoked ones, reports usage.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use vgpu_control::client::{self, GpuInfo, UsageSample};
+use vgpu_control::ticket::{TicketError, TicketGpu, TicketVerifier};
+use vgpu_cuda_exec::{Admission, Authority, Limits, UsageDelta};
+use vgpu_dataplane::handshake::DeviceFacts;
+
+/// How often the server tells the control plane it is alive (and learns which sessions to end).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often accumulated usage is sent; a session's last record goes at once.
+const USAGE_FLUSH: Duration = Duration::from_secs(15);
+/// Usage that could not be delivered is kept this long, then dropped with a warning.
+const USAGE_KEEP: Duration = Duration::from_secs(24 * 3600);
+
+/// Where the control plane is and how this server introduces itself.
+pub struct ControlLink {
+    pub url: String,
+    pub node_token: String,
+    /// Name the server registers under (re-registering by name keeps its GPUs' assignments).
+    pub name: String,
+    /// `host:port` clients dial; default: this host's name and the TCP port the server listens on.
+    pub advertise: Option<String>,
+}
+
+/// Admits sessions by control-plane tickets; see the module docs.
+pub struct TicketAuthority {
+    link: ControlLink,
+    state: Mutex<State>,
+    /// Itself, for the background thread `started` spawns.
+    me: Weak<TicketAuthority>,
+}
+
+#[derive(Default)]
+struct State {
+    registration: Option<Registered>,
+    /// Ticket session ids already used here, with their expiry: a ticket opens one session.
+    used: HashMap<String, u64>,
+    /// Usage not yet delivered, by ticket session id.
+    usage: HashMap<String, Metered>,
+    /// Device memory each live session holds, for the heartbeat's inventory.
+    held: HashMap<String, u64>,
+    to_end: Vec<String>,
+}
+
+struct Registered {
+    server_id: String,
+    server_token: String,
+    address: String,
+    verifier: TicketVerifier,
+    devices: Vec<DeviceFacts>,
+}
+
+/// One session's usage since its last delivered report.
+struct Metered {
+    /// This server's GPUs in the ticket (client ordinal order).
+    gpus: Vec<TicketGpu>,
+    period_start: u64,
+    period_end: u64,
+    seconds: f64,
+    memory_byte_seconds: f64,
+    bytes_moved: u64,
+    ended: bool,
+    since: Instant,
+}
+
+impl TicketAuthority {
+    pub fn new(link: ControlLink) -> Arc<TicketAuthority> {
+        Arc::new_cyclic(|me| TicketAuthority {
+            link,
+            state: Mutex::new(State::default()),
+            me: me.clone(),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, address: &str, devices: &[DeviceFacts]) -> Result<Registered, String> {
+        let url = &self.link.url;
+        let pem = client::fetch_public_key(url).map_err(|e| format!("cannot get the ticket key from {url}: {e}"))?;
+        let verifier = TicketVerifier::new(pem.as_bytes()).map_err(|e| format!("control plane at {url}: {e}"))?;
+        let reg = client::register_server(
+            url,
+            &self.link.node_token,
+            &self.link.name,
+            address,
+            &inventory(devices, &HashMap::new()),
+        )
+        .map_err(|e| format!("cannot register with the control plane at {url}: {e}"))?;
+        Ok(Registered {
+            server_id: reg.server_id,
+            server_token: reg.server_token,
+            address: address.to_string(),
+            verifier,
+            devices: devices.to_vec(),
+        })
+    }
+
+    /// Heartbeats and usage delivery, forever (on its own thread).
+    fn background(self: Arc<Self>) {
+        let mut last_beat = Instant::now();
+        let mut last_flush = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            if last_beat.elapsed() >= HEARTBEAT {
+                last_beat = Instant::now();
+                self.heartbeat();
+            }
+            let urgent = self.state().usage.values().any(|m| m.ended);
+            if urgent || last_flush.elapsed() >= USAGE_FLUSH {
+                last_flush = Instant::now();
+                self.flush_usage();
+            }
+        }
+    }
+
+    fn heartbeat(&self) {
+        let (token, id, gpus, address, devices) = {
+            let st = self.state();
+            let Some(r) = &st.registration else { return };
+            let mut per_gpu: HashMap<String, u64> = HashMap::new();
+            for (sid, bytes) in &st.held {
+                if let Some(g) = st.usage.get(sid).and_then(|m| m.gpus.first()) {
+                    *per_gpu.entry(g.gpu_uuid.clone()).or_default() += bytes;
+                }
+            }
+            (
+                r.server_token.clone(),
+                r.server_id.clone(),
+                inventory(&r.devices, &per_gpu),
+                r.address.clone(),
+                r.devices.clone(),
+            )
+        };
+        match client::heartbeat(&self.link.url, &token, &id, &gpus) {
+            Ok(end) => self.state().to_end.extend(end),
+            // The control plane forgot this server (a fresh in-memory store, or an admin removed it): register
+            // again under the same name, which keeps the GPU ids the tickets name.
+            Err(e) if matches!(e.status, Some(401 | 403 | 404)) => match self.register(&address, &devices) {
+                Ok(r) => {
+                    tracing::warn!("control plane no longer knew this server ({e}); registered again");
+                    self.state().registration = Some(r);
+                }
+                Err(why) => tracing::warn!("{why}"),
+            },
+            Err(e) => tracing::warn!("heartbeat to {} failed: {e}", self.link.url),
+        }
+    }
+
+    fn flush_usage(&self) {
+        let (token, records, sent) = {
+            let mut st = self.state();
+            let Some(r) = &st.registration else { return };
+            let token = r.server_token.clone();
+            let now = Instant::now();
+            st.usage.retain(|sid, m| {
+                let keep = !m.ended || now.duration_since(m.since) < USAGE_KEEP;
+                if !keep {
+                    tracing::warn!("dropping usage of session {sid}: undeliverable for a day");
+                }
+                keep
+            });
+            let mut records = Vec::new();
+            let mut sent = Vec::new();
+            for (sid, m) in &st.usage {
+                if m.seconds == 0.0 && m.bytes_moved == 0 && !m.ended {
+                    continue;
+                }
+                records.extend(samples(sid, m));
+                sent.push((sid.clone(), m.ended));
+            }
+            (token, records, sent)
+        };
+        if records.is_empty() {
+            return;
+        }
+        match client::report_usage(&self.link.url, &token, &records) {
+            Ok(_) => {
+                let mut st = self.state();
+                for (sid, ended) in sent {
+                    if ended {
+                        st.usage.remove(&sid);
+                    } else if let Some(m) = st.usage.get_mut(&sid) {
+                        // Periods reported: start a new one where this one stopped.
+                        m.period_start = m.period_end;
+                        m.seconds = 0.0;
+                        m.memory_byte_seconds = 0.0;
+                        m.bytes_moved = 0;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("usage report to {} failed (kept for the next one): {e}", self.link.url),
+        }
+    }
+}
+
+/// Usage records for one session: GPU time on each of its GPUs here, weighted by the compute share it holds;
+/// memory and bytes are counted on its first GPU (the server meters a session's memory as a whole).
+fn samples(sid: &str, m: &Metered) -> Vec<UsageSample> {
+    m.gpus
+        .iter()
+        .enumerate()
+        .map(|(i, g)| UsageSample {
+            session_id: sid.to_string(),
+            gpu_uuid: g.gpu_uuid.clone(),
+            period_start: m.period_start,
+            period_end: m.period_end.max(m.period_start),
+            gpu_seconds: m.seconds * g.compute_share.clamp(0.0, 1.0),
+            memory_gib_hours: if i == 0 {
+                m.memory_byte_seconds / (1u64 << 30) as f64 / 3600.0
+            } else {
+                0.0
+            },
+            bytes_moved: if i == 0 { m.bytes_moved } else { 0 },
+            session_ended: m.ended,
+        })
+        .collect()
+}
+
+/// The GPUs as the control plane's inventory lists them, with the memory sessions hold on each.
+fn inventory(devices: &[DeviceFacts], held: &HashMap<String, u64>) -> Vec<GpuInfo> {
+    devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let uuid = d.uuid_string();
+            GpuInfo {
+                memory_used_mib: held.get(&uuid).copied().unwrap_or(0) >> 20,
+                uuid,
+                index: i as u32,
+                name: d.name_str().to_string(),
+                model: None,
+                memory_total_mib: d.total_mem >> 20,
+                utilization_pct: 0.0,
+            }
+        })
+        .collect()
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Authority for TicketAuthority {
+    fn started(&self, tcp: Option<SocketAddr>, devices: &[DeviceFacts]) -> Result<Vec<String>, String> {
+        let address = match (&self.link.advertise, tcp) {
+            (Some(a), _) => a.clone(),
+            (None, Some(addr)) if addr.ip().is_unspecified() => format!("{}:{}", this_host(), addr.port()),
+            (None, Some(addr)) => addr.to_string(),
+            (None, None) => {
+                return Err("with --control the server must listen on TCP (or give --advertise host:port)".into())
+            }
+        };
+        let reg = self.register(&address, devices)?;
+        let lines = vec![format!(
+            "registered with the control plane at {} as server {} ({address})",
+            self.link.url, reg.server_id
+        )];
+        self.state().registration = Some(reg);
+        let me = self.me.upgrade().ok_or("the server is shutting down")?;
+        std::thread::Builder::new()
+            .name("vgpu-control-link".into())
+            .spawn(move || me.background())
+            .map_err(|e| e.to_string())?;
+        Ok(lines)
+    }
+
+    fn admit(&self, credential: &[u8]) -> Result<Admission, String> {
+        let token = std::str::from_utf8(credential).map_err(|_| "the credential is not a ticket".to_string())?;
+        let mut st = self.state();
+        let r = st
+            .registration
+            .as_ref()
+            .ok_or("the server is not registered with its control plane yet; try again")?;
+        let claims = r.verifier.verify(token).map_err(|e| match e {
+            TicketError::Expired => "the session ticket expired: get a new one (set VGPU_KEY and VGPU_CONTROL_URL, \
+                                     and the shim fetches one)"
+                .to_string(),
+            TicketError::Malformed(_) if !token.contains('.') => {
+                "this server takes control-plane tickets: set VGPU_KEY and VGPU_CONTROL_URL instead of a static key"
+                    .to_string()
+            }
+            other => format!("the session ticket was refused: {other}"),
+        })?;
+        let gpus: Vec<TicketGpu> = claims
+            .gpus
+            .iter()
+            .filter(|g| g.server_id == r.server_id)
+            .cloned()
+            .collect();
+        if gpus.is_empty() {
+            let elsewhere: Vec<&str> = claims.gpus.iter().map(|g| g.server_address.as_str()).collect();
+            return Err(format!(
+                "the ticket names no GPU on this server; its GPUs are on {}",
+                elsewhere.join(", ")
+            ));
+        }
+        let mut devices = Vec::new();
+        for g in &gpus {
+            let index = r
+                .devices
+                .iter()
+                .position(|d| d.uuid_string() == g.gpu_uuid)
+                .ok_or_else(|| format!("the ticket names GPU {}, which this server no longer has", g.gpu_uuid))?;
+            devices.push(index as u32);
+        }
+        let memory_mib: u64 = gpus.iter().map(|g| g.memory_limit_mib).sum();
+        let now = now_s();
+        st.used.retain(|_, exp| *exp + 60 > now);
+        if st.used.contains_key(&claims.sid) {
+            return Err(
+                "this ticket already opened a session: each process needs its own ticket (set VGPU_KEY \
+                        and VGPU_CONTROL_URL, and the shim fetches one)"
+                    .into(),
+            );
+        }
+        st.used.insert(claims.sid.clone(), claims.exp);
+        st.usage.insert(
+            claims.sid.clone(),
+            Metered {
+                gpus,
+                period_start: now,
+                period_end: now,
+                seconds: 0.0,
+                memory_byte_seconds: 0.0,
+                bytes_moved: 0,
+                ended: false,
+                since: Instant::now(),
+            },
+        );
+        Ok(Admission {
+            label: claims.sid,
+            limits: Limits {
+                memory_bytes: Some(memory_mib.saturating_mul(1 << 20)),
+                devices: Some(devices),
+            },
+        })
+    }
+
+    fn record(&self, u: UsageDelta) {
+        let mut st = self.state();
+        if u.ended {
+            st.held.remove(&u.label);
+        } else {
+            st.held.insert(u.label.clone(), u.allocated_bytes);
+        }
+        if let Some(m) = st.usage.get_mut(&u.label) {
+            m.period_end = u.period_end.max(m.period_end);
+            m.seconds += u.seconds;
+            m.memory_byte_seconds += u.memory_byte_seconds;
+            m.bytes_moved += u.bytes_moved;
+            m.ended |= u.ended;
+            m.since = Instant::now();
+        }
+    }
+
+    fn sessions_to_end(&self) -> Vec<String> {
+        std::mem::take(&mut self.state().to_end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metered(seconds: f64, share: f64) -> Metered {
+        Metered {
+            gpus: vec![
+                TicketGpu {
+                    server_id: "srv".into(),
+                    server_address: "h:1".into(),
+                    gpu_uuid: "GPU-a".into(),
+                    gpu_index: 0,
+                    memory_limit_mib: 1024,
+                    compute_share: share,
+                },
+                TicketGpu {
+                    server_id: "srv".into(),
+                    server_address: "h:1".into(),
+                    gpu_uuid: "GPU-b".into(),
+                    gpu_index: 1,
+                    memory_limit_mib: 1024,
+                    compute_share: 1.0,
+                },
+            ],
+            period_start: 100,
+            period_end: 160,
+            seconds,
+            memory_byte_seconds: (2u64 << 30) as f64 * 3600.0,
+            bytes_moved: 77,
+            ended: true,
+            since: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn samples_weigh_gpu_time_by_share_and_count_memory_once() {
+        let s = samples("sess_1", &metered(60.0, 0.25));
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].gpu_seconds, 15.0);
+        assert_eq!(s[1].gpu_seconds, 60.0);
+        assert_eq!(s[0].memory_gib_hours, 2.0);
+        assert_eq!(s[1].memory_gib_hours, 0.0);
+        assert_eq!((s[0].bytes_moved, s[1].bytes_moved), (77, 0));
+        assert!(s
+            .iter()
+            .all(|x| x.session_ended && x.period_start == 100 && x.period_end == 160));
+    }
+
+    #[test]
+    fn inventory_uses_nvidia_uuid_format_and_held_memory() {
+        let mut d = DeviceFacts {
+            uuid: [0xab; 16],
+            total_mem: 8 << 30,
+            ..Default::default()
+        };
+        d.set_name("Test GPU");
+        let uuid = d.uuid_string();
+        assert_eq!(uuid, "GPU-abababab-abab-abab-abab-abababababab");
+        let held = HashMap::from([(uuid.clone(), 3u64 << 20)]);
+        let inv = inventory(&[d], &held);
+        assert_eq!(inv[0].memory_used_mib, 3);
+        assert_eq!(inv[0].memory_total_mib, 8192);
+        assert_eq!(inv[0].name, "Test GPU");
+    }
+}
