@@ -102,6 +102,7 @@ driver_table! {
     kernel_get_function = "cuKernelGetFunction": fn(*mut P, P);
     memcpy_2d_async = "cuMemcpy2DAsync_v2": fn(*const Memcpy2DParams, P);
     module_get_function = "cuModuleGetFunction": fn(*mut P, P, *const c_char);
+    func_load = "cuFuncLoad": fn(P);
     library_get_kernel = "cuLibraryGetKernel": fn(*mut P, P, *const c_char);
     launch_kernel = "cuLaunchKernel": fn(P, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, P, *mut *mut c_void, *mut *mut c_void);
 }
@@ -460,6 +461,12 @@ impl Backend for RealBackend {
     }
     fn func_attributes(&self, function: u64, is_kernel: bool) -> CuResult<[i32; FUNC_ATTR_COUNT]> {
         let dev = self.current_device();
+        if !is_kernel {
+            // Functions enumerated from a lazily loaded module answer attribute queries with
+            // CUDA_ERROR_FUNCTION_NOT_LOADED until loaded; the app's own cuModuleGetFunction handle would not.
+            // SAFETY: a function handle this session's module load produced.
+            let _ = unsafe { (self.driver.func_load)(p(function)) };
+        }
         let mut attrs = [i32::MIN; FUNC_ATTR_COUNT];
         for (i, a) in attrs.iter_mut().enumerate() {
             let mut v = 0;
