@@ -12,6 +12,13 @@ use crate::local::{through_shim, LocalServer};
 
 /// (key, label, unit, higher_is_better)
 const METRICS: &[(&str, &str, &str, bool)] = &[
+    ("session_start_ms", "load + cuInit + primary context", "ms", false),
+    (
+        "rss_added_mib",
+        "client resident memory added by the driver",
+        "MiB",
+        false,
+    ),
     ("launch_async_us", "empty kernel launch, async, per launch", "µs", false),
     ("launch_sync_us", "launch + stream synchronize", "µs", false),
     ("memgetinfo_us", "cuMemGetInfo", "µs", false),
@@ -26,14 +33,105 @@ const METRICS: &[(&str, &str, &str, bool)] = &[
     ("d2h_pageable_1gib_gbps", "pageable D→H 1 GiB", "GB/s", true),
     ("h2d_pinned_1gib_gbps", "pinned H→D 1 GiB", "GB/s", true),
     ("d2h_pinned_1gib_gbps", "pinned D→H 1 GiB", "GB/s", true),
+    (
+        "launch_rate_16proc_per_s",
+        "16 processes: aggregate async launches",
+        "1/s",
+        true,
+    ),
 ];
+
+/// Processes in the shared-GPU launch-rate test.
+const PROCESSES: usize = 16;
+
+/// Resident memory of this process (VmRSS), in MiB.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// One of the processes of the launch-rate test: waits for `start_at` (Unix ms, so all start together),
+/// launches `n` empty kernels asynchronously, synchronizes, and prints launches per second.
+pub fn launch_rate(n: u64, start_at_ms: u64) -> Result<(), String> {
+    let cuda = Cuda::load()?;
+    cuda.open_device()?;
+    let f = cuda.kernel(PTX, "empty")?;
+    let null = std::ptr::null_mut();
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    };
+    while now_ms() < start_at_ms {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        // SAFETY: an argument-less kernel launched with no parameters on the NULL stream.
+        let r = unsafe { (cuda.launch_kernel)(f, 1, 1, 1, 1, 1, 1, 0, null, null as _, null as _) };
+        cuda.check("cuLaunchKernel", r)?;
+    }
+    // SAFETY: documented driver call.
+    cuda.check("cuCtxSynchronize", unsafe { (cuda.ctx_synchronize)() })?;
+    println!("{}", json!({ "launches_per_s": n as f64 / t.elapsed().as_secs_f64() }));
+    Ok(())
+}
+
+/// Starts `PROCESSES` launch-rate children made by `make` together and sums their rates.
+fn aggregate_launch_rate(make: &dyn Fn() -> Result<std::process::Command, String>, quick: bool) -> Result<f64, String> {
+    let n = if quick { 2_000 } else { 20_000 };
+    let start_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64 + 3000)
+        .unwrap_or(0);
+    let mut children = Vec::new();
+    for _ in 0..PROCESSES {
+        let mut cmd = make()?;
+        cmd.args(["__launch-rate", &n.to_string(), &start_at.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        children.push(
+            cmd.spawn()
+                .map_err(|e| format!("cannot start a launch-rate process: {e}"))?,
+        );
+    }
+    let mut total = 0.0;
+    let mut failure = None;
+    for child in children {
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        match serde_json::from_str::<Value>(text.trim())
+            .ok()
+            .and_then(|v| v["launches_per_s"].as_f64())
+        {
+            Some(r) if out.status.success() => total += r,
+            _ => failure = Some(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        }
+    }
+    match failure {
+        Some(why) => Err(format!("a launch-rate process failed: {why}")),
+        None => Ok(total),
+    }
+}
 
 /// The probe: runs every measurement in this process against whatever libcuda.so.1 loads; prints JSON.
 pub fn probe(quick: bool) -> Result<(), String> {
+    let rss_before = rss_mib();
+    let t = Instant::now();
     let cuda = Cuda::load()?;
     cuda.open_device()?;
+    let session_start_ms = t.elapsed().as_secs_f64() * 1e3;
     let scale = if quick { 10 } else { 1 };
     let mut out = BTreeMap::new();
+    out.insert("session_start_ms", session_start_ms);
     let f = cuda.kernel(PTX, "empty")?;
     let null = std::ptr::null_mut();
     let launch = || {
@@ -100,6 +198,8 @@ pub fn probe(quick: bool) -> Result<(), String> {
         })?;
     }
     out.insert("d2h_4b_us", t.elapsed().as_secs_f64() / n as f64 * 1e6);
+    // After launches and small copies, before the big buffers this probe allocates itself.
+    out.insert("rss_added_mib", rss_mib() - rss_before);
     for (size, label, reps) in [
         (64usize << 20, "64mib", 10 / scale.min(5)),
         (big, "1gib", 3 / scale.min(3)),
@@ -145,6 +245,33 @@ fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
+/// Runs the probe `repeat` times (children made by `make`) and keeps each metric's median.
+fn median_probe(
+    make: &dyn Fn() -> Result<std::process::Command, String>,
+    quick: bool,
+    repeat: usize,
+) -> Result<Value, String> {
+    let mut runs = Vec::new();
+    for _ in 0..repeat.max(1) {
+        runs.push(run_probe(make()?, quick)?);
+    }
+    let mut merged = runs[0].clone();
+    if let Some(keys) = runs[0]["metrics"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect::<Vec<_>>())
+    {
+        for k in keys {
+            let mut v: Vec<f64> = runs.iter().filter_map(|r| r["metrics"][&k].as_f64()).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            if let Some(m) = v.get(v.len() / 2) {
+                merged["metrics"][&k] = json!(m);
+            }
+        }
+    }
+    merged["repeats"] = json!(runs.len());
+    Ok(merged)
+}
+
 /// Runs the probe in a child with the given environment and parses its JSON line.
 fn run_probe(mut cmd: std::process::Command, quick: bool) -> Result<Value, String> {
     cmd.arg("__probe");
@@ -164,17 +291,24 @@ fn run_probe(mut cmd: std::process::Command, quick: bool) -> Result<Value, Strin
     serde_json::from_str(line).map_err(|e| format!("probe output: {e}"))
 }
 
-pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str) -> Result<(), String> {
+pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repeat: usize) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut native_cmd = std::process::Command::new(&exe);
-    native_cmd.env_remove("LD_LIBRARY_PATH");
-    let native = run_probe(native_cmd, quick);
-    if let Err(e) = &native {
-        eprintln!("vgpu bench: no native run ({e}); ratios are left out");
+    let native_cmd = || {
+        let mut c = std::process::Command::new(&exe);
+        c.env_remove("LD_LIBRARY_PATH");
+        Ok(c)
+    };
+    let mut native = median_probe(&native_cmd, quick, repeat);
+    match &mut native {
+        Ok(v) => v["metrics"]["launch_rate_16proc_per_s"] = json!(aggregate_launch_rate(&native_cmd, quick).ok()),
+        Err(e) => eprintln!("vgpu bench: no native run ({e}); ratios are left out"),
     }
     let server = LocalServer::start(backend, &[])?;
-    let tcp = run_probe(through_shim(&exe, Some(&server.tcp))?, quick)?;
-    let shm = run_probe(through_shim(&exe, Some(&server.shm))?, quick)?;
+    let tcp_cmd = || through_shim(&exe, Some(&server.tcp));
+    let shm_cmd = || through_shim(&exe, Some(&server.shm));
+    let tcp = median_probe(&tcp_cmd, quick, repeat)?;
+    let mut shm = median_probe(&shm_cmd, quick, repeat)?;
+    shm["metrics"]["launch_rate_16proc_per_s"] = json!(aggregate_launch_rate(&shm_cmd, quick)?);
     drop(server);
     let floors = json!({
         "tcp_pingpong_us": vgpu_transports::floor::tcp_pingpong_us(2000).ok(),
@@ -195,7 +329,7 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str) -> R
         }
     );
     println!(
-        "{:<40} {:>10} {:>10} {:>8} {:>10} {:>8}",
+        "{:<50} {:>10} {:>10} {:>8} {:>10} {:>8}",
         "metric", "native", "vgpu tcp", "ratio", "vgpu shm", "ratio"
     );
     let mut rows = Vec::new();
@@ -210,7 +344,7 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str) -> R
         };
         let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
         println!(
-            "{:<40} {:>10} {:>10} {:>8} {:>10} {:>8}",
+            "{:<50} {:>10} {:>10} {:>8} {:>10} {:>8}",
             format!("{label} ({unit})"),
             f(n),
             f(t),
@@ -226,7 +360,7 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str) -> R
     println!("(ratio = vGPU time ÷ native time; for bandwidths, native GB/s ÷ vGPU GB/s)");
     println!("transport floors: {floors}");
     if let Some(path) = json_path {
-        let doc = json!({ "device": device, "vgpu_emulated": emulated, "quick": quick, "rows": rows,
+        let doc = json!({ "device": device, "vgpu_emulated": emulated, "quick": quick, "repeats": repeat, "rows": rows,
             "floors": floors, "native_raw": native, "tcp_raw": tcp, "shm_raw": shm });
         let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

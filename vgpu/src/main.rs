@@ -108,6 +108,9 @@ enum Cmd {
         /// Backend for the vGPU side.
         #[arg(long, default_value = "auto")]
         backend: String,
+        /// Runs of each probe; the table shows medians.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
     },
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -117,6 +120,8 @@ enum Cmd {
         hold_ms: u64,
         alloc_mib: Vec<u64>,
     },
+    #[command(name = "__launch-rate", hide = true)]
+    LaunchRate { launches: u64, start_at_ms: u64 },
     #[command(name = "__probe", hide = true)]
     Probe {
         #[arg(long)]
@@ -231,7 +236,13 @@ fn run(cmd: Cmd) -> Result<(), String> {
             Ok(())
         }
         Cmd::Quickstart { backend, standalone } => quickstart::run(&backend, standalone),
-        Cmd::Bench { quick, json, backend } => bench::run(quick, json.as_deref(), &backend),
+        Cmd::Bench {
+            quick,
+            json,
+            backend,
+            repeat,
+        } => bench::run(quick, json.as_deref(), &backend, repeat),
+        Cmd::LaunchRate { launches, start_at_ms } => bench::launch_rate(launches, start_at_ms),
         Cmd::Probe { quick } => bench::probe(quick),
     }
 }
