@@ -144,7 +144,9 @@ thread_local! {
 /// Runs `f` on this thread's channel, opening one (attached to the session) on the thread's first call.
 pub fn with_channel<R>(f: impl FnOnce(&mut Channel, &Session) -> Result<R, u32>) -> Result<R, u32> {
     let s = session()?;
-    let ch = CHANNEL.with(|c| -> Result<Arc<Mutex<Channel>>, u32> {
+    // At process exit the runtime's atexit handlers still make calls (primary context release) after this
+    // thread's locals are gone: those go over the first channel, which lives as long as the session.
+    let ch = CHANNEL.try_with(|c| -> Result<Arc<Mutex<Channel>>, u32> {
         let mut slot = c.borrow_mut();
         if let Some(ch) = &*slot {
             return Ok(ch.clone());
@@ -166,7 +168,11 @@ pub fn with_channel<R>(f: impl FnOnce(&mut Channel, &Session) -> Result<R, u32>)
         }
         *slot = Some(ch.clone());
         Ok(ch)
-    })?;
+    });
+    let ch = match ch {
+        Ok(ch) => ch?,
+        Err(_) => s._primary.clone(),
+    };
     let mut guard = lock(&ch);
     f(&mut guard, s)
 }
@@ -469,6 +475,14 @@ pub fn pending_register(landing: Landing) -> u64 {
     let id = NEXT_PENDING.fetch_add(1, Ordering::Relaxed);
     pending().insert(id, landing);
     id
+}
+
+/// Whether bytes of an async device-to-host copy still under way are due to land in [addr, addr+len).
+pub fn pending_overlaps(addr: usize, len: usize) -> bool {
+    pending().values().any(|l| {
+        let end = l.addr + l.pitch * l.rows.saturating_sub(1) + l.width;
+        addr < end && l.addr < addr.saturating_add(len)
+    })
 }
 
 fn pending_take(id: u64) -> Option<Landing> {

@@ -16,12 +16,24 @@ macro_rules! stub {
 
 include!(concat!(env!("OUT_DIR"), "/implemented.rs"));
 
+// Implemented entry points, so that `address_of` can name every export, implemented or stub.
+#[allow(unused_imports)]
+use crate::api::*;
+
 macro_rules! driver_exports {
     ($($name:ident),* $(,)?) => {
         /// Every name the driver API exports, implemented or not.
         #[allow(dead_code)]
         pub const ALL: &[&str] = &[$(stringify!($name)),*];
         $( export_one!($name); )*
+
+        /// The address of the exported entry point `name` (what `cuGetProcAddress` hands out).
+        pub fn address_of(name: &str) -> Option<usize> {
+            match name {
+                $( stringify!($name) => Some($name as *const () as usize), )*
+                _ => None,
+            }
+        }
     };
 }
 

@@ -77,26 +77,66 @@ pub(crate) fn strlen_with_nul(ptr: *const u8) -> usize {
     unsafe { CStr::from_ptr(ptr as *const c_char) }.to_bytes().len() + 1
 }
 
-const HOST_ALIGN: usize = 4096;
-
-/// Page-aligned, zeroed host memory of `size` bytes (non-zero) for cuMemAllocHost.
-pub(crate) fn alloc_host(size: usize) -> Result<*mut u8, u32> {
-    let layout = std::alloc::Layout::from_size_align(size, HOST_ALIGN).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
-    if size == 0 {
-        return Err(CUDA_ERROR_INVALID_VALUE);
+/// Maps `len` bytes (a multiple of the page size) of zeroed memory at exactly `addr`, or anywhere when `addr`
+/// is 0; `None` when that range is taken (or memory is exhausted).
+pub(crate) fn map_pages(addr: usize, len: usize) -> Option<usize> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if addr != 0 { libc::MAP_FIXED_NOREPLACE } else { 0 };
+    // SAFETY: an anonymous mapping; with MAP_FIXED_NOREPLACE it never replaces an existing mapping, so no
+    // memory the process uses is affected.
+    let ptr = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return None;
     }
-    // SAFETY: the layout has a non-zero size.
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-    if ptr.is_null() {
-        return Err(vgpu_dataplane::cuerr::CUDA_ERROR_OUT_OF_MEMORY);
+    if addr != 0 && ptr as usize != addr {
+        // An old kernel that ignores MAP_FIXED_NOREPLACE placed it elsewhere: not what was asked.
+        unmap_pages(ptr as usize, len);
+        return None;
     }
-    Ok(ptr)
+    Some(ptr as usize)
 }
 
-/// Frees memory from `alloc_host`; the caller guarantees `ptr` came from it with this `size`, once.
-pub(crate) fn free_host(ptr: *mut u8, size: usize) -> Result<(), u32> {
-    let layout = std::alloc::Layout::from_size_align(size, HOST_ALIGN).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
-    // SAFETY: per the caller's guarantee, ptr was allocated by alloc_host with exactly this layout.
-    unsafe { std::alloc::dealloc(ptr, layout) };
-    Ok(())
+/// Unmaps memory from `map_pages`; the caller guarantees it came from there with this length and that the
+/// app is done with it (cuMemFreeHost).
+pub(crate) fn unmap_pages(addr: usize, len: usize) {
+    // SAFETY: per the caller's guarantee, [addr, addr+len) is a mapping of ours that nothing uses any more.
+    unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+}
+
+/// The calling thread's `pthread_t` (what the driver mixes into its integrity check as the thread id).
+pub(crate) fn pthread_self_id() -> usize {
+    // SAFETY: pthread_self has no preconditions and always succeeds.
+    unsafe { libc::pthread_self() as usize }
+}
+
+/// Runs a host function the app enqueued with `cuLaunchHostFunc` (`CUhostFn`).
+pub(crate) fn call_host_fn(f: usize, user: usize) {
+    type HostFn = extern "C" fn(usize);
+    // SAFETY: f is the app's non-NULL CUhostFn (checked by the caller), a C function taking userData.
+    let f: HostFn = unsafe { std::mem::transmute::<usize, HostFn>(f) };
+    f(user)
+}
+
+/// Runs a stream callback the app enqueued with `cuStreamAddCallback` (`CUstreamCallback`).
+pub(crate) fn call_stream_callback(f: usize, stream: usize, status: u32, user: usize) {
+    type StreamCallback = extern "C" fn(usize, u32, usize);
+    // SAFETY: f is the app's non-NULL CUstreamCallback (checked by the caller): (hStream, status, userData).
+    let f: StreamCallback = unsafe { std::mem::transmute::<usize, StreamCallback>(f) };
+    f(stream, status, user)
+}
+
+/// Asks the app's `CUoccupancyB2DSize` callback how much dynamic shared memory a block of `block` threads uses.
+pub(crate) fn call_block_to_smem(f: usize, block: i32) -> usize {
+    type B2D = extern "C" fn(i32) -> usize;
+    // SAFETY: f is the app's non-NULL CUoccupancyB2DSize (checked by the caller): size_t (*)(int).
+    let f: B2D = unsafe { std::mem::transmute::<usize, B2D>(f) };
+    f(block)
 }

@@ -3,9 +3,12 @@
 
 mod api;
 mod client;
+mod dark;
 mod exports;
 mod ffi;
 mod log;
+mod mirror;
+mod proc_address;
 mod state;
 mod ticket;
 

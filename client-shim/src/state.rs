@@ -61,9 +61,44 @@ pub struct Registry {
     pub func_attrs: HashMap<u64, [i32; vgpu_dataplane::wire::FUNC_ATTR_COUNT]>,
     /// Libraries unloaded by the app: looking a kernel up in one is CUDA_ERROR_NOT_FOUND natively.
     pub unloaded_libraries: HashSet<u64>,
+    /// Context flags (`cuCtxGetFlags`): creation flags, or what `cuCtxSetFlags` set.
+    pub ctx_flags: HashMap<u64, u32>,
+    /// Flags of each device's primary context (`cuDevicePrimaryCtxSetFlags`).
+    pub primary_flags: HashMap<i32, u32>,
+    /// Cache and shared-memory configuration preferences, by context.
+    pub cache_config: HashMap<u64, u32>,
+    /// Host ranges registered with `cuMemHostRegister`: address → (length, flags).
+    pub host_registered: BTreeMap<usize, (usize, u32)>,
+    /// Flags of `cuMemHostAlloc` allocations, by address.
+    pub host_alloc_flags: HashMap<usize, u32>,
+    /// Memory pools the app created: id → device.
+    pub mem_pools: HashMap<u64, i32>,
+    /// Each device's current memory pool (`cuDeviceSetMemPool`), where not its default one.
+    pub current_pools: HashMap<i32, u64>,
+    /// CUDA arrays: id → shape.
+    pub arrays: HashMap<u64, vgpu_dataplane::wire::ArrayShape>,
 }
 
 impl Registry {
+    /// The host allocation or registered range containing `addr`: (base, length, flags).
+    pub fn host_range(&self, addr: usize) -> Option<(usize, usize, u32)> {
+        if let Some((&base, &(len, flags))) = self.host_registered.range(..=addr).next_back() {
+            if addr < base.saturating_add(len) {
+                return Some((base, len, flags));
+            }
+        }
+        self.host_allocs
+            .iter()
+            .find(|(&base, &len)| addr >= base && addr < base.saturating_add(len))
+            .map(|(&base, &len)| (base, len, self.host_alloc_flags.get(&base).copied().unwrap_or(0)))
+    }
+
+    /// The device allocation containing `addr`: (base, length).
+    pub fn device_range(&self, addr: u64) -> Option<(u64, u64)> {
+        let (&base, &len) = self.device_ranges.range(..=addr).next_back()?;
+        (addr < base.saturating_add(len)).then_some((base, len))
+    }
+
     /// CUDA_ERROR_INVALID_VALUE unless [addr, addr+len) lies inside one known device range.
     pub fn check_range(&self, addr: u64, len: u64) -> Result<(), u32> {
         let invalid = vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_VALUE;
@@ -128,34 +163,40 @@ thread_local! {
 
 /// The calling thread's current context (0 = none).
 pub fn current_ctx() -> u64 {
-    CTX_STACK.with(|s| s.borrow().last().copied().unwrap_or(0))
+    // After the thread's locals are destroyed (atexit handlers), no context is current.
+    CTX_STACK
+        .try_with(|s| s.borrow().last().copied().unwrap_or(0))
+        .unwrap_or(0)
 }
 
 pub fn set_current_ctx(ctx: u64) {
-    CTX_STACK.with(|s| {
+    let _ = CTX_STACK.try_with(|s| {
         let mut s = s.borrow_mut();
         match (s.last_mut(), ctx) {
             (Some(top), _) => *top = ctx,
             (None, 0) => {}
             (None, c) => s.push(c),
         }
-    })
+    });
 }
 
 pub fn push_ctx(ctx: u64) {
-    CTX_STACK.with(|s| s.borrow_mut().push(ctx))
+    let _ = CTX_STACK.try_with(|s| s.borrow_mut().push(ctx));
 }
 
 /// Pops the current context; returns it and the new current one.
 pub fn pop_ctx() -> Option<(u64, u64)> {
-    CTX_STACK.with(|s| {
-        let mut s = s.borrow_mut();
-        let top = s.pop()?;
-        Some((top, s.last().copied().unwrap_or(0)))
-    })
+    CTX_STACK
+        .try_with(|s| {
+            let mut s = s.borrow_mut();
+            let top = s.pop()?;
+            Some((top, s.last().copied().unwrap_or(0)))
+        })
+        .ok()
+        .flatten()
 }
 
 /// Removes a destroyed context from the calling thread's stack.
 pub fn forget_ctx(ctx: u64) {
-    CTX_STACK.with(|s| s.borrow_mut().retain(|&c| c != ctx))
+    let _ = CTX_STACK.try_with(|s| s.borrow_mut().retain(|&c| c != ctx));
 }

@@ -120,8 +120,156 @@ pub trait Backend: Send + Sync + 'static {
         -> CuResult<[i32; vgpu_dataplane::wire::FUNC_ATTR_COUNT]>;
     /// Looks `name` up in a module or library the normal way, for the driver's own error on a missing name.
     fn lookup(&self, module: u64, is_library: bool, name: &std::ffi::CStr) -> CuResult<()>;
+    /// `cuFuncSetAttribute` (or `cuKernelSetAttribute` on the current device) of a settable attribute.
+    fn func_set_attribute(&self, function: u64, is_kernel: bool, attrib: i32, value: i32) -> CuResult<()>;
+    /// `cuMemPoolCreate` of a pool of pinned memory on device `dev` (`max_size` 0: no limit).
+    fn mem_pool_create(&self, _dev: i32, _max_size: u64) -> CuResult<u64> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    fn mem_pool_destroy(&self, _pool: u64) -> CuResult<()> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuDeviceGetDefaultMemPool`.
+    fn default_mem_pool(&self, _dev: i32) -> CuResult<u64> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemAllocFromPoolAsync`.
+    fn mem_alloc_async(&self, _size: u64, _pool: u64, _stream: u64) -> CuResult<u64> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemFreeAsync`.
+    fn mem_free_async(&self, _dptr: u64, _stream: u64) -> CuResult<()> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemPoolGetAttribute`, the int attributes (1..=3) widened to u64.
+    fn mem_pool_get_attribute(&self, _pool: u64, _attr: u32) -> CuResult<u64> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    fn mem_pool_set_attribute(&self, _pool: u64, _attr: u32, _value: u64) -> CuResult<()> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    fn mem_pool_trim_to(&self, _pool: u64, _min_bytes: u64) -> CuResult<()> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags`.
+    fn occupancy_active_blocks(
+        &self,
+        function: u64,
+        is_kernel: bool,
+        block_size: i32,
+        dynamic_smem: u64,
+        flags: u32,
+    ) -> CuResult<i32>;
+    /// `cuOccupancyMaxPotentialBlockSizeWithFlags`: (min grid size, block size). `smem_by_block[b - 1]` is the
+    /// dynamic shared memory a block of b threads needs, when the app gave a callback.
+    fn occupancy_potential_block_size(
+        &self,
+        function: u64,
+        is_kernel: bool,
+        dynamic_smem: u64,
+        smem_by_block: Option<&[u64]>,
+        block_limit: i32,
+        flags: u32,
+    ) -> CuResult<(i32, i32)>;
+    /// `cuOccupancyAvailableDynamicSMemPerBlock`.
+    fn occupancy_available_smem(
+        &self,
+        function: u64,
+        is_kernel: bool,
+        num_blocks: i32,
+        block_size: i32,
+    ) -> CuResult<u64>;
+    /// `cuOccupancyMaxActiveClusters`, or with `potential_size` `cuOccupancyMaxPotentialClusterSize`.
+    fn occupancy_clusters(
+        &self,
+        function: u64,
+        is_kernel: bool,
+        shape: vgpu_dataplane::wire::LaunchShape,
+        potential_size: bool,
+    ) -> CuResult<i32>;
+    /// Maps `size` bytes of page-locked host memory at exactly `addr` in this process and registers them
+    /// with the driver as device-mapped; returns their device address. `CUDA_ERROR_ALREADY_MAPPED` when
+    /// the range is in use here.
+    fn host_mirror_map(&self, addr: u64, size: u64) -> CuResult<u64>;
+    /// Undoes `host_mirror_map`.
+    fn host_mirror_unmap(&self, addr: u64, size: u64) -> CuResult<()>;
+    /// `cuMemAllocManaged` (`flags`: CU_MEM_ATTACH_GLOBAL or _HOST). A backend without managed memory hands
+    /// out ordinary device memory: the client keeps the host's view itself.
+    fn mem_alloc_managed(&self, size: u64, _flags: u32) -> CuResult<u64> {
+        self.mem_alloc(size)
+    }
+    /// `cuLibraryGetManaged`; by default the variable as a global.
+    fn library_get_managed(&self, library: u64, name: &std::ffi::CStr) -> CuResult<(u64, u64)> {
+        self.library_get_global(library, name)
+    }
+    /// `cuArray3DCreate`.
+    fn array_create(&self, _shape: vgpu_dataplane::wire::ArrayShape) -> CuResult<u64> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    fn array_destroy(&self, _array: u64) -> CuResult<()> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// A copy between a box of an array and packed host rows (`host`, directions 0 and 1) or device memory
+    /// (directions 2 and 3), as `wire::ArrayCopy` describes.
+    #[allow(clippy::too_many_arguments)]
+    fn array_copy(
+        &self,
+        _array: u64,
+        _region: vgpu_dataplane::wire::ArrayBox,
+        _direction: u32,
+        _device: u64,
+        _device_pitch: u64,
+        _device_height: u64,
+        _host: &mut [u8],
+    ) -> CuResult<()> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuTexObjectCreate` (or `cuSurfObjectCreate`) from the descriptors as cuda.h lays them out, the
+    /// resource's array already the backend's own handle.
+    fn tex_object_create(
+        &self,
+        _surface: bool,
+        _resource: &[u8],
+        _texture: &[u8],
+        _view: Option<&[u8]>,
+    ) -> CuResult<u64> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    fn object_destroy(&self, _object: u64, _surface: bool) -> CuResult<()> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuCtxGetLimit` in the calling thread's current context.
+    fn ctx_get_limit(&self, limit: u32) -> CuResult<u64>;
+    /// `cuCtxSetLimit` in the calling thread's current context.
+    fn ctx_set_limit(&self, limit: u32, value: u64) -> CuResult<()>;
+    /// The first word of the driver's private export table `uuid` (its size in bytes, for most tables), so the
+    /// client can stand in for a table it does not know with one of the same size. Natively, a UUID the driver
+    /// lacks is `CUDA_ERROR_INVALID_VALUE`; so it is for a backend without private tables.
+    fn export_table_first_word(&self, _uuid: &[u8; 16]) -> CuResult<u64> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_VALUE)
+    }
     /// The function of `kernel` in the current context.
     fn kernel_get_function(&self, kernel: u64) -> CuResult<u64>;
+    /// A launch with launch attributes: cooperative (grid-wide synchronisation) and/or a thread-block
+    /// cluster shape. A backend that has no such launches refuses them.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_ex(
+        &self,
+        function: u64,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_mem: u32,
+        stream: u64,
+        args: &mut [u8],
+        params: &[(u32, u32)],
+        cooperative: bool,
+        cluster: [u32; 3],
+    ) -> CuResult<()> {
+        if cooperative || cluster.iter().any(|&c| c > 1) {
+            return Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED);
+        }
+        self.launch(function, grid, block, shared_mem, stream, args, params)
+    }
     /// Launches `function` with arguments packed at the offsets of `params`.
     #[allow(clippy::too_many_arguments)]
     fn launch(

@@ -39,6 +39,37 @@ struct State {
     globals: HashMap<u64, HashMap<String, (u64, u64)>>,
     functions: HashMap<u64, usize>,
     launches: u64,
+    /// Context limits set (`cuCtxSetLimit`), by limit.
+    limits: HashMap<u32, u64>,
+    /// CUDA arrays: handle → (shape, bytes, rows of `width * element` bytes, slice after slice).
+    arrays: HashMap<u64, (vgpu_dataplane::wire::ArrayShape, Vec<u8>)>,
+    tex_objects: HashMap<u64, bool>,
+    /// Memory pools and which pool each stream-ordered allocation came from.
+    pools: HashMap<u64, Pool>,
+    pool_allocations: HashMap<u64, (u64, u64)>,
+}
+
+/// A memory pool's bookkeeping: what `cuMemPoolGetAttribute` reports.
+#[derive(Default)]
+struct Pool {
+    max_size: u64,
+    /// REUSE_FOLLOW_EVENT_DEPENDENCIES, REUSE_ALLOW_OPPORTUNISTIC, REUSE_ALLOW_INTERNAL_DEPENDENCIES.
+    reuse: [u64; 3],
+    release_threshold: u64,
+    reserved: u64,
+    reserved_high: u64,
+    used: u64,
+    used_high: u64,
+}
+
+impl Pool {
+    fn new(max_size: u64) -> Pool {
+        Pool {
+            max_size,
+            reuse: [1, 1, 1],
+            ..Default::default()
+        }
+    }
 }
 
 pub struct EmulatedBackend {
@@ -105,8 +136,11 @@ impl EmulatedBackend {
         Ok(f(&mut bytes[off as usize..end as usize]))
     }
 
-    fn load(&self, image: &[u8]) -> CuResult<(u64, Vec<LoadedFunction>)> {
-        self.require_ctx()?;
+    /// Loads a module (into the current context: `need_ctx`) or a library (context-free, as natively).
+    fn load(&self, image: &[u8], need_ctx: bool) -> CuResult<(u64, Vec<LoadedFunction>)> {
+        if need_ctx {
+            self.require_ctx()?;
+        }
         let mut variables = Vec::new();
         let infos = match fatbin::classify(image) {
             fatbin::Image::Ptx(text) => {
@@ -117,30 +151,43 @@ impl EmulatedBackend {
                 ptx::entries(text).map_err(|_| CUDA_ERROR_INVALID_PTX)?
             }
             fatbin::Image::FatBinary(entries) => {
-                let texts: Vec<&str> = entries.iter().filter_map(|e| e.ptx_text()).collect();
+                // PTX gives names, layouts and globals; without it (nvcc's default is SASS only for one
+                // architecture), the cubins' .nv.info sections do. Entries are decompressed as needed.
+                let texts: Vec<String> = entries.iter().filter_map(|e| e.ptx()).collect();
                 if texts.is_empty() {
-                    // Only compressed or machine-code entries: the emulated backend cannot read their layouts.
-                    return Err(CUDA_ERROR_NOT_SUPPORTED);
-                }
-                let mut all: Vec<_> = Vec::new();
-                for t in texts {
-                    for g in ptx::globals(t) {
-                        if !variables.iter().any(|v: &(String, u64)| v.0 == g.0) {
-                            variables.push(g);
+                    let elf = entries
+                        .iter()
+                        .filter(|e| e.kind == 2)
+                        .find_map(|e| e.content().ok())
+                        .ok_or(CUDA_ERROR_INVALID_IMAGE)?;
+                    let (infos, globals) = cubin_layouts(&elf)?;
+                    variables = globals;
+                    infos
+                } else {
+                    let mut all: Vec<_> = Vec::new();
+                    for t in &texts {
+                        for g in ptx::globals(t) {
+                            if !variables.iter().any(|v: &(String, u64)| v.0 == g.0) {
+                                variables.push(g);
+                            }
+                        }
+                        for f in ptx::entries(t).map_err(|_| CUDA_ERROR_INVALID_PTX)? {
+                            if !all
+                                .iter()
+                                .any(|g: &vgpu_dataplane::wire::FunctionInfo| g.name == f.name)
+                            {
+                                all.push(f);
+                            }
                         }
                     }
-                    for f in ptx::entries(t).map_err(|_| CUDA_ERROR_INVALID_PTX)? {
-                        if !all
-                            .iter()
-                            .any(|g: &vgpu_dataplane::wire::FunctionInfo| g.name == f.name)
-                        {
-                            all.push(f);
-                        }
-                    }
+                    all
                 }
-                all
             }
-            fatbin::Image::Elf => return Err(CUDA_ERROR_NOT_SUPPORTED),
+            fatbin::Image::Elf => {
+                let (infos, globals) = cubin_layouts(image)?;
+                variables = globals;
+                infos
+            }
             fatbin::Image::Invalid => return Err(CUDA_ERROR_INVALID_IMAGE),
         };
         let module = self.handle();
@@ -185,6 +232,50 @@ impl EmulatedBackend {
         }
         Ok(())
     }
+}
+
+/// Resident blocks of a function per multiprocessor, for blocks of `block` threads using `smem` bytes of
+/// dynamic shared memory: the tightest of the device's per-SM thread, block, register and shared-memory
+/// limits, with registers allocated per warp in units of 256 and 1 KiB of shared memory reserved per block.
+fn active_blocks(
+    dev: &DeviceFacts,
+    attrs: &[i32; vgpu_dataplane::wire::FUNC_ATTR_COUNT],
+    block: i32,
+    smem: u64,
+) -> i32 {
+    let a = |i: usize, fallback: i32| dev.attr(i).filter(|&v| v > 0).unwrap_or(fallback) as i64;
+    let warp = a(10, 32);
+    let block = block as i64;
+    if block <= 0 || block > attrs[0].max(1) as i64 {
+        return 0;
+    }
+    let warps = (block + warp - 1) / warp;
+    let by_threads = a(39, 2048) / (warps * warp);
+    let regs_per_warp = ((attrs[4].max(0) as i64 * warp + 255) / 256) * 256;
+    let by_regs = match regs_per_warp * warps {
+        0 => i64::MAX,
+        per_block => a(82, 65536) / per_block,
+    };
+    let smem_block = attrs[1].max(0) as i64 + smem.min(i64::MAX as u64) as i64 + a(111, 1024);
+    let by_smem = a(81, 233472) / smem_block.max(1);
+    by_threads.min(by_regs).min(by_smem).min(a(106, 32)).max(0) as i32
+}
+
+/// Kernels (names, parameter layouts) and globals of a cubin, as the emulated backend reports them.
+type Layouts = (Vec<vgpu_dataplane::wire::FunctionInfo>, Vec<(String, u64)>);
+
+fn cubin_layouts(elf: &[u8]) -> CuResult<Layouts> {
+    let kernels = fatbin::cubin_kernels(elf).map_err(|_| CUDA_ERROR_INVALID_IMAGE)?;
+    let globals = fatbin::cubin_globals(elf).map_err(|_| CUDA_ERROR_INVALID_IMAGE)?;
+    let infos = kernels
+        .into_iter()
+        .map(|k| vgpu_dataplane::wire::FunctionInfo {
+            name: k.name,
+            params: k.params,
+            attrs: ptx::emulated_attrs(),
+        })
+        .collect();
+    Ok((infos, globals.into_iter().map(|g| (g.name, g.size)).collect()))
 }
 
 fn emulated_device() -> DeviceFacts {
@@ -277,6 +368,65 @@ fn emulated_device() -> DeviceFacts {
     ];
     for &(a, v) in attrs {
         d.set_attr(a, v);
+    }
+    // Texture and surface limits of a Hopper GPU: the runtime reads all of them for cudaDeviceProp.
+    let textures: &[(usize, i32)] = &[
+        (21, 131072),
+        (22, 131072),
+        (23, 65536),
+        (24, 16384),
+        (25, 16384),
+        (26, 16384),
+        (27, 32768),
+        (28, 32768),
+        (29, 2048),
+        (42, 32768),
+        (43, 2048),
+        (45, 32768),
+        (46, 32768),
+        (47, 8192),
+        (48, 8192),
+        (49, 32768),
+        (51, 32),
+        (52, 32768),
+        (53, 32768),
+        (54, 2046),
+        (55, 32768),
+        (56, 131072),
+        (57, 65536),
+        (58, 16384),
+        (59, 16384),
+        (60, 16384),
+        (61, 32768),
+        (62, 2048),
+        (63, 32768),
+        (64, 32768),
+        (65, 2048),
+        (66, 32768),
+        (67, 32768),
+        (68, 2046),
+        (69, 268435456),
+        (70, 131072),
+        (71, 65000),
+        (72, 2097120),
+        (73, 32768),
+        (74, 32768),
+        (77, 32768),
+        (93, 1),
+        (127, 1),
+        (130, 0),
+        (131, -1),
+        (134, -1),
+    ];
+    for &(a, v) in textures {
+        d.set_attr(a, v);
+    }
+    // Every other attribute CUDA 13.0 defines is a capability this device lacks: 0, but answered, as the
+    // real driver answers every one of them.
+    for a in 1..=147 {
+        if d.attr(a).is_none() {
+            d.set_attr(a, 0);
+        }
     }
     d
 }
@@ -499,7 +649,7 @@ impl Backend for EmulatedBackend {
     }
 
     fn module_load(&self, image: &[u8]) -> CuResult<(u64, Vec<LoadedFunction>)> {
-        self.load(image)
+        self.load(image, true)
     }
     fn module_unload(&self, module: u64) -> CuResult<()> {
         self.unload(module)
@@ -518,7 +668,7 @@ impl Backend for EmulatedBackend {
         Err(CUDA_ERROR_NOT_FOUND)
     }
     fn library_load(&self, image: &[u8]) -> CuResult<(u64, Vec<LoadedFunction>)> {
-        self.load(image)
+        self.load(image, false)
     }
     fn library_unload(&self, library: u64) -> CuResult<()> {
         self.unload(library)
@@ -538,6 +688,371 @@ impl Backend for EmulatedBackend {
             .find(|f| f.handle == function)
             .map(|f| f.info.attrs)
             .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn launch_ex(
+        &self,
+        function: u64,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_mem: u32,
+        stream: u64,
+        args: &mut [u8],
+        params: &[(u32, u32)],
+        cooperative: bool,
+        cluster: [u32; 3],
+    ) -> CuResult<()> {
+        let dev = &self.devices[0];
+        let blocks: u64 = grid.iter().map(|&g| g as u64).product();
+        let threads: u64 = block.iter().map(|&b| b as u64).product::<u64>().max(1);
+        if cooperative {
+            // All blocks must be resident at once: at most what the SMs hold by threads and block slots.
+            let sms = dev.attr(16).unwrap_or(1).max(1) as u64;
+            let per_sm = (dev.attr(39).unwrap_or(2048) as u64 / threads).min(dev.attr(106).unwrap_or(32) as u64);
+            if blocks > sms * per_sm {
+                return Err(CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE);
+            }
+        }
+        if cluster.iter().any(|&c| c > 1) {
+            // The grid must tile by the cluster; 8 blocks is the portable cluster size limit.
+            if cluster.contains(&0) || grid.iter().zip(cluster).any(|(&g, c)| g % c != 0) {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            if cluster.iter().map(|&c| c as u64).product::<u64>() > 8 {
+                return Err(CUDA_ERROR_INVALID_CLUSTER_SIZE);
+            }
+        }
+        self.launch(function, grid, block, shared_mem, stream, args, params)
+    }
+    fn occupancy_active_blocks(
+        &self,
+        function: u64,
+        is_kernel: bool,
+        block_size: i32,
+        dynamic_smem: u64,
+        _flags: u32,
+    ) -> CuResult<i32> {
+        let attrs = self.func_attributes(function, is_kernel)?;
+        Ok(active_blocks(&self.devices[0], &attrs, block_size, dynamic_smem))
+    }
+    fn occupancy_potential_block_size(
+        &self,
+        function: u64,
+        is_kernel: bool,
+        dynamic_smem: u64,
+        smem_by_block: Option<&[u64]>,
+        block_limit: i32,
+        _flags: u32,
+    ) -> CuResult<(i32, i32)> {
+        let attrs = self.func_attributes(function, is_kernel)?;
+        let dev = &self.devices[0];
+        let warp = dev.attr(10).unwrap_or(32).max(1);
+        let mut cap = attrs[0].max(warp);
+        if block_limit > 0 {
+            cap = cap.min(block_limit);
+        }
+        let (mut best_block, mut best) = (0, 0);
+        let mut block = cap - cap % warp;
+        while block > 0 {
+            let smem = match smem_by_block {
+                Some(t) => t.get(block as usize - 1).copied().unwrap_or(0),
+                None => dynamic_smem,
+            };
+            let threads = active_blocks(dev, &attrs, block, smem) * block;
+            if threads > best {
+                (best_block, best) = (block, threads);
+            }
+            block -= warp;
+        }
+        let per_sm = if best_block > 0 { best / best_block } else { 0 };
+        Ok((per_sm * dev.attr(16).unwrap_or(1).max(1), best_block))
+    }
+    fn occupancy_available_smem(&self, function: u64, is_kernel: bool, num_blocks: i32, _block: i32) -> CuResult<u64> {
+        let attrs = self.func_attributes(function, is_kernel)?;
+        if num_blocks <= 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let dev = &self.devices[0];
+        let a = |i: usize| dev.attr(i).unwrap_or(0).max(0) as u64;
+        let static_smem = attrs[1].max(0) as u64;
+        let share = (a(81) / num_blocks as u64).saturating_sub(a(111) + static_smem);
+        Ok(share.min(a(97).saturating_sub(static_smem)))
+    }
+    fn occupancy_clusters(
+        &self,
+        function: u64,
+        is_kernel: bool,
+        shape: vgpu_dataplane::wire::LaunchShape,
+        potential_size: bool,
+    ) -> CuResult<i32> {
+        self.func_attributes(function, is_kernel)?;
+        if potential_size {
+            // The portable maximum.
+            return Ok(8);
+        }
+        let size: u32 = shape.cluster.iter().map(|&c| c.max(1)).product();
+        // As a conservative estimate, one cluster per `size` SMs.
+        let sms = self.devices[0].attr(16).unwrap_or(1).max(1);
+        Ok((sms / size.max(1) as i32).max(1))
+    }
+    fn host_mirror_map(&self, addr: u64, size: u64) -> CuResult<u64> {
+        // A device range at the client's address, so copies to and from it behave as with the real driver.
+        let mut st = self.state();
+        let end = addr.checked_add(size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let taken = st
+            .allocations
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&b, v)| b + v.len() as u64 > addr);
+        if taken {
+            return Err(CUDA_ERROR_ALREADY_MAPPED);
+        }
+        st.allocations.insert(addr, vec![0; size as usize]);
+        Ok(addr)
+    }
+    fn host_mirror_unmap(&self, addr: u64, _size: u64) -> CuResult<()> {
+        self.state()
+            .allocations
+            .remove(&addr)
+            .map(|_| ())
+            .ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+    fn mem_alloc_managed(&self, size: u64, _flags: u32) -> CuResult<u64> {
+        // Managed memory is mapped in whole pages (the client maps the same pages on its side): page-aligned,
+        // sharing no page with other memory, as the driver's managed allocations do not.
+        const PAGE: u64 = 4096;
+        {
+            let mut st = self.state();
+            st.next_addr = st.next_addr.div_ceil(PAGE) * PAGE;
+        }
+        let dptr = self.mem_alloc(size.div_ceil(PAGE) * PAGE)?;
+        let mut st = self.state();
+        st.next_addr = st.next_addr.div_ceil(PAGE) * PAGE + PAGE;
+        Ok(dptr)
+    }
+    fn ctx_get_limit(&self, limit: u32) -> CuResult<u64> {
+        self.require_ctx()?;
+        // The driver's defaults on current GPUs: stack 1 KiB, printf FIFO 1 MiB, malloc heap 8 MiB,
+        // device-runtime sync depth 2 and pending launches 2048, L2 fetch granularity 64 B, persisting L2 0.
+        let default = match limit {
+            0 => 1024,
+            1 => 1 << 20,
+            2 => 8 << 20,
+            3 => 2,
+            4 => 2048,
+            5 => 64,
+            6 => 0,
+            _ => return Err(CUDA_ERROR_UNSUPPORTED_LIMIT),
+        };
+        Ok(self.state().limits.get(&limit).copied().unwrap_or(default))
+    }
+    fn ctx_set_limit(&self, limit: u32, value: u64) -> CuResult<()> {
+        self.ctx_get_limit(limit)?;
+        self.state().limits.insert(limit, value);
+        Ok(())
+    }
+    fn array_create(&self, shape: vgpu_dataplane::wire::ArrayShape) -> CuResult<u64> {
+        let elem = shape.element_bytes().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if shape.width == 0 || (shape.height == 0 && shape.depth != 0) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let bytes = shape
+            .width
+            .checked_mul(elem)
+            .and_then(|v| v.checked_mul(shape.height.max(1)))
+            .and_then(|v| v.checked_mul(shape.depth.max(1)))
+            .filter(|&b| b <= EMULATED_TOTAL_MEM)
+            .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        let handle = self.handle();
+        self.state().arrays.insert(handle, (shape, vec![0; bytes as usize]));
+        Ok(handle)
+    }
+    fn array_destroy(&self, array: u64) -> CuResult<()> {
+        self.state()
+            .arrays
+            .remove(&array)
+            .map(|_| ())
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+    fn array_copy(
+        &self,
+        array: u64,
+        region: vgpu_dataplane::wire::ArrayBox,
+        direction: u32,
+        device: u64,
+        device_pitch: u64,
+        device_height: u64,
+        host: &mut [u8],
+    ) -> CuResult<()> {
+        let mut st = self.state();
+        let (shape, mut data) = st.arrays.remove(&array).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let elem = shape.element_bytes().unwrap_or(1);
+        let row_bytes = (shape.width * elem) as usize;
+        let rows = shape.height.max(1) as usize;
+        let w = region.width_bytes as usize;
+        drop(st);
+        let mut result = Ok(());
+        'copy: for z in 0..region.depth as usize {
+            for y in 0..region.height as usize {
+                let at = ((region.z as usize + z) * rows + region.y as usize + y) * row_bytes + region.x_bytes as usize;
+                let packed = (z * region.height as usize + y) * w;
+                let dev = device + (z as u64 * device_height.max(region.height) + y as u64) * device_pitch;
+                let r = match direction {
+                    0 => {
+                        data[at..at + w].copy_from_slice(&host[packed..packed + w]);
+                        Ok(())
+                    }
+                    1 => {
+                        host[packed..packed + w].copy_from_slice(&data[at..at + w]);
+                        Ok(())
+                    }
+                    2 => self.with_range(dev, w as u64, |src| data[at..at + w].copy_from_slice(src)),
+                    _ => self.with_range(dev, w as u64, |dst| dst.copy_from_slice(&data[at..at + w])),
+                };
+                if r.is_err() {
+                    result = r;
+                    break 'copy;
+                }
+            }
+        }
+        self.state().arrays.insert(array, (shape, data));
+        result
+    }
+    fn tex_object_create(
+        &self,
+        surface: bool,
+        _resource: &[u8],
+        _texture: &[u8],
+        _view: Option<&[u8]>,
+    ) -> CuResult<u64> {
+        // Kernels do not run here: an object is a number the launch carries.
+        let object = self.handle();
+        self.state().tex_objects.insert(object, surface);
+        Ok(object)
+    }
+    fn object_destroy(&self, object: u64, surface: bool) -> CuResult<()> {
+        match self.state().tex_objects.remove(&object) {
+            Some(s) if s == surface => Ok(()),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        }
+    }
+    fn mem_pool_create(&self, _dev: i32, max_size: u64) -> CuResult<u64> {
+        let pool = self.handle();
+        self.state().pools.insert(pool, Pool::new(max_size));
+        Ok(pool)
+    }
+    fn mem_pool_destroy(&self, pool: u64) -> CuResult<()> {
+        let mut st = self.state();
+        st.pools.remove(&pool).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        // Natively, memory still allocated from a destroyed pool is freed when it is freed; here at once.
+        let owned: Vec<u64> = st
+            .pool_allocations
+            .iter()
+            .filter(|(_, &(p, _))| p == pool)
+            .map(|(&d, _)| d)
+            .collect();
+        for d in owned {
+            st.pool_allocations.remove(&d);
+        }
+        Ok(())
+    }
+    fn default_mem_pool(&self, _dev: i32) -> CuResult<u64> {
+        // One device: its default pool has a fixed handle.
+        const DEFAULT_POOL: u64 = 0x900;
+        self.state().pools.entry(DEFAULT_POOL).or_insert_with(|| Pool::new(0));
+        Ok(DEFAULT_POOL)
+    }
+    fn mem_alloc_async(&self, size: u64, pool: u64, stream: u64) -> CuResult<u64> {
+        self.require_ctx()?;
+        self.check_stream(stream)?;
+        if size == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        {
+            let st = self.state();
+            let p = st.pools.get(&pool).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            if p.max_size != 0 && p.used.saturating_add(size) > p.max_size {
+                return Err(CUDA_ERROR_OUT_OF_MEMORY);
+            }
+        }
+        let dptr = self.mem_alloc(size)?;
+        let mut st = self.state();
+        st.pool_allocations.insert(dptr, (pool, size));
+        if let Some(p) = st.pools.get_mut(&pool) {
+            p.used += size;
+            p.used_high = p.used_high.max(p.used);
+            // Pools reserve in 2 MiB granules and keep what they reserved until trimmed.
+            let granule = 2 << 20;
+            p.reserved = p.reserved.max(p.used.div_ceil(granule) * granule);
+            p.reserved_high = p.reserved_high.max(p.reserved);
+        }
+        Ok(dptr)
+    }
+    fn mem_free_async(&self, dptr: u64, stream: u64) -> CuResult<()> {
+        self.check_stream(stream)?;
+        let owner = self.state().pool_allocations.remove(&dptr);
+        self.mem_free(dptr)?;
+        if let Some((pool, size)) = owner {
+            if let Some(p) = self.state().pools.get_mut(&pool) {
+                p.used = p.used.saturating_sub(size);
+            }
+        }
+        Ok(())
+    }
+    fn mem_pool_get_attribute(&self, pool: u64, attr: u32) -> CuResult<u64> {
+        let st = self.state();
+        let p = st.pools.get(&pool).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        Ok(match attr {
+            1..=3 => p.reuse[attr as usize - 1],
+            4 => p.release_threshold,
+            5 => p.reserved,
+            6 => p.reserved_high,
+            7 => p.used,
+            8 => p.used_high,
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        })
+    }
+    fn mem_pool_set_attribute(&self, pool: u64, attr: u32, value: u64) -> CuResult<()> {
+        let mut st = self.state();
+        let p = st.pools.get_mut(&pool).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        match attr {
+            1..=3 => p.reuse[attr as usize - 1] = value,
+            4 => p.release_threshold = value,
+            // The high watermarks can only be reset, to the current value.
+            6 if value == 0 => p.reserved_high = p.reserved,
+            8 if value == 0 => p.used_high = p.used,
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
+        Ok(())
+    }
+    fn mem_pool_trim_to(&self, pool: u64, min_bytes: u64) -> CuResult<()> {
+        let mut st = self.state();
+        let p = st.pools.get_mut(&pool).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let granule = 2 << 20;
+        p.reserved = p.used.max(min_bytes).div_ceil(granule) * granule;
+        p.reserved = p.reserved.min(p.reserved_high.max(p.used));
+        Ok(())
+    }
+    fn func_set_attribute(&self, function: u64, _is_kernel: bool, attrib: i32, value: i32) -> CuResult<()> {
+        let mut st = self.state();
+        let f = st
+            .modules
+            .values_mut()
+            .flatten()
+            .find(|f| f.handle == function)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        // Settable: MAX_DYNAMIC_SHARED_SIZE_BYTES (8), PREFERRED_SHARED_MEMORY_CARVEOUT (9), and the cluster
+        // and scheduling attributes (11..=15); the rest are read-only, as natively.
+        match attrib {
+            8 if value < 0 => Err(CUDA_ERROR_INVALID_VALUE),
+            8 | 9 | 11..=15 => {
+                if let Some(slot) = f.info.attrs.get_mut(attrib as usize) {
+                    *slot = value;
+                }
+                Ok(())
+            }
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        }
     }
     fn lookup(&self, module: u64, _is_library: bool, _name: &std::ffi::CStr) -> CuResult<()> {
         if self.state().modules.contains_key(&module) {
@@ -613,5 +1128,84 @@ impl Backend for EmulatedBackend {
         }
         st.launches += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// nvcc 13.0's fat binary of tests/e2e/kernels/kernels.cu with every entry Zstandard-compressed.
+    const COMPRESSED: &[u8] = include_bytes!("../../dataplane/testdata/kernels_zstd.fatbin");
+
+    /// The same, reduced to its (compressed) cubin: what nvcc's default `-arch` produces, SASS only.
+    fn cubin_only() -> Vec<u8> {
+        let header = u16::from_le_bytes([COMPRESSED[6], COMPRESSED[7]]) as usize;
+        let mut at = header;
+        let mut out = COMPRESSED[..header].to_vec();
+        while at + 64 <= COMPRESSED.len() {
+            let e = &COMPRESSED[at..];
+            let word = |o: usize| u32::from_le_bytes([e[o], e[o + 1], e[o + 2], e[o + 3]]) as usize;
+            let len = word(4) + word(8).max(word(16));
+            if e[0] == 2 {
+                out.extend_from_slice(&e[..len]);
+            }
+            at += len;
+        }
+        let files = (out.len() - header) as u64;
+        out[8..16].copy_from_slice(&files.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn occupancy_follows_the_per_sm_limits() {
+        let dev = emulated_device();
+        let mut attrs = [0; vgpu_dataplane::wire::FUNC_ATTR_COUNT];
+        attrs[0] = 1024;
+        attrs[4] = 32;
+        // 256 threads, 32 registers: threads allow 8 blocks, registers 8 (8192 per block).
+        assert_eq!(active_blocks(&dev, &attrs, 256, 0), 8);
+        attrs[4] = 64;
+        assert_eq!(active_blocks(&dev, &attrs, 256, 0), 4);
+        attrs[4] = 32;
+        // 100 KB of dynamic shared memory: two blocks fit in 228 KB.
+        assert_eq!(active_blocks(&dev, &attrs, 256, 100 * 1024), 2);
+        assert_eq!(active_blocks(&dev, &attrs, 2048, 0), 0);
+    }
+
+    #[test]
+    fn compressed_cubins_give_kernel_layouts_and_globals() {
+        let b = EmulatedBackend::new();
+        let image = cubin_only();
+        assert!(matches!(fatbin::classify(&image), fatbin::Image::FatBinary(ref e) if e.len() == 1 && e[0].kind == 2));
+        // Libraries load without a context, as natively.
+        let (library, functions) = b.library_load(&image).expect("library loads");
+        let f = |name: &str| functions.iter().find(|f| f.info.name == name).expect(name);
+        assert_eq!(f("vector_add").info.params, vec![(0, 8), (8, 8), (16, 8), (24, 4)]);
+        assert_eq!(f("mixed_params").info.args_size(), 56);
+        assert!(b
+            .library_get_global(library, c"g_table")
+            .is_ok_and(|(_, size)| size == 1024));
+        // A launch is checked against the layout read from the cubin.
+        let ctx = b.primary_ctx_retain(0).expect("primary context");
+        b.ctx_set_current(ctx).expect("current");
+        let mut args = vec![0u8; 28];
+        let saxpy = f("saxpy");
+        assert_eq!(
+            b.launch(saxpy.handle, [1, 1, 1], [32, 1, 1], 0, 0, &mut args, &saxpy.info.params),
+            Ok(())
+        );
+        let mut short = vec![0u8; 20];
+        assert!(b
+            .launch(
+                saxpy.handle,
+                [1, 1, 1],
+                [32, 1, 1],
+                0,
+                0,
+                &mut short,
+                &saxpy.info.params
+            )
+            .is_err());
     }
 }

@@ -100,10 +100,11 @@ fn scalar_size(t: &str) -> Option<u32> {
 }
 
 /// Function attributes the emulated backend reports: plausible Hopper-like values, marked in docs as emulated.
-fn emulated_attrs() -> [i32; FUNC_ATTR_COUNT] {
+pub fn emulated_attrs() -> [i32; FUNC_ATTR_COUNT] {
     // MAX_THREADS_PER_BLOCK, SHARED_SIZE, CONST_SIZE, LOCAL_SIZE, NUM_REGS, PTX_VERSION, BINARY_VERSION,
-    // CACHE_MODE_CA, MAX_DYNAMIC_SHARED_SIZE, PREFERRED_SHARED_CARVEOUT, CLUSTER_SIZE_MUST_BE_SET
-    [1024, 0, 0, 0, 16, 80, 90, 0, 49152, -1, 0]
+    // CACHE_MODE_CA, MAX_DYNAMIC_SHARED_SIZE, PREFERRED_SHARED_CARVEOUT, CLUSTER_SIZE_MUST_BE_SET,
+    // REQUIRED_CLUSTER_WIDTH/HEIGHT/DEPTH, NON_PORTABLE_CLUSTER_SIZE_ALLOWED, CLUSTER_SCHEDULING_POLICY
+    [1024, 0, 0, 0, 16, 80, 90, 0, 49152, -1, 0, 0, 0, 0, 0, 0]
 }
 
 #[cfg(test)]

@@ -104,7 +104,142 @@ driver_table! {
     module_get_function = "cuModuleGetFunction": fn(*mut P, P, *const c_char);
     func_load = "cuFuncLoad": fn(P);
     library_get_kernel = "cuLibraryGetKernel": fn(*mut P, P, *const c_char);
+    func_set_attribute = "cuFuncSetAttribute": fn(P, c_int, c_int);
+    kernel_set_attribute = "cuKernelSetAttribute": fn(c_int, c_int, P, c_int);
+    get_export_table = "cuGetExportTable": fn(*mut *const u64, *const u8);
+    launch_kernel_ex = "cuLaunchKernelEx": fn(*const LaunchConfig, P, *mut *mut c_void, *mut *mut c_void);
+    mem_pool_create = "cuMemPoolCreate": fn(*mut P, *const MemPoolProps);
+    mem_pool_destroy = "cuMemPoolDestroy": fn(P);
+    device_get_default_mem_pool = "cuDeviceGetDefaultMemPool": fn(*mut P, c_int);
+    mem_alloc_from_pool_async = "cuMemAllocFromPoolAsync": fn(*mut u64, usize, P, P);
+    mem_free_async = "cuMemFreeAsync": fn(u64, P);
+    mem_pool_get_attribute = "cuMemPoolGetAttribute": fn(P, c_uint, *mut c_void);
+    mem_pool_set_attribute = "cuMemPoolSetAttribute": fn(P, c_uint, *mut c_void);
+    mem_pool_trim_to = "cuMemPoolTrimTo": fn(P, usize);
+    occupancy_active_blocks = "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags": fn(*mut c_int, P, c_int, usize, c_uint);
+    occupancy_potential_block_size = "cuOccupancyMaxPotentialBlockSizeWithFlags":
+        fn(*mut c_int, *mut c_int, P, Option<extern "C" fn(c_int) -> usize>, usize, c_int, c_uint);
+    occupancy_available_smem = "cuOccupancyAvailableDynamicSMemPerBlock": fn(*mut usize, P, c_int, c_int);
+    occupancy_max_active_clusters = "cuOccupancyMaxActiveClusters": fn(*mut c_int, P, *const LaunchConfig);
+    occupancy_max_cluster_size = "cuOccupancyMaxPotentialClusterSize": fn(*mut c_int, P, *const LaunchConfig);
+    mem_host_register = "cuMemHostRegister_v2": fn(P, usize, c_uint);
+    mem_host_unregister = "cuMemHostUnregister": fn(P);
+    mem_host_get_device_pointer = "cuMemHostGetDevicePointer_v2": fn(*mut u64, P, c_uint);
+    mem_alloc_managed = "cuMemAllocManaged": fn(*mut u64, usize, c_uint);
+    library_get_managed = "cuLibraryGetManaged": fn(*mut u64, *mut usize, P, *const c_char);
+    array_create = "cuArray3DCreate_v2": fn(*mut P, *const Array3DDescriptor);
+    array_destroy = "cuArrayDestroy": fn(P);
+    memcpy_3d = "cuMemcpy3D_v2": fn(*const Memcpy3DParams);
+    tex_object_create = "cuTexObjectCreate": fn(*mut u64, *const u64, *const u64, *const u64);
+    tex_object_destroy = "cuTexObjectDestroy": fn(u64);
+    surf_object_create = "cuSurfObjectCreate": fn(*mut u64, *const u64);
+    surf_object_destroy = "cuSurfObjectDestroy": fn(u64);
+    ctx_get_limit = "cuCtxGetLimit": fn(*mut usize, c_uint);
+    ctx_set_limit = "cuCtxSetLimit": fn(c_uint, usize);
     launch_kernel = "cuLaunchKernel": fn(P, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, P, *mut *mut c_void, *mut *mut c_void);
+}
+
+thread_local! {
+    /// The app's block-size-to-shared-memory answers, for the occupancy call running on this thread.
+    static SMEM_BY_BLOCK: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Stands in for the app's `CUoccupancyB2DSize` callback with the answers the client collected.
+extern "C" fn smem_by_block(block: c_int) -> usize {
+    SMEM_BY_BLOCK.with(|t| {
+        let t = t.borrow();
+        usize::try_from(block - 1)
+            .ok()
+            .and_then(|i| t.get(i))
+            .copied()
+            .unwrap_or(0) as usize
+    })
+}
+
+/// `CUDA_ARRAY3D_DESCRIPTOR` from cuda.h.
+#[repr(C)]
+struct Array3DDescriptor {
+    width: usize,
+    height: usize,
+    depth: usize,
+    format: c_uint,
+    channels: c_uint,
+    flags: c_uint,
+}
+
+/// `CUDA_MEMCPY3D` from cuda.h.
+#[repr(C)]
+#[derive(Default)]
+struct Memcpy3DParams {
+    src_x_in_bytes: usize,
+    src_y: usize,
+    src_z: usize,
+    src_lod: usize,
+    src_memory_type: c_uint,
+    src_host: usize,
+    src_device: u64,
+    src_array: usize,
+    reserved0: usize,
+    src_pitch: usize,
+    src_height: usize,
+    dst_x_in_bytes: usize,
+    dst_y: usize,
+    dst_z: usize,
+    dst_lod: usize,
+    dst_memory_type: c_uint,
+    dst_host: usize,
+    dst_device: u64,
+    dst_array: usize,
+    reserved1: usize,
+    dst_pitch: usize,
+    dst_height: usize,
+    width_in_bytes: usize,
+    height: usize,
+    depth: usize,
+}
+
+/// Copies a descriptor into 8-byte-aligned words, as the driver reads it.
+fn words(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(w)
+        })
+        .collect()
+}
+
+/// `CUmemPoolProps` from cuda.h.
+#[repr(C)]
+struct MemPoolProps {
+    alloc_type: c_uint,
+    handle_types: c_uint,
+    location_type: c_uint,
+    location_id: c_int,
+    win32_security_attributes: P,
+    max_size: usize,
+    usage: u16,
+    reserved: [u8; 54],
+}
+
+/// `CUlaunchAttribute` from cuda.h: id, padding, a 64-byte value union.
+#[repr(C)]
+struct LaunchAttribute {
+    id: u32,
+    _pad: u32,
+    value: [u32; 16],
+}
+
+/// `CUlaunchConfig` from cuda.h.
+#[repr(C)]
+struct LaunchConfig {
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared_mem: c_uint,
+    stream: P,
+    attrs: *const LaunchAttribute,
+    num_attrs: c_uint,
 }
 
 /// `CUDA_MEMCPY2D` from cuda.h.
@@ -228,6 +363,15 @@ impl RealBackend {
             }
         }
         FunctionInfo { name, params, attrs }
+    }
+
+    /// The occupancy calls take a CUfunction: a library kernel's function in the current context.
+    fn occupancy_function(&self, function: u64, is_kernel: bool) -> CuResult<u64> {
+        if is_kernel {
+            self.kernel_get_function(function)
+        } else {
+            Ok(function)
+        }
     }
 
     fn current_device(&self) -> c_int {
@@ -483,6 +627,383 @@ impl Backend for RealBackend {
             }
         }
         Ok(attrs)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn launch_ex(
+        &self,
+        function: u64,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_mem: u32,
+        stream: u64,
+        args: &mut [u8],
+        params: &[(u32, u32)],
+        cooperative: bool,
+        cluster: [u32; 3],
+    ) -> CuResult<()> {
+        // CU_LAUNCH_ATTRIBUTE_COOPERATIVE (2) and CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION (4).
+        let mut attrs = Vec::new();
+        if cooperative {
+            let mut value = [0u32; 16];
+            value[0] = 1;
+            attrs.push(LaunchAttribute { id: 2, _pad: 0, value });
+        }
+        if cluster.iter().any(|&c| c > 1) {
+            let mut value = [0u32; 16];
+            value[..3].copy_from_slice(&cluster);
+            attrs.push(LaunchAttribute { id: 4, _pad: 0, value });
+        }
+        let config = LaunchConfig {
+            grid,
+            block,
+            shared_mem,
+            stream: p(stream),
+            attrs: attrs.as_ptr(),
+            num_attrs: attrs.len() as c_uint,
+        };
+        let mut ptrs: Vec<*mut c_void> = params
+            .iter()
+            .map(|&(offset, _)| args.as_mut_ptr().wrapping_add(offset as usize) as *mut c_void)
+            .collect();
+        let kp = if params.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            ptrs.as_mut_ptr()
+        };
+        // SAFETY: config and its attributes live across the call; kernelParams points into `args`, packed at
+        // the offsets of the function's own parameter layout; the function handle is this session's.
+        ok(unsafe { (self.driver.launch_kernel_ex)(&config, p(function), kp, std::ptr::null_mut()) })
+    }
+    fn occupancy_active_blocks(
+        &self,
+        function: u64,
+        is_kernel: bool,
+        block_size: i32,
+        dynamic_smem: u64,
+        flags: u32,
+    ) -> CuResult<i32> {
+        let f = self.occupancy_function(function, is_kernel)?;
+        let mut n = 0;
+        // SAFETY: the driver writes one int; f is a function of this session.
+        ok(unsafe { (self.driver.occupancy_active_blocks)(&mut n, p(f), block_size, dynamic_smem as usize, flags) })?;
+        Ok(n)
+    }
+    fn occupancy_potential_block_size(
+        &self,
+        function: u64,
+        is_kernel: bool,
+        dynamic_smem: u64,
+        smem_by_block_table: Option<&[u64]>,
+        block_limit: i32,
+        flags: u32,
+    ) -> CuResult<(i32, i32)> {
+        let f = self.occupancy_function(function, is_kernel)?;
+        let callback = smem_by_block_table.map(|t| {
+            SMEM_BY_BLOCK.with(|s| *s.borrow_mut() = t.to_vec());
+            smem_by_block as extern "C" fn(c_int) -> usize
+        });
+        let (mut grid, mut block) = (0, 0);
+        // SAFETY: the driver writes two ints; the callback reads this thread's table, set just above.
+        ok(unsafe {
+            (self.driver.occupancy_potential_block_size)(
+                &mut grid,
+                &mut block,
+                p(f),
+                callback,
+                dynamic_smem as usize,
+                block_limit,
+                flags,
+            )
+        })?;
+        Ok((grid, block))
+    }
+    fn occupancy_available_smem(
+        &self,
+        function: u64,
+        is_kernel: bool,
+        num_blocks: i32,
+        block_size: i32,
+    ) -> CuResult<u64> {
+        let f = self.occupancy_function(function, is_kernel)?;
+        let mut n = 0usize;
+        // SAFETY: the driver writes one size_t.
+        ok(unsafe { (self.driver.occupancy_available_smem)(&mut n, p(f), num_blocks, block_size) })?;
+        Ok(n as u64)
+    }
+    fn occupancy_clusters(
+        &self,
+        function: u64,
+        is_kernel: bool,
+        shape: vgpu_dataplane::wire::LaunchShape,
+        potential_size: bool,
+    ) -> CuResult<i32> {
+        let f = self.occupancy_function(function, is_kernel)?;
+        let mut value = [0u32; 16];
+        value[..3].copy_from_slice(&shape.cluster);
+        let attrs = [LaunchAttribute { id: 4, _pad: 0, value }];
+        let config = LaunchConfig {
+            grid: shape.grid,
+            block: shape.block,
+            shared_mem: shape.shared_mem,
+            stream: std::ptr::null_mut(),
+            attrs: attrs.as_ptr(),
+            num_attrs: if shape.cluster == [0, 0, 0] { 0 } else { 1 },
+        };
+        let mut n = 0;
+        // SAFETY: config and its attribute live across the call; the driver writes one int.
+        ok(unsafe {
+            if potential_size {
+                (self.driver.occupancy_max_cluster_size)(&mut n, p(f), &config)
+            } else {
+                (self.driver.occupancy_max_active_clusters)(&mut n, p(f), &config)
+            }
+        })?;
+        Ok(n)
+    }
+    fn host_mirror_map(&self, addr: u64, size: u64) -> CuResult<u64> {
+        let len = size as usize;
+        // SAFETY: an anonymous private mapping at a fixed address that must be free (MAP_FIXED_NOREPLACE never
+        // replaces an existing mapping); nothing else in this process refers to that range.
+        let ptr = unsafe {
+            libc::mmap(
+                addr as *mut c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED || ptr as u64 != addr {
+            if ptr != libc::MAP_FAILED {
+                // SAFETY: the mapping just made (at another address, by an old kernel ignoring the flag).
+                unsafe { libc::munmap(ptr, len) };
+            }
+            return Err(CUDA_ERROR_ALREADY_MAPPED);
+        }
+        // CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP.
+        // SAFETY: the range was mapped just above and stays mapped until host_mirror_unmap.
+        let registered = ok(unsafe { (self.driver.mem_host_register)(ptr, len, 0x3) });
+        let mut dptr = 0u64;
+        let mapped = registered
+            // SAFETY: the range is registered; the driver writes one device pointer.
+            .and_then(|_| ok(unsafe { (self.driver.mem_host_get_device_pointer)(&mut dptr, ptr, 0) }));
+        if let Err(e) = mapped {
+            // SAFETY: undoing the registration (if it happened) and the mapping made above.
+            unsafe {
+                if registered.is_ok() {
+                    (self.driver.mem_host_unregister)(ptr);
+                }
+                libc::munmap(ptr, len);
+            }
+            return Err(e);
+        }
+        Ok(dptr)
+    }
+    fn host_mirror_unmap(&self, addr: u64, size: u64) -> CuResult<()> {
+        // SAFETY: a range host_mirror_map mapped and registered; the session forgot it before calling.
+        unsafe {
+            let r = ok((self.driver.mem_host_unregister)(addr as P));
+            libc::munmap(addr as *mut c_void, size as usize);
+            r
+        }
+    }
+    fn mem_alloc_managed(&self, size: u64, flags: u32) -> CuResult<u64> {
+        let mut d = 0u64;
+        // SAFETY: the driver writes one device pointer.
+        ok(unsafe { (self.driver.mem_alloc_managed)(&mut d, size as usize, flags) })?;
+        Ok(d)
+    }
+    fn library_get_managed(&self, library: u64, name: &CStr) -> CuResult<(u64, u64)> {
+        let (mut d, mut size) = (0u64, 0usize);
+        // SAFETY: the driver writes an address and a size; name is NUL-terminated.
+        ok(unsafe { (self.driver.library_get_managed)(&mut d, &mut size, p(library), name.as_ptr()) })?;
+        Ok((d, size as u64))
+    }
+    fn array_create(&self, shape: vgpu_dataplane::wire::ArrayShape) -> CuResult<u64> {
+        let desc = Array3DDescriptor {
+            width: shape.width as usize,
+            height: shape.height as usize,
+            depth: shape.depth as usize,
+            format: shape.format,
+            channels: shape.channels,
+            flags: shape.flags,
+        };
+        let mut array = std::ptr::null_mut();
+        // SAFETY: desc is a complete descriptor; the driver writes one handle.
+        ok(unsafe { (self.driver.array_create)(&mut array, &desc) })?;
+        Ok(h(array))
+    }
+    fn array_destroy(&self, array: u64) -> CuResult<()> {
+        // SAFETY: an array this session created.
+        ok(unsafe { (self.driver.array_destroy)(p(array)) })
+    }
+    fn array_copy(
+        &self,
+        array: u64,
+        region: vgpu_dataplane::wire::ArrayBox,
+        direction: u32,
+        device: u64,
+        device_pitch: u64,
+        device_height: u64,
+        host: &mut [u8],
+    ) -> CuResult<()> {
+        // CU_MEMORYTYPE_HOST 1, _DEVICE 2, _ARRAY 3. Host rows are packed (pitch = width).
+        let (other_type, other_host, other_device, other_pitch, other_height) = match direction {
+            0 | 1 => (1, host.as_mut_ptr() as usize, 0, region.width_bytes, region.height),
+            _ => (2, 0, device, device_pitch, device_height.max(region.height)),
+        };
+        let mut m = Memcpy3DParams {
+            width_in_bytes: region.width_bytes as usize,
+            height: region.height as usize,
+            depth: region.depth as usize,
+            ..Default::default()
+        };
+        if direction == 0 || direction == 2 {
+            m.src_memory_type = other_type;
+            m.src_host = other_host;
+            m.src_device = other_device;
+            m.src_pitch = other_pitch as usize;
+            m.src_height = other_height as usize;
+            m.dst_memory_type = 3;
+            m.dst_array = array as usize;
+            m.dst_x_in_bytes = region.x_bytes as usize;
+            m.dst_y = region.y as usize;
+            m.dst_z = region.z as usize;
+        } else {
+            m.dst_memory_type = other_type;
+            m.dst_host = other_host;
+            m.dst_device = other_device;
+            m.dst_pitch = other_pitch as usize;
+            m.dst_height = other_height as usize;
+            m.src_memory_type = 3;
+            m.src_array = array as usize;
+            m.src_x_in_bytes = region.x_bytes as usize;
+            m.src_y = region.y as usize;
+            m.src_z = region.z as usize;
+        }
+        // SAFETY: the host side is `host`, sized by the session to the packed box; the device side was
+        // checked against the session's ranges; the array is this session's.
+        ok(unsafe { (self.driver.memcpy_3d)(&m) })
+    }
+    fn tex_object_create(&self, surface: bool, resource: &[u8], texture: &[u8], view: Option<&[u8]>) -> CuResult<u64> {
+        let (res, tex) = (words(resource), words(texture));
+        let view = view.map(words);
+        let mut object = 0u64;
+        // SAFETY: the descriptors are complete copies of the app's (sizes checked by the session), 8-byte
+        // aligned; the driver writes one object value.
+        ok(unsafe {
+            if surface {
+                (self.driver.surf_object_create)(&mut object, res.as_ptr())
+            } else {
+                let v = view.as_ref().map_or(std::ptr::null(), |v| v.as_ptr());
+                (self.driver.tex_object_create)(&mut object, res.as_ptr(), tex.as_ptr(), v)
+            }
+        })?;
+        Ok(object)
+    }
+    fn object_destroy(&self, object: u64, surface: bool) -> CuResult<()> {
+        // SAFETY: an object this session created.
+        ok(unsafe {
+            if surface {
+                (self.driver.surf_object_destroy)(object)
+            } else {
+                (self.driver.tex_object_destroy)(object)
+            }
+        })
+    }
+    fn ctx_get_limit(&self, limit: u32) -> CuResult<u64> {
+        let mut v = 0usize;
+        // SAFETY: the driver writes one size_t.
+        ok(unsafe { (self.driver.ctx_get_limit)(&mut v, limit) })?;
+        Ok(v as u64)
+    }
+    fn ctx_set_limit(&self, limit: u32, value: u64) -> CuResult<()> {
+        // SAFETY: plain values.
+        ok(unsafe { (self.driver.ctx_set_limit)(limit, value as usize) })
+    }
+    fn mem_pool_create(&self, dev: i32, max_size: u64) -> CuResult<u64> {
+        // CU_MEM_ALLOCATION_TYPE_PINNED on CU_MEM_LOCATION_TYPE_DEVICE `dev`.
+        let props = MemPoolProps {
+            alloc_type: 1,
+            handle_types: 0,
+            location_type: 1,
+            location_id: dev,
+            win32_security_attributes: std::ptr::null_mut(),
+            max_size: max_size as usize,
+            usage: 0,
+            reserved: [0; 54],
+        };
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: props is a complete CUmemPoolProps; the driver writes one handle.
+        ok(unsafe { (self.driver.mem_pool_create)(&mut pool, &props) })?;
+        Ok(h(pool))
+    }
+    fn mem_pool_destroy(&self, pool: u64) -> CuResult<()> {
+        // SAFETY: a pool handle this session created.
+        ok(unsafe { (self.driver.mem_pool_destroy)(p(pool)) })
+    }
+    fn default_mem_pool(&self, dev: i32) -> CuResult<u64> {
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: the driver writes one handle.
+        ok(unsafe { (self.driver.device_get_default_mem_pool)(&mut pool, dev) })?;
+        Ok(h(pool))
+    }
+    fn mem_alloc_async(&self, size: u64, pool: u64, stream: u64) -> CuResult<u64> {
+        let mut dptr = 0u64;
+        // SAFETY: the driver writes one device pointer; pool and stream are this session's handles.
+        ok(unsafe { (self.driver.mem_alloc_from_pool_async)(&mut dptr, size as usize, p(pool), p(stream)) })?;
+        Ok(dptr)
+    }
+    fn mem_free_async(&self, dptr: u64, stream: u64) -> CuResult<()> {
+        // SAFETY: an allocation of this session (the session checked) and its stream.
+        ok(unsafe { (self.driver.mem_free_async)(dptr, p(stream)) })
+    }
+    fn mem_pool_get_attribute(&self, pool: u64, attr: u32) -> CuResult<u64> {
+        // The reuse attributes (1..=3) are ints; the sizes (4..=8) 64-bit.
+        let mut value = 0u64;
+        // SAFETY: the driver writes at most 8 bytes into value.
+        ok(unsafe { (self.driver.mem_pool_get_attribute)(p(pool), attr, &mut value as *mut u64 as *mut c_void) })?;
+        Ok(if (1..=3).contains(&attr) {
+            value & 0xffff_ffff
+        } else {
+            value
+        })
+    }
+    fn mem_pool_set_attribute(&self, pool: u64, attr: u32, value: u64) -> CuResult<()> {
+        let mut wide = value;
+        let mut narrow = value as c_int;
+        let ptr = if (1..=3).contains(&attr) {
+            &mut narrow as *mut c_int as *mut c_void
+        } else {
+            &mut wide as *mut u64 as *mut c_void
+        };
+        // SAFETY: ptr points at a value of the width the attribute takes.
+        ok(unsafe { (self.driver.mem_pool_set_attribute)(p(pool), attr, ptr) })
+    }
+    fn mem_pool_trim_to(&self, pool: u64, min_bytes: u64) -> CuResult<()> {
+        // SAFETY: a pool handle of this session.
+        ok(unsafe { (self.driver.mem_pool_trim_to)(p(pool), min_bytes as usize) })
+    }
+    fn func_set_attribute(&self, function: u64, is_kernel: bool, attrib: i32, value: i32) -> CuResult<()> {
+        ok(if is_kernel {
+            let dev = self.current_device();
+            // SAFETY: plain values and a kernel handle this session's library load produced.
+            unsafe { (self.driver.kernel_set_attribute)(attrib, value, p(function), dev) }
+        } else {
+            // SAFETY: plain values and a function handle this session's module load produced.
+            unsafe { (self.driver.func_set_attribute)(p(function), attrib, value) }
+        })
+    }
+    fn export_table_first_word(&self, uuid: &[u8; 16]) -> CuResult<u64> {
+        let mut table: *const u64 = std::ptr::null();
+        // SAFETY: cuGetExportTable writes one pointer through its first argument and reads 16 bytes of UUID.
+        ok(unsafe { (self.driver.get_export_table)(&mut table, uuid.as_ptr()) })?;
+        if table.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: a table the driver hands out starts with at least one readable word.
+        Ok(unsafe { table.read() })
     }
     fn lookup(&self, module: u64, is_library: bool, name: &CStr) -> CuResult<()> {
         let mut out = std::ptr::null_mut();

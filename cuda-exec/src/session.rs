@@ -76,6 +76,14 @@ struct Objects {
     /// Subset of `ranges` that `cuMemFree` may release.
     allocations: HashMap<u64, u64>,
     allocated_bytes: u64,
+    /// Memory pools: client id → real handle (device default pools bound on first use).
+    pools: HashMap<u64, u64>,
+    /// Host mirrors (`HostMirrorMap`): address → (device address, length).
+    mirrors: HashMap<u64, (u64, u64)>,
+    /// CUDA arrays: client id → (real handle, shape).
+    arrays: HashMap<u64, (u64, ArrayShape)>,
+    /// Texture and surface objects the session made (real values; kernels get them by value).
+    tex_objects: HashMap<u64, bool>,
 }
 
 /// Limits a session runs under (from its ticket, or none in standalone mode).
@@ -103,6 +111,15 @@ pub struct Session {
     limits: Limits,
     bytes_moved: AtomicU64,
 }
+
+/// Largest array copy one call carries.
+const MAX_ARRAY_COPY: usize = 1 << 30;
+
+/// Largest host mirror one call may map (the client maps pinned allocations one by one).
+const MAX_MIRROR: u64 = 64 << 30;
+
+/// How long a lookup waits for a binding made on another channel (see `Session::await_object`).
+const BINDING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Session {
     pub fn new(backend: Arc<dyn Backend>, limits: Limits) -> Arc<Session> {
@@ -166,6 +183,26 @@ impl Session {
 
     fn objects(&self) -> MutexGuard<'_, Objects> {
         self.objects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Looks an object up by its client id, waiting a little for a binding still in flight. The client checks
+    /// every handle against its own registry before sending it, so an id this session does not know yet was
+    /// bound by another of the app's threads, on that thread's channel, whose server thread has not reached
+    /// the binding (queued behind its earlier work). Natively the object exists once its creating call
+    /// returned; this wait restores that across channels. Only the failure path waits.
+    fn await_object<T>(&self, lookup: impl Fn(&Objects) -> Option<T>) -> Option<T> {
+        let deadline = std::time::Instant::now() + BINDING_WAIT;
+        let mut pause = std::time::Duration::from_micros(20);
+        loop {
+            if let Some(v) = lookup(&self.objects()) {
+                return Some(v);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(1));
+        }
     }
 
     /// Serves one client thread's channel until the client closes it or breaks the protocol.
@@ -551,7 +588,7 @@ impl Channel {
                 self.finish::<ModuleGetGlobal>(t, h.seq, r, &[])
             }
             Op::KernelGetFunction => simple!(KernelGetFunction, |c| {
-                let kernel = self.s().objects().functions.get(&c.kernel).cloned();
+                let kernel = self.function(c.kernel).ok();
                 match kernel {
                     Some(k) => self.b().kernel_get_function(k.real).map(|real| {
                         self.s().objects().functions.insert(
@@ -568,7 +605,7 @@ impl Channel {
                 }
             }),
             Op::FuncGetAttributes => simple!(FuncGetAttributes, |c| {
-                let f = self.s().objects().functions.get(&c.function).cloned();
+                let f = self.function(c.function).ok();
                 match f {
                     Some(f) => self
                         .b()
@@ -608,6 +645,219 @@ impl Channel {
                 let r = self.launch(c, per_thread);
                 self.finish::<LaunchKernel>(t, h.seq, r.map(|_| Empty {}), &[])
             }
+            Op::LaunchKernelEx => {
+                let c = body!(LaunchKernelEx);
+                self.read_tail(t, h, MAX_ARGS)?;
+                let r = self.launch_ex(c, per_thread);
+                self.finish::<LaunchKernelEx>(t, h.seq, r.map(|_| Empty {}), &[])
+            }
+            Op::FuncSetAttribute => simple!(FuncSetAttribute, |c| {
+                let f = self.function(c.function).ok();
+                match f {
+                    Some(f) => self
+                        .b()
+                        .func_set_attribute(f.real, f.is_kernel, c.attrib, c.value)
+                        .map(|_| Empty {}),
+                    None => Err(CUDA_ERROR_INVALID_HANDLE),
+                }
+            }),
+            Op::MemPoolCreate => simple!(MemPoolCreate, |c| {
+                self.s()
+                    .real_device(c.device)
+                    .and_then(|d| self.b().mem_pool_create(d, c.max_size))
+                    .map(|real| {
+                        self.s().objects().pools.insert(c.pool, real);
+                        Empty {}
+                    })
+            }),
+            Op::MemPoolDestroy => simple!(MemPoolDestroy, |c| {
+                let real = self.s().objects().pools.remove(&c.pool);
+                match real {
+                    Some(r) if default_mem_pool_device(c.pool).is_none() => {
+                        self.b().mem_pool_destroy(r).map(|_| Empty {})
+                    }
+                    _ => Err(CUDA_ERROR_INVALID_VALUE),
+                }
+            }),
+            Op::MemAllocAsync => simple!(MemAllocAsync, |c| self.mem_alloc_async(c, per_thread)),
+            Op::MemFreeAsync => simple!(MemFreeAsync, |c| self.mem_free_async(c, per_thread).map(|_| Empty {})),
+            Op::MemPoolGetAttribute => simple!(MemPoolGetAttribute, |c| self
+                .pool(c.pool)
+                .and_then(|p| self.b().mem_pool_get_attribute(p, c.attr))
+                .map(|value| MemPoolAttrReply { value })),
+            Op::MemPoolSetAttribute => simple!(MemPoolSetAttribute, |c| self
+                .pool(c.pool)
+                .and_then(|p| self.b().mem_pool_set_attribute(p, c.attr, c.value))
+                .map(|_| Empty {})),
+            Op::MemPoolTrimTo => simple!(MemPoolTrimTo, |c| self
+                .pool(c.pool)
+                .and_then(|p| self.b().mem_pool_trim_to(p, c.min_bytes))
+                .map(|_| Empty {})),
+            Op::OccupancyActiveBlocks => simple!(OccupancyActiveBlocks, |c| self.function(c.function).and_then(|f| {
+                self.b()
+                    .occupancy_active_blocks(f.real, f.is_kernel, c.block_size, c.dynamic_smem, c.flags)
+                    .map(|v| OccupancyReply { value: v as i64 })
+            })),
+            Op::OccupancyPotentialBlockSize => {
+                let c = body!(OccupancyPotentialBlockSize);
+                self.read_tail(t, h, 1024 * 8)?;
+                let table: Vec<u64> = self
+                    .tail
+                    .chunks_exact(8)
+                    .map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))
+                    .collect();
+                let r = self.function(c.function).and_then(|f| {
+                    let by_block = (!table.is_empty()).then_some(&table[..]);
+                    self.b()
+                        .occupancy_potential_block_size(
+                            f.real,
+                            f.is_kernel,
+                            c.dynamic_smem,
+                            by_block,
+                            c.block_limit,
+                            c.flags,
+                        )
+                        .map(|(min_grid, block)| OccupancyPotentialReply { min_grid, block })
+                });
+                self.finish::<OccupancyPotentialBlockSize>(t, h.seq, r, &[])
+            }
+            Op::OccupancyAvailableSmem => {
+                simple!(OccupancyAvailableSmem, |c| self.function(c.function).and_then(|f| {
+                    self.b()
+                        .occupancy_available_smem(f.real, f.is_kernel, c.num_blocks, c.block_size)
+                        .map(|v| OccupancyReply { value: v as i64 })
+                }))
+            }
+            Op::OccupancyClusters => simple!(OccupancyClusters, |c| self.function(c.function).and_then(|f| {
+                let shape = LaunchShape {
+                    grid: [c.grid_x, c.grid_y, c.grid_z],
+                    block: [c.block_x, c.block_y, c.block_z],
+                    shared_mem: c.shared_mem,
+                    cluster: [c.cluster_x, c.cluster_y, c.cluster_z],
+                };
+                self.b()
+                    .occupancy_clusters(f.real, f.is_kernel, shape, c.potential_size != 0)
+                    .map(|v| OccupancyReply { value: v as i64 })
+            })),
+            Op::HostMirrorMap => simple!(HostMirrorMap, |c| {
+                if c.size == 0 || c.size > MAX_MIRROR || c.addr % 4096 != 0 || c.size % 4096 != 0 {
+                    Err(CUDA_ERROR_INVALID_VALUE)
+                } else {
+                    self.b().host_mirror_map(c.addr, c.size).map(|dptr| {
+                        let mut objs = self.s().objects();
+                        objs.mirrors.insert(c.addr, (dptr, c.size));
+                        // Copies may name it like device memory.
+                        objs.ranges.insert(dptr, c.size);
+                        MemAllocReply { dptr }
+                    })
+                }
+            }),
+            Op::HostMirrorUnmap => simple!(HostMirrorUnmap, |c| {
+                let m = self.s().objects().mirrors.remove(&c.addr);
+                match m {
+                    Some((dptr, size)) => {
+                        self.s().objects().ranges.remove(&dptr);
+                        self.b().host_mirror_unmap(c.addr, size).map(|_| Empty {})
+                    }
+                    None => Err(CUDA_ERROR_INVALID_VALUE),
+                }
+            }),
+            Op::MemAllocManaged => simple!(MemAllocManaged, |c| {
+                self.s().reserve(c.size).and_then(|_| {
+                    let dptr = self
+                        .b()
+                        .mem_alloc_managed(c.size, c.flags)
+                        .inspect_err(|_| self.s().unreserve(c.size))?;
+                    let mut objs = self.s().objects();
+                    objs.ranges.insert(dptr, c.size);
+                    objs.allocations.insert(dptr, c.size);
+                    Ok(MemAllocReply { dptr })
+                })
+            }),
+            Op::LibraryGetManaged => {
+                let c = body!(LibraryGetManaged);
+                self.read_tail(t, h, MAX_NAME)?;
+                let name = self.name_from_tail()?;
+                let module = self
+                    .s()
+                    .objects()
+                    .modules
+                    .get(&c.library)
+                    .map(|m| (m.real, m.is_library));
+                let r = match module {
+                    Some((real, true)) => self.b().library_get_managed(real, &name),
+                    _ => Err(CUDA_ERROR_INVALID_HANDLE),
+                };
+                let r = r.map(|(dptr, size)| {
+                    self.s().objects().ranges.insert(dptr, size);
+                    GlobalReply { dptr, size }
+                });
+                self.finish::<LibraryGetManaged>(t, h.seq, r, &[])
+            }
+            Op::ArrayCreate => simple!(ArrayCreate, |c| {
+                let shape = ArrayShape {
+                    width: c.width,
+                    height: c.height,
+                    depth: c.depth,
+                    format: c.format,
+                    channels: c.channels,
+                    flags: c.flags,
+                };
+                self.b().array_create(shape).map(|real| {
+                    self.s().objects().arrays.insert(c.array, (real, shape));
+                    Empty {}
+                })
+            }),
+            Op::ArrayDestroy => simple!(ArrayDestroy, |c| {
+                let real = self.s().objects().arrays.remove(&c.array);
+                match real {
+                    Some((r, _)) => self.b().array_destroy(r).map(|_| Empty {}),
+                    None => Err(CUDA_ERROR_INVALID_HANDLE),
+                }
+            }),
+            Op::ArrayCopy => {
+                let c = body!(ArrayCopy);
+                self.read_tail(t, h, MAX_ARRAY_COPY)?;
+                let mut host = std::mem::take(&mut self.tail);
+                let r = self.array_copy(c, &mut host);
+                let reply = if c.direction == 1 && r.is_ok() {
+                    &host[..]
+                } else {
+                    &[][..]
+                };
+                let out = self.finish::<ArrayCopy>(t, h.seq, r.map(|_| Empty {}), reply);
+                self.tail = host;
+                out
+            }
+            Op::TexObjectCreate => {
+                let c = body!(TexObjectCreate);
+                self.read_tail(t, h, RESOURCE_DESC_LEN + TEXTURE_DESC_LEN + RESOURCE_VIEW_DESC_LEN)?;
+                let tail = std::mem::take(&mut self.tail);
+                let r = self.tex_object_create(c, &tail);
+                self.tail = tail;
+                self.finish::<TexObjectCreate>(t, h.seq, r.map(|object| ObjectReply { object }), &[])
+            }
+            Op::ObjectDestroy => simple!(ObjectDestroy, |c| {
+                let known = self.s().objects().tex_objects.remove(&c.object);
+                match known {
+                    Some(surface) if surface == (c.surface != 0) => {
+                        self.b().object_destroy(c.object, surface).map(|_| Empty {})
+                    }
+                    _ => Err(CUDA_ERROR_INVALID_VALUE),
+                }
+            }),
+            Op::CtxGetLimit => simple!(CtxGetLimit, |c| self
+                .b()
+                .ctx_get_limit(c.limit)
+                .map(|value| LimitReply { value })),
+            Op::CtxSetLimit => simple!(CtxSetLimit, |c| self
+                .b()
+                .ctx_set_limit(c.limit, c.value)
+                .map(|_| Empty {})),
+            Op::ExportTableSize => simple!(ExportTableSize, |c| self
+                .b()
+                .export_table_first_word(&c.uuid)
+                .map(|first_word| ExportTableSizeReply { first_word })),
             Op::Ping => simple!(Ping, |_c| Ok(Empty {})),
         }
     }
@@ -687,20 +937,21 @@ impl Channel {
             0..=2 => Ok(id),
             _ => self
                 .s()
-                .objects()
-                .streams
-                .get(&id)
-                .copied()
+                .await_object(|o| o.streams.get(&id).copied())
                 .ok_or(CUDA_ERROR_INVALID_HANDLE),
         }
     }
 
     fn event(&self, id: u64) -> Result<u64, u32> {
         self.s()
-            .objects()
-            .events
-            .get(&id)
-            .copied()
+            .await_object(|o| o.events.get(&id).copied())
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+
+    /// A function (or library kernel) by client id, bound on this or (just now) another channel.
+    fn function(&self, id: u64) -> Result<Function, u32> {
+        self.s()
+            .await_object(|o| o.functions.get(&id).cloned())
             .ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
 
@@ -722,6 +973,162 @@ impl Channel {
         objs.ranges.insert(dptr, size);
         objs.allocations.insert(dptr, size);
         Ok(dptr)
+    }
+
+    /// `ArrayCopy`: checks the box against the array and the device side against the session's ranges.
+    fn array_copy(&self, c: ArrayCopy, host: &mut Vec<u8>) -> Result<(), u32> {
+        let (real, shape) = self
+            .s()
+            .objects()
+            .arrays
+            .get(&c.array)
+            .copied()
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let elem = shape.element_bytes().ok_or(CUDA_ERROR_NOT_SUPPORTED)?;
+        let (rows, slices) = (shape.height.max(1), shape.depth.max(1));
+        let inside = |start: u64, len: u64, limit: u64| start.checked_add(len).is_some_and(|end| end <= limit);
+        if !inside(c.x_bytes, c.width_bytes, shape.width * elem)
+            || !inside(c.y, c.height, rows)
+            || !inside(c.z, c.depth, slices)
+        {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let packed = c
+            .width_bytes
+            .checked_mul(c.height)
+            .and_then(|v| v.checked_mul(c.depth))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        match c.direction {
+            0 if host.len() as u64 == packed => {}
+            1 if host.is_empty() && packed <= MAX_ARRAY_COPY as u64 => host.resize(packed as usize, 0),
+            2 | 3 if host.is_empty() => {
+                if c.height > 1 && c.device_pitch < c.width_bytes {
+                    return Err(CUDA_ERROR_INVALID_VALUE);
+                }
+                let slice = c.device_pitch.saturating_mul(c.device_height.max(c.height));
+                let span = slice
+                    .saturating_mul(c.depth.saturating_sub(1))
+                    .saturating_add(c.device_pitch.saturating_mul(c.height.saturating_sub(1)))
+                    .saturating_add(c.width_bytes);
+                self.check_range(c.device, span)?;
+            }
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
+        let region = ArrayBox {
+            x_bytes: c.x_bytes,
+            y: c.y,
+            z: c.z,
+            width_bytes: c.width_bytes,
+            height: c.height,
+            depth: c.depth,
+        };
+        self.b().array_copy(
+            real,
+            region,
+            c.direction,
+            c.device,
+            c.device_pitch,
+            c.device_height,
+            host,
+        )
+    }
+
+    /// `TexObjectCreate`: the resource's array (a client id) or memory (a session range) is checked first.
+    fn tex_object_create(&self, c: TexObjectCreate, tail: &[u8]) -> Result<u64, u32> {
+        let surface = c.surface != 0;
+        let want = RESOURCE_DESC_LEN
+            + if surface { 0 } else { TEXTURE_DESC_LEN }
+            + if c.has_view != 0 && !surface {
+                RESOURCE_VIEW_DESC_LEN
+            } else {
+                0
+            };
+        if tail.len() != want {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let mut resource = tail[..RESOURCE_DESC_LEN].to_vec();
+        let word = |b: &[u8], at: usize| {
+            u64::from_le_bytes([
+                b[at],
+                b[at + 1],
+                b[at + 2],
+                b[at + 3],
+                b[at + 4],
+                b[at + 5],
+                b[at + 6],
+                b[at + 7],
+            ])
+        };
+        match u32::from_le_bytes([resource[0], resource[1], resource[2], resource[3]]) {
+            // CU_RESOURCE_TYPE_ARRAY: the array handle is the client's id.
+            0 => {
+                let id = word(&resource, 8);
+                let (real, _) = self
+                    .s()
+                    .objects()
+                    .arrays
+                    .get(&id)
+                    .copied()
+                    .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+                resource[8..16].copy_from_slice(&real.to_le_bytes());
+            }
+            // CU_RESOURCE_TYPE_LINEAR and _PITCH2D: device memory of the session.
+            2 | 3 if !surface => self.check_range(word(&resource, 8), 1)?,
+            _ => return Err(CUDA_ERROR_NOT_SUPPORTED),
+        }
+        let texture = if surface {
+            &[][..]
+        } else {
+            &tail[RESOURCE_DESC_LEN..RESOURCE_DESC_LEN + TEXTURE_DESC_LEN]
+        };
+        let view =
+            (tail.len() == want && c.has_view != 0 && !surface).then(|| &tail[RESOURCE_DESC_LEN + TEXTURE_DESC_LEN..]);
+        let object = self.b().tex_object_create(surface, &resource, texture, view)?;
+        self.s().objects().tex_objects.insert(object, surface);
+        Ok(object)
+    }
+
+    /// A memory pool by client id; a device's default pool is bound to the driver's on first use.
+    fn pool(&self, id: u64) -> Result<u64, u32> {
+        if let Some(&real) = self.s().objects().pools.get(&id) {
+            return Ok(real);
+        }
+        let dev = default_mem_pool_device(id).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let real = self.b().default_mem_pool(self.s().real_device(dev)?)?;
+        self.s().objects().pools.insert(id, real);
+        Ok(real)
+    }
+
+    /// Stream-ordered allocation, accounted against the session's memory limit like any other.
+    fn mem_alloc_async(&self, c: MemAllocAsync, per_thread: bool) -> Result<MemAllocReply, u32> {
+        let pool = self.pool(c.pool)?;
+        let stream = self.stream(c.stream, per_thread)?;
+        self.s().reserve(c.size)?;
+        let dptr = self
+            .b()
+            .mem_alloc_async(c.size, pool, stream)
+            .inspect_err(|_| self.s().unreserve(c.size))?;
+        let mut objs = self.s().objects();
+        objs.ranges.insert(dptr, c.size);
+        objs.allocations.insert(dptr, c.size);
+        Ok(MemAllocReply { dptr })
+    }
+
+    fn mem_free_async(&self, c: MemFreeAsync, per_thread: bool) -> Result<(), u32> {
+        let stream = self.stream(c.stream, per_thread)?;
+        let size = self
+            .s()
+            .objects()
+            .allocations
+            .get(&c.dptr)
+            .copied()
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        self.b().mem_free_async(c.dptr, stream)?;
+        let mut objs = self.s().objects();
+        objs.allocations.remove(&c.dptr);
+        objs.ranges.remove(&c.dptr);
+        objs.allocated_bytes = objs.allocated_bytes.saturating_sub(size);
+        Ok(())
     }
 
     fn mem_alloc_pitch(&self, c: MemAllocPitch) -> Result<MemAllocPitchReply, u32> {
@@ -789,13 +1196,7 @@ impl Channel {
     }
 
     fn launch(&mut self, c: LaunchKernel, per_thread: bool) -> Result<(), u32> {
-        let f = self
-            .s()
-            .objects()
-            .functions
-            .get(&c.function)
-            .cloned()
-            .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let f = self.function(c.function)?;
         if self.tail.len() != f.args_size {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -812,6 +1213,28 @@ impl Channel {
             stream,
             &mut self.tail,
             &f.params,
+        )
+    }
+
+    fn launch_ex(&mut self, c: LaunchKernelEx, per_thread: bool) -> Result<(), u32> {
+        let f = self.function(c.function)?;
+        if self.tail.len() != f.args_size {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let stream = self.stream(c.stream, per_thread)?;
+        let Some(session) = self.session.clone() else {
+            return Err(CUDA_ERROR_UNKNOWN);
+        };
+        session.backend.launch_ex(
+            f.real,
+            [c.grid_x, c.grid_y, c.grid_z],
+            [c.block_x, c.block_y, c.block_z],
+            c.shared_mem,
+            stream,
+            &mut self.tail,
+            &f.params,
+            c.cooperative != 0,
+            [c.cluster_x, c.cluster_y, c.cluster_z],
         )
     }
 

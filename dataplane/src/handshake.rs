@@ -6,7 +6,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub const MAGIC: [u8; 4] = *b"VGPU";
 /// Bumped whenever any encoding in this crate changes.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Capability bits: what this build can do beyond the base protocol.
 pub const CAP_PUSH_DTOH: u64 = 1;
 pub const CAPABILITIES: u64 = CAP_PUSH_DTOH;

@@ -83,13 +83,74 @@ pub struct FatbinEntry<'a> {
     pub kind: u16,
     pub sm_version: u32,
     pub flags: u64,
+    /// The entry's bytes as stored: compressed when `flags` says so (`compressed_size` bytes), else the
+    /// whole payload (possibly padded with zeros).
     pub payload: &'a [u8],
+    /// Size after decompression, from the entry header (0 when not compressed).
+    pub uncompressed_size: u64,
+}
+
+/// Largest decompressed entry accepted (well above any cubin or PTX seen), so a hostile header cannot make
+/// the server allocate without bound.
+pub const MAX_DECOMPRESSED: u64 = 512 << 20;
+
+/// Why an entry could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EntryError {
+    /// The entry's content is damaged or announces an impossible size.
+    Corrupt(&'static str),
 }
 
 impl<'a> FatbinEntry<'a> {
+    pub fn is_compressed(&self) -> bool {
+        self.flags & (FLAG_COMPRESSED_LZ4 | FLAG_COMPRESSED_ZSTD) != 0
+    }
+
+    /// The entry's content: borrowed when stored plainly, decompressed otherwise. NVIDIA's fat binaries
+    /// compress each entry on its own, as one LZ4 block (flag 0x2000; the header gives the decompressed size)
+    /// or one Zstandard frame (flag 0x8000).
+    pub fn content(&self) -> Result<std::borrow::Cow<'a, [u8]>, EntryError> {
+        use std::borrow::Cow;
+        if !self.is_compressed() {
+            return Ok(Cow::Borrowed(self.payload));
+        }
+        if self.uncompressed_size > MAX_DECOMPRESSED {
+            return Err(EntryError::Corrupt("decompressed size out of bounds"));
+        }
+        let limit = self.uncompressed_size as usize;
+        if self.flags & FLAG_COMPRESSED_LZ4 != 0 {
+            let out =
+                lz4_flex::block::decompress(self.payload, limit).map_err(|_| EntryError::Corrupt("bad LZ4 block"))?;
+            return Ok(Cow::Owned(out));
+        }
+        use std::io::Read;
+        let decoder = ruzstd::decoding::StreamingDecoder::new(self.payload)
+            .map_err(|_| EntryError::Corrupt("bad Zstandard frame header"))?;
+        let mut out = Vec::with_capacity(limit.min(64 << 20));
+        // One byte more than announced reveals a lying header instead of silently truncating.
+        decoder
+            .take(MAX_DECOMPRESSED.min(self.uncompressed_size.max(1) + 1))
+            .read_to_end(&mut out)
+            .map_err(|_| EntryError::Corrupt("bad Zstandard data"))?;
+        if self.uncompressed_size != 0 && out.len() as u64 != self.uncompressed_size {
+            return Err(EntryError::Corrupt("Zstandard data does not match the announced size"));
+        }
+        Ok(Cow::Owned(out))
+    }
+
+    /// The PTX text of a PTX entry (decompressed if need be).
+    pub fn ptx(&self) -> Option<String> {
+        if self.kind != 1 {
+            return None;
+        }
+        let content = self.content().ok()?;
+        let end = content.iter().position(|&b| b == 0).unwrap_or(content.len());
+        std::str::from_utf8(&content[..end]).ok().map(str::to_string)
+    }
+
     /// The PTX text of an uncompressed PTX entry.
     pub fn ptx_text(&self) -> Option<&'a str> {
-        if self.kind != 1 || self.flags & (FLAG_COMPRESSED_LZ4 | FLAG_COMPRESSED_ZSTD) != 0 {
+        if self.kind != 1 || self.is_compressed() {
             return None;
         }
         let end = self.payload.iter().position(|&b| b == 0).unwrap_or(self.payload.len());
@@ -112,6 +173,15 @@ pub fn classify(image: &[u8]) -> Image<'_> {
     }
 }
 
+// Entry header fields (64 bytes for ELF, 80 for PTX, which adds fields after these).
+const ENTRY_KIND: usize = 0;
+const ENTRY_HEADER_SIZE: usize = 4;
+const ENTRY_PAYLOAD_SIZE: usize = 8;
+const ENTRY_COMPRESSED_SIZE: usize = 16;
+const ENTRY_SM_VERSION: usize = 28;
+const ENTRY_FLAGS: usize = 40;
+const ENTRY_UNCOMPRESSED_SIZE: usize = 56;
+
 fn parse_fatbin(image: &[u8]) -> Option<Vec<FatbinEntry<'_>>> {
     let header_size = u16_at(image, 6)? as usize;
     let files_size = u64_at(image, 8)? as usize;
@@ -120,27 +190,209 @@ fn parse_fatbin(image: &[u8]) -> Option<Vec<FatbinEntry<'_>>> {
     let mut at = 0usize;
     while at + ENTRY_HEADER_MIN <= files.len() {
         let e = &files[at..];
-        let kind = u16_at(e, 0)?;
-        let entry_header = u32_at(e, 4)? as usize;
-        let padded_payload = u64_at(e, 8)? as usize;
-        let payload_size = u32_at(e, 16)? as usize;
-        let sm_version = u32_at(e, 28)?;
-        let flags = u64_at(e, 40)?;
+        let kind = u16_at(e, ENTRY_KIND)?;
+        let entry_header = u32_at(e, ENTRY_HEADER_SIZE)? as usize;
+        let payload_size = u32_at(e, ENTRY_PAYLOAD_SIZE)? as usize;
+        let compressed_size = u32_at(e, ENTRY_COMPRESSED_SIZE)? as usize;
+        let sm_version = u32_at(e, ENTRY_SM_VERSION)?;
+        let flags = u64_at(e, ENTRY_FLAGS)?;
+        let uncompressed_size = u64_at(e, ENTRY_UNCOMPRESSED_SIZE)?;
         if entry_header < ENTRY_HEADER_MIN {
             return None;
         }
-        let payload = e.get(entry_header..entry_header.checked_add(payload_size)?)?;
+        let compressed = flags & (FLAG_COMPRESSED_LZ4 | FLAG_COMPRESSED_ZSTD) != 0;
+        // A compressed entry's data is its first compressed_size bytes; the payload size includes padding.
+        let data_len = if compressed { compressed_size } else { payload_size };
+        let payload = e.get(entry_header..entry_header.checked_add(data_len)?)?;
         out.push(FatbinEntry {
             kind,
             sm_version,
             flags,
             payload,
+            uncompressed_size: if compressed { uncompressed_size } else { 0 },
         });
         at = at
             .checked_add(entry_header)?
-            .checked_add(padded_payload.max(payload_size))?;
+            .checked_add(payload_size.max(compressed_size))?;
     }
     Some(out)
+}
+
+/// A kernel found in a cubin: its name and parameter layout ((offset, size) in ordinal order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CubinKernel {
+    pub name: String,
+    pub params: Vec<(u32, u32)>,
+}
+
+/// A global variable of a cubin (`__device__`/`__constant__`): name and size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CubinGlobal {
+    pub name: String,
+    pub size: u64,
+}
+
+/// One section of an ELF64 image: name offset, type, file offset, size, link, entry size.
+struct Section {
+    name: u32,
+    kind: u32,
+    offset: usize,
+    size: usize,
+    link: u32,
+    entsize: usize,
+}
+
+fn sections(elf: &[u8]) -> Result<Vec<Section>, &'static str> {
+    if elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
+        return Err("not a little-endian ELF64 image");
+    }
+    let shoff = u64_at(elf, 0x28).ok_or("truncated ELF header")? as usize;
+    let shentsize = u16_at(elf, 0x3a).ok_or("truncated ELF header")? as usize;
+    let shnum = u16_at(elf, 0x3c).ok_or("truncated ELF header")? as usize;
+    if shentsize < 64 {
+        return Err("ELF section headers too small");
+    }
+    (0..shnum)
+        .map(|i| {
+            let h = shoff
+                .checked_add(i.checked_mul(shentsize).ok_or("ELF overflow")?)
+                .ok_or("ELF overflow")?;
+            let s = Section {
+                name: u32_at(elf, h).ok_or("truncated section header")?,
+                kind: u32_at(elf, h + 4).ok_or("truncated section header")?,
+                offset: u64_at(elf, h + 0x18).ok_or("truncated section header")? as usize,
+                size: u64_at(elf, h + 0x20).ok_or("truncated section header")? as usize,
+                link: u32_at(elf, h + 0x28).ok_or("truncated section header")?,
+                entsize: u64_at(elf, h + 0x38).ok_or("truncated section header")? as usize,
+            };
+            Ok(s)
+        })
+        .collect()
+}
+
+fn section_data<'a>(elf: &'a [u8], s: &Section) -> Result<&'a [u8], &'static str> {
+    const SHT_NOBITS: u32 = 8;
+    if s.kind == SHT_NOBITS {
+        return Ok(&[]);
+    }
+    elf.get(s.offset..s.offset.checked_add(s.size).ok_or("ELF overflow")?)
+        .ok_or("ELF section beyond the image")
+}
+
+fn c_string(table: &[u8], at: usize) -> Option<&str> {
+    let rest = table.get(at..)?;
+    let end = rest.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
+fn section_names<'a>(elf: &'a [u8], secs: &[Section]) -> Result<Vec<&'a str>, &'static str> {
+    let shstrndx = u16_at(elf, 0x3e).ok_or("truncated ELF header")? as usize;
+    let table = section_data(elf, secs.get(shstrndx).ok_or("no section name table")?)?;
+    Ok(secs
+        .iter()
+        .map(|s| c_string(table, s.name as usize).unwrap_or(""))
+        .collect())
+}
+
+// .nv.info attribute records: a format byte, an attribute byte, then by format nothing (NVAL), one byte
+// (BVAL), a 16-bit value (HVAL), or a 16-bit length and that many bytes (SVAL).
+const EIFMT_NVAL: u8 = 0x01;
+const EIFMT_BVAL: u8 = 0x02;
+const EIFMT_HVAL: u8 = 0x03;
+const EIFMT_SVAL: u8 = 0x04;
+/// One kernel parameter: u32 index, u16 ordinal, u16 offset, u32 with the size in bits 18..32.
+const EIATTR_KPARAM_INFO: u8 = 0x17;
+/// Total bytes of the kernel's parameters (16-bit value).
+const EIATTR_CBANK_PARAM_SIZE: u8 = 0x19;
+
+/// The parameter layout in one `.nv.info.<kernel>` section.
+fn kernel_params(info: &[u8]) -> Result<Vec<(u32, u32)>, &'static str> {
+    let mut by_ordinal: Vec<(u16, u32, u32)> = Vec::new();
+    let mut at = 0usize;
+    while at + 2 <= info.len() {
+        let (format, attr) = (info[at], info[at + 1]);
+        at += 2;
+        match format {
+            EIFMT_NVAL => {}
+            EIFMT_BVAL => at += 2,
+            EIFMT_HVAL => at += 2,
+            EIFMT_SVAL => {
+                let len = u16_at(info, at).ok_or("truncated .nv.info record")? as usize;
+                at += 2;
+                let value = info.get(at..at + len).ok_or("truncated .nv.info record")?;
+                if attr == EIATTR_KPARAM_INFO {
+                    let ordinal = u16_at(value, 4).ok_or("short KPARAM_INFO")?;
+                    let offset = u16_at(value, 6).ok_or("short KPARAM_INFO")? as u32;
+                    let size = (u32_at(value, 8).ok_or("short KPARAM_INFO")? >> 18) & 0x3fff;
+                    by_ordinal.push((ordinal, offset, size));
+                }
+                at += len;
+            }
+            _ => return Err("unknown .nv.info record format"),
+        }
+        let _ = EIATTR_CBANK_PARAM_SIZE;
+    }
+    by_ordinal.sort_unstable();
+    by_ordinal.dedup_by_key(|p| p.0);
+    if by_ordinal.iter().enumerate().any(|(i, p)| p.0 as usize != i) {
+        return Err("kernel parameter ordinals are not contiguous");
+    }
+    Ok(by_ordinal.into_iter().map(|(_, o, s)| (o, s)).collect())
+}
+
+/// The kernels of a cubin (ELF) with their parameter layouts, read from its `.nv.info.<kernel>` sections.
+pub fn cubin_kernels(elf: &[u8]) -> Result<Vec<CubinKernel>, &'static str> {
+    let secs = sections(elf)?;
+    let names = section_names(elf, &secs)?;
+    let mut out = Vec::new();
+    for (s, name) in secs.iter().zip(&names) {
+        if let Some(kernel) = name.strip_prefix(".nv.info.") {
+            out.push(CubinKernel {
+                name: kernel.to_string(),
+                params: kernel_params(section_data(elf, s)?)?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The global variables of a cubin: object symbols in its `.nv.global*` and `.nv.constant*` sections other
+/// than the parameter banks (`.nv.constant0.<kernel>`).
+pub fn cubin_globals(elf: &[u8]) -> Result<Vec<CubinGlobal>, &'static str> {
+    const SHT_SYMTAB: u32 = 2;
+    const STT_OBJECT: u8 = 1;
+    let secs = sections(elf)?;
+    let names = section_names(elf, &secs)?;
+    let mut out = Vec::new();
+    for symtab in secs.iter().filter(|s| s.kind == SHT_SYMTAB) {
+        let strtab = section_data(
+            elf,
+            secs.get(symtab.link as usize).ok_or("symbol table without strings")?,
+        )?;
+        let data = section_data(elf, symtab)?;
+        let entsize = symtab.entsize.max(24);
+        for sym in data.chunks_exact(entsize) {
+            let info = sym[4];
+            let shndx = u16_at(sym, 6).unwrap_or(0) as usize;
+            let size = u64_at(sym, 16).unwrap_or(0);
+            if info & 0xf != STT_OBJECT || size == 0 {
+                continue;
+            }
+            let section = names.get(shndx).copied().unwrap_or("");
+            let global_space = section.starts_with(".nv.global")
+                || (section.starts_with(".nv.constant") && !section.starts_with(".nv.constant0"));
+            if !global_space {
+                continue;
+            }
+            if let Some(name) = c_string(strtab, u32_at(sym, 0).unwrap_or(0) as usize) {
+                out.push(CubinGlobal {
+                    name: name.to_string(),
+                    size,
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -157,8 +409,7 @@ mod tests {
         entry[0..2].copy_from_slice(&1u16.to_le_bytes());
         entry[2..4].copy_from_slice(&0x101u16.to_le_bytes());
         entry[4..8].copy_from_slice(&64u32.to_le_bytes());
-        entry[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-        entry[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        entry[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         entry[28..32].copy_from_slice(&80u32.to_le_bytes());
         entry.extend_from_slice(&payload);
         let mut out = Vec::new();
@@ -195,5 +446,96 @@ mod tests {
         assert!(image_len(&bad).is_err());
         assert!(matches!(classify(b"garbage\0"), Image::Invalid));
         assert!(matches!(classify(b".version 8.0\n.entry f()\0"), Image::Ptx(_)));
+    }
+
+    // Fat binaries nvcc 13.0 made from tests/e2e/kernels/kernels.cu with every entry compressed (sm_90 SASS
+    // and compute_90 PTX): `nvcc -fatbin -gencode arch=compute_90,code=sm_90 -gencode
+    // arch=compute_90,code=compute_90 -Xfatbin=-compress-all [--compress-mode=speed] kernels.cu`.
+    // Zstandard is nvcc's default algorithm, LZ4 its "speed" mode.
+    const ZSTD: &[u8] = include_bytes!("../testdata/kernels_zstd.fatbin");
+    const LZ4: &[u8] = include_bytes!("../testdata/kernels_lz4.fatbin");
+
+    fn entries(image: &[u8]) -> Vec<FatbinEntry<'_>> {
+        assert_eq!(image_len(image), Ok(ImageLen::Exact(image.len() as u64)));
+        match classify(image) {
+            Image::FatBinary(e) => e,
+            other => panic!("not a fat binary: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn compressed_entries_decompress_to_the_same_ptx_and_cubin() {
+        let (z, l) = (entries(ZSTD), entries(LZ4));
+        assert_eq!(z.len(), 2);
+        assert_eq!(l.len(), 2);
+        assert!(z.iter().all(|e| e.flags & FLAG_COMPRESSED_ZSTD != 0));
+        assert!(l.iter().all(|e| e.flags & FLAG_COMPRESSED_LZ4 != 0));
+        for kind in [1, 2] {
+            let a = z.iter().find(|e| e.kind == kind).map(|e| e.content().expect("zstd"));
+            let b = l.iter().find(|e| e.kind == kind).map(|e| e.content().expect("lz4"));
+            assert_eq!(a, b, "entry kind {kind} differs between the two compressions");
+        }
+        let ptx = z.iter().find_map(|e| e.ptx()).expect("PTX entry");
+        assert!(ptx.contains(".entry mixed_params"));
+        let elf = z
+            .iter()
+            .find(|e| e.kind == 2)
+            .map(|e| e.content().expect("cubin"))
+            .expect("ELF entry");
+        assert_eq!(&elf[..4], b"\x7fELF");
+    }
+
+    #[test]
+    fn cubin_kernel_layouts_come_from_nv_info() {
+        let z = entries(ZSTD);
+        let elf = z
+            .iter()
+            .find(|e| e.kind == 2)
+            .map(|e| e.content().expect("cubin"))
+            .expect("ELF entry");
+        let kernels = cubin_kernels(&elf).expect("kernels");
+        let layout = |name: &str| {
+            kernels
+                .iter()
+                .find(|k| k.name == name)
+                .map(|k| k.params.clone())
+                .unwrap_or_else(|| panic!("{name} missing from {kernels:?}"))
+        };
+        assert_eq!(kernels.len(), 10);
+        assert_eq!(layout("vector_add"), vec![(0, 8), (8, 8), (16, 8), (24, 4)]);
+        assert_eq!(layout("saxpy"), vec![(0, 4), (8, 8), (16, 8), (24, 4)]);
+        assert_eq!(layout("spin"), vec![(0, 8), (8, 8)]);
+        assert_eq!(layout("empty"), vec![]);
+        // char, short, int, double, float, long long, struct Pair {int; double}, pointer.
+        assert_eq!(
+            layout("mixed_params"),
+            vec![(0, 1), (2, 2), (4, 4), (8, 8), (16, 4), (24, 8), (32, 16), (48, 8)]
+        );
+        let globals = cubin_globals(&elf).expect("globals");
+        for (name, size) in [("g_counter", 4), ("g_table", 1024), ("c_scale", 4)] {
+            assert!(
+                globals.iter().any(|g| g.name == name && g.size == size),
+                "{name} ({size} B) missing from {globals:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_entries_are_refused() {
+        let mut image = ZSTD.to_vec();
+        // Corrupt the first entry's compressed data: decompression fails cleanly.
+        let header = u16_at(&image, 6).map(usize::from).unwrap_or(16);
+        let entry_header = u32_at(&image, header + 4).unwrap_or(64) as usize;
+        for b in &mut image[header + entry_header + 4..header + entry_header + 40] {
+            *b ^= 0x5a;
+        }
+        let e = entries(&image);
+        assert!(e[0].content().is_err());
+        // An announced decompressed size beyond the bound is refused before any work.
+        let mut big = ZSTD.to_vec();
+        big[header + 56..header + 64].copy_from_slice(&(MAX_DECOMPRESSED + 1).to_le_bytes());
+        assert!(entries(&big)[0].content().is_err());
+        // Garbage in place of a cubin is an error, not a panic.
+        assert!(cubin_kernels(b"\x7fELF\x02\x01garbage").is_err());
     }
 }

@@ -222,6 +222,89 @@ calls! {
         block_x: u32, block_y: u32, block_z: u32,
         shared_mem: u32, _pad: u32
     } -> Empty;
+    /// `cuGetExportTable` for a private table the client does not know: the first word of the server driver's
+    /// table (its size in bytes, for most tables), so that the client's stand-in has the same size.
+    ExportTableSize = 62, sync { uuid: [u8; 16] } -> ExportTableSizeReply;
+    /// `cuFuncSetAttribute`/`cuKernelSetAttribute` (max dynamic shared memory, carveout, ...): applied by the
+    /// server's driver, so that later launches that depend on it are accepted there too.
+    FuncSetAttribute = 63, async { function: u64, attrib: i32, value: i32 } -> Empty;
+    /// `cuLaunchCooperativeKernel`, and `cuLaunchKernelEx` with the cooperative or cluster-dimension attribute:
+    /// as `LaunchKernel`, plus those two launch attributes (cluster 1x1x1 = none).
+    LaunchKernelEx = 64, async {
+        function: u64, stream: u64,
+        grid_x: u32, grid_y: u32, grid_z: u32,
+        block_x: u32, block_y: u32, block_z: u32,
+        shared_mem: u32, cooperative: u32,
+        cluster_x: u32, cluster_y: u32, cluster_z: u32, _pad: u32
+    } -> Empty;
+    /// `cuMemPoolCreate` of a device pool (pinned device memory) with client id `pool`.
+    MemPoolCreate = 65, sync { pool: u64, max_size: u64, device: u32, _pad: u32 } -> Empty;
+    /// `cuMemPoolDestroy`.
+    MemPoolDestroy = 66, sync { pool: u64 } -> Empty;
+    /// `cuMemAllocAsync`/`cuMemAllocFromPoolAsync`: the pool is a client id (a device's default pool is
+    /// `default_mem_pool_id(device)`). Synchronous: the pointer is the server's.
+    MemAllocAsync = 67, sync { size: u64, stream: u64, pool: u64 } -> MemAllocReply;
+    /// `cuMemFreeAsync`.
+    MemFreeAsync = 68, async { dptr: u64, stream: u64 } -> Empty;
+    /// `cuMemPoolGetAttribute`: every attribute travels as a u64 (the int ones widened).
+    MemPoolGetAttribute = 69, sync { pool: u64, attr: u32, _pad: u32 } -> MemPoolAttrReply;
+    /// `cuMemPoolSetAttribute`.
+    MemPoolSetAttribute = 70, sync { pool: u64, value: u64, attr: u32, _pad: u32 } -> Empty;
+    /// `cuMemPoolTrimTo`.
+    MemPoolTrimTo = 71, sync { pool: u64, min_bytes: u64 } -> Empty;
+    /// `cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags`, answered by the server's driver.
+    OccupancyActiveBlocks = 72, sync { function: u64, dynamic_smem: u64, block_size: i32, flags: u32 } -> OccupancyReply;
+    /// `cuOccupancyMaxPotentialBlockSizeWithFlags`. Tail: when the app passed a block-size-to-shared-memory
+    /// callback, its answer (u64) for every block size 1..=`block_limit`, which stands in for the callback.
+    OccupancyPotentialBlockSize = 73, sync { function: u64, dynamic_smem: u64, block_limit: i32, flags: u32 } -> OccupancyPotentialReply;
+    /// `cuOccupancyAvailableDynamicSMemPerBlock`.
+    OccupancyAvailableSmem = 74, sync { function: u64, num_blocks: i32, block_size: i32 } -> OccupancyReply;
+    /// `cuOccupancyMaxActiveClusters` and `cuOccupancyMaxPotentialClusterSize` (`potential_size` 1) for a
+    /// launch shape with an optional cluster dimension (0: none given).
+    OccupancyClusters = 75, sync {
+        function: u64,
+        grid_x: u32, grid_y: u32, grid_z: u32,
+        block_x: u32, block_y: u32, block_z: u32,
+        shared_mem: u32, potential_size: u32,
+        cluster_x: u32, cluster_y: u32, cluster_z: u32, _pad: u32
+    } -> OccupancyReply;
+    /// Page-locked, device-mapped host memory at the same virtual address as the client's (pinned memory is
+    /// mapped and has one address for host and device under unified addressing): the server maps `size`
+    /// bytes at `addr` and registers them with its driver. Data moves with the ordinary copies: the client
+    /// pushes a region before a kernel that names it and pulls it back at the next synchronizing call.
+    /// Reply: the device address (`addr` itself where the driver maps host pointers one to one).
+    /// CUDA_ERROR_ALREADY_MAPPED (208): that address range is taken in the server process; try another.
+    HostMirrorMap = 76, sync { addr: u64, size: u64 } -> MemAllocReply;
+    /// Releases a `HostMirrorMap` region.
+    HostMirrorUnmap = 77, sync { addr: u64 } -> Empty;
+    /// `cuMemAllocManaged`. The client maps its own memory at the same address and keeps it in step the way it
+    /// does pinned memory (pushed before kernels that name it, pulled at synchronizing calls).
+    MemAllocManaged = 78, sync { size: u64, flags: u32, _pad: u32 } -> MemAllocReply;
+    /// `cuLibraryGetManaged`: a `__managed__` variable. Tail: the name.
+    LibraryGetManaged = 79, sync { library: u64 } -> GlobalReply;
+    /// `cuArray3DCreate`: a CUDA array with client id `array` (depth 0: 2D; height 0 too: 1D).
+    ArrayCreate = 80, sync {
+        array: u64, width: u64, height: u64, depth: u64, format: u32, channels: u32, flags: u32, _pad: u32
+    } -> Empty;
+    /// `cuArrayDestroy`.
+    ArrayDestroy = 81, sync { array: u64 } -> Empty;
+    /// A copy between a box of a CUDA array (`x_bytes`, `y`, `z`; `width_bytes` x `height` x `depth`) and
+    /// host rows (packed: the request's tail, or the reply's) or device memory (`device`, with its pitch and
+    /// rows per slice). `direction`: 0 host→array, 1 array→host, 2 device→array, 3 array→device.
+    ArrayCopy = 82, sync {
+        array: u64, x_bytes: u64, y: u64, z: u64, width_bytes: u64, height: u64, depth: u64,
+        device: u64, device_pitch: u64, device_height: u64, direction: u32, _pad: u32
+    } -> Empty;
+    /// `cuTexObjectCreate` (`surface` 0) or `cuSurfObjectCreate` (1). Tail: `CUDA_RESOURCE_DESC` (its array a
+    /// client id), then for a texture `CUDA_TEXTURE_DESC` and, with `has_view`, `CUDA_RESOURCE_VIEW_DESC`.
+    /// Reply: the object, by value (kernels receive it as an argument).
+    TexObjectCreate = 83, sync { surface: u32, has_view: u32 } -> ObjectReply;
+    /// `cuTexObjectDestroy` / `cuSurfObjectDestroy`.
+    ObjectDestroy = 84, sync { object: u64, surface: u32, _pad: u32 } -> Empty;
+    /// `cuCtxGetLimit` of the current context.
+    CtxGetLimit = 85, sync { limit: u32, _pad: u32 } -> LimitReply;
+    /// `cuCtxSetLimit` (the printf FIFO and malloc heap sizes shape what kernels can do on the server).
+    CtxSetLimit = 86, sync { value: u64, limit: u32, _pad: u32 } -> Empty;
     /// Flushes and reports any latched asynchronous error without doing anything else (used by tests and at exit).
     Ping = 90, sync { } -> Empty;
 }
@@ -258,6 +341,115 @@ pub struct EventElapsedReply {
 pub struct FuncAttrsReply {
     pub attrs: [i32; FUNC_ATTR_COUNT],
     pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct LimitReply {
+    pub value: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct ObjectReply {
+    pub object: u64,
+}
+
+/// Sizes of the texture descriptors `TexObjectCreate` carries (CUDA 13.0's cuda.h, 64-bit).
+pub const RESOURCE_DESC_LEN: usize = 144;
+pub const TEXTURE_DESC_LEN: usize = 104;
+pub const RESOURCE_VIEW_DESC_LEN: usize = 112;
+
+/// A CUDA array's shape (`CUDA_ARRAY3D_DESCRIPTOR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ArrayShape {
+    pub width: u64,
+    pub height: u64,
+    pub depth: u64,
+    pub format: u32,
+    pub channels: u32,
+    pub flags: u32,
+}
+
+impl ArrayShape {
+    /// Bytes of one element, or `None` for a format vGPU does not handle (block-compressed, NV12).
+    pub fn element_bytes(&self) -> Option<u64> {
+        let component = match self.format {
+            0x01 | 0x08 | 0xc0..=0xc2 | 0xc6..=0xc8 => 1,
+            0x02 | 0x09 | 0x10 | 0xc3..=0xc5 | 0xc9..=0xcb => 2,
+            0x03 | 0x0a | 0x20 => 4,
+            _ => return None,
+        };
+        // The normalized formats name their channel count themselves.
+        let channels = match self.format {
+            0xc0 | 0xc3 | 0xc6 | 0xc9 => 1,
+            0xc1 | 0xc4 | 0xc7 | 0xca => 2,
+            0xc2 | 0xc5 | 0xc8 | 0xcb => 4,
+            _ => self.channels as u64,
+        };
+        matches!(channels, 1 | 2 | 4).then_some(component * channels)
+    }
+}
+
+/// A box of a CUDA array in an `ArrayCopy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ArrayBox {
+    pub x_bytes: u64,
+    pub y: u64,
+    pub z: u64,
+    pub width_bytes: u64,
+    pub height: u64,
+    pub depth: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct OccupancyReply {
+    pub value: i64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct OccupancyPotentialReply {
+    pub min_grid: i32,
+    pub block: i32,
+}
+
+/// The launch shape an occupancy question is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LaunchShape {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_mem: u32,
+    /// [0, 0, 0]: no cluster dimension given (the kernel's own, if any).
+    pub cluster: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct MemPoolAttrReply {
+    pub value: u64,
+}
+
+/// The client id of device `device`'s default memory pool (`cuDeviceGetDefaultMemPool`); the server binds it
+/// to the driver's default pool on first use.
+pub fn default_mem_pool_id(device: u32) -> u64 {
+    0x2000 + 0x10 * device as u64
+}
+
+/// The device whose default pool `pool` is, if it is one of those ids.
+pub fn default_mem_pool_device(pool: u64) -> Option<u32> {
+    (0x2000..0x3000)
+        .contains(&pool)
+        .then(|| pool - 0x2000)
+        .filter(|d| d % 0x10 == 0)
+        .map(|d| (d / 0x10) as u32)
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct ExportTableSizeReply {
+    pub first_word: u64,
 }
 
 #[repr(C)]
@@ -317,8 +509,9 @@ pub fn decode_body<C: Call>(body: &[u8]) -> Result<C, WireError> {
     })
 }
 
-/// Number of `CUfunction_attribute` values (0..=10 in CUDA 13.0) returned with every function.
-pub const FUNC_ATTR_COUNT: usize = 11;
+/// Number of `CUfunction_attribute` values (0..=15 in CUDA 13.0: up to the cluster attributes) returned
+/// with every function. The runtime's cudaFuncGetAttributes reads every one of them.
+pub const FUNC_ATTR_COUNT: usize = 16;
 
 /// One kernel of a loaded module or library, as the server reports it with the load.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -499,12 +692,12 @@ mod tests {
             FunctionInfo {
                 name: "vecadd".into(),
                 params: vec![(0, 8), (8, 8), (16, 8), (24, 4)],
-                attrs: [1; 11],
+                attrs: [1; FUNC_ATTR_COUNT],
             },
             FunctionInfo {
                 name: "empty".into(),
                 params: vec![],
-                attrs: [0; 11],
+                attrs: [0; FUNC_ATTR_COUNT],
             },
         ];
         let mut buf = BytesMut::new();

@@ -30,8 +30,20 @@ fn known_ctx(ctx: u64) -> Result<ContextInfo, u32> {
         .ok_or(CUDA_ERROR_INVALID_CONTEXT)
 }
 
-/// Makes `ctx` current on this thread and on its server thread.
+/// Makes `ctx` current on this thread and on its server thread. A primary context nobody has retained yet
+/// (the runtime gets it through its private table and makes it current before retaining it) does not exist
+/// on the server until the retain, which mirrors it then.
 fn mirror_current(ctx: u64) -> Result<(), u32> {
+    let unretained = {
+        let reg = state::read();
+        match reg.contexts.get(&ctx) {
+            Some(c) if c.primary => reg.primary_refs.get(&c.device).copied().unwrap_or(0) == 0,
+            _ => false,
+        }
+    };
+    if unretained {
+        return Ok(());
+    }
     client::post(0, &CtxSetCurrent { ctx }, &[])
 }
 
@@ -50,13 +62,17 @@ fn create(out: *mut Handle, flags: c_uint, dev: c_int) -> Result<(), u32> {
         },
         &[],
     )?;
-    state::write().contexts.insert(
-        ctx,
-        ContextInfo {
-            device: dev,
-            primary: false,
-        },
-    );
+    {
+        let mut reg = state::write();
+        reg.contexts.insert(
+            ctx,
+            ContextInfo {
+                device: dev,
+                primary: false,
+            },
+        );
+        reg.ctx_flags.insert(ctx, flags);
+    }
     state::push_ctx(ctx);
     ffi::write(out, ctx as Handle)
 }
@@ -108,7 +124,8 @@ fn release_primary(dev: c_int) -> Result<(), u32> {
 
 fn synchronize() -> Result<(), u32> {
     super::need_ctx()?;
-    client::call(0, &CtxSynchronize {}, &[]).map(|_| ())
+    client::call(0, &CtxSynchronize {}, &[])?;
+    crate::mirror::after_sync()
 }
 
 entry! {
@@ -122,9 +139,15 @@ entry! {
         if first {
             client::call(0, &PrimaryCtxRetain { ctx, dev: dev as u32, _pad: 0 }, &[])?;
         }
-        let mut reg = state::write();
-        reg.contexts.insert(ctx, ContextInfo { device: dev, primary: true });
-        *reg.primary_refs.entry(dev).or_insert(0) += 1;
+        {
+            let mut reg = state::write();
+            reg.contexts.insert(ctx, ContextInfo { device: dev, primary: true });
+            *reg.primary_refs.entry(dev).or_insert(0) += 1;
+        }
+        if first && state::current_ctx() == ctx {
+            // Made current before it was retained: the server learns of it only now.
+            mirror_current(ctx)?;
+        }
         ffi::write(out, ctx as Handle)
     }
     [cuDevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2] [] (dev: c_int) |f| {
@@ -132,13 +155,115 @@ entry! {
     }
     [cuDevicePrimaryCtxReset, cuDevicePrimaryCtxReset_v2] [] (dev: c_int) |f| {
         check_device(dev)?;
+        // The runtime's context-local storage destructors are due when the primary context goes away.
+        crate::dark::context_reset(state::primary_ctx_id(dev));
         client::call(0, &PrimaryCtxReset { dev: dev as u32, _pad: 0 }, &[]).map(|_| ())
     }
     [cuDevicePrimaryCtxGetState] [] (dev: c_int, flags: *mut c_uint, active: *mut c_int) |f| {
         check_device(dev)?;
-        let refs = state::read().primary_refs.get(&dev).copied().unwrap_or(0);
-        ffi::write(flags, 0)?;
+        let (refs, pflags) = {
+            let reg = state::read();
+            (reg.primary_refs.get(&dev).copied().unwrap_or(0), reg.primary_flags.get(&dev).copied().unwrap_or(0))
+        };
+        ffi::write(flags, pflags)?;
         ffi::write(active, (refs > 0) as c_int)
+    }
+    [cuDevicePrimaryCtxSetFlags, cuDevicePrimaryCtxSetFlags_v2] [] (dev: c_int, flags: c_uint) |f| {
+        check_device(dev)?;
+        // Scheduling (0x7), MAP_HOST (0x8), LMEM_RESIZE_TO_MAX (0x10), COREDUMP (0x20), USER_COREDUMP (0x40),
+        // SYNC_MEMOPS (0x80). They shape how the server's driver waits, which the client does not see;
+        // they are kept for the queries.
+        if flags & !0xff != 0 || flags & 0x7 > 4 || flags & 0x7 == 3 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        state::write().primary_flags.insert(dev, flags);
+        Ok(())
+    }
+    [cuCtxGetFlags] [] (flags: *mut c_uint) |f| {
+        let ctx = super::need_ctx()?;
+        let reg = state::read();
+        let v = match reg.contexts.get(&ctx) {
+            Some(c) if c.primary => reg.primary_flags.get(&c.device).copied().unwrap_or(0),
+            _ => reg.ctx_flags.get(&ctx).copied().unwrap_or(0),
+        };
+        ffi::write(flags, v)
+    }
+    [cuCtxSetFlags] [] (flags: c_uint) |f| {
+        let ctx = super::need_ctx()?;
+        if flags & !0xff != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let mut reg = state::write();
+        match reg.contexts.get(&ctx).copied() {
+            Some(c) if c.primary => reg.primary_flags.insert(c.device, flags),
+            _ => reg.ctx_flags.insert(ctx, flags),
+        };
+        Ok(())
+    }
+    [cuCtxGetApiVersion] [] (ctx: Handle, version: *mut c_uint) |f| {
+        let id = if ctx.is_null() { super::need_ctx()? } else { ctx_id(ctx) };
+        known_ctx(id)?;
+        // Every context made through the v2 API (all of them since CUDA 3.2) reports 3020.
+        ffi::write(version, 3020)
+    }
+    [cuCtxGetId] [] (ctx: Handle, id: *mut u64) |f| {
+        let c = if ctx.is_null() { super::need_ctx()? } else { ctx_id(ctx) };
+        known_ctx(c)?;
+        ffi::write(id, c)
+    }
+    [cuCtxGetLimit] [] (value: *mut usize, limit: c_uint) |f| {
+        super::need_ctx()?;
+        if value.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // The server's driver knows its defaults and what the app set: both shape what kernels can do there.
+        let r = client::call(0, &CtxGetLimit { limit, _pad: 0 }, &[])?;
+        ffi::write(value, r.value as usize)
+    }
+    [cuCtxSetLimit] [] (limit: c_uint, value: usize) |f| {
+        super::need_ctx()?;
+        client::call(0, &CtxSetLimit { value: value as u64, limit, _pad: 0 }, &[]).map(|_| ())
+    }
+    [cuCtxGetStreamPriorityRange] [] (least: *mut c_int, greatest: *mut c_int) |f| {
+        super::need_ctx()?;
+        // Every GPU since Volta: priorities 0 (lowest) to -5 (highest). NULL outputs are allowed.
+        if !least.is_null() {
+            ffi::write(least, 0)?;
+        }
+        if !greatest.is_null() {
+            ffi::write(greatest, -5)?;
+        }
+        Ok(())
+    }
+    [cuCtxGetCacheConfig] [] (config: *mut c_uint) |f| {
+        let ctx = super::need_ctx()?;
+        let v = state::read().cache_config.get(&ctx).copied().unwrap_or(0);
+        ffi::write(config, v)
+    }
+    [cuCtxSetCacheConfig] [] (config: c_uint) |f| {
+        let ctx = super::need_ctx()?;
+        if config > 3 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // A preference only: the hardware since Volta sizes L1/shared memory per launch.
+        state::write().cache_config.insert(ctx, config);
+        Ok(())
+    }
+    [cuCtxGetSharedMemConfig] [] (config: *mut c_uint) |f| {
+        super::need_ctx()?;
+        // CU_SHARED_MEM_CONFIG_FOUR_BYTE_BANK_SIZE: the only bank size since Maxwell.
+        ffi::write(config, 1)
+    }
+    [cuCtxSetSharedMemConfig] [] (config: c_uint) |f| {
+        super::need_ctx()?;
+        if config > 2 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        Ok(())
+    }
+    [cuCtxResetPersistingL2Cache] [] () |f| {
+        super::need_ctx()?;
+        Ok(())
     }
     [cuCtxCreate, cuCtxCreate_v2] [] (out: *mut Handle, flags: c_uint, dev: c_int) |f| {
         create(out, flags, dev)

@@ -13,12 +13,34 @@ use crate::{client, ffi};
 /// The CUDA API level this shim implements (CUDA 13.0).
 const API_VERSION: i32 = 13000;
 
+/// What `cuDriverGetVersion` reports: the server driver's version, capped at the API level this shim
+/// implements; before `cuInit` (the runtime asks for entry points first), that API level.
+pub(crate) fn reported_driver_version() -> i32 {
+    client::session()
+        .map(|s| s.driver_version.min(API_VERSION))
+        .unwrap_or(API_VERSION)
+}
+
 fn device(dev: c_int) -> Result<&'static DeviceFacts, u32> {
     let s = client::session()?;
     usize::try_from(dev)
         .ok()
         .and_then(|d| s.devices.get(d))
         .ok_or(CUDA_ERROR_INVALID_DEVICE)
+}
+
+/// Parses `[domain]:[bus]:[device].[function]` (hex; the domain may be left out, as `cuDeviceGetByPCIBusId`
+/// accepts) into (domain, bus, device).
+fn parse_pci_bus_id(text: &str) -> Option<(u32, u32, u32)> {
+    let hex = |s: &str| u32::from_str_radix(s.trim(), 16).ok();
+    let parts: Vec<&str> = text.split(':').collect();
+    let (domain, bus, rest) = match parts.as_slice() {
+        [d, b, r] => (hex(d)?, hex(b)?, *r),
+        [b, r] => (0, hex(b)?, *r),
+        _ => return None,
+    };
+    let dev = hex(rest.split('.').next()?)?;
+    Some((domain, bus, dev))
 }
 
 static ERROR_TEXT: LazyLock<HashMap<u32, (CString, CString)>> = LazyLock::new(|| {
@@ -42,8 +64,7 @@ entry! {
         }
     }
     [cuDriverGetVersion] [] (version: *mut c_int) |f| {
-        let v = client::session().map(|s| s.driver_version.min(API_VERSION)).unwrap_or(API_VERSION);
-        ffi::write(version, v)
+        ffi::write(version, reported_driver_version())
     }
     [cuDeviceGetCount] [] (count: *mut c_int) |f| {
         ffi::write(count, client::session()?.devices.len() as c_int)
@@ -70,7 +91,11 @@ entry! {
     }
     [cuDeviceGetAttribute] [] (value: *mut c_int, attrib: c_int, dev: c_int) |f| {
         let d = device(dev)?;
-        let v = usize::try_from(attrib).ok().and_then(|a| d.attr(a)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let v = usize::try_from(attrib).ok().and_then(|a| d.attr(a));
+        let v = v.ok_or_else(|| {
+            crate::log::log!(crate::log::DEBUG, "cuDeviceGetAttribute({attrib}): not reported by the server");
+            CUDA_ERROR_INVALID_VALUE
+        })?;
         ffi::write(value, v)
     }
     [cuDeviceGetUuid, cuDeviceGetUuid_v2] [] (uuid: *mut [u8; 16], dev: c_int) |f| {
@@ -99,6 +124,15 @@ entry! {
         buf[n] = 0;
         Ok(())
     }
+    [cuDeviceGetByPCIBusId] [] (out: *mut c_int, bus_id: *const c_char) |f| {
+        let s = client::session()?;
+        let text = ffi::cstr(bus_id)?.to_str().map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        let (domain, bus, dev) = parse_pci_bus_id(text).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let found = s.devices.iter().position(|d| {
+            d.attr(50).unwrap_or(0) as u32 == domain && d.attr(33).unwrap_or(0) as u32 == bus && d.attr(34).unwrap_or(0) as u32 == dev
+        });
+        ffi::write(out, found.ok_or(CUDA_ERROR_INVALID_DEVICE)? as c_int)
+    }
     [cuGetErrorName] [] (error: u32, text: *mut *const c_char) |f| {
         match ERROR_TEXT.get(&error) {
             Some((name, _)) => ffi::write(text, name.as_ptr()),
@@ -116,5 +150,18 @@ entry! {
                 Err(CUDA_ERROR_INVALID_VALUE)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pci_bus_ids_parse_with_and_without_domain() {
+        assert_eq!(parse_pci_bus_id("00000000:1B:00.0"), Some((0, 0x1b, 0)));
+        assert_eq!(parse_pci_bus_id("0001:02:03.0"), Some((1, 2, 3)));
+        assert_eq!(parse_pci_bus_id("1b:00.0"), Some((0, 0x1b, 0)));
+        assert_eq!(parse_pci_bus_id("nonsense"), None);
     }
 }

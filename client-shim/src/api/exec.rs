@@ -38,7 +38,8 @@ fn stream_create(out: *mut Handle, flags: c_uint, priority: c_int) -> Result<(),
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let stream = state::new_id();
-    client::post(
+    // Sent at once, as streams made on one thread are often used on another.
+    client::post_now(
         0,
         &StreamCreate {
             stream,
@@ -81,7 +82,13 @@ fn read_image<'a>(image: *const c_void) -> Result<&'a [u8], u32> {
 }
 
 fn load(out: *mut Handle, image: *const c_void, is_library: bool) -> Result<(), u32> {
-    need_ctx()?;
+    // Libraries belong to no context: the runtime loads them before it makes one current (programs with
+    // `__managed__` variables do). Modules load into the current context.
+    if is_library {
+        client::session()?;
+    } else {
+        need_ctx()?;
+    }
     if out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -116,6 +123,12 @@ fn load(out: *mut Handle, image: *const c_void, is_library: bool) -> Result<(), 
         },
     );
     ffi::write(out, id as Handle)
+}
+
+/// Loads a module from an image of any kind (a fat-binary wrapper included), for the runtime's private
+/// `CUDART_INTERFACE` loaders.
+pub(crate) fn load_module_image(out: *mut Handle, image: *const c_void) -> Result<(), u32> {
+    load(out, image, false)
 }
 
 fn unload(module: Handle, is_library: bool) -> Result<(), u32> {
@@ -175,10 +188,18 @@ fn get_function(out: *mut Handle, module: Handle, name: *const c_char, is_librar
         )?;
         return Err(CUDA_ERROR_NOT_FOUND);
     };
+    let fid = bind_function(id, is_library, info)?;
+    ffi::write(out, fid as Handle)
+}
+
+/// Gives a function of a loaded module (or a kernel of a library) a handle, on both sides.
+fn bind_function(id: u64, is_library: bool, info: Arc<FunctionInfo>) -> Result<u64, u32> {
     let fid = state::new_id();
-    let name = name.to_bytes();
+    let name = info.name.as_bytes();
+    // Sent at once: the runtime binds a kernel on whichever thread launches it first and then launches it
+    // from every thread.
     if is_library {
-        client::post(
+        client::post_now(
             0,
             &LibraryGetKernel {
                 library: id,
@@ -187,7 +208,7 @@ fn get_function(out: *mut Handle, module: Handle, name: *const c_char, is_librar
             name,
         )?;
     } else {
-        client::post(
+        client::post_now(
             0,
             &ModuleGetFunction {
                 module: id,
@@ -204,7 +225,53 @@ fn get_function(out: *mut Handle, module: Handle, name: *const c_char, is_librar
             module: id,
         },
     );
-    ffi::write(out, fid as Handle)
+    Ok(fid)
+}
+
+/// The functions of a module or the kernels of a library, by name (the load reply's list).
+fn listed_functions(module: Handle, is_library: bool) -> Result<Vec<Arc<FunctionInfo>>, u32> {
+    let reg = state::read();
+    let m = reg
+        .modules
+        .get(&(module as u64))
+        .filter(|m| m.is_library == is_library)
+        .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+    if let Some(e) = m.deferred_error {
+        return Err(e);
+    }
+    let mut all: Vec<_> = m.functions.values().cloned().collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(all)
+}
+
+/// `cuModuleEnumerateFunctions`/`cuLibraryEnumerateKernels`: handles for the first `n` functions.
+fn enumerate(out: *mut Handle, n: c_uint, module: Handle, is_library: bool) -> Result<(), u32> {
+    let all = listed_functions(module, is_library)?;
+    if out.is_null() || (n as usize) < all.len() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    for (i, info) in all.into_iter().enumerate() {
+        let fid = bind_function(module as u64, is_library, info)?;
+        ffi::write(out.wrapping_add(i), fid as Handle)?;
+    }
+    Ok(())
+}
+
+/// A function's name as a C string that lives as long as the process (the driver's does too).
+fn c_name(name: &str) -> Result<*const c_char, u32> {
+    static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+        std::sync::OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(&p) = names.get(name) {
+        return Ok(p as *const c_char);
+    }
+    let c = std::ffi::CString::new(name).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+    let p = Box::leak(c.into_boxed_c_str()).as_ptr() as usize;
+    names.insert(name.to_string(), p);
+    Ok(p as *const c_char)
 }
 
 fn get_global(
@@ -213,8 +280,14 @@ fn get_global(
     module: Handle,
     name: *const c_char,
     is_library: bool,
+    managed: bool,
 ) -> Result<(), u32> {
-    need_ctx()?;
+    // A library's `__managed__` variables are the runtime's to look up before any context exists.
+    if managed {
+        client::session()?;
+    } else {
+        need_ctx()?;
+    }
     let id = module as u64;
     match state::read().modules.get(&id) {
         Some(m) if m.is_library == is_library => {
@@ -225,12 +298,17 @@ fn get_global(
         _ => return Err(CUDA_ERROR_INVALID_HANDLE),
     }
     let name = ffi::cstr(name)?.to_bytes();
-    let r = if is_library {
-        client::call(0, &LibraryGetGlobal { library: id }, name)?
-    } else {
-        client::call(0, &ModuleGetGlobal { module: id }, name)?
+    let r = match (is_library, managed) {
+        (true, false) => client::call(0, &LibraryGetGlobal { library: id }, name)?,
+        (true, true) => client::call(0, &LibraryGetManaged { library: id }, name)?,
+        _ => client::call(0, &ModuleGetGlobal { module: id }, name)?,
     };
-    state::write().device_ranges.insert(r.dptr, r.size);
+    if managed {
+        // The host reaches a `__managed__` variable through this address, as natively.
+        crate::mirror::adopt_managed_global(r.dptr, r.size as usize)?;
+    } else {
+        state::write().device_ranges.insert(r.dptr, r.size);
+    }
     if !out.is_null() {
         ffi::write(out, r.dptr)?;
     }
@@ -238,6 +316,11 @@ fn get_global(
         ffi::write(bytes, r.size as usize)?;
     }
     Ok(())
+}
+
+/// The function or library kernel behind a handle.
+pub(crate) fn function_entry(f: Handle) -> Result<FunctionEntry, u32> {
+    function(f)
 }
 
 fn function(f: Handle) -> Result<FunctionEntry, u32> {
@@ -249,25 +332,23 @@ fn function(f: Handle) -> Result<FunctionEntry, u32> {
 }
 
 /// A function's attributes: from the load reply, from the cache, or fetched once from the server.
-fn attributes(f: Handle) -> Result<[i32; FUNC_ATTR_COUNT], u32> {
+pub(crate) fn attributes(f: Handle) -> Result<[i32; FUNC_ATTR_COUNT], u32> {
     let entry = function(f)?;
-    if entry.info.attrs != ATTRS_UNKNOWN {
-        return Ok(entry.info.attrs);
-    }
-    if let Some(a) = state::read().func_attrs.get(&(f as u64)) {
-        return Ok(*a);
+    if let Some(a) = known_attributes(&entry, f as u64) {
+        return Ok(a);
     }
     let r = client::call(0, &FuncGetAttributes { function: f as u64 }, &[])?;
     state::write().func_attrs.insert(f as u64, r.attrs);
     Ok(r.attrs)
 }
 
-/// Attributes already known without a round trip (for launch checks).
+/// Attributes already known without a round trip (for launch checks): what was set or fetched since the
+/// load, else what the load reported.
 fn known_attributes(f: &FunctionEntry, id: u64) -> Option<[i32; FUNC_ATTR_COUNT]> {
-    if f.info.attrs != ATTRS_UNKNOWN {
-        return Some(f.info.attrs);
+    if let Some(a) = state::read().func_attrs.get(&id) {
+        return Some(*a);
     }
-    state::read().func_attrs.get(&id).copied()
+    (f.info.attrs != ATTRS_UNKNOWN).then_some(f.info.attrs)
 }
 
 /// CU_LAUNCH_PARAM_END, CU_LAUNCH_PARAM_BUFFER_POINTER, CU_LAUNCH_PARAM_BUFFER_SIZE.
@@ -310,13 +391,75 @@ fn launch(
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> Result<(), u32> {
+    launch_as(
+        flags,
+        f,
+        grid,
+        block,
+        shared_mem,
+        stream,
+        params,
+        extra,
+        false,
+        [1, 1, 1],
+    )
+}
+
+/// A launch, plain or with the cooperative/cluster attributes (which travel as `LaunchKernelEx`).
+#[allow(clippy::too_many_arguments)]
+fn launch_as(
+    flags: u16,
+    f: Handle,
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared_mem: c_uint,
+    stream: Handle,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+    cooperative: bool,
+    cluster: [c_uint; 3],
+) -> Result<(), u32> {
     let ctx = need_ctx()?;
     let entry = function(f)?;
     let stream = stream_id(stream)?;
     let attrs = known_attributes(&entry, f as u64);
     check_launch_shape(ctx, attrs, grid, block, shared_mem)?;
-    let info = &entry.info;
-    let size = info.args_size();
+    let key = super::graph::key(flags, stream);
+    if super::graph::is_capturing(key) {
+        if cooperative || cluster.iter().any(|&c| c > 1) {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        let node = super::graph::Node::Kernel {
+            function: f as u64,
+            grid,
+            block,
+            shared: shared_mem,
+            args: pack_args(f, params, extra)?,
+        };
+        if let Some(r) = super::graph::capture(key, node) {
+            return r;
+        }
+    }
+    if cooperative || cluster.iter().any(|&c| c > 1) {
+        check_launch_attributes(f, grid, block, shared_mem, cooperative, cluster)?;
+        let call = LaunchKernelEx {
+            function: f as u64,
+            stream,
+            grid_x: grid[0],
+            grid_y: grid[1],
+            grid_z: grid[2],
+            block_x: block[0],
+            block_y: block[1],
+            block_z: block[2],
+            shared_mem,
+            cooperative: cooperative as u32,
+            cluster_x: cluster[0].max(1),
+            cluster_y: cluster[1].max(1),
+            cluster_z: cluster[2].max(1),
+            _pad: 0,
+        };
+        return send_launch(flags, &call, stream, &entry.info, params, extra);
+    }
     let call = LaunchKernel {
         function: f as u64,
         stream,
@@ -329,6 +472,123 @@ fn launch(
         shared_mem,
         _pad: 0,
     };
+    send_launch(flags, &call, stream, &entry.info, params, extra)
+}
+
+/// The driver's synchronous checks of a cooperative or cluster launch: every block of a cooperative grid
+/// must be resident at once (by the same occupancy rules `cuOccupancy*` answer with), and a grid must tile
+/// by its cluster, of at most 8 blocks (16 with the non-portable opt-in).
+fn check_launch_attributes(
+    f: Handle,
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared_mem: c_uint,
+    cooperative: bool,
+    cluster: [c_uint; 3],
+) -> Result<(), u32> {
+    let attrs = attributes(f)?;
+    if cluster.iter().any(|&c| c > 1) {
+        if cluster.contains(&0) || grid.iter().zip(cluster).any(|(&g, c)| g % c != 0) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let size: u64 = cluster.iter().map(|&c| c as u64).product();
+        let max = if attrs[14] > 0 { 16 } else { 8 };
+        if size > max {
+            return Err(CUDA_ERROR_INVALID_CLUSTER_SIZE);
+        }
+    }
+    if cooperative {
+        let threads = block.iter().map(|&b| b as i64).product::<i64>().min(i32::MAX as i64) as i32;
+        let per_sm = super::query::active_blocks(f, threads, shared_mem as usize, 0)?.max(0) as u64;
+        let sms = super::query::current_device()?.attr(16).unwrap_or(1).max(1) as u64;
+        let blocks: u64 = grid.iter().map(|&g| g as u64).product();
+        if blocks > per_sm * sms {
+            return Err(CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE);
+        }
+    }
+    Ok(())
+}
+
+/// The packed argument buffer of a launch of `f` (for graph kernel nodes, which keep their arguments).
+pub(crate) fn pack_args(f: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) -> Result<Vec<u8>, u32> {
+    let info = function(f)?.info;
+    let size = info.args_size();
+    let mut buf = vec![0u8; size];
+    match (params.is_null(), extra.is_null()) {
+        (false, true) => {
+            for (i, &(offset, len)) in info.params.iter().enumerate() {
+                let arg = ffi::array_item(params as *const *mut c_void, i) as *const u8;
+                if arg.is_null() {
+                    return Err(CUDA_ERROR_INVALID_VALUE);
+                }
+                buf[offset as usize..(offset + len) as usize].copy_from_slice(ffi::bytes(arg, len as usize)?);
+            }
+        }
+        (true, false) => match extra_buffer(extra)? {
+            (Some(p), Some(n)) if n <= size => buf[..n].copy_from_slice(ffi::bytes(p as *const u8, n)?),
+            (None, None) if size == 0 => {}
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        },
+        (true, true) if size == 0 => {}
+        _ => return Err(CUDA_ERROR_INVALID_VALUE),
+    }
+    Ok(buf)
+}
+
+/// Launches `function` with an argument buffer packed already (a graph kernel node's).
+pub(crate) fn launch_packed(
+    flags: u16,
+    function: u64,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_mem: u32,
+    stream: Handle,
+    args: &[u8],
+) -> Result<(), u32> {
+    let ctx = need_ctx()?;
+    let entry = function_entry(function as Handle)?;
+    let stream = stream_id(stream)?;
+    check_launch_shape(ctx, known_attributes(&entry, function), grid, block, shared_mem)?;
+    if args.len() != entry.info.args_size() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let node = super::graph::Node::Kernel {
+        function,
+        grid,
+        block,
+        shared: shared_mem,
+        args: args.to_vec(),
+    };
+    if let Some(r) = super::graph::capture(super::graph::key(flags, stream), node) {
+        return r;
+    }
+    crate::mirror::before_launch(flags, stream, args)?;
+    let call = LaunchKernel {
+        function,
+        stream,
+        grid_x: grid[0],
+        grid_y: grid[1],
+        grid_z: grid[2],
+        block_x: block[0],
+        block_y: block[1],
+        block_z: block[2],
+        shared_mem,
+        _pad: 0,
+    };
+    client::post(flags, &call, args)
+}
+
+/// Queues a launch call with the arguments packed at the offsets of the function's parameter layout, from
+/// `kernelParams` or from the packed buffer of `extra`.
+fn send_launch<C: Call>(
+    flags: u16,
+    call: &C,
+    stream: u64,
+    info: &FunctionInfo,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> Result<(), u32> {
+    let size = info.args_size();
     match (params.is_null(), extra.is_null()) {
         (false, true) => {
             // Check every argument pointer before queueing, so a bad one fails this call, not a later one.
@@ -337,7 +597,16 @@ fn launch(
                     return Err(CUDA_ERROR_INVALID_VALUE);
                 }
             }
-            client::post_with(flags, &call, size, |buf| {
+            // Pinned host memory the arguments point into goes to the server's mirror first.
+            let mut words = Vec::new();
+            for (i, &(_, len)) in info.params.iter().enumerate() {
+                if len >= 8 {
+                    let arg = ffi::array_item(params as *const *mut c_void, i) as *const u8;
+                    words.extend_from_slice(ffi::bytes(arg, len as usize & !7)?);
+                }
+            }
+            crate::mirror::before_launch(flags, stream, &words)?;
+            client::post_with(flags, call, size, |buf| {
                 let start = buf.len();
                 buf.put_bytes(0, size);
                 for (i, &(offset, len)) in info.params.iter().enumerate() {
@@ -355,7 +624,7 @@ fn launch(
             // a short buffer is accepted (the rest of the parameters is undefined; we send zeros); a longer
             // one than the parameters is LAUNCH_OUT_OF_RESOURCES.
             match extra_buffer(extra)? {
-                (None, None) if size == 0 => client::post(flags, &call, &[]),
+                (None, None) if size == 0 => client::post(flags, call, &[]),
                 (Some(p), Some(n)) => {
                     if n > size {
                         return Err(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES);
@@ -364,7 +633,8 @@ fn launch(
                         return Err(CUDA_ERROR_INVALID_VALUE);
                     }
                     let packed = ffi::bytes(p as *const u8, n)?;
-                    client::post_with(flags, &call, size, |buf| {
+                    crate::mirror::before_launch(flags, stream, packed)?;
+                    client::post_with(flags, call, size, |buf| {
                         buf.put_slice(packed);
                         buf.put_bytes(0, size - n);
                     })
@@ -372,9 +642,177 @@ fn launch(
                 _ => Err(CUDA_ERROR_INVALID_VALUE),
             }
         }
-        (true, true) if size == 0 => client::post(flags, &call, &[]),
+        (true, true) if size == 0 => client::post(flags, call, &[]),
         _ => Err(CUDA_ERROR_INVALID_VALUE),
     }
+}
+
+/// `CUlaunchConfig` from cuda.h.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawLaunchConfig {
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared: c_uint,
+    stream: Handle,
+    attrs: *const RawLaunchAttribute,
+    num_attrs: c_uint,
+}
+
+/// `CUlaunchAttribute`: an id, padding to 8 bytes, and a 64-byte value union.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawLaunchAttribute {
+    id: u32,
+    _pad: u32,
+    value: [u8; 64],
+}
+
+/// A `cuLaunchKernelEx` configuration with the attributes vGPU acts on.
+pub(crate) struct LaunchConfig {
+    pub grid: [c_uint; 3],
+    pub block: [c_uint; 3],
+    pub shared: c_uint,
+    pub stream: Handle,
+    pub cluster: [c_uint; 3],
+    /// The cluster dimension exactly as given ([0, 0, 0] when the attribute is absent).
+    pub cluster_given: [c_uint; 3],
+    pub cooperative: bool,
+    /// Events to record once the kernel is queued (PROGRAMMATIC_EVENT, LAUNCH_COMPLETION_EVENT): recording
+    /// them after the kernel is later than natively, never earlier, so waiting on them stays correct.
+    pub events: Vec<Handle>,
+}
+
+pub(crate) fn read_launch_config(config: *const c_void) -> Result<LaunchConfig, u32> {
+    let raw: RawLaunchConfig = ffi::read(config as *const RawLaunchConfig)?;
+    let mut cfg = LaunchConfig {
+        grid: raw.grid,
+        block: raw.block,
+        shared: raw.shared,
+        stream: raw.stream,
+        cluster: [1, 1, 1],
+        cluster_given: [0, 0, 0],
+        cooperative: false,
+        events: Vec::new(),
+    };
+    if raw.num_attrs > 0 && raw.attrs.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    for i in 0..raw.num_attrs as usize {
+        let a: RawLaunchAttribute = ffi::read(raw.attrs.wrapping_add(i))?;
+        let word = |at: usize| u32::from_ne_bytes([a.value[at], a.value[at + 1], a.value[at + 2], a.value[at + 3]]);
+        let ptr = || u64::from_ne_bytes(a.value[..8].try_into().unwrap_or_default()) as Handle;
+        match a.id {
+            // IGNORE, and hints whose absence only costs speed: access policy window, synchronization policy,
+            // cluster scheduling preference, programmatic serialization, priority, memory sync domains,
+            // preferred cluster dimension, shared memory carveout, NVLink-centric scheduling.
+            0 | 1 | 3 | 5 | 6 | 8 | 9 | 10 | 11 | 14 | 16 => {}
+            2 => cfg.cooperative = word(0) != 0,
+            4 => {
+                cfg.cluster = [word(0), word(4), word(8)];
+                cfg.cluster_given = cfg.cluster;
+            }
+            7 | 12 => cfg.events.push(ptr()),
+            // Graph-only.
+            13 => return Err(CUDA_ERROR_INVALID_VALUE),
+            _ => return Err(CUDA_ERROR_NOT_SUPPORTED),
+        }
+    }
+    Ok(cfg)
+}
+
+fn launch_ex(
+    flags: u16,
+    config: *const c_void,
+    f: Handle,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> Result<(), u32> {
+    need_ctx()?;
+    let cfg = read_launch_config(config)?;
+    if cfg.cluster.contains(&0) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    launch_as(
+        flags,
+        f,
+        cfg.grid,
+        cfg.block,
+        cfg.shared,
+        cfg.stream,
+        params,
+        extra,
+        cfg.cooperative,
+        cfg.cluster,
+    )?;
+    let stream = stream_id(cfg.stream)?;
+    for e in cfg.events {
+        client::post(
+            flags,
+            &EventRecord {
+                event: event_id(e)?,
+                stream,
+            },
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs a host function in stream order: once the work queued before it on `stream` has finished. The app
+/// thread waits for that here, so work queued after the call is queued after the function has run.
+pub(crate) fn host_callback(flags: u16, stream: Handle, run: impl FnOnce(u32)) -> Result<(), u32> {
+    need_ctx()?;
+    let id = stream_id(stream)?;
+    let status = match client::call(flags, &StreamSynchronize { stream: id }, &[]) {
+        // The function may read what kernels before it wrote into pinned memory.
+        Ok(_) => crate::mirror::after_sync().err().unwrap_or(CUDA_SUCCESS),
+        Err(e) => e,
+    };
+    run(status);
+    match status {
+        CUDA_SUCCESS => Ok(()),
+        e => Err(e),
+    }
+}
+
+fn set_attribute(func: Handle, attrib: c_int, value: c_int, is_kernel: bool) -> Result<(), u32> {
+    let entry = function(func)?;
+    if is_kernel && !entry.is_kernel {
+        return Err(CUDA_ERROR_INVALID_HANDLE);
+    }
+    // Settable: MAX_DYNAMIC_SHARED_SIZE_BYTES (8), PREFERRED_SHARED_MEMORY_CARVEOUT (9), the cluster and
+    // scheduling attributes (11..=15). The others are read-only.
+    if !matches!(attrib, 8 | 9 | 11..=15) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    if attrib == 8 {
+        let optin = client::session()?
+            .devices
+            .first()
+            .and_then(|d| d.attr(97))
+            .unwrap_or(i32::MAX);
+        let static_smem = known_attributes(&entry, func as u64).map(|a| a[1].max(0)).unwrap_or(0);
+        if value < 0 || value.saturating_add(static_smem) > optin {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+    }
+    client::post(
+        0,
+        &FuncSetAttribute {
+            function: func as u64,
+            attrib,
+            value,
+        },
+        &[],
+    )?;
+    // Later queries see the new value.
+    let mut attrs = known_attributes(&entry, func as u64).unwrap_or(ATTRS_UNKNOWN);
+    if attrs != ATTRS_UNKNOWN {
+        attrs[attrib as usize] = value;
+        state::write().func_attrs.insert(func as u64, attrs);
+    }
+    Ok(())
 }
 
 /// The checks the driver makes before queueing a launch, done here so their errors come back at once.
@@ -406,7 +844,13 @@ fn check_launch_shape(
     if threads > limit(1) || threads > func_max {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    if shared as u64 > limit(97) {
+    // Dynamic shared memory beyond 48 KiB needs the function's MAX_DYNAMIC_SHARED_SIZE_BYTES raised first.
+    let dyn_max = attrs
+        .map(|a| a[8])
+        .filter(|&v| v >= 0)
+        .map(|v| v as u64)
+        .unwrap_or(u64::MAX);
+    if shared as u64 > limit(97) || shared as u64 > dyn_max {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     Ok(())
@@ -429,16 +873,22 @@ entry! {
     [cuStreamSynchronize] [cuStreamSynchronize_ptsz] (stream: Handle) |f| {
         need_ctx()?;
         let stream = stream_id(stream)?;
-        client::call(f, &StreamSynchronize { stream }, &[]).map(|_| ())
+        super::graph::refuse_sync(super::graph::key(f, stream))?;
+        client::call(f, &StreamSynchronize { stream }, &[])?;
+        crate::mirror::after_sync()
     }
     [cuStreamQuery] [cuStreamQuery_ptsz] (stream: Handle) |f| {
         need_ctx()?;
         let stream = stream_id(stream)?;
+        super::graph::refuse_sync(super::graph::key(f, stream))?;
         client::call(f, &StreamQuery { stream }, &[]).map(|_| ())
     }
     [cuStreamWaitEvent] [cuStreamWaitEvent_ptsz] (stream: Handle, event: Handle, flags: c_uint) |f| {
         need_ctx()?;
         let (stream, event) = (stream_id(stream)?, event_id(event)?);
+        if super::graph::wait_event(super::graph::key(f, stream), event) {
+            return Ok(());
+        }
         client::post(f, &StreamWaitEvent { stream, event, flags, _pad: 0 }, &[])
     }
     [cuStreamGetFlags] [cuStreamGetFlags_ptsz] (stream: Handle, out: *mut c_uint) |f| {
@@ -463,11 +913,15 @@ entry! {
     }
     [cuEventRecord] [cuEventRecord_ptsz] (event: Handle, stream: Handle) |f| {
         let (event, stream) = (event_id(event)?, stream_id(stream)?);
+        if super::graph::record_event(super::graph::key(f, stream), event) {
+            return Ok(());
+        }
         client::post(f, &EventRecord { event, stream }, &[])
     }
     [cuEventSynchronize] [] (event: Handle) |f| {
         let event = event_id(event)?;
-        client::call(0, &EventSynchronize { event }, &[]).map(|_| ())
+        client::call(0, &EventSynchronize { event }, &[])?;
+        crate::mirror::after_sync()
     }
     [cuEventQuery] [] (event: Handle) |f| {
         let event = event_id(event)?;
@@ -508,7 +962,7 @@ entry! {
         get_function(out, module, name, false)
     }
     [cuModuleGetGlobal_v2] [] (out: *mut u64, bytes: *mut usize, module: Handle, name: *const c_char) |f| {
-        get_global(out, bytes, module, name, false)
+        get_global(out, bytes, module, name, false, false)
     }
     [cuLibraryLoadData] [] (
         out: *mut Handle, code: *const c_void,
@@ -524,7 +978,10 @@ entry! {
         get_function(out, library, name, true)
     }
     [cuLibraryGetGlobal] [] (out: *mut u64, bytes: *mut usize, library: Handle, name: *const c_char) |f| {
-        get_global(out, bytes, library, name, true)
+        get_global(out, bytes, library, name, true, false)
+    }
+    [cuLibraryGetManaged] [] (out: *mut u64, bytes: *mut usize, library: Handle, name: *const c_char) |f| {
+        get_global(out, bytes, library, name, true, true)
     }
     [cuKernelGetFunction] [] (out: *mut Handle, kernel: Handle) |f| {
         need_ctx()?;
@@ -564,6 +1021,110 @@ entry! {
         let &(o, s) = entry.info.params.get(index).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         ffi::write(offset, o as usize)?;
         ffi::write(size, s as usize)
+    }
+    [cuLaunchKernelEx] [cuLaunchKernelEx_ptsz] (config: *const c_void, func: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) |f| {
+        launch_ex(f, config, func, params, extra)
+    }
+    [cuLaunchHostFunc] [cuLaunchHostFunc_ptsz] (stream: Handle, func: usize, user: usize) |f| {
+        if func == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let key = super::graph::key(f, stream_id(stream)?);
+        if let Some(r) = super::graph::capture(key, super::graph::Node::Host { function: func, user }) {
+            return r;
+        }
+        // Natively a host function is skipped once the stream has failed; so it is here.
+        host_callback(f, stream, |status| if status == CUDA_SUCCESS { ffi::call_host_fn(func, user) })
+    }
+    [cuStreamAddCallback] [cuStreamAddCallback_ptsz] (stream: Handle, callback: usize, user: usize, flags: c_uint) |f| {
+        if callback == 0 || flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // A stream callback runs even after an error, and is told the stream's status.
+        host_callback(f, stream, |status| ffi::call_stream_callback(callback, stream as usize, status, user))
+    }
+    [cuFuncSetAttribute] [] (func: Handle, attrib: c_int, value: c_int) |f| {
+        set_attribute(func, attrib, value, false)
+    }
+    [cuKernelSetAttribute] [] (attrib: c_int, value: c_int, kernel: Handle, _dev: c_int) |f| {
+        set_attribute(kernel, attrib, value, true)
+    }
+    [cuFuncSetCacheConfig] [] (func: Handle, config: c_uint) |f| {
+        function(func)?;
+        // A preference the hardware may ignore (and since Volta sizes per launch); accepted as natively.
+        if config > 3 { Err(CUDA_ERROR_INVALID_VALUE) } else { Ok(()) }
+    }
+    [cuKernelSetCacheConfig] [] (kernel: Handle, config: c_uint, _dev: c_int) |f| {
+        function(kernel)?;
+        if config > 3 { Err(CUDA_ERROR_INVALID_VALUE) } else { Ok(()) }
+    }
+    [cuFuncSetSharedMemConfig] [] (func: Handle, config: c_uint) |f| {
+        function(func)?;
+        if config > 2 { Err(CUDA_ERROR_INVALID_VALUE) } else { Ok(()) }
+    }
+    [cuEventRecordWithFlags] [cuEventRecordWithFlags_ptsz] (event: Handle, stream: Handle, flags: c_uint) |f| {
+        // CU_EVENT_RECORD_EXTERNAL (1) only matters inside graph capture, which is not remoted.
+        if flags & !1 != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let (event, stream) = (event_id(event)?, stream_id(stream)?);
+        if super::graph::record_event(super::graph::key(f, stream), event) {
+            return Ok(());
+        }
+        client::post(f, &EventRecord { event, stream }, &[])
+    }
+    [cuStreamGetId] [cuStreamGetId_ptsz] (stream: Handle, out: *mut u64) |f| {
+        ffi::write(out, stream_id(stream)?)
+    }
+    [cuStreamGetCtx] [cuStreamGetCtx_ptsz] (stream: Handle, out: *mut Handle) |f| {
+        stream_id(stream)?;
+        ffi::write(out, need_ctx()? as Handle)
+    }
+    [cuStreamGetDevice] [cuStreamGetDevice_ptsz] (stream: Handle, out: *mut c_int) |f| {
+        stream_id(stream)?;
+        let ctx = need_ctx()?;
+        let dev = state::read().contexts.get(&ctx).map(|c| c.device).unwrap_or(0);
+        ffi::write(out, dev)
+    }
+    [cuModuleGetFunctionCount] [] (count: *mut c_uint, module: Handle) |f| {
+        ffi::write(count, listed_functions(module, false)?.len() as c_uint)
+    }
+    [cuLibraryGetKernelCount] [] (count: *mut c_uint, library: Handle) |f| {
+        ffi::write(count, listed_functions(library, true)?.len() as c_uint)
+    }
+    [cuModuleEnumerateFunctions] [] (out: *mut Handle, n: c_uint, module: Handle) |f| {
+        enumerate(out, n, module, false)
+    }
+    [cuLibraryEnumerateKernels] [] (out: *mut Handle, n: c_uint, library: Handle) |f| {
+        enumerate(out, n, library, true)
+    }
+    [cuFuncGetName] [] (name: *mut *const c_char, func: Handle) |f| {
+        let entry = function(func)?;
+        ffi::write(name, c_name(&entry.info.name)?)
+    }
+    [cuKernelGetName] [] (name: *mut *const c_char, kernel: Handle) |f| {
+        let entry = function(kernel)?;
+        if !entry.is_kernel {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        ffi::write(name, c_name(&entry.info.name)?)
+    }
+    [cuFuncGetModule] [] (out: *mut Handle, func: Handle) |f| {
+        let entry = function(func)?;
+        ffi::write(out, entry.module as Handle)
+    }
+    [cuKernelGetLibrary] [] (out: *mut Handle, kernel: Handle) |f| {
+        let entry = function(kernel)?;
+        if !entry.is_kernel {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        ffi::write(out, entry.module as Handle)
+    }
+    [cuLaunchCooperativeKernel] [cuLaunchCooperativeKernel_ptsz] (
+        func: Handle, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint,
+        shared: c_uint, stream: Handle, params: *mut *mut c_void
+    ) |f| {
+        launch_as(f, func, [gx, gy, gz], [bx, by, bz], shared, stream, params, std::ptr::null_mut(), true, [1, 1, 1])
     }
     [cuLaunchKernel] [cuLaunchKernel_ptsz] (
         func: Handle, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint,

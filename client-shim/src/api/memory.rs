@@ -1,35 +1,166 @@
 //! Device memory and copies. Allocation and synchronous copies are one round trip; async copies and memsets
 //! are queued; device-to-host async data is pushed back before the synchronizing call that covers it returns.
 
-use std::ffi::{c_uint, c_void};
+use std::ffi::{c_int, c_uint, c_void};
 
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
+use super::graph;
 use super::{need_ctx, Handle};
 use crate::state;
-use crate::{client, ffi};
+use crate::{client, ffi, mirror};
 
 fn stream_id(stream: Handle) -> Result<u64, u32> {
     super::exec::stream_id(stream)
 }
 
+fn array_create(out: *mut Handle, shape: ArrayShape) -> Result<(), u32> {
+    need_ctx()?;
+    if out.is_null() || shape.element_bytes().is_none() || shape.width == 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let array = state::new_id();
+    let call = ArrayCreate {
+        array,
+        width: shape.width,
+        height: shape.height,
+        depth: shape.depth,
+        format: shape.format,
+        channels: shape.channels,
+        flags: shape.flags,
+        _pad: 0,
+    };
+    client::call(0, &call, &[])?;
+    state::write().arrays.insert(array, shape);
+    ffi::write(out, array as Handle)
+}
+
+/// `cuTexObjectCreate`/`cuSurfObjectCreate`: the descriptors travel as they are; the server puts its own
+/// array handle in place of the client's.
+fn tex_object(
+    out: *mut u64,
+    surface: bool,
+    resource: *const u8,
+    texture: *const u8,
+    view: *const u8,
+) -> Result<(), u32> {
+    need_ctx()?;
+    if out.is_null() || (!surface && texture.is_null()) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut tail = ffi::bytes(resource, RESOURCE_DESC_LEN)?.to_vec();
+    let res_type = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    if res_type == 0 {
+        let id = u64::from_le_bytes(tail[8..16].try_into().map_err(|_| CUDA_ERROR_INVALID_VALUE)?);
+        if !state::read().arrays.contains_key(&id) {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+    }
+    if !surface {
+        tail.extend_from_slice(ffi::bytes(texture, TEXTURE_DESC_LEN)?);
+        if !view.is_null() {
+            tail.extend_from_slice(ffi::bytes(view, RESOURCE_VIEW_DESC_LEN)?);
+        }
+    }
+    let call = TexObjectCreate {
+        surface: surface as u32,
+        has_view: (!surface && !view.is_null()) as u32,
+    };
+    let r = client::call(0, &call, &tail)?;
+    ffi::write(out, r.object)
+}
+
+/// Whether `addr` is pinned host memory named by its device address (the mirror's, `mirror`): copies
+/// from or to it are host copies, as the client's memory is the truth for the host.
+fn mirrored(addr: u64) -> bool {
+    mirror::find(addr as usize).is_some()
+}
+
+/// A copy that a device address of pinned host memory turns into a host-side one: in stream order (after
+/// the work queued before it, whose kernels' writes to pinned memory come back first), then a plain copy.
+/// `dst_dev`/`src_dev`: whether that side is real device memory.
+fn copy_via_host(
+    flags: u16,
+    stream: u64,
+    dst: u64,
+    dst_dev: bool,
+    src: u64,
+    src_dev: bool,
+    n: usize,
+) -> Result<(), u32> {
+    client::call(flags, &StreamSynchronize { stream }, &[])?;
+    mirror::after_sync()?;
+    match (dst_dev, src_dev) {
+        (true, _) => client::call(
+            flags,
+            &MemcpyHtoD { dst, size: n as u64 },
+            ffi::bytes(src as *const u8, n)?,
+        )
+        .map(|_| ()),
+        (false, true) => {
+            let out = ffi::bytes_mut(dst as *mut u8, n)?;
+            client::with_channel(|ch, _| ch.copy_to_host(flags, &MemcpyDtoH { src, size: n as u64 }, out))
+        }
+        (false, false) => {
+            let from = ffi::bytes(src as *const u8, n)?.to_vec();
+            ffi::bytes_mut(dst as *mut u8, n)?.copy_from_slice(&from);
+            Ok(())
+        }
+    }
+}
+
+/// Host-to-device data is read when the call is made. Natively, a copy from pinned memory reads it when the
+/// copy runs, after earlier device-to-host copies into that memory have landed (a chain reusing one host
+/// buffer): where such a copy is still under way, wait for it first.
+fn await_landings(src: *const c_void, n: usize) -> Result<(), u32> {
+    if client::pending_overlaps(src as usize, n) {
+        client::call(0, &CtxSynchronize {}, &[])?;
+        mirror::after_sync()?;
+    }
+    Ok(())
+}
+
 fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> Result<(), u32> {
     need_ctx()?;
+    if mirrored(dst) {
+        return copy_via_host(flags, 0, dst, false, src as u64, false, n);
+    }
+    await_landings(src, n)?;
     let data = ffi::bytes(src as *const u8, n)?;
-    client::call(flags, &MemcpyHtoD { dst, size: n as u64 }, data).map(|_| ())
+    client::call(flags, &MemcpyHtoD { dst, size: n as u64 }, data)?;
+    // A synchronous copy waits for the work before it: kernels' writes to pinned memory are due now.
+    mirror::after_sync()
 }
 
 fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> Result<(), u32> {
     need_ctx()?;
+    if mirrored(src) {
+        return copy_via_host(flags, 0, dst as u64, false, src, false, n);
+    }
     let out = ffi::bytes_mut(dst as *mut u8, n)?;
-    client::with_channel(|ch, _| ch.copy_to_host(flags, &MemcpyDtoH { src, size: n as u64 }, out))
+    client::with_channel(|ch, _| ch.copy_to_host(flags, &MemcpyDtoH { src, size: n as u64 }, out))?;
+    mirror::after_sync()
 }
 
-fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, stream: Handle) -> Result<(), u32> {
+pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, stream: Handle) -> Result<(), u32> {
     need_ctx()?;
     let stream = stream_id(stream)?;
+    if let Some(r) = graph::capture(
+        graph::key(flags, stream),
+        graph::Node::HtoD {
+            dst,
+            src: src as usize,
+            n,
+        },
+    ) {
+        return r;
+    }
+    if mirrored(dst) {
+        return copy_via_host(flags, stream, dst, false, src as u64, false, n);
+    }
     state::read().check_range(dst, n as u64)?;
+    await_landings(src, n)?;
     let data = ffi::bytes(src as *const u8, n)?;
     client::post(
         flags,
@@ -42,9 +173,22 @@ fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, stream: Handle
     )
 }
 
-fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, stream: Handle) -> Result<(), u32> {
+pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, stream: Handle) -> Result<(), u32> {
     need_ctx()?;
     let stream = stream_id(stream)?;
+    if let Some(r) = graph::capture(
+        graph::key(flags, stream),
+        graph::Node::DtoH {
+            dst: dst as usize,
+            src,
+            n,
+        },
+    ) {
+        return r;
+    }
+    if mirrored(src) {
+        return copy_via_host(flags, stream, dst as u64, false, src, false, n);
+    }
     state::read().check_range(src, n as u64)?;
     if n == 0 {
         return Ok(());
@@ -70,6 +214,32 @@ fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, stream: Handle) 
     )
 }
 
+pub(crate) fn dtod_async(f: u16, dst: u64, src: u64, n: usize, stream: Handle) -> Result<(), u32> {
+    need_ctx()?;
+    let stream = stream_id(stream)?;
+    if let Some(r) = graph::capture(graph::key(f, stream), graph::Node::DtoD { dst, src, n }) {
+        return r;
+    }
+    if mirrored(dst) || mirrored(src) {
+        return copy_via_host(f, stream, dst, !mirrored(dst), src, !mirrored(src), n);
+    }
+    {
+        let reg = state::read();
+        reg.check_range(src, n as u64)?;
+        reg.check_range(dst, n as u64)?;
+    }
+    client::post(
+        f,
+        &MemcpyDtoDAsync {
+            dst,
+            src,
+            size: n as u64,
+            stream,
+        },
+        &[],
+    )
+}
+
 /// The driver's own checks on a memset: element alignment of the address and pitch, and the range.
 fn check_memset(dst: u64, pitch: usize, elem: u32, width: usize, height: usize) -> Result<(), u32> {
     let e = elem as u64;
@@ -87,8 +257,38 @@ fn check_memset(dst: u64, pitch: usize, elem: u32, width: usize, height: usize) 
     state::read().check_range(dst, span)
 }
 
+/// A memset of pinned or managed memory named by its device address: on the host copy, in stream order.
+#[allow(clippy::too_many_arguments)]
+fn memset_host(
+    flags: u16,
+    stream: u64,
+    dst: u64,
+    pitch: usize,
+    value: u32,
+    elem: u32,
+    width: usize,
+    height: usize,
+) -> Result<(), u32> {
+    client::call(flags, &StreamSynchronize { stream }, &[])?;
+    mirror::after_sync()?;
+    let bytes = value.to_le_bytes();
+    let row_len = width.checked_mul(elem as usize).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    for row in 0..height {
+        let offset = row.checked_mul(pitch).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let at = (dst as usize).checked_add(offset).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let out = ffi::bytes_mut(at as *mut u8, row_len)?;
+        for chunk in out.chunks_exact_mut(elem as usize) {
+            chunk.copy_from_slice(&bytes[..elem as usize]);
+        }
+    }
+    Ok(())
+}
+
 fn memset(flags: u16, dst: u64, pitch: usize, value: u32, elem: u32, width: usize, height: usize) -> Result<(), u32> {
     need_ctx()?;
+    if mirrored(dst) {
+        return memset_host(flags, 0, dst, pitch, value, elem, width, height);
+    }
     check_memset(dst, pitch, elem, width, height)?;
     let call = Memset {
         dst,
@@ -102,7 +302,7 @@ fn memset(flags: u16, dst: u64, pitch: usize, value: u32, elem: u32, width: usiz
 }
 
 #[allow(clippy::too_many_arguments)]
-fn memset_async(
+pub(crate) fn memset_async(
     flags: u16,
     dst: u64,
     pitch: usize,
@@ -114,7 +314,21 @@ fn memset_async(
 ) -> Result<(), u32> {
     need_ctx()?;
     let stream = stream_id(stream)?;
+    if mirrored(dst) && !graph::is_capturing(graph::key(flags, stream)) {
+        return memset_host(flags, stream, dst, pitch, value, elem, width, height);
+    }
     check_memset(dst, pitch, elem, width, height)?;
+    let node = graph::Node::Memset {
+        dst,
+        pitch,
+        value,
+        elem,
+        width,
+        height,
+    };
+    if let Some(r) = graph::capture(graph::key(flags, stream), node) {
+        return r;
+    }
     let call = MemsetAsync {
         dst,
         pitch: pitch as u64,
@@ -176,9 +390,285 @@ fn side(kind: u32, host: usize, device: u64, x: usize, y: usize, pitch: usize) -
     }
 }
 
-fn copy_2d(flags: u16, params: *const c_void, stream: Option<Handle>) -> Result<(), u32> {
+pub(crate) fn copy_2d(flags: u16, params: *const c_void, stream: Option<Handle>) -> Result<(), u32> {
     need_ctx()?;
+    if let Some(s) = stream {
+        let key = graph::key(flags, stream_id(s)?);
+        if graph::is_capturing(key) {
+            let raw = ffi::bytes(params as *const u8, std::mem::size_of::<Copy2D>())?.to_vec();
+            if let Some(r) = graph::capture(key, graph::Node::Copy2D(raw)) {
+                return r;
+            }
+        }
+    }
     let m: Copy2D = ffi::read(params as *const Copy2D)?;
+    copy_2d_params(flags, m, stream)
+}
+
+/// `CUDA_MEMCPY3D` from cuda.h.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Copy3D {
+    src_x_in_bytes: usize,
+    src_y: usize,
+    src_z: usize,
+    src_lod: usize,
+    src_memory_type: u32,
+    src_host: usize,
+    src_device: u64,
+    src_array: usize,
+    _reserved0: usize,
+    src_pitch: usize,
+    src_height: usize,
+    dst_x_in_bytes: usize,
+    dst_y: usize,
+    dst_z: usize,
+    dst_lod: usize,
+    dst_memory_type: u32,
+    dst_host: usize,
+    dst_device: u64,
+    dst_array: usize,
+    _reserved1: usize,
+    dst_pitch: usize,
+    dst_height: usize,
+    width_in_bytes: usize,
+    height: usize,
+    depth: usize,
+}
+
+/// Size of `CUDA_MEMCPY3D`, as graph memcpy nodes keep it.
+pub(crate) const COPY3D_SIZE: usize = std::mem::size_of::<Copy3D>();
+
+/// `cuMemcpy3D`: one 2D copy per slice, each slice `pitch * height` bytes after the previous one.
+pub(crate) fn copy_3d(flags: u16, params: *const c_void, stream: Option<Handle>) -> Result<(), u32> {
+    need_ctx()?;
+    if let Some(s) = stream {
+        let key = graph::key(flags, stream_id(s)?);
+        if graph::is_capturing(key) {
+            let raw = ffi::bytes(params as *const u8, COPY3D_SIZE)?.to_vec();
+            if let Some(r) = graph::capture(key, graph::Node::Copy3D(raw)) {
+                return r;
+            }
+        }
+    }
+    let m: Copy3D = ffi::read(params as *const Copy3D)?;
+    if m.src_lod != 0 || m.dst_lod != 0 {
+        // Mipmapped levels are not remoted yet.
+        return Err(CUDA_ERROR_NOT_SUPPORTED);
+    }
+    if m.src_memory_type == MEMORYTYPE_ARRAY || m.dst_memory_type == MEMORYTYPE_ARRAY {
+        if let Some(s) = stream {
+            let id = stream_id(s)?;
+            client::call(flags, &StreamSynchronize { stream: id }, &[])?;
+        }
+        let src = (
+            m.src_memory_type,
+            m.src_host,
+            m.src_device,
+            m.src_array as u64,
+            [m.src_x_in_bytes, m.src_y, m.src_z],
+            m.src_pitch,
+            m.src_height,
+        );
+        let dst = (
+            m.dst_memory_type,
+            m.dst_host,
+            m.dst_device,
+            m.dst_array as u64,
+            [m.dst_x_in_bytes, m.dst_y, m.dst_z],
+            m.dst_pitch,
+            m.dst_height,
+        );
+        return array_copy_from_params(flags, src, dst, [m.width_in_bytes, m.height, m.depth]);
+    }
+    if m.depth > 1 && (m.src_height < m.height || m.dst_height < m.height) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let slice = |pitch: usize, height: usize, z: usize| pitch.checked_mul(height)?.checked_mul(z);
+    for z in 0..m.depth {
+        let src_off = slice(m.src_pitch, m.src_height, m.src_z + z).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let dst_off = slice(m.dst_pitch, m.dst_height, m.dst_z + z).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let plane = Copy2D {
+            src_x_in_bytes: m.src_x_in_bytes,
+            src_y: m.src_y,
+            src_memory_type: m.src_memory_type,
+            src_host: m.src_host.wrapping_add(src_off),
+            src_device: m.src_device.wrapping_add(src_off as u64),
+            src_array: 0,
+            src_pitch: m.src_pitch,
+            dst_x_in_bytes: m.dst_x_in_bytes,
+            dst_y: m.dst_y,
+            dst_memory_type: m.dst_memory_type,
+            dst_host: m.dst_host.wrapping_add(dst_off),
+            dst_device: m.dst_device.wrapping_add(dst_off as u64),
+            dst_array: 0,
+            dst_pitch: m.dst_pitch,
+            width_in_bytes: m.width_in_bytes,
+            height: m.height,
+        };
+        copy_2d_params(flags, plane, stream)?;
+    }
+    Ok(())
+}
+
+/// One CUDA-array copy, whatever the call that asked for it: the array's box and the other side's place.
+struct ArrayTransfer {
+    array: u64,
+    region: ArrayBox,
+    to_array: bool,
+    other_type: u32,
+    other_host: usize,
+    other_device: u64,
+    other_x: usize,
+    other_y: usize,
+    other_z: usize,
+    other_pitch: usize,
+    other_height: usize,
+}
+
+const MEMORYTYPE_ARRAY: u32 = 3;
+
+fn array_transfer(flags: u16, t: ArrayTransfer) -> Result<(), u32> {
+    if !state::read().arrays.contains_key(&t.array) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let r = t.region;
+    let (w, h, d) = (r.width_bytes as usize, r.height as usize, r.depth as usize);
+    if w == 0 || h == 0 || d == 0 {
+        return Ok(());
+    }
+    if h > 1 && t.other_pitch < w {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let rows = t.other_height.max(h);
+    let row_offset = |z: usize, y: usize| -> Result<usize, u32> {
+        ((t.other_z + z) * rows + t.other_y + y)
+            .checked_mul(t.other_pitch)
+            .and_then(|o| o.checked_add(t.other_x))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)
+    };
+    // Unified addressing: device memory the app allocated, or host memory.
+    let on_device = match t.other_type {
+        2 => true,
+        4 => state::read().device_range(t.other_device).is_some(),
+        1 => false,
+        _ => return Err(CUDA_ERROR_NOT_SUPPORTED),
+    };
+    let host_base = if t.other_type == 1 {
+        t.other_host
+    } else {
+        t.other_device as usize
+    };
+    let mut call = ArrayCopy {
+        array: t.array,
+        x_bytes: r.x_bytes,
+        y: r.y,
+        z: r.z,
+        width_bytes: r.width_bytes,
+        height: r.height,
+        depth: r.depth,
+        device: 0,
+        device_pitch: 0,
+        device_height: 0,
+        direction: 0,
+        _pad: 0,
+    };
+    if on_device {
+        call.device = t.other_device.wrapping_add(row_offset(0, 0)? as u64);
+        call.device_pitch = t.other_pitch as u64;
+        call.device_height = rows as u64;
+        call.direction = if t.to_array { 2 } else { 3 };
+        return client::call(flags, &call, &[]).map(|_| ());
+    }
+    if t.to_array {
+        let mut packed = Vec::with_capacity(w * h * d);
+        for z in 0..d {
+            for y in 0..h {
+                packed.extend_from_slice(ffi::bytes((host_base + row_offset(z, y)?) as *const u8, w)?);
+            }
+        }
+        return client::call(flags, &call, &packed).map(|_| ());
+    }
+    call.direction = 1;
+    let mut packed = Vec::new();
+    client::call_with_tail(flags, &call, &[], &mut packed)?;
+    if packed.len() != w * h * d {
+        return Err(CUDA_ERROR_UNKNOWN);
+    }
+    for (i, row) in packed.chunks_exact(w).enumerate() {
+        let (z, y) = (i / h, i % h);
+        ffi::bytes_mut((host_base + row_offset(z, y)?) as *mut u8, w)?.copy_from_slice(row);
+    }
+    Ok(())
+}
+
+/// A 2D or 3D copy with a CUDA array on one side (`src_array`/`dst_array` set by the memory types).
+#[allow(clippy::too_many_arguments)]
+fn array_copy_from_params(
+    flags: u16,
+    src: (u32, usize, u64, u64, [usize; 3], usize, usize),
+    dst: (u32, usize, u64, u64, [usize; 3], usize, usize),
+    extent: [usize; 3],
+) -> Result<(), u32> {
+    // (memory type, host, device, array, [x, y, z], pitch, height) for each side.
+    let (to_array, arr, other) = match (src.0 == MEMORYTYPE_ARRAY, dst.0 == MEMORYTYPE_ARRAY) {
+        (false, true) => (true, dst, src),
+        (true, false) => (false, src, dst),
+        // Array to array copies are not remoted yet.
+        _ => return Err(CUDA_ERROR_NOT_SUPPORTED),
+    };
+    array_transfer(
+        flags,
+        ArrayTransfer {
+            array: arr.3,
+            region: ArrayBox {
+                x_bytes: arr.4[0] as u64,
+                y: arr.4[1] as u64,
+                z: arr.4[2] as u64,
+                width_bytes: extent[0] as u64,
+                height: extent[1].max(1) as u64,
+                depth: extent[2].max(1) as u64,
+            },
+            to_array,
+            other_type: other.0,
+            other_host: other.1,
+            other_device: other.2,
+            other_x: other.4[0],
+            other_y: other.4[1],
+            other_z: other.4[2],
+            other_pitch: other.5,
+            other_height: other.6,
+        },
+    )
+}
+
+fn copy_2d_params(flags: u16, m: Copy2D, stream: Option<Handle>) -> Result<(), u32> {
+    if m.src_memory_type == MEMORYTYPE_ARRAY || m.dst_memory_type == MEMORYTYPE_ARRAY {
+        if let Some(s) = stream {
+            // Array copies run synchronously on the server: after the stream's earlier work.
+            let id = stream_id(s)?;
+            client::call(flags, &StreamSynchronize { stream: id }, &[])?;
+        }
+        let src = (
+            m.src_memory_type,
+            m.src_host,
+            m.src_device,
+            m.src_array as u64,
+            [m.src_x_in_bytes, m.src_y, 0],
+            m.src_pitch,
+            m.height,
+        );
+        let dst = (
+            m.dst_memory_type,
+            m.dst_host,
+            m.dst_device,
+            m.dst_array as u64,
+            [m.dst_x_in_bytes, m.dst_y, 0],
+            m.dst_pitch,
+            m.height,
+        );
+        return array_copy_from_params(flags, src, dst, [m.width_in_bytes, m.height, 1]);
+    }
     let stream = stream.map(stream_id).transpose()?;
     let src = side(
         m.src_memory_type,
@@ -291,16 +781,149 @@ fn copy_2d(flags: u16, params: *const c_void, stream: Option<Handle>) -> Result<
     }
 }
 
-/// Page-aligned host memory for cuMemAllocHost/cuMemHostAlloc. The server stages copies through its own
-/// pinned buffers, so the client's buffer only needs the alignment programs expect.
-fn host_alloc(out: *mut *mut c_void, size: usize) -> Result<(), u32> {
+/// Page-locked host memory for cuMemAllocHost/cuMemHostAlloc: page-aligned, zeroed, and mirrored on the
+/// server at the same address so kernels can use it as natively (`mirror`). Copies to and from it stage
+/// through the server's own buffers like any host memory.
+fn host_alloc(out: *mut *mut c_void, size: usize, flags: u32) -> Result<(), u32> {
     need_ctx()?;
     if out.is_null() || size == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let ptr = ffi::alloc_host(size)?;
-    state::write().host_allocs.insert(ptr as usize, size);
+    let len = mirror::page_round(size).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+    let (ptr, _) = mirror::alloc(len)?;
+    let mut reg = state::write();
+    reg.host_allocs.insert(ptr, len);
+    reg.host_alloc_flags.insert(ptr, flags);
+    drop(reg);
     ffi::write(out, ptr as *mut c_void)
+}
+
+/// Where a unified-addressing pointer lives: device memory the app allocated, or anywhere on the host.
+fn is_device(addr: u64) -> bool {
+    state::read().device_range(addr).is_some()
+}
+
+/// `cuMemcpy`/`cuMemcpyAsync`: unified addressing decides the direction from the pointers themselves.
+fn copy_unified(flags: u16, dst: u64, src: u64, n: usize, stream: Option<Handle>) -> Result<(), u32> {
+    need_ctx()?;
+    match (is_device(dst), is_device(src), stream) {
+        (true, true, None) => client::call(
+            flags,
+            &MemcpyDtoD {
+                dst,
+                src,
+                size: n as u64,
+            },
+            &[],
+        )
+        .map(|_| ()),
+        (true, true, Some(s)) => dtod_async(flags, dst, src, n, s),
+        (true, false, None) => htod(flags, dst, src as *const c_void, n),
+        (true, false, Some(s)) => htod_async(flags, dst, src as *const c_void, n, s),
+        (false, true, None) => dtoh(flags, dst as *mut c_void, src, n),
+        (false, true, Some(s)) => dtoh_async(flags, dst as *mut c_void, src, n, s),
+        (false, false, stream) => {
+            // Host to host: in stream order, after the work already queued on the stream.
+            if let Some(s) = stream {
+                let id = stream_id(s)?;
+                client::call(flags, &StreamSynchronize { stream: id }, &[])?;
+            }
+            let from = ffi::bytes(src as *const u8, n)?.to_vec();
+            ffi::bytes_mut(dst as *mut u8, n)?.copy_from_slice(&from);
+            Ok(())
+        }
+    }
+}
+
+/// `CUmemPoolProps` from cuda.h.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MemPoolProps {
+    alloc_type: u32,
+    handle_types: u32,
+    location_type: u32,
+    location_id: i32,
+    win32_security_attributes: usize,
+    max_size: usize,
+    usage: u16,
+    reserved: [u8; 54],
+}
+
+fn check_device(dev: c_int) -> Result<(), u32> {
+    let n = client::session()?.devices.len();
+    if dev < 0 || dev as usize >= n {
+        return Err(CUDA_ERROR_INVALID_DEVICE);
+    }
+    Ok(())
+}
+
+/// A pool id the app may name: one it created, or a device's default pool.
+fn known_pool(pool: Handle) -> Result<u64, u32> {
+    let id = pool as u64;
+    let n = client::session()?.devices.len() as u32;
+    let is_default = default_mem_pool_device(id).is_some_and(|d| d < n);
+    if is_default || state::read().mem_pools.contains_key(&id) {
+        Ok(id)
+    } else {
+        Err(CUDA_ERROR_INVALID_VALUE)
+    }
+}
+
+fn current_pool(dev: i32) -> u64 {
+    state::read()
+        .current_pools
+        .get(&dev)
+        .copied()
+        .unwrap_or(default_mem_pool_id(dev as u32))
+}
+
+fn alloc_async(flags: u16, out: *mut u64, size: usize, pool: u64, stream: Handle) -> Result<(), u32> {
+    need_ctx()?;
+    let stream = stream_id(stream)?;
+    if out.is_null() || size == 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let r = client::call(
+        flags,
+        &MemAllocAsync {
+            size: size as u64,
+            stream,
+            pool,
+        },
+        &[],
+    )?;
+    state::write().device_ranges.insert(r.dptr, size as u64);
+    ffi::write(out, r.dptr)
+}
+
+/// Which pool attributes are ints (the reuse policies); the others are 64-bit sizes.
+fn pool_attr_is_int(attr: c_uint) -> bool {
+    (1..=3).contains(&attr)
+}
+
+fn host_register(ptr: *mut c_void, size: usize, flags: c_uint) -> Result<(), u32> {
+    need_ctx()?;
+    // PORTABLE | DEVICEMAP | IOMEMORY | READ_ONLY.
+    if ptr.is_null() || size == 0 || flags & !0xf != 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let base = ptr as usize;
+    let end = base.checked_add(size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let mut reg = state::write();
+    let overlaps = reg
+        .host_registered
+        .range(..end)
+        .next_back()
+        .is_some_and(|(&b, &(len, _))| b + len > base);
+    if overlaps {
+        return Err(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED);
+    }
+    // Copies stage through the server's own pinned buffers; the range is recorded for the queries
+    // (cuMemHostGetDevicePointer, cuPointerGetAttribute) and mirrored for kernels where the server can.
+    reg.host_registered.insert(base, (size, flags));
+    drop(reg);
+    mirror::register(base, size);
+    Ok(())
 }
 
 entry! {
@@ -328,6 +951,51 @@ entry! {
         need_ctx()?;
         client::call(0, &MemFree { dptr }, &[])?;
         state::write().device_ranges.remove(&dptr);
+        if mirror::find(dptr as usize).is_some_and(|m| m.kind == mirror::Kind::Managed && m.data == dptr as usize) {
+            mirror::drop_managed(dptr);
+        }
+        Ok(())
+    }
+    [cuMemAllocManaged] [] (out: *mut u64, size: usize, flags: c_uint) |f| {
+        need_ctx()?;
+        // CU_MEM_ATTACH_GLOBAL (1) or CU_MEM_ATTACH_HOST (2).
+        if out.is_null() || size == 0 || !matches!(flags, 1 | 2) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let r = client::call(0, &MemAllocManaged { size: size as u64, flags, _pad: 0 }, &[])?;
+        if let Err(e) = mirror::adopt_managed(r.dptr, size) {
+            // The server's address is taken in this process: the memory cannot have one address for both.
+            crate::log::log!(crate::log::WARN, "cuMemAllocManaged: address {:#x} is in use in this process", r.dptr);
+            let _ = client::call(0, &MemFree { dptr: r.dptr }, &[]);
+            return Err(e);
+        }
+        ffi::write(out, r.dptr)
+    }
+    [cuMemAdvise, cuMemAdvise_v2] [] (dptr: u64, count: usize, advice: c_uint, _location: u64) |f| {
+        need_ctx()?;
+        // Placement advice: the host copy here and the server's managed memory are kept in step anyway.
+        match mirror::find(dptr as usize) {
+            Some(m) if m.kind != mirror::Kind::Pinned && (dptr as usize) + count <= m.data + m.data_len && advice <= 6 => Ok(()),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        }
+    }
+    [cuMemPrefetchAsync, cuMemPrefetchAsync_v2] [cuMemPrefetchAsync_ptsz, cuMemPrefetchAsync_v2_ptsz] (dptr: u64, count: usize, _location: u64, _flags: c_uint, stream: Handle) |f| {
+        // A performance hint in stream order: nothing to move ahead of time here (the host copy comes back
+        // at the next synchronizing call whatever the prefetch target).
+        need_ctx()?;
+        match mirror::find(dptr as usize) {
+            Some(m) if m.kind != mirror::Kind::Pinned && (dptr as usize) + count <= m.data + m.data_len => Ok(()),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        }
+    }
+    [cuStreamAttachMemAsync] [cuStreamAttachMemAsync_ptsz] (stream: Handle, dptr: u64, _length: usize, flags: c_uint) |f| {
+        need_ctx()?;
+        stream_id(stream)?;
+        // CU_MEM_ATTACH_GLOBAL, _HOST or _SINGLE: visibility rules for concurrent access, which the host
+        // copy here keeps trivially.
+        if !matches!(flags, 1 | 2 | 4) || mirror::find(dptr as usize).is_none() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
         Ok(())
     }
     [cuMemGetInfo_v2] [] (free: *mut usize, total: *mut usize) |f| {
@@ -337,20 +1005,213 @@ entry! {
         ffi::write(total, r.total as usize)
     }
     [cuMemAllocHost_v2] [] (out: *mut *mut c_void, size: usize) |f| {
-        host_alloc(out, size)
+        // Memory from cuMemAllocHost is portable and mapped, as with cuMemHostAlloc(PORTABLE | DEVICEMAP).
+        host_alloc(out, size, 0x3)
     }
     [cuMemHostAlloc] [] (out: *mut *mut c_void, size: usize, flags: c_uint) |f| {
         // PORTABLE | DEVICEMAP | WRITECOMBINED are the defined flags.
         if flags & !0x7 != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        host_alloc(out, size)
+        host_alloc(out, size, flags)
     }
     [cuMemFreeHost] [] (ptr: *mut c_void) |f| {
         client::session()?;
-        let size = state::write().host_allocs.remove(&(ptr as usize)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let size = {
+            let mut reg = state::write();
+            reg.host_alloc_flags.remove(&(ptr as usize));
+            reg.host_allocs.remove(&(ptr as usize)).ok_or(CUDA_ERROR_INVALID_VALUE)?
+        };
         // Removed from the registry above, so it is freed exactly once.
-        ffi::free_host(ptr as *mut u8, size)
+        mirror::free(ptr as usize, size);
+        Ok(())
+    }
+    [cuMemHostRegister, cuMemHostRegister_v2] [] (ptr: *mut c_void, size: usize, flags: c_uint) |f| {
+        host_register(ptr, size, flags)
+    }
+    [cuMemHostUnregister] [] (ptr: *mut c_void) |f| {
+        need_ctx()?;
+        if ptr.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        match state::write().host_registered.remove(&(ptr as usize)) {
+            Some(_) => {
+                mirror::forget(ptr as usize);
+                Ok(())
+            }
+            None => Err(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED),
+        }
+    }
+    [cuMemHostGetDevicePointer_v2] [] (out: *mut u64, host: *mut c_void, flags: c_uint) |f| {
+        need_ctx()?;
+        if out.is_null() || flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // Unified addressing: mapped host memory has the same address on the device; the server's mirror
+        // sits at that address (`mirror`), where it could be placed there.
+        state::read().host_range(host as usize).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let dptr = match mirror::find(host as usize) {
+            Some(m) => m.dptr + (host as usize - m.base) as u64,
+            None => host as u64,
+        };
+        ffi::write(out, dptr)
+    }
+    [cuMemHostGetFlags] [] (out: *mut c_uint, host: *mut c_void) |f| {
+        need_ctx()?;
+        let (_, _, flags) = state::read().host_range(host as usize).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        ffi::write(out, flags)
+    }
+    [cuMemGetAddressRange_v2] [] (base: *mut u64, size: *mut usize, dptr: u64) |f| {
+        need_ctx()?;
+        let (b, len) = state::read().device_range(dptr).ok_or(CUDA_ERROR_NOT_FOUND)?;
+        if !base.is_null() {
+            ffi::write(base, b)?;
+        }
+        if !size.is_null() {
+            ffi::write(size, len as usize)?;
+        }
+        Ok(())
+    }
+    [cuDeviceGetDefaultMemPool] [] (out: *mut Handle, dev: c_int) |f| {
+        check_device(dev)?;
+        ffi::write(out, default_mem_pool_id(dev as u32) as Handle)
+    }
+    [cuDeviceGetMemPool] [] (out: *mut Handle, dev: c_int) |f| {
+        check_device(dev)?;
+        ffi::write(out, current_pool(dev) as Handle)
+    }
+    [cuDeviceSetMemPool] [] (dev: c_int, pool: Handle) |f| {
+        check_device(dev)?;
+        let id = known_pool(pool)?;
+        let mut reg = state::write();
+        match reg.mem_pools.get(&id) {
+            Some(&d) if d != dev => return Err(CUDA_ERROR_INVALID_DEVICE),
+            _ => {}
+        }
+        reg.current_pools.insert(dev, id);
+        Ok(())
+    }
+    [cuMemPoolCreate] [] (out: *mut Handle, props: *const c_void) |f| {
+        client::session()?;
+        let p: MemPoolProps = ffi::read(props as *const MemPoolProps)?;
+        // Pinned device memory pools only: host-located (NUMA) pools and exportable handles are not
+        // remoted yet.
+        const PINNED: u32 = 1;
+        const LOCATION_DEVICE: u32 = 1;
+        if p.alloc_type != PINNED || out.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if p.location_type != LOCATION_DEVICE || p.handle_types != 0 {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        check_device(p.location_id).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        let pool = state::new_id();
+        let call = MemPoolCreate { pool, max_size: p.max_size as u64, device: p.location_id as u32, _pad: 0 };
+        client::call(0, &call, &[])?;
+        state::write().mem_pools.insert(pool, p.location_id);
+        ffi::write(out, pool as Handle)
+    }
+    [cuMemPoolDestroy] [] (pool: Handle) |f| {
+        let id = pool as u64;
+        if !state::read().mem_pools.contains_key(&id) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        client::call(0, &MemPoolDestroy { pool: id }, &[])?;
+        let mut reg = state::write();
+        reg.mem_pools.remove(&id);
+        // A destroyed current pool leaves its device with the default one.
+        reg.current_pools.retain(|_, p| *p != id);
+        Ok(())
+    }
+    [cuMemAllocAsync] [cuMemAllocAsync_ptsz] (out: *mut u64, size: usize, stream: Handle) |f| {
+        let ctx = need_ctx()?;
+        let dev = state::read().contexts.get(&ctx).map(|c| c.device).unwrap_or(0);
+        alloc_async(f, out, size, current_pool(dev), stream)
+    }
+    [cuMemAllocFromPoolAsync] [cuMemAllocFromPoolAsync_ptsz] (out: *mut u64, size: usize, pool: Handle, stream: Handle) |f| {
+        let pool = known_pool(pool)?;
+        alloc_async(f, out, size, pool, stream)
+    }
+    [cuMemFreeAsync] [cuMemFreeAsync_ptsz] (dptr: u64, stream: Handle) |f| {
+        need_ctx()?;
+        let stream = stream_id(stream)?;
+        if state::write().device_ranges.remove(&dptr).is_none() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        client::post(f, &MemFreeAsync { dptr, stream }, &[])
+    }
+    [cuMemPoolGetAttribute] [] (pool: Handle, attr: c_uint, value: *mut c_void) |f| {
+        let pool = known_pool(pool)?;
+        let r = client::call(0, &MemPoolGetAttribute { pool, attr, _pad: 0 }, &[])?;
+        if pool_attr_is_int(attr) {
+            ffi::write(value as *mut i32, r.value as i32)
+        } else {
+            ffi::write(value as *mut u64, r.value)
+        }
+    }
+    [cuMemPoolSetAttribute] [] (pool: Handle, attr: c_uint, value: *mut c_void) |f| {
+        let pool = known_pool(pool)?;
+        let v = if pool_attr_is_int(attr) {
+            ffi::read(value as *const i32)? as u32 as u64
+        } else {
+            ffi::read(value as *const u64)?
+        };
+        client::call(0, &MemPoolSetAttribute { pool, value: v, attr, _pad: 0 }, &[]).map(|_| ())
+    }
+    [cuMemPoolTrimTo] [] (pool: Handle, min_bytes: usize) |f| {
+        let pool = known_pool(pool)?;
+        client::call(0, &MemPoolTrimTo { pool, min_bytes: min_bytes as u64 }, &[]).map(|_| ())
+    }
+    [cuArrayCreate_v2] [] (out: *mut Handle, desc: *const [usize; 3]) |f| {
+        // CUDA_ARRAY_DESCRIPTOR: width, height, then format and channel count (two u32 in the third word).
+        let [width, height, fc] = ffi::read(desc)?;
+        array_create(out, ArrayShape { width: width as u64, height: height as u64, depth: 0, format: fc as u32, channels: (fc >> 32) as u32, flags: 0 })
+    }
+    [cuArray3DCreate_v2] [] (out: *mut Handle, desc: *const [usize; 5]) |f| {
+        // CUDA_ARRAY3D_DESCRIPTOR: width, height, depth, format, channels, flags.
+        let [width, height, depth, fc, fl] = ffi::read(desc)?;
+        let shape = ArrayShape {
+            width: width as u64,
+            height: height as u64,
+            depth: depth as u64,
+            format: fc as u32,
+            channels: (fc >> 32) as u32,
+            flags: fl as u32,
+        };
+        array_create(out, shape)
+    }
+    [cuArrayDestroy] [] (array: Handle) |f| {
+        let id = array as u64;
+        if state::write().arrays.remove(&id).is_none() {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        client::call(0, &ArrayDestroy { array: id }, &[]).map(|_| ())
+    }
+    [cuArrayGetDescriptor_v2] [] (out: *mut [usize; 3], array: Handle) |f| {
+        let a = state::read().arrays.get(&(array as u64)).copied().ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        ffi::write(out, [a.width as usize, a.height as usize, a.format as usize | (a.channels as usize) << 32])
+    }
+    [cuArray3DGetDescriptor_v2] [] (out: *mut [usize; 5], array: Handle) |f| {
+        let a = state::read().arrays.get(&(array as u64)).copied().ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        ffi::write(out, [a.width as usize, a.height as usize, a.depth as usize, a.format as usize | (a.channels as usize) << 32, a.flags as usize])
+    }
+    [cuTexObjectCreate] [] (out: *mut u64, resource: *const u8, texture: *const u8, view: *const u8) |f| {
+        tex_object(out, false, resource, texture, view)
+    }
+    [cuSurfObjectCreate] [] (out: *mut u64, resource: *const u8) |f| {
+        tex_object(out, true, resource, std::ptr::null(), std::ptr::null())
+    }
+    [cuTexObjectDestroy] [] (object: u64) |f| {
+        client::call(0, &ObjectDestroy { object, surface: 0, _pad: 0 }, &[]).map(|_| ())
+    }
+    [cuSurfObjectDestroy] [] (object: u64) |f| {
+        client::call(0, &ObjectDestroy { object, surface: 1, _pad: 0 }, &[]).map(|_| ())
+    }
+    [cuMemcpy] [cuMemcpy_ptds] (dst: u64, src: u64, n: usize) |f| {
+        copy_unified(f, dst, src, n, None)
+    }
+    [cuMemcpyAsync] [cuMemcpyAsync_ptsz] (dst: u64, src: u64, n: usize, stream: Handle) |f| {
+        copy_unified(f, dst, src, n, Some(stream))
     }
     [cuMemcpyHtoD_v2] [cuMemcpyHtoD_v2_ptds] (dst: u64, src: *const c_void, n: usize) |f| {
         htod(f, dst, src, n)
@@ -360,6 +1221,9 @@ entry! {
     }
     [cuMemcpyDtoD_v2] [cuMemcpyDtoD_v2_ptds] (dst: u64, src: u64, n: usize) |f| {
         need_ctx()?;
+        if mirrored(dst) || mirrored(src) {
+            return copy_via_host(f, 0, dst, !mirrored(dst), src, !mirrored(src), n);
+        }
         client::call(f, &MemcpyDtoD { dst, src, size: n as u64 }, &[]).map(|_| ())
     }
     [cuMemcpyHtoDAsync_v2] [cuMemcpyHtoDAsync_v2_ptsz] (dst: u64, src: *const c_void, n: usize, stream: Handle) |f| {
@@ -369,20 +1233,19 @@ entry! {
         dtoh_async(f, dst, src, n, stream)
     }
     [cuMemcpyDtoDAsync_v2] [cuMemcpyDtoDAsync_v2_ptsz] (dst: u64, src: u64, n: usize, stream: Handle) |f| {
-        need_ctx()?;
-        let stream = stream_id(stream)?;
-        {
-            let reg = state::read();
-            reg.check_range(src, n as u64)?;
-            reg.check_range(dst, n as u64)?;
-        }
-        client::post(f, &MemcpyDtoDAsync { dst, src, size: n as u64, stream }, &[])
+        dtod_async(f, dst, src, n, stream)
     }
     [cuMemcpy2D_v2, cuMemcpy2DUnaligned_v2] [cuMemcpy2D_v2_ptds, cuMemcpy2DUnaligned_v2_ptds] (params: *const c_void) |f| {
         copy_2d(f, params, None)
     }
     [cuMemcpy2DAsync_v2] [cuMemcpy2DAsync_v2_ptsz] (params: *const c_void, stream: Handle) |f| {
         copy_2d(f, params, Some(stream))
+    }
+    [cuMemcpy3D_v2] [cuMemcpy3D_v2_ptds] (params: *const c_void) |f| {
+        copy_3d(f, params, None)
+    }
+    [cuMemcpy3DAsync_v2] [cuMemcpy3DAsync_v2_ptsz] (params: *const c_void, stream: Handle) |f| {
+        copy_3d(f, params, Some(stream))
     }
     [cuMemsetD8_v2] [cuMemsetD8_v2_ptds] (dst: u64, value: u8, n: usize) |f| {
         memset(f, dst, n, value as u32, 1, n, 1)

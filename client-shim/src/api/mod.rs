@@ -24,7 +24,13 @@ macro_rules! entry_fn {
             // The driver's signatures are what they are: some entry points take a dozen arguments.
             #[allow(unused_variables, clippy::too_many_arguments)]
             fn body($flags: u16, $($arg: $ty),*) -> Result<(), u32> $body
-            $crate::api::code(body($flag_value, $($arg),*))
+            let r = body($flag_value, $($arg),*);
+            if let Err(e) = r {
+                if $crate::log::level() >= $crate::log::DEBUG {
+                    $crate::log::emit($crate::log::DEBUG, format_args!("{} returned {e}", stringify!($name)));
+                }
+            }
+            $crate::api::code(r)
         }
     };
 }
@@ -49,5 +55,17 @@ pub(crate) fn need_ctx() -> Result<u64, u32> {
 
 mod context;
 mod device;
+mod driver;
 mod exec;
+mod graph;
 mod memory;
+mod query;
+
+// Every exported entry point, for `exports::address_of` (cuGetProcAddress hands out their addresses).
+pub(crate) use context::*;
+pub(crate) use device::*;
+pub(crate) use driver::*;
+pub(crate) use exec::*;
+pub(crate) use graph::*;
+pub(crate) use memory::*;
+pub(crate) use query::*;

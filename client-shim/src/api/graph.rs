@@ -1,0 +1,611 @@
+//! CUDA graphs and stream capture, kept on the client: a graph is a list of recorded operations with their
+//! dependencies; launching it replays them, in dependency order, onto the stream through the usual paths.
+//!
+//! Capture follows the driver's rules: an operation queued on a capturing stream becomes a node depending on
+//! the stream's last nodes; an event recorded there carries those nodes to streams that wait on it (which
+//! join the capture); synchronizing a capturing stream is refused and invalidates the capture. Replay is
+//! serial on the launch stream, which orders nodes at least as strictly as their dependencies ask.
+
+use std::collections::HashMap;
+use std::ffi::{c_uint, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::wire::*;
+
+use super::Handle;
+use crate::{ffi, state};
+
+pub(crate) const CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: u32 = 900;
+pub(crate) const CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: u32 = 901;
+const CUDA_ERROR_ILLEGAL_STATE: u32 = 401;
+
+/// One recorded operation.
+#[derive(Clone, Debug)]
+pub(crate) enum Node {
+    Kernel {
+        function: u64,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared: u32,
+        args: Vec<u8>,
+    },
+    Memset {
+        dst: u64,
+        pitch: usize,
+        value: u32,
+        elem: u32,
+        width: usize,
+        height: usize,
+    },
+    HtoD {
+        dst: u64,
+        src: usize,
+        n: usize,
+    },
+    DtoH {
+        dst: usize,
+        src: u64,
+        n: usize,
+    },
+    DtoD {
+        dst: u64,
+        src: u64,
+        n: usize,
+    },
+    /// A `CUDA_MEMCPY2D` as given.
+    Copy2D(Vec<u8>),
+    /// A `CUDA_MEMCPY3D` as given.
+    Copy3D(Vec<u8>),
+    Host {
+        function: usize,
+        user: usize,
+    },
+    Empty,
+}
+
+#[derive(Default, Clone)]
+struct Graph {
+    nodes: Vec<(u64, Node)>,
+    edges: Vec<(u64, u64)>,
+}
+
+/// A stream taking part in a capture: the graph it records into and the nodes its next operation follows.
+struct Capture {
+    graph: u64,
+    origin: u64,
+    deps: Vec<u64>,
+    invalidated: bool,
+}
+
+#[derive(Default)]
+struct Graphs {
+    graphs: HashMap<u64, Graph>,
+    /// Executable graphs: their nodes in an order that respects every dependency.
+    execs: HashMap<u64, Vec<(u64, Node)>>,
+    captures: HashMap<u64, Capture>,
+    /// Events recorded in a capture: the graph and the nodes a waiting stream must follow.
+    events: HashMap<u64, (u64, Vec<u64>)>,
+}
+
+fn graphs() -> MutexGuard<'static, Graphs> {
+    static G: OnceLock<Mutex<Graphs>> = OnceLock::new();
+    G.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Streams capturing right now, so that the common case (none) costs one atomic load.
+static CAPTURING: AtomicUsize = AtomicUsize::new(0);
+
+/// The capture key of a stream: the per-thread default stream is its own stream; the legacy one (0, 1)
+/// cannot be captured.
+pub(crate) fn key(flags: u16, stream: u64) -> u64 {
+    if stream == 0 && flags & FLAG_PER_THREAD != 0 {
+        2
+    } else {
+        stream
+    }
+}
+
+pub(crate) fn is_capturing(key: u64) -> bool {
+    CAPTURING.load(Ordering::Relaxed) > 0 && graphs().captures.contains_key(&key)
+}
+
+/// Records `node` on capturing stream `key`. `None`: the stream is not capturing (run it as usual).
+pub(crate) fn capture(key: u64, node: Node) -> Option<Result<(), u32>> {
+    if CAPTURING.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let mut g = graphs();
+    let cap = g.captures.get(&key)?;
+    if cap.invalidated {
+        return Some(Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED));
+    }
+    let (graph, deps) = (cap.graph, cap.deps.clone());
+    let id = state::new_id();
+    let gr = g.graphs.entry(graph).or_default();
+    gr.nodes.push((id, node));
+    gr.edges.extend(deps.iter().map(|&d| (d, id)));
+    if let Some(cap) = g.captures.get_mut(&key) {
+        cap.deps = vec![id];
+    }
+    Some(Ok(()))
+}
+
+/// A synchronizing call on a capturing stream: refused, and the capture is invalidated, as natively.
+pub(crate) fn refuse_sync(key: u64) -> Result<(), u32> {
+    if CAPTURING.load(Ordering::Relaxed) == 0 {
+        return Ok(());
+    }
+    let mut g = graphs();
+    let Some(graph) = g.captures.get(&key).map(|c| c.graph) else {
+        return Ok(());
+    };
+    for c in g.captures.values_mut().filter(|c| c.graph == graph) {
+        c.invalidated = true;
+    }
+    Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED)
+}
+
+/// `cuEventRecord` on a capturing stream: remembers where the capture stands. `true`: handled.
+pub(crate) fn record_event(key: u64, event: u64) -> bool {
+    if CAPTURING.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    let mut g = graphs();
+    let Some(cap) = g.captures.get(&key) else {
+        return false;
+    };
+    let entry = (cap.graph, cap.deps.clone());
+    g.events.insert(event, entry);
+    true
+}
+
+/// `cuStreamWaitEvent` on an event recorded in a capture: the waiting stream joins the capture (or adds the
+/// event's nodes to what it follows). `true`: handled.
+pub(crate) fn wait_event(key: u64, event: u64) -> bool {
+    if CAPTURING.load(Ordering::Relaxed) == 0 {
+        return false;
+    }
+    let mut g = graphs();
+    let Some((graph, deps)) = g.events.get(&event).cloned() else {
+        return false;
+    };
+    let origin = g.captures.values().find(|c| c.graph == graph).map(|c| c.origin);
+    let Some(origin) = origin else {
+        return false;
+    };
+    match g.captures.get_mut(&key) {
+        Some(c) => {
+            for d in deps {
+                if !c.deps.contains(&d) {
+                    c.deps.push(d);
+                }
+            }
+        }
+        None => {
+            g.captures.insert(
+                key,
+                Capture {
+                    graph,
+                    origin,
+                    deps,
+                    invalidated: false,
+                },
+            );
+            CAPTURING.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    true
+}
+
+/// Capture status of `key`: 0 none, 1 active, 2 invalidated; and the capture's id.
+pub(crate) fn capture_status(key: u64) -> (c_uint, u64) {
+    if CAPTURING.load(Ordering::Relaxed) == 0 {
+        return (0, 0);
+    }
+    match graphs().captures.get(&key) {
+        Some(c) if c.invalidated => (2, c.graph),
+        Some(c) => (1, c.graph),
+        None => (0, 0),
+    }
+}
+
+fn known_graph(g: &Graphs, graph: Handle) -> Result<u64, u32> {
+    let id = graph as u64;
+    if g.graphs.contains_key(&id) {
+        Ok(id)
+    } else {
+        Err(CUDA_ERROR_INVALID_VALUE)
+    }
+}
+
+/// Adds a node built by hand, after `deps`.
+fn add_node(out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, node: Node) -> Result<(), u32> {
+    if out.is_null() || (n > 0 && deps.is_null()) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut g = graphs();
+    let graph = known_graph(&g, graph)?;
+    let id = state::new_id();
+    let gr = g.graphs.entry(graph).or_default();
+    let mut edges = Vec::with_capacity(n);
+    for i in 0..n {
+        let d = ffi::read(deps.wrapping_add(i))? as u64;
+        if !gr.nodes.iter().any(|(nid, _)| *nid == d) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        edges.push((d, id));
+    }
+    gr.nodes.push((id, node));
+    gr.edges.extend(edges);
+    ffi::write(out, id as Handle)
+}
+
+/// The nodes of `graph` in an order that respects its edges (Kahn's algorithm; ties in insertion order).
+fn ordered(graph: &Graph) -> Result<Vec<(u64, Node)>, u32> {
+    let mut indegree: HashMap<u64, usize> = graph.nodes.iter().map(|(id, _)| (*id, 0)).collect();
+    for (_, to) in &graph.edges {
+        *indegree.entry(*to).or_default() += 1;
+    }
+    let mut done = Vec::with_capacity(graph.nodes.len());
+    let mut left: Vec<&(u64, Node)> = graph.nodes.iter().collect();
+    while !left.is_empty() {
+        let Some(pos) = left.iter().position(|(id, _)| indegree.get(id) == Some(&0)) else {
+            // A cycle: the driver refuses to instantiate it.
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        };
+        let (id, node) = left.remove(pos);
+        for (_, to) in graph.edges.iter().filter(|(from, _)| from == id) {
+            if let Some(d) = indegree.get_mut(to) {
+                *d -= 1;
+            }
+        }
+        done.push((*id, node.clone()));
+    }
+    Ok(done)
+}
+
+fn instantiate(out: *mut Handle, graph: Handle) -> Result<(), u32> {
+    if out.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut g = graphs();
+    let id = known_graph(&g, graph)?;
+    let order = ordered(&g.graphs[&id])?;
+    let exec = state::new_id();
+    g.execs.insert(exec, order);
+    ffi::write(out, exec as Handle)
+}
+
+/// Queues one node on `stream` through the ordinary paths.
+fn replay(flags: u16, stream: Handle, node: &Node) -> Result<(), u32> {
+    match node {
+        Node::Kernel {
+            function,
+            grid,
+            block,
+            shared,
+            args,
+        } => super::exec::launch_packed(flags, *function, *grid, *block, *shared, stream, args),
+        Node::Memset {
+            dst,
+            pitch,
+            value,
+            elem,
+            width,
+            height,
+        } => super::memory::memset_async(flags, *dst, *pitch, *value, *elem, *width, *height, stream),
+        Node::HtoD { dst, src, n } => super::memory::htod_async(flags, *dst, *src as *const c_void, *n, stream),
+        Node::DtoH { dst, src, n } => super::memory::dtoh_async(flags, *dst as *mut c_void, *src, *n, stream),
+        Node::DtoD { dst, src, n } => super::memory::dtod_async(flags, *dst, *src, *n, stream),
+        Node::Copy2D(raw) => super::memory::copy_2d(flags, raw.as_ptr() as *const c_void, Some(stream)),
+        Node::Copy3D(raw) => super::memory::copy_3d(flags, raw.as_ptr() as *const c_void, Some(stream)),
+        Node::Host { function, user } => super::exec::host_callback(flags, stream, |status| {
+            if status == CUDA_SUCCESS {
+                ffi::call_host_fn(*function, *user)
+            }
+        }),
+        Node::Empty => Ok(()),
+    }
+}
+
+/// `CUDA_KERNEL_NODE_PARAMS_v2` from cuda.h.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KernelNodeParams {
+    func: Handle,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared: u32,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+    kern: Handle,
+    ctx: Handle,
+}
+
+/// `CUDA_MEMSET_NODE_PARAMS` from cuda.h.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MemsetNodeParams {
+    dst: u64,
+    pitch: usize,
+    value: u32,
+    elem: u32,
+    width: usize,
+    height: usize,
+}
+
+/// `cuGraphGetEdges`: the count alone when `from` and `to` are NULL; else up to `*count` edges (with zeroed
+/// edge data: default edges).
+fn edges(graph: Handle, from: *mut Handle, to: *mut Handle, data: *mut u64, count: *mut usize) -> Result<(), u32> {
+    let g = graphs();
+    let gr = g.graphs.get(&(graph as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    if from.is_null() && to.is_null() {
+        return ffi::write(count, gr.edges.len());
+    }
+    let want = ffi::read(count)?;
+    for (i, (a, b)) in gr.edges.iter().take(want).enumerate() {
+        ffi::write(from.wrapping_add(i), *a as Handle)?;
+        ffi::write(to.wrapping_add(i), *b as Handle)?;
+        if !data.is_null() {
+            ffi::write(data.wrapping_add(i), 0)?;
+        }
+    }
+    ffi::write(count, want.min(gr.edges.len()))
+}
+
+fn kernel_node(params: *const c_void) -> Result<Node, u32> {
+    let p: KernelNodeParams = ffi::read(params as *const KernelNodeParams)?;
+    let f = if p.func.is_null() { p.kern } else { p.func };
+    let args = super::exec::pack_args(f, p.params, p.extra)?;
+    Ok(Node::Kernel {
+        function: f as u64,
+        grid: p.grid,
+        block: p.block,
+        shared: p.shared,
+        args,
+    })
+}
+
+fn memset_node(params: *const c_void) -> Result<Node, u32> {
+    let p: MemsetNodeParams = ffi::read(params as *const MemsetNodeParams)?;
+    if !matches!(p.elem, 1 | 2 | 4) || p.width == 0 || p.height == 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    Ok(Node::Memset {
+        dst: p.dst,
+        pitch: if p.height > 1 {
+            p.pitch
+        } else {
+            p.width * p.elem as usize
+        },
+        value: p.value,
+        elem: p.elem,
+        width: p.width,
+        height: p.height,
+    })
+}
+
+entry! {
+    [cuStreamBeginCapture, cuStreamBeginCapture_v2] [cuStreamBeginCapture_ptsz, cuStreamBeginCapture_v2_ptsz] (stream: Handle, mode: c_uint) |f| {
+        super::need_ctx()?;
+        let id = super::exec::stream_id(stream)?;
+        let key = key(f, id);
+        if key <= 1 {
+            // The legacy default stream cannot be captured.
+            return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+        }
+        if mode > 2 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let mut g = graphs();
+        if g.captures.contains_key(&key) {
+            return Err(CUDA_ERROR_ILLEGAL_STATE);
+        }
+        let graph = state::new_id();
+        g.graphs.insert(graph, Graph::default());
+        g.captures.insert(key, Capture { graph, origin: key, deps: Vec::new(), invalidated: false });
+        CAPTURING.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+    [cuStreamEndCapture] [cuStreamEndCapture_ptsz] (stream: Handle, out: *mut Handle) |f| {
+        let id = super::exec::stream_id(stream)?;
+        let key = key(f, id);
+        if out.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let mut g = graphs();
+        let Some(cap) = g.captures.get(&key) else {
+            return Err(CUDA_ERROR_ILLEGAL_STATE);
+        };
+        if cap.origin != key {
+            return Err(CUDA_ERROR_ILLEGAL_STATE);
+        }
+        let (graph, invalidated) = (cap.graph, cap.invalidated);
+        let before = g.captures.len();
+        g.captures.retain(|_, c| c.graph != graph);
+        CAPTURING.fetch_sub(before - g.captures.len(), Ordering::Relaxed);
+        g.events.retain(|_, (gr, _)| *gr != graph);
+        if invalidated {
+            g.graphs.remove(&graph);
+            ffi::write(out, std::ptr::null_mut())?;
+            return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+        }
+        ffi::write(out, graph as Handle)
+    }
+    [cuGraphCreate] [] (out: *mut Handle, flags: c_uint) |f| {
+        if out.is_null() || flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let graph = state::new_id();
+        graphs().graphs.insert(graph, Graph::default());
+        ffi::write(out, graph as Handle)
+    }
+    [cuGraphDestroy] [] (graph: Handle) |f| {
+        match graphs().graphs.remove(&(graph as u64)) {
+            Some(_) => Ok(()),
+            None => Err(CUDA_ERROR_INVALID_VALUE),
+        }
+    }
+    [cuGraphAddKernelNode_v2] [] (out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, params: *const c_void) |f| {
+        add_node(out, graph, deps, n, kernel_node(params)?)
+    }
+    [cuGraphAddMemsetNode] [] (out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, params: *const c_void, _ctx: Handle) |f| {
+        add_node(out, graph, deps, n, memset_node(params)?)
+    }
+    [cuGraphAddMemcpyNode] [] (out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, params: *const c_void, _ctx: Handle) |f| {
+        let raw = ffi::bytes(params as *const u8, super::memory::COPY3D_SIZE)?.to_vec();
+        add_node(out, graph, deps, n, Node::Copy3D(raw))
+    }
+    [cuGraphAddHostNode] [] (out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, params: *const [usize; 2]) |f| {
+        let [function, user] = ffi::read(params)?;
+        if function == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        add_node(out, graph, deps, n, Node::Host { function, user })
+    }
+    [cuGraphAddEmptyNode] [] (out: *mut Handle, graph: Handle, deps: *const Handle, n: usize) |f| {
+        add_node(out, graph, deps, n, Node::Empty)
+    }
+    [cuGraphGetNodes] [] (graph: Handle, nodes: *mut Handle, count: *mut usize) |f| {
+        let g = graphs();
+        let gr = g.graphs.get(&(graph as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if nodes.is_null() {
+            return ffi::write(count, gr.nodes.len());
+        }
+        let want = ffi::read(count)?;
+        for (i, (id, _)) in gr.nodes.iter().take(want).enumerate() {
+            ffi::write(nodes.wrapping_add(i), *id as Handle)?;
+        }
+        ffi::write(count, want.min(gr.nodes.len()))
+    }
+    [cuGraphGetEdges] [] (graph: Handle, from: *mut Handle, to: *mut Handle, count: *mut usize) |f| {
+        edges(graph, from, to, std::ptr::null_mut(), count)
+    }
+    [cuGraphGetEdges_v2] [] (graph: Handle, from: *mut Handle, to: *mut Handle, data: *mut u64, count: *mut usize) |f| {
+        edges(graph, from, to, data, count)
+    }
+    [cuGraphInstantiateWithFlags] [] (out: *mut Handle, graph: Handle, flags: u64) |f| {
+        instantiate(out, graph)
+    }
+    [cuGraphInstantiateWithParams] [cuGraphInstantiateWithParams_ptsz] (out: *mut Handle, graph: Handle, params: *mut [u64; 4]) |f| {
+        let r = instantiate(out, graph);
+        if !params.is_null() {
+            // flags, upload stream, error node out, result out (CUDA_GRAPH_INSTANTIATE_SUCCESS / ERROR).
+            let mut p = ffi::read(params as *const [u64; 4])?;
+            p[2] = 0;
+            p[3] = if r.is_ok() { 0 } else { 1 };
+            ffi::write(params, p)?;
+        }
+        r
+    }
+    [cuGraphLaunch] [cuGraphLaunch_ptsz] (exec: Handle, stream: Handle) |f| {
+        super::need_ctx()?;
+        super::exec::stream_id(stream)?;
+        let nodes = graphs().execs.get(&(exec as u64)).cloned().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        for (_, node) in &nodes {
+            replay(f, stream, node)?;
+        }
+        Ok(())
+    }
+    [cuGraphUpload] [cuGraphUpload_ptsz] (exec: Handle, stream: Handle) |f| {
+        super::exec::stream_id(stream)?;
+        if graphs().execs.contains_key(&(exec as u64)) { Ok(()) } else { Err(CUDA_ERROR_INVALID_VALUE) }
+    }
+    [cuGraphExecDestroy] [] (exec: Handle) |f| {
+        match graphs().execs.remove(&(exec as u64)) {
+            Some(_) => Ok(()),
+            None => Err(CUDA_ERROR_INVALID_VALUE),
+        }
+    }
+    [cuGraphExecKernelNodeSetParams_v2] [] (exec: Handle, node: Handle, params: *const c_void) |f| {
+        let new = kernel_node(params)?;
+        let mut g = graphs();
+        let nodes = g.execs.get_mut(&(exec as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let slot = nodes.iter_mut().find(|(id, _)| *id == node as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if !matches!(slot.1, Node::Kernel { .. }) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        slot.1 = new;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn begin(key: u64) -> u64 {
+        let graph = state::new_id();
+        let mut g = graphs();
+        g.graphs.insert(graph, Graph::default());
+        g.captures.insert(
+            key,
+            Capture {
+                graph,
+                origin: key,
+                deps: Vec::new(),
+                invalidated: false,
+            },
+        );
+        CAPTURING.fetch_add(1, Ordering::Relaxed);
+        graph
+    }
+
+    fn op(key: u64) {
+        assert_eq!(capture(key, Node::Empty), Some(Ok(())));
+    }
+
+    /// The fork/join capture of tests/cuda/graphs.cu: 7 nodes and 7 edges, as the driver builds it.
+    #[test]
+    fn capture_follows_stream_order_and_events() {
+        let (s, s2, fork, join) = (0x7000_0010, 0x7000_0020, 0x7000_0030, 0x7000_0040);
+        let graph = begin(s);
+        op(s); // H2D copy
+        assert!(record_event(s, fork));
+        assert!(wait_event(s2, fork)); // s2 joins the capture
+        op(s2); // memset
+        op(s2); // kernel
+        assert!(record_event(s2, join));
+        op(s); // kernel
+        assert!(wait_event(s, join));
+        op(s); // kernel after the join
+        op(s); // host function
+        op(s); // D2H copy
+        let g = graphs();
+        let gr = &g.graphs[&graph];
+        assert_eq!(gr.nodes.len(), 7);
+        assert_eq!(gr.edges.len(), 7);
+        let order = ordered(gr).expect("acyclic");
+        let pos = |id: u64| order.iter().position(|(n, _)| *n == id).unwrap_or(usize::MAX);
+        for (from, to) in &gr.edges {
+            assert!(pos(*from) < pos(*to), "edge {from:#x} -> {to:#x} out of order");
+        }
+        drop(g);
+        // A synchronizing call invalidates the capture; its streams stay in it until it ends.
+        assert_eq!(refuse_sync(s2), Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED));
+        assert_eq!(capture_status(s).0, 2);
+        assert_eq!(
+            capture(s, Node::Empty),
+            Some(Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED))
+        );
+        let mut g = graphs();
+        let before = g.captures.len();
+        g.captures.retain(|_, c| c.graph != graph);
+        CAPTURING.fetch_sub(before - g.captures.len(), Ordering::Relaxed);
+        drop(g);
+        assert_eq!(capture(s, Node::Empty), None);
+    }
+
+    #[test]
+    fn cycles_are_refused() {
+        let g = Graph {
+            nodes: vec![(1, Node::Empty), (2, Node::Empty)],
+            edges: vec![(1, 2), (2, 1)],
+        };
+        assert!(ordered(&g).is_err());
+    }
+}

@@ -1,0 +1,341 @@
+//! Page-locked host memory as the device sees it. Natively pinned memory is mapped: a kernel may read and
+//! write it through the very address the host uses. Here the server keeps a mirror at the same address.
+//!
+//! Each pinned allocation (and each registered range the server can place) gets a server-side mirror at the
+//! same virtual address (`HostMirrorMap`), so device pointer and host pointer stay one number, as under
+//! unified addressing. The client's memory stays the truth for the host: a kernel whose arguments name a
+//! mirrored region gets the region pushed to the server first (in stream order), and the region comes back
+//! at the next synchronizing call, which is when the host may look at what the kernel wrote.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::wire::*;
+
+use crate::log::{log, DEBUG};
+use crate::{client, ffi};
+
+const PAGE: usize = 4096;
+
+/// One mirrored host range: the pages mapped on the server (`base`, `len`, device address `dptr`), and the
+/// bytes in them that belong to the app (`data`, `data_len`): all of them for an allocation, exactly the
+/// registered range for `cuMemHostRegister` (the rest of its pages is other memory of the process).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mirror {
+    pub base: usize,
+    pub len: usize,
+    pub dptr: u64,
+    pub data: usize,
+    pub data_len: usize,
+    pub kind: Kind,
+}
+
+/// What a mirrored range is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Pinned memory: cuMemHostAlloc/cuMemAllocHost, or a registered range.
+    Pinned,
+    /// cuMemAllocManaged: the server's managed allocation, at the same address here.
+    Managed,
+    /// A `__managed__` variable: kernels name it without arguments, so it goes with every launch.
+    ManagedGlobal,
+}
+
+impl Mirror {
+    /// The device address of the app's first byte.
+    fn data_dptr(&self) -> u64 {
+        self.dptr + (self.data - self.base) as u64
+    }
+}
+
+struct Mirrors {
+    by_base: BTreeMap<usize, Mirror>,
+    /// Regions a queued kernel may have written, to bring back at the next synchronizing call.
+    pending: BTreeSet<usize>,
+    /// Pages mapped here for `__managed__` variables (several variables may share one).
+    global_pages: BTreeSet<usize>,
+}
+
+static MIRRORS: Mutex<Mirrors> = Mutex::new(Mirrors {
+    by_base: BTreeMap::new(),
+    pending: BTreeSet::new(),
+    global_pages: BTreeSet::new(),
+});
+
+fn mirrors() -> MutexGuard<'static, Mirrors> {
+    MIRRORS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn page_round(len: usize) -> Option<usize> {
+    len.checked_next_multiple_of(PAGE)
+}
+
+/// Where pinned allocations are placed: a region of the address space that Linux leaves to explicit
+/// requests (the heap is far below, shared libraries and default mmaps far above), so the same address is
+/// usually free in the server process too.
+const ARENA_START: usize = 0x4000_0000_0000;
+const ARENA_END: usize = 0x6800_0000_0000;
+static ARENA_NEXT: AtomicUsize = AtomicUsize::new(ARENA_START);
+const ARENA_JUMP: usize = 1 << 40;
+
+/// Tries to mirror [base, base+len) on the server at the same address.
+fn map_on_server(base: usize, len: usize) -> Result<u64, u32> {
+    let r = client::call(
+        0,
+        &HostMirrorMap {
+            addr: base as u64,
+            size: len as u64,
+        },
+        &[],
+    )?;
+    Ok(r.dptr)
+}
+
+/// Page-locked, zeroed host memory of `len` bytes (a page multiple) with a server mirror at the same address
+/// where one can be had. Returns (address, mirrored).
+pub fn alloc(len: usize) -> Result<(usize, bool), u32> {
+    for _ in 0..16 {
+        // Consecutive allocations keep a guard gap, so that a range the server cannot use at one address
+        // does not push every later one onto the same conflict.
+        let step = len.saturating_add(2 << 20).next_multiple_of(2 << 20);
+        let addr = ARENA_NEXT.fetch_add(step, Ordering::Relaxed);
+        if addr.saturating_add(len) > ARENA_END {
+            break;
+        }
+        let Some(base) = ffi::map_pages(addr, len) else {
+            continue;
+        };
+        match map_on_server(base, len) {
+            Ok(dptr) => {
+                let m = Mirror {
+                    base,
+                    len,
+                    dptr,
+                    data: base,
+                    data_len: len,
+                    kind: Kind::Pinned,
+                };
+                mirrors().by_base.insert(base, m);
+                return Ok((base, true));
+            }
+            Err(CUDA_ERROR_ALREADY_MAPPED) => {
+                // Taken in the server process (its driver reserves large ranges for device memory): move
+                // the arena on by a whole terabyte rather than probing the same neighbourhood again.
+                ffi::unmap_pages(base, len);
+                ARENA_NEXT.fetch_add(ARENA_JUMP, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // A server without mirrors (or out of memory for them): plain host memory, which copies
+                // still serve; kernels cannot reach it.
+                log!(
+                    DEBUG,
+                    "no server mirror for {len} pinned bytes ({e}); kernels cannot reach them"
+                );
+                return Ok((base, false));
+            }
+        }
+    }
+    let base = ffi::map_pages(0, len).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+    Ok((base, false))
+}
+
+/// Frees memory from `alloc` (its mirror too).
+pub fn free(base: usize, len: usize) {
+    forget(base);
+    ffi::unmap_pages(base, len);
+}
+
+/// Mirrors an app range that `cuMemHostRegister` pins: the enclosing pages, if the server can map them at
+/// the same address.
+pub fn register(ptr: usize, size: usize) {
+    let base = ptr & !(PAGE - 1);
+    let Some(len) = ptr.checked_add(size).and_then(page_round).map(|end| end - base) else {
+        return;
+    };
+    if mirrors()
+        .by_base
+        .range(..base + len)
+        .next_back()
+        .is_some_and(|(_, m)| m.base + m.len > base)
+    {
+        // Shares pages with a range mirrored already: that mirror covers them.
+        return;
+    }
+    match map_on_server(base, len) {
+        Ok(dptr) => {
+            let m = Mirror {
+                base,
+                len,
+                dptr,
+                data: ptr,
+                data_len: size,
+                kind: Kind::Pinned,
+            };
+            mirrors().by_base.insert(base, m);
+        }
+        Err(e) => log!(
+            DEBUG,
+            "no server mirror for registered range {ptr:#x} ({e}); kernels cannot reach it"
+        ),
+    }
+}
+
+/// Managed memory the server allocated at `dptr`: this process maps the same address, so host and device
+/// use one pointer. `CUDA_ERROR_OUT_OF_MEMORY` when the address is taken here.
+pub fn adopt_managed(dptr: u64, size: usize) -> Result<(), u32> {
+    let base = dptr as usize & !(PAGE - 1);
+    let len = (dptr as usize)
+        .checked_add(size)
+        .and_then(page_round)
+        .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?
+        - base;
+    if ffi::map_pages(base, len).is_none() {
+        return Err(CUDA_ERROR_OUT_OF_MEMORY);
+    }
+    let m = Mirror {
+        base,
+        len,
+        dptr: base as u64,
+        data: dptr as usize,
+        data_len: size,
+        kind: Kind::Managed,
+    };
+    mirrors().by_base.insert(base, m);
+    Ok(())
+}
+
+/// A `__managed__` variable at `dptr`: mapped here at the same address (pages another managed variable
+/// mapped already are shared), with the server's initial value.
+pub fn adopt_managed_global(dptr: u64, size: usize) -> Result<(), u32> {
+    let start = dptr as usize;
+    let end = start.checked_add(size.max(1)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    if find(start).is_some() {
+        return Ok(());
+    }
+    let mut page = start & !(PAGE - 1);
+    while page < end {
+        let mapped = mirrors().global_pages.contains(&page);
+        if !mapped {
+            if ffi::map_pages(page, PAGE).is_none() {
+                return Err(CUDA_ERROR_NOT_SUPPORTED);
+            }
+            mirrors().global_pages.insert(page);
+        }
+        page += PAGE;
+    }
+    let out = ffi::bytes_mut(start as *mut u8, size)?;
+    let call = MemcpyDtoH {
+        src: dptr,
+        size: size as u64,
+    };
+    client::with_channel(|ch, _| ch.copy_to_host(0, &call, out))?;
+    // Keyed by the variable's own address: several may share a page.
+    let m = Mirror {
+        base: start,
+        len: size,
+        dptr,
+        data: start,
+        data_len: size,
+        kind: Kind::ManagedGlobal,
+    };
+    mirrors().by_base.insert(start, m);
+    Ok(())
+}
+
+/// Frees the mirror of a managed allocation (the server frees the memory itself).
+pub fn drop_managed(dptr: u64) {
+    let base = dptr as usize & !(PAGE - 1);
+    let m = {
+        let mut m = mirrors();
+        m.pending.remove(&base);
+        m.by_base.remove(&base)
+    };
+    if let Some(m) = m {
+        ffi::unmap_pages(m.base, m.len);
+    }
+}
+
+/// Drops the mirror of the range based at `ptr`'s page, if any.
+pub fn forget(ptr: usize) {
+    let base = ptr & !(PAGE - 1);
+    let removed = {
+        let mut m = mirrors();
+        m.pending.remove(&base);
+        m.by_base.remove(&base)
+    };
+    if removed.is_some_and(|m| m.kind == Kind::Pinned) {
+        let _ = client::call(0, &HostMirrorUnmap { addr: base as u64 }, &[]);
+    }
+}
+
+/// The mirror containing `addr`.
+pub fn find(addr: usize) -> Option<Mirror> {
+    let m = mirrors();
+    let (_, mirror) = m.by_base.range(..=addr).next_back()?;
+    (addr >= mirror.data && addr < mirror.data + mirror.data_len).then_some(*mirror)
+}
+
+/// Before a launch on `stream`: pushes every mirrored region one of the kernel's argument words points
+/// into, in stream order, and remembers it for the next synchronizing call.
+pub fn before_launch(flags: u16, stream: u64, args: &[u8]) -> Result<(), u32> {
+    let named: Vec<Mirror> = {
+        let m = mirrors();
+        if m.by_base.is_empty() {
+            return Ok(());
+        }
+        // `__managed__` variables are named by the kernel's code, not its arguments: they always go.
+        let mut named: Vec<Mirror> = m
+            .by_base
+            .values()
+            .filter(|x| x.kind == Kind::ManagedGlobal)
+            .copied()
+            .collect();
+        for word in args.chunks_exact(8) {
+            let v = u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]);
+            if let Some((_, mirror)) = m.by_base.range(..=v as usize).next_back() {
+                let v = v as usize;
+                if v >= mirror.data && v < mirror.data + mirror.data_len && !named.contains(mirror) {
+                    named.push(*mirror);
+                }
+            }
+        }
+        named
+    };
+    for mirror in named {
+        let data = ffi::bytes(mirror.data as *const u8, mirror.data_len)?;
+        client::post(
+            flags,
+            &MemcpyHtoDAsync {
+                dst: mirror.data_dptr(),
+                size: mirror.data_len as u64,
+                stream,
+            },
+            data,
+        )?;
+        mirrors().pending.insert(mirror.base);
+    }
+    Ok(())
+}
+
+/// After a synchronizing call: brings back what kernels may have written into mirrored regions.
+pub fn after_sync() -> Result<(), u32> {
+    let due: Vec<Mirror> = {
+        let mut m = mirrors();
+        if m.pending.is_empty() {
+            return Ok(());
+        }
+        let pending: Vec<usize> = std::mem::take(&mut m.pending).into_iter().collect();
+        pending.iter().filter_map(|b| m.by_base.get(b).copied()).collect()
+    };
+    for mirror in due {
+        let out = ffi::bytes_mut(mirror.data as *mut u8, mirror.data_len)?;
+        let call = MemcpyDtoH {
+            src: mirror.data_dptr(),
+            size: mirror.data_len as u64,
+        };
+        client::with_channel(|ch, _| ch.copy_to_host(0, &call, out))?;
+    }
+    Ok(())
+}
