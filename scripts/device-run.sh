@@ -2,7 +2,9 @@
 # Runs on the GPU machine (device tool), from the repository root, with .device/ carried:
 #   .device/bin/vgpu, .device/bin/lib/libcuda.so.1 (the shim), .device/e2e/* (test programs), .device/probes/*
 # Runs the end-to-end suite natively and through vGPU (real backend) over TCP and shared memory, the
-# quickstart and the benchmark, and leaves logs and JSON in $OUT.
+# quickstart, the CUDA runtime programs (tests/cuda, built here with /usr/local/cuda/bin/nvcc) natively
+# and through vGPU over both transports, and the benchmark, and leaves logs and JSON in $OUT.
+# WHAT=probes|e2e|cuda|bench runs one part (default all).
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -24,6 +26,30 @@ if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = e2e ]; then
     echo "vgpu $t: $(tail -1 "$OUT/e2e-vgpu-$t.log")"; grep -E "^FAIL" "$OUT/e2e-vgpu-$t.log" || true
   done
   vgpu quickstart 2>&1 | tee "$OUT/quickstart.log" | tail -4
+fi
+if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = cuda ]; then
+  # tests/cuda: CUDA runtime programs built here by the device's nvcc (static and shared cudart), run
+  # natively, then through vGPU (real backend) over TCP and shared memory against those native outputs.
+  CUDA_NVCC=${CUDA_NVCC:-/usr/local/cuda/bin/nvcc}
+  CUDA_BUILD=${CUDA_BUILD:-target/cuda-device}
+  python3 tests/cuda/run.py build --nvcc "$CUDA_NVCC" --out "$CUDA_BUILD" > "$OUT/cuda-build.log" 2>&1
+  echo "cuda build: $(tail -1 "$OUT/cuda-build.log") ($(grep '^time: build' "$OUT/cuda-build.log"))"
+  grep -A12 '^FAILED' "$OUT/cuda-build.log" || true
+  if ls tests/cuda/expected/*.out > /dev/null 2>&1; then
+    # References are in the tree: check the native run against them (device: lines may differ).
+    cuda_native=(--expected tests/cuda/expected --no-device)
+  else
+    # None yet: write them to $OUT/cuda-expected (copy into tests/cuda/expected/ to keep them).
+    cuda_native=(--save-expected "$OUT/cuda-expected")
+  fi
+  python3 tests/cuda/run.py run --bins "$CUDA_BUILD" --mode native "${cuda_native[@]}" --save "$OUT/cuda-native" \
+    > "$OUT/cuda-native.log" 2>&1
+  echo "cuda native: $(tail -1 "$OUT/cuda-native.log")"; grep -E "^FAIL" "$OUT/cuda-native.log" || true
+  for t in tcp shm; do
+    python3 tests/cuda/run.py run --bins "$CUDA_BUILD" --mode vgpu --vgpu .device/bin/vgpu --transport $t \
+      --backend real --expected "$OUT/cuda-native" --save "$OUT/cuda-vgpu-$t" > "$OUT/cuda-vgpu-$t.log" 2>&1
+    echo "cuda vgpu $t: $(tail -1 "$OUT/cuda-vgpu-$t.log")"; grep -E "^FAIL" "$OUT/cuda-vgpu-$t.log" || true
+  done
 fi
 if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = bench ]; then
   vgpu bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"

@@ -7,7 +7,8 @@
 # Needs only python3 with pip (no GPU, no CUDA toolkit, no root). Idempotent: when the pinned
 # versions are already there it only checks them and prints the paths (well under a second).
 # Output, one KEY=VALUE a line, on stdout:
-#   CUDA_ROOT=<repo>/.cuda/root         the wheels' toolkit tree (bin/ include/ lib/ nvvm/)
+#   CUDA_ROOT=<repo>/.cuda/root         the wheels' toolkit tree (bin/ include/ lib/ nvvm/);
+#                                       lib/ holds libcudart.so(.13) and libcudart_static.a
 #   CUDA_INCLUDE=<repo>/.cuda/include   holds cuda.h (CUDA 13.0)
 #   NVCC=<repo>/.cuda/bin/nvcc          only when nvcc compiled a test kernel to PTX here
 set -euo pipefail
@@ -16,13 +17,17 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEST="$ROOT/.cuda"
 PY="${PYTHON:-python3}"
 
-# Pinned CUDA 13.0 wheels. The runtime wheel holds include/cuda.h; nvcc, crt (host headers
-# nvcc needs) and nvvm (cicc, libdevice) together make a working `nvcc -ptx`.
+# Pinned CUDA 13.0 wheels. The runtime wheel holds include/cuda.h and the runtime itself
+# (lib/libcudart.so.13, lib/libcudart_static.a: what nvcc links by default and with -cudart shared);
+# nvcc, crt (host headers nvcc needs) and nvvm (cicc, libdevice) together make a working `nvcc -ptx`;
+# cccl (include/nv, include/cccl: libcu++, CUB, Thrust) is needed by cooperative_groups.h and
+# friends when whole programs are compiled (tests/cuda).
 PACKAGES=(
   nvidia-cuda-runtime==13.0.96
   nvidia-cuda-nvcc==13.0.88
   nvidia-cuda-crt==13.0.88
   nvidia-nvvm==13.0.88
+  nvidia-cuda-cccl==13.0.85
 )
 STAMP="$DEST/.installed"
 WANT="${PACKAGES[*]}"
@@ -36,7 +41,8 @@ installed_ok() {
   [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" \
      && -f "$DEST/py/nvidia/cu13/include/cuda.h" \
      && -x "$DEST/py/nvidia/cu13/bin/nvcc" \
-     && -x "$DEST/py/nvidia/cu13/nvvm/bin/cicc" ]]
+     && -x "$DEST/py/nvidia/cu13/nvvm/bin/cicc" \
+     && -f "$DEST/py/nvidia/cu13/include/nv/target" ]]
 }
 
 if [[ $force == 1 ]] || ! installed_ok; then
@@ -58,6 +64,13 @@ TREE="$DEST/py/nvidia/cu13"
 ln -sfn py/nvidia/cu13 "$DEST/root"
 ln -sfn py/nvidia/cu13/include "$DEST/include"
 ln -sfn py/nvidia/cu13/bin "$DEST/bin"
+# The wheel ships only libcudart.so.13; `nvcc -cudart shared` links with -lcudart, which needs the
+# unversioned name (a toolkit install has it).
+# nvcc links from <root>/lib64 (nvcc.profile); the wheels put the libraries in lib/.
+if [[ -f "$TREE/lib/libcudart.so.13" ]]; then
+  ln -sfn libcudart.so.13 "$TREE/lib/libcudart.so"
+  [[ -e "$TREE/lib64" ]] || ln -sfn lib "$TREE/lib64"
+fi
 
 echo "CUDA_ROOT=$DEST/root"
 echo "CUDA_INCLUDE=$DEST/include"
