@@ -63,6 +63,8 @@ driver_table! {
     mem_get_info = "cuMemGetInfo_v2": fn(*mut usize, *mut usize);
     mem_host_alloc = "cuMemHostAlloc": fn(*mut P, usize, c_uint);
     mem_free_host = "cuMemFreeHost": fn(P);
+    mem_host_register = "cuMemHostRegister_v2": fn(P, usize, c_uint);
+    mem_host_unregister = "cuMemHostUnregister": fn(P);
     memcpy_htod_async = "cuMemcpyHtoDAsync_v2": fn(u64, *const c_void, usize, P);
     memcpy_dtoh_async = "cuMemcpyDtoHAsync_v2": fn(P, u64, usize, P);
     memcpy_dtod_async = "cuMemcpyDtoDAsync_v2": fn(u64, u64, usize, P);
@@ -317,6 +319,15 @@ impl Backend for RealBackend {
     }
     fn host_free(&self, buf: HostBuffer) {
         unsafe { (self.driver.mem_free_host)(buf.ptr as P) };
+    }
+    fn host_register(&self, ptr: *mut u8, len: usize) -> CuResult<()> {
+        // CU_MEMHOSTREGISTER_PORTABLE: usable from every context the session creates.
+        // SAFETY: ptr..ptr+len is a live shared mapping the session owns until it unregisters it.
+        ok(unsafe { (self.driver.mem_host_register)(ptr as P, len, 1) })
+    }
+    fn host_unregister(&self, ptr: *mut u8) -> CuResult<()> {
+        // SAFETY: ptr was registered by host_register above.
+        ok(unsafe { (self.driver.mem_host_unregister)(ptr as P) })
     }
     fn memcpy_htod_async(&self, dst: u64, src: &HostBuffer, len: usize, stream: u64) -> CuResult<()> {
         if len > src.len {

@@ -14,14 +14,40 @@ fn stream_id(stream: Handle) -> Result<u64, u32> {
     super::exec::stream_id(stream)
 }
 
+/// The shared pinned region holding all of `n` bytes at `ptr`, as (region id, offset).
+fn region_of(ptr: *const c_void, n: usize) -> Option<(u64, u64)> {
+    if n == 0 {
+        return None;
+    }
+    state::read().shared_region(ptr as usize, n)
+}
+
 fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> Result<(), u32> {
     need_ctx()?;
+    if let Some((region, offset)) = region_of(src, n) {
+        let call = MemcpyHtoDRegion {
+            dst,
+            region,
+            offset,
+            size: n as u64,
+        };
+        return client::call(flags, &call, &[]).map(|_| ());
+    }
     let data = ffi::bytes(src as *const u8, n)?;
     client::call(flags, &MemcpyHtoD { dst, size: n as u64 }, data).map(|_| ())
 }
 
 fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> Result<(), u32> {
     need_ctx()?;
+    if let Some((region, offset)) = region_of(dst, n) {
+        let call = MemcpyDtoHRegion {
+            src,
+            region,
+            offset,
+            size: n as u64,
+        };
+        return client::call(flags, &call, &[]).map(|_| ());
+    }
     let out = ffi::bytes_mut(dst as *mut u8, n)?;
     client::with_channel(|ch, _| ch.copy_to_host(flags, &MemcpyDtoH { src, size: n as u64 }, out))
 }
@@ -30,6 +56,16 @@ fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, stream: Handle
     need_ctx()?;
     let stream = stream_id(stream)?;
     state::read().check_range(dst, n as u64)?;
+    if let Some((region, offset)) = region_of(src, n) {
+        let call = MemcpyHtoDRegionAsync {
+            dst,
+            region,
+            offset,
+            size: n as u64,
+            stream,
+        };
+        return client::post(flags, &call, &[]);
+    }
     let data = ffi::bytes(src as *const u8, n)?;
     client::post(
         flags,
@@ -51,6 +87,17 @@ fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, stream: Handle) 
     }
     if dst.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    if let Some((region, offset)) = region_of(dst, n) {
+        // The GPU writes straight into the app's buffer when the copy runs: nothing to deliver later.
+        let call = MemcpyDtoHRegionAsync {
+            src,
+            region,
+            offset,
+            size: n as u64,
+            stream,
+        };
+        return client::post(flags, &call, &[]);
     }
     let pending_id = client::pending_register(client::Landing {
         addr: dst as usize,
@@ -293,14 +340,45 @@ fn copy_2d(flags: u16, params: *const c_void, stream: Option<Handle>) -> Result<
 
 /// Page-aligned host memory for cuMemAllocHost/cuMemHostAlloc. The server stages copies through its own
 /// pinned buffers, so the client's buffer only needs the alignment programs expect.
-fn host_alloc(out: *mut *mut c_void, size: usize) -> Result<(), u32> {
+fn host_alloc(flags: u16, out: *mut *mut c_void, size: usize) -> Result<(), u32> {
     need_ctx()?;
     if out.is_null() || size == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let ptr = ffi::alloc_host(size)?;
-    state::write().host_allocs.insert(ptr as usize, size);
+    let ptr = match shared_alloc(flags, size) {
+        Some(ptr) => ptr,
+        None => {
+            let ptr = ffi::alloc_host(size)?;
+            state::write().host_allocs.insert(ptr as usize, size);
+            ptr
+        }
+    };
     ffi::write(out, ptr as *mut c_void)
+}
+
+/// On a shared-memory session, pinned memory lives in a memfd the server maps and registers with the driver,
+/// so the GPU copies straight to and from the app's buffer, as natively. `None` (fall back to staged copies):
+/// not a local session, turned off with `VGPU_SHM_PINNED=0`, or the server could not map or pin it.
+fn shared_alloc(flags: u16, size: usize) -> Option<*mut u8> {
+    static NEXT_REGION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    if !client::session_is_local() || std::env::var("VGPU_SHM_PINNED").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    let (ptr, fd) = ffi::alloc_shared(size).ok()?;
+    let id = NEXT_REGION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    use std::os::fd::AsFd;
+    match client::call_with_fd(flags, &HostRegionMap { id, size: size as u64 }, fd.as_fd(), id) {
+        Ok(_) => {
+            let mut reg = state::write();
+            reg.host_allocs.insert(ptr as usize, size);
+            reg.shared_regions.insert(ptr as usize, (id, size));
+            Some(ptr)
+        }
+        Err(_) => {
+            ffi::free_shared(ptr, size);
+            None
+        }
+    }
 }
 
 entry! {
@@ -337,20 +415,32 @@ entry! {
         ffi::write(total, r.total as usize)
     }
     [cuMemAllocHost_v2] [] (out: *mut *mut c_void, size: usize) |f| {
-        host_alloc(out, size)
+        host_alloc(f, out, size)
     }
     [cuMemHostAlloc] [] (out: *mut *mut c_void, size: usize, flags: c_uint) |f| {
         // PORTABLE | DEVICEMAP | WRITECOMBINED are the defined flags.
         if flags & !0x7 != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        host_alloc(out, size)
+        host_alloc(f, out, size)
     }
     [cuMemFreeHost] [] (ptr: *mut c_void) |f| {
         client::session()?;
-        let size = state::write().host_allocs.remove(&(ptr as usize)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let (size, shared) = {
+            let mut reg = state::write();
+            let size = reg.host_allocs.remove(&(ptr as usize)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            (size, reg.shared_regions.remove(&(ptr as usize)))
+        };
         // Removed from the registry above, so it is freed exactly once.
-        ffi::free_host(ptr as *mut u8, size)
+        match shared {
+            Some((id, _)) => {
+                // The server waits for copies still using it and unpins it before this process unmaps it.
+                let unmapped = client::call(f, &HostRegionUnmap { id }, &[]).map(|_| ());
+                ffi::free_shared(ptr as *mut u8, size);
+                unmapped
+            }
+            None => ffi::free_host(ptr as *mut u8, size),
+        }
     }
     [cuMemcpyHtoD_v2] [cuMemcpyHtoD_v2_ptds] (dst: u64, src: *const c_void, n: usize) |f| {
         htod(f, dst, src, n)
