@@ -14,6 +14,149 @@ fn stream_id(stream: Handle) -> Result<u64, u32> {
     super::exec::stream_id(stream)
 }
 
+/// Pageable device-to-host copies at least this large go through the thread's shared staging slots.
+const STAGED_MIN: usize = 1 << 20;
+/// Size of each of the two staging slots.
+const STAGING_SLOT: usize = 8 << 20;
+
+/// Per-thread double buffer in shared pinned memory for pageable device-to-host copies on shared-memory
+/// sessions: the GPU writes one slot while this thread copies the other out, so each byte is copied by the CPU
+/// once (as in the native driver's own staging), not three times through the ring.
+struct Staging {
+    ptr: *mut u8,
+    region: u64,
+    /// Events (created in `ctx`) marking when each slot's copy has landed.
+    events: [u64; 2],
+    ctx: u64,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // The thread is ending: release this process's mapping (the server keeps its own until the session ends).
+        state::write().shared_regions.remove(&(self.ptr as usize));
+        ffi::free_shared(self.ptr, 2 * STAGING_SLOT);
+    }
+}
+
+thread_local! {
+    static STAGING: std::cell::RefCell<Option<Staging>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Copies `n` bytes from device `src` to pageable `dst` through the staging slots; `None` when staging is not
+/// available here (not a local session, sharing turned off, or the server could not map the slots).
+fn staged_dtoh(flags: u16, ctx: u64, dst: *mut c_void, src: u64, n: usize) -> Option<Result<(), u32>> {
+    let ready = STAGING.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_some_and(|s| s.ctx != ctx) {
+            // Events belong to a context: a thread that switched contexts needs new ones (slots stay).
+            let old = slot.take()?;
+            *slot = Some(Staging {
+                events: staging_events()?,
+                ctx,
+                ..old
+            });
+        }
+        if slot.is_none() {
+            let ptr = shared_alloc(flags, 2 * STAGING_SLOT)?;
+            let region = {
+                let mut reg = state::write();
+                // Staging is the shim's own memory, not an allocation the app may name.
+                reg.host_allocs.remove(&(ptr as usize));
+                reg.shared_region(ptr as usize, 1)?.0
+            };
+            *slot = Some(Staging {
+                ptr,
+                region,
+                events: staging_events()?,
+                ctx,
+            });
+        }
+        slot.as_ref().map(|s| (s.ptr as usize, s.region, s.events))
+    });
+    let (base, region, events) = ready?;
+    Some(staged_copy_out(
+        flags,
+        base as *mut u8,
+        region,
+        events,
+        dst as *mut u8,
+        src,
+        n,
+    ))
+}
+
+fn staging_events() -> Option<[u64; 2]> {
+    let mut events = [0u64; 2];
+    for e in &mut events {
+        *e = state::new_id();
+        // CU_EVENT_DISABLE_TIMING: the cheapest kind to record and wait for.
+        client::post_now(
+            0,
+            &EventCreate {
+                event: *e,
+                flags: 2,
+                _pad: 0,
+            },
+            &[],
+        )
+        .ok()?;
+    }
+    Some(events)
+}
+
+fn staged_copy_out(
+    flags: u16,
+    base: *mut u8,
+    region: u64,
+    events: [u64; 2],
+    dst: *mut u8,
+    src: u64,
+    n: usize,
+) -> Result<(), u32> {
+    // Checked here so that a bad range fails before any byte moves, as natively.
+    state::read().check_range(src, n as u64)?;
+    let out = ffi::bytes_mut(dst, n)?;
+    let stream = if flags & FLAG_PER_THREAD != 0 { 2 } else { 0 };
+    let chunks: Vec<(usize, usize)> = (0..n)
+        .step_by(STAGING_SLOT)
+        .map(|off| (off, STAGING_SLOT.min(n - off)))
+        .collect();
+    let issue = |i: usize| -> Result<(), u32> {
+        let (off, len) = chunks[i];
+        let slot = i % 2;
+        let copy = MemcpyDtoHRegionAsync {
+            src: src + off as u64,
+            region,
+            offset: (slot * STAGING_SLOT) as u64,
+            size: len as u64,
+            stream,
+        };
+        client::post(flags, &copy, &[])?;
+        client::post(
+            flags,
+            &EventRecord {
+                event: events[slot],
+                stream,
+            },
+            &[],
+        )
+    };
+    for i in 0..chunks.len().min(2) {
+        issue(i)?;
+    }
+    for (i, &(off, len)) in chunks.iter().enumerate() {
+        let slot = i % 2;
+        client::call(0, &EventSynchronize { event: events[slot] }, &[])?;
+        // The slot lies inside the shared staging mapping, and the event says the GPU has finished writing it.
+        let staged = ffi::bytes(base.wrapping_add(slot * STAGING_SLOT), len)?;
+        out[off..off + len].copy_from_slice(staged);
+        if i + 2 < chunks.len() {
+            issue(i + 2)?;
+        }
+    }
+    Ok(())
+}
+
 /// The shared pinned region holding all of `n` bytes at `ptr`, as (region id, offset).
 fn region_of(ptr: *const c_void, n: usize) -> Option<(u64, u64)> {
     if n == 0 {
@@ -38,7 +181,7 @@ fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> Result<(), u32> {
 }
 
 fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> Result<(), u32> {
-    need_ctx()?;
+    let ctx = need_ctx()?;
     if let Some((region, offset)) = region_of(dst, n) {
         let call = MemcpyDtoHRegion {
             src,
@@ -47,6 +190,11 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> Result<(), u32> {
             size: n as u64,
         };
         return client::call(flags, &call, &[]).map(|_| ());
+    }
+    if n >= STAGED_MIN {
+        if let Some(done) = staged_dtoh(flags, ctx, dst, src, n) {
+            return done;
+        }
     }
     let out = ffi::bytes_mut(dst as *mut u8, n)?;
     client::with_channel(|ch, _| ch.copy_to_host(flags, &MemcpyDtoH { src, size: n as u64 }, out))
