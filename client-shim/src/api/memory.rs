@@ -14,7 +14,7 @@ fn stream_id(stream: Handle) -> Result<u64, u32> {
     super::exec::stream_id(stream)
 }
 
-/// Pageable device-to-host copies at least this large go through the thread's shared staging slots.
+/// Pageable copies at least this large go through the thread's shared staging slots.
 const STAGED_MIN: usize = 1 << 20;
 /// Size of each of the two staging slots.
 const STAGING_SLOT: usize = 8 << 20;
@@ -45,6 +45,19 @@ thread_local! {
 /// Copies `n` bytes from device `src` to pageable `dst` through the staging slots; `None` when staging is not
 /// available here (not a local session, sharing turned off, or the server could not map the slots).
 fn staged_dtoh(flags: u16, ctx: u64, dst: *mut c_void, src: u64, n: usize) -> Option<Result<(), u32>> {
+    let (base, region, events) = staging(flags, ctx)?;
+    Some(staged_copy_out(flags, base, region, events, dst as *mut u8, src, n))
+}
+
+/// Copies `n` bytes from pageable `src` to device `dst` through the staging slots: this thread fills one slot
+/// while the GPU reads the other. Returns once every byte has reached the device.
+fn staged_htod(flags: u16, ctx: u64, dst: u64, src: *const c_void, n: usize) -> Option<Result<(), u32>> {
+    let (base, region, events) = staging(flags, ctx)?;
+    Some(staged_copy_in(flags, base, region, events, dst, src as *const u8, n))
+}
+
+/// This thread's staging slots (created on first use): base address, region id, and the two slot events.
+fn staging(flags: u16, ctx: u64) -> Option<(*mut u8, u64, [u64; 2])> {
     let ready = STAGING.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_some_and(|s| s.ctx != ctx) {
@@ -74,15 +87,52 @@ fn staged_dtoh(flags: u16, ctx: u64, dst: *mut c_void, src: u64, n: usize) -> Op
         slot.as_ref().map(|s| (s.ptr as usize, s.region, s.events))
     });
     let (base, region, events) = ready?;
-    Some(staged_copy_out(
-        flags,
-        base as *mut u8,
-        region,
-        events,
-        dst as *mut u8,
-        src,
-        n,
-    ))
+    Some((base as *mut u8, region, events))
+}
+
+fn staged_copy_in(
+    flags: u16,
+    base: *mut u8,
+    region: u64,
+    events: [u64; 2],
+    dst: u64,
+    src: *const u8,
+    n: usize,
+) -> Result<(), u32> {
+    state::read().check_range(dst, n as u64)?;
+    let input = ffi::bytes(src, n)?;
+    let stream = if flags & FLAG_PER_THREAD != 0 { 2 } else { 0 };
+    for (i, off) in (0..n).step_by(STAGING_SLOT).enumerate() {
+        let len = STAGING_SLOT.min(n - off);
+        let slot = i % 2;
+        if i >= 2 {
+            // The GPU must have finished reading this slot (chunk i - 2) before it is refilled.
+            client::call(0, &EventSynchronize { event: events[slot] }, &[])?;
+        }
+        let staged = ffi::bytes_mut(base.wrapping_add(slot * STAGING_SLOT), len)?;
+        copy_parallel(staged, &input[off..off + len]);
+        let copy = MemcpyHtoDRegionAsync {
+            dst: dst + off as u64,
+            region,
+            offset: (slot * STAGING_SLOT) as u64,
+            size: len as u64,
+            stream,
+        };
+        client::post(flags, &copy, &[])?;
+        client::post(
+            flags,
+            &EventRecord {
+                event: events[slot],
+                stream,
+            },
+            &[],
+        )?;
+    }
+    // Both slots are free again when this returns, and every byte is on the device.
+    for event in events {
+        client::call(0, &EventSynchronize { event }, &[])?;
+    }
+    Ok(())
 }
 
 fn staging_events() -> Option<[u64; 2]> {
@@ -149,12 +199,40 @@ fn staged_copy_out(
         client::call(0, &EventSynchronize { event: events[slot] }, &[])?;
         // The slot lies inside the shared staging mapping, and the event says the GPU has finished writing it.
         let staged = ffi::bytes(base.wrapping_add(slot * STAGING_SLOT), len)?;
-        out[off..off + len].copy_from_slice(staged);
+        copy_parallel(&mut out[off..off + len], staged);
         if i + 2 < chunks.len() {
             issue(i + 2)?;
         }
     }
     Ok(())
+}
+
+/// One thread's `memcpy` into fresh pageable memory runs well below memory bandwidth; large slots are copied by
+/// `VGPU_COPY_THREADS` threads (default 4) at once.
+fn copy_parallel(dst: &mut [u8], src: &[u8]) {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads = *THREADS.get_or_init(|| {
+        std::env::var("VGPU_COPY_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4usize)
+            .clamp(1, 16)
+    });
+    if threads == 1 || dst.len() < (1 << 20) {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let part = dst.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut pieces = dst.chunks_mut(part).zip(src.chunks(part));
+        let first = pieces.next();
+        for (d, s) in pieces {
+            scope.spawn(move || d.copy_from_slice(s));
+        }
+        if let Some((d, s)) = first {
+            d.copy_from_slice(s);
+        }
+    });
 }
 
 /// The shared pinned region holding all of `n` bytes at `ptr`, as (region id, offset).
@@ -166,7 +244,7 @@ fn region_of(ptr: *const c_void, n: usize) -> Option<(u64, u64)> {
 }
 
 fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> Result<(), u32> {
-    need_ctx()?;
+    let ctx = need_ctx()?;
     if let Some((region, offset)) = region_of(src, n) {
         let call = MemcpyHtoDRegion {
             dst,
@@ -175,6 +253,11 @@ fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> Result<(), u32> {
             size: n as u64,
         };
         return client::call(flags, &call, &[]).map(|_| ());
+    }
+    if n >= STAGED_MIN {
+        if let Some(done) = staged_htod(flags, ctx, dst, src, n) {
+            return done;
+        }
     }
     let data = ffi::bytes(src as *const u8, n)?;
     client::call(flags, &MemcpyHtoD { dst, size: n as u64 }, data).map(|_| ())
