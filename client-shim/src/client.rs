@@ -423,6 +423,20 @@ pub fn call_with_tail<C: Call>(flags: u16, c: &C, tail: &[u8], reply_tail: &mut 
     with_channel(|ch, _| ch.call(flags, c, tail, Some(reply_tail)))
 }
 
+/// Hands `fd` to the server tagged `tag`, then sends the synchronous call that names it (shared memory only).
+pub fn call_with_fd<C: Call>(flags: u16, c: &C, fd: std::os::fd::BorrowedFd<'_>, tag: u64) -> Result<C::Reply, u32> {
+    with_channel(|ch, _| {
+        ch.flush()?;
+        ch.transport.send_fd(fd, tag).map_err(|e| ch.fail(&e))?;
+        ch.call(flags, c, &[], None)
+    })
+}
+
+/// Whether this process's session runs over shared memory (so host memory can be shared with the server).
+pub fn session_is_local() -> bool {
+    session().is_ok_and(|s| matches!(s.endpoint, Endpoint::Shm(_)))
+}
+
 /// Queues an asynchronous call on this thread's channel.
 pub fn post<C: Call>(flags: u16, c: &C, tail: &[u8]) -> Result<(), u32> {
     with_channel(|ch, s| ch.post(flags, c, tail, s.batch_limit))

@@ -140,3 +140,53 @@ pub(crate) fn call_block_to_smem(f: usize, block: i32) -> usize {
     let f: B2D = unsafe { std::mem::transmute::<usize, B2D>(f) };
     f(block)
 }
+
+/// Page-aligned, zeroed host memory of `size` bytes backed by a memfd that the server can map too (pinned
+/// allocations of shared-memory sessions). The mapping stays after the descriptor is passed on and dropped.
+pub(crate) fn alloc_shared(size: usize) -> Result<(*mut u8, std::os::fd::OwnedFd), u32> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let oom = vgpu_dataplane::cuerr::CUDA_ERROR_OUT_OF_MEMORY;
+    if size == 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: memfd_create with a static NUL-terminated name; the result is checked before use.
+    let raw = unsafe { libc::memfd_create(c"vgpu-pinned".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if raw < 0 {
+        return Err(oom);
+    }
+    // SAFETY: memfd_create returned a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ftruncate and fcntl on the descriptor owned above.
+    let sized = unsafe {
+        libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) == 0
+            && libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+            ) == 0
+    };
+    if !sized {
+        return Err(oom);
+    }
+    // SAFETY: a fresh shared mapping of the memfd sized above; the kernel chooses the (page-aligned) address.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(oom);
+    }
+    Ok((ptr as *mut u8, fd))
+}
+
+/// Unmaps memory from `alloc_shared`; the caller guarantees `ptr` came from it with this `size`, once.
+pub(crate) fn free_shared(ptr: *mut u8, size: usize) {
+    // SAFETY: per the caller's guarantee, this is exactly one mapping made by alloc_shared.
+    unsafe { libc::munmap(ptr as *mut libc::c_void, size) };
+}

@@ -54,6 +54,8 @@ pub struct Registry {
     pub functions: HashMap<u64, FunctionEntry>,
     /// Host allocations made by cuMemAllocHost/cuMemHostAlloc: address → length.
     pub host_allocs: HashMap<usize, usize>,
+    /// The subset of `host_allocs` shared with the server (shared-memory sessions): address → (region id, length).
+    pub shared_regions: BTreeMap<usize, (u64, usize)>,
     /// Device ranges the app may name (allocations and module globals): base → length. Lets asynchronous
     /// copies fail at the call, as natively, instead of at a later synchronizing call.
     pub device_ranges: BTreeMap<u64, u64>,
@@ -97,6 +99,13 @@ impl Registry {
     pub fn device_range(&self, addr: u64) -> Option<(u64, u64)> {
         let (&base, &len) = self.device_ranges.range(..=addr).next_back()?;
         (addr < base.saturating_add(len)).then_some((base, len))
+    }
+
+    /// The shared region holding all of [addr, addr+len), as (region id, offset).
+    pub fn shared_region(&self, addr: usize, len: usize) -> Option<(u64, u64)> {
+        let (&base, &(id, size)) = self.shared_regions.range(..=addr).next_back()?;
+        let end = addr.checked_add(len)?;
+        (end <= base + size).then_some((id, (addr - base) as u64))
     }
 
     /// CUDA_ERROR_INVALID_VALUE unless [addr, addr+len) lies inside one known device range.

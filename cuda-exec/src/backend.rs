@@ -77,6 +77,10 @@ pub trait Backend: Send + Sync + 'static {
     fn mem_get_info(&self) -> CuResult<(u64, u64)>;
     fn host_alloc(&self, len: usize) -> CuResult<HostBuffer>;
     fn host_free(&self, buf: HostBuffer);
+    /// Page-locks memory the session mapped from its client (`cuMemHostRegister`, portable), so copies to and
+    /// from it are direct DMA.
+    fn host_register(&self, ptr: *mut u8, len: usize) -> CuResult<()>;
+    fn host_unregister(&self, ptr: *mut u8) -> CuResult<()>;
     /// Copies the first `len` bytes of a staging buffer, which stays untouched until the stream passes here.
     fn memcpy_htod_async(&self, dst: u64, src: &HostBuffer, len: usize, stream: u64) -> CuResult<()>;
     /// Copies into the first `len` bytes of a staging buffer.

@@ -543,6 +543,12 @@ impl Backend for EmulatedBackend {
         // SAFETY: buf was made by host_alloc from a boxed slice of max(len, 1) bytes that was forgotten there.
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(buf.ptr, buf.len.max(1))) });
     }
+    fn host_register(&self, _ptr: *mut u8, _len: usize) -> CuResult<()> {
+        self.require_ctx()
+    }
+    fn host_unregister(&self, _ptr: *mut u8) -> CuResult<()> {
+        Ok(())
+    }
     fn memcpy_htod_async(&self, dst: u64, src: &HostBuffer, len: usize, stream: u64) -> CuResult<()> {
         self.check_stream(stream)?;
         let src = src.as_slice().get(..len).ok_or(CUDA_ERROR_INVALID_VALUE)?;

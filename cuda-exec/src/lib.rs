@@ -7,7 +7,7 @@ pub mod ptx;
 pub mod real;
 pub mod server;
 pub mod session;
-mod sys;
+pub(crate) mod sys;
 
 pub use server::{
     open_backend, run_server, run_worker_from_env, Admission, Authority, BackendChoice, ServerConfig, StaticKey,

@@ -462,6 +462,16 @@ impl Backend for RealBackend {
     fn host_free(&self, buf: HostBuffer) {
         unsafe { (self.driver.mem_free_host)(buf.ptr as P) };
     }
+    fn host_register(&self, ptr: *mut u8, len: usize) -> CuResult<()> {
+        // PORTABLE | DEVICEMAP: usable from every context, and mapped for the device at the same address
+        // (unified addressing), so kernels can dereference the app's pointers into it.
+        // SAFETY: ptr..ptr+len is a live shared mapping the session owns until it unregisters it.
+        ok(unsafe { (self.driver.mem_host_register)(ptr as P, len, 3) })
+    }
+    fn host_unregister(&self, ptr: *mut u8) -> CuResult<()> {
+        // SAFETY: ptr was registered by host_register above.
+        ok(unsafe { (self.driver.mem_host_unregister)(ptr as P) })
+    }
     fn memcpy_htod_async(&self, dst: u64, src: &HostBuffer, len: usize, stream: u64) -> CuResult<()> {
         if len > src.len {
             return Err(CUDA_ERROR_INVALID_VALUE);

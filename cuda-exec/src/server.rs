@@ -157,6 +157,49 @@ struct Handoff {
     secret: [u8; 16],
     pid: u32,
     _pad: u32,
+    /// The session's limits (read from the primary connection's handoff): memory in bytes (`u64::MAX`: none),
+    /// and the visible devices (`device_count == u32::MAX`: all of them).
+    memory_limit: u64,
+    device_count: u32,
+    _pad2: u32,
+    devices: [u32; MAX_VISIBLE],
+}
+
+/// Most devices a ticket can make visible to one session.
+const MAX_VISIBLE: usize = 16;
+
+impl Handoff {
+    fn set_limits(&mut self, limits: &Limits) -> Result<(), String> {
+        self.memory_limit = limits.memory_bytes.unwrap_or(u64::MAX);
+        match &limits.devices {
+            None => self.device_count = u32::MAX,
+            Some(list) if list.len() <= MAX_VISIBLE => {
+                self.device_count = list.len() as u32;
+                self.devices[..list.len()].copy_from_slice(list);
+            }
+            Some(list) => return Err(format!("{} visible devices; at most {MAX_VISIBLE}", list.len())),
+        }
+        Ok(())
+    }
+
+    fn limits(&self) -> Result<Limits, String> {
+        let devices = match self.device_count {
+            u32::MAX => None,
+            n if n as usize <= MAX_VISIBLE => Some(self.devices[..n as usize].to_vec()),
+            n => return Err(format!("handoff names {n} devices")),
+        };
+        Ok(Limits {
+            memory_bytes: (self.memory_limit != u64::MAX).then_some(self.memory_limit),
+            devices,
+        })
+    }
+}
+
+/// A worker started ahead of need: its driver is loaded and initialised, so a new session only waits for the
+/// hand-off (the driver's own start is most of a session's start otherwise).
+struct Spare {
+    child: Child,
+    control: UnixStream,
 }
 
 struct SessionEntry {
@@ -177,6 +220,9 @@ struct Listener {
     cfg: ServerConfig,
     resolved: BackendChoice,
     sessions: Mutex<HashMap<u64, SessionEntry>>,
+    spare: Mutex<Option<Spare>>,
+    /// Whether to keep a spare worker (`VGPU_SPARE_WORKER=0` turns it off).
+    keep_spare: bool,
 }
 
 enum Conn {
@@ -253,7 +299,10 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
         cfg: cfg.clone(),
         resolved,
         sessions: Mutex::new(HashMap::new()),
+        spare: Mutex::new(None),
+        keep_spare: std::env::var("VGPU_SPARE_WORKER").map_or(true, |v| v != "0"),
     });
+    listener.refill_spare();
     let mut endpoints = Vec::new();
     let mut threads = Vec::new();
     if let Some(addr) = &cfg.tcp {
@@ -371,7 +420,7 @@ impl Listener {
                             session_id: hello.session_id,
                             secret: entry.secret,
                             pid: hello.pid,
-                            _pad: 0,
+                            ..Default::default()
                         };
                         if let Err(e) = fdpass::send_with_fds(&entry.control, handoff.as_bytes(), &[conn.fd()]) {
                             tracing::warn!(
@@ -396,21 +445,20 @@ impl Listener {
     fn start_session(self: &Arc<Self>, conn: Conn, hello: &Hello, admission: Admission) -> Result<(), String> {
         let session_id: u64 = rand::random();
         let secret: [u8; 16] = rand::random();
-        let (control, child_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let Spare { child, control } = self.take_worker()?;
         let ticks = control.try_clone().map_err(|e| format!("socketpair: {e}"))?;
-        let child = self
-            .spawn_worker(&child_end, &admission.limits)
-            .map_err(|e| format!("cannot start a worker: {e}"))?;
-        drop(child_end);
-        let handoff = Handoff {
+        let mut handoff = Handoff {
             transport: conn.kind(),
             primary: 1,
             session_id,
             secret,
             pid: hello.pid,
-            _pad: 0,
+            ..Default::default()
         };
+        handoff.set_limits(&admission.limits)?;
         fdpass::send_with_fds(&control, handoff.as_bytes(), &[conn.fd()]).map_err(|e| format!("handoff: {e}"))?;
+        let me = self.clone();
+        std::thread::spawn(move || me.refill_spare());
         drop(conn);
         tracing::info!(
             "session {session_id:016x} started for client pid {} {}",
@@ -498,7 +546,49 @@ impl Listener {
         }
     }
 
-    fn spawn_worker(&self, child_end: &UnixStream, limits: &Limits) -> std::io::Result<Child> {
+    /// The spare worker if it is alive, else a fresh one.
+    fn take_worker(&self) -> Result<Spare, String> {
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut s) = spare {
+            if matches!(s.child.try_wait(), Ok(None)) {
+                return Ok(s);
+            }
+            tracing::warn!("the spare worker had exited; starting a fresh one");
+        }
+        self.new_worker()
+    }
+
+    fn new_worker(&self) -> Result<Spare, String> {
+        let (control, child_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let child = self
+            .spawn_worker(&child_end)
+            .map_err(|e| format!("cannot start a worker: {e}"))?;
+        Ok(Spare { child, control })
+    }
+
+    /// Starts a spare worker if there is none.
+    fn refill_spare(&self) {
+        if !self.keep_spare || self.spare.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return;
+        }
+        match self.new_worker() {
+            Ok(w) => {
+                let mut slot = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.is_none() {
+                    *slot = Some(w);
+                } else {
+                    // Another thread filled it meanwhile; this one is not needed (closing its socket ends it).
+                    drop(slot);
+                    let mut w = w;
+                    drop(w.control);
+                    let _ = w.child.wait();
+                }
+            }
+            Err(e) => tracing::warn!("cannot start a spare worker: {e}"),
+        }
+    }
+
+    fn spawn_worker(&self, child_end: &UnixStream) -> std::io::Result<Child> {
         let fd = child_end.as_raw_fd();
         // The worker inherits exactly this one descriptor: clear close-on-exec on it alone.
         crate::sys::clear_cloexec(fd)?;
@@ -513,13 +603,6 @@ impl Listener {
             .env("VGPU_WORKER_BACKEND", self.resolved.as_str());
         if let Some(d) = &self.cfg.driver {
             cmd.env("VGPU_WORKER_DRIVER", d);
-        }
-        if let Some(m) = limits.memory_bytes {
-            cmd.env("VGPU_WORKER_MEMORY_LIMIT", m.to_string());
-        }
-        if let Some(devices) = &limits.devices {
-            let list: Vec<String> = devices.iter().map(u32::to_string).collect();
-            cmd.env("VGPU_WORKER_DEVICES", list.join(","));
         }
         let child = cmd.spawn();
         let _ = crate::sys::set_cloexec(fd);
@@ -552,27 +635,11 @@ pub fn run_worker_from_env() -> Result<(), String> {
         .ok_or("VGPU_WORKER_FD is not set: workers are started by `vgpu server`, not by hand")?;
     let choice = BackendChoice::parse(&std::env::var("VGPU_WORKER_BACKEND").unwrap_or_else(|_| "auto".into()))?;
     let driver = std::env::var("VGPU_WORKER_DRIVER").ok();
-    let memory_bytes = std::env::var("VGPU_WORKER_MEMORY_LIMIT")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let devices = match std::env::var("VGPU_WORKER_DEVICES") {
-        Ok(list) => Some(
-            list.split(',')
-                .map(|d| d.parse::<u32>().map_err(|_| format!("bad VGPU_WORKER_DEVICES: {list}")))
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        Err(_) => None,
-    };
     // SAFETY: the server passed this descriptor to us (and only us) through VGPU_WORKER_FD.
     let control = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // The driver starts before any session arrives: a spare worker waits here fully initialised.
     let (backend, _) = open_backend(choice, driver.as_deref())?;
-    let session = Session::new(backend, Limits { memory_bytes, devices });
-    let ticks = control.try_clone().map_err(|e| format!("control socket: {e}"))?;
-    let _ = METER.set((ticks, session.clone()));
-    std::thread::spawn(|| loop {
-        std::thread::sleep(USAGE_TICK);
-        report_usage();
-    });
+    let mut session: Option<Arc<Session>> = None;
     let mut buf = [0u8; std::mem::size_of::<Handoff>()];
     loop {
         let (n, mut fds) = fdpass::recv_with_fds(&control, &mut buf, 1).map_err(|e| format!("control socket: {e}"))?;
@@ -583,7 +650,21 @@ pub fn run_worker_from_env() -> Result<(), String> {
         let (Ok(handoff), Some(fd)) = (Handoff::read_from_bytes(&buf[..n]), fds.pop()) else {
             return Err("malformed handoff from the server".into());
         };
-        let session = session.clone();
+        let session = match &session {
+            Some(s) => s.clone(),
+            None => {
+                // The session's first connection brings its limits.
+                let s = Session::new(backend.clone(), handoff.limits()?);
+                let ticks = control.try_clone().map_err(|e| format!("control socket: {e}"))?;
+                let _ = METER.set((ticks, s.clone()));
+                std::thread::spawn(|| loop {
+                    std::thread::sleep(USAGE_TICK);
+                    report_usage();
+                });
+                session = Some(s.clone());
+                s
+            }
+        };
         std::thread::spawn(move || serve_connection(session, handoff, fd));
     }
 }

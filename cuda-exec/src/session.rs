@@ -84,6 +84,8 @@ struct Objects {
     arrays: HashMap<u64, (u64, ArrayShape)>,
     /// Texture and surface objects the session made (real values; kernels get them by value).
     tex_objects: HashMap<u64, bool>,
+    /// Client host memory shared with this process and registered with the driver (shared-memory sessions).
+    regions: HashMap<u64, Arc<crate::sys::SharedRegion>>,
 }
 
 /// Limits a session runs under (from its ticket, or none in standalone mode).
@@ -859,6 +861,49 @@ impl Channel {
                 .export_table_first_word(&c.uuid)
                 .map(|first_word| ExportTableSizeReply { first_word })),
             Op::Ping => simple!(Ping, |_c| Ok(Empty {})),
+            Op::HostRegionMap => {
+                Self::no_tail(h)?;
+                let c = body!(HostRegionMap);
+                // The descriptor was sent just before this request; without it the client broke the protocol.
+                let fd = t.recv_fd(c.id)?;
+                let r = self.map_region(c.id, c.size, c.addr, &fd);
+                self.finish::<HostRegionMap>(t, h.seq, r.map(|_| Empty {}), &[])
+            }
+            Op::HostRegionUnmap => simple!(HostRegionUnmap, |c| self.unmap_region(c.id).map(|_| Empty {})),
+            Op::MemcpyHtoDRegion => simple!(MemcpyHtoDRegion, |c| {
+                let stream = if per_thread { STREAM_PER_THREAD } else { 0 };
+                self.check_range(c.dst, c.size)
+                    .and_then(|_| self.region_slice(c.region, c.offset, c.size))
+                    .and_then(|(_keep, buf)| self.b().memcpy_htod_async(c.dst, &buf, buf.len, stream))
+                    .and_then(|_| self.b().stream_synchronize(stream))
+                    .map(|_| self.s().count_moved(c.size))
+                    .map(|_| Empty {})
+            }),
+            Op::MemcpyHtoDRegionAsync => simple!(MemcpyHtoDRegionAsync, |c| {
+                self.stream(c.stream, per_thread)
+                    .and_then(|s| self.check_range(c.dst, c.size).map(|_| s))
+                    .and_then(|s| self.region_slice(c.region, c.offset, c.size).map(|r| (s, r)))
+                    .and_then(|(s, (_keep, buf))| self.b().memcpy_htod_async(c.dst, &buf, buf.len, s))
+                    .map(|_| self.s().count_moved(c.size))
+                    .map(|_| Empty {})
+            }),
+            Op::MemcpyDtoHRegion => simple!(MemcpyDtoHRegion, |c| {
+                let stream = if per_thread { STREAM_PER_THREAD } else { 0 };
+                self.check_range(c.src, c.size)
+                    .and_then(|_| self.region_slice(c.region, c.offset, c.size))
+                    .and_then(|(_keep, buf)| self.b().memcpy_dtoh_async(&buf, c.src, buf.len, stream))
+                    .and_then(|_| self.b().stream_synchronize(stream))
+                    .map(|_| self.s().count_moved(c.size))
+                    .map(|_| Empty {})
+            }),
+            Op::MemcpyDtoHRegionAsync => simple!(MemcpyDtoHRegionAsync, |c| {
+                self.stream(c.stream, per_thread)
+                    .and_then(|s| self.check_range(c.src, c.size).map(|_| s))
+                    .and_then(|s| self.region_slice(c.region, c.offset, c.size).map(|r| (s, r)))
+                    .and_then(|(s, (_keep, buf))| self.b().memcpy_dtoh_async(&buf, c.src, buf.len, s))
+                    .map(|_| self.s().count_moved(c.size))
+                    .map(|_| Empty {})
+            }),
         }
     }
 
@@ -929,6 +974,53 @@ impl Channel {
             }
         }
         Ok(())
+    }
+
+    fn map_region(&self, id: u64, size: u64, addr: u64, fd: &std::os::fd::OwnedFd) -> Result<(), u32> {
+        let len = usize::try_from(size).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        let at = usize::try_from(addr).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        if self.s().objects().regions.contains_key(&id) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let region = crate::sys::SharedRegion::map(fd, len, at).map_err(|e| {
+            tracing::warn!("cannot map the client's host region {id}: {e}");
+            CUDA_ERROR_INVALID_VALUE
+        })?;
+        self.b().host_register(region.ptr, region.len)?;
+        self.s().objects().regions.insert(id, Arc::new(region));
+        Ok(())
+    }
+
+    fn unmap_region(&self, id: u64) -> Result<(), u32> {
+        let region = self.s().objects().regions.remove(&id).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        // Copies still queued on it must finish before the memory goes (the driver's cuMemFreeHost waits too).
+        let _ = self.b().ctx_synchronize();
+        self.b().host_unregister(region.ptr)
+    }
+
+    /// `size` bytes at `offset` of region `id`, as a buffer the backend can copy through; the Arc keeps the
+    /// mapping alive while the copy is issued.
+    fn region_slice(
+        &self,
+        id: u64,
+        offset: u64,
+        size: u64,
+    ) -> Result<(Arc<crate::sys::SharedRegion>, HostBuffer), u32> {
+        let region = self
+            .s()
+            .objects()
+            .regions
+            .get(&id)
+            .cloned()
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let ptr = region.at(offset, size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        Ok((
+            region,
+            HostBuffer {
+                ptr,
+                len: size as usize,
+            },
+        ))
     }
 
     fn stream(&self, id: u64, per_thread: bool) -> Result<u64, u32> {

@@ -1,7 +1,7 @@
 //! The few raw system calls the server needs, kept in one place.
 //! Each `unsafe` block here wraps one libc call on a descriptor the caller owns.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 fn set_flag(fd: RawFd, cloexec: bool) -> std::io::Result<()> {
     // SAFETY: fcntl on a descriptor the caller owns; F_GETFD/F_SETFD only read and write its flags.
@@ -27,4 +27,85 @@ pub fn clear_cloexec(fd: RawFd) -> std::io::Result<()> {
 
 pub fn set_cloexec(fd: RawFd) -> std::io::Result<()> {
     set_flag(fd, true)
+}
+
+/// A client's memory region mapped into this process (shared, read-write), unmapped on drop.
+pub struct SharedRegion {
+    pub ptr: *mut u8,
+    pub len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; who may touch it when is the session's business, not the thread's.
+unsafe impl Send for SharedRegion {}
+// SAFETY: as above; the struct itself is immutable.
+unsafe impl Sync for SharedRegion {}
+
+impl SharedRegion {
+    /// Maps `len` bytes of a memfd the client sent, after checking it cannot shrink under us (a shrink would turn
+    /// our accesses into SIGBUS).
+    /// `at` non-zero: map exactly there or fail (never over an existing mapping).
+    pub fn map(fd: &OwnedFd, len: usize, at: usize) -> std::io::Result<SharedRegion> {
+        let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string());
+        if len == 0 {
+            return Err(bad("empty region"));
+        }
+        // SAFETY: fcntl(F_GET_SEALS) only reads the descriptor's seals.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(bad("the region is not a memfd sealed against shrinking"));
+        }
+        // SAFETY: fstat into a zeroed local.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if (st.st_size as u64) < len as u64 {
+            return Err(bad("the region is smaller than announced"));
+        }
+        // SAFETY: a fresh shared mapping of a descriptor we hold; the kernel picks the address.
+        let fixed = if at != 0 { libc::MAP_FIXED_NOREPLACE } else { 0 };
+        let ptr = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | fixed,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        if at != 0 && ptr as usize != at {
+            // Kernels before 4.17 ignore MAP_FIXED_NOREPLACE and treat the address as a hint.
+            // SAFETY: unmaps the mapping just made, which nothing else has seen.
+            unsafe { libc::munmap(ptr, len) };
+            return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "address taken"));
+        }
+        Ok(SharedRegion {
+            ptr: ptr as *mut u8,
+            len,
+        })
+    }
+}
+
+impl SharedRegion {
+    /// The address of `size` bytes at `offset`, if they lie inside the mapping.
+    pub fn at(&self, offset: u64, size: u64) -> Option<*mut u8> {
+        let end = offset.checked_add(size)?;
+        if end > self.len as u64 {
+            return None;
+        }
+        // SAFETY: offset is within the mapping (checked above), so the pointer stays inside the allocation.
+        Some(unsafe { self.ptr.add(offset as usize) })
+    }
+}
+
+impl Drop for SharedRegion {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `map` created; nothing uses it after the drop.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
 }

@@ -29,6 +29,21 @@ pub trait Transport: Send {
     fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError>;
     /// Short name used in logs and bench tables ("tcp", "shm").
     fn kind(&self) -> &'static str;
+    /// Hands a file descriptor to the peer, tagged so the peer can match it with the message it belongs to.
+    /// Only transports between processes of one host can (shared memory); the others refuse.
+    fn send_fd(&mut self, _fd: std::os::fd::BorrowedFd<'_>, _tag: u64) -> Result<(), TransportError> {
+        Err(TransportError::Protocol(format!(
+            "the {} transport cannot pass descriptors",
+            self.kind()
+        )))
+    }
+    /// Receives the descriptor the peer sent with `send_fd`, which must carry `tag`.
+    fn recv_fd(&mut self, _tag: u64) -> Result<std::os::fd::OwnedFd, TransportError> {
+        Err(TransportError::Protocol(format!(
+            "the {} transport cannot pass descriptors",
+            self.kind()
+        )))
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -40,6 +55,12 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
     fn kind(&self) -> &'static str {
         (**self).kind()
+    }
+    fn send_fd(&mut self, fd: std::os::fd::BorrowedFd<'_>, tag: u64) -> Result<(), TransportError> {
+        (**self).send_fd(fd, tag)
+    }
+    fn recv_fd(&mut self, tag: u64) -> Result<std::os::fd::OwnedFd, TransportError> {
+        (**self).recv_fd(tag)
     }
 }
 

@@ -307,6 +307,21 @@ calls! {
     CtxSetLimit = 86, sync { value: u64, limit: u32, _pad: u32 } -> Empty;
     /// Flushes and reports any latched asynchronous error without doing anything else (used by tests and at exit).
     Ping = 90, sync { } -> Empty;
+    /// Shared-memory sessions: the client's pinned host allocation `id` (a memfd of `size` bytes, passed with
+    /// `Transport::send_fd` tagged `id` just before this request) is mapped by the server and registered with the
+    /// driver, so copies to and from it are direct DMA with no staging. `addr` non-zero: map it at that same
+    /// address (it is the client's), so that the device sees it where the app's pointers say (unified addressing).
+    HostRegionMap = 100, sync { id: u64, size: u64, addr: u64 } -> Empty;
+    /// Unregisters and unmaps region `id` (`cuMemFreeHost`).
+    HostRegionUnmap = 101, sync { id: u64 } -> Empty;
+    /// `cuMemcpyHtoD` from `size` bytes at `offset` in region `region`.
+    MemcpyHtoDRegion = 102, sync { dst: u64, region: u64, offset: u64, size: u64 } -> Empty;
+    /// `cuMemcpyHtoDAsync` from a region: the GPU reads the client's memory when the copy runs, as natively.
+    MemcpyHtoDRegionAsync = 103, async { dst: u64, region: u64, offset: u64, size: u64, stream: u64 } -> Empty;
+    /// `cuMemcpyDtoH` into a region.
+    MemcpyDtoHRegion = 104, sync { src: u64, region: u64, offset: u64, size: u64 } -> Empty;
+    /// `cuMemcpyDtoHAsync` into a region: the bytes land in the client's memory when the copy runs.
+    MemcpyDtoHRegionAsync = 105, async { src: u64, region: u64, offset: u64, size: u64, stream: u64 } -> Empty;
 }
 
 #[repr(C)]

@@ -494,6 +494,35 @@ impl Transport for ShmTransport {
         Ok(())
     }
 
+    fn send_fd(&mut self, fd: std::os::fd::BorrowedFd<'_>, tag: u64) -> Result<(), TransportError> {
+        fdpass::send_with_fds(&self.sock, &tag.to_le_bytes(), &[fd.as_raw_fd()]).map_err(io_to_transport)
+    }
+
+    fn recv_fd(&mut self, tag: u64) -> Result<std::os::fd::OwnedFd, TransportError> {
+        // The client sends the descriptor before the request that names it, so it is already here or close.
+        self.sock.set_read_timeout(Some(SETUP_TIMEOUT))?;
+        let mut got = [0u8; 8];
+        let received = fdpass::recv_with_fds(&self.sock, &mut got, 1).map_err(io_to_transport);
+        self.sock.set_read_timeout(None)?;
+        let (n, mut fds) = received?;
+        if n == 0 {
+            return Err(TransportError::Closed);
+        }
+        if n < got.len() {
+            (&self.sock).read_exact(&mut got[n..]).map_err(io_to_transport)?;
+        }
+        let fd = fds
+            .pop()
+            .ok_or_else(|| protocol("a descriptor message arrived without a descriptor"))?;
+        if u64::from_le_bytes(got) != tag {
+            return Err(protocol(format!(
+                "descriptor tagged {} arrived where {tag} was expected",
+                u64::from_le_bytes(got)
+            )));
+        }
+        Ok(fd)
+    }
+
     fn kind(&self) -> &'static str {
         "shm"
     }

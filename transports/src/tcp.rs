@@ -12,12 +12,27 @@ use crate::{io_to_transport, send_all};
 /// Reads smaller than this go through the internal buffer; larger ones go straight to the caller's memory.
 const READ_BUF: usize = 64 * 1024;
 
+/// How long a reader polls the socket without sleeping before it blocks (`VGPU_TCP_SPIN_US`, default 20 µs).
+/// A blocked reader pays the scheduler's wake-up on every message, which on loopback is a large part of a round
+/// trip; replies usually arrive within this window.
+fn spin_budget() -> std::time::Duration {
+    static SPIN: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var("VGPU_TCP_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20u64);
+        std::time::Duration::from_micros(us.min(10_000))
+    })
+}
+
 /// A TCP connection carrying one client thread's calls.
 pub struct TcpTransport {
     stream: TcpStream,
     buf: Box<[u8]>,
     pos: usize,
     end: usize,
+    spin: std::time::Duration,
 }
 
 impl TcpTransport {
@@ -33,6 +48,7 @@ impl TcpTransport {
             buf: vec![0u8; READ_BUF].into_boxed_slice(),
             pos: 0,
             end: 0,
+            spin: spin_budget(),
         })
     }
 
@@ -50,7 +66,22 @@ impl TcpTransport {
     }
 }
 
-fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, TransportError> {
+fn read_some(stream: &mut TcpStream, buf: &mut [u8], spin: std::time::Duration) -> Result<usize, TransportError> {
+    if !spin.is_zero() {
+        let start = std::time::Instant::now();
+        loop {
+            match crate::sys::recv_nonblocking(stream.as_raw_fd(), buf) {
+                Ok(0) => return Err(TransportError::Closed),
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_to_transport(e)),
+            }
+            if start.elapsed() >= spin {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
     loop {
         match stream.read(buf) {
             Ok(0) => return Err(TransportError::Closed),
@@ -73,10 +104,10 @@ impl Transport for TcpTransport {
         out = &mut out[buffered..];
         while !out.is_empty() {
             if out.len() >= READ_BUF {
-                let n = read_some(&mut self.stream, out)?;
+                let n = read_some(&mut self.stream, out, self.spin)?;
                 out = &mut out[n..];
             } else {
-                let n = read_some(&mut self.stream, &mut self.buf)?;
+                let n = read_some(&mut self.stream, &mut self.buf, self.spin)?;
                 let take = n.min(out.len());
                 out[..take].copy_from_slice(&self.buf[..take]);
                 self.pos = take;

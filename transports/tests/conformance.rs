@@ -505,3 +505,48 @@ fn shm_works_across_processes_and_notices_a_killed_peer() {
         let _ = std::fs::remove_file(&path);
     });
 }
+
+#[test]
+fn shm_passes_descriptors_in_order_and_checks_their_tags() {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsFd;
+    within(15, "descriptor passing", || {
+        let (mut client, mut server) = shm_pair(Some(64 * 1024));
+        let mut file = tempfile_with(b"region contents");
+        client.send_fd(file.as_fd(), 7).expect("send fd");
+        client.send(&[b"after"]).expect("send bytes");
+        let fd = server.recv_fd(7).expect("recv fd");
+        let mut got = std::fs::File::from(fd);
+        got.rewind().expect("rewind");
+        let mut text = String::new();
+        got.read_to_string(&mut text).expect("read");
+        assert_eq!(text, "region contents");
+        let mut buf = [0u8; 5];
+        server.recv_exact(&mut buf).expect("bytes after the descriptor");
+        assert_eq!(&buf, b"after");
+        // A descriptor with the wrong tag is a protocol violation, not a silent mix-up.
+        file.write_all(b"!").expect("write");
+        client.send_fd(file.as_fd(), 8).expect("send fd");
+        let err = server.recv_fd(9).expect_err("wrong tag");
+        assert!(matches!(err, TransportError::Protocol(_)), "got {err:?}");
+    });
+    // TCP cannot pass descriptors and says so.
+    let (mut a, _b) = tcp_pair();
+    let file = tempfile_with(b"x");
+    assert!(matches!(a.send_fd(file.as_fd(), 1), Err(TransportError::Protocol(_))));
+}
+
+fn tempfile_with(contents: &[u8]) -> std::fs::File {
+    use std::io::Write;
+    let path = std::env::temp_dir().join(format!("vgpu-fd-{}-{}", std::process::id(), contents.len()));
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("temp file");
+    f.write_all(contents).expect("write");
+    let _ = std::fs::remove_file(&path);
+    f
+}

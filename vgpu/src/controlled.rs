@@ -31,6 +31,8 @@ pub struct ControlLink {
 /// Admits sessions by control-plane tickets; see the module docs.
 pub struct TicketAuthority {
     link: ControlLink,
+    /// Utilization source for heartbeats (real GPUs only).
+    nvml: Option<crate::nvml::Nvml>,
     state: Mutex<State>,
     /// Itself, for the background thread `started` spawns.
     me: Weak<TicketAuthority>,
@@ -73,6 +75,7 @@ impl TicketAuthority {
     pub fn new(link: ControlLink) -> Arc<TicketAuthority> {
         Arc::new_cyclic(|me| TicketAuthority {
             link,
+            nvml: crate::nvml::Nvml::open(),
             state: Mutex::new(State::default()),
             me: me.clone(),
         })
@@ -131,10 +134,16 @@ impl TicketAuthority {
                     *per_gpu.entry(g.gpu_uuid.clone()).or_default() += bytes;
                 }
             }
+            let mut gpus = inventory(&r.devices, &per_gpu);
+            if let Some(nvml) = &self.nvml {
+                for g in &mut gpus {
+                    g.utilization_pct = nvml.utilization_pct(&g.uuid).unwrap_or(0.0);
+                }
+            }
             (
                 r.server_token.clone(),
                 r.server_id.clone(),
-                inventory(&r.devices, &per_gpu),
+                gpus,
                 r.address.clone(),
                 r.devices.clone(),
             )

@@ -42,6 +42,8 @@ api! {
     mem_free_host = "cuMemFreeHost": fn(P);
     memcpy_htod = "cuMemcpyHtoD_v2": fn(u64, *const c_void, usize);
     memcpy_dtoh = "cuMemcpyDtoH_v2": fn(P, u64, usize);
+    memcpy_htod_async = "cuMemcpyHtoDAsync_v2": fn(u64, *const c_void, usize, P);
+    memcpy_dtoh_async = "cuMemcpyDtoHAsync_v2": fn(P, u64, usize, P);
     module_load_data = "cuModuleLoadData": fn(*mut P, *const c_void);
     module_get_function = "cuModuleGetFunction": fn(*mut P, P, *const c_char);
     launch_kernel = "cuLaunchKernel": fn(P, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, P, *mut P, *mut P);

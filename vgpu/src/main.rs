@@ -5,6 +5,7 @@ mod bench;
 mod controlled;
 mod cuda;
 mod local;
+mod nvml;
 mod quickstart;
 mod sample;
 

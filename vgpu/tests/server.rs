@@ -82,7 +82,7 @@ fn sample_runs_over_tcp_and_shared_memory() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            text.contains("emulated backend") && text.contains("copies verified"),
+            text.contains("emulated backend") && text.contains("verified byte for byte"),
             "{endpoint}: {text}"
         );
     }

@@ -110,6 +110,270 @@ fn copy_via_host(
     }
 }
 
+/// Pageable copies at least this large go through the thread's shared staging slots.
+const STAGED_MIN: usize = 1 << 20;
+/// Size of each of the two staging slots.
+const STAGING_SLOT: usize = 8 << 20;
+
+/// Per-thread double buffer in shared pinned memory for pageable device-to-host copies on shared-memory
+/// sessions: the GPU writes one slot while this thread copies the other out, so each byte is copied by the CPU
+/// once (as in the native driver's own staging), not three times through the ring.
+struct Staging {
+    ptr: *mut u8,
+    region: u64,
+    /// Events (created in `ctx`) marking when each slot's copy has landed.
+    events: [u64; 2],
+    ctx: u64,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // The thread is ending: release this process's mapping (the server keeps its own until the session ends).
+        state::write().shared_regions.remove(&(self.ptr as usize));
+        ffi::free_shared(self.ptr, 2 * STAGING_SLOT);
+    }
+}
+
+thread_local! {
+    static STAGING: std::cell::RefCell<Option<Staging>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Copies `n` bytes from device `src` to pageable `dst` through the staging slots; `None` when staging is not
+/// available here (not a local session, sharing turned off, or the server could not map the slots).
+fn staged_dtoh(flags: u16, ctx: u64, dst: *mut c_void, src: u64, n: usize) -> Option<Result<(), u32>> {
+    let (base, region, events) = staging(flags, ctx)?;
+    Some(staged_copy_out(flags, base, region, events, dst as *mut u8, src, n))
+}
+
+/// Copies `n` bytes from pageable `src` to device `dst` through the staging slots: this thread fills one slot
+/// while the GPU reads the other. Returns once every byte has reached the device.
+fn staged_htod(flags: u16, ctx: u64, dst: u64, src: *const c_void, n: usize) -> Option<Result<(), u32>> {
+    let (base, region, events) = staging(flags, ctx)?;
+    Some(staged_copy_in(flags, base, region, events, dst, src as *const u8, n))
+}
+
+/// This thread's staging slots (created on first use): base address, region id, and the two slot events.
+fn staging(flags: u16, ctx: u64) -> Option<(*mut u8, u64, [u64; 2])> {
+    let ready = STAGING.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_some_and(|s| s.ctx != ctx) {
+            // Events belong to a context: a thread that switched contexts needs new ones (slots stay).
+            let old = slot.take()?;
+            *slot = Some(Staging {
+                events: staging_events()?,
+                ctx,
+                ..old
+            });
+        }
+        if slot.is_none() {
+            let ptr = shared_alloc(flags, 2 * STAGING_SLOT, false, 0)?;
+            let region = {
+                let mut reg = state::write();
+                // Staging is the shim's own memory, not an allocation the app may name.
+                reg.host_allocs.remove(&(ptr as usize));
+                reg.shared_region(ptr as usize, 1)?.0
+            };
+            *slot = Some(Staging {
+                ptr,
+                region,
+                events: staging_events()?,
+                ctx,
+            });
+        }
+        slot.as_ref().map(|s| (s.ptr as usize, s.region, s.events))
+    });
+    let (base, region, events) = ready?;
+    Some((base as *mut u8, region, events))
+}
+
+fn staged_copy_in(
+    flags: u16,
+    base: *mut u8,
+    region: u64,
+    events: [u64; 2],
+    dst: u64,
+    src: *const u8,
+    n: usize,
+) -> Result<(), u32> {
+    state::read().check_range(dst, n as u64)?;
+    let input = ffi::bytes(src, n)?;
+    let stream = if flags & FLAG_PER_THREAD != 0 { 2 } else { 0 };
+    for (i, off) in (0..n).step_by(STAGING_SLOT).enumerate() {
+        let len = STAGING_SLOT.min(n - off);
+        let slot = i % 2;
+        if i >= 2 {
+            // The GPU must have finished reading this slot (chunk i - 2) before it is refilled.
+            client::call(0, &EventSynchronize { event: events[slot] }, &[])?;
+        }
+        let staged = ffi::bytes_mut(base.wrapping_add(slot * STAGING_SLOT), len)?;
+        copy_parallel(staged, &input[off..off + len]);
+        let copy = MemcpyHtoDRegionAsync {
+            dst: dst + off as u64,
+            region,
+            offset: (slot * STAGING_SLOT) as u64,
+            size: len as u64,
+            stream,
+        };
+        client::post(flags, &copy, &[])?;
+        client::post(
+            flags,
+            &EventRecord {
+                event: events[slot],
+                stream,
+            },
+            &[],
+        )?;
+    }
+    // Both slots are free again when this returns, and every byte is on the device.
+    for event in events {
+        client::call(0, &EventSynchronize { event }, &[])?;
+    }
+    Ok(())
+}
+
+fn staging_events() -> Option<[u64; 2]> {
+    let mut events = [0u64; 2];
+    for e in &mut events {
+        *e = state::new_id();
+        // CU_EVENT_DISABLE_TIMING: the cheapest kind to record and wait for.
+        client::post_now(
+            0,
+            &EventCreate {
+                event: *e,
+                flags: 2,
+                _pad: 0,
+            },
+            &[],
+        )
+        .ok()?;
+    }
+    Some(events)
+}
+
+fn staged_copy_out(
+    flags: u16,
+    base: *mut u8,
+    region: u64,
+    events: [u64; 2],
+    dst: *mut u8,
+    src: u64,
+    n: usize,
+) -> Result<(), u32> {
+    // Checked here so that a bad range fails before any byte moves, as natively.
+    state::read().check_range(src, n as u64)?;
+    let out = ffi::bytes_mut(dst, n)?;
+    let stream = if flags & FLAG_PER_THREAD != 0 { 2 } else { 0 };
+    let chunks: Vec<(usize, usize)> = (0..n)
+        .step_by(STAGING_SLOT)
+        .map(|off| (off, STAGING_SLOT.min(n - off)))
+        .collect();
+    let issue = |i: usize| -> Result<(), u32> {
+        let (off, len) = chunks[i];
+        let slot = i % 2;
+        let copy = MemcpyDtoHRegionAsync {
+            src: src + off as u64,
+            region,
+            offset: (slot * STAGING_SLOT) as u64,
+            size: len as u64,
+            stream,
+        };
+        client::post(flags, &copy, &[])?;
+        client::post(
+            flags,
+            &EventRecord {
+                event: events[slot],
+                stream,
+            },
+            &[],
+        )
+    };
+    for i in 0..chunks.len().min(2) {
+        issue(i)?;
+    }
+    for (i, &(off, len)) in chunks.iter().enumerate() {
+        let slot = i % 2;
+        client::call(0, &EventSynchronize { event: events[slot] }, &[])?;
+        // The slot lies inside the shared staging mapping, and the event says the GPU has finished writing it.
+        let staged = ffi::bytes(base.wrapping_add(slot * STAGING_SLOT), len)?;
+        copy_parallel(&mut out[off..off + len], staged);
+        if i + 2 < chunks.len() {
+            issue(i + 2)?;
+        }
+    }
+    Ok(())
+}
+
+/// One thread's `memcpy` into fresh pageable memory runs well below memory bandwidth; large slots are copied by
+/// `VGPU_COPY_THREADS` threads (default 4) at once.
+fn copy_parallel(dst: &mut [u8], src: &[u8]) {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads = *THREADS.get_or_init(|| {
+        std::env::var("VGPU_COPY_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4usize)
+            .clamp(1, 16)
+    });
+    if threads == 1 || dst.len() < (1 << 20) {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let part = dst.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut pieces = dst.chunks_mut(part).zip(src.chunks(part));
+        let first = pieces.next();
+        for (d, s) in pieces {
+            scope.spawn(move || d.copy_from_slice(s));
+        }
+        if let Some((d, s)) = first {
+            d.copy_from_slice(s);
+        }
+    });
+}
+
+/// The shared pinned region holding all of `n` bytes at `ptr`, as (region id, offset).
+fn region_of(ptr: *const c_void, n: usize) -> Option<(u64, u64)> {
+    if n == 0 {
+        return None;
+    }
+    state::read().shared_region(ptr as usize, n)
+}
+
+/// On a shared-memory session, pinned memory lives in a memfd the server maps and registers with the driver,
+/// so the GPU copies straight to and from the app's buffer and kernels reach it, as natively. `None` (fall back
+/// to mirrored memory): not a local session, turned off with `VGPU_SHM_PINNED=0`, or the server could not map
+/// it (at the same address) or pin it.
+fn shared_alloc(flags: u16, size: usize, same_address: bool, host_flags: u32) -> Option<*mut u8> {
+    static NEXT_REGION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    if !client::session_is_local() || std::env::var("VGPU_SHM_PINNED").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    let (ptr, fd) = ffi::alloc_shared(size).ok()?;
+    let id = NEXT_REGION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    use std::os::fd::AsFd;
+    // Pinned memory the app can hand to kernels must sit at the same address in the server, where the driver
+    // maps it for the device (unified addressing: device pointer == host pointer).
+    let addr = if same_address { ptr as u64 } else { 0 };
+    let call = HostRegionMap {
+        id,
+        size: size as u64,
+        addr,
+    };
+    match client::call_with_fd(flags, &call, fd.as_fd(), id) {
+        Ok(_) => {
+            let mut reg = state::write();
+            reg.host_allocs.insert(ptr as usize, size);
+            reg.host_alloc_flags.insert(ptr as usize, host_flags);
+            reg.shared_regions.insert(ptr as usize, (id, size));
+            Some(ptr)
+        }
+        Err(_) => {
+            ffi::free_shared(ptr, size);
+            None
+        }
+    }
+}
+
 /// Host-to-device data is read when the call is made. Natively, a copy from pinned memory reads it when the
 /// copy runs, after earlier device-to-host copies into that memory have landed (a chain reusing one host
 /// buffer): where such a copy is still under way, wait for it first.
@@ -122,11 +386,26 @@ fn await_landings(src: *const c_void, n: usize) -> Result<(), u32> {
 }
 
 fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> Result<(), u32> {
-    need_ctx()?;
+    let ctx = need_ctx()?;
     if mirrored(dst) {
         return copy_via_host(flags, 0, dst, false, src as u64, false, n);
     }
+    if let Some((region, offset)) = region_of(src, n) {
+        let call = MemcpyHtoDRegion {
+            dst,
+            region,
+            offset,
+            size: n as u64,
+        };
+        client::call(flags, &call, &[])?;
+        return mirror::after_sync();
+    }
     await_landings(src, n)?;
+    if n >= STAGED_MIN {
+        if let Some(done) = staged_htod(flags, ctx, dst, src, n) {
+            return done.and_then(|_| mirror::after_sync());
+        }
+    }
     let data = ffi::bytes(src as *const u8, n)?;
     client::call(flags, &MemcpyHtoD { dst, size: n as u64 }, data)?;
     // A synchronous copy waits for the work before it: kernels' writes to pinned memory are due now.
@@ -134,9 +413,24 @@ fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> Result<(), u32> {
 }
 
 fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> Result<(), u32> {
-    need_ctx()?;
+    let ctx = need_ctx()?;
     if mirrored(src) {
         return copy_via_host(flags, 0, dst as u64, false, src, false, n);
+    }
+    if let Some((region, offset)) = region_of(dst, n) {
+        let call = MemcpyDtoHRegion {
+            src,
+            region,
+            offset,
+            size: n as u64,
+        };
+        client::call(flags, &call, &[])?;
+        return mirror::after_sync();
+    }
+    if n >= STAGED_MIN {
+        if let Some(done) = staged_dtoh(flags, ctx, dst, src, n) {
+            return done.and_then(|_| mirror::after_sync());
+        }
     }
     let out = ffi::bytes_mut(dst as *mut u8, n)?;
     client::with_channel(|ch, _| ch.copy_to_host(flags, &MemcpyDtoH { src, size: n as u64 }, out))?;
@@ -160,6 +454,17 @@ pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, str
         return copy_via_host(flags, stream, dst, false, src as u64, false, n);
     }
     state::read().check_range(dst, n as u64)?;
+    if let Some((region, offset)) = region_of(src, n) {
+        // The GPU reads the app's buffer when the copy runs, as natively.
+        let call = MemcpyHtoDRegionAsync {
+            dst,
+            region,
+            offset,
+            size: n as u64,
+            stream,
+        };
+        return client::post(flags, &call, &[]);
+    }
     await_landings(src, n)?;
     let data = ffi::bytes(src as *const u8, n)?;
     client::post(
@@ -195,6 +500,17 @@ pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, strea
     }
     if dst.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    if let Some((region, offset)) = region_of(dst, n) {
+        // The GPU writes straight into the app's buffer when the copy runs: nothing to deliver later.
+        let call = MemcpyDtoHRegionAsync {
+            src,
+            region,
+            offset,
+            size: n as u64,
+            stream,
+        };
+        return client::post(flags, &call, &[]);
     }
     let pending_id = client::pending_register(client::Landing {
         addr: dst as usize,
@@ -790,6 +1106,9 @@ fn host_alloc(out: *mut *mut c_void, size: usize, flags: u32) -> Result<(), u32>
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let len = mirror::page_round(size).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+    if let Some(ptr) = shared_alloc(0, len, true, flags) {
+        return ffi::write(out, ptr as *mut c_void);
+    }
     let (ptr, _) = mirror::alloc(len)?;
     let mut reg = state::write();
     reg.host_allocs.insert(ptr, len);
@@ -1017,14 +1336,25 @@ entry! {
     }
     [cuMemFreeHost] [] (ptr: *mut c_void) |f| {
         client::session()?;
-        let size = {
+        let (size, shared) = {
             let mut reg = state::write();
             reg.host_alloc_flags.remove(&(ptr as usize));
-            reg.host_allocs.remove(&(ptr as usize)).ok_or(CUDA_ERROR_INVALID_VALUE)?
+            let size = reg.host_allocs.remove(&(ptr as usize)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            (size, reg.shared_regions.remove(&(ptr as usize)))
         };
         // Removed from the registry above, so it is freed exactly once.
-        mirror::free(ptr as usize, size);
-        Ok(())
+        match shared {
+            Some((id, _)) => {
+                // The server waits for copies still using it and unpins it before this process unmaps it.
+                let unmapped = client::call(f, &HostRegionUnmap { id }, &[]).map(|_| ());
+                ffi::free_shared(ptr as *mut u8, size);
+                unmapped
+            }
+            None => {
+                mirror::free(ptr as usize, size);
+                Ok(())
+            }
+        }
     }
     [cuMemHostRegister, cuMemHostRegister_v2] [] (ptr: *mut c_void, size: usize, flags: c_uint) |f| {
         host_register(ptr, size, flags)
