@@ -12,7 +12,18 @@ use crate::local::{through_shim, LocalServer};
 
 /// (key, label, unit, higher_is_better)
 const METRICS: &[(&str, &str, &str, bool)] = &[
-    ("session_start_ms", "load + cuInit + primary context", "ms", false),
+    (
+        "session_start_ms",
+        "session start: load + cuInit (connect, handshake, facts)",
+        "ms",
+        false,
+    ),
+    (
+        "context_ms",
+        "first primary context (cuDevicePrimaryCtxRetain)",
+        "ms",
+        false,
+    ),
     (
         "rss_added_mib",
         "client resident memory added by the driver",
@@ -127,11 +138,16 @@ pub fn probe(quick: bool) -> Result<(), String> {
     let rss_before = rss_mib();
     let t = Instant::now();
     let cuda = Cuda::load()?;
-    cuda.open_device()?;
+    // SAFETY: documented driver call.
+    cuda.check("cuInit", unsafe { (cuda.init)(0) })?;
     let session_start_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    cuda.open_device()?;
+    let context_ms = t.elapsed().as_secs_f64() * 1e3;
     let scale = if quick { 10 } else { 1 };
     let mut out = BTreeMap::new();
     out.insert("session_start_ms", session_start_ms);
+    out.insert("context_ms", context_ms);
     let f = cuda.kernel(PTX, "empty")?;
     let null = std::ptr::null_mut();
     let launch = || {
@@ -329,7 +345,7 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
         }
     );
     println!(
-        "{:<50} {:>10} {:>10} {:>8} {:>10} {:>8}",
+        "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8}",
         "metric", "native", "vgpu tcp", "ratio", "vgpu shm", "ratio"
     );
     let mut rows = Vec::new();
@@ -344,7 +360,7 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
         };
         let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
         println!(
-            "{:<50} {:>10} {:>10} {:>8} {:>10} {:>8}",
+            "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8}",
             format!("{label} ({unit})"),
             f(n),
             f(t),
