@@ -277,6 +277,12 @@ pub fn find(addr: usize) -> Option<Mirror> {
     (addr >= mirror.data && addr < mirror.data + mirror.data_len).then_some(*mirror)
 }
 
+/// Marks the region at `base` to be brought back at the next synchronizing call (something on the server
+/// wrote into its mirror).
+pub fn mark_pending(base: usize) {
+    mirrors().pending.insert(base);
+}
+
 /// Before a launch on `stream`: pushes every mirrored region one of the kernel's argument words points
 /// into, in stream order, and remembers it for the next synchronizing call.
 pub fn before_launch(flags: u16, stream: u64, args: &[u8]) -> Result<(), u32> {

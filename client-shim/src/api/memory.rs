@@ -331,6 +331,18 @@ fn copy_parallel(dst: &mut [u8], src: &[u8]) {
     });
 }
 
+/// A device-to-host copy into mirrored pinned memory goes into the server's mirror (device address, region
+/// base), and the region comes back at the next synchronizing call; landing it here instead would be undone
+/// by that pull, which copies the whole mirror back over the host's bytes.
+fn into_mirror(dst: *mut c_void, n: usize) -> Option<(u64, usize)> {
+    if n == 0 {
+        return None;
+    }
+    let m = mirror::find(dst as usize)?;
+    let end = (dst as usize).checked_add(n)?;
+    (end <= m.data + m.data_len).then(|| (m.dptr + (dst as usize - m.base) as u64, m.base))
+}
+
 /// The shared pinned region holding all of `n` bytes at `ptr`, as (region id, offset).
 fn region_of(ptr: *const c_void, n: usize) -> Option<(u64, u64)> {
     if n == 0 {
@@ -417,6 +429,19 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> Result<(), u32> {
     if mirrored(src) {
         return copy_via_host(flags, 0, dst as u64, false, src, false, n);
     }
+    if let Some((dptr, base)) = into_mirror(dst, n) {
+        client::call(
+            flags,
+            &MemcpyDtoD {
+                dst: dptr,
+                src,
+                size: n as u64,
+            },
+            &[],
+        )?;
+        mirror::mark_pending(base);
+        return mirror::after_sync();
+    }
     if let Some((region, offset)) = region_of(dst, n) {
         let call = MemcpyDtoHRegion {
             src,
@@ -500,6 +525,17 @@ pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, strea
     }
     if dst.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    if let Some((dptr, base)) = into_mirror(dst, n) {
+        let call = MemcpyDtoDAsync {
+            dst: dptr,
+            src,
+            size: n as u64,
+            stream,
+        };
+        client::post(flags, &call, &[])?;
+        mirror::mark_pending(base);
+        return Ok(());
     }
     if let Some((region, offset)) = region_of(dst, n) {
         // The GPU writes straight into the app's buffer when the copy runs: nothing to deliver later.
