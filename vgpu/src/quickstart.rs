@@ -90,18 +90,11 @@ pub fn run(backend: &str, standalone: bool) -> Result<(), String> {
     for endpoint in [None, Some(server.shm.as_str())] {
         let over = endpoint.map_or_else(|| "TCP (the ticket's server)".to_string(), str::to_string);
         println!("vgpu quickstart: running the sample with VGPU_KEY through the shim over {over}");
-        let out = local::through_shim(&exe, endpoint)?
-            .arg("sample")
-            .env("VGPU_KEY", &tenant_key)
+        let mut cmd = local::through_shim(&exe, endpoint)?;
+        cmd.env("VGPU_KEY", &tenant_key)
             .env("VGPU_CONTROL_URL", &url)
-            .env_remove("VGPU_TICKET")
-            .output()
-            .map_err(|e| e.to_string())?;
-        print!("  {}", String::from_utf8_lossy(&out.stdout));
-        if !out.status.success() {
-            failed = true;
-            eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        }
+            .env_remove("VGPU_TICKET");
+        failed |= !run_sample(cmd)?;
     }
     if failed {
         return Err("the sample failed through vGPU".into());
@@ -150,15 +143,7 @@ fn run_standalone(backend: &str) -> Result<(), String> {
     let mut failed = false;
     for endpoint in [&server.tcp, &server.shm] {
         println!("vgpu quickstart: running the bundled sample through the shim over {endpoint}");
-        let out = local::through_shim(&exe, Some(endpoint))?
-            .arg("sample")
-            .output()
-            .map_err(|e| e.to_string())?;
-        print!("  {}", String::from_utf8_lossy(&out.stdout));
-        if !out.status.success() {
-            failed = true;
-            eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        }
+        failed |= !run_sample(local::through_shim(&exe, Some(endpoint))?)?;
     }
     if failed {
         return Err("the sample failed through vGPU".into());
@@ -168,4 +153,14 @@ fn run_standalone(backend: &str) -> Result<(), String> {
         server.tcp
     );
     Ok(())
+}
+
+/// Runs `vgpu sample` with `cmd`'s environment, prints what it said, and returns whether it succeeded.
+fn run_sample(mut cmd: std::process::Command) -> Result<bool, String> {
+    let out = cmd.arg("sample").output().map_err(|e| e.to_string())?;
+    print!("  {}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.status.success())
 }
