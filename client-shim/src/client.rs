@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
@@ -289,6 +289,7 @@ impl Channel {
         let seq = self.send_sync::<C>(flags, call, tail)?;
         let header = self.await_reply(seq)?;
         if header.result != CUDA_SUCCESS {
+            note_sticky(header.result);
             self.skip(header.len as usize)?;
             return Err(header.result);
         }
@@ -316,6 +317,7 @@ impl Channel {
         let seq = self.send_sync::<MemcpyDtoH>(flags, call, &[])?;
         let header = self.await_reply(seq)?;
         if header.result != CUDA_SUCCESS {
+            note_sticky(header.result);
             self.skip(header.len as usize)?;
             return Err(header.result);
         }
@@ -411,6 +413,34 @@ impl Channel {
         }
         Ok(())
     }
+}
+
+/// The sticky error a synchronous call reported (a kernel fault: the context is unusable until it is
+/// reset), 0 if none. Calls the client answers without waiting for the server (stream and event creation,
+/// launches) return it at once, as the native driver does, instead of latching another copy of it on
+/// the server. Process-wide: the error of any context poisons the client's view of all of them, which is
+/// exact for the usual one context per device.
+static STICKY: AtomicU32 = AtomicU32::new(0);
+
+fn note_sticky(code: u32) {
+    // ILLEGAL_ADDRESS, LAUNCH_TIMEOUT, ASSERT, HARDWARE_STACK_ERROR, ILLEGAL_INSTRUCTION,
+    // MISALIGNED_ADDRESS, INVALID_ADDRESS_SPACE, INVALID_PC, LAUNCH_FAILED.
+    if matches!(code, 700 | 702 | 710 | 714..=719) {
+        let _ = STICKY.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// `Err(the sticky error)` once a kernel fault was reported, until the primary context is reset.
+pub fn sticky_error() -> Result<(), u32> {
+    match STICKY.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        code => Err(code),
+    }
+}
+
+/// A successful `cuDevicePrimaryCtxReset` ends the sticky error (the faulted context is gone).
+pub fn clear_sticky() {
+    STICKY.store(0, Ordering::Relaxed);
 }
 
 /// Sends a synchronous call on this thread's channel.

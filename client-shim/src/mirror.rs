@@ -8,7 +8,7 @@
 //! at the next synchronizing call, which is when the host may look at what the kernel wrote.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use vgpu_dataplane::cuerr::*;
@@ -56,13 +56,21 @@ struct Mirrors {
     pending: BTreeSet<usize>,
     /// Pages mapped here for `__managed__` variables (several variables may share one).
     global_pages: BTreeSet<usize>,
+    /// `__managed__` variables looked up before any context was current (the runtime does so while it
+    /// registers a module): their initial values are fetched once a context is (`fetch_deferred`).
+    deferred: BTreeSet<usize>,
 }
 
 static MIRRORS: Mutex<Mirrors> = Mutex::new(Mirrors {
     by_base: BTreeMap::new(),
     pending: BTreeSet::new(),
     global_pages: BTreeSet::new(),
+    deferred: BTreeSet::new(),
 });
+
+/// Whether `deferred` may be non-empty (a lock-free check for the context switches that call
+/// `fetch_deferred`).
+static ANY_DEFERRED: AtomicBool = AtomicBool::new(false);
 
 fn mirrors() -> MutexGuard<'static, Mirrors> {
     MIRRORS.lock().unwrap_or_else(|p| p.into_inner())
@@ -225,12 +233,6 @@ pub fn adopt_managed_global(dptr: u64, size: usize) -> Result<(), u32> {
         }
         page += PAGE;
     }
-    let out = ffi::bytes_mut(start as *mut u8, size)?;
-    let call = MemcpyDtoH {
-        src: dptr,
-        size: size as u64,
-    };
-    client::with_channel(|ch, _| ch.copy_to_host(0, &call, out))?;
     // Keyed by the variable's own address: several may share a page.
     let m = Mirror {
         base: start,
@@ -240,7 +242,60 @@ pub fn adopt_managed_global(dptr: u64, size: usize) -> Result<(), u32> {
         data_len: size,
         kind: Kind::ManagedGlobal,
     };
-    mirrors().by_base.insert(start, m);
+    // Reading the initial value is a copy, which needs a context on the server; the runtime looks
+    // `__managed__` variables up before it has made one current. The host cannot look at the variable
+    // before then either (natively it is the runtime's initialisation that follows).
+    let fetched = match crate::state::current_ctx() {
+        0 => Err(CUDA_ERROR_INVALID_CONTEXT),
+        _ => fetch_initial(&m),
+    };
+    let mut all = mirrors();
+    all.by_base.insert(start, m);
+    match fetched {
+        Ok(()) => Ok(()),
+        Err(CUDA_ERROR_INVALID_CONTEXT) => {
+            all.deferred.insert(start);
+            ANY_DEFERRED.store(true, Ordering::Release);
+            Ok(())
+        }
+        Err(e) => {
+            all.by_base.remove(&start);
+            Err(e)
+        }
+    }
+}
+
+/// Copies a `__managed__` variable's current value from the server into its pages here.
+fn fetch_initial(m: &Mirror) -> Result<(), u32> {
+    let out = ffi::bytes_mut(m.data as *mut u8, m.data_len)?;
+    let call = MemcpyDtoH {
+        src: m.data_dptr(),
+        size: m.data_len as u64,
+    };
+    client::with_channel(|ch, _| ch.copy_to_host(0, &call, out))
+}
+
+/// Once a context is current on the server: fetches the initial values of `__managed__` variables looked
+/// up before (`adopt_managed_global`). Cheap when there are none.
+pub fn fetch_deferred() -> Result<(), u32> {
+    if !ANY_DEFERRED.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let due: Vec<Mirror> = {
+        let mut m = mirrors();
+        ANY_DEFERRED.store(false, Ordering::Release);
+        let bases: Vec<usize> = std::mem::take(&mut m.deferred).into_iter().collect();
+        bases.iter().filter_map(|b| m.by_base.get(b).copied()).collect()
+    };
+    for (i, mirror) in due.iter().enumerate() {
+        if let Err(e) = fetch_initial(mirror) {
+            // Still no usable context: keep the rest for the next time.
+            let mut m = mirrors();
+            m.deferred.extend(due[i..].iter().map(|x| x.base));
+            ANY_DEFERRED.store(true, Ordering::Release);
+            return Err(e);
+        }
+    }
     Ok(())
 }
 
@@ -286,6 +341,8 @@ pub fn mark_pending(base: usize) {
 /// Before a launch on `stream`: pushes every mirrored region one of the kernel's argument words points
 /// into, in stream order, and remembers it for the next synchronizing call.
 pub fn before_launch(flags: u16, stream: u64, args: &[u8]) -> Result<(), u32> {
+    // A `__managed__` variable's initial value must be here before this pushes it.
+    fetch_deferred()?;
     let named: Vec<Mirror> = {
         let m = mirrors();
         if m.by_base.is_empty() {

@@ -65,6 +65,9 @@ pub struct Registry {
     pub unloaded_libraries: HashSet<u64>,
     /// Context flags (`cuCtxGetFlags`): creation flags, or what `cuCtxSetFlags` set.
     pub ctx_flags: HashMap<u64, u32>,
+    /// Devices whose primary context was reset (`cuDevicePrimaryCtxReset`) and not retained since: the next
+    /// retain must reach the server, whose driver re-creates the context then, as natively.
+    pub primary_reset: HashSet<i32>,
     /// Flags of each device's primary context (`cuDevicePrimaryCtxSetFlags`).
     pub primary_flags: HashMap<i32, u32>,
     /// Cache and shared-memory configuration preferences, by context.
@@ -77,6 +80,8 @@ pub struct Registry {
     pub mem_pools: HashMap<u64, i32>,
     /// Each device's current memory pool (`cuDeviceSetMemPool`), where not its default one.
     pub current_pools: HashMap<i32, u64>,
+    /// Stream attributes set with `cuStreamSetAttribute`: (stream, attribute id) → the `CUstreamAttrValue`.
+    pub stream_attrs: HashMap<(u64, u32), [u8; 64]>,
     /// CUDA arrays: id → shape.
     pub arrays: HashMap<u64, vgpu_dataplane::wire::ArrayShape>,
 }

@@ -113,7 +113,11 @@ impl EmulatedBackend {
     }
 
     fn check_stream(&self, stream: u64) -> CuResult<()> {
-        if stream <= 2 || self.state().streams.contains_key(&stream) {
+        if stream <= 2 {
+            // The NULL, legacy and per-thread streams are the current context's: without one, the driver
+            // answers CUDA_ERROR_INVALID_CONTEXT.
+            self.require_ctx()
+        } else if self.state().streams.contains_key(&stream) {
             Ok(())
         } else {
             Err(CUDA_ERROR_INVALID_HANDLE)
@@ -347,8 +351,9 @@ fn emulated_device() -> DeviceFacts {
         (105, 0),
         (106, 32),
         (107, 1),
-        (108, 0),
-        (109, 0),
+        // H100's persisting-L2 maximum and access policy window limit.
+        (108, 32768000),
+        (109, 134217728),
         (111, 1024),
         (112, 1),
         (113, 0),
@@ -469,6 +474,8 @@ impl Backend for EmulatedBackend {
         if dev < 0 || dev as usize >= self.devices.len() {
             return Err(CUDA_ERROR_INVALID_DEVICE);
         }
+        // Limits go back to their defaults with the context.
+        self.state().limits.clear();
         Ok(())
     }
     fn ctx_create(&self, _flags: u32, dev: i32) -> CuResult<u64> {
@@ -848,7 +855,10 @@ impl Backend for EmulatedBackend {
             4 => 2048,
             5 => 64,
             6 => 0,
-            _ => return Err(CUDA_ERROR_UNSUPPORTED_LIMIT),
+            // SHMEM_SIZE, CIG_ENABLED, CIG_SHMEM_FALLBACK_ENABLED: defined, not on this device.
+            7..=9 => return Err(CUDA_ERROR_UNSUPPORTED_LIMIT),
+            // Not a CUlimit at all.
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
         };
         Ok(self.state().limits.get(&limit).copied().unwrap_or(default))
     }

@@ -7,6 +7,12 @@ use vgpu_dataplane::wire::{FunctionInfo, FUNC_ATTR_COUNT};
 /// parameter aligned to its alignment (its size for scalars, `.align N` for byte arrays).
 pub fn entries(ptx: &str) -> Result<Vec<FunctionInfo>, String> {
     let mut out = Vec::new();
+    let mut attrs = emulated_attrs();
+    if let Some(v) = target_version(ptx) {
+        // PTX_VERSION: the virtual architecture the code was written for (CUB picks its tuning policy by
+        // it, and fails with cudaErrorInvalidDeviceFunction when it matches no architecture it was built for).
+        attrs[5] = v;
+    }
     let mut rest = ptx;
     while let Some(pos) = find_entry(rest) {
         rest = &rest[pos + ".entry".len()..];
@@ -32,13 +38,19 @@ pub fn entries(ptx: &str) -> Result<Vec<FunctionInfo>, String> {
             }
             rest = &rest[close..];
         }
-        out.push(FunctionInfo {
-            name,
-            params,
-            attrs: emulated_attrs(),
-        });
+        out.push(FunctionInfo { name, params, attrs });
     }
     Ok(out)
+}
+
+/// The architecture of a PTX text's `.target` directive as the driver reports versions (`sm_90a` → 90).
+pub fn target_version(ptx: &str) -> Option<i32> {
+    let line = ptx.lines().map(str::trim).find(|l| l.starts_with(".target"))?;
+    let arch = line[".target".len()..]
+        .split([',', ' ', '\t'])
+        .find(|t| t.starts_with("sm_"))?;
+    let digits: String = arch[3..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
 }
 
 /// Position of the next `.entry` keyword that is a whole token.
@@ -104,12 +116,23 @@ pub fn emulated_attrs() -> [i32; FUNC_ATTR_COUNT] {
     // MAX_THREADS_PER_BLOCK, SHARED_SIZE, CONST_SIZE, LOCAL_SIZE, NUM_REGS, PTX_VERSION, BINARY_VERSION,
     // CACHE_MODE_CA, MAX_DYNAMIC_SHARED_SIZE, PREFERRED_SHARED_CARVEOUT, CLUSTER_SIZE_MUST_BE_SET,
     // REQUIRED_CLUSTER_WIDTH/HEIGHT/DEPTH, NON_PORTABLE_CLUSTER_SIZE_ALLOWED, CLUSTER_SCHEDULING_POLICY
-    [1024, 0, 0, 0, 16, 80, 90, 0, 49152, -1, 0, 0, 0, 0, 0, 0]
+    // PTX and binary version 9.0: code for the emulated (Hopper-like, compute capability 9.0) device.
+    [1024, 0, 0, 0, 16, 90, 90, 0, 49152, -1, 0, 0, 0, 0, 0, 0]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn target_versions() {
+        assert_eq!(target_version(".version 8.0\n.target sm_80\n"), Some(80));
+        assert_eq!(
+            target_version(".version 9.0\n.target sm_90a, texmode_independent\n"),
+            Some(90)
+        );
+        assert_eq!(target_version(".version 9.0\n"), None);
+    }
 
     #[test]
     fn parses_nvcc_style_entries_with_alignment() {

@@ -327,11 +327,19 @@ impl Channel {
                 .real_device(c.dev)
                 .and_then(|d| self.b().primary_ctx_release(d))
                 .map(|_| Empty {})),
-            Op::PrimaryCtxReset => simple!(PrimaryCtxReset, |c| self
-                .s()
-                .real_device(c.dev)
-                .and_then(|d| self.b().primary_ctx_reset(d))
-                .map(|_| Empty {})),
+            Op::PrimaryCtxReset => simple!(PrimaryCtxReset, |c| {
+                let r = self
+                    .s()
+                    .real_device(c.dev)
+                    .and_then(|d| self.b().primary_ctx_reset(d))
+                    .map(|_| Empty {});
+                if r.is_ok() {
+                    // The reset destroyed the context an earlier asynchronous call failed in (a launch
+                    // after a kernel fault, say): the reset itself succeeded, as the native call does.
+                    self.latched = 0;
+                }
+                r
+            }),
             Op::CtxCreate => simple!(CtxCreate, |c| {
                 self.s()
                     .real_device(c.dev)

@@ -1,5 +1,6 @@
-// Device-side printf: formats, several launches, a larger buffer (cudaLimitPrintfFifoSize), and
-// output order with the host's own lines (each launch is synchronised before the host prints).
+// Device-side printf: formats, several launches, a larger buffer (cudaLimitPrintfFifoSize, set before the
+// first launch; resizing it afterwards is refused), and output order with the host's own lines (each
+// launch is synchronised before the host prints).
 #include "common.h"
 
 __global__ void hello(int launch) {
@@ -23,6 +24,10 @@ int main() {
   size_t fifo = 0;
   CHECK(cudaDeviceGetLimit(&fifo, cudaLimitPrintfFifoSize));
   printf("printf fifo default %zu\n", fifo);
+  // The FIFO can be resized only before the first launch of a kernel that uses printf.
+  CHECK(cudaDeviceSetLimit(cudaLimitPrintfFifoSize, 16u << 20));
+  CHECK(cudaDeviceGetLimit(&fifo, cudaLimitPrintfFifoSize));
+  printf("printf fifo now %zu\n", fifo);
   printf("host: before the first launch\n");
   hello<<<4, 32>>>(1);
   CHECK_LAUNCH();
@@ -37,10 +42,9 @@ int main() {
     per_thread<<<dim3(1), dim3(8 * (b + 1)), 0>>>();
     CHECK(cudaDeviceSynchronize());
   }
-  // Bigger FIFO, then 500 lines from one thread.
-  CHECK(cudaDeviceSetLimit(cudaLimitPrintfFifoSize, 4u << 20));
-  CHECK(cudaDeviceGetLimit(&fifo, cudaLimitPrintfFifoSize));
-  printf("printf fifo now %zu\n", fifo);
+  // Too late now (NVIDIA's driver refuses it once a printf kernel has run); then 500 lines from one
+  // thread into the bigger FIFO.
+  ERROR_CASE("printf fifo resized after a printf launch", cudaDeviceSetLimit(cudaLimitPrintfFifoSize, 32u << 20));
   many_lines<<<1, 1>>>(500);
   CHECK(cudaDeviceSynchronize());
   // Printed on a stream, flushed by a stream synchronize.

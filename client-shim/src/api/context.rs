@@ -10,6 +10,9 @@ use super::Handle;
 use crate::state::{self, ContextInfo};
 use crate::{client, ffi};
 
+/// `CU_CTX_MAP_HOST`.
+const CU_CTX_MAP_HOST: c_uint = 0x8;
+
 fn check_device(dev: c_int) -> Result<(), u32> {
     let s = client::session()?;
     if dev < 0 || dev as usize >= s.devices.len() {
@@ -44,7 +47,13 @@ fn mirror_current(ctx: u64) -> Result<(), u32> {
     if unretained {
         return Ok(());
     }
-    client::post(0, &CtxSetCurrent { ctx }, &[])
+    client::post(0, &CtxSetCurrent { ctx }, &[])?;
+    if ctx != 0 {
+        // `__managed__` variables the runtime looked up before this context existed get their values now.
+        // Not an error of this call if it cannot: the next launch tries again.
+        let _ = crate::mirror::fetch_deferred();
+    }
+    Ok(())
 }
 
 fn create(out: *mut Handle, flags: c_uint, dev: c_int) -> Result<(), u32> {
@@ -135,13 +144,19 @@ entry! {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let ctx = state::primary_ctx_id(dev);
-        let first = state::read().primary_refs.get(&dev).copied().unwrap_or(0) == 0;
+        // The first retain, or the first since a reset (which destroyed the server's context without
+        // releasing it): the server's driver (re-)creates the context.
+        let first = {
+            let reg = state::read();
+            reg.primary_refs.get(&dev).copied().unwrap_or(0) == 0 || reg.primary_reset.contains(&dev)
+        };
         if first {
             client::call(0, &PrimaryCtxRetain { ctx, dev: dev as u32, _pad: 0 }, &[])?;
         }
         {
             let mut reg = state::write();
             reg.contexts.insert(ctx, ContextInfo { device: dev, primary: true });
+            reg.primary_reset.remove(&dev);
             *reg.primary_refs.entry(dev).or_insert(0) += 1;
         }
         if first && state::current_ctx() == ctx {
@@ -157,7 +172,10 @@ entry! {
         check_device(dev)?;
         // The runtime's context-local storage destructors are due when the primary context goes away.
         crate::dark::context_reset(state::primary_ctx_id(dev));
-        client::call(0, &PrimaryCtxReset { dev: dev as u32, _pad: 0 }, &[]).map(|_| ())
+        client::call(0, &PrimaryCtxReset { dev: dev as u32, _pad: 0 }, &[])?;
+        client::clear_sticky();
+        state::write().primary_reset.insert(dev);
+        Ok(())
     }
     [cuDevicePrimaryCtxGetState] [] (dev: c_int, flags: *mut c_uint, active: *mut c_int) |f| {
         check_device(dev)?;
@@ -186,7 +204,9 @@ entry! {
             Some(c) if c.primary => reg.primary_flags.get(&c.device).copied().unwrap_or(0),
             _ => reg.ctx_flags.get(&ctx).copied().unwrap_or(0),
         };
-        ffi::write(flags, v)
+        // CU_CTX_MAP_HOST has no effect since CUDA 11: every context behaves as though it were set, and the
+        // driver reports it so (cudaGetDeviceFlags includes cudaDeviceMapHost natively).
+        ffi::write(flags, v | CU_CTX_MAP_HOST)
     }
     [cuCtxSetFlags] [] (flags: c_uint) |f| {
         let ctx = super::need_ctx()?;
@@ -228,10 +248,10 @@ entry! {
         super::need_ctx()?;
         // Every GPU since Volta: priorities 0 (lowest) to -5 (highest). NULL outputs are allowed.
         if !least.is_null() {
-            ffi::write(least, 0)?;
+            ffi::write(least, super::exec::STREAM_PRIORITY_LEAST)?;
         }
         if !greatest.is_null() {
-            ffi::write(greatest, -5)?;
+            ffi::write(greatest, super::exec::STREAM_PRIORITY_GREATEST)?;
         }
         Ok(())
     }

@@ -108,8 +108,9 @@ entry! {
     }
     [cuDeviceGetPCIBusId] [] (out: *mut c_char, len: c_int, dev: c_int) |f| {
         let d = device(dev)?;
+        // The driver's form: a 4-digit domain, lower-case hex ("0000:1b:00.0"; nvidia-smi prints 8 digits).
         let text = format!(
-            "{:08X}:{:02X}:{:02X}.0",
+            "{:04x}:{:02x}:{:02x}.0",
             d.attr(50).unwrap_or(0),
             d.attr(33).unwrap_or(0),
             d.attr(34).unwrap_or(0)

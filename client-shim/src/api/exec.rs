@@ -32,11 +32,59 @@ fn event_id(event: Handle) -> Result<u64, u32> {
     }
 }
 
+/// The stream priority range of every GPU since Volta: 0 (lowest) to -5 (highest), what
+/// `cuCtxGetStreamPriorityRange` reports.
+pub(crate) const STREAM_PRIORITY_LEAST: c_int = 0;
+pub(crate) const STREAM_PRIORITY_GREATEST: c_int = -5;
+
+/// `CUstreamAttrID` values `cuStreamSetAttribute` accepts (the stream subset of `CUlaunchAttributeID`).
+const STREAM_ATTR_ACCESS_POLICY_WINDOW: u32 = 1;
+const STREAM_ATTR_SYNCHRONIZATION_POLICY: u32 = 3;
+const STREAM_ATTR_PRIORITY: u32 = 8;
+const STREAM_ATTR_MEM_SYNC_DOMAIN_MAP: u32 = 9;
+const STREAM_ATTR_MEM_SYNC_DOMAIN: u32 = 10;
+
+/// Checks a stream attribute value as the driver does. The values are kept by the client: the access policy
+/// window, synchronization policy and memory sync domains are performance hints whose absence on the
+/// server's stream costs only speed (as for the same attributes given at launch, `read_launch_config`);
+/// the priority is the stream's own, as reported by `cuStreamGetPriority`.
+fn check_stream_attr(id: u32, v: &[u8; 64]) -> Result<(), u32> {
+    let word = |at: usize| u32::from_ne_bytes([v[at], v[at + 1], v[at + 2], v[at + 3]]);
+    match id {
+        STREAM_ATTR_ACCESS_POLICY_WINDOW => {
+            // CUaccessPolicyWindow: base_ptr, num_bytes, hitRatio (f32), hitProp, missProp (0..=2).
+            let bytes = u64::from_ne_bytes(v[8..16].try_into().unwrap_or_default());
+            let ratio = f32::from_bits(word(16));
+            let max_window = client::session()?
+                .devices
+                .first()
+                .and_then(|d| d.attr(CU_DEVICE_ATTRIBUTE_MAX_ACCESS_POLICY_WINDOW_SIZE))
+                .unwrap_or(i32::MAX);
+            if !(0.0..=1.0).contains(&ratio) || word(20) > 2 || word(24) > 2 || bytes > max_window.max(0) as u64 {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            Ok(())
+        }
+        // CUsynchronizationPolicy: AUTO 1 .. BLOCKING_SYNC 4.
+        STREAM_ATTR_SYNCHRONIZATION_POLICY if (1..=4).contains(&word(0)) => Ok(()),
+        STREAM_ATTR_PRIORITY | STREAM_ATTR_MEM_SYNC_DOMAIN_MAP => Ok(()),
+        // CUlaunchMemSyncDomain: DEFAULT 0, REMOTE 1.
+        STREAM_ATTR_MEM_SYNC_DOMAIN if word(0) <= 1 => Ok(()),
+        _ => Err(CUDA_ERROR_INVALID_VALUE),
+    }
+}
+
+/// `CU_DEVICE_ATTRIBUTE_MAX_ACCESS_POLICY_WINDOW_SIZE`.
+const CU_DEVICE_ATTRIBUTE_MAX_ACCESS_POLICY_WINDOW_SIZE: usize = 109;
+
 fn stream_create(out: *mut Handle, flags: c_uint, priority: c_int) -> Result<(), u32> {
     need_ctx()?;
     if out.is_null() || flags & !1 != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
+    client::sticky_error()?;
+    // The driver clamps a priority outside the range cuCtxGetStreamPriorityRange reports.
+    let priority = priority.clamp(STREAM_PRIORITY_GREATEST, STREAM_PRIORITY_LEAST);
     let stream = state::new_id();
     // Sent at once, as streams made on one thread are often used on another.
     client::post_now(
@@ -422,7 +470,12 @@ fn launch_as(
     let ctx = need_ctx()?;
     let entry = function(f)?;
     let stream = stream_id(stream)?;
-    let attrs = known_attributes(&entry, f as u64);
+    client::sticky_error()?;
+    // The function's own limits (threads per block, dynamic shared memory without or with opt-in) decide
+    // whether the launch is refused at the call, as natively. A function of a lazily loaded module has
+    // none yet: they are fetched once (one round trip per function), so that a launch the driver refuses
+    // fails here instead of latching an error that a later, unrelated call would report.
+    let attrs = known_attributes(&entry, f as u64).or_else(|| attributes(f).ok());
     check_launch_shape(ctx, attrs, grid, block, shared_mem)?;
     let key = super::graph::key(flags, stream);
     if super::graph::is_capturing(key) {
@@ -488,8 +541,12 @@ fn check_launch_attributes(
 ) -> Result<(), u32> {
     let attrs = attributes(f)?;
     if cluster.iter().any(|&c| c > 1) {
-        if cluster.contains(&0) || grid.iter().zip(cluster).any(|(&g, c)| g % c != 0) {
+        if cluster.contains(&0) {
             return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // A grid that is not a whole number of clusters: the driver names the cluster size.
+        if grid.iter().zip(cluster).any(|(&g, c)| g % c != 0) {
+            return Err(CUDA_ERROR_INVALID_CLUSTER_SIZE);
         }
         let size: u64 = cluster.iter().map(|&c| c as u64).product();
         let max = if attrs[14] > 0 { 16 } else { 8 };
@@ -786,16 +843,27 @@ fn set_attribute(func: Handle, attrib: c_int, value: c_int, is_kernel: bool) -> 
     if !matches!(attrib, 8 | 9 | 11..=15) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    if attrib == 8 {
-        let optin = client::session()?
-            .devices
-            .first()
-            .and_then(|d| d.attr(97))
-            .unwrap_or(i32::MAX);
-        let static_smem = known_attributes(&entry, func as u64).map(|a| a[1].max(0)).unwrap_or(0);
-        if value < 0 || value.saturating_add(static_smem) > optin {
-            return Err(CUDA_ERROR_INVALID_VALUE);
+    let valid = match attrib {
+        8 => {
+            let optin = client::session()?
+                .devices
+                .first()
+                .and_then(|d| d.attr(97))
+                .unwrap_or(i32::MAX);
+            let static_smem = attributes(func)?[1].max(0);
+            value >= 0 && value.saturating_add(static_smem) <= optin
         }
+        // A percentage of the maximum shared memory, or CU_SHAREDMEM_CARVEOUT_DEFAULT (-1).
+        9 => (-1..=100).contains(&value),
+        // NON_PORTABLE_CLUSTER_SIZE_ALLOWED: a boolean.
+        14 => value == 0 || value == 1,
+        // CLUSTER_SCHEDULING_POLICY_PREFERENCE: DEFAULT, SPREAD, LOAD_BALANCING.
+        15 => (0..=2).contains(&value),
+        _ => value >= 0,
+    };
+    // Refused at the call, as natively (the request itself is posted without waiting for the server).
+    if !valid {
+        return Err(CUDA_ERROR_INVALID_VALUE);
     }
     client::post(
         0,
@@ -865,9 +933,12 @@ entry! {
     }
     [cuStreamDestroy, cuStreamDestroy_v2] [] (stream: Handle) |f| {
         let id = stream as u64;
-        if id <= 2 || state::write().streams.remove(&id).is_none() {
+        let mut reg = state::write();
+        if id <= 2 || reg.streams.remove(&id).is_none() {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
+        reg.stream_attrs.retain(|&(s, _), _| s != id);
+        drop(reg);
         client::post(0, &StreamDestroy { stream: id }, &[])
     }
     [cuStreamSynchronize] [cuStreamSynchronize_ptsz] (stream: Handle) |f| {
@@ -901,11 +972,53 @@ entry! {
         let priority = state::read().streams.get(&id).map(|s| s.1).unwrap_or(0);
         ffi::write(out, priority)
     }
+    [cuStreamSetAttribute] [cuStreamSetAttribute_ptsz] (stream: Handle, attr: c_uint, value: *const [u8; 64]) |f| {
+        need_ctx()?;
+        let id = stream_id(stream)?;
+        let v = ffi::read(value)?;
+        check_stream_attr(attr, &v)?;
+        let mut reg = state::write();
+        if attr == STREAM_ATTR_PRIORITY {
+            let p = i32::from_ne_bytes([v[0], v[1], v[2], v[3]]).clamp(STREAM_PRIORITY_GREATEST, STREAM_PRIORITY_LEAST);
+            if let Some(s) = reg.streams.get_mut(&id) {
+                s.1 = p;
+            }
+            return Ok(());
+        }
+        reg.stream_attrs.insert((id, attr), v);
+        Ok(())
+    }
+    [cuStreamGetAttribute] [cuStreamGetAttribute_ptsz] (stream: Handle, attr: c_uint, out: *mut [u8; 64]) |f| {
+        need_ctx()?;
+        let id = stream_id(stream)?;
+        let reg = state::read();
+        let v = match attr {
+            STREAM_ATTR_PRIORITY => {
+                let mut v = [0u8; 64];
+                let p = reg.streams.get(&id).map(|s| s.1).unwrap_or(0);
+                v[..4].copy_from_slice(&p.to_ne_bytes());
+                v
+            }
+            STREAM_ATTR_ACCESS_POLICY_WINDOW | STREAM_ATTR_MEM_SYNC_DOMAIN_MAP | STREAM_ATTR_MEM_SYNC_DOMAIN => {
+                reg.stream_attrs.get(&(id, attr)).copied().unwrap_or([0; 64])
+            }
+            STREAM_ATTR_SYNCHRONIZATION_POLICY => reg.stream_attrs.get(&(id, attr)).copied().unwrap_or_else(|| {
+                // CU_SYNC_POLICY_AUTO until set.
+                let mut v = [0u8; 64];
+                v[0] = 1;
+                v
+            }),
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        };
+        drop(reg);
+        ffi::write(out, v)
+    }
     [cuEventCreate] [] (out: *mut Handle, flags: c_uint) |f| {
         need_ctx()?;
         if out.is_null() || flags & !0xf != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
+        client::sticky_error()?;
         let event = state::new_id();
         client::post_now(0, &EventCreate { event, flags, _pad: 0 }, &[])?;
         state::write().events.insert(event, flags);

@@ -1133,6 +1133,18 @@ fn copy_2d_params(flags: u16, m: Copy2D, stream: Option<Handle>) -> Result<(), u
     }
 }
 
+/// What cuMemHostGetFlags reports for memory from cuMemHostAlloc(`flags`), as NVIDIA's driver does (H100,
+/// driver 580): every allocation is mapped under unified addressing, so DEVICEMAP is always reported;
+/// WRITECOMBINED as asked; PORTABLE only when it was asked for without DEVICEMAP (0 -> 0x2, PORTABLE -> 0x3,
+/// WRITECOMBINED -> 0x6, PORTABLE | DEVICEMAP -> 0x2).
+fn reported_host_alloc_flags(flags: u32) -> u32 {
+    const PORTABLE: u32 = 0x1;
+    const DEVICEMAP: u32 = 0x2;
+    const WRITECOMBINED: u32 = 0x4;
+    let portable = if flags & DEVICEMAP == 0 { flags & PORTABLE } else { 0 };
+    DEVICEMAP | (flags & WRITECOMBINED) | portable
+}
+
 /// Page-locked host memory for cuMemAllocHost/cuMemHostAlloc: page-aligned, zeroed, and mirrored on the
 /// server at the same address so kernels can use it as natively (`mirror`). Copies to and from it stage
 /// through the server's own buffers like any host memory.
@@ -1424,7 +1436,10 @@ entry! {
     }
     [cuMemHostGetFlags] [] (out: *mut c_uint, host: *mut c_void) |f| {
         need_ctx()?;
-        let (_, _, flags) = state::read().host_range(host as usize).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let reg = state::read();
+        let (base, _, flags) = reg.host_range(host as usize).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let flags = if reg.host_allocs.contains_key(&base) { reported_host_alloc_flags(flags) } else { flags };
+        drop(reg);
         ffi::write(out, flags)
     }
     [cuMemGetAddressRange_v2] [] (base: *mut u64, size: *mut usize, dptr: u64) |f| {
@@ -1648,5 +1663,19 @@ entry! {
     }
     [cuMemsetD2D32Async] [cuMemsetD2D32Async_ptsz] (dst: u64, pitch: usize, value: u32, w: usize, h: usize, stream: Handle) |f| {
         memset_async(f, dst, pitch, value, 4, w, h, stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_alloc_flags_are_reported_as_the_driver_does() {
+        // Observed on an H100 (driver 580) through cudaHostGetFlags.
+        assert_eq!(reported_host_alloc_flags(0), 0x2);
+        assert_eq!(reported_host_alloc_flags(0x1), 0x3);
+        assert_eq!(reported_host_alloc_flags(0x4), 0x6);
+        assert_eq!(reported_host_alloc_flags(0x3), 0x2);
     }
 }
