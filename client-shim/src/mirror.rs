@@ -151,9 +151,15 @@ pub fn alloc(len: usize) -> Result<(usize, bool), u32> {
 
 /// Frees memory from `alloc` (its mirror too).
 pub fn free(base: usize, len: usize) {
+    // Another thread may be pushing or pulling this region right now: wait for it before the pages go.
+    let _no_transfer = TRANSFERS.write().unwrap_or_else(|p| p.into_inner());
     forget(base);
     ffi::unmap_pages(base, len);
 }
+
+/// Held (shared) while a thread copies a mirrored region's bytes between this process and the server, and
+/// (exclusive) while a region is freed, so that no copy reads or writes pages that are being unmapped.
+static TRANSFERS: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// Mirrors an app range that `cuMemHostRegister` pins: the enclosing pages, if the server can map them at
 /// the same address.
@@ -343,6 +349,7 @@ pub fn mark_pending(base: usize) {
 pub fn before_launch(flags: u16, stream: u64, args: &[u8]) -> Result<(), u32> {
     // A `__managed__` variable's initial value must be here before this pushes it.
     fetch_deferred()?;
+    let _transfer = TRANSFERS.read().unwrap_or_else(|p| p.into_inner());
     let named: Vec<Mirror> = {
         let m = mirrors();
         if m.by_base.is_empty() {
@@ -384,6 +391,7 @@ pub fn before_launch(flags: u16, stream: u64, args: &[u8]) -> Result<(), u32> {
 
 /// After a synchronizing call: brings back what kernels may have written into mirrored regions.
 pub fn after_sync() -> Result<(), u32> {
+    let _transfer = TRANSFERS.read().unwrap_or_else(|p| p.into_inner());
     let due: Vec<Mirror> = {
         let mut m = mirrors();
         if m.pending.is_empty() {
