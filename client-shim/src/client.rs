@@ -363,6 +363,11 @@ impl Channel {
                 REPLY_KIND_RESULT if head.seq == seq => return Ok(head),
                 REPLY_KIND_RESULT => return Err(self.fail(&format!("reply {} where {seq} was due", head.seq))),
                 REPLY_KIND_PUSH => self.land_push(head.len as usize)?,
+                REPLY_KIND_STDOUT => {
+                    let mut text = vec![0u8; head.len as usize];
+                    self.transport.recv_exact(&mut text).map_err(|e| self.fail(&e))?;
+                    crate::ffi::write_stdout(&text);
+                }
                 other => return Err(self.fail(&format!("unknown frame kind {other}"))),
             }
         }

@@ -190,3 +190,17 @@ pub(crate) fn free_shared(ptr: *mut u8, size: usize) {
     // SAFETY: per the caller's guarantee, this is exactly one mapping made by alloc_shared.
     unsafe { libc::munmap(ptr as *mut libc::c_void, size) };
 }
+
+extern "C" {
+    /// The C library's `stdout` stream (glibc exports it as a variable).
+    static mut stdout: *mut libc::FILE;
+}
+
+/// Writes device-side `printf` output into the app's C `stdout` stream, where the native driver prints it, so it
+/// keeps its place among the app's own buffered output.
+pub(crate) fn write_stdout(text: &[u8]) {
+    // SAFETY: glibc's `stdout` is initialised before any user code runs, and fwrite locks the stream itself.
+    unsafe {
+        libc::fwrite(text.as_ptr() as *const libc::c_void, 1, text.len(), stdout);
+    }
+}

@@ -637,6 +637,9 @@ pub fn run_worker_from_env() -> Result<(), String> {
     let driver = std::env::var("VGPU_WORKER_DRIVER").ok();
     // SAFETY: the server passed this descriptor to us (and only us) through VGPU_WORKER_FD.
     let control = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if let Err(e) = crate::session::forward_stdout() {
+        tracing::warn!("device printf output stays on the server: cannot capture stdout ({e})");
+    }
     // The driver starts before any session arrives: a spare worker waits here fully initialised.
     let (backend, _) = open_backend(choice, driver.as_deref())?;
     let mut session: Option<Arc<Session>> = None;

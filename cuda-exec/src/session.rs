@@ -949,8 +949,19 @@ impl Channel {
         Ok(())
     }
 
-    /// Sends the bytes of every finished device-to-host async copy, so they land before this reply returns.
+    /// Sends the bytes of every finished device-to-host async copy, so they land before this reply returns;
+    /// first, whatever the driver printed (device-side `printf`, emitted at synchronizing calls).
     fn deliver_pending(&mut self, t: &mut dyn Transport) -> Result<(), ChannelEnd> {
+        let printed = take_printed();
+        if !printed.is_empty() {
+            let header = ReplyHeader {
+                len: printed.len() as u32,
+                result: 0,
+                kind: REPLY_KIND_STDOUT,
+                seq: 0,
+            };
+            t.send(&[header.as_bytes(), &printed])?;
+        }
         let mut i = 0;
         while i < self.pending.len() {
             match self.b().event_query(self.pending[i].event) {
@@ -1768,4 +1779,30 @@ impl Channel {
             b.host_free(f.buf);
         }
     }
+}
+
+/// The worker's captured stdout (read end) and the bytes read from it but not yet sent to a client.
+static PRINTED: Mutex<(Option<std::os::fd::RawFd>, Vec<u8>)> = Mutex::new((None, Vec::new()));
+
+/// Sends this worker's stdout to its client: fd 1 becomes a pipe, drained by a thread so the driver never blocks
+/// on a full pipe, and by every synchronizing reply (`deliver_pending`).
+pub fn forward_stdout() -> std::io::Result<()> {
+    let fd = crate::sys::capture_stdout()?;
+    PRINTED.lock().unwrap_or_else(|p| p.into_inner()).0 = Some(fd);
+    std::thread::spawn(move || loop {
+        if crate::sys::wait_readable(fd, 50) {
+            let mut p = PRINTED.lock().unwrap_or_else(|p| p.into_inner());
+            crate::sys::read_available(fd, &mut p.1);
+        }
+    });
+    Ok(())
+}
+
+/// Everything printed so far (after flushing the C library's buffers), in order.
+fn take_printed() -> Vec<u8> {
+    let mut p = PRINTED.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(fd) = p.0 else { return Vec::new() };
+    crate::sys::flush_stdio();
+    crate::sys::read_available(fd, &mut p.1);
+    std::mem::take(&mut p.1)
 }

@@ -109,3 +109,53 @@ impl Drop for SharedRegion {
         unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
     }
 }
+
+/// Points this process's standard output (fd 1) at a pipe and returns its non-blocking read end: the driver
+/// prints device-side `printf` output to stdout, which the session forwards to its client.
+pub fn capture_stdout() -> std::io::Result<RawFd> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: dup2 onto fd 1 and closing the now-duplicated write end; fcntl on the read end we own.
+    unsafe {
+        if libc::dup2(fds[1], 1) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::close(fds[1]);
+        let flags = libc::fcntl(fds[0], libc::F_GETFL);
+        libc::fcntl(fds[0], libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    Ok(fds[0])
+}
+
+/// Flushes the C library's output buffers (the driver's `printf` output sits in stdout's buffer until then).
+pub fn flush_stdio() {
+    // SAFETY: fflush(NULL) flushes every open output stream.
+    unsafe { libc::fflush(std::ptr::null_mut()) };
+}
+
+/// Appends whatever the non-blocking descriptor has to `out`, without waiting.
+pub fn read_available(fd: RawFd, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        // SAFETY: read into a local buffer of its size.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n <= 0 {
+            return;
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+}
+
+/// Waits up to `ms` milliseconds for `fd` to become readable.
+pub fn wait_readable(fd: RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+}

@@ -30,6 +30,9 @@ impl RequestHeader {
 /// Kind of server→client frame: the reply to the pending synchronous call, or data for an earlier async copy.
 pub const REPLY_KIND_RESULT: u32 = 0;
 pub const REPLY_KIND_PUSH: u32 = 1;
+/// A frame of bytes the server's driver printed to its standard output for this session (device-side
+/// `printf`): the client writes them to the app's own stdout, where the native driver prints them.
+pub const REPLY_KIND_STDOUT: u32 = 2;
 
 /// Precedes every server→client frame. `len` counts the bytes after the header.
 #[repr(C)]
