@@ -61,6 +61,11 @@ if [ -x control/tests/ui/run.sh ]; then
   count "$log/ui.log"
 fi
 
+step "RDMA transport in a Soft-RoCE VM (QEMU, Debian kernel; tests/rdma/run-vm.sh, about 2 minutes)"
+tests/rdma/run-vm.sh 2>&1 | tee "$log/rdma-vm.log" | grep -E '^(PASS|FAIL|rdma vm:|[a-z ]+: [0-9]+ passed)|test result'
+tail -1 "$log/rdma-vm.log" > "$log/rdma-vm.summary"  # only the script's own line: inner suites print theirs too
+count "$log/rdma-vm.summary"
+
 echo
 echo "=== all suites"
 echo "$total_pass passed, $total_fail failed"

@@ -1,5 +1,6 @@
-//! `vgpu server`: listens on TCP and on a shared-memory rendezvous socket, authenticates each hello, and hands
-//! every session to its own worker process (a crash or GPU fault in one tenant's worker touches no other).
+//! `vgpu server`: listens on TCP, on a shared-memory rendezvous socket and (where a device exists) for RDMA,
+//! authenticates each hello, and hands every session to its own worker process (a crash or GPU fault in one
+//! tenant's worker touches no other).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use vgpu_dataplane::handshake::*;
 use vgpu_dataplane::{shm_socket_path, Transport};
-use vgpu_transports::{fdpass, read_raw_hello, shm::ShmTransport, tcp::TcpTransport};
+use vgpu_transports::{fdpass, rdma::RdmaTransport, read_raw_hello, shm::ShmTransport, tcp::TcpTransport};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::backend::Backend;
@@ -122,6 +123,9 @@ pub struct ServerConfig {
     pub tcp: Option<String>,
     /// Shared-memory endpoint name, if any.
     pub shm: Option<String>,
+    /// TCP address where RDMA clients exchange queue pairs (`rdma://` endpoint), if any; served only when this
+    /// host has an active RDMA port.
+    pub rdma: Option<String>,
     pub backend: BackendChoice,
     /// Path of NVIDIA's libcuda.so.1 (default: the dynamic loader's choice).
     pub driver: Option<String>,
@@ -149,7 +153,7 @@ pub fn open_backend(choice: BackendChoice, driver: Option<&str>) -> Result<(Arc<
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, IntoBytes, FromBytes, Immutable, KnownLayout)]
 struct Handoff {
-    /// 0 = TCP, 1 = shared memory.
+    /// 0 = TCP, 1 = shared memory, 2 = RDMA (the fd is the TCP connection its queue pairs are exchanged on).
     transport: u32,
     /// 1 for the session's first connection: the worker exits when it closes.
     primary: u32,
@@ -228,12 +232,14 @@ struct Listener {
 enum Conn {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// The setup connection of an RDMA client: the worker exchanges queue pairs over it.
+    Rdma(TcpStream),
 }
 
 impl Conn {
     fn fd(&self) -> RawFd {
         match self {
-            Conn::Tcp(s) => s.as_raw_fd(),
+            Conn::Tcp(s) | Conn::Rdma(s) => s.as_raw_fd(),
             Conn::Unix(s) => s.as_raw_fd(),
         }
     }
@@ -241,6 +247,7 @@ impl Conn {
         match self {
             Conn::Tcp(_) => 0,
             Conn::Unix(_) => 1,
+            Conn::Rdma(_) => 2,
         }
     }
     /// Finishes the transport setup and sends a refusal.
@@ -257,6 +264,7 @@ impl Conn {
                 .ok()
                 .map(|t| Box::new(t) as Box<dyn Transport>),
             Conn::Unix(s) => ShmTransport::accept(s).ok().map(|t| Box::new(t) as Box<dyn Transport>),
+            Conn::Rdma(s) => RdmaTransport::accept(s).ok().map(|t| Box::new(t) as Box<dyn Transport>),
         };
         if let Some(mut t) = transport {
             let _ = t.send(&[&bytes]);
@@ -266,8 +274,8 @@ impl Conn {
 
 /// Runs the server until it is killed. Prints what it serves and a line containing `ready` once listening.
 pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
-    if cfg.tcp.is_none() && cfg.shm.is_none() {
-        return Err("nothing to listen on: give --tcp and/or --shm".into());
+    if cfg.tcp.is_none() && cfg.shm.is_none() && cfg.rdma.is_none() {
+        return Err("nothing to listen on: give --tcp, --shm and/or --rdma".into());
     }
     let (backend, fallback) = open_backend(cfg.backend, cfg.driver.as_deref())?;
     let resolved = if backend.kind() == BACKEND_REAL {
@@ -337,6 +345,26 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
             }
         }));
     }
+    if let Some(addr) = &cfg.rdma {
+        match vgpu_transports::rdma::available() {
+            Ok(ports) => {
+                let rdma = TcpListener::bind(addr).map_err(|e| format!("cannot listen on rdma://{addr}: {e}"))?;
+                let local = rdma.local_addr().map_err(|e| e.to_string())?;
+                let _ = writeln!(out, "vgpu server: RDMA ports: {}", ports.join("; "));
+                endpoints.push(format!("rdma://{local}"));
+                let l = listener.clone();
+                threads.push(std::thread::spawn(move || {
+                    for conn in rdma.incoming().flatten() {
+                        let l = l.clone();
+                        std::thread::spawn(move || l.accept(Conn::Rdma(conn)));
+                    }
+                }));
+            }
+            Err(why) => {
+                let _ = writeln!(out, "vgpu server: not serving rdma://{addr}: {why}");
+            }
+        }
+    }
     for line in cfg.authority.started(tcp_bound, &devices)? {
         let _ = writeln!(out, "vgpu server: {line}");
     }
@@ -361,7 +389,7 @@ impl Listener {
     fn accept(self: Arc<Self>, mut conn: Conn) {
         let hello = {
             let read = match &mut conn {
-                Conn::Tcp(s) => {
+                Conn::Tcp(s) | Conn::Rdma(s) => {
                     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                     read_raw_hello(s, std::mem::size_of::<Hello>() + MAX_CREDENTIAL)
                 }
@@ -379,7 +407,7 @@ impl Listener {
             }
         };
         let _ = match &conn {
-            Conn::Tcp(s) => s.set_read_timeout(None),
+            Conn::Tcp(s) | Conn::Rdma(s) => s.set_read_timeout(None),
             Conn::Unix(s) => s.set_read_timeout(None),
         };
         let (hello, credential) = match decode_hello(&hello) {
@@ -697,6 +725,9 @@ fn exit_worker(code: i32) -> ! {
 fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
     let transport: Result<Box<dyn Transport>, String> = match handoff.transport {
         0 => TcpTransport::from_stream(TcpStream::from(fd))
+            .map(|t| Box::new(t) as _)
+            .map_err(|e| e.to_string()),
+        2 => RdmaTransport::accept(TcpStream::from(fd))
             .map(|t| Box::new(t) as _)
             .map_err(|e| e.to_string()),
         _ => ShmTransport::accept(UnixStream::from(fd))

@@ -17,7 +17,7 @@ pub enum TransportError {
     Protocol(String),
 }
 
-/// One end of a channel. Implementations: TCP and shared memory in `vgpu-transports` (RDMA later).
+/// One end of a channel. Implementations: TCP, shared memory and RDMA in `vgpu-transports`.
 ///
 /// `send` writes every part, in order, as one contiguous stretch of the stream, without copying the parts
 /// into an intermediate buffer when the transport can avoid it (TCP uses `writev`). `recv_exact` fills the
@@ -27,7 +27,7 @@ pub trait Transport: Send {
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError>;
     /// Receives exactly `buf.len()` bytes.
     fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError>;
-    /// Short name used in logs and bench tables ("tcp", "shm").
+    /// Short name used in logs and bench tables ("tcp", "shm", "rdma").
     fn kind(&self) -> &'static str;
     /// Hands a file descriptor to the peer, tagged so the peer can match it with the message it belongs to.
     /// Only transports between processes of one host can (shared memory); the others refuse.
@@ -64,29 +64,39 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
 }
 
-/// Where a GPU server listens, as written in `VGPU_SERVER`: `tcp://host:port` or `shm://name`.
+/// Where a GPU server listens, as written in `VGPU_SERVER`: `tcp://host:port`, `shm://name` or `rdma://host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     /// A TCP address, `host:port`.
     Tcp(String),
     /// A shared-memory rendezvous: the Unix socket at `shm_socket_path(name)`.
     Shm(String),
+    /// An RDMA endpoint: the TCP address (`host:port`) where queue pairs are exchanged; data moves over RDMA.
+    Rdma(String),
 }
 
 impl Endpoint {
-    /// Parses `tcp://host:port` or `shm://name`; a bare `host:port` means TCP.
+    /// Parses `tcp://host:port`, `shm://name` or `rdma://host:port`; a bare `host:port` means TCP.
     pub fn parse(text: &str) -> Result<Endpoint, String> {
         let text = text.trim();
+        let host_port = |rest: &str| {
+            rest.rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        };
         if let Some(rest) = text.strip_prefix("tcp://") {
-            if rest
-                .rsplit_once(':')
-                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-            {
+            if !host_port(rest) {
                 return Err(format!(
                     "'{text}': a TCP endpoint needs host:port, e.g. tcp://127.0.0.1:7070"
                 ));
             }
             Ok(Endpoint::Tcp(rest.to_string()))
+        } else if let Some(rest) = text.strip_prefix("rdma://") {
+            if !host_port(rest) {
+                return Err(format!(
+                    "'{text}': an RDMA endpoint needs host:port, e.g. rdma://10.0.0.2:7071"
+                ));
+            }
+            Ok(Endpoint::Rdma(rest.to_string()))
         } else if let Some(rest) = text.strip_prefix("shm://") {
             if rest.is_empty() {
                 return Err(format!(
@@ -96,7 +106,7 @@ impl Endpoint {
             Ok(Endpoint::Shm(rest.to_string()))
         } else if text.contains("://") {
             Err(format!(
-                "'{text}': unknown transport; use tcp://host:port or shm://name"
+                "'{text}': unknown transport; use tcp://host:port, shm://name or rdma://host:port"
             ))
         } else {
             Endpoint::parse(&format!("tcp://{text}"))
@@ -109,6 +119,7 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
             Endpoint::Shm(n) => write!(f, "shm://{n}"),
+            Endpoint::Rdma(a) => write!(f, "rdma://{a}"),
         }
     }
 }
@@ -137,7 +148,14 @@ mod tests {
         assert!(Endpoint::parse("tcp://nohost").is_err());
         assert!(Endpoint::parse("tcp://h:99999").is_err());
         assert!(Endpoint::parse("shm://").is_err());
-        assert!(Endpoint::parse("rdma://x:1").is_err());
+        assert_eq!(Endpoint::parse("rdma://x:1"), Ok(Endpoint::Rdma("x:1".into())));
+        assert!(Endpoint::parse("rdma://x").is_err());
+        assert!(Endpoint::parse("rdma://:7").is_err());
+        assert_eq!(
+            Endpoint::parse("rdma://10.0.0.2:7071").map(|e| e.to_string()),
+            Ok("rdma://10.0.0.2:7071".to_string())
+        );
+        assert!(Endpoint::parse("ib://x:1").is_err());
         assert_eq!(
             Endpoint::parse("shm://a").map(|e| e.to_string()),
             Ok("shm://a".to_string())

@@ -1,11 +1,18 @@
-//! `Transport` implementations for vGPU: TCP (default, across machines) and shared memory (same host), plus the
-//! descriptor passing and measurement helpers the server and `vgpu bench` build on.
+//! `Transport` implementations for vGPU: TCP (default, across machines), shared memory (same host) and RDMA (feature
+//! `rdma`), plus the descriptor passing and measurement helpers the server and `vgpu bench` build on.
 //!
 //! A client calls [`connect`]; a server accepts a socket itself, reads the hello with [`read_raw_hello`], and then
-//! wraps the socket with [`tcp::TcpTransport::from_stream`] or [`shm::ShmTransport::accept`].
+//! wraps the socket with [`tcp::TcpTransport::from_stream`], [`shm::ShmTransport::accept`] or
+//! [`rdma::RdmaTransport::accept`].
 
 pub mod fdpass;
 pub mod floor;
+#[cfg(feature = "rdma")]
+pub mod rdma;
+/// Stand-in for the RDMA transport in builds without the `rdma` feature: same names, every call says why not.
+#[cfg(not(feature = "rdma"))]
+#[path = "rdma_off.rs"]
+pub mod rdma;
 pub mod shm;
 mod sys;
 pub mod tcp;
@@ -18,13 +25,18 @@ pub use vgpu_dataplane::transport::{shm_socket_path, Endpoint, Transport, Transp
 /// framed as `[u32 LE length][payload]`), then completes the transport-specific setup. Returns the ready transport.
 ///
 /// For shared memory the ring size comes from `VGPU_SHM_RING_MB` and the spin time from `VGPU_SHM_SPIN_US`; use
-/// [`shm::connect_with`] to choose them explicitly.
+/// [`shm::connect_with`] to choose them explicitly. RDMA reads `VGPU_RDMA_RING_MB` and `VGPU_RDMA_SPIN_US`
+/// ([`rdma::connect_with`]).
 pub fn connect(endpoint: &Endpoint, hello: &[u8]) -> Result<Box<dyn Transport>, TransportError> {
     match endpoint {
         Endpoint::Tcp(addr) => Ok(Box::new(tcp::TcpTransport::connect(addr, hello)?)),
         Endpoint::Shm(name) => {
             let config = shm::ShmConfig::from_env()?;
             Ok(Box::new(shm::connect_with(&shm_socket_path(name), hello, &config)?))
+        }
+        Endpoint::Rdma(addr) => {
+            let config = rdma::RdmaConfig::from_env()?;
+            Ok(Box::new(rdma::connect_with(addr, hello, &config)?))
         }
     }
 }

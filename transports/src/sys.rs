@@ -1,5 +1,6 @@
 //! Every `unsafe` operation of this crate: memfd, seals, futex, poll, `sendmsg`/`recvmsg` with `SCM_RIGHTS`, socket
-//! options, and the raw shared mapping. Keeping them here leaves the transports themselves in safe Rust.
+//! options, the raw shared mapping, and (feature `rdma`) memory registration, work requests and CQ events.
+//! Keeping them here leaves the transports themselves in safe Rust.
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -243,6 +244,27 @@ pub(crate) struct SharedMap {
 unsafe impl Send for SharedMap {}
 
 impl SharedMap {
+    /// Maps `len` fresh zeroed bytes, private to this process (the RDMA transport registers them with the NIC, which
+    /// then writes into them behind our back just as a peer process writes into a shared file).
+    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
+    pub(crate) fn anon(len: usize) -> io::Result<SharedMap> {
+        let mut map = memmap2::MmapOptions::new().len(len).map_anon()?;
+        let base = map.as_mut_ptr();
+        Ok(SharedMap { base, len, _map: map })
+    }
+
+    /// Address of the first byte (for registration with a NIC).
+    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
+    pub(crate) fn addr(&self) -> usize {
+        self.base as usize
+    }
+
+    /// Length of the mapping in bytes.
+    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Maps `len` bytes of `file` shared, read-write.
     pub(crate) fn new(file: &File, len: usize) -> io::Result<SharedMap> {
         // SAFETY: the file is a sealed memfd (cannot shrink, so no SIGBUS within `len`, which the caller checked
@@ -296,4 +318,134 @@ pub(crate) fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(n as usize)
+}
+
+/// `poll` on a few descriptors for `events`, at most `timeout`; returns each one's `revents` (0 when nothing).
+#[cfg_attr(not(feature = "rdma"), allow(dead_code))]
+pub(crate) fn poll_fds<const N: usize>(fds: [RawFd; N], events: i16, timeout: Duration) -> io::Result<[i16; N]> {
+    let mut p = fds.map(|fd| libc::pollfd { fd, events, revents: 0 });
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: `p` is an array of N valid pollfd structs that lives across the call.
+    let r = unsafe { libc::poll(p.as_mut_ptr(), N as libc::nfds_t, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok([0; N]);
+        }
+        return Err(e);
+    }
+    Ok(p.map(|x| x.revents))
+}
+
+/// The verbs calls that sideway leaves `unsafe` (registration, scatter-gather entries, CQ events), each wrapped so
+/// that the RDMA transport stays in safe Rust.
+#[cfg(feature = "rdma")]
+pub(crate) mod verbs {
+    use std::io;
+    use std::sync::Arc;
+
+    use sideway::ibverbs::completion::{BasicCompletionQueue, CompletionChannel, CompletionQueue};
+    use sideway::ibverbs::memory_region::MemoryRegion;
+    use sideway::ibverbs::protection_domain::ProtectionDomain;
+    use sideway::ibverbs::queue_pair::{
+        BasicQueuePair, PostSendError, PostSendGuard, QueuePair, SetScatterGatherEntry, WorkRequestFlags,
+    };
+    use sideway::ibverbs::AccessFlags;
+
+    use super::SharedMap;
+
+    /// Zeroed memory registered with a protection domain. The NIC may write into it at any time (that is the point),
+    /// so it is only ever accessed through `SharedMap`'s raw copies. Field order matters: the registration is
+    /// dropped (deregistered) before the mapping is unmapped.
+    pub(crate) struct Registered {
+        mr: Arc<MemoryRegion>,
+        map: SharedMap,
+    }
+
+    impl Registered {
+        pub(crate) fn new(pd: &Arc<ProtectionDomain>, len: usize, access: AccessFlags) -> io::Result<Registered> {
+            let map = SharedMap::anon(len)?;
+            // SAFETY: the mapping is valid for `len` bytes and is owned by the returned value together with the
+            // registration, which is dropped first (field order), so the NIC never sees freed memory through it.
+            let mr = unsafe { pd.reg_mr(map.addr(), map.len(), access) }
+                .map_err(|e| io::Error::other(format!("cannot register {len} bytes with the RDMA device: {e}")))?;
+            Ok(Registered { mr, map })
+        }
+        pub(crate) fn map(&self) -> &SharedMap {
+            &self.map
+        }
+        pub(crate) fn addr(&self) -> u64 {
+            self.map.addr() as u64
+        }
+        pub(crate) fn rkey(&self) -> u32 {
+            self.mr.rkey()
+        }
+    }
+
+    /// Posts one signaled RDMA write with immediate data of `len` bytes starting at `off` in `src` (no data when
+    /// `len` is 0) to `remote_addr`/`rkey` in the peer's memory.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn post_write_imm(
+        qp: &mut BasicQueuePair,
+        wr_id: u64,
+        src: &Registered,
+        off: usize,
+        len: u32,
+        remote_addr: u64,
+        rkey: u32,
+        imm: u32,
+    ) -> Result<(), PostSendError> {
+        assert!(
+            off.checked_add(len as usize).is_some_and(|e| e <= src.map.len()),
+            "RDMA write source out of range"
+        );
+        let mut guard = qp.start_post_send();
+        let wr = guard
+            .construct_wr(wr_id, WorkRequestFlags::Signaled)
+            .setup_write_imm(rkey, remote_addr, imm);
+        if len > 0 {
+            // SAFETY: the entry covers `len` bytes at `off` inside `src`'s registered mapping (checked above), which
+            // the transport keeps alive, and does not reuse, until this work request has completed or the queue pair
+            // is destroyed (the queue pair is dropped before the registered memory).
+            unsafe { wr.setup_sge(src.mr.lkey(), (src.map.addr() + off) as u64, len) };
+        }
+        guard.post()
+    }
+
+    /// Asks for a completion event on the channel at the next completion of `cq`.
+    pub(crate) fn arm_cq(cq: &BasicCompletionQueue) -> io::Result<()> {
+        // SAFETY: `cq` is a live completion queue (borrowed for the call); req_notify_cq only rings its doorbell.
+        let r = unsafe { rdma_mummy_sys::ibv_req_notify_cq(cq.cq().as_ptr(), 0) };
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r.abs()));
+        }
+        Ok(())
+    }
+
+    /// Takes one pending event off a non-blocking completion channel and acknowledges it at once (a CQ with
+    /// unacknowledged events cannot be destroyed). Returns whether there was one.
+    pub(crate) fn take_cq_event(channel: &CompletionChannel) -> bool {
+        let mut cq = std::ptr::null_mut();
+        let mut ctx = std::ptr::null_mut();
+        // SAFETY: the channel is live (borrowed); the out-pointers point to locals.
+        let r = unsafe { rdma_mummy_sys::ibv_get_cq_event(channel.comp_channel().as_ptr(), &mut cq, &mut ctx) };
+        if r != 0 || cq.is_null() {
+            return false;
+        }
+        // SAFETY: `cq` was just returned by ibv_get_cq_event for a CQ this process owns and still holds.
+        unsafe { rdma_mummy_sys::ibv_ack_cq_events(cq, 1) };
+        true
+    }
+
+    /// `ibv_wc_status_str` for a completion status.
+    pub(crate) fn wc_status_str(status: u32) -> String {
+        // SAFETY: ibv_wc_status_str returns a pointer to a static string for any value (or NULL when libibverbs
+        // could not be loaded, checked here).
+        let p = unsafe { rdma_mummy_sys::ibv_wc_status_str(status) };
+        if p.is_null() {
+            return format!("status {status}");
+        }
+        // SAFETY: non-null, NUL-terminated, static.
+        unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
 }

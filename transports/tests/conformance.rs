@@ -1,5 +1,8 @@
 //! One conformance suite for every transport: each case is a function over a connected (client, server) pair and
-//! runs against TCP over loopback and shared memory over a temporary rendezvous socket.
+//! runs against TCP over loopback, shared memory over a temporary rendezvous socket and, where a test network with
+//! RDMA devices exists (tests/rdma/run-vm.sh), RDMA between two network namespaces.
+
+mod common;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -19,16 +22,16 @@ type Boxed = Box<dyn Transport>;
 /// Makes a connected (client, server) pair of one transport.
 type MakePair = fn() -> (Boxed, Boxed);
 
-const HELLO: &[u8] = b"conformance hello";
+use common::{framed_hello, HELLO};
 
-fn framed_hello() -> Vec<u8> {
-    let mut v = (HELLO.len() as u32).to_le_bytes().to_vec();
-    v.extend_from_slice(HELLO);
-    v
-}
-
-/// Runs `f` on its own thread and fails the test if it takes longer than `secs`, so a hang is a failure.
+/// Runs `f` on its own thread and fails the test if it takes longer than `secs` (times `VGPU_TEST_TIME_SCALE`, for
+/// slow emulated machines such as the RDMA VM), so a hang is a failure.
 fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let scale: u64 = std::env::var("VGPU_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let secs = secs * scale.max(1);
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let _ = tx.send(f());
@@ -120,13 +123,44 @@ fn shm_pair(ring: Option<usize>) -> (Boxed, Boxed) {
     (client, Box::new(server))
 }
 
-/// Every transport under test, with the pair factory each case uses.
+/// An RDMA pair through the public `connect` (default configuration) or with a small ring.
+fn rdma_pair(ring: Option<usize>) -> (Boxed, Boxed) {
+    let (client, server): (Boxed, Boxed) = match ring {
+        Some(bytes) => {
+            let cfg = vgpu_transports::rdma::RdmaConfig {
+                ring_bytes: bytes,
+                ..Default::default()
+            };
+            let (c, s) = common::rdma_pair_raw(&cfg);
+            (Box::new(c), Box::new(s))
+        }
+        None => {
+            let (listener, dial) = common::rdma_listener();
+            let server = common::rdma_accept(listener, Default::default());
+            let c = connect(&Endpoint::Rdma(dial), &framed_hello()).expect("connect");
+            (c, Box::new(server.join().expect("server thread")))
+        }
+    };
+    assert_eq!((client.kind(), server.kind()), ("rdma", "rdma"));
+    (client, server)
+}
+
+/// Every transport under test, with the pair factory each case uses. RDMA joins where a test network exists;
+/// `VGPU_TEST_ONLY=rdma` keeps only the transports whose name starts with that (the VM runs only RDMA).
 fn transports() -> Vec<(&'static str, MakePair)> {
-    vec![
+    let mut all: Vec<(&'static str, MakePair)> = vec![
         ("tcp", tcp_pair),
         ("shm", || shm_pair(None)),
         ("shm-64k", || shm_pair(Some(64 * 1024))),
-    ]
+    ];
+    if common::rdma_env().is_some() {
+        all.push(("rdma", || rdma_pair(None)));
+        all.push(("rdma-64k", || rdma_pair(Some(64 * 1024))));
+    }
+    if let Ok(only) = std::env::var("VGPU_TEST_ONLY") {
+        all.retain(|(name, _)| name.starts_with(only.as_str()));
+    }
+    all
 }
 
 fn for_each(secs: u64, case: fn(Boxed, Boxed)) {

@@ -319,12 +319,34 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
         Ok(v) => v["metrics"]["launch_rate_16proc_per_s"] = json!(aggregate_launch_rate(&native_cmd, quick).ok()),
         Err(e) => eprintln!("vgpu bench: no native run ({e}); ratios are left out"),
     }
-    let server = LocalServer::start(backend, &[])?;
+    // RDMA joins where this host has an active RDMA port (VGPU_BENCH_RDMA_ADDR: where to exchange queue pairs).
+    let rdma_addr = match vgpu_transports::rdma::available() {
+        Ok(_) => Some(std::env::var("VGPU_BENCH_RDMA_ADDR").unwrap_or_else(|_| "127.0.0.1:0".into())),
+        Err(why) => {
+            eprintln!("vgpu bench: no RDMA column ({why})");
+            None
+        }
+    };
+    let extra: Vec<&str> = rdma_addr.iter().flat_map(|a| ["--rdma", a.as_str()]).collect();
+    let server = LocalServer::start(backend, &extra)?;
     let tcp_cmd = || through_shim(&exe, Some(&server.tcp));
     let shm_cmd = || through_shim(&exe, Some(&server.shm));
     let tcp = median_probe(&tcp_cmd, quick, repeat)?;
     let mut shm = median_probe(&shm_cmd, quick, repeat)?;
     shm["metrics"]["launch_rate_16proc_per_s"] = json!(aggregate_launch_rate(&shm_cmd, quick)?);
+    let rdma = match &server.rdma {
+        Some(endpoint) => {
+            let rdma_cmd = || through_shim(&exe, Some(endpoint));
+            match median_probe(&rdma_cmd, quick, repeat) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    eprintln!("vgpu bench: the RDMA run failed ({e}); no RDMA column");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     drop(server);
     let floors = json!({
         "tcp_pingpong_us": vgpu_transports::floor::tcp_pingpong_us(2000).ok(),
@@ -344,8 +366,13 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
             ""
         }
     );
+    let rdma_head = if rdma.is_some() {
+        format!(" {:>10} {:>8}", "vgpu rdma", "ratio")
+    } else {
+        String::new()
+    };
     println!(
-        "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8}",
+        "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8}{rdma_head}",
         "metric", "native", "vgpu tcp", "ratio", "vgpu shm", "ratio"
     );
     let mut rows = Vec::new();
@@ -353,14 +380,20 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
         let n = get(native.as_ref(), key);
         let t = get(Some(&tcp), key);
         let s = get(Some(&shm), key);
+        let r = get(rdma.as_ref(), key);
         // Ratios are vGPU ÷ native in time (so > 1 is slower) for both kinds of metric.
         let ratio = |v: Option<f64>| match (v, n) {
             (Some(v), Some(n)) if v > 0.0 && n > 0.0 => Some(if higher_better { n / v } else { v / n }),
             _ => None,
         };
         let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+        let rdma_cols = if rdma.is_some() {
+            format!(" {:>10} {:>8}", f(r), f(ratio(r)))
+        } else {
+            String::new()
+        };
         println!(
-            "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8}",
+            "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8}{rdma_cols}",
             format!("{label} ({unit})"),
             f(n),
             f(t),
@@ -369,15 +402,15 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
             f(ratio(s))
         );
         rows.push(
-            json!({"metric": key, "label": label, "unit": unit, "native": n, "tcp": t, "shm": s,
-            "tcp_time_ratio": ratio(t), "shm_time_ratio": ratio(s)}),
+            json!({"metric": key, "label": label, "unit": unit, "native": n, "tcp": t, "shm": s, "rdma": r,
+            "tcp_time_ratio": ratio(t), "shm_time_ratio": ratio(s), "rdma_time_ratio": ratio(r)}),
         );
     }
     println!("(ratio = vGPU time ÷ native time; for bandwidths, native GB/s ÷ vGPU GB/s)");
     println!("transport floors: {floors}");
     if let Some(path) = json_path {
         let doc = json!({ "device": device, "vgpu_emulated": emulated, "quick": quick, "repeats": repeat, "rows": rows,
-            "floors": floors, "native_raw": native, "tcp_raw": tcp, "shm_raw": shm });
+            "floors": floors, "native_raw": native, "tcp_raw": tcp, "shm_raw": shm, "rdma_raw": rdma });
         let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         println!("wrote {}", path.display());

@@ -12,6 +12,8 @@ pub struct LocalServer {
     child: Child,
     pub tcp: String,
     pub shm: String,
+    /// The `rdma://` endpoint, when the server was asked for one (`--rdma`) and found an RDMA device.
+    pub rdma: Option<String>,
     /// What the server printed before it was ready (backend and GPUs).
     pub banner: Vec<String>,
 }
@@ -69,12 +71,17 @@ impl LocalServer {
                     .find(|e| e.starts_with("tcp://"))
                     .map(str::to_string)
                     .ok_or("server is ready but printed no tcp endpoint")?;
+                let rdma = rest
+                    .split(", ")
+                    .find(|e| e.starts_with("rdma://"))
+                    .map(|e| e.trim().to_string());
                 // Keep draining the server's output so it never blocks on a full pipe.
                 std::thread::spawn(move || while rx.recv().is_ok() {});
                 return Ok(LocalServer {
                     child,
                     tcp,
                     shm: format!("shm://{shm}"),
+                    rdma,
                     banner,
                 });
             }

@@ -54,6 +54,10 @@ enum Cmd {
         /// Do not listen for shared-memory clients.
         #[arg(long)]
         no_shm: bool,
+        /// Also serve RDMA clients (rdma://ADDR): ADDR is the TCP address where queue pairs are exchanged, e.g.
+        /// 0.0.0.0:7071. Served only when this host has an active RDMA port (the server says why not otherwise).
+        #[arg(long)]
+        rdma: Option<String>,
         /// auto, real or emulated.
         #[arg(long, default_value = "auto")]
         backend: String,
@@ -86,7 +90,8 @@ enum Cmd {
     /// Run a program with vGPU's libcuda.so.1. With VGPU_KEY and VGPU_CONTROL_URL set, the shim exchanges the
     /// key for a session ticket and connects to the server holding the tenant's GPU.
     Run {
-        /// Server endpoint: tcp://host:port or shm://name (default: the ticket's server, or tcp://127.0.0.1:7070).
+        /// Server endpoint: tcp://host:port, shm://name or rdma://host:port (default: the ticket's server, or
+        /// tcp://127.0.0.1:7070).
         #[arg(long, env = "VGPU_SERVER")]
         server: Option<String>,
         /// Control plane URL, for a tenant key in VGPU_KEY.
@@ -98,7 +103,8 @@ enum Cmd {
     },
     /// The bundled sample (saxpy through the driver API, every result checked).
     Sample,
-    /// Measure native against vGPU over TCP and shared memory, in one run, and print the ratios.
+    /// Measure native against vGPU over TCP and shared memory (and RDMA where a device exists), in one run, and
+    /// print the ratios.
     Bench {
         /// Fewer repetitions (a smoke run).
         #[arg(long)]
@@ -152,6 +158,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             no_tcp,
             shm,
             no_shm,
+            rdma,
             backend,
             driver,
             key,
@@ -202,6 +209,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             vgpu_cuda_exec::run_server(ServerConfig {
                 tcp: (!no_tcp).then_some(tcp),
                 shm: (!no_shm).then_some(shm),
+                rdma,
                 backend: BackendChoice::parse(&backend)?,
                 driver,
                 authority,

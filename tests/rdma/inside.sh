@@ -1,0 +1,99 @@
+#!/bin/bash
+# Runs inside the Soft-RoCE VM started by tests/rdma/run-vm.sh (chrooted into this machine's root, read-only, with
+# tmpfs on /tmp and /run): two "hosts" 10.77.0.1 (client) and 10.77.0.2 (server) joined by veth with an rxe link
+# on each end; then the RDMA tests, clients dialling 10.77.0.2 from 10.77.0.1 so that every byte crosses the veth
+# wire between the two rxe devices. Prints "RDMA-VM: N passed, N failed" for the host script.
+set -u
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp TMPDIR=/tmp
+cmdline=$(cat /proc/cmdline)
+env_arg=$(sed -n 's/.*vgpu\.env=\([^ ]*\).*/\1/p' /proc/cmdline)
+CONF=$(echo "$env_arg" | tr ',' '\n' | sed -n 's/^CONF=//p')
+RDMA=$(echo "$env_arg" | tr ',' '\n' | sed -n 's/^RDMA=//p')
+script=$(echo "$cmdline" | sed -n 's/.*vgpu\.script=\([^ ]*\).*/\1/p')
+cd "$(dirname "$script")/../.." || exit 1
+VGPU=$PWD/target/debug/vgpu
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); echo "PASS $*"; }
+bad() { fail=$((fail + 1)); echo "FAIL $*"; }
+
+t0=$(date +%s)
+# Two "hosts": 10.77.0.1 on va (rxe "rxea", the client's) and 10.77.0.2 on vb (rxe "rxeb", the server's), joined
+# by a veth pair. Debian 12's kernel (6.1) runs rxe in the initial network namespace only (its UDP socket and route
+# lookups use init_net), so the two ends cannot live in separate namespaces; instead policy routing makes traffic
+# between the two local addresses leave through one veth end and come in through the other, as between two hosts.
+ip link set lo up
+ip link add va type veth peer name vb
+ip addr add 10.77.0.1/32 dev va && ip addr add 10.77.0.2/32 dev vb
+ip link set va up && ip link set vb up
+for k in all.rp_filter default.rp_filter va.rp_filter vb.rp_filter; do sysctl -qw net.ipv4.conf.$k=0; done
+for k in all.accept_local va.accept_local vb.accept_local; do sysctl -qw net.ipv4.conf.$k=1; done
+ip neigh replace 10.77.0.2 lladdr "$(cat /sys/class/net/vb/address)" dev va nud permanent
+ip neigh replace 10.77.0.1 lladdr "$(cat /sys/class/net/va/address)" dev vb nud permanent
+ip route add 10.77.0.2 dev va src 10.77.0.1 table 10
+ip route add 10.77.0.1 dev vb src 10.77.0.2 table 11
+ip rule add pref 100 iif va lookup local
+ip rule add pref 100 iif vb lookup local
+ip rule add pref 200 to 10.77.0.2 lookup 10
+ip rule add pref 200 to 10.77.0.1 lookup 11
+ip rule add pref 1000 lookup local
+ip rule del pref 0 lookup local
+rdma link add rxea type rxe netdev va
+rdma link add rxeb type rxe netdev vb
+rdma link show
+if ibv_devices | grep -q rxeb; then ok "rxe links up"; else bad "rxe links up"; fi
+echo "network set up in $(( $(date +%s) - t0 )) s"
+
+# The transport tests: server halves listen on 10.77.0.2, clients dial it from 10.77.0.1.
+run_tests() { # name binary args...
+  local name=$1 bin=$2; shift 2
+  local t=$(date +%s) out
+  out=$(env VGPU_TEST_RDMA_ADDR=10.77.0.2 VGPU_TEST_ONLY=rdma \
+        VGPU_TEST_TIME_SCALE=8 "$bin" "$@" 2>&1)
+  local rc=$?
+  echo "$out" | grep -A1 -E '^test |test result|panicked|noticed in|FAILED' | grep -v ' \.\.\. ok$'
+  local p f
+  p=$(echo "$out" | grep -Eo '([0-9]+) passed' | awk '{s+=$1} END {print s+0}')
+  f=$(echo "$out" | grep -Eo '([0-9]+) failed' | awk '{s+=$1} END {print s+0}')
+  pass=$((pass + p)); fail=$((fail + f))
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then bad "$name exited $rc"; fi
+  echo "$name: $p passed, $f failed in $(( $(date +%s) - t )) s"
+}
+run_tests "conformance over rdma" "$CONF" --test-threads=1 conformance_
+run_tests "rdma transport tests" "$RDMA" --test-threads=1 --nocapture
+
+# End to end: `vgpu sample` through the shim over rdma://, server (emulated backend) on 10.77.0.2.
+t=$(date +%s)
+"$VGPU" server --backend emulated --tcp 10.77.0.2:7070 --no-shm --rdma 10.77.0.2:7071 \
+  >/tmp/server.log 2>&1 &
+server=$!
+for _ in $(seq 1 300); do grep -q "ready on" /tmp/server.log && break; sleep 0.2; done
+cat /tmp/server.log
+if grep -q "ready on.*rdma://10.77.0.2:7071" /tmp/server.log; then ok "server advertises rdma://"; else bad "server advertises rdma://"; fi
+for i in 1 2; do
+  out=$(env VGPU_LOG=warn "$VGPU" run --server rdma://10.77.0.2:7071 -- "$VGPU" sample 2>&1)
+  rc=$?
+  echo "$out"
+  if [ $rc -eq 0 ] && echo "$out" | grep -q "verified byte for byte"; then ok "vgpu sample over rdma ($i)"; else bad "vgpu sample over rdma ($i)"; fi
+done
+# And the same server over TCP from the other namespace, for comparison of the two paths.
+out=$("$VGPU" run --server tcp://10.77.0.2:7070 -- "$VGPU" sample 2>&1)
+if [ $? -eq 0 ]; then ok "vgpu sample over tcp (same server)"; else bad "vgpu sample over tcp (same server)"; echo "$out"; fi
+# A client whose server dies mid-session gets an error from its next call, not a hang.
+(timeout 60 "$VGPU" run --server rdma://10.77.0.2:7071 -- "$VGPU" __memcheck --hold-ms 5000 64 \
+  >/tmp/victim.log 2>&1) &
+victim=$!
+sleep 3
+kill -9 "$server"
+for w in $(ps -eo pid,args | awk '/vgpu __worker/ && !/awk/ {print $1}'); do kill -9 "$w"; done
+wait "$victim"
+rc=$?
+cat /tmp/victim.log
+if [ $rc -ne 124 ] && grep -q "^after_hold .*CUDA_ERROR" /tmp/victim.log; then
+  ok "client notices a killed server"
+else
+  bad "client notices a killed server (exit $rc)"
+fi
+echo "end to end in $(( $(date +%s) - t )) s"
+
+echo "RDMA-VM: $pass passed, $fail failed"

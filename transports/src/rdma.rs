@@ -1,0 +1,1026 @@
+//! The RDMA transport (feature `rdma`, rdma-core through `sideway`): each side owns a byte ring in registered memory
+//! that only the peer writes, with one-sided RDMA writes whose immediate data is the doorbell.
+//!
+//! Design, mirroring the shared-memory transport: a sender copies outgoing bytes into a local registered staging ring
+//! at the position they will have in the peer's receive ring, and posts an RDMA WRITE WITH IMMEDIATE of that stretch
+//! into the peer's ring; the immediate value is the byte count. The receiver learns of new bytes from its completion
+//! queue (the write's data is placed before its completion is delivered), copies them out, and returns the space as
+//! credits: a zero-length write with immediate whose top bit is set, sent when a quarter of the ring was consumed or
+//! before it blocks. So the ring is flow-controlled in bytes, and a send never overruns the peer.
+//!
+//! Queues are sized on purpose: the send queue holds `sq_depth` writes; a full one waits for completions, it never
+//! fails. Each write consumes one receive request at the peer, which keeps `rq_depth` posted and reposts as it
+//! polls; a peer that stops polling for that many messages makes the sender's NIC retry (RNR, retried without limit)
+//! until it polls again, so that too waits. A waiting side polls its completion queue for `spin`, then sleeps on the
+//! completion channel and on the setup TCP connection together: that connection carries the queue-pair exchange (QP
+//! numbers, GIDs, ring addresses, keys) and then stays open, so a peer process that dies is noticed at once.
+//! A failed work completion (retries exhausted, queue pair in error) ends the channel with a `TransportError`.
+//!
+//! Device choice: the RDMA device, port and GID whose address is the local address of the setup TCP connection (so
+//! `rdma://host:port` picks the RoCE/IB interface that routes to `host`), else the first active port
+//! (`VGPU_RDMA_DEVICE` and `VGPU_RDMA_GID_INDEX` override).
+
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sideway::ibverbs::address::{AddressHandleAttribute, Gid};
+use sideway::ibverbs::completion::{BasicCompletionQueue, CompletionChannel, GenericCompletionQueue};
+use sideway::ibverbs::device::{DeviceInfo, DeviceList};
+use sideway::ibverbs::device_context::{DeviceContext, Mtu, PortState};
+use sideway::ibverbs::queue_pair::{BasicQueuePair, QueuePair, QueuePairAttribute, QueuePairState};
+use sideway::ibverbs::AccessFlags;
+use vgpu_dataplane::transport::{Transport, TransportError};
+
+use crate::sys::verbs::{self, Registered};
+use crate::{io_to_transport, send_all};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"VGPURDM1");
+const SETUP_VERSION: u32 = 1;
+/// Bytes of the setup message each side sends over TCP.
+const SETUP_LEN: usize = 64;
+/// The byte the client sends once its queue pair is ready to receive, so the server never writes too early.
+const READY: u8 = 0x5a;
+
+const MIN_RING: usize = 4096;
+const MAX_RING: usize = 1 << 30;
+const DEFAULT_RING_MB: usize = 4;
+const DEFAULT_SPIN_US: u64 = 50;
+const DEFAULT_SQ: u32 = 256;
+const DEFAULT_RQ: u32 = 8192;
+/// Spinning without yielding the core lasts at most this long (as in the shared-memory transport).
+const PURE_SPIN: Duration = Duration::from_micros(4);
+/// A sleeping side wakes at least this often to look again (a lost event costs at most this).
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+/// How long the server waits for the client's setup and ready messages.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the client waits for the server's setup (the server may be starting a worker first).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long dropping an end waits for its last writes to be acknowledged before tearing the queue pair down.
+const DRAIN_ON_DROP: Duration = Duration::from_secs(1);
+
+/// Immediate value of a credit message (low 31 bits: bytes returned); any other immediate is a data byte count.
+const IMM_CREDIT: u32 = 1 << 31;
+const WR_SEND: u64 = 1;
+const WR_RECV: u64 = 2;
+
+/// Tunables of the RDMA transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RdmaConfig {
+    /// Data bytes per ring (power of two, 4 KiB..1 GiB). Set by the client; the server takes it from the setup.
+    pub ring_bytes: usize,
+    /// How long a waiting side polls its completion queue before sleeping on the completion channel.
+    pub spin: Duration,
+    /// Writes in flight per channel (send queue depth), clamped to the device's limit.
+    pub sq_depth: u32,
+    /// Receive requests kept posted: messages the peer may send before this side polls again.
+    pub rq_depth: u32,
+}
+
+impl Default for RdmaConfig {
+    fn default() -> Self {
+        RdmaConfig {
+            ring_bytes: DEFAULT_RING_MB << 20,
+            spin: Duration::from_micros(DEFAULT_SPIN_US),
+            sq_depth: DEFAULT_SQ,
+            rq_depth: DEFAULT_RQ,
+        }
+    }
+}
+
+impl RdmaConfig {
+    /// Reads `VGPU_RDMA_RING_MB` (power of two, 1..=1024) and `VGPU_RDMA_SPIN_US` (0..=1000000); unset: default.
+    pub fn from_env() -> Result<RdmaConfig, TransportError> {
+        let ring = std::env::var("VGPU_RDMA_RING_MB").ok();
+        let spin = std::env::var("VGPU_RDMA_SPIN_US").ok();
+        RdmaConfig::from_values(ring.as_deref(), spin.as_deref())
+    }
+
+    /// As [`RdmaConfig::from_env`], from the two values as text.
+    pub fn from_values(ring_mb: Option<&str>, spin_us: Option<&str>) -> Result<RdmaConfig, TransportError> {
+        let mut c = RdmaConfig::default();
+        if let Some(v) = ring_mb {
+            let mb: usize = v.trim().parse().map_err(|_| bad_env("VGPU_RDMA_RING_MB", v))?;
+            if !mb.is_power_of_two() || mb > 1024 {
+                return Err(bad_env("VGPU_RDMA_RING_MB", v));
+            }
+            c.ring_bytes = mb << 20;
+        }
+        if let Some(v) = spin_us {
+            let us: u64 = v.trim().parse().map_err(|_| bad_env("VGPU_RDMA_SPIN_US", v))?;
+            if us > 1_000_000 {
+                return Err(bad_env("VGPU_RDMA_SPIN_US", v));
+            }
+            c.spin = Duration::from_micros(us);
+        }
+        Ok(c)
+    }
+}
+
+fn bad_env(name: &str, value: &str) -> TransportError {
+    let rule = if name == "VGPU_RDMA_RING_MB" {
+        "a power of two from 1 to 1024"
+    } else {
+        "0 to 1000000"
+    };
+    TransportError::Io(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{name}={value:?}: must be {rule}"),
+    ))
+}
+
+fn protocol(msg: impl Into<String>) -> TransportError {
+    TransportError::Protocol(msg.into())
+}
+
+fn rdma_err(what: &str, e: impl std::fmt::Display) -> TransportError {
+    TransportError::Io(io::Error::other(format!("RDMA: {what}: {e}")))
+}
+
+/// The RDMA ports this host could serve on, one line each ("rxe0 port 1: Ethernet, 2 GIDs"), or why there are
+/// none (rdma-core missing, no devices, no active port). `vgpu server` advertises `rdma://` only on `Ok`.
+pub fn available() -> Result<Vec<String>, String> {
+    let list = DeviceList::new()
+        .map_err(|e| format!("no RDMA stack (libibverbs.so.1 not installed, or it found no devices): {e}"))?;
+    if list.is_empty() {
+        return Err("no RDMA devices (libibverbs found none)".into());
+    }
+    let mut lines = Vec::new();
+    let mut why = Vec::new();
+    for dev in list.iter() {
+        let name = dev.name();
+        let ctx = match dev.open() {
+            Ok(c) => c,
+            Err(e) => {
+                why.push(format!("{name}: cannot open: {e}"));
+                continue;
+            }
+        };
+        for port in active_ports(&ctx) {
+            let gids = (0..port.1)
+                .filter(|&i| ctx.query_gid(port.0, i).is_ok_and(|g| !g.is_zero()))
+                .count();
+            lines.push(format!("{name} port {}: {gids} GID(s)", port.0));
+        }
+        if lines.is_empty() {
+            why.push(format!("{name}: no active port"));
+        }
+    }
+    if lines.is_empty() {
+        return Err(format!("no active RDMA port ({})", why.join("; ")));
+    }
+    Ok(lines)
+}
+
+/// (port number, GID table length) of every active port of a device.
+fn active_ports(ctx: &Arc<DeviceContext>) -> Vec<(u8, u32)> {
+    let Ok(attr) = ctx.query_device() else {
+        return Vec::new();
+    };
+    (1..=attr.phys_port_cnt())
+        .filter_map(|p| {
+            let pa = ctx.query_port(p).ok()?;
+            (pa.port_state() == PortState::Active).then(|| (p, pa.gid_tbl_len().max(0) as u32))
+        })
+        .collect()
+}
+
+/// The device, port and GID this end uses.
+struct Local {
+    ctx: Arc<DeviceContext>,
+    name: String,
+    port: u8,
+    gid_index: u32,
+    gid: Gid,
+    lid: u16,
+    mtu: u32,
+    max_wr: u32,
+    max_cqe: u32,
+}
+
+fn gid_matches(gid: &Gid, ip: IpAddr) -> bool {
+    let as_v6 = match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    Ipv6Addr::from(*gid) == as_v6
+}
+
+/// Picks the device, port and GID for a connection whose local TCP address is `ip`.
+fn open_local(ip: IpAddr) -> Result<Local, TransportError> {
+    let want_dev = std::env::var("VGPU_RDMA_DEVICE").ok().filter(|d| !d.is_empty());
+    let want_gid: Option<u32> = match std::env::var("VGPU_RDMA_GID_INDEX") {
+        Ok(v) => Some(v.trim().parse().map_err(|_| bad_env("VGPU_RDMA_GID_INDEX", &v))?),
+        Err(_) => None,
+    };
+    let list = DeviceList::new().map_err(|e| rdma_err("no RDMA stack (is rdma-core installed?)", e))?;
+    // (context, name, port, gid index, gid); the first exact address match wins, else the first active port.
+    let mut fallback = None;
+    let mut chosen = None;
+    'devices: for dev in list.iter() {
+        let name = dev.name();
+        if want_dev.as_ref().is_some_and(|w| *w != name) {
+            continue;
+        }
+        let Ok(ctx) = dev.open() else { continue };
+        for (port, gids) in active_ports(&ctx) {
+            if let Some(idx) = want_gid {
+                if let Ok(g) = ctx.query_gid(port, idx) {
+                    chosen = Some((ctx.clone(), name.clone(), port, idx, g));
+                    break 'devices;
+                }
+                continue;
+            }
+            let mut matched = None;
+            for idx in 0..gids {
+                let Ok(g) = ctx.query_gid(port, idx) else { continue };
+                if g.is_zero() {
+                    continue;
+                }
+                if fallback.is_none() {
+                    fallback = Some((ctx.clone(), name.clone(), port, idx, g));
+                }
+                if gid_matches(&g, ip) {
+                    // Prefer RoCE v2 (routable, type 1 in sysfs terms) when v1 and v2 share the address.
+                    let v2 = ctx.query_gid_type(port, idx).is_ok_and(|t| t == 1);
+                    if matched.is_none() || v2 {
+                        matched = Some((ctx.clone(), name.clone(), port, idx, g));
+                    }
+                    if v2 {
+                        break;
+                    }
+                }
+            }
+            if matched.is_some() {
+                chosen = matched;
+                break 'devices;
+            }
+        }
+    }
+    let (ctx, name, port, gid_index, gid) = chosen.or(fallback).ok_or_else(|| {
+        rdma_err(
+            "no usable device",
+            match &want_dev {
+                Some(d) => format!("no active port with a GID on device {d} (VGPU_RDMA_DEVICE)"),
+                None => "no RDMA device with an active port".to_string(),
+            },
+        )
+    })?;
+    let pa = ctx.query_port(port).map_err(|e| rdma_err("query port", e))?;
+    let da = ctx.query_device().map_err(|e| rdma_err("query device", e))?;
+    Ok(Local {
+        name,
+        port,
+        gid_index,
+        gid,
+        lid: pa.lid(),
+        mtu: pa.active_mtu() as u32,
+        max_wr: da.max_qp_wr().max(2) as u32,
+        max_cqe: da.max_cqe().max(4) as u32,
+        ctx,
+    })
+}
+
+/// What each side tells the other over TCP: its queue pair and the ring the other side writes into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Setup {
+    cap: u64,
+    ring_addr: u64,
+    rkey: u32,
+    qpn: u32,
+    psn: u32,
+    lid: u16,
+    mtu: u8,
+    gid: [u8; 16],
+}
+
+impl Setup {
+    fn encode(&self) -> [u8; SETUP_LEN] {
+        let mut b = [0u8; SETUP_LEN];
+        b[0..8].copy_from_slice(&MAGIC.to_le_bytes());
+        b[8..12].copy_from_slice(&SETUP_VERSION.to_le_bytes());
+        b[16..24].copy_from_slice(&self.cap.to_le_bytes());
+        b[24..32].copy_from_slice(&self.ring_addr.to_le_bytes());
+        b[32..36].copy_from_slice(&self.rkey.to_le_bytes());
+        b[36..40].copy_from_slice(&self.qpn.to_le_bytes());
+        b[40..44].copy_from_slice(&self.psn.to_le_bytes());
+        b[44..46].copy_from_slice(&self.lid.to_le_bytes());
+        b[46] = self.mtu;
+        b[48..64].copy_from_slice(&self.gid);
+        b
+    }
+
+    fn decode(b: &[u8; SETUP_LEN]) -> Result<Setup, TransportError> {
+        let u64_at = |o: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[o..o + 8]);
+            u64::from_le_bytes(a)
+        };
+        let u32_at = |o: usize| {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&b[o..o + 4]);
+            u32::from_le_bytes(a)
+        };
+        if u64_at(0) != MAGIC {
+            return Err(protocol(
+                "RDMA setup has a wrong magic number (is the peer a vGPU RDMA endpoint?)",
+            ));
+        }
+        let version = u32_at(8);
+        if version != SETUP_VERSION {
+            return Err(protocol(format!(
+                "RDMA setup version {version}, this side speaks {SETUP_VERSION}"
+            )));
+        }
+        let mut gid = [0u8; 16];
+        gid.copy_from_slice(&b[48..64]);
+        let s = Setup {
+            cap: u64_at(16),
+            ring_addr: u64_at(24),
+            rkey: u32_at(32),
+            qpn: u32_at(36),
+            psn: u32_at(40),
+            lid: u16::from_le_bytes([b[44], b[45]]),
+            mtu: b[46],
+            gid,
+        };
+        let cap_ok = usize::try_from(s.cap).is_ok_and(|c| c.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&c));
+        if !cap_ok {
+            return Err(protocol(format!(
+                "RDMA ring size {} is not a power of two within {MIN_RING}..={MAX_RING}",
+                s.cap
+            )));
+        }
+        if s.qpn == 0 || s.qpn >= 1 << 24 || s.psn >= 1 << 24 {
+            return Err(protocol(
+                "RDMA setup carries an invalid queue pair or packet sequence number",
+            ));
+        }
+        if mtu_of(s.mtu as u32).is_none() {
+            return Err(protocol(format!(
+                "RDMA setup carries an invalid path MTU code {}",
+                s.mtu
+            )));
+        }
+        Ok(s)
+    }
+}
+
+fn mtu_of(code: u32) -> Option<Mtu> {
+    Some(match code {
+        1 => Mtu::Mtu256,
+        2 => Mtu::Mtu512,
+        3 => Mtu::Mtu1024,
+        4 => Mtu::Mtu2048,
+        5 => Mtu::Mtu4096,
+        _ => return None,
+    })
+}
+
+/// A random 24-bit packet sequence number.
+fn random_psn() -> u32 {
+    // RandomState is seeded from the OS's random source; hashing anything with it gives a random value.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    (h.finish() as u32) & 0xff_ffff
+}
+
+/// Verbs objects of one end, before its queue pair is connected.
+struct Verbs {
+    local: Local,
+    qp: BasicQueuePair,
+    cq: Arc<BasicCompletionQueue>,
+    channel: Arc<CompletionChannel>,
+    rx: Registered,
+    tx: Registered,
+    sq_depth: u32,
+    rq_depth: u32,
+    psn: u32,
+}
+
+impl Verbs {
+    fn new(ip: IpAddr, cap: usize, cfg: &RdmaConfig) -> Result<Verbs, TransportError> {
+        let local = open_local(ip)?;
+        let sq_depth = cfg.sq_depth.clamp(2, local.max_wr);
+        let rq_depth = cfg.rq_depth.clamp(2, local.max_wr);
+        let cqe = (sq_depth + rq_depth + 16).min(local.max_cqe);
+        if cqe < sq_depth + rq_depth {
+            return Err(rdma_err(
+                "queue sizes",
+                format!("the device's completion queues hold {cqe} entries, fewer than {sq_depth} + {rq_depth}"),
+            ));
+        }
+        let pd = local
+            .ctx
+            .alloc_pd()
+            .map_err(|e| rdma_err("allocate protection domain", e))?;
+        let channel = local
+            .ctx
+            .create_comp_channel()
+            .map_err(|e| rdma_err("create completion channel", e))?;
+        channel.set_nonblocking(true)?;
+        let cq = local
+            .ctx
+            .create_cq_builder()
+            .setup_cqe(cqe)
+            .setup_comp_channel(&channel, 0)
+            .build()
+            .map_err(|e| rdma_err("create completion queue", e))?;
+        let mut qp = pd
+            .create_qp_builder()
+            .setup_max_send_wr(sq_depth)
+            .setup_max_recv_wr(rq_depth)
+            .setup_max_send_sge(1)
+            .setup_max_recv_sge(1)
+            .setup_send_cq(GenericCompletionQueue::from(cq.clone()))
+            .setup_recv_cq(GenericCompletionQueue::from(cq.clone()))
+            .build()
+            .map_err(|e| rdma_err("create queue pair", e))?;
+        let mut attr = QueuePairAttribute::new();
+        attr.setup_state(QueuePairState::Init)
+            .setup_pkey_index(0)
+            .setup_port(local.port)
+            .setup_access_flags(AccessFlags::LocalWrite | AccessFlags::RemoteWrite);
+        qp.modify(&attr).map_err(|e| rdma_err("queue pair to INIT", e))?;
+        let rx = Registered::new(&pd, cap, AccessFlags::LocalWrite | AccessFlags::RemoteWrite)?;
+        let tx = Registered::new(&pd, cap, AccessFlags::LocalWrite)?;
+        let mut ep = Verbs {
+            local,
+            qp,
+            cq,
+            channel,
+            rx,
+            tx,
+            sq_depth,
+            rq_depth,
+            psn: random_psn(),
+        };
+        post_recvs(&mut ep.qp, rq_depth)?;
+        Ok(ep)
+    }
+
+    fn setup(&self, cap: usize) -> Setup {
+        Setup {
+            cap: cap as u64,
+            ring_addr: self.rx.addr(),
+            rkey: self.rx.rkey(),
+            qpn: self.qp.qp_number(),
+            psn: self.psn,
+            lid: self.local.lid,
+            mtu: self.local.mtu as u8,
+            gid: self.local.gid.raw,
+        }
+    }
+
+    /// Moves the queue pair to ready-to-receive, then ready-to-send, towards `peer`.
+    fn connect(&mut self, peer: &Setup) -> Result<(), TransportError> {
+        let mtu = mtu_of(peer.mtu.min(self.local.mtu as u8) as u32).unwrap_or(Mtu::Mtu1024);
+        let mut attr = QueuePairAttribute::new();
+        attr.setup_state(QueuePairState::ReadyToReceive)
+            .setup_path_mtu(mtu)
+            .setup_dest_qp_num(peer.qpn)
+            .setup_rq_psn(peer.psn)
+            .setup_max_dest_read_atomic(1)
+            .setup_min_rnr_timer(12);
+        let mut ah = AddressHandleAttribute::new();
+        ah.setup_dest_lid(peer.lid)
+            .setup_port(self.local.port)
+            .setup_service_level(0)
+            .setup_grh_src_gid_index(self.local.gid_index as u8)
+            .setup_grh_dest_gid(&Gid { raw: peer.gid })
+            .setup_grh_hop_limit(64);
+        attr.setup_address_vector(&ah);
+        self.qp
+            .modify(&attr)
+            .map_err(|e| rdma_err("queue pair to RTR (is the peer's address reachable over RDMA?)", e))?;
+        let mut attr = QueuePairAttribute::new();
+        attr.setup_state(QueuePairState::ReadyToSend)
+            .setup_sq_psn(self.psn)
+            // 4.096 µs * 2^14 = 67 ms per try, 7 tries: a vanished peer is an error within about half a second.
+            .setup_timeout(14)
+            .setup_retry_cnt(7)
+            // 7: a peer that has no receive posted is retried without limit (it is busy, not gone).
+            .setup_rnr_retry(7)
+            .setup_max_read_atomic(1);
+        self.qp.modify(&attr).map_err(|e| rdma_err("queue pair to RTS", e))?;
+        Ok(())
+    }
+}
+
+fn post_recvs(qp: &mut BasicQueuePair, n: u32) -> Result<(), TransportError> {
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(256);
+        let mut guard = qp.start_post_recv();
+        for _ in 0..batch {
+            // No scatter entry: writes with immediate place their data themselves and only consume the request.
+            let _ = guard.construct_wr(WR_RECV);
+        }
+        guard.post().map_err(|e| rdma_err("post receive requests", e))?;
+        left -= batch;
+    }
+    Ok(())
+}
+
+fn read_setup(sock: &mut TcpStream) -> Result<Setup, TransportError> {
+    let mut b = [0u8; SETUP_LEN];
+    sock.read_exact(&mut b).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => TransportError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "RDMA setup: the peer did not answer",
+        )),
+        _ => io_to_transport(e),
+    })?;
+    Setup::decode(&b)
+}
+
+/// Client side: connects to `addr` (`host:port`) over TCP, writes the already-framed `hello`, then exchanges queue
+/// pairs and rings with the server and returns the ready transport. The ring size comes from `config`.
+pub fn connect_with(addr: &str, hello: &[u8], config: &RdmaConfig) -> Result<RdmaTransport, TransportError> {
+    let cap = config.ring_bytes;
+    if !cap.is_power_of_two() || !(MIN_RING..=MAX_RING).contains(&cap) {
+        return Err(TransportError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("ring size {cap} must be a power of two from {MIN_RING} to {MAX_RING}"),
+        )));
+    }
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+    let mut sock = TcpStream::connect(&addrs[..])?;
+    sock.set_nodelay(true)?;
+    send_all(sock.as_raw_fd(), &[hello]).map_err(io_to_transport)?;
+    let mut ep = Verbs::new(sock.local_addr()?.ip(), cap, config)?;
+    send_all(sock.as_raw_fd(), &[&ep.setup(cap).encode()]).map_err(io_to_transport)?;
+    sock.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    let peer = read_setup(&mut sock)?;
+    if peer.cap != cap as u64 {
+        return Err(protocol(format!(
+            "the server set up a ring of {} bytes where {cap} were asked",
+            peer.cap
+        )));
+    }
+    ep.connect(&peer)?;
+    sock.set_read_timeout(None)?;
+    sock.write_all(&[READY]).map_err(io_to_transport)?;
+    tracing::debug!(device = %ep.local.name, ring_bytes = cap, "RDMA transport set up (client)");
+    Ok(RdmaTransport::new(ep, peer, sock, cap, config.spin))
+}
+
+/// One end of an RDMA channel.
+pub struct RdmaTransport {
+    // Field order is drop order: the queue pair goes first, so nothing is written into the rings once they are freed.
+    qp: BasicQueuePair,
+    rx: Registered,
+    tx: Registered,
+    cq: Arc<BasicCompletionQueue>,
+    channel: Arc<CompletionChannel>,
+    sock: TcpStream,
+    device: String,
+    cap: usize,
+    spin: Duration,
+    chunk: usize,
+    /// Consumed bytes are returned to the peer once this many are pending (or before this side blocks).
+    credit_batch: u64,
+    sq_depth: u32,
+    rq_depth: u32,
+    peer_ring: u64,
+    peer_rkey: u32,
+    /// Bytes copied into the staging ring / posted as writes / known consumed by the peer.
+    tx_head: u64,
+    tx_posted: u64,
+    tx_credit: u64,
+    send_outstanding: u32,
+    /// Bytes that arrived / were consumed here / were returned to the peer as credits.
+    rx_head: u64,
+    rx_tail: u64,
+    rx_returned: u64,
+    rq_posted: u32,
+    /// The first failure; every later call reports it again (as `Closed`).
+    broken: Option<String>,
+}
+
+impl RdmaTransport {
+    /// Server side, after the raw hello was read from this TCP stream: reads the client's setup, builds this end's
+    /// queue pair and ring (of the client's size) on the device that serves the stream's local address, answers,
+    /// and waits for the client's queue pair to be ready. Spin time and queue depths come from the environment.
+    pub fn accept(stream: TcpStream) -> Result<Self, TransportError> {
+        Self::accept_with(stream, &RdmaConfig::from_env()?)
+    }
+
+    /// As [`RdmaTransport::accept`], with explicit tunables (the ring size is the client's).
+    pub fn accept_with(mut sock: TcpStream, config: &RdmaConfig) -> Result<Self, TransportError> {
+        sock.set_nodelay(true)?;
+        sock.set_read_timeout(Some(SETUP_TIMEOUT))?;
+        let peer = read_setup(&mut sock)?;
+        let cap = peer.cap as usize;
+        let mut ep = Verbs::new(sock.local_addr()?.ip(), cap, config)?;
+        ep.connect(&peer)?;
+        send_all(sock.as_raw_fd(), &[&ep.setup(cap).encode()]).map_err(io_to_transport)?;
+        let mut ready = [0u8; 1];
+        sock.read_exact(&mut ready).map_err(io_to_transport)?;
+        if ready[0] != READY {
+            return Err(protocol("the RDMA client sent a wrong ready byte"));
+        }
+        sock.set_read_timeout(None)?;
+        tracing::debug!(device = %ep.local.name, ring_bytes = cap, "RDMA transport set up (server)");
+        Ok(RdmaTransport::new(ep, peer, sock, cap, config.spin))
+    }
+
+    fn new(ep: Verbs, peer: Setup, sock: TcpStream, cap: usize, spin: Duration) -> Self {
+        RdmaTransport {
+            qp: ep.qp,
+            rx: ep.rx,
+            tx: ep.tx,
+            cq: ep.cq,
+            channel: ep.channel,
+            sock,
+            device: ep.local.name,
+            cap,
+            spin,
+            chunk: (cap / 8).clamp(MIN_RING / 2, 256 * 1024),
+            credit_batch: (cap / 4) as u64,
+            sq_depth: ep.sq_depth,
+            rq_depth: ep.rq_depth,
+            peer_ring: peer.ring_addr,
+            peer_rkey: peer.rkey,
+            tx_head: 0,
+            tx_posted: 0,
+            tx_credit: 0,
+            send_outstanding: 0,
+            rx_head: 0,
+            rx_tail: 0,
+            rx_returned: 0,
+            rq_posted: ep.rq_depth,
+            broken: None,
+        }
+    }
+
+    /// Data bytes per ring.
+    pub fn ring_bytes(&self) -> usize {
+        self.cap
+    }
+
+    /// The RDMA device this end uses (e.g. "rxe0", "mlx5_0").
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Test hook: replaces the key of the peer's ring with a wrong one, as a broken registration would; the next
+    /// write fails with a remote access error.
+    #[doc(hidden)]
+    pub fn debug_break_peer_key(&mut self) {
+        self.peer_rkey ^= 0x5a5a_5a5a;
+    }
+
+    fn fail(&mut self, e: TransportError) -> TransportError {
+        if self.broken.is_none() {
+            self.broken = Some(e.to_string());
+            tracing::debug!(device = %self.device, "RDMA channel broken: {e}");
+        }
+        e
+    }
+
+    fn check(&self) -> Result<(), TransportError> {
+        match &self.broken {
+            None => Ok(()),
+            Some(_) => Err(TransportError::Closed),
+        }
+    }
+
+    /// Drains the completion queue: send completions free send-queue slots; receive completions bring data or
+    /// credits. Reposts receive requests as they are used up.
+    fn pump(&mut self) -> Result<(), TransportError> {
+        let mut failed = None;
+        let cq = self.cq.clone();
+        if let Ok(poller) = cq.start_poll() {
+            for wc in poller {
+                let status = wc.status();
+                if status != 0 {
+                    if failed.is_none() {
+                        failed = Some((status, wc.vendor_err(), wc.wr_id()));
+                    }
+                    continue;
+                }
+                match wc.wr_id() {
+                    WR_SEND => self.send_outstanding = self.send_outstanding.saturating_sub(1),
+                    WR_RECV => {
+                        self.rq_posted = self.rq_posted.saturating_sub(1);
+                        if wc.opcode() != rdma_mummy_sys::ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM {
+                            failed.get_or_insert((u32::MAX, wc.opcode(), WR_RECV));
+                            continue;
+                        }
+                        let imm = u32::from_be(wc.imm_data());
+                        if let Err(e) = self.on_imm(imm) {
+                            return Err(self.fail(e));
+                        }
+                    }
+                    other => {
+                        failed.get_or_insert((u32::MAX - 1, 0, other));
+                    }
+                }
+            }
+        }
+        if let Some((status, vendor, wr_id)) = failed {
+            let e = match status {
+                u32::MAX => protocol(format!(
+                    "the peer sent an operation other than a write with immediate ({vendor})"
+                )),
+                s if s == u32::MAX - 1 => protocol(format!("completion for an unknown work request {wr_id}")),
+                // Retries exhausted (peer unreachable or its queue pair gone), flushed (our queue pair is in error).
+                5 | 12 | 13 => {
+                    tracing::debug!(
+                        "RDMA work completion failed: {} (vendor error {vendor:#x})",
+                        verbs::wc_status_str(status)
+                    );
+                    TransportError::Closed
+                }
+                s => rdma_err(
+                    "work completion failed",
+                    format!("{} (vendor error {vendor:#x})", verbs::wc_status_str(s)),
+                ),
+            };
+            return Err(self.fail(e));
+        }
+        if self.rq_posted <= self.rq_depth - self.rq_depth / 4 {
+            let n = self.rq_depth - self.rq_posted;
+            if let Err(e) = post_recvs(&mut self.qp, n) {
+                return Err(self.fail(e));
+            }
+            self.rq_posted += n;
+        }
+        Ok(())
+    }
+
+    fn on_imm(&mut self, imm: u32) -> Result<(), TransportError> {
+        if imm & IMM_CREDIT != 0 {
+            let n = (imm & !IMM_CREDIT) as u64;
+            if self.tx_credit + n > self.tx_posted {
+                return Err(protocol(format!(
+                    "the peer returned {n} bytes of credit, more than the {} it holds",
+                    self.tx_posted - self.tx_credit
+                )));
+            }
+            self.tx_credit += n;
+        } else {
+            let n = imm as u64;
+            if n == 0 || self.rx_head + n - self.rx_tail > self.cap as u64 {
+                return Err(protocol(format!(
+                    "the peer announced {n} bytes with {} unread in a ring of {}",
+                    self.rx_head - self.rx_tail,
+                    self.cap
+                )));
+            }
+            self.rx_head += n;
+        }
+        Ok(())
+    }
+
+    /// Waits until `ready` holds: polls the completion queue for `spin`, then sleeps on the completion channel and
+    /// the setup socket, waking every `WAIT_SLICE`. A hung-up setup socket means the peer is gone.
+    fn wait_raw(&mut self, ready: impl Fn(&Self) -> bool) -> Result<(), TransportError> {
+        self.pump()?;
+        if ready(self) {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while start.elapsed() < self.spin {
+            self.pump()?;
+            if ready(self) {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+            spins = spins.wrapping_add(1);
+            if spins & 15 == 0 && start.elapsed() >= PURE_SPIN {
+                std::thread::yield_now();
+            }
+        }
+        loop {
+            verbs::arm_cq(&self.cq).map_err(|e| self.fail(rdma_err("arm completion queue", e)))?;
+            // Completions that arrived before arming raise no event: look once more.
+            self.pump()?;
+            if ready(self) {
+                return Ok(());
+            }
+            let events = libc::POLLIN | libc::POLLRDHUP;
+            let [chan, sock] =
+                crate::sys::poll_fds([self.channel.as_raw_fd(), self.sock.as_raw_fd()], events, WAIT_SLICE)?;
+            if chan != 0 {
+                while verbs::take_cq_event(&self.channel) {}
+            }
+            if sock != 0 {
+                // The peer closed its end (it never sends anything after the setup). Collect what it wrote before.
+                let until = Instant::now() + Duration::from_millis(20);
+                while Instant::now() < until {
+                    self.pump()?;
+                    if ready(self) {
+                        return Ok(());
+                    }
+                    std::thread::yield_now();
+                }
+                return Err(self.fail(TransportError::Closed));
+            }
+        }
+    }
+
+    /// Returns all consumed bytes to the peer as one credit message.
+    fn return_credits(&mut self) -> Result<(), TransportError> {
+        let n = self.rx_tail - self.rx_returned;
+        if n == 0 {
+            return Ok(());
+        }
+        self.wait_raw(|t| t.send_outstanding < t.sq_depth)?;
+        let imm = IMM_CREDIT | n as u32;
+        if let Err(e) = verbs::post_write_imm(
+            &mut self.qp,
+            WR_SEND,
+            &self.tx,
+            0,
+            0,
+            self.peer_ring,
+            self.peer_rkey,
+            imm.to_be(),
+        ) {
+            return Err(self.fail(rdma_err("post credit write", e)));
+        }
+        self.send_outstanding += 1;
+        self.rx_returned = self.rx_tail;
+        Ok(())
+    }
+
+    /// Posts the staged but not yet posted bytes (they never cross the ring's end) as one write.
+    fn post_staged(&mut self) -> Result<(), TransportError> {
+        let n = self.tx_head - self.tx_posted;
+        if n == 0 {
+            return Ok(());
+        }
+        self.wait_raw(|t| t.send_outstanding < t.sq_depth)?;
+        let pos = (self.tx_posted as usize) & (self.cap - 1);
+        if let Err(e) = verbs::post_write_imm(
+            &mut self.qp,
+            WR_SEND,
+            &self.tx,
+            pos,
+            n as u32,
+            self.peer_ring + pos as u64,
+            self.peer_rkey,
+            (n as u32).to_be(),
+        ) {
+            return Err(self.fail(rdma_err("post write", e)));
+        }
+        self.send_outstanding += 1;
+        self.tx_posted = self.tx_head;
+        Ok(())
+    }
+
+    /// Waits for `ready` after handing back every pending credit (so two sides waiting on each other always can
+    /// make progress).
+    fn block_until(&mut self, ready: impl Fn(&Self) -> bool) -> Result<(), TransportError> {
+        self.return_credits()?;
+        self.wait_raw(ready)
+    }
+}
+
+impl Transport for RdmaTransport {
+    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        self.check()?;
+        for part in parts {
+            let mut off = 0;
+            while off < part.len() {
+                let used = (self.tx_head - self.tx_credit) as usize;
+                if used == self.cap {
+                    self.post_staged()?;
+                    self.block_until(|t| ((t.tx_head - t.tx_credit) as usize) < t.cap)?;
+                }
+                let free = self.cap - (self.tx_head - self.tx_credit) as usize;
+                let pos = (self.tx_head as usize) & (self.cap - 1);
+                let n = (part.len() - off).min(free).min(self.cap - pos).min(self.chunk);
+                self.tx.map().write(pos, &part[off..off + n]);
+                self.tx_head += n as u64;
+                off += n;
+                if pos + n == self.cap || self.tx_head - self.tx_posted >= self.chunk as u64 {
+                    self.post_staged()?;
+                }
+            }
+        }
+        self.post_staged()
+    }
+
+    fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+        self.check()?;
+        let mut off = 0;
+        while off < buf.len() {
+            if self.rx_head == self.rx_tail {
+                self.pump()?;
+                if self.rx_head == self.rx_tail {
+                    self.block_until(|t| t.rx_head > t.rx_tail)?;
+                }
+            }
+            let avail = (self.rx_head - self.rx_tail) as usize;
+            let pos = (self.rx_tail as usize) & (self.cap - 1);
+            let n = (buf.len() - off).min(avail).min(self.cap - pos);
+            self.rx.map().read(pos, &mut buf[off..off + n]);
+            self.rx_tail += n as u64;
+            off += n;
+            if self.rx_tail - self.rx_returned >= self.credit_batch {
+                self.return_credits()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "rdma"
+    }
+}
+
+impl Drop for RdmaTransport {
+    fn drop(&mut self) {
+        // Let the last writes reach the peer (a server's final reply, say) before the queue pair goes away.
+        if self.broken.is_none() && self.send_outstanding > 0 {
+            let until = Instant::now() + DRAIN_ON_DROP;
+            while self.send_outstanding > 0 && Instant::now() < until {
+                if self.pump().is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_round_trips_and_is_checked() {
+        let s = Setup {
+            cap: 1 << 20,
+            ring_addr: 0x7f00_1234_5000,
+            rkey: 0xabcd,
+            qpn: 17,
+            psn: 0x12_3456,
+            lid: 0,
+            mtu: 3,
+            gid: [7; 16],
+        };
+        assert_eq!(Setup::decode(&s.encode()).expect("decode"), s);
+        let mut bad = s.encode();
+        bad[0] ^= 1;
+        assert!(matches!(Setup::decode(&bad), Err(TransportError::Protocol(_))));
+        for (cap, qpn, mtu) in [
+            (5000u64, 17u32, 3u8),
+            (1 << 20, 0, 3),
+            (1 << 20, 1 << 24, 3),
+            (1 << 20, 17, 9),
+        ] {
+            let b = Setup {
+                cap,
+                qpn,
+                mtu,
+                ..s.clone()
+            }
+            .encode();
+            assert!(
+                matches!(Setup::decode(&b), Err(TransportError::Protocol(_))),
+                "{cap} {qpn} {mtu}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_values_are_validated() {
+        assert_eq!(
+            RdmaConfig::from_values(None, None).expect("defaults"),
+            RdmaConfig::default()
+        );
+        let c = RdmaConfig::from_values(Some("16"), Some("0")).expect("valid");
+        assert_eq!((c.ring_bytes, c.spin), (16 << 20, Duration::ZERO));
+        for bad in ["0", "3", "2048", "x"] {
+            assert!(RdmaConfig::from_values(Some(bad), None).is_err(), "{bad}");
+        }
+        assert!(RdmaConfig::from_values(None, Some("2000000")).is_err());
+    }
+
+    #[test]
+    fn gids_match_ipv4_mapped_and_ipv6_addresses() {
+        let g = Gid::from("::ffff:10.9.0.1".parse::<Ipv6Addr>().expect("v6"));
+        assert!(gid_matches(&g, "10.9.0.1".parse().expect("ip")));
+        assert!(!gid_matches(&g, "10.9.0.2".parse().expect("ip")));
+        let g6 = Gid::from("fe80::1".parse::<Ipv6Addr>().expect("v6"));
+        assert!(gid_matches(&g6, "fe80::1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn available_answers_without_panicking() {
+        // On machines without rdma-core or devices this is an explanation, never a crash.
+        match available() {
+            Ok(lines) => assert!(!lines.is_empty()),
+            Err(why) => assert!(!why.is_empty()),
+        }
+    }
+}
