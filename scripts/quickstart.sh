@@ -4,5 +4,6 @@
 # sample through the shim over TCP and shared memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/setup-build-deps.sh
 cargo build --release -p vgpu -p vgpu-client-shim
 exec target/release/vgpu quickstart "$@"

@@ -17,6 +17,8 @@ count() { # adds up "N passed" / "N failed" lines from a log
 }
 step() { echo; echo "=== $*"; }
 
+step "build dependencies (cmake, libclang, C/C++ compilers)"
+scripts/setup-build-deps.sh || { echo "setup-build-deps.sh failed"; echo "0 passed, 1 failed"; exit 1; }
 step "CUDA 13.0 headers, nvcc and cudart from NVIDIA's PyPI wheels"
 cuda_env=$(scripts/setup-cuda.sh) || { echo "setup-cuda.sh failed"; echo "0 passed, 1 failed"; exit 1; }
 echo "$cuda_env"
