@@ -7,9 +7,11 @@ set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp TMPDIR=/tmp
 cmdline=$(cat /proc/cmdline)
 env_arg=$(sed -n 's/.*vgpu\.env=\([^ ]*\).*/\1/p' /proc/cmdline)
-CONF=$(echo "$env_arg" | tr ',' '\n' | sed -n 's/^CONF=//p')
-RDMA=$(echo "$env_arg" | tr ',' '\n' | sed -n 's/^RDMA=//p')
-script=$(echo "$cmdline" | sed -n 's/.*vgpu\.script=\([^ ]*\).*/\1/p')
+# The host's /tmp is at /run/hosttmp in here (the VM's /tmp is a scratch tmpfs).
+in_vm() { case "$1" in /tmp/*) echo "/run/hosttmp/${1#/tmp/}" ;; *) echo "$1" ;; esac; }
+CONF=$(in_vm "$(echo "$env_arg" | tr ',' '\n' | sed -n 's/^CONF=//p')")
+RDMA=$(in_vm "$(echo "$env_arg" | tr ',' '\n' | sed -n 's/^RDMA=//p')")
+script=$(in_vm "$(echo "$cmdline" | sed -n 's/.*vgpu\.script=\([^ ]*\).*/\1/p')")
 cd "$(dirname "$script")/../.." || exit 1
 VGPU=$PWD/target/debug/vgpu
 pass=0

@@ -97,9 +97,12 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host || e
 mount -t proc proc /host/proc || echo "vm: proc mount failed"
 mount -t sysfs sys /host/sys || echo "vm: sysfs mount failed"
 mount -t devtmpfs dev /host/dev || echo "vm: devtmpfs mount failed"
-mount -t tmpfs tmpfs /host/tmp || echo "vm: tmpfs mount failed"
 mount -t tmpfs tmpfs /host/run || echo "vm: tmpfs mount failed"
+# A checkout under /tmp stays reachable at /run/hosttmp once /tmp becomes the VM's scratch tmpfs.
+mkdir -p /host/run/hosttmp && mount -o bind /host/tmp /host/run/hosttmp || echo "vm: /tmp bind failed"
+mount -t tmpfs tmpfs /host/tmp || echo "vm: tmpfs mount failed"
 script=$(sed -n 's/.*vgpu\.script=\([^ ]*\).*/\1/p' /proc/cmdline)
+case "$script" in /tmp/*) script="/run/hosttmp/${script#/tmp/}" ;; esac
 chroot /host /bin/bash "$script"
 echo "vm: inside script exited with $?"
 poweroff -f
