@@ -217,6 +217,16 @@ impl Channel {
         self.seq
     }
 
+    /// Writes out this channel's batch only (used while flushing the other channels).
+    fn flush_own(&mut self) -> Result<(), u32> {
+        if self.broken || self.batch.is_empty() {
+            return Ok(());
+        }
+        let r = self.transport.send(&[&self.batch]);
+        self.batch.clear();
+        r.map_err(|e| self.fail(&e))
+    }
+
     /// Writes out everything batched so far.
     pub fn flush(&mut self) -> Result<(), u32> {
         if self.broken {
@@ -225,6 +235,7 @@ impl Channel {
         if self.batch.is_empty() {
             return Ok(());
         }
+        flush_other_channels();
         let r = self.transport.send(&[&self.batch]);
         self.batch.clear();
         r.map_err(|e| self.fail(&e))
@@ -255,6 +266,7 @@ impl Channel {
             let mut tail = BytesMut::with_capacity(tail_len);
             write_tail(&mut tail);
             self.flush()?;
+            flush_other_channels();
             return self
                 .transport
                 .send(&[header.as_bytes(), call.as_bytes(), &tail])
@@ -337,6 +349,7 @@ impl Channel {
         if self.broken {
             return Err(LOST);
         }
+        flush_other_channels();
         let seq = self.next_seq();
         let header = request_header::<C>(seq, flags, tail.len());
         let r = if self.batch.is_empty() {
@@ -541,6 +554,25 @@ fn pending_take(id: u64) -> Option<Landing> {
 // The TCP flusher: a batch must not sit unsent while the app computes, or the GPU would idle. A channel
 // that becomes non-empty wakes this thread, which writes out batches still pending after a short delay.
 static FLUSH_LIST: Mutex<Vec<Weak<Mutex<Channel>>>> = Mutex::new(Vec::new());
+
+/// Before a channel sends, the calls other threads have batched go out first, so the server sees work in the
+/// order the app submitted it across threads (an event recorded on one thread and waited for on another, as
+/// PyTorch's autograd thread does, must reach the server in that order). A channel busy on another thread is
+/// sending already.
+fn flush_other_channels() {
+    let others: Vec<Arc<Mutex<Channel>>> = {
+        let list = FLUSH_LIST.lock().unwrap_or_else(|p| p.into_inner());
+        if list.len() < 2 {
+            return;
+        }
+        list.iter().filter_map(Weak::upgrade).collect()
+    };
+    for ch in others {
+        if let Ok(mut other) = ch.try_lock() {
+            let _ = other.flush_own();
+        }
+    }
+}
 static FLUSH_SIGNAL: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 static FLUSHER_STARTED: AtomicBool = AtomicBool::new(false);
 

@@ -52,8 +52,10 @@ impl Mirror {
 
 struct Mirrors {
     by_base: BTreeMap<usize, Mirror>,
-    /// Regions a queued kernel may have written, to bring back at the next synchronizing call.
-    pending: BTreeSet<usize>,
+    /// Regions a queued kernel or copy may have written, to bring back at the next synchronizing call of the
+    /// thread that queued it: (region base, thread number). Another thread's sync must not pull a region its
+    /// owner may be writing on the host at that moment.
+    pending: BTreeSet<(usize, u64)>,
     /// Pages mapped here for `__managed__` variables (several variables may share one).
     global_pages: BTreeSet<usize>,
     /// `__managed__` variables looked up before any context was current (the runtime does so while it
@@ -310,7 +312,7 @@ pub fn drop_managed(dptr: u64) {
     let base = dptr as usize & !(PAGE - 1);
     let m = {
         let mut m = mirrors();
-        m.pending.remove(&base);
+        m.pending.retain(|&(b, _)| b != base);
         m.by_base.remove(&base)
     };
     if let Some(m) = m {
@@ -323,7 +325,7 @@ pub fn forget(ptr: usize) {
     let base = ptr & !(PAGE - 1);
     let removed = {
         let mut m = mirrors();
-        m.pending.remove(&base);
+        m.pending.retain(|&(b, _)| b != base);
         m.by_base.remove(&base)
     };
     if removed.is_some_and(|m| m.kind == Kind::Pinned) {
@@ -341,7 +343,16 @@ pub fn find(addr: usize) -> Option<Mirror> {
 /// Marks the region at `base` to be brought back at the next synchronizing call (something on the server
 /// wrote into its mirror).
 pub fn mark_pending(base: usize) {
-    mirrors().pending.insert(base);
+    mirrors().pending.insert((base, this_thread()));
+}
+
+/// A small number naming the calling thread, for `Mirrors::pending`.
+fn this_thread() -> u64 {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    thread_local! {
+        static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed) as u64;
+    }
+    ID.with(|id| *id)
 }
 
 /// Before a launch on `stream`: pushes every mirrored region one of the kernel's argument words points
@@ -384,7 +395,7 @@ pub fn before_launch(flags: u16, stream: u64, args: &[u8]) -> Result<(), u32> {
             },
             data,
         )?;
-        mirrors().pending.insert(mirror.base);
+        mirrors().pending.insert((mirror.base, this_thread()));
     }
     Ok(())
 }
@@ -397,8 +408,10 @@ pub fn after_sync() -> Result<(), u32> {
         if m.pending.is_empty() {
             return Ok(());
         }
-        let pending: Vec<usize> = std::mem::take(&mut m.pending).into_iter().collect();
-        pending.iter().filter_map(|b| m.by_base.get(b).copied()).collect()
+        let me = this_thread();
+        let mine: Vec<usize> = m.pending.iter().filter(|&&(_, t)| t == me).map(|&(b, _)| b).collect();
+        m.pending.retain(|&(_, t)| t != me);
+        mine.iter().filter_map(|b| m.by_base.get(b).copied()).collect()
     };
     for mirror in due {
         let out = ffi::bytes_mut(mirror.data as *mut u8, mirror.data_len)?;
