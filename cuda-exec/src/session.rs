@@ -880,36 +880,24 @@ impl Channel {
             Op::HostRegionUnmap => simple!(HostRegionUnmap, |c| self.unmap_region(c.id).map(|_| Empty {})),
             Op::MemcpyHtoDRegion => simple!(MemcpyHtoDRegion, |c| {
                 let stream = if per_thread { STREAM_PER_THREAD } else { 0 };
-                self.check_range(c.dst, c.size)
-                    .and_then(|_| self.region_slice(c.region, c.offset, c.size))
-                    .and_then(|(_keep, buf)| self.b().memcpy_htod_async(c.dst, &buf, buf.len, stream))
+                self.region_copy(true, c.dst, c.region, c.offset, c.size, stream)
                     .and_then(|_| self.b().stream_synchronize(stream))
-                    .map(|_| self.s().count_moved(c.size))
                     .map(|_| Empty {})
             }),
             Op::MemcpyHtoDRegionAsync => simple!(MemcpyHtoDRegionAsync, |c| {
                 self.stream(c.stream, per_thread)
-                    .and_then(|s| self.check_range(c.dst, c.size).map(|_| s))
-                    .and_then(|s| self.region_slice(c.region, c.offset, c.size).map(|r| (s, r)))
-                    .and_then(|(s, (_keep, buf))| self.b().memcpy_htod_async(c.dst, &buf, buf.len, s))
-                    .map(|_| self.s().count_moved(c.size))
+                    .and_then(|s| self.region_copy(true, c.dst, c.region, c.offset, c.size, s))
                     .map(|_| Empty {})
             }),
             Op::MemcpyDtoHRegion => simple!(MemcpyDtoHRegion, |c| {
                 let stream = if per_thread { STREAM_PER_THREAD } else { 0 };
-                self.check_range(c.src, c.size)
-                    .and_then(|_| self.region_slice(c.region, c.offset, c.size))
-                    .and_then(|(_keep, buf)| self.b().memcpy_dtoh_async(&buf, c.src, buf.len, stream))
+                self.region_copy(false, c.src, c.region, c.offset, c.size, stream)
                     .and_then(|_| self.b().stream_synchronize(stream))
-                    .map(|_| self.s().count_moved(c.size))
                     .map(|_| Empty {})
             }),
             Op::MemcpyDtoHRegionAsync => simple!(MemcpyDtoHRegionAsync, |c| {
                 self.stream(c.stream, per_thread)
-                    .and_then(|s| self.check_range(c.src, c.size).map(|_| s))
-                    .and_then(|s| self.region_slice(c.region, c.offset, c.size).map(|r| (s, r)))
-                    .and_then(|(s, (_keep, buf))| self.b().memcpy_dtoh_async(&buf, c.src, buf.len, s))
-                    .map(|_| self.s().count_moved(c.size))
+                    .and_then(|s| self.region_copy(false, c.src, c.region, c.offset, c.size, s))
                     .map(|_| Empty {})
             }),
         }
@@ -1015,6 +1003,28 @@ impl Channel {
         // Copies still queued on it must finish before the memory goes (the driver's cuMemFreeHost waits too).
         let _ = self.b().ctx_synchronize();
         self.b().host_unregister(region.ptr)
+    }
+
+    /// Queues a copy on `stream` between device memory `dev` and `size` bytes at `offset` of shared region
+    /// `region` (to the device when `to_device`), after checking both sides.
+    fn region_copy(
+        &self,
+        to_device: bool,
+        dev: u64,
+        region: u64,
+        offset: u64,
+        size: u64,
+        stream: u64,
+    ) -> Result<(), u32> {
+        self.check_range(dev, size)?;
+        let (_keep, buf) = self.region_slice(region, offset, size)?;
+        if to_device {
+            self.b().memcpy_htod_async(dev, &buf, buf.len, stream)?;
+        } else {
+            self.b().memcpy_dtoh_async(&buf, dev, buf.len, stream)?;
+        }
+        self.s().count_moved(size);
+        Ok(())
     }
 
     /// `size` bytes at `offset` of region `id`, as a buffer the backend can copy through; the Arc keeps the
@@ -1602,6 +1612,43 @@ impl Channel {
     }
 
     /// Synchronous 2D copy. Host rows travel packed; the server copies them through a staging buffer.
+    /// The frame rules every 2D copy shares: its packed size must not overflow, and host-to-device data (direction
+    /// 0) travels as a tail of exactly that size. Returns the packed size, counted as bytes moved.
+    fn frame_2d(&self, h: &RequestHeader, width: u64, height: u64, direction: u32) -> Result<u64, ChannelEnd> {
+        let packed = width
+            .checked_mul(height)
+            .ok_or_else(|| ChannelEnd::Malformed("2D copy size overflows".into()))?;
+        let expect_tail = if direction == 0 { packed } else { 0 };
+        if h.tail_len() as u64 != expect_tail || direction > 2 {
+            return Err(ChannelEnd::Malformed(
+                "2D copy with a tail that does not match its direction".into(),
+            ));
+        }
+        if direction < 2 {
+            self.s().count_moved(packed);
+        }
+        Ok(packed)
+    }
+
+    /// Range checks of the device side(s) of a 2D copy: the destination for host-to-device (0), the source for
+    /// device-to-host (1), both for device-to-device.
+    fn check_2d_sides(
+        &self,
+        direction: u32,
+        src: (u64, u64),
+        dst: (u64, u64),
+        width: u64,
+        height: u64,
+    ) -> Result<(), u32> {
+        if direction != 1 {
+            self.check_2d(dst.0, dst.1, width, height)?;
+        }
+        if direction != 0 {
+            self.check_2d(src.0, src.1, width, height)?;
+        }
+        Ok(())
+    }
+
     fn copy_2d(
         &mut self,
         t: &mut dyn Transport,
@@ -1610,26 +1657,14 @@ impl Channel {
         per_thread: bool,
     ) -> Result<(), ChannelEnd> {
         let stream = if per_thread { STREAM_PER_THREAD } else { 0 };
-        let packed = c
-            .width
-            .checked_mul(c.height)
-            .ok_or_else(|| ChannelEnd::Malformed("2D copy size overflows".into()))?;
-        let expect_tail = if c.direction == 0 { packed } else { 0 };
-        if h.tail_len() as u64 != expect_tail || c.direction > 2 {
-            return Err(ChannelEnd::Malformed(
-                "2D copy with a tail that does not match its direction".into(),
-            ));
-        }
-        if c.direction < 2 {
-            self.s().count_moved(packed);
-        }
-        let checked = match c.direction {
-            0 => self.check_2d(c.dst, c.dst_pitch, c.width, c.height),
-            1 => self.check_2d(c.src, c.src_pitch, c.width, c.height),
-            _ => self
-                .check_2d(c.src, c.src_pitch, c.width, c.height)
-                .and_then(|_| self.check_2d(c.dst, c.dst_pitch, c.width, c.height)),
-        };
+        let packed = self.frame_2d(h, c.width, c.height, c.direction)?;
+        let checked = self.check_2d_sides(
+            c.direction,
+            (c.src, c.src_pitch),
+            (c.dst, c.dst_pitch),
+            c.width,
+            c.height,
+        );
         let buf = checked.and_then(|_| {
             if c.direction < 2 {
                 self.take_buffer(packed as usize).map(Some)
@@ -1676,28 +1711,15 @@ impl Channel {
         c: Memcpy2DAsync,
         per_thread: bool,
     ) -> Result<Result<(), u32>, ChannelEnd> {
-        let packed = c
-            .width
-            .checked_mul(c.height)
-            .ok_or_else(|| ChannelEnd::Malformed("2D copy size overflows".into()))?;
-        let expect_tail = if c.direction == 0 { packed } else { 0 };
-        if h.tail_len() as u64 != expect_tail || c.direction > 2 {
-            return Err(ChannelEnd::Malformed(
-                "2D copy with a tail that does not match its direction".into(),
-            ));
-        }
-        if c.direction < 2 {
-            self.s().count_moved(packed);
-        }
+        let packed = self.frame_2d(h, c.width, c.height, c.direction)?;
         let prepared = self.stream(c.stream, per_thread).and_then(|s| {
-            match c.direction {
-                0 => self.check_2d(c.dst, c.dst_pitch, c.width, c.height)?,
-                1 => self.check_2d(c.src, c.src_pitch, c.width, c.height)?,
-                _ => {
-                    self.check_2d(c.src, c.src_pitch, c.width, c.height)?;
-                    self.check_2d(c.dst, c.dst_pitch, c.width, c.height)?
-                }
-            }
+            self.check_2d_sides(
+                c.direction,
+                (c.src, c.src_pitch),
+                (c.dst, c.dst_pitch),
+                c.width,
+                c.height,
+            )?;
             let buf = if c.direction < 2 {
                 Some(self.take_buffer(packed as usize)?)
             } else {

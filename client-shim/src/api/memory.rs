@@ -186,6 +186,12 @@ fn staging(flags: u16, ctx: u64) -> Option<(*mut u8, u64, [u64; 2])> {
     Some((base as *mut u8, region, events))
 }
 
+/// Queues a staging-slot copy and records the slot's event after it, so the slot's next user can wait for it.
+fn post_and_mark<C: Call>(flags: u16, copy: &C, event: u64, stream: u64) -> Result<(), u32> {
+    client::post(flags, copy, &[])?;
+    client::post(flags, &EventRecord { event, stream }, &[])
+}
+
 fn staged_copy_in(
     flags: u16,
     base: *mut u8,
@@ -214,15 +220,7 @@ fn staged_copy_in(
             size: len as u64,
             stream,
         };
-        client::post(flags, &copy, &[])?;
-        client::post(
-            flags,
-            &EventRecord {
-                event: events[slot],
-                stream,
-            },
-            &[],
-        )?;
+        post_and_mark(flags, &copy, events[slot], stream)?;
     }
     // Both slots are free again when this returns, and every byte is on the device.
     for event in events {
@@ -277,15 +275,7 @@ fn staged_copy_out(
             size: len as u64,
             stream,
         };
-        client::post(flags, &copy, &[])?;
-        client::post(
-            flags,
-            &EventRecord {
-                event: events[slot],
-                stream,
-            },
-            &[],
-        )
+        post_and_mark(flags, &copy, events[slot], stream)
     };
     for i in 0..chunks.len().min(2) {
         issue(i)?;
