@@ -185,7 +185,6 @@ fn lock(ch: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
 pub struct Channel {
     transport: Box<dyn Transport>,
     batch: BytesMut,
-    seq: u32,
     broken: bool,
 }
 
@@ -196,7 +195,6 @@ impl Channel {
         Channel {
             transport,
             batch: BytesMut::with_capacity(64 * 1024),
-            seq: 0,
             broken: false,
         }
     }
@@ -212,9 +210,17 @@ impl Channel {
         LOST
     }
 
+    /// The next request's number, from one counter for all channels: the server submits work to the driver in
+    /// this order across its channel threads, as the app submitted it across its threads. Taken under this
+    /// channel's lock right before the request joins the batch, so each channel's numbers rise in send order.
+    /// Never 0 (the server's starting point).
     fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
+        static SUBMIT_ORDER: AtomicU32 = AtomicU32::new(0);
+        let mut seq = SUBMIT_ORDER.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if seq == 0 {
+            seq = SUBMIT_ORDER.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        }
+        seq
     }
 
     /// Writes out this channel's batch only (used while flushing the other channels).
@@ -545,6 +551,11 @@ pub fn pending_overlaps(addr: usize, len: usize) -> bool {
         let end = l.addr + l.pitch * l.rows.saturating_sub(1) + l.width;
         addr < end && l.addr < addr.saturating_add(len)
     })
+}
+
+/// Forgets every async device-to-host copy still due (a primary-context reset discarded them on the server).
+pub fn pending_clear() {
+    pending().clear();
 }
 
 fn pending_take(id: u64) -> Option<Landing> {

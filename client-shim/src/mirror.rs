@@ -355,8 +355,27 @@ fn this_thread() -> u64 {
     ID.with(|id| *id)
 }
 
+/// Where `[addr, addr+n)` lies in a mirrored region that queued device work may have written and nobody has
+/// synchronized with yet: the device address of `addr` in the server's mirror, which holds the newer bytes
+/// (a copy or launch must read those, not the host's stale ones; a graph replayed twice without a sync reads
+/// what the first replay wrote).
+pub fn pending_source(addr: usize, n: usize) -> Option<u64> {
+    let end = addr.checked_add(n)?;
+    let m = mirrors();
+    let (_, mirror) = m.by_base.range(..=addr).next_back()?;
+    let inside = addr >= mirror.data && end <= mirror.data + mirror.data_len;
+    let pending = m
+        .pending
+        .range((mirror.base, 0)..=(mirror.base, u64::MAX))
+        .next()
+        .is_some();
+    (inside && pending).then(|| mirror.dptr + (addr - mirror.base) as u64)
+}
+
 /// Before a launch on `stream`: pushes every mirrored region one of the kernel's argument words points
-/// into, in stream order, and remembers it for the next synchronizing call.
+/// into, in stream order, and remembers it for the next synchronizing call. A region that earlier queued
+/// work may have written (pending) is not pushed: the server's copy is the newer one until a sync brings
+/// it back, and the host cannot have written it meanwhile without racing that work.
 pub fn before_launch(flags: u16, stream: u64, args: &[u8]) -> Result<(), u32> {
     // A `__managed__` variable's initial value must be here before this pushes it.
     fetch_deferred()?;
@@ -385,6 +404,19 @@ pub fn before_launch(flags: u16, stream: u64, args: &[u8]) -> Result<(), u32> {
         named
     };
     for mirror in named {
+        let pending = {
+            let m = mirrors();
+            let written = m
+                .pending
+                .range((mirror.base, 0)..=(mirror.base, u64::MAX))
+                .next()
+                .is_some();
+            written
+        };
+        if pending {
+            mirrors().pending.insert((mirror.base, this_thread()));
+            continue;
+        }
         let data = ffi::bytes(mirror.data as *const u8, mirror.data_len)?;
         client::post(
             flags,

@@ -116,7 +116,9 @@ pub trait Backend: Send + Sync + 'static {
     fn module_load(&self, image: &[u8]) -> CuResult<(u64, Vec<LoadedFunction>)>;
     fn module_unload(&self, module: u64) -> CuResult<()>;
     fn module_get_global(&self, module: u64, name: &std::ffi::CStr) -> CuResult<(u64, u64)>;
-    fn library_load(&self, image: &[u8]) -> CuResult<(u64, Vec<LoadedFunction>)>;
+    /// `device`: the one whose primary context answers the kernels' parameter queries when this thread has
+    /// no context current (cudart loads libraries with `__managed__` variables before it makes one).
+    fn library_load(&self, image: &[u8], device: i32) -> CuResult<(u64, Vec<LoadedFunction>)>;
     fn library_unload(&self, library: u64) -> CuResult<()>;
     fn library_get_global(&self, library: u64, name: &std::ffi::CStr) -> CuResult<(u64, u64)>;
     /// Every `CUfunction_attribute` of a function (or library kernel), `i32::MIN` where the driver refuses one.

@@ -680,7 +680,7 @@ impl Backend for EmulatedBackend {
         }
         Err(CUDA_ERROR_NOT_FOUND)
     }
-    fn library_load(&self, image: &[u8]) -> CuResult<(u64, Vec<LoadedFunction>)> {
+    fn library_load(&self, image: &[u8], _device: i32) -> CuResult<(u64, Vec<LoadedFunction>)> {
         self.load(image, false)
     }
     fn library_unload(&self, library: u64) -> CuResult<()> {
@@ -1195,7 +1195,7 @@ mod tests {
         let image = cubin_only();
         assert!(matches!(fatbin::classify(&image), fatbin::Image::FatBinary(ref e) if e.len() == 1 && e[0].kind == 2));
         // Libraries load without a context, as natively.
-        let (library, functions) = b.library_load(&image).expect("library loads");
+        let (library, functions) = b.library_load(&image, 0).expect("library loads");
         let f = |name: &str| functions.iter().find(|f| f.info.name == name).expect(name);
         assert_eq!(f("vector_add").info.params, vec![(0, 8), (8, 8), (16, 8), (24, 4)]);
         assert_eq!(f("mixed_params").info.args_size(), 56);

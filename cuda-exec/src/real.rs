@@ -56,6 +56,7 @@ driver_table! {
     ctx_create = "cuCtxCreate_v4": fn(*mut P, P, c_uint, c_int);
     ctx_destroy = "cuCtxDestroy_v2": fn(P);
     ctx_set_current = "cuCtxSetCurrent": fn(P);
+    ctx_get_current = "cuCtxGetCurrent": fn(*mut P);
     ctx_synchronize = "cuCtxSynchronize": fn();
     mem_alloc = "cuMemAlloc_v2": fn(*mut u64, usize);
     mem_alloc_pitch = "cuMemAllocPitch_v2": fn(*mut u64, *mut usize, usize, usize, c_uint);
@@ -580,12 +581,22 @@ impl Backend for RealBackend {
         ok(unsafe { (self.driver.module_get_global)(&mut d, &mut size, p(module), name.as_ptr()) })?;
         Ok((d, size as u64))
     }
-    fn library_load(&self, image: &[u8]) -> CuResult<(u64, Vec<LoadedFunction>)> {
+    fn library_load(&self, image: &[u8], device: i32) -> CuResult<(u64, Vec<LoadedFunction>)> {
         let mut l = std::ptr::null_mut();
         let null = std::ptr::null_mut();
         ok(unsafe {
             (self.driver.library_load_data)(&mut l, image.as_ptr() as *const c_void, null, null, 0, null, null, 0)
         })?;
+        // Without a current context the driver cannot answer parameter queries, and a launch needs the layout.
+        // The app makes the primary context current right after (the runtime loads libraries with `__managed__`
+        // variables first): retain it now, for the worker's life, and borrow it on this thread for the queries.
+        let mut current = std::ptr::null_mut();
+        unsafe { (self.driver.ctx_get_current)(&mut current) };
+        let borrowed = current.is_null() && {
+            let mut primary = std::ptr::null_mut();
+            let retained = unsafe { (self.driver.primary_ctx_retain)(&mut primary, device) };
+            retained == CUDA_SUCCESS && unsafe { (self.driver.ctx_set_current)(primary) } == CUDA_SUCCESS
+        };
         let mut count = 0u32;
         ok(unsafe { (self.driver.library_get_kernel_count)(&mut count, l) })?;
         let mut handles = vec![std::ptr::null_mut(); count as usize];
@@ -603,6 +614,9 @@ impl Backend for RealBackend {
                 LoadedFunction { info, handle: h(k) }
             })
             .collect();
+        if borrowed {
+            unsafe { (self.driver.ctx_set_current)(std::ptr::null_mut()) };
+        }
         Ok((h(l), kernels))
     }
     fn library_unload(&self, library: u64) -> CuResult<()> {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BytesMut;
@@ -112,6 +112,11 @@ pub struct Session {
     objects: Mutex<Objects>,
     limits: Limits,
     bytes_moved: AtomicU64,
+    /// The client's submission order across this session's channels.
+    order: SubmitOrder,
+    /// Bumped by every primary-context reset: channels drop the pinned buffers and events they hold, which
+    /// the reset freed with the context that owned them.
+    reset_epoch: AtomicU64,
 }
 
 /// Largest array copy one call carries.
@@ -130,6 +135,8 @@ impl Session {
             objects: Mutex::new(Objects::default()),
             limits,
             bytes_moved: AtomicU64::new(0),
+            reset_epoch: AtomicU64::new(0),
+            order: SubmitOrder::default(),
         })
     }
 
@@ -178,6 +185,22 @@ impl Session {
         Ok(())
     }
 
+    /// After a primary-context reset: the device memory the session allocated is gone (natively too), so it no
+    /// longer counts against the limit and its addresses are no longer the client's to name. With contexts of
+    /// the app's own alive, whose memory survives, the records stay (they cannot be told apart).
+    fn forget_reset_context(&self) {
+        let mut objs = self.objects();
+        if objs.contexts.is_empty() {
+            let gone: Vec<u64> = objs.allocations.drain().map(|(base, _)| base).collect();
+            for base in gone {
+                objs.ranges.remove(&base);
+            }
+            objs.allocated_bytes = 0;
+        }
+        drop(objs);
+        self.reset_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     fn unreserve(&self, size: u64) {
         let mut objs = self.objects();
         objs.allocated_bytes = objs.allocated_bytes.saturating_sub(size);
@@ -219,6 +242,71 @@ impl Session {
     }
 }
 
+/// Requests carry one number series across all of a client's channels (the order its threads submitted them).
+/// Each channel thread starts a request only once every earlier number has been submitted to the driver, so
+/// work two app threads put on one stream (PyTorch's autograd thread and its main thread), or an event one
+/// thread records and another waits for, reaches the GPU in the app's order, as it does natively.
+#[derive(Default)]
+struct SubmitOrder {
+    /// The last request number whose work has been submitted (or, for a synchronous call, started).
+    done: AtomicU32,
+}
+
+/// How long a request waits for an earlier number before going ahead anyway. Normally the wait is microseconds
+/// (the client's flusher sends every batch within `VGPU_FLUSH_US`); only a client that lost requests stalls
+/// this long, and then ordering is given up rather than the session.
+const ORDER_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl SubmitOrder {
+    fn previous(seq: u32) -> u32 {
+        // The client never uses 0: after u32::MAX comes 1.
+        if seq == 1 {
+            u32::MAX
+        } else {
+            seq.wrapping_sub(1)
+        }
+    }
+
+    /// Waits until every request numbered before `seq` has been submitted.
+    fn wait_turn(&self, seq: u32) {
+        let want = Self::previous(seq);
+        if seq == 0 || self.done.load(Ordering::Acquire) == want {
+            return;
+        }
+        let start = std::time::Instant::now();
+        let mut rounds = 0u32;
+        loop {
+            let done = self.done.load(Ordering::Acquire);
+            // `done` at or past `want` (in wrapping order): nothing earlier is outstanding.
+            if done.wrapping_sub(want) < (1 << 31) {
+                return;
+            }
+            if start.elapsed() > ORDER_WAIT_LIMIT {
+                tracing::warn!(seq, done, "request numbers missing; going ahead out of order");
+                return;
+            }
+            rounds += 1;
+            if rounds < 200 {
+                std::hint::spin_loop();
+            } else if rounds < 400 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
+        }
+    }
+
+    /// Records that `seq` has been submitted (never moving backwards).
+    fn advance(&self, seq: u32) {
+        if seq == 0 {
+            return;
+        }
+        let _ = self.done.fetch_update(Ordering::AcqRel, Ordering::Acquire, |done| {
+            (seq.wrapping_sub(done).wrapping_sub(1) < (1 << 31)).then_some(seq)
+        });
+    }
+}
+
 /// A device-to-host async copy whose bytes wait in a pinned buffer until a synchronizing reply carries them.
 struct PendingCopy {
     id: u64,
@@ -243,6 +331,8 @@ struct Channel {
     in_flight: Vec<InFlight>,
     body: Vec<u8>,
     tail: Vec<u8>,
+    /// The session's `reset_epoch` when this channel's buffers were allocated.
+    epoch: u64,
 }
 
 impl Channel {
@@ -265,7 +355,21 @@ impl Channel {
             let op = check_request_header(&header)?;
             self.body.resize(header.body_len as usize, 0);
             t.recv_exact(&mut self.body)?;
-            self.dispatch(t, op, &header)?;
+            let session = self.session.clone();
+            let order = session.as_deref().map(|s| &s.order);
+            if let Some(order) = order {
+                order.wait_turn(header.seq);
+                if op.is_sync() {
+                    // A synchronous call may block (a stream synchronize): work other threads submitted after
+                    // it started need not wait for it to end, natively neither.
+                    order.advance(header.seq);
+                }
+            }
+            let r = self.dispatch(t, op, &header);
+            if let Some(order) = order {
+                order.advance(header.seq);
+            }
+            r?;
         }
     }
 
@@ -298,6 +402,17 @@ impl Channel {
 
     fn dispatch(&mut self, t: &mut dyn Transport, op: Op, h: &RequestHeader) -> Result<(), ChannelEnd> {
         let per_thread = h.flags & FLAG_PER_THREAD != 0;
+        let epoch = self.s().reset_epoch.load(Ordering::Acquire);
+        if epoch != self.epoch {
+            // A primary-context reset freed these pinned buffers and events (they belonged to that
+            // context): forget them rather than use or free them again. Copies still waiting are discarded,
+            // as the reset discards them natively.
+            self.staging.clear();
+            self.pool.clear();
+            self.pending.clear();
+            self.in_flight.clear();
+            self.epoch = epoch;
+        }
         macro_rules! body {
             ($ty:ty) => {
                 decode_body::<$ty>(&self.body)?
@@ -337,6 +452,7 @@ impl Channel {
                     // The reset destroyed the context an earlier asynchronous call failed in (a launch
                     // after a kernel fault, say): the reset itself succeeded, as the native call does.
                     self.latched = 0;
+                    self.s().forget_reset_context();
                 }
                 r
             }),
@@ -490,7 +606,8 @@ impl Channel {
                 };
                 self.read_tail(t, h, MAX_IMAGE as usize)?;
                 let loaded = if is_library {
-                    self.b().library_load(&self.tail)
+                    let device = self.s().real_device(0).unwrap_or(0);
+                    self.b().library_load(&self.tail, device)
                 } else {
                     self.b().module_load(&self.tail)
                 };
@@ -913,6 +1030,11 @@ impl Channel {
     ) -> Result<(), ChannelEnd> {
         if !C::SYNC {
             if let Err(code) = r {
+                tracing::debug!(
+                    op = std::any::type_name::<C>(),
+                    code,
+                    "asynchronous call failed; latched"
+                );
                 if self.latched == 0 {
                     self.latched = code;
                 }

@@ -45,6 +45,10 @@ int main() {
   int *p;
   CHECK(cudaMalloc(&p, sizeof(int)));
   CHECK(cudaMemset(p, 0, sizeof(int)));
+  // First launches of both kernels now: with lazy loading (the default) a kernel's first launch may wait for
+  // the device to go idle, which would hide the overlap checked below.
+  write_val<<<1, 1, 0, nb>>>(p, 0);
+  vt_spin_kernel<<<1, 1>>>(1000, nullptr);
   CHECK(cudaDeviceSynchronize());
   vt_spin_kernel<<<1, 1>>>(200ull * 1000 * 1000, nullptr);  // legacy default stream
   write_val<<<1, 1, 0, nb>>>(p, 17);

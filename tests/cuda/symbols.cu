@@ -89,8 +89,9 @@ int main() {
   CHECK(cudaMallocHost(&pin, 256 * sizeof(int)));
   for (int i = 0; i < 256; i++) pin[i] = 256 - i;
   CHECK(cudaMemcpyToSymbolAsync(g_table, pin, 256 * sizeof(int), 0, cudaMemcpyHostToDevice, s));
-  memset(pin, 0, 256 * sizeof(int));
+  // Clearing the buffer before the synchronize would race the copy (natively too): clear it after.
   CHECK(cudaStreamSynchronize(s));
+  memset(pin, 0, 256 * sizeof(int));
   CHECK(cudaMemcpyFromSymbolAsync(pin, g_table, 256 * sizeof(int), 0, cudaMemcpyDeviceToHost, s));
   CHECK(cudaStreamSynchronize(s));
   printf("async symbol copies: pin[0]=%d pin[255]=%d\n", pin[0], pin[255]);

@@ -172,7 +172,12 @@ entry! {
         check_device(dev)?;
         // The runtime's context-local storage destructors are due when the primary context goes away.
         crate::dark::context_reset(state::primary_ctx_id(dev));
+        // Copies the app queued into its host memory land before the context goes: the reset frees the server's
+        // buffers holding their bytes. A sticky error from that work is the reset's to clear, not to report.
+        let _ = client::call(0, &CtxSynchronize {}, &[]);
+        let _ = crate::mirror::after_sync();
         client::call(0, &PrimaryCtxReset { dev: dev as u32, _pad: 0 }, &[])?;
+        client::pending_clear();
         client::clear_sticky();
         state::write().primary_reset.insert(dev);
         Ok(())

@@ -402,6 +402,18 @@ fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> Result<(), u32> {
         client::call(flags, &call, &[])?;
         return mirror::after_sync();
     }
+    if let Some(from) = mirror::pending_source(src as usize, n) {
+        client::call(
+            flags,
+            &MemcpyDtoD {
+                dst,
+                src: from,
+                size: n as u64,
+            },
+            &[],
+        )?;
+        return mirror::after_sync();
+    }
     await_landings(src, n)?;
     if n >= STAGED_MIN {
         if let Some(done) = staged_htod(flags, ctx, dst, src, n) {
@@ -475,6 +487,15 @@ pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, str
             dst,
             region,
             offset,
+            size: n as u64,
+            stream,
+        };
+        return client::post(flags, &call, &[]);
+    }
+    if let Some(from) = mirror::pending_source(src as usize, n) {
+        let call = MemcpyDtoDAsync {
+            dst,
+            src: from,
             size: n as u64,
             stream,
         };
