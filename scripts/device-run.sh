@@ -4,7 +4,8 @@
 # Runs the end-to-end suite natively and through vGPU (real backend) over TCP and shared memory, the
 # quickstart, the CUDA runtime programs (tests/cuda, built here with /usr/local/cuda/bin/nvcc) natively
 # and through vGPU over both transports, and the benchmark, and leaves logs and JSON in $OUT.
-# WHAT=probes|e2e|cuda|bench runs one part (default all).
+# WHAT=probes|e2e|cuda|bench runs one part (default all). WHAT=torch runs the PyTorch workloads (tests/torch:
+# natively, then through vGPU over TCP and shared memory, compared; several minutes), only when asked for.
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -53,4 +54,8 @@ if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = cuda ]; then
 fi
 if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = bench ]; then
   vgpu bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+fi
+if [ "${WHAT:-all}" = torch ]; then
+  # Settings (MODES, WORKLOADS, TORCH_ARGS, TORCH_TIMEOUT_S, SPLIT): see tests/torch/run-device.sh.
+  OUT="$OUT" bash tests/torch/run-device.sh
 fi

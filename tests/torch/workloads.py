@@ -1,0 +1,713 @@
+#!/usr/bin/env python3
+"""PyTorch workloads for checking vGPU against a native GPU (issue 4/5).
+
+    python3 workloads.py NAME[,NAME...] [--device cuda|cpu] [--json OUT] [--quick] [--label L]
+    python3 workloads.py --list
+
+NAME is one of the workloads below or `all`. Every workload seeds everything with a fixed seed, builds its
+model and data on the CPU from fixed-seed generators (so the numbers do not depend on the CUDA RNG), runs
+with deterministic settings, and records:
+  checks  numbers that must agree between a native run and a vGPU run (compare.py),
+  timing  times in ms (or µs where the name says so); `primary` names the one compare.py puts in its table.
+Each workload runs in a try block: an error is recorded (status "error") and the next one runs. A workload
+that cannot run here (no CUDA for a CUDA-only feature, no triton, no torchvision) prints a SKIP line and is
+recorded as status "skipped". The JSON is rewritten after every workload, so a run killed by a timeout still
+leaves the finished workloads behind. Exit status: 0 when nothing errored (skips are fine), 1 otherwise.
+
+Determinism: CUBLAS_WORKSPACE_CONFIG is set before torch is imported, cuDNN is deterministic without
+benchmarking, and each workload first runs under torch.use_deterministic_algorithms(True) (strict: this is what
+makes the memory-efficient attention backward deterministic; with warn_only=True it only warns and keeps its
+split-key atomics). If strict mode raises for an op that has no deterministic kernel, the workload is run
+again from scratch with warn_only=True and recorded with "deterministic": false (compare.py then uses a looser
+tolerance). resnet18_train always runs warn-only (adaptive_avg_pool2d's backward has no deterministic CUDA
+kernel), as the reference bench_torch.py does.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import time
+import traceback
+
+# Must be set before torch (cuBLAS) is loaded: deterministic cuBLAS workspaces.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+SEED = 1234
+SCHEMA = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# common
+
+
+class Skip(Exception):
+    """The workload cannot run in this environment (not a failure)."""
+
+
+class Ctx:
+    def __init__(self, device: str, quick: bool):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.quick = quick
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def q(self, full, quick):
+        return quick if self.quick else full
+
+
+def seed_all(seed: int = SEED) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+
+
+def set_determinism(strict: bool) -> None:
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=not strict)
+
+
+def gen(seed: int) -> torch.Generator:
+    g = torch.Generator()  # CPU generator: same numbers on every device
+    g.manual_seed(seed)
+    return g
+
+
+class StepTimer:
+    """Per-step times without synchronizing every step: on CUDA an event at every step boundary (the interval
+    between two events is when the GPU reached them, i.e. the step's throughput time whether the GPU or the
+    launching CPU is the bottleneck); on the CPU perf_counter."""
+
+    def __init__(self, ctx: Ctx):
+        self.ctx = ctx
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.ctx.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            self.marks.append(e)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals_ms(self) -> list[float]:
+        if self.ctx.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) for a, b in zip(self.marks, self.marks[1:])]
+        return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def tsum(t: torch.Tensor) -> dict:
+    """Checksum numbers of a tensor (computed in float64 on the host: no device reduction order involved)."""
+    d = t.detach().double().cpu()
+    return {"sum": float(d.sum()), "abs_sum": float(d.abs().sum()), "max": float(d.max()), "min": float(d.min())}
+
+
+# ---------------------------------------------------------------------------------------------
+# a small GPT written here (decoder-only, pre-LayerNorm, tied head)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).contiguous().view(b, t, d))
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d)
+        self.attn = CausalSelfAttention(d, heads)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 4 * d)
+        self.out = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+
+class GPT(nn.Module):
+    """tied: the head is the token embedding (training); untied with a larger init_std for generation from random
+    weights, where a tied head mostly repeats the last token."""
+
+    def __init__(self, vocab: int, ctx_len: int, d: int, heads: int, layers: int, tied: bool = True,
+                 init_std: float = 0.02):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.wpe = nn.Embedding(ctx_len, d)
+        self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = None if tied else nn.Linear(d, vocab, bias=False)
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() >= 2:
+                std = init_std / math.sqrt(2 * layers) if name.endswith(("attn.proj.weight", "out.weight")) \
+                    else init_std
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(self, idx, fp32_head: bool = False):
+        t = idx.shape[1]
+        x = self.wte(idx) + self.wpe(torch.arange(t, device=idx.device))
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.ln_f(x)
+        w = self.wte.weight if self.head is None else self.head.weight
+        if fp32_head:  # the head outside autocast, in fp32
+            with torch.autocast(device_type=idx.device.type, enabled=False):
+                return F.linear(x.float(), w.float())
+        return F.linear(x, w)
+
+
+def markov_tokens(n_seq: int, length: int, vocab: int, seed: int) -> torch.Tensor:
+    """Sequences from a fixed random Markov chain (each token has 4 equally likely successors): learnable
+    data, so the loss falls from ln(vocab) towards ln(4) and its trajectory depends on every step."""
+    g = gen(seed)
+    table = torch.randint(vocab, (vocab, 4), generator=g)
+    out = torch.empty(n_seq, length, dtype=torch.long)
+    out[:, 0] = torch.randint(vocab, (n_seq,), generator=g)
+    choice = torch.randint(4, (n_seq, length), generator=g)
+    for i in range(1, length):
+        out[:, i] = table[out[:, i - 1], choice[:, i]]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# workloads
+
+
+def w_gpt_train(ctx: Ctx) -> dict:
+    vocab, T, B, d, H, L = ctx.q((2048, 128, 32, 256, 4, 4), (256, 32, 4, 64, 2, 2))
+    steps, every, warm = ctx.q((300, 50, 10), (60, 20, 5))
+    data = markov_tokens(steps * B, T + 1, vocab, SEED + 1)
+    if ctx.cuda:
+        data = data.pin_memory()  # batches go up with non_blocking copies, as a DataLoader(pin_memory) does
+    model = GPT(vocab, T, d, H, L).to(ctx.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    losses, timer = {}, StepTimer(ctx)
+    t0 = time.perf_counter()
+    for step in range(steps + 1):
+        if step == warm:
+            ctx.sync()
+            t_warm = time.perf_counter()
+        if step >= warm:
+            timer.mark()
+        if step == steps:
+            break
+        batch = data[step * B:(step + 1) * B].to(ctx.device, non_blocking=True)
+        x, y = batch[:, :-1], batch[:, 1:]
+        logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % every == 0 or step == steps - 1:
+            losses[step] = loss.item()  # a synchronizing read, as a training loop's logging does
+            print(f"  gpt_train step {step:4d} loss {losses[step]:.7f}", flush=True)
+    ctx.sync()
+    t1 = time.perf_counter()
+    iv = timer.intervals_ms()
+    param_sum = sum(float(p.detach().double().sum()) for p in model.parameters())
+    return {
+        "checks": {
+            "loss_steps": list(losses.keys()),
+            "losses": list(losses.values()),
+            "final_loss": losses[steps - 1],
+            "param_sum": param_sum,
+        },
+        "timing": {
+            "primary": "median_step_ms",
+            "median_step_ms": median(iv),
+            "mean_step_ms_wall": (t1 - t_warm) / (steps - warm) * 1e3,
+            "total_s": t1 - t0,
+        },
+        "config": {"vocab": vocab, "seq": T, "batch": B, "d": d, "heads": H, "layers": L, "steps": steps},
+    }
+
+
+def _vision_models(ctx: Ctx):
+    try:
+        import torchvision
+    except ImportError:
+        torchvision = None
+    if torchvision is None:
+        # A small CNN of our own when torchvision is missing.
+        def small_cnn():
+            return nn.Sequential(
+                nn.Conv2d(3, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
+                nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 1000))
+        return [("small_cnn", small_cnn, ctx.q(32, 2), ctx.q(224, 64))]
+    from torchvision.models import VisionTransformer, resnet50
+
+    def vit():
+        if ctx.quick:
+            m = VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128)
+        else:
+            m = torchvision.models.vit_b_16()
+        nn.init.normal_(m.heads.head.weight, 0.0, 0.02)  # torchvision zero-inits the head: outputs would be all 0
+        return m
+    return [("resnet50", resnet50, ctx.q(32, 2), ctx.q(224, 64)), ("vit_b_16", vit, ctx.q(8, 1), ctx.q(224, 64))]
+
+
+def w_vision_infer(ctx: Ctx) -> dict:
+    warm, iters = ctx.q((3, 20), (1, 3))
+    checks, timing = {}, {}
+    for i, (name, build, batch, size) in enumerate(_vision_models(ctx)):
+        seed_all(SEED + 10 + i)
+        model = build().eval().to(ctx.device)
+        x = torch.randn(batch, 3, size, size, generator=gen(SEED + 20 + i)).to(ctx.device)
+        lat = []
+        with torch.no_grad():
+            for it in range(warm + iters):
+                t = time.perf_counter()
+                out = model(x)
+                ctx.sync()
+                if it >= warm:
+                    lat.append((time.perf_counter() - t) * 1e3)
+        o = out.double().cpu()
+        checks[name] = {**tsum(o), "logits0": [float(v) for v in o[0, :5]],
+                        "argmax": [int(v) for v in o.argmax(1)]}
+        timing[f"{name}_median_ms"] = median(lat)
+        print(f"  vision_infer {name} batch {batch} {size}x{size}: sum {checks[name]['sum']:.6f} "
+              f"argmax {checks[name]['argmax'][:8]} median {median(lat):.3f} ms", flush=True)
+        del model, out
+    timing["primary"] = next(k for k in timing if k.endswith("_median_ms"))
+    return {"checks": checks, "timing": timing}
+
+
+def w_lm_infer(ctx: Ctx) -> dict:
+    vocab, T, d, H, L = ctx.q((8192, 256, 512, 8, 8), (512, 64, 64, 2, 2))
+    prompt_len, new = ctx.q((16, 64), (8, 16))
+    model = GPT(vocab, T, d, H, L, tied=False, init_std=0.1).to(ctx.device).eval()
+    prompt = torch.randint(vocab, (1, prompt_len), generator=gen(SEED + 2))
+    # bf16 autocast on CUDA (flash-attention kernels for SDPA, bf16 GEMMs); fp32 on the CPU. The head is fp32
+    # either way, so the greedy argmax is taken over fp32 logits.
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if ctx.cuda else contextlib.nullcontext()
+
+    def generate(n: int):
+        ids = prompt.to(ctx.device)
+        toks, lat, margins = [], [], []
+        for _ in range(n):
+            t = time.perf_counter()
+            logits = model(ids[:, -T:], fp32_head=True)[:, -1]
+            nxt = logits.argmax(-1, keepdim=True)
+            tok = int(nxt.item())  # one synchronizing read per token, as a generation loop checking EOS does
+            lat.append((time.perf_counter() - t) * 1e3)
+            top2 = logits[0].topk(2).values
+            margins.append(float(top2[0] - top2[1]))
+            toks.append(tok)
+            ids = torch.cat([ids, nxt], dim=1)
+        return toks, lat, margins, logits
+
+    with torch.no_grad(), amp:
+        generate(4)  # warm-up: kernels loaded, cuBLAS handles made
+        toks, lat, margins, logits = generate(new)
+    lg = logits.double().cpu()[0]
+    print(f"  lm_infer tokens {toks[:16]}{'...' if len(toks) > 16 else ''} median {median(lat):.3f} ms/token",
+          flush=True)
+    return {
+        "checks": {
+            "tokens": toks,
+            "final_logits": {**tsum(lg), "argmax": int(lg.argmax()), "first5": [float(v) for v in lg[:5]]},
+        },
+        "info": {"min_top2_margin": min(margins)},  # how close the nearest greedy tie was (not compared)
+        "timing": {"primary": "median_token_ms", "median_token_ms": median(lat), "total_ms": sum(lat)},
+        "config": {"vocab": vocab, "ctx": T, "d": d, "heads": H, "layers": L, "prompt": prompt_len, "new": new,
+                   "dtype": "bf16-autocast" if ctx.cuda else "fp32"},
+    }
+
+
+def _compile_available(ctx: Ctx) -> None:
+    if not hasattr(torch, "compile"):
+        raise Skip("torch.compile does not exist in this torch")
+    try:
+        importlib.import_module("torch._inductor")
+    except Exception as e:  # noqa: BLE001
+        raise Skip(f"inductor not importable: {e!r}")
+    if ctx.cuda:
+        try:
+            from torch.utils._triton import has_triton
+        except ImportError:
+            has_triton = None
+        if has_triton is not None and not has_triton():
+            raise Skip("triton is not available (torch.utils._triton.has_triton() is False)")
+    elif not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++") or shutil.which("clang++")):
+        raise Skip("no C++ compiler for inductor's CPU backend")
+
+
+# Errors from a broken toolchain (not from the GPU path under test): compile reports them as SKIP.
+TOOLCHAIN_ERRORS = ("Python.h", "InvalidCxxCompiler", "Failed to find C compiler", "cc1", "ld: cannot find",
+                    "No working C compiler", "CalledProcessError: Command '['gcc'", "ptxas")
+
+
+def w_compile(ctx: Ctx) -> dict:
+    _compile_available(ctx)
+    d, H, B, T = ctx.q((256, 4, 16, 64), (64, 2, 2, 16))
+    steps, warm = ctx.q((20, 5), (6, 3))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Block(d, H)
+            self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+        def forward(self, x):
+            return self.mlp(self.block(x))
+
+    g = gen(SEED + 3)
+    xs = [torch.randn(B, T, d, generator=g) for _ in range(steps)]
+    ys = [torch.randn(B, T, d, generator=g) for _ in range(steps)]
+    base = Net()
+
+    def train(compiled: bool):
+        model = copy.deepcopy(base).to(ctx.device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        fwd = torch.compile(model, mode="reduce-overhead") if compiled else model
+        losses, timer, first_s = [], StepTimer(ctx), None
+        for i in range(steps):
+            if i >= warm:
+                timer.mark()
+            t = time.perf_counter()
+            if compiled and hasattr(torch.compiler, "cudagraph_mark_step_begin"):
+                torch.compiler.cudagraph_mark_step_begin()
+            x, y = xs[i].to(ctx.device), ys[i].to(ctx.device)
+            loss = F.mse_loss(fwd(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach().clone())  # cloned: a CUDA-graph output is overwritten by the next replay
+            if i == 0:
+                ctx.sync()
+                first_s = time.perf_counter() - t
+        timer.mark()
+        iv = timer.intervals_ms()
+        out = model(xs[0].to(ctx.device)).detach()
+        return [float(v) for v in losses], median(iv), first_s, out
+
+    eager_losses, eager_ms, _, _ = train(False)
+    try:
+        comp_losses, comp_ms, compile_s, out = train(True)
+    except Exception as e:  # noqa: BLE001
+        msg = f"{type(e).__name__}: {e}"
+        if any(s in msg for s in TOOLCHAIN_ERRORS):
+            raise Skip(f"inductor's toolchain failed here: {msg.splitlines()[0][:300]}")
+        raise
+    rel = max(abs(a - b) / max(abs(a), abs(b), 1e-12) for a, b in zip(eager_losses, comp_losses))
+    print(f"  compile losses {comp_losses[0]:.7f} .. {comp_losses[-1]:.7f}; eager {eager_losses[-1]:.7f}; "
+          f"max rel diff compiled vs eager {rel:.2e}; step {comp_ms:.3f} ms compiled, {eager_ms:.3f} ms eager; "
+          f"first step (compile) {compile_s:.1f} s", flush=True)
+    return {
+        "checks": {"losses": comp_losses, "out": tsum(out)},
+        # Inductor fuses and reorders float math, so compiled vs eager agree only approximately (1e-3 here).
+        "self_check": {"ok": rel <= 1e-3, "what": "compiled losses vs eager losses, max rel diff",
+                       "value": rel},
+        "timing": {"primary": "compiled_step_ms", "compiled_step_ms": comp_ms, "eager_step_ms": eager_ms,
+                   "compile_first_step_s": compile_s},
+    }
+
+
+def w_cuda_graph(ctx: Ctx) -> dict:
+    if not ctx.cuda:
+        raise Skip("torch.cuda.CUDAGraph needs --device cuda")
+    n_in, hid, n_cls, B = 512, 1024, 10, 64
+    replays, n_warm = ctx.q(50, 10), 3
+    g = gen(SEED + 4)
+    batches = [(torch.randn(B, n_in, generator=g).pin_memory(), torch.randint(n_cls, (B,), generator=g).pin_memory())
+               for _ in range(n_warm + replays)]
+    base = nn.Sequential(nn.Linear(n_in, hid), nn.ReLU(), nn.Linear(hid, hid), nn.ReLU(), nn.Linear(hid, n_cls))
+
+    def make():
+        m = copy.deepcopy(base).to(ctx.device)
+        return m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+
+    # Whole-network capture, as in PyTorch's CUDA-graphs documentation.
+    model, opt = make()
+    static_x = torch.empty(B, n_in, device=ctx.device)
+    static_y = torch.empty(B, dtype=torch.long, device=ctx.device)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for i in range(n_warm):  # warm-up on a side stream (also creates the momentum buffers)
+            static_x.copy_(batches[i][0], non_blocking=True)
+            static_y.copy_(batches[i][1], non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(static_x), static_y).backward()
+            opt.step()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_loss = F.cross_entropy(model(static_x), static_y)
+        static_loss.backward()
+        opt.step()
+    losses, timer = [], StepTimer(ctx)
+    for i in range(n_warm, n_warm + replays):
+        timer.mark()
+        static_x.copy_(batches[i][0], non_blocking=True)
+        static_y.copy_(batches[i][1], non_blocking=True)
+        graph.replay()
+        losses.append(static_loss.detach().clone())
+    timer.mark()
+    replay_ms = median(timer.intervals_ms())
+    graph_losses = [float(v) for v in losses]
+    graph_params = sum(float(p.detach().double().sum()) for p in model.parameters())
+
+    # The same steps without a graph, from the same initial weights: must give the same losses.
+    model2, opt2 = make()
+    eager, timer2 = [], StepTimer(ctx)
+    for i in range(n_warm + replays):
+        if i >= n_warm:
+            timer2.mark()
+        x, y = batches[i][0].to(ctx.device, non_blocking=True), batches[i][1].to(ctx.device, non_blocking=True)
+        opt2.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model2(x), y)
+        loss.backward()
+        opt2.step()
+        if i >= n_warm:
+            eager.append(loss.detach().clone())
+    timer2.mark()
+    eager_ms = median(timer2.intervals_ms())
+    eager_losses = [float(v) for v in eager]
+    rel = max(abs(a - b) / max(abs(a), abs(b), 1e-12) for a, b in zip(eager_losses, graph_losses))
+    print(f"  cuda_graph losses {graph_losses[0]:.7f} .. {graph_losses[-1]:.7f}; max rel diff vs eager {rel:.2e}; "
+          f"replay {replay_ms:.4f} ms, eager step {eager_ms:.4f} ms", flush=True)
+    return {
+        "checks": {"losses": graph_losses, "param_sum": graph_params},
+        # Same kernels on the same data in the same order: replay and eager should agree to rounding (1e-5).
+        "self_check": {"ok": rel <= 1e-5, "what": "graph-replay losses vs eager losses, max rel diff",
+                       "value": rel},
+        "timing": {"primary": "replay_ms", "replay_ms": replay_ms, "eager_step_ms": eager_ms},
+    }
+
+
+def w_resnet18_train(ctx: Ctx) -> dict:
+    try:
+        import torchvision
+    except ImportError:
+        raise Skip("torchvision is not installed (resnet18_train is the reference bench_torch.py measurement)")
+    batch, size = ctx.q((64, 224), (2, 64))
+    warm, timed = ctx.q((5, 20), (2, 3))
+    m = torchvision.models.resnet18().to(ctx.device)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    g = gen(SEED + 5)
+    inp = torch.randn(batch, 3, size, size, generator=g).to(ctx.device)
+    tgt = torch.randint(0, 1000, (batch,), generator=g).to(ctx.device)
+    for i in range(warm + timed):
+        if i == warm:
+            ctx.sync()
+            t = time.perf_counter()
+        opt.zero_grad()
+        loss = F.cross_entropy(m(inp), tgt)
+        loss.backward()
+        opt.step()
+    ctx.sync()
+    ms = (time.perf_counter() - t) / timed * 1e3
+    print(f"  resnet18_train_step_ms {ms:.2f}  check {float(loss):.7f}", flush=True)
+    return {"checks": {"loss": float(loss)},
+            "timing": {"primary": "resnet18_train_step_ms", "resnet18_train_step_ms": ms},
+            "config": {"batch": batch, "size": size, "warm": warm, "timed": timed}}
+
+
+def w_small_ops(ctx: Ctx) -> dict:
+    iters = ctx.q(20000, 2000)
+    n_mm, mm_iters = ctx.q((4096, 50), (512, 5))
+    g = gen(SEED + 6)
+    x = torch.randn(64, 64, generator=g).to(ctx.device)
+    ctx.sync()
+    t = time.perf_counter()
+    for _ in range(iters):
+        x = x * 1.0001 + 0.5
+    ctx.sync()
+    us = (time.perf_counter() - t) / iters * 1e6
+    a = torch.randn(n_mm, n_mm, generator=g).to(ctx.device)
+    b = a @ a
+    ctx.sync()
+    t = time.perf_counter()
+    for _ in range(mm_iters):
+        b = a @ a
+    ctx.sync()
+    mm_ms = (time.perf_counter() - t) / mm_iters * 1e3
+    print(f"  small_ops_us {us:.2f}  mm{n_mm}_fp32_ms {mm_ms:.3f}", flush=True)
+    return {"checks": {"x": tsum(x), "mm": tsum(b)},
+            "timing": {"primary": "small_ops_us", "small_ops_us": us, f"mm{n_mm}_fp32_ms": mm_ms},
+            "config": {"iters": iters, "mm_n": n_mm}}
+
+
+WORKLOADS = {
+    "gpt_train": w_gpt_train,
+    "vision_infer": w_vision_infer,
+    "lm_infer": w_lm_infer,
+    "compile": w_compile,
+    "cuda_graph": w_cuda_graph,
+    "resnet18_train": w_resnet18_train,
+    "small_ops": w_small_ops,
+}
+WARN_ONLY = {"resnet18_train"}  # the reference measurement; its backward has a nondeterministic kernel
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+
+
+def run_one(name: str, ctx: Ctx) -> dict:
+    fn = WORKLOADS[name]
+    strict = name not in WARN_ONLY
+    t0 = time.perf_counter()
+    print(f"== {name} ({ctx.device}{', quick' if ctx.quick else ''})", flush=True)
+    rec: dict = {}
+    try:
+        try:
+            seed_all()
+            set_determinism(strict)
+            rec = fn(ctx)
+        except RuntimeError as e:
+            if not strict or "determinis" not in str(e):
+                raise
+            print(f"  strict determinism failed ({str(e).splitlines()[0][:200]}); running again warn-only",
+                  flush=True)
+            ctx.sync()
+            strict = False
+            seed_all()
+            set_determinism(False)
+            rec = fn(ctx)
+            rec["determinism_note"] = str(e).splitlines()[0][:500]
+        rec["status"] = "ok"
+        if rec.get("self_check") and not rec["self_check"]["ok"]:
+            print(f"  SELF-CHECK FAILED: {rec['self_check']}", flush=True)
+    except Skip as e:
+        print(f"SKIP {name}: {e}", flush=True)
+        rec = {"status": "skipped", "reason": str(e)}
+    except Exception as e:  # noqa: BLE001
+        tb = traceback.format_exc()
+        print(f"ERROR {name}: {type(e).__name__}: {e}\n{tb}", flush=True)
+        rec = {"status": "error", "error": f"{type(e).__name__}: {e}"[:2000], "traceback": tb[-4000:]}
+    finally:
+        set_determinism(False)
+    rec["deterministic"] = strict
+    rec["wall_s"] = time.perf_counter() - t0
+    if rec["status"] == "ok":
+        tm = rec["timing"]
+        print(f"RESULT {name} ok {tm['primary']}={tm[tm['primary']]:.4f} wall {rec['wall_s']:.1f}s", flush=True)
+    return rec
+
+
+def meta(ctx: Ctx, label: str | None) -> dict:
+    m = {
+        "schema": SCHEMA,
+        "label": label or ("vgpu " + os.environ["VGPU_SERVER"] if os.environ.get("VGPU_SERVER") else "native"),
+        "device": str(ctx.device),
+        "quick": ctx.quick,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "argv": sys.argv,
+        "vgpu_server": os.environ.get("VGPU_SERVER"),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    try:
+        import torchvision
+
+        m["torchvision"] = torchvision.__version__
+    except ImportError:
+        m["torchvision"] = None
+    if ctx.cuda:
+        t = time.perf_counter()
+        torch.randn(4096, 4096, device=ctx.device)  # as bench_torch.py: the first CUDA tensor
+        torch.cuda.synchronize()
+        m["torch_init_s"] = time.perf_counter() - t
+        m["gpu"] = torch.cuda.get_device_name(ctx.device)
+        m["cudnn"] = torch.backends.cudnn.version()
+        print(f"torch_init_s {m['torch_init_s']:.2f}  gpu {m['gpu']}", flush=True)
+    return m
+
+
+def write_json(path: str, doc: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1, allow_nan=True)
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", nargs="?", help="workload, comma-separated workloads, or all")
+    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    ap.add_argument("--json", help="write the results here (rewritten after every workload)")
+    ap.add_argument("--quick", action="store_true", help="small sizes (CPU validation)")
+    ap.add_argument("--label", help="name of this run in the JSON (default: native, or vgpu $VGPU_SERVER)")
+    ap.add_argument("--list", action="store_true", help="list the workloads")
+    args = ap.parse_args()
+    if args.list or not args.name:
+        print("\n".join(list(WORKLOADS) + ["all"]))
+        return 0 if args.list else 2
+    names = list(WORKLOADS) if args.name == "all" else args.name.split(",")
+    bad = [n for n in names if n not in WORKLOADS]
+    if bad:
+        print(f"unknown workload(s): {', '.join(bad)}; known: {', '.join(WORKLOADS)}, all", file=sys.stderr)
+        return 2
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+        doc = {"meta": {"label": args.label, "device": device, "error": "cuda not available"},
+               "workloads": {n: {"status": "error", "error": "cuda not available"} for n in names}}
+        if args.json:
+            write_json(args.json, doc)
+        return 1
+    ctx = Ctx(device, args.quick)
+    doc = {"meta": meta(ctx, args.label), "workloads": {}}
+    t0 = time.perf_counter()
+    for n in names:
+        doc["workloads"][n] = run_one(n, ctx)
+        if args.json:
+            write_json(args.json, doc)
+    doc["meta"]["total_s"] = time.perf_counter() - t0
+    if args.json:
+        write_json(args.json, doc)
+    st = {n: r["status"] for n, r in doc["workloads"].items()}
+    print("SUMMARY " + " ".join(f"{n}={s}" for n, s in st.items()) + f" total {doc['meta']['total_s']:.1f}s")
+    return 1 if "error" in st.values() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
