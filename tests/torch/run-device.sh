@@ -73,8 +73,9 @@ start_server() {
     sleep 0.1
   done
   line=$(grep -a 'ready on ' "$SERVER_LOG" | tail -1)
-  TCP_URL=$(echo "${line#*ready on }" | tr ',' '\n' | tr -d ' ' | grep -m1 '^tcp://')
-  SHM_URL=$(echo "${line#*ready on }" | tr ',' '\n' | tr -d ' ' | grep -m1 '^shm://')
+  # "ready on tcp://127.0.0.1:PORT, shm://NAME (/tmp/vgpu-NAME.sock)": drop the socket path in parentheses.
+  TCP_URL=$(echo "${line#*ready on }" | sed 's/ *([^)]*)//g' | tr ',' '\n' | tr -d ' ' | grep -m1 '^tcp://')
+  SHM_URL=$(echo "${line#*ready on }" | sed 's/ *([^)]*)//g' | tr ',' '\n' | tr -d ' ' | grep -m1 '^shm://')
   if [ -z "$TCP_URL" ] || [ -z "$SHM_URL" ]; then
     log "vgpu server not ready after 60 s (or printed no tcp/shm endpoint); its last lines:"; tail -20 "$SERVER_LOG"
     stop_server; return 1
