@@ -13,6 +13,7 @@
 #   WORKLOADS=all            workloads.py's NAME: all, or a comma-separated list
 #   TORCH_ARGS=              more workloads.py arguments, e.g. --quick
 #   TORCH_TIMEOUT_S=300      wall-clock limit of one run (SPLIT=1: of one workload)
+#   WARMUP=1                 0: no unrecorded native --quick pass before the measured runs
 #   SPLIT=0                  1: one process per workload (a crash or hang costs one workload, not the rest)
 #   FRESH_INDUCTOR_CACHE=0   1: each mode compiles from an empty inductor/triton cache (default: the native run
 #                            fills a cache the vGPU runs reuse, which saves ~tens of seconds per mode)
@@ -143,6 +144,13 @@ log "OUT=$OUT modes: $MODES; workloads: $WORKLOADS ${TORCH_ARGS:-}; timeout ${TI
   echo "torchvision: not importable (vision workloads use a small CNN or SKIP)" | tee -a "$OUT/torch-env.txt"
 "$PY" -c 'import triton; print("triton", triton.__version__)' >> "$OUT/torch-env.txt" 2>&1 ||
   echo "triton: not importable (compile on cuda will SKIP)" | tee -a "$OUT/torch-env.txt"
+
+# A short native pass first, not recorded: the first process on an idle GPU pays for clock ramp-up, the driver's
+# and cuDNN's first-use costs and cold file caches, which would otherwise count against whichever mode runs first.
+if [ "${WARMUP:-1}" = 1 ]; then
+  log "warm-up (native, --quick, not recorded)"
+  timeout "$TIMEOUT_S" "$PY" "$HERE/workloads.py" all --quick > "$OUT/torch-warmup.log" 2>&1 || true
+fi
 
 results=()
 for mode in $MODES; do

@@ -1,6 +1,7 @@
 //! Streams, events, modules, libraries and launches. Creation uses client-chosen ids (no round trip); kernel
 //! names, parameter layouts and attributes arrive with the module load, so lookups and launches are local.
 
+use std::os::unix::ffi::OsStrExt;
 use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::sync::Arc;
 
@@ -175,6 +176,19 @@ fn load(out: *mut Handle, image: *const c_void, is_library: bool) -> Result<(), 
 
 /// Loads a module from an image of any kind (a fat-binary wrapper included), for the runtime's private
 /// `CUDART_INTERFACE` loaders.
+/// `cuModuleLoad` / `cuLibraryLoadFromFile`: the file is read here, on the app's machine, where its path
+/// means something, and loaded as an in-memory image (a NUL after it ends a PTX text).
+fn load_file(out: *mut Handle, path: *const c_char, is_library: bool) -> Result<(), u32> {
+    let path = ffi::cstr(path)?;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()));
+    let mut image = std::fs::read(path).map_err(|_| CUDA_ERROR_FILE_NOT_FOUND)?;
+    if image.is_empty() {
+        return Err(CUDA_ERROR_INVALID_IMAGE);
+    }
+    image.push(0);
+    load(out, image.as_ptr() as *const c_void, is_library)
+}
+
 pub(crate) fn load_module_image(out: *mut Handle, image: *const c_void) -> Result<(), u32> {
     load(out, image, false)
 }
@@ -1067,6 +1081,25 @@ entry! {
     }
     [cuModuleLoadFatBinary] [] (out: *mut Handle, image: *const c_void) |f| {
         load(out, image, false)
+    }
+    [cuModuleLoadDataEx] [] (
+        out: *mut Handle, image: *const c_void,
+        _num_options: c_uint, _options: *mut c_void, _option_values: *mut c_void
+    ) |f| {
+        // JIT options tune the server's compilation of PTX (log buffers stay empty here).
+        load(out, image, false)
+    }
+    [cuModuleLoad] [] (out: *mut Handle, path: *const c_char) |f| {
+        need_ctx()?;
+        load_file(out, path, false)
+    }
+    [cuLibraryLoadFromFile] [] (
+        out: *mut Handle, path: *const c_char,
+        _jit_options: *mut c_void, _jit_values: *mut c_void, _num_jit: c_uint,
+        _lib_options: *mut c_void, _lib_values: *mut c_void, _num_lib: c_uint
+    ) |f| {
+        client::session()?;
+        load_file(out, path, true)
     }
     [cuModuleUnload] [] (module: Handle) |f| {
         unload(module, false)
