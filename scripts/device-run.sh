@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (device tool), from the repository root, with .device/ carried:
-#   .device/bin/vgpu, .device/bin/lib/libcuda.so.1 (the shim), .device/e2e/* (test programs), .device/probes/*
+#   .device/bin/vgpu, .device/bin/lib/libcuda.so.1 and .device/bin/lib/libnvidia-ml.so.1 (the shims, from
+#   target/release/libcuda.so and libnvidia_ml.so), .device/e2e/* (test programs), .device/probes/*
 # Runs the end-to-end suite natively and through vGPU (real backend) over TCP and shared memory, the
 # quickstart, the CUDA runtime programs (tests/cuda, built here with /usr/local/cuda/bin/nvcc) natively
 # and through vGPU over both transports, and the benchmark, and leaves logs and JSON in $OUT.
-# WHAT=probes|e2e|cuda|bench runs one part (default all). WHAT=torch runs the PyTorch workloads (tests/torch:
+# WHAT=probes|e2e|nvml|cuda|bench runs one part (default all). WHAT=torch runs the PyTorch workloads (tests/torch:
 # natively, then through vGPU over TCP and shared memory, compared; several minutes), only when asked for.
 set -u
 OUT=${OUT:-/tmp/out}
@@ -27,6 +28,18 @@ if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = e2e ]; then
     echo "vgpu $t: $(tail -1 "$OUT/e2e-vgpu-$t.log")"; grep -E "^FAIL" "$OUT/e2e-vgpu-$t.log" || true
   done
   vgpu quickstart 2>&1 | tee "$OUT/quickstart.log" | tail -4
+fi
+if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = nvml ]; then
+  # vGPU's NVML shim on the real backend (`vgpu smi`), beside nvidia-smi's own view of the same GPUs.
+  nvidia-smi --query-gpu=index,name,uuid,pci.bus_id,memory.used,memory.total,utilization.gpu,temperature.gpu,power.draw \
+    --format=csv > "$OUT/nvidia-smi.csv" 2>&1
+  vgpu server --backend real --tcp 127.0.0.1:7079 --no-shm > "$OUT/smi-server.log" 2>&1 &
+  smi_server=$!
+  for _ in $(seq 60); do grep -q "ready on" "$OUT/smi-server.log" && break; sleep 0.5; done
+  vgpu smi --server tcp://127.0.0.1:7079 2>&1 | tee "$OUT/smi.txt"
+  vgpu smi --server tcp://127.0.0.1:7079 --json > "$OUT/smi.json" 2>&1
+  kill "$smi_server"; wait "$smi_server" 2>/dev/null
+  cat "$OUT/nvidia-smi.csv"
 fi
 if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = cuda ]; then
   # tests/cuda: CUDA runtime programs built here by the device's nvcc (static and shared cudart), run

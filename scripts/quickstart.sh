@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-build-deps.sh
-cargo build --release -p vgpu -p vgpu-client-shim
+cargo build --release -p vgpu -p vgpu-client-shim -p vgpu-nvml-shim
 exec target/release/vgpu quickstart "$@"

@@ -9,7 +9,7 @@
 # Output, one KEY=VALUE a line, on stdout:
 #   CUDA_ROOT=<repo>/.cuda/root         the wheels' toolkit tree (bin/ include/ lib/ nvvm/);
 #                                       lib/ holds libcudart.so(.13) and libcudart_static.a
-#   CUDA_INCLUDE=<repo>/.cuda/include   holds cuda.h (CUDA 13.0)
+#   CUDA_INCLUDE=<repo>/.cuda/include   holds cuda.h (CUDA 13.0) and nvml.h
 #   NVCC=<repo>/.cuda/bin/nvcc          only when nvcc compiled a test kernel to PTX here
 set -euo pipefail
 
@@ -21,13 +21,15 @@ PY="${PYTHON:-python3}"
 # (lib/libcudart.so.13, lib/libcudart_static.a: what nvcc links by default and with -cudart shared);
 # nvcc, crt (host headers nvcc needs) and nvvm (cicc, libdevice) together make a working `nvcc -ptx`;
 # cccl (include/nv, include/cccl: libcu++, CUB, Thrust) is needed by cooperative_groups.h and
-# friends when whole programs are compiled (tests/cuda).
+# friends when whole programs are compiled (tests/cuda); nvml-dev holds include/nvml.h, from which the NVML
+# shim's exports are generated (tools/gen_driver_api.py).
 PACKAGES=(
   nvidia-cuda-runtime==13.0.96
   nvidia-cuda-nvcc==13.0.88
   nvidia-cuda-crt==13.0.88
   nvidia-nvvm==13.0.88
   nvidia-cuda-cccl==13.0.85
+  nvidia-nvml-dev==13.0.87
 )
 STAMP="$DEST/.installed"
 WANT="${PACKAGES[*]}"
@@ -40,6 +42,7 @@ force=0
 installed_ok() {
   [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" \
      && -f "$DEST/py/nvidia/cu13/include/cuda.h" \
+     && -f "$DEST/py/nvidia/cu13/include/nvml.h" \
      && -x "$DEST/py/nvidia/cu13/bin/nvcc" \
      && -x "$DEST/py/nvidia/cu13/nvvm/bin/cicc" \
      && -f "$DEST/py/nvidia/cu13/include/nv/target" ]]

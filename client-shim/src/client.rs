@@ -25,6 +25,8 @@ pub struct Session {
     pub session_id: u64,
     pub secret: [u8; 16],
     pub backend: u32,
+    /// What the server can do beyond the base protocol (`handshake::CAP_*`).
+    pub capabilities: u64,
     pub driver_version: i32,
     pub devices: Vec<DeviceFacts>,
     /// Async calls are batched up to this many bytes before a write (0: write each call at once).
@@ -86,6 +88,7 @@ fn connect_session() -> Result<Session, u32> {
         session_id: welcome.session_id,
         secret: welcome.secret,
         backend: welcome.backend,
+        capabilities: welcome.capabilities,
         driver_version: welcome.driver_version,
         devices,
         batch_limit,

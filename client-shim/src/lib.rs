@@ -8,6 +8,7 @@ mod exports;
 mod ffi;
 mod log;
 mod mirror;
+mod nvml_bridge;
 mod proc_address;
 mod state;
 mod ticket;

@@ -62,6 +62,15 @@ pub trait Backend: Send + Sync + 'static {
     fn describe(&self) -> String;
     fn driver_version(&self) -> i32;
     fn devices(&self) -> &[DeviceFacts];
+    /// Live values of device `dev` (the server's ordinal) for the NVML shim; `pid` is the process whose share
+    /// of the device's memory is asked for (this worker). `None`: nothing can be read.
+    fn device_reading(&self, _dev: i32, _pid: u32) -> Option<crate::nvml::DeviceReading> {
+        None
+    }
+    /// The display driver's version as NVML reports it (`nvmlSystemGetDriverVersion`).
+    fn display_driver_version(&self) -> String {
+        "unknown".into()
+    }
 
     fn primary_ctx_retain(&self, dev: i32) -> CuResult<u64>;
     fn primary_ctx_release(&self, dev: i32) -> CuResult<()>;

@@ -449,6 +449,21 @@ impl Backend for EmulatedBackend {
     fn devices(&self) -> &[DeviceFacts] {
         &self.devices
     }
+    fn device_reading(&self, dev: i32, _pid: u32) -> Option<crate::nvml::DeviceReading> {
+        usize::try_from(dev).ok().and_then(|d| self.devices.get(d))?;
+        // A worker serves one session, so what this backend holds is what the session allocated. No kernel
+        // runs, so the GPU is idle; there are no sensors to read.
+        let used = self.state().used;
+        Some(crate::nvml::DeviceReading {
+            memory: Some((EMULATED_TOTAL_MEM, EMULATED_TOTAL_MEM.saturating_sub(used), used)),
+            utilization: Some((0, 0)),
+            process_memory: Some(used),
+            ..Default::default()
+        })
+    }
+    fn display_driver_version(&self) -> String {
+        "emulated".into()
+    }
 
     fn primary_ctx_retain(&self, dev: i32) -> CuResult<u64> {
         if dev < 0 || dev as usize >= self.devices.len() {

@@ -405,6 +405,15 @@ impl Backend for RealBackend {
     fn devices(&self) -> &[DeviceFacts] {
         &self.devices
     }
+    fn device_reading(&self, dev: i32, pid: u32) -> Option<crate::nvml::DeviceReading> {
+        let facts = self.devices.get(usize::try_from(dev).ok()?)?;
+        crate::nvml::Nvml::shared()?.read(&facts.uuid_string(), pid)
+    }
+    fn display_driver_version(&self) -> String {
+        crate::nvml::Nvml::shared()
+            .and_then(|n| n.driver_version())
+            .unwrap_or_else(|| "unknown".into())
+    }
 
     // SAFETY (every call in this impl): a documented driver entry point, called with handles the session
     // obtained from this driver and with out-pointers to locals or host buffers sized by the caller.

@@ -86,6 +86,8 @@ struct Objects {
     tex_objects: HashMap<u64, bool>,
     /// Client host memory shared with this process and registered with the driver (shared-memory sessions).
     regions: HashMap<u64, Arc<crate::sys::SharedRegion>>,
+    /// Devices (server ordinals) the session has had a context on: NVML lists the client process there.
+    context_devices: std::collections::BTreeSet<i32>,
 }
 
 /// Limits a session runs under (from its ticket, or none in standalone mode).
@@ -431,9 +433,11 @@ impl Channel {
             Op::PrimaryCtxRetain => simple!(PrimaryCtxRetain, |c| {
                 self.s()
                     .real_device(c.dev)
-                    .and_then(|d| self.b().primary_ctx_retain(d))
-                    .map(|real| {
-                        self.s().objects().contexts.insert(c.ctx, real);
+                    .and_then(|d| self.b().primary_ctx_retain(d).map(|real| (d, real)))
+                    .map(|(d, real)| {
+                        let mut objs = self.s().objects();
+                        objs.contexts.insert(c.ctx, real);
+                        objs.context_devices.insert(d);
                         Empty {}
                     })
             }),
@@ -459,9 +463,11 @@ impl Channel {
             Op::CtxCreate => simple!(CtxCreate, |c| {
                 self.s()
                     .real_device(c.dev)
-                    .and_then(|d| self.b().ctx_create(c.flags, d))
-                    .map(|real| {
-                        self.s().objects().contexts.insert(c.ctx, real);
+                    .and_then(|d| self.b().ctx_create(c.flags, d).map(|real| (d, real)))
+                    .map(|(d, real)| {
+                        let mut objs = self.s().objects();
+                        objs.contexts.insert(c.ctx, real);
+                        objs.context_devices.insert(d);
                         Empty {}
                     })
             }),
@@ -986,6 +992,27 @@ impl Channel {
                 .export_table_first_word(&c.uuid)
                 .map(|first_word| ExportTableSizeReply { first_word })),
             Op::Ping => simple!(Ping, |_c| Ok(Empty {})),
+            // NVML queries come from the app's monitoring (the NVML shim), not from its CUDA work: an error
+            // latched by an earlier asynchronous call stays for the app's next synchronizing CUDA call.
+            Op::NvmlDeviceStatus => {
+                Self::no_tail(h)?;
+                let c = body!(NvmlDeviceStatus);
+                let r = self.nvml_status(c.device);
+                let latched = std::mem::take(&mut self.latched);
+                let sent = self.finish::<NvmlDeviceStatus>(t, h.seq, r, &[]);
+                self.latched = latched;
+                sent
+            }
+            Op::NvmlSystemInfo => {
+                Self::no_tail(h)?;
+                let mut version = self.b().display_driver_version().into_bytes();
+                // NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE is 80 with the NUL.
+                version.truncate(79);
+                let latched = std::mem::take(&mut self.latched);
+                let sent = self.finish::<NvmlSystemInfo>(t, h.seq, Ok(Empty {}), &version);
+                self.latched = latched;
+                sent
+            }
             Op::HostRegionMap => {
                 Self::no_tail(h)?;
                 let c = body!(HostRegionMap);
@@ -1409,6 +1436,72 @@ impl Channel {
         objs.ranges.remove(&dptr);
         objs.allocated_bytes = objs.allocated_bytes.saturating_sub(size);
         Ok(())
+    }
+
+    /// `NvmlDeviceStatus`: the backend's live reading, seen through the session's limits. With a memory limit
+    /// the limit is the total and the session's own allocations are the memory used (another tenant's use of
+    /// the same GPU is not this session's to see).
+    fn nvml_status(&self, device: u32) -> Result<NvmlStatusReply, u32> {
+        let s = self.s();
+        let real = s.real_device(device)?;
+        let facts_total = usize::try_from(real)
+            .ok()
+            .and_then(|d| s.backend.devices().get(d))
+            .map(|d| d.total_mem)
+            .ok_or(CUDA_ERROR_INVALID_DEVICE)?;
+        let reading = self.b().device_reading(real, std::process::id()).unwrap_or_default();
+        let (allocated, active) = {
+            let objs = s.objects();
+            (objs.allocated_bytes, objs.context_devices.contains(&real))
+        };
+        let (total, free, used) =
+            reading
+                .memory
+                .unwrap_or((facts_total, facts_total.saturating_sub(allocated), allocated));
+        let (total, free, used) = match s.limits.memory_bytes {
+            Some(limit) => {
+                let total = total.min(limit);
+                (total, total.saturating_sub(allocated).min(free), allocated)
+            }
+            None => (total, free, used),
+        };
+        let mut r = NvmlStatusReply {
+            mem_total: total,
+            mem_free: free,
+            mem_used: used,
+            process_used: reading.process_memory.unwrap_or(allocated),
+            process_active: active as u32,
+            ..Default::default()
+        };
+        if let Some((gpu, memory)) = reading.utilization {
+            r.valid |= NVML_HAS_UTILIZATION;
+            (r.util_gpu, r.util_memory) = (gpu, memory);
+        }
+        if let Some(t) = reading.temperature_c {
+            r.valid |= NVML_HAS_TEMPERATURE;
+            r.temperature_c = t;
+        }
+        if let Some(p) = reading.power_mw {
+            r.valid |= NVML_HAS_POWER;
+            r.power_mw = p;
+        }
+        if let Some((id, sub)) = reading.pci_ids {
+            r.valid |= NVML_HAS_PCI_IDS;
+            (r.pci_device_id, r.pci_subsystem_id) = (id, sub);
+        }
+        if let Some(m) = reading.minor_number {
+            r.valid |= NVML_HAS_MINOR_NUMBER;
+            r.minor_number = m;
+        }
+        if let Some(b) = reading.brand {
+            r.valid |= NVML_HAS_BRAND;
+            r.brand = b;
+        }
+        if let Some(a) = reading.architecture {
+            r.valid |= NVML_HAS_ARCHITECTURE;
+            r.architecture = a;
+        }
+        Ok(r)
     }
 
     fn mem_get_info(&self) -> Result<MemGetInfoReply, u32> {

@@ -9,7 +9,10 @@ pub const MAGIC: [u8; 4] = *b"VGPU";
 pub const PROTOCOL_VERSION: u32 = 2;
 /// Capability bits: what this build can do beyond the base protocol.
 pub const CAP_PUSH_DTOH: u64 = 1;
-pub const CAPABILITIES: u64 = CAP_PUSH_DTOH;
+/// The server answers `NvmlDeviceStatus` and `NvmlSystemInfo` (a client asks an older server nothing: an
+/// unknown operation would end its session).
+pub const CAP_NVML: u64 = 2;
+pub const CAPABILITIES: u64 = CAP_PUSH_DTOH | CAP_NVML;
 
 pub const MODE_NEW_SESSION: u32 = 0;
 pub const MODE_ATTACH: u32 = 1;

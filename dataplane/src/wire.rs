@@ -325,6 +325,50 @@ calls! {
     MemcpyDtoHRegion = 104, sync { src: u64, region: u64, offset: u64, size: u64 } -> Empty;
     /// `cuMemcpyDtoHAsync` into a region: the bytes land in the client's memory when the copy runs.
     MemcpyDtoHRegionAsync = 105, async { src: u64, region: u64, offset: u64, size: u64, stream: u64 } -> Empty;
+    /// NVML's live values for the client's device `device` (memory, utilization, sensors), for the NVML shim:
+    /// from NVIDIA's NVML on the real backend, from the session's own bookkeeping on the emulated one. Only
+    /// sent to a server that announced `CAP_NVML`.
+    NvmlDeviceStatus = 110, sync { device: u32, _pad: u32 } -> NvmlStatusReply;
+    /// NVML's system facts: the reply's tail is the server driver's version string (`nvmlSystemGetDriverVersion`).
+    NvmlSystemInfo = 111, sync { } -> Empty;
+}
+
+/// Bits of `NvmlStatusReply::valid`: which optional values the server could read.
+pub const NVML_HAS_UTILIZATION: u32 = 1;
+pub const NVML_HAS_TEMPERATURE: u32 = 2;
+pub const NVML_HAS_POWER: u32 = 4;
+pub const NVML_HAS_PCI_IDS: u32 = 8;
+pub const NVML_HAS_MINOR_NUMBER: u32 = 16;
+pub const NVML_HAS_BRAND: u32 = 32;
+pub const NVML_HAS_ARCHITECTURE: u32 = 64;
+
+/// Reply of `NvmlDeviceStatus`. Memory is the session's view: with a memory limit, the limit is the total
+/// and the session's own allocations are what is used.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct NvmlStatusReply {
+    pub mem_total: u64,
+    pub mem_free: u64,
+    pub mem_used: u64,
+    pub mem_reserved: u64,
+    /// Device memory the client process holds on this device (its own entry in the process list).
+    pub process_used: u64,
+    /// `NVML_HAS_*` bits.
+    pub valid: u32,
+    /// 1 when the session has a context on this device (so the client process is listed as running there).
+    pub process_active: u32,
+    pub util_gpu: u32,
+    pub util_memory: u32,
+    pub temperature_c: u32,
+    pub power_mw: u32,
+    /// `nvmlPciInfo_t::pciDeviceId` (device id << 16 | vendor id) and `pciSubSystemId`.
+    pub pci_device_id: u32,
+    pub pci_subsystem_id: u32,
+    pub minor_number: u32,
+    /// `nvmlBrandType_t` and `nvmlDeviceArchitecture_t` values.
+    pub brand: u32,
+    pub architecture: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]

@@ -24,7 +24,7 @@ if ((${#missing[@]})); then
 fi
 
 echo "building the test binaries"
-cargo build -q -p vgpu -p vgpu-client-shim
+cargo build -q -p vgpu -p vgpu-client-shim -p vgpu-nvml-shim
 json=$(cargo test -q -p vgpu-transports --no-run --message-format=json 2>/dev/null)
 exe_of() { # path of the integration test binary $1
   printf '%s\n' "$json" | python3 -c '
@@ -40,7 +40,8 @@ conformance=$(exe_of conformance)
 rdma_tests=$(exe_of rdma)
 [ -x "$conformance" ] && [ -x "$rdma_tests" ] || { echo "test binaries not found"; echo "0 passed, 1 failed"; exit 1; }
 # `vgpu run` finds the shim here; the VM sees this tree read-only, so make the link now.
-mkdir -p target/debug/shim && ln -sfn ../libcuda.so target/debug/shim/libcuda.so.1
+mkdir -p target/debug/shim && ln -sfn ../libcuda.so target/debug/shim/libcuda.so.1 \
+  && ln -sfn ../libnvidia_ml.so target/debug/shim/libnvidia-ml.so.1
 
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
 [ -n "$kpkg" ] || { apt-get update -q >/dev/null; kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}'); }

@@ -98,8 +98,9 @@ fn rand_suffix() -> u32 {
     t ^ std::process::id().rotate_left(16)
 }
 
-/// The folder holding vGPU's `libcuda.so.1`: `VGPU_SHIM_DIR`, `lib/` beside the binary, or the cargo build
-/// output beside the binary (where a `shim/libcuda.so.1` link to `libcuda.so` is made on first use).
+/// The folder holding vGPU's `libcuda.so.1` (and `libnvidia-ml.so.1`, where built): `VGPU_SHIM_DIR`, `lib/`
+/// beside the binary, or the cargo build output beside the binary (where `shim/libcuda.so.1` and
+/// `shim/libnvidia-ml.so.1` links to `libcuda.so` and `libnvidia_ml.so` are made on first use).
 pub fn shim_dir() -> Result<PathBuf, String> {
     if let Ok(dir) = std::env::var("VGPU_SHIM_DIR") {
         let dir = PathBuf::from(dir);
@@ -117,12 +118,16 @@ pub fn shim_dir() -> Result<PathBuf, String> {
     let built = bin_dir.join("libcuda.so");
     if built.exists() {
         let shim = bin_dir.join("shim");
-        let link = shim.join("libcuda.so.1");
-        if !link.exists() {
-            std::fs::create_dir_all(&shim).map_err(|e| format!("cannot create {}: {e}", shim.display()))?;
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(Path::new("../libcuda.so"), &link)
-                .map_err(|e| format!("cannot link {}: {e}", link.display()))?;
+        std::fs::create_dir_all(&shim).map_err(|e| format!("cannot create {}: {e}", shim.display()))?;
+        // Programs that load NVML (PyTorch, monitoring tools) must find vGPU's, which answers for the same
+        // session and devices, not NVIDIA's: both go in the folder `vgpu run` puts first.
+        for (built, soname) in [("libcuda.so", "libcuda.so.1"), ("libnvidia_ml.so", "libnvidia-ml.so.1")] {
+            let link = shim.join(soname);
+            if bin_dir.join(built).exists() && !link.exists() {
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(Path::new("..").join(built), &link)
+                    .map_err(|e| format!("cannot link {}: {e}", link.display()))?;
+            }
         }
         return Ok(shim);
     }

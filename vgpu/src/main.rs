@@ -1,5 +1,6 @@
 //! `vgpu`: the one user-facing binary. It only parses arguments and wires the library crates together:
-//! `server` (cuda-exec), `control` and `admin` (the control plane), `run` (the shim), `quickstart`, `sample`, `bench`.
+//! `server` (cuda-exec), `control` and `admin` (the control plane), `run` and `smi` (the shims), `quickstart`,
+//! `sample`, `bench`.
 
 mod bench;
 mod controlled;
@@ -8,6 +9,7 @@ mod local;
 mod nvml;
 mod quickstart;
 mod sample;
+mod smi;
 
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
@@ -100,6 +102,20 @@ enum Cmd {
         /// The program and its arguments.
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<std::ffi::OsString>,
+    },
+    /// Show the GPUs a session sees (name, UUID, PCI bus id, memory, utilization, processes), read through
+    /// vGPU's libnvidia-ml.so.1 against the server as `vgpu run` would reach it.
+    Smi {
+        /// Server endpoint: tcp://host:port, shm://name or rdma://host:port (default: the ticket's server, or
+        /// tcp://127.0.0.1:7070).
+        #[arg(long, env = "VGPU_SERVER")]
+        server: Option<String>,
+        /// Control plane URL, for a tenant key in VGPU_KEY.
+        #[arg(long, env = "VGPU_CONTROL_URL")]
+        control: Option<String>,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// The bundled sample (saxpy through the driver API, every result checked).
     Sample,
@@ -239,6 +255,19 @@ fn run(cmd: Cmd) -> Result<(), String> {
             }
             let err = cmd.args(args).exec();
             Err(format!("cannot run {}: {err}", program.to_string_lossy()))
+        }
+        Cmd::Smi { server, control, json } => {
+            if control.is_some() && std::env::var_os("VGPU_KEY").is_none() && std::env::var_os("VGPU_TICKET").is_none()
+            {
+                return Err("--control needs the tenant's key in VGPU_KEY".into());
+            }
+            let report = smi::query(server.as_deref(), control.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+            } else {
+                print!("{}", smi::render(&report));
+            }
+            Ok(())
         }
         Cmd::Sample => {
             println!("{}", sample::run()?);

@@ -1,0 +1,295 @@
+//! `vgpu smi`: an nvidia-smi-like table of the GPUs a vGPU session sees, read through vGPU's own
+//! `libnvidia-ml.so.1` (loaded from the shim folder), so the command exercises the NVML shim end to end.
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+type Device = *mut c_void;
+
+/// `nvmlMemory_t`, `nvmlUtilization_t`, `nvmlProcessInfo_t` and `nvmlPciInfo_t` (nvml.h, NVML API 13).
+#[repr(C)]
+#[derive(Default)]
+struct Memory {
+    total: u64,
+    free: u64,
+    used: u64,
+}
+#[repr(C)]
+#[derive(Default)]
+struct Utilization {
+    gpu: c_uint,
+    memory: c_uint,
+}
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct ProcessInfo {
+    pid: c_uint,
+    used_gpu_memory: u64,
+    gpu_instance_id: c_uint,
+    compute_instance_id: c_uint,
+}
+#[repr(C)]
+struct PciInfo {
+    bus_id_legacy: [c_char; 16],
+    domain: c_uint,
+    bus: c_uint,
+    device: c_uint,
+    pci_device_id: c_uint,
+    pci_subsystem_id: c_uint,
+    bus_id: [c_char; 32],
+}
+
+macro_rules! nvml_api {
+    ($( $field:ident = $sym:literal : fn($($arg:ty),*); )*) => {
+        struct Nvml {
+            _lib: libloading::Library,
+            error_string: unsafe extern "C" fn(c_uint) -> *const c_char,
+            $( $field: unsafe extern "C" fn($($arg),*) -> c_uint, )*
+        }
+        impl Nvml {
+            fn load(path: &Path) -> Result<Nvml, String> {
+                // SAFETY: loading vGPU's NVML shim runs only its initialisers.
+                let lib = unsafe { libloading::Library::new(path) }
+                    .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+                // SAFETY (every lookup): the symbol has this C signature in nvml.h.
+                let error_string = *unsafe { lib.get::<unsafe extern "C" fn(c_uint) -> *const c_char>(b"nvmlErrorString\0") }
+                    .map_err(|e| format!("{} lacks nvmlErrorString: {e}", path.display()))?;
+                $(
+                    let $field = *unsafe { lib.get::<unsafe extern "C" fn($($arg),*) -> c_uint>(concat!($sym, "\0").as_bytes()) }
+                        .map_err(|e| format!("{} lacks {}: {e}", path.display(), $sym))?;
+                )*
+                Ok(Nvml { _lib: lib, error_string, $( $field, )* })
+            }
+        }
+    };
+}
+
+nvml_api! {
+    init = "nvmlInit_v2": fn();
+    driver_version = "nvmlSystemGetDriverVersion": fn(*mut c_char, c_uint);
+    cuda_version = "nvmlSystemGetCudaDriverVersion_v2": fn(*mut c_int);
+    count = "nvmlDeviceGetCount_v2": fn(*mut c_uint);
+    by_index = "nvmlDeviceGetHandleByIndex_v2": fn(c_uint, *mut Device);
+    name = "nvmlDeviceGetName": fn(Device, *mut c_char, c_uint);
+    uuid = "nvmlDeviceGetUUID": fn(Device, *mut c_char, c_uint);
+    pci = "nvmlDeviceGetPciInfo_v3": fn(Device, *mut PciInfo);
+    memory = "nvmlDeviceGetMemoryInfo": fn(Device, *mut Memory);
+    utilization = "nvmlDeviceGetUtilizationRates": fn(Device, *mut Utilization);
+    temperature = "nvmlDeviceGetTemperature": fn(Device, c_uint, *mut c_uint);
+    power = "nvmlDeviceGetPowerUsage": fn(Device, *mut c_uint);
+    processes = "nvmlDeviceGetComputeRunningProcesses_v3": fn(Device, *mut c_uint, *mut ProcessInfo);
+}
+
+/// NVML_SUCCESS, NVML_ERROR_NOT_SUPPORTED.
+const OK: c_uint = 0;
+const NOT_SUPPORTED: c_uint = 3;
+
+impl Nvml {
+    fn check(&self, what: &str, code: c_uint) -> Result<(), String> {
+        if code == OK {
+            return Ok(());
+        }
+        // SAFETY: nvmlErrorString returns a static NUL-terminated string for any code.
+        let text = unsafe { CStr::from_ptr((self.error_string)(code)) }.to_string_lossy();
+        Err(format!("{what}: {text} (NVML error {code})"))
+    }
+
+    /// A value NVML may decline for this device (`NOT_SUPPORTED` → `None`).
+    fn optional<T>(&self, what: &str, code: c_uint, value: T) -> Result<Option<T>, String> {
+        match code {
+            NOT_SUPPORTED => Ok(None),
+            c => self.check(what, c).map(|_| Some(value)),
+        }
+    }
+
+    fn text(&self, what: &str, f: impl FnOnce(*mut c_char, c_uint) -> c_uint) -> Result<String, String> {
+        let mut buf = [0 as c_char; 96];
+        self.check(what, f(buf.as_mut_ptr(), buf.len() as c_uint))?;
+        buf[95] = 0;
+        // SAFETY: NUL-terminated within the buffer (the last byte was just set to NUL).
+        Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+    }
+
+    fn gpu(&self, index: u32) -> Result<Value, String> {
+        let mut dev: Device = std::ptr::null_mut();
+        // SAFETY (every call below): nvml.h entry points with a handle NVML gave, out-pointers to locals and
+        // buffers with their true lengths.
+        self.check("nvmlDeviceGetHandleByIndex_v2", unsafe {
+            (self.by_index)(index, &mut dev)
+        })?;
+        let name = self.text("nvmlDeviceGetName", |p, n| unsafe { (self.name)(dev, p, n) })?;
+        let uuid = self.text("nvmlDeviceGetUUID", |p, n| unsafe { (self.uuid)(dev, p, n) })?;
+        let mut pci = PciInfo {
+            bus_id_legacy: [0; 16],
+            domain: 0,
+            bus: 0,
+            device: 0,
+            pci_device_id: 0,
+            pci_subsystem_id: 0,
+            bus_id: [0; 32],
+        };
+        self.check("nvmlDeviceGetPciInfo_v3", unsafe { (self.pci)(dev, &mut pci) })?;
+        pci.bus_id[31] = 0;
+        // SAFETY: NUL-terminated within the array (the last byte was just set to NUL).
+        let bus_id = unsafe { CStr::from_ptr(pci.bus_id.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        let mut mem = Memory::default();
+        self.check("nvmlDeviceGetMemoryInfo", unsafe { (self.memory)(dev, &mut mem) })?;
+        let mut util = Utilization::default();
+        let code = unsafe { (self.utilization)(dev, &mut util) };
+        let util = self.optional("nvmlDeviceGetUtilizationRates", code, ())?.map(|_| util);
+        let mut temp: c_uint = 0;
+        let code = unsafe { (self.temperature)(dev, 0, &mut temp) };
+        let temp = self.optional("nvmlDeviceGetTemperature", code, temp)?;
+        let mut power: c_uint = 0;
+        let code = unsafe { (self.power)(dev, &mut power) };
+        let power = self.optional("nvmlDeviceGetPowerUsage", code, power)?;
+        let mut procs = [ProcessInfo::default(); 64];
+        let mut n = procs.len() as c_uint;
+        self.check("nvmlDeviceGetComputeRunningProcesses_v3", unsafe {
+            (self.processes)(dev, &mut n, procs.as_mut_ptr())
+        })?;
+        let processes: Vec<Value> = procs[..(n as usize).min(procs.len())]
+            .iter()
+            .map(|p| json!({"pid": p.pid, "used_memory_bytes": p.used_gpu_memory}))
+            .collect();
+        Ok(json!({
+            "index": index,
+            "name": name,
+            "uuid": uuid,
+            "pci_bus_id": bus_id,
+            "memory": {"total_bytes": mem.total, "used_bytes": mem.used, "free_bytes": mem.free},
+            "utilization": util.map(|u| json!({"gpu_pct": u.gpu, "memory_pct": u.memory})),
+            "temperature_c": temp,
+            "power_mw": power,
+            "processes": processes,
+        }))
+    }
+}
+
+/// Which backend the session runs on, from vGPU's libcuda.so.1 (the NVML shim loaded it from `dir`).
+fn backend(dir: &Path) -> &'static str {
+    // SAFETY: the library is already loaded (by the NVML shim, from this path); this takes a reference.
+    let Ok(lib) = (unsafe { libloading::Library::new(dir.join("libcuda.so.1")) }) else {
+        return "unknown";
+    };
+    // SAFETY: an argument-less function vGPU's shim exports.
+    match unsafe { lib.get::<unsafe extern "C" fn() -> i32>(b"vgpu_session_backend\0") } {
+        Ok(f) => match unsafe { f() } {
+            0 => "real",
+            1 => "emulated",
+            _ => "unknown",
+        },
+        Err(_) => "unknown",
+    }
+}
+
+/// Reads everything the session sees, as JSON.
+pub fn query(server: Option<&str>, control: Option<&str>) -> Result<Value, String> {
+    let dir = crate::local::shim_dir()?;
+    let path = dir.join("libnvidia-ml.so.1");
+    if !path.exists() {
+        return Err(format!(
+            "vGPU's libnvidia-ml.so.1 is not in {} (build it with `cargo build -p vgpu-nvml-shim`)",
+            dir.display()
+        ));
+    }
+    // The shims read their settings from the environment, as in a program started by `vgpu run`. Nothing else
+    // runs yet in this process, so setting them here races with no other thread.
+    if let Some(server) = server {
+        vgpu_dataplane::Endpoint::parse(server)?;
+        std::env::set_var("VGPU_SERVER", server);
+    }
+    if let Some(url) = control {
+        std::env::set_var("VGPU_CONTROL_URL", url);
+    }
+    let nvml = Nvml::load(&path)?;
+    // SAFETY (the calls below): nvml.h entry points with out-pointers to locals.
+    nvml.check("nvmlInit_v2", unsafe { (nvml.init)() })?;
+    let driver = nvml.text("nvmlSystemGetDriverVersion", |p, n| unsafe {
+        (nvml.driver_version)(p, n)
+    })?;
+    let mut cuda: c_int = 0;
+    nvml.check("nvmlSystemGetCudaDriverVersion_v2", unsafe {
+        (nvml.cuda_version)(&mut cuda)
+    })?;
+    let mut count: c_uint = 0;
+    nvml.check("nvmlDeviceGetCount_v2", unsafe { (nvml.count)(&mut count) })?;
+    let gpus = (0..count).map(|i| nvml.gpu(i)).collect::<Result<Vec<_>, _>>()?;
+    Ok(json!({
+        "backend": backend(&dir),
+        "driver_version": driver,
+        "cuda_version": format!("{}.{}", cuda / 1000, (cuda % 1000) / 10),
+        "gpus": gpus,
+    }))
+}
+
+fn mib(bytes: &Value) -> u64 {
+    bytes.as_u64().unwrap_or(0) >> 20
+}
+
+fn or_na(v: &Value, f: impl Fn(u64) -> String) -> String {
+    v.as_u64().map(f).unwrap_or_else(|| "N/A".into())
+}
+
+/// The nvidia-smi-like table.
+pub fn render(report: &Value) -> String {
+    let mut out = String::new();
+    let backend = report["backend"].as_str().unwrap_or("unknown");
+    out.push_str("vGPU SMI: the GPUs of this session, read through vGPU's libnvidia-ml.so.1\n");
+    out.push_str(&format!(
+        "Driver Version: {}   CUDA Version: {}   Backend: {}\n",
+        report["driver_version"].as_str().unwrap_or("?"),
+        report["cuda_version"].as_str().unwrap_or("?"),
+        match backend {
+            "emulated" => "emulated (no GPU: memory is the session's bookkeeping, kernels are not run)",
+            "real" => "real GPU",
+            _ => "unknown",
+        }
+    ));
+    out.push('\n');
+    let header = format!(
+        "{:>3}  {:<28}  {:<40}  {:<16}  {:>21}  {:>4}  {:>5}  {:>7}\n",
+        "GPU", "Name", "UUID", "Bus-Id", "Memory-Usage", "Util", "Temp", "Power"
+    );
+    out.push_str(&header);
+    let empty = Vec::new();
+    let gpus = report["gpus"].as_array().unwrap_or(&empty);
+    for g in gpus {
+        let mem = &g["memory"];
+        out.push_str(&format!(
+            "{:>3}  {:<28}  {:<40}  {:<16}  {:>21}  {:>4}  {:>5}  {:>7}\n",
+            g["index"].as_u64().unwrap_or(0),
+            g["name"].as_str().unwrap_or("?"),
+            g["uuid"].as_str().unwrap_or("?"),
+            g["pci_bus_id"].as_str().unwrap_or("?"),
+            format!("{}MiB / {}MiB", mib(&mem["used_bytes"]), mib(&mem["total_bytes"])),
+            or_na(&g["utilization"]["gpu_pct"], |u| format!("{u}%")),
+            or_na(&g["temperature_c"], |t| format!("{t}C")),
+            or_na(&g["power_mw"], |p| format!("{}W", p / 1000)),
+        ));
+    }
+    if gpus.is_empty() {
+        out.push_str("No GPUs in this session\n");
+    }
+    out.push_str("\nProcesses (this session's own; other tenants' are not shown):\n");
+    let mut any = false;
+    for g in gpus {
+        for p in g["processes"].as_array().unwrap_or(&empty) {
+            any = true;
+            out.push_str(&format!(
+                "{:>3}  pid {:<10}  {}MiB\n",
+                g["index"].as_u64().unwrap_or(0),
+                p["pid"].as_u64().unwrap_or(0),
+                mib(&p["used_memory_bytes"])
+            ));
+        }
+    }
+    if !any {
+        out.push_str("No running processes found\n");
+    }
+    out
+}
