@@ -85,7 +85,8 @@ if [ $? -eq 0 ]; then ok "vgpu sample over tcp (same server)"; else bad "vgpu sa
 (timeout 60 "$VGPU" run --server rdma://10.77.0.2:7071 -- "$VGPU" __memcheck --hold-ms 5000 64 \
   >/tmp/victim.log 2>&1) &
 victim=$!
-sleep 3
+# Kill only once the session is up (it has allocated): a loaded TCG machine can take seconds to get there.
+for _ in $(seq 1 300); do grep -q "^alloc 64 " /tmp/victim.log && break; sleep 0.2; done
 kill -9 "$server"
 for w in $(ps -eo pid,args | awk '/vgpu __worker/ && !/awk/ {print $1}'); do kill -9 "$w"; done
 wait "$victim"
