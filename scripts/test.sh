@@ -64,7 +64,7 @@ if [ -x control/tests/ui/run.sh ]; then
   count "$log/ui.log"
 fi
 
-step "RDMA transport in a Soft-RoCE VM (QEMU, Debian kernel; tests/rdma/run-vm.sh, transport tests and the e2e suite over rdma://, about 4 minutes)"
+step "RDMA transport in a Soft-RoCE VM (QEMU, Debian kernel; tests/rdma/run-vm.sh, transport tests and the e2e suite over rdma://, 2 to 4 minutes)"
 tests/rdma/run-vm.sh 2>&1 | tee "$log/rdma-vm.log" | grep -E '^(PASS|FAIL|rdma vm:|[a-z ]+: [0-9]+ passed)|test result'
 tail -1 "$log/rdma-vm.log" > "$log/rdma-vm.summary"  # only the script's own line: inner suites print theirs too
 count "$log/rdma-vm.summary"
