@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The project's test command (see README): every crate's unit and integration tests, the end-to-end
 # driver-API programs and the nvcc-built CUDA runtime programs (tests/cuda) through vGPU on the emulated
-# backend over TCP and shared memory, and the control plane's browser test. Needs python3, gcc, g++
-# (nvcc's host compiler) and network access to PyPI (CUDA headers, nvcc and cudart wheels), npm and
-# Debian packages (Chromium) the first time. Ends with one summary line: "N passed, N failed".
+# backend over TCP and shared memory (the driver-API programs also over RDMA, in the Soft-RoCE VM), and the
+# control plane's browser test. Needs python3, gcc, g++ (nvcc's host compiler) and network access to PyPI
+# (CUDA headers, nvcc and cudart wheels), npm and Debian packages (Chromium, QEMU) the first time. Ends
+# with one summary line: "N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp -d)
@@ -63,7 +64,7 @@ if [ -x control/tests/ui/run.sh ]; then
   count "$log/ui.log"
 fi
 
-step "RDMA transport in a Soft-RoCE VM (QEMU, Debian kernel; tests/rdma/run-vm.sh, about 2 minutes)"
+step "RDMA transport in a Soft-RoCE VM (QEMU, Debian kernel; tests/rdma/run-vm.sh, transport tests and the e2e suite over rdma://, 2 to 4 minutes)"
 tests/rdma/run-vm.sh 2>&1 | tee "$log/rdma-vm.log" | grep -E '^(PASS|FAIL|rdma vm:|[a-z ]+: [0-9]+ passed)|test result'
 tail -1 "$log/rdma-vm.log" > "$log/rdma-vm.summary"  # only the script's own line: inner suites print theirs too
 count "$log/rdma-vm.summary"

@@ -4,10 +4,10 @@
   run.py build --cuda-include DIR --lib-dir DIR --out DIR
       Compiles every tests/e2e/programs/*.c with gcc against cuda.h and the libcuda.so in lib-dir.
 
-  run.py run --bins DIR --mode native|vgpu [--vgpu PATH] [--transport tcp|shm]
+  run.py run --bins DIR --mode native|vgpu [--vgpu PATH] [--transport tcp|shm | --server URL]
              [--backend emulated|real] --expected DIR [--write-expected DIR] [--save DIR] [--only NAME...]
-      Runs every program (natively, or through `vgpu run` against a `vgpu server` it starts) and
-      compares its stdout with <expected>/<name>.out.
+      Runs every program (natively, or through `vgpu run` against a `vgpu server` it starts, or against
+      the running one at --server, e.g. rdma://host:port) and compares its stdout with <expected>/<name>.out.
 
   run.py compare DIR_A DIR_B [--backend emulated|real]
       Compares two directories of saved outputs (e.g. native vs vgpu on the GPU machine).
@@ -248,6 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print("--vgpu PATH is needed with --mode vgpu")
                 print("0 passed, 1 failed")
                 return 1
+        if args.mode == "vgpu" and not args.server:
             server = Server(args.vgpu, args.backend)
             try:
                 server.start()
@@ -256,11 +257,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"0 passed, {len(programs)} failed")
                 return 1
 
-        label = "native" if args.mode == "native" else f"vgpu {args.transport} {args.backend}"
+        transport = args.server.partition("://")[0] if args.server else args.transport
+        label = "native" if args.mode == "native" else f"vgpu {transport} {args.backend}"
         for prog in programs:
             name = prog.name
-            if server:
-                cmd = [args.vgpu, "run", "--server", server.url(args.transport), "--", str(prog.resolve())]
+            if args.mode == "vgpu":
+                url = args.server or server.url(args.transport)
+                cmd = [args.vgpu, "run", "--server", url, "--", str(prog.resolve())]
             else:
                 cmd = [str(prog.resolve())]
             t0 = time.monotonic()
@@ -360,6 +363,9 @@ def main() -> int:
     r.add_argument("--mode", choices=["native", "vgpu"], required=True)
     r.add_argument("--vgpu", help="path to the vgpu binary (vgpu mode)")
     r.add_argument("--transport", choices=["tcp", "shm"], default="tcp")
+    r.add_argument("--server", metavar="URL",
+                   help="vgpu mode: use this running server (e.g. rdma://host:port; the RDMA VM starts its own) "
+                        "instead of starting one; --transport is then unused")
     r.add_argument("--backend", choices=["emulated", "real"], default="emulated",
                    help="server backend (vgpu mode); decides which lines are compared")
     r.add_argument("--expected", required=True, help="directory of reference outputs <name>.out")

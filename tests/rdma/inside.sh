@@ -11,6 +11,8 @@ env_arg=$(sed -n 's/.*vgpu\.env=\([^ ]*\).*/\1/p' /proc/cmdline)
 in_vm() { case "$1" in /tmp/*) echo "/run/hosttmp/${1#/tmp/}" ;; *) echo "$1" ;; esac; }
 CONF=$(in_vm "$(echo "$env_arg" | tr ',' '\n' | sed -n 's/^CONF=//p')")
 RDMA=$(in_vm "$(echo "$env_arg" | tr ',' '\n' | sed -n 's/^RDMA=//p')")
+E2E=$(echo "$env_arg" | tr ',' '\n' | sed -n 's/^E2E=//p')
+[ -z "$E2E" ] || E2E=$(in_vm "$E2E")
 script=$(in_vm "$(echo "$cmdline" | sed -n 's/.*vgpu\.script=\([^ ]*\).*/\1/p')")
 cd "$(dirname "$script")/../.." || exit 1
 VGPU=$PWD/target/debug/vgpu
@@ -81,11 +83,28 @@ done
 # And the same server over TCP from the other namespace, for comparison of the two paths.
 out=$("$VGPU" run --server tcp://10.77.0.2:7070 -- "$VGPU" sample 2>&1)
 if [ $? -eq 0 ]; then ok "vgpu sample over tcp (same server)"; else bad "vgpu sample over tcp (same server)"; echo "$out"; fi
+# The end-to-end driver-API suite (tests/e2e, built on the host by run-vm.sh) against the same server over
+# rdma://, compared with the same references as the TCP and shared-memory runs in scripts/test.sh.
+t_e2e=$(date +%s)
+if [ -n "$E2E" ] && [ -d "$E2E" ]; then
+  # Programs run one after another under emulation (a 64 MiB copy pattern takes a while): 300 s each at most.
+  E2E_TIMEOUT_S=300 python3 tests/e2e/run.py run --bins "$E2E" --mode vgpu --vgpu "$VGPU" \
+    --server rdma://10.77.0.2:7071 --backend emulated --expected tests/e2e/expected 2>&1 | tee /tmp/e2e.log
+  rc=${PIPESTATUS[0]}
+  p=$(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed.*/\1/p' /tmp/e2e.log | tail -1)
+  f=$(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed.*/\2/p' /tmp/e2e.log | tail -1)
+  pass=$((pass + ${p:-0})); fail=$((fail + ${f:-0}))
+  if [ -z "$p" ] || { [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; }; then bad "e2e suite over rdma exited $rc"; fi
+  echo "driver api programs over rdma: ${p:-0} passed, ${f:-0} failed in $(( $(date +%s) - t_e2e )) s"
+else
+  bad "e2e programs built on the host (run-vm.sh could not build them)"
+fi
 # A client whose server dies mid-session gets an error from its next call, not a hang.
 (timeout 60 "$VGPU" run --server rdma://10.77.0.2:7071 -- "$VGPU" __memcheck --hold-ms 5000 64 \
   >/tmp/victim.log 2>&1) &
 victim=$!
-sleep 3
+# Kill only once the session is up (it has allocated): a loaded TCG machine can take seconds to get there.
+for _ in $(seq 1 300); do grep -q "^alloc 64 " /tmp/victim.log && break; sleep 0.2; done
 kill -9 "$server"
 for w in $(ps -eo pid,args | awk '/vgpu __worker/ && !/awk/ {print $1}'); do kill -9 "$w"; done
 wait "$victim"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs the RDMA transport's tests where no RDMA hardware exists: a QEMU VM (software emulation, no KVM) boots
 # Debian's own kernel with Soft-RoCE (rdma_rxe), mounts this machine's root read-only over 9p and runs
-# tests/rdma/inside.sh, which makes two network namespaces joined by veth with an rxe link on each end and runs
-# the transport conformance suite, the RDMA-only tests and `vgpu sample` through the shim over rdma://, client in
-# one namespace and server in the other. Recipe: shared/reference/rdma-softroce-vm.md.
+# tests/rdma/inside.sh, which joins two addresses by a veth link with an rxe device on each end and runs the
+# transport conformance suite, the RDMA-only tests, `vgpu sample` and the end-to-end driver-API suite (tests/e2e,
+# emulated backend, the references of the TCP and shm runs) through the shim over rdma://, client on one end and
+# server on the other. Recipe: shared/reference/rdma-softroce-vm.md.
 #
-# Installs its Debian packages if missing, builds the test binaries, downloads the kernel package once into
-# target/rdma-vm, and ends with one line "N passed, N failed". VM timings prove correctness only, never speed.
+# Installs its Debian packages if missing, builds the test binaries and the e2e programs (scripts/setup-cuda.sh for
+# cuda.h), downloads the kernel package once into target/rdma-vm, and ends with one line "N passed, N failed".
+# VM timings prove correctness only, never speed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -42,6 +44,15 @@ rdma_tests=$(exe_of rdma)
 # `vgpu run` finds the shim here; the VM sees this tree read-only, so make the link now.
 mkdir -p target/debug/shim && ln -sfn ../libcuda.so target/debug/shim/libcuda.so.1 \
   && ln -sfn ../libnvidia_ml.so target/debug/shim/libnvidia-ml.so.1
+# The end-to-end driver-API programs (tests/e2e) need cuda.h to build; the VM cannot write, so build them now.
+e2e=""
+if cuda_env=$(scripts/setup-cuda.sh) \
+  && python3 tests/e2e/run.py build --cuda-include "$(printf '%s\n' "$cuda_env" | sed -n 's/^CUDA_INCLUDE=//p')" \
+       --lib-dir target/debug --out target/e2e | tail -1; then
+  e2e="$root/target/e2e"
+else
+  echo "could not build the e2e programs; the VM counts that as a failure"
+fi
 
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
 [ -n "$kpkg" ] || { apt-get update -q >/dev/null; kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}'); }
@@ -117,7 +128,7 @@ t_boot=$(date +%s)
 set +e
 timeout "${VGPU_RDMA_VM_TIMEOUT:-1500}" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 2048 -smp 2 \
   -nographic -no-reboot -nic none -kernel "$kroot/boot/vmlinuz-$kver" -initrd "$work/initrd.gz" \
-  -append "console=ttyS0 quiet panic=-1 vgpu.script=${VGPU_RDMA_VM_SCRIPT:-$root/tests/rdma/inside.sh} vgpu.env=CONF=$conformance,RDMA=$rdma_tests" \
+  -append "console=ttyS0 quiet panic=-1 vgpu.script=${VGPU_RDMA_VM_SCRIPT:-$root/tests/rdma/inside.sh} vgpu.env=CONF=$conformance,RDMA=$rdma_tests,E2E=$e2e" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap </dev/null >"$log" 2>&1
 rc=$?
 set -e

@@ -1,6 +1,6 @@
-//! RDMA-only transport tests beyond the shared conformance suite: a full send queue and an exhausted receive queue
-//! wait instead of failing, a peer process killed mid-transfer ends the channel, a broken remote key fails cleanly,
-//! and bad setups are refused. Those that need devices run in the Soft-RoCE VM (tests/rdma/run-vm.sh).
+//! RDMA-only transport tests beyond the shared conformance suite: a full send queue (also mid-way through a large
+//! copy) and an exhausted receive queue wait instead of failing, a peer process killed mid-transfer ends the channel,
+//! a broken remote key fails cleanly, and bad setups are refused. Those that need devices run in the Soft-RoCE VM.
 #![cfg(feature = "rdma")]
 
 mod common;
@@ -77,6 +77,43 @@ fn rdma_full_send_queue_and_exhausted_receive_queue_wait() {
                 .expect("a full queue must wait, not fail");
         }
         drop(reader.join().expect("reader"));
+    });
+}
+
+#[test]
+fn rdma_full_send_queue_during_a_large_copy_waits() {
+    if rdma_env().is_none() {
+        return skip("rdma_full_send_queue_during_a_large_copy_waits");
+    }
+    within(120, "large copy with a full send queue", || {
+        // As a large cuMemcpyHtoD and the DtoH after it: one 6 MiB send each way. A 64 KiB ring is written in 8 KiB
+        // chunks, so with two writes in flight the send queue (not the ring) is what fills, in the middle of one
+        // send, and the receiver's credit writes compete for the same two slots; the receiver starts late.
+        let cfg = RdmaConfig {
+            ring_bytes: 64 * 1024,
+            sq_depth: 2,
+            ..Default::default()
+        };
+        let (mut c, mut s) = rdma_pair_raw(&cfg);
+        let len = 6 << 20;
+        let server = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(300));
+            let mut got = vec![0u8; len];
+            for piece in got.chunks_mut(100_003) {
+                s.recv_exact(piece).expect("server recv");
+            }
+            assert!(got == pattern(11, len), "the 6 MiB copy to the server differs");
+            s.send(&[&got[..3], &got[3..]])
+                .expect("a full send queue must wait, not fail");
+            s
+        });
+        c.send(&[&pattern(11, len)])
+            .expect("a full send queue must wait, not fail");
+        thread::sleep(Duration::from_millis(300));
+        let mut back = vec![0u8; len];
+        c.recv_exact(&mut back).expect("client recv");
+        assert!(back == pattern(11, len), "the 6 MiB copy back differs");
+        drop(server.join().expect("server"));
     });
 }
 
