@@ -1,8 +1,8 @@
 //! Streams, events, modules, libraries and launches. Creation uses client-chosen ids (no round trip); kernel
 //! names, parameter layouts and attributes arrive with the module load, so lookups and launches are local.
 
-use std::os::unix::ffi::OsStrExt;
 use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use bytes::BufMut;
