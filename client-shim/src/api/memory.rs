@@ -431,7 +431,11 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> Result<(), u32> {
     if mirrored(src) {
         return copy_via_host(flags, 0, dst as u64, false, src, false, n);
     }
-    if let Some((dptr, base)) = into_mirror(dst, n) {
+    // Into mirrored pinned memory: only when queued work may have written the mirror must the copy go there
+    // (the pull at the end would undo a direct landing); otherwise the host's bytes are the truth and the
+    // copy lands on them directly, pipelined like a pageable copy (a later launch pushes them).
+    let through_mirror = mirror::pending_source(dst as usize, n).is_some();
+    if let Some((dptr, base)) = into_mirror(dst, n).filter(|_| through_mirror) {
         client::call(
             flags,
             &MemcpyDtoD {
