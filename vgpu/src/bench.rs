@@ -30,6 +30,12 @@ const METRICS: &[(&str, &str, &str, bool)] = &[
         "MiB",
         false,
     ),
+    (
+        "server_session_rss_mib",
+        "server: resident memory of one session's worker",
+        "MiB",
+        false,
+    ),
     ("launch_async_us", "empty kernel launch, async, per launch", "µs", false),
     ("launch_sync_us", "launch + stream synchronize", "µs", false),
     ("memgetinfo_us", "cuMemGetInfo", "µs", false),
@@ -66,6 +72,50 @@ fn rss_mib() -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// Resident memory (VmRSS, MiB) of process `pid`.
+fn rss_of(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    kb.trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|kb| kb / 1024.0)
+}
+
+/// The server-side host memory of one session: a client holds a session open (a context, 64 MiB of device
+/// memory, a 64 MiB pageable round trip through the server's staging buffers), and the largest resident set among
+/// the server's worker processes is read meanwhile (the other one, if any, is the idle spare worker).
+fn server_session_rss(server: &LocalServer, cmd: std::process::Command) -> Result<f64, String> {
+    let mut cmd = cmd;
+    cmd.args(["__memcheck", "--hold-ms", "1500", "--copy-mib", "64", "64"]);
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start the memory check: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout from the memory check")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok);
+    let holding = lines.any(|l| l == "holding");
+    let workers: Vec<u32> = std::fs::read_dir("/proc")
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // /proc/PID/stat: "pid (comm) state ppid ...": the comm may hold spaces, so split after its ')'.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+            }) == Some(server.pid())
+        })
+        .collect();
+    let rss = workers.into_iter().filter_map(rss_of).fold(0.0, f64::max);
+    // Read to the end: the client still prints after its hold, into a pipe that must stay open.
+    lines.for_each(drop);
+    let _ = child.wait();
+    if !holding || rss == 0.0 {
+        return Err("the memory check did not hold a session".into());
+    }
+    Ok(rss)
 }
 
 /// One of the processes of the launch-rate test: waits for `start_at` (Unix ms, so all start together),
@@ -331,8 +381,10 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
     let server = LocalServer::start(backend, &extra)?;
     let tcp_cmd = || through_shim(&exe, Some(&server.tcp));
     let shm_cmd = || through_shim(&exe, Some(&server.shm));
-    let tcp = median_probe(&tcp_cmd, quick, repeat)?;
+    let mut tcp = median_probe(&tcp_cmd, quick, repeat)?;
     let mut shm = median_probe(&shm_cmd, quick, repeat)?;
+    tcp["metrics"]["server_session_rss_mib"] = json!(server_session_rss(&server, tcp_cmd()?).ok());
+    shm["metrics"]["server_session_rss_mib"] = json!(server_session_rss(&server, shm_cmd()?).ok());
     shm["metrics"]["launch_rate_16proc_per_s"] = json!(aggregate_launch_rate(&shm_cmd, quick)?);
     let rdma = match &server.rdma {
         Some(endpoint) => {

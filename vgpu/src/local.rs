@@ -26,6 +26,11 @@ impl Drop for LocalServer {
 }
 
 impl LocalServer {
+    /// The server's process id (its session workers are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts `vgpu server` on a free loopback port and a fresh shared-memory name.
     pub fn start(backend: &str, extra_args: &[&str]) -> Result<LocalServer, String> {
         Self::start_with_env(backend, extra_args, &[])

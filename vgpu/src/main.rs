@@ -141,6 +141,9 @@ enum Cmd {
     Memcheck {
         #[arg(long, default_value_t = 0)]
         hold_ms: u64,
+        /// Pageable round trip of this many MiB before holding (the server's staging buffers come into use).
+        #[arg(long, default_value_t = 0)]
+        copy_mib: u64,
         alloc_mib: Vec<u64>,
     },
     #[command(name = "__launch-rate", hide = true)]
@@ -236,7 +239,11 @@ fn run(cmd: Cmd) -> Result<(), String> {
         Cmd::Control(args) => vgpu_control::run_control(args),
         Cmd::Admin(args) => vgpu_control::run_admin(args),
         Cmd::Worker => vgpu_cuda_exec::run_worker_from_env(),
-        Cmd::Memcheck { hold_ms, alloc_mib } => sample::memcheck(&alloc_mib, hold_ms),
+        Cmd::Memcheck {
+            hold_ms,
+            copy_mib,
+            alloc_mib,
+        } => sample::memcheck(&alloc_mib, copy_mib, hold_ms),
         Cmd::Run {
             server,
             control,

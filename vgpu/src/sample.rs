@@ -3,7 +3,7 @@
 
 use std::ffi::c_void;
 
-use crate::cuda::{Cuda, PTX};
+use crate::cuda::{Cuda, P, PTX};
 
 /// Runs the sample and returns the line it reports.
 pub fn run() -> Result<String, String> {
@@ -170,7 +170,7 @@ fn pinned_round_trip(cuda: &Cuda, size: usize) -> Result<(), String> {
 /// `vgpu __memcheck`: what a session may see and allocate, for tests of ticket limits. Prints one line per
 /// fact: the device count, `cuMemGetInfo`'s total and free, then each allocation's result (kept allocated), then
 /// holds the session open for `hold_ms` and checks it still answers.
-pub fn memcheck(alloc_mib: &[u64], hold_ms: u64) -> Result<(), String> {
+pub fn memcheck(alloc_mib: &[u64], copy_mib: u64, hold_ms: u64) -> Result<(), String> {
     let cuda = Cuda::load()?;
     cuda.open_device()?;
     let mut count = 0;
@@ -192,6 +192,25 @@ pub fn memcheck(alloc_mib: &[u64], hold_ms: u64) -> Result<(), String> {
             cuda.check("cuMemAlloc", r).err().unwrap_or_else(|| "ok".into())
         );
     }
+    if copy_mib > 0 {
+        let len = (copy_mib << 20) as usize;
+        let mut host = vec![0x5au8; len];
+        let mut dptr = 0u64;
+        // SAFETY (this block): out-pointer to a local; copies between `host` (len bytes) and the len-byte
+        // allocation just made.
+        unsafe {
+            cuda.check("cuMemAlloc", (cuda.mem_alloc)(&mut dptr, len))?;
+            cuda.check(
+                "cuMemcpyHtoD",
+                (cuda.memcpy_htod)(dptr, host.as_ptr() as *const c_void, len),
+            )?;
+            cuda.check("cuMemcpyDtoH", (cuda.memcpy_dtoh)(host.as_mut_ptr() as P, dptr, len))?;
+        }
+        println!("copied {copy_mib}");
+    }
+    println!("holding");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
     std::thread::sleep(std::time::Duration::from_millis(hold_ms));
     // SAFETY: no arguments.
     let r = unsafe { (cuda.ctx_synchronize)() };
