@@ -572,6 +572,89 @@ def w_small_ops(ctx: Ctx) -> dict:
             "config": {"iters": iters, "mm_n": n_mm}}
 
 
+def _curand_uniform(n: int, seed: int, stream: int, out_ptr: int) -> None:
+    """n uniform floats from cuRAND's Philox generator into device memory at out_ptr, through the libcurand that
+    the PyTorch wheels bring (PyTorch's own RNG does not use cuRAND)."""
+    import ctypes
+    import glob
+    import site
+
+    roots = site.getsitepackages() + [site.getusersitepackages()]
+    found = sorted(f for r in roots for f in glob.glob(os.path.join(r, "nvidia", "**", "libcurand.so*"), recursive=True))
+    if not found:
+        raise Skip("no libcurand in the nvidia-* wheels")
+    lib = ctypes.CDLL(found[0])
+    handle = ctypes.c_void_p()
+
+    def ok(status: int, what: str) -> None:
+        if status != 0:
+            raise RuntimeError(f"{what} returned curandStatus {status}")
+
+    ok(lib.curandCreateGenerator(ctypes.byref(handle), 161), "curandCreateGenerator")  # CURAND_RNG_PSEUDO_PHILOX4_32_10
+    try:
+        ok(lib.curandSetPseudoRandomGeneratorSeed(handle, ctypes.c_ulonglong(seed)), "curandSetSeed")
+        ok(lib.curandSetStream(handle, ctypes.c_void_p(stream)), "curandSetStream")
+        ok(lib.curandGenerateUniform(handle, ctypes.c_void_p(out_ptr), ctypes.c_size_t(n)), "curandGenerateUniform")
+    finally:
+        lib.curandDestroyGenerator(handle)
+
+
+def w_libs(ctx: Ctx) -> dict:
+    """The CUDA libraries PyTorch ships beside cuBLAS and cuDNN: cuFFT (torch.fft), cuBLASLt (a linear layer with
+    bias, which PyTorch runs as one GEMM with a bias epilogue) and cuRAND (called directly: PyTorch does not)."""
+    g = gen(SEED + 7)
+    x = torch.randn(64, 4096, generator=g).to(ctx.device)
+    w = torch.randn(1024, 4096, generator=g).to(ctx.device) * 0.02
+    b = torch.randn(1024, generator=g).to(ctx.device)
+    checks: dict = {}
+    errors: list = []
+
+    def part(name: str, fn) -> None:
+        # Each library on its own: one that fails is recorded (and fails the comparison) without hiding the rest.
+        try:
+            checks[name] = fn()
+            ctx.sync()
+        except Skip:
+            raise
+        except Exception as e:  # noqa: BLE001 - the error text is the finding
+            checks[name] = {"error": f"{type(e).__name__}: {e}"}
+            errors.append(name)
+
+    def fft():
+        spec = torch.fft.rfft(x, dim=1)
+        back = torch.fft.irfft(spec, n=4096, dim=1)
+        return {"spectrum_abs": tsum(spec.abs()), "round_trip": tsum(back)}
+
+    def curand():
+        r = torch.empty(1 << 20, device=ctx.device)
+        _curand_uniform(r.numel(), 1234, torch.cuda.current_stream().cuda_stream, r.data_ptr())
+        return tsum(r)
+
+    part("linear_bias", lambda: tsum(F.linear(x, w, b)))
+    part("fft", fft)
+    if ctx.cuda:
+        part("curand_uniform", curand)
+    iters = ctx.q(200, 20)
+
+    def per_call_us(fn) -> float:
+        fn()
+        ctx.sync()
+        t = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        ctx.sync()
+        return (time.perf_counter() - t) / iters * 1e6
+
+    timing: dict = {"primary": "linear_bias_us"}
+    timing["linear_bias_us"] = float("nan") if "linear_bias" in errors else per_call_us(lambda: F.linear(x, w, b))
+    if "fft" not in errors:
+        timing["rfft_64x4096_us"] = per_call_us(lambda: torch.fft.rfft(x, dim=1))
+    print("  " + "  ".join(f"{k} {v:.1f}" for k, v in timing.items() if k != "primary"), flush=True)
+    if errors:
+        print(f"  failed: {', '.join(errors)}", flush=True)
+    return {"checks": checks, "timing": timing, "config": {}}
+
+
 WORKLOADS = {
     "gpt_train": w_gpt_train,
     "vision_infer": w_vision_infer,
@@ -580,6 +663,7 @@ WORKLOADS = {
     "cuda_graph": w_cuda_graph,
     "resnet18_train": w_resnet18_train,
     "small_ops": w_small_ops,
+    "libs": w_libs,
 }
 WARN_ONLY = {"resnet18_train"}  # the reference measurement; its backward has a nondeterministic kernel
 
