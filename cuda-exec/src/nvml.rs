@@ -6,42 +6,47 @@ use std::sync::OnceLock;
 
 type Device = *mut c_void;
 
+// nvml.h's C layouts (NVML API 13), public for the other NVML callers of the workspace (`vgpu smi`, the NVML
+// tests), which load an NVML of their own. The NVML shim keeps its own copies: it must not link the server.
+
+/// `nvmlUtilization_t`.
 #[repr(C)]
-#[derive(Default)]
-struct Utilization {
-    gpu: c_uint,
-    memory: c_uint,
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Utilization {
+    pub gpu: c_uint,
+    pub memory: c_uint,
 }
 
 /// `nvmlMemory_t`.
 #[repr(C)]
-#[derive(Default)]
-struct Memory {
-    total: u64,
-    free: u64,
-    used: u64,
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Memory {
+    pub total: u64,
+    pub free: u64,
+    pub used: u64,
 }
 
-/// `nvmlPciInfo_t` (nvml.h, NVML API 13).
+/// `nvmlPciInfo_t`.
 #[repr(C)]
-struct PciInfo {
-    bus_id_legacy: [c_char; 16],
-    domain: c_uint,
-    bus: c_uint,
-    device: c_uint,
-    pci_device_id: c_uint,
-    pci_subsystem_id: c_uint,
-    bus_id: [c_char; 32],
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PciInfo {
+    pub bus_id_legacy: [c_char; 16],
+    pub domain: c_uint,
+    pub bus: c_uint,
+    pub device: c_uint,
+    pub pci_device_id: c_uint,
+    pub pci_subsystem_id: c_uint,
+    pub bus_id: [c_char; 32],
 }
 
 /// `nvmlProcessInfo_t` (the `_v3` process queries' element).
 #[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct ProcessInfo {
-    pid: c_uint,
-    used_gpu_memory: u64,
-    gpu_instance_id: c_uint,
-    compute_instance_id: c_uint,
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessInfo {
+    pub pid: c_uint,
+    pub used_gpu_memory: u64,
+    pub gpu_instance_id: c_uint,
+    pub compute_instance_id: c_uint,
 }
 
 type GetU32 = unsafe extern "C" fn(Device, *mut c_uint) -> c_int;
@@ -205,15 +210,7 @@ impl Nvml {
             }
         }
         if let Some(f) = self.pci {
-            let mut p = PciInfo {
-                bus_id_legacy: [0; 16],
-                domain: 0,
-                bus: 0,
-                device: 0,
-                pci_device_id: 0,
-                pci_subsystem_id: 0,
-                bus_id: [0; 32],
-            };
+            let mut p = PciInfo::default();
             if unsafe { f(dev, &mut p) } == 0 {
                 r.pci_ids = Some((p.pci_device_id, p.pci_subsystem_id));
             }

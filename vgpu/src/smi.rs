@@ -5,41 +5,9 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::path::Path;
 
 use serde_json::{json, Value};
+use vgpu_cuda_exec::nvml::{Memory, PciInfo, ProcessInfo, Utilization};
 
 type Device = *mut c_void;
-
-/// `nvmlMemory_t`, `nvmlUtilization_t`, `nvmlProcessInfo_t` and `nvmlPciInfo_t` (nvml.h, NVML API 13).
-#[repr(C)]
-#[derive(Default)]
-struct Memory {
-    total: u64,
-    free: u64,
-    used: u64,
-}
-#[repr(C)]
-#[derive(Default)]
-struct Utilization {
-    gpu: c_uint,
-    memory: c_uint,
-}
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct ProcessInfo {
-    pid: c_uint,
-    used_gpu_memory: u64,
-    gpu_instance_id: c_uint,
-    compute_instance_id: c_uint,
-}
-#[repr(C)]
-struct PciInfo {
-    bus_id_legacy: [c_char; 16],
-    domain: c_uint,
-    bus: c_uint,
-    device: c_uint,
-    pci_device_id: c_uint,
-    pci_subsystem_id: c_uint,
-    bus_id: [c_char; 32],
-}
 
 macro_rules! nvml_api {
     ($( $field:ident = $sym:literal : fn($($arg:ty),*); )*) => {
@@ -121,15 +89,7 @@ impl Nvml {
         })?;
         let name = self.text("nvmlDeviceGetName", |p, n| unsafe { (self.name)(dev, p, n) })?;
         let uuid = self.text("nvmlDeviceGetUUID", |p, n| unsafe { (self.uuid)(dev, p, n) })?;
-        let mut pci = PciInfo {
-            bus_id_legacy: [0; 16],
-            domain: 0,
-            bus: 0,
-            device: 0,
-            pci_device_id: 0,
-            pci_subsystem_id: 0,
-            bus_id: [0; 32],
-        };
+        let mut pci = PciInfo::default();
         self.check("nvmlDeviceGetPciInfo_v3", unsafe { (self.pci)(dev, &mut pci) })?;
         pci.bus_id[31] = 0;
         // SAFETY: NUL-terminated within the array (the last byte was just set to NUL).

@@ -2,63 +2,13 @@
 //! built NVML and CUDA shims and checks that NVML agrees with CUDA and follows NVML's contracts; `vgpu smi`.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-const VGPU: &str = env!("CARGO_BIN_EXE_vgpu");
+mod common;
+
+use common::{rand_tag, start, VGPU};
+
 const LIMIT_MIB: u64 = 512;
-
-struct Server {
-    child: Child,
-    tcp: String,
-    shm: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(extra: &[&str]) -> Server {
-    let shm = format!("nvml-test-{}-{}", std::process::id(), rand_tag());
-    let mut child = Command::new(VGPU)
-        .args(["server", "--tcp", "127.0.0.1:0", "--shm", &shm, "--backend", "emulated"])
-        .args(extra)
-        .env_remove("LD_LIBRARY_PATH")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("vgpu server starts");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut text = String::new();
-    let mut buf = [0u8; 256];
-    while !text.contains("ready on") || !text.ends_with('\n') {
-        let n = out.read(&mut buf).expect("server output");
-        assert!(n > 0, "server exited before it was ready: {text}");
-        text.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    std::thread::spawn(move || while out.read(&mut buf).is_ok_and(|n| n > 0) {});
-    let tcp = text
-        .split("ready on tcp://")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .expect("tcp endpoint")
-        .trim()
-        .to_string();
-    Server {
-        child,
-        tcp: format!("tcp://{tcp}"),
-        shm: format!("shm://{shm}"),
-    }
-}
-
-fn rand_tag() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(7)
-}
 
 /// The folder `vgpu run` puts first on LD_LIBRARY_PATH (where the cargo build's shims are linked).
 fn shim_dir() -> std::path::PathBuf {
@@ -93,7 +43,7 @@ fn run_child(endpoint: &str, child: &str, env: &[(&str, &str)]) -> (bool, String
 fn nvml_agrees_with_cuda_and_follows_nvml_contracts() {
     let _ = shim_dir();
     let server = start(&["--memory-limit-mib", &LIMIT_MIB.to_string()]);
-    for endpoint in [&server.tcp, &server.shm] {
+    for endpoint in [&server.tcp_url(), &server.shm] {
         let (ok, text) = run_child(endpoint, "child_checks", &[]);
         assert!(ok && text.contains("nvml checks passed"), "{endpoint}: {text}");
     }
@@ -143,7 +93,7 @@ fn smi_shows_the_session_through_the_nvml_shim() {
     let _ = shim_dir();
     let server = start(&["--memory-limit-mib", &LIMIT_MIB.to_string()]);
     let out = Command::new(VGPU)
-        .args(["smi", "--server", &server.tcp])
+        .args(["smi", "--server", &server.tcp_url()])
         .output()
         .expect("vgpu smi");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -191,13 +141,10 @@ const ARGUMENT_VERSION_MISMATCH: u32 = 25;
 
 type Dev = *mut c_void;
 
-#[repr(C)]
-#[derive(Default, Debug, Clone, Copy)]
-struct Memory {
-    total: u64,
-    free: u64,
-    used: u64,
-}
+// nvml.h's layouts as the server's NVML caller declares them, plus the old and versioned ones only the shim's
+// contract tests need.
+use vgpu_cuda_exec::nvml::{Memory, PciInfo, ProcessInfo};
+
 #[repr(C)]
 #[derive(Default, Debug, Clone, Copy)]
 struct MemoryV2 {
@@ -212,24 +159,6 @@ struct MemoryV2 {
 struct ProcV1 {
     pid: c_uint,
     used: u64,
-}
-#[repr(C)]
-#[derive(Default, Debug, Clone, Copy)]
-struct ProcV3 {
-    pid: c_uint,
-    used: u64,
-    gi: c_uint,
-    ci: c_uint,
-}
-#[repr(C)]
-struct PciInfo {
-    bus_id_legacy: [c_char; 16],
-    domain: c_uint,
-    bus: c_uint,
-    device: c_uint,
-    pci_device_id: c_uint,
-    pci_subsystem_id: c_uint,
-    bus_id: [c_char; 32],
 }
 
 /// Looks up `name` in `lib` as a function of the given signature (nvml.h's or cuda.h's); used inside the
@@ -272,7 +201,8 @@ fn child_checks() {
         let mem_info = sym!(nvml, "nvmlDeviceGetMemoryInfo": (Dev, *mut Memory) -> u32);
         let mem_info_v2 = sym!(nvml, "nvmlDeviceGetMemoryInfo_v2": (Dev, *mut MemoryV2) -> u32);
         let procs_v1 = sym!(nvml, "nvmlDeviceGetComputeRunningProcesses": (Dev, *mut c_uint, *mut ProcV1) -> u32);
-        let procs_v3 = sym!(nvml, "nvmlDeviceGetComputeRunningProcesses_v3": (Dev, *mut c_uint, *mut ProcV3) -> u32);
+        let procs_v3 =
+            sym!(nvml, "nvmlDeviceGetComputeRunningProcesses_v3": (Dev, *mut c_uint, *mut ProcessInfo) -> u32);
         let cuda_version = sym!(nvml, "nvmlSystemGetCudaDriverVersion_v2": (*mut c_int) -> u32);
         let cc = sym!(nvml, "nvmlDeviceGetCudaComputeCapability": (Dev, *mut c_int, *mut c_int) -> u32);
         let nvlink = sym!(nvml, "nvmlDeviceGetNvLinkRemoteDeviceType": (Dev, c_uint, *mut c_uint) -> u32);
@@ -418,13 +348,16 @@ fn child_checks() {
         listed = 0;
         assert_eq!(procs_v3(h, &mut listed, std::ptr::null_mut()), INSUFFICIENT_SIZE);
         assert_eq!(listed, 1);
-        let mut list = [ProcV3::default(); 4];
+        let mut list = [ProcessInfo::default(); 4];
         listed = 4;
         assert_eq!(procs_v3(h, &mut listed, list.as_mut_ptr()), NVML_SUCCESS);
         assert_eq!(listed, 1);
         assert_eq!(list[0].pid, std::process::id());
-        assert!(list[0].used >= 64 << 20, "{:?}", list[0]);
-        assert_eq!((list[0].gi, list[0].ci), (u32::MAX, u32::MAX));
+        assert!(list[0].used_gpu_memory >= 64 << 20, "{:?}", list[0]);
+        assert_eq!(
+            (list[0].gpu_instance_id, list[0].compute_instance_id),
+            (u32::MAX, u32::MAX)
+        );
         let mut list1 = [ProcV1::default(); 2];
         listed = 2;
         assert_eq!(procs_v1(h, &mut listed, list1.as_mut_ptr()), NVML_SUCCESS);

@@ -3,63 +3,15 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use vgpu_dataplane::handshake::*;
 use zerocopy::{FromBytes, IntoBytes};
 
-const VGPU: &str = env!("CARGO_BIN_EXE_vgpu");
+mod common;
 
-struct Server {
-    child: Child,
-    tcp: String,
-    shm: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(extra: &[&str]) -> Server {
-    let shm = format!("test-{}-{}", std::process::id(), rand_tag());
-    let mut child = Command::new(VGPU)
-        .args(["server", "--tcp", "127.0.0.1:0", "--shm", &shm, "--backend", "emulated"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("vgpu server starts");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut text = String::new();
-    let mut buf = [0u8; 256];
-    while !text.contains("ready on") || !text.ends_with('\n') {
-        let n = out.read(&mut buf).expect("server output");
-        assert!(n > 0, "server exited before it was ready: {text}");
-        text.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    std::thread::spawn(move || while out.read(&mut buf).is_ok_and(|n| n > 0) {});
-    let tcp = text
-        .split("ready on tcp://")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .expect("tcp endpoint")
-        .to_string();
-    Server {
-        child,
-        tcp,
-        shm: format!("shm://{shm}"),
-    }
-}
-
-fn rand_tag() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(7)
-}
+use common::{start, VGPU};
 
 fn sample(endpoint: &str, key: Option<&str>) -> std::process::Output {
     let mut cmd = Command::new(VGPU);
@@ -73,7 +25,7 @@ fn sample(endpoint: &str, key: Option<&str>) -> std::process::Output {
 #[test]
 fn sample_runs_over_tcp_and_shared_memory() {
     let server = start(&[]);
-    for endpoint in [format!("tcp://{}", server.tcp), server.shm.clone()] {
+    for endpoint in [server.tcp_url(), server.shm.clone()] {
         let out = sample(&endpoint, None);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -117,14 +69,14 @@ fn version_mismatch_and_wrong_key_are_refused_clearly() {
     assert!(msg.contains("version"), "{msg}");
     let (w, msg, _) = hello(&server.tcp, PROTOCOL_VERSION, b"wrong");
     assert_eq!(w.status, STATUS_UNAUTHORIZED, "{msg}");
-    let out = sample(&format!("tcp://{}", server.tcp), Some("wrong"));
+    let out = sample(&server.tcp_url(), Some("wrong"));
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("refused"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = sample(&format!("tcp://{}", server.tcp), Some("s3cret"));
+    let out = sample(&server.tcp_url(), Some("s3cret"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -147,7 +99,7 @@ fn malformed_frame_ends_only_that_session() {
     let n = s.read(&mut one).unwrap_or(0);
     assert_eq!(n, 0, "the server must close a session that sent a malformed frame");
     // Another client is unaffected.
-    let out = sample(&format!("tcp://{}", server.tcp), None);
+    let out = sample(&server.tcp_url(), None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
