@@ -63,6 +63,13 @@ struct Mirrors {
     deferred: BTreeSet<usize>,
 }
 
+impl Mirrors {
+    /// Whether queued work of any thread may have written the region based at `base` since the last pull.
+    fn written(&self, base: usize) -> bool {
+        self.pending.range((base, 0)..=(base, u64::MAX)).next().is_some()
+    }
+}
+
 static MIRRORS: Mutex<Mirrors> = Mutex::new(Mirrors {
     by_base: BTreeMap::new(),
     pending: BTreeSet::new(),
@@ -364,12 +371,7 @@ pub fn pending_source(addr: usize, n: usize) -> Option<u64> {
     let m = mirrors();
     let (_, mirror) = m.by_base.range(..=addr).next_back()?;
     let inside = addr >= mirror.data && end <= mirror.data + mirror.data_len;
-    let pending = m
-        .pending
-        .range((mirror.base, 0)..=(mirror.base, u64::MAX))
-        .next()
-        .is_some();
-    (inside && pending).then(|| mirror.dptr + (addr - mirror.base) as u64)
+    (inside && m.written(mirror.base)).then(|| mirror.dptr + (addr - mirror.base) as u64)
 }
 
 /// Before a launch on `stream`: pushes every mirrored region one of the kernel's argument words points
@@ -404,18 +406,12 @@ pub fn before_launch(flags: u16, stream: u64, args: &[u8]) -> Result<(), u32> {
         named
     };
     for mirror in named {
-        let pending = {
-            let m = mirrors();
-            let written = m
-                .pending
-                .range((mirror.base, 0)..=(mirror.base, u64::MAX))
-                .next()
-                .is_some();
-            written
-        };
-        if pending {
-            mirrors().pending.insert((mirror.base, this_thread()));
-            continue;
+        {
+            let mut m = mirrors();
+            if m.written(mirror.base) {
+                m.pending.insert((mirror.base, this_thread()));
+                continue;
+            }
         }
         let data = ffi::bytes(mirror.data as *const u8, mirror.data_len)?;
         client::post(

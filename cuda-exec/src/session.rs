@@ -350,6 +350,9 @@ impl Channel {
 
     fn run(&mut self, t: &mut dyn Transport) -> Result<(), ChannelEnd> {
         let mut hdr = [0u8; std::mem::size_of::<RequestHeader>()];
+        // Held for the loop, so the per-request path takes no reference count.
+        let session = self.session.clone();
+        let order = session.as_deref().map(|s| &s.order);
         loop {
             t.recv_exact(&mut hdr)?;
             let header = zerocopy::FromBytes::read_from_bytes(&hdr[..])
@@ -357,8 +360,6 @@ impl Channel {
             let op = check_request_header(&header)?;
             self.body.resize(header.body_len as usize, 0);
             t.recv_exact(&mut self.body)?;
-            let session = self.session.clone();
-            let order = session.as_deref().map(|s| &s.order);
             if let Some(order) = order {
                 order.wait_turn(header.seq);
                 if op.is_sync() {

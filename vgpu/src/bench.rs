@@ -61,21 +61,8 @@ const METRICS: &[(&str, &str, &str, bool)] = &[
 /// Processes in the shared-GPU launch-rate test.
 const PROCESSES: usize = 16;
 
-/// Resident memory of this process (VmRSS), in MiB.
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
-/// Resident memory (VmRSS, MiB) of process `pid`.
-fn rss_of(pid: u32) -> Option<f64> {
+/// Resident memory (VmRSS, MiB) of process `pid` (a number, or "self").
+fn rss_of(pid: impl std::fmt::Display) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
     kb.trim()
@@ -185,7 +172,7 @@ fn aggregate_launch_rate(make: &dyn Fn() -> Result<std::process::Command, String
 
 /// The probe: runs every measurement in this process against whatever libcuda.so.1 loads; prints JSON.
 pub fn probe(quick: bool) -> Result<(), String> {
-    let rss_before = rss_mib();
+    let rss_before = rss_of("self").unwrap_or(0.0);
     let t = Instant::now();
     let cuda = Cuda::load()?;
     // SAFETY: documented driver call.
@@ -265,7 +252,7 @@ pub fn probe(quick: bool) -> Result<(), String> {
     }
     out.insert("d2h_4b_us", t.elapsed().as_secs_f64() / n as f64 * 1e6);
     // After launches and small copies, before the big buffers this probe allocates itself.
-    out.insert("rss_added_mib", rss_mib() - rss_before);
+    out.insert("rss_added_mib", rss_of("self").unwrap_or(0.0) - rss_before);
     for (size, label, reps) in [
         (64usize << 20, "64mib", 10 / scale.min(5)),
         (big, "1gib", 3 / scale.min(3)),

@@ -3,7 +3,7 @@
 
 use std::ffi::c_void;
 
-use crate::cuda::{Cuda, P, PTX};
+use crate::cuda::{Cuda, PTX};
 
 /// Runs the sample and returns the line it reports.
 pub fn run() -> Result<String, String> {
@@ -193,19 +193,7 @@ pub fn memcheck(alloc_mib: &[u64], copy_mib: u64, hold_ms: u64) -> Result<(), St
         );
     }
     if copy_mib > 0 {
-        let len = (copy_mib << 20) as usize;
-        let mut host = vec![0x5au8; len];
-        let mut dptr = 0u64;
-        // SAFETY (this block): out-pointer to a local; copies between `host` (len bytes) and the len-byte
-        // allocation just made.
-        unsafe {
-            cuda.check("cuMemAlloc", (cuda.mem_alloc)(&mut dptr, len))?;
-            cuda.check(
-                "cuMemcpyHtoD",
-                (cuda.memcpy_htod)(dptr, host.as_ptr() as *const c_void, len),
-            )?;
-            cuda.check("cuMemcpyDtoH", (cuda.memcpy_dtoh)(host.as_mut_ptr() as P, dptr, len))?;
-        }
+        pageable_round_trip(&cuda, (copy_mib << 20) as usize)?;
         println!("copied {copy_mib}");
     }
     println!("holding");

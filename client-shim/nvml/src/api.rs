@@ -155,6 +155,20 @@ fn status(index: usize) -> Result<NvmlStatusReply, u32> {
     })
 }
 
+/// Writes one live value of the device behind `handle` to `out`: `pick` chooses it from the server's reading,
+/// whose `valid` bit `flag` says whether the server's NVML could answer it (else `NVML_ERROR_NOT_SUPPORTED`).
+fn write_live<T>(handle: Device, out: *mut T, flag: u32, pick: impl FnOnce(&NvmlStatusReply) -> T) -> Result<(), u32> {
+    let (i, _) = device(handle)?;
+    if out.is_null() {
+        return Err(NVML_ERROR_INVALID_ARGUMENT);
+    }
+    let s = status(i)?;
+    if s.valid & flag == 0 {
+        return Err(NVML_ERROR_NOT_SUPPORTED);
+    }
+    ffi::write(out, pick(&s))
+}
+
 /// Copies `text` and a NUL into the caller's `len`-byte buffer; too small is `NVML_ERROR_INSUFFICIENT_SIZE`.
 fn put_str(out: *mut c_char, len: c_uint, text: &str) -> Result<(), u32> {
     let buf = ffi::buffer(out, len as usize)?;
@@ -342,15 +356,7 @@ entry! {
         ffi::write(index, i as c_uint)
     }
     [nvmlDeviceGetMinorNumber] (handle: Device, minor: *mut c_uint) {
-        let (i, _) = device(handle)?;
-        if minor.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
-        }
-        let s = status(i)?;
-        if s.valid & NVML_HAS_MINOR_NUMBER == 0 {
-            return Err(NVML_ERROR_NOT_SUPPORTED);
-        }
-        ffi::write(minor, s.minor_number)
+        write_live(handle, minor, NVML_HAS_MINOR_NUMBER, |s| s.minor_number)
     }
     [nvmlDeviceGetPciInfo] (handle: Device, pci: *mut PciInfoV1) {
         let (i, d) = device(handle)?;
@@ -400,38 +406,19 @@ entry! {
         })
     }
     [nvmlDeviceGetUtilizationRates] (handle: Device, utilization: *mut Utilization) {
-        let (i, _) = device(handle)?;
-        if utilization.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
-        }
-        let s = status(i)?;
-        if s.valid & NVML_HAS_UTILIZATION == 0 {
-            return Err(NVML_ERROR_NOT_SUPPORTED);
-        }
-        ffi::write(utilization, Utilization { gpu: s.util_gpu, memory: s.util_memory })
+        write_live(handle, utilization, NVML_HAS_UTILIZATION, |s| Utilization { gpu: s.util_gpu, memory: s.util_memory })
     }
     [nvmlDeviceGetTemperature] (handle: Device, sensor: c_uint, temperature: *mut c_uint) {
-        let (i, _) = device(handle)?;
+        // A bad handle is reported before a bad sensor.
+        device(handle)?;
         // NVML_TEMPERATURE_GPU is the only sensor nvml.h defines.
-        if sensor != 0 || temperature.is_null() {
+        if sensor != 0 {
             return Err(NVML_ERROR_INVALID_ARGUMENT);
         }
-        let s = status(i)?;
-        if s.valid & NVML_HAS_TEMPERATURE == 0 {
-            return Err(NVML_ERROR_NOT_SUPPORTED);
-        }
-        ffi::write(temperature, s.temperature_c)
+        write_live(handle, temperature, NVML_HAS_TEMPERATURE, |s| s.temperature_c)
     }
     [nvmlDeviceGetPowerUsage] (handle: Device, power: *mut c_uint) {
-        let (i, _) = device(handle)?;
-        if power.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
-        }
-        let s = status(i)?;
-        if s.valid & NVML_HAS_POWER == 0 {
-            return Err(NVML_ERROR_NOT_SUPPORTED);
-        }
-        ffi::write(power, s.power_mw)
+        write_live(handle, power, NVML_HAS_POWER, |s| s.power_mw)
     }
     [nvmlDeviceGetCudaComputeCapability] (handle: Device, major: *mut c_int, minor: *mut c_int) {
         let (_, d) = device(handle)?;
@@ -443,15 +430,7 @@ entry! {
         ffi::write(minor, d.attr(76).unwrap_or(0))
     }
     [nvmlDeviceGetBrand] (handle: Device, brand: *mut c_uint) {
-        let (i, _) = device(handle)?;
-        if brand.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
-        }
-        let s = status(i)?;
-        if s.valid & NVML_HAS_BRAND == 0 {
-            return Err(NVML_ERROR_NOT_SUPPORTED);
-        }
-        ffi::write(brand, s.brand)
+        write_live(handle, brand, NVML_HAS_BRAND, |s| s.brand)
     }
     [nvmlDeviceGetArchitecture] (handle: Device, arch: *mut c_uint) {
         let (i, d) = device(handle)?;
