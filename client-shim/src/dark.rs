@@ -125,6 +125,8 @@ const INTEGRITY_CHECK: Uuid = uuid(0xd4082055_bde6704b_8d34ba12_3c66e1f2);
 const CUDART_ERROR_LOG: Uuid = uuid(0xf8cff951_21468b4e_b9e2fb46_9e7c0dd9);
 /// Requested in PyTorch processes through a directly `dlsym`'d `cuGetExportTable` (library unidentified).
 const TORCH_69A2: Uuid = uuid(0x69a28e9f_24498b47_b030c5da_330ea4e9);
+/// Requested by cuFFT: per-function and per-module queries (tools' names: "CU_ETID_ToolsModule").
+const TOOLS_MODULE: Uuid = uuid(0x6e163fbe_b958444d_835ce182_aff1991e);
 /// Requested by cuBLASLt.
 const CUBLASLT_2131: Uuid = uuid(0x21318c60_97143248_8ca641ff_7324c8f2);
 
@@ -208,6 +210,13 @@ fn layout(id: &Uuid) -> Option<Layout> {
             slots: 34,
             answer: StubAnswer::NotSupported,
             known: &[],
+        },
+        TOOLS_MODULE => Layout {
+            name: "6e163fbe (tools module)",
+            size_word: true,
+            slots: 99,
+            answer: StubAnswer::NotSupported,
+            known: &[(7, || module_walk_functions as *const () as usize)],
         },
         CUBLASLT_2131 => Layout {
             name: "21318c60",
@@ -571,6 +580,30 @@ extern "C" fn integrity_check(version: u32, unix_seconds: u64, result: *mut [u64
     crate::api::code(ffi::write(result, integrity_hash(&input)))
 }
 
+// ---- 6e163fbe (tools module) --------------------------------------------------------------------------------
+// Observed on driver 580 (H200, bench/results/2026-12-01-h200-cufft/trace/): cuFFT walks the kernels of each module
+// it loads through slot 7 instead of looking them up one by one.
+
+/// What slot 7 calls for each function: (the caller's data, the function's handle, its name); the result is
+/// ignored by the driver.
+type FunctionVisitor = extern "C" fn(usize, usize, *const std::ffi::c_char);
+
+/// [7](ctx, module, visit, data): calls `visit(data, function, name)` for every function of `module` (the
+/// handles `cuModuleGetFunction` gives) and returns how many there were. The driver crashes on a NULL module
+/// or context; here an unknown module visits nothing.
+extern "C" fn module_walk_functions(_ctx: usize, module: usize, visit: Option<FunctionVisitor>, data: usize) -> usize {
+    crate::log::trace_call!("6e163fbe[7] module_walk_functions");
+    let Ok(functions) = crate::api::module_functions(module as _) else {
+        return 0;
+    };
+    if let Some(visit) = visit {
+        for &(function, name) in &functions {
+            visit(data, function as usize, name);
+        }
+    }
+    functions.len()
+}
+
 // ---- cuBLASLt's 21318c60 -----------------------------------------------------------------------------------
 // Behaviour of the three slots cuBLASLt 13 calls during cublasLtCreate, as observed by the lupine project
 // (its `lupine_private_export_slot_called`).
@@ -635,6 +668,7 @@ mod tests {
             (INTEGRITY_CHECK, 24),
             (TORCH_69A2, 272),
             (CUBLASLT_2131, 744),
+            (TOOLS_MODULE, 792),
         ] {
             let t = get(&id, |_| panic!("known table sized by the server")).expect("known table");
             assert_eq!(read(t, 0), bytes, "{}", hex(&id));

@@ -34,6 +34,9 @@ pub struct ModuleInfo {
     /// at the first kernel lookup instead of at the load.
     pub deferred_error: Option<u32>,
     pub functions: HashMap<String, Arc<FunctionInfo>>,
+    /// Handles given out so far, by name: the driver hands out one handle per function of a module, however
+    /// often it is looked up (cuFFT compares the handles its module walk finds with those it looked up).
+    pub bound: HashMap<String, u64>,
 }
 
 #[derive(Clone, Debug)]

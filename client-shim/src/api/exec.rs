@@ -152,6 +152,7 @@ fn load(out: *mut Handle, image: *const c_void, is_library: bool) -> Result<(), 
                     is_library,
                     deferred_error: Some(e),
                     functions: Default::default(),
+                    bound: Default::default(),
                 };
                 state::write().modules.insert(id, info);
                 return ffi::write(out, id as Handle);
@@ -169,6 +170,7 @@ fn load(out: *mut Handle, image: *const c_void, is_library: bool) -> Result<(), 
             is_library,
             deferred_error: None,
             functions,
+            bound: Default::default(),
         },
     );
     ffi::write(out, id as Handle)
@@ -254,12 +256,17 @@ fn get_function(out: *mut Handle, module: Handle, name: *const c_char, is_librar
     ffi::write(out, fid as Handle)
 }
 
-/// Gives a function of a loaded module (or a kernel of a library) a handle, on both sides.
+/// The handle of a function of a loaded module (or a kernel of a library): the one given out before, or a new
+/// one bound on both sides.
 fn bind_function(id: u64, is_library: bool, info: Arc<FunctionInfo>) -> Result<u64, u32> {
+    let bound = |reg: &state::Registry| reg.modules.get(&id).and_then(|m| m.bound.get(&info.name).copied());
+    if let Some(fid) = bound(&state::read()) {
+        return Ok(fid);
+    }
     let fid = state::new_id();
     let name = info.name.as_bytes();
-    // Sent at once: the runtime binds a kernel on whichever thread launches it first and then launches it
-    // from every thread.
+    // Sent at once, and before the handle is published to other threads: the runtime binds a kernel on
+    // whichever thread launches it first and then launches it from every thread.
     if is_library {
         client::post_now(
             0,
@@ -279,7 +286,12 @@ fn bind_function(id: u64, is_library: bool, info: Arc<FunctionInfo>) -> Result<u
             name,
         )?;
     }
-    state::write().functions.insert(
+    let mut reg = state::write();
+    // Two threads may have bound the same name at once: both handles work, the first one stays the name's.
+    if let Some(m) = reg.modules.get_mut(&id) {
+        m.bound.entry(info.name.clone()).or_insert(fid);
+    }
+    reg.functions.insert(
         fid,
         FunctionEntry {
             info,
@@ -317,6 +329,18 @@ fn enumerate(out: *mut Handle, n: c_uint, module: Handle, is_library: bool) -> R
         ffi::write(out.wrapping_add(i), fid as Handle)?;
     }
     Ok(())
+}
+
+/// Every function of a loaded module with its handle and name, for the private module walk
+/// (`dark::module_walk_functions`).
+pub(crate) fn module_functions(module: Handle) -> Result<Vec<(Handle, *const c_char)>, u32> {
+    listed_functions(module, false)?
+        .into_iter()
+        .map(|info| {
+            let name = c_name(&info.name)?;
+            Ok((bind_function(module as u64, false, info)? as Handle, name))
+        })
+        .collect()
 }
 
 /// A function's name as a C string that lives as long as the process (the driver's does too).
