@@ -1655,17 +1655,15 @@ impl Channel {
             let buf = &mut self.staging[which];
             t.recv_exact(&mut buf.as_mut_slice()[..n])?;
             if error.is_none() {
-                // The other buffer's copy was issued before this one was filled: wait for it before reusing.
-                let r = self
-                    .b()
-                    .memcpy_htod_async(c.dst + done as u64, &self.staging[which], n, stream)
-                    .and_then(|_| {
-                        if done + n < len {
-                            self.b().stream_synchronize(stream)
-                        } else {
-                            Ok(())
-                        }
-                    });
+                // The previous chunk's copy ran while this one arrived; waiting for it here (not right after
+                // issuing it) is what overlaps the network with the copy engine, and it also frees that
+                // chunk's buffer, which the next chunk fills.
+                let r = if done > 0 {
+                    self.b().stream_synchronize(stream)
+                } else {
+                    Ok(())
+                }
+                .and_then(|_| self.b().memcpy_htod_async(c.dst + done as u64, &self.staging[which], n, stream));
                 error = r.err();
             }
             done += n;
