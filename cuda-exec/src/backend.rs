@@ -115,6 +115,17 @@ pub trait Backend: Send + Sync + 'static {
     fn stream_synchronize(&self, stream: u64) -> CuResult<()>;
     fn stream_query(&self, stream: u64) -> CuResult<()>;
     fn stream_wait_event(&self, stream: u64, event: u64, flags: u32) -> CuResult<()>;
+    /// Stream memory operations, their addresses checked by the session. `single`: exactly one, through its own
+    /// entry point (`cuStreamWriteValue32` and friends); otherwise `cuStreamBatchMemOp` with `flags`.
+    fn stream_mem_ops(
+        &self,
+        _stream: u64,
+        _ops: &[vgpu_dataplane::wire::MemOp],
+        _flags: u32,
+        _single: bool,
+    ) -> CuResult<()> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
     fn event_create(&self, flags: u32) -> CuResult<u64>;
     fn event_record(&self, event: u64, stream: u64) -> CuResult<()>;
     fn event_synchronize(&self, event: u64) -> CuResult<()>;

@@ -9,6 +9,10 @@ use std::time::Instant;
 
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::handshake::{DeviceFacts, BACKEND_EMULATED};
+use vgpu_dataplane::wire::{
+    MemOp, MEM_OP_BARRIER, MEM_OP_FLUSH_REMOTE_WRITES, MEM_OP_WAIT_VALUE_32, MEM_OP_WAIT_VALUE_64,
+    MEM_OP_WRITE_VALUE_32, MEM_OP_WRITE_VALUE_64,
+};
 
 use crate::backend::{Backend, CuResult, HostBuffer, LoadedFunction, Place};
 use crate::ptx;
@@ -365,7 +369,7 @@ fn emulated_device() -> DeviceFacts {
         (119, 0),
         (120, 1),
         (121, 0),
-        (122, 0),
+        (122, 1),
         (123, 1),
         (124, 0),
         (125, 0),
@@ -633,6 +637,31 @@ impl Backend for EmulatedBackend {
             .get(&event)
             .map(|_| ())
             .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+    /// Writes land at once; a wait whose condition does not hold would block the stream for good natively (no
+    /// other work runs concurrently here to satisfy it), so it is refused with CUDA_ERROR_NOT_SUPPORTED.
+    fn stream_mem_ops(&self, stream: u64, ops: &[MemOp], _flags: u32, _single: bool) -> CuResult<()> {
+        self.check_stream(stream)?;
+        for op in ops {
+            let wide = matches!(op.operation, MEM_OP_WAIT_VALUE_64 | MEM_OP_WRITE_VALUE_64);
+            let len = if wide { 8 } else { 4 };
+            match op.operation {
+                MEM_OP_WRITE_VALUE_32 | MEM_OP_WRITE_VALUE_64 => self.with_range(op.address, len, |b| {
+                    b.copy_from_slice(&op.value.to_le_bytes()[..len as usize])
+                })?,
+                MEM_OP_WAIT_VALUE_32 | MEM_OP_WAIT_VALUE_64 => {
+                    let mut word = [0u8; 8];
+                    self.with_range(op.address, len, |b| word[..len as usize].copy_from_slice(b))?;
+                    let now = u64::from_le_bytes(word);
+                    if !wait_condition_holds(now, op.value, op.flags, wide)? {
+                        return Err(CUDA_ERROR_NOT_SUPPORTED);
+                    }
+                }
+                MEM_OP_BARRIER | MEM_OP_FLUSH_REMOTE_WRITES => {}
+                _ => return Err(CUDA_ERROR_INVALID_VALUE),
+            }
+        }
+        Ok(())
     }
     fn event_create(&self, _flags: u32) -> CuResult<u64> {
         self.require_ctx()?;
@@ -1175,6 +1204,21 @@ fn fill_repeated(d: &mut [u8], elem: &[u8]) {
     }
 }
 
+/// `CUstreamWaitValue_flags` (low bits; FLUSH is 1 << 30): GEQ compares as a wrapping difference, as the driver
+/// documents for 32-bit values.
+fn wait_condition_holds(now: u64, value: u64, flags: u32, wide: bool) -> CuResult<bool> {
+    let mask = if wide { u64::MAX } else { u32::MAX as u64 };
+    let (now, value) = (now & mask, value & mask);
+    Ok(match flags & !(1 << 30) {
+        0 if wide => (now.wrapping_sub(value) as i64) >= 0,
+        0 => (now.wrapping_sub(value) as u32 as i32) >= 0,
+        1 => now == value,
+        2 => now & value != 0,
+        3 => !(now | value) & mask != 0,
+        _ => return Err(CUDA_ERROR_INVALID_VALUE),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1188,6 +1232,22 @@ mod tests {
                 assert!(d.chunks_exact(elem.len()).all(|c| c == elem), "{elem:?} x {count}");
             }
         }
+    }
+
+    #[test]
+    fn stream_wait_conditions_follow_the_driver_documentation() {
+        // GEQ on 32 bits compares the wrapping difference: 1 is "after" 0xffff_fff0.
+        assert_eq!(wait_condition_holds(1, 0xffff_fff0, 0, false), Ok(true));
+        assert_eq!(wait_condition_holds(4, 5, 0, false), Ok(false));
+        assert_eq!(wait_condition_holds(5, 5, 0, true), Ok(true));
+        assert_eq!(wait_condition_holds(7, 7, 1, false), Ok(true));
+        assert_eq!(wait_condition_holds(7, 8, 1 | 1 << 30, false), Ok(false));
+        assert_eq!(wait_condition_holds(0b0110, 0b0100, 2, false), Ok(true));
+        assert_eq!(wait_condition_holds(0b0110, 0b1001, 2, false), Ok(false));
+        // NOR: some bit is clear in both.
+        assert_eq!(wait_condition_holds(0xffff_0000, 0x0000_ffff, 3, false), Ok(false));
+        assert_eq!(wait_condition_holds(0xffff_0000, 0x0000_fffe, 3, false), Ok(true));
+        assert_eq!(wait_condition_holds(0, 0, 9, false), Err(CUDA_ERROR_INVALID_VALUE));
     }
 
     /// nvcc 13.0's fat binary of tests/e2e/kernels/kernels.cu with every entry Zstandard-compressed.

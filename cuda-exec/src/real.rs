@@ -5,7 +5,10 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::handshake::{DeviceFacts, BACKEND_REAL, DEVICE_ATTR_SLOTS};
-use vgpu_dataplane::wire::{FunctionInfo, FUNC_ATTR_COUNT};
+use vgpu_dataplane::wire::{
+    FunctionInfo, MemOp, FUNC_ATTR_COUNT, MEM_OP_BARRIER, MEM_OP_FLUSH_REMOTE_WRITES, MEM_OP_WAIT_VALUE_32,
+    MEM_OP_WAIT_VALUE_64, MEM_OP_WRITE_VALUE_32, MEM_OP_WRITE_VALUE_64,
+};
 
 use crate::backend::{Backend, CuResult, HostBuffer, LoadedFunction, Place};
 
@@ -78,6 +81,11 @@ driver_table! {
     stream_synchronize = "cuStreamSynchronize": fn(P);
     stream_query = "cuStreamQuery": fn(P);
     stream_wait_event = "cuStreamWaitEvent": fn(P, P, c_uint);
+    stream_write_value32 = "cuStreamWriteValue32_v2": fn(P, u64, u32, c_uint);
+    stream_write_value64 = "cuStreamWriteValue64_v2": fn(P, u64, u64, c_uint);
+    stream_wait_value32 = "cuStreamWaitValue32_v2": fn(P, u64, u32, c_uint);
+    stream_wait_value64 = "cuStreamWaitValue64_v2": fn(P, u64, u64, c_uint);
+    stream_batch_mem_op = "cuStreamBatchMemOp_v2": fn(P, c_uint, *mut [u64; 6], c_uint);
     event_create = "cuEventCreate": fn(*mut P, c_uint);
     event_record = "cuEventRecord": fn(P, P);
     event_synchronize = "cuEventSynchronize": fn(P);
@@ -535,6 +543,35 @@ impl Backend for RealBackend {
     }
     fn stream_wait_event(&self, stream: u64, event: u64, flags: u32) -> CuResult<()> {
         ok(unsafe { (self.driver.stream_wait_event)(p(stream), p(event), flags) })
+    }
+    fn stream_mem_ops(&self, stream: u64, ops: &[MemOp], flags: u32, single: bool) -> CuResult<()> {
+        let d = &self.driver;
+        if let (true, [op]) = (single, ops) {
+            let (s, a, v, f) = (p(stream), op.address, op.value, op.flags);
+            // SAFETY: plain values; the session checked that the address lies in the session's device memory.
+            return ok(unsafe {
+                match op.operation {
+                    MEM_OP_WRITE_VALUE_32 => (d.stream_write_value32)(s, a, v as u32, f),
+                    MEM_OP_WRITE_VALUE_64 => (d.stream_write_value64)(s, a, v, f),
+                    MEM_OP_WAIT_VALUE_32 => (d.stream_wait_value32)(s, a, v as u32, f),
+                    MEM_OP_WAIT_VALUE_64 => (d.stream_wait_value64)(s, a, v, f),
+                    _ => CUDA_ERROR_INVALID_VALUE,
+                }
+            });
+        }
+        // CUstreamBatchMemOpParams: operation at byte 0; waits and writes put the address in word 1, the value in
+        // word 2 and their flags in word 3; barriers and flushes their flags at byte 4.
+        let mut params: Vec<[u64; 6]> = ops
+            .iter()
+            .map(|op| match op.operation {
+                MEM_OP_BARRIER | MEM_OP_FLUSH_REMOTE_WRITES => {
+                    [op.operation as u64 | (op.flags as u64) << 32, 0, 0, 0, 0, 0]
+                }
+                _ => [op.operation as u64, op.address, op.value, op.flags as u64, 0, 0],
+            })
+            .collect();
+        // SAFETY: `params` holds `params.len()` records of the driver's 48-byte layout and outlives the call.
+        ok(unsafe { (d.stream_batch_mem_op)(p(stream), params.len() as c_uint, params.as_mut_ptr(), flags) })
     }
     fn event_create(&self, flags: u32) -> CuResult<u64> {
         let mut e = std::ptr::null_mut();

@@ -11,7 +11,7 @@ use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::image::MAX_IMAGE;
 use vgpu_dataplane::wire::*;
 use vgpu_dataplane::{Transport, TransportError};
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::backend::{Backend, HostBuffer, LoadedFunction, Place, STREAM_PER_THREAD};
 
@@ -568,6 +568,31 @@ impl Channel {
                     .and_then(|s| self.b().stream_wait_event(s, e?, c.flags))
                     .map(|_| Empty {})
             }),
+            Op::StreamMemOps => {
+                let c = body!(StreamMemOps);
+                let count = c.count as usize;
+                if count == 0 || count > MAX_MEM_OPS || (c.single != 0 && count != 1) {
+                    return Err(ChannelEnd::Malformed(format!("{count} stream memory operations")));
+                }
+                let want = count * std::mem::size_of::<MemOp>();
+                if h.tail_len() != want {
+                    return Err(ChannelEnd::Malformed(format!(
+                        "{count} stream memory operations in {} bytes",
+                        h.tail_len()
+                    )));
+                }
+                self.read_tail(t, h, want)?;
+                let ops: Vec<MemOp> = self
+                    .tail
+                    .chunks_exact(std::mem::size_of::<MemOp>())
+                    .filter_map(|b| MemOp::read_from_bytes(b).ok())
+                    .collect();
+                let r = self
+                    .stream(c.stream, per_thread)
+                    .and_then(|s| self.check_mem_ops(&ops).map(|_| s))
+                    .and_then(|s| self.b().stream_mem_ops(s, &ops, c.flags, c.single != 0));
+                self.finish::<StreamMemOps>(t, h.seq, r.map(|_| Empty {}), &[])
+            }
             Op::EventCreate => simple!(EventCreate, |c| {
                 self.b().event_create(c.flags).map(|real| {
                     self.s().objects().events.insert(c.event, real);
@@ -1237,6 +1262,20 @@ impl Channel {
         Ok(())
     }
 
+    /// Each write or wait must name 4 or 8 bytes of the session's device memory; unknown operations are refused.
+    fn check_mem_ops(&self, ops: &[MemOp]) -> Result<(), u32> {
+        for op in ops {
+            let len = match op.operation {
+                MEM_OP_WAIT_VALUE_32 | MEM_OP_WRITE_VALUE_32 => 4,
+                MEM_OP_WAIT_VALUE_64 | MEM_OP_WRITE_VALUE_64 => 8,
+                MEM_OP_BARRIER | MEM_OP_FLUSH_REMOTE_WRITES => continue,
+                _ => return Err(CUDA_ERROR_INVALID_VALUE),
+            };
+            self.check_range(op.address, len)?;
+        }
+        Ok(())
+    }
+
     fn mem_alloc(&self, size: u64) -> Result<u64, u32> {
         self.s().reserve(size)?;
         let dptr = self.b().mem_alloc(size).inspect_err(|_| self.s().unreserve(size))?;
@@ -1663,7 +1702,10 @@ impl Channel {
                 } else {
                     Ok(())
                 }
-                .and_then(|_| self.b().memcpy_htod_async(c.dst + done as u64, &self.staging[which], n, stream));
+                .and_then(|_| {
+                    self.b()
+                        .memcpy_htod_async(c.dst + done as u64, &self.staging[which], n, stream)
+                });
                 error = r.err();
             }
             done += n;

@@ -331,7 +331,32 @@ calls! {
     NvmlDeviceStatus = 110, sync { device: u32, _pad: u32 } -> NvmlStatusReply;
     /// NVML's system facts: the reply's tail is the server driver's version string (`nvmlSystemGetDriverVersion`).
     NvmlSystemInfo = 111, sync { } -> Empty;
+    /// Stream memory operations: `count` `MemOp` records follow. `single` 1: one operation through its own entry
+    /// point (`cuStreamWriteValue32` and friends, whose `flags` are the record's), 0: `cuStreamBatchMemOp` with
+    /// these batch `flags`.
+    StreamMemOps = 130, async { stream: u64, count: u32, flags: u32, single: u32, _pad: u32 } -> Empty;
 }
+
+/// One stream memory operation (`CUstreamBatchMemOpParams` without the driver-internal fields): `operation` is a
+/// `CUstreamBatchMemOpType`, `value` the 32- or 64-bit operand, `flags` the operation's own flags.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct MemOp {
+    pub operation: u32,
+    pub flags: u32,
+    pub address: u64,
+    pub value: u64,
+}
+
+/// `CUstreamBatchMemOpType` values.
+pub const MEM_OP_WAIT_VALUE_32: u32 = 1;
+pub const MEM_OP_WRITE_VALUE_32: u32 = 2;
+pub const MEM_OP_WAIT_VALUE_64: u32 = 4;
+pub const MEM_OP_WRITE_VALUE_64: u32 = 5;
+pub const MEM_OP_BARRIER: u32 = 6;
+pub const MEM_OP_FLUSH_REMOTE_WRITES: u32 = 3;
+/// Most operations one batch carries (the driver's own limit is lower: its answer stays the driver's).
+pub const MAX_MEM_OPS: usize = 4096;
 
 /// Bits of `NvmlStatusReply::valid`: which optional values the server could read.
 pub const NVML_HAS_UTILIZATION: u32 = 1;
