@@ -655,6 +655,127 @@ def w_libs(ctx: Ctx) -> dict:
     return {"checks": checks, "timing": timing, "config": {}}
 
 
+def w_runtime(ctx: Ctx) -> dict:
+    """What training scripts use around the model: mixed precision (bf16 autocast, fp16 with GradScaler), the flash
+    attention kernel, side streams with events, a DataLoader whose forked workers feed pinned batches copied with
+    non_blocking=True, and the caching allocator's accounting. Each part on its own, like `libs`."""
+    if not ctx.cuda:
+        raise Skip("runtime features are CUDA's (streams, pinned memory, flash attention)")
+    checks: dict = {}
+    errors: list = []
+
+    def part(name: str, fn) -> None:
+        try:
+            checks[name] = fn()
+            ctx.sync()
+        except Exception as e:  # noqa: BLE001 - the error text is the finding
+            checks[name] = {"error": f"{type(e).__name__}: {e}"}
+            errors.append(name)
+
+    def mlp():
+        g = gen(SEED + 11)
+        m = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 10)).to(ctx.device)
+        for p_ in m.parameters():
+            with torch.no_grad():
+                p_.copy_(torch.randn(p_.shape, generator=g) * 0.05)
+        data = [(torch.randn(128, 256, generator=g), torch.randint(10, (128,), generator=g)) for _ in range(20)]
+        return m, data
+
+    def amp_bf16():
+        m, data = mlp()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        losses = []
+        for x, y in data:
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = F.cross_entropy(m(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        return {"losses": losses, "params": sum(float(p_.double().sum()) for p_ in m.parameters())}
+
+    def amp_fp16_scaler():
+        m, data = mlp()
+        opt = torch.optim.SGD(m.parameters(), lr=0.05)
+        scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 16)
+        losses = []
+        for x, y in data:
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = F.cross_entropy(m(x), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(float(loss))
+        return {"losses": losses, "scale": float(scaler.get_scale()),
+                "params": sum(float(p_.double().sum()) for p_ in m.parameters())}
+
+    def flash_attention():
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        g = gen(SEED + 12)
+        q, k, v = (torch.randn(2, 8, 512, 64, generator=g).to(ctx.device, torch.bfloat16) for _ in range(3))
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return tsum(out.float())
+
+    def streams_events():
+        g = gen(SEED + 13)
+        a = torch.randn(2048, 2048, generator=g).to(ctx.device)
+        side = torch.cuda.Stream()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            start.record()
+            b = a @ a
+            c = torch.relu(b - b.mean())
+            end.record()
+        torch.cuda.current_stream().wait_stream(side)
+        c.record_stream(torch.cuda.current_stream())
+        host = torch.empty(c.shape, pin_memory=True)
+        host.copy_(c, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        done.synchronize()
+        ms = start.elapsed_time(end)
+        return {"result": tsum(host), "elapsed_positive": ms > 0, "query_after_sync": done.query()}
+
+    def dataloader_workers():
+        g = gen(SEED + 14)
+        ds = torch.utils.data.TensorDataset(torch.randn(512, 64, generator=g), torch.arange(512))
+        dl = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=2, pin_memory=True, shuffle=False)
+        total = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        pinned = []
+        for x, i in dl:
+            pinned.append(x.is_pinned())
+            x, i = x.to(ctx.device, non_blocking=True), i.to(ctx.device, non_blocking=True)
+            total += (x.double().sum(dim=1) * i.double()).sum()
+        return {"weighted_sum": float(total), "batches": len(pinned), "all_pinned": all(pinned)}
+
+    def allocator():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated()
+        t = torch.empty(256 << 20, dtype=torch.uint8, device=ctx.device)
+        grown = torch.cuda.memory_allocated() - before
+        free, total = torch.cuda.mem_get_info()
+        del t
+        torch.cuda.empty_cache()
+        return {"allocated_growth": grown, "after_free": torch.cuda.memory_allocated() - before,
+                "total_mib": total >> 20, "free_le_total": free <= total}
+
+    part("amp_bf16", amp_bf16)
+    part("amp_fp16_scaler", amp_fp16_scaler)
+    part("flash_attention", flash_attention)
+    part("streams_events", streams_events)
+    part("dataloader_workers", dataloader_workers)
+    part("allocator", allocator)
+    print(f"  parts ok: {len(checks) - len(errors)}/{len(checks)}" + (f"; failed: {', '.join(errors)}" if errors else ""),
+          flush=True)
+    return {"checks": checks, "timing": {}, "config": {}}
+
+
 WORKLOADS = {
     "gpt_train": w_gpt_train,
     "vision_infer": w_vision_infer,
@@ -664,6 +785,7 @@ WORKLOADS = {
     "resnet18_train": w_resnet18_train,
     "small_ops": w_small_ops,
     "libs": w_libs,
+    "runtime": w_runtime,
 }
 WARN_ONLY = {"resnet18_train"}  # the reference measurement; its backward has a nondeterministic kernel
 
