@@ -334,7 +334,7 @@ calls! {
     /// Stream memory operations: `count` `MemOp` records follow. `single` 1: one operation through its own entry
     /// point (`cuStreamWriteValue32` and friends, whose `flags` are the record's), 0: `cuStreamBatchMemOp` with
     /// these batch `flags`.
-    StreamMemOps = 130, async { stream: u64, count: u32, flags: u32, single: u32, _pad: u32 } -> Empty;
+    StreamMemOps = 140, async { stream: u64, count: u32, flags: u32, single: u32, _pad: u32 } -> Empty;
 }
 
 /// One stream memory operation (`CUstreamBatchMemOpParams` without the driver-internal fields): `operation` is a
