@@ -60,6 +60,7 @@ mod exec;
 mod graph;
 mod memory;
 mod query;
+mod vmm;
 
 // Every exported entry point, for `exports::address_of` (cuGetProcAddress hands out their addresses).
 pub(crate) use context::*;
@@ -69,3 +70,4 @@ pub(crate) use exec::*;
 pub(crate) use graph::*;
 pub(crate) use memory::*;
 pub(crate) use query::*;
+pub(crate) use vmm::*;
