@@ -82,7 +82,9 @@ struct Mapping {
     handle: u64,
     offset: u64,
     size: u64,
-    /// `CUmemAccess_flags` the device has (cuMemSetAccess); every mapping starts without access.
+    /// `CUmemAccess_flags` the device has (cuMemSetAccess); every mapping starts without access. Copies and
+    /// memsets do not check it: what a native copy into memory without access does (a fault? an error code?) is
+    /// not documented, so the emulator lets it through rather than guess.
     access: u32,
 }
 
@@ -186,6 +188,14 @@ impl State {
                 self.used = self.used.saturating_sub(m.bytes.len() as u64);
             }
         }
+    }
+
+    /// Whether an allocation (or a host mirror, placed at the client's addresses) overlaps [addr, end).
+    fn overlaps_allocation(&self, addr: u64, end: u64) -> bool {
+        self.allocations
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&b, v)| b + v.len() as u64 > addr)
     }
 
     fn overlaps_reservation(&self, addr: u64, end: u64) -> bool {
@@ -295,10 +305,12 @@ impl EmulatedBackend {
     /// Runs `f` on the bytes of [addr, addr+len): one allocation or mapping, or several back to back.
     fn with_range<R>(&self, addr: u64, len: u64, f: impl FnOnce(&mut [u8]) -> R) -> CuResult<R> {
         let mut st = self.state();
-        let pieces = st.pieces(addr, len)?;
-        if let [one] = pieces.as_slice() {
-            return Ok(f(st.piece_bytes(one)?));
+        // The common case, one allocation or mapping holding it all, without building a list.
+        if let Some(mut one) = st.piece_at(addr).filter(|p| p.len as u64 >= len) {
+            one.len = len as usize;
+            return Ok(f(st.piece_bytes(&one)?));
         }
+        let pieces = st.pieces(addr, len)?;
         // Across a seam: gather the pieces, run, scatter them back (pieces of one handle mapped twice see the
         // result in order, as a copy engine writing both aliases would leave them).
         let mut joined = Vec::with_capacity(len as usize);
@@ -1014,12 +1026,7 @@ impl Backend for EmulatedBackend {
         // A device range at the client's address, so copies to and from it behave as with the real driver.
         let mut st = self.state();
         let end = addr.checked_add(size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        let taken = st
-            .allocations
-            .range(..end)
-            .next_back()
-            .is_some_and(|(&b, v)| b + v.len() as u64 > addr);
-        if taken || st.overlaps_reservation(addr, end) {
+        if st.overlaps_allocation(addr, end) || st.overlaps_reservation(addr, end) {
             return Err(CUDA_ERROR_ALREADY_MAPPED);
         }
         st.allocations.insert(addr, vec![0; size as usize]);
@@ -1272,9 +1279,9 @@ impl Backend for EmulatedBackend {
         let fits = |st: &State, base: u64| {
             base.is_multiple_of(align)
                 && base >= VMM_BASE
-                && base
-                    .checked_add(size)
-                    .is_some_and(|end| end <= VMM_END && !st.overlaps_reservation(base, end))
+                && base.checked_add(size).is_some_and(|end| {
+                    end <= VMM_END && !st.overlaps_reservation(base, end) && !st.overlaps_allocation(base, end)
+                })
         };
         // The hint is taken where it is free; otherwise, as natively, another place is chosen.
         let base = if addr != 0 && fits(&st, addr) {
