@@ -87,6 +87,27 @@ pub struct Registry {
     pub stream_attrs: HashMap<(u64, u32), [u8; 64]>,
     /// CUDA arrays: id → shape.
     pub arrays: HashMap<u64, vgpu_dataplane::wire::ArrayShape>,
+    /// VMM physical memory the app created (`cuMemCreate`), by id: what the pointer queries report of it.
+    pub vmm_handles: HashMap<u64, VmmHandle>,
+    /// VMM mappings: address → mapping. Their ranges are in `device_ranges` too, while mapped.
+    pub vmm_mappings: BTreeMap<u64, VmmMapping>,
+}
+
+/// The client's view of VMM physical memory: kept while the server keeps it (a reference or a mapping left).
+#[derive(Clone, Copy, Debug)]
+pub struct VmmHandle {
+    /// `CUmemAllocationHandleType` bits the app asked for (`CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES`).
+    pub handle_types: u32,
+    pub refs: u32,
+    pub mappings: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct VmmMapping {
+    pub size: u64,
+    pub handle: u64,
+    /// `CUmemAccess_flags` each device was given (`cuMemSetAccess`); none at first, as natively.
+    pub access: Vec<(i32, u32)>,
 }
 
 impl Registry {
@@ -116,15 +137,40 @@ impl Registry {
         (end <= base + size).then_some((id, (addr - base) as u64))
     }
 
-    /// CUDA_ERROR_INVALID_VALUE unless [addr, addr+len) lies inside one known device range.
+    /// CUDA_ERROR_INVALID_VALUE unless [addr, addr+len) lies inside known device ranges without a gap: one, or
+    /// several back to back (VMM mappings next to each other, which PyTorch copies across).
     pub fn check_range(&self, addr: u64, len: u64) -> Result<(), u32> {
         let invalid = vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_VALUE;
-        let (&base, &size) = self.device_ranges.range(..=addr).next_back().ok_or(invalid)?;
         let end = addr.checked_add(len).ok_or(invalid)?;
-        if end > base.saturating_add(size) {
-            return Err(invalid);
+        let mut at = addr;
+        loop {
+            let (&base, &size) = self.device_ranges.range(..=at).next_back().ok_or(invalid)?;
+            let top = base.saturating_add(size);
+            if end <= top {
+                return Ok(());
+            }
+            if top <= at {
+                return Err(invalid);
+            }
+            at = top;
         }
-        Ok(())
+    }
+
+    /// The VMM mapping holding `addr`: (its address, the mapping).
+    pub fn vmm_mapping(&self, addr: u64) -> Option<(u64, &VmmMapping)> {
+        let (&va, m) = self.vmm_mappings.range(..=addr).next_back()?;
+        (addr < va.saturating_add(m.size)).then_some((va, m))
+    }
+
+    /// Forgets VMM physical memory the server freed (no reference and no mapping left).
+    pub fn forget_unused_vmm(&mut self, handle: u64) {
+        if self
+            .vmm_handles
+            .get(&handle)
+            .is_some_and(|h| h.refs == 0 && h.mappings == 0)
+        {
+            self.vmm_handles.remove(&handle);
+        }
     }
 }
 
@@ -216,4 +262,23 @@ pub fn pop_ctx() -> Option<(u64, u64)> {
 /// Removes a destroyed context from the calling thread's stack.
 pub fn forget_ctx(ctx: u64) {
     let _ = CTX_STACK.try_with(|s| s.borrow_mut().retain(|&c| c != ctx));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_back_to_back_cover_a_copy_and_gaps_do_not() {
+        let mut reg = Registry::default();
+        reg.device_ranges.insert(0x20_0000, 0x20_0000);
+        reg.device_ranges.insert(0x40_0000, 0x20_0000);
+        reg.device_ranges.insert(0x80_0000, 0x20_0000);
+        assert_eq!(reg.check_range(0x3f_fff0, 0x20), Ok(()), "across a seam");
+        assert_eq!(reg.check_range(0x20_0000, 0x40_0000), Ok(()), "two whole ranges");
+        assert!(reg.check_range(0x5f_fff0, 0x20).is_err(), "into a gap");
+        assert!(reg.check_range(0x60_0000, 1).is_err(), "inside a gap");
+        assert!(reg.check_range(0x1f_ffff, 2).is_err(), "before the first");
+        assert_eq!(reg.check_range(0xa0_0000, 0), Ok(()), "empty, at the end");
+    }
 }

@@ -2,7 +2,7 @@
 //! Two implementations: `real` (NVIDIA's driver, loaded at run time) and `emulated` (no GPU needed).
 
 use vgpu_dataplane::handshake::DeviceFacts;
-use vgpu_dataplane::wire::FunctionInfo;
+use vgpu_dataplane::wire::{FunctionInfo, MemAccessDesc, MemAllocProp};
 
 /// A failed driver call: the non-zero CUresult.
 pub type CuResult<T> = Result<T, u32>;
@@ -262,6 +262,52 @@ pub trait Backend: Send + Sync + 'static {
         Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
     }
     fn object_destroy(&self, _object: u64, _surface: bool) -> CuResult<()> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    // Virtual memory management. Allocation handles are the backend's own; device ordinals in locations are
+    // the server's (the session translates the client's). A backend without VMM refuses every call.
+    /// `cuMemGetAllocationGranularity` (`option` 0 minimum, 1 recommended).
+    fn mem_granularity(&self, _prop: &MemAllocProp, _option: u32) -> CuResult<u64> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemAddressReserve`: the base of a new reservation of `size` bytes (`addr`: a hint, 0 for none).
+    fn mem_address_reserve(&self, _size: u64, _alignment: u64, _addr: u64, _flags: u64) -> CuResult<u64> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemAddressFree` of a whole reservation.
+    fn mem_address_free(&self, _ptr: u64, _size: u64) -> CuResult<()> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemCreate`: the handle of `size` bytes of physical memory, with one reference.
+    fn mem_create(&self, _size: u64, _prop: &MemAllocProp, _flags: u64) -> CuResult<u64> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemRelease`: drops one reference; the memory goes once no reference and no mapping is left.
+    fn mem_release(&self, _handle: u64) -> CuResult<()> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemMap`.
+    fn mem_map(&self, _ptr: u64, _size: u64, _offset: u64, _handle: u64, _flags: u64) -> CuResult<()> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemUnmap` of whole mappings.
+    fn mem_unmap(&self, _ptr: u64, _size: u64) -> CuResult<()> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemSetAccess`.
+    fn mem_set_access(&self, _ptr: u64, _size: u64, _descs: &[MemAccessDesc]) -> CuResult<()> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemGetAccess` of the mapping at `ptr` for one location.
+    fn mem_get_access(&self, _location_type: u32, _location_id: i32, _ptr: u64) -> CuResult<u64> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemGetAllocationPropertiesFromHandle`.
+    fn mem_allocation_properties(&self, _handle: u64) -> CuResult<MemAllocProp> {
+        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemRetainAllocationHandle`: one more reference to the handle mapped at `addr`, and that handle.
+    fn mem_retain_allocation_handle(&self, _addr: u64) -> CuResult<u64> {
         Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuCtxGetLimit` in the calling thread's current context.

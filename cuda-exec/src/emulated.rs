@@ -10,8 +10,8 @@ use std::time::Instant;
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::handshake::{DeviceFacts, BACKEND_EMULATED};
 use vgpu_dataplane::wire::{
-    MemOp, MEM_OP_BARRIER, MEM_OP_FLUSH_REMOTE_WRITES, MEM_OP_WAIT_VALUE_32, MEM_OP_WAIT_VALUE_64,
-    MEM_OP_WRITE_VALUE_32, MEM_OP_WRITE_VALUE_64,
+    MemAccessDesc, MemAllocProp, MemOp, MEM_LOCATION_DEVICE, MEM_OP_BARRIER, MEM_OP_FLUSH_REMOTE_WRITES,
+    MEM_OP_WAIT_VALUE_32, MEM_OP_WAIT_VALUE_64, MEM_OP_WRITE_VALUE_32, MEM_OP_WRITE_VALUE_64,
 };
 
 use crate::backend::{Backend, CuResult, HostBuffer, LoadedFunction, Place};
@@ -22,6 +22,16 @@ use vgpu_dataplane::image as fatbin;
 const DEVICE_BASE: u64 = 0x7e00_0000_0000;
 const ALLOC_ALIGN: u64 = 512;
 const EMULATED_TOTAL_MEM: u64 = 16 << 30;
+/// VMM granularity, minimum and recommended alike: current NVIDIA GPUs map device memory in 2 MiB pages.
+const VMM_GRANULARITY: u64 = 2 << 20;
+/// VMM reservations come from a region of their own, below cuMemAlloc's, so the two never meet.
+const VMM_BASE: u64 = 0x7d00_0000_0000;
+const VMM_END: u64 = DEVICE_BASE;
+/// The host page size reservations are counted in (cuMemAddressReserve's documented unit).
+const HOST_PAGE: u64 = 4096;
+/// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR` and `CU_MEM_HANDLE_TYPE_FABRIC`.
+const HANDLE_TYPE_POSIX_FD: u32 = 1;
+const HANDLE_TYPE_FABRIC: u32 = 8;
 
 thread_local! {
     static CURRENT_CTX: Cell<u64> = const { Cell::new(0) };
@@ -51,6 +61,152 @@ struct State {
     /// Memory pools and which pool each stream-ordered allocation came from.
     pools: HashMap<u64, Pool>,
     pool_allocations: HashMap<u64, (u64, u64)>,
+    /// VMM physical memory (`cuMemCreate`) by handle.
+    physical: HashMap<u64, Physical>,
+    /// VMM address reservations: base → size.
+    reservations: BTreeMap<u64, u64>,
+    /// VMM mappings: address → what is mapped there.
+    mappings: BTreeMap<u64, Mapping>,
+}
+
+/// Physical memory made by `cuMemCreate`. Its bytes live here, not at an address: mappings name them, so that an
+/// unmapped handle keeps its contents and one handle may be mapped at several addresses (aliases), as natively.
+struct Physical {
+    bytes: Vec<u8>,
+    prop: MemAllocProp,
+    /// References not yet released (cuMemCreate's, and one per cuMemRetainAllocationHandle).
+    refs: u32,
+    /// Mappings of this memory; it is freed once both counts are zero.
+    mappings: u32,
+}
+
+/// A VMM mapping: `size` bytes of `handle`'s memory from `offset`.
+struct Mapping {
+    handle: u64,
+    offset: u64,
+    size: u64,
+    /// `CUmemAccess_flags` the device has (cuMemSetAccess); every mapping starts without access. Copies and
+    /// memsets do not check it: what a native copy into memory without access does (a fault? an error code?) is
+    /// not documented, so the emulator lets it through rather than guess.
+    access: u32,
+}
+
+/// Where the bytes of one stretch of device memory live: an allocation (by base) or VMM physical memory (by
+/// handle), from `offset`, `len` bytes.
+#[derive(Clone, Copy)]
+struct Piece {
+    in_physical: bool,
+    key: u64,
+    offset: usize,
+    len: usize,
+}
+
+impl State {
+    /// The piece of memory holding address `at`, up to the end of its allocation or mapping.
+    fn piece_at(&self, at: u64) -> Option<Piece> {
+        if let Some((&base, bytes)) = self.allocations.range(..=at).next_back() {
+            let len = bytes.len() as u64;
+            if at < base + len {
+                return Some(Piece {
+                    in_physical: false,
+                    key: base,
+                    offset: (at - base) as usize,
+                    len: (base + len - at) as usize,
+                });
+            }
+        }
+        let (&va, m) = self.mappings.range(..=at).next_back()?;
+        (at < va + m.size).then(|| Piece {
+            in_physical: true,
+            key: m.handle,
+            offset: (m.offset + at - va) as usize,
+            len: (va + m.size - at) as usize,
+        })
+    }
+
+    /// The pieces [addr, addr+len) covers, in order: one, or several where allocations or mappings lie back to
+    /// back (PyTorch maps handles next to each other and copies across the seams). A gap is an invalid range.
+    fn pieces(&self, addr: u64, len: u64) -> CuResult<Vec<Piece>> {
+        let end = addr.checked_add(len).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if len == 0 {
+            // An empty range must still start inside memory, or at its very end.
+            let known =
+                self.piece_at(addr).is_some() || addr.checked_sub(1).is_some_and(|a| self.piece_at(a).is_some());
+            return if known {
+                Ok(Vec::new())
+            } else {
+                Err(CUDA_ERROR_INVALID_VALUE)
+            };
+        }
+        let mut out = Vec::new();
+        let mut at = addr;
+        while at < end {
+            let mut p = self.piece_at(at).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            p.len = p.len.min((end - at) as usize);
+            at += p.len as u64;
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    fn piece_bytes(&mut self, p: &Piece) -> CuResult<&mut [u8]> {
+        let bytes = if p.in_physical {
+            self.physical.get_mut(&p.key).map(|m| &mut m.bytes)
+        } else {
+            self.allocations.get_mut(&p.key)
+        };
+        bytes
+            .and_then(|b| b.get_mut(p.offset..p.offset + p.len))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+
+    /// The mappings that exactly tile [ptr, ptr+size), by address: whole mappings, back to back, no gap.
+    fn whole_mappings(&self, ptr: u64, size: u64) -> CuResult<Vec<u64>> {
+        let end = ptr.checked_add(size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if size == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let mut out = Vec::new();
+        let mut at = ptr;
+        while at < end {
+            let m = self.mappings.get(&at).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            out.push(at);
+            at += m.size;
+        }
+        if at == end {
+            Ok(out)
+        } else {
+            Err(CUDA_ERROR_INVALID_VALUE)
+        }
+    }
+
+    /// Frees physical memory nothing refers to any more (no reference left, no mapping).
+    fn free_if_unused(&mut self, handle: u64) {
+        if self
+            .physical
+            .get(&handle)
+            .is_some_and(|m| m.refs == 0 && m.mappings == 0)
+        {
+            if let Some(m) = self.physical.remove(&handle) {
+                self.used = self.used.saturating_sub(m.bytes.len() as u64);
+            }
+        }
+    }
+
+    /// Whether an allocation (or a host mirror, placed at the client's addresses) overlaps [addr, end).
+    fn overlaps_allocation(&self, addr: u64, end: u64) -> bool {
+        self.allocations
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&b, v)| b + v.len() as u64 > addr)
+    }
+
+    fn overlaps_reservation(&self, addr: u64, end: u64) -> bool {
+        self.reservations
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&b, &s)| b + s > addr)
+    }
 }
 
 /// A memory pool's bookkeeping: what `cuMemPoolGetAttribute` reports.
@@ -100,6 +256,27 @@ impl EmulatedBackend {
         }
     }
 
+    /// A backend with `count` identical devices, for tests of device numbering.
+    #[cfg(test)]
+    pub(crate) fn with_devices(count: usize) -> Self {
+        EmulatedBackend {
+            devices: vec![emulated_device(); count],
+            ..Self::new()
+        }
+    }
+
+    /// The device ordinal of every piece of VMM physical memory alive, for tests.
+    #[cfg(test)]
+    pub(crate) fn physical_devices(&self) -> Vec<i32> {
+        self.state().physical.values().map(|p| p.prop.location_id).collect()
+    }
+
+    /// Device memory in use (allocations and VMM physical memory), for tests.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> u64 {
+        self.state().used
+    }
+
     fn handle(&self) -> u64 {
         self.next_handle.fetch_add(16, Ordering::Relaxed)
     }
@@ -128,20 +305,41 @@ impl EmulatedBackend {
         }
     }
 
-    /// Runs `f` on the bytes of [addr, addr+len) if they lie inside one allocation.
+    /// Runs `f` on the bytes of [addr, addr+len): one allocation or mapping, or several back to back.
     fn with_range<R>(&self, addr: u64, len: u64, f: impl FnOnce(&mut [u8]) -> R) -> CuResult<R> {
         let mut st = self.state();
-        let (&base, bytes) = st
-            .allocations
-            .range_mut(..=addr)
-            .next_back()
-            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        let off = addr - base;
-        let end = off.checked_add(len).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        if end > bytes.len() as u64 {
+        // The common case, one allocation or mapping holding it all, without building a list.
+        if let Some(mut one) = st.piece_at(addr).filter(|p| p.len as u64 >= len) {
+            one.len = len as usize;
+            return Ok(f(st.piece_bytes(&one)?));
+        }
+        let pieces = st.pieces(addr, len)?;
+        // Across a seam: gather the pieces, run, scatter them back (pieces of one handle mapped twice see the
+        // result in order, as a copy engine writing both aliases would leave them).
+        let mut joined = Vec::with_capacity(len as usize);
+        for p in &pieces {
+            joined.extend_from_slice(st.piece_bytes(p)?);
+        }
+        let r = f(&mut joined);
+        let mut at = 0;
+        for p in &pieces {
+            st.piece_bytes(p)?.copy_from_slice(&joined[at..at + p.len]);
+            at += p.len;
+        }
+        Ok(r)
+    }
+
+    /// The checks `cuMemCreate` and `cuMemGetAllocationGranularity` make of an allocation's properties: pinned
+    /// memory on this backend's one device.
+    fn check_prop(&self, prop: &MemAllocProp) -> CuResult<()> {
+        const PINNED: u32 = 1;
+        if prop.alloc_type != PINNED || prop.location_type != MEM_LOCATION_DEVICE {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        Ok(f(&mut bytes[off as usize..end as usize]))
+        if usize::try_from(prop.location_id).map_or(true, |d| d >= self.devices.len()) {
+            return Err(CUDA_ERROR_INVALID_DEVICE);
+        }
+        Ok(())
     }
 
     /// Loads a module (into the current context: `need_ctx`) or a library (context-free, as natively).
@@ -350,7 +548,9 @@ fn emulated_device() -> DeviceFacts {
         (100, 1),
         (101, 1),
         (102, 1),
-        (103, 0),
+        // Allocations may ask to be exportable to a file descriptor (PyTorch's expandable segments do); the
+        // export itself is not offered through vGPU. No fabric handles (128 stays 0).
+        (103, 1),
         (104, 0),
         (105, 0),
         (106, 32),
@@ -854,12 +1054,7 @@ impl Backend for EmulatedBackend {
         // A device range at the client's address, so copies to and from it behave as with the real driver.
         let mut st = self.state();
         let end = addr.checked_add(size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        let taken = st
-            .allocations
-            .range(..end)
-            .next_back()
-            .is_some_and(|(&b, v)| b + v.len() as u64 > addr);
-        if taken {
+        if st.overlaps_allocation(addr, end) || st.overlaps_reservation(addr, end) {
             return Err(CUDA_ERROR_ALREADY_MAPPED);
         }
         st.allocations.insert(addr, vec![0; size as usize]);
@@ -1091,6 +1286,223 @@ impl Backend for EmulatedBackend {
         p.reserved = p.reserved.min(p.reserved_high.max(p.used));
         Ok(())
     }
+    fn mem_granularity(&self, prop: &MemAllocProp, option: u32) -> CuResult<u64> {
+        self.check_prop(prop)?;
+        match option {
+            0 | 1 => Ok(VMM_GRANULARITY),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        }
+    }
+    fn mem_address_reserve(&self, size: u64, alignment: u64, addr: u64, flags: u64) -> CuResult<u64> {
+        if size == 0
+            || !size.is_multiple_of(HOST_PAGE)
+            || !addr.is_multiple_of(HOST_PAGE)
+            || flags != 0
+            || (alignment != 0 && !alignment.is_power_of_two())
+        {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let align = alignment.max(VMM_GRANULARITY);
+        let mut st = self.state();
+        let fits = |st: &State, base: u64| {
+            base.is_multiple_of(align)
+                && base >= VMM_BASE
+                && base.checked_add(size).is_some_and(|end| {
+                    end <= VMM_END && !st.overlaps_reservation(base, end) && !st.overlaps_allocation(base, end)
+                })
+        };
+        // The hint is taken where it is free; otherwise, as natively, another place is chosen.
+        let base = if addr != 0 && fits(&st, addr) {
+            addr
+        } else {
+            // First fit, so that freed reservations are reused.
+            let mut cursor = VMM_BASE;
+            let mut found = None;
+            for (&b, &s) in &st.reservations {
+                let candidate = cursor.next_multiple_of(align);
+                if candidate.checked_add(size).is_some_and(|end| end <= b) {
+                    found = Some(candidate);
+                    break;
+                }
+                cursor = cursor.max(b + s);
+            }
+            let base = match found {
+                Some(b) => b,
+                None => cursor.next_multiple_of(align),
+            };
+            if !fits(&st, base) {
+                return Err(CUDA_ERROR_OUT_OF_MEMORY);
+            }
+            base
+        };
+        st.reservations.insert(base, size);
+        Ok(base)
+    }
+    fn mem_address_free(&self, ptr: u64, size: u64) -> CuResult<()> {
+        let mut st = self.state();
+        if st.reservations.get(&ptr) != Some(&size) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // The range must be unmapped first (the driver's documented order).
+        if st.mappings.range(ptr..ptr + size).next().is_some() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        st.reservations.remove(&ptr);
+        Ok(())
+    }
+    fn mem_create(&self, size: u64, prop: &MemAllocProp, flags: u64) -> CuResult<u64> {
+        self.check_prop(prop)?;
+        if flags != 0 || size == 0 || !size.is_multiple_of(VMM_GRANULARITY) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if prop.handle_types & !(HANDLE_TYPE_POSIX_FD | HANDLE_TYPE_FABRIC) != 0 {
+            // Win32 handle types on a Linux host.
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if prop.handle_types & HANDLE_TYPE_FABRIC != 0 {
+            // No IMEX fabric here (device attribute 128 is 0): PyTorch tries fabric first and falls back.
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        let mut st = self.state();
+        if st.used.saturating_add(size) > EMULATED_TOTAL_MEM {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        st.used += size;
+        let handle = self.handle();
+        st.physical.insert(
+            handle,
+            Physical {
+                bytes: vec![0; size as usize],
+                prop: *prop,
+                refs: 1,
+                mappings: 0,
+            },
+        );
+        Ok(handle)
+    }
+    fn mem_release(&self, handle: u64) -> CuResult<()> {
+        let mut st = self.state();
+        let m = st
+            .physical
+            .get_mut(&handle)
+            .filter(|m| m.refs > 0)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        m.refs -= 1;
+        st.free_if_unused(handle);
+        Ok(())
+    }
+    fn mem_map(&self, ptr: u64, size: u64, offset: u64, handle: u64, flags: u64) -> CuResult<()> {
+        let aligned = |v: u64| v.is_multiple_of(VMM_GRANULARITY);
+        if flags != 0 || size == 0 || !aligned(ptr) || !aligned(size) || !aligned(offset) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let end = ptr.checked_add(size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let mut st = self.state();
+        let m = st
+            .physical
+            .get(&handle)
+            .filter(|m| m.refs > 0)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if offset.checked_add(size).is_none_or(|last| last > m.bytes.len() as u64) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let reserved = st
+            .reservations
+            .range(..=ptr)
+            .next_back()
+            .is_some_and(|(&b, &s)| end <= b + s);
+        let mapped = st
+            .mappings
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&va, m)| va + m.size > ptr);
+        if !reserved || mapped {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if let Some(m) = st.physical.get_mut(&handle) {
+            m.mappings += 1;
+        }
+        st.mappings.insert(
+            ptr,
+            Mapping {
+                handle,
+                offset,
+                size,
+                access: 0,
+            },
+        );
+        Ok(())
+    }
+    fn mem_unmap(&self, ptr: u64, size: u64) -> CuResult<()> {
+        let mut st = self.state();
+        for va in st.whole_mappings(ptr, size)? {
+            if let Some(m) = st.mappings.remove(&va) {
+                if let Some(p) = st.physical.get_mut(&m.handle) {
+                    p.mappings -= 1;
+                }
+                st.free_if_unused(m.handle);
+            }
+        }
+        Ok(())
+    }
+    fn mem_set_access(&self, ptr: u64, size: u64, descs: &[MemAccessDesc]) -> CuResult<()> {
+        let mut st = self.state();
+        let covered = st.whole_mappings(ptr, size)?;
+        if descs.is_empty() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let mut access = None;
+        for d in descs {
+            if d.location_type != MEM_LOCATION_DEVICE || !matches!(d.flags, 0 | 1 | 3) {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            if usize::try_from(d.location_id).map_or(true, |id| id >= self.devices.len()) {
+                return Err(CUDA_ERROR_INVALID_DEVICE);
+            }
+            access = Some(d.flags);
+        }
+        if let Some(flags) = access {
+            for va in covered {
+                if let Some(m) = st.mappings.get_mut(&va) {
+                    m.access = flags;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn mem_get_access(&self, location_type: u32, location_id: i32, ptr: u64) -> CuResult<u64> {
+        if location_type != MEM_LOCATION_DEVICE {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if usize::try_from(location_id).map_or(true, |id| id >= self.devices.len()) {
+            return Err(CUDA_ERROR_INVALID_DEVICE);
+        }
+        let st = self.state();
+        let (&va, m) = st.mappings.range(..=ptr).next_back().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if ptr >= va + m.size {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        Ok(m.access as u64)
+    }
+    fn mem_allocation_properties(&self, handle: u64) -> CuResult<MemAllocProp> {
+        self.state()
+            .physical
+            .get(&handle)
+            .map(|m| m.prop)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+    fn mem_retain_allocation_handle(&self, addr: u64) -> CuResult<u64> {
+        let mut st = self.state();
+        let (&va, m) = st.mappings.range(..=addr).next_back().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if addr >= va + m.size {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let handle = m.handle;
+        if let Some(p) = st.physical.get_mut(&handle) {
+            p.refs += 1;
+        }
+        Ok(handle)
+    }
     fn func_set_attribute(&self, function: u64, _is_kernel: bool, attrib: i32, value: i32) -> CuResult<()> {
         let mut st = self.state();
         let f = st
@@ -1270,6 +1682,118 @@ mod tests {
         let files = (out.len() - header) as u64;
         out[8..16].copy_from_slice(&files.to_le_bytes());
         out
+    }
+
+    #[test]
+    fn vmm_follows_the_native_rules() {
+        const G: u64 = VMM_GRANULARITY;
+        let b = EmulatedBackend::new();
+        let ctx = b.primary_ctx_retain(0).expect("primary context");
+        b.ctx_set_current(ctx).expect("current");
+        let prop = MemAllocProp {
+            alloc_type: 1,
+            location_type: MEM_LOCATION_DEVICE,
+            ..Default::default()
+        };
+        assert_eq!(b.mem_granularity(&prop, 0), Ok(G));
+        assert_eq!(b.mem_granularity(&prop, 1), Ok(G));
+        assert_eq!(b.mem_granularity(&prop, 2), Err(CUDA_ERROR_INVALID_VALUE));
+        let base = b.mem_address_reserve(4 * G, 0, 0, 0).expect("reserve");
+        assert!((VMM_BASE..VMM_END).contains(&base) && base.is_multiple_of(G));
+        assert_eq!(b.mem_address_reserve(4097, 0, 0, 0), Err(CUDA_ERROR_INVALID_VALUE));
+
+        assert_eq!(
+            b.mem_create(G + 4096, &prop, 0),
+            Err(CUDA_ERROR_INVALID_VALUE),
+            "not a granule multiple"
+        );
+        let fabric = MemAllocProp {
+            handle_types: HANDLE_TYPE_FABRIC,
+            ..prop
+        };
+        assert_eq!(b.mem_create(G, &fabric, 0), Err(CUDA_ERROR_NOT_SUPPORTED));
+        let other_device = MemAllocProp { location_id: 1, ..prop };
+        assert_eq!(b.mem_create(G, &other_device, 0), Err(CUDA_ERROR_INVALID_DEVICE));
+        assert_eq!(b.mem_create(64 << 30, &prop, 0), Err(CUDA_ERROR_OUT_OF_MEMORY));
+        let h = b.mem_create(G, &prop, 0).expect("create");
+
+        assert_eq!(
+            b.mem_map(base + 4096, G, 0, h, 0),
+            Err(CUDA_ERROR_INVALID_VALUE),
+            "misaligned"
+        );
+        assert_eq!(
+            b.mem_map(base, G, 0, h + 1, 0),
+            Err(CUDA_ERROR_INVALID_VALUE),
+            "unknown handle"
+        );
+        assert_eq!(
+            b.mem_map(base + 4 * G, G, 0, h, 0),
+            Err(CUDA_ERROR_INVALID_VALUE),
+            "outside"
+        );
+        assert_eq!(
+            b.mem_map(base, 2 * G, 0, h, 0),
+            Err(CUDA_ERROR_INVALID_VALUE),
+            "past the handle"
+        );
+        b.mem_map(base, G, 0, h, 0).expect("map");
+        assert_eq!(
+            b.mem_map(base, G, 0, h, 0),
+            Err(CUDA_ERROR_INVALID_VALUE),
+            "mapped twice"
+        );
+        // One handle at two addresses: both name the same bytes.
+        b.mem_map(base + 2 * G, G, 0, h, 0).expect("alias");
+        let mut buf = b.host_alloc(16).expect("host buffer");
+        buf.as_mut_slice().copy_from_slice(b"vmm alias bytes!");
+        b.memcpy_htod_async(base + 100, &buf, 16, 0).expect("write through one");
+        let out = b.host_alloc(16).expect("host buffer");
+        b.memcpy_dtoh_async(&out, base + 2 * G + 100, 16, 0)
+            .expect("read through the other");
+        assert_eq!(out.as_slice(), b"vmm alias bytes!");
+        // A copy into the gap between them fails.
+        assert_eq!(
+            b.memcpy_htod_async(base + G - 8, &buf, 16, 0),
+            Err(CUDA_ERROR_INVALID_VALUE)
+        );
+
+        assert_eq!(
+            b.mem_get_access(MEM_LOCATION_DEVICE, 0, base),
+            Ok(0),
+            "no access before cuMemSetAccess"
+        );
+        let rw = MemAccessDesc {
+            location_type: MEM_LOCATION_DEVICE,
+            location_id: 0,
+            flags: 3,
+        };
+        assert_eq!(
+            b.mem_set_access(base, 3 * G, &[rw]),
+            Err(CUDA_ERROR_INVALID_VALUE),
+            "a gap"
+        );
+        b.mem_set_access(base, G, &[rw]).expect("set access");
+        assert_eq!(b.mem_get_access(MEM_LOCATION_DEVICE, 0, base + 5), Ok(3));
+
+        b.mem_release(h).expect("release while mapped");
+        assert_eq!(b.used(), G, "mapped memory lives on");
+        assert_eq!(
+            b.mem_address_free(base, 4 * G),
+            Err(CUDA_ERROR_INVALID_VALUE),
+            "still mapped"
+        );
+        b.mem_unmap(base, G).expect("unmap");
+        b.mem_unmap(base + 2 * G, G).expect("unmap the alias");
+        assert_eq!(b.used(), 0, "freed with its last mapping");
+        assert_eq!(b.mem_release(h), Err(CUDA_ERROR_INVALID_VALUE));
+        assert_eq!(
+            b.mem_address_free(base, 2 * G),
+            Err(CUDA_ERROR_INVALID_VALUE),
+            "another size"
+        );
+        b.mem_address_free(base, 4 * G).expect("free");
+        assert_eq!(b.mem_address_reserve(4 * G, 0, 0, 0), Ok(base), "the range is reused");
     }
 
     #[test]

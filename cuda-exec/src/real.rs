@@ -6,8 +6,8 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::handshake::{DeviceFacts, BACKEND_REAL, DEVICE_ATTR_SLOTS};
 use vgpu_dataplane::wire::{
-    FunctionInfo, MemOp, FUNC_ATTR_COUNT, MEM_OP_BARRIER, MEM_OP_FLUSH_REMOTE_WRITES, MEM_OP_WAIT_VALUE_32,
-    MEM_OP_WAIT_VALUE_64, MEM_OP_WRITE_VALUE_32, MEM_OP_WRITE_VALUE_64,
+    FunctionInfo, MemAccessDesc, MemAllocProp, MemOp, FUNC_ATTR_COUNT, MEM_OP_BARRIER, MEM_OP_FLUSH_REMOTE_WRITES,
+    MEM_OP_WAIT_VALUE_32, MEM_OP_WAIT_VALUE_64, MEM_OP_WRITE_VALUE_32, MEM_OP_WRITE_VALUE_64,
 };
 
 use crate::backend::{Backend, CuResult, HostBuffer, LoadedFunction, Place};
@@ -145,6 +145,17 @@ driver_table! {
     surf_object_destroy = "cuSurfObjectDestroy": fn(u64);
     ctx_get_limit = "cuCtxGetLimit": fn(*mut usize, c_uint);
     ctx_set_limit = "cuCtxSetLimit": fn(c_uint, usize);
+    mem_get_allocation_granularity = "cuMemGetAllocationGranularity": fn(*mut usize, *const AllocationProp, c_uint);
+    mem_address_reserve = "cuMemAddressReserve": fn(*mut u64, usize, usize, u64, u64);
+    mem_address_free = "cuMemAddressFree": fn(u64, usize);
+    mem_create = "cuMemCreate": fn(*mut u64, usize, *const AllocationProp, u64);
+    mem_release = "cuMemRelease": fn(u64);
+    mem_map = "cuMemMap": fn(u64, usize, usize, u64, u64);
+    mem_unmap = "cuMemUnmap": fn(u64, usize);
+    mem_set_access = "cuMemSetAccess": fn(u64, usize, *const MemAccessDesc, usize);
+    mem_get_access = "cuMemGetAccess": fn(*mut u64, *const [u32; 2], u64);
+    mem_get_allocation_properties = "cuMemGetAllocationPropertiesFromHandle": fn(*mut AllocationProp, u64);
+    mem_retain_allocation_handle = "cuMemRetainAllocationHandle": fn(*mut u64, P);
     launch_kernel = "cuLaunchKernel": fn(P, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, P, *mut *mut c_void, *mut *mut c_void);
 }
 
@@ -230,6 +241,48 @@ struct MemPoolProps {
     max_size: usize,
     usage: u16,
     reserved: [u8; 54],
+}
+
+/// `CUmemAllocationProp` from cuda.h: the wire's fixed fields around the win32 pointer, always NULL here.
+#[repr(C)]
+struct AllocationProp {
+    alloc_type: c_uint,
+    handle_types: c_uint,
+    location_type: c_uint,
+    location_id: c_int,
+    win32_handle_meta_data: P,
+    compression: u8,
+    gpu_direct_rdma: u8,
+    usage: u16,
+    reserved: [u8; 4],
+}
+
+impl AllocationProp {
+    fn from_wire(p: &MemAllocProp) -> AllocationProp {
+        AllocationProp {
+            alloc_type: p.alloc_type,
+            handle_types: p.handle_types,
+            location_type: p.location_type,
+            location_id: p.location_id,
+            win32_handle_meta_data: std::ptr::null_mut(),
+            compression: p.compression,
+            gpu_direct_rdma: p.gpu_direct_rdma,
+            usage: p.usage,
+            reserved: p.reserved,
+        }
+    }
+    fn to_wire(&self) -> MemAllocProp {
+        MemAllocProp {
+            alloc_type: self.alloc_type,
+            handle_types: self.handle_types,
+            location_type: self.location_type,
+            location_id: self.location_id,
+            compression: self.compression,
+            gpu_direct_rdma: self.gpu_direct_rdma,
+            usage: self.usage,
+            reserved: self.reserved,
+        }
+    }
 }
 
 /// `CUlaunchAttribute` from cuda.h: id, padding, a 64-byte value union.
@@ -1054,6 +1107,68 @@ impl Backend for RealBackend {
     fn mem_pool_trim_to(&self, pool: u64, min_bytes: u64) -> CuResult<()> {
         // SAFETY: a pool handle of this session.
         ok(unsafe { (self.driver.mem_pool_trim_to)(p(pool), min_bytes as usize) })
+    }
+    fn mem_granularity(&self, prop: &MemAllocProp, option: u32) -> CuResult<u64> {
+        let prop = AllocationProp::from_wire(prop);
+        let mut g = 0usize;
+        // SAFETY: prop is a complete CUmemAllocationProp with a NULL win32 pointer; the driver writes one size_t.
+        ok(unsafe { (self.driver.mem_get_allocation_granularity)(&mut g, &prop, option) })?;
+        Ok(g as u64)
+    }
+    fn mem_address_reserve(&self, size: u64, alignment: u64, addr: u64, flags: u64) -> CuResult<u64> {
+        let mut ptr = 0u64;
+        // SAFETY: plain values; the driver writes one device address.
+        ok(unsafe { (self.driver.mem_address_reserve)(&mut ptr, size as usize, alignment as usize, addr, flags) })?;
+        Ok(ptr)
+    }
+    fn mem_address_free(&self, ptr: u64, size: u64) -> CuResult<()> {
+        // SAFETY: a reservation of this session (the session checked it, and that it has no mapping left).
+        ok(unsafe { (self.driver.mem_address_free)(ptr, size as usize) })
+    }
+    fn mem_create(&self, size: u64, prop: &MemAllocProp, flags: u64) -> CuResult<u64> {
+        let prop = AllocationProp::from_wire(prop);
+        let mut handle = 0u64;
+        // SAFETY: prop is a complete CUmemAllocationProp with a NULL win32 pointer; the driver writes one handle.
+        ok(unsafe { (self.driver.mem_create)(&mut handle, size as usize, &prop, flags) })?;
+        Ok(handle)
+    }
+    fn mem_release(&self, handle: u64) -> CuResult<()> {
+        // SAFETY: a handle of this session with a reference left (the session counts them).
+        ok(unsafe { (self.driver.mem_release)(handle) })
+    }
+    fn mem_map(&self, ptr: u64, size: u64, offset: u64, handle: u64, flags: u64) -> CuResult<()> {
+        // SAFETY: the session checked that the range lies in one of its reservations, unmapped, and that the
+        // handle is its own.
+        ok(unsafe { (self.driver.mem_map)(ptr, size as usize, offset as usize, handle, flags) })
+    }
+    fn mem_unmap(&self, ptr: u64, size: u64) -> CuResult<()> {
+        // SAFETY: the session checked that the range is exactly some of its mappings.
+        ok(unsafe { (self.driver.mem_unmap)(ptr, size as usize) })
+    }
+    fn mem_set_access(&self, ptr: u64, size: u64, descs: &[MemAccessDesc]) -> CuResult<()> {
+        // SAFETY: MemAccessDesc has CUmemAccessDesc's layout; the driver reads `descs.len()` of them.
+        ok(unsafe { (self.driver.mem_set_access)(ptr, size as usize, descs.as_ptr(), descs.len()) })
+    }
+    fn mem_get_access(&self, location_type: u32, location_id: i32, ptr: u64) -> CuResult<u64> {
+        // CUmemLocation: type, id.
+        let location = [location_type, location_id as u32];
+        let mut flags = 0u64;
+        // SAFETY: location has CUmemLocation's layout; the driver writes one unsigned long long.
+        ok(unsafe { (self.driver.mem_get_access)(&mut flags, &location, ptr) })?;
+        Ok(flags)
+    }
+    fn mem_allocation_properties(&self, handle: u64) -> CuResult<MemAllocProp> {
+        let mut prop = AllocationProp::from_wire(&MemAllocProp::default());
+        // SAFETY: the driver fills one CUmemAllocationProp.
+        ok(unsafe { (self.driver.mem_get_allocation_properties)(&mut prop, handle) })?;
+        Ok(prop.to_wire())
+    }
+    fn mem_retain_allocation_handle(&self, addr: u64) -> CuResult<u64> {
+        let mut handle = 0u64;
+        // SAFETY: the driver only looks the address up (the session checked it is one of its mappings) and
+        // writes one handle.
+        ok(unsafe { (self.driver.mem_retain_allocation_handle)(&mut handle, addr as P) })?;
+        Ok(handle)
     }
     fn func_set_attribute(&self, function: u64, is_kernel: bool, attrib: i32, value: i32) -> CuResult<()> {
         ok(if is_kernel {

@@ -15,6 +15,8 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::backend::{Backend, HostBuffer, LoadedFunction, Place, STREAM_PER_THREAD};
 
+mod vmm;
+
 /// Staging chunk for pipelined copies: big enough to amortise a stream sync, small enough to overlap.
 const CHUNK: usize = 8 << 20;
 /// Largest kernel argument buffer (CUDA 12.1+ allows 32764 bytes of parameters).
@@ -88,6 +90,8 @@ struct Objects {
     regions: HashMap<u64, Arc<crate::sys::SharedRegion>>,
     /// Devices (server ordinals) the session has had a context on: NVML lists the client process there.
     context_devices: std::collections::BTreeSet<i32>,
+    /// Virtual memory management: reservations, physical memory and mappings (see `vmm`).
+    vmm: vmm::VmmObjects,
 }
 
 /// Limits a session runs under (from its ticket, or none in standalone mode).
@@ -164,6 +168,17 @@ impl Session {
         i32::try_from(real).map_err(|_| CUDA_ERROR_INVALID_DEVICE)
     }
 
+    /// The client's ordinal for the server's device `real` (the inverse of `real_device`).
+    fn client_device(&self, real: i32) -> Option<i32> {
+        match &self.limits.devices {
+            None => Some(real),
+            Some(list) => list
+                .iter()
+                .position(|&d| i64::from(d) == i64::from(real))
+                .and_then(|i| i32::try_from(i).ok()),
+        }
+    }
+
     pub fn usage(&self) -> UsageCounters {
         UsageCounters {
             allocated_bytes: self.objects().allocated_bytes,
@@ -189,15 +204,16 @@ impl Session {
 
     /// After a primary-context reset: the device memory the session allocated is gone (natively too), so it no
     /// longer counts against the limit and its addresses are no longer the client's to name. With contexts of
-    /// the app's own alive, whose memory survives, the records stay (they cannot be told apart).
+    /// the app's own alive, whose memory survives, the records stay (they cannot be told apart). VMM memory
+    /// (`cuMemCreate`) belongs to no context and survives the reset: its bytes stay counted, its mappings named.
     fn forget_reset_context(&self) {
         let mut objs = self.objects();
         if objs.contexts.is_empty() {
-            let gone: Vec<u64> = objs.allocations.drain().map(|(base, _)| base).collect();
-            for base in gone {
+            let gone: Vec<(u64, u64)> = objs.allocations.drain().collect();
+            for (base, size) in gone {
                 objs.ranges.remove(&base);
+                objs.allocated_bytes = objs.allocated_bytes.saturating_sub(size);
             }
-            objs.allocated_bytes = 0;
         }
         drop(objs);
         self.reset_epoch.fetch_add(1, Ordering::AcqRel);
@@ -1048,6 +1064,53 @@ impl Channel {
                 self.finish::<HostRegionMap>(t, h.seq, r.map(|_| Empty {}), &[])
             }
             Op::HostRegionUnmap => simple!(HostRegionUnmap, |c| self.unmap_region(c.id).map(|_| Empty {})),
+            Op::MemGetAllocationGranularity => simple!(MemGetAllocationGranularity, |c| self
+                .s()
+                .mem_granularity(c.prop, c.option)
+                .map(|granularity| GranularityReply { granularity })),
+            Op::MemAddressReserve => simple!(MemAddressReserve, |c| self
+                .s()
+                .mem_address_reserve(c)
+                .map(|dptr| MemAllocReply { dptr })),
+            Op::MemAddressFree => simple!(MemAddressFree, |c| self
+                .s()
+                .mem_address_free(c.ptr, c.size)
+                .map(|_| Empty {})),
+            Op::MemCreate => simple!(MemCreate, |c| self.s().mem_create(c).map(|_| Empty {})),
+            Op::MemRelease => simple!(MemRelease, |c| self.s().mem_release(c.handle).map(|_| Empty {})),
+            Op::MemMap => simple!(MemMap, |c| self.s().mem_map(c).map(|_| Empty {})),
+            Op::MemUnmap => simple!(MemUnmap, |c| self.s().mem_unmap(c.ptr, c.size).map(|_| Empty {})),
+            Op::MemSetAccess => {
+                let c = body!(MemSetAccess);
+                let record = std::mem::size_of::<MemAccessDesc>();
+                self.read_tail(t, h, MAX_ACCESS_DESCS * record)?;
+                if self.tail.len() != c.count as usize * record {
+                    return Err(ChannelEnd::Malformed(format!(
+                        "cuMemSetAccess of {} descriptors carries {} bytes",
+                        c.count,
+                        self.tail.len()
+                    )));
+                }
+                let descs: Vec<MemAccessDesc> = self
+                    .tail
+                    .chunks_exact(record)
+                    .filter_map(|r| zerocopy::FromBytes::read_from_bytes(r).ok())
+                    .collect();
+                let r = self.s().mem_set_access(c.ptr, c.size, &descs);
+                self.finish::<MemSetAccess>(t, h.seq, r.map(|_| Empty {}), &[])
+            }
+            Op::MemGetAccess => simple!(MemGetAccess, |c| self
+                .s()
+                .mem_get_access(c.location_type, c.location_id, c.ptr)
+                .map(|flags| MemAccessReply { flags })),
+            Op::MemGetAllocationProperties => simple!(MemGetAllocationProperties, |c| self
+                .s()
+                .mem_allocation_properties(c.handle)
+                .map(|prop| MemAllocPropReply { prop })),
+            Op::MemRetainAllocationHandle => simple!(MemRetainAllocationHandle, |c| self
+                .s()
+                .mem_retain_allocation_handle(c.addr)
+                .map(|handle| MemHandleReply { handle })),
             Op::MemcpyHtoDRegion => simple!(MemcpyHtoDRegion, |c| {
                 let stream = if per_thread { STREAM_PER_THREAD } else { 0 };
                 self.region_copy(true, c.dst, c.region, c.offset, c.size, stream)
@@ -1251,15 +1314,9 @@ impl Channel {
             .ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
 
-    /// [addr, addr+len) must lie inside one range the session owns.
+    /// [addr, addr+len) must lie inside ranges the session owns: one, or several back to back.
     fn check_range(&self, addr: u64, len: u64) -> Result<(), u32> {
-        let objs = self.s().objects();
-        let (&base, &size) = objs.ranges.range(..=addr).next_back().ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        let end = addr.checked_add(len).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        if end > base + size {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        Ok(())
+        covered(&self.s().objects().ranges, addr, len)
     }
 
     /// Each write or wait must name 4 or 8 bytes of the session's device memory; unknown operations are refused.
@@ -2056,6 +2113,26 @@ impl Channel {
             let _ = b.event_destroy(f.event);
             b.host_free(f.buf);
         }
+    }
+}
+
+/// Whether [addr, addr+len) lies inside the ranges (base → length) without a gap. Ranges that touch count as one:
+/// PyTorch's expandable segments map physical allocations back to back and copy across the seams. An empty range
+/// must start inside a range or at its end.
+fn covered(ranges: &BTreeMap<u64, u64>, addr: u64, len: u64) -> Result<(), u32> {
+    let end = addr.checked_add(len).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let mut at = addr;
+    loop {
+        let (&base, &size) = ranges.range(..=at).next_back().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let top = base.saturating_add(size);
+        if end <= top {
+            return Ok(());
+        }
+        if top <= at {
+            // `at` is past this range (a gap, or an address in no range).
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        at = top;
     }
 }
 

@@ -12,7 +12,11 @@ pub const CAP_PUSH_DTOH: u64 = 1;
 /// The server answers `NvmlDeviceStatus` and `NvmlSystemInfo` (a client asks an older server nothing: an
 /// unknown operation would end its session).
 pub const CAP_NVML: u64 = 2;
-pub const CAPABILITIES: u64 = CAP_PUSH_DTOH | CAP_NVML;
+/// The server executes the virtual memory management calls (`MemCreate`, `MemMap`, ...; op codes 120 to 130).
+pub const CAP_VMM: u64 = 4;
+/// The server executes stream memory operations (`StreamMemOps`, op code 140).
+pub const CAP_STREAM_MEM_OPS: u64 = 8;
+pub const CAPABILITIES: u64 = CAP_PUSH_DTOH | CAP_NVML | CAP_VMM | CAP_STREAM_MEM_OPS;
 
 pub const MODE_NEW_SESSION: u32 = 0;
 pub const MODE_ATTACH: u32 = 1;

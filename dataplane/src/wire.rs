@@ -331,10 +331,93 @@ calls! {
     NvmlDeviceStatus = 110, sync { device: u32, _pad: u32 } -> NvmlStatusReply;
     /// NVML's system facts: the reply's tail is the server driver's version string (`nvmlSystemGetDriverVersion`).
     NvmlSystemInfo = 111, sync { } -> Empty;
+    // Virtual memory management (`cuMem*` VMM calls). Only sent to a server that announced `CAP_VMM`.
+    // Device ordinals in locations are the client's; allocation handles are client-chosen ids.
+    /// `cuMemGetAllocationGranularity`: `option` 0 minimum, 1 recommended.
+    MemGetAllocationGranularity = 120, sync { prop: MemAllocProp, option: u32, _pad: u32 } -> GranularityReply;
+    /// `cuMemAddressReserve`: a virtual address range of the server's driver (`addr` is a hint).
+    MemAddressReserve = 121, sync { size: u64, alignment: u64, addr: u64, flags: u64 } -> MemAllocReply;
+    /// `cuMemAddressFree` of a whole reservation.
+    MemAddressFree = 122, sync { ptr: u64, size: u64 } -> Empty;
+    /// `cuMemCreate`: physical memory bound to client id `handle`. Synchronous: out-of-memory is its answer.
+    MemCreate = 123, sync { handle: u64, size: u64, flags: u64, prop: MemAllocProp } -> Empty;
+    /// `cuMemRelease`: drops one reference to `handle`.
+    MemRelease = 124, sync { handle: u64 } -> Empty;
+    /// `cuMemMap`: `size` bytes of `handle` from `offset` at `ptr`, inside a reservation.
+    MemMap = 125, sync { ptr: u64, size: u64, offset: u64, handle: u64, flags: u64 } -> Empty;
+    /// `cuMemUnmap` of whole mappings (one, or several back to back).
+    MemUnmap = 126, sync { ptr: u64, size: u64 } -> Empty;
+    /// `cuMemSetAccess`. Tail: `count` `MemAccessDesc` records.
+    MemSetAccess = 127, sync { ptr: u64, size: u64, count: u32, _pad: u32 } -> Empty;
+    /// `cuMemGetAccess` for one location.
+    MemGetAccess = 128, sync { ptr: u64, location_type: u32, location_id: i32 } -> MemAccessReply;
+    /// `cuMemGetAllocationPropertiesFromHandle`.
+    MemGetAllocationProperties = 129, sync { handle: u64 } -> MemAllocPropReply;
+    /// `cuMemRetainAllocationHandle`: one more reference to the handle mapped at `addr`; the reply is its id.
+    MemRetainAllocationHandle = 130, sync { addr: u64 } -> MemHandleReply;
     /// Stream memory operations: `count` `MemOp` records follow. `single` 1: one operation through its own entry
     /// point (`cuStreamWriteValue32` and friends, whose `flags` are the record's), 0: `cuStreamBatchMemOp` with
     /// these batch `flags`.
     StreamMemOps = 140, async { stream: u64, count: u32, flags: u32, single: u32, _pad: u32 } -> Empty;
+}
+
+/// The fixed fields of cuda.h's `CUmemAllocationProp`. Its `win32HandleMetaData` pointer never travels: it
+/// names memory of the client's process, meaningless to the server (the client refuses a non-NULL one).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct MemAllocProp {
+    /// `CUmemAllocationType` (1: pinned).
+    pub alloc_type: u32,
+    /// `CUmemAllocationHandleType` bits the app asked to be able to export to.
+    pub handle_types: u32,
+    /// `CUmemLocationType` (1: device) and its id (a device ordinal, the client's numbering on the wire).
+    pub location_type: u32,
+    pub location_id: i32,
+    /// `allocFlags`: compression type, GPUDirect RDMA capability, usage bits, reserved bytes.
+    pub compression: u8,
+    pub gpu_direct_rdma: u8,
+    pub usage: u16,
+    pub reserved: [u8; 4],
+}
+
+/// `CUmemLocationType` of a device, the only kind of location vGPU's VMM calls take.
+pub const MEM_LOCATION_DEVICE: u32 = 1;
+
+/// cuda.h's `CUmemAccessDesc`, which has exactly this layout (12 bytes): a `MemSetAccess` tail is an array of them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct MemAccessDesc {
+    pub location_type: u32,
+    pub location_id: i32,
+    /// `CUmemAccess_flags`: 0 none, 1 read, 3 read-write.
+    pub flags: u32,
+}
+
+/// Most access descriptors one `MemSetAccess` carries (one per device and host is the most that means anything).
+pub const MAX_ACCESS_DESCS: usize = 64;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct GranularityReply {
+    pub granularity: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct MemAccessReply {
+    pub flags: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct MemAllocPropReply {
+    pub prop: MemAllocProp,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct MemHandleReply {
+    pub handle: u64,
 }
 
 /// One stream memory operation (`CUstreamBatchMemOpParams` without the driver-internal fields): `operation` is a
@@ -742,6 +825,42 @@ mod tests {
             b"abc",
         );
         encode_request(&mut buf, 2, 0, &MemAlloc { size: 1 << 20 }, &[]);
+        snapshot!(hex(&buf));
+    }
+
+    #[test]
+    fn vmm_encodings_are_pinned() {
+        // The fixed fields keep cuda.h's order and offsets up to the win32 pointer (which does not travel).
+        assert_eq!(std::mem::size_of::<MemAllocProp>(), 24);
+        assert_eq!(std::mem::size_of::<MemAccessDesc>(), 12);
+        let prop = MemAllocProp {
+            alloc_type: 1,
+            handle_types: 1,
+            location_type: MEM_LOCATION_DEVICE,
+            location_id: 0,
+            gpu_direct_rdma: 1,
+            ..Default::default()
+        };
+        let mut buf = BytesMut::new();
+        let create = MemCreate {
+            handle: 0x10_0040,
+            size: 2 << 20,
+            flags: 0,
+            prop,
+        };
+        encode_request(&mut buf, 3, 0, &create, &[]);
+        let access = MemAccessDesc {
+            location_type: MEM_LOCATION_DEVICE,
+            location_id: 0,
+            flags: 3,
+        };
+        let set = MemSetAccess {
+            ptr: 0x7d00_0000_0000,
+            size: 6 << 20,
+            count: 1,
+            _pad: 0,
+        };
+        encode_request(&mut buf, 4, 0, &set, access.as_bytes());
         snapshot!(hex(&buf));
     }
 

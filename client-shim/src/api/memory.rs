@@ -1531,9 +1531,12 @@ entry! {
     [cuMemFreeAsync] [cuMemFreeAsync_ptsz] (dptr: u64, stream: Handle) |f| {
         need_ctx()?;
         let stream = stream_id(stream)?;
-        if state::write().device_ranges.remove(&dptr).is_none() {
+        let mut reg = state::write();
+        // A VMM mapping is no allocation to free (cuMemUnmap undoes it).
+        if reg.vmm_mappings.contains_key(&dptr) || reg.device_ranges.remove(&dptr).is_none() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
+        drop(reg);
         client::post(f, &MemFreeAsync { dptr, stream }, &[])
     }
     [cuMemPoolGetAttribute] [] (pool: Handle, attr: c_uint, value: *mut c_void) |f| {

@@ -61,6 +61,7 @@ mod graph;
 mod memory;
 mod query;
 mod stream_mem;
+mod vmm;
 
 // Every exported entry point, for `exports::address_of` (cuGetProcAddress hands out their addresses).
 pub(crate) use context::*;
@@ -71,3 +72,4 @@ pub(crate) use graph::*;
 pub(crate) use memory::*;
 pub(crate) use query::*;
 pub(crate) use stream_mem::*;
+pub(crate) use vmm::*;

@@ -23,6 +23,9 @@ enum Pointer {
         ctx: u64,
         device: i32,
         managed: bool,
+        /// VMM memory (`cuMemMap`): the handle types its allocation allows, and the access flags the
+        /// current device has.
+        vmm: Option<(u32, u32)>,
     },
     Host {
         base: usize,
@@ -39,6 +42,7 @@ fn classify(ptr: u64) -> Option<Pointer> {
             ctx: state::current_ctx(),
             device: 0,
             managed: true,
+            vmm: None,
         });
     }
     let reg = state::read();
@@ -47,12 +51,18 @@ fn classify(ptr: u64) -> Option<Pointer> {
         // practice (the primary), the current one stands in.
         let ctx = state::current_ctx();
         let device = reg.contexts.get(&ctx).map(|c| c.device).unwrap_or(0);
+        let vmm = reg.vmm_mapping(ptr).map(|(_, m)| {
+            let handle_types = reg.vmm_handles.get(&m.handle).map_or(0, |h| h.handle_types);
+            let access = m.access.iter().find(|&&(d, _)| d == device).map_or(0, |&(_, a)| a);
+            (handle_types, access)
+        });
         return Some(Pointer::Device {
             base,
             len,
             ctx,
             device,
             managed: false,
+            vmm,
         });
     }
     reg.host_range(ptr as usize)
@@ -89,6 +99,8 @@ fn pointer_attribute(attr: c_uint, ptr: u64) -> Result<Option<Vec<u8>>, u32> {
         (8, _) => u32v(0),
         (9, Pointer::Device { device, .. }) => u32v(*device as u32),
         (9, Pointer::Host { .. }) => u32v(0),
+        // Only cuMemAlloc memory can be shared with cuIpcGetMemHandle, not VMM memory.
+        (10, Pointer::Device { vmm: Some(_), .. }) => u32v(0),
         (10, Pointer::Device { .. }) => u32v(1),
         (10, Pointer::Host { .. }) => u32v(0),
         (11 | 19, Pointer::Device { base, .. }) => u64v(*base),
@@ -96,10 +108,22 @@ fn pointer_attribute(attr: c_uint, ptr: u64) -> Result<Option<Vec<u8>>, u32> {
         (12 | 18, Pointer::Device { len, .. }) => u64v(*len),
         (12 | 18, Pointer::Host { len, .. }) => u64v(*len as u64),
         (13, _) => u32v(1),
+        (
+            14,
+            Pointer::Device {
+                vmm: Some((types, _)), ..
+            },
+        ) => u64v(*types as u64),
         (14, _) => u64v(0),
         (15, Pointer::Device { .. }) => u32v(1),
         (15, Pointer::Host { .. }) => u32v(0),
         // CU_POINTER_ATTRIBUTE_ACCESS_FLAG_READWRITE.
+        (
+            16,
+            Pointer::Device {
+                vmm: Some((_, access)), ..
+            },
+        ) => u32v(*access),
         (16, Pointer::Device { .. }) => u32v(3),
         (16, Pointer::Host { flags, .. }) => u32v(if *flags & 0x8 != 0 { 1 } else { 3 }),
         (17, _) => u64v(0),

@@ -4,6 +4,7 @@
 use std::ffi::{c_uint, c_void};
 
 use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::handshake::CAP_STREAM_MEM_OPS;
 use vgpu_dataplane::wire::*;
 use zerocopy::IntoBytes;
 
@@ -27,6 +28,10 @@ fn operand_len(operation: u32) -> Result<u64, u32> {
 
 fn submit(flags: u16, stream: Handle, ops: &[MemOp], batch_flags: u32, single: bool) -> Result<(), u32> {
     need_ctx()?;
+    // An older server would end the session on the unknown operation.
+    if client::session()?.capabilities & CAP_STREAM_MEM_OPS == 0 {
+        return Err(CUDA_ERROR_NOT_SUPPORTED);
+    }
     let stream = super::exec::stream_id(stream)?;
     // Not recorded into graphs (natively they become memory-operation nodes): the capture ends, as with any
     // call a capture cannot take.
