@@ -80,7 +80,12 @@ fn one(flags: u16, stream: Handle, operation: u32, address: u64, value: u64, op_
 /// Reads `count` `CUstreamBatchMemOpParams` the way cuda.h lays them out: the operation at 0, and for waits and
 /// writes the address at 8, the value at 16 and the flags at 24; for barriers and flushes the flags at 4.
 fn batch(flags: u16, stream: Handle, count: c_uint, params: *const c_void, batch_flags: c_uint) -> Result<(), u32> {
-    if count == 0 || count as usize > MAX_MEM_OPS || params.is_null() {
+    // An empty batch is a successful no-op to the driver (H200, driver 580), whatever `params` is.
+    if count == 0 {
+        need_ctx()?;
+        return super::exec::stream_id(stream).map(|_| ());
+    }
+    if count as usize > MAX_MEM_OPS || params.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let raw = ffi::bytes(params as *const u8, count as usize * BATCH_PARAMS_LEN)?;
