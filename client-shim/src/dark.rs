@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use hmac::{KeyInit, Mac};
 use vgpu_dataplane::cuerr::*;
 
-use crate::log::{log, DEBUG, WARN};
+use crate::log::{log, DEBUG, INFO, WARN};
 use crate::{client, ffi, state};
 
 pub type Uuid = [u8; 16];
@@ -60,7 +60,13 @@ fn stub_called(k: usize, args: [usize; 6]) -> u32 {
     let Some(o) = owners.get_mut(&k) else {
         return CUDA_ERROR_NOT_SUPPORTED;
     };
-    let level = if o.reported { DEBUG } else { WARN };
+    // A tool-hook slot answered "nothing to do" is expected traffic (every PyTorch process calls TOOLS_TLS[2]):
+    // `info`, not a warning. A slot answered NOT_SUPPORTED may change what the caller does: a warning, once.
+    let first = match o.answer {
+        StubAnswer::Zero => INFO,
+        StubAnswer::NotSupported => WARN,
+    };
+    let level = if o.reported { DEBUG } else { first };
     o.reported = true;
     log!(
         level,

@@ -601,7 +601,8 @@ def _curand_uniform(n: int, seed: int, stream: int, out_ptr: int) -> None:
 
 def w_libs(ctx: Ctx) -> dict:
     """The CUDA libraries PyTorch ships beside cuBLAS and cuDNN: cuFFT (torch.fft), cuBLASLt (a linear layer with
-    bias, which PyTorch runs as one GEMM with a bias epilogue) and cuRAND (called directly: PyTorch does not)."""
+    bias, which PyTorch runs as one GEMM with a bias epilogue), cuSOLVER (torch.linalg), cuSPARSE (a CSR product)
+    and cuRAND (called directly: PyTorch does not)."""
     g = gen(SEED + 7)
     x = torch.randn(64, 4096, generator=g).to(ctx.device)
     w = torch.randn(1024, 4096, generator=g).to(ctx.device) * 0.02
@@ -630,8 +631,32 @@ def w_libs(ctx: Ctx) -> dict:
         _curand_uniform(r.numel(), 1234, torch.cuda.current_stream().cuda_stream, r.data_ptr())
         return tsum(r)
 
+    def linalg():
+        # cuSOLVER (PyTorch's default CUDA linear-algebra backend): factorizations of a fixed well-conditioned matrix.
+        a = torch.randn(256, 256, generator=gen(SEED + 8), dtype=torch.float64)
+        spd = (a @ a.T / 256 + torch.eye(256, dtype=torch.float64)).to(ctx.device)
+        rhs = torch.randn(256, 8, generator=gen(SEED + 9), dtype=torch.float64).to(ctx.device)
+        chol = torch.linalg.cholesky(spd)
+        evals = torch.linalg.eigvalsh(spd)
+        sol = torch.linalg.solve(spd, rhs)
+        svals = torch.linalg.svdvals(a.to(ctx.device))
+        q, r = torch.linalg.qr(a.to(ctx.device))
+        return {"cholesky": tsum(chol), "eigvalsh": tsum(evals), "solve": tsum(sol), "svdvals": tsum(svals),
+                "qr_r_diag_abs": tsum(r.diagonal().abs()), "qr_residual": float((q @ r - a.to(ctx.device)).abs().max())}
+
+    def sparse():
+        # cuSPARSE: a CSR matrix (about 2% dense) times a dense one.
+        g2 = gen(SEED + 10)
+        dense = torch.randn(512, 512, generator=g2)
+        dense[torch.rand(512, 512, generator=g2) > 0.02] = 0
+        csr = dense.to_sparse_csr().to(ctx.device)
+        rhs = torch.randn(512, 64, generator=g2).to(ctx.device)
+        return tsum(torch.sparse.mm(csr, rhs) if hasattr(torch.sparse, "mm") else csr @ rhs)
+
     part("linear_bias", lambda: tsum(F.linear(x, w, b)))
     part("fft", fft)
+    part("linalg", linalg)
+    part("sparse", sparse)
     if ctx.cuda:
         part("curand_uniform", curand)
     iters = ctx.q(200, 20)
