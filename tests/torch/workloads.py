@@ -796,12 +796,43 @@ def w_runtime(ctx: Ctx) -> dict:
         return {"allocated_growth": grown, "after_free": torch.cuda.memory_allocated() - before,
                 "total_mib": total >> 20, "free_le_total": free <= total}
 
+    def ddp_nccl():
+        # torchrun --nproc_per_node=1 in miniature: one NCCL rank, DistributedDataParallel over an MLP.
+        import socket
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+        if not dist.is_available() or not dist.is_nccl_available():
+            return {"skipped": "no NCCL in this PyTorch"}
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                                device_id=ctx.device if ctx.device.index is not None else torch.device("cuda", 0))
+        try:
+            t = torch.arange(4096, dtype=torch.float32, device=ctx.device)
+            dist.all_reduce(t)
+            dist.broadcast(t, src=0)
+            m, data = mlp()
+            ddp = DistributedDataParallel(m)
+            opt = torch.optim.SGD(ddp.parameters(), lr=0.05)
+            losses = []
+            for xb, yb in data[:5]:
+                loss = F.cross_entropy(ddp(xb.to(ctx.device)), yb.to(ctx.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+            return {"all_reduce": tsum(t), "losses": losses}
+        finally:
+            dist.destroy_process_group()
+
     part("amp_bf16", amp_bf16)
     part("amp_fp16_scaler", amp_fp16_scaler)
     part("flash_attention", flash_attention)
     part("streams_events", streams_events)
     part("dataloader_workers", dataloader_workers)
     part("allocator", allocator)
+    part("ddp_nccl", ddp_nccl)
     print(f"  parts ok: {len(checks) - len(errors)}/{len(checks)}" + (f"; failed: {', '.join(errors)}" if errors else ""),
           flush=True)
     # Wall time of the AMP training loop (20 steps, a first-use cost included): the parts are checks, not benchmarks.
