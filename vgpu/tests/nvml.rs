@@ -206,6 +206,7 @@ fn child_checks() {
         let cuda_version = sym!(nvml, "nvmlSystemGetCudaDriverVersion_v2": (*mut c_int) -> u32);
         let cc = sym!(nvml, "nvmlDeviceGetCudaComputeCapability": (Dev, *mut c_int, *mut c_int) -> u32);
         let nvlink = sym!(nvml, "nvmlDeviceGetNvLinkRemoteDeviceType": (Dev, c_uint, *mut c_uint) -> u32);
+        let p2p = sym!(nvml, "nvmlDeviceGetP2PStatus": (Dev, Dev, c_uint, *mut c_uint) -> u32);
         let fan = sym!(nvml, "nvmlDeviceGetFanSpeed": (Dev, *mut c_uint) -> u32);
         let error_string = sym!(nvml, "nvmlErrorString": (u32) -> *const c_char);
 
@@ -389,6 +390,11 @@ fn child_checks() {
         // Unremoted features answer as a GPU without them does.
         let mut t: c_uint = 0;
         assert_eq!(nvlink(h, 0, &mut t), NOT_SUPPORTED);
+        // NCCL asks every pair, a device with itself included, and fails its set-up on an error.
+        let mut p2p_status: c_uint = 99;
+        assert_eq!(p2p(h, h, 0, &mut p2p_status), NVML_SUCCESS);
+        assert_eq!(p2p_status, 0, "a GPU reaches itself (NVML_P2P_STATUS_OK)");
+        assert_eq!(p2p(h, h, 9, &mut p2p_status), INVALID_ARGUMENT);
         assert_eq!(fan(h, &mut t), NOT_SUPPORTED);
         assert_eq!(
             CStr::from_ptr(error_string(INSUFFICIENT_SIZE)).to_str(),

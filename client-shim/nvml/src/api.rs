@@ -21,6 +21,11 @@ pub const NVML_ERROR_LIB_RM_VERSION_MISMATCH: u32 = 18;
 pub const NVML_ERROR_ARGUMENT_VERSION_MISMATCH: u32 = 25;
 pub const NVML_ERROR_UNKNOWN: u32 = 999;
 
+/// `nvmlGpuP2PStatus_t` values and the last `nvmlGpuP2PCapsIndex_t`.
+const NVML_P2P_STATUS_OK: u32 = 0;
+const NVML_P2P_STATUS_NOT_SUPPORTED: u32 = 5;
+const NVML_P2P_CAPS_INDEX_LAST: u32 = 5;
+
 /// NVML's API generation (`NVML_API_VERSION` in nvml.h), the first field of `nvmlSystemGetNVMLVersion`.
 const NVML_API_VERSION: u32 = 13;
 
@@ -458,6 +463,16 @@ entry! {
     }
     [nvmlDeviceGetGraphicsRunningProcesses, nvmlDeviceGetGraphicsRunningProcesses_v2, nvmlDeviceGetGraphicsRunningProcesses_v3, nvmlDeviceGetMPSComputeRunningProcesses, nvmlDeviceGetMPSComputeRunningProcesses_v2, nvmlDeviceGetMPSComputeRunningProcesses_v3] (handle: Device, count: *mut c_uint, infos: *mut c_void) {
         no_processes(handle, count)
+    }
+    [nvmlDeviceGetP2PStatus] (device1: Device, device2: Device, index: c_uint, status: *mut c_uint) {
+        // A GPU reaches itself; two GPUs never reach each other through vGPU (peer access is not remoted).
+        let (a, _) = device(device1)?;
+        let (b, _) = device(device2)?;
+        let value = if a == b { NVML_P2P_STATUS_OK } else { NVML_P2P_STATUS_NOT_SUPPORTED };
+        if index > NVML_P2P_CAPS_INDEX_LAST {
+            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        }
+        ffi::write(status, value)
     }
     [nvmlDeviceGetNvLinkRemoteDeviceType, nvmlDeviceGetNvLinkState, nvmlDeviceGetNvLinkRemotePciInfo, nvmlDeviceGetNvLinkRemotePciInfo_v2] (handle: Device, link: c_uint, out: *mut c_void) {
         // No NVLink is remoted: what the driver says of a GPU without NVLink.

@@ -69,6 +69,10 @@ pub(crate) enum Node {
 struct Graph {
     nodes: Vec<(u64, Node)>,
     edges: Vec<(u64, u64)>,
+    /// Stream-ordered allocations made while capturing into this graph (`cuMemAllocAsync`): natively they are
+    /// allocation nodes whose memory the graph's launches use; here they are allocated once, at capture, and
+    /// live until the graph and every executable made from it are gone.
+    owned: Vec<u64>,
 }
 
 /// A stream taking part in a capture: the graph it records into and the nodes its next operation follows.
@@ -87,6 +91,66 @@ struct Graphs {
     captures: HashMap<u64, Capture>,
     /// Events recorded in a capture: the graph and the nodes a waiting stream must follow.
     events: HashMap<u64, (u64, Vec<u64>)>,
+    /// The graph-owned allocations each executable holds.
+    exec_owned: HashMap<u64, Vec<u64>>,
+    /// How many graphs and executables hold each graph-owned allocation.
+    holders: HashMap<u64, u32>,
+}
+
+/// Drops one hold on each allocation; those nobody holds any more are freed (synchronously, as `cuMemFree` is:
+/// a launch of the graph may still be using them).
+fn release_owned(mut g: MutexGuard<'static, Graphs>, owned: Vec<u64>) -> Result<(), u32> {
+    let mut free = Vec::new();
+    for dptr in owned {
+        if let Some(n) = g.holders.get_mut(&dptr) {
+            *n -= 1;
+            if *n == 0 {
+                g.holders.remove(&dptr);
+                free.push(dptr);
+            }
+        }
+    }
+    drop(g);
+    for dptr in free {
+        state::write().device_ranges.remove(&dptr);
+        crate::client::call(0, &MemFree { dptr }, &[])?;
+    }
+    Ok(())
+}
+
+/// `cuMemAllocAsync` on stream `key`: when it is capturing, the capture's graph owns the allocation.
+pub(crate) fn capture_alloc(key: u64, dptr: u64) {
+    if CAPTURING.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let mut g = graphs();
+    let Some(graph) = g.captures.get(&key).map(|c| c.graph) else {
+        return;
+    };
+    if let Some(gr) = g.graphs.get_mut(&graph) {
+        gr.owned.push(dptr);
+        g.holders.insert(dptr, 1);
+    }
+}
+
+/// `cuMemFreeAsync` on stream `key`. `None`: the stream is not capturing (free as usual). Memory the capture's
+/// graph allocated stays the graph's (natively a free node, whose memory the next launch allocates again); memory
+/// from outside the capture cannot be freed by a graph here, so the capture ends, as with any call it cannot take.
+pub(crate) fn capture_free(key: u64, dptr: u64) -> Option<Result<(), u32>> {
+    if CAPTURING.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let g = graphs();
+    let graph = g.captures.get(&key)?.graph;
+    if g.graphs.get(&graph).is_some_and(|gr| gr.owned.contains(&dptr)) {
+        return Some(Ok(()));
+    }
+    drop(g);
+    crate::log::log!(
+        crate::log::WARN,
+        "cuMemFreeAsync of memory allocated outside the capture, on a capturing stream: not supported by vGPU"
+    );
+    Some(refuse_sync(key))
 }
 
 fn graphs() -> MutexGuard<'static, Graphs> {
@@ -275,8 +339,13 @@ fn instantiate(out: *mut Handle, graph: Handle) -> Result<(), u32> {
     let mut g = graphs();
     let id = known_graph(&g, graph)?;
     let order = ordered(&g.graphs[&id])?;
+    let owned = g.graphs[&id].owned.clone();
     let exec = state::new_id();
     g.execs.insert(exec, order);
+    for dptr in &owned {
+        *g.holders.entry(*dptr).or_insert(0) += 1;
+    }
+    g.exec_owned.insert(exec, owned);
     ffi::write(out, exec as Handle)
 }
 
@@ -430,7 +499,8 @@ entry! {
         CAPTURING.fetch_sub(before - g.captures.len(), Ordering::Relaxed);
         g.events.retain(|_, (gr, _)| *gr != graph);
         if invalidated {
-            g.graphs.remove(&graph);
+            let owned = g.graphs.remove(&graph).map(|gr| gr.owned).unwrap_or_default();
+            release_owned(g, owned)?;
             ffi::write(out, std::ptr::null_mut())?;
             return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
         }
@@ -445,8 +515,9 @@ entry! {
         ffi::write(out, graph as Handle)
     }
     [cuGraphDestroy] [] (graph: Handle) |f| {
-        match graphs().graphs.remove(&(graph as u64)) {
-            Some(_) => Ok(()),
+        let mut g = graphs();
+        match g.graphs.remove(&(graph as u64)) {
+            Some(gr) => release_owned(g, gr.owned),
             None => Err(CUDA_ERROR_INVALID_VALUE),
         }
     }
@@ -516,8 +587,12 @@ entry! {
         if graphs().execs.contains_key(&(exec as u64)) { Ok(()) } else { Err(CUDA_ERROR_INVALID_VALUE) }
     }
     [cuGraphExecDestroy] [] (exec: Handle) |f| {
-        match graphs().execs.remove(&(exec as u64)) {
-            Some(_) => Ok(()),
+        let mut g = graphs();
+        match g.execs.remove(&(exec as u64)) {
+            Some(_) => {
+                let owned = g.exec_owned.remove(&(exec as u64)).unwrap_or_default();
+                release_owned(g, owned)
+            }
             None => Err(CUDA_ERROR_INVALID_VALUE),
         }
     }

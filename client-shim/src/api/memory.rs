@@ -1275,6 +1275,7 @@ fn alloc_async(flags: u16, out: *mut u64, size: usize, pool: u64, stream: Handle
         &[],
     )?;
     state::write().device_ranges.insert(r.dptr, size as u64);
+    graph::capture_alloc(graph::key(flags, stream), r.dptr);
     ffi::write(out, r.dptr)
 }
 
@@ -1531,6 +1532,9 @@ entry! {
     [cuMemFreeAsync] [cuMemFreeAsync_ptsz] (dptr: u64, stream: Handle) |f| {
         need_ctx()?;
         let stream = stream_id(stream)?;
+        if let Some(r) = graph::capture_free(graph::key(f, stream), dptr) {
+            return r;
+        }
         let mut reg = state::write();
         // A VMM mapping is no allocation to free (cuMemUnmap undoes it).
         if reg.vmm_mappings.contains_key(&dptr) || reg.device_ranges.remove(&dptr).is_none() {
