@@ -680,6 +680,7 @@ mod tests {
         let g = Graph {
             nodes: vec![(1, Node::Empty), (2, Node::Empty)],
             edges: vec![(1, 2), (2, 1)],
+            owned: Vec::new(),
         };
         assert!(ordered(&g).is_err());
     }
