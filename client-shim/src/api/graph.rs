@@ -69,9 +69,12 @@ pub(crate) enum Node {
 struct Graph {
     nodes: Vec<(u64, Node)>,
     edges: Vec<(u64, u64)>,
-    /// Stream-ordered allocations made while capturing into this graph (`cuMemAllocAsync`): natively they are
-    /// allocation nodes whose memory the graph's launches use; here they are allocated once, at capture, and
-    /// live until the graph and every executable made from it are gone.
+    /// Stream-ordered allocations made while capturing into this graph (`cuMemAllocAsync`): natively allocation
+    /// nodes. Here they are allocated once, at capture. One the app does not free in the capture outlives the
+    /// graph, as natively (the app frees it like any allocation).
+    allocated: Vec<u64>,
+    /// The subset freed in the capture too: memory the graph's launches use and nothing else sees, kept until the
+    /// graph and every executable made from it are gone.
     owned: Vec<u64>,
 }
 
@@ -112,13 +115,15 @@ fn release_owned(mut g: MutexGuard<'static, Graphs>, owned: Vec<u64>) -> Result<
     }
     drop(g);
     for dptr in free {
-        state::write().device_ranges.remove(&dptr);
-        crate::client::call(0, &MemFree { dptr }, &[])?;
+        // Gone already if the app freed it itself (an error natively, which the app saw then).
+        if state::write().device_ranges.remove(&dptr).is_some() {
+            crate::client::call(0, &MemFree { dptr }, &[])?;
+        }
     }
     Ok(())
 }
 
-/// `cuMemAllocAsync` on stream `key`: when it is capturing, the capture's graph owns the allocation.
+/// `cuMemAllocAsync` on stream `key`: when it is capturing, the allocation is the capture's graph's.
 pub(crate) fn capture_alloc(key: u64, dptr: u64) {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return;
@@ -128,8 +133,7 @@ pub(crate) fn capture_alloc(key: u64, dptr: u64) {
         return;
     };
     if let Some(gr) = g.graphs.get_mut(&graph) {
-        gr.owned.push(dptr);
-        g.holders.insert(dptr, 1);
+        gr.allocated.push(dptr);
     }
 }
 
@@ -140,9 +144,13 @@ pub(crate) fn capture_free(key: u64, dptr: u64) -> Option<Result<(), u32>> {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return None;
     }
-    let g = graphs();
+    let mut g = graphs();
     let graph = g.captures.get(&key)?.graph;
-    if g.graphs.get(&graph).is_some_and(|gr| gr.owned.contains(&dptr)) {
+    if let Some(gr) = g.graphs.get_mut(&graph).filter(|gr| gr.allocated.contains(&dptr)) {
+        if !gr.owned.contains(&dptr) {
+            gr.owned.push(dptr);
+            g.holders.insert(dptr, 1);
+        }
         return Some(Ok(()));
     }
     drop(g);
@@ -680,6 +688,7 @@ mod tests {
         let g = Graph {
             nodes: vec![(1, Node::Empty), (2, Node::Empty)],
             edges: vec![(1, 2), (2, 1)],
+            allocated: Vec::new(),
             owned: Vec::new(),
         };
         assert!(ordered(&g).is_err());

@@ -49,6 +49,29 @@ int main(void)
     CHECK(cuGraphExecDestroy(exec));
     CHECK(cuGraphDestroy(graph));
 
+    /* An allocation the capture does not free outlives the launch: the app reads it and frees it itself. */
+    CHECK(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+    CUdeviceptr keep = 0;
+    CHECK(cuMemAllocAsync(&keep, N * sizeof(uint32_t), s));
+    unsigned int base2 = 77;
+    void *args2[] = {&keep, &base2, &n};
+    CHECK(cuLaunchKernel(fill, N / 256, 1, 1, 256, 1, 1, 0, s, args2, NULL));
+    CHECK(cuStreamEndCapture(s, &graph));
+    CHECK(cuGraphInstantiate(&exec, graph, 0));
+    CHECK(cuGraphLaunch(exec, s));
+    CHECK(cuStreamSynchronize(s));
+    uint32_t kept[N];
+    CHECK(cuMemcpyDtoH(kept, keep, sizeof kept));
+    int good = 1;
+    for (int i = 0; i < N; i++)
+        good &= kept[i] == base2 + (uint32_t)i;
+    result(good, "memory the graph allocated and left alive holds the kernel's values");
+    CHECK(cuMemFreeAsync(keep, s));
+    CHECK(cuStreamSynchronize(s));
+    printf("the app freed the graph's surviving allocation\n");
+    CHECK(cuGraphExecDestroy(exec));
+    CHECK(cuGraphDestroy(graph));
+
     /* Freeing on a capturing stream memory allocated before the capture is accepted natively; vGPU refuses
      * it (a free node of outside memory), so this program only frees such memory outside captures. */
     CHECK(cuMemFree(out));
