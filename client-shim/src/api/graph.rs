@@ -62,6 +62,12 @@ pub(crate) enum Node {
         function: usize,
         user: usize,
     },
+    /// Stream memory operations (`cuStreamWriteValue32` and friends, or a batch).
+    MemOps {
+        ops: Vec<MemOp>,
+        batch_flags: u32,
+        single: bool,
+    },
     Empty,
 }
 
@@ -385,6 +391,11 @@ fn replay(flags: u16, stream: Handle, node: &Node) -> Result<(), u32> {
                 ffi::call_host_fn(*function, *user)
             }
         }),
+        Node::MemOps {
+            ops,
+            batch_flags,
+            single,
+        } => super::stream_mem::submit(flags, stream, ops, *batch_flags, *single),
         Node::Empty => Ok(()),
     }
 }

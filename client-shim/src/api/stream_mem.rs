@@ -1,5 +1,6 @@
 //! Stream memory operations: 32- and 64-bit writes and waits on device memory in stream order, and batches of
 //! them (`cuStreamBatchMemOp`). Asynchronous like a memset; addresses are checked here so a bad one fails at the call.
+//! On a capturing stream they become graph nodes, replayed through the same path.
 
 use std::ffi::{c_uint, c_void};
 
@@ -26,16 +27,14 @@ fn operand_len(operation: u32) -> Result<u64, u32> {
     }
 }
 
-fn submit(flags: u16, stream: Handle, ops: &[MemOp], batch_flags: u32, single: bool) -> Result<(), u32> {
+/// Queues `ops` on `stream` (or records them into the graph the stream is capturing).
+pub(super) fn submit(flags: u16, stream: Handle, ops: &[MemOp], batch_flags: u32, single: bool) -> Result<(), u32> {
     need_ctx()?;
     // An older server would end the session on the unknown operation.
     if client::session()?.capabilities & CAP_STREAM_MEM_OPS == 0 {
         return Err(CUDA_ERROR_NOT_SUPPORTED);
     }
     let stream = super::exec::stream_id(stream)?;
-    // Not recorded into graphs (natively they become memory-operation nodes): the capture ends, as with any
-    // call a capture cannot take.
-    graph::refuse_sync(graph::key(flags, stream))?;
     for op in ops {
         let len = operand_len(op.operation)?;
         if len == 0 {
@@ -56,6 +55,17 @@ fn submit(flags: u16, stream: Handle, ops: &[MemOp], batch_flags: u32, single: b
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         state::read().check_range(op.address, len)?;
+    }
+    let key = graph::key(flags, stream);
+    if graph::is_capturing(key) {
+        let node = graph::Node::MemOps {
+            ops: ops.to_vec(),
+            batch_flags,
+            single,
+        };
+        if let Some(r) = graph::capture(key, node) {
+            return r;
+        }
     }
     let call = StreamMemOps {
         stream,

@@ -80,6 +80,29 @@ int main(void)
     read_back(d + 64, &w32, 4, s);
     expect(w32 == 99, "a write on the per-thread stream");
 
+    /* Captured into a graph (natively memory-operation nodes) and launched twice. */
+    CHECK(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+    CHECK(cuStreamWriteValue32(s, d + 128, 5, 0));
+    CHECK(cuStreamWaitValue32(s, d + 128, 5, CU_STREAM_WAIT_VALUE_EQ));
+    CHECK(cuStreamWriteValue64(s, d + 136, 0xa5a5a5a5a5a5a5a5ull, 0));
+    CUgraph graph;
+    CHECK(cuStreamEndCapture(s, &graph));
+    CUgraphExec exec;
+    CHECK(cuGraphInstantiate(&exec, graph, 0));
+    for (int launch = 0; launch < 2; launch++) {
+        CHECK(cuMemsetD8Async(d + 128, 0, 16, s));
+        CHECK(cuGraphLaunch(exec, s));
+        unsigned char got[16];
+        read_back(d + 128, got, sizeof got, s);
+        memcpy(&b32, got, 4);
+        memcpy(&b64, got + 8, 8);
+        char what[80];
+        snprintf(what, sizeof what, "graph launch %d: captured writes landed", launch);
+        expect(b32 == 5 && b64 == 0xa5a5a5a5a5a5a5a5ull, what);
+    }
+    CHECK(cuGraphExecDestroy(exec));
+    CHECK(cuGraphDestroy(graph));
+
     ERROR_CASE("write32 at an unaligned address", cuStreamWriteValue32(s, d + 2, 1, 0));
     ERROR_CASE("write64 at a 4-byte aligned address", cuStreamWriteValue64(s, d + 4, 1, 0));
     ERROR_CASE("batch of 0 operations", cuStreamBatchMemOp(s, 0, ops, 0));
