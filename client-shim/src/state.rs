@@ -140,20 +140,7 @@ impl Registry {
     /// CUDA_ERROR_INVALID_VALUE unless [addr, addr+len) lies inside known device ranges without a gap: one, or
     /// several back to back (VMM mappings next to each other, which PyTorch copies across).
     pub fn check_range(&self, addr: u64, len: u64) -> Result<(), u32> {
-        let invalid = vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_VALUE;
-        let end = addr.checked_add(len).ok_or(invalid)?;
-        let mut at = addr;
-        loop {
-            let (&base, &size) = self.device_ranges.range(..=at).next_back().ok_or(invalid)?;
-            let top = base.saturating_add(size);
-            if end <= top {
-                return Ok(());
-            }
-            if top <= at {
-                return Err(invalid);
-            }
-            at = top;
-        }
+        vgpu_dataplane::ranges::covered(&self.device_ranges, addr, len)
     }
 
     /// The VMM mapping holding `addr`: (its address, the mapping).

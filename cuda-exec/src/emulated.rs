@@ -162,22 +162,7 @@ impl State {
 
     /// The mappings that exactly tile [ptr, ptr+size), by address: whole mappings, back to back, no gap.
     fn whole_mappings(&self, ptr: u64, size: u64) -> CuResult<Vec<u64>> {
-        let end = ptr.checked_add(size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        if size == 0 {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        let mut out = Vec::new();
-        let mut at = ptr;
-        while at < end {
-            let m = self.mappings.get(&at).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-            out.push(at);
-            at += m.size;
-        }
-        if at == end {
-            Ok(out)
-        } else {
-            Err(CUDA_ERROR_INVALID_VALUE)
-        }
+        vgpu_dataplane::ranges::tiling(&self.mappings, |m| m.size, ptr, size)
     }
 
     /// Frees physical memory nothing refers to any more (no reference left, no mapping).

@@ -1316,7 +1316,7 @@ impl Channel {
 
     /// [addr, addr+len) must lie inside ranges the session owns: one, or several back to back.
     fn check_range(&self, addr: u64, len: u64) -> Result<(), u32> {
-        covered(&self.s().objects().ranges, addr, len)
+        vgpu_dataplane::ranges::covered(&self.s().objects().ranges, addr, len)
     }
 
     /// Each write or wait must name 4 or 8 bytes of the session's device memory; unknown operations are refused.
@@ -2113,26 +2113,6 @@ impl Channel {
             let _ = b.event_destroy(f.event);
             b.host_free(f.buf);
         }
-    }
-}
-
-/// Whether [addr, addr+len) lies inside the ranges (base → length) without a gap. Ranges that touch count as one:
-/// PyTorch's expandable segments map physical allocations back to back and copy across the seams. An empty range
-/// must start inside a range or at its end.
-fn covered(ranges: &BTreeMap<u64, u64>, addr: u64, len: u64) -> Result<(), u32> {
-    let end = addr.checked_add(len).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-    let mut at = addr;
-    loop {
-        let (&base, &size) = ranges.range(..=at).next_back().ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        let top = base.saturating_add(size);
-        if end <= top {
-            return Ok(());
-        }
-        if top <= at {
-            // `at` is past this range (a gap, or an address in no range).
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        at = top;
     }
 }
 

@@ -21,6 +21,7 @@ mod generated {
 }
 pub mod handshake;
 pub mod image;
+pub mod ranges;
 pub mod transport;
 pub mod wire;
 

@@ -40,22 +40,7 @@ struct Mapping {
 impl VmmObjects {
     /// The addresses of the mappings that exactly tile [ptr, ptr+size): whole mappings, back to back.
     fn whole_mappings(&self, ptr: u64, size: u64) -> Result<Vec<u64>, u32> {
-        let end = ptr.checked_add(size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        if size == 0 {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        let mut out = Vec::new();
-        let mut at = ptr;
-        while at < end {
-            let m = self.mappings.get(&at).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-            out.push(at);
-            at += m.size;
-        }
-        if at == end {
-            Ok(out)
-        } else {
-            Err(CUDA_ERROR_INVALID_VALUE)
-        }
+        vgpu_dataplane::ranges::tiling(&self.mappings, |m| m.size, ptr, size)
     }
 
     /// The mapping holding `addr`: (its address, the mapping).
@@ -576,24 +561,6 @@ mod tests {
         let backend = Arc::new(EmulatedBackend::new());
         let session = Session::new(backend.clone(), limits);
         (backend, session)
-    }
-
-    #[test]
-    fn ranges_that_touch_cover_a_copy_and_gaps_do_not() {
-        let ranges: std::collections::BTreeMap<u64, u64> = [(0x1000, 0x100), (0x1100, 0x100), (0x1300, 0x100)].into();
-        assert_eq!(super::super::covered(&ranges, 0x10f0, 0x20), Ok(()));
-        assert_eq!(super::super::covered(&ranges, 0x1000, 0x200), Ok(()));
-        assert_eq!(
-            super::super::covered(&ranges, 0x11f0, 0x20),
-            Err(CUDA_ERROR_INVALID_VALUE)
-        );
-        assert_eq!(super::super::covered(&ranges, 0x1200, 1), Err(CUDA_ERROR_INVALID_VALUE));
-        assert_eq!(super::super::covered(&ranges, 0x1400, 0), Ok(()));
-        assert_eq!(super::super::covered(&ranges, 0xfff, 2), Err(CUDA_ERROR_INVALID_VALUE));
-        assert_eq!(
-            super::super::covered(&ranges, u64::MAX, 2),
-            Err(CUDA_ERROR_INVALID_VALUE)
-        );
     }
 
     /// What PyTorch's expandable segments do: handles mapped back to back in one reservation, copies and
