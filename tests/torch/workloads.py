@@ -599,6 +599,30 @@ def _curand_uniform(n: int, seed: int, stream: int, out_ptr: int) -> None:
         lib.curandDestroyGenerator(handle)
 
 
+class Parts:
+    """A workload's parts, each on its own: one that fails is recorded (and fails the comparison) without hiding the
+    rest. A marker line before each lets a driver diagnostic on stderr be traced to the part that caused it."""
+
+    def __init__(self, ctx: Ctx):
+        self.ctx = ctx
+        self.checks: dict = {}
+        self.errors: list = []
+        self.ms: dict = {}
+
+    def run(self, name: str, fn) -> None:
+        print(f"  part {name}", flush=True)
+        t = time.perf_counter()
+        try:
+            self.checks[name] = fn()
+            self.ctx.sync()
+        except Skip:
+            raise
+        except Exception as e:  # noqa: BLE001 - the error text is the finding
+            self.checks[name] = {"error": f"{type(e).__name__}: {e}"}
+            self.errors.append(name)
+        self.ms[name] = (time.perf_counter() - t) * 1e3
+
+
 def w_libs(ctx: Ctx) -> dict:
     """The CUDA libraries PyTorch ships beside cuBLAS and cuDNN: cuFFT (torch.fft), cuBLASLt (a linear layer with
     bias, which PyTorch runs as one GEMM with a bias epilogue), cuSOLVER (torch.linalg), cuSPARSE (a CSR product)
@@ -607,19 +631,7 @@ def w_libs(ctx: Ctx) -> dict:
     x = torch.randn(64, 4096, generator=g).to(ctx.device)
     w = torch.randn(1024, 4096, generator=g).to(ctx.device) * 0.02
     b = torch.randn(1024, generator=g).to(ctx.device)
-    checks: dict = {}
-    errors: list = []
-
-    def part(name: str, fn) -> None:
-        # Each library on its own: one that fails is recorded (and fails the comparison) without hiding the rest.
-        try:
-            checks[name] = fn()
-            ctx.sync()
-        except Skip:
-            raise
-        except Exception as e:  # noqa: BLE001 - the error text is the finding
-            checks[name] = {"error": f"{type(e).__name__}: {e}"}
-            errors.append(name)
+    parts = Parts(ctx)
 
     def fft():
         spec = torch.fft.rfft(x, dim=1)
@@ -653,12 +665,13 @@ def w_libs(ctx: Ctx) -> dict:
         rhs = torch.randn(512, 64, generator=g2).to(ctx.device)
         return tsum(torch.sparse.mm(csr, rhs) if hasattr(torch.sparse, "mm") else csr @ rhs)
 
-    part("linear_bias", lambda: tsum(F.linear(x, w, b)))
-    part("fft", fft)
-    part("linalg", linalg)
-    part("sparse", sparse)
+    parts.run("linear_bias", lambda: tsum(F.linear(x, w, b)))
+    parts.run("fft", fft)
+    parts.run("linalg", linalg)
+    parts.run("sparse", sparse)
     if ctx.cuda:
-        part("curand_uniform", curand)
+        parts.run("curand_uniform", curand)
+    errors = parts.errors
     iters = ctx.q(200, 20)
 
     def per_call_us(fn) -> float:
@@ -677,7 +690,7 @@ def w_libs(ctx: Ctx) -> dict:
     print("  " + "  ".join(f"{k} {v:.1f}" for k, v in timing.items() if k != "primary"), flush=True)
     if errors:
         print(f"  failed: {', '.join(errors)}", flush=True)
-    return {"checks": checks, "timing": timing, "config": {}}
+    return {"checks": parts.checks, "timing": timing, "config": {}}
 
 
 def w_runtime(ctx: Ctx) -> dict:
@@ -686,22 +699,7 @@ def w_runtime(ctx: Ctx) -> dict:
     non_blocking=True, and the caching allocator's accounting. Each part on its own, like `libs`."""
     if not ctx.cuda:
         raise Skip("runtime features are CUDA's (streams, pinned memory, flash attention)")
-    checks: dict = {}
-    errors: list = []
-
-    part_ms: dict = {}
-
-    def part(name: str, fn) -> None:
-        # A marker line first: a driver diagnostic on stderr then shows which part it came from.
-        print(f"  part {name}", flush=True)
-        t = time.perf_counter()
-        try:
-            checks[name] = fn()
-            ctx.sync()
-        except Exception as e:  # noqa: BLE001 - the error text is the finding
-            checks[name] = {"error": f"{type(e).__name__}: {e}"}
-            errors.append(name)
-        part_ms[name] = (time.perf_counter() - t) * 1e3
+    parts = Parts(ctx)
 
     def mlp():
         g = gen(SEED + 11)
@@ -712,36 +710,34 @@ def w_runtime(ctx: Ctx) -> dict:
         data = [(torch.randn(128, 256, generator=g), torch.randint(10, (128,), generator=g)) for _ in range(20)]
         return m, data
 
-    def amp_bf16():
+    def amp_train(dtype, make_opt, scaler=None):
         m, data = mlp()
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        opt = make_opt(m.parameters())
         losses = []
         for x, y in data:
             x, y = x.to(ctx.device), y.to(ctx.device)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast("cuda", dtype=dtype):
                 loss = F.cross_entropy(m(x), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             losses.append(float(loss.detach()))
-        return {"losses": losses, "params": sum(float(p_.double().sum()) for p_ in m.parameters())}
+        out = {"losses": losses, "params": sum(float(p_.double().sum()) for p_ in m.parameters())}
+        if scaler is not None:
+            out["scale"] = float(scaler.get_scale())
+        return out
+
+    def amp_bf16():
+        return amp_train(torch.bfloat16, lambda ps: torch.optim.AdamW(ps, lr=1e-3))
 
     def amp_fp16_scaler():
-        m, data = mlp()
-        opt = torch.optim.SGD(m.parameters(), lr=0.05)
-        scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 16)
-        losses = []
-        for x, y in data:
-            x, y = x.to(ctx.device), y.to(ctx.device)
-            with torch.autocast("cuda", dtype=torch.float16):
-                loss = F.cross_entropy(m(x), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            losses.append(float(loss.detach()))
-        return {"losses": losses, "scale": float(scaler.get_scale()),
-                "params": sum(float(p_.double().sum()) for p_ in m.parameters())}
+        return amp_train(torch.float16, lambda ps: torch.optim.SGD(ps, lr=0.05),
+                         torch.amp.GradScaler("cuda", init_scale=2.0 ** 16))
 
     def flash_attention():
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -826,17 +822,18 @@ def w_runtime(ctx: Ctx) -> dict:
         finally:
             dist.destroy_process_group()
 
-    part("amp_bf16", amp_bf16)
-    part("amp_fp16_scaler", amp_fp16_scaler)
-    part("flash_attention", flash_attention)
-    part("streams_events", streams_events)
-    part("dataloader_workers", dataloader_workers)
-    part("allocator", allocator)
-    part("ddp_nccl", ddp_nccl)
+    parts.run("amp_bf16", amp_bf16)
+    parts.run("amp_fp16_scaler", amp_fp16_scaler)
+    parts.run("flash_attention", flash_attention)
+    parts.run("streams_events", streams_events)
+    parts.run("dataloader_workers", dataloader_workers)
+    parts.run("allocator", allocator)
+    parts.run("ddp_nccl", ddp_nccl)
+    checks, errors = parts.checks, parts.errors
     print(f"  parts ok: {len(checks) - len(errors)}/{len(checks)}" + (f"; failed: {', '.join(errors)}" if errors else ""),
           flush=True)
     # Wall time of the AMP training loop (20 steps, a first-use cost included): the parts are checks, not benchmarks.
-    return {"checks": checks, "timing": {"primary": "amp_bf16_ms", "amp_bf16_ms": part_ms.get("amp_bf16", float("nan"))},
+    return {"checks": checks, "timing": {"primary": "amp_bf16_ms", "amp_bf16_ms": parts.ms.get("amp_bf16", float("nan"))},
             "config": {}}
 
 
