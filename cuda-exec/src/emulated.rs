@@ -828,8 +828,8 @@ impl Backend for EmulatedBackend {
     fn stream_mem_ops(&self, stream: u64, ops: &[MemOp], _flags: u32, _single: bool) -> CuResult<()> {
         self.check_stream(stream)?;
         for op in ops {
-            let wide = matches!(op.operation, MEM_OP_WAIT_VALUE_64 | MEM_OP_WRITE_VALUE_64);
-            let len = if wide { 8 } else { 4 };
+            let len = op.operand_len().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            let wide = len == 8;
             match op.operation {
                 MEM_OP_WRITE_VALUE_32 | MEM_OP_WRITE_VALUE_64 => self.with_range(op.address, len, |b| {
                     b.copy_from_slice(&op.value.to_le_bytes()[..len as usize])

@@ -1322,13 +1322,10 @@ impl Channel {
     /// Each write or wait must name 4 or 8 bytes of the session's device memory; unknown operations are refused.
     fn check_mem_ops(&self, ops: &[MemOp]) -> Result<(), u32> {
         for op in ops {
-            let len = match op.operation {
-                MEM_OP_WAIT_VALUE_32 | MEM_OP_WRITE_VALUE_32 => 4,
-                MEM_OP_WAIT_VALUE_64 | MEM_OP_WRITE_VALUE_64 => 8,
-                MEM_OP_BARRIER | MEM_OP_FLUSH_REMOTE_WRITES => continue,
-                _ => return Err(CUDA_ERROR_INVALID_VALUE),
-            };
-            self.check_range(op.address, len)?;
+            match op.operand_len().ok_or(CUDA_ERROR_INVALID_VALUE)? {
+                0 => {}
+                len => self.check_range(op.address, len)?,
+            }
         }
         Ok(())
     }

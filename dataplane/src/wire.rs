@@ -431,6 +431,19 @@ pub struct MemOp {
     pub value: u64,
 }
 
+impl MemOp {
+    /// Bytes the operation reads or writes at `address` (0: it names no address), or `None` for an operation the
+    /// driver does not have.
+    pub fn operand_len(&self) -> Option<u64> {
+        match self.operation {
+            MEM_OP_WAIT_VALUE_32 | MEM_OP_WRITE_VALUE_32 => Some(4),
+            MEM_OP_WAIT_VALUE_64 | MEM_OP_WRITE_VALUE_64 => Some(8),
+            MEM_OP_BARRIER | MEM_OP_FLUSH_REMOTE_WRITES => Some(0),
+            _ => None,
+        }
+    }
+}
+
 /// `CUstreamBatchMemOpType` values.
 pub const MEM_OP_WAIT_VALUE_32: u32 = 1;
 pub const MEM_OP_WRITE_VALUE_32: u32 = 2;

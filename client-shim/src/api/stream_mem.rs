@@ -17,16 +17,6 @@ use crate::{client, ffi, mirror, state};
 /// Size of `CUstreamBatchMemOpParams` (a union padded to six 64-bit words).
 const BATCH_PARAMS_LEN: usize = 48;
 
-/// Bytes an operation reads or writes at its address (0: it names no address).
-fn operand_len(operation: u32) -> Result<u64, u32> {
-    match operation {
-        MEM_OP_WAIT_VALUE_32 | MEM_OP_WRITE_VALUE_32 => Ok(4),
-        MEM_OP_WAIT_VALUE_64 | MEM_OP_WRITE_VALUE_64 => Ok(8),
-        MEM_OP_BARRIER | MEM_OP_FLUSH_REMOTE_WRITES => Ok(0),
-        _ => Err(CUDA_ERROR_INVALID_VALUE),
-    }
-}
-
 /// Queues `ops` on `stream` (or records them into the graph the stream is capturing).
 pub(super) fn submit(flags: u16, stream: Handle, ops: &[MemOp], batch_flags: u32, single: bool) -> Result<(), u32> {
     need_ctx()?;
@@ -36,7 +26,7 @@ pub(super) fn submit(flags: u16, stream: Handle, ops: &[MemOp], batch_flags: u32
     }
     let stream = super::exec::stream_id(stream)?;
     for op in ops {
-        let len = operand_len(op.operation)?;
+        let len = op.operand_len().ok_or(CUDA_ERROR_INVALID_VALUE)?;
         if len == 0 {
             continue;
         }
