@@ -34,6 +34,11 @@ pub mod driver;
 #[path = "generated/nvml.rs"]
 pub mod nvml;
 
+/// Every CUresult enumerator as a constant (`use vgpu_cuda_sys::codes::*` names them without a prefix).
+#[rustfmt::skip]
+#[path = "generated/result_codes.rs"]
+pub mod codes;
+
 #[rustfmt::skip]
 #[path = "generated/driver_functions.rs"]
 #[macro_use]

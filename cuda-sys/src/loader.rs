@@ -3,8 +3,6 @@
 
 use std::ffi::c_void;
 
-
-
 /// Why a library could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -69,13 +69,18 @@ mod tests {
         assert_eq!(CUresult::from_code(400).name(), Some("CUDA_ERROR_INVALID_HANDLE"));
         assert_eq!(CUresult::from_code(12345).name(), None);
         assert_eq!(CUresult::CUDA_SUCCESS.result(), Ok(()));
-        assert_eq!(CUresult::CUDA_ERROR_OUT_OF_MEMORY.result(), Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY));
+        assert_eq!(
+            CUresult::CUDA_ERROR_OUT_OF_MEMORY.result(),
+            Err(CUresult::CUDA_ERROR_OUT_OF_MEMORY)
+        );
         assert_eq!(CUresult::CUDA_ERROR_NOT_READY.to_string(), "CUDA_ERROR_NOT_READY (600)");
     }
 
     #[test]
     fn loading_a_missing_library_is_a_clear_error() {
-        let e = crate::DriverLibrary::load("/nonexistent/libcuda.so.1").err().map(|e| e.to_string());
+        let e = crate::DriverLibrary::load("/nonexistent/libcuda.so.1")
+            .err()
+            .map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.starts_with("cannot load /nonexistent/libcuda.so.1")));
     }
 

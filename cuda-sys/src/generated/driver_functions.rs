@@ -1970,3 +1970,55 @@ pub const UNDECLARED_EXPORTS: &[&str] = &[
     "cuVDPAUGetDevice",
     "cuWGLGetDevice",
 ];
+
+/// Hands every name of `UNDECLARED_EXPORTS` to `$callback!` as `[extra tokens] name, name, ...`.
+#[macro_export]
+macro_rules! undeclared_exports {
+    ($callback:ident $(, $($extra:tt)*)?) => {
+        $callback! {
+            [$($($extra)*)?]
+            cuEGLApiInit,
+            cuEGLStreamConsumerAcquireFrame,
+            cuEGLStreamConsumerConnect,
+            cuEGLStreamConsumerConnectWithFlags,
+            cuEGLStreamConsumerDisconnect,
+            cuEGLStreamConsumerReleaseFrame,
+            cuEGLStreamProducerConnect,
+            cuEGLStreamProducerDisconnect,
+            cuEGLStreamProducerPresentFrame,
+            cuEGLStreamProducerReturnFrame,
+            cuEventCreateFromEGLSync,
+            cuGLCtxCreate,
+            cuGLCtxCreate_v2,
+            cuGLGetDevices,
+            cuGLGetDevices_v2,
+            cuGLInit,
+            cuGLMapBufferObject,
+            cuGLMapBufferObjectAsync,
+            cuGLMapBufferObjectAsync_v2,
+            cuGLMapBufferObjectAsync_v2_ptsz,
+            cuGLMapBufferObject_v2,
+            cuGLMapBufferObject_v2_ptds,
+            cuGLRegisterBufferObject,
+            cuGLSetBufferObjectMapFlags,
+            cuGLUnmapBufferObject,
+            cuGLUnmapBufferObjectAsync,
+            cuGLUnregisterBufferObject,
+            cuGraphicsEGLRegisterImage,
+            cuGraphicsGLRegisterBuffer,
+            cuGraphicsGLRegisterImage,
+            cuGraphicsResourceGetMappedEglFrame,
+            cuGraphicsVDPAURegisterOutputSurface,
+            cuGraphicsVDPAURegisterVideoSurface,
+            cuMemGetAttribute,
+            cuMemGetAttribute_v2,
+            cuProfilerInitialize,
+            cuProfilerStart,
+            cuProfilerStop,
+            cuVDPAUCtxCreate,
+            cuVDPAUCtxCreate_v2,
+            cuVDPAUGetDevice,
+            cuWGLGetDevice,
+        }
+    };
+}
