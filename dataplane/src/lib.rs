@@ -17,6 +17,7 @@ macro_rules! snapshot {
 
 pub mod cuerr;
 pub mod handshake;
+pub mod ids;
 pub mod image;
 pub mod ranges;
 pub mod transport;
