@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod emulated;
+pub mod handles;
 pub mod nvml;
 pub mod ptx;
 pub mod real;

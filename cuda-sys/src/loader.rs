@@ -14,15 +14,15 @@ pub enum LoadError {
     Missing { path: String, symbol: &'static str },
 }
 
-/// Opens `path`, refusing vGPU's own shims (which export `vgpu_shim_marker`).
-fn open(path: &str) -> Result<libloading::Library, LoadError> {
-    // SAFETY: loading NVIDIA's library runs its initialisers, which is what loading it is for.
+/// Opens `path`; with `refuse_shim`, refuses vGPU's own shims (which export `vgpu_shim_marker`).
+fn open(path: &str, refuse_shim: bool) -> Result<libloading::Library, LoadError> {
+    // SAFETY: loading the library runs its initialisers, which is what loading it is for.
     let lib = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::Open {
         path: path.into(),
         reason: e.to_string(),
     })?;
     // SAFETY: a symbol only vGPU's shims export; looking it up has no side effects.
-    if unsafe { lib.get::<*const c_void>(b"vgpu_shim_marker\0") }.is_ok() {
+    if refuse_shim && unsafe { lib.get::<*const c_void>(b"vgpu_shim_marker\0") }.is_ok() {
         return Err(LoadError::IsShim { path: path.into() });
     }
     Ok(lib)
@@ -64,9 +64,19 @@ macro_rules! define_library {
 
         #[allow(non_snake_case, clippy::too_many_arguments, clippy::missing_safety_doc)]
         impl $lib {
-            /// Opens the library and resolves every entry point it has.
+            /// Opens NVIDIA's library (vGPU's own shim is refused) and resolves every entry point it has.
             pub fn load(path: &str) -> Result<$lib, LoadError> {
-                let lib = open(path)?;
+                Self::open_with(path, true)
+            }
+
+            /// Opens whichever library `path` names, vGPU's shim included (for programs that run the same code
+            /// natively and through vGPU).
+            pub fn load_any(path: &str) -> Result<$lib, LoadError> {
+                Self::open_with(path, false)
+            }
+
+            fn open_with(path: &str, refuse_shim: bool) -> Result<$lib, LoadError> {
+                let lib = open(path, refuse_shim)?;
                 $(
                     // SAFETY: the symbol, where present, has this signature in the header it was generated from.
                     let $name = unsafe {
@@ -81,6 +91,11 @@ macro_rules! define_library {
             /// The path the library was opened from.
             pub fn path(&self) -> &str {
                 &self.path
+            }
+
+            /// The opened library, for symbols beyond the header's (vGPU's own `vgpu_*` exports).
+            pub fn library(&self) -> &libloading::Library {
+                &self._lib
             }
 
             /// Fails unless every entry point in `names` is present (for the ones a caller cannot do without).

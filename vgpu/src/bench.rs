@@ -124,11 +124,11 @@ pub fn launch_rate(n: u64, start_at_ms: u64) -> Result<(), String> {
     let t = Instant::now();
     for _ in 0..n {
         // SAFETY: an argument-less kernel launched with no parameters on the NULL stream.
-        let r = unsafe { (cuda.launch_kernel)(f, 1, 1, 1, 1, 1, 1, 0, null, null as _, null as _) };
+        let r = unsafe { cuda.cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, null, null as _, null as _) };
         cuda.check("cuLaunchKernel", r)?;
     }
     // SAFETY: documented driver call.
-    cuda.check("cuCtxSynchronize", unsafe { (cuda.ctx_synchronize)() })?;
+    cuda.check("cuCtxSynchronize", unsafe { cuda.cuCtxSynchronize() })?;
     println!("{}", json!({ "launches_per_s": n as f64 / t.elapsed().as_secs_f64() }));
     Ok(())
 }
@@ -176,7 +176,7 @@ pub fn probe(quick: bool) -> Result<(), String> {
     let t = Instant::now();
     let cuda = Cuda::load()?;
     // SAFETY: documented driver call.
-    cuda.check("cuInit", unsafe { (cuda.init)(0) })?;
+    cuda.check("cuInit", unsafe { cuda.cuInit(0) })?;
     let session_start_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     cuda.open_device()?;
@@ -189,34 +189,34 @@ pub fn probe(quick: bool) -> Result<(), String> {
     let null = std::ptr::null_mut();
     let launch = || {
         // SAFETY: an argument-less kernel launched with no parameters on the NULL stream.
-        unsafe { (cuda.launch_kernel)(f, 1, 1, 1, 1, 1, 1, 0, null, std::ptr::null_mut(), std::ptr::null_mut()) }
+        unsafe { cuda.cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, null, std::ptr::null_mut(), std::ptr::null_mut()) }
     };
     for _ in 0..1000 {
         cuda.check("cuLaunchKernel", launch())?;
     }
     // SAFETY: documented driver call.
-    cuda.check("cuCtxSynchronize", unsafe { (cuda.ctx_synchronize)() })?;
+    cuda.check("cuCtxSynchronize", unsafe { cuda.cuCtxSynchronize() })?;
     let n = 100_000 / scale;
     let t = Instant::now();
     for _ in 0..n {
         cuda.check("cuLaunchKernel", launch())?;
     }
     // SAFETY: documented driver call.
-    cuda.check("cuCtxSynchronize", unsafe { (cuda.ctx_synchronize)() })?;
+    cuda.check("cuCtxSynchronize", unsafe { cuda.cuCtxSynchronize() })?;
     out.insert("launch_async_us", t.elapsed().as_secs_f64() / n as f64 * 1e6);
     let n = 10_000 / scale;
     let t = Instant::now();
     for _ in 0..n {
         cuda.check("cuLaunchKernel", launch())?;
         // SAFETY: documented driver call on the NULL stream.
-        cuda.check("cuStreamSynchronize", unsafe { (cuda.stream_synchronize)(null) })?;
+        cuda.check("cuStreamSynchronize", unsafe { cuda.cuStreamSynchronize(null) })?;
     }
     out.insert("launch_sync_us", t.elapsed().as_secs_f64() / n as f64 * 1e6);
     let (mut free, mut total) = (0usize, 0usize);
     let t = Instant::now();
     for _ in 0..n {
         // SAFETY: out-pointers to locals.
-        cuda.check("cuMemGetInfo", unsafe { (cuda.mem_get_info)(&mut free, &mut total) })?;
+        cuda.check("cuMemGetInfo", unsafe { cuda.cuMemGetInfo_v2(&mut free, &mut total) })?;
     }
     out.insert("memgetinfo_us", t.elapsed().as_secs_f64() / n as f64 * 1e6);
     let m = 2000 / scale;
@@ -225,21 +225,21 @@ pub fn probe(quick: bool) -> Result<(), String> {
         let mut d = 0u64;
         // SAFETY: out-pointer to a local; the allocation is freed at once.
         unsafe {
-            cuda.check("cuMemAlloc", (cuda.mem_alloc)(&mut d, 1 << 20))?;
-            cuda.check("cuMemFree", (cuda.mem_free)(d))?;
+            cuda.check("cuMemAlloc", cuda.cuMemAlloc_v2(&mut d, 1 << 20))?;
+            cuda.check("cuMemFree", cuda.cuMemFree_v2(d))?;
         }
     }
     out.insert("malloc_free_1mib_us", t.elapsed().as_secs_f64() / m as f64 * 1e6);
     let big = 1usize << 30;
     let mut dev = 0u64;
     // SAFETY: out-pointer to a local.
-    cuda.check("cuMemAlloc", unsafe { (cuda.mem_alloc)(&mut dev, big) })?;
+    cuda.check("cuMemAlloc", unsafe { cuda.cuMemAlloc_v2(&mut dev, big) })?;
     let mut word = 1u32;
     let t = Instant::now();
     for _ in 0..n {
         // SAFETY: 4 bytes from a local into a 1 GiB allocation.
         cuda.check("cuMemcpyHtoD", unsafe {
-            (cuda.memcpy_htod)(dev, &word as *const u32 as *const c_void, 4)
+            cuda.cuMemcpyHtoD_v2(dev, &word as *const u32 as *const c_void, 4)
         })?;
     }
     out.insert("h2d_4b_us", t.elapsed().as_secs_f64() / n as f64 * 1e6);
@@ -247,7 +247,7 @@ pub fn probe(quick: bool) -> Result<(), String> {
     for _ in 0..n {
         // SAFETY: 4 bytes into a local.
         cuda.check("cuMemcpyDtoH", unsafe {
-            (cuda.memcpy_dtoh)(&mut word as *mut u32 as *mut c_void, dev, 4)
+            cuda.cuMemcpyDtoH_v2(&mut word as *mut u32 as *mut c_void, dev, 4)
         })?;
     }
     out.insert("d2h_4b_us", t.elapsed().as_secs_f64() / n as f64 * 1e6);
@@ -261,15 +261,15 @@ pub fn probe(quick: bool) -> Result<(), String> {
         let mut pageable = vec![1u8; size];
         let mut pinned: *mut c_void = std::ptr::null_mut();
         // SAFETY: out-pointer to a local; freed below.
-        cuda.check("cuMemAllocHost", unsafe { (cuda.mem_alloc_host)(&mut pinned, size) })?;
+        cuda.check("cuMemAllocHost", unsafe { cuda.cuMemAllocHost_v2(&mut pinned, size) })?;
         // SAFETY: pinned holds `size` bytes.
         unsafe { std::ptr::write_bytes(pinned as *mut u8, 1, size) };
         for (kind, host) in [("pageable", pageable.as_mut_ptr() as *mut c_void), ("pinned", pinned)] {
             // SAFETY (both loops): `size` bytes between a host buffer of that size and a 1 GiB allocation.
-            cuda.check("cuMemcpyHtoD", unsafe { (cuda.memcpy_htod)(dev, host, size) })?;
+            cuda.check("cuMemcpyHtoD", unsafe { cuda.cuMemcpyHtoD_v2(dev, host, size) })?;
             let t = Instant::now();
             for _ in 0..reps {
-                cuda.check("cuMemcpyHtoD", unsafe { (cuda.memcpy_htod)(dev, host, size) })?;
+                cuda.check("cuMemcpyHtoD", unsafe { cuda.cuMemcpyHtoD_v2(dev, host, size) })?;
             }
             out.insert(
                 leak(format!("h2d_{kind}_{label}_gbps")),
@@ -277,7 +277,7 @@ pub fn probe(quick: bool) -> Result<(), String> {
             );
             let t = Instant::now();
             for _ in 0..reps {
-                cuda.check("cuMemcpyDtoH", unsafe { (cuda.memcpy_dtoh)(host, dev, size) })?;
+                cuda.check("cuMemcpyDtoH", unsafe { cuda.cuMemcpyDtoH_v2(host, dev, size) })?;
             }
             out.insert(
                 leak(format!("d2h_{kind}_{label}_gbps")),
@@ -285,10 +285,10 @@ pub fn probe(quick: bool) -> Result<(), String> {
             );
         }
         // SAFETY: allocated above by cuMemAllocHost.
-        cuda.check("cuMemFreeHost", unsafe { (cuda.mem_free_host)(pinned) })?;
+        cuda.check("cuMemFreeHost", unsafe { cuda.cuMemFreeHost(pinned) })?;
     }
     // SAFETY: allocated above.
-    cuda.check("cuMemFree", unsafe { (cuda.mem_free)(dev) })?;
+    cuda.check("cuMemFree", unsafe { cuda.cuMemFree_v2(dev) })?;
     let report = json!({ "device": cuda.device_name(), "vgpu_backend": cuda.vgpu_backend(), "metrics": out });
     println!("{report}");
     Ok(())

@@ -137,7 +137,6 @@ pub const MAX_MEM_OP_BYTES: usize = MAX_MEM_OPS * std::mem::size_of::<MemOp>();
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
 pub struct Empty {}
 
-
 /// Turns the call table's rows into wire structs, `Op` codes and `Call` impls.
 macro_rules! define_calls {
     ($(
@@ -391,4 +390,3 @@ mod tests {
         assert!(decode_function_table(&huge).is_err());
     }
 }
-

@@ -314,10 +314,12 @@ fn type_text(ty: &syn::Type, q: &mut Qualify<'_>) -> String {
 
 /// Token-stream spacing (`* mut :: core :: ffi :: c_uint`) back to the way Rust is written.
 fn tidy(s: &str) -> String {
-    s.replace(" :: ", "::")
-        .replace(":: ", "::")
-        .replace("* mut ", "*mut ")
+    s.replace("* mut ", "*mut ")
         .replace("* const ", "*const ")
+        .replace(" :: ", "::")
+        .replace(":: ", "::")
+        .replace("*mut::", "*mut ::")
+        .replace("*const::", "*const ::")
         .replace(" ,", ",")
         .replace("[ ", "[")
         .replace(" ]", "]")
