@@ -81,6 +81,7 @@ impl Authority for StaticKey {
             limits: Limits {
                 memory_bytes: self.memory_limit,
                 devices: None,
+                ..Default::default()
             },
         })
     }
@@ -195,6 +196,7 @@ impl Handoff {
         Ok(Limits {
             memory_bytes: (self.memory_limit != u64::MAX).then_some(self.memory_limit),
             devices,
+            ..Default::default()
         })
     }
 }
@@ -529,6 +531,7 @@ impl Listener {
                     Ok(t) => Some(UsageCounters {
                         allocated_bytes: t.allocated_bytes,
                         bytes_moved: t.bytes_moved,
+                        ..Default::default()
                     }),
                     Err(_) => None,
                 },
@@ -538,8 +541,8 @@ impl Listener {
             let now = Instant::now();
             let now_wall = std::time::SystemTime::now();
             let current = now_counters.unwrap_or(UsageCounters {
-                allocated_bytes: 0,
                 bytes_moved: last.bytes_moved,
+                ..Default::default()
             });
             let seconds = now.duration_since(since).as_secs_f64();
             // Ticks are a second apart: memory between two is taken as the mean of both readings.

@@ -360,6 +360,7 @@ impl Authority for TicketAuthority {
             limits: Limits {
                 memory_bytes: Some(memory_mib.saturating_mul(1 << 20)),
                 devices: Some(devices),
+                ..Default::default()
             },
         })
     }

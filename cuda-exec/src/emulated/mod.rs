@@ -59,6 +59,9 @@ pub struct EmulatedBackend {
     devices: Vec<DeviceFacts>,
     state: Mutex<State>,
     next_handle: AtomicU64,
+    /// Host buffers handed out and not yet freed (bytes), and the most there ever were: what the server held.
+    host_live: AtomicU64,
+    host_peak: AtomicU64,
 }
 
 impl Default for EmulatedBackend {
@@ -76,7 +79,14 @@ impl EmulatedBackend {
                 ..Default::default()
             }),
             next_handle: AtomicU64::new(0x1000),
+            host_live: AtomicU64::new(0),
+            host_peak: AtomicU64::new(0),
         }
+    }
+
+    /// The most host buffer bytes alive at once so far (staging, queued copies, pools).
+    pub fn host_peak(&self) -> u64 {
+        self.host_peak.load(Ordering::Relaxed)
     }
 
     /// A backend with `count` identical devices, for tests of device numbering.
@@ -518,9 +528,12 @@ impl Backend for EmulatedBackend {
         let mut v = vec![0u8; len.max(1)].into_boxed_slice();
         let ptr = v.as_mut_ptr();
         std::mem::forget(v);
+        let live = self.host_live.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+        self.host_peak.fetch_max(live, Ordering::Relaxed);
         Ok(HostBuffer { ptr, len })
     }
     fn host_free(&self, buf: HostBuffer) {
+        self.host_live.fetch_sub(buf.len as u64, Ordering::Relaxed);
         // SAFETY: buf was made by host_alloc from a boxed slice of max(len, 1) bytes that was forgotten there.
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(buf.ptr, buf.len.max(1))) });
     }

@@ -90,6 +90,7 @@ impl Channel {
 
     /// `TexObjectCreate`: the resource's array (a client id) or memory (a session range) is checked first.
     fn tex_object_create(&self, c: TexObjectCreate) -> CuResult<u64> {
+        self.s().check_cap(|o| o.tex_objects.len(), |c| c.tex_objects)?;
         let surface = c.surface != 0;
         let with_view = c.has_view != 0 && !surface;
         let want = RESOURCE_DESC_LEN
@@ -127,6 +128,15 @@ impl Channel {
     }
 }
 
+/// The bytes an array of this shape holds (`None`: a format vGPU does not handle, or an overflowing size).
+fn array_bytes(shape: &ArrayShape) -> Option<u64> {
+    shape
+        .element_bytes()?
+        .checked_mul(shape.width)?
+        .checked_mul(shape.height.max(1))?
+        .checked_mul(shape.depth.max(1))
+}
+
 impl Serve<ArrayCreate> for Channel {
     fn serve(&mut self, c: ArrayCreate, _cx: &mut Cx<'_>) -> Served<Empty> {
         let shape = ArrayShape {
@@ -137,10 +147,19 @@ impl Serve<ArrayCreate> for Channel {
             channels: c.channels,
             flags: c.flags,
         };
-        Ok(self.b().array_create(shape).map(|real| {
+        // An array is device memory: its bytes count against the memory limit while it lives.
+        let bytes = array_bytes(&shape).ok_or(CUDA_ERROR_INVALID_VALUE);
+        let r = bytes.and_then(|bytes| {
+            self.s().check_cap(|o| o.arrays.len(), |c| c.arrays)?;
+            self.s().reserve(bytes)?;
+            let real = self
+                .b()
+                .array_create(shape)
+                .inspect_err(|_| self.s().unreserve(bytes))?;
             self.s().objects().arrays.insert(c.array, (real, shape));
-            Empty {}
-        }))
+            Ok(Empty {})
+        });
+        Ok(r)
     }
 }
 
@@ -148,7 +167,10 @@ impl Serve<ArrayDestroy> for Channel {
     fn serve(&mut self, c: ArrayDestroy, _cx: &mut Cx<'_>) -> Served<Empty> {
         let real = self.s().objects().arrays.remove(&c.array);
         Ok(match real {
-            Some((r, _)) => self.b().array_destroy(r).map(|_| Empty {}),
+            Some((r, shape)) => {
+                self.s().unreserve(array_bytes(&shape).unwrap_or(0));
+                self.b().array_destroy(r).map(|_| Empty {})
+            }
             None => Err(CUDA_ERROR_INVALID_HANDLE),
         })
     }

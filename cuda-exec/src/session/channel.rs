@@ -21,8 +21,9 @@ use crate::backend::*;
 
 /// Staging chunk for pipelined copies: big enough to amortise a stream sync, small enough to overlap.
 pub(super) const CHUNK: usize = 8 << 20;
-/// Pinned buffers kept for reuse per channel.
+/// Pinned buffers kept for reuse per channel, and the largest one kept (bigger ones go back at once).
 const POOL_KEEP: usize = 8;
+const POOL_KEEP_LEN: usize = 16 << 20;
 /// Tails are received in pieces of at most this much more than already arrived (doubling from here), so a
 /// frame that announces a large tail commits memory only as its bytes come in.
 const TAIL_STEP: usize = 1 << 20;
@@ -62,6 +63,7 @@ impl Cx<'_> {
 }
 
 /// A device-to-host async copy whose bytes wait in a pinned buffer until a synchronizing reply carries them.
+/// `len` bytes of it are held against the session's host budget.
 pub(super) struct PendingCopy {
     pub id: PendingId,
     pub buf: HostBuffer,
@@ -69,10 +71,12 @@ pub(super) struct PendingCopy {
     pub event: Event,
 }
 
-/// Host memory an async host-to-device copy still reads from, until `event` completes.
+/// Host memory an async host-to-device copy still reads from, until `event` completes; `held` bytes of the
+/// session's host budget.
 pub(super) struct InFlight {
     pub buf: HostBuffer,
     pub event: Event,
+    pub held: u64,
 }
 
 pub(super) struct Channel {
@@ -167,6 +171,9 @@ impl Channel {
     fn forget_reset_buffers(&mut self) {
         let epoch = self.session.reset_epoch.load(Ordering::Acquire);
         if epoch != self.epoch {
+            let held: u64 = self.pending.iter().map(|p| p.len as u64).sum::<u64>()
+                + self.in_flight.iter().map(|f| f.held).sum::<u64>();
+            self.session.release_host(held);
             self.staging.clear();
             self.pool.clear();
             self.pending.clear();
@@ -312,6 +319,7 @@ impl Channel {
                     };
                     let sent = t.send(&[header.as_bytes(), push.as_bytes(), &p.buf.as_slice()[..p.len]]);
                     let _ = self.b().event_destroy(p.event);
+                    self.session.release_host(p.len as u64);
                     self.give_back(p.buf);
                     sent?;
                 }
@@ -321,6 +329,7 @@ impl Channel {
                     // client through its next synchronizing call.
                     let p = self.pending.swap_remove(i);
                     let _ = self.b().event_destroy(p.event);
+                    self.session.release_host(p.len as u64);
                     self.give_back(p.buf);
                 }
             }
@@ -372,7 +381,7 @@ impl Channel {
     }
 
     pub fn give_back(&mut self, buf: HostBuffer) {
-        if self.pool.len() < POOL_KEEP {
+        if self.pool.len() < POOL_KEEP && buf.len <= POOL_KEEP_LEN {
             self.pool.push(buf);
         } else {
             self.b().host_free(buf);
@@ -385,6 +394,7 @@ impl Channel {
             if self.b().event_query(self.in_flight[i].event) != Err(CUDA_ERROR_NOT_READY) {
                 let f = self.in_flight.swap_remove(i);
                 let _ = self.b().event_destroy(f.event);
+                self.session.release_host(f.held);
                 self.give_back(f.buf);
             } else {
                 i += 1;
@@ -424,6 +434,32 @@ impl Channel {
         Ok(())
     }
 
+    /// Takes `n` bytes of the session's host budget for a queued copy. Past the budget, this channel's own
+    /// queued copies are waited for and delivered first; `false`: still no room (other channels hold it), and
+    /// the caller does its copy synchronously instead, holding nothing past the call.
+    pub fn hold_for_queue(&mut self, t: &mut dyn Transport, n: u64) -> Result<bool, ChannelEnd> {
+        if self.session.hold_host(n) {
+            return Ok(true);
+        }
+        self.drain_queued(t)?;
+        Ok(self.session.hold_host(n))
+    }
+
+    /// Waits for this channel's queued copies, returns their buffers, and pushes the finished device-to-host
+    /// ones to the client now (it lands them at its next wait, as it would have).
+    fn drain_queued(&mut self, t: &mut dyn Transport) -> Result<(), ChannelEnd> {
+        for f in std::mem::take(&mut self.in_flight) {
+            let _ = self.b().event_synchronize(f.event);
+            let _ = self.b().event_destroy(f.event);
+            self.session.release_host(f.held);
+            self.give_back(f.buf);
+        }
+        for p in &self.pending {
+            let _ = self.b().event_synchronize(p.event);
+        }
+        self.deliver_pending(t)
+    }
+
     /// Returns buffers to the backend when the channel ends (the worker's exit frees the rest).
     fn release(&mut self) {
         let b = self.session.backend.clone();
@@ -433,11 +469,13 @@ impl Channel {
         for p in self.pending.drain(..) {
             let _ = b.event_synchronize(p.event);
             let _ = b.event_destroy(p.event);
+            self.session.release_host(p.len as u64);
             b.host_free(p.buf);
         }
         for f in self.in_flight.drain(..) {
             let _ = b.event_synchronize(f.event);
             let _ = b.event_destroy(f.event);
+            self.session.release_host(f.held);
             b.host_free(f.buf);
         }
     }

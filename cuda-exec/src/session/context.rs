@@ -10,6 +10,7 @@ use crate::backend::*;
 impl Serve<PrimaryCtxRetain> for Channel {
     fn serve(&mut self, c: PrimaryCtxRetain, _cx: &mut Cx<'_>) -> Served<Empty> {
         let r = self.s().real_device(c.dev).and_then(|d| {
+            self.s().check_cap(|o| o.contexts.len(), |c| c.contexts)?;
             let real = self.b().primary_ctx_retain(d)?;
             let mut objs = self.s().objects();
             objs.contexts.insert(c.ctx, real);
@@ -46,6 +47,7 @@ impl Serve<PrimaryCtxReset> for Channel {
 impl Serve<CtxCreate> for Channel {
     fn serve(&mut self, c: CtxCreate, _cx: &mut Cx<'_>) -> Served<Empty> {
         let r = self.s().real_device(c.dev).and_then(|d| {
+            self.s().check_cap(|o| o.contexts.len(), |c| c.contexts)?;
             let real = self.b().ctx_create(c.flags, d)?;
             let mut objs = self.s().objects();
             objs.contexts.insert(c.ctx, real);

@@ -75,6 +75,98 @@ impl Channel {
         Ok(())
     }
 
+    /// Receives `len` bytes of tail and copies them to `dst` on `stream`, pipelined: the network fills one
+    /// staging buffer while the copy engine drains the other. Returns once the copy is done.
+    fn htod_through_staging(
+        &mut self,
+        t: &mut dyn Transport,
+        dst: DevicePtr,
+        len: usize,
+        stream: Stream,
+    ) -> Result<CuResult<()>, ChannelEnd> {
+        if let Err(e) = self.ensure_staging() {
+            self.discard(t, len)?;
+            return Ok(Err(e));
+        }
+        let mut done = 0usize;
+        let mut which = 0;
+        let mut error = None;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            let buf = &mut self.staging[which];
+            t.recv_exact(&mut buf.as_mut_slice()[..n])?;
+            if error.is_none() {
+                // The previous chunk's copy ran while this one arrived; waiting for it here (not right after
+                // issuing it) is what overlaps the network with the copy engine, and it also frees that chunk's
+                // buffer, which the next chunk fills.
+                let r = if done > 0 {
+                    self.b().stream_synchronize(stream)
+                } else {
+                    Ok(())
+                }
+                .and_then(|_| {
+                    self.b()
+                        .memcpy_htod_async(dst.offset(done as u64), &self.staging[which], n, stream)
+                });
+                error = r.err();
+            }
+            done += n;
+            which ^= 1;
+        }
+        Ok(match error {
+            Some(e) => Err(e),
+            None => self.b().stream_synchronize(stream),
+        })
+    }
+
+    /// A device-to-host async copy done now (the session's host budget is spent): waits for its stream, then
+    /// pushes the bytes through the staging buffers. The client lands them at its next wait, as it would have.
+    fn push_now(
+        &mut self,
+        t: &mut dyn Transport,
+        id: PendingId,
+        src: DevicePtr,
+        len: usize,
+        stream: Stream,
+    ) -> Result<CuResult<()>, ChannelEnd> {
+        if let Err(e) = self.b().stream_synchronize(stream).and_then(|_| self.ensure_staging()) {
+            return Ok(Err(e));
+        }
+        let frame = std::mem::size_of::<PushHeader>() + len;
+        let Ok(frame_len) = u32::try_from(frame) else {
+            return Ok(Err(CUDA_ERROR_INVALID_VALUE));
+        };
+        let header = ReplyHeader {
+            len: frame_len,
+            result: 0,
+            kind: REPLY_KIND_PUSH,
+            seq: 0,
+        };
+        let push = PushHeader {
+            pending_id: id.0,
+            len: len as u64,
+        };
+        t.send(&[header.as_bytes(), push.as_bytes()])?;
+        let mut error = None;
+        let mut offset = 0usize;
+        while offset < len {
+            let n = (len - offset).min(CHUNK);
+            if error.is_none() {
+                error = self
+                    .b()
+                    .memcpy_dtoh_async(&self.staging[0], src.offset(offset as u64), n, stream)
+                    .and_then(|_| self.b().stream_synchronize(stream))
+                    .err();
+            }
+            if error.is_some() {
+                self.staging[0].as_mut_slice()[..n].fill(0);
+            }
+            t.send(&[&self.staging[0].as_slice()[..n]])?;
+            offset += n;
+        }
+        Ok(error.map_or(Ok(()), Err))
+    }
+
     /// The device span a 2D copy touches: `height` rows at `pitch`, `width` bytes each.
     fn check_2d(&self, addr: u64, pitch: u64, width: u64, height: u64) -> CuResult<()> {
         if height == 0 || width == 0 {
@@ -152,49 +244,18 @@ impl Channel {
 }
 
 impl Serve<MemcpyHtoD> for Channel {
-    /// Synchronous host-to-device copy, pipelined: the network fills one staging buffer while the copy engine
-    /// drains the other.
     fn serve(&mut self, c: MemcpyHtoD, cx: &mut Cx<'_>) -> Served<Empty> {
         let len = cx.header.tail_len();
         if len as u64 != c.size {
             return Err(ChannelEnd::Malformed(format!("copy of {} bytes carries {len}", c.size)));
         }
         self.s().count_moved(c.size);
-        let stream = cx.default_stream();
-        if let Err(e) = self.check_range(c.dst, c.size).and_then(|_| self.ensure_staging()) {
+        if let Err(e) = self.check_range(c.dst, c.size) {
             self.discard(cx.t, len)?;
             return Ok(Err(e));
         }
-        let mut done = 0usize;
-        let mut which = 0;
-        let mut error = None;
-        while done < len {
-            let n = (len - done).min(CHUNK);
-            let buf = &mut self.staging[which];
-            cx.t.recv_exact(&mut buf.as_mut_slice()[..n])?;
-            if error.is_none() {
-                // The previous chunk's copy ran while this one arrived; waiting for it here (not right after
-                // issuing it) is what overlaps the network with the copy engine, and it also frees that chunk's
-                // buffer, which the next chunk fills.
-                let r = if done > 0 {
-                    self.b().stream_synchronize(stream)
-                } else {
-                    Ok(())
-                }
-                .and_then(|_| {
-                    self.b()
-                        .memcpy_htod_async(c.dst.offset(done as u64), &self.staging[which], n, stream)
-                });
-                error = r.err();
-            }
-            done += n;
-            which ^= 1;
-        }
-        let r = match error {
-            Some(e) => Err(e),
-            None => self.b().stream_synchronize(stream),
-        };
-        Ok(r.map(|_| Empty {}))
+        let stream = cx.default_stream();
+        Ok(self.htod_through_staging(cx.t, c.dst, len, stream)?.map(|_| Empty {}))
     }
 }
 
@@ -205,13 +266,24 @@ impl Serve<MemcpyHtoDAsync> for Channel {
             return Err(ChannelEnd::Malformed(format!("copy of {} bytes carries {len}", c.size)));
         }
         self.s().count_moved(c.size);
-        let prepared = self
+        let checked = self
             .stream(c.stream, cx.per_thread)
-            .and_then(|s| self.check_range(c.dst, c.size).map(|_| s))
-            .and_then(|s| self.take_buffer(len).map(|b| (s, b)));
-        let (stream, mut buf) = match prepared {
-            Ok(v) => v,
+            .and_then(|s| self.check_range(c.dst, c.size).map(|_| s));
+        let stream = match checked {
+            Ok(s) => s,
             Err(e) => {
+                self.discard(cx.t, len)?;
+                return Ok(Err(e));
+            }
+        };
+        if !self.hold_for_queue(cx.t, len as u64)? {
+            // The session's host budget is spent: the copy is done now, through the staging buffers.
+            return Ok(self.htod_through_staging(cx.t, c.dst, len, stream)?.map(|_| Empty {}));
+        }
+        let mut buf = match self.take_buffer(len) {
+            Ok(b) => b,
+            Err(e) => {
+                self.s().release_host(len as u64);
                 self.discard(cx.t, len)?;
                 return Ok(Err(e));
             }
@@ -223,12 +295,17 @@ impl Serve<MemcpyHtoDAsync> for Channel {
             .and_then(|_| self.mark(stream));
         Ok(match issued {
             Ok(event) => {
-                self.in_flight.push(InFlight { buf, event });
+                self.in_flight.push(InFlight {
+                    buf,
+                    event,
+                    held: len as u64,
+                });
                 Ok(Empty {})
             }
             Err(e) => {
                 // The copy may still be queued: wait for the stream before the buffer is reused.
                 let _ = self.b().stream_synchronize(stream);
+                self.s().release_host(len as u64);
                 self.give_back(buf);
                 Err(e)
             }
@@ -307,9 +384,16 @@ impl Serve<MemcpyDtoHAsync> for Channel {
             Ok(v) => v,
             Err(e) => return Ok(Err(e)),
         };
+        self.s().count_moved(c.size);
+        if !self.hold_for_queue(cx.t, len as u64)? {
+            return Ok(self.push_now(cx.t, c.pending_id, c.src, len, stream)?.map(|_| Empty {}));
+        }
         let buf = match self.take_buffer(len) {
             Ok(b) => b,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => {
+                self.s().release_host(len as u64);
+                return Ok(Err(e));
+            }
         };
         let issued = self
             .b()
@@ -317,7 +401,6 @@ impl Serve<MemcpyDtoHAsync> for Channel {
             .and_then(|_| self.mark(stream));
         Ok(match issued {
             Ok(event) => {
-                self.s().count_moved(c.size);
                 self.pending.push(PendingCopy {
                     id: c.pending_id,
                     buf,
@@ -328,6 +411,7 @@ impl Serve<MemcpyDtoHAsync> for Channel {
             }
             Err(e) => {
                 let _ = self.b().stream_synchronize(stream);
+                self.s().release_host(len as u64);
                 self.give_back(buf);
                 Err(e)
             }
@@ -430,32 +514,62 @@ impl Serve<Memcpy2DAsync> for Channel {
     fn serve(&mut self, c: Memcpy2DAsync, cx: &mut Cx<'_>) -> Served<Empty> {
         let packed = self.frame_2d(cx.header, c.width, c.height, c.direction)?;
         let (src, dst) = ((c.src, c.src_pitch), (c.dst, c.dst_pitch));
-        let prepared = self.stream(c.stream, cx.per_thread).and_then(|s| {
-            self.check_2d_sides(c.direction, src, dst, c.width, c.height)?;
-            let buf = if c.direction < 2 {
-                Some(self.take_buffer(packed as usize)?)
-            } else {
-                None
-            };
-            Ok((s, buf))
-        });
-        let (stream, mut buf) = match prepared {
-            Ok(v) => v,
+        let checked = self
+            .stream(c.stream, cx.per_thread)
+            .and_then(|s| self.check_2d_sides(c.direction, src, dst, c.width, c.height).map(|_| s));
+        let stream = match checked {
+            Ok(s) => s,
             Err(e) => {
                 self.discard(cx.t, cx.header.tail_len())?;
                 return Ok(Err(e));
             }
         };
+        // Host rows wait in a buffer held against the session's host budget; past it, the copy is done now.
+        let queued = c.direction < 2 && self.hold_for_queue(cx.t, packed)?;
+        let buf = if c.direction < 2 {
+            self.take_buffer(packed as usize).map(Some)
+        } else {
+            Ok(None)
+        };
+        let mut buf = match buf {
+            Ok(b) => b,
+            Err(e) => {
+                if queued {
+                    self.s().release_host(packed);
+                }
+                self.discard(cx.t, cx.header.tail_len())?;
+                return Ok(Err(e));
+            }
+        };
         let (from, to) = Self::places_2d(cx.t, c.direction, &mut buf, packed, src, dst, c.width)?;
-        let issued = self
-            .b()
-            .memcpy_2d_async(from, to, c.width, c.height, stream)
-            .and_then(|_| match buf {
-                Some(_) => self.mark(stream).map(Some),
-                None => Ok(None),
-            });
-        Ok(match (issued, buf) {
-            (Ok(Some(event)), Some(b)) if c.direction == 1 => {
+        let issued = self.b().memcpy_2d_async(from, to, c.width, c.height, stream);
+        let Some(b) = buf else {
+            return Ok(issued.map(|_| Empty {}));
+        };
+        if !queued {
+            let r = issued.and_then(|_| self.b().stream_synchronize(stream));
+            if r.is_ok() && c.direction == 1 {
+                let header = ReplyHeader {
+                    len: (std::mem::size_of::<PushHeader>() as u64 + packed) as u32,
+                    result: 0,
+                    kind: REPLY_KIND_PUSH,
+                    seq: 0,
+                };
+                let push = PushHeader {
+                    pending_id: c.pending_id.0,
+                    len: packed,
+                };
+                let sent =
+                    cx.t.send(&[header.as_bytes(), push.as_bytes(), &b.as_slice()[..packed as usize]]);
+                self.give_back(b);
+                sent?;
+            } else {
+                self.give_back(b);
+            }
+            return Ok(r.map(|_| Empty {}));
+        }
+        Ok(match issued.and_then(|_| self.mark(stream)) {
+            Ok(event) if c.direction == 1 => {
                 self.pending.push(PendingCopy {
                     id: c.pending_id,
                     buf: b,
@@ -464,20 +578,18 @@ impl Serve<Memcpy2DAsync> for Channel {
                 });
                 Ok(Empty {})
             }
-            (Ok(Some(event)), Some(b)) => {
-                self.in_flight.push(InFlight { buf: b, event });
+            Ok(event) => {
+                self.in_flight.push(InFlight {
+                    buf: b,
+                    event,
+                    held: packed,
+                });
                 Ok(Empty {})
             }
-            (Ok(_), None) => Ok(Empty {}),
-            (Ok(None), Some(b)) => {
-                self.give_back(b);
-                Ok(Empty {})
-            }
-            (Err(e), b) => {
+            Err(e) => {
                 let _ = self.b().stream_synchronize(stream);
-                if let Some(b) = b {
-                    self.give_back(b);
-                }
+                self.s().release_host(packed);
+                self.give_back(b);
                 Err(e)
             }
         })

@@ -17,6 +17,7 @@ const MAX_MIRROR: u64 = 64 << 30;
 
 impl Channel {
     fn mem_alloc(&self, size: u64) -> CuResult<DevicePtr> {
+        self.s().check_cap(|o| o.allocations.len(), |c| c.allocations)?;
         self.s().reserve(size)?;
         let dptr = self.b().mem_alloc(size).inspect_err(|_| self.s().unreserve(size))?;
         self.s().objects().add_allocation(dptr, size);
@@ -40,13 +41,28 @@ impl Channel {
         if self.s().objects().regions.contains_key(&id) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let region = crate::sys::SharedRegion::map(fd, len, at).map_err(|e| {
-            tracing::warn!("cannot map the client's host region {id}: {e}");
-            CUDA_ERROR_INVALID_VALUE
-        })?;
-        self.b().host_register(region.ptr, region.len)?;
-        self.s().objects().regions.insert(id, Arc::new(region));
-        Ok(())
+        self.s()
+            .check_cap(|o| o.mirrors.len() + o.regions.len(), |c| c.host_regions)?;
+        // Registered (page-locked) in this process: counted against the session's host budget while mapped.
+        if !self.s().hold_host(size) {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        let mapped = crate::sys::SharedRegion::map(fd, len, at)
+            .map_err(|e| {
+                tracing::warn!("cannot map the client's host region {id}: {e}");
+                CUDA_ERROR_INVALID_VALUE
+            })
+            .and_then(|region| self.b().host_register(region.ptr, region.len).map(|_| region));
+        match mapped {
+            Ok(region) => {
+                self.s().objects().regions.insert(id, Arc::new(region));
+                Ok(())
+            }
+            Err(e) => {
+                self.s().release_host(size);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -66,6 +82,7 @@ impl Serve<MemAllocPitch> for Channel {
             .and_then(|w| w.checked_mul(c.height))
             .ok_or(CUDA_ERROR_INVALID_VALUE);
         let r = bound.and_then(|bound| {
+            self.s().check_cap(|o| o.allocations.len(), |c| c.allocations)?;
             self.s().reserve(bound)?;
             let (dptr, pitch) = self
                 .b()
@@ -118,7 +135,8 @@ impl Serve<MemGetInfo> for Channel {
 
 impl Serve<MemAllocManaged> for Channel {
     fn serve(&mut self, c: MemAllocManaged, _cx: &mut Cx<'_>) -> Served<MemAllocReply> {
-        let r = self.s().reserve(c.size).and_then(|_| {
+        let capped = self.s().check_cap(|o| o.allocations.len(), |c| c.allocations);
+        let r = capped.and_then(|_| self.s().reserve(c.size)).and_then(|_| {
             let dptr = self
                 .b()
                 .mem_alloc_managed(c.size, c.flags)
@@ -133,6 +151,7 @@ impl Serve<MemAllocManaged> for Channel {
 impl Serve<MemPoolCreate> for Channel {
     fn serve(&mut self, c: MemPoolCreate, _cx: &mut Cx<'_>) -> Served<Empty> {
         let r = self.s().real_device(c.device).and_then(|d| {
+            self.s().check_cap(|o| o.pools.len(), |c| c.pools)?;
             let real = self.b().mem_pool_create(d, c.max_size)?;
             self.s().objects().pools.insert(c.pool, real);
             Ok(Empty {})
@@ -161,6 +180,7 @@ impl Serve<MemAllocAsync> for Channel {
         let r = (|| {
             let pool = self.pool(c.pool)?;
             let stream = self.stream(c.stream, cx.per_thread)?;
+            self.s().check_cap(|o| o.allocations.len(), |c| c.allocations)?;
             self.s().reserve(c.size)?;
             let dptr = self
                 .b()
@@ -220,6 +240,16 @@ impl Serve<HostMirrorMap> for Channel {
         if c.size == 0 || c.size > MAX_MIRROR || !c.addr.0.is_multiple_of(4096) || !c.size.is_multiple_of(4096) {
             return Ok(Err(CUDA_ERROR_INVALID_VALUE));
         }
+        // Pinned host memory of the server: counted against the session's host budget while mapped.
+        let capped = self
+            .s()
+            .check_cap(|o| o.mirrors.len() + o.regions.len(), |c| c.host_regions);
+        if let Err(e) = capped {
+            return Ok(Err(e));
+        }
+        if !self.s().hold_host(c.size) {
+            return Ok(Err(CUDA_ERROR_OUT_OF_MEMORY));
+        }
         let r = self.b().host_mirror_map(c.addr.0, c.size).map(|dptr| {
             let mut objs = self.s().objects();
             objs.mirrors.insert(c.addr, (dptr, c.size));
@@ -227,6 +257,9 @@ impl Serve<HostMirrorMap> for Channel {
             objs.ranges.insert(dptr.0, c.size);
             MemAllocReply { dptr }
         });
+        if r.is_err() {
+            self.s().release_host(c.size);
+        }
         Ok(r)
     }
 }
@@ -237,6 +270,7 @@ impl Serve<HostMirrorUnmap> for Channel {
         Ok(match m {
             Some((dptr, size)) => {
                 self.s().objects().ranges.remove(&dptr.0);
+                self.s().release_host(size);
                 self.b().host_mirror_unmap(c.addr.0, size).map(|_| Empty {})
             }
             None => Err(CUDA_ERROR_INVALID_VALUE),
@@ -260,6 +294,7 @@ impl Serve<HostRegionUnmap> for Channel {
         };
         // Copies still queued on it must finish before the memory goes (the driver's cuMemFreeHost waits too).
         let _ = self.b().ctx_synchronize();
+        self.s().release_host(region.len as u64);
         Ok(self.b().host_unregister(region.ptr).map(|_| Empty {}))
     }
 }

@@ -63,10 +63,73 @@ impl From<WireError> for ChannelEnd {
 /// Limits a session runs under (from its ticket, or none in standalone mode).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Limits {
-    /// Device memory the session may hold at once; past it allocations fail with out-of-memory.
+    /// Device memory the session may hold at once (allocations, arrays, VMM memory); past it allocations fail
+    /// with out-of-memory, and `cuMemGetInfo` and NVML report it as the total.
     pub memory_bytes: Option<u64>,
     /// The server's device ordinals the session sees, in the order the client numbers them (`None`: all).
     pub devices: Option<Vec<u32>>,
+    /// Bounds on objects and on the host memory the server holds for the session.
+    pub caps: Caps,
+}
+
+/// What one session may make the server hold besides device memory. Past a cap, creating one more object fails
+/// with `CUDA_ERROR_OUT_OF_MEMORY` (what the driver answers when it runs out of resources for one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caps {
+    /// Host memory the server pins or keeps for the session: host mirrors and shared regions it registers, and
+    /// buffers of asynchronous copies not yet done or delivered. `None`: the memory limit (at least 2 GiB), or
+    /// 16 GiB without one. Async copies past it wait (the server drains or does the copy synchronously).
+    pub host_bytes: Option<u64>,
+    pub streams: usize,
+    pub events: usize,
+    pub contexts: usize,
+    pub modules: usize,
+    pub functions: usize,
+    pub allocations: usize,
+    pub arrays: usize,
+    pub pools: usize,
+    pub tex_objects: usize,
+    pub host_regions: usize,
+    /// VMM physical handles, mappings and reservations (each).
+    pub vmm_objects: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Caps {
+        Caps {
+            host_bytes: None,
+            streams: 16 << 10,
+            events: 256 << 10,
+            contexts: 256,
+            modules: 64 << 10,
+            functions: 1 << 20,
+            allocations: 4 << 20,
+            arrays: 64 << 10,
+            pools: 1024,
+            tex_objects: 64 << 10,
+            host_regions: 64 << 10,
+            vmm_objects: 1 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// The host memory budget `Caps::host_bytes` stands for.
+    pub fn host_budget(&self) -> u64 {
+        const GIB: u64 = 1 << 30;
+        self.caps
+            .host_bytes
+            .unwrap_or_else(|| self.memory_bytes.map_or(16 * GIB, |m| m.max(2 * GIB)))
+    }
+}
+
+/// `Err(CUDA_ERROR_OUT_OF_MEMORY)` when `count` objects already reach `cap`.
+fn under_cap(count: usize, cap: usize) -> CuResult<()> {
+    if count >= cap {
+        Err(CUDA_ERROR_OUT_OF_MEMORY)
+    } else {
+        Ok(())
+    }
 }
 
 /// What a session has used so far, for metering.
@@ -74,6 +137,8 @@ pub struct Limits {
 pub struct UsageCounters {
     /// Device memory held now.
     pub allocated_bytes: u64,
+    /// Host memory the server holds for the session now (pinned mirrors and regions, queued copy buffers).
+    pub host_bytes: u64,
     /// Bytes copied between the client and the GPU since the session started.
     pub bytes_moved: u64,
 }
@@ -84,6 +149,8 @@ pub struct Session {
     objects: Mutex<Objects>,
     limits: Limits,
     bytes_moved: AtomicU64,
+    /// Host bytes held for the session (see `Caps::host_bytes`).
+    host_held: AtomicU64,
     /// The client's submission order across this session's channels.
     order: SubmitOrder,
     /// Bumped by every primary-context reset: channels drop the pinned buffers and events they hold, which
@@ -101,6 +168,7 @@ impl Session {
             objects: Mutex::new(Objects::default()),
             limits,
             bytes_moved: AtomicU64::new(0),
+            host_held: AtomicU64::new(0),
             reset_epoch: AtomicU64::new(0),
             order: SubmitOrder::default(),
         })
@@ -142,8 +210,25 @@ impl Session {
     pub fn usage(&self) -> UsageCounters {
         UsageCounters {
             allocated_bytes: self.objects().allocated_bytes,
+            host_bytes: self.host_held.load(Ordering::Relaxed),
             bytes_moved: self.bytes_moved.load(Ordering::Relaxed),
         }
+    }
+
+    /// Takes `n` bytes of the session's host budget, if they fit.
+    fn hold_host(&self, n: u64) -> bool {
+        let budget = self.limits.host_budget();
+        self.host_held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(n).filter(|&after| after <= budget)
+            })
+            .is_ok()
+    }
+
+    fn release_host(&self, n: u64) {
+        let _ = self
+            .host_held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| Some(held.saturating_sub(n)));
     }
 
     fn count_moved(&self, bytes: u64) {
@@ -182,6 +267,11 @@ impl Session {
         }
         drop(objs);
         self.reset_epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Fails with out-of-memory when the count `of` the session's objects has reached its cap `cap`.
+    fn check_cap(&self, of: impl Fn(&Objects) -> usize, cap: impl Fn(&Caps) -> usize) -> CuResult<()> {
+        under_cap(of(&self.objects()), cap(&self.limits.caps))
     }
 
     fn objects(&self) -> MutexGuard<'_, Objects> {

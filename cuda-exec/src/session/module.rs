@@ -12,6 +12,7 @@ use crate::backend::*;
 
 impl Channel {
     fn load(&mut self, id: ModuleId, is_library: bool, cx: &mut Cx<'_>) -> CuResult<Empty> {
+        self.s().check_cap(|o| o.modules.len(), |c| c.modules)?;
         let loaded = if is_library {
             let device = self.s().real_device(0).unwrap_or(0);
             self.b()
@@ -51,6 +52,7 @@ impl Channel {
 
     /// Binds client id `function` to the function or kernel `name` the load listed.
     fn bind(&mut self, module: ModuleId, function: FunctionId) -> CuResult<Empty> {
+        self.s().check_cap(|o| o.functions.len(), |c| c.functions)?;
         let name = String::from_utf8_lossy(&self.tail).into_owned();
         let mut objs = self.s().objects();
         let found = objs
@@ -144,7 +146,10 @@ impl Serve<LibraryGetManaged> for Channel {
 
 impl Serve<KernelGetFunction> for Channel {
     fn serve(&mut self, c: KernelGetFunction, _cx: &mut Cx<'_>) -> Served<Empty> {
-        let kernel = self.function(c.kernel);
+        let kernel = self
+            .s()
+            .check_cap(|o| o.functions.len(), |c| c.functions)
+            .and_then(|_| self.function(c.kernel));
         let r = kernel.and_then(|k| match k.callable {
             Callable::Kernel(kernel) => {
                 let real = self.b().kernel_get_function(kernel)?;

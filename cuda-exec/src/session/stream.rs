@@ -9,6 +9,9 @@ use super::ChannelEnd;
 
 impl Serve<StreamCreate> for Channel {
     fn serve(&mut self, c: StreamCreate, _cx: &mut Cx<'_>) -> Served<Empty> {
+        if let Err(e) = self.s().check_cap(|o| o.streams.len(), |c| c.streams) {
+            return Ok(Err(e));
+        }
         Ok(self.b().stream_create(c.flags, c.priority).map(|real| {
             self.s().objects().streams.insert(c.stream, real);
             Empty {}
@@ -88,6 +91,9 @@ impl Serve<StreamMemOps> for Channel {
 
 impl Serve<EventCreate> for Channel {
     fn serve(&mut self, c: EventCreate, _cx: &mut Cx<'_>) -> Served<Empty> {
+        if let Err(e) = self.s().check_cap(|o| o.events.len(), |c| c.events) {
+            return Ok(Err(e));
+        }
         Ok(self.b().event_create(c.flags).map(|real| {
             self.s().objects().events.insert(c.event, real);
             Empty {}

@@ -71,6 +71,7 @@ impl Session {
     }
 
     fn mem_address_reserve(&self, c: MemAddressReserve) -> CuResult<DevicePtr> {
+        self.check_cap(|o| o.vmm.reservations.len(), |c| c.vmm_objects)?;
         // The hint only guides the driver's choice: the range it returns is new, whatever the hint named.
         let ptr = self.backend.mem_address_reserve(c.size, c.alignment, c.addr, c.flags)?;
         self.objects().vmm.reservations.insert(ptr.0, c.size);
@@ -101,6 +102,7 @@ impl Session {
 
     /// `cuMemCreate`, synchronous: its size counts against the memory limit before the driver allocates.
     fn mem_create(&self, c: MemCreate) -> CuResult<()> {
+        self.check_cap(|o| o.vmm.physical.len(), |c| c.vmm_objects)?;
         let prop = self.real_prop(c.prop)?;
         if self.objects().vmm.physical.contains_key(&c.handle) {
             // Ids are the client's to choose, once each.
@@ -168,6 +170,7 @@ impl Session {
     /// `cuMemMap`: the range must lie inside one reservation of the session, unmapped, and the memory must be the
     /// session's (with a reference left) and hold `offset + size` bytes. The driver checks the granularity.
     fn mem_map(&self, c: MemMap) -> CuResult<()> {
+        self.check_cap(|o| o.vmm.mappings.len(), |c| c.vmm_objects)?;
         let end = c
             .ptr
             .0

@@ -14,6 +14,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::emulated::EmulatedBackend;
 use crate::session::{Limits, Session};
 
+mod limits;
 mod vmm;
 
 /// One client thread speaking the wire protocol to a channel of `session`.
@@ -56,18 +57,39 @@ impl Client {
         self.t.send(&[&buf]).expect("send");
     }
 
+    /// Sends frames as they are (a hostile client's).
+    pub fn send_raw(&mut self, parts: &[&[u8]]) {
+        self.t.send(parts).expect("send");
+    }
+
     /// The next result frame (pushed copies and printed output skipped): its code and payload.
     pub fn reply(&mut self) -> (u32, Vec<u8>) {
+        self.reply_counting_pushes().0
+    }
+
+    /// The next result frame, and how many push frames came before it.
+    fn reply_counting_pushes(&mut self) -> ((u32, Vec<u8>), usize) {
+        let mut pushes = 0;
         loop {
             let mut head = [0u8; std::mem::size_of::<ReplyHeader>()];
             self.t.recv_exact(&mut head).expect("reply header");
             let h = ReplyHeader::read_from_bytes(&head[..]).expect("header layout");
             let mut payload = vec![0u8; h.len as usize];
             self.t.recv_exact(&mut payload).expect("reply payload");
-            if h.kind == REPLY_KIND_RESULT {
-                return (h.result, payload);
+            match h.kind {
+                REPLY_KIND_RESULT => return ((h.result, payload), pushes),
+                REPLY_KIND_PUSH => pushes += 1,
+                _ => {}
             }
         }
+    }
+
+    /// A `Ping`, and the number of pushed copies that arrived before its reply.
+    pub fn ping_counting_pushes(&mut self) -> usize {
+        self.send(&Ping {}, &[]);
+        let ((code, _), pushes) = self.reply_counting_pushes();
+        assert_eq!(code, 0, "ping");
+        pushes
     }
 
     pub fn post<C: AsyncCall>(&mut self, c: &C) {

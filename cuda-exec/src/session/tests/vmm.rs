@@ -202,6 +202,7 @@ fn memory_limit_counts_physical_memory_until_released_and_unmapped() {
     let (backend, session) = emulated_session(Limits {
         memory_bytes: Some(3 * G),
         devices: None,
+        ..Default::default()
     });
     let mut c = Client::connect(&session);
     let base = c.reserve(4 * G);
@@ -308,6 +309,7 @@ fn device_ordinals_are_translated_both_ways() {
         Limits {
             memory_bytes: None,
             devices: Some(vec![1]),
+            ..Default::default()
         },
     );
     let mut c = Client::connect(&session);
