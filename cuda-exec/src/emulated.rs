@@ -1077,8 +1077,13 @@ impl Backend for EmulatedBackend {
             4 => 2048,
             5 => 64,
             6 => 0,
-            // SHMEM_SIZE, CIG_ENABLED, CIG_SHMEM_FALLBACK_ENABLED: defined, not on this device.
-            7..=9 => return Err(CUDA_ERROR_UNSUPPORTED_LIMIT),
+            // CIG_ENABLED: no context here is a CUDA-in-graphics one. cuBLASLt 13 asks for it in cublasLtCtxInit and
+            // ignores a failure, reading its never-written result as the GPU architecture (ARCH_MISMATCH, or a crash,
+            // at the first GEMM), so the driver must answer it: cuBLAS works natively and through vGPU on the real
+            // backend. tests/frameworks/probe_driver.py prints the driver's own answer (GAPS.md).
+            8 => 0,
+            // SHMEM_SIZE, CIG_SHMEM_FALLBACK_ENABLED: defined, not on this device.
+            7 | 9 => return Err(CUDA_ERROR_UNSUPPORTED_LIMIT),
             // Not a CUlimit at all.
             _ => return Err(CUDA_ERROR_INVALID_VALUE),
         };
@@ -1779,6 +1784,23 @@ mod tests {
         );
         b.mem_address_free(base, 4 * G).expect("free");
         assert_eq!(b.mem_address_reserve(4 * G, 0, 0, 0), Ok(base), "the range is reused");
+    }
+
+    #[test]
+    fn context_limits_answer_as_cublaslt_needs() {
+        let b = EmulatedBackend::new();
+        let ctx = b.primary_ctx_retain(0).expect("primary context");
+        b.ctx_set_current(ctx).expect("current");
+        assert_eq!(b.ctx_get_limit(0), Ok(1024));
+        assert_eq!(
+            b.ctx_get_limit(8),
+            Ok(0),
+            "CIG_ENABLED: cuBLASLt reads it at every handle's creation"
+        );
+        assert_eq!(b.ctx_get_limit(7), Err(CUDA_ERROR_UNSUPPORTED_LIMIT));
+        assert_eq!(b.ctx_get_limit(10), Err(CUDA_ERROR_INVALID_VALUE));
+        b.ctx_set_limit(0, 4096).expect("stack size");
+        assert_eq!(b.ctx_get_limit(0), Ok(4096));
     }
 
     #[test]
