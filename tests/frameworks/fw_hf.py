@@ -115,7 +115,40 @@ def p_gpt2_generate(ctx: Ctx) -> dict:
             "config": {"n_embd": cfg.n_embd, "layers": cfg.n_layer, "new_tokens": new}}
 
 
+def strict_or_warn_only(fn):
+    """As tests/torch: strict deterministic algorithms; if an op has no deterministic kernel, the part runs again
+    warn-only and is marked non-deterministic, without the bit digests (compare.py then allows 1e-3)."""
+
+    def run(ctx: Ctx) -> dict:
+        try:
+            return fn(ctx)
+        except RuntimeError as e:
+            if "determinis" not in str(e):
+                raise
+            print(f"  strict determinism failed ({str(e).splitlines()[0][:200]}); running again warn-only", flush=True)
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            try:
+                torch.manual_seed(SEED)
+                rec = fn(ctx)
+            finally:
+                torch.use_deterministic_algorithms(True)
+            rec["deterministic"] = False
+            rec["determinism_note"] = str(e).splitlines()[0][:500]
+            rec["checks"] = drop_bits(rec["checks"])
+            return rec
+
+    return run
+
+
+def drop_bits(tree):
+    if isinstance(tree, dict):
+        return {k: drop_bits(v) for k, v in tree.items() if k != "bits"}
+    if isinstance(tree, list):
+        return [drop_bits(v) for v in tree]
+    return tree
+
+
 PARTS = [
-    ("bert_train", p_bert_train),
-    ("gpt2_generate", p_gpt2_generate),
+    ("bert_train", strict_or_warn_only(p_bert_train)),
+    ("gpt2_generate", strict_or_warn_only(p_gpt2_generate)),
 ]
