@@ -6,7 +6,8 @@
 # quickstart, the CUDA runtime programs (tests/cuda, built here with /usr/local/cuda/bin/nvcc) natively
 # and through vGPU over both transports, and the benchmark, and leaves logs and JSON in $OUT.
 # WHAT=probes|e2e|nvml|cuda|bench runs one part (default all). WHAT=torch runs the PyTorch workloads (tests/torch:
-# natively, then through vGPU over TCP and shared memory, compared; several minutes), only when asked for.
+# natively, then through vGPU over TCP and shared memory, compared; several minutes), WHAT=frameworks the JAX, CuPy,
+# Triton and Hugging Face ones (tests/frameworks, the same way; about 6 minutes), each only when asked for.
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -67,6 +68,12 @@ if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = cuda ]; then
 fi
 if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = bench ]; then
   vgpu bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+fi
+if [ "${WHAT:-all}" = frameworks ]; then
+  # JAX, CuPy, Triton, Hugging Face (tests/frameworks), natively and through vGPU over TCP and shared memory,
+  # compared; about 6 minutes. Settings (FRAMEWORKS, MODES, FW_ARGS, FW_TIMEOUT_S, FW_BUDGET_S): see
+  # tests/frameworks/run-device.sh.
+  OUT="$OUT" bash tests/frameworks/run-device.sh
 fi
 if [ "${WHAT:-all}" = torch ]; then
   # Settings (MODES, WORKLOADS, TORCH_ARGS, TORCH_TIMEOUT_S, SPLIT): see tests/torch/run-device.sh.

@@ -61,6 +61,18 @@ else
   done
 fi
 
+step "framework workloads (CuPy, Triton, JAX, PyTorch + transformers) through vGPU (emulated backend)"
+# tests/frameworks/README.md: each framework initialises, allocates, copies, compiles and loads its modules and
+# runs its parts through the shim without a diagnostic; kernels do not run here, numbers are compared on the GPU.
+if fw_env=$(scripts/setup-frameworks.sh); then
+  FW_PYTHON=$(printf '%s\n' "$fw_env" | sed -n 's/^PYTHON=//p')
+  python3 tests/frameworks/emulated.py --vgpu target/debug/vgpu --python "$FW_PYTHON" 2>&1 \
+    | tee "$log/frameworks.log" | grep -Ev '^PASS '
+  count "$log/frameworks.log"
+else
+  echo "setup-frameworks.sh failed"; total_fail=$((total_fail + 1))
+fi
+
 if [ -x control/tests/ui/run.sh ]; then
   step "control plane web UI in headless Chromium"
   control/tests/ui/run.sh 2>&1 | tee "$log/ui.log" | tail -15

@@ -202,7 +202,8 @@ def main() -> int:
         oi = doc.get("meta", {}).get("torch_init_s")
         if ri is not None or oi is not None:
             print(f"  first CUDA tensor (torch_init_s): native {fmt(ri, '.2f')} s, this run {fmt(oi, '.2f')} s")
-        hdr = f"  {'workload':<15} {'match':<16} {'metric':<26} {'native':>11} {'other':>11} {'ratio':>7}"
+        wn = max([15] + [len(n) for n in ref.get("workloads", {})])  # framework parts have longer names
+        hdr = f"  {'workload':<{wn}} {'match':<16} {'metric':<26} {'native':>11} {'other':>11} {'ratio':>7}"
         print(hdr)
         print("  " + "-" * (len(hdr) - 2))
         run = {"file": f, "label": label, "meta": doc.get("meta", {}), "workloads": {}, "ok": True}
@@ -223,7 +224,7 @@ def main() -> int:
             if not rows:
                 rows = [{"metric": "", "native": None, "other": None, "ratio": None}]
             for i, t in enumerate(rows):
-                print(f"  {name if i == 0 else '':<15} {mtxt if i == 0 else '':<16} {t['metric']:<26} "
+                print(f"  {name if i == 0 else '':<{wn}} {mtxt if i == 0 else '':<16} {t['metric']:<26} "
                       f"{fmt(t['native']):>11} {fmt(t['other']):>11} {fmt(t['ratio'], '.2f'):>7}")
             if c["match"] is False:
                 for p in (c.get("problems") or [c.get("note", "")])[:5]:

@@ -760,8 +760,13 @@ impl Backend for EmulatedBackend {
             4 => 2048,
             5 => 64,
             6 => 0,
-            // SHMEM_SIZE, CIG_ENABLED, CIG_SHMEM_FALLBACK_ENABLED: defined, not on this device.
-            7..=9 => return Err(CUDA_ERROR_UNSUPPORTED_LIMIT),
+            // CIG_ENABLED: no context here is a CUDA-in-graphics one. cuBLASLt 13 asks for it in cublasLtCtxInit
+            // and ignores a failure, reading its never-written result as the GPU architecture (ARCH_MISMATCH, or a
+            // crash, at the first GEMM), so the driver must answer it: cuBLAS works natively and through vGPU on
+            // the real backend. tests/frameworks/probe_driver.py prints the driver's own answer (GAPS.md).
+            8 => 0,
+            // SHMEM_SIZE, CIG_SHMEM_FALLBACK_ENABLED: defined, not on this device.
+            7 | 9 => return Err(CUDA_ERROR_UNSUPPORTED_LIMIT),
             // Not a CUlimit at all.
             _ => return Err(CUDA_ERROR_INVALID_VALUE),
         };

@@ -221,3 +221,20 @@ fn compressed_cubins_give_kernel_layouts_and_globals() {
         .launch(saxpy.handle, Stream::NULL, &shape, &mut short, &saxpy.info.params)
         .is_err());
 }
+
+#[test]
+fn context_limits_answer_as_cublaslt_needs() {
+    let b = EmulatedBackend::new();
+    let ctx = b.primary_ctx_retain(0).expect("primary context");
+    b.ctx_set_current(ctx).expect("current");
+    assert_eq!(b.ctx_get_limit(0), Ok(1024));
+    assert_eq!(
+        b.ctx_get_limit(8),
+        Ok(0),
+        "CIG_ENABLED: cuBLASLt reads it at every handle's creation"
+    );
+    assert_eq!(b.ctx_get_limit(7), Err(CUDA_ERROR_UNSUPPORTED_LIMIT));
+    assert_eq!(b.ctx_get_limit(10), Err(CUDA_ERROR_INVALID_VALUE));
+    b.ctx_set_limit(0, 4096).expect("stack size");
+    assert_eq!(b.ctx_get_limit(0), Ok(4096));
+}
