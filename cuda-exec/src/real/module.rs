@@ -267,7 +267,7 @@ impl RealBackend {
         let f = self.occupancy_function(function)?;
         let callback: CUoccupancyB2DSize = table.map(|t| {
             SMEM_BY_BLOCK.with(|s| *s.borrow_mut() = t.to_vec());
-            smem_by_block as unsafe extern "C" fn(c_int) -> usize
+            smem_by_block as _
         });
         let (mut grid, mut block) = (0, 0);
         // SAFETY: out-pointers to locals; the callback reads this thread's table, set just above.
