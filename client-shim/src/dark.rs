@@ -13,6 +13,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use hmac::{KeyInit, Mac};
 use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::ids::ContextId;
 
 use crate::log::{log, DEBUG, INFO, WARN};
 use crate::{client, ffi, state};
@@ -345,7 +346,7 @@ extern "C" fn primary_ctx_get(out: *mut *mut c_void, dev: i32) -> CUresult {
     crate::log::trace_call!("CUDART_INTERFACE[2] primary context");
     crate::api::code((|| {
         let s = client::session()?;
-        if dev < 0 || dev as *const () as usize >= s.devices.len() {
+        if dev < 0 || dev as usize >= s.devices.len() {
             return Err(CUDA_ERROR_INVALID_DEVICE);
         }
         let ctx = state::primary_ctx_id(dev);
@@ -356,7 +357,7 @@ extern "C" fn primary_ctx_get(out: *mut *mut c_void, dev: i32) -> CUresult {
                 primary: true,
             },
         );
-        ffi::write(out, ctx as *mut c_void)
+        ffi::write(out, ctx.get() as *mut c_void)
     })())
 }
 
@@ -414,7 +415,7 @@ extern "C" fn tools_buffer2(ptr: *mut usize, size: *mut usize) {
 // ---- CONTEXT_LOCAL_STORAGE -------------------------------------------------------------------------------
 
 /// (context, key) → (value, destructor). A NULL context means the calling thread's current one.
-type ClsMap = HashMap<(u64, usize), (usize, usize)>;
+type ClsMap = HashMap<(ContextId, usize), (usize, usize)>;
 
 fn cls() -> MutexGuard<'static, ClsMap> {
     static CLS: OnceLock<Mutex<ClsMap>> = OnceLock::new();
@@ -423,13 +424,13 @@ fn cls() -> MutexGuard<'static, ClsMap> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
-fn cls_ctx(ctx: *mut c_void) -> CuResult<u64> {
+fn cls_ctx(ctx: *mut c_void) -> CuResult<ContextId> {
     match ctx as u64 {
         0 => match state::current_ctx() {
-            0 => Err(CUDA_ERROR_INVALID_CONTEXT),
+            state::NO_CONTEXT => Err(CUDA_ERROR_INVALID_CONTEXT),
             c => Ok(c),
         },
-        c => Ok(c),
+        c => Ok(ContextId(c)),
     }
 }
 
@@ -454,8 +455,8 @@ extern "C" fn cls_get(value: *mut usize, ctx: *mut c_void, key: usize) -> CUresu
 }
 
 /// Runs and forgets the destructors registered for `ctx` (due when a primary context is reset).
-pub fn context_reset(ctx: u64) {
-    let due: Vec<((u64, usize), (usize, usize))> = {
+pub fn context_reset(ctx: ContextId) {
+    let due: Vec<((ContextId, usize), (usize, usize))> = {
         let mut map = cls();
         let keys: Vec<_> = map.keys().filter(|k| k.0 == ctx).copied().collect();
         keys.into_iter()
@@ -468,7 +469,7 @@ pub fn context_reset(ctx: u64) {
             // SAFETY: `dtor` is the non-NULL destructor the runtime registered through cls_put with this
             // signature (context, key, value); it was an `extern "C"` function pointer before it was stored.
             let f: Dtor = unsafe { std::mem::transmute::<usize, Dtor>(dtor) };
-            f(ctx as *mut c_void, key, value);
+            f(ctx.get() as *mut c_void, key, value);
         }
     }
 }

@@ -7,7 +7,7 @@ use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
 use super::Handle;
-use crate::state::{self, ContextInfo};
+use crate::state::{self, ContextInfo, NO_CONTEXT};
 use crate::{client, ffi};
 
 /// `CU_CTX_MAP_HOST`.
@@ -21,11 +21,15 @@ fn check_device(dev: c_int) -> CuResult<()> {
     Ok(())
 }
 
-fn ctx_id(ctx: Handle) -> u64 {
-    ctx as u64
+fn ctx_id(ctx: Handle) -> ContextId {
+    ContextId(ctx as u64)
 }
 
-fn known_ctx(ctx: u64) -> CuResult<ContextInfo> {
+fn ctx_handle(ctx: ContextId) -> Handle {
+    ctx.get() as Handle
+}
+
+fn known_ctx(ctx: ContextId) -> CuResult<ContextInfo> {
     state::read()
         .contexts
         .get(&ctx)
@@ -36,7 +40,7 @@ fn known_ctx(ctx: u64) -> CuResult<ContextInfo> {
 /// Makes `ctx` current on this thread and on its server thread. A primary context nobody has retained yet
 /// (the runtime gets it through its private table and makes it current before retaining it) does not exist
 /// on the server until the retain, which mirrors it then.
-fn mirror_current(ctx: u64) -> CuResult<()> {
+fn mirror_current(ctx: ContextId) -> CuResult<()> {
     let unretained = {
         let reg = state::read();
         match reg.contexts.get(&ctx) {
@@ -48,7 +52,7 @@ fn mirror_current(ctx: u64) -> CuResult<()> {
         return Ok(());
     }
     client::post(0, &CtxSetCurrent { ctx }, &[])?;
-    if ctx != 0 {
+    if ctx != NO_CONTEXT {
         // `__managed__` variables the runtime looked up before this context existed get their values now.
         // Not an error of this call if it cannot: the next launch tries again.
         let _ = crate::mirror::fetch_deferred();
@@ -61,7 +65,7 @@ fn create(out: *mut Handle, flags: c_uint, dev: c_int) -> CuResult<()> {
     if out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let ctx = state::new_id();
+    let ctx = ContextId(state::new_id());
     client::call(
         0,
         &CtxCreate {
@@ -83,7 +87,7 @@ fn create(out: *mut Handle, flags: c_uint, dev: c_int) -> CuResult<()> {
         reg.ctx_flags.insert(ctx, flags);
     }
     state::push_ctx(ctx);
-    ffi::write(out, ctx as Handle)
+    ffi::write(out, ctx_handle(ctx))
 }
 
 fn destroy(ctx: Handle) -> CuResult<()> {
@@ -163,7 +167,7 @@ entry! {
             // Made current before it was retained: the server learns of it only now.
             mirror_current(ctx)?;
         }
-        ffi::write(out, ctx as Handle)
+        ffi::write(out, ctx_handle(ctx))
     }
     [cuDevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2] [] (dev: c_int) |f| {
         release_primary(dev)
@@ -234,7 +238,7 @@ entry! {
     [cuCtxGetId] [] (ctx: Handle, id: *mut u64) |f| {
         let c = if ctx.is_null() { super::need_ctx()? } else { ctx_id(ctx) };
         known_ctx(c)?;
-        ffi::write(id, c)
+        ffi::write(id, c.get())
     }
     [cuCtxGetLimit] [] (value: *mut usize, limit: c_uint) |f| {
         super::need_ctx()?;
@@ -305,11 +309,11 @@ entry! {
     }
     [cuCtxGetCurrent] [] (out: *mut Handle) |f| {
         client::session()?;
-        ffi::write(out, state::current_ctx() as Handle)
+        ffi::write(out, ctx_handle(state::current_ctx()))
     }
     [cuCtxSetCurrent] [] (ctx: Handle) |f| {
         let id = ctx_id(ctx);
-        if id != 0 {
+        if id != NO_CONTEXT {
             known_ctx(id)?;
         } else {
             client::session()?;
@@ -332,7 +336,7 @@ entry! {
         let (popped, now) = state::pop_ctx().ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
         mirror_current(now)?;
         if !out.is_null() {
-            ffi::write(out, popped as Handle)?;
+            ffi::write(out, ctx_handle(popped))?;
         }
         Ok(())
     }

@@ -15,17 +15,17 @@ use crate::state::{self, FunctionEntry, ModuleInfo};
 use crate::{client, ffi};
 
 /// The wire id of a stream handle: NULL, CU_STREAM_LEGACY and CU_STREAM_PER_THREAD pass through.
-pub(crate) fn stream_id(stream: Handle) -> CuResult<u64> {
-    let id = stream as u64;
-    if id <= 2 || state::read().streams.contains_key(&id) {
+pub(crate) fn stream_id(stream: Handle) -> CuResult<StreamId> {
+    let id = StreamId(stream as u64);
+    if id.is_builtin() || state::read().streams.contains_key(&id) {
         Ok(id)
     } else {
         Err(CUDA_ERROR_INVALID_HANDLE)
     }
 }
 
-fn event_id(event: Handle) -> CuResult<u64> {
-    let id = event as u64;
+fn event_id(event: Handle) -> CuResult<EventId> {
+    let id = EventId(event as u64);
     if state::read().events.contains_key(&id) {
         Ok(id)
     } else {
@@ -86,7 +86,7 @@ fn stream_create(out: *mut Handle, flags: c_uint, priority: c_int) -> CuResult<(
     client::sticky_error()?;
     // The driver clamps a priority outside the range cuCtxGetStreamPriorityRange reports.
     let priority = priority.clamp(STREAM_PRIORITY_GREATEST, STREAM_PRIORITY_LEAST);
-    let stream = state::new_id();
+    let stream = StreamId(state::new_id());
     // Sent at once, as streams made on one thread are often used on another.
     client::post_now(
         0,
@@ -98,7 +98,7 @@ fn stream_create(out: *mut Handle, flags: c_uint, priority: c_int) -> CuResult<(
         &[],
     )?;
     state::write().streams.insert(stream, (flags, priority));
-    ffi::write(out, stream as Handle)
+    ffi::write(out, stream.get() as Handle)
 }
 
 /// Reads a module image of unknown length from the caller: PTX up to its NUL, fat binaries and cubins by
@@ -142,7 +142,7 @@ fn load(out: *mut Handle, image: *const c_void, is_library: bool) -> CuResult<()
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let bytes = read_image(image)?;
-    let id = state::new_id();
+    let id = ModuleId(state::new_id());
     let mut table = Vec::new();
     if is_library {
         match client::call_with_tail(0, &LibraryLoad { library: id }, bytes, &mut table) {
@@ -155,7 +155,7 @@ fn load(out: *mut Handle, image: *const c_void, is_library: bool) -> CuResult<()
                     bound: Default::default(),
                 };
                 state::write().modules.insert(id, info);
-                return ffi::write(out, id as Handle);
+                return ffi::write(out, id.get() as Handle);
             }
             Err(e) => return Err(e),
         }
@@ -173,7 +173,7 @@ fn load(out: *mut Handle, image: *const c_void, is_library: bool) -> CuResult<()
             bound: Default::default(),
         },
     );
-    ffi::write(out, id as Handle)
+    ffi::write(out, id.get() as Handle)
 }
 
 /// Loads a module from an image of any kind (a fat-binary wrapper included), for the runtime's private
@@ -196,7 +196,7 @@ pub(crate) fn load_module_image(out: *mut Handle, image: *const c_void) -> CuRes
 }
 
 fn unload(module: Handle, is_library: bool) -> CuResult<()> {
-    let id = module as u64;
+    let id = ModuleId(module as u64);
     let deferred = match state::read().modules.get(&id) {
         Some(m) if m.is_library == is_library => m.deferred_error.is_some(),
         _ => return Err(CUDA_ERROR_INVALID_HANDLE),
@@ -216,7 +216,7 @@ fn unload(module: Handle, is_library: bool) -> CuResult<()> {
 }
 
 fn get_function(out: *mut Handle, module: Handle, name: *const c_char, is_library: bool) -> CuResult<()> {
-    let id = module as u64;
+    let id = ModuleId(module as u64);
     let name = ffi::cstr(name)?;
     if out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -253,17 +253,17 @@ fn get_function(out: *mut Handle, module: Handle, name: *const c_char, is_librar
         return Err(CUDA_ERROR_NOT_FOUND);
     };
     let fid = bind_function(id, is_library, info)?;
-    ffi::write(out, fid as Handle)
+    ffi::write(out, fid.get() as Handle)
 }
 
 /// The handle of a function of a loaded module (or a kernel of a library): the one given out before, or a new
 /// one bound on both sides.
-fn bind_function(id: u64, is_library: bool, info: Arc<FunctionInfo>) -> CuResult<u64> {
+fn bind_function(id: ModuleId, is_library: bool, info: Arc<FunctionInfo>) -> CuResult<FunctionId> {
     let bound = |reg: &state::Registry| reg.modules.get(&id).and_then(|m| m.bound.get(&info.name).copied());
     if let Some(fid) = bound(&state::read()) {
         return Ok(fid);
     }
-    let fid = state::new_id();
+    let fid = FunctionId(state::new_id());
     let name = info.name.as_bytes();
     // Sent at once, and before the handle is published to other threads: the runtime binds a kernel on
     // whichever thread launches it first and then launches it from every thread.
@@ -307,7 +307,7 @@ fn listed_functions(module: Handle, is_library: bool) -> CuResult<Vec<Arc<Functi
     let reg = state::read();
     let m = reg
         .modules
-        .get(&(module as u64))
+        .get(&ModuleId(module as u64))
         .filter(|m| m.is_library == is_library)
         .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
     if let Some(e) = m.deferred_error {
@@ -325,8 +325,8 @@ fn enumerate(out: *mut Handle, n: c_uint, module: Handle, is_library: bool) -> C
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     for (i, info) in all.into_iter().enumerate() {
-        let fid = bind_function(module as u64, is_library, info)?;
-        ffi::write(out.wrapping_add(i), fid as Handle)?;
+        let fid = bind_function(ModuleId(module as u64), is_library, info)?;
+        ffi::write(out.wrapping_add(i), fid.get() as Handle)?;
     }
     Ok(())
 }
@@ -338,7 +338,10 @@ pub(crate) fn module_functions(module: Handle) -> CuResult<Vec<(Handle, *const c
         .into_iter()
         .map(|info| {
             let name = c_name(&info.name)?;
-            Ok((bind_function(module as u64, false, info)? as Handle, name))
+            Ok((
+                bind_function(ModuleId(module as u64), false, info)?.get() as Handle,
+                name,
+            ))
         })
         .collect()
 }
@@ -374,7 +377,7 @@ fn get_global(
     } else {
         need_ctx()?;
     }
-    let id = module as u64;
+    let id = ModuleId(module as u64);
     match state::read().modules.get(&id) {
         Some(m) if m.is_library == is_library => {
             if let Some(e) = m.deferred_error {
@@ -391,12 +394,12 @@ fn get_global(
     };
     if managed {
         // The host reaches a `__managed__` variable through this address, as natively.
-        crate::mirror::adopt_managed_global(r.dptr, r.size as usize)?;
+        crate::mirror::adopt_managed_global(r.dptr.get(), r.size as usize)?;
     } else {
-        state::write().device_ranges.insert(r.dptr, r.size);
+        state::write().device_ranges.insert(r.dptr.get(), r.size);
     }
     if !out.is_null() {
-        ffi::write(out, r.dptr)?;
+        ffi::write(out, r.dptr.get())?;
     }
     if !bytes.is_null() {
         ffi::write(bytes, r.size as usize)?;
@@ -412,7 +415,7 @@ pub(crate) fn function_entry(f: Handle) -> CuResult<FunctionEntry> {
 fn function(f: Handle) -> CuResult<FunctionEntry> {
     state::read()
         .functions
-        .get(&(f as u64))
+        .get(&FunctionId(f as u64))
         .cloned()
         .ok_or(CUDA_ERROR_INVALID_HANDLE)
 }
@@ -420,17 +423,18 @@ fn function(f: Handle) -> CuResult<FunctionEntry> {
 /// A function's attributes: from the load reply, from the cache, or fetched once from the server.
 pub(crate) fn attributes(f: Handle) -> CuResult<[i32; FUNC_ATTR_COUNT]> {
     let entry = function(f)?;
-    if let Some(a) = known_attributes(&entry, f as u64) {
+    let id = FunctionId(f as u64);
+    if let Some(a) = known_attributes(&entry, id) {
         return Ok(a);
     }
-    let r = client::call(0, &FuncGetAttributes { function: f as u64 }, &[])?;
-    state::write().func_attrs.insert(f as u64, r.attrs);
+    let r = client::call(0, &FuncGetAttributes { function: id }, &[])?;
+    state::write().func_attrs.insert(id, r.attrs);
     Ok(r.attrs)
 }
 
 /// Attributes already known without a round trip (for launch checks): what was set or fetched since the
 /// load, else what the load reported.
-fn known_attributes(f: &FunctionEntry, id: u64) -> Option<[i32; FUNC_ATTR_COUNT]> {
+fn known_attributes(f: &FunctionEntry, id: FunctionId) -> Option<[i32; FUNC_ATTR_COUNT]> {
     if let Some(a) = state::read().func_attrs.get(&id) {
         return Some(*a);
     }
@@ -466,102 +470,68 @@ fn extra_buffer(extra: *mut *mut c_void) -> CuResult<(Option<*mut c_void>, Optio
     Ok((ptr, size))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn launch(
-    flags: u16,
-    f: Handle,
-    grid: [c_uint; 3],
-    block: [c_uint; 3],
-    shared_mem: c_uint,
-    stream: Handle,
-    params: *mut *mut c_void,
-    extra: *mut *mut c_void,
-) -> CuResult<()> {
-    launch_as(
-        flags,
-        f,
+/// The shape of a launch given as separate grid, block and shared-memory arguments (no cluster).
+fn plain_shape(grid: [c_uint; 3], block: [c_uint; 3], shared_mem: c_uint, cooperative: bool) -> LaunchShape {
+    LaunchShape {
         grid,
         block,
         shared_mem,
-        stream,
-        params,
-        extra,
-        false,
-        [1, 1, 1],
-    )
+        cooperative,
+        cluster: [1, 1, 1],
+    }
 }
 
-/// A launch, plain or with the cooperative/cluster attributes (which travel as `LaunchKernelEx`).
-#[allow(clippy::too_many_arguments)]
-fn launch_as(
+/// A launch, plain or with the cooperative/cluster attributes: plain launches travel as `LaunchKernel`,
+/// cooperative and cluster ones as `LaunchKernelEx`.
+fn launch(
     flags: u16,
     f: Handle,
-    grid: [c_uint; 3],
-    block: [c_uint; 3],
-    shared_mem: c_uint,
+    shape: LaunchShape,
     stream: Handle,
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
-    cooperative: bool,
-    cluster: [c_uint; 3],
 ) -> CuResult<()> {
     let ctx = need_ctx()?;
     let entry = function(f)?;
+    let function = FunctionId(f as u64);
     let stream = stream_id(stream)?;
     client::sticky_error()?;
     // The function's own limits (threads per block, dynamic shared memory without or with opt-in) decide
     // whether the launch is refused at the call, as natively. A function of a lazily loaded module has
     // none yet: they are fetched once (one round trip per function), so that a launch the driver refuses
     // fails here instead of latching an error that a later, unrelated call would report.
-    let attrs = known_attributes(&entry, f as u64).or_else(|| attributes(f).ok());
-    check_launch_shape(ctx, attrs, grid, block, shared_mem)?;
+    let attrs = known_attributes(&entry, function).or_else(|| attributes(f).ok());
+    check_launch_shape(ctx, attrs, &shape)?;
+    let special = shape.cooperative || shape.has_cluster();
     let key = super::graph::key(flags, stream);
     if super::graph::is_capturing(key) {
-        if cooperative || cluster.iter().any(|&c| c > 1) {
+        if special {
             return Err(CUDA_ERROR_NOT_SUPPORTED);
         }
         let node = super::graph::Node::Kernel {
-            function: f as u64,
-            grid,
-            block,
-            shared: shared_mem,
+            function,
+            shape,
             args: pack_args(f, params, extra)?,
         };
         if let Some(r) = super::graph::capture(key, node) {
             return r;
         }
     }
-    if cooperative || cluster.iter().any(|&c| c > 1) {
-        check_launch_attributes(f, grid, block, shared_mem, cooperative, cluster)?;
+    if special {
+        check_launch_attributes(f, &shape)?;
         let call = LaunchKernelEx {
-            function: f as u64,
+            function,
             stream,
-            grid_x: grid[0],
-            grid_y: grid[1],
-            grid_z: grid[2],
-            block_x: block[0],
-            block_y: block[1],
-            block_z: block[2],
-            shared_mem,
-            cooperative: cooperative as u32,
-            cluster_x: cluster[0].max(1),
-            cluster_y: cluster[1].max(1),
-            cluster_z: cluster[2].max(1),
+            dims: shape.dims(),
+            cluster: shape.cluster.map(|c| c.max(1)),
             _pad: 0,
         };
         return send_launch(flags, &call, stream, &entry.info, params, extra);
     }
     let call = LaunchKernel {
-        function: f as u64,
+        function,
         stream,
-        grid_x: grid[0],
-        grid_y: grid[1],
-        grid_z: grid[2],
-        block_x: block[0],
-        block_y: block[1],
-        block_z: block[2],
-        shared_mem,
-        _pad: 0,
+        dims: shape.dims(),
     };
     send_launch(flags, &call, stream, &entry.info, params, extra)
 }
@@ -569,21 +539,15 @@ fn launch_as(
 /// The driver's synchronous checks of a cooperative or cluster launch: every block of a cooperative grid
 /// must be resident at once (by the same occupancy rules `cuOccupancy*` answer with), and a grid must tile
 /// by its cluster, of at most 8 blocks (16 with the non-portable opt-in).
-fn check_launch_attributes(
-    f: Handle,
-    grid: [c_uint; 3],
-    block: [c_uint; 3],
-    shared_mem: c_uint,
-    cooperative: bool,
-    cluster: [c_uint; 3],
-) -> CuResult<()> {
+fn check_launch_attributes(f: Handle, shape: &LaunchShape) -> CuResult<()> {
     let attrs = attributes(f)?;
-    if cluster.iter().any(|&c| c > 1) {
+    let cluster = shape.cluster;
+    if shape.has_cluster() {
         if cluster.contains(&0) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         // A grid that is not a whole number of clusters: the driver names the cluster size.
-        if grid.iter().zip(cluster).any(|(&g, c)| g % c != 0) {
+        if shape.grid.iter().zip(cluster).any(|(&g, c)| g % c != 0) {
             return Err(CUDA_ERROR_INVALID_CLUSTER_SIZE);
         }
         let size: u64 = cluster.iter().map(|&c| c as u64).product();
@@ -592,11 +556,16 @@ fn check_launch_attributes(
             return Err(CUDA_ERROR_INVALID_CLUSTER_SIZE);
         }
     }
-    if cooperative {
-        let threads = block.iter().map(|&b| b as i64).product::<i64>().min(i32::MAX as i64) as i32;
-        let per_sm = super::query::active_blocks(f, threads, shared_mem as usize, 0)?.max(0) as u64;
+    if shape.cooperative {
+        let threads = shape
+            .block
+            .iter()
+            .map(|&b| b as i64)
+            .product::<i64>()
+            .min(i32::MAX as i64) as i32;
+        let per_sm = super::query::active_blocks(f, threads, shape.shared_mem as usize, 0)?.max(0) as u64;
         let sms = super::query::current_device()?.attr(16).unwrap_or(1).max(1) as u64;
-        let blocks: u64 = grid.iter().map(|&g| g as u64).product();
+        let blocks: u64 = shape.grid.iter().map(|&g| g as u64).product();
         if blocks > per_sm * sms {
             return Err(CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE);
         }
@@ -630,28 +599,24 @@ pub(crate) fn pack_args(f: Handle, params: *mut *mut c_void, extra: *mut *mut c_
     Ok(buf)
 }
 
-/// Launches `function` with an argument buffer packed already (a graph kernel node's).
+/// Launches `function` with an argument buffer packed already (a graph kernel node's: always a plain launch).
 pub(crate) fn launch_packed(
     flags: u16,
-    function: u64,
-    grid: [u32; 3],
-    block: [u32; 3],
-    shared_mem: u32,
+    function: FunctionId,
+    shape: LaunchShape,
     stream: Handle,
     args: &[u8],
 ) -> CuResult<()> {
     let ctx = need_ctx()?;
-    let entry = function_entry(function as Handle)?;
+    let entry = function_entry(function.get() as Handle)?;
     let stream = stream_id(stream)?;
-    check_launch_shape(ctx, known_attributes(&entry, function), grid, block, shared_mem)?;
+    check_launch_shape(ctx, known_attributes(&entry, function), &shape)?;
     if args.len() != entry.info.args_size() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let node = super::graph::Node::Kernel {
         function,
-        grid,
-        block,
-        shared: shared_mem,
+        shape,
         args: args.to_vec(),
     };
     if let Some(r) = super::graph::capture(super::graph::key(flags, stream), node) {
@@ -661,24 +626,17 @@ pub(crate) fn launch_packed(
     let call = LaunchKernel {
         function,
         stream,
-        grid_x: grid[0],
-        grid_y: grid[1],
-        grid_z: grid[2],
-        block_x: block[0],
-        block_y: block[1],
-        block_z: block[2],
-        shared_mem,
-        _pad: 0,
+        dims: shape.dims(),
     };
     client::post(flags, &call, args)
 }
 
 /// Queues a launch call with the arguments packed at the offsets of the function's parameter layout, from
 /// `kernelParams` or from the packed buffer of `extra`.
-fn send_launch<C: Call>(
+fn send_launch<C: AsyncCall>(
     flags: u16,
     call: &C,
-    stream: u64,
+    stream: StreamId,
     info: &FunctionInfo,
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
@@ -765,14 +723,12 @@ struct RawLaunchAttribute {
 
 /// A `cuLaunchKernelEx` configuration with the attributes vGPU acts on.
 pub(crate) struct LaunchConfig {
-    pub grid: [c_uint; 3],
-    pub block: [c_uint; 3],
-    pub shared: c_uint,
+    /// Grid, block, shared memory, the cooperative attribute, and the cluster dimension (1x1x1 when the
+    /// attribute is absent).
+    pub shape: LaunchShape,
     pub stream: Handle,
-    pub cluster: [c_uint; 3],
     /// The cluster dimension exactly as given ([0, 0, 0] when the attribute is absent).
     pub cluster_given: [c_uint; 3],
-    pub cooperative: bool,
     /// Events to record once the kernel is queued (PROGRAMMATIC_EVENT, LAUNCH_COMPLETION_EVENT): recording
     /// them after the kernel is later than natively, never earlier, so waiting on them stays correct.
     pub events: Vec<Handle>,
@@ -781,13 +737,9 @@ pub(crate) struct LaunchConfig {
 pub(crate) fn read_launch_config(config: *const c_void) -> CuResult<LaunchConfig> {
     let raw: RawLaunchConfig = ffi::read(config as *const RawLaunchConfig)?;
     let mut cfg = LaunchConfig {
-        grid: raw.grid,
-        block: raw.block,
-        shared: raw.shared,
+        shape: plain_shape(raw.grid, raw.block, raw.shared, false),
         stream: raw.stream,
-        cluster: [1, 1, 1],
         cluster_given: [0, 0, 0],
-        cooperative: false,
         events: Vec::new(),
     };
     if raw.num_attrs > 0 && raw.attrs.is_null() {
@@ -802,10 +754,10 @@ pub(crate) fn read_launch_config(config: *const c_void) -> CuResult<LaunchConfig
             // cluster scheduling preference, programmatic serialization, priority, memory sync domains,
             // preferred cluster dimension, shared memory carveout, NVLink-centric scheduling.
             0 | 1 | 3 | 5 | 6 | 8 | 9 | 10 | 11 | 14 | 16 => {}
-            2 => cfg.cooperative = word(0) != 0,
+            2 => cfg.shape.cooperative = word(0) != 0,
             4 => {
-                cfg.cluster = [word(0), word(4), word(8)];
-                cfg.cluster_given = cfg.cluster;
+                cfg.shape.cluster = [word(0), word(4), word(8)];
+                cfg.cluster_given = cfg.shape.cluster;
             }
             7 | 12 => cfg.events.push(ptr()),
             // Graph-only.
@@ -825,21 +777,10 @@ fn launch_ex(
 ) -> CuResult<()> {
     need_ctx()?;
     let cfg = read_launch_config(config)?;
-    if cfg.cluster.contains(&0) {
+    if cfg.shape.cluster.contains(&0) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    launch_as(
-        flags,
-        f,
-        cfg.grid,
-        cfg.block,
-        cfg.shared,
-        cfg.stream,
-        params,
-        extra,
-        cfg.cooperative,
-        cfg.cluster,
-    )?;
+    launch(flags, f, cfg.shape, cfg.stream, params, extra)?;
     let stream = stream_id(cfg.stream)?;
     for e in cfg.events {
         client::post(
@@ -903,32 +844,28 @@ fn set_attribute(func: Handle, attrib: c_int, value: c_int, is_kernel: bool) -> 
     if !valid {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
+    let function = FunctionId(func as u64);
     client::post(
         0,
         &FuncSetAttribute {
-            function: func as u64,
+            function,
             attrib,
             value,
         },
         &[],
     )?;
     // Later queries see the new value.
-    let mut attrs = known_attributes(&entry, func as u64).unwrap_or(ATTRS_UNKNOWN);
+    let mut attrs = known_attributes(&entry, function).unwrap_or(ATTRS_UNKNOWN);
     if attrs != ATTRS_UNKNOWN {
         attrs[attrib as usize] = value;
-        state::write().func_attrs.insert(func as u64, attrs);
+        state::write().func_attrs.insert(function, attrs);
     }
     Ok(())
 }
 
 /// The checks the driver makes before queueing a launch, done here so their errors come back at once.
-fn check_launch_shape(
-    ctx: u64,
-    attrs: Option<[i32; FUNC_ATTR_COUNT]>,
-    grid: [u32; 3],
-    block: [u32; 3],
-    shared: u32,
-) -> CuResult<()> {
+fn check_launch_shape(ctx: ContextId, attrs: Option<[i32; FUNC_ATTR_COUNT]>, shape: &LaunchShape) -> CuResult<()> {
+    let (grid, block, shared) = (shape.grid, shape.block, shape.shared_mem);
     let s = client::session()?;
     let device = state::read().contexts.get(&ctx).map(|c| c.device).unwrap_or(0);
     let dev = s.devices.get(device as usize).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
@@ -970,9 +907,9 @@ entry! {
         stream_create(out, flags, priority)
     }
     [cuStreamDestroy, cuStreamDestroy_v2] [] (stream: Handle) |f| {
-        let id = stream as u64;
+        let id = StreamId(stream as u64);
         let mut reg = state::write();
-        if id <= 2 || reg.streams.remove(&id).is_none() {
+        if id.is_builtin() || reg.streams.remove(&id).is_none() {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
         reg.stream_attrs.retain(|&(s, _), _| s != id);
@@ -1057,10 +994,10 @@ entry! {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         client::sticky_error()?;
-        let event = state::new_id();
+        let event = EventId(state::new_id());
         client::post_now(0, &EventCreate { event, flags, _pad: 0 }, &[])?;
         state::write().events.insert(event, flags);
-        ffi::write(out, event as Handle)
+        ffi::write(out, event.get() as Handle)
     }
     [cuEventRecord] [cuEventRecord_ptsz] (event: Handle, stream: Handle) |f| {
         let (event, stream) = (event_id(event)?, stream_id(stream)?);
@@ -1094,7 +1031,7 @@ entry! {
         ffi::write(ms, r.ms)
     }
     [cuEventDestroy, cuEventDestroy_v2] [] (event: Handle) |f| {
-        let id = event as u64;
+        let id = EventId(event as u64);
         if state::write().events.remove(&id).is_none() {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
@@ -1159,10 +1096,10 @@ entry! {
         if !k.is_kernel || out.is_null() {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
-        let fid = state::new_id();
-        client::post_now(0, &KernelGetFunction { kernel: kernel as u64, function: fid }, &[])?;
+        let fid = FunctionId(state::new_id());
+        client::post_now(0, &KernelGetFunction { kernel: FunctionId(kernel as u64), function: fid }, &[])?;
         state::write().functions.insert(fid, FunctionEntry { is_kernel: false, ..k });
-        ffi::write(out, fid as Handle)
+        ffi::write(out, fid.get() as Handle)
     }
     [cuFuncGetAttribute] [] (out: *mut c_int, attrib: c_int, func: Handle) |f| {
         let attrs = attributes(func)?;
@@ -1244,11 +1181,11 @@ entry! {
         client::post(f, &EventRecord { event, stream }, &[])
     }
     [cuStreamGetId] [cuStreamGetId_ptsz] (stream: Handle, out: *mut u64) |f| {
-        ffi::write(out, stream_id(stream)?)
+        ffi::write(out, stream_id(stream)?.get())
     }
     [cuStreamGetCtx] [cuStreamGetCtx_ptsz] (stream: Handle, out: *mut Handle) |f| {
         stream_id(stream)?;
-        ffi::write(out, need_ctx()? as Handle)
+        ffi::write(out, need_ctx()?.get() as Handle)
     }
     [cuStreamGetDevice] [cuStreamGetDevice_ptsz] (stream: Handle, out: *mut c_int) |f| {
         stream_id(stream)?;
@@ -1281,25 +1218,25 @@ entry! {
     }
     [cuFuncGetModule] [] (out: *mut Handle, func: Handle) |f| {
         let entry = function(func)?;
-        ffi::write(out, entry.module as Handle)
+        ffi::write(out, entry.module.get() as Handle)
     }
     [cuKernelGetLibrary] [] (out: *mut Handle, kernel: Handle) |f| {
         let entry = function(kernel)?;
         if !entry.is_kernel {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
-        ffi::write(out, entry.module as Handle)
+        ffi::write(out, entry.module.get() as Handle)
     }
     [cuLaunchCooperativeKernel] [cuLaunchCooperativeKernel_ptsz] (
         func: Handle, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint,
         shared: c_uint, stream: Handle, params: *mut *mut c_void
     ) |f| {
-        launch_as(f, func, [gx, gy, gz], [bx, by, bz], shared, stream, params, std::ptr::null_mut(), true, [1, 1, 1])
+        launch(f, func, plain_shape([gx, gy, gz], [bx, by, bz], shared, true), stream, params, std::ptr::null_mut())
     }
     [cuLaunchKernel] [cuLaunchKernel_ptsz] (
         func: Handle, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint,
         shared: c_uint, stream: Handle, params: *mut *mut c_void, extra: *mut *mut c_void
     ) |f| {
-        launch(f, func, [gx, gy, gz], [bx, by, bz], shared, stream, params, extra)
+        launch(f, func, plain_shape([gx, gy, gz], [bx, by, bz], shared, false), stream, params, extra)
     }
 }

@@ -21,10 +21,8 @@ use crate::{ffi, state};
 #[derive(Clone, Debug)]
 pub(crate) enum Node {
     Kernel {
-        function: u64,
-        grid: [u32; 3],
-        block: [u32; 3],
-        shared: u32,
+        function: FunctionId,
+        shape: LaunchShape,
         args: Vec<u8>,
     },
     Memset {
@@ -83,7 +81,7 @@ struct Graph {
 /// A stream taking part in a capture: the graph it records into and the nodes its next operation follows.
 struct Capture {
     graph: u64,
-    origin: u64,
+    origin: StreamId,
     deps: Vec<u64>,
     invalidated: bool,
 }
@@ -93,9 +91,9 @@ struct Graphs {
     graphs: HashMap<u64, Graph>,
     /// Executable graphs: their nodes in an order that respects every dependency.
     execs: HashMap<u64, Vec<(u64, Node)>>,
-    captures: HashMap<u64, Capture>,
+    captures: HashMap<StreamId, Capture>,
     /// Events recorded in a capture: the graph and the nodes a waiting stream must follow.
-    events: HashMap<u64, (u64, Vec<u64>)>,
+    events: HashMap<EventId, (u64, Vec<u64>)>,
     /// The graph-owned allocations each executable holds.
     exec_owned: HashMap<u64, Vec<u64>>,
     /// How many graphs and executables hold each graph-owned allocation.
@@ -119,14 +117,14 @@ fn release_owned(mut g: MutexGuard<'static, Graphs>, owned: Vec<u64>) -> CuResul
     for dptr in free {
         // Gone already if the app freed it itself (an error natively, which the app saw then).
         if state::write().device_ranges.remove(&dptr).is_some() {
-            crate::client::call(0, &MemFree { dptr }, &[])?;
+            crate::client::call(0, &MemFree { dptr: DevicePtr(dptr) }, &[])?;
         }
     }
     Ok(())
 }
 
 /// `cuMemAllocAsync` on stream `key`: when it is capturing, the allocation is the capture's graph's.
-pub(crate) fn capture_alloc(key: u64, dptr: u64) {
+pub(crate) fn capture_alloc(key: StreamId, dptr: u64) {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return;
     }
@@ -142,7 +140,7 @@ pub(crate) fn capture_alloc(key: u64, dptr: u64) {
 /// `cuMemFreeAsync` on stream `key`. `None`: the stream is not capturing (free as usual). Memory the capture's
 /// graph allocated stays the graph's (natively a free node, whose memory the next launch allocates again); memory
 /// from outside the capture cannot be freed by a graph here, so the capture ends, as with any call it cannot take.
-pub(crate) fn capture_free(key: u64, dptr: u64) -> Option<CuResult<()>> {
+pub(crate) fn capture_free(key: StreamId, dptr: u64) -> Option<CuResult<()>> {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return None;
     }
@@ -175,20 +173,20 @@ static CAPTURING: AtomicUsize = AtomicUsize::new(0);
 
 /// The capture key of a stream: the per-thread default stream is its own stream; the legacy one (0, 1)
 /// cannot be captured.
-pub(crate) fn key(flags: u16, stream: u64) -> u64 {
-    if stream == 0 && flags & FLAG_PER_THREAD != 0 {
-        2
+pub(crate) fn key(flags: u16, stream: StreamId) -> StreamId {
+    if stream == StreamId::NULL && flags & FLAG_PER_THREAD != 0 {
+        StreamId::PER_THREAD
     } else {
         stream
     }
 }
 
-pub(crate) fn is_capturing(key: u64) -> bool {
+pub(crate) fn is_capturing(key: StreamId) -> bool {
     CAPTURING.load(Ordering::Relaxed) > 0 && graphs().captures.contains_key(&key)
 }
 
 /// Records `node` on capturing stream `key`. `None`: the stream is not capturing (run it as usual).
-pub(crate) fn capture(key: u64, node: Node) -> Option<CuResult<()>> {
+pub(crate) fn capture(key: StreamId, node: Node) -> Option<CuResult<()>> {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return None;
     }
@@ -209,7 +207,7 @@ pub(crate) fn capture(key: u64, node: Node) -> Option<CuResult<()>> {
 }
 
 /// A synchronizing call on a capturing stream: refused, and the capture is invalidated, as natively.
-pub(crate) fn refuse_sync(key: u64) -> CuResult<()> {
+pub(crate) fn refuse_sync(key: StreamId) -> CuResult<()> {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return Ok(());
     }
@@ -224,7 +222,7 @@ pub(crate) fn refuse_sync(key: u64) -> CuResult<()> {
 }
 
 /// `cuEventRecord` on a capturing stream: remembers where the capture stands. `true`: handled.
-pub(crate) fn record_event(key: u64, event: u64) -> bool {
+pub(crate) fn record_event(key: StreamId, event: EventId) -> bool {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return false;
     }
@@ -239,7 +237,7 @@ pub(crate) fn record_event(key: u64, event: u64) -> bool {
 
 /// `cuStreamWaitEvent` on an event recorded in a capture: the waiting stream joins the capture (or adds the
 /// event's nodes to what it follows). `true`: handled.
-pub(crate) fn wait_event(key: u64, event: u64) -> bool {
+pub(crate) fn wait_event(key: StreamId, event: EventId) -> bool {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return false;
     }
@@ -276,7 +274,7 @@ pub(crate) fn wait_event(key: u64, event: u64) -> bool {
 }
 
 /// Capture status of `key`: 0 none, 1 active, 2 invalidated; and the capture's id.
-pub(crate) fn capture_status(key: u64) -> (c_uint, u64) {
+pub(crate) fn capture_status(key: StreamId) -> (c_uint, u64) {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return (0, 0);
     }
@@ -362,13 +360,7 @@ fn instantiate(out: *mut Handle, graph: Handle) -> CuResult<()> {
 /// Queues one node on `stream` through the ordinary paths.
 fn replay(flags: u16, stream: Handle, node: &Node) -> CuResult<()> {
     match node {
-        Node::Kernel {
-            function,
-            grid,
-            block,
-            shared,
-            args,
-        } => super::exec::launch_packed(flags, *function, *grid, *block, *shared, stream, args),
+        Node::Kernel { function, shape, args } => super::exec::launch_packed(flags, *function, *shape, stream, args),
         Node::Memset {
             dst,
             pitch,
@@ -446,10 +438,14 @@ fn kernel_node(params: *const c_void) -> CuResult<Node> {
     let f = if p.func.is_null() { p.kern } else { p.func };
     let args = super::exec::pack_args(f, p.params, p.extra)?;
     Ok(Node::Kernel {
-        function: f as u64,
-        grid: p.grid,
-        block: p.block,
-        shared: p.shared,
+        function: FunctionId(f as u64),
+        shape: LaunchShape {
+            grid: p.grid,
+            block: p.block,
+            shared_mem: p.shared,
+            cooperative: false,
+            cluster: [1, 1, 1],
+        },
         args,
     })
 }
@@ -478,7 +474,7 @@ entry! {
         super::need_ctx()?;
         let id = super::exec::stream_id(stream)?;
         let key = key(f, id);
-        if key <= 1 {
+        if key == StreamId::NULL || key == StreamId::LEGACY {
             // The legacy default stream cannot be captured.
             return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
         }
@@ -628,7 +624,7 @@ entry! {
 mod tests {
     use super::*;
 
-    fn begin(key: u64) -> u64 {
+    fn begin(key: StreamId) -> u64 {
         let graph = state::new_id();
         let mut g = graphs();
         g.graphs.insert(graph, Graph::default());
@@ -645,14 +641,15 @@ mod tests {
         graph
     }
 
-    fn op(key: u64) {
+    fn op(key: StreamId) {
         assert_eq!(capture(key, Node::Empty), Some(Ok(())));
     }
 
     /// The fork/join capture of tests/cuda/graphs.cu: 7 nodes and 7 edges, as the driver builds it.
     #[test]
     fn capture_follows_stream_order_and_events() {
-        let (s, s2, fork, join) = (0x7000_0010, 0x7000_0020, 0x7000_0030, 0x7000_0040);
+        let (s, s2) = (StreamId(0x7000_0010), StreamId(0x7000_0020));
+        let (fork, join) = (EventId(0x7000_0030), EventId(0x7000_0040));
         let graph = begin(s);
         op(s); // H2D copy
         assert!(record_event(s, fork));

@@ -11,7 +11,7 @@ use super::{need_ctx, Handle};
 use crate::state;
 use crate::{client, ffi, mirror};
 
-fn stream_id(stream: Handle) -> CuResult<u64> {
+fn stream_id(stream: Handle) -> CuResult<StreamId> {
     super::exec::stream_id(stream)
 }
 
@@ -20,7 +20,7 @@ fn array_create(out: *mut Handle, shape: ArrayShape) -> CuResult<()> {
     if out.is_null() || shape.element_bytes().is_none() || shape.width == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let array = state::new_id();
+    let array = ArrayId(state::new_id());
     let call = ArrayCreate {
         array,
         width: shape.width,
@@ -33,7 +33,7 @@ fn array_create(out: *mut Handle, shape: ArrayShape) -> CuResult<()> {
     };
     client::call(0, &call, &[])?;
     state::write().arrays.insert(array, shape);
-    ffi::write(out, array as Handle)
+    ffi::write(out, array.get() as Handle)
 }
 
 /// `cuTexObjectCreate`/`cuSurfObjectCreate`: the descriptors travel as they are; the server puts its own
@@ -46,7 +46,9 @@ fn tex_object(out: *mut u64, surface: bool, resource: *const u8, texture: *const
     let mut tail = ffi::bytes(resource, RESOURCE_DESC_LEN)?.to_vec();
     let res_type = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
     if res_type == 0 {
-        let id = u64::from_le_bytes(tail[8..16].try_into().map_err(|_| CUDA_ERROR_INVALID_VALUE)?);
+        let id = ArrayId(u64::from_le_bytes(
+            tail[8..16].try_into().map_err(|_| CUDA_ERROR_INVALID_VALUE)?,
+        ));
         if !state::read().arrays.contains_key(&id) {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
@@ -74,19 +76,34 @@ fn mirrored(addr: u64) -> bool {
 /// A copy that a device address of pinned host memory turns into a host-side one: in stream order (after
 /// the work queued before it, whose kernels' writes to pinned memory come back first), then a plain copy.
 /// `dst_dev`/`src_dev`: whether that side is real device memory.
-fn copy_via_host(flags: u16, stream: u64, dst: u64, dst_dev: bool, src: u64, src_dev: bool, n: usize) -> CuResult<()> {
+fn copy_via_host(
+    flags: u16,
+    stream: StreamId,
+    dst: u64,
+    dst_dev: bool,
+    src: u64,
+    src_dev: bool,
+    n: usize,
+) -> CuResult<()> {
     client::call(flags, &StreamSynchronize { stream }, &[])?;
     mirror::after_sync()?;
     match (dst_dev, src_dev) {
         (true, _) => client::call(
             flags,
-            &MemcpyHtoD { dst, size: n as u64 },
+            &MemcpyHtoD {
+                dst: DevicePtr(dst),
+                size: n as u64,
+            },
             ffi::bytes(src as *const u8, n)?,
         )
         .map(|_| ()),
         (false, true) => {
             let out = ffi::bytes_mut(dst as *mut u8, n)?;
-            client::with_channel(|ch, _| ch.copy_to_host(flags, &MemcpyDtoH { src, size: n as u64 }, out))
+            let call = MemcpyDtoH {
+                src: DevicePtr(src),
+                size: n as u64,
+            };
+            client::with_channel(|ch, _| ch.copy_to_host(flags, &call, out))
         }
         (false, false) => {
             let from = ffi::bytes(src as *const u8, n)?.to_vec();
@@ -106,10 +123,10 @@ const STAGING_SLOT: usize = 8 << 20;
 /// once (as in the native driver's own staging), not three times through the ring.
 struct Staging {
     ptr: *mut u8,
-    region: u64,
+    region: RegionId,
     /// Events (created in `ctx`) marking when each slot's copy has landed.
-    events: [u64; 2],
-    ctx: u64,
+    events: [EventId; 2],
+    ctx: ContextId,
 }
 
 impl Drop for Staging {
@@ -126,20 +143,20 @@ thread_local! {
 
 /// Copies `n` bytes from device `src` to pageable `dst` through the staging slots; `None` when staging is not
 /// available here (not a local session, sharing turned off, or the server could not map the slots).
-fn staged_dtoh(flags: u16, ctx: u64, dst: *mut c_void, src: u64, n: usize) -> Option<CuResult<()>> {
+fn staged_dtoh(flags: u16, ctx: ContextId, dst: *mut c_void, src: u64, n: usize) -> Option<CuResult<()>> {
     let (base, region, events) = staging(flags, ctx)?;
     Some(staged_copy_out(flags, base, region, events, dst as *mut u8, src, n))
 }
 
 /// Copies `n` bytes from pageable `src` to device `dst` through the staging slots: this thread fills one slot
 /// while the GPU reads the other. Returns once every byte has reached the device.
-fn staged_htod(flags: u16, ctx: u64, dst: u64, src: *const c_void, n: usize) -> Option<CuResult<()>> {
+fn staged_htod(flags: u16, ctx: ContextId, dst: u64, src: *const c_void, n: usize) -> Option<CuResult<()>> {
     let (base, region, events) = staging(flags, ctx)?;
     Some(staged_copy_in(flags, base, region, events, dst, src as *const u8, n))
 }
 
 /// This thread's staging slots (created on first use): base address, region id, and the two slot events.
-fn staging(flags: u16, ctx: u64) -> Option<(*mut u8, u64, [u64; 2])> {
+fn staging(flags: u16, ctx: ContextId) -> Option<(*mut u8, RegionId, [EventId; 2])> {
     let ready = STAGING.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_some_and(|s| s.ctx != ctx) {
@@ -173,7 +190,7 @@ fn staging(flags: u16, ctx: u64) -> Option<(*mut u8, u64, [u64; 2])> {
 }
 
 /// Queues a staging-slot copy and records the slot's event after it, so the slot's next user can wait for it.
-fn post_and_mark<C: Call>(flags: u16, copy: &C, event: u64, stream: u64) -> CuResult<()> {
+fn post_and_mark<C: AsyncCall>(flags: u16, copy: &C, event: EventId, stream: StreamId) -> CuResult<()> {
     client::post(flags, copy, &[])?;
     client::post(flags, &EventRecord { event, stream }, &[])
 }
@@ -181,15 +198,19 @@ fn post_and_mark<C: Call>(flags: u16, copy: &C, event: u64, stream: u64) -> CuRe
 fn staged_copy_in(
     flags: u16,
     base: *mut u8,
-    region: u64,
-    events: [u64; 2],
+    region: RegionId,
+    events: [EventId; 2],
     dst: u64,
     src: *const u8,
     n: usize,
 ) -> CuResult<()> {
     state::read().check_range(dst, n as u64)?;
     let input = ffi::bytes(src, n)?;
-    let stream = if flags & FLAG_PER_THREAD != 0 { 2 } else { 0 };
+    let stream = if flags & FLAG_PER_THREAD != 0 {
+        StreamId::PER_THREAD
+    } else {
+        StreamId::NULL
+    };
     for (i, off) in (0..n).step_by(STAGING_SLOT).enumerate() {
         let len = STAGING_SLOT.min(n - off);
         let slot = i % 2;
@@ -200,7 +221,7 @@ fn staged_copy_in(
         let staged = ffi::bytes_mut(base.wrapping_add(slot * STAGING_SLOT), len)?;
         copy_parallel(staged, &input[off..off + len]);
         let copy = MemcpyHtoDRegionAsync {
-            dst: dst + off as u64,
+            dst: DevicePtr(dst + off as u64),
             region,
             offset: (slot * STAGING_SLOT) as u64,
             size: len as u64,
@@ -215,10 +236,10 @@ fn staged_copy_in(
     Ok(())
 }
 
-fn staging_events() -> Option<[u64; 2]> {
-    let mut events = [0u64; 2];
+fn staging_events() -> Option<[EventId; 2]> {
+    let mut events = [EventId::default(); 2];
     for e in &mut events {
-        *e = state::new_id();
+        *e = EventId(state::new_id());
         // CU_EVENT_DISABLE_TIMING: the cheapest kind to record and wait for.
         client::post_now(
             0,
@@ -237,8 +258,8 @@ fn staging_events() -> Option<[u64; 2]> {
 fn staged_copy_out(
     flags: u16,
     base: *mut u8,
-    region: u64,
-    events: [u64; 2],
+    region: RegionId,
+    events: [EventId; 2],
     dst: *mut u8,
     src: u64,
     n: usize,
@@ -246,7 +267,11 @@ fn staged_copy_out(
     // Checked here so that a bad range fails before any byte moves, as natively.
     state::read().check_range(src, n as u64)?;
     let out = ffi::bytes_mut(dst, n)?;
-    let stream = if flags & FLAG_PER_THREAD != 0 { 2 } else { 0 };
+    let stream = if flags & FLAG_PER_THREAD != 0 {
+        StreamId::PER_THREAD
+    } else {
+        StreamId::NULL
+    };
     let chunks: Vec<(usize, usize)> = (0..n)
         .step_by(STAGING_SLOT)
         .map(|off| (off, STAGING_SLOT.min(n - off)))
@@ -255,7 +280,7 @@ fn staged_copy_out(
         let (off, len) = chunks[i];
         let slot = i % 2;
         let copy = MemcpyDtoHRegionAsync {
-            src: src + off as u64,
+            src: DevicePtr(src + off as u64),
             region,
             offset: (slot * STAGING_SLOT) as u64,
             size: len as u64,
@@ -320,7 +345,7 @@ fn into_mirror(dst: *mut c_void, n: usize) -> Option<(u64, usize)> {
 }
 
 /// The shared pinned region holding all of `n` bytes at `ptr`, as (region id, offset).
-fn region_of(ptr: *const c_void, n: usize) -> Option<(u64, u64)> {
+fn region_of(ptr: *const c_void, n: usize) -> Option<(RegionId, u64)> {
     if n == 0 {
         return None;
     }
@@ -337,7 +362,7 @@ fn shared_alloc(flags: u16, size: usize, same_address: bool, host_flags: u32) ->
         return None;
     }
     let (ptr, fd) = ffi::alloc_shared(size).ok()?;
-    let id = NEXT_REGION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = RegionId(NEXT_REGION.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     use std::os::fd::AsFd;
     // Pinned memory the app can hand to kernels must sit at the same address in the server, where the driver
     // maps it for the device (unified addressing: device pointer == host pointer).
@@ -345,9 +370,9 @@ fn shared_alloc(flags: u16, size: usize, same_address: bool, host_flags: u32) ->
     let call = HostRegionMap {
         id,
         size: size as u64,
-        addr,
+        addr: HostAddr(addr),
     };
-    match client::call_with_fd(flags, &call, fd.as_fd(), id) {
+    match client::call_with_fd(flags, &call, fd.as_fd(), id.get()) {
         Ok(_) => {
             let mut reg = state::write();
             reg.host_allocs.insert(ptr as usize, size);
@@ -376,11 +401,11 @@ fn await_landings(src: *const c_void, n: usize) -> CuResult<()> {
 fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> CuResult<()> {
     let ctx = need_ctx()?;
     if mirrored(dst) {
-        return copy_via_host(flags, 0, dst, false, src as u64, false, n);
+        return copy_via_host(flags, StreamId::NULL, dst, false, src as u64, false, n);
     }
     if let Some((region, offset)) = region_of(src, n) {
         let call = MemcpyHtoDRegion {
-            dst,
+            dst: DevicePtr(dst),
             region,
             offset,
             size: n as u64,
@@ -392,8 +417,8 @@ fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> CuResult<()> {
         client::call(
             flags,
             &MemcpyDtoD {
-                dst,
-                src: from,
+                dst: DevicePtr(dst),
+                src: DevicePtr(from),
                 size: n as u64,
             },
             &[],
@@ -407,7 +432,11 @@ fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> CuResult<()> {
         }
     }
     let data = ffi::bytes(src as *const u8, n)?;
-    client::call(flags, &MemcpyHtoD { dst, size: n as u64 }, data)?;
+    let call = MemcpyHtoD {
+        dst: DevicePtr(dst),
+        size: n as u64,
+    };
+    client::call(flags, &call, data)?;
     // A synchronous copy waits for the work before it: kernels' writes to pinned memory are due now.
     mirror::after_sync()
 }
@@ -415,7 +444,7 @@ fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> CuResult<()> {
 fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
     let ctx = need_ctx()?;
     if mirrored(src) {
-        return copy_via_host(flags, 0, dst as u64, false, src, false, n);
+        return copy_via_host(flags, StreamId::NULL, dst as u64, false, src, false, n);
     }
     // Into mirrored pinned memory: only when queued work may have written the mirror must the copy go there
     // (the pull at the end would undo a direct landing); otherwise the host's bytes are the truth and the
@@ -425,8 +454,8 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
         client::call(
             flags,
             &MemcpyDtoD {
-                dst: dptr,
-                src,
+                dst: DevicePtr(dptr),
+                src: DevicePtr(src),
                 size: n as u64,
             },
             &[],
@@ -436,7 +465,7 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
     }
     if let Some((region, offset)) = region_of(dst, n) {
         let call = MemcpyDtoHRegion {
-            src,
+            src: DevicePtr(src),
             region,
             offset,
             size: n as u64,
@@ -450,7 +479,11 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
         }
     }
     let out = ffi::bytes_mut(dst as *mut u8, n)?;
-    client::with_channel(|ch, _| ch.copy_to_host(flags, &MemcpyDtoH { src, size: n as u64 }, out))?;
+    let call = MemcpyDtoH {
+        src: DevicePtr(src),
+        size: n as u64,
+    };
+    client::with_channel(|ch, _| ch.copy_to_host(flags, &call, out))?;
     mirror::after_sync()
 }
 
@@ -474,7 +507,7 @@ pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, str
     if let Some((region, offset)) = region_of(src, n) {
         // The GPU reads the app's buffer when the copy runs, as natively.
         let call = MemcpyHtoDRegionAsync {
-            dst,
+            dst: DevicePtr(dst),
             region,
             offset,
             size: n as u64,
@@ -484,8 +517,8 @@ pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, str
     }
     if let Some(from) = mirror::pending_source(src as usize, n) {
         let call = MemcpyDtoDAsync {
-            dst,
-            src: from,
+            dst: DevicePtr(dst),
+            src: DevicePtr(from),
             size: n as u64,
             stream,
         };
@@ -496,7 +529,7 @@ pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, str
     client::post(
         flags,
         &MemcpyHtoDAsync {
-            dst,
+            dst: DevicePtr(dst),
             size: n as u64,
             stream,
         },
@@ -529,8 +562,8 @@ pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, strea
     }
     if let Some((dptr, base)) = into_mirror(dst, n) {
         let call = MemcpyDtoDAsync {
-            dst: dptr,
-            src,
+            dst: DevicePtr(dptr),
+            src: DevicePtr(src),
             size: n as u64,
             stream,
         };
@@ -541,7 +574,7 @@ pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, strea
     if let Some((region, offset)) = region_of(dst, n) {
         // The GPU writes straight into the app's buffer when the copy runs: nothing to deliver later.
         let call = MemcpyDtoHRegionAsync {
-            src,
+            src: DevicePtr(src),
             region,
             offset,
             size: n as u64,
@@ -558,7 +591,7 @@ pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, strea
     client::post(
         flags,
         &MemcpyDtoHAsync {
-            src,
+            src: DevicePtr(src),
             size: n as u64,
             stream,
             pending_id,
@@ -584,8 +617,8 @@ pub(crate) fn dtod_async(f: u16, dst: u64, src: u64, n: usize, stream: Handle) -
     client::post(
         f,
         &MemcpyDtoDAsync {
-            dst,
-            src,
+            dst: DevicePtr(dst),
+            src: DevicePtr(src),
             size: n as u64,
             stream,
         },
@@ -614,7 +647,7 @@ fn check_memset(dst: u64, pitch: usize, elem: u32, width: usize, height: usize) 
 #[allow(clippy::too_many_arguments)]
 fn memset_host(
     flags: u16,
-    stream: u64,
+    stream: StreamId,
     dst: u64,
     pitch: usize,
     value: u32,
@@ -640,11 +673,11 @@ fn memset_host(
 fn memset(flags: u16, dst: u64, pitch: usize, value: u32, elem: u32, width: usize, height: usize) -> CuResult<()> {
     need_ctx()?;
     if mirrored(dst) {
-        return memset_host(flags, 0, dst, pitch, value, elem, width, height);
+        return memset_host(flags, StreamId::NULL, dst, pitch, value, elem, width, height);
     }
     check_memset(dst, pitch, elem, width, height)?;
     let call = Memset {
-        dst,
+        dst: DevicePtr(dst),
         pitch: pitch as u64,
         width: width as u64,
         height: height as u64,
@@ -683,7 +716,7 @@ pub(crate) fn memset_async(
         return r;
     }
     let call = MemsetAsync {
-        dst,
+        dst: DevicePtr(dst),
         pitch: pitch as u64,
         width: width as u64,
         height: height as u64,
@@ -866,7 +899,7 @@ pub(crate) fn copy_3d(flags: u16, params: *const c_void, stream: Option<Handle>)
 
 /// One CUDA-array copy, whatever the call that asked for it: the array's box and the other side's place.
 struct ArrayTransfer {
-    array: u64,
+    array: ArrayId,
     region: ArrayBox,
     to_array: bool,
     other_type: u32,
@@ -920,14 +953,14 @@ fn array_transfer(flags: u16, t: ArrayTransfer) -> CuResult<()> {
         width_bytes: r.width_bytes,
         height: r.height,
         depth: r.depth,
-        device: 0,
+        device: DevicePtr::NULL,
         device_pitch: 0,
         device_height: 0,
         direction: 0,
         _pad: 0,
     };
     if on_device {
-        call.device = t.other_device.wrapping_add(row_offset(0, 0)? as u64);
+        call.device = DevicePtr(t.other_device).offset(row_offset(0, 0)? as u64);
         call.device_pitch = t.other_pitch as u64;
         call.device_height = rows as u64;
         call.direction = if t.to_array { 2 } else { 3 };
@@ -973,7 +1006,7 @@ fn array_copy_from_params(
     array_transfer(
         flags,
         ArrayTransfer {
-            array: arr.3,
+            array: ArrayId(arr.3),
             region: ArrayBox {
                 x_bytes: arr.4[0] as u64,
                 y: arr.4[1] as u64,
@@ -1115,7 +1148,7 @@ fn copy_2d_params(flags: u16, m: Copy2D, stream: Option<Handle>) -> CuResult<()>
                     width: w,
                     rows: h,
                 }),
-                _ => 0,
+                _ => PendingId::default(),
             };
             let call = Memcpy2DAsync {
                 src: src_addr,
@@ -1178,8 +1211,8 @@ fn copy_unified(flags: u16, dst: u64, src: u64, n: usize, stream: Option<Handle>
         (true, true, None) => client::call(
             flags,
             &MemcpyDtoD {
-                dst,
-                src,
+                dst: DevicePtr(dst),
+                src: DevicePtr(src),
                 size: n as u64,
             },
             &[],
@@ -1226,10 +1259,10 @@ fn check_device(dev: c_int) -> CuResult<()> {
 }
 
 /// A pool id the app may name: one it created, or a device's default pool.
-fn known_pool(pool: Handle) -> CuResult<u64> {
-    let id = pool as u64;
+fn known_pool(pool: Handle) -> CuResult<PoolId> {
+    let id = PoolId(pool as u64);
     let n = client::session()?.devices.len() as u32;
-    let is_default = default_mem_pool_device(id).is_some_and(|d| d < n);
+    let is_default = id.default_device().is_some_and(|d| d < n);
     if is_default || state::read().mem_pools.contains_key(&id) {
         Ok(id)
     } else {
@@ -1237,15 +1270,15 @@ fn known_pool(pool: Handle) -> CuResult<u64> {
     }
 }
 
-fn current_pool(dev: i32) -> u64 {
+fn current_pool(dev: i32) -> PoolId {
     state::read()
         .current_pools
         .get(&dev)
         .copied()
-        .unwrap_or(default_mem_pool_id(dev as u32))
+        .unwrap_or(PoolId::default_of(dev as u32))
 }
 
-fn alloc_async(flags: u16, out: *mut u64, size: usize, pool: u64, stream: Handle) -> CuResult<()> {
+fn alloc_async(flags: u16, out: *mut u64, size: usize, pool: PoolId, stream: Handle) -> CuResult<()> {
     need_ctx()?;
     let stream = stream_id(stream)?;
     if out.is_null() || size == 0 {
@@ -1260,9 +1293,10 @@ fn alloc_async(flags: u16, out: *mut u64, size: usize, pool: u64, stream: Handle
         },
         &[],
     )?;
-    state::write().device_ranges.insert(r.dptr, size as u64);
-    graph::capture_alloc(graph::key(flags, stream), r.dptr);
-    ffi::write(out, r.dptr)
+    let dptr = r.dptr.get();
+    state::write().device_ranges.insert(dptr, size as u64);
+    graph::capture_alloc(graph::key(flags, stream), dptr);
+    ffi::write(out, dptr)
 }
 
 /// Which pool attributes are ints (the reuse policies); the others are 64-bit sizes.
@@ -1301,9 +1335,9 @@ entry! {
         if out.is_null() || size == 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let r = client::call(0, &MemAlloc { size: size as u64 }, &[])?;
-        state::write().device_ranges.insert(r.dptr, size as u64);
-        ffi::write(out, r.dptr)
+        let dptr = client::call(0, &MemAlloc { size: size as u64 }, &[])?.dptr.get();
+        state::write().device_ranges.insert(dptr, size as u64);
+        ffi::write(out, dptr)
     }
     [cuMemAllocPitch_v2] [] (out: *mut u64, pitch: *mut usize, width: usize, height: usize, elem: c_uint) |f| {
         need_ctx()?;
@@ -1312,13 +1346,13 @@ entry! {
         }
         let call = MemAllocPitch { width: width as u64, height: height as u64, elem_size: elem, _pad: 0 };
         let r = client::call(0, &call, &[])?;
-        state::write().device_ranges.insert(r.dptr, r.pitch.saturating_mul(height as u64));
-        ffi::write(out, r.dptr)?;
+        state::write().device_ranges.insert(r.dptr.get(), r.pitch.saturating_mul(height as u64));
+        ffi::write(out, r.dptr.get())?;
         ffi::write(pitch, r.pitch as usize)
     }
     [cuMemFree_v2] [] (dptr: u64) |f| {
         need_ctx()?;
-        client::call(0, &MemFree { dptr }, &[])?;
+        client::call(0, &MemFree { dptr: DevicePtr(dptr) }, &[])?;
         state::write().device_ranges.remove(&dptr);
         if mirror::find(dptr as usize).is_some_and(|m| m.kind == mirror::Kind::Managed && m.data == dptr as usize) {
             mirror::drop_managed(dptr);
@@ -1332,13 +1366,13 @@ entry! {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let r = client::call(0, &MemAllocManaged { size: size as u64, flags, _pad: 0 }, &[])?;
-        if let Err(e) = mirror::adopt_managed(r.dptr, size) {
+        if let Err(e) = mirror::adopt_managed(r.dptr.get(), size) {
             // The server's address is taken in this process: the memory cannot have one address for both.
-            crate::log::log!(crate::log::WARN, "cuMemAllocManaged: address {:#x} is in use in this process", r.dptr);
+            crate::log::log!(crate::log::WARN, "cuMemAllocManaged: address {:#x} is in use in this process", r.dptr.get());
             let _ = client::call(0, &MemFree { dptr: r.dptr }, &[]);
             return Err(e);
         }
-        ffi::write(out, r.dptr)
+        ffi::write(out, r.dptr.get())
     }
     [cuMemAdvise, cuMemAdvise_v2] [] (dptr: u64, count: usize, advice: c_uint, _location: u64) |f| {
         need_ctx()?;
@@ -1457,11 +1491,11 @@ entry! {
     }
     [cuDeviceGetDefaultMemPool] [] (out: *mut Handle, dev: c_int) |f| {
         check_device(dev)?;
-        ffi::write(out, default_mem_pool_id(dev as u32) as Handle)
+        ffi::write(out, PoolId::default_of(dev as u32).get() as Handle)
     }
     [cuDeviceGetMemPool] [] (out: *mut Handle, dev: c_int) |f| {
         check_device(dev)?;
-        ffi::write(out, current_pool(dev) as Handle)
+        ffi::write(out, current_pool(dev).get() as Handle)
     }
     [cuDeviceSetMemPool] [] (dev: c_int, pool: Handle) |f| {
         check_device(dev)?;
@@ -1488,14 +1522,14 @@ entry! {
             return Err(CUDA_ERROR_NOT_SUPPORTED);
         }
         check_device(p.location_id).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
-        let pool = state::new_id();
+        let pool = PoolId(state::new_id());
         let call = MemPoolCreate { pool, max_size: p.max_size as u64, device: p.location_id as u32, _pad: 0 };
         client::call(0, &call, &[])?;
         state::write().mem_pools.insert(pool, p.location_id);
-        ffi::write(out, pool as Handle)
+        ffi::write(out, pool.get() as Handle)
     }
     [cuMemPoolDestroy] [] (pool: Handle) |f| {
-        let id = pool as u64;
+        let id = PoolId(pool as u64);
         if !state::read().mem_pools.contains_key(&id) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -1527,7 +1561,7 @@ entry! {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         drop(reg);
-        client::post(f, &MemFreeAsync { dptr, stream }, &[])
+        client::post(f, &MemFreeAsync { dptr: DevicePtr(dptr), stream }, &[])
     }
     [cuMemPoolGetAttribute] [] (pool: Handle, attr: c_uint, value: *mut c_void) |f| {
         let pool = known_pool(pool)?;
@@ -1570,18 +1604,18 @@ entry! {
         array_create(out, shape)
     }
     [cuArrayDestroy] [] (array: Handle) |f| {
-        let id = array as u64;
+        let id = ArrayId(array as u64);
         if state::write().arrays.remove(&id).is_none() {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
         client::call(0, &ArrayDestroy { array: id }, &[]).map(|_| ())
     }
     [cuArrayGetDescriptor_v2] [] (out: *mut [usize; 3], array: Handle) |f| {
-        let a = state::read().arrays.get(&(array as u64)).copied().ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let a = state::read().arrays.get(&ArrayId(array as u64)).copied().ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         ffi::write(out, [a.width as usize, a.height as usize, a.format as usize | (a.channels as usize) << 32])
     }
     [cuArray3DGetDescriptor_v2] [] (out: *mut [usize; 5], array: Handle) |f| {
-        let a = state::read().arrays.get(&(array as u64)).copied().ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let a = state::read().arrays.get(&ArrayId(array as u64)).copied().ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         ffi::write(out, [a.width as usize, a.height as usize, a.depth as usize, a.format as usize | (a.channels as usize) << 32, a.flags as usize])
     }
     [cuTexObjectCreate] [] (out: *mut u64, resource: *const u8, texture: *const u8, view: *const u8) |f| {
@@ -1611,9 +1645,9 @@ entry! {
     [cuMemcpyDtoD_v2] [cuMemcpyDtoD_v2_ptds] (dst: u64, src: u64, n: usize) |f| {
         need_ctx()?;
         if mirrored(dst) || mirrored(src) {
-            return copy_via_host(f, 0, dst, !mirrored(dst), src, !mirrored(src), n);
+            return copy_via_host(f, StreamId::NULL, dst, !mirrored(dst), src, !mirrored(src), n);
         }
-        client::call(f, &MemcpyDtoD { dst, src, size: n as u64 }, &[]).map(|_| ())
+        client::call(f, &MemcpyDtoD { dst: DevicePtr(dst), src: DevicePtr(src), size: n as u64 }, &[]).map(|_| ())
     }
     [cuMemcpyHtoDAsync_v2] [cuMemcpyHtoDAsync_v2_ptsz] (dst: u64, src: *const c_void, n: usize, stream: Handle) |f| {
         htod_async(f, dst, src, n, stream)

@@ -43,10 +43,10 @@ pub(crate) fn code(r: CuResult<()>) -> vgpu_dataplane::cuerr::CUresult {
 }
 
 /// Fails with `CUDA_ERROR_INVALID_CONTEXT` when the calling thread has no current context, as the driver does.
-pub(crate) fn need_ctx() -> CuResult<u64> {
+pub(crate) fn need_ctx() -> CuResult<vgpu_dataplane::ids::ContextId> {
     crate::client::session()?;
     match crate::state::current_ctx() {
-        0 => Err(vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_CONTEXT),
+        crate::state::NO_CONTEXT => Err(vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_CONTEXT),
         c => Ok(c),
     }
 }

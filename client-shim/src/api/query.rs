@@ -20,7 +20,7 @@ enum Pointer {
     Device {
         base: u64,
         len: u64,
-        ctx: u64,
+        ctx: ContextId,
         device: i32,
         managed: bool,
         /// VMM memory (`cuMemMap`): the handle types its allocation allows, and the access flags the
@@ -78,8 +78,8 @@ fn pointer_attribute(attr: c_uint, ptr: u64) -> CuResult<Option<Vec<u8>>> {
     let Some(p) = p else { return Ok(None) };
     let current = state::current_ctx();
     Ok(match (attr, &p) {
-        (1, Pointer::Device { ctx, .. }) => u64v(*ctx),
-        (1, Pointer::Host { .. }) => u64v(current),
+        (1, Pointer::Device { ctx, .. }) => u64v(ctx.get()),
+        (1, Pointer::Host { .. }) => u64v(current.get()),
         (2, Pointer::Device { .. }) => u32v(MEMORYTYPE_DEVICE),
         (2, Pointer::Host { .. }) => u32v(MEMORYTYPE_HOST),
         // Unified addressing: a pointer is the same number on the host and the device (pinned memory's
@@ -142,10 +142,10 @@ pub(crate) fn current_device() -> CuResult<&'static vgpu_dataplane::handshake::D
         .ok_or(CUDA_ERROR_INVALID_CONTEXT)
 }
 
-fn function_id(f: Handle) -> CuResult<u64> {
+fn function_id(f: Handle) -> CuResult<FunctionId> {
     need_ctx()?;
     super::exec::function_entry(f)?;
-    Ok(f as u64)
+    Ok(FunctionId(f as u64))
 }
 
 /// `cuOccupancyMaxActiveBlocksPerMultiprocessor(WithFlags)`, answered by the server's driver (the answer
@@ -203,13 +203,13 @@ fn clusters(out: *mut c_int, f: Handle, config: *const c_void, potential_size: b
     let cfg = super::exec::read_launch_config(config)?;
     let call = OccupancyClusters {
         function,
-        grid_x: cfg.grid[0],
-        grid_y: cfg.grid[1],
-        grid_z: cfg.grid[2],
-        block_x: cfg.block[0],
-        block_y: cfg.block[1],
-        block_z: cfg.block[2],
-        shared_mem: cfg.shared,
+        grid_x: cfg.shape.grid[0],
+        grid_y: cfg.shape.grid[1],
+        grid_z: cfg.shape.grid[2],
+        block_x: cfg.shape.block[0],
+        block_y: cfg.shape.block[1],
+        block_z: cfg.shape.block[2],
+        shared_mem: cfg.shape.shared_mem,
         potential_size: potential_size as u32,
         cluster_x: cfg.cluster_given[0],
         cluster_y: cfg.cluster_given[1],

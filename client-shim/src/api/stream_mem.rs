@@ -30,21 +30,21 @@ pub(super) fn submit(flags: u16, stream: Handle, ops: &[MemOp], batch_flags: u32
         if len == 0 {
             continue;
         }
-        if mirror::find(op.address as usize).is_some() {
+        if mirror::find(op.address.get() as usize).is_some() {
             // Pinned host memory lives in the client; the server's copy of it is only brought back at
             // synchronizing calls, so a flag the device writes there would not be seen by a polling host.
             log!(
                 WARN,
                 "stream memory operations on pinned host memory are not supported by vGPU (address {:#x})",
-                op.address
+                op.address.get()
             );
             return Err(CUDA_ERROR_NOT_SUPPORTED);
         }
         // The driver requires natural alignment and refuses at the call; the server would only find out later.
-        if op.address % len != 0 {
+        if op.address.get() % len != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        state::read().check_range(op.address, len)?;
+        state::read().check_range(op.address.get(), len)?;
     }
     let key = graph::key(flags, stream);
     if graph::is_capturing(key) {
@@ -71,7 +71,7 @@ fn one(flags: u16, stream: Handle, operation: u32, address: u64, value: u64, op_
     let op = MemOp {
         operation,
         flags: op_flags,
-        address,
+        address: DevicePtr(address),
         value,
     };
     submit(flags, stream, &[op], 0, true)
@@ -99,19 +99,19 @@ fn batch(flags: u16, stream: Handle, count: c_uint, params: *const c_void, batch
                 MEM_OP_WAIT_VALUE_32 | MEM_OP_WRITE_VALUE_32 => MemOp {
                     operation,
                     flags: half(p, 24),
-                    address: word(p, 8),
+                    address: DevicePtr(word(p, 8)),
                     value: half(p, 16) as u64,
                 },
                 MEM_OP_WAIT_VALUE_64 | MEM_OP_WRITE_VALUE_64 => MemOp {
                     operation,
                     flags: half(p, 24),
-                    address: word(p, 8),
+                    address: DevicePtr(word(p, 8)),
                     value: word(p, 16),
                 },
                 _ => MemOp {
                     operation,
                     flags: half(p, 4),
-                    address: 0,
+                    address: DevicePtr::NULL,
                     value: 0,
                 },
             }

@@ -101,13 +101,13 @@ entry! {
         if ptr.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let call = MemAddressReserve { size: size as u64, alignment: alignment as u64, addr, flags };
+        let call = MemAddressReserve { size: size as u64, alignment: alignment as u64, addr: DevicePtr(addr), flags };
         let r = client::call(0, &call, &[])?;
-        ffi::write(ptr, r.dptr)
+        ffi::write(ptr, r.dptr.get())
     }
     [cuMemAddressFree] [] (ptr: u64, size: usize) |f| {
         vmm_session()?;
-        client::call(0, &MemAddressFree { ptr, size: size as u64 }, &[]).map(|_| ())
+        client::call(0, &MemAddressFree { ptr: DevicePtr(ptr), size: size as u64 }, &[]).map(|_| ())
     }
     [cuMemCreate] [] (handle: *mut u64, size: usize, prop: *const c_void, flags: u64) |f| {
         vmm_session()?;
@@ -117,14 +117,15 @@ entry! {
         }
         // A client-chosen id, as for every handle; synchronous all the same, so that running out of memory is
         // this call's answer, as natively.
-        let id = state::new_id();
+        let id = AllocHandleId(state::new_id());
         client::call(0, &MemCreate { handle: id, size: size as u64, flags, prop }, &[])?;
         let info = VmmHandle { handle_types: prop.handle_types, refs: 1, mappings: 0 };
         state::write().vmm_handles.insert(id, info);
-        ffi::write(handle, id)
+        ffi::write(handle, id.get())
     }
     [cuMemRelease] [] (handle: u64) |f| {
         vmm_session()?;
+        let handle = AllocHandleId(handle);
         client::call(0, &MemRelease { handle }, &[])?;
         let mut reg = state::write();
         if let Some(h) = reg.vmm_handles.get_mut(&handle) {
@@ -135,7 +136,8 @@ entry! {
     }
     [cuMemMap] [] (ptr: u64, size: usize, offset: usize, handle: u64, flags: u64) |f| {
         vmm_session()?;
-        let call = MemMap { ptr, size: size as u64, offset: offset as u64, handle, flags };
+        let handle = AllocHandleId(handle);
+        let call = MemMap { ptr: DevicePtr(ptr), size: size as u64, offset: offset as u64, handle, flags };
         client::call(0, &call, &[])?;
         let mut reg = state::write();
         if let Some(h) = reg.vmm_handles.get_mut(&handle) {
@@ -148,7 +150,7 @@ entry! {
     }
     [cuMemUnmap] [] (ptr: u64, size: usize) |f| {
         vmm_session()?;
-        client::call(0, &MemUnmap { ptr, size: size as u64 }, &[])?;
+        client::call(0, &MemUnmap { ptr: DevicePtr(ptr), size: size as u64 }, &[])?;
         forget_mappings(ptr, size as u64);
         Ok(())
     }
@@ -160,7 +162,7 @@ entry! {
         let record = std::mem::size_of::<MemAccessDesc>();
         // CUmemAccessDesc has MemAccessDesc's layout: the array travels as it is.
         let descs = ffi::bytes(desc as *const u8, count * record)?;
-        let call = MemSetAccess { ptr, size: size as u64, count: count as u32, _pad: 0 };
+        let call = MemSetAccess { ptr: DevicePtr(ptr), size: size as u64, count: count as u32, _pad: 0 };
         client::call(0, &call, descs)?;
         let mut reg = state::write();
         let end = ptr.saturating_add(size as u64);
@@ -181,7 +183,7 @@ entry! {
         if flags.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let call = MemGetAccess { ptr, location_type, location_id: location_id as i32 };
+        let call = MemGetAccess { ptr: DevicePtr(ptr), location_type, location_id: location_id as i32 };
         let r = client::call(0, &call, &[])?;
         ffi::write(flags, r.flags)
     }
@@ -190,7 +192,7 @@ entry! {
         if prop.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let p = client::call(0, &MemGetAllocationProperties { handle }, &[])?.prop;
+        let p = client::call(0, &MemGetAllocationProperties { handle: AllocHandleId(handle) }, &[])?.prop;
         let out = AllocationProp {
             alloc_type: p.alloc_type,
             handle_types: p.handle_types,
@@ -209,11 +211,11 @@ entry! {
         if handle.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let r = client::call(0, &MemRetainAllocationHandle { addr: addr as u64 }, &[])?;
+        let r = client::call(0, &MemRetainAllocationHandle { addr: DevicePtr(addr as u64) }, &[])?;
         if let Some(h) = state::write().vmm_handles.get_mut(&r.handle) {
             h.refs += 1;
         }
-        ffi::write(handle, r.handle)
+        ffi::write(handle, r.handle.get())
     }
     [cuMemExportToShareableHandle] [] (shareable: *mut c_void, handle: u64, handle_type: c_uint, flags: u64) |f| {
         static ONCE: AtomicBool = AtomicBool::new(false);
