@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use hmac::{KeyInit, Mac};
+use vgpu_cuda_sys::driver::{CUcontext, CUmodule};
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::ids::ContextId;
 
@@ -306,14 +307,14 @@ pub fn get(id: &Uuid, size: impl FnOnce(&Uuid) -> CuResult<Option<u64>>) -> CuRe
 
 /// [1]: loads the module of a fat-binary wrapper (`__fatBinC_Wrapper_t`), as cudart before 12 did for every
 /// kernel and some libraries still do.
-extern "C" fn get_module_from_cubin(module: *mut *mut c_void, wrapper: *const c_void) -> CUresult {
+extern "C" fn get_module_from_cubin(module: *mut CUmodule, wrapper: *const c_void) -> CUresult {
     crate::log::trace_call!("CUDART_INTERFACE[1] get_module_from_cubin");
     crate::api::code(crate::api::load_module_image(module, wrapper))
 }
 
 /// [6]: as [1], with three more arguments that are NULL/0 in every call seen.
 extern "C" fn get_module_from_cubin_ext1(
-    module: *mut *mut c_void,
+    module: *mut CUmodule,
     wrapper: *const c_void,
     a3: *mut c_void,
     a4: *mut c_void,
@@ -329,7 +330,7 @@ extern "C" fn get_module_from_cubin_ext1(
 /// [8]: as [6], with the fat binary itself (not its wrapper) first.
 extern "C" fn get_module_from_cubin_ext2(
     fatbin: *const c_void,
-    module: *mut *mut c_void,
+    module: *mut CUmodule,
     a3: *mut c_void,
     a4: *mut c_void,
     a5: u32,
@@ -342,7 +343,7 @@ extern "C" fn get_module_from_cubin_ext2(
 }
 
 /// [2]: the device's primary context, without retaining or activating it.
-extern "C" fn primary_ctx_get(out: *mut *mut c_void, dev: i32) -> CUresult {
+extern "C" fn primary_ctx_get(out: *mut CUcontext, dev: i32) -> CUresult {
     crate::log::trace_call!("CUDART_INTERFACE[2] primary context");
     crate::api::code((|| {
         let s = client::session()?;
@@ -357,7 +358,7 @@ extern "C" fn primary_ctx_get(out: *mut *mut c_void, dev: i32) -> CUresult {
                 primary: true,
             },
         );
-        ffi::write(out, ctx.get() as *mut c_void)
+        ffi::write(out, ctx.get() as CUcontext)
     })())
 }
 
@@ -600,7 +601,7 @@ type FunctionVisitor = extern "C" fn(usize, usize, *const std::ffi::c_char);
 /// or context; here an unknown module visits nothing.
 extern "C" fn module_walk_functions(_ctx: usize, module: usize, visit: Option<FunctionVisitor>, data: usize) -> usize {
     crate::log::trace_call!("6e163fbe[7] module_walk_functions");
-    let Ok(functions) = crate::api::module_functions(module as _) else {
+    let Ok(functions) = crate::api::module_functions(module as CUmodule) else {
         return 0;
     };
     if let Some(visit) = visit {
