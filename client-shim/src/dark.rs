@@ -144,7 +144,7 @@ const fn uuid(v: u128) -> Uuid {
 }
 
 fn layout(id: &Uuid) -> Option<Layout> {
-    // Sizes are the real driver 580's (first word of each table, traces/static-cudart-lookups.txt).
+    // Sizes are the real driver 580's (first word of each table, tools/traces/static-cudart-lookups.txt).
     let l = match *id {
         CUDART_INTERFACE => Layout {
             name: "CUDART_INTERFACE",
