@@ -5,6 +5,10 @@
 //! is known (from public projects' tracing, see shared/reference/cuda-interposition.md) are implemented; every
 //! other slot is a distinct logging stub from a pool, so a call through it says which table and slot it hit and
 //! no slot is ever NULL. This module is the only place that turns integers into callable function pointers.
+//!
+//! The tables, their layouts and the slots' signatures are NVIDIA-private: no header declares them, so they are
+//! written here by hand (the only NVIDIA signatures the shim types itself), with cuda.h's types where a slot's
+//! argument is one (`CUmodule`, `CUcontext`).
 
 use std::collections::HashMap;
 use std::ffi::c_void;

@@ -3,7 +3,7 @@
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-use vgpu_cuda_sys::driver::CUstream;
+use vgpu_cuda_sys::driver::{CUhostFn, CUoccupancyB2DSize, CUstream, CUstreamCallback};
 use vgpu_dataplane::cuerr::{CUresult, CuResult, CUDA_ERROR_INVALID_VALUE};
 
 /// Writes `value` through an out-parameter; a NULL out-parameter is `CUDA_ERROR_INVALID_VALUE`, as natively.
@@ -118,29 +118,30 @@ pub(crate) fn pthread_self_id() -> usize {
     unsafe { libc::pthread_self() as usize }
 }
 
-/// A host function the app enqueued with `cuLaunchHostFunc` (`CUhostFn`, known non-NULL).
-pub(crate) type HostFn = unsafe extern "C" fn(user_data: *mut c_void);
-/// A stream callback the app enqueued with `cuStreamAddCallback` (`CUstreamCallback`, known non-NULL).
-pub(crate) type StreamCallback = unsafe extern "C" fn(stream: CUstream, status: CUresult, user_data: *mut c_void);
-/// The app's `CUoccupancyB2DSize` callback (known non-NULL).
-pub(crate) type BlockToSmem = unsafe extern "C" fn(block_size: c_int) -> usize;
-
-/// Runs a host function the app enqueued with `cuLaunchHostFunc`.
-pub(crate) fn call_host_fn(f: HostFn, user: usize) {
-    // SAFETY: the app's CUhostFn, called with the userData it gave, as the driver would.
-    unsafe { f(user as *mut c_void) }
+/// Runs a host function the app enqueued with `cuLaunchHostFunc` (NULL: nothing to run; callers refuse it first).
+pub(crate) fn call_host_fn(f: CUhostFn, user: usize) {
+    if let Some(f) = f {
+        // SAFETY: the app's CUhostFn, called with the userData it gave, as the driver would.
+        unsafe { f(user as *mut c_void) }
+    }
 }
 
 /// Runs a stream callback the app enqueued with `cuStreamAddCallback`: (hStream, status, userData).
-pub(crate) fn call_stream_callback(f: StreamCallback, stream: CUstream, status: CUresult, user: *mut c_void) {
-    // SAFETY: the app's CUstreamCallback, called with its stream and userData, as the driver would.
-    unsafe { f(stream, status, user) }
+pub(crate) fn call_stream_callback(f: CUstreamCallback, stream: CUstream, status: CUresult, user: *mut c_void) {
+    if let Some(f) = f {
+        // SAFETY: the app's CUstreamCallback, called with its stream and userData, as the driver would.
+        unsafe { f(stream, status, user) }
+    }
 }
 
-/// Asks the app's `CUoccupancyB2DSize` callback how much dynamic shared memory a block of `block` threads uses.
-pub(crate) fn call_block_to_smem(f: BlockToSmem, block: c_int) -> usize {
-    // SAFETY: the app's callback, called with a block size, as the driver would.
-    unsafe { f(block) }
+/// Asks the app's `CUoccupancyB2DSize` callback how much dynamic shared memory a block of `block` threads uses
+/// (0 without a callback).
+pub(crate) fn call_block_to_smem(f: CUoccupancyB2DSize, block: c_int) -> usize {
+    match f {
+        // SAFETY: the app's callback, called with a block size, as the driver would.
+        Some(f) => unsafe { f(block) },
+        None => 0,
+    }
 }
 
 /// The plain value at byte `at` of bytes read from the app: a field of a cuda.h struct or of a union's live

@@ -12,9 +12,9 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use vgpu_cuda_sys::driver::{
-    CUgraph, CUgraphEdgeData, CUgraphExec, CUgraphInstantiateResult, CUgraphNode, CUstream, CUstreamCaptureMode,
-    CUstreamCaptureStatus, CUDA_GRAPH_INSTANTIATE_PARAMS, CUDA_HOST_NODE_PARAMS, CUDA_KERNEL_NODE_PARAMS,
-    CUDA_MEMCPY2D, CUDA_MEMCPY3D, CUDA_MEMSET_NODE_PARAMS,
+    CUgraph, CUgraphEdgeData, CUgraphExec, CUgraphInstantiateResult, CUgraphNode, CUhostFn, CUstream,
+    CUstreamCaptureMode, CUstreamCaptureStatus, CUDA_GRAPH_INSTANTIATE_PARAMS, CUDA_HOST_NODE_PARAMS,
+    CUDA_KERNEL_NODE_PARAMS, CUDA_MEMCPY2D, CUDA_MEMCPY3D, CUDA_MEMSET_NODE_PARAMS,
 };
 
 use vgpu_dataplane::cuerr::*;
@@ -59,7 +59,7 @@ pub(crate) enum Node {
     /// A `CUDA_MEMCPY3D` as given.
     Copy3D(Vec<u8>),
     Host {
-        function: ffi::HostFn,
+        function: CUhostFn,
         user: usize,
     },
     /// Stream memory operations (`cuStreamWriteValue32` and friends, or a batch).
@@ -558,10 +558,10 @@ entry! {
     }
     cuGraphAddHostNode => |f, out, graph, deps, n, params| {
         let p: CUDA_HOST_NODE_PARAMS = ffi::read(params)?;
-        let Some(function) = p.fn_ else {
+        if p.fn_.is_none() {
             return Err(CUDA_ERROR_INVALID_VALUE);
-        };
-        add_node(out, graph, deps, n, Node::Host { function, user: p.userData as usize })
+        }
+        add_node(out, graph, deps, n, Node::Host { function: p.fn_, user: p.userData as usize })
     }
     cuGraphAddEmptyNode => |f, out, graph, deps, n| {
         add_node(out, graph, deps, n, Node::Empty)

@@ -197,7 +197,7 @@ fn max_potential_block_size(
     // travels instead.
     let mut table = Vec::new();
     let mut block_limit = limit;
-    if let Some(b2d) = b2d {
+    if b2d.is_some() {
         let max = super::module::attributes(function)?
             [CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK.0 as usize]
             .max(1);

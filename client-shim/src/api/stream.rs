@@ -227,9 +227,9 @@ entry! {
         ffi::write(out, dev)
     }
     cuLaunchHostFunc, cuLaunchHostFunc_ptsz => |f, stream, func, user| {
-        let Some(func) = func else {
+        if func.is_none() {
             return Err(CUDA_ERROR_INVALID_VALUE);
-        };
+        }
         let key = super::graph::key(f, stream_id(stream)?);
         let node = super::graph::Node::Host { function: func, user: user as usize };
         if let Some(r) = super::graph::capture(key, node) {
@@ -239,9 +239,9 @@ entry! {
         host_callback(f, stream, |status| if status == CUDA_SUCCESS { ffi::call_host_fn(func, user as usize) })
     }
     cuStreamAddCallback, cuStreamAddCallback_ptsz => |f, stream, callback, user, flags| {
-        let Some(callback) = callback.filter(|_| flags == 0) else {
+        if callback.is_none() || flags != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
-        };
+        }
         // A stream callback runs even after an error, and is told the stream's status.
         host_callback(f, stream, |status| ffi::call_stream_callback(callback, stream, status, user))
     }
