@@ -563,11 +563,14 @@ fn reported_devices() -> Vec<DeviceIdentity> {
         .map(|s| {
             s.devices
                 .iter()
-                .map(|d| DeviceIdentity {
-                    uuid: d.uuid,
-                    pci_domain: d.attr(50).unwrap_or(0),
-                    pci_bus: d.attr(33).unwrap_or(0),
-                    pci_device: d.attr(34).unwrap_or(0),
+                .map(|d| {
+                    let (pci_domain, pci_bus, pci_device) = crate::api::pci_location(d);
+                    DeviceIdentity {
+                        uuid: d.uuid,
+                        pci_domain,
+                        pci_bus,
+                        pci_device,
+                    }
                 })
                 .collect()
         })

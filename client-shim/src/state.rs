@@ -90,7 +90,7 @@ pub struct Registry {
     /// Each device's current memory pool (`cuDeviceSetMemPool`), where not its default one.
     pub current_pools: HashMap<i32, PoolId>,
     /// Stream attributes set with `cuStreamSetAttribute`: (stream, attribute id) → the `CUstreamAttrValue`.
-    pub stream_attrs: HashMap<(StreamId, u32), [u8; 64]>,
+    pub stream_attrs: HashMap<(StreamId, u32), [u8; crate::api::STREAM_ATTR_LEN]>,
     /// CUDA arrays: id → shape.
     pub arrays: HashMap<ArrayId, vgpu_dataplane::wire::ArrayShape>,
     /// VMM physical memory the app created (`cuMemCreate`), by id: what the pointer queries report of it.

@@ -4,6 +4,7 @@
 use std::ffi::{c_char, c_uint};
 use std::mem::offset_of;
 
+use vgpu_cuda_sys::driver::CUdevice_attribute;
 use vgpu_cuda_sys::nvml::{
     nvmlDeviceArchitecture_t, nvmlDevice_t, nvmlGpuP2PCapsIndex_t, nvmlGpuP2PStatus_t, nvmlMemory_t, nvmlMemory_v2_t,
     nvmlPciInfo_t, nvmlProcessInfo_t, nvmlProcessInfo_v1_t, nvmlReturn_t, nvmlTemperatureSensors_t, nvmlUtilization_t,
@@ -159,11 +160,28 @@ fn fixed<const N: usize>(text: &str) -> [c_char; N] {
     out
 }
 
-/// (domain, bus, device) from the CUDA attributes the CUDA shim answers `cuDeviceGetAttribute` with.
+/// A CUDA device attribute as the CUDA shim answers `cuDeviceGetAttribute` (0 where the server gave none).
+fn attribute(d: &DeviceFacts, a: CUdevice_attribute) -> i32 {
+    d.attr(a.0 as usize).unwrap_or(0)
+}
+
+/// (domain, bus, device) from the CUDA attributes.
 fn pci_location(d: &DeviceFacts) -> (u32, u32, u32) {
-    // CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID (50), _PCI_BUS_ID (33), _PCI_DEVICE_ID (34).
-    let attr = |a| d.attr(a).unwrap_or(0) as u32;
-    (attr(50), attr(33), attr(34))
+    use CUdevice_attribute as A;
+    let attr = |a| attribute(d, a) as u32;
+    (
+        attr(A::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID),
+        attr(A::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID),
+        attr(A::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID),
+    )
+}
+
+/// The compute capability (major, minor) from the CUDA attributes.
+fn compute_capability(d: &DeviceFacts) -> (i32, i32) {
+    (
+        attribute(d, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+        attribute(d, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
+    )
 }
 
 /// NVML's bus id form, `NVML_DEVICE_PCI_BUS_ID_FMT`: "%08X:%02X:%02X.0".
@@ -468,9 +486,9 @@ entry! {
         if major.is_null() || minor.is_null() {
             return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
         }
-        // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR (75) and _MINOR (76), as cuDeviceGetAttribute gives.
-        ffi::write(major, d.attr(75).unwrap_or(0))?;
-        ffi::write(minor, d.attr(76).unwrap_or(0))
+        let (ma, mi) = compute_capability(d);
+        ffi::write(major, ma)?;
+        ffi::write(minor, mi)
     }
     nvmlDeviceGetBrand => |handle, brand| {
         write_live(handle, brand, NVML_HAS_BRAND, |s| vgpu_cuda_sys::nvml::nvmlBrandType_t(s.brand))
@@ -481,7 +499,10 @@ entry! {
             return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
         }
         let from_server = status(i).ok().filter(|s| s.valid & NVML_HAS_ARCHITECTURE != 0).map(|s| s.architecture);
-        let value = from_server.unwrap_or_else(|| architecture_of(d.attr(75).unwrap_or(0), d.attr(76).unwrap_or(0)));
+        let value = from_server.unwrap_or_else(|| {
+            let (major, minor) = compute_capability(d);
+            architecture_of(major, minor)
+        });
         ffi::write(arch, value)
     }
     nvmlDeviceGetComputeRunningProcesses => |handle, count, infos| {
@@ -552,9 +573,9 @@ mod tests {
     #[test]
     fn pci_bus_ids_format_and_parse() {
         let mut d = DeviceFacts::default();
-        d.set_attr(50, 0);
-        d.set_attr(33, 0x1b);
-        d.set_attr(34, 3);
+        d.set_attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID.0 as usize, 0);
+        d.set_attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID.0 as usize, 0x1b);
+        d.set_attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID.0 as usize, 3);
         assert_eq!(pci_bus_id(&d), "00000000:1B:03.0");
         assert_eq!(pci_bus_id_legacy(&d), "0000:1B:03.0");
         assert_eq!(parse_pci_bus_id("00000000:1B:03.0"), Some((0, 0x1b, 3)));

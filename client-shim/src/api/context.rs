@@ -3,7 +3,7 @@
 
 use std::ffi::{c_int, c_uint};
 
-use vgpu_cuda_sys::driver::{CUcontext, CUdevice, CUfunc_cache, CUsharedconfig};
+use vgpu_cuda_sys::driver::{CUcontext, CUctx_flags, CUdevice, CUfunc_cache, CUsharedconfig};
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
@@ -12,7 +12,7 @@ use crate::state::{self, ContextInfo, NO_CONTEXT};
 use crate::{client, ffi};
 
 /// `CU_CTX_MAP_HOST`.
-const CU_CTX_MAP_HOST: c_uint = 0x8;
+const CU_CTX_MAP_HOST: c_uint = CUctx_flags::CU_CTX_MAP_HOST.0;
 
 fn check_device(dev: CUdevice) -> CuResult<()> {
     let s = client::session()?;

@@ -36,7 +36,7 @@ pub(crate) fn attribute(d: &DeviceFacts, attrib: CUdevice_attribute) -> Option<c
 }
 
 /// The device's PCI (domain, bus, device), as `cuDeviceGetAttribute` reports them.
-fn pci_location(d: &DeviceFacts) -> (c_int, c_int, c_int) {
+pub(crate) fn pci_location(d: &DeviceFacts) -> (c_int, c_int, c_int) {
     let a = |attrib| attribute(d, attrib).unwrap_or(0);
     (
         a(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID),

@@ -158,8 +158,9 @@ mod stream;
 mod stream_mem;
 mod vmm;
 
-pub(crate) use device::reported_driver_version;
+pub(crate) use device::{pci_location, reported_driver_version};
 pub(crate) use module::{load_module_image, module_functions};
+pub(crate) use stream::STREAM_ATTR_LEN;
 
 #[cfg(test)]
 mod tests {
