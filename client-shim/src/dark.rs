@@ -35,6 +35,7 @@ enum StubAnswer {
 
 /// A pool stub's signature: six integer arguments cover every slot seen; extra ones are ignored, as the
 /// x86-64 and AArch64 calling conventions let a callee do.
+// own ABI: NVIDIA-private export-table slots, declared by no header.
 pub type SlotStub = extern "C" fn(usize, usize, usize, usize, usize, usize) -> CUresult;
 
 extern "C" fn slot_stub<const K: usize>(a0: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize) -> CUresult {
@@ -470,6 +471,7 @@ pub fn context_reset(ctx: ContextId) {
     };
     for ((ctx, key), (value, dtor)) in due {
         if dtor != 0 {
+            // own ABI: the runtime's context-local-storage destructor, a private-table contract.
             type Dtor = extern "C" fn(*mut c_void, usize, usize);
             // SAFETY: `dtor` is the non-NULL destructor the runtime registered through cls_put with this
             // signature (context, key, value); it was an `extern "C"` function pointer before it was stored.
@@ -601,6 +603,7 @@ extern "C" fn integrity_check(version: u32, unix_seconds: u64, result: *mut [u64
 
 /// What slot 7 calls for each function: (the caller's data, the function's handle, its name); the result is
 /// ignored by the driver.
+// own ABI: slot 7's visitor, a private-table contract no header declares.
 type FunctionVisitor = extern "C" fn(usize, usize, *const std::ffi::c_char);
 
 /// [7](ctx, module, visit, data): calls `visit(data, function, name)` for every function of `module` (the

@@ -63,11 +63,17 @@ pub(crate) fn cstr<'a>(ptr: *const c_char) -> NvmlResult<&'a CStr> {
     Ok(unsafe { CStr::from_ptr(ptr) })
 }
 
+// own ABI: the `vgpu_nvml_*` bridge exports of vGPU's libcuda.so.1, declared by no header.
 type GetU32 = extern "C" fn() -> u32;
+// own ABI: bridge export.
 type GetI32 = extern "C" fn() -> i32;
+// own ABI: bridge export.
 type InitFn = extern "C" fn() -> CUresult;
+// own ABI: bridge export.
 type FactsFn = extern "C" fn(u32, *mut DeviceFacts, usize) -> CUresult;
+// own ABI: bridge export.
 type StatusFn = extern "C" fn(u32, *mut NvmlStatusReply, usize) -> CUresult;
+// own ABI: bridge export.
 type TextFn = extern "C" fn(*mut c_char, usize) -> CUresult;
 
 /// The bridge functions of vGPU's `libcuda.so.1` (`client-shim/src/nvml_bridge.rs`).
