@@ -6,6 +6,7 @@ pub mod emulated;
 pub mod nvml;
 pub mod ptx;
 pub mod real;
+pub mod sched;
 pub mod server;
 pub mod session;
 pub(crate) mod sys;
