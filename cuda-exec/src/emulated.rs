@@ -221,6 +221,8 @@ pub struct EmulatedBackend {
     devices: Vec<DeviceFacts>,
     state: Mutex<State>,
     next_handle: AtomicU64,
+    /// Simulated kernel durations (`VGPU_EMULATED_KERNEL_NS`), off by default.
+    time: crate::emulated_time::SimulatedTime,
 }
 
 impl Default for EmulatedBackend {
@@ -238,7 +240,21 @@ impl EmulatedBackend {
                 ..Default::default()
             }),
             next_handle: AtomicU64::new(0x1000),
+            time: crate::emulated_time::SimulatedTime::new(crate::emulated_time::KernelCost::from_env()),
         }
+    }
+
+    /// A backend whose kernels take simulated time by `cost`, for tests.
+    #[cfg(test)]
+    pub(crate) fn with_kernel_cost(cost: crate::emulated_time::KernelCost) -> Self {
+        EmulatedBackend {
+            time: crate::emulated_time::SimulatedTime::new(Some(cost)),
+            ..Self::new()
+        }
+    }
+
+    fn current(&self) -> u64 {
+        CURRENT_CTX.with(|c| c.get())
     }
 
     /// A backend with `count` identical devices, for tests of device numbering.
@@ -630,7 +646,20 @@ impl Backend for EmulatedBackend {
         BACKEND_EMULATED
     }
     fn describe(&self) -> String {
-        "emulated backend (no GPU: kernels are checked and recorded, not run)".into()
+        match self.time.describe() {
+            Some(t) => format!("emulated backend (no GPU: kernels are checked and recorded, not run; {t})"),
+            None => "emulated backend (no GPU: kernels are checked and recorded, not run)".into(),
+        }
+    }
+    fn current_context(&self) -> u64 {
+        self.current()
+    }
+    fn context_device(&self) -> Option<i32> {
+        let ctx = self.current();
+        self.state().contexts.get(&ctx).copied()
+    }
+    fn share_device_timeline(&self, busy_until: &'static AtomicU64) {
+        self.time.share(busy_until);
     }
     fn driver_version(&self) -> i32 {
         13000
@@ -708,7 +737,9 @@ impl Backend for EmulatedBackend {
         Ok(())
     }
     fn ctx_synchronize(&self) -> CuResult<()> {
-        self.require_ctx()
+        self.require_ctx()?;
+        self.time.wait_until(self.time.all_done_at());
+        Ok(())
     }
 
     fn mem_alloc(&self, size: u64) -> CuResult<u64> {
@@ -810,10 +841,16 @@ impl Backend for EmulatedBackend {
         self.state().streams.remove(&stream).ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
     fn stream_synchronize(&self, stream: u64) -> CuResult<()> {
-        self.check_stream(stream)
+        self.check_stream(stream)?;
+        self.time.wait_until(self.time.done_at(self.current(), stream));
+        Ok(())
     }
     fn stream_query(&self, stream: u64) -> CuResult<()> {
-        self.check_stream(stream)
+        self.check_stream(stream)?;
+        if self.time.done_at(self.current(), stream) > crate::sys::monotonic_ns() {
+            return Err(CUDA_ERROR_NOT_READY);
+        }
+        Ok(())
     }
     fn stream_wait_event(&self, stream: u64, event: u64, _flags: u32) -> CuResult<()> {
         self.check_stream(stream)?;
@@ -858,18 +895,29 @@ impl Backend for EmulatedBackend {
         self.check_stream(stream)?;
         let mut st = self.state();
         let slot = st.events.get_mut(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-        *slot = Some(Instant::now());
+        // With simulated kernel time the event completes when the stream's queued kernels would have.
+        *slot = Some(if self.time.enabled() {
+            self.time.instant_of(self.time.event_at(self.current(), stream))
+        } else {
+            Instant::now()
+        });
         Ok(())
     }
     fn event_synchronize(&self, event: u64) -> CuResult<()> {
-        self.state()
-            .events
-            .get(&event)
-            .map(|_| ())
-            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+        let at = *self.state().events.get(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if let Some(at) = at {
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+        }
+        Ok(())
     }
     fn event_query(&self, event: u64) -> CuResult<()> {
-        self.event_synchronize(event)
+        match *self.state().events.get(&event).ok_or(CUDA_ERROR_INVALID_HANDLE)? {
+            Some(at) if at > Instant::now() => Err(CUDA_ERROR_NOT_READY),
+            _ => Ok(()),
+        }
     }
     fn event_elapsed(&self, start: u64, end: u64) -> CuResult<f32> {
         let st = self.state();
@@ -1582,6 +1630,9 @@ impl Backend for EmulatedBackend {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         st.launches += 1;
+        drop(st);
+        let blocks = grid.iter().map(|&g| u64::from(g)).product::<u64>();
+        self.time.launch(self.current(), stream, blocks);
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod emulated;
+mod emulated_time;
 pub mod nvml;
 pub mod ptx;
 pub mod real;
@@ -11,6 +12,7 @@ pub mod server;
 pub mod session;
 pub(crate) mod sys;
 
+pub use sched::SlotConfig;
 pub use server::{
     open_backend, run_server, run_worker_from_env, Admission, Authority, BackendChoice, ServerConfig, StaticKey,
     UsageDelta,

@@ -60,6 +60,7 @@ driver_table! {
     ctx_destroy = "cuCtxDestroy_v2": fn(P);
     ctx_set_current = "cuCtxSetCurrent": fn(P);
     ctx_get_current = "cuCtxGetCurrent": fn(*mut P);
+    ctx_get_device = "cuCtxGetDevice": fn(*mut c_int);
     ctx_synchronize = "cuCtxSynchronize": fn();
     mem_alloc = "cuMemAlloc_v2": fn(*mut u64, usize);
     mem_alloc_pitch = "cuMemAllocPitch_v2": fn(*mut u64, *mut usize, usize, usize, c_uint);
@@ -478,6 +479,19 @@ impl Backend for RealBackend {
 
     // SAFETY (every call in this impl): a documented driver entry point, called with handles the session
     // obtained from this driver and with out-pointers to locals or host buffers sized by the caller.
+    fn current_context(&self) -> u64 {
+        let mut ctx = std::ptr::null_mut();
+        // SAFETY: out-pointer to a local.
+        if unsafe { (self.driver.ctx_get_current)(&mut ctx) } != CUDA_SUCCESS {
+            return 0;
+        }
+        h(ctx)
+    }
+    fn context_device(&self) -> Option<i32> {
+        let mut dev: c_int = 0;
+        // SAFETY: out-pointer to a local.
+        (unsafe { (self.driver.ctx_get_device)(&mut dev) } == CUDA_SUCCESS).then_some(dev)
+    }
     fn primary_ctx_retain(&self, dev: i32) -> CuResult<u64> {
         let mut ctx = std::ptr::null_mut();
         ok(unsafe { (self.driver.primary_ctx_retain)(&mut ctx, dev) })?;

@@ -41,6 +41,9 @@ pub struct UsageDelta {
     pub bytes_moved: u64,
     /// Device memory held at the end of the period.
     pub allocated_bytes: u64,
+    /// GPU time the scheduler measured the session using during the period, in seconds, per GPU it sees (in the
+    /// client's order): what `gpu_busy_seconds` of a usage report carries. Empty when the scheduler is off.
+    pub gpu_busy_seconds: Vec<f64>,
     /// The session is over: this is its last report.
     pub ended: bool,
 }
@@ -81,6 +84,7 @@ impl Authority for StaticKey {
             limits: Limits {
                 memory_bytes: self.memory_limit,
                 devices: None,
+                sharing: Vec::new(),
             },
         })
     }
@@ -167,7 +171,12 @@ struct Handoff {
     device_count: u32,
     _pad2: u32,
     devices: [u32; MAX_VISIBLE],
+    /// The session's scheduler slot on each server device (by ordinal; `NO_SLOT`: not scheduled there).
+    slots: [u16; MAX_VISIBLE],
 }
+
+/// `Handoff::slots` of a device the session is not scheduled on.
+const NO_SLOT: u16 = u16::MAX;
 
 /// Most devices a ticket can make visible to one session.
 const MAX_VISIBLE: usize = 16;
@@ -195,6 +204,7 @@ impl Handoff {
         Ok(Limits {
             memory_bytes: (self.memory_limit != u64::MAX).then_some(self.memory_limit),
             devices,
+            sharing: Vec::new(),
         })
     }
 }
@@ -212,6 +222,21 @@ struct SessionEntry {
     label: String,
 }
 
+/// The scheduler's shared table, made at start and handed to every worker.
+struct SchedShared {
+    map: crate::sys::SharedRegion,
+    fd: OwnedFd,
+    sharing: crate::sched::Sharing,
+    /// Devices of this server (the tables in use).
+    devices: usize,
+}
+
+impl SchedShared {
+    fn region(&self) -> Option<&crate::sched::Region> {
+        self.map.sched_region()
+    }
+}
+
 /// What a worker reports on its control socket every `USAGE_TICK` and just before it exits.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, IntoBytes, FromBytes, Immutable, KnownLayout)]
@@ -223,6 +248,7 @@ struct UsageTick {
 struct Listener {
     cfg: ServerConfig,
     resolved: BackendChoice,
+    sched: Option<SchedShared>,
     sessions: Mutex<HashMap<u64, SessionEntry>>,
     spare: Mutex<Option<Spare>>,
     /// Whether to keep a spare worker (`VGPU_SPARE_WORKER=0` turns it off).
@@ -302,10 +328,24 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
     let _ = writeln!(out, "vgpu server: clients authenticate with {}", cfg.auth_description);
     let devices = backend.devices().to_vec();
     drop(backend);
+    let sched = match make_sched(resolved == BackendChoice::Real, devices.len()) {
+        Ok(s) => {
+            let _ = writeln!(out, "vgpu server: GPU sharing: {}", s.sharing.describe());
+            Some(s)
+        }
+        Err(why) => {
+            let _ = writeln!(
+                out,
+                "vgpu server: GPU sharing: scheduler unavailable ({why}); shares are not enforced"
+            );
+            None
+        }
+    };
     let mut tcp_bound = None;
     let listener = Arc::new(Listener {
         cfg: cfg.clone(),
         resolved,
+        sched,
         sessions: Mutex::new(HashMap::new()),
         spare: Mutex::new(None),
         keep_spare: std::env::var("VGPU_SPARE_WORKER").map_or(true, |v| v != "0"),
@@ -383,6 +423,44 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
         let _ = t.join();
     }
     Ok(())
+}
+
+/// Makes the scheduler's shared table: `VGPU_SCHED=off` leaves every GPU unscheduled (the table still carries the
+/// emulated backend's shared device timeline); `VGPU_SCHED_QUANTUM_US` and `VGPU_SCHED_GRACE_US` tune it.
+fn make_sched(real_gpu: bool, devices: usize) -> Result<SchedShared, String> {
+    use crate::sched::table::{Region, DEFAULT_GRACE_NS, DEFAULT_QUANTUM_NS, MAX_GPUS};
+    use std::sync::atomic::Ordering;
+    let sharing = crate::sched::Sharing::detect(real_gpu);
+    let len = std::mem::size_of::<Region>();
+    let fd = crate::sys::sealed_memfd(c"vgpu-sched", len).map_err(|e| format!("memfd: {e}"))?;
+    let map = crate::sys::SharedRegion::map(&fd, len, 0).map_err(|e| format!("mmap: {e}"))?;
+    let region = map.init_sched_region().ok_or("the mapping is too small")?;
+    let us = |name: &str, default_ns: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(default_ns, |us| us.saturating_mul(1000))
+    };
+    region
+        .settings
+        .quantum_ns
+        .store(us("VGPU_SCHED_QUANTUM_US", DEFAULT_QUANTUM_NS), Ordering::Relaxed);
+    region
+        .settings
+        .grace_ns
+        .store(us("VGPU_SCHED_GRACE_US", DEFAULT_GRACE_NS), Ordering::Relaxed);
+    if devices > MAX_GPUS {
+        tracing::warn!("{devices} GPUs: the scheduler covers the first {MAX_GPUS}");
+    }
+    for g in region.gpus.iter().take(devices.min(MAX_GPUS)) {
+        g.mode.store(sharing.mode(), Ordering::Release);
+    }
+    Ok(SchedShared {
+        map,
+        fd,
+        sharing,
+        devices: devices.min(MAX_GPUS),
+    })
 }
 
 impl Listener {
@@ -470,10 +548,87 @@ impl Listener {
         }
     }
 
+    /// Claims the session's scheduler slot on each GPU it sees: (server ordinal, slot) pairs in the client's order,
+    /// and the SM limit its worker needs under MPS (100: none).
+    fn claim_slots(&self, limits: &Limits) -> (Vec<(usize, Option<usize>)>, u32) {
+        let Some(sched) = &self.sched else {
+            return (Vec::new(), 100);
+        };
+        let Some(region) = sched.region() else {
+            return (Vec::new(), 100);
+        };
+        let visible: Vec<usize> = match &limits.devices {
+            Some(list) => list.iter().map(|&d| d as usize).collect(),
+            None => (0..sched.devices).collect(),
+        };
+        let now = crate::sys::monotonic_ns();
+        let quantum = region.params().quantum_ns;
+        let mps = matches!(sched.sharing, crate::sched::Sharing::Mps(_));
+        let mut sm = 100;
+        let mut claimed = Vec::new();
+        for (i, &d) in visible.iter().enumerate() {
+            let mut cfg = limits.sharing.get(i).copied().unwrap_or_default();
+            cfg.sm_percent = if mps {
+                crate::sched::mps::sm_percent(cfg.share, cfg.cap)
+            } else {
+                100
+            };
+            sm = sm.min(cfg.sm_percent);
+            let slot = region.gpus.get(d).and_then(|g| g.claim(&cfg, now, quantum));
+            if slot.is_none() && d < sched.devices {
+                tracing::warn!("GPU {d}: all scheduler slots are taken; this session runs unscheduled there");
+            }
+            claimed.push((d, slot));
+        }
+        (claimed, sm)
+    }
+
+    fn release_slots(&self, claimed: &[(usize, Option<usize>)]) {
+        let Some(region) = self.sched.as_ref().and_then(SchedShared::region) else {
+            return;
+        };
+        let now = crate::sys::monotonic_ns();
+        for &(d, slot) in claimed {
+            if let (Some(g), Some(slot)) = (region.gpus.get(d), slot) {
+                g.release(slot, now);
+            }
+        }
+    }
+
+    /// GPU nanoseconds charged so far on each claimed slot.
+    fn charged(&self, claimed: &[(usize, Option<usize>)]) -> Vec<u64> {
+        let region = self.sched.as_ref().and_then(SchedShared::region);
+        claimed
+            .iter()
+            .map(|&(d, slot)| match (region, slot) {
+                (Some(r), Some(slot)) => r
+                    .gpus
+                    .get(d)
+                    .map_or(0, |g| g.slots[slot].charged.load(std::sync::atomic::Ordering::Acquire)),
+                _ => 0,
+            })
+            .collect()
+    }
+
     fn start_session(self: &Arc<Self>, conn: Conn, hello: &Hello, admission: Admission) -> Result<(), String> {
         let session_id: u64 = rand::random();
         let secret: [u8; 16] = rand::random();
-        let Spare { child, control } = self.take_worker()?;
+        let (claimed, sm_percent) = self.claim_slots(&admission.limits);
+        let worker = if sm_percent < 100 {
+            // The SM limit is read when the worker's driver starts: this session needs a worker of its own, not
+            // the spare (started without one).
+            tracing::info!("session {session_id:016x}: MPS SM limit {sm_percent} %: starting a worker for it");
+            self.new_worker(Some(sm_percent))
+        } else {
+            self.take_worker()
+        };
+        let Spare { child, control } = match worker {
+            Ok(w) => w,
+            Err(e) => {
+                self.release_slots(&claimed);
+                return Err(e);
+            }
+        };
         let ticks = control.try_clone().map_err(|e| format!("socketpair: {e}"))?;
         let mut handoff = Handoff {
             transport: conn.kind(),
@@ -481,8 +636,14 @@ impl Listener {
             session_id,
             secret,
             pid: hello.pid,
+            slots: [NO_SLOT; MAX_VISIBLE],
             ..Default::default()
         };
+        for &(d, slot) in &claimed {
+            if let (Some(entry), Some(slot)) = (handoff.slots.get_mut(d), slot) {
+                *entry = slot as u16;
+            }
+        }
         handoff.set_limits(&admission.limits)?;
         fdpass::send_with_fds(&control, handoff.as_bytes(), &[conn.fd()]).map_err(|e| format!("handoff: {e}"))?;
         let me = self.clone();
@@ -504,15 +665,16 @@ impl Listener {
         );
         let me = self.clone();
         std::thread::spawn(move || {
-            me.meter(&label, ticks);
+            me.meter(&label, ticks, &claimed);
             me.reap(session_id, child);
+            me.release_slots(&claimed);
         });
         Ok(())
     }
 
     /// Reads the worker's usage ticks until it exits, handing each period to the authority; the last one
     /// (sent when the socket closes) says the session ended.
-    fn meter(&self, label: &str, mut ticks: UnixStream) {
+    fn meter(&self, label: &str, mut ticks: UnixStream, claimed: &[(usize, Option<usize>)]) {
         use std::io::Read;
         let epoch = |t: std::time::SystemTime| {
             t.duration_since(std::time::UNIX_EPOCH)
@@ -520,6 +682,7 @@ impl Listener {
                 .unwrap_or(0)
         };
         let mut last = UsageCounters::default();
+        let mut last_charged = self.charged(claimed);
         let mut since = Instant::now();
         let mut since_wall = std::time::SystemTime::now();
         let mut buf = [0u8; std::mem::size_of::<UsageTick>()];
@@ -542,6 +705,16 @@ impl Listener {
                 bytes_moved: last.bytes_moved,
             });
             let seconds = now.duration_since(since).as_secs_f64();
+            let charged = self.charged(claimed);
+            let gpu_busy_seconds = if self.sched.as_ref().is_some_and(|s| s.sharing.mode() != 0) {
+                charged
+                    .iter()
+                    .zip(&last_charged)
+                    .map(|(now, before)| now.saturating_sub(*before) as f64 / 1e9)
+                    .collect()
+            } else {
+                Vec::new()
+            };
             // Ticks are a second apart: memory between two is taken as the mean of both readings.
             let mean_held = (last.allocated_bytes as f64 + current.allocated_bytes as f64) / 2.0;
             self.cfg.authority.record(UsageDelta {
@@ -552,12 +725,14 @@ impl Listener {
                 memory_byte_seconds: mean_held * seconds,
                 bytes_moved: current.bytes_moved.saturating_sub(last.bytes_moved),
                 allocated_bytes: current.allocated_bytes,
+                gpu_busy_seconds,
                 ended,
             });
             if ended {
                 return;
             }
             last = current;
+            last_charged = charged;
             since = now;
             since_wall = now_wall;
         }
@@ -583,13 +758,14 @@ impl Listener {
             }
             tracing::warn!("the spare worker had exited; starting a fresh one");
         }
-        self.new_worker()
+        self.new_worker(None)
     }
 
-    fn new_worker(&self) -> Result<Spare, String> {
+    /// A fresh worker; `sm_percent`: its SM limit under MPS.
+    fn new_worker(&self, sm_percent: Option<u32>) -> Result<Spare, String> {
         let (control, child_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let child = self
-            .spawn_worker(&child_end)
+            .spawn_worker(&child_end, sm_percent)
             .map_err(|e| format!("cannot start a worker: {e}"))?;
         Ok(Spare { child, control })
     }
@@ -599,7 +775,7 @@ impl Listener {
         if !self.keep_spare || self.spare.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
             return;
         }
-        match self.new_worker() {
+        match self.new_worker(None) {
             Ok(w) => {
                 let mut slot = self.spare.lock().unwrap_or_else(|p| p.into_inner());
                 if slot.is_none() {
@@ -616,10 +792,14 @@ impl Listener {
         }
     }
 
-    fn spawn_worker(&self, child_end: &UnixStream) -> std::io::Result<Child> {
+    fn spawn_worker(&self, child_end: &UnixStream, sm_percent: Option<u32>) -> std::io::Result<Child> {
         let fd = child_end.as_raw_fd();
-        // The worker inherits exactly this one descriptor: clear close-on-exec on it alone.
+        // The worker inherits exactly these descriptors (its control socket and the scheduler's table): clear
+        // close-on-exec on them alone. The table's descriptor stays inheritable: every worker gets it.
         crate::sys::clear_cloexec(fd)?;
+        if let Some(s) = &self.sched {
+            crate::sys::clear_cloexec(s.fd.as_raw_fd())?;
+        }
         let (program, args) = self
             .cfg
             .worker_command
@@ -631,6 +811,12 @@ impl Listener {
             .env("VGPU_WORKER_BACKEND", self.resolved.as_str());
         if let Some(d) = &self.cfg.driver {
             cmd.env("VGPU_WORKER_DRIVER", d);
+        }
+        if let Some(s) = &self.sched {
+            cmd.env("VGPU_WORKER_SCHED_FD", s.fd.as_raw_fd().to_string());
+        }
+        if let Some(p) = sm_percent {
+            cmd.env("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", p.to_string());
         }
         let child = cmd.spawn();
         let _ = crate::sys::set_cloexec(fd);
@@ -668,8 +854,29 @@ pub fn run_worker_from_env() -> Result<(), String> {
     if let Err(e) = crate::session::forward_stdout() {
         tracing::warn!("device printf output stays on the server: cannot capture stdout ({e})");
     }
+    // The scheduler's table (the server made it; every worker maps it).
+    let region = match std::env::var("VGPU_WORKER_SCHED_FD")
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+    {
+        Some(sfd) => {
+            // SAFETY: the server passed this descriptor to every worker through VGPU_WORKER_SCHED_FD.
+            let sfd = unsafe { OwnedFd::from_raw_fd(sfd) };
+            match crate::sched::gate::attach_region(&sfd) {
+                Ok(r) => Some(r),
+                Err(why) => {
+                    tracing::warn!("{why}; this worker's sessions run unscheduled");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     // The driver starts before any session arrives: a spare worker waits here fully initialised.
     let (backend, _) = open_backend(choice, driver.as_deref())?;
+    if let Some(r) = region {
+        backend.share_device_timeline(&r.gpus[0].emulated_busy_until);
+    }
     let mut session: Option<Arc<Session>> = None;
     let mut buf = [0u8; std::mem::size_of::<Handoff>()];
     loop {
@@ -684,8 +891,10 @@ pub fn run_worker_from_env() -> Result<(), String> {
         let session = match &session {
             Some(s) => s.clone(),
             None => {
-                // The session's first connection brings its limits.
-                let s = Session::new(backend.clone(), handoff.limits()?);
+                // The session's first connection brings its limits and its scheduler slots.
+                let limits = handoff.limits()?;
+                let sched = region.and_then(|r| session_sched(r, &backend, &handoff, &limits));
+                let s = Session::scheduled(backend.clone(), limits, sched);
                 let ticks = control.try_clone().map_err(|e| format!("control socket: {e}"))?;
                 let _ = METER.set((ticks, s.clone()));
                 std::thread::spawn(|| loop {
@@ -698,6 +907,52 @@ pub fn run_worker_from_env() -> Result<(), String> {
         };
         std::thread::spawn(move || serve_connection(session, handoff, fd));
     }
+}
+
+/// The session's part of the scheduler, when it has a slot on a scheduled GPU; logs how it shares each GPU.
+fn session_sched(
+    region: &'static crate::sched::Region,
+    backend: &Arc<dyn Backend>,
+    handoff: &Handoff,
+    limits: &Limits,
+) -> Option<Arc<crate::sched::SessionSched>> {
+    use crate::sched::table::{SlotConfig, MODE_MPS, MODE_OFF};
+    use std::sync::atomic::Ordering;
+    let visible: Vec<usize> = match &limits.devices {
+        Some(list) => list.iter().map(|&d| d as usize).collect(),
+        None => (0..backend.devices().len()).collect(),
+    };
+    let mut slots = vec![None; backend.devices().len().min(MAX_VISIBLE)];
+    let mut any = false;
+    for &d in &visible {
+        let (Some(&slot), Some(g)) = (handoff.slots.get(d), region.gpus.get(d)) else {
+            continue;
+        };
+        let mode = g.mode.load(Ordering::Acquire);
+        if slot == NO_SLOT || mode == MODE_OFF || d >= slots.len() {
+            continue;
+        }
+        let Some(sl) = g.slots.get(slot as usize) else { continue };
+        slots[d] = Some(slot as usize);
+        any = true;
+        tracing::info!(
+            "session {:016x}: GPU {d}: {} share {:.3}{}{}; {}",
+            handoff.session_id,
+            SlotConfig::class_name(sl.class()),
+            sl.share_ppm() as f64 / 1e6,
+            if sl.capped() { " capped" } else { "" },
+            match sl.sm_percent.load(Ordering::Relaxed) {
+                100 => String::new(),
+                p => format!(", MPS SM limit {p} %"),
+            },
+            if mode == MODE_MPS {
+                "scheduler with MPS"
+            } else {
+                "time-sliced scheduler"
+            }
+        );
+    }
+    any.then(|| crate::sched::SessionSched::new(region, backend.clone(), slots, &visible))
 }
 
 /// The worker's end of the usage channel and its session, for `report_usage`.

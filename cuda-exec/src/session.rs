@@ -101,6 +101,9 @@ pub struct Limits {
     pub memory_bytes: Option<u64>,
     /// The server's device ordinals the session sees, in the order the client numbers them (`None`: all).
     pub devices: Option<Vec<u32>>,
+    /// How the session shares each GPU it sees (compute share, cap, priority class), in the client's order;
+    /// missing entries (a keyless session: all of them) are the default, an equal share in the burst class.
+    pub sharing: Vec<crate::sched::SlotConfig>,
 }
 
 /// What a session has used so far, for metering.
@@ -123,6 +126,8 @@ pub struct Session {
     /// Bumped by every primary-context reset: channels drop the pinned buffers and events they hold, which
     /// the reset freed with the context that owned them.
     reset_epoch: AtomicU64,
+    // sched: the session's part of the GPU scheduler (None: unscheduled).
+    sched: Option<Arc<crate::sched::SessionSched>>,
 }
 
 /// Largest array copy one call carries.
@@ -136,6 +141,15 @@ const BINDING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Session {
     pub fn new(backend: Arc<dyn Backend>, limits: Limits) -> Arc<Session> {
+        Self::scheduled(backend, limits, None)
+    }
+
+    /// A session whose GPU work passes the scheduler's gate (`sched`), or not (`None`).
+    pub fn scheduled(
+        backend: Arc<dyn Backend>,
+        limits: Limits,
+        sched: Option<Arc<crate::sched::SessionSched>>,
+    ) -> Arc<Session> {
         Arc::new(Session {
             backend,
             objects: Mutex::new(Objects::default()),
@@ -143,6 +157,7 @@ impl Session {
             bytes_moved: AtomicU64::new(0),
             reset_epoch: AtomicU64::new(0),
             order: SubmitOrder::default(),
+            sched,
         })
     }
 
@@ -219,6 +234,18 @@ impl Session {
         self.reset_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
+    // sched: before a device's primary context goes (reset, or release of its last reference).
+    fn sched_forget_device(&self, dev: i32) {
+        if let (Some(sched), Ok(d)) = (&self.sched, usize::try_from(dev)) {
+            sched.forget_device(d);
+        }
+    }
+
+    /// GPU nanoseconds the scheduler charged the session on server device `dev` (0 when unscheduled).
+    pub fn gpu_busy_ns(&self, dev: usize) -> u64 {
+        self.sched.as_ref().map_or(0, |s| s.charged_ns(dev))
+    }
+
     fn unreserve(&self, size: u64) {
         let mut objs = self.objects();
         objs.allocated_bytes = objs.allocated_bytes.saturating_sub(size);
@@ -252,6 +279,8 @@ impl Session {
     pub fn serve_channel(self: &Arc<Session>, transport: &mut dyn Transport) -> Result<(), ChannelEnd> {
         let mut ch = Channel {
             session: Some(self.clone()),
+            // sched: each channel passes the scheduler's gate.
+            gate: self.sched.as_ref().map(|s| s.gate()).unwrap_or_default(),
             ..Default::default()
         };
         let result = ch.run(transport);
@@ -285,8 +314,9 @@ impl SubmitOrder {
         }
     }
 
-    /// Waits until every request numbered before `seq` has been submitted.
-    fn wait_turn(&self, seq: u32) {
+    /// Waits until every request numbered before `seq` has been submitted. `gated`: the session's channel threads
+    /// waiting at the scheduler's gate, whose numbers are not lost, only held: no giving up on them.
+    fn wait_turn(&self, seq: u32, gated: &AtomicU32) {
         let want = Self::previous(seq);
         if seq == 0 || self.done.load(Ordering::Acquire) == want {
             return;
@@ -299,7 +329,7 @@ impl SubmitOrder {
             if done.wrapping_sub(want) < (1 << 31) {
                 return;
             }
-            if start.elapsed() > ORDER_WAIT_LIMIT {
+            if start.elapsed() > ORDER_WAIT_LIMIT && gated.load(Ordering::Acquire) == 0 {
                 tracing::warn!(seq, done, "request numbers missing; going ahead out of order");
                 return;
             }
@@ -351,6 +381,8 @@ struct Channel {
     tail: Vec<u8>,
     /// The session's `reset_epoch` when this channel's buffers were allocated.
     epoch: u64,
+    // sched: the channel's gate (inert for an unscheduled session).
+    gate: crate::sched::ChannelGate,
 }
 
 impl Channel {
@@ -369,6 +401,11 @@ impl Channel {
         // Held for the loop, so the per-request path takes no reference count.
         let session = self.session.clone();
         let order = session.as_deref().map(|s| &s.order);
+        let not_gated = AtomicU32::new(0);
+        let gated = match session.as_deref().and_then(|s| s.sched.as_deref()) {
+            Some(sched) => sched.held(),
+            None => &not_gated,
+        };
         loop {
             t.recv_exact(&mut hdr)?;
             let header = zerocopy::FromBytes::read_from_bytes(&hdr[..])
@@ -377,12 +414,16 @@ impl Channel {
             self.body.resize(header.body_len as usize, 0);
             t.recv_exact(&mut self.body)?;
             if let Some(order) = order {
-                order.wait_turn(header.seq);
+                order.wait_turn(header.seq, gated);
                 if op.is_sync() {
                     // A synchronous call may block (a stream synchronize): work other threads submitted after
                     // it started need not wait for it to end, natively neither.
                     order.advance(header.seq);
                 }
+            }
+            if op.is_sync() {
+                // sched: the channel's queued work is measured while the client waits.
+                self.gate.sync_point();
             }
             let r = self.dispatch(t, op, &header);
             if let Some(order) = order {
@@ -461,13 +502,19 @@ impl Channel {
             Op::PrimaryCtxRelease => simple!(PrimaryCtxRelease, |c| self
                 .s()
                 .real_device(c.dev)
-                .and_then(|d| self.b().primary_ctx_release(d))
+                .and_then(|d| {
+                    self.s().sched_forget_device(d); // sched: the context may go with its last reference
+                    self.b().primary_ctx_release(d)
+                })
                 .map(|_| Empty {})),
             Op::PrimaryCtxReset => simple!(PrimaryCtxReset, |c| {
                 let r = self
                     .s()
                     .real_device(c.dev)
-                    .and_then(|d| self.b().primary_ctx_reset(d))
+                    .and_then(|d| {
+                        self.s().sched_forget_device(d); // sched: the reset frees the context's events
+                        self.b().primary_ctx_reset(d)
+                    })
                     .map(|_| Empty {});
                 if r.is_ok() {
                     // The reset destroyed the context an earlier asynchronous call failed in (a launch
@@ -491,7 +538,12 @@ impl Channel {
             Op::CtxDestroy => simple!(CtxDestroy, |c| {
                 let real = self.s().objects().contexts.remove(&c.ctx);
                 match real {
-                    Some(real) => self.b().ctx_destroy(real).map(|_| Empty {}),
+                    Some(real) => {
+                        if let Some(sched) = &self.s().sched {
+                            sched.forget_context(real); // sched: the context's events go with it
+                        }
+                        self.b().ctx_destroy(real).map(|_| Empty {})
+                    }
                     None => Err(CUDA_ERROR_INVALID_CONTEXT),
                 }
             }),
@@ -531,7 +583,9 @@ impl Channel {
                 let stream = if per_thread { STREAM_PER_THREAD } else { 0 };
                 self.check_range(c.src, c.size)
                     .and_then(|_| self.check_range(c.dst, c.size))
+                    .map(|_| self.gate.submit(stream, crate::sched::Work::Bytes(c.size))) // sched
                     .and_then(|_| self.b().memcpy_dtod_async(c.dst, c.src, c.size, stream))
+                    .map(|_| self.gate.sync_point()) // sched: measured up to here, not up to the next call
                     .and_then(|_| self.b().stream_synchronize(stream))
                     .map(|_| Empty {})
             }),
@@ -539,12 +593,14 @@ impl Channel {
                 self.stream(c.stream, per_thread).and_then(|s| {
                     self.check_range(c.src, c.size)?;
                     self.check_range(c.dst, c.size)?;
+                    self.gate.submit(s, crate::sched::Work::Bytes(c.size)); // sched
                     self.b().memcpy_dtod_async(c.dst, c.src, c.size, s).map(|_| Empty {})
                 })
             }),
             Op::Memset => simple!(Memset, |c| {
                 let stream = if per_thread { STREAM_PER_THREAD } else { 0 };
                 self.memset(c.dst, c.pitch, c.value, c.elem_size, c.width, c.height, stream)
+                    .map(|_| self.gate.sync_point()) // sched: measured up to here, not up to the next call
                     .and_then(|_| self.b().stream_synchronize(stream))
                     .map(|_| Empty {})
             }),
@@ -1622,6 +1678,7 @@ impl Channel {
         }
         let span = pitch.saturating_mul(height - 1).saturating_add(width * elem as u64);
         self.check_range(dst, span)?;
+        self.gate.submit(s, crate::sched::Work::Bytes(span)); // sched
         self.b().memset_async(dst, pitch, value, elem, width, height, s)
     }
 
@@ -1635,6 +1692,7 @@ impl Channel {
         let Some(session) = session else {
             return Err(CUDA_ERROR_UNKNOWN);
         };
+        self.gate.submit(stream, crate::sched::Work::Launch); // sched
         session.backend.launch(
             f.real,
             [c.grid_x, c.grid_y, c.grid_z],
@@ -1655,6 +1713,7 @@ impl Channel {
         let Some(session) = self.session.clone() else {
             return Err(CUDA_ERROR_UNKNOWN);
         };
+        self.gate.submit(stream, crate::sched::Work::Launch); // sched
         session.backend.launch_ex(
             f.real,
             [c.grid_x, c.grid_y, c.grid_z],

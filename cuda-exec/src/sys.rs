@@ -238,7 +238,9 @@ impl SharedRegion {
     /// The scheduler's table laid over this mapping, if it is large enough and carries the table's magic number.
     pub fn sched_region(&self) -> Option<&crate::sched::table::Region> {
         use crate::sched::table::{Region, MAGIC};
-        if self.len < std::mem::size_of::<Region>() || !(self.ptr as usize).is_multiple_of(std::mem::align_of::<Region>()) {
+        if self.len < std::mem::size_of::<Region>()
+            || !(self.ptr as usize).is_multiple_of(std::mem::align_of::<Region>())
+        {
             return None;
         }
         // SAFETY: the mapping is large enough and aligned (checked above) and lives as long as `self`; `Region` is
@@ -251,7 +253,9 @@ impl SharedRegion {
     /// Writes the scheduler's initial table into a fresh (zeroed) mapping.
     pub fn init_sched_region(&self) -> Option<&crate::sched::table::Region> {
         use crate::sched::table::{Region, MAGIC};
-        if self.len < std::mem::size_of::<Region>() || !(self.ptr as usize).is_multiple_of(std::mem::align_of::<Region>()) {
+        if self.len < std::mem::size_of::<Region>()
+            || !(self.ptr as usize).is_multiple_of(std::mem::align_of::<Region>())
+        {
             return None;
         }
         // SAFETY: as in `sched_region`; a fresh memfd reads as zeroes, a valid `Region`.

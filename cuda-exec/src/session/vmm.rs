@@ -652,6 +652,7 @@ mod tests {
         let (backend, session) = emulated_session(Limits {
             memory_bytes: Some(3 * G),
             devices: None,
+            ..Default::default()
         });
         let mut c = Client::connect(&session);
         let base = c.reserve(4 * G);
@@ -754,6 +755,7 @@ mod tests {
             Limits {
                 memory_bytes: None,
                 devices: Some(vec![1]),
+                ..Default::default()
             },
         );
         let mut c = Client::connect(&session);
