@@ -66,10 +66,13 @@ pub trait Authority: Send + Sync {
     }
 }
 
-/// Standalone mode: one shared key (or none) and the same memory limit for every session.
+/// Standalone mode: one shared key (or none), or keys with plans (`--plans`), and the same memory limit for every
+/// session.
 pub struct StaticKey {
     pub key: Option<String>,
     pub memory_limit: Option<u64>,
+    /// Keys with their share, class and cap on every GPU (`sched::plans`); when set, a client must present one.
+    pub plans: Vec<(String, crate::sched::SlotConfig)>,
 }
 
 impl Authority for StaticKey {
@@ -79,12 +82,24 @@ impl Authority for StaticKey {
                 return Err("the server refused the key (set VGPU_KEY)".into());
             }
         }
+        let mut sharing = Vec::new();
+        if !self.plans.is_empty() {
+            // Every key is compared, so the time taken does not tell which one came close.
+            let mut found = None;
+            for (key, cfg) in &self.plans {
+                if constant_time_eq(key.as_bytes(), credential) {
+                    found = Some(*cfg);
+                }
+            }
+            let cfg = found.ok_or("the server refused the key (set VGPU_KEY to a key of its plans)")?;
+            sharing = vec![cfg; MAX_VISIBLE];
+        }
         Ok(Admission {
             label: String::new(),
             limits: Limits {
                 memory_bytes: self.memory_limit,
                 devices: None,
-                sharing: Vec::new(),
+                sharing,
             },
         })
     }
@@ -171,12 +186,9 @@ struct Handoff {
     device_count: u32,
     _pad2: u32,
     devices: [u32; MAX_VISIBLE],
-    /// The session's scheduler slot on each server device (by ordinal; `NO_SLOT`: not scheduled there).
+    /// The session's scheduler slot on each server device (by ordinal; `sched::host::NO_SLOT`: not scheduled there).
     slots: [u16; MAX_VISIBLE],
 }
-
-/// `Handoff::slots` of a device the session is not scheduled on.
-const NO_SLOT: u16 = u16::MAX;
 
 /// Most devices a ticket can make visible to one session.
 const MAX_VISIBLE: usize = 16;
@@ -222,21 +234,6 @@ struct SessionEntry {
     label: String,
 }
 
-/// The scheduler's shared table, made at start and handed to every worker.
-struct SchedShared {
-    map: crate::sys::SharedRegion,
-    fd: OwnedFd,
-    sharing: crate::sched::Sharing,
-    /// Devices of this server (the tables in use).
-    devices: usize,
-}
-
-impl SchedShared {
-    fn region(&self) -> Option<&crate::sched::Region> {
-        self.map.sched_region()
-    }
-}
-
 /// What a worker reports on its control socket every `USAGE_TICK` and just before it exits.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, IntoBytes, FromBytes, Immutable, KnownLayout)]
@@ -248,7 +245,7 @@ struct UsageTick {
 struct Listener {
     cfg: ServerConfig,
     resolved: BackendChoice,
-    sched: Option<SchedShared>,
+    sched: Option<crate::sched::host::SchedShared>,
     sessions: Mutex<HashMap<u64, SessionEntry>>,
     spare: Mutex<Option<Spare>>,
     /// Whether to keep a spare worker (`VGPU_SPARE_WORKER=0` turns it off).
@@ -328,7 +325,7 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
     let _ = writeln!(out, "vgpu server: clients authenticate with {}", cfg.auth_description);
     let devices = backend.devices().to_vec();
     drop(backend);
-    let sched = match make_sched(resolved == BackendChoice::Real, devices.len()) {
+    let sched = match crate::sched::host::SchedShared::create(resolved == BackendChoice::Real, devices.len()) {
         Ok(s) => {
             let _ = writeln!(out, "vgpu server: GPU sharing: {}", s.sharing.describe());
             Some(s)
@@ -425,44 +422,6 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes the scheduler's shared table: `VGPU_SCHED=off` leaves every GPU unscheduled (the table still carries the
-/// emulated backend's shared device timeline); `VGPU_SCHED_QUANTUM_US` and `VGPU_SCHED_GRACE_US` tune it.
-fn make_sched(real_gpu: bool, devices: usize) -> Result<SchedShared, String> {
-    use crate::sched::table::{Region, DEFAULT_GRACE_NS, DEFAULT_QUANTUM_NS, MAX_GPUS};
-    use std::sync::atomic::Ordering;
-    let sharing = crate::sched::Sharing::detect(real_gpu);
-    let len = std::mem::size_of::<Region>();
-    let fd = crate::sys::sealed_memfd(c"vgpu-sched", len).map_err(|e| format!("memfd: {e}"))?;
-    let map = crate::sys::SharedRegion::map(&fd, len, 0).map_err(|e| format!("mmap: {e}"))?;
-    let region = map.init_sched_region().ok_or("the mapping is too small")?;
-    let us = |name: &str, default_ns: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(default_ns, |us| us.saturating_mul(1000))
-    };
-    region
-        .settings
-        .quantum_ns
-        .store(us("VGPU_SCHED_QUANTUM_US", DEFAULT_QUANTUM_NS), Ordering::Relaxed);
-    region
-        .settings
-        .grace_ns
-        .store(us("VGPU_SCHED_GRACE_US", DEFAULT_GRACE_NS), Ordering::Relaxed);
-    if devices > MAX_GPUS {
-        tracing::warn!("{devices} GPUs: the scheduler covers the first {MAX_GPUS}");
-    }
-    for g in region.gpus.iter().take(devices.min(MAX_GPUS)) {
-        g.mode.store(sharing.mode(), Ordering::Release);
-    }
-    Ok(SchedShared {
-        map,
-        fd,
-        sharing,
-        devices: devices.min(MAX_GPUS),
-    })
-}
-
 impl Listener {
     fn accept(self: Arc<Self>, mut conn: Conn) {
         let hello = {
@@ -548,72 +507,44 @@ impl Listener {
         }
     }
 
-    /// Claims the session's scheduler slot on each GPU it sees: (server ordinal, slot) pairs in the client's order,
-    /// and the SM limit its worker needs under MPS (100: none).
-    fn claim_slots(&self, limits: &Limits) -> (Vec<(usize, Option<usize>)>, u32) {
-        let Some(sched) = &self.sched else {
-            return (Vec::new(), 100);
+    /// Sends the session's first connection, limits and scheduler slots to its worker; returns the worker's usage
+    /// socket.
+    #[allow(clippy::too_many_arguments)]
+    fn hand_off(
+        &self,
+        conn: &Conn,
+        hello: &Hello,
+        admission: &Admission,
+        control: &UnixStream,
+        session_id: u64,
+        secret: [u8; 16],
+        claimed: &[(usize, Option<usize>)],
+    ) -> Result<UnixStream, String> {
+        let ticks = control.try_clone().map_err(|e| format!("socketpair: {e}"))?;
+        let mut handoff = Handoff {
+            transport: conn.kind(),
+            primary: 1,
+            session_id,
+            secret,
+            pid: hello.pid,
+            slots: [crate::sched::host::NO_SLOT; MAX_VISIBLE],
+            ..Default::default()
         };
-        let Some(region) = sched.region() else {
-            return (Vec::new(), 100);
-        };
-        let visible: Vec<usize> = match &limits.devices {
-            Some(list) => list.iter().map(|&d| d as usize).collect(),
-            None => (0..sched.devices).collect(),
-        };
-        let now = crate::sys::monotonic_ns();
-        let quantum = region.params().quantum_ns;
-        let mps = matches!(sched.sharing, crate::sched::Sharing::Mps(_));
-        let mut sm = 100;
-        let mut claimed = Vec::new();
-        for (i, &d) in visible.iter().enumerate() {
-            let mut cfg = limits.sharing.get(i).copied().unwrap_or_default();
-            cfg.sm_percent = if mps {
-                crate::sched::mps::sm_percent(cfg.share, cfg.cap)
-            } else {
-                100
-            };
-            sm = sm.min(cfg.sm_percent);
-            let slot = region.gpus.get(d).and_then(|g| g.claim(&cfg, now, quantum));
-            if slot.is_none() && d < sched.devices {
-                tracing::warn!("GPU {d}: all scheduler slots are taken; this session runs unscheduled there");
-            }
-            claimed.push((d, slot));
-        }
-        (claimed, sm)
-    }
-
-    fn release_slots(&self, claimed: &[(usize, Option<usize>)]) {
-        let Some(region) = self.sched.as_ref().and_then(SchedShared::region) else {
-            return;
-        };
-        let now = crate::sys::monotonic_ns();
         for &(d, slot) in claimed {
-            if let (Some(g), Some(slot)) = (region.gpus.get(d), slot) {
-                g.release(slot, now);
+            if let (Some(entry), Some(slot)) = (handoff.slots.get_mut(d), slot) {
+                *entry = slot as u16;
             }
         }
-    }
-
-    /// GPU nanoseconds charged so far on each claimed slot.
-    fn charged(&self, claimed: &[(usize, Option<usize>)]) -> Vec<u64> {
-        let region = self.sched.as_ref().and_then(SchedShared::region);
-        claimed
-            .iter()
-            .map(|&(d, slot)| match (region, slot) {
-                (Some(r), Some(slot)) => r
-                    .gpus
-                    .get(d)
-                    .map_or(0, |g| g.slots[slot].charged.load(std::sync::atomic::Ordering::Acquire)),
-                _ => 0,
-            })
-            .collect()
+        handoff.set_limits(&admission.limits)?;
+        fdpass::send_with_fds(control, handoff.as_bytes(), &[conn.fd()]).map_err(|e| format!("handoff: {e}"))?;
+        Ok(ticks)
     }
 
     fn start_session(self: &Arc<Self>, conn: Conn, hello: &Hello, admission: Admission) -> Result<(), String> {
         let session_id: u64 = rand::random();
         let secret: [u8; 16] = rand::random();
-        let (claimed, sm_percent) = self.claim_slots(&admission.limits);
+        let claim = crate::sched::host::claim(self.sched.as_ref(), &admission.limits);
+        let (claimed, sm_percent) = (claim.slots, claim.sm_percent);
         let worker = if sm_percent < 100 {
             // The SM limit is read when the worker's driver starts: this session needs a worker of its own, not
             // the spare (started without one).
@@ -625,27 +556,18 @@ impl Listener {
         let Spare { child, control } = match worker {
             Ok(w) => w,
             Err(e) => {
-                self.release_slots(&claimed);
+                crate::sched::host::release(self.sched.as_ref(), &claimed);
                 return Err(e);
             }
         };
-        let ticks = control.try_clone().map_err(|e| format!("socketpair: {e}"))?;
-        let mut handoff = Handoff {
-            transport: conn.kind(),
-            primary: 1,
-            session_id,
-            secret,
-            pid: hello.pid,
-            slots: [NO_SLOT; MAX_VISIBLE],
-            ..Default::default()
-        };
-        for &(d, slot) in &claimed {
-            if let (Some(entry), Some(slot)) = (handoff.slots.get_mut(d), slot) {
-                *entry = slot as u16;
+        let handed = self.hand_off(&conn, hello, &admission, &control, session_id, secret, &claimed);
+        let ticks = match handed {
+            Ok(ticks) => ticks,
+            Err(e) => {
+                crate::sched::host::release(self.sched.as_ref(), &claimed);
+                return Err(e);
             }
-        }
-        handoff.set_limits(&admission.limits)?;
-        fdpass::send_with_fds(&control, handoff.as_bytes(), &[conn.fd()]).map_err(|e| format!("handoff: {e}"))?;
+        };
         let me = self.clone();
         std::thread::spawn(move || me.refill_spare());
         drop(conn);
@@ -667,7 +589,7 @@ impl Listener {
         std::thread::spawn(move || {
             me.meter(&label, ticks, &claimed);
             me.reap(session_id, child);
-            me.release_slots(&claimed);
+            crate::sched::host::release(me.sched.as_ref(), &claimed);
         });
         Ok(())
     }
@@ -682,7 +604,7 @@ impl Listener {
                 .unwrap_or(0)
         };
         let mut last = UsageCounters::default();
-        let mut last_charged = self.charged(claimed);
+        let mut last_charged = crate::sched::host::charged(self.sched.as_ref(), claimed);
         let mut since = Instant::now();
         let mut since_wall = std::time::SystemTime::now();
         let mut buf = [0u8; std::mem::size_of::<UsageTick>()];
@@ -705,8 +627,8 @@ impl Listener {
                 bytes_moved: last.bytes_moved,
             });
             let seconds = now.duration_since(since).as_secs_f64();
-            let charged = self.charged(claimed);
-            let gpu_busy_seconds = if self.sched.as_ref().is_some_and(|s| s.sharing.mode() != 0) {
+            let charged = crate::sched::host::charged(self.sched.as_ref(), claimed);
+            let gpu_busy_seconds = if self.sched.as_ref().is_some_and(|s| s.scheduling()) {
                 charged
                     .iter()
                     .zip(&last_charged)
@@ -798,7 +720,7 @@ impl Listener {
         // close-on-exec on them alone. The table's descriptor stays inheritable: every worker gets it.
         crate::sys::clear_cloexec(fd)?;
         if let Some(s) = &self.sched {
-            crate::sys::clear_cloexec(s.fd.as_raw_fd())?;
+            crate::sys::clear_cloexec(s.fd())?;
         }
         let (program, args) = self
             .cfg
@@ -813,7 +735,7 @@ impl Listener {
             cmd.env("VGPU_WORKER_DRIVER", d);
         }
         if let Some(s) = &self.sched {
-            cmd.env("VGPU_WORKER_SCHED_FD", s.fd.as_raw_fd().to_string());
+            cmd.env("VGPU_WORKER_SCHED_FD", s.fd().to_string());
         }
         if let Some(p) = sm_percent {
             cmd.env("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", p.to_string());
@@ -893,7 +815,9 @@ pub fn run_worker_from_env() -> Result<(), String> {
             None => {
                 // The session's first connection brings its limits and its scheduler slots.
                 let limits = handoff.limits()?;
-                let sched = region.and_then(|r| session_sched(r, &backend, &handoff, &limits));
+                let sched = region.and_then(|r| {
+                    crate::sched::host::session_sched(r, &backend, handoff.session_id, &handoff.slots, &limits)
+                });
                 let s = Session::scheduled(backend.clone(), limits, sched);
                 let ticks = control.try_clone().map_err(|e| format!("control socket: {e}"))?;
                 let _ = METER.set((ticks, s.clone()));
@@ -907,52 +831,6 @@ pub fn run_worker_from_env() -> Result<(), String> {
         };
         std::thread::spawn(move || serve_connection(session, handoff, fd));
     }
-}
-
-/// The session's part of the scheduler, when it has a slot on a scheduled GPU; logs how it shares each GPU.
-fn session_sched(
-    region: &'static crate::sched::Region,
-    backend: &Arc<dyn Backend>,
-    handoff: &Handoff,
-    limits: &Limits,
-) -> Option<Arc<crate::sched::SessionSched>> {
-    use crate::sched::table::{SlotConfig, MODE_MPS, MODE_OFF};
-    use std::sync::atomic::Ordering;
-    let visible: Vec<usize> = match &limits.devices {
-        Some(list) => list.iter().map(|&d| d as usize).collect(),
-        None => (0..backend.devices().len()).collect(),
-    };
-    let mut slots = vec![None; backend.devices().len().min(MAX_VISIBLE)];
-    let mut any = false;
-    for &d in &visible {
-        let (Some(&slot), Some(g)) = (handoff.slots.get(d), region.gpus.get(d)) else {
-            continue;
-        };
-        let mode = g.mode.load(Ordering::Acquire);
-        if slot == NO_SLOT || mode == MODE_OFF || d >= slots.len() {
-            continue;
-        }
-        let Some(sl) = g.slots.get(slot as usize) else { continue };
-        slots[d] = Some(slot as usize);
-        any = true;
-        tracing::info!(
-            "session {:016x}: GPU {d}: {} share {:.3}{}{}; {}",
-            handoff.session_id,
-            SlotConfig::class_name(sl.class()),
-            sl.share_ppm() as f64 / 1e6,
-            if sl.capped() { " capped" } else { "" },
-            match sl.sm_percent.load(Ordering::Relaxed) {
-                100 => String::new(),
-                p => format!(", MPS SM limit {p} %"),
-            },
-            if mode == MODE_MPS {
-                "scheduler with MPS"
-            } else {
-                "time-sliced scheduler"
-            }
-        );
-    }
-    any.then(|| crate::sched::SessionSched::new(region, backend.clone(), slots, &visible))
 }
 
 /// The worker's end of the usage channel and its session, for `report_usage`.

@@ -72,8 +72,12 @@ enum Cmd {
         /// Memory limit per session, in MiB (standalone mode).
         #[arg(long)]
         memory_limit_mib: Option<u64>,
+        /// Keys with plans (standalone mode): one per line, `KEY SHARE [guaranteed|burst|preemptible] [cap]`;
+        /// a client presents its key in VGPU_KEY and gets that compute share, class and cap on every GPU.
+        #[arg(long, conflicts_with = "key")]
+        plans: Option<std::path::PathBuf>,
         /// Control plane URL: register there, admit sessions by its tickets, report usage.
-        #[arg(long, conflicts_with_all = ["key", "memory_limit_mib"])]
+        #[arg(long, conflicts_with_all = ["key", "memory_limit_mib", "plans"])]
         control: Option<String>,
         /// Token the control plane's operator gave this server (with --control). Also read from VGPU_NODE_TOKEN.
         #[arg(long, env = "VGPU_NODE_TOKEN", hide_env_values = true)]
@@ -182,6 +186,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             driver,
             key,
             memory_limit_mib,
+            plans,
             control,
             node_token,
             name,
@@ -211,16 +216,25 @@ fn run(cmd: Cmd) -> Result<(), String> {
                     )
                 }
                 None => {
-                    let described = match (&key, memory_limit_mib) {
-                        (Some(_), Some(m)) => format!("a static key (VGPU_KEY); {m} MiB per session"),
-                        (Some(_), None) => "a static key (VGPU_KEY)".into(),
-                        (None, _) => {
+                    let plans = match &plans {
+                        Some(path) => vgpu_cuda_exec::sched::plans::parse(
+                            &std::fs::read_to_string(path)
+                                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                        )?,
+                        None => Vec::new(),
+                    };
+                    let described = match (&key, memory_limit_mib, plans.len()) {
+                        (_, _, n) if n > 0 => format!("{n} keys with plans (--plans; VGPU_KEY)"),
+                        (Some(_), Some(m), _) => format!("a static key (VGPU_KEY); {m} MiB per session"),
+                        (Some(_), None, _) => "a static key (VGPU_KEY)".into(),
+                        (None, _, _) => {
                             "nothing: no key set, any client that can reach these endpoints may connect".into()
                         }
                     };
                     let authority = StaticKey {
                         key,
                         memory_limit: memory_limit_mib.map(|m| m << 20),
+                        plans,
                     };
                     (Arc::new(authority), described)
                 }

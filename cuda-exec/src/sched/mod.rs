@@ -10,7 +10,9 @@
 pub mod gate;
 #[cfg(test)]
 mod gate_tests;
+pub mod host;
 pub mod mps;
+pub mod plans;
 pub mod policy;
 #[cfg(test)]
 mod sim;
