@@ -5,6 +5,7 @@
 mod bench;
 mod controlled;
 mod cuda;
+mod fairness;
 mod local;
 mod nvml;
 mod quickstart;
@@ -138,6 +139,9 @@ enum Cmd {
         /// Runs of each probe; the table shows medians.
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// `fairness`: several tenants on one GPU instead (see `vgpu bench fairness --help`).
+        #[command(subcommand)]
+        what: Option<fairness::BenchWhat>,
     },
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -150,6 +154,8 @@ enum Cmd {
         copy_mib: u64,
         alloc_mib: Vec<u64>,
     },
+    #[command(name = "__fair-tenant", hide = true)]
+    FairTenant(fairness::TenantArgs),
     #[command(name = "__launch-rate", hide = true)]
     LaunchRate { launches: u64, start_at_ms: u64 },
     #[command(name = "__probe", hide = true)]
@@ -296,11 +302,17 @@ fn run(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Quickstart { backend, standalone } => quickstart::run(&backend, standalone),
         Cmd::Bench {
+            what: Some(fairness::BenchWhat::Fairness(args)),
+            ..
+        } => fairness::run(args),
+        Cmd::Bench {
             quick,
             json,
             backend,
             repeat,
+            what: None,
         } => bench::run(quick, json.as_deref(), &backend, repeat),
+        Cmd::FairTenant(args) => fairness::tenant(args),
         Cmd::LaunchRate { launches, start_at_ms } => bench::launch_rate(launches, start_at_ms),
         Cmd::Probe { quick } => bench::probe(quick),
     }

@@ -190,3 +190,78 @@ pub fn session_sched(
     }
     any.then(|| SessionSched::new(region, backend.clone(), by_ordinal, &visible))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::table::{CLASS_GUARANTEED, CLASS_PREEMPTIBLE};
+    use super::*;
+
+    #[test]
+    fn a_session_gets_a_slot_per_gpu_it_sees_with_its_plan_and_gives_them_back() {
+        let shared = SchedShared::create(false, 2).expect("table");
+        let region = shared.region().expect("mapped");
+        let limits = Limits {
+            devices: Some(vec![1]),
+            sharing: vec![SlotConfig {
+                class: CLASS_GUARANTEED,
+                share: 0.3,
+                cap: true,
+                sm_percent: 100,
+            }],
+            ..Default::default()
+        };
+        let c = claim(Some(&shared), &limits);
+        assert_eq!(c.sm_percent, 100, "no MPS here");
+        assert_eq!(c.slots.len(), 1);
+        let (d, slot) = c.slots[0];
+        let slot = slot.expect("a slot");
+        assert_eq!(d, 1);
+        let s = &region.gpus[1].slots[slot];
+        assert_eq!(
+            (s.class(), s.share_ppm(), s.capped()),
+            (CLASS_GUARANTEED, 300_000, true)
+        );
+        s.charged.store(1234, Ordering::Release);
+        assert_eq!(charged(Some(&shared), &c.slots), vec![1234]);
+        // A keyless session sees both GPUs with the default plan.
+        let all = claim(Some(&shared), &Limits::default());
+        assert_eq!(all.slots.iter().map(|s| s.0).collect::<Vec<_>>(), vec![0, 1]);
+        let other = all.slots[1].1.expect("slot");
+        assert_ne!(other, slot);
+        assert_eq!(region.gpus[1].slots[other].class(), super::super::table::CLASS_BURST);
+        release(Some(&shared), &c.slots);
+        release(Some(&shared), &all.slots);
+        assert_eq!(region.gpus[1].slots[slot].in_use.load(Ordering::Acquire), 0);
+        assert_eq!(region.gpus[1].ps_sessions.load(Ordering::Acquire), 0);
+        // Released slots are claimed again (64 sessions per GPU, not 64 in the server's life).
+        for _ in 0..200 {
+            let c = claim(
+                Some(&shared),
+                &Limits {
+                    devices: Some(vec![0]),
+                    sharing: vec![SlotConfig {
+                        class: CLASS_PREEMPTIBLE,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            );
+            assert!(c.slots[0].1.is_some());
+            release(Some(&shared), &c.slots);
+        }
+    }
+
+    #[test]
+    fn a_worker_sees_its_slots_through_the_handoff() {
+        let shared = SchedShared::create(false, 1).expect("table");
+        let c = claim(Some(&shared), &Limits::default());
+        let mut by_ordinal = [NO_SLOT; HANDOFF_DEVICES];
+        by_ordinal[0] = c.slots[0].1.expect("slot") as u16;
+        // The worker maps the same memfd.
+        let region = super::super::gate::attach_region(&shared.fd).expect("attach");
+        let backend: Arc<dyn Backend> = Arc::new(crate::emulated::EmulatedBackend::new());
+        assert!(session_sched(region, &backend, 7, &by_ordinal, &Limits::default()).is_some());
+        assert!(session_sched(region, &backend, 7, &[NO_SLOT; HANDOFF_DEVICES], &Limits::default()).is_none());
+        release(Some(&shared), &c.slots);
+    }
+}
