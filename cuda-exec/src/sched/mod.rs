@@ -1,5 +1,5 @@
 //! Enforced GPU sharing: one scheduler per GPU, shared by every worker process of the server, that decides when
-//! each session's submitted work reaches the driver, from GPU time measured on the GPU. Design: `bench/NOTES.md` §7.
+//! each session's submitted work reaches the driver, from GPU time measured on the GPU. Design: `bench/NOTES.md` §10.
 //!
 //! The server creates the shared table (`table::Region`, a memfd) at start and hands it to every worker it spawns
 //! (the pre-started spare included); it claims one slot per GPU for each session from the session's ticket and

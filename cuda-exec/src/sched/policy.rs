@@ -137,7 +137,7 @@ pub fn admit(t: &GpuTable, me: usize, est: u64, now: u64, p: &Params) -> Admit {
     let mine = s.effective_vtime();
     // With equal shares on a time-sliced GPU, the GPU's own time-slicer already gives each session with work queued
     // an equal slice (1.03× between the slowest and the fastest of 8 processes natively), and does so more exactly
-    // than the scheduler's estimate of contended GPU time can (see NOTES §7): the scheduler then only bounds how
+    // than the scheduler's estimate of contended GPU time can (see NOTES §10): the scheduler then only bounds how
     // much each keeps queued. Unequal shares, caps and MPS (where kernels run side by side) need the rule below.
     let by_gpu = view.uniform && t.mode.load(Ordering::Relaxed) == MODE_TIME_SLICED;
     if view.peers && by_gpu {

@@ -436,7 +436,7 @@ mod tests {
     fn equal_shares_are_no_less_fair_than_the_gpus_own_time_slicing() {
         // Launch-bound tenants that synchronise at different rates: one that synchronises every 100 µs of work waits
         // a whole round of the GPU's time-slicer each time, with or without the scheduler (a physical limit of
-        // time-slicing, see NOTES §7); the scheduler must not make it worse.
+        // time-slicing, see NOTES §10); the scheduler must not make it worse.
         let tenants: Vec<Tenant> = (0..8)
             .map(|i| {
                 let mut t = Tenant::busy(1.0, 5_000);
