@@ -444,6 +444,34 @@ mod tests {
     }
 
     #[test]
+    fn delivered_gpu_time_accumulates_per_gpu_until_reported() {
+        let authority = TicketAuthority::new(ControlLink {
+            url: "http://127.0.0.1:9".into(),
+            node_token: "t".into(),
+            name: "n".into(),
+            advertise: None,
+        });
+        let mut m = metered(0.0, 0.5);
+        m.ended = false;
+        m.gpu_busy_seconds = vec![0.0, 0.0];
+        authority.state().usage.insert("sess_9".into(), m);
+        for busy in [vec![0.5, 0.25], vec![0.125, 0.0]] {
+            authority.record(UsageDelta {
+                label: "sess_9".into(),
+                period_start: 1,
+                period_end: 2,
+                seconds: 1.0,
+                memory_byte_seconds: 0.0,
+                bytes_moved: 0,
+                allocated_bytes: 0,
+                gpu_busy_seconds: busy,
+                ended: false,
+            });
+        }
+        assert_eq!(authority.state().usage["sess_9"].gpu_busy_seconds, vec![0.625, 0.25]);
+    }
+
+    #[test]
     fn samples_weigh_gpu_time_by_share_and_count_memory_once() {
         let s = samples("sess_1", &metered(60.0, 0.25));
         assert_eq!(s.len(), 2);

@@ -477,11 +477,10 @@ fn monitor_round(s: &Arc<SessionSched>) {
     let mut i = 0;
     while i < inner.closed.len() {
         let b = &inner.closed[i];
-        if !b.unmeasured && s.backend.ctx_set_current(b.ctx).is_err() {
-            i += 1;
-            continue;
-        }
+        // A context that cannot be made current is gone (its events with it): the batch is charged its estimate.
+        let gone = !b.unmeasured && s.backend.ctx_set_current(b.ctx).is_err();
         let done = b.unmeasured
+            || gone
             || b.marks
                 .iter()
                 .all(|m| s.backend.event_query(m.end) != Err(CUDA_ERROR_NOT_READY));
@@ -490,6 +489,11 @@ fn monitor_round(s: &Arc<SessionSched>) {
             continue;
         }
         let Some(b) = inner.closed.remove(i) else { break };
+        if gone {
+            policy::complete(s.table(b.gpu), b.slot, b.est, None, monotonic_ns(), &p);
+            inner.events.remove(&b.ctx);
+            continue;
+        }
         let span = if b.unmeasured {
             None
         } else {

@@ -155,4 +155,3 @@ fn with_the_scheduler_off_a_session_is_neither_gated_nor_measured() {
     );
     assert_eq!(charged(region, &a), 0);
 }
-
