@@ -273,7 +273,7 @@ impl ChannelGate {
     /// Waits until the session may put `work` on `stream` (the calling thread's current context), then books it in
     /// the channel's open batch. Returns at once for an unscheduled session or GPU.
     pub fn submit(&self, stream: u64, work: Work) {
-        let Some(s) = self.sched.clone() else { return };
+        let Some(s) = self.sched.as_ref() else { return };
         let Some((gpu, slot)) = s.target() else { return };
         let units = work.units();
         let est = units.saturating_mul(s.unit_ns.load(Ordering::Relaxed));
@@ -292,7 +292,7 @@ impl ChannelGate {
         if switch {
             if let Some(b) = open.batch.take() {
                 drop(open);
-                self.close_on(&s, b);
+                self.close_on(s, b);
                 open = self.open();
             }
         }
@@ -302,7 +302,7 @@ impl ChannelGate {
         }
         if open.budget < est {
             drop(open);
-            self.acquire(&s, gpu, slot, est, &p);
+            self.acquire(s, gpu, slot, est, &p);
             open = self.open();
         }
         open.budget = open.budget.saturating_sub(est);
@@ -399,7 +399,7 @@ impl ChannelGate {
     /// Before a synchronous call: the channel's work so far is closed into a batch (so it is measured while the
     /// client waits) and its unused booking is returned.
     pub fn sync_point(&self) {
-        let Some(s) = self.sched.clone() else { return };
+        let Some(s) = self.sched.as_ref() else { return };
         let (batch, budget, (gpu, slot)) = {
             let mut open = self.open();
             (open.batch.take(), std::mem::take(&mut open.budget), open.budget_on)
