@@ -24,7 +24,10 @@ step "CUDA 13.0 headers, nvcc and cudart from NVIDIA's PyPI wheels"
 cuda_env=$(scripts/setup-cuda.sh) || { echo "setup-cuda.sh failed"; echo "0 passed, 1 failed"; exit 1; }
 echo "$cuda_env"
 NVCC=$(printf '%s\n' "$cuda_env" | sed -n 's/^NVCC=//p')
-step "generated driver declarations match cuda.h"
+step "generated driver declarations match cuda.h and nvml.h (tools/gen-sys, bindgen)"
+if ! cargo run -q --release --manifest-path tools/gen-sys/Cargo.toml -- --check .cuda/include; then
+  total_fail=$((total_fail + 1))
+fi
 if ! python3 tools/gen_driver_api.py --check; then total_fail=$((total_fail + 1)); fi
 
 step "cargo test (every crate)"

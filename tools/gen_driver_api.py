@@ -168,8 +168,6 @@ def main():
     exports = exported_names(include_dir)
     outputs = {
         os.path.join(ROOT, "client-shim/src/generated/driver_exports.rs"): render_exports(exports),
-        os.path.join(ROOT, "client-shim/src/generated/proc_table.rs"): render_proc_table(proc_table(include_dir, exports)),
-        os.path.join(ROOT, "dataplane/src/generated/cu_result_names.rs"): render_results(result_codes(include_dir)),
         os.path.join(ROOT, "client-shim/nvml/src/generated/nvml_exports.rs"): render_nvml_exports(nvml_names(include_dir)),
     }
     stale = []

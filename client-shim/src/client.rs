@@ -17,7 +17,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::log::{log, ERROR, INFO, WARN};
 
 /// Returned by every call once the server is gone: the app sees a lost device, as with a GPU that fell off the bus.
-pub const LOST: u32 = 46; // CUDA_ERROR_DEVICE_UNAVAILABLE
+pub const LOST: CUresult = CUDA_ERROR_DEVICE_UNAVAILABLE;
 
 /// Immutable facts of the session, fixed at `cuInit`.
 pub struct Session {
@@ -35,10 +35,10 @@ pub struct Session {
     _primary: Arc<Mutex<Channel>>,
 }
 
-static SESSION: OnceLock<Result<Session, u32>> = OnceLock::new();
+static SESSION: OnceLock<CuResult<Session>> = OnceLock::new();
 
 /// The session, or the error `cuInit` returned (`CUDA_ERROR_NOT_INITIALIZED` before `cuInit`).
-pub fn session() -> Result<&'static Session, u32> {
+pub fn session() -> CuResult<&'static Session> {
     match SESSION.get() {
         Some(Ok(s)) => Ok(s),
         Some(Err(e)) => Err(*e),
@@ -47,14 +47,14 @@ pub fn session() -> Result<&'static Session, u32> {
 }
 
 /// Connects to the server named by `VGPU_SERVER` (once per process) and returns `cuInit`'s result.
-pub fn init() -> u32 {
+pub fn init() -> CUresult {
     match SESSION.get_or_init(connect_session) {
         Ok(_) => CUDA_SUCCESS,
         Err(e) => *e,
     }
 }
 
-fn connect_session() -> Result<Session, u32> {
+fn connect_session() -> CuResult<Session> {
     let target = crate::ticket::target()?;
     let endpoint = Endpoint::parse(&target.server).map_err(|why| {
         log!(ERROR, "VGPU_SERVER: {why}");
@@ -98,7 +98,7 @@ fn connect_session() -> Result<Session, u32> {
 
 type Opened = (Box<dyn Transport>, Welcome, Vec<DeviceFacts>, String);
 
-fn open_channel(endpoint: &Endpoint, hello: &Hello, credential: &[u8]) -> Result<Opened, u32> {
+fn open_channel(endpoint: &Endpoint, hello: &Hello, credential: &[u8]) -> CuResult<Opened> {
     let framed = encode_hello(hello, credential);
     let mut t = vgpu_transports::connect(endpoint, &framed).map_err(|e| {
         log!(
@@ -145,11 +145,11 @@ thread_local! {
 }
 
 /// Runs `f` on this thread's channel, opening one (attached to the session) on the thread's first call.
-pub fn with_channel<R>(f: impl FnOnce(&mut Channel, &Session) -> Result<R, u32>) -> Result<R, u32> {
+pub fn with_channel<R>(f: impl FnOnce(&mut Channel, &Session) -> CuResult<R>) -> CuResult<R> {
     let s = session()?;
     // At process exit the runtime's atexit handlers still make calls (primary context release) after this
     // thread's locals are gone: those go over the first channel, which lives as long as the session.
-    let ch = CHANNEL.try_with(|c| -> Result<Arc<Mutex<Channel>>, u32> {
+    let ch = CHANNEL.try_with(|c| -> CuResult<Arc<Mutex<Channel>>> {
         let mut slot = c.borrow_mut();
         if let Some(ch) = &*slot {
             return Ok(ch.clone());
@@ -202,7 +202,7 @@ impl Channel {
         }
     }
 
-    fn fail(&mut self, what: &dyn std::fmt::Display) -> u32 {
+    fn fail(&mut self, what: &dyn std::fmt::Display) -> CUresult {
         self.broken = true;
         if !LOST_REPORTED.swap(true, Ordering::Relaxed) {
             log!(
@@ -227,7 +227,7 @@ impl Channel {
     }
 
     /// Writes out this channel's batch only (used while flushing the other channels).
-    fn flush_own(&mut self) -> Result<(), u32> {
+    fn flush_own(&mut self) -> CuResult<()> {
         if self.broken || self.batch.is_empty() {
             return Ok(());
         }
@@ -237,7 +237,7 @@ impl Channel {
     }
 
     /// Writes out everything batched so far.
-    pub fn flush(&mut self) -> Result<(), u32> {
+    pub fn flush(&mut self) -> CuResult<()> {
         if self.broken {
             return Err(LOST);
         }
@@ -251,7 +251,7 @@ impl Channel {
     }
 
     /// Queues an asynchronous call; its error, if any, latches on the server.
-    pub fn post<C: Call>(&mut self, flags: u16, call: &C, tail: &[u8], batch_limit: usize) -> Result<(), u32> {
+    pub fn post<C: Call>(&mut self, flags: u16, call: &C, tail: &[u8], batch_limit: usize) -> CuResult<()> {
         self.post_with(flags, call, tail.len(), |buf| buf.put_slice(tail), batch_limit)
     }
 
@@ -263,7 +263,7 @@ impl Channel {
         tail_len: usize,
         write_tail: impl FnOnce(&mut BytesMut),
         batch_limit: usize,
-    ) -> Result<(), u32> {
+    ) -> CuResult<()> {
         debug_assert!(!C::SYNC);
         if self.broken {
             return Err(LOST);
@@ -305,14 +305,14 @@ impl Channel {
         call: &C,
         tail: &[u8],
         reply_tail: Option<&mut Vec<u8>>,
-    ) -> Result<C::Reply, u32> {
+    ) -> CuResult<C::Reply> {
         debug_assert!(C::SYNC);
         let seq = self.send_sync::<C>(flags, call, tail)?;
         let header = self.await_reply(seq)?;
-        if header.result != CUDA_SUCCESS {
-            note_sticky(header.result);
+        if header.status() != CUDA_SUCCESS {
+            note_sticky(header.status());
             self.skip(header.len as usize)?;
-            return Err(header.result);
+            return Err(header.status());
         }
         let body_len = std::mem::size_of::<C::Reply>();
         if (header.len as usize) < body_len {
@@ -334,13 +334,13 @@ impl Channel {
     }
 
     /// `cuMemcpyDtoH`: the data lands straight in `dst`, then a final status word follows.
-    pub fn copy_to_host(&mut self, flags: u16, call: &MemcpyDtoH, dst: &mut [u8]) -> Result<(), u32> {
+    pub fn copy_to_host(&mut self, flags: u16, call: &MemcpyDtoH, dst: &mut [u8]) -> CuResult<()> {
         let seq = self.send_sync::<MemcpyDtoH>(flags, call, &[])?;
         let header = self.await_reply(seq)?;
-        if header.result != CUDA_SUCCESS {
-            note_sticky(header.result);
+        if header.status() != CUDA_SUCCESS {
+            note_sticky(header.status());
             self.skip(header.len as usize)?;
-            return Err(header.result);
+            return Err(header.status());
         }
         if header.len as usize != dst.len() + 4 {
             return Err(self.fail(&"device-to-host reply of the wrong length"));
@@ -348,13 +348,10 @@ impl Channel {
         self.transport.recv_exact(dst).map_err(|e| self.fail(&e))?;
         let mut status = [0u8; 4];
         self.transport.recv_exact(&mut status).map_err(|e| self.fail(&e))?;
-        match u32::from_le_bytes(status) {
-            CUDA_SUCCESS => Ok(()),
-            e => Err(e),
-        }
+        CUresult::from_code(u32::from_le_bytes(status)).result()
     }
 
-    fn send_sync<C: Call>(&mut self, flags: u16, call: &C, tail: &[u8]) -> Result<u32, u32> {
+    fn send_sync<C: Call>(&mut self, flags: u16, call: &C, tail: &[u8]) -> CuResult<u32> {
         if self.broken {
             return Err(LOST);
         }
@@ -375,7 +372,7 @@ impl Channel {
     }
 
     /// Reads frames until the reply to `seq`, landing pushed async-copy data on the way.
-    fn await_reply(&mut self, seq: u32) -> Result<ReplyHeader, u32> {
+    fn await_reply(&mut self, seq: u32) -> CuResult<ReplyHeader> {
         loop {
             let mut head = ReplyHeader::default();
             self.transport
@@ -395,7 +392,7 @@ impl Channel {
         }
     }
 
-    fn land_push(&mut self, len: usize) -> Result<(), u32> {
+    fn land_push(&mut self, len: usize) -> CuResult<()> {
         let mut push = PushHeader::default();
         if len < std::mem::size_of::<PushHeader>() {
             return Err(self.fail(&"short push frame"));
@@ -429,7 +426,7 @@ impl Channel {
         }
     }
 
-    fn skip(&mut self, mut len: usize) -> Result<(), u32> {
+    fn skip(&mut self, mut len: usize) -> CuResult<()> {
         let mut scratch = [0u8; 4096];
         while len > 0 {
             let n = len.min(scratch.len());
@@ -449,20 +446,17 @@ impl Channel {
 /// exact for the usual one context per device.
 static STICKY: AtomicU32 = AtomicU32::new(0);
 
-fn note_sticky(code: u32) {
+fn note_sticky(code: CUresult) {
     // ILLEGAL_ADDRESS, LAUNCH_TIMEOUT, ASSERT, HARDWARE_STACK_ERROR, ILLEGAL_INSTRUCTION,
     // MISALIGNED_ADDRESS, INVALID_ADDRESS_SPACE, INVALID_PC, LAUNCH_FAILED.
-    if matches!(code, 700 | 702 | 710 | 714..=719) {
-        let _ = STICKY.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+    if matches!(code.code(), 700 | 702 | 710 | 714..=719) {
+        let _ = STICKY.compare_exchange(0, code.code(), Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
 /// `Err(the sticky error)` once a kernel fault was reported, until the primary context is reset.
-pub fn sticky_error() -> Result<(), u32> {
-    match STICKY.load(Ordering::Relaxed) {
-        0 => Ok(()),
-        code => Err(code),
-    }
+pub fn sticky_error() -> CuResult<()> {
+    CUresult::from_code(STICKY.load(Ordering::Relaxed)).result()
 }
 
 /// A successful `cuDevicePrimaryCtxReset` ends the sticky error (the faulted context is gone).
@@ -471,17 +465,17 @@ pub fn clear_sticky() {
 }
 
 /// Sends a synchronous call on this thread's channel.
-pub fn call<C: Call>(flags: u16, c: &C, tail: &[u8]) -> Result<C::Reply, u32> {
+pub fn call<C: Call>(flags: u16, c: &C, tail: &[u8]) -> CuResult<C::Reply> {
     with_channel(|ch, _| ch.call(flags, c, tail, None))
 }
 
 /// Sends a synchronous call whose reply carries a tail.
-pub fn call_with_tail<C: Call>(flags: u16, c: &C, tail: &[u8], reply_tail: &mut Vec<u8>) -> Result<C::Reply, u32> {
+pub fn call_with_tail<C: Call>(flags: u16, c: &C, tail: &[u8], reply_tail: &mut Vec<u8>) -> CuResult<C::Reply> {
     with_channel(|ch, _| ch.call(flags, c, tail, Some(reply_tail)))
 }
 
 /// Hands `fd` to the server tagged `tag`, then sends the synchronous call that names it (shared memory only).
-pub fn call_with_fd<C: Call>(flags: u16, c: &C, fd: std::os::fd::BorrowedFd<'_>, tag: u64) -> Result<C::Reply, u32> {
+pub fn call_with_fd<C: Call>(flags: u16, c: &C, fd: std::os::fd::BorrowedFd<'_>, tag: u64) -> CuResult<C::Reply> {
     with_channel(|ch, _| {
         ch.flush()?;
         ch.transport.send_fd(fd, tag).map_err(|e| ch.fail(&e))?;
@@ -495,22 +489,17 @@ pub fn session_is_local() -> bool {
 }
 
 /// Queues an asynchronous call on this thread's channel.
-pub fn post<C: Call>(flags: u16, c: &C, tail: &[u8]) -> Result<(), u32> {
+pub fn post<C: Call>(flags: u16, c: &C, tail: &[u8]) -> CuResult<()> {
     with_channel(|ch, s| ch.post(flags, c, tail, s.batch_limit))
 }
 
 /// Sends an asynchronous call at once (not batched): for handle bindings other threads may use next.
-pub fn post_now<C: Call>(flags: u16, c: &C, tail: &[u8]) -> Result<(), u32> {
+pub fn post_now<C: Call>(flags: u16, c: &C, tail: &[u8]) -> CuResult<()> {
     with_channel(|ch, _| ch.post(flags, c, tail, 0))
 }
 
 /// Queues an asynchronous call with a tail written in place.
-pub fn post_with<C: Call>(
-    flags: u16,
-    c: &C,
-    tail_len: usize,
-    write_tail: impl FnOnce(&mut BytesMut),
-) -> Result<(), u32> {
+pub fn post_with<C: Call>(flags: u16, c: &C, tail_len: usize, write_tail: impl FnOnce(&mut BytesMut)) -> CuResult<()> {
     with_channel(|ch, s| ch.post_with(flags, c, tail_len, write_tail, s.batch_limit))
 }
 

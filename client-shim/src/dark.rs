@@ -29,9 +29,9 @@ enum StubAnswer {
 
 /// A pool stub's signature: six integer arguments cover every slot seen; extra ones are ignored, as the
 /// x86-64 and AArch64 calling conventions let a callee do.
-pub type SlotStub = extern "C" fn(usize, usize, usize, usize, usize, usize) -> u32;
+pub type SlotStub = extern "C" fn(usize, usize, usize, usize, usize, usize) -> CUresult;
 
-extern "C" fn slot_stub<const K: usize>(a0: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize) -> u32 {
+extern "C" fn slot_stub<const K: usize>(a0: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize) -> CUresult {
     stub_called(K, [a0, a1, a2, a3, a4, a5])
 }
 
@@ -55,7 +55,7 @@ fn owners() -> MutexGuard<'static, HashMap<usize, StubOwner>> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
-fn stub_called(k: usize, args: [usize; 6]) -> u32 {
+fn stub_called(k: usize, args: [usize; 6]) -> CUresult {
     let mut owners = owners();
     let Some(o) = owners.get_mut(&k) else {
         return CUDA_ERROR_NOT_SUPPORTED;
@@ -271,7 +271,7 @@ const UNKNOWN_TABLE_SLOTS: usize = 64;
 
 /// The table for `id`. Unknown UUIDs are sized by asking the server's driver (`size`), and otherwise get
 /// `UNKNOWN_TABLE_SLOTS` stubs; `size` returns `Err` when the server's driver has no such table.
-pub fn get(id: &Uuid, size: impl FnOnce(&Uuid) -> Result<Option<u64>, u32>) -> Result<usize, u32> {
+pub fn get(id: &Uuid, size: impl FnOnce(&Uuid) -> CuResult<Option<u64>>) -> CuResult<usize> {
     if let Some(&t) = tables().get(id) {
         return Ok(t);
     }
@@ -305,7 +305,7 @@ pub fn get(id: &Uuid, size: impl FnOnce(&Uuid) -> Result<Option<u64>, u32>) -> R
 
 /// [1]: loads the module of a fat-binary wrapper (`__fatBinC_Wrapper_t`), as cudart before 12 did for every
 /// kernel and some libraries still do.
-extern "C" fn get_module_from_cubin(module: *mut *mut c_void, wrapper: *const c_void) -> u32 {
+extern "C" fn get_module_from_cubin(module: *mut *mut c_void, wrapper: *const c_void) -> CUresult {
     crate::log::trace_call!("CUDART_INTERFACE[1] get_module_from_cubin");
     crate::api::code(crate::api::load_module_image(module, wrapper))
 }
@@ -317,7 +317,7 @@ extern "C" fn get_module_from_cubin_ext1(
     a3: *mut c_void,
     a4: *mut c_void,
     a5: u32,
-) -> u32 {
+) -> CUresult {
     crate::log::trace_call!("CUDART_INTERFACE[6] get_module_from_cubin_ext1");
     if !a3.is_null() || !a4.is_null() || a5 != 0 {
         return CUDA_ERROR_NOT_SUPPORTED;
@@ -332,7 +332,7 @@ extern "C" fn get_module_from_cubin_ext2(
     a3: *mut c_void,
     a4: *mut c_void,
     a5: u32,
-) -> u32 {
+) -> CUresult {
     crate::log::trace_call!("CUDART_INTERFACE[8] get_module_from_cubin_ext2");
     if !a3.is_null() || !a4.is_null() || a5 != 0 {
         return CUDA_ERROR_NOT_SUPPORTED;
@@ -341,7 +341,7 @@ extern "C" fn get_module_from_cubin_ext2(
 }
 
 /// [2]: the device's primary context, without retaining or activating it.
-extern "C" fn primary_ctx_get(out: *mut *mut c_void, dev: i32) -> u32 {
+extern "C" fn primary_ctx_get(out: *mut *mut c_void, dev: i32) -> CUresult {
     crate::log::trace_call!("CUDART_INTERFACE[2] primary context");
     crate::api::code((|| {
         let s = client::session()?;
@@ -364,7 +364,7 @@ extern "C" fn primary_ctx_get(out: *mut *mut c_void, dev: i32) -> u32 {
 extern "C" fn cudart_interface_noop(_a: usize) {}
 
 /// [12]: loads the PTX compiler and friends natively; the server's driver has its own.
-extern "C" fn load_compilers() -> u32 {
+extern "C" fn load_compilers() -> CUresult {
     CUDA_SUCCESS
 }
 
@@ -375,7 +375,7 @@ extern "C" fn runtime_error_log(
     component: *const std::ffi::c_char,
     _level: usize,
     format: *const std::ffi::c_char,
-) -> u32 {
+) -> CUresult {
     if crate::log::level() >= DEBUG {
         let text = |p| {
             ffi::cstr(p)
@@ -423,7 +423,7 @@ fn cls() -> MutexGuard<'static, ClsMap> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
-fn cls_ctx(ctx: *mut c_void) -> Result<u64, u32> {
+fn cls_ctx(ctx: *mut c_void) -> CuResult<u64> {
     match ctx as u64 {
         0 => match state::current_ctx() {
             0 => Err(CUDA_ERROR_INVALID_CONTEXT),
@@ -433,19 +433,19 @@ fn cls_ctx(ctx: *mut c_void) -> Result<u64, u32> {
     }
 }
 
-extern "C" fn cls_put(ctx: *mut c_void, key: usize, value: usize, dtor: usize) -> u32 {
+extern "C" fn cls_put(ctx: *mut c_void, key: usize, value: usize, dtor: usize) -> CUresult {
     crate::api::code(cls_ctx(ctx).map(|c| {
         cls().insert((c, key), (value, dtor));
     }))
 }
 
-extern "C" fn cls_delete(ctx: *mut c_void, key: usize) -> u32 {
+extern "C" fn cls_delete(ctx: *mut c_void, key: usize) -> CUresult {
     crate::api::code(cls_ctx(ctx).map(|c| {
         cls().remove(&(c, key));
     }))
 }
 
-extern "C" fn cls_get(value: *mut usize, ctx: *mut c_void, key: usize) -> u32 {
+extern "C" fn cls_get(value: *mut usize, ctx: *mut c_void, key: usize) -> CUresult {
     crate::api::code((|| {
         let c = cls_ctx(ctx)?;
         let v = cls().get(&(c, key)).map(|e| e.0).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
@@ -476,12 +476,12 @@ pub fn context_reset(ctx: u64) {
 // ---- CONTEXT_CHECKS --------------------------------------------------------------------------------------
 
 /// [2]: reports that the context needs no special handling (0), as every traced call saw.
-extern "C" fn context_check(_ctx: *mut c_void, result: *mut u32, _out: *mut *const c_void) -> u32 {
+extern "C" fn context_check(_ctx: *mut c_void, result: *mut u32, _out: *mut *const c_void) -> CUresult {
     crate::api::code(ffi::write(result, 0))
 }
 
-extern "C" fn context_check_fn3() -> u32 {
-    0
+extern "C" fn context_check_fn3() -> CUresult {
+    CUDA_SUCCESS
 }
 
 // ---- INTEGRITY_CHECK -------------------------------------------------------------------------------------
@@ -568,7 +568,7 @@ fn reported_devices() -> Vec<DeviceIdentity> {
         .unwrap_or_default()
 }
 
-extern "C" fn integrity_check(version: u32, unix_seconds: u64, result: *mut [u64; 2]) -> u32 {
+extern "C" fn integrity_check(version: u32, unix_seconds: u64, result: *mut [u64; 2]) -> CUresult {
     crate::log::trace_call!("INTEGRITY_CHECK[1]");
     log!(DEBUG, "integrity check for runtime version {version} at {unix_seconds}");
     let table = |id: &Uuid| get(id, |_| Ok(None)).unwrap_or(0);
@@ -615,7 +615,7 @@ extern "C" fn module_walk_functions(_ctx: usize, module: usize, visit: Option<Fu
 // (its `lupine_private_export_slot_called`).
 
 /// [4](flag, out): writes whether `flag` is non-zero.
-extern "C" fn cublaslt_2131_slot4(flag: usize, out: *mut u64) -> u32 {
+extern "C" fn cublaslt_2131_slot4(flag: usize, out: *mut u64) -> CUresult {
     if out.is_null() {
         return CUDA_ERROR_UNKNOWN;
     }
@@ -623,7 +623,7 @@ extern "C" fn cublaslt_2131_slot4(flag: usize, out: *mut u64) -> u32 {
 }
 
 /// [39](_, handle, out): writes 0.
-extern "C" fn cublaslt_2131_slot39(_a0: usize, handle: usize, out: *mut u64) -> u32 {
+extern "C" fn cublaslt_2131_slot39(_a0: usize, handle: usize, out: *mut u64) -> CUresult {
     if handle == 0 || out.is_null() {
         return CUDA_ERROR_INVALID_VALUE;
     }
@@ -631,7 +631,7 @@ extern "C" fn cublaslt_2131_slot39(_a0: usize, handle: usize, out: *mut u64) -> 
 }
 
 /// [51](_, key, out): hands out an opaque zeroed object; key !0 means "none" (CUDA_ERROR_INVALID_HANDLE).
-extern "C" fn cublaslt_2131_slot51(_a0: usize, key: usize, out: *mut usize) -> u32 {
+extern "C" fn cublaslt_2131_slot51(_a0: usize, key: usize, out: *mut usize) -> CUresult {
     if out.is_null() {
         return CUDA_ERROR_INVALID_VALUE;
     }

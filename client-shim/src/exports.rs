@@ -7,7 +7,7 @@
 macro_rules! stub {
     ($name:ident) => {
         #[no_mangle]
-        pub extern "C" fn $name() -> u32 {
+        pub extern "C" fn $name() -> vgpu_dataplane::cuerr::CUresult {
             static ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
             $crate::log::unimplemented(stringify!($name), &ONCE)
         }

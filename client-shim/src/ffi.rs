@@ -2,11 +2,12 @@
 //! All of the shim's pointer dereferences happen here, each trusting the CUDA API contract for that argument.
 
 use std::ffi::{c_char, CStr};
+use vgpu_dataplane::cuerr::CuResult;
 
 use vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_VALUE;
 
 /// Writes `value` through an out-parameter; a NULL out-parameter is `CUDA_ERROR_INVALID_VALUE`, as natively.
-pub(crate) fn write<T>(ptr: *mut T, value: T) -> Result<(), u32> {
+pub(crate) fn write<T>(ptr: *mut T, value: T) -> CuResult<()> {
     if ptr.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -16,7 +17,7 @@ pub(crate) fn write<T>(ptr: *mut T, value: T) -> Result<(), u32> {
 }
 
 /// Borrows `len` bytes of caller memory (a copy source, kernel argument, module image).
-pub(crate) fn bytes<'a>(ptr: *const u8, len: usize) -> Result<&'a [u8], u32> {
+pub(crate) fn bytes<'a>(ptr: *const u8, len: usize) -> CuResult<&'a [u8]> {
     if len == 0 {
         return Ok(&[]);
     }
@@ -28,7 +29,7 @@ pub(crate) fn bytes<'a>(ptr: *const u8, len: usize) -> Result<&'a [u8], u32> {
 }
 
 /// Borrows `len` bytes of caller memory for writing (a copy destination).
-pub(crate) fn bytes_mut<'a>(ptr: *mut u8, len: usize) -> Result<&'a mut [u8], u32> {
+pub(crate) fn bytes_mut<'a>(ptr: *mut u8, len: usize) -> CuResult<&'a mut [u8]> {
     if len == 0 {
         return Ok(&mut []);
     }
@@ -40,7 +41,7 @@ pub(crate) fn bytes_mut<'a>(ptr: *mut u8, len: usize) -> Result<&'a mut [u8], u3
 }
 
 /// A NUL-terminated name from the caller.
-pub(crate) fn cstr<'a>(ptr: *const c_char) -> Result<&'a CStr, u32> {
+pub(crate) fn cstr<'a>(ptr: *const c_char) -> CuResult<&'a CStr> {
     if ptr.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -56,7 +57,7 @@ pub(crate) fn array_item<T>(array: *const *mut T, index: usize) -> *mut T {
 }
 
 /// Reads a value the caller points to (a launch-parameter buffer size).
-pub(crate) fn read<T: Copy>(ptr: *const T) -> Result<T, u32> {
+pub(crate) fn read<T: Copy>(ptr: *const T) -> CuResult<T> {
     if ptr.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -126,8 +127,8 @@ pub(crate) fn call_host_fn(f: usize, user: usize) {
 }
 
 /// Runs a stream callback the app enqueued with `cuStreamAddCallback` (`CUstreamCallback`).
-pub(crate) fn call_stream_callback(f: usize, stream: usize, status: u32, user: usize) {
-    type StreamCallback = extern "C" fn(usize, u32, usize);
+pub(crate) fn call_stream_callback(f: usize, stream: usize, status: vgpu_dataplane::cuerr::CUresult, user: usize) {
+    type StreamCallback = extern "C" fn(usize, vgpu_dataplane::cuerr::CUresult, usize);
     // SAFETY: f is the app's non-NULL CUstreamCallback (checked by the caller): (hStream, status, userData).
     let f: StreamCallback = unsafe { std::mem::transmute::<usize, StreamCallback>(f) };
     f(stream, status, user)
@@ -143,7 +144,7 @@ pub(crate) fn call_block_to_smem(f: usize, block: i32) -> usize {
 
 /// Page-aligned, zeroed host memory of `size` bytes backed by a memfd that the server can map too (pinned
 /// allocations of shared-memory sessions). The mapping stays after the descriptor is passed on and dropped.
-pub(crate) fn alloc_shared(size: usize) -> Result<(*mut u8, std::os::fd::OwnedFd), u32> {
+pub(crate) fn alloc_shared(size: usize) -> CuResult<(*mut u8, std::os::fd::OwnedFd)> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let oom = vgpu_dataplane::cuerr::CUDA_ERROR_OUT_OF_MEMORY;
     if size == 0 {

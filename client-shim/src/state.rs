@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use vgpu_dataplane::cuerr::{CUresult, CuResult};
 
 use vgpu_dataplane::wire::FunctionInfo;
 
@@ -32,7 +33,7 @@ pub struct ModuleInfo {
     pub is_library: bool,
     /// A library whose image the server rejected: natively, library loading is lazy, so the error surfaces
     /// at the first kernel lookup instead of at the load.
-    pub deferred_error: Option<u32>,
+    pub deferred_error: Option<CUresult>,
     pub functions: HashMap<String, Arc<FunctionInfo>>,
     /// Handles given out so far, by name: the driver hands out one handle per function of a module, however
     /// often it is looked up (cuFFT compares the handles its module walk finds with those it looked up).
@@ -139,7 +140,7 @@ impl Registry {
 
     /// CUDA_ERROR_INVALID_VALUE unless [addr, addr+len) lies inside known device ranges without a gap: one, or
     /// several back to back (VMM mappings next to each other, which PyTorch copies across).
-    pub fn check_range(&self, addr: u64, len: u64) -> Result<(), u32> {
+    pub fn check_range(&self, addr: u64, len: u64) -> CuResult<()> {
         vgpu_dataplane::ranges::covered(&self.device_ranges, addr, len)
     }
 

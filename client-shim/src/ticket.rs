@@ -12,7 +12,7 @@ pub struct Target {
 }
 
 /// Decides the target from the environment. Errors are logged with their reason and become `cuInit`'s result.
-pub fn target() -> Result<Target, u32> {
+pub fn target() -> CuResult<Target> {
     let server = std::env::var("VGPU_SERVER").ok().filter(|s| !s.is_empty());
     if let Ok(ticket) = std::env::var("VGPU_TICKET") {
         return Ok(Target {
@@ -55,7 +55,7 @@ struct Grant {
 
 /// `POST /v1/tickets` with the tenant's key. A session runs on one server: the one holding the first GPU the
 /// ticket names.
-fn fetch_ticket(url: &str, key: &str) -> Result<Grant, u32> {
+fn fetch_ticket(url: &str, key: &str) -> CuResult<Grant> {
     let endpoint = format!("{}/v1/tickets", url.trim_end_matches('/'));
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(5))

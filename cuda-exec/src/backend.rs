@@ -5,7 +5,7 @@ use vgpu_dataplane::handshake::DeviceFacts;
 use vgpu_dataplane::wire::{FunctionInfo, MemAccessDesc, MemAllocProp};
 
 /// A failed driver call: the non-zero CUresult.
-pub type CuResult<T> = Result<T, u32>;
+pub use vgpu_dataplane::cuerr::CuResult;
 
 /// A kernel found in a loaded module or library, with the real handle the backend launches through.
 #[derive(Debug, Clone)]

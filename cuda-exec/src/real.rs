@@ -20,7 +20,7 @@ macro_rules! driver_table {
         #[allow(non_snake_case)]
         struct Driver {
             _lib: libloading::Library,
-            $( $field: unsafe extern "C" fn($($arg),*) -> u32, )*
+            $( $field: unsafe extern "C" fn($($arg),*) -> CUresult, )*
         }
 
         impl Driver {
@@ -35,7 +35,7 @@ macro_rules! driver_table {
                 }
                 $(
                     // SAFETY: the symbol has this C signature in CUDA 13.0's cuda.h.
-                    let $field = *unsafe { lib.get::<unsafe extern "C" fn($($arg),*) -> u32>(concat!($sym, "\0").as_bytes()) }
+                    let $field = *unsafe { lib.get::<unsafe extern "C" fn($($arg),*) -> CUresult>(concat!($sym, "\0").as_bytes()) }
                         .map_err(|e| format!("{path} lacks {}: {e}", $sym))?;
                 )*
                 Ok(Driver { _lib: lib, $( $field, )* })
@@ -336,7 +336,7 @@ pub struct RealBackend {
     devices: Vec<DeviceFacts>,
 }
 
-fn ok(code: u32) -> CuResult<()> {
+fn ok(code: CUresult) -> CuResult<()> {
     if code == CUDA_SUCCESS {
         Ok(())
     } else {
@@ -408,7 +408,7 @@ impl RealBackend {
     fn function_info(
         &self,
         name: String,
-        param: impl Fn(usize, &mut usize, &mut usize) -> u32,
+        param: impl Fn(usize, &mut usize, &mut usize) -> CUresult,
         attr: impl Fn(c_int) -> CuResult<c_int>,
     ) -> FunctionInfo {
         let mut params = Vec::new();

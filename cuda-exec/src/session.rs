@@ -175,7 +175,7 @@ impl Session {
     }
 
     /// The server's ordinal for the client's device `dev`.
-    fn real_device(&self, dev: u32) -> Result<i32, u32> {
+    fn real_device(&self, dev: u32) -> CuResult<i32> {
         let real = match &self.limits.devices {
             None => dev,
             Some(list) => *list.get(dev as usize).ok_or(CUDA_ERROR_INVALID_DEVICE)?,
@@ -207,7 +207,7 @@ impl Session {
 
     /// Reserves `size` bytes against the memory limit before the driver allocates them, so that concurrent
     /// client threads cannot together pass it.
-    fn reserve(&self, size: u64) -> Result<(), u32> {
+    fn reserve(&self, size: u64) -> CuResult<()> {
         let mut objs = self.objects();
         let after = objs.allocated_bytes.checked_add(size).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
         if self.limits.memory_bytes.is_some_and(|limit| after > limit) {
@@ -372,7 +372,8 @@ struct InFlight {
 #[derive(Default)]
 struct Channel {
     session: Option<Arc<Session>>,
-    latched: u32,
+    /// The first error of an asynchronous call since the last synchronizing reply (the driver's sticky error).
+    latched: Option<CUresult>,
     staging: Vec<HostBuffer>,
     pool: Vec<HostBuffer>,
     pending: Vec<PendingCopy>,
@@ -483,7 +484,7 @@ impl Channel {
             ($ty:ty, |$c:ident| $run:expr) => {{
                 Self::no_tail(h)?;
                 let $c = body!($ty);
-                let r: Result<<$ty as Call>::Reply, u32> = $run;
+                let r: CuResult<<$ty as Call>::Reply> = $run;
                 self.finish::<$ty>(t, h.seq, r, &[])
             }};
         }
@@ -519,7 +520,7 @@ impl Channel {
                 if r.is_ok() {
                     // The reset destroyed the context an earlier asynchronous call failed in (a launch
                     // after a kernel fault, say): the reset itself succeeded, as the native call does.
-                    self.latched = 0;
+                    self.latched = None;
                     self.s().forget_reset_context();
                 }
                 r
@@ -1197,19 +1198,17 @@ impl Channel {
         &mut self,
         t: &mut dyn Transport,
         seq: u32,
-        r: Result<C::Reply, u32>,
+        r: CuResult<C::Reply>,
         tail: &[u8],
     ) -> Result<(), ChannelEnd> {
         if !C::SYNC {
             if let Err(code) = r {
                 tracing::debug!(
                     op = std::any::type_name::<C>(),
-                    code,
+                    code = code.code(),
                     "asynchronous call failed; latched"
                 );
-                if self.latched == 0 {
-                    self.latched = code;
-                }
+                self.latched.get_or_insert(code);
             }
             return Ok(());
         }
@@ -1218,12 +1217,14 @@ impl Channel {
             Ok(reply) => (CUDA_SUCCESS, reply.as_bytes()),
             Err(code) => (*code, &[][..]),
         };
-        if result == CUDA_SUCCESS && self.latched != 0 {
-            result = std::mem::take(&mut self.latched);
+        if result == CUDA_SUCCESS {
+            if let Some(latched) = self.latched.take() {
+                result = latched;
+            }
         }
         let header = ReplyHeader {
             len: (body.len() + tail.len()) as u32,
-            result,
+            result: result.code(),
             kind: REPLY_KIND_RESULT,
             seq,
         };
@@ -1277,7 +1278,7 @@ impl Channel {
         Ok(())
     }
 
-    fn map_region(&self, id: u64, size: u64, addr: u64, fd: &std::os::fd::OwnedFd) -> Result<(), u32> {
+    fn map_region(&self, id: u64, size: u64, addr: u64, fd: &std::os::fd::OwnedFd) -> CuResult<()> {
         let len = usize::try_from(size).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
         let at = usize::try_from(addr).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
         if self.s().objects().regions.contains_key(&id) {
@@ -1292,7 +1293,7 @@ impl Channel {
         Ok(())
     }
 
-    fn unmap_region(&self, id: u64) -> Result<(), u32> {
+    fn unmap_region(&self, id: u64) -> CuResult<()> {
         let region = self.s().objects().regions.remove(&id).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         // Copies still queued on it must finish before the memory goes (the driver's cuMemFreeHost waits too).
         let _ = self.b().ctx_synchronize();
@@ -1301,15 +1302,7 @@ impl Channel {
 
     /// Queues a copy on `stream` between device memory `dev` and `size` bytes at `offset` of shared region
     /// `region` (to the device when `to_device`), after checking both sides.
-    fn region_copy(
-        &self,
-        to_device: bool,
-        dev: u64,
-        region: u64,
-        offset: u64,
-        size: u64,
-        stream: u64,
-    ) -> Result<(), u32> {
+    fn region_copy(&self, to_device: bool, dev: u64, region: u64, offset: u64, size: u64, stream: u64) -> CuResult<()> {
         self.check_range(dev, size)?;
         let (_keep, buf) = self.region_slice(region, offset, size)?;
         if to_device {
@@ -1323,12 +1316,7 @@ impl Channel {
 
     /// `size` bytes at `offset` of region `id`, as a buffer the backend can copy through; the Arc keeps the
     /// mapping alive while the copy is issued.
-    fn region_slice(
-        &self,
-        id: u64,
-        offset: u64,
-        size: u64,
-    ) -> Result<(Arc<crate::sys::SharedRegion>, HostBuffer), u32> {
+    fn region_slice(&self, id: u64, offset: u64, size: u64) -> CuResult<(Arc<crate::sys::SharedRegion>, HostBuffer)> {
         let region = self
             .s()
             .objects()
@@ -1346,7 +1334,7 @@ impl Channel {
         ))
     }
 
-    fn stream(&self, id: u64, per_thread: bool) -> Result<u64, u32> {
+    fn stream(&self, id: u64, per_thread: bool) -> CuResult<u64> {
         match id {
             0 if per_thread => Ok(STREAM_PER_THREAD),
             0..=2 => Ok(id),
@@ -1357,26 +1345,26 @@ impl Channel {
         }
     }
 
-    fn event(&self, id: u64) -> Result<u64, u32> {
+    fn event(&self, id: u64) -> CuResult<u64> {
         self.s()
             .await_object(|o| o.events.get(&id).copied())
             .ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
 
     /// A function (or library kernel) by client id, bound on this or (just now) another channel.
-    fn function(&self, id: u64) -> Result<Function, u32> {
+    fn function(&self, id: u64) -> CuResult<Function> {
         self.s()
             .await_object(|o| o.functions.get(&id).cloned())
             .ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
 
     /// [addr, addr+len) must lie inside ranges the session owns: one, or several back to back.
-    fn check_range(&self, addr: u64, len: u64) -> Result<(), u32> {
+    fn check_range(&self, addr: u64, len: u64) -> CuResult<()> {
         vgpu_dataplane::ranges::covered(&self.s().objects().ranges, addr, len)
     }
 
     /// Each write or wait must name 4 or 8 bytes of the session's device memory; unknown operations are refused.
-    fn check_mem_ops(&self, ops: &[MemOp]) -> Result<(), u32> {
+    fn check_mem_ops(&self, ops: &[MemOp]) -> CuResult<()> {
         for op in ops {
             match op.operand_len().ok_or(CUDA_ERROR_INVALID_VALUE)? {
                 0 => {}
@@ -1386,7 +1374,7 @@ impl Channel {
         Ok(())
     }
 
-    fn mem_alloc(&self, size: u64) -> Result<u64, u32> {
+    fn mem_alloc(&self, size: u64) -> CuResult<u64> {
         self.s().reserve(size)?;
         let dptr = self.b().mem_alloc(size).inspect_err(|_| self.s().unreserve(size))?;
         let mut objs = self.s().objects();
@@ -1396,7 +1384,7 @@ impl Channel {
     }
 
     /// `ArrayCopy`: checks the box against the array and the device side against the session's ranges.
-    fn array_copy(&self, c: ArrayCopy, host: &mut Vec<u8>) -> Result<(), u32> {
+    fn array_copy(&self, c: ArrayCopy, host: &mut Vec<u8>) -> CuResult<()> {
         let (real, shape) = self
             .s()
             .objects()
@@ -1454,7 +1442,7 @@ impl Channel {
     }
 
     /// `TexObjectCreate`: the resource's array (a client id) or memory (a session range) is checked first.
-    fn tex_object_create(&self, c: TexObjectCreate, tail: &[u8]) -> Result<u64, u32> {
+    fn tex_object_create(&self, c: TexObjectCreate, tail: &[u8]) -> CuResult<u64> {
         let surface = c.surface != 0;
         let want = RESOURCE_DESC_LEN
             + if surface { 0 } else { TEXTURE_DESC_LEN }
@@ -1509,7 +1497,7 @@ impl Channel {
     }
 
     /// A memory pool by client id; a device's default pool is bound to the driver's on first use.
-    fn pool(&self, id: u64) -> Result<u64, u32> {
+    fn pool(&self, id: u64) -> CuResult<u64> {
         if let Some(&real) = self.s().objects().pools.get(&id) {
             return Ok(real);
         }
@@ -1520,7 +1508,7 @@ impl Channel {
     }
 
     /// Stream-ordered allocation, accounted against the session's memory limit like any other.
-    fn mem_alloc_async(&self, c: MemAllocAsync, per_thread: bool) -> Result<MemAllocReply, u32> {
+    fn mem_alloc_async(&self, c: MemAllocAsync, per_thread: bool) -> CuResult<MemAllocReply> {
         let pool = self.pool(c.pool)?;
         let stream = self.stream(c.stream, per_thread)?;
         self.s().reserve(c.size)?;
@@ -1534,7 +1522,7 @@ impl Channel {
         Ok(MemAllocReply { dptr })
     }
 
-    fn mem_free_async(&self, c: MemFreeAsync, per_thread: bool) -> Result<(), u32> {
+    fn mem_free_async(&self, c: MemFreeAsync, per_thread: bool) -> CuResult<()> {
         let stream = self.stream(c.stream, per_thread)?;
         let size = self
             .s()
@@ -1551,7 +1539,7 @@ impl Channel {
         Ok(())
     }
 
-    fn mem_alloc_pitch(&self, c: MemAllocPitch) -> Result<MemAllocPitchReply, u32> {
+    fn mem_alloc_pitch(&self, c: MemAllocPitch) -> CuResult<MemAllocPitchReply> {
         // The driver picks the pitch; reserve the widest it may choose (rows rounded up to 512 bytes) and
         // settle the difference once it has answered.
         let width = c.width.checked_next_multiple_of(512).ok_or(CUDA_ERROR_INVALID_VALUE)?;
@@ -1569,7 +1557,7 @@ impl Channel {
         Ok(MemAllocPitchReply { dptr, pitch })
     }
 
-    fn mem_free(&self, dptr: u64) -> Result<(), u32> {
+    fn mem_free(&self, dptr: u64) -> CuResult<()> {
         if dptr == 0 {
             return Ok(());
         }
@@ -1591,7 +1579,7 @@ impl Channel {
     /// `NvmlDeviceStatus`: the backend's live reading, seen through the session's limits. With a memory limit
     /// the limit is the total and the session's own allocations are the memory used (another tenant's use of
     /// the same GPU is not this session's to see).
-    fn nvml_status(&self, device: u32) -> Result<NvmlStatusReply, u32> {
+    fn nvml_status(&self, device: u32) -> CuResult<NvmlStatusReply> {
         let s = self.s();
         let real = s.real_device(device)?;
         let facts_total = usize::try_from(real)
@@ -1654,7 +1642,7 @@ impl Channel {
         Ok(r)
     }
 
-    fn mem_get_info(&self) -> Result<MemGetInfoReply, u32> {
+    fn mem_get_info(&self) -> CuResult<MemGetInfoReply> {
         let (free, total) = self.b().mem_get_info()?;
         Ok(match self.s().limits.memory_bytes {
             Some(limit) => {
@@ -1669,7 +1657,7 @@ impl Channel {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn memset(&self, dst: u64, pitch: u64, value: u32, elem: u32, width: u64, height: u64, s: u64) -> Result<(), u32> {
+    fn memset(&self, dst: u64, pitch: u64, value: u32, elem: u32, width: u64, height: u64, s: u64) -> CuResult<()> {
         if !matches!(elem, 1 | 2 | 4) || (height > 1 && pitch < width * elem as u64) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -1682,7 +1670,7 @@ impl Channel {
         self.b().memset_async(dst, pitch, value, elem, width, height, s)
     }
 
-    fn launch(&mut self, c: LaunchKernel, per_thread: bool) -> Result<(), u32> {
+    fn launch(&mut self, c: LaunchKernel, per_thread: bool) -> CuResult<()> {
         let f = self.function(c.function)?;
         if self.tail.len() != f.args_size {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -1704,7 +1692,7 @@ impl Channel {
         )
     }
 
-    fn launch_ex(&mut self, c: LaunchKernelEx, per_thread: bool) -> Result<(), u32> {
+    fn launch_ex(&mut self, c: LaunchKernelEx, per_thread: bool) -> CuResult<()> {
         let f = self.function(c.function)?;
         if self.tail.len() != f.args_size {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -1728,7 +1716,7 @@ impl Channel {
     }
 
     /// A pinned buffer of at least `len` bytes, reusing a returned one when it fits.
-    fn take_buffer(&mut self, len: usize) -> Result<HostBuffer, u32> {
+    fn take_buffer(&mut self, len: usize) -> CuResult<HostBuffer> {
         self.reclaim_in_flight();
         if let Some(i) = self
             .pool
@@ -1761,7 +1749,7 @@ impl Channel {
         }
     }
 
-    fn ensure_staging(&mut self) -> Result<(), u32> {
+    fn ensure_staging(&mut self) -> CuResult<()> {
         while self.staging.len() < 2 {
             let b = self.b().host_alloc(CHUNK)?;
             self.staging.push(b);
@@ -1788,7 +1776,7 @@ impl Channel {
         h: &RequestHeader,
         c: MemcpyHtoD,
         per_thread: bool,
-    ) -> Result<Result<(), u32>, ChannelEnd> {
+    ) -> Result<CuResult<()>, ChannelEnd> {
         let len = h.tail_len();
         if len as u64 != c.size {
             return Err(ChannelEnd::Malformed(format!("copy of {} bytes carries {len}", c.size)));
@@ -1837,7 +1825,7 @@ impl Channel {
         h: &RequestHeader,
         c: MemcpyHtoDAsync,
         per_thread: bool,
-    ) -> Result<Result<(), u32>, ChannelEnd> {
+    ) -> Result<CuResult<()>, ChannelEnd> {
         let len = h.tail_len();
         if len as u64 != c.size {
             return Err(ChannelEnd::Malformed(format!("copy of {} bytes carries {len}", c.size)));
@@ -1903,7 +1891,7 @@ impl Channel {
             ));
         }
         t.send(&[header.as_bytes()])?;
-        let mut error: Option<u32> = None;
+        let mut error: Option<CUresult> = None;
         let mut offset = 0usize;
         let mut which = 0;
         // Issue the first chunk, then: wait for chunk i, issue chunk i+1 into the other buffer, send chunk i.
@@ -1931,12 +1919,12 @@ impl Channel {
             offset = next;
             which ^= 1;
         }
-        let status = error.unwrap_or(latched);
-        t.send(&[&status.to_le_bytes()])?;
+        let status = error.or(latched).unwrap_or(CUDA_SUCCESS);
+        t.send(&[&status.code().to_le_bytes()])?;
         Ok(())
     }
 
-    fn dtoh_async(&mut self, c: MemcpyDtoHAsync, per_thread: bool) -> Result<(), u32> {
+    fn dtoh_async(&mut self, c: MemcpyDtoHAsync, per_thread: bool) -> CuResult<()> {
         let stream = self.stream(c.stream, per_thread)?;
         self.check_range(c.src, c.size)?;
         let len = c.size as usize;
@@ -1966,7 +1954,7 @@ impl Channel {
     }
 
     /// The device span a 2D copy touches: `height` rows at `pitch`, `width` bytes each.
-    fn check_2d(&self, addr: u64, pitch: u64, width: u64, height: u64) -> Result<(), u32> {
+    fn check_2d(&self, addr: u64, pitch: u64, width: u64, height: u64) -> CuResult<()> {
         if height == 0 || width == 0 {
             return Ok(());
         }
@@ -2008,7 +1996,7 @@ impl Channel {
         dst: (u64, u64),
         width: u64,
         height: u64,
-    ) -> Result<(), u32> {
+    ) -> CuResult<()> {
         if direction != 1 {
             self.check_2d(dst.0, dst.1, width, height)?;
         }
@@ -2079,7 +2067,7 @@ impl Channel {
         h: &RequestHeader,
         c: Memcpy2DAsync,
         per_thread: bool,
-    ) -> Result<Result<(), u32>, ChannelEnd> {
+    ) -> Result<CuResult<()>, ChannelEnd> {
         let packed = self.frame_2d(h, c.width, c.height, c.direction)?;
         let prepared = self.stream(c.stream, per_thread).and_then(|s| {
             self.check_2d_sides(

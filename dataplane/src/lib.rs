@@ -16,9 +16,6 @@ macro_rules! snapshot {
 }
 
 pub mod cuerr;
-mod generated {
-    pub mod cu_result_names;
-}
 pub mod handshake;
 pub mod image;
 pub mod ranges;

@@ -44,6 +44,13 @@ pub struct ReplyHeader {
     pub seq: u32,
 }
 
+impl ReplyHeader {
+    /// The call's outcome as a CUresult (the wire carries its number).
+    pub fn status(&self) -> crate::cuerr::CUresult {
+        crate::cuerr::CUresult::from_code(self.result)
+    }
+}
+
 /// Body of a push frame: the client's pending device-to-host copy `id` completed; `len` bytes follow.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]

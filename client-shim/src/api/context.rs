@@ -13,7 +13,7 @@ use crate::{client, ffi};
 /// `CU_CTX_MAP_HOST`.
 const CU_CTX_MAP_HOST: c_uint = 0x8;
 
-fn check_device(dev: c_int) -> Result<(), u32> {
+fn check_device(dev: c_int) -> CuResult<()> {
     let s = client::session()?;
     if dev < 0 || dev as usize >= s.devices.len() {
         return Err(CUDA_ERROR_INVALID_DEVICE);
@@ -25,7 +25,7 @@ fn ctx_id(ctx: Handle) -> u64 {
     ctx as u64
 }
 
-fn known_ctx(ctx: u64) -> Result<ContextInfo, u32> {
+fn known_ctx(ctx: u64) -> CuResult<ContextInfo> {
     state::read()
         .contexts
         .get(&ctx)
@@ -36,7 +36,7 @@ fn known_ctx(ctx: u64) -> Result<ContextInfo, u32> {
 /// Makes `ctx` current on this thread and on its server thread. A primary context nobody has retained yet
 /// (the runtime gets it through its private table and makes it current before retaining it) does not exist
 /// on the server until the retain, which mirrors it then.
-fn mirror_current(ctx: u64) -> Result<(), u32> {
+fn mirror_current(ctx: u64) -> CuResult<()> {
     let unretained = {
         let reg = state::read();
         match reg.contexts.get(&ctx) {
@@ -56,7 +56,7 @@ fn mirror_current(ctx: u64) -> Result<(), u32> {
     Ok(())
 }
 
-fn create(out: *mut Handle, flags: c_uint, dev: c_int) -> Result<(), u32> {
+fn create(out: *mut Handle, flags: c_uint, dev: c_int) -> CuResult<()> {
     check_device(dev)?;
     if out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -86,7 +86,7 @@ fn create(out: *mut Handle, flags: c_uint, dev: c_int) -> Result<(), u32> {
     ffi::write(out, ctx as Handle)
 }
 
-fn destroy(ctx: Handle) -> Result<(), u32> {
+fn destroy(ctx: Handle) -> CuResult<()> {
     client::session()?;
     if ctx.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -107,7 +107,7 @@ fn destroy(ctx: Handle) -> Result<(), u32> {
     Ok(())
 }
 
-fn release_primary(dev: c_int) -> Result<(), u32> {
+fn release_primary(dev: c_int) -> CuResult<()> {
     check_device(dev)?;
     let last = {
         let mut reg = state::write();
@@ -131,7 +131,7 @@ fn release_primary(dev: c_int) -> Result<(), u32> {
     Ok(())
 }
 
-fn synchronize() -> Result<(), u32> {
+fn synchronize() -> CuResult<()> {
     super::need_ctx()?;
     client::call(0, &CtxSynchronize {}, &[])?;
     crate::mirror::after_sync()

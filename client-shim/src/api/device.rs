@@ -21,7 +21,7 @@ pub(crate) fn reported_driver_version() -> i32 {
         .unwrap_or(API_VERSION)
 }
 
-fn device(dev: c_int) -> Result<&'static DeviceFacts, u32> {
+fn device(dev: c_int) -> CuResult<&'static DeviceFacts> {
     let s = client::session()?;
     usize::try_from(dev)
         .ok()
@@ -43,12 +43,16 @@ fn parse_pci_bus_id(text: &str) -> Option<(u32, u32, u32)> {
     Some((domain, bus, dev))
 }
 
+/// Every defined CUresult's name and description as C strings (`cuGetErrorName`/`cuGetErrorString` hand out
+/// pointers that must stay valid for the process).
 static ERROR_TEXT: LazyLock<HashMap<u32, (CString, CString)>> = LazyLock::new(|| {
-    CU_RESULT_NAMES
-        .iter()
-        .filter_map(|&(code, name)| {
-            let text = error_string(code)?;
-            Some((code, (CString::new(name).ok()?, CString::new(text).ok()?)))
+    (0..=u16::MAX as u32)
+        .filter_map(|code| {
+            let c = CUresult::from_code(code);
+            Some((
+                code,
+                (CString::new(c.name()?).ok()?, CString::new(c.description()?).ok()?),
+            ))
         })
         .collect()
 });
@@ -58,10 +62,7 @@ entry! {
         if flags != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        match client::init() {
-            0 => Ok(()),
-            e => Err(e),
-        }
+        client::init().result()
     }
     [cuDriverGetVersion] [] (version: *mut c_int) |f| {
         ffi::write(version, reported_driver_version())

@@ -10,7 +10,7 @@ use crate::proc_address::{self, Lookup};
 use crate::{client, dark, exports, ffi};
 
 /// Resolves `symbol` for `version`/`flags`: the address and the `CUdriverProcAddressQueryResult`.
-fn resolve(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64) -> Result<(usize, i32), u32> {
+fn resolve(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64) -> CuResult<(usize, i32)> {
     let name = ffi::cstr(symbol)?;
     if pfn.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -38,7 +38,7 @@ fn resolve(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: 
 
 /// How big the server driver's table `id` is: `Some(bytes)` when its first word is a size, `None` when the
 /// server cannot say; `Err` when the server's driver has no such table.
-fn server_table_size(id: &dark::Uuid) -> Result<Option<u64>, u32> {
+fn server_table_size(id: &dark::Uuid) -> CuResult<Option<u64>> {
     if client::session().is_err() {
         return Ok(None);
     }
@@ -85,7 +85,7 @@ mod tests {
     use std::ffi::CString;
 
     /// Calls the exported `cuGetProcAddress_v2` as the runtime does: (result, address, status).
-    fn lookup_v2(name: &str, version: c_int, flags: u64) -> (u32, usize, c_int) {
+    fn lookup_v2(name: &str, version: c_int, flags: u64) -> (CUresult, usize, c_int) {
         let name = CString::new(name).unwrap_or_default();
         let mut pfn: *mut c_void = std::ptr::null_mut();
         let mut status: c_int = -1;
@@ -99,29 +99,35 @@ mod tests {
 
     #[test]
     fn lookups_hand_out_the_exported_variants() {
-        assert_eq!(lookup_v2("cuMemAlloc", 3020, 0), (0, address("cuMemAlloc_v2"), 0));
-        assert_eq!(lookup_v2("cuMemAlloc", 2000, 0), (0, address("cuMemAlloc"), 0));
+        assert_eq!(
+            lookup_v2("cuMemAlloc", 3020, 0),
+            (CUDA_SUCCESS, address("cuMemAlloc_v2"), 0)
+        );
+        assert_eq!(
+            lookup_v2("cuMemAlloc", 2000, 0),
+            (CUDA_SUCCESS, address("cuMemAlloc"), 0)
+        );
         assert_eq!(
             lookup_v2("cuLaunchKernel", 12000, 2),
-            (0, address("cuLaunchKernel_ptsz"), 0)
+            (CUDA_SUCCESS, address("cuLaunchKernel_ptsz"), 0)
         );
         assert_eq!(
             lookup_v2("cuCtxSynchronize", 13000, 0),
-            (0, address("cuCtxSynchronize_v2"), 0)
+            (CUDA_SUCCESS, address("cuCtxSynchronize_v2"), 0)
         );
         assert_eq!(
             lookup_v2("cuGetProcAddress", 12000, 0),
-            (0, address("cuGetProcAddress_v2"), 0)
+            (CUDA_SUCCESS, address("cuGetProcAddress_v2"), 0)
         );
         // The runtime's probe, an unknown name, and a name that is too new for the version asked.
-        assert_eq!(lookup_v2("", 0, 0), (0, 0, proc_address::SYMBOL_NOT_FOUND));
+        assert_eq!(lookup_v2("", 0, 0), (CUDA_SUCCESS, 0, proc_address::SYMBOL_NOT_FOUND));
         assert_eq!(
             lookup_v2("cuNoSuchThing", 12000, 0),
-            (0, 0, proc_address::SYMBOL_NOT_FOUND)
+            (CUDA_SUCCESS, 0, proc_address::SYMBOL_NOT_FOUND)
         );
         assert_eq!(
             lookup_v2("cuLaunchKernelEx", 11000, 0),
-            (0, 0, proc_address::VERSION_NOT_SUFFICIENT)
+            (CUDA_SUCCESS, 0, proc_address::VERSION_NOT_SUFFICIENT)
         );
         // A version above what cuDriverGetVersion reports is refused.
         assert_eq!(lookup_v2("cuMemAlloc", 13010, 0).0, CUDA_ERROR_INVALID_VALUE);
@@ -130,7 +136,7 @@ mod tests {
         let mut pfn: *mut c_void = std::ptr::null_mut();
         assert_eq!(
             cuGetProcAddress_v2(name.as_ptr(), &mut pfn, 2000, 0, std::ptr::null_mut()),
-            0
+            CUDA_SUCCESS
         );
         assert_eq!(pfn as usize, address("cuInit"));
     }
@@ -145,7 +151,7 @@ mod tests {
         );
         assert!(pfn.is_null());
         let name = CString::new("cuStreamSynchronize").unwrap_or_default();
-        assert_eq!(cuGetProcAddress(name.as_ptr(), &mut pfn, 12000, 2), 0);
+        assert_eq!(cuGetProcAddress(name.as_ptr(), &mut pfn, 12000, 2), CUDA_SUCCESS);
         assert_eq!(pfn as usize, address("cuStreamSynchronize_ptsz"));
     }
 
@@ -155,7 +161,7 @@ mod tests {
         let integrity: dark::Uuid = [
             0xd4, 0x08, 0x20, 0x55, 0xbd, 0xe6, 0x70, 0x4b, 0x8d, 0x34, 0xba, 0x12, 0x3c, 0x66, 0xe1, 0xf2,
         ];
-        assert_eq!(cuGetExportTable(&mut table, &integrity), 0);
+        assert_eq!(cuGetExportTable(&mut table, &integrity), CUDA_SUCCESS);
         assert_eq!(ffi::read(table as *const u64), Ok(24));
         assert_eq!(
             cuGetExportTable(std::ptr::null_mut(), &integrity),

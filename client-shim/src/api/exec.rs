@@ -15,7 +15,7 @@ use crate::state::{self, FunctionEntry, ModuleInfo};
 use crate::{client, ffi};
 
 /// The wire id of a stream handle: NULL, CU_STREAM_LEGACY and CU_STREAM_PER_THREAD pass through.
-pub(crate) fn stream_id(stream: Handle) -> Result<u64, u32> {
+pub(crate) fn stream_id(stream: Handle) -> CuResult<u64> {
     let id = stream as u64;
     if id <= 2 || state::read().streams.contains_key(&id) {
         Ok(id)
@@ -24,7 +24,7 @@ pub(crate) fn stream_id(stream: Handle) -> Result<u64, u32> {
     }
 }
 
-fn event_id(event: Handle) -> Result<u64, u32> {
+fn event_id(event: Handle) -> CuResult<u64> {
     let id = event as u64;
     if state::read().events.contains_key(&id) {
         Ok(id)
@@ -49,7 +49,7 @@ const STREAM_ATTR_MEM_SYNC_DOMAIN: u32 = 10;
 /// window, synchronization policy and memory sync domains are performance hints whose absence on the
 /// server's stream costs only speed (as for the same attributes given at launch, `read_launch_config`);
 /// the priority is the stream's own, as reported by `cuStreamGetPriority`.
-fn check_stream_attr(id: u32, v: &[u8; 64]) -> Result<(), u32> {
+fn check_stream_attr(id: u32, v: &[u8; 64]) -> CuResult<()> {
     let word = |at: usize| u32::from_ne_bytes([v[at], v[at + 1], v[at + 2], v[at + 3]]);
     match id {
         STREAM_ATTR_ACCESS_POLICY_WINDOW => {
@@ -78,7 +78,7 @@ fn check_stream_attr(id: u32, v: &[u8; 64]) -> Result<(), u32> {
 /// `CU_DEVICE_ATTRIBUTE_MAX_ACCESS_POLICY_WINDOW_SIZE`.
 const CU_DEVICE_ATTRIBUTE_MAX_ACCESS_POLICY_WINDOW_SIZE: usize = 109;
 
-fn stream_create(out: *mut Handle, flags: c_uint, priority: c_int) -> Result<(), u32> {
+fn stream_create(out: *mut Handle, flags: c_uint, priority: c_int) -> CuResult<()> {
     need_ctx()?;
     if out.is_null() || flags & !1 != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -103,7 +103,7 @@ fn stream_create(out: *mut Handle, flags: c_uint, priority: c_int) -> Result<(),
 
 /// Reads a module image of unknown length from the caller: PTX up to its NUL, fat binaries and cubins by
 /// their headers, the fat-binary wrapper through its data pointer.
-fn read_image<'a>(image: *const c_void) -> Result<&'a [u8], u32> {
+fn read_image<'a>(image: *const c_void) -> CuResult<&'a [u8]> {
     if image.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -130,7 +130,7 @@ fn read_image<'a>(image: *const c_void) -> Result<&'a [u8], u32> {
     Err(CUDA_ERROR_INVALID_IMAGE)
 }
 
-fn load(out: *mut Handle, image: *const c_void, is_library: bool) -> Result<(), u32> {
+fn load(out: *mut Handle, image: *const c_void, is_library: bool) -> CuResult<()> {
     // Libraries belong to no context: the runtime loads them before it makes one current (programs with
     // `__managed__` variables do). Modules load into the current context.
     if is_library {
@@ -180,7 +180,7 @@ fn load(out: *mut Handle, image: *const c_void, is_library: bool) -> Result<(), 
 /// `CUDART_INTERFACE` loaders.
 /// `cuModuleLoad` / `cuLibraryLoadFromFile`: the file is read here, on the app's machine, where its path
 /// means something, and loaded as an in-memory image (a NUL after it ends a PTX text).
-fn load_file(out: *mut Handle, path: *const c_char, is_library: bool) -> Result<(), u32> {
+fn load_file(out: *mut Handle, path: *const c_char, is_library: bool) -> CuResult<()> {
     let path = ffi::cstr(path)?;
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()));
     let mut image = std::fs::read(path).map_err(|_| CUDA_ERROR_FILE_NOT_FOUND)?;
@@ -191,11 +191,11 @@ fn load_file(out: *mut Handle, path: *const c_char, is_library: bool) -> Result<
     load(out, image.as_ptr() as *const c_void, is_library)
 }
 
-pub(crate) fn load_module_image(out: *mut Handle, image: *const c_void) -> Result<(), u32> {
+pub(crate) fn load_module_image(out: *mut Handle, image: *const c_void) -> CuResult<()> {
     load(out, image, false)
 }
 
-fn unload(module: Handle, is_library: bool) -> Result<(), u32> {
+fn unload(module: Handle, is_library: bool) -> CuResult<()> {
     let id = module as u64;
     let deferred = match state::read().modules.get(&id) {
         Some(m) if m.is_library == is_library => m.deferred_error.is_some(),
@@ -215,7 +215,7 @@ fn unload(module: Handle, is_library: bool) -> Result<(), u32> {
     Ok(())
 }
 
-fn get_function(out: *mut Handle, module: Handle, name: *const c_char, is_library: bool) -> Result<(), u32> {
+fn get_function(out: *mut Handle, module: Handle, name: *const c_char, is_library: bool) -> CuResult<()> {
     let id = module as u64;
     let name = ffi::cstr(name)?;
     if out.is_null() {
@@ -258,7 +258,7 @@ fn get_function(out: *mut Handle, module: Handle, name: *const c_char, is_librar
 
 /// The handle of a function of a loaded module (or a kernel of a library): the one given out before, or a new
 /// one bound on both sides.
-fn bind_function(id: u64, is_library: bool, info: Arc<FunctionInfo>) -> Result<u64, u32> {
+fn bind_function(id: u64, is_library: bool, info: Arc<FunctionInfo>) -> CuResult<u64> {
     let bound = |reg: &state::Registry| reg.modules.get(&id).and_then(|m| m.bound.get(&info.name).copied());
     if let Some(fid) = bound(&state::read()) {
         return Ok(fid);
@@ -303,7 +303,7 @@ fn bind_function(id: u64, is_library: bool, info: Arc<FunctionInfo>) -> Result<u
 }
 
 /// The functions of a module or the kernels of a library, by name (the load reply's list).
-fn listed_functions(module: Handle, is_library: bool) -> Result<Vec<Arc<FunctionInfo>>, u32> {
+fn listed_functions(module: Handle, is_library: bool) -> CuResult<Vec<Arc<FunctionInfo>>> {
     let reg = state::read();
     let m = reg
         .modules
@@ -319,7 +319,7 @@ fn listed_functions(module: Handle, is_library: bool) -> Result<Vec<Arc<Function
 }
 
 /// `cuModuleEnumerateFunctions`/`cuLibraryEnumerateKernels`: handles for the first `n` functions.
-fn enumerate(out: *mut Handle, n: c_uint, module: Handle, is_library: bool) -> Result<(), u32> {
+fn enumerate(out: *mut Handle, n: c_uint, module: Handle, is_library: bool) -> CuResult<()> {
     let all = listed_functions(module, is_library)?;
     if out.is_null() || (n as usize) < all.len() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -333,7 +333,7 @@ fn enumerate(out: *mut Handle, n: c_uint, module: Handle, is_library: bool) -> R
 
 /// Every function of a loaded module with its handle and name, for the private module walk
 /// (`dark::module_walk_functions`).
-pub(crate) fn module_functions(module: Handle) -> Result<Vec<(Handle, *const c_char)>, u32> {
+pub(crate) fn module_functions(module: Handle) -> CuResult<Vec<(Handle, *const c_char)>> {
     listed_functions(module, false)?
         .into_iter()
         .map(|info| {
@@ -344,7 +344,7 @@ pub(crate) fn module_functions(module: Handle) -> Result<Vec<(Handle, *const c_c
 }
 
 /// A function's name as a C string that lives as long as the process (the driver's does too).
-fn c_name(name: &str) -> Result<*const c_char, u32> {
+fn c_name(name: &str) -> CuResult<*const c_char> {
     static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
         std::sync::OnceLock::new();
     let mut names = NAMES
@@ -367,7 +367,7 @@ fn get_global(
     name: *const c_char,
     is_library: bool,
     managed: bool,
-) -> Result<(), u32> {
+) -> CuResult<()> {
     // A library's `__managed__` variables are the runtime's to look up before any context exists.
     if managed {
         client::session()?;
@@ -405,11 +405,11 @@ fn get_global(
 }
 
 /// The function or library kernel behind a handle.
-pub(crate) fn function_entry(f: Handle) -> Result<FunctionEntry, u32> {
+pub(crate) fn function_entry(f: Handle) -> CuResult<FunctionEntry> {
     function(f)
 }
 
-fn function(f: Handle) -> Result<FunctionEntry, u32> {
+fn function(f: Handle) -> CuResult<FunctionEntry> {
     state::read()
         .functions
         .get(&(f as u64))
@@ -418,7 +418,7 @@ fn function(f: Handle) -> Result<FunctionEntry, u32> {
 }
 
 /// A function's attributes: from the load reply, from the cache, or fetched once from the server.
-pub(crate) fn attributes(f: Handle) -> Result<[i32; FUNC_ATTR_COUNT], u32> {
+pub(crate) fn attributes(f: Handle) -> CuResult<[i32; FUNC_ATTR_COUNT]> {
     let entry = function(f)?;
     if let Some(a) = known_attributes(&entry, f as u64) {
         return Ok(a);
@@ -443,7 +443,7 @@ const PARAM_BUFFER_POINTER: usize = 0x01;
 const PARAM_BUFFER_SIZE: usize = 0x02;
 
 /// The packed-buffer form of `extra`: returns the buffer (pointer and size), either possibly absent.
-fn extra_buffer(extra: *mut *mut c_void) -> Result<(Option<*mut c_void>, Option<usize>), u32> {
+fn extra_buffer(extra: *mut *mut c_void) -> CuResult<(Option<*mut c_void>, Option<usize>)> {
     let (mut ptr, mut size) = (None, None);
     let mut i = 0;
     loop {
@@ -476,7 +476,7 @@ fn launch(
     stream: Handle,
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
-) -> Result<(), u32> {
+) -> CuResult<()> {
     launch_as(
         flags,
         f,
@@ -504,7 +504,7 @@ fn launch_as(
     extra: *mut *mut c_void,
     cooperative: bool,
     cluster: [c_uint; 3],
-) -> Result<(), u32> {
+) -> CuResult<()> {
     let ctx = need_ctx()?;
     let entry = function(f)?;
     let stream = stream_id(stream)?;
@@ -576,7 +576,7 @@ fn check_launch_attributes(
     shared_mem: c_uint,
     cooperative: bool,
     cluster: [c_uint; 3],
-) -> Result<(), u32> {
+) -> CuResult<()> {
     let attrs = attributes(f)?;
     if cluster.iter().any(|&c| c > 1) {
         if cluster.contains(&0) {
@@ -605,7 +605,7 @@ fn check_launch_attributes(
 }
 
 /// The packed argument buffer of a launch of `f` (for graph kernel nodes, which keep their arguments).
-pub(crate) fn pack_args(f: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) -> Result<Vec<u8>, u32> {
+pub(crate) fn pack_args(f: Handle, params: *mut *mut c_void, extra: *mut *mut c_void) -> CuResult<Vec<u8>> {
     let info = function(f)?.info;
     let size = info.args_size();
     let mut buf = vec![0u8; size];
@@ -639,7 +639,7 @@ pub(crate) fn launch_packed(
     shared_mem: u32,
     stream: Handle,
     args: &[u8],
-) -> Result<(), u32> {
+) -> CuResult<()> {
     let ctx = need_ctx()?;
     let entry = function_entry(function as Handle)?;
     let stream = stream_id(stream)?;
@@ -682,7 +682,7 @@ fn send_launch<C: Call>(
     info: &FunctionInfo,
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
-) -> Result<(), u32> {
+) -> CuResult<()> {
     let size = info.args_size();
     match (params.is_null(), extra.is_null()) {
         (false, true) => {
@@ -778,7 +778,7 @@ pub(crate) struct LaunchConfig {
     pub events: Vec<Handle>,
 }
 
-pub(crate) fn read_launch_config(config: *const c_void) -> Result<LaunchConfig, u32> {
+pub(crate) fn read_launch_config(config: *const c_void) -> CuResult<LaunchConfig> {
     let raw: RawLaunchConfig = ffi::read(config as *const RawLaunchConfig)?;
     let mut cfg = LaunchConfig {
         grid: raw.grid,
@@ -822,7 +822,7 @@ fn launch_ex(
     f: Handle,
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
-) -> Result<(), u32> {
+) -> CuResult<()> {
     need_ctx()?;
     let cfg = read_launch_config(config)?;
     if cfg.cluster.contains(&0) {
@@ -856,7 +856,7 @@ fn launch_ex(
 
 /// Runs a host function in stream order: once the work queued before it on `stream` has finished. The app
 /// thread waits for that here, so work queued after the call is queued after the function has run.
-pub(crate) fn host_callback(flags: u16, stream: Handle, run: impl FnOnce(u32)) -> Result<(), u32> {
+pub(crate) fn host_callback(flags: u16, stream: Handle, run: impl FnOnce(CUresult)) -> CuResult<()> {
     need_ctx()?;
     let id = stream_id(stream)?;
     let status = match client::call(flags, &StreamSynchronize { stream: id }, &[]) {
@@ -871,7 +871,7 @@ pub(crate) fn host_callback(flags: u16, stream: Handle, run: impl FnOnce(u32)) -
     }
 }
 
-fn set_attribute(func: Handle, attrib: c_int, value: c_int, is_kernel: bool) -> Result<(), u32> {
+fn set_attribute(func: Handle, attrib: c_int, value: c_int, is_kernel: bool) -> CuResult<()> {
     let entry = function(func)?;
     if is_kernel && !entry.is_kernel {
         return Err(CUDA_ERROR_INVALID_HANDLE);
@@ -928,7 +928,7 @@ fn check_launch_shape(
     grid: [u32; 3],
     block: [u32; 3],
     shared: u32,
-) -> Result<(), u32> {
+) -> CuResult<()> {
     let s = client::session()?;
     let device = state::read().contexts.get(&ctx).map(|c| c.device).unwrap_or(0);
     let dev = s.devices.get(device as usize).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;

@@ -17,10 +17,6 @@ use vgpu_dataplane::wire::*;
 use super::Handle;
 use crate::{ffi, state};
 
-pub(crate) const CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: u32 = 900;
-pub(crate) const CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: u32 = 901;
-const CUDA_ERROR_ILLEGAL_STATE: u32 = 401;
-
 /// One recorded operation.
 #[derive(Clone, Debug)]
 pub(crate) enum Node {
@@ -108,7 +104,7 @@ struct Graphs {
 
 /// Drops one hold on each allocation; those nobody holds any more are freed (synchronously, as `cuMemFree` is:
 /// a launch of the graph may still be using them).
-fn release_owned(mut g: MutexGuard<'static, Graphs>, owned: Vec<u64>) -> Result<(), u32> {
+fn release_owned(mut g: MutexGuard<'static, Graphs>, owned: Vec<u64>) -> CuResult<()> {
     let mut free = Vec::new();
     for dptr in owned {
         if let Some(n) = g.holders.get_mut(&dptr) {
@@ -146,7 +142,7 @@ pub(crate) fn capture_alloc(key: u64, dptr: u64) {
 /// `cuMemFreeAsync` on stream `key`. `None`: the stream is not capturing (free as usual). Memory the capture's
 /// graph allocated stays the graph's (natively a free node, whose memory the next launch allocates again); memory
 /// from outside the capture cannot be freed by a graph here, so the capture ends, as with any call it cannot take.
-pub(crate) fn capture_free(key: u64, dptr: u64) -> Option<Result<(), u32>> {
+pub(crate) fn capture_free(key: u64, dptr: u64) -> Option<CuResult<()>> {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return None;
     }
@@ -192,7 +188,7 @@ pub(crate) fn is_capturing(key: u64) -> bool {
 }
 
 /// Records `node` on capturing stream `key`. `None`: the stream is not capturing (run it as usual).
-pub(crate) fn capture(key: u64, node: Node) -> Option<Result<(), u32>> {
+pub(crate) fn capture(key: u64, node: Node) -> Option<CuResult<()>> {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return None;
     }
@@ -213,7 +209,7 @@ pub(crate) fn capture(key: u64, node: Node) -> Option<Result<(), u32>> {
 }
 
 /// A synchronizing call on a capturing stream: refused, and the capture is invalidated, as natively.
-pub(crate) fn refuse_sync(key: u64) -> Result<(), u32> {
+pub(crate) fn refuse_sync(key: u64) -> CuResult<()> {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return Ok(());
     }
@@ -291,7 +287,7 @@ pub(crate) fn capture_status(key: u64) -> (c_uint, u64) {
     }
 }
 
-fn known_graph(g: &Graphs, graph: Handle) -> Result<u64, u32> {
+fn known_graph(g: &Graphs, graph: Handle) -> CuResult<u64> {
     let id = graph as u64;
     if g.graphs.contains_key(&id) {
         Ok(id)
@@ -301,7 +297,7 @@ fn known_graph(g: &Graphs, graph: Handle) -> Result<u64, u32> {
 }
 
 /// Adds a node built by hand, after `deps`.
-fn add_node(out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, node: Node) -> Result<(), u32> {
+fn add_node(out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, node: Node) -> CuResult<()> {
     if out.is_null() || (n > 0 && deps.is_null()) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -323,7 +319,7 @@ fn add_node(out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, node
 }
 
 /// The nodes of `graph` in an order that respects its edges (Kahn's algorithm; ties in insertion order).
-fn ordered(graph: &Graph) -> Result<Vec<(u64, Node)>, u32> {
+fn ordered(graph: &Graph) -> CuResult<Vec<(u64, Node)>> {
     let mut indegree: HashMap<u64, usize> = graph.nodes.iter().map(|(id, _)| (*id, 0)).collect();
     for (_, to) in &graph.edges {
         *indegree.entry(*to).or_default() += 1;
@@ -346,7 +342,7 @@ fn ordered(graph: &Graph) -> Result<Vec<(u64, Node)>, u32> {
     Ok(done)
 }
 
-fn instantiate(out: *mut Handle, graph: Handle) -> Result<(), u32> {
+fn instantiate(out: *mut Handle, graph: Handle) -> CuResult<()> {
     if out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -364,7 +360,7 @@ fn instantiate(out: *mut Handle, graph: Handle) -> Result<(), u32> {
 }
 
 /// Queues one node on `stream` through the ordinary paths.
-fn replay(flags: u16, stream: Handle, node: &Node) -> Result<(), u32> {
+fn replay(flags: u16, stream: Handle, node: &Node) -> CuResult<()> {
     match node {
         Node::Kernel {
             function,
@@ -428,7 +424,7 @@ struct MemsetNodeParams {
 
 /// `cuGraphGetEdges`: the count alone when `from` and `to` are NULL; else up to `*count` edges (with zeroed
 /// edge data: default edges).
-fn edges(graph: Handle, from: *mut Handle, to: *mut Handle, data: *mut u64, count: *mut usize) -> Result<(), u32> {
+fn edges(graph: Handle, from: *mut Handle, to: *mut Handle, data: *mut u64, count: *mut usize) -> CuResult<()> {
     let g = graphs();
     let gr = g.graphs.get(&(graph as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     if from.is_null() && to.is_null() {
@@ -445,7 +441,7 @@ fn edges(graph: Handle, from: *mut Handle, to: *mut Handle, data: *mut u64, coun
     ffi::write(count, want.min(gr.edges.len()))
 }
 
-fn kernel_node(params: *const c_void) -> Result<Node, u32> {
+fn kernel_node(params: *const c_void) -> CuResult<Node> {
     let p: KernelNodeParams = ffi::read(params as *const KernelNodeParams)?;
     let f = if p.func.is_null() { p.kern } else { p.func };
     let args = super::exec::pack_args(f, p.params, p.extra)?;
@@ -458,7 +454,7 @@ fn kernel_node(params: *const c_void) -> Result<Node, u32> {
     })
 }
 
-fn memset_node(params: *const c_void) -> Result<Node, u32> {
+fn memset_node(params: *const c_void) -> CuResult<Node> {
     let p: MemsetNodeParams = ffi::read(params as *const MemsetNodeParams)?;
     if !matches!(p.elem, 1 | 2 | 4) || p.width == 0 || p.height == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);

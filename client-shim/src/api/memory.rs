@@ -11,11 +11,11 @@ use super::{need_ctx, Handle};
 use crate::state;
 use crate::{client, ffi, mirror};
 
-fn stream_id(stream: Handle) -> Result<u64, u32> {
+fn stream_id(stream: Handle) -> CuResult<u64> {
     super::exec::stream_id(stream)
 }
 
-fn array_create(out: *mut Handle, shape: ArrayShape) -> Result<(), u32> {
+fn array_create(out: *mut Handle, shape: ArrayShape) -> CuResult<()> {
     need_ctx()?;
     if out.is_null() || shape.element_bytes().is_none() || shape.width == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -38,13 +38,7 @@ fn array_create(out: *mut Handle, shape: ArrayShape) -> Result<(), u32> {
 
 /// `cuTexObjectCreate`/`cuSurfObjectCreate`: the descriptors travel as they are; the server puts its own
 /// array handle in place of the client's.
-fn tex_object(
-    out: *mut u64,
-    surface: bool,
-    resource: *const u8,
-    texture: *const u8,
-    view: *const u8,
-) -> Result<(), u32> {
+fn tex_object(out: *mut u64, surface: bool, resource: *const u8, texture: *const u8, view: *const u8) -> CuResult<()> {
     need_ctx()?;
     if out.is_null() || (!surface && texture.is_null()) {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -80,15 +74,7 @@ fn mirrored(addr: u64) -> bool {
 /// A copy that a device address of pinned host memory turns into a host-side one: in stream order (after
 /// the work queued before it, whose kernels' writes to pinned memory come back first), then a plain copy.
 /// `dst_dev`/`src_dev`: whether that side is real device memory.
-fn copy_via_host(
-    flags: u16,
-    stream: u64,
-    dst: u64,
-    dst_dev: bool,
-    src: u64,
-    src_dev: bool,
-    n: usize,
-) -> Result<(), u32> {
+fn copy_via_host(flags: u16, stream: u64, dst: u64, dst_dev: bool, src: u64, src_dev: bool, n: usize) -> CuResult<()> {
     client::call(flags, &StreamSynchronize { stream }, &[])?;
     mirror::after_sync()?;
     match (dst_dev, src_dev) {
@@ -140,14 +126,14 @@ thread_local! {
 
 /// Copies `n` bytes from device `src` to pageable `dst` through the staging slots; `None` when staging is not
 /// available here (not a local session, sharing turned off, or the server could not map the slots).
-fn staged_dtoh(flags: u16, ctx: u64, dst: *mut c_void, src: u64, n: usize) -> Option<Result<(), u32>> {
+fn staged_dtoh(flags: u16, ctx: u64, dst: *mut c_void, src: u64, n: usize) -> Option<CuResult<()>> {
     let (base, region, events) = staging(flags, ctx)?;
     Some(staged_copy_out(flags, base, region, events, dst as *mut u8, src, n))
 }
 
 /// Copies `n` bytes from pageable `src` to device `dst` through the staging slots: this thread fills one slot
 /// while the GPU reads the other. Returns once every byte has reached the device.
-fn staged_htod(flags: u16, ctx: u64, dst: u64, src: *const c_void, n: usize) -> Option<Result<(), u32>> {
+fn staged_htod(flags: u16, ctx: u64, dst: u64, src: *const c_void, n: usize) -> Option<CuResult<()>> {
     let (base, region, events) = staging(flags, ctx)?;
     Some(staged_copy_in(flags, base, region, events, dst, src as *const u8, n))
 }
@@ -187,7 +173,7 @@ fn staging(flags: u16, ctx: u64) -> Option<(*mut u8, u64, [u64; 2])> {
 }
 
 /// Queues a staging-slot copy and records the slot's event after it, so the slot's next user can wait for it.
-fn post_and_mark<C: Call>(flags: u16, copy: &C, event: u64, stream: u64) -> Result<(), u32> {
+fn post_and_mark<C: Call>(flags: u16, copy: &C, event: u64, stream: u64) -> CuResult<()> {
     client::post(flags, copy, &[])?;
     client::post(flags, &EventRecord { event, stream }, &[])
 }
@@ -200,7 +186,7 @@ fn staged_copy_in(
     dst: u64,
     src: *const u8,
     n: usize,
-) -> Result<(), u32> {
+) -> CuResult<()> {
     state::read().check_range(dst, n as u64)?;
     let input = ffi::bytes(src, n)?;
     let stream = if flags & FLAG_PER_THREAD != 0 { 2 } else { 0 };
@@ -256,7 +242,7 @@ fn staged_copy_out(
     dst: *mut u8,
     src: u64,
     n: usize,
-) -> Result<(), u32> {
+) -> CuResult<()> {
     // Checked here so that a bad range fails before any byte moves, as natively.
     state::read().check_range(src, n as u64)?;
     let out = ffi::bytes_mut(dst, n)?;
@@ -265,7 +251,7 @@ fn staged_copy_out(
         .step_by(STAGING_SLOT)
         .map(|off| (off, STAGING_SLOT.min(n - off)))
         .collect();
-    let issue = |i: usize| -> Result<(), u32> {
+    let issue = |i: usize| -> CuResult<()> {
         let (off, len) = chunks[i];
         let slot = i % 2;
         let copy = MemcpyDtoHRegionAsync {
@@ -379,7 +365,7 @@ fn shared_alloc(flags: u16, size: usize, same_address: bool, host_flags: u32) ->
 /// Host-to-device data is read when the call is made. Natively, a copy from pinned memory reads it when the
 /// copy runs, after earlier device-to-host copies into that memory have landed (a chain reusing one host
 /// buffer): where such a copy is still under way, wait for it first.
-fn await_landings(src: *const c_void, n: usize) -> Result<(), u32> {
+fn await_landings(src: *const c_void, n: usize) -> CuResult<()> {
     if client::pending_overlaps(src as usize, n) {
         client::call(0, &CtxSynchronize {}, &[])?;
         mirror::after_sync()?;
@@ -387,7 +373,7 @@ fn await_landings(src: *const c_void, n: usize) -> Result<(), u32> {
     Ok(())
 }
 
-fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> Result<(), u32> {
+fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> CuResult<()> {
     let ctx = need_ctx()?;
     if mirrored(dst) {
         return copy_via_host(flags, 0, dst, false, src as u64, false, n);
@@ -426,7 +412,7 @@ fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> Result<(), u32> {
     mirror::after_sync()
 }
 
-fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> Result<(), u32> {
+fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
     let ctx = need_ctx()?;
     if mirrored(src) {
         return copy_via_host(flags, 0, dst as u64, false, src, false, n);
@@ -468,7 +454,7 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> Result<(), u32> {
     mirror::after_sync()
 }
 
-pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, stream: Handle) -> Result<(), u32> {
+pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, stream: Handle) -> CuResult<()> {
     need_ctx()?;
     let stream = stream_id(stream)?;
     if let Some(r) = graph::capture(
@@ -518,7 +504,7 @@ pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, str
     )
 }
 
-pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, stream: Handle) -> Result<(), u32> {
+pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, stream: Handle) -> CuResult<()> {
     need_ctx()?;
     let stream = stream_id(stream)?;
     if let Some(r) = graph::capture(
@@ -581,7 +567,7 @@ pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, strea
     )
 }
 
-pub(crate) fn dtod_async(f: u16, dst: u64, src: u64, n: usize, stream: Handle) -> Result<(), u32> {
+pub(crate) fn dtod_async(f: u16, dst: u64, src: u64, n: usize, stream: Handle) -> CuResult<()> {
     need_ctx()?;
     let stream = stream_id(stream)?;
     if let Some(r) = graph::capture(graph::key(f, stream), graph::Node::DtoD { dst, src, n }) {
@@ -608,7 +594,7 @@ pub(crate) fn dtod_async(f: u16, dst: u64, src: u64, n: usize, stream: Handle) -
 }
 
 /// The driver's own checks on a memset: element alignment of the address and pitch, and the range.
-fn check_memset(dst: u64, pitch: usize, elem: u32, width: usize, height: usize) -> Result<(), u32> {
+fn check_memset(dst: u64, pitch: usize, elem: u32, width: usize, height: usize) -> CuResult<()> {
     let e = elem as u64;
     if !dst.is_multiple_of(e)
         || (height > 1 && (!(pitch as u64).is_multiple_of(e) || (pitch as u64) < width as u64 * e))
@@ -635,7 +621,7 @@ fn memset_host(
     elem: u32,
     width: usize,
     height: usize,
-) -> Result<(), u32> {
+) -> CuResult<()> {
     client::call(flags, &StreamSynchronize { stream }, &[])?;
     mirror::after_sync()?;
     let bytes = value.to_le_bytes();
@@ -651,7 +637,7 @@ fn memset_host(
     Ok(())
 }
 
-fn memset(flags: u16, dst: u64, pitch: usize, value: u32, elem: u32, width: usize, height: usize) -> Result<(), u32> {
+fn memset(flags: u16, dst: u64, pitch: usize, value: u32, elem: u32, width: usize, height: usize) -> CuResult<()> {
     need_ctx()?;
     if mirrored(dst) {
         return memset_host(flags, 0, dst, pitch, value, elem, width, height);
@@ -678,7 +664,7 @@ pub(crate) fn memset_async(
     width: usize,
     height: usize,
     stream: Handle,
-) -> Result<(), u32> {
+) -> CuResult<()> {
     need_ctx()?;
     let stream = stream_id(stream)?;
     if mirrored(dst) && !graph::is_capturing(graph::key(flags, stream)) {
@@ -736,7 +722,7 @@ enum Side {
     Device(u64, u64),
 }
 
-fn side(kind: u32, host: usize, device: u64, x: usize, y: usize, pitch: usize) -> Result<Side, u32> {
+fn side(kind: u32, host: usize, device: u64, x: usize, y: usize, pitch: usize) -> CuResult<Side> {
     const HOST: u32 = 1;
     const DEVICE: u32 = 2;
     const UNIFIED: u32 = 4;
@@ -757,7 +743,7 @@ fn side(kind: u32, host: usize, device: u64, x: usize, y: usize, pitch: usize) -
     }
 }
 
-pub(crate) fn copy_2d(flags: u16, params: *const c_void, stream: Option<Handle>) -> Result<(), u32> {
+pub(crate) fn copy_2d(flags: u16, params: *const c_void, stream: Option<Handle>) -> CuResult<()> {
     need_ctx()?;
     if let Some(s) = stream {
         let key = graph::key(flags, stream_id(s)?);
@@ -807,7 +793,7 @@ struct Copy3D {
 pub(crate) const COPY3D_SIZE: usize = std::mem::size_of::<Copy3D>();
 
 /// `cuMemcpy3D`: one 2D copy per slice, each slice `pitch * height` bytes after the previous one.
-pub(crate) fn copy_3d(flags: u16, params: *const c_void, stream: Option<Handle>) -> Result<(), u32> {
+pub(crate) fn copy_3d(flags: u16, params: *const c_void, stream: Option<Handle>) -> CuResult<()> {
     need_ctx()?;
     if let Some(s) = stream {
         let key = graph::key(flags, stream_id(s)?);
@@ -895,7 +881,7 @@ struct ArrayTransfer {
 
 const MEMORYTYPE_ARRAY: u32 = 3;
 
-fn array_transfer(flags: u16, t: ArrayTransfer) -> Result<(), u32> {
+fn array_transfer(flags: u16, t: ArrayTransfer) -> CuResult<()> {
     if !state::read().arrays.contains_key(&t.array) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -908,7 +894,7 @@ fn array_transfer(flags: u16, t: ArrayTransfer) -> Result<(), u32> {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let rows = t.other_height.max(h);
-    let row_offset = |z: usize, y: usize| -> Result<usize, u32> {
+    let row_offset = |z: usize, y: usize| -> CuResult<usize> {
         ((t.other_z + z) * rows + t.other_y + y)
             .checked_mul(t.other_pitch)
             .and_then(|o| o.checked_add(t.other_x))
@@ -976,7 +962,7 @@ fn array_copy_from_params(
     src: (u32, usize, u64, u64, [usize; 3], usize, usize),
     dst: (u32, usize, u64, u64, [usize; 3], usize, usize),
     extent: [usize; 3],
-) -> Result<(), u32> {
+) -> CuResult<()> {
     // (memory type, host, device, array, [x, y, z], pitch, height) for each side.
     let (to_array, arr, other) = match (src.0 == MEMORYTYPE_ARRAY, dst.0 == MEMORYTYPE_ARRAY) {
         (false, true) => (true, dst, src),
@@ -1009,7 +995,7 @@ fn array_copy_from_params(
     )
 }
 
-fn copy_2d_params(flags: u16, m: Copy2D, stream: Option<Handle>) -> Result<(), u32> {
+fn copy_2d_params(flags: u16, m: Copy2D, stream: Option<Handle>) -> CuResult<()> {
     if m.src_memory_type == MEMORYTYPE_ARRAY || m.dst_memory_type == MEMORYTYPE_ARRAY {
         if let Some(s) = stream {
             // Array copies run synchronously on the server: after the stream's earlier work.
@@ -1085,7 +1071,7 @@ fn copy_2d_params(flags: u16, m: Copy2D, stream: Option<Handle>) -> Result<(), u
         }
     }
     let packed_len = w.checked_mul(h).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-    let host_rows = |addr: usize, pitch: usize| -> Result<Vec<u8>, u32> {
+    let host_rows = |addr: usize, pitch: usize| -> CuResult<Vec<u8>> {
         let mut v = Vec::with_capacity(packed_len);
         for row in 0..h {
             v.extend_from_slice(ffi::bytes((addr + row * pitch) as *const u8, w)?);
@@ -1163,7 +1149,7 @@ fn reported_host_alloc_flags(flags: u32) -> u32 {
 /// Page-locked host memory for cuMemAllocHost/cuMemHostAlloc: page-aligned, zeroed, and mirrored on the
 /// server at the same address so kernels can use it as natively (`mirror`). Copies to and from it stage
 /// through the server's own buffers like any host memory.
-fn host_alloc(out: *mut *mut c_void, size: usize, flags: u32) -> Result<(), u32> {
+fn host_alloc(out: *mut *mut c_void, size: usize, flags: u32) -> CuResult<()> {
     need_ctx()?;
     if out.is_null() || size == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -1186,7 +1172,7 @@ fn is_device(addr: u64) -> bool {
 }
 
 /// `cuMemcpy`/`cuMemcpyAsync`: unified addressing decides the direction from the pointers themselves.
-fn copy_unified(flags: u16, dst: u64, src: u64, n: usize, stream: Option<Handle>) -> Result<(), u32> {
+fn copy_unified(flags: u16, dst: u64, src: u64, n: usize, stream: Option<Handle>) -> CuResult<()> {
     need_ctx()?;
     match (is_device(dst), is_device(src), stream) {
         (true, true, None) => client::call(
@@ -1231,7 +1217,7 @@ struct MemPoolProps {
     reserved: [u8; 54],
 }
 
-fn check_device(dev: c_int) -> Result<(), u32> {
+fn check_device(dev: c_int) -> CuResult<()> {
     let n = client::session()?.devices.len();
     if dev < 0 || dev as usize >= n {
         return Err(CUDA_ERROR_INVALID_DEVICE);
@@ -1240,7 +1226,7 @@ fn check_device(dev: c_int) -> Result<(), u32> {
 }
 
 /// A pool id the app may name: one it created, or a device's default pool.
-fn known_pool(pool: Handle) -> Result<u64, u32> {
+fn known_pool(pool: Handle) -> CuResult<u64> {
     let id = pool as u64;
     let n = client::session()?.devices.len() as u32;
     let is_default = default_mem_pool_device(id).is_some_and(|d| d < n);
@@ -1259,7 +1245,7 @@ fn current_pool(dev: i32) -> u64 {
         .unwrap_or(default_mem_pool_id(dev as u32))
 }
 
-fn alloc_async(flags: u16, out: *mut u64, size: usize, pool: u64, stream: Handle) -> Result<(), u32> {
+fn alloc_async(flags: u16, out: *mut u64, size: usize, pool: u64, stream: Handle) -> CuResult<()> {
     need_ctx()?;
     let stream = stream_id(stream)?;
     if out.is_null() || size == 0 {
@@ -1284,7 +1270,7 @@ fn pool_attr_is_int(attr: c_uint) -> bool {
     (1..=3).contains(&attr)
 }
 
-fn host_register(ptr: *mut c_void, size: usize, flags: c_uint) -> Result<(), u32> {
+fn host_register(ptr: *mut c_void, size: usize, flags: c_uint) -> CuResult<()> {
     need_ctx()?;
     // PORTABLE | DEVICEMAP | IOMEMORY | READ_ONLY.
     if ptr.is_null() || size == 0 || flags & !0xf != 0 {

@@ -2,6 +2,7 @@
 //! it under all of its names (legacy, `_v2`, and the `_ptds`/`_ptsz` per-thread-default-stream forms).
 
 use std::ffi::c_void;
+use vgpu_dataplane::cuerr::CuResult;
 
 pub(crate) type Handle = *mut c_void;
 
@@ -19,11 +20,11 @@ macro_rules! entry {
 macro_rules! entry_fn {
     ($name:ident, $flag_value:expr, ($($arg:ident : $ty:ty),* $(,)?), $flags:ident, $body:block) => {
         #[no_mangle]
-        pub extern "C" fn $name($($arg: $ty),*) -> u32 {
+        pub extern "C" fn $name($($arg: $ty),*) -> vgpu_dataplane::cuerr::CUresult {
             $crate::log::trace_call!(stringify!($name));
             // The driver's signatures are what they are: some entry points take a dozen arguments.
             #[allow(unused_variables, clippy::too_many_arguments)]
-            fn body($flags: u16, $($arg: $ty),*) -> Result<(), u32> $body
+            fn body($flags: u16, $($arg: $ty),*) -> CuResult<()> $body
             let r = body($flag_value, $($arg),*);
             if let Err(e) = r {
                 if $crate::log::level() >= $crate::log::DEBUG {
@@ -37,15 +38,12 @@ macro_rules! entry_fn {
 pub(crate) use entry;
 pub(crate) use entry_fn;
 
-pub(crate) fn code(r: Result<(), u32>) -> u32 {
-    match r {
-        Ok(()) => 0,
-        Err(e) => e,
-    }
+pub(crate) fn code(r: CuResult<()>) -> vgpu_dataplane::cuerr::CUresult {
+    vgpu_dataplane::cuerr::CUresult::of(r)
 }
 
 /// Fails with `CUDA_ERROR_INVALID_CONTEXT` when the calling thread has no current context, as the driver does.
-pub(crate) fn need_ctx() -> Result<u64, u32> {
+pub(crate) fn need_ctx() -> CuResult<u64> {
     crate::client::session()?;
     match crate::state::current_ctx() {
         0 => Err(vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_CONTEXT),

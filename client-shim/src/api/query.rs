@@ -71,7 +71,7 @@ fn classify(ptr: u64) -> Option<Pointer> {
 
 /// The value of pointer attribute `attr` for `ptr` (as the bytes to write), or `None` where `ptr` is not one
 /// the driver knows. Attributes are 4-byte integers unless they are addresses, sizes or ids (8 bytes).
-fn pointer_attribute(attr: c_uint, ptr: u64) -> Result<Option<Vec<u8>>, u32> {
+fn pointer_attribute(attr: c_uint, ptr: u64) -> CuResult<Option<Vec<u8>>> {
     let p = classify(ptr);
     let u32v = |v: u32| Some(v.to_ne_bytes().to_vec());
     let u64v = |v: u64| Some(v.to_ne_bytes().to_vec());
@@ -133,7 +133,7 @@ fn pointer_attribute(attr: c_uint, ptr: u64) -> Result<Option<Vec<u8>>, u32> {
 }
 
 /// The device of the calling thread's current context.
-pub(crate) fn current_device() -> Result<&'static vgpu_dataplane::handshake::DeviceFacts, u32> {
+pub(crate) fn current_device() -> CuResult<&'static vgpu_dataplane::handshake::DeviceFacts> {
     let ctx = need_ctx()?;
     let dev = state::read().contexts.get(&ctx).map(|c| c.device).unwrap_or(0);
     client::session()?
@@ -142,7 +142,7 @@ pub(crate) fn current_device() -> Result<&'static vgpu_dataplane::handshake::Dev
         .ok_or(CUDA_ERROR_INVALID_CONTEXT)
 }
 
-fn function_id(f: Handle) -> Result<u64, u32> {
+fn function_id(f: Handle) -> CuResult<u64> {
     need_ctx()?;
     super::exec::function_entry(f)?;
     Ok(f as u64)
@@ -150,7 +150,7 @@ fn function_id(f: Handle) -> Result<u64, u32> {
 
 /// `cuOccupancyMaxActiveBlocksPerMultiprocessor(WithFlags)`, answered by the server's driver (the answer
 /// depends on the kernel's registers and shared memory as compiled, and on the driver's allocation rules).
-pub(crate) fn active_blocks(f: Handle, block_size: c_int, smem: usize, flags: c_uint) -> Result<c_int, u32> {
+pub(crate) fn active_blocks(f: Handle, block_size: c_int, smem: usize, flags: c_uint) -> CuResult<c_int> {
     let call = OccupancyActiveBlocks {
         function: function_id(f)?,
         dynamic_smem: smem as u64,
@@ -168,7 +168,7 @@ fn max_potential_block_size(
     dyn_smem: usize,
     limit: c_int,
     flags: c_uint,
-) -> Result<(), u32> {
+) -> CuResult<()> {
     let function = function_id(f)?;
     if min_grid.is_null() || block_out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -198,7 +198,7 @@ fn max_potential_block_size(
     ffi::write(block_out, r.block)
 }
 
-fn clusters(out: *mut c_int, f: Handle, config: *const c_void, potential_size: bool) -> Result<(), u32> {
+fn clusters(out: *mut c_int, f: Handle, config: *const c_void, potential_size: bool) -> CuResult<()> {
     let function = function_id(f)?;
     let cfg = super::exec::read_launch_config(config)?;
     let call = OccupancyClusters {

@@ -18,7 +18,7 @@ use crate::{client, ffi, mirror, state};
 const BATCH_PARAMS_LEN: usize = 48;
 
 /// Queues `ops` on `stream` (or records them into the graph the stream is capturing).
-pub(super) fn submit(flags: u16, stream: Handle, ops: &[MemOp], batch_flags: u32, single: bool) -> Result<(), u32> {
+pub(super) fn submit(flags: u16, stream: Handle, ops: &[MemOp], batch_flags: u32, single: bool) -> CuResult<()> {
     need_ctx()?;
     // An older server would end the session on the unknown operation.
     if client::session()?.capabilities & CAP_STREAM_MEM_OPS == 0 {
@@ -67,7 +67,7 @@ pub(super) fn submit(flags: u16, stream: Handle, ops: &[MemOp], batch_flags: u32
     client::post(flags, &call, ops.as_bytes())
 }
 
-fn one(flags: u16, stream: Handle, operation: u32, address: u64, value: u64, op_flags: c_uint) -> Result<(), u32> {
+fn one(flags: u16, stream: Handle, operation: u32, address: u64, value: u64, op_flags: c_uint) -> CuResult<()> {
     let op = MemOp {
         operation,
         flags: op_flags,
@@ -79,7 +79,7 @@ fn one(flags: u16, stream: Handle, operation: u32, address: u64, value: u64, op_
 
 /// Reads `count` `CUstreamBatchMemOpParams` the way cuda.h lays them out: the operation at 0, and for waits and
 /// writes the address at 8, the value at 16 and the flags at 24; for barriers and flushes the flags at 4.
-fn batch(flags: u16, stream: Handle, count: c_uint, params: *const c_void, batch_flags: c_uint) -> Result<(), u32> {
+fn batch(flags: u16, stream: Handle, count: c_uint, params: *const c_void, batch_flags: c_uint) -> CuResult<()> {
     // An empty batch is a successful no-op to the driver (H200, driver 580), whatever `params` is.
     if count == 0 {
         need_ctx()?;

@@ -32,7 +32,7 @@ const WIN32_HANDLE_TYPES: u32 = 0x2 | 0x4;
 /// Reads the app's allocation properties into their wire form. The win32 pointer names memory of this process,
 /// which the server cannot read: it must be NULL (cuda.h: "in all other cases, this field is required to be
 /// zero"), and so no win32 handle type can be asked for.
-fn read_prop(prop: *const c_void) -> Result<MemAllocProp, u32> {
+fn read_prop(prop: *const c_void) -> CuResult<MemAllocProp> {
     let p: AllocationProp = ffi::read(prop as *const AllocationProp)?;
     if p.win32_handle_meta_data != 0 || p.handle_types & WIN32_HANDLE_TYPES != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -50,7 +50,7 @@ fn read_prop(prop: *const c_void) -> Result<MemAllocProp, u32> {
 }
 
 /// The session, if its server executes VMM calls (an older one would end the session on an unknown operation).
-fn vmm_session() -> Result<(), u32> {
+fn vmm_session() -> CuResult<()> {
     if client::session()?.capabilities & CAP_VMM == 0 {
         return Err(CUDA_ERROR_NOT_SUPPORTED);
     }
@@ -59,7 +59,7 @@ fn vmm_session() -> Result<(), u32> {
 
 /// Exporting memory to another process cannot work through vGPU: the memory is on the GPU server, where the
 /// other process is not. Reported once per entry point, by name.
-fn not_shareable(name: &str, once: &AtomicBool) -> Result<(), u32> {
+fn not_shareable(name: &str, once: &AtomicBool) -> CuResult<()> {
     if !once.swap(true, Ordering::Relaxed) {
         crate::log::log!(
             crate::log::WARN,

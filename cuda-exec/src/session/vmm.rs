@@ -39,7 +39,7 @@ struct Mapping {
 
 impl VmmObjects {
     /// The addresses of the mappings that exactly tile [ptr, ptr+size): whole mappings, back to back.
-    fn whole_mappings(&self, ptr: u64, size: u64) -> Result<Vec<u64>, u32> {
+    fn whole_mappings(&self, ptr: u64, size: u64) -> CuResult<Vec<u64>> {
         vgpu_dataplane::ranges::tiling(&self.mappings, |m| m.size, ptr, size)
     }
 
@@ -53,7 +53,7 @@ impl VmmObjects {
 impl Session {
     /// `prop` with its device location turned into the server's ordinal. Only device memory is remoted: host
     /// (NUMA) memory would be the server's, which the client's CPU cannot reach.
-    fn real_prop(&self, mut prop: MemAllocProp) -> Result<MemAllocProp, u32> {
+    fn real_prop(&self, mut prop: MemAllocProp) -> CuResult<MemAllocProp> {
         if prop.location_type != MEM_LOCATION_DEVICE {
             return Err(CUDA_ERROR_NOT_SUPPORTED);
         }
@@ -62,12 +62,12 @@ impl Session {
         Ok(prop)
     }
 
-    pub(super) fn mem_granularity(&self, prop: MemAllocProp, option: u32) -> Result<u64, u32> {
+    pub(super) fn mem_granularity(&self, prop: MemAllocProp, option: u32) -> CuResult<u64> {
         let prop = self.real_prop(prop)?;
         self.backend.mem_granularity(&prop, option)
     }
 
-    pub(super) fn mem_address_reserve(&self, c: MemAddressReserve) -> Result<u64, u32> {
+    pub(super) fn mem_address_reserve(&self, c: MemAddressReserve) -> CuResult<u64> {
         // The hint only guides the driver's choice: the range it returns is new, whatever the hint named.
         let ptr = self.backend.mem_address_reserve(c.size, c.alignment, c.addr, c.flags)?;
         self.objects().vmm.reservations.insert(ptr, c.size);
@@ -77,7 +77,7 @@ impl Session {
     /// `cuMemAddressFree` of one of the session's reservations, as it was reserved. A reservation that still
     /// holds mappings is refused before the driver sees it (the documented order is unmap, then free), so the
     /// session's books never name mappings outside a reservation.
-    pub(super) fn mem_address_free(&self, ptr: u64, size: u64) -> Result<(), u32> {
+    pub(super) fn mem_address_free(&self, ptr: u64, size: u64) -> CuResult<()> {
         {
             let mut objs = self.objects();
             let vmm = &mut objs.vmm;
@@ -96,7 +96,7 @@ impl Session {
     }
 
     /// `cuMemCreate`, synchronous: its size counts against the memory limit before the driver allocates.
-    pub(super) fn mem_create(&self, c: MemCreate) -> Result<(), u32> {
+    pub(super) fn mem_create(&self, c: MemCreate) -> CuResult<()> {
         let prop = self.real_prop(c.prop)?;
         if self.objects().vmm.physical.contains_key(&c.handle) {
             // Ids are the client's to choose, once each.
@@ -135,7 +135,7 @@ impl Session {
         }
     }
 
-    pub(super) fn mem_release(&self, handle: u64) -> Result<(), u32> {
+    pub(super) fn mem_release(&self, handle: u64) -> CuResult<()> {
         let real = {
             let mut objs = self.objects();
             let p = objs
@@ -163,7 +163,7 @@ impl Session {
 
     /// `cuMemMap`: the range must lie inside one reservation of the session, unmapped, and the memory must be the
     /// session's (with a reference left) and hold `offset + size` bytes. The driver checks the granularity.
-    pub(super) fn mem_map(&self, c: MemMap) -> Result<(), u32> {
+    pub(super) fn mem_map(&self, c: MemMap) -> CuResult<()> {
         let end = c
             .ptr
             .checked_add(c.size)
@@ -226,7 +226,7 @@ impl Session {
     }
 
     /// `cuMemUnmap` of whole mappings of the session: one, or several back to back in one call.
-    pub(super) fn mem_unmap(&self, ptr: u64, size: u64) -> Result<(), u32> {
+    pub(super) fn mem_unmap(&self, ptr: u64, size: u64) -> CuResult<()> {
         let taken: Vec<(u64, Mapping)> = {
             let mut objs = self.objects();
             let vas = objs.vmm.whole_mappings(ptr, size)?;
@@ -260,7 +260,7 @@ impl Session {
     }
 
     /// `cuMemSetAccess` over whole mappings of the session, for devices the client may name.
-    pub(super) fn mem_set_access(&self, ptr: u64, size: u64, descs: &[MemAccessDesc]) -> Result<(), u32> {
+    pub(super) fn mem_set_access(&self, ptr: u64, size: u64, descs: &[MemAccessDesc]) -> CuResult<()> {
         let mut real = Vec::with_capacity(descs.len());
         for d in descs {
             if d.location_type != MEM_LOCATION_DEVICE {
@@ -277,7 +277,7 @@ impl Session {
         self.backend.mem_set_access(ptr, size, &real)
     }
 
-    pub(super) fn mem_get_access(&self, location_type: u32, location_id: i32, ptr: u64) -> Result<u64, u32> {
+    pub(super) fn mem_get_access(&self, location_type: u32, location_id: i32, ptr: u64) -> CuResult<u64> {
         if location_type != MEM_LOCATION_DEVICE {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -290,7 +290,7 @@ impl Session {
     }
 
     /// `cuMemGetAllocationPropertiesFromHandle`, its device given back in the client's numbering.
-    pub(super) fn mem_allocation_properties(&self, handle: u64) -> Result<MemAllocProp, u32> {
+    pub(super) fn mem_allocation_properties(&self, handle: u64) -> CuResult<MemAllocProp> {
         let real = self
             .objects()
             .vmm
@@ -306,7 +306,7 @@ impl Session {
     }
 
     /// `cuMemRetainAllocationHandle`: the id the client mapped at `addr`, with one more reference.
-    pub(super) fn mem_retain_allocation_handle(&self, addr: u64) -> Result<u64, u32> {
+    pub(super) fn mem_retain_allocation_handle(&self, addr: u64) -> CuResult<u64> {
         let (_, m) = self.objects().vmm.mapping_at(addr).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let real = self.backend.mem_retain_allocation_handle(addr)?;
         let mut objs = self.objects();
@@ -432,12 +432,12 @@ mod tests {
         }
 
         /// A synchronous call: its CUresult and, on success, its reply body.
-        fn call<C: Call>(&mut self, c: &C, tail: &[u8]) -> Result<C::Reply, u32> {
+        fn call<C: Call>(&mut self, c: &C, tail: &[u8]) -> CuResult<C::Reply> {
             assert!(C::SYNC);
             self.send(c, tail);
             match self.reply() {
                 (0, body) => Ok(C::Reply::read_from_prefix(&body).expect("reply body").0),
-                (code, _) => Err(code),
+                (code, _) => Err(CUresult::from_code(code)),
             }
         }
 
@@ -445,14 +445,14 @@ mod tests {
             self.call(c, &[]).unwrap_or_else(|e| panic!("{c:?} failed with {e}"))
         }
 
-        fn err<C: Call + std::fmt::Debug>(&mut self, c: &C) -> u32 {
+        fn err<C: Call + std::fmt::Debug>(&mut self, c: &C) -> CUresult {
             match self.call(c, &[]) {
                 Ok(_) => panic!("{c:?} succeeded"),
                 Err(e) => e,
             }
         }
 
-        fn htod(&mut self, dst: u64, data: &[u8]) -> Result<(), u32> {
+        fn htod(&mut self, dst: u64, data: &[u8]) -> CuResult<()> {
             self.call(
                 &MemcpyHtoD {
                     dst,
@@ -464,17 +464,15 @@ mod tests {
         }
 
         /// `cuMemcpyDtoH`: the reply carries the bytes, then a final status word.
-        fn dtoh(&mut self, src: u64, size: u64) -> Result<Vec<u8>, u32> {
+        fn dtoh(&mut self, src: u64, size: u64) -> CuResult<Vec<u8>> {
             self.send(&MemcpyDtoH { src, size }, &[]);
             let (code, mut payload) = self.reply();
             if code != 0 {
-                return Err(code);
+                return Err(CUresult::from_code(code));
             }
             let status = payload.split_off(payload.len() - 4);
-            match u32::from_le_bytes([status[0], status[1], status[2], status[3]]) {
-                0 => Ok(payload),
-                e => Err(e),
-            }
+            CUresult::from_code(u32::from_le_bytes([status[0], status[1], status[2], status[3]])).result()?;
+            Ok(payload)
         }
 
         fn reserve(&mut self, size: u64) -> u64 {
@@ -487,7 +485,7 @@ mod tests {
             .dptr
         }
 
-        fn create(&mut self, handle: u64, size: u64) -> Result<(), u32> {
+        fn create(&mut self, handle: u64, size: u64) -> CuResult<()> {
             self.call(
                 &MemCreate {
                     handle,
@@ -500,7 +498,7 @@ mod tests {
             .map(|_| ())
         }
 
-        fn map(&mut self, ptr: u64, size: u64, handle: u64) -> Result<(), u32> {
+        fn map(&mut self, ptr: u64, size: u64, handle: u64) -> CuResult<()> {
             let c = MemMap {
                 ptr,
                 size,
@@ -511,15 +509,15 @@ mod tests {
             self.call(&c, &[]).map(|_| ())
         }
 
-        fn unmap(&mut self, ptr: u64, size: u64) -> Result<(), u32> {
+        fn unmap(&mut self, ptr: u64, size: u64) -> CuResult<()> {
             self.call(&MemUnmap { ptr, size }, &[]).map(|_| ())
         }
 
-        fn release(&mut self, handle: u64) -> Result<(), u32> {
+        fn release(&mut self, handle: u64) -> CuResult<()> {
             self.call(&MemRelease { handle }, &[]).map(|_| ())
         }
 
-        fn set_access(&mut self, ptr: u64, size: u64, device: i32) -> Result<(), u32> {
+        fn set_access(&mut self, ptr: u64, size: u64, device: i32) -> CuResult<()> {
             let desc = MemAccessDesc {
                 location_type: MEM_LOCATION_DEVICE,
                 location_id: device,
