@@ -79,6 +79,8 @@ fn server_lifecycle_through_client_and_cli() {
             gpu_uuid: "GPU-emu-0".into(),
             memory_mib: Some(4096),
             share: None,
+            priority: None,
+            cap: false,
         },
     );
     assert_eq!(a["compute_share"], 0.25);

@@ -220,7 +220,12 @@ pub struct App {
 }
 
 fn de<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    if body.is_empty() {
+    // Every request body is a JSON object: `[]` would otherwise pass as an empty struct.
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None | Some(b'{') => {}
+        Some(_) => return Err(ApiError::bad("request body must be a JSON object")),
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
         return serde_json::from_slice(b"{}").map_err(|e| ApiError::bad(format!("request body: {e}")));
     }
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("request body: {e}")))
