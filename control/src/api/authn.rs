@@ -215,7 +215,8 @@ impl App {
         Ok(())
     }
 
-    /// Counts a failure against the key id and the address; past the limit each further one doubles the wait.
+    /// Counts a failure against the key id and the address; from the limit on, each further one doubles the wait
+    /// (1 s, 2 s, 4 s, ... up to `auth_block_max_s`).
     pub(super) fn record_failure(&self, key_id: Option<&str>, remote: Option<IpAddr>) {
         let mut targets = Vec::new();
         if let Some(id) = key_id {
@@ -237,7 +238,7 @@ impl App {
                     };
                 }
                 f.count = f.count.saturating_add(1);
-                if f.count > limit {
+                if f.count >= limit {
                     let wait = 1u64 << (f.count - limit).min(20);
                     f.blocked_until = n + wait.min(self.cfg.auth_block_max_s);
                 }
