@@ -61,6 +61,11 @@ else
   done
 fi
 
+step "control plane API contract: schemathesis, property-based and stateful (control/tests/contract/run.sh)"
+control/tests/contract/run.sh 2>&1 | tee "$log/contract.log" | tail -12
+count "$log/contract.log"
+if ! grep -qE '[0-9]+ passed' "$log/contract.log"; then total_fail=$((total_fail + 1)); fi
+
 if [ -x control/tests/ui/run.sh ]; then
   step "control plane web UI in headless Chromium"
   control/tests/ui/run.sh 2>&1 | tee "$log/ui.log" | tail -15
