@@ -23,6 +23,7 @@ pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 asuser=()
 if [ "$(id -u)" = 0 ]; then asuser=(runuser -u postgres --); fi
 pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+chmod 755 "$WORK"
 mkdir -p "$WORK/pg"
 chown -R postgres "$WORK/pg" 2>/dev/null || true
 "${asuser[@]}" "$pgbin/initdb" -D "$WORK/pg/data" -U postgres --auth=trust --no-instructions >/dev/null

@@ -18,6 +18,8 @@ const POOL_SIZE: usize = 12;
 
 struct Conn {
     client: Client,
+    /// The session's synchronous_commit: false after a lazy batch switched it off.
+    sync_commit: bool,
     get: Statement,
     range: Statement,
     lock: Statement,
@@ -51,6 +53,7 @@ impl Conn {
         let delete = client.prepare("DELETE FROM kv WHERE k = ANY($1)").map_err(pg_err)?;
         Ok(Conn {
             client,
+            sync_commit: true,
             get,
             range,
             lock,
@@ -205,11 +208,23 @@ impl KvStore for PgStore {
         }
         let mut lease = self.lease()?;
         let c = lease.conn()?;
-        let mut t = c.client.transaction().map_err(pg_err)?;
-        if !batch.durable {
-            // Still shared by every replica at once; only the fsync before acknowledging is skipped.
-            t.batch_execute("SET LOCAL synchronous_commit = off").map_err(pg_err)?;
+        if c.sync_commit != batch.durable {
+            // A lazy batch is still shared by every replica at once; only the fsync before acknowledging is
+            // skipped. Switched per connection, only when it changes.
+            let v = if batch.durable { "on" } else { "off" };
+            c.client
+                .batch_execute(&format!("SET synchronous_commit = {v}"))
+                .map_err(pg_err)?;
+            c.sync_commit = batch.durable;
         }
+        if batch.expect.is_empty() && del.is_empty() && in_k.is_empty() {
+            // Blind upserts: one statement is its own transaction, one round trip.
+            if !up_k.is_empty() {
+                c.client.execute(&c.upsert, &[&up_k, &up_v]).map_err(pg_err)?;
+            }
+            return Ok(());
+        }
+        let mut t = c.client.transaction().map_err(pg_err)?;
         if !batch.expect.is_empty() {
             let mut keys: Vec<Vec<u8>> = batch.expect.iter().map(|(k, _)| k.clone()).collect();
             keys.sort();

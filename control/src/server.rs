@@ -246,7 +246,7 @@ async fn serve(
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(4)
         .max_blocking_threads(64)
         .enable_all()
         .build()

@@ -362,6 +362,17 @@ impl KeyRing {
         json!({"algorithm": "EdDSA", "kid": active["kid"], "public_key_pem": active["public_key_pem"], "keys": keys})
     }
 
+    /// Ids of the keys still valid (what heartbeats tell servers, so they notice a rotation).
+    pub fn kids(&self) -> Vec<String> {
+        let l = self.loaded.read().unwrap_or_else(|p| p.into_inner());
+        let n = now();
+        l.keys
+            .iter()
+            .filter(|k| k.retire_at.is_none_or(|t| t > n))
+            .map(|k| k.kid.clone())
+            .collect()
+    }
+
     pub fn active_public_pem(&self) -> String {
         let l = self.loaded.read().unwrap_or_else(|p| p.into_inner());
         l.keys

@@ -133,6 +133,48 @@ impl KvStore for MemStore {
 /// sled's transactions are optimistic, so writers to different keys never wait for each other.
 pub struct SledStore {
     db: sled::Db,
+    group: GroupCommit,
+}
+
+/// Group commit: writers that applied their batch wait for one flush that started after they applied; one of
+/// them runs it for all, so concurrent durable commits share an fsync instead of queueing one each.
+#[derive(Default)]
+struct GroupCommit {
+    /// (batches applied, batches known durable, a flush is running)
+    state: Mutex<(u64, u64, bool)>,
+    done: std::sync::Condvar,
+}
+
+impl GroupCommit {
+    fn applied(&self) -> u64 {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.0 += 1;
+        st.0
+    }
+
+    fn wait_durable(&self, seq: u64, flush: impl Fn() -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if st.1 >= seq {
+                return Ok(());
+            }
+            if !st.2 {
+                st.2 = true;
+                let target = st.0;
+                drop(st);
+                let r = flush();
+                st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.2 = false;
+                if r.is_ok() {
+                    st.1 = st.1.max(target);
+                }
+                self.done.notify_all();
+                r?;
+            } else {
+                st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+    }
 }
 
 impl SledStore {
@@ -141,7 +183,10 @@ impl SledStore {
             .path(dir)
             .open()
             .map_err(|e| StoreError::Backend(e.to_string()))?;
-        Ok(SledStore { db })
+        Ok(SledStore {
+            db,
+            group: GroupCommit::default(),
+        })
     }
 }
 
@@ -163,6 +208,23 @@ impl KvStore for SledStore {
     fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         use sled::transaction::{ConflictableTransactionError, TransactionError};
         let state = batch.final_state();
+        if batch.expect.is_empty() {
+            // Blind writes need no transaction: one atomic batch is cheaper.
+            let mut b = sled::Batch::default();
+            for (k, v) in &state {
+                match v {
+                    Some(v) => b.insert(k.as_slice(), v.as_slice()),
+                    None => b.remove(k.as_slice()),
+                }
+            }
+            self.db.apply_batch(b).map_err(sled_err)?;
+            let seq = self.group.applied();
+            if batch.durable {
+                self.group
+                    .wait_durable(seq, || self.db.flush().map(|_| ()).map_err(sled_err))?;
+            }
+            return Ok(());
+        }
         let result = self.db.transaction(|tx| {
             for (k, want) in &batch.expect {
                 let cur = tx.get(k.as_slice())?;
@@ -187,10 +249,11 @@ impl KvStore for SledStore {
             Err(TransactionError::Abort(())) => return Err(StoreError::Conflict),
             Err(TransactionError::Storage(e)) => return Err(sled_err(e)),
         }
+        let seq = self.group.applied();
         if batch.durable {
             // sled only guarantees durability after flush; the API acknowledges a write only after this returns.
-            // Concurrent callers share one flush of the log.
-            self.db.flush().map_err(sled_err)?;
+            self.group
+                .wait_durable(seq, || self.db.flush().map(|_| ()).map_err(sled_err))?;
         }
         Ok(())
     }

@@ -307,10 +307,7 @@ impl App {
             Ok(beat)
         })?;
         let end: Vec<String> = self.db.index_keys(&layout::end_notices(id), END_NOTICES_PER_BEAT)?;
-        let kids: Vec<Value> = self.keys.public_set()["keys"]
-            .as_array()
-            .map(|a| a.iter().map(|k| k["kid"].clone()).collect())
-            .unwrap_or_default();
+        let kids = self.keys.kids();
         Ok((
             200,
             json!({"server_id": id, "at": beat.at, "end_sessions": end, "signing_kids": kids}),

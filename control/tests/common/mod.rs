@@ -406,10 +406,11 @@ pub fn normalize(v: &Value) -> Value {
             "target",
             "new_key_id",
             "next_cursor",
+            "detail",
         ];
         match v {
             Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), walk(k, x))).collect()),
-            Value::Array(a) if key == "end_sessions" || key == "signing_kids" => {
+            Value::Array(a) if ["end_sessions", "signing_kids", "server_ids"].contains(&key) => {
                 Value::Array(a.iter().map(|_| json!("[id]")).collect())
             }
             Value::Array(a) => Value::Array(a.iter().map(|x| walk(key, x)).collect()),
