@@ -47,6 +47,8 @@ stop_cp() { kill "$cp"; wait "$cp" 2>/dev/null || true; cp=; }
 info() { echo "{\"machine\": \"$(nproc) cores, $(uname -m)\", \"load_generator\": \"same machine\", \"store\": \"$1\"}"; }
 
 for s in $scenarios; do
+  # Other work on the machine changes every figure: keep the load average beside each scenario's results.
+  echo "{\"scenario\": \"$s\", \"loadavg_before\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >> "$out/load.jsonl"
   case $s in
     tickets)
       for store in sled postgres; do
@@ -84,5 +86,6 @@ for s in $scenarios; do
     *) echo "unknown scenario $s" >&2; exit 2 ;;
   esac
 done
+echo "{\"loadavg_after\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" >> "$out/load.jsonl"
 info "sled and postgres $("$pgbin/postgres" --version | awk '{print $3}')" > "$out/machine.json"
 echo "results in $out"
