@@ -31,7 +31,9 @@ pub fn run(backend: &str, standalone: bool) -> Result<(), String> {
         .node_token
         .clone()
         .ok_or("the control plane made no node token")?;
-    println!("  REST API and web UI at {url}/ (admin key above)");
+    let (base, pin) = url.split_once('#').unwrap_or((url.as_str(), ""));
+    println!("  REST API and web UI at {base}/ (admin key above; self-signed certificate, {pin})");
+    println!("  clients: VGPU_CONTROL_URL={url}");
 
     println!("vgpu quickstart: starting a GPU server registered with it");
     let server = local::LocalServer::start_with_env(
