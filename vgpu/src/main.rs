@@ -77,12 +77,18 @@ enum Cmd {
         /// a client presents its key in VGPU_KEY and gets that compute share, class and cap on every GPU.
         #[arg(long, conflicts_with = "key")]
         plans: Option<std::path::PathBuf>,
-        /// Control plane URL: register there, admit sessions by its tickets, report usage.
+        /// Control plane URL(s), comma-separated replicas (`https://host:8470#sha256=<certificate hash>`):
+        /// register there, admit sessions by its tickets, report usage.
         #[arg(long, conflicts_with_all = ["key", "memory_limit_mib", "plans"])]
         control: Option<String>,
-        /// Token the control plane's operator gave this server (with --control). Also read from VGPU_NODE_TOKEN.
+        /// Token the control plane's operator gave this server (with --control) to enroll once; afterwards the
+        /// server uses its own credential (see --credential-file). Also read from VGPU_NODE_TOKEN.
         #[arg(long, env = "VGPU_NODE_TOKEN", hide_env_values = true)]
         node_token: Option<String>,
+        /// Where the server keeps the credential the control plane gave it at enrollment (mode 0600; default:
+        /// $XDG_STATE_HOME or ~/.local/state, vgpu/<name>.credential).
+        #[arg(long, env = "VGPU_SERVER_CREDENTIAL")]
+        credential_file: Option<std::path::PathBuf>,
         /// Name to register under (with --control; default: this host's name).
         #[arg(long)]
         name: Option<String>,
@@ -195,6 +201,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             plans,
             control,
             node_token,
+            credential_file,
             name,
             advertise,
         } => {
@@ -202,19 +209,29 @@ fn run(cmd: Cmd) -> Result<(), String> {
             let key = key.filter(|k| !k.is_empty());
             let (authority, auth_description): (Arc<dyn Authority>, String) = match control {
                 Some(url) => {
-                    let node_token = node_token
-                        .filter(|t| !t.is_empty())
-                        .ok_or("--control needs the node token: --node-token or VGPU_NODE_TOKEN")?;
+                    let node_token = node_token.filter(|t| !t.is_empty());
                     let name = name.unwrap_or_else(|| {
                         std::fs::read_to_string("/proc/sys/kernel/hostname")
                             .map(|h| h.trim().to_string())
                             .unwrap_or_else(|_| "vgpu-server".into())
                     });
+                    let credential_file = credential_file.or_else(|| controlled::default_credential_file(&name));
+                    let has_credential = credential_file.as_ref().is_some_and(|p| p.exists());
+                    if node_token.is_none() && !has_credential {
+                        return Err(
+                            "--control needs the node token (--node-token or VGPU_NODE_TOKEN) to enroll \
+                                    this server"
+                                .into(),
+                        );
+                    }
                     let link = controlled::ControlLink {
                         url: url.clone(),
                         node_token,
                         name,
                         advertise,
+                        credential_file,
+                        // Filled by the data-plane TLS work: the SHA-256 of this server's certificate.
+                        tls_cert_sha256: None,
                     };
                     (
                         controlled::TicketAuthority::new(link),
