@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use vgpu_dataplane::transport::{Transport, TransportError};
 
+use crate::link::relay::Relay;
+use crate::link::LinkShape;
 use crate::shm::{self, ShmConfig, ShmTransport};
 use crate::tcp::TcpTransport;
 
@@ -32,6 +34,24 @@ pub(crate) fn tcp_pair() -> io::Result<(TcpTransport, TcpTransport)> {
     let client = TcpStream::connect(addr)?;
     let (server, _) = listener.accept()?;
     Ok((TcpTransport::from_stream(client)?, TcpTransport::from_stream(server)?))
+}
+
+/// A connected TCP pair whose client side goes through a shaping relay (none for `loopback`): (client, server,
+/// the relay, which must outlive the pair).
+pub(crate) fn tcp_pair_via(shape: &LinkShape) -> io::Result<(TcpTransport, TcpTransport, Option<Relay>)> {
+    if shape.direct {
+        let (a, b) = tcp_pair()?;
+        return Ok((a, b, None));
+    }
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let relay = Relay::start("127.0.0.1:0", &listener.local_addr()?.to_string(), shape)?;
+    let client = TcpStream::connect(relay.local_addr())?;
+    let (server, _) = listener.accept()?;
+    Ok((
+        TcpTransport::from_stream(client)?,
+        TcpTransport::from_stream(server)?,
+        Some(relay),
+    ))
 }
 
 /// A connected shared-memory pair through a private rendezvous socket: (client, server).
@@ -131,6 +151,18 @@ pub fn tcp_bulk_gbps(total_bytes: usize) -> io::Result<f64> {
     bulk(a, b, total_bytes)
 }
 
+/// Round trips of a 64-byte request/response through a link shape (the relay on loopback), median µs.
+pub fn link_pingpong_us(shape: &LinkShape, iters: usize) -> io::Result<f64> {
+    let (a, b, _relay) = tcp_pair_via(shape)?;
+    pingpong(a, b, iters)
+}
+
+/// One-way bulk throughput of one TCP connection through a link shape, GB/s (1e9).
+pub fn link_bulk_gbps(shape: &LinkShape, total_bytes: usize) -> io::Result<f64> {
+    let (a, b, _relay) = tcp_pair_via(shape)?;
+    bulk(a, b, total_bytes)
+}
+
 /// Round trips of a 64-byte request/response over the shared-memory transport (two threads), median µs.
 pub fn shm_pingpong_us(iters: usize) -> io::Result<f64> {
     let (a, b) = shm_pair(&ShmConfig::from_env().map_err(to_io)?)?;
@@ -146,6 +178,16 @@ pub fn shm_bulk_gbps(total_bytes: usize) -> io::Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_floors_follow_the_shape() {
+        let shape = LinkShape::parse("400m-2ms").expect("shape");
+        let us = link_pingpong_us(&shape, 20).expect("pingpong");
+        assert!((2000.0..6000.0).contains(&us), "2 ms link: pingpong {us} µs");
+        // 50 MB/s: 8 MiB in ~0.17 s.
+        let g = link_bulk_gbps(&shape, 8 << 20).expect("bulk");
+        assert!((0.030..=0.0525).contains(&g), "400 Mb/s link: bulk {g} GB/s");
+    }
 
     #[test]
     fn floors_give_plausible_numbers() {

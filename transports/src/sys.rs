@@ -321,7 +321,6 @@ pub(crate) fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// `poll` on a few descriptors for `events`, at most `timeout`; returns each one's `revents` (0 when nothing).
-#[cfg_attr(not(feature = "rdma"), allow(dead_code))]
 pub(crate) fn poll_fds<const N: usize>(fds: [RawFd; N], events: i16, timeout: Duration) -> io::Result<[i16; N]> {
     let mut p = fds.map(|fd| libc::pollfd { fd, events, revents: 0 });
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
@@ -448,4 +447,11 @@ pub(crate) mod verbs {
         // SAFETY: non-null, NUL-terminated, static.
         unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
     }
+}
+
+/// Sets this thread's timer slack (how late the kernel may wake a sleeping thread to batch wake-ups; 50 µs by
+/// default). The link relay's writers sleep until a chunk is due and need wake-ups within a few µs.
+pub(crate) fn set_timer_slack_ns(ns: u64) {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer and only changes the calling thread's timer slack.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
 }
