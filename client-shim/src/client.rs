@@ -365,6 +365,7 @@ impl Channel {
             return Err(LOST);
         }
         flush_other_channels();
+        stats::note_sync(C::OP);
         let seq = self.next_seq();
         let header = request_header::<C>(seq, flags, tail.len());
         let r = if self.batch.is_empty() {
@@ -651,10 +652,13 @@ fn flusher() {
 /// Traffic counters of the whole process (all channels), read through `vgpu_stat` and written at exit to
 /// `VGPU_STATS`: what a program pays the link for, so its time on a longer link can be predicted (issue 21).
 pub mod stats {
+    use std::collections::HashMap;
     use std::ffi::CStr;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
     use std::time::Instant;
 
+    use vgpu_dataplane::wire::Op;
     use vgpu_dataplane::{Transport, TransportError};
 
     /// Synchronous requests that waited for their reply: each costs one round trip of the link.
@@ -680,6 +684,14 @@ pub mod stats {
         c"reply_wait_ns",
     ];
     static COUNTERS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+    /// Synchronous requests by call: which calls a program's round trips are.
+    static SYNC_BY_CALL: Mutex<Option<HashMap<Op, u64>>> = Mutex::new(None);
+
+    /// Counts one synchronous request of `op`.
+    pub fn note_sync(op: Op) {
+        let mut m = SYNC_BY_CALL.lock().unwrap_or_else(|p| p.into_inner());
+        *m.get_or_insert_with(HashMap::new).entry(op).or_insert(0) += 1;
+    }
 
     pub fn add(index: usize, n: u64) {
         COUNTERS[index].fetch_add(n, Ordering::Relaxed);
@@ -690,13 +702,22 @@ pub mod stats {
         COUNTERS.get(index).map(|c| c.load(Ordering::Relaxed))
     }
 
-    /// One JSON object with every counter and this process's id.
+    /// One JSON object with every counter, the synchronous requests by call, and this process's id.
     pub fn json() -> String {
         let mut out = format!("{{\"pid\":{}", std::process::id());
         for (i, name) in NAMES.iter().enumerate() {
             out += &format!(",\"{}\":{}", name.to_string_lossy(), get(i).unwrap_or(0));
         }
-        out + "}"
+        let mut calls: Vec<(String, u64)> = SYNC_BY_CALL
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flatten()
+            .map(|(op, n)| (format!("{op:?}"), *n))
+            .collect();
+        calls.sort();
+        let calls: Vec<String> = calls.iter().map(|(op, n)| format!("\"{op}\":{n}")).collect();
+        out + ",\"sync_by_call\":{" + &calls.join(",") + "}}"
     }
 
     /// Counts one wait for a reply (a round trip) and its duration.

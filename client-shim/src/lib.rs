@@ -40,6 +40,21 @@ pub extern "C" fn vgpu_stat_name(index: u32) -> *const std::ffi::c_char {
         .map_or(std::ptr::null(), |n| n.as_ptr())
 }
 
+/// All counters and the synchronous requests by call as one JSON object, written NUL-terminated into `buf` (at most
+/// `capacity` bytes, cut short if it does not fit); returns the full length with its NUL, so a caller can retry.
+#[no_mangle]
+pub extern "C" fn vgpu_stats_json(buf: *mut std::ffi::c_char, capacity: usize) -> usize {
+    let text = client::stats::json();
+    if capacity > 0 {
+        if let Ok(out) = ffi::bytes_mut(buf as *mut u8, capacity) {
+            let n = text.len().min(capacity - 1);
+            out[..n].copy_from_slice(&text.as_bytes()[..n]);
+            out[n] = 0;
+        }
+    }
+    text.len() + 1
+}
+
 /// With `VGPU_STATS=PATH` (`%p` in it becomes the process id), appends the counters as one JSON line to PATH when
 /// the process exits, so any program's round trips can be read without changing it.
 fn report_stats_at_exit() {
