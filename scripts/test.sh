@@ -28,7 +28,21 @@ step "generated driver declarations match cuda.h and nvml.h (tools/gen-sys, bind
 if ! cargo run -q --release --manifest-path tools/gen-sys/Cargo.toml -- --check .cuda/include; then
   total_fail=$((total_fail + 1))
 fi
-if ! python3 tools/gen_driver_api.py --check; then total_fail=$((total_fail + 1)); fi
+
+step "no C declaration of cuda.h or nvml.h typed by hand outside cuda-sys (tools/check_declarations.py)"
+if python3 tools/check_declarations.py; then total_pass=$((total_pass + 1)); else total_fail=$((total_fail + 1)); fi
+
+step "cargo fmt --check and cargo clippy --workspace --all-targets -D warnings"
+if cargo fmt --all -- --check > "$log/fmt.log" 2>&1; then
+  echo "fmt: clean"; total_pass=$((total_pass + 1))
+else
+  head -40 "$log/fmt.log"; echo "fmt: files need formatting"; total_fail=$((total_fail + 1))
+fi
+if cargo clippy --workspace --all-targets -- -D warnings > "$log/clippy.log" 2>&1; then
+  echo "clippy: clean"; total_pass=$((total_pass + 1))
+else
+  grep -E '^(error|warning)' -A6 "$log/clippy.log" | head -60; echo "clippy: findings"; total_fail=$((total_fail + 1))
+fi
 
 step "cargo test (every crate)"
 cargo build --workspace --all-targets 2>&1 | tail -3

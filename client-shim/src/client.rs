@@ -258,12 +258,12 @@ impl Channel {
     }
 
     /// Queues an asynchronous call; its error, if any, latches on the server.
-    pub fn post<C: Call>(&mut self, flags: u16, call: &C, tail: &[u8], batch_limit: usize) -> CuResult<()> {
+    pub fn post<C: AsyncCall>(&mut self, flags: u16, call: &C, tail: &[u8], batch_limit: usize) -> CuResult<()> {
         self.post_with(flags, call, tail.len(), |buf| buf.put_slice(tail), batch_limit)
     }
 
     /// Queues an asynchronous call whose `tail_len`-byte tail `write_tail` appends in place.
-    pub fn post_with<C: Call>(
+    pub fn post_with<C: AsyncCall>(
         &mut self,
         flags: u16,
         call: &C,
@@ -271,7 +271,6 @@ impl Channel {
         write_tail: impl FnOnce(&mut BytesMut),
         batch_limit: usize,
     ) -> CuResult<()> {
-        debug_assert!(!C::SYNC);
         if self.broken {
             return Err(LOST);
         }
@@ -308,14 +307,13 @@ impl Channel {
 
     /// Sends a synchronous call (after the batch) and waits for its reply; `reply_tail` receives any bytes
     /// after the fixed reply body.
-    pub fn call<C: Call>(
+    pub fn call<C: SyncCall>(
         &mut self,
         flags: u16,
         call: &C,
         tail: &[u8],
         reply_tail: Option<&mut Vec<u8>>,
     ) -> CuResult<C::Reply> {
-        debug_assert!(C::SYNC);
         let seq = self.send_sync::<C>(flags, call, tail)?;
         let header = self.await_reply(seq)?;
         if header.status() != CUDA_SUCCESS {
@@ -360,7 +358,7 @@ impl Channel {
         CUresult::from_code(u32::from_le_bytes(status)).result()
     }
 
-    fn send_sync<C: Call>(&mut self, flags: u16, call: &C, tail: &[u8]) -> CuResult<u32> {
+    fn send_sync<C: SyncCall>(&mut self, flags: u16, call: &C, tail: &[u8]) -> CuResult<u32> {
         if self.broken {
             return Err(LOST);
         }
@@ -412,7 +410,7 @@ impl Channel {
             .recv_exact(push.as_mut_bytes())
             .map_err(|e| self.fail(&e))?;
         let data_len = len - std::mem::size_of::<PushHeader>();
-        let target = pending_take(push.pending_id);
+        let target = pending_take(PendingId(push.pending_id));
         match target {
             Some(l) if l.len() == data_len && push.len as usize == data_len && l.rows <= 1 => {
                 let dst = crate::ffi::fill(l.addr, data_len);
@@ -476,17 +474,17 @@ pub fn clear_sticky() {
 }
 
 /// Sends a synchronous call on this thread's channel.
-pub fn call<C: Call>(flags: u16, c: &C, tail: &[u8]) -> CuResult<C::Reply> {
+pub fn call<C: SyncCall>(flags: u16, c: &C, tail: &[u8]) -> CuResult<C::Reply> {
     with_channel(|ch, _| ch.call(flags, c, tail, None))
 }
 
 /// Sends a synchronous call whose reply carries a tail.
-pub fn call_with_tail<C: Call>(flags: u16, c: &C, tail: &[u8], reply_tail: &mut Vec<u8>) -> CuResult<C::Reply> {
+pub fn call_with_tail<C: SyncCall>(flags: u16, c: &C, tail: &[u8], reply_tail: &mut Vec<u8>) -> CuResult<C::Reply> {
     with_channel(|ch, _| ch.call(flags, c, tail, Some(reply_tail)))
 }
 
 /// Hands `fd` to the server tagged `tag`, then sends the synchronous call that names it (shared memory only).
-pub fn call_with_fd<C: Call>(flags: u16, c: &C, fd: std::os::fd::BorrowedFd<'_>, tag: u64) -> CuResult<C::Reply> {
+pub fn call_with_fd<C: SyncCall>(flags: u16, c: &C, fd: std::os::fd::BorrowedFd<'_>, tag: u64) -> CuResult<C::Reply> {
     with_channel(|ch, _| {
         ch.flush()?;
         ch.transport.send_fd(fd, tag).map_err(|e| ch.fail(&e))?;
@@ -500,17 +498,22 @@ pub fn session_is_local() -> bool {
 }
 
 /// Queues an asynchronous call on this thread's channel.
-pub fn post<C: Call>(flags: u16, c: &C, tail: &[u8]) -> CuResult<()> {
+pub fn post<C: AsyncCall>(flags: u16, c: &C, tail: &[u8]) -> CuResult<()> {
     with_channel(|ch, s| ch.post(flags, c, tail, s.batch_limit))
 }
 
 /// Sends an asynchronous call at once (not batched): for handle bindings other threads may use next.
-pub fn post_now<C: Call>(flags: u16, c: &C, tail: &[u8]) -> CuResult<()> {
+pub fn post_now<C: AsyncCall>(flags: u16, c: &C, tail: &[u8]) -> CuResult<()> {
     with_channel(|ch, _| ch.post(flags, c, tail, 0))
 }
 
 /// Queues an asynchronous call with a tail written in place.
-pub fn post_with<C: Call>(flags: u16, c: &C, tail_len: usize, write_tail: impl FnOnce(&mut BytesMut)) -> CuResult<()> {
+pub fn post_with<C: AsyncCall>(
+    flags: u16,
+    c: &C,
+    tail_len: usize,
+    write_tail: impl FnOnce(&mut BytesMut),
+) -> CuResult<()> {
     with_channel(|ch, s| ch.post_with(flags, c, tail_len, write_tail, s.batch_limit))
 }
 
@@ -531,10 +534,10 @@ impl Landing {
 }
 
 // Device-to-host async copies waiting for their data, by id.
-static PENDING: OnceLock<Mutex<HashMap<u64, Landing>>> = OnceLock::new();
+static PENDING: OnceLock<Mutex<HashMap<PendingId, Landing>>> = OnceLock::new();
 static NEXT_PENDING: AtomicU64 = AtomicU64::new(1);
 
-fn pending() -> MutexGuard<'static, HashMap<u64, Landing>> {
+fn pending() -> MutexGuard<'static, HashMap<PendingId, Landing>> {
     PENDING
         .get_or_init(Default::default)
         .lock()
@@ -542,8 +545,8 @@ fn pending() -> MutexGuard<'static, HashMap<u64, Landing>> {
 }
 
 /// Records where an async device-to-host copy's bytes must land; returns the id the server echoes.
-pub fn pending_register(landing: Landing) -> u64 {
-    let id = NEXT_PENDING.fetch_add(1, Ordering::Relaxed);
+pub fn pending_register(landing: Landing) -> PendingId {
+    let id = PendingId(NEXT_PENDING.fetch_add(1, Ordering::Relaxed));
     pending().insert(id, landing);
     id
 }
@@ -561,7 +564,7 @@ pub fn pending_clear() {
     pending().clear();
 }
 
-fn pending_take(id: u64) -> Option<Landing> {
+fn pending_take(id: PendingId) -> Option<Landing> {
     pending().remove(&id)
 }
 

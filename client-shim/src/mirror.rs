@@ -102,12 +102,12 @@ fn map_on_server(base: usize, len: usize) -> CuResult<u64> {
     let r = client::call(
         0,
         &HostMirrorMap {
-            addr: base as u64,
+            addr: HostAddr(base as u64),
             size: len as u64,
         },
         &[],
     )?;
-    Ok(r.dptr)
+    Ok(r.dptr.get())
 }
 
 /// Page-locked, zeroed host memory of `len` bytes (a page multiple) with a server mirror at the same address
@@ -261,7 +261,7 @@ pub fn adopt_managed_global(dptr: u64, size: usize) -> CuResult<()> {
     // `__managed__` variables up before it has made one current. The host cannot look at the variable
     // before then either (natively it is the runtime's initialisation that follows).
     let fetched = match crate::state::current_ctx() {
-        0 => Err(CUDA_ERROR_INVALID_CONTEXT),
+        crate::state::NO_CONTEXT => Err(CUDA_ERROR_INVALID_CONTEXT),
         _ => fetch_initial(&m),
     };
     let mut all = mirrors();
@@ -284,7 +284,7 @@ pub fn adopt_managed_global(dptr: u64, size: usize) -> CuResult<()> {
 fn fetch_initial(m: &Mirror) -> CuResult<()> {
     let out = ffi::bytes_mut(m.data as *mut u8, m.data_len)?;
     let call = MemcpyDtoH {
-        src: m.data_dptr(),
+        src: DevicePtr(m.data_dptr()),
         size: m.data_len as u64,
     };
     client::with_channel(|ch, _| ch.copy_to_host(0, &call, out))
@@ -336,7 +336,13 @@ pub fn forget(ptr: usize) {
         m.by_base.remove(&base)
     };
     if removed.is_some_and(|m| m.kind == Kind::Pinned) {
-        let _ = client::call(0, &HostMirrorUnmap { addr: base as u64 }, &[]);
+        let _ = client::call(
+            0,
+            &HostMirrorUnmap {
+                addr: HostAddr(base as u64),
+            },
+            &[],
+        );
     }
 }
 
@@ -378,7 +384,7 @@ pub fn pending_source(addr: usize, n: usize) -> Option<u64> {
 /// into, in stream order, and remembers it for the next synchronizing call. A region that earlier queued
 /// work may have written (pending) is not pushed: the server's copy is the newer one until a sync brings
 /// it back, and the host cannot have written it meanwhile without racing that work.
-pub fn before_launch(flags: u16, stream: u64, args: &[u8]) -> CuResult<()> {
+pub fn before_launch(flags: u16, stream: StreamId, args: &[u8]) -> CuResult<()> {
     // A `__managed__` variable's initial value must be here before this pushes it.
     fetch_deferred()?;
     let _transfer = TRANSFERS.read().unwrap_or_else(|p| p.into_inner());
@@ -417,7 +423,7 @@ pub fn before_launch(flags: u16, stream: u64, args: &[u8]) -> CuResult<()> {
         client::post(
             flags,
             &MemcpyHtoDAsync {
-                dst: mirror.data_dptr(),
+                dst: DevicePtr(mirror.data_dptr()),
                 size: mirror.data_len as u64,
                 stream,
             },
@@ -444,7 +450,7 @@ pub fn after_sync() -> CuResult<()> {
     for mirror in due {
         let out = ffi::bytes_mut(mirror.data as *mut u8, mirror.data_len)?;
         let call = MemcpyDtoH {
-            src: mirror.data_dptr(),
+            src: DevicePtr(mirror.data_dptr()),
             size: mirror.data_len as u64,
         };
         client::with_channel(|ch, _| ch.copy_to_host(0, &call, out))?;

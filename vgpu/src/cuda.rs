@@ -53,12 +53,10 @@ impl Cuda {
 
     /// -1 native driver; with vGPU's shim: 0 real GPU, 1 emulated backend (after cuInit).
     pub fn vgpu_backend(&self) -> i32 {
+        // own ABI: vgpu_session_backend is vGPU's export, declared by no header.
+        type SessionBackend = unsafe extern "C" fn() -> i32;
         // SAFETY: an optional, argument-less function only vGPU's shim exports (not a driver entry point).
-        match unsafe {
-            self.lib
-                .library()
-                .get::<unsafe extern "C" fn() -> i32>(b"vgpu_session_backend\0")
-        } {
+        match unsafe { self.lib.library().get::<SessionBackend>(b"vgpu_session_backend\0") } {
             // SAFETY: as above; it only reads the session's state.
             Ok(f) => unsafe { f() },
             Err(_) => -2,

@@ -129,6 +129,7 @@ fn backend(dir: &Path) -> &'static str {
         return "unknown";
     };
     // SAFETY: an argument-less function vGPU's shim exports.
+    // own ABI: vgpu_session_backend is vGPU's export, declared by no header.
     match unsafe { lib.get::<unsafe extern "C" fn() -> i32>(b"vgpu_session_backend\0") } {
         Ok(f) => match unsafe { f() } {
             0 => "real",

@@ -28,22 +28,43 @@ unsafe extern "C" fn smem_by_block(block: c_int) -> usize {
     })
 }
 
-/// A function's name and parameter layout, with its attributes left for `FuncGetAttributes`: querying them here
-/// would load every kernel of the module, which the driver otherwise does lazily.
-fn function_info(name: String, param: impl Fn(usize, &mut usize, &mut usize) -> CUresult) -> FunctionInfo {
-    let mut params = Vec::new();
-    loop {
-        let (mut off, mut size) = (0usize, 0usize);
-        if param(params.len(), &mut off, &mut size) != CUDA_SUCCESS {
-            break;
-        }
-        params.push((off as u32, size as u32));
-    }
-    FunctionInfo {
-        name,
-        params,
-        attrs: [i32::MIN; FUNC_ATTR_COUNT],
-    }
+/// Every function of a loaded module or library (their driver calls differ, the walk does not): the count,
+/// the handles, then each one's name and parameter layout. Attributes are left for `FuncGetAttributes`: querying
+/// them here would load every kernel of the image, which the driver otherwise does lazily.
+fn list_functions<H: Copy + Default>(
+    count: impl FnOnce(&mut u32) -> CUresult,
+    enumerate: impl FnOnce(&mut [H]) -> CUresult,
+    name: impl Fn(H, &mut *const std::ffi::c_char) -> CUresult,
+    param: impl Fn(H, usize, &mut usize, &mut usize) -> CUresult,
+    handle: impl Fn(H) -> Callable,
+) -> CuResult<Vec<LoadedFunction>> {
+    let mut n = 0u32;
+    count(&mut n).result()?;
+    let mut handles = vec![H::default(); n as usize];
+    enumerate(&mut handles).result()?;
+    Ok(handles
+        .into_iter()
+        .map(|h| {
+            let mut text = std::ptr::null();
+            let _ = name(h, &mut text);
+            let mut params = Vec::new();
+            loop {
+                let (mut off, mut size) = (0usize, 0usize);
+                if param(h, params.len(), &mut off, &mut size) != CUDA_SUCCESS {
+                    break;
+                }
+                params.push((off as u32, size as u32));
+            }
+            LoadedFunction {
+                info: FunctionInfo {
+                    name: cstr_name(text),
+                    params,
+                    attrs: [i32::MIN; FUNC_ATTR_COUNT],
+                },
+                handle: handle(h),
+            }
+        })
+        .collect())
 }
 
 /// `CUlaunchAttribute` with `id` and the first words of its value set from `words`.
@@ -71,28 +92,14 @@ impl RealBackend {
         let mut m = std::ptr::null_mut();
         // SAFETY: the image was checked by the session (size, fat binary or ELF or NUL-terminated PTX).
         unsafe { d.cuModuleLoadData(&mut m, image.as_ptr() as *const c_void) }.result()?;
-        let mut count = 0u32;
-        // SAFETY: out-pointer to a local; m was just loaded.
-        unsafe { d.cuModuleGetFunctionCount(&mut count, m) }.result()?;
-        let mut handles = vec![std::ptr::null_mut(); count as usize];
-        // SAFETY: `handles` has room for `count` handles.
-        unsafe { d.cuModuleEnumerateFunctions(handles.as_mut_ptr(), count, m) }.result()?;
-        let functions = handles
-            .into_iter()
-            .map(|f| {
-                let mut name = std::ptr::null();
-                // SAFETY: out-pointer to a local; f is one of the module's functions.
-                unsafe { d.cuFuncGetName(&mut name, f) };
-                let info = function_info(cstr_name(name), |i, off, size| {
-                    // SAFETY: out-pointers to the caller's locals.
-                    unsafe { d.cuFuncGetParamInfo(f, i, off, size) }
-                });
-                LoadedFunction {
-                    info,
-                    handle: Callable::Function(f.into()),
-                }
-            })
-            .collect();
+        // SAFETY (the calls below): out-pointers to locals, `m` just loaded, each `f` one of its functions.
+        let functions = list_functions(
+            |count| unsafe { d.cuModuleGetFunctionCount(count, m) },
+            |handles| unsafe { d.cuModuleEnumerateFunctions(handles.as_mut_ptr(), handles.len() as u32, m) },
+            |f, name| unsafe { d.cuFuncGetName(name, f) },
+            |f, i, off, size| unsafe { d.cuFuncGetParamInfo(f, i, off, size) },
+            |f| Callable::Function(f.into()),
+        )?;
         Ok((m.into(), functions))
     }
 
@@ -127,33 +134,19 @@ impl RealBackend {
                     && d.cuCtxSetCurrent(primary) == CUDA_SUCCESS
             }
         };
-        let mut count = 0u32;
-        // SAFETY: out-pointer to a local; l was just loaded.
-        unsafe { d.cuLibraryGetKernelCount(&mut count, l) }.result()?;
-        let mut handles = vec![std::ptr::null_mut(); count as usize];
-        // SAFETY: `handles` has room for `count` handles.
-        unsafe { d.cuLibraryEnumerateKernels(handles.as_mut_ptr(), count, l) }.result()?;
-        let kernels = handles
-            .into_iter()
-            .map(|k| {
-                let mut name = std::ptr::null();
-                // SAFETY: out-pointer to a local; k is one of the library's kernels.
-                unsafe { d.cuKernelGetName(&mut name, k) };
-                let info = function_info(cstr_name(name), |i, off, size| {
-                    // SAFETY: out-pointers to the caller's locals.
-                    unsafe { d.cuKernelGetParamInfo(k, i, off, size) }
-                });
-                LoadedFunction {
-                    info,
-                    handle: Callable::Kernel(k.into()),
-                }
-            })
-            .collect();
+        // SAFETY (the calls below): out-pointers to locals, `l` just loaded, each `k` one of its kernels.
+        let kernels = list_functions(
+            |count| unsafe { d.cuLibraryGetKernelCount(count, l) },
+            |handles| unsafe { d.cuLibraryEnumerateKernels(handles.as_mut_ptr(), handles.len() as u32, l) },
+            |k, name| unsafe { d.cuKernelGetName(name, k) },
+            |k, i, off, size| unsafe { d.cuKernelGetParamInfo(k, i, off, size) },
+            |k| Callable::Kernel(k.into()),
+        );
         if borrowed {
             // SAFETY: gives the borrowed context back (NULL: no current context on this thread).
             unsafe { d.cuCtxSetCurrent(std::ptr::null_mut()) };
         }
-        Ok((l.into(), kernels))
+        Ok((l.into(), kernels?))
     }
 
     pub(super) fn global(&self, image: Image, name: &CStr) -> CuResult<(DevicePtr, u64)> {
@@ -274,7 +267,7 @@ impl RealBackend {
         let f = self.occupancy_function(function)?;
         let callback: CUoccupancyB2DSize = table.map(|t| {
             SMEM_BY_BLOCK.with(|s| *s.borrow_mut() = t.to_vec());
-            smem_by_block as unsafe extern "C" fn(c_int) -> usize
+            smem_by_block as _
         });
         let (mut grid, mut block) = (0, 0);
         // SAFETY: out-pointers to locals; the callback reads this thread's table, set just above.

@@ -413,8 +413,9 @@ impl Channel {
 
     /// An event recorded on `stream` now, marking when the work queued before it is done.
     pub fn mark(&self, stream: Stream) -> CuResult<Event> {
-        const CU_EVENT_DISABLE_TIMING: u32 = 2;
-        let ev = self.b().event_create(CU_EVENT_DISABLE_TIMING)?;
+        let ev = self
+            .b()
+            .event_create(vgpu_cuda_sys::driver::CUevent_flags::CU_EVENT_DISABLE_TIMING.0)?;
         self.b()
             .event_record(ev, stream)
             .inspect_err(|_| {

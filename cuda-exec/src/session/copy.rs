@@ -147,24 +147,49 @@ impl Channel {
             len: len as u64,
         };
         t.send(&[header.as_bytes(), push.as_bytes()])?;
-        let mut error = None;
+        let error = self.stream_to_client(t, src, len, stream)?;
+        Ok(error.map_or(Ok(()), Err))
+    }
+
+    /// Sends `len` bytes from `src` chunk by chunk as the copy engine fills the staging buffers (the frame's
+    /// header is already out): issue the first chunk, then wait for chunk i, issue chunk i+1 into the other
+    /// buffer, send chunk i. A failed copy sends zeros for the rest, keeping the frame whole; its error is
+    /// returned for the status the caller reports.
+    fn stream_to_client(
+        &mut self,
+        t: &mut dyn Transport,
+        src: DevicePtr,
+        len: usize,
+        stream: Stream,
+    ) -> Result<Option<CUresult>, ChannelEnd> {
+        let mut error: Option<CUresult> = None;
         let mut offset = 0usize;
+        let mut which = 0;
+        let first = len.min(CHUNK);
+        if first > 0 {
+            error = self.b().memcpy_dtoh_async(&self.staging[0], src, first, stream).err();
+        }
         while offset < len {
             let n = (len - offset).min(CHUNK);
             if error.is_none() {
+                error = self.b().stream_synchronize(stream).err();
+            }
+            let next = offset + n;
+            if next < len && error.is_none() {
+                let m = (len - next).min(CHUNK);
                 error = self
                     .b()
-                    .memcpy_dtoh_async(&self.staging[0], src.offset(offset as u64), n, stream)
-                    .and_then(|_| self.b().stream_synchronize(stream))
+                    .memcpy_dtoh_async(&self.staging[which ^ 1], src.offset(next as u64), m, stream)
                     .err();
             }
             if error.is_some() {
-                self.staging[0].as_mut_slice()[..n].fill(0);
+                self.staging[which].as_mut_slice()[..n].fill(0);
             }
-            t.send(&[&self.staging[0].as_slice()[..n]])?;
-            offset += n;
+            t.send(&[&self.staging[which].as_slice()[..n]])?;
+            offset = next;
+            which ^= 1;
         }
-        Ok(error.map_or(Ok(()), Err))
+        Ok(error)
     }
 
     /// The device span a 2D copy touches: `height` rows at `pitch`, `width` bytes each.
@@ -338,34 +363,7 @@ impl Serve<MemcpyDtoH> for Channel {
         };
         cx.t.send(&[header.as_bytes()])?;
         cx.replied = true;
-        let mut error: Option<CUresult> = None;
-        let mut offset = 0usize;
-        let mut which = 0;
-        // Issue the first chunk, then: wait for chunk i, issue chunk i+1 into the other buffer, send chunk i.
-        let first = len.min(CHUNK);
-        if first > 0 {
-            error = self.b().memcpy_dtoh_async(&self.staging[0], c.src, first, stream).err();
-        }
-        while offset < len {
-            let n = (len - offset).min(CHUNK);
-            if error.is_none() {
-                error = self.b().stream_synchronize(stream).err();
-            }
-            let next = offset + n;
-            if next < len && error.is_none() {
-                let m = (len - next).min(CHUNK);
-                error = self
-                    .b()
-                    .memcpy_dtoh_async(&self.staging[which ^ 1], c.src.offset(next as u64), m, stream)
-                    .err();
-            }
-            if error.is_some() {
-                self.staging[which].as_mut_slice()[..n].fill(0);
-            }
-            cx.t.send(&[&self.staging[which].as_slice()[..n]])?;
-            offset = next;
-            which ^= 1;
-        }
+        let error = self.stream_to_client(cx.t, c.src, len, stream)?;
         let status = error.or(latched).unwrap_or(CUDA_SUCCESS);
         cx.t.send(&[&status.code().to_le_bytes()])?;
         Ok(Ok(Empty {}))
