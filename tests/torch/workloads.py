@@ -120,13 +120,13 @@ class StepTimer:
 
 
 class Traffic:
-    """vGPU's traffic counters (the shim's `vgpu_stat`: round trips, batch flushes, async calls, bytes each way, time
-    waiting for replies), read around a timed loop so each workload reports what one step pays the link. Natively,
-    or with a shim without the counters, every reading is None and nothing is recorded."""
+    """vGPU's traffic counters (the shim's `vgpu_stats_json`: round trips, batch flushes, async calls, bytes each way,
+    time waiting for replies, and the synchronous requests by call), read around a timed loop so each workload
+    reports what one step pays the link and which calls its round trips are. Natively, or with a shim without the
+    counters, every reading is None and nothing is recorded."""
 
     def __init__(self):
         self.lib = None
-        self.names: list[str] = []
 
     def _load(self) -> bool:
         if self.lib is None:
@@ -134,31 +134,35 @@ class Traffic:
 
             try:
                 lib = ctypes.CDLL("libcuda.so.1")  # the library torch loaded (same soname, same handle)
-                lib.vgpu_stat.restype = ctypes.c_uint64
-                lib.vgpu_stat.argtypes = [ctypes.c_uint32]
-                lib.vgpu_stat_name.restype = ctypes.c_char_p
-                lib.vgpu_stat_name.argtypes = [ctypes.c_uint32]
+                lib.vgpu_stats_json.restype = ctypes.c_size_t
+                lib.vgpu_stats_json.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+                self.buf = ctypes.create_string_buffer(1 << 16)
+                self.lib = lib
             except (OSError, AttributeError):
                 self.lib = False
-                return False
-            i = 0
-            while i < 64 and (name := lib.vgpu_stat_name(i)):
-                self.names.append(name.decode())
-                i += 1
-            self.lib = lib
         return bool(self.lib)
 
     def snapshot(self) -> dict | None:
         if not self._load():
             return None
-        return {n: int(self.lib.vgpu_stat(i)) for i, n in enumerate(self.names)}
+        import ctypes
+
+        need = self.lib.vgpu_stats_json(self.buf, len(self.buf))
+        if need > len(self.buf):
+            self.buf = ctypes.create_string_buffer(need * 2)
+            self.lib.vgpu_stats_json(self.buf, len(self.buf))
+        return json.loads(self.buf.value.decode())
 
     def per_step(self, before: dict | None, steps: int) -> dict | None:
-        """Counters' growth since `before` divided by `steps`, plus `steps` itself."""
+        """Counters' growth since `before` divided by `steps`, plus `steps` and the round trips by call per step."""
         after = self.snapshot()
         if before is None or after is None or steps <= 0:
             return None
-        out = {n: (after[n] - before[n]) / steps for n in after}
+        out = {n: (v - before.get(n, 0)) / steps for n, v in after.items()
+               if isinstance(v, (int, float)) and n != "pid"}
+        b_calls = before.get("sync_by_call", {})
+        calls = {op: (n - b_calls.get(op, 0)) / steps for op, n in after.get("sync_by_call", {}).items()}
+        out["sync_by_call"] = {op: v for op, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0}
         out["steps"] = steps
         return out
 
@@ -477,8 +481,8 @@ def w_compile(ctx: Ctx) -> dict:
                 ctx.sync()
                 first_s = time.perf_counter() - t
         timer.mark()
-        iv = timer.intervals_ms()
         traffic[("compiled" if compiled else "eager") + "_step"] = TRAFFIC.per_step(tr0, steps - warm)
+        iv = timer.intervals_ms()
         out = model(xs[0].to(ctx.device)).detach()
         return [float(v) for v in losses], median(iv), first_s, out
 
