@@ -1,7 +1,8 @@
 //! Prints what the shaping relay delivers on this host for each link shape: a 64-byte round trip and one TCP stream's
 //! bulk rate, beside the shape's own figures (`cargo run --release -p vgpu-transports --example links [SHAPES]`).
 //! The `relay` row (no delay, no rate) against `loopback` is the relay's own cost, which `vgpu bench --links`
-//! subtracts.
+//! subtracts. With `LINKS_WIRE=1` (root, network namespaces and TUN) each shape is also measured across the
+//! packet-level wire, where one TCP stream meets the real round trip with the kernel's own windows.
 
 use vgpu_transports::floor;
 use vgpu_transports::link::LinkShape;
@@ -35,6 +36,11 @@ fn main() -> Result<(), String> {
             rate,
             bulk
         );
+        if std::env::var("LINKS_WIRE").is_ok_and(|v| v == "1") && !shape.direct {
+            let ping = floor::wire_pingpong_us(&shape, iters).map_err(|e| e.to_string())?;
+            let bulk = floor::wire_bulk_gbps(&shape, n).map_err(|e| e.to_string())?;
+            println!("{:<12} {:>12} {:>12.1} {:>12} {:>12.3}", "  (wire)", "", ping, "", bulk);
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::time::Instant;
 use vgpu_dataplane::transport::{Transport, TransportError};
 
 use crate::link::relay::Relay;
+use crate::link::wire::Wire;
 use crate::link::LinkShape;
 use crate::shm::{self, ShmConfig, ShmTransport};
 use crate::tcp::TcpTransport;
@@ -52,6 +53,43 @@ pub(crate) fn tcp_pair_via(shape: &LinkShape) -> io::Result<(TcpTransport, TcpTr
         TcpTransport::from_stream(server)?,
         Some(relay),
     ))
+}
+
+/// A connected TCP pair across a packet-level wire: the server side accepted inside the wire's namespace, the client
+/// side in this one; (client, server). TCP runs end to end, with the kernel's own windows.
+pub(crate) fn tcp_pair_across(wire: &Wire) -> io::Result<(TcpTransport, TcpTransport)> {
+    let far = wire.far_addr();
+    let ns = std::fs::File::open(format!("/run/netns/{}", wire.netns_name()))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = thread::spawn(move || -> io::Result<TcpStream> {
+        crate::sys::enter_netns(&ns)?;
+        let listener = TcpListener::bind((far, 0))?;
+        let _ = tx.send(listener.local_addr()?.port());
+        Ok(listener.accept()?.0)
+    });
+    let port = rx
+        .recv()
+        .map_err(|_| io::Error::other("the far end could not listen"))?;
+    let client = TcpStream::connect((far, port))?;
+    let server = server
+        .join()
+        .map_err(|_| io::Error::other("far end thread panicked"))??;
+    Ok((TcpTransport::from_stream(client)?, TcpTransport::from_stream(server)?))
+}
+
+/// Round trips of a 64-byte request/response across a packet-level wire of `shape`, median µs.
+pub fn wire_pingpong_us(shape: &LinkShape, iters: usize) -> io::Result<f64> {
+    let wire = Wire::start(shape)?;
+    let (a, b) = tcp_pair_across(&wire)?;
+    pingpong(a, b, iters)
+}
+
+/// One-way bulk throughput of one TCP connection across a packet-level wire of `shape` (the kernel's windows and
+/// congestion control at the shape's RTT), GB/s (1e9).
+pub fn wire_bulk_gbps(shape: &LinkShape, total_bytes: usize) -> io::Result<f64> {
+    let wire = Wire::start(shape)?;
+    let (a, b) = tcp_pair_across(&wire)?;
+    bulk(a, b, total_bytes)
 }
 
 /// A connected shared-memory pair through a private rendezvous socket: (client, server).

@@ -6,6 +6,7 @@
 //! own cost is measured against the direct connection and subtracted. `loopback` means no relay at all.
 
 pub mod relay;
+pub mod wire;
 
 use std::fmt;
 use std::time::Duration;
