@@ -77,6 +77,12 @@ if [ "${WHAT:-all}" = links ]; then
   bash scripts/link-probe.sh 2>&1 | tee "$OUT/link-probe.txt"
   vgpu bench --links "${LINKS:-standard}" --repeat "${LINKS_REPEAT:-1}" --json "$OUT/links.json" 2>&1 |
     tee "$OUT/links.txt"
+  # LINKS_WIRE=1: the same shapes across the packet-level wire too (TUN devices in a network namespace: TCP end to
+  # end with the kernel's windows), where link-probe.sh found namespaces and TUN; another ~3 minutes.
+  if [ "${LINKS_WIRE:-0}" = 1 ]; then
+    vgpu bench --links "${LINKS:-standard}" --wire --repeat 1 --json "$OUT/links-wire.json" 2>&1 |
+      tee "$OUT/links-wire.txt"
+  fi
 fi
 if [ "${WHAT:-all}" = frameworks ]; then
   # JAX, CuPy, Triton, Hugging Face (tests/frameworks), natively and through vGPU over TCP and shared memory,

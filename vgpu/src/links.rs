@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use vgpu_transports::floor;
 use vgpu_transports::link::relay::Relay;
+use vgpu_transports::link::wire::Wire;
 use vgpu_transports::link::LinkShape;
 
 use crate::bench::{median_probe, ProbeOptions};
@@ -82,6 +83,51 @@ struct ShapeRun {
     relay: Value,
 }
 
+/// One shape across the packet-level wire: a server of its own inside the wire's namespace, the probe here.
+fn measure_across_wire(
+    exe: &std::path::Path,
+    backend: &str,
+    shape: &LinkShape,
+    quick: bool,
+    repeat: usize,
+) -> Result<ShapeRun, String> {
+    let wire = Wire::start(shape).map_err(|e| format!("wire for {shape}: {e}"))?;
+    let server = LocalServer::start_in_netns(wire.netns_name(), wire.far_addr(), backend)?;
+    let opts = ProbeOptions {
+        quick,
+        link: Some(shape.clone()),
+    };
+    let repeat = if shape.rtt >= Duration::from_millis(1) {
+        1
+    } else {
+        repeat
+    };
+    let t = Instant::now();
+    let probe = median_probe(&|| through_shim(exe, Some(&server.tcp)), &opts, repeat)?;
+    eprintln!(
+        "vgpu bench --links: {shape} (wire) measured in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    let stats = wire.stats();
+    let wire_stats = json!({
+        "packets": stats.packets.load(std::sync::atomic::Ordering::Relaxed),
+        "dropped": stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+    });
+    drop(server);
+    drop(wire);
+    let iters = (0.5 / shape.rtt.as_secs_f64().max(20e-6)).clamp(20.0, 5000.0) as usize;
+    let bulk = shape
+        .bytes_per_s()
+        .map_or(512usize << 20, |r| ((r * 2.0) as usize).min(512 << 20));
+    Ok(ShapeRun {
+        shape: shape.clone(),
+        probe,
+        pingpong_us: floor::wire_pingpong_us(shape, iters).ok(),
+        bulk_gbps: floor::wire_bulk_gbps(shape, bulk).ok(),
+        relay: wire_stats,
+    })
+}
+
 fn measure_shape(
     exe: &std::path::Path,
     server: &LocalServer,
@@ -144,10 +190,17 @@ pub fn run(
     json_path: Option<&std::path::Path>,
     backend: &str,
     repeat: usize,
+    wire: bool,
 ) -> Result<(), String> {
     let asked = LinkShape::parse_list(shapes)?;
-    let mut shapes = vec![LinkShape::loopback(), LinkShape::parse("relay")?];
-    shapes.extend(asked.into_iter().filter(|s| !s.direct && s.name != "relay"));
+    // The base of the predictions: the emulator with no delay and no rate (its own cost against loopback).
+    let unshaped = LinkShape::parse(if wire { "wire" } else { "relay" })?;
+    let mut shapes = vec![LinkShape::loopback(), unshaped];
+    shapes.extend(
+        asked
+            .into_iter()
+            .filter(|s| !s.direct && s.name != "relay" && s.name != "wire"),
+    );
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let native_cmd = || {
         let mut c = std::process::Command::new(&exe);
@@ -164,7 +217,11 @@ pub fn run(
     let server = LocalServer::start(backend, &["--no-shm"])?;
     let mut runs = Vec::new();
     for shape in &shapes {
-        runs.push(measure_shape(&exe, &server, shape, quick, repeat)?);
+        runs.push(if wire && !shape.direct {
+            measure_across_wire(&exe, backend, shape, quick, repeat)?
+        } else {
+            measure_shape(&exe, &server, shape, quick, repeat)?
+        });
     }
     drop(server);
     let report = render(&runs, native.as_ref());
@@ -210,13 +267,14 @@ fn render(runs: &[ShapeRun], native: Option<&Value>) -> Report {
         }
     );
     let direct = runs.iter().find(|r| r.shape.direct);
-    let unshaped = runs.iter().find(|r| r.shape.name == "relay");
+    let unshaped = runs.iter().find(|r| r.shape.name == "relay" || r.shape.name == "wire");
     if let (Some(d), Some(r)) = (direct, unshaped) {
         let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
         let _ = writeln!(
             text,
-            "relay cost on this host: 64-byte round trip {} µs direct, {} µs through the relay; one TCP stream {} GB/s \
-             direct, {} GB/s through it",
+            "{} cost on this host: 64-byte round trip {} µs direct, {} µs through it; one TCP stream {} GB/s direct, \
+             {} GB/s through it",
+            r.shape.name,
             f(d.pingpong_us),
             f(r.pingpong_us),
             f(d.bulk_gbps),
@@ -225,7 +283,7 @@ fn render(runs: &[ShapeRun], native: Option<&Value>) -> Report {
     }
     let _ = writeln!(
         text,
-        "predicted = RTT × round trips + max(relay figure, bytes ÷ rate); ratio = time ÷ native time"
+        "predicted = RTT × round trips + max(unshaped figure, bytes ÷ rate); ratio = time ÷ native time"
     );
     let mut shapes = Vec::new();
     for run in runs {
@@ -249,7 +307,7 @@ fn render(runs: &[ShapeRun], native: Option<&Value>) -> Report {
         let _ = writeln!(
             text,
             "{:<48} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7} {:>7} {:>11}",
-            "metric", "native", "loopback", "relay", "measured", "predicted", "÷pred", "ratio", "RT/op", "bytes/op"
+            "metric", "native", "loopback", "unshaped", "measured", "predicted", "÷pred", "ratio", "RT/op", "bytes/op"
         );
         let mut rows = Vec::new();
         for &(key, label, unit) in LINK_METRICS {

@@ -140,6 +140,10 @@ enum Cmd {
         /// RATE-RTT shapes (100g-10us, 1g-5ms, ...); `standard` is the four of issue 21.
         #[arg(long)]
         links: Option<String>,
+        /// With --links: shapes go across the packet-level wire (TUN devices and a network namespace; needs root)
+        /// instead of through the relay, so TCP meets the round trip end to end with the kernel's windows.
+        #[arg(long, requires = "links")]
+        wire: bool,
     },
     /// Relay TCP connections to a server through a link shape: each direction delayed by half the round trip and
     /// limited to the rate, with at most one bandwidth-delay product plus a cap queued (for measurements).
@@ -321,13 +325,15 @@ fn run(cmd: Cmd) -> Result<(), String> {
             backend,
             repeat,
             links: Some(shapes),
-        } => links::run(&shapes, quick, json.as_deref(), &backend, repeat),
+            wire,
+        } => links::run(&shapes, quick, json.as_deref(), &backend, repeat, wire),
         Cmd::Bench {
             quick,
             json,
             backend,
             repeat,
             links: None,
+            ..
         } => bench::run(quick, json.as_deref(), &backend, repeat),
         Cmd::LinkRelay {
             listen,

@@ -2,8 +2,8 @@
 //! model that predicts an operation's time on a shape from its round trips and bytes, and the shaping relay.
 //!
 //! A shape is written `RATE-RTT`: `100g-10us`, `25g-50us`, `10g-500us`, `1g-5ms` (rates in bits per second with
-//! k/m/g/t, `inf` for no limit; times in ns/us/ms/s). `relay` is `inf-0us`: the relay with no shaping, whose
-//! own cost is measured against the direct connection and subtracted. `loopback` means no relay at all.
+//! k/m/g/t, `inf` for no limit; times in ns/us/ms/s). `relay` (and `wire`) is `inf-0us`: the emulator with no
+//! shaping, whose own cost is measured against the direct connection and subtracted. `loopback` means no emulator.
 
 pub mod relay;
 pub mod wire;
@@ -48,12 +48,7 @@ impl LinkShape {
         let text = text.trim();
         match text {
             "loopback" | "direct" => return Ok(LinkShape::loopback()),
-            "relay" => {
-                return LinkShape::parse("inf-0us").map(|s| LinkShape {
-                    name: "relay".into(),
-                    ..s
-                })
-            }
+            "relay" | "wire" => return LinkShape::parse("inf-0us").map(|s| LinkShape { name: text.into(), ..s }),
             _ => {}
         }
         let (rate, rtt) = text
