@@ -40,6 +40,20 @@ fn main() -> Result<(), String> {
             let ping = floor::wire_pingpong_us(&shape, iters).map_err(|e| e.to_string())?;
             let bulk = floor::wire_bulk_gbps(&shape, n).map_err(|e| e.to_string())?;
             println!("{:<12} {:>12} {:>12.1} {:>12} {:>12.3}", "  (wire)", "", ping, "", bulk);
+            if let Some(k) = std::env::var("LINKS_STREAMS")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+            {
+                let agg = floor::wire_bulk_parallel_gbps(&shape, n, k).map_err(|e| e.to_string())?;
+                println!(
+                    "{:<12} {:>12} {:>12} {:>12} {:>12.3}",
+                    format!("  ({k} streams)"),
+                    "",
+                    "",
+                    "",
+                    agg
+                );
+            }
         }
     }
     Ok(())

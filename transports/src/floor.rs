@@ -92,6 +92,27 @@ pub fn wire_bulk_gbps(shape: &LinkShape, total_bytes: usize) -> io::Result<f64> 
     bulk(a, b, total_bytes)
 }
 
+/// Aggregate one-way throughput of `streams` TCP connections sending `total_bytes` between them across a wire of
+/// `shape`, GB/s: how far several connections get where one is held back by its window (long fat links).
+pub fn wire_bulk_parallel_gbps(shape: &LinkShape, total_bytes: usize, streams: usize) -> io::Result<f64> {
+    let wire = Wire::start(shape)?;
+    let streams = streams.clamp(1, 64);
+    let mut pairs = Vec::new();
+    for _ in 0..streams {
+        pairs.push(tcp_pair_across(&wire)?);
+    }
+    let each = total_bytes.div_ceil(streams);
+    let t0 = Instant::now();
+    let runs: Vec<_> = pairs
+        .into_iter()
+        .map(|(a, b)| thread::spawn(move || bulk(a, b, each)))
+        .collect();
+    for r in runs {
+        r.join().map_err(|_| io::Error::other("stream thread panicked"))??;
+    }
+    Ok((each * streams) as f64 / t0.elapsed().as_secs_f64() / 1e9)
+}
+
 /// A connected shared-memory pair through a private rendezvous socket: (client, server).
 pub(crate) fn shm_pair(config: &ShmConfig) -> io::Result<(ShmTransport, ShmTransport)> {
     static N: AtomicUsize = AtomicUsize::new(0);
