@@ -243,9 +243,9 @@ mod tests {
         let shape = LinkShape::parse("400m-2ms").expect("shape");
         let us = link_pingpong_us(&shape, 20).expect("pingpong");
         assert!((2000.0..6000.0).contains(&us), "2 ms link: pingpong {us} µs");
-        // 50 MB/s: 8 MiB in ~0.17 s.
+        // 50 MB/s: 8 MiB in ~0.17 s; never above the rate, and not far below it even on a loaded machine.
         let g = link_bulk_gbps(&shape, 8 << 20).expect("bulk");
-        assert!((0.030..=0.0525).contains(&g), "400 Mb/s link: bulk {g} GB/s");
+        assert!((0.020..=0.0525).contains(&g), "400 Mb/s link: bulk {g} GB/s");
     }
 
     #[test]

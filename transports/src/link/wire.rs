@@ -327,17 +327,20 @@ mod tests {
         let port = rx.recv().expect("port");
         let mut c = TcpStream::connect((far, port)).expect("connect across the wire");
         c.set_nodelay(true).expect("nodelay");
-        // Round trips: each at least the 4 ms RTT.
-        let t = Instant::now();
-        for _ in 0..5 {
+        // Round trips: each at least the 4 ms RTT, the median within one more.
+        let mut times = Vec::new();
+        for _ in 0..7 {
+            let t = Instant::now();
             c.write_all(b"!").expect("ping");
             let mut b = [0u8; 1];
             c.read_exact(&mut b).expect("pong");
+            times.push(t.elapsed());
         }
-        let per = t.elapsed() / 5;
+        times.sort();
+        assert!(times[0] >= Duration::from_millis(4), "a round trip took {:?}", times[0]);
         assert!(
-            per >= Duration::from_millis(4) && per < Duration::from_millis(12),
-            "round trip {per:?}"
+            times[3] < Duration::from_millis(8),
+            "round trips across a 4 ms wire: {times:?}"
         );
         // Bulk: 25 MB/s each way; 16 MiB take ~0.67 s, one TCP stream with the kernel's own windows.
         let data = vec![7u8; 16 << 20];
@@ -346,14 +349,15 @@ mod tests {
         c.shutdown(std::net::Shutdown::Write).expect("close");
         let (total, peer) = server.join().expect("server");
         let rate = total as f64 / t.elapsed().as_secs_f64();
-        assert_eq!(total, data.len() + 5);
+        assert_eq!(total, data.len() + 7);
         assert_eq!(
             peer.ip(),
             wire.near_addr(),
             "the client's packets came from the near end"
         );
         assert!(rate < 25e6 * 1.05, "{rate:.0} B/s through a 25 MB/s wire");
-        assert!(rate > 25e6 * 0.6, "only {rate:.0} B/s through a 25 MB/s wire");
+        // A loaded machine wakes the forwarder late (packets then queue and some drop): a floor, not the rate.
+        assert!(rate > 25e6 * 0.4, "only {rate:.0} B/s through a 25 MB/s wire");
         assert!(wire.stats().packets.load(Ordering::Relaxed) > 100);
     }
 }
