@@ -283,7 +283,8 @@ fn render(runs: &[ShapeRun], native: Option<&Value>) -> Report {
     }
     let _ = writeln!(
         text,
-        "predicted = RTT × round trips + max(unshaped figure, bytes ÷ rate); ratio = time ÷ native time"
+        "predicted = RTT × round trips + max(unshaped figure, bytes ÷ rate); ratio = time ÷ native time; ×link = a \
+         copy's bandwidth ÷ the link's rate"
     );
     let mut shapes = Vec::new();
     for run in runs {
@@ -306,8 +307,18 @@ fn render(runs: &[ShapeRun], native: Option<&Value>) -> Report {
         );
         let _ = writeln!(
             text,
-            "{:<48} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7} {:>7} {:>11}",
-            "metric", "native", "loopback", "unshaped", "measured", "predicted", "÷pred", "ratio", "RT/op", "bytes/op"
+            "{:<48} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7} {:>11}",
+            "metric",
+            "native",
+            "loopback",
+            "unshaped",
+            "measured",
+            "predicted",
+            "÷pred",
+            "ratio",
+            "×link",
+            "RT/op",
+            "bytes/op"
         );
         let mut rows = Vec::new();
         for &(key, label, unit) in LINK_METRICS {
@@ -330,10 +341,15 @@ fn render(runs: &[ShapeRun], native: Option<&Value>) -> Report {
             let time = |v: Option<f64>| v.and_then(|v| seconds_per_op(key, unit, v));
             let ratio = time(m).zip(time(n)).map(|(a, b)| a / b);
             let vs_pred = time(m).zip(predicted_s).map(|(a, p)| a / p);
+            // A copy's bandwidth as a fraction of the link's rate (issue 21's goal: at least 0.9).
+            let of_link = match (unit, m, s.bytes_per_s()) {
+                ("GB/s", Some(m), Some(r)) => Some(m * 1e9 / r),
+                _ => None,
+            };
             let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
             let _ = writeln!(
                 text,
-                "{:<48} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7} {:>7} {:>11}",
+                "{:<48} {:>9} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7} {:>11}",
                 format!("{label} ({unit})"),
                 f(n),
                 f(lo),
@@ -342,12 +358,14 @@ fn render(runs: &[ShapeRun], native: Option<&Value>) -> Report {
                 f(predicted),
                 f(vs_pred),
                 f(ratio),
+                f(of_link),
                 f(rt),
                 bytes.map_or("-".into(), |b| format!("{b:.0}")),
             );
             rows.push(json!({
                 "metric": key, "label": label, "unit": unit, "native": n, "loopback": lo, "relay": base,
                 "measured": m, "predicted": predicted, "link_model_s": link_model_s, "measured_over_predicted": vs_pred,
+                "fraction_of_link_rate": of_link,
                 "time_ratio_native": ratio, "traffic_per_op": run.probe["traffic"][key],
             }));
         }
