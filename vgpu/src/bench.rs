@@ -510,8 +510,8 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
         String::new()
     };
     println!(
-        "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8}{rdma_head}",
-        "metric", "native", "vgpu tcp", "ratio", "vgpu shm", "ratio"
+        "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8} {:>6}{rdma_head}",
+        "metric", "native", "vgpu tcp", "ratio", "vgpu shm", "ratio", "RT/op"
     );
     let mut rows = Vec::new();
     for &(key, label, unit, higher_better) in METRICS {
@@ -530,21 +530,28 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
         } else {
             String::new()
         };
+        // Synchronous round trips per operation over TCP, from the shim's counters (the same over every transport).
+        let trips = tcp["traffic"][key]["round_trips"].as_f64();
         println!(
-            "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8}{rdma_cols}",
+            "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8} {:>6}{rdma_cols}",
             format!("{label} ({unit})"),
             f(n),
             f(t),
             f(ratio(t)),
             f(s),
-            f(ratio(s))
+            f(ratio(s)),
+            f(trips)
         );
         rows.push(
             json!({"metric": key, "label": label, "unit": unit, "native": n, "tcp": t, "shm": s, "rdma": r,
-            "tcp_time_ratio": ratio(t), "shm_time_ratio": ratio(s), "rdma_time_ratio": ratio(r)}),
+            "tcp_time_ratio": ratio(t), "shm_time_ratio": ratio(s), "rdma_time_ratio": ratio(r),
+            "round_trips_per_op": trips, "tcp_traffic_per_op": tcp["traffic"][key]}),
         );
     }
-    println!("(ratio = vGPU time ÷ native time; for bandwidths, native GB/s ÷ vGPU GB/s)");
+    println!(
+        "(ratio = vGPU time ÷ native time; for bandwidths, native GB/s ÷ vGPU GB/s; RT/op = synchronous round trips \
+         per operation, from the shim's counters)"
+    );
     println!("transport floors: {floors}");
     if let Some(path) = json_path {
         let doc = json!({ "device": device, "vgpu_emulated": emulated, "quick": quick, "repeats": repeat, "rows": rows,
