@@ -6,6 +6,7 @@ mod bench;
 mod controlled;
 mod cuda;
 mod fairness;
+mod links;
 mod local;
 mod nvml;
 mod quickstart;
@@ -148,6 +149,40 @@ enum Cmd {
         /// `fairness`: several tenants on one GPU instead (see `vgpu bench fairness --help`).
         #[command(subcommand)]
         what: Option<fairness::BenchWhat>,
+        /// Instead: the probe over TCP through each of these link shapes (a shaping relay on this host), beside
+        /// loopback and the unshaped relay, with each row's round trips and the predicted time. Comma-separated
+        /// RATE-RTT shapes (100g-10us, 1g-5ms, ...); `standard` is the four of issue 21.
+        #[arg(long)]
+        links: Option<String>,
+        /// With --links: shapes go across the packet-level wire (TUN devices and a network namespace; needs root)
+        /// instead of through the relay, so TCP meets the round trip end to end with the kernel's windows.
+        #[arg(long, requires = "links")]
+        wire: bool,
+    },
+    /// Relay TCP connections to a server through a link shape: each direction delayed by half the round trip and
+    /// limited to the rate, with at most one bandwidth-delay product plus a cap queued (for measurements).
+    LinkRelay {
+        /// Where clients connect (host:port; port 0 picks one, printed on the ready line).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// The server's TCP address (host:port, or tcp://host:port).
+        #[arg(long)]
+        to: String,
+        /// RATE-RTT, e.g. 10g-500us; `relay` forwards without shaping.
+        #[arg(long, conflicts_with_all = ["rtt_us", "gbit"])]
+        shape: Option<String>,
+        /// Round-trip time in µs (with --gbit, instead of --shape).
+        #[arg(long)]
+        rtt_us: Option<f64>,
+        /// Rate in Gb/s each direction (0: unlimited).
+        #[arg(long)]
+        gbit: Option<f64>,
+        /// Bytes the relay may queue per direction beyond the bandwidth-delay product.
+        #[arg(long, default_value_t = vgpu_transports::link::relay::DEFAULT_QUEUE_CAP)]
+        queue_cap: usize,
+        /// Print the relay's counters every this many seconds (0: never).
+        #[arg(long, default_value_t = 0)]
+        report_s: u64,
     },
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -168,6 +203,9 @@ enum Cmd {
     Probe {
         #[arg(long)]
         quick: bool,
+        /// The link shape between this probe and the server (sizes the loops).
+        #[arg(long)]
+        link: Option<String>,
     },
 }
 
@@ -327,10 +365,36 @@ fn run(cmd: Cmd) -> Result<(), String> {
             json,
             backend,
             repeat,
+            links: Some(shapes),
+            wire,
             what: None,
+        } => links::run(&shapes, quick, json.as_deref(), &backend, repeat, wire),
+        Cmd::Bench {
+            quick,
+            json,
+            backend,
+            repeat,
+            links: None,
+            what: None,
+            ..
         } => bench::run(quick, json.as_deref(), &backend, repeat),
+        Cmd::LinkRelay {
+            listen,
+            to,
+            shape,
+            rtt_us,
+            gbit,
+            queue_cap,
+            report_s,
+        } => links::relay(&listen, &to, shape, rtt_us, gbit, queue_cap, report_s),
         Cmd::FairTenant(args) => fairness::tenant(args),
         Cmd::LaunchRate { launches, start_at_ms } => bench::launch_rate(launches, start_at_ms),
-        Cmd::Probe { quick } => bench::probe(quick),
+        Cmd::Probe { quick, link } => bench::probe(&bench::ProbeOptions {
+            quick,
+            link: link
+                .as_deref()
+                .map(vgpu_transports::link::LinkShape::parse)
+                .transpose()?,
+        }),
     }
 }
