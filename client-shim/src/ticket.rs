@@ -55,7 +55,7 @@ struct Grant {
 /// `POST /v1/tickets` with the tenant's key. `url` may list several control-plane replicas (comma-separated,
 /// tried in turn) and pin each one's certificate (`https://host:8470#sha256=<hex>`). A session runs on one
 /// server: the one holding the first GPU the ticket names.
-fn fetch_ticket(url: &str, key: &str) -> Result<Grant, u32> {
+fn fetch_ticket(url: &str, key: &str) -> CuResult<Grant> {
     let grant = vgpu_control::client::request_ticket(url, key).map_err(|e| match e.status {
         Some(status @ (401 | 403)) => {
             log!(

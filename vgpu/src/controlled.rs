@@ -623,7 +623,9 @@ mod tests {
     fn delivered_gpu_time_accumulates_per_gpu_until_reported() {
         let authority = TicketAuthority::new(ControlLink {
             url: "http://127.0.0.1:9".into(),
-            node_token: "t".into(),
+            node_token: Some("t".into()),
+            credential_file: None,
+            tls_cert_sha256: None,
             name: "n".into(),
             advertise: None,
         });
