@@ -53,6 +53,11 @@ INSTA_UPDATE=no cargo test --workspace --no-fail-fast 2>&1 | tee "$log/cargo.log
 count "$log/cargo.log"
 if grep -q "error\[E\|could not compile" "$log/cargo.log"; then total_fail=$((total_fail + 1)); fi
 
+step "fuzzing: each target replays its seeds and saved crashes, then fuzzes 30 s (fuzz/, scripts/fuzz.sh)"
+scripts/fuzz.sh 30 2>&1 | tee "$log/fuzz.log" | grep -E '^(PASS|FAIL|    )|installing|failed'
+tail -1 "$log/fuzz.log" > "$log/fuzz.summary"
+count "$log/fuzz.summary"
+
 step "end-to-end driver-API programs through vGPU (emulated backend)"
 python3 tests/e2e/run.py build --cuda-include .cuda/include --lib-dir target/debug --out target/e2e | tail -1
 for transport in tcp shm; do
