@@ -320,6 +320,23 @@ pub(crate) fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// `send` with MSG_DONTWAIT | MSG_NOSIGNAL: writes what fits in the socket buffer now, never blocks.
+pub(crate) fn send_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: send reads at most buf.len() bytes from the caller's buffer.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr() as *const libc::c_void,
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// `poll` on a few descriptors for `events`, at most `timeout`; returns each one's `revents` (0 when nothing).
 #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
 pub(crate) fn poll_fds<const N: usize>(fds: [RawFd; N], events: i16, timeout: Duration) -> io::Result<[i16; N]> {
