@@ -49,8 +49,22 @@ fn default_server() -> String {
 struct Grant {
     ticket: String,
     session_id: String,
-    /// `tcp://address` of the server holding the ticket's first GPU.
+    /// Endpoint of the server holding the ticket's first GPU: `tls://host:port#sha256=…` when the server
+    /// registered a TLS certificate (the client then pins it), else as registered (`tcp://` if no scheme).
     server: String,
+}
+
+/// The endpoint to dial for a ticket's server address and certificate fingerprint.
+fn ticket_endpoint(address: &str, tls_cert_sha256: Option<&str>) -> String {
+    let url = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("tcp://{address}")
+    };
+    match tls_cert_sha256 {
+        Some(pin) if url.starts_with("tls://") && !url.contains('#') => format!("{url}#sha256={pin}"),
+        _ => url,
+    }
 }
 
 /// `POST /v1/tickets` with the tenant's key. A session runs on one server: the one holding the first GPU the
@@ -86,19 +100,37 @@ fn fetch_ticket(url: &str, key: &str) -> Result<Grant, u32> {
     };
     let ticket = body["ticket"].as_str();
     let address = body["gpus"][0]["server_address"].as_str();
+    let pin = body["gpus"][0]["tls_cert_sha256"].as_str();
     match (ticket, address) {
         (Some(t), Some(a)) => Ok(Grant {
             ticket: t.to_string(),
             session_id: body["session_id"].as_str().unwrap_or("?").to_string(),
-            server: if a.contains("://") {
-                a.to_string()
-            } else {
-                format!("tcp://{a}")
-            },
+            server: ticket_endpoint(a, pin),
         }),
         _ => {
             log!(ERROR, "control plane at {url} sent a ticket without a server");
             Err(CUDA_ERROR_NO_DEVICE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ticket_endpoint;
+
+    #[test]
+    fn ticket_addresses_become_endpoints_with_their_pin() {
+        let pin = "ab".repeat(32);
+        assert_eq!(ticket_endpoint("gpu:7070", None), "tcp://gpu:7070");
+        assert_eq!(
+            ticket_endpoint("tls://gpu:7443", Some(&pin)),
+            format!("tls://gpu:7443#sha256={pin}")
+        );
+        // An explicit pin in the address wins; a plain TCP address takes none.
+        assert_eq!(
+            ticket_endpoint("tls://g:1#sha256=00", Some(&pin)),
+            "tls://g:1#sha256=00"
+        );
+        assert_eq!(ticket_endpoint("g:1", Some(&pin)), "tcp://g:1");
     }
 }

@@ -1308,6 +1308,8 @@ impl App {
                 gpu_index: g.index,
                 memory_limit_mib: a.memory_limit_mib,
                 compute_share: a.compute_share,
+                // The control-plane side registers servers' fingerprints (issue 14); until then tickets carry none.
+                tls_cert_sha256: None,
             });
         }
         if gpus.is_empty() {

@@ -19,6 +19,10 @@ pub struct TicketGpu {
     pub memory_limit_mib: u64,
     /// Fraction of the GPU's compute time, in (0, 1].
     pub compute_share: f64,
+    /// SHA-256 of the server's TLS certificate (lower-case hex), as the server registered it: clients pin it
+    /// when they dial `tls://` (absent for servers without TLS, or registered before it was known).
+    #[serde(default)]
+    pub tls_cert_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

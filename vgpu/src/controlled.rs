@@ -2,13 +2,12 @@
 //! by their tickets (checked offline with the control plane's public key), ends revoked ones, reports usage.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use vgpu_control::client::{self, GpuInfo, UsageSample};
 use vgpu_control::ticket::{TicketError, TicketGpu, TicketVerifier};
-use vgpu_cuda_exec::{Admission, Authority, Limits, UsageDelta};
+use vgpu_cuda_exec::{Admission, Authority, Limits, Listening, UsageDelta};
 use vgpu_dataplane::handshake::DeviceFacts;
 
 /// How often the server tells the control plane it is alive (and learns which sessions to end).
@@ -24,8 +23,10 @@ pub struct ControlLink {
     pub node_token: String,
     /// Name the server registers under (re-registering by name keeps its GPUs' assignments).
     pub name: String,
-    /// `host:port` clients dial; default: this host's name and the TCP port the server listens on.
+    /// The endpoint clients dial; default: `tls://` this host's name and the TLS port, else `host:port` of TCP.
     pub advertise: Option<String>,
+    /// SHA-256 of the server's TLS certificate (lower-case hex), registered so tickets can carry it.
+    pub tls_cert_sha256: Option<String>,
 }
 
 /// Admits sessions by control-plane tickets; see the module docs.
@@ -269,20 +270,31 @@ fn this_host() -> String {
 }
 
 impl Authority for TicketAuthority {
-    fn started(&self, tcp: Option<SocketAddr>, devices: &[DeviceFacts]) -> Result<Vec<String>, String> {
-        let address = match (&self.link.advertise, tcp) {
-            (Some(a), _) => a.clone(),
-            (None, Some(addr)) if addr.ip().is_unspecified() => format!("{}:{}", this_host(), addr.port()),
-            (None, Some(addr)) => addr.to_string(),
-            (None, None) => {
-                return Err("with --control the server must listen on TCP (or give --advertise host:port)".into())
+    fn started(&self, listening: &Listening, devices: &[DeviceFacts]) -> Result<Vec<String>, String> {
+        let host = |addr: std::net::SocketAddr| {
+            if addr.ip().is_unspecified() {
+                format!("{}:{}", this_host(), addr.port())
+            } else {
+                addr.to_string()
+            }
+        };
+        // Clients on other hosts reach the server over TLS; plain TCP is advertised only without it.
+        let address = match (&self.link.advertise, listening.tls, listening.tcp) {
+            (Some(a), _, _) => a.clone(),
+            (None, Some(tls), _) => format!("tls://{}", host(tls)),
+            (None, None, Some(tcp)) => host(tcp),
+            (None, None, None) => {
+                return Err("with --control the server must listen on TLS or TCP (or give --advertise)".into())
             }
         };
         let reg = self.register(&address, devices)?;
-        let lines = vec![format!(
+        let mut lines = vec![format!(
             "registered with the control plane at {} as server {} ({address})",
             self.link.url, reg.server_id
         )];
+        if let Some(pin) = &self.link.tls_cert_sha256 {
+            lines.push(format!("clients pin this server's TLS certificate by sha256={pin}"));
+        }
         self.state().registration = Some(reg);
         let me = self.me.upgrade().ok_or("the server is shutting down")?;
         std::thread::Builder::new()
@@ -361,6 +373,9 @@ impl Authority for TicketAuthority {
                 memory_bytes: Some(memory_mib.saturating_mul(1 << 20)),
                 devices: Some(devices),
             },
+            tenant: format!("tenant {}", claims.sub),
+            // Tickets carry no session bound yet: the server's --max-sessions-per-tenant applies.
+            max_sessions: None,
         })
     }
 
@@ -400,6 +415,7 @@ mod tests {
                     gpu_index: 0,
                     memory_limit_mib: 1024,
                     compute_share: share,
+                    tls_cert_sha256: None,
                 },
                 TicketGpu {
                     server_id: "srv".into(),
@@ -408,6 +424,7 @@ mod tests {
                     gpu_index: 1,
                     memory_limit_mib: 1024,
                     compute_share: 1.0,
+                    tls_cert_sha256: None,
                 },
             ],
             period_start: 100,

@@ -11,6 +11,8 @@ use std::time::Duration;
 pub struct LocalServer {
     child: Child,
     pub tcp: String,
+    /// The `tls://host:port#sha256=…` endpoint (loopback, with the certificate's fingerprint to pin).
+    pub tls: String,
     pub shm: String,
     /// The `rdma://` endpoint, when the server was asked for one (`--rdma`) and found an RDMA device.
     pub rdma: Option<String>,
@@ -26,6 +28,11 @@ impl Drop for LocalServer {
 }
 
 impl LocalServer {
+    /// The SHA-256 of the server's TLS certificate (what `tls` pins).
+    pub fn tls_sha256(&self) -> &str {
+        self.tls.split_once("#sha256=").map_or("", |(_, pin)| pin)
+    }
+
     /// The server's process id (its session workers are its children).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -41,7 +48,8 @@ impl LocalServer {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let shm = format!("vgpu-{}-{}", std::process::id(), rand_suffix());
         let mut child = Command::new(exe)
-            .args(["server", "--tcp", "127.0.0.1:0", "--shm", &shm, "--backend", backend])
+            .args(["server", "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0", "--shm", &shm])
+            .args(["--backend", backend])
             .args(extra_args)
             .envs(env.iter().copied())
             .env_remove("LD_LIBRARY_PATH")
@@ -76,6 +84,11 @@ impl LocalServer {
                     .find(|e| e.starts_with("tcp://"))
                     .map(str::to_string)
                     .ok_or("server is ready but printed no tcp endpoint")?;
+                let tls = rest
+                    .split(", ")
+                    .find(|e| e.starts_with("tls://"))
+                    .map(|e| e.trim().to_string())
+                    .ok_or("server is ready but printed no tls endpoint")?;
                 let rdma = rest
                     .split(", ")
                     .find(|e| e.starts_with("rdma://"))
@@ -85,6 +98,7 @@ impl LocalServer {
                 return Ok(LocalServer {
                     child,
                     tcp,
+                    tls,
                     shm: format!("shm://{shm}"),
                     rdma,
                     banner,

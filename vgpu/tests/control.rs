@@ -58,23 +58,44 @@ fn control_plane() -> (Killed, String) {
     (child, url)
 }
 
-fn gpu_server(url: &str, shm: &str) -> (Killed, Vec<String>) {
+/// A folder removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A GPU server registered with the control plane at `url`, serving TLS on loopback (which it advertises): the
+/// server, its start-up lines and its certificate's fingerprint.
+fn gpu_server(url: &str, shm: &str, state: &TempDir) -> (Killed, Vec<String>, String) {
     let mut cmd = Command::new(VGPU);
     cmd.args(["server", "--backend", "emulated", "--tcp", "127.0.0.1:0", "--shm", shm])
+        .args(["--tls", "127.0.0.1:0", "--state-dir"])
+        .arg(&state.0)
         .args(["--control", url, "--name", "test-node"])
         .env("VGPU_NODE_TOKEN", NODE_TOKEN);
     let (child, _, banner) = start_until(cmd, "ready on ");
-    (child, banner)
+    let pin = banner
+        .iter()
+        .find_map(|l| l.split("TLS certificate sha256=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the server prints its TLS fingerprint")
+        .to_string();
+    (child, banner, pin)
 }
 
-/// Runs `vgpu __memcheck` through the shim as the tenant.
-fn memcheck(url: &str, key: &str, server: Option<&str>, args: &[&str]) -> std::process::Output {
+/// Runs `vgpu __memcheck` through the shim as the tenant; `pin` is the server certificate's fingerprint (until
+/// the control plane puts it in tickets, the client is given it as VGPU_TLS_FINGERPRINT).
+fn memcheck(url: &str, key: &str, server: Option<&str>, pin: &str, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(VGPU);
     cmd.args(["run", "--control", url, "--"])
         .arg(VGPU)
         .arg("__memcheck")
         .args(args)
         .env("VGPU_KEY", key)
+        .env("VGPU_TLS_FINGERPRINT", pin)
         .env_remove("VGPU_SERVER")
         .env_remove("VGPU_TICKET");
     if let Some(s) = server {
@@ -113,12 +134,16 @@ struct Setup {
     key: String,
     assignment_id: String,
     banner: Vec<String>,
+    /// The server's TLS certificate fingerprint.
+    pin: String,
+    _state: TempDir,
 }
 
 fn setup(slice_mib: u64) -> Setup {
     let (control, url) = control_plane();
     let shm = format!("ctl-test-{}-{slice_mib}", std::process::id());
-    let (server, banner) = gpu_server(&url, &shm);
+    let state = TempDir(std::env::temp_dir().join(format!("vgpu-control-test-state-{shm}")));
+    let (server, banner, pin) = gpu_server(&url, &shm, &state);
     let admin = Client::new(&url, Some(ADMIN_KEY));
     let tenant = admin
         .call("POST", "/v1/tenants", Some(&json!({"name": "alice"})))
@@ -154,6 +179,8 @@ fn setup(slice_mib: u64) -> Setup {
         tenant_id,
         key,
         banner,
+        pin,
+        _state: state,
     }
 }
 
@@ -166,9 +193,9 @@ fn tenant_key_ticket_memory_limit_and_usage_end_to_end() {
         s.banner
     );
 
-    // Over TCP, the server comes from the ticket; over shared memory, VGPU_SERVER picks the endpoint.
+    // Over TLS, the server comes from the ticket; over shared memory, VGPU_SERVER picks the endpoint.
     for server in [None, Some(s.shm.as_str())] {
-        let out = memcheck(&s.url, &s.key, server, &["200", "100", "40"]);
+        let out = memcheck(&s.url, &s.key, server, &s.pin, &["200", "100", "40"]);
         let text = String::from_utf8_lossy(&out.stdout);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{server:?}: {text} {err}");
@@ -222,7 +249,7 @@ fn tenant_key_ticket_memory_limit_and_usage_end_to_end() {
 fn bad_credentials_are_refused_with_the_reason() {
     let s = setup(128);
     // A key the control plane does not know: no ticket, cuInit fails with NOT_PERMITTED and says why.
-    let out = memcheck(&s.url, "vgpu_nosuchkey_0123456789abcdefghij", None, &[]);
+    let out = memcheck(&s.url, "vgpu_nosuchkey_0123456789abcdefghij", None, &s.pin, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused VGPU_KEY"), "{err}");
@@ -285,6 +312,7 @@ fn revoking_the_assignment_ends_the_live_session() {
         .arg(VGPU)
         .args(["__memcheck", "--hold-ms", "12000", "64"])
         .env("VGPU_KEY", &s.key)
+        .env("VGPU_TLS_FINGERPRINT", &s.pin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("runs");

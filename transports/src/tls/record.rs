@@ -193,6 +193,12 @@ impl TlsTransport {
         Ok((stream, state))
     }
 
+    /// Whether anything the peer sent is buffered here beyond what was received (the connection cannot be handed
+    /// on then: see `into_resume`).
+    pub fn has_buffered_input(&self) -> bool {
+        self.in_start != self.in_end || self.plain_pos != self.plain_end
+    }
+
     /// The negotiated cipher suite's IANA code point (0x1301, 0x1302 or 0x1303).
     pub fn suite_code(&self) -> u16 {
         self.tx.suite().code()
