@@ -520,7 +520,12 @@ where
         }
         self.socket.set_read_timeout(Some(left))?;
         let mut s = self.socket;
-        s.read(buf)
+        s.read(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "the hello did not arrive in time")
+            }
+            _ => e,
+        })
     }
 }
 

@@ -16,6 +16,9 @@ use vgpu_dataplane::transport::{Transport, TransportError};
 use super::keys::{DirectionKeys, Suite, MAX_SECRET, TAG_LEN};
 use crate::{io_to_transport, send_all};
 
+#[path = "pipeline.rs"]
+mod pipeline;
+
 const HEADER: usize = 5;
 /// Largest plaintext of one record (2^14).
 const MAX_PLAIN: usize = 16 * 1024;
@@ -132,6 +135,8 @@ pub struct TlsTransport {
     spin: Duration,
     /// Send close_notify when dropped (not after the connection was handed to another process).
     notify_on_drop: bool,
+    /// Buffers of the two-thread path for large transfers (`pipeline`), kept for the next one.
+    batches: Vec<Box<[u8]>>,
 }
 
 impl TlsTransport {
@@ -154,6 +159,7 @@ impl TlsTransport {
             deadline: None,
             spin: crate::tcp::spin_budget(),
             notify_on_drop: true,
+            batches: Vec::new(),
         })
     }
 
@@ -255,45 +261,23 @@ impl TlsTransport {
         io_to_transport(e)
     }
 
-    /// Appends one sealed record of `content_type` holding `pieces` (at most `MAX_PLAIN` bytes in all). A record
-    /// of one piece is sealed from the caller's memory; several pieces are gathered first.
+    /// Appends one sealed record of `content_type` holding `pieces` (at most `MAX_PLAIN` bytes in all), and a key
+    /// update after it when the key has sealed its share of records.
     fn seal_record(&mut self, content_type: u8, pieces: &[&[u8]]) -> Result<(), TransportError> {
-        let len: usize = pieces.iter().map(|p| p.len()).sum();
-        debug_assert!(len <= MAX_PLAIN && self.out_len + HEADER + MAX_CIPHERTEXT <= OUT_BUF);
-        let body_len = len + 1 + TAG_LEN;
-        let header = [TYPE_APPDATA, 3, 3, (body_len >> 8) as u8, body_len as u8];
-        let record = &mut self.out[self.out_len..self.out_len + HEADER + body_len];
-        let (head, body) = record.split_at_mut(HEADER);
-        head.copy_from_slice(&header);
-        if let [piece] = pieces {
-            let (ciphertext, type_and_tag) = body.split_at_mut(len);
-            self.tx
-                .seal_into(&header, piece, content_type, ciphertext, type_and_tag)
-                .map_err(TransportError::Protocol)?;
-        } else {
-            let mut at = 0;
-            for p in pieces {
-                body[at..at + p.len()].copy_from_slice(p);
-                at += p.len();
-            }
-            body[len] = content_type;
-            let (inner, tag_out) = body.split_at_mut(len + 1);
-            let tag = self.tx.seal(&header, inner).map_err(TransportError::Protocol)?;
-            tag_out.copy_from_slice(&tag);
-        }
-        self.out_len += HEADER + body_len;
+        debug_assert!(self.out_len + 2 * HEADER + MAX_CIPHERTEXT + KEY_UPDATE_RECORD <= OUT_BUF);
+        let out = &mut self.out[self.out_len..];
+        let mut n = seal_to(&mut self.tx, content_type, pieces, out)?;
         if self.tx.seq >= self.tx.suite().records_per_key() {
-            self.queue_key_update(false)?;
+            n += key_update_to(&mut self.tx, false, &mut out[n..])?;
         }
+        self.out_len += n;
         Ok(())
     }
 
     /// Sends a KeyUpdate under the current key, then moves the sending side to the next one.
     pub(super) fn queue_key_update(&mut self, request_peer_update: bool) -> Result<(), TransportError> {
-        let msg = [HS_KEY_UPDATE, 0, 0, 1, request_peer_update as u8];
-        // Sealed as a record of its own (never merged with data), so it is always the last message in its record.
-        self.seal_record(TYPE_HANDSHAKE, &[&msg[..4], &msg[4..]])?;
-        self.tx.update().map_err(TransportError::Protocol)
+        self.out_len += key_update_to(&mut self.tx, request_peer_update, &mut self.out[self.out_len..])?;
+        Ok(())
     }
 
     /// Reads at least `need` more bytes into `inbuf` (exactly `need` without read-ahead), making room first.
@@ -332,16 +316,7 @@ impl TlsTransport {
         }
         let mut header = [0u8; HEADER];
         header.copy_from_slice(&self.inbuf[self.in_start..self.in_start + HEADER]);
-        let len = u16::from_be_bytes([header[3], header[4]]) as usize;
-        if header[0] != TYPE_APPDATA || header[1] != 3 || header[2] != 3 {
-            return Err(protocol(format!(
-                "not a TLS 1.3 application record (type {}, version {}.{})",
-                header[0], header[1], header[2]
-            )));
-        }
-        if !(TAG_LEN + 1..=MAX_CIPHERTEXT).contains(&len) {
-            return Err(protocol(format!("TLS record of {len} bytes")));
-        }
+        let len = record_len(&header)?;
         let avail = self.in_end - self.in_start;
         if avail < HEADER + len {
             self.fill(HEADER + len - avail)?;
@@ -436,6 +411,64 @@ impl TlsTransport {
     }
 }
 
+/// Bytes of a sealed KeyUpdate record.
+const KEY_UPDATE_RECORD: usize = HEADER + 5 + 1 + TAG_LEN;
+
+/// Seals one record of `content_type` holding `pieces` (at most `MAX_PLAIN` bytes in all) at the start of `out`;
+/// returns its length. A record of one piece is sealed from the caller's memory; several are gathered first.
+fn seal_to(
+    tx: &mut DirectionKeys,
+    content_type: u8,
+    pieces: &[&[u8]],
+    out: &mut [u8],
+) -> Result<usize, TransportError> {
+    let len: usize = pieces.iter().map(|p| p.len()).sum();
+    let body_len = len + 1 + TAG_LEN;
+    let header = [TYPE_APPDATA, 3, 3, (body_len >> 8) as u8, body_len as u8];
+    let (head, body) = out[..HEADER + body_len].split_at_mut(HEADER);
+    head.copy_from_slice(&header);
+    if let [piece] = pieces {
+        let (ciphertext, type_and_tag) = body.split_at_mut(len);
+        tx.seal_into(&header, piece, content_type, ciphertext, type_and_tag)
+            .map_err(TransportError::Protocol)?;
+    } else {
+        let mut at = 0;
+        for p in pieces {
+            body[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        body[len] = content_type;
+        let (inner, tag_out) = body.split_at_mut(len + 1);
+        let tag = tx.seal(&header, inner).map_err(TransportError::Protocol)?;
+        tag_out.copy_from_slice(&tag);
+    }
+    Ok(HEADER + body_len)
+}
+
+/// Seals a KeyUpdate at the start of `out` under the current key, then moves `tx` to the next key; returns the
+/// record's length. The message has a record of its own, so it always ends its record (RFC 8446 §5.1).
+fn key_update_to(tx: &mut DirectionKeys, request_peer_update: bool, out: &mut [u8]) -> Result<usize, TransportError> {
+    let msg = [HS_KEY_UPDATE, 0, 0, 1, request_peer_update as u8];
+    let n = seal_to(tx, TYPE_HANDSHAKE, &[&msg[..4], &msg[4..]], out)?;
+    tx.update().map_err(TransportError::Protocol)?;
+    Ok(n)
+}
+
+/// Checks a record header: an application-data record of TLS 1.3 of a plausible length; returns that length.
+fn record_len(header: &[u8; HEADER]) -> Result<usize, TransportError> {
+    let len = u16::from_be_bytes([header[3], header[4]]) as usize;
+    if header[0] != TYPE_APPDATA || header[1] != 3 || header[2] != 3 {
+        return Err(protocol(format!(
+            "not a TLS 1.3 application record (type {}, version {}.{})",
+            header[0], header[1], header[2]
+        )));
+    }
+    if !(TAG_LEN + 1..=MAX_CIPHERTEXT).contains(&len) {
+        return Err(protocol(format!("TLS record of {len} bytes")));
+    }
+    Ok(len)
+}
+
 /// What a fatal alert after the handshake means for a vGPU client or server.
 fn alert_text(code: u8) -> String {
     match code {
@@ -482,6 +515,16 @@ impl Transport for TlsTransport {
         let mut count = 0;
         let mut filled = 0;
         for part in parts {
+            if part.len() >= pipeline::PIPELINE_MIN && self.deadline.is_none() && pipeline::enabled() {
+                if count > 0 {
+                    self.seal_record(TYPE_APPDATA, &pieces[..count])?;
+                    count = 0;
+                    filled = 0;
+                }
+                self.write_out()?;
+                self.send_pipelined(part)?;
+                continue;
+            }
             let mut rest: &[u8] = part;
             while !rest.is_empty() {
                 let take = rest.len().min(MAX_PLAIN - filled);
@@ -509,7 +552,12 @@ impl Transport for TlsTransport {
         let mut filled = 0;
         while filled < buf.len() {
             if self.plain_pos == self.plain_end {
-                filled += self.next_record(&mut buf[filled..])?;
+                let left = buf.len() - filled;
+                if left >= pipeline::PIPELINE_MIN && self.read_ahead && self.deadline.is_none() && pipeline::enabled() {
+                    filled += self.recv_pipelined(&mut buf[filled..])?;
+                } else {
+                    filled += self.next_record(&mut buf[filled..])?;
+                }
                 continue;
             }
             let n = (self.plain_end - self.plain_pos).min(buf.len() - filled);

@@ -187,11 +187,12 @@ fn stock_rustls_client_talks_to_our_server_record_layer() {
         let mut t = acc.accept(s, deadline()).expect("handshake");
         t.set_deadline(None).expect("clear");
         t.set_read_ahead(true);
-        let mut got = vec![0u8; 300_000];
+        // Large enough for the two-thread path when it is on (VGPU_TLS_PIPELINE), with a key update inside.
+        let mut got = vec![0u8; 3_000_000];
         t.recv_exact(&mut got).expect("recv");
-        assert!(got == pattern(3, 300_000));
+        assert!(got == pattern(3, 3_000_000));
         // The client asked for a key update midway: the reply goes out under the server's next key.
-        t.send(&[&pattern(4, 70_000)]).expect("send");
+        t.send(&[&pattern(4, 2_000_000)]).expect("send");
         let mut tail = [0u8; 3];
         t.recv_exact(&mut tail).expect("tail");
         assert_eq!(&tail, b"end");
@@ -202,14 +203,14 @@ fn stock_rustls_client_talks_to_our_server_record_layer() {
     let conn =
         ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").expect("name")).expect("client");
     let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(addr).expect("connect"));
-    let data = pattern(3, 300_000);
-    tls.write_all(&data[..150_000]).expect("write");
+    let data = pattern(3, 3_000_000);
+    tls.write_all(&data[..1_500_000]).expect("write");
     tls.conn.refresh_traffic_keys().expect("key update");
-    tls.write_all(&data[150_000..]).expect("write");
+    tls.write_all(&data[1_500_000..]).expect("write");
     tls.flush().expect("flush");
-    let mut back = vec![0u8; 70_000];
+    let mut back = vec![0u8; 2_000_000];
     tls.read_exact(&mut back).expect("read");
-    assert!(back == pattern(4, 70_000));
+    assert!(back == pattern(4, 2_000_000));
     tls.write_all(b"end").expect("write");
     tls.flush().expect("flush");
     server.join().expect("server");
