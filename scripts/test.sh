@@ -27,6 +27,10 @@ NVCC=$(printf '%s\n' "$cuda_env" | sed -n 's/^NVCC=//p')
 step "generated driver declarations match cuda.h"
 if ! python3 tools/gen_driver_api.py --check; then total_fail=$((total_fail + 1)); fi
 
+step "supply chain: cargo deny (advisories, licences, duplicate crates, sources; deny.toml)"
+scripts/cargo-deny.sh 2>&1 | tee "$log/deny.log" | tail -12
+count "$log/deny.log"
+
 step "cargo test (every crate)"
 cargo build --workspace --all-targets 2>&1 | tail -3
 INSTA_UPDATE=no cargo test --workspace --no-fail-fast 2>&1 | tee "$log/cargo.log" | grep -E '^test result|FAILED|panicked'

@@ -15,8 +15,10 @@ use vgpu_dataplane::transport::{Transport, TransportError};
 use vgpu_dataplane::wire::RequestHeader;
 
 /// Reads inside a frame are split into pieces of this size, so a large tail that keeps arriving (slowly) shows
-/// progress: the timeout bounds the time without progress, not the time of a whole transfer.
-const PIECE: usize = 1 << 20;
+/// progress: the timeout bounds the time without progress, not the time of a whole transfer (a piece must come
+/// within the timeout: 8 MiB in 60 s by default, about 140 KB/s). As large as the session's copy chunks, so the
+/// transports' large-transfer paths (TLS's two-thread pipeline) see whole chunks.
+const PIECE: usize = 8 << 20;
 const HEADER: usize = std::mem::size_of::<RequestHeader>();
 
 /// One watched connection: its socket and since when (nanoseconds after `base`, 0 = not) it has been blocked.

@@ -27,6 +27,10 @@ fn main() -> std::io::Result<()> {
     }
     let [tcp_rt, tls_rt, shm_rt, tcp_bw, tls_bw, shm_bw] = cols.map(median);
     println!(
+        "TLS connection set-up (µs, median of 20): {:.0}",
+        floor::tls_connect_us(chain(), key()?, 20)?
+    );
+    println!(
         "64 B round trip (µs, median of {runs}): tcp {tcp_rt:.2}  tls {tls_rt:.2} (+{:.2})  shm {shm_rt:.2}",
         tls_rt - tcp_rt
     );

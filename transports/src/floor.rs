@@ -159,6 +159,41 @@ pub fn tcp_bulk_gbps(total_bytes: usize) -> io::Result<f64> {
     bulk(a, b, total_bytes)
 }
 
+/// A TLS connection's set-up over loopback (connect, handshake, first bytes both ways), median µs of `n`.
+pub fn tls_connect_us(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, n: usize) -> io::Result<f64> {
+    let acceptor = std::sync::Arc::new(TlsAcceptor::new(chain, key, None).map_err(io::Error::other)?);
+    let pin = tls::parse_fingerprint(acceptor.fingerprint()).map_err(io::Error::other)?;
+    let settings = ClientSettings::new(ServerCheck::Pin(pin), None).map_err(to_io)?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    let n = n.max(1);
+    let server = thread::spawn(move || -> io::Result<()> {
+        for _ in 0..n {
+            let (s, _) = listener.accept()?;
+            let mut t = acceptor
+                .accept(s, Instant::now() + std::time::Duration::from_secs(10))
+                .map_err(to_io)?;
+            t.recv_hello(64).map_err(to_io)?;
+            t.set_deadline(None)?;
+            t.send(&[&[1u8]]).map_err(to_io)?;
+        }
+        Ok(())
+    });
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let mut c = tls::connect_with(&addr, &settings, &0u32.to_le_bytes()).map_err(to_io)?;
+        let mut one = [0u8; 1];
+        c.recv_exact(&mut one).map_err(to_io)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    server
+        .join()
+        .map_err(|_| io::Error::other("tls connect server thread panicked"))??;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
 /// Round trips of a 64-byte request/response over loopback TLS (the server presents `chain`/`key`), median µs.
 pub fn tls_pingpong_us(
     chain: Vec<CertificateDer<'static>>,

@@ -71,8 +71,10 @@ fn a_slow_transfer_that_keeps_moving_is_not_cut() {
     let sender = std::thread::spawn(move || {
         c.write_all(&header(len)).expect("header");
         for i in 0..3u8 {
-            std::thread::sleep(TIMEOUT / 2);
-            c.write_all(&vec![i; PIECE]).expect("piece");
+            for _ in 0..4 {
+                std::thread::sleep(TIMEOUT / 8);
+                c.write_all(&vec![i; PIECE / 4]).expect("quarter piece");
+            }
         }
         c
     });

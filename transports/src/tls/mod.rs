@@ -176,6 +176,9 @@ pub enum ServerCheck {
 pub fn connect_with(addr: &str, settings: &ClientSettings, hello: &[u8]) -> Result<TlsTransport, TransportError> {
     let deadline = Instant::now() + CLIENT_HANDSHAKE_TIMEOUT;
     let stream = dial(addr, CLIENT_HANDSHAKE_TIMEOUT)?;
+    // Before the handshake: its flights go out in several small writes, which Nagle's algorithm would hold back
+    // for the peer's delayed acknowledgement (tens of milliseconds per flight).
+    stream.set_nodelay(true)?;
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let name = ServerName::try_from(host.to_string())
@@ -267,6 +270,7 @@ impl TlsAcceptor {
     /// Completes the handshake on an accepted socket by `deadline`. The transport keeps that deadline and reads
     /// no further than each record (for `recv_hello` and `into_resume`); clear both before serving on it.
     pub fn accept(&self, stream: TcpStream, deadline: Instant) -> Result<TlsTransport, TransportError> {
+        stream.set_nodelay(true)?;
         let keylog = Arc::new(TrafficSecrets::default());
         let mut config = (*self.config).clone();
         config.key_log = keylog.clone();
