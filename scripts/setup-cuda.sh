@@ -22,7 +22,7 @@ PY="${PYTHON:-python3}"
 # nvcc, crt (host headers nvcc needs) and nvvm (cicc, libdevice) together make a working `nvcc -ptx`;
 # cccl (include/nv, include/cccl: libcu++, CUB, Thrust) is needed by cooperative_groups.h and
 # friends when whole programs are compiled (tests/cuda); nvml-dev holds include/nvml.h, from which the NVML
-# shim's exports are generated (tools/gen_driver_api.py).
+# declarations (and so the NVML shim's exports) are generated (tools/gen-sys).
 PACKAGES=(
   nvidia-cuda-runtime==13.0.96
   nvidia-cuda-nvcc==13.0.88

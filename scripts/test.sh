@@ -24,8 +24,28 @@ step "CUDA 13.0 headers, nvcc and cudart from NVIDIA's PyPI wheels"
 cuda_env=$(scripts/setup-cuda.sh) || { echo "setup-cuda.sh failed"; echo "0 passed, 1 failed"; exit 1; }
 echo "$cuda_env"
 NVCC=$(printf '%s\n' "$cuda_env" | sed -n 's/^NVCC=//p')
-step "generated driver declarations match cuda.h"
-if ! python3 tools/gen_driver_api.py --check; then total_fail=$((total_fail + 1)); fi
+step "generated driver declarations match cuda.h and nvml.h (tools/gen-sys, bindgen)"
+if ! cargo run -q --release --manifest-path tools/gen-sys/Cargo.toml -- --check .cuda/include; then
+  total_fail=$((total_fail + 1))
+fi
+
+step "no C declaration of cuda.h or nvml.h typed by hand outside cuda-sys (tools/check_declarations.py)"
+if python3 tools/check_declarations.py; then total_pass=$((total_pass + 1)); else total_fail=$((total_fail + 1)); fi
+
+step "cargo fmt --check and cargo clippy --workspace --all-targets -D warnings"
+if cargo fmt --all -- --check > "$log/fmt.log" 2>&1; then
+  echo "fmt: clean"; total_pass=$((total_pass + 1))
+else
+  head -40 "$log/fmt.log"; echo "fmt: files need formatting"; total_fail=$((total_fail + 1))
+fi
+if cargo clippy --workspace --all-targets -- -D warnings > "$log/clippy.log" 2>&1; then
+  echo "clippy: clean"; total_pass=$((total_pass + 1))
+else
+  grep -E '^(error|warning)' -A6 "$log/clippy.log" | head -60; echo "clippy: findings"; total_fail=$((total_fail + 1))
+fi
+
+step "PostgreSQL server binaries for the control plane's store tests (Debian's postgresql package)"
+scripts/setup-postgres.sh || { echo "setup-postgres.sh failed"; total_fail=$((total_fail + 1)); }
 
 step "supply chain: cargo deny (advisories, licences, duplicate crates, sources; deny.toml)"
 scripts/cargo-deny.sh 2>&1 | tee "$log/deny.log" | tail -12
@@ -61,6 +81,22 @@ else
     count "$log/cuda-$transport.log"
   done
 fi
+
+step "framework workloads (CuPy, Triton, JAX, PyTorch + transformers) through vGPU (emulated backend)"
+# tests/frameworks/README.md: each framework initialises, allocates, copies, compiles and loads its modules and
+# runs its parts through the shim without a diagnostic; kernels do not run here, numbers are compared on the GPU.
+if fw_env=$(scripts/setup-frameworks.sh); then
+  FW_PYTHON=$(printf '%s\n' "$fw_env" | sed -n 's/^PYTHON=//p')
+  python3 tests/frameworks/emulated.py --vgpu target/debug/vgpu --python "$FW_PYTHON" 2>&1 \
+    | tee "$log/frameworks.log" | grep -Ev '^PASS '
+  count "$log/frameworks.log"
+else
+  echo "setup-frameworks.sh failed"; total_fail=$((total_fail + 1))
+fi
+step "control plane API contract: schemathesis, property-based and stateful (control/tests/contract/run.sh)"
+control/tests/contract/run.sh 2>&1 | tee "$log/contract.log" | tail -12
+count "$log/contract.log"
+if ! grep -qE '[0-9]+ passed' "$log/contract.log"; then total_fail=$((total_fail + 1)); fi
 
 if [ -x control/tests/ui/run.sh ]; then
   step "control plane web UI in headless Chromium"

@@ -17,7 +17,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::log::{log, ERROR, INFO, WARN};
 
 /// Returned by every call once the server is gone: the app sees a lost device, as with a GPU that fell off the bus.
-pub const LOST: u32 = 46; // CUDA_ERROR_DEVICE_UNAVAILABLE
+pub const LOST: CUresult = CUDA_ERROR_DEVICE_UNAVAILABLE;
 
 /// Immutable facts of the session, fixed at `cuInit`.
 pub struct Session {
@@ -35,10 +35,10 @@ pub struct Session {
     _primary: Arc<Mutex<Channel>>,
 }
 
-static SESSION: OnceLock<Result<Session, u32>> = OnceLock::new();
+static SESSION: OnceLock<CuResult<Session>> = OnceLock::new();
 
 /// The session, or the error `cuInit` returned (`CUDA_ERROR_NOT_INITIALIZED` before `cuInit`).
-pub fn session() -> Result<&'static Session, u32> {
+pub fn session() -> CuResult<&'static Session> {
     match SESSION.get() {
         Some(Ok(s)) => Ok(s),
         Some(Err(e)) => Err(*e),
@@ -47,14 +47,14 @@ pub fn session() -> Result<&'static Session, u32> {
 }
 
 /// Connects to the server named by `VGPU_SERVER` (once per process) and returns `cuInit`'s result.
-pub fn init() -> u32 {
+pub fn init() -> CUresult {
     match SESSION.get_or_init(connect_session) {
         Ok(_) => CUDA_SUCCESS,
         Err(e) => *e,
     }
 }
 
-fn connect_session() -> Result<Session, u32> {
+fn connect_session() -> CuResult<Session> {
     let target = crate::ticket::target()?;
     let endpoint = Endpoint::parse(&target.server).map_err(|why| {
         log!(ERROR, "VGPU_SERVER: {why}");
@@ -78,6 +78,7 @@ fn connect_session() -> Result<Session, u32> {
         _ => 0,
     };
     log!(INFO, "connected to {endpoint} ({message}), {} device(s)", devices.len());
+    crate::report_stats_at_exit();
     let primary = Arc::new(Mutex::new(Channel::new(transport)));
     if batch_limit > 0 {
         register_for_flushing(&primary);
@@ -98,7 +99,7 @@ fn connect_session() -> Result<Session, u32> {
 
 type Opened = (Box<dyn Transport>, Welcome, Vec<DeviceFacts>, String);
 
-fn open_channel(endpoint: &Endpoint, hello: &Hello, credential: &[u8]) -> Result<Opened, u32> {
+fn open_channel(endpoint: &Endpoint, hello: &Hello, credential: &[u8]) -> CuResult<Opened> {
     let framed = encode_hello(hello, credential);
     let mut t = vgpu_transports::connect(endpoint, &framed).map_err(|e| {
         log!(
@@ -122,6 +123,10 @@ fn open_channel(endpoint: &Endpoint, hello: &Hello, credential: &[u8]) -> Result
     })?;
     let mut tail = vec![0u8; tail_len];
     t.recv_exact(&mut tail).map_err(|_| CUDA_ERROR_NO_DEVICE)?;
+    // The hello and its welcome: one round trip (the TCP handshake before it is not counted).
+    stats::add(stats::ROUND_TRIPS, 1);
+    stats::add(stats::BYTES_SENT, framed.len() as u64);
+    stats::add(stats::BYTES_RECEIVED, (head.len() + tail_len) as u64);
     let (devices, message) = decode_welcome_tail(&welcome, &tail).map_err(|_| CUDA_ERROR_NO_DEVICE)?;
     match welcome.status {
         STATUS_OK if welcome.version == PROTOCOL_VERSION => Ok((t, welcome, devices, message)),
@@ -145,11 +150,11 @@ thread_local! {
 }
 
 /// Runs `f` on this thread's channel, opening one (attached to the session) on the thread's first call.
-pub fn with_channel<R>(f: impl FnOnce(&mut Channel, &Session) -> Result<R, u32>) -> Result<R, u32> {
+pub fn with_channel<R>(f: impl FnOnce(&mut Channel, &Session) -> CuResult<R>) -> CuResult<R> {
     let s = session()?;
     // At process exit the runtime's atexit handlers still make calls (primary context release) after this
     // thread's locals are gone: those go over the first channel, which lives as long as the session.
-    let ch = CHANNEL.try_with(|c| -> Result<Arc<Mutex<Channel>>, u32> {
+    let ch = CHANNEL.try_with(|c| -> CuResult<Arc<Mutex<Channel>>> {
         let mut slot = c.borrow_mut();
         if let Some(ch) = &*slot {
             return Ok(ch.clone());
@@ -184,6 +189,11 @@ fn lock(ch: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
     ch.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Largest reply tail a synchronous call accepts (the function table of the largest library images stays far
+/// below it), and the first piece one is received in (memory grows with the bytes that arrived, doubling).
+const MAX_REPLY_TAIL: usize = 256 << 20;
+const REPLY_TAIL_STEP: usize = 64 << 10;
+
 /// One app thread's link to its server thread.
 pub struct Channel {
     transport: Box<dyn Transport>,
@@ -194,15 +204,17 @@ pub struct Channel {
 static LOST_REPORTED: AtomicBool = AtomicBool::new(false);
 
 impl Channel {
-    fn new(transport: Box<dyn Transport>) -> Self {
+    /// A channel over an open transport (after the handshake). Public for the fuzzing harness, which plays a
+    /// hostile server to it.
+    pub fn new(transport: Box<dyn Transport>) -> Self {
         Channel {
-            transport,
+            transport: Box::new(stats::Counted(transport)),
             batch: BytesMut::with_capacity(64 * 1024),
             broken: false,
         }
     }
 
-    fn fail(&mut self, what: &dyn std::fmt::Display) -> u32 {
+    fn fail(&mut self, what: &dyn std::fmt::Display) -> CUresult {
         self.broken = true;
         if !LOST_REPORTED.swap(true, Ordering::Relaxed) {
             log!(
@@ -227,17 +239,18 @@ impl Channel {
     }
 
     /// Writes out this channel's batch only (used while flushing the other channels).
-    fn flush_own(&mut self) -> Result<(), u32> {
+    fn flush_own(&mut self) -> CuResult<()> {
         if self.broken || self.batch.is_empty() {
             return Ok(());
         }
+        stats::add(stats::BATCH_FLUSHES, 1);
         let r = self.transport.send(&[&self.batch]);
         self.batch.clear();
         r.map_err(|e| self.fail(&e))
     }
 
     /// Writes out everything batched so far.
-    pub fn flush(&mut self) -> Result<(), u32> {
+    pub fn flush(&mut self) -> CuResult<()> {
         if self.broken {
             return Err(LOST);
         }
@@ -245,29 +258,30 @@ impl Channel {
             return Ok(());
         }
         flush_other_channels();
+        stats::add(stats::BATCH_FLUSHES, 1);
         let r = self.transport.send(&[&self.batch]);
         self.batch.clear();
         r.map_err(|e| self.fail(&e))
     }
 
     /// Queues an asynchronous call; its error, if any, latches on the server.
-    pub fn post<C: Call>(&mut self, flags: u16, call: &C, tail: &[u8], batch_limit: usize) -> Result<(), u32> {
+    pub fn post<C: AsyncCall>(&mut self, flags: u16, call: &C, tail: &[u8], batch_limit: usize) -> CuResult<()> {
         self.post_with(flags, call, tail.len(), |buf| buf.put_slice(tail), batch_limit)
     }
 
     /// Queues an asynchronous call whose `tail_len`-byte tail `write_tail` appends in place.
-    pub fn post_with<C: Call>(
+    pub fn post_with<C: AsyncCall>(
         &mut self,
         flags: u16,
         call: &C,
         tail_len: usize,
         write_tail: impl FnOnce(&mut BytesMut),
         batch_limit: usize,
-    ) -> Result<(), u32> {
-        debug_assert!(!C::SYNC);
+    ) -> CuResult<()> {
         if self.broken {
             return Err(LOST);
         }
+        stats::add(stats::ASYNC_CALLS, 1);
         let seq = self.next_seq();
         let header = request_header::<C>(seq, flags, tail_len);
         if tail_len >= 256 * 1024 {
@@ -276,6 +290,7 @@ impl Channel {
             write_tail(&mut tail);
             self.flush()?;
             flush_other_channels();
+            stats::add(stats::BATCH_FLUSHES, 1);
             return self
                 .transport
                 .send(&[header.as_bytes(), call.as_bytes(), &tail])
@@ -299,20 +314,19 @@ impl Channel {
 
     /// Sends a synchronous call (after the batch) and waits for its reply; `reply_tail` receives any bytes
     /// after the fixed reply body.
-    pub fn call<C: Call>(
+    pub fn call<C: SyncCall>(
         &mut self,
         flags: u16,
         call: &C,
         tail: &[u8],
         reply_tail: Option<&mut Vec<u8>>,
-    ) -> Result<C::Reply, u32> {
-        debug_assert!(C::SYNC);
+    ) -> CuResult<C::Reply> {
         let seq = self.send_sync::<C>(flags, call, tail)?;
         let header = self.await_reply(seq)?;
-        if header.result != CUDA_SUCCESS {
-            note_sticky(header.result);
+        if header.status() != CUDA_SUCCESS {
+            note_sticky(header.status());
             self.skip(header.len as usize)?;
-            return Err(header.result);
+            return Err(header.status());
         }
         let body_len = std::mem::size_of::<C::Reply>();
         if (header.len as usize) < body_len {
@@ -324,23 +338,20 @@ impl Channel {
             .map_err(|e| self.fail(&e))?;
         let extra = header.len as usize - body_len;
         match reply_tail {
-            Some(buf) => {
-                buf.resize(extra, 0);
-                self.transport.recv_exact(buf).map_err(|e| self.fail(&e))?;
-            }
+            Some(buf) => self.recv_reply_tail(buf, extra)?,
             None => self.skip(extra)?,
         }
         Ok(reply)
     }
 
     /// `cuMemcpyDtoH`: the data lands straight in `dst`, then a final status word follows.
-    pub fn copy_to_host(&mut self, flags: u16, call: &MemcpyDtoH, dst: &mut [u8]) -> Result<(), u32> {
+    pub fn copy_to_host(&mut self, flags: u16, call: &MemcpyDtoH, dst: &mut [u8]) -> CuResult<()> {
         let seq = self.send_sync::<MemcpyDtoH>(flags, call, &[])?;
         let header = self.await_reply(seq)?;
-        if header.result != CUDA_SUCCESS {
-            note_sticky(header.result);
+        if header.status() != CUDA_SUCCESS {
+            note_sticky(header.status());
             self.skip(header.len as usize)?;
-            return Err(header.result);
+            return Err(header.status());
         }
         if header.len as usize != dst.len() + 4 {
             return Err(self.fail(&"device-to-host reply of the wrong length"));
@@ -348,17 +359,15 @@ impl Channel {
         self.transport.recv_exact(dst).map_err(|e| self.fail(&e))?;
         let mut status = [0u8; 4];
         self.transport.recv_exact(&mut status).map_err(|e| self.fail(&e))?;
-        match u32::from_le_bytes(status) {
-            CUDA_SUCCESS => Ok(()),
-            e => Err(e),
-        }
+        CUresult::from_code(u32::from_le_bytes(status)).result()
     }
 
-    fn send_sync<C: Call>(&mut self, flags: u16, call: &C, tail: &[u8]) -> Result<u32, u32> {
+    fn send_sync<C: SyncCall>(&mut self, flags: u16, call: &C, tail: &[u8]) -> CuResult<u32> {
         if self.broken {
             return Err(LOST);
         }
         flush_other_channels();
+        stats::note_sync(C::OP);
         let seq = self.next_seq();
         let header = request_header::<C>(seq, flags, tail.len());
         let r = if self.batch.is_empty() {
@@ -375,7 +384,8 @@ impl Channel {
     }
 
     /// Reads frames until the reply to `seq`, landing pushed async-copy data on the way.
-    fn await_reply(&mut self, seq: u32) -> Result<ReplyHeader, u32> {
+    fn await_reply(&mut self, seq: u32) -> CuResult<ReplyHeader> {
+        let _wait = stats::ReplyWait::start();
         loop {
             let mut head = ReplyHeader::default();
             self.transport
@@ -385,17 +395,13 @@ impl Channel {
                 REPLY_KIND_RESULT if head.seq == seq => return Ok(head),
                 REPLY_KIND_RESULT => return Err(self.fail(&format!("reply {} where {seq} was due", head.seq))),
                 REPLY_KIND_PUSH => self.land_push(head.len as usize)?,
-                REPLY_KIND_STDOUT => {
-                    let mut text = vec![0u8; head.len as usize];
-                    self.transport.recv_exact(&mut text).map_err(|e| self.fail(&e))?;
-                    crate::ffi::write_stdout(&text);
-                }
+                REPLY_KIND_STDOUT => self.relay_stdout(head.len as usize)?,
                 other => return Err(self.fail(&format!("unknown frame kind {other}"))),
             }
         }
     }
 
-    fn land_push(&mut self, len: usize) -> Result<(), u32> {
+    fn land_push(&mut self, len: usize) -> CuResult<()> {
         let mut push = PushHeader::default();
         if len < std::mem::size_of::<PushHeader>() {
             return Err(self.fail(&"short push frame"));
@@ -404,7 +410,7 @@ impl Channel {
             .recv_exact(push.as_mut_bytes())
             .map_err(|e| self.fail(&e))?;
         let data_len = len - std::mem::size_of::<PushHeader>();
-        let target = pending_take(push.pending_id);
+        let target = pending_take(PendingId(push.pending_id));
         match target {
             Some(l) if l.len() == data_len && push.len as usize == data_len && l.rows <= 1 => {
                 let dst = crate::ffi::fill(l.addr, data_len);
@@ -429,7 +435,39 @@ impl Channel {
         }
     }
 
-    fn skip(&mut self, mut len: usize) -> Result<(), u32> {
+    /// Receives `len` bytes of a reply's tail into `buf`, which grows with what arrives (a server announcing more
+    /// than `MAX_REPLY_TAIL` is treated as lost: no call's reply comes near it).
+    fn recv_reply_tail(&mut self, buf: &mut Vec<u8>, len: usize) -> CuResult<()> {
+        if len > MAX_REPLY_TAIL {
+            return Err(self.fail(&format!("reply tail of {len} bytes announced")));
+        }
+        buf.clear();
+        let mut step = REPLY_TAIL_STEP;
+        while buf.len() < len {
+            let start = buf.len();
+            let end = len.min(start + step);
+            buf.resize(end, 0);
+            self.transport
+                .recv_exact(&mut buf[start..end])
+                .map_err(|e| self.fail(&e))?;
+            step = step.saturating_mul(2);
+        }
+        Ok(())
+    }
+
+    /// Copies a frame of the server driver's standard output to the app's, piece by piece.
+    fn relay_stdout(&mut self, mut len: usize) -> CuResult<()> {
+        let mut piece = [0u8; 4096];
+        while len > 0 {
+            let n = len.min(piece.len());
+            self.transport.recv_exact(&mut piece[..n]).map_err(|e| self.fail(&e))?;
+            crate::ffi::write_stdout(&piece[..n]);
+            len -= n;
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, mut len: usize) -> CuResult<()> {
         let mut scratch = [0u8; 4096];
         while len > 0 {
             let n = len.min(scratch.len());
@@ -449,20 +487,17 @@ impl Channel {
 /// exact for the usual one context per device.
 static STICKY: AtomicU32 = AtomicU32::new(0);
 
-fn note_sticky(code: u32) {
+fn note_sticky(code: CUresult) {
     // ILLEGAL_ADDRESS, LAUNCH_TIMEOUT, ASSERT, HARDWARE_STACK_ERROR, ILLEGAL_INSTRUCTION,
     // MISALIGNED_ADDRESS, INVALID_ADDRESS_SPACE, INVALID_PC, LAUNCH_FAILED.
-    if matches!(code, 700 | 702 | 710 | 714..=719) {
-        let _ = STICKY.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+    if matches!(code.code(), 700 | 702 | 710 | 714..=719) {
+        let _ = STICKY.compare_exchange(0, code.code(), Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
 /// `Err(the sticky error)` once a kernel fault was reported, until the primary context is reset.
-pub fn sticky_error() -> Result<(), u32> {
-    match STICKY.load(Ordering::Relaxed) {
-        0 => Ok(()),
-        code => Err(code),
-    }
+pub fn sticky_error() -> CuResult<()> {
+    CUresult::from_code(STICKY.load(Ordering::Relaxed)).result()
 }
 
 /// A successful `cuDevicePrimaryCtxReset` ends the sticky error (the faulted context is gone).
@@ -471,17 +506,17 @@ pub fn clear_sticky() {
 }
 
 /// Sends a synchronous call on this thread's channel.
-pub fn call<C: Call>(flags: u16, c: &C, tail: &[u8]) -> Result<C::Reply, u32> {
+pub fn call<C: SyncCall>(flags: u16, c: &C, tail: &[u8]) -> CuResult<C::Reply> {
     with_channel(|ch, _| ch.call(flags, c, tail, None))
 }
 
 /// Sends a synchronous call whose reply carries a tail.
-pub fn call_with_tail<C: Call>(flags: u16, c: &C, tail: &[u8], reply_tail: &mut Vec<u8>) -> Result<C::Reply, u32> {
+pub fn call_with_tail<C: SyncCall>(flags: u16, c: &C, tail: &[u8], reply_tail: &mut Vec<u8>) -> CuResult<C::Reply> {
     with_channel(|ch, _| ch.call(flags, c, tail, Some(reply_tail)))
 }
 
 /// Hands `fd` to the server tagged `tag`, then sends the synchronous call that names it (shared memory only).
-pub fn call_with_fd<C: Call>(flags: u16, c: &C, fd: std::os::fd::BorrowedFd<'_>, tag: u64) -> Result<C::Reply, u32> {
+pub fn call_with_fd<C: SyncCall>(flags: u16, c: &C, fd: std::os::fd::BorrowedFd<'_>, tag: u64) -> CuResult<C::Reply> {
     with_channel(|ch, _| {
         ch.flush()?;
         ch.transport.send_fd(fd, tag).map_err(|e| ch.fail(&e))?;
@@ -495,22 +530,22 @@ pub fn session_is_local() -> bool {
 }
 
 /// Queues an asynchronous call on this thread's channel.
-pub fn post<C: Call>(flags: u16, c: &C, tail: &[u8]) -> Result<(), u32> {
+pub fn post<C: AsyncCall>(flags: u16, c: &C, tail: &[u8]) -> CuResult<()> {
     with_channel(|ch, s| ch.post(flags, c, tail, s.batch_limit))
 }
 
 /// Sends an asynchronous call at once (not batched): for handle bindings other threads may use next.
-pub fn post_now<C: Call>(flags: u16, c: &C, tail: &[u8]) -> Result<(), u32> {
+pub fn post_now<C: AsyncCall>(flags: u16, c: &C, tail: &[u8]) -> CuResult<()> {
     with_channel(|ch, _| ch.post(flags, c, tail, 0))
 }
 
 /// Queues an asynchronous call with a tail written in place.
-pub fn post_with<C: Call>(
+pub fn post_with<C: AsyncCall>(
     flags: u16,
     c: &C,
     tail_len: usize,
     write_tail: impl FnOnce(&mut BytesMut),
-) -> Result<(), u32> {
+) -> CuResult<()> {
     with_channel(|ch, s| ch.post_with(flags, c, tail_len, write_tail, s.batch_limit))
 }
 
@@ -531,10 +566,10 @@ impl Landing {
 }
 
 // Device-to-host async copies waiting for their data, by id.
-static PENDING: OnceLock<Mutex<HashMap<u64, Landing>>> = OnceLock::new();
+static PENDING: OnceLock<Mutex<HashMap<PendingId, Landing>>> = OnceLock::new();
 static NEXT_PENDING: AtomicU64 = AtomicU64::new(1);
 
-fn pending() -> MutexGuard<'static, HashMap<u64, Landing>> {
+fn pending() -> MutexGuard<'static, HashMap<PendingId, Landing>> {
     PENDING
         .get_or_init(Default::default)
         .lock()
@@ -542,8 +577,8 @@ fn pending() -> MutexGuard<'static, HashMap<u64, Landing>> {
 }
 
 /// Records where an async device-to-host copy's bytes must land; returns the id the server echoes.
-pub fn pending_register(landing: Landing) -> u64 {
-    let id = NEXT_PENDING.fetch_add(1, Ordering::Relaxed);
+pub fn pending_register(landing: Landing) -> PendingId {
+    let id = PendingId(NEXT_PENDING.fetch_add(1, Ordering::Relaxed));
     pending().insert(id, landing);
     id
 }
@@ -561,7 +596,7 @@ pub fn pending_clear() {
     pending().clear();
 }
 
-fn pending_take(id: u64) -> Option<Landing> {
+fn pending_take(id: PendingId) -> Option<Landing> {
     pending().remove(&id)
 }
 
@@ -645,6 +680,117 @@ fn flusher() {
             if !again {
                 break;
             }
+        }
+    }
+}
+
+/// Traffic counters of the whole process (all channels), read through `vgpu_stat` and written at exit to
+/// `VGPU_STATS`: what a program pays the link for, so its time on a longer link can be predicted (issue 21).
+pub mod stats {
+    use std::collections::HashMap;
+    use std::ffi::CStr;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use vgpu_dataplane::wire::Op;
+    use vgpu_dataplane::{Transport, TransportError};
+
+    /// Synchronous requests that waited for their reply: each costs one round trip of the link.
+    pub const ROUND_TRIPS: usize = 0;
+    /// Writes of queued asynchronous calls that did not ride on a synchronous request (a full batch, the TCP
+    /// flusher, a large async tail): each costs the link's latency once but nobody waits for it.
+    pub const BATCH_FLUSHES: usize = 1;
+    /// Asynchronous calls queued (launches, async copies, memsets, handle creation, ...).
+    pub const ASYNC_CALLS: usize = 2;
+    /// Bytes written to and read from the transport, framing included.
+    pub const BYTES_SENT: usize = 3;
+    pub const BYTES_RECEIVED: usize = 4;
+    /// Time app threads spent waiting for replies, in ns.
+    pub const REPLY_WAIT_NS: usize = 5;
+
+    /// Names by index (the order of `vgpu_stat`).
+    pub const NAMES: [&CStr; 6] = [
+        c"round_trips",
+        c"batch_flushes",
+        c"async_calls",
+        c"bytes_sent",
+        c"bytes_received",
+        c"reply_wait_ns",
+    ];
+    static COUNTERS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+    /// Synchronous requests by call: which calls a program's round trips are.
+    static SYNC_BY_CALL: Mutex<Option<HashMap<Op, u64>>> = Mutex::new(None);
+
+    /// Counts one synchronous request of `op`.
+    pub fn note_sync(op: Op) {
+        let mut m = SYNC_BY_CALL.lock().unwrap_or_else(|p| p.into_inner());
+        *m.get_or_insert_with(HashMap::new).entry(op).or_insert(0) += 1;
+    }
+
+    pub fn add(index: usize, n: u64) {
+        COUNTERS[index].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counter `index`, `None` past the last.
+    pub fn get(index: usize) -> Option<u64> {
+        COUNTERS.get(index).map(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// One JSON object with every counter, the synchronous requests by call, and this process's id.
+    pub fn json() -> String {
+        let mut out = format!("{{\"pid\":{}", std::process::id());
+        for (i, name) in NAMES.iter().enumerate() {
+            out += &format!(",\"{}\":{}", name.to_string_lossy(), get(i).unwrap_or(0));
+        }
+        let mut calls: Vec<(String, u64)> = SYNC_BY_CALL
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flatten()
+            .map(|(op, n)| (format!("{op:?}"), *n))
+            .collect();
+        calls.sort();
+        let calls: Vec<String> = calls.iter().map(|(op, n)| format!("\"{op}\":{n}")).collect();
+        out + ",\"sync_by_call\":{" + &calls.join(",") + "}}"
+    }
+
+    /// Counts one wait for a reply (a round trip) and its duration.
+    pub struct ReplyWait(Instant);
+
+    impl ReplyWait {
+        pub fn start() -> ReplyWait {
+            add(ROUND_TRIPS, 1);
+            ReplyWait(Instant::now())
+        }
+    }
+
+    impl Drop for ReplyWait {
+        fn drop(&mut self) {
+            add(REPLY_WAIT_NS, self.0.elapsed().as_nanos() as u64);
+        }
+    }
+
+    /// A channel's transport, counting the bytes that cross it.
+    pub struct Counted(pub Box<dyn Transport>);
+
+    impl Transport for Counted {
+        fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+            add(BYTES_SENT, parts.iter().map(|p| p.len() as u64).sum());
+            self.0.send(parts)
+        }
+        fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+            add(BYTES_RECEIVED, buf.len() as u64);
+            self.0.recv_exact(buf)
+        }
+        fn kind(&self) -> &'static str {
+            self.0.kind()
+        }
+        fn send_fd(&mut self, fd: std::os::fd::BorrowedFd<'_>, tag: u64) -> Result<(), TransportError> {
+            self.0.send_fd(fd, tag)
+        }
+        fn recv_fd(&mut self, tag: u64) -> Result<std::os::fd::OwnedFd, TransportError> {
+            self.0.recv_fd(tag)
         }
     }
 }

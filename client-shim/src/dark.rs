@@ -5,6 +5,10 @@
 //! is known (from public projects' tracing, see shared/reference/cuda-interposition.md) are implemented; every
 //! other slot is a distinct logging stub from a pool, so a call through it says which table and slot it hit and
 //! no slot is ever NULL. This module is the only place that turns integers into callable function pointers.
+//!
+//! The tables, their layouts and the slots' signatures are NVIDIA-private: no header declares them, so they are
+//! written here by hand (the only NVIDIA signatures the shim types itself), with cuda.h's types where a slot's
+//! argument is one (`CUmodule`, `CUcontext`).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -12,7 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use hmac::{KeyInit, Mac};
+use vgpu_cuda_sys::driver::{CUcontext, CUmodule};
 use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::ids::ContextId;
 
 use crate::log::{log, DEBUG, INFO, WARN};
 use crate::{client, ffi, state};
@@ -29,9 +35,10 @@ enum StubAnswer {
 
 /// A pool stub's signature: six integer arguments cover every slot seen; extra ones are ignored, as the
 /// x86-64 and AArch64 calling conventions let a callee do.
-pub type SlotStub = extern "C" fn(usize, usize, usize, usize, usize, usize) -> u32;
+// own ABI: NVIDIA-private export-table slots, declared by no header.
+pub type SlotStub = extern "C" fn(usize, usize, usize, usize, usize, usize) -> CUresult;
 
-extern "C" fn slot_stub<const K: usize>(a0: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize) -> u32 {
+extern "C" fn slot_stub<const K: usize>(a0: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize) -> CUresult {
     stub_called(K, [a0, a1, a2, a3, a4, a5])
 }
 
@@ -55,7 +62,7 @@ fn owners() -> MutexGuard<'static, HashMap<usize, StubOwner>> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
-fn stub_called(k: usize, args: [usize; 6]) -> u32 {
+fn stub_called(k: usize, args: [usize; 6]) -> CUresult {
     let mut owners = owners();
     let Some(o) = owners.get_mut(&k) else {
         return CUDA_ERROR_NOT_SUPPORTED;
@@ -142,7 +149,7 @@ const fn uuid(v: u128) -> Uuid {
 }
 
 fn layout(id: &Uuid) -> Option<Layout> {
-    // Sizes are the real driver 580's (first word of each table, traces/static-cudart-lookups.txt).
+    // Sizes are the real driver 580's (first word of each table, tools/traces/static-cudart-lookups.txt).
     let l = match *id {
         CUDART_INTERFACE => Layout {
             name: "CUDART_INTERFACE",
@@ -271,7 +278,7 @@ const UNKNOWN_TABLE_SLOTS: usize = 64;
 
 /// The table for `id`. Unknown UUIDs are sized by asking the server's driver (`size`), and otherwise get
 /// `UNKNOWN_TABLE_SLOTS` stubs; `size` returns `Err` when the server's driver has no such table.
-pub fn get(id: &Uuid, size: impl FnOnce(&Uuid) -> Result<Option<u64>, u32>) -> Result<usize, u32> {
+pub fn get(id: &Uuid, size: impl FnOnce(&Uuid) -> CuResult<Option<u64>>) -> CuResult<usize> {
     if let Some(&t) = tables().get(id) {
         return Ok(t);
     }
@@ -305,19 +312,19 @@ pub fn get(id: &Uuid, size: impl FnOnce(&Uuid) -> Result<Option<u64>, u32>) -> R
 
 /// [1]: loads the module of a fat-binary wrapper (`__fatBinC_Wrapper_t`), as cudart before 12 did for every
 /// kernel and some libraries still do.
-extern "C" fn get_module_from_cubin(module: *mut *mut c_void, wrapper: *const c_void) -> u32 {
+extern "C" fn get_module_from_cubin(module: *mut CUmodule, wrapper: *const c_void) -> CUresult {
     crate::log::trace_call!("CUDART_INTERFACE[1] get_module_from_cubin");
     crate::api::code(crate::api::load_module_image(module, wrapper))
 }
 
 /// [6]: as [1], with three more arguments that are NULL/0 in every call seen.
 extern "C" fn get_module_from_cubin_ext1(
-    module: *mut *mut c_void,
+    module: *mut CUmodule,
     wrapper: *const c_void,
     a3: *mut c_void,
     a4: *mut c_void,
     a5: u32,
-) -> u32 {
+) -> CUresult {
     crate::log::trace_call!("CUDART_INTERFACE[6] get_module_from_cubin_ext1");
     if !a3.is_null() || !a4.is_null() || a5 != 0 {
         return CUDA_ERROR_NOT_SUPPORTED;
@@ -328,11 +335,11 @@ extern "C" fn get_module_from_cubin_ext1(
 /// [8]: as [6], with the fat binary itself (not its wrapper) first.
 extern "C" fn get_module_from_cubin_ext2(
     fatbin: *const c_void,
-    module: *mut *mut c_void,
+    module: *mut CUmodule,
     a3: *mut c_void,
     a4: *mut c_void,
     a5: u32,
-) -> u32 {
+) -> CUresult {
     crate::log::trace_call!("CUDART_INTERFACE[8] get_module_from_cubin_ext2");
     if !a3.is_null() || !a4.is_null() || a5 != 0 {
         return CUDA_ERROR_NOT_SUPPORTED;
@@ -341,11 +348,11 @@ extern "C" fn get_module_from_cubin_ext2(
 }
 
 /// [2]: the device's primary context, without retaining or activating it.
-extern "C" fn primary_ctx_get(out: *mut *mut c_void, dev: i32) -> u32 {
+extern "C" fn primary_ctx_get(out: *mut CUcontext, dev: i32) -> CUresult {
     crate::log::trace_call!("CUDART_INTERFACE[2] primary context");
     crate::api::code((|| {
         let s = client::session()?;
-        if dev < 0 || dev as *const () as usize >= s.devices.len() {
+        if dev < 0 || dev as usize >= s.devices.len() {
             return Err(CUDA_ERROR_INVALID_DEVICE);
         }
         let ctx = state::primary_ctx_id(dev);
@@ -356,7 +363,7 @@ extern "C" fn primary_ctx_get(out: *mut *mut c_void, dev: i32) -> u32 {
                 primary: true,
             },
         );
-        ffi::write(out, ctx as *mut c_void)
+        ffi::write(out, ctx.get() as CUcontext)
     })())
 }
 
@@ -364,7 +371,7 @@ extern "C" fn primary_ctx_get(out: *mut *mut c_void, dev: i32) -> u32 {
 extern "C" fn cudart_interface_noop(_a: usize) {}
 
 /// [12]: loads the PTX compiler and friends natively; the server's driver has its own.
-extern "C" fn load_compilers() -> u32 {
+extern "C" fn load_compilers() -> CUresult {
     CUDA_SUCCESS
 }
 
@@ -375,7 +382,7 @@ extern "C" fn runtime_error_log(
     component: *const std::ffi::c_char,
     _level: usize,
     format: *const std::ffi::c_char,
-) -> u32 {
+) -> CUresult {
     if crate::log::level() >= DEBUG {
         let text = |p| {
             ffi::cstr(p)
@@ -414,7 +421,7 @@ extern "C" fn tools_buffer2(ptr: *mut usize, size: *mut usize) {
 // ---- CONTEXT_LOCAL_STORAGE -------------------------------------------------------------------------------
 
 /// (context, key) → (value, destructor). A NULL context means the calling thread's current one.
-type ClsMap = HashMap<(u64, usize), (usize, usize)>;
+type ClsMap = HashMap<(ContextId, usize), (usize, usize)>;
 
 fn cls() -> MutexGuard<'static, ClsMap> {
     static CLS: OnceLock<Mutex<ClsMap>> = OnceLock::new();
@@ -423,29 +430,29 @@ fn cls() -> MutexGuard<'static, ClsMap> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
-fn cls_ctx(ctx: *mut c_void) -> Result<u64, u32> {
+fn cls_ctx(ctx: *mut c_void) -> CuResult<ContextId> {
     match ctx as u64 {
         0 => match state::current_ctx() {
-            0 => Err(CUDA_ERROR_INVALID_CONTEXT),
+            state::NO_CONTEXT => Err(CUDA_ERROR_INVALID_CONTEXT),
             c => Ok(c),
         },
-        c => Ok(c),
+        c => Ok(ContextId(c)),
     }
 }
 
-extern "C" fn cls_put(ctx: *mut c_void, key: usize, value: usize, dtor: usize) -> u32 {
+extern "C" fn cls_put(ctx: *mut c_void, key: usize, value: usize, dtor: usize) -> CUresult {
     crate::api::code(cls_ctx(ctx).map(|c| {
         cls().insert((c, key), (value, dtor));
     }))
 }
 
-extern "C" fn cls_delete(ctx: *mut c_void, key: usize) -> u32 {
+extern "C" fn cls_delete(ctx: *mut c_void, key: usize) -> CUresult {
     crate::api::code(cls_ctx(ctx).map(|c| {
         cls().remove(&(c, key));
     }))
 }
 
-extern "C" fn cls_get(value: *mut usize, ctx: *mut c_void, key: usize) -> u32 {
+extern "C" fn cls_get(value: *mut usize, ctx: *mut c_void, key: usize) -> CUresult {
     crate::api::code((|| {
         let c = cls_ctx(ctx)?;
         let v = cls().get(&(c, key)).map(|e| e.0).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
@@ -454,8 +461,8 @@ extern "C" fn cls_get(value: *mut usize, ctx: *mut c_void, key: usize) -> u32 {
 }
 
 /// Runs and forgets the destructors registered for `ctx` (due when a primary context is reset).
-pub fn context_reset(ctx: u64) {
-    let due: Vec<((u64, usize), (usize, usize))> = {
+pub fn context_reset(ctx: ContextId) {
+    let due: Vec<((ContextId, usize), (usize, usize))> = {
         let mut map = cls();
         let keys: Vec<_> = map.keys().filter(|k| k.0 == ctx).copied().collect();
         keys.into_iter()
@@ -464,11 +471,12 @@ pub fn context_reset(ctx: u64) {
     };
     for ((ctx, key), (value, dtor)) in due {
         if dtor != 0 {
+            // own ABI: the runtime's context-local-storage destructor, a private-table contract.
             type Dtor = extern "C" fn(*mut c_void, usize, usize);
             // SAFETY: `dtor` is the non-NULL destructor the runtime registered through cls_put with this
             // signature (context, key, value); it was an `extern "C"` function pointer before it was stored.
             let f: Dtor = unsafe { std::mem::transmute::<usize, Dtor>(dtor) };
-            f(ctx as *mut c_void, key, value);
+            f(ctx.get() as *mut c_void, key, value);
         }
     }
 }
@@ -476,12 +484,12 @@ pub fn context_reset(ctx: u64) {
 // ---- CONTEXT_CHECKS --------------------------------------------------------------------------------------
 
 /// [2]: reports that the context needs no special handling (0), as every traced call saw.
-extern "C" fn context_check(_ctx: *mut c_void, result: *mut u32, _out: *mut *const c_void) -> u32 {
+extern "C" fn context_check(_ctx: *mut c_void, result: *mut u32, _out: *mut *const c_void) -> CUresult {
     crate::api::code(ffi::write(result, 0))
 }
 
-extern "C" fn context_check_fn3() -> u32 {
-    0
+extern "C" fn context_check_fn3() -> CUresult {
+    CUDA_SUCCESS
 }
 
 // ---- INTEGRITY_CHECK -------------------------------------------------------------------------------------
@@ -557,18 +565,21 @@ fn reported_devices() -> Vec<DeviceIdentity> {
         .map(|s| {
             s.devices
                 .iter()
-                .map(|d| DeviceIdentity {
-                    uuid: d.uuid,
-                    pci_domain: d.attr(50).unwrap_or(0),
-                    pci_bus: d.attr(33).unwrap_or(0),
-                    pci_device: d.attr(34).unwrap_or(0),
+                .map(|d| {
+                    let (pci_domain, pci_bus, pci_device) = crate::api::pci_location(d);
+                    DeviceIdentity {
+                        uuid: d.uuid,
+                        pci_domain,
+                        pci_bus,
+                        pci_device,
+                    }
                 })
                 .collect()
         })
         .unwrap_or_default()
 }
 
-extern "C" fn integrity_check(version: u32, unix_seconds: u64, result: *mut [u64; 2]) -> u32 {
+extern "C" fn integrity_check(version: u32, unix_seconds: u64, result: *mut [u64; 2]) -> CUresult {
     crate::log::trace_call!("INTEGRITY_CHECK[1]");
     log!(DEBUG, "integrity check for runtime version {version} at {unix_seconds}");
     let table = |id: &Uuid| get(id, |_| Ok(None)).unwrap_or(0);
@@ -592,6 +603,7 @@ extern "C" fn integrity_check(version: u32, unix_seconds: u64, result: *mut [u64
 
 /// What slot 7 calls for each function: (the caller's data, the function's handle, its name); the result is
 /// ignored by the driver.
+// own ABI: slot 7's visitor, a private-table contract no header declares.
 type FunctionVisitor = extern "C" fn(usize, usize, *const std::ffi::c_char);
 
 /// [7](ctx, module, visit, data): calls `visit(data, function, name)` for every function of `module` (the
@@ -599,7 +611,7 @@ type FunctionVisitor = extern "C" fn(usize, usize, *const std::ffi::c_char);
 /// or context; here an unknown module visits nothing.
 extern "C" fn module_walk_functions(_ctx: usize, module: usize, visit: Option<FunctionVisitor>, data: usize) -> usize {
     crate::log::trace_call!("6e163fbe[7] module_walk_functions");
-    let Ok(functions) = crate::api::module_functions(module as _) else {
+    let Ok(functions) = crate::api::module_functions(module as CUmodule) else {
         return 0;
     };
     if let Some(visit) = visit {
@@ -615,7 +627,7 @@ extern "C" fn module_walk_functions(_ctx: usize, module: usize, visit: Option<Fu
 // (its `lupine_private_export_slot_called`).
 
 /// [4](flag, out): writes whether `flag` is non-zero.
-extern "C" fn cublaslt_2131_slot4(flag: usize, out: *mut u64) -> u32 {
+extern "C" fn cublaslt_2131_slot4(flag: usize, out: *mut u64) -> CUresult {
     if out.is_null() {
         return CUDA_ERROR_UNKNOWN;
     }
@@ -623,7 +635,7 @@ extern "C" fn cublaslt_2131_slot4(flag: usize, out: *mut u64) -> u32 {
 }
 
 /// [39](_, handle, out): writes 0.
-extern "C" fn cublaslt_2131_slot39(_a0: usize, handle: usize, out: *mut u64) -> u32 {
+extern "C" fn cublaslt_2131_slot39(_a0: usize, handle: usize, out: *mut u64) -> CUresult {
     if handle == 0 || out.is_null() {
         return CUDA_ERROR_INVALID_VALUE;
     }
@@ -631,7 +643,7 @@ extern "C" fn cublaslt_2131_slot39(_a0: usize, handle: usize, out: *mut u64) -> 
 }
 
 /// [51](_, key, out): hands out an opaque zeroed object; key !0 means "none" (CUDA_ERROR_INVALID_HANDLE).
-extern "C" fn cublaslt_2131_slot51(_a0: usize, key: usize, out: *mut usize) -> u32 {
+extern "C" fn cublaslt_2131_slot51(_a0: usize, key: usize, out: *mut usize) -> CUresult {
     if out.is_null() {
         return CUDA_ERROR_INVALID_VALUE;
     }

@@ -1,12 +1,13 @@
 //! The boundary with C callers: reading and writing through the raw pointers the CUDA API hands us.
 //! All of the shim's pointer dereferences happen here, each trusting the CUDA API contract for that argument.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 
-use vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_VALUE;
+use vgpu_cuda_sys::driver::{CUhostFn, CUoccupancyB2DSize, CUstream, CUstreamCallback};
+use vgpu_dataplane::cuerr::{CUresult, CuResult, CUDA_ERROR_INVALID_VALUE};
 
 /// Writes `value` through an out-parameter; a NULL out-parameter is `CUDA_ERROR_INVALID_VALUE`, as natively.
-pub(crate) fn write<T>(ptr: *mut T, value: T) -> Result<(), u32> {
+pub(crate) fn write<T>(ptr: *mut T, value: T) -> CuResult<()> {
     if ptr.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -16,7 +17,7 @@ pub(crate) fn write<T>(ptr: *mut T, value: T) -> Result<(), u32> {
 }
 
 /// Borrows `len` bytes of caller memory (a copy source, kernel argument, module image).
-pub(crate) fn bytes<'a>(ptr: *const u8, len: usize) -> Result<&'a [u8], u32> {
+pub(crate) fn bytes<'a>(ptr: *const u8, len: usize) -> CuResult<&'a [u8]> {
     if len == 0 {
         return Ok(&[]);
     }
@@ -28,7 +29,7 @@ pub(crate) fn bytes<'a>(ptr: *const u8, len: usize) -> Result<&'a [u8], u32> {
 }
 
 /// Borrows `len` bytes of caller memory for writing (a copy destination).
-pub(crate) fn bytes_mut<'a>(ptr: *mut u8, len: usize) -> Result<&'a mut [u8], u32> {
+pub(crate) fn bytes_mut<'a>(ptr: *mut u8, len: usize) -> CuResult<&'a mut [u8]> {
     if len == 0 {
         return Ok(&mut []);
     }
@@ -40,7 +41,7 @@ pub(crate) fn bytes_mut<'a>(ptr: *mut u8, len: usize) -> Result<&'a mut [u8], u3
 }
 
 /// A NUL-terminated name from the caller.
-pub(crate) fn cstr<'a>(ptr: *const c_char) -> Result<&'a CStr, u32> {
+pub(crate) fn cstr<'a>(ptr: *const c_char) -> CuResult<&'a CStr> {
     if ptr.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -56,7 +57,7 @@ pub(crate) fn array_item<T>(array: *const *mut T, index: usize) -> *mut T {
 }
 
 /// Reads a value the caller points to (a launch-parameter buffer size).
-pub(crate) fn read<T: Copy>(ptr: *const T) -> Result<T, u32> {
+pub(crate) fn read<T: Copy>(ptr: *const T) -> CuResult<T> {
     if ptr.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -117,33 +118,46 @@ pub(crate) fn pthread_self_id() -> usize {
     unsafe { libc::pthread_self() as usize }
 }
 
-/// Runs a host function the app enqueued with `cuLaunchHostFunc` (`CUhostFn`).
-pub(crate) fn call_host_fn(f: usize, user: usize) {
-    type HostFn = extern "C" fn(usize);
-    // SAFETY: f is the app's non-NULL CUhostFn (checked by the caller), a C function taking userData.
-    let f: HostFn = unsafe { std::mem::transmute::<usize, HostFn>(f) };
-    f(user)
+/// Runs a host function the app enqueued with `cuLaunchHostFunc` (NULL: nothing to run; callers refuse it first).
+pub(crate) fn call_host_fn(f: CUhostFn, user: usize) {
+    if let Some(f) = f {
+        // SAFETY: the app's CUhostFn, called with the userData it gave, as the driver would.
+        unsafe { f(user as *mut c_void) }
+    }
 }
 
-/// Runs a stream callback the app enqueued with `cuStreamAddCallback` (`CUstreamCallback`).
-pub(crate) fn call_stream_callback(f: usize, stream: usize, status: u32, user: usize) {
-    type StreamCallback = extern "C" fn(usize, u32, usize);
-    // SAFETY: f is the app's non-NULL CUstreamCallback (checked by the caller): (hStream, status, userData).
-    let f: StreamCallback = unsafe { std::mem::transmute::<usize, StreamCallback>(f) };
-    f(stream, status, user)
+/// Runs a stream callback the app enqueued with `cuStreamAddCallback`: (hStream, status, userData).
+pub(crate) fn call_stream_callback(f: CUstreamCallback, stream: CUstream, status: CUresult, user: *mut c_void) {
+    if let Some(f) = f {
+        // SAFETY: the app's CUstreamCallback, called with its stream and userData, as the driver would.
+        unsafe { f(stream, status, user) }
+    }
 }
 
-/// Asks the app's `CUoccupancyB2DSize` callback how much dynamic shared memory a block of `block` threads uses.
-pub(crate) fn call_block_to_smem(f: usize, block: i32) -> usize {
-    type B2D = extern "C" fn(i32) -> usize;
-    // SAFETY: f is the app's non-NULL CUoccupancyB2DSize (checked by the caller): size_t (*)(int).
-    let f: B2D = unsafe { std::mem::transmute::<usize, B2D>(f) };
-    f(block)
+/// Asks the app's `CUoccupancyB2DSize` callback how much dynamic shared memory a block of `block` threads uses
+/// (0 without a callback).
+pub(crate) fn call_block_to_smem(f: CUoccupancyB2DSize, block: c_int) -> usize {
+    match f {
+        // SAFETY: the app's callback, called with a block size, as the driver would.
+        Some(f) => unsafe { f(block) },
+        None => 0,
+    }
+}
+
+/// The plain value at byte `at` of bytes read from the app: a field of a cuda.h struct or of a union's live
+/// member, at its `offset_of!` in the generated declaration. Reading through bytes (with zerocopy's checks) keeps
+/// union members, whose live one the caller chose by the union's tag, out of unsafe code.
+pub(crate) fn field<T: zerocopy::FromBytes>(bytes: &[u8], at: usize) -> CuResult<T> {
+    bytes
+        .get(at..)
+        .and_then(|b| T::read_from_prefix(b).ok())
+        .map(|(v, _)| v)
+        .ok_or(CUDA_ERROR_INVALID_VALUE)
 }
 
 /// Page-aligned, zeroed host memory of `size` bytes backed by a memfd that the server can map too (pinned
 /// allocations of shared-memory sessions). The mapping stays after the descriptor is passed on and dropped.
-pub(crate) fn alloc_shared(size: usize) -> Result<(*mut u8, std::os::fd::OwnedFd), u32> {
+pub(crate) fn alloc_shared(size: usize) -> CuResult<(*mut u8, std::os::fd::OwnedFd)> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let oom = vgpu_dataplane::cuerr::CUDA_ERROR_OUT_OF_MEMORY;
     if size == 0 {

@@ -52,7 +52,7 @@ macro_rules! trace_call {
 pub(crate) use trace_call;
 
 /// Reports an unimplemented entry point once.
-pub fn unimplemented(name: &str, once: &AtomicBool) -> u32 {
+pub fn unimplemented(name: &str, once: &AtomicBool) -> vgpu_dataplane::cuerr::CUresult {
     if !once.swap(true, Ordering::Relaxed) {
         emit(
             WARN,

@@ -98,21 +98,21 @@ static ARENA_NEXT: AtomicUsize = AtomicUsize::new(ARENA_START);
 const ARENA_JUMP: usize = 1 << 40;
 
 /// Tries to mirror [base, base+len) on the server at the same address.
-fn map_on_server(base: usize, len: usize) -> Result<u64, u32> {
+fn map_on_server(base: usize, len: usize) -> CuResult<u64> {
     let r = client::call(
         0,
         &HostMirrorMap {
-            addr: base as u64,
+            addr: HostAddr(base as u64),
             size: len as u64,
         },
         &[],
     )?;
-    Ok(r.dptr)
+    Ok(r.dptr.get())
 }
 
 /// Page-locked, zeroed host memory of `len` bytes (a page multiple) with a server mirror at the same address
 /// where one can be had. Returns (address, mirrored).
-pub fn alloc(len: usize) -> Result<(usize, bool), u32> {
+pub fn alloc(len: usize) -> CuResult<(usize, bool)> {
     for _ in 0..16 {
         // Consecutive allocations keep a guard gap, so that a range the server cannot use at one address
         // does not push every later one onto the same conflict.
@@ -207,7 +207,7 @@ pub fn register(ptr: usize, size: usize) {
 
 /// Managed memory the server allocated at `dptr`: this process maps the same address, so host and device
 /// use one pointer. `CUDA_ERROR_OUT_OF_MEMORY` when the address is taken here.
-pub fn adopt_managed(dptr: u64, size: usize) -> Result<(), u32> {
+pub fn adopt_managed(dptr: u64, size: usize) -> CuResult<()> {
     let base = dptr as usize & !(PAGE - 1);
     let len = (dptr as usize)
         .checked_add(size)
@@ -231,7 +231,7 @@ pub fn adopt_managed(dptr: u64, size: usize) -> Result<(), u32> {
 
 /// A `__managed__` variable at `dptr`: mapped here at the same address (pages another managed variable
 /// mapped already are shared), with the server's initial value.
-pub fn adopt_managed_global(dptr: u64, size: usize) -> Result<(), u32> {
+pub fn adopt_managed_global(dptr: u64, size: usize) -> CuResult<()> {
     let start = dptr as usize;
     let end = start.checked_add(size.max(1)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     if find(start).is_some() {
@@ -261,7 +261,7 @@ pub fn adopt_managed_global(dptr: u64, size: usize) -> Result<(), u32> {
     // `__managed__` variables up before it has made one current. The host cannot look at the variable
     // before then either (natively it is the runtime's initialisation that follows).
     let fetched = match crate::state::current_ctx() {
-        0 => Err(CUDA_ERROR_INVALID_CONTEXT),
+        crate::state::NO_CONTEXT => Err(CUDA_ERROR_INVALID_CONTEXT),
         _ => fetch_initial(&m),
     };
     let mut all = mirrors();
@@ -281,10 +281,10 @@ pub fn adopt_managed_global(dptr: u64, size: usize) -> Result<(), u32> {
 }
 
 /// Copies a `__managed__` variable's current value from the server into its pages here.
-fn fetch_initial(m: &Mirror) -> Result<(), u32> {
+fn fetch_initial(m: &Mirror) -> CuResult<()> {
     let out = ffi::bytes_mut(m.data as *mut u8, m.data_len)?;
     let call = MemcpyDtoH {
-        src: m.data_dptr(),
+        src: DevicePtr(m.data_dptr()),
         size: m.data_len as u64,
     };
     client::with_channel(|ch, _| ch.copy_to_host(0, &call, out))
@@ -292,7 +292,7 @@ fn fetch_initial(m: &Mirror) -> Result<(), u32> {
 
 /// Once a context is current on the server: fetches the initial values of `__managed__` variables looked
 /// up before (`adopt_managed_global`). Cheap when there are none.
-pub fn fetch_deferred() -> Result<(), u32> {
+pub fn fetch_deferred() -> CuResult<()> {
     if !ANY_DEFERRED.load(Ordering::Acquire) {
         return Ok(());
     }
@@ -336,7 +336,13 @@ pub fn forget(ptr: usize) {
         m.by_base.remove(&base)
     };
     if removed.is_some_and(|m| m.kind == Kind::Pinned) {
-        let _ = client::call(0, &HostMirrorUnmap { addr: base as u64 }, &[]);
+        let _ = client::call(
+            0,
+            &HostMirrorUnmap {
+                addr: HostAddr(base as u64),
+            },
+            &[],
+        );
     }
 }
 
@@ -378,7 +384,7 @@ pub fn pending_source(addr: usize, n: usize) -> Option<u64> {
 /// into, in stream order, and remembers it for the next synchronizing call. A region that earlier queued
 /// work may have written (pending) is not pushed: the server's copy is the newer one until a sync brings
 /// it back, and the host cannot have written it meanwhile without racing that work.
-pub fn before_launch(flags: u16, stream: u64, args: &[u8]) -> Result<(), u32> {
+pub fn before_launch(flags: u16, stream: StreamId, args: &[u8]) -> CuResult<()> {
     // A `__managed__` variable's initial value must be here before this pushes it.
     fetch_deferred()?;
     let _transfer = TRANSFERS.read().unwrap_or_else(|p| p.into_inner());
@@ -417,7 +423,7 @@ pub fn before_launch(flags: u16, stream: u64, args: &[u8]) -> Result<(), u32> {
         client::post(
             flags,
             &MemcpyHtoDAsync {
-                dst: mirror.data_dptr(),
+                dst: DevicePtr(mirror.data_dptr()),
                 size: mirror.data_len as u64,
                 stream,
             },
@@ -429,7 +435,7 @@ pub fn before_launch(flags: u16, stream: u64, args: &[u8]) -> Result<(), u32> {
 }
 
 /// After a synchronizing call: brings back what kernels may have written into mirrored regions.
-pub fn after_sync() -> Result<(), u32> {
+pub fn after_sync() -> CuResult<()> {
     let _transfer = TRANSFERS.read().unwrap_or_else(|p| p.into_inner());
     let due: Vec<Mirror> = {
         let mut m = mirrors();
@@ -444,7 +450,7 @@ pub fn after_sync() -> Result<(), u32> {
     for mirror in due {
         let out = ffi::bytes_mut(mirror.data as *mut u8, mirror.data_len)?;
         let call = MemcpyDtoH {
-            src: mirror.data_dptr(),
+            src: DevicePtr(mirror.data_dptr()),
             size: mirror.data_len as u64,
         };
         client::with_channel(|ch, _| ch.copy_to_host(0, &call, out))?;

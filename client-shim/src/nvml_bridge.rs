@@ -19,7 +19,7 @@ pub extern "C" fn vgpu_nvml_bridge_version() -> u32 {
 
 /// Opens the session as `cuInit(0)` does (once per process, shared with the CUDA API); returns its CUresult.
 #[no_mangle]
-pub extern "C" fn vgpu_nvml_init() -> u32 {
+pub extern "C" fn vgpu_nvml_init() -> CUresult {
     client::init()
 }
 
@@ -40,11 +40,11 @@ pub extern "C" fn vgpu_nvml_cuda_driver_version() -> i32 {
 
 /// Copies device `index`'s facts (`size` must be `size_of::<DeviceFacts>()`: both shims come from one build).
 #[no_mangle]
-pub extern "C" fn vgpu_nvml_device_facts(index: u32, out: *mut DeviceFacts, size: usize) -> u32 {
+pub extern "C" fn vgpu_nvml_device_facts(index: u32, out: *mut DeviceFacts, size: usize) -> CUresult {
     crate::api::code(device_facts(index, out, size))
 }
 
-fn device_facts(index: u32, out: *mut DeviceFacts, size: usize) -> Result<(), u32> {
+fn device_facts(index: u32, out: *mut DeviceFacts, size: usize) -> CuResult<()> {
     if size != std::mem::size_of::<DeviceFacts>() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -55,11 +55,11 @@ fn device_facts(index: u32, out: *mut DeviceFacts, size: usize) -> Result<(), u3
 
 /// The server's live values for device `index` (one round trip).
 #[no_mangle]
-pub extern "C" fn vgpu_nvml_device_status(index: u32, out: *mut NvmlStatusReply, size: usize) -> u32 {
+pub extern "C" fn vgpu_nvml_device_status(index: u32, out: *mut NvmlStatusReply, size: usize) -> CUresult {
     crate::api::code(device_status(index, out, size))
 }
 
-fn device_status(index: u32, out: *mut NvmlStatusReply, size: usize) -> Result<(), u32> {
+fn device_status(index: u32, out: *mut NvmlStatusReply, size: usize) -> CuResult<()> {
     if size != std::mem::size_of::<NvmlStatusReply>() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -76,11 +76,11 @@ fn device_status(index: u32, out: *mut NvmlStatusReply, size: usize) -> Result<(
 
 /// The server driver's version string (NUL-terminated into `len` bytes at `out`).
 #[no_mangle]
-pub extern "C" fn vgpu_nvml_driver_version(out: *mut c_char, len: usize) -> u32 {
+pub extern "C" fn vgpu_nvml_driver_version(out: *mut c_char, len: usize) -> CUresult {
     crate::api::code(driver_version(out, len))
 }
 
-fn driver_version(out: *mut c_char, len: usize) -> Result<(), u32> {
+fn driver_version(out: *mut c_char, len: usize) -> CuResult<()> {
     let s = client::session()?;
     if s.capabilities & CAP_NVML == 0 {
         return Err(CUDA_ERROR_NOT_SUPPORTED);

@@ -5,8 +5,11 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use vgpu_dataplane::cuerr::{CUresult, CuResult};
 
-use vgpu_dataplane::wire::FunctionInfo;
+use vgpu_dataplane::wire::{
+    AllocHandleId, ArrayId, ContextId, EventId, FunctionId, FunctionInfo, ModuleId, PoolId, RegionId, StreamId,
+};
 
 /// Ids start well above 2 (stream ids 0, 1, 2 are the driver's special streams) and are 16-byte aligned so
 /// they look like the pointers real handles are.
@@ -17,9 +20,12 @@ pub fn new_id() -> u64 {
 }
 
 /// Primary contexts have fixed ids, one per device.
-pub fn primary_ctx_id(dev: i32) -> u64 {
-    0x1000 + 0x10 * dev as u64
+pub fn primary_ctx_id(dev: i32) -> ContextId {
+    ContextId(0x1000 + 0x10 * dev as u64)
 }
+
+/// The context id that means "no context" (a thread with none current; `CtxSetCurrent` to none).
+pub const NO_CONTEXT: ContextId = ContextId(0);
 
 #[derive(Clone, Copy, Debug)]
 pub struct ContextInfo {
@@ -32,11 +38,11 @@ pub struct ModuleInfo {
     pub is_library: bool,
     /// A library whose image the server rejected: natively, library loading is lazy, so the error surfaces
     /// at the first kernel lookup instead of at the load.
-    pub deferred_error: Option<u32>,
+    pub deferred_error: Option<CUresult>,
     pub functions: HashMap<String, Arc<FunctionInfo>>,
     /// Handles given out so far, by name: the driver hands out one handle per function of a module, however
     /// often it is looked up (cuFFT compares the handles its module walk finds with those it looked up).
-    pub bound: HashMap<String, u64>,
+    pub bound: HashMap<String, FunctionId>,
 }
 
 #[derive(Clone, Debug)]
@@ -44,51 +50,51 @@ pub struct FunctionEntry {
     pub info: Arc<FunctionInfo>,
     /// A `CUkernel` (library kernel) rather than a `CUfunction`.
     pub is_kernel: bool,
-    pub module: u64,
+    pub module: ModuleId,
 }
 
 #[derive(Default)]
 pub struct Registry {
-    pub contexts: HashMap<u64, ContextInfo>,
+    pub contexts: HashMap<ContextId, ContextInfo>,
     pub primary_refs: HashMap<i32, u32>,
-    pub streams: HashMap<u64, (u32, i32)>,
-    pub events: HashMap<u64, u32>,
-    pub modules: HashMap<u64, ModuleInfo>,
-    pub functions: HashMap<u64, FunctionEntry>,
+    pub streams: HashMap<StreamId, (u32, i32)>,
+    pub events: HashMap<EventId, u32>,
+    pub modules: HashMap<ModuleId, ModuleInfo>,
+    pub functions: HashMap<FunctionId, FunctionEntry>,
     /// Host allocations made by cuMemAllocHost/cuMemHostAlloc: address → length.
     pub host_allocs: HashMap<usize, usize>,
     /// The subset of `host_allocs` shared with the server (shared-memory sessions): address → (region id, length).
-    pub shared_regions: BTreeMap<usize, (u64, usize)>,
+    pub shared_regions: BTreeMap<usize, (RegionId, usize)>,
     /// Device ranges the app may name (allocations and module globals): base → length. Lets asynchronous
     /// copies fail at the call, as natively, instead of at a later synchronizing call.
     pub device_ranges: BTreeMap<u64, u64>,
     /// Attributes fetched on first use for functions whose module was loaded lazily.
-    pub func_attrs: HashMap<u64, [i32; vgpu_dataplane::wire::FUNC_ATTR_COUNT]>,
+    pub func_attrs: HashMap<FunctionId, [i32; vgpu_dataplane::wire::FUNC_ATTR_COUNT]>,
     /// Libraries unloaded by the app: looking a kernel up in one is CUDA_ERROR_NOT_FOUND natively.
-    pub unloaded_libraries: HashSet<u64>,
+    pub unloaded_libraries: HashSet<ModuleId>,
     /// Context flags (`cuCtxGetFlags`): creation flags, or what `cuCtxSetFlags` set.
-    pub ctx_flags: HashMap<u64, u32>,
+    pub ctx_flags: HashMap<ContextId, u32>,
     /// Devices whose primary context was reset (`cuDevicePrimaryCtxReset`) and not retained since: the next
     /// retain must reach the server, whose driver re-creates the context then, as natively.
     pub primary_reset: HashSet<i32>,
     /// Flags of each device's primary context (`cuDevicePrimaryCtxSetFlags`).
     pub primary_flags: HashMap<i32, u32>,
     /// Cache and shared-memory configuration preferences, by context.
-    pub cache_config: HashMap<u64, u32>,
+    pub cache_config: HashMap<ContextId, u32>,
     /// Host ranges registered with `cuMemHostRegister`: address → (length, flags).
     pub host_registered: BTreeMap<usize, (usize, u32)>,
     /// Flags of `cuMemHostAlloc` allocations, by address.
     pub host_alloc_flags: HashMap<usize, u32>,
     /// Memory pools the app created: id → device.
-    pub mem_pools: HashMap<u64, i32>,
+    pub mem_pools: HashMap<PoolId, i32>,
     /// Each device's current memory pool (`cuDeviceSetMemPool`), where not its default one.
-    pub current_pools: HashMap<i32, u64>,
+    pub current_pools: HashMap<i32, PoolId>,
     /// Stream attributes set with `cuStreamSetAttribute`: (stream, attribute id) → the `CUstreamAttrValue`.
-    pub stream_attrs: HashMap<(u64, u32), [u8; 64]>,
+    pub stream_attrs: HashMap<(StreamId, u32), [u8; crate::api::STREAM_ATTR_LEN]>,
     /// CUDA arrays: id → shape.
-    pub arrays: HashMap<u64, vgpu_dataplane::wire::ArrayShape>,
+    pub arrays: HashMap<ArrayId, vgpu_dataplane::wire::ArrayShape>,
     /// VMM physical memory the app created (`cuMemCreate`), by id: what the pointer queries report of it.
-    pub vmm_handles: HashMap<u64, VmmHandle>,
+    pub vmm_handles: HashMap<AllocHandleId, VmmHandle>,
     /// VMM mappings: address → mapping. Their ranges are in `device_ranges` too, while mapped.
     pub vmm_mappings: BTreeMap<u64, VmmMapping>,
 }
@@ -105,7 +111,7 @@ pub struct VmmHandle {
 #[derive(Clone, Debug)]
 pub struct VmmMapping {
     pub size: u64,
-    pub handle: u64,
+    pub handle: AllocHandleId,
     /// `CUmemAccess_flags` each device was given (`cuMemSetAccess`); none at first, as natively.
     pub access: Vec<(i32, u32)>,
 }
@@ -131,7 +137,7 @@ impl Registry {
     }
 
     /// The shared region holding all of [addr, addr+len), as (region id, offset).
-    pub fn shared_region(&self, addr: usize, len: usize) -> Option<(u64, u64)> {
+    pub fn shared_region(&self, addr: usize, len: usize) -> Option<(RegionId, u64)> {
         let (&base, &(id, size)) = self.shared_regions.range(..=addr).next_back()?;
         let end = addr.checked_add(len)?;
         (end <= base + size).then_some((id, (addr - base) as u64))
@@ -139,7 +145,7 @@ impl Registry {
 
     /// CUDA_ERROR_INVALID_VALUE unless [addr, addr+len) lies inside known device ranges without a gap: one, or
     /// several back to back (VMM mappings next to each other, which PyTorch copies across).
-    pub fn check_range(&self, addr: u64, len: u64) -> Result<(), u32> {
+    pub fn check_range(&self, addr: u64, len: u64) -> CuResult<()> {
         vgpu_dataplane::ranges::covered(&self.device_ranges, addr, len)
     }
 
@@ -150,7 +156,7 @@ impl Registry {
     }
 
     /// Forgets VMM physical memory the server freed (no reference and no mapping left).
-    pub fn forget_unused_vmm(&mut self, handle: u64) {
+    pub fn forget_unused_vmm(&mut self, handle: AllocHandleId) {
         if self
             .vmm_handles
             .get(&handle)
@@ -208,46 +214,46 @@ pub fn write() -> WriteGuard {
 }
 
 thread_local! {
-    static CTX_STACK: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    static CTX_STACK: RefCell<Vec<ContextId>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The calling thread's current context (0 = none).
-pub fn current_ctx() -> u64 {
+/// The calling thread's current context (`NO_CONTEXT` = none).
+pub fn current_ctx() -> ContextId {
     // After the thread's locals are destroyed (atexit handlers), no context is current.
     CTX_STACK
-        .try_with(|s| s.borrow().last().copied().unwrap_or(0))
-        .unwrap_or(0)
+        .try_with(|s| s.borrow().last().copied().unwrap_or(NO_CONTEXT))
+        .unwrap_or(NO_CONTEXT)
 }
 
-pub fn set_current_ctx(ctx: u64) {
+pub fn set_current_ctx(ctx: ContextId) {
     let _ = CTX_STACK.try_with(|s| {
         let mut s = s.borrow_mut();
-        match (s.last_mut(), ctx) {
-            (Some(top), _) => *top = ctx,
-            (None, 0) => {}
-            (None, c) => s.push(c),
+        match s.last_mut() {
+            Some(top) => *top = ctx,
+            None if ctx == NO_CONTEXT => {}
+            None => s.push(ctx),
         }
     });
 }
 
-pub fn push_ctx(ctx: u64) {
+pub fn push_ctx(ctx: ContextId) {
     let _ = CTX_STACK.try_with(|s| s.borrow_mut().push(ctx));
 }
 
 /// Pops the current context; returns it and the new current one.
-pub fn pop_ctx() -> Option<(u64, u64)> {
+pub fn pop_ctx() -> Option<(ContextId, ContextId)> {
     CTX_STACK
         .try_with(|s| {
             let mut s = s.borrow_mut();
             let top = s.pop()?;
-            Some((top, s.last().copied().unwrap_or(0)))
+            Some((top, s.last().copied().unwrap_or(NO_CONTEXT)))
         })
         .ok()
         .flatten()
 }
 
 /// Removes a destroyed context from the calling thread's stack.
-pub fn forget_ctx(ctx: u64) {
+pub fn forget_ctx(ctx: ContextId) {
     let _ = CTX_STACK.try_with(|s| s.borrow_mut().retain(|&c| c != ctx));
 }
 

@@ -2,7 +2,6 @@
 //! the control plane with the tenant's `VGPU_KEY` (when `VGPU_CONTROL_URL` is set), or a server's static key.
 
 use crate::log::{log, ERROR, INFO};
-use std::time::Duration;
 use vgpu_dataplane::cuerr::*;
 
 /// The server to dial and the credential to present in the hello.
@@ -12,7 +11,7 @@ pub struct Target {
 }
 
 /// Decides the target from the environment. Errors are logged with their reason and become `cuInit`'s result.
-pub fn target() -> Result<Target, u32> {
+pub fn target() -> CuResult<Target> {
     let server = std::env::var("VGPU_SERVER").ok().filter(|s| !s.is_empty());
     if let Ok(ticket) = std::env::var("VGPU_TICKET") {
         return Ok(Target {
@@ -54,7 +53,49 @@ struct Grant {
     server: String,
 }
 
-/// The endpoint to dial for a ticket's server address and certificate fingerprint.
+/// `POST /v1/tickets` with the tenant's key. `url` may list several control-plane replicas (comma-separated,
+/// tried in turn) and pin each one's certificate (`https://host:8470#sha256=<hex>`). A session runs on one
+/// server: the one holding the first GPU the ticket names.
+fn fetch_ticket(url: &str, key: &str) -> CuResult<Grant> {
+    let grant = vgpu_control::client::request_ticket(url, key).map_err(|e| match e.status {
+        Some(status @ (401 | 403)) => {
+            log!(
+                ERROR,
+                "control plane at {url} refused VGPU_KEY ({status}): {}",
+                e.message
+            );
+            CUDA_ERROR_NOT_PERMITTED
+        }
+        Some(status) => {
+            log!(
+                ERROR,
+                "control plane at {url} refused a ticket ({status}): {}",
+                e.message
+            );
+            CUDA_ERROR_NO_DEVICE
+        }
+        None => {
+            log!(
+                ERROR,
+                "cannot reach the control plane at {url} (VGPU_CONTROL_URL): {}",
+                e.message
+            );
+            CUDA_ERROR_NO_DEVICE
+        }
+    })?;
+    let Some(first) = grant.gpus.first() else {
+        log!(ERROR, "control plane at {url} sent a ticket without a server");
+        return Err(CUDA_ERROR_NO_DEVICE);
+    };
+    Ok(Grant {
+        server: ticket_endpoint(&first.server_address, first.tls_cert_sha256.as_deref()),
+        ticket: grant.ticket,
+        session_id: grant.session_id,
+    })
+}
+
+/// The endpoint to dial for a ticket's server address and the certificate fingerprint the server registered:
+/// a `tls://` address gets the pin (unless it names one itself); an address without a scheme is plain TCP.
 fn ticket_endpoint(address: &str, tls_cert_sha256: Option<&str>) -> String {
     let url = if address.contains("://") {
         address.to_string()
@@ -64,53 +105,6 @@ fn ticket_endpoint(address: &str, tls_cert_sha256: Option<&str>) -> String {
     match tls_cert_sha256 {
         Some(pin) if url.starts_with("tls://") && !url.contains('#') => format!("{url}#sha256={pin}"),
         _ => url,
-    }
-}
-
-/// `POST /v1/tickets` with the tenant's key. A session runs on one server: the one holding the first GPU the
-/// ticket names.
-fn fetch_ticket(url: &str, key: &str) -> Result<Grant, u32> {
-    let endpoint = format!("{}/v1/tickets", url.trim_end_matches('/'));
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5))
-        .timeout(Duration::from_secs(20))
-        .build();
-    let reply = agent
-        .post(&endpoint)
-        .set("Authorization", &format!("Bearer {key}"))
-        .send_json(serde_json::json!({}));
-    let body: serde_json::Value = match reply {
-        Ok(r) => r.into_json().map_err(|e| {
-            log!(ERROR, "control plane at {url} sent an unreadable ticket: {e}");
-            CUDA_ERROR_NO_DEVICE
-        })?,
-        Err(ureq::Error::Status(status, r)) => {
-            let v: serde_json::Value = r.into_json().unwrap_or_default();
-            let message = v["error"]["message"].as_str().unwrap_or("no reason given");
-            log!(ERROR, "control plane at {url} refused VGPU_KEY ({status}): {message}");
-            return Err(match status {
-                401 | 403 => CUDA_ERROR_NOT_PERMITTED,
-                _ => CUDA_ERROR_NO_DEVICE,
-            });
-        }
-        Err(e) => {
-            log!(ERROR, "cannot reach the control plane at {url} (VGPU_CONTROL_URL): {e}");
-            return Err(CUDA_ERROR_NO_DEVICE);
-        }
-    };
-    let ticket = body["ticket"].as_str();
-    let address = body["gpus"][0]["server_address"].as_str();
-    let pin = body["gpus"][0]["tls_cert_sha256"].as_str();
-    match (ticket, address) {
-        (Some(t), Some(a)) => Ok(Grant {
-            ticket: t.to_string(),
-            session_id: body["session_id"].as_str().unwrap_or("?").to_string(),
-            server: ticket_endpoint(a, pin),
-        }),
-        _ => {
-            log!(ERROR, "control plane at {url} sent a ticket without a server");
-            Err(CUDA_ERROR_NO_DEVICE)
-        }
     }
 }
 

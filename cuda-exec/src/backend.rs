@@ -1,18 +1,49 @@
-//! The `Backend` trait: the driver operations a session executes, over raw handles.
+//! The `Backend` trait: the driver operations a session executes, over the backend's own typed handles.
 //! Two implementations: `real` (NVIDIA's driver, loaded at run time) and `emulated` (no GPU needed).
+//!
+//! Operations the call table marks as forwarded unchanged (`=> op(args) = cuEntryPoint` rows in
+//! `vgpu_dataplane::wire::calls`) are declared by the generated `DriverOps` trait below; the real backend's
+//! implementation of them is generated too (`real::forwarded`), the emulated one is written by hand.
 
+use std::ffi::CStr;
+
+use vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED;
 use vgpu_dataplane::handshake::DeviceFacts;
-use vgpu_dataplane::wire::{FunctionInfo, MemAccessDesc, MemAllocProp};
+use vgpu_dataplane::ids::DevicePtr;
+use vgpu_dataplane::wire::{
+    ArrayBox, ArrayShape, FunctionInfo, LaunchShape, MemAccessDesc, MemAllocProp, MemOp, FUNC_ATTR_COUNT,
+};
 
+pub use crate::handles::*;
 /// A failed driver call: the non-zero CUresult.
-pub type CuResult<T> = Result<T, u32>;
+pub use vgpu_dataplane::cuerr::CuResult;
 
 /// A kernel found in a loaded module or library, with the real handle the backend launches through.
 #[derive(Debug, Clone)]
 pub struct LoadedFunction {
     pub info: FunctionInfo,
-    pub handle: u64,
+    pub handle: Callable,
 }
+
+/// Declares the driver operations the call table forwards unchanged.
+macro_rules! declare_driver_ops {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident = $op:literal, $mode:ident $(, $tail:ident $(($max:expr))?)? { $($field:ident : $ty:ty),* $(,)? }
+            -> $reply:ty $(=> $backend:ident ( $($barg:ident : $bty:ty),* ) = $driver:ident)?;
+    )*) => {
+        /// Driver operations forwarded unchanged, one per call-table row with a backend clause (named there with
+        /// the driver entry point the real backend calls).
+        pub trait DriverOps {
+            $( $(
+                #[doc = concat!("`", stringify!($driver), "`.")]
+                fn $backend(&self, $($barg: $bty),*) -> CuResult<()>;
+            )? )*
+        }
+    };
+}
+
+vgpu_dataplane::call_table!(declare_driver_ops);
 
 /// Host memory the GPU can copy to and from directly (pinned, for the real backend).
 pub struct HostBuffer {
@@ -48,15 +79,19 @@ impl HostBuffer {
 #[derive(Clone, Copy)]
 pub enum Place<'a> {
     Host(&'a HostBuffer, u64),
-    Device(u64, u64),
+    Device(DevicePtr, u64),
 }
 
-/// Stream handles 0, 1 and 2 keep the driver's meaning (NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD).
-pub const STREAM_PER_THREAD: u64 = 2;
+/// A loaded image: the driver's module or library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Image {
+    Module(Module),
+    Library(Library),
+}
 
-/// The driver operations a session needs. Handles are the backend's own (real `CUstream` etc. as integers).
+/// The driver operations a session needs. Handles are the backend's own (`crate::handles`).
 /// Context state is per OS thread, as in the driver: each client thread is served by its own server thread.
-pub trait Backend: Send + Sync + 'static {
+pub trait Backend: DriverOps + Send + Sync + 'static {
     /// `handshake::BACKEND_REAL` or `BACKEND_EMULATED`.
     fn kind(&self) -> u32;
     fn describe(&self) -> String;
@@ -72,17 +107,25 @@ pub trait Backend: Send + Sync + 'static {
         "unknown".into()
     }
 
-    fn primary_ctx_retain(&self, dev: i32) -> CuResult<u64>;
-    fn primary_ctx_release(&self, dev: i32) -> CuResult<()>;
-    fn primary_ctx_reset(&self, dev: i32) -> CuResult<()>;
-    fn ctx_create(&self, flags: u32, dev: i32) -> CuResult<u64>;
-    fn ctx_destroy(&self, ctx: u64) -> CuResult<()>;
-    fn ctx_set_current(&self, ctx: u64) -> CuResult<()>;
-    fn ctx_synchronize(&self) -> CuResult<()>;
+    /// The calling thread's current context (`Context(0)`: none), for the scheduler's bookkeeping.
+    fn current_context(&self) -> Context {
+        Context(0)
+    }
+    /// The server ordinal of the device of the calling thread's current context (`None`: no context).
+    fn context_device(&self) -> Option<i32> {
+        None
+    }
+    /// Lets the emulated backend queue its simulated kernels on a device timeline shared by every worker of the
+    /// server (in the scheduler's shared table); the real backend has a real device.
+    fn share_device_timeline(&self, _busy_until: &'static std::sync::atomic::AtomicU64) {}
 
-    fn mem_alloc(&self, size: u64) -> CuResult<u64>;
-    fn mem_alloc_pitch(&self, width: u64, height: u64, elem_size: u32) -> CuResult<(u64, u64)>;
-    fn mem_free(&self, dptr: u64) -> CuResult<()>;
+    fn primary_ctx_retain(&self, dev: i32) -> CuResult<Context>;
+    fn ctx_create(&self, flags: u32, dev: i32) -> CuResult<Context>;
+
+    fn mem_alloc(&self, size: u64) -> CuResult<DevicePtr>;
+    /// (base, pitch).
+    fn mem_alloc_pitch(&self, width: u64, height: u64, elem_size: u32) -> CuResult<(DevicePtr, u64)>;
+    /// (free, total).
     fn mem_get_info(&self) -> CuResult<(u64, u64)>;
     fn host_alloc(&self, len: usize) -> CuResult<HostBuffer>;
     fn host_free(&self, buf: HostBuffer);
@@ -91,97 +134,59 @@ pub trait Backend: Send + Sync + 'static {
     fn host_register(&self, ptr: *mut u8, len: usize) -> CuResult<()>;
     fn host_unregister(&self, ptr: *mut u8) -> CuResult<()>;
     /// Copies the first `len` bytes of a staging buffer, which stays untouched until the stream passes here.
-    fn memcpy_htod_async(&self, dst: u64, src: &HostBuffer, len: usize, stream: u64) -> CuResult<()>;
+    fn memcpy_htod_async(&self, dst: DevicePtr, src: &HostBuffer, len: usize, stream: Stream) -> CuResult<()>;
     /// Copies into the first `len` bytes of a staging buffer.
-    fn memcpy_dtoh_async(&self, dst: &HostBuffer, src: u64, len: usize, stream: u64) -> CuResult<()>;
-    fn memcpy_dtod_async(&self, dst: u64, src: u64, len: u64, stream: u64) -> CuResult<()>;
-    #[allow(clippy::too_many_arguments)]
-    fn memset_async(
-        &self,
-        dst: u64,
-        pitch: u64,
-        value: u32,
-        elem_size: u32,
-        width: u64,
-        height: u64,
-        stream: u64,
-    ) -> CuResult<()>;
+    fn memcpy_dtoh_async(&self, dst: &HostBuffer, src: DevicePtr, len: usize, stream: Stream) -> CuResult<()>;
+    /// `width` elements of `fill.elem_size` bytes per row, `height` rows `pitch` apart.
+    fn memset_async(&self, dst: DevicePtr, fill: Fill, stream: Stream) -> CuResult<()>;
 
     /// Copies `height` rows of `width` bytes between two places.
-    fn memcpy_2d_async(&self, src: Place<'_>, dst: Place<'_>, width: u64, height: u64, stream: u64) -> CuResult<()>;
+    fn memcpy_2d_async(&self, src: Place<'_>, dst: Place<'_>, width: u64, height: u64, stream: Stream) -> CuResult<()>;
 
-    fn stream_create(&self, flags: u32, priority: i32) -> CuResult<u64>;
-    fn stream_destroy(&self, stream: u64) -> CuResult<()>;
-    fn stream_synchronize(&self, stream: u64) -> CuResult<()>;
-    fn stream_query(&self, stream: u64) -> CuResult<()>;
-    fn stream_wait_event(&self, stream: u64, event: u64, flags: u32) -> CuResult<()>;
+    fn stream_create(&self, flags: u32, priority: i32) -> CuResult<Stream>;
     /// Stream memory operations, their addresses checked by the session. `single`: exactly one, through its own
     /// entry point (`cuStreamWriteValue32` and friends); otherwise `cuStreamBatchMemOp` with `flags`.
-    fn stream_mem_ops(
-        &self,
-        _stream: u64,
-        _ops: &[vgpu_dataplane::wire::MemOp],
-        _flags: u32,
-        _single: bool,
-    ) -> CuResult<()> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn stream_mem_ops(&self, _stream: Stream, _ops: &[MemOp], _flags: u32, _single: bool) -> CuResult<()> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
-    fn event_create(&self, flags: u32) -> CuResult<u64>;
-    fn event_record(&self, event: u64, stream: u64) -> CuResult<()>;
-    fn event_synchronize(&self, event: u64) -> CuResult<()>;
-    fn event_query(&self, event: u64) -> CuResult<()>;
-    fn event_elapsed(&self, start: u64, end: u64) -> CuResult<f32>;
-    fn event_destroy(&self, event: u64) -> CuResult<()>;
+    fn event_create(&self, flags: u32) -> CuResult<Event>;
+    fn event_elapsed(&self, start: Event, end: Event) -> CuResult<f32>;
 
-    fn module_load(&self, image: &[u8]) -> CuResult<(u64, Vec<LoadedFunction>)>;
-    fn module_unload(&self, module: u64) -> CuResult<()>;
-    fn module_get_global(&self, module: u64, name: &std::ffi::CStr) -> CuResult<(u64, u64)>;
+    fn module_load(&self, image: &[u8]) -> CuResult<(Module, Vec<LoadedFunction>)>;
     /// `device`: the one whose primary context answers the kernels' parameter queries when this thread has
     /// no context current (cudart loads libraries with `__managed__` variables before it makes one).
-    fn library_load(&self, image: &[u8], device: i32) -> CuResult<(u64, Vec<LoadedFunction>)>;
-    fn library_unload(&self, library: u64) -> CuResult<()>;
-    fn library_get_global(&self, library: u64, name: &std::ffi::CStr) -> CuResult<(u64, u64)>;
+    fn library_load(&self, image: &[u8], device: i32) -> CuResult<(Library, Vec<LoadedFunction>)>;
+    /// A global variable of a loaded image: (address, size).
+    fn image_global(&self, image: Image, name: &CStr) -> CuResult<(DevicePtr, u64)>;
     /// Every `CUfunction_attribute` of a function (or library kernel), `i32::MIN` where the driver refuses one.
-    fn func_attributes(&self, function: u64, is_kernel: bool)
-        -> CuResult<[i32; vgpu_dataplane::wire::FUNC_ATTR_COUNT]>;
+    fn func_attributes(&self, function: Callable) -> CuResult<[i32; FUNC_ATTR_COUNT]>;
     /// Looks `name` up in a module or library the normal way, for the driver's own error on a missing name.
-    fn lookup(&self, module: u64, is_library: bool, name: &std::ffi::CStr) -> CuResult<()>;
+    fn lookup(&self, image: Image, name: &CStr) -> CuResult<()>;
     /// `cuFuncSetAttribute` (or `cuKernelSetAttribute` on the current device) of a settable attribute.
-    fn func_set_attribute(&self, function: u64, is_kernel: bool, attrib: i32, value: i32) -> CuResult<()>;
+    fn func_set_attribute(&self, function: Callable, attrib: i32, value: i32) -> CuResult<()>;
     /// `cuMemPoolCreate` of a pool of pinned memory on device `dev` (`max_size` 0: no limit).
-    fn mem_pool_create(&self, _dev: i32, _max_size: u64) -> CuResult<u64> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
-    }
-    fn mem_pool_destroy(&self, _pool: u64) -> CuResult<()> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn mem_pool_create(&self, _dev: i32, _max_size: u64) -> CuResult<MemPool> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuDeviceGetDefaultMemPool`.
-    fn default_mem_pool(&self, _dev: i32) -> CuResult<u64> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn default_mem_pool(&self, _dev: i32) -> CuResult<MemPool> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuMemAllocFromPoolAsync`.
-    fn mem_alloc_async(&self, _size: u64, _pool: u64, _stream: u64) -> CuResult<u64> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
-    }
-    /// `cuMemFreeAsync`.
-    fn mem_free_async(&self, _dptr: u64, _stream: u64) -> CuResult<()> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn mem_alloc_async(&self, _size: u64, _pool: MemPool, _stream: Stream) -> CuResult<DevicePtr> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuMemPoolGetAttribute`, the int attributes (1..=3) widened to u64.
-    fn mem_pool_get_attribute(&self, _pool: u64, _attr: u32) -> CuResult<u64> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn mem_pool_get_attribute(&self, _pool: MemPool, _attr: u32) -> CuResult<u64> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
-    fn mem_pool_set_attribute(&self, _pool: u64, _attr: u32, _value: u64) -> CuResult<()> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
-    }
-    fn mem_pool_trim_to(&self, _pool: u64, _min_bytes: u64) -> CuResult<()> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn mem_pool_set_attribute(&self, _pool: MemPool, _attr: u32, _value: u64) -> CuResult<()> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags`.
     fn occupancy_active_blocks(
         &self,
-        function: u64,
-        is_kernel: bool,
+        function: Callable,
         block_size: i32,
         dynamic_smem: u64,
         flags: u32,
@@ -190,65 +195,38 @@ pub trait Backend: Send + Sync + 'static {
     /// dynamic shared memory a block of b threads needs, when the app gave a callback.
     fn occupancy_potential_block_size(
         &self,
-        function: u64,
-        is_kernel: bool,
+        function: Callable,
         dynamic_smem: u64,
         smem_by_block: Option<&[u64]>,
         block_limit: i32,
         flags: u32,
     ) -> CuResult<(i32, i32)>;
     /// `cuOccupancyAvailableDynamicSMemPerBlock`.
-    fn occupancy_available_smem(
-        &self,
-        function: u64,
-        is_kernel: bool,
-        num_blocks: i32,
-        block_size: i32,
-    ) -> CuResult<u64>;
+    fn occupancy_available_smem(&self, function: Callable, num_blocks: i32, block_size: i32) -> CuResult<u64>;
     /// `cuOccupancyMaxActiveClusters`, or with `potential_size` `cuOccupancyMaxPotentialClusterSize`.
-    fn occupancy_clusters(
-        &self,
-        function: u64,
-        is_kernel: bool,
-        shape: vgpu_dataplane::wire::LaunchShape,
-        potential_size: bool,
-    ) -> CuResult<i32>;
+    fn occupancy_clusters(&self, function: Callable, shape: LaunchShape, potential_size: bool) -> CuResult<i32>;
     /// Maps `size` bytes of page-locked host memory at exactly `addr` in this process and registers them
     /// with the driver as device-mapped; returns their device address. `CUDA_ERROR_ALREADY_MAPPED` when
     /// the range is in use here.
-    fn host_mirror_map(&self, addr: u64, size: u64) -> CuResult<u64>;
+    fn host_mirror_map(&self, addr: u64, size: u64) -> CuResult<DevicePtr>;
     /// Undoes `host_mirror_map`.
     fn host_mirror_unmap(&self, addr: u64, size: u64) -> CuResult<()>;
     /// `cuMemAllocManaged` (`flags`: CU_MEM_ATTACH_GLOBAL or _HOST). A backend without managed memory hands
     /// out ordinary device memory: the client keeps the host's view itself.
-    fn mem_alloc_managed(&self, size: u64, _flags: u32) -> CuResult<u64> {
+    fn mem_alloc_managed(&self, size: u64, _flags: u32) -> CuResult<DevicePtr> {
         self.mem_alloc(size)
     }
     /// `cuLibraryGetManaged`; by default the variable as a global.
-    fn library_get_managed(&self, library: u64, name: &std::ffi::CStr) -> CuResult<(u64, u64)> {
-        self.library_get_global(library, name)
+    fn library_get_managed(&self, library: Library, name: &CStr) -> CuResult<(DevicePtr, u64)> {
+        self.image_global(Image::Library(library), name)
     }
     /// `cuArray3DCreate`.
-    fn array_create(&self, _shape: vgpu_dataplane::wire::ArrayShape) -> CuResult<u64> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn array_create(&self, _shape: ArrayShape) -> CuResult<Array> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
-    fn array_destroy(&self, _array: u64) -> CuResult<()> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
-    }
-    /// A copy between a box of an array and packed host rows (`host`, directions 0 and 1) or device memory
-    /// (directions 2 and 3), as `wire::ArrayCopy` describes.
-    #[allow(clippy::too_many_arguments)]
-    fn array_copy(
-        &self,
-        _array: u64,
-        _region: vgpu_dataplane::wire::ArrayBox,
-        _direction: u32,
-        _device: u64,
-        _device_pitch: u64,
-        _device_height: u64,
-        _host: &mut [u8],
-    ) -> CuResult<()> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    /// A copy between a box of an array and packed host rows or device memory, as `ArrayTransfer` says.
+    fn array_copy(&self, _array: Array, _region: ArrayBox, _other: ArrayTransfer<'_>) -> CuResult<()> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuTexObjectCreate` (or `cuSurfObjectCreate`) from the descriptors as cuda.h lays them out, the
     /// resource's array already the backend's own handle.
@@ -259,61 +237,59 @@ pub trait Backend: Send + Sync + 'static {
         _texture: &[u8],
         _view: Option<&[u8]>,
     ) -> CuResult<u64> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     fn object_destroy(&self, _object: u64, _surface: bool) -> CuResult<()> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     // Virtual memory management. Allocation handles are the backend's own; device ordinals in locations are
     // the server's (the session translates the client's). A backend without VMM refuses every call.
     /// `cuMemGetAllocationGranularity` (`option` 0 minimum, 1 recommended).
     fn mem_granularity(&self, _prop: &MemAllocProp, _option: u32) -> CuResult<u64> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuMemAddressReserve`: the base of a new reservation of `size` bytes (`addr`: a hint, 0 for none).
-    fn mem_address_reserve(&self, _size: u64, _alignment: u64, _addr: u64, _flags: u64) -> CuResult<u64> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn mem_address_reserve(&self, _size: u64, _alignment: u64, _addr: DevicePtr, _flags: u64) -> CuResult<DevicePtr> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuMemAddressFree` of a whole reservation.
-    fn mem_address_free(&self, _ptr: u64, _size: u64) -> CuResult<()> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn mem_address_free(&self, _ptr: DevicePtr, _size: u64) -> CuResult<()> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuMemCreate`: the handle of `size` bytes of physical memory, with one reference.
-    fn mem_create(&self, _size: u64, _prop: &MemAllocProp, _flags: u64) -> CuResult<u64> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn mem_create(&self, _size: u64, _prop: &MemAllocProp, _flags: u64) -> CuResult<AllocHandle> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuMemRelease`: drops one reference; the memory goes once no reference and no mapping is left.
-    fn mem_release(&self, _handle: u64) -> CuResult<()> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn mem_release(&self, _handle: AllocHandle) -> CuResult<()> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuMemMap`.
-    fn mem_map(&self, _ptr: u64, _size: u64, _offset: u64, _handle: u64, _flags: u64) -> CuResult<()> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn mem_map(&self, _ptr: DevicePtr, _size: u64, _offset: u64, _handle: AllocHandle, _flags: u64) -> CuResult<()> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuMemUnmap` of whole mappings.
-    fn mem_unmap(&self, _ptr: u64, _size: u64) -> CuResult<()> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn mem_unmap(&self, _ptr: DevicePtr, _size: u64) -> CuResult<()> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuMemSetAccess`.
-    fn mem_set_access(&self, _ptr: u64, _size: u64, _descs: &[MemAccessDesc]) -> CuResult<()> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn mem_set_access(&self, _ptr: DevicePtr, _size: u64, _descs: &[MemAccessDesc]) -> CuResult<()> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuMemGetAccess` of the mapping at `ptr` for one location.
-    fn mem_get_access(&self, _location_type: u32, _location_id: i32, _ptr: u64) -> CuResult<u64> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn mem_get_access(&self, _location_type: u32, _location_id: i32, _ptr: DevicePtr) -> CuResult<u64> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuMemGetAllocationPropertiesFromHandle`.
-    fn mem_allocation_properties(&self, _handle: u64) -> CuResult<MemAllocProp> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn mem_allocation_properties(&self, _handle: AllocHandle) -> CuResult<MemAllocProp> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuMemRetainAllocationHandle`: one more reference to the handle mapped at `addr`, and that handle.
-    fn mem_retain_allocation_handle(&self, _addr: u64) -> CuResult<u64> {
-        Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED)
+    fn mem_retain_allocation_handle(&self, _addr: DevicePtr) -> CuResult<AllocHandle> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuCtxGetLimit` in the calling thread's current context.
     fn ctx_get_limit(&self, limit: u32) -> CuResult<u64>;
-    /// `cuCtxSetLimit` in the calling thread's current context.
-    fn ctx_set_limit(&self, limit: u32, value: u64) -> CuResult<()>;
     /// The first word of the driver's private export table `uuid` (its size in bytes, for most tables), so the
     /// client can stand in for a table it does not know with one of the same size. Natively, a UUID the driver
     /// lacks is `CUDA_ERROR_INVALID_VALUE`; so it is for a backend without private tables.
@@ -321,37 +297,46 @@ pub trait Backend: Send + Sync + 'static {
         Err(vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_VALUE)
     }
     /// The function of `kernel` in the current context.
-    fn kernel_get_function(&self, kernel: u64) -> CuResult<u64>;
-    /// A launch with launch attributes: cooperative (grid-wide synchronisation) and/or a thread-block
-    /// cluster shape. A backend that has no such launches refuses them.
-    #[allow(clippy::too_many_arguments)]
-    fn launch_ex(
-        &self,
-        function: u64,
-        grid: [u32; 3],
-        block: [u32; 3],
-        shared_mem: u32,
-        stream: u64,
-        args: &mut [u8],
-        params: &[(u32, u32)],
-        cooperative: bool,
-        cluster: [u32; 3],
-    ) -> CuResult<()> {
-        if cooperative || cluster.iter().any(|&c| c > 1) {
-            return Err(vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED);
-        }
-        self.launch(function, grid, block, shared_mem, stream, args, params)
-    }
-    /// Launches `function` with arguments packed at the offsets of `params`.
-    #[allow(clippy::too_many_arguments)]
+    fn kernel_get_function(&self, kernel: Kernel) -> CuResult<Function>;
+    /// Launches `function` with arguments packed at the offsets of `params` (cooperative and cluster launches
+    /// included: a backend that has none refuses them).
     fn launch(
         &self,
-        function: u64,
-        grid: [u32; 3],
-        block: [u32; 3],
-        shared_mem: u32,
-        stream: u64,
+        function: Callable,
+        stream: Stream,
+        shape: &LaunchShape,
         args: &mut [u8],
         params: &[(u32, u32)],
     ) -> CuResult<()>;
+}
+
+/// A memset's pattern and extent: `width` elements of `elem_size` (1, 2 or 4) bytes holding `value`, per row;
+/// `height` rows `pitch` bytes apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fill {
+    pub value: u32,
+    pub elem_size: u32,
+    pub width: u64,
+    pub height: u64,
+    pub pitch: u64,
+}
+
+/// The other side of an array copy.
+pub enum ArrayTransfer<'a> {
+    /// Packed rows from the host, into the array.
+    FromHost(&'a [u8]),
+    /// Packed rows out of the array, into this buffer (of exactly the box's size).
+    ToHost(&'a mut [u8]),
+    /// Device memory (`pitch` bytes per row, `rows_per_slice` rows per slice), into the array.
+    FromDevice {
+        ptr: DevicePtr,
+        pitch: u64,
+        rows_per_slice: u64,
+    },
+    /// Device memory, out of the array.
+    ToDevice {
+        ptr: DevicePtr,
+        pitch: u64,
+        rows_per_slice: u64,
+    },
 }

@@ -4,9 +4,12 @@
 pub mod admission;
 pub mod backend;
 pub mod emulated;
+mod emulated_time;
+pub mod handles;
 pub mod nvml;
 pub mod ptx;
 pub mod real;
+pub mod sched;
 pub mod server;
 pub mod session;
 pub mod stall;
@@ -14,6 +17,7 @@ pub(crate) mod sys;
 pub mod tls_identity;
 
 pub use admission::AdmissionLimits;
+pub use sched::SlotConfig;
 pub use server::{
     open_backend, run_server, run_worker_from_env, Admission, Authority, BackendChoice, Listening, ServerConfig,
     StaticKey, TlsListen, UsageDelta,

@@ -294,8 +294,10 @@ fn section_names<'a>(elf: &'a [u8], secs: &[Section]) -> Result<Vec<&'a str>, &'
         .collect())
 }
 
-// .nv.info attribute records: a format byte, an attribute byte, then by format nothing (NVAL), one byte
-// (BVAL), a 16-bit value (HVAL), or a 16-bit length and that many bytes (SVAL).
+// .nv.info attribute records: a format byte, an attribute byte, then a 16-bit field that is unused (NVAL), holds
+// one byte and a pad byte (BVAL), a 16-bit value (HVAL), or the length of the bytes that follow (SVAL). Every
+// record header is 4 bytes: cuBLAS 13's cubins carry NVAL records (attribute 0x35), which a 2-byte NVAL would
+// misread as the start of a record of format 0.
 const EIFMT_NVAL: u8 = 0x01;
 const EIFMT_BVAL: u8 = 0x02;
 const EIFMT_HVAL: u8 = 0x03;
@@ -313,9 +315,7 @@ fn kernel_params(info: &[u8]) -> Result<Vec<(u32, u32)>, &'static str> {
         let (format, attr) = (info[at], info[at + 1]);
         at += 2;
         match format {
-            EIFMT_NVAL => {}
-            EIFMT_BVAL => at += 2,
-            EIFMT_HVAL => at += 2,
+            EIFMT_NVAL | EIFMT_BVAL | EIFMT_HVAL => at += 2,
             EIFMT_SVAL => {
                 let len = u16_at(info, at).ok_or("truncated .nv.info record")? as usize;
                 at += 2;
@@ -518,6 +518,21 @@ mod tests {
                 "{name} ({size} B) missing from {globals:?}"
             );
         }
+    }
+
+    #[test]
+    fn nv_info_records_have_four_byte_headers() {
+        // The head of a `.nv.info.<kernel>` section of cuBLAS 13.1's grouped cutlass GEMMs (libcublas.so.13,
+        // sm_80 cubin): SVAL 0x37 (4 bytes), NVAL 0x35, SVAL 0x0a (8 bytes), HVAL 0x19, then one KPARAM_INFO
+        // (ordinal 0 at offset 0, 8 bytes).
+        let mut info = vec![0x04, 0x37, 0x04, 0x00, 0x7b, 0x00, 0x00, 0x00, 0x01, 0x35, 0x00, 0x00];
+        info.extend_from_slice(&[0x04, 0x0a, 0x08, 0x00, 0x6d, 0, 0, 0, 0x60, 0x01, 0x18, 0x01]);
+        info.extend_from_slice(&[0x03, 0x19, 0x18, 0x01]);
+        info.extend_from_slice(&[0x04, 0x17, 0x0c, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0xf0, 0x21, 0x00]);
+        info.extend_from_slice(&[0x02, 0x1b, 0xff, 0x00]); // BVAL: one byte and a pad byte
+        assert_eq!(kernel_params(&info), Ok(vec![(0, 8)]));
+        // A record of an unknown format is refused rather than skipped with a guessed size.
+        assert!(kernel_params(&[0x00, 0x00, 0x00, 0x00]).is_err());
     }
 
     #[test]

@@ -16,10 +16,8 @@ macro_rules! snapshot {
 }
 
 pub mod cuerr;
-mod generated {
-    pub mod cu_result_names;
-}
 pub mod handshake;
+pub mod ids;
 pub mod image;
 pub mod ranges;
 pub mod transport;

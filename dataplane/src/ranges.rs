@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::cuerr::CUDA_ERROR_INVALID_VALUE;
+use crate::cuerr::{CuResult, CUDA_ERROR_INVALID_VALUE};
 
 /// Whether [addr, addr+len) lies inside the ranges (base → length) without a gap. Ranges that touch count as one:
 /// PyTorch's expandable segments map physical allocations back to back and copy across the seams. An empty range
 /// must start inside a range or at its end.
-pub fn covered(ranges: &BTreeMap<u64, u64>, addr: u64, len: u64) -> Result<(), u32> {
+pub fn covered(ranges: &BTreeMap<u64, u64>, addr: u64, len: u64) -> CuResult<()> {
     let end = addr.checked_add(len).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     let mut at = addr;
     loop {
@@ -27,7 +27,7 @@ pub fn covered(ranges: &BTreeMap<u64, u64>, addr: u64, len: u64) -> Result<(), u
 
 /// The bases of the pieces (base → piece, `len_of` its length) that exactly tile [ptr, ptr+size): whole pieces,
 /// back to back, no gap, the first starting at `ptr`. What `cuMemUnmap` and `cuMemSetAccess` ask of mappings.
-pub fn tiling<T>(pieces: &BTreeMap<u64, T>, len_of: impl Fn(&T) -> u64, ptr: u64, size: u64) -> Result<Vec<u64>, u32> {
+pub fn tiling<T>(pieces: &BTreeMap<u64, T>, len_of: impl Fn(&T) -> u64, ptr: u64, size: u64) -> CuResult<Vec<u64>> {
     let end = ptr.checked_add(size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     if size == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);

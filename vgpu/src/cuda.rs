@@ -1,67 +1,49 @@
 //! A minimal driver-API binding for the bundled sample and the benchmark probe, loaded at run time so the
 //! same code runs on NVIDIA's driver (native) or on vGPU's shim, whichever `libcuda.so.1` the loader finds.
+//! Every entry point is cuda.h's own (through `vgpu-cuda-sys`); this file only adds error text and helpers.
 
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::ops::Deref;
 
-pub type P = *mut c_void;
+use vgpu_cuda_sys::driver::{CUfunction, CUresult};
+use vgpu_cuda_sys::DriverLibrary;
 
-macro_rules! api {
-    ($( $field:ident = $sym:literal : fn($($arg:ty),*); )*) => {
-        #[allow(non_snake_case)]
-        pub struct Cuda {
-            lib: libloading::Library,
-            $( pub $field: unsafe extern "C" fn($($arg),*) -> u32, )*
-        }
-        impl Cuda {
-            /// Loads `libcuda.so.1` as the dynamic loader resolves it (LD_LIBRARY_PATH decides native vs vGPU).
-            pub fn load() -> Result<Cuda, String> {
-                // SAFETY: loading the CUDA driver (or vGPU's shim) runs only its initialisers.
-                let lib = unsafe { libloading::Library::new("libcuda.so.1") }.map_err(|e| format!("cannot load libcuda.so.1: {e}"))?;
-                $(
-                    // SAFETY: the symbol has this signature in CUDA 13.0's cuda.h.
-                    let $field = *unsafe { lib.get::<unsafe extern "C" fn($($arg),*) -> u32>(concat!($sym, "\0").as_bytes()) }
-                        .map_err(|e| format!("libcuda.so.1 lacks {}: {e}", $sym))?;
-                )*
-                Ok(Cuda { lib, $( $field, )* })
-            }
-        }
-    };
+pub struct Cuda {
+    lib: DriverLibrary,
 }
 
-api! {
-    init = "cuInit": fn(c_uint);
-    device_get_count = "cuDeviceGetCount": fn(*mut c_int);
-    device_get_name = "cuDeviceGetName": fn(*mut c_char, c_int, c_int);
-    primary_ctx_retain = "cuDevicePrimaryCtxRetain": fn(*mut P, c_int);
-    ctx_set_current = "cuCtxSetCurrent": fn(P);
-    ctx_synchronize = "cuCtxSynchronize": fn();
-    mem_alloc = "cuMemAlloc_v2": fn(*mut u64, usize);
-    mem_free = "cuMemFree_v2": fn(u64);
-    mem_get_info = "cuMemGetInfo_v2": fn(*mut usize, *mut usize);
-    mem_alloc_host = "cuMemAllocHost_v2": fn(*mut P, usize);
-    mem_free_host = "cuMemFreeHost": fn(P);
-    memcpy_htod = "cuMemcpyHtoD_v2": fn(u64, *const c_void, usize);
-    memcpy_dtoh = "cuMemcpyDtoH_v2": fn(P, u64, usize);
-    memcpy_htod_async = "cuMemcpyHtoDAsync_v2": fn(u64, *const c_void, usize, P);
-    memcpy_dtoh_async = "cuMemcpyDtoHAsync_v2": fn(P, u64, usize, P);
-    module_load_data = "cuModuleLoadData": fn(*mut P, *const c_void);
-    module_get_function = "cuModuleGetFunction": fn(*mut P, P, *const c_char);
-    launch_kernel = "cuLaunchKernel": fn(P, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, P, *mut P, *mut P);
-    stream_synchronize = "cuStreamSynchronize": fn(P);
-    get_error_name = "cuGetErrorName": fn(u32, *mut *const c_char);
+impl Deref for Cuda {
+    type Target = DriverLibrary;
+    fn deref(&self) -> &DriverLibrary {
+        &self.lib
+    }
 }
 
 impl Cuda {
+    /// Loads `libcuda.so.1` as the dynamic loader resolves it (LD_LIBRARY_PATH decides native vs vGPU).
+    pub fn load() -> Result<Cuda, String> {
+        let lib = DriverLibrary::load_any("libcuda.so.1").map_err(|e| e.to_string())?;
+        lib.require(&[
+            "cuInit",
+            "cuDevicePrimaryCtxRetain",
+            "cuMemAlloc_v2",
+            "cuModuleLoadData",
+            "cuLaunchKernel",
+        ])
+        .map_err(|e| e.to_string())?;
+        Ok(Cuda { lib })
+    }
+
     /// Turns a CUresult into `Err("<what>: CUDA_ERROR_...")`.
-    pub fn check(&self, what: &str, code: u32) -> Result<(), String> {
-        if code == 0 {
+    pub fn check(&self, what: &str, code: CUresult) -> Result<(), String> {
+        if code == CUresult::CUDA_SUCCESS {
             return Ok(());
         }
         let mut name: *const c_char = std::ptr::null();
         // SAFETY: cuGetErrorName writes a pointer to a static string (or NULL) into a local.
-        unsafe { (self.get_error_name)(code, &mut name) };
+        unsafe { self.cuGetErrorName(code, &mut name) };
         let name = if name.is_null() {
-            format!("CUresult {code}")
+            format!("CUresult {}", code.0)
         } else {
             // SAFETY: the driver returned a NUL-terminated static string.
             unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned()
@@ -71,18 +53,45 @@ impl Cuda {
 
     /// -1 native driver; with vGPU's shim: 0 real GPU, 1 emulated backend (after cuInit).
     pub fn vgpu_backend(&self) -> i32 {
-        // SAFETY: an optional, argument-less function only vGPU's shim exports.
-        match unsafe { self.lib.get::<unsafe extern "C" fn() -> i32>(b"vgpu_session_backend\0") } {
+        // own ABI: vgpu_session_backend is vGPU's export, declared by no header.
+        type SessionBackend = unsafe extern "C" fn() -> i32;
+        // SAFETY: an optional, argument-less function only vGPU's shim exports (not a driver entry point).
+        match unsafe { self.lib.library().get::<SessionBackend>(b"vgpu_session_backend\0") } {
+            // SAFETY: as above; it only reads the session's state.
             Ok(f) => unsafe { f() },
             Err(_) => -2,
+        }
+    }
+
+    /// vGPU's traffic counters (`vgpu_stat`: round trips, flushes, bytes, ...) by name; `None` natively or with a
+    /// shim that predates them.
+    pub fn vgpu_stats(&self) -> Option<Vec<(String, u64)>> {
+        // SAFETY: optional functions only vGPU's shim exports, taking an index and returning a value or a pointer to
+        // a static NUL-terminated name (NULL past the last).
+        unsafe {
+            let lib = self.lib.library();
+            let stat = lib.get::<unsafe extern "C" fn(u32) -> u64>(b"vgpu_stat\0").ok()?;
+            let name = lib
+                .get::<unsafe extern "C" fn(u32) -> *const c_char>(b"vgpu_stat_name\0")
+                .ok()?;
+            let mut out = Vec::new();
+            for i in 0..64u32 {
+                let p = name(i);
+                if p.is_null() {
+                    break;
+                }
+                out.push((CStr::from_ptr(p).to_string_lossy().into_owned(), stat(i)));
+            }
+            Some(out)
         }
     }
 
     pub fn device_name(&self) -> String {
         let mut buf = [0 as c_char; 256];
         // SAFETY: the buffer is 256 bytes, as passed.
-        unsafe { (self.device_get_name)(buf.as_mut_ptr(), 256, 0) };
-        // SAFETY: the driver NUL-terminates within the buffer.
+        unsafe { self.cuDeviceGetName(buf.as_mut_ptr(), 256, 0) };
+        buf[255] = 0;
+        // SAFETY: NUL-terminated within the buffer (the last byte was just set to NUL).
         unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
     }
 
@@ -90,15 +99,15 @@ impl Cuda {
     pub fn open_device(&self) -> Result<(), String> {
         // SAFETY (this block): documented driver calls with out-pointers to locals.
         unsafe {
-            self.check("cuInit", (self.init)(0))?;
+            self.check("cuInit", self.cuInit(0))?;
             let mut ctx = std::ptr::null_mut();
-            self.check("cuDevicePrimaryCtxRetain", (self.primary_ctx_retain)(&mut ctx, 0))?;
-            self.check("cuCtxSetCurrent", (self.ctx_set_current)(ctx))
+            self.check("cuDevicePrimaryCtxRetain", self.cuDevicePrimaryCtxRetain(&mut ctx, 0))?;
+            self.check("cuCtxSetCurrent", self.cuCtxSetCurrent(ctx))
         }
     }
 
     /// Loads PTX text and returns the named kernel.
-    pub fn kernel(&self, ptx: &str, name: &str) -> Result<P, String> {
+    pub fn kernel(&self, ptx: &str, name: &str) -> Result<CUfunction, String> {
         let ptx = CString::new(ptx).map_err(|_| "PTX contains NUL")?;
         let name = CString::new(name).map_err(|_| "kernel name contains NUL")?;
         let (mut module, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
@@ -106,17 +115,16 @@ impl Cuda {
         unsafe {
             self.check(
                 "cuModuleLoadData",
-                (self.module_load_data)(&mut module, ptx.as_ptr() as *const c_void),
+                self.cuModuleLoadData(&mut module, ptx.as_ptr() as *const c_void),
             )?;
             self.check(
                 "cuModuleGetFunction",
-                (self.module_get_function)(&mut f, module, name.as_ptr()),
+                self.cuModuleGetFunction(&mut f, module, name.as_ptr()),
             )?;
         }
         Ok(f)
     }
 }
-
 /// PTX for the sample and the benchmark: an empty kernel and `y[i] = a*x[i] + y[i]`.
 pub const PTX: &str = r#"
 .version 7.0

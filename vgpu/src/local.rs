@@ -46,10 +46,31 @@ impl LocalServer {
     /// Like `start`, with extra environment variables (secrets stay out of the process list).
     pub fn start_with_env(backend: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Result<LocalServer, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        Self::spawn(Command::new(exe), "127.0.0.1:0", backend, extra_args, env)
+    }
+
+    /// Starts `vgpu server` inside the network namespace `netns`, plain TCP on `ip` (a free port; TLS on the
+    /// namespace's loopback only), as `ip netns exec NETNS vgpu server ...` does: for measurements across a
+    /// packet-level wire.
+    pub fn start_in_netns(netns: &str, ip: std::net::Ipv4Addr, backend: &str) -> Result<LocalServer, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(exe);
+        // Plain TCP across the emulated wire is what is measured: allowed on that (non-loopback) address.
+        Self::spawn(cmd, &format!("{ip}:0"), backend, &["--no-shm", "--allow-plain-tcp"], &[])
+    }
+
+    /// Runs `cmd server --tcp TCP ...` (cmd: the vgpu binary, or a wrapper that ends with it) and waits until ready.
+    fn spawn(
+        mut cmd: Command,
+        tcp: &str,
+        backend: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<LocalServer, String> {
         let shm = format!("vgpu-{}-{}", std::process::id(), rand_suffix());
-        let mut child = Command::new(exe)
-            .args(["server", "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0", "--shm", &shm])
-            .args(["--backend", backend])
+        let mut child = cmd
+            .args(["server", "--tcp", tcp, "--tls", "127.0.0.1:0", "--shm", &shm, "--backend", backend])
             .args(extra_args)
             .envs(env.iter().copied())
             .env_remove("LD_LIBRARY_PATH")

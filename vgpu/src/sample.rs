@@ -21,15 +21,15 @@ pub fn run() -> Result<String, String> {
     let mut x_back = vec![0f32; n as usize];
     // SAFETY (this block): driver calls with host buffers of `bytes` bytes and arguments that outlive them.
     unsafe {
-        cuda.check("cuMemAlloc", (cuda.mem_alloc)(&mut dx, bytes))?;
-        cuda.check("cuMemAlloc", (cuda.mem_alloc)(&mut dy, bytes))?;
+        cuda.check("cuMemAlloc", cuda.cuMemAlloc_v2(&mut dx, bytes))?;
+        cuda.check("cuMemAlloc", cuda.cuMemAlloc_v2(&mut dy, bytes))?;
         cuda.check(
             "cuMemcpyHtoD",
-            (cuda.memcpy_htod)(dx, x.as_ptr() as *const c_void, bytes),
+            cuda.cuMemcpyHtoD_v2(dx, x.as_ptr() as *const c_void, bytes),
         )?;
         cuda.check(
             "cuMemcpyHtoD",
-            (cuda.memcpy_htod)(dy, y.as_ptr() as *const c_void, bytes),
+            cuda.cuMemcpyHtoD_v2(dy, y.as_ptr() as *const c_void, bytes),
         )?;
         let (mut pn, mut pa, mut px, mut py) = (n, a, dx, dy);
         let mut args = [
@@ -42,7 +42,7 @@ pub fn run() -> Result<String, String> {
         let null = std::ptr::null_mut();
         cuda.check(
             "cuLaunchKernel",
-            (cuda.launch_kernel)(
+            cuda.cuLaunchKernel(
                 f,
                 grid,
                 1,
@@ -56,17 +56,17 @@ pub fn run() -> Result<String, String> {
                 std::ptr::null_mut(),
             ),
         )?;
-        cuda.check("cuCtxSynchronize", (cuda.ctx_synchronize)())?;
+        cuda.check("cuCtxSynchronize", cuda.cuCtxSynchronize())?;
         cuda.check(
             "cuMemcpyDtoH",
-            (cuda.memcpy_dtoh)(out.as_mut_ptr() as *mut c_void, dy, bytes),
+            cuda.cuMemcpyDtoH_v2(out.as_mut_ptr() as *mut c_void, dy, bytes),
         )?;
         cuda.check(
             "cuMemcpyDtoH",
-            (cuda.memcpy_dtoh)(x_back.as_mut_ptr() as *mut c_void, dx, bytes),
+            cuda.cuMemcpyDtoH_v2(x_back.as_mut_ptr() as *mut c_void, dx, bytes),
         )?;
-        cuda.check("cuMemFree", (cuda.mem_free)(dx))?;
-        cuda.check("cuMemFree", (cuda.mem_free)(dy))?;
+        cuda.check("cuMemFree", cuda.cuMemFree_v2(dx))?;
+        cuda.check("cuMemFree", cuda.cuMemFree_v2(dy))?;
     }
     if x_back != x {
         return Err("the copy round trip corrupted data".into());
@@ -109,16 +109,16 @@ fn pageable_round_trip(cuda: &Cuda, size: usize) -> Result<(), String> {
     let mut dev = 0u64;
     // SAFETY (this block): host buffers of `size` bytes and a device buffer of that size, freed at the end.
     unsafe {
-        cuda.check("cuMemAlloc", (cuda.mem_alloc)(&mut dev, size))?;
+        cuda.check("cuMemAlloc", cuda.cuMemAlloc_v2(&mut dev, size))?;
         cuda.check(
             "cuMemcpyHtoD",
-            (cuda.memcpy_htod)(dev, src.as_ptr() as *const c_void, size),
+            cuda.cuMemcpyHtoD_v2(dev, src.as_ptr() as *const c_void, size),
         )?;
         cuda.check(
             "cuMemcpyDtoH",
-            (cuda.memcpy_dtoh)(back.as_mut_ptr() as *mut c_void, dev, size),
+            cuda.cuMemcpyDtoH_v2(back.as_mut_ptr() as *mut c_void, dev, size),
         )?;
-        cuda.check("cuMemFree", (cuda.mem_free)(dev))?;
+        cuda.check("cuMemFree", cuda.cuMemFree_v2(dev))?;
     }
     if back != src {
         return Err("a large pageable copy round trip corrupted data".into());
@@ -134,9 +134,9 @@ fn pinned_round_trip(cuda: &Cuda, size: usize) -> Result<(), String> {
     // SAFETY (this block): two pinned buffers and one device buffer of `size` bytes, used within their sizes and
     // freed at the end; the byte slices are dropped before the buffers are freed.
     unsafe {
-        cuda.check("cuMemAllocHost", (cuda.mem_alloc_host)(&mut a, size))?;
-        cuda.check("cuMemAllocHost", (cuda.mem_alloc_host)(&mut b, size))?;
-        cuda.check("cuMemAlloc", (cuda.mem_alloc)(&mut dev, size))?;
+        cuda.check("cuMemAllocHost", cuda.cuMemAllocHost_v2(&mut a, size))?;
+        cuda.check("cuMemAllocHost", cuda.cuMemAllocHost_v2(&mut b, size))?;
+        cuda.check("cuMemAlloc", cuda.cuMemAlloc_v2(&mut dev, size))?;
         let src = std::slice::from_raw_parts_mut(a as *mut u8, size);
         let dst = std::slice::from_raw_parts_mut(b as *mut u8, size);
         for (pass, asynchronous) in [(1u8, false), (2u8, true)] {
@@ -146,12 +146,12 @@ fn pinned_round_trip(cuda: &Cuda, size: usize) -> Result<(), String> {
             dst.fill(0);
             let null = std::ptr::null_mut();
             if asynchronous {
-                cuda.check("cuMemcpyHtoDAsync", (cuda.memcpy_htod_async)(dev, a, size, null))?;
-                cuda.check("cuMemcpyDtoHAsync", (cuda.memcpy_dtoh_async)(b, dev, size, null))?;
-                cuda.check("cuStreamSynchronize", (cuda.stream_synchronize)(null))?;
+                cuda.check("cuMemcpyHtoDAsync", cuda.cuMemcpyHtoDAsync_v2(dev, a, size, null))?;
+                cuda.check("cuMemcpyDtoHAsync", cuda.cuMemcpyDtoHAsync_v2(b, dev, size, null))?;
+                cuda.check("cuStreamSynchronize", cuda.cuStreamSynchronize(null))?;
             } else {
-                cuda.check("cuMemcpyHtoD", (cuda.memcpy_htod)(dev, a, size))?;
-                cuda.check("cuMemcpyDtoH", (cuda.memcpy_dtoh)(b, dev, size))?;
+                cuda.check("cuMemcpyHtoD", cuda.cuMemcpyHtoD_v2(dev, a, size))?;
+                cuda.check("cuMemcpyDtoH", cuda.cuMemcpyDtoH_v2(b, dev, size))?;
             }
             if src != dst {
                 return Err(format!(
@@ -160,9 +160,9 @@ fn pinned_round_trip(cuda: &Cuda, size: usize) -> Result<(), String> {
                 ));
             }
         }
-        cuda.check("cuMemFree", (cuda.mem_free)(dev))?;
-        cuda.check("cuMemFreeHost", (cuda.mem_free_host)(a))?;
-        cuda.check("cuMemFreeHost", (cuda.mem_free_host)(b))?;
+        cuda.check("cuMemFree", cuda.cuMemFree_v2(dev))?;
+        cuda.check("cuMemFreeHost", cuda.cuMemFreeHost(a))?;
+        cuda.check("cuMemFreeHost", cuda.cuMemFreeHost(b))?;
     }
     Ok(())
 }
@@ -177,8 +177,8 @@ pub fn memcheck(alloc_mib: &[u64], copy_mib: u64, hold_ms: u64) -> Result<(), St
     let (mut free, mut total) = (0usize, 0usize);
     // SAFETY (this block): documented driver calls with out-pointers to locals.
     unsafe {
-        cuda.check("cuDeviceGetCount", (cuda.device_get_count)(&mut count))?;
-        cuda.check("cuMemGetInfo", (cuda.mem_get_info)(&mut free, &mut total))?;
+        cuda.check("cuDeviceGetCount", cuda.cuDeviceGetCount(&mut count))?;
+        cuda.check("cuMemGetInfo", cuda.cuMemGetInfo_v2(&mut free, &mut total))?;
     }
     println!("devices {count}");
     println!("total_mib {}", total >> 20);
@@ -186,7 +186,7 @@ pub fn memcheck(alloc_mib: &[u64], copy_mib: u64, hold_ms: u64) -> Result<(), St
     for &mib in alloc_mib {
         let mut dptr = 0u64;
         // SAFETY: out-pointer to a local.
-        let r = unsafe { (cuda.mem_alloc)(&mut dptr, (mib << 20) as usize) };
+        let r = unsafe { cuda.cuMemAlloc_v2(&mut dptr, (mib << 20) as usize) };
         println!(
             "alloc {mib} {}",
             cuda.check("cuMemAlloc", r).err().unwrap_or_else(|| "ok".into())
@@ -201,7 +201,7 @@ pub fn memcheck(alloc_mib: &[u64], copy_mib: u64, hold_ms: u64) -> Result<(), St
     let _ = std::io::stdout().flush();
     std::thread::sleep(std::time::Duration::from_millis(hold_ms));
     // SAFETY: no arguments.
-    let r = unsafe { (cuda.ctx_synchronize)() };
+    let r = unsafe { cuda.cuCtxSynchronize() };
     println!(
         "after_hold {}",
         cuda.check("cuCtxSynchronize", r).err().unwrap_or_else(|| "ok".into())

@@ -1,78 +1,65 @@
 //! `vgpu smi`: an nvidia-smi-like table of the GPUs a vGPU session sees, read through vGPU's own
 //! `libnvidia-ml.so.1` (loaded from the shim folder), so the command exercises the NVML shim end to end.
 
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::ffi::{c_char, c_uint, CStr};
+use std::ops::Deref;
 use std::path::Path;
 
 use serde_json::{json, Value};
-use vgpu_cuda_exec::nvml::{Memory, PciInfo, ProcessInfo, Utilization};
+use vgpu_cuda_sys::nvml::*;
+use vgpu_cuda_sys::NvmlLibrary;
 
-type Device = *mut c_void;
-
-macro_rules! nvml_api {
-    ($( $field:ident = $sym:literal : fn($($arg:ty),*); )*) => {
-        struct Nvml {
-            _lib: libloading::Library,
-            error_string: unsafe extern "C" fn(c_uint) -> *const c_char,
-            $( $field: unsafe extern "C" fn($($arg),*) -> c_uint, )*
-        }
-        impl Nvml {
-            fn load(path: &Path) -> Result<Nvml, String> {
-                // SAFETY: loading vGPU's NVML shim runs only its initialisers.
-                let lib = unsafe { libloading::Library::new(path) }
-                    .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
-                // SAFETY (every lookup): the symbol has this C signature in nvml.h.
-                let error_string = *unsafe { lib.get::<unsafe extern "C" fn(c_uint) -> *const c_char>(b"nvmlErrorString\0") }
-                    .map_err(|e| format!("{} lacks nvmlErrorString: {e}", path.display()))?;
-                $(
-                    let $field = *unsafe { lib.get::<unsafe extern "C" fn($($arg),*) -> c_uint>(concat!($sym, "\0").as_bytes()) }
-                        .map_err(|e| format!("{} lacks {}: {e}", path.display(), $sym))?;
-                )*
-                Ok(Nvml { _lib: lib, error_string, $( $field, )* })
-            }
-        }
-    };
+/// vGPU's NVML shim, loaded through the generated nvml.h declarations.
+struct Nvml {
+    lib: NvmlLibrary,
 }
 
-nvml_api! {
-    init = "nvmlInit_v2": fn();
-    driver_version = "nvmlSystemGetDriverVersion": fn(*mut c_char, c_uint);
-    cuda_version = "nvmlSystemGetCudaDriverVersion_v2": fn(*mut c_int);
-    count = "nvmlDeviceGetCount_v2": fn(*mut c_uint);
-    by_index = "nvmlDeviceGetHandleByIndex_v2": fn(c_uint, *mut Device);
-    name = "nvmlDeviceGetName": fn(Device, *mut c_char, c_uint);
-    uuid = "nvmlDeviceGetUUID": fn(Device, *mut c_char, c_uint);
-    pci = "nvmlDeviceGetPciInfo_v3": fn(Device, *mut PciInfo);
-    memory = "nvmlDeviceGetMemoryInfo": fn(Device, *mut Memory);
-    utilization = "nvmlDeviceGetUtilizationRates": fn(Device, *mut Utilization);
-    temperature = "nvmlDeviceGetTemperature": fn(Device, c_uint, *mut c_uint);
-    power = "nvmlDeviceGetPowerUsage": fn(Device, *mut c_uint);
-    processes = "nvmlDeviceGetComputeRunningProcesses_v3": fn(Device, *mut c_uint, *mut ProcessInfo);
+impl Deref for Nvml {
+    type Target = NvmlLibrary;
+    fn deref(&self) -> &NvmlLibrary {
+        &self.lib
+    }
 }
-
-/// NVML_SUCCESS, NVML_ERROR_NOT_SUPPORTED.
-const OK: c_uint = 0;
-const NOT_SUPPORTED: c_uint = 3;
 
 impl Nvml {
-    fn check(&self, what: &str, code: c_uint) -> Result<(), String> {
-        if code == OK {
+    fn load(path: &Path) -> Result<Nvml, String> {
+        let lib = NvmlLibrary::load_any(&path.display().to_string()).map_err(|e| e.to_string())?;
+        lib.require(&[
+            "nvmlInit_v2",
+            "nvmlErrorString",
+            "nvmlDeviceGetCount_v2",
+            "nvmlDeviceGetHandleByIndex_v2",
+            "nvmlDeviceGetComputeRunningProcesses_v3",
+        ])
+        .map_err(|e| e.to_string())?;
+        Ok(Nvml { lib })
+    }
+
+    fn check(&self, what: &str, code: nvmlReturn_t) -> Result<(), String> {
+        if code == nvmlReturn_t::NVML_SUCCESS {
             return Ok(());
         }
-        // SAFETY: nvmlErrorString returns a static NUL-terminated string for any code.
-        let text = unsafe { CStr::from_ptr((self.error_string)(code)) }.to_string_lossy();
-        Err(format!("{what}: {text} (NVML error {code})"))
+        // SAFETY: nvmlErrorString returns a static NUL-terminated string for any code (NULL only if absent).
+        let text = unsafe {
+            let p = self.nvmlErrorString(code);
+            if p.is_null() {
+                "unknown error".into()
+            } else {
+                CStr::from_ptr(p).to_string_lossy()
+            }
+        };
+        Err(format!("{what}: {text} (NVML error {})", code.0))
     }
 
     /// A value NVML may decline for this device (`NOT_SUPPORTED` → `None`).
-    fn optional<T>(&self, what: &str, code: c_uint, value: T) -> Result<Option<T>, String> {
+    fn optional<T>(&self, what: &str, code: nvmlReturn_t, value: T) -> Result<Option<T>, String> {
         match code {
-            NOT_SUPPORTED => Ok(None),
+            nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED => Ok(None),
             c => self.check(what, c).map(|_| Some(value)),
         }
     }
 
-    fn text(&self, what: &str, f: impl FnOnce(*mut c_char, c_uint) -> c_uint) -> Result<String, String> {
+    fn text(&self, what: &str, f: impl FnOnce(*mut c_char, c_uint) -> nvmlReturn_t) -> Result<String, String> {
         let mut buf = [0 as c_char; 96];
         self.check(what, f(buf.as_mut_ptr(), buf.len() as c_uint))?;
         buf[95] = 0;
@@ -81,40 +68,45 @@ impl Nvml {
     }
 
     fn gpu(&self, index: u32) -> Result<Value, String> {
-        let mut dev: Device = std::ptr::null_mut();
+        let mut dev: nvmlDevice_t = std::ptr::null_mut();
         // SAFETY (every call below): nvml.h entry points with a handle NVML gave, out-pointers to locals and
         // buffers with their true lengths.
         self.check("nvmlDeviceGetHandleByIndex_v2", unsafe {
-            (self.by_index)(index, &mut dev)
+            self.nvmlDeviceGetHandleByIndex_v2(index, &mut dev)
         })?;
-        let name = self.text("nvmlDeviceGetName", |p, n| unsafe { (self.name)(dev, p, n) })?;
-        let uuid = self.text("nvmlDeviceGetUUID", |p, n| unsafe { (self.uuid)(dev, p, n) })?;
-        let mut pci = PciInfo::default();
-        self.check("nvmlDeviceGetPciInfo_v3", unsafe { (self.pci)(dev, &mut pci) })?;
-        pci.bus_id[31] = 0;
+        let name = self.text("nvmlDeviceGetName", |p, n| unsafe { self.nvmlDeviceGetName(dev, p, n) })?;
+        let uuid = self.text("nvmlDeviceGetUUID", |p, n| unsafe { self.nvmlDeviceGetUUID(dev, p, n) })?;
+        let mut pci = nvmlPciInfo_t::default();
+        self.check("nvmlDeviceGetPciInfo_v3", unsafe {
+            self.nvmlDeviceGetPciInfo_v3(dev, &mut pci)
+        })?;
+        pci.busId[31] = 0;
         // SAFETY: NUL-terminated within the array (the last byte was just set to NUL).
-        let bus_id = unsafe { CStr::from_ptr(pci.bus_id.as_ptr()) }
+        let bus_id = unsafe { CStr::from_ptr(pci.busId.as_ptr()) }
             .to_string_lossy()
             .into_owned();
-        let mut mem = Memory::default();
-        self.check("nvmlDeviceGetMemoryInfo", unsafe { (self.memory)(dev, &mut mem) })?;
-        let mut util = Utilization::default();
-        let code = unsafe { (self.utilization)(dev, &mut util) };
+        let mut mem = nvmlMemory_t::default();
+        self.check("nvmlDeviceGetMemoryInfo", unsafe {
+            self.nvmlDeviceGetMemoryInfo(dev, &mut mem)
+        })?;
+        let mut util = nvmlUtilization_t::default();
+        let code = unsafe { self.nvmlDeviceGetUtilizationRates(dev, &mut util) };
         let util = self.optional("nvmlDeviceGetUtilizationRates", code, ())?.map(|_| util);
         let mut temp: c_uint = 0;
-        let code = unsafe { (self.temperature)(dev, 0, &mut temp) };
+        let code =
+            unsafe { self.nvmlDeviceGetTemperature(dev, nvmlTemperatureSensors_t::NVML_TEMPERATURE_GPU, &mut temp) };
         let temp = self.optional("nvmlDeviceGetTemperature", code, temp)?;
         let mut power: c_uint = 0;
-        let code = unsafe { (self.power)(dev, &mut power) };
+        let code = unsafe { self.nvmlDeviceGetPowerUsage(dev, &mut power) };
         let power = self.optional("nvmlDeviceGetPowerUsage", code, power)?;
-        let mut procs = [ProcessInfo::default(); 64];
+        let mut procs = [nvmlProcessInfo_t::default(); 64];
         let mut n = procs.len() as c_uint;
         self.check("nvmlDeviceGetComputeRunningProcesses_v3", unsafe {
-            (self.processes)(dev, &mut n, procs.as_mut_ptr())
+            self.nvmlDeviceGetComputeRunningProcesses_v3(dev, &mut n, procs.as_mut_ptr())
         })?;
         let processes: Vec<Value> = procs[..(n as usize).min(procs.len())]
             .iter()
-            .map(|p| json!({"pid": p.pid, "used_memory_bytes": p.used_gpu_memory}))
+            .map(|p| json!({"pid": p.pid, "used_memory_bytes": p.usedGpuMemory}))
             .collect();
         Ok(json!({
             "index": index,
@@ -137,6 +129,7 @@ fn backend(dir: &Path) -> &'static str {
         return "unknown";
     };
     // SAFETY: an argument-less function vGPU's shim exports.
+    // own ABI: vgpu_session_backend is vGPU's export, declared by no header.
     match unsafe { lib.get::<unsafe extern "C" fn() -> i32>(b"vgpu_session_backend\0") } {
         Ok(f) => match unsafe { f() } {
             0 => "real",
@@ -168,16 +161,18 @@ pub fn query(server: Option<&str>, control: Option<&str>) -> Result<Value, Strin
     }
     let nvml = Nvml::load(&path)?;
     // SAFETY (the calls below): nvml.h entry points with out-pointers to locals.
-    nvml.check("nvmlInit_v2", unsafe { (nvml.init)() })?;
+    nvml.check("nvmlInit_v2", unsafe { nvml.nvmlInit_v2() })?;
     let driver = nvml.text("nvmlSystemGetDriverVersion", |p, n| unsafe {
-        (nvml.driver_version)(p, n)
+        nvml.nvmlSystemGetDriverVersion(p, n)
     })?;
-    let mut cuda: c_int = 0;
+    let mut cuda = 0;
     nvml.check("nvmlSystemGetCudaDriverVersion_v2", unsafe {
-        (nvml.cuda_version)(&mut cuda)
+        nvml.nvmlSystemGetCudaDriverVersion_v2(&mut cuda)
     })?;
     let mut count: c_uint = 0;
-    nvml.check("nvmlDeviceGetCount_v2", unsafe { (nvml.count)(&mut count) })?;
+    nvml.check("nvmlDeviceGetCount_v2", unsafe {
+        nvml.nvmlDeviceGetCount_v2(&mut count)
+    })?;
     let gpus = (0..count).map(|i| nvml.gpu(i)).collect::<Result<Vec<_>, _>>()?;
     Ok(json!({
         "backend": backend(&dir),

@@ -1,4 +1,5 @@
-//! The control plane and the GPU server together (emulated backend): a tenant's key yields a ticket, the server
+//! The control plane and the GPU server together (emulated backend): a tenant's key yields a ticket that names the
+//! server's TLS endpoint and certificate fingerprint (the shim pins it; no fingerprint is given), the server
 //! shows only the assigned GPU, enforces the slice's memory limit, reports usage that then shows in the API, and
 //! ends the session when the assignment is revoked. Also `vgpu admin` against a live control plane.
 
@@ -75,7 +76,12 @@ fn gpu_server(url: &str, shm: &str, state: &TempDir) -> (Killed, Vec<String>, St
         .args(["--tls", "127.0.0.1:0", "--state-dir"])
         .arg(&state.0)
         .args(["--control", url, "--name", "test-node"])
-        .env("VGPU_NODE_TOKEN", NODE_TOKEN);
+        .env("VGPU_NODE_TOKEN", NODE_TOKEN)
+        // The server's own credential, in the test's temp folder rather than the user's state folder.
+        .env(
+            "VGPU_SERVER_CREDENTIAL",
+            std::env::temp_dir().join(format!("{shm}.credential")),
+        );
     let (child, _, banner) = start_until(cmd, "ready on ");
     let pin = banner
         .iter()
@@ -86,16 +92,16 @@ fn gpu_server(url: &str, shm: &str, state: &TempDir) -> (Killed, Vec<String>, St
     (child, banner, pin)
 }
 
-/// Runs `vgpu __memcheck` through the shim as the tenant; `pin` is the server certificate's fingerprint (until
-/// the control plane puts it in tickets, the client is given it as VGPU_TLS_FINGERPRINT).
-fn memcheck(url: &str, key: &str, server: Option<&str>, pin: &str, args: &[&str]) -> std::process::Output {
+/// Runs `vgpu __memcheck` through the shim as the tenant. The client is given no TLS fingerprint: over `tls://` it
+/// pins the one the ticket carries (the server registered it), or refuses to connect.
+fn memcheck(url: &str, key: &str, server: Option<&str>, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(VGPU);
     cmd.args(["run", "--control", url, "--"])
         .arg(VGPU)
         .arg("__memcheck")
         .args(args)
         .env("VGPU_KEY", key)
-        .env("VGPU_TLS_FINGERPRINT", pin)
+        .env_remove("VGPU_TLS_FINGERPRINT")
         .env_remove("VGPU_SERVER")
         .env_remove("VGPU_TICKET");
     if let Some(s) = server {
@@ -193,9 +199,23 @@ fn tenant_key_ticket_memory_limit_and_usage_end_to_end() {
         s.banner
     );
 
-    // Over TLS, the server comes from the ticket; over shared memory, VGPU_SERVER picks the endpoint.
+    // The server registered its TLS certificate's fingerprint; the tenant's tickets carry it with the address.
+    let servers = s.admin.call("GET", "/v1/servers", None).expect("servers");
+    assert_eq!(servers["servers"][0]["tls_cert_sha256"], s.pin.as_str(), "{servers}");
+    let grant = Client::new(&s.url, Some(&s.key))
+        .call("POST", "/v1/tickets", Some(&json!({})))
+        .expect("ticket");
+    assert_eq!(grant["gpus"][0]["tls_cert_sha256"], s.pin.as_str(), "{grant}");
+    assert!(
+        grant["gpus"][0]["server_address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("tls://127.0.0.1:")),
+        "{grant}"
+    );
+
+    // Over TLS, the server and its pin come from the ticket; over shared memory, VGPU_SERVER picks the endpoint.
     for server in [None, Some(s.shm.as_str())] {
-        let out = memcheck(&s.url, &s.key, server, &s.pin, &["200", "100", "40"]);
+        let out = memcheck(&s.url, &s.key, server, &["200", "100", "40"]);
         let text = String::from_utf8_lossy(&out.stdout);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{server:?}: {text} {err}");
@@ -249,7 +269,7 @@ fn tenant_key_ticket_memory_limit_and_usage_end_to_end() {
 fn bad_credentials_are_refused_with_the_reason() {
     let s = setup(128);
     // A key the control plane does not know: no ticket, cuInit fails with NOT_PERMITTED and says why.
-    let out = memcheck(&s.url, "vgpu_nosuchkey_0123456789abcdefghij", None, &s.pin, &[]);
+    let out = memcheck(&s.url, "vgpu_nosuchkey_0123456789abcdefghij", None, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused VGPU_KEY"), "{err}");
@@ -312,7 +332,7 @@ fn revoking_the_assignment_ends_the_live_session() {
         .arg(VGPU)
         .args(["__memcheck", "--hold-ms", "12000", "64"])
         .env("VGPU_KEY", &s.key)
-        .env("VGPU_TLS_FINGERPRINT", &s.pin)
+        .env_remove("VGPU_TLS_FINGERPRINT")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("runs");

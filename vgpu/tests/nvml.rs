@@ -1,8 +1,12 @@
 //! vGPU's `libnvidia-ml.so.1` end to end on the emulated backend: a child process started by `vgpu run` loads the
 //! built NVML and CUDA shims and checks that NVML agrees with CUDA and follows NVML's contracts; `vgpu smi`.
 
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_uint, CStr, CString};
 use std::process::Command;
+
+use vgpu_cuda_sys::driver::{CUdevice_attribute, CUuuid};
+use vgpu_cuda_sys::nvml::*;
+use vgpu_cuda_sys::{DriverLibrary, NvmlLibrary};
 
 mod common;
 
@@ -139,37 +143,7 @@ const INSUFFICIENT_SIZE: u32 = 7;
 const DRIVER_NOT_LOADED: u32 = 9;
 const ARGUMENT_VERSION_MISMATCH: u32 = 25;
 
-type Dev = *mut c_void;
-
-// nvml.h's layouts as the server's NVML caller declares them, plus the old and versioned ones only the shim's
-// contract tests need.
-use vgpu_cuda_exec::nvml::{Memory, PciInfo, ProcessInfo};
-
-#[repr(C)]
-#[derive(Default, Debug, Clone, Copy)]
-struct MemoryV2 {
-    version: c_uint,
-    total: u64,
-    reserved: u64,
-    free: u64,
-    used: u64,
-}
-#[repr(C)]
-#[derive(Default, Debug, Clone, Copy)]
-struct ProcV1 {
-    pid: c_uint,
-    used: u64,
-}
-
-/// Looks up `name` in `lib` as a function of the given signature (nvml.h's or cuda.h's); used inside the
-/// children's unsafe blocks, whose SAFETY notes cover it.
-macro_rules! sym {
-    ($lib:expr, $name:literal: $($ty:tt)*) => {
-        *$lib
-            .get::<unsafe extern "C" fn $($ty)*>(concat!($name, "\0").as_bytes())
-            .unwrap_or_else(|e| panic!("{}: {e}", $name))
-    };
-}
+type Dev = nvmlDevice_t;
 
 fn c_text(buf: &[c_char]) -> String {
     // SAFETY: the library NUL-terminated the buffer (checked callers pass buffers it filled).
@@ -185,30 +159,39 @@ fn child_checks() {
     // SAFETY (this test): loading the shims `vgpu run` put first on LD_LIBRARY_PATH, and calling their
     // entry points with out-pointers to locals, as nvml.h and cuda.h document.
     unsafe {
-        let nvml = libloading::Library::new("libnvidia-ml.so.1").expect("load libnvidia-ml.so.1");
-        nvml.get::<*const u32>(b"vgpu_nvml_shim_marker\0")
+        let nvml = NvmlLibrary::load_any("libnvidia-ml.so.1").expect("load libnvidia-ml.so.1");
+        nvml.library()
+            .get::<*const u32>(b"vgpu_nvml_shim_marker\0")
             .expect("the libnvidia-ml.so.1 loaded is vGPU's");
-        let init = sym!(nvml, "nvmlInit_v2": () -> u32);
-        let shutdown = sym!(nvml, "nvmlShutdown": () -> u32);
-        let count = sym!(nvml, "nvmlDeviceGetCount_v2": (*mut c_uint) -> u32);
-        let by_index = sym!(nvml, "nvmlDeviceGetHandleByIndex_v2": (c_uint, *mut Dev) -> u32);
-        let by_uuid = sym!(nvml, "nvmlDeviceGetHandleByUUID": (*const c_char, *mut Dev) -> u32);
-        let by_pci = sym!(nvml, "nvmlDeviceGetHandleByPciBusId_v2": (*const c_char, *mut Dev) -> u32);
-        let get_name = sym!(nvml, "nvmlDeviceGetName": (Dev, *mut c_char, c_uint) -> u32);
-        let get_uuid = sym!(nvml, "nvmlDeviceGetUUID": (Dev, *mut c_char, c_uint) -> u32);
-        let get_index = sym!(nvml, "nvmlDeviceGetIndex": (Dev, *mut c_uint) -> u32);
-        let get_pci = sym!(nvml, "nvmlDeviceGetPciInfo_v3": (Dev, *mut PciInfo) -> u32);
-        let mem_info = sym!(nvml, "nvmlDeviceGetMemoryInfo": (Dev, *mut Memory) -> u32);
-        let mem_info_v2 = sym!(nvml, "nvmlDeviceGetMemoryInfo_v2": (Dev, *mut MemoryV2) -> u32);
-        let procs_v1 = sym!(nvml, "nvmlDeviceGetComputeRunningProcesses": (Dev, *mut c_uint, *mut ProcV1) -> u32);
+        // Each entry point through nvml.h's own declaration, its nvmlReturn_t compared as a number.
+        let init = || nvml.nvmlInit_v2().0;
+        let shutdown = || nvml.nvmlShutdown().0;
+        let count = |n: *mut c_uint| nvml.nvmlDeviceGetCount_v2(n).0;
+        let by_index = |i: c_uint, h: *mut Dev| nvml.nvmlDeviceGetHandleByIndex_v2(i, h).0;
+        let by_uuid = |u: *const c_char, h: *mut Dev| nvml.nvmlDeviceGetHandleByUUID(u, h).0;
+        let by_pci = |b: *const c_char, h: *mut Dev| nvml.nvmlDeviceGetHandleByPciBusId_v2(b, h).0;
+        let get_name = |h: Dev, b: *mut c_char, n: c_uint| nvml.nvmlDeviceGetName(h, b, n).0;
+        let get_uuid = |h: Dev, b: *mut c_char, n: c_uint| nvml.nvmlDeviceGetUUID(h, b, n).0;
+        let get_index = |h: Dev, i: *mut c_uint| nvml.nvmlDeviceGetIndex(h, i).0;
+        let get_pci = |h: Dev, p: *mut nvmlPciInfo_t| nvml.nvmlDeviceGetPciInfo_v3(h, p).0;
+        let mem_info = |h: Dev, m: *mut nvmlMemory_t| nvml.nvmlDeviceGetMemoryInfo(h, m).0;
+        let mem_info_v2 = |h: Dev, m: *mut nvmlMemory_v2_t| nvml.nvmlDeviceGetMemoryInfo_v2(h, m).0;
+        let procs_v1 =
+            |h: Dev, n: *mut c_uint, l: *mut nvmlProcessInfo_v1_t| nvml.nvmlDeviceGetComputeRunningProcesses(h, n, l).0;
         let procs_v3 =
-            sym!(nvml, "nvmlDeviceGetComputeRunningProcesses_v3": (Dev, *mut c_uint, *mut ProcessInfo) -> u32);
-        let cuda_version = sym!(nvml, "nvmlSystemGetCudaDriverVersion_v2": (*mut c_int) -> u32);
-        let cc = sym!(nvml, "nvmlDeviceGetCudaComputeCapability": (Dev, *mut c_int, *mut c_int) -> u32);
-        let nvlink = sym!(nvml, "nvmlDeviceGetNvLinkRemoteDeviceType": (Dev, c_uint, *mut c_uint) -> u32);
-        let p2p = sym!(nvml, "nvmlDeviceGetP2PStatus": (Dev, Dev, c_uint, *mut c_uint) -> u32);
-        let fan = sym!(nvml, "nvmlDeviceGetFanSpeed": (Dev, *mut c_uint) -> u32);
-        let error_string = sym!(nvml, "nvmlErrorString": (u32) -> *const c_char);
+            |h: Dev, n: *mut c_uint, l: *mut nvmlProcessInfo_t| nvml.nvmlDeviceGetComputeRunningProcesses_v3(h, n, l).0;
+        let cuda_version = |v: *mut c_int| nvml.nvmlSystemGetCudaDriverVersion_v2(v).0;
+        let cc = |h: Dev, a: *mut c_int, b: *mut c_int| nvml.nvmlDeviceGetCudaComputeCapability(h, a, b).0;
+        let nvlink = |h: Dev, link: c_uint, t: *mut c_uint| {
+            nvml.nvmlDeviceGetNvLinkRemoteDeviceType(h, link, t as *mut nvmlIntNvLinkDeviceType_t)
+                .0
+        };
+        let p2p = |a: Dev, b: Dev, index: c_uint, status: *mut c_uint| {
+            nvml.nvmlDeviceGetP2PStatus(a, b, nvmlGpuP2PCapsIndex_t(index), status as *mut nvmlGpuP2PStatus_t)
+                .0
+        };
+        let fan = |h: Dev, t: *mut c_uint| nvml.nvmlDeviceGetFanSpeed(h, t).0;
+        let error_string = |code: u32| nvml.nvmlErrorString(nvmlReturn_t(code));
 
         // Before nvmlInit every call is NVML_ERROR_UNINITIALIZED.
         let mut n: c_uint = 99;
@@ -217,18 +200,19 @@ fn child_checks() {
         assert_eq!(fan(std::ptr::null_mut(), &mut n), UNINITIALIZED);
         assert_eq!(init(), NVML_SUCCESS);
 
-        let cuda = libloading::Library::new("libcuda.so.1").expect("load libcuda.so.1");
-        let cu_init = sym!(cuda, "cuInit": (c_uint) -> u32);
-        let cu_count = sym!(cuda, "cuDeviceGetCount": (*mut c_int) -> u32);
-        let cu_uuid = sym!(cuda, "cuDeviceGetUuid_v2": (*mut [u8; 16], c_int) -> u32);
-        let cu_name = sym!(cuda, "cuDeviceGetName": (*mut c_char, c_int, c_int) -> u32);
-        let cu_attr = sym!(cuda, "cuDeviceGetAttribute": (*mut c_int, c_int, c_int) -> u32);
-        let cu_bus_id = sym!(cuda, "cuDeviceGetPCIBusId": (*mut c_char, c_int, c_int) -> u32);
-        let cu_version = sym!(cuda, "cuDriverGetVersion": (*mut c_int) -> u32);
-        let cu_retain = sym!(cuda, "cuDevicePrimaryCtxRetain": (*mut *mut c_void, c_int) -> u32);
-        let cu_set_current = sym!(cuda, "cuCtxSetCurrent": (*mut c_void) -> u32);
-        let cu_alloc = sym!(cuda, "cuMemAlloc_v2": (*mut u64, usize) -> u32);
-        let cu_free = sym!(cuda, "cuMemFree_v2": (u64) -> u32);
+        let cuda = DriverLibrary::load_any("libcuda.so.1").expect("load libcuda.so.1");
+        let cu_init = |f: c_uint| cuda.cuInit(f).0;
+        let cu_count = |n: *mut c_int| cuda.cuDeviceGetCount(n).0;
+        let cu_uuid = |u: *mut [u8; 16], d: c_int| cuda.cuDeviceGetUuid_v2(u as *mut CUuuid, d).0;
+        let cu_name = |b: *mut c_char, n: c_int, d: c_int| cuda.cuDeviceGetName(b, n, d).0;
+        let cu_attr =
+            |v: *mut c_int, a: c_int, d: c_int| cuda.cuDeviceGetAttribute(v, CUdevice_attribute(a as u32), d).0;
+        let cu_bus_id = |b: *mut c_char, n: c_int, d: c_int| cuda.cuDeviceGetPCIBusId(b, n, d).0;
+        let cu_version = |v: *mut c_int| cuda.cuDriverGetVersion(v).0;
+        let cu_retain = |c: *mut vgpu_cuda_sys::driver::CUcontext, d: c_int| cuda.cuDevicePrimaryCtxRetain(c, d).0;
+        let cu_set_current = |c: vgpu_cuda_sys::driver::CUcontext| cuda.cuCtxSetCurrent(c).0;
+        let cu_alloc = |p: *mut u64, n: usize| cuda.cuMemAlloc_v2(p, n).0;
+        let cu_free = |p: u64| cuda.cuMemFree_v2(p).0;
         assert_eq!(cu_init(0), 0);
 
         let mut cu_n: c_int = 0;
@@ -281,15 +265,12 @@ fn child_checks() {
                 v as u32
             };
             let (domain, bus, dev) = (attr(50), attr(33), attr(34));
-            let mut pci: PciInfo = std::mem::zeroed();
+            let mut pci = nvmlPciInfo_t::default();
             assert_eq!(get_pci(h, &mut pci), NVML_SUCCESS);
-            let bus_id = c_text(&pci.bus_id);
+            let bus_id = c_text(&pci.busId);
             assert_eq!(bus_id, format!("{domain:08X}:{bus:02X}:{dev:02X}.0"));
             assert_eq!(bus_id.len(), 16);
-            assert_eq!(
-                c_text(&pci.bus_id_legacy),
-                format!("{domain:04X}:{bus:02X}:{dev:02X}.0")
-            );
+            assert_eq!(c_text(&pci.busIdLegacy), format!("{domain:04X}:{bus:02X}:{dev:02X}.0"));
             assert_eq!((pci.domain, pci.bus, pci.device), (domain, bus, dev));
 
             // Handle round trips: by UUID, by NVML's bus id, by CUDA's form of it.
@@ -319,7 +300,7 @@ fn child_checks() {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(LIMIT_MIB)
             << 20;
-        let mut m = Memory::default();
+        let mut m = nvmlMemory_t::default();
         assert_eq!(mem_info(h, &mut m), NVML_SUCCESS);
         assert_eq!(m.total, want_total);
         assert_eq!(m.used + m.free, m.total);
@@ -336,12 +317,12 @@ fn child_checks() {
         assert_eq!(mem_info(h, &mut m), NVML_SUCCESS);
         assert_eq!(m.used, used_before + (64 << 20), "{m:?}");
         assert_eq!(m.free, m.total - m.used);
-        let mut m2 = MemoryV2 {
+        let mut m2 = nvmlMemory_v2_t {
             version: 1,
             ..Default::default()
         };
         assert_eq!(mem_info_v2(h, &mut m2), ARGUMENT_VERSION_MISMATCH);
-        m2.version = std::mem::size_of::<MemoryV2>() as c_uint | (2 << 24);
+        m2.version = std::mem::size_of::<nvmlMemory_v2_t>() as c_uint | (2 << 24);
         assert_eq!(mem_info_v2(h, &mut m2), NVML_SUCCESS);
         assert_eq!((m2.total, m2.used, m2.free), (m.total, m.used, m.free));
 
@@ -349,17 +330,14 @@ fn child_checks() {
         listed = 0;
         assert_eq!(procs_v3(h, &mut listed, std::ptr::null_mut()), INSUFFICIENT_SIZE);
         assert_eq!(listed, 1);
-        let mut list = [ProcessInfo::default(); 4];
+        let mut list = [nvmlProcessInfo_t::default(); 4];
         listed = 4;
         assert_eq!(procs_v3(h, &mut listed, list.as_mut_ptr()), NVML_SUCCESS);
         assert_eq!(listed, 1);
         assert_eq!(list[0].pid, std::process::id());
-        assert!(list[0].used_gpu_memory >= 64 << 20, "{:?}", list[0]);
-        assert_eq!(
-            (list[0].gpu_instance_id, list[0].compute_instance_id),
-            (u32::MAX, u32::MAX)
-        );
-        let mut list1 = [ProcV1::default(); 2];
+        assert!(list[0].usedGpuMemory >= 64 << 20, "{:?}", list[0]);
+        assert_eq!((list[0].gpuInstanceId, list[0].computeInstanceId), (u32::MAX, u32::MAX));
+        let mut list1 = [nvmlProcessInfo_v1_t::default(); 2];
         listed = 2;
         assert_eq!(procs_v1(h, &mut listed, list1.as_mut_ptr()), NVML_SUCCESS);
         assert_eq!((listed, list1[0].pid), (1, std::process::id()));
@@ -377,7 +355,7 @@ fn child_checks() {
         assert_eq!(get_name(h, small.as_mut_ptr(), 4), INSUFFICIENT_SIZE);
         assert_eq!(get_uuid(h, small.as_mut_ptr(), 4), INSUFFICIENT_SIZE);
         assert_eq!(get_uuid(h, std::ptr::null_mut(), 80), INVALID_ARGUMENT);
-        let bogus = &mut m as *mut Memory as Dev;
+        let bogus = &mut m as *mut nvmlMemory_t as Dev;
         assert_eq!(mem_info(bogus, &mut m), INVALID_ARGUMENT);
         assert_eq!(mem_info(std::ptr::null_mut(), &mut m), INVALID_ARGUMENT);
         assert_eq!(mem_info(h, std::ptr::null_mut()), INVALID_ARGUMENT);
@@ -421,9 +399,9 @@ fn child_foreign() {
     let path = std::path::Path::new(&dir).join("libnvidia-ml.so.1");
     // SAFETY: loading the NVML shim and calling its entry points with out-pointers to locals.
     unsafe {
-        let nvml = libloading::Library::new(&path).expect("load the NVML shim");
-        let init = sym!(nvml, "nvmlInit_v2": () -> u32);
-        let count = sym!(nvml, "nvmlDeviceGetCount_v2": (*mut c_uint) -> u32);
+        let nvml = NvmlLibrary::load_any(&path.display().to_string()).expect("load the NVML shim");
+        let init = || nvml.nvmlInit_v2().0;
+        let count = |n: *mut c_uint| nvml.nvmlDeviceGetCount_v2(n).0;
         assert_eq!(init(), DRIVER_NOT_LOADED);
         let mut n: c_uint = 0;
         assert_eq!(count(&mut n), UNINITIALIZED);

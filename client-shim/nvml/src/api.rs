@@ -1,202 +1,187 @@
 //! The NVML entry points vGPU implements: initialisation, devices and their identity (from the CUDA shim's
 //! cached facts, so NVML and CUDA agree), and live values (memory, utilization, processes) from the server.
 
-use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::ffi::{c_char, c_uint};
+use std::mem::offset_of;
 
+use vgpu_cuda_sys::driver::CUdevice_attribute;
+use vgpu_cuda_sys::nvml::{
+    nvmlDeviceArchitecture_t, nvmlDevice_t, nvmlGpuP2PCapsIndex_t, nvmlGpuP2PStatus_t, nvmlMemory_t, nvmlMemory_v2_t,
+    nvmlPciInfo_t, nvmlProcessInfo_t, nvmlProcessInfo_v1_t, nvmlReturn_t, nvmlTemperatureSensors_t, nvmlUtilization_t,
+    NVML_API_VERSION,
+};
+use vgpu_cuda_sys::{CUresult, NvmlResult};
 use vgpu_dataplane::handshake::DeviceFacts;
 use vgpu_dataplane::wire::*;
 
 use crate::{ffi, link};
 
-pub const NVML_SUCCESS: u32 = 0;
-pub const NVML_ERROR_UNINITIALIZED: u32 = 1;
-pub const NVML_ERROR_INVALID_ARGUMENT: u32 = 2;
-pub const NVML_ERROR_NOT_SUPPORTED: u32 = 3;
-pub const NVML_ERROR_NO_PERMISSION: u32 = 4;
-pub const NVML_ERROR_NOT_FOUND: u32 = 6;
-pub const NVML_ERROR_INSUFFICIENT_SIZE: u32 = 7;
-pub const NVML_ERROR_DRIVER_NOT_LOADED: u32 = 9;
-pub const NVML_ERROR_GPU_IS_LOST: u32 = 15;
-pub const NVML_ERROR_LIB_RM_VERSION_MISMATCH: u32 = 18;
-pub const NVML_ERROR_ARGUMENT_VERSION_MISMATCH: u32 = 25;
-pub const NVML_ERROR_UNKNOWN: u32 = 999;
-
-/// `nvmlGpuP2PStatus_t` values and the last `nvmlGpuP2PCapsIndex_t`.
-const NVML_P2P_STATUS_OK: u32 = 0;
-const NVML_P2P_STATUS_NOT_SUPPORTED: u32 = 5;
-const NVML_P2P_CAPS_INDEX_LAST: u32 = 5;
-
-/// NVML's API generation (`NVML_API_VERSION` in nvml.h), the first field of `nvmlSystemGetNVMLVersion`.
-const NVML_API_VERSION: u32 = 13;
+/// The NVML library as vGPU implements it: the `impl Nvml` blocks `entry!` writes (see `exports`).
+pub(crate) struct Nvml;
 
 /// What a stub answers: not supported, or uninitialized before `nvmlInit` as every NVML call is.
-pub(crate) fn unsupported() -> u32 {
+pub(crate) fn unsupported() -> nvmlReturn_t {
     if link::is_initialized() {
-        NVML_ERROR_NOT_SUPPORTED
+        nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED
     } else {
-        NVML_ERROR_UNINITIALIZED
+        nvmlReturn_t::NVML_ERROR_UNINITIALIZED
     }
 }
 
-/// Declares exported entry points: each name in the list runs the body, which returns `Result<(), nvmlReturn_t>`.
+/// Declares implemented entry points: `name, name_v2 => |param, ...| { body }`, each with nvml.h's signature for
+/// that name (`vgpu_cuda_sys::nvml_signature!`; a parameter list of the wrong length is a compile error naming
+/// it). The body returns `NvmlResult<()>`; with `=> value |...|` it returns the declared type itself.
 macro_rules! entry {
     () => {};
-    ([$($name:ident),+] $args:tt $body:block $($rest:tt)*) => {
-        $( entry_fn!($name, $args, $body); )+
+    ($($name:ident),+ $(,)? => || $body:block $($rest:tt)*) => {
+        entry!(@each [$($name),+] [status, [], $body]);
         entry!($($rest)*);
+    };
+    ($($name:ident),+ $(,)? => |$($arg:ident),* $(,)?| $body:block $($rest:tt)*) => {
+        entry!(@each [$($name),+] [status, [$($arg),*], $body]);
+        entry!($($rest)*);
+    };
+    ($($name:ident),+ $(,)? => value |$($arg:ident),* $(,)?| $body:block $($rest:tt)*) => {
+        entry!(@each [$($name),+] [value, [$($arg),*], $body]);
+        entry!($($rest)*);
+    };
+    (@each [$($name:ident),+] $shared:tt) => {
+        $( vgpu_cuda_sys::nvml_signature!($name, entry_fn, $shared); )+
     };
 }
 
+/// One entry point of `entry!`, called back by `nvml_signature!` with the header's declaration.
 macro_rules! entry_fn {
-    ($name:ident, ($($arg:ident : $ty:ty),* $(,)?), $body:block) => {
-        #[no_mangle]
-        pub extern "C" fn $name($($arg: $ty),*) -> u32 {
-            $crate::debug(format_args!("call {}", stringify!($name)));
-            #[allow(unused_variables)]
-            fn body($($arg: $ty),*) -> Result<(), u32> $body
-            match body($($arg),*) {
-                Ok(()) => NVML_SUCCESS,
-                Err(e) => e,
+    ([[$mode:ident, [$($arg:ident),*], $body:block]] $name:ident ( $($param:ident : $ty:ty),* ) -> $ret:ty;) => {
+        entry_fn!(@pair $name, $ret, $mode, $body, [] [$($arg)*] [$($ty,)*]);
+    };
+    (@pair $name:ident, $ret:ty, $mode:ident, $body:block, [$($done:tt)*] [$a:ident $($args:ident)*] [$t:ty, $($tys:ty,)*]) => {
+        entry_fn!(@pair $name, $ret, $mode, $body, [$($done)* $a: $t,] [$($args)*] [$($tys,)*]);
+    };
+    (@pair $name:ident, $ret:ty, $mode:ident, $body:block, [$($done:tt)*] [] []) => {
+        impl $crate::api::Nvml {
+            #[allow(non_snake_case, unused_variables, clippy::redundant_closure_call)]
+            pub(crate) unsafe fn $name($($done)*) -> $ret {
+                $crate::debug(format_args!("call {}", stringify!($name)));
+                entry_fn!(@run $mode, $body)
             }
         }
     };
+    (@pair $name:ident, $ret:ty, $mode:ident, $body:block, $done:tt [$($args:ident)*] [$($tys:ty,)*]) => {
+        compile_error!(concat!(
+            "entry! ", stringify!($name), ": the parameter names do not pair with nvml.h's parameters; left over: [",
+            stringify!($($args),*), "] [", stringify!($($tys),*), "]"
+        ));
+    };
+    // The body runs as a closure so that its `return` and `?` end the body, not the entry point.
+    (@run status, $body:block) => {{
+        let result: NvmlResult<()> = (|| $body)();
+        match result {
+            Ok(()) => nvmlReturn_t::NVML_SUCCESS,
+            Err(e) => e,
+        }
+    }};
+    (@run value, $body:block) => {
+        $body
+    };
 }
 
-type Device = *mut c_void;
-
-/// `nvmlPciInfo_t` (nvml.h, NVML API 13): what `nvmlDeviceGetPciInfo_v2` and `_v3` fill.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PciInfo {
-    pub bus_id_legacy: [u8; 16],
-    pub domain: c_uint,
-    pub bus: c_uint,
-    pub device: c_uint,
-    pub pci_device_id: c_uint,
-    pub pci_subsystem_id: c_uint,
-    pub bus_id: [u8; 32],
-}
-
-/// The first `nvmlPciInfo_t` (before NVML 2.285's `busIdLegacy`), which the unversioned
-/// `nvmlDeviceGetPciInfo` of old binaries fills: 52 bytes, a prefix of the current layout's size.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PciInfoV1 {
-    pub bus_id: [u8; 16],
-    pub domain: c_uint,
-    pub bus: c_uint,
-    pub device: c_uint,
-    pub pci_device_id: c_uint,
-    pub pci_subsystem_id: c_uint,
-    pub reserved: [c_uint; 4],
-}
-
-/// `nvmlMemory_t`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Memory {
-    pub total: u64,
-    pub free: u64,
-    pub used: u64,
-}
-
-/// `nvmlMemory_v2_t`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct MemoryV2 {
-    pub version: c_uint,
-    pub total: u64,
-    pub reserved: u64,
-    pub free: u64,
-    pub used: u64,
-}
+/// `nvmlGpuP2PStatus_t` values and the last `nvmlGpuP2PCapsIndex_t`.
+const NVML_P2P_STATUS_OK: nvmlGpuP2PStatus_t = nvmlGpuP2PStatus_t::NVML_P2P_STATUS_OK;
+const NVML_P2P_STATUS_NOT_SUPPORTED: nvmlGpuP2PStatus_t = nvmlGpuP2PStatus_t::NVML_P2P_STATUS_NOT_SUPPORTED;
+const NVML_P2P_CAPS_INDEX_LAST: nvmlGpuP2PCapsIndex_t = nvmlGpuP2PCapsIndex_t::NVML_P2P_CAPS_INDEX_PROP;
 
 /// `nvmlMemory_v2` in nvml.h: `NVML_STRUCT_VERSION(Memory, 2)`, the struct's size with the version in the top byte.
-pub const NVML_MEMORY_V2: c_uint = std::mem::size_of::<MemoryV2>() as c_uint | (2 << 24);
+pub const NVML_MEMORY_V2: c_uint = std::mem::size_of::<nvmlMemory_v2_t>() as c_uint | (2 << 24);
 
-/// `nvmlUtilization_t`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Utilization {
-    pub gpu: c_uint,
-    pub memory: c_uint,
-}
-
-/// `nvmlProcessInfo_v1_t`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ProcessInfoV1 {
-    pub pid: c_uint,
-    pub used_gpu_memory: u64,
-}
-
-/// `nvmlProcessInfo_v2_t` = `nvmlProcessInfo_t` (the `_v2` and `_v3` process queries).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ProcessInfo {
-    pub pid: c_uint,
-    pub used_gpu_memory: u64,
-    pub gpu_instance_id: c_uint,
-    pub compute_instance_id: c_uint,
-}
+/// The first `nvmlPciInfo_t` (before NVML 2.285's `busIdLegacy`), which the unversioned `nvmlDeviceGetPciInfo`
+/// of old binaries fills: the current layout's first 36 bytes (its 16-byte bus id where `busIdLegacy` is now),
+/// then 16 reserved bytes, zero.
+const PCI_INFO_V1_LEN: usize = offset_of!(nvmlPciInfo_t, busId) + 16;
 
 /// MIG instance ids of a process on a GPU without MIG.
 const NO_INSTANCE: c_uint = 0xFFFF_FFFF;
 
-fn device(handle: Device) -> Result<(usize, &'static DeviceFacts), u32> {
+fn device(handle: nvmlDevice_t) -> NvmlResult<(usize, &'static DeviceFacts)> {
     let index = link::index_of(handle)?;
-    let facts = link::devices()?.get(index).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+    let facts = link::devices()?
+        .get(index)
+        .ok_or(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT)?;
     Ok((index, facts))
 }
 
 /// The server's live values for a device, or the error NVML would give when its driver cannot answer.
-fn status(index: usize) -> Result<NvmlStatusReply, u32> {
+fn status(index: usize) -> NvmlResult<NvmlStatusReply> {
     link::ready()?.device_status(index as u32).map_err(|e| match e {
-        // CUDA_ERROR_NOT_SUPPORTED: a server without NVML queries (older than this shim).
-        801 => NVML_ERROR_NOT_SUPPORTED,
-        // CUDA_ERROR_DEVICE_UNAVAILABLE: the server is gone.
-        46 => NVML_ERROR_GPU_IS_LOST,
-        _ => NVML_ERROR_UNKNOWN,
+        // A server without NVML queries (older than this shim).
+        CUresult::CUDA_ERROR_NOT_SUPPORTED => nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED,
+        // The server is gone.
+        CUresult::CUDA_ERROR_DEVICE_UNAVAILABLE => nvmlReturn_t::NVML_ERROR_GPU_IS_LOST,
+        _ => nvmlReturn_t::NVML_ERROR_UNKNOWN,
     })
 }
 
 /// Writes one live value of the device behind `handle` to `out`: `pick` chooses it from the server's reading,
 /// whose `valid` bit `flag` says whether the server's NVML could answer it (else `NVML_ERROR_NOT_SUPPORTED`).
-fn write_live<T>(handle: Device, out: *mut T, flag: u32, pick: impl FnOnce(&NvmlStatusReply) -> T) -> Result<(), u32> {
+fn write_live<T>(
+    handle: nvmlDevice_t,
+    out: *mut T,
+    flag: u32,
+    pick: impl FnOnce(&NvmlStatusReply) -> T,
+) -> NvmlResult<()> {
     let (i, _) = device(handle)?;
     if out.is_null() {
-        return Err(NVML_ERROR_INVALID_ARGUMENT);
+        return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
     }
     let s = status(i)?;
     if s.valid & flag == 0 {
-        return Err(NVML_ERROR_NOT_SUPPORTED);
+        return Err(nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED);
     }
     ffi::write(out, pick(&s))
 }
 
 /// Copies `text` and a NUL into the caller's `len`-byte buffer; too small is `NVML_ERROR_INSUFFICIENT_SIZE`.
-fn put_str(out: *mut c_char, len: c_uint, text: &str) -> Result<(), u32> {
+fn put_str(out: *mut c_char, len: c_uint, text: &str) -> NvmlResult<()> {
     let buf = ffi::buffer(out, len as usize)?;
     if buf.len() <= text.len() {
-        return Err(NVML_ERROR_INSUFFICIENT_SIZE);
+        return Err(nvmlReturn_t::NVML_ERROR_INSUFFICIENT_SIZE);
     }
     buf[..text.len()].copy_from_slice(text.as_bytes());
     buf[text.len()] = 0;
     Ok(())
 }
 
-fn fixed<const N: usize>(text: &str) -> [u8; N] {
-    let mut out = [0u8; N];
-    let n = text.len().min(N - 1);
-    out[..n].copy_from_slice(&text.as_bytes()[..n]);
+/// `text` as a NUL-terminated `char` array of a struct (cut to fit).
+fn fixed<const N: usize>(text: &str) -> [c_char; N] {
+    let mut out = [0 as c_char; N];
+    for (o, &b) in out.iter_mut().zip(text.as_bytes().iter().take(N - 1)) {
+        *o = b as c_char;
+    }
     out
 }
 
-/// (domain, bus, device) from the CUDA attributes the CUDA shim answers `cuDeviceGetAttribute` with.
+/// A CUDA device attribute as the CUDA shim answers `cuDeviceGetAttribute` (0 where the server gave none).
+fn attribute(d: &DeviceFacts, a: CUdevice_attribute) -> i32 {
+    d.attr(a.0 as usize).unwrap_or(0)
+}
+
+/// (domain, bus, device) from the CUDA attributes.
 fn pci_location(d: &DeviceFacts) -> (u32, u32, u32) {
-    // CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID (50), _PCI_BUS_ID (33), _PCI_DEVICE_ID (34).
-    let attr = |a| d.attr(a).unwrap_or(0) as u32;
-    (attr(50), attr(33), attr(34))
+    use CUdevice_attribute as A;
+    let attr = |a| attribute(d, a) as u32;
+    (
+        attr(A::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID),
+        attr(A::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID),
+        attr(A::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID),
+    )
+}
+
+/// The compute capability (major, minor) from the CUDA attributes.
+fn compute_capability(d: &DeviceFacts) -> (i32, i32) {
+    (
+        attribute(d, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+        attribute(d, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
+    )
 }
 
 /// NVML's bus id form, `NVML_DEVICE_PCI_BUS_ID_FMT`: "%08X:%02X:%02X.0".
@@ -229,22 +214,23 @@ pub fn parse_pci_bus_id(text: &str) -> Option<(u32, u32, u32)> {
 }
 
 /// `nvmlDeviceArchitecture_t` from the compute capability, where the server's NVML gave none.
-fn architecture_of(major: i32, minor: i32) -> u32 {
+fn architecture_of(major: i32, minor: i32) -> nvmlDeviceArchitecture_t {
+    use vgpu_cuda_sys::nvml::*;
     match (major, minor) {
-        (3, _) => 2,        // Kepler
-        (5, _) => 3,        // Maxwell
-        (6, _) => 4,        // Pascal
-        (7, 0..=2) => 5,    // Volta
-        (7, _) => 6,        // Turing
-        (8, 9) => 8,        // Ada
-        (8, _) => 7,        // Ampere
-        (9, _) => 9,        // Hopper
-        (10..=12, _) => 10, // Blackwell
-        _ => 0xFFFF_FFFF,   // NVML_DEVICE_ARCH_UNKNOWN
+        (3, _) => NVML_DEVICE_ARCH_KEPLER,
+        (5, _) => NVML_DEVICE_ARCH_MAXWELL,
+        (6, _) => NVML_DEVICE_ARCH_PASCAL,
+        (7, 0..=2) => NVML_DEVICE_ARCH_VOLTA,
+        (7, _) => NVML_DEVICE_ARCH_TURING,
+        (8, 9) => NVML_DEVICE_ARCH_ADA,
+        (8, _) => NVML_DEVICE_ARCH_AMPERE,
+        (9, _) => NVML_DEVICE_ARCH_HOPPER,
+        (10..=12, _) => NVML_DEVICE_ARCH_BLACKWELL,
+        _ => NVML_DEVICE_ARCH_UNKNOWN,
     }
 }
 
-fn pci_info(index: usize, d: &DeviceFacts) -> PciInfo {
+fn pci_info(index: usize, d: &DeviceFacts) -> nvmlPciInfo_t {
     // The vendor and subsystem ids come from the server's NVML; the emulated backend has none (0).
     let ids = status(index)
         .ok()
@@ -252,157 +238,228 @@ fn pci_info(index: usize, d: &DeviceFacts) -> PciInfo {
         .map(|s| (s.pci_device_id, s.pci_subsystem_id))
         .unwrap_or((0, 0));
     let (domain, bus, device) = pci_location(d);
-    PciInfo {
-        bus_id_legacy: fixed(&pci_bus_id_legacy(d)),
+    nvmlPciInfo_t {
+        busIdLegacy: fixed(&pci_bus_id_legacy(d)),
         domain,
         bus,
         device,
-        pci_device_id: ids.0,
-        pci_subsystem_id: ids.1,
-        bus_id: fixed(&pci_bus_id(d)),
+        pciDeviceId: ids.0,
+        pciSubSystemId: ids.1,
+        busId: fixed(&pci_bus_id(d)),
     }
+}
+
+/// The first `nvmlPciInfo_t`'s bytes (`PCI_INFO_V1_LEN`) for `p`: its fields up to `busId`, which old binaries
+/// know as their bus id, and zeros where they have reserved words.
+fn pci_info_v1(p: &nvmlPciInfo_t) -> [u8; PCI_INFO_V1_LEN] {
+    let mut out = [0u8; PCI_INFO_V1_LEN];
+    let mut put = |at: usize, bytes: &[u8]| out[at..at + bytes.len()].copy_from_slice(bytes);
+    put(offset_of!(nvmlPciInfo_t, busIdLegacy), &p.busIdLegacy.map(|c| c as u8));
+    put(offset_of!(nvmlPciInfo_t, domain), &p.domain.to_ne_bytes());
+    put(offset_of!(nvmlPciInfo_t, bus), &p.bus.to_ne_bytes());
+    put(offset_of!(nvmlPciInfo_t, device), &p.device.to_ne_bytes());
+    put(offset_of!(nvmlPciInfo_t, pciDeviceId), &p.pciDeviceId.to_ne_bytes());
+    put(
+        offset_of!(nvmlPciInfo_t, pciSubSystemId),
+        &p.pciSubSystemId.to_ne_bytes(),
+    );
+    out
 }
 
 /// This process's entry in a device's process list (a client process sees only itself: the server runs its
 /// work in a worker of its own, and other tenants' processes are not this session's to see).
-fn own_process(index: usize) -> Result<Option<ProcessInfo>, u32> {
+fn own_process(index: usize) -> NvmlResult<Option<nvmlProcessInfo_t>> {
     let s = status(index)?;
-    Ok((s.process_active != 0).then(|| ProcessInfo {
+    Ok((s.process_active != 0).then(|| nvmlProcessInfo_t {
         pid: std::process::id(),
-        used_gpu_memory: s.process_used,
-        gpu_instance_id: NO_INSTANCE,
-        compute_instance_id: NO_INSTANCE,
+        usedGpuMemory: s.process_used,
+        gpuInstanceId: NO_INSTANCE,
+        computeInstanceId: NO_INSTANCE,
     }))
 }
 
 /// The process queries' shared contract: `*count` in is the array's capacity, out the number of processes;
 /// a capacity too small gets the number needed and `NVML_ERROR_INSUFFICIENT_SIZE`.
-fn put_processes<T: Copy>(count: *mut c_uint, infos: *mut T, list: &[T]) -> Result<(), u32> {
+fn put_processes<T: Copy>(count: *mut c_uint, infos: *mut T, list: &[T]) -> NvmlResult<()> {
     let capacity = ffi::read(count)? as usize;
     ffi::write(count, list.len() as c_uint)?;
     if capacity < list.len() {
-        return Err(NVML_ERROR_INSUFFICIENT_SIZE);
+        return Err(nvmlReturn_t::NVML_ERROR_INSUFFICIENT_SIZE);
     }
     ffi::write_array(infos, list)
 }
 
 /// Every process query for a kind of work vGPU never runs (graphics, MPS) lists nothing.
-fn no_processes(handle: Device, count: *mut c_uint) -> Result<(), u32> {
+fn no_processes(handle: nvmlDevice_t, count: *mut c_uint) -> NvmlResult<()> {
     device(handle)?;
     ffi::read(count)?;
     ffi::write(count, 0)
 }
 
-fn device_by(pred: impl Fn(&DeviceFacts) -> bool, out: *mut Device) -> Result<(), u32> {
+fn device_by(pred: impl Fn(&DeviceFacts) -> bool, out: *mut nvmlDevice_t) -> NvmlResult<()> {
     let devices = link::devices()?;
-    let index = devices.iter().position(pred).ok_or(NVML_ERROR_NOT_FOUND)?;
+    let index = devices
+        .iter()
+        .position(pred)
+        .ok_or(nvmlReturn_t::NVML_ERROR_NOT_FOUND)?;
     ffi::write(out, link::handle_of(index))
 }
 
+fn driver_version() -> NvmlResult<String> {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(v) = VERSION.get() {
+        link::ready()?;
+        return Ok(v.clone());
+    }
+    let v = link::ready()?.driver_version().map_err(|e| match e {
+        CUresult::CUDA_ERROR_NOT_SUPPORTED => nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED,
+        _ => nvmlReturn_t::NVML_ERROR_UNKNOWN,
+    })?;
+    Ok(VERSION.get_or_init(|| v).clone())
+}
+
+/// NVML's own text for a status code (`nvmlErrorString`).
+fn error_text(result: nvmlReturn_t) -> &'static std::ffi::CStr {
+    use nvmlReturn_t as R;
+    match result {
+        R::NVML_SUCCESS => c"Success",
+        R::NVML_ERROR_UNINITIALIZED => c"Uninitialized",
+        R::NVML_ERROR_INVALID_ARGUMENT => c"Invalid Argument",
+        R::NVML_ERROR_NOT_SUPPORTED => c"Not Supported",
+        R::NVML_ERROR_NO_PERMISSION => c"Insufficient Permissions",
+        R::NVML_ERROR_ALREADY_INITIALIZED => c"Already Initialized",
+        R::NVML_ERROR_NOT_FOUND => c"Not Found",
+        R::NVML_ERROR_INSUFFICIENT_SIZE => c"Insufficient Size",
+        R::NVML_ERROR_INSUFFICIENT_POWER => c"Insufficient External Power",
+        R::NVML_ERROR_DRIVER_NOT_LOADED => c"Driver Not Loaded",
+        R::NVML_ERROR_TIMEOUT => c"Timeout",
+        R::NVML_ERROR_IRQ_ISSUE => c"Interrupt Request Issue",
+        R::NVML_ERROR_LIBRARY_NOT_FOUND => c"NVML Shared Library Not Found",
+        R::NVML_ERROR_FUNCTION_NOT_FOUND => c"Function Not Found",
+        R::NVML_ERROR_CORRUPTED_INFOROM => c"Corrupted infoROM",
+        R::NVML_ERROR_GPU_IS_LOST => c"GPU is lost",
+        R::NVML_ERROR_RESET_REQUIRED => c"GPU requires restart",
+        R::NVML_ERROR_OPERATING_SYSTEM => c"The operating system has blocked the request.",
+        R::NVML_ERROR_LIB_RM_VERSION_MISMATCH => c"RM has detected an NVML/RM version mismatch.",
+        R::NVML_ERROR_IN_USE => c"In use by another client",
+        R::NVML_ERROR_MEMORY => c"Insufficient Memory",
+        R::NVML_ERROR_NO_DATA => c"No data",
+        R::NVML_ERROR_VGPU_ECC_NOT_SUPPORTED => {
+            c"The requested vgpu operation is not available on target device, becasue ECC is enabled"
+        }
+        R::NVML_ERROR_INSUFFICIENT_RESOURCES => c"Insufficient resources for request",
+        R::NVML_ERROR_FREQ_NOT_SUPPORTED => c"Frequency not supported",
+        R::NVML_ERROR_ARGUMENT_VERSION_MISMATCH => c"Argument version mismatch",
+        R::NVML_ERROR_DEPRECATED => c"Deprecated",
+        R::NVML_ERROR_NOT_READY => c"Not Ready",
+        R::NVML_ERROR_GPU_NOT_FOUND => c"GPU not found",
+        R::NVML_ERROR_INVALID_STATE => c"Invalid state",
+        R::NVML_ERROR_RESET_TYPE_NOT_SUPPORTED => c"Reset type not supported",
+        _ => c"Unknown Error",
+    }
+}
+
 entry! {
-    [nvmlInit, nvmlInit_v2] () {
+    nvmlInit, nvmlInit_v2 => || {
         link::init()
     }
-    [nvmlInitWithFlags] (flags: c_uint) {
+    nvmlInitWithFlags => |flags| {
         // NVML_INIT_FLAG_NO_GPUS / NO_ATTACH change nothing here: the session either opens or it does not.
         link::init()
     }
-    [nvmlShutdown] () {
+    nvmlShutdown => || {
         link::shutdown()
     }
-    [nvmlSystemGetDriverVersion] (version: *mut c_char, length: c_uint) {
+    nvmlErrorString => value |result| {
+        error_text(result).as_ptr()
+    }
+    nvmlSystemGetDriverVersion => |version, length| {
         let text = driver_version()?;
         put_str(version, length, &text)
     }
-    [nvmlSystemGetNVMLVersion] (version: *mut c_char, length: c_uint) {
+    nvmlSystemGetNVMLVersion => |version, length| {
         let text = format!("{NVML_API_VERSION}.{}", driver_version()?);
         put_str(version, length, &text)
     }
-    [nvmlSystemGetCudaDriverVersion, nvmlSystemGetCudaDriverVersion_v2] (version: *mut c_int) {
-        let v = link::ready()?.cuda_driver_version().ok_or(NVML_ERROR_UNINITIALIZED)?;
+    nvmlSystemGetCudaDriverVersion, nvmlSystemGetCudaDriverVersion_v2 => |version| {
+        let v = link::ready()?.cuda_driver_version().ok_or(nvmlReturn_t::NVML_ERROR_UNINITIALIZED)?;
         ffi::write(version, v)
     }
-    [nvmlDeviceGetCount, nvmlDeviceGetCount_v2] (count: *mut c_uint) {
+    nvmlDeviceGetCount, nvmlDeviceGetCount_v2 => |count| {
         ffi::write(count, link::devices()?.len() as c_uint)
     }
-    [nvmlDeviceGetHandleByIndex, nvmlDeviceGetHandleByIndex_v2] (index: c_uint, out: *mut Device) {
+    nvmlDeviceGetHandleByIndex, nvmlDeviceGetHandleByIndex_v2 => |index, out| {
         if index as usize >= link::devices()?.len() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
+            return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
         }
         ffi::write(out, link::handle_of(index as usize))
     }
-    [nvmlDeviceGetHandleByUUID] (uuid: *const c_char, out: *mut Device) {
-        let text = ffi::cstr(uuid)?.to_str().map_err(|_| NVML_ERROR_INVALID_ARGUMENT)?;
+    nvmlDeviceGetHandleByUUID => |uuid, out| {
+        let text = ffi::cstr(uuid)?.to_str().map_err(|_| nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT)?;
         link::devices()?;
         if out.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
+            return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
         }
         device_by(|d| d.uuid_string().eq_ignore_ascii_case(text.trim()), out)
     }
-    [nvmlDeviceGetHandleByPciBusId, nvmlDeviceGetHandleByPciBusId_v2] (bus_id: *const c_char, out: *mut Device) {
-        let text = ffi::cstr(bus_id)?.to_str().map_err(|_| NVML_ERROR_INVALID_ARGUMENT)?;
+    nvmlDeviceGetHandleByPciBusId, nvmlDeviceGetHandleByPciBusId_v2 => |bus_id, out| {
+        let text = ffi::cstr(bus_id)?.to_str().map_err(|_| nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT)?;
         link::devices()?;
         if out.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
+            return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
         }
-        let want = parse_pci_bus_id(text).ok_or(NVML_ERROR_INVALID_ARGUMENT)?;
+        let want = parse_pci_bus_id(text).ok_or(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT)?;
         device_by(|d| pci_location(d) == want, out)
     }
-    [nvmlDeviceGetName] (handle: Device, name: *mut c_char, length: c_uint) {
+    nvmlDeviceGetName => |handle, name, length| {
         let (_, d) = device(handle)?;
         put_str(name, length, d.name_str())
     }
-    [nvmlDeviceGetUUID] (handle: Device, uuid: *mut c_char, length: c_uint) {
+    nvmlDeviceGetUUID => |handle, uuid, length| {
         let (_, d) = device(handle)?;
         put_str(uuid, length, &d.uuid_string())
     }
-    [nvmlDeviceGetIndex] (handle: Device, index: *mut c_uint) {
+    nvmlDeviceGetIndex => |handle, index| {
         let (i, _) = device(handle)?;
         ffi::write(index, i as c_uint)
     }
-    [nvmlDeviceGetMinorNumber] (handle: Device, minor: *mut c_uint) {
+    nvmlDeviceGetMinorNumber => |handle, minor| {
         write_live(handle, minor, NVML_HAS_MINOR_NUMBER, |s| s.minor_number)
     }
-    [nvmlDeviceGetPciInfo] (handle: Device, pci: *mut PciInfoV1) {
+    nvmlDeviceGetPciInfo => |handle, pci| {
         let (i, d) = device(handle)?;
         if pci.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
+            return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
         }
-        let p = pci_info(i, d);
-        ffi::write(pci, PciInfoV1 {
-            bus_id: p.bus_id_legacy,
-            domain: p.domain,
-            bus: p.bus,
-            device: p.device,
-            pci_device_id: p.pci_device_id,
-            pci_subsystem_id: p.pci_subsystem_id,
-            reserved: [0; 4],
-        })
+        // An old binary's struct: only the first PCI_INFO_V1_LEN bytes are its.
+        let bytes = pci_info_v1(&pci_info(i, d));
+        ffi::buffer(pci as *mut c_char, bytes.len())?.copy_from_slice(&bytes);
+        Ok(())
     }
-    [nvmlDeviceGetPciInfo_v2, nvmlDeviceGetPciInfo_v3] (handle: Device, pci: *mut PciInfo) {
+    nvmlDeviceGetPciInfo_v2, nvmlDeviceGetPciInfo_v3 => |handle, pci| {
         let (i, d) = device(handle)?;
         if pci.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
+            return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
         }
         ffi::write(pci, pci_info(i, d))
     }
-    [nvmlDeviceGetMemoryInfo] (handle: Device, memory: *mut Memory) {
+    nvmlDeviceGetMemoryInfo => |handle, memory| {
         let (i, _) = device(handle)?;
         if memory.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
+            return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
         }
         let s = status(i)?;
-        ffi::write(memory, Memory { total: s.mem_total, free: s.mem_free, used: s.mem_used })
+        ffi::write(memory, nvmlMemory_t { total: s.mem_total, free: s.mem_free, used: s.mem_used })
     }
-    [nvmlDeviceGetMemoryInfo_v2] (handle: Device, memory: *mut MemoryV2) {
+    nvmlDeviceGetMemoryInfo_v2 => |handle, memory| {
         let (i, _) = device(handle)?;
         // The version field is the caller's promise about the struct's layout: check it before writing.
         let version = ffi::read(memory as *const c_uint)?;
         if version != NVML_MEMORY_V2 {
-            return Err(NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+            return Err(nvmlReturn_t::NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
         }
         let s = status(i)?;
-        ffi::write(memory, MemoryV2 {
+        ffi::write(memory, nvmlMemory_v2_t {
             version,
             total: s.mem_total,
             reserved: s.mem_reserved,
@@ -410,157 +467,115 @@ entry! {
             used: s.mem_used,
         })
     }
-    [nvmlDeviceGetUtilizationRates] (handle: Device, utilization: *mut Utilization) {
-        write_live(handle, utilization, NVML_HAS_UTILIZATION, |s| Utilization { gpu: s.util_gpu, memory: s.util_memory })
+    nvmlDeviceGetUtilizationRates => |handle, utilization| {
+        write_live(handle, utilization, NVML_HAS_UTILIZATION, |s| nvmlUtilization_t { gpu: s.util_gpu, memory: s.util_memory })
     }
-    [nvmlDeviceGetTemperature] (handle: Device, sensor: c_uint, temperature: *mut c_uint) {
+    nvmlDeviceGetTemperature => |handle, sensor, temperature| {
         // A bad handle is reported before a bad sensor.
         device(handle)?;
-        // NVML_TEMPERATURE_GPU is the only sensor nvml.h defines.
-        if sensor != 0 {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        if sensor != nvmlTemperatureSensors_t::NVML_TEMPERATURE_GPU {
+            return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
         }
         write_live(handle, temperature, NVML_HAS_TEMPERATURE, |s| s.temperature_c)
     }
-    [nvmlDeviceGetPowerUsage] (handle: Device, power: *mut c_uint) {
+    nvmlDeviceGetPowerUsage => |handle, power| {
         write_live(handle, power, NVML_HAS_POWER, |s| s.power_mw)
     }
-    [nvmlDeviceGetCudaComputeCapability] (handle: Device, major: *mut c_int, minor: *mut c_int) {
+    nvmlDeviceGetCudaComputeCapability => |handle, major, minor| {
         let (_, d) = device(handle)?;
         if major.is_null() || minor.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
+            return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
         }
-        // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR (75) and _MINOR (76), as cuDeviceGetAttribute gives.
-        ffi::write(major, d.attr(75).unwrap_or(0))?;
-        ffi::write(minor, d.attr(76).unwrap_or(0))
+        let (ma, mi) = compute_capability(d);
+        ffi::write(major, ma)?;
+        ffi::write(minor, mi)
     }
-    [nvmlDeviceGetBrand] (handle: Device, brand: *mut c_uint) {
-        write_live(handle, brand, NVML_HAS_BRAND, |s| s.brand)
+    nvmlDeviceGetBrand => |handle, brand| {
+        write_live(handle, brand, NVML_HAS_BRAND, |s| vgpu_cuda_sys::nvml::nvmlBrandType_t(s.brand))
     }
-    [nvmlDeviceGetArchitecture] (handle: Device, arch: *mut c_uint) {
+    nvmlDeviceGetArchitecture => |handle, arch| {
         let (i, d) = device(handle)?;
         if arch.is_null() {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
+            return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
         }
         let from_server = status(i).ok().filter(|s| s.valid & NVML_HAS_ARCHITECTURE != 0).map(|s| s.architecture);
-        let value = from_server.unwrap_or_else(|| architecture_of(d.attr(75).unwrap_or(0), d.attr(76).unwrap_or(0)));
+        let value = from_server.unwrap_or_else(|| {
+            let (major, minor) = compute_capability(d);
+            architecture_of(major, minor)
+        });
         ffi::write(arch, value)
     }
-    [nvmlDeviceGetComputeRunningProcesses] (handle: Device, count: *mut c_uint, infos: *mut ProcessInfoV1) {
+    nvmlDeviceGetComputeRunningProcesses => |handle, count, infos| {
         let (i, _) = device(handle)?;
         ffi::read(count)?;
-        let list: Vec<ProcessInfoV1> = own_process(i)?
-            .map(|p| ProcessInfoV1 { pid: p.pid, used_gpu_memory: p.used_gpu_memory })
+        let list: Vec<nvmlProcessInfo_v1_t> = own_process(i)?
+            .map(|p| nvmlProcessInfo_v1_t { pid: p.pid, usedGpuMemory: p.usedGpuMemory })
             .into_iter()
             .collect();
         put_processes(count, infos, &list)
     }
-    [nvmlDeviceGetComputeRunningProcesses_v2, nvmlDeviceGetComputeRunningProcesses_v3] (handle: Device, count: *mut c_uint, infos: *mut ProcessInfo) {
+    nvmlDeviceGetComputeRunningProcesses_v2, nvmlDeviceGetComputeRunningProcesses_v3 => |handle, count, infos| {
         let (i, _) = device(handle)?;
         ffi::read(count)?;
-        let list: Vec<ProcessInfo> = own_process(i)?.into_iter().collect();
+        let list: Vec<nvmlProcessInfo_t> = own_process(i)?.into_iter().collect();
         put_processes(count, infos, &list)
     }
-    [nvmlDeviceGetGraphicsRunningProcesses, nvmlDeviceGetGraphicsRunningProcesses_v2, nvmlDeviceGetGraphicsRunningProcesses_v3, nvmlDeviceGetMPSComputeRunningProcesses, nvmlDeviceGetMPSComputeRunningProcesses_v2, nvmlDeviceGetMPSComputeRunningProcesses_v3] (handle: Device, count: *mut c_uint, infos: *mut c_void) {
+    nvmlDeviceGetGraphicsRunningProcesses, nvmlDeviceGetGraphicsRunningProcesses_v2,
+    nvmlDeviceGetGraphicsRunningProcesses_v3, nvmlDeviceGetMPSComputeRunningProcesses,
+    nvmlDeviceGetMPSComputeRunningProcesses_v2, nvmlDeviceGetMPSComputeRunningProcesses_v3 => |handle, count, infos| {
         no_processes(handle, count)
     }
-    [nvmlDeviceGetP2PStatus] (device1: Device, device2: Device, index: c_uint, status: *mut c_uint) {
+    nvmlDeviceGetP2PStatus => |device1, device2, index, status| {
         // A GPU reaches itself; two GPUs never reach each other through vGPU (peer access is not remoted).
         let (a, _) = device(device1)?;
         let (b, _) = device(device2)?;
         let value = if a == b { NVML_P2P_STATUS_OK } else { NVML_P2P_STATUS_NOT_SUPPORTED };
-        if index > NVML_P2P_CAPS_INDEX_LAST {
-            return Err(NVML_ERROR_INVALID_ARGUMENT);
+        if index.0 > NVML_P2P_CAPS_INDEX_LAST.0 {
+            return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
         }
         ffi::write(status, value)
     }
-    [nvmlDeviceGetNvLinkRemoteDeviceType, nvmlDeviceGetNvLinkState, nvmlDeviceGetNvLinkRemotePciInfo, nvmlDeviceGetNvLinkRemotePciInfo_v2] (handle: Device, link: c_uint, out: *mut c_void) {
+    nvmlDeviceGetNvLinkRemoteDeviceType, nvmlDeviceGetNvLinkState, nvmlDeviceGetNvLinkRemotePciInfo,
+    nvmlDeviceGetNvLinkRemotePciInfo_v2 => |handle, link, out| {
         // No NVLink is remoted: what the driver says of a GPU without NVLink.
         device(handle)?;
-        Err(NVML_ERROR_NOT_SUPPORTED)
+        Err(nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED)
     }
-}
-
-fn driver_version() -> Result<String, u32> {
-    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    if let Some(v) = VERSION.get() {
-        link::ready()?;
-        return Ok(v.clone());
-    }
-    let v = link::ready()?.driver_version().map_err(|e| match e {
-        801 => NVML_ERROR_NOT_SUPPORTED,
-        _ => NVML_ERROR_UNKNOWN,
-    })?;
-    Ok(VERSION.get_or_init(|| v).clone())
-}
-
-/// `nvmlErrorString`: NVML's own texts.
-#[no_mangle]
-pub extern "C" fn nvmlErrorString(result: u32) -> *const c_char {
-    let text: &'static std::ffi::CStr = match result {
-        0 => c"Success",
-        1 => c"Uninitialized",
-        2 => c"Invalid Argument",
-        3 => c"Not Supported",
-        4 => c"Insufficient Permissions",
-        5 => c"Already Initialized",
-        6 => c"Not Found",
-        7 => c"Insufficient Size",
-        8 => c"Insufficient External Power",
-        9 => c"Driver Not Loaded",
-        10 => c"Timeout",
-        11 => c"Interrupt Request Issue",
-        12 => c"NVML Shared Library Not Found",
-        13 => c"Function Not Found",
-        14 => c"Corrupted infoROM",
-        15 => c"GPU is lost",
-        16 => c"GPU requires restart",
-        17 => c"The operating system has blocked the request.",
-        18 => c"RM has detected an NVML/RM version mismatch.",
-        19 => c"In use by another client",
-        20 => c"Insufficient Memory",
-        21 => c"No data",
-        22 => c"The requested vgpu operation is not available on target device, becasue ECC is enabled",
-        23 => c"Insufficient resources for request",
-        24 => c"Frequency not supported",
-        25 => c"Argument version mismatch",
-        26 => c"Deprecated",
-        27 => c"Not Ready",
-        28 => c"GPU not found",
-        29 => c"Invalid state",
-        30 => c"Reset type not supported",
-        _ => c"Unknown Error",
-    };
-    text.as_ptr()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exports::{nvmlDeviceGetCount_v2, nvmlDeviceGetHandleByIndex_v2, nvmlErrorString, nvmlShutdown};
 
     #[test]
-    fn struct_layouts_match_nvml_h() {
-        // Sizes and offsets from nvml.h (NVML API 13) on 64-bit Linux.
-        assert_eq!(std::mem::size_of::<PciInfo>(), 68);
-        assert_eq!(std::mem::offset_of!(PciInfo, domain), 16);
-        assert_eq!(std::mem::offset_of!(PciInfo, bus_id), 36);
-        assert_eq!(std::mem::size_of::<PciInfoV1>(), 52);
-        assert_eq!(std::mem::size_of::<Memory>(), 24);
-        assert_eq!(std::mem::size_of::<MemoryV2>(), 40);
-        assert_eq!(std::mem::offset_of!(MemoryV2, total), 8);
+    fn the_legacy_pci_struct_is_the_current_ones_prefix() {
+        // nvml.h (NVML API 13) on 64-bit Linux: the current struct is 68 bytes; the first one was 52.
+        assert_eq!(std::mem::size_of::<nvmlPciInfo_t>(), 68);
+        assert_eq!(PCI_INFO_V1_LEN, 52);
         assert_eq!(NVML_MEMORY_V2, 0x0200_0028);
-        assert_eq!(std::mem::size_of::<Utilization>(), 8);
-        assert_eq!(std::mem::size_of::<ProcessInfoV1>(), 16);
-        assert_eq!(std::mem::size_of::<ProcessInfo>(), 24);
-        assert_eq!(std::mem::offset_of!(ProcessInfo, gpu_instance_id), 16);
+        let p = nvmlPciInfo_t {
+            busIdLegacy: fixed("0000:1B:03.0"),
+            domain: 0,
+            bus: 0x1b,
+            device: 3,
+            pciDeviceId: 0x2330_10de,
+            pciSubSystemId: 7,
+            busId: fixed("00000000:1B:03.0"),
+        };
+        let v1 = pci_info_v1(&p);
+        assert_eq!(&v1[..12], b"0000:1B:03.0");
+        assert_eq!(v1[20..24], 0x1bu32.to_ne_bytes());
+        assert_eq!(v1[28..32], 0x2330_10deu32.to_ne_bytes());
+        assert!(v1[36..].iter().all(|&b| b == 0), "reserved words are zero");
     }
 
     #[test]
     fn pci_bus_ids_format_and_parse() {
         let mut d = DeviceFacts::default();
-        d.set_attr(50, 0);
-        d.set_attr(33, 0x1b);
-        d.set_attr(34, 3);
+        d.set_attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID.0 as usize, 0);
+        d.set_attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID.0 as usize, 0x1b);
+        d.set_attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID.0 as usize, 3);
         assert_eq!(pci_bus_id(&d), "00000000:1B:03.0");
         assert_eq!(pci_bus_id_legacy(&d), "0000:1B:03.0");
         assert_eq!(parse_pci_bus_id("00000000:1B:03.0"), Some((0, 0x1b, 3)));
@@ -582,9 +597,27 @@ mod tests {
     #[test]
     fn calls_before_init_are_uninitialized() {
         let mut n: c_uint = 7;
-        assert_eq!(nvmlDeviceGetCount_v2(&mut n), NVML_ERROR_UNINITIALIZED);
-        assert_eq!(nvmlShutdown(), NVML_ERROR_UNINITIALIZED);
-        let mut h: Device = std::ptr::null_mut();
-        assert_eq!(nvmlDeviceGetHandleByIndex_v2(0, &mut h), NVML_ERROR_UNINITIALIZED);
+        let mut h: nvmlDevice_t = std::ptr::null_mut();
+        // SAFETY: valid out-parameters.
+        unsafe {
+            assert_eq!(nvmlDeviceGetCount_v2(&mut n), nvmlReturn_t::NVML_ERROR_UNINITIALIZED);
+            assert_eq!(nvmlShutdown(), nvmlReturn_t::NVML_ERROR_UNINITIALIZED);
+            assert_eq!(
+                nvmlDeviceGetHandleByIndex_v2(0, &mut h),
+                nvmlReturn_t::NVML_ERROR_UNINITIALIZED
+            );
+        }
+    }
+
+    #[test]
+    fn error_strings_are_nvmls() {
+        // SAFETY: nvmlErrorString takes any code and returns a static string.
+        let text = |r| {
+            unsafe { std::ffi::CStr::from_ptr(nvmlErrorString(r)) }
+                .to_str()
+                .unwrap_or("")
+        };
+        assert_eq!(text(nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED), "Not Supported");
+        assert_eq!(text(nvmlReturn_t(12345)), "Unknown Error");
     }
 }

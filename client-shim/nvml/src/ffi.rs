@@ -3,13 +3,15 @@
 
 use std::ffi::{c_char, c_void, CStr, CString};
 
+use vgpu_cuda_sys::nvml::nvmlReturn_t;
+use vgpu_cuda_sys::{CUresult, CuResult, NvmlResult};
 use vgpu_dataplane::handshake::DeviceFacts;
 use vgpu_dataplane::wire::NvmlStatusReply;
 
-use crate::api::NVML_ERROR_INVALID_ARGUMENT;
+const NVML_ERROR_INVALID_ARGUMENT: nvmlReturn_t = nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT;
 
 /// Writes `value` through an out-parameter; NULL is `NVML_ERROR_INVALID_ARGUMENT`, as in NVML.
-pub(crate) fn write<T>(ptr: *mut T, value: T) -> Result<(), u32> {
+pub(crate) fn write<T>(ptr: *mut T, value: T) -> NvmlResult<()> {
     if ptr.is_null() {
         return Err(NVML_ERROR_INVALID_ARGUMENT);
     }
@@ -19,7 +21,7 @@ pub(crate) fn write<T>(ptr: *mut T, value: T) -> Result<(), u32> {
 }
 
 /// Reads a value the caller points to (the version field of a versioned struct, an array's length).
-pub(crate) fn read<T: Copy>(ptr: *const T) -> Result<T, u32> {
+pub(crate) fn read<T: Copy>(ptr: *const T) -> NvmlResult<T> {
     if ptr.is_null() {
         return Err(NVML_ERROR_INVALID_ARGUMENT);
     }
@@ -28,7 +30,7 @@ pub(crate) fn read<T: Copy>(ptr: *const T) -> Result<T, u32> {
 }
 
 /// Writes `items` into the caller's array of at least `items.len()` elements.
-pub(crate) fn write_array<T: Copy>(ptr: *mut T, items: &[T]) -> Result<(), u32> {
+pub(crate) fn write_array<T: Copy>(ptr: *mut T, items: &[T]) -> NvmlResult<()> {
     if items.is_empty() {
         return Ok(());
     }
@@ -44,7 +46,7 @@ pub(crate) fn write_array<T: Copy>(ptr: *mut T, items: &[T]) -> Result<(), u32> 
 }
 
 /// Borrows the caller's `len`-byte string buffer.
-pub(crate) fn buffer<'a>(ptr: *mut c_char, len: usize) -> Result<&'a mut [u8], u32> {
+pub(crate) fn buffer<'a>(ptr: *mut c_char, len: usize) -> NvmlResult<&'a mut [u8]> {
     if ptr.is_null() {
         return Err(NVML_ERROR_INVALID_ARGUMENT);
     }
@@ -53,7 +55,7 @@ pub(crate) fn buffer<'a>(ptr: *mut c_char, len: usize) -> Result<&'a mut [u8], u
 }
 
 /// A NUL-terminated string argument (a UUID, a PCI bus id).
-pub(crate) fn cstr<'a>(ptr: *const c_char) -> Result<&'a CStr, u32> {
+pub(crate) fn cstr<'a>(ptr: *const c_char) -> NvmlResult<&'a CStr> {
     if ptr.is_null() {
         return Err(NVML_ERROR_INVALID_ARGUMENT);
     }
@@ -61,16 +63,23 @@ pub(crate) fn cstr<'a>(ptr: *const c_char) -> Result<&'a CStr, u32> {
     Ok(unsafe { CStr::from_ptr(ptr) })
 }
 
+// own ABI: the `vgpu_nvml_*` bridge exports of vGPU's libcuda.so.1, declared by no header.
 type GetU32 = extern "C" fn() -> u32;
+// own ABI: bridge export.
 type GetI32 = extern "C" fn() -> i32;
-type FactsFn = extern "C" fn(u32, *mut DeviceFacts, usize) -> u32;
-type StatusFn = extern "C" fn(u32, *mut NvmlStatusReply, usize) -> u32;
-type TextFn = extern "C" fn(*mut c_char, usize) -> u32;
+// own ABI: bridge export.
+type InitFn = extern "C" fn() -> CUresult;
+// own ABI: bridge export.
+type FactsFn = extern "C" fn(u32, *mut DeviceFacts, usize) -> CUresult;
+// own ABI: bridge export.
+type StatusFn = extern "C" fn(u32, *mut NvmlStatusReply, usize) -> CUresult;
+// own ABI: bridge export.
+type TextFn = extern "C" fn(*mut c_char, usize) -> CUresult;
 
 /// The bridge functions of vGPU's `libcuda.so.1` (`client-shim/src/nvml_bridge.rs`).
 pub(crate) struct Bridge {
     version: GetU32,
-    init: GetU32,
+    init: InitFn,
     device_count: GetI32,
     cuda_driver_version: GetI32,
     device_facts: FactsFn,
@@ -115,7 +124,7 @@ impl Bridge {
         }
         let bridge = Bridge {
             version: find!("vgpu_nvml_bridge_version": GetU32),
-            init: find!("vgpu_nvml_init": GetU32),
+            init: find!("vgpu_nvml_init": InitFn),
             device_count: find!("vgpu_nvml_device_count": GetI32),
             cuda_driver_version: find!("vgpu_nvml_cuda_driver_version": GetI32),
             device_facts: find!("vgpu_nvml_device_facts": FactsFn),
@@ -130,8 +139,8 @@ impl Bridge {
         }
     }
 
-    /// Opens (or joins) the session; a CUresult.
-    pub(crate) fn init(&self) -> u32 {
+    /// Opens (or joins) the session; `cuInit`'s result.
+    pub(crate) fn init(&self) -> CUresult {
         (self.init)()
     }
 
@@ -143,31 +152,23 @@ impl Bridge {
         Some((self.cuda_driver_version)()).filter(|&v| v >= 0)
     }
 
-    pub(crate) fn device_facts(&self, index: u32) -> Result<DeviceFacts, u32> {
+    pub(crate) fn device_facts(&self, index: u32) -> CuResult<DeviceFacts> {
         let mut facts = DeviceFacts::default();
-        match (self.device_facts)(index, &mut facts, std::mem::size_of::<DeviceFacts>()) {
-            0 => Ok(facts),
-            e => Err(e),
-        }
+        (self.device_facts)(index, &mut facts, std::mem::size_of::<DeviceFacts>()).result()?;
+        Ok(facts)
     }
 
-    pub(crate) fn device_status(&self, index: u32) -> Result<NvmlStatusReply, u32> {
+    pub(crate) fn device_status(&self, index: u32) -> CuResult<NvmlStatusReply> {
         let mut status = NvmlStatusReply::default();
-        match (self.device_status)(index, &mut status, std::mem::size_of::<NvmlStatusReply>()) {
-            0 => Ok(status),
-            e => Err(e),
-        }
+        (self.device_status)(index, &mut status, std::mem::size_of::<NvmlStatusReply>()).result()?;
+        Ok(status)
     }
 
-    pub(crate) fn driver_version(&self) -> Result<String, u32> {
+    pub(crate) fn driver_version(&self) -> CuResult<String> {
         let mut buf = [0u8; 80];
-        match (self.driver_version)(buf.as_mut_ptr() as *mut c_char, buf.len()) {
-            0 => {
-                let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-                Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
-            }
-            e => Err(e),
-        }
+        (self.driver_version)(buf.as_mut_ptr() as *mut c_char, buf.len()).result()?;
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
     }
 }
 

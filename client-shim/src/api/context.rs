@@ -1,19 +1,20 @@
 //! Contexts: primary-context reference counts, creation and destruction (one round trip each), and the
 //! per-thread current-context stack, which lives in the client and is mirrored to the thread's server thread.
 
-use std::ffi::{c_int, c_uint, c_void};
+use std::ffi::{c_int, c_uint};
 
+use vgpu_cuda_sys::driver::{CUcontext, CUctx_flags, CUdevice, CUfunc_cache, CUsharedconfig};
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
-use super::Handle;
-use crate::state::{self, ContextInfo};
+use super::ClientHandle;
+use crate::state::{self, ContextInfo, NO_CONTEXT};
 use crate::{client, ffi};
 
 /// `CU_CTX_MAP_HOST`.
-const CU_CTX_MAP_HOST: c_uint = 0x8;
+const CU_CTX_MAP_HOST: c_uint = CUctx_flags::CU_CTX_MAP_HOST.0;
 
-fn check_device(dev: c_int) -> Result<(), u32> {
+fn check_device(dev: CUdevice) -> CuResult<()> {
     let s = client::session()?;
     if dev < 0 || dev as usize >= s.devices.len() {
         return Err(CUDA_ERROR_INVALID_DEVICE);
@@ -21,11 +22,15 @@ fn check_device(dev: c_int) -> Result<(), u32> {
     Ok(())
 }
 
-fn ctx_id(ctx: Handle) -> u64 {
-    ctx as u64
+fn ctx_id(ctx: CUcontext) -> ContextId {
+    ctx.id()
 }
 
-fn known_ctx(ctx: u64) -> Result<ContextInfo, u32> {
+fn ctx_handle(ctx: ContextId) -> CUcontext {
+    CUcontext::of(ctx)
+}
+
+fn known_ctx(ctx: ContextId) -> CuResult<ContextInfo> {
     state::read()
         .contexts
         .get(&ctx)
@@ -36,7 +41,7 @@ fn known_ctx(ctx: u64) -> Result<ContextInfo, u32> {
 /// Makes `ctx` current on this thread and on its server thread. A primary context nobody has retained yet
 /// (the runtime gets it through its private table and makes it current before retaining it) does not exist
 /// on the server until the retain, which mirrors it then.
-fn mirror_current(ctx: u64) -> Result<(), u32> {
+fn mirror_current(ctx: ContextId) -> CuResult<()> {
     let unretained = {
         let reg = state::read();
         match reg.contexts.get(&ctx) {
@@ -48,7 +53,7 @@ fn mirror_current(ctx: u64) -> Result<(), u32> {
         return Ok(());
     }
     client::post(0, &CtxSetCurrent { ctx }, &[])?;
-    if ctx != 0 {
+    if ctx != NO_CONTEXT {
         // `__managed__` variables the runtime looked up before this context existed get their values now.
         // Not an error of this call if it cannot: the next launch tries again.
         let _ = crate::mirror::fetch_deferred();
@@ -56,12 +61,12 @@ fn mirror_current(ctx: u64) -> Result<(), u32> {
     Ok(())
 }
 
-fn create(out: *mut Handle, flags: c_uint, dev: c_int) -> Result<(), u32> {
+fn create(out: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CuResult<()> {
     check_device(dev)?;
     if out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let ctx = state::new_id();
+    let ctx = ContextId(state::new_id());
     client::call(
         0,
         &CtxCreate {
@@ -83,10 +88,10 @@ fn create(out: *mut Handle, flags: c_uint, dev: c_int) -> Result<(), u32> {
         reg.ctx_flags.insert(ctx, flags);
     }
     state::push_ctx(ctx);
-    ffi::write(out, ctx as Handle)
+    ffi::write(out, ctx_handle(ctx))
 }
 
-fn destroy(ctx: Handle) -> Result<(), u32> {
+fn destroy(ctx: CUcontext) -> CuResult<()> {
     client::session()?;
     if ctx.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -107,7 +112,7 @@ fn destroy(ctx: Handle) -> Result<(), u32> {
     Ok(())
 }
 
-fn release_primary(dev: c_int) -> Result<(), u32> {
+fn release_primary(dev: CUdevice) -> CuResult<()> {
     check_device(dev)?;
     let last = {
         let mut reg = state::write();
@@ -131,14 +136,14 @@ fn release_primary(dev: c_int) -> Result<(), u32> {
     Ok(())
 }
 
-fn synchronize() -> Result<(), u32> {
+fn synchronize() -> CuResult<()> {
     super::need_ctx()?;
     client::call(0, &CtxSynchronize {}, &[])?;
     crate::mirror::after_sync()
 }
 
 entry! {
-    [cuDevicePrimaryCtxRetain] [] (out: *mut Handle, dev: c_int) |f| {
+    cuDevicePrimaryCtxRetain => |f, out, dev| {
         check_device(dev)?;
         if out.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -163,12 +168,12 @@ entry! {
             // Made current before it was retained: the server learns of it only now.
             mirror_current(ctx)?;
         }
-        ffi::write(out, ctx as Handle)
+        ffi::write(out, ctx_handle(ctx))
     }
-    [cuDevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2] [] (dev: c_int) |f| {
+    cuDevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2 => |f, dev| {
         release_primary(dev)
     }
-    [cuDevicePrimaryCtxReset, cuDevicePrimaryCtxReset_v2] [] (dev: c_int) |f| {
+    cuDevicePrimaryCtxReset, cuDevicePrimaryCtxReset_v2 => |f, dev| {
         check_device(dev)?;
         // The runtime's context-local storage destructors are due when the primary context goes away.
         crate::dark::context_reset(state::primary_ctx_id(dev));
@@ -182,7 +187,7 @@ entry! {
         state::write().primary_reset.insert(dev);
         Ok(())
     }
-    [cuDevicePrimaryCtxGetState] [] (dev: c_int, flags: *mut c_uint, active: *mut c_int) |f| {
+    cuDevicePrimaryCtxGetState => |f, dev, flags, active| {
         check_device(dev)?;
         let (refs, pflags) = {
             let reg = state::read();
@@ -191,7 +196,7 @@ entry! {
         ffi::write(flags, pflags)?;
         ffi::write(active, (refs > 0) as c_int)
     }
-    [cuDevicePrimaryCtxSetFlags, cuDevicePrimaryCtxSetFlags_v2] [] (dev: c_int, flags: c_uint) |f| {
+    cuDevicePrimaryCtxSetFlags, cuDevicePrimaryCtxSetFlags_v2 => |f, dev, flags| {
         check_device(dev)?;
         // Scheduling (0x7), MAP_HOST (0x8), LMEM_RESIZE_TO_MAX (0x10), COREDUMP (0x20), USER_COREDUMP (0x40),
         // SYNC_MEMOPS (0x80). They shape how the server's driver waits, which the client does not see;
@@ -202,7 +207,7 @@ entry! {
         state::write().primary_flags.insert(dev, flags);
         Ok(())
     }
-    [cuCtxGetFlags] [] (flags: *mut c_uint) |f| {
+    cuCtxGetFlags => |f, flags| {
         let ctx = super::need_ctx()?;
         let reg = state::read();
         let v = match reg.contexts.get(&ctx) {
@@ -213,7 +218,7 @@ entry! {
         // driver reports it so (cudaGetDeviceFlags includes cudaDeviceMapHost natively).
         ffi::write(flags, v | CU_CTX_MAP_HOST)
     }
-    [cuCtxSetFlags] [] (flags: c_uint) |f| {
+    cuCtxSetFlags => |f, flags| {
         let ctx = super::need_ctx()?;
         if flags & !0xff != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -225,91 +230,91 @@ entry! {
         };
         Ok(())
     }
-    [cuCtxGetApiVersion] [] (ctx: Handle, version: *mut c_uint) |f| {
+    cuCtxGetApiVersion => |f, ctx, version| {
         let id = if ctx.is_null() { super::need_ctx()? } else { ctx_id(ctx) };
         known_ctx(id)?;
         // Every context made through the v2 API (all of them since CUDA 3.2) reports 3020.
         ffi::write(version, 3020)
     }
-    [cuCtxGetId] [] (ctx: Handle, id: *mut u64) |f| {
+    cuCtxGetId => |f, ctx, id| {
         let c = if ctx.is_null() { super::need_ctx()? } else { ctx_id(ctx) };
         known_ctx(c)?;
-        ffi::write(id, c)
+        ffi::write(id, c.get())
     }
-    [cuCtxGetLimit] [] (value: *mut usize, limit: c_uint) |f| {
+    cuCtxGetLimit => |f, value, limit| {
         super::need_ctx()?;
         if value.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         // The server's driver knows its defaults and what the app set: both shape what kernels can do there.
-        let r = client::call(0, &CtxGetLimit { limit, _pad: 0 }, &[])?;
+        let r = client::call(0, &CtxGetLimit { limit: limit.0, _pad: 0 }, &[])?;
         ffi::write(value, r.value as usize)
     }
-    [cuCtxSetLimit] [] (limit: c_uint, value: usize) |f| {
+    cuCtxSetLimit => |f, limit, value| {
         super::need_ctx()?;
-        client::call(0, &CtxSetLimit { value: value as u64, limit, _pad: 0 }, &[]).map(|_| ())
+        client::call(0, &CtxSetLimit { value: value as u64, limit: limit.0, _pad: 0 }, &[]).map(|_| ())
     }
-    [cuCtxGetStreamPriorityRange] [] (least: *mut c_int, greatest: *mut c_int) |f| {
+    cuCtxGetStreamPriorityRange => |f, least, greatest| {
         super::need_ctx()?;
         // Every GPU since Volta: priorities 0 (lowest) to -5 (highest). NULL outputs are allowed.
         if !least.is_null() {
-            ffi::write(least, super::exec::STREAM_PRIORITY_LEAST)?;
+            ffi::write(least, super::stream::STREAM_PRIORITY_LEAST)?;
         }
         if !greatest.is_null() {
-            ffi::write(greatest, super::exec::STREAM_PRIORITY_GREATEST)?;
+            ffi::write(greatest, super::stream::STREAM_PRIORITY_GREATEST)?;
         }
         Ok(())
     }
-    [cuCtxGetCacheConfig] [] (config: *mut c_uint) |f| {
+    cuCtxGetCacheConfig => |f, config| {
         let ctx = super::need_ctx()?;
         let v = state::read().cache_config.get(&ctx).copied().unwrap_or(0);
-        ffi::write(config, v)
+        ffi::write(config, CUfunc_cache(v))
     }
-    [cuCtxSetCacheConfig] [] (config: c_uint) |f| {
+    cuCtxSetCacheConfig => |f, config| {
         let ctx = super::need_ctx()?;
-        if config > 3 {
+        if config.0 > CUfunc_cache::CU_FUNC_CACHE_PREFER_EQUAL.0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         // A preference only: the hardware since Volta sizes L1/shared memory per launch.
-        state::write().cache_config.insert(ctx, config);
+        state::write().cache_config.insert(ctx, config.0);
         Ok(())
     }
-    [cuCtxGetSharedMemConfig] [] (config: *mut c_uint) |f| {
+    cuCtxGetSharedMemConfig => |f, config| {
         super::need_ctx()?;
-        // CU_SHARED_MEM_CONFIG_FOUR_BYTE_BANK_SIZE: the only bank size since Maxwell.
-        ffi::write(config, 1)
+        // The only bank size since Maxwell.
+        ffi::write(config, CUsharedconfig::CU_SHARED_MEM_CONFIG_FOUR_BYTE_BANK_SIZE)
     }
-    [cuCtxSetSharedMemConfig] [] (config: c_uint) |f| {
+    cuCtxSetSharedMemConfig => |f, config| {
         super::need_ctx()?;
-        if config > 2 {
+        if config.0 > CUsharedconfig::CU_SHARED_MEM_CONFIG_EIGHT_BYTE_BANK_SIZE.0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         Ok(())
     }
-    [cuCtxResetPersistingL2Cache] [] () |f| {
+    cuCtxResetPersistingL2Cache => |f| {
         super::need_ctx()?;
         Ok(())
     }
-    [cuCtxCreate, cuCtxCreate_v2] [] (out: *mut Handle, flags: c_uint, dev: c_int) |f| {
+    cuCtxCreate, cuCtxCreate_v2 => |f, out, flags, dev| {
         create(out, flags, dev)
     }
-    [cuCtxCreate_v4] [] (out: *mut Handle, params: *mut c_void, flags: c_uint, dev: c_int) |f| {
+    cuCtxCreate_v4 => |f, out, params, flags, dev| {
         if !params.is_null() {
             // Execution-affinity and CIG parameters are not remoted yet.
             return Err(CUDA_ERROR_NOT_SUPPORTED);
         }
         create(out, flags, dev)
     }
-    [cuCtxDestroy, cuCtxDestroy_v2] [] (ctx: Handle) |f| {
+    cuCtxDestroy, cuCtxDestroy_v2 => |f, ctx| {
         destroy(ctx)
     }
-    [cuCtxGetCurrent] [] (out: *mut Handle) |f| {
+    cuCtxGetCurrent => |f, out| {
         client::session()?;
-        ffi::write(out, state::current_ctx() as Handle)
+        ffi::write(out, ctx_handle(state::current_ctx()))
     }
-    [cuCtxSetCurrent] [] (ctx: Handle) |f| {
+    cuCtxSetCurrent => |f, ctx| {
         let id = ctx_id(ctx);
-        if id != 0 {
+        if id != NO_CONTEXT {
             known_ctx(id)?;
         } else {
             client::session()?;
@@ -320,34 +325,34 @@ entry! {
         }
         Ok(())
     }
-    [cuCtxPushCurrent, cuCtxPushCurrent_v2] [] (ctx: Handle) |f| {
+    cuCtxPushCurrent, cuCtxPushCurrent_v2 => |f, ctx| {
         let id = ctx_id(ctx);
         known_ctx(id)?;
         mirror_current(id)?;
         state::push_ctx(id);
         Ok(())
     }
-    [cuCtxPopCurrent, cuCtxPopCurrent_v2] [] (out: *mut Handle) |f| {
+    cuCtxPopCurrent, cuCtxPopCurrent_v2 => |f, out| {
         client::session()?;
         let (popped, now) = state::pop_ctx().ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
         mirror_current(now)?;
         if !out.is_null() {
-            ffi::write(out, popped as Handle)?;
+            ffi::write(out, ctx_handle(popped))?;
         }
         Ok(())
     }
-    [cuCtxGetDevice] [] (dev: *mut c_int) |f| {
+    cuCtxGetDevice => |f, dev| {
         let ctx = super::need_ctx()?;
         ffi::write(dev, known_ctx(ctx)?.device)
     }
-    [cuCtxGetDevice_v2] [] (dev: *mut c_int, ctx: Handle) |f| {
+    cuCtxGetDevice_v2 => |f, dev, ctx| {
         let id = if ctx.is_null() { super::need_ctx()? } else { ctx_id(ctx) };
         ffi::write(dev, known_ctx(id)?.device)
     }
-    [cuCtxSynchronize] [] () |f| {
+    cuCtxSynchronize => |f| {
         synchronize()
     }
-    [cuCtxSynchronize_v2] [] (ctx: Handle) |f| {
+    cuCtxSynchronize_v2 => |f, ctx| {
         if !ctx.is_null() && ctx_id(ctx) != state::current_ctx() {
             // Synchronizing another context than the current one needs a context switch on the server.
             return Err(CUDA_ERROR_NOT_SUPPORTED);

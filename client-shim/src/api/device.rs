@@ -2,9 +2,10 @@
 //! once at session start (no round trip).
 
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_uint, CString};
+use std::ffi::{c_char, c_int, CString};
 use std::sync::LazyLock;
 
+use vgpu_cuda_sys::driver::{CUdevice, CUdevice_attribute, CUuuid};
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::handshake::DeviceFacts;
 
@@ -21,12 +22,27 @@ pub(crate) fn reported_driver_version() -> i32 {
         .unwrap_or(API_VERSION)
 }
 
-fn device(dev: c_int) -> Result<&'static DeviceFacts, u32> {
+pub(crate) fn device(dev: CUdevice) -> CuResult<&'static DeviceFacts> {
     let s = client::session()?;
     usize::try_from(dev)
         .ok()
         .and_then(|d| s.devices.get(d))
         .ok_or(CUDA_ERROR_INVALID_DEVICE)
+}
+
+/// A device attribute as the server reported it (`None`: not reported).
+pub(crate) fn attribute(d: &DeviceFacts, attrib: CUdevice_attribute) -> Option<c_int> {
+    d.attr(attrib.0 as usize)
+}
+
+/// The device's PCI (domain, bus, device), as `cuDeviceGetAttribute` reports them.
+pub(crate) fn pci_location(d: &DeviceFacts) -> (c_int, c_int, c_int) {
+    let a = |attrib| attribute(d, attrib).unwrap_or(0);
+    (
+        a(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID),
+        a(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_BUS_ID),
+        a(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID),
+    )
 }
 
 /// Parses `[domain]:[bus]:[device].[function]` (hex; the domain may be left out, as `cuDeviceGetByPCIBusId`
@@ -43,37 +59,38 @@ fn parse_pci_bus_id(text: &str) -> Option<(u32, u32, u32)> {
     Some((domain, bus, dev))
 }
 
+/// Every defined CUresult's name and description as C strings (`cuGetErrorName`/`cuGetErrorString` hand out
+/// pointers that must stay valid for the process).
 static ERROR_TEXT: LazyLock<HashMap<u32, (CString, CString)>> = LazyLock::new(|| {
-    CU_RESULT_NAMES
-        .iter()
-        .filter_map(|&(code, name)| {
-            let text = error_string(code)?;
-            Some((code, (CString::new(name).ok()?, CString::new(text).ok()?)))
+    (0..=u16::MAX as u32)
+        .filter_map(|code| {
+            let c = CUresult::from_code(code);
+            Some((
+                code,
+                (CString::new(c.name()?).ok()?, CString::new(c.description()?).ok()?),
+            ))
         })
         .collect()
 });
 
 entry! {
-    [cuInit] [] (flags: c_uint) |f| {
+    cuInit => |f, flags| {
         if flags != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        match client::init() {
-            0 => Ok(()),
-            e => Err(e),
-        }
+        client::init().result()
     }
-    [cuDriverGetVersion] [] (version: *mut c_int) |f| {
+    cuDriverGetVersion => |f, version| {
         ffi::write(version, reported_driver_version())
     }
-    [cuDeviceGetCount] [] (count: *mut c_int) |f| {
+    cuDeviceGetCount => |f, count| {
         ffi::write(count, client::session()?.devices.len() as c_int)
     }
-    [cuDeviceGet] [] (out: *mut c_int, ordinal: c_int) |f| {
+    cuDeviceGet => |f, out, ordinal| {
         device(ordinal)?;
         ffi::write(out, ordinal)
     }
-    [cuDeviceGetName] [] (name: *mut c_char, len: c_int, dev: c_int) |f| {
+    cuDeviceGetName => |f, name, len, dev| {
         let d = device(dev)?;
         let len = usize::try_from(len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
         let out = ffi::bytes_mut(name as *mut u8, len)?;
@@ -86,35 +103,30 @@ entry! {
         out[n] = 0;
         Ok(())
     }
-    [cuDeviceTotalMem_v2] [] (bytes: *mut usize, dev: c_int) |f| {
+    cuDeviceTotalMem_v2 => |f, bytes, dev| {
         ffi::write(bytes, device(dev)?.total_mem as usize)
     }
-    [cuDeviceGetAttribute] [] (value: *mut c_int, attrib: c_int, dev: c_int) |f| {
+    cuDeviceGetAttribute => |f, value, attrib, dev| {
         let d = device(dev)?;
-        let v = usize::try_from(attrib).ok().and_then(|a| d.attr(a));
-        let v = v.ok_or_else(|| {
-            crate::log::log!(crate::log::DEBUG, "cuDeviceGetAttribute({attrib}): not reported by the server");
+        let v = attribute(d, attrib).ok_or_else(|| {
+            crate::log::log!(crate::log::DEBUG, "cuDeviceGetAttribute({}): not reported by the server", attrib.0);
             CUDA_ERROR_INVALID_VALUE
         })?;
         ffi::write(value, v)
     }
-    [cuDeviceGetUuid, cuDeviceGetUuid_v2] [] (uuid: *mut [u8; 16], dev: c_int) |f| {
-        ffi::write(uuid, device(dev)?.uuid)
+    cuDeviceGetUuid, cuDeviceGetUuid_v2 => |f, uuid, dev| {
+        ffi::write(uuid, CUuuid { bytes: device(dev)?.uuid.map(|b| b as c_char) })
     }
-    [cuDeviceComputeCapability] [] (major: *mut c_int, minor: *mut c_int, dev: c_int) |f| {
+    cuDeviceComputeCapability => |f, major, minor, dev| {
         let d = device(dev)?;
-        ffi::write(major, d.attr(75).unwrap_or(0))?;
-        ffi::write(minor, d.attr(76).unwrap_or(0))
+        ffi::write(major, attribute(d, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).unwrap_or(0))?;
+        ffi::write(minor, attribute(d, CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).unwrap_or(0))
     }
-    [cuDeviceGetPCIBusId] [] (out: *mut c_char, len: c_int, dev: c_int) |f| {
+    cuDeviceGetPCIBusId => |f, out, len, dev| {
         let d = device(dev)?;
         // The driver's form: a 4-digit domain, lower-case hex ("0000:1b:00.0"; nvidia-smi prints 8 digits).
-        let text = format!(
-            "{:04x}:{:02x}:{:02x}.0",
-            d.attr(50).unwrap_or(0),
-            d.attr(33).unwrap_or(0),
-            d.attr(34).unwrap_or(0)
-        );
+        let (domain, bus, device) = pci_location(d);
+        let text = format!("{domain:04x}:{bus:02x}:{device:02x}.0");
         let len = usize::try_from(len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
         let buf = ffi::bytes_mut(out as *mut u8, len)?;
         if buf.is_empty() {
@@ -125,17 +137,18 @@ entry! {
         buf[n] = 0;
         Ok(())
     }
-    [cuDeviceGetByPCIBusId] [] (out: *mut c_int, bus_id: *const c_char) |f| {
+    cuDeviceGetByPCIBusId => |f, out, bus_id| {
         let s = client::session()?;
         let text = ffi::cstr(bus_id)?.to_str().map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
         let (domain, bus, dev) = parse_pci_bus_id(text).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let found = s.devices.iter().position(|d| {
-            d.attr(50).unwrap_or(0) as u32 == domain && d.attr(33).unwrap_or(0) as u32 == bus && d.attr(34).unwrap_or(0) as u32 == dev
+            let (dd, db, dv) = pci_location(d);
+            (dd as u32, db as u32, dv as u32) == (domain, bus, dev)
         });
         ffi::write(out, found.ok_or(CUDA_ERROR_INVALID_DEVICE)? as c_int)
     }
-    [cuGetErrorName] [] (error: u32, text: *mut *const c_char) |f| {
-        match ERROR_TEXT.get(&error) {
+    cuGetErrorName => |f, error, text| {
+        match ERROR_TEXT.get(&error.code()) {
             Some((name, _)) => ffi::write(text, name.as_ptr()),
             None => {
                 let _ = ffi::write(text, std::ptr::null());
@@ -143,8 +156,8 @@ entry! {
             }
         }
     }
-    [cuGetErrorString] [] (error: u32, text: *mut *const c_char) |f| {
-        match ERROR_TEXT.get(&error) {
+    cuGetErrorString => |f, error, text| {
+        match ERROR_TEXT.get(&error.code()) {
             Some((_, s)) => ffi::write(text, s.as_ptr()),
             None => {
                 let _ = ffi::write(text, std::ptr::null());

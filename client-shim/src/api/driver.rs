@@ -3,6 +3,7 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
+use vgpu_cuda_sys::driver::{CUdriverProcAddressQueryResult, CUuuid};
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::ExportTableSize;
 
@@ -10,7 +11,12 @@ use crate::proc_address::{self, Lookup};
 use crate::{client, dark, exports, ffi};
 
 /// Resolves `symbol` for `version`/`flags`: the address and the `CUdriverProcAddressQueryResult`.
-fn resolve(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64) -> Result<(usize, i32), u32> {
+fn resolve(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: c_int,
+    flags: u64,
+) -> CuResult<(usize, CUdriverProcAddressQueryResult)> {
     let name = ffi::cstr(symbol)?;
     if pfn.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -26,11 +32,14 @@ fn resolve(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: 
     };
     let (addr, status) = match found {
         Lookup::Found(sym) => match exports::address_of(sym) {
-            Some(a) => (a, proc_address::SUCCESS),
-            None => (0, proc_address::SYMBOL_NOT_FOUND),
+            Some(a) => (a, CUdriverProcAddressQueryResult::CU_GET_PROC_ADDRESS_SUCCESS),
+            None => (0, CUdriverProcAddressQueryResult::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND),
         },
-        Lookup::VersionNotSufficient => (0, proc_address::VERSION_NOT_SUFFICIENT),
-        Lookup::NotFound => (0, proc_address::SYMBOL_NOT_FOUND),
+        Lookup::VersionNotSufficient => (
+            0,
+            CUdriverProcAddressQueryResult::CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT,
+        ),
+        Lookup::NotFound => (0, CUdriverProcAddressQueryResult::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND),
     };
     ffi::write(pfn, addr as *mut c_void)?;
     Ok((addr, status))
@@ -38,7 +47,7 @@ fn resolve(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: 
 
 /// How big the server driver's table `id` is: `Some(bytes)` when its first word is a size, `None` when the
 /// server cannot say; `Err` when the server's driver has no such table.
-fn server_table_size(id: &dark::Uuid) -> Result<Option<u64>, u32> {
+fn server_table_size(id: &dark::Uuid) -> CuResult<Option<u64>> {
     if client::session().is_err() {
         return Ok(None);
     }
@@ -47,15 +56,20 @@ fn server_table_size(id: &dark::Uuid) -> Result<Option<u64>, u32> {
     Ok(plausible.then_some(r.first_word))
 }
 
+/// The bytes of a `CUuuid` (the header declares them as `char`).
+fn uuid_bytes(id: CUuuid) -> dark::Uuid {
+    id.bytes.map(|b| b as u8)
+}
+
 entry! {
-    [cuGetProcAddress] [] (symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64) |f| {
+    cuGetProcAddress => |f, symbol, pfn, version, flags| {
         // The CUDA 11.3 ABI has no status out-parameter and reports a failed lookup as CUDA_ERROR_NOT_FOUND.
         match resolve(symbol, pfn, version, flags)? {
             (0, _) => Err(CUDA_ERROR_NOT_FOUND),
             _ => Ok(()),
         }
     }
-    [cuGetProcAddress_v2] [cuGetProcAddress_v2_ptsz] (symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64, status: *mut c_int) |f| {
+    cuGetProcAddress_v2 => |f, symbol, pfn, version, flags, status| {
         // A failed lookup is CUDA_SUCCESS with a NULL function; `status` says why.
         let (_, s) = resolve(symbol, pfn, version, flags)?;
         if !status.is_null() {
@@ -63,11 +77,11 @@ entry! {
         }
         Ok(())
     }
-    [cuGetExportTable] [] (table: *mut *const c_void, id: *const dark::Uuid) |f| {
+    cuGetExportTable => |f, table, id| {
         if table.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let id = ffi::read(id)?;
+        let id = uuid_bytes(ffi::read(id)?);
         crate::log::log!(crate::log::DEBUG, "cuGetExportTable {}", id.iter().map(|b| format!("{b:02x}")).collect::<String>());
         match dark::get(&id, server_table_size) {
             Ok(t) => ffi::write(table, t as *const c_void),
@@ -82,14 +96,17 @@ entry! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exports::{cuGetExportTable, cuGetProcAddress, cuGetProcAddress_v2};
     use std::ffi::CString;
+    use CUdriverProcAddressQueryResult as Q;
 
     /// Calls the exported `cuGetProcAddress_v2` as the runtime does: (result, address, status).
-    fn lookup_v2(name: &str, version: c_int, flags: u64) -> (u32, usize, c_int) {
+    fn lookup_v2(name: &str, version: c_int, flags: u64) -> (CUresult, usize, Q) {
         let name = CString::new(name).unwrap_or_default();
         let mut pfn: *mut c_void = std::ptr::null_mut();
-        let mut status: c_int = -1;
-        let r = cuGetProcAddress_v2(name.as_ptr(), &mut pfn, version, flags, &mut status);
+        let mut status = Q(99);
+        // SAFETY: a NUL-terminated name and valid out-parameters.
+        let r = unsafe { cuGetProcAddress_v2(name.as_ptr(), &mut pfn, version, flags, &mut status) };
         (r, pfn as usize, status)
     }
 
@@ -99,39 +116,43 @@ mod tests {
 
     #[test]
     fn lookups_hand_out_the_exported_variants() {
-        assert_eq!(lookup_v2("cuMemAlloc", 3020, 0), (0, address("cuMemAlloc_v2"), 0));
-        assert_eq!(lookup_v2("cuMemAlloc", 2000, 0), (0, address("cuMemAlloc"), 0));
+        let found = Q::CU_GET_PROC_ADDRESS_SUCCESS;
+        assert_eq!(
+            lookup_v2("cuMemAlloc", 3020, 0),
+            (CUDA_SUCCESS, address("cuMemAlloc_v2"), found)
+        );
+        assert_eq!(
+            lookup_v2("cuMemAlloc", 2000, 0),
+            (CUDA_SUCCESS, address("cuMemAlloc"), found)
+        );
         assert_eq!(
             lookup_v2("cuLaunchKernel", 12000, 2),
-            (0, address("cuLaunchKernel_ptsz"), 0)
+            (CUDA_SUCCESS, address("cuLaunchKernel_ptsz"), found)
         );
         assert_eq!(
             lookup_v2("cuCtxSynchronize", 13000, 0),
-            (0, address("cuCtxSynchronize_v2"), 0)
+            (CUDA_SUCCESS, address("cuCtxSynchronize_v2"), found)
         );
         assert_eq!(
             lookup_v2("cuGetProcAddress", 12000, 0),
-            (0, address("cuGetProcAddress_v2"), 0)
+            (CUDA_SUCCESS, address("cuGetProcAddress_v2"), found)
         );
         // The runtime's probe, an unknown name, and a name that is too new for the version asked.
-        assert_eq!(lookup_v2("", 0, 0), (0, 0, proc_address::SYMBOL_NOT_FOUND));
-        assert_eq!(
-            lookup_v2("cuNoSuchThing", 12000, 0),
-            (0, 0, proc_address::SYMBOL_NOT_FOUND)
-        );
+        let missing = Q::CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+        assert_eq!(lookup_v2("", 0, 0), (CUDA_SUCCESS, 0, missing));
+        assert_eq!(lookup_v2("cuNoSuchThing", 12000, 0), (CUDA_SUCCESS, 0, missing));
         assert_eq!(
             lookup_v2("cuLaunchKernelEx", 11000, 0),
-            (0, 0, proc_address::VERSION_NOT_SUFFICIENT)
+            (CUDA_SUCCESS, 0, Q::CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT)
         );
         // A version above what cuDriverGetVersion reports is refused.
         assert_eq!(lookup_v2("cuMemAlloc", 13010, 0).0, CUDA_ERROR_INVALID_VALUE);
         // A NULL status pointer is allowed.
         let name = CString::new("cuInit").unwrap_or_default();
         let mut pfn: *mut c_void = std::ptr::null_mut();
-        assert_eq!(
-            cuGetProcAddress_v2(name.as_ptr(), &mut pfn, 2000, 0, std::ptr::null_mut()),
-            0
-        );
+        // SAFETY: a NUL-terminated name, a valid out-parameter and the NULL status the API allows.
+        let r = unsafe { cuGetProcAddress_v2(name.as_ptr(), &mut pfn, 2000, 0, std::ptr::null_mut()) };
+        assert_eq!(r, CUDA_SUCCESS);
         assert_eq!(pfn as usize, address("cuInit"));
     }
 
@@ -139,27 +160,36 @@ mod tests {
     fn the_cuda_11_abi_reports_failed_lookups_as_not_found() {
         let mut pfn: *mut c_void = std::ptr::null_mut();
         let name = CString::new("cuNoSuchThing").unwrap_or_default();
-        assert_eq!(
-            cuGetProcAddress(name.as_ptr(), &mut pfn, 12000, 0),
-            CUDA_ERROR_NOT_FOUND
-        );
-        assert!(pfn.is_null());
-        let name = CString::new("cuStreamSynchronize").unwrap_or_default();
-        assert_eq!(cuGetProcAddress(name.as_ptr(), &mut pfn, 12000, 2), 0);
+        // SAFETY: NUL-terminated names and valid out-parameters.
+        unsafe {
+            assert_eq!(
+                cuGetProcAddress(name.as_ptr(), &mut pfn, 12000, 0),
+                CUDA_ERROR_NOT_FOUND
+            );
+            assert!(pfn.is_null());
+            let name = CString::new("cuStreamSynchronize").unwrap_or_default();
+            assert_eq!(cuGetProcAddress(name.as_ptr(), &mut pfn, 12000, 2), CUDA_SUCCESS);
+        }
         assert_eq!(pfn as usize, address("cuStreamSynchronize_ptsz"));
     }
 
     #[test]
     fn export_tables_come_back_by_uuid() {
         let mut table: *const c_void = std::ptr::null();
-        let integrity: dark::Uuid = [
-            0xd4, 0x08, 0x20, 0x55, 0xbd, 0xe6, 0x70, 0x4b, 0x8d, 0x34, 0xba, 0x12, 0x3c, 0x66, 0xe1, 0xf2,
-        ];
-        assert_eq!(cuGetExportTable(&mut table, &integrity), 0);
-        assert_eq!(ffi::read(table as *const u64), Ok(24));
-        assert_eq!(
-            cuGetExportTable(std::ptr::null_mut(), &integrity),
-            CUDA_ERROR_INVALID_VALUE
-        );
+        let integrity = CUuuid {
+            bytes: [
+                0xd4, 0x08, 0x20, 0x55, 0xbd, 0xe6, 0x70, 0x4b, 0x8d, 0x34, 0xba, 0x12, 0x3c, 0x66, 0xe1, 0xf2,
+            ]
+            .map(|b: u8| b as c_char),
+        };
+        // SAFETY: valid out-parameters and a valid UUID; then the NULL out-parameter the driver refuses.
+        unsafe {
+            assert_eq!(cuGetExportTable(&mut table, &integrity), CUDA_SUCCESS);
+            assert_eq!(ffi::read(table as *const u64), Ok(24));
+            assert_eq!(
+                cuGetExportTable(std::ptr::null_mut(), &integrity),
+                CUDA_ERROR_INVALID_VALUE
+            );
+        }
     }
 }

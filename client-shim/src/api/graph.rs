@@ -7,28 +7,28 @@
 //! serial on the launch stream, which orders nodes at least as strictly as their dependencies ask.
 
 use std::collections::HashMap;
-use std::ffi::{c_uint, c_void};
+use std::ffi::c_void;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use vgpu_cuda_sys::driver::{
+    CUgraph, CUgraphEdgeData, CUgraphExec, CUgraphInstantiateResult, CUgraphNode, CUhostFn, CUstream,
+    CUstreamCaptureMode, CUstreamCaptureStatus, CUDA_GRAPH_INSTANTIATE_PARAMS, CUDA_HOST_NODE_PARAMS,
+    CUDA_KERNEL_NODE_PARAMS, CUDA_MEMCPY2D, CUDA_MEMCPY3D, CUDA_MEMSET_NODE_PARAMS,
+};
 
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
-use super::Handle;
+use super::ClientHandle;
 use crate::{ffi, state};
-
-pub(crate) const CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: u32 = 900;
-pub(crate) const CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: u32 = 901;
-const CUDA_ERROR_ILLEGAL_STATE: u32 = 401;
 
 /// One recorded operation.
 #[derive(Clone, Debug)]
 pub(crate) enum Node {
     Kernel {
-        function: u64,
-        grid: [u32; 3],
-        block: [u32; 3],
-        shared: u32,
+        function: FunctionId,
+        shape: LaunchShape,
         args: Vec<u8>,
     },
     Memset {
@@ -59,7 +59,7 @@ pub(crate) enum Node {
     /// A `CUDA_MEMCPY3D` as given.
     Copy3D(Vec<u8>),
     Host {
-        function: usize,
+        function: CUhostFn,
         user: usize,
     },
     /// Stream memory operations (`cuStreamWriteValue32` and friends, or a batch).
@@ -87,7 +87,7 @@ struct Graph {
 /// A stream taking part in a capture: the graph it records into and the nodes its next operation follows.
 struct Capture {
     graph: u64,
-    origin: u64,
+    origin: StreamId,
     deps: Vec<u64>,
     invalidated: bool,
 }
@@ -97,9 +97,9 @@ struct Graphs {
     graphs: HashMap<u64, Graph>,
     /// Executable graphs: their nodes in an order that respects every dependency.
     execs: HashMap<u64, Vec<(u64, Node)>>,
-    captures: HashMap<u64, Capture>,
+    captures: HashMap<StreamId, Capture>,
     /// Events recorded in a capture: the graph and the nodes a waiting stream must follow.
-    events: HashMap<u64, (u64, Vec<u64>)>,
+    events: HashMap<EventId, (u64, Vec<u64>)>,
     /// The graph-owned allocations each executable holds.
     exec_owned: HashMap<u64, Vec<u64>>,
     /// How many graphs and executables hold each graph-owned allocation.
@@ -108,7 +108,7 @@ struct Graphs {
 
 /// Drops one hold on each allocation; those nobody holds any more are freed (synchronously, as `cuMemFree` is:
 /// a launch of the graph may still be using them).
-fn release_owned(mut g: MutexGuard<'static, Graphs>, owned: Vec<u64>) -> Result<(), u32> {
+fn release_owned(mut g: MutexGuard<'static, Graphs>, owned: Vec<u64>) -> CuResult<()> {
     let mut free = Vec::new();
     for dptr in owned {
         if let Some(n) = g.holders.get_mut(&dptr) {
@@ -123,14 +123,14 @@ fn release_owned(mut g: MutexGuard<'static, Graphs>, owned: Vec<u64>) -> Result<
     for dptr in free {
         // Gone already if the app freed it itself (an error natively, which the app saw then).
         if state::write().device_ranges.remove(&dptr).is_some() {
-            crate::client::call(0, &MemFree { dptr }, &[])?;
+            crate::client::call(0, &MemFree { dptr: DevicePtr(dptr) }, &[])?;
         }
     }
     Ok(())
 }
 
 /// `cuMemAllocAsync` on stream `key`: when it is capturing, the allocation is the capture's graph's.
-pub(crate) fn capture_alloc(key: u64, dptr: u64) {
+pub(crate) fn capture_alloc(key: StreamId, dptr: u64) {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return;
     }
@@ -146,7 +146,7 @@ pub(crate) fn capture_alloc(key: u64, dptr: u64) {
 /// `cuMemFreeAsync` on stream `key`. `None`: the stream is not capturing (free as usual). Memory the capture's
 /// graph allocated stays the graph's (natively a free node, whose memory the next launch allocates again); memory
 /// from outside the capture cannot be freed by a graph here, so the capture ends, as with any call it cannot take.
-pub(crate) fn capture_free(key: u64, dptr: u64) -> Option<Result<(), u32>> {
+pub(crate) fn capture_free(key: StreamId, dptr: u64) -> Option<CuResult<()>> {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return None;
     }
@@ -179,20 +179,20 @@ static CAPTURING: AtomicUsize = AtomicUsize::new(0);
 
 /// The capture key of a stream: the per-thread default stream is its own stream; the legacy one (0, 1)
 /// cannot be captured.
-pub(crate) fn key(flags: u16, stream: u64) -> u64 {
-    if stream == 0 && flags & FLAG_PER_THREAD != 0 {
-        2
+pub(crate) fn key(flags: u16, stream: StreamId) -> StreamId {
+    if stream == StreamId::NULL && flags & FLAG_PER_THREAD != 0 {
+        StreamId::PER_THREAD
     } else {
         stream
     }
 }
 
-pub(crate) fn is_capturing(key: u64) -> bool {
+pub(crate) fn is_capturing(key: StreamId) -> bool {
     CAPTURING.load(Ordering::Relaxed) > 0 && graphs().captures.contains_key(&key)
 }
 
 /// Records `node` on capturing stream `key`. `None`: the stream is not capturing (run it as usual).
-pub(crate) fn capture(key: u64, node: Node) -> Option<Result<(), u32>> {
+pub(crate) fn capture(key: StreamId, node: Node) -> Option<CuResult<()>> {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return None;
     }
@@ -213,7 +213,7 @@ pub(crate) fn capture(key: u64, node: Node) -> Option<Result<(), u32>> {
 }
 
 /// A synchronizing call on a capturing stream: refused, and the capture is invalidated, as natively.
-pub(crate) fn refuse_sync(key: u64) -> Result<(), u32> {
+pub(crate) fn refuse_sync(key: StreamId) -> CuResult<()> {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return Ok(());
     }
@@ -228,7 +228,7 @@ pub(crate) fn refuse_sync(key: u64) -> Result<(), u32> {
 }
 
 /// `cuEventRecord` on a capturing stream: remembers where the capture stands. `true`: handled.
-pub(crate) fn record_event(key: u64, event: u64) -> bool {
+pub(crate) fn record_event(key: StreamId, event: EventId) -> bool {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return false;
     }
@@ -243,7 +243,7 @@ pub(crate) fn record_event(key: u64, event: u64) -> bool {
 
 /// `cuStreamWaitEvent` on an event recorded in a capture: the waiting stream joins the capture (or adds the
 /// event's nodes to what it follows). `true`: handled.
-pub(crate) fn wait_event(key: u64, event: u64) -> bool {
+pub(crate) fn wait_event(key: StreamId, event: EventId) -> bool {
     if CAPTURING.load(Ordering::Relaxed) == 0 {
         return false;
     }
@@ -279,20 +279,30 @@ pub(crate) fn wait_event(key: u64, event: u64) -> bool {
     true
 }
 
-/// Capture status of `key`: 0 none, 1 active, 2 invalidated; and the capture's id.
-pub(crate) fn capture_status(key: u64) -> (c_uint, u64) {
+/// Capture status of `key` and the capture's id (its graph's; 0 when none).
+pub(crate) fn capture_status(key: StreamId) -> (CUstreamCaptureStatus, u64) {
+    use CUstreamCaptureStatus as S;
     if CAPTURING.load(Ordering::Relaxed) == 0 {
-        return (0, 0);
+        return (S::CU_STREAM_CAPTURE_STATUS_NONE, 0);
     }
     match graphs().captures.get(&key) {
-        Some(c) if c.invalidated => (2, c.graph),
-        Some(c) => (1, c.graph),
-        None => (0, 0),
+        Some(c) if c.invalidated => (S::CU_STREAM_CAPTURE_STATUS_INVALIDATED, c.graph),
+        Some(c) => (S::CU_STREAM_CAPTURE_STATUS_ACTIVE, c.graph),
+        None => (S::CU_STREAM_CAPTURE_STATUS_NONE, 0),
     }
 }
 
-fn known_graph(g: &Graphs, graph: Handle) -> Result<u64, u32> {
-    let id = graph as u64;
+/// Graphs, executable graphs and graph nodes live in the client: their handles carry client-local ids.
+fn local_id<T>(handle: *mut T) -> u64 {
+    handle as u64
+}
+
+fn local_handle<T>(id: u64) -> *mut T {
+    id as *mut T
+}
+
+fn known_graph(g: &Graphs, graph: CUgraph) -> CuResult<u64> {
+    let id = local_id(graph);
     if g.graphs.contains_key(&id) {
         Ok(id)
     } else {
@@ -301,7 +311,7 @@ fn known_graph(g: &Graphs, graph: Handle) -> Result<u64, u32> {
 }
 
 /// Adds a node built by hand, after `deps`.
-fn add_node(out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, node: Node) -> Result<(), u32> {
+fn add_node(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, n: usize, node: Node) -> CuResult<()> {
     if out.is_null() || (n > 0 && deps.is_null()) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -311,7 +321,7 @@ fn add_node(out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, node
     let gr = g.graphs.entry(graph).or_default();
     let mut edges = Vec::with_capacity(n);
     for i in 0..n {
-        let d = ffi::read(deps.wrapping_add(i))? as u64;
+        let d = local_id(ffi::read(deps.wrapping_add(i))?);
         if !gr.nodes.iter().any(|(nid, _)| *nid == d) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -319,11 +329,11 @@ fn add_node(out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, node
     }
     gr.nodes.push((id, node));
     gr.edges.extend(edges);
-    ffi::write(out, id as Handle)
+    ffi::write(out, local_handle(id))
 }
 
 /// The nodes of `graph` in an order that respects its edges (Kahn's algorithm; ties in insertion order).
-fn ordered(graph: &Graph) -> Result<Vec<(u64, Node)>, u32> {
+fn ordered(graph: &Graph) -> CuResult<Vec<(u64, Node)>> {
     let mut indegree: HashMap<u64, usize> = graph.nodes.iter().map(|(id, _)| (*id, 0)).collect();
     for (_, to) in &graph.edges {
         *indegree.entry(*to).or_default() += 1;
@@ -346,7 +356,7 @@ fn ordered(graph: &Graph) -> Result<Vec<(u64, Node)>, u32> {
     Ok(done)
 }
 
-fn instantiate(out: *mut Handle, graph: Handle) -> Result<(), u32> {
+fn instantiate(out: *mut CUgraphExec, graph: CUgraph) -> CuResult<()> {
     if out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -360,19 +370,13 @@ fn instantiate(out: *mut Handle, graph: Handle) -> Result<(), u32> {
         *g.holders.entry(*dptr).or_insert(0) += 1;
     }
     g.exec_owned.insert(exec, owned);
-    ffi::write(out, exec as Handle)
+    ffi::write(out, local_handle(exec))
 }
 
 /// Queues one node on `stream` through the ordinary paths.
-fn replay(flags: u16, stream: Handle, node: &Node) -> Result<(), u32> {
+fn replay(flags: u16, stream: CUstream, node: &Node) -> CuResult<()> {
     match node {
-        Node::Kernel {
-            function,
-            grid,
-            block,
-            shared,
-            args,
-        } => super::exec::launch_packed(flags, *function, *grid, *block, *shared, stream, args),
+        Node::Kernel { function, shape, args } => super::launch::launch_packed(flags, *function, *shape, stream, args),
         Node::Memset {
             dst,
             pitch,
@@ -380,13 +384,13 @@ fn replay(flags: u16, stream: Handle, node: &Node) -> Result<(), u32> {
             elem,
             width,
             height,
-        } => super::memory::memset_async(flags, *dst, *pitch, *value, *elem, *width, *height, stream),
-        Node::HtoD { dst, src, n } => super::memory::htod_async(flags, *dst, *src as *const c_void, *n, stream),
-        Node::DtoH { dst, src, n } => super::memory::dtoh_async(flags, *dst as *mut c_void, *src, *n, stream),
-        Node::DtoD { dst, src, n } => super::memory::dtod_async(flags, *dst, *src, *n, stream),
-        Node::Copy2D(raw) => super::memory::copy_2d(flags, raw.as_ptr() as *const c_void, Some(stream)),
-        Node::Copy3D(raw) => super::memory::copy_3d(flags, raw.as_ptr() as *const c_void, Some(stream)),
-        Node::Host { function, user } => super::exec::host_callback(flags, stream, |status| {
+        } => super::memset::memset_async(flags, *dst, *pitch, *value, *elem, *width, *height, stream),
+        Node::HtoD { dst, src, n } => super::copy::htod_async(flags, *dst, *src as *const c_void, *n, stream),
+        Node::DtoH { dst, src, n } => super::copy::dtoh_async(flags, *dst as *mut c_void, *src, *n, stream),
+        Node::DtoD { dst, src, n } => super::copy::dtod_async(flags, *dst, *src, *n, stream),
+        Node::Copy2D(raw) => super::copy2d::copy_2d(flags, raw.as_ptr() as *const CUDA_MEMCPY2D, Some(stream)),
+        Node::Copy3D(raw) => super::copy2d::copy_3d(flags, raw.as_ptr() as *const CUDA_MEMCPY3D, Some(stream)),
+        Node::Host { function, user } => super::stream::host_callback(flags, stream, |status| {
             if status == CUDA_SUCCESS {
                 ffi::call_host_fn(*function, *user)
             }
@@ -400,67 +404,51 @@ fn replay(flags: u16, stream: Handle, node: &Node) -> Result<(), u32> {
     }
 }
 
-/// `CUDA_KERNEL_NODE_PARAMS_v2` from cuda.h.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct KernelNodeParams {
-    func: Handle,
-    grid: [u32; 3],
-    block: [u32; 3],
-    shared: u32,
-    params: *mut *mut c_void,
-    extra: *mut *mut c_void,
-    kern: Handle,
-    ctx: Handle,
-}
-
-/// `CUDA_MEMSET_NODE_PARAMS` from cuda.h.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct MemsetNodeParams {
-    dst: u64,
-    pitch: usize,
-    value: u32,
-    elem: u32,
-    width: usize,
-    height: usize,
-}
-
 /// `cuGraphGetEdges`: the count alone when `from` and `to` are NULL; else up to `*count` edges (with zeroed
 /// edge data: default edges).
-fn edges(graph: Handle, from: *mut Handle, to: *mut Handle, data: *mut u64, count: *mut usize) -> Result<(), u32> {
+fn edges(
+    graph: CUgraph,
+    from: *mut CUgraphNode,
+    to: *mut CUgraphNode,
+    data: *mut CUgraphEdgeData,
+    count: *mut usize,
+) -> CuResult<()> {
     let g = graphs();
-    let gr = g.graphs.get(&(graph as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let gr = g.graphs.get(&local_id(graph)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     if from.is_null() && to.is_null() {
         return ffi::write(count, gr.edges.len());
     }
     let want = ffi::read(count)?;
     for (i, (a, b)) in gr.edges.iter().take(want).enumerate() {
-        ffi::write(from.wrapping_add(i), *a as Handle)?;
-        ffi::write(to.wrapping_add(i), *b as Handle)?;
+        ffi::write(from.wrapping_add(i), local_handle(*a))?;
+        ffi::write(to.wrapping_add(i), local_handle(*b))?;
         if !data.is_null() {
-            ffi::write(data.wrapping_add(i), 0)?;
+            ffi::write(data.wrapping_add(i), CUgraphEdgeData::default())?;
         }
     }
     ffi::write(count, want.min(gr.edges.len()))
 }
 
-fn kernel_node(params: *const c_void) -> Result<Node, u32> {
-    let p: KernelNodeParams = ffi::read(params as *const KernelNodeParams)?;
-    let f = if p.func.is_null() { p.kern } else { p.func };
-    let args = super::exec::pack_args(f, p.params, p.extra)?;
+fn kernel_node(params: *const CUDA_KERNEL_NODE_PARAMS) -> CuResult<Node> {
+    let p: CUDA_KERNEL_NODE_PARAMS = ffi::read(params)?;
+    let f = if p.func.is_null() { p.kern.id() } else { p.func.id() };
+    let args = super::launch::pack_args(f, p.kernelParams, p.extra)?;
     Ok(Node::Kernel {
-        function: f as u64,
-        grid: p.grid,
-        block: p.block,
-        shared: p.shared,
+        function: f,
+        shape: LaunchShape {
+            grid: [p.gridDimX, p.gridDimY, p.gridDimZ],
+            block: [p.blockDimX, p.blockDimY, p.blockDimZ],
+            shared_mem: p.sharedMemBytes,
+            cooperative: false,
+            cluster: [1, 1, 1],
+        },
         args,
     })
 }
 
-fn memset_node(params: *const c_void) -> Result<Node, u32> {
-    let p: MemsetNodeParams = ffi::read(params as *const MemsetNodeParams)?;
-    if !matches!(p.elem, 1 | 2 | 4) || p.width == 0 || p.height == 0 {
+fn memset_node(params: *const CUDA_MEMSET_NODE_PARAMS) -> CuResult<Node> {
+    let p: CUDA_MEMSET_NODE_PARAMS = ffi::read(params)?;
+    if !matches!(p.elementSize, 1 | 2 | 4) || p.width == 0 || p.height == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     Ok(Node::Memset {
@@ -468,39 +456,57 @@ fn memset_node(params: *const c_void) -> Result<Node, u32> {
         pitch: if p.height > 1 {
             p.pitch
         } else {
-            p.width * p.elem as usize
+            p.width * p.elementSize as usize
         },
         value: p.value,
-        elem: p.elem,
+        elem: p.elementSize,
         width: p.width,
         height: p.height,
     })
 }
 
-entry! {
-    [cuStreamBeginCapture, cuStreamBeginCapture_v2] [cuStreamBeginCapture_ptsz, cuStreamBeginCapture_v2_ptsz] (stream: Handle, mode: c_uint) |f| {
-        super::need_ctx()?;
-        let id = super::exec::stream_id(stream)?;
-        let key = key(f, id);
-        if key <= 1 {
-            // The legacy default stream cannot be captured.
-            return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
-        }
-        if mode > 2 {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        let mut g = graphs();
-        if g.captures.contains_key(&key) {
-            return Err(CUDA_ERROR_ILLEGAL_STATE);
-        }
-        let graph = state::new_id();
-        g.graphs.insert(graph, Graph::default());
-        g.captures.insert(key, Capture { graph, origin: key, deps: Vec::new(), invalidated: false });
-        CAPTURING.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+/// `cuStreamBeginCapture`: a capture in `mode` (the mode only shapes which calls other threads may make, which the
+/// client does not police) on a stream that is not capturing yet.
+fn begin_capture(flags: u16, stream: CUstream, mode: CUstreamCaptureMode) -> CuResult<()> {
+    super::need_ctx()?;
+    let id = super::stream::stream_id(stream)?;
+    let key = key(flags, id);
+    if key == StreamId::NULL || key == StreamId::LEGACY {
+        // The legacy default stream cannot be captured.
+        return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
     }
-    [cuStreamEndCapture] [cuStreamEndCapture_ptsz] (stream: Handle, out: *mut Handle) |f| {
-        let id = super::exec::stream_id(stream)?;
+    if mode.0 > CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED.0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut g = graphs();
+    if g.captures.contains_key(&key) {
+        return Err(CUDA_ERROR_ILLEGAL_STATE);
+    }
+    let graph = state::new_id();
+    g.graphs.insert(graph, Graph::default());
+    g.captures.insert(
+        key,
+        Capture {
+            graph,
+            origin: key,
+            deps: Vec::new(),
+            invalidated: false,
+        },
+    );
+    CAPTURING.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+entry! {
+    cuStreamBeginCapture, cuStreamBeginCapture_ptsz => |f, stream| {
+        // The CUDA 10.0 form has no mode: the driver captures in CU_STREAM_CAPTURE_MODE_GLOBAL.
+        begin_capture(f, stream, CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
+    }
+    cuStreamBeginCapture_v2, cuStreamBeginCapture_v2_ptsz => |f, stream, mode| {
+        begin_capture(f, stream, mode)
+    }
+    cuStreamEndCapture, cuStreamEndCapture_ptsz => |f, stream, out| {
+        let id = super::stream::stream_id(stream)?;
         let key = key(f, id);
         if out.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -523,103 +529,106 @@ entry! {
             ffi::write(out, std::ptr::null_mut())?;
             return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
         }
-        ffi::write(out, graph as Handle)
+        ffi::write(out, local_handle(graph))
     }
-    [cuGraphCreate] [] (out: *mut Handle, flags: c_uint) |f| {
+    cuGraphCreate => |f, out, flags| {
         if out.is_null() || flags != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let graph = state::new_id();
         graphs().graphs.insert(graph, Graph::default());
-        ffi::write(out, graph as Handle)
+        ffi::write(out, local_handle(graph))
     }
-    [cuGraphDestroy] [] (graph: Handle) |f| {
+    cuGraphDestroy => |f, graph| {
         let mut g = graphs();
-        match g.graphs.remove(&(graph as u64)) {
+        match g.graphs.remove(&local_id(graph)) {
             Some(gr) => release_owned(g, gr.owned),
             None => Err(CUDA_ERROR_INVALID_VALUE),
         }
     }
-    [cuGraphAddKernelNode_v2] [] (out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, params: *const c_void) |f| {
+    cuGraphAddKernelNode_v2 => |f, out, graph, deps, n, params| {
         add_node(out, graph, deps, n, kernel_node(params)?)
     }
-    [cuGraphAddMemsetNode] [] (out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, params: *const c_void, _ctx: Handle) |f| {
+    cuGraphAddMemsetNode => |f, out, graph, deps, n, params, _ctx| {
         add_node(out, graph, deps, n, memset_node(params)?)
     }
-    [cuGraphAddMemcpyNode] [] (out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, params: *const c_void, _ctx: Handle) |f| {
-        let raw = ffi::bytes(params as *const u8, super::memory::COPY3D_SIZE)?.to_vec();
+    cuGraphAddMemcpyNode => |f, out, graph, deps, n, params, _ctx| {
+        let raw = ffi::bytes(params as *const u8, std::mem::size_of::<CUDA_MEMCPY3D>())?.to_vec();
         add_node(out, graph, deps, n, Node::Copy3D(raw))
     }
-    [cuGraphAddHostNode] [] (out: *mut Handle, graph: Handle, deps: *const Handle, n: usize, params: *const [usize; 2]) |f| {
-        let [function, user] = ffi::read(params)?;
-        if function == 0 {
+    cuGraphAddHostNode => |f, out, graph, deps, n, params| {
+        let p: CUDA_HOST_NODE_PARAMS = ffi::read(params)?;
+        if p.fn_.is_none() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        add_node(out, graph, deps, n, Node::Host { function, user })
+        add_node(out, graph, deps, n, Node::Host { function: p.fn_, user: p.userData as usize })
     }
-    [cuGraphAddEmptyNode] [] (out: *mut Handle, graph: Handle, deps: *const Handle, n: usize) |f| {
+    cuGraphAddEmptyNode => |f, out, graph, deps, n| {
         add_node(out, graph, deps, n, Node::Empty)
     }
-    [cuGraphGetNodes] [] (graph: Handle, nodes: *mut Handle, count: *mut usize) |f| {
+    cuGraphGetNodes => |f, graph, nodes, count| {
         let g = graphs();
-        let gr = g.graphs.get(&(graph as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let gr = g.graphs.get(&local_id(graph)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         if nodes.is_null() {
             return ffi::write(count, gr.nodes.len());
         }
         let want = ffi::read(count)?;
         for (i, (id, _)) in gr.nodes.iter().take(want).enumerate() {
-            ffi::write(nodes.wrapping_add(i), *id as Handle)?;
+            ffi::write(nodes.wrapping_add(i), local_handle(*id))?;
         }
         ffi::write(count, want.min(gr.nodes.len()))
     }
-    [cuGraphGetEdges] [] (graph: Handle, from: *mut Handle, to: *mut Handle, count: *mut usize) |f| {
+    cuGraphGetEdges => |f, graph, from, to, count| {
         edges(graph, from, to, std::ptr::null_mut(), count)
     }
-    [cuGraphGetEdges_v2] [] (graph: Handle, from: *mut Handle, to: *mut Handle, data: *mut u64, count: *mut usize) |f| {
+    cuGraphGetEdges_v2 => |f, graph, from, to, data, count| {
         edges(graph, from, to, data, count)
     }
-    [cuGraphInstantiateWithFlags] [] (out: *mut Handle, graph: Handle, flags: u64) |f| {
+    cuGraphInstantiateWithFlags => |f, out, graph, flags| {
         instantiate(out, graph)
     }
-    [cuGraphInstantiateWithParams] [cuGraphInstantiateWithParams_ptsz] (out: *mut Handle, graph: Handle, params: *mut [u64; 4]) |f| {
+    cuGraphInstantiateWithParams, cuGraphInstantiateWithParams_ptsz => |f, out, graph, params| {
         let r = instantiate(out, graph);
         if !params.is_null() {
-            // flags, upload stream, error node out, result out (CUDA_GRAPH_INSTANTIATE_SUCCESS / ERROR).
-            let mut p = ffi::read(params as *const [u64; 4])?;
-            p[2] = 0;
-            p[3] = if r.is_ok() { 0 } else { 1 };
+            let mut p: CUDA_GRAPH_INSTANTIATE_PARAMS = ffi::read(params)?;
+            p.hErrNode_out = std::ptr::null_mut();
+            p.result_out = if r.is_ok() {
+                CUgraphInstantiateResult::CUDA_GRAPH_INSTANTIATE_SUCCESS
+            } else {
+                CUgraphInstantiateResult::CUDA_GRAPH_INSTANTIATE_ERROR
+            };
             ffi::write(params, p)?;
         }
         r
     }
-    [cuGraphLaunch] [cuGraphLaunch_ptsz] (exec: Handle, stream: Handle) |f| {
+    cuGraphLaunch, cuGraphLaunch_ptsz => |f, exec, stream| {
         super::need_ctx()?;
-        super::exec::stream_id(stream)?;
-        let nodes = graphs().execs.get(&(exec as u64)).cloned().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        super::stream::stream_id(stream)?;
+        let nodes = graphs().execs.get(&local_id(exec)).cloned().ok_or(CUDA_ERROR_INVALID_VALUE)?;
         for (_, node) in &nodes {
             replay(f, stream, node)?;
         }
         Ok(())
     }
-    [cuGraphUpload] [cuGraphUpload_ptsz] (exec: Handle, stream: Handle) |f| {
-        super::exec::stream_id(stream)?;
-        if graphs().execs.contains_key(&(exec as u64)) { Ok(()) } else { Err(CUDA_ERROR_INVALID_VALUE) }
+    cuGraphUpload, cuGraphUpload_ptsz => |f, exec, stream| {
+        super::stream::stream_id(stream)?;
+        if graphs().execs.contains_key(&local_id(exec)) { Ok(()) } else { Err(CUDA_ERROR_INVALID_VALUE) }
     }
-    [cuGraphExecDestroy] [] (exec: Handle) |f| {
+    cuGraphExecDestroy => |f, exec| {
         let mut g = graphs();
-        match g.execs.remove(&(exec as u64)) {
+        match g.execs.remove(&local_id(exec)) {
             Some(_) => {
-                let owned = g.exec_owned.remove(&(exec as u64)).unwrap_or_default();
+                let owned = g.exec_owned.remove(&local_id(exec)).unwrap_or_default();
                 release_owned(g, owned)
             }
             None => Err(CUDA_ERROR_INVALID_VALUE),
         }
     }
-    [cuGraphExecKernelNodeSetParams_v2] [] (exec: Handle, node: Handle, params: *const c_void) |f| {
+    cuGraphExecKernelNodeSetParams_v2 => |f, exec, node, params| {
         let new = kernel_node(params)?;
         let mut g = graphs();
-        let nodes = g.execs.get_mut(&(exec as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        let slot = nodes.iter_mut().find(|(id, _)| *id == node as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let nodes = g.execs.get_mut(&local_id(exec)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let slot = nodes.iter_mut().find(|(id, _)| *id == local_id(node)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         if !matches!(slot.1, Node::Kernel { .. }) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -632,7 +641,7 @@ entry! {
 mod tests {
     use super::*;
 
-    fn begin(key: u64) -> u64 {
+    fn begin(key: StreamId) -> u64 {
         let graph = state::new_id();
         let mut g = graphs();
         g.graphs.insert(graph, Graph::default());
@@ -649,14 +658,15 @@ mod tests {
         graph
     }
 
-    fn op(key: u64) {
+    fn op(key: StreamId) {
         assert_eq!(capture(key, Node::Empty), Some(Ok(())));
     }
 
     /// The fork/join capture of tests/cuda/graphs.cu: 7 nodes and 7 edges, as the driver builds it.
     #[test]
     fn capture_follows_stream_order_and_events() {
-        let (s, s2, fork, join) = (0x7000_0010, 0x7000_0020, 0x7000_0030, 0x7000_0040);
+        let (s, s2) = (StreamId(0x7000_0010), StreamId(0x7000_0020));
+        let (fork, join) = (EventId(0x7000_0030), EventId(0x7000_0040));
         let graph = begin(s);
         op(s); // H2D copy
         assert!(record_event(s, fork));
@@ -681,7 +691,10 @@ mod tests {
         drop(g);
         // A synchronizing call invalidates the capture; its streams stay in it until it ends.
         assert_eq!(refuse_sync(s2), Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED));
-        assert_eq!(capture_status(s).0, 2);
+        assert_eq!(
+            capture_status(s).0,
+            CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_INVALIDATED
+        );
         assert_eq!(
             capture(s, Node::Empty),
             Some(Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED))

@@ -1,75 +1,178 @@
-//! The driver entry points vGPU implements, grouped by area. Each is declared with `entry!`, which exports
-//! it under all of its names (legacy, `_v2`, and the `_ptds`/`_ptsz` per-thread-default-stream forms).
+//! The driver entry points vGPU implements, grouped by area: each is an inherent associated function of
+//! `Driver`, written with `entry!`, which takes its C signature from cuda.h (`vgpu_cuda_sys::driver_signature!`).
+//!
+//! `exports` turns every name cuda.h declares into an exported C function that calls `Driver::name`: the
+//! inherent function where an area file wrote one, else the default of the generated `exports::Unsupported`
+//! trait (inherent associated functions take precedence in path resolution), which logs once and answers
+//! `CUDA_ERROR_NOT_SUPPORTED`. A body whose parameters do not match cuda.h's is a compile error there.
 
-use std::ffi::c_void;
+use vgpu_cuda_sys::driver::{
+    CUarray, CUcontext, CUevent, CUfunction, CUkernel, CUlibrary, CUmemoryPool, CUmodule, CUstream,
+};
+use vgpu_dataplane::cuerr::CuResult;
+use vgpu_dataplane::ids::{ArrayId, ContextId, EventId, FunctionId, ModuleId, PoolId, StreamId};
 
-pub(crate) type Handle = *mut c_void;
-
-/// Declares an exported entry point. Names in the first list run with flags 0; names in the second with
-/// `FLAG_PER_THREAD` (their NULL stream is the calling thread's per-thread default stream).
-macro_rules! entry {
-    () => {};
-    ([$($name:ident),*] [$($pt:ident),*] $args:tt |$flags:ident| $body:block $($rest:tt)*) => {
-        $( $crate::api::entry_fn!($name, 0, $args, $flags, $body); )*
-        $( $crate::api::entry_fn!($pt, vgpu_dataplane::wire::FLAG_PER_THREAD, $args, $flags, $body); )*
-        $crate::api::entry!($($rest)*);
-    };
+/// A cuda.h handle the shim gives out: its pointer value is the client-chosen wire id of the object (`ids`).
+pub(crate) trait ClientHandle: Copy {
+    type Id: Copy;
+    /// The id this handle carries (checked against the registries by the callers that need it to exist).
+    fn id(self) -> Self::Id;
+    /// The handle the app gets for `id`.
+    fn of(id: Self::Id) -> Self;
 }
 
-macro_rules! entry_fn {
-    ($name:ident, $flag_value:expr, ($($arg:ident : $ty:ty),* $(,)?), $flags:ident, $body:block) => {
-        #[no_mangle]
-        pub extern "C" fn $name($($arg: $ty),*) -> u32 {
-            $crate::log::trace_call!(stringify!($name));
-            // The driver's signatures are what they are: some entry points take a dozen arguments.
-            #[allow(unused_variables, clippy::too_many_arguments)]
-            fn body($flags: u16, $($arg: $ty),*) -> Result<(), u32> $body
-            let r = body($flag_value, $($arg),*);
-            if let Err(e) = r {
-                if $crate::log::level() >= $crate::log::DEBUG {
-                    $crate::log::emit($crate::log::DEBUG, format_args!("{} returned {e}", stringify!($name)));
+macro_rules! client_handles {
+    ($($handle:ty => $id:ident),* $(,)?) => {
+        $(
+            impl ClientHandle for $handle {
+                type Id = $id;
+                fn id(self) -> $id {
+                    $id(self as u64)
+                }
+                fn of(id: $id) -> $handle {
+                    id.get() as $handle
                 }
             }
-            $crate::api::code(r)
-        }
+        )*
     };
 }
-pub(crate) use entry;
-pub(crate) use entry_fn;
 
-pub(crate) fn code(r: Result<(), u32>) -> u32 {
-    match r {
-        Ok(()) => 0,
-        Err(e) => e,
+client_handles! {
+    CUcontext => ContextId,
+    CUstream => StreamId,
+    CUevent => EventId,
+    CUmodule => ModuleId,
+    CUlibrary => ModuleId,
+    CUfunction => FunctionId,
+    CUkernel => FunctionId,
+    CUmemoryPool => PoolId,
+    CUarray => ArrayId,
+}
+
+/// The driver API vGPU implements: the `impl Driver` blocks of the area modules, written with `entry!`.
+pub(crate) struct Driver;
+
+/// Declares implemented entry points: `name, name_v2, name_ptsz => |flags, param, ...| { body }`. Each name gets
+/// cuda.h's signature for it (the parameter names are this list's, in order: a count that differs from the
+/// header's is a compile error) and runs the body, which returns `CuResult<()>`. `flags` is `FLAG_PER_THREAD` for
+/// the `_ptsz`/`_ptds` names (their NULL stream is the calling thread's per-thread default stream), else 0.
+macro_rules! entry {
+    () => {};
+    ($($name:ident),+ $(,)? => |$flags:ident $(, $arg:ident)* $(,)?| $body:block $($rest:tt)*) => {
+        entry!(@each [$($name),+] [$flags, [$($arg),*], $body]);
+        entry!($($rest)*);
+    };
+    (@each [$($name:ident),+] $shared:tt) => {
+        $( vgpu_cuda_sys::driver_signature!($name, entry_fn, $shared); )+
+    };
+}
+
+/// One entry point of `entry!`, called back by `driver_signature!` with the header's declaration: pairs the
+/// parameter names with the header's types one by one, so that a list of the wrong length is an error naming the
+/// entry point and the types cuda.h declares.
+macro_rules! entry_fn {
+    ([[$flags:ident, [$($arg:ident),*], $body:block]] $name:ident ( $($param:ident : $ty:ty),* ) -> $ret:ty;) => {
+        entry_fn!(@pair $name, $ret, $flags, $body, [] [$($arg)*] [$($ty,)*]);
+    };
+    (@pair $name:ident, $ret:ty, $flags:ident, $body:block, [$($done:tt)*] [$a:ident $($args:ident)*] [$t:ty, $($tys:ty,)*]) => {
+        entry_fn!(@pair $name, $ret, $flags, $body, [$($done)* $a: $t,] [$($args)*] [$($tys,)*]);
+    };
+    (@pair $name:ident, $ret:ty, $flags:ident, $body:block, [$($done:tt)*] [] []) => {
+        impl $crate::api::Driver {
+            // The driver's names and signatures are what they are: some entry points take a dozen arguments. The
+            // body runs as a closure so that its `return` and `?` end the body, not the entry point.
+            #[allow(non_snake_case, unused_variables, clippy::too_many_arguments, clippy::redundant_closure_call)]
+            pub(crate) unsafe fn $name($($done)*) -> $ret {
+                const FLAGS: u16 = $crate::api::per_thread_flag(stringify!($name));
+                $crate::log::trace_call!(stringify!($name));
+                let $flags: u16 = FLAGS;
+                let result: CuResult<()> = (|| $body)();
+                $crate::api::finish(stringify!($name), result)
+            }
+        }
+    };
+    (@pair $name:ident, $ret:ty, $flags:ident, $body:block, $done:tt [$($args:ident)*] [$($tys:ty,)*]) => {
+        compile_error!(concat!(
+            "entry! ", stringify!($name), ": the parameter names do not pair with cuda.h's parameters; left over: [",
+            stringify!($($args),*), "] [", stringify!($($tys),*), "]"
+        ));
+    };
+}
+
+/// `FLAG_PER_THREAD` for the per-thread-default-stream variants (`_ptsz`, `_ptds`), 0 for every other name.
+pub(crate) const fn per_thread_flag(name: &str) -> u16 {
+    let b = name.as_bytes();
+    let n = b.len();
+    let per_thread = n > 5
+        && b[n - 5] == b'_'
+        && b[n - 4] == b'p'
+        && b[n - 3] == b't'
+        && ((b[n - 2] == b's' && b[n - 1] == b'z') || (b[n - 2] == b'd' && b[n - 1] == b's'));
+    if per_thread {
+        vgpu_dataplane::wire::FLAG_PER_THREAD
+    } else {
+        0
     }
 }
 
+/// An entry point's outcome as its CUresult, logged at `debug` when it is an error.
+pub(crate) fn finish(name: &str, r: CuResult<()>) -> vgpu_dataplane::cuerr::CUresult {
+    if let Err(e) = r {
+        if crate::log::level() >= crate::log::DEBUG {
+            crate::log::emit(crate::log::DEBUG, format_args!("{name} returned {e}"));
+        }
+    }
+    code(r)
+}
+
+pub(crate) fn code(r: CuResult<()>) -> vgpu_dataplane::cuerr::CUresult {
+    vgpu_dataplane::cuerr::CUresult::of(r)
+}
+
 /// Fails with `CUDA_ERROR_INVALID_CONTEXT` when the calling thread has no current context, as the driver does.
-pub(crate) fn need_ctx() -> Result<u64, u32> {
+pub(crate) fn need_ctx() -> CuResult<vgpu_dataplane::ids::ContextId> {
     crate::client::session()?;
     match crate::state::current_ctx() {
-        0 => Err(vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_CONTEXT),
+        crate::state::NO_CONTEXT => Err(vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_CONTEXT),
         c => Ok(c),
     }
 }
 
+mod array;
 mod context;
+mod copy;
+mod copy2d;
 mod device;
 mod driver;
-mod exec;
+mod event;
 mod graph;
+mod host;
+mod launch;
 mod memory;
+mod memset;
+mod module;
+mod pool;
 mod query;
+mod staging;
+mod stream;
 mod stream_mem;
 mod vmm;
 
-// Every exported entry point, for `exports::address_of` (cuGetProcAddress hands out their addresses).
-pub(crate) use context::*;
-pub(crate) use device::*;
-pub(crate) use driver::*;
-pub(crate) use exec::*;
-pub(crate) use graph::*;
-pub(crate) use memory::*;
-pub(crate) use query::*;
-pub(crate) use stream_mem::*;
-pub(crate) use vmm::*;
+pub(crate) use device::{pci_location, reported_driver_version};
+pub(crate) use module::{load_module_image, module_functions};
+pub(crate) use stream::STREAM_ATTR_LEN;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_thread_names_get_the_per_thread_flag() {
+        use vgpu_dataplane::wire::FLAG_PER_THREAD;
+        assert_eq!(per_thread_flag("cuMemcpyHtoDAsync_v2_ptsz"), FLAG_PER_THREAD);
+        assert_eq!(per_thread_flag("cuMemcpyHtoD_v2_ptds"), FLAG_PER_THREAD);
+        assert_eq!(per_thread_flag("cuMemcpyHtoD_v2"), 0);
+        assert_eq!(per_thread_flag("cuInit"), 0);
+        assert_eq!(per_thread_flag("_ptsz"), 0);
+    }
+}

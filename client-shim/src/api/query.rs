@@ -4,15 +4,15 @@
 use std::cell::Cell;
 use std::ffi::{c_int, c_uint, c_void};
 
+use vgpu_cuda_sys::driver::{
+    CUfunction, CUfunction_attribute, CUgraph, CUlaunchConfig, CUmemorytype, CUmoduleLoadingMode, CUoccupancyB2DSize,
+    CUpointer_attribute, CUstream, CUstreamCaptureMode, CUstreamCaptureStatus,
+};
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
-use super::{need_ctx, Handle};
+use super::{need_ctx, ClientHandle};
 use crate::{client, ffi, state};
-
-/// `CUmemorytype`.
-const MEMORYTYPE_HOST: u32 = 1;
-const MEMORYTYPE_DEVICE: u32 = 2;
 
 /// What the client knows of an address: device memory it allocated, or host memory it allocated/registered.
 enum Pointer {
@@ -20,7 +20,7 @@ enum Pointer {
     Device {
         base: u64,
         len: u64,
-        ctx: u64,
+        ctx: ContextId,
         device: i32,
         managed: bool,
         /// VMM memory (`cuMemMap`): the handle types its allocation allows, and the access flags the
@@ -71,69 +71,86 @@ fn classify(ptr: u64) -> Option<Pointer> {
 
 /// The value of pointer attribute `attr` for `ptr` (as the bytes to write), or `None` where `ptr` is not one
 /// the driver knows. Attributes are 4-byte integers unless they are addresses, sizes or ids (8 bytes).
-fn pointer_attribute(attr: c_uint, ptr: u64) -> Result<Option<Vec<u8>>, u32> {
+fn pointer_attribute(attr: CUpointer_attribute, ptr: u64) -> CuResult<Option<Vec<u8>>> {
+    use CUpointer_attribute as P;
     let p = classify(ptr);
     let u32v = |v: u32| Some(v.to_ne_bytes().to_vec());
     let u64v = |v: u64| Some(v.to_ne_bytes().to_vec());
     let Some(p) = p else { return Ok(None) };
     let current = state::current_ctx();
     Ok(match (attr, &p) {
-        (1, Pointer::Device { ctx, .. }) => u64v(*ctx),
-        (1, Pointer::Host { .. }) => u64v(current),
-        (2, Pointer::Device { .. }) => u32v(MEMORYTYPE_DEVICE),
-        (2, Pointer::Host { .. }) => u32v(MEMORYTYPE_HOST),
+        (P::CU_POINTER_ATTRIBUTE_CONTEXT, Pointer::Device { ctx, .. }) => u64v(ctx.get()),
+        (P::CU_POINTER_ATTRIBUTE_CONTEXT, Pointer::Host { .. }) => u64v(current.get()),
+        (P::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, Pointer::Device { .. }) => u32v(CUmemorytype::CU_MEMORYTYPE_DEVICE.0),
+        (P::CU_POINTER_ATTRIBUTE_MEMORY_TYPE, Pointer::Host { .. }) => u32v(CUmemorytype::CU_MEMORYTYPE_HOST.0),
         // Unified addressing: a pointer is the same number on the host and the device (pinned memory's
         // server mirror sits at the same address where it could be placed there).
-        (3, Pointer::Host { .. }) => match crate::mirror::find(ptr as usize) {
+        (P::CU_POINTER_ATTRIBUTE_DEVICE_POINTER, Pointer::Host { .. }) => match crate::mirror::find(ptr as usize) {
             Some(m) => u64v(m.dptr + (ptr - m.base as u64)),
             None => u64v(ptr),
         },
-        (3, _) => u64v(ptr),
-        (4, Pointer::Device { managed: true, .. }) => u64v(ptr),
-        (4, Pointer::Device { .. }) => return Err(CUDA_ERROR_INVALID_VALUE),
-        (4, Pointer::Host { .. }) => u64v(ptr),
-        (6, _) => u32v(0),
-        (7 | 20, Pointer::Device { base, .. }) => u64v(*base),
-        (7 | 20, Pointer::Host { base, .. }) => u64v(*base as u64),
-        (8, Pointer::Device { managed, .. }) => u32v(*managed as u32),
-        (8, _) => u32v(0),
-        (9, Pointer::Device { device, .. }) => u32v(*device as u32),
-        (9, Pointer::Host { .. }) => u32v(0),
+        (P::CU_POINTER_ATTRIBUTE_DEVICE_POINTER, _) => u64v(ptr),
+        (P::CU_POINTER_ATTRIBUTE_HOST_POINTER, Pointer::Device { managed: true, .. }) => u64v(ptr),
+        (P::CU_POINTER_ATTRIBUTE_HOST_POINTER, Pointer::Device { .. }) => return Err(CUDA_ERROR_INVALID_VALUE),
+        (P::CU_POINTER_ATTRIBUTE_HOST_POINTER, Pointer::Host { .. }) => u64v(ptr),
+        (P::CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, _) => u32v(0),
+        (P::CU_POINTER_ATTRIBUTE_BUFFER_ID | P::CU_POINTER_ATTRIBUTE_MEMORY_BLOCK_ID, Pointer::Device { base, .. }) => {
+            u64v(*base)
+        }
+        (P::CU_POINTER_ATTRIBUTE_BUFFER_ID | P::CU_POINTER_ATTRIBUTE_MEMORY_BLOCK_ID, Pointer::Host { base, .. }) => {
+            u64v(*base as u64)
+        }
+        (P::CU_POINTER_ATTRIBUTE_IS_MANAGED, Pointer::Device { managed, .. }) => u32v(*managed as u32),
+        (P::CU_POINTER_ATTRIBUTE_IS_MANAGED, _) => u32v(0),
+        (P::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, Pointer::Device { device, .. }) => u32v(*device as u32),
+        (P::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, Pointer::Host { .. }) => u32v(0),
         // Only cuMemAlloc memory can be shared with cuIpcGetMemHandle, not VMM memory.
-        (10, Pointer::Device { vmm: Some(_), .. }) => u32v(0),
-        (10, Pointer::Device { .. }) => u32v(1),
-        (10, Pointer::Host { .. }) => u32v(0),
-        (11 | 19, Pointer::Device { base, .. }) => u64v(*base),
-        (11 | 19, Pointer::Host { base, .. }) => u64v(*base as u64),
-        (12 | 18, Pointer::Device { len, .. }) => u64v(*len),
-        (12 | 18, Pointer::Host { len, .. }) => u64v(*len as u64),
-        (13, _) => u32v(1),
+        (P::CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE, Pointer::Device { vmm: Some(_), .. }) => u32v(0),
+        (P::CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE, Pointer::Device { .. }) => u32v(1),
+        (P::CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE, Pointer::Host { .. }) => u32v(0),
         (
-            14,
+            P::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR | P::CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR,
+            Pointer::Device { base, .. },
+        ) => u64v(*base),
+        (
+            P::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR | P::CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR,
+            Pointer::Host { base, .. },
+        ) => u64v(*base as u64),
+        (P::CU_POINTER_ATTRIBUTE_RANGE_SIZE | P::CU_POINTER_ATTRIBUTE_MAPPING_SIZE, Pointer::Device { len, .. }) => {
+            u64v(*len)
+        }
+        (P::CU_POINTER_ATTRIBUTE_RANGE_SIZE | P::CU_POINTER_ATTRIBUTE_MAPPING_SIZE, Pointer::Host { len, .. }) => {
+            u64v(*len as u64)
+        }
+        (P::CU_POINTER_ATTRIBUTE_MAPPED, _) => u32v(1),
+        (
+            P::CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES,
             Pointer::Device {
                 vmm: Some((types, _)), ..
             },
         ) => u64v(*types as u64),
-        (14, _) => u64v(0),
-        (15, Pointer::Device { .. }) => u32v(1),
-        (15, Pointer::Host { .. }) => u32v(0),
+        (P::CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES, _) => u64v(0),
+        (P::CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE, Pointer::Device { .. }) => u32v(1),
+        (P::CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE, Pointer::Host { .. }) => u32v(0),
         // CU_POINTER_ATTRIBUTE_ACCESS_FLAG_READWRITE.
         (
-            16,
+            P::CU_POINTER_ATTRIBUTE_ACCESS_FLAGS,
             Pointer::Device {
                 vmm: Some((_, access)), ..
             },
         ) => u32v(*access),
-        (16, Pointer::Device { .. }) => u32v(3),
-        (16, Pointer::Host { flags, .. }) => u32v(if *flags & 0x8 != 0 { 1 } else { 3 }),
-        (17, _) => u64v(0),
-        (21, _) => u32v(0),
+        (P::CU_POINTER_ATTRIBUTE_ACCESS_FLAGS, Pointer::Device { .. }) => u32v(3),
+        (P::CU_POINTER_ATTRIBUTE_ACCESS_FLAGS, Pointer::Host { flags, .. }) => {
+            u32v(if *flags & 0x8 != 0 { 1 } else { 3 })
+        }
+        (P::CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE, _) => u64v(0),
+        (P::CU_POINTER_ATTRIBUTE_IS_HW_DECOMPRESS_CAPABLE, _) => u32v(0),
         _ => return Err(CUDA_ERROR_INVALID_VALUE),
     })
 }
 
 /// The device of the calling thread's current context.
-pub(crate) fn current_device() -> Result<&'static vgpu_dataplane::handshake::DeviceFacts, u32> {
+pub(crate) fn current_device() -> CuResult<&'static vgpu_dataplane::handshake::DeviceFacts> {
     let ctx = need_ctx()?;
     let dev = state::read().contexts.get(&ctx).map(|c| c.device).unwrap_or(0);
     client::session()?
@@ -142,17 +159,20 @@ pub(crate) fn current_device() -> Result<&'static vgpu_dataplane::handshake::Dev
         .ok_or(CUDA_ERROR_INVALID_CONTEXT)
 }
 
-fn function_id(f: Handle) -> Result<u64, u32> {
+/// A function the occupancy questions are about (they need a context, as natively).
+fn function_id(f: CUfunction) -> CuResult<FunctionId> {
     need_ctx()?;
-    super::exec::function_entry(f)?;
-    Ok(f as u64)
+    super::module::function(f.id())?;
+    Ok(f.id())
 }
 
 /// `cuOccupancyMaxActiveBlocksPerMultiprocessor(WithFlags)`, answered by the server's driver (the answer
 /// depends on the kernel's registers and shared memory as compiled, and on the driver's allocation rules).
-pub(crate) fn active_blocks(f: Handle, block_size: c_int, smem: usize, flags: c_uint) -> Result<c_int, u32> {
+pub(crate) fn active_blocks(f: FunctionId, block_size: c_int, smem: usize, flags: c_uint) -> CuResult<c_int> {
+    need_ctx()?;
+    super::module::function(f)?;
     let call = OccupancyActiveBlocks {
-        function: function_id(f)?,
+        function: f,
         dynamic_smem: smem as u64,
         block_size,
         flags,
@@ -163,12 +183,12 @@ pub(crate) fn active_blocks(f: Handle, block_size: c_int, smem: usize, flags: c_
 fn max_potential_block_size(
     min_grid: *mut c_int,
     block_out: *mut c_int,
-    f: Handle,
-    b2d: usize,
+    f: CUfunction,
+    b2d: CUoccupancyB2DSize,
     dyn_smem: usize,
     limit: c_int,
     flags: c_uint,
-) -> Result<(), u32> {
+) -> CuResult<()> {
     let function = function_id(f)?;
     if min_grid.is_null() || block_out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -177,8 +197,10 @@ fn max_potential_block_size(
     // travels instead.
     let mut table = Vec::new();
     let mut block_limit = limit;
-    if b2d != 0 {
-        let max = super::exec::attributes(f)?[0].max(1);
+    if b2d.is_some() {
+        let max = super::module::attributes(function)?
+            [CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK.0 as usize]
+            .max(1);
         if block_limit <= 0 || block_limit > max {
             block_limit = max;
         }
@@ -198,18 +220,18 @@ fn max_potential_block_size(
     ffi::write(block_out, r.block)
 }
 
-fn clusters(out: *mut c_int, f: Handle, config: *const c_void, potential_size: bool) -> Result<(), u32> {
+fn clusters(out: *mut c_int, f: CUfunction, config: *const CUlaunchConfig, potential_size: bool) -> CuResult<()> {
     let function = function_id(f)?;
-    let cfg = super::exec::read_launch_config(config)?;
+    let cfg = super::launch::read_launch_config(config)?;
     let call = OccupancyClusters {
         function,
-        grid_x: cfg.grid[0],
-        grid_y: cfg.grid[1],
-        grid_z: cfg.grid[2],
-        block_x: cfg.block[0],
-        block_y: cfg.block[1],
-        block_z: cfg.block[2],
-        shared_mem: cfg.shared,
+        grid_x: cfg.shape.grid[0],
+        grid_y: cfg.shape.grid[1],
+        grid_z: cfg.shape.grid[2],
+        block_x: cfg.shape.block[0],
+        block_y: cfg.shape.block[1],
+        block_z: cfg.shape.block[2],
+        shared_mem: cfg.shape.shared_mem,
         potential_size: potential_size as u32,
         cluster_x: cfg.cluster_given[0],
         cluster_y: cfg.cluster_given[1],
@@ -220,21 +242,60 @@ fn clusters(out: *mut c_int, f: Handle, config: *const c_void, potential_size: b
     ffi::write(out, r.value as c_int)
 }
 
+/// `cuStreamGetCaptureInfo` in all its forms: status, id and graph. The dependency outputs of the `_v2`/`_v3`
+/// forms are left alone: the runtime reads them only to add nodes by hand to a capture, which is not supported here.
+fn capture_info(
+    flags: u16,
+    stream: CUstream,
+    status: *mut CUstreamCaptureStatus,
+    id: *mut u64,
+    graph: *mut CUgraph,
+) -> CuResult<()> {
+    let s = super::stream::stream_id(stream)?;
+    let (st, capture) = super::graph::capture_status(super::graph::key(flags, s));
+    ffi::write(status, st)?;
+    if !id.is_null() {
+        ffi::write(id, capture)?;
+    }
+    if !graph.is_null() {
+        let none = st == CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        ffi::write(graph, if none { std::ptr::null_mut() } else { capture as CUgraph })?;
+    }
+    Ok(())
+}
+
+/// Width of a pointer attribute's value: 4-byte integers, except addresses, sizes and ids (8 bytes).
+fn attribute_width(attr: CUpointer_attribute) -> usize {
+    use CUpointer_attribute as P;
+    match attr {
+        P::CU_POINTER_ATTRIBUTE_MEMORY_TYPE
+        | P::CU_POINTER_ATTRIBUTE_SYNC_MEMOPS
+        | P::CU_POINTER_ATTRIBUTE_IS_MANAGED
+        | P::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
+        | P::CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE
+        | P::CU_POINTER_ATTRIBUTE_MAPPED
+        | P::CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE
+        | P::CU_POINTER_ATTRIBUTE_ACCESS_FLAGS
+        | P::CU_POINTER_ATTRIBUTE_IS_HW_DECOMPRESS_CAPABLE => 4,
+        _ => 8,
+    }
+}
+
 thread_local! {
-    /// `cuThreadExchangeStreamCaptureMode`'s per-thread mode (CU_STREAM_CAPTURE_MODE_GLOBAL = 0).
-    static CAPTURE_MODE: Cell<c_uint> = const { Cell::new(0) };
+    /// `cuThreadExchangeStreamCaptureMode`'s per-thread mode.
+    static CAPTURE_MODE: Cell<CUstreamCaptureMode> = const { Cell::new(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL) };
 }
 
 entry! {
-    [cuModuleGetLoadingMode] [] (mode: *mut c_uint) |f| {
+    cuModuleGetLoadingMode => |f, mode| {
         client::session()?;
-        // CU_MODULE_LAZY_LOADING (2), the driver's default since CUDA 12.2, unless the app asked for eager
-        // loading through the variable the driver reads. Loading happens on the server, which honours it too
-        // when `vgpu run` passes the environment on.
+        // Lazy loading, the driver's default since CUDA 12.2, unless the app asked for eager loading through the
+        // variable the driver reads. Loading happens on the server, which honours it too when `vgpu run` passes
+        // the environment on.
         let eager = std::env::var("CUDA_MODULE_LOADING").is_ok_and(|v| v.eq_ignore_ascii_case("EAGER"));
-        ffi::write(mode, if eager { 1 } else { 2 })
+        ffi::write(mode, if eager { CUmoduleLoadingMode::CU_MODULE_EAGER_LOADING } else { CUmoduleLoadingMode::CU_MODULE_LAZY_LOADING })
     }
-    [cuPointerGetAttribute] [] (data: *mut c_void, attr: c_uint, ptr: u64) |f| {
+    cuPointerGetAttribute => |f, data, attr, ptr| {
         client::session()?;
         if data.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -243,7 +304,7 @@ entry! {
         ffi::bytes_mut(data as *mut u8, bytes.len())?.copy_from_slice(&bytes);
         Ok(())
     }
-    [cuPointerGetAttributes] [] (n: c_uint, attrs: *const c_uint, data: *mut *mut c_void, ptr: u64) |f| {
+    cuPointerGetAttributes => |f, n, attrs, data, ptr| {
         client::session()?;
         if attrs.is_null() || data.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -258,73 +319,56 @@ entry! {
             }
             let bytes = match pointer_attribute(attr, ptr) {
                 Ok(Some(b)) if known => b,
-                Ok(_) | Err(_) => {
-                    let width = if matches!(attr, 2 | 6 | 8 | 9 | 10 | 13 | 15 | 16 | 21) { 4 } else { 8 };
-                    vec![0; width]
-                }
+                Ok(_) | Err(_) => vec![0; attribute_width(attr)],
             };
             ffi::bytes_mut(out as *mut u8, bytes.len())?.copy_from_slice(&bytes);
         }
         Ok(())
     }
-    [cuOccupancyMaxActiveBlocksPerMultiprocessor] [] (out: *mut c_int, func: Handle, block: c_int, smem: usize) |f| {
-        ffi::write(out, active_blocks(func, block, smem, 0)?)
+    cuOccupancyMaxActiveBlocksPerMultiprocessor => |f, out, func, block, smem| {
+        ffi::write(out, active_blocks(function_id(func)?, block, smem, 0)?)
     }
-    [cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags] [] (out: *mut c_int, func: Handle, block: c_int, smem: usize, flags: c_uint) |f| {
-        ffi::write(out, active_blocks(func, block, smem, flags)?)
+    cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags => |f, out, func, block, smem, flags| {
+        ffi::write(out, active_blocks(function_id(func)?, block, smem, flags)?)
     }
-    [cuOccupancyMaxPotentialBlockSize] [] (min_grid: *mut c_int, block: *mut c_int, func: Handle, b2d: usize, smem: usize, limit: c_int) |f| {
+    cuOccupancyMaxPotentialBlockSize => |f, min_grid, block, func, b2d, smem, limit| {
         max_potential_block_size(min_grid, block, func, b2d, smem, limit, 0)
     }
-    [cuOccupancyMaxPotentialBlockSizeWithFlags] [] (min_grid: *mut c_int, block: *mut c_int, func: Handle, b2d: usize, smem: usize, limit: c_int, flags: c_uint) |f| {
+    cuOccupancyMaxPotentialBlockSizeWithFlags => |f, min_grid, block, func, b2d, smem, limit, flags| {
         max_potential_block_size(min_grid, block, func, b2d, smem, limit, flags)
     }
-    [cuOccupancyAvailableDynamicSMemPerBlock] [] (out: *mut usize, func: Handle, blocks: c_int, block: c_int) |f| {
+    cuOccupancyAvailableDynamicSMemPerBlock => |f, out, func, blocks, block| {
         let call = OccupancyAvailableSmem { function: function_id(func)?, num_blocks: blocks, block_size: block };
         ffi::write(out, client::call(0, &call, &[])?.value as usize)
     }
-    [cuOccupancyMaxActiveClusters] [] (out: *mut c_int, func: Handle, config: *const c_void) |f| {
+    cuOccupancyMaxActiveClusters => |f, out, func, config| {
         clusters(out, func, config, false)
     }
-    [cuOccupancyMaxPotentialClusterSize] [] (out: *mut c_int, func: Handle, config: *const c_void) |f| {
+    cuOccupancyMaxPotentialClusterSize => |f, out, func, config| {
         clusters(out, func, config, true)
     }
-    [cuStreamIsCapturing] [cuStreamIsCapturing_ptsz] (stream: Handle, status: *mut c_uint) |f| {
-        let id = super::exec::stream_id(stream)?;
+    cuStreamIsCapturing, cuStreamIsCapturing_ptsz => |f, stream, status| {
+        let id = super::stream::stream_id(stream)?;
         ffi::write(status, super::graph::capture_status(super::graph::key(f, id)).0)
     }
-    [cuStreamGetCaptureInfo] [cuStreamGetCaptureInfo_ptsz] (stream: Handle, status: *mut c_uint, id: *mut u64) |f| {
-        let s = super::exec::stream_id(stream)?;
-        let (st, capture) = super::graph::capture_status(super::graph::key(f, s));
-        ffi::write(status, st)?;
-        if !id.is_null() {
-            ffi::write(id, capture)?;
-        }
-        Ok(())
+    cuStreamGetCaptureInfo, cuStreamGetCaptureInfo_ptsz => |f, stream, status, id| {
+        capture_info(f, stream, status, id, std::ptr::null_mut())
     }
-    [cuStreamGetCaptureInfo_v2, cuStreamGetCaptureInfo_v3] [cuStreamGetCaptureInfo_v2_ptsz, cuStreamGetCaptureInfo_v3_ptsz] (stream: Handle, status: *mut c_uint, id: *mut u64, graph: *mut Handle) |f| {
-        // The dependency outputs after `graph` are left alone: the runtime reads them only to add nodes by
-        // hand to a capture, which is not supported here.
-        let s = super::exec::stream_id(stream)?;
-        let (st, capture) = super::graph::capture_status(super::graph::key(f, s));
-        ffi::write(status, st)?;
-        if !id.is_null() {
-            ffi::write(id, capture)?;
-        }
-        if !graph.is_null() {
-            ffi::write(graph, if st == 0 { std::ptr::null_mut() } else { capture as Handle })?;
-        }
-        Ok(())
+    cuStreamGetCaptureInfo_v2, cuStreamGetCaptureInfo_v2_ptsz => |f, stream, status, id, graph, _deps, _count| {
+        capture_info(f, stream, status, id, graph)
     }
-    [cuThreadExchangeStreamCaptureMode] [] (mode: *mut c_uint) |f| {
+    cuStreamGetCaptureInfo_v3, cuStreamGetCaptureInfo_v3_ptsz => |f, stream, status, id, graph, _deps, _edges, _count| {
+        capture_info(f, stream, status, id, graph)
+    }
+    cuThreadExchangeStreamCaptureMode => |f, mode| {
         let new = ffi::read(mode)?;
-        if new > 2 {
+        if new.0 > CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED.0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let old = CAPTURE_MODE.with(|m| m.replace(new));
         ffi::write(mode, old)
     }
-    [cuDeviceCanAccessPeer] [] (can: *mut c_int, dev: c_int, peer: c_int) |f| {
+    cuDeviceCanAccessPeer => |f, can, dev, peer| {
         let n = client::session()?.devices.len() as c_int;
         if dev < 0 || dev >= n || peer < 0 || peer >= n {
             return Err(CUDA_ERROR_INVALID_DEVICE);
@@ -332,12 +376,11 @@ entry! {
         // Peer access between remoted GPUs is not offered yet.
         ffi::write(can, 0)
     }
-    [cuDeviceGetP2PAttribute] [] (value: *mut c_int, attr: c_uint, src: c_int, dst: c_int) |f| {
+    cuDeviceGetP2PAttribute => |f, value, _attr, src, dst| {
         let n = client::session()?.devices.len() as c_int;
         if src < 0 || src >= n || dst < 0 || dst >= n || src == dst {
             return Err(CUDA_ERROR_INVALID_DEVICE);
         }
-        let _ = attr;
         ffi::write(value, 0)
     }
 }

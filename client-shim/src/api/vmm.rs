@@ -1,9 +1,13 @@
 //! Virtual memory management (`cuMemAddressReserve`, `cuMemCreate`, `cuMemMap`, ...), which PyTorch's expandable
 //! segments use: every call is one synchronous round trip; the registry mirrors mappings for the pointer queries.
 
-use std::ffi::{c_uint, c_void};
+use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use vgpu_cuda_sys::driver::{
+    CUmemAccessDesc, CUmemAllocationHandleType, CUmemAllocationProp, CUmemAllocationType, CUmemLocation,
+    CUmemLocationType,
+};
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::handshake::CAP_VMM;
 use vgpu_dataplane::wire::*;
@@ -11,46 +15,50 @@ use vgpu_dataplane::wire::*;
 use crate::state::{self, VmmHandle, VmmMapping};
 use crate::{client, ffi};
 
-/// `CUmemAllocationProp` from cuda.h.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct AllocationProp {
-    alloc_type: u32,
-    handle_types: u32,
-    location_type: u32,
-    location_id: i32,
-    win32_handle_meta_data: usize,
-    compression: u8,
-    gpu_direct_rdma: u8,
-    usage: u16,
-    reserved: [u8; 4],
-}
-
-/// `CU_MEM_HANDLE_TYPE_WIN32` and `CU_MEM_HANDLE_TYPE_WIN32_KMT`.
-const WIN32_HANDLE_TYPES: u32 = 0x2 | 0x4;
+/// Handle types that name memory by a Windows handle of this process.
+const WIN32_HANDLE_TYPES: u32 =
+    CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_WIN32.0 | CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_WIN32_KMT.0;
 
 /// Reads the app's allocation properties into their wire form. The win32 pointer names memory of this process,
 /// which the server cannot read: it must be NULL (cuda.h: "in all other cases, this field is required to be
 /// zero"), and so no win32 handle type can be asked for.
-fn read_prop(prop: *const c_void) -> Result<MemAllocProp, u32> {
-    let p: AllocationProp = ffi::read(prop as *const AllocationProp)?;
-    if p.win32_handle_meta_data != 0 || p.handle_types & WIN32_HANDLE_TYPES != 0 {
+fn read_prop(prop: *const CUmemAllocationProp) -> CuResult<MemAllocProp> {
+    let p: CUmemAllocationProp = ffi::read(prop)?;
+    if !p.win32HandleMetaData.is_null() || p.requestedHandleTypes.0 & WIN32_HANDLE_TYPES != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     Ok(MemAllocProp {
-        alloc_type: p.alloc_type,
-        handle_types: p.handle_types,
-        location_type: p.location_type,
-        location_id: p.location_id,
-        compression: p.compression,
-        gpu_direct_rdma: p.gpu_direct_rdma,
-        usage: p.usage,
-        reserved: p.reserved,
+        alloc_type: p.type_.0,
+        handle_types: p.requestedHandleTypes.0,
+        location_type: p.location.type_.0,
+        location_id: p.location.id,
+        compression: p.allocFlags.compressionType,
+        gpu_direct_rdma: p.allocFlags.gpuDirectRDMACapable,
+        usage: p.allocFlags.usage,
+        reserved: p.allocFlags.reserved,
     })
 }
 
+/// The app's allocation properties from their wire form (the win32 pointer, which never travels, is NULL).
+fn write_prop(out: *mut CUmemAllocationProp, p: MemAllocProp) -> CuResult<()> {
+    let mut prop = CUmemAllocationProp {
+        type_: CUmemAllocationType(p.alloc_type),
+        requestedHandleTypes: CUmemAllocationHandleType(p.handle_types),
+        location: CUmemLocation {
+            type_: CUmemLocationType(p.location_type),
+            id: p.location_id,
+        },
+        ..Default::default()
+    };
+    prop.allocFlags.compressionType = p.compression;
+    prop.allocFlags.gpuDirectRDMACapable = p.gpu_direct_rdma;
+    prop.allocFlags.usage = p.usage;
+    prop.allocFlags.reserved = p.reserved;
+    ffi::write(out, prop)
+}
+
 /// The session, if its server executes VMM calls (an older one would end the session on an unknown operation).
-fn vmm_session() -> Result<(), u32> {
+fn vmm_session() -> CuResult<()> {
     if client::session()?.capabilities & CAP_VMM == 0 {
         return Err(CUDA_ERROR_NOT_SUPPORTED);
     }
@@ -59,7 +67,7 @@ fn vmm_session() -> Result<(), u32> {
 
 /// Exporting memory to another process cannot work through vGPU: the memory is on the GPU server, where the
 /// other process is not. Reported once per entry point, by name.
-fn not_shareable(name: &str, once: &AtomicBool) -> Result<(), u32> {
+fn not_shareable(name: &str, once: &AtomicBool) -> CuResult<()> {
     if !once.swap(true, Ordering::Relaxed) {
         crate::log::log!(
             crate::log::WARN,
@@ -87,29 +95,29 @@ fn forget_mappings(ptr: u64, size: u64) {
 }
 
 entry! {
-    [cuMemGetAllocationGranularity] [] (granularity: *mut usize, prop: *const c_void, option: c_uint) |f| {
+    cuMemGetAllocationGranularity => |f, granularity, prop, option| {
         vmm_session()?;
         let prop = read_prop(prop)?;
         if granularity.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let r = client::call(0, &MemGetAllocationGranularity { prop, option, _pad: 0 }, &[])?;
+        let r = client::call(0, &MemGetAllocationGranularity { prop, option: option.0, _pad: 0 }, &[])?;
         ffi::write(granularity, r.granularity as usize)
     }
-    [cuMemAddressReserve] [] (ptr: *mut u64, size: usize, alignment: usize, addr: u64, flags: u64) |f| {
+    cuMemAddressReserve => |f, ptr, size, alignment, addr, flags| {
         vmm_session()?;
         if ptr.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let call = MemAddressReserve { size: size as u64, alignment: alignment as u64, addr, flags };
+        let call = MemAddressReserve { size: size as u64, alignment: alignment as u64, addr: DevicePtr(addr), flags };
         let r = client::call(0, &call, &[])?;
-        ffi::write(ptr, r.dptr)
+        ffi::write(ptr, r.dptr.get())
     }
-    [cuMemAddressFree] [] (ptr: u64, size: usize) |f| {
+    cuMemAddressFree => |f, ptr, size| {
         vmm_session()?;
-        client::call(0, &MemAddressFree { ptr, size: size as u64 }, &[]).map(|_| ())
+        client::call(0, &MemAddressFree { ptr: DevicePtr(ptr), size: size as u64 }, &[]).map(|_| ())
     }
-    [cuMemCreate] [] (handle: *mut u64, size: usize, prop: *const c_void, flags: u64) |f| {
+    cuMemCreate => |f, handle, size, prop, flags| {
         vmm_session()?;
         let prop = read_prop(prop)?;
         if handle.is_null() {
@@ -117,14 +125,15 @@ entry! {
         }
         // A client-chosen id, as for every handle; synchronous all the same, so that running out of memory is
         // this call's answer, as natively.
-        let id = state::new_id();
+        let id = AllocHandleId(state::new_id());
         client::call(0, &MemCreate { handle: id, size: size as u64, flags, prop }, &[])?;
         let info = VmmHandle { handle_types: prop.handle_types, refs: 1, mappings: 0 };
         state::write().vmm_handles.insert(id, info);
-        ffi::write(handle, id)
+        ffi::write(handle, id.get())
     }
-    [cuMemRelease] [] (handle: u64) |f| {
+    cuMemRelease => |f, handle| {
         vmm_session()?;
+        let handle = AllocHandleId(handle);
         client::call(0, &MemRelease { handle }, &[])?;
         let mut reg = state::write();
         if let Some(h) = reg.vmm_handles.get_mut(&handle) {
@@ -133,9 +142,10 @@ entry! {
         reg.forget_unused_vmm(handle);
         Ok(())
     }
-    [cuMemMap] [] (ptr: u64, size: usize, offset: usize, handle: u64, flags: u64) |f| {
+    cuMemMap => |f, ptr, size, offset, handle, flags| {
         vmm_session()?;
-        let call = MemMap { ptr, size: size as u64, offset: offset as u64, handle, flags };
+        let handle = AllocHandleId(handle);
+        let call = MemMap { ptr: DevicePtr(ptr), size: size as u64, offset: offset as u64, handle, flags };
         client::call(0, &call, &[])?;
         let mut reg = state::write();
         if let Some(h) = reg.vmm_handles.get_mut(&handle) {
@@ -146,85 +156,93 @@ entry! {
         reg.device_ranges.insert(ptr, size as u64);
         Ok(())
     }
-    [cuMemUnmap] [] (ptr: u64, size: usize) |f| {
+    cuMemUnmap => |f, ptr, size| {
         vmm_session()?;
-        client::call(0, &MemUnmap { ptr, size: size as u64 }, &[])?;
+        client::call(0, &MemUnmap { ptr: DevicePtr(ptr), size: size as u64 }, &[])?;
         forget_mappings(ptr, size as u64);
         Ok(())
     }
-    [cuMemSetAccess] [] (ptr: u64, size: usize, desc: *const c_void, count: usize) |f| {
+    cuMemSetAccess => |f, ptr, size, desc, count| {
         vmm_session()?;
         if count > MAX_ACCESS_DESCS {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let record = std::mem::size_of::<MemAccessDesc>();
-        // CUmemAccessDesc has MemAccessDesc's layout: the array travels as it is.
+        // CUmemAccessDesc has MemAccessDesc's layout (checked below): the array travels as it is.
+        let record = size_of::<CUmemAccessDesc>();
         let descs = ffi::bytes(desc as *const u8, count * record)?;
-        let call = MemSetAccess { ptr, size: size as u64, count: count as u32, _pad: 0 };
+        let call = MemSetAccess { ptr: DevicePtr(ptr), size: size as u64, count: count as u32, _pad: 0 };
         client::call(0, &call, descs)?;
         let mut reg = state::write();
         let end = ptr.saturating_add(size as u64);
         for (_, m) in reg.vmm_mappings.range_mut(ptr..end) {
             for d in descs.chunks_exact(record) {
-                let id = i32::from_le_bytes([d[4], d[5], d[6], d[7]]);
-                let flags = u32::from_le_bytes([d[8], d[9], d[10], d[11]]);
+                let id = ffi::field::<i32>(d, offset_of!(CUmemAccessDesc, location) + offset_of!(CUmemLocation, id))?;
+                let flags = ffi::field::<u32>(d, offset_of!(CUmemAccessDesc, flags))?;
                 m.access.retain(|&(dev, _)| dev != id);
                 m.access.push((id, flags));
             }
         }
         Ok(())
     }
-    [cuMemGetAccess] [] (flags: *mut u64, location: *const [u32; 2], ptr: u64) |f| {
+    cuMemGetAccess => |f, flags, location, ptr| {
         vmm_session()?;
-        // CUmemLocation: type, id.
-        let [location_type, location_id] = ffi::read(location)?;
+        let location: CUmemLocation = ffi::read(location)?;
         if flags.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let call = MemGetAccess { ptr, location_type, location_id: location_id as i32 };
+        let call = MemGetAccess { ptr: DevicePtr(ptr), location_type: location.type_.0, location_id: location.id };
         let r = client::call(0, &call, &[])?;
         ffi::write(flags, r.flags)
     }
-    [cuMemGetAllocationPropertiesFromHandle] [] (prop: *mut c_void, handle: u64) |f| {
+    cuMemGetAllocationPropertiesFromHandle => |f, prop, handle| {
         vmm_session()?;
         if prop.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let p = client::call(0, &MemGetAllocationProperties { handle }, &[])?.prop;
-        let out = AllocationProp {
-            alloc_type: p.alloc_type,
-            handle_types: p.handle_types,
-            location_type: p.location_type,
-            location_id: p.location_id,
-            win32_handle_meta_data: 0,
-            compression: p.compression,
-            gpu_direct_rdma: p.gpu_direct_rdma,
-            usage: p.usage,
-            reserved: p.reserved,
-        };
-        ffi::write(prop as *mut AllocationProp, out)
+        let p = client::call(0, &MemGetAllocationProperties { handle: AllocHandleId(handle) }, &[])?.prop;
+        write_prop(prop, p)
     }
-    [cuMemRetainAllocationHandle] [] (handle: *mut u64, addr: *mut c_void) |f| {
+    cuMemRetainAllocationHandle => |f, handle, addr| {
         vmm_session()?;
         if handle.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let r = client::call(0, &MemRetainAllocationHandle { addr: addr as u64 }, &[])?;
+        let r = client::call(0, &MemRetainAllocationHandle { addr: DevicePtr(addr as u64) }, &[])?;
         if let Some(h) = state::write().vmm_handles.get_mut(&r.handle) {
             h.refs += 1;
         }
-        ffi::write(handle, r.handle)
+        ffi::write(handle, r.handle.get())
     }
-    [cuMemExportToShareableHandle] [] (shareable: *mut c_void, handle: u64, handle_type: c_uint, flags: u64) |f| {
+    cuMemExportToShareableHandle => |f, shareable, handle, handle_type, flags| {
         static ONCE: AtomicBool = AtomicBool::new(false);
         not_shareable("cuMemExportToShareableHandle", &ONCE)
     }
-    [cuMemImportFromShareableHandle] [] (handle: *mut u64, os_handle: *mut c_void, handle_type: c_uint) |f| {
+    cuMemImportFromShareableHandle => |f, handle, os_handle, handle_type| {
         static ONCE: AtomicBool = AtomicBool::new(false);
         not_shareable("cuMemImportFromShareableHandle", &ONCE)
     }
-    [cuMemGetHandleForAddressRange] [] (handle: *mut c_void, dptr: u64, size: usize, handle_type: c_uint, flags: u64) |f| {
+    cuMemGetHandleForAddressRange => |f, handle, dptr, size, handle_type, flags| {
         static ONCE: AtomicBool = AtomicBool::new(false);
         not_shareable("cuMemGetHandleForAddressRange", &ONCE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_descriptors_travel_in_cuda_h_layout() {
+        // A `MemSetAccess` tail is the app's CUmemAccessDesc array as it is: the wire record must be that layout.
+        assert_eq!(size_of::<MemAccessDesc>(), size_of::<CUmemAccessDesc>());
+        assert_eq!(
+            offset_of!(MemAccessDesc, location_type),
+            offset_of!(CUmemAccessDesc, location)
+        );
+        assert_eq!(
+            offset_of!(MemAccessDesc, location_id),
+            offset_of!(CUmemAccessDesc, location) + offset_of!(CUmemLocation, id)
+        );
+        assert_eq!(offset_of!(MemAccessDesc, flags), offset_of!(CUmemAccessDesc, flags));
     }
 }

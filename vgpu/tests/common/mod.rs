@@ -4,6 +4,8 @@
 // Each test file uses a part of these helpers.
 #![allow(dead_code)]
 
+#![allow(dead_code)] // each test file uses a different part
+
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 

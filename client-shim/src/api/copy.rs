@@ -1,0 +1,387 @@
+//! Linear copies between host and device memory, sync and async, and `cuMemcpy` with unified addressing.
+//! Synchronous copies are one round trip; async ones are queued, their device-to-host data pushed back before
+//! the synchronizing call that covers them returns. Pinned memory goes through shared regions or mirrors.
+
+use std::ffi::c_void;
+
+use vgpu_cuda_sys::driver::CUstream;
+use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::wire::*;
+
+use super::graph;
+use super::need_ctx;
+use super::staging::{staged_dtoh, staged_htod, STAGED_MIN};
+use super::stream::stream_id;
+use crate::{client, ffi, mirror, state};
+
+/// Whether `addr` is pinned host memory named by its device address (the mirror's, `mirror`): copies
+/// from or to it are host copies, as the client's memory is the truth for the host.
+pub(super) fn mirrored(addr: u64) -> bool {
+    mirror::find(addr as usize).is_some()
+}
+
+/// A copy that a device address of pinned host memory turns into a host-side one: in stream order (after
+/// the work queued before it, whose kernels' writes to pinned memory come back first), then a plain copy.
+/// `dst_dev`/`src_dev`: whether that side is real device memory.
+pub(super) fn copy_via_host(
+    flags: u16,
+    stream: StreamId,
+    dst: u64,
+    dst_dev: bool,
+    src: u64,
+    src_dev: bool,
+    n: usize,
+) -> CuResult<()> {
+    client::call(flags, &StreamSynchronize { stream }, &[])?;
+    mirror::after_sync()?;
+    match (dst_dev, src_dev) {
+        (true, _) => client::call(
+            flags,
+            &MemcpyHtoD {
+                dst: DevicePtr(dst),
+                size: n as u64,
+            },
+            ffi::bytes(src as *const u8, n)?,
+        )
+        .map(|_| ()),
+        (false, true) => {
+            let out = ffi::bytes_mut(dst as *mut u8, n)?;
+            let call = MemcpyDtoH {
+                src: DevicePtr(src),
+                size: n as u64,
+            };
+            client::with_channel(|ch, _| ch.copy_to_host(flags, &call, out))
+        }
+        (false, false) => {
+            let from = ffi::bytes(src as *const u8, n)?.to_vec();
+            ffi::bytes_mut(dst as *mut u8, n)?.copy_from_slice(&from);
+            Ok(())
+        }
+    }
+}
+
+/// base), and the region comes back at the next synchronizing call; landing it here instead would be undone
+/// by that pull, which copies the whole mirror back over the host's bytes.
+fn into_mirror(dst: *mut c_void, n: usize) -> Option<(u64, usize)> {
+    if n == 0 {
+        return None;
+    }
+    let m = mirror::find(dst as usize)?;
+    let end = (dst as usize).checked_add(n)?;
+    (end <= m.data + m.data_len).then(|| (m.dptr + (dst as usize - m.base) as u64, m.base))
+}
+
+/// The shared pinned region holding all of `n` bytes at `ptr`, as (region id, offset).
+fn region_of(ptr: *const c_void, n: usize) -> Option<(RegionId, u64)> {
+    if n == 0 {
+        return None;
+    }
+    state::read().shared_region(ptr as usize, n)
+}
+
+/// Host-to-device data is read when the call is made. Natively, a copy from pinned memory reads it when the
+/// copy runs, after earlier device-to-host copies into that memory have landed (a chain reusing one host
+/// buffer): where such a copy is still under way, wait for it first.
+fn await_landings(src: *const c_void, n: usize) -> CuResult<()> {
+    if client::pending_overlaps(src as usize, n) {
+        client::call(0, &CtxSynchronize {}, &[])?;
+        mirror::after_sync()?;
+    }
+    Ok(())
+}
+
+fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> CuResult<()> {
+    let ctx = need_ctx()?;
+    if mirrored(dst) {
+        return copy_via_host(flags, StreamId::NULL, dst, false, src as u64, false, n);
+    }
+    if let Some((region, offset)) = region_of(src, n) {
+        let call = MemcpyHtoDRegion {
+            dst: DevicePtr(dst),
+            region,
+            offset,
+            size: n as u64,
+        };
+        client::call(flags, &call, &[])?;
+        return mirror::after_sync();
+    }
+    if let Some(from) = mirror::pending_source(src as usize, n) {
+        client::call(
+            flags,
+            &MemcpyDtoD {
+                dst: DevicePtr(dst),
+                src: DevicePtr(from),
+                size: n as u64,
+            },
+            &[],
+        )?;
+        return mirror::after_sync();
+    }
+    await_landings(src, n)?;
+    if n >= STAGED_MIN {
+        if let Some(done) = staged_htod(flags, ctx, dst, src, n) {
+            return done.and_then(|_| mirror::after_sync());
+        }
+    }
+    let data = ffi::bytes(src as *const u8, n)?;
+    let call = MemcpyHtoD {
+        dst: DevicePtr(dst),
+        size: n as u64,
+    };
+    client::call(flags, &call, data)?;
+    // A synchronous copy waits for the work before it: kernels' writes to pinned memory are due now.
+    mirror::after_sync()
+}
+
+fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
+    let ctx = need_ctx()?;
+    if mirrored(src) {
+        return copy_via_host(flags, StreamId::NULL, dst as u64, false, src, false, n);
+    }
+    // Into mirrored pinned memory: only when queued work may have written the mirror must the copy go there
+    // (the pull at the end would undo a direct landing); otherwise the host's bytes are the truth and the
+    // copy lands on them directly, pipelined like a pageable copy (a later launch pushes them).
+    let through_mirror = mirror::pending_source(dst as usize, n).is_some();
+    if let Some((dptr, base)) = into_mirror(dst, n).filter(|_| through_mirror) {
+        client::call(
+            flags,
+            &MemcpyDtoD {
+                dst: DevicePtr(dptr),
+                src: DevicePtr(src),
+                size: n as u64,
+            },
+            &[],
+        )?;
+        mirror::mark_pending(base);
+        return mirror::after_sync();
+    }
+    if let Some((region, offset)) = region_of(dst, n) {
+        let call = MemcpyDtoHRegion {
+            src: DevicePtr(src),
+            region,
+            offset,
+            size: n as u64,
+        };
+        client::call(flags, &call, &[])?;
+        return mirror::after_sync();
+    }
+    if n >= STAGED_MIN {
+        if let Some(done) = staged_dtoh(flags, ctx, dst, src, n) {
+            return done.and_then(|_| mirror::after_sync());
+        }
+    }
+    let out = ffi::bytes_mut(dst as *mut u8, n)?;
+    let call = MemcpyDtoH {
+        src: DevicePtr(src),
+        size: n as u64,
+    };
+    client::with_channel(|ch, _| ch.copy_to_host(flags, &call, out))?;
+    mirror::after_sync()
+}
+
+pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, stream: CUstream) -> CuResult<()> {
+    need_ctx()?;
+    let stream = stream_id(stream)?;
+    if let Some(r) = graph::capture(
+        graph::key(flags, stream),
+        graph::Node::HtoD {
+            dst,
+            src: src as usize,
+            n,
+        },
+    ) {
+        return r;
+    }
+    if mirrored(dst) {
+        return copy_via_host(flags, stream, dst, false, src as u64, false, n);
+    }
+    state::read().check_range(dst, n as u64)?;
+    if let Some((region, offset)) = region_of(src, n) {
+        // The GPU reads the app's buffer when the copy runs, as natively.
+        let call = MemcpyHtoDRegionAsync {
+            dst: DevicePtr(dst),
+            region,
+            offset,
+            size: n as u64,
+            stream,
+        };
+        return client::post(flags, &call, &[]);
+    }
+    if let Some(from) = mirror::pending_source(src as usize, n) {
+        let call = MemcpyDtoDAsync {
+            dst: DevicePtr(dst),
+            src: DevicePtr(from),
+            size: n as u64,
+            stream,
+        };
+        return client::post(flags, &call, &[]);
+    }
+    await_landings(src, n)?;
+    let data = ffi::bytes(src as *const u8, n)?;
+    client::post(
+        flags,
+        &MemcpyHtoDAsync {
+            dst: DevicePtr(dst),
+            size: n as u64,
+            stream,
+        },
+        data,
+    )
+}
+
+pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, stream: CUstream) -> CuResult<()> {
+    need_ctx()?;
+    let stream = stream_id(stream)?;
+    if let Some(r) = graph::capture(
+        graph::key(flags, stream),
+        graph::Node::DtoH {
+            dst: dst as usize,
+            src,
+            n,
+        },
+    ) {
+        return r;
+    }
+    if mirrored(src) {
+        return copy_via_host(flags, stream, dst as u64, false, src, false, n);
+    }
+    state::read().check_range(src, n as u64)?;
+    if n == 0 {
+        return Ok(());
+    }
+    if dst.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    if let Some((dptr, base)) = into_mirror(dst, n) {
+        let call = MemcpyDtoDAsync {
+            dst: DevicePtr(dptr),
+            src: DevicePtr(src),
+            size: n as u64,
+            stream,
+        };
+        client::post(flags, &call, &[])?;
+        mirror::mark_pending(base);
+        return Ok(());
+    }
+    if let Some((region, offset)) = region_of(dst, n) {
+        // The GPU writes straight into the app's buffer when the copy runs: nothing to deliver later.
+        let call = MemcpyDtoHRegionAsync {
+            src: DevicePtr(src),
+            region,
+            offset,
+            size: n as u64,
+            stream,
+        };
+        return client::post(flags, &call, &[]);
+    }
+    let pending_id = client::pending_register(client::Landing {
+        addr: dst as usize,
+        pitch: n,
+        width: n,
+        rows: 1,
+    });
+    client::post(
+        flags,
+        &MemcpyDtoHAsync {
+            src: DevicePtr(src),
+            size: n as u64,
+            stream,
+            pending_id,
+        },
+        &[],
+    )
+}
+
+pub(crate) fn dtod_async(f: u16, dst: u64, src: u64, n: usize, stream: CUstream) -> CuResult<()> {
+    need_ctx()?;
+    let stream = stream_id(stream)?;
+    if let Some(r) = graph::capture(graph::key(f, stream), graph::Node::DtoD { dst, src, n }) {
+        return r;
+    }
+    if mirrored(dst) || mirrored(src) {
+        return copy_via_host(f, stream, dst, !mirrored(dst), src, !mirrored(src), n);
+    }
+    {
+        let reg = state::read();
+        reg.check_range(src, n as u64)?;
+        reg.check_range(dst, n as u64)?;
+    }
+    client::post(
+        f,
+        &MemcpyDtoDAsync {
+            dst: DevicePtr(dst),
+            src: DevicePtr(src),
+            size: n as u64,
+            stream,
+        },
+        &[],
+    )
+}
+
+/// Where a unified-addressing pointer lives: device memory the app allocated, or anywhere on the host.
+fn is_device(addr: u64) -> bool {
+    state::read().device_range(addr).is_some()
+}
+
+/// `cuMemcpy`/`cuMemcpyAsync`: unified addressing decides the direction from the pointers themselves.
+fn copy_unified(flags: u16, dst: u64, src: u64, n: usize, stream: Option<CUstream>) -> CuResult<()> {
+    need_ctx()?;
+    match (is_device(dst), is_device(src), stream) {
+        (true, true, None) => client::call(
+            flags,
+            &MemcpyDtoD {
+                dst: DevicePtr(dst),
+                src: DevicePtr(src),
+                size: n as u64,
+            },
+            &[],
+        )
+        .map(|_| ()),
+        (true, true, Some(s)) => dtod_async(flags, dst, src, n, s),
+        (true, false, None) => htod(flags, dst, src as *const c_void, n),
+        (true, false, Some(s)) => htod_async(flags, dst, src as *const c_void, n, s),
+        (false, true, None) => dtoh(flags, dst as *mut c_void, src, n),
+        (false, true, Some(s)) => dtoh_async(flags, dst as *mut c_void, src, n, s),
+        (false, false, stream) => {
+            // Host to host: in stream order, after the work already queued on the stream.
+            if let Some(s) = stream {
+                let id = stream_id(s)?;
+                client::call(flags, &StreamSynchronize { stream: id }, &[])?;
+            }
+            let from = ffi::bytes(src as *const u8, n)?.to_vec();
+            ffi::bytes_mut(dst as *mut u8, n)?.copy_from_slice(&from);
+            Ok(())
+        }
+    }
+}
+
+entry! {
+    cuMemcpy, cuMemcpy_ptds => |f, dst, src, n| {
+        copy_unified(f, dst, src, n, None)
+    }
+    cuMemcpyAsync, cuMemcpyAsync_ptsz => |f, dst, src, n, stream| {
+        copy_unified(f, dst, src, n, Some(stream))
+    }
+    cuMemcpyHtoD_v2, cuMemcpyHtoD_v2_ptds => |f, dst, src, n| {
+        htod(f, dst, src, n)
+    }
+    cuMemcpyDtoH_v2, cuMemcpyDtoH_v2_ptds => |f, dst, src, n| {
+        dtoh(f, dst, src, n)
+    }
+    cuMemcpyDtoD_v2, cuMemcpyDtoD_v2_ptds => |f, dst, src, n| {
+        need_ctx()?;
+        if mirrored(dst) || mirrored(src) {
+            return copy_via_host(f, StreamId::NULL, dst, !mirrored(dst), src, !mirrored(src), n);
+        }
+        client::call(f, &MemcpyDtoD { dst: DevicePtr(dst), src: DevicePtr(src), size: n as u64 }, &[]).map(|_| ())
+    }
+    cuMemcpyHtoDAsync_v2, cuMemcpyHtoDAsync_v2_ptsz => |f, dst, src, n, stream| {
+        htod_async(f, dst, src, n, stream)
+    }
+    cuMemcpyDtoHAsync_v2, cuMemcpyDtoHAsync_v2_ptsz => |f, dst, src, n, stream| {
+        dtoh_async(f, dst, src, n, stream)
+    }
+    cuMemcpyDtoDAsync_v2, cuMemcpyDtoDAsync_v2_ptsz => |f, dst, src, n, stream| {
+        dtod_async(f, dst, src, n, stream)
+    }
+}

@@ -1,0 +1,90 @@
+//! Events: creation with client-chosen ids (no round trip), records in stream order (or into a capture), waits,
+//! queries and elapsed time, answered by the server's driver.
+
+use vgpu_cuda_sys::driver::{CUevent, CUevent_flags, CUevent_record_flags, CUstream};
+use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::wire::*;
+
+use super::stream::stream_id;
+use super::{need_ctx, ClientHandle};
+use crate::{client, ffi, state};
+
+/// The wire id of an event handle the app holds.
+pub(crate) fn event_id(event: CUevent) -> CuResult<EventId> {
+    let id = event.id();
+    if state::read().events.contains_key(&id) {
+        Ok(id)
+    } else {
+        Err(CUDA_ERROR_INVALID_HANDLE)
+    }
+}
+
+/// The flags `cuEventCreate` accepts here: the `CUevent_flags` bits (BLOCKING_SYNC 1, DISABLE_TIMING 2,
+/// INTERPROCESS 4) and 0x8, which the client has always passed on for the server's driver to judge.
+const EVENT_FLAGS: u32 = 0xf;
+
+/// Records `event` on `stream` in stream order, or where the capture of `stream` stands.
+fn record(flags: u16, event: CUevent, stream: CUstream) -> CuResult<()> {
+    let (event, stream) = (event_id(event)?, stream_id(stream)?);
+    if super::graph::record_event(super::graph::key(flags, stream), event) {
+        return Ok(());
+    }
+    client::post(flags, &EventRecord { event, stream }, &[])
+}
+
+entry! {
+    cuEventCreate => |f, out, flags| {
+        need_ctx()?;
+        if out.is_null() || flags & !EVENT_FLAGS != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        client::sticky_error()?;
+        let event = EventId(state::new_id());
+        client::post_now(0, &EventCreate { event, flags, _pad: 0 }, &[])?;
+        state::write().events.insert(event, flags);
+        ffi::write(out, CUevent::of(event))
+    }
+    cuEventRecord, cuEventRecord_ptsz => |f, event, stream| {
+        record(f, event, stream)
+    }
+    cuEventRecordWithFlags, cuEventRecordWithFlags_ptsz => |f, event, stream, flags| {
+        // CU_EVENT_RECORD_EXTERNAL only matters inside graph capture, which is not remoted.
+        if flags & !CUevent_record_flags::CU_EVENT_RECORD_EXTERNAL.0 != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        record(f, event, stream)
+    }
+    cuEventSynchronize => |f, event| {
+        let event = event_id(event)?;
+        client::call(0, &EventSynchronize { event }, &[])?;
+        crate::mirror::after_sync()
+    }
+    cuEventQuery => |f, event| {
+        let event = event_id(event)?;
+        client::call(0, &EventQuery { event }, &[]).map(|_| ())
+    }
+    cuEventElapsedTime, cuEventElapsedTime_v2 => |f, ms, start, end| {
+        if ms.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let (start, end) = (event_id(start)?, event_id(end)?);
+        {
+            let reg = state::read();
+            let untimed = |e: &EventId| {
+                reg.events.get(e).is_some_and(|f| f & CUevent_flags::CU_EVENT_DISABLE_TIMING.0 != 0)
+            };
+            if [start, end].iter().any(untimed) {
+                return Err(CUDA_ERROR_INVALID_HANDLE);
+            }
+        }
+        let r = client::call(0, &EventElapsedTime { start, end }, &[])?;
+        ffi::write(ms, r.ms)
+    }
+    cuEventDestroy, cuEventDestroy_v2 => |f, event| {
+        let id = event.id();
+        if state::write().events.remove(&id).is_none() {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        client::post(0, &EventDestroy { event: id }, &[])
+    }
+}

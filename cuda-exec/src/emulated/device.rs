@@ -1,0 +1,162 @@
+//! The emulated device's immutable facts: a Hopper-like shape, so that programs sizing launches from attributes
+//! behave sensibly on the emulated backend.
+
+use vgpu_dataplane::handshake::DeviceFacts;
+
+use super::EMULATED_TOTAL_MEM;
+
+pub(super) fn emulated_device() -> DeviceFacts {
+    let mut d = DeviceFacts::default();
+    d.set_name("vGPU Emulated Device");
+    d.uuid = *b"vgpu-emulated-00";
+    d.total_mem = EMULATED_TOTAL_MEM;
+    // A Hopper-like shape, so that programs sizing launches from attributes behave sensibly.
+    let attrs: &[(usize, i32)] = &[
+        (1, 1024),
+        (2, 1024),
+        (3, 1024),
+        (4, 64),
+        (5, 2147483647),
+        (6, 65535),
+        (7, 65535),
+        (8, 49152),
+        (9, 65536),
+        (10, 32),
+        (11, 2147483647),
+        (12, 65536),
+        (13, 1980000),
+        (14, 512),
+        (15, 1),
+        (16, 132),
+        (17, 0),
+        (18, 0),
+        (19, 1),
+        (20, 0),
+        (30, 512),
+        (31, 1),
+        (32, 0),
+        (33, 0),
+        (34, 0),
+        (35, 0),
+        (36, 2619000),
+        (37, 5120),
+        (38, 52428800),
+        (39, 2048),
+        (40, 3),
+        (41, 1),
+        (50, 0),
+        (75, 9),
+        (76, 0),
+        (78, 1),
+        (79, 1),
+        (80, 1),
+        (81, 233472),
+        (82, 65536),
+        (83, 1),
+        (84, 0),
+        (85, 0),
+        (86, 0),
+        (87, 1),
+        (88, 1),
+        (89, 0),
+        (90, 0),
+        (91, 0),
+        (95, 1),
+        (96, 1),
+        (97, 232448),
+        (98, 1),
+        (99, 1),
+        (100, 1),
+        (101, 1),
+        (102, 1),
+        // Allocations may ask to be exportable to a file descriptor (PyTorch's expandable segments do); the
+        // export itself is not offered through vGPU. No fabric handles (128 stays 0).
+        (103, 1),
+        (104, 0),
+        (105, 0),
+        (106, 32),
+        (107, 1),
+        // H100's persisting-L2 maximum and access policy window limit.
+        (108, 32768000),
+        (109, 134217728),
+        (111, 1024),
+        (112, 1),
+        (113, 0),
+        (114, 0),
+        (115, 1),
+        (116, 0),
+        (117, 0),
+        (118, 0),
+        (119, 0),
+        (120, 1),
+        (121, 0),
+        (122, 1),
+        (123, 1),
+        (124, 0),
+        (125, 0),
+        (126, 0),
+    ];
+    for &(a, v) in attrs {
+        d.set_attr(a, v);
+    }
+    // Texture and surface limits of a Hopper GPU: the runtime reads all of them for cudaDeviceProp.
+    let textures: &[(usize, i32)] = &[
+        (21, 131072),
+        (22, 131072),
+        (23, 65536),
+        (24, 16384),
+        (25, 16384),
+        (26, 16384),
+        (27, 32768),
+        (28, 32768),
+        (29, 2048),
+        (42, 32768),
+        (43, 2048),
+        (45, 32768),
+        (46, 32768),
+        (47, 8192),
+        (48, 8192),
+        (49, 32768),
+        (51, 32),
+        (52, 32768),
+        (53, 32768),
+        (54, 2046),
+        (55, 32768),
+        (56, 131072),
+        (57, 65536),
+        (58, 16384),
+        (59, 16384),
+        (60, 16384),
+        (61, 32768),
+        (62, 2048),
+        (63, 32768),
+        (64, 32768),
+        (65, 2048),
+        (66, 32768),
+        (67, 32768),
+        (68, 2046),
+        (69, 268435456),
+        (70, 131072),
+        (71, 65000),
+        (72, 2097120),
+        (73, 32768),
+        (74, 32768),
+        (77, 32768),
+        (93, 1),
+        (127, 1),
+        (130, 0),
+        (131, -1),
+        (134, -1),
+    ];
+    for &(a, v) in textures {
+        d.set_attr(a, v);
+    }
+    // Every other attribute CUDA 13.0 defines is a capability this device lacks: 0, but answered, as the
+    // real driver answers every one of them.
+    for a in 1..=147 {
+        if d.attr(a).is_none() {
+            d.set_attr(a, 0);
+        }
+    }
+    d
+}

@@ -1,0 +1,853 @@
+//! The emulated backend: a GPU-less stand-in for CI and laptops. Memory, copies, streams, events, modules and
+//! their bookkeeping are real; a kernel launch is checked against the kernel's parameter layout and counted, not run.
+//!
+//! This file holds the state and the trait implementations; `memory.rs` (pools, arrays, textures, mirrors,
+//! structured copies, stream memory operations), `vmm.rs` (virtual memory management), `launch.rs` (launch checks
+//! and occupancy) and `device.rs` (the device's facts) hold the larger behaviours.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::handshake::{DeviceFacts, BACKEND_EMULATED};
+use vgpu_dataplane::ids::DevicePtr;
+use vgpu_dataplane::image as fatbin;
+use vgpu_dataplane::wire::{
+    ArrayBox, ArrayShape, FunctionInfo, LaunchShape, MemAccessDesc, MemAllocProp, MemOp, FUNC_ATTR_COUNT,
+    MEM_LOCATION_DEVICE,
+};
+
+use crate::backend::*;
+use crate::ptx;
+
+mod device;
+mod launch;
+mod memory;
+mod state;
+#[cfg(test)]
+mod tests;
+mod vmm;
+
+use device::emulated_device;
+use launch::cubin_layouts;
+use state::{Mapping, Physical, Pool, State};
+
+/// Where emulated device addresses start: far from anything a host pointer could be mistaken for.
+const DEVICE_BASE: u64 = 0x7e00_0000_0000;
+const ALLOC_ALIGN: u64 = 512;
+const EMULATED_TOTAL_MEM: u64 = 16 << 30;
+/// VMM granularity, minimum and recommended alike: current NVIDIA GPUs map device memory in 2 MiB pages.
+const VMM_GRANULARITY: u64 = 2 << 20;
+/// VMM reservations come from a region of their own, below cuMemAlloc's, so the two never meet.
+const VMM_BASE: u64 = 0x7d00_0000_0000;
+const VMM_END: u64 = DEVICE_BASE;
+/// The host page size reservations are counted in (cuMemAddressReserve's documented unit).
+const HOST_PAGE: u64 = 4096;
+/// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR` and `CU_MEM_HANDLE_TYPE_FABRIC`.
+const HANDLE_TYPE_POSIX_FD: u32 = 1;
+const HANDLE_TYPE_FABRIC: u32 = 8;
+
+thread_local! {
+    static CURRENT_CTX: Cell<u64> = const { Cell::new(0) };
+}
+
+pub struct EmulatedBackend {
+    devices: Vec<DeviceFacts>,
+    state: Mutex<State>,
+    next_handle: AtomicU64,
+    /// Host buffers handed out and not yet freed (bytes), and the most there ever were: what the server held.
+    host_live: AtomicU64,
+    host_peak: AtomicU64,
+    /// Simulated kernel durations (`VGPU_EMULATED_KERNEL_NS`), off by default.
+    time: crate::emulated_time::SimulatedTime,
+}
+
+impl Default for EmulatedBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EmulatedBackend {
+    pub fn new() -> Self {
+        EmulatedBackend {
+            devices: vec![emulated_device()],
+            state: Mutex::new(State {
+                next_addr: DEVICE_BASE,
+                ..Default::default()
+            }),
+            next_handle: AtomicU64::new(0x1000),
+            host_live: AtomicU64::new(0),
+            host_peak: AtomicU64::new(0),
+            time: crate::emulated_time::SimulatedTime::new(crate::emulated_time::KernelCost::from_env()),
+        }
+    }
+
+    /// A backend whose kernels take simulated time by `cost`, for tests.
+    #[cfg(test)]
+    pub(crate) fn with_kernel_cost(cost: crate::emulated_time::KernelCost) -> Self {
+        EmulatedBackend {
+            time: crate::emulated_time::SimulatedTime::new(Some(cost)),
+            ..Self::new()
+        }
+    }
+
+    fn current(&self) -> u64 {
+        CURRENT_CTX.with(|c| c.get())
+    }
+
+    /// The most host buffer bytes alive at once so far (staging, queued copies, pools).
+    pub fn host_peak(&self) -> u64 {
+        self.host_peak.load(Ordering::Relaxed)
+    }
+
+    /// A backend with `count` identical devices, for tests of device numbering.
+    #[cfg(test)]
+    pub(crate) fn with_devices(count: usize) -> Self {
+        EmulatedBackend {
+            devices: vec![emulated_device(); count],
+            ..Self::new()
+        }
+    }
+
+    /// The device ordinal of every piece of VMM physical memory alive, for tests.
+    #[cfg(test)]
+    pub(crate) fn physical_devices(&self) -> Vec<i32> {
+        self.state().physical.values().map(|p| p.prop.location_id).collect()
+    }
+
+    /// Device memory in use (allocations and VMM physical memory), for tests.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> u64 {
+        self.state().used
+    }
+
+    fn handle(&self) -> u64 {
+        self.next_handle.fetch_add(16, Ordering::Relaxed)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn require_ctx(&self) -> CuResult<()> {
+        let ctx = CURRENT_CTX.with(|c| c.get());
+        if ctx == 0 || !self.state().contexts.contains_key(&ctx) {
+            return Err(CUDA_ERROR_INVALID_CONTEXT);
+        }
+        Ok(())
+    }
+
+    fn check_stream(&self, stream: Stream) -> CuResult<()> {
+        let stream = stream.0;
+        if stream <= 2 {
+            // The NULL, legacy and per-thread streams are the current context's: without one, the driver
+            // answers CUDA_ERROR_INVALID_CONTEXT.
+            self.require_ctx()
+        } else if self.state().streams.contains_key(&stream) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_HANDLE)
+        }
+    }
+
+    /// Runs `f` on the bytes of [addr, addr+len): one allocation or mapping, or several back to back.
+    fn with_range<R>(&self, addr: u64, len: u64, f: impl FnOnce(&mut [u8]) -> R) -> CuResult<R> {
+        let mut st = self.state();
+        // The common case, one allocation or mapping holding it all, without building a list.
+        if let Some(mut one) = st.piece_at(addr).filter(|p| p.len as u64 >= len) {
+            one.len = len as usize;
+            return Ok(f(st.piece_bytes(&one)?));
+        }
+        let pieces = st.pieces(addr, len)?;
+        // Across a seam: gather the pieces, run, scatter them back (pieces of one handle mapped twice see the
+        // result in order, as a copy engine writing both aliases would leave them).
+        let mut joined = Vec::with_capacity(len as usize);
+        for p in &pieces {
+            joined.extend_from_slice(st.piece_bytes(p)?);
+        }
+        let r = f(&mut joined);
+        let mut at = 0;
+        for p in &pieces {
+            st.piece_bytes(p)?.copy_from_slice(&joined[at..at + p.len]);
+            at += p.len;
+        }
+        Ok(r)
+    }
+
+    /// The checks `cuMemCreate` and `cuMemGetAllocationGranularity` make of an allocation's properties: pinned
+    /// memory on this backend's one device.
+    fn check_prop(&self, prop: &MemAllocProp) -> CuResult<()> {
+        const PINNED: u32 = 1;
+        if prop.alloc_type != PINNED || prop.location_type != MEM_LOCATION_DEVICE {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if usize::try_from(prop.location_id).map_or(true, |d| d >= self.devices.len()) {
+            return Err(CUDA_ERROR_INVALID_DEVICE);
+        }
+        Ok(())
+    }
+
+    /// Loads a module (into the current context: `need_ctx`) or a library (context-free, as natively).
+    fn load(&self, image: &[u8], need_ctx: bool) -> CuResult<(u64, Vec<LoadedFunction>)> {
+        // Modules need a context and hold functions; libraries are context-free and hold kernels.
+        let is_library = !need_ctx;
+        if need_ctx {
+            self.require_ctx()?;
+        }
+        let mut variables = Vec::new();
+        let infos = match fatbin::classify(image) {
+            fatbin::Image::Ptx(text) => {
+                if !ptx::looks_compilable(text) {
+                    return Err(CUDA_ERROR_INVALID_PTX);
+                }
+                variables = ptx::globals(text);
+                ptx::entries(text).map_err(|_| CUDA_ERROR_INVALID_PTX)?
+            }
+            fatbin::Image::FatBinary(entries) => {
+                // PTX gives names, layouts and globals; without it (nvcc's default is SASS only for one
+                // architecture), the cubins' .nv.info sections do. Entries are decompressed as needed.
+                let texts: Vec<String> = entries.iter().filter_map(|e| e.ptx()).collect();
+                if texts.is_empty() {
+                    let elf = entries
+                        .iter()
+                        .filter(|e| e.kind == 2)
+                        .find_map(|e| e.content().ok())
+                        .ok_or(CUDA_ERROR_INVALID_IMAGE)?;
+                    let (infos, globals) = cubin_layouts(&elf)?;
+                    variables = globals;
+                    infos
+                } else {
+                    let mut all: Vec<_> = Vec::new();
+                    for t in &texts {
+                        for g in ptx::globals(t) {
+                            if !variables.iter().any(|v: &(String, u64)| v.0 == g.0) {
+                                variables.push(g);
+                            }
+                        }
+                        for f in ptx::entries(t).map_err(|_| CUDA_ERROR_INVALID_PTX)? {
+                            if !all.iter().any(|g: &FunctionInfo| g.name == f.name) {
+                                all.push(f);
+                            }
+                        }
+                    }
+                    all
+                }
+            }
+            fatbin::Image::Elf => {
+                let (infos, globals) = cubin_layouts(image)?;
+                variables = globals;
+                infos
+            }
+            fatbin::Image::Invalid => return Err(CUDA_ERROR_INVALID_IMAGE),
+        };
+        let module = self.handle();
+        let functions: Vec<LoadedFunction> = infos
+            .into_iter()
+            .map(|info| {
+                let h = self.handle();
+                LoadedFunction {
+                    info,
+                    handle: if is_library {
+                        Callable::Kernel(Kernel(h))
+                    } else {
+                        Callable::Function(Function(h))
+                    },
+                }
+            })
+            .collect();
+        let mut st = self.state();
+        for f in &functions {
+            st.functions.insert(f.handle.raw(), f.info.args_size());
+        }
+        st.modules.insert(module, functions.clone());
+        let mut table = HashMap::new();
+        for (name, size) in variables {
+            let addr = Self::place(&mut st, size.max(1));
+            table.insert(name, (addr, size));
+        }
+        st.globals.insert(module, table);
+        Ok((module, functions))
+    }
+
+    /// Reserves device addresses for `size` bytes, with a guard gap so that distinct allocations are never
+    /// adjacent (a copy running off one must not land in the next, as on a real GPU).
+    fn place(st: &mut State, size: u64) -> u64 {
+        let addr = st.next_addr;
+        st.next_addr = (addr + size).div_ceil(ALLOC_ALIGN) * ALLOC_ALIGN + ALLOC_ALIGN;
+        st.allocations.insert(addr, vec![0u8; size as usize]);
+        addr
+    }
+
+    fn unload(&self, module: u64) -> CuResult<()> {
+        let mut st = self.state();
+        let functions = st.modules.remove(&module).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        for (addr, _) in st.globals.remove(&module).unwrap_or_default().into_values() {
+            st.allocations.remove(&addr);
+        }
+        for f in functions {
+            st.functions.remove(&f.handle.raw());
+        }
+        Ok(())
+    }
+}
+
+impl EmulatedBackend {
+    /// The attributes the load gave function `f` (module function or library kernel alike).
+    fn attributes_of(&self, f: Callable) -> CuResult<[i32; FUNC_ATTR_COUNT]> {
+        let st = self.state();
+        st.modules
+            .values()
+            .flatten()
+            .find(|g| g.handle.raw() == f.raw())
+            .map(|g| g.info.attrs)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+
+    /// A global of a loaded image: (address, size).
+    fn global(&self, image: u64, name: &CStr) -> CuResult<(DevicePtr, u64)> {
+        let st = self.state();
+        let functions = st.modules.get(&image).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let name = name.to_str().map_err(|_| CUDA_ERROR_NOT_FOUND)?;
+        if let Some(&(addr, size)) = st.globals.get(&image).and_then(|g| g.get(name)) {
+            return Ok((DevicePtr(addr), size));
+        }
+        // A kernel's name is not a variable: the driver answers INVALID_VALUE rather than NOT_FOUND.
+        if functions.iter().any(|f| f.info.name == name) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        Err(CUDA_ERROR_NOT_FOUND)
+    }
+
+    fn free(&self, dptr: u64) -> CuResult<()> {
+        let mut st = self.state();
+        if st.globals.values().any(|g| g.values().any(|&(a, _)| a == dptr)) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let bytes = st.allocations.remove(&dptr).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        st.used -= bytes.len() as u64;
+        Ok(())
+    }
+}
+
+fn image_key(image: Image) -> u64 {
+    match image {
+        Image::Module(m) => m.0,
+        Image::Library(l) => l.0,
+    }
+}
+
+impl DriverOps for EmulatedBackend {
+    fn primary_ctx_release(&self, dev: i32) -> CuResult<()> {
+        let mut st = self.state();
+        match st.primary_refs.get_mut(&dev) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                Ok(())
+            }
+            _ => Err(CUDA_ERROR_INVALID_CONTEXT),
+        }
+    }
+    fn primary_ctx_reset(&self, dev: i32) -> CuResult<()> {
+        if dev < 0 || dev as usize >= self.devices.len() {
+            return Err(CUDA_ERROR_INVALID_DEVICE);
+        }
+        // Limits go back to their defaults with the context.
+        self.state().limits.clear();
+        Ok(())
+    }
+    fn ctx_destroy(&self, ctx: Context) -> CuResult<()> {
+        self.state().contexts.remove(&ctx.0).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
+        CURRENT_CTX.with(|c| {
+            if c.get() == ctx.0 {
+                c.set(0)
+            }
+        });
+        Ok(())
+    }
+    fn ctx_set_current(&self, ctx: Context) -> CuResult<()> {
+        if ctx.0 != 0 && !self.state().contexts.contains_key(&ctx.0) {
+            return Err(CUDA_ERROR_INVALID_CONTEXT);
+        }
+        CURRENT_CTX.with(|c| c.set(ctx.0));
+        Ok(())
+    }
+    fn ctx_synchronize(&self) -> CuResult<()> {
+        self.require_ctx()?;
+        self.time.wait_until(self.time.all_done_at());
+        Ok(())
+    }
+    fn mem_free(&self, dptr: DevicePtr) -> CuResult<()> {
+        self.free(dptr.0)
+    }
+    fn memcpy_dtod_async(&self, dst: DevicePtr, src: DevicePtr, size: u64, stream: Stream) -> CuResult<()> {
+        self.check_stream(stream)?;
+        let data = self.with_range(src.0, size, |s| s.to_vec())?;
+        self.with_range(dst.0, size, |d| d.copy_from_slice(&data))
+    }
+    fn stream_destroy(&self, stream: Stream) -> CuResult<()> {
+        self.state().streams.remove(&stream.0).ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+    fn stream_synchronize(&self, stream: Stream) -> CuResult<()> {
+        self.check_stream(stream)?;
+        self.time.wait_until(self.time.done_at(self.current(), stream.0));
+        Ok(())
+    }
+    fn stream_query(&self, stream: Stream) -> CuResult<()> {
+        self.check_stream(stream)?;
+        if self.time.done_at(self.current(), stream.0) > crate::sys::monotonic_ns() {
+            return Err(CUDA_ERROR_NOT_READY);
+        }
+        Ok(())
+    }
+    fn stream_wait_event(&self, stream: Stream, event: Event, _flags: u32) -> CuResult<()> {
+        self.check_stream(stream)?;
+        self.state()
+            .events
+            .get(&event.0)
+            .map(|_| ())
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+    fn event_record(&self, event: Event, stream: Stream) -> CuResult<()> {
+        self.check_stream(stream)?;
+        let mut st = self.state();
+        let slot = st.events.get_mut(&event.0).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        // With simulated kernel time the event completes when the stream's queued kernels would have.
+        *slot = Some(if self.time.enabled() {
+            self.time.instant_of(self.time.event_at(self.current(), stream.0))
+        } else {
+            Instant::now()
+        });
+        Ok(())
+    }
+    fn event_synchronize(&self, event: Event) -> CuResult<()> {
+        let at = *self.state().events.get(&event.0).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if let Some(at) = at {
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+        }
+        Ok(())
+    }
+    fn event_query(&self, event: Event) -> CuResult<()> {
+        match *self.state().events.get(&event.0).ok_or(CUDA_ERROR_INVALID_HANDLE)? {
+            Some(at) if at > Instant::now() => Err(CUDA_ERROR_NOT_READY),
+            _ => Ok(()),
+        }
+    }
+    fn event_destroy(&self, event: Event) -> CuResult<()> {
+        self.state()
+            .events
+            .remove(&event.0)
+            .map(|_| ())
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+    fn module_unload(&self, module: Module) -> CuResult<()> {
+        self.unload(module.0)
+    }
+    fn library_unload(&self, library: Library) -> CuResult<()> {
+        self.unload(library.0)
+    }
+    fn mem_pool_destroy(&self, pool: MemPool) -> CuResult<()> {
+        self.pool_destroy(pool.0)
+    }
+    fn mem_free_async(&self, dptr: DevicePtr, stream: Stream) -> CuResult<()> {
+        self.check_stream(stream)?;
+        let owner = self.state().pool_allocations.remove(&dptr.0);
+        self.free(dptr.0)?;
+        if let Some((pool, size)) = owner {
+            if let Some(p) = self.state().pools.get_mut(&pool) {
+                p.used = p.used.saturating_sub(size);
+            }
+        }
+        Ok(())
+    }
+    fn mem_pool_trim_to(&self, pool: MemPool, min_bytes: u64) -> CuResult<()> {
+        self.pool_trim(pool.0, min_bytes)
+    }
+    fn array_destroy(&self, array: Array) -> CuResult<()> {
+        self.state()
+            .arrays
+            .remove(&array.0)
+            .map(|_| ())
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+    fn ctx_set_limit(&self, limit: u32, value: u64) -> CuResult<()> {
+        self.ctx_get_limit(limit)?;
+        self.state().limits.insert(limit, value);
+        Ok(())
+    }
+    fn memcpy_atoa(&self, dst: Array, dst_offset: u64, src: Array, src_offset: u64, size: u64) -> CuResult<()> {
+        self.array_to_array(dst.0, dst_offset, src.0, src_offset, size)
+    }
+}
+
+impl Backend for EmulatedBackend {
+    fn kind(&self) -> u32 {
+        BACKEND_EMULATED
+    }
+    fn describe(&self) -> String {
+        match self.time.describe() {
+            Some(t) => format!("emulated backend (no GPU: kernels are checked and recorded, not run; {t})"),
+            None => "emulated backend (no GPU: kernels are checked and recorded, not run)".into(),
+        }
+    }
+    fn current_context(&self) -> Context {
+        Context(self.current())
+    }
+    fn context_device(&self) -> Option<i32> {
+        let ctx = self.current();
+        self.state().contexts.get(&ctx).copied()
+    }
+    fn share_device_timeline(&self, busy_until: &'static AtomicU64) {
+        self.time.share(busy_until);
+    }
+    fn driver_version(&self) -> i32 {
+        13000
+    }
+    fn devices(&self) -> &[DeviceFacts] {
+        &self.devices
+    }
+    fn device_reading(&self, dev: i32, _pid: u32) -> Option<crate::nvml::DeviceReading> {
+        usize::try_from(dev).ok().and_then(|d| self.devices.get(d))?;
+        // A worker serves one session, so what this backend holds is what the session allocated. No kernel
+        // runs, so the GPU is idle; there are no sensors to read.
+        let used = self.state().used;
+        Some(crate::nvml::DeviceReading {
+            memory: Some((EMULATED_TOTAL_MEM, EMULATED_TOTAL_MEM.saturating_sub(used), used)),
+            utilization: Some((0, 0)),
+            process_memory: Some(used),
+            ..Default::default()
+        })
+    }
+    fn display_driver_version(&self) -> String {
+        "emulated".into()
+    }
+
+    fn primary_ctx_retain(&self, dev: i32) -> CuResult<Context> {
+        if dev < 0 || dev as usize >= self.devices.len() {
+            return Err(CUDA_ERROR_INVALID_DEVICE);
+        }
+        let mut st = self.state();
+        *st.primary_refs.entry(dev).or_insert(0) += 1;
+        let ctx = 0x100 + dev as u64;
+        st.contexts.insert(ctx, dev);
+        Ok(Context(ctx))
+    }
+    fn ctx_create(&self, _flags: u32, dev: i32) -> CuResult<Context> {
+        if dev < 0 || dev as usize >= self.devices.len() {
+            return Err(CUDA_ERROR_INVALID_DEVICE);
+        }
+        let ctx = self.handle();
+        self.state().contexts.insert(ctx, dev);
+        CURRENT_CTX.with(|c| c.set(ctx));
+        Ok(Context(ctx))
+    }
+    fn mem_alloc(&self, size: u64) -> CuResult<DevicePtr> {
+        self.require_ctx()?;
+        if size == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let mut st = self.state();
+        if st.used.saturating_add(size) > EMULATED_TOTAL_MEM {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        st.used += size;
+        Ok(DevicePtr(Self::place(&mut st, size)))
+    }
+    fn mem_alloc_pitch(&self, width: u64, height: u64, elem_size: u32) -> CuResult<(DevicePtr, u64)> {
+        if width == 0 || height == 0 || !matches!(elem_size, 4 | 8 | 16) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let pitch = width.div_ceil(512) * 512;
+        Ok((self.mem_alloc(pitch * height)?, pitch))
+    }
+    fn mem_get_info(&self) -> CuResult<(u64, u64)> {
+        self.require_ctx()?;
+        let st = self.state();
+        Ok((EMULATED_TOTAL_MEM - st.used, EMULATED_TOTAL_MEM))
+    }
+    fn host_alloc(&self, len: usize) -> CuResult<HostBuffer> {
+        let mut v = vec![0u8; len.max(1)].into_boxed_slice();
+        let ptr = v.as_mut_ptr();
+        std::mem::forget(v);
+        let live = self.host_live.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+        self.host_peak.fetch_max(live, Ordering::Relaxed);
+        Ok(HostBuffer { ptr, len })
+    }
+    fn host_free(&self, buf: HostBuffer) {
+        self.host_live.fetch_sub(buf.len as u64, Ordering::Relaxed);
+        // SAFETY: buf was made by host_alloc from a boxed slice of max(len, 1) bytes that was forgotten there.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(buf.ptr, buf.len.max(1))) });
+    }
+    fn host_register(&self, _ptr: *mut u8, _len: usize) -> CuResult<()> {
+        self.require_ctx()
+    }
+    fn host_unregister(&self, _ptr: *mut u8) -> CuResult<()> {
+        Ok(())
+    }
+    fn memcpy_htod_async(&self, dst: DevicePtr, src: &HostBuffer, len: usize, stream: Stream) -> CuResult<()> {
+        self.check_stream(stream)?;
+        let src = src.as_slice().get(..len).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        self.with_range(dst.0, len as u64, |d| d.copy_from_slice(src))
+    }
+    fn memcpy_dtoh_async(&self, dst: &HostBuffer, src: DevicePtr, len: usize, stream: Stream) -> CuResult<()> {
+        self.check_stream(stream)?;
+        let data = self.with_range(src.0, len as u64, |s| s.to_vec())?;
+        if dst.write_at(0, &data) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_VALUE)
+        }
+    }
+    fn memset_async(&self, dst: DevicePtr, fill: Fill, stream: Stream) -> CuResult<()> {
+        self.check_stream(stream)?;
+        self.memset(dst.0, fill)
+    }
+    fn memcpy_2d_async(&self, src: Place<'_>, dst: Place<'_>, width: u64, height: u64, stream: Stream) -> CuResult<()> {
+        self.check_stream(stream)?;
+        self.copy_2d(src, dst, width, height)
+    }
+    fn stream_create(&self, _flags: u32, _priority: i32) -> CuResult<Stream> {
+        self.require_ctx()?;
+        let s = self.handle();
+        self.state().streams.insert(s, ());
+        Ok(Stream(s))
+    }
+    fn stream_mem_ops(&self, stream: Stream, ops: &[MemOp], _flags: u32, _single: bool) -> CuResult<()> {
+        self.check_stream(stream)?;
+        self.mem_ops(ops)
+    }
+    fn event_create(&self, _flags: u32) -> CuResult<Event> {
+        self.require_ctx()?;
+        let e = self.handle();
+        self.state().events.insert(e, None);
+        Ok(Event(e))
+    }
+    fn event_elapsed(&self, start: Event, end: Event) -> CuResult<f32> {
+        let st = self.state();
+        let a = st.events.get(&start.0).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let b = st.events.get(&end.0).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        match (a, b) {
+            (Some(a), Some(b)) => Ok(b.saturating_duration_since(*a).as_secs_f32() * 1e3),
+            _ => Err(CUDA_ERROR_INVALID_HANDLE),
+        }
+    }
+    fn module_load(&self, image: &[u8]) -> CuResult<(Module, Vec<LoadedFunction>)> {
+        self.load(image, true).map(|(m, f)| (Module(m), f))
+    }
+    fn library_load(&self, image: &[u8], _device: i32) -> CuResult<(Library, Vec<LoadedFunction>)> {
+        self.load(image, false).map(|(l, f)| (Library(l), f))
+    }
+    fn image_global(&self, image: Image, name: &CStr) -> CuResult<(DevicePtr, u64)> {
+        self.global(image_key(image), name)
+    }
+    fn func_attributes(&self, function: Callable) -> CuResult<[i32; FUNC_ATTR_COUNT]> {
+        self.attributes_of(function)
+    }
+    fn lookup(&self, image: Image, _name: &CStr) -> CuResult<()> {
+        if self.state().modules.contains_key(&image_key(image)) {
+            Err(CUDA_ERROR_NOT_FOUND)
+        } else {
+            Err(CUDA_ERROR_INVALID_HANDLE)
+        }
+    }
+    fn func_set_attribute(&self, function: Callable, attrib: i32, value: i32) -> CuResult<()> {
+        self.set_attribute(function, attrib, value)
+    }
+    fn mem_pool_create(&self, _dev: i32, max_size: u64) -> CuResult<MemPool> {
+        let pool = self.handle();
+        self.state().pools.insert(pool, Pool::new(max_size));
+        Ok(MemPool(pool))
+    }
+    fn default_mem_pool(&self, _dev: i32) -> CuResult<MemPool> {
+        // One device: its default pool has a fixed handle.
+        const DEFAULT_POOL: u64 = 0x900;
+        self.state().pools.entry(DEFAULT_POOL).or_insert_with(|| Pool::new(0));
+        Ok(MemPool(DEFAULT_POOL))
+    }
+    fn mem_alloc_async(&self, size: u64, pool: MemPool, stream: Stream) -> CuResult<DevicePtr> {
+        self.require_ctx()?;
+        self.check_stream(stream)?;
+        self.pool_alloc(size, pool.0)
+    }
+    fn mem_pool_get_attribute(&self, pool: MemPool, attr: u32) -> CuResult<u64> {
+        self.pool_attribute(pool.0, attr)
+    }
+    fn mem_pool_set_attribute(&self, pool: MemPool, attr: u32, value: u64) -> CuResult<()> {
+        self.set_pool_attribute(pool.0, attr, value)
+    }
+    fn occupancy_active_blocks(
+        &self,
+        function: Callable,
+        block_size: i32,
+        dynamic_smem: u64,
+        _flags: u32,
+    ) -> CuResult<i32> {
+        let attrs = self.attributes_of(function)?;
+        Ok(launch::active_blocks(
+            &self.devices[0],
+            &attrs,
+            block_size,
+            dynamic_smem,
+        ))
+    }
+    fn occupancy_potential_block_size(
+        &self,
+        function: Callable,
+        dynamic_smem: u64,
+        smem_by_block: Option<&[u64]>,
+        block_limit: i32,
+        _flags: u32,
+    ) -> CuResult<(i32, i32)> {
+        let attrs = self.attributes_of(function)?;
+        Ok(launch::potential_block_size(
+            &self.devices[0],
+            &attrs,
+            dynamic_smem,
+            smem_by_block,
+            block_limit,
+        ))
+    }
+    fn occupancy_available_smem(&self, function: Callable, num_blocks: i32, _block_size: i32) -> CuResult<u64> {
+        let attrs = self.attributes_of(function)?;
+        launch::available_smem(&self.devices[0], &attrs, num_blocks)
+    }
+    fn occupancy_clusters(&self, function: Callable, shape: LaunchShape, potential_size: bool) -> CuResult<i32> {
+        self.attributes_of(function)?;
+        Ok(launch::clusters(&self.devices[0], shape, potential_size))
+    }
+    fn host_mirror_map(&self, addr: u64, size: u64) -> CuResult<DevicePtr> {
+        self.mirror_map(addr, size)
+    }
+    fn host_mirror_unmap(&self, addr: u64, _size: u64) -> CuResult<()> {
+        self.state()
+            .allocations
+            .remove(&addr)
+            .map(|_| ())
+            .ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+    fn mem_alloc_managed(&self, size: u64, _flags: u32) -> CuResult<DevicePtr> {
+        self.managed_alloc(size)
+    }
+    fn array_create(&self, shape: ArrayShape) -> CuResult<Array> {
+        self.create_array(shape).map(Array)
+    }
+    fn array_copy(&self, array: Array, region: ArrayBox, other: ArrayTransfer<'_>) -> CuResult<()> {
+        self.copy_array(array.0, region, other)
+    }
+    fn tex_object_create(
+        &self,
+        surface: bool,
+        _resource: &[u8],
+        _texture: &[u8],
+        _view: Option<&[u8]>,
+    ) -> CuResult<u64> {
+        // Kernels do not run here: an object is a number the launch carries.
+        let object = self.handle();
+        self.state().tex_objects.insert(object, surface);
+        Ok(object)
+    }
+    fn object_destroy(&self, object: u64, surface: bool) -> CuResult<()> {
+        match self.state().tex_objects.remove(&object) {
+            Some(s) if s == surface => Ok(()),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        }
+    }
+    fn mem_granularity(&self, prop: &MemAllocProp, option: u32) -> CuResult<u64> {
+        self.granularity(prop, option)
+    }
+    fn mem_address_reserve(&self, size: u64, alignment: u64, addr: DevicePtr, flags: u64) -> CuResult<DevicePtr> {
+        self.reserve(size, alignment, addr.0, flags).map(DevicePtr)
+    }
+    fn mem_address_free(&self, ptr: DevicePtr, size: u64) -> CuResult<()> {
+        self.free_reservation(ptr.0, size)
+    }
+    fn mem_create(&self, size: u64, prop: &MemAllocProp, flags: u64) -> CuResult<AllocHandle> {
+        self.create_physical(size, prop, flags).map(AllocHandle)
+    }
+    fn mem_release(&self, handle: AllocHandle) -> CuResult<()> {
+        self.release_physical(handle.0)
+    }
+    fn mem_map(&self, ptr: DevicePtr, size: u64, offset: u64, handle: AllocHandle, flags: u64) -> CuResult<()> {
+        self.map(ptr.0, size, offset, handle.0, flags)
+    }
+    fn mem_unmap(&self, ptr: DevicePtr, size: u64) -> CuResult<()> {
+        self.unmap(ptr.0, size)
+    }
+    fn mem_set_access(&self, ptr: DevicePtr, size: u64, descs: &[MemAccessDesc]) -> CuResult<()> {
+        self.set_access(ptr.0, size, descs)
+    }
+    fn mem_get_access(&self, location_type: u32, location_id: i32, ptr: DevicePtr) -> CuResult<u64> {
+        self.get_access(location_type, location_id, ptr.0)
+    }
+    fn mem_allocation_properties(&self, handle: AllocHandle) -> CuResult<MemAllocProp> {
+        self.state()
+            .physical
+            .get(&handle.0)
+            .map(|m| m.prop)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+    fn mem_retain_allocation_handle(&self, addr: DevicePtr) -> CuResult<AllocHandle> {
+        self.retain_physical(addr.0).map(AllocHandle)
+    }
+    fn ctx_get_limit(&self, limit: u32) -> CuResult<u64> {
+        self.require_ctx()?;
+        // The driver's defaults on current GPUs: stack 1 KiB, printf FIFO 1 MiB, malloc heap 8 MiB,
+        // device-runtime sync depth 2 and pending launches 2048, L2 fetch granularity 64 B, persisting L2 0.
+        let default = match limit {
+            0 => 1024,
+            1 => 1 << 20,
+            2 => 8 << 20,
+            3 => 2,
+            4 => 2048,
+            5 => 64,
+            6 => 0,
+            // CIG_ENABLED: no context here is a CUDA-in-graphics one. cuBLASLt 13 asks for it in cublasLtCtxInit
+            // and ignores a failure, reading its never-written result as the GPU architecture (ARCH_MISMATCH, or a
+            // crash, at the first GEMM), so the driver must answer it: cuBLAS works natively and through vGPU on
+            // the real backend. tests/frameworks/probe_driver.py prints the driver's own answer (GAPS.md).
+            8 => 0,
+            // SHMEM_SIZE, CIG_SHMEM_FALLBACK_ENABLED: defined, not on this device.
+            7 | 9 => return Err(CUDA_ERROR_UNSUPPORTED_LIMIT),
+            // Not a CUlimit at all.
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        };
+        Ok(self.state().limits.get(&limit).copied().unwrap_or(default))
+    }
+    fn kernel_get_function(&self, kernel: Kernel) -> CuResult<Function> {
+        self.require_ctx()?;
+        if self.state().functions.contains_key(&kernel.0) {
+            Ok(Function(kernel.0))
+        } else {
+            Err(CUDA_ERROR_INVALID_HANDLE)
+        }
+    }
+    fn launch(
+        &self,
+        function: Callable,
+        stream: Stream,
+        shape: &LaunchShape,
+        args: &mut [u8],
+        _params: &[(u32, u32)],
+    ) -> CuResult<()> {
+        self.require_ctx()?;
+        self.check_stream(stream)?;
+        launch::check_shape(&self.devices[0], shape)?;
+        let mut st = self.state();
+        let size = *st.functions.get(&function.raw()).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if args.len() != size {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        st.launches += 1;
+        drop(st);
+        let blocks = shape.grid.iter().map(|&g| u64::from(g)).product::<u64>();
+        self.time.launch(self.current(), stream.0, blocks);
+        Ok(())
+    }
+}

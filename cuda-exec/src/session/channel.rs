@@ -1,0 +1,519 @@
+//! One client thread's channel: reads each frame, hands the call to its handler (the dispatch is generated from
+//! the call table, so a call without a handler does not compile), then replies (synchronous calls) or latches
+//! the error (asynchronous ones), as the driver's sticky errors work.
+//!
+//! Also here: what every handler shares — tails read within the table's maxima, the pinned staging buffers of
+//! copies, lookups of client ids, and the worker's captured standard output (device-side `printf`).
+
+use std::ffi::CString;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::ids::*;
+use vgpu_dataplane::wire::*;
+use vgpu_dataplane::Transport;
+use zerocopy::IntoBytes;
+
+use super::objects::BoundFunction;
+use super::{ChannelEnd, Session};
+use crate::backend::*;
+
+/// Staging chunk for pipelined copies: big enough to amortise a stream sync, small enough to overlap.
+pub(super) const CHUNK: usize = 8 << 20;
+/// Pinned buffers kept for reuse per channel, and the largest one kept (bigger ones go back at once).
+const POOL_KEEP: usize = 8;
+const POOL_KEEP_LEN: usize = 16 << 20;
+/// Tails are received in pieces of at most this much more than already arrived (doubling from here), so a
+/// frame that announces a large tail commits memory only as its bytes come in.
+const TAIL_STEP: usize = 1 << 20;
+/// A tail buffer larger than this is given back after its call (a module image is not kept for the session).
+const TAIL_KEEP: usize = 16 << 20;
+
+/// What a handler returns: `Err` ends the channel (a malformed frame or a lost transport); `Ok` carries the call's
+/// own outcome, replied to the client (synchronous calls) or latched (asynchronous ones).
+pub(super) type Served<R> = Result<CuResult<R>, ChannelEnd>;
+
+/// Serves one call of type `C`: `call` is its decoded body; a `bytes` tail is already in `Channel::tail`.
+pub(super) trait Serve<C: Call> {
+    fn serve(&mut self, call: C, cx: &mut Cx<'_>) -> Served<C::Reply>;
+}
+
+/// What a handler may use besides its call: the transport (for streamed tails and replies), the header, and
+/// the reply's extra bytes.
+pub(super) struct Cx<'a> {
+    pub t: &'a mut dyn Transport,
+    pub header: &'a RequestHeader,
+    /// The call came through a `_ptsz`/`_ptds` entry point: its NULL stream is the per-thread stream.
+    pub per_thread: bool,
+    /// Bytes sent after the reply body of a synchronous call.
+    pub reply_tail: Vec<u8>,
+    /// Set by a handler that sent its reply itself (a streamed device-to-host copy).
+    pub replied: bool,
+    /// Leaves an error latched by earlier asynchronous calls for the app's next CUDA call (NVML queries are the
+    /// app's monitoring, not its CUDA work).
+    pub keep_latched: bool,
+}
+
+impl Cx<'_> {
+    /// The stream a synchronous call runs on.
+    pub fn default_stream(&self) -> Stream {
+        Stream::default_for(self.per_thread)
+    }
+}
+
+/// A device-to-host async copy whose bytes wait in a pinned buffer until a synchronizing reply carries them.
+/// `len` bytes of it are held against the session's host budget.
+pub(super) struct PendingCopy {
+    pub id: PendingId,
+    pub buf: HostBuffer,
+    pub len: usize,
+    pub event: Event,
+}
+
+/// Host memory an async host-to-device copy still reads from, until `event` completes; `held` bytes of the
+/// session's host budget.
+pub(super) struct InFlight {
+    pub buf: HostBuffer,
+    pub event: Event,
+    pub held: u64,
+}
+
+pub(super) struct Channel {
+    pub session: Arc<Session>,
+    /// The first error of an asynchronous call since the last synchronizing reply (the driver's sticky error).
+    pub latched: Option<CUresult>,
+    pub staging: Vec<HostBuffer>,
+    pub pool: Vec<HostBuffer>,
+    pub pending: Vec<PendingCopy>,
+    pub in_flight: Vec<InFlight>,
+    body: Vec<u8>,
+    /// The current call's tail (calls with a `bytes` tail).
+    pub tail: Vec<u8>,
+    /// The session's `reset_epoch` when this channel's buffers were allocated.
+    epoch: u64,
+    /// The channel's gate to the GPU scheduler (inert for an unscheduled session).
+    pub gate: crate::sched::ChannelGate,
+}
+
+/// Serves one client thread's channel until the client closes it or breaks the protocol.
+pub(super) fn serve(session: &Arc<Session>, t: &mut dyn Transport) -> Result<(), ChannelEnd> {
+    let mut ch = Channel {
+        session: session.clone(),
+        latched: None,
+        staging: Vec::new(),
+        pool: Vec::new(),
+        pending: Vec::new(),
+        in_flight: Vec::new(),
+        body: Vec::new(),
+        tail: Vec::new(),
+        epoch: 0,
+        gate: session.sched.as_ref().map(|s| s.gate()).unwrap_or_default(),
+    };
+    let result = ch.run(t);
+    ch.release();
+    result
+}
+
+/// The dispatch: one arm per call-table row, each into that call's `Serve` impl.
+macro_rules! dispatch_calls {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident = $op:literal, $mode:ident $(, $tail:ident $(($max:expr))?)? { $($field:ident : $ty:ty),* $(,)? }
+            -> $reply:ty $(=> $backend:ident ( $($barg:ident : $bty:ty),* ) = $driver:ident)?;
+    )*) => {
+        impl Channel {
+            fn dispatch(&mut self, t: &mut dyn Transport, op: Op, header: &RequestHeader) -> Result<(), ChannelEnd> {
+                match op {
+                    $( Op::$name => self.serve_call::<$name>(t, header), )*
+                }
+            }
+        }
+    };
+}
+
+vgpu_dataplane::call_table!(dispatch_calls);
+
+impl Channel {
+    pub fn s(&self) -> &Session {
+        &self.session
+    }
+
+    pub fn b(&self) -> &dyn Backend {
+        &*self.session.backend
+    }
+
+    fn run(&mut self, t: &mut dyn Transport) -> Result<(), ChannelEnd> {
+        let mut hdr = [0u8; std::mem::size_of::<RequestHeader>()];
+        // Held for the loop, so the per-request path takes no reference count.
+        let session = self.session.clone();
+        let order = &session.order;
+        let not_gated = std::sync::atomic::AtomicU32::new(0);
+        let gated = match session.sched.as_deref() {
+            Some(sched) => sched.held(),
+            None => &not_gated,
+        };
+        loop {
+            t.recv_exact(&mut hdr)?;
+            let header: RequestHeader = zerocopy::FromBytes::read_from_bytes(&hdr[..])
+                .map_err(|_| ChannelEnd::Malformed("short header".into()))?;
+            let op = check_request_header(&header)?;
+            self.body.resize(header.body_len as usize, 0);
+            t.recv_exact(&mut self.body)?;
+            order.wait_turn(header.seq, gated, session.limits.peer_wait);
+            if op.is_sync() {
+                // A synchronous call may block (a stream synchronize): work other threads submitted after it
+                // started need not wait for it to end, natively neither.
+                order.advance(header.seq);
+                // The channel's queued work is measured while the client waits.
+                self.gate.sync_point();
+            }
+            self.forget_reset_buffers();
+            let r = self.dispatch(t, op, &header);
+            order.advance(header.seq);
+            r?;
+        }
+    }
+
+    /// A primary-context reset freed the pinned buffers and events the channel held (they belonged to that
+    /// context): forget them rather than use or free them again. Copies still waiting are discarded, as the
+    /// reset discards them natively.
+    fn forget_reset_buffers(&mut self) {
+        let epoch = self.session.reset_epoch.load(Ordering::Acquire);
+        if epoch != self.epoch {
+            let held: u64 = self.pending.iter().map(|p| p.len as u64).sum::<u64>()
+                + self.in_flight.iter().map(|f| f.held).sum::<u64>();
+            self.session.release_host(held);
+            self.staging.clear();
+            self.pool.clear();
+            self.pending.clear();
+            self.in_flight.clear();
+            self.epoch = epoch;
+        }
+    }
+
+    /// Decodes the call, receives its tail as the table says, runs its handler, then replies or latches.
+    fn serve_call<C: Call>(&mut self, t: &mut dyn Transport, header: &RequestHeader) -> Result<(), ChannelEnd>
+    where
+        Channel: Serve<C>,
+    {
+        let call = decode_body::<C>(&self.body)?;
+        match C::TAIL {
+            Tail::None => {
+                if header.tail_len() != 0 {
+                    return Err(ChannelEnd::Malformed(format!("unexpected tail on {:?}", C::OP)));
+                }
+            }
+            Tail::Bytes(max) => self.read_tail(t, header, max)?,
+            Tail::Streamed => {}
+        }
+        let mut cx = Cx {
+            t,
+            header,
+            per_thread: header.flags & FLAG_PER_THREAD != 0,
+            reply_tail: Vec::new(),
+            replied: false,
+            keep_latched: false,
+        };
+        let outcome = <Channel as Serve<C>>::serve(self, call, &mut cx)?;
+        if self.tail.capacity() > TAIL_KEEP {
+            self.tail = Vec::new();
+        }
+        if cx.replied {
+            return Ok(());
+        }
+        let Cx {
+            t,
+            reply_tail,
+            keep_latched,
+            ..
+        } = cx;
+        if keep_latched {
+            let latched = self.latched.take();
+            let sent = self.finish::<C>(t, header.seq, outcome, &reply_tail);
+            self.latched = latched;
+            sent
+        } else {
+            self.finish::<C>(t, header.seq, outcome, &reply_tail)
+        }
+    }
+
+    /// Receives a tail of at most `max` bytes into `self.tail`, growing the buffer only as bytes arrive.
+    fn read_tail(&mut self, t: &mut dyn Transport, header: &RequestHeader, max: usize) -> Result<(), ChannelEnd> {
+        let len = header.tail_len();
+        if len > max {
+            return Err(WireError::TailTooLong {
+                op: Op::from_u16(header.op)?,
+                got: len,
+                max,
+            }
+            .into());
+        }
+        self.tail.clear();
+        while self.tail.len() < len {
+            let start = self.tail.len();
+            let n = (len - start).min(start.max(TAIL_STEP));
+            self.tail.resize(start + n, 0);
+            t.recv_exact(&mut self.tail[start..])?;
+        }
+        Ok(())
+    }
+
+    /// The tail as a C string (a symbol name).
+    pub fn name_from_tail(&self) -> Result<CString, ChannelEnd> {
+        CString::new(self.tail.clone()).map_err(|_| ChannelEnd::Malformed("name contains NUL".into()))
+    }
+
+    /// Replies to a synchronous call (after delivering finished async copies), or latches an async call's error.
+    pub fn finish<C: Call>(
+        &mut self,
+        t: &mut dyn Transport,
+        seq: u32,
+        r: CuResult<C::Reply>,
+        tail: &[u8],
+    ) -> Result<(), ChannelEnd> {
+        if !C::SYNC {
+            if let Err(code) = r {
+                tracing::debug!(op = ?C::OP, code = code.code(), "asynchronous call failed; latched");
+                self.latched.get_or_insert(code);
+            }
+            return Ok(());
+        }
+        self.deliver_pending(t)?;
+        let (mut result, body) = match &r {
+            Ok(reply) => (CUDA_SUCCESS, reply.as_bytes()),
+            Err(code) => (*code, &[][..]),
+        };
+        if result == CUDA_SUCCESS {
+            if let Some(latched) = self.latched.take() {
+                result = latched;
+            }
+        }
+        let header = ReplyHeader {
+            len: (body.len() + tail.len()) as u32,
+            result: result.code(),
+            kind: REPLY_KIND_RESULT,
+            seq,
+        };
+        t.send(&[header.as_bytes(), body, tail])?;
+        Ok(())
+    }
+
+    /// Sends the bytes of every finished device-to-host async copy, so they land before this reply returns;
+    /// first, whatever the driver printed (device-side `printf`, emitted at synchronizing calls).
+    pub fn deliver_pending(&mut self, t: &mut dyn Transport) -> Result<(), ChannelEnd> {
+        let printed = take_printed();
+        if !printed.is_empty() {
+            let header = ReplyHeader {
+                len: printed.len() as u32,
+                result: 0,
+                kind: REPLY_KIND_STDOUT,
+                seq: 0,
+            };
+            t.send(&[header.as_bytes(), &printed])?;
+        }
+        let mut i = 0;
+        while i < self.pending.len() {
+            match self.b().event_query(self.pending[i].event) {
+                Ok(()) => {
+                    let p = self.pending.swap_remove(i);
+                    let push = PushHeader {
+                        pending_id: p.id.0,
+                        len: p.len as u64,
+                    };
+                    let header = ReplyHeader {
+                        len: (std::mem::size_of::<PushHeader>() + p.len) as u32,
+                        result: 0,
+                        kind: REPLY_KIND_PUSH,
+                        seq: 0,
+                    };
+                    let sent = t.send(&[header.as_bytes(), push.as_bytes(), &p.buf.as_slice()[..p.len]]);
+                    let _ = self.b().event_destroy(p.event);
+                    self.session.release_host(p.len as u64);
+                    self.give_back(p.buf);
+                    sent?;
+                }
+                Err(CUDA_ERROR_NOT_READY) => i += 1,
+                Err(_) => {
+                    // The stream failed (sticky error): the copy will never land; the error reaches the
+                    // client through its next synchronizing call.
+                    let p = self.pending.swap_remove(i);
+                    let _ = self.b().event_destroy(p.event);
+                    self.session.release_host(p.len as u64);
+                    self.give_back(p.buf);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend stream for client stream `id` (0 on a per-thread entry point is the per-thread stream).
+    pub fn stream(&self, id: StreamId, per_thread: bool) -> CuResult<Stream> {
+        match id {
+            StreamId::NULL if per_thread => Ok(Stream::PER_THREAD),
+            id if id.is_builtin() => Ok(Stream(id.0)),
+            _ => self
+                .s()
+                .await_object(|o| o.streams.get(&id).copied())
+                .ok_or(CUDA_ERROR_INVALID_HANDLE),
+        }
+    }
+
+    pub fn event(&self, id: EventId) -> CuResult<Event> {
+        self.s()
+            .await_object(|o| o.events.get(&id).copied())
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+
+    /// A function (or library kernel) by client id, bound on this or (just now) another channel.
+    pub fn function(&self, id: FunctionId) -> CuResult<BoundFunction> {
+        self.s()
+            .await_object(|o| o.functions.get(&id).cloned())
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+
+    /// [addr, addr+len) must lie inside ranges the session owns: one, or several back to back.
+    pub fn check_range(&self, addr: DevicePtr, len: u64) -> CuResult<()> {
+        vgpu_dataplane::ranges::covered(&self.s().objects().ranges, addr.0, len)
+    }
+
+    /// A pinned buffer of at least `len` bytes, reusing a returned one when it fits.
+    pub fn take_buffer(&mut self, len: usize) -> CuResult<HostBuffer> {
+        self.reclaim_in_flight();
+        if let Some(i) = self
+            .pool
+            .iter()
+            .position(|b| b.len >= len && b.len <= len.max(4096) * 2)
+        {
+            return Ok(self.pool.swap_remove(i));
+        }
+        self.b().host_alloc(len.max(4096))
+    }
+
+    pub fn give_back(&mut self, buf: HostBuffer) {
+        if self.pool.len() < POOL_KEEP && buf.len <= POOL_KEEP_LEN {
+            self.pool.push(buf);
+        } else {
+            self.b().host_free(buf);
+        }
+    }
+
+    fn reclaim_in_flight(&mut self) {
+        let mut i = 0;
+        while i < self.in_flight.len() {
+            if self.b().event_query(self.in_flight[i].event) != Err(CUDA_ERROR_NOT_READY) {
+                let f = self.in_flight.swap_remove(i);
+                let _ = self.b().event_destroy(f.event);
+                self.session.release_host(f.held);
+                self.give_back(f.buf);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// The two staging buffers pipelined copies alternate between.
+    pub fn ensure_staging(&mut self) -> CuResult<()> {
+        while self.staging.len() < 2 {
+            let b = self.b().host_alloc(CHUNK)?;
+            self.staging.push(b);
+        }
+        Ok(())
+    }
+
+    /// An event recorded on `stream` now, marking when the work queued before it is done.
+    pub fn mark(&self, stream: Stream) -> CuResult<Event> {
+        let ev = self
+            .b()
+            .event_create(vgpu_cuda_sys::driver::CUevent_flags::CU_EVENT_DISABLE_TIMING.0)?;
+        self.b()
+            .event_record(ev, stream)
+            .inspect_err(|_| {
+                let _ = self.b().event_destroy(ev);
+            })
+            .map(|_| ev)
+    }
+
+    /// Drains `len` bytes of a tail the call could not use, keeping the stream in frame.
+    pub fn discard(&mut self, t: &mut dyn Transport, mut len: usize) -> Result<(), ChannelEnd> {
+        let mut scratch = vec![0u8; len.min(1 << 20)];
+        while len > 0 {
+            let n = len.min(scratch.len());
+            t.recv_exact(&mut scratch[..n])?;
+            len -= n;
+        }
+        Ok(())
+    }
+
+    /// Takes `n` bytes of the session's host budget for a queued copy. Past the budget, this channel's own
+    /// queued copies are waited for and delivered first; `false`: still no room (other channels hold it), and
+    /// the caller does its copy synchronously instead, holding nothing past the call.
+    pub fn hold_for_queue(&mut self, t: &mut dyn Transport, n: u64) -> Result<bool, ChannelEnd> {
+        if self.session.hold_host(n) {
+            return Ok(true);
+        }
+        self.drain_queued(t)?;
+        Ok(self.session.hold_host(n))
+    }
+
+    /// Waits for this channel's queued copies, returns their buffers, and pushes the finished device-to-host
+    /// ones to the client now (it lands them at its next wait, as it would have).
+    fn drain_queued(&mut self, t: &mut dyn Transport) -> Result<(), ChannelEnd> {
+        for f in std::mem::take(&mut self.in_flight) {
+            let _ = self.b().event_synchronize(f.event);
+            let _ = self.b().event_destroy(f.event);
+            self.session.release_host(f.held);
+            self.give_back(f.buf);
+        }
+        for p in &self.pending {
+            let _ = self.b().event_synchronize(p.event);
+        }
+        self.deliver_pending(t)
+    }
+
+    /// Returns buffers to the backend when the channel ends (the worker's exit frees the rest).
+    fn release(&mut self) {
+        let b = self.session.backend.clone();
+        for buf in self.staging.drain(..).chain(self.pool.drain(..)) {
+            b.host_free(buf);
+        }
+        for p in self.pending.drain(..) {
+            let _ = b.event_synchronize(p.event);
+            let _ = b.event_destroy(p.event);
+            self.session.release_host(p.len as u64);
+            b.host_free(p.buf);
+        }
+        for f in self.in_flight.drain(..) {
+            let _ = b.event_synchronize(f.event);
+            let _ = b.event_destroy(f.event);
+            self.session.release_host(f.held);
+            b.host_free(f.buf);
+        }
+    }
+}
+
+/// The worker's captured stdout (read end) and the bytes read from it but not yet sent to a client.
+static PRINTED: Mutex<(Option<std::os::fd::RawFd>, Vec<u8>)> = Mutex::new((None, Vec::new()));
+
+/// Sends this worker's stdout to its client: fd 1 becomes a pipe, drained by a thread so the driver never blocks
+/// on a full pipe, and by every synchronizing reply (`deliver_pending`).
+pub fn forward_stdout() -> std::io::Result<()> {
+    let fd = crate::sys::capture_stdout()?;
+    PRINTED.lock().unwrap_or_else(|p| p.into_inner()).0 = Some(fd);
+    std::thread::spawn(move || loop {
+        if crate::sys::wait_readable(fd, 50) {
+            let mut p = PRINTED.lock().unwrap_or_else(|p| p.into_inner());
+            crate::sys::read_available(fd, &mut p.1);
+        }
+    });
+    Ok(())
+}
+
+/// Everything printed so far (after flushing the C library's buffers), in order.
+fn take_printed() -> Vec<u8> {
+    let mut p = PRINTED.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(fd) = p.0 else { return Vec::new() };
+    crate::sys::flush_stdio();
+    crate::sys::read_available(fd, &mut p.1);
+    std::mem::take(&mut p.1)
+}

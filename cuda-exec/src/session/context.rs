@@ -1,0 +1,130 @@
+//! Handlers: contexts (primary and created), their limits, the private export table sizes, and `Ping`.
+
+use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::ids::ContextId;
+use vgpu_dataplane::wire::*;
+
+use super::channel::{Channel, Cx, Serve, Served};
+use crate::backend::*;
+
+impl Serve<PrimaryCtxRetain> for Channel {
+    fn serve(&mut self, c: PrimaryCtxRetain, _cx: &mut Cx<'_>) -> Served<Empty> {
+        let r = self.s().real_device(c.dev).and_then(|d| {
+            self.s().check_cap(|o| o.contexts.len(), |c| c.contexts)?;
+            let real = self.b().primary_ctx_retain(d)?;
+            let mut objs = self.s().objects();
+            objs.contexts.insert(c.ctx, real);
+            objs.context_devices.insert(d);
+            Ok(Empty {})
+        });
+        Ok(r)
+    }
+}
+
+impl Serve<PrimaryCtxRelease> for Channel {
+    fn serve(&mut self, c: PrimaryCtxRelease, _cx: &mut Cx<'_>) -> Served<Empty> {
+        Ok(self
+            .s()
+            .real_device(c.dev)
+            .and_then(|d| {
+                // The context may go with its last reference.
+                self.s().sched_forget_device(d);
+                self.b().primary_ctx_release(d)
+            })
+            .map(|_| Empty {}))
+    }
+}
+
+impl Serve<PrimaryCtxReset> for Channel {
+    fn serve(&mut self, c: PrimaryCtxReset, _cx: &mut Cx<'_>) -> Served<Empty> {
+        let r = self.s().real_device(c.dev).and_then(|d| {
+            // The reset frees the events the scheduler measures with in that context.
+            self.s().sched_forget_device(d);
+            self.b().primary_ctx_reset(d)
+        });
+        if r.is_ok() {
+            // The reset destroyed the context an earlier asynchronous call failed in (a launch after a kernel
+            // fault, say): the reset itself succeeded, as the native call does.
+            self.latched = None;
+            self.s().forget_reset_context();
+        }
+        Ok(r.map(|_| Empty {}))
+    }
+}
+
+impl Serve<CtxCreate> for Channel {
+    fn serve(&mut self, c: CtxCreate, _cx: &mut Cx<'_>) -> Served<Empty> {
+        let r = self.s().real_device(c.dev).and_then(|d| {
+            self.s().check_cap(|o| o.contexts.len(), |c| c.contexts)?;
+            let real = self.b().ctx_create(c.flags, d)?;
+            let mut objs = self.s().objects();
+            objs.contexts.insert(c.ctx, real);
+            objs.context_devices.insert(d);
+            Ok(Empty {})
+        });
+        Ok(r)
+    }
+}
+
+impl Serve<CtxDestroy> for Channel {
+    fn serve(&mut self, c: CtxDestroy, _cx: &mut Cx<'_>) -> Served<Empty> {
+        let real = self.s().objects().contexts.remove(&c.ctx);
+        Ok(match real {
+            Some(real) => {
+                if let Some(sched) = &self.s().sched {
+                    // The context's events go with it.
+                    sched.forget_context(real.0);
+                }
+                self.b().ctx_destroy(real).map(|_| Empty {})
+            }
+            None => Err(CUDA_ERROR_INVALID_CONTEXT),
+        })
+    }
+}
+
+impl Serve<CtxSetCurrent> for Channel {
+    fn serve(&mut self, c: CtxSetCurrent, _cx: &mut Cx<'_>) -> Served<Empty> {
+        let real = if c.ctx == ContextId(0) {
+            Some(Context(0))
+        } else {
+            self.s().objects().contexts.get(&c.ctx).copied()
+        };
+        Ok(match real {
+            Some(real) => self.b().ctx_set_current(real).map(|_| Empty {}),
+            None => Err(CUDA_ERROR_INVALID_CONTEXT),
+        })
+    }
+}
+
+impl Serve<CtxSynchronize> for Channel {
+    fn serve(&mut self, _c: CtxSynchronize, _cx: &mut Cx<'_>) -> Served<Empty> {
+        Ok(self.b().ctx_synchronize().map(|_| Empty {}))
+    }
+}
+
+impl Serve<CtxGetLimit> for Channel {
+    fn serve(&mut self, c: CtxGetLimit, _cx: &mut Cx<'_>) -> Served<LimitReply> {
+        Ok(self.b().ctx_get_limit(c.limit).map(|value| LimitReply { value }))
+    }
+}
+
+impl Serve<CtxSetLimit> for Channel {
+    fn serve(&mut self, c: CtxSetLimit, _cx: &mut Cx<'_>) -> Served<Empty> {
+        Ok(self.b().ctx_set_limit(c.limit, c.value).map(|_| Empty {}))
+    }
+}
+
+impl Serve<ExportTableSize> for Channel {
+    fn serve(&mut self, c: ExportTableSize, _cx: &mut Cx<'_>) -> Served<ExportTableSizeReply> {
+        Ok(self
+            .b()
+            .export_table_first_word(&c.uuid)
+            .map(|first_word| ExportTableSizeReply { first_word }))
+    }
+}
+
+impl Serve<Ping> for Channel {
+    fn serve(&mut self, _c: Ping, _cx: &mut Cx<'_>) -> Served<Empty> {
+        Ok(Ok(Empty {}))
+    }
+}

@@ -1,0 +1,290 @@
+//! The call table: one row per remoted call, the single source of truth from which the wire structs, their
+//! operation codes, the server's dispatch and the backend's forwarded driver operations are generated.
+//!
+//! A row reads
+//! `Name = op, sync|async [, tail] { fields } -> Reply [=> backend_op(args) = cuDriverEntryPoint];`
+//! - `sync` calls get a reply frame; `async` calls never do (their errors latch on the server).
+//! - the tail is what follows the fixed body: none (default), `bytes(MAX)` (read whole by the server before the
+//!   handler runs, at most MAX bytes, growing with what arrives), or `streamed` (the handler reads it itself).
+//! - the optional backend clause declares a driver operation the server's backend forwards unchanged: the real
+//!   backend's implementation is generated from it (checked against cuda.h's signature), the emulated one writes
+//!   its behaviour by hand.
+//!
+//! Handles are client-chosen ids (`crate::ids`); device pointers are the server's real addresses. Every struct is
+//! padded by hand so that it has no implicit padding (checked by zerocopy's `IntoBytes` derive).
+
+/// Hands every row of the call table to `$callback!` (see the module documentation for a row's form). Consumers:
+/// `wire` (structs, `Op`, `Call` impls), the server's dispatch and the backend's forwarded operations.
+#[macro_export]
+macro_rules! call_table {
+    ($callback:ident) => {
+        $callback! {
+            /// `cuDevicePrimaryCtxRetain`: binds `ctx` to device `dev`'s primary context.
+            PrimaryCtxRetain = 1, sync { ctx: ContextId, dev: u32, _pad: u32 } -> Empty;
+            /// `cuDevicePrimaryCtxRelease`.
+            PrimaryCtxRelease = 2, sync { dev: u32, _pad: u32 } -> Empty
+                => primary_ctx_release(dev: i32) = cuDevicePrimaryCtxRelease_v2;
+            /// `cuDevicePrimaryCtxReset`.
+            PrimaryCtxReset = 3, sync { dev: u32, _pad: u32 } -> Empty
+                => primary_ctx_reset(dev: i32) = cuDevicePrimaryCtxReset_v2;
+            /// `cuCtxCreate`: a new context with client id `ctx`; it becomes current on the calling thread.
+            CtxCreate = 4, sync { ctx: ContextId, flags: u32, dev: u32 } -> Empty;
+            /// `cuCtxDestroy`.
+            CtxDestroy = 5, sync { ctx: ContextId } -> Empty
+                => ctx_destroy(ctx: Context) = cuCtxDestroy_v2;
+            /// Mirrors the client thread's current context (0 = none) on its server thread.
+            CtxSetCurrent = 6, async { ctx: ContextId } -> Empty
+                => ctx_set_current(ctx: Context) = cuCtxSetCurrent;
+            /// `cuCtxSynchronize`.
+            CtxSynchronize = 7, sync { } -> Empty
+                => ctx_synchronize() = cuCtxSynchronize;
+            /// `cuMemAlloc`.
+            MemAlloc = 10, sync { size: u64 } -> MemAllocReply;
+            /// `cuMemAllocPitch`.
+            MemAllocPitch = 11, sync { width: u64, height: u64, elem_size: u32, _pad: u32 } -> MemAllocPitchReply;
+            /// `cuMemFree`.
+            MemFree = 12, sync { dptr: DevicePtr } -> Empty
+                => mem_free(dptr: DevicePtr) = cuMemFree_v2;
+            /// `cuMemGetInfo`.
+            MemGetInfo = 13, sync { } -> MemGetInfoReply;
+            /// `cuMemcpyHtoD`: `size` bytes of tail to `dst`.
+            MemcpyHtoD = 20, sync, streamed { dst: DevicePtr, size: u64 } -> Empty;
+            /// `cuMemcpyHtoDAsync`: data captured at call time travels in the tail.
+            MemcpyHtoDAsync = 21, async, streamed { dst: DevicePtr, size: u64, stream: StreamId } -> Empty;
+            /// `cuMemcpyDtoH`: the reply's tail holds the `size` bytes, then a final status word.
+            MemcpyDtoH = 22, sync { src: DevicePtr, size: u64 } -> Empty;
+            /// `cuMemcpyDtoHAsync`: the bytes come back in a push frame tagged `pending_id` before the reply of a
+            /// later synchronizing call that covers the copy.
+            MemcpyDtoHAsync = 23, async { src: DevicePtr, size: u64, stream: StreamId, pending_id: PendingId } -> Empty;
+            /// `cuMemcpyDtoD` (also `cuMemcpy` with unified addressing).
+            MemcpyDtoD = 24, sync { dst: DevicePtr, src: DevicePtr, size: u64 } -> Empty;
+            /// `cuMemcpyDtoDAsync`.
+            MemcpyDtoDAsync = 25, async { dst: DevicePtr, src: DevicePtr, size: u64, stream: StreamId } -> Empty
+                => memcpy_dtod_async(dst: DevicePtr, src: DevicePtr, size: u64, stream: Stream) = cuMemcpyDtoDAsync_v2;
+            /// `cuMemsetD8/D16/D32` and their 2D forms: `width` elements of `elem_size` bytes per row, `height` rows.
+            Memset = 26, sync { dst: DevicePtr, pitch: u64, width: u64, height: u64, value: u32, elem_size: u32 } -> Empty;
+            /// The `Async` forms of `Memset`.
+            MemsetAsync = 27, async {
+                dst: DevicePtr, pitch: u64, width: u64, height: u64, stream: StreamId, value: u32, elem_size: u32
+            } -> Empty;
+            /// `cuMemcpy2D`: `height` rows of `width` bytes. Host rows travel packed (pitch = width) in the tail
+            /// (host-to-device) or the reply (device-to-host); `direction` is 0 H→D, 1 D→H, 2 D→D. `src`/`dst` are
+            /// device addresses on their device side and unused on the host side.
+            Memcpy2D = 28, sync, streamed {
+                src: u64, src_pitch: u64, dst: u64, dst_pitch: u64, width: u64, height: u64, direction: u32, _pad: u32
+            } -> Empty;
+            /// `cuMemcpy2DAsync`; device-to-host rows come back in a push frame tagged `pending_id`.
+            Memcpy2DAsync = 29, async, streamed {
+                src: u64, src_pitch: u64, dst: u64, dst_pitch: u64, width: u64, height: u64, stream: StreamId,
+                pending_id: PendingId, direction: u32, _pad: u32
+            } -> Empty;
+            /// `cuStreamCreate` / `cuStreamCreateWithPriority` with client id `stream`.
+            StreamCreate = 30, async { stream: StreamId, flags: u32, priority: i32 } -> Empty;
+            /// `cuStreamDestroy`.
+            StreamDestroy = 31, async { stream: StreamId } -> Empty
+                => stream_destroy(stream: Stream) = cuStreamDestroy_v2;
+            /// `cuStreamSynchronize`.
+            StreamSynchronize = 32, sync { stream: StreamId } -> Empty
+                => stream_synchronize(stream: Stream) = cuStreamSynchronize;
+            /// `cuStreamQuery`.
+            StreamQuery = 33, sync { stream: StreamId } -> Empty
+                => stream_query(stream: Stream) = cuStreamQuery;
+            /// `cuStreamWaitEvent`.
+            StreamWaitEvent = 34, async { stream: StreamId, event: EventId, flags: u32, _pad: u32 } -> Empty
+                => stream_wait_event(stream: Stream, event: Event, flags: u32) = cuStreamWaitEvent;
+            /// `cuEventCreate` with client id `event`.
+            EventCreate = 40, async { event: EventId, flags: u32, _pad: u32 } -> Empty;
+            /// `cuEventRecord`.
+            EventRecord = 41, async { event: EventId, stream: StreamId } -> Empty
+                => event_record(event: Event, stream: Stream) = cuEventRecord;
+            /// `cuEventSynchronize`.
+            EventSynchronize = 42, sync { event: EventId } -> Empty
+                => event_synchronize(event: Event) = cuEventSynchronize;
+            /// `cuEventQuery`.
+            EventQuery = 43, sync { event: EventId } -> Empty
+                => event_query(event: Event) = cuEventQuery;
+            /// `cuEventElapsedTime`.
+            EventElapsedTime = 44, sync { start: EventId, end: EventId } -> EventElapsedReply;
+            /// `cuEventDestroy`.
+            EventDestroy = 45, async { event: EventId } -> Empty
+                => event_destroy(event: Event) = cuEventDestroy_v2;
+            /// `cuModuleLoadData`/`cuModuleLoadFatBinary`: tail is the image; the reply's tail lists every function
+            /// with its parameter layout and attributes (`FunctionTable`).
+            ModuleLoad = 50, sync, bytes(MAX_IMAGE) { module: ModuleId } -> Empty;
+            /// `cuModuleUnload`.
+            ModuleUnload = 51, sync { module: ModuleId } -> Empty
+                => module_unload(module: Module) = cuModuleUnload;
+            /// `cuModuleGetFunction` for a name the load reply listed: binds client id `function`. Tail: the name.
+            ModuleGetFunction = 52, async, bytes(MAX_NAME) { module: ModuleId, function: FunctionId } -> Empty;
+            /// `cuModuleGetGlobal`. Tail: the name.
+            ModuleGetGlobal = 53, sync, bytes(MAX_NAME) { module: ModuleId } -> GlobalReply;
+            /// `cuLibraryLoadData`: like `ModuleLoad`, for a library; the reply lists its kernels.
+            LibraryLoad = 54, sync, bytes(MAX_IMAGE) { library: ModuleId } -> Empty;
+            /// `cuLibraryUnload`.
+            LibraryUnload = 55, sync { library: ModuleId } -> Empty
+                => library_unload(library: Library) = cuLibraryUnload;
+            /// `cuLibraryGetKernel` for a listed name: binds client id `kernel`. Tail: the name.
+            LibraryGetKernel = 56, async, bytes(MAX_NAME) { library: ModuleId, kernel: FunctionId } -> Empty;
+            /// `cuLibraryGetGlobal`. Tail: the name.
+            LibraryGetGlobal = 57, sync, bytes(MAX_NAME) { library: ModuleId } -> GlobalReply;
+            /// `cuKernelGetFunction`: binds client id `function` to the kernel's function in the current context.
+            KernelGetFunction = 58, async { kernel: FunctionId, function: FunctionId } -> Empty;
+            /// `cuFuncGetAttribute`/`cuKernelGetAttribute` for a function whose attributes the load left unknown (the
+            /// driver loads kernels lazily; asking for attributes is what loads them).
+            FuncGetAttributes = 59, sync { function: FunctionId } -> FuncAttrsReply;
+            /// `cuLaunchKernel`: the tail holds the arguments packed at the offsets of the function's parameter
+            /// layout.
+            LaunchKernel = 60, async, bytes(MAX_ARGS) { function: FunctionId, stream: StreamId, dims: LaunchDims } -> Empty;
+            /// A kernel name the load reply did not list: asks the driver, so the error is the driver's own. Tail:
+            /// the name.
+            LookupName = 61, sync, bytes(MAX_NAME) { module: ModuleId, is_library: u32, _pad: u32 } -> Empty;
+            /// `cuGetExportTable` for a private table the client does not know: the first word of the server
+            /// driver's table (its size in bytes, for most tables), so that the client's stand-in has the same size.
+            ExportTableSize = 62, sync { uuid: [u8; 16] } -> ExportTableSizeReply;
+            /// `cuFuncSetAttribute`/`cuKernelSetAttribute` (max dynamic shared memory, carveout, ...): applied by the
+            /// server's driver, so that later launches that depend on it are accepted there too.
+            FuncSetAttribute = 63, async { function: FunctionId, attrib: i32, value: i32 } -> Empty;
+            /// `cuLaunchCooperativeKernel`, and `cuLaunchKernelEx` with the cooperative or cluster-dimension
+            /// attribute: as `LaunchKernel`, plus a cluster shape (1x1x1 = none).
+            LaunchKernelEx = 64, async, bytes(MAX_ARGS) {
+                function: FunctionId, stream: StreamId, dims: LaunchDims, cluster: [u32; 3], _pad: u32
+            } -> Empty;
+            /// `cuMemPoolCreate` of a device pool (pinned device memory) with client id `pool`.
+            MemPoolCreate = 65, sync { pool: PoolId, max_size: u64, device: u32, _pad: u32 } -> Empty;
+            /// `cuMemPoolDestroy`.
+            MemPoolDestroy = 66, sync { pool: PoolId } -> Empty
+                => mem_pool_destroy(pool: MemPool) = cuMemPoolDestroy;
+            /// `cuMemAllocAsync`/`cuMemAllocFromPoolAsync` (a device's default pool is `PoolId::default_of`).
+            /// Synchronous: the pointer is the server's.
+            MemAllocAsync = 67, sync { size: u64, stream: StreamId, pool: PoolId } -> MemAllocReply;
+            /// `cuMemFreeAsync`.
+            MemFreeAsync = 68, async { dptr: DevicePtr, stream: StreamId } -> Empty
+                => mem_free_async(dptr: DevicePtr, stream: Stream) = cuMemFreeAsync;
+            /// `cuMemPoolGetAttribute`: every attribute travels as a u64 (the int ones widened).
+            MemPoolGetAttribute = 69, sync { pool: PoolId, attr: u32, _pad: u32 } -> MemPoolAttrReply;
+            /// `cuMemPoolSetAttribute`.
+            MemPoolSetAttribute = 70, sync { pool: PoolId, value: u64, attr: u32, _pad: u32 } -> Empty;
+            /// `cuMemPoolTrimTo`.
+            MemPoolTrimTo = 71, sync { pool: PoolId, min_bytes: u64 } -> Empty
+                => mem_pool_trim_to(pool: MemPool, min_bytes: u64) = cuMemPoolTrimTo;
+            /// `cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags`, answered by the server's driver.
+            OccupancyActiveBlocks = 72, sync { function: FunctionId, dynamic_smem: u64, block_size: i32, flags: u32 }
+                -> OccupancyReply;
+            /// `cuOccupancyMaxPotentialBlockSizeWithFlags`. Tail: when the app passed a block-size-to-shared-memory
+            /// callback, its answer (u64) for every block size 1..=`block_limit`, which stands in for the callback.
+            OccupancyPotentialBlockSize = 73, sync, bytes(MAX_BLOCK_TABLE) {
+                function: FunctionId, dynamic_smem: u64, block_limit: i32, flags: u32
+            } -> OccupancyPotentialReply;
+            /// `cuOccupancyAvailableDynamicSMemPerBlock`.
+            OccupancyAvailableSmem = 74, sync { function: FunctionId, num_blocks: i32, block_size: i32 } -> OccupancyReply;
+            /// `cuOccupancyMaxActiveClusters` and `cuOccupancyMaxPotentialClusterSize` (`potential_size` 1) for a
+            /// launch shape with an optional cluster dimension (0: none given).
+            OccupancyClusters = 75, sync {
+                function: FunctionId,
+                grid_x: u32, grid_y: u32, grid_z: u32,
+                block_x: u32, block_y: u32, block_z: u32,
+                shared_mem: u32, potential_size: u32,
+                cluster_x: u32, cluster_y: u32, cluster_z: u32, _pad: u32
+            } -> OccupancyReply;
+            /// Page-locked, device-mapped host memory at the same virtual address as the client's (pinned memory is
+            /// mapped and has one address for host and device under unified addressing): the server maps `size`
+            /// bytes at `addr` and registers them with its driver. Data moves with the ordinary copies: the client
+            /// pushes a region before a kernel that names it and pulls it back at the next synchronizing call.
+            /// Reply: the device address (`addr` itself where the driver maps host pointers one to one).
+            /// CUDA_ERROR_ALREADY_MAPPED (208): that address range is taken in the server process; try another.
+            HostMirrorMap = 76, sync { addr: HostAddr, size: u64 } -> MemAllocReply;
+            /// Releases a `HostMirrorMap` region.
+            HostMirrorUnmap = 77, sync { addr: HostAddr } -> Empty;
+            /// `cuMemAllocManaged`. The client maps its own memory at the same address and keeps it in step the way
+            /// it does pinned memory (pushed before kernels that name it, pulled at synchronizing calls).
+            MemAllocManaged = 78, sync { size: u64, flags: u32, _pad: u32 } -> MemAllocReply;
+            /// `cuLibraryGetManaged`: a `__managed__` variable. Tail: the name.
+            LibraryGetManaged = 79, sync, bytes(MAX_NAME) { library: ModuleId } -> GlobalReply;
+            /// `cuArray3DCreate`: a CUDA array with client id `array` (depth 0: 2D; height 0 too: 1D).
+            ArrayCreate = 80, sync {
+                array: ArrayId, width: u64, height: u64, depth: u64, format: u32, channels: u32, flags: u32, _pad: u32
+            } -> Empty;
+            /// `cuArrayDestroy`.
+            ArrayDestroy = 81, sync { array: ArrayId } -> Empty
+                => array_destroy(array: Array) = cuArrayDestroy;
+            /// A copy between a box of a CUDA array (`x_bytes`, `y`, `z`; `width_bytes` x `height` x `depth`) and
+            /// host rows (packed: the request's tail, or the reply's) or device memory (`device`, with its pitch and
+            /// rows per slice). `direction`: 0 host→array, 1 array→host, 2 device→array, 3 array→device.
+            ArrayCopy = 82, sync, bytes(MAX_ARRAY_COPY) {
+                array: ArrayId, x_bytes: u64, y: u64, z: u64, width_bytes: u64, height: u64, depth: u64,
+                device: DevicePtr, device_pitch: u64, device_height: u64, direction: u32, _pad: u32
+            } -> Empty;
+            /// `cuTexObjectCreate` (`surface` 0) or `cuSurfObjectCreate` (1). Tail: `CUDA_RESOURCE_DESC` (its array a
+            /// client id), then for a texture `CUDA_TEXTURE_DESC` and, with `has_view`, `CUDA_RESOURCE_VIEW_DESC`.
+            /// Reply: the object, by value (kernels receive it as an argument).
+            TexObjectCreate = 83, sync, bytes(MAX_TEX_DESCS) { surface: u32, has_view: u32 } -> ObjectReply;
+            /// `cuTexObjectDestroy` / `cuSurfObjectDestroy`.
+            ObjectDestroy = 84, sync { object: u64, surface: u32, _pad: u32 } -> Empty;
+            /// `cuCtxGetLimit` of the current context.
+            CtxGetLimit = 85, sync { limit: u32, _pad: u32 } -> LimitReply;
+            /// `cuCtxSetLimit` (the printf FIFO and malloc heap sizes shape what kernels can do on the server).
+            CtxSetLimit = 86, sync { value: u64, limit: u32, _pad: u32 } -> Empty
+                => ctx_set_limit(limit: u32, value: u64) = cuCtxSetLimit;
+            /// `cuMemcpyAtoA`: `size` bytes from byte `src_offset` of array `src` to byte `dst_offset` of array
+            /// `dst` (1D arrays, or the first row of wider ones, as natively).
+            MemcpyAtoA = 87, sync { dst: ArrayId, dst_offset: u64, src: ArrayId, src_offset: u64, size: u64 } -> Empty
+                => memcpy_atoa(dst: Array, dst_offset: u64, src: Array, src_offset: u64, size: u64) = cuMemcpyAtoA_v2;
+            /// Flushes and reports any latched asynchronous error without doing anything else (tests, exit).
+            Ping = 90, sync { } -> Empty;
+            /// Shared-memory sessions: the client's pinned host allocation `id` (a memfd of `size` bytes, passed with
+            /// `Transport::send_fd` tagged `id` just before this request) is mapped by the server and registered
+            /// with the driver, so copies to and from it are direct DMA with no staging. `addr` non-zero: map it at
+            /// that same address (it is the client's), so that the device sees it where the app's pointers say.
+            HostRegionMap = 100, sync { id: RegionId, size: u64, addr: HostAddr } -> Empty;
+            /// Unregisters and unmaps region `id` (`cuMemFreeHost`).
+            HostRegionUnmap = 101, sync { id: RegionId } -> Empty;
+            /// `cuMemcpyHtoD` from `size` bytes at `offset` in region `region`.
+            MemcpyHtoDRegion = 102, sync { dst: DevicePtr, region: RegionId, offset: u64, size: u64 } -> Empty;
+            /// `cuMemcpyHtoDAsync` from a region: the GPU reads the client's memory when the copy runs.
+            MemcpyHtoDRegionAsync = 103, async {
+                dst: DevicePtr, region: RegionId, offset: u64, size: u64, stream: StreamId
+            } -> Empty;
+            /// `cuMemcpyDtoH` into a region.
+            MemcpyDtoHRegion = 104, sync { src: DevicePtr, region: RegionId, offset: u64, size: u64 } -> Empty;
+            /// `cuMemcpyDtoHAsync` into a region: the bytes land in the client's memory when the copy runs.
+            MemcpyDtoHRegionAsync = 105, async {
+                src: DevicePtr, region: RegionId, offset: u64, size: u64, stream: StreamId
+            } -> Empty;
+            /// NVML's live values for the client's device `device` (memory, utilization, sensors), for the NVML shim:
+            /// from NVIDIA's NVML on the real backend, from the session's own bookkeeping on the emulated one. Only
+            /// sent to a server that announced `CAP_NVML`.
+            NvmlDeviceStatus = 110, sync { device: u32, _pad: u32 } -> NvmlStatusReply;
+            /// NVML's system facts: the reply's tail is the server driver's version string.
+            NvmlSystemInfo = 111, sync { } -> Empty;
+            // Virtual memory management (`cuMem*` VMM calls). Only sent to a server that announced `CAP_VMM`.
+            // Device ordinals in locations are the client's; allocation handles are client-chosen ids.
+            /// `cuMemGetAllocationGranularity`: `option` 0 minimum, 1 recommended.
+            MemGetAllocationGranularity = 120, sync { prop: MemAllocProp, option: u32, _pad: u32 } -> GranularityReply;
+            /// `cuMemAddressReserve`: a virtual address range of the server's driver (`addr` is a hint).
+            MemAddressReserve = 121, sync { size: u64, alignment: u64, addr: DevicePtr, flags: u64 } -> MemAllocReply;
+            /// `cuMemAddressFree` of a whole reservation.
+            MemAddressFree = 122, sync { ptr: DevicePtr, size: u64 } -> Empty;
+            /// `cuMemCreate`: physical memory bound to client id `handle`. Synchronous: out-of-memory is its answer.
+            MemCreate = 123, sync { handle: AllocHandleId, size: u64, flags: u64, prop: MemAllocProp } -> Empty;
+            /// `cuMemRelease`: drops one reference to `handle`.
+            MemRelease = 124, sync { handle: AllocHandleId } -> Empty;
+            /// `cuMemMap`: `size` bytes of `handle` from `offset` at `ptr`, inside a reservation.
+            MemMap = 125, sync { ptr: DevicePtr, size: u64, offset: u64, handle: AllocHandleId, flags: u64 } -> Empty;
+            /// `cuMemUnmap` of whole mappings (one, or several back to back).
+            MemUnmap = 126, sync { ptr: DevicePtr, size: u64 } -> Empty;
+            /// `cuMemSetAccess`. Tail: `count` `MemAccessDesc` records.
+            MemSetAccess = 127, sync, bytes(MAX_ACCESS_BYTES) { ptr: DevicePtr, size: u64, count: u32, _pad: u32 } -> Empty;
+            /// `cuMemGetAccess` for one location.
+            MemGetAccess = 128, sync { ptr: DevicePtr, location_type: u32, location_id: i32 } -> MemAccessReply;
+            /// `cuMemGetAllocationPropertiesFromHandle`.
+            MemGetAllocationProperties = 129, sync { handle: AllocHandleId } -> MemAllocPropReply;
+            /// `cuMemRetainAllocationHandle`: one more reference to the handle mapped at `addr`; the reply is its id.
+            MemRetainAllocationHandle = 130, sync { addr: DevicePtr } -> MemHandleReply;
+            /// Stream memory operations: `count` `MemOp` records follow. `single` 1: one operation through its own
+            /// entry point (`cuStreamWriteValue32` and friends, whose `flags` are the record's), 0:
+            /// `cuStreamBatchMemOp` with these batch `flags`.
+            StreamMemOps = 140, async, bytes(MAX_MEM_OP_BYTES) { stream: StreamId, count: u32, flags: u32, single: u32, _pad: u32 }
+                -> Empty;
+        }
+    };
+}
