@@ -271,22 +271,28 @@ fn tickets_verify_only_when_genuine_and_fresh() {
     let implausible = |edit: &dyn Fn(&mut TicketClaims)| {
         let mut c = claims.clone();
         edit(&mut c);
-        verify_ticket(pem.as_bytes(), &h.app.signer().sign(&c).unwrap())
+        verify_ticket(pem.as_bytes(), &h.app.keys().sign(&c).unwrap())
     };
-    for (what, edit) in [
-        ("one GPU listed three times", &|c: &mut TicketClaims| {
-            c.gpus = vec![c.gpus[0].clone(); 3]
-        }) as &dyn Fn(&mut TicketClaims),
-        ("no GPU", &|c: &mut TicketClaims| c.gpus.clear()),
-        ("a share above 1", &|c: &mut TicketClaims| c.gpus[0].compute_share = 1.5),
-        ("a zero share", &|c: &mut TicketClaims| c.gpus[0].compute_share = 0.0),
-        ("memory limits overflowing in bytes", &|c: &mut TicketClaims| {
-            c.gpus[0].memory_limit_mib = u64::MAX >> 10
-        }),
-        ("an unknown priority class", &|c: &mut TicketClaims| {
-            c.gpus[0].priority = "urgent".into()
-        }),
-    ] {
+    type Edit = Box<dyn Fn(&mut TicketClaims)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "one GPU listed three times",
+            Box::new(|c| c.gpus = vec![c.gpus[0].clone(); 3]),
+        ),
+        ("no GPU", Box::new(|c| c.gpus.clear())),
+        ("a share above 1", Box::new(|c| c.gpus[0].compute_share = 1.5)),
+        ("a zero share", Box::new(|c| c.gpus[0].compute_share = 0.0)),
+        (
+            "memory limits overflowing in bytes",
+            Box::new(|c| c.gpus[0].memory_limit_mib = u64::MAX >> 10),
+        ),
+        (
+            "an unknown priority class",
+            Box::new(|c| c.gpus[0].priority = "urgent".into()),
+        ),
+        ("an expiry before the issue time", Box::new(|c| c.iat = c.exp + 1)),
+    ];
+    for (what, edit) in &cases {
         assert!(
             matches!(implausible(edit), Err(TicketError::Implausible(_))),
             "{what}: accepted"
