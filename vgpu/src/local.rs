@@ -57,7 +57,13 @@ impl LocalServer {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", netns]).arg(exe);
         // Plain TCP across the emulated wire is what is measured: allowed on that (non-loopback) address.
-        Self::spawn(cmd, &format!("{ip}:0"), backend, &["--no-shm", "--allow-plain-tcp"], &[])
+        Self::spawn(
+            cmd,
+            &format!("{ip}:0"),
+            backend,
+            &["--no-shm", "--allow-plain-tcp"],
+            &[],
+        )
     }
 
     /// Runs `cmd server --tcp TCP ...` (cmd: the vgpu binary, or a wrapper that ends with it) and waits until ready.
@@ -70,7 +76,17 @@ impl LocalServer {
     ) -> Result<LocalServer, String> {
         let shm = format!("vgpu-{}-{}", std::process::id(), rand_suffix());
         let mut child = cmd
-            .args(["server", "--tcp", tcp, "--tls", "127.0.0.1:0", "--shm", &shm, "--backend", backend])
+            .args([
+                "server",
+                "--tcp",
+                tcp,
+                "--tls",
+                "127.0.0.1:0",
+                "--shm",
+                &shm,
+                "--backend",
+                backend,
+            ])
             .args(extra_args)
             .envs(env.iter().copied())
             .env_remove("LD_LIBRARY_PATH")

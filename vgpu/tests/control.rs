@@ -43,7 +43,11 @@ fn start_until(mut cmd: Command, marker: &str) -> (Killed, String, Vec<String>) 
 }
 
 fn control_plane() -> (Killed, String) {
-    let dir = std::env::temp_dir().join(format!("vgpu-control-test-{}", std::process::id()));
+    // One data folder per control plane: the tests run at once, and two control planes generating their HTTPS
+    // certificate into one folder read each other's half-written files.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("vgpu-control-test-{}-{n}", std::process::id()));
     let mut cmd = Command::new(VGPU);
     cmd.args(["control", "--listen", "127.0.0.1:0", "--store", "memory", "--data-dir"])
         .arg(&dir)
