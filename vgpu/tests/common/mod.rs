@@ -1,9 +1,6 @@
 //! What the `vgpu` integration tests share: a `vgpu server` on the emulated backend, started on free TCP and TLS
 //! ports, a fresh shared-memory name and a fresh state folder (its TLS identity), killed when dropped.
 
-// Each test file uses a part of these helpers.
-#![allow(dead_code)]
-
 #![allow(dead_code)] // each test file uses a different part
 
 use std::io::Read;
