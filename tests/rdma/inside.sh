@@ -32,6 +32,10 @@ ip addr add 10.77.0.1/32 dev va && ip addr add 10.77.0.2/32 dev vb
 ip link set va up && ip link set vb up
 for k in all.rp_filter default.rp_filter va.rp_filter vb.rp_filter; do sysctl -qw net.ipv4.conf.$k=0; done
 for k in all.accept_local va.accept_local vb.accept_local; do sysctl -qw net.ipv4.conf.$k=1; done
+# veth hands each packet to the other end's backlog, which drops past net.core.netdev_max_backlog (1000): a ring's
+# worth of writes is ~4000 packets, and every drop makes rxe resend (slow under emulation, and resends are where
+# Soft-RoCE has bugs). Real NICs have deep queues; give the emulated wire one too.
+sysctl -qw net.core.netdev_max_backlog=65536
 ip neigh replace 10.77.0.2 lladdr "$(cat /sys/class/net/vb/address)" dev va nud permanent
 ip neigh replace 10.77.0.1 lladdr "$(cat /sys/class/net/va/address)" dev vb nud permanent
 ip route add 10.77.0.2 dev va src 10.77.0.1 table 10

@@ -499,8 +499,12 @@ impl Verbs {
         let mut attr = QueuePairAttribute::new();
         attr.setup_state(QueuePairState::ReadyToSend)
             .setup_sq_psn(self.psn)
-            // 4.096 µs * 2^14 = 67 ms per try, 7 tries: a vanished peer is an error within about half a second.
-            .setup_timeout(14)
+            // 4.096 µs * 2^18 = 1.07 s per try, 7 tries: an unreachable peer is an error within about 8 s (a peer
+            // process that dies is noticed at once on the setup connection). Not shorter: an acknowledgement later
+            // than this makes the NIC resend, and Soft-RoCE (rdma_rxe, Debian 12's kernel) can resend a multi-packet
+            // write with lengths its own responder refuses ("remote invalid request"), ending the channel; under
+            // emulation 67 ms (2^14) was too short for a 4 MiB ring's worth of writes, so 64 MiB copies failed.
+            .setup_timeout(18)
             .setup_retry_cnt(7)
             // 7: a peer that has no receive posted is retried without limit (it is busy, not gone).
             .setup_rnr_retry(7)
