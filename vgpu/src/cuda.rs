@@ -70,8 +70,10 @@ impl Cuda {
         // a static NUL-terminated name (NULL past the last).
         unsafe {
             let lib = self.lib.library();
+            // own ABI: vGPU's shim exports `vgpu_stat` and `vgpu_stat_name`; no NVIDIA header declares them.
             let stat = lib.get::<unsafe extern "C" fn(u32) -> u64>(b"vgpu_stat\0").ok()?;
             let name = lib
+                // own ABI: see above.
                 .get::<unsafe extern "C" fn(u32) -> *const c_char>(b"vgpu_stat_name\0")
                 .ok()?;
             let mut out = Vec::new();
