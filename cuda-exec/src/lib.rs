@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod emulated;
 pub mod handles;
+pub mod identity;
 pub mod nvml;
 pub mod ptx;
 pub mod real;

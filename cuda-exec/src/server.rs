@@ -136,16 +136,25 @@ pub struct ServerConfig {
     pub auth_description: String,
     /// Command that starts a worker: the program and its leading arguments.
     pub worker_command: Vec<String>,
+    /// `--device-identity`: present the devices as distinct virtual GPUs (`identity`; 0: their own identity).
+    pub identity: u8,
 }
 
-/// Opens the chosen backend. `Auto` falls back to the emulated backend and says why.
-pub fn open_backend(choice: BackendChoice, driver: Option<&str>) -> Result<(Arc<dyn Backend>, Option<String>), String> {
+/// Opens the chosen backend, its devices presented with `identity` (`crate::identity`). `Auto` falls back to the
+/// emulated backend and says why.
+pub fn open_backend(
+    choice: BackendChoice,
+    driver: Option<&str>,
+    identity: u8,
+) -> Result<(Arc<dyn Backend>, Option<String>), String> {
+    let emulated = || crate::emulated::EmulatedBackend::with_identity(identity);
+    let real = || crate::real::RealBackend::open(driver).map(|b| b.with_identity(identity));
     match choice {
-        BackendChoice::Emulated => Ok((Arc::new(crate::emulated::EmulatedBackend::new()), None)),
-        BackendChoice::Real => Ok((Arc::new(crate::real::RealBackend::open(driver)?), None)),
-        BackendChoice::Auto => match crate::real::RealBackend::open(driver) {
+        BackendChoice::Emulated => Ok((Arc::new(emulated()), None)),
+        BackendChoice::Real => Ok((Arc::new(real()?), None)),
+        BackendChoice::Auto => match real() {
             Ok(b) => Ok((Arc::new(b), None)),
-            Err(why) => Ok((Arc::new(crate::emulated::EmulatedBackend::new()), Some(why))),
+            Err(why) => Ok((Arc::new(emulated()), Some(why))),
         },
     }
 }
@@ -279,7 +288,7 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
     if cfg.tcp.is_none() && cfg.shm.is_none() && cfg.rdma.is_none() {
         return Err("nothing to listen on: give --tcp, --shm and/or --rdma".into());
     }
-    let (backend, fallback) = open_backend(cfg.backend, cfg.driver.as_deref())?;
+    let (backend, fallback) = open_backend(cfg.backend, cfg.driver.as_deref(), cfg.identity)?;
     let resolved = if backend.kind() == BACKEND_REAL {
         BackendChoice::Real
     } else {
@@ -635,6 +644,9 @@ impl Listener {
         if let Some(d) = &self.cfg.driver {
             cmd.env("VGPU_WORKER_DRIVER", d);
         }
+        if self.cfg.identity != 0 {
+            cmd.env("VGPU_WORKER_IDENTITY", self.cfg.identity.to_string());
+        }
         let child = cmd.spawn();
         let _ = crate::sys::set_cloexec(fd);
         child
@@ -666,13 +678,17 @@ pub fn run_worker_from_env() -> Result<(), String> {
         .ok_or("VGPU_WORKER_FD is not set: workers are started by `vgpu server`, not by hand")?;
     let choice = BackendChoice::parse(&std::env::var("VGPU_WORKER_BACKEND").unwrap_or_else(|_| "auto".into()))?;
     let driver = std::env::var("VGPU_WORKER_DRIVER").ok();
+    let identity = match std::env::var("VGPU_WORKER_IDENTITY") {
+        Ok(v) => crate::identity::parse(&v)?,
+        Err(_) => 0,
+    };
     // SAFETY: the server passed this descriptor to us (and only us) through VGPU_WORKER_FD.
     let control = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
     if let Err(e) = crate::session::forward_stdout() {
         tracing::warn!("device printf output stays on the server: cannot capture stdout ({e})");
     }
     // The driver starts before any session arrives: a spare worker waits here fully initialised.
-    let (backend, _) = open_backend(choice, driver.as_deref())?;
+    let (backend, _) = open_backend(choice, driver.as_deref(), identity)?;
     let mut session: Option<Arc<Session>> = None;
     let mut buf = [0u8; std::mem::size_of::<Handoff>()];
     loop {
