@@ -1,13 +1,15 @@
 //! Where the shim connects and with what credential: a ticket given in `VGPU_TICKET`, a ticket fetched from
 //! the control plane with the tenant's `VGPU_KEY` (when `VGPU_CONTROL_URL` is set), or a server's static key.
+//! A ticket may name GPUs on several servers: the process uses all of them, each server checking the ticket.
 
 use crate::log::{log, ERROR, INFO};
 use std::time::Duration;
 use vgpu_dataplane::cuerr::*;
 
-/// The server to dial and the credential to present in the hello.
+/// The servers to dial (`VGPU_SERVER`'s form: endpoints separated by commas, in device-numbering order) and the
+/// credential to present in each hello.
 pub struct Target {
-    pub server: String,
+    pub servers: String,
     pub credential: String,
 }
 
@@ -16,7 +18,7 @@ pub fn target() -> CuResult<Target> {
     let server = std::env::var("VGPU_SERVER").ok().filter(|s| !s.is_empty());
     if let Ok(ticket) = std::env::var("VGPU_TICKET") {
         return Ok(Target {
-            server: server.unwrap_or_else(default_server),
+            servers: server.unwrap_or_else(default_server),
             credential: ticket,
         });
     }
@@ -28,15 +30,15 @@ pub fn target() -> CuResult<Target> {
                 INFO,
                 "control plane {url} granted session {} on {}",
                 grant.session_id,
-                grant.server
+                grant.servers
             );
             Ok(Target {
-                server: server.unwrap_or(grant.server),
+                servers: server.unwrap_or(grant.servers),
                 credential: grant.ticket,
             })
         }
         _ => Ok(Target {
-            server: server.unwrap_or_else(default_server),
+            servers: server.unwrap_or_else(default_server),
             credential: key,
         }),
     }
@@ -49,12 +51,29 @@ fn default_server() -> String {
 struct Grant {
     ticket: String,
     session_id: String,
-    /// `tcp://address` of the server holding the ticket's first GPU.
-    server: String,
+    /// `tcp://address` of every server holding a GPU of the ticket, in the order of the ticket's GPUs.
+    servers: String,
 }
 
-/// `POST /v1/tickets` with the tenant's key. A session runs on one server: the one holding the first GPU the
-/// ticket names.
+/// The servers of a ticket's GPU list (`gpus[].server_address`), each once, in order of first appearance (a
+/// server's GPUs are numbered in the ticket's order; the server itself puts its own in that order).
+fn ticket_servers(gpus: &serde_json::Value) -> Option<String> {
+    let mut servers: Vec<String> = Vec::new();
+    for g in gpus.as_array()? {
+        let a = g["server_address"].as_str()?;
+        let url = if a.contains("://") {
+            a.to_string()
+        } else {
+            format!("tcp://{a}")
+        };
+        if !servers.contains(&url) {
+            servers.push(url);
+        }
+    }
+    (!servers.is_empty()).then(|| servers.join(","))
+}
+
+/// `POST /v1/tickets` with the tenant's key. The session spans every server the ticket names.
 fn fetch_ticket(url: &str, key: &str) -> CuResult<Grant> {
     let endpoint = format!("{}/v1/tickets", url.trim_end_matches('/'));
     let agent = ureq::AgentBuilder::new()
@@ -85,20 +104,36 @@ fn fetch_ticket(url: &str, key: &str) -> CuResult<Grant> {
         }
     };
     let ticket = body["ticket"].as_str();
-    let address = body["gpus"][0]["server_address"].as_str();
-    match (ticket, address) {
-        (Some(t), Some(a)) => Ok(Grant {
+    match (ticket, ticket_servers(&body["gpus"])) {
+        (Some(t), Some(servers)) => Ok(Grant {
             ticket: t.to_string(),
             session_id: body["session_id"].as_str().unwrap_or("?").to_string(),
-            server: if a.contains("://") {
-                a.to_string()
-            } else {
-                format!("tcp://{a}")
-            },
+            servers,
         }),
         _ => {
             log!(ERROR, "control plane at {url} sent a ticket without a server");
             Err(CUDA_ERROR_NO_DEVICE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_names_each_server_once_in_the_order_of_its_gpus() {
+        let gpus = serde_json::json!([
+            {"server_address": "b:7070", "gpu_uuid": "GPU-1"},
+            {"server_address": "a:7070", "gpu_uuid": "GPU-2"},
+            {"server_address": "b:7070", "gpu_uuid": "GPU-3"},
+            {"server_address": "shm://local", "gpu_uuid": "GPU-4"},
+        ]);
+        assert_eq!(
+            ticket_servers(&gpus).as_deref(),
+            Some("tcp://b:7070,tcp://a:7070,shm://local")
+        );
+        assert_eq!(ticket_servers(&serde_json::json!([])), None);
+        assert_eq!(ticket_servers(&serde_json::json!([{"gpu_uuid": "x"}])), None);
     }
 }
