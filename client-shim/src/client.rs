@@ -220,13 +220,12 @@ fn tell_numbering(s: &mut Session) -> CuResult<()> {
             _pad: 0,
         };
         let mut ch = lock(&server.primary);
-        ch.call(server, 0, &call, &pairs, None).map_err(|e| {
+        ch.call(server, 0, &call, &pairs, None).inspect_err(|e| {
             log!(
                 ERROR,
                 "{}: the server refused the device numbering ({e})",
                 server.endpoint
             );
-            e
         })?;
     }
     Ok(())

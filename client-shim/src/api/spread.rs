@@ -103,9 +103,12 @@ pub(crate) fn servers_of(id: ModuleId) -> Vec<usize> {
     (0..64).filter(|i| loaded & (1u64 << i) != 0).collect()
 }
 
+/// Where a new module or library lives: (its device, the bitmask of servers it is loaded on, its kept image).
+pub(crate) type Placement = (Option<i32>, u64, Option<Arc<[u8]>>);
+
 /// What a new module or library records about where it lives: its device (modules), the server it was loaded
 /// on, and for a library in a session of several servers its image, for the next server.
-pub(crate) fn placement_of_load(is_library: bool, image: &[u8]) -> CuResult<(Option<i32>, u64, Option<Arc<[u8]>>)> {
+pub(crate) fn placement_of_load(is_library: bool, image: &[u8]) -> CuResult<Placement> {
     let s = client::session()?;
     let server = client::current_server();
     let device = if is_library { None } else { state::current_device() };
