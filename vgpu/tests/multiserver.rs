@@ -82,6 +82,11 @@ fn two_servers_make_one_device_numbering_with_unified_addressing() {
                 assert!(has(&lines, &want), "{servers}: no '{want}' in {lines:?}");
             }
         }
+        // As natively for a pair without peer access.
+        assert!(
+            has(&lines, "enable peer access 1 -> 0: CUDA_ERROR_PEER_ACCESS_UNSUPPORTED"),
+            "{lines:?}"
+        );
         assert!(
             has(
                 &lines,
