@@ -39,8 +39,10 @@ mod tests {
 
     #[test]
     fn identities_differ_from_each_other_and_from_the_device() {
-        let mut base = DeviceFacts::default();
-        base.uuid = *b"vgpu-emulated-00";
+        let mut base = DeviceFacts {
+            uuid: *b"vgpu-emulated-00",
+            ..Default::default()
+        };
         let domain = CUdevice_attribute::CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID.0 as usize;
         base.set_attr(domain, 0);
         let with = |n| {

@@ -143,9 +143,9 @@ fn device_memory_is_placed_in_the_clients_window() {
     let b = c.ok(&MemAlloc { size: 256 }).dptr.0;
     assert!(inside(a) && inside(b), "{a:#x} {b:#x}");
     assert_eq!(a / G, b / G, "small allocations share a granule");
-    assert!(b >= a + 256 && b % 512 == 0);
+    assert!(b >= a + 256 && b.is_multiple_of(512));
     let big = c.ok(&MemAlloc { size: 5 << 20 }).dptr.0;
-    assert!(inside(big) && big % G == 0 && big / G != a / G, "{big:#x}");
+    assert!(inside(big) && big.is_multiple_of(G) && big / G != a / G, "{big:#x}");
     let data = pattern(5 << 20, 9);
     c.htod(big, &data).expect("copy into window memory");
     assert_eq!(c.dtoh(big, 5 << 20).expect("copy back"), data);
@@ -173,7 +173,7 @@ fn device_memory_is_placed_in_the_clients_window() {
         .dptr
         .0;
     assert!(
-        inside(managed) && managed % 4096 == 0,
+        inside(managed) && managed.is_multiple_of(4096),
         "managed memory takes whole pages: {managed:#x}"
     );
     // Past the limit: refused before anything is placed.
@@ -207,7 +207,10 @@ fn a_refused_window_leaves_placement_to_the_driver() {
     let p = c.ok(&MemAlloc { size: 4096 }).dptr.0;
     assert_eq!(session.windows().span(0), None, "given up");
     // The backend's own next address, right after the first allocation (a window would have begun a granule).
-    assert!(p > taken && p - taken < G && p % G != 0, "{p:#x} after {taken:#x}");
+    assert!(
+        p > taken && p - taken < G && !p.is_multiple_of(G),
+        "{p:#x} after {taken:#x}"
+    );
     c.htod(p, &pattern(4096, 1)).expect("usable");
     c.close();
 }
