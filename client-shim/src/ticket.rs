@@ -3,7 +3,6 @@
 //! A ticket may name GPUs on several servers: the process uses all of them, each server checking the ticket.
 
 use crate::log::{log, ERROR, INFO};
-use std::time::Duration;
 use vgpu_dataplane::cuerr::*;
 
 /// The servers to dial (`VGPU_SERVER`'s form: endpoints separated by commas, in device-numbering order) and the
@@ -55,12 +54,11 @@ struct Grant {
     servers: String,
 }
 
-/// The servers of a ticket's GPU list (`gpus[].server_address`), each once, in order of first appearance (a
+/// The servers of a ticket's GPUs (their `server_address`es), each once, in order of first appearance (a
 /// server's GPUs are numbered in the ticket's order; the server itself puts its own in that order).
-fn ticket_servers(gpus: &serde_json::Value) -> Option<String> {
+fn ticket_servers<'a>(addresses: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let mut servers: Vec<String> = Vec::new();
-    for g in gpus.as_array()? {
-        let a = g["server_address"].as_str()?;
+    for a in addresses {
         let url = if a.contains("://") {
             a.to_string()
         } else {
@@ -73,48 +71,46 @@ fn ticket_servers(gpus: &serde_json::Value) -> Option<String> {
     (!servers.is_empty()).then(|| servers.join(","))
 }
 
-/// `POST /v1/tickets` with the tenant's key. The session spans every server the ticket names.
+/// `POST /v1/tickets` with the tenant's key. `url` may list several control-plane replicas (comma-separated,
+/// tried in turn) and pin each one's certificate (`https://host:8470#sha256=<hex>`). The session spans every
+/// server the ticket names.
 fn fetch_ticket(url: &str, key: &str) -> CuResult<Grant> {
-    let endpoint = format!("{}/v1/tickets", url.trim_end_matches('/'));
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5))
-        .timeout(Duration::from_secs(20))
-        .build();
-    let reply = agent
-        .post(&endpoint)
-        .set("Authorization", &format!("Bearer {key}"))
-        .send_json(serde_json::json!({}));
-    let body: serde_json::Value = match reply {
-        Ok(r) => r.into_json().map_err(|e| {
-            log!(ERROR, "control plane at {url} sent an unreadable ticket: {e}");
+    let grant = vgpu_control::client::request_ticket(url, key).map_err(|e| match e.status {
+        Some(status @ (401 | 403)) => {
+            log!(
+                ERROR,
+                "control plane at {url} refused VGPU_KEY ({status}): {}",
+                e.message
+            );
+            CUDA_ERROR_NOT_PERMITTED
+        }
+        Some(status) => {
+            log!(
+                ERROR,
+                "control plane at {url} refused a ticket ({status}): {}",
+                e.message
+            );
             CUDA_ERROR_NO_DEVICE
-        })?,
-        Err(ureq::Error::Status(status, r)) => {
-            let v: serde_json::Value = r.into_json().unwrap_or_default();
-            let message = v["error"]["message"].as_str().unwrap_or("no reason given");
-            log!(ERROR, "control plane at {url} refused VGPU_KEY ({status}): {message}");
-            return Err(match status {
-                401 | 403 => CUDA_ERROR_NOT_PERMITTED,
-                _ => CUDA_ERROR_NO_DEVICE,
-            });
         }
-        Err(e) => {
-            log!(ERROR, "cannot reach the control plane at {url} (VGPU_CONTROL_URL): {e}");
-            return Err(CUDA_ERROR_NO_DEVICE);
+        None => {
+            log!(
+                ERROR,
+                "cannot reach the control plane at {url} (VGPU_CONTROL_URL): {}",
+                e.message
+            );
+            CUDA_ERROR_NO_DEVICE
         }
-    };
-    let ticket = body["ticket"].as_str();
-    match (ticket, ticket_servers(&body["gpus"])) {
-        (Some(t), Some(servers)) => Ok(Grant {
-            ticket: t.to_string(),
-            session_id: body["session_id"].as_str().unwrap_or("?").to_string(),
-            servers,
-        }),
-        _ => {
-            log!(ERROR, "control plane at {url} sent a ticket without a server");
-            Err(CUDA_ERROR_NO_DEVICE)
-        }
+    })?;
+    if grant.gpus.is_empty() {
+        log!(ERROR, "control plane at {url} sent a ticket without a server");
+        return Err(CUDA_ERROR_NO_DEVICE);
     }
+    let servers = ticket_servers(grant.gpus.iter().map(|g| g.server_address.as_str())).ok_or(CUDA_ERROR_NO_DEVICE)?;
+    Ok(Grant {
+        ticket: grant.ticket,
+        session_id: grant.session_id,
+        servers,
+    })
 }
 
 #[cfg(test)]
@@ -123,17 +119,11 @@ mod tests {
 
     #[test]
     fn a_ticket_names_each_server_once_in_the_order_of_its_gpus() {
-        let gpus = serde_json::json!([
-            {"server_address": "b:7070", "gpu_uuid": "GPU-1"},
-            {"server_address": "a:7070", "gpu_uuid": "GPU-2"},
-            {"server_address": "b:7070", "gpu_uuid": "GPU-3"},
-            {"server_address": "shm://local", "gpu_uuid": "GPU-4"},
-        ]);
+        let gpus = ["b:7070", "a:7070", "b:7070", "shm://local"];
         assert_eq!(
-            ticket_servers(&gpus).as_deref(),
+            ticket_servers(gpus).as_deref(),
             Some("tcp://b:7070,tcp://a:7070,shm://local")
         );
-        assert_eq!(ticket_servers(&serde_json::json!([])), None);
-        assert_eq!(ticket_servers(&serde_json::json!([{"gpu_uuid": "x"}])), None);
+        assert_eq!(ticket_servers([]), None);
     }
 }
