@@ -81,9 +81,17 @@ pub(crate) fn strlen_with_nul(ptr: *const u8) -> usize {
 /// Maps `len` bytes (a multiple of the page size) of zeroed memory at exactly `addr`, or anywhere when `addr`
 /// is 0; `None` when that range is taken (or memory is exhausted).
 pub(crate) fn map_pages(addr: usize, len: usize) -> Option<usize> {
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if addr != 0 { libc::MAP_FIXED_NOREPLACE } else { 0 };
+    // Inside a device's address window (`va`), which this process holds reserved and unused, the pages replace
+    // that reservation (managed memory has the server's address here too).
+    let fixed = if crate::va::reserved_here(addr, len) {
+        libc::MAP_FIXED
+    } else {
+        libc::MAP_FIXED_NOREPLACE
+    };
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if addr != 0 { fixed } else { 0 };
     // SAFETY: an anonymous mapping; with MAP_FIXED_NOREPLACE it never replaces an existing mapping, so no
-    // memory the process uses is affected.
+    // memory the process uses is affected; MAP_FIXED only replaces part of a window reservation of ours, which
+    // holds no memory.
     let ptr = unsafe {
         libc::mmap(
             addr as *mut libc::c_void,
@@ -108,7 +116,49 @@ pub(crate) fn map_pages(addr: usize, len: usize) -> Option<usize> {
 /// Unmaps memory from `map_pages`; the caller guarantees it came from there with this length and that the
 /// app is done with it (cuMemFreeHost).
 pub(crate) fn unmap_pages(addr: usize, len: usize) {
+    if crate::va::reserved_here(addr, len) {
+        // Inside a window: back to reserved and unused, so nothing else of the process lands there.
+        reserve_range(addr, len, true);
+        return;
+    }
     // SAFETY: per the caller's guarantee, [addr, addr+len) is a mapping of ours that nothing uses any more.
+    unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+}
+
+/// Reserves [addr, addr+len) of this process's address space, inaccessible and without memory behind it, so that
+/// no other mapping lands there; `replace`: over pages of ours in that range. Whether it got exactly that range.
+pub(crate) fn reserve_range(addr: usize, len: usize, replace: bool) -> bool {
+    let fixed = if replace {
+        libc::MAP_FIXED
+    } else {
+        libc::MAP_FIXED_NOREPLACE
+    };
+    // SAFETY: an anonymous inaccessible mapping; with MAP_FIXED_NOREPLACE it replaces nothing, and MAP_FIXED is
+    // only asked for over pages of a window of ours that the app is done with (`unmap_pages`).
+    let ptr = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | fixed,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return false;
+    }
+    if ptr as usize != addr {
+        // SAFETY: the mapping just made elsewhere (an old kernel ignoring MAP_FIXED_NOREPLACE), ours alone.
+        unsafe { libc::munmap(ptr, len) };
+        return false;
+    }
+    true
+}
+
+/// Gives back a reservation from `reserve_range` that was never used.
+pub(crate) fn release_range(addr: usize, len: usize) {
+    // SAFETY: [addr, addr+len) is a reservation of ours with nothing mapped in it.
     unsafe { libc::munmap(addr as *mut libc::c_void, len) };
 }
 

@@ -12,6 +12,8 @@ mod nvml_bridge;
 mod proc_address;
 mod state;
 mod ticket;
+mod va;
+mod visible;
 
 /// Lets the server (and `vgpu run`) tell this shim apart from NVIDIA's driver when both are named libcuda.so.1.
 #[no_mangle]
@@ -22,6 +24,16 @@ pub static vgpu_shim_marker: u32 = 0x5647_5055;
 #[no_mangle]
 pub extern "C" fn vgpu_session_backend() -> i32 {
     client::session().map(|s| s.backend as i32).unwrap_or(-1)
+}
+
+/// Bytes this process has sent to and received from its servers over all channels so far (requests, replies,
+/// copy data): lets a benchmark show that a copy between two servers' devices moves none of its bytes through
+/// the client. Either pointer may be NULL.
+#[no_mangle]
+pub extern "C" fn vgpu_client_traffic(sent: *mut u64, received: *mut u64) {
+    let (s, r) = client::traffic();
+    let _ = ffi::write(sent, s);
+    let _ = ffi::write(received, r);
 }
 
 /// What the fuzzing harness (`fuzz/`) drives: a channel it can feed a hostile server's frames, and the table of

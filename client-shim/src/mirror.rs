@@ -14,7 +14,8 @@ use std::sync::{Mutex, MutexGuard};
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
-use crate::log::{log, DEBUG};
+use crate::client::Route;
+use crate::log::{log, DEBUG, WARN};
 use crate::{client, ffi};
 
 const PAGE: usize = 4096;
@@ -30,6 +31,9 @@ pub struct Mirror {
     pub data: usize,
     pub data_len: usize,
     pub kind: Kind,
+    /// The device whose server holds the mirror (the current one when it was made): kernels and copies of
+    /// other servers cannot reach it.
+    pub device: i32,
 }
 
 /// What a mirrored range is.
@@ -97,9 +101,10 @@ const ARENA_END: usize = 0x6800_0000_0000;
 static ARENA_NEXT: AtomicUsize = AtomicUsize::new(ARENA_START);
 const ARENA_JUMP: usize = 1 << 40;
 
-/// Tries to mirror [base, base+len) on the server at the same address.
-fn map_on_server(base: usize, len: usize) -> CuResult<u64> {
-    let r = client::call(
+/// Tries to mirror [base, base+len) on the server of device `device` at the same address.
+fn map_on_server(base: usize, len: usize, device: i32) -> CuResult<u64> {
+    let r = client::call_to(
+        Route::Device(device),
         0,
         &HostMirrorMap {
             addr: HostAddr(base as u64),
@@ -113,6 +118,7 @@ fn map_on_server(base: usize, len: usize) -> CuResult<u64> {
 /// Page-locked, zeroed host memory of `len` bytes (a page multiple) with a server mirror at the same address
 /// where one can be had. Returns (address, mirrored).
 pub fn alloc(len: usize) -> CuResult<(usize, bool)> {
+    let device = crate::state::current_device().unwrap_or(0);
     for _ in 0..16 {
         // Consecutive allocations keep a guard gap, so that a range the server cannot use at one address
         // does not push every later one onto the same conflict.
@@ -124,7 +130,7 @@ pub fn alloc(len: usize) -> CuResult<(usize, bool)> {
         let Some(base) = ffi::map_pages(addr, len) else {
             continue;
         };
-        match map_on_server(base, len) {
+        match map_on_server(base, len, device) {
             Ok(dptr) => {
                 let m = Mirror {
                     base,
@@ -133,6 +139,7 @@ pub fn alloc(len: usize) -> CuResult<(usize, bool)> {
                     data: base,
                     data_len: len,
                     kind: Kind::Pinned,
+                    device,
                 };
                 mirrors().by_base.insert(base, m);
                 return Ok((base, true));
@@ -186,7 +193,8 @@ pub fn register(ptr: usize, size: usize) {
         // Shares pages with a range mirrored already: that mirror covers them.
         return;
     }
-    match map_on_server(base, len) {
+    let device = crate::state::current_device().unwrap_or(0);
+    match map_on_server(base, len, device) {
         Ok(dptr) => {
             let m = Mirror {
                 base,
@@ -195,6 +203,7 @@ pub fn register(ptr: usize, size: usize) {
                 data: ptr,
                 data_len: size,
                 kind: Kind::Pinned,
+                device,
             };
             mirrors().by_base.insert(base, m);
         }
@@ -207,7 +216,7 @@ pub fn register(ptr: usize, size: usize) {
 
 /// Managed memory the server allocated at `dptr`: this process maps the same address, so host and device
 /// use one pointer. `CUDA_ERROR_OUT_OF_MEMORY` when the address is taken here.
-pub fn adopt_managed(dptr: u64, size: usize) -> CuResult<()> {
+pub fn adopt_managed(dptr: u64, size: usize, device: i32) -> CuResult<()> {
     let base = dptr as usize & !(PAGE - 1);
     let len = (dptr as usize)
         .checked_add(size)
@@ -224,6 +233,7 @@ pub fn adopt_managed(dptr: u64, size: usize) -> CuResult<()> {
         data: dptr as usize,
         data_len: size,
         kind: Kind::Managed,
+        device,
     };
     mirrors().by_base.insert(base, m);
     Ok(())
@@ -231,7 +241,7 @@ pub fn adopt_managed(dptr: u64, size: usize) -> CuResult<()> {
 
 /// A `__managed__` variable at `dptr`: mapped here at the same address (pages another managed variable
 /// mapped already are shared), with the server's initial value.
-pub fn adopt_managed_global(dptr: u64, size: usize) -> CuResult<()> {
+pub fn adopt_managed_global(dptr: u64, size: usize, device: i32) -> CuResult<()> {
     let start = dptr as usize;
     let end = start.checked_add(size.max(1)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     if find(start).is_some() {
@@ -256,6 +266,7 @@ pub fn adopt_managed_global(dptr: u64, size: usize) -> CuResult<()> {
         data: start,
         data_len: size,
         kind: Kind::ManagedGlobal,
+        device,
     };
     // Reading the initial value is a copy, which needs a context on the server; the runtime looks
     // `__managed__` variables up before it has made one current. The host cannot look at the variable
@@ -287,7 +298,7 @@ fn fetch_initial(m: &Mirror) -> CuResult<()> {
         src: DevicePtr(m.data_dptr()),
         size: m.data_len as u64,
     };
-    client::with_channel(|ch, _| ch.copy_to_host(0, &call, out))
+    client::copy_to_host(Route::Device(m.device), 0, &call, out)
 }
 
 /// Once a context is current on the server: fetches the initial values of `__managed__` variables looked
@@ -335,8 +346,9 @@ pub fn forget(ptr: usize) {
         m.pending.retain(|&(b, _)| b != base);
         m.by_base.remove(&base)
     };
-    if removed.is_some_and(|m| m.kind == Kind::Pinned) {
-        let _ = client::call(
+    if let Some(m) = removed.filter(|m| m.kind == Kind::Pinned) {
+        let _ = client::call_to(
+            Route::Device(m.device),
             0,
             &HostMirrorUnmap {
                 addr: HostAddr(base as u64),
@@ -371,20 +383,20 @@ fn this_thread() -> u64 {
 /// Where `[addr, addr+n)` lies in a mirrored region that queued device work may have written and nobody has
 /// synchronized with yet: the device address of `addr` in the server's mirror, which holds the newer bytes
 /// (a copy or launch must read those, not the host's stale ones; a graph replayed twice without a sync reads
-/// what the first replay wrote).
-pub fn pending_source(addr: usize, n: usize) -> Option<u64> {
+/// what the first replay wrote), with the device whose server holds the mirror.
+pub fn pending_source(addr: usize, n: usize) -> Option<(u64, i32)> {
     let end = addr.checked_add(n)?;
     let m = mirrors();
     let (_, mirror) = m.by_base.range(..=addr).next_back()?;
     let inside = addr >= mirror.data && end <= mirror.data + mirror.data_len;
-    (inside && m.written(mirror.base)).then(|| mirror.dptr + (addr - mirror.base) as u64)
+    (inside && m.written(mirror.base)).then(|| (mirror.dptr + (addr - mirror.base) as u64, mirror.device))
 }
 
 /// Before a launch on `stream`: pushes every mirrored region one of the kernel's argument words points
 /// into, in stream order, and remembers it for the next synchronizing call. A region that earlier queued
 /// work may have written (pending) is not pushed: the server's copy is the newer one until a sync brings
 /// it back, and the host cannot have written it meanwhile without racing that work.
-pub fn before_launch(flags: u16, stream: StreamId, args: &[u8]) -> CuResult<()> {
+pub fn before_launch(flags: u16, route: Route, stream: StreamId, args: &[u8]) -> CuResult<()> {
     // A `__managed__` variable's initial value must be here before this pushes it.
     fetch_deferred()?;
     let _transfer = TRANSFERS.read().unwrap_or_else(|p| p.into_inner());
@@ -411,7 +423,17 @@ pub fn before_launch(flags: u16, stream: StreamId, args: &[u8]) -> CuResult<()> 
         }
         named
     };
+    let server = match route {
+        Route::Server(s) => s,
+        Route::Device(d) => client::session()?.server_of(d)?,
+        Route::Current => client::current_server(),
+    };
     for mirror in named {
+        if client::session()?.server_of(mirror.device)? != server {
+            // Host memory is mirrored on the server where it was allocated; kernels of other servers see none.
+            warn_unreachable(mirror.data);
+            continue;
+        }
         {
             let mut m = mirrors();
             if m.written(mirror.base) {
@@ -420,7 +442,8 @@ pub fn before_launch(flags: u16, stream: StreamId, args: &[u8]) -> CuResult<()> 
             }
         }
         let data = ffi::bytes(mirror.data as *const u8, mirror.data_len)?;
-        client::post(
+        client::post_to(
+            route,
             flags,
             &MemcpyHtoDAsync {
                 dst: DevicePtr(mirror.data_dptr()),
@@ -453,7 +476,19 @@ pub fn after_sync() -> CuResult<()> {
             src: DevicePtr(mirror.data_dptr()),
             size: mirror.data_len as u64,
         };
-        client::with_channel(|ch, _| ch.copy_to_host(0, &call, out))?;
+        client::copy_to_host(Route::Device(mirror.device), 0, &call, out)?;
     }
     Ok(())
+}
+
+/// Says once that a kernel named host memory mirrored on another server than its own.
+fn warn_unreachable(addr: usize) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        log!(
+            WARN,
+            "a kernel names pinned or managed host memory ({addr:#x}) that lives on another server's device: host \
+             memory is mapped for kernels only on the server it was allocated on"
+        );
+    }
 }

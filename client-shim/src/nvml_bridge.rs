@@ -1,5 +1,9 @@
 //! What vGPU's NVML shim (`libnvidia-ml.so.1`) asks of this library: the session (opened here if the app has
 //! not called `cuInit`), its cached device facts, and the server's live NVML values, so both shims share one.
+//!
+//! NVML numbers the system's devices (every server's, servers in the order given) and, as NVIDIA's does,
+//! ignores `CUDA_VISIBLE_DEVICES`: with it unset the two numberings are one; with it set, tools that map it onto
+//! NVML's indices (PyTorch's device count) find the same devices CUDA shows.
 
 use std::ffi::c_char;
 
@@ -7,6 +11,7 @@ use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::handshake::{DeviceFacts, CAP_NVML};
 use vgpu_dataplane::wire::{NvmlDeviceStatus, NvmlStatusReply, NvmlSystemInfo};
 
+use crate::client::Route;
 use crate::{client, ffi};
 
 /// Version of this bridge's functions and structs; the NVML shim refuses a `libcuda.so.1` with another.
@@ -23,10 +28,10 @@ pub extern "C" fn vgpu_nvml_init() -> CUresult {
     client::init()
 }
 
-/// Devices the session sees, or -1 without a session.
+/// Devices of the session's system, or -1 without a session.
 #[no_mangle]
 pub extern "C" fn vgpu_nvml_device_count() -> i32 {
-    client::session().map(|s| s.devices.len() as i32).unwrap_or(-1)
+    client::session().map(|s| s.system.len() as i32).unwrap_or(-1)
 }
 
 /// The CUDA driver version the shim reports (`cuDriverGetVersion`), or -1 without a session.
@@ -49,7 +54,7 @@ fn device_facts(index: u32, out: *mut DeviceFacts, size: usize) -> CuResult<()> 
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let s = client::session()?;
-    let facts = s.devices.get(index as usize).ok_or(CUDA_ERROR_INVALID_DEVICE)?;
+    let (_, facts) = s.system.get(index as usize).ok_or(CUDA_ERROR_INVALID_DEVICE)?;
     ffi::write(out, *facts)
 }
 
@@ -67,10 +72,13 @@ fn device_status(index: u32, out: *mut NvmlStatusReply, size: usize) -> CuResult
     if s.capabilities & CAP_NVML == 0 {
         return Err(CUDA_ERROR_NOT_SUPPORTED);
     }
-    if index as usize >= s.devices.len() {
-        return Err(CUDA_ERROR_INVALID_DEVICE);
-    }
-    let reply = client::call(0, &NvmlDeviceStatus { device: index, _pad: 0 }, &[])?;
+    let (place, _) = s.system.get(index as usize).ok_or(CUDA_ERROR_INVALID_DEVICE)?;
+    // The server's own index of the device: NVML status follows the server's list, not CUDA's numbering.
+    let call = NvmlDeviceStatus {
+        device: place.index,
+        _pad: 0,
+    };
+    let reply = client::call_to(Route::Server(place.server), 0, &call, &[])?;
     ffi::write(out, reply)
 }
 

@@ -43,6 +43,13 @@ pub struct ModuleInfo {
     /// Handles given out so far, by name: the driver hands out one handle per function of a module, however
     /// often it is looked up (cuFFT compares the handles its module walk finds with those it looked up).
     pub bound: HashMap<String, FunctionId>,
+    /// A module's device (it lives in the context current at its load); `None` for a library, which belongs
+    /// to no context and is loaded on each server that uses it (`api::spread`).
+    pub device: Option<i32>,
+    /// The servers holding it, as a bit set by server index.
+    pub loaded_on: u64,
+    /// A library's image, kept while the session spans several servers, for loading it on the next one.
+    pub image: Option<Arc<[u8]>>,
 }
 
 #[derive(Clone, Debug)]
@@ -63,13 +70,23 @@ pub struct Registry {
     pub functions: HashMap<FunctionId, FunctionEntry>,
     /// Host allocations made by cuMemAllocHost/cuMemHostAlloc: address → length.
     pub host_allocs: HashMap<usize, usize>,
-    /// The subset of `host_allocs` shared with the server (shared-memory sessions): address → (region id, length).
-    pub shared_regions: BTreeMap<usize, (RegionId, usize)>,
+    /// The subset of `host_allocs` shared with a server (shared-memory sessions): address → (region id, length,
+    /// the server that maps it).
+    pub shared_regions: BTreeMap<usize, (RegionId, usize, usize)>,
     /// Device ranges the app may name (allocations and module globals): base → length. Lets asynchronous
     /// copies fail at the call, as natively, instead of at a later synchronizing call.
     pub device_ranges: BTreeMap<u64, u64>,
+    /// The device each of `device_ranges` belongs to, by base: where copies, frees and pointer queries of an
+    /// address go when the session spans several devices (unified addressing across servers).
+    pub range_devices: HashMap<u64, i32>,
+    /// The device each object the app created belongs to, by its client id (streams, events, modules, arrays,
+    /// VMM handles): the server its calls go to. Ids are unique across kinds (`new_id`).
+    pub owners: HashMap<u64, i32>,
     /// Attributes fetched on first use for functions whose module was loaded lazily.
     pub func_attrs: HashMap<FunctionId, [i32; vgpu_dataplane::wire::FUNC_ATTR_COUNT]>,
+    /// Attributes the app set on library kernels, (attribute, value) in order: applied again on each server the
+    /// library is loaded on later.
+    pub kernel_attrs_set: HashMap<FunctionId, Vec<(i32, i32)>>,
     /// Libraries unloaded by the app: looking a kernel up in one is CUDA_ERROR_NOT_FOUND natively.
     pub unloaded_libraries: HashSet<ModuleId>,
     /// Context flags (`cuCtxGetFlags`): creation flags, or what `cuCtxSetFlags` set.
@@ -93,10 +110,15 @@ pub struct Registry {
     pub stream_attrs: HashMap<(StreamId, u32), [u8; crate::api::STREAM_ATTR_LEN]>,
     /// CUDA arrays: id → shape.
     pub arrays: HashMap<ArrayId, vgpu_dataplane::wire::ArrayShape>,
+    /// Texture and surface objects (the servers' own values) → the server that made each. Two servers may
+    /// hand out one value; the last one made wins (both stay usable in kernels on their own servers).
+    pub tex_servers: HashMap<u64, usize>,
     /// VMM physical memory the app created (`cuMemCreate`), by id: what the pointer queries report of it.
     pub vmm_handles: HashMap<AllocHandleId, VmmHandle>,
     /// VMM mappings: address → mapping. Their ranges are in `device_ranges` too, while mapped.
     pub vmm_mappings: BTreeMap<u64, VmmMapping>,
+    /// VMM reservations: base → (size, the device of the context current when it was made: its server holds it).
+    pub vmm_reservations: BTreeMap<u64, (u64, i32)>,
 }
 
 /// The client's view of VMM physical memory: kept while the server keeps it (a reference or a mapping left).
@@ -136,11 +158,48 @@ impl Registry {
         (addr < base.saturating_add(len)).then_some((base, len))
     }
 
-    /// The shared region holding all of [addr, addr+len), as (region id, offset).
-    pub fn shared_region(&self, addr: usize, len: usize) -> Option<(RegionId, u64)> {
-        let (&base, &(id, size)) = self.shared_regions.range(..=addr).next_back()?;
+    /// The device whose memory holds `addr` (an allocation, a global, a mapping the app may name).
+    pub fn device_of(&self, addr: u64) -> Option<i32> {
+        let (base, _) = self.device_range(addr)?;
+        self.range_devices.get(&base).copied()
+    }
+
+    /// Records [base, base+len) as memory of device `dev`. Across servers each allocates on its own, so one
+    /// address could be handed out twice (by two servers' drivers placing memory themselves): a range that
+    /// overlaps another device's is refused (`Err` names that device), never recorded where it would send the
+    /// other device's calls astray.
+    pub fn add_device_range(&mut self, base: u64, len: u64, dev: i32) -> Result<(), i32> {
+        let end = base.saturating_add(len.max(1));
+        // Ranges starting inside the new one, and the one before it if it reaches in.
+        let before = self
+            .device_ranges
+            .range(..base)
+            .next_back()
+            .filter(|(&b, &l)| b.saturating_add(l.max(1)) > base);
+        let clash = self
+            .device_ranges
+            .range(base..end)
+            .chain(before)
+            .find_map(|(b, _)| self.range_devices.get(b).copied().filter(|&d| d != dev));
+        if let Some(other) = clash {
+            return Err(other);
+        }
+        self.device_ranges.insert(base, len);
+        self.range_devices.insert(base, dev);
+        Ok(())
+    }
+
+    /// Forgets the range based at `base`; its length, if it was known.
+    pub fn remove_device_range(&mut self, base: u64) -> Option<u64> {
+        self.range_devices.remove(&base);
+        self.device_ranges.remove(&base)
+    }
+
+    /// The shared region holding all of [addr, addr+len) that server `server` maps, as (region id, offset).
+    pub fn shared_region(&self, addr: usize, len: usize, server: usize) -> Option<(RegionId, u64)> {
+        let (&base, &(id, size, on)) = self.shared_regions.range(..=addr).next_back()?;
         let end = addr.checked_add(len)?;
-        (end <= base + size).then_some((id, (addr - base) as u64))
+        (end <= base + size && on == server).then_some((id, (addr - base) as u64))
     }
 
     /// CUDA_ERROR_INVALID_VALUE unless [addr, addr+len) lies inside known device ranges without a gap: one, or
@@ -215,6 +274,45 @@ pub fn write() -> WriteGuard {
 
 thread_local! {
     static CTX_STACK: RefCell<Vec<ContextId>> = const { RefCell::new(Vec::new()) };
+    /// The server of the last context `current_server` resolved, by context id (a context's device never changes).
+    static SERVER_OF_CURRENT: std::cell::Cell<(ContextId, usize)> = const { std::cell::Cell::new((NO_CONTEXT, 0)) };
+}
+
+/// The server holding the calling thread's current context's device; with none current, the server of device 0
+/// (context-free calls: library loads, queries made before any context).
+pub fn current_server() -> usize {
+    let ctx = current_ctx();
+    if ctx == NO_CONTEXT {
+        return crate::client::session()
+            .ok()
+            .and_then(|s| s.placement.first())
+            .map_or(0, |p| p.server);
+    }
+    if let Ok((cached, server)) = SERVER_OF_CURRENT.try_with(|c| c.get()) {
+        if cached == ctx {
+            return server;
+        }
+    }
+    let server = server_of_ctx(ctx);
+    let _ = SERVER_OF_CURRENT.try_with(|c| c.set((ctx, server)));
+    server
+}
+
+/// The server holding context `ctx`'s device (0 for an unknown context).
+pub fn server_of_ctx(ctx: ContextId) -> usize {
+    server_of_device_in(&read(), ctx).unwrap_or(0)
+}
+
+/// The server holding context `ctx`'s device, by the registry `reg` (`None`: an unknown context).
+pub fn server_of_device_in(reg: &Registry, ctx: ContextId) -> Option<usize> {
+    let dev = reg.contexts.get(&ctx)?.device;
+    crate::client::session().ok()?.server_of(dev).ok()
+}
+
+/// The device of the calling thread's current context (`None`: no context current).
+pub fn current_device() -> Option<i32> {
+    let ctx = current_ctx();
+    read().contexts.get(&ctx).map(|c| c.device)
 }
 
 /// The calling thread's current context (`NO_CONTEXT` = none).
@@ -273,5 +371,26 @@ mod tests {
         assert!(reg.check_range(0x60_0000, 1).is_err(), "inside a gap");
         assert!(reg.check_range(0x1f_ffff, 2).is_err(), "before the first");
         assert_eq!(reg.check_range(0xa0_0000, 0), Ok(()), "empty, at the end");
+    }
+
+    #[test]
+    fn ranges_of_two_devices_never_overlap() {
+        let mut reg = Registry::default();
+        assert_eq!(reg.add_device_range(0x1000, 0x1000, 0), Ok(()));
+        assert_eq!(reg.add_device_range(0x3000, 0x1000, 1), Ok(()));
+        assert_eq!(
+            reg.add_device_range(0x1800, 0x100, 1),
+            Err(0),
+            "inside device 0's range"
+        );
+        assert_eq!(reg.add_device_range(0x0800, 0x1000, 1), Err(0), "over its start");
+        assert_eq!(reg.add_device_range(0x2fff, 0x2, 0), Err(1), "over device 1's start");
+        assert_eq!(reg.add_device_range(0x2000, 0x1000, 1), Ok(()), "back to back is fine");
+        assert_eq!(reg.device_of(0x1fff), Some(0));
+        assert_eq!(reg.device_of(0x3fff), Some(1));
+        assert_eq!(reg.device_of(0x4000), None);
+        assert_eq!(reg.remove_device_range(0x3000), Some(0x1000));
+        assert_eq!(reg.device_of(0x3000), None);
+        assert_eq!(reg.add_device_range(0x3000, 0x10, 0), Ok(()), "free again");
     }
 }

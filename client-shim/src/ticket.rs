@@ -1,12 +1,14 @@
 //! Where the shim connects and with what credential: a ticket given in `VGPU_TICKET`, a ticket fetched from
 //! the control plane with the tenant's `VGPU_KEY` (when `VGPU_CONTROL_URL` is set), or a server's static key.
+//! A ticket may name GPUs on several servers: the process uses all of them, each server checking the ticket.
 
 use crate::log::{log, ERROR, INFO};
 use vgpu_dataplane::cuerr::*;
 
-/// The server to dial and the credential to present in the hello.
+/// The servers to dial (`VGPU_SERVER`'s form: endpoints separated by commas, in device-numbering order) and the
+/// credential to present in each hello.
 pub struct Target {
-    pub server: String,
+    pub servers: String,
     pub credential: String,
 }
 
@@ -15,7 +17,7 @@ pub fn target() -> CuResult<Target> {
     let server = std::env::var("VGPU_SERVER").ok().filter(|s| !s.is_empty());
     if let Ok(ticket) = std::env::var("VGPU_TICKET") {
         return Ok(Target {
-            server: server.unwrap_or_else(default_server),
+            servers: server.unwrap_or_else(default_server),
             credential: ticket,
         });
     }
@@ -27,15 +29,15 @@ pub fn target() -> CuResult<Target> {
                 INFO,
                 "control plane {url} granted session {} on {}",
                 grant.session_id,
-                grant.server
+                grant.servers
             );
             Ok(Target {
-                server: server.unwrap_or(grant.server),
+                servers: server.unwrap_or(grant.servers),
                 credential: grant.ticket,
             })
         }
         _ => Ok(Target {
-            server: server.unwrap_or_else(default_server),
+            servers: server.unwrap_or_else(default_server),
             credential: key,
         }),
     }
@@ -48,14 +50,29 @@ fn default_server() -> String {
 struct Grant {
     ticket: String,
     session_id: String,
-    /// Endpoint of the server holding the ticket's first GPU: `tls://host:port#sha256=…` when the server
-    /// registered a TLS certificate (the client then pins it), else as registered (`tcp://` if no scheme).
-    server: String,
+    /// Endpoint of every server holding a GPU of the ticket, in the order of the ticket's GPUs, comma-separated
+    /// (`VGPU_SERVER`'s form): `tls://host:port#sha256=…` when the server registered a TLS certificate (the client
+    /// then pins it), else as registered (`tcp://` if no scheme).
+    servers: String,
+}
+
+/// The servers of a ticket's GPUs (their `server_address`es with the certificate fingerprint each registered),
+/// each once, in order of first appearance (a server's GPUs are numbered in the ticket's order; the server itself
+/// puts its own in that order).
+fn ticket_servers<'a>(gpus: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> Option<String> {
+    let mut servers: Vec<String> = Vec::new();
+    for (address, pin) in gpus {
+        let url = ticket_endpoint(address, pin);
+        if !servers.contains(&url) {
+            servers.push(url);
+        }
+    }
+    (!servers.is_empty()).then(|| servers.join(","))
 }
 
 /// `POST /v1/tickets` with the tenant's key. `url` may list several control-plane replicas (comma-separated,
-/// tried in turn) and pin each one's certificate (`https://host:8470#sha256=<hex>`). A session runs on one
-/// server: the one holding the first GPU the ticket names.
+/// tried in turn) and pin each one's certificate (`https://host:8470#sha256=<hex>`). The session spans every
+/// server the ticket names.
 fn fetch_ticket(url: &str, key: &str) -> CuResult<Grant> {
     let grant = vgpu_control::client::request_ticket(url, key).map_err(|e| match e.status {
         Some(status @ (401 | 403)) => {
@@ -83,14 +100,21 @@ fn fetch_ticket(url: &str, key: &str) -> CuResult<Grant> {
             CUDA_ERROR_NO_DEVICE
         }
     })?;
-    let Some(first) = grant.gpus.first() else {
+    if grant.gpus.is_empty() {
         log!(ERROR, "control plane at {url} sent a ticket without a server");
         return Err(CUDA_ERROR_NO_DEVICE);
-    };
+    }
+    let servers = ticket_servers(
+        grant
+            .gpus
+            .iter()
+            .map(|g| (g.server_address.as_str(), g.tls_cert_sha256.as_deref())),
+    )
+    .ok_or(CUDA_ERROR_NO_DEVICE)?;
     Ok(Grant {
-        server: ticket_endpoint(&first.server_address, first.tls_cert_sha256.as_deref()),
         ticket: grant.ticket,
         session_id: grant.session_id,
+        servers,
     })
 }
 
@@ -110,7 +134,7 @@ fn ticket_endpoint(address: &str, tls_cert_sha256: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::ticket_endpoint;
+    use super::*;
 
     #[test]
     fn ticket_addresses_become_endpoints_with_their_pin() {
@@ -126,5 +150,22 @@ mod tests {
             "tls://g:1#sha256=00"
         );
         assert_eq!(ticket_endpoint("g:1", Some(&pin)), "tcp://g:1");
+    }
+
+    #[test]
+    fn a_ticket_names_each_server_once_in_the_order_of_its_gpus() {
+        let pin = "cd".repeat(32);
+        let gpus = [
+            ("b:7070", None),
+            ("tls://a:7443", Some(pin.as_str())),
+            ("b:7070", None),
+            ("shm://local", None),
+            ("tls://a:7443", Some(pin.as_str())),
+        ];
+        assert_eq!(
+            ticket_servers(gpus).as_deref(),
+            Some(format!("tcp://b:7070,tls://a:7443#sha256={pin},shm://local").as_str())
+        );
+        assert_eq!(ticket_servers([]), None);
     }
 }

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod emulated;
 mod emulated_time;
 pub mod handles;
+pub mod identity;
 pub mod nvml;
 pub mod ptx;
 pub mod real;

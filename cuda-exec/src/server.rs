@@ -193,16 +193,25 @@ pub struct ServerConfig {
     pub worker_command: Vec<String>,
     /// Bounds before and at authentication, and the stall timeout.
     pub admission: AdmissionLimits,
+    /// `--device-identity`: present the devices as distinct virtual GPUs (`identity`; 0: their own identity).
+    pub identity: u8,
 }
 
-/// Opens the chosen backend. `Auto` falls back to the emulated backend and says why.
-pub fn open_backend(choice: BackendChoice, driver: Option<&str>) -> Result<(Arc<dyn Backend>, Option<String>), String> {
+/// Opens the chosen backend, its devices presented with `identity` (`crate::identity`). `Auto` falls back to the
+/// emulated backend and says why.
+pub fn open_backend(
+    choice: BackendChoice,
+    driver: Option<&str>,
+    identity: u8,
+) -> Result<(Arc<dyn Backend>, Option<String>), String> {
+    let emulated = || crate::emulated::EmulatedBackend::with_identity(identity);
+    let real = || crate::real::RealBackend::open(driver).map(|b| b.with_identity(identity));
     match choice {
-        BackendChoice::Emulated => Ok((Arc::new(crate::emulated::EmulatedBackend::new()), None)),
-        BackendChoice::Real => Ok((Arc::new(crate::real::RealBackend::open(driver)?), None)),
-        BackendChoice::Auto => match crate::real::RealBackend::open(driver) {
+        BackendChoice::Emulated => Ok((Arc::new(emulated()), None)),
+        BackendChoice::Real => Ok((Arc::new(real()?), None)),
+        BackendChoice::Auto => match real() {
             Ok(b) => Ok((Arc::new(b), None)),
-            Err(why) => Ok((Arc::new(crate::emulated::EmulatedBackend::new()), Some(why))),
+            Err(why) => Ok((Arc::new(emulated()), Some(why))),
         },
     }
 }
@@ -381,7 +390,7 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
     if cfg.tcp.is_none() && cfg.tls.is_none() && cfg.shm.is_none() && cfg.rdma.is_none() {
         return Err("nothing to listen on: give --tls, --tcp, --shm and/or --rdma".into());
     }
-    let (backend, fallback) = open_backend(cfg.backend, cfg.driver.as_deref())?;
+    let (backend, fallback) = open_backend(cfg.backend, cfg.driver.as_deref(), cfg.identity)?;
     let resolved = if backend.kind() == BACKEND_REAL {
         BackendChoice::Real
     } else {
@@ -1063,6 +1072,9 @@ impl Listener {
         if let Some(d) = &self.cfg.driver {
             cmd.env("VGPU_WORKER_DRIVER", d);
         }
+        if self.cfg.identity != 0 {
+            cmd.env("VGPU_WORKER_IDENTITY", self.cfg.identity.to_string());
+        }
         if let Some(s) = &self.sched {
             cmd.env("VGPU_WORKER_SCHED_FD", s.fd().to_string());
         }
@@ -1100,6 +1112,10 @@ pub fn run_worker_from_env() -> Result<(), String> {
         .ok_or("VGPU_WORKER_FD is not set: workers are started by `vgpu server`, not by hand")?;
     let choice = BackendChoice::parse(&std::env::var("VGPU_WORKER_BACKEND").unwrap_or_else(|_| "auto".into()))?;
     let driver = std::env::var("VGPU_WORKER_DRIVER").ok();
+    let identity = match std::env::var("VGPU_WORKER_IDENTITY") {
+        Ok(v) => crate::identity::parse(&v)?,
+        Err(_) => 0,
+    };
     // SAFETY: the server passed this descriptor to us (and only us) through VGPU_WORKER_FD.
     let control = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
     if let Err(e) = crate::session::forward_stdout() {
@@ -1124,7 +1140,7 @@ pub fn run_worker_from_env() -> Result<(), String> {
         None => None,
     };
     // The driver starts before any session arrives: a spare worker waits here fully initialised.
-    let (backend, _) = open_backend(choice, driver.as_deref())?;
+    let (backend, _) = open_backend(choice, driver.as_deref(), identity)?;
     if let Some(r) = region {
         backend.share_device_timeline(&r.gpus[0].emulated_busy_until);
     }

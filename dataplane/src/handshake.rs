@@ -16,7 +16,10 @@ pub const CAP_NVML: u64 = 2;
 pub const CAP_VMM: u64 = 4;
 /// The server executes stream memory operations (`StreamMemOps`, op code 140).
 pub const CAP_STREAM_MEM_OPS: u64 = 8;
-pub const CAPABILITIES: u64 = CAP_PUSH_DTOH | CAP_NVML | CAP_VMM | CAP_STREAM_MEM_OPS;
+/// The server takes part in multi-server sessions: it follows the client's device numbering
+/// (`SetDeviceNumbering`, op code 160).
+pub const CAP_MULTI_SERVER: u64 = 1 << 8;
+pub const CAPABILITIES: u64 = CAP_PUSH_DTOH | CAP_NVML | CAP_VMM | CAP_STREAM_MEM_OPS | CAP_MULTI_SERVER;
 
 pub const MODE_NEW_SESSION: u32 = 0;
 pub const MODE_ATTACH: u32 = 1;

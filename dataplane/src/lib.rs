@@ -23,4 +23,4 @@ pub mod ranges;
 pub mod transport;
 pub mod wire;
 
-pub use transport::{shm_socket_path, Endpoint, Transport, TransportError};
+pub use transport::{shm_socket_path, Endpoint, Transport, TransportError, MAX_SERVERS};

@@ -145,7 +145,31 @@ impl Endpoint {
             Endpoint::parse(&format!("tcp://{text}"))
         }
     }
+
+    /// Parses `VGPU_SERVER`'s list form: endpoints separated by commas, each as `parse` reads it. The order is
+    /// kept (it is the order in which a process numbers the servers' devices); an empty entry, a repeated
+    /// endpoint or more than `MAX_SERVERS` entries is an error.
+    pub fn parse_list(text: &str) -> Result<Vec<Endpoint>, String> {
+        let mut list: Vec<Endpoint> = Vec::new();
+        for entry in text.split(',') {
+            if entry.trim().is_empty() {
+                return Err(format!("'{text}': an empty entry in the list of servers"));
+            }
+            let endpoint = Endpoint::parse(entry)?;
+            if list.contains(&endpoint) {
+                return Err(format!("'{text}': {endpoint} is named twice"));
+            }
+            list.push(endpoint);
+        }
+        if list.len() > MAX_SERVERS {
+            return Err(format!("'{text}': {} servers; at most {MAX_SERVERS}", list.len()));
+        }
+        Ok(list)
+    }
 }
+
+/// Most servers one process may use at once (`VGPU_SERVER` lists, multi-server tickets).
+pub const MAX_SERVERS: usize = 16;
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -216,6 +240,29 @@ mod tests {
         assert_eq!(
             Endpoint::parse("shm://a").map(|e| e.to_string()),
             Ok("shm://a".to_string())
+        );
+    }
+
+    #[test]
+    fn server_lists_keep_their_order_and_refuse_gaps_repeats_and_excess() {
+        assert_eq!(
+            Endpoint::parse_list("tcp://h:1, shm://b,rdma://x:2"),
+            Ok(vec![
+                Endpoint::Tcp("h:1".into()),
+                Endpoint::Shm("b".into()),
+                Endpoint::Rdma("x:2".into())
+            ])
+        );
+        assert_eq!(Endpoint::parse_list("h:1"), Ok(vec![Endpoint::Tcp("h:1".into())]));
+        assert!(Endpoint::parse_list("tcp://h:1,,shm://b").is_err());
+        assert!(Endpoint::parse_list("tcp://h:1,").is_err());
+        assert!(Endpoint::parse_list("tcp://h:1,h:1").is_err(), "same server twice");
+        assert!(Endpoint::parse_list("tcp://h:1,bogus://x").is_err());
+        let many: Vec<String> = (0..=MAX_SERVERS).map(|i| format!("shm://s{i}")).collect();
+        assert!(Endpoint::parse_list(&many.join(",")).is_err());
+        assert_eq!(
+            Endpoint::parse_list(&many[..MAX_SERVERS].join(",")).map(|l| l.len()),
+            Ok(MAX_SERVERS)
         );
     }
 }

@@ -8,6 +8,7 @@ mod cuda;
 mod fairness;
 mod links;
 mod local;
+mod multicheck;
 mod nvml;
 mod quickstart;
 mod sample;
@@ -103,6 +104,10 @@ enum Cmd {
         /// host:port of --tcp without TLS).
         #[arg(long)]
         advertise: Option<String>,
+        /// Present this server's devices as distinct virtual GPUs with identity N (1 to 7): own UUIDs and PCI
+        /// domain. For testing several servers on one GPU and for partitioning a GPU between servers.
+        #[arg(long, value_parser = vgpu_cuda_exec::identity::parse)]
+        device_identity: Option<u8>,
     },
     /// Start the control plane: REST API, web UI and store of tenants, keys, GPUs, assignments and usage.
     Control(vgpu_control::ControlArgs),
@@ -111,8 +116,9 @@ enum Cmd {
     /// Run a program with vGPU's libcuda.so.1. With VGPU_KEY and VGPU_CONTROL_URL set, the shim exchanges the
     /// key for a session ticket and connects to the server holding the tenant's GPU.
     Run {
-        /// Server endpoint: tls://host:port[#sha256=FINGERPRINT], tcp://host:port, shm://name or rdma://host:port
-        /// (default: the ticket's server, or tcp://127.0.0.1:7070).
+        /// Server endpoint: tls://host:port[#sha256=FINGERPRINT], tcp://host:port, shm://name or rdma://host:port,
+        /// or several separated by commas (one process using the GPUs of every server, numbered in this order)
+        /// (default: the ticket's servers, or tcp://127.0.0.1:7070).
         #[arg(long, env = "VGPU_SERVER")]
         server: Option<String>,
         /// Control plane URL, for a tenant key in VGPU_KEY.
@@ -214,6 +220,13 @@ enum Cmd {
         #[arg(long)]
         link: Option<String>,
     },
+    /// A walk over every device the process sees (identities, unified addressing, peer answers and copies).
+    #[command(name = "__multi-check", hide = true)]
+    MultiCheck {
+        /// Also time device 0 → device 1 copies of this many MiB.
+        #[arg(long, default_value_t = 0)]
+        bench_mib: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -251,6 +264,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             credential_file,
             name,
             advertise,
+            device_identity,
         } => {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             let key = key.filter(|k| !k.is_empty());
@@ -325,6 +339,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 authority,
                 auth_description,
                 worker_command: vec![exe.display().to_string(), "__worker".into()],
+                identity: device_identity.unwrap_or(0),
             })
         }
         Cmd::Control(args) => vgpu_control::run_control(args),
@@ -343,7 +358,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             let (program, args) = command.split_first().ok_or("nothing to run")?;
             let mut cmd = local::through_shim(program, server.as_deref())?;
             if let Some(server) = &server {
-                vgpu_dataplane::Endpoint::parse(server)?;
+                vgpu_dataplane::Endpoint::parse_list(server)?;
             }
             if let Some(url) = control {
                 if std::env::var_os("VGPU_KEY").is_none() && std::env::var_os("VGPU_TICKET").is_none() {
@@ -412,5 +427,6 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 .map(vgpu_transports::link::LinkShape::parse)
                 .transpose()?,
         }),
+        Cmd::MultiCheck { bench_mib } => multicheck::run(bench_mib),
     }
 }

@@ -153,7 +153,7 @@ pub fn query(server: Option<&str>, control: Option<&str>) -> Result<Value, Strin
     // The shims read their settings from the environment, as in a program started by `vgpu run`. Nothing else
     // runs yet in this process, so setting them here races with no other thread.
     if let Some(server) = server {
-        vgpu_dataplane::Endpoint::parse(server)?;
+        vgpu_dataplane::Endpoint::parse_list(server)?;
         std::env::set_var("VGPU_SERVER", server);
     }
     if let Some(url) = control {

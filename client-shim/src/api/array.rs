@@ -11,11 +11,12 @@ use vgpu_cuda_sys::driver::{
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
-use super::{need_ctx, ClientHandle};
+use super::stream::same_server;
+use super::{need_ctx, route_of_object, route_of_ptr, ClientHandle};
 use crate::{client, ffi, state};
 
 fn array_create(out: *mut CUarray, shape: ArrayShape) -> CuResult<()> {
-    need_ctx()?;
+    let dev = super::current_device()?;
     if out.is_null() || shape.element_bytes().is_none() || shape.width == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -31,7 +32,10 @@ fn array_create(out: *mut CUarray, shape: ArrayShape) -> CuResult<()> {
         _pad: 0,
     };
     client::call(0, &call, &[])?;
-    state::write().arrays.insert(array, shape);
+    let mut reg = state::write();
+    reg.arrays.insert(array, shape);
+    reg.owners.insert(array.get(), dev);
+    drop(reg);
     ffi::write(out, CUarray::of(array))
 }
 
@@ -80,7 +84,12 @@ fn copy_array_to_array(
         src_offset,
         size,
     };
-    client::call(flags, &call, &[]).map(|_| ())
+    let route = route_of_object(dst.id().get());
+    if !same_server(route, route_of_object(src.id().get()))? {
+        // Arrays of two servers: not remoted.
+        return Err(CUDA_ERROR_NOT_SUPPORTED);
+    }
+    client::call_to(route, flags, &call, &[]).map(|_| ())
 }
 
 /// One side of a 2D or 3D copy, as `CUDA_MEMCPY2D` and `CUDA_MEMCPY3D` describe it: the memory type, the
@@ -172,12 +181,17 @@ fn array_transfer(flags: u16, array: ArrayId, r: ArrayBox, to_array: bool, other
         direction: 0,
         _pad: 0,
     };
+    let route = route_of_object(array.get());
     if on_device {
+        if !same_server(route, route_of_ptr(other.device))? {
+            // An array and device memory of two servers: not remoted.
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
         call.device = DevicePtr(other.device).offset(row_offset(0, 0)? as u64);
         call.device_pitch = other.pitch as u64;
         call.device_height = rows as u64;
         call.direction = if to_array { 2 } else { 3 };
-        return client::call(flags, &call, &[]).map(|_| ());
+        return client::call_to(route, flags, &call, &[]).map(|_| ());
     }
     if to_array {
         let mut packed = Vec::with_capacity(w * h * d);
@@ -186,11 +200,11 @@ fn array_transfer(flags: u16, array: ArrayId, r: ArrayBox, to_array: bool, other
                 packed.extend_from_slice(ffi::bytes((host_base + row_offset(z, y)?) as *const u8, w)?);
             }
         }
-        return client::call(flags, &call, &packed).map(|_| ());
+        return client::call_to(route, flags, &call, &packed).map(|_| ());
     }
     call.direction = 1;
     let mut packed = Vec::new();
-    client::call_with_tail(flags, &call, &[], &mut packed)?;
+    client::call_with_tail_to(route, flags, &call, &[], &mut packed)?;
     if packed.len() != w * h * d {
         return Err(CUDA_ERROR_UNKNOWN);
     }
@@ -216,13 +230,22 @@ fn tex_object(
     }
     let mut tail = ffi::bytes(resource as *const u8, RESOURCE_DESC_LEN)?.to_vec();
     let res_type = CUresourcetype(ffi::field::<u32>(&tail, offset_of!(CUDA_RESOURCE_DESC, resType))?);
-    if res_type == CUresourcetype::CU_RESOURCE_TYPE_ARRAY {
-        // The union's `array` member: its `hArray` first.
-        let id = ArrayId(ffi::field::<u64>(&tail, offset_of!(CUDA_RESOURCE_DESC, res))?);
+    // Made where its resource lives: an array's device, or linear memory's (the union's first word is the
+    // array handle or the device pointer).
+    let first_word = ffi::field::<u64>(&tail, offset_of!(CUDA_RESOURCE_DESC, res))?;
+    let route = if res_type == CUresourcetype::CU_RESOURCE_TYPE_ARRAY {
+        let id = ArrayId(first_word);
         if !state::read().arrays.contains_key(&id) {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
-    }
+        route_of_object(id.get())
+    } else if res_type == CUresourcetype::CU_RESOURCE_TYPE_LINEAR
+        || res_type == CUresourcetype::CU_RESOURCE_TYPE_PITCH2D
+    {
+        route_of_ptr(first_word)
+    } else {
+        client::Route::Current
+    };
     if !surface {
         tail.extend_from_slice(ffi::bytes(texture as *const u8, TEXTURE_DESC_LEN)?);
         if !view.is_null() {
@@ -233,8 +256,24 @@ fn tex_object(
         surface: surface as u32,
         has_view: (!surface && !view.is_null()) as u32,
     };
-    let r = client::call(0, &call, &tail)?;
+    let r = client::call_to(route, 0, &call, &tail)?;
+    // Texture objects are the servers' values: each remembers which server made it, for its destruction.
+    state::write()
+        .tex_servers
+        .insert(r.object, client::server_index(route)?);
     ffi::write(out, r.object)
+}
+
+/// Destroys a texture or surface object on the server that made it.
+fn object_destroy(object: u64, surface: bool) -> CuResult<()> {
+    let server = state::write().tex_servers.remove(&object);
+    let route = server.map_or(client::Route::Current, client::Route::Server);
+    let call = ObjectDestroy {
+        object,
+        surface: surface as u32,
+        _pad: 0,
+    };
+    client::call_to(route, 0, &call, &[]).map(|_| ())
 }
 
 entry! {
@@ -264,10 +303,15 @@ entry! {
     }
     cuArrayDestroy => |f, array| {
         let id = array.id();
-        if state::write().arrays.remove(&id).is_none() {
-            return Err(CUDA_ERROR_INVALID_HANDLE);
+        let route = route_of_object(id.get());
+        {
+            let mut reg = state::write();
+            if reg.arrays.remove(&id).is_none() {
+                return Err(CUDA_ERROR_INVALID_HANDLE);
+            }
+            reg.owners.remove(&id.get());
         }
-        client::call(0, &ArrayDestroy { array: id }, &[]).map(|_| ())
+        client::call_to(route, 0, &ArrayDestroy { array: id }, &[]).map(|_| ())
     }
     cuArrayGetDescriptor_v2 => |f, out, array| {
         let a = shape_of(array)?;
@@ -304,9 +348,9 @@ entry! {
         tex_object(out, true, resource, std::ptr::null(), std::ptr::null())
     }
     cuTexObjectDestroy => |f, object| {
-        client::call(0, &ObjectDestroy { object, surface: 0, _pad: 0 }, &[]).map(|_| ())
+        object_destroy(object, false)
     }
     cuSurfObjectDestroy => |f, object| {
-        client::call(0, &ObjectDestroy { object, surface: 1, _pad: 0 }, &[]).map(|_| ())
+        object_destroy(object, true)
     }
 }

@@ -8,6 +8,7 @@ use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
 use super::ClientHandle;
+use crate::client::Route;
 use crate::state::{self, ContextInfo, NO_CONTEXT};
 use crate::{client, ffi};
 
@@ -52,7 +53,13 @@ fn mirror_current(ctx: ContextId) -> CuResult<()> {
     if unretained {
         return Ok(());
     }
-    client::post(0, &CtxSetCurrent { ctx }, &[])?;
+    // Mirrored on the server of the context's device; making none current tells the server of the context
+    // current until now.
+    let server = match ctx {
+        NO_CONTEXT => client::current_server(),
+        _ => state::server_of_ctx(ctx),
+    };
+    client::set_current_on(server, ctx)?;
     if ctx != NO_CONTEXT {
         // `__managed__` variables the runtime looked up before this context existed get their values now.
         // Not an error of this call if it cannot: the next launch tries again.
@@ -67,7 +74,9 @@ fn create(out: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CuResult<()> {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let ctx = ContextId(state::new_id());
-    client::call(
+    let server = client::session()?.server_of(dev)?;
+    client::call_to(
+        Route::Server(server),
         0,
         &CtxCreate {
             ctx,
@@ -87,6 +96,8 @@ fn create(out: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CuResult<()> {
         );
         reg.ctx_flags.insert(ctx, flags);
     }
+    // The server's driver made it current on this thread's server thread, as cuCtxCreate does.
+    client::note_current_on(server, ctx);
     state::push_ctx(ctx);
     ffi::write(out, ctx_handle(ctx))
 }
@@ -101,7 +112,8 @@ fn destroy(ctx: CUcontext) -> CuResult<()> {
     if info.primary {
         return Err(CUDA_ERROR_INVALID_CONTEXT);
     }
-    client::call(0, &CtxDestroy { ctx: id }, &[])?;
+    client::call_to(Route::Server(state::server_of_ctx(id)), 0, &CtxDestroy { ctx: id }, &[])?;
+    client::forget_current(id);
     state::write().contexts.remove(&id);
     let was_current = state::current_ctx() == id;
     state::forget_ctx(id);
@@ -124,7 +136,8 @@ fn release_primary(dev: CUdevice) -> CuResult<()> {
         *refs == 0
     };
     if last {
-        client::call(
+        client::call_to(
+            Route::Server(client::session()?.server_of(dev)?),
             0,
             &PrimaryCtxRelease {
                 dev: dev as u32,
@@ -156,7 +169,8 @@ entry! {
             reg.primary_refs.get(&dev).copied().unwrap_or(0) == 0 || reg.primary_reset.contains(&dev)
         };
         if first {
-            client::call(0, &PrimaryCtxRetain { ctx, dev: dev as u32, _pad: 0 }, &[])?;
+            let server = Route::Server(client::session()?.server_of(dev)?);
+            client::call_to(server, 0, &PrimaryCtxRetain { ctx, dev: dev as u32, _pad: 0 }, &[])?;
         }
         {
             let mut reg = state::write();
@@ -179,9 +193,11 @@ entry! {
         crate::dark::context_reset(state::primary_ctx_id(dev));
         // Copies the app queued into its host memory land before the context goes: the reset frees the server's
         // buffers holding their bytes. A sticky error from that work is the reset's to clear, not to report.
-        let _ = client::call(0, &CtxSynchronize {}, &[]);
+        let server = Route::Server(client::session()?.server_of(dev)?);
+        let _ = client::call_to(Route::Device(dev), 0, &CtxSynchronize {}, &[]);
         let _ = crate::mirror::after_sync();
-        client::call(0, &PrimaryCtxReset { dev: dev as u32, _pad: 0 }, &[])?;
+        client::call_to(server, 0, &PrimaryCtxReset { dev: dev as u32, _pad: 0 }, &[])?;
+        client::forget_current(state::primary_ctx_id(dev));
         client::pending_clear();
         client::clear_sticky();
         state::write().primary_reset.insert(dev);

@@ -4,14 +4,17 @@
 
 use std::ffi::c_void;
 
-use vgpu_cuda_sys::driver::CUstream;
+use vgpu_cuda_sys::driver::{CUcontext, CUstream};
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
 use super::graph;
 use super::need_ctx;
 use super::staging::{staged_dtoh, staged_htod, STAGED_MIN};
-use super::stream::stream_id;
+use super::stream::{same_server, stream_id};
+use super::ClientHandle;
+use super::{route_of_ptr, route_of_stream};
+use crate::client::Route;
 use crate::{client, ffi, mirror, state};
 
 /// Whether `addr` is pinned host memory named by its device address (the mirror's, `mirror`): copies
@@ -32,10 +35,11 @@ pub(super) fn copy_via_host(
     src_dev: bool,
     n: usize,
 ) -> CuResult<()> {
-    client::call(flags, &StreamSynchronize { stream }, &[])?;
+    client::call_to(route_of_stream(stream), flags, &StreamSynchronize { stream }, &[])?;
     mirror::after_sync()?;
     match (dst_dev, src_dev) {
-        (true, _) => client::call(
+        (true, _) => client::call_to(
+            route_of_ptr(dst),
             flags,
             &MemcpyHtoD {
                 dst: DevicePtr(dst),
@@ -50,7 +54,7 @@ pub(super) fn copy_via_host(
                 src: DevicePtr(src),
                 size: n as u64,
             };
-            client::with_channel(|ch, _| ch.copy_to_host(flags, &call, out))
+            client::copy_to_host(route_of_ptr(src), flags, &call, out)
         }
         (false, false) => {
             let from = ffi::bytes(src as *const u8, n)?.to_vec();
@@ -61,7 +65,8 @@ pub(super) fn copy_via_host(
 }
 
 /// base), and the region comes back at the next synchronizing call; landing it here instead would be undone
-/// by that pull, which copies the whole mirror back over the host's bytes.
+/// by that pull, which copies the whole mirror back over the host's bytes. (Only for a mirror on the copy's own
+/// server: `mirror_on`.)
 fn into_mirror(dst: *mut c_void, n: usize) -> Option<(u64, usize)> {
     if n == 0 {
         return None;
@@ -71,23 +76,51 @@ fn into_mirror(dst: *mut c_void, n: usize) -> Option<(u64, usize)> {
     (end <= m.data + m.data_len).then(|| (m.dptr + (dst as usize - m.base) as u64, m.base))
 }
 
-/// The shared pinned region holding all of `n` bytes at `ptr`, as (region id, offset).
-fn region_of(ptr: *const c_void, n: usize) -> Option<(RegionId, u64)> {
+/// Whether the mirror holding `addr` lives on the server `route` leads to.
+fn mirror_on(addr: usize, route: Route) -> bool {
+    mirror::find(addr).is_some_and(|m| same_server(route, Route::Device(m.device)).unwrap_or(false))
+}
+
+/// The shared pinned region holding all of `n` bytes at `ptr`, as (region id, offset), where the server of
+/// `route` maps it.
+fn region_of(ptr: *const c_void, n: usize, route: Route) -> Option<(RegionId, u64)> {
     if n == 0 {
         return None;
     }
-    state::read().shared_region(ptr as usize, n)
+    let server = client::server_index(route).ok()?;
+    state::read().shared_region(ptr as usize, n, server)
 }
 
 /// Host-to-device data is read when the call is made. Natively, a copy from pinned memory reads it when the
 /// copy runs, after earlier device-to-host copies into that memory have landed (a chain reusing one host
 /// buffer): where such a copy is still under way, wait for it first.
 fn await_landings(src: *const c_void, n: usize) -> CuResult<()> {
-    if client::pending_overlaps(src as usize, n) {
-        client::call(0, &CtxSynchronize {}, &[])?;
+    if let Some(server) = client::pending_overlaps(src as usize, n) {
+        client::call_to(Route::Server(server), 0, &CtxSynchronize {}, &[])?;
         mirror::after_sync()?;
     }
     Ok(())
+}
+
+/// Bytes of mirrored host memory that queued work of the server `route` may have written: their address in the
+/// mirror there. Mirrored on another server, they are brought back to the host first (that server synchronized,
+/// the mirror pulled), and the host's bytes serve.
+fn newer_in_mirror(addr: usize, n: usize, route: Route) -> CuResult<Option<u64>> {
+    let Some((from, device)) = mirror::pending_source(addr, n) else {
+        return Ok(None);
+    };
+    if same_server(route, Route::Device(device))? {
+        return Ok(Some(from));
+    }
+    client::call_to(Route::Device(device), 0, &CtxSynchronize {}, &[])?;
+    mirror::after_sync()?;
+    Ok(None)
+}
+
+/// Whether large copies on `route` may use this thread's shared staging slots, which live on its current
+/// context's server.
+fn staging_usable(route: Route) -> bool {
+    matches!((client::server_index(route), client::server_index(Route::Current)), (Ok(a), Ok(b)) if a == b)
 }
 
 fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> CuResult<()> {
@@ -95,18 +128,20 @@ fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> CuResult<()> {
     if mirrored(dst) {
         return copy_via_host(flags, StreamId::NULL, dst, false, src as u64, false, n);
     }
-    if let Some((region, offset)) = region_of(src, n) {
+    let route = route_of_ptr(dst);
+    if let Some((region, offset)) = region_of(src, n, route) {
         let call = MemcpyHtoDRegion {
             dst: DevicePtr(dst),
             region,
             offset,
             size: n as u64,
         };
-        client::call(flags, &call, &[])?;
+        client::call_to(route, flags, &call, &[])?;
         return mirror::after_sync();
     }
-    if let Some(from) = mirror::pending_source(src as usize, n) {
-        client::call(
+    if let Some(from) = newer_in_mirror(src as usize, n, route)? {
+        client::call_to(
+            route,
             flags,
             &MemcpyDtoD {
                 dst: DevicePtr(dst),
@@ -118,7 +153,7 @@ fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> CuResult<()> {
         return mirror::after_sync();
     }
     await_landings(src, n)?;
-    if n >= STAGED_MIN {
+    if n >= STAGED_MIN && staging_usable(route) {
         if let Some(done) = staged_htod(flags, ctx, dst, src, n) {
             return done.and_then(|_| mirror::after_sync());
         }
@@ -128,7 +163,7 @@ fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> CuResult<()> {
         dst: DevicePtr(dst),
         size: n as u64,
     };
-    client::call(flags, &call, data)?;
+    client::call_to(route, flags, &call, data)?;
     // A synchronous copy waits for the work before it: kernels' writes to pinned memory are due now.
     mirror::after_sync()
 }
@@ -138,12 +173,14 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
     if mirrored(src) {
         return copy_via_host(flags, StreamId::NULL, dst as u64, false, src, false, n);
     }
+    let route = route_of_ptr(src);
     // Into mirrored pinned memory: only when queued work may have written the mirror must the copy go there
     // (the pull at the end would undo a direct landing); otherwise the host's bytes are the truth and the
     // copy lands on them directly, pipelined like a pageable copy (a later launch pushes them).
-    let through_mirror = mirror::pending_source(dst as usize, n).is_some();
+    let through_mirror = newer_in_mirror(dst as usize, n, route)?.is_some();
     if let Some((dptr, base)) = into_mirror(dst, n).filter(|_| through_mirror) {
-        client::call(
+        client::call_to(
+            route,
             flags,
             &MemcpyDtoD {
                 dst: DevicePtr(dptr),
@@ -155,17 +192,17 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
         mirror::mark_pending(base);
         return mirror::after_sync();
     }
-    if let Some((region, offset)) = region_of(dst, n) {
+    if let Some((region, offset)) = region_of(dst, n, route) {
         let call = MemcpyDtoHRegion {
             src: DevicePtr(src),
             region,
             offset,
             size: n as u64,
         };
-        client::call(flags, &call, &[])?;
+        client::call_to(route, flags, &call, &[])?;
         return mirror::after_sync();
     }
-    if n >= STAGED_MIN {
+    if n >= STAGED_MIN && staging_usable(route) {
         if let Some(done) = staged_dtoh(flags, ctx, dst, src, n) {
             return done.and_then(|_| mirror::after_sync());
         }
@@ -175,8 +212,17 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
         src: DevicePtr(src),
         size: n as u64,
     };
-    client::with_channel(|ch, _| ch.copy_to_host(flags, &call, out))?;
+    client::copy_to_host(route, flags, &call, out)?;
     mirror::after_sync()
+}
+
+/// An asynchronous copy whose memory lives on another server than its stream: no stream there can order it, so
+/// it runs after the stream's work, synchronously (`then`), as the driver orders a copy after a stream's work.
+fn after_stream(flags: u16, stream: StreamId, then: impl FnOnce() -> CuResult<()>) -> CuResult<()> {
+    client::flush_all()?;
+    client::call_to(route_of_stream(stream), flags, &StreamSynchronize { stream }, &[])?;
+    mirror::after_sync()?;
+    then()
 }
 
 pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, stream: CUstream) -> CuResult<()> {
@@ -196,7 +242,11 @@ pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, str
         return copy_via_host(flags, stream, dst, false, src as u64, false, n);
     }
     state::read().check_range(dst, n as u64)?;
-    if let Some((region, offset)) = region_of(src, n) {
+    let route = route_of_stream(stream);
+    if !same_server(route, route_of_ptr(dst))? {
+        return after_stream(flags, stream, || htod(flags & !FLAG_PER_THREAD, dst, src, n));
+    }
+    if let Some((region, offset)) = region_of(src, n, route) {
         // The GPU reads the app's buffer when the copy runs, as natively.
         let call = MemcpyHtoDRegionAsync {
             dst: DevicePtr(dst),
@@ -205,20 +255,21 @@ pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, str
             size: n as u64,
             stream,
         };
-        return client::post(flags, &call, &[]);
+        return client::post_to(route, flags, &call, &[]);
     }
-    if let Some(from) = mirror::pending_source(src as usize, n) {
+    if let Some(from) = newer_in_mirror(src as usize, n, route)? {
         let call = MemcpyDtoDAsync {
             dst: DevicePtr(dst),
             src: DevicePtr(from),
             size: n as u64,
             stream,
         };
-        return client::post(flags, &call, &[]);
+        return client::post_to(route, flags, &call, &[]);
     }
     await_landings(src, n)?;
     let data = ffi::bytes(src as *const u8, n)?;
-    client::post(
+    client::post_to(
+        route,
         flags,
         &MemcpyHtoDAsync {
             dst: DevicePtr(dst),
@@ -252,18 +303,22 @@ pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, strea
     if dst.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    if let Some((dptr, base)) = into_mirror(dst, n) {
+    let route = route_of_stream(stream);
+    if !same_server(route, route_of_ptr(src))? {
+        return after_stream(flags, stream, || dtoh(flags & !FLAG_PER_THREAD, dst, src, n));
+    }
+    if let Some((dptr, base)) = into_mirror(dst, n).filter(|_| mirror_on(dst as usize, route)) {
         let call = MemcpyDtoDAsync {
             dst: DevicePtr(dptr),
             src: DevicePtr(src),
             size: n as u64,
             stream,
         };
-        client::post(flags, &call, &[])?;
+        client::post_to(route, flags, &call, &[])?;
         mirror::mark_pending(base);
         return Ok(());
     }
-    if let Some((region, offset)) = region_of(dst, n) {
+    if let Some((region, offset)) = region_of(dst, n, route) {
         // The GPU writes straight into the app's buffer when the copy runs: nothing to deliver later.
         let call = MemcpyDtoHRegionAsync {
             src: DevicePtr(src),
@@ -272,15 +327,17 @@ pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, strea
             size: n as u64,
             stream,
         };
-        return client::post(flags, &call, &[]);
+        return client::post_to(route, flags, &call, &[]);
     }
     let pending_id = client::pending_register(client::Landing {
         addr: dst as usize,
         pitch: n,
         width: n,
         rows: 1,
+        server: client::server_index(route)?,
     });
-    client::post(
+    client::post_to(
+        route,
         flags,
         &MemcpyDtoHAsync {
             src: DevicePtr(src),
@@ -306,7 +363,16 @@ pub(crate) fn dtod_async(f: u16, dst: u64, src: u64, n: usize, stream: CUstream)
         reg.check_range(src, n as u64)?;
         reg.check_range(dst, n as u64)?;
     }
-    client::post(
+    let route = route_of_stream(stream);
+    let (to, from) = (route_of_ptr(dst), route_of_ptr(src));
+    if !same_server(to, from)? {
+        return super::peer::copy(f, dst, src, n, Some(stream));
+    }
+    if !same_server(route, to)? {
+        return after_stream(f, stream, || dtod(f & !FLAG_PER_THREAD, dst, src, n));
+    }
+    client::post_to(
+        route,
         f,
         &MemcpyDtoDAsync {
             dst: DevicePtr(dst),
@@ -318,6 +384,35 @@ pub(crate) fn dtod_async(f: u16, dst: u64, src: u64, n: usize, stream: CUstream)
     )
 }
 
+/// `cuMemcpyDtoD`: on the server holding both sides (one server's driver copies between its devices), or from
+/// server to server.
+fn dtod(flags: u16, dst: u64, src: u64, n: usize) -> CuResult<()> {
+    need_ctx()?;
+    if mirrored(dst) || mirrored(src) {
+        return copy_via_host(flags, StreamId::NULL, dst, !mirrored(dst), src, !mirrored(src), n);
+    }
+    let (to, from) = (route_of_ptr(dst), route_of_ptr(src));
+    if !same_server(to, from)? {
+        return super::peer::copy(flags, dst, src, n, None);
+    }
+    let call = MemcpyDtoD {
+        dst: DevicePtr(dst),
+        src: DevicePtr(src),
+        size: n as u64,
+    };
+    client::call_to(to, flags, &call, &[]).map(|_| ())
+}
+
+/// `cuMemcpyPeer`'s contexts must be live contexts of this process, as the driver requires.
+fn peer_contexts(dst: CUcontext, src: CUcontext) -> CuResult<()> {
+    for ctx in [dst, src] {
+        if ctx.is_null() || !state::read().contexts.contains_key(&ctx.id()) {
+            return Err(CUDA_ERROR_INVALID_CONTEXT);
+        }
+    }
+    Ok(())
+}
+
 /// Where a unified-addressing pointer lives: device memory the app allocated, or anywhere on the host.
 fn is_device(addr: u64) -> bool {
     state::read().device_range(addr).is_some()
@@ -327,16 +422,7 @@ fn is_device(addr: u64) -> bool {
 fn copy_unified(flags: u16, dst: u64, src: u64, n: usize, stream: Option<CUstream>) -> CuResult<()> {
     need_ctx()?;
     match (is_device(dst), is_device(src), stream) {
-        (true, true, None) => client::call(
-            flags,
-            &MemcpyDtoD {
-                dst: DevicePtr(dst),
-                src: DevicePtr(src),
-                size: n as u64,
-            },
-            &[],
-        )
-        .map(|_| ()),
+        (true, true, None) => dtod(flags, dst, src, n),
         (true, true, Some(s)) => dtod_async(flags, dst, src, n, s),
         (true, false, None) => htod(flags, dst, src as *const c_void, n),
         (true, false, Some(s)) => htod_async(flags, dst, src as *const c_void, n, s),
@@ -346,7 +432,7 @@ fn copy_unified(flags: u16, dst: u64, src: u64, n: usize, stream: Option<CUstrea
             // Host to host: in stream order, after the work already queued on the stream.
             if let Some(s) = stream {
                 let id = stream_id(s)?;
-                client::call(flags, &StreamSynchronize { stream: id }, &[])?;
+                client::call_to(route_of_stream(id), flags, &StreamSynchronize { stream: id }, &[])?;
             }
             let from = ffi::bytes(src as *const u8, n)?.to_vec();
             ffi::bytes_mut(dst as *mut u8, n)?.copy_from_slice(&from);
@@ -369,11 +455,7 @@ entry! {
         dtoh(f, dst, src, n)
     }
     cuMemcpyDtoD_v2, cuMemcpyDtoD_v2_ptds => |f, dst, src, n| {
-        need_ctx()?;
-        if mirrored(dst) || mirrored(src) {
-            return copy_via_host(f, StreamId::NULL, dst, !mirrored(dst), src, !mirrored(src), n);
-        }
-        client::call(f, &MemcpyDtoD { dst: DevicePtr(dst), src: DevicePtr(src), size: n as u64 }, &[]).map(|_| ())
+        dtod(f, dst, src, n)
     }
     cuMemcpyHtoDAsync_v2, cuMemcpyHtoDAsync_v2_ptsz => |f, dst, src, n, stream| {
         htod_async(f, dst, src, n, stream)
@@ -382,6 +464,16 @@ entry! {
         dtoh_async(f, dst, src, n, stream)
     }
     cuMemcpyDtoDAsync_v2, cuMemcpyDtoDAsync_v2_ptsz => |f, dst, src, n, stream| {
+        dtod_async(f, dst, src, n, stream)
+    }
+    // Unified addressing names each pointer's device, so a peer copy is a device-to-device copy; the contexts
+    // only have to be real ones (on one server the server's driver copies, across servers `peer` moves it).
+    cuMemcpyPeer, cuMemcpyPeer_ptds => |f, dst, dst_ctx, src, src_ctx, n| {
+        peer_contexts(dst_ctx, src_ctx)?;
+        dtod(f, dst, src, n)
+    }
+    cuMemcpyPeerAsync, cuMemcpyPeerAsync_ptsz => |f, dst, dst_ctx, src, src_ctx, n, stream| {
+        peer_contexts(dst_ctx, src_ctx)?;
         dtod_async(f, dst, src, n, stream)
     }
 }

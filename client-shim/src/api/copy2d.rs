@@ -11,7 +11,8 @@ use vgpu_dataplane::wire::*;
 use super::array::{array_copy, Place};
 use super::graph;
 use super::need_ctx;
-use super::stream::stream_id;
+use super::stream::{same_server, stream_id};
+use super::{route_of_ptr, route_of_stream};
 use crate::{client, ffi, state};
 
 /// One side of a 2D copy after resolving memory types and offsets: a host address or a device address, with its
@@ -84,7 +85,8 @@ pub(crate) fn copy_3d(flags: u16, params: *const CUDA_MEMCPY3D, stream: Option<C
     if m.srcMemoryType == CUmemorytype::CU_MEMORYTYPE_ARRAY || m.dstMemoryType == CUmemorytype::CU_MEMORYTYPE_ARRAY {
         if let Some(s) = stream {
             // Array copies run synchronously on the server: after the stream's earlier work.
-            client::call(flags, &StreamSynchronize { stream: stream_id(s)? }, &[])?;
+            let id = stream_id(s)?;
+            client::call_to(route_of_stream(id), flags, &StreamSynchronize { stream: id }, &[])?;
         }
         let src = Place {
             memory_type: m.srcMemoryType,
@@ -140,7 +142,8 @@ fn copy_2d_params(flags: u16, m: CUDA_MEMCPY2D, stream: Option<CUstream>) -> CuR
     if m.srcMemoryType == CUmemorytype::CU_MEMORYTYPE_ARRAY || m.dstMemoryType == CUmemorytype::CU_MEMORYTYPE_ARRAY {
         if let Some(s) = stream {
             // Array copies run synchronously on the server: after the stream's earlier work.
-            client::call(flags, &StreamSynchronize { stream: stream_id(s)? }, &[])?;
+            let id = stream_id(s)?;
+            client::call_to(route_of_stream(id), flags, &StreamSynchronize { stream: id }, &[])?;
         }
         let src = Place {
             memory_type: m.srcMemoryType,
@@ -210,6 +213,33 @@ fn copy_2d_params(flags: u16, m: CUDA_MEMCPY2D, stream: Option<CUstream>) -> CuR
             reg.check_range(dst_addr, span(dst_pitch))?;
         }
     }
+    // The server holding the device side (both sides: one server, or a copy from server to server).
+    let route = match direction {
+        0 => route_of_ptr(dst_addr),
+        1 => route_of_ptr(src_addr),
+        _ => {
+            let (to, from) = (route_of_ptr(dst_addr), route_of_ptr(src_addr));
+            if !same_server(to, from)? {
+                let rows = super::peer::Rows {
+                    dst: dst_addr,
+                    dst_pitch,
+                    src: src_addr,
+                    src_pitch,
+                    width: w as u64,
+                    height: h as u64,
+                };
+                return super::peer::copy_rows(flags, rows, stream);
+            }
+            to
+        }
+    };
+    if let Some(id) = stream.filter(|&id| !same_server(route_of_stream(id), route).unwrap_or(true)) {
+        // The memory is on another server than the stream: after the stream's work, synchronously.
+        client::flush_all()?;
+        client::call_to(route_of_stream(id), flags, &StreamSynchronize { stream: id }, &[])?;
+        crate::mirror::after_sync()?;
+        return copy_2d_params(flags & !FLAG_PER_THREAD, m, None);
+    }
     let packed_len = w.checked_mul(h).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     let host_rows = |addr: usize, pitch: usize| -> CuResult<Vec<u8>> {
         let mut v = Vec::with_capacity(packed_len);
@@ -236,7 +266,7 @@ fn copy_2d_params(flags: u16, m: CUDA_MEMCPY2D, stream: Option<CUstream>) -> CuR
                 _pad: 0,
             };
             let mut reply = Vec::new();
-            client::call_with_tail(flags, &call, &tail, &mut reply)?;
+            client::call_with_tail_to(route, flags, &call, &tail, &mut reply)?;
             if let Side::Host(a, p) = dst {
                 if reply.len() != packed_len {
                     return Err(CUDA_ERROR_UNKNOWN);
@@ -254,6 +284,7 @@ fn copy_2d_params(flags: u16, m: CUDA_MEMCPY2D, stream: Option<CUstream>) -> CuR
                     pitch: p,
                     width: w,
                     rows: h,
+                    server: client::server_index(route)?,
                 }),
                 _ => PendingId::default(),
             };
@@ -269,7 +300,7 @@ fn copy_2d_params(flags: u16, m: CUDA_MEMCPY2D, stream: Option<CUstream>) -> CuR
                 direction,
                 _pad: 0,
             };
-            client::post(flags, &call, &tail)
+            client::post_to(route, flags, &call, &tail)
         }
     }
 }

@@ -5,8 +5,8 @@ use vgpu_cuda_sys::driver::{CUevent, CUevent_flags, CUevent_record_flags, CUstre
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
-use super::stream::stream_id;
-use super::{need_ctx, ClientHandle};
+use super::stream::{same_server, stream_id};
+use super::{route_of_object, route_of_stream, ClientHandle};
 use crate::{client, ffi, state};
 
 /// The wire id of an event handle the app holds.
@@ -29,19 +29,26 @@ fn record(flags: u16, event: CUevent, stream: CUstream) -> CuResult<()> {
     if super::graph::record_event(super::graph::key(flags, stream), event) {
         return Ok(());
     }
-    client::post(flags, &EventRecord { event, stream }, &[])
+    let route = route_of_stream(stream);
+    // An event is recorded on a stream of its own server (of its own context, natively).
+    if !same_server(route, route_of_object(event.get()))? {
+        return Err(CUDA_ERROR_INVALID_HANDLE);
+    }
+    client::post_to(route, flags, &EventRecord { event, stream }, &[])
 }
 
 entry! {
     cuEventCreate => |f, out, flags| {
-        need_ctx()?;
+        let dev = super::current_device()?;
         if out.is_null() || flags & !EVENT_FLAGS != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         client::sticky_error()?;
         let event = EventId(state::new_id());
         client::post_now(0, &EventCreate { event, flags, _pad: 0 }, &[])?;
-        state::write().events.insert(event, flags);
+        let mut reg = state::write();
+        reg.events.insert(event, flags);
+        reg.owners.insert(event.get(), dev);
         ffi::write(out, CUevent::of(event))
     }
     cuEventRecord, cuEventRecord_ptsz => |f, event, stream| {
@@ -56,12 +63,12 @@ entry! {
     }
     cuEventSynchronize => |f, event| {
         let event = event_id(event)?;
-        client::call(0, &EventSynchronize { event }, &[])?;
+        client::call_to(route_of_object(event.get()), 0, &EventSynchronize { event }, &[])?;
         crate::mirror::after_sync()
     }
     cuEventQuery => |f, event| {
         let event = event_id(event)?;
-        client::call(0, &EventQuery { event }, &[]).map(|_| ())
+        client::call_to(route_of_object(event.get()), 0, &EventQuery { event }, &[]).map(|_| ())
     }
     cuEventElapsedTime, cuEventElapsedTime_v2 => |f, ms, start, end| {
         if ms.is_null() {
@@ -77,14 +84,24 @@ entry! {
                 return Err(CUDA_ERROR_INVALID_HANDLE);
             }
         }
-        let r = client::call(0, &EventElapsedTime { start, end }, &[])?;
+        let route = route_of_object(start.get());
+        if !same_server(route, route_of_object(end.get()))? {
+            // Two events of different servers have no common clock.
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        let r = client::call_to(route, 0, &EventElapsedTime { start, end }, &[])?;
         ffi::write(ms, r.ms)
     }
     cuEventDestroy, cuEventDestroy_v2 => |f, event| {
         let id = event.id();
-        if state::write().events.remove(&id).is_none() {
-            return Err(CUDA_ERROR_INVALID_HANDLE);
+        let route = route_of_object(id.get());
+        {
+            let mut reg = state::write();
+            if reg.events.remove(&id).is_none() {
+                return Err(CUDA_ERROR_INVALID_HANDLE);
+            }
+            reg.owners.remove(&id.get());
         }
-        client::post(0, &EventDestroy { event: id }, &[])
+        client::post_to(route, 0, &EventDestroy { event: id }, &[])
     }
 }

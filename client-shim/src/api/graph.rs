@@ -122,8 +122,9 @@ fn release_owned(mut g: MutexGuard<'static, Graphs>, owned: Vec<u64>) -> CuResul
     drop(g);
     for dptr in free {
         // Gone already if the app freed it itself (an error natively, which the app saw then).
-        if state::write().device_ranges.remove(&dptr).is_some() {
-            crate::client::call(0, &MemFree { dptr: DevicePtr(dptr) }, &[])?;
+        let route = super::route_of_ptr(dptr);
+        if state::write().remove_device_range(dptr).is_some() {
+            crate::client::call_to(route, 0, &MemFree { dptr: DevicePtr(dptr) }, &[])?;
         }
     }
     Ok(())

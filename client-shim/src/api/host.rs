@@ -11,6 +11,7 @@ use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
 use super::need_ctx;
+use crate::client::Route;
 use crate::{client, ffi, mirror, state};
 
 /// Every `cuMemHostAlloc` flag.
@@ -28,7 +29,9 @@ const HOST_REGISTER_FLAGS: u32 = CU_MEMHOSTREGISTER_PORTABLE
 pub(super) fn shared_alloc(flags: u16, size: usize, same_address: bool, host_flags: u32) -> Option<*mut u8> {
     use std::os::fd::AsFd;
     static NEXT_REGION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    if !client::session_is_local() || std::env::var("VGPU_SHM_PINNED").is_ok_and(|v| v == "0") {
+    // Shared with the current context's server (copies with other servers' devices go through the ring).
+    let server = client::current_server();
+    if !client::server_is_local(server) || std::env::var("VGPU_SHM_PINNED").is_ok_and(|v| v == "0") {
         return None;
     }
     let (ptr, fd) = ffi::alloc_shared(size).ok()?;
@@ -41,12 +44,12 @@ pub(super) fn shared_alloc(flags: u16, size: usize, same_address: bool, host_fla
         size: size as u64,
         addr: HostAddr(addr),
     };
-    match client::call_with_fd(flags, &call, fd.as_fd(), id.get()) {
+    match client::call_with_fd(Route::Server(server), flags, &call, fd.as_fd(), id.get()) {
         Ok(_) => {
             let mut reg = state::write();
             reg.host_allocs.insert(ptr as usize, size);
             reg.host_alloc_flags.insert(ptr as usize, host_flags);
-            reg.shared_regions.insert(ptr as usize, (id, size));
+            reg.shared_regions.insert(ptr as usize, (id, size, server));
             Some(ptr)
         }
         Err(_) => {
@@ -134,9 +137,9 @@ entry! {
         };
         // Removed from the registry above, so it is freed exactly once.
         match shared {
-            Some((id, _)) => {
+            Some((id, _, server)) => {
                 // The server waits for copies still using it and unpins it before this process unmaps it.
-                let unmapped = client::call(f, &HostRegionUnmap { id }, &[]).map(|_| ());
+                let unmapped = client::call_to(Route::Server(server), f, &HostRegionUnmap { id }, &[]).map(|_| ());
                 ffi::free_shared(ptr as *mut u8, size);
                 unmapped
             }

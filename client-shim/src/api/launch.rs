@@ -75,6 +75,7 @@ fn launch(
     let entry = function(function_id)?;
     let stream = stream_id(stream)?;
     client::sticky_error()?;
+    let route = launch_route(function_id, stream)?;
     // The function's own limits (threads per block, dynamic shared memory without or with opt-in) decide
     // whether the launch is refused at the call, as natively. A function of a lazily loaded module has
     // none yet: they are fetched once (one round trip per function), so that a launch the driver refuses
@@ -105,14 +106,32 @@ fn launch(
             cluster: shape.cluster.map(|c| c.max(1)),
             _pad: 0,
         };
-        return send_launch(flags, &call, stream, &entry.info, params, extra);
+        return send_launch(flags, route, &call, stream, &entry.info, params, extra);
     }
     let call = LaunchKernel {
         function: function_id,
         stream,
         dims: shape.dims(),
     };
-    send_launch(flags, &call, stream, &entry.info, params, extra)
+    send_launch(flags, route, &call, stream, &entry.info, params, extra)
+}
+
+/// The server a launch of `f` on `stream` goes to (`spread::route_of_function`). A created stream of another
+/// server than the function's cannot run it: natively a function and a stream of different contexts are
+/// refused alike.
+fn launch_route(f: FunctionId, stream: StreamId) -> CuResult<client::Route> {
+    let route = super::spread::route_of_function(f, stream)?;
+    if !stream.is_builtin() {
+        let s = client::session()?;
+        let server = |r| match r {
+            client::Route::Device(d) => s.server_of(d).ok(),
+            _ => Some(client::current_server()),
+        };
+        if server(route) != server(super::route_of_stream(stream)) {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+    }
+    Ok(route)
 }
 
 /// The driver's synchronous checks of a cooperative or cluster launch: every block of a cooperative grid
@@ -207,19 +226,21 @@ pub(crate) fn launch_packed(
     if let Some(r) = super::graph::capture(super::graph::key(flags, stream), node) {
         return r;
     }
-    crate::mirror::before_launch(flags, stream, args)?;
+    let route = launch_route(function_id, stream)?;
+    crate::mirror::before_launch(flags, route, stream, args)?;
     let call = LaunchKernel {
         function: function_id,
         stream,
         dims: shape.dims(),
     };
-    client::post(flags, &call, args)
+    client::post_to(route, flags, &call, args)
 }
 
 /// Queues a launch call with the arguments packed at the offsets of the function's parameter layout, from
 /// `kernelParams` or from the packed buffer of `extra`.
 fn send_launch<C: AsyncCall>(
     flags: u16,
+    route: client::Route,
     call: &C,
     stream: StreamId,
     info: &FunctionInfo,
@@ -243,8 +264,8 @@ fn send_launch<C: AsyncCall>(
                     words.extend_from_slice(ffi::bytes(arg, len as usize & !7)?);
                 }
             }
-            crate::mirror::before_launch(flags, stream, &words)?;
-            client::post_with(flags, call, size, |buf| {
+            crate::mirror::before_launch(flags, route, stream, &words)?;
+            client::post_with(route, flags, call, size, |buf| {
                 let start = buf.len();
                 buf.put_bytes(0, size);
                 for (i, &(offset, len)) in info.params.iter().enumerate() {
@@ -262,7 +283,7 @@ fn send_launch<C: AsyncCall>(
             // a short buffer is accepted (the rest of the parameters is undefined; we send zeros); a longer
             // one than the parameters is LAUNCH_OUT_OF_RESOURCES.
             match extra_buffer(extra)? {
-                (None, None) if size == 0 => client::post(flags, call, &[]),
+                (None, None) if size == 0 => client::post_to(route, flags, call, &[]),
                 (Some(p), Some(n)) => {
                     if n > size {
                         return Err(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES);
@@ -271,8 +292,8 @@ fn send_launch<C: AsyncCall>(
                         return Err(CUDA_ERROR_INVALID_VALUE);
                     }
                     let packed = ffi::bytes(p as *const u8, n)?;
-                    crate::mirror::before_launch(flags, stream, packed)?;
-                    client::post_with(flags, call, size, |buf| {
+                    crate::mirror::before_launch(flags, route, stream, packed)?;
+                    client::post_with(route, flags, call, size, |buf| {
                         buf.put_slice(packed);
                         buf.put_bytes(0, size - n);
                     })
@@ -280,7 +301,7 @@ fn send_launch<C: AsyncCall>(
                 _ => Err(CUDA_ERROR_INVALID_VALUE),
             }
         }
-        (true, true) if size == 0 => client::post(flags, call, &[]),
+        (true, true) if size == 0 => client::post_to(route, flags, call, &[]),
         _ => Err(CUDA_ERROR_INVALID_VALUE),
     }
 }
@@ -375,7 +396,8 @@ fn launch_ex(
     launch(flags, f.id(), cfg.shape, cfg.stream, params, extra)?;
     let stream = stream_id(cfg.stream)?;
     for e in cfg.events {
-        client::post(
+        client::post_to(
+            super::route_of_stream(stream),
             flags,
             &EventRecord {
                 event: event_id(e)?,

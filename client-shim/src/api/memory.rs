@@ -5,8 +5,9 @@ use vgpu_cuda_sys::driver::{CUdeviceptr, CUmemAttach_flags, CUmem_advise};
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
-use super::need_ctx;
 use super::stream::stream_id;
+use super::{current_device, need_ctx, record_range, route_of_ptr};
+use crate::client::Route;
 use crate::{client, ffi, mirror, state};
 
 /// Whether `count` bytes at `dptr` lie inside managed memory (a `cuMemAllocManaged` allocation or a
@@ -39,42 +40,56 @@ fn prefetch(dptr: CUdeviceptr, count: usize) -> CuResult<()> {
 
 entry! {
     cuMemAlloc_v2 => |f, out, size| {
-        need_ctx()?;
+        let dev = current_device()?;
         if out.is_null() || size == 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let dptr = client::call(0, &MemAlloc { size: size as u64 }, &[])?.dptr.get();
-        state::write().device_ranges.insert(dptr, size as u64);
+        crate::va::check_placed(dev, dptr);
+        if let Err(e) = record_range(dptr, size as u64, dev) {
+            let _ = client::call(0, &MemFree { dptr: DevicePtr(dptr) }, &[]);
+            return Err(e);
+        }
         ffi::write(out, dptr)
     }
     cuMemAllocPitch_v2 => |f, out, pitch, width, height, elem| {
-        need_ctx()?;
+        let dev = current_device()?;
         if out.is_null() || pitch.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let call = MemAllocPitch { width: width as u64, height: height as u64, elem_size: elem, _pad: 0 };
         let r = client::call(0, &call, &[])?;
-        state::write().device_ranges.insert(r.dptr.get(), r.pitch.saturating_mul(height as u64));
+        crate::va::check_placed(dev, r.dptr.get());
+        if let Err(e) = record_range(r.dptr.get(), r.pitch.saturating_mul(height as u64), dev) {
+            let _ = client::call(0, &MemFree { dptr: r.dptr }, &[]);
+            return Err(e);
+        }
         ffi::write(out, r.dptr.get())?;
         ffi::write(pitch, r.pitch as usize)
     }
     cuMemFree_v2 => |f, dptr| {
         need_ctx()?;
-        client::call(0, &MemFree { dptr: DevicePtr(dptr) }, &[])?;
-        state::write().device_ranges.remove(&dptr);
+        // Memory of any device may be freed whichever context is current (unified addressing).
+        let route = match mirror::find(dptr as usize).filter(|m| m.kind == mirror::Kind::Managed) {
+            Some(m) => Route::Device(m.device),
+            None => route_of_ptr(dptr),
+        };
+        client::call_to(route, 0, &MemFree { dptr: DevicePtr(dptr) }, &[])?;
+        state::write().remove_device_range(dptr);
         if mirror::find(dptr as usize).is_some_and(|m| m.kind == mirror::Kind::Managed && m.data == dptr as usize) {
             mirror::drop_managed(dptr);
         }
         Ok(())
     }
     cuMemAllocManaged => |f, out, size, flags| {
-        need_ctx()?;
+        let dev = current_device()?;
         let attach = [CUmemAttach_flags::CU_MEM_ATTACH_GLOBAL.0, CUmemAttach_flags::CU_MEM_ATTACH_HOST.0];
         if out.is_null() || size == 0 || !attach.contains(&flags) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let r = client::call(0, &MemAllocManaged { size: size as u64, flags, _pad: 0 }, &[])?;
-        if let Err(e) = mirror::adopt_managed(r.dptr.get(), size) {
+        crate::va::check_placed(dev, r.dptr.get());
+        if let Err(e) = mirror::adopt_managed(r.dptr.get(), size, dev) {
             // The server's address is taken in this process: the memory cannot have one address for both.
             crate::log::log!(crate::log::WARN, "cuMemAllocManaged: address {:#x} is in use in this process", r.dptr.get());
             let _ = client::call(0, &MemFree { dptr: r.dptr }, &[]);
@@ -110,7 +125,7 @@ entry! {
     }
     cuMemGetInfo_v2 => |f, free, total| {
         need_ctx()?;
-        let r = client::call(0, &MemGetInfo {}, &[])?;
+        let r = client::call_to(Route::Current, 0, &MemGetInfo {}, &[])?;
         ffi::write(free, r.free as usize)?;
         ffi::write(total, r.total as usize)
     }

@@ -8,7 +8,8 @@ use vgpu_dataplane::wire::*;
 use super::copy::mirrored;
 use super::graph;
 use super::need_ctx;
-use super::stream::stream_id;
+use super::stream::{same_server, stream_id};
+use super::{route_of_ptr, route_of_stream};
 use crate::{client, ffi, mirror, state};
 
 /// The driver's own checks on a memset: element alignment of the address and pitch, and the range.
@@ -40,7 +41,7 @@ fn memset_host(
     width: usize,
     height: usize,
 ) -> CuResult<()> {
-    client::call(flags, &StreamSynchronize { stream }, &[])?;
+    client::call_to(route_of_stream(stream), flags, &StreamSynchronize { stream }, &[])?;
     mirror::after_sync()?;
     let bytes = value.to_le_bytes();
     let row_len = width.checked_mul(elem as usize).ok_or(CUDA_ERROR_INVALID_VALUE)?;
@@ -69,7 +70,7 @@ fn memset(flags: u16, dst: u64, pitch: usize, value: u32, elem: u32, width: usiz
         value,
         elem_size: elem,
     };
-    client::call(flags, &call, &[]).map(|_| ())
+    client::call_to(route_of_ptr(dst), flags, &call, &[]).map(|_| ())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -100,6 +101,14 @@ pub(crate) fn memset_async(
     if let Some(r) = graph::capture(graph::key(flags, stream), node) {
         return r;
     }
+    let route = route_of_stream(stream);
+    if !same_server(route, route_of_ptr(dst))? {
+        // Memory of another server than the stream's: after the stream's work, synchronously.
+        client::flush_all()?;
+        client::call_to(route, flags, &StreamSynchronize { stream }, &[])?;
+        mirror::after_sync()?;
+        return memset(flags & !FLAG_PER_THREAD, dst, pitch, value, elem, width, height);
+    }
     let call = MemsetAsync {
         dst: DevicePtr(dst),
         pitch: pitch as u64,
@@ -109,7 +118,7 @@ pub(crate) fn memset_async(
         value,
         elem_size: elem,
     };
-    client::post(flags, &call, &[])
+    client::post_to(route, flags, &call, &[])
 }
 
 entry! {

@@ -138,6 +138,61 @@ pub(crate) fn need_ctx() -> CuResult<vgpu_dataplane::ids::ContextId> {
     }
 }
 
+/// The device of the calling thread's current context (`CUDA_ERROR_INVALID_CONTEXT` without one).
+pub(crate) fn current_device() -> CuResult<i32> {
+    need_ctx()?;
+    crate::state::current_device().ok_or(vgpu_dataplane::cuerr::CUDA_ERROR_INVALID_CONTEXT)
+}
+
+/// Records [base, base+len) as memory of device `dev` that copies and kernels may name. Two servers' drivers
+/// could hand out one address (memory they place themselves: module globals, pool allocations): such a clash is
+/// reported and the memory refused, never recorded where calls about it would reach the wrong server.
+pub(crate) fn record_range(base: u64, len: u64, dev: i32) -> CuResult<()> {
+    crate::state::write().add_device_range(base, len, dev).map_err(|other| {
+        crate::log::log!(
+            crate::log::ERROR,
+            "device {dev}'s server placed memory at {base:#x} (+{len:#x}) where device {other}'s memory already is: \
+             two servers gave out one address, which this process cannot tell apart; refused (CUDA_ERROR_OUT_OF_MEMORY)"
+        );
+        vgpu_dataplane::cuerr::CUDA_ERROR_OUT_OF_MEMORY
+    })
+}
+
+/// Where a call about device address `addr` goes: the server of the device whose memory holds it (the current
+/// context's server for an address the client does not know, whose error the server gives).
+pub(crate) fn route_of_ptr(addr: u64) -> crate::client::Route {
+    match crate::state::read().device_of(addr) {
+        Some(dev) => crate::client::Route::Device(dev),
+        None => crate::va::route_of(addr).unwrap_or(crate::client::Route::Current),
+    }
+}
+
+/// Where a call about an object the app created goes (stream, event, array, ...): the server of its device.
+pub(crate) fn route_of_object(id: u64) -> crate::client::Route {
+    match crate::state::read().owners.get(&id) {
+        Some(&dev) => crate::client::Route::Device(dev),
+        None => crate::client::Route::Current,
+    }
+}
+
+/// Where a call on stream `stream` goes: a created stream's device; the NULL, legacy and per-thread streams
+/// are the current context's.
+pub(crate) fn route_of_stream(stream: StreamId) -> crate::client::Route {
+    if stream.is_builtin() {
+        crate::client::Route::Current
+    } else {
+        route_of_object(stream.get())
+    }
+}
+
+/// The device a route names (the current context's for `Current`).
+pub(crate) fn route_device(route: crate::client::Route) -> Option<i32> {
+    match route {
+        crate::client::Route::Device(d) => Some(d),
+        _ => crate::state::current_device(),
+    }
+}
+
 mod array;
 mod context;
 mod copy;
@@ -151,8 +206,10 @@ mod launch;
 mod memory;
 mod memset;
 mod module;
+mod peer;
 mod pool;
 mod query;
+mod spread;
 mod staging;
 mod stream;
 mod stream_mem;

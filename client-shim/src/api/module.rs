@@ -13,7 +13,9 @@ use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::image::{image_len, ImageLen, FATBIN_MAGIC, FATBIN_WRAPPER_MAGIC};
 use vgpu_dataplane::wire::*;
 
+use super::spread::{ensure_library, placement_of_load, route_of_function, servers_of};
 use super::{need_ctx, ClientHandle};
+use crate::client::Route;
 use crate::state::{self, FunctionEntry, ModuleInfo};
 use crate::{client, ffi};
 
@@ -61,6 +63,7 @@ fn load<H: ClientHandle<Id = ModuleId>>(out: *mut H, image: *const c_void, is_li
     }
     let bytes = read_image(image)?;
     let id = ModuleId(state::new_id());
+    let (device, loaded_on, kept) = placement_of_load(is_library, bytes)?;
     let mut table = Vec::new();
     if is_library {
         match client::call_with_tail(0, &LibraryLoad { library: id }, bytes, &mut table) {
@@ -71,6 +74,9 @@ fn load<H: ClientHandle<Id = ModuleId>>(out: *mut H, image: *const c_void, is_li
                     deferred_error: Some(e),
                     functions: Default::default(),
                     bound: Default::default(),
+                    device,
+                    loaded_on,
+                    image: None,
                 };
                 state::write().modules.insert(id, info);
                 return ffi::write(out, H::of(id));
@@ -89,6 +95,9 @@ fn load<H: ClientHandle<Id = ModuleId>>(out: *mut H, image: *const c_void, is_li
             deferred_error: None,
             functions,
             bound: Default::default(),
+            device,
+            loaded_on,
+            image: kept,
         },
     );
     ffi::write(out, H::of(id))
@@ -119,9 +128,11 @@ fn unload(id: ModuleId, is_library: bool) -> CuResult<()> {
         _ => return Err(CUDA_ERROR_INVALID_HANDLE),
     };
     if is_library && !deferred {
-        client::call(0, &LibraryUnload { library: id }, &[])?;
+        for server in servers_of(id) {
+            client::call_to(Route::Server(server), 0, &LibraryUnload { library: id }, &[])?;
+        }
     } else if !is_library {
-        client::call(0, &ModuleUnload { module: id }, &[])?;
+        client::call_to(module_route(id), 0, &ModuleUnload { module: id }, &[])?;
     }
     let mut reg = state::write();
     reg.modules.remove(&id);
@@ -163,7 +174,8 @@ fn get_function<H: ClientHandle<Id = FunctionId>>(
     };
     let Some(info) = info else {
         // Not in the load reply: let the driver say why (NOT_FOUND, or a lazily reported image error).
-        client::call(
+        client::call_to(
+            module_route(id),
             0,
             &LookupName {
                 module: id,
@@ -188,18 +200,19 @@ fn bind_function(id: ModuleId, is_library: bool, info: Arc<FunctionInfo>) -> CuR
     let fid = FunctionId(state::new_id());
     let name = info.name.as_bytes();
     // Sent at once, and before the handle is published to other threads: the runtime binds a kernel on
-    // whichever thread launches it first and then launches it from every thread.
+    // whichever thread launches it first and then launches it from every thread. A library's kernel is bound
+    // on every server holding the library (a server that loads it later binds it then).
     if is_library {
-        client::post_now(
-            0,
-            &LibraryGetKernel {
+        for server in servers_of(id) {
+            let call = LibraryGetKernel {
                 library: id,
                 kernel: fid,
-            },
-            name,
-        )?;
+            };
+            client::post_now_to(Route::Server(server), 0, &call, name)?;
+        }
     } else {
-        client::post_now(
+        client::post_now_to(
+            module_route(id),
             0,
             &ModuleGetFunction {
                 module: id,
@@ -307,17 +320,23 @@ fn get_global(
         _ => return Err(CUDA_ERROR_INVALID_HANDLE),
     }
     let name = ffi::cstr(name)?.to_bytes();
+    // A library's globals are per device: the current context's (the library is loaded there first).
+    if is_library {
+        ensure_library(id, Route::Current)?;
+    }
+    let route = if is_library { Route::Current } else { module_route(id) };
     let r = match (is_library, managed) {
-        (true, false) => client::call(0, &LibraryGetGlobal { library: id }, name)?,
-        (true, true) => client::call(0, &LibraryGetManaged { library: id }, name)?,
-        _ => client::call(0, &ModuleGetGlobal { module: id }, name)?,
+        (true, false) => client::call_to(route, 0, &LibraryGetGlobal { library: id }, name)?,
+        (true, true) => client::call_to(route, 0, &LibraryGetManaged { library: id }, name)?,
+        _ => client::call_to(route, 0, &ModuleGetGlobal { module: id }, name)?,
     };
     let dptr = r.dptr.get();
+    let device = super::route_device(route).unwrap_or(0);
     if managed {
         // The host reaches a `__managed__` variable through this address, as natively.
-        crate::mirror::adopt_managed_global(dptr, r.size as usize)?;
+        crate::mirror::adopt_managed_global(dptr, r.size as usize, device)?;
     } else {
-        state::write().device_ranges.insert(dptr, r.size);
+        super::record_range(dptr, r.size, device)?;
     }
     if !out.is_null() {
         ffi::write(out, dptr)?;
@@ -326,6 +345,14 @@ fn get_global(
         ffi::write(bytes, r.size as usize)?;
     }
     Ok(())
+}
+
+/// Where calls about module `id` go: its device's server (the current context's for a library).
+fn module_route(id: ModuleId) -> Route {
+    match state::read().modules.get(&id).and_then(|m| m.device) {
+        Some(dev) => Route::Device(dev),
+        None => Route::Current,
+    }
 }
 
 /// The function or library kernel behind an id.
@@ -352,7 +379,8 @@ pub(crate) fn attributes(id: FunctionId) -> CuResult<[i32; FUNC_ATTR_COUNT]> {
     if let Some(a) = known_attributes(&entry, id) {
         return Ok(a);
     }
-    let r = client::call(0, &FuncGetAttributes { function: id }, &[])?;
+    let route = route_of_function(id, StreamId::NULL)?;
+    let r = client::call_to(route, 0, &FuncGetAttributes { function: id }, &[])?;
     state::write().func_attrs.insert(id, r.attrs);
     Ok(r.attrs)
 }
@@ -411,15 +439,25 @@ fn set_attribute(id: FunctionId, attrib: CUfunction_attribute, value: i32) -> Cu
     if !valid {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    client::post(
-        0,
-        &FuncSetAttribute {
-            function: id,
-            attrib: attrib.0 as i32,
-            value,
-        },
-        &[],
-    )?;
+    let call = FuncSetAttribute {
+        function: id,
+        attrib: attrib.0 as i32,
+        value,
+    };
+    let owned = state::read().owners.contains_key(&id.get());
+    if entry.is_kernel && !owned {
+        // A library kernel: set on every server holding its library, and again on those that load it later.
+        for server in servers_of(entry.module) {
+            client::post_to(Route::Server(server), 0, &call, &[])?;
+        }
+        state::write()
+            .kernel_attrs_set
+            .entry(id)
+            .or_default()
+            .push((attrib.0 as i32, value));
+    } else {
+        client::post_to(route_of_function(id, StreamId::NULL)?, 0, &call, &[])?;
+    }
     // Later queries see the new value.
     let mut attrs = known_attributes(&entry, id).unwrap_or(ATTRS_UNKNOWN);
     if attrs != ATTRS_UNKNOWN {
@@ -499,14 +537,19 @@ entry! {
         enumerate(out, n, library.id(), true)
     }
     cuKernelGetFunction => |f, out, kernel| {
-        need_ctx()?;
+        let dev = super::current_device()?;
         let k = function(kernel.id())?;
         if !k.is_kernel || out.is_null() {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
+        ensure_library(k.module, Route::Current)?;
         let fid = FunctionId(state::new_id());
         client::post_now(0, &KernelGetFunction { kernel: kernel.id(), function: fid }, &[])?;
-        state::write().functions.insert(fid, FunctionEntry { is_kernel: false, ..k });
+        let mut reg = state::write();
+        reg.functions.insert(fid, FunctionEntry { is_kernel: false, ..k });
+        // The function of the kernel in the current context: it lives on that device.
+        reg.owners.insert(fid.get(), dev);
+        drop(reg);
         ffi::write(out, CUfunction::of(fid))
     }
     cuFuncGetAttribute => |f, out, attrib, func| {

@@ -11,7 +11,8 @@ use vgpu_dataplane::wire::*;
 
 use super::graph;
 use super::stream::stream_id;
-use super::{need_ctx, ClientHandle};
+use super::{need_ctx, record_range, route_of_ptr, route_of_stream, ClientHandle};
+use crate::client::Route;
 use crate::{client, ffi, state};
 
 fn check_device(dev: CUdevice) -> CuResult<()> {
@@ -34,6 +35,18 @@ fn known_pool(pool: CUmemoryPool) -> CuResult<PoolId> {
     }
 }
 
+/// The device a pool belongs to: its creator's, or the one whose default pool it is.
+fn pool_device(pool: PoolId) -> CuResult<i32> {
+    if let Some(d) = pool.default_device() {
+        return i32::try_from(d).map_err(|_| CUDA_ERROR_INVALID_VALUE);
+    }
+    state::read()
+        .mem_pools
+        .get(&pool)
+        .copied()
+        .ok_or(CUDA_ERROR_INVALID_VALUE)
+}
+
 fn current_pool(dev: CUdevice) -> PoolId {
     state::read()
         .current_pools
@@ -48,7 +61,14 @@ fn alloc_async(flags: u16, out: *mut CUdeviceptr, size: usize, pool: PoolId, str
     if out.is_null() || size == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let r = client::call(
+    let device = pool_device(pool)?;
+    let route = route_of_stream(stream);
+    // The pool's memory is allocated in the stream's order: both on one server (no peer pools across servers).
+    if !super::stream::same_server(route, Route::Device(device))? {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let r = client::call_to(
+        route,
         flags,
         &MemAllocAsync {
             size: size as u64,
@@ -58,7 +78,10 @@ fn alloc_async(flags: u16, out: *mut CUdeviceptr, size: usize, pool: PoolId, str
         &[],
     )?;
     let dptr = r.dptr.get();
-    state::write().device_ranges.insert(dptr, size as u64);
+    if let Err(e) = record_range(dptr, size as u64, device) {
+        let _ = client::post_to(route, flags, &MemFreeAsync { dptr: r.dptr, stream }, &[]);
+        return Err(e);
+    }
     graph::capture_alloc(graph::key(flags, stream), dptr);
     ffi::write(out, dptr)
 }
@@ -94,7 +117,7 @@ fn pool_create(out: *mut CUmemoryPool, props: *const CUmemPoolProps) -> CuResult
         device: device as u32,
         _pad: 0,
     };
-    client::call(0, &call, &[])?;
+    client::call_to(Route::Device(device), 0, &call, &[])?;
     state::write().mem_pools.insert(pool, device);
     ffi::write(out, CUmemoryPool::of(pool))
 }
@@ -127,7 +150,7 @@ entry! {
         if !state::read().mem_pools.contains_key(&id) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        client::call(0, &MemPoolDestroy { pool: id }, &[])?;
+        client::call_to(Route::Device(pool_device(id)?), 0, &MemPoolDestroy { pool: id }, &[])?;
         let mut reg = state::write();
         reg.mem_pools.remove(&id);
         // A destroyed current pool leaves its device with the default one.
@@ -149,17 +172,25 @@ entry! {
         if let Some(r) = graph::capture_free(graph::key(f, stream), dptr) {
             return r;
         }
+        let route = route_of_ptr(dptr);
         let mut reg = state::write();
         // A VMM mapping is no allocation to free (cuMemUnmap undoes it).
-        if reg.vmm_mappings.contains_key(&dptr) || reg.device_ranges.remove(&dptr).is_none() {
+        if reg.vmm_mappings.contains_key(&dptr) || reg.remove_device_range(dptr).is_none() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         drop(reg);
-        client::post(f, &MemFreeAsync { dptr: DevicePtr(dptr), stream }, &[])
+        if !super::stream::same_server(route, route_of_stream(stream))? {
+            // Freed in the order of a stream of another server: after that stream's work.
+            client::flush_all()?;
+            client::call_to(route_of_stream(stream), f, &StreamSynchronize { stream }, &[])?;
+            return client::call_to(route, 0, &MemFree { dptr: DevicePtr(dptr) }, &[]).map(|_| ());
+        }
+        client::post_to(route, f, &MemFreeAsync { dptr: DevicePtr(dptr), stream }, &[])
     }
     cuMemPoolGetAttribute => |f, pool, attr, value| {
         let pool = known_pool(pool)?;
-        let r = client::call(0, &MemPoolGetAttribute { pool, attr: attr.0, _pad: 0 }, &[])?;
+        let route = Route::Device(pool_device(pool)?);
+        let r = client::call_to(route, 0, &MemPoolGetAttribute { pool, attr: attr.0, _pad: 0 }, &[])?;
         if pool_attr_is_int(attr) {
             ffi::write(value as *mut i32, r.value as i32)
         } else {
@@ -173,10 +204,12 @@ entry! {
         } else {
             ffi::read(value as *const u64)?
         };
-        client::call(0, &MemPoolSetAttribute { pool, value: v, attr: attr.0, _pad: 0 }, &[]).map(|_| ())
+        let route = Route::Device(pool_device(pool)?);
+        client::call_to(route, 0, &MemPoolSetAttribute { pool, value: v, attr: attr.0, _pad: 0 }, &[]).map(|_| ())
     }
     cuMemPoolTrimTo => |f, pool, min_bytes| {
         let pool = known_pool(pool)?;
-        client::call(0, &MemPoolTrimTo { pool, min_bytes: min_bytes as u64 }, &[]).map(|_| ())
+        let route = Route::Device(pool_device(pool)?);
+        client::call_to(route, 0, &MemPoolTrimTo { pool, min_bytes: min_bytes as u64 }, &[]).map(|_| ())
     }
 }

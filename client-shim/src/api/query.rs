@@ -34,23 +34,39 @@ enum Pointer {
     },
 }
 
+/// The context memory of device `device` is taken to belong to: the current one when it is of that device (with
+/// one context per device in practice, the primary, it is the one the memory was allocated in), else the
+/// device's primary context.
+fn context_of(reg: &state::Registry, device: i32) -> ContextId {
+    let current = state::current_ctx();
+    match reg.contexts.get(&current) {
+        Some(c) if c.device == device => current,
+        _ => state::primary_ctx_id(device),
+    }
+}
+
 fn classify(ptr: u64) -> Option<Pointer> {
     if let Some(m) = crate::mirror::find(ptr as usize).filter(|m| m.kind != crate::mirror::Kind::Pinned) {
+        let ctx = context_of(&state::read(), m.device);
         return Some(Pointer::Device {
             base: m.data as u64,
             len: m.data_len as u64,
-            ctx: state::current_ctx(),
-            device: 0,
+            ctx,
+            device: m.device,
             managed: true,
             vmm: None,
         });
     }
     let reg = state::read();
     if let Some((base, len)) = reg.device_range(ptr) {
-        // Allocations belong to the context current when they were made; with one context per device in
-        // practice (the primary), the current one stands in.
-        let ctx = state::current_ctx();
-        let device = reg.contexts.get(&ctx).map(|c| c.device).unwrap_or(0);
+        // The device the memory is on (unified addressing: its address says so, whichever device is current).
+        let device = reg
+            .range_devices
+            .get(&base)
+            .copied()
+            .or_else(|| reg.contexts.get(&state::current_ctx()).map(|c| c.device))
+            .unwrap_or(0);
+        let ctx = context_of(&reg, device);
         let vmm = reg.vmm_mapping(ptr).map(|(_, m)| {
             let handle_types = reg.vmm_handles.get(&m.handle).map_or(0, |h| h.handle_types);
             let access = m.access.iter().find(|&&(d, _)| d == device).map_or(0, |&(_, a)| a);
@@ -177,7 +193,8 @@ pub(crate) fn active_blocks(f: FunctionId, block_size: c_int, smem: usize, flags
         block_size,
         flags,
     };
-    Ok(client::call(0, &call, &[])?.value as c_int)
+    let route = super::spread::route_of_function(f, StreamId::NULL)?;
+    Ok(client::call_to(route, 0, &call, &[])?.value as c_int)
 }
 
 fn max_potential_block_size(
@@ -215,7 +232,12 @@ fn max_potential_block_size(
         block_limit,
         flags,
     };
-    let r = client::call(0, &call, &table)?;
+    let r = client::call_to(
+        super::spread::route_of_function(function, StreamId::NULL)?,
+        0,
+        &call,
+        &table,
+    )?;
     ffi::write(min_grid, r.min_grid)?;
     ffi::write(block_out, r.block)
 }
@@ -238,7 +260,12 @@ fn clusters(out: *mut c_int, f: CUfunction, config: *const CUlaunchConfig, poten
         cluster_z: cfg.cluster_given[2],
         _pad: 0,
     };
-    let r = client::call(0, &call, &[])?;
+    let r = client::call_to(
+        super::spread::route_of_function(function, StreamId::NULL)?,
+        0,
+        &call,
+        &[],
+    )?;
     ffi::write(out, r.value as c_int)
 }
 
@@ -338,8 +365,10 @@ entry! {
         max_potential_block_size(min_grid, block, func, b2d, smem, limit, flags)
     }
     cuOccupancyAvailableDynamicSMemPerBlock => |f, out, func, blocks, block| {
-        let call = OccupancyAvailableSmem { function: function_id(func)?, num_blocks: blocks, block_size: block };
-        ffi::write(out, client::call(0, &call, &[])?.value as usize)
+        let function = function_id(func)?;
+        let call = OccupancyAvailableSmem { function, num_blocks: blocks, block_size: block };
+        let route = super::spread::route_of_function(function, StreamId::NULL)?;
+        ffi::write(out, client::call_to(route, 0, &call, &[])?.value as usize)
     }
     cuOccupancyMaxActiveClusters => |f, out, func, config| {
         clusters(out, func, config, false)
@@ -375,6 +404,27 @@ entry! {
         }
         // Peer access between remoted GPUs is not offered yet.
         ffi::write(can, 0)
+    }
+    // Across servers a kernel cannot reach the peer's memory, so access is refused as the driver refuses it for
+    // a pair without peer access. Within one server the driver's own peer path is not forwarded yet.
+    cuCtxEnablePeerAccess => |f, peer, flags| {
+        let ctx = need_ctx()?;
+        if flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let (mine, theirs) = {
+            let reg = state::read();
+            let device = |c: ContextId| reg.contexts.get(&c).map(|i| i.device);
+            (device(ctx), device(peer.id()))
+        };
+        let (Some(mine), Some(theirs)) = (mine, theirs) else {
+            return Err(CUDA_ERROR_INVALID_CONTEXT);
+        };
+        let s = client::session()?;
+        if s.server_of(mine)? != s.server_of(theirs)? {
+            return Err(CUDA_ERROR_PEER_ACCESS_UNSUPPORTED);
+        }
+        Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     cuDeviceGetP2PAttribute => |f, value, _attr, src, dst| {
         let n = client::session()?.devices.len() as c_int;

@@ -34,7 +34,8 @@ impl Drop for Staging {
 }
 
 thread_local! {
-    static STAGING: std::cell::RefCell<Option<Staging>> = const { std::cell::RefCell::new(None) };
+    /// The thread's staging slots on each server it has staged copies with, by server index.
+    static STAGING: std::cell::RefCell<Vec<Option<Staging>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Copies `n` bytes from device `src` to pageable `dst` through the staging slots; `None` when staging is not
@@ -53,8 +54,13 @@ pub(super) fn staged_htod(flags: u16, ctx: ContextId, dst: u64, src: *const c_vo
 
 /// This thread's staging slots (created on first use): base address, region id, and the two slot events.
 fn staging(flags: u16, ctx: ContextId) -> Option<(*mut u8, RegionId, [EventId; 2])> {
+    let server = client::current_server();
     let ready = STAGING.with(|cell| {
-        let mut slot = cell.borrow_mut();
+        let mut all = cell.borrow_mut();
+        if all.len() <= server {
+            all.resize_with(server + 1, || None);
+        }
+        let slot = &mut all[server];
         if slot.as_ref().is_some_and(|s| s.ctx != ctx) {
             // Events belong to a context: a thread that switched contexts needs new ones (slots stay).
             let old = slot.take()?;
@@ -70,7 +76,7 @@ fn staging(flags: u16, ctx: ContextId) -> Option<(*mut u8, RegionId, [EventId; 2
                 let mut reg = state::write();
                 // Staging is the shim's own memory, not an allocation the app may name.
                 reg.host_allocs.remove(&(ptr as usize));
-                reg.shared_region(ptr as usize, 1)?.0
+                reg.shared_region(ptr as usize, 1, server)?.0
             };
             *slot = Some(Staging {
                 ptr,

@@ -11,7 +11,8 @@ use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
 use super::event::event_id;
-use super::{need_ctx, ClientHandle};
+use super::{need_ctx, route_of_object, route_of_stream, ClientHandle};
+use crate::client::Route;
 use crate::{client, ffi, state};
 
 /// Bytes of a stream attribute value (`CUstreamAttrValue`, a union), as the registry keeps them.
@@ -76,7 +77,7 @@ fn check_stream_attr(id: CUlaunchAttributeID, v: &[u8]) -> CuResult<()> {
 }
 
 fn stream_create(out: *mut CUstream, flags: c_uint, priority: c_int) -> CuResult<()> {
-    need_ctx()?;
+    let dev = super::current_device()?;
     if out.is_null() || flags & !1 != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -94,8 +95,16 @@ fn stream_create(out: *mut CUstream, flags: c_uint, priority: c_int) -> CuResult
         },
         &[],
     )?;
-    state::write().streams.insert(stream, (flags, priority));
+    let mut reg = state::write();
+    reg.streams.insert(stream, (flags, priority));
+    reg.owners.insert(stream.get(), dev);
+    drop(reg);
     ffi::write(out, CUstream::of(stream))
+}
+
+/// Whether two routes lead to the same server.
+pub(crate) fn same_server(a: Route, b: Route) -> CuResult<bool> {
+    Ok(client::server_index(a)? == client::server_index(b)?)
 }
 
 /// Runs a host function in stream order: once the work queued before it on `stream` has finished. The app
@@ -103,7 +112,7 @@ fn stream_create(out: *mut CUstream, flags: c_uint, priority: c_int) -> CuResult
 pub(crate) fn host_callback(flags: u16, stream: CUstream, run: impl FnOnce(CUresult)) -> CuResult<()> {
     need_ctx()?;
     let id = stream_id(stream)?;
-    let status = match client::call(flags, &StreamSynchronize { stream: id }, &[]) {
+    let status = match client::call_to(route_of_stream(id), flags, &StreamSynchronize { stream: id }, &[]) {
         // The function may read what kernels before it wrote into pinned memory.
         Ok(_) => crate::mirror::after_sync().err().unwrap_or(CUDA_SUCCESS),
         Err(e) => e,
@@ -134,26 +143,28 @@ entry! {
     }
     cuStreamDestroy, cuStreamDestroy_v2 => |f, stream| {
         let id = stream.id();
+        let route = route_of_stream(id);
         let mut reg = state::write();
         if id.is_builtin() || reg.streams.remove(&id).is_none() {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
         reg.stream_attrs.retain(|&(s, _), _| s != id);
+        reg.owners.remove(&id.get());
         drop(reg);
-        client::post(0, &StreamDestroy { stream: id }, &[])
+        client::post_to(route, 0, &StreamDestroy { stream: id }, &[])
     }
     cuStreamSynchronize, cuStreamSynchronize_ptsz => |f, stream| {
         need_ctx()?;
         let stream = stream_id(stream)?;
         super::graph::refuse_sync(super::graph::key(f, stream))?;
-        client::call(f, &StreamSynchronize { stream }, &[])?;
+        client::call_to(route_of_stream(stream), f, &StreamSynchronize { stream }, &[])?;
         crate::mirror::after_sync()
     }
     cuStreamQuery, cuStreamQuery_ptsz => |f, stream| {
         need_ctx()?;
         let stream = stream_id(stream)?;
         super::graph::refuse_sync(super::graph::key(f, stream))?;
-        client::call(f, &StreamQuery { stream }, &[]).map(|_| ())
+        client::call_to(route_of_stream(stream), f, &StreamQuery { stream }, &[]).map(|_| ())
     }
     cuStreamWaitEvent, cuStreamWaitEvent_ptsz => |f, stream, event, flags| {
         need_ctx()?;
@@ -161,7 +172,16 @@ entry! {
         if super::graph::wait_event(super::graph::key(f, stream), event) {
             return Ok(());
         }
-        client::post(f, &StreamWaitEvent { stream, event, flags, _pad: 0 }, &[])
+        let (on_stream, on_event) = (route_of_stream(stream), route_of_object(event.get()));
+        if !same_server(on_stream, on_event)? {
+            // An event of another server: no stream there can wait for it, so the wait happens here, now. Work
+            // the app queues on the stream after this call reaches its server after the event has completed,
+            // as natively; only the host waits too (the wait is a synchronization here, not a queued one).
+            client::flush_all()?;
+            client::call_to(on_event, 0, &EventSynchronize { event }, &[])?;
+            return Ok(());
+        }
+        client::post_to(on_stream, f, &StreamWaitEvent { stream, event, flags, _pad: 0 }, &[])
     }
     cuStreamGetFlags, cuStreamGetFlags_ptsz => |f, stream, out| {
         let id = stream_id(stream)?;
@@ -217,13 +237,19 @@ entry! {
         ffi::write(out, stream_id(stream)?.get())
     }
     cuStreamGetCtx, cuStreamGetCtx_ptsz => |f, stream, out| {
-        stream_id(stream)?;
-        ffi::write(out, ClientHandle::of(need_ctx()?))
+        let id = stream_id(stream)?;
+        let ctx = need_ctx()?;
+        // A created stream of another device than the current context's belongs to that device's context.
+        let ctx = match super::route_device(route_of_stream(id)) {
+            Some(dev) if state::current_device() != Some(dev) => state::primary_ctx_id(dev),
+            _ => ctx,
+        };
+        ffi::write(out, ClientHandle::of(ctx))
     }
     cuStreamGetDevice, cuStreamGetDevice_ptsz => |f, stream, out| {
-        stream_id(stream)?;
-        let ctx = need_ctx()?;
-        let dev = state::read().contexts.get(&ctx).map(|c| c.device).unwrap_or(0);
+        let id = stream_id(stream)?;
+        need_ctx()?;
+        let dev = super::route_device(route_of_stream(id)).unwrap_or(0);
         ffi::write(out, dev)
     }
     cuLaunchHostFunc, cuLaunchHostFunc_ptsz => |f, stream, func, user| {

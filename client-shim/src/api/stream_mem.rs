@@ -52,6 +52,11 @@ pub(super) fn submit(flags: u16, stream: CUstream, ops: &[MemOp], batch_flags: u
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         state::read().check_range(op.address.get(), len)?;
+        // A stream waits on or writes memory of its own server only (no peer access across servers).
+        let route = super::route_of_stream(stream);
+        if !super::stream::same_server(route, super::route_of_ptr(op.address.get()))? {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
     }
     let key = graph::key(flags, stream);
     if graph::is_capturing(key) {
@@ -71,7 +76,7 @@ pub(super) fn submit(flags: u16, stream: CUstream, ops: &[MemOp], batch_flags: u
         single: single as u32,
         _pad: 0,
     };
-    client::post(flags, &call, ops.as_bytes())
+    client::post_to(super::route_of_stream(stream), flags, &call, ops.as_bytes())
 }
 
 fn one(flags: u16, stream: CUstream, operation: u32, address: u64, value: u64, op_flags: c_uint) -> CuResult<()> {

@@ -12,6 +12,8 @@ use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::handshake::CAP_VMM;
 use vgpu_dataplane::wire::*;
 
+use super::{route_of_object, route_of_ptr};
+use crate::client::Route;
 use crate::state::{self, VmmHandle, VmmMapping};
 use crate::{client, ffi};
 
@@ -78,13 +80,38 @@ fn not_shareable(name: &str, once: &AtomicBool) -> CuResult<()> {
     Err(CUDA_ERROR_NOT_SUPPORTED)
 }
 
+/// The device an allocation's properties place it on (`None`: not on a device).
+fn prop_device(prop: &MemAllocProp) -> Option<i32> {
+    (prop.location_type == CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE.0).then_some(prop.location_id)
+}
+
+/// Where calls about an allocation with these properties go: its device's server.
+fn prop_route(prop: &MemAllocProp) -> CuResult<Route> {
+    match prop_device(prop) {
+        Some(dev) => {
+            client::session()?.server_of(dev)?;
+            Ok(Route::Device(dev))
+        }
+        None => Ok(Route::Current),
+    }
+}
+
+/// Where calls about the reservation holding `ptr` go: the server it was made on.
+fn reservation_route(ptr: u64) -> Route {
+    let reg = state::read();
+    match reg.vmm_reservations.range(..=ptr).next_back() {
+        Some((&base, &(size, dev))) if ptr < base.saturating_add(size) => Route::Device(dev),
+        _ => Route::Current,
+    }
+}
+
 /// Removes the mappings of [ptr, ptr+size) the server just unmapped from the registry.
 fn forget_mappings(ptr: u64, size: u64) {
     let mut reg = state::write();
     let end = ptr.saturating_add(size);
     let gone: Vec<u64> = reg.vmm_mappings.range(ptr..end).map(|(&va, _)| va).collect();
     for va in gone {
-        reg.device_ranges.remove(&va);
+        reg.remove_device_range(va);
         if let Some(m) = reg.vmm_mappings.remove(&va) {
             if let Some(h) = reg.vmm_handles.get_mut(&m.handle) {
                 h.mappings = h.mappings.saturating_sub(1);
@@ -101,7 +128,7 @@ entry! {
         if granularity.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let r = client::call(0, &MemGetAllocationGranularity { prop, option: option.0, _pad: 0 }, &[])?;
+        let r = client::call_to(prop_route(&prop)?, 0, &MemGetAllocationGranularity { prop, option: option.0, _pad: 0 }, &[])?;
         ffi::write(granularity, r.granularity as usize)
     }
     cuMemAddressReserve => |f, ptr, size, alignment, addr, flags| {
@@ -110,12 +137,19 @@ entry! {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let call = MemAddressReserve { size: size as u64, alignment: alignment as u64, addr: DevicePtr(addr), flags };
+        // A reservation is made on one server: the current context's (where PyTorch maps the current device's
+        // memory into it). Handles of another server's devices cannot be mapped into it.
         let r = client::call(0, &call, &[])?;
+        let device = state::current_device().unwrap_or(0);
+        state::write().vmm_reservations.insert(r.dptr.get(), (size as u64, device));
         ffi::write(ptr, r.dptr.get())
     }
     cuMemAddressFree => |f, ptr, size| {
         vmm_session()?;
-        client::call(0, &MemAddressFree { ptr: DevicePtr(ptr), size: size as u64 }, &[]).map(|_| ())
+        let route = reservation_route(ptr);
+        client::call_to(route, 0, &MemAddressFree { ptr: DevicePtr(ptr), size: size as u64 }, &[])?;
+        state::write().vmm_reservations.remove(&ptr);
+        Ok(())
     }
     cuMemCreate => |f, handle, size, prop, flags| {
         vmm_session()?;
@@ -126,15 +160,21 @@ entry! {
         // A client-chosen id, as for every handle; synchronous all the same, so that running out of memory is
         // this call's answer, as natively.
         let id = AllocHandleId(state::new_id());
-        client::call(0, &MemCreate { handle: id, size: size as u64, flags, prop }, &[])?;
+        let route = prop_route(&prop)?;
+        client::call_to(route, 0, &MemCreate { handle: id, size: size as u64, flags, prop }, &[])?;
         let info = VmmHandle { handle_types: prop.handle_types, refs: 1, mappings: 0 };
-        state::write().vmm_handles.insert(id, info);
+        let mut reg = state::write();
+        reg.vmm_handles.insert(id, info);
+        if let Some(dev) = prop_device(&prop) {
+            reg.owners.insert(id.get(), dev);
+        }
+        drop(reg);
         ffi::write(handle, id.get())
     }
     cuMemRelease => |f, handle| {
         vmm_session()?;
         let handle = AllocHandleId(handle);
-        client::call(0, &MemRelease { handle }, &[])?;
+        client::call_to(route_of_object(handle.get()), 0, &MemRelease { handle }, &[])?;
         let mut reg = state::write();
         if let Some(h) = reg.vmm_handles.get_mut(&handle) {
             h.refs = h.refs.saturating_sub(1);
@@ -145,20 +185,29 @@ entry! {
     cuMemMap => |f, ptr, size, offset, handle, flags| {
         vmm_session()?;
         let handle = AllocHandleId(handle);
+        let route = route_of_object(handle.get());
+        if !super::stream::same_server(route, reservation_route(ptr))? {
+            // The reservation lives on another server than the memory: nothing can map it there.
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
         let call = MemMap { ptr: DevicePtr(ptr), size: size as u64, offset: offset as u64, handle, flags };
-        client::call(0, &call, &[])?;
+        client::call_to(route, 0, &call, &[])?;
+        let device = super::route_device(route).unwrap_or(0);
+        // Copies and memsets may name it from now on, and the pointer queries answer for it.
+        if let Err(e) = super::record_range(ptr, size as u64, device) {
+            let _ = client::call_to(route, 0, &MemUnmap { ptr: DevicePtr(ptr), size: size as u64 }, &[]);
+            return Err(e);
+        }
         let mut reg = state::write();
         if let Some(h) = reg.vmm_handles.get_mut(&handle) {
             h.mappings += 1;
         }
         reg.vmm_mappings.insert(ptr, VmmMapping { size: size as u64, handle, access: Vec::new() });
-        // Copies and memsets may name it from now on, and the pointer queries answer for it.
-        reg.device_ranges.insert(ptr, size as u64);
         Ok(())
     }
     cuMemUnmap => |f, ptr, size| {
         vmm_session()?;
-        client::call(0, &MemUnmap { ptr: DevicePtr(ptr), size: size as u64 }, &[])?;
+        client::call_to(route_of_ptr(ptr), 0, &MemUnmap { ptr: DevicePtr(ptr), size: size as u64 }, &[])?;
         forget_mappings(ptr, size as u64);
         Ok(())
     }
@@ -171,7 +220,18 @@ entry! {
         let record = size_of::<CUmemAccessDesc>();
         let descs = ffi::bytes(desc as *const u8, count * record)?;
         let call = MemSetAccess { ptr: DevicePtr(ptr), size: size as u64, count: count as u32, _pad: 0 };
-        client::call(0, &call, descs)?;
+        let route = route_of_ptr(ptr);
+        // Access for a device of another server: no peer access across servers.
+        for d in descs.chunks_exact(record) {
+            let kind = ffi::field::<u32>(d, offset_of!(CUmemAccessDesc, location))?;
+            let id = ffi::field::<i32>(d, offset_of!(CUmemAccessDesc, location) + offset_of!(CUmemLocation, id))?;
+            if kind == CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE.0
+                && client::session()?.server_of(id).is_ok_and(|s| client::server_index(route).ok() != Some(s))
+            {
+                return Err(CUDA_ERROR_INVALID_DEVICE);
+            }
+        }
+        client::call_to(route, 0, &call, descs)?;
         let mut reg = state::write();
         let end = ptr.saturating_add(size as u64);
         for (_, m) in reg.vmm_mappings.range_mut(ptr..end) {
@@ -191,7 +251,14 @@ entry! {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let call = MemGetAccess { ptr: DevicePtr(ptr), location_type: location.type_.0, location_id: location.id };
-        let r = client::call(0, &call, &[])?;
+        let route = route_of_ptr(ptr);
+        let foreign = location.type_ == CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE
+            && client::session()?.server_of(location.id).is_ok_and(|s| client::server_index(route).ok() != Some(s));
+        if foreign {
+            // A device of another server has no access to this memory.
+            return ffi::write(flags, 0);
+        }
+        let r = client::call_to(route, 0, &call, &[])?;
         ffi::write(flags, r.flags)
     }
     cuMemGetAllocationPropertiesFromHandle => |f, prop, handle| {
@@ -199,7 +266,8 @@ entry! {
         if prop.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let p = client::call(0, &MemGetAllocationProperties { handle: AllocHandleId(handle) }, &[])?.prop;
+        let route = route_of_object(handle);
+        let p = client::call_to(route, 0, &MemGetAllocationProperties { handle: AllocHandleId(handle) }, &[])?.prop;
         write_prop(prop, p)
     }
     cuMemRetainAllocationHandle => |f, handle, addr| {
@@ -207,7 +275,8 @@ entry! {
         if handle.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let r = client::call(0, &MemRetainAllocationHandle { addr: DevicePtr(addr as u64) }, &[])?;
+        let route = route_of_ptr(addr as u64);
+        let r = client::call_to(route, 0, &MemRetainAllocationHandle { addr: DevicePtr(addr as u64) }, &[])?;
         if let Some(h) = state::write().vmm_handles.get_mut(&r.handle) {
             h.refs += 1;
         }

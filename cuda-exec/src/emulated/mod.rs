@@ -45,6 +45,11 @@ const VMM_GRANULARITY: u64 = 2 << 20;
 /// VMM reservations come from a region of their own, below cuMemAlloc's, so the two never meet.
 const VMM_BASE: u64 = 0x7d00_0000_0000;
 const VMM_END: u64 = DEVICE_BASE;
+/// A server with a device identity (`crate::identity`) places its memory this much lower per identity step, as
+/// two processes' drivers place theirs apart: two emulated servers sharing a client hand out distinct addresses.
+const IDENTITY_SHIFT: u64 = 2 << 40;
+/// The lowest address a reservation's fixed-address hint may name (client-chosen windows sit above it).
+const HINT_FLOOR: u64 = 0x1000_0000_0000;
 /// The host page size reservations are counted in (cuMemAddressReserve's documented unit).
 const HOST_PAGE: u64 = 4096;
 /// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR` and `CU_MEM_HANDLE_TYPE_FABRIC`.
@@ -62,6 +67,8 @@ pub struct EmulatedBackend {
     /// Host buffers handed out and not yet freed (bytes), and the most there ever were: what the server held.
     host_live: AtomicU64,
     host_peak: AtomicU64,
+    /// Where reservations the backend places itself go: [start, end).
+    vmm_region: (u64, u64),
     /// Simulated kernel durations (`VGPU_EMULATED_KERNEL_NS`), off by default.
     time: crate::emulated_time::SimulatedTime,
 }
@@ -83,8 +90,20 @@ impl EmulatedBackend {
             next_handle: AtomicU64::new(0x1000),
             host_live: AtomicU64::new(0),
             host_peak: AtomicU64::new(0),
+            vmm_region: (VMM_BASE, VMM_END),
             time: crate::emulated_time::SimulatedTime::new(crate::emulated_time::KernelCost::from_env()),
         }
+    }
+
+    /// The backend with its device presented as virtual GPU `identity` (`crate::identity`), its memory placed at
+    /// addresses of its own.
+    pub fn with_identity(identity: u8) -> Self {
+        let mut b = Self::new();
+        crate::identity::apply(&mut b.devices, identity);
+        let shift = IDENTITY_SHIFT * u64::from(identity);
+        b.vmm_region = (VMM_BASE - shift, VMM_END - shift);
+        b.state().next_addr = DEVICE_BASE - shift;
+        b
     }
 
     /// A backend whose kernels take simulated time by `cost`, for tests.

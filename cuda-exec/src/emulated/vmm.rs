@@ -6,8 +6,8 @@ use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::{MemAccessDesc, MemAllocProp, MEM_LOCATION_DEVICE};
 
 use super::{
-    EmulatedBackend, Mapping, Physical, State, EMULATED_TOTAL_MEM, HANDLE_TYPE_FABRIC, HANDLE_TYPE_POSIX_FD, HOST_PAGE,
-    VMM_BASE, VMM_END, VMM_GRANULARITY,
+    EmulatedBackend, Mapping, Physical, State, EMULATED_TOTAL_MEM, HANDLE_TYPE_FABRIC, HANDLE_TYPE_POSIX_FD,
+    HINT_FLOOR, HOST_PAGE, VMM_GRANULARITY,
 };
 
 impl EmulatedBackend {
@@ -29,20 +29,22 @@ impl EmulatedBackend {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let align = alignment.max(VMM_GRANULARITY);
+        let (region_start, region_end) = self.vmm_region;
         let mut st = self.state();
-        let fits = |st: &State, base: u64| {
+        let fits = |st: &State, base: u64, floor: u64| {
             base.is_multiple_of(align)
-                && base >= VMM_BASE
+                && base >= floor
                 && base.checked_add(size).is_some_and(|end| {
-                    end <= VMM_END && !st.overlaps_reservation(base, end) && !st.overlaps_allocation(base, end)
+                    end <= region_end && !st.overlaps_reservation(base, end) && !st.overlaps_allocation(base, end)
                 })
         };
-        // The hint is taken where it is free; otherwise, as natively, another place is chosen.
-        let base = if addr != 0 && fits(&st, addr) {
+        // The hint is taken where it is free (anywhere below the device's own memory, as the driver takes a
+        // fixed address it can give); otherwise, as natively, another place is chosen.
+        let base = if addr != 0 && fits(&st, addr, HINT_FLOOR) {
             addr
         } else {
             // First fit, so that freed reservations are reused.
-            let mut cursor = VMM_BASE;
+            let mut cursor = region_start;
             let mut found = None;
             for (&b, &s) in &st.reservations {
                 let candidate = cursor.next_multiple_of(align);
@@ -56,7 +58,7 @@ impl EmulatedBackend {
                 Some(b) => b,
                 None => cursor.next_multiple_of(align),
             };
-            if !fits(&st, base) {
+            if !fits(&st, base, region_start) {
                 return Err(CUDA_ERROR_OUT_OF_MEMORY);
             }
             base

@@ -117,6 +117,8 @@ pub struct RealBackend {
     driver: DriverLibrary,
     version: i32,
     devices: Vec<DeviceFacts>,
+    /// Each device's own UUID, by ordinal (`devices` may present another: `with_identity`).
+    hardware_uuids: Vec<String>,
 }
 
 /// Entry points the server cannot work without (a driver lacking one is refused at start).
@@ -170,11 +172,20 @@ impl RealBackend {
         for ordinal in 0..count {
             devices.push(device_facts(&driver, ordinal)?);
         }
+        let hardware_uuids = devices.iter().map(|d| d.uuid_string()).collect();
         Ok(RealBackend {
             driver,
             version,
             devices,
+            hardware_uuids,
         })
+    }
+
+    /// The backend with its devices presented as virtual GPU `identity` (`crate::identity`); NVML still reads
+    /// the hardware by its own UUID.
+    pub fn with_identity(mut self, identity: u8) -> RealBackend {
+        crate::identity::apply(&mut self.devices, identity);
+        self
     }
 
     /// The ordinal the current context's device has (the kernel attribute calls need one).
@@ -242,8 +253,8 @@ impl Backend for RealBackend {
         &self.devices
     }
     fn device_reading(&self, dev: i32, pid: u32) -> Option<crate::nvml::DeviceReading> {
-        let facts = self.devices.get(usize::try_from(dev).ok()?)?;
-        crate::nvml::Nvml::shared()?.read(&facts.uuid_string(), pid)
+        let uuid = self.hardware_uuids.get(usize::try_from(dev).ok()?)?;
+        crate::nvml::Nvml::shared()?.read(uuid, pid)
     }
     fn display_driver_version(&self) -> String {
         crate::nvml::Nvml::shared()

@@ -92,6 +92,8 @@ pub(super) struct Channel {
     pub tail: Vec<u8>,
     /// The session's `reset_epoch` when this channel's buffers were allocated.
     epoch: u64,
+    /// The context this channel's thread has current (the client's id; 0: none).
+    pub current: ContextId,
     /// The channel's gate to the GPU scheduler (inert for an unscheduled session).
     pub gate: crate::sched::ChannelGate,
 }
@@ -108,6 +110,7 @@ pub(super) fn serve(session: &Arc<Session>, t: &mut dyn Transport) -> Result<(),
         body: Vec::new(),
         tail: Vec::new(),
         epoch: 0,
+        current: ContextId(0),
         gate: session.sched.as_ref().map(|s| s.gate()).unwrap_or_default(),
     };
     let result = ch.run(t);
@@ -370,6 +373,11 @@ impl Channel {
         self.s()
             .await_object(|o| o.functions.get(&id).cloned())
             .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+
+    /// The device (server ordinal) of this thread's current context, if one is current.
+    pub fn current_device(&self) -> Option<i32> {
+        self.s().objects().context_device.get(&self.current).copied()
     }
 
     /// [addr, addr+len) must lie inside ranges the session owns: one, or several back to back.

@@ -5,6 +5,7 @@ use vgpu_dataplane::ids::ContextId;
 use vgpu_dataplane::wire::*;
 
 use super::channel::{Channel, Cx, Serve, Served};
+use super::ChannelEnd;
 use crate::backend::*;
 
 impl Serve<PrimaryCtxRetain> for Channel {
@@ -14,6 +15,7 @@ impl Serve<PrimaryCtxRetain> for Channel {
             let real = self.b().primary_ctx_retain(d)?;
             let mut objs = self.s().objects();
             objs.contexts.insert(c.ctx, real);
+            objs.context_device.insert(c.ctx, d);
             objs.context_devices.insert(d);
             Ok(Empty {})
         });
@@ -59,16 +61,28 @@ impl Serve<CtxCreate> for Channel {
             let real = self.b().ctx_create(c.flags, d)?;
             let mut objs = self.s().objects();
             objs.contexts.insert(c.ctx, real);
+            objs.context_device.insert(c.ctx, d);
             objs.context_devices.insert(d);
             Ok(Empty {})
         });
+        if r.is_ok() {
+            // cuCtxCreate makes the new context current on the calling thread.
+            self.current = c.ctx;
+        }
         Ok(r)
     }
 }
 
 impl Serve<CtxDestroy> for Channel {
     fn serve(&mut self, c: CtxDestroy, _cx: &mut Cx<'_>) -> Served<Empty> {
-        let real = self.s().objects().contexts.remove(&c.ctx);
+        let real = {
+            let mut objs = self.s().objects();
+            objs.context_device.remove(&c.ctx);
+            objs.contexts.remove(&c.ctx)
+        };
+        if self.current == c.ctx {
+            self.current = ContextId(0);
+        }
         Ok(match real {
             Some(real) => {
                 if let Some(sched) = &self.s().sched {
@@ -90,7 +104,10 @@ impl Serve<CtxSetCurrent> for Channel {
             self.s().objects().contexts.get(&c.ctx).copied()
         };
         Ok(match real {
-            Some(real) => self.b().ctx_set_current(real).map(|_| Empty {}),
+            Some(real) => self.b().ctx_set_current(real).map(|_| {
+                self.current = c.ctx;
+                Empty {}
+            }),
             None => Err(CUDA_ERROR_INVALID_CONTEXT),
         })
     }
@@ -120,6 +137,35 @@ impl Serve<ExportTableSize> for Channel {
             .b()
             .export_table_first_word(&c.uuid)
             .map(|first_word| ExportTableSizeReply { first_word }))
+    }
+}
+
+impl Serve<SetDeviceNumbering> for Channel {
+    fn serve(&mut self, c: SetDeviceNumbering, _cx: &mut Cx<'_>) -> Served<Empty> {
+        if self.tail.len() != c.count as usize * 8 {
+            return Err(ChannelEnd::Malformed(format!(
+                "device numbering of {} pairs in {} bytes",
+                c.count,
+                self.tail.len()
+            )));
+        }
+        let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let pairs = self
+            .tail
+            .chunks_exact(8)
+            .map(|p| (word(&p[..4]), word(&p[4..])))
+            .collect();
+        Ok(self.s().set_numbering(pairs).map(|_| Empty {}))
+    }
+}
+
+impl Serve<VaWindow> for Channel {
+    fn serve(&mut self, c: VaWindow, _cx: &mut Cx<'_>) -> Served<Empty> {
+        let r = self
+            .s()
+            .real_device(c.device)
+            .and_then(|d| self.s().windows().configure(d, c.base, c.size));
+        Ok(r.map(|_| Empty {}))
     }
 }
 

@@ -9,7 +9,7 @@ use vgpu_dataplane::ids::*;
 use vgpu_dataplane::wire::*;
 
 use super::channel::{Channel, Cx, Serve, Served};
-use super::ChannelEnd;
+use super::{window, ChannelEnd};
 use crate::backend::*;
 
 /// Largest host mirror one call may map (the client maps pinned allocations one by one).
@@ -19,9 +19,36 @@ impl Channel {
     fn mem_alloc(&self, size: u64) -> CuResult<DevicePtr> {
         self.s().check_cap(|o| o.allocations.len(), |c| c.allocations)?;
         self.s().reserve(size)?;
-        let dptr = self.b().mem_alloc(size).inspect_err(|_| self.s().unreserve(size))?;
+        let dptr = self
+            .place(size, window::SMALL_ALIGN, |b| b.mem_alloc(size))
+            .inspect_err(|_| self.s().unreserve(size))?;
         self.s().objects().add_allocation(dptr, size);
         Ok(dptr)
+    }
+
+    /// Device memory of `size` bytes for the current context's device: in the client's window for it where there
+    /// is one (`window`), else where the driver places it (`driver`).
+    fn place(
+        &self,
+        size: u64,
+        align: u64,
+        driver: impl FnOnce(&dyn Backend) -> CuResult<DevicePtr>,
+    ) -> CuResult<DevicePtr> {
+        if let Some(dev) = self.current_device() {
+            if let Some(r) = self.s().windows().alloc(self.b(), dev, size, align) {
+                return r;
+            }
+        }
+        driver(self.b())
+    }
+
+    /// Frees device memory: the window's, or the driver's.
+    fn free_memory(&self, dptr: DevicePtr) -> CuResult<()> {
+        let windowed = self.s().windows().free(self.b(), dptr.0);
+        match windowed {
+            Some(r) => r,
+            None => self.b().mem_free(dptr),
+        }
     }
 
     /// A memory pool by client id; a device's default pool is bound to the driver's on first use.
@@ -66,6 +93,26 @@ impl Channel {
     }
 }
 
+impl Channel {
+    /// `cuMemAllocPitch`: in the window, rows padded to 512 bytes (what the driver's pitch rounds to at most);
+    /// else the driver's own choice. (base, pitch).
+    fn alloc_pitch(&self, width: u64, height: u64, elem_size: u32) -> CuResult<(DevicePtr, u64)> {
+        if !matches!(elem_size, 4 | 8 | 16) || width == 0 || height == 0 {
+            return self.b().mem_alloc_pitch(width, height, elem_size);
+        }
+        let pitch = width.checked_next_multiple_of(512).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let size = pitch.checked_mul(height).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let mut driver_pitch = None;
+        let dptr = self.place(size, window::SMALL_ALIGN, |b| {
+            b.mem_alloc_pitch(width, height, elem_size).map(|(d, p)| {
+                driver_pitch = Some(p);
+                d
+            })
+        })?;
+        Ok((dptr, driver_pitch.unwrap_or(pitch)))
+    }
+}
+
 impl Serve<MemAlloc> for Channel {
     fn serve(&mut self, c: MemAlloc, _cx: &mut Cx<'_>) -> Served<MemAllocReply> {
         Ok(self.mem_alloc(c.size).map(|dptr| MemAllocReply { dptr }))
@@ -85,8 +132,7 @@ impl Serve<MemAllocPitch> for Channel {
             self.s().check_cap(|o| o.allocations.len(), |c| c.allocations)?;
             self.s().reserve(bound)?;
             let (dptr, pitch) = self
-                .b()
-                .mem_alloc_pitch(c.width, c.height, c.elem_size)
+                .alloc_pitch(c.width, c.height, c.elem_size)
                 .inspect_err(|_| self.s().unreserve(bound))?;
             let size = pitch.saturating_mul(c.height);
             let mut objs = self.s().objects();
@@ -106,7 +152,7 @@ impl Serve<MemFree> for Channel {
         if !self.s().objects().allocations.contains_key(&c.dptr.0) {
             return Ok(Err(CUDA_ERROR_INVALID_VALUE));
         }
-        let r = self.b().mem_free(c.dptr);
+        let r = self.free_memory(c.dptr);
         if r.is_ok() {
             self.s().objects().remove_allocation(c.dptr);
         }
@@ -137,9 +183,12 @@ impl Serve<MemAllocManaged> for Channel {
     fn serve(&mut self, c: MemAllocManaged, _cx: &mut Cx<'_>) -> Served<MemAllocReply> {
         let capped = self.s().check_cap(|o| o.allocations.len(), |c| c.allocations);
         let r = capped.and_then(|_| self.s().reserve(c.size)).and_then(|_| {
+            // In a window: device memory, which the client keeps in step with its host copy as it does managed
+            // memory (whole pages, as managed memory is mapped on the client's side).
             let dptr = self
-                .b()
-                .mem_alloc_managed(c.size, c.flags)
+                .place(c.size.next_multiple_of(4096), 4096, |b| {
+                    b.mem_alloc_managed(c.size, c.flags)
+                })
                 .inspect_err(|_| self.s().unreserve(c.size))?;
             self.s().objects().add_allocation(dptr, c.size);
             Ok(MemAllocReply { dptr })

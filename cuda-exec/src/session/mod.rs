@@ -29,6 +29,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 mod vmm;
+mod window;
 
 pub use channel::forward_stdout;
 use objects::Objects;
@@ -163,6 +164,11 @@ pub struct Session {
     /// Bumped by every primary-context reset: channels drop the pinned buffers and events they hold, which
     /// the reset freed with the context that owned them.
     reset_epoch: AtomicU64,
+    /// How the client numbers this server's devices (`SetDeviceNumbering`): (client ordinal, index in the
+    /// visible list). `None`: the visible list's own order.
+    numbering: std::sync::RwLock<Option<Vec<(u32, u32)>>>,
+    /// The client's address windows per device and the memory placed in them (`window`).
+    windows: Mutex<window::Windows>,
     /// The session's part of the GPU scheduler (`None`: unscheduled).
     sched: Option<Arc<crate::sched::SessionSched>>,
 }
@@ -189,6 +195,8 @@ impl Session {
             host_held: AtomicU64::new(0),
             reset_epoch: AtomicU64::new(0),
             order: SubmitOrder::default(),
+            numbering: std::sync::RwLock::new(None),
+            windows: Mutex::new(window::Windows::default()),
             sched,
         })
     }
@@ -221,22 +229,55 @@ impl Session {
 
     /// The server's ordinal for the client's device `dev`.
     fn real_device(&self, dev: u32) -> CuResult<i32> {
-        let real = match &self.limits.devices {
+        let index = match &*self.numbering.read().unwrap_or_else(|p| p.into_inner()) {
             None => dev,
-            Some(list) => *list.get(dev as usize).ok_or(CUDA_ERROR_INVALID_DEVICE)?,
+            Some(pairs) => pairs
+                .iter()
+                .find(|&&(ordinal, _)| ordinal == dev)
+                .map(|&(_, index)| index)
+                .ok_or(CUDA_ERROR_INVALID_DEVICE)?,
         };
+        self.visible_device(index)
+    }
+
+    /// The server's ordinal for entry `index` of the visible list (the welcome's order, which NVML follows).
+    fn visible_device(&self, index: u32) -> CuResult<i32> {
+        let real = match &self.limits.devices {
+            None => index,
+            Some(list) => *list.get(index as usize).ok_or(CUDA_ERROR_INVALID_DEVICE)?,
+        };
+        if real as usize >= self.backend.devices().len() {
+            return Err(CUDA_ERROR_INVALID_DEVICE);
+        }
         i32::try_from(real).map_err(|_| CUDA_ERROR_INVALID_DEVICE)
     }
 
     /// The client's ordinal for the server's device `real` (the inverse of `real_device`).
     fn client_device(&self, real: i32) -> Option<i32> {
-        match &self.limits.devices {
-            None => Some(real),
-            Some(list) => list
+        let index = match &self.limits.devices {
+            None => u32::try_from(real).ok()?,
+            Some(list) => list.iter().position(|&d| i64::from(d) == i64::from(real))? as u32,
+        };
+        match &*self.numbering.read().unwrap_or_else(|p| p.into_inner()) {
+            None => i32::try_from(index).ok(),
+            Some(pairs) => pairs
                 .iter()
-                .position(|&d| i64::from(d) == i64::from(real))
-                .and_then(|i| i32::try_from(i).ok()),
+                .find(|&&(_, i)| i == index)
+                .and_then(|&(ordinal, _)| i32::try_from(ordinal).ok()),
         }
+    }
+
+    /// Adopts the client's numbering of the visible devices: each index at most once, each inside the list.
+    fn set_numbering(&self, pairs: Vec<(u32, u32)>) -> CuResult<()> {
+        let visible = self.visible_devices().len() as u32;
+        for (i, &(ordinal, index)) in pairs.iter().enumerate() {
+            let repeated = pairs[..i].iter().any(|&(o, x)| o == ordinal || x == index);
+            if index >= visible || repeated {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+        }
+        *self.numbering.write().unwrap_or_else(|p| p.into_inner()) = Some(pairs);
+        Ok(())
     }
 
     pub fn usage(&self) -> UsageCounters {
@@ -296,6 +337,9 @@ impl Session {
                 objs.ranges.remove(&base);
                 objs.allocated_bytes = objs.allocated_bytes.saturating_sub(size);
             }
+            // Window memory is the driver's VMM memory, which outlives contexts: freed here as the reset frees
+            // the driver's own allocations.
+            self.windows().release_all(&*self.backend);
         }
         drop(objs);
         self.reset_epoch.fetch_add(1, Ordering::AcqRel);
@@ -308,6 +352,10 @@ impl Session {
 
     fn objects(&self) -> MutexGuard<'_, Objects> {
         self.objects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn windows(&self) -> MutexGuard<'_, window::Windows> {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Looks an object up by its client id, waiting a little for a binding still in flight. The client checks

@@ -13,7 +13,8 @@ impl Channel {
     /// session's to see).
     fn nvml_status(&self, device: u32) -> CuResult<NvmlStatusReply> {
         let s = self.s();
-        let real = s.real_device(device)?;
+        // NVML numbers the server's visible devices in their own order, whatever CUDA's numbering.
+        let real = s.visible_device(device)?;
         let facts_total = usize::try_from(real)
             .ok()
             .and_then(|d| s.backend.devices().get(d))

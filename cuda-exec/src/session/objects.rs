@@ -33,6 +33,8 @@ pub(super) struct BoundFunction {
 #[derive(Default)]
 pub(super) struct Objects {
     pub contexts: HashMap<ContextId, Context>,
+    /// Each context's device (the server's ordinal).
+    pub context_device: HashMap<ContextId, i32>,
     pub streams: HashMap<StreamId, Stream>,
     pub events: HashMap<EventId, Event>,
     pub modules: HashMap<ModuleId, LoadedImage>,

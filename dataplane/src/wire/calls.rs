@@ -285,6 +285,16 @@ macro_rules! call_table {
             /// `cuStreamBatchMemOp` with these batch `flags`.
             StreamMemOps = 140, async, bytes(MAX_MEM_OP_BYTES) { stream: StreamId, count: u32, flags: u32, single: u32, _pad: u32 }
                 -> Empty;
+            // Several servers in one process. Only sent to a server that announced `CAP_MULTI_SERVER`.
+            /// How the client numbers this server's devices, where that is not the server's own order (a process
+            /// using several servers, or `CUDA_VISIBLE_DEVICES`). Tail: `count` pairs of u32, (the client's ordinal,
+            /// the device's index in this server's welcome list). From then on every device ordinal in a message
+            /// is the client's, and an ordinal the list leaves out is an invalid device.
+            SetDeviceNumbering = 160, sync, bytes(MAX_NUMBERING_BYTES) { count: u32, _pad: u32 } -> Empty;
+            /// The address window the client chose for its device `device` (unified addressing across servers):
+            /// the server places the session's `cuMemAlloc`, `cuMemAllocPitch` and `cuMemAllocManaged` memory of
+            /// that device in [base, base+size), reserved at that fixed address (see ARCHITECTURE.md).
+            VaWindow = 161, sync { device: u32, _pad: u32, base: u64, size: u64 } -> Empty;
         }
     };
 }

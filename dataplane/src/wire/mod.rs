@@ -131,6 +131,8 @@ pub const MAX_TEX_DESCS: usize = RESOURCE_DESC_LEN + TEXTURE_DESC_LEN + RESOURCE
 pub const MAX_ACCESS_BYTES: usize = MAX_ACCESS_DESCS * std::mem::size_of::<MemAccessDesc>();
 /// Largest `StreamMemOps` tail.
 pub const MAX_MEM_OP_BYTES: usize = MAX_MEM_OPS * std::mem::size_of::<MemOp>();
+/// `SetDeviceNumbering`'s tail: a pair of u32 for each device a server may report.
+pub const MAX_NUMBERING_BYTES: usize = crate::handshake::MAX_DEVICES as usize * 8;
 
 /// Reply body of calls that return only a CUresult.
 #[repr(C)]

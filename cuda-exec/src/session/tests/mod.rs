@@ -15,6 +15,7 @@ use crate::emulated::EmulatedBackend;
 use crate::session::{Limits, Session};
 
 mod limits;
+mod multi;
 mod vmm;
 
 /// One client thread speaking the wire protocol to a channel of `session`.
@@ -26,6 +27,19 @@ pub(super) struct Client {
 
 impl Client {
     pub fn connect(session: &Arc<Session>) -> Client {
+        let mut c = Client::connect_bare(session);
+        // The primary context of device 0, current on this channel's thread (copies need one).
+        c.ok(&PrimaryCtxRetain {
+            ctx: ContextId(0x1000),
+            dev: 0,
+            _pad: 0,
+        });
+        c.post(&CtxSetCurrent { ctx: ContextId(0x1000) });
+        c
+    }
+
+    /// A channel with no context current yet.
+    pub fn connect_bare(session: &Arc<Session>) -> Client {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("address");
         let s = session.clone();
@@ -35,19 +49,11 @@ impl Client {
             let _ = s.serve_channel(&mut t);
         });
         let t = TcpTransport::from_stream(TcpStream::connect(addr).expect("connect")).expect("transport");
-        let mut c = Client {
+        Client {
             t,
             seq: 0,
             server: Some(server),
-        };
-        // The primary context of device 0, current on this channel's thread (copies need one).
-        c.ok(&PrimaryCtxRetain {
-            ctx: ContextId(0x1000),
-            dev: 0,
-            _pad: 0,
-        });
-        c.post(&CtxSetCurrent { ctx: ContextId(0x1000) });
-        c
+        }
     }
 
     pub fn send<C: Call>(&mut self, c: &C, tail: &[u8]) {

@@ -1,0 +1,166 @@
+//! One process using the GPUs of two `vgpu server`s (emulated backend, each with its own device identity, as two
+//! servers sharing one GPU would be run): one device numbering across them, `CUDA_VISIBLE_DEVICES`, NVML, unified
+//! addressing, peer answers and copies between the servers' devices (relayed through the client for now), over
+//! TCP and shared memory.
+
+use std::process::Command;
+
+mod common;
+
+use common::{start, Server, VGPU};
+
+fn two_servers() -> (Server, Server) {
+    (start(&["--device-identity", "1"]), start(&["--device-identity", "2"]))
+}
+
+/// `vgpu run --server LIST -- vgpu __multi-check`: its output lines (the run must succeed).
+fn check(servers: &str, env: &[(&str, &str)], extra: &[&str]) -> Vec<String> {
+    let out = Command::new(VGPU)
+        .args(["run", "--server", servers, "--", VGPU, "__multi-check"])
+        .args(extra)
+        .envs(env.iter().copied())
+        .output()
+        .expect("vgpu run");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{servers}: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines().map(str::to_string).collect()
+}
+
+fn has(lines: &[String], want: &str) -> bool {
+    lines.iter().any(|l| l == want)
+}
+
+/// The UUID hex of device `d` as the check printed it.
+fn uuid_of(lines: &[String], d: usize) -> String {
+    let prefix = format!("device {d}: uuid ");
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("no uuid for device {d}: {lines:?}"))
+        .to_string()
+}
+
+#[test]
+fn two_servers_make_one_device_numbering_with_unified_addressing() {
+    let (a, b) = two_servers();
+    for servers in [
+        format!("{},{}", a.tcp_url(), b.tcp_url()),
+        format!("{},{}", a.shm, b.shm),
+        format!("{},{}", a.shm, b.tcp_url()),
+    ] {
+        let lines = check(&servers, &[], &[]);
+        assert!(has(&lines, "devices: 2"), "{servers}: {lines:?}");
+        assert_ne!(uuid_of(&lines, 0), uuid_of(&lines, 1), "two identities");
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("device 0: uuid") && l.ends_with("pci 0001:00:00.0")));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("device 1: uuid") && l.ends_with("pci 0002:00:00.0")));
+        assert!(has(&lines, "addresses distinct: true"), "{lines:?}");
+        // Each device's memory sits in its window (1 TiB per device from 32 TiB).
+        assert!(
+            lines.iter().any(|l| l.starts_with("device 0: alloc 0x2000")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("device 1: alloc 0x2100")),
+            "{lines:?}"
+        );
+        assert!(has(&lines, "pointer of device 0: ordinal 0"), "{lines:?}");
+        assert!(has(&lines, "pointer of device 1: ordinal 1"), "{lines:?}");
+        assert!(has(&lines, "can access peer 0 -> 1: 0") && has(&lines, "can access peer 1 -> 0: 0"));
+        // Copies between the two servers' devices, by every entry point and both ways, read back byte for byte.
+        for how in ["peer", "async peer", "dtod", "unified", "2d"] {
+            for (x, y) in [(0, 1), (1, 0)] {
+                let want = format!("{how} copy {x} -> {y}: CUDA_SUCCESS verified");
+                assert!(has(&lines, &want), "{servers}: no '{want}' in {lines:?}");
+            }
+        }
+        // As natively for a pair without peer access.
+        assert!(
+            has(&lines, "enable peer access 1 -> 0: CUDA_ERROR_PEER_ACCESS_UNSUPPORTED"),
+            "{lines:?}"
+        );
+        assert!(
+            has(
+                &lines,
+                "stream of device 1 waits for an event of device 0: CUDA_SUCCESS"
+            ),
+            "{lines:?}"
+        );
+        assert!(has(&lines, "freed from device 0's context: ok"), "{lines:?}");
+    }
+}
+
+#[test]
+fn cuda_visible_devices_orders_and_filters_across_servers() {
+    let (a, b) = two_servers();
+    let servers = format!("{},{}", a.tcp_url(), b.shm);
+    let plain = check(&servers, &[], &[]);
+    let (first, second) = (uuid_of(&plain, 0), uuid_of(&plain, 1));
+    let swapped = check(&servers, &[("CUDA_VISIBLE_DEVICES", "1,0")], &[]);
+    assert_eq!(
+        (uuid_of(&swapped, 0), uuid_of(&swapped, 1)),
+        (second.clone(), first.clone())
+    );
+    assert!(has(&swapped, "addresses distinct: true"), "{swapped:?}");
+    let only_second = check(&servers, &[("CUDA_VISIBLE_DEVICES", "1,-1,0")], &[]);
+    assert!(has(&only_second, "devices: 1"), "{only_second:?}");
+    assert_eq!(uuid_of(&only_second, 0), second);
+    // By UUID prefix, in the form NVIDIA's tools print (GPU-xxxxxxxx-...): the identities differ in the last
+    // bytes, so the whole UUID names each.
+    let text = |hex: &str| {
+        format!(
+            "GPU-{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )
+    };
+    let by_uuid = check(&servers, &[("CUDA_VISIBLE_DEVICES", &text(&second))], &[]);
+    assert!(
+        has(&by_uuid, "devices: 1") && uuid_of(&by_uuid, 0) == second,
+        "{by_uuid:?}"
+    );
+    // Every device hidden: cuInit finds none, as natively.
+    let out = Command::new(VGPU)
+        .args(["run", "--server", &servers, "--", VGPU, "__multi-check"])
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .output()
+        .expect("vgpu run");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CUDA_ERROR_NO_DEVICE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn nvml_lists_every_server_device_in_system_order() {
+    let (a, b) = two_servers();
+    let servers = format!("{},{}", a.shm, b.tcp_url());
+    let smi = |visible: Option<&str>| {
+        let mut cmd = Command::new(VGPU);
+        cmd.args(["smi", "--json", "--server", &servers]);
+        if let Some(v) = visible {
+            cmd.env("CUDA_VISIBLE_DEVICES", v);
+        }
+        let out = cmd.output().expect("vgpu smi");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
+    };
+    let all = smi(None);
+    let gpus = all["gpus"].as_array().expect("gpus");
+    assert_eq!(gpus.len(), 2);
+    assert_ne!(gpus[0]["uuid"], gpus[1]["uuid"]);
+    // As NVIDIA's NVML, the list ignores CUDA_VISIBLE_DEVICES: tools map it onto this order themselves.
+    assert_eq!(smi(Some("1"))["gpus"], all["gpus"]);
+}
