@@ -17,8 +17,8 @@ use vgpu_dataplane::handshake::{DeviceFacts, BACKEND_EMULATED};
 use vgpu_dataplane::ids::DevicePtr;
 use vgpu_dataplane::image as fatbin;
 use vgpu_dataplane::wire::{
-    ArrayBox, ArrayShape, FunctionInfo, LaunchShape, MemAccessDesc, MemAllocProp, MemOp, FUNC_ATTR_COUNT,
-    MEM_LOCATION_DEVICE,
+    ArrayBox, ArrayShape, FunctionInfo, LaunchShape, MemAccessDesc, MemAllocProp, MemOp, NvmlFieldRequest,
+    NvmlFieldValue, FUNC_ATTR_COUNT, MEM_LOCATION_DEVICE,
 };
 
 use crate::backend::*;
@@ -525,8 +525,17 @@ impl Backend for EmulatedBackend {
             ..Default::default()
         })
     }
+    fn device_pcie(&self, dev: i32) -> Option<crate::nvml::PcieLink> {
+        usize::try_from(dev).ok().and_then(|d| self.devices.get(d))?;
+        Some(device::EMULATED_PCIE)
+    }
+    fn device_field_values(&self, dev: i32, fields: &[NvmlFieldRequest]) -> Result<Vec<NvmlFieldValue>, u32> {
+        // NVML_ERROR_INVALID_ARGUMENT for a device that is not there.
+        usize::try_from(dev).ok().and_then(|d| self.devices.get(d)).ok_or(2u32)?;
+        Ok(fields.iter().map(device::field_value).collect())
+    }
     fn display_driver_version(&self) -> String {
-        "emulated".into()
+        device::EMULATED_DISPLAY_DRIVER.into()
     }
 
     fn primary_ctx_retain(&self, dev: i32) -> CuResult<Context> {

@@ -245,6 +245,23 @@ impl Backend for RealBackend {
         let facts = self.devices.get(usize::try_from(dev).ok()?)?;
         crate::nvml::Nvml::shared()?.read(&facts.uuid_string(), pid)
     }
+    fn device_pcie(&self, dev: i32) -> Option<crate::nvml::PcieLink> {
+        let facts = self.devices.get(usize::try_from(dev).ok()?)?;
+        crate::nvml::Nvml::shared()?.pcie(&facts.uuid_string())
+    }
+    fn device_field_values(
+        &self,
+        dev: i32,
+        fields: &[vgpu_dataplane::wire::NvmlFieldRequest],
+    ) -> Result<Vec<vgpu_dataplane::wire::NvmlFieldValue>, u32> {
+        use vgpu_cuda_sys::nvml::nvmlReturn_t;
+        let facts = usize::try_from(dev)
+            .ok()
+            .and_then(|d| self.devices.get(d))
+            .ok_or(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT.0)?;
+        let nvml = crate::nvml::Nvml::shared().ok_or(nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED.0)?;
+        nvml.field_values(&facts.uuid_string(), fields).map_err(|e| e.0)
+    }
     fn display_driver_version(&self) -> String {
         crate::nvml::Nvml::shared()
             .and_then(|n| n.driver_version())

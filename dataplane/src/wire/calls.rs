@@ -256,6 +256,12 @@ macro_rules! call_table {
             NvmlDeviceStatus = 110, sync { device: u32, _pad: u32 } -> NvmlStatusReply;
             /// NVML's system facts: the reply's tail is the server driver's version string.
             NvmlSystemInfo = 111, sync { } -> Empty;
+            /// NVML's PCIe link values of the client's device `device`. Only sent to a server that announced
+            /// `CAP_NVML_PCIE`.
+            NvmlDevicePcie = 112, sync { device: u32, _pad: u32 } -> NvmlPcieReply;
+            /// `nvmlDeviceGetFieldValues`: the tail holds `count` `NvmlFieldRequest`s (at most `MAX_NVML_FIELDS`),
+            /// the reply's tail as many `NvmlFieldValue`s. Only sent to a server that announced `CAP_NVML_PCIE`.
+            NvmlFieldValues = 113, sync, bytes(MAX_NVML_FIELDS * 8) { device: u32, count: u32 } -> Empty;
             // Virtual memory management (`cuMem*` VMM calls). Only sent to a server that announced `CAP_VMM`.
             // Device ordinals in locations are the client's; allocation handles are client-chosen ids.
             /// `cuMemGetAllocationGranularity`: `option` 0 minimum, 1 recommended.
