@@ -15,6 +15,7 @@ use vgpu_dataplane::wire::{
     NvmlFieldValue, FUNC_ATTR_COUNT,
 };
 
+pub use crate::graph_ops::{ExecUpdateInfo, GraphOps, NodeParams};
 pub use crate::handles::*;
 /// A failed driver call: the non-zero CUresult.
 pub use vgpu_dataplane::cuerr::CuResult;
@@ -92,7 +93,7 @@ pub enum Image {
 
 /// The driver operations a session needs. Handles are the backend's own (`crate::handles`).
 /// Context state is per OS thread, as in the driver: each client thread is served by its own server thread.
-pub trait Backend: DriverOps + Send + Sync + 'static {
+pub trait Backend: DriverOps + GraphOps + Send + Sync + 'static {
     /// `handshake::BACKEND_REAL` or `BACKEND_EMULATED`.
     fn kind(&self) -> u32;
     fn describe(&self) -> String;

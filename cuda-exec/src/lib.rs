@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod emulated;
 mod emulated_time;
+pub mod graph_ops;
 pub mod handles;
 pub mod nvml;
 pub mod ptx;

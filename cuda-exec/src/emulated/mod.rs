@@ -3,7 +3,7 @@
 //!
 //! This file holds the state and the trait implementations; `memory.rs` (pools, arrays, textures, mirrors,
 //! structured copies, stream memory operations), `vmm.rs` (virtual memory management), `launch.rs` (launch checks
-//! and occupancy) and `device.rs` (the device's facts) hold the larger behaviours.
+//! and occupancy), `graph.rs` (CUDA graphs) and `device.rs` (the device's facts) hold the larger behaviours.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -25,6 +25,7 @@ use crate::backend::*;
 use crate::ptx;
 
 mod device;
+mod graph;
 mod launch;
 mod memory;
 mod state;
@@ -58,6 +59,8 @@ thread_local! {
 pub struct EmulatedBackend {
     devices: Vec<DeviceFacts>,
     state: Mutex<State>,
+    /// CUDA graphs (apart from `state`: a launch runs nodes that take `state` themselves).
+    graphs: Mutex<graph::Graphs>,
     next_handle: AtomicU64,
     /// Host buffers handed out and not yet freed (bytes), and the most there ever were: what the server held.
     host_live: AtomicU64,
@@ -80,6 +83,7 @@ impl EmulatedBackend {
                 next_addr: DEVICE_BASE,
                 ..Default::default()
             }),
+            graphs: Mutex::default(),
             next_handle: AtomicU64::new(0x1000),
             host_live: AtomicU64::new(0),
             host_peak: AtomicU64::new(0),
@@ -118,6 +122,12 @@ impl EmulatedBackend {
     #[cfg(test)]
     pub(crate) fn physical_devices(&self) -> Vec<i32> {
         self.state().physical.values().map(|p| p.prop.location_id).collect()
+    }
+
+    /// Kernels launched so far (graph nodes included), for tests.
+    #[cfg(test)]
+    pub(crate) fn launches(&self) -> u64 {
+        self.state().launches
     }
 
     /// Device memory in use (allocations and VMM physical memory), for tests.

@@ -17,6 +17,7 @@ use vgpu_dataplane::wire::{ArrayBox, ArrayShape, LaunchShape, MemAccessDesc, Mem
 
 use crate::backend::*;
 
+mod graph;
 mod memory;
 mod module;
 
