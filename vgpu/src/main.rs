@@ -8,6 +8,7 @@ mod cuda;
 mod fairness;
 mod local;
 mod nvml;
+mod pyhook;
 mod quickstart;
 mod sample;
 mod smi;
@@ -274,6 +275,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             if let Some(server) = &server {
                 vgpu_dataplane::Endpoint::parse(server)?;
             }
+            pyhook::add_to(&mut cmd);
             if let Some(url) = control {
                 if std::env::var_os("VGPU_KEY").is_none() && std::env::var_os("VGPU_TICKET").is_none() {
                     return Err("--control needs the tenant's key in VGPU_KEY".into());
