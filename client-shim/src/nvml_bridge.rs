@@ -6,8 +6,8 @@ use std::ffi::c_char;
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::handshake::{DeviceFacts, CAP_NVML, CAP_NVML_PCIE};
 use vgpu_dataplane::wire::{
-    NvmlDevicePcie, NvmlDeviceStatus, NvmlFieldRequest, NvmlFieldValue, NvmlFieldValues, NvmlPcieReply, NvmlStatusReply,
-    NvmlSystemInfo, MAX_NVML_FIELDS,
+    NvmlDevicePcie, NvmlDeviceStatus, NvmlFieldRequest, NvmlFieldValue, NvmlFieldValues, NvmlPcieReply,
+    NvmlStatusReply, NvmlSystemInfo, MAX_NVML_FIELDS,
 };
 
 use crate::{client, ffi};
@@ -151,12 +151,18 @@ fn field_values(
         return Err(CUDA_ERROR_INVALID_DEVICE);
     }
     let record = std::mem::size_of::<NvmlFieldRequest>();
-    let asked = ffi::bytes(requests as *const u8, count.checked_mul(record).ok_or(CUDA_ERROR_INVALID_VALUE)?)?;
+    let asked = ffi::bytes(
+        requests as *const u8,
+        count.checked_mul(record).ok_or(CUDA_ERROR_INVALID_VALUE)?,
+    )?;
     let mut done = 0;
     for chunk in asked.chunks(MAX_NVML_FIELDS * record) {
         let n = chunk.len() / record;
         let mut tail = Vec::new();
-        let call = NvmlFieldValues { device: index, count: n as u32 };
+        let call = NvmlFieldValues {
+            device: index,
+            count: n as u32,
+        };
         client::call_with_tail(0, &call, chunk, &mut tail)?;
         if tail.len() != n * value_size {
             return Err(CUDA_ERROR_UNKNOWN);

@@ -57,7 +57,12 @@ pub trait GraphOps {
         Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// Adds a node after `deps`; returns it and, for a conditional node, its body graphs in order.
-    fn graph_add_node(&self, _graph: Graph, _deps: &[GraphNode], _node: &NodeParams) -> CuResult<(GraphNode, Vec<Graph>)> {
+    fn graph_add_node(
+        &self,
+        _graph: Graph,
+        _deps: &[GraphNode],
+        _node: &NodeParams,
+    ) -> CuResult<(GraphNode, Vec<Graph>)> {
         Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuGraphConditionalHandleCreate` in the calling thread's current context.
@@ -83,7 +88,11 @@ pub trait GraphOps {
         Err(CUDA_ERROR_NOT_SUPPORTED)
     }
     /// `cuGraphExecUpdate`: `Ok` when it updated; `Err` carries the driver's error and what it reported.
-    fn graph_exec_update(&self, _exec: GraphExec, _graph: Graph) -> Result<ExecUpdateInfo, (CuResult<()>, ExecUpdateInfo)> {
+    fn graph_exec_update(
+        &self,
+        _exec: GraphExec,
+        _graph: Graph,
+    ) -> Result<ExecUpdateInfo, (CuResult<()>, ExecUpdateInfo)> {
         Err((Err(CUDA_ERROR_NOT_SUPPORTED), ExecUpdateInfo::default()))
     }
     fn graph_destroy_node(&self, _node: GraphNode) -> CuResult<()> {

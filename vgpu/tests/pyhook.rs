@@ -28,7 +28,10 @@ fn jax_sees_a_gpu_under_vgpu_run_without_device_nodes() {
         "def has_visible_nvidia_gpu():\n    return False\n",
     );
     let hidden = root.join("hidden");
-    write(&hidden.join("sitecustomize.py"), "import sys\nsys.stderr.write('hidden sitecustomize ran\\n')\n");
+    write(
+        &hidden.join("sitecustomize.py"),
+        "import sys\nsys.stderr.write('hidden sitecustomize ran\\n')\n",
+    );
     let python_path = format!("{}:{}", fake.display(), hidden.display());
     let script = "import jax._src.hardware_utils as h; print(h.has_visible_nvidia_gpu())";
     let run = |through_vgpu: bool| {
@@ -59,13 +62,19 @@ fn jax_sees_a_gpu_under_vgpu_run_without_device_nodes() {
     let (plain, _) = run(false);
     assert_eq!(plain, "False", "without vgpu run the check is JAX's own");
     let (out, err) = run(true);
-    assert!(err.contains("hidden sitecustomize ran"), "the hidden sitecustomize ran: {err}");
+    assert!(
+        err.contains("hidden sitecustomize ran"),
+        "the hidden sitecustomize ran: {err}"
+    );
     if nodes {
         assert_eq!(out, "False", "a machine with device nodes keeps JAX's own check");
         assert!(!err.contains("vgpu run: no /dev/nvidia*"), "{err}");
     } else {
         assert_eq!(out, "True", "stderr: {err}");
-        assert!(err.contains("vgpu run: no /dev/nvidia* device node on this machine"), "{err}");
+        assert!(
+            err.contains("vgpu run: no /dev/nvidia* device node on this machine"),
+            "{err}"
+        );
     }
     assert!(root.join("cache/vgpu/python/sitecustomize.py").exists());
     let _ = std::fs::remove_dir_all(&root);

@@ -6,8 +6,8 @@ use std::mem::offset_of;
 
 use vgpu_cuda_sys::driver::CUdevice_attribute;
 use vgpu_cuda_sys::nvml::{
-    nvmlDeviceArchitecture_t, nvmlDevice_t, nvmlGpuP2PCapsIndex_t, nvmlGpuP2PStatus_t, nvmlMemory_t, nvmlMemory_v2_t,
-    nvmlFieldValue_t, nvmlPciInfo_t, nvmlProcessInfo_t, nvmlProcessInfo_v1_t, nvmlReturn_t, nvmlTemperatureSensors_t,
+    nvmlDeviceArchitecture_t, nvmlDevice_t, nvmlFieldValue_t, nvmlGpuP2PCapsIndex_t, nvmlGpuP2PStatus_t, nvmlMemory_t,
+    nvmlMemory_v2_t, nvmlPciInfo_t, nvmlProcessInfo_t, nvmlProcessInfo_v1_t, nvmlReturn_t, nvmlTemperatureSensors_t,
     nvmlUtilization_t, nvmlValueType_t, nvmlValue_t, NVML_API_VERSION,
 };
 use vgpu_cuda_sys::{CUresult, NvmlResult};

@@ -6,8 +6,7 @@ use std::ffi::{c_int, c_uint, c_void};
 
 use vgpu_cuda_sys::driver::{
     CUfunction, CUfunction_attribute, CUgraph, CUgraphEdgeData, CUgraphNode, CUlaunchConfig, CUmemorytype,
-    CUmoduleLoadingMode, CUoccupancyB2DSize,
-    CUpointer_attribute, CUstream, CUstreamCaptureMode, CUstreamCaptureStatus,
+    CUmoduleLoadingMode, CUoccupancyB2DSize, CUpointer_attribute, CUstream, CUstreamCaptureMode, CUstreamCaptureStatus,
 };
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;

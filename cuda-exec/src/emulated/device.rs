@@ -176,7 +176,9 @@ pub(super) const EMULATED_PCIE: crate::nvml::PcieLink = crate::nvml::PcieLink {
 /// One NVML field of the emulated device: the link counts a PCIe board without NVLink or C2C has (0), and
 /// `NVML_ERROR_NOT_SUPPORTED` for every other field (it has no sensors or counters).
 pub(super) fn field_value(f: &vgpu_dataplane::wire::NvmlFieldRequest) -> vgpu_dataplane::wire::NvmlFieldValue {
-    use vgpu_cuda_sys::nvml::{nvmlReturn_t, nvmlValueType_t, NVML_FI_DEV_C2C_LINK_COUNT, NVML_FI_DEV_NVLINK_LINK_COUNT};
+    use vgpu_cuda_sys::nvml::{
+        nvmlReturn_t, nvmlValueType_t, NVML_FI_DEV_C2C_LINK_COUNT, NVML_FI_DEV_NVLINK_LINK_COUNT,
+    };
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use vgpu_cuda_sys::driver::CUgraphExecUpdateResult as UpdateResult;
 use vgpu_dataplane::cuerr::*;
-use vgpu_dataplane::wire::{GraphCopySpec, GRAPH_COND_ASSIGN_DEFAULT, GRAPH_COND_IF, GRAPH_COND_SWITCH, GRAPH_COND_WHILE};
+use vgpu_dataplane::wire::{
+    GraphCopySpec, GRAPH_COND_ASSIGN_DEFAULT, GRAPH_COND_IF, GRAPH_COND_SWITCH, GRAPH_COND_WHILE,
+};
 
 use super::EmulatedBackend;
 use crate::backend::*;
@@ -139,10 +141,14 @@ fn same_kind(a: &NodeParams, b: &NodeParams) -> bool {
     match (a, b) {
         (
             NodeParams::Conditional {
-                cond_type: t1, size: s1, ..
+                cond_type: t1,
+                size: s1,
+                ..
             },
             NodeParams::Conditional {
-                cond_type: t2, size: s2, ..
+                cond_type: t2,
+                size: s2,
+                ..
             },
         ) => t1 == t2 && s1 == s2,
         _ => std::mem::discriminant(a) == std::mem::discriminant(b),
@@ -164,10 +170,16 @@ fn same_shape(old: &Tree, new: &Tree) -> Result<(), (UpdateResult, Option<u64>)>
     }
     for (o, n) in old.nodes.iter().zip(&new.nodes) {
         if !same_kind(&o.params, &n.params) {
-            return Err((UpdateResult::CU_GRAPH_EXEC_UPDATE_ERROR_NODE_TYPE_CHANGED, Some(n.handle)));
+            return Err((
+                UpdateResult::CU_GRAPH_EXEC_UPDATE_ERROR_NODE_TYPE_CHANGED,
+                Some(n.handle),
+            ));
         }
         if o.subs.len() != n.subs.len() {
-            return Err((UpdateResult::CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED, Some(n.handle)));
+            return Err((
+                UpdateResult::CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED,
+                Some(n.handle),
+            ));
         }
         for (so, sn) in o.subs.iter().zip(&n.subs) {
             same_shape(so, sn)?;
@@ -213,7 +225,9 @@ impl EmulatedBackend {
     /// The checks the driver makes when a node is added or given new parameters.
     fn check_node(&self, node: &NodeParams) -> CuResult<()> {
         match node {
-            NodeParams::Kernel { function, shape, args, .. } => {
+            NodeParams::Kernel {
+                function, shape, args, ..
+            } => {
                 super::launch::check_shape(&self.devices[0], shape)?;
                 let size = *self
                     .state()
@@ -233,7 +247,11 @@ impl EmulatedBackend {
                     Err(CUDA_ERROR_INVALID_VALUE)
                 }
             }
-            NodeParams::Conditional { handle, cond_type, size } => {
+            NodeParams::Conditional {
+                handle,
+                cond_type,
+                size,
+            } => {
                 let size_ok = match *cond_type {
                     GRAPH_COND_IF => matches!(size, 1 | 2),
                     GRAPH_COND_WHILE => *size == 1,
@@ -477,7 +495,11 @@ impl GraphOps for EmulatedBackend {
         Ok(())
     }
 
-    fn graph_exec_update(&self, exec: GraphExec, graph: Graph) -> Result<ExecUpdateInfo, (CuResult<()>, ExecUpdateInfo)> {
+    fn graph_exec_update(
+        &self,
+        exec: GraphExec,
+        graph: Graph,
+    ) -> Result<ExecUpdateInfo, (CuResult<()>, ExecUpdateInfo)> {
         let mut gs = self.graphs();
         let failed = |result: UpdateResult, node: Option<u64>| {
             (
@@ -489,9 +511,7 @@ impl GraphOps for EmulatedBackend {
                 },
             )
         };
-        let new = gs
-            .snapshot(graph.0)
-            .map_err(|e| (Err(e), ExecUpdateInfo::default()))?;
+        let new = gs.snapshot(graph.0).map_err(|e| (Err(e), ExecUpdateInfo::default()))?;
         let old = gs
             .execs
             .get_mut(&exec.0)

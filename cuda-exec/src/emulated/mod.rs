@@ -541,7 +541,10 @@ impl Backend for EmulatedBackend {
     }
     fn device_field_values(&self, dev: i32, fields: &[NvmlFieldRequest]) -> Result<Vec<NvmlFieldValue>, u32> {
         // NVML_ERROR_INVALID_ARGUMENT for a device that is not there.
-        usize::try_from(dev).ok().and_then(|d| self.devices.get(d)).ok_or(2u32)?;
+        usize::try_from(dev)
+            .ok()
+            .and_then(|d| self.devices.get(d))
+            .ok_or(2u32)?;
         Ok(fields.iter().map(device::field_value).collect())
     }
     fn display_driver_version(&self) -> String {

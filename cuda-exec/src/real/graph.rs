@@ -156,11 +156,15 @@ impl RealBackend {
             }
             NodeParams::EventRecord(e) => {
                 params.type_ = CUgraphNodeType::CU_GRAPH_NODE_TYPE_EVENT_RECORD;
-                params.__bindgen_anon_1.eventRecord = CUDA_EVENT_RECORD_NODE_PARAMS { event: (*e).to_driver() };
+                params.__bindgen_anon_1.eventRecord = CUDA_EVENT_RECORD_NODE_PARAMS {
+                    event: (*e).to_driver(),
+                };
             }
             NodeParams::EventWait(e) => {
                 params.type_ = CUgraphNodeType::CU_GRAPH_NODE_TYPE_WAIT_EVENT;
-                params.__bindgen_anon_1.eventWait = CUDA_EVENT_WAIT_NODE_PARAMS { event: (*e).to_driver() };
+                params.__bindgen_anon_1.eventWait = CUDA_EVENT_WAIT_NODE_PARAMS {
+                    event: (*e).to_driver(),
+                };
             }
         }
         DriverNode {
@@ -222,8 +226,13 @@ impl GraphOps for RealBackend {
         let mut h: CUgraphConditionalHandle = 0;
         // SAFETY: out-pointer to a local; the graph is this session's, the context the thread's current one.
         unsafe {
-            self.driver
-                .cuGraphConditionalHandleCreate(&mut h, graph.to_driver(), self.current_ctx(), default_value, flags)
+            self.driver.cuGraphConditionalHandleCreate(
+                &mut h,
+                graph.to_driver(),
+                self.current_ctx(),
+                default_value,
+                flags,
+            )
         }
         .result()?;
         Ok(h)
@@ -232,7 +241,11 @@ impl GraphOps for RealBackend {
     fn graph_instantiate(&self, graph: Graph, flags: u64) -> CuResult<GraphExec> {
         let mut e = std::ptr::null_mut();
         // SAFETY: out-pointer to a local; the graph is this session's.
-        unsafe { self.driver.cuGraphInstantiateWithFlags(&mut e, graph.to_driver(), flags) }.result()?;
+        unsafe {
+            self.driver
+                .cuGraphInstantiateWithFlags(&mut e, graph.to_driver(), flags)
+        }
+        .result()?;
         Ok(GraphExec(e as usize as u64))
     }
 
@@ -267,7 +280,11 @@ impl GraphOps for RealBackend {
         .result()
     }
 
-    fn graph_exec_update(&self, exec: GraphExec, graph: Graph) -> Result<ExecUpdateInfo, (CuResult<()>, ExecUpdateInfo)> {
+    fn graph_exec_update(
+        &self,
+        exec: GraphExec,
+        graph: Graph,
+    ) -> Result<ExecUpdateInfo, (CuResult<()>, ExecUpdateInfo)> {
         let mut info = CUgraphExecUpdateResultInfo {
             result: CUgraphExecUpdateResult::CU_GRAPH_EXEC_UPDATE_SUCCESS,
             errorNode: std::ptr::null_mut(),
@@ -303,11 +320,21 @@ impl GraphOps for RealBackend {
         // SAFETY: two arrays of `n` nodes of this graph; NULL edge data means default edges.
         unsafe {
             if remove {
-                self.driver
-                    .cuGraphRemoveDependencies_v2(graph.to_driver(), from.as_ptr(), to.as_ptr(), std::ptr::null(), n)
+                self.driver.cuGraphRemoveDependencies_v2(
+                    graph.to_driver(),
+                    from.as_ptr(),
+                    to.as_ptr(),
+                    std::ptr::null(),
+                    n,
+                )
             } else {
-                self.driver
-                    .cuGraphAddDependencies_v2(graph.to_driver(), from.as_ptr(), to.as_ptr(), std::ptr::null(), n)
+                self.driver.cuGraphAddDependencies_v2(
+                    graph.to_driver(),
+                    from.as_ptr(),
+                    to.as_ptr(),
+                    std::ptr::null(),
+                    n,
+                )
             }
         }
         .result()

@@ -106,7 +106,10 @@ impl Channel {
                 if m.width == 0 || m.height == 0 || !matches!(m.elem_size, 1 | 2 | 4) {
                     return Err(CUDA_ERROR_INVALID_VALUE);
                 }
-                let row = m.width.checked_mul(m.elem_size as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+                let row = m
+                    .width
+                    .checked_mul(m.elem_size as u64)
+                    .ok_or(CUDA_ERROR_INVALID_VALUE)?;
                 if m.height > 1 && m.pitch < row {
                     return Err(CUDA_ERROR_INVALID_VALUE);
                 }
@@ -168,7 +171,9 @@ impl Channel {
             GraphNodeSpec::Child { graph: child } => {
                 let o = s.objects();
                 match graphs(&o).graphs.get(child) {
-                    Some(g) if g.owner.is_none() && *child != c.graph => (NodeParams::Child(g.handle), Some(*child), None),
+                    Some(g) if g.owner.is_none() && *child != c.graph => {
+                        (NodeParams::Child(g.handle), Some(*child), None)
+                    }
                     _ => return Ok(Err(CUDA_ERROR_INVALID_VALUE)),
                 }
             }
@@ -299,10 +304,9 @@ impl Serve<GraphAddNode> for Channel {
 
 impl Serve<GraphConditionalHandleCreate> for Channel {
     fn serve(&mut self, c: GraphConditionalHandleCreate, _cx: &mut Cx<'_>) -> Served<GraphHandleReply> {
-        let r = self.graph_handle(c.graph).and_then(|g| {
-            self.b()
-                .graph_conditional_handle(g, c.default_value, c.flags)
-        });
+        let r = self
+            .graph_handle(c.graph)
+            .and_then(|g| self.b().graph_conditional_handle(g, c.default_value, c.flags));
         Ok(r.map(|handle| {
             self.s().objects().graphs.handles.insert(handle, c.graph);
             GraphHandleReply { handle }
@@ -430,7 +434,10 @@ impl Serve<GraphEdges> for Channel {
     fn serve(&mut self, c: GraphEdges, _cx: &mut Cx<'_>) -> Served<Empty> {
         let count = c.count as usize;
         if count > MAX_GRAPH_EDGES || self.tail.len() != count * 16 {
-            return Err(ChannelEnd::Malformed(format!("{count} graph edges in {} bytes", self.tail.len())));
+            return Err(ChannelEnd::Malformed(format!(
+                "{count} graph edges in {} bytes",
+                self.tail.len()
+            )));
         }
         let (words, _) = take_words(&self.tail, count * 2)?;
         let r = self.graph_handle(c.graph).and_then(|graph| {
@@ -467,7 +474,10 @@ impl Serve<GraphClone> for Channel {
     fn serve(&mut self, c: GraphClone, _cx: &mut Cx<'_>) -> Served<Empty> {
         let count = c.count as usize;
         if count > MAX_GRAPH_NODES || self.tail.len() != count * 16 {
-            return Err(ChannelEnd::Malformed(format!("{count} cloned nodes in {} bytes", self.tail.len())));
+            return Err(ChannelEnd::Malformed(format!(
+                "{count} cloned nodes in {} bytes",
+                self.tail.len()
+            )));
         }
         let (words, _) = take_words(&self.tail, count * 2)?;
         let s = self.session.clone();

@@ -36,11 +36,13 @@ pub const MAX_GRAPH_NODES: usize = 1 << 16;
 pub const MAX_GRAPH_EDGES: usize = 8192;
 
 /// Largest tail of `GraphAddNode` (its dependencies, then the node) and of the set-params calls.
-pub const MAX_GRAPH_NODE: usize = MAX_GRAPH_DEPS * 8 + 128 + if MAX_ARGS > MAX_COND_BODIES * 8 {
-    MAX_ARGS
-} else {
-    MAX_COND_BODIES * 8
-};
+pub const MAX_GRAPH_NODE: usize = MAX_GRAPH_DEPS * 8
+    + 128
+    + if MAX_ARGS > MAX_COND_BODIES * 8 {
+        MAX_ARGS
+    } else {
+        MAX_COND_BODIES * 8
+    };
 /// Largest tail of `GraphEdges`: (from, to) pairs.
 pub const MAX_GRAPH_EDGE_BYTES: usize = MAX_GRAPH_EDGES * 16;
 /// Largest tail of `GraphClone`: (original node, its clone) pairs.
@@ -97,7 +99,10 @@ impl GraphCopySpec {
                 .checked_add(pitch.checked_mul(self.height - 1)?)?
                 .checked_add(self.width)
         };
-        Some((span(self.src_pitch, self.src_height)?, span(self.dst_pitch, self.dst_height)?))
+        Some((
+            span(self.src_pitch, self.src_height)?,
+            span(self.dst_pitch, self.dst_height)?,
+        ))
     }
 }
 
@@ -114,13 +119,21 @@ pub struct GraphConditionalSpec {
 /// One node's parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GraphNodeSpec {
-    Kernel { spec: GraphKernelSpec, args: Vec<u8> },
+    Kernel {
+        spec: GraphKernelSpec,
+        args: Vec<u8>,
+    },
     Memset(GraphMemsetSpec),
     Copy(GraphCopySpec),
     Empty,
     /// A child graph node owning `graph` (the client made it a clone of the app's graph first, `GraphClone`).
-    Child { graph: GraphId },
-    Conditional { spec: GraphConditionalSpec, bodies: Vec<GraphId> },
+    Child {
+        graph: GraphId,
+    },
+    Conditional {
+        spec: GraphConditionalSpec,
+        bodies: Vec<GraphId>,
+    },
     EventRecord(EventId),
     EventWait(EventId),
 }
@@ -249,10 +262,16 @@ mod tests {
         assert_eq!(GraphNodeSpec::decode(spec.kind(), &bytes), Ok(spec.clone()));
         // One byte more or less is malformed (except for the empty node, which has none to lose).
         bytes.push(0);
-        assert!(GraphNodeSpec::decode(spec.kind(), &bytes).is_err(), "{spec:?} with a trailing byte");
+        assert!(
+            GraphNodeSpec::decode(spec.kind(), &bytes).is_err(),
+            "{spec:?} with a trailing byte"
+        );
         bytes.truncate(bytes.len().saturating_sub(2));
         if spec != GraphNodeSpec::Empty {
-            assert!(GraphNodeSpec::decode(spec.kind(), &bytes).is_err(), "{spec:?} cut short");
+            assert!(
+                GraphNodeSpec::decode(spec.kind(), &bytes).is_err(),
+                "{spec:?} cut short"
+            );
         }
     }
 

@@ -6,7 +6,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use vgpu_cuda_sys::driver::{CUgraph, CUgraphEdgeData, CUgraphNode, CUstream, CUstreamCaptureMode, CUstreamCaptureStatus};
+use vgpu_cuda_sys::driver::{
+    CUgraph, CUgraphEdgeData, CUgraphNode, CUstream, CUstreamCaptureMode, CUstreamCaptureStatus,
+};
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
@@ -140,7 +142,8 @@ pub(crate) fn wait_event(key: StreamId, event: EventId) -> bool {
             }
         }
         None => {
-            g.captures.insert(key, new_capture(graph, origin, deps, id, into_existing));
+            g.captures
+                .insert(key, new_capture(graph, origin, deps, id, into_existing));
             CAPTURING.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -155,7 +158,14 @@ pub(crate) fn capture_status(key: StreamId) -> (CUstreamCaptureStatus, u64) {
 
 /// What `cuStreamGetCaptureInfo` reports: status, capture id, graph, and the nodes the stream's next operation
 /// will follow (an array that stays valid until the next capture call on the stream) with their count.
-pub(crate) fn capture_info(key: StreamId) -> (CUstreamCaptureStatus, u64, CUgraph, Option<(*const CUgraphNode, *const CUgraphEdgeData, usize)>) {
+pub(crate) fn capture_info(
+    key: StreamId,
+) -> (
+    CUstreamCaptureStatus,
+    u64,
+    CUgraph,
+    Option<(*const CUgraphNode, *const CUgraphEdgeData, usize)>,
+) {
     use CUstreamCaptureStatus as S;
     let none = (S::CU_STREAM_CAPTURE_STATUS_NONE, 0, std::ptr::null_mut(), None);
     if CAPTURING.load(Ordering::Relaxed) == 0 {
@@ -228,7 +238,12 @@ impl super::Graphs {
 /// `cuStreamBeginCapture`, or with `target` (a graph and the nodes to follow) `cuStreamBeginCaptureToGraph`:
 /// a capture in `mode` (the mode only shapes which calls other threads may make, which the client does not
 /// police) on a stream that is not capturing yet.
-fn begin_capture(flags: u16, stream: CUstream, mode: CUstreamCaptureMode, target: Option<(u64, Vec<u64>)>) -> CuResult<()> {
+fn begin_capture(
+    flags: u16,
+    stream: CUstream,
+    mode: CUstreamCaptureMode,
+    target: Option<(u64, Vec<u64>)>,
+) -> CuResult<()> {
     super::super::need_ctx()?;
     let id = crate::api::stream::stream_id(stream)?;
     let key = key(flags, id);
@@ -341,8 +356,14 @@ fn begin_capture_to_graph(
     let target = {
         let g = graphs();
         let gr = g.graph(graph)?;
-        if gr.owner.is_some_and(|o| !matches!(g.node(local_handle(o)), Ok((_, Node::Conditional { .. })))) {
-            return refuse("cuStreamBeginCaptureToGraph into a child graph node's graph", CUDA_ERROR_INVALID_VALUE);
+        if gr
+            .owner
+            .is_some_and(|o| !matches!(g.node(local_handle(o)), Ok((_, Node::Conditional { .. }))))
+        {
+            return refuse(
+                "cuStreamBeginCaptureToGraph into a child graph node's graph",
+                CUDA_ERROR_INVALID_VALUE,
+            );
         }
         let list = read_deps(&g, deps, data, n)?;
         if list.iter().any(|d| g.node_graph.get(d) != Some(&local_id(graph))) {
@@ -381,7 +402,8 @@ pub(super) fn begin_for_test(key: StreamId) -> u64 {
     let mut g = graphs();
     let graph = state::new_id();
     g.graphs.insert(graph, super::Graph::default());
-    g.captures.insert(key, new_capture(graph, key, Vec::new(), state::new_id(), false));
+    g.captures
+        .insert(key, new_capture(graph, key, Vec::new(), state::new_id(), false));
     CAPTURING.fetch_add(1, Ordering::Relaxed);
     graph
 }
@@ -393,4 +415,3 @@ pub(super) fn end_for_test(graph: u64) {
     g.captures.retain(|_, c| c.graph != graph);
     CAPTURING.fetch_sub(before - g.captures.len(), Ordering::Relaxed);
 }
-

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 
 use vgpu_cuda_sys::driver::{
-    CUgraph, CUgraphExec, CUgraphExecUpdateResult, CUgraphExecUpdateResultInfo, CUgraphInstantiateResult,
-    CUgraphNode, CUgraphNodeType, CUstream, CUDA_GRAPH_INSTANTIATE_PARAMS, CUDA_MEMCPY2D, CUDA_MEMCPY3D,
+    CUgraph, CUgraphExec, CUgraphExecUpdateResult, CUgraphExecUpdateResultInfo, CUgraphInstantiateResult, CUgraphNode,
+    CUgraphNodeType, CUstream, CUDA_GRAPH_INSTANTIATE_PARAMS, CUDA_MEMCPY2D, CUDA_MEMCPY3D,
 };
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
@@ -76,8 +76,11 @@ fn survey(g: &Graphs, graph: u64, kinds: &mut HashMap<u64, CUgraphNodeType>, arg
     }
 }
 
+/// A graph's shape: its nodes in creation order, its edges by index into them, and the nodes' types.
+type Shape = (Vec<u64>, Vec<(usize, usize)>, Vec<CUgraphNodeType>);
+
 /// The graph's nodes in creation order and its edges by index.
-fn shape_of(g: &Graphs, graph: u64) -> CuResult<(Vec<u64>, Vec<(usize, usize)>, Vec<CUgraphNodeType>)> {
+fn shape_of(g: &Graphs, graph: u64) -> CuResult<Shape> {
     let gr = g.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     let order: Vec<u64> = gr.nodes.iter().map(|(id, _)| *id).collect();
     let index = |n: u64| order.iter().position(|&o| o == n).unwrap_or(usize::MAX);
@@ -110,7 +113,10 @@ fn instantiate(out: *mut CUgraphExec, graph: CUgraph, flags: u64) -> CuResult<()
     }
     let server = mirrored && !client_only;
     if flags & DEVICE_LAUNCH != 0 && !server {
-        return refuse("cuGraphInstantiate for device launch of a graph replayed by the client", CUDA_ERROR_NOT_SUPPORTED);
+        return refuse(
+            "cuGraphInstantiate for device launch of a graph replayed by the client",
+            CUDA_ERROR_NOT_SUPPORTED,
+        );
     }
     let (mut kinds, mut kernel_args) = (HashMap::new(), HashMap::new());
     survey(&g, id, &mut kinds, &mut kernel_args);
@@ -204,9 +210,15 @@ fn launch(flags: u16, exec: CUgraphExec, stream: CUstream) -> CuResult<()> {
     let (server, steps, words) = {
         let g = graphs();
         let e = g.execs.get(&local_id(exec)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        let has_conditional = e.kinds.values().any(|k| *k == CUgraphNodeType::CU_GRAPH_NODE_TYPE_CONDITIONAL);
+        let has_conditional = e
+            .kinds
+            .values()
+            .any(|k| *k == CUgraphNodeType::CU_GRAPH_NODE_TYPE_CONDITIONAL);
         if capturing && has_conditional {
-            return refuse("cuGraphLaunch of a graph with a conditional node into a stream capture", CUDA_ERROR_NOT_SUPPORTED);
+            return refuse(
+                "cuGraphLaunch of a graph with a conditional node into a stream capture",
+                CUDA_ERROR_NOT_SUPPORTED,
+            );
         }
         if e.server && !capturing {
             // Each kernel's arguments padded to whole words, so pointers stay aligned for the scan.
@@ -253,7 +265,10 @@ fn exec_set(exec: CUgraphExec, node: CUgraphNode, new: Node) -> CuResult<()> {
     }
     if e.server {
         let Some(spec) = server_spec(&new) else {
-            return refuse("updating a graph node of the server's to use host memory", CUDA_ERROR_NOT_SUPPORTED);
+            return refuse(
+                "updating a graph node of the server's to use host memory",
+                CUDA_ERROR_NOT_SUPPORTED,
+            );
         };
         let mut tail = Vec::new();
         spec.encode(&mut tail);

@@ -365,7 +365,11 @@ pub(crate) fn read_deps(
     count: usize,
 ) -> CuResult<Vec<u64>> {
     if count > MAX_GRAPH_DEPS {
-        return refuse("a graph node with more than 8192 dependencies", CUDA_ERROR_NOT_SUPPORTED).map(|_| Vec::new());
+        return refuse(
+            "a graph node with more than 8192 dependencies",
+            CUDA_ERROR_NOT_SUPPORTED,
+        )
+        .map(|_| Vec::new());
     }
     if count > 0 && deps.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);

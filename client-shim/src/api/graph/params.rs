@@ -5,12 +5,12 @@
 use std::mem::{offset_of, size_of};
 
 use vgpu_cuda_sys::driver::{
-    CUgraph, CUgraphChildGraphNodeOwnership, CUgraphConditionalNodeType, CUgraphEdgeData, CUgraphNode,
-    CUgraphNodeParams, CUgraphNodeType, CUmemorytype, CUDA_CHILD_GRAPH_NODE_PARAMS, CUDA_CONDITIONAL_NODE_PARAMS,
-    CUDA_EVENT_RECORD_NODE_PARAMS, CUDA_HOST_NODE_PARAMS, CUDA_KERNEL_NODE_PARAMS, CUDA_KERNEL_NODE_PARAMS_v3,
-    CUDA_MEMCPY2D, CUDA_MEMCPY3D, CUDA_MEMCPY_NODE_PARAMS, CUDA_MEMSET_NODE_PARAMS, CUDA_MEMSET_NODE_PARAMS_v2,
-    CUDA_MEM_ALLOC_NODE_PARAMS, CUDA_MEM_ALLOC_NODE_PARAMS_v2, CUDA_MEM_FREE_NODE_PARAMS, CUdeviceptr, CUevent,
-    CUfunction, CUkernel, CUmemAllocationType, CUmemLocationType, CUDA_EVENT_WAIT_NODE_PARAMS,
+    CUDA_KERNEL_NODE_PARAMS_v3, CUDA_MEMSET_NODE_PARAMS_v2, CUDA_MEM_ALLOC_NODE_PARAMS_v2, CUdeviceptr, CUevent,
+    CUfunction, CUgraph, CUgraphChildGraphNodeOwnership, CUgraphConditionalNodeType, CUgraphEdgeData, CUgraphNode,
+    CUgraphNodeParams, CUgraphNodeType, CUkernel, CUmemAllocationType, CUmemLocationType, CUmemorytype,
+    CUDA_CHILD_GRAPH_NODE_PARAMS, CUDA_CONDITIONAL_NODE_PARAMS, CUDA_EVENT_RECORD_NODE_PARAMS,
+    CUDA_EVENT_WAIT_NODE_PARAMS, CUDA_HOST_NODE_PARAMS, CUDA_KERNEL_NODE_PARAMS, CUDA_MEMCPY2D, CUDA_MEMCPY3D,
+    CUDA_MEMCPY_NODE_PARAMS, CUDA_MEMSET_NODE_PARAMS, CUDA_MEM_ALLOC_NODE_PARAMS, CUDA_MEM_FREE_NODE_PARAMS,
 };
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
@@ -112,7 +112,15 @@ fn on_device(addr: u64, len: u64) -> bool {
 
 /// A copy's side as a device address at its first byte, when it is device memory.
 #[allow(clippy::too_many_arguments)]
-fn device_side(kind: CUmemorytype, device: CUdeviceptr, x: usize, y: usize, z: usize, pitch: usize, height: usize) -> Option<u64> {
+fn device_side(
+    kind: CUmemorytype,
+    device: CUdeviceptr,
+    x: usize,
+    y: usize,
+    z: usize,
+    pitch: usize,
+    height: usize,
+) -> Option<u64> {
     let unified = kind == CUmemorytype::CU_MEMORYTYPE_UNIFIED;
     if kind != CUmemorytype::CU_MEMORYTYPE_DEVICE && !unified {
         return None;
@@ -126,7 +134,15 @@ fn device_side(kind: CUmemorytype, device: CUdeviceptr, x: usize, y: usize, z: u
 }
 
 /// A structured copy between two stretches of device memory, as the server runs it.
-fn device_copy(src: u64, src_pitch: usize, src_height: usize, dst: u64, dst_pitch: usize, dst_height: usize, box3: [usize; 3]) -> Option<GraphCopySpec> {
+fn device_copy(
+    src: u64,
+    src_pitch: usize,
+    src_height: usize,
+    dst: u64,
+    dst_pitch: usize,
+    dst_height: usize,
+    box3: [usize; 3],
+) -> Option<GraphCopySpec> {
     let spec = GraphCopySpec {
         src: DevicePtr(src),
         src_pitch: src_pitch as u64,
@@ -180,17 +196,49 @@ pub(crate) fn server_spec(node: &Node) -> Option<GraphNodeSpec> {
             let m: CUDA_MEMCPY2D = ffi::read(raw.as_ptr() as *const CUDA_MEMCPY2D).ok()?;
             let src = device_side(m.srcMemoryType, m.srcDevice, m.srcXInBytes, m.srcY, 0, m.srcPitch, 0)?;
             let dst = device_side(m.dstMemoryType, m.dstDevice, m.dstXInBytes, m.dstY, 0, m.dstPitch, 0)?;
-            GraphNodeSpec::Copy(device_copy(src, m.srcPitch, 0, dst, m.dstPitch, 0, [m.WidthInBytes, m.Height, 1])?)
+            GraphNodeSpec::Copy(device_copy(
+                src,
+                m.srcPitch,
+                0,
+                dst,
+                m.dstPitch,
+                0,
+                [m.WidthInBytes, m.Height, 1],
+            )?)
         }
         Node::Copy3D(raw) => {
             let m: CUDA_MEMCPY3D = ffi::read(raw.as_ptr() as *const CUDA_MEMCPY3D).ok()?;
             if m.srcLOD != 0 || m.dstLOD != 0 {
                 return None;
             }
-            let src = device_side(m.srcMemoryType, m.srcDevice, m.srcXInBytes, m.srcY, m.srcZ, m.srcPitch, m.srcHeight)?;
-            let dst = device_side(m.dstMemoryType, m.dstDevice, m.dstXInBytes, m.dstY, m.dstZ, m.dstPitch, m.dstHeight)?;
+            let src = device_side(
+                m.srcMemoryType,
+                m.srcDevice,
+                m.srcXInBytes,
+                m.srcY,
+                m.srcZ,
+                m.srcPitch,
+                m.srcHeight,
+            )?;
+            let dst = device_side(
+                m.dstMemoryType,
+                m.dstDevice,
+                m.dstXInBytes,
+                m.dstY,
+                m.dstZ,
+                m.dstPitch,
+                m.dstHeight,
+            )?;
             let box3 = [m.WidthInBytes, m.Height.max(1), m.Depth.max(1)];
-            GraphNodeSpec::Copy(device_copy(src, m.srcPitch, m.srcHeight, dst, m.dstPitch, m.dstHeight, box3)?)
+            GraphNodeSpec::Copy(device_copy(
+                src,
+                m.srcPitch,
+                m.srcHeight,
+                dst,
+                m.dstPitch,
+                m.dstHeight,
+                box3,
+            )?)
         }
         Node::Empty | Node::MemAlloc { .. } | Node::MemFree { .. } => GraphNodeSpec::Empty,
         Node::Child { graph } => GraphNodeSpec::Child { graph: GraphId(*graph) },
@@ -316,7 +364,10 @@ fn add_conditional(
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     if size > MAX_COND_BODIES {
-        return refuse("a SWITCH conditional node with more than 4096 bodies", CUDA_ERROR_NOT_SUPPORTED);
+        return refuse(
+            "a SWITCH conditional node with more than 4096 bodies",
+            CUDA_ERROR_NOT_SUPPORTED,
+        );
     }
     let mut g = graphs();
     g.graph(graph)?;
@@ -350,7 +401,13 @@ fn add_conditional(
 }
 
 /// A memory allocation node: the memory is allocated now (one round trip) and is the graph's.
-fn add_alloc(out: *mut CUgraphNode, graph: CUgraph, deps: Vec<u64>, size: usize, dptr_out: *mut CUdeviceptr) -> CuResult<()> {
+fn add_alloc(
+    out: *mut CUgraphNode,
+    graph: CUgraph,
+    deps: Vec<u64>,
+    size: usize,
+    dptr_out: *mut CUdeviceptr,
+) -> CuResult<()> {
     let ctx = need_ctx()?;
     if size == 0 || out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -361,7 +418,15 @@ fn add_alloc(out: *mut CUgraphNode, graph: CUgraph, deps: Vec<u64>, size: usize,
     state::write().device_ranges.insert(dptr, size as u64);
     let mut g = graphs();
     let added = g.graphs.contains_key(&local_id(graph)).then(|| {
-        g.insert_node(local_id(graph), &deps, Node::MemAlloc { dptr, size: size as u64, device })
+        g.insert_node(
+            local_id(graph),
+            &deps,
+            Node::MemAlloc {
+                dptr,
+                size: size as u64,
+                device,
+            },
+        )
     });
     match added {
         Some(Ok(id)) => {
@@ -376,7 +441,9 @@ fn add_alloc(out: *mut CUgraphNode, graph: CUgraph, deps: Vec<u64>, size: usize,
             drop(g);
             state::write().device_ranges.remove(&dptr);
             client::call(0, &MemFree { dptr: DevicePtr(dptr) }, &[])?;
-            Err(other.map_or(CUDA_ERROR_INVALID_VALUE, |r| r.err().unwrap_or(CUDA_ERROR_INVALID_VALUE)))
+            Err(other.map_or(CUDA_ERROR_INVALID_VALUE, |r| {
+                r.err().unwrap_or(CUDA_ERROR_INVALID_VALUE)
+            }))
         }
     }
 }
@@ -386,7 +453,10 @@ fn add_free(out: *mut CUgraphNode, graph: CUgraph, deps: Vec<u64>, dptr: CUdevic
     let mut g = graphs();
     g.graph(graph)?;
     if !g.own_allocation(local_id(graph), dptr) {
-        return refuse("a memory free node for memory the same graph did not allocate", CUDA_ERROR_NOT_SUPPORTED);
+        return refuse(
+            "a memory free node for memory the same graph did not allocate",
+            CUDA_ERROR_NOT_SUPPORTED,
+        );
     }
     let id = g.insert_node(local_id(graph), &deps, Node::MemFree { dptr })?;
     ffi::write(out, local_handle(id))
@@ -472,7 +542,10 @@ fn add_generic(
         T::CU_GRAPH_NODE_TYPE_EXT_SEMAS_SIGNAL | T::CU_GRAPH_NODE_TYPE_EXT_SEMAS_WAIT => {
             refuse("cuGraphAddNode of an external semaphore node", CUDA_ERROR_NOT_SUPPORTED)
         }
-        T::CU_GRAPH_NODE_TYPE_BATCH_MEM_OP => refuse("cuGraphAddNode of a batch memory operation node", CUDA_ERROR_NOT_SUPPORTED),
+        T::CU_GRAPH_NODE_TYPE_BATCH_MEM_OP => refuse(
+            "cuGraphAddNode of a batch memory operation node",
+            CUDA_ERROR_NOT_SUPPORTED,
+        ),
         _ => Err(CUDA_ERROR_INVALID_VALUE),
     }
 }
@@ -499,7 +572,12 @@ fn set_node(node: CUgraphNode, new: Node) -> CuResult<()> {
                 client::post(0, &call, &tail)?;
             }
             (None, None) => {}
-            _ => return refuse("graph node parameters moving between device and host memory", CUDA_ERROR_NOT_SUPPORTED),
+            _ => {
+                return refuse(
+                    "graph node parameters moving between device and host memory",
+                    CUDA_ERROR_NOT_SUPPORTED,
+                )
+            }
         }
     }
     *g.node_mut(local_id(node))? = new;
@@ -521,12 +599,12 @@ pub(crate) fn generic_node(params: *mut CUgraphNodeParams) -> CuResult<Node> {
             memset(m.dst, m.pitch, m.value, m.elementSize, m.width, m.height)
         }
         T::CU_GRAPH_NODE_TYPE_HOST => host_node(ffi::read(at as *const CUDA_HOST_NODE_PARAMS)?),
-        T::CU_GRAPH_NODE_TYPE_EVENT_RECORD => {
-            Ok(Node::EventRecord(event_id(ffi::read(at as *const CUDA_EVENT_RECORD_NODE_PARAMS)?.event)?))
-        }
-        T::CU_GRAPH_NODE_TYPE_WAIT_EVENT => {
-            Ok(Node::EventWait(event_id(ffi::read(at as *const CUDA_EVENT_WAIT_NODE_PARAMS)?.event)?))
-        }
+        T::CU_GRAPH_NODE_TYPE_EVENT_RECORD => Ok(Node::EventRecord(event_id(
+            ffi::read(at as *const CUDA_EVENT_RECORD_NODE_PARAMS)?.event,
+        )?)),
+        T::CU_GRAPH_NODE_TYPE_WAIT_EVENT => Ok(Node::EventWait(event_id(
+            ffi::read(at as *const CUDA_EVENT_WAIT_NODE_PARAMS)?.event,
+        )?)),
         T::CU_GRAPH_NODE_TYPE_EMPTY => Ok(Node::Empty),
         _ => refuse("cuGraphNodeSetParams of this node kind", CUDA_ERROR_NOT_SUPPORTED).map(|_| Node::Empty),
     }

@@ -82,7 +82,10 @@ fn change_edges(
     remove: bool,
 ) -> CuResult<()> {
     if n > MAX_GRAPH_EDGES {
-        return refuse("adding or removing more than 8192 graph edges in one call", CUDA_ERROR_NOT_SUPPORTED);
+        return refuse(
+            "adding or removing more than 8192 graph edges in one call",
+            CUDA_ERROR_NOT_SUPPORTED,
+        );
     }
     let mut g = graphs();
     let gid = local_id(graph);
@@ -147,7 +150,10 @@ fn set_attribute(g: &mut Graphs, node: CUgraphNode, attr: CUkernelNodeAttrID, va
             g.kernel_attrs.insert((local_id(node), attr.0), value.to_vec());
             Ok(())
         }
-        _ => refuse("cuGraphKernelNodeSetAttribute (cooperative or cluster kernel nodes)", CUDA_ERROR_NOT_SUPPORTED),
+        _ => refuse(
+            "cuGraphKernelNodeSetAttribute (cooperative or cluster kernel nodes)",
+            CUDA_ERROR_NOT_SUPPORTED,
+        ),
     }
 }
 

@@ -46,8 +46,14 @@ fn capture_follows_stream_order_and_events() {
     assert!(!nodes.is_null() && !edges.is_null());
     // A synchronizing call invalidates the capture; its streams stay in it until it ends.
     assert_eq!(refuse_sync(s2), Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED));
-    assert_eq!(capture_status(s).0, CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_INVALIDATED);
-    assert_eq!(capture(s, Node::Empty), Some(Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED)));
+    assert_eq!(
+        capture_status(s).0,
+        CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_INVALIDATED
+    );
+    assert_eq!(
+        capture(s, Node::Empty),
+        Some(Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED))
+    );
     end_for_test(graph);
     assert_eq!(capture(s, Node::Empty), None);
 }
@@ -90,17 +96,32 @@ fn edge_data_is_checked_as_the_driver_documents() {
     assert_eq!(params::check_edge(&g, empty, edge(0, 0, 0)), Ok(()));
     assert_eq!(params::check_edge(&g, kernel, edge(1, 0, 1)), Ok(()));
     assert_eq!(params::check_edge(&g, kernel, edge(2, 0, 1)), Ok(()));
-    assert_eq!(params::check_edge(&g, empty, edge(1, 0, 1)), Err(CUDA_ERROR_INVALID_VALUE));
-    assert_eq!(params::check_edge(&g, kernel, edge(0, 1, 0)), Err(CUDA_ERROR_INVALID_VALUE));
-    assert_eq!(params::check_edge(&g, kernel, edge(0, 0, 7)), Err(CUDA_ERROR_INVALID_VALUE));
+    assert_eq!(
+        params::check_edge(&g, empty, edge(1, 0, 1)),
+        Err(CUDA_ERROR_INVALID_VALUE)
+    );
+    assert_eq!(
+        params::check_edge(&g, kernel, edge(0, 1, 0)),
+        Err(CUDA_ERROR_INVALID_VALUE)
+    );
+    assert_eq!(
+        params::check_edge(&g, kernel, edge(0, 0, 7)),
+        Err(CUDA_ERROR_INVALID_VALUE)
+    );
     let mut reserved = edge(0, 0, 0);
     reserved.reserved[4] = 1;
     assert_eq!(params::check_edge(&g, empty, reserved), Err(CUDA_ERROR_INVALID_VALUE));
     // The same node twice, or a node of another graph, is no dependency list.
-    assert_eq!(g.insert_node(graph, &[empty, empty], Node::Empty), Err(CUDA_ERROR_INVALID_VALUE));
+    assert_eq!(
+        g.insert_node(graph, &[empty, empty], Node::Empty),
+        Err(CUDA_ERROR_INVALID_VALUE)
+    );
     let other = state::new_id();
     g.graphs.insert(other, Graph::default());
-    assert_eq!(g.insert_node(other, &[empty], Node::Empty), Err(CUDA_ERROR_INVALID_VALUE));
+    assert_eq!(
+        g.insert_node(other, &[empty], Node::Empty),
+        Err(CUDA_ERROR_INVALID_VALUE)
+    );
 }
 
 /// Which graphs need the server (a conditional node) and which must stay here (a host node), through child
@@ -111,10 +132,18 @@ fn graph_traits_look_through_owned_graphs() {
     let (top, child) = (state::new_id(), state::new_id());
     g.graphs.insert(top, Graph::default());
     g.graphs.insert(child, Graph::default());
-    g.insert_node(child, &[], Node::Host { function: None, user: 0 })
-        .expect("host node");
+    g.insert_node(
+        child,
+        &[],
+        Node::Host {
+            function: None,
+            user: 0,
+        },
+    )
+    .expect("host node");
     assert_eq!(g.traits(top), (false, false));
-    g.insert_node(top, &[], Node::Child { graph: child }).expect("child node");
+    g.insert_node(top, &[], Node::Child { graph: child })
+        .expect("child node");
     assert_eq!(g.traits(top), (true, false));
     let body = state::new_id();
     g.graphs.insert(body, Graph::default());
@@ -138,9 +167,22 @@ fn graph_traits_look_through_owned_graphs() {
 /// Host-memory nodes never go to the server; device ones do, with their exact parameters.
 #[test]
 fn server_specs_keep_host_work_here() {
-    assert_eq!(params::server_spec(&Node::Host { function: None, user: 0 }), None);
+    assert_eq!(
+        params::server_spec(&Node::Host {
+            function: None,
+            user: 0
+        }),
+        None
+    );
     assert_eq!(params::server_spec(&Node::HtoD { dst: 0, src: 0, n: 4 }), None);
-    assert_eq!(params::server_spec(&Node::MemAlloc { dptr: 1, size: 2, device: 0 }), Some(GraphNodeSpec::Empty));
+    assert_eq!(
+        params::server_spec(&Node::MemAlloc {
+            dptr: 1,
+            size: 2,
+            device: 0
+        }),
+        Some(GraphNodeSpec::Empty)
+    );
     let k = Node::Kernel {
         function: FunctionId(9),
         shape: LaunchShape {

@@ -169,7 +169,8 @@ fn conditional_nodes_follow_their_handle() {
     let mut c = Client::connect(&session);
     let out = c.ok(&MemAlloc { size: 64 }).dptr.0;
     c.ok(&MemsetOf::zero(out, 64));
-    c.call(&ModuleLoad { module: MODULE }, WHILE_STEP_PTX.as_bytes()).expect("module with an extern function");
+    c.call(&ModuleLoad { module: MODULE }, WHILE_STEP_PTX.as_bytes())
+        .expect("module with an extern function");
     c.send(
         &ModuleGetFunction {
             module: MODULE,
@@ -186,7 +187,12 @@ fn conditional_nodes_follow_their_handle() {
         })
         .handle
     };
-    let (yes, no, two, loops) = (handle(&mut c, 1), handle(&mut c, 0), handle(&mut c, 1), handle(&mut c, 1));
+    let (yes, no, two, loops) = (
+        handle(&mut c, 1),
+        handle(&mut c, 0),
+        handle(&mut c, 1),
+        handle(&mut c, 1),
+    );
     let cond = |handle: u64, cond_type: u32, bodies: &[u64]| GraphNodeSpec::Conditional {
         spec: GraphConditionalSpec {
             handle,
