@@ -184,6 +184,11 @@ fn lock(ch: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
     ch.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Largest reply tail a synchronous call accepts (the function table of the largest library images stays far
+/// below it), and the first piece one is received in (memory grows with the bytes that arrived, doubling).
+const MAX_REPLY_TAIL: usize = 256 << 20;
+const REPLY_TAIL_STEP: usize = 64 << 10;
+
 /// One app thread's link to its server thread.
 pub struct Channel {
     transport: Box<dyn Transport>,
@@ -194,7 +199,9 @@ pub struct Channel {
 static LOST_REPORTED: AtomicBool = AtomicBool::new(false);
 
 impl Channel {
-    fn new(transport: Box<dyn Transport>) -> Self {
+    /// A channel over an open transport (after the handshake). Public for the fuzzing harness, which plays a
+    /// hostile server to it.
+    pub fn new(transport: Box<dyn Transport>) -> Self {
         Channel {
             transport,
             batch: BytesMut::with_capacity(64 * 1024),
@@ -322,10 +329,7 @@ impl Channel {
             .map_err(|e| self.fail(&e))?;
         let extra = header.len as usize - body_len;
         match reply_tail {
-            Some(buf) => {
-                buf.resize(extra, 0);
-                self.transport.recv_exact(buf).map_err(|e| self.fail(&e))?;
-            }
+            Some(buf) => self.recv_reply_tail(buf, extra)?,
             None => self.skip(extra)?,
         }
         Ok(reply)
@@ -380,11 +384,7 @@ impl Channel {
                 REPLY_KIND_RESULT if head.seq == seq => return Ok(head),
                 REPLY_KIND_RESULT => return Err(self.fail(&format!("reply {} where {seq} was due", head.seq))),
                 REPLY_KIND_PUSH => self.land_push(head.len as usize)?,
-                REPLY_KIND_STDOUT => {
-                    let mut text = vec![0u8; head.len as usize];
-                    self.transport.recv_exact(&mut text).map_err(|e| self.fail(&e))?;
-                    crate::ffi::write_stdout(&text);
-                }
+                REPLY_KIND_STDOUT => self.relay_stdout(head.len as usize)?,
                 other => return Err(self.fail(&format!("unknown frame kind {other}"))),
             }
         }
@@ -422,6 +422,38 @@ impl Channel {
                 self.skip(data_len)
             }
         }
+    }
+
+    /// Receives `len` bytes of a reply's tail into `buf`, which grows with what arrives (a server announcing more
+    /// than `MAX_REPLY_TAIL` is treated as lost: no call's reply comes near it).
+    fn recv_reply_tail(&mut self, buf: &mut Vec<u8>, len: usize) -> CuResult<()> {
+        if len > MAX_REPLY_TAIL {
+            return Err(self.fail(&format!("reply tail of {len} bytes announced")));
+        }
+        buf.clear();
+        let mut step = REPLY_TAIL_STEP;
+        while buf.len() < len {
+            let start = buf.len();
+            let end = len.min(start + step);
+            buf.resize(end, 0);
+            self.transport
+                .recv_exact(&mut buf[start..end])
+                .map_err(|e| self.fail(&e))?;
+            step = step.saturating_mul(2);
+        }
+        Ok(())
+    }
+
+    /// Copies a frame of the server driver's standard output to the app's, piece by piece.
+    fn relay_stdout(&mut self, mut len: usize) -> CuResult<()> {
+        let mut piece = [0u8; 4096];
+        while len > 0 {
+            let n = len.min(piece.len());
+            self.transport.recv_exact(&mut piece[..n]).map_err(|e| self.fail(&e))?;
+            crate::ffi::write_stdout(&piece[..n]);
+            len -= n;
+        }
+        Ok(())
     }
 
     fn skip(&mut self, mut len: usize) -> CuResult<()> {

@@ -23,3 +23,11 @@ pub static vgpu_shim_marker: u32 = 0x5647_5055;
 pub extern "C" fn vgpu_session_backend() -> i32 {
     client::session().map(|s| s.backend as i32).unwrap_or(-1)
 }
+
+/// What the fuzzing harness (`fuzz/`) drives: a channel it can feed a hostile server's frames, and the table of
+/// async copies' landing places. Not part of the driver API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::client::{pending_clear, pending_register, Channel, Landing};
+}

@@ -61,6 +61,54 @@ pub enum TicketError {
     WrongType,
     #[error("malformed ticket: {0}")]
     Malformed(String),
+    /// Signed, but not something the control plane issues (a leaked key or a signer bug): refused all the same.
+    #[error("implausible ticket: {0}")]
+    Implausible(String),
+}
+
+/// Most GPUs one ticket may list (a ticket travels in a hello, whose credential is at most 16 KiB).
+pub const MAX_TICKET_GPUS: usize = 256;
+
+/// Priority classes a ticket may name (the GPU server's scheduler knows these; empty means burst).
+pub const TICKET_PRIORITIES: [&str; 5] = ["", "guaranteed", "burst", "preemptible", "spot"];
+
+/// What a GPU server checks in a correctly signed ticket before admitting it, so that a leaked signing key or a
+/// control-plane bug cannot hand out limits the server would compute with wrongly: at least one and at most
+/// `MAX_TICKET_GPUS` GPUs, none listed twice, shares finite in (0, 1], memory limits of at least 1 MiB whose sum
+/// in bytes fits in 64 bits, a known priority class, an expiry not before the issue time.
+pub fn check_claims(c: &TicketClaims) -> Result<(), &'static str> {
+    if c.gpus.is_empty() {
+        return Err("it names no GPU");
+    }
+    if c.gpus.len() > MAX_TICKET_GPUS {
+        return Err("it names too many GPUs");
+    }
+    if c.exp < c.iat {
+        return Err("it expires before it was issued");
+    }
+    let mut memory_mib: u64 = 0;
+    for (i, g) in c.gpus.iter().enumerate() {
+        if !(g.compute_share.is_finite() && g.compute_share > 0.0 && g.compute_share <= 1.0) {
+            return Err("a compute share outside (0, 1]");
+        }
+        if g.memory_limit_mib == 0 {
+            return Err("a memory limit of 0 MiB");
+        }
+        if !TICKET_PRIORITIES.contains(&g.priority.as_str()) {
+            return Err("an unknown priority class");
+        }
+        if c.gpus[..i]
+            .iter()
+            .any(|o| o.server_id == g.server_id && o.gpu_uuid == g.gpu_uuid)
+        {
+            return Err("a GPU listed twice");
+        }
+        memory_mib = memory_mib
+            .checked_add(g.memory_limit_mib)
+            .ok_or("memory limits that overflow")?;
+    }
+    memory_mib.checked_mul(1 << 20).ok_or("memory limits that overflow")?;
+    Ok(())
 }
 
 /// Verifier holding a parsed public key, for servers that check many tickets.
@@ -92,6 +140,7 @@ impl TicketVerifier {
         if data.claims.typ != TICKET_TYP {
             return Err(TicketError::WrongType);
         }
+        check_claims(&data.claims).map_err(|why| TicketError::Implausible(why.into()))?;
         Ok(data.claims)
     }
 }

@@ -260,6 +260,33 @@ fn tickets_verify_only_when_genuine_and_fresh() {
         Err(TicketError::WrongType)
     ));
 
+    // Correctly signed but not something the control plane issues (a leaked signing key minted a ticket with one
+    // GPU listed three times, its limits summed, in issue 14): refused by every GPU server.
+    let implausible = |edit: &dyn Fn(&mut TicketClaims)| {
+        let mut c = claims.clone();
+        edit(&mut c);
+        verify_ticket(pem.as_bytes(), &h.app.signer().sign(&c).unwrap())
+    };
+    for (what, edit) in [
+        ("one GPU listed three times", &|c: &mut TicketClaims| {
+            c.gpus = vec![c.gpus[0].clone(); 3]
+        }) as &dyn Fn(&mut TicketClaims),
+        ("no GPU", &|c: &mut TicketClaims| c.gpus.clear()),
+        ("a share above 1", &|c: &mut TicketClaims| c.gpus[0].compute_share = 1.5),
+        ("a zero share", &|c: &mut TicketClaims| c.gpus[0].compute_share = 0.0),
+        ("memory limits overflowing in bytes", &|c: &mut TicketClaims| {
+            c.gpus[0].memory_limit_mib = u64::MAX >> 10
+        }),
+        ("an unknown priority class", &|c: &mut TicketClaims| {
+            c.gpus[0].priority = "urgent".into()
+        }),
+    ] {
+        assert!(
+            matches!(implausible(edit), Err(TicketError::Implausible(_))),
+            "{what}: accepted"
+        );
+    }
+
     let access = h.ok(200, "POST", "/v1/auth/token", None, Some(json!({"api_key": key})))["token"]
         .as_str()
         .unwrap()
