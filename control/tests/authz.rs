@@ -267,10 +267,10 @@ fn tickets_verify_only_when_genuine_and_fresh() {
         edit(&mut c);
         verify_ticket(pem.as_bytes(), &h.app.signer().sign(&c).unwrap())
     };
-    for (what, edit) in [
+    let edits: [(&str, &dyn Fn(&mut TicketClaims)); 6] = [
         ("one GPU listed three times", &|c: &mut TicketClaims| {
             c.gpus = vec![c.gpus[0].clone(); 3]
-        }) as &dyn Fn(&mut TicketClaims),
+        }),
         ("no GPU", &|c: &mut TicketClaims| c.gpus.clear()),
         ("a share above 1", &|c: &mut TicketClaims| c.gpus[0].compute_share = 1.5),
         ("a zero share", &|c: &mut TicketClaims| c.gpus[0].compute_share = 0.0),
@@ -280,7 +280,8 @@ fn tickets_verify_only_when_genuine_and_fresh() {
         ("an unknown priority class", &|c: &mut TicketClaims| {
             c.gpus[0].priority = "urgent".into()
         }),
-    ] {
+    ];
+    for (what, edit) in edits {
         assert!(
             matches!(implausible(edit), Err(TicketError::Implausible(_))),
             "{what}: accepted"
