@@ -267,7 +267,8 @@ fn tickets_verify_only_when_genuine_and_fresh() {
         edit(&mut c);
         verify_ticket(pem.as_bytes(), &h.app.signer().sign(&c).unwrap())
     };
-    let edits: [(&str, &dyn Fn(&mut TicketClaims)); 6] = [
+    type Edit<'a> = &'a dyn Fn(&mut TicketClaims);
+    let edits: [(&str, Edit); 6] = [
         ("one GPU listed three times", &|c: &mut TicketClaims| {
             c.gpus = vec![c.gpus[0].clone(); 3]
         }),

@@ -49,7 +49,7 @@ fn judge_fairness(doc: &serde_json::Value) -> Result<(), String> {
     // 10 %, 50 % and 40 %: every whole second within 5 points of its target (the goal of issue 15).
     let u = scenario(doc, "unequal");
     let windows = u["window_shares"].as_array().ok_or("no windows")?;
-    if !windows[0].as_array().is_some_and(|w| w.len() >= 2) {
+    if windows[0].as_array().is_none_or(|w| w.len() < 2) {
         return Err(format!("fewer than two windows: {u}"));
     }
     let off = u["worst_window_points_off_target"].as_f64().ok_or("no figure")?;
