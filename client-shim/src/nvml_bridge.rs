@@ -8,14 +8,17 @@
 use std::ffi::c_char;
 
 use vgpu_dataplane::cuerr::*;
-use vgpu_dataplane::handshake::{DeviceFacts, CAP_NVML};
-use vgpu_dataplane::wire::{NvmlDeviceStatus, NvmlStatusReply, NvmlSystemInfo};
+use vgpu_dataplane::handshake::{DeviceFacts, CAP_NVML, CAP_NVML_PCIE};
+use vgpu_dataplane::wire::{
+    NvmlDevicePcie, NvmlDeviceStatus, NvmlFieldRequest, NvmlFieldValue, NvmlFieldValues, NvmlPcieReply,
+    NvmlStatusReply, NvmlSystemInfo, MAX_NVML_FIELDS,
+};
 
 use crate::client::Route;
 use crate::{client, ffi};
 
 /// Version of this bridge's functions and structs; the NVML shim refuses a `libcuda.so.1` with another.
-pub const NVML_BRIDGE_VERSION: u32 = 1;
+pub const NVML_BRIDGE_VERSION: u32 = 2;
 
 #[no_mangle]
 pub extern "C" fn vgpu_nvml_bridge_version() -> u32 {
@@ -101,5 +104,80 @@ fn driver_version(out: *mut c_char, len: usize) -> CuResult<()> {
     }
     buf[..text.len()].copy_from_slice(&text);
     buf[text.len()] = 0;
+    Ok(())
+}
+
+/// The server's PCIe link values for device `index` (one round trip).
+#[no_mangle]
+pub extern "C" fn vgpu_nvml_device_pcie(index: u32, out: *mut NvmlPcieReply, size: usize) -> CUresult {
+    crate::api::code(device_pcie(index, out, size))
+}
+
+fn device_pcie(index: u32, out: *mut NvmlPcieReply, size: usize) -> CuResult<()> {
+    if size != std::mem::size_of::<NvmlPcieReply>() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let s = client::session()?;
+    if s.capabilities & CAP_NVML_PCIE == 0 {
+        return Err(CUDA_ERROR_NOT_SUPPORTED);
+    }
+    if index as usize >= s.devices.len() {
+        return Err(CUDA_ERROR_INVALID_DEVICE);
+    }
+    let reply = client::call(0, &NvmlDevicePcie { device: index, _pad: 0 }, &[])?;
+    ffi::write(out, reply)
+}
+
+/// NVML field values of device `index`: `count` requests in, as many answers out (`value_size` must be
+/// `size_of::<NvmlFieldValue>()`); asked of the server `MAX_NVML_FIELDS` at a time.
+#[no_mangle]
+pub extern "C" fn vgpu_nvml_field_values(
+    index: u32,
+    count: usize,
+    requests: *const NvmlFieldRequest,
+    out: *mut NvmlFieldValue,
+    value_size: usize,
+) -> CUresult {
+    crate::api::code(field_values(index, count, requests, out, value_size))
+}
+
+fn field_values(
+    index: u32,
+    count: usize,
+    requests: *const NvmlFieldRequest,
+    out: *mut NvmlFieldValue,
+    value_size: usize,
+) -> CuResult<()> {
+    if value_size != std::mem::size_of::<NvmlFieldValue>() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let s = client::session()?;
+    if s.capabilities & CAP_NVML_PCIE == 0 {
+        return Err(CUDA_ERROR_NOT_SUPPORTED);
+    }
+    if index as usize >= s.devices.len() {
+        return Err(CUDA_ERROR_INVALID_DEVICE);
+    }
+    let record = std::mem::size_of::<NvmlFieldRequest>();
+    let asked = ffi::bytes(
+        requests as *const u8,
+        count.checked_mul(record).ok_or(CUDA_ERROR_INVALID_VALUE)?,
+    )?;
+    let mut done = 0;
+    for chunk in asked.chunks(MAX_NVML_FIELDS * record) {
+        let n = chunk.len() / record;
+        let mut tail = Vec::new();
+        let call = NvmlFieldValues {
+            device: index,
+            count: n as u32,
+        };
+        client::call_with_tail(0, &call, chunk, &mut tail)?;
+        if tail.len() != n * value_size {
+            return Err(CUDA_ERROR_UNKNOWN);
+        }
+        let dst = ffi::bytes_mut((out as *mut u8).wrapping_add(done * value_size), tail.len())?;
+        dst.copy_from_slice(&tail);
+        done += n;
+    }
     Ok(())
 }

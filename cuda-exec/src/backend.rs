@@ -11,9 +11,11 @@ use vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED;
 use vgpu_dataplane::handshake::DeviceFacts;
 use vgpu_dataplane::ids::DevicePtr;
 use vgpu_dataplane::wire::{
-    ArrayBox, ArrayShape, FunctionInfo, LaunchShape, MemAccessDesc, MemAllocProp, MemOp, FUNC_ATTR_COUNT,
+    ArrayBox, ArrayShape, FunctionInfo, LaunchShape, MemAccessDesc, MemAllocProp, MemOp, NvmlFieldRequest,
+    NvmlFieldValue, FUNC_ATTR_COUNT,
 };
 
+pub use crate::graph_ops::{ExecUpdateInfo, GraphOps, NodeParams};
 pub use crate::handles::*;
 /// A failed driver call: the non-zero CUresult.
 pub use vgpu_dataplane::cuerr::CuResult;
@@ -91,7 +93,7 @@ pub enum Image {
 
 /// The driver operations a session needs. Handles are the backend's own (`crate::handles`).
 /// Context state is per OS thread, as in the driver: each client thread is served by its own server thread.
-pub trait Backend: DriverOps + Send + Sync + 'static {
+pub trait Backend: DriverOps + GraphOps + Send + Sync + 'static {
     /// `handshake::BACKEND_REAL` or `BACKEND_EMULATED`.
     fn kind(&self) -> u32;
     fn describe(&self) -> String;
@@ -101,6 +103,15 @@ pub trait Backend: DriverOps + Send + Sync + 'static {
     /// of the device's memory is asked for (this worker). `None`: nothing can be read.
     fn device_reading(&self, _dev: i32, _pid: u32) -> Option<crate::nvml::DeviceReading> {
         None
+    }
+    /// The PCIe link of device `dev` (the server's ordinal) for the NVML shim; `None`: nothing can be read.
+    fn device_pcie(&self, _dev: i32) -> Option<crate::nvml::PcieLink> {
+        None
+    }
+    /// NVML field values of device `dev`: each field's answer, or the `nvmlReturn_t` of the whole call.
+    fn device_field_values(&self, _dev: i32, _fields: &[NvmlFieldRequest]) -> Result<Vec<NvmlFieldValue>, u32> {
+        // NVML_ERROR_NOT_SUPPORTED.
+        Err(3)
     }
     /// The display driver's version as NVML reports it (`nvmlSystemGetDriverVersion`).
     fn display_driver_version(&self) -> String {

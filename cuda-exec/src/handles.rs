@@ -41,6 +41,12 @@ backend_handles! {
     Array;
     /// Physical memory of the virtual memory management API (`CUmemGenericAllocationHandle`).
     AllocHandle;
+    /// A CUDA graph (`CUgraph`).
+    Graph;
+    /// A node of a graph (`CUgraphNode`).
+    GraphNode;
+    /// An executable graph (`CUgraphExec`).
+    GraphExec;
 }
 
 impl Stream {

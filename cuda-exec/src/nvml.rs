@@ -25,6 +25,15 @@ pub struct DeviceReading {
     pub process_memory: Option<u64>,
 }
 
+/// A GPU's PCIe link as NVML reports it: (generation, width) now and at most; `None` where NVML refuses one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PcieLink {
+    pub curr_gen: Option<u32>,
+    pub curr_width: Option<u32>,
+    pub max_gen: Option<u32>,
+    pub max_width: Option<u32>,
+}
+
 /// NVML, initialised once; `None` where it cannot be loaded or initialised.
 pub struct Nvml {
     lib: NvmlLibrary,
@@ -146,5 +155,55 @@ impl Nvml {
             r.process_memory = list[..n].iter().find(|p| p.pid == pid).map(|p| p.usedGpuMemory);
         }
         Some(r)
+    }
+
+    /// The PCIe link of the GPU with this UUID.
+    pub fn pcie(&self, uuid: &str) -> Option<PcieLink> {
+        let dev = self.device(uuid)?;
+        let nvml = &self.lib;
+        let value = |f: &dyn Fn(&mut u32) -> nvmlReturn_t| {
+            let mut v = 0u32;
+            f(&mut v).result().ok().map(|_| v)
+        };
+        // SAFETY (every call below): a handle NVML gave and an out-pointer to a local.
+        Some(PcieLink {
+            curr_gen: value(&|v| unsafe { nvml.nvmlDeviceGetCurrPcieLinkGeneration(dev, v) }),
+            curr_width: value(&|v| unsafe { nvml.nvmlDeviceGetCurrPcieLinkWidth(dev, v) }),
+            max_gen: value(&|v| unsafe { nvml.nvmlDeviceGetMaxPcieLinkGeneration(dev, v) }),
+            max_width: value(&|v| unsafe { nvml.nvmlDeviceGetMaxPcieLinkWidth(dev, v) }),
+        })
+    }
+
+    /// `nvmlDeviceGetFieldValues` for the GPU with this UUID: each field's answer, or the call's own error.
+    pub fn field_values(
+        &self,
+        uuid: &str,
+        fields: &[vgpu_dataplane::wire::NvmlFieldRequest],
+    ) -> Result<Vec<vgpu_dataplane::wire::NvmlFieldValue>, nvmlReturn_t> {
+        let dev = self.device(uuid).ok_or(nvmlReturn_t::NVML_ERROR_NOT_FOUND)?;
+        let mut values: Vec<nvmlFieldValue_t> = fields
+            .iter()
+            .map(|f| nvmlFieldValue_t {
+                fieldId: f.field_id,
+                scopeId: f.scope_id,
+                ..Default::default()
+            })
+            .collect();
+        let count = i32::try_from(values.len()).map_err(|_| nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT)?;
+        // SAFETY: an array of `count` field values, their ids set, as nvml.h documents.
+        unsafe { self.lib.nvmlDeviceGetFieldValues(dev, count, values.as_mut_ptr()) }.result()?;
+        Ok(values
+            .iter()
+            .map(|v| vgpu_dataplane::wire::NvmlFieldValue {
+                field_id: v.fieldId,
+                scope_id: v.scopeId,
+                timestamp_us: v.timestamp,
+                latency_us: v.latencyUsec,
+                value_type: v.valueType.0,
+                nvml_return: v.nvmlReturn.0,
+                // SAFETY: every member of the union is a plain number within its 8 bytes, which start zeroed.
+                value: unsafe { v.value.ullVal },
+            })
+            .collect())
     }
 }

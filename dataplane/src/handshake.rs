@@ -16,10 +16,16 @@ pub const CAP_NVML: u64 = 2;
 pub const CAP_VMM: u64 = 4;
 /// The server executes stream memory operations (`StreamMemOps`, op code 140).
 pub const CAP_STREAM_MEM_OPS: u64 = 8;
+/// The server holds CUDA graphs built by the client and launches them whole (`Graph*`, op codes 170 to 189):
+/// conditional nodes need it. Without it the client replays graphs call by call and refuses conditional nodes.
+pub const CAP_GRAPHS: u64 = 16;
+/// The server answers `NvmlDevicePcie` and `NvmlFieldValues` (op codes 112 and 113).
+pub const CAP_NVML_PCIE: u64 = 32;
 /// The server takes part in multi-server sessions: it follows the client's device numbering
 /// (`SetDeviceNumbering`, op code 160).
 pub const CAP_MULTI_SERVER: u64 = 1 << 8;
-pub const CAPABILITIES: u64 = CAP_PUSH_DTOH | CAP_NVML | CAP_VMM | CAP_STREAM_MEM_OPS | CAP_MULTI_SERVER;
+pub const CAPABILITIES: u64 =
+    CAP_PUSH_DTOH | CAP_NVML | CAP_VMM | CAP_STREAM_MEM_OPS | CAP_GRAPHS | CAP_NVML_PCIE | CAP_MULTI_SERVER;
 
 pub const MODE_NEW_SESSION: u32 = 0;
 pub const MODE_ATTACH: u32 = 1;

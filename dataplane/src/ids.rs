@@ -55,6 +55,12 @@ wire_ids! {
     RegionId;
     /// A device-to-host asynchronous copy whose bytes the server pushes back later.
     PendingId;
+    /// A CUDA graph (`cuGraphCreate`, a capture's graph, a conditional node's body, a child node's graph).
+    GraphId;
+    /// A node of a CUDA graph.
+    GraphNodeId;
+    /// An executable graph (`cuGraphInstantiate`).
+    GraphExecId;
     /// A device address: the server's real address (valid in kernels, arithmetic allowed).
     DevicePtr;
     /// A host address in the client process (pinned memory the server maps at the same address).

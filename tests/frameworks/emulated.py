@@ -37,8 +37,9 @@ PLAN = [
 ]
 # What CI leaves out, and why (printed every run).
 NOT_IN_CI = {
-    "jax.mlp_train, jax.scan": "XLA command buffers: cuGraphAddNode_v2 and cuStreamBeginCaptureToGraph answer "
-                               "NOT_SUPPORTED (GAPS.md G1, G2); jax_nocmdbuf runs both (over shm)",
+    "jax.mlp_train, jax.scan": "XLA command buffers (GAPS.md G1, G2): implemented (tests/e2e graph_generic, "
+                               "graph_conditional, capture_to_graph) but not yet run with JAX; jax_nocmdbuf runs both "
+                               "(over shm)",
     "jax_noprealloc (but smoke)": "the same driver traffic as jax once XLA's allocator has its memory; compared on "
                                   "the GPU by run-device.sh",
     "jax over shm, jax_nocmdbuf over tcp": "each JAX configuration runs over one transport (CI time)",

@@ -10,6 +10,7 @@ mod links;
 mod local;
 mod multicheck;
 mod nvml;
+mod pyhook;
 mod quickstart;
 mod sample;
 mod serve;
@@ -360,6 +361,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             if let Some(server) = &server {
                 vgpu_dataplane::Endpoint::parse_list(server)?;
             }
+            pyhook::add_to(&mut cmd);
             if let Some(url) = control {
                 if std::env::var_os("VGPU_KEY").is_none() && std::env::var_os("VGPU_TICKET").is_none() {
                     return Err("--control needs the tenant's key in VGPU_KEY".into());

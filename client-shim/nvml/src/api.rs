@@ -6,9 +6,9 @@ use std::mem::offset_of;
 
 use vgpu_cuda_sys::driver::CUdevice_attribute;
 use vgpu_cuda_sys::nvml::{
-    nvmlDeviceArchitecture_t, nvmlDevice_t, nvmlGpuP2PCapsIndex_t, nvmlGpuP2PStatus_t, nvmlMemory_t, nvmlMemory_v2_t,
-    nvmlPciInfo_t, nvmlProcessInfo_t, nvmlProcessInfo_v1_t, nvmlReturn_t, nvmlTemperatureSensors_t, nvmlUtilization_t,
-    NVML_API_VERSION,
+    nvmlDeviceArchitecture_t, nvmlDevice_t, nvmlFieldValue_t, nvmlGpuP2PCapsIndex_t, nvmlGpuP2PStatus_t, nvmlMemory_t,
+    nvmlMemory_v2_t, nvmlPciInfo_t, nvmlProcessInfo_t, nvmlProcessInfo_v1_t, nvmlReturn_t, nvmlTemperatureSensors_t,
+    nvmlUtilization_t, nvmlValueType_t, nvmlValue_t, NVML_API_VERSION,
 };
 use vgpu_cuda_sys::{CUresult, NvmlResult};
 use vgpu_dataplane::handshake::DeviceFacts;
@@ -540,6 +540,80 @@ entry! {
         // No NVLink is remoted: what the driver says of a GPU without NVLink.
         device(handle)?;
         Err(nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED)
+    }
+}
+
+/// One of the PCIe link values of the device behind `handle`, from the server's NVML (`bit` says which).
+fn pcie_value(handle: nvmlDevice_t, out: *mut c_uint, bit: u32, pick: fn(&NvmlPcieReply) -> u32) -> NvmlResult<()> {
+    let (i, _) = device(handle)?;
+    if out.is_null() {
+        return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
+    }
+    let r = link::ready()?.device_pcie(i as u32).map_err(|e| match e {
+        // A server without these queries (older than this shim).
+        CUresult::CUDA_ERROR_NOT_SUPPORTED => nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED,
+        CUresult::CUDA_ERROR_DEVICE_UNAVAILABLE => nvmlReturn_t::NVML_ERROR_GPU_IS_LOST,
+        _ => nvmlReturn_t::NVML_ERROR_UNKNOWN,
+    })?;
+    if r.valid & bit == 0 {
+        return Err(nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED);
+    }
+    ffi::write(out, pick(&r))
+}
+
+/// Most fields one `nvmlDeviceGetFieldValues` may ask for here (NVML has a few hundred field ids).
+const MAX_FIELD_VALUES: usize = 4096;
+
+/// `nvmlDeviceGetFieldValues`: every field asked of the server's NVML; each answer has its own status.
+fn field_values(handle: nvmlDevice_t, count: i32, values: *mut nvmlFieldValue_t) -> NvmlResult<()> {
+    let (i, _) = device(handle)?;
+    let n = usize::try_from(count).map_err(|_| nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT)?;
+    if n == 0 {
+        return Ok(());
+    }
+    if values.is_null() || n > MAX_FIELD_VALUES {
+        return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
+    }
+    let mut asked = Vec::with_capacity(n);
+    for k in 0..n {
+        let v: nvmlFieldValue_t = ffi::read(values.wrapping_add(k))?;
+        asked.push(NvmlFieldRequest {
+            field_id: v.fieldId,
+            scope_id: v.scopeId,
+        });
+    }
+    let answers = link::ready()?.field_values(i as u32, &asked).map_err(|e| match e {
+        CUresult::CUDA_ERROR_NOT_SUPPORTED => nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED,
+        CUresult::CUDA_ERROR_DEVICE_UNAVAILABLE => nvmlReturn_t::NVML_ERROR_GPU_IS_LOST,
+        _ => nvmlReturn_t::NVML_ERROR_UNKNOWN,
+    })?;
+    for (k, a) in answers.iter().enumerate() {
+        let mut v: nvmlFieldValue_t = ffi::read(values.wrapping_add(k))?;
+        v.timestamp = a.timestamp_us;
+        v.latencyUsec = a.latency_us;
+        v.valueType = nvmlValueType_t(a.value_type);
+        v.nvmlReturn = nvmlReturn_t(a.nvml_return);
+        v.value = nvmlValue_t { ullVal: a.value };
+        ffi::write(values.wrapping_add(k), v)?;
+    }
+    Ok(())
+}
+
+entry! {
+    nvmlDeviceGetCurrPcieLinkGeneration => |handle, out| {
+        pcie_value(handle, out, NVML_PCIE_CURR_GEN, |r| r.curr_gen)
+    }
+    nvmlDeviceGetCurrPcieLinkWidth => |handle, out| {
+        pcie_value(handle, out, NVML_PCIE_CURR_WIDTH, |r| r.curr_width)
+    }
+    nvmlDeviceGetMaxPcieLinkGeneration => |handle, out| {
+        pcie_value(handle, out, NVML_PCIE_MAX_GEN, |r| r.max_gen)
+    }
+    nvmlDeviceGetMaxPcieLinkWidth => |handle, out| {
+        pcie_value(handle, out, NVML_PCIE_MAX_WIDTH, |r| r.max_width)
+    }
+    nvmlDeviceGetFieldValues => |handle, count, values| {
+        field_values(handle, count, values)
     }
 }
 

@@ -6,7 +6,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use vgpu_cuda_sys::nvml::nvmlReturn_t;
 use vgpu_cuda_sys::{CUresult, CuResult, NvmlResult};
 use vgpu_dataplane::handshake::DeviceFacts;
-use vgpu_dataplane::wire::NvmlStatusReply;
+use vgpu_dataplane::wire::{NvmlFieldRequest, NvmlFieldValue, NvmlPcieReply, NvmlStatusReply};
 
 const NVML_ERROR_INVALID_ARGUMENT: nvmlReturn_t = nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT;
 
@@ -75,6 +75,10 @@ type FactsFn = extern "C" fn(u32, *mut DeviceFacts, usize) -> CUresult;
 type StatusFn = extern "C" fn(u32, *mut NvmlStatusReply, usize) -> CUresult;
 // own ABI: bridge export.
 type TextFn = extern "C" fn(*mut c_char, usize) -> CUresult;
+// own ABI: bridge export.
+type PcieFn = extern "C" fn(u32, *mut NvmlPcieReply, usize) -> CUresult;
+// own ABI: bridge export.
+type FieldsFn = extern "C" fn(u32, usize, *const NvmlFieldRequest, *mut NvmlFieldValue, usize) -> CUresult;
 
 /// The bridge functions of vGPU's `libcuda.so.1` (`client-shim/src/nvml_bridge.rs`).
 pub(crate) struct Bridge {
@@ -85,6 +89,8 @@ pub(crate) struct Bridge {
     device_facts: FactsFn,
     device_status: StatusFn,
     driver_version: TextFn,
+    device_pcie: PcieFn,
+    field_values: FieldsFn,
 }
 
 impl Bridge {
@@ -130,11 +136,13 @@ impl Bridge {
             device_facts: find!("vgpu_nvml_device_facts": FactsFn),
             device_status: find!("vgpu_nvml_device_status": StatusFn),
             driver_version: find!("vgpu_nvml_driver_version": TextFn),
+            device_pcie: find!("vgpu_nvml_device_pcie": PcieFn),
+            field_values: find!("vgpu_nvml_field_values": FieldsFn),
         };
         match (bridge.version)() {
-            1 => Ok(bridge),
+            2 => Ok(bridge),
             v => Err(format!(
-                "vGPU's libcuda.so.1 speaks NVML bridge version {v}; this libnvidia-ml.so.1 speaks 1"
+                "vGPU's libcuda.so.1 speaks NVML bridge version {v}; this libnvidia-ml.so.1 speaks 2"
             )),
         }
     }
@@ -162,6 +170,20 @@ impl Bridge {
         let mut status = NvmlStatusReply::default();
         (self.device_status)(index, &mut status, std::mem::size_of::<NvmlStatusReply>()).result()?;
         Ok(status)
+    }
+
+    pub(crate) fn device_pcie(&self, index: u32) -> CuResult<NvmlPcieReply> {
+        let mut r = NvmlPcieReply::default();
+        (self.device_pcie)(index, &mut r, std::mem::size_of::<NvmlPcieReply>()).result()?;
+        Ok(r)
+    }
+
+    /// The server's answers to `requests`, one per request, in order.
+    pub(crate) fn field_values(&self, index: u32, requests: &[NvmlFieldRequest]) -> CuResult<Vec<NvmlFieldValue>> {
+        let mut out = vec![NvmlFieldValue::default(); requests.len()];
+        let size = std::mem::size_of::<NvmlFieldValue>();
+        (self.field_values)(index, requests.len(), requests.as_ptr(), out.as_mut_ptr(), size).result()?;
+        Ok(out)
     }
 
     pub(crate) fn driver_version(&self) -> CuResult<String> {

@@ -5,8 +5,8 @@ use std::cell::Cell;
 use std::ffi::{c_int, c_uint, c_void};
 
 use vgpu_cuda_sys::driver::{
-    CUfunction, CUfunction_attribute, CUgraph, CUlaunchConfig, CUmemorytype, CUmoduleLoadingMode, CUoccupancyB2DSize,
-    CUpointer_attribute, CUstream, CUstreamCaptureMode, CUstreamCaptureStatus,
+    CUfunction, CUfunction_attribute, CUgraph, CUgraphEdgeData, CUgraphNode, CUlaunchConfig, CUmemorytype,
+    CUmoduleLoadingMode, CUoccupancyB2DSize, CUpointer_attribute, CUstream, CUstreamCaptureMode, CUstreamCaptureStatus,
 };
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
@@ -269,24 +269,37 @@ fn clusters(out: *mut c_int, f: CUfunction, config: *const CUlaunchConfig, poten
     ffi::write(out, r.value as c_int)
 }
 
-/// `cuStreamGetCaptureInfo` in all its forms: status, id and graph. The dependency outputs of the `_v2`/`_v3`
-/// forms are left alone: the runtime reads them only to add nodes by hand to a capture, which is not supported here.
+/// `cuStreamGetCaptureInfo` in all its forms: status, id, graph, and (`_v2`/`_v3`) the nodes the stream's next
+/// operation will follow, with default edge data (`_v3`).
+#[allow(clippy::too_many_arguments)]
 fn capture_info(
     flags: u16,
     stream: CUstream,
     status: *mut CUstreamCaptureStatus,
     id: *mut u64,
     graph: *mut CUgraph,
+    deps: *mut *const CUgraphNode,
+    edges: *mut *const CUgraphEdgeData,
+    count: *mut usize,
 ) -> CuResult<()> {
     let s = super::stream::stream_id(stream)?;
-    let (st, capture) = super::graph::capture_status(super::graph::key(flags, s));
+    let (st, capture, g, list) = super::graph::capture_info(super::graph::key(flags, s));
     ffi::write(status, st)?;
     if !id.is_null() {
         ffi::write(id, capture)?;
     }
     if !graph.is_null() {
-        let none = st == CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
-        ffi::write(graph, if none { std::ptr::null_mut() } else { capture as CUgraph })?;
+        ffi::write(graph, g)?;
+    }
+    let (nodes, data, n) = list.unwrap_or((std::ptr::null(), std::ptr::null(), 0));
+    if !deps.is_null() {
+        ffi::write(deps, nodes)?;
+    }
+    if !edges.is_null() {
+        ffi::write(edges, data)?;
+    }
+    if !count.is_null() {
+        ffi::write(count, n)?;
     }
     Ok(())
 }
@@ -381,13 +394,14 @@ entry! {
         ffi::write(status, super::graph::capture_status(super::graph::key(f, id)).0)
     }
     cuStreamGetCaptureInfo, cuStreamGetCaptureInfo_ptsz => |f, stream, status, id| {
-        capture_info(f, stream, status, id, std::ptr::null_mut())
+        use std::ptr::null_mut as null;
+        capture_info(f, stream, status, id, null(), null(), null(), null())
     }
-    cuStreamGetCaptureInfo_v2, cuStreamGetCaptureInfo_v2_ptsz => |f, stream, status, id, graph, _deps, _count| {
-        capture_info(f, stream, status, id, graph)
+    cuStreamGetCaptureInfo_v2, cuStreamGetCaptureInfo_v2_ptsz => |f, stream, status, id, graph, deps, count| {
+        capture_info(f, stream, status, id, graph, deps, std::ptr::null_mut(), count)
     }
-    cuStreamGetCaptureInfo_v3, cuStreamGetCaptureInfo_v3_ptsz => |f, stream, status, id, graph, _deps, _edges, _count| {
-        capture_info(f, stream, status, id, graph)
+    cuStreamGetCaptureInfo_v3, cuStreamGetCaptureInfo_v3_ptsz => |f, stream, status, id, graph, deps, edges, count| {
+        capture_info(f, stream, status, id, graph, deps, edges, count)
     }
     cuThreadExchangeStreamCaptureMode => |f, mode| {
         let new = ffi::read(mode)?;

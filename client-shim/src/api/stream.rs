@@ -246,6 +246,24 @@ entry! {
         };
         ffi::write(out, ClientHandle::of(ctx))
     }
+    cuStreamGetCtx_v2, cuStreamGetCtx_v2_ptsz => |f, stream, ctx, green| {
+        stream_id(stream)?;
+        if ctx.is_null() || green.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // vGPU makes no green contexts: every stream belongs to a regular one.
+        ffi::write(ctx, ClientHandle::of(need_ctx()?))?;
+        ffi::write(green, std::ptr::null_mut())
+    }
+    cuStreamGetGreenCtx => |f, stream, out| {
+        // The stream's green context: NULL for a stream of a regular context (vGPU makes no green contexts;
+        // cuGreenCtxCreate answers CUDA_ERROR_NOT_SUPPORTED), CUDA_ERROR_INVALID_HANDLE for an unknown stream.
+        let id = stream_id(stream)?;
+        if id.is_builtin() {
+            need_ctx()?;
+        }
+        ffi::write(out, std::ptr::null_mut())
+    }
     cuStreamGetDevice, cuStreamGetDevice_ptsz => |f, stream, out| {
         let id = stream_id(stream)?;
         need_ctx()?;

@@ -160,3 +160,40 @@ pub(super) fn emulated_device() -> DeviceFacts {
     }
     d
 }
+
+/// What `nvmlSystemGetDriverVersion` answers: the display driver release CUDA 13.0 shipped with (580.65.06), in
+/// NVML's `X.Y.Z` form, which programs parse (XLA does). A fixed value of the emulated device, like its shape.
+pub(super) const EMULATED_DISPLAY_DRIVER: &str = "580.65.06";
+
+/// The emulated device's PCIe link: Gen 5 x16 now and at most, as an H100's.
+pub(super) const EMULATED_PCIE: crate::nvml::PcieLink = crate::nvml::PcieLink {
+    curr_gen: Some(5),
+    curr_width: Some(16),
+    max_gen: Some(5),
+    max_width: Some(16),
+};
+
+/// One NVML field of the emulated device: the link counts a PCIe board without NVLink or C2C has (0), and
+/// `NVML_ERROR_NOT_SUPPORTED` for every other field (it has no sensors or counters).
+pub(super) fn field_value(f: &vgpu_dataplane::wire::NvmlFieldRequest) -> vgpu_dataplane::wire::NvmlFieldValue {
+    use vgpu_cuda_sys::nvml::{
+        nvmlReturn_t, nvmlValueType_t, NVML_FI_DEV_C2C_LINK_COUNT, NVML_FI_DEV_NVLINK_LINK_COUNT,
+    };
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let known = matches!(f.field_id, NVML_FI_DEV_NVLINK_LINK_COUNT | NVML_FI_DEV_C2C_LINK_COUNT);
+    vgpu_dataplane::wire::NvmlFieldValue {
+        field_id: f.field_id,
+        scope_id: f.scope_id,
+        timestamp_us: now_us,
+        latency_us: 0,
+        value_type: nvmlValueType_t::NVML_VALUE_TYPE_UNSIGNED_INT.0,
+        nvml_return: if known {
+            nvmlReturn_t::NVML_SUCCESS.0
+        } else {
+            nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED.0
+        },
+        value: 0,
+    }
+}

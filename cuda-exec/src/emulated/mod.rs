@@ -3,7 +3,7 @@
 //!
 //! This file holds the state and the trait implementations; `memory.rs` (pools, arrays, textures, mirrors,
 //! structured copies, stream memory operations), `vmm.rs` (virtual memory management), `launch.rs` (launch checks
-//! and occupancy) and `device.rs` (the device's facts) hold the larger behaviours.
+//! and occupancy), `graph.rs` (CUDA graphs) and `device.rs` (the device's facts) hold the larger behaviours.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -17,14 +17,15 @@ use vgpu_dataplane::handshake::{DeviceFacts, BACKEND_EMULATED};
 use vgpu_dataplane::ids::DevicePtr;
 use vgpu_dataplane::image as fatbin;
 use vgpu_dataplane::wire::{
-    ArrayBox, ArrayShape, FunctionInfo, LaunchShape, MemAccessDesc, MemAllocProp, MemOp, FUNC_ATTR_COUNT,
-    MEM_LOCATION_DEVICE,
+    ArrayBox, ArrayShape, FunctionInfo, LaunchShape, MemAccessDesc, MemAllocProp, MemOp, NvmlFieldRequest,
+    NvmlFieldValue, FUNC_ATTR_COUNT, MEM_LOCATION_DEVICE,
 };
 
 use crate::backend::*;
 use crate::ptx;
 
 mod device;
+mod graph;
 mod launch;
 mod memory;
 mod state;
@@ -63,6 +64,8 @@ thread_local! {
 pub struct EmulatedBackend {
     devices: Vec<DeviceFacts>,
     state: Mutex<State>,
+    /// CUDA graphs (apart from `state`: a launch runs nodes that take `state` themselves).
+    graphs: Mutex<graph::Graphs>,
     next_handle: AtomicU64,
     /// Host buffers handed out and not yet freed (bytes), and the most there ever were: what the server held.
     host_live: AtomicU64,
@@ -87,6 +90,7 @@ impl EmulatedBackend {
                 next_addr: DEVICE_BASE,
                 ..Default::default()
             }),
+            graphs: Mutex::default(),
             next_handle: AtomicU64::new(0x1000),
             host_live: AtomicU64::new(0),
             host_peak: AtomicU64::new(0),
@@ -137,6 +141,12 @@ impl EmulatedBackend {
     #[cfg(test)]
     pub(crate) fn physical_devices(&self) -> Vec<i32> {
         self.state().physical.values().map(|p| p.prop.location_id).collect()
+    }
+
+    /// Kernels launched so far (graph nodes included), for tests.
+    #[cfg(test)]
+    pub(crate) fn launches(&self) -> u64 {
+        self.state().launches
     }
 
     /// Device memory in use (allocations and VMM physical memory), for tests.
@@ -544,8 +554,20 @@ impl Backend for EmulatedBackend {
             ..Default::default()
         })
     }
+    fn device_pcie(&self, dev: i32) -> Option<crate::nvml::PcieLink> {
+        usize::try_from(dev).ok().and_then(|d| self.devices.get(d))?;
+        Some(device::EMULATED_PCIE)
+    }
+    fn device_field_values(&self, dev: i32, fields: &[NvmlFieldRequest]) -> Result<Vec<NvmlFieldValue>, u32> {
+        // NVML_ERROR_INVALID_ARGUMENT for a device that is not there.
+        usize::try_from(dev)
+            .ok()
+            .and_then(|d| self.devices.get(d))
+            .ok_or(2u32)?;
+        Ok(fields.iter().map(device::field_value).collect())
+    }
     fn display_driver_version(&self) -> String {
-        "emulated".into()
+        device::EMULATED_DISPLAY_DRIVER.into()
     }
 
     fn primary_ctx_retain(&self, dev: i32) -> CuResult<Context> {

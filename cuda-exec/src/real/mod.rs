@@ -17,6 +17,7 @@ use vgpu_dataplane::wire::{ArrayBox, ArrayShape, LaunchShape, MemAccessDesc, Mem
 
 use crate::backend::*;
 
+mod graph;
 mod memory;
 mod module;
 
@@ -255,6 +256,23 @@ impl Backend for RealBackend {
     fn device_reading(&self, dev: i32, pid: u32) -> Option<crate::nvml::DeviceReading> {
         let uuid = self.hardware_uuids.get(usize::try_from(dev).ok()?)?;
         crate::nvml::Nvml::shared()?.read(uuid, pid)
+    }
+    fn device_pcie(&self, dev: i32) -> Option<crate::nvml::PcieLink> {
+        let facts = self.devices.get(usize::try_from(dev).ok()?)?;
+        crate::nvml::Nvml::shared()?.pcie(&facts.uuid_string())
+    }
+    fn device_field_values(
+        &self,
+        dev: i32,
+        fields: &[vgpu_dataplane::wire::NvmlFieldRequest],
+    ) -> Result<Vec<vgpu_dataplane::wire::NvmlFieldValue>, u32> {
+        use vgpu_cuda_sys::nvml::nvmlReturn_t;
+        let facts = usize::try_from(dev)
+            .ok()
+            .and_then(|d| self.devices.get(d))
+            .ok_or(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT.0)?;
+        let nvml = crate::nvml::Nvml::shared().ok_or(nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED.0)?;
+        nvml.field_values(&facts.uuid_string(), fields).map_err(|e| e.0)
     }
     fn display_driver_version(&self) -> String {
         crate::nvml::Nvml::shared()

@@ -3,7 +3,7 @@
 //!
 //! Layout: `channel.rs` reads frames and dispatches each to its handler (generated from the call table), then
 //! replies or latches; the handlers live by area, mirroring the client shim: `context.rs`, `memory.rs`,
-//! `copy.rs`, `stream.rs`, `module.rs`, `launch.rs`, `array.rs`, `nvml.rs`, `vmm.rs`. `objects.rs` holds the
+//! `copy.rs`, `stream.rs`, `module.rs`, `launch.rs`, `array.rs`, `nvml.rs`, `vmm.rs`, `graph.rs`. `objects.rs` holds the
 //! session's books (client id → backend handle), `order.rs` the submission order across channels.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +19,7 @@ mod array;
 mod channel;
 mod context;
 mod copy;
+mod graph;
 mod launch;
 mod memory;
 mod module;
@@ -100,6 +101,10 @@ pub struct Caps {
     pub host_regions: usize,
     /// VMM physical handles, mappings and reservations (each).
     pub vmm_objects: usize,
+    /// CUDA graphs (the app's, and those child and conditional nodes own), their nodes, executable graphs.
+    pub graphs: usize,
+    pub graph_nodes: usize,
+    pub graph_execs: usize,
 }
 
 impl Default for Caps {
@@ -117,6 +122,9 @@ impl Default for Caps {
             tex_objects: 64 << 10,
             host_regions: 64 << 10,
             vmm_objects: 1 << 20,
+            graphs: 64 << 10,
+            graph_nodes: 1 << 20,
+            graph_execs: 64 << 10,
         }
     }
 }

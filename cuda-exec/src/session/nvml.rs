@@ -93,3 +93,80 @@ impl Serve<NvmlSystemInfo> for Channel {
         Ok(Ok(Empty {}))
     }
 }
+
+impl Channel {
+    /// The server's ordinal of the client's device `device`, which must exist.
+    fn known_device(&self, device: u32) -> CuResult<i32> {
+        let real = self.s().real_device(device)?;
+        let exists = usize::try_from(real).is_ok_and(|d| d < self.b().devices().len());
+        if exists {
+            Ok(real)
+        } else {
+            Err(CUDA_ERROR_INVALID_DEVICE)
+        }
+    }
+}
+
+impl Serve<NvmlDevicePcie> for Channel {
+    fn serve(&mut self, c: NvmlDevicePcie, cx: &mut Cx<'_>) -> Served<NvmlPcieReply> {
+        cx.keep_latched = true;
+        let r = self.known_device(c.device).map(|real| {
+            let link = self.b().device_pcie(real).unwrap_or_default();
+            let mut r = NvmlPcieReply::default();
+            for (value, bit, slot) in [
+                (link.curr_gen, NVML_PCIE_CURR_GEN, &mut r.curr_gen),
+                (link.curr_width, NVML_PCIE_CURR_WIDTH, &mut r.curr_width),
+                (link.max_gen, NVML_PCIE_MAX_GEN, &mut r.max_gen),
+                (link.max_width, NVML_PCIE_MAX_WIDTH, &mut r.max_width),
+            ] {
+                if let Some(v) = value {
+                    *slot = v;
+                    r.valid |= bit;
+                }
+            }
+            r
+        });
+        Ok(r)
+    }
+}
+
+impl Serve<NvmlFieldValues> for Channel {
+    fn serve(&mut self, c: NvmlFieldValues, cx: &mut Cx<'_>) -> Served<Empty> {
+        cx.keep_latched = true;
+        let count = c.count as usize;
+        let record = std::mem::size_of::<NvmlFieldRequest>();
+        if count > MAX_NVML_FIELDS || self.tail.len() != count * record {
+            return Err(super::ChannelEnd::Malformed(format!(
+                "{count} NVML fields in {} bytes",
+                self.tail.len()
+            )));
+        }
+        let fields: Vec<NvmlFieldRequest> = self
+            .tail
+            .chunks_exact(record)
+            .filter_map(|b| zerocopy::FromBytes::read_from_bytes(b).ok())
+            .collect();
+        let real = match self.known_device(c.device) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        // A failure of the whole call is every field's answer (the NVML shim reports it per field).
+        let values = self.b().device_field_values(real, &fields).unwrap_or_else(|code| {
+            fields
+                .iter()
+                .map(|f| NvmlFieldValue {
+                    field_id: f.field_id,
+                    scope_id: f.scope_id,
+                    nvml_return: code,
+                    ..Default::default()
+                })
+                .collect()
+        });
+        cx.reply_tail = values
+            .iter()
+            .take(count)
+            .flat_map(|v| zerocopy::IntoBytes::as_bytes(v).to_vec())
+            .collect();
+        Ok(Ok(Empty {}))
+    }
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use vgpu_dataplane::ids::*;
 use vgpu_dataplane::wire::ArrayShape;
 
+use super::graph::GraphObjects;
 use super::vmm::VmmObjects;
 use crate::backend::*;
 
@@ -58,6 +59,8 @@ pub(super) struct Objects {
     pub context_devices: BTreeSet<i32>,
     /// Virtual memory management: reservations, physical memory and mappings (see `vmm`).
     pub vmm: VmmObjects,
+    /// CUDA graphs, their nodes, executable graphs and conditional handles (see `graph`).
+    pub graphs: GraphObjects,
 }
 
 impl Objects {

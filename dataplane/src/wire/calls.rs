@@ -256,6 +256,12 @@ macro_rules! call_table {
             NvmlDeviceStatus = 110, sync { device: u32, _pad: u32 } -> NvmlStatusReply;
             /// NVML's system facts: the reply's tail is the server driver's version string.
             NvmlSystemInfo = 111, sync { } -> Empty;
+            /// NVML's PCIe link values of the client's device `device`. Only sent to a server that announced
+            /// `CAP_NVML_PCIE`.
+            NvmlDevicePcie = 112, sync { device: u32, _pad: u32 } -> NvmlPcieReply;
+            /// `nvmlDeviceGetFieldValues`: the tail holds `count` `NvmlFieldRequest`s (at most `MAX_NVML_FIELDS`),
+            /// the reply's tail as many `NvmlFieldValue`s. Only sent to a server that announced `CAP_NVML_PCIE`.
+            NvmlFieldValues = 113, sync, bytes(MAX_NVML_FIELDS * 8) { device: u32, count: u32 } -> Empty;
             // Virtual memory management (`cuMem*` VMM calls). Only sent to a server that announced `CAP_VMM`.
             // Device ordinals in locations are the client's; allocation handles are client-chosen ids.
             /// `cuMemGetAllocationGranularity`: `option` 0 minimum, 1 recommended.
@@ -295,6 +301,46 @@ macro_rules! call_table {
             /// the server places the session's `cuMemAlloc`, `cuMemAllocPitch` and `cuMemAllocManaged` memory of
             /// that device in [base, base+size), reserved at that fixed address (see ARCHITECTURE.md).
             VaWindow = 161, sync { device: u32, _pad: u32, base: u64, size: u64 } -> Empty;
+            // CUDA graphs the server holds (`wire::graph`). Only sent to a server that announced `CAP_GRAPHS`.
+            // Graphs, nodes and executable graphs are client-chosen ids; the client checks handles, dependencies
+            // and parameters first, so these are asynchronous except where the driver's answer is the result.
+            /// `cuGraphCreate` (also a capture's new graph).
+            GraphCreate = 170, async { graph: GraphId } -> Empty;
+            /// `cuGraphDestroy`: the graph, its nodes and the graphs its child and conditional nodes own.
+            GraphDestroy = 171, async { graph: GraphId } -> Empty;
+            /// Adds node `node` of `kind` to `graph`: the tail holds `dep_count` `GraphNodeId`s it depends on,
+            /// then the node (`GraphNodeSpec`).
+            GraphAddNode = 172, async, bytes(MAX_GRAPH_NODE) { graph: GraphId, node: GraphNodeId, kind: u32, dep_count: u32 }
+                -> Empty;
+            /// `cuGraphConditionalHandleCreate` in the current context.
+            GraphConditionalHandleCreate = 173, sync { graph: GraphId, default_value: u32, flags: u32 } -> GraphHandleReply;
+            /// `cuGraphInstantiateWithFlags`: the driver's answer is the call's.
+            GraphInstantiate = 174, sync { graph: GraphId, exec: GraphExecId, flags: u64 } -> Empty;
+            /// `cuGraphLaunch`.
+            GraphLaunch = 175, async { exec: GraphExecId, stream: StreamId } -> Empty;
+            /// `cuGraphUpload`.
+            GraphUpload = 176, async { exec: GraphExecId, stream: StreamId } -> Empty;
+            /// `cuGraphExecDestroy`.
+            GraphExecDestroy = 177, async { exec: GraphExecId } -> Empty;
+            /// `cuGraphNodeSetParams` and the per-kind setters: the tail is the node (`GraphNodeSpec`).
+            GraphNodeSetParams = 178, async, bytes(MAX_GRAPH_NODE) { node: GraphNodeId, kind: u32, _pad: u32 } -> Empty;
+            /// `cuGraphExecNodeSetParams` and the per-kind setters, for the node of `exec` made from `node`.
+            GraphExecNodeSetParams = 179, async, bytes(MAX_GRAPH_NODE) {
+                exec: GraphExecId, node: GraphNodeId, kind: u32, _pad: u32
+            } -> Empty;
+            /// `cuGraphExecUpdate`: `exec` takes the parameters of `graph`, of the same shape.
+            GraphExecUpdate = 180, sync { exec: GraphExecId, graph: GraphId } -> GraphExecUpdateReply;
+            /// `cuGraphDestroyNode`.
+            GraphDestroyNode = 181, async { node: GraphNodeId } -> Empty;
+            /// `cuGraphAddDependencies` (`remove` 0) or `cuGraphRemoveDependencies` (1): the tail holds `count`
+            /// (from, to) pairs of `GraphNodeId`s.
+            GraphEdges = 182, async, bytes(MAX_GRAPH_EDGE_BYTES) { graph: GraphId, count: u32, remove: u32 } -> Empty;
+            /// `cuGraphExecChildGraphNodeSetParams`: the child node `node` of `exec` takes `child`'s parameters.
+            GraphExecChildSetParams = 183, async { exec: GraphExecId, node: GraphNodeId, child: GraphId } -> Empty;
+            /// `cuGraphClone` (also the copy a child graph node makes of its graph): `clone` becomes a copy of
+            /// `source`; the tail pairs each of `count` nodes of `source` with the id its copy gets.
+            GraphClone = 184, async, bytes(MAX_GRAPH_CLONE_BYTES) { source: GraphId, clone: GraphId, count: u32, _pad: u32 }
+                -> Empty;
         }
     };
 }

@@ -136,6 +136,50 @@ pub struct NvmlStatusReply {
     pub _pad: u32,
 }
 
+/// Bits of `NvmlPcieReply::valid`: which of the link values the server could read.
+pub const NVML_PCIE_CURR_GEN: u32 = 1;
+pub const NVML_PCIE_CURR_WIDTH: u32 = 2;
+pub const NVML_PCIE_MAX_GEN: u32 = 4;
+pub const NVML_PCIE_MAX_WIDTH: u32 = 8;
+
+/// Reply of `NvmlDevicePcie`: the GPU's PCIe link, now and at most.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct NvmlPcieReply {
+    /// `NVML_PCIE_*` bits.
+    pub valid: u32,
+    pub curr_gen: u32,
+    pub curr_width: u32,
+    pub max_gen: u32,
+    pub max_width: u32,
+    pub _pad: u32,
+}
+
+/// Most field values one `NvmlFieldValues` asks for (the NVML shim splits longer requests).
+pub const MAX_NVML_FIELDS: usize = 64;
+
+/// One field an `NvmlFieldValues` asks for (`nvmlFieldValue_t`'s input part).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct NvmlFieldRequest {
+    pub field_id: u32,
+    pub scope_id: u32,
+}
+
+/// One answered field, `nvmlFieldValue_t`'s members in its order: `value_type` is an `nvmlValueType_t`,
+/// `nvml_return` the field's own `nvmlReturn_t`, `value` the union's 8 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct NvmlFieldValue {
+    pub field_id: u32,
+    pub scope_id: u32,
+    pub timestamp_us: i64,
+    pub latency_us: i64,
+    pub value_type: u32,
+    pub nvml_return: u32,
+    pub value: u64,
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
 pub struct MemAllocReply {

@@ -14,6 +14,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::emulated::EmulatedBackend;
 use crate::session::{Limits, Session};
 
+mod graph;
 mod limits;
 mod multi;
 mod vmm;
@@ -254,5 +255,59 @@ fn array_to_array_copies_move_bytes_and_check_bounds() {
     };
     assert_eq!(c.err(&foreign), CUDA_ERROR_INVALID_HANDLE);
     let _ = MemAccessDesc::default().as_bytes();
+    c.close();
+}
+
+/// NVML's PCIe link and field values on the emulated backend: the device's fixed link, link counts of 0 and
+/// NOT_SUPPORTED for fields it has no counter for; more fields than the bound end the channel.
+#[test]
+fn nvml_pcie_and_field_values_answer_for_the_emulated_device() {
+    let (_backend, session) = emulated_session(Limits::default());
+    let mut c = Client::connect(&session);
+    let link = c.ok(&NvmlDevicePcie { device: 0, _pad: 0 });
+    assert_eq!(
+        link.valid,
+        NVML_PCIE_CURR_GEN | NVML_PCIE_CURR_WIDTH | NVML_PCIE_MAX_GEN | NVML_PCIE_MAX_WIDTH
+    );
+    assert_eq!(
+        (link.curr_gen, link.curr_width, link.max_gen, link.max_width),
+        (5, 16, 5, 16)
+    );
+    assert_eq!(c.err(&NvmlDevicePcie { device: 3, _pad: 0 }), CUDA_ERROR_INVALID_DEVICE);
+    let asked = [
+        NvmlFieldRequest {
+            field_id: vgpu_cuda_sys::nvml::NVML_FI_DEV_NVLINK_LINK_COUNT,
+            scope_id: 0,
+        },
+        NvmlFieldRequest {
+            field_id: 83,
+            scope_id: 0,
+        },
+    ];
+    let tail: Vec<u8> = asked.iter().flat_map(|f| f.as_bytes().to_vec()).collect();
+    c.send(&NvmlFieldValues { device: 0, count: 2 }, &tail);
+    let (code, body) = c.reply();
+    assert_eq!(code, 0);
+    let values: Vec<NvmlFieldValue> = body
+        .chunks_exact(std::mem::size_of::<NvmlFieldValue>())
+        .filter_map(|b| NvmlFieldValue::read_from_bytes(b).ok())
+        .collect();
+    assert_eq!(values.len(), 2);
+    assert_eq!((values[0].field_id, values[0].nvml_return, values[0].value), (91, 0, 0));
+    assert_eq!(
+        (values[1].field_id, values[1].nvml_return),
+        (83, 3),
+        "NVML_ERROR_NOT_SUPPORTED"
+    );
+    let too_many = vec![0u8; (MAX_NVML_FIELDS + 1) * 8];
+    c.send(
+        &NvmlFieldValues {
+            device: 0,
+            count: (MAX_NVML_FIELDS + 1) as u32,
+        },
+        &too_many,
+    );
+    let mut head = [0u8; 16];
+    assert!(c.t.recv_exact(&mut head).is_err(), "the channel was closed");
     c.close();
 }
