@@ -16,7 +16,9 @@ pub const CAP_NVML: u64 = 2;
 pub const CAP_VMM: u64 = 4;
 /// The server executes stream memory operations (`StreamMemOps`, op code 140).
 pub const CAP_STREAM_MEM_OPS: u64 = 8;
-pub const CAPABILITIES: u64 = CAP_PUSH_DTOH | CAP_NVML | CAP_VMM | CAP_STREAM_MEM_OPS;
+/// The server executes the IPC calls (op codes 150 to 156) and runs an IPC registry.
+pub const CAP_IPC: u64 = 16;
+pub const CAPABILITIES: u64 = CAP_PUSH_DTOH | CAP_NVML | CAP_VMM | CAP_STREAM_MEM_OPS | CAP_IPC;
 
 pub const MODE_NEW_SESSION: u32 = 0;
 pub const MODE_ATTACH: u32 = 1;

@@ -13,9 +13,11 @@ pub use crate::ids::*;
 #[macro_use]
 mod calls;
 mod function_table;
+mod ipc;
 mod types;
 
 pub use function_table::*;
+pub use ipc::*;
 pub use types::*;
 
 /// Largest fixed body any call has; a header announcing more is malformed.
