@@ -7,6 +7,7 @@ pub mod handles;
 pub mod nvml;
 pub mod ptx;
 pub mod real;
+pub mod registry;
 pub mod server;
 pub mod session;
 pub(crate) mod sys;

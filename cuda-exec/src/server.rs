@@ -17,6 +17,7 @@ use vgpu_transports::{fdpass, rdma::RdmaTransport, read_raw_hello, shm::ShmTrans
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::backend::Backend;
+use crate::registry::{Member, Registry, RegistryLink};
 use crate::session::{Limits, Session, UsageCounters};
 
 /// What a session may use, decided when the server accepts its hello.
@@ -24,6 +25,9 @@ use crate::session::{Limits, Session, UsageCounters};
 pub struct Admission {
     /// The session's name in the authority's books (a ticket's session id); empty in standalone mode.
     pub label: String,
+    /// The tenant the session belongs to (a ticket's subject): only sessions of one tenant share memory and events
+    /// through IPC. Standalone, every holder of the server's key is one tenant (empty).
+    pub tenant: String,
     pub limits: Limits,
 }
 
@@ -78,6 +82,7 @@ impl Authority for StaticKey {
         }
         Ok(Admission {
             label: String::new(),
+            tenant: String::new(),
             limits: Limits {
                 memory_bytes: self.memory_limit,
                 devices: None,
@@ -229,6 +234,8 @@ struct Listener {
     spare: Mutex<Option<Spare>>,
     /// Whether to keep a spare worker (`VGPU_SPARE_WORKER=0` turns it off).
     keep_spare: bool,
+    /// What sessions exported for other processes (IPC handles), and who may open it.
+    registry: Arc<Registry>,
 }
 
 enum Conn {
@@ -311,7 +318,10 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
         sessions: Mutex::new(HashMap::new()),
         spare: Mutex::new(None),
         keep_spare: std::env::var("VGPU_SPARE_WORKER").map_or(true, |v| v != "0"),
+        registry: Registry::new(),
     });
+    // The IPC registry keeps a descriptor per shared memory file it holds for sessions.
+    crate::sys::raise_fd_limit();
     listener.refill_spare();
     let mut endpoints = Vec::new();
     let mut threads = Vec::new();
@@ -486,7 +496,17 @@ impl Listener {
             ..Default::default()
         };
         handoff.set_limits(&admission.limits)?;
-        fdpass::send_with_fds(&control, handoff.as_bytes(), &[conn.fd()]).map_err(|e| format!("handoff: {e}"))?;
+        // The session's own link to the IPC registry: whatever arrives on it is this session's, of this tenant.
+        let (registry_end, worker_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        fdpass::send_with_fds(&control, handoff.as_bytes(), &[conn.fd(), worker_end.as_raw_fd()])
+            .map_err(|e| format!("handoff: {e}"))?;
+        drop(worker_end);
+        let member = Member {
+            session: session_id,
+            tenant: admission.tenant.clone(),
+        };
+        let registry = self.registry.clone();
+        std::thread::spawn(move || registry.serve(member, registry_end));
         let me = self.clone();
         std::thread::spawn(move || me.refill_spare());
         drop(conn);
@@ -676,19 +696,25 @@ pub fn run_worker_from_env() -> Result<(), String> {
     let mut session: Option<Arc<Session>> = None;
     let mut buf = [0u8; std::mem::size_of::<Handoff>()];
     loop {
-        let (n, mut fds) = fdpass::recv_with_fds(&control, &mut buf, 1).map_err(|e| format!("control socket: {e}"))?;
+        let (n, fds) = fdpass::recv_with_fds(&control, &mut buf, 2).map_err(|e| format!("control socket: {e}"))?;
         if n == 0 {
             tracing::info!("server went away (or ended this session); worker exits");
             std::process::exit(0);
         }
-        let (Ok(handoff), Some(fd)) = (Handoff::read_from_bytes(&buf[..n]), fds.pop()) else {
+        // The connection, and with the session's first one its link to the server's IPC registry.
+        let mut fds = fds.into_iter();
+        let (Ok(handoff), Some(fd)) = (Handoff::read_from_bytes(&buf[..n]), fds.next()) else {
             return Err("malformed handoff from the server".into());
         };
+        let registry = fds.next();
         let session = match &session {
             Some(s) => s.clone(),
             None => {
                 // The session's first connection brings its limits.
                 let s = Session::new(backend.clone(), handoff.limits()?);
+                if let Some(link) = registry {
+                    s.attach_registry(RegistryLink::new(UnixStream::from(link)));
+                }
                 let ticks = control.try_clone().map_err(|e| format!("control socket: {e}"))?;
                 let _ = METER.set((ticks, s.clone()));
                 std::thread::spawn(|| loop {

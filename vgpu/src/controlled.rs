@@ -356,6 +356,7 @@ impl Authority for TicketAuthority {
             },
         );
         Ok(Admission {
+            tenant: claims.sub,
             label: claims.sid,
             limits: Limits {
                 memory_bytes: Some(memory_mib.saturating_mul(1 << 20)),

@@ -108,7 +108,7 @@ impl Serve<MemFree> for Channel {
         }
         let r = self.b().mem_free(c.dptr);
         if r.is_ok() {
-            self.s().objects().remove_allocation(c.dptr);
+            self.s().free_allocation(c.dptr);
         }
         Ok(r.map(|_| Empty {}))
     }
@@ -201,7 +201,7 @@ impl Serve<MemFreeAsync> for Channel {
                 return Err(CUDA_ERROR_INVALID_VALUE);
             }
             self.b().mem_free_async(c.dptr, stream)?;
-            self.s().objects().remove_allocation(c.dptr);
+            self.s().free_allocation(c.dptr);
             Ok(Empty {})
         })();
         Ok(r)

@@ -3,8 +3,8 @@
 //!
 //! Layout: `channel.rs` reads frames and dispatches each to its handler (generated from the call table), then
 //! replies or latches; the handlers live by area, mirroring the client shim: `context.rs`, `memory.rs`,
-//! `copy.rs`, `stream.rs`, `module.rs`, `launch.rs`, `array.rs`, `nvml.rs`, `vmm.rs`. `objects.rs` holds the
-//! session's books (client id → backend handle), `order.rs` the submission order across channels.
+//! `copy.rs`, `stream.rs`, `module.rs`, `launch.rs`, `array.rs`, `nvml.rs`, `vmm.rs`, `ipc.rs`. `objects.rs` holds
+//! the session's books (client id → backend handle), `order.rs` the submission order across channels.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +19,7 @@ mod array;
 mod channel;
 mod context;
 mod copy;
+mod ipc;
 mod launch;
 mod memory;
 mod module;
@@ -156,6 +157,8 @@ pub struct Session {
     /// Bumped by every primary-context reset: channels drop the pinned buffers and events they hold, which
     /// the reset freed with the context that owned them.
     reset_epoch: AtomicU64,
+    /// Inter-process sharing: the link to the server's IPC registry and what was exported and opened.
+    ipc: ipc::Ipc,
 }
 
 /// How long a lookup waits for a binding made on another channel (see `Session::await_object`).
@@ -171,6 +174,7 @@ impl Session {
             host_held: AtomicU64::new(0),
             reset_epoch: AtomicU64::new(0),
             order: SubmitOrder::default(),
+            ipc: ipc::Ipc::default(),
         })
     }
 
@@ -208,6 +212,7 @@ impl Session {
     }
 
     pub fn usage(&self) -> UsageCounters {
+        self.release_held();
         UsageCounters {
             allocated_bytes: self.objects().allocated_bytes,
             host_bytes: self.host_held.load(Ordering::Relaxed),
@@ -238,6 +243,14 @@ impl Session {
     /// Reserves `size` bytes against the memory limit before the driver allocates them, so that concurrent
     /// client threads cannot together pass it.
     fn reserve(&self, size: u64) -> CuResult<()> {
+        self.try_reserve(size).or_else(|_| {
+            // Memory freed here but still open in other sessions may be gone by now.
+            self.release_held();
+            self.try_reserve(size)
+        })
+    }
+
+    fn try_reserve(&self, size: u64) -> CuResult<()> {
         let mut objs = self.objects();
         let after = objs.allocated_bytes.checked_add(size).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
         if self.limits.memory_bytes.is_some_and(|limit| after > limit) {
