@@ -29,7 +29,14 @@ fn record(flags: u16, event: CUevent, stream: CUstream) -> CuResult<()> {
     if super::graph::record_event(super::graph::key(flags, stream), event) {
         return Ok(());
     }
-    client::post(flags, &EventRecord { event, stream }, &[])
+    client::post(flags, &EventRecord { event, stream }, &[])?;
+    let interprocess = CUevent_flags::CU_EVENT_INTERPROCESS.0;
+    if state::read().events.get(&event).is_some_and(|f| f & interprocess != 0) {
+        // Another process may wait for this record as soon as the app tells it (over a pipe, say): it must be on
+        // the server's driver before cuEventRecord returns, as natively, not in this thread's batch.
+        client::call(flags, &Ping {}, &[])?;
+    }
+    Ok(())
 }
 
 entry! {
