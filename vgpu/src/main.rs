@@ -5,6 +5,7 @@
 mod bench;
 mod controlled;
 mod cuda;
+mod ipccheck;
 mod local;
 mod nvml;
 mod quickstart;
@@ -146,6 +147,9 @@ enum Cmd {
         copy_mib: u64,
         alloc_mib: Vec<u64>,
     },
+    /// One side of a CUDA IPC exchange (`export`, or `open HANDLE_HEX`), for the IPC tests.
+    #[command(name = "__ipccheck", hide = true)]
+    IpcCheck { mode: String, handle: Option<String> },
     #[command(name = "__launch-rate", hide = true)]
     LaunchRate { launches: u64, start_at_ms: u64 },
     #[command(name = "__probe", hide = true)]
@@ -287,6 +291,11 @@ fn run(cmd: Cmd) -> Result<(), String> {
             backend,
             repeat,
         } => bench::run(quick, json.as_deref(), &backend, repeat),
+        Cmd::IpcCheck { mode, handle } => match (mode.as_str(), handle) {
+            ("export", None) => ipccheck::export(),
+            ("open", Some(h)) => ipccheck::open(&h),
+            _ => Err("usage: vgpu __ipccheck export | open HANDLE_HEX".into()),
+        },
         Cmd::LaunchRate { launches, start_at_ms } => bench::launch_rate(launches, start_at_ms),
         Cmd::Probe { quick } => bench::probe(quick),
     }
