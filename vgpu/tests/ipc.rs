@@ -93,7 +93,22 @@ fn memory_is_shared_between_processes_over_both_transports() {
         assert!(text.contains("close ok"), "{endpoint}: {text}");
     }
     // What the openers wrote is in the exporter's memory.
+    let handle = exporter.handle.clone();
     assert_eq!(exporter.finish(), "after opened!!");
+    // Once the exporting process is gone (its session ends when its worker sees the connection close), its handle
+    // opens nowhere: the registry withdrew the export with the session.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = open(&mut ipccheck(&server.tcp_url(), &[], &["open", &handle]));
+        if text.contains("open cuIpcOpenMemHandle failed: CUDA_ERROR_INVALID_VALUE") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exporter's handle still opens after it exited: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     // A handle that no server issued.
     let bogus = "00".repeat(64);
     let text = open(&mut ipccheck(&server.tcp_url(), &[], &["open", &bogus]));
