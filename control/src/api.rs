@@ -1308,6 +1308,8 @@ impl App {
                 gpu_index: g.index,
                 memory_limit_mib: a.memory_limit_mib,
                 compute_share: a.compute_share,
+                priority: String::new(),
+                share_cap: false,
             });
         }
         if gpus.is_empty() {

@@ -19,6 +19,12 @@ pub struct TicketGpu {
     pub memory_limit_mib: u64,
     /// Fraction of the GPU's compute time, in (0, 1].
     pub compute_share: f64,
+    /// Priority class on the GPU: "guaranteed", "burst" (also when empty) or "preemptible".
+    #[serde(default)]
+    pub priority: String,
+    /// Never more than `compute_share`, even when the GPU is otherwise idle.
+    #[serde(default)]
+    pub share_cap: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -109,6 +109,18 @@ pub trait Backend: DriverOps + Send + Sync + 'static {
         "unknown".into()
     }
 
+    /// The calling thread's current context (`Context(0)`: none), for the scheduler's bookkeeping.
+    fn current_context(&self) -> Context {
+        Context(0)
+    }
+    /// The server ordinal of the device of the calling thread's current context (`None`: no context).
+    fn context_device(&self) -> Option<i32> {
+        None
+    }
+    /// Lets the emulated backend queue its simulated kernels on a device timeline shared by every worker of the
+    /// server (in the scheduler's shared table); the real backend has a real device.
+    fn share_device_timeline(&self, _busy_until: &'static std::sync::atomic::AtomicU64) {}
+
     fn primary_ctx_retain(&self, dev: i32) -> CuResult<Context>;
     fn ctx_create(&self, flags: u32, dev: i32) -> CuResult<Context>;
 

@@ -3,15 +3,18 @@
 
 pub mod backend;
 pub mod emulated;
+mod emulated_time;
 pub mod handles;
 pub mod nvml;
 pub mod ptx;
 pub mod real;
 pub mod registry;
+pub mod sched;
 pub mod server;
 pub mod session;
 pub(crate) mod sys;
 
+pub use sched::SlotConfig;
 pub use server::{
     open_backend, run_server, run_worker_from_env, Admission, Authority, BackendChoice, ServerConfig, StaticKey,
     UsageDelta,

@@ -45,6 +45,9 @@ pub struct UsageDelta {
     pub bytes_moved: u64,
     /// Device memory held at the end of the period.
     pub allocated_bytes: u64,
+    /// GPU time the scheduler measured the session using during the period, in seconds, per GPU it sees (in the
+    /// client's order): what `gpu_busy_seconds` of a usage report carries. Empty when the scheduler is off.
+    pub gpu_busy_seconds: Vec<f64>,
     /// The session is over: this is its last report.
     pub ended: bool,
 }
@@ -67,10 +70,13 @@ pub trait Authority: Send + Sync {
     }
 }
 
-/// Standalone mode: one shared key (or none) and the same memory limit for every session.
+/// Standalone mode: one shared key (or none), or keys with plans (`--plans`), and the same memory limit for every
+/// session.
 pub struct StaticKey {
     pub key: Option<String>,
     pub memory_limit: Option<u64>,
+    /// Keys with their share, class and cap on every GPU (`sched::plans`); when set, a client must present one.
+    pub plans: Vec<(String, crate::sched::SlotConfig)>,
 }
 
 impl Authority for StaticKey {
@@ -80,12 +86,25 @@ impl Authority for StaticKey {
                 return Err("the server refused the key (set VGPU_KEY)".into());
             }
         }
+        let mut sharing = Vec::new();
+        if !self.plans.is_empty() {
+            // Every key is compared, so the time taken does not tell which one came close.
+            let mut found = None;
+            for (key, cfg) in &self.plans {
+                if constant_time_eq(key.as_bytes(), credential) {
+                    found = Some(*cfg);
+                }
+            }
+            let cfg = found.ok_or("the server refused the key (set VGPU_KEY to a key of its plans)")?;
+            sharing = vec![cfg; MAX_VISIBLE];
+        }
         Ok(Admission {
             label: String::new(),
             tenant: String::new(),
             limits: Limits {
                 memory_bytes: self.memory_limit,
                 devices: None,
+                sharing,
                 ..Default::default()
             },
         })
@@ -173,6 +192,8 @@ struct Handoff {
     device_count: u32,
     _pad2: u32,
     devices: [u32; MAX_VISIBLE],
+    /// The session's scheduler slot on each server device (by ordinal; `sched::host::NO_SLOT`: not scheduled there).
+    slots: [u16; MAX_VISIBLE],
 }
 
 /// Most devices a ticket can make visible to one session.
@@ -201,6 +222,7 @@ impl Handoff {
         Ok(Limits {
             memory_bytes: (self.memory_limit != u64::MAX).then_some(self.memory_limit),
             devices,
+            sharing: Vec::new(),
             ..Default::default()
         })
     }
@@ -230,6 +252,7 @@ struct UsageTick {
 struct Listener {
     cfg: ServerConfig,
     resolved: BackendChoice,
+    sched: Option<crate::sched::host::SchedShared>,
     sessions: Mutex<HashMap<u64, SessionEntry>>,
     spare: Mutex<Option<Spare>>,
     /// Whether to keep a spare worker (`VGPU_SPARE_WORKER=0` turns it off).
@@ -311,10 +334,24 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
     let _ = writeln!(out, "vgpu server: clients authenticate with {}", cfg.auth_description);
     let devices = backend.devices().to_vec();
     drop(backend);
+    let sched = match crate::sched::host::SchedShared::create(resolved == BackendChoice::Real, devices.len()) {
+        Ok(s) => {
+            let _ = writeln!(out, "vgpu server: GPU sharing: {}", s.sharing.describe());
+            Some(s)
+        }
+        Err(why) => {
+            let _ = writeln!(
+                out,
+                "vgpu server: GPU sharing: scheduler unavailable ({why}); shares are not enforced"
+            );
+            None
+        }
+    };
     let mut tcp_bound = None;
     let listener = Arc::new(Listener {
         cfg: cfg.clone(),
         resolved,
+        sched,
         sessions: Mutex::new(HashMap::new()),
         spare: Mutex::new(None),
         keep_spare: std::env::var("VGPU_SPARE_WORKER").map_or(true, |v| v != "0"),
@@ -482,10 +519,19 @@ impl Listener {
         }
     }
 
-    fn start_session(self: &Arc<Self>, conn: Conn, hello: &Hello, admission: Admission) -> Result<(), String> {
-        let session_id: u64 = rand::random();
-        let secret: [u8; 16] = rand::random();
-        let Spare { child, control } = self.take_worker()?;
+    /// Sends the session's first connection, limits and scheduler slots to its worker; returns the worker's usage
+    /// socket.
+    #[allow(clippy::too_many_arguments)]
+    fn hand_off(
+        &self,
+        conn: &Conn,
+        hello: &Hello,
+        admission: &Admission,
+        control: &UnixStream,
+        session_id: u64,
+        secret: [u8; 16],
+        claimed: &[(usize, Option<usize>)],
+    ) -> Result<UnixStream, String> {
         let ticks = control.try_clone().map_err(|e| format!("socketpair: {e}"))?;
         let mut handoff = Handoff {
             transport: conn.kind(),
@@ -493,12 +539,18 @@ impl Listener {
             session_id,
             secret,
             pid: hello.pid,
+            slots: [crate::sched::host::NO_SLOT; MAX_VISIBLE],
             ..Default::default()
         };
+        for &(d, slot) in claimed {
+            if let (Some(entry), Some(slot)) = (handoff.slots.get_mut(d), slot) {
+                *entry = slot as u16;
+            }
+        }
         handoff.set_limits(&admission.limits)?;
         // The session's own link to the IPC registry: whatever arrives on it is this session's, of this tenant.
         let (registry_end, worker_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-        fdpass::send_with_fds(&control, handoff.as_bytes(), &[conn.fd(), worker_end.as_raw_fd()])
+        fdpass::send_with_fds(control, handoff.as_bytes(), &[conn.fd(), worker_end.as_raw_fd()])
             .map_err(|e| format!("handoff: {e}"))?;
         drop(worker_end);
         let member = Member {
@@ -507,6 +559,37 @@ impl Listener {
         };
         let registry = self.registry.clone();
         std::thread::spawn(move || registry.serve(member, registry_end));
+        Ok(ticks)
+    }
+
+    fn start_session(self: &Arc<Self>, conn: Conn, hello: &Hello, admission: Admission) -> Result<(), String> {
+        let session_id: u64 = rand::random();
+        let secret: [u8; 16] = rand::random();
+        let claim = crate::sched::host::claim(self.sched.as_ref(), &admission.limits);
+        let (claimed, sm_percent) = (claim.slots, claim.sm_percent);
+        let worker = if sm_percent < 100 {
+            // The SM limit is read when the worker's driver starts: this session needs a worker of its own, not
+            // the spare (started without one).
+            tracing::info!("session {session_id:016x}: MPS SM limit {sm_percent} %: starting a worker for it");
+            self.new_worker(Some(sm_percent))
+        } else {
+            self.take_worker()
+        };
+        let Spare { child, control } = match worker {
+            Ok(w) => w,
+            Err(e) => {
+                crate::sched::host::release(self.sched.as_ref(), &claimed);
+                return Err(e);
+            }
+        };
+        let handed = self.hand_off(&conn, hello, &admission, &control, session_id, secret, &claimed);
+        let ticks = match handed {
+            Ok(ticks) => ticks,
+            Err(e) => {
+                crate::sched::host::release(self.sched.as_ref(), &claimed);
+                return Err(e);
+            }
+        };
         let me = self.clone();
         std::thread::spawn(move || me.refill_spare());
         drop(conn);
@@ -526,15 +609,16 @@ impl Listener {
         );
         let me = self.clone();
         std::thread::spawn(move || {
-            me.meter(&label, ticks);
+            me.meter(&label, ticks, &claimed);
             me.reap(session_id, child);
+            crate::sched::host::release(me.sched.as_ref(), &claimed);
         });
         Ok(())
     }
 
     /// Reads the worker's usage ticks until it exits, handing each period to the authority; the last one
     /// (sent when the socket closes) says the session ended.
-    fn meter(&self, label: &str, mut ticks: UnixStream) {
+    fn meter(&self, label: &str, mut ticks: UnixStream, claimed: &[(usize, Option<usize>)]) {
         use std::io::Read;
         let epoch = |t: std::time::SystemTime| {
             t.duration_since(std::time::UNIX_EPOCH)
@@ -542,6 +626,7 @@ impl Listener {
                 .unwrap_or(0)
         };
         let mut last = UsageCounters::default();
+        let mut last_charged = crate::sched::host::charged(self.sched.as_ref(), claimed);
         let mut since = Instant::now();
         let mut since_wall = std::time::SystemTime::now();
         let mut buf = [0u8; std::mem::size_of::<UsageTick>()];
@@ -565,6 +650,16 @@ impl Listener {
                 ..Default::default()
             });
             let seconds = now.duration_since(since).as_secs_f64();
+            let charged = crate::sched::host::charged(self.sched.as_ref(), claimed);
+            let gpu_busy_seconds = if self.sched.as_ref().is_some_and(|s| s.scheduling()) {
+                charged
+                    .iter()
+                    .zip(&last_charged)
+                    .map(|(now, before)| now.saturating_sub(*before) as f64 / 1e9)
+                    .collect()
+            } else {
+                Vec::new()
+            };
             // Ticks are a second apart: memory between two is taken as the mean of both readings.
             let mean_held = (last.allocated_bytes as f64 + current.allocated_bytes as f64) / 2.0;
             self.cfg.authority.record(UsageDelta {
@@ -575,12 +670,14 @@ impl Listener {
                 memory_byte_seconds: mean_held * seconds,
                 bytes_moved: current.bytes_moved.saturating_sub(last.bytes_moved),
                 allocated_bytes: current.allocated_bytes,
+                gpu_busy_seconds,
                 ended,
             });
             if ended {
                 return;
             }
             last = current;
+            last_charged = charged;
             since = now;
             since_wall = now_wall;
         }
@@ -606,13 +703,14 @@ impl Listener {
             }
             tracing::warn!("the spare worker had exited; starting a fresh one");
         }
-        self.new_worker()
+        self.new_worker(None)
     }
 
-    fn new_worker(&self) -> Result<Spare, String> {
+    /// A fresh worker; `sm_percent`: its SM limit under MPS.
+    fn new_worker(&self, sm_percent: Option<u32>) -> Result<Spare, String> {
         let (control, child_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let child = self
-            .spawn_worker(&child_end)
+            .spawn_worker(&child_end, sm_percent)
             .map_err(|e| format!("cannot start a worker: {e}"))?;
         Ok(Spare { child, control })
     }
@@ -622,7 +720,7 @@ impl Listener {
         if !self.keep_spare || self.spare.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
             return;
         }
-        match self.new_worker() {
+        match self.new_worker(None) {
             Ok(w) => {
                 let mut slot = self.spare.lock().unwrap_or_else(|p| p.into_inner());
                 if slot.is_none() {
@@ -639,10 +737,14 @@ impl Listener {
         }
     }
 
-    fn spawn_worker(&self, child_end: &UnixStream) -> std::io::Result<Child> {
+    fn spawn_worker(&self, child_end: &UnixStream, sm_percent: Option<u32>) -> std::io::Result<Child> {
         let fd = child_end.as_raw_fd();
-        // The worker inherits exactly this one descriptor: clear close-on-exec on it alone.
+        // The worker inherits exactly these descriptors (its control socket and the scheduler's table): clear
+        // close-on-exec on them alone. The table's descriptor stays inheritable: every worker gets it.
         crate::sys::clear_cloexec(fd)?;
+        if let Some(s) = &self.sched {
+            crate::sys::clear_cloexec(s.fd())?;
+        }
         let (program, args) = self
             .cfg
             .worker_command
@@ -654,6 +756,12 @@ impl Listener {
             .env("VGPU_WORKER_BACKEND", self.resolved.as_str());
         if let Some(d) = &self.cfg.driver {
             cmd.env("VGPU_WORKER_DRIVER", d);
+        }
+        if let Some(s) = &self.sched {
+            cmd.env("VGPU_WORKER_SCHED_FD", s.fd().to_string());
+        }
+        if let Some(p) = sm_percent {
+            cmd.env("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", p.to_string());
         }
         let child = cmd.spawn();
         let _ = crate::sys::set_cloexec(fd);
@@ -691,8 +799,29 @@ pub fn run_worker_from_env() -> Result<(), String> {
     if let Err(e) = crate::session::forward_stdout() {
         tracing::warn!("device printf output stays on the server: cannot capture stdout ({e})");
     }
+    // The scheduler's table (the server made it; every worker maps it).
+    let region = match std::env::var("VGPU_WORKER_SCHED_FD")
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+    {
+        Some(sfd) => {
+            // SAFETY: the server passed this descriptor to every worker through VGPU_WORKER_SCHED_FD.
+            let sfd = unsafe { OwnedFd::from_raw_fd(sfd) };
+            match crate::sched::gate::attach_region(&sfd) {
+                Ok(r) => Some(r),
+                Err(why) => {
+                    tracing::warn!("{why}; this worker's sessions run unscheduled");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     // The driver starts before any session arrives: a spare worker waits here fully initialised.
     let (backend, _) = open_backend(choice, driver.as_deref())?;
+    if let Some(r) = region {
+        backend.share_device_timeline(&r.gpus[0].emulated_busy_until);
+    }
     let mut session: Option<Arc<Session>> = None;
     let mut buf = [0u8; std::mem::size_of::<Handoff>()];
     loop {
@@ -710,8 +839,12 @@ pub fn run_worker_from_env() -> Result<(), String> {
         let session = match &session {
             Some(s) => s.clone(),
             None => {
-                // The session's first connection brings its limits.
-                let s = Session::new(backend.clone(), handoff.limits()?);
+                // The session's first connection brings its limits and its scheduler slots.
+                let limits = handoff.limits()?;
+                let sched = region.and_then(|r| {
+                    crate::sched::host::session_sched(r, &backend, handoff.session_id, &handoff.slots, &limits)
+                });
+                let s = Session::scheduled(backend.clone(), limits, sched);
                 if let Some(link) = registry {
                     s.attach_registry(RegistryLink::new(UnixStream::from(link)));
                 }

@@ -215,3 +215,108 @@ pub fn wait_readable(fd: RawFd, ms: i32) -> bool {
     // SAFETY: one valid pollfd.
     unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }
+
+/// Wakes every sleeper on a futex word in shared memory (another process may be waiting on it).
+pub fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: `word` is a live, aligned 32-bit atomic; FUTEX_WAKE does not access memory beyond its address.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<u32>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Sleeps while `word == expected`, at most `timeout` (a shared futex: wakers live in other processes).
+pub fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32, timeout: std::time::Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+        tv_nsec: timeout.subsec_nanos().into(),
+    };
+    // SAFETY: `word` is a live, aligned 32-bit atomic and `ts` outlives the call; FUTEX_WAIT only reads both.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the host (unlike `Instant`, it can be shared).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// A new sealed memfd of `len` zeroed bytes (it cannot shrink or grow), inherited by child processes only where
+/// the caller clears close-on-exec.
+pub fn sealed_memfd(name: &std::ffi::CStr, len: usize) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `name` is NUL-terminated; memfd_create has no other memory effects.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just made and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ftruncate and fcntl on the descriptor we own, integer arguments only.
+    unsafe {
+        if libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+        ) < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(fd)
+}
+
+impl SharedRegion {
+    /// The scheduler's table laid over this mapping, if it is large enough and carries the table's magic number.
+    pub fn sched_region(&self) -> Option<&crate::sched::table::Region> {
+        use crate::sched::table::{Region, MAGIC};
+        if self.len < std::mem::size_of::<Region>()
+            || !(self.ptr as usize).is_multiple_of(std::mem::align_of::<Region>())
+        {
+            return None;
+        }
+        // SAFETY: the mapping is large enough and aligned (checked above) and lives as long as `self`; `Region` is
+        // `repr(C)` of atomics only, for which every bit pattern (zeroes included) is valid, and shared access goes
+        // through atomic operations alone.
+        let region = unsafe { &*(self.ptr as *const Region) };
+        (region.magic.load(std::sync::atomic::Ordering::Acquire) == MAGIC).then_some(region)
+    }
+
+    /// Writes the scheduler's initial table into a fresh (zeroed) mapping.
+    pub fn init_sched_region(&self) -> Option<&crate::sched::table::Region> {
+        use crate::sched::table::{Region, MAGIC};
+        if self.len < std::mem::size_of::<Region>()
+            || !(self.ptr as usize).is_multiple_of(std::mem::align_of::<Region>())
+        {
+            return None;
+        }
+        // SAFETY: as in `sched_region`; a fresh memfd reads as zeroes, a valid `Region`.
+        let region = unsafe { &*(self.ptr as *const Region) };
+        region.magic.store(MAGIC, std::sync::atomic::Ordering::Release);
+        Some(region)
+    }
+}

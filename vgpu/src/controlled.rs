@@ -67,6 +67,9 @@ struct Metered {
     seconds: f64,
     memory_byte_seconds: f64,
     bytes_moved: u64,
+    /// GPU time the scheduler measured the session using on each of its GPUs here (ticket order), in seconds:
+    /// what each usage sample's `gpu_busy_seconds` carries once the control plane's reports have the field.
+    gpu_busy_seconds: Vec<f64>,
     ended: bool,
     since: Instant,
 }
@@ -202,6 +205,7 @@ impl TicketAuthority {
                         m.seconds = 0.0;
                         m.memory_byte_seconds = 0.0;
                         m.bytes_moved = 0;
+                        m.gpu_busy_seconds.iter_mut().for_each(|s| *s = 0.0);
                     }
                 }
             }
@@ -211,7 +215,9 @@ impl TicketAuthority {
 }
 
 /// Usage records for one session: GPU time on each of its GPUs here, weighted by the compute share it holds;
-/// memory and bytes are counted on its first GPU (the server meters a session's memory as a whole).
+/// memory and bytes are counted on its first GPU (the server meters a session's memory as a whole). The GPU time
+/// the scheduler measured (`Metered::gpu_busy_seconds[i]`) joins each record as `gpu_busy_seconds` once
+/// `UsageSample` has that field (the control plane's side of issue 15).
 fn samples(sid: &str, m: &Metered) -> Vec<UsageSample> {
     m.gpus
         .iter()
@@ -323,7 +329,14 @@ impl Authority for TicketAuthority {
             ));
         }
         let mut devices = Vec::new();
+        let mut sharing = Vec::new();
         for g in &gpus {
+            sharing.push(vgpu_cuda_exec::SlotConfig {
+                class: vgpu_cuda_exec::SlotConfig::parse_class(&g.priority)?,
+                share: g.compute_share,
+                cap: g.share_cap,
+                sm_percent: 100,
+            });
             let index = r
                 .devices
                 .iter()
@@ -351,6 +364,7 @@ impl Authority for TicketAuthority {
                 seconds: 0.0,
                 memory_byte_seconds: 0.0,
                 bytes_moved: 0,
+                gpu_busy_seconds: vec![0.0; devices.len()],
                 ended: false,
                 since: Instant::now(),
             },
@@ -361,6 +375,7 @@ impl Authority for TicketAuthority {
             limits: Limits {
                 memory_bytes: Some(memory_mib.saturating_mul(1 << 20)),
                 devices: Some(devices),
+                sharing,
                 ..Default::default()
             },
         })
@@ -378,6 +393,9 @@ impl Authority for TicketAuthority {
             m.seconds += u.seconds;
             m.memory_byte_seconds += u.memory_byte_seconds;
             m.bytes_moved += u.bytes_moved;
+            for (total, add) in m.gpu_busy_seconds.iter_mut().zip(&u.gpu_busy_seconds) {
+                *total += add;
+            }
             m.ended |= u.ended;
             m.since = Instant::now();
         }
@@ -402,6 +420,8 @@ mod tests {
                     gpu_index: 0,
                     memory_limit_mib: 1024,
                     compute_share: share,
+                    priority: String::new(),
+                    share_cap: false,
                 },
                 TicketGpu {
                     server_id: "srv".into(),
@@ -410,6 +430,8 @@ mod tests {
                     gpu_index: 1,
                     memory_limit_mib: 1024,
                     compute_share: 1.0,
+                    priority: String::new(),
+                    share_cap: false,
                 },
             ],
             period_start: 100,
@@ -417,9 +439,38 @@ mod tests {
             seconds,
             memory_byte_seconds: (2u64 << 30) as f64 * 3600.0,
             bytes_moved: 77,
+            gpu_busy_seconds: vec![12.5, 0.0],
             ended: true,
             since: Instant::now(),
         }
+    }
+
+    #[test]
+    fn delivered_gpu_time_accumulates_per_gpu_until_reported() {
+        let authority = TicketAuthority::new(ControlLink {
+            url: "http://127.0.0.1:9".into(),
+            node_token: "t".into(),
+            name: "n".into(),
+            advertise: None,
+        });
+        let mut m = metered(0.0, 0.5);
+        m.ended = false;
+        m.gpu_busy_seconds = vec![0.0, 0.0];
+        authority.state().usage.insert("sess_9".into(), m);
+        for busy in [vec![0.5, 0.25], vec![0.125, 0.0]] {
+            authority.record(UsageDelta {
+                label: "sess_9".into(),
+                period_start: 1,
+                period_end: 2,
+                seconds: 1.0,
+                memory_byte_seconds: 0.0,
+                bytes_moved: 0,
+                allocated_bytes: 0,
+                gpu_busy_seconds: busy,
+                ended: false,
+            });
+        }
+        assert_eq!(authority.state().usage["sess_9"].gpu_busy_seconds, vec![0.625, 0.25]);
     }
 
     #[test]

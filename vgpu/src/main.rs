@@ -5,6 +5,7 @@
 mod bench;
 mod controlled;
 mod cuda;
+mod fairness;
 mod ipccheck;
 mod local;
 mod nvml;
@@ -73,8 +74,12 @@ enum Cmd {
         /// Memory limit per session, in MiB (standalone mode).
         #[arg(long)]
         memory_limit_mib: Option<u64>,
+        /// Keys with plans (standalone mode): one per line, `KEY SHARE [guaranteed|burst|preemptible] [cap]`;
+        /// a client presents its key in VGPU_KEY and gets that compute share, class and cap on every GPU.
+        #[arg(long, conflicts_with = "key")]
+        plans: Option<std::path::PathBuf>,
         /// Control plane URL: register there, admit sessions by its tickets, report usage.
-        #[arg(long, conflicts_with_all = ["key", "memory_limit_mib"])]
+        #[arg(long, conflicts_with_all = ["key", "memory_limit_mib", "plans"])]
         control: Option<String>,
         /// Token the control plane's operator gave this server (with --control). Also read from VGPU_NODE_TOKEN.
         #[arg(long, env = "VGPU_NODE_TOKEN", hide_env_values = true)]
@@ -135,6 +140,9 @@ enum Cmd {
         /// Runs of each probe; the table shows medians.
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// `fairness`: several tenants on one GPU instead (see `vgpu bench fairness --help`).
+        #[command(subcommand)]
+        what: Option<fairness::BenchWhat>,
     },
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -147,6 +155,8 @@ enum Cmd {
         copy_mib: u64,
         alloc_mib: Vec<u64>,
     },
+    #[command(name = "__fair-tenant", hide = true)]
+    FairTenant(fairness::TenantArgs),
     /// One side of a CUDA IPC exchange (`export`, or `open HANDLE_HEX`), for the IPC tests.
     #[command(name = "__ipccheck", hide = true)]
     IpcCheck { mode: String, handle: Option<String> },
@@ -186,6 +196,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             driver,
             key,
             memory_limit_mib,
+            plans,
             control,
             node_token,
             name,
@@ -215,16 +226,25 @@ fn run(cmd: Cmd) -> Result<(), String> {
                     )
                 }
                 None => {
-                    let described = match (&key, memory_limit_mib) {
-                        (Some(_), Some(m)) => format!("a static key (VGPU_KEY); {m} MiB per session"),
-                        (Some(_), None) => "a static key (VGPU_KEY)".into(),
-                        (None, _) => {
+                    let plans = match &plans {
+                        Some(path) => vgpu_cuda_exec::sched::plans::parse(
+                            &std::fs::read_to_string(path)
+                                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                        )?,
+                        None => Vec::new(),
+                    };
+                    let described = match (&key, memory_limit_mib, plans.len()) {
+                        (_, _, n) if n > 0 => format!("{n} keys with plans (--plans; VGPU_KEY)"),
+                        (Some(_), Some(m), _) => format!("a static key (VGPU_KEY); {m} MiB per session"),
+                        (Some(_), None, _) => "a static key (VGPU_KEY)".into(),
+                        (None, _, _) => {
                             "nothing: no key set, any client that can reach these endpoints may connect".into()
                         }
                     };
                     let authority = StaticKey {
                         key,
                         memory_limit: memory_limit_mib.map(|m| m << 20),
+                        plans,
                     };
                     (Arc::new(authority), described)
                 }
@@ -286,11 +306,17 @@ fn run(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Quickstart { backend, standalone } => quickstart::run(&backend, standalone),
         Cmd::Bench {
+            what: Some(fairness::BenchWhat::Fairness(args)),
+            ..
+        } => fairness::run(args),
+        Cmd::Bench {
             quick,
             json,
             backend,
             repeat,
+            what: None,
         } => bench::run(quick, json.as_deref(), &backend, repeat),
+        Cmd::FairTenant(args) => fairness::tenant(args),
         Cmd::IpcCheck { mode, handle } => match (mode.as_str(), handle) {
             ("export", None) => ipccheck::export(),
             ("open", Some(h)) => ipccheck::open(&h),

@@ -63,6 +63,8 @@ pub struct EmulatedBackend {
     /// Host buffers handed out and not yet freed (bytes), and the most there ever were: what the server held.
     host_live: AtomicU64,
     host_peak: AtomicU64,
+    /// Simulated kernel durations (`VGPU_EMULATED_KERNEL_NS`), off by default.
+    time: crate::emulated_time::SimulatedTime,
 }
 
 impl Default for EmulatedBackend {
@@ -82,7 +84,21 @@ impl EmulatedBackend {
             next_handle: AtomicU64::new(0x1000),
             host_live: AtomicU64::new(0),
             host_peak: AtomicU64::new(0),
+            time: crate::emulated_time::SimulatedTime::new(crate::emulated_time::KernelCost::from_env()),
         }
+    }
+
+    /// A backend whose kernels take simulated time by `cost`, for tests.
+    #[cfg(test)]
+    pub(crate) fn with_kernel_cost(cost: crate::emulated_time::KernelCost) -> Self {
+        EmulatedBackend {
+            time: crate::emulated_time::SimulatedTime::new(Some(cost)),
+            ..Self::new()
+        }
+    }
+
+    fn current(&self) -> u64 {
+        CURRENT_CTX.with(|c| c.get())
     }
 
     /// The most host buffer bytes alive at once so far (staging, queued copies, pools).
@@ -330,7 +346,9 @@ impl DriverOps for EmulatedBackend {
         Ok(())
     }
     fn ctx_synchronize(&self) -> CuResult<()> {
-        self.require_ctx()
+        self.require_ctx()?;
+        self.time.wait_until(self.time.all_done_at());
+        Ok(())
     }
     fn mem_free(&self, dptr: DevicePtr) -> CuResult<()> {
         self.free(dptr.0)
@@ -344,10 +362,16 @@ impl DriverOps for EmulatedBackend {
         self.state().streams.remove(&stream.0).ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
     fn stream_synchronize(&self, stream: Stream) -> CuResult<()> {
-        self.check_stream(stream)
+        self.check_stream(stream)?;
+        self.time.wait_until(self.time.done_at(self.current(), stream.0));
+        Ok(())
     }
     fn stream_query(&self, stream: Stream) -> CuResult<()> {
-        self.check_stream(stream)
+        self.check_stream(stream)?;
+        if self.time.done_at(self.current(), stream.0) > crate::sys::monotonic_ns() {
+            return Err(CUDA_ERROR_NOT_READY);
+        }
+        Ok(())
     }
     fn stream_wait_event(&self, stream: Stream, event: Event, _flags: u32) -> CuResult<()> {
         self.check_stream(stream)?;
@@ -361,18 +385,29 @@ impl DriverOps for EmulatedBackend {
         self.check_stream(stream)?;
         let mut st = self.state();
         let slot = st.events.get_mut(&event.0).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-        *slot = Some(Instant::now());
+        // With simulated kernel time the event completes when the stream's queued kernels would have.
+        *slot = Some(if self.time.enabled() {
+            self.time.instant_of(self.time.event_at(self.current(), stream.0))
+        } else {
+            Instant::now()
+        });
         Ok(())
     }
     fn event_synchronize(&self, event: Event) -> CuResult<()> {
-        self.state()
-            .events
-            .get(&event.0)
-            .map(|_| ())
-            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+        let at = *self.state().events.get(&event.0).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if let Some(at) = at {
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+        }
+        Ok(())
     }
     fn event_query(&self, event: Event) -> CuResult<()> {
-        self.event_synchronize(event)
+        match *self.state().events.get(&event.0).ok_or(CUDA_ERROR_INVALID_HANDLE)? {
+            Some(at) if at > Instant::now() => Err(CUDA_ERROR_NOT_READY),
+            _ => Ok(()),
+        }
     }
     fn event_destroy(&self, event: Event) -> CuResult<()> {
         let mut st = self.state();
@@ -427,7 +462,20 @@ impl Backend for EmulatedBackend {
         BACKEND_EMULATED
     }
     fn describe(&self) -> String {
-        "emulated backend (no GPU: kernels are checked and recorded, not run)".into()
+        match self.time.describe() {
+            Some(t) => format!("emulated backend (no GPU: kernels are checked and recorded, not run; {t})"),
+            None => "emulated backend (no GPU: kernels are checked and recorded, not run)".into(),
+        }
+    }
+    fn current_context(&self) -> Context {
+        Context(self.current())
+    }
+    fn context_device(&self) -> Option<i32> {
+        let ctx = self.current();
+        self.state().contexts.get(&ctx).copied()
+    }
+    fn share_device_timeline(&self, busy_until: &'static AtomicU64) {
+        self.time.share(busy_until);
     }
     fn driver_version(&self) -> i32 {
         13000
@@ -787,6 +835,9 @@ impl Backend for EmulatedBackend {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         st.launches += 1;
+        drop(st);
+        let blocks = shape.grid.iter().map(|&g| u64::from(g)).product::<u64>();
+        self.time.launch(self.current(), stream.0, blocks);
         Ok(())
     }
 }

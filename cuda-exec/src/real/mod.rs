@@ -252,6 +252,22 @@ impl Backend for RealBackend {
             .unwrap_or_else(|| "unknown".into())
     }
 
+    fn current_context(&self) -> Context {
+        let mut ctx = std::ptr::null_mut();
+        // SAFETY: out-pointer to a local.
+        match unsafe { self.driver.cuCtxGetCurrent(&mut ctx) }.result() {
+            Ok(()) => ctx.into(),
+            Err(_) => Context(0),
+        }
+    }
+    fn context_device(&self) -> Option<i32> {
+        let mut dev = 0;
+        // SAFETY: out-pointer to a local.
+        unsafe { self.driver.cuCtxGetDevice(&mut dev) }
+            .result()
+            .ok()
+            .map(|_| dev)
+    }
     fn primary_ctx_retain(&self, dev: i32) -> CuResult<Context> {
         let mut ctx = std::ptr::null_mut();
         // SAFETY: out-pointer to a local.

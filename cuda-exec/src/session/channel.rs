@@ -92,6 +92,8 @@ pub(super) struct Channel {
     pub tail: Vec<u8>,
     /// The session's `reset_epoch` when this channel's buffers were allocated.
     epoch: u64,
+    /// The channel's gate to the GPU scheduler (inert for an unscheduled session).
+    pub gate: crate::sched::ChannelGate,
 }
 
 /// Serves one client thread's channel until the client closes it or breaks the protocol.
@@ -106,6 +108,7 @@ pub(super) fn serve(session: &Arc<Session>, t: &mut dyn Transport) -> Result<(),
         body: Vec::new(),
         tail: Vec::new(),
         epoch: 0,
+        gate: session.sched.as_ref().map(|s| s.gate()).unwrap_or_default(),
     };
     let result = ch.run(t);
     ch.release();
@@ -145,6 +148,11 @@ impl Channel {
         // Held for the loop, so the per-request path takes no reference count.
         let session = self.session.clone();
         let order = &session.order;
+        let not_gated = std::sync::atomic::AtomicU32::new(0);
+        let gated = match session.sched.as_deref() {
+            Some(sched) => sched.held(),
+            None => &not_gated,
+        };
         loop {
             t.recv_exact(&mut hdr)?;
             let header: RequestHeader = zerocopy::FromBytes::read_from_bytes(&hdr[..])
@@ -152,11 +160,13 @@ impl Channel {
             let op = check_request_header(&header)?;
             self.body.resize(header.body_len as usize, 0);
             t.recv_exact(&mut self.body)?;
-            order.wait_turn(header.seq);
+            order.wait_turn(header.seq, gated);
             if op.is_sync() {
                 // A synchronous call may block (a stream synchronize): work other threads submitted after it
                 // started need not wait for it to end, natively neither.
                 order.advance(header.seq);
+                // The channel's queued work is measured while the client waits.
+                self.gate.sync_point();
             }
             self.forget_reset_buffers();
             let r = self.dispatch(t, op, &header);

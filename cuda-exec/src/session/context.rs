@@ -26,14 +26,22 @@ impl Serve<PrimaryCtxRelease> for Channel {
         Ok(self
             .s()
             .real_device(c.dev)
-            .and_then(|d| self.b().primary_ctx_release(d))
+            .and_then(|d| {
+                // The context may go with its last reference.
+                self.s().sched_forget_device(d);
+                self.b().primary_ctx_release(d)
+            })
             .map(|_| Empty {}))
     }
 }
 
 impl Serve<PrimaryCtxReset> for Channel {
     fn serve(&mut self, c: PrimaryCtxReset, _cx: &mut Cx<'_>) -> Served<Empty> {
-        let r = self.s().real_device(c.dev).and_then(|d| self.b().primary_ctx_reset(d));
+        let r = self.s().real_device(c.dev).and_then(|d| {
+            // The reset frees the events the scheduler measures with in that context.
+            self.s().sched_forget_device(d);
+            self.b().primary_ctx_reset(d)
+        });
         if r.is_ok() {
             // The reset destroyed the context an earlier asynchronous call failed in (a launch after a kernel
             // fault, say): the reset itself succeeded, as the native call does.
@@ -62,7 +70,13 @@ impl Serve<CtxDestroy> for Channel {
     fn serve(&mut self, c: CtxDestroy, _cx: &mut Cx<'_>) -> Served<Empty> {
         let real = self.s().objects().contexts.remove(&c.ctx);
         Ok(match real {
-            Some(real) => self.b().ctx_destroy(real).map(|_| Empty {}),
+            Some(real) => {
+                if let Some(sched) = &self.s().sched {
+                    // The context's events go with it.
+                    sched.forget_context(real.0);
+                }
+                self.b().ctx_destroy(real).map(|_| Empty {})
+            }
             None => Err(CUDA_ERROR_INVALID_CONTEXT),
         })
     }

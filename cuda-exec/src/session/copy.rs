@@ -30,6 +30,7 @@ impl Channel {
             .saturating_mul(fill.height - 1)
             .saturating_add(fill.width.saturating_mul(elem));
         self.check_range(dst, span)?;
+        self.gate.submit(stream.0, crate::sched::Work::Bytes(span));
         self.b().memset_async(dst, fill, stream)
     }
 
@@ -423,7 +424,10 @@ impl Serve<MemcpyDtoD> for Channel {
         Ok(self
             .check_range(c.src, c.size)
             .and_then(|_| self.check_range(c.dst, c.size))
+            .map(|_| self.gate.submit(stream.0, crate::sched::Work::Bytes(c.size)))
             .and_then(|_| self.b().memcpy_dtod_async(c.dst, c.src, c.size, stream))
+            // Measured up to here, not up to the next call.
+            .map(|_| self.gate.sync_point())
             .and_then(|_| self.b().stream_synchronize(stream))
             .map(|_| Empty {}))
     }
@@ -434,6 +438,7 @@ impl Serve<MemcpyDtoDAsync> for Channel {
         Ok(self.stream(c.stream, cx.per_thread).and_then(|s| {
             self.check_range(c.src, c.size)?;
             self.check_range(c.dst, c.size)?;
+            self.gate.submit(s.0, crate::sched::Work::Bytes(c.size));
             self.b().memcpy_dtod_async(c.dst, c.src, c.size, s).map(|_| Empty {})
         }))
     }
@@ -451,6 +456,8 @@ impl Serve<Memset> for Channel {
         };
         Ok(self
             .memset(c.dst, fill, stream)
+            // Measured up to here, not up to the next call.
+            .map(|_| self.gate.sync_point())
             .and_then(|_| self.b().stream_synchronize(stream))
             .map(|_| Empty {}))
     }

@@ -14,6 +14,7 @@ impl Channel {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let stream = self.stream(stream, per_thread)?;
+        self.gate.submit(stream.0, crate::sched::Work::Launch);
         let session = self.session.clone();
         session
             .backend

@@ -71,6 +71,9 @@ pub struct Limits {
     pub devices: Option<Vec<u32>>,
     /// Bounds on objects and on the host memory the server holds for the session.
     pub caps: Caps,
+    /// How the session shares each GPU it sees (compute share, cap, priority class), in the client's order;
+    /// missing entries (a keyless session: all of them) are the default, an equal share in the burst class.
+    pub sharing: Vec<crate::sched::SlotConfig>,
 }
 
 /// What one session may make the server hold besides device memory. Past a cap, creating one more object fails
@@ -159,6 +162,8 @@ pub struct Session {
     reset_epoch: AtomicU64,
     /// Inter-process sharing: the link to the server's IPC registry and what was exported and opened.
     ipc: ipc::Ipc,
+    /// The session's part of the GPU scheduler (`None`: unscheduled).
+    sched: Option<Arc<crate::sched::SessionSched>>,
 }
 
 /// How long a lookup waits for a binding made on another channel (see `Session::await_object`).
@@ -166,6 +171,15 @@ const BINDING_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Session {
     pub fn new(backend: Arc<dyn Backend>, limits: Limits) -> Arc<Session> {
+        Self::scheduled(backend, limits, None)
+    }
+
+    /// A session whose GPU work passes the scheduler's gate (`sched`), or not (`None`).
+    pub fn scheduled(
+        backend: Arc<dyn Backend>,
+        limits: Limits,
+        sched: Option<Arc<crate::sched::SessionSched>>,
+    ) -> Arc<Session> {
         Arc::new(Session {
             backend,
             objects: Mutex::new(Objects::default()),
@@ -175,7 +189,21 @@ impl Session {
             reset_epoch: AtomicU64::new(0),
             order: SubmitOrder::default(),
             ipc: ipc::Ipc::default(),
+            sched,
         })
+    }
+
+    /// Before a device's primary context goes (reset, or release of its last reference): the scheduler drops
+    /// the events it measures with there.
+    fn sched_forget_device(&self, dev: i32) {
+        if let (Some(sched), Ok(d)) = (&self.sched, usize::try_from(dev)) {
+            sched.forget_device(d);
+        }
+    }
+
+    /// GPU nanoseconds the scheduler charged the session on server device `dev` (0 when unscheduled).
+    pub fn gpu_busy_ns(&self, dev: usize) -> u64 {
+        self.sched.as_ref().map_or(0, |s| s.charged_ns(dev))
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
