@@ -8,6 +8,10 @@
 # WHAT=probes|e2e|nvml|cuda|bench runs one part (default all). WHAT=torch runs the PyTorch workloads (tests/torch:
 # natively, then through vGPU over TCP and shared memory, compared; several minutes), WHAT=frameworks the JAX, CuPy,
 # Triton and Hugging Face ones (tests/frameworks, the same way; about 6 minutes), each only when asked for.
+# WHAT=links (issue 21): which kernel link emulation this host allows (scripts/link-probe.sh), then the probe through
+# loopback, the unshaped relay and each link shape (`vgpu bench --links`, LINKS=standard: 100g-10us 25g-50us 10g-500us
+# 1g-5ms; about 3-4 minutes). The PyTorch workloads through the same shapes: WHAT=torch MODES="native tcp"
+# LINKS=standard WORKLOADS=gpt_train,resnet18_train,small_ops (tests/torch/run-device.sh, about 5 minutes).
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -68,6 +72,17 @@ if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = cuda ]; then
 fi
 if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = bench ]; then
   vgpu bench --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+fi
+if [ "${WHAT:-all}" = links ]; then
+  bash scripts/link-probe.sh 2>&1 | tee "$OUT/link-probe.txt"
+  vgpu bench --links "${LINKS:-standard}" --repeat "${LINKS_REPEAT:-1}" --json "$OUT/links.json" 2>&1 |
+    tee "$OUT/links.txt"
+  # LINKS_WIRE=1: the same shapes across the packet-level wire too (TUN devices in a network namespace: TCP end to
+  # end with the kernel's windows), where link-probe.sh found namespaces and TUN; another ~3 minutes.
+  if [ "${LINKS_WIRE:-0}" = 1 ]; then
+    vgpu bench --links "${LINKS:-standard}" --wire --repeat 1 --json "$OUT/links-wire.json" 2>&1 |
+      tee "$OUT/links-wire.txt"
+  fi
 fi
 if [ "${WHAT:-all}" = frameworks ]; then
   # JAX, CuPy, Triton, Hugging Face (tests/frameworks), natively and through vGPU over TCP and shared memory,

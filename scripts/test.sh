@@ -44,6 +44,9 @@ else
   grep -E '^(error|warning)' -A6 "$log/clippy.log" | head -60; echo "clippy: findings"; total_fail=$((total_fail + 1))
 fi
 
+step "PostgreSQL server binaries for the control plane's store tests (Debian's postgresql package)"
+scripts/setup-postgres.sh || { echo "setup-postgres.sh failed"; total_fail=$((total_fail + 1)); }
+
 step "cargo test (every crate)"
 cargo build --workspace --all-targets 2>&1 | tail -3
 INSTA_UPDATE=no cargo test --workspace --no-fail-fast 2>&1 | tee "$log/cargo.log" | grep -E '^test result|FAILED|panicked'
@@ -86,6 +89,10 @@ if fw_env=$(scripts/setup-frameworks.sh); then
 else
   echo "setup-frameworks.sh failed"; total_fail=$((total_fail + 1))
 fi
+step "control plane API contract: schemathesis, property-based and stateful (control/tests/contract/run.sh)"
+control/tests/contract/run.sh 2>&1 | tee "$log/contract.log" | tail -12
+count "$log/contract.log"
+if ! grep -qE '[0-9]+ passed' "$log/contract.log"; then total_fail=$((total_fail + 1)); fi
 
 if [ -x control/tests/ui/run.sh ]; then
   step "control plane web UI in headless Chromium"

@@ -78,6 +78,7 @@ fn connect_session() -> CuResult<Session> {
         _ => 0,
     };
     log!(INFO, "connected to {endpoint} ({message}), {} device(s)", devices.len());
+    crate::report_stats_at_exit();
     let primary = Arc::new(Mutex::new(Channel::new(transport)));
     if batch_limit > 0 {
         register_for_flushing(&primary);
@@ -122,6 +123,10 @@ fn open_channel(endpoint: &Endpoint, hello: &Hello, credential: &[u8]) -> CuResu
     })?;
     let mut tail = vec![0u8; tail_len];
     t.recv_exact(&mut tail).map_err(|_| CUDA_ERROR_NO_DEVICE)?;
+    // The hello and its welcome: one round trip (the TCP handshake before it is not counted).
+    stats::add(stats::ROUND_TRIPS, 1);
+    stats::add(stats::BYTES_SENT, framed.len() as u64);
+    stats::add(stats::BYTES_RECEIVED, (head.len() + tail_len) as u64);
     let (devices, message) = decode_welcome_tail(&welcome, &tail).map_err(|_| CUDA_ERROR_NO_DEVICE)?;
     match welcome.status {
         STATUS_OK if welcome.version == PROTOCOL_VERSION => Ok((t, welcome, devices, message)),
@@ -184,6 +189,11 @@ fn lock(ch: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
     ch.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Largest reply tail a synchronous call accepts (the function table of the largest library images stays far
+/// below it), and the first piece one is received in (memory grows with the bytes that arrived, doubling).
+const MAX_REPLY_TAIL: usize = 256 << 20;
+const REPLY_TAIL_STEP: usize = 64 << 10;
+
 /// One app thread's link to its server thread.
 pub struct Channel {
     transport: Box<dyn Transport>,
@@ -194,9 +204,11 @@ pub struct Channel {
 static LOST_REPORTED: AtomicBool = AtomicBool::new(false);
 
 impl Channel {
-    fn new(transport: Box<dyn Transport>) -> Self {
+    /// A channel over an open transport (after the handshake). Public for the fuzzing harness, which plays a
+    /// hostile server to it.
+    pub fn new(transport: Box<dyn Transport>) -> Self {
         Channel {
-            transport,
+            transport: Box::new(stats::Counted(transport)),
             batch: BytesMut::with_capacity(64 * 1024),
             broken: false,
         }
@@ -231,6 +243,7 @@ impl Channel {
         if self.broken || self.batch.is_empty() {
             return Ok(());
         }
+        stats::add(stats::BATCH_FLUSHES, 1);
         let r = self.transport.send(&[&self.batch]);
         self.batch.clear();
         r.map_err(|e| self.fail(&e))
@@ -245,6 +258,7 @@ impl Channel {
             return Ok(());
         }
         flush_other_channels();
+        stats::add(stats::BATCH_FLUSHES, 1);
         let r = self.transport.send(&[&self.batch]);
         self.batch.clear();
         r.map_err(|e| self.fail(&e))
@@ -267,6 +281,7 @@ impl Channel {
         if self.broken {
             return Err(LOST);
         }
+        stats::add(stats::ASYNC_CALLS, 1);
         let seq = self.next_seq();
         let header = request_header::<C>(seq, flags, tail_len);
         if tail_len >= 256 * 1024 {
@@ -275,6 +290,7 @@ impl Channel {
             write_tail(&mut tail);
             self.flush()?;
             flush_other_channels();
+            stats::add(stats::BATCH_FLUSHES, 1);
             return self
                 .transport
                 .send(&[header.as_bytes(), call.as_bytes(), &tail])
@@ -322,10 +338,7 @@ impl Channel {
             .map_err(|e| self.fail(&e))?;
         let extra = header.len as usize - body_len;
         match reply_tail {
-            Some(buf) => {
-                buf.resize(extra, 0);
-                self.transport.recv_exact(buf).map_err(|e| self.fail(&e))?;
-            }
+            Some(buf) => self.recv_reply_tail(buf, extra)?,
             None => self.skip(extra)?,
         }
         Ok(reply)
@@ -354,6 +367,7 @@ impl Channel {
             return Err(LOST);
         }
         flush_other_channels();
+        stats::note_sync(C::OP);
         let seq = self.next_seq();
         let header = request_header::<C>(seq, flags, tail.len());
         let r = if self.batch.is_empty() {
@@ -371,6 +385,7 @@ impl Channel {
 
     /// Reads frames until the reply to `seq`, landing pushed async-copy data on the way.
     fn await_reply(&mut self, seq: u32) -> CuResult<ReplyHeader> {
+        let _wait = stats::ReplyWait::start();
         loop {
             let mut head = ReplyHeader::default();
             self.transport
@@ -380,11 +395,7 @@ impl Channel {
                 REPLY_KIND_RESULT if head.seq == seq => return Ok(head),
                 REPLY_KIND_RESULT => return Err(self.fail(&format!("reply {} where {seq} was due", head.seq))),
                 REPLY_KIND_PUSH => self.land_push(head.len as usize)?,
-                REPLY_KIND_STDOUT => {
-                    let mut text = vec![0u8; head.len as usize];
-                    self.transport.recv_exact(&mut text).map_err(|e| self.fail(&e))?;
-                    crate::ffi::write_stdout(&text);
-                }
+                REPLY_KIND_STDOUT => self.relay_stdout(head.len as usize)?,
                 other => return Err(self.fail(&format!("unknown frame kind {other}"))),
             }
         }
@@ -422,6 +433,38 @@ impl Channel {
                 self.skip(data_len)
             }
         }
+    }
+
+    /// Receives `len` bytes of a reply's tail into `buf`, which grows with what arrives (a server announcing more
+    /// than `MAX_REPLY_TAIL` is treated as lost: no call's reply comes near it).
+    fn recv_reply_tail(&mut self, buf: &mut Vec<u8>, len: usize) -> CuResult<()> {
+        if len > MAX_REPLY_TAIL {
+            return Err(self.fail(&format!("reply tail of {len} bytes announced")));
+        }
+        buf.clear();
+        let mut step = REPLY_TAIL_STEP;
+        while buf.len() < len {
+            let start = buf.len();
+            let end = len.min(start + step);
+            buf.resize(end, 0);
+            self.transport
+                .recv_exact(&mut buf[start..end])
+                .map_err(|e| self.fail(&e))?;
+            step = step.saturating_mul(2);
+        }
+        Ok(())
+    }
+
+    /// Copies a frame of the server driver's standard output to the app's, piece by piece.
+    fn relay_stdout(&mut self, mut len: usize) -> CuResult<()> {
+        let mut piece = [0u8; 4096];
+        while len > 0 {
+            let n = len.min(piece.len());
+            self.transport.recv_exact(&mut piece[..n]).map_err(|e| self.fail(&e))?;
+            crate::ffi::write_stdout(&piece[..n]);
+            len -= n;
+        }
+        Ok(())
     }
 
     fn skip(&mut self, mut len: usize) -> CuResult<()> {
@@ -637,6 +680,117 @@ fn flusher() {
             if !again {
                 break;
             }
+        }
+    }
+}
+
+/// Traffic counters of the whole process (all channels), read through `vgpu_stat` and written at exit to
+/// `VGPU_STATS`: what a program pays the link for, so its time on a longer link can be predicted (issue 21).
+pub mod stats {
+    use std::collections::HashMap;
+    use std::ffi::CStr;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use vgpu_dataplane::wire::Op;
+    use vgpu_dataplane::{Transport, TransportError};
+
+    /// Synchronous requests that waited for their reply: each costs one round trip of the link.
+    pub const ROUND_TRIPS: usize = 0;
+    /// Writes of queued asynchronous calls that did not ride on a synchronous request (a full batch, the TCP
+    /// flusher, a large async tail): each costs the link's latency once but nobody waits for it.
+    pub const BATCH_FLUSHES: usize = 1;
+    /// Asynchronous calls queued (launches, async copies, memsets, handle creation, ...).
+    pub const ASYNC_CALLS: usize = 2;
+    /// Bytes written to and read from the transport, framing included.
+    pub const BYTES_SENT: usize = 3;
+    pub const BYTES_RECEIVED: usize = 4;
+    /// Time app threads spent waiting for replies, in ns.
+    pub const REPLY_WAIT_NS: usize = 5;
+
+    /// Names by index (the order of `vgpu_stat`).
+    pub const NAMES: [&CStr; 6] = [
+        c"round_trips",
+        c"batch_flushes",
+        c"async_calls",
+        c"bytes_sent",
+        c"bytes_received",
+        c"reply_wait_ns",
+    ];
+    static COUNTERS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+    /// Synchronous requests by call: which calls a program's round trips are.
+    static SYNC_BY_CALL: Mutex<Option<HashMap<Op, u64>>> = Mutex::new(None);
+
+    /// Counts one synchronous request of `op`.
+    pub fn note_sync(op: Op) {
+        let mut m = SYNC_BY_CALL.lock().unwrap_or_else(|p| p.into_inner());
+        *m.get_or_insert_with(HashMap::new).entry(op).or_insert(0) += 1;
+    }
+
+    pub fn add(index: usize, n: u64) {
+        COUNTERS[index].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counter `index`, `None` past the last.
+    pub fn get(index: usize) -> Option<u64> {
+        COUNTERS.get(index).map(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// One JSON object with every counter, the synchronous requests by call, and this process's id.
+    pub fn json() -> String {
+        let mut out = format!("{{\"pid\":{}", std::process::id());
+        for (i, name) in NAMES.iter().enumerate() {
+            out += &format!(",\"{}\":{}", name.to_string_lossy(), get(i).unwrap_or(0));
+        }
+        let mut calls: Vec<(String, u64)> = SYNC_BY_CALL
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flatten()
+            .map(|(op, n)| (format!("{op:?}"), *n))
+            .collect();
+        calls.sort();
+        let calls: Vec<String> = calls.iter().map(|(op, n)| format!("\"{op}\":{n}")).collect();
+        out + ",\"sync_by_call\":{" + &calls.join(",") + "}}"
+    }
+
+    /// Counts one wait for a reply (a round trip) and its duration.
+    pub struct ReplyWait(Instant);
+
+    impl ReplyWait {
+        pub fn start() -> ReplyWait {
+            add(ROUND_TRIPS, 1);
+            ReplyWait(Instant::now())
+        }
+    }
+
+    impl Drop for ReplyWait {
+        fn drop(&mut self) {
+            add(REPLY_WAIT_NS, self.0.elapsed().as_nanos() as u64);
+        }
+    }
+
+    /// A channel's transport, counting the bytes that cross it.
+    pub struct Counted(pub Box<dyn Transport>);
+
+    impl Transport for Counted {
+        fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+            add(BYTES_SENT, parts.iter().map(|p| p.len() as u64).sum());
+            self.0.send(parts)
+        }
+        fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+            add(BYTES_RECEIVED, buf.len() as u64);
+            self.0.recv_exact(buf)
+        }
+        fn kind(&self) -> &'static str {
+            self.0.kind()
+        }
+        fn send_fd(&mut self, fd: std::os::fd::BorrowedFd<'_>, tag: u64) -> Result<(), TransportError> {
+            self.0.send_fd(fd, tag)
+        }
+        fn recv_fd(&mut self, tag: u64) -> Result<std::os::fd::OwnedFd, TransportError> {
+            self.0.recv_fd(tag)
         }
     }
 }

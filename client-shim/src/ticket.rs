@@ -2,7 +2,6 @@
 //! the control plane with the tenant's `VGPU_KEY` (when `VGPU_CONTROL_URL` is set), or a server's static key.
 
 use crate::log::{log, ERROR, INFO};
-use std::time::Duration;
 use vgpu_dataplane::cuerr::*;
 
 /// The server to dial and the credential to present in the hello.
@@ -53,52 +52,48 @@ struct Grant {
     server: String,
 }
 
-/// `POST /v1/tickets` with the tenant's key. A session runs on one server: the one holding the first GPU the
-/// ticket names.
+/// `POST /v1/tickets` with the tenant's key. `url` may list several control-plane replicas (comma-separated,
+/// tried in turn) and pin each one's certificate (`https://host:8470#sha256=<hex>`). A session runs on one
+/// server: the one holding the first GPU the ticket names.
 fn fetch_ticket(url: &str, key: &str) -> CuResult<Grant> {
-    let endpoint = format!("{}/v1/tickets", url.trim_end_matches('/'));
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5))
-        .timeout(Duration::from_secs(20))
-        .build();
-    let reply = agent
-        .post(&endpoint)
-        .set("Authorization", &format!("Bearer {key}"))
-        .send_json(serde_json::json!({}));
-    let body: serde_json::Value = match reply {
-        Ok(r) => r.into_json().map_err(|e| {
-            log!(ERROR, "control plane at {url} sent an unreadable ticket: {e}");
+    let grant = vgpu_control::client::request_ticket(url, key).map_err(|e| match e.status {
+        Some(status @ (401 | 403)) => {
+            log!(
+                ERROR,
+                "control plane at {url} refused VGPU_KEY ({status}): {}",
+                e.message
+            );
+            CUDA_ERROR_NOT_PERMITTED
+        }
+        Some(status) => {
+            log!(
+                ERROR,
+                "control plane at {url} refused a ticket ({status}): {}",
+                e.message
+            );
             CUDA_ERROR_NO_DEVICE
-        })?,
-        Err(ureq::Error::Status(status, r)) => {
-            let v: serde_json::Value = r.into_json().unwrap_or_default();
-            let message = v["error"]["message"].as_str().unwrap_or("no reason given");
-            log!(ERROR, "control plane at {url} refused VGPU_KEY ({status}): {message}");
-            return Err(match status {
-                401 | 403 => CUDA_ERROR_NOT_PERMITTED,
-                _ => CUDA_ERROR_NO_DEVICE,
-            });
         }
-        Err(e) => {
-            log!(ERROR, "cannot reach the control plane at {url} (VGPU_CONTROL_URL): {e}");
-            return Err(CUDA_ERROR_NO_DEVICE);
+        None => {
+            log!(
+                ERROR,
+                "cannot reach the control plane at {url} (VGPU_CONTROL_URL): {}",
+                e.message
+            );
+            CUDA_ERROR_NO_DEVICE
         }
+    })?;
+    let Some(first) = grant.gpus.first() else {
+        log!(ERROR, "control plane at {url} sent a ticket without a server");
+        return Err(CUDA_ERROR_NO_DEVICE);
     };
-    let ticket = body["ticket"].as_str();
-    let address = body["gpus"][0]["server_address"].as_str();
-    match (ticket, address) {
-        (Some(t), Some(a)) => Ok(Grant {
-            ticket: t.to_string(),
-            session_id: body["session_id"].as_str().unwrap_or("?").to_string(),
-            server: if a.contains("://") {
-                a.to_string()
-            } else {
-                format!("tcp://{a}")
-            },
-        }),
-        _ => {
-            log!(ERROR, "control plane at {url} sent a ticket without a server");
-            Err(CUDA_ERROR_NO_DEVICE)
-        }
-    }
+    let a = &first.server_address;
+    Ok(Grant {
+        ticket: grant.ticket,
+        session_id: grant.session_id,
+        server: if a.contains("://") {
+            a.clone()
+        } else {
+            format!("tcp://{a}")
+        },
+    })
 }

@@ -1,18 +1,14 @@
-//! Credentials: API key generation and argon2 hashing, the control plane's Ed25519 signing key, and the
-//! short-lived access and server JWTs that authenticate REST calls.
+//! Credentials: API key generation and argon2 hashing, per-server credentials, and the claims of the
+//! short-lived access tokens that authenticate REST calls (signed by `signing::KeyRing`).
 
-use crate::model::Role;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm as ArgonAlg, Argon2, Params, Version};
-use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::distr::{Alphanumeric, SampleString};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 pub const ACCESS_TYP: &str = "vgpu-access";
-pub const SERVER_TYP: &str = "vgpu-server";
 
 /// Id with a type prefix, e.g. `t_0k3j9x2m1qab7f`: a strictly increasing time part, so keys (and therefore
 /// listings) sort in creation order, then random characters so ids are not guessable from each other.
@@ -81,6 +77,51 @@ pub fn verify_secret(secret: &str, hash: &str) -> bool {
     }
 }
 
+/// A hash of a random secret nobody holds: checked against when a key id is unknown, so unknown and known ids
+/// cost the same argon2 verification and cannot be told apart by timing.
+pub fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| {
+        let secret = Alphanumeric.sample_string(&mut rand::rng(), 40);
+        hash_secret(&secret).unwrap_or_default()
+    })
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Equal-length comparison whose time does not depend on where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A GPU server's own credential: `vgpus_<server id>_<secret>`. Its 238 random bits make a slow hash pointless,
+/// so the store keeps its SHA-256 and every heartbeat checks it in microseconds.
+pub fn new_server_credential(server_id: &str) -> (String, String) {
+    let secret = Alphanumeric.sample_string(&mut rand::rng(), 40);
+    let token = format!("vgpus_{server_id}_{secret}");
+    let hash = sha256_hex(token.as_bytes());
+    (token, hash)
+}
+
+/// The server id in a server credential; `None` if it does not have that shape.
+pub fn server_id_of(token: &str) -> Option<&str> {
+    let rest = token.strip_prefix("vgpus_")?;
+    let (id, secret) = rest.rsplit_once('_')?;
+    if id.is_empty()
+        || id.len() > 64
+        || secret.len() < 16
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return None;
+    }
+    Some(id)
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -88,104 +129,17 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Claims of an access token (from `POST /v1/auth/token`) or a server token (from registration).
+/// Claims of an access token (from `POST /v1/auth/token`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccessClaims {
     pub typ: String,
-    /// Tenant id, `admin`, or the server id for server tokens.
+    /// Tenant id, or `admin`.
     pub sub: String,
     pub role: String,
     /// Key the token was issued for; revoking the key ends the token at once.
     pub kid: Option<String>,
     pub iat: u64,
     pub exp: u64,
-}
-
-/// The control plane's Ed25519 key pair: signs access tokens, server tokens and session tickets.
-pub struct Signer {
-    private_pem: String,
-    public_pem: String,
-    enc: EncodingKey,
-    dec: DecodingKey,
-}
-
-impl Signer {
-    pub fn generate() -> Result<Signer, String> {
-        let mut seed = [0u8; 32];
-        rand::rng().fill_bytes(&mut seed);
-        let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let private_pem = sk.to_pkcs8_pem(LineEnding::LF).map_err(|e| e.to_string())?.to_string();
-        Signer::from_private_pem(&private_pem)
-    }
-
-    pub fn from_private_pem(private_pem: &str) -> Result<Signer, String> {
-        use ed25519_dalek::pkcs8::DecodePrivateKey;
-        let sk = ed25519_dalek::SigningKey::from_pkcs8_pem(private_pem).map_err(|e| e.to_string())?;
-        let public_pem = sk
-            .verifying_key()
-            .to_public_key_pem(LineEnding::LF)
-            .map_err(|e| e.to_string())?;
-        let enc = EncodingKey::from_ed_pem(private_pem.as_bytes()).map_err(|e| e.to_string())?;
-        let dec = DecodingKey::from_ed_pem(public_pem.as_bytes()).map_err(|e| e.to_string())?;
-        Ok(Signer {
-            private_pem: private_pem.to_string(),
-            public_pem,
-            enc,
-            dec,
-        })
-    }
-
-    pub fn private_pem(&self) -> &str {
-        &self.private_pem
-    }
-    pub fn public_pem(&self) -> &str {
-        &self.public_pem
-    }
-
-    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, String> {
-        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &self.enc).map_err(|e| e.to_string())
-    }
-
-    pub fn access_token(&self, role: Role, sub: &str, kid: &str, ttl: u64) -> Result<(String, u64), String> {
-        let iat = now();
-        let role = match role {
-            Role::Admin => "admin",
-            Role::Tenant => "tenant",
-        };
-        let claims = AccessClaims {
-            typ: ACCESS_TYP.into(),
-            sub: sub.into(),
-            role: role.into(),
-            kid: Some(kid.into()),
-            iat,
-            exp: iat + ttl,
-        };
-        Ok((self.sign(&claims)?, claims.exp))
-    }
-
-    pub fn server_token(&self, server_id: &str, ttl: u64) -> Result<String, String> {
-        let iat = now();
-        self.sign(&AccessClaims {
-            typ: SERVER_TYP.into(),
-            sub: server_id.into(),
-            role: "server".into(),
-            kid: None,
-            iat,
-            exp: iat + ttl,
-        })
-    }
-
-    /// Verifies signature and expiry of an access or server token.
-    pub fn verify_access(&self, token: &str) -> Result<AccessClaims, String> {
-        let mut v = Validation::new(Algorithm::EdDSA);
-        v.leeway = 5;
-        v.set_required_spec_claims(&["exp", "sub"]);
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.dec, &v).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_string(),
-            _ => format!("invalid token: {e}"),
-        })?;
-        Ok(data.claims)
-    }
 }
 
 #[cfg(test)]
@@ -217,15 +171,11 @@ mod tests {
     }
 
     #[test]
-    fn signer_roundtrip_and_reload() {
-        let s = Signer::generate().expect("signer");
-        let (tok, _) = s.access_token(Role::Tenant, "t_1", "k1", 60).expect("sign");
-        let c = s.verify_access(&tok).expect("verify");
-        assert_eq!(c.sub, "t_1");
-        let s2 = Signer::from_private_pem(s.private_pem()).expect("reload");
-        assert_eq!(s2.public_pem(), s.public_pem());
-        assert!(s2.verify_access(&tok).is_ok());
-        let other = Signer::generate().expect("signer");
-        assert!(other.verify_access(&tok).is_err());
+    fn server_credentials_name_their_server() {
+        let (tok, hash) = new_server_credential("s_0abc12");
+        assert_eq!(server_id_of(&tok), Some("s_0abc12"));
+        assert_eq!(hash, sha256_hex(tok.as_bytes()));
+        assert_eq!(server_id_of("vgpus_s_1_short"), None);
+        assert!(constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd"));
     }
 }

@@ -6,12 +6,14 @@ use serde_json::{json, Value};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdminArgs {
-    /// Control plane URL.
+    /// Control plane URL; several replicas comma-separated (tried in turn). An https:// URL may pin the
+    /// certificate: https://host:8470#sha256=<hex> (as `vgpu control` prints it).
     #[arg(
         long,
+        visible_alias = "control",
         env = "VGPU_CONTROL_URL",
         hide_env_values = true,
-        default_value = "http://127.0.0.1:8470"
+        default_value = "https://127.0.0.1:8470"
     )]
     pub url: String,
     /// Admin API key (vgpu_...).
@@ -33,6 +35,25 @@ pub enum AdminCommand {
     Key(KeyCmd),
     /// GPU servers with their GPUs and status.
     Servers,
+    /// Remove a GPU server and its credential (it must enroll again with the node token).
+    DeleteServer { server_id: String },
+    /// Another admin key (so the first can be rotated or revoked).
+    AdminKey {
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// The audit log of admin actions.
+    Audit {
+        #[arg(long)]
+        limit: Option<u64>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Rotate the ticket signing key; the old one keeps verifying for --overlap seconds.
+    RotateSigningKey {
+        #[arg(long)]
+        overlap: Option<u64>,
+    },
     /// All GPUs with utilization and what is assigned.
     Gpus,
     /// Pricing plans.
@@ -48,6 +69,12 @@ pub enum AdminCommand {
         /// Compute share in (0, 1] (default: 1, or memory/total).
         #[arg(long)]
         share: Option<f64>,
+        /// guaranteed, burst or preemptible (default: the tenant's plan's, else guaranteed).
+        #[arg(long)]
+        priority: Option<String>,
+        /// The share is also a ceiling (default: a guarantee; idle time of others may be used).
+        #[arg(long)]
+        cap: bool,
     },
     /// Change an assignment: move it to another GPU or resize the slice.
     Reassign {
@@ -58,6 +85,11 @@ pub enum AdminCommand {
         memory_mib: Option<u64>,
         #[arg(long)]
         share: Option<f64>,
+        #[arg(long)]
+        priority: Option<String>,
+        /// true: the share is also a ceiling; false: a guarantee.
+        #[arg(long)]
+        cap: Option<bool>,
     },
     /// Revoke an assignment; ends the tenant's live sessions on that GPU.
     Unassign { assignment_id: String },
@@ -174,48 +206,98 @@ pub fn admin_request(args: &AdminArgs) -> Result<Value, String> {
         AdminCommand::Health => c.call("GET", "/v1/health", None),
         AdminCommand::Tenant(t) => match t {
             TenantCmd::List => c.call("GET", "/v1/tenants", None),
-            TenantCmd::Create { name, plan } => c.call("POST", "/v1/tenants", Some(&json!({"name": name, "plan_id": plan}))),
-            TenantCmd::Show { tenant_id } => c.call("GET", &format!("/v1/tenants/{tenant_id}"), None),
-            TenantCmd::SetPlan { tenant_id, plan_id } => {
-                c.call("PATCH", &format!("/v1/tenants/{tenant_id}"), Some(&json!({ "plan_id": plan_id })))
+            TenantCmd::Create { name, plan } => {
+                c.call("POST", "/v1/tenants", Some(&json!({"name": name, "plan_id": plan})))
             }
+            TenantCmd::Show { tenant_id } => c.call("GET", &format!("/v1/tenants/{tenant_id}"), None),
+            TenantCmd::SetPlan { tenant_id, plan_id } => c.call(
+                "PATCH",
+                &format!("/v1/tenants/{tenant_id}"),
+                Some(&json!({ "plan_id": plan_id })),
+            ),
             TenantCmd::Delete { tenant_id } => c.call("DELETE", &format!("/v1/tenants/{tenant_id}"), None),
         },
         AdminCommand::Key(k) => match k {
             KeyCmd::List { tenant_id } => c.call("GET", &format!("/v1/tenants/{tenant_id}/keys"), None),
-            KeyCmd::Create { tenant_id, label } => {
-                c.call("POST", &format!("/v1/tenants/{tenant_id}/keys"), Some(&json!({ "label": label })))
-            }
+            KeyCmd::Create { tenant_id, label } => c.call(
+                "POST",
+                &format!("/v1/tenants/{tenant_id}/keys"),
+                Some(&json!({ "label": label })),
+            ),
             KeyCmd::Rotate { key_id } => c.call("POST", &format!("/v1/keys/{key_id}/rotate"), Some(&json!({}))),
             KeyCmd::Revoke { key_id } => c.call("DELETE", &format!("/v1/keys/{key_id}"), None),
         },
-        AdminCommand::Servers => c.call("GET", "/v1/servers", None),
+        AdminCommand::Servers => c.call("GET", "/v1/servers?limit=1000", None),
+        AdminCommand::DeleteServer { server_id } => c.call("DELETE", &format!("/v1/servers/{server_id}"), None),
+        AdminCommand::AdminKey { label } => c.call("POST", "/v1/admin-keys", Some(&json!({ "label": label }))),
+        AdminCommand::Audit { limit, cursor } => c.call(
+            "GET",
+            &format!(
+                "/v1/audit{}",
+                qs(&[("limit", limit.map(|l| l.to_string())), ("cursor", cursor.clone())])
+            ),
+            None,
+        ),
+        AdminCommand::RotateSigningKey { overlap } => c.call(
+            "POST",
+            "/v1/signing-keys/rotate",
+            Some(&json!({ "overlap_s": overlap })),
+        ),
         AdminCommand::Gpus => c.call("GET", "/v1/gpus", None),
         AdminCommand::Plan(p) => match p {
             PlanCmd::List => c.call("GET", "/v1/plans", None),
             PlanCmd::Create { name, currency, rates } => {
                 let rates = rates.iter().map(|r| parse_rate(r)).collect::<Result<Vec<_>, _>>()?;
-                c.call("POST", "/v1/plans", Some(&json!({"name": name, "currency": currency, "rates": rates})))
+                c.call(
+                    "POST",
+                    "/v1/plans",
+                    Some(&json!({"name": name, "currency": currency, "rates": rates})),
+                )
             }
             PlanCmd::Delete { plan_id } => c.call("DELETE", &format!("/v1/plans/{plan_id}"), None),
         },
-        AdminCommand::Assign { tenant_id, gpu_uuid, memory_mib, share } => c.call(
+        AdminCommand::Assign {
+            tenant_id,
+            gpu_uuid,
+            memory_mib,
+            share,
+            priority,
+            cap,
+        } => c.call(
             "POST",
             "/v1/assignments",
-            Some(&json!({"tenant_id": tenant_id, "gpu_uuid": gpu_uuid, "memory_limit_mib": memory_mib, "compute_share": share})),
+            Some(
+                &json!({"tenant_id": tenant_id, "gpu_uuid": gpu_uuid, "memory_limit_mib": memory_mib,
+                         "compute_share": share, "priority": priority, "share_cap": cap}),
+            ),
         ),
-        AdminCommand::Reassign { assignment_id, gpu, memory_mib, share } => c.call(
+        AdminCommand::Reassign {
+            assignment_id,
+            gpu,
+            memory_mib,
+            share,
+            priority,
+            cap,
+        } => c.call(
             "PATCH",
             &format!("/v1/assignments/{assignment_id}"),
-            Some(&json!({"gpu_uuid": gpu, "memory_limit_mib": memory_mib, "compute_share": share})),
+            Some(
+                &json!({"gpu_uuid": gpu, "memory_limit_mib": memory_mib, "compute_share": share,
+                         "priority": priority, "share_cap": cap}),
+            ),
         ),
         AdminCommand::Unassign { assignment_id } => c.call("DELETE", &format!("/v1/assignments/{assignment_id}"), None),
-        AdminCommand::Assignments { tenant } => {
-            c.call("GET", &format!("/v1/assignments{}", qs(&[("tenant_id", tenant.clone())])), None)
-        }
+        AdminCommand::Assignments { tenant } => c.call(
+            "GET",
+            &format!("/v1/assignments{}", qs(&[("tenant_id", tenant.clone())])),
+            None,
+        ),
         AdminCommand::Sessions { tenant, status } => c.call(
             "GET",
-            &format!("/v1/sessions{}", qs(&[("tenant_id", tenant.clone()), ("status", status.clone())])),
+            &format!(
+                "/v1/sessions{}",
+                qs(&[("tenant_id", tenant.clone()), ("status", status.clone())])
+            ),
             None,
         ),
         AdminCommand::EndSession { session_id } => c.call("DELETE", &format!("/v1/sessions/{session_id}"), None),

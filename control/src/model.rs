@@ -62,8 +62,29 @@ pub struct Server {
     pub name: String,
     pub address: String,
     pub registered_at: u64,
+    /// Kept for reading layout-1 records; the live value is in the server's heartbeat record (`hb/<id>`).
+    #[serde(default)]
     pub last_heartbeat_at: Option<u64>,
     pub gpu_uuids: Vec<String>,
+    /// Hex SHA-256 of the server's data-plane TLS certificate, as it registered it; tickets carry it.
+    #[serde(default)]
+    pub tls_cert_sha256: Option<String>,
+}
+
+/// What a server's last heartbeat said: when, and each GPU's load. Rewritten every few seconds, so it is
+/// its own small record and the inventory (`Server`, `Gpu`) is written only when it changes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub at: u64,
+    #[serde(default)]
+    pub gpus: Vec<GpuLoad>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GpuLoad {
+    pub uuid: String,
+    pub memory_used_mib: u64,
+    pub utilization_pct: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +115,16 @@ pub struct Plan {
     pub currency: String,
     pub rates: Vec<Rate>,
     pub created_at: u64,
+    /// Priority of assignments made for tenants on this plan when the assignment names none.
+    #[serde(default)]
+    pub default_priority: Option<String>,
+}
+
+/// How the GPU server schedules a slice against others on the same GPU (the scheduler is the server's).
+pub const PRIORITIES: &[&str] = &["guaranteed", "burst", "preemptible"];
+
+pub fn default_priority() -> String {
+    "guaranteed".into()
 }
 
 impl Plan {
@@ -112,8 +143,23 @@ pub struct Assignment {
     pub gpu_uuid: String,
     pub memory_limit_mib: u64,
     pub compute_share: f64,
+    /// `guaranteed` (default), `burst` or `preemptible`.
+    #[serde(default = "default_priority")]
+    pub priority: String,
+    /// false: the share is a guarantee (idle time of others may be used); true: it is also a ceiling.
+    #[serde(default)]
+    pub share_cap: bool,
     pub created_at: u64,
     pub updated_at: u64,
+}
+
+/// Sum of the slices on one GPU, kept beside its assignments so a capacity check reads one record and a
+/// commit that changes it fails if another changed it first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GpuAlloc {
+    pub memory_mib: u64,
+    pub share: f64,
+    pub count: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,6 +171,12 @@ pub struct Session {
     pub expires_at: u64,
     pub ended_at: Option<u64>,
     pub end_reason: Option<String>,
+    /// Servers holding the session's GPUs: the ones told to end it when the control plane does.
+    #[serde(default)]
+    pub server_ids: Vec<String>,
+    /// When the pruner removes the record (its key in the `sgc/` index); 0 for layout-1 records.
+    #[serde(default)]
+    pub gc_at: u64,
 }
 
 impl Session {
@@ -150,9 +202,31 @@ pub struct UsageRecord {
     pub period_start: u64,
     pub period_end: u64,
     pub gpu_seconds: f64,
+    /// GPU time the server's scheduler measured as delivered to the session (0 when it does not measure).
+    #[serde(default)]
+    pub gpu_busy_seconds: f64,
     pub memory_gib_hours: f64,
     pub bytes_moved: u64,
     pub reported_at: u64,
+    /// Id of the report that carried the record (a retried report is counted once).
+    #[serde(default)]
+    pub report_id: Option<String>,
+}
+
+/// One admin action, kept for the audit log (`GET /v1/audit`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: String,
+    pub at: u64,
+    /// Key id of the admin (or `bootstrap`).
+    pub actor: String,
+    /// Address the request came from, when known.
+    pub source: Option<String>,
+    /// e.g. `tenant.create`, `key.revoke`, `signing_key.rotate`.
+    pub action: String,
+    pub target: String,
+    /// What changed, as compact JSON text.
+    pub detail: String,
 }
 
 /// One GPU as a server reports it at registration and in heartbeats.
@@ -182,6 +256,9 @@ pub struct UsageSample {
     pub period_end: u64,
     #[serde(default)]
     pub gpu_seconds: f64,
+    /// GPU time the scheduler measured as delivered; 0 when unknown.
+    #[serde(default)]
+    pub gpu_busy_seconds: f64,
     #[serde(default)]
     pub memory_gib_hours: f64,
     #[serde(default)]

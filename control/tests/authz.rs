@@ -5,7 +5,14 @@
 mod common;
 use common::*;
 use serde_json::json;
-use vgpu_control::auth::{now, AccessClaims, Signer, ACCESS_TYP};
+use vgpu_control::auth::{now, AccessClaims, ACCESS_TYP};
+use vgpu_control::signing::{KeyRing, KeySource};
+use vgpu_control::store::{Db, MemStore};
+
+/// A key ring of its own: what a forger without the control plane's keys can sign with.
+fn forger() -> KeyRing {
+    KeyRing::open(KeySource::Memory, &Db::new(Box::new(MemStore::default()))).unwrap()
+}
 use vgpu_control::ticket::{verify_ticket, TicketClaims, TicketError, TICKET_TYP};
 
 struct Two {
@@ -33,7 +40,7 @@ fn two_tenants() -> Two {
         "POST",
         "/v1/usage",
         Some(&stok),
-        Some(json!({"records": [{"session_id": b_session, "gpu_uuid": "GPU-n1-1", "period_start": 1, "period_end": 2, "gpu_seconds": 1.0}]})),
+        Some(json!({"records": [{"session_id": b_session, "gpu_uuid": "GPU-n1-1", "period_start": now() - 2, "period_end": now() - 1, "gpu_seconds": 1.0}]})),
     );
     Two {
         h,
@@ -112,7 +119,7 @@ fn expired_access_token_is_refused() {
         iat: now() - 3600,
         exp: now() - 600,
     };
-    let tok = h.app.signer().sign(&claims).unwrap();
+    let tok = h.app.keys().sign(&claims).unwrap();
     let (s, v) = h.call("GET", "/v1/me", Some(&tok), None);
     assert_eq!(s, 401);
     assert!(v["error"]["message"].as_str().unwrap().contains("expired"), "{v}");
@@ -141,7 +148,7 @@ fn revoked_key_kills_its_tokens_at_once() {
 fn forged_tokens_are_refused() {
     let h = H::new();
     let (tid, kid, key) = h.tenant("a");
-    let forger = Signer::generate().unwrap();
+    let forger = forger();
     // A well-formed admin token signed by the wrong key.
     let (fake_admin, _) = forger
         .access_token(vgpu_control::model::Role::Admin, "admin", "admin01", 60)
@@ -170,7 +177,7 @@ fn forged_tokens_are_refused() {
     );
     assert_eq!(h.call("GET", "/v1/tenants", Some(&tampered), None).0, 401);
     // A correctly signed token whose role does not match its key.
-    let mismatched = h.app.signer().sign(&tampered_claims).unwrap();
+    let mismatched = h.app.keys().sign(&tampered_claims).unwrap();
     assert_eq!(h.call("GET", "/v1/tenants", Some(&mismatched), None).0, 401);
     // "alg: none" and garbage.
     let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]);
@@ -204,7 +211,7 @@ fn server_tokens_are_scoped_to_their_server() {
     );
     assert_eq!(h.call("GET", &format!("/v1/servers/{s1}"), Some(&t2), None).0, 403);
     assert_eq!(h.call("GET", "/v1/tenants", Some(&t2), None).0, 403);
-    let forged = Signer::generate().unwrap().server_token(&s1, 60).unwrap();
+    let forged = format!("vgpus_{s1}_0123456789abcdefghijklmnopqrstuvwxyzABCD");
     assert_eq!(
         h.call(
             "POST",
@@ -218,8 +225,7 @@ fn server_tokens_are_scoped_to_their_server() {
     // A server cannot report usage for a GPU of another server.
     let t = two_tenants();
     let (_, other_tok) = t.h.server("n9", 1);
-    let bad =
-        json!({"records": [{"session_id": t.b_session, "gpu_uuid": "GPU-n1-1", "period_start": 1, "period_end": 2}]});
+    let bad = json!({"records": [{"session_id": t.b_session, "gpu_uuid": "GPU-n1-1", "period_start": now() - 2, "period_end": now() - 1}]});
     assert_eq!(
         t.h.call("POST", "/v1/usage", Some(&other_tok), Some(bad.clone())).0,
         403
@@ -243,10 +249,10 @@ fn tickets_verify_only_when_genuine_and_fresh() {
 
     let mut expired: TicketClaims = claims.clone();
     expired.exp = now() - 600;
-    let tok = h.app.signer().sign(&expired).unwrap();
+    let tok = h.app.keys().sign(&expired).unwrap();
     assert!(matches!(verify_ticket(pem.as_bytes(), &tok), Err(TicketError::Expired)));
 
-    let forged = Signer::generate().unwrap().sign(&claims).unwrap();
+    let forged = forger().sign(&claims).unwrap();
     assert!(matches!(
         verify_ticket(pem.as_bytes(), &forged),
         Err(TicketError::BadSignature)
@@ -254,11 +260,44 @@ fn tickets_verify_only_when_genuine_and_fresh() {
 
     let mut wrong_typ = claims.clone();
     wrong_typ.typ = ACCESS_TYP.into();
-    let tok = h.app.signer().sign(&wrong_typ).unwrap();
+    let tok = h.app.keys().sign(&wrong_typ).unwrap();
     assert!(matches!(
         verify_ticket(pem.as_bytes(), &tok),
         Err(TicketError::WrongType)
     ));
+
+    // Correctly signed but not something the control plane issues (a leaked signing key minted a ticket with one
+    // GPU listed three times, its limits summed, in issue 14): refused by every GPU server.
+    let implausible = |edit: &dyn Fn(&mut TicketClaims)| {
+        let mut c = claims.clone();
+        edit(&mut c);
+        verify_ticket(pem.as_bytes(), &h.app.keys().sign(&c).unwrap())
+    };
+    type Edit = Box<dyn Fn(&mut TicketClaims)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "one GPU listed three times",
+            Box::new(|c| c.gpus = vec![c.gpus[0].clone(); 3]),
+        ),
+        ("no GPU", Box::new(|c| c.gpus.clear())),
+        ("a share above 1", Box::new(|c| c.gpus[0].compute_share = 1.5)),
+        ("a zero share", Box::new(|c| c.gpus[0].compute_share = 0.0)),
+        (
+            "memory limits overflowing in bytes",
+            Box::new(|c| c.gpus[0].memory_limit_mib = u64::MAX >> 10),
+        ),
+        (
+            "an unknown priority class",
+            Box::new(|c| c.gpus[0].priority = "urgent".into()),
+        ),
+        ("an expiry before the issue time", Box::new(|c| c.iat = c.exp + 1)),
+    ];
+    for (what, edit) in &cases {
+        assert!(
+            matches!(implausible(edit), Err(TicketError::Implausible(_))),
+            "{what}: accepted"
+        );
+    }
 
     let access = h.ok(200, "POST", "/v1/auth/token", None, Some(json!({"api_key": key})))["token"]
         .as_str()

@@ -35,6 +35,9 @@ fn parses_assign_and_plan_rates() {
         "GPU-x",
         "--memory-mib",
         "8192",
+        "--priority",
+        "burst",
+        "--cap",
     ])
     .unwrap();
     match c.admin.command {
@@ -43,10 +46,19 @@ fn parses_assign_and_plan_rates() {
             gpu_uuid,
             memory_mib,
             share,
+            priority,
+            cap,
         } => {
             assert_eq!(
-                (tenant_id.as_str(), gpu_uuid.as_str(), memory_mib, share),
-                ("t_1", "GPU-x", Some(8192), None)
+                (
+                    tenant_id.as_str(),
+                    gpu_uuid.as_str(),
+                    memory_mib,
+                    share,
+                    priority.as_deref(),
+                    cap
+                ),
+                ("t_1", "GPU-x", Some(8192), None, Some("burst"), true)
             );
         }
         other => panic!("{other:?}"),

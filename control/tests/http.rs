@@ -40,10 +40,19 @@ fn server_lifecycle_through_client_and_cli() {
         memory_used_mib: 0,
         utilization_pct: 0.0,
     }];
-    assert!(client::register_server(&url, "wrong-token", "node", "127.0.0.1:7000", &gpus).is_err());
-    let reg = client::register_server(&url, NODE, "node", "127.0.0.1:7000", &gpus).unwrap();
+    let enroll = |token: &'static str| client::Enrollment {
+        node_token: Some(token),
+        credential: None,
+        name: "node",
+        address: "127.0.0.1:7000",
+        gpus: &gpus,
+        tls_cert_sha256: None,
+    };
+    assert!(client::register_server(&url, &enroll("wrong-token")).is_err());
+    let reg = client::register_server(&url, &enroll(NODE)).unwrap();
     assert!(client::heartbeat(&url, &reg.server_token, &reg.server_id, &gpus)
         .unwrap()
+        .end_sessions
         .is_empty());
 
     // Operator side, through the CLI: tenant, key, assignment.
@@ -70,6 +79,8 @@ fn server_lifecycle_through_client_and_cli() {
             gpu_uuid: "GPU-emu-0".into(),
             memory_mib: Some(4096),
             share: None,
+            priority: None,
+            cap: false,
         },
     );
     assert_eq!(a["compute_share"], 0.25);
@@ -87,13 +98,15 @@ fn server_lifecycle_through_client_and_cli() {
     let n = client::report_usage(
         &url,
         &reg.server_token,
+        "report-1",
         &[UsageSample {
             session_id: claims.sid.clone(),
             gpu_uuid: "GPU-emu-0".into(),
             period_start: claims.iat - 90,
             period_end: claims.iat,
             gpu_seconds: 90.0,
-            memory_gib_hours: 0.5,
+            gpu_busy_seconds: 45.0,
+            memory_gib_hours: 0.25,
             bytes_moved: 4096,
             session_ended: true,
         }],

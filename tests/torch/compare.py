@@ -167,6 +167,87 @@ def fmt(v, spec=".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+# Which traffic part (workloads.py's per-step counters) a timing metric is the time of, and the metric's unit in s.
+TRAFFIC_OF = {
+    ("gpt_train", "median_step_ms"): ("step", 1e-3),
+    ("vision_infer", "resnet50_median_ms"): ("resnet50", 1e-3),
+    ("vision_infer", "vit_b_16_median_ms"): ("vit_b_16", 1e-3),
+    ("vision_infer", "small_cnn_median_ms"): ("small_cnn", 1e-3),
+    ("lm_infer", "median_token_ms"): ("token", 1e-3),
+    ("compile", "compiled_step_ms"): ("compiled_step", 1e-3),
+    ("compile", "eager_step_ms"): ("eager_step", 1e-3),
+    ("cuda_graph", "replay_ms"): ("replay", 1e-3),
+    ("cuda_graph", "eager_step_ms"): ("eager_step", 1e-3),
+    ("resnet18_train", "resnet18_train_step_ms"): ("step", 1e-3),
+    ("small_ops", "small_ops_us"): ("op", 1e-6),
+    ("small_ops", "mm4096_fp32_ms"): ("matmul", 1e-3),
+}
+
+
+def parse_shape(text: str) -> tuple[float, float | None]:
+    """(RTT in s, rate in bytes/s or None) of a RATE-RTT link shape such as 10g-500us (as `vgpu link-relay`)."""
+    rate, rtt = text.split("-", 1)
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
+    unit = next(u for u in ("ns", "us", "µs", "ms", "s") if rtt.endswith(u))
+    rtt_s = float(rtt[: -len(unit)]) * units[unit]
+    if rate in ("inf", "unlimited"):
+        return rtt_s, None
+    mult = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}.get(rate[-1].lower(), 1.0)
+    return rtt_s, float(rate.rstrip("kmgtKMGT")) * mult / 8
+
+
+def traffic_report(doc: dict, base: dict | None) -> list:
+    """Per-step round trips of a vGPU run and, for a run through a link shape, the time the link model predicts from
+    `base` (the loopback TCP run): base + RTT x round trips + max(0, bytes / rate - base), bytes being the busier
+    direction. Returns rows (also printed)."""
+    link = doc.get("meta", {}).get("vgpu_link")
+    shape = None
+    if link:
+        try:
+            shape = parse_shape(link)
+        except (ValueError, StopIteration):
+            print(f"  (link shape {link!r} not understood: no predictions)")
+    rows = []
+    for name, w in doc.get("workloads", {}).items():
+        for part, t in (w.get("traffic") or {}).items():
+            if not t:
+                continue
+            row = {"workload": name, "part": part, "round_trips": t.get("round_trips"),
+                   "batch_flushes": t.get("batch_flushes"), "bytes_sent": t.get("bytes_sent"),
+                   "bytes_received": t.get("bytes_received"), "sync_by_call": t.get("sync_by_call", {})}
+            metric = next((m for (wn, m), (p, _) in TRAFFIC_OF.items() if wn == name and p == part), None)
+            if metric and shape and base:
+                unit = TRAFFIC_OF[(name, metric)][1]
+                b = (base.get("workloads", {}).get(name, {}).get("timing") or {}).get(metric)
+                m = (w.get("timing") or {}).get(metric)
+                bt = (base.get("workloads", {}).get(name, {}).get("traffic") or {}).get(part) or t
+                if isinstance(b, (int, float)):
+                    rtt_s, rate = shape
+                    bytes_max = max(bt.get("bytes_sent", 0), bt.get("bytes_received", 0))
+                    serial = bytes_max / rate if rate else 0.0
+                    pred = b * unit + bt.get("round_trips", 0) * rtt_s + max(0.0, serial - b * unit)
+                    row.update(metric=metric, base=b, predicted=pred / unit, measured=m,
+                               measured_over_predicted=(m / (pred / unit)) if isinstance(m, (int, float)) else None)
+            rows.append(row)
+    if not rows:
+        return rows
+    head = "round trips per step (the shim's counters)"
+    if shape:
+        head += (f"; link {link}: predicted = vgpu-tcp time + RTT x round trips + max(0, bytes / rate - vgpu-tcp time)"
+                 if base else f"; link {link} (no vgpu-tcp run to predict from)")
+    print(f"  {head}")
+    print(f"  {'workload':<15} {'part':<14} {'RT/step':>8} {'flushes':>8} {'up kB':>9} {'down kB':>9} "
+          f"{'tcp':>9} {'predicted':>10} {'measured':>10} {'÷pred':>6}  round trips by call")
+    for r in rows:
+        calls = ", ".join(f"{op} {n:.2f}" for op, n in list(r["sync_by_call"].items())[:4])
+        print(f"  {r['workload']:<15} {r['part']:<14} {fmt(r['round_trips'], '.2f'):>8} "
+              f"{fmt(r['batch_flushes'], '.1f'):>8} {fmt((r['bytes_sent'] or 0) / 1e3, '.1f'):>9} "
+              f"{fmt((r['bytes_received'] or 0) / 1e3, '.1f'):>9} {fmt(r.get('base')):>9} "
+              f"{fmt(r.get('predicted')):>10} {fmt(r.get('measured')):>10} "
+              f"{fmt(r.get('measured_over_predicted'), '.2f'):>6}  {calls}")
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="+", help="native result first, then the runs to check against it")
@@ -231,6 +312,9 @@ def main() -> int:
                     print(f"      {p}"[:300])
             elif c["match"] is None and c.get("note"):
                 print(f"      native: {c['note']}"[:300])
+        base = next((d for d in docs[1:] if d and d.get("meta", {}).get("label") in ("vgpu-tcp", "tcp")
+                     and not d.get("meta", {}).get("vgpu_link")), None)
+        run["traffic"] = traffic_report(doc, base if doc is not base else None)
         summary["runs"].append(run)
         summary["ok"] &= run["ok"]
         print(f"  => {'all match' if run['ok'] else 'MISMATCH'}")

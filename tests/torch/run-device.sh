@@ -3,13 +3,18 @@
 # Runs on the GPU machine, from the repository root, with .device/ carried (.device/bin/vgpu and the shim in
 # .device/bin/lib/libcuda.so.1). Leaves in $OUT (default /tmp/out):
 #   torch-server.log             the vgpu server's output (all modes)
-#   torch-<mode>.log / .json     each run's output and results (mode: native, vgpu-tcp, vgpu-shm)
+#   torch-<mode>.log / .json     each run's output and results (mode: native, vgpu-tcp, vgpu-shm, vgpu-tcp-SHAPE)
+#   torch-relay-<shape>.log      the link relay's counters (tcp@SHAPE modes)
 #   torch-compare.txt / .json    compare.py's table and summary
 # A mode that fails, hangs (killed after TORCH_TIMEOUT_S) or kills the server does not stop the others; the
 # server is restarted if it died. Exit status: 0 when every mode ran and matched native, 1 otherwise.
 #
 # Settings (environment):
-#   MODES="native tcp shm"   which runs (native always first when listed: the others are compared with it)
+#   MODES="native tcp shm"   which runs (native always first when listed: the others are compared with it);
+#                            tcp@SHAPE runs over TCP through `vgpu link-relay --shape SHAPE` (RATE-RTT, e.g.
+#                            tcp@10g-500us: the relay delays each direction by half the RTT and limits the rate)
+#   LINKS=                   more modes: each shape in it (space-separated; `standard` = 100g-10us 25g-50us
+#                            10g-500us 1g-5ms) adds tcp@SHAPE after MODES
 #   WORKLOADS=all            workloads.py's NAME: all, or a comma-separated list
 #   TORCH_ARGS=              more workloads.py arguments, e.g. --quick
 #   TORCH_TIMEOUT_S=300      wall-clock limit of one run (SPLIT=1: of one workload)
@@ -17,6 +22,8 @@
 #   SPLIT=0                  1: one process per workload (a crash or hang costs one workload, not the rest)
 #   FRESH_INDUCTOR_CACHE=0   1: each mode compiles from an empty inductor/triton cache (default: the native run
 #                            fills a cache the vGPU runs reuse, which saves ~tens of seconds per mode)
+#   TORCH_BACKEND=real       the server's backend (emulated: to check this script, and count round trips, on a
+#                            machine without a GPU; kernels do not run there, so numbers are not compared)
 #   VGPU=.device/bin/vgpu  VGPU_SHIM_DIR=.device/bin/lib  PYTHON=python3
 set -u
 OUT=${OUT:-/tmp/out}
@@ -26,6 +33,11 @@ VGPU=${VGPU:-$PWD/.device/bin/vgpu}
 SHIM_DIR=${VGPU_SHIM_DIR:-$PWD/.device/bin/lib}
 PY=${PYTHON:-python3}
 MODES=${MODES:-native tcp shm}
+BACKEND=${TORCH_BACKEND:-real}
+for shape in ${LINKS:-}; do
+  if [ "$shape" = standard ]; then MODES="$MODES tcp@100g-10us tcp@25g-50us tcp@10g-500us tcp@1g-5ms"
+  else MODES="$MODES tcp@$shape"; fi
+done
 WORKLOADS=${WORKLOADS:-all}
 TIMEOUT_S=${TORCH_TIMEOUT_S:-300}
 SPLIT=${SPLIT:-0}
@@ -61,8 +73,8 @@ trap 'exit 130' INT TERM
 # and its workers can be stopped as one process group; ready when it prints "vgpu server: ready on <endpoints>".
 start_server() {
   local shm="vgpu-torch-$$-$RANDOM" line
-  echo "=== $(date +%T) starting: $VGPU server --backend real --tcp 127.0.0.1:0 --shm $shm" >> "$SERVER_LOG"
-  setsid "$VGPU" server --backend real --tcp 127.0.0.1:0 --shm "$shm" < /dev/null >> "$SERVER_LOG" 2>&1 &
+  echo "=== $(date +%T) starting: $VGPU server --backend $BACKEND --tcp 127.0.0.1:0 --shm $shm" >> "$SERVER_LOG"
+  setsid "$VGPU" server --backend "$BACKEND" --tcp 127.0.0.1:0 --shm "$shm" < /dev/null >> "$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 600); do
     line=$(grep -a 'ready on ' "$SERVER_LOG" | tail -1)
@@ -170,7 +182,35 @@ for mode in $MODES; do
       results+=("$OUT/torch-vgpu-$mode$([ "$SPLIT" = 1 ] || echo .json)")
       kill -0 "$SERVER_PID" 2> /dev/null || { log "vgpu server died during $mode (see $SERVER_LOG)"; STATUS=1; }
       ;;
-    *) log "unknown mode $mode (native, tcp, shm)"; STATUS=1 ;;
+    tcp@*)
+      shape=${mode#tcp@}
+      if [ ! -x "$VGPU" ] || [ ! -e "$SHIM_DIR/libcuda.so.1" ]; then
+        log "$mode: no $VGPU or no $SHIM_DIR/libcuda.so.1: not run"; STATUS=1; continue
+      fi
+      export VGPU_SHIM_DIR="$SHIM_DIR"
+      if ! ensure_server; then log "$mode: no vgpu server: not run"; STATUS=1; continue; fi
+      relay_log="$OUT/torch-relay-$shape.log"
+      "$VGPU" link-relay --to "$TCP_URL" --shape "$shape" --report-s 5 > "$relay_log" 2>&1 &
+      relay_pid=$!
+      relay_url=
+      for _ in $(seq 100); do
+        relay_url=$(grep -ao 'ready on tcp://[0-9.:]*' "$relay_log" | head -1 | sed 's/^ready on //')
+        [ -n "$relay_url" ] && break
+        kill -0 "$relay_pid" 2> /dev/null || break
+        sleep 0.1
+      done
+      if [ -z "$relay_url" ]; then
+        log "$mode: the link relay did not start:"; tail -5 "$relay_log"; kill "$relay_pid" 2> /dev/null; STATUS=1; continue
+      fi
+      log "$mode: link relay $relay_url -> $TCP_URL (pid $relay_pid)"
+      # Files are named vgpu-tcp-SHAPE (no '@' in file names).
+      VGPU_LINK=$shape run_mode "vgpu-tcp-$shape" "$VGPU" run --server "$relay_url" --
+      kill "$relay_pid" 2> /dev/null; wait "$relay_pid" 2> /dev/null
+      tail -1 "$relay_log"
+      results+=("$OUT/torch-vgpu-tcp-$shape$([ "$SPLIT" = 1 ] || echo .json)")
+      kill -0 "$SERVER_PID" 2> /dev/null || { log "vgpu server died during $mode (see $SERVER_LOG)"; STATUS=1; }
+      ;;
+    *) log "unknown mode $mode (native, tcp, shm, tcp@SHAPE)"; STATUS=1 ;;
   esac
 done
 stop_server

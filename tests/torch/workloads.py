@@ -119,6 +119,57 @@ class StepTimer:
         return [(b - a) * 1e3 for a, b in zip(self.marks, self.marks[1:])]
 
 
+class Traffic:
+    """vGPU's traffic counters (the shim's `vgpu_stats_json`: round trips, batch flushes, async calls, bytes each way,
+    time waiting for replies, and the synchronous requests by call), read around a timed loop so each workload
+    reports what one step pays the link and which calls its round trips are. Natively, or with a shim without the
+    counters, every reading is None and nothing is recorded."""
+
+    def __init__(self):
+        self.lib = None
+
+    def _load(self) -> bool:
+        if self.lib is None:
+            import ctypes
+
+            try:
+                lib = ctypes.CDLL("libcuda.so.1")  # the library torch loaded (same soname, same handle)
+                lib.vgpu_stats_json.restype = ctypes.c_size_t
+                lib.vgpu_stats_json.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+                self.buf = ctypes.create_string_buffer(1 << 16)
+                self.lib = lib
+            except (OSError, AttributeError):
+                self.lib = False
+        return bool(self.lib)
+
+    def snapshot(self) -> dict | None:
+        if not self._load():
+            return None
+        import ctypes
+
+        need = self.lib.vgpu_stats_json(self.buf, len(self.buf))
+        if need > len(self.buf):
+            self.buf = ctypes.create_string_buffer(need * 2)
+            self.lib.vgpu_stats_json(self.buf, len(self.buf))
+        return json.loads(self.buf.value.decode())
+
+    def per_step(self, before: dict | None, steps: int) -> dict | None:
+        """Counters' growth since `before` divided by `steps`, plus `steps` and the round trips by call per step."""
+        after = self.snapshot()
+        if before is None or after is None or steps <= 0:
+            return None
+        out = {n: (v - before.get(n, 0)) / steps for n, v in after.items()
+               if isinstance(v, (int, float)) and n != "pid"}
+        b_calls = before.get("sync_by_call", {})
+        calls = {op: (n - b_calls.get(op, 0)) / steps for op, n in after.get("sync_by_call", {}).items()}
+        out["sync_by_call"] = {op: v for op, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0}
+        out["steps"] = steps
+        return out
+
+
+TRAFFIC = Traffic()
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
@@ -226,6 +277,7 @@ def w_gpt_train(ctx: Ctx) -> dict:
         if step == warm:
             ctx.sync()
             t_warm = time.perf_counter()
+            tr0 = TRAFFIC.snapshot()
         if step >= warm:
             timer.mark()
         if step == steps:
@@ -243,9 +295,11 @@ def w_gpt_train(ctx: Ctx) -> dict:
             print(f"  gpt_train step {step:4d} loss {losses[step]:.7f}", flush=True)
     ctx.sync()
     t1 = time.perf_counter()
+    traffic = {"step": TRAFFIC.per_step(tr0, steps - warm)}
     iv = timer.intervals_ms()
     param_sum = sum(float(p.detach().double().sum()) for p in model.parameters())
     return {
+        "traffic": traffic,
         "checks": {
             "loss_steps": list(losses.keys()),
             "losses": list(losses.values()),
@@ -290,7 +344,7 @@ def _vision_models(ctx: Ctx):
 
 def w_vision_infer(ctx: Ctx) -> dict:
     warm, iters = ctx.q((3, 20), (1, 3))
-    checks, timing = {}, {}
+    checks, timing, traffic = {}, {}, {}
     for i, (name, build, batch, size) in enumerate(_vision_models(ctx)):
         seed_all(SEED + 10 + i)
         model = build().eval().to(ctx.device)
@@ -298,11 +352,14 @@ def w_vision_infer(ctx: Ctx) -> dict:
         lat = []
         with torch.no_grad():
             for it in range(warm + iters):
+                if it == warm:
+                    tr0 = TRAFFIC.snapshot()
                 t = time.perf_counter()
                 out = model(x)
                 ctx.sync()
                 if it >= warm:
                     lat.append((time.perf_counter() - t) * 1e3)
+            traffic[name] = TRAFFIC.per_step(tr0, iters)
         o = out.double().cpu()
         checks[name] = {**tsum(o), "logits0": [float(v) for v in o[0, :5]],
                         "argmax": [int(v) for v in o.argmax(1)]}
@@ -311,7 +368,7 @@ def w_vision_infer(ctx: Ctx) -> dict:
               f"argmax {checks[name]['argmax'][:8]} median {median(lat):.3f} ms", flush=True)
         del model, out
     timing["primary"] = next(k for k in timing if k.endswith("_median_ms"))
-    return {"checks": checks, "timing": timing}
+    return {"checks": checks, "timing": timing, "traffic": traffic}
 
 
 def w_lm_infer(ctx: Ctx) -> dict:
@@ -340,7 +397,9 @@ def w_lm_infer(ctx: Ctx) -> dict:
 
     with torch.no_grad(), amp:
         generate(4)  # warm-up: kernels loaded, cuBLAS handles made
+        tr0 = TRAFFIC.snapshot()
         toks, lat, margins, logits = generate(new)
+        traffic = {"token": TRAFFIC.per_step(tr0, new)}
     lg = logits.double().cpu()[0]
     print(f"  lm_infer tokens {toks[:16]}{'...' if len(toks) > 16 else ''} median {median(lat):.3f} ms/token",
           flush=True)
@@ -350,6 +409,7 @@ def w_lm_infer(ctx: Ctx) -> dict:
             "final_logits": {**tsum(lg), "argmax": int(lg.argmax()), "first5": [float(v) for v in lg[:5]]},
         },
         "info": {"min_top2_margin": min(margins)},  # how close the nearest greedy tie was (not compared)
+        "traffic": traffic,
         "timing": {"primary": "median_token_ms", "median_token_ms": median(lat), "total_ms": sum(lat)},
         "config": {"vocab": vocab, "ctx": T, "d": d, "heads": H, "layers": L, "prompt": prompt_len, "new": new,
                    "dtype": "bf16-autocast" if ctx.cuda else "fp32"},
@@ -404,6 +464,8 @@ def w_compile(ctx: Ctx) -> dict:
         fwd = torch.compile(model, mode="reduce-overhead") if compiled else model
         losses, timer, first_s = [], StepTimer(ctx), None
         for i in range(steps):
+            if i == warm:
+                tr0 = TRAFFIC.snapshot()
             if i >= warm:
                 timer.mark()
             t = time.perf_counter()
@@ -419,10 +481,12 @@ def w_compile(ctx: Ctx) -> dict:
                 ctx.sync()
                 first_s = time.perf_counter() - t
         timer.mark()
+        traffic[("compiled" if compiled else "eager") + "_step"] = TRAFFIC.per_step(tr0, steps - warm)
         iv = timer.intervals_ms()
         out = model(xs[0].to(ctx.device)).detach()
         return [float(v) for v in losses], median(iv), first_s, out
 
+    traffic: dict = {}
     eager_losses, eager_ms, _, _ = train(False)
     try:
         comp_losses, comp_ms, compile_s, out = train(True)
@@ -440,6 +504,7 @@ def w_compile(ctx: Ctx) -> dict:
         # Inductor fuses and reorders float math, so compiled vs eager agree only approximately (1e-3 here).
         "self_check": {"ok": rel <= 1e-3, "what": "compiled losses vs eager losses, max rel diff",
                        "value": rel},
+        "traffic": traffic,
         "timing": {"primary": "compiled_step_ms", "compiled_step_ms": comp_ms, "eager_step_ms": eager_ms,
                    "compile_first_step_s": compile_s},
     }
@@ -480,6 +545,7 @@ def w_cuda_graph(ctx: Ctx) -> dict:
         static_loss.backward()
         opt.step()
     losses, timer = [], StepTimer(ctx)
+    tr0 = TRAFFIC.snapshot()
     for i in range(n_warm, n_warm + replays):
         timer.mark()
         static_x.copy_(batches[i][0], non_blocking=True)
@@ -487,6 +553,7 @@ def w_cuda_graph(ctx: Ctx) -> dict:
         graph.replay()
         losses.append(static_loss.detach().clone())
     timer.mark()
+    traffic = {"replay": TRAFFIC.per_step(tr0, replays)}
     replay_ms = median(timer.intervals_ms())
     graph_losses = [float(v) for v in losses]
     graph_params = sum(float(p.detach().double().sum()) for p in model.parameters())
@@ -495,6 +562,8 @@ def w_cuda_graph(ctx: Ctx) -> dict:
     model2, opt2 = make()
     eager, timer2 = [], StepTimer(ctx)
     for i in range(n_warm + replays):
+        if i == n_warm:
+            tr0 = TRAFFIC.snapshot()
         if i >= n_warm:
             timer2.mark()
         x, y = batches[i][0].to(ctx.device, non_blocking=True), batches[i][1].to(ctx.device, non_blocking=True)
@@ -505,6 +574,7 @@ def w_cuda_graph(ctx: Ctx) -> dict:
         if i >= n_warm:
             eager.append(loss.detach().clone())
     timer2.mark()
+    traffic["eager_step"] = TRAFFIC.per_step(tr0, replays)
     eager_ms = median(timer2.intervals_ms())
     eager_losses = [float(v) for v in eager]
     rel = max(abs(a - b) / max(abs(a), abs(b), 1e-12) for a, b in zip(eager_losses, graph_losses))
@@ -515,6 +585,7 @@ def w_cuda_graph(ctx: Ctx) -> dict:
         # Same kernels on the same data in the same order: replay and eager should agree to rounding (1e-5).
         "self_check": {"ok": rel <= 1e-5, "what": "graph-replay losses vs eager losses, max rel diff",
                        "value": rel},
+        "traffic": traffic,
         "timing": {"primary": "replay_ms", "replay_ms": replay_ms, "eager_step_ms": eager_ms},
     }
 
@@ -535,14 +606,16 @@ def w_resnet18_train(ctx: Ctx) -> dict:
         if i == warm:
             ctx.sync()
             t = time.perf_counter()
+            tr0 = TRAFFIC.snapshot()
         opt.zero_grad()
         loss = F.cross_entropy(m(inp), tgt)
         loss.backward()
         opt.step()
     ctx.sync()
     ms = (time.perf_counter() - t) / timed * 1e3
+    traffic = {"step": TRAFFIC.per_step(tr0, timed)}
     print(f"  resnet18_train_step_ms {ms:.2f}  check {float(loss):.7f}", flush=True)
-    return {"checks": {"loss": float(loss)},
+    return {"checks": {"loss": float(loss)}, "traffic": traffic,
             "timing": {"primary": "resnet18_train_step_ms", "resnet18_train_step_ms": ms},
             "config": {"batch": batch, "size": size, "warm": warm, "timed": timed}}
 
@@ -554,20 +627,24 @@ def w_small_ops(ctx: Ctx) -> dict:
     x = torch.randn(64, 64, generator=g).to(ctx.device)
     ctx.sync()
     t = time.perf_counter()
+    tr0 = TRAFFIC.snapshot()
     for _ in range(iters):
         x = x * 1.0001 + 0.5
     ctx.sync()
     us = (time.perf_counter() - t) / iters * 1e6
+    traffic = {"op": TRAFFIC.per_step(tr0, iters)}
     a = torch.randn(n_mm, n_mm, generator=g).to(ctx.device)
     b = a @ a
     ctx.sync()
     t = time.perf_counter()
+    tr0 = TRAFFIC.snapshot()
     for _ in range(mm_iters):
         b = a @ a
     ctx.sync()
     mm_ms = (time.perf_counter() - t) / mm_iters * 1e3
+    traffic["matmul"] = TRAFFIC.per_step(tr0, mm_iters)
     print(f"  small_ops_us {us:.2f}  mm{n_mm}_fp32_ms {mm_ms:.3f}", flush=True)
-    return {"checks": {"x": tsum(x), "mm": tsum(b)},
+    return {"checks": {"x": tsum(x), "mm": tsum(b)}, "traffic": traffic,
             "timing": {"primary": "small_ops_us", "small_ops_us": us, f"mm{n_mm}_fp32_ms": mm_ms},
             "config": {"iters": iters, "mm_n": n_mm}}
 
@@ -909,6 +986,7 @@ def meta(ctx: Ctx, label: str | None) -> dict:
         "host": platform.node(),
         "argv": sys.argv,
         "vgpu_server": os.environ.get("VGPU_SERVER"),
+        "vgpu_link": os.environ.get("VGPU_LINK"),  # the link shape run-device.sh put between client and server
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:

@@ -11,6 +11,9 @@ use std::time::Instant;
 
 use vgpu_dataplane::transport::{Transport, TransportError};
 
+use crate::link::relay::Relay;
+use crate::link::wire::Wire;
+use crate::link::LinkShape;
 use crate::shm::{self, ShmConfig, ShmTransport};
 use crate::tcp::TcpTransport;
 
@@ -32,6 +35,82 @@ pub(crate) fn tcp_pair() -> io::Result<(TcpTransport, TcpTransport)> {
     let client = TcpStream::connect(addr)?;
     let (server, _) = listener.accept()?;
     Ok((TcpTransport::from_stream(client)?, TcpTransport::from_stream(server)?))
+}
+
+/// A connected TCP pair whose client side goes through a shaping relay (none for `loopback`): (client, server,
+/// the relay, which must outlive the pair).
+pub(crate) fn tcp_pair_via(shape: &LinkShape) -> io::Result<(TcpTransport, TcpTransport, Option<Relay>)> {
+    if shape.direct {
+        let (a, b) = tcp_pair()?;
+        return Ok((a, b, None));
+    }
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let relay = Relay::start("127.0.0.1:0", &listener.local_addr()?.to_string(), shape)?;
+    let client = TcpStream::connect(relay.local_addr())?;
+    let (server, _) = listener.accept()?;
+    Ok((
+        TcpTransport::from_stream(client)?,
+        TcpTransport::from_stream(server)?,
+        Some(relay),
+    ))
+}
+
+/// A connected TCP pair across a packet-level wire: the server side accepted inside the wire's namespace, the client
+/// side in this one; (client, server). TCP runs end to end, with the kernel's own windows.
+pub(crate) fn tcp_pair_across(wire: &Wire) -> io::Result<(TcpTransport, TcpTransport)> {
+    let far = wire.far_addr();
+    let ns = std::fs::File::open(format!("/run/netns/{}", wire.netns_name()))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = thread::spawn(move || -> io::Result<TcpStream> {
+        crate::sys::enter_netns(&ns)?;
+        let listener = TcpListener::bind((far, 0))?;
+        let _ = tx.send(listener.local_addr()?.port());
+        Ok(listener.accept()?.0)
+    });
+    let port = rx
+        .recv()
+        .map_err(|_| io::Error::other("the far end could not listen"))?;
+    let client = TcpStream::connect((far, port))?;
+    let server = server
+        .join()
+        .map_err(|_| io::Error::other("far end thread panicked"))??;
+    Ok((TcpTransport::from_stream(client)?, TcpTransport::from_stream(server)?))
+}
+
+/// Round trips of a 64-byte request/response across a packet-level wire of `shape`, median µs.
+pub fn wire_pingpong_us(shape: &LinkShape, iters: usize) -> io::Result<f64> {
+    let wire = Wire::start(shape)?;
+    let (a, b) = tcp_pair_across(&wire)?;
+    pingpong(a, b, iters)
+}
+
+/// One-way bulk throughput of one TCP connection across a packet-level wire of `shape` (the kernel's windows and
+/// congestion control at the shape's RTT), GB/s (1e9).
+pub fn wire_bulk_gbps(shape: &LinkShape, total_bytes: usize) -> io::Result<f64> {
+    let wire = Wire::start(shape)?;
+    let (a, b) = tcp_pair_across(&wire)?;
+    bulk(a, b, total_bytes)
+}
+
+/// Aggregate one-way throughput of `streams` TCP connections sending `total_bytes` between them across a wire of
+/// `shape`, GB/s: how far several connections get where one is held back by its window (long fat links).
+pub fn wire_bulk_parallel_gbps(shape: &LinkShape, total_bytes: usize, streams: usize) -> io::Result<f64> {
+    let wire = Wire::start(shape)?;
+    let streams = streams.clamp(1, 64);
+    let mut pairs = Vec::new();
+    for _ in 0..streams {
+        pairs.push(tcp_pair_across(&wire)?);
+    }
+    let each = total_bytes.div_ceil(streams);
+    let t0 = Instant::now();
+    let runs: Vec<_> = pairs
+        .into_iter()
+        .map(|(a, b)| thread::spawn(move || bulk(a, b, each)))
+        .collect();
+    for r in runs {
+        r.join().map_err(|_| io::Error::other("stream thread panicked"))??;
+    }
+    Ok((each * streams) as f64 / t0.elapsed().as_secs_f64() / 1e9)
 }
 
 /// A connected shared-memory pair through a private rendezvous socket: (client, server).
@@ -131,6 +210,18 @@ pub fn tcp_bulk_gbps(total_bytes: usize) -> io::Result<f64> {
     bulk(a, b, total_bytes)
 }
 
+/// Round trips of a 64-byte request/response through a link shape (the relay on loopback), median µs.
+pub fn link_pingpong_us(shape: &LinkShape, iters: usize) -> io::Result<f64> {
+    let (a, b, _relay) = tcp_pair_via(shape)?;
+    pingpong(a, b, iters)
+}
+
+/// One-way bulk throughput of one TCP connection through a link shape, GB/s (1e9).
+pub fn link_bulk_gbps(shape: &LinkShape, total_bytes: usize) -> io::Result<f64> {
+    let (a, b, _relay) = tcp_pair_via(shape)?;
+    bulk(a, b, total_bytes)
+}
+
 /// Round trips of a 64-byte request/response over the shared-memory transport (two threads), median µs.
 pub fn shm_pingpong_us(iters: usize) -> io::Result<f64> {
     let (a, b) = shm_pair(&ShmConfig::from_env().map_err(to_io)?)?;
@@ -146,6 +237,16 @@ pub fn shm_bulk_gbps(total_bytes: usize) -> io::Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_floors_follow_the_shape() {
+        let shape = LinkShape::parse("400m-2ms").expect("shape");
+        let us = link_pingpong_us(&shape, 20).expect("pingpong");
+        assert!((2000.0..6000.0).contains(&us), "2 ms link: pingpong {us} µs");
+        // 50 MB/s: 8 MiB in ~0.17 s; never above the rate, and not far below it even on a loaded machine.
+        let g = link_bulk_gbps(&shape, 8 << 20).expect("bulk");
+        assert!((0.020..=0.0525).contains(&g), "400 Mb/s link: bulk {g} GB/s");
+    }
 
     #[test]
     fn floors_give_plausible_numbers() {

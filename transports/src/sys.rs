@@ -321,7 +321,6 @@ pub(crate) fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// `poll` on a few descriptors for `events`, at most `timeout`; returns each one's `revents` (0 when nothing).
-#[cfg_attr(not(feature = "rdma"), allow(dead_code))]
 pub(crate) fn poll_fds<const N: usize>(fds: [RawFd; N], events: i16, timeout: Duration) -> io::Result<[i16; N]> {
     let mut p = fds.map(|fd| libc::pollfd { fd, events, revents: 0 });
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
@@ -448,4 +447,55 @@ pub(crate) mod verbs {
         // SAFETY: non-null, NUL-terminated, static.
         unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned()
     }
+}
+
+/// Sets this thread's timer slack (how late the kernel may wake a sleeping thread to batch wake-ups; 50 µs by
+/// default). The link relay's writers sleep until a chunk is due and need wake-ups within a few µs.
+pub(crate) fn set_timer_slack_ns(ns: u64) {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer and only changes the calling thread's timer slack.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+}
+
+/// `struct ifreq` as TUNSETIFF reads it: the name and the flags (the rest of the 40-byte union unused).
+#[repr(C)]
+struct TunRequest {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _rest: [u8; 22],
+}
+
+/// Opens a new TUN device named `name` that carries whole IP packets without a header (IFF_TUN | IFF_NO_PI); it
+/// lives as long as the returned file. Needs CAP_NET_ADMIN.
+pub(crate) fn tun_open(name: &str) -> io::Result<File> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name of 1..15 bytes",
+        ));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    let mut req = TunRequest {
+        name: [0; libc::IFNAMSIZ],
+        flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+        _rest: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads (and may update) a struct ifreq; `req` has its layout and lives across the call.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut TunRequest) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+/// Moves the calling thread (only it) into the network namespace `ns` refers to (a file such as /run/netns/NAME).
+pub(crate) fn enter_netns(ns: &File) -> io::Result<()> {
+    // SAFETY: setns on a descriptor we hold open; it changes only this thread's network namespace.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

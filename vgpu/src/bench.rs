@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use vgpu_transports::link::LinkShape;
+
 use crate::cuda::{Cuda, PTX};
 use crate::local::{through_shim, LocalServer};
 
@@ -170,18 +172,91 @@ fn aggregate_launch_rate(make: &dyn Fn() -> Result<std::process::Command, String
     }
 }
 
-/// The probe: runs every measurement in this process against whatever libcuda.so.1 loads; prints JSON.
-pub fn probe(quick: bool) -> Result<(), String> {
+/// How the probe sizes its loops: `quick` for a smoke run; `link` (the shape between the probe and the server)
+/// bounds round-trip-bound loops and copy repetitions to about a second each on long or thin links.
+#[derive(Clone, Default)]
+pub struct ProbeOptions {
+    pub quick: bool,
+    pub link: Option<LinkShape>,
+}
+
+impl ProbeOptions {
+    /// Iterations of a loop paying `trips` round trips each: `n`, or fewer where the link's RTT would make the loop
+    /// take more than ~0.3 s (never fewer than 20).
+    fn iterations(&self, n: usize, trips: f64) -> usize {
+        match &self.link {
+            Some(l) if !l.rtt.is_zero() => {
+                let per = (l.rtt.as_secs_f64() * trips).max(1e-9);
+                n.min(((0.3 / per) as usize).max(20))
+            }
+            _ => n,
+        }
+    }
+
+    /// Repetitions of a `size`-byte copy: `reps`, or fewer where the link's rate would take more than `budget_s`.
+    fn copies(&self, reps: usize, size: usize, budget_s: f64) -> usize {
+        match self.link.as_ref().and_then(LinkShape::bytes_per_s) {
+            Some(rate) => reps.min((budget_s * rate / size as f64) as usize).max(1),
+            None => reps.max(1),
+        }
+    }
+}
+
+/// Traffic through the shim over one measured loop, per operation (absent natively).
+struct Traffic<'a> {
+    cuda: &'a Cuda,
+    before: Option<Vec<(String, u64)>>,
+}
+
+impl<'a> Traffic<'a> {
+    fn start(cuda: &'a Cuda) -> Traffic<'a> {
+        Traffic {
+            cuda,
+            before: cuda.vgpu_stats(),
+        }
+    }
+
+    /// The counters' growth since `start`, divided by `ops`, as JSON by counter name.
+    fn per_op(self, ops: usize) -> Value {
+        match (self.before, self.cuda.vgpu_stats()) {
+            (Some(a), Some(b)) => {
+                let mut m = serde_json::Map::new();
+                for ((name, after), (_, before)) in b.into_iter().zip(a) {
+                    m.insert(name, json!(after.saturating_sub(before) as f64 / ops.max(1) as f64));
+                }
+                Value::Object(m)
+            }
+            _ => Value::Null,
+        }
+    }
+}
+
+/// The probe: runs every measurement in this process against whatever libcuda.so.1 loads; prints JSON. Through
+/// vGPU's shim it also records each measurement's traffic per operation (round trips, flushes, bytes).
+pub fn probe(opts: &ProbeOptions) -> Result<(), String> {
     let rss_before = rss_of("self").unwrap_or(0.0);
     let t = Instant::now();
     let cuda = Cuda::load()?;
+    let mut traffic = BTreeMap::new();
     // SAFETY: documented driver call.
     cuda.check("cuInit", unsafe { cuda.cuInit(0) })?;
     let session_start_ms = t.elapsed().as_secs_f64() * 1e3;
+    // Everything so far (connect, handshake, device facts) is the session start's.
+    let zero = cuda.vgpu_stats().map(|v| v.into_iter().map(|(n, _)| (n, 0)).collect());
+    traffic.insert(
+        "session_start_ms",
+        Traffic {
+            cuda: &cuda,
+            before: zero,
+        }
+        .per_op(1),
+    );
     let t = Instant::now();
+    let tr = Traffic::start(&cuda);
     cuda.open_device()?;
     let context_ms = t.elapsed().as_secs_f64() * 1e3;
-    let scale = if quick { 10 } else { 1 };
+    traffic.insert("context_ms", tr.per_op(1));
+    let scale = if opts.quick { 10 } else { 1 };
     let mut out = BTreeMap::new();
     out.insert("session_start_ms", session_start_ms);
     out.insert("context_ms", context_ms);
@@ -198,29 +273,36 @@ pub fn probe(quick: bool) -> Result<(), String> {
     cuda.check("cuCtxSynchronize", unsafe { cuda.cuCtxSynchronize() })?;
     let n = 100_000 / scale;
     let t = Instant::now();
+    let tr = Traffic::start(&cuda);
     for _ in 0..n {
         cuda.check("cuLaunchKernel", launch())?;
     }
     // SAFETY: documented driver call.
     cuda.check("cuCtxSynchronize", unsafe { cuda.cuCtxSynchronize() })?;
     out.insert("launch_async_us", t.elapsed().as_secs_f64() / n as f64 * 1e6);
-    let n = 10_000 / scale;
+    traffic.insert("launch_async_us", tr.per_op(n));
+    let n = opts.iterations(10_000 / scale, 1.0);
     let t = Instant::now();
+    let tr = Traffic::start(&cuda);
     for _ in 0..n {
         cuda.check("cuLaunchKernel", launch())?;
         // SAFETY: documented driver call on the NULL stream.
         cuda.check("cuStreamSynchronize", unsafe { cuda.cuStreamSynchronize(null) })?;
     }
     out.insert("launch_sync_us", t.elapsed().as_secs_f64() / n as f64 * 1e6);
+    traffic.insert("launch_sync_us", tr.per_op(n));
     let (mut free, mut total) = (0usize, 0usize);
     let t = Instant::now();
+    let tr = Traffic::start(&cuda);
     for _ in 0..n {
         // SAFETY: out-pointers to locals.
         cuda.check("cuMemGetInfo", unsafe { cuda.cuMemGetInfo_v2(&mut free, &mut total) })?;
     }
     out.insert("memgetinfo_us", t.elapsed().as_secs_f64() / n as f64 * 1e6);
-    let m = 2000 / scale;
+    traffic.insert("memgetinfo_us", tr.per_op(n));
+    let m = opts.iterations(2000 / scale, 2.0);
     let t = Instant::now();
+    let tr = Traffic::start(&cuda);
     for _ in 0..m {
         let mut d = 0u64;
         // SAFETY: out-pointer to a local; the allocation is freed at once.
@@ -230,12 +312,14 @@ pub fn probe(quick: bool) -> Result<(), String> {
         }
     }
     out.insert("malloc_free_1mib_us", t.elapsed().as_secs_f64() / m as f64 * 1e6);
+    traffic.insert("malloc_free_1mib_us", tr.per_op(m));
     let big = 1usize << 30;
     let mut dev = 0u64;
     // SAFETY: out-pointer to a local.
     cuda.check("cuMemAlloc", unsafe { cuda.cuMemAlloc_v2(&mut dev, big) })?;
     let mut word = 1u32;
     let t = Instant::now();
+    let tr = Traffic::start(&cuda);
     for _ in 0..n {
         // SAFETY: 4 bytes from a local into a 1 GiB allocation.
         cuda.check("cuMemcpyHtoD", unsafe {
@@ -243,7 +327,9 @@ pub fn probe(quick: bool) -> Result<(), String> {
         })?;
     }
     out.insert("h2d_4b_us", t.elapsed().as_secs_f64() / n as f64 * 1e6);
+    traffic.insert("h2d_4b_us", tr.per_op(n));
     let t = Instant::now();
+    let tr = Traffic::start(&cuda);
     for _ in 0..n {
         // SAFETY: 4 bytes into a local.
         cuda.check("cuMemcpyDtoH", unsafe {
@@ -251,13 +337,21 @@ pub fn probe(quick: bool) -> Result<(), String> {
         })?;
     }
     out.insert("d2h_4b_us", t.elapsed().as_secs_f64() / n as f64 * 1e6);
+    traffic.insert("d2h_4b_us", tr.per_op(n));
     // After launches and small copies, before the big buffers this probe allocates itself.
     out.insert("rss_added_mib", rss_of("self").unwrap_or(0.0) - rss_before);
-    for (size, label, reps) in [
-        (64usize << 20, "64mib", 10 / scale.min(5)),
-        (big, "1gib", 3 / scale.min(3)),
+    for (size, label, reps, budget_s) in [
+        (64usize << 20, "64mib", 10 / scale.min(5), 1.5),
+        (big, "1gib", 3 / scale.min(3), 3.0),
     ] {
-        let reps = reps.max(1);
+        if opts.quick && opts.link.is_some() && size == big {
+            // A smoke run through a link leaves out the 1 GiB copies (seconds each on a thin link).
+            continue;
+        }
+        let reps = opts.copies(reps, size, budget_s);
+        // On a link the warm-up copy only has to open the path (staging buffers, the pinned mirror), not repeat
+        // a transfer that may take seconds.
+        let warm = if opts.link.is_some() { size.min(64 << 20) } else { size };
         let mut pageable = vec![1u8; size];
         let mut pinned: *mut c_void = std::ptr::null_mut();
         // SAFETY: out-pointer to a local; freed below.
@@ -266,30 +360,31 @@ pub fn probe(quick: bool) -> Result<(), String> {
         unsafe { std::ptr::write_bytes(pinned as *mut u8, 1, size) };
         for (kind, host) in [("pageable", pageable.as_mut_ptr() as *mut c_void), ("pinned", pinned)] {
             // SAFETY (both loops): `size` bytes between a host buffer of that size and a 1 GiB allocation.
-            cuda.check("cuMemcpyHtoD", unsafe { cuda.cuMemcpyHtoD_v2(dev, host, size) })?;
+            cuda.check("cuMemcpyHtoD", unsafe { cuda.cuMemcpyHtoD_v2(dev, host, warm) })?;
             let t = Instant::now();
+            let tr = Traffic::start(&cuda);
             for _ in 0..reps {
                 cuda.check("cuMemcpyHtoD", unsafe { cuda.cuMemcpyHtoD_v2(dev, host, size) })?;
             }
-            out.insert(
-                leak(format!("h2d_{kind}_{label}_gbps")),
-                (size * reps) as f64 / t.elapsed().as_secs_f64() / 1e9,
-            );
+            let key = leak(format!("h2d_{kind}_{label}_gbps"));
+            out.insert(key, (size * reps) as f64 / t.elapsed().as_secs_f64() / 1e9);
+            traffic.insert(key, tr.per_op(reps));
             let t = Instant::now();
+            let tr = Traffic::start(&cuda);
             for _ in 0..reps {
                 cuda.check("cuMemcpyDtoH", unsafe { cuda.cuMemcpyDtoH_v2(host, dev, size) })?;
             }
-            out.insert(
-                leak(format!("d2h_{kind}_{label}_gbps")),
-                (size * reps) as f64 / t.elapsed().as_secs_f64() / 1e9,
-            );
+            let key = leak(format!("d2h_{kind}_{label}_gbps"));
+            out.insert(key, (size * reps) as f64 / t.elapsed().as_secs_f64() / 1e9);
+            traffic.insert(key, tr.per_op(reps));
         }
         // SAFETY: allocated above by cuMemAllocHost.
         cuda.check("cuMemFreeHost", unsafe { cuda.cuMemFreeHost(pinned) })?;
     }
     // SAFETY: allocated above.
     cuda.check("cuMemFree", unsafe { cuda.cuMemFree_v2(dev) })?;
-    let report = json!({ "device": cuda.device_name(), "vgpu_backend": cuda.vgpu_backend(), "metrics": out });
+    let report = json!({ "device": cuda.device_name(), "vgpu_backend": cuda.vgpu_backend(), "metrics": out,
+        "traffic": traffic, "link": opts.link.as_ref().map(|l| l.name.clone()) });
     println!("{report}");
     Ok(())
 }
@@ -299,14 +394,14 @@ fn leak(s: String) -> &'static str {
 }
 
 /// Runs the probe `repeat` times (children made by `make`) and keeps each metric's median.
-fn median_probe(
+pub(crate) fn median_probe(
     make: &dyn Fn() -> Result<std::process::Command, String>,
-    quick: bool,
+    opts: &ProbeOptions,
     repeat: usize,
 ) -> Result<Value, String> {
     let mut runs = Vec::new();
     for _ in 0..repeat.max(1) {
-        runs.push(run_probe(make()?, quick)?);
+        runs.push(run_probe(make()?, opts)?);
     }
     let mut merged = runs[0].clone();
     if let Some(keys) = runs[0]["metrics"]
@@ -326,10 +421,13 @@ fn median_probe(
 }
 
 /// Runs the probe in a child with the given environment and parses its JSON line.
-fn run_probe(mut cmd: std::process::Command, quick: bool) -> Result<Value, String> {
+fn run_probe(mut cmd: std::process::Command, opts: &ProbeOptions) -> Result<Value, String> {
     cmd.arg("__probe");
-    if quick {
+    if opts.quick {
         cmd.arg("--quick");
+    }
+    if let Some(link) = &opts.link {
+        cmd.args(["--link", &link.name]);
     }
     let out = cmd.output().map_err(|e| format!("cannot run the probe: {e}"))?;
     if !out.status.success() {
@@ -345,13 +443,14 @@ fn run_probe(mut cmd: std::process::Command, quick: bool) -> Result<Value, Strin
 }
 
 pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repeat: usize) -> Result<(), String> {
+    let opts = ProbeOptions { quick, link: None };
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let native_cmd = || {
         let mut c = std::process::Command::new(&exe);
         c.env_remove("LD_LIBRARY_PATH");
         Ok(c)
     };
-    let mut native = median_probe(&native_cmd, quick, repeat);
+    let mut native = median_probe(&native_cmd, &opts, repeat);
     match &mut native {
         Ok(v) => v["metrics"]["launch_rate_16proc_per_s"] = json!(aggregate_launch_rate(&native_cmd, quick).ok()),
         Err(e) => eprintln!("vgpu bench: no native run ({e}); ratios are left out"),
@@ -368,15 +467,15 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
     let server = LocalServer::start(backend, &extra)?;
     let tcp_cmd = || through_shim(&exe, Some(&server.tcp));
     let shm_cmd = || through_shim(&exe, Some(&server.shm));
-    let mut tcp = median_probe(&tcp_cmd, quick, repeat)?;
-    let mut shm = median_probe(&shm_cmd, quick, repeat)?;
+    let mut tcp = median_probe(&tcp_cmd, &opts, repeat)?;
+    let mut shm = median_probe(&shm_cmd, &opts, repeat)?;
     tcp["metrics"]["server_session_rss_mib"] = json!(server_session_rss(&server, tcp_cmd()?).ok());
     shm["metrics"]["server_session_rss_mib"] = json!(server_session_rss(&server, shm_cmd()?).ok());
     shm["metrics"]["launch_rate_16proc_per_s"] = json!(aggregate_launch_rate(&shm_cmd, quick)?);
     let rdma = match &server.rdma {
         Some(endpoint) => {
             let rdma_cmd = || through_shim(&exe, Some(endpoint));
-            match median_probe(&rdma_cmd, quick, repeat) {
+            match median_probe(&rdma_cmd, &opts, repeat) {
                 Ok(v) => Some(v),
                 Err(e) => {
                     eprintln!("vgpu bench: the RDMA run failed ({e}); no RDMA column");
@@ -411,8 +510,8 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
         String::new()
     };
     println!(
-        "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8}{rdma_head}",
-        "metric", "native", "vgpu tcp", "ratio", "vgpu shm", "ratio"
+        "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8} {:>6}{rdma_head}",
+        "metric", "native", "vgpu tcp", "ratio", "vgpu shm", "ratio", "RT/op"
     );
     let mut rows = Vec::new();
     for &(key, label, unit, higher_better) in METRICS {
@@ -431,21 +530,28 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
         } else {
             String::new()
         };
+        // Synchronous round trips per operation over TCP, from the shim's counters (the same over every transport).
+        let trips = tcp["traffic"][key]["round_trips"].as_f64();
         println!(
-            "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8}{rdma_cols}",
+            "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8} {:>6}{rdma_cols}",
             format!("{label} ({unit})"),
             f(n),
             f(t),
             f(ratio(t)),
             f(s),
-            f(ratio(s))
+            f(ratio(s)),
+            f(trips)
         );
         rows.push(
             json!({"metric": key, "label": label, "unit": unit, "native": n, "tcp": t, "shm": s, "rdma": r,
-            "tcp_time_ratio": ratio(t), "shm_time_ratio": ratio(s), "rdma_time_ratio": ratio(r)}),
+            "tcp_time_ratio": ratio(t), "shm_time_ratio": ratio(s), "rdma_time_ratio": ratio(r),
+            "round_trips_per_op": trips, "tcp_traffic_per_op": tcp["traffic"][key]}),
         );
     }
-    println!("(ratio = vGPU time ÷ native time; for bandwidths, native GB/s ÷ vGPU GB/s)");
+    println!(
+        "(ratio = vGPU time ÷ native time; for bandwidths, native GB/s ÷ vGPU GB/s; RT/op = synchronous round trips \
+         per operation, from the shim's counters)"
+    );
     println!("transport floors: {floors}");
     if let Some(path) = json_path {
         let doc = json!({ "device": device, "vgpu_emulated": emulated, "quick": quick, "repeats": repeat, "rows": rows,

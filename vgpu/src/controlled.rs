@@ -1,5 +1,6 @@
 //! `vgpu server --control URL`: registers this server and its GPUs with the control plane, admits sessions
-//! by their tickets (checked offline with the control plane's public key), ends revoked ones, reports usage.
+//! by their tickets (checked offline with the control plane's public keys), ends revoked ones, reports usage.
+//! Enrolls once with the node token, then uses its own credential (kept in a 0600 file).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,8 +21,14 @@ const USAGE_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// Where the control plane is and how this server introduces itself.
 pub struct ControlLink {
+    /// One URL or several replicas, comma-separated.
     pub url: String,
-    pub node_token: String,
+    /// The operator's node token: needed to enroll, not once the server holds its own credential.
+    pub node_token: Option<String>,
+    /// Where the server's own credential is kept (mode 0600); `None`: only in memory.
+    pub credential_file: Option<std::path::PathBuf>,
+    /// Hex SHA-256 of this server's data-plane TLS certificate, registered so tickets carry it.
+    pub tls_cert_sha256: Option<String>,
     /// Name the server registers under (re-registering by name keeps its GPUs' assignments).
     pub name: String,
     /// `host:port` clients dial; default: this host's name and the TCP port the server listens on.
@@ -48,6 +55,7 @@ struct State {
     /// Device memory each live session holds, for the heartbeat's inventory.
     held: HashMap<String, u64>,
     to_end: Vec<String>,
+    pending: Option<PendingReport>,
 }
 
 struct Registered {
@@ -55,7 +63,64 @@ struct Registered {
     server_token: String,
     address: String,
     verifier: TicketVerifier,
+    /// Key ids the verifier holds, and when the set was last fetched.
+    kids: Vec<String>,
+    keys_fetched: Instant,
     devices: Vec<DeviceFacts>,
+}
+
+/// A usage report sent and not yet acknowledged: resent as it is (same id) until it is, so a report that
+/// reached the control plane before a failure is counted once.
+struct PendingReport {
+    id: String,
+    records: Vec<UsageSample>,
+    sent: Vec<(String, bool)>,
+}
+
+/// `$XDG_STATE_HOME/vgpu/<name>.credential`, or under `~/.local/state`.
+pub fn default_credential_file(name: &str) -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".local/state")))?;
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Some(base.join("vgpu").join(format!("{safe}.credential")))
+}
+
+fn save_credential(path: &std::path::Path, token: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    writeln!(f, "{token}").map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn keys_of(url: &str) -> Result<(TicketVerifier, Vec<String>), String> {
+    let v = client::fetch_public_keys(url).map_err(|e| format!("cannot get the ticket keys from {url}: {e}"))?;
+    let verifier = TicketVerifier::from_public_key_reply(&v).map_err(|e| format!("control plane at {url}: {e}"))?;
+    let kids = v["keys"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|k| k["kid"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    Ok((verifier, kids))
 }
 
 /// One session's usage since its last delivered report.
@@ -68,7 +133,7 @@ struct Metered {
     memory_byte_seconds: f64,
     bytes_moved: u64,
     /// GPU time the scheduler measured the session using on each of its GPUs here (ticket order), in seconds:
-    /// what each usage sample's `gpu_busy_seconds` carries once the control plane's reports have the field.
+    /// what each usage sample's `gpu_busy_seconds` carries.
     gpu_busy_seconds: Vec<f64>,
     ended: bool,
     since: Instant,
@@ -90,23 +155,80 @@ impl TicketAuthority {
 
     fn register(&self, address: &str, devices: &[DeviceFacts]) -> Result<Registered, String> {
         let url = &self.link.url;
-        let pem = client::fetch_public_key(url).map_err(|e| format!("cannot get the ticket key from {url}: {e}"))?;
-        let verifier = TicketVerifier::new(pem.as_bytes()).map_err(|e| format!("control plane at {url}: {e}"))?;
-        let reg = client::register_server(
-            url,
-            &self.link.node_token,
-            &self.link.name,
-            address,
-            &inventory(devices, &HashMap::new()),
-        )
+        let (verifier, kids) = keys_of(url)?;
+        let saved = self
+            .link
+            .credential_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        let gpus = inventory(devices, &HashMap::new());
+        let enroll = |credential: Option<&str>| {
+            client::register_server(
+                url,
+                &client::Enrollment {
+                    node_token: if credential.is_some() {
+                        None
+                    } else {
+                        self.link.node_token.as_deref()
+                    },
+                    credential,
+                    name: &self.link.name,
+                    address,
+                    gpus: &gpus,
+                    tls_cert_sha256: self.link.tls_cert_sha256.as_deref(),
+                },
+            )
+        };
+        let reg = match saved.as_deref() {
+            Some(cred) => match enroll(Some(cred)) {
+                // The control plane no longer knows this credential (the server was deleted, or this is
+                // another control plane): enroll afresh with the node token.
+                Err(e) if e.status == Some(401) && self.link.node_token.is_some() => enroll(None),
+                other => other,
+            },
+            None => enroll(None),
+        }
         .map_err(|e| format!("cannot register with the control plane at {url}: {e}"))?;
+        if let Some(path) = &self.link.credential_file {
+            if saved.as_deref() != Some(reg.server_token.as_str()) {
+                if let Err(e) = save_credential(path, &reg.server_token) {
+                    tracing::warn!("cannot keep this server's credential: {e} (the next start enrolls again)");
+                }
+            }
+        }
         Ok(Registered {
             server_id: reg.server_id,
             server_token: reg.server_token,
             address: address.to_string(),
             verifier,
+            kids,
+            keys_fetched: Instant::now(),
             devices: devices.to_vec(),
         })
+    }
+
+    /// Fetches the control plane's public keys again (it rotated its signing key), at most every few seconds.
+    fn refresh_keys(&self) {
+        let due = self
+            .state()
+            .registration
+            .as_ref()
+            .is_some_and(|r| r.keys_fetched.elapsed() > Duration::from_secs(5));
+        if !due {
+            return;
+        }
+        match keys_of(&self.link.url) {
+            Ok((verifier, kids)) => {
+                if let Some(r) = self.state().registration.as_mut() {
+                    r.verifier = verifier;
+                    r.kids = kids;
+                    r.keys_fetched = Instant::now();
+                }
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
     }
 
     /// Heartbeats and usage delivery, forever (on its own thread).
@@ -152,7 +274,18 @@ impl TicketAuthority {
             )
         };
         match client::heartbeat(&self.link.url, &token, &id, &gpus) {
-            Ok(end) => self.state().to_end.extend(end),
+            Ok(beat) => {
+                let unknown_key = {
+                    let mut st = self.state();
+                    st.to_end.extend(beat.end_sessions);
+                    st.registration
+                        .as_ref()
+                        .is_some_and(|r| beat.signing_kids.iter().any(|k| !r.kids.contains(k)))
+                };
+                if unknown_key {
+                    self.refresh_keys();
+                }
+            }
             // The control plane forgot this server (a fresh in-memory store, or an admin removed it): register
             // again under the same name, which keeps the GPU ids the tickets name.
             Err(e) if matches!(e.status, Some(401 | 403 | 404)) => match self.register(&address, &devices) {
@@ -167,57 +300,86 @@ impl TicketAuthority {
     }
 
     fn flush_usage(&self) {
-        let (token, records, sent) = {
+        let (token, report) = {
             let mut st = self.state();
             let Some(r) = &st.registration else { return };
             let token = r.server_token.clone();
-            let now = Instant::now();
-            st.usage.retain(|sid, m| {
-                let keep = !m.ended || now.duration_since(m.since) < USAGE_KEEP;
-                if !keep {
-                    tracing::warn!("dropping usage of session {sid}: undeliverable for a day");
-                }
-                keep
-            });
-            let mut records = Vec::new();
-            let mut sent = Vec::new();
-            for (sid, m) in &st.usage {
-                if m.seconds == 0.0 && m.bytes_moved == 0 && !m.ended {
-                    continue;
-                }
-                records.extend(samples(sid, m));
-                sent.push((sid.clone(), m.ended));
-            }
-            (token, records, sent)
-        };
-        if records.is_empty() {
-            return;
-        }
-        match client::report_usage(&self.link.url, &token, &records) {
-            Ok(_) => {
-                let mut st = self.state();
-                for (sid, ended) in sent {
-                    if ended {
-                        st.usage.remove(&sid);
-                    } else if let Some(m) = st.usage.get_mut(&sid) {
-                        // Periods reported: start a new one where this one stopped.
-                        m.period_start = m.period_end;
-                        m.seconds = 0.0;
-                        m.memory_byte_seconds = 0.0;
-                        m.bytes_moved = 0;
-                        m.gpu_busy_seconds.iter_mut().for_each(|s| *s = 0.0);
+            let server_id = r.server_id.clone();
+            if st.pending.is_none() {
+                let now = Instant::now();
+                st.usage.retain(|sid, m| {
+                    let keep = !m.ended || now.duration_since(m.since) < USAGE_KEEP;
+                    if !keep {
+                        tracing::warn!("dropping usage of session {sid}: undeliverable for a day");
                     }
+                    keep
+                });
+                let mut records = Vec::new();
+                let mut sent = Vec::new();
+                for (sid, m) in st.usage.iter_mut() {
+                    if m.seconds == 0.0 && m.bytes_moved == 0 && !m.ended {
+                        continue;
+                    }
+                    records.extend(samples(sid, m));
+                    sent.push((sid.clone(), m.ended));
+                    // Moved into the report: a new period starts where this one stopped.
+                    m.period_start = m.period_end;
+                    m.seconds = 0.0;
+                    m.memory_byte_seconds = 0.0;
+                    m.bytes_moved = 0;
+                    m.gpu_busy_seconds.iter_mut().for_each(|s| *s = 0.0);
+                }
+                if records.is_empty() {
+                    return;
+                }
+                st.pending = Some(PendingReport {
+                    id: format!("{server_id}-{}-{}", now_s(), rand_suffix()),
+                    records,
+                    sent,
+                });
+            }
+            let Some(p) = &st.pending else { return };
+            (token, (p.id.clone(), p.records.clone()))
+        };
+        let (id, records) = report;
+        match client::report_usage(&self.link.url, &token, &id, &records) {
+            Ok(_) => self.report_done(),
+            // Refused as implausible or for a session the control plane does not know: resending cannot help.
+            Err(e) if matches!(e.status, Some(400 | 404 | 409)) => {
+                tracing::warn!("usage report {id} refused, dropped: {e}");
+                self.report_done();
+            }
+            Err(e) => tracing::warn!("usage report to {} failed (resent as is next time): {e}", self.link.url),
+        }
+    }
+
+    fn report_done(&self) {
+        let mut st = self.state();
+        if let Some(p) = st.pending.take() {
+            for (sid, ended) in p.sent {
+                if ended {
+                    st.usage.remove(&sid);
                 }
             }
-            Err(e) => tracing::warn!("usage report to {} failed (kept for the next one): {e}", self.link.url),
         }
     }
 }
 
+fn rand_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:016x}", h.finish())
+}
+
 /// Usage records for one session: GPU time on each of its GPUs here, weighted by the compute share it holds;
-/// memory and bytes are counted on its first GPU (the server meters a session's memory as a whole). The GPU time
-/// the scheduler measured (`Metered::gpu_busy_seconds[i]`) joins each record as `gpu_busy_seconds` once
-/// `UsageSample` has that field (the control plane's side of issue 15).
+/// memory and bytes are counted on its first GPU (the server meters a session's memory as a whole); the GPU time
+/// the scheduler measured on each GPU (`Metered::gpu_busy_seconds[i]`) is that record's `gpu_busy_seconds`.
 fn samples(sid: &str, m: &Metered) -> Vec<UsageSample> {
     m.gpus
         .iter()
@@ -228,6 +390,7 @@ fn samples(sid: &str, m: &Metered) -> Vec<UsageSample> {
             period_start: m.period_start,
             period_end: m.period_end.max(m.period_start),
             gpu_seconds: m.seconds * g.compute_share.clamp(0.0, 1.0),
+            gpu_busy_seconds: m.gpu_busy_seconds.get(i).copied().unwrap_or(0.0),
             memory_gib_hours: if i == 0 {
                 m.memory_byte_seconds / (1u64 << 30) as f64 / 3600.0
             } else {
@@ -300,6 +463,16 @@ impl Authority for TicketAuthority {
 
     fn admit(&self, credential: &[u8]) -> Result<Admission, String> {
         let token = std::str::from_utf8(credential).map_err(|_| "the credential is not a ticket".to_string())?;
+        // Signed with a key this server has not seen: the control plane rotated it; fetch the set once.
+        let unknown = {
+            let st = self.state();
+            st.registration
+                .as_ref()
+                .is_some_and(|r| matches!(r.verifier.verify(token), Err(TicketError::UnknownKey(_))))
+        };
+        if unknown {
+            self.refresh_keys();
+        }
         let mut st = self.state();
         let r = st
             .registration
@@ -420,8 +593,9 @@ mod tests {
                     gpu_index: 0,
                     memory_limit_mib: 1024,
                     compute_share: share,
-                    priority: String::new(),
+                    priority: "guaranteed".into(),
                     share_cap: false,
+                    tls_cert_sha256: None,
                 },
                 TicketGpu {
                     server_id: "srv".into(),
@@ -430,8 +604,9 @@ mod tests {
                     gpu_index: 1,
                     memory_limit_mib: 1024,
                     compute_share: 1.0,
-                    priority: String::new(),
+                    priority: "guaranteed".into(),
                     share_cap: false,
+                    tls_cert_sha256: None,
                 },
             ],
             period_start: 100,
@@ -449,7 +624,9 @@ mod tests {
     fn delivered_gpu_time_accumulates_per_gpu_until_reported() {
         let authority = TicketAuthority::new(ControlLink {
             url: "http://127.0.0.1:9".into(),
-            node_token: "t".into(),
+            node_token: Some("t".into()),
+            credential_file: None,
+            tls_cert_sha256: None,
             name: "n".into(),
             advertise: None,
         });

@@ -63,6 +63,29 @@ impl Cuda {
         }
     }
 
+    /// vGPU's traffic counters (`vgpu_stat`: round trips, flushes, bytes, ...) by name; `None` natively or with a
+    /// shim that predates them.
+    pub fn vgpu_stats(&self) -> Option<Vec<(String, u64)>> {
+        // SAFETY: optional functions only vGPU's shim exports, taking an index and returning a value or a pointer to
+        // a static NUL-terminated name (NULL past the last).
+        unsafe {
+            let lib = self.lib.library();
+            let stat = lib.get::<unsafe extern "C" fn(u32) -> u64>(b"vgpu_stat\0").ok()?;
+            let name = lib
+                .get::<unsafe extern "C" fn(u32) -> *const c_char>(b"vgpu_stat_name\0")
+                .ok()?;
+            let mut out = Vec::new();
+            for i in 0..64u32 {
+                let p = name(i);
+                if p.is_null() {
+                    break;
+                }
+                out.push((CStr::from_ptr(p).to_string_lossy().into_owned(), stat(i)));
+            }
+            Some(out)
+        }
+    }
+
     pub fn device_name(&self) -> String {
         let mut buf = [0 as c_char; 256];
         // SAFETY: the buffer is 256 bytes, as passed.

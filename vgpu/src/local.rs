@@ -39,9 +39,29 @@ impl LocalServer {
     /// Like `start`, with extra environment variables (secrets stay out of the process list).
     pub fn start_with_env(backend: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Result<LocalServer, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        Self::spawn(Command::new(exe), "127.0.0.1:0", backend, extra_args, env)
+    }
+
+    /// Starts `vgpu server` (TCP only) inside the network namespace `netns`, listening on `ip` (a free port), as
+    /// `ip netns exec NETNS vgpu server ...` does: for measurements across a packet-level wire.
+    pub fn start_in_netns(netns: &str, ip: std::net::Ipv4Addr, backend: &str) -> Result<LocalServer, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(exe);
+        Self::spawn(cmd, &format!("{ip}:0"), backend, &["--no-shm"], &[])
+    }
+
+    /// Runs `cmd server --tcp TCP ...` (cmd: the vgpu binary, or a wrapper that ends with it) and waits until ready.
+    fn spawn(
+        mut cmd: Command,
+        tcp: &str,
+        backend: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<LocalServer, String> {
         let shm = format!("vgpu-{}-{}", std::process::id(), rand_suffix());
-        let mut child = Command::new(exe)
-            .args(["server", "--tcp", "127.0.0.1:0", "--shm", &shm, "--backend", backend])
+        let mut child = cmd
+            .args(["server", "--tcp", tcp, "--shm", &shm, "--backend", backend])
             .args(extra_args)
             .envs(env.iter().copied())
             .env_remove("LD_LIBRARY_PATH")

@@ -7,6 +7,7 @@ mod controlled;
 mod cuda;
 mod fairness;
 mod ipccheck;
+mod links;
 mod local;
 mod nvml;
 mod quickstart;
@@ -78,12 +79,18 @@ enum Cmd {
         /// a client presents its key in VGPU_KEY and gets that compute share, class and cap on every GPU.
         #[arg(long, conflicts_with = "key")]
         plans: Option<std::path::PathBuf>,
-        /// Control plane URL: register there, admit sessions by its tickets, report usage.
+        /// Control plane URL(s), comma-separated replicas (`https://host:8470#sha256=<certificate hash>`):
+        /// register there, admit sessions by its tickets, report usage.
         #[arg(long, conflicts_with_all = ["key", "memory_limit_mib", "plans"])]
         control: Option<String>,
-        /// Token the control plane's operator gave this server (with --control). Also read from VGPU_NODE_TOKEN.
+        /// Token the control plane's operator gave this server (with --control) to enroll once; afterwards the
+        /// server uses its own credential (see --credential-file). Also read from VGPU_NODE_TOKEN.
         #[arg(long, env = "VGPU_NODE_TOKEN", hide_env_values = true)]
         node_token: Option<String>,
+        /// Where the server keeps the credential the control plane gave it at enrollment (mode 0600; default:
+        /// $XDG_STATE_HOME or ~/.local/state, vgpu/<name>.credential).
+        #[arg(long, env = "VGPU_SERVER_CREDENTIAL")]
+        credential_file: Option<std::path::PathBuf>,
         /// Name to register under (with --control; default: this host's name).
         #[arg(long)]
         name: Option<String>,
@@ -143,6 +150,40 @@ enum Cmd {
         /// `fairness`: several tenants on one GPU instead (see `vgpu bench fairness --help`).
         #[command(subcommand)]
         what: Option<fairness::BenchWhat>,
+        /// Instead: the probe over TCP through each of these link shapes (a shaping relay on this host), beside
+        /// loopback and the unshaped relay, with each row's round trips and the predicted time. Comma-separated
+        /// RATE-RTT shapes (100g-10us, 1g-5ms, ...); `standard` is the four of issue 21.
+        #[arg(long)]
+        links: Option<String>,
+        /// With --links: shapes go across the packet-level wire (TUN devices and a network namespace; needs root)
+        /// instead of through the relay, so TCP meets the round trip end to end with the kernel's windows.
+        #[arg(long, requires = "links")]
+        wire: bool,
+    },
+    /// Relay TCP connections to a server through a link shape: each direction delayed by half the round trip and
+    /// limited to the rate, with at most one bandwidth-delay product plus a cap queued (for measurements).
+    LinkRelay {
+        /// Where clients connect (host:port; port 0 picks one, printed on the ready line).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// The server's TCP address (host:port, or tcp://host:port).
+        #[arg(long)]
+        to: String,
+        /// RATE-RTT, e.g. 10g-500us; `relay` forwards without shaping.
+        #[arg(long, conflicts_with_all = ["rtt_us", "gbit"])]
+        shape: Option<String>,
+        /// Round-trip time in µs (with --gbit, instead of --shape).
+        #[arg(long)]
+        rtt_us: Option<f64>,
+        /// Rate in Gb/s each direction (0: unlimited).
+        #[arg(long)]
+        gbit: Option<f64>,
+        /// Bytes the relay may queue per direction beyond the bandwidth-delay product.
+        #[arg(long, default_value_t = vgpu_transports::link::relay::DEFAULT_QUEUE_CAP)]
+        queue_cap: usize,
+        /// Print the relay's counters every this many seconds (0: never).
+        #[arg(long, default_value_t = 0)]
+        report_s: u64,
     },
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -166,6 +207,9 @@ enum Cmd {
     Probe {
         #[arg(long)]
         quick: bool,
+        /// The link shape between this probe and the server (sizes the loops).
+        #[arg(long)]
+        link: Option<String>,
     },
 }
 
@@ -199,6 +243,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             plans,
             control,
             node_token,
+            credential_file,
             name,
             advertise,
         } => {
@@ -206,19 +251,29 @@ fn run(cmd: Cmd) -> Result<(), String> {
             let key = key.filter(|k| !k.is_empty());
             let (authority, auth_description): (Arc<dyn Authority>, String) = match control {
                 Some(url) => {
-                    let node_token = node_token
-                        .filter(|t| !t.is_empty())
-                        .ok_or("--control needs the node token: --node-token or VGPU_NODE_TOKEN")?;
+                    let node_token = node_token.filter(|t| !t.is_empty());
                     let name = name.unwrap_or_else(|| {
                         std::fs::read_to_string("/proc/sys/kernel/hostname")
                             .map(|h| h.trim().to_string())
                             .unwrap_or_else(|_| "vgpu-server".into())
                     });
+                    let credential_file = credential_file.or_else(|| controlled::default_credential_file(&name));
+                    let has_credential = credential_file.as_ref().is_some_and(|p| p.exists());
+                    if node_token.is_none() && !has_credential {
+                        return Err(
+                            "--control needs the node token (--node-token or VGPU_NODE_TOKEN) to enroll \
+                                    this server"
+                                .into(),
+                        );
+                    }
                     let link = controlled::ControlLink {
                         url: url.clone(),
                         node_token,
                         name,
                         advertise,
+                        credential_file,
+                        // Filled by the data-plane TLS work: the SHA-256 of this server's certificate.
+                        tls_cert_sha256: None,
                     };
                     (
                         controlled::TicketAuthority::new(link),
@@ -314,8 +369,28 @@ fn run(cmd: Cmd) -> Result<(), String> {
             json,
             backend,
             repeat,
+            links: Some(shapes),
+            wire,
             what: None,
+        } => links::run(&shapes, quick, json.as_deref(), &backend, repeat, wire),
+        Cmd::Bench {
+            quick,
+            json,
+            backend,
+            repeat,
+            links: None,
+            what: None,
+            ..
         } => bench::run(quick, json.as_deref(), &backend, repeat),
+        Cmd::LinkRelay {
+            listen,
+            to,
+            shape,
+            rtt_us,
+            gbit,
+            queue_cap,
+            report_s,
+        } => links::relay(&listen, &to, shape, rtt_us, gbit, queue_cap, report_s),
         Cmd::FairTenant(args) => fairness::tenant(args),
         Cmd::IpcCheck { mode, handle } => match (mode.as_str(), handle) {
             ("export", None) => ipccheck::export(),
@@ -323,6 +398,12 @@ fn run(cmd: Cmd) -> Result<(), String> {
             _ => Err("usage: vgpu __ipccheck export | open HANDLE_HEX".into()),
         },
         Cmd::LaunchRate { launches, start_at_ms } => bench::launch_rate(launches, start_at_ms),
-        Cmd::Probe { quick } => bench::probe(quick),
+        Cmd::Probe { quick, link } => bench::probe(&bench::ProbeOptions {
+            quick,
+            link: link
+                .as_deref()
+                .map(vgpu_transports::link::LinkShape::parse)
+                .transpose()?,
+        }),
     }
 }

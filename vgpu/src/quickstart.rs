@@ -19,26 +19,33 @@ pub fn run(backend: &str, standalone: bool) -> Result<(), String> {
     }
     let data = std::env::temp_dir().join(format!("vgpu-quickstart-{}", std::process::id()));
     println!("vgpu quickstart: starting a control plane (in-memory store)");
-    let control = vgpu_control::server::spawn_control(vgpu_control::ControlArgs {
-        listen: "127.0.0.1:0".parse().map_err(|_| "address")?,
-        data_dir: data,
-        store: vgpu_control::store::Backend::Memory,
-        admin_key: None,
-        node_token: None,
-        ticket_ttl: 3600,
-    })?;
+    // HTTPS with a certificate made for this run; every client below pins it through the URL's #sha256=.
+    let control = vgpu_control::server::spawn_control(vgpu_control::ControlArgs::new(
+        "127.0.0.1:0".parse().map_err(|_| "address")?,
+        data.clone(),
+        vgpu_control::store::Backend::Memory,
+    ))?;
     let url = control.url();
     let admin_key = control.admin_key.clone().ok_or("the control plane made no admin key")?;
     let node_token = control
         .node_token
         .clone()
         .ok_or("the control plane made no node token")?;
-    println!("  REST API and web UI at {url}/ (admin key above)");
+    let (base, pin) = url.split_once('#').unwrap_or((url.as_str(), ""));
+    println!("  REST API and web UI at {base}/ (admin key above; self-signed certificate, {pin})");
+    println!("  clients: VGPU_CONTROL_URL={url}");
 
     println!("vgpu quickstart: starting a GPU server registered with it");
     let server = local::LocalServer::start_with_env(
         backend,
-        &["--control", &url, "--name", "quickstart-server"],
+        &[
+            "--control",
+            &url,
+            "--name",
+            "quickstart-server",
+            "--credential-file",
+            &data.join("server.credential").to_string_lossy(),
+        ],
         &[("VGPU_NODE_TOKEN", &node_token)],
     )?;
     for line in &server.banner {

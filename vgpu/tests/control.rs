@@ -62,7 +62,12 @@ fn gpu_server(url: &str, shm: &str) -> (Killed, Vec<String>) {
     let mut cmd = Command::new(VGPU);
     cmd.args(["server", "--backend", "emulated", "--tcp", "127.0.0.1:0", "--shm", shm])
         .args(["--control", url, "--name", "test-node"])
-        .env("VGPU_NODE_TOKEN", NODE_TOKEN);
+        .env("VGPU_NODE_TOKEN", NODE_TOKEN)
+        // The server's own credential, in the test's temp folder rather than the user's state folder.
+        .env(
+            "VGPU_SERVER_CREDENTIAL",
+            std::env::temp_dir().join(format!("{shm}.credential")),
+        );
     let (child, _, banner) = start_until(cmd, "ready on ");
     (child, banner)
 }

@@ -88,7 +88,7 @@ async function refreshAll() {
 }
 
 async function loadGpus() {
-  cache.gpus = (await api("GET", "/v1/gpus")).gpus;
+  cache.gpus = (await api("GET", "/v1/gpus?limit=1000")).gpus;
   const rows = cache.gpus.map((g) => el("tr", {},
     el("td", {}, g.server_name), el("td", {}, `#${g.index} ${g.name}`), el("td", {}, el("code", {}, g.uuid)),
     el("td", { class: g.online ? "online" : "offline" }, g.online ? "online" : "offline"),
@@ -103,7 +103,7 @@ async function loadGpus() {
 }
 
 async function loadPlans() {
-  cache.plans = (await api("GET", "/v1/plans")).plans;
+  cache.plans = (await api("GET", "/v1/plans?limit=1000")).plans;
   const rows = cache.plans.map((p) => el("tr", {}, el("td", {}, p.name), el("td", {}, p.currency),
     el("td", {}, p.rates.map((r) => `${r.gpu_model}: ${r.per_gpu_hour}/GPU-h, ${r.per_gib_hour}/GiB-h`).join("; ")),
     isAdmin() ? el("td", {}, el("button", { type: "button", class: "danger", "aria-label": `Delete plan ${p.name}`, on: { click: () => act(() => api("DELETE", "/v1/plans/" + p.id)) } }, "Delete")) : null));
@@ -112,13 +112,13 @@ async function loadPlans() {
 }
 
 async function loadTenants() {
-  cache.tenants = (await api("GET", "/v1/tenants")).tenants;
+  cache.tenants = (await api("GET", "/v1/tenants?limit=1000")).tenants;
   const sel = $("assign-tenant");
   sel.replaceChildren(...cache.tenants.map((t) => el("option", { value: t.id }, t.name)));
   if (!isAdmin()) return;
   const rows = [];
   for (const t of cache.tenants) {
-    const keys = (await api("GET", `/v1/tenants/${t.id}/keys`)).keys.filter((k) => !k.revoked_at);
+    const keys = (await api("GET", `/v1/tenants/${t.id}/keys?limit=1000`)).keys.filter((k) => !k.revoked_at);
     const plan = el("select", { "aria-label": `Plan of ${t.name}`, on: { change: (e) => act(() => api("PATCH", "/v1/tenants/" + t.id, { plan_id: e.target.value })) } },
       el("option", { value: "" }, "No plan"), ...cache.plans.map((p) => el("option", { value: p.id, selected: p.id === t.plan_id }, p.name)));
     const keyList = el("ul", {}, keys.map((k) => el("li", {}, el("code", {}, k.prefix + "…"), ` ${k.label} `,
@@ -137,12 +137,13 @@ function showSecret(t, r) {
 }
 
 async function loadAssignments() {
-  const list = (await api("GET", "/v1/assignments")).assignments;
+  const list = (await api("GET", "/v1/assignments?limit=1000")).assignments;
   const rows = list.map((a) => {
     const gpu = cache.gpus.find((g) => g.uuid === a.gpu_uuid);
     const label = gpu ? `${gpu.server_name} #${gpu.index} ${gpu.name}` : a.gpu_uuid;
     const cells = [el("td", {}, tenantName(a.tenant_id)), el("td", {}, label, " ", el("code", {}, a.gpu_uuid)),
-      el("td", { class: "num" }, a.memory_limit_mib), el("td", { class: "num" }, a.compute_share.toFixed(2))];
+      el("td", { class: "num" }, a.memory_limit_mib), el("td", { class: "num" }, a.compute_share.toFixed(2)),
+      el("td", {}, a.priority + (a.share_cap ? " (capped)" : ""))];
     if (isAdmin()) {
       const move = el("select", { "aria-label": `Move assignment of ${tenantName(a.tenant_id)} to GPU` },
         ...cache.gpus.map((g) => el("option", { value: g.uuid, selected: g.uuid === a.gpu_uuid }, `${g.server_name} #${g.index}`)));
@@ -154,7 +155,7 @@ async function loadAssignments() {
     }
     return el("tr", { "data-assignment": a.id }, ...cells);
   });
-  $("assign-rows").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 5 }, "No assignments."))]));
+  $("assign-rows").replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 6 }, "No assignments."))]));
 }
 
 function chart(tenants) {
@@ -180,12 +181,13 @@ async function loadUsage() {
   const u = await api("GET", `/v1/usage?from=${now - days * 86400}&to=${now + 300}`);
   $("usage-chart").replaceChildren(chart(u.tenants));
   $("usage-rows").replaceChildren(...u.tenants.map((t) => el("tr", {}, el("td", {}, t.tenant_name),
-    el("td", { class: "num" }, t.gpu_hours.toFixed(2)), el("td", { class: "num" }, t.memory_gib_hours.toFixed(2)),
+    el("td", { class: "num" }, t.gpu_hours.toFixed(2)), el("td", { class: "num" }, (t.gpu_busy_seconds / 3600).toFixed(2)),
+    el("td", { class: "num" }, t.memory_gib_hours.toFixed(2)),
     el("td", { class: "num" }, fmtBytes(t.bytes_moved)), el("td", { class: "num" }, `${t.cost.toFixed(2)} ${t.currency}`))));
 }
 
 async function loadSessions() {
-  const s = (await api("GET", "/v1/sessions")).sessions.sort((a, b) => b.created_at - a.created_at).slice(0, 100);
+  const s = (await api("GET", "/v1/sessions?limit=1000")).sessions.sort((a, b) => b.created_at - a.created_at).slice(0, 100);
   $("session-rows").replaceChildren(...s.map((x) => el("tr", {}, el("td", {}, el("code", {}, x.id)), el("td", {}, tenantName(x.tenant_id)),
     el("td", {}, x.gpu_uuids.join(", ")), el("td", {}, x.status + (x.end_reason ? ` (${x.end_reason})` : "")), el("td", {}, fmtTime(x.created_at)),
     el("td", {}, x.status === "active" ? el("button", { type: "button", class: "danger", "aria-label": `End session ${x.id}`, on: { click: () => act(() => api("DELETE", "/v1/sessions/" + x.id)) } }, "End") : ""))));
@@ -202,7 +204,8 @@ $("assign-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const mem = $("assign-mem").value, share = $("assign-share").value;
   act(() => api("POST", "/v1/assignments", { tenant_id: $("assign-tenant").value, gpu_uuid: $("assign-gpu").value,
-    memory_limit_mib: mem ? Number(mem) : null, compute_share: share ? Number(share) : null }).then(() => e.target.reset()), "GPU assigned.");
+    memory_limit_mib: mem ? Number(mem) : null, compute_share: share ? Number(share) : null,
+    priority: $("assign-priority").value || null, share_cap: $("assign-cap").checked }).then(() => e.target.reset()), "GPU assigned.");
 });
 $("plan-form").addEventListener("submit", (e) => {
   e.preventDefault();

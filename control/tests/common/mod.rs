@@ -51,6 +51,7 @@ impl H {
             query,
             authorization: auth.map(|a| format!("Bearer {a}")),
             body: body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default(),
+            remote: None,
         })
     }
 
@@ -76,25 +77,27 @@ impl H {
 
     /// Registers server `name` with GPUs `<name>-gpu0..n` of 80 GiB each; returns (server id, server token).
     pub fn server(&self, name: &str, n: u32) -> (String, String) {
+        let (status, v) = self.register(name, n, None);
+        assert_eq!(status, 201, "register {name}: {v}");
+        (
+            v["server"]["id"].as_str().unwrap().into(),
+            v["server_token"].as_str().unwrap().into(),
+        )
+    }
+
+    /// `POST /v1/servers` for `name` with `n` GPUs: with the node token, or with `credential` (the server's own).
+    pub fn register(&self, name: &str, n: u32, credential: Option<&str>) -> (u16, Value) {
         let gpus: Vec<Value> = (0..n)
             .map(|i| {
                 json!({"uuid": format!("GPU-{name}-{i}"), "index": i, "name": "NVIDIA H100 80GB HBM3", "model": "H100",
                        "memory_total_mib": 81920, "memory_used_mib": 1024, "utilization_pct": 12.5})
             })
             .collect();
-        let v = self.ok(
-            201,
-            "POST",
-            "/v1/servers",
-            None,
-            Some(
-                json!({"name": name, "address": format!("{name}.local:7000"), "node_token": NODE_TOKEN, "gpus": gpus}),
-            ),
-        );
-        (
-            v["server"]["id"].as_str().unwrap().into(),
-            v["server_token"].as_str().unwrap().into(),
-        )
+        let mut body = json!({"name": name, "address": format!("{name}.local:7000"), "gpus": gpus});
+        if credential.is_none() {
+            body["node_token"] = json!(NODE_TOKEN);
+        }
+        self.call("POST", "/v1/servers", credential, Some(body))
     }
 
     /// Creates a tenant and a key; returns (tenant id, key id, key secret).
@@ -146,6 +149,7 @@ pub fn tour() -> Vec<Exchange> {
         body
     };
     let a = Some(ADMIN_KEY);
+    let now = vgpu_control::auth::now();
     go("GET", "/v1/health", None, None);
     go("GET", "/v1/public-key", None, None);
     let tok = go("POST", "/v1/auth/token", None, Some(json!({"api_key": ADMIN_KEY})))["token"]
@@ -297,8 +301,8 @@ pub fn tour() -> Vec<Exchange> {
         "/v1/usage",
         Some(&stok),
         Some(
-            json!({"records": [{"session_id": sess, "gpu_uuid": "GPU-aaaa", "period_start": 1_700_000_000u64,
-        "period_end": 1_700_003_600u64, "gpu_seconds": 3600.0, "memory_gib_hours": 40.0, "bytes_moved": 1_000_000u64}]}),
+            json!({"report_id": "r-1", "records": [{"session_id": sess, "gpu_uuid": "GPU-aaaa", "period_start": now - 300,
+        "period_end": now, "gpu_seconds": 270.0, "gpu_busy_seconds": 150.0, "memory_gib_hours": 1.0, "bytes_moved": 1_000_000u64}]}),
         ),
     );
     go(
@@ -309,14 +313,28 @@ pub fn tour() -> Vec<Exchange> {
             json!({"records": [{"session_id": "sess_nope", "gpu_uuid": "GPU-aaaa", "period_start": 0, "period_end": 1}]}),
         ),
     );
-    go("POST", "/v1/usage", Some(&key), Some(json!({"records": []})));
-    go("GET", "/v1/usage?from=1699990000&to=1700100000", a, None);
+    // The same report again (a retry after a failover): acknowledged, counted once.
     go(
-        "GET",
-        &format!("/v1/usage?from=1699990000&to=1700100000&tenant_id={tid}"),
-        Some(&key),
-        None,
+        "POST",
+        "/v1/usage",
+        Some(&stok),
+        Some(
+            json!({"report_id": "r-1", "records": [{"session_id": sess, "gpu_uuid": "GPU-aaaa", "period_start": now - 300,
+        "period_end": now, "gpu_seconds": 270.0, "gpu_busy_seconds": 150.0, "memory_gib_hours": 1.0, "bytes_moved": 1_000_000u64}]}),
+        ),
     );
+    // More GPU time than the period holds on one GPU.
+    go(
+        "POST",
+        "/v1/usage",
+        Some(&stok),
+        Some(
+            json!({"records": [{"session_id": sess, "gpu_uuid": "GPU-aaaa", "period_start": now - 10, "period_end": now, "gpu_seconds": 1.7e308}]}),
+        ),
+    );
+    go("POST", "/v1/usage", Some(&key), Some(json!({"records": []})));
+    go("GET", "/v1/usage", a, None);
+    go("GET", &format!("/v1/usage?tenant_id={tid}"), Some(&key), None);
     go("GET", "/v1/usage?from=abc", a, None);
     go(
         "PATCH",
@@ -349,6 +367,17 @@ pub fn tour() -> Vec<Exchange> {
     go("GET", "/ui/style.css", None, None);
     go("GET", "/ui/nothing.txt", None, None);
     go("DELETE", &format!("/v1/tenants/{tid}"), a, None);
+    let second = go("POST", "/v1/admin-keys", a, Some(json!({"label": "second admin"})));
+    let second_id = second["key"]["id"].as_str().unwrap().to_string();
+    go("DELETE", &format!("/v1/keys/{second_id}"), a, None);
+    go("DELETE", "/v1/keys/admin01", a, None);
+    go("GET", "/v1/signing-keys", a, None);
+    go("POST", "/v1/signing-keys/rotate", a, Some(json!({"overlap_s": 120})));
+    go("GET", "/v1/public-key", None, None);
+    go("DELETE", &format!("/v1/servers/{sid}"), a, None);
+    go("DELETE", "/v1/servers/s_missing", a, None);
+    go("GET", "/v1/audit?limit=5", a, None);
+    go("GET", "/v1/tenants?limit=0", a, None);
     go("GET", "/v1/nowhere", a, None);
     go("PUT", "/v1/tenants", a, None);
     log
@@ -372,14 +401,22 @@ pub fn normalize(v: &Value) -> Value {
             "ticket",
             "public_key_pem",
             "version",
+            "kid",
+            "actor",
+            "target",
+            "new_key_id",
+            "next_cursor",
+            "detail",
         ];
         match v {
             Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), walk(k, x))).collect()),
-            Value::Array(a) if key == "end_sessions" => Value::Array(a.iter().map(|_| json!("[id]")).collect()),
+            Value::Array(a) if ["end_sessions", "signing_kids", "server_ids"].contains(&key) => {
+                Value::Array(a.iter().map(|_| json!("[id]")).collect())
+            }
             Value::Array(a) => Value::Array(a.iter().map(|x| walk(key, x)).collect()),
             Value::Null => Value::Null,
             Value::String(_) if REDACT.contains(&key) => json!(format!("[{key}]")),
-            Value::Number(_) if key.ends_with("_at") => json!("[time]"),
+            Value::Number(_) if key.ends_with("_at") || ["from", "to", "day", "at"].contains(&key) => json!("[time]"),
             _ => v.clone(),
         }
     }

@@ -25,7 +25,7 @@ port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); 
 admin_key="vgpu_uitest_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 node_token="vgpun_uitest_$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 VGPU_ADMIN_KEY="$admin_key" VGPU_NODE_TOKEN="$node_token" \
-  "$bin" --listen "127.0.0.1:$port" --data-dir "$data" --store sled >"$data/control.log" 2>&1 &
+  "$bin" --listen "127.0.0.1:$port" --data-dir "$data" --store sled --insecure-http >"$data/control.log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data" "$profile"; }
 trap cleanup EXIT

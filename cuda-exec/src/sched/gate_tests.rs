@@ -90,22 +90,29 @@ fn charged(region: &Region, t: &Tenant) -> u64 {
 
 #[test]
 fn a_lone_session_is_charged_the_simulated_time_of_its_kernels() {
-    let region: &'static Region = Box::leak(Region::boxed(MODE_TIME_SLICED));
-    let t = tenant(region, SlotConfig::default());
-    let start = Instant::now();
-    run(std::slice::from_ref(&t), 600);
-    let wall = start.elapsed().as_nanos() as f64;
-    let kernels = t.launched.load(Ordering::Relaxed) as f64;
-    let work = kernels * KERNEL_NS as f64;
-    let c = charged(region, &t) as f64;
-    assert!(
-        work > 0.5 * wall,
-        "the GPU was mostly idle: {work:.3e} ns of kernels in {wall:.3e} ns"
-    );
-    assert!(
-        (c - work).abs() / work < 0.1,
-        "charged {c:.3e} ns for {work:.3e} ns of kernels"
-    );
+    // The measurement needs a busy simulated GPU; on a loaded CI machine the tenant thread may not get enough CPU
+    // to keep it busy, so a run that left it mostly idle is repeated (up to three times) rather than judged.
+    let mut idle_runs = Vec::new();
+    for _ in 0..3 {
+        let region: &'static Region = Box::leak(Region::boxed(MODE_TIME_SLICED));
+        let t = tenant(region, SlotConfig::default());
+        let start = Instant::now();
+        run(std::slice::from_ref(&t), 600);
+        let wall = start.elapsed().as_nanos() as f64;
+        let kernels = t.launched.load(Ordering::Relaxed) as f64;
+        let work = kernels * KERNEL_NS as f64;
+        if work <= 0.5 * wall {
+            idle_runs.push(format!("{work:.3e} ns of kernels in {wall:.3e} ns"));
+            continue;
+        }
+        let c = charged(region, &t) as f64;
+        assert!(
+            (c - work).abs() / work < 0.1,
+            "charged {c:.3e} ns for {work:.3e} ns of kernels"
+        );
+        return;
+    }
+    panic!("the simulated GPU stayed mostly idle in every run: {idle_runs:?}");
 }
 
 #[test]

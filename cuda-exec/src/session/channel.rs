@@ -160,7 +160,7 @@ impl Channel {
             let op = check_request_header(&header)?;
             self.body.resize(header.body_len as usize, 0);
             t.recv_exact(&mut self.body)?;
-            order.wait_turn(header.seq, gated);
+            order.wait_turn(header.seq, gated, session.limits.peer_wait);
             if op.is_sync() {
                 // A synchronous call may block (a stream synchronize): work other threads submitted after it
                 // started need not wait for it to end, natively neither.

@@ -74,6 +74,10 @@ pub struct Limits {
     /// How the session shares each GPU it sees (compute share, cap, priority class), in the client's order;
     /// missing entries (a keyless session: all of them) are the default, an equal share in the burst class.
     pub sharing: Vec<crate::sched::SlotConfig>,
+    /// How long a channel waits for work still in flight on the session's other channels: a binding of a client
+    /// id it does not know yet, or a request numbered before its own (`None`: 1 s and 2 s). Only a client that
+    /// lost or invented requests waits; the fuzzing harness, whose one channel has no peers, sets zero.
+    pub peer_wait: Option<std::time::Duration>,
 }
 
 /// What one session may make the server hold besides device memory. Past a cap, creating one more object fails
@@ -325,7 +329,7 @@ impl Session {
     /// the binding (queued behind its earlier work). Natively the object exists once its creating call
     /// returned; this wait restores that across channels. Only the failure path waits.
     fn await_object<T>(&self, lookup: impl Fn(&Objects) -> Option<T>) -> Option<T> {
-        let deadline = std::time::Instant::now() + BINDING_WAIT;
+        let deadline = std::time::Instant::now() + self.limits.peer_wait.unwrap_or(BINDING_WAIT);
         let mut pause = std::time::Duration::from_micros(20);
         loop {
             if let Some(v) = lookup(&self.objects()) {

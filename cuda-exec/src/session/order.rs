@@ -29,7 +29,7 @@ impl SubmitOrder {
 
     /// Waits until every request numbered before `seq` has been submitted. `gated`: the session's channel threads
     /// waiting at the scheduler's gate, whose numbers are not lost, only held: no giving up on them.
-    pub fn wait_turn(&self, seq: u32, gated: &AtomicU32) {
+    pub fn wait_turn(&self, seq: u32, gated: &AtomicU32, limit: Option<std::time::Duration>) {
         let want = Self::previous(seq);
         if seq == 0 || self.done.load(Ordering::Acquire) == want {
             return;
@@ -42,7 +42,7 @@ impl SubmitOrder {
             if done.wrapping_sub(want) < (1 << 31) {
                 return;
             }
-            if start.elapsed() > ORDER_WAIT_LIMIT && gated.load(Ordering::Acquire) == 0 {
+            if start.elapsed() > limit.unwrap_or(ORDER_WAIT_LIMIT) && gated.load(Ordering::Acquire) == 0 {
                 tracing::warn!(seq, done, "request numbers missing; going ahead out of order");
                 return;
             }

@@ -34,8 +34,10 @@ impl FunctionInfo {
     }
 }
 
-/// Largest number of functions or parameters accepted in a function table.
+/// Largest number of functions accepted in a function table.
 const MAX_TABLE_ENTRIES: u32 = 1 << 20;
+/// Longest kernel name accepted (mangled template names reach a few KiB).
+const MAX_TABLE_NAME: usize = 64 << 10;
 
 /// Encodes the function table that follows a module or library load reply.
 pub fn encode_function_table(buf: &mut BytesMut, functions: &[FunctionInfo]) {
@@ -70,6 +72,9 @@ pub fn decode_function_table(mut data: &[u8]) -> Result<Vec<FunctionInfo>, WireE
     let mut out = Vec::with_capacity(count.min(4096) as usize);
     for _ in 0..count {
         let name_len = take_u32(&mut data)? as usize;
+        if name_len > MAX_TABLE_NAME {
+            return Err(WireError::Malformed("function name too long"));
+        }
         if name_len > data.len() {
             return Err(WireError::Malformed("function name truncated"));
         }
@@ -77,13 +82,18 @@ pub fn decode_function_table(mut data: &[u8]) -> Result<Vec<FunctionInfo>, WireE
         data = rest;
         let name = String::from_utf8(name.to_vec()).map_err(|_| WireError::Malformed("function name not UTF-8"))?;
         let nparams = take_u32(&mut data)?;
-        if nparams > MAX_TABLE_ENTRIES {
+        if nparams as usize > super::MAX_ARGS {
             return Err(WireError::Malformed("parameter list too long"));
         }
         let mut params = Vec::with_capacity(nparams.min(4096) as usize);
         for _ in 0..nparams {
             let offset = take_u32(&mut data)?;
             let size = take_u32(&mut data)?;
+            // The client packs arguments at these offsets: every parameter lies inside the largest argument
+            // buffer a launch may carry.
+            if u64::from(offset) + u64::from(size) > super::MAX_ARGS as u64 {
+                return Err(WireError::Malformed("parameter outside the argument buffer"));
+            }
             params.push((offset, size));
         }
         let mut attrs = [0i32; FUNC_ATTR_COUNT];

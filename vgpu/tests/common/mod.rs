@@ -1,6 +1,8 @@
 //! What the `vgpu` integration tests share: a `vgpu server` on the emulated backend, started on a free port and a
 //! fresh shared-memory name, killed when dropped.
 
+#![allow(dead_code)] // each test file uses a different part
+
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 

@@ -1,0 +1,146 @@
+//! Link shapes end to end on the emulated backend: `vgpu link-relay` delays every round trip of a real program by its
+//! RTT, the shim's counters (VGPU_STATS) see the same round trips with and without the relay, and `vgpu bench
+//! --links` reports each row's round trips and a prediction the measurement agrees with.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{start, VGPU};
+
+/// A `vgpu link-relay` child, killed when dropped.
+struct RelayChild(Child, String);
+
+impl Drop for RelayChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn relay(to: &str, shape: &str) -> RelayChild {
+    let mut child = Command::new(VGPU)
+        .args(["link-relay", "--to", to, "--shape", shape])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("vgpu link-relay starts");
+    let out = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).expect("ready line");
+    let url = line
+        .split("ready on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no ready line: {line}"))
+        .to_string();
+    RelayChild(child, url)
+}
+
+/// Runs `vgpu sample` against `endpoint` with VGPU_STATS; returns its counters (the JSON line) and its wall time.
+fn sample_with_stats(endpoint: &str, dir: &std::path::Path, name: &str) -> (serde_json::Value, Duration) {
+    let stats = dir.join(name);
+    let t = Instant::now();
+    let out = Command::new(VGPU)
+        .args(["run", "--server", endpoint, "--", VGPU, "sample"])
+        .env("VGPU_STATS", &stats)
+        .output()
+        .expect("vgpu run");
+    let wall = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{endpoint}: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&stats).expect("VGPU_STATS written at exit");
+    let line = text.lines().last().expect("one JSON line");
+    (serde_json::from_str(line).expect("stats JSON"), wall)
+}
+
+#[test]
+fn relay_delays_each_round_trip_and_the_shim_counts_them() {
+    let server = start(&[]);
+    let dir = std::env::temp_dir().join(format!("vgpu-links-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (direct, direct_wall) = sample_with_stats(&server.tcp_url(), &dir, "direct.json");
+    let rtt = Duration::from_millis(20);
+    let shaped = relay(&server.tcp_url(), "inf-20ms");
+    let (through, through_wall) = sample_with_stats(&shaped.1, &dir, "relay.json");
+    let trips = |v: &serde_json::Value| v["round_trips"].as_u64().expect("round_trips");
+    assert!(trips(&direct) >= 3, "the sample makes synchronous calls: {direct}");
+    assert_eq!(
+        trips(&direct),
+        trips(&through),
+        "the relay changed the program's round trips"
+    );
+    assert_eq!(
+        direct["sync_by_call"], through["sync_by_call"],
+        "the same calls wait for replies either way"
+    );
+    assert!(direct["bytes_sent"].as_u64() > Some(0) && direct["bytes_received"].as_u64() > Some(0));
+    // Every round trip through the relay takes at least its RTT.
+    let floor = rtt * trips(&through) as u32;
+    assert!(
+        through_wall >= floor && through_wall > direct_wall,
+        "{} round trips through a 20 ms relay took {through_wall:?} (direct {direct_wall:?})",
+        trips(&through)
+    );
+    let waited = Duration::from_nanos(through["reply_wait_ns"].as_u64().expect("reply_wait_ns"));
+    assert!(waited >= floor, "waited {waited:?} for {} replies", trips(&through));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_links_reports_round_trips_beside_a_prediction() {
+    let json = std::env::temp_dir().join(format!("vgpu-bench-links-{}.json", std::process::id()));
+    let out = Command::new(VGPU)
+        .args([
+            "bench",
+            "--links",
+            "10g-2ms",
+            "--quick",
+            "--repeat",
+            "1",
+            "--backend",
+            "emulated",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("vgpu bench --links");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parse");
+    let _ = std::fs::remove_file(&json);
+    let shapes = doc["shapes"].as_array().expect("shapes");
+    let names: Vec<&str> = shapes.iter().filter_map(|s| s["shape"].as_str()).collect();
+    assert_eq!(names, ["loopback", "relay", "10g-2ms"]);
+    let row = |shape: &serde_json::Value, metric: &str| {
+        shape["rows"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["metric"] == metric))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {metric} row"))
+    };
+    let sync = row(&shapes[2], "launch_sync_us");
+    assert_eq!(sync["traffic_per_op"]["round_trips"].as_f64(), Some(1.0), "{sync}");
+    let measured = sync["measured"].as_f64().expect("measured");
+    let predicted = sync["predicted"].as_f64().expect("predicted");
+    assert!(
+        measured >= 2000.0,
+        "a launch + synchronize through a 2 ms link took {measured} µs"
+    );
+    assert!(
+        (0.8..2.0).contains(&(measured / predicted)),
+        "measured {measured} µs against a prediction of {predicted} µs"
+    );
+    // Asynchronous launches wait for nothing: no round trip per launch.
+    let launch = row(&shapes[2], "launch_async_us");
+    assert!(
+        launch["traffic_per_op"]["round_trips"].as_f64() < Some(0.01),
+        "{launch}"
+    );
+    assert!(text.contains("10g-2ms: RTT 2000 µs"), "{text}");
+}
