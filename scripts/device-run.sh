@@ -2,9 +2,9 @@
 # Runs on the GPU machine (device tool), from the repository root, with .device/ carried:
 #   .device/bin/vgpu, .device/bin/lib/libcuda.so.1 and .device/bin/lib/libnvidia-ml.so.1 (the shims, from
 #   target/release/libcuda.so and libnvidia_ml.so), .device/e2e/* (test programs), .device/probes/*
-# Runs the end-to-end suite natively and through vGPU (real backend) over TCP and shared memory, the
+# Runs the end-to-end suite natively and through vGPU (real backend) over TCP, TLS and shared memory, the
 # quickstart, the CUDA runtime programs (tests/cuda, built here with /usr/local/cuda/bin/nvcc) natively
-# and through vGPU over both transports, and the benchmark, and leaves logs and JSON in $OUT.
+# and through vGPU over the same three, and the benchmark (with its TLS column), and leaves logs and JSON in $OUT.
 # WHAT=probes|e2e|nvml|cuda|bench runs one part (default all). WHAT=torch runs the PyTorch workloads (tests/torch:
 # natively, then through vGPU over TCP and shared memory, compared; several minutes), WHAT=frameworks the JAX, CuPy,
 # Triton and Hugging Face ones (tests/frameworks, the same way; about 6 minutes), each only when asked for.
@@ -27,7 +27,7 @@ fi
 if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = e2e ]; then
   python3 tests/e2e/run.py run --bins .device/e2e --mode native --expected tests/e2e/expected --no-device \
     --save "$OUT/native" > "$OUT/e2e-native.log" 2>&1; tail -1 "$OUT/e2e-native.log"
-  for t in tcp shm; do
+  for t in tcp tls shm; do
     python3 tests/e2e/run.py run --bins .device/e2e --mode vgpu --vgpu .device/bin/vgpu --transport $t \
       --backend real --expected "$OUT/native" > "$OUT/e2e-vgpu-$t.log" 2>&1
     echo "vgpu $t: $(tail -1 "$OUT/e2e-vgpu-$t.log")"; grep -E "^FAIL" "$OUT/e2e-vgpu-$t.log" || true
@@ -38,7 +38,7 @@ if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = nvml ]; then
   # vGPU's NVML shim on the real backend (`vgpu smi`), beside nvidia-smi's own view of the same GPUs.
   nvidia-smi --query-gpu=index,name,uuid,pci.bus_id,memory.used,memory.total,utilization.gpu,temperature.gpu,power.draw \
     --format=csv > "$OUT/nvidia-smi.csv" 2>&1
-  vgpu server --backend real --tcp 127.0.0.1:7079 --no-shm > "$OUT/smi-server.log" 2>&1 &
+  vgpu server --backend real --tcp 127.0.0.1:7079 --no-shm --no-tls > "$OUT/smi-server.log" 2>&1 &
   smi_server=$!
   for _ in $(seq 60); do grep -q "ready on" "$OUT/smi-server.log" && break; sleep 0.5; done
   vgpu smi --server tcp://127.0.0.1:7079 2>&1 | tee "$OUT/smi.txt"
@@ -64,7 +64,7 @@ if [ "${WHAT:-all}" = all ] || [ "${WHAT}" = cuda ]; then
   python3 tests/cuda/run.py run --bins "$CUDA_BUILD" --mode native "${cuda_native[@]}" --save "$OUT/cuda-native" \
     > "$OUT/cuda-native.log" 2>&1
   echo "cuda native: $(tail -1 "$OUT/cuda-native.log")"; grep -E "^FAIL" "$OUT/cuda-native.log" || true
-  for t in tcp shm; do
+  for t in tcp tls shm; do
     python3 tests/cuda/run.py run --bins "$CUDA_BUILD" --mode vgpu --vgpu .device/bin/vgpu --transport $t \
       --backend real --expected "$OUT/cuda-native" --save "$OUT/cuda-vgpu-$t" > "$OUT/cuda-vgpu-$t.log" 2>&1
     echo "cuda vgpu $t: $(tail -1 "$OUT/cuda-vgpu-$t.log")"; grep -E "^FAIL" "$OUT/cuda-vgpu-$t.log" || true

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (see README): every crate's unit and integration tests, the end-to-end
 # driver-API programs and the nvcc-built CUDA runtime programs (tests/cuda) through vGPU on the emulated
-# backend over TCP and shared memory (the driver-API programs also over RDMA, in the Soft-RoCE VM), and the
+# backend over TCP, TLS and shared memory (the driver-API programs also over RDMA, in the Soft-RoCE VM), and the
 # control plane's browser test. Needs python3, gcc, g++ (nvcc's host compiler) and network access to PyPI
 # (CUDA headers, nvcc and cudart wheels), npm and Debian packages (Chromium, QEMU) the first time. Ends
 # with one summary line: "N passed, N failed".
@@ -47,15 +47,24 @@ fi
 step "PostgreSQL server binaries for the control plane's store tests (Debian's postgresql package)"
 scripts/setup-postgres.sh || { echo "setup-postgres.sh failed"; total_fail=$((total_fail + 1)); }
 
+step "supply chain: cargo deny (advisories, licences, duplicate crates, sources; deny.toml)"
+scripts/cargo-deny.sh 2>&1 | tee "$log/deny.log" | tail -12
+count "$log/deny.log"
+
 step "cargo test (every crate)"
 cargo build --workspace --all-targets 2>&1 | tail -3
 INSTA_UPDATE=no cargo test --workspace --no-fail-fast 2>&1 | tee "$log/cargo.log" | grep -E '^test result|FAILED|panicked'
 count "$log/cargo.log"
 if grep -q "error\[E\|could not compile" "$log/cargo.log"; then total_fail=$((total_fail + 1)); fi
 
+step "fuzzing: each target replays its seeds and saved crashes, then fuzzes 30 s (fuzz/, scripts/fuzz.sh)"
+scripts/fuzz.sh 30 2>&1 | tee "$log/fuzz.log" | grep -E '^(PASS|FAIL|    )|installing|failed'
+tail -1 "$log/fuzz.log" > "$log/fuzz.summary"
+count "$log/fuzz.summary"
+
 step "end-to-end driver-API programs through vGPU (emulated backend)"
 python3 tests/e2e/run.py build --cuda-include .cuda/include --lib-dir target/debug --out target/e2e | tail -1
-for transport in tcp shm; do
+for transport in tcp tls shm; do
   python3 tests/e2e/run.py run --bins target/e2e --mode vgpu --vgpu target/debug/vgpu --transport $transport \
     --backend emulated --expected tests/e2e/expected \
     2>&1 | tee "$log/e2e-$transport.log" | grep -Ev '^    '
@@ -71,7 +80,7 @@ else
   python3 tests/cuda/run.py build --nvcc "$NVCC" --out target/cuda 2>&1 | tee "$log/cuda-build.log" \
     | grep -E '^(FAILED|    |time:|[0-9]+ built)'
   count "$log/cuda-build.log"
-  for transport in tcp shm; do
+  for transport in tcp tls shm; do
     python3 tests/cuda/run.py run --bins target/cuda --mode vgpu --vgpu target/debug/vgpu --transport $transport \
       --backend emulated 2>&1 | tee "$log/cuda-$transport.log" | grep -Ev '^      |^    (stderr|last stdout lines):$'
     count "$log/cuda-$transport.log"

@@ -71,7 +71,7 @@ fn connect_session() -> CuResult<Session> {
     };
     let (transport, welcome, devices, message) = open_channel(&endpoint, &hello, credential.as_bytes())?;
     let batch_limit = match transport.kind() {
-        "tcp" | "rdma" => std::env::var("VGPU_BATCH_BYTES")
+        "tcp" | "tls" | "rdma" => std::env::var("VGPU_BATCH_BYTES")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(64 * 1024),

@@ -48,7 +48,8 @@ fn default_server() -> String {
 struct Grant {
     ticket: String,
     session_id: String,
-    /// `tcp://address` of the server holding the ticket's first GPU.
+    /// Endpoint of the server holding the ticket's first GPU: `tls://host:port#sha256=…` when the server
+    /// registered a TLS certificate (the client then pins it), else as registered (`tcp://` if no scheme).
     server: String,
 }
 
@@ -86,14 +87,44 @@ fn fetch_ticket(url: &str, key: &str) -> CuResult<Grant> {
         log!(ERROR, "control plane at {url} sent a ticket without a server");
         return Err(CUDA_ERROR_NO_DEVICE);
     };
-    let a = &first.server_address;
     Ok(Grant {
+        server: ticket_endpoint(&first.server_address, first.tls_cert_sha256.as_deref()),
         ticket: grant.ticket,
         session_id: grant.session_id,
-        server: if a.contains("://") {
-            a.clone()
-        } else {
-            format!("tcp://{a}")
-        },
     })
+}
+
+/// The endpoint to dial for a ticket's server address and the certificate fingerprint the server registered:
+/// a `tls://` address gets the pin (unless it names one itself); an address without a scheme is plain TCP.
+fn ticket_endpoint(address: &str, tls_cert_sha256: Option<&str>) -> String {
+    let url = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("tcp://{address}")
+    };
+    match tls_cert_sha256 {
+        Some(pin) if url.starts_with("tls://") && !url.contains('#') => format!("{url}#sha256={pin}"),
+        _ => url,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ticket_endpoint;
+
+    #[test]
+    fn ticket_addresses_become_endpoints_with_their_pin() {
+        let pin = "ab".repeat(32);
+        assert_eq!(ticket_endpoint("gpu:7070", None), "tcp://gpu:7070");
+        assert_eq!(
+            ticket_endpoint("tls://gpu:7443", Some(&pin)),
+            format!("tls://gpu:7443#sha256={pin}")
+        );
+        // An explicit pin in the address wins; a plain TCP address takes none.
+        assert_eq!(
+            ticket_endpoint("tls://g:1#sha256=00", Some(&pin)),
+            "tls://g:1#sha256=00"
+        );
+        assert_eq!(ticket_endpoint("g:1", Some(&pin)), "tcp://g:1");
+    }
 }

@@ -1,10 +1,10 @@
-//! `vgpu server`: listens on TCP, on a shared-memory rendezvous socket and (where a device exists) for RDMA,
-//! authenticates each hello, and hands every session to its own worker process (a crash or GPU fault in one
-//! tenant's worker touches no other).
+//! `vgpu server`: listens on TLS, TCP, a shared-memory rendezvous socket and (where a device exists) RDMA,
+//! authenticates each hello within bounds (`admission`), and hands every session to its own worker process (a
+//! crash or GPU fault in one tenant's worker touches no other); TLS connections move there with their keys.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command};
@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 
 use vgpu_dataplane::handshake::*;
 use vgpu_dataplane::{shm_socket_path, Transport};
+use vgpu_transports::tls::{self, ResumeState, TlsAcceptor, TlsTransport, RESUME_LEN};
 use vgpu_transports::{fdpass, rdma::RdmaTransport, read_raw_hello, shm::ShmTransport, tcp::TcpTransport};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::admission::{AdmissionLimits, Backoff, Closer, PendingGate, SessionSlot, Source, TenantSessions};
 use crate::backend::Backend;
 use crate::registry::{Member, Registry, RegistryLink};
 use crate::session::{Limits, Session, UsageCounters};
@@ -25,10 +27,24 @@ use crate::session::{Limits, Session, UsageCounters};
 pub struct Admission {
     /// The session's name in the authority's books (a ticket's session id); empty in standalone mode.
     pub label: String,
-    /// The tenant the session belongs to (a ticket's subject): only sessions of one tenant share memory and events
-    /// through IPC. Standalone, every holder of the server's key is one tenant (empty).
-    pub tenant: String,
     pub limits: Limits,
+    /// Whose sessions this one counts among (a tenant id, or the static key): see `max_sessions`. Only sessions of
+    /// one tenant share memory and events through IPC (`registry.rs`).
+    pub tenant: String,
+    /// Most concurrent sessions of `tenant` on this server (the credential's own limit); `None`: the server's
+    /// default (`AdmissionLimits::max_sessions_per_tenant`).
+    pub max_sessions: Option<u32>,
+}
+
+/// Where the server listens, as the authority is told at start.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listening {
+    /// The bound plain TCP address, if any.
+    pub tcp: Option<SocketAddr>,
+    /// The bound TLS address, if any.
+    pub tls: Option<SocketAddr>,
+    /// SHA-256 of the TLS certificate (lower-case hex), with TLS.
+    pub tls_cert_sha256: Option<String>,
 }
 
 /// Usage of one session over one period (between two reports of its worker).
@@ -55,9 +71,9 @@ pub struct UsageDelta {
 /// Who may open sessions and with what limits; also told how much each session used. `vgpu server` uses a
 /// static key on its own, or the control plane's tickets (implemented in the `vgpu` binary).
 pub trait Authority: Send + Sync {
-    /// Called once the server listens (`tcp`: its bound TCP address) and knows its GPUs, before it reports
-    /// ready; returns lines to print. An error stops the server.
-    fn started(&self, _tcp: Option<std::net::SocketAddr>, _devices: &[DeviceFacts]) -> Result<Vec<String>, String> {
+    /// Called once the server listens (its bound addresses and TLS fingerprint) and knows its GPUs, before it
+    /// reports ready; returns lines to print. An error stops the server.
+    fn started(&self, _listening: &Listening, _devices: &[DeviceFacts]) -> Result<Vec<String>, String> {
         Ok(Vec::new())
     }
     /// Checks a hello's credential; `Err` carries the reason the client is told.
@@ -100,13 +116,18 @@ impl Authority for StaticKey {
         }
         Ok(Admission {
             label: String::new(),
-            tenant: String::new(),
             limits: Limits {
                 memory_bytes: self.memory_limit,
                 devices: None,
                 sharing,
                 ..Default::default()
             },
+            tenant: if self.key.is_some() {
+                "the static key".into()
+            } else {
+                "anonymous clients".into()
+            },
+            max_sessions: None,
         })
     }
 }
@@ -141,11 +162,23 @@ impl BackendChoice {
     }
 }
 
+/// The TLS endpoint: where it listens and what it presents.
+#[derive(Clone)]
+pub struct TlsListen {
+    /// `host:port` to listen on.
+    pub addr: String,
+    pub acceptor: Arc<TlsAcceptor>,
+    /// Where the certificate came from, for the start-up banner.
+    pub origin: String,
+}
+
 /// Configuration of `vgpu server`.
 #[derive(Clone)]
 pub struct ServerConfig {
-    /// TCP address to listen on (`host:port`), if any.
+    /// Plain TCP address to listen on (`host:port`), if any.
     pub tcp: Option<String>,
+    /// TLS endpoint, if any.
+    pub tls: Option<TlsListen>,
     /// Shared-memory endpoint name, if any.
     pub shm: Option<String>,
     /// TCP address where RDMA clients exchange queue pairs (`rdma://` endpoint), if any; served only when this
@@ -160,6 +193,8 @@ pub struct ServerConfig {
     pub auth_description: String,
     /// Command that starts a worker: the program and its leading arguments.
     pub worker_command: Vec<String>,
+    /// Bounds before and at authentication, and the stall timeout.
+    pub admission: AdmissionLimits,
 }
 
 /// Opens the chosen backend. `Auto` falls back to the emulated backend and says why.
@@ -176,9 +211,10 @@ pub fn open_backend(choice: BackendChoice, driver: Option<&str>) -> Result<(Arc<
 
 /// What the listener tells a worker about each connection it passes on (with the socket as an fd).
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default, IntoBytes, FromBytes, Immutable, KnownLayout)]
+#[derive(Clone, Copy, IntoBytes, FromBytes, Immutable, KnownLayout)]
 struct Handoff {
-    /// 0 = TCP, 1 = shared memory, 2 = RDMA (the fd is the TCP connection its queue pairs are exchanged on).
+    /// 0 = TCP, 1 = shared memory, 2 = RDMA (the fd is the TCP connection its queue pairs are exchanged on),
+    /// 3 = TLS (the record state is in `tls`).
     transport: u32,
     /// 1 for the session's first connection: the worker exits when it closes.
     primary: u32,
@@ -194,6 +230,15 @@ struct Handoff {
     devices: [u32; MAX_VISIBLE],
     /// The session's scheduler slot on each server device (by ordinal; `sched::host::NO_SLOT`: not scheduled there).
     slots: [u16; MAX_VISIBLE],
+    /// A TLS connection's record state (`ResumeState::encode`); zero for other transports.
+    tls: [u8; RESUME_LEN],
+    _pad3: [u8; 6],
+}
+
+impl Default for Handoff {
+    fn default() -> Self {
+        zerocopy::FromZeros::new_zeroed()
+    }
 }
 
 /// Most devices a ticket can make visible to one session.
@@ -239,6 +284,8 @@ struct SessionEntry {
     secret: [u8; 16],
     control: UnixStream,
     label: String,
+    /// The session's place among its tenant's; freed when the entry goes (the worker was reaped).
+    _slot: SessionSlot,
 }
 
 /// What a worker reports on its control socket every `USAGE_TICK` and just before it exits.
@@ -257,8 +304,21 @@ struct Listener {
     spare: Mutex<Option<Spare>>,
     /// Whether to keep a spare worker (`VGPU_SPARE_WORKER=0` turns it off).
     keep_spare: bool,
+    /// Connections awaiting authentication (each holds a thread until it is handed on or dropped).
+    pending: Arc<PendingGate>,
+    backoff: Backoff,
+    tenants: Arc<TenantSessions>,
+    closer: Closer,
     /// What sessions exported for other processes (IPC handles), and who may open it.
     registry: Arc<Registry>,
+}
+
+/// What a listening socket serves.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Tcp,
+    Tls,
+    Rdma,
 }
 
 enum Conn {
@@ -266,21 +326,40 @@ enum Conn {
     Unix(UnixStream),
     /// The setup connection of an RDMA client: the worker exchanges queue pairs over it.
     Rdma(TcpStream),
+    /// A TLS connection after its handshake and hello; it moves to the worker with its record state.
+    Tls(Box<TlsTransport>),
 }
 
 impl Conn {
-    fn fd(&self) -> RawFd {
-        match self {
-            Conn::Tcp(s) | Conn::Rdma(s) => s.as_raw_fd(),
-            Conn::Unix(s) => s.as_raw_fd(),
-        }
-    }
     fn kind(&self) -> u32 {
         match self {
             Conn::Tcp(_) => 0,
             Conn::Unix(_) => 1,
             Conn::Rdma(_) => 2,
+            Conn::Tls(_) => 3,
         }
+    }
+    /// Sends the connection to a worker with `handoff` (a TLS connection's record state goes in it).
+    /// Sends the connection to a worker; `registry` (a session's first connection only) is the worker's end of its
+    /// link to the IPC registry, sent along.
+    fn hand_to(self, control: &UnixStream, mut handoff: Handoff, registry: Option<&UnixStream>) -> Result<(), String> {
+        handoff.transport = self.kind();
+        let fd: OwnedFd = match self {
+            Conn::Tcp(s) | Conn::Rdma(s) => s.into(),
+            Conn::Unix(s) => s.into(),
+            Conn::Tls(t) => {
+                let (stream, state) = (*t).into_resume().map_err(|e| e.to_string())?;
+                handoff.tls = state.encode();
+                stream.into()
+            }
+        };
+        let mut fds = vec![fd.as_raw_fd()];
+        fds.extend(registry.map(|r| r.as_raw_fd()));
+        let r = fdpass::send_with_fds(control, handoff.as_bytes(), &fds).map_err(|e| e.to_string());
+        // The secrets have been sent; do not leave them in this process's memory longer than needed.
+        handoff.tls.fill(0);
+        std::hint::black_box(&handoff.tls);
+        r
     }
     /// Finishes the transport setup and sends a refusal.
     fn refuse(self, status: u32, message: &str) {
@@ -297,6 +376,7 @@ impl Conn {
                 .map(|t| Box::new(t) as Box<dyn Transport>),
             Conn::Unix(s) => ShmTransport::accept(s).ok().map(|t| Box::new(t) as Box<dyn Transport>),
             Conn::Rdma(s) => RdmaTransport::accept(s).ok().map(|t| Box::new(t) as Box<dyn Transport>),
+            Conn::Tls(t) => Some(Box::new(t) as Box<dyn Transport>),
         };
         if let Some(mut t) = transport {
             let _ = t.send(&[&bytes]);
@@ -306,8 +386,8 @@ impl Conn {
 
 /// Runs the server until it is killed. Prints what it serves and a line containing `ready` once listening.
 pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
-    if cfg.tcp.is_none() && cfg.shm.is_none() && cfg.rdma.is_none() {
-        return Err("nothing to listen on: give --tcp, --shm and/or --rdma".into());
+    if cfg.tcp.is_none() && cfg.tls.is_none() && cfg.shm.is_none() && cfg.rdma.is_none() {
+        return Err("nothing to listen on: give --tls, --tcp, --shm and/or --rdma".into());
     }
     let (backend, fallback) = open_backend(cfg.backend, cfg.driver.as_deref())?;
     let resolved = if backend.kind() == BACKEND_REAL {
@@ -347,7 +427,6 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
             None
         }
     };
-    let mut tcp_bound = None;
     let listener = Arc::new(Listener {
         cfg: cfg.clone(),
         resolved,
@@ -355,6 +434,10 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
         sessions: Mutex::new(HashMap::new()),
         spare: Mutex::new(None),
         keep_spare: std::env::var("VGPU_SPARE_WORKER").map_or(true, |v| v != "0"),
+        pending: PendingGate::new(cfg.admission.max_pending),
+        backoff: Backoff::default(),
+        tenants: Arc::new(TenantSessions::default()),
+        closer: Closer::start(),
         registry: Registry::new(),
     });
     // The IPC registry keeps a descriptor per shared memory file it holds for sessions.
@@ -362,18 +445,32 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
     listener.refill_spare();
     let mut endpoints = Vec::new();
     let mut threads = Vec::new();
+    let mut listening = Listening::default();
     if let Some(addr) = &cfg.tcp {
         let tcp = TcpListener::bind(addr).map_err(|e| format!("cannot listen on tcp://{addr}: {e}"))?;
         let local = tcp.local_addr().map_err(|e| e.to_string())?;
-        tcp_bound = Some(local);
+        if !local.ip().is_loopback() {
+            let _ = writeln!(
+                out,
+                "vgpu server: WARNING: plain tcp://{local} carries keys and data unencrypted beyond this host"
+            );
+        }
+        listening.tcp = Some(local);
         endpoints.push(format!("tcp://{local}"));
         let l = listener.clone();
-        threads.push(std::thread::spawn(move || {
-            for conn in tcp.incoming().flatten() {
-                let l = l.clone();
-                std::thread::spawn(move || l.accept(Conn::Tcp(conn)));
-            }
-        }));
+        threads.push(std::thread::spawn(move || l.accept_tcp(tcp, Kind::Tcp)));
+    }
+    if let Some(t) = &cfg.tls {
+        let addr = &t.addr;
+        let tcp = TcpListener::bind(addr).map_err(|e| format!("cannot listen on tls://{addr}: {e}"))?;
+        let local = tcp.local_addr().map_err(|e| e.to_string())?;
+        let fp = t.acceptor.fingerprint().to_string();
+        let _ = writeln!(out, "vgpu server: TLS certificate sha256={fp} ({})", t.origin);
+        listening.tls = Some(local);
+        listening.tls_cert_sha256 = Some(fp.clone());
+        endpoints.push(format!("tls://{local}#sha256={fp}"));
+        let l = listener.clone();
+        threads.push(std::thread::spawn(move || l.accept_tcp(tcp, Kind::Tls)));
     }
     if let Some(name) = &cfg.shm {
         let path = shm_socket_path(name);
@@ -387,12 +484,7 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
         let unix = UnixListener::bind(&path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
         endpoints.push(format!("shm://{name} ({})", path.display()));
         let l = listener.clone();
-        threads.push(std::thread::spawn(move || {
-            for conn in unix.incoming().flatten() {
-                let l = l.clone();
-                std::thread::spawn(move || l.accept(Conn::Unix(conn)));
-            }
-        }));
+        threads.push(std::thread::spawn(move || l.accept_unix(unix)));
     }
     if let Some(addr) = &cfg.rdma {
         match vgpu_transports::rdma::available() {
@@ -400,21 +492,20 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
                 let rdma = TcpListener::bind(addr).map_err(|e| format!("cannot listen on rdma://{addr}: {e}"))?;
                 let local = rdma.local_addr().map_err(|e| e.to_string())?;
                 let _ = writeln!(out, "vgpu server: RDMA ports: {}", ports.join("; "));
+                let _ = writeln!(
+                    out,
+                    "vgpu server: note: rdma://{local} is not encrypted (keys and data travel in clear on the fabric)"
+                );
                 endpoints.push(format!("rdma://{local}"));
                 let l = listener.clone();
-                threads.push(std::thread::spawn(move || {
-                    for conn in rdma.incoming().flatten() {
-                        let l = l.clone();
-                        std::thread::spawn(move || l.accept(Conn::Rdma(conn)));
-                    }
-                }));
+                threads.push(std::thread::spawn(move || l.accept_tcp(rdma, Kind::Rdma)));
             }
             Err(why) => {
                 let _ = writeln!(out, "vgpu server: not serving rdma://{addr}: {why}");
             }
         }
     }
-    for line in cfg.authority.started(tcp_bound, &devices)? {
+    for line in cfg.authority.started(&listening, &devices)? {
         let _ = writeln!(out, "vgpu server: {line}");
     }
     let l = listener.clone();
@@ -434,38 +525,250 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a connection is turned away before its hello is read.
+enum EarlyRefusal {
+    LockedOut(Duration),
+    Busy,
+}
+
+/// The largest hello a client may send.
+const MAX_HELLO: usize = std::mem::size_of::<Hello>() + MAX_CREDENTIAL;
+
+/// Sockets whose read timeout can be set (the hello is read under one deadline).
+trait TimedRead {
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
+}
+impl TimedRead for TcpStream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        TcpStream::set_read_timeout(self, t)
+    }
+}
+impl TimedRead for UnixStream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
+        UnixStream::set_read_timeout(self, t)
+    }
+}
+
+/// Reads from a socket until a deadline for the whole exchange: each read may wait only for what is left, so
+/// a client trickling a byte at a time cannot stretch it.
+struct UntilDeadline<'a, S> {
+    socket: &'a S,
+    deadline: Instant,
+}
+
+impl<S: TimedRead> Read for UntilDeadline<'_, S>
+where
+    for<'b> &'b S: Read,
+{
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the hello did not arrive in time",
+            ));
+        }
+        self.socket.set_read_timeout(Some(left))?;
+        let mut s = self.socket;
+        s.read(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "the hello did not arrive in time")
+            }
+            _ => e,
+        })
+    }
+}
+
+/// Reads a raw hello under a deadline and clears the socket's timeout again (the worker inherits the socket).
+fn read_hello_by<S: TimedRead>(socket: &S, deadline: Instant) -> std::io::Result<Vec<u8>>
+where
+    for<'b> &'b S: Read,
+{
+    let hello = read_raw_hello(&mut UntilDeadline { socket, deadline }, MAX_HELLO);
+    socket.set_read_timeout(None)?;
+    hello
+}
+
 impl Listener {
-    fn accept(self: Arc<Self>, mut conn: Conn) {
-        let hello = {
-            let read = match &mut conn {
-                Conn::Tcp(s) | Conn::Rdma(s) => {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                    read_raw_hello(s, std::mem::size_of::<Hello>() + MAX_CREDENTIAL)
-                }
-                Conn::Unix(s) => {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                    read_raw_hello(s, std::mem::size_of::<Hello>() + MAX_CREDENTIAL)
+    /// Accepts TCP connections (plain, TLS or RDMA setup) forever; each gets a bounded pre-authentication slot.
+    fn accept_tcp(self: Arc<Self>, listener: TcpListener, kind: Kind) {
+        loop {
+            let (stream, peer) = match listener.accept() {
+                Ok(v) => v,
+                Err(e) => {
+                    // Out of descriptors (or similar): pause instead of spinning on the error.
+                    tracing::warn!("accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
                 }
             };
-            match read {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::warn!("dropping a connection that sent no valid hello: {e}");
-                    return;
-                }
+            let source = Source::of_ip(peer.ip());
+            if let Some(why) = self.early_refusal(source) {
+                self.refuse_early_tcp(stream, kind, why);
+                continue;
             }
+            let Some(permit) = self.pending.try_enter() else {
+                self.refuse_early_tcp(stream, kind, EarlyRefusal::Busy);
+                continue;
+            };
+            let l = self.clone();
+            let spawned = std::thread::Builder::new().name("vgpu-hello".into()).spawn(move || {
+                let _permit = permit;
+                l.hello_tcp(stream, kind, source);
+            });
+            if let Err(e) = spawned {
+                tracing::warn!("cannot start a thread for a new connection: {e}");
+            }
+        }
+    }
+
+    /// Accepts shared-memory clients forever (by the local user who connects, for back-off).
+    fn accept_unix(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let source = crate::sys::peer_uid(stream.as_raw_fd()).map_or(Source::Unknown, Source::LocalUser);
+            // A shared-memory client learns of a refusal only once its rings exist; turned away early, it sees
+            // the connection close during the handshake.
+            if self.early_refusal(source).is_some() {
+                continue;
+            }
+            let Some(permit) = self.pending.try_enter() else {
+                tracing::warn!("refusing a shared-memory connection: too many awaiting authentication");
+                continue;
+            };
+            let l = self.clone();
+            let spawned = std::thread::Builder::new().name("vgpu-hello".into()).spawn(move || {
+                let _permit = permit;
+                let deadline = Instant::now() + l.cfg.admission.hello_timeout;
+                match read_hello_by(&stream, deadline) {
+                    Ok(hello) => l.admit(Conn::Unix(stream), &hello, source),
+                    Err(e) => l.no_hello(source, &e.to_string()),
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::warn!("cannot start a thread for a new connection: {e}");
+            }
+        }
+    }
+
+    fn early_refusal(&self, source: Source) -> Option<EarlyRefusal> {
+        self.backoff.locked_out(source).map(EarlyRefusal::LockedOut)
+    }
+
+    /// Turns a TCP connection away before reading anything: plain TCP gets a refusal welcome, TLS a fatal alert
+    /// (the handshake has not happened), RDMA setup a close. The socket then lingers briefly (see `Closer`).
+    fn refuse_early_tcp(&self, stream: TcpStream, kind: Kind, why: EarlyRefusal) {
+        let (status, message) = match &why {
+            EarlyRefusal::LockedOut(wait) => (
+                STATUS_UNAUTHORIZED,
+                format!(
+                    "too many failed attempts from this address: retry in {} s",
+                    wait.as_secs() + 1
+                ),
+            ),
+            EarlyRefusal::Busy => (
+                STATUS_BUSY,
+                "the server has too many connections awaiting authentication: retry shortly".to_string(),
+            ),
         };
-        let _ = match &conn {
-            Conn::Tcp(s) | Conn::Rdma(s) => s.set_read_timeout(None),
-            Conn::Unix(s) => s.set_read_timeout(None),
+        tracing::warn!("refusing a {kind:?} connection before its hello: {message}");
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        match kind {
+            Kind::Tcp => {
+                let welcome = Welcome {
+                    magic: MAGIC,
+                    version: PROTOCOL_VERSION,
+                    status,
+                    ..Default::default()
+                };
+                let _ = (&stream).write(&encode_welcome(&welcome, &[], &message));
+            }
+            Kind::Tls => tls::send_early_refusal(
+                &stream,
+                match why {
+                    EarlyRefusal::LockedOut(_) => tls::EarlyRefusal::LockedOut,
+                    EarlyRefusal::Busy => tls::EarlyRefusal::Busy,
+                },
+            ),
+            Kind::Rdma => {}
+        }
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        self.closer.close(stream);
+    }
+
+    /// Reads the hello of a TCP connection (after the TLS handshake, for TLS) within the hello deadline.
+    fn hello_tcp(self: Arc<Self>, stream: TcpStream, kind: Kind, source: Source) {
+        let deadline = Instant::now() + self.cfg.admission.hello_timeout;
+        let read = match kind {
+            Kind::Tcp => read_hello_by(&stream, deadline)
+                .map(|h| (Conn::Tcp(stream), h))
+                .map_err(|e| e.to_string()),
+            Kind::Rdma => read_hello_by(&stream, deadline)
+                .map(|h| (Conn::Rdma(stream), h))
+                .map_err(|e| e.to_string()),
+            Kind::Tls => match &self.cfg.tls {
+                Some(t) => t
+                    .acceptor
+                    .accept(stream, deadline)
+                    .and_then(|mut t| t.recv_hello(MAX_HELLO).map(|h| (Conn::Tls(Box::new(t)), h)))
+                    .map_err(|e| e.to_string()),
+                None => Err("TLS is not configured".into()),
+            },
         };
-        let (hello, credential) = match decode_hello(&hello) {
+        match read {
+            Ok((conn, hello)) => self.admit(conn, &hello, source),
+            Err(why) => self.no_hello(source, &why),
+        }
+    }
+
+    /// A connection that sent no valid hello in time counts as a failure of its source.
+    fn no_hello(&self, source: Source, why: &str) {
+        let lockout = self.backoff.failed(source);
+        tracing::warn!(
+            "dropping a connection from {source} that sent no valid hello: {why}{}",
+            lockout.map_or(String::new(), |d| format!(" (locked out for {} s)", d.as_secs()))
+        );
+    }
+
+    /// A failed authentication: back-off for the source, then the refusal.
+    fn auth_failed(&self, conn: Conn, source: Source, status: u32, why: &str, pid: u32) {
+        let lockout = self.backoff.failed(source);
+        tracing::warn!(
+            "refusing pid {pid} from {source}: {why}{}",
+            lockout.map_or(String::new(), |d| format!(
+                " (further attempts refused for {} s)",
+                d.as_secs()
+            ))
+        );
+        conn.refuse(status, why);
+    }
+
+    /// Decides on a hello: new sessions by the authority and the tenant's bound, attaches by the session secret.
+    fn admit(self: Arc<Self>, conn: Conn, hello: &[u8], source: Source) {
+        let (hello, credential) = match decode_hello(hello) {
             Ok(v) => v,
             Err(why) => {
-                tracing::warn!("refusing a connection: {why}");
+                tracing::warn!("refusing a connection from {source}: {why}");
+                self.backoff.failed(source);
                 return conn.refuse(STATUS_VERSION_MISMATCH, &why);
             }
         };
+        if let Conn::Tls(t) = &conn {
+            if t.has_buffered_input() {
+                let why = "the client sent more than its hello before the server answered";
+                self.backoff.failed(source);
+                return conn.refuse(STATUS_VERSION_MISMATCH, why);
+            }
+        }
         if hello.version != PROTOCOL_VERSION {
             let why = format!(
                 "protocol version mismatch: client speaks {}, server {}; install matching vGPU versions",
@@ -478,12 +781,25 @@ impl Listener {
             MODE_NEW_SESSION => {
                 let admission = match self.cfg.authority.admit(&credential) {
                     Ok(a) => a,
-                    Err(why) => {
-                        tracing::warn!("refusing pid {}: {why}", hello.pid);
-                        return conn.refuse(STATUS_UNAUTHORIZED, &why);
+                    Err(why) => return self.auth_failed(conn, source, STATUS_UNAUTHORIZED, &why, hello.pid),
+                };
+                self.backoff.succeeded(source);
+                let limit = admission
+                    .max_sessions
+                    .unwrap_or(self.cfg.admission.max_sessions_per_tenant);
+                let slot = match self.tenants.try_open(&admission.tenant, limit) {
+                    Ok(slot) => slot,
+                    Err(open) => {
+                        let why = format!(
+                            "too many sessions: {} already has {open} open on this server (at most {limit}); end one \
+                             and retry",
+                            admission.tenant
+                        );
+                        tracing::warn!("refusing pid {} from {source}: {why}", hello.pid);
+                        return conn.refuse(STATUS_BUSY, &why);
                     }
                 };
-                if let Err(why) = self.start_session(conn, &hello, admission) {
+                if let Err(why) = self.start_session(conn, &hello, admission, slot) {
                     tracing::error!("cannot start a session: {why}");
                 }
             }
@@ -492,14 +808,13 @@ impl Listener {
                 match sessions.get(&hello.session_id) {
                     Some(entry) if constant_time_eq(&entry.secret, &hello.secret) => {
                         let handoff = Handoff {
-                            transport: conn.kind(),
                             primary: 0,
                             session_id: hello.session_id,
                             secret: entry.secret,
                             pid: hello.pid,
                             ..Default::default()
                         };
-                        if let Err(e) = fdpass::send_with_fds(&entry.control, handoff.as_bytes(), &[conn.fd()]) {
+                        if let Err(e) = conn.hand_to(&entry.control, handoff, None) {
                             tracing::warn!(
                                 "session {:x}: cannot hand a connection to its worker: {e}",
                                 hello.session_id
@@ -508,9 +823,12 @@ impl Listener {
                     }
                     _ => {
                         drop(sessions);
-                        conn.refuse(
+                        self.auth_failed(
+                            conn,
+                            source,
                             STATUS_NO_SUCH_SESSION,
                             "no such session (it ended, or the secret is wrong)",
+                            hello.pid,
                         );
                     }
                 }
@@ -524,7 +842,7 @@ impl Listener {
     #[allow(clippy::too_many_arguments)]
     fn hand_off(
         &self,
-        conn: &Conn,
+        conn: Conn,
         hello: &Hello,
         admission: &Admission,
         control: &UnixStream,
@@ -534,7 +852,6 @@ impl Listener {
     ) -> Result<UnixStream, String> {
         let ticks = control.try_clone().map_err(|e| format!("socketpair: {e}"))?;
         let mut handoff = Handoff {
-            transport: conn.kind(),
             primary: 1,
             session_id,
             secret,
@@ -550,7 +867,7 @@ impl Listener {
         handoff.set_limits(&admission.limits)?;
         // The session's own link to the IPC registry: whatever arrives on it is this session's, of this tenant.
         let (registry_end, worker_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
-        fdpass::send_with_fds(control, handoff.as_bytes(), &[conn.fd(), worker_end.as_raw_fd()])
+        conn.hand_to(control, handoff, Some(&worker_end))
             .map_err(|e| format!("handoff: {e}"))?;
         drop(worker_end);
         let member = Member {
@@ -562,7 +879,13 @@ impl Listener {
         Ok(ticks)
     }
 
-    fn start_session(self: &Arc<Self>, conn: Conn, hello: &Hello, admission: Admission) -> Result<(), String> {
+    fn start_session(
+        self: &Arc<Self>,
+        conn: Conn,
+        hello: &Hello,
+        admission: Admission,
+        slot: SessionSlot,
+    ) -> Result<(), String> {
         let session_id: u64 = rand::random();
         let secret: [u8; 16] = rand::random();
         let claim = crate::sched::host::claim(self.sched.as_ref(), &admission.limits);
@@ -582,7 +905,7 @@ impl Listener {
                 return Err(e);
             }
         };
-        let handed = self.hand_off(&conn, hello, &admission, &control, session_id, secret, &claimed);
+        let handed = self.hand_off(conn, hello, &admission, &control, session_id, secret, &claimed);
         let ticks = match handed {
             Ok(ticks) => ticks,
             Err(e) => {
@@ -592,7 +915,6 @@ impl Listener {
         };
         let me = self.clone();
         std::thread::spawn(move || me.refill_spare());
-        drop(conn);
         tracing::info!(
             "session {session_id:016x} started for client pid {} {}",
             hello.pid,
@@ -605,6 +927,7 @@ impl Listener {
                 secret,
                 control,
                 label: label.clone(),
+                _slot: slot,
             },
         );
         let me = self.clone();
@@ -753,7 +1076,11 @@ impl Listener {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .env("VGPU_WORKER_FD", fd.to_string())
-            .env("VGPU_WORKER_BACKEND", self.resolved.as_str());
+            .env("VGPU_WORKER_BACKEND", self.resolved.as_str())
+            .env(
+                "VGPU_WORKER_STALL_MS",
+                self.cfg.admission.stall_timeout.as_millis().to_string(),
+            );
         if let Some(d) = &self.cfg.driver {
             cmd.env("VGPU_WORKER_DRIVER", d);
         }
@@ -884,9 +1211,22 @@ fn exit_worker(code: i32) -> ! {
     std::process::exit(code)
 }
 
+/// The stall timeout the listener gave this worker (`VGPU_WORKER_STALL_MS`).
+fn stall_timeout() -> Duration {
+    std::env::var("VGPU_WORKER_STALL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(AdmissionLimits::default().stall_timeout, Duration::from_millis)
+}
+
 fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
+    let raw_fd = fd.as_raw_fd();
     let transport: Result<Box<dyn Transport>, String> = match handoff.transport {
         0 => TcpTransport::from_stream(TcpStream::from(fd))
+            .map(|t| Box::new(t) as _)
+            .map_err(|e| e.to_string()),
+        3 => ResumeState::decode(&handoff.tls)
+            .and_then(|state| TlsTransport::resume(TcpStream::from(fd), &state))
             .map(|t| Box::new(t) as _)
             .map_err(|e| e.to_string()),
         2 => RdmaTransport::accept(TcpStream::from(fd))
@@ -896,7 +1236,7 @@ fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
             .map(|t| Box::new(t) as _)
             .map_err(|e| e.to_string()),
     };
-    let mut transport = match transport {
+    let transport = match transport {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!("session {:016x}: transport setup failed: {e}", handoff.session_id);
@@ -919,8 +1259,10 @@ fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
         ..Default::default()
     };
     let bytes = encode_welcome(&welcome, &session.visible_devices(), &backend.describe());
+    // From here on a client that stops in the middle of a frame is disconnected (see `stall`).
+    let mut transport = crate::stall::StallWatch::global(stall_timeout()).guard(transport, raw_fd);
     let outcome = match transport.send(&[&bytes]) {
-        Ok(()) => session.serve_channel(&mut *transport),
+        Ok(()) => session.serve_channel(&mut transport),
         Err(e) => Err(e.into()),
     };
     match &outcome {

@@ -216,6 +216,30 @@ pub fn wait_readable(fd: RawFd, ms: i32) -> bool {
     unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }
 
+/// Shuts a socket down in both directions: a thread blocked reading or writing it wakes with end-of-stream or an
+/// error. The descriptor stays open (its owner closes it).
+pub fn shutdown_socket(fd: RawFd) {
+    // SAFETY: shutdown on a descriptor the caller keeps open for the duration of the call.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
+pub fn peer_uid(fd: RawFd) -> Option<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred of exactly that size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.uid)
+}
+
 /// Wakes every sleeper on a futex word in shared memory (another process may be waiting on it).
 pub fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
     // SAFETY: `word` is a live, aligned 32-bit atomic; FUTEX_WAKE does not access memory beyond its address.

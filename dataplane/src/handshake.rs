@@ -48,6 +48,8 @@ pub const STATUS_VERSION_MISMATCH: u32 = 1;
 pub const STATUS_UNAUTHORIZED: u32 = 2;
 pub const STATUS_NO_SUCH_SESSION: u32 = 3;
 pub const STATUS_SERVER_ERROR: u32 = 4;
+/// A bound was reached (the tenant's concurrent sessions, or connections awaiting authentication): retry later.
+pub const STATUS_BUSY: u32 = 5;
 
 pub const BACKEND_REAL: u32 = 0;
 pub const BACKEND_EMULATED: u32 = 1;

@@ -64,11 +64,14 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
 }
 
-/// Where a GPU server listens, as written in `VGPU_SERVER`: `tcp://host:port`, `shm://name` or `rdma://host:port`.
+/// Where a GPU server listens, as written in `VGPU_SERVER`: `tcp://host:port`, `tls://host:port[#sha256=HEX]`,
+/// `shm://name` or `rdma://host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
-    /// A TCP address, `host:port`.
+    /// A TCP address, `host:port` (plain: for loopback and networks the operator trusts).
     Tcp(String),
+    /// TLS 1.3 over TCP to `addr` (`host:port`); `sha256` pins the server certificate's fingerprint (64 hex digits).
+    Tls { addr: String, sha256: Option<String> },
     /// A shared-memory rendezvous: the Unix socket at `shm_socket_path(name)`.
     Shm(String),
     /// An RDMA endpoint: the TCP address (`host:port`) where queue pairs are exchanged; data moves over RDMA.
@@ -76,7 +79,8 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `tcp://host:port`, `shm://name` or `rdma://host:port`; a bare `host:port` means TCP.
+    /// Parses `tcp://host:port`, `tls://host:port[#sha256=HEX]`, `shm://name` or `rdma://host:port`; a bare
+    /// `host:port` means TCP.
     pub fn parse(text: &str) -> Result<Endpoint, String> {
         let text = text.trim();
         let host_port = |rest: &str| {
@@ -90,6 +94,35 @@ impl Endpoint {
                 ));
             }
             Ok(Endpoint::Tcp(rest.to_string()))
+        } else if let Some(rest) = text.strip_prefix("tls://") {
+            let (addr, fragment) = match rest.split_once('#') {
+                Some((a, f)) => (a, Some(f)),
+                None => (rest, None),
+            };
+            if !host_port(addr) {
+                return Err(format!(
+                    "'{text}': a TLS endpoint needs host:port, e.g. tls://gpu-host:7443#sha256=<fingerprint>"
+                ));
+            }
+            let sha256 = match fragment {
+                None => None,
+                Some(f) => {
+                    let hex: String = f
+                        .strip_prefix("sha256=")
+                        .ok_or_else(|| format!("'{text}': after '#' only sha256=<fingerprint> is understood"))?
+                        .chars()
+                        .filter(|c| *c != ':')
+                        .collect();
+                    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                        return Err(format!("'{text}': the sha256 fingerprint must be 64 hex digits"));
+                    }
+                    Some(hex.to_ascii_lowercase())
+                }
+            };
+            Ok(Endpoint::Tls {
+                addr: addr.to_string(),
+                sha256,
+            })
         } else if let Some(rest) = text.strip_prefix("rdma://") {
             if !host_port(rest) {
                 return Err(format!(
@@ -106,7 +139,7 @@ impl Endpoint {
             Ok(Endpoint::Shm(rest.to_string()))
         } else if text.contains("://") {
             Err(format!(
-                "'{text}': unknown transport; use tcp://host:port, shm://name or rdma://host:port"
+                "'{text}': unknown transport; use tcp://host:port, tls://host:port, shm://name or rdma://host:port"
             ))
         } else {
             Endpoint::parse(&format!("tcp://{text}"))
@@ -118,6 +151,11 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+            Endpoint::Tls { addr, sha256: None } => write!(f, "tls://{addr}"),
+            Endpoint::Tls {
+                addr,
+                sha256: Some(pin),
+            } => write!(f, "tls://{addr}#sha256={pin}"),
             Endpoint::Shm(n) => write!(f, "shm://{n}"),
             Endpoint::Rdma(a) => write!(f, "rdma://{a}"),
         }
@@ -156,6 +194,25 @@ mod tests {
             Ok("rdma://10.0.0.2:7071".to_string())
         );
         assert!(Endpoint::parse("ib://x:1").is_err());
+        let pin = "AB".repeat(32);
+        assert_eq!(
+            Endpoint::parse(&format!("tls://gpu:7443#sha256={pin}")),
+            Ok(Endpoint::Tls {
+                addr: "gpu:7443".into(),
+                sha256: Some("ab".repeat(32))
+            })
+        );
+        assert_eq!(
+            Endpoint::parse("tls://[::1]:7443").map(|e| e.to_string()),
+            Ok("tls://[::1]:7443".to_string())
+        );
+        assert_eq!(
+            Endpoint::parse(&format!("tls://g:1#sha256={pin}")).map(|e| e.to_string()),
+            Ok(format!("tls://g:1#sha256={}", "ab".repeat(32)))
+        );
+        assert!(Endpoint::parse("tls://g:1#sha256=abc").is_err());
+        assert!(Endpoint::parse(&format!("tls://g:1#md5={pin}")).is_err());
+        assert!(Endpoint::parse("tls://nohost").is_err());
         assert_eq!(
             Endpoint::parse("shm://a").map(|e| e.to_string()),
             Ok("shm://a".to_string())

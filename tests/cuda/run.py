@@ -9,7 +9,7 @@ static cudart (nvcc's default) and `-cudart shared`.
       A program whose source, common.h, flags and nvcc are unchanged is not rebuilt (content hash
       in DIR/keys/). Ends with "N built, N cached, N failed".
 
-  run.py run --bins DIR --mode native|vgpu [--vgpu PATH] [--transport tcp|shm]
+  run.py run --bins DIR --mode native|vgpu [--vgpu PATH] [--transport tcp|tls|shm]
              [--backend emulated|real] [--expected DIR] [--save DIR] [--save-expected]
              [--variant static|shared|both] [--only NAME...] [--skip NAME:REASON] [--no-device]
       Runs every built program (both variants unless --variant says otherwise), natively or through
@@ -52,6 +52,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -233,8 +234,13 @@ class Server:
 
     def __init__(self, vgpu: str, backend: str):
         self.port = free_port()
+        self.tls_port = free_port()
         self.shm = f"vgpu-cuda-{os.getpid()}-{int(time.time() * 1000) % 100000}"
-        self.cmd = [vgpu, "server", "--backend", backend, "--tcp", f"127.0.0.1:{self.port}", "--shm", self.shm]
+        # The server's TLS identity is generated into a fresh state folder, removed at stop.
+        self.state_dir = tempfile.mkdtemp(prefix="vgpu-cuda-state-")
+        self.cmd = [vgpu, "server", "--backend", backend, "--tcp", f"127.0.0.1:{self.port}", "--shm", self.shm,
+                    "--tls", f"127.0.0.1:{self.tls_port}", "--state-dir", self.state_dir]
+        self.tls_url = ""
         self.log: list[str] = []
         self.ready = threading.Event()
         self.proc: subprocess.Popen | None = None
@@ -252,7 +258,7 @@ class Server:
                 raise RuntimeError(f"vgpu server exited with {self.proc.returncode} before it was ready")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"vgpu server not ready after {SERVER_READY_TIMEOUT_S} s")
-        print(f"server ready (tcp 127.0.0.1:{self.port}, shm {self.shm})", flush=True)
+        print(f"server ready (tcp 127.0.0.1:{self.port}, {self.tls_url}, shm {self.shm})", flush=True)
 
     def _drain(self) -> None:
         assert self.proc and self.proc.stdout
@@ -261,15 +267,24 @@ class Server:
             if len(self.log) > 2000:
                 del self.log[:1000]
             if READY.search(line):
+                # "ready on tcp://…, tls://127.0.0.1:PORT#sha256=HEX, shm://…": the TLS URL pins the certificate.
+                m = re.search(r"tls://\S+#sha256=[0-9a-f]{64}", line)
+                if m:
+                    self.tls_url = m.group(0)
                 self.ready.set()
 
     def url(self, transport: str) -> str:
+        if transport == "tls":
+            if not self.tls_url:
+                raise RuntimeError("the server printed no tls:// endpoint")
+            return self.tls_url
         return f"tcp://127.0.0.1:{self.port}" if transport == "tcp" else f"shm://{self.shm}"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
+        shutil.rmtree(self.state_dir, ignore_errors=True)
         if not self.proc or self.proc.poll() is not None:
             return
         for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
@@ -533,7 +548,7 @@ def main() -> int:
     r.add_argument("--bins", required=True, help="the build directory")
     r.add_argument("--mode", choices=["native", "vgpu"], required=True)
     r.add_argument("--vgpu", help="path to the vgpu binary (vgpu mode)")
-    r.add_argument("--transport", choices=["tcp", "shm"], default="tcp")
+    r.add_argument("--transport", choices=["tcp", "tls", "shm"], default="tcp")
     r.add_argument("--backend", choices=["emulated", "real"], default="emulated",
                    help="server backend (vgpu mode); real: outputs are compared")
     r.add_argument("--expected", help=f"directory of reference outputs (default {EXPECTED})")

@@ -4,7 +4,7 @@
   run.py build --cuda-include DIR --lib-dir DIR --out DIR
       Compiles every tests/e2e/programs/*.c with gcc against cuda.h and the libcuda.so in lib-dir.
 
-  run.py run --bins DIR --mode native|vgpu [--vgpu PATH] [--transport tcp|shm | --server URL]
+  run.py run --bins DIR --mode native|vgpu [--vgpu PATH] [--transport tcp|tls|shm | --server URL]
              [--backend emulated|real] --expected DIR [--write-expected DIR] [--save DIR] [--only NAME...]
       Runs every program (natively, or through `vgpu run` against a `vgpu server` it starts, or against
       the running one at --server, e.g. rdma://host:port) and compares its stdout with <expected>/<name>.out.
@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -141,8 +142,13 @@ class Server:
 
     def __init__(self, vgpu: str, backend: str):
         self.port = free_port()
+        self.tls_port = free_port()
         self.shm = f"vgpu-e2e-{os.getpid()}-{int(time.time() * 1000) % 100000}"
-        self.cmd = [vgpu, "server", "--backend", backend, "--tcp", f"127.0.0.1:{self.port}", "--shm", self.shm]
+        # The server's TLS identity is generated into a fresh state folder, removed at stop.
+        self.state_dir = tempfile.mkdtemp(prefix="vgpu-e2e-state-")
+        self.cmd = [vgpu, "server", "--backend", backend, "--tcp", f"127.0.0.1:{self.port}", "--shm", self.shm,
+                    "--tls", f"127.0.0.1:{self.tls_port}", "--state-dir", self.state_dir]
+        self.tls_url = ""
         self.log: list[str] = []
         self.ready = threading.Event()
         self.proc: subprocess.Popen | None = None
@@ -160,7 +166,7 @@ class Server:
                 raise RuntimeError(f"vgpu server exited with {self.proc.returncode} before it was ready")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"vgpu server not ready after {SERVER_READY_TIMEOUT_S} s")
-        print(f"server ready (tcp 127.0.0.1:{self.port}, shm {self.shm})", flush=True)
+        print(f"server ready (tcp 127.0.0.1:{self.port}, {self.tls_url}, shm {self.shm})", flush=True)
 
     def _drain(self) -> None:
         assert self.proc and self.proc.stdout
@@ -169,15 +175,24 @@ class Server:
             if len(self.log) > 2000:
                 del self.log[:1000]
             if READY.search(line):
+                # "ready on tcp://…, tls://127.0.0.1:PORT#sha256=HEX, shm://…": the TLS URL pins the certificate.
+                m = re.search(r"tls://\S+#sha256=[0-9a-f]{64}", line)
+                if m:
+                    self.tls_url = m.group(0)
                 self.ready.set()
 
     def url(self, transport: str) -> str:
+        if transport == "tls":
+            if not self.tls_url:
+                raise RuntimeError("the server printed no tls:// endpoint")
+            return self.tls_url
         return f"tcp://127.0.0.1:{self.port}" if transport == "tcp" else f"shm://{self.shm}"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
+        shutil.rmtree(self.state_dir, ignore_errors=True)
         if not self.proc or self.proc.poll() is not None:
             return
         for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
@@ -362,7 +377,7 @@ def main() -> int:
     r.add_argument("--bins", required=True)
     r.add_argument("--mode", choices=["native", "vgpu"], required=True)
     r.add_argument("--vgpu", help="path to the vgpu binary (vgpu mode)")
-    r.add_argument("--transport", choices=["tcp", "shm"], default="tcp")
+    r.add_argument("--transport", choices=["tcp", "tls", "shm"], default="tcp")
     r.add_argument("--server", metavar="URL",
                    help="vgpu mode: use this running server (e.g. rdma://host:port; the RDMA VM starts its own) "
                         "instead of starting one; --transport is then unused")

@@ -73,8 +73,8 @@ SERVER_STARTS=0
 start_server() {
   local shm="vgpu-fw-$$-$RANDOM" line
   SERVER_STARTS=$((SERVER_STARTS + 1))
-  echo "=== $(date +%T) starting: $VGPU server --backend $BACKEND --tcp 127.0.0.1:0 --shm $shm" >> "$SERVER_LOG"
-  setsid "$VGPU" server --backend "$BACKEND" --tcp 127.0.0.1:0 --shm "$shm" < /dev/null >> "$SERVER_LOG" 2>&1 &
+  echo "=== $(date +%T) starting: $VGPU server --backend $BACKEND --tcp 127.0.0.1:0 --no-tls --shm $shm" >> "$SERVER_LOG"
+  setsid "$VGPU" server --backend "$BACKEND" --tcp 127.0.0.1:0 --no-tls --shm "$shm" < /dev/null >> "$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 600); do
     [ "$(grep -ac 'ready on ' "$SERVER_LOG")" -ge "$SERVER_STARTS" ] && break

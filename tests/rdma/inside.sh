@@ -68,7 +68,8 @@ run_tests "rdma transport tests" "$RDMA" --test-threads=1 --nocapture
 
 # End to end: `vgpu sample` through the shim over rdma://, server (emulated backend) on 10.77.0.2.
 t=$(date +%s)
-"$VGPU" server --backend emulated --tcp 10.77.0.2:7070 --no-shm --rdma 10.77.0.2:7071 \
+# A test network inside the VM: plain TCP beyond loopback is asked for explicitly, TLS is not needed.
+"$VGPU" server --backend emulated --tcp 10.77.0.2:7070 --allow-plain-tcp --no-tls --no-shm --rdma 10.77.0.2:7071 \
   >/tmp/server.log 2>&1 &
 server=$!
 for _ in $(seq 1 300); do grep -q "ready on" /tmp/server.log && break; sleep 0.2; done

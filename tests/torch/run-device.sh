@@ -73,8 +73,8 @@ trap 'exit 130' INT TERM
 # and its workers can be stopped as one process group; ready when it prints "vgpu server: ready on <endpoints>".
 start_server() {
   local shm="vgpu-torch-$$-$RANDOM" line
-  echo "=== $(date +%T) starting: $VGPU server --backend $BACKEND --tcp 127.0.0.1:0 --shm $shm" >> "$SERVER_LOG"
-  setsid "$VGPU" server --backend "$BACKEND" --tcp 127.0.0.1:0 --shm "$shm" < /dev/null >> "$SERVER_LOG" 2>&1 &
+  echo "=== $(date +%T) starting: $VGPU server --backend $BACKEND --tcp 127.0.0.1:0 --no-tls --shm $shm" >> "$SERVER_LOG"
+  setsid "$VGPU" server --backend "$BACKEND" --tcp 127.0.0.1:0 --no-tls --shm "$shm" < /dev/null >> "$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 600); do
     line=$(grep -a 'ready on ' "$SERVER_LOG" | tail -1)

@@ -16,6 +16,8 @@ use crate::link::wire::Wire;
 use crate::link::LinkShape;
 use crate::shm::{self, ShmConfig, ShmTransport};
 use crate::tcp::TcpTransport;
+use crate::tls::pki_types::{CertificateDer, PrivateKeyDer};
+use crate::tls::{self, ClientSettings, ServerCheck, TlsAcceptor, TlsTransport};
 
 const PING: usize = 64;
 /// Bulk data goes out in sends of this size, as the pipelined copy path does.
@@ -35,6 +37,32 @@ pub(crate) fn tcp_pair() -> io::Result<(TcpTransport, TcpTransport)> {
     let client = TcpStream::connect(addr)?;
     let (server, _) = listener.accept()?;
     Ok((TcpTransport::from_stream(client)?, TcpTransport::from_stream(server)?))
+}
+
+/// A connected TLS pair over loopback with the given server certificate and key: (client, server).
+pub(crate) fn tls_pair(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> io::Result<(TlsTransport, TlsTransport)> {
+    let acceptor = TlsAcceptor::new(chain, key, None).map_err(io::Error::other)?;
+    let pin = tls::parse_fingerprint(acceptor.fingerprint()).map_err(io::Error::other)?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    let server = thread::spawn(move || -> io::Result<TlsTransport> {
+        let (s, _) = listener.accept()?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let mut t = acceptor.accept(s, deadline).map_err(to_io)?;
+        t.recv_hello(64).map_err(to_io)?;
+        t.set_deadline(None)?;
+        t.set_read_ahead(true);
+        Ok(t)
+    });
+    let settings = ClientSettings::new(ServerCheck::Pin(pin), None).map_err(to_io)?;
+    let client = tls::connect_with(&addr, &settings, &0u32.to_le_bytes()).map_err(to_io);
+    let server = server
+        .join()
+        .map_err(|_| io::Error::other("tls floor server thread panicked"))?;
+    Ok((client?, server?))
 }
 
 /// A connected TCP pair whose client side goes through a shaping relay (none for `loopback`): (client, server,
@@ -210,6 +238,61 @@ pub fn tcp_bulk_gbps(total_bytes: usize) -> io::Result<f64> {
     bulk(a, b, total_bytes)
 }
 
+/// A TLS connection's set-up over loopback (connect, handshake, first bytes both ways), median µs of `n`.
+pub fn tls_connect_us(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, n: usize) -> io::Result<f64> {
+    let acceptor = std::sync::Arc::new(TlsAcceptor::new(chain, key, None).map_err(io::Error::other)?);
+    let pin = tls::parse_fingerprint(acceptor.fingerprint()).map_err(io::Error::other)?;
+    let settings = ClientSettings::new(ServerCheck::Pin(pin), None).map_err(to_io)?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    let n = n.max(1);
+    let server = thread::spawn(move || -> io::Result<()> {
+        for _ in 0..n {
+            let (s, _) = listener.accept()?;
+            let mut t = acceptor
+                .accept(s, Instant::now() + std::time::Duration::from_secs(10))
+                .map_err(to_io)?;
+            t.recv_hello(64).map_err(to_io)?;
+            t.set_deadline(None)?;
+            t.send(&[&[1u8]]).map_err(to_io)?;
+        }
+        Ok(())
+    });
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let mut c = tls::connect_with(&addr, &settings, &0u32.to_le_bytes()).map_err(to_io)?;
+        let mut one = [0u8; 1];
+        c.recv_exact(&mut one).map_err(to_io)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    server
+        .join()
+        .map_err(|_| io::Error::other("tls connect server thread panicked"))??;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Round trips of a 64-byte request/response over loopback TLS (the server presents `chain`/`key`), median µs.
+pub fn tls_pingpong_us(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    iters: usize,
+) -> io::Result<f64> {
+    let (a, b) = tls_pair(chain, key)?;
+    pingpong(a, b, iters)
+}
+
+/// One-way bulk throughput over one loopback TLS connection, GB/s (1e9).
+pub fn tls_bulk_gbps(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    total_bytes: usize,
+) -> io::Result<f64> {
+    let (a, b) = tls_pair(chain, key)?;
+    bulk(a, b, total_bytes)
+}
+
 /// Round trips of a 64-byte request/response through a link shape (the relay on loopback), median µs.
 pub fn link_pingpong_us(shape: &LinkShape, iters: usize) -> io::Result<f64> {
     let (a, b, _relay) = tcp_pair_via(shape)?;
@@ -254,7 +337,16 @@ mod tests {
             let us = us.expect(name);
             assert!(us > 0.0 && us < 50_000.0, "{name} pingpong {us} µs");
         }
-        for (name, g) in [("tcp", tcp_bulk_gbps(32 << 20)), ("shm", shm_bulk_gbps(32 << 20))] {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+        let key = || PrivateKeyDer::try_from(ck.key_pair.serialize_der()).expect("key");
+        let chain = || vec![ck.cert.der().clone()];
+        let us = tls_pingpong_us(chain(), key(), 200).expect("tls");
+        assert!(us > 0.0 && us < 50_000.0, "tls pingpong {us} µs");
+        for (name, g) in [
+            ("tcp", tcp_bulk_gbps(32 << 20)),
+            ("shm", shm_bulk_gbps(32 << 20)),
+            ("tls", tls_bulk_gbps(chain(), key(), 32 << 20)),
+        ] {
             let g = g.expect(name);
             assert!(g > 0.0 && g < 1000.0, "{name} bulk {g} GB/s");
         }

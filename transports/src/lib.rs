@@ -1,9 +1,11 @@
-//! `Transport` implementations for vGPU: TCP (default, across machines), shared memory (same host) and RDMA (feature
-//! `rdma`), plus the descriptor passing and measurement helpers the server and `vgpu bench` build on.
+//! `Transport` implementations for vGPU: TLS (across machines), TCP (loopback and trusted networks), shared memory
+//! (same host) and RDMA (feature `rdma`), plus the descriptor passing and measurement helpers the server and
+//! `vgpu bench` build on.
 //!
-//! A client calls [`connect`]; a server accepts a socket itself, reads the hello with [`read_raw_hello`], and then
-//! wraps the socket with [`tcp::TcpTransport::from_stream`], [`shm::ShmTransport::accept`] or
-//! [`rdma::RdmaTransport::accept`].
+//! A client calls [`connect`]; a server accepts a socket itself, reads the hello with [`read_raw_hello`] (TLS:
+//! [`tls::TlsAcceptor::accept`] then [`tls::TlsTransport::recv_hello`]), and then wraps the socket with
+//! [`tcp::TcpTransport::from_stream`], [`shm::ShmTransport::accept`], [`rdma::RdmaTransport::accept`] or
+//! [`tls::TlsTransport::resume`].
 
 pub mod fdpass;
 pub mod floor;
@@ -17,6 +19,7 @@ pub mod rdma;
 pub mod shm;
 mod sys;
 pub mod tcp;
+pub mod tls;
 
 use std::io::{self, Read};
 
@@ -31,6 +34,7 @@ pub use vgpu_dataplane::transport::{shm_socket_path, Endpoint, Transport, Transp
 pub fn connect(endpoint: &Endpoint, hello: &[u8]) -> Result<Box<dyn Transport>, TransportError> {
     match endpoint {
         Endpoint::Tcp(addr) => Ok(Box::new(tcp::TcpTransport::connect(addr, hello)?)),
+        Endpoint::Tls { addr, sha256 } => Ok(Box::new(tls::connect(addr, sha256.as_deref(), hello)?)),
         Endpoint::Shm(name) => {
             let config = shm::ShmConfig::from_env()?;
             Ok(Box::new(shm::connect_with(&shm_socket_path(name), hello, &config)?))

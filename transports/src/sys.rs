@@ -320,6 +320,39 @@ pub(crate) fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// `send` with MSG_DONTWAIT | MSG_NOSIGNAL: writes what fits in the socket buffer now, never blocks.
+pub(crate) fn send_nonblocking(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: send reads at most buf.len() bytes from the caller's buffer.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr() as *const libc::c_void,
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// A blocking `recv` into `buf`.
+pub(crate) fn recv_blocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv writes at most buf.len() bytes into the caller's buffer.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Shuts down the reading side of a socket: a thread blocked reading it wakes with end-of-stream.
+pub(crate) fn shutdown_read(fd: RawFd) {
+    // SAFETY: shutdown on a descriptor the caller keeps open for the duration of the call.
+    unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+}
+
 /// `poll` on a few descriptors for `events`, at most `timeout`; returns each one's `revents` (0 when nothing).
 pub(crate) fn poll_fds<const N: usize>(fds: [RawFd; N], events: i16, timeout: Duration) -> io::Result<[i16; N]> {
     let mut p = fds.map(|fd| libc::pollfd { fd, events, revents: 0 });

@@ -15,7 +15,7 @@ const READ_BUF: usize = 64 * 1024;
 /// How long a reader polls the socket without sleeping before it blocks (`VGPU_TCP_SPIN_US`, default 20 µs).
 /// A blocked reader pays the scheduler's wake-up on every message, which on loopback is a large part of a round
 /// trip; replies usually arrive within this window.
-fn spin_budget() -> std::time::Duration {
+pub(crate) fn spin_budget() -> std::time::Duration {
     static SPIN: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
     *SPIN.get_or_init(|| {
         let us = std::env::var("VGPU_TCP_SPIN_US")
@@ -66,7 +66,11 @@ impl TcpTransport {
     }
 }
 
-fn read_some(stream: &mut TcpStream, buf: &mut [u8], spin: std::time::Duration) -> Result<usize, TransportError> {
+pub(crate) fn read_some(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    spin: std::time::Duration,
+) -> Result<usize, TransportError> {
     if !spin.is_zero() {
         let start = std::time::Instant::now();
         loop {

@@ -1,6 +1,6 @@
 //! One conformance suite for every transport: each case is a function over a connected (client, server) pair and
-//! runs against TCP over loopback, shared memory over a temporary rendezvous socket and, where a test network with
-//! RDMA devices exists (tests/rdma/run-vm.sh), RDMA between two network namespaces.
+//! runs against TCP and TLS over loopback, shared memory over a temporary rendezvous socket and, where a test network
+//! with RDMA devices exists (tests/rdma/run-vm.sh), RDMA between two network namespaces.
 
 mod common;
 
@@ -68,6 +68,40 @@ fn tcp_pair() -> (Boxed, Boxed) {
     let client = connect(&Endpoint::Tcp(addr), &framed_hello()).expect("connect");
     let server = server.join().expect("server thread");
     assert_eq!((client.kind(), server.kind()), ("tcp", "tcp"));
+    (client, Box::new(server))
+}
+
+/// A TLS pair as the server makes one: the listener completes the handshake and reads the hello, then hands the
+/// socket and the record state on (here to the same process, through the encoded state a worker would get).
+fn tls_pair() -> (Boxed, Boxed) {
+    use vgpu_transports::tls::{self, pki_types::PrivateKeyDer, ResumeState, TlsAcceptor, TlsTransport};
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+    let key = PrivateKeyDer::try_from(ck.key_pair.serialize_der()).expect("key");
+    let acceptor = TlsAcceptor::new(vec![ck.cert.der().clone()], key, None).expect("acceptor");
+    let pin = acceptor.fingerprint().to_string();
+    assert_eq!(pin, tls::fingerprint(ck.cert.der()));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let server = thread::spawn(move || {
+        let (s, _) = listener.accept().expect("accept");
+        let mut t = acceptor
+            .accept(s, Instant::now() + Duration::from_secs(10))
+            .expect("handshake");
+        assert_eq!(t.recv_hello(1024).expect("hello"), HELLO);
+        let (stream, state) = t.into_resume().expect("hand-over");
+        let state = ResumeState::decode(&state.encode()).expect("state");
+        TlsTransport::resume(stream, &state).expect("server transport")
+    });
+    let client = connect(
+        &Endpoint::Tls {
+            addr,
+            sha256: Some(pin),
+        },
+        &framed_hello(),
+    )
+    .expect("connect");
+    let server = server.join().expect("server thread");
+    assert_eq!((client.kind(), server.kind()), ("tls", "tls"));
     (client, Box::new(server))
 }
 
@@ -150,6 +184,7 @@ fn rdma_pair(ring: Option<usize>) -> (Boxed, Boxed) {
 fn transports() -> Vec<(&'static str, MakePair)> {
     let mut all: Vec<(&'static str, MakePair)> = vec![
         ("tcp", tcp_pair),
+        ("tls", tls_pair),
         ("shm", || shm_pair(None)),
         ("shm-64k", || shm_pair(Some(64 * 1024))),
     ];

@@ -1,4 +1,4 @@
-//! `vgpu bench`: the same probe (driver-API micro-benchmarks) run natively and through vGPU over TCP and
+//! `vgpu bench`: the same probe (driver-API micro-benchmarks) run natively and through vGPU over TCP, TLS and
 //! shared memory in one run on the same GPU, printed as a table of ratios and written as JSON.
 
 use std::collections::BTreeMap;
@@ -466,10 +466,13 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
     let extra: Vec<&str> = rdma_addr.iter().flat_map(|a| ["--rdma", a.as_str()]).collect();
     let server = LocalServer::start(backend, &extra)?;
     let tcp_cmd = || through_shim(&exe, Some(&server.tcp));
+    let tls_cmd = || through_shim(&exe, Some(&server.tls));
     let shm_cmd = || through_shim(&exe, Some(&server.shm));
     let mut tcp = median_probe(&tcp_cmd, &opts, repeat)?;
+    let mut tls = median_probe(&tls_cmd, &opts, repeat)?;
     let mut shm = median_probe(&shm_cmd, &opts, repeat)?;
     tcp["metrics"]["server_session_rss_mib"] = json!(server_session_rss(&server, tcp_cmd()?).ok());
+    tls["metrics"]["server_session_rss_mib"] = json!(server_session_rss(&server, tls_cmd()?).ok());
     shm["metrics"]["server_session_rss_mib"] = json!(server_session_rss(&server, shm_cmd()?).ok());
     shm["metrics"]["launch_rate_16proc_per_s"] = json!(aggregate_launch_rate(&shm_cmd, quick)?);
     let rdma = match &server.rdma {
@@ -486,9 +489,12 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
         None => None,
     };
     drop(server);
+    let id = vgpu_cuda_exec::tls_identity::ephemeral()?;
     let floors = json!({
         "tcp_pingpong_us": vgpu_transports::floor::tcp_pingpong_us(2000).ok(),
         "tcp_bulk_gbps": vgpu_transports::floor::tcp_bulk_gbps(1 << 30).ok(),
+        "tls_pingpong_us": vgpu_transports::floor::tls_pingpong_us(id.chain.clone(), id.key.clone_key(), 2000).ok(),
+        "tls_bulk_gbps": vgpu_transports::floor::tls_bulk_gbps(id.chain.clone(), id.key.clone_key(), 1 << 30).ok(),
         "shm_pingpong_us": vgpu_transports::floor::shm_pingpong_us(20000).ok(),
         "shm_bulk_gbps": vgpu_transports::floor::shm_bulk_gbps(1 << 30).ok(),
     });
@@ -510,13 +516,14 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
         String::new()
     };
     println!(
-        "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8} {:>6}{rdma_head}",
-        "metric", "native", "vgpu tcp", "ratio", "vgpu shm", "ratio", "RT/op"
+        "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8} {:>10} {:>8} {:>6}{rdma_head}",
+        "metric", "native", "vgpu tcp", "ratio", "vgpu tls", "ratio", "vgpu shm", "ratio", "RT/op"
     );
     let mut rows = Vec::new();
     for &(key, label, unit, higher_better) in METRICS {
         let n = get(native.as_ref(), key);
         let t = get(Some(&tcp), key);
+        let l = get(Some(&tls), key);
         let s = get(Some(&shm), key);
         let r = get(rdma.as_ref(), key);
         // Ratios are vGPU ÷ native in time (so > 1 is slower) for both kinds of metric.
@@ -533,19 +540,21 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
         // Synchronous round trips per operation over TCP, from the shim's counters (the same over every transport).
         let trips = tcp["traffic"][key]["round_trips"].as_f64();
         println!(
-            "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8} {:>6}{rdma_cols}",
+            "{:<62} {:>10} {:>10} {:>8} {:>10} {:>8} {:>10} {:>8} {:>6}{rdma_cols}",
             format!("{label} ({unit})"),
             f(n),
             f(t),
             f(ratio(t)),
+            f(l),
+            f(ratio(l)),
             f(s),
             f(ratio(s)),
             f(trips)
         );
         rows.push(
-            json!({"metric": key, "label": label, "unit": unit, "native": n, "tcp": t, "shm": s, "rdma": r,
-            "tcp_time_ratio": ratio(t), "shm_time_ratio": ratio(s), "rdma_time_ratio": ratio(r),
-            "round_trips_per_op": trips, "tcp_traffic_per_op": tcp["traffic"][key]}),
+            json!({"metric": key, "label": label, "unit": unit, "native": n, "tcp": t, "tls": l, "shm": s,
+            "rdma": r, "tcp_time_ratio": ratio(t), "tls_time_ratio": ratio(l), "shm_time_ratio": ratio(s),
+            "rdma_time_ratio": ratio(r), "round_trips_per_op": trips, "tcp_traffic_per_op": tcp["traffic"][key]}),
         );
     }
     println!(
@@ -555,7 +564,8 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
     println!("transport floors: {floors}");
     if let Some(path) = json_path {
         let doc = json!({ "device": device, "vgpu_emulated": emulated, "quick": quick, "repeats": repeat, "rows": rows,
-            "floors": floors, "native_raw": native, "tcp_raw": tcp, "shm_raw": shm, "rdma_raw": rdma });
+            "floors": floors, "native_raw": native, "tcp_raw": tcp, "tls_raw": tls, "shm_raw": shm,
+            "rdma_raw": rdma });
         let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         println!("wrote {}", path.display());

@@ -3,13 +3,12 @@
 //! Enrolls once with the node token, then uses its own credential (kept in a 0600 file).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use vgpu_control::client::{self, GpuInfo, UsageSample};
 use vgpu_control::ticket::{TicketError, TicketGpu, TicketVerifier};
-use vgpu_cuda_exec::{Admission, Authority, Limits, UsageDelta};
+use vgpu_cuda_exec::{Admission, Authority, Limits, Listening, UsageDelta};
 use vgpu_dataplane::handshake::DeviceFacts;
 
 /// How often the server tells the control plane it is alive (and learns which sessions to end).
@@ -31,7 +30,7 @@ pub struct ControlLink {
     pub tls_cert_sha256: Option<String>,
     /// Name the server registers under (re-registering by name keeps its GPUs' assignments).
     pub name: String,
-    /// `host:port` clients dial; default: this host's name and the TCP port the server listens on.
+    /// The endpoint clients dial; default: `tls://` this host's name and the TLS port, else `host:port` of TCP.
     pub advertise: Option<String>,
 }
 
@@ -438,20 +437,31 @@ fn this_host() -> String {
 }
 
 impl Authority for TicketAuthority {
-    fn started(&self, tcp: Option<SocketAddr>, devices: &[DeviceFacts]) -> Result<Vec<String>, String> {
-        let address = match (&self.link.advertise, tcp) {
-            (Some(a), _) => a.clone(),
-            (None, Some(addr)) if addr.ip().is_unspecified() => format!("{}:{}", this_host(), addr.port()),
-            (None, Some(addr)) => addr.to_string(),
-            (None, None) => {
-                return Err("with --control the server must listen on TCP (or give --advertise host:port)".into())
+    fn started(&self, listening: &Listening, devices: &[DeviceFacts]) -> Result<Vec<String>, String> {
+        let host = |addr: std::net::SocketAddr| {
+            if addr.ip().is_unspecified() {
+                format!("{}:{}", this_host(), addr.port())
+            } else {
+                addr.to_string()
+            }
+        };
+        // Clients on other hosts reach the server over TLS; plain TCP is advertised only without it.
+        let address = match (&self.link.advertise, listening.tls, listening.tcp) {
+            (Some(a), _, _) => a.clone(),
+            (None, Some(tls), _) => format!("tls://{}", host(tls)),
+            (None, None, Some(tcp)) => host(tcp),
+            (None, None, None) => {
+                return Err("with --control the server must listen on TLS or TCP (or give --advertise)".into())
             }
         };
         let reg = self.register(&address, devices)?;
-        let lines = vec![format!(
+        let mut lines = vec![format!(
             "registered with the control plane at {} as server {} ({address})",
             self.link.url, reg.server_id
         )];
+        if let Some(pin) = &self.link.tls_cert_sha256 {
+            lines.push(format!("clients pin this server's TLS certificate by sha256={pin}"));
+        }
         self.state().registration = Some(reg);
         let me = self.me.upgrade().ok_or("the server is shutting down")?;
         std::thread::Builder::new()
@@ -543,7 +553,6 @@ impl Authority for TicketAuthority {
             },
         );
         Ok(Admission {
-            tenant: claims.sub,
             label: claims.sid,
             limits: Limits {
                 memory_bytes: Some(memory_mib.saturating_mul(1 << 20)),
@@ -551,6 +560,9 @@ impl Authority for TicketAuthority {
                 sharing,
                 ..Default::default()
             },
+            tenant: format!("tenant {}", claims.sub),
+            // Tickets carry no session bound yet: the server's --max-sessions-per-tenant applies.
+            max_sessions: None,
         })
     }
 

@@ -11,6 +11,8 @@ use std::time::Duration;
 pub struct LocalServer {
     child: Child,
     pub tcp: String,
+    /// The `tls://host:port#sha256=…` endpoint (loopback, with the certificate's fingerprint to pin).
+    pub tls: String,
     pub shm: String,
     /// The `rdma://` endpoint, when the server was asked for one (`--rdma`) and found an RDMA device.
     pub rdma: Option<String>,
@@ -26,6 +28,11 @@ impl Drop for LocalServer {
 }
 
 impl LocalServer {
+    /// The SHA-256 of the server's TLS certificate (what `tls` pins).
+    pub fn tls_sha256(&self) -> &str {
+        self.tls.split_once("#sha256=").map_or("", |(_, pin)| pin)
+    }
+
     /// The server's process id (its session workers are its children).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -42,13 +49,21 @@ impl LocalServer {
         Self::spawn(Command::new(exe), "127.0.0.1:0", backend, extra_args, env)
     }
 
-    /// Starts `vgpu server` (TCP only) inside the network namespace `netns`, listening on `ip` (a free port), as
-    /// `ip netns exec NETNS vgpu server ...` does: for measurements across a packet-level wire.
+    /// Starts `vgpu server` inside the network namespace `netns`, plain TCP on `ip` (a free port; TLS on the
+    /// namespace's loopback only), as `ip netns exec NETNS vgpu server ...` does: for measurements across a
+    /// packet-level wire.
     pub fn start_in_netns(netns: &str, ip: std::net::Ipv4Addr, backend: &str) -> Result<LocalServer, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", netns]).arg(exe);
-        Self::spawn(cmd, &format!("{ip}:0"), backend, &["--no-shm"], &[])
+        // Plain TCP across the emulated wire is what is measured: allowed on that (non-loopback) address.
+        Self::spawn(
+            cmd,
+            &format!("{ip}:0"),
+            backend,
+            &["--no-shm", "--allow-plain-tcp"],
+            &[],
+        )
     }
 
     /// Runs `cmd server --tcp TCP ...` (cmd: the vgpu binary, or a wrapper that ends with it) and waits until ready.
@@ -61,7 +76,17 @@ impl LocalServer {
     ) -> Result<LocalServer, String> {
         let shm = format!("vgpu-{}-{}", std::process::id(), rand_suffix());
         let mut child = cmd
-            .args(["server", "--tcp", tcp, "--shm", &shm, "--backend", backend])
+            .args([
+                "server",
+                "--tcp",
+                tcp,
+                "--tls",
+                "127.0.0.1:0",
+                "--shm",
+                &shm,
+                "--backend",
+                backend,
+            ])
             .args(extra_args)
             .envs(env.iter().copied())
             .env_remove("LD_LIBRARY_PATH")
@@ -96,6 +121,11 @@ impl LocalServer {
                     .find(|e| e.starts_with("tcp://"))
                     .map(str::to_string)
                     .ok_or("server is ready but printed no tcp endpoint")?;
+                let tls = rest
+                    .split(", ")
+                    .find(|e| e.starts_with("tls://"))
+                    .map(|e| e.trim().to_string())
+                    .ok_or("server is ready but printed no tls endpoint")?;
                 let rdma = rest
                     .split(", ")
                     .find(|e| e.starts_with("rdma://"))
@@ -105,6 +135,7 @@ impl LocalServer {
                 return Ok(LocalServer {
                     child,
                     tcp,
+                    tls,
                     shm: format!("shm://{shm}"),
                     rdma,
                     banner,

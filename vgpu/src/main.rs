@@ -12,6 +12,7 @@ mod local;
 mod nvml;
 mod quickstart;
 mod sample;
+mod serve;
 mod smi;
 
 use std::os::unix::process::CommandExt;
@@ -45,14 +46,19 @@ enum Cmd {
         #[arg(long)]
         standalone: bool,
     },
-    /// Serve this machine's GPUs (or the emulated backend) to vGPU clients.
+    /// Serve this machine's GPUs (or the emulated backend) to vGPU clients: over TLS to other hosts, plain TCP
+    /// on loopback, shared memory on this host.
     Server {
-        /// TCP address to listen on.
-        #[arg(long, default_value = "0.0.0.0:7070")]
+        /// Plain TCP address to listen on (loopback unless --allow-plain-tcp).
+        #[arg(long, default_value = "127.0.0.1:7070")]
         tcp: String,
-        /// Do not listen on TCP.
+        /// Do not listen on plain TCP.
         #[arg(long)]
         no_tcp: bool,
+        #[command(flatten)]
+        security: Box<serve::SecurityArgs>,
+        #[command(flatten)]
+        admission: Box<serve::AdmissionArgs>,
         /// Shared-memory endpoint name for clients on this host (shm://NAME).
         #[arg(long, default_value = "vgpu")]
         shm: String,
@@ -94,7 +100,8 @@ enum Cmd {
         /// Name to register under (with --control; default: this host's name).
         #[arg(long)]
         name: Option<String>,
-        /// host:port clients should dial (with --control; default: this host's name and the --tcp port).
+        /// Endpoint clients should dial (with --control; default: tls://this host's name:the --tls port, or
+        /// host:port of --tcp without TLS).
         #[arg(long)]
         advertise: Option<String>,
     },
@@ -105,8 +112,8 @@ enum Cmd {
     /// Run a program with vGPU's libcuda.so.1. With VGPU_KEY and VGPU_CONTROL_URL set, the shim exchanges the
     /// key for a session ticket and connects to the server holding the tenant's GPU.
     Run {
-        /// Server endpoint: tcp://host:port, shm://name or rdma://host:port (default: the ticket's server, or
-        /// tcp://127.0.0.1:7070).
+        /// Server endpoint: tls://host:port[#sha256=FINGERPRINT], tcp://host:port, shm://name or rdma://host:port
+        /// (default: the ticket's server, or tcp://127.0.0.1:7070).
         #[arg(long, env = "VGPU_SERVER")]
         server: Option<String>,
         /// Control plane URL, for a tenant key in VGPU_KEY.
@@ -132,8 +139,8 @@ enum Cmd {
     },
     /// The bundled sample (saxpy through the driver API, every result checked).
     Sample,
-    /// Measure native against vGPU over TCP and shared memory (and RDMA where a device exists), in one run, and
-    /// print the ratios.
+    /// Measure native against vGPU over TCP, TLS and shared memory (and RDMA where a device exists), in one run,
+    /// and print the ratios.
     Bench {
         /// Fewer repetitions (a smoke run).
         #[arg(long)]
@@ -233,6 +240,8 @@ fn run(cmd: Cmd) -> Result<(), String> {
         Cmd::Server {
             tcp,
             no_tcp,
+            security,
+            admission,
             shm,
             no_shm,
             rdma,
@@ -249,6 +258,11 @@ fn run(cmd: Cmd) -> Result<(), String> {
         } => {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             let key = key.filter(|k| !k.is_empty());
+            if !no_tcp {
+                serve::check_plain_tcp(&tcp, security.allow_plain_tcp)?;
+            }
+            let admission = admission.limits()?;
+            let tls = serve::tls_listen(&security)?;
             let (authority, auth_description): (Arc<dyn Authority>, String) = match control {
                 Some(url) => {
                     let node_token = node_token.filter(|t| !t.is_empty());
@@ -272,8 +286,8 @@ fn run(cmd: Cmd) -> Result<(), String> {
                         name,
                         advertise,
                         credential_file,
-                        // Filled by the data-plane TLS work: the SHA-256 of this server's certificate.
-                        tls_cert_sha256: None,
+                        // Registered with the control plane, which puts it in tickets: clients pin it.
+                        tls_cert_sha256: tls.as_ref().map(|t| t.acceptor.fingerprint().to_string()),
                     };
                     (
                         controlled::TicketAuthority::new(link),
@@ -306,6 +320,8 @@ fn run(cmd: Cmd) -> Result<(), String> {
             };
             vgpu_cuda_exec::run_server(ServerConfig {
                 tcp: (!no_tcp).then_some(tcp),
+                tls,
+                admission,
                 shm: (!no_shm).then_some(shm),
                 rdma,
                 backend: BackendChoice::parse(&backend)?,

@@ -93,13 +93,15 @@ pub fn run(backend: &str, standalone: bool) -> Result<(), String> {
 
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut failed = false;
-    // Over TCP the shim dials the server the ticket names; on this host it may use shared memory instead.
+    // Without VGPU_SERVER the shim dials the server the ticket names (over TLS, pinning the certificate the
+    // printed fingerprint names, as a client on another host would); on this host it may use shared memory.
     for endpoint in [None, Some(server.shm.as_str())] {
-        let over = endpoint.map_or_else(|| "TCP (the ticket's server)".to_string(), str::to_string);
+        let over = endpoint.map_or_else(|| "TLS (the ticket's server)".to_string(), str::to_string);
         println!("vgpu quickstart: running the sample with VGPU_KEY through the shim over {over}");
         let mut cmd = local::through_shim(&exe, endpoint)?;
         cmd.env("VGPU_KEY", &tenant_key)
             .env("VGPU_CONTROL_URL", &url)
+            .env("VGPU_TLS_FINGERPRINT", server.tls_sha256())
             .env_remove("VGPU_TICKET");
         failed |= !run_sample(cmd)?;
     }
@@ -139,7 +141,7 @@ pub fn run(backend: &str, standalone: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// The quickstart without a control plane: a server with no key, the sample over TCP and shared memory.
+/// The quickstart without a control plane: a server with no key, the sample over TCP, TLS and shared memory.
 fn run_standalone(backend: &str) -> Result<(), String> {
     println!("vgpu quickstart: starting a GPU server on this machine");
     let server = local::LocalServer::start(backend, &[])?;
@@ -148,7 +150,7 @@ fn run_standalone(backend: &str) -> Result<(), String> {
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut failed = false;
-    for endpoint in [&server.tcp, &server.shm] {
+    for endpoint in [&server.tcp, &server.tls, &server.shm] {
         println!("vgpu quickstart: running the bundled sample through the shim over {endpoint}");
         failed |= !run_sample(local::through_shim(&exe, Some(endpoint))?)?;
     }

@@ -1,4 +1,5 @@
-//! The control plane and the GPU server together (emulated backend): a tenant's key yields a ticket, the server
+//! The control plane and the GPU server together (emulated backend): a tenant's key yields a ticket that names the
+//! server's TLS endpoint and certificate fingerprint (the shim pins it; no fingerprint is given), the server
 //! shows only the assigned GPU, enforces the slice's memory limit, reports usage that then shows in the API, and
 //! ends the session when the assignment is revoked. Also `vgpu admin` against a live control plane.
 
@@ -42,7 +43,11 @@ fn start_until(mut cmd: Command, marker: &str) -> (Killed, String, Vec<String>) 
 }
 
 fn control_plane() -> (Killed, String) {
-    let dir = std::env::temp_dir().join(format!("vgpu-control-test-{}", std::process::id()));
+    // One data folder per control plane: the tests run at once, and two control planes generating their HTTPS
+    // certificate into one folder read each other's half-written files.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("vgpu-control-test-{}-{n}", std::process::id()));
     let mut cmd = Command::new(VGPU);
     cmd.args(["control", "--listen", "127.0.0.1:0", "--store", "memory", "--data-dir"])
         .arg(&dir)
@@ -58,9 +63,22 @@ fn control_plane() -> (Killed, String) {
     (child, url)
 }
 
-fn gpu_server(url: &str, shm: &str) -> (Killed, Vec<String>) {
+/// A folder removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A GPU server registered with the control plane at `url`, serving TLS on loopback (which it advertises): the
+/// server, its start-up lines and its certificate's fingerprint.
+fn gpu_server(url: &str, shm: &str, state: &TempDir) -> (Killed, Vec<String>, String) {
     let mut cmd = Command::new(VGPU);
     cmd.args(["server", "--backend", "emulated", "--tcp", "127.0.0.1:0", "--shm", shm])
+        .args(["--tls", "127.0.0.1:0", "--state-dir"])
+        .arg(&state.0)
         .args(["--control", url, "--name", "test-node"])
         .env("VGPU_NODE_TOKEN", NODE_TOKEN)
         // The server's own credential, in the test's temp folder rather than the user's state folder.
@@ -69,10 +87,17 @@ fn gpu_server(url: &str, shm: &str) -> (Killed, Vec<String>) {
             std::env::temp_dir().join(format!("{shm}.credential")),
         );
     let (child, _, banner) = start_until(cmd, "ready on ");
-    (child, banner)
+    let pin = banner
+        .iter()
+        .find_map(|l| l.split("TLS certificate sha256=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the server prints its TLS fingerprint")
+        .to_string();
+    (child, banner, pin)
 }
 
-/// Runs `vgpu __memcheck` through the shim as the tenant.
+/// Runs `vgpu __memcheck` through the shim as the tenant. The client is given no TLS fingerprint: over `tls://` it
+/// pins the one the ticket carries (the server registered it), or refuses to connect.
 fn memcheck(url: &str, key: &str, server: Option<&str>, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(VGPU);
     cmd.args(["run", "--control", url, "--"])
@@ -80,6 +105,7 @@ fn memcheck(url: &str, key: &str, server: Option<&str>, args: &[&str]) -> std::p
         .arg("__memcheck")
         .args(args)
         .env("VGPU_KEY", key)
+        .env_remove("VGPU_TLS_FINGERPRINT")
         .env_remove("VGPU_SERVER")
         .env_remove("VGPU_TICKET");
     if let Some(s) = server {
@@ -118,12 +144,16 @@ struct Setup {
     key: String,
     assignment_id: String,
     banner: Vec<String>,
+    /// The server's TLS certificate fingerprint.
+    pin: String,
+    _state: TempDir,
 }
 
 fn setup(slice_mib: u64) -> Setup {
     let (control, url) = control_plane();
     let shm = format!("ctl-test-{}-{slice_mib}", std::process::id());
-    let (server, banner) = gpu_server(&url, &shm);
+    let state = TempDir(std::env::temp_dir().join(format!("vgpu-control-test-state-{shm}")));
+    let (server, banner, pin) = gpu_server(&url, &shm, &state);
     let admin = Client::new(&url, Some(ADMIN_KEY));
     let tenant = admin
         .call("POST", "/v1/tenants", Some(&json!({"name": "alice"})))
@@ -159,6 +189,8 @@ fn setup(slice_mib: u64) -> Setup {
         tenant_id,
         key,
         banner,
+        pin,
+        _state: state,
     }
 }
 
@@ -171,7 +203,21 @@ fn tenant_key_ticket_memory_limit_and_usage_end_to_end() {
         s.banner
     );
 
-    // Over TCP, the server comes from the ticket; over shared memory, VGPU_SERVER picks the endpoint.
+    // The server registered its TLS certificate's fingerprint; the tenant's tickets carry it with the address.
+    let servers = s.admin.call("GET", "/v1/servers", None).expect("servers");
+    assert_eq!(servers["servers"][0]["tls_cert_sha256"], s.pin.as_str(), "{servers}");
+    let grant = Client::new(&s.url, Some(&s.key))
+        .call("POST", "/v1/tickets", Some(&json!({})))
+        .expect("ticket");
+    assert_eq!(grant["gpus"][0]["tls_cert_sha256"], s.pin.as_str(), "{grant}");
+    assert!(
+        grant["gpus"][0]["server_address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("tls://127.0.0.1:")),
+        "{grant}"
+    );
+
+    // Over TLS, the server and its pin come from the ticket; over shared memory, VGPU_SERVER picks the endpoint.
     for server in [None, Some(s.shm.as_str())] {
         let out = memcheck(&s.url, &s.key, server, &["200", "100", "40"]);
         let text = String::from_utf8_lossy(&out.stdout);
@@ -290,6 +336,7 @@ fn revoking_the_assignment_ends_the_live_session() {
         .arg(VGPU)
         .args(["__memcheck", "--hold-ms", "12000", "64"])
         .env("VGPU_KEY", &s.key)
+        .env_remove("VGPU_TLS_FINGERPRINT")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("runs");

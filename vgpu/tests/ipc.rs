@@ -144,9 +144,13 @@ fn another_tenants_process_cannot_open_the_memory() {
         .to_string();
     let shm = format!("ipc-test-{}", std::process::id());
     let mut cmd = Command::new(VGPU);
+    // TLS on loopback, its certificate and the server's credential in the test's own folder.
     cmd.args(["server", "--backend", "emulated", "--tcp", "127.0.0.1:0", "--shm", &shm])
+        .args(["--tls", "127.0.0.1:0", "--state-dir"])
+        .arg(dir.join("server-state"))
         .args(["--control", &url, "--name", "ipc-node"])
-        .env("VGPU_NODE_TOKEN", NODE_TOKEN);
+        .env("VGPU_NODE_TOKEN", NODE_TOKEN)
+        .env("VGPU_SERVER_CREDENTIAL", dir.join("server.credential"));
     let (_server, _) = start_until(cmd, "ready on ");
 
     let admin = Client::new(&url, Some(ADMIN_KEY));

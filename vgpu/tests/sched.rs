@@ -125,9 +125,17 @@ fn the_server_says_how_it_shares_its_gpus() {
         (Some("off"), "GPU sharing: scheduler off (VGPU_SCHED=off)"),
     ] {
         let mut cmd = Command::new(VGPU);
-        cmd.args(["server", "--tcp", "127.0.0.1:0", "--no-shm", "--backend", "emulated"])
-            .env_remove("LD_LIBRARY_PATH")
-            .stdout(std::process::Stdio::piped());
+        cmd.args([
+            "server",
+            "--tcp",
+            "127.0.0.1:0",
+            "--no-tls",
+            "--no-shm",
+            "--backend",
+            "emulated",
+        ])
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(std::process::Stdio::piped());
         if let Some(v) = env {
             cmd.env("VGPU_SCHED", v);
         }

@@ -1,4 +1,4 @@
-//! End-to-end tests of `vgpu server` on the emulated backend: the bundled sample over both transports, and the
+//! End-to-end tests of `vgpu server` on the emulated backend: the bundled sample over every transport, and the
 //! server's handling of bad clients (wrong version, wrong key, malformed frames) without harm to other sessions.
 
 use std::io::{Read, Write};
@@ -23,9 +23,9 @@ fn sample(endpoint: &str, key: Option<&str>) -> std::process::Output {
 }
 
 #[test]
-fn sample_runs_over_tcp_and_shared_memory() {
+fn sample_runs_over_tcp_tls_and_shared_memory() {
     let server = start(&[]);
-    for endpoint in [server.tcp_url(), server.shm.clone()] {
+    for endpoint in [server.tcp_url(), server.tls.clone(), server.shm.clone()] {
         let out = sample(&endpoint, None);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(

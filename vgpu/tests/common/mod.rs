@@ -1,5 +1,5 @@
-//! What the `vgpu` integration tests share: a `vgpu server` on the emulated backend, started on a free port and a
-//! fresh shared-memory name, killed when dropped.
+//! What the `vgpu` integration tests share: a `vgpu server` on the emulated backend, started on free TCP and TLS
+//! ports, a fresh shared-memory name and a fresh state folder (its TLS identity), killed when dropped.
 
 #![allow(dead_code)] // each test file uses a different part
 
@@ -12,6 +12,10 @@ pub struct Server {
     child: Child,
     /// `host:port` of the TCP endpoint (`tcp_url` adds the scheme).
     pub tcp: String,
+    /// The `tls://host:port#sha256=…` endpoint.
+    pub tls: String,
+    /// The server's state folder (removed when dropped).
+    pub state_dir: std::path::PathBuf,
     /// The `shm://` endpoint.
     pub shm: String,
 }
@@ -22,10 +26,30 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The server's process id (its session workers are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    /// `host:port` of the TLS endpoint.
+    pub fn tls_addr(&self) -> String {
+        let rest = self.tls.trim_start_matches("tls://");
+        rest.split('#').next().unwrap_or(rest).to_string()
+    }
+    /// The fingerprint the TLS endpoint pins.
+    pub fn tls_sha256(&self) -> String {
+        self.tls
+            .split_once("#sha256=")
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_default()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 
@@ -33,8 +57,11 @@ impl Drop for Server {
 /// folder is kept off its LD_LIBRARY_PATH: the server must load no shim, whatever the test process has.
 pub fn start(extra: &[&str]) -> Server {
     let shm = format!("test-{}-{}", std::process::id(), rand_tag());
+    let state_dir = std::env::temp_dir().join(format!("vgpu-test-state-{shm}"));
     let mut child = Command::new(VGPU)
-        .args(["server", "--tcp", "127.0.0.1:0", "--shm", &shm, "--backend", "emulated"])
+        .args(["server", "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0", "--shm", &shm])
+        .args(["--backend", "emulated", "--state-dir"])
+        .arg(&state_dir)
         .args(extra)
         .env_remove("LD_LIBRARY_PATH")
         .stdout(Stdio::piped())
@@ -49,16 +76,23 @@ pub fn start(extra: &[&str]) -> Server {
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     std::thread::spawn(move || while out.read(&mut buf).is_ok_and(|n| n > 0) {});
-    let tcp = text
-        .split("ready on tcp://")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .expect("tcp endpoint")
-        .trim()
-        .to_string();
+    let endpoint = |scheme: &str| {
+        text.split("ready on ")
+            .nth(1)
+            .and_then(|r| r.split(", ").find(|e| e.starts_with(scheme)))
+            .map(|e| e.trim().to_string())
+    };
+    let (Some(tcp), Some(tls)) = (endpoint("tcp://"), endpoint("tls://")) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the server printed no tcp:// or tls:// endpoint: {text}");
+    };
+    let tcp = tcp.trim_start_matches("tcp://").to_string();
     Server {
         child,
         tcp,
+        tls,
+        state_dir,
         shm: format!("shm://{shm}"),
     }
 }
