@@ -124,7 +124,7 @@ mod tests {
         ] {
             assert!(implemented.contains(&name), "{name} is not implemented");
         }
-        for name in ["cuGraphicsMapResources", "cuIpcGetMemHandle"] {
+        for name in ["cuGraphicsMapResources", "cuGraphicsUnregisterResource"] {
             assert!(!implemented.contains(&name), "{name} is implemented");
         }
     }
@@ -144,7 +144,7 @@ mod tests {
     #[test]
     fn unimplemented_entry_points_answer_not_supported() {
         // SAFETY: a stub ignores its arguments; NULL is what a careless caller might pass.
-        let r = unsafe { cuIpcGetMemHandle(std::ptr::null_mut(), 0) };
+        let r = unsafe { cuGraphicsUnregisterResource(std::ptr::null_mut()) };
         assert_eq!(r, CUresult::CUDA_ERROR_NOT_SUPPORTED);
         assert_eq!(cuProfilerStart(), CUresult::CUDA_ERROR_NOT_SUPPORTED);
     }

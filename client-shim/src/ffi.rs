@@ -249,6 +249,46 @@ pub(crate) fn alloc_shared(size: usize) -> CuResult<(*mut u8, std::os::fd::Owned
     Ok((ptr as *mut u8, fd))
 }
 
+/// A new sealed file holding `contents` (nothing can change or resize it): what `cuMemExportToShareableHandle`
+/// gives the app as its POSIX file descriptor, for another process to receive and import.
+pub(crate) fn sealed_file(contents: &[u8]) -> CuResult<std::os::fd::OwnedFd> {
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let oom = vgpu_dataplane::cuerr::CUDA_ERROR_OUT_OF_MEMORY;
+    // SAFETY: memfd_create with a static NUL-terminated name; the result is checked before use. Not close-on-exec:
+    // like the driver's own descriptor, it is the app's to pass on.
+    let raw = unsafe { libc::memfd_create(c"vgpu-ipc-handle".as_ptr(), libc::MFD_ALLOW_SEALING) };
+    if raw < 0 {
+        return Err(oom);
+    }
+    // SAFETY: memfd_create returned a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(contents).map_err(|_| oom)?;
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on the descriptor owned above.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(oom);
+    }
+    Ok(OwnedFd::from(file))
+}
+
+/// Reads exactly `buf.len()` bytes from the start of the app's descriptor `fd` without moving its offset; anything
+/// else (a closed descriptor, a pipe, a shorter file) is `CUDA_ERROR_INVALID_VALUE`.
+pub(crate) fn read_file_start(fd: c_int, buf: &mut [u8]) -> CuResult<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: pread into a buffer of the given length; a bad descriptor is an error return, not UB.
+        let n = unsafe { libc::pread(fd, rest.as_mut_ptr() as *mut c_void, rest.len(), done as libc::off_t) };
+        if n <= 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
 /// Unmaps memory from `alloc_shared`; the caller guarantees `ptr` came from it with this `size`, once.
 pub(crate) fn free_shared(ptr: *mut u8, size: usize) {
     // SAFETY: per the caller's guarantee, this is exactly one mapping made by alloc_shared.

@@ -6,13 +6,14 @@
 //! implementation of them is generated too (`real::forwarded`), the emulated one is written by hand.
 
 use std::ffi::CStr;
+use std::os::fd::OwnedFd;
 
 use vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED;
 use vgpu_dataplane::handshake::DeviceFacts;
 use vgpu_dataplane::ids::DevicePtr;
 use vgpu_dataplane::wire::{
     ArrayBox, ArrayShape, FunctionInfo, LaunchShape, MemAccessDesc, MemAllocProp, MemOp, NvmlFieldRequest,
-    NvmlFieldValue, FUNC_ATTR_COUNT,
+    NvmlFieldValue, FUNC_ATTR_COUNT, IPC_HANDLE_LEN,
 };
 
 pub use crate::graph_ops::{ExecUpdateInfo, GraphOps, NodeParams};
@@ -299,6 +300,32 @@ pub trait Backend: DriverOps + GraphOps + Send + Sync + 'static {
     fn mem_retain_allocation_handle(&self, _addr: DevicePtr) -> CuResult<AllocHandle> {
         Err(CUDA_ERROR_NOT_SUPPORTED)
     }
+    // Inter-process sharing (the session's IPC registry decides who may open what; these are the driver's own
+    // operations). A backend without IPC refuses every call.
+    /// `cuIpcGetMemHandle`: the driver's handle for the allocation holding `dptr`.
+    fn ipc_get_mem_handle(&self, _dptr: DevicePtr) -> CuResult<Shared> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuIpcOpenMemHandle` of memory another process exported.
+    fn ipc_open_mem_handle(&self, _shared: SharedRef<'_>, _flags: u32) -> CuResult<DevicePtr> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuIpcGetEventHandle`.
+    fn ipc_get_event_handle(&self, _event: Event) -> CuResult<Shared> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuIpcOpenEventHandle` of an event another process exported.
+    fn ipc_open_event_handle(&self, _shared: SharedRef<'_>) -> CuResult<Event> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemExportToShareableHandle` (`handle_type`: a `CUmemAllocationHandleType`): the file descriptor in `fd`.
+    fn mem_export_shareable(&self, _handle: AllocHandle, _handle_type: u32, _flags: u64) -> CuResult<Shared> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuMemImportFromShareableHandle` of a POSIX file descriptor another process exported.
+    fn mem_import_shareable(&self, _shared: SharedRef<'_>) -> CuResult<AllocHandle> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
+    }
     /// `cuCtxGetLimit` in the calling thread's current context.
     fn ctx_get_limit(&self, limit: u32) -> CuResult<u64>;
     /// The first word of the driver's private export table `uuid` (its size in bytes, for most tables), so the
@@ -319,6 +346,23 @@ pub trait Backend: DriverOps + GraphOps + Send + Sync + 'static {
         args: &mut [u8],
         params: &[(u32, u32)],
     ) -> CuResult<()>;
+}
+
+/// What a backend gives out when memory or an event is shared with another process: the driver's own handle
+/// (`CUipcMemHandle`, `CUipcEventHandle`; zeros where the driver's answer is a descriptor), and a file descriptor
+/// where there is one (a shareable handle; the emulated backend's shared memory file). The session hands both to
+/// the server's IPC registry and never to the client.
+pub struct Shared {
+    pub driver: [u8; IPC_HANDLE_LEN],
+    pub fd: Option<OwnedFd>,
+}
+
+/// The same, as the opening process receives it from the registry, with the exported memory's size.
+#[derive(Clone, Copy)]
+pub struct SharedRef<'a> {
+    pub driver: &'a [u8; IPC_HANDLE_LEN],
+    pub fd: Option<&'a OwnedFd>,
+    pub size: u64,
 }
 
 /// A memset's pattern and extent: `width` elements of `elem_size` (1, 2 or 4) bytes holding `value`, per row;

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod nvml;
 pub mod ptx;
 pub mod real;
+pub mod registry;
 pub mod sched;
 pub mod server;
 pub mod session;

@@ -19,6 +19,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::admission::{AdmissionLimits, Backoff, Closer, PendingGate, SessionSlot, Source, TenantSessions};
 use crate::backend::Backend;
+use crate::registry::{Member, Registry, RegistryLink};
 use crate::session::{Limits, Session, UsageCounters};
 
 /// What a session may use, decided when the server accepts its hello.
@@ -27,7 +28,8 @@ pub struct Admission {
     /// The session's name in the authority's books (a ticket's session id); empty in standalone mode.
     pub label: String,
     pub limits: Limits,
-    /// Whose sessions this one counts among (a tenant id, or the static key): see `max_sessions`.
+    /// Whose sessions this one counts among (a tenant id, or the static key): see `max_sessions`. Only sessions of
+    /// one tenant share memory and events through IPC (`registry.rs`).
     pub tenant: String,
     /// Most concurrent sessions of `tenant` on this server (the credential's own limit); `None`: the server's
     /// default (`AdmissionLimits::max_sessions_per_tenant`).
@@ -316,6 +318,8 @@ struct Listener {
     backoff: Backoff,
     tenants: Arc<TenantSessions>,
     closer: Closer,
+    /// What sessions exported for other processes (IPC handles), and who may open it.
+    registry: Arc<Registry>,
 }
 
 /// What a listening socket serves.
@@ -345,7 +349,9 @@ impl Conn {
         }
     }
     /// Sends the connection to a worker with `handoff` (a TLS connection's record state goes in it).
-    fn hand_to(self, control: &UnixStream, mut handoff: Handoff) -> Result<(), String> {
+    /// Sends the connection to a worker; `registry` (a session's first connection only) is the worker's end of its
+    /// link to the IPC registry, sent along.
+    fn hand_to(self, control: &UnixStream, mut handoff: Handoff, registry: Option<&UnixStream>) -> Result<(), String> {
         handoff.transport = self.kind();
         let fd: OwnedFd = match self {
             Conn::Tcp(s) | Conn::Rdma(s) => s.into(),
@@ -356,7 +362,9 @@ impl Conn {
                 stream.into()
             }
         };
-        let r = fdpass::send_with_fds(control, handoff.as_bytes(), &[fd.as_raw_fd()]).map_err(|e| e.to_string());
+        let mut fds = vec![fd.as_raw_fd()];
+        fds.extend(registry.map(|r| r.as_raw_fd()));
+        let r = fdpass::send_with_fds(control, handoff.as_bytes(), &fds).map_err(|e| e.to_string());
         // The secrets have been sent; do not leave them in this process's memory longer than needed.
         handoff.tls.fill(0);
         std::hint::black_box(&handoff.tls);
@@ -439,7 +447,10 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
         backoff: Backoff::default(),
         tenants: Arc::new(TenantSessions::default()),
         closer: Closer::start(),
+        registry: Registry::new(),
     });
+    // The IPC registry keeps a descriptor per shared memory file it holds for sessions.
+    crate::sys::raise_fd_limit();
     listener.refill_spare();
     let mut endpoints = Vec::new();
     let mut threads = Vec::new();
@@ -812,7 +823,7 @@ impl Listener {
                             pid: hello.pid,
                             ..Default::default()
                         };
-                        if let Err(e) = conn.hand_to(&entry.control, handoff) {
+                        if let Err(e) = conn.hand_to(&entry.control, handoff, None) {
                             tracing::warn!(
                                 "session {:x}: cannot hand a connection to its worker: {e}",
                                 hello.session_id
@@ -863,7 +874,17 @@ impl Listener {
             }
         }
         handoff.set_limits(&admission.limits)?;
-        conn.hand_to(control, handoff).map_err(|e| format!("handoff: {e}"))?;
+        // The session's own link to the IPC registry: whatever arrives on it is this session's, of this tenant.
+        let (registry_end, worker_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        conn.hand_to(control, handoff, Some(&worker_end))
+            .map_err(|e| format!("handoff: {e}"))?;
+        drop(worker_end);
+        let member = Member {
+            session: session_id,
+            tenant: admission.tenant.clone(),
+        };
+        let registry = self.registry.clone();
+        std::thread::spawn(move || registry.serve(member, registry_end));
         Ok(ticks)
     }
 
@@ -1147,14 +1168,17 @@ pub fn run_worker_from_env() -> Result<(), String> {
     let mut session: Option<Arc<Session>> = None;
     let mut buf = [0u8; std::mem::size_of::<Handoff>()];
     loop {
-        let (n, mut fds) = fdpass::recv_with_fds(&control, &mut buf, 1).map_err(|e| format!("control socket: {e}"))?;
+        let (n, fds) = fdpass::recv_with_fds(&control, &mut buf, 2).map_err(|e| format!("control socket: {e}"))?;
         if n == 0 {
             tracing::info!("server went away (or ended this session); worker exits");
             std::process::exit(0);
         }
-        let (Ok(handoff), Some(fd)) = (Handoff::read_from_bytes(&buf[..n]), fds.pop()) else {
+        // The connection, and with the session's first one its link to the server's IPC registry.
+        let mut fds = fds.into_iter();
+        let (Ok(handoff), Some(fd)) = (Handoff::read_from_bytes(&buf[..n]), fds.next()) else {
             return Err("malformed handoff from the server".into());
         };
+        let registry = fds.next();
         let session = match &session {
             Some(s) => s.clone(),
             None => {
@@ -1164,6 +1188,9 @@ pub fn run_worker_from_env() -> Result<(), String> {
                     crate::sched::host::session_sched(r, &backend, handoff.session_id, &handoff.slots, &limits)
                 });
                 let s = Session::scheduled(backend.clone(), limits, sched);
+                if let Some(link) = registry {
+                    s.attach_registry(RegistryLink::new(UnixStream::from(link)));
+                }
                 let ticks = control.try_clone().map_err(|e| format!("control socket: {e}"))?;
                 let _ = METER.set((ticks, s.clone()));
                 std::thread::spawn(|| loop {

@@ -92,6 +92,19 @@ impl SharedRegion {
 }
 
 impl SharedRegion {
+    /// The mapping's bytes. Another process may map and write them too (memory shared through IPC): they are plain
+    /// data, read and written as device memory is, and this process serialises its own accesses.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len bytes for the mapping's lifetime (made by `map`).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// As `as_slice`, writable; `&mut self` gives this process's exclusive access.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
     /// The address of `size` bytes at `offset`, if they lie inside the mapping.
     pub fn at(&self, offset: u64, size: u64) -> Option<*mut u8> {
         let end = offset.checked_add(size)?;
@@ -107,6 +120,49 @@ impl Drop for SharedRegion {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping `map` created; nothing uses it after the drop.
         unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// A new shared-memory file of `len` zero bytes, sealed against shrinking and growing (so that a mapping of it can
+/// never fault): the emulated backend's device memory once it is shared with another process through IPC.
+pub fn shared_memory(len: usize) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a static NUL-terminated name; the result is checked before use.
+    let raw = unsafe { libc::memfd_create(c"vgpu-ipc".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let size = libc::off_t::try_from(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: ftruncate and fcntl on the descriptor owned above.
+    let sealed = unsafe {
+        libc::ftruncate(fd.as_raw_fd(), size) == 0
+            && libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+            ) == 0
+    };
+    if !sealed {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit (the listener keeps descriptors of
+/// memory shared through IPC).
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }
 

@@ -21,11 +21,13 @@ pub const CAP_STREAM_MEM_OPS: u64 = 8;
 pub const CAP_GRAPHS: u64 = 16;
 /// The server answers `NvmlDevicePcie` and `NvmlFieldValues` (op codes 112 and 113).
 pub const CAP_NVML_PCIE: u64 = 32;
+/// The server executes the IPC calls (op codes 150 to 156) and runs an IPC registry.
+pub const CAP_IPC: u64 = 64;
 /// The server takes part in multi-server sessions: it follows the client's device numbering
 /// (`SetDeviceNumbering`, op code 160).
 pub const CAP_MULTI_SERVER: u64 = 1 << 8;
 pub const CAPABILITIES: u64 =
-    CAP_PUSH_DTOH | CAP_NVML | CAP_VMM | CAP_STREAM_MEM_OPS | CAP_GRAPHS | CAP_NVML_PCIE | CAP_MULTI_SERVER;
+    CAP_PUSH_DTOH | CAP_NVML | CAP_VMM | CAP_STREAM_MEM_OPS | CAP_GRAPHS | CAP_NVML_PCIE | CAP_IPC | CAP_MULTI_SERVER;
 
 pub const MODE_NEW_SESSION: u32 = 0;
 pub const MODE_ATTACH: u32 = 1;

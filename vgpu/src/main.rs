@@ -6,6 +6,7 @@ mod bench;
 mod controlled;
 mod cuda;
 mod fairness;
+mod ipccheck;
 mod links;
 mod local;
 mod multicheck;
@@ -211,6 +212,9 @@ enum Cmd {
     },
     #[command(name = "__fair-tenant", hide = true)]
     FairTenant(fairness::TenantArgs),
+    /// One side of a CUDA IPC exchange (`export`, or `open HANDLE_HEX`), for the IPC tests.
+    #[command(name = "__ipccheck", hide = true)]
+    IpcCheck { mode: String, handle: Option<String> },
     #[command(name = "__launch-rate", hide = true)]
     LaunchRate { launches: u64, start_at_ms: u64 },
     #[command(name = "__probe", hide = true)]
@@ -421,6 +425,11 @@ fn run(cmd: Cmd) -> Result<(), String> {
             report_s,
         } => links::relay(&listen, &to, shape, rtt_us, gbit, queue_cap, report_s),
         Cmd::FairTenant(args) => fairness::tenant(args),
+        Cmd::IpcCheck { mode, handle } => match (mode.as_str(), handle) {
+            ("export", None) => ipccheck::export(),
+            ("open", Some(h)) => ipccheck::open(&h),
+            _ => Err("usage: vgpu __ipccheck export | open HANDLE_HEX".into()),
+        },
         Cmd::LaunchRate { launches, start_at_ms } => bench::launch_rate(launches, start_at_ms),
         Cmd::Probe { quick, link } => bench::probe(&bench::ProbeOptions {
             quick,

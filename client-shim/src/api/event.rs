@@ -34,7 +34,14 @@ fn record(flags: u16, event: CUevent, stream: CUstream) -> CuResult<()> {
     if !same_server(route, route_of_object(event.get()))? {
         return Err(CUDA_ERROR_INVALID_HANDLE);
     }
-    client::post_to(route, flags, &EventRecord { event, stream }, &[])
+    client::post_to(route, flags, &EventRecord { event, stream }, &[])?;
+    let interprocess = CUevent_flags::CU_EVENT_INTERPROCESS.0;
+    if state::read().events.get(&event).is_some_and(|f| f & interprocess != 0) {
+        // Another process may wait for this record as soon as the app tells it (over a pipe, say): it must be on
+        // the server's driver before cuEventRecord returns, as natively, not in this thread's batch.
+        client::call_to(route, flags, &Ping {}, &[])?;
+    }
+    Ok(())
 }
 
 entry! {

@@ -202,6 +202,7 @@ mod driver;
 mod event;
 mod graph;
 mod host;
+mod ipc;
 mod launch;
 mod memory;
 mod memset;

@@ -60,21 +60,21 @@ fn write_prop(out: *mut CUmemAllocationProp, p: MemAllocProp) -> CuResult<()> {
 }
 
 /// The session, if its server executes VMM calls (an older one would end the session on an unknown operation).
-fn vmm_session() -> CuResult<()> {
+pub(super) fn vmm_session() -> CuResult<()> {
     if client::session()?.capabilities & CAP_VMM == 0 {
         return Err(CUDA_ERROR_NOT_SUPPORTED);
     }
     Ok(())
 }
 
-/// Exporting memory to another process cannot work through vGPU: the memory is on the GPU server, where the
-/// other process is not. Reported once per entry point, by name.
+/// Handles for other APIs (dma-buf export of an address range) cannot work through vGPU: the memory is on the GPU
+/// server. Reported once per entry point, by name. (Sharing with other processes: `ipc.rs`.)
 fn not_shareable(name: &str, once: &AtomicBool) -> CuResult<()> {
     if !once.swap(true, Ordering::Relaxed) {
         crate::log::log!(
             crate::log::WARN,
-            "{name}: sharing device memory with other processes is not supported through vGPU (the memory is on \
-             the GPU server); it returns CUDA_ERROR_NOT_SUPPORTED"
+            "{name}: a dma-buf of device memory is not supported through vGPU (the memory is on the GPU \
+             server); it returns CUDA_ERROR_NOT_SUPPORTED"
         );
     }
     Err(CUDA_ERROR_NOT_SUPPORTED)
@@ -281,14 +281,6 @@ entry! {
             h.refs += 1;
         }
         ffi::write(handle, r.handle.get())
-    }
-    cuMemExportToShareableHandle => |f, shareable, handle, handle_type, flags| {
-        static ONCE: AtomicBool = AtomicBool::new(false);
-        not_shareable("cuMemExportToShareableHandle", &ONCE)
-    }
-    cuMemImportFromShareableHandle => |f, handle, os_handle, handle_type| {
-        static ONCE: AtomicBool = AtomicBool::new(false);
-        not_shareable("cuMemImportFromShareableHandle", &ONCE)
     }
     cuMemGetHandleForAddressRange => |f, handle, dptr, size, handle_type, flags| {
         static ONCE: AtomicBool = AtomicBool::new(false);

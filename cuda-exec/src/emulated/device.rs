@@ -69,8 +69,8 @@ pub(super) fn emulated_device() -> DeviceFacts {
         (100, 1),
         (101, 1),
         (102, 1),
-        // Allocations may ask to be exportable to a file descriptor (PyTorch's expandable segments do); the
-        // export itself is not offered through vGPU. No fabric handles (128 stays 0).
+        // Allocations may be exported to a POSIX file descriptor (shared with another process of the tenant). No
+        // fabric handles (128 stays 0).
         (103, 1),
         (104, 0),
         (105, 0),
@@ -93,7 +93,8 @@ pub(super) fn emulated_device() -> DeviceFacts {
         (122, 1),
         (123, 1),
         (124, 0),
-        (125, 0),
+        // IPC events (cuIpcGetEventHandle), as on the H100.
+        (125, 1),
         (126, 0),
     ];
     for &(a, v) in attrs {

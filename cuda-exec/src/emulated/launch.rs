@@ -167,3 +167,16 @@ impl EmulatedBackend {
         }
     }
 }
+
+impl EmulatedBackend {
+    /// The attributes the load gave function `f` (module function or library kernel alike).
+    pub(super) fn attributes_of(&self, f: Callable) -> CuResult<[i32; FUNC_ATTR_COUNT]> {
+        let st = self.state();
+        st.modules
+            .values()
+            .flatten()
+            .find(|g| g.handle.raw() == f.raw())
+            .map(|g| g.info.attrs)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+}

@@ -1,6 +1,8 @@
 //! Emulated backend: memory beyond plain allocations — memsets, structured copies, stream memory operations,
 //! memory pools, host mirrors, managed memory, CUDA arrays (and copies between them).
 
+use std::ffi::CStr;
+
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::ids::DevicePtr;
 use vgpu_dataplane::wire::{
@@ -12,6 +14,35 @@ use super::{EmulatedBackend, EMULATED_TOTAL_MEM};
 use crate::backend::*;
 
 impl EmulatedBackend {
+    /// A global of a loaded image: (address, size).
+    pub(super) fn global(&self, image: u64, name: &CStr) -> CuResult<(DevicePtr, u64)> {
+        let st = self.state();
+        let functions = st.modules.get(&image).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let name = name.to_str().map_err(|_| CUDA_ERROR_NOT_FOUND)?;
+        if let Some(&(addr, size)) = st.globals.get(&image).and_then(|g| g.get(name)) {
+            return Ok((DevicePtr(addr), size));
+        }
+        // A kernel's name is not a variable: the driver answers INVALID_VALUE rather than NOT_FOUND.
+        if functions.iter().any(|f| f.info.name == name) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        Err(CUDA_ERROR_NOT_FOUND)
+    }
+
+    pub(super) fn free(&self, dptr: u64) -> CuResult<()> {
+        let mut st = self.state();
+        if st.globals.values().any(|g| g.values().any(|&(a, _)| a == dptr)) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if st.ipc.opened.contains_key(&dptr) {
+            // Memory opened from another process is closed with cuIpcCloseMemHandle, not freed.
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let bytes = st.allocations.remove(&dptr).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        st.used -= bytes.len() as u64;
+        Ok(())
+    }
+
     pub(super) fn memset(&self, dst: u64, fill: Fill) -> CuResult<()> {
         let pattern = fill.value.to_le_bytes();
         let elem = fill.elem_size as usize;
@@ -162,7 +193,7 @@ impl EmulatedBackend {
         if st.overlaps_allocation(addr, end) || st.overlaps_reservation(addr, end) {
             return Err(CUDA_ERROR_ALREADY_MAPPED);
         }
-        st.allocations.insert(addr, vec![0; size as usize]);
+        st.allocations.insert(addr, super::state::Bytes::zeroed(size as usize));
         Ok(DevicePtr(addr))
     }
 

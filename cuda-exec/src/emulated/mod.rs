@@ -26,6 +26,7 @@ use crate::ptx;
 
 mod device;
 mod graph;
+mod ipc;
 mod launch;
 mod memory;
 mod state;
@@ -306,9 +307,15 @@ impl EmulatedBackend {
     /// Reserves device addresses for `size` bytes, with a guard gap so that distinct allocations are never
     /// adjacent (a copy running off one must not land in the next, as on a real GPU).
     fn place(st: &mut State, size: u64) -> u64 {
+        let addr = Self::next_address(st, size);
+        st.allocations.insert(addr, state::Bytes::zeroed(size as usize));
+        addr
+    }
+
+    /// The address `place` would give `size` bytes, taken.
+    fn next_address(st: &mut State, size: u64) -> u64 {
         let addr = st.next_addr;
         st.next_addr = (addr + size).div_ceil(ALLOC_ALIGN) * ALLOC_ALIGN + ALLOC_ALIGN;
-        st.allocations.insert(addr, vec![0u8; size as usize]);
         addr
     }
 
@@ -321,44 +328,6 @@ impl EmulatedBackend {
         for f in functions {
             st.functions.remove(&f.handle.raw());
         }
-        Ok(())
-    }
-}
-
-impl EmulatedBackend {
-    /// The attributes the load gave function `f` (module function or library kernel alike).
-    fn attributes_of(&self, f: Callable) -> CuResult<[i32; FUNC_ATTR_COUNT]> {
-        let st = self.state();
-        st.modules
-            .values()
-            .flatten()
-            .find(|g| g.handle.raw() == f.raw())
-            .map(|g| g.info.attrs)
-            .ok_or(CUDA_ERROR_INVALID_HANDLE)
-    }
-
-    /// A global of a loaded image: (address, size).
-    fn global(&self, image: u64, name: &CStr) -> CuResult<(DevicePtr, u64)> {
-        let st = self.state();
-        let functions = st.modules.get(&image).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-        let name = name.to_str().map_err(|_| CUDA_ERROR_NOT_FOUND)?;
-        if let Some(&(addr, size)) = st.globals.get(&image).and_then(|g| g.get(name)) {
-            return Ok((DevicePtr(addr), size));
-        }
-        // A kernel's name is not a variable: the driver answers INVALID_VALUE rather than NOT_FOUND.
-        if functions.iter().any(|f| f.info.name == name) {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        Err(CUDA_ERROR_NOT_FOUND)
-    }
-
-    fn free(&self, dptr: u64) -> CuResult<()> {
-        let mut st = self.state();
-        if st.globals.values().any(|g| g.values().any(|&(a, _)| a == dptr)) {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        let bytes = st.allocations.remove(&dptr).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        st.used -= bytes.len() as u64;
         Ok(())
     }
 }
@@ -470,11 +439,12 @@ impl DriverOps for EmulatedBackend {
         }
     }
     fn event_destroy(&self, event: Event) -> CuResult<()> {
-        self.state()
-            .events
-            .remove(&event.0)
-            .map(|_| ())
-            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+        let mut st = self.state();
+        st.ipc.forget_event(event.0);
+        st.events.remove(&event.0).map(|_| ()).ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+    fn ipc_close_mem_handle(&self, dptr: DevicePtr) -> CuResult<()> {
+        self.ipc_close_mem(dptr.0)
     }
     fn module_unload(&self, module: Module) -> CuResult<()> {
         self.unload(module.0)
@@ -664,10 +634,12 @@ impl Backend for EmulatedBackend {
         self.check_stream(stream)?;
         self.mem_ops(ops)
     }
-    fn event_create(&self, _flags: u32) -> CuResult<Event> {
+    fn event_create(&self, flags: u32) -> CuResult<Event> {
         self.require_ctx()?;
         let e = self.handle();
-        self.state().events.insert(e, None);
+        let mut st = self.state();
+        st.events.insert(e, None);
+        st.ipc.note_event(e, flags);
         Ok(Event(e))
     }
     fn event_elapsed(&self, start: Event, end: Event) -> CuResult<f32> {
@@ -775,6 +747,24 @@ impl Backend for EmulatedBackend {
     }
     fn mem_alloc_managed(&self, size: u64, _flags: u32) -> CuResult<DevicePtr> {
         self.managed_alloc(size)
+    }
+    fn ipc_get_mem_handle(&self, dptr: DevicePtr) -> CuResult<Shared> {
+        self.ipc_export_mem(dptr.0)
+    }
+    fn ipc_open_mem_handle(&self, shared: SharedRef<'_>, flags: u32) -> CuResult<DevicePtr> {
+        self.ipc_open_mem(shared, flags).map(DevicePtr)
+    }
+    fn ipc_get_event_handle(&self, event: Event) -> CuResult<Shared> {
+        self.ipc_export_event(event.0)
+    }
+    fn ipc_open_event_handle(&self, shared: SharedRef<'_>) -> CuResult<Event> {
+        self.ipc_open_event(shared).map(Event)
+    }
+    fn mem_export_shareable(&self, handle: AllocHandle, handle_type: u32, flags: u64) -> CuResult<Shared> {
+        self.export_shareable(handle.0, handle_type, flags)
+    }
+    fn mem_import_shareable(&self, shared: SharedRef<'_>) -> CuResult<AllocHandle> {
+        self.import_shareable(shared).map(AllocHandle)
     }
     fn array_create(&self, shape: ArrayShape) -> CuResult<Array> {
         self.create_array(shape).map(Array)

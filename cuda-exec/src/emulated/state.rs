@@ -2,6 +2,7 @@
 //! and the lookups that find which bytes an address range names (across back-to-back allocations and mappings).
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use vgpu_dataplane::cuerr::*;
@@ -12,7 +13,7 @@ use crate::backend::*;
 #[derive(Default)]
 pub(super) struct State {
     /// base → bytes of each live allocation.
-    pub(super) allocations: BTreeMap<u64, Vec<u8>>,
+    pub(super) allocations: BTreeMap<u64, Bytes>,
     pub(super) used: u64,
     pub(super) next_addr: u64,
     pub(super) contexts: HashMap<u64, i32>,
@@ -39,12 +40,51 @@ pub(super) struct State {
     pub(super) reservations: BTreeMap<u64, u64>,
     /// VMM mappings: address → what is mapped there.
     pub(super) mappings: BTreeMap<u64, Mapping>,
+    /// Inter-process sharing: this backend's identity, exported and opened memory and events.
+    pub(super) ipc: super::ipc::IpcState,
+}
+
+/// The bytes of an allocation or of physical memory: this process's own, or — once shared with another process
+/// through IPC — a shared-memory file both processes map (its descriptor kept for further exports).
+pub(super) enum Bytes {
+    Own(Vec<u8>),
+    Shared {
+        region: crate::sys::SharedRegion,
+        fd: OwnedFd,
+        /// Which export this is: an open of the same export twice is one mapping with two references.
+        serial: u64,
+    },
+}
+
+impl Bytes {
+    pub(super) fn zeroed(len: usize) -> Bytes {
+        Bytes::Own(vec![0; len])
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Own(v) => v,
+            Bytes::Shared { region, .. } => region.as_slice(),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Bytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Bytes::Own(v) => v,
+            Bytes::Shared { region, .. } => region.as_mut_slice(),
+        }
+    }
 }
 
 /// Physical memory made by `cuMemCreate`. Its bytes live here, not at an address: mappings name them, so that an
 /// unmapped handle keeps its contents and one handle may be mapped at several addresses (aliases), as natively.
 pub(super) struct Physical {
-    pub(super) bytes: Vec<u8>,
+    pub(super) bytes: Bytes,
     pub(super) prop: MemAllocProp,
     /// References not yet released (cuMemCreate's, and one per cuMemRetainAllocationHandle).
     pub(super) refs: u32,
@@ -145,7 +185,10 @@ impl State {
             .is_some_and(|m| m.refs == 0 && m.mappings == 0)
         {
             if let Some(m) = self.physical.remove(&handle) {
-                self.used = self.used.saturating_sub(m.bytes.len() as u64);
+                // Memory imported from another process is that process's device memory, not counted here.
+                if !self.ipc.imported.remove(&handle) {
+                    self.used = self.used.saturating_sub(m.bytes.len() as u64);
+                }
             }
         }
     }

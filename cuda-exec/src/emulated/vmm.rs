@@ -102,7 +102,7 @@ impl EmulatedBackend {
         st.physical.insert(
             handle,
             Physical {
-                bytes: vec![0; size as usize],
+                bytes: super::state::Bytes::zeroed(size as usize),
                 prop: *prop,
                 refs: 1,
                 mappings: 0,

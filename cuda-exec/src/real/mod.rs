@@ -18,6 +18,7 @@ use vgpu_dataplane::wire::{ArrayBox, ArrayShape, LaunchShape, MemAccessDesc, Mem
 use crate::backend::*;
 
 mod graph;
+mod ipc;
 mod memory;
 mod module;
 
@@ -564,6 +565,24 @@ impl Backend for RealBackend {
     fn mem_address_free(&self, ptr: DevicePtr, size: u64) -> CuResult<()> {
         // SAFETY: a reservation of this session (the session checked it, and that it has no mapping left).
         unsafe { self.driver.cuMemAddressFree(ptr.0, size as usize) }.result()
+    }
+    fn ipc_get_mem_handle(&self, dptr: DevicePtr) -> CuResult<Shared> {
+        self.ipc_export_mem(dptr)
+    }
+    fn ipc_open_mem_handle(&self, shared: SharedRef<'_>, flags: u32) -> CuResult<DevicePtr> {
+        self.ipc_open_mem(shared, flags)
+    }
+    fn ipc_get_event_handle(&self, event: Event) -> CuResult<Shared> {
+        self.ipc_export_event(event)
+    }
+    fn ipc_open_event_handle(&self, shared: SharedRef<'_>) -> CuResult<Event> {
+        self.ipc_open_event(shared)
+    }
+    fn mem_export_shareable(&self, handle: AllocHandle, handle_type: u32, flags: u64) -> CuResult<Shared> {
+        self.export_shareable(handle, handle_type, flags)
+    }
+    fn mem_import_shareable(&self, shared: SharedRef<'_>) -> CuResult<AllocHandle> {
+        self.import_shareable(shared)
     }
     fn mem_create(&self, size: u64, prop: &MemAllocProp, flags: u64) -> CuResult<AllocHandle> {
         self.create_physical(size, prop, flags)

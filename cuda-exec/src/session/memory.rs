@@ -154,7 +154,7 @@ impl Serve<MemFree> for Channel {
         }
         let r = self.free_memory(c.dptr);
         if r.is_ok() {
-            self.s().objects().remove_allocation(c.dptr);
+            self.s().free_allocation(c.dptr);
         }
         Ok(r.map(|_| Empty {}))
     }
@@ -250,7 +250,7 @@ impl Serve<MemFreeAsync> for Channel {
                 return Err(CUDA_ERROR_INVALID_VALUE);
             }
             self.b().mem_free_async(c.dptr, stream)?;
-            self.s().objects().remove_allocation(c.dptr);
+            self.s().free_allocation(c.dptr);
             Ok(Empty {})
         })();
         Ok(r)

@@ -3,8 +3,8 @@
 //!
 //! Layout: `channel.rs` reads frames and dispatches each to its handler (generated from the call table), then
 //! replies or latches; the handlers live by area, mirroring the client shim: `context.rs`, `memory.rs`,
-//! `copy.rs`, `stream.rs`, `module.rs`, `launch.rs`, `array.rs`, `nvml.rs`, `vmm.rs`, `graph.rs`. `objects.rs` holds the
-//! session's books (client id → backend handle), `order.rs` the submission order across channels.
+//! `copy.rs`, `stream.rs`, `module.rs`, `launch.rs`, `array.rs`, `nvml.rs`, `vmm.rs`, `graph.rs`, `ipc.rs`. `objects.rs`
+//! holds the session's books (client id → backend handle), `order.rs` the submission order across channels.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +20,7 @@ mod channel;
 mod context;
 mod copy;
 mod graph;
+mod ipc;
 mod launch;
 mod memory;
 mod module;
@@ -177,6 +178,8 @@ pub struct Session {
     numbering: std::sync::RwLock<Option<Vec<(u32, u32)>>>,
     /// The client's address windows per device and the memory placed in them (`window`).
     windows: Mutex<window::Windows>,
+    /// Inter-process sharing: the link to the server's IPC registry and what was exported and opened.
+    ipc: ipc::Ipc,
     /// The session's part of the GPU scheduler (`None`: unscheduled).
     sched: Option<Arc<crate::sched::SessionSched>>,
 }
@@ -205,6 +208,7 @@ impl Session {
             order: SubmitOrder::default(),
             numbering: std::sync::RwLock::new(None),
             windows: Mutex::new(window::Windows::default()),
+            ipc: ipc::Ipc::default(),
             sched,
         })
     }
@@ -289,6 +293,7 @@ impl Session {
     }
 
     pub fn usage(&self) -> UsageCounters {
+        self.release_held();
         UsageCounters {
             allocated_bytes: self.objects().allocated_bytes,
             host_bytes: self.host_held.load(Ordering::Relaxed),
@@ -319,6 +324,14 @@ impl Session {
     /// Reserves `size` bytes against the memory limit before the driver allocates them, so that concurrent
     /// client threads cannot together pass it.
     fn reserve(&self, size: u64) -> CuResult<()> {
+        self.try_reserve(size).or_else(|_| {
+            // Memory freed here but still open in other sessions may be gone by now.
+            self.release_held();
+            self.try_reserve(size)
+        })
+    }
+
+    fn try_reserve(&self, size: u64) -> CuResult<()> {
         let mut objs = self.objects();
         let after = objs.allocated_bytes.checked_add(size).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
         if self.limits.memory_bytes.is_some_and(|limit| after > limit) {

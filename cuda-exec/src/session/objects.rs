@@ -69,12 +69,4 @@ impl Objects {
         self.ranges.insert(dptr.0, size);
         self.allocations.insert(dptr.0, size);
     }
-
-    /// Forgets an allocation and returns its bytes to the memory limit.
-    pub fn remove_allocation(&mut self, dptr: DevicePtr) {
-        if let Some(size) = self.allocations.remove(&dptr.0) {
-            self.ranges.remove(&dptr.0);
-            self.allocated_bytes = self.allocated_bytes.saturating_sub(size);
-        }
-    }
 }

@@ -140,6 +140,9 @@ impl Serve<EventElapsedTime> for Channel {
 impl Serve<EventDestroy> for Channel {
     fn serve(&mut self, c: EventDestroy, _cx: &mut Cx<'_>) -> Served<Empty> {
         let real = self.s().objects().events.remove(&c.event);
+        if real.is_some() {
+            self.s().ipc_event_destroyed(c.event);
+        }
         Ok(real
             .ok_or(CUDA_ERROR_INVALID_HANDLE)
             .and_then(|r| self.b().event_destroy(r))

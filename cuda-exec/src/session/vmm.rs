@@ -28,6 +28,9 @@ pub(super) struct VmmObjects {
 struct Physical {
     real: AllocHandle,
     size: u64,
+    /// Bytes counted against the session's memory limit: `size` for its own (`cuMemCreate`), 0 for memory
+    /// imported from another session (the exporter's limit counts it).
+    charged: u64,
     /// References not yet released: cuMemCreate's, and one per cuMemRetainAllocationHandle.
     refs: u32,
     mappings: u32,
@@ -118,6 +121,37 @@ impl Session {
             Physical {
                 real,
                 size: c.size,
+                charged: c.size,
+                refs: 1,
+                mappings: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// The driver's handle and size of physical memory `id` the session holds a reference to.
+    pub(super) fn physical_memory(&self, id: AllocHandleId) -> Option<(AllocHandle, u64)> {
+        self.objects()
+            .vmm
+            .physical
+            .get(&id)
+            .filter(|p| p.refs > 0)
+            .map(|p| (p.real, p.size))
+    }
+
+    /// Records physical memory imported from another session under client id `id`, with one reference.
+    pub(super) fn add_imported_physical(&self, id: AllocHandleId, real: AllocHandle, size: u64) -> CuResult<()> {
+        self.check_cap(|o| o.vmm.physical.len(), |c| c.vmm_objects)?;
+        let mut objs = self.objects();
+        if objs.vmm.physical.contains_key(&id) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        objs.vmm.physical.insert(
+            id,
+            Physical {
+                real,
+                size,
+                charged: 0,
                 refs: 1,
                 mappings: 0,
             },
@@ -134,9 +168,13 @@ impl Session {
             .physical
             .get(&handle)
             .is_some_and(|p| p.refs == 0 && p.mappings == 0);
-        if unused {
-            if let Some(p) = objs.vmm.physical.remove(&handle) {
-                objs.allocated_bytes = objs.allocated_bytes.saturating_sub(p.size);
+        let gone = unused.then(|| objs.vmm.physical.remove(&handle)).flatten();
+        drop(objs);
+        if let Some(p) = gone {
+            // Its export (if any) withdrawn, its import (if any) closed; its bytes return to the limit unless another
+            // session still has them open.
+            if !self.ipc_physical_gone(handle, p.charged) {
+                self.unreserve(p.charged);
             }
         }
     }

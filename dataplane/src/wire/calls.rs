@@ -341,6 +341,26 @@ macro_rules! call_table {
             /// `source`; the tail pairs each of `count` nodes of `source` with the id its copy gets.
             GraphClone = 184, async, bytes(MAX_GRAPH_CLONE_BYTES) { source: GraphId, clone: GraphId, count: u32, _pad: u32 }
                 -> Empty;
+            // Inter-process sharing between sessions of one tenant on one server. Only sent to a server that
+            // announced `CAP_IPC`. Handles are `IpcHandle`s the server's IPC registry issued, never the driver's.
+            /// `cuIpcGetMemHandle` of the `cuMemAlloc` allocation holding `dptr` (one handle per allocation).
+            IpcGetMemHandle = 150, sync { dptr: DevicePtr } -> IpcHandleReply;
+            /// `cuIpcOpenMemHandle`: maps the memory another session of the tenant exported.
+            IpcOpenMemHandle = 151, sync { handle: IpcHandle, flags: u32, _pad: u32 } -> IpcOpenReply;
+            /// `cuIpcCloseMemHandle`: one reference fewer to memory this session opened.
+            IpcCloseMemHandle = 152, sync { dptr: DevicePtr } -> Empty
+                => ipc_close_mem_handle(dptr: DevicePtr) = cuIpcCloseMemHandle;
+            /// `cuIpcGetEventHandle` of an event created with `CU_EVENT_INTERPROCESS | CU_EVENT_DISABLE_TIMING`.
+            IpcGetEventHandle = 153, sync { event: EventId } -> IpcHandleReply;
+            /// `cuIpcOpenEventHandle`: binds client id `event` to the event another session exported.
+            IpcOpenEventHandle = 154, sync { event: EventId, handle: IpcHandle } -> Empty;
+            /// `cuMemExportToShareableHandle` of physical memory `handle` (`handle_type`: a
+            /// `CUmemAllocationHandleType`; only POSIX file descriptors are shared).
+            MemExportShareable = 155, sync { handle: AllocHandleId, flags: u64, handle_type: u32, _pad: u32 }
+                -> IpcHandleReply;
+            /// `cuMemImportFromShareableHandle`: binds client id `handle` to the physical memory another session
+            /// exported (the handle read from the file descriptor the app passed).
+            MemImportShareable = 156, sync { handle: AllocHandleId, token: IpcHandle } -> MemImportReply;
         }
     };
 }

@@ -14,10 +14,12 @@ pub use crate::ids::*;
 mod calls;
 mod function_table;
 mod graph;
+mod ipc;
 mod types;
 
 pub use function_table::*;
 pub use graph::*;
+pub use ipc::*;
 pub use types::*;
 
 /// Largest fixed body any call has; a header announcing more is malformed.

@@ -15,6 +15,7 @@ use crate::emulated::EmulatedBackend;
 use crate::session::{Limits, Session};
 
 mod graph;
+mod ipc;
 mod limits;
 mod multi;
 mod vmm;
