@@ -21,10 +21,11 @@ echo "cargo-deny: $(cargo deny --version)"
 
 pass=0
 fail=0
-check() { # check NAME ARGS...: one cargo-deny check, counted
-  local name=$1
+check() { # check NAME [--offline] WHICH: one cargo-deny check, counted
+  local name=$1 global=()
   shift
-  if cargo deny --log-level warn check "$@"; then
+  if [ "${1:-}" = --offline ]; then global=(--offline); shift; fi
+  if cargo deny "${global[@]}" --log-level warn check "$@"; then
     echo "cargo-deny: $name ok"
     pass=$((pass + 1))
   else
@@ -39,11 +40,11 @@ if fetch_log=$(timeout 120 cargo deny fetch db 2>&1); then
   check advisories advisories
 else
   reason=$(printf '%s\n' "$fetch_log" | grep -iE 'error|fail|resolve|connect' | head -3 | tr '\n' ' ')
-  if [ -n "$(ls -A "$db_dir" 2>/dev/null)" ]; then
+  if [ -n "$(find "$db_dir" -mindepth 2 -maxdepth 2 -name .git 2>/dev/null)" ]; then
     age=$(find "$db_dir" -maxdepth 2 -name .git -printf '%TY-%Tm-%Td\n' 2>/dev/null | sort | tail -1)
     echo "cargo-deny: WARNING: the advisory database could not be updated (${reason:-no reason given});" \
       "checking against the copy from ${age:-an unknown date}"
-    check "advisories (database from ${age:-unknown date})" --disable-fetch advisories
+    check "advisories (database from ${age:-unknown date})" --offline advisories
   else
     echo "cargo-deny: WARNING: advisories NOT checked: the RustSec advisory database" \
       "(https://github.com/rustsec/advisory-db) could not be fetched: ${reason:-no reason given}"
