@@ -57,8 +57,8 @@ INSTA_UPDATE=no cargo test --workspace --no-fail-fast 2>&1 | tee "$log/cargo.log
 count "$log/cargo.log"
 if grep -q "error\[E\|could not compile" "$log/cargo.log"; then total_fail=$((total_fail + 1)); fi
 
-step "fuzzing: each target replays its seeds and saved crashes, then fuzzes 30 s (fuzz/, scripts/fuzz.sh)"
-scripts/fuzz.sh 30 2>&1 | tee "$log/fuzz.log" | grep -E '^(PASS|FAIL|    )|installing|failed'
+step "fuzzing: each target replays its seeds and saved crashes, then 100,000 inputs from a fixed seed (fuzz/, scripts/fuzz.sh)"
+scripts/fuzz.sh --runs 100000 2>&1 | tee "$log/fuzz.log" | grep -E '^(PASS|FAIL|    )|installing|failed'
 tail -1 "$log/fuzz.log" > "$log/fuzz.summary"
 count "$log/fuzz.summary"
 

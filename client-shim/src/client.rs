@@ -44,6 +44,27 @@ pub struct Server {
     primary: Arc<Mutex<Channel>>,
 }
 
+impl Server {
+    /// A server record that belongs to no session, around `channel`, for the fuzzing harness (`fuzz/`), which
+    /// drives a channel against a scripted hostile server.
+    #[cfg(feature = "fuzzing")]
+    pub fn for_fuzzing(channel: Channel) -> Server {
+        Server {
+            index: 0,
+            endpoint: Endpoint::Tcp("127.0.0.1:9".into()),
+            session_id: 0,
+            secret: [0; 16],
+            backend: 0,
+            capabilities: 0,
+            driver_version: 0,
+            devices: Vec::new(),
+            batch_limit: 0,
+            submit_order: AtomicU32::new(0),
+            primary: Arc::new(Mutex::new(channel)),
+        }
+    }
+}
+
 /// Where one of CUDA's devices lives: which server, and its index in that server's list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placement {

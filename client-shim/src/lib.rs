@@ -41,7 +41,7 @@ pub extern "C" fn vgpu_client_traffic(sent: *mut u64, received: *mut u64) {
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::client::{pending_clear, pending_register, Channel, Landing};
+    pub use crate::client::{pending_clear, pending_register, Channel, Landing, Server};
 }
 
 /// Traffic counter `index` of this process's session (`client::stats`: 0 round trips, 1 batch flushes, 2 async

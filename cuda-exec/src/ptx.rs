@@ -1,7 +1,7 @@
 //! Kernel parameter layouts read from PTX text: what the emulated backend checks launches against.
 //! Only `.entry` signatures are parsed; bodies are never interpreted.
 
-use vgpu_dataplane::wire::{FunctionInfo, FUNC_ATTR_COUNT};
+use vgpu_dataplane::wire::{FunctionInfo, FUNC_ATTR_COUNT, MAX_ARGS};
 
 /// Every `.entry` of a PTX module with its parameters' (offset, size), laid out as the driver does: each
 /// parameter aligned to its alignment (its size for scalars, `.align N` for byte arrays).
@@ -32,9 +32,17 @@ pub fn entries(ptx: &str) -> Result<Vec<FunctionInfo>, String> {
                     continue;
                 }
                 let (size, align) = param_size(decl)?;
-                offset = offset.div_ceil(align) * align;
-                params.push((offset, size));
-                offset += size;
+                // Parameters past the argument buffer could never be passed (the driver's own limit is lower);
+                // a table holding them would be refused by the client (found by fuzzing).
+                let start = offset.div_ceil(align.max(1)).checked_mul(align.max(1));
+                let end = start
+                    .and_then(|s| s.checked_add(size))
+                    .filter(|&e| e as usize <= MAX_ARGS);
+                let (Some(start), Some(end)) = (start, end) else {
+                    return Err(format!("{name}: parameters exceed the {MAX_ARGS}-byte argument buffer"));
+                };
+                params.push((start, size));
+                offset = end;
             }
             rest = &rest[close..];
         }
@@ -422,5 +430,14 @@ mod more_tests {
         assert!(!looks_compilable(
             ".entry b(\n.param .u64 p\n)\n{\n  this is not ptx;\n}\n"
         ));
+    }
+
+    #[test]
+    fn parameters_past_the_argument_buffer_are_refused() {
+        // Found by the `ptx` fuzz target: a byte array larger than the argument buffer.
+        let ptx = ".visible .entry big(.param .align 8 .b8 p[40000])\n{ ret; }";
+        assert!(entries(ptx).is_err());
+        let ok = ".visible .entry fits(.param .align 8 .b8 p[4096])\n{ ret; }";
+        assert_eq!(entries(ok).map(|e| e[0].params.clone()), Ok(vec![(0, 4096)]));
     }
 }

@@ -22,13 +22,13 @@ pub enum ImageLen {
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    Some(u16::from_le_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
 }
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    Some(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
 }
 
 /// Length of the image that starts with `head` (at least its first 64 bytes, fewer only if that is all there is).
@@ -60,7 +60,13 @@ fn elf_len(head: &[u8]) -> Result<u64, &'static str> {
     let phnum = u16_at(head, 0x38).ok_or("truncated ELF header")? as u64;
     let shentsize = u16_at(head, 0x3a).ok_or("truncated ELF header")? as u64;
     let shnum = u16_at(head, 0x3c).ok_or("truncated ELF header")? as u64;
-    let end = (shoff + shentsize * shnum).max(phoff + phentsize * phnum).max(64);
+    // Offsets come from the image: a table past 2^64 is as impossible as one past MAX_IMAGE (found by fuzzing).
+    let table_end = |off: u64, entsize: u64, num: u64| entsize.checked_mul(num).and_then(|n| n.checked_add(off));
+    let (Some(sections), Some(programs)) = (table_end(shoff, shentsize, shnum), table_end(phoff, phentsize, phnum))
+    else {
+        return Err("ELF header announces an impossible size");
+    };
+    let end = sections.max(programs).max(64);
     if end > MAX_IMAGE {
         return Err("ELF header announces an impossible size");
     }
@@ -419,6 +425,19 @@ mod tests {
         out.extend_from_slice(&(entry.len() as u64).to_le_bytes());
         out.extend_from_slice(&entry);
         out
+    }
+
+    #[test]
+    fn an_elf_header_whose_tables_end_past_2_pow_64_is_refused() {
+        // Found by the `fatbin` fuzz target: the table end overflowed (a panic with overflow checks, a small
+        // wrong length without them).
+        let mut head = vec![0u8; 64];
+        head[..4].copy_from_slice(b"\x7fELF");
+        head[4] = 2;
+        head[0x28..0x30].copy_from_slice(&(u64::MAX - 8).to_le_bytes());
+        head[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        head[0x3c..0x3e].copy_from_slice(&2u16.to_le_bytes());
+        assert_eq!(elf_len(&head), Err("ELF header announces an impossible size"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::BytesMut;
-use cuda::fuzzing::{pending_clear, pending_register, Channel, Landing};
+use cuda::fuzzing::{pending_clear, pending_register, Channel, Landing, Server};
 use vgpu_dataplane::cuerr::CUDA_ERROR_DEVICE_UNAVAILABLE;
 use vgpu_dataplane::wire::*;
 use zerocopy::FromBytes;
@@ -72,6 +72,8 @@ fn function_table(bytes: &[u8]) {
 
 fn client_channel(actions: Vec<ClientAction>, frames: Vec<ServerFrame>) {
     let mut channel = Channel::new(Box::new(ServerScript::new(frames)));
+    // The server record a call is numbered against; its own channel is never used here.
+    let server = Server::for_fuzzing(Channel::new(Box::new(ServerScript::new(Vec::new()))));
     // Landing places stay alive (and are only ever written within) until the run ends.
     let mut landings: Vec<(Vec<u8>, usize)> = Vec::new();
     let mut lost = false;
@@ -79,7 +81,13 @@ fn client_channel(actions: Vec<ClientAction>, frames: Vec<ServerFrame>) {
         let outcome = match action {
             ClientAction::Call { with_tail } => {
                 let mut tail = Vec::new();
-                let r = channel.call(0, &MemAlloc { size: 4096 }, &[], with_tail.then_some(&mut tail));
+                let r = channel.call(
+                    &server,
+                    0,
+                    &MemAlloc { size: 4096 },
+                    &[],
+                    with_tail.then_some(&mut tail),
+                );
                 assert!(tail.len() <= 256 << 20, "reply tail of {} bytes accepted", tail.len());
                 Some(r.map(|_| ()))
             }
@@ -89,7 +97,7 @@ fn client_channel(actions: Vec<ClientAction>, frames: Vec<ServerFrame>) {
                     src: DevicePtr(0x1000),
                     size: u64::from(len),
                 };
-                Some(channel.copy_to_host(0, &call, &mut dst))
+                Some(channel.copy_to_host(&server, 0, &call, &mut dst))
             }
             ClientAction::Landing {
                 width,
@@ -106,6 +114,7 @@ fn client_channel(actions: Vec<ClientAction>, frames: Vec<ServerFrame>) {
                     pitch,
                     width,
                     rows,
+                    server: 0,
                 });
                 landings.push((buf, span));
                 None

@@ -97,6 +97,9 @@ fn small_caps() -> Caps {
         tex_objects: 64,
         host_regions: 64,
         vmm_objects: 256,
+        graphs: 16,
+        graph_nodes: 256,
+        graph_execs: 16,
     }
 }
 

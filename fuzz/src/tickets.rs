@@ -8,22 +8,20 @@
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
-use vgpu_control::auth::Signer;
+use vgpu_control::signing::{KeyRing, KeySource};
+use vgpu_control::store::{Db, MemStore};
 use vgpu_control::ticket::{TicketClaims, TicketGpu, TicketVerifier, MAX_TICKET_GPUS, TICKET_TYP};
 
-/// A fixed Ed25519 key (test key, used nowhere else), so runs are reproducible.
-const TEST_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
-MC4CAQAwBQYDK2VwBCIEICGMns4XZ3AOxI7l3x5dnGXrFS4PzhacykRZ48RLGatX
------END PRIVATE KEY-----
-";
-
-fn keys() -> &'static (Signer, TicketVerifier) {
-    static KEYS: OnceLock<(Signer, TicketVerifier)> = OnceLock::new();
+/// The control plane's key ring with one in-memory Ed25519 key (made once per process: only the signature bytes
+/// depend on it, the claims come from the input, so a saved input reproduces), and a verifier of its public key.
+fn keys() -> &'static (KeyRing, TicketVerifier) {
+    static KEYS: OnceLock<(KeyRing, TicketVerifier)> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let signer = Signer::from_private_pem(TEST_KEY_PEM).unwrap_or_else(|e| panic!("test key: {e}"));
+        let ring = KeyRing::open(KeySource::Memory, &Db::new(Box::new(MemStore::default())))
+            .unwrap_or_else(|e| panic!("key ring: {e}"));
         let verifier =
-            TicketVerifier::new(signer.public_pem().as_bytes()).unwrap_or_else(|e| panic!("public key: {e}"));
-        (signer, verifier)
+            TicketVerifier::new(ring.active_public_pem().as_bytes()).unwrap_or_else(|e| panic!("public key: {e}"));
+        (ring, verifier)
     })
 }
 
@@ -53,7 +51,7 @@ pub fn run(data: &[u8]) {
     let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else {
         return;
     };
-    let (signer, verifier) = keys();
+    let (ring, verifier) = keys();
     match input {
         Input::Token(token) => {
             // Only a token signed by the control plane passes; the fuzzer cannot forge Ed25519.
@@ -87,10 +85,11 @@ pub fn run(data: &[u8]) {
                         compute_share: g.compute_share,
                         priority: PRIORITIES[usize::from(g.priority) % PRIORITIES.len()].into(),
                         share_cap: g.share_cap,
+                        tls_cert_sha256: None,
                     })
                     .collect(),
             };
-            let Ok(token) = signer.sign(&claims) else { return };
+            let Ok(token) = ring.sign(&claims) else { return };
             match verifier.verify(&token) {
                 Ok(got) => {
                     assert!(
@@ -106,7 +105,7 @@ pub fn run(data: &[u8]) {
             let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
                 return;
             };
-            let Ok(token) = signer.sign(&value) else { return };
+            let Ok(token) = ring.sign(&value) else { return };
             if let Ok(got) = verifier.verify(&token) {
                 assert_eq!(got.typ, TICKET_TYP);
                 assert_plausible(&got);

@@ -38,6 +38,9 @@ use device::emulated_device;
 use launch::cubin_layouts;
 use state::{Mapping, Physical, Pool, State};
 
+/// Most bytes of `__device__` globals one module may declare on the emulated backend (their host copies).
+const MAX_MODULE_GLOBALS: u64 = 1 << 30;
+
 /// Where emulated device addresses start: far from anything a host pointer could be mistaken for.
 const DEVICE_BASE: u64 = 0x7e00_0000_0000;
 const ALLOC_ALIGN: u64 = 512;
@@ -275,6 +278,18 @@ impl EmulatedBackend {
             }
             fatbin::Image::Invalid => return Err(CUDA_ERROR_INVALID_IMAGE),
         };
+        // The emulator keeps a module's globals in host memory: sizes come from the image, so their sum is
+        // bounded like any allocation (a PTX `.global .b8 x[2^60]` made the fuzzer's loader abort).
+        // A kernel whose parameters reach past the argument buffer could never be launched, and its table would
+        // be refused by the client (a cubin's `.nv.info` says where parameters are; found by fuzzing).
+        if infos.iter().any(|f| f.args_size() > vgpu_dataplane::wire::MAX_ARGS) {
+            return Err(CUDA_ERROR_INVALID_IMAGE);
+        }
+        variables
+            .iter()
+            .try_fold(0u64, |sum, (_, size)| sum.checked_add((*size).max(1)))
+            .filter(|&total| total <= MAX_MODULE_GLOBALS)
+            .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
         let module = self.handle();
         let functions: Vec<LoadedFunction> = infos
             .into_iter()
