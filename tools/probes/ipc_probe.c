@@ -169,9 +169,9 @@ int main(void)
     CUevent plain, timed, ev;
     CUipcEventHandle eh;
     CHECK(cuEventCreate(&plain, CU_EVENT_DEFAULT));
-    CHECK(cuEventCreate(&timed, CU_EVENT_INTERPROCESS));
+    /* Driver 580 refuses an interprocess event that keeps timing when it is created. */
+    say("create an interprocess event with timing", cuEventCreate(&timed, CU_EVENT_INTERPROCESS));
     say("event handle of a plain event", cuIpcGetEventHandle(&eh, plain));
-    say("event handle of an interprocess event with timing", cuIpcGetEventHandle(&eh, timed));
     CHECK(cuEventCreate(&ev, CU_EVENT_INTERPROCESS | CU_EVENT_DISABLE_TIMING));
     CHECK(cuIpcGetEventHandle(&h.event, ev));
     CUevent self_ev;

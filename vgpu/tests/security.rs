@@ -194,7 +194,12 @@ fn a_flood_of_idle_connections_holds_a_bounded_number_of_threads() {
         "no new session after the idle connections timed out"
     );
     drop(flood);
-    assert!(eventually(5.0, || threads(server.pid()) <= base_threads + 1));
+    // What remains is the live session's own: a listener thread for its worker and its link to the IPC registry.
+    assert!(
+        eventually(5.0, || threads(server.pid()) <= base_threads + 2),
+        "{} threads after the flood, {base_threads} before",
+        threads(server.pid())
+    );
 }
 
 #[test]

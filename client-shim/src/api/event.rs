@@ -50,6 +50,13 @@ entry! {
         if out.is_null() || flags & !EVENT_FLAGS != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
+        // The driver refuses an interprocess event that keeps timing at once (measured on driver 580): refused
+        // here too, rather than latched on the server and surfacing at some later call.
+        let interprocess = CUevent_flags::CU_EVENT_INTERPROCESS.0;
+        let no_timing = CUevent_flags::CU_EVENT_DISABLE_TIMING.0;
+        if flags & interprocess != 0 && flags & no_timing == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
         client::sticky_error()?;
         let event = EventId(state::new_id());
         client::post_now(0, &EventCreate { event, flags, _pad: 0 }, &[])?;

@@ -157,7 +157,10 @@ entry! {
         if ptr.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        match state::write().host_registered.remove(&(ptr as usize)) {
+        // The registry's lock is released before the mirror goes: forgetting it routes a call by pointer, which
+        // reads the registry again.
+        let removed = state::write().host_registered.remove(&(ptr as usize));
+        match removed {
             Some(_) => {
                 mirror::forget(ptr as usize);
                 Ok(())
