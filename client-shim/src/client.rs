@@ -461,6 +461,12 @@ impl Channel {
         }
     }
 
+    /// Whether the channel has given up on its server (every call on it now answers `LOST`).
+    #[cfg(feature = "fuzzing")]
+    pub fn is_lost(&self) -> bool {
+        self.broken
+    }
+
     fn fail(&mut self, what: &dyn std::fmt::Display) -> CUresult {
         self.broken = true;
         if !LOST_REPORTED.swap(true, Ordering::Relaxed) {

@@ -197,12 +197,15 @@ pub fn globals(ptx: &str) -> Vec<(String, u64)> {
         if base.is_empty() {
             continue;
         }
+        // Dimensions come from the text: a product past 2^64 saturates, and the loader refuses it as too large
+        // (found by fuzzing).
         let count: u64 = name
             .split('[')
             .skip(1)
             .filter_map(|d| d.split(']').next().and_then(|n| n.trim().parse::<u64>().ok()))
-            .product();
-        out.push((base, elem * count.max(1)));
+            .try_fold(1u64, |a, n| a.checked_mul(n))
+            .unwrap_or(u64::MAX);
+        out.push((base, elem.saturating_mul(count.max(1))));
     }
     out
 }
