@@ -74,6 +74,7 @@ pub struct EmulatedBackend {
     /// Host buffers handed out and not yet freed (bytes), and the most there ever were: what the server held.
     host_live: AtomicU64,
     host_peak: AtomicU64,
+    host_frees: AtomicU64,
     /// Where reservations the backend places itself go: [start, end).
     vmm_region: (u64, u64),
     /// Simulated kernel durations (`VGPU_EMULATED_KERNEL_NS`), off by default.
@@ -98,6 +99,7 @@ impl EmulatedBackend {
             next_handle: AtomicU64::new(0x1000),
             host_live: AtomicU64::new(0),
             host_peak: AtomicU64::new(0),
+            host_frees: AtomicU64::new(0),
             vmm_region: (VMM_BASE, VMM_END),
             time: crate::emulated_time::SimulatedTime::new(crate::emulated_time::KernelCost::from_env()),
         }
@@ -130,6 +132,11 @@ impl EmulatedBackend {
     /// The most host buffer bytes alive at once so far (staging, queued copies, pools).
     pub fn host_peak(&self) -> u64 {
         self.host_peak.load(Ordering::Relaxed)
+    }
+
+    /// How many host buffers were freed so far (on the GPU each free waits for the device's queued work).
+    pub fn host_frees(&self) -> u64 {
+        self.host_frees.load(Ordering::Relaxed)
     }
 
     /// A backend with `count` identical devices, for tests of device numbering.
@@ -608,6 +615,7 @@ impl Backend for EmulatedBackend {
     }
     fn host_free(&self, buf: HostBuffer) {
         self.host_live.fetch_sub(buf.len as u64, Ordering::Relaxed);
+        self.host_frees.fetch_add(1, Ordering::Relaxed);
         // SAFETY: buf was made by host_alloc from a boxed slice of max(len, 1) bytes that was forgotten there.
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(buf.ptr, buf.len.max(1))) });
     }

@@ -21,9 +21,13 @@ use crate::backend::*;
 
 /// Staging chunk for pipelined copies: big enough to amortise a stream sync, small enough to overlap.
 pub(super) const CHUNK: usize = 8 << 20;
-/// Pinned buffers kept for reuse per channel, and the largest one kept (bigger ones go back at once).
+/// Pinned buffers kept for reuse per channel: at most this many, of at most these many bytes together.
 const POOL_KEEP: usize = 8;
-const POOL_KEEP_LEN: usize = 16 << 20;
+const POOL_KEEP_BYTES: usize = 2 << 30;
+/// Pinned buffers the pool has no room for wait here, up to these many bytes, until the context is idle:
+/// freeing pinned memory waits for every queued kernel of the device, so a free on the submit path would
+/// serialise the copy after it with kernels still running (a kernel and a copy would no longer overlap).
+const RETIRED_KEEP_BYTES: usize = 1 << 30;
 /// Tails are received in pieces of at most this much more than already arrived (doubling from here), so a
 /// frame that announces a large tail commits memory only as its bytes come in.
 const TAIL_STEP: usize = 1 << 20;
@@ -85,6 +89,9 @@ pub(super) struct Channel {
     pub latched: Option<CUresult>,
     pub staging: Vec<HostBuffer>,
     pub pool: Vec<HostBuffer>,
+    /// Buffers to free once the context is idle (`RETIRED_KEEP_BYTES`); with `pool`, held against the session's
+    /// host budget.
+    retired: Vec<HostBuffer>,
     pub pending: Vec<PendingCopy>,
     pub in_flight: Vec<InFlight>,
     body: Vec<u8>,
@@ -105,6 +112,7 @@ pub(super) fn serve(session: &Arc<Session>, t: &mut dyn Transport) -> Result<(),
         latched: None,
         staging: Vec::new(),
         pool: Vec::new(),
+        retired: Vec::new(),
         pending: Vec::new(),
         in_flight: Vec::new(),
         body: Vec::new(),
@@ -185,10 +193,12 @@ impl Channel {
         let epoch = self.session.reset_epoch.load(Ordering::Acquire);
         if epoch != self.epoch {
             let held: u64 = self.pending.iter().map(|p| p.len as u64).sum::<u64>()
-                + self.in_flight.iter().map(|f| f.held).sum::<u64>();
+                + self.in_flight.iter().map(|f| f.held).sum::<u64>()
+                + self.pool.iter().chain(&self.retired).map(|b| b.len as u64).sum::<u64>();
             self.session.release_host(held);
             self.staging.clear();
             self.pool.clear();
+            self.retired.clear();
             self.pending.clear();
             self.in_flight.clear();
             self.epoch = epoch;
@@ -385,23 +395,52 @@ impl Channel {
         vgpu_dataplane::ranges::covered(&self.s().objects().ranges, addr.0, len)
     }
 
-    /// A pinned buffer of at least `len` bytes, reusing a returned one when it fits.
+    /// A pinned buffer of at least `len` bytes, reusing a kept one when it fits.
     pub fn take_buffer(&mut self, len: usize) -> CuResult<HostBuffer> {
         self.reclaim_in_flight();
-        if let Some(i) = self
-            .pool
-            .iter()
-            .position(|b| b.len >= len && b.len <= len.max(4096) * 2)
-        {
-            return Ok(self.pool.swap_remove(i));
+        let fits = |b: &HostBuffer| b.len >= len && b.len <= len.max(4096) * 2;
+        let kept = match self.pool.iter().position(fits) {
+            Some(i) => Some(self.pool.swap_remove(i)),
+            None => self.retired.iter().position(fits).map(|i| self.retired.swap_remove(i)),
+        };
+        if let Some(buf) = kept {
+            // The caller holds the budget for its own use of it now.
+            self.session.release_host(buf.len as u64);
+            return Ok(buf);
         }
         self.b().host_alloc(len.max(4096))
     }
 
+    /// Keeps a buffer for reuse, within the pool's bounds and the session's host budget (kept buffers are pinned
+    /// memory held for the session), or frees it.
     pub fn give_back(&mut self, buf: HostBuffer) {
-        if self.pool.len() < POOL_KEEP && buf.len <= POOL_KEEP_LEN {
+        let pooled: usize = self.pool.iter().map(|b| b.len).sum();
+        if self.pool.len() < POOL_KEEP && pooled + buf.len <= POOL_KEEP_BYTES && self.session.hold_host(buf.len as u64)
+        {
             self.pool.push(buf);
+            return;
+        }
+        let retired: usize = self.retired.iter().map(|b| b.len).sum();
+        if retired + buf.len <= RETIRED_KEEP_BYTES && self.session.hold_host(buf.len as u64) {
+            self.retired.push(buf);
         } else {
+            self.b().host_free(buf);
+        }
+    }
+
+    /// Frees the retired buffers: called where the context is idle anyway (after `cuCtxSynchronize`).
+    pub fn free_retired(&mut self) {
+        for buf in std::mem::take(&mut self.retired) {
+            self.session.release_host(buf.len as u64);
+            self.b().host_free(buf);
+        }
+    }
+
+    /// Frees every kept buffer (the session's host budget is short: they make room).
+    fn free_kept(&mut self) {
+        self.free_retired();
+        for buf in std::mem::take(&mut self.pool) {
+            self.session.release_host(buf.len as u64);
             self.b().host_free(buf);
         }
     }
@@ -461,6 +500,10 @@ impl Channel {
             return Ok(true);
         }
         self.drain_queued(t)?;
+        if self.session.hold_host(n) {
+            return Ok(true);
+        }
+        self.free_kept();
         Ok(self.session.hold_host(n))
     }
 
@@ -482,7 +525,14 @@ impl Channel {
     /// Returns buffers to the backend when the channel ends (the worker's exit frees the rest).
     fn release(&mut self) {
         let b = self.session.backend.clone();
-        for buf in self.staging.drain(..).chain(self.pool.drain(..)) {
+        let kept: u64 = self.pool.iter().chain(&self.retired).map(|b| b.len as u64).sum();
+        self.session.release_host(kept);
+        for buf in self
+            .staging
+            .drain(..)
+            .chain(self.pool.drain(..))
+            .chain(self.retired.drain(..))
+        {
             b.host_free(buf);
         }
         for p in self.pending.drain(..) {

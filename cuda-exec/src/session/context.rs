@@ -115,7 +115,11 @@ impl Serve<CtxSetCurrent> for Channel {
 
 impl Serve<CtxSynchronize> for Channel {
     fn serve(&mut self, _c: CtxSynchronize, _cx: &mut Cx<'_>) -> Served<Empty> {
-        Ok(self.b().ctx_synchronize().map(|_| Empty {}))
+        let synced = self.b().ctx_synchronize();
+        if synced.is_ok() {
+            self.free_retired();
+        }
+        Ok(synced.map(|_| Empty {}))
     }
 }
 
