@@ -32,6 +32,9 @@ fi
 step "no C declaration of cuda.h or nvml.h typed by hand outside cuda-sys (tools/check_declarations.py)"
 if python3 tools/check_declarations.py; then total_pass=$((total_pass + 1)); else total_fail=$((total_fail + 1)); fi
 
+step "no hand-written Rust file above 800 lines (tools/check_file_sizes.py)"
+if python3 tools/check_file_sizes.py; then total_pass=$((total_pass + 1)); else total_fail=$((total_fail + 1)); fi
+
 step "cargo fmt --check and cargo clippy --workspace --all-targets -D warnings"
 if cargo fmt --all -- --check > "$log/fmt.log" 2>&1; then
   echo "fmt: clean"; total_pass=$((total_pass + 1))

@@ -43,7 +43,11 @@ fn queued_copies_stay_within_the_host_budget() {
     let pushes = c.ping_counting_pushes();
     assert_eq!(pushes, 32, "every copy's bytes reached the client");
     // What is still held is buffers kept for reuse, within the budget; the channel's end gives them back.
-    assert!(s.usage().host_bytes <= 16 * MIB, "held past the budget: {:?}", s.usage());
+    assert!(
+        s.usage().host_bytes <= 16 * MIB,
+        "held past the budget: {:?}",
+        s.usage()
+    );
     let peak = backend.host_peak();
     assert!(peak <= 48 * MIB, "host buffers peaked at {} MiB", peak / MIB);
     c.close();

@@ -1,0 +1,109 @@
+//! Traffic counters of the whole process (all channels), read through `vgpu_stat` and written at exit to
+//! `VGPU_STATS`: what a program pays the link for, so its time on a longer link can be predicted (issue 21).
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use vgpu_dataplane::wire::Op;
+use vgpu_dataplane::{Transport, TransportError};
+
+/// Synchronous requests that waited for their reply: each costs one round trip of the link.
+pub const ROUND_TRIPS: usize = 0;
+/// Writes of queued asynchronous calls that did not ride on a synchronous request (a full batch, the TCP
+/// flusher, a large async tail): each costs the link's latency once but nobody waits for it.
+pub const BATCH_FLUSHES: usize = 1;
+/// Asynchronous calls queued (launches, async copies, memsets, handle creation, ...).
+pub const ASYNC_CALLS: usize = 2;
+/// Bytes written to and read from the transport, framing included.
+pub const BYTES_SENT: usize = 3;
+pub const BYTES_RECEIVED: usize = 4;
+/// Time app threads spent waiting for replies, in ns.
+pub const REPLY_WAIT_NS: usize = 5;
+
+/// Names by index (the order of `vgpu_stat`).
+pub const NAMES: [&CStr; 6] = [
+    c"round_trips",
+    c"batch_flushes",
+    c"async_calls",
+    c"bytes_sent",
+    c"bytes_received",
+    c"reply_wait_ns",
+];
+static COUNTERS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+/// Synchronous requests by call: which calls a program's round trips are.
+static SYNC_BY_CALL: Mutex<Option<HashMap<Op, u64>>> = Mutex::new(None);
+
+/// Counts one synchronous request of `op`.
+pub fn note_sync(op: Op) {
+    let mut m = SYNC_BY_CALL.lock().unwrap_or_else(|p| p.into_inner());
+    *m.get_or_insert_with(HashMap::new).entry(op).or_insert(0) += 1;
+}
+
+pub fn add(index: usize, n: u64) {
+    COUNTERS[index].fetch_add(n, Ordering::Relaxed);
+}
+
+/// Counter `index`, `None` past the last.
+pub fn get(index: usize) -> Option<u64> {
+    COUNTERS.get(index).map(|c| c.load(Ordering::Relaxed))
+}
+
+/// One JSON object with every counter, the synchronous requests by call, and this process's id.
+pub fn json() -> String {
+    let mut out = format!("{{\"pid\":{}", std::process::id());
+    for (i, name) in NAMES.iter().enumerate() {
+        out += &format!(",\"{}\":{}", name.to_string_lossy(), get(i).unwrap_or(0));
+    }
+    let mut calls: Vec<(String, u64)> = SYNC_BY_CALL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .flatten()
+        .map(|(op, n)| (format!("{op:?}"), *n))
+        .collect();
+    calls.sort();
+    let calls: Vec<String> = calls.iter().map(|(op, n)| format!("\"{op}\":{n}")).collect();
+    out + ",\"sync_by_call\":{" + &calls.join(",") + "}}"
+}
+
+/// Counts one wait for a reply (a round trip) and its duration.
+pub struct ReplyWait(Instant);
+
+impl ReplyWait {
+    pub fn start() -> ReplyWait {
+        add(ROUND_TRIPS, 1);
+        ReplyWait(Instant::now())
+    }
+}
+
+impl Drop for ReplyWait {
+    fn drop(&mut self) {
+        add(REPLY_WAIT_NS, self.0.elapsed().as_nanos() as u64);
+    }
+}
+
+/// A channel's transport, counting the bytes that cross it.
+pub struct Counted(pub Box<dyn Transport>);
+
+impl Transport for Counted {
+    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        add(BYTES_SENT, parts.iter().map(|p| p.len() as u64).sum());
+        self.0.send(parts)
+    }
+    fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+        add(BYTES_RECEIVED, buf.len() as u64);
+        self.0.recv_exact(buf)
+    }
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+    fn send_fd(&mut self, fd: std::os::fd::BorrowedFd<'_>, tag: u64) -> Result<(), TransportError> {
+        self.0.send_fd(fd, tag)
+    }
+    fn recv_fd(&mut self, tag: u64) -> Result<std::os::fd::OwnedFd, TransportError> {
+        self.0.recv_fd(tag)
+    }
+}

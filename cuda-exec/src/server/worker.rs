@@ -1,0 +1,176 @@
+//! A worker process: one session's channels served on the backend, its usage metered back to the listener,
+//! and its exit when the session ends.
+
+use super::*;
+
+/// Entry point of a worker process (started by `run_server` through `worker_command`).
+pub fn run_worker_from_env() -> Result<(), String> {
+    let fd: RawFd = std::env::var("VGPU_WORKER_FD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or("VGPU_WORKER_FD is not set: workers are started by `vgpu server`, not by hand")?;
+    let choice = BackendChoice::parse(&std::env::var("VGPU_WORKER_BACKEND").unwrap_or_else(|_| "auto".into()))?;
+    let driver = std::env::var("VGPU_WORKER_DRIVER").ok();
+    let identity = match std::env::var("VGPU_WORKER_IDENTITY") {
+        Ok(v) => crate::identity::parse(&v)?,
+        Err(_) => 0,
+    };
+    // SAFETY: the server passed this descriptor to us (and only us) through VGPU_WORKER_FD.
+    let control = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if let Err(e) = crate::session::forward_stdout() {
+        tracing::warn!("device printf output stays on the server: cannot capture stdout ({e})");
+    }
+    // The scheduler's table (the server made it; every worker maps it).
+    let region = match std::env::var("VGPU_WORKER_SCHED_FD")
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+    {
+        Some(sfd) => {
+            // SAFETY: the server passed this descriptor to every worker through VGPU_WORKER_SCHED_FD.
+            let sfd = unsafe { OwnedFd::from_raw_fd(sfd) };
+            match crate::sched::gate::attach_region(&sfd) {
+                Ok(r) => Some(r),
+                Err(why) => {
+                    tracing::warn!("{why}; this worker's sessions run unscheduled");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    // The driver starts before any session arrives: a spare worker waits here fully initialised.
+    let (backend, _) = open_backend(choice, driver.as_deref(), identity)?;
+    if let Some(r) = region {
+        backend.share_device_timeline(&r.gpus[0].emulated_busy_until);
+    }
+    let mut session: Option<Arc<Session>> = None;
+    let mut buf = [0u8; std::mem::size_of::<Handoff>()];
+    loop {
+        let (n, fds) = fdpass::recv_with_fds(&control, &mut buf, 2).map_err(|e| format!("control socket: {e}"))?;
+        if n == 0 {
+            tracing::info!("server went away (or ended this session); worker exits");
+            std::process::exit(0);
+        }
+        // The connection, and with the session's first one its link to the server's IPC registry.
+        let mut fds = fds.into_iter();
+        let (Ok(handoff), Some(fd)) = (Handoff::read_from_bytes(&buf[..n]), fds.next()) else {
+            return Err("malformed handoff from the server".into());
+        };
+        let registry = fds.next();
+        let session = match &session {
+            Some(s) => s.clone(),
+            None => {
+                // The session's first connection brings its limits and its scheduler slots.
+                let limits = handoff.limits()?;
+                let sched = region.and_then(|r| {
+                    crate::sched::host::session_sched(r, &backend, handoff.session_id, &handoff.slots, &limits)
+                });
+                let s = Session::scheduled(backend.clone(), limits, sched);
+                if let Some(link) = registry {
+                    s.attach_registry(RegistryLink::new(UnixStream::from(link)));
+                }
+                let ticks = control.try_clone().map_err(|e| format!("control socket: {e}"))?;
+                let _ = METER.set((ticks, s.clone()));
+                std::thread::spawn(|| loop {
+                    std::thread::sleep(USAGE_TICK);
+                    report_usage();
+                });
+                session = Some(s.clone());
+                s
+            }
+        };
+        std::thread::spawn(move || serve_connection(session, handoff, fd));
+    }
+}
+
+/// The worker's end of the usage channel and its session, for `report_usage`.
+static METER: std::sync::OnceLock<(UnixStream, Arc<Session>)> = std::sync::OnceLock::new();
+
+/// Sends the session's usage to the listener (every tick, and once more just before the worker exits).
+fn report_usage() {
+    use std::io::Write as _;
+    if let Some((socket, session)) = METER.get() {
+        let u = session.usage();
+        let tick = UsageTick {
+            allocated_bytes: u.allocated_bytes,
+            bytes_moved: u.bytes_moved,
+        };
+        let _ = (&*socket).write_all(tick.as_bytes());
+    }
+}
+
+/// Ends the worker process after a last usage report.
+fn exit_worker(code: i32) -> ! {
+    report_usage();
+    std::process::exit(code)
+}
+
+/// The stall timeout the listener gave this worker (`VGPU_WORKER_STALL_MS`).
+fn stall_timeout() -> Duration {
+    std::env::var("VGPU_WORKER_STALL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(AdmissionLimits::default().stall_timeout, Duration::from_millis)
+}
+
+fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
+    let raw_fd = fd.as_raw_fd();
+    let transport: Result<Box<dyn Transport>, String> = match handoff.transport {
+        0 => TcpTransport::from_stream(TcpStream::from(fd))
+            .map(|t| Box::new(t) as _)
+            .map_err(|e| e.to_string()),
+        3 => ResumeState::decode(&handoff.tls)
+            .and_then(|state| TlsTransport::resume(TcpStream::from(fd), &state))
+            .map(|t| Box::new(t) as _)
+            .map_err(|e| e.to_string()),
+        2 => RdmaTransport::accept(TcpStream::from(fd))
+            .map(|t| Box::new(t) as _)
+            .map_err(|e| e.to_string()),
+        _ => ShmTransport::accept(UnixStream::from(fd))
+            .map(|t| Box::new(t) as _)
+            .map_err(|e| e.to_string()),
+    };
+    let transport = match transport {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("session {:016x}: transport setup failed: {e}", handoff.session_id);
+            if handoff.primary == 1 {
+                exit_worker(1);
+            }
+            return;
+        }
+    };
+    let backend = session.backend().clone();
+    let welcome = Welcome {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        capabilities: CAPABILITIES,
+        status: STATUS_OK,
+        backend: backend.kind(),
+        session_id: handoff.session_id,
+        secret: handoff.secret,
+        driver_version: backend.driver_version(),
+        ..Default::default()
+    };
+    let bytes = encode_welcome(&welcome, &session.visible_devices(), &backend.describe());
+    // From here on a client that stops in the middle of a frame is disconnected (see `stall`).
+    let mut transport = crate::stall::StallWatch::global(stall_timeout()).guard(transport, raw_fd);
+    let outcome = match transport.send(&[&bytes]) {
+        Ok(()) => session.serve_channel(&mut transport),
+        Err(e) => Err(e.into()),
+    };
+    match &outcome {
+        Ok(()) | Err(crate::session::ChannelEnd::Closed) => {}
+        Err(e) => tracing::warn!(
+            "session {:016x} (pid {}): channel ended: {e}",
+            handoff.session_id,
+            handoff.pid
+        ),
+    }
+    if handoff.primary == 1 {
+        if let Err(crate::session::ChannelEnd::Malformed(_)) = &outcome {
+            exit_worker(2);
+        }
+        exit_worker(0);
+    }
+}
