@@ -41,6 +41,12 @@ const METRICS: &[(&str, &str, &str, bool)] = &[
     ("launch_async_us", "empty kernel launch, async, per launch", "µs", false),
     ("launch_sync_us", "launch + stream synchronize", "µs", false),
     ("memgetinfo_us", "cuMemGetInfo", "µs", false),
+    (
+        "occupancy_us",
+        "cuOccupancyMaxActiveBlocksPerMultiprocessor, asked again",
+        "µs",
+        false,
+    ),
     ("malloc_free_1mib_us", "cuMemAlloc + cuMemFree, 1 MiB", "µs", false),
     ("h2d_4b_us", "cuMemcpyHtoD 4 B", "µs", false),
     ("d2h_4b_us", "cuMemcpyDtoH 4 B", "µs", false),
@@ -300,6 +306,18 @@ pub fn probe(opts: &ProbeOptions) -> Result<(), String> {
     }
     out.insert("memgetinfo_us", t.elapsed().as_secs_f64() / n as f64 * 1e6);
     traffic.insert("memgetinfo_us", tr.per_op(n));
+    // The same question again and again, as frameworks ask before launches: the first answer is remembered.
+    let mut blocks = 0i32;
+    // SAFETY: out-pointer to a local; `f` is a loaded function.
+    let occupancy = |blocks: &mut i32| unsafe { cuda.cuOccupancyMaxActiveBlocksPerMultiprocessor(blocks, f, 128, 0) };
+    cuda.check("cuOccupancyMaxActiveBlocksPerMultiprocessor", occupancy(&mut blocks))?;
+    let t = Instant::now();
+    let tr = Traffic::start(&cuda);
+    for _ in 0..n {
+        cuda.check("cuOccupancyMaxActiveBlocksPerMultiprocessor", occupancy(&mut blocks))?;
+    }
+    out.insert("occupancy_us", t.elapsed().as_secs_f64() / n as f64 * 1e6);
+    traffic.insert("occupancy_us", tr.per_op(n));
     let m = opts.iterations(2000 / scale, 2.0);
     let t = Instant::now();
     let tr = Traffic::start(&cuda);

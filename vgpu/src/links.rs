@@ -27,6 +27,11 @@ const LINK_METRICS: &[(&str, &str, &str)] = &[
     ("launch_async_us", "empty kernel launch, async, per launch", "µs"),
     ("launch_sync_us", "launch + stream synchronize", "µs"),
     ("memgetinfo_us", "cuMemGetInfo", "µs"),
+    (
+        "occupancy_us",
+        "cuOccupancyMaxActiveBlocksPerMultiprocessor, asked again",
+        "µs",
+    ),
     ("malloc_free_1mib_us", "cuMemAlloc + cuMemFree, 1 MiB", "µs"),
     ("h2d_4b_us", "cuMemcpyHtoD 4 B", "µs"),
     ("d2h_4b_us", "cuMemcpyDtoH 4 B", "µs"),

@@ -136,6 +136,13 @@ fn bench_links_reports_round_trips_beside_a_prediction() {
         (0.8..2.0).contains(&(measured / predicted)),
         "measured {measured} µs against a prediction of {predicted} µs"
     );
+    // An occupancy question asked again is answered from the first answer: no round trip.
+    let occupancy = row(&shapes[2], "occupancy_us");
+    assert_eq!(
+        occupancy["traffic_per_op"]["round_trips"].as_f64(),
+        Some(0.0),
+        "{occupancy}"
+    );
     // Asynchronous launches wait for nothing: no round trip per launch.
     let launch = row(&shapes[2], "launch_async_us");
     assert!(

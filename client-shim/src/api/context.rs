@@ -113,6 +113,7 @@ fn destroy(ctx: CUcontext) -> CuResult<()> {
         return Err(CUDA_ERROR_INVALID_CONTEXT);
     }
     client::call_to(Route::Server(state::server_of_ctx(id)), 0, &CtxDestroy { ctx: id }, &[])?;
+    super::query::forget_occupancy();
     client::forget_current(id);
     state::write().contexts.remove(&id);
     let was_current = state::current_ctx() == id;
@@ -197,6 +198,7 @@ entry! {
         let _ = client::call_to(Route::Device(dev), 0, &CtxSynchronize {}, &[]);
         let _ = crate::mirror::after_sync();
         client::call_to(server, 0, &PrimaryCtxReset { dev: dev as u32, _pad: 0 }, &[])?;
+        super::query::forget_occupancy();
         client::forget_current(state::primary_ctx_id(dev));
         client::pending_clear();
         client::clear_sticky();

@@ -134,6 +134,7 @@ fn unload(id: ModuleId, is_library: bool) -> CuResult<()> {
     } else if !is_library {
         client::call_to(module_route(id), 0, &ModuleUnload { module: id }, &[])?;
     }
+    super::query::forget_occupancy();
     let mut reg = state::write();
     reg.modules.remove(&id);
     reg.functions.retain(|_, f| f.module != id);
@@ -459,6 +460,7 @@ fn set_attribute(id: FunctionId, attrib: CUfunction_attribute, value: i32) -> Cu
         client::post_to(route_of_function(id, StreamId::NULL)?, 0, &call, &[])?;
     }
     // Later queries see the new value.
+    super::query::forget_occupancy();
     let mut attrs = known_attributes(&entry, id).unwrap_or(ATTRS_UNKNOWN);
     if attrs != ATTRS_UNKNOWN {
         attrs[attrib.0 as usize] = value;

@@ -2,7 +2,9 @@
 //! and peer access answered on the client from facts it holds; occupancy by the server's driver.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::ffi::{c_int, c_uint, c_void};
+use std::sync::Mutex;
 
 use vgpu_cuda_sys::driver::{
     CUfunction, CUfunction_attribute, CUgraph, CUgraphEdgeData, CUgraphNode, CUlaunchConfig, CUmemorytype,
@@ -184,17 +186,46 @@ fn function_id(f: CUfunction) -> CuResult<FunctionId> {
 
 /// `cuOccupancyMaxActiveBlocksPerMultiprocessor(WithFlags)`, answered by the server's driver (the answer
 /// depends on the kernel's registers and shared memory as compiled, and on the driver's allocation rules).
+/// The answer is the same until the function's attributes change or its module goes, so it is asked once per
+/// question: PyTorch asks before launches of some kernels, a round trip each (27 per GPT training step).
 pub(crate) fn active_blocks(f: FunctionId, block_size: c_int, smem: usize, flags: c_uint) -> CuResult<c_int> {
     need_ctx()?;
     super::module::function(f)?;
+    let route = super::spread::route_of_function(f, StreamId::NULL)?;
+    let key = (client::server_index(route)?, f, block_size, smem as u64, flags);
+    if let Some(&known) = occupancy_answers().as_ref().and_then(|m| m.get(&key)) {
+        return Ok(known);
+    }
     let call = OccupancyActiveBlocks {
         function: f,
         dynamic_smem: smem as u64,
         block_size,
         flags,
     };
-    let route = super::spread::route_of_function(f, StreamId::NULL)?;
-    Ok(client::call_to(route, 0, &call, &[])?.value as c_int)
+    let value = client::call_to(route, 0, &call, &[])?.value as c_int;
+    let mut answers = occupancy_answers();
+    let answers = answers.get_or_insert_with(HashMap::new);
+    if answers.len() >= MAX_OCCUPANCY_ANSWERS {
+        answers.clear();
+    }
+    answers.insert(key, value);
+    Ok(value)
+}
+
+/// (server, function, block size, dynamic shared memory, flags) -> blocks per multiprocessor, as answered.
+type OccupancyKey = (usize, FunctionId, c_int, u64, c_uint);
+static OCCUPANCY_ANSWERS: Mutex<Option<HashMap<OccupancyKey, c_int>>> = Mutex::new(None);
+/// Past this many distinct questions the remembered answers start over (a bound, not a size anyone reaches).
+const MAX_OCCUPANCY_ANSWERS: usize = 1 << 16;
+
+fn occupancy_answers() -> std::sync::MutexGuard<'static, Option<HashMap<OccupancyKey, c_int>>> {
+    OCCUPANCY_ANSWERS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Forgets remembered occupancy answers: a function's attributes changed (its shared memory size or carveout
+/// decide how many blocks fit), or modules went away with a context.
+pub(crate) fn forget_occupancy() {
+    *occupancy_answers() = None;
 }
 
 fn max_potential_block_size(
