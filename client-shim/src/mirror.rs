@@ -4,8 +4,10 @@
 //! Each pinned allocation (and each registered range the server can place) gets a server-side mirror at the
 //! same virtual address (`HostMirrorMap`), so device pointer and host pointer stay one number, as under
 //! unified addressing. The client's memory stays the truth for the host: a kernel whose arguments name a
-//! mirrored region gets the region pushed to the server first (in stream order), and the region comes back
-//! at the next synchronizing call, which is when the host may look at what the kernel wrote.
+//! mirrored region gets the region pushed to the server first (in stream order), and what the kernel changed
+//! comes back at the next synchronizing call, which is when the host may look at it. Only changed bytes come
+//! back (`Pending`): an argument word that merely looks like a pointer into a buffer, and host writes made
+//! once the work was done, must not lose the host's newer bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -56,10 +58,9 @@ impl Mirror {
 
 struct Mirrors {
     by_base: BTreeMap<usize, Mirror>,
-    /// Regions a queued kernel or copy may have written, to bring back at the next synchronizing call of the
-    /// thread that queued it: (region base, thread number). Another thread's sync must not pull a region its
-    /// owner may be writing on the host at that moment.
-    pending: BTreeSet<(usize, u64)>,
+    /// Regions queued device work may have written, by region base: what to bring back at the next
+    /// synchronizing call of a thread that queued such work.
+    pending: BTreeMap<usize, Pending>,
     /// Pages mapped here for `__managed__` variables (several variables may share one).
     global_pages: BTreeSet<usize>,
     /// `__managed__` variables looked up before any context was current (the runtime does so while it
@@ -67,16 +68,59 @@ struct Mirrors {
     deferred: BTreeSet<usize>,
 }
 
-impl Mirrors {
-    /// Whether queued work of any thread may have written the region based at `base` since the last pull.
-    fn written(&self, base: usize) -> bool {
-        self.pending.range((base, 0)..=(base, u64::MAX)).next().is_some()
+/// What queued work may have changed in one mirrored region since the host's bytes and the mirror last agreed.
+/// A pull brings back only that: the chunks a kernel changed (their hash differs from what was pushed) and the
+/// ranges copies wrote. The host's other bytes stay, so host writes made after the work finished survive a pull
+/// (a kernel argument word that only looks like a pointer into the region pushes it but changes nothing there).
+#[derive(Debug, Default)]
+struct Pending {
+    /// Threads that queued the work; each one's synchronizing call pulls the region.
+    owners: BTreeSet<u64>,
+    /// Per `CHUNK` of the region's data: the hash of the bytes pushed before a kernel ran (mirror == host then).
+    pushed: Option<Vec<u64>>,
+    /// Ranges (offset from the region's data, length) that device-to-host copies wrote into the mirror.
+    copied: Vec<(usize, usize)>,
+    /// A kernel ran over a region whose mirror was already newer than the host somewhere: every byte comes back.
+    whole: bool,
+}
+
+impl Pending {
+    /// Whether [off, off+n) lies inside one copied range (the mirror's bytes there are the newer ones).
+    fn copied_covers(&self, off: usize, n: usize) -> bool {
+        self.copied.iter().any(|&(o, l)| off >= o && off + n <= o + l)
     }
+
+    /// Whether only copies wrote the region (no kernel may have touched it).
+    fn copies_only(&self) -> bool {
+        self.pushed.is_none() && !self.whole
+    }
+}
+
+/// Granularity of the change detection of a pull after a kernel.
+const CHUNK: usize = 4096;
+
+/// A 64-bit hash of a chunk (change detection, not security: a kernel's write that leaves the hash unchanged is
+/// as unlikely as a random 64-bit collision).
+fn chunk_hash(bytes: &[u8]) -> u64 {
+    let mut h = 0x9e37_79b9_7f4a_7c15u64 ^ bytes.len() as u64;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let v = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        h = (h.rotate_left(23) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    for &b in words.remainder() {
+        h = (h.rotate_left(23) ^ b as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    h ^ (h >> 29)
+}
+
+fn chunk_hashes(bytes: &[u8]) -> Vec<u64> {
+    bytes.chunks(CHUNK).map(chunk_hash).collect()
 }
 
 static MIRRORS: Mutex<Mirrors> = Mutex::new(Mirrors {
     by_base: BTreeMap::new(),
-    pending: BTreeSet::new(),
+    pending: BTreeMap::new(),
     global_pages: BTreeSet::new(),
     deferred: BTreeSet::new(),
 });
@@ -330,7 +374,7 @@ pub fn drop_managed(dptr: u64) {
     let base = dptr as usize & !(PAGE - 1);
     let m = {
         let mut m = mirrors();
-        m.pending.retain(|&(b, _)| b != base);
+        m.pending.remove(&base);
         m.by_base.remove(&base)
     };
     if let Some(m) = m {
@@ -343,7 +387,7 @@ pub fn forget(ptr: usize) {
     let base = ptr & !(PAGE - 1);
     let removed = {
         let mut m = mirrors();
-        m.pending.retain(|&(b, _)| b != base);
+        m.pending.remove(&base);
         m.by_base.remove(&base)
     };
     if let Some(m) = removed.filter(|m| m.kind == Kind::Pinned) {
@@ -365,10 +409,19 @@ pub fn find(addr: usize) -> Option<Mirror> {
     (addr >= mirror.data && addr < mirror.data + mirror.data_len).then_some(*mirror)
 }
 
-/// Marks the region at `base` to be brought back at the next synchronizing call (something on the server
-/// wrote into its mirror).
-pub fn mark_pending(base: usize) {
-    mirrors().pending.insert((base, this_thread()));
+/// Marks [addr, addr+n) of a mirrored region as written by a copy into the mirror, to be brought back at the
+/// calling thread's next synchronizing call.
+pub fn mark_copied(addr: usize, n: usize) {
+    let mut m = mirrors();
+    let Some(mirror) = m.by_base.range(..=addr).next_back().map(|(_, x)| *x) else {
+        return;
+    };
+    if addr < mirror.data || addr + n > mirror.data + mirror.data_len {
+        return;
+    }
+    let entry = m.pending.entry(mirror.base).or_default();
+    entry.owners.insert(this_thread());
+    entry.copied.push((addr - mirror.data, n));
 }
 
 /// A small number naming the calling thread, for `Mirrors::pending`.
@@ -384,12 +437,89 @@ fn this_thread() -> u64 {
 /// synchronized with yet: the device address of `addr` in the server's mirror, which holds the newer bytes
 /// (a copy or launch must read those, not the host's stale ones; a graph replayed twice without a sync reads
 /// what the first replay wrote), with the device whose server holds the mirror.
-pub fn pending_source(addr: usize, n: usize) -> Option<(u64, i32)> {
-    let end = addr.checked_add(n)?;
+pub fn pending_source(addr: usize, n: usize) -> Source {
+    let Some(end) = addr.checked_add(n) else {
+        return Source::Host;
+    };
     let m = mirrors();
-    let (_, mirror) = m.by_base.range(..=addr).next_back()?;
-    let inside = addr >= mirror.data && end <= mirror.data + mirror.data_len;
-    (inside && m.written(mirror.base)).then(|| (mirror.dptr + (addr - mirror.base) as u64, mirror.device))
+    let Some((_, mirror)) = m.by_base.range(..=addr).next_back() else {
+        return Source::Host;
+    };
+    if addr < mirror.data || end > mirror.data + mirror.data_len {
+        return Source::Host;
+    }
+    match m.pending.get(&mirror.base) {
+        None => Source::Host,
+        Some(p) if p.copies_only() && p.copied_covers(addr - mirror.data, n) => {
+            Source::Mirror(mirror.dptr + (addr - mirror.base) as u64, mirror.device)
+        }
+        // A kernel may have written it, or copies wrote only part of the range: which bytes are newer is known
+        // once the work is done (`settle`).
+        Some(_) => Source::Unsettled,
+    }
+}
+
+/// Where the newest bytes of a range of mirrored host memory are (`pending_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The host's: nothing queued may have written them.
+    Host,
+    /// The mirror's on the server of the device, at this device address: copies queued there wrote all of them.
+    Mirror(u64, i32),
+    /// Not known until the queued work is done: `settle` first, then the host's bytes are the newest.
+    Unsettled,
+}
+
+/// Waits for the work queued on the server of the region holding `addr` and brings back what it wrote into the
+/// region (for every thread that queued such work), so that the host's bytes are the newest.
+pub fn settle(addr: usize) -> CuResult<()> {
+    let Some(mirror) = find(addr) else {
+        return Ok(());
+    };
+    client::call_to(Route::Device(mirror.device), 0, &CtxSynchronize {}, &[])?;
+    let _transfer = TRANSFERS.read().unwrap_or_else(|p| p.into_inner());
+    let Some(pending) = mirrors().pending.remove(&mirror.base) else {
+        return Ok(());
+    };
+    pull(&mirror, &pending).map(|_| ())
+}
+
+/// Brings back what queued work changed in `mirror` (see `Pending`). Where the whole region was read, returns
+/// the hashes of what the mirror holds now (a later pull for another thread compares with those).
+fn pull(mirror: &Mirror, pending: &Pending) -> CuResult<Option<Vec<u64>>> {
+    let host = ffi::bytes_mut(mirror.data as *mut u8, mirror.data_len)?;
+    let fetch = |off: usize, out: &mut [u8]| {
+        let call = MemcpyDtoH {
+            src: DevicePtr(mirror.data_dptr() + off as u64),
+            size: out.len() as u64,
+        };
+        client::copy_to_host(Route::Device(mirror.device), 0, &call, out)
+    };
+    if pending.whole {
+        fetch(0, host)?;
+        return Ok(Some(chunk_hashes(host)));
+    }
+    if let Some(pushed) = &pending.pushed {
+        let mut now = vec![0u8; mirror.data_len];
+        fetch(0, &mut now)?;
+        for (i, chunk) in now.chunks(CHUNK).enumerate() {
+            let off = i * CHUNK;
+            let copied = pending
+                .copied
+                .iter()
+                .any(|&(o, l)| o < off + chunk.len() && off < o + l);
+            if copied || pushed.get(i) != Some(&chunk_hash(chunk)) {
+                host[off..off + chunk.len()].copy_from_slice(chunk);
+            }
+        }
+        return Ok(Some(chunk_hashes(&now)));
+    }
+    for &(off, len) in &pending.copied {
+        if let Some(out) = host.get_mut(off..off + len) {
+            fetch(off, out)?;
+        }
+    }
+    Ok(None)
 }
 
 /// Before a launch on `stream`: pushes every mirrored region one of the kernel's argument words points
@@ -436,12 +566,16 @@ pub fn before_launch(flags: u16, route: Route, stream: StreamId, args: &[u8]) ->
         }
         {
             let mut m = mirrors();
-            if m.written(mirror.base) {
-                m.pending.insert((mirror.base, this_thread()));
+            if let Some(p) = m.pending.get_mut(&mirror.base) {
+                // The mirror is newer than the host somewhere: this kernel works on it as it is, and may
+                // change any byte.
+                p.owners.insert(this_thread());
+                p.whole = true;
                 continue;
             }
         }
         let data = ffi::bytes(mirror.data as *const u8, mirror.data_len)?;
+        let pushed = chunk_hashes(data);
         client::post_to(
             route,
             flags,
@@ -452,7 +586,10 @@ pub fn before_launch(flags: u16, route: Route, stream: StreamId, args: &[u8]) ->
             },
             data,
         )?;
-        mirrors().pending.insert((mirror.base, this_thread()));
+        let mut m = mirrors();
+        let entry = m.pending.entry(mirror.base).or_default();
+        entry.owners.insert(this_thread());
+        entry.pushed = Some(pushed);
     }
     Ok(())
 }
@@ -460,23 +597,43 @@ pub fn before_launch(flags: u16, route: Route, stream: StreamId, args: &[u8]) ->
 /// After a synchronizing call: brings back what kernels may have written into mirrored regions.
 pub fn after_sync() -> CuResult<()> {
     let _transfer = TRANSFERS.read().unwrap_or_else(|p| p.into_inner());
+    let me = this_thread();
     let due: Vec<Mirror> = {
-        let mut m = mirrors();
+        let m = mirrors();
         if m.pending.is_empty() {
             return Ok(());
         }
-        let me = this_thread();
-        let mine: Vec<usize> = m.pending.iter().filter(|&&(_, t)| t == me).map(|&(b, _)| b).collect();
-        m.pending.retain(|&(_, t)| t != me);
-        mine.iter().filter_map(|b| m.by_base.get(b).copied()).collect()
+        m.pending
+            .iter()
+            .filter(|(_, p)| p.owners.contains(&me))
+            .filter_map(|(b, _)| m.by_base.get(b).copied())
+            .collect()
     };
     for mirror in due {
-        let out = ffi::bytes_mut(mirror.data as *mut u8, mirror.data_len)?;
-        let call = MemcpyDtoH {
-            src: DevicePtr(mirror.data_dptr()),
-            size: mirror.data_len as u64,
+        let Some(pending) = mirrors().pending.remove(&mirror.base) else {
+            continue;
         };
-        client::copy_to_host(Route::Device(mirror.device), 0, &call, out)?;
+        let now = pull(&mirror, &pending)?;
+        // Other threads' work on the region may still be running: their syncs pull what it changes, compared
+        // with what the host holds now.
+        let mut rest = pending;
+        rest.owners.remove(&me);
+        if rest.owners.is_empty() {
+            continue;
+        }
+        if let Some(hashes) = now {
+            rest.pushed = Some(hashes);
+            rest.copied.clear();
+            rest.whole = false;
+        }
+        let mut m = mirrors();
+        let entry = m.pending.entry(mirror.base).or_default();
+        entry.owners.extend(rest.owners);
+        entry.copied.extend(rest.copied);
+        entry.whole |= rest.whole;
+        if entry.pushed.is_none() {
+            entry.pushed = rest.pushed;
+        }
     }
     Ok(())
 }

@@ -82,6 +82,9 @@ pub struct Registry {
     /// The device each object the app created belongs to, by its client id (streams, events, modules, arrays,
     /// VMM handles): the server its calls go to. Ids are unique across kinds (`new_id`).
     pub owners: HashMap<u64, i32>,
+    /// `cuKernelGetFunction`'s answers by (kernel, context): the driver gives one function per kernel and context,
+    /// and the runtime asks before launches (a new id each time would miss every per-function cache).
+    pub kernel_functions: HashMap<(FunctionId, ContextId), FunctionId>,
     /// Attributes fetched on first use for functions whose module was loaded lazily.
     pub func_attrs: HashMap<FunctionId, [i32; vgpu_dataplane::wire::FUNC_ATTR_COUNT]>,
     /// Attributes the app set on library kernels, (attribute, value) in order: applied again on each server the

@@ -64,16 +64,17 @@ pub(super) fn copy_via_host(
     }
 }
 
-/// base), and the region comes back at the next synchronizing call; landing it here instead would be undone
-/// by that pull, which copies the whole mirror back over the host's bytes. (Only for a mirror on the copy's own
-/// server: `mirror_on`.)
-fn into_mirror(dst: *mut c_void, n: usize) -> Option<(u64, usize)> {
+/// A device-to-host copy into mirrored pinned memory, where it must land in the mirror: the device address
+/// of `dst` there. The range is then marked as copied (`mirror::mark_copied`) and comes back at the next
+/// synchronizing call; landing it on the host instead would race with that pull. (Only for a mirror on the
+/// copy's own server: `mirror_on`.)
+fn into_mirror(dst: *mut c_void, n: usize) -> Option<u64> {
     if n == 0 {
         return None;
     }
     let m = mirror::find(dst as usize)?;
     let end = (dst as usize).checked_add(n)?;
-    (end <= m.data + m.data_len).then(|| (m.dptr + (dst as usize - m.base) as u64, m.base))
+    (end <= m.data + m.data_len).then(|| m.dptr + (dst as usize - m.base) as u64)
 }
 
 /// Whether the mirror holding `addr` lives on the server `route` leads to.
@@ -102,19 +103,19 @@ fn await_landings(src: *const c_void, n: usize) -> CuResult<()> {
     Ok(())
 }
 
-/// Bytes of mirrored host memory that queued work of the server `route` may have written: their address in the
-/// mirror there. Mirrored on another server, they are brought back to the host first (that server synchronized,
-/// the mirror pulled), and the host's bytes serve.
+/// Bytes of mirrored host memory that copies queued on the server `route` wrote into the mirror: their address
+/// there. Where a kernel may have written them, copies wrote only part of them, or the mirror is on another
+/// server, the queued work is waited for and what it changed brought back (`mirror::settle`): the host's bytes
+/// serve.
 fn newer_in_mirror(addr: usize, n: usize, route: Route) -> CuResult<Option<u64>> {
-    let Some((from, device)) = mirror::pending_source(addr, n) else {
-        return Ok(None);
-    };
-    if same_server(route, Route::Device(device))? {
-        return Ok(Some(from));
+    match mirror::pending_source(addr, n) {
+        mirror::Source::Host => Ok(None),
+        mirror::Source::Mirror(from, device) if same_server(route, Route::Device(device))? => Ok(Some(from)),
+        _ => {
+            mirror::settle(addr)?;
+            Ok(None)
+        }
     }
-    client::call_to(Route::Device(device), 0, &CtxSynchronize {}, &[])?;
-    mirror::after_sync()?;
-    Ok(None)
 }
 
 /// Whether large copies on `route` may use this thread's shared staging slots, which live on its current
@@ -178,7 +179,7 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
     // (the pull at the end would undo a direct landing); otherwise the host's bytes are the truth and the
     // copy lands on them directly, pipelined like a pageable copy (a later launch pushes them).
     let through_mirror = newer_in_mirror(dst as usize, n, route)?.is_some();
-    if let Some((dptr, base)) = into_mirror(dst, n).filter(|_| through_mirror) {
+    if let Some(dptr) = into_mirror(dst, n).filter(|_| through_mirror) {
         client::call_to(
             route,
             flags,
@@ -189,7 +190,7 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
             },
             &[],
         )?;
-        mirror::mark_pending(base);
+        mirror::mark_copied(dst as usize, n);
         return mirror::after_sync();
     }
     if let Some((region, offset)) = region_of(dst, n, route) {
@@ -307,7 +308,7 @@ pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, strea
     if !same_server(route, route_of_ptr(src))? {
         return after_stream(flags, stream, || dtoh(flags & !FLAG_PER_THREAD, dst, src, n));
     }
-    if let Some((dptr, base)) = into_mirror(dst, n).filter(|_| mirror_on(dst as usize, route)) {
+    if let Some(dptr) = into_mirror(dst, n).filter(|_| mirror_on(dst as usize, route)) {
         let call = MemcpyDtoDAsync {
             dst: DevicePtr(dptr),
             src: DevicePtr(src),
@@ -315,7 +316,7 @@ pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, strea
             stream,
         };
         client::post_to(route, flags, &call, &[])?;
-        mirror::mark_pending(base);
+        mirror::mark_copied(dst as usize, n);
         return Ok(());
     }
     if let Some((region, offset)) = region_of(dst, n, route) {

@@ -138,6 +138,11 @@ fn unload(id: ModuleId, is_library: bool) -> CuResult<()> {
     let mut reg = state::write();
     reg.modules.remove(&id);
     reg.functions.retain(|_, f| f.module != id);
+    let functions = std::mem::take(&mut reg.kernel_functions);
+    reg.kernel_functions = functions
+        .into_iter()
+        .filter(|(_, fid)| reg.functions.contains_key(fid))
+        .collect();
     if is_library {
         reg.unloaded_libraries.insert(id);
     }
@@ -545,9 +550,14 @@ entry! {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
         ensure_library(k.module, Route::Current)?;
+        let key = (kernel.id(), state::current_ctx());
+        if let Some(&fid) = state::read().kernel_functions.get(&key) {
+            return ffi::write(out, CUfunction::of(fid));
+        }
         let fid = FunctionId(state::new_id());
         client::post_now(0, &KernelGetFunction { kernel: kernel.id(), function: fid }, &[])?;
         let mut reg = state::write();
+        reg.kernel_functions.insert(key, fid);
         reg.functions.insert(fid, FunctionEntry { is_kernel: false, ..k });
         // The function of the kernel in the current context: it lives on that device.
         reg.owners.insert(fid.get(), dev);

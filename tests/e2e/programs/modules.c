@@ -114,6 +114,9 @@ int main(void)
     ERROR_CASE("library kernel missing", cuLibraryGetKernel(&missing, lib, "no_such_kernel"));
     CUfunction kf;
     CHECK(cuKernelGetFunction(&kf, kern));
+    CUfunction kf_again;
+    CHECK(cuKernelGetFunction(&kf_again, kern));
+    expect(kf_again == kf, "cuKernelGetFunction twice in one context: the same function");
     func_attributes(kf, "library vector_add");
 
     CUdeviceptr lg;
