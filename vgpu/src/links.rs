@@ -29,7 +29,7 @@ const LINK_METRICS: &[(&str, &str, &str)] = &[
     ("memgetinfo_us", "cuMemGetInfo", "µs"),
     (
         "occupancy_us",
-        "cuOccupancyMaxActiveBlocksPerMultiprocessor, asked again",
+        "cuFuncSetAttribute (unchanged) + cuOccupancyMaxActiveBlocksPerMultiprocessor",
         "µs",
     ),
     ("malloc_free_1mib_us", "cuMemAlloc + cuMemFree, 1 MiB", "µs"),

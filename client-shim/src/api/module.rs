@@ -464,9 +464,12 @@ fn set_attribute(id: FunctionId, attrib: CUfunction_attribute, value: i32) -> Cu
     } else {
         client::post_to(route_of_function(id, StreamId::NULL)?, 0, &call, &[])?;
     }
-    // Later queries see the new value.
-    super::query::forget_occupancy();
+    // Later queries see the new value. Frameworks set the same value before every launch of some kernels: the
+    // occupancy answers stay unless it changed.
     let mut attrs = known_attributes(&entry, id).unwrap_or(ATTRS_UNKNOWN);
+    if attrs == ATTRS_UNKNOWN || attrs[attrib.0 as usize] != value {
+        super::query::forget_occupancy_of(id);
+    }
     if attrs != ATTRS_UNKNOWN {
         attrs[attrib.0 as usize] = value;
         state::write().func_attrs.insert(id, attrs);

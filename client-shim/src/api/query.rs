@@ -222,10 +222,17 @@ fn occupancy_answers() -> std::sync::MutexGuard<'static, Option<HashMap<Occupanc
     OCCUPANCY_ANSWERS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Forgets remembered occupancy answers: a function's attributes changed (its shared memory size or carveout
-/// decide how many blocks fit), or modules went away with a context.
+/// Forgets remembered occupancy answers: modules went away with a context.
 pub(crate) fn forget_occupancy() {
     *occupancy_answers() = None;
+}
+
+/// Forgets the answers about one function: its attributes changed (its shared memory size or carveout decide
+/// how many blocks fit).
+pub(crate) fn forget_occupancy_of(function: FunctionId) {
+    if let Some(answers) = occupancy_answers().as_mut() {
+        answers.retain(|key, _| key.1 != function);
+    }
 }
 
 fn max_potential_block_size(
