@@ -89,11 +89,6 @@ impl Pending {
     fn copied_covers(&self, off: usize, n: usize) -> bool {
         self.copied.iter().any(|&(o, l)| off >= o && off + n <= o + l)
     }
-
-    /// Whether only copies wrote the region (no kernel may have touched it).
-    fn copies_only(&self) -> bool {
-        self.pushed.is_none() && !self.whole
-    }
 }
 
 /// Granularity of the change detection of a pull after a kernel.
@@ -433,10 +428,12 @@ fn this_thread() -> u64 {
     ID.with(|id| *id)
 }
 
-/// Where `[addr, addr+n)` lies in a mirrored region that queued device work may have written and nobody has
-/// synchronized with yet: the device address of `addr` in the server's mirror, which holds the newer bytes
-/// (a copy or launch must read those, not the host's stale ones; a graph replayed twice without a sync reads
-/// what the first replay wrote), with the device whose server holds the mirror.
+/// Where the newest bytes of `[addr, addr+n)` are when it lies in a mirrored region that queued device work may
+/// have written and nobody has synchronized with yet. Copies into the mirror that wrote all of the range: the
+/// mirror's (read in stream order, without waiting). After a kernel was pushed the region: the mirror's where the
+/// host has not changed the range since the push (a kernel may have written it; a graph replayed twice without a
+/// sync reads what the first replay wrote), the host's where the host has changed all of it since (it rewrote
+/// the buffer once it saw the work done, as frameworks reuse pinned buffers).
 pub fn pending_source(addr: usize, n: usize) -> Source {
     let Some(end) = addr.checked_add(n) else {
         return Source::Host;
@@ -445,17 +442,40 @@ pub fn pending_source(addr: usize, n: usize) -> Source {
     let Some((_, mirror)) = m.by_base.range(..=addr).next_back() else {
         return Source::Host;
     };
-    if addr < mirror.data || end > mirror.data + mirror.data_len {
+    if addr < mirror.data || end > mirror.data + mirror.data_len || n == 0 {
         return Source::Host;
     }
-    match m.pending.get(&mirror.base) {
-        None => Source::Host,
-        Some(p) if p.copies_only() && p.copied_covers(addr - mirror.data, n) => {
-            Source::Mirror(mirror.dptr + (addr - mirror.base) as u64, mirror.device)
-        }
-        // A kernel may have written it, or copies wrote only part of the range: which bytes are newer is known
-        // once the work is done (`settle`).
-        Some(_) => Source::Unsettled,
+    let Some(p) = m.pending.get(&mirror.base) else {
+        return Source::Host;
+    };
+    let off = addr - mirror.data;
+    let in_mirror = Source::Mirror(mirror.dptr + (addr - mirror.base) as u64, mirror.device);
+    let copied_overlap = p.copied.iter().any(|&(o, l)| o < off + n && off < o + l);
+    if p.whole {
+        return Source::Unsettled;
+    }
+    let Some(pushed) = &p.pushed else {
+        return match (p.copied_covers(off, n), copied_overlap) {
+            (true, _) => in_mirror,
+            (false, false) => Source::Host,
+            (false, true) => Source::Unsettled,
+        };
+    };
+    if copied_overlap {
+        return Source::Unsettled;
+    }
+    // The chunks the range touches: has the host changed them since the push?
+    let Ok(host) = ffi::bytes(mirror.data as *const u8, mirror.data_len) else {
+        return Source::Unsettled;
+    };
+    let (first, last) = (off / CHUNK, (off + n - 1) / CHUNK);
+    let changed = (first..=last)
+        .filter(|&i| pushed.get(i) != Some(&chunk_hash(&host[i * CHUNK..((i + 1) * CHUNK).min(host.len())])))
+        .count();
+    match changed {
+        0 => in_mirror,
+        c if c == last - first + 1 => Source::Host,
+        _ => Source::Unsettled,
     }
 }
 
@@ -567,10 +587,10 @@ pub fn before_launch(flags: u16, route: Route, stream: StreamId, args: &[u8]) ->
         {
             let mut m = mirrors();
             if let Some(p) = m.pending.get_mut(&mirror.base) {
-                // The mirror is newer than the host somewhere: this kernel works on it as it is, and may
-                // change any byte.
+                // The mirror may be newer than the host: this kernel works on it as it is. After a push, what it
+                // changes shows against the pushed hashes; after copies only, any byte may come back.
                 p.owners.insert(this_thread());
-                p.whole = true;
+                p.whole |= p.pushed.is_none();
                 continue;
             }
         }
