@@ -121,7 +121,7 @@ fn newer_in_mirror(addr: usize, n: usize, route: Route) -> CuResult<Option<u64>>
 /// Whether large copies on `route` may use this thread's shared staging slots, which live on its current
 /// context's server.
 fn staging_usable(route: Route) -> bool {
-    matches!((client::server_index(route), client::server_index(Route::Current)), (Ok(a), Ok(b)) if a == b)
+    same_server(route, Route::Current).unwrap_or(false)
 }
 
 fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> CuResult<()> {
