@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::digest::{chunk_hash, chunk_hashes, CHUNK};
+use vgpu_dataplane::handshake::CAP_MIRROR_DIGEST;
 use vgpu_dataplane::wire::*;
 
 use crate::client::Route;
@@ -89,28 +91,6 @@ impl Pending {
     fn copied_covers(&self, off: usize, n: usize) -> bool {
         self.copied.iter().any(|&(o, l)| off >= o && off + n <= o + l)
     }
-}
-
-/// Granularity of the change detection of a pull after a kernel.
-const CHUNK: usize = 4096;
-
-/// A 64-bit hash of a chunk (change detection, not security: a kernel's write that leaves the hash unchanged is
-/// as unlikely as a random 64-bit collision).
-fn chunk_hash(bytes: &[u8]) -> u64 {
-    let mut h = 0x9e37_79b9_7f4a_7c15u64 ^ bytes.len() as u64;
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        let v = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        h = (h.rotate_left(23) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    for &b in words.remainder() {
-        h = (h.rotate_left(23) ^ b as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    h ^ (h >> 29)
-}
-
-fn chunk_hashes(bytes: &[u8]) -> Vec<u64> {
-    bytes.chunks(CHUNK).map(chunk_hash).collect()
 }
 
 static MIRRORS: Mutex<Mirrors> = Mutex::new(Mirrors {
@@ -520,6 +500,9 @@ fn pull(mirror: &Mirror, pending: &Pending) -> CuResult<Option<Vec<u64>>> {
         return Ok(Some(chunk_hashes(host)));
     }
     if let Some(pushed) = &pending.pushed {
+        if client::session()?.capabilities & CAP_MIRROR_DIGEST != 0 {
+            return pull_changed(mirror, pending, pushed, host);
+        }
         let mut now = vec![0u8; mirror.data_len];
         fetch(0, &mut now)?;
         for (i, chunk) in now.chunks(CHUNK).enumerate() {
@@ -540,6 +523,49 @@ fn pull(mirror: &Mirror, pending: &Pending) -> CuResult<Option<Vec<u64>>> {
         }
     }
     Ok(None)
+}
+
+/// `pull` where the server hashes its mirror (`MirrorDigest`): one round trip for the hashes, then only the runs
+/// of chunks that changed (or that copies wrote) travel. A kernel argument word that only looked like a pointer
+/// into a large buffer then costs the hashes, not the buffer.
+fn pull_changed(mirror: &Mirror, pending: &Pending, pushed: &[u64], host: &mut [u8]) -> CuResult<Option<Vec<u64>>> {
+    let route = Route::Device(mirror.device);
+    let call = MirrorDigest {
+        dptr: DevicePtr(mirror.data_dptr()),
+        size: mirror.data_len as u64,
+    };
+    let mut tail = Vec::new();
+    client::call_with_tail_to(route, 0, &call, &[], &mut tail)?;
+    let chunks = mirror.data_len.div_ceil(CHUNK);
+    if tail.len() != chunks * 8 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let now: Vec<u64> = tail
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))
+        .collect();
+    let changed = |i: usize| {
+        let off = i * CHUNK;
+        pushed.get(i) != Some(&now[i]) || pending.copied.iter().any(|&(o, l)| o < off + CHUNK && off < o + l)
+    };
+    let mut i = 0;
+    while i < chunks {
+        if !changed(i) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chunks && changed(i) {
+            i += 1;
+        }
+        let (from, to) = (start * CHUNK, (i * CHUNK).min(mirror.data_len));
+        let call = MemcpyDtoH {
+            src: DevicePtr(mirror.data_dptr() + from as u64),
+            size: (to - from) as u64,
+        };
+        client::copy_to_host(route, 0, &call, &mut host[from..to])?;
+    }
+    Ok(Some(now))
 }
 
 /// Before a launch on `stream`: pushes every mirrored region one of the kernel's argument words points

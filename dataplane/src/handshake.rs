@@ -26,8 +26,17 @@ pub const CAP_IPC: u64 = 64;
 /// The server takes part in multi-server sessions: it follows the client's device numbering
 /// (`SetDeviceNumbering`, op code 160).
 pub const CAP_MULTI_SERVER: u64 = 1 << 8;
-pub const CAPABILITIES: u64 =
-    CAP_PUSH_DTOH | CAP_NVML | CAP_VMM | CAP_STREAM_MEM_OPS | CAP_GRAPHS | CAP_NVML_PCIE | CAP_IPC | CAP_MULTI_SERVER;
+/// The server answers `MirrorDigest` (op code 88).
+pub const CAP_MIRROR_DIGEST: u64 = 1 << 9;
+pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
+    | CAP_NVML
+    | CAP_VMM
+    | CAP_STREAM_MEM_OPS
+    | CAP_GRAPHS
+    | CAP_NVML_PCIE
+    | CAP_IPC
+    | CAP_MULTI_SERVER
+    | CAP_MIRROR_DIGEST;
 
 pub const MODE_NEW_SESSION: u32 = 0;
 pub const MODE_ATTACH: u32 = 1;

@@ -16,6 +16,7 @@ macro_rules! snapshot {
 }
 
 pub mod cuerr;
+pub mod digest;
 pub mod handshake;
 pub mod ids;
 pub mod image;

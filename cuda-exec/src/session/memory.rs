@@ -313,6 +313,48 @@ impl Serve<HostMirrorMap> for Channel {
     }
 }
 
+impl Serve<MirrorDigest> for Channel {
+    /// Hashes a stretch of one of the session's host mirrors, read through the staging buffers in stream order on
+    /// the default stream (the client asks after a synchronizing call, so kernels' writes are in).
+    fn serve(&mut self, c: MirrorDigest, cx: &mut Cx<'_>) -> Served<Empty> {
+        use vgpu_dataplane::digest;
+        let inside = c.dptr.0.checked_add(c.size).is_some_and(|end| {
+            self.s()
+                .objects()
+                .mirrors
+                .values()
+                .any(|&(base, size)| c.dptr.0 >= base.0 && end <= base.0 + size)
+        });
+        if c.size == 0 || !inside {
+            return Ok(Err(CUDA_ERROR_INVALID_VALUE));
+        }
+        if let Err(e) = self.ensure_staging() {
+            return Ok(Err(e));
+        }
+        let stream = cx.default_stream();
+        let len = c.size as usize;
+        let mut hashes = Vec::with_capacity(len.div_ceil(digest::CHUNK) * 8);
+        let mut offset = 0usize;
+        while offset < len {
+            // A multiple of digest::CHUNK, so chunks never straddle two reads.
+            let n = (len - offset).min(super::channel::CHUNK);
+            let read = self
+                .b()
+                .memcpy_dtoh_async(&self.staging[0], c.dptr.offset(offset as u64), n, stream)
+                .and_then(|_| self.b().stream_synchronize(stream));
+            if let Err(e) = read {
+                return Ok(Err(e));
+            }
+            for piece in self.staging[0].as_slice()[..n].chunks(digest::CHUNK) {
+                hashes.extend_from_slice(&digest::chunk_hash(piece).to_le_bytes());
+            }
+            offset += n;
+        }
+        cx.reply_tail = hashes;
+        Ok(Ok(Empty {}))
+    }
+}
+
 impl Serve<HostMirrorUnmap> for Channel {
     fn serve(&mut self, c: HostMirrorUnmap, _cx: &mut Cx<'_>) -> Served<Empty> {
         let m = self.s().objects().mirrors.remove(&c.addr);

@@ -195,6 +195,10 @@ macro_rules! call_table {
             HostMirrorMap = 76, sync { addr: HostAddr, size: u64 } -> MemAllocReply;
             /// Releases a `HostMirrorMap` region.
             HostMirrorUnmap = 77, sync { addr: HostAddr } -> Empty;
+            /// Hashes of `size` bytes of a host mirror from `dptr`, one `u64` per `digest::CHUNK` in the reply's tail:
+            /// the client pulls back only chunks whose hash differs from what it pushed. Only sent to a server that
+            /// announced `CAP_MIRROR_DIGEST`.
+            MirrorDigest = 88, sync { dptr: DevicePtr, size: u64 } -> Empty;
             /// `cuMemAllocManaged`. The client maps its own memory at the same address and keeps it in step the way
             /// it does pinned memory (pushed before kernels that name it, pulled at synchronizing calls).
             MemAllocManaged = 78, sync { size: u64, flags: u32, _pad: u32 } -> MemAllocReply;

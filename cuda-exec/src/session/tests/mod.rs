@@ -113,6 +113,15 @@ impl Client {
         }
     }
 
+    /// A synchronous call whose reply carries a tail after its body: the tail, or the call's error.
+    pub fn call_tail<C: SyncCall>(&mut self, c: &C) -> CuResult<Vec<u8>> {
+        self.send(c, &[]);
+        match self.reply() {
+            (0, body) => Ok(body[std::mem::size_of::<C::Reply>()..].to_vec()),
+            (code, _) => Err(CUresult::from_code(code)),
+        }
+    }
+
     pub fn ok<C: SyncCall>(&mut self, c: &C) -> C::Reply {
         self.call(c, &[]).unwrap_or_else(|e| panic!("{c:?} failed with {e}"))
     }
@@ -310,5 +319,50 @@ fn nvml_pcie_and_field_values_answer_for_the_emulated_device() {
     );
     let mut head = [0u8; 16];
     assert!(c.t.recv_exact(&mut head).is_err(), "the channel was closed");
+    c.close();
+}
+
+/// `MirrorDigest` hashes a host mirror chunk by chunk by the rule the client hashes what it pushed with; a range
+/// outside the session's mirrors (past one, or device memory) is refused.
+#[test]
+fn mirror_digests_follow_the_shared_rule_and_stay_inside_mirrors() {
+    use vgpu_dataplane::digest;
+    let (_backend, session) = emulated_session(Limits::default());
+    let mut c = Client::connect(&session);
+    let size = 3 * digest::CHUNK as u64;
+    let dptr = c
+        .ok(&HostMirrorMap {
+            addr: HostAddr(0x6100_0000_0000),
+            size,
+        })
+        .dptr;
+    let data = pattern(size as usize, 9);
+    c.htod(dptr.0, &data).expect("fill the mirror");
+    let hashes = |h: Vec<u64>| -> Vec<u8> { h.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    let whole = c.call_tail(&MirrorDigest { dptr, size });
+    assert_eq!(whole, Ok(hashes(digest::chunk_hashes(&data))));
+    let middle = c.call_tail(&MirrorDigest {
+        dptr: dptr.offset(digest::CHUNK as u64),
+        size: digest::CHUNK as u64,
+    });
+    assert_eq!(
+        middle,
+        Ok(hashes(vec![digest::chunk_hash(
+            &data[digest::CHUNK..2 * digest::CHUNK]
+        )]))
+    );
+    let past = MirrorDigest {
+        dptr: dptr.offset(digest::CHUNK as u64),
+        size,
+    };
+    assert_eq!(c.err(&past), CUDA_ERROR_INVALID_VALUE);
+    let device = c.ok(&MemAlloc { size: 4096 }).dptr;
+    assert_eq!(
+        c.err(&MirrorDigest {
+            dptr: device,
+            size: 4096
+        }),
+        CUDA_ERROR_INVALID_VALUE
+    );
     c.close();
 }
