@@ -105,7 +105,11 @@ fn param_size(decl: &str) -> Result<(u32, u32), String> {
         _ => 1,
     };
     let align = align.unwrap_or(elem).max(1);
-    Ok((elem * count, align))
+    // A hostile image may declare an array whose byte size passes u32: refused, never wrapped to a small size.
+    let size = elem
+        .checked_mul(count)
+        .ok_or(format!("parameter too large in '{decl}'"))?;
+    Ok((size, align))
 }
 
 fn scalar_size(t: &str) -> Option<u32> {
@@ -177,6 +181,8 @@ mod tests {
         assert!(entries(".entry f( .param .q99 x )").is_err());
         assert!(entries(".entry f( .param .u32 x").is_err());
         assert!(entries(".entry ( .param .u32 x )").is_err());
+        // 8-byte elements times 4294967295 passes u32 (found by fuzzing: it overflowed, wrapping in release builds).
+        assert!(entries(".entry f( .param .b64 x[4294967295] )").is_err());
     }
 }
 
