@@ -12,6 +12,9 @@
   run.py compare DIR_A DIR_B [--backend emulated|real]
       Compares two directories of saved outputs (e.g. native vs vgpu on the GPU machine).
 
+Through vGPU, a program with expected/<name>.stats (lines `KEY <= N` over the shim's VGPU_STATS counters) must also
+keep its traffic within those bounds.
+
 Comparison rules: `timing:` lines are always dropped; with --backend emulated `result:` and
 `device:` lines are dropped too (from both sides). Where results are compared (native mode, or
 --backend real), a `result:` line that reports FAIL fails the program even if it matches.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import difflib
+import json
 import os
 import re
 import shutil
@@ -214,10 +218,10 @@ class Server:
 # run
 
 
-def run_program(cmd: list[str]) -> tuple[int | None, str, str]:
+def run_program(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int | None, str, str]:
     """(exit status or None on timeout, stdout, stderr). The program runs in its own process group."""
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, errors="replace", start_new_session=True)
+                         text=True, errors="replace", start_new_session=True, env=env)
     try:
         out, err = p.communicate(timeout=PROGRAM_TIMEOUT_S)
         return p.returncode, out, err
@@ -281,8 +285,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 cmd = [args.vgpu, "run", "--server", url, "--", str(prog.resolve())]
             else:
                 cmd = [str(prog.resolve())]
+            budget = expected / f"{name}.stats"
+            env = None
+            stats_file = None
+            if args.mode == "vgpu" and budget.is_file():
+                stats_file = Path(tempfile.mkdtemp(prefix="vgpu-e2e-stats-")) / "stats.json"
+                env = dict(os.environ, VGPU_STATS=str(stats_file))
             t0 = time.monotonic()
-            rc, out, err = run_program(cmd)
+            rc, out, err = run_program(cmd, env)
             secs = time.monotonic() - t0
             if save_dir:
                 (save_dir / f"{name}.out").write_text(out)
@@ -307,6 +317,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 details.append(problems_note)
             else:
                 problems.append("no reference")
+            if stats_file is not None:
+                broken = check_budget(budget, stats_file)
+                shutil.rmtree(stats_file.parent, ignore_errors=True)
+                if broken:
+                    problems.append("traffic over budget")
+                    details += broken
             if backend == "real":
                 bad = failed_results(out)
                 if bad:
@@ -334,6 +350,38 @@ def cmd_run(args: argparse.Namespace) -> int:
             server.stop()
     print(f"{passed} passed, {failed} failed" + (f", {len(skipped)} skipped" if skipped else ""))
     return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# traffic budgets
+
+BUDGET_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)\s*<=\s*([0-9]+)\s*(?:#.*)?$")
+
+
+def check_budget(budget: Path, stats_file: Path) -> list[str]:
+    """expected/<name>.stats: lines `KEY <= N` (KEY a dotted path into the shim's VGPU_STATS JSON, a missing key
+    counting 0; `#` starts a comment). Through vGPU, the program's traffic must stay within each bound: round trips
+    and bytes a change must not add back. Returns the broken bounds."""
+    try:
+        lines = stats_file.read_text().splitlines()
+        stats = json.loads(lines[-1])
+    except (OSError, ValueError, IndexError) as e:
+        return [f"no traffic counters from the shim ({stats_file}): {e}"]
+    broken = []
+    for raw in budget.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = BUDGET_LINE.match(line)
+        if not m:
+            broken.append(f"{budget.name}: unreadable line {line!r}")
+            continue
+        value = stats
+        for part in m.group(1).split("."):
+            value = value.get(part, 0) if isinstance(value, dict) else 0
+        if not isinstance(value, (int, float)) or value > int(m.group(2)):
+            broken.append(f"traffic: {m.group(1)} = {value}, budget {m.group(2)}")
+    return broken
 
 
 # ---------------------------------------------------------------------------------------------
