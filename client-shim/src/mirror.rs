@@ -501,7 +501,15 @@ fn pull(mirror: &Mirror, pending: &Pending) -> CuResult<Option<Vec<u64>>> {
     }
     if let Some(pushed) = &pending.pushed {
         if client::session()?.capabilities & CAP_MIRROR_DIGEST != 0 {
-            return pull_changed(mirror, pending, pushed, host);
+            // A server that cannot hash this range still serves the whole of it below.
+            match pull_changed(mirror, pending, pushed, host) {
+                Err(e) if e != client::LOST => log!(
+                    DEBUG,
+                    "mirror digest at {:#x} refused ({e:?}): pulling it whole",
+                    mirror.data
+                ),
+                done => return done,
+            }
         }
         let mut now = vec![0u8; mirror.data_len];
         fetch(0, &mut now)?;

@@ -314,19 +314,16 @@ impl Serve<HostMirrorMap> for Channel {
 }
 
 impl Serve<MirrorDigest> for Channel {
-    /// Hashes a stretch of one of the session's host mirrors, read through the staging buffers in stream order on
-    /// the default stream (the client asks after a synchronizing call, so kernels' writes are in).
+    /// Hashes a stretch of memory the session owns (a host mirror, or managed memory the client mirrors the same
+    /// way), read through the staging buffers in stream order on the default stream (the client asks after a
+    /// synchronizing call, so kernels' writes are in).
     fn serve(&mut self, c: MirrorDigest, cx: &mut Cx<'_>) -> Served<Empty> {
         use vgpu_dataplane::digest;
-        let inside = c.dptr.0.checked_add(c.size).is_some_and(|end| {
-            self.s()
-                .objects()
-                .mirrors
-                .values()
-                .any(|&(base, size)| c.dptr.0 >= base.0 && end <= base.0 + size)
-        });
-        if c.size == 0 || !inside {
+        if c.size == 0 {
             return Ok(Err(CUDA_ERROR_INVALID_VALUE));
+        }
+        if let Err(e) = self.check_range(c.dptr, c.size) {
+            return Ok(Err(e));
         }
         if let Err(e) = self.ensure_staging() {
             return Ok(Err(e));

@@ -322,8 +322,8 @@ fn nvml_pcie_and_field_values_answer_for_the_emulated_device() {
     c.close();
 }
 
-/// `MirrorDigest` hashes a host mirror chunk by chunk by the rule the client hashes what it pushed with; a range
-/// outside the session's mirrors (past one, or device memory) is refused.
+/// `MirrorDigest` hashes a host mirror chunk by chunk by the rule the client hashes what it pushed with; managed
+/// memory too; a range the session does not own (past a mirror's end, or nowhere) is refused.
 #[test]
 fn mirror_digests_follow_the_shared_rule_and_stay_inside_mirrors() {
     use vgpu_dataplane::digest;
@@ -356,13 +356,23 @@ fn mirror_digests_follow_the_shared_rule_and_stay_inside_mirrors() {
         size,
     };
     assert_eq!(c.err(&past), CUDA_ERROR_INVALID_VALUE);
-    let device = c.ok(&MemAlloc { size: 4096 }).dptr;
-    assert_eq!(
-        c.err(&MirrorDigest {
-            dptr: device,
-            size: 4096
-        }),
-        CUDA_ERROR_INVALID_VALUE
-    );
+    // Managed memory is mirrored by the client the same way: its own memory is hashed too.
+    let managed = c.ok(&MemAllocManaged {
+        size: 4096,
+        flags: 1,
+        _pad: 0,
+    });
+    let zeros = c.call_tail(&MirrorDigest {
+        dptr: managed.dptr,
+        size: 4096,
+    });
+    assert_eq!(zeros, Ok(hashes(vec![digest::chunk_hash(&[0u8; 4096])])));
+    // Memory the session does not own is refused.
+    let beyond = MirrorDigest {
+        dptr: DevicePtr(0x10),
+        size: 4096,
+    };
+    assert_ne!(c.call_tail(&beyond), Ok(Vec::new()));
+    assert!(c.call_tail(&beyond).is_err());
     c.close();
 }
