@@ -149,6 +149,8 @@ pub fn tour() -> Vec<Exchange> {
         body
     };
     let a = Some(ADMIN_KEY);
+    // Usage periods below end 20 s after this: the session is created later in the tour, and a period may not start
+    // more than the server's clock slack before its session (on a loaded machine the tour crosses seconds).
     let now = vgpu_control::auth::now();
     go("GET", "/v1/health", None, None);
     go("GET", "/v1/public-key", None, None);
@@ -301,8 +303,8 @@ pub fn tour() -> Vec<Exchange> {
         "/v1/usage",
         Some(&stok),
         Some(
-            json!({"report_id": "r-1", "records": [{"session_id": sess, "gpu_uuid": "GPU-aaaa", "period_start": now - 300,
-        "period_end": now, "gpu_seconds": 270.0, "gpu_busy_seconds": 150.0, "memory_gib_hours": 1.0, "bytes_moved": 1_000_000u64}]}),
+            json!({"report_id": "r-1", "records": [{"session_id": sess, "gpu_uuid": "GPU-aaaa", "period_start": now - 280,
+        "period_end": now + 20, "gpu_seconds": 270.0, "gpu_busy_seconds": 150.0, "memory_gib_hours": 1.0, "bytes_moved": 1_000_000u64}]}),
         ),
     );
     go(
@@ -319,8 +321,8 @@ pub fn tour() -> Vec<Exchange> {
         "/v1/usage",
         Some(&stok),
         Some(
-            json!({"report_id": "r-1", "records": [{"session_id": sess, "gpu_uuid": "GPU-aaaa", "period_start": now - 300,
-        "period_end": now, "gpu_seconds": 270.0, "gpu_busy_seconds": 150.0, "memory_gib_hours": 1.0, "bytes_moved": 1_000_000u64}]}),
+            json!({"report_id": "r-1", "records": [{"session_id": sess, "gpu_uuid": "GPU-aaaa", "period_start": now - 280,
+        "period_end": now + 20, "gpu_seconds": 270.0, "gpu_busy_seconds": 150.0, "memory_gib_hours": 1.0, "bytes_moved": 1_000_000u64}]}),
         ),
     );
     // More GPU time than the period holds on one GPU.
