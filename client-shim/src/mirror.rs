@@ -86,10 +86,75 @@ struct Pending {
     whole: bool,
 }
 
+/// Which side holds the newest bytes of a range (`Pending::newest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Newest {
+    Host,
+    Mirror,
+    /// Known only once the queued work is done.
+    Unknown,
+}
+
 impl Pending {
     /// Whether [off, off+n) lies inside one copied range (the mirror's bytes there are the newer ones).
     fn copied_covers(&self, off: usize, n: usize) -> bool {
         self.copied.iter().any(|&(o, l)| off >= o && off + n <= o + l)
+    }
+
+    /// Where the newest bytes of [off, off+n) of the region are (`n` > 0), `host` being the region's bytes here:
+    /// copies that wrote all of it → the mirror; no copy touching it and no push → the host; after a push, the
+    /// mirror where the host has not changed those chunks since (a kernel may have written them), the host where
+    /// it has changed all of them (it rewrote the buffer once it saw the work done); any mix → unknown.
+    fn newest(&self, off: usize, n: usize, host: &[u8]) -> Newest {
+        let copied_overlap = self.copied.iter().any(|&(o, l)| o < off + n && off < o + l);
+        if self.whole {
+            return Newest::Unknown;
+        }
+        let Some(pushed) = &self.pushed else {
+            return match (self.copied_covers(off, n), copied_overlap) {
+                (true, _) => Newest::Mirror,
+                (false, false) => Newest::Host,
+                (false, true) => Newest::Unknown,
+            };
+        };
+        if copied_overlap {
+            return Newest::Unknown;
+        }
+        let (first, last) = (off / CHUNK, (off + n - 1) / CHUNK);
+        let changed = (first..=last)
+            .filter(|&i| {
+                let chunk = host.get(i * CHUNK..((i + 1) * CHUNK).min(host.len())).unwrap_or(&[]);
+                pushed.get(i) != Some(&chunk_hash(chunk))
+            })
+            .count();
+        match changed {
+            0 => Newest::Mirror,
+            c if c == last - first + 1 => Newest::Host,
+            _ => Newest::Unknown,
+        }
+    }
+
+    /// The runs of chunks (byte ranges of the region) a pull must bring back, given the mirror's chunk hashes now:
+    /// those that changed since the push, and those copies wrote.
+    fn changed_runs(&self, pushed: &[u64], now: &[u64], len: usize) -> Vec<(usize, usize)> {
+        let changed = |i: usize| {
+            let off = i * CHUNK;
+            pushed.get(i) != now.get(i) || self.copied.iter().any(|&(o, l)| o < off + CHUNK && off < o + l)
+        };
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < now.len() {
+            if !changed(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < now.len() && changed(i) {
+                i += 1;
+            }
+            runs.push((start * CHUNK, (i * CHUNK).min(len)));
+        }
+        runs
     }
 }
 
@@ -429,33 +494,15 @@ pub fn pending_source(addr: usize, n: usize) -> Source {
         return Source::Host;
     };
     let off = addr - mirror.data;
-    let in_mirror = Source::Mirror(mirror.dptr + (addr - mirror.base) as u64, mirror.device);
-    let copied_overlap = p.copied.iter().any(|&(o, l)| o < off + n && off < o + l);
-    if p.whole {
-        return Source::Unsettled;
-    }
-    let Some(pushed) = &p.pushed else {
-        return match (p.copied_covers(off, n), copied_overlap) {
-            (true, _) => in_mirror,
-            (false, false) => Source::Host,
-            (false, true) => Source::Unsettled,
-        };
+    // Only the region's own bytes are hashed, and only where a push makes the answer depend on them.
+    let host = match ffi::bytes(mirror.data as *const u8, mirror.data_len) {
+        Ok(h) => h,
+        Err(_) => return Source::Unsettled,
     };
-    if copied_overlap {
-        return Source::Unsettled;
-    }
-    // The chunks the range touches: has the host changed them since the push?
-    let Ok(host) = ffi::bytes(mirror.data as *const u8, mirror.data_len) else {
-        return Source::Unsettled;
-    };
-    let (first, last) = (off / CHUNK, (off + n - 1) / CHUNK);
-    let changed = (first..=last)
-        .filter(|&i| pushed.get(i) != Some(&chunk_hash(&host[i * CHUNK..((i + 1) * CHUNK).min(host.len())])))
-        .count();
-    match changed {
-        0 => in_mirror,
-        c if c == last - first + 1 => Source::Host,
-        _ => Source::Unsettled,
+    match p.newest(off, n, host) {
+        Newest::Mirror => Source::Mirror(mirror.dptr + (addr - mirror.base) as u64, mirror.device),
+        Newest::Host => Source::Host,
+        Newest::Unknown => Source::Unsettled,
     }
 }
 
@@ -552,21 +599,7 @@ fn pull_changed(mirror: &Mirror, pending: &Pending, pushed: &[u64], host: &mut [
         .chunks_exact(8)
         .map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))
         .collect();
-    let changed = |i: usize| {
-        let off = i * CHUNK;
-        pushed.get(i) != Some(&now[i]) || pending.copied.iter().any(|&(o, l)| o < off + CHUNK && off < o + l)
-    };
-    let mut i = 0;
-    while i < chunks {
-        if !changed(i) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < chunks && changed(i) {
-            i += 1;
-        }
-        let (from, to) = (start * CHUNK, (i * CHUNK).min(mirror.data_len));
+    for (from, to) in pending.changed_runs(pushed, &now, mirror.data_len) {
         let call = MemcpyDtoH {
             src: DevicePtr(mirror.data_dptr() + from as u64),
             size: (to - from) as u64,
@@ -701,5 +734,68 @@ fn warn_unreachable(addr: usize) {
             "a kernel names pinned or managed host memory ({addr:#x}) that lives on another server's device: host \
              memory is mapped for kernels only on the server it was allocated on"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pushed_over(bytes: &[u8]) -> Pending {
+        Pending {
+            pushed: Some(chunk_hashes(bytes)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn copies_decide_by_their_ranges() {
+        let p = Pending {
+            copied: vec![(4096, 8192)],
+            ..Default::default()
+        };
+        let host = vec![0u8; 4 * CHUNK];
+        assert_eq!(p.newest(4096, 100, &host), Newest::Mirror, "inside a copied range");
+        assert_eq!(p.newest(0, 100, &host), Newest::Host, "no copy touched it");
+        assert_eq!(p.newest(4000, 200, &host), Newest::Unknown, "partly copied");
+    }
+
+    #[test]
+    fn after_a_push_the_host_wins_where_it_rewrote_the_chunks() {
+        let mut host = vec![1u8; 4 * CHUNK];
+        let p = pushed_over(&host);
+        assert_eq!(
+            p.newest(CHUNK, 10, &host),
+            Newest::Mirror,
+            "unchanged: a kernel may have written it"
+        );
+        host[CHUNK..2 * CHUNK].fill(9);
+        assert_eq!(p.newest(CHUNK, CHUNK, &host), Newest::Host, "rewritten since the push");
+        assert_eq!(
+            p.newest(CHUNK, 2 * CHUNK, &host),
+            Newest::Unknown,
+            "one chunk rewritten, one not"
+        );
+        let whole = Pending {
+            whole: true,
+            ..pushed_over(&host)
+        };
+        assert_eq!(whole.newest(0, 1, &host), Newest::Unknown);
+    }
+
+    #[test]
+    fn a_pull_brings_back_changed_and_copied_chunks_only() {
+        let before = vec![0u8; 5 * CHUNK + 100];
+        let mut after = before.clone();
+        after[2 * CHUNK + 7] = 1;
+        after[3 * CHUNK] = 1;
+        let p = Pending {
+            copied: vec![(5 * CHUNK, 50)],
+            ..pushed_over(&before)
+        };
+        let runs = p.changed_runs(&chunk_hashes(&before), &chunk_hashes(&after), after.len());
+        assert_eq!(runs, vec![(2 * CHUNK, 4 * CHUNK), (5 * CHUNK, 5 * CHUNK + 100)]);
+        let none = pushed_over(&before).changed_runs(&chunk_hashes(&before), &chunk_hashes(&before), before.len());
+        assert!(none.is_empty(), "a kernel that wrote nothing costs no bytes");
     }
 }
