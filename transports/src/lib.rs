@@ -64,6 +64,50 @@ pub fn read_raw_hello<R: Read>(r: &mut R, max: usize) -> io::Result<Vec<u8>> {
     Ok(payload)
 }
 
+/// The two settings of a ring transport (shared memory, RDMA), as their environment variables spell them: the
+/// ring's size in MiB (a power of two up to 1024) and how long a waiting side spins, in µs (up to one second).
+/// `None` leaves a setting at its default; a bad value is an error naming the variable and the rule.
+pub(crate) fn ring_settings(
+    ring: (&str, Option<&str>),
+    spin: (&str, Option<&str>),
+) -> Result<(Option<usize>, Option<std::time::Duration>), TransportError> {
+    let bad = |name: &str, value: &str, rule: &str| {
+        TransportError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name}={value:?}: must be {rule}"),
+        ))
+    };
+    let ring_bytes = match ring.1 {
+        Some(v) => {
+            let mb: usize = v
+                .trim()
+                .parse()
+                .map_err(|_| bad(ring.0, v, "a power of two from 1 to 1024"))?;
+            if !mb.is_power_of_two() || mb > 1024 {
+                return Err(bad(ring.0, v, "a power of two from 1 to 1024"));
+            }
+            Some(mb << 20)
+        }
+        None => None,
+    };
+    let spin_time = match spin.1 {
+        Some(v) => {
+            let us: u64 = v.trim().parse().map_err(|_| bad(spin.0, v, "0 to 1000000"))?;
+            if us > 1_000_000 {
+                return Err(bad(spin.0, v, "0 to 1000000"));
+            }
+            Some(std::time::Duration::from_micros(us))
+        }
+        None => None,
+    };
+    Ok((ring_bytes, spin_time))
+}
+
+/// A peer broke the transport's protocol.
+pub(crate) fn protocol(msg: impl Into<String>) -> TransportError {
+    TransportError::Protocol(msg.into())
+}
+
 /// Maps socket errors that mean "the peer is gone" to `Closed`, so callers see one outcome for a dead peer.
 pub(crate) fn io_to_transport(e: io::Error) -> TransportError {
     use io::ErrorKind::*;

@@ -84,39 +84,18 @@ impl ShmConfig {
     /// As [`ShmConfig::from_env`], from the two values as text.
     pub fn from_values(ring_mb: Option<&str>, spin_us: Option<&str>) -> Result<ShmConfig, TransportError> {
         let mut c = ShmConfig::default();
-        if let Some(v) = ring_mb {
-            let mb: usize = v.trim().parse().map_err(|_| bad_env("VGPU_SHM_RING_MB", v))?;
-            if !mb.is_power_of_two() || mb > 1024 {
-                return Err(bad_env("VGPU_SHM_RING_MB", v));
-            }
-            c.ring_bytes = mb << 20;
+        let (ring, spin) = crate::ring_settings(("VGPU_SHM_RING_MB", ring_mb), ("VGPU_SHM_SPIN_US", spin_us))?;
+        if let Some(bytes) = ring {
+            c.ring_bytes = bytes;
         }
-        if let Some(v) = spin_us {
-            let us: u64 = v.trim().parse().map_err(|_| bad_env("VGPU_SHM_SPIN_US", v))?;
-            if us > 1_000_000 {
-                return Err(bad_env("VGPU_SHM_SPIN_US", v));
-            }
-            c.spin = Duration::from_micros(us);
+        if let Some(spin) = spin {
+            c.spin = spin;
         }
         Ok(c)
     }
 }
 
-fn bad_env(name: &str, value: &str) -> TransportError {
-    let rule = if name == "VGPU_SHM_RING_MB" {
-        "a power of two from 1 to 1024"
-    } else {
-        "0 to 1000000"
-    };
-    TransportError::Io(io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("{name}={value:?}: must be {rule}"),
-    ))
-}
-
-fn protocol(msg: impl Into<String>) -> TransportError {
-    TransportError::Protocol(msg.into())
-}
+use crate::protocol;
 
 /// Client side: connects to the Unix socket at `path`, writes `hello`, creates and initialises the rings, and sends
 /// the memfd. Does not wait for the server, which may accept the memfd much later (after handing the socket on).

@@ -41,7 +41,12 @@ pub(super) fn gid_matches(gid: &Gid, ip: IpAddr) -> bool {
 pub(super) fn open_local(ip: IpAddr) -> Result<Local, TransportError> {
     let want_dev = std::env::var("VGPU_RDMA_DEVICE").ok().filter(|d| !d.is_empty());
     let want_gid: Option<u32> = match std::env::var("VGPU_RDMA_GID_INDEX") {
-        Ok(v) => Some(v.trim().parse().map_err(|_| bad_env("VGPU_RDMA_GID_INDEX", &v))?),
+        Ok(v) => Some(v.trim().parse().map_err(|_| {
+            TransportError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("VGPU_RDMA_GID_INDEX={v:?}: must be a GID table index (a number)"),
+            ))
+        })?),
         Err(_) => None,
     };
     let list = DeviceList::new().map_err(|e| rdma_err("no RDMA stack (is rdma-core installed?)", e))?;
