@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use vgpu_dataplane::cuerr::*;
-use vgpu_dataplane::digest::{chunk_hash, chunk_hashes, CHUNK};
+use vgpu_dataplane::digest::{chunk_hashes, CHUNK};
 use vgpu_dataplane::handshake::CAP_MIRROR_DIGEST;
 use vgpu_dataplane::wire::*;
 
@@ -71,6 +71,15 @@ struct Mirrors {
     /// `__managed__` variables looked up before any context was current (the runtime does so while it
     /// registers a module): their initial values are fetched once a context is (`fetch_deferred`).
     deferred: BTreeSet<usize>,
+}
+
+impl Mirrors {
+    /// The mirror whose app bytes hold all of [addr, addr+n) (`n` 0 counts as 1: the byte at `addr`).
+    fn holding(&self, addr: usize, n: usize) -> Option<Mirror> {
+        let (_, mirror) = self.by_base.range(..=addr).next_back()?;
+        let end = addr.checked_add(n.max(1))?;
+        (addr >= mirror.data && end <= mirror.data + mirror.data_len).then_some(*mirror)
+    }
 }
 
 static MIRRORS: Mutex<Mirrors> = Mutex::new(Mirrors {
@@ -359,21 +368,16 @@ pub fn forget(ptr: usize) {
 
 /// The mirror containing `addr`.
 pub fn find(addr: usize) -> Option<Mirror> {
-    let m = mirrors();
-    let (_, mirror) = m.by_base.range(..=addr).next_back()?;
-    (addr >= mirror.data && addr < mirror.data + mirror.data_len).then_some(*mirror)
+    mirrors().holding(addr, 1)
 }
 
 /// Marks [addr, addr+n) of a mirrored region as written by a copy into the mirror, to be brought back at the
 /// calling thread's next synchronizing call.
 pub fn mark_copied(addr: usize, n: usize) {
     let mut m = mirrors();
-    let Some(mirror) = m.by_base.range(..=addr).next_back().map(|(_, x)| *x) else {
+    let Some(mirror) = m.holding(addr, n) else {
         return;
     };
-    if addr < mirror.data || addr + n > mirror.data + mirror.data_len {
-        return;
-    }
     let entry = m.pending.entry(mirror.base).or_default();
     entry.owners.insert(this_thread());
     entry.copied.push((addr - mirror.data, n));
@@ -395,16 +399,10 @@ fn this_thread() -> u64 {
 /// sync reads what the first replay wrote), the host's where the host has changed all of it since (it rewrote
 /// the buffer once it saw the work done, as frameworks reuse pinned buffers).
 pub fn pending_source(addr: usize, n: usize) -> Source {
-    let Some(end) = addr.checked_add(n) else {
-        return Source::Host;
-    };
     let m = mirrors();
-    let Some((_, mirror)) = m.by_base.range(..=addr).next_back() else {
+    let Some(mirror) = m.holding(addr, n).filter(|_| n > 0) else {
         return Source::Host;
     };
-    if addr < mirror.data || end > mirror.data + mirror.data_len || n == 0 {
-        return Source::Host;
-    }
     let Some(p) = m.pending.get(&mirror.base) else {
         return Source::Host;
     };
@@ -446,8 +444,8 @@ pub fn settle(addr: usize) -> CuResult<()> {
     pull(&mirror, &pending).map(|_| ())
 }
 
-/// Brings back what queued work changed in `mirror` (see `Pending`). Where the whole region was read, returns
-/// the hashes of what the mirror holds now (a later pull for another thread compares with those).
+/// Brings back what queued work changed in `mirror` (see `Pending`). Where the whole region was compared,
+/// returns the hashes of what the mirror holds now (a later pull for another thread compares with those).
 fn pull(mirror: &Mirror, pending: &Pending) -> CuResult<Option<Vec<u64>>> {
     let host = ffi::bytes_mut(mirror.data as *mut u8, mirror.data_len)?;
     let fetch = |off: usize, out: &mut [u8]| {
@@ -461,67 +459,59 @@ fn pull(mirror: &Mirror, pending: &Pending) -> CuResult<Option<Vec<u64>>> {
         fetch(0, host)?;
         return Ok(Some(chunk_hashes(host)));
     }
-    if let Some(pushed) = &pending.pushed {
-        if client::session()?.capabilities & CAP_MIRROR_DIGEST != 0 {
-            // A server that cannot hash this range still serves the whole of it below.
-            match pull_changed(mirror, pending, pushed, host) {
-                Err(e) if e != client::LOST => log!(
+    let Some(pushed) = &pending.pushed else {
+        for &(off, len) in &pending.copied {
+            if let Some(out) = host.get_mut(off..off + len) {
+                fetch(off, out)?;
+            }
+        }
+        return Ok(None);
+    };
+    if client::session()?.capabilities & CAP_MIRROR_DIGEST != 0 {
+        // The server hashes its side: only the changed runs travel. One that cannot hash this range still
+        // serves the whole of it below.
+        match mirror_hashes(mirror) {
+            Ok(now) => {
+                for (from, to) in pending.changed_runs(pushed, &now, mirror.data_len) {
+                    fetch(from, &mut host[from..to])?;
+                }
+                return Ok(Some(now));
+            }
+            Err(e) if e != client::LOST => {
+                log!(
                     DEBUG,
                     "mirror digest at {:#x} refused ({e:?}): pulling it whole",
                     mirror.data
-                ),
-                done => return done,
+                )
             }
-        }
-        let mut now = vec![0u8; mirror.data_len];
-        fetch(0, &mut now)?;
-        for (i, chunk) in now.chunks(CHUNK).enumerate() {
-            let off = i * CHUNK;
-            let copied = pending
-                .copied
-                .iter()
-                .any(|&(o, l)| o < off + chunk.len() && off < o + l);
-            if copied || pushed.get(i) != Some(&chunk_hash(chunk)) {
-                host[off..off + chunk.len()].copy_from_slice(chunk);
-            }
-        }
-        return Ok(Some(chunk_hashes(&now)));
-    }
-    for &(off, len) in &pending.copied {
-        if let Some(out) = host.get_mut(off..off + len) {
-            fetch(off, out)?;
+            Err(e) => return Err(e),
         }
     }
-    Ok(None)
+    let mut whole = vec![0u8; mirror.data_len];
+    fetch(0, &mut whole)?;
+    let now = chunk_hashes(&whole);
+    for (from, to) in pending.changed_runs(pushed, &now, mirror.data_len) {
+        host[from..to].copy_from_slice(&whole[from..to]);
+    }
+    Ok(Some(now))
 }
 
-/// `pull` where the server hashes its mirror (`MirrorDigest`): one round trip for the hashes, then only the runs
-/// of chunks that changed (or that copies wrote) travel. A kernel argument word that only looked like a pointer
-/// into a large buffer then costs the hashes, not the buffer.
-fn pull_changed(mirror: &Mirror, pending: &Pending, pushed: &[u64], host: &mut [u8]) -> CuResult<Option<Vec<u64>>> {
-    let route = Route::Device(mirror.device);
+/// The server's hashes of `mirror`'s bytes, one per `CHUNK` (`MirrorDigest`): a kernel argument word that only
+/// looked like a pointer into a large buffer then costs the hashes, not the buffer.
+fn mirror_hashes(mirror: &Mirror) -> CuResult<Vec<u64>> {
     let call = MirrorDigest {
         dptr: DevicePtr(mirror.data_dptr()),
         size: mirror.data_len as u64,
     };
     let mut tail = Vec::new();
-    client::call_with_tail_to(route, 0, &call, &[], &mut tail)?;
-    let chunks = mirror.data_len.div_ceil(CHUNK);
-    if tail.len() != chunks * 8 {
+    client::call_with_tail_to(Route::Device(mirror.device), 0, &call, &[], &mut tail)?;
+    if tail.len() != mirror.data_len.div_ceil(CHUNK) * 8 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let now: Vec<u64> = tail
+    Ok(tail
         .chunks_exact(8)
         .map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))
-        .collect();
-    for (from, to) in pending.changed_runs(pushed, &now, mirror.data_len) {
-        let call = MemcpyDtoH {
-            src: DevicePtr(mirror.data_dptr() + from as u64),
-            size: (to - from) as u64,
-        };
-        client::copy_to_host(route, 0, &call, &mut host[from..to])?;
-    }
-    Ok(Some(now))
+        .collect())
 }
 
 /// Before a launch on `stream`: pushes every mirrored region one of the kernel's argument words points
@@ -546,11 +536,8 @@ pub fn before_launch(flags: u16, route: Route, stream: StreamId, args: &[u8]) ->
             .collect();
         for word in args.chunks_exact(8) {
             let v = u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]);
-            if let Some((_, mirror)) = m.by_base.range(..=v as usize).next_back() {
-                let v = v as usize;
-                if v >= mirror.data && v < mirror.data + mirror.data_len && !named.contains(mirror) {
-                    named.push(*mirror);
-                }
+            if let Some(mirror) = m.holding(v as usize, 1).filter(|x| !named.contains(x)) {
+                named.push(mirror);
             }
         }
         named
