@@ -113,8 +113,7 @@ fn destroy(ctx: CUcontext) -> CuResult<()> {
         return Err(CUDA_ERROR_INVALID_CONTEXT);
     }
     client::call_to(Route::Server(state::server_of_ctx(id)), 0, &CtxDestroy { ctx: id }, &[])?;
-    super::query::forget_occupancy();
-    state::write().kernel_functions.retain(|&(_, ctx), _| ctx != id);
+    super::module::forget_context_functions(id);
     client::forget_current(id);
     state::write().contexts.remove(&id);
     let was_current = state::current_ctx() == id;
@@ -199,8 +198,7 @@ entry! {
         let _ = client::call_to(Route::Device(dev), 0, &CtxSynchronize {}, &[]);
         let _ = crate::mirror::after_sync();
         client::call_to(server, 0, &PrimaryCtxReset { dev: dev as u32, _pad: 0 }, &[])?;
-        super::query::forget_occupancy();
-        state::write().kernel_functions.retain(|&(_, ctx), _| ctx != state::primary_ctx_id(dev));
+        super::module::forget_context_functions(state::primary_ctx_id(dev));
         client::forget_current(state::primary_ctx_id(dev));
         client::pending_clear();
         client::clear_sticky();

@@ -138,11 +138,12 @@ fn unload(id: ModuleId, is_library: bool) -> CuResult<()> {
     let mut reg = state::write();
     reg.modules.remove(&id);
     reg.functions.retain(|_, f| f.module != id);
-    let functions = std::mem::take(&mut reg.kernel_functions);
-    reg.kernel_functions = functions
-        .into_iter()
-        .filter(|(_, fid)| reg.functions.contains_key(fid))
-        .collect();
+    let state::Registry {
+        functions,
+        kernel_functions,
+        ..
+    } = &mut *reg;
+    kernel_functions.retain(|_, fid| functions.contains_key(fid));
     if is_library {
         reg.unloaded_libraries.insert(id);
     }
@@ -398,6 +399,13 @@ pub(crate) fn known_attributes(f: &FunctionEntry, id: FunctionId) -> Option<[i32
         return Some(*a);
     }
     (f.info.attrs != ATTRS_UNKNOWN).then_some(f.info.attrs)
+}
+
+/// Forgets what the shim remembers of functions in a context that is gone (destroyed or reset): the functions
+/// `cuKernelGetFunction` gave there, and the occupancy answers.
+pub(crate) fn forget_context_functions(ctx: ContextId) {
+    super::query::forget_occupancy();
+    state::write().kernel_functions.retain(|&(_, c), _| c != ctx);
 }
 
 /// `cuFuncGetAttribute`/`cuKernelGetAttribute`.

@@ -194,7 +194,7 @@ impl Channel {
         if epoch != self.epoch {
             let held: u64 = self.pending.iter().map(|p| p.len as u64).sum::<u64>()
                 + self.in_flight.iter().map(|f| f.held).sum::<u64>()
-                + self.pool.iter().chain(&self.retired).map(|b| b.len as u64).sum::<u64>();
+                + self.kept_bytes();
             self.session.release_host(held);
             self.staging.clear();
             self.pool.clear();
@@ -428,21 +428,30 @@ impl Channel {
         }
     }
 
-    /// Frees the retired buffers: called where the context is idle anyway (after `cuCtxSynchronize`).
-    pub fn free_retired(&mut self) {
-        for buf in std::mem::take(&mut self.retired) {
+    /// Host bytes of the buffers kept for reuse or waiting to be freed (held against the session's budget).
+    fn kept_bytes(&self) -> u64 {
+        self.pool.iter().chain(&self.retired).map(|b| b.len as u64).sum()
+    }
+
+    /// Frees kept buffers and gives their bytes back to the session's budget.
+    fn free_kept_buffers(&mut self, bufs: Vec<HostBuffer>) {
+        for buf in bufs {
             self.session.release_host(buf.len as u64);
             self.b().host_free(buf);
         }
     }
 
+    /// Frees the retired buffers: called where the context is idle anyway (after `cuCtxSynchronize`).
+    pub fn free_retired(&mut self) {
+        let retired = std::mem::take(&mut self.retired);
+        self.free_kept_buffers(retired);
+    }
+
     /// Frees every kept buffer (the session's host budget is short: they make room).
     fn free_kept(&mut self) {
-        self.free_retired();
-        for buf in std::mem::take(&mut self.pool) {
-            self.session.release_host(buf.len as u64);
-            self.b().host_free(buf);
-        }
+        let mut kept = std::mem::take(&mut self.pool);
+        kept.append(&mut self.retired);
+        self.free_kept_buffers(kept);
     }
 
     fn reclaim_in_flight(&mut self) {
@@ -525,8 +534,7 @@ impl Channel {
     /// Returns buffers to the backend when the channel ends (the worker's exit frees the rest).
     fn release(&mut self) {
         let b = self.session.backend.clone();
-        let kept: u64 = self.pool.iter().chain(&self.retired).map(|b| b.len as u64).sum();
-        self.session.release_host(kept);
+        self.session.release_host(self.kept_bytes());
         for buf in self
             .staging
             .drain(..)
