@@ -574,12 +574,15 @@ mod tests {
             drop(s);
         }
         let live = |r: &Relay| lock(&r.live).iter().filter(|c| Arc::strong_count(&c.token) > 1).count();
+        let counted = |r: &Relay| r.stats().connections.load(Ordering::Relaxed);
+        // The upstream accept returns as soon as the relay's connect completes, before the relay records the
+        // pair: wait for all three to be counted as well as ended, or the check races the relay's thread.
         let t = Instant::now();
-        while live(&relay) > 0 && t.elapsed() < Duration::from_secs(5) {
+        while (live(&relay) > 0 || counted(&relay) < 3) && t.elapsed() < Duration::from_secs(5) {
             thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(live(&relay), 0, "closed connections still held by the relay's threads");
-        assert_eq!(relay.stats().connections.load(Ordering::Relaxed), 3);
+        assert_eq!(counted(&relay), 3);
     }
 
     #[test]
