@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::{IPC_HANDLE_LEN, IPC_KIND_EVENT, IPC_KIND_MEM, IPC_KIND_SHAREABLE};
@@ -31,6 +31,10 @@ pub const MAX_ENTRIES: usize = 1 << 20;
 /// descriptor limit bounds these).
 pub const MAX_FDS_PER_SESSION: usize = 1024;
 pub const MAX_FDS: usize = 8192;
+/// Most server-to-server copy grants (`PeerRecv`) one session may have waiting for their sender at once.
+pub const MAX_PEER_GRANTS_PER_SESSION: usize = 64;
+/// How long a grant waits for its sending server before it lapses.
+pub const PEER_GRANT_LIFETIME: Duration = Duration::from_secs(60);
 /// How long a worker waits for the listener's answer before it gives the request up.
 const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -73,6 +77,10 @@ pub struct Opened {
 pub struct Registry {
     server_id: u64,
     entries: Mutex<HashMap<Token, Entry>>,
+    /// Server-to-server copies a session expects: (session, one-time token) → when it was granted. The listener
+    /// hands a `MODE_PEER` connection to a session only against one of these.
+    peer_grants: Mutex<HashMap<(u64, Token), Instant>>,
+    peer_granted: Condvar,
 }
 
 impl Registry {
@@ -80,6 +88,8 @@ impl Registry {
         Arc::new(Registry {
             server_id: rand::random::<u64>() | 1,
             entries: Mutex::new(HashMap::new()),
+            peer_grants: Mutex::new(HashMap::new()),
+            peer_granted: Condvar::new(),
         })
     }
 
@@ -202,8 +212,46 @@ impl Registry {
             .map_or(0, Entry::open_count)
     }
 
+    fn peer_grants(&self) -> MutexGuard<'_, HashMap<(u64, Token), Instant>> {
+        self.peer_grants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `who` expects another server to deliver a copy under `token` (once, within `PEER_GRANT_LIFETIME`).
+    pub fn grant_peer(&self, who: &Member, token: &Token) -> CuResult<()> {
+        let mut grants = self.peer_grants();
+        grants.retain(|_, at| at.elapsed() < PEER_GRANT_LIFETIME);
+        if grants.keys().filter(|(s, _)| *s == who.session).count() >= MAX_PEER_GRANTS_PER_SESSION {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        grants.insert((who.session, *token), Instant::now());
+        self.peer_granted.notify_all();
+        Ok(())
+    }
+
+    /// Takes `session`'s grant `token` (a sending server presents it), waiting up to `wait` for the receiving
+    /// session to register it: the client sends both halves of a copy at once, so the sender may arrive first.
+    pub fn take_peer_grant(&self, session: u64, token: &Token, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut grants = self.peer_grants();
+        loop {
+            if let Some(at) = grants.remove(&(session, *token)) {
+                return at.elapsed() < PEER_GRANT_LIFETIME;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            grants = self
+                .peer_granted
+                .wait_timeout(grants, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
     /// A session ended: its exports go (their descriptors closed), and so do its opens.
     pub fn end_session(&self, session: u64) {
+        self.peer_grants().retain(|(s, _), _| *s != session);
         let mut entries = self.entries();
         entries.retain(|_, e| {
             e.opens.remove(&session);
@@ -256,6 +304,7 @@ impl Registry {
                 reply.count = self.open_count(who, &req.token);
                 Ok(None)
             }
+            OP_PEER_GRANT => self.grant_peer(who, &req.token).map(|_| None),
             _ => Err(CUDA_ERROR_INVALID_VALUE),
         };
         match outcome {
@@ -276,6 +325,7 @@ const OP_OPEN: u16 = 2;
 const OP_CLOSE: u16 = 3;
 const OP_REVOKE: u16 = 4;
 const OP_OPEN_COUNT: u16 = 5;
+const OP_PEER_GRANT: u16 = 6;
 
 /// A worker's request to the registry (a descriptor may ride along with an export).
 #[repr(C)]
@@ -413,6 +463,11 @@ impl RegistryLink {
         self.simple(OP_OPEN_COUNT, token)
     }
 
+    /// Registers a server-to-server copy this session expects (see `Registry::grant_peer`).
+    pub fn grant_peer(&self, token: Token) -> CuResult<()> {
+        self.simple(OP_PEER_GRANT, token).map(|_| ())
+    }
+
     fn simple(&self, op: u16, token: Token) -> CuResult<u64> {
         let req = Request {
             op,
@@ -521,6 +576,39 @@ mod tests {
         r.export(&a, IPC_KIND_MEM, 4096, [0; 64], None)
             .expect("without a descriptor");
         assert_eq!(r.export(&a, 9, 0, [0; 64], None).err(), Some(CUDA_ERROR_INVALID_VALUE));
+    }
+
+    #[test]
+    fn peer_grants_are_one_time_per_session_and_bounded() {
+        let r = Registry::new();
+        let (a, b) = (member(1, "t"), member(2, "t"));
+        let token: Token = [7; 16];
+        r.grant_peer(&a, &token).expect("grant");
+        // Another session's id with the same token, or a wrong token, finds nothing (and waits no longer than asked).
+        assert!(!r.take_peer_grant(b.session, &token, Duration::ZERO));
+        assert!(!r.take_peer_grant(a.session, &[8; 16], Duration::from_millis(20)));
+        assert!(r.take_peer_grant(a.session, &token, Duration::ZERO));
+        assert!(!r.take_peer_grant(a.session, &token, Duration::ZERO), "a grant is used once");
+        for i in 0..MAX_PEER_GRANTS_PER_SESSION {
+            r.grant_peer(&a, &[i as u8; 16]).expect("within the bound");
+        }
+        assert_eq!(r.grant_peer(&a, &[255; 16]).err(), Some(CUDA_ERROR_OUT_OF_MEMORY));
+        r.grant_peer(&b, &[255; 16]).expect("another session has its own bound");
+        r.end_session(a.session);
+        assert!(!r.take_peer_grant(a.session, &[0; 16], Duration::ZERO), "a session's grants end with it");
+    }
+
+    #[test]
+    fn a_sender_that_arrives_first_waits_for_the_grant() {
+        let r = Registry::new();
+        let link = connect(&r, member(3, "t")).expect("link");
+        let waiter = {
+            let r = r.clone();
+            std::thread::spawn(move || r.take_peer_grant(3, &[9; 16], Duration::from_secs(5)))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        link.grant_peer([9; 16]).expect("grant through the link");
+        assert!(waiter.join().expect("waiter"));
     }
 
     #[test]

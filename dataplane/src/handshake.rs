@@ -28,6 +28,9 @@ pub const CAP_IPC: u64 = 64;
 pub const CAP_MULTI_SERVER: u64 = 1 << 8;
 /// The server answers `MirrorDigest` (op code 88).
 pub const CAP_MIRROR_DIGEST: u64 = 1 << 9;
+/// The server copies device memory to and from other servers directly (`PeerRecv`, `PeerSend`, `PeerProbe`;
+/// op codes 162 to 164) and accepts `MODE_PEER` connections.
+pub const CAP_PEER_COPY: u64 = 1 << 10;
 pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
     | CAP_NVML
     | CAP_VMM
@@ -36,10 +39,14 @@ pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
     | CAP_NVML_PCIE
     | CAP_IPC
     | CAP_MULTI_SERVER
-    | CAP_MIRROR_DIGEST;
+    | CAP_MIRROR_DIGEST
+    | CAP_PEER_COPY;
 
 pub const MODE_NEW_SESSION: u32 = 0;
 pub const MODE_ATTACH: u32 = 1;
+/// Another GPU server delivering a copy: `session_id` names the receiving session and `secret` carries the
+/// one-time token of its `PeerRecv` grant (no credential).
+pub const MODE_PEER: u32 = 2;
 
 /// Largest credential (static key or control-plane ticket) accepted in a hello.
 pub const MAX_CREDENTIAL: usize = 16 * 1024;

@@ -110,6 +110,12 @@ enum Cmd {
         /// domain. For testing several servers on one GPU and for partitioning a GPU between servers.
         #[arg(long, value_parser = vgpu_cuda_exec::identity::parse)]
         device_identity: Option<u8>,
+        /// Another GPU server this one may send copies to directly (a process using GPUs of both copies device
+        /// memory server to server, not through itself). As clients name it (tcp://host:port, tls://host:port,
+        /// shm://name, rdma://host:port); repeat or separate by commas. Without any, copies between servers go
+        /// through the client. Also read from VGPU_PEERS.
+        #[arg(long = "peer", env = "VGPU_PEERS", value_delimiter = ',', value_parser = vgpu_dataplane::Endpoint::parse)]
+        peers: Vec<vgpu_dataplane::Endpoint>,
     },
     /// Start the control plane: REST API, web UI and store of tenants, keys, GPUs, assignments and usage.
     Control(vgpu_control::ControlArgs),
@@ -270,6 +276,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             name,
             advertise,
             device_identity,
+            peers,
         } => {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             let key = key.filter(|k| !k.is_empty());
@@ -345,6 +352,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 auth_description,
                 worker_command: vec![exe.display().to_string(), "__worker".into()],
                 identity: device_identity.unwrap_or(0),
+                peers,
             })
         }
         Cmd::Control(args) => vgpu_control::run_control(args),

@@ -1,25 +1,125 @@
 //! Copies between devices of different servers (`cuMemcpyPeer`, `cuMemcpyDtoD`, unified `cuMemcpy`, 2D/3D peer
-//! copies). Today the bytes are relayed through this process in chunks (read from the source server, written to
-//! the destination server); a direct server-to-server path (issue 16) is not built yet.
+//! copies). Where both servers can (`CAP_PEER_COPY`) and the source server's operator lets it send to the
+//! destination (`vgpu server --peer`, asked once per pair with `PeerProbe`), the bytes go server to server: the
+//! destination server is told to expect the copy under a fresh random token (`PeerRecv`), the source server to
+//! send it there (`PeerSend`), and nothing but those two small messages leaves this process. Otherwise (or with
+//! `VGPU_PEER_COPY=relay`) they are relayed through this process in chunks.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::handshake::CAP_PEER_COPY;
 use vgpu_dataplane::wire::*;
 
 use super::route_of_ptr;
 use super::route_of_stream;
-use crate::client;
+use crate::client::{self, Route};
 
 /// Bytes relayed per round: bounds this process's buffer while keeping each call large.
 const RELAY_CHUNK: usize = 8 << 20;
 
+/// Server pairs (source, destination) already asked about: whether the source may send to the destination.
+static DIRECT: Mutex<Option<HashMap<(usize, usize), bool>>> = Mutex::new(None);
+
 /// Copies `n` bytes from `src` to `dst`, devices of two different servers; in `stream`'s order, or synchronously.
-/// Each chunk is a synchronous device-to-host copy on the source server (ordered after that server's legacy
-/// stream work, as the driver orders a synchronous copy) and a synchronous host-to-device copy on the
-/// destination server. An asynchronous copy first waits for its stream's earlier work, as `after_stream` does
-/// for other copies that no single server's stream can order; it has finished when the call returns.
+/// Directly between the servers where they can (see the module documentation); else each chunk is a synchronous
+/// device-to-host copy on the source server and a synchronous host-to-device copy on the destination server,
+/// after the stream's earlier work (an asynchronous relayed copy has finished when the call returns).
 pub(crate) fn copy(flags: u16, dst: u64, src: u64, n: usize, stream: Option<StreamId>) -> CuResult<()> {
+    let (to, from) = (route_of_ptr(dst), route_of_ptr(src));
+    if n > 0 && direct_path(client::server_index(from)?, client::server_index(to)?)? {
+        return direct(flags, (dst, to), (src, from), n, stream);
+    }
     let flags = after_stream(flags, stream)?;
     relay(flags, dst, src, n)
+}
+
+/// Whether server `from` sends to server `to` itself: both announce `CAP_PEER_COPY` and `from` answers its
+/// probe for `to`'s endpoint (its operator listed it). Asked once per pair and remembered.
+fn direct_path(from: usize, to: usize) -> CuResult<bool> {
+    if std::env::var("VGPU_PEER_COPY").is_ok_and(|v| v == "relay") {
+        return Ok(false);
+    }
+    let s = client::session()?;
+    let (Some(a), Some(b)) = (s.servers.get(from), s.servers.get(to)) else {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    };
+    if a.capabilities & b.capabilities & CAP_PEER_COPY == 0 {
+        return Ok(false);
+    }
+    let known = DIRECT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .get(&(from, to))
+        .copied();
+    if let Some(allowed) = known {
+        return Ok(allowed);
+    }
+    let endpoint = b.endpoint.to_string();
+    let allowed = match client::call_to(Route::Server(from), 0, &PeerProbe {}, endpoint.as_bytes()) {
+        Ok(_) => true,
+        Err(CUDA_ERROR_NOT_PERMITTED) => {
+            crate::log::log!(
+                crate::log::INFO,
+                "{} may not send to {endpoint} (not among its --peer servers): copies between them pass \
+                 through this process",
+                a.endpoint
+            );
+            false
+        }
+        Err(e) => return Err(e),
+    };
+    DIRECT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert((from, to), allowed);
+    Ok(allowed)
+}
+
+/// The server-to-server copy of `n` bytes from `src` (on server route `from`) to `dst` (on `to`). Each half runs
+/// on `stream` where the stream belongs to its server, else on that server's legacy stream. A synchronous copy
+/// (no stream) waits for the destination server's answer, which carries either side's error.
+fn direct(flags: u16, (dst, to): (u64, Route), (src, from): (u64, Route), n: usize, stream: Option<StreamId>) -> CuResult<()> {
+    let s = client::session()?;
+    let receiver = s
+        .servers
+        .get(client::server_index(to)?)
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let on = |route: Route| -> CuResult<(StreamId, u16)> {
+        match stream {
+            None => Ok((StreamId::NULL, flags)),
+            Some(st) if client::server_index(route_of_stream(st))? == client::server_index(route)? => Ok((st, flags)),
+            Some(_) => Ok((StreamId::NULL, flags & !FLAG_PER_THREAD)),
+        }
+    };
+    let token: [u8; 16] = rand::random();
+    let (recv_stream, recv_flags) = on(to)?;
+    let (send_stream, send_flags) = on(from)?;
+    let size = n as u64;
+    let recv = PeerRecv {
+        dst: DevicePtr(dst),
+        size,
+        stream: recv_stream,
+        token,
+    };
+    client::post_to(to, recv_flags, &recv, &[])?;
+    let send = PeerSend {
+        src: DevicePtr(src),
+        size,
+        stream: send_stream,
+        session: receiver.session_id,
+        token,
+    };
+    client::post_to(from, send_flags, &send, receiver.endpoint.to_string().as_bytes())?;
+    // Both halves must be on the wire: each server waits for the other.
+    client::flush_all()?;
+    if stream.is_none() {
+        client::call_to(to, flags, &Ping {}, &[])?;
+    }
+    Ok(())
 }
 
 /// Waits for `stream`'s queued work (if any) on its server; the flags for the synchronous copies that follow.
@@ -67,17 +167,17 @@ pub(crate) struct Rows {
     pub height: u64,
 }
 
-/// `cuMemcpy2D`/`cuMemcpy3D` (one slice at a time) between devices of two servers: one relay when both sides are
-/// contiguous (pitch = width), else one relay per row.
+/// `cuMemcpy2D`/`cuMemcpy3D` (one slice at a time) between devices of two servers: one copy when both sides are
+/// contiguous (pitch = width, server to server where it can), else one relay per row.
 pub(crate) fn copy_rows(flags: u16, rows: Rows, stream: Option<StreamId>) -> CuResult<()> {
-    let flags = after_stream(flags, stream)?;
     let w = usize::try_from(rows.width).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
     if rows.dst_pitch == rows.width && rows.src_pitch == rows.width {
         let n = w
             .checked_mul(usize::try_from(rows.height).map_err(|_| CUDA_ERROR_INVALID_VALUE)?)
             .ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        return relay(flags, rows.dst, rows.src, n);
+        return copy(flags, rows.dst, rows.src, n, stream);
     }
+    let flags = after_stream(flags, stream)?;
     for row in 0..rows.height {
         let at = |base: u64, pitch: u64| {
             row.checked_mul(pitch)

@@ -247,7 +247,55 @@ impl Listener {
                     }
                 }
             }
+            MODE_PEER => self.admit_peer(conn, &hello, source),
             other => conn.refuse(STATUS_VERSION_MISMATCH, &format!("unknown hello mode {other}")),
+        }
+    }
+
+    /// Another GPU server delivering a copy to one of our sessions: handed to that session's worker only against a
+    /// grant the session registered (`PeerRecv`). The grant may follow the sender by a moment (the client sends
+    /// both halves at once), so a known session's connection waits for it; an unknown session is an
+    /// authentication failure like any other.
+    fn admit_peer(&self, conn: Conn, hello: &Hello, source: Source) {
+        let control = {
+            let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            sessions.get(&hello.session_id).map(|e| e.control.try_clone())
+        };
+        let control = match control {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return conn.refuse(STATUS_SERVER_ERROR, &format!("socket: {e}")),
+            None => {
+                return self.auth_failed(
+                    conn,
+                    source,
+                    STATUS_NO_SUCH_SESSION,
+                    "peer copy for no such session (it ended)",
+                    hello.pid,
+                )
+            }
+        };
+        if !self
+            .registry
+            .take_peer_grant(hello.session_id, &hello.secret, PEER_GRANT_WAIT)
+        {
+            // Not a failure of the source's credentials: a copy whose receiving half never came (the client went
+            // away, or its session's channel is stuck). No back-off, so that one tenant cannot lock a server out.
+            let why = "no copy of this session awaits that token";
+            tracing::warn!("refusing a peer connection from {source}: {why}");
+            return conn.refuse(STATUS_UNAUTHORIZED, why);
+        }
+        let handoff = Handoff {
+            primary: HANDOFF_PEER,
+            session_id: hello.session_id,
+            secret: hello.secret,
+            pid: hello.pid,
+            ..Default::default()
+        };
+        if let Err(e) = conn.hand_to(&control, handoff, None) {
+            tracing::warn!(
+                "session {:x}: cannot hand a peer connection to its worker: {e}",
+                hello.session_id
+            );
         }
     }
 
@@ -500,6 +548,10 @@ impl Listener {
         }
         if self.cfg.identity != 0 {
             cmd.env("VGPU_WORKER_IDENTITY", self.cfg.identity.to_string());
+        }
+        if !self.cfg.peers.is_empty() {
+            let list: Vec<String> = self.cfg.peers.iter().map(|p| p.to_string()).collect();
+            cmd.env("VGPU_WORKER_PEERS", list.join(","));
         }
         if let Some(s) = &self.sched {
             cmd.env("VGPU_WORKER_SCHED_FD", s.fd().to_string());

@@ -204,6 +204,8 @@ pub struct ServerConfig {
     pub admission: AdmissionLimits,
     /// `--device-identity`: present the devices as distinct virtual GPUs (`identity`; 0: their own identity).
     pub identity: u8,
+    /// `--peer`: the servers this one may send copies to directly (`PeerSend`); empty: none.
+    pub peers: Vec<vgpu_dataplane::Endpoint>,
 }
 
 /// Opens the chosen backend, its devices presented with `identity` (`crate::identity`). `Auto` falls back to the
@@ -232,7 +234,8 @@ struct Handoff {
     /// 0 = TCP, 1 = shared memory, 2 = RDMA (the fd is the TCP connection its queue pairs are exchanged on),
     /// 3 = TLS (the record state is in `tls`).
     transport: u32,
-    /// 1 for the session's first connection: the worker exits when it closes.
+    /// 1 for the session's first connection: the worker exits when it closes. `HANDOFF_PEER`: another server
+    /// delivering a copy, `secret` being its grant's token.
     primary: u32,
     session_id: u64,
     secret: [u8; 16],
@@ -256,6 +259,11 @@ impl Default for Handoff {
         zerocopy::FromZeros::new_zeroed()
     }
 }
+
+/// `Handoff::primary` of a connection from another GPU server delivering a copy (`MODE_PEER`).
+const HANDOFF_PEER: u32 = 2;
+/// How long a peer connection waits at the listener for the receiving session to register its grant.
+const PEER_GRANT_WAIT: Duration = Duration::from_secs(30);
 
 /// Most devices a ticket can make visible to one session.
 const MAX_VISIBLE: usize = 16;

@@ -39,6 +39,13 @@ pub fn run_worker_from_env() -> Result<(), String> {
         None => None,
     };
     // The driver starts before any session arrives: a spare worker waits here fully initialised.
+    let peers = match std::env::var("VGPU_WORKER_PEERS") {
+        Ok(list) => list
+            .split(',')
+            .map(vgpu_dataplane::Endpoint::parse)
+            .collect::<Result<Vec<_>, _>>()?,
+        Err(_) => Vec::new(),
+    };
     let (backend, _) = open_backend(choice, driver.as_deref(), identity)?;
     if let Some(r) = region {
         backend.share_device_timeline(&r.gpus[0].emulated_busy_until);
@@ -69,6 +76,7 @@ pub fn run_worker_from_env() -> Result<(), String> {
                 if let Some(link) = registry {
                     s.attach_registry(RegistryLink::new(UnixStream::from(link)));
                 }
+                s.allow_peers(peers.clone());
                 let ticks = control.try_clone().map_err(|e| format!("control socket: {e}"))?;
                 let _ = METER.set((ticks, s.clone()));
                 std::thread::spawn(|| loop {
@@ -140,6 +148,9 @@ fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
             return;
         }
     };
+    if handoff.primary == HANDOFF_PEER {
+        return deliver_peer(&session, &handoff, transport);
+    }
     let backend = session.backend().clone();
     let welcome = Welcome {
         magic: MAGIC,
@@ -172,5 +183,27 @@ fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
             exit_worker(2);
         }
         exit_worker(0);
+    }
+}
+
+/// A connection from another GPU server with a copy for this session: welcomed (with no device facts and no
+/// secret: the sender learns only that its token was taken) and handed to the channel whose `PeerRecv` waits.
+fn deliver_peer(session: &Arc<Session>, handoff: &Handoff, mut transport: Box<dyn Transport>) {
+    let welcome = Welcome {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        capabilities: CAPABILITIES,
+        status: STATUS_OK,
+        backend: session.backend().kind(),
+        session_id: handoff.session_id,
+        ..Default::default()
+    };
+    let bytes = encode_welcome(&welcome, &[], "peer copy");
+    match transport.send(&[&bytes]) {
+        Ok(()) => session.deliver_peer(handoff.secret, transport),
+        Err(e) => tracing::warn!(
+            "session {:016x}: a peer connection failed before its copy: {e}",
+            handoff.session_id
+        ),
     }
 }

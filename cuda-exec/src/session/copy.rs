@@ -78,7 +78,7 @@ impl Channel {
 
     /// Receives `len` bytes of tail and copies them to `dst` on `stream`, pipelined: the network fills one
     /// staging buffer while the copy engine drains the other. Returns once the copy is done.
-    fn htod_through_staging(
+    pub(super) fn htod_through_staging(
         &mut self,
         t: &mut dyn Transport,
         dst: DevicePtr,
@@ -156,7 +156,7 @@ impl Channel {
     /// header is already out): issue the first chunk, then wait for chunk i, issue chunk i+1 into the other
     /// buffer, send chunk i. A failed copy sends zeros for the rest, keeping the frame whole; its error is
     /// returned for the status the caller reports.
-    fn stream_to_client(
+    pub(super) fn stream_to_client(
         &mut self,
         t: &mut dyn Transport,
         src: DevicePtr,

@@ -57,7 +57,7 @@ impl Session {
     }
 
     /// The registry, or `CUDA_ERROR_NOT_SUPPORTED` for a session served without one.
-    fn registry(&self) -> CuResult<&RegistryLink> {
+    pub(super) fn registry(&self) -> CuResult<&RegistryLink> {
         self.ipc.link.get().ok_or(CUDA_ERROR_NOT_SUPPORTED)
     }
 

@@ -3,7 +3,7 @@
 //!
 //! Layout: `channel.rs` reads frames and dispatches each to its handler (generated from the call table), then
 //! replies or latches; the handlers live by area, mirroring the client shim: `context.rs`, `memory.rs`,
-//! `copy.rs`, `stream.rs`, `module.rs`, `launch.rs`, `array.rs`, `nvml.rs`, `vmm.rs`, `graph.rs`, `ipc.rs`. `objects.rs`
+//! `copy.rs`, `stream.rs`, `module.rs`, `launch.rs`, `array.rs`, `nvml.rs`, `vmm.rs`, `graph.rs`, `ipc.rs`, `peer.rs`. `objects.rs`
 //! holds the session's books (client id → backend handle), `order.rs` the submission order across channels.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +27,7 @@ mod module;
 mod nvml;
 mod objects;
 mod order;
+mod peer;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -180,6 +181,8 @@ pub struct Session {
     windows: Mutex<window::Windows>,
     /// Inter-process sharing: the link to the server's IPC registry and what was exported and opened.
     ipc: ipc::Ipc,
+    /// Copies to and from other GPU servers: where the session may send, and senders' connections.
+    peers: peer::Peers,
     /// The session's part of the GPU scheduler (`None`: unscheduled).
     sched: Option<Arc<crate::sched::SessionSched>>,
 }
@@ -209,6 +212,7 @@ impl Session {
             numbering: std::sync::RwLock::new(None),
             windows: Mutex::new(window::Windows::default()),
             ipc: ipc::Ipc::default(),
+            peers: peer::Peers::default(),
             sched,
         })
     }

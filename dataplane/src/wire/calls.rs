@@ -305,6 +305,22 @@ macro_rules! call_table {
             /// the server places the session's `cuMemAlloc`, `cuMemAllocPitch` and `cuMemAllocManaged` memory of
             /// that device in [base, base+size), reserved at that fixed address (see ARCHITECTURE.md).
             VaWindow = 161, sync { device: u32, _pad: u32, base: u64, size: u64 } -> Empty;
+            // Copies between servers (issue 16). Only sent to servers that announced `CAP_PEER_COPY`.
+            /// The receiving half of a server-to-server copy: `size` bytes for `dst`, on `stream` (NULL: the legacy
+            /// stream), arriving from another server that presents `token`. The server registers the one-time grant
+            /// with its listener, waits for that server's connection (`PEER_ARRIVAL_TIMEOUT`), writes the bytes in
+            /// stream order and answers the sender once they are on the device. Errors latch here, the sender's
+            /// included.
+            PeerRecv = 162, async { dst: DevicePtr, size: u64, stream: StreamId, token: [u8; 16] } -> Empty;
+            /// The sending half: reads `size` bytes at `src` in `stream`'s order and streams them to the server
+            /// named by the tail (an endpoint as `VGPU_SERVER` spells it) for session `session`'s grant `token`.
+            /// Ends when the receiver confirms the bytes are on its device.
+            PeerSend = 163, async, bytes(MAX_PEER_ENDPOINT) {
+                src: DevicePtr, size: u64, stream: StreamId, session: u64, token: [u8; 16]
+            } -> Empty;
+            /// May this server send to the endpoint in the tail (its operator's list of peers, `vgpu server
+            /// --peer`)? CUDA_SUCCESS or CUDA_ERROR_NOT_PERMITTED; the client then relays through itself.
+            PeerProbe = 164, sync, bytes(MAX_PEER_ENDPOINT) { } -> Empty;
             // CUDA graphs the server holds (`wire::graph`). Only sent to a server that announced `CAP_GRAPHS`.
             // Graphs, nodes and executable graphs are client-chosen ids; the client checks handles, dependencies
             // and parameters first, so these are asynchronous except where the driver's answer is the result.

@@ -137,6 +137,19 @@ pub const MAX_ACCESS_BYTES: usize = MAX_ACCESS_DESCS * std::mem::size_of::<MemAc
 pub const MAX_MEM_OP_BYTES: usize = MAX_MEM_OPS * std::mem::size_of::<MemOp>();
 /// `SetDeviceNumbering`'s tail: a pair of u32 for each device a server may report.
 pub const MAX_NUMBERING_BYTES: usize = crate::handshake::MAX_DEVICES as usize * 8;
+/// Longest endpoint text a server-to-server copy names (`tls://host:port#sha256=...` fits many times over).
+pub const MAX_PEER_ENDPOINT: usize = 512;
+
+/// What a sending server writes first on a peer connection: its own outcome so far (0, or the CUresult that
+/// stops the copy before any byte) and the length that follows. Then `size` bytes, then the sender's final
+/// status (u32); the receiver answers with its own final status (u32) once the bytes are on its device.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct PeerHeader {
+    pub status: u32,
+    pub _pad: u32,
+    pub size: u64,
+}
 
 /// Reply body of calls that return only a CUresult.
 #[repr(C)]

@@ -1,0 +1,293 @@
+//! Handlers: copies between GPU servers (`PeerRecv`, `PeerSend`, `PeerProbe`). The sending server streams the
+//! device bytes to the receiving server over a connection of its own, so they never pass through the client.
+//!
+//! The client sends both halves at once with a fresh random token. The receiver registers the token with its
+//! listener (`Registry::grant_peer`), which hands the sender's `MODE_PEER` connection to this session only against
+//! it. On that connection, after the welcome: the receiver says whether it can take the copy (u32, 0 or a
+//! CUresult); the sender answers with a `PeerHeader` (its own early error, or the length), the bytes, and its final
+//! status; the receiver acknowledges with its final status once the bytes are on its device. Each side does its
+//! part in its stream's order and holds its channel until the copy is done; errors latch on the receiver, which the
+//! client asks. A server sends only to servers its operator listed (`vgpu server --peer`): a tenant cannot make
+//! it open connections elsewhere.
+
+use std::collections::HashMap;
+use std::net::ToSocketAddrs;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use vgpu_dataplane::cuerr::*;
+use vgpu_dataplane::handshake::*;
+use vgpu_dataplane::wire::*;
+use vgpu_dataplane::{shm_socket_path, Endpoint, Transport};
+use zerocopy::{FromBytes, IntoBytes};
+
+use super::channel::{Channel, Cx, Serve, Served};
+use super::{ChannelEnd, Session};
+use crate::backend::Stream;
+
+/// How long a receiving copy waits for its sender's connection, once its grant is registered.
+const PEER_ARRIVAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections that arrived for a copy no longer waiting are dropped after this long.
+const INBOX_KEEP: Duration = Duration::from_secs(60);
+/// Most connections one session holds that no copy has taken yet (grants bound them already; this is the
+/// worker's own bound).
+const MAX_INBOX: usize = 64;
+/// What a copy whose peer connection failed answers: nothing more specific describes a lost link between
+/// servers. The server's log names the cause.
+const PEER_LOST: CUresult = CUDA_ERROR_UNKNOWN;
+
+type Token = [u8; 16];
+
+/// A session's part in server-to-server copies: where it may send, and connections that arrived for it.
+#[derive(Default)]
+pub(super) struct Peers {
+    allowed: OnceLock<Vec<Endpoint>>,
+    inbox: Mutex<HashMap<Token, (Instant, Box<dyn Transport>)>>,
+    arrived: Condvar,
+}
+
+impl Session {
+    /// The servers this session may send copies to (the operator's `--peer` list); set once by the worker.
+    pub fn allow_peers(&self, list: Vec<Endpoint>) {
+        let _ = self.peers.allowed.set(list);
+    }
+
+    /// A sending server's connection for the copy granted under `token` (the listener checked the grant).
+    pub fn deliver_peer(&self, token: Token, transport: Box<dyn Transport>) {
+        let mut inbox = self.peers.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        inbox.retain(|_, (at, _)| at.elapsed() < INBOX_KEEP);
+        if inbox.len() >= MAX_INBOX {
+            tracing::warn!("dropping a peer connection: {MAX_INBOX} already wait for their copies");
+            return;
+        }
+        inbox.insert(token, (Instant::now(), transport));
+        self.peers.arrived.notify_all();
+    }
+
+    fn take_peer(&self, token: &Token, wait: Duration) -> Option<Box<dyn Transport>> {
+        let deadline = Instant::now() + wait;
+        let mut inbox = self.peers.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some((_, t)) = inbox.remove(token) {
+                return Some(t);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            inbox = self
+                .peers
+                .arrived
+                .wait_timeout(inbox, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// The endpoint to dial for `asked` when the operator listed that server, else `None`. The operator's own
+    /// spelling is dialled (a name the client chose is only compared, never resolved again at connect time); a
+    /// TLS pin comes from the operator's entry, else the client's.
+    fn allowed_peer(&self, asked: &Endpoint) -> Option<Endpoint> {
+        let listed = self.peers.allowed.get()?;
+        let entry = listed.iter().find(|e| same_server(e, asked))?;
+        Some(match (entry, asked) {
+            (Endpoint::Tls { addr, sha256: None }, Endpoint::Tls { sha256, .. }) => Endpoint::Tls {
+                addr: addr.clone(),
+                sha256: sha256.clone(),
+            },
+            _ => entry.clone(),
+        })
+    }
+}
+
+/// Whether two endpoints name the same server: the same transport, and the same address (as written, or
+/// resolving to a common socket address) or shared-memory socket.
+fn same_server(a: &Endpoint, b: &Endpoint) -> bool {
+    let (x, y) = match (a, b) {
+        (Endpoint::Tcp(x), Endpoint::Tcp(y))
+        | (Endpoint::Rdma(x), Endpoint::Rdma(y))
+        | (Endpoint::Tls { addr: x, .. }, Endpoint::Tls { addr: y, .. }) => (x, y),
+        (Endpoint::Shm(x), Endpoint::Shm(y)) => return shm_socket_path(x) == shm_socket_path(y),
+        _ => return false,
+    };
+    if x == y {
+        return true;
+    }
+    let resolve = |s: &str| s.to_socket_addrs().map(|a| a.collect::<Vec<_>>()).unwrap_or_default();
+    let ys = resolve(y);
+    resolve(x).iter().any(|s| ys.contains(s))
+}
+
+/// The endpoint a `PeerSend`/`PeerProbe` tail names.
+fn endpoint_of(tail: &[u8]) -> CuResult<Endpoint> {
+    let text = std::str::from_utf8(tail).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+    Endpoint::parse(text).map_err(|_| CUDA_ERROR_INVALID_VALUE)
+}
+
+/// Dials the receiving server and presents the grant: the connection after its welcome.
+fn connect_peer(target: &Endpoint, session: u64, token: Token) -> Result<Box<dyn Transport>, String> {
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        capabilities: CAPABILITIES,
+        mode: MODE_PEER,
+        pid: std::process::id(),
+        session_id: session,
+        secret: token,
+        ..Default::default()
+    };
+    let mut t = vgpu_transports::connect(target, &encode_hello(&hello, &[])).map_err(|e| e.to_string())?;
+    let mut head = [0u8; std::mem::size_of::<Welcome>()];
+    t.recv_exact(&mut head).map_err(|e| e.to_string())?;
+    let welcome = Welcome::read_from_bytes(&head[..]).map_err(|_| "short welcome".to_string())?;
+    let mut tail = vec![0u8; welcome_tail_len(&welcome)?];
+    t.recv_exact(&mut tail).map_err(|e| e.to_string())?;
+    let (_, message) = decode_welcome_tail(&welcome, &tail)?;
+    if welcome.status != STATUS_OK || welcome.version != PROTOCOL_VERSION {
+        return Err(format!("refused: {message}"));
+    }
+    Ok(t)
+}
+
+fn recv_u32(t: &mut dyn Transport) -> Result<u32, String> {
+    let mut word = [0u8; 4];
+    t.recv_exact(&mut word).map_err(|e| e.to_string())?;
+    Ok(u32::from_le_bytes(word))
+}
+
+fn send_u32(t: &mut dyn Transport, value: u32) -> Result<(), String> {
+    t.send(&[&value.to_le_bytes()]).map_err(|e| e.to_string())
+}
+
+/// A `ChannelEnd` of the peer connection is the copy's failure, never the client channel's.
+fn peer_end(e: ChannelEnd) -> String {
+    e.to_string()
+}
+
+impl Channel {
+    /// The stream, range and staging buffers of one half of a copy.
+    fn prepare_peer_half(&mut self, addr: DevicePtr, size: u64, stream: StreamId, per_thread: bool) -> CuResult<(Stream, usize)> {
+        let stream = self.stream(stream, per_thread)?;
+        self.check_range(addr, size)?;
+        let len = usize::try_from(size).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+        self.ensure_staging()?;
+        Ok((stream, len))
+    }
+
+    /// The receiving half once the sender is connected: `Ok` carries the copy's outcome.
+    fn receive_from_peer(
+        &mut self,
+        peer: &mut dyn Transport,
+        prepared: CuResult<(Stream, usize)>,
+        dst: DevicePtr,
+        size: u64,
+    ) -> Result<CuResult<()>, String> {
+        send_u32(peer, prepared.as_ref().err().map_or(0, |e| e.code()))?;
+        let (stream, len) = match prepared {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut head = [0u8; std::mem::size_of::<PeerHeader>()];
+        peer.recv_exact(&mut head).map_err(|e| e.to_string())?;
+        let header = PeerHeader::read_from_bytes(&head[..]).map_err(|_| "short header".to_string())?;
+        if header.status != 0 {
+            return Ok(Err(CUresult::from_code(header.status)));
+        }
+        if header.size != size {
+            return Err(format!("the sender announced {} bytes for a copy of {size}", header.size));
+        }
+        self.s().count_moved(size);
+        let copied = self.htod_through_staging(peer, dst, len, stream).map_err(peer_end)?;
+        let sent = recv_u32(peer)?;
+        let outcome = match (copied, sent) {
+            (Err(e), _) => Err(e),
+            (Ok(()), 0) => Ok(()),
+            (Ok(()), code) => Err(CUresult::from_code(code)),
+        };
+        send_u32(peer, outcome.err().map_or(0, |e| e.code()))?;
+        Ok(outcome)
+    }
+
+    /// The sending half once connected. `Ok(())`: the receiver heard the outcome (and reports it).
+    fn send_to_peer(
+        &mut self,
+        peer: &mut dyn Transport,
+        prepared: CuResult<(Stream, usize)>,
+        src: DevicePtr,
+        size: u64,
+    ) -> Result<(), String> {
+        if recv_u32(peer)? != 0 {
+            return Ok(());
+        }
+        let header = PeerHeader {
+            status: prepared.as_ref().err().map_or(0, |e| e.code()),
+            _pad: 0,
+            size,
+        };
+        peer.send(&[header.as_bytes()]).map_err(|e| e.to_string())?;
+        let Ok((stream, len)) = prepared else { return Ok(()) };
+        self.s().count_moved(size);
+        let error = self.stream_to_client(peer, src, len, stream).map_err(peer_end)?;
+        send_u32(peer, error.map_or(0, |e| e.code()))?;
+        recv_u32(peer).map(|_| ())
+    }
+}
+
+impl Serve<PeerRecv> for Channel {
+    fn serve(&mut self, c: PeerRecv, cx: &mut Cx<'_>) -> Served<Empty> {
+        // This channel waits for the copy; the session's other channels need not wait for it to start.
+        self.s().order.advance(cx.header.seq);
+        let prepared = self.prepare_peer_half(c.dst, c.size, c.stream, cx.per_thread);
+        // The grant is registered even for a copy that fails here, so the sender learns of it at once.
+        if let Err(e) = self.s().registry().and_then(|link| link.grant_peer(c.token)) {
+            return Ok(Err(e));
+        }
+        let Some(mut peer) = self.s().take_peer(&c.token, PEER_ARRIVAL_TIMEOUT) else {
+            tracing::warn!(
+                "a copy from another server never arrived ({} s): its sender is unreachable or stuck",
+                PEER_ARRIVAL_TIMEOUT.as_secs()
+            );
+            return Ok(Err(PEER_LOST));
+        };
+        Ok(match self.receive_from_peer(&mut *peer, prepared, c.dst, c.size) {
+            Ok(outcome) => outcome.map(|_| Empty {}),
+            Err(why) => {
+                tracing::warn!("a copy from another server failed: {why}");
+                Err(PEER_LOST)
+            }
+        })
+    }
+}
+
+impl Serve<PeerSend> for Channel {
+    fn serve(&mut self, c: PeerSend, cx: &mut Cx<'_>) -> Served<Empty> {
+        self.s().order.advance(cx.header.seq);
+        let target = match endpoint_of(&self.tail) {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(target) = self.s().allowed_peer(&target) else {
+            return Ok(Err(CUDA_ERROR_NOT_PERMITTED));
+        };
+        let prepared = self.prepare_peer_half(c.src, c.size, c.stream, cx.per_thread);
+        let sent = connect_peer(&target, c.session, c.token)
+            .and_then(|mut peer| self.send_to_peer(&mut *peer, prepared, c.src, c.size));
+        Ok(sent.map(|_| Empty {}).map_err(|why| {
+            tracing::warn!("a copy to {target} failed: {why}");
+            PEER_LOST
+        }))
+    }
+}
+
+impl Serve<PeerProbe> for Channel {
+    fn serve(&mut self, _c: PeerProbe, _cx: &mut Cx<'_>) -> Served<Empty> {
+        let target = match endpoint_of(&self.tail) {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(match self.s().allowed_peer(&target) {
+            Some(_) => Ok(Empty {}),
+            None => Err(CUDA_ERROR_NOT_PERMITTED),
+        })
+    }
+}
