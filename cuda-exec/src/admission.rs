@@ -21,6 +21,9 @@ pub struct AdmissionLimits {
     pub max_sessions_per_tenant: u32,
     /// A client that stops in the middle of a request frame for this long is disconnected.
     pub stall_timeout: Duration,
+    /// A server-to-server copy's connection waits this long at the listener for its grant, and the receiving
+    /// session as long for the connection.
+    pub peer_wait: Duration,
 }
 
 impl Default for AdmissionLimits {
@@ -30,6 +33,7 @@ impl Default for AdmissionLimits {
             max_pending: 64,
             max_sessions_per_tenant: 32,
             stall_timeout: Duration::from_secs(60),
+            peer_wait: Duration::from_secs(30),
         }
     }
 }

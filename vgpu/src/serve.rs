@@ -54,6 +54,10 @@ pub struct AdmissionArgs {
     /// disconnected; waiting between requests is never cut.
     #[arg(long, default_value_t = 60.0)]
     pub stall_timeout_s: f64,
+    /// Seconds another server's connection delivering a copy (`--peer` on that server) waits here for the
+    /// receiving session to expect it; also how long that session waits for the connection.
+    #[arg(long, default_value_t = 30.0)]
+    pub peer_wait_s: f64,
 }
 
 impl AdmissionArgs {
@@ -73,6 +77,7 @@ impl AdmissionArgs {
             max_pending: self.max_pending,
             max_sessions_per_tenant: self.max_sessions_per_tenant,
             stall_timeout: secs(self.stall_timeout_s, "stall-timeout-s")?,
+            peer_wait: secs(self.peer_wait_s, "peer-wait-s")?,
         })
     }
 }
@@ -140,6 +145,7 @@ mod tests {
             max_pending: 4,
             max_sessions_per_tenant: 2,
             stall_timeout_s: 1.0,
+            peer_wait_s: 2.0,
         };
         assert_eq!(ok.limits().expect("valid").hello_timeout, Duration::from_millis(500));
         for bad in [

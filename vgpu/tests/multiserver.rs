@@ -1,16 +1,45 @@
 //! One process using the GPUs of two `vgpu server`s (emulated backend, each with its own device identity, as two
 //! servers sharing one GPU would be run): one device numbering across them, `CUDA_VISIBLE_DEVICES`, NVML, unified
-//! addressing, peer answers and copies between the servers' devices (relayed through the client for now), over
-//! TCP and shared memory.
+//! addressing, peer answers and copies between the servers' devices (server to server where the operator lets a
+//! server send to the other, else relayed through the client), over TCP, TLS and shared memory.
 
 use std::process::Command;
 
 mod common;
 
-use common::{start, Server, VGPU};
+use common::{shm_name, start, start_named, Server, VGPU};
 
 fn two_servers() -> (Server, Server) {
     (start(&["--device-identity", "1"]), start(&["--device-identity", "2"]))
+}
+
+/// Two servers whose operators let them send copies to each other: B lists A by its shared-memory name (chosen
+/// before either starts); A lists B by that, by TCP and by TLS.
+fn peered_servers() -> (Server, Server) {
+    let (name_a, name_b) = (shm_name(), format!("{}-b", shm_name()));
+    let b = start_named(&name_b, &["--device-identity", "2", "--peer", &format!("shm://{name_a}")]);
+    let a_peers = format!("shm://{name_b},{},{}", b.tcp_url(), b.tls);
+    let a = start_named(&name_a, &["--device-identity", "1", "--peer", &a_peers]);
+    (a, b)
+}
+
+/// The client bytes the check's `--bench-mib` line reports for its timed copies of device 0 to device 1.
+fn bench_bytes(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .find_map(|l| l.split("client transport bytes during it: ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no bench line: {lines:?}"))
+}
+
+/// Every entry point's copies both ways read back right.
+fn all_copies_verified(servers: &str, lines: &[String]) {
+    for how in ["peer", "async peer", "dtod", "unified", "2d"] {
+        for (x, y) in [(0, 1), (1, 0)] {
+            let want = format!("{how} copy {x} -> {y}: CUDA_SUCCESS verified");
+            assert!(has(lines, &want), "{servers}: no '{want}' in {lines:?}");
+        }
+    }
 }
 
 /// `vgpu run --server LIST -- vgpu __multi-check`: its output lines (the run must succeed).
@@ -163,4 +192,30 @@ fn nvml_lists_every_server_device_in_system_order() {
     assert_ne!(gpus[0]["uuid"], gpus[1]["uuid"]);
     // As NVIDIA's NVML, the list ignores CUDA_VISIBLE_DEVICES: tools map it onto this order themselves.
     assert_eq!(smi(Some("1"))["gpus"], all["gpus"]);
+}
+
+#[test]
+fn copies_between_servers_go_server_to_server_where_the_operator_allows() {
+    let (a, b) = peered_servers();
+    // 3 copies of 16 MiB: relayed, 96 MiB cross this process each way; server to server, only the requests do.
+    let relayed_at_least = 2 * 3 * (16u64 << 20);
+    for servers in [
+        format!("{},{}", a.shm, b.shm),
+        format!("{},{}", a.tcp_url(), b.tcp_url()),
+        format!("{},{}", a.tls, b.tls),
+    ] {
+        let lines = check(&servers, &[], &["--bench-mib", "16"]);
+        all_copies_verified(&servers, &lines);
+        let direct = bench_bytes(&lines);
+        assert!(direct < 64 << 10, "{servers}: {direct} client bytes for a server-to-server copy");
+        let relayed = check(&servers, &[("VGPU_PEER_COPY", "relay")], &["--bench-mib", "16"]);
+        all_copies_verified(&servers, &relayed);
+        assert!(bench_bytes(&relayed) >= relayed_at_least, "{servers}: {relayed:?}");
+    }
+    // B may not send to A over TCP (its operator listed only A's shared memory): device 1 → device 0 copies pass
+    // through the client and still land; device 0 → device 1 go direct.
+    let servers = format!("{},{}", b.tcp_url(), a.tcp_url());
+    let lines = check(&servers, &[], &["--bench-mib", "16"]);
+    all_copies_verified(&servers, &lines);
+    assert!(bench_bytes(&lines) >= relayed_at_least, "B sent to A: {lines:?}");
 }

@@ -1,7 +1,8 @@
 //! Attacks on `vgpu server` before and just after authentication (emulated backend), each asserting a clear
 //! refusal, that the server keeps serving other clients, and that nothing is kept (threads, workers):
 //! slow hellos (plain and TLS), a flood of idle connections, guessing keys, too many sessions for one tenant,
-//! a client that stops in the middle of a frame; and the TLS policy (pinning, plain TCP only on loopback).
+//! a client that stops in the middle of a frame, peer connections (another server delivering a copy) without a grant;
+//! and the TLS policy (pinning, plain TCP only on loopback).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -325,4 +326,41 @@ fn plain_tcp_beyond_loopback_needs_to_be_asked_for() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--allow-plain-tcp"), "{err}");
+}
+
+/// A raw `MODE_PEER` hello (another server delivering a copy) for `session` with `token`.
+fn peer_hello(addr: &str, session: u64, token: [u8; 16]) -> (Welcome, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let h = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        mode: MODE_PEER,
+        session_id: session,
+        secret: token,
+        ..Default::default()
+    };
+    let _ = s.write_all(&encode_hello(&h, &[]));
+    read_welcome(&mut s)
+}
+
+#[test]
+fn a_peer_connection_needs_a_live_session_and_its_grant_and_cannot_lock_a_server_out() {
+    let server = start(&["--key", "k", "--peer-wait-s", "0.3"]);
+    let (w, msg, _session) = hello(&server.tcp, b"k");
+    assert_eq!(w.status, STATUS_OK, "{msg}");
+    // The live session, but a token it never granted: refused once the wait is over, and not held against the
+    // sending server's address however often it happens.
+    for i in 0..8 {
+        let t = Instant::now();
+        let (p, msg) = peer_hello(&server.tcp, w.session_id, [i; 16]);
+        assert_eq!(p.status, STATUS_UNAUTHORIZED, "{msg}");
+        assert!(msg.contains("no copy of this session awaits that token"), "{msg}");
+        assert!(t.elapsed() >= Duration::from_millis(250), "answered before the grant could come");
+    }
+    let (w2, msg, _) = hello(&server.tcp, b"k");
+    assert_eq!(w2.status, STATUS_OK, "an honest client is still let in: {msg}");
+    // A made-up session is an authentication failure like any other.
+    let (p, msg) = peer_hello(&server.tcp, w.session_id ^ 1, [0; 16]);
+    assert_eq!(p.status, STATUS_NO_SUCH_SESSION, "{msg}");
 }

@@ -276,7 +276,7 @@ impl Listener {
         };
         if !self
             .registry
-            .take_peer_grant(hello.session_id, &hello.secret, PEER_GRANT_WAIT)
+            .take_peer_grant(hello.session_id, &hello.secret, self.cfg.admission.peer_wait)
         {
             // Not a failure of the source's credentials: a copy whose receiving half never came (the client went
             // away, or its session's channel is stuck). No back-off, so that one tenant cannot lock a server out.
@@ -542,6 +542,10 @@ impl Listener {
             .env(
                 "VGPU_WORKER_STALL_MS",
                 self.cfg.admission.stall_timeout.as_millis().to_string(),
+            )
+            .env(
+                "VGPU_WORKER_PEER_WAIT_MS",
+                self.cfg.admission.peer_wait.as_millis().to_string(),
             );
         if let Some(d) = &self.cfg.driver {
             cmd.env("VGPU_WORKER_DRIVER", d);

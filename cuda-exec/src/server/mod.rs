@@ -262,9 +262,6 @@ impl Default for Handoff {
 
 /// `Handoff::primary` of a connection from another GPU server delivering a copy (`MODE_PEER`).
 const HANDOFF_PEER: u32 = 2;
-/// How long a peer connection waits at the listener for the receiving session to register its grant.
-const PEER_GRANT_WAIT: Duration = Duration::from_secs(30);
-
 /// Most devices a ticket can make visible to one session.
 const MAX_VISIBLE: usize = 16;
 

@@ -76,7 +76,7 @@ pub fn run_worker_from_env() -> Result<(), String> {
                 if let Some(link) = registry {
                     s.attach_registry(RegistryLink::new(UnixStream::from(link)));
                 }
-                s.allow_peers(peers.clone());
+                s.allow_peers(peers.clone(), peer_wait());
                 let ticks = control.try_clone().map_err(|e| format!("control socket: {e}"))?;
                 let _ = METER.set((ticks, s.clone()));
                 std::thread::spawn(|| loop {
@@ -111,6 +111,14 @@ fn report_usage() {
 fn exit_worker(code: i32) -> ! {
     report_usage();
     std::process::exit(code)
+}
+
+/// How long a receiving copy waits for its sender (`VGPU_WORKER_PEER_WAIT_MS`).
+fn peer_wait() -> Duration {
+    std::env::var("VGPU_WORKER_PEER_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(AdmissionLimits::default().peer_wait, Duration::from_millis)
 }
 
 /// The stall timeout the listener gave this worker (`VGPU_WORKER_STALL_MS`).

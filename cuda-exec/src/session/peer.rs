@@ -25,7 +25,8 @@ use super::channel::{Channel, Cx, Serve, Served};
 use super::{ChannelEnd, Session};
 use crate::backend::Stream;
 
-/// How long a receiving copy waits for its sender's connection, once its grant is registered.
+/// How long a receiving copy waits for its sender's connection, once its grant is registered, unless the
+/// server says otherwise (`vgpu server --peer-wait-s`).
 const PEER_ARRIVAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections that arrived for a copy no longer waiting are dropped after this long.
 const INBOX_KEEP: Duration = Duration::from_secs(60);
@@ -41,15 +42,20 @@ type Token = [u8; 16];
 /// A session's part in server-to-server copies: where it may send, and connections that arrived for it.
 #[derive(Default)]
 pub(super) struct Peers {
-    allowed: OnceLock<Vec<Endpoint>>,
+    allowed: OnceLock<(Vec<Endpoint>, Duration)>,
     inbox: Mutex<HashMap<Token, (Instant, Box<dyn Transport>)>>,
     arrived: Condvar,
 }
 
 impl Session {
-    /// The servers this session may send copies to (the operator's `--peer` list); set once by the worker.
-    pub fn allow_peers(&self, list: Vec<Endpoint>) {
-        let _ = self.peers.allowed.set(list);
+    /// The servers this session may send copies to (the operator's `--peer` list) and how long a receiving copy
+    /// waits for its sender; set once by the worker.
+    pub fn allow_peers(&self, list: Vec<Endpoint>, wait: Duration) {
+        let _ = self.peers.allowed.set((list, wait));
+    }
+
+    fn peer_wait(&self) -> Duration {
+        self.peers.allowed.get().map_or(PEER_ARRIVAL_TIMEOUT, |(_, w)| *w)
     }
 
     /// A sending server's connection for the copy granted under `token` (the listener checked the grant).
@@ -88,7 +94,7 @@ impl Session {
     /// spelling is dialled (a name the client chose is only compared, never resolved again at connect time); a
     /// TLS pin comes from the operator's entry, else the client's.
     fn allowed_peer(&self, asked: &Endpoint) -> Option<Endpoint> {
-        let listed = self.peers.allowed.get()?;
+        let (listed, _) = self.peers.allowed.get()?;
         let entry = listed.iter().find(|e| same_server(e, asked))?;
         Some(match (entry, asked) {
             (Endpoint::Tls { addr, sha256: None }, Endpoint::Tls { sha256, .. }) => Endpoint::Tls {
@@ -242,10 +248,11 @@ impl Serve<PeerRecv> for Channel {
         if let Err(e) = self.s().registry().and_then(|link| link.grant_peer(c.token)) {
             return Ok(Err(e));
         }
-        let Some(mut peer) = self.s().take_peer(&c.token, PEER_ARRIVAL_TIMEOUT) else {
+        let wait = self.s().peer_wait();
+        let Some(mut peer) = self.s().take_peer(&c.token, wait) else {
             tracing::warn!(
-                "a copy from another server never arrived ({} s): its sender is unreachable or stuck",
-                PEER_ARRIVAL_TIMEOUT.as_secs()
+                "a copy from another server never arrived ({:.1} s): its sender is unreachable or stuck",
+                wait.as_secs_f64()
             );
             return Ok(Err(PEER_LOST));
         };
@@ -289,5 +296,44 @@ impl Serve<PeerProbe> for Channel {
             Some(_) => Ok(Empty {}),
             None => Err(CUDA_ERROR_NOT_PERMITTED),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn e(text: &str) -> Endpoint {
+        Endpoint::parse(text).expect("endpoint")
+    }
+
+    #[test]
+    fn endpoints_name_the_same_server_by_transport_and_address() {
+        assert!(same_server(&e("tcp://127.0.0.1:7070"), &e("tcp://127.0.0.1:7070")));
+        assert!(same_server(&e("tcp://localhost:7070"), &e("tcp://127.0.0.1:7070")), "resolved alike");
+        assert!(!same_server(&e("tcp://127.0.0.1:7070"), &e("tcp://127.0.0.1:7071")));
+        assert!(!same_server(&e("tcp://127.0.0.1:7070"), &e("tls://127.0.0.1:7070")), "another transport");
+        assert!(same_server(&e("shm://a"), &e("shm://a")));
+        assert!(!same_server(&e("shm://a"), &e("shm://b")));
+        let pinned = format!("tls://127.0.0.1:7443#sha256={}", "ab".repeat(32));
+        assert!(same_server(&e(&pinned), &e("tls://127.0.0.1:7443")), "a pin does not name another server");
+    }
+
+    #[test]
+    fn the_operators_spelling_is_dialled_and_its_pin_wins() {
+        let s = Session::new(Arc::new(crate::emulated::EmulatedBackend::new()), super::super::Limits::default());
+        let pin = "ab".repeat(32);
+        let other = "cd".repeat(32);
+        s.allow_peers(
+            vec![e("tcp://127.0.0.1:7070"), e("tls://127.0.0.1:7443"), e(&format!("tls://127.0.0.1:7444#sha256={pin}"))],
+            Duration::from_secs(1),
+        );
+        assert_eq!(s.allowed_peer(&e("tcp://localhost:7070")), Some(e("tcp://127.0.0.1:7070")));
+        let asked = e(&format!("tls://127.0.0.1:7443#sha256={other}"));
+        assert_eq!(s.allowed_peer(&asked), Some(asked.clone()), "the client's pin where the operator gave none");
+        let asked = e(&format!("tls://127.0.0.1:7444#sha256={other}"));
+        assert_eq!(s.allowed_peer(&asked), Some(e(&format!("tls://127.0.0.1:7444#sha256={pin}"))));
+        assert_eq!(s.allowed_peer(&e("tcp://127.0.0.1:9")), None);
     }
 }

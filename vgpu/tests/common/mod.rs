@@ -56,7 +56,17 @@ impl Drop for Server {
 /// Starts `vgpu server --backend emulated` with `extra` arguments; returns once it says it is ready. The shim
 /// folder is kept off its LD_LIBRARY_PATH: the server must load no shim, whatever the test process has.
 pub fn start(extra: &[&str]) -> Server {
-    let shm = format!("test-{}-{}", std::process::id(), rand_tag());
+    start_named(&shm_name(), extra)
+}
+
+/// A fresh shared-memory endpoint name (for a server whose name others must know before it starts).
+pub fn shm_name() -> String {
+    format!("test-{}-{}", std::process::id(), rand_tag())
+}
+
+/// `start` with the shared-memory endpoint `shm://{shm}`.
+pub fn start_named(shm: &str, extra: &[&str]) -> Server {
+    let shm = shm.to_string();
     let state_dir = std::env::temp_dir().join(format!("vgpu-test-state-{shm}"));
     let mut child = Command::new(VGPU)
         .args(["server", "--tcp", "127.0.0.1:0", "--tls", "127.0.0.1:0", "--shm", &shm])

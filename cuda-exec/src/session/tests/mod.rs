@@ -18,6 +18,7 @@ mod graph;
 mod ipc;
 mod limits;
 mod multi;
+mod peer;
 mod vmm;
 
 /// One client thread speaking the wire protocol to a channel of `session`.
