@@ -588,14 +588,20 @@ mod tests {
         assert!(!r.take_peer_grant(b.session, &token, Duration::ZERO));
         assert!(!r.take_peer_grant(a.session, &[8; 16], Duration::from_millis(20)));
         assert!(r.take_peer_grant(a.session, &token, Duration::ZERO));
-        assert!(!r.take_peer_grant(a.session, &token, Duration::ZERO), "a grant is used once");
+        assert!(
+            !r.take_peer_grant(a.session, &token, Duration::ZERO),
+            "a grant is used once"
+        );
         for i in 0..MAX_PEER_GRANTS_PER_SESSION {
             r.grant_peer(&a, &[i as u8; 16]).expect("within the bound");
         }
         assert_eq!(r.grant_peer(&a, &[255; 16]).err(), Some(CUDA_ERROR_OUT_OF_MEMORY));
         r.grant_peer(&b, &[255; 16]).expect("another session has its own bound");
         r.end_session(a.session);
-        assert!(!r.take_peer_grant(a.session, &[0; 16], Duration::ZERO), "a session's grants end with it");
+        assert!(
+            !r.take_peer_grant(a.session, &[0; 16], Duration::ZERO),
+            "a session's grants end with it"
+        );
     }
 
     #[test]

@@ -590,10 +590,16 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
          per operation, from the shim's counters)"
     );
     println!("transport floors: {floors}");
+    println!();
+    let cross_server = crate::bench_peer::cross_server(backend, quick, floors["tcp_bulk_gbps"].as_f64())
+        .unwrap_or_else(|e| {
+            eprintln!("vgpu bench: no server-to-server rows ({e})");
+            Value::Null
+        });
     if let Some(path) = json_path {
         let doc = json!({ "device": device, "vgpu_emulated": emulated, "quick": quick, "repeats": repeat, "rows": rows,
             "floors": floors, "native_raw": native, "tcp_raw": tcp, "tls_raw": tls, "shm_raw": shm,
-            "rdma_raw": rdma });
+            "rdma_raw": rdma, "cross_server": cross_server });
         let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         println!("wrote {}", path.display());

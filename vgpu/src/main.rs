@@ -3,6 +3,7 @@
 //! `sample`, `bench`.
 
 mod bench;
+mod bench_peer;
 mod controlled;
 mod cuda;
 mod fairness;

@@ -17,7 +17,10 @@ fn two_servers() -> (Server, Server) {
 /// before either starts); A lists B by that, by TCP and by TLS.
 fn peered_servers() -> (Server, Server) {
     let (name_a, name_b) = (shm_name(), format!("{}-b", shm_name()));
-    let b = start_named(&name_b, &["--device-identity", "2", "--peer", &format!("shm://{name_a}")]);
+    let b = start_named(
+        &name_b,
+        &["--device-identity", "2", "--peer", &format!("shm://{name_a}")],
+    );
     let a_peers = format!("shm://{name_b},{},{}", b.tcp_url(), b.tls);
     let a = start_named(&name_a, &["--device-identity", "1", "--peer", &a_peers]);
     (a, b)
@@ -207,7 +210,10 @@ fn copies_between_servers_go_server_to_server_where_the_operator_allows() {
         let lines = check(&servers, &[], &["--bench-mib", "16"]);
         all_copies_verified(&servers, &lines);
         let direct = bench_bytes(&lines);
-        assert!(direct < 64 << 10, "{servers}: {direct} client bytes for a server-to-server copy");
+        assert!(
+            direct < 64 << 10,
+            "{servers}: {direct} client bytes for a server-to-server copy"
+        );
         let relayed = check(&servers, &[("VGPU_PEER_COPY", "relay")], &["--bench-mib", "16"]);
         all_copies_verified(&servers, &relayed);
         assert!(bench_bytes(&relayed) >= relayed_at_least, "{servers}: {relayed:?}");

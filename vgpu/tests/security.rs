@@ -356,7 +356,10 @@ fn a_peer_connection_needs_a_live_session_and_its_grant_and_cannot_lock_a_server
         let (p, msg) = peer_hello(&server.tcp, w.session_id, [i; 16]);
         assert_eq!(p.status, STATUS_UNAUTHORIZED, "{msg}");
         assert!(msg.contains("no copy of this session awaits that token"), "{msg}");
-        assert!(t.elapsed() >= Duration::from_millis(250), "answered before the grant could come");
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "answered before the grant could come"
+        );
     }
     let (w2, msg, _) = hello(&server.tcp, b"k");
     assert_eq!(w2.status, STATUS_OK, "an honest client is still let in: {msg}");

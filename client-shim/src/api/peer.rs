@@ -82,7 +82,13 @@ fn direct_path(from: usize, to: usize) -> CuResult<bool> {
 /// The server-to-server copy of `n` bytes from `src` (on server route `from`) to `dst` (on `to`). Each half runs
 /// on `stream` where the stream belongs to its server, else on that server's legacy stream. A synchronous copy
 /// (no stream) waits for the destination server's answer, which carries either side's error.
-fn direct(flags: u16, (dst, to): (u64, Route), (src, from): (u64, Route), n: usize, stream: Option<StreamId>) -> CuResult<()> {
+fn direct(
+    flags: u16,
+    (dst, to): (u64, Route),
+    (src, from): (u64, Route),
+    n: usize,
+    stream: Option<StreamId>,
+) -> CuResult<()> {
     let s = client::session()?;
     let receiver = s
         .servers

@@ -38,12 +38,14 @@ const MAX_INBOX: usize = 64;
 const PEER_LOST: CUresult = CUDA_ERROR_UNKNOWN;
 
 type Token = [u8; 16];
+/// A sender's connection, by the token it presented, with when it arrived.
+type Inbox = HashMap<Token, (Instant, Box<dyn Transport>)>;
 
 /// A session's part in server-to-server copies: where it may send, and connections that arrived for it.
 #[derive(Default)]
 pub(super) struct Peers {
     allowed: OnceLock<(Vec<Endpoint>, Duration)>,
-    inbox: Mutex<HashMap<Token, (Instant, Box<dyn Transport>)>>,
+    inbox: Mutex<Inbox>,
     arrived: Condvar,
 }
 
@@ -172,7 +174,13 @@ fn peer_end(e: ChannelEnd) -> String {
 
 impl Channel {
     /// The stream, range and staging buffers of one half of a copy.
-    fn prepare_peer_half(&mut self, addr: DevicePtr, size: u64, stream: StreamId, per_thread: bool) -> CuResult<(Stream, usize)> {
+    fn prepare_peer_half(
+        &mut self,
+        addr: DevicePtr,
+        size: u64,
+        stream: StreamId,
+        per_thread: bool,
+    ) -> CuResult<(Stream, usize)> {
         let stream = self.stream(stream, per_thread)?;
         self.check_range(addr, size)?;
         let len = usize::try_from(size).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
@@ -200,7 +208,10 @@ impl Channel {
             return Ok(Err(CUresult::from_code(header.status)));
         }
         if header.size != size {
-            return Err(format!("the sender announced {} bytes for a copy of {size}", header.size));
+            return Err(format!(
+                "the sender announced {} bytes for a copy of {size}",
+                header.size
+            ));
         }
         self.s().count_moved(size);
         let copied = self.htod_through_staging(peer, dst, len, stream).map_err(peer_end)?;
@@ -311,29 +322,55 @@ mod tests {
     #[test]
     fn endpoints_name_the_same_server_by_transport_and_address() {
         assert!(same_server(&e("tcp://127.0.0.1:7070"), &e("tcp://127.0.0.1:7070")));
-        assert!(same_server(&e("tcp://localhost:7070"), &e("tcp://127.0.0.1:7070")), "resolved alike");
+        assert!(
+            same_server(&e("tcp://localhost:7070"), &e("tcp://127.0.0.1:7070")),
+            "resolved alike"
+        );
         assert!(!same_server(&e("tcp://127.0.0.1:7070"), &e("tcp://127.0.0.1:7071")));
-        assert!(!same_server(&e("tcp://127.0.0.1:7070"), &e("tls://127.0.0.1:7070")), "another transport");
+        assert!(
+            !same_server(&e("tcp://127.0.0.1:7070"), &e("tls://127.0.0.1:7070")),
+            "another transport"
+        );
         assert!(same_server(&e("shm://a"), &e("shm://a")));
         assert!(!same_server(&e("shm://a"), &e("shm://b")));
         let pinned = format!("tls://127.0.0.1:7443#sha256={}", "ab".repeat(32));
-        assert!(same_server(&e(&pinned), &e("tls://127.0.0.1:7443")), "a pin does not name another server");
+        assert!(
+            same_server(&e(&pinned), &e("tls://127.0.0.1:7443")),
+            "a pin does not name another server"
+        );
     }
 
     #[test]
     fn the_operators_spelling_is_dialled_and_its_pin_wins() {
-        let s = Session::new(Arc::new(crate::emulated::EmulatedBackend::new()), super::super::Limits::default());
+        let s = Session::new(
+            Arc::new(crate::emulated::EmulatedBackend::new()),
+            super::super::Limits::default(),
+        );
         let pin = "ab".repeat(32);
         let other = "cd".repeat(32);
         s.allow_peers(
-            vec![e("tcp://127.0.0.1:7070"), e("tls://127.0.0.1:7443"), e(&format!("tls://127.0.0.1:7444#sha256={pin}"))],
+            vec![
+                e("tcp://127.0.0.1:7070"),
+                e("tls://127.0.0.1:7443"),
+                e(&format!("tls://127.0.0.1:7444#sha256={pin}")),
+            ],
             Duration::from_secs(1),
         );
-        assert_eq!(s.allowed_peer(&e("tcp://localhost:7070")), Some(e("tcp://127.0.0.1:7070")));
+        assert_eq!(
+            s.allowed_peer(&e("tcp://localhost:7070")),
+            Some(e("tcp://127.0.0.1:7070"))
+        );
         let asked = e(&format!("tls://127.0.0.1:7443#sha256={other}"));
-        assert_eq!(s.allowed_peer(&asked), Some(asked.clone()), "the client's pin where the operator gave none");
+        assert_eq!(
+            s.allowed_peer(&asked),
+            Some(asked.clone()),
+            "the client's pin where the operator gave none"
+        );
         let asked = e(&format!("tls://127.0.0.1:7444#sha256={other}"));
-        assert_eq!(s.allowed_peer(&asked), Some(e(&format!("tls://127.0.0.1:7444#sha256={pin}"))));
+        assert_eq!(
+            s.allowed_peer(&asked),
+            Some(e(&format!("tls://127.0.0.1:7444#sha256={pin}")))
+        );
         assert_eq!(s.allowed_peer(&e("tcp://127.0.0.1:9")), None);
     }
 }

@@ -68,7 +68,10 @@ fn receiving(dst_size: u64, copy_size: u64, wait: Duration) -> (Arc<Registry>, C
     if wait < Duration::from_secs(1) {
         return (r, c, dst, None);
     }
-    assert!(r.take_peer_grant(5, &TOKEN, Duration::from_secs(5)), "the receiver registered its grant");
+    assert!(
+        r.take_peer_grant(5, &TOKEN, Duration::from_secs(5)),
+        "the receiver registered its grant"
+    );
     let (sender, receiver) = pair();
     s.deliver_peer(TOKEN, Box::new(receiver));
     (r, c, dst, Some(sender))
@@ -85,7 +88,9 @@ fn a_copy_from_another_server_lands_and_is_acknowledged() {
         _pad: 0,
         size: N as u64,
     };
-    sender.send(&[header.as_bytes(), &data, &0u32.to_le_bytes()]).expect("send");
+    sender
+        .send(&[header.as_bytes(), &data, &0u32.to_le_bytes()])
+        .expect("send");
     assert_eq!(word(&mut sender), 0, "acknowledged once on the device");
     c.ok(&Ping {});
     assert_eq!(c.dtoh(dst, N as u64).expect("read back"), data);
@@ -151,8 +156,16 @@ fn a_server_sends_only_to_the_peers_its_operator_listed() {
         c.call(&Ping {}, &[]).map(|_| ())
     };
     assert_eq!(send(&mut c, "tcp://10.0.0.1:7070"), Err(CUDA_ERROR_NOT_PERMITTED));
-    assert_eq!(send(&mut c, "tcp://127.0.0.1:1"), Err(CUDA_ERROR_UNKNOWN), "unreachable");
-    assert_eq!(send(&mut c, "tcp://127.0.0.1:1"), Err(CUDA_ERROR_UNKNOWN), "and again, the channel serves on");
+    assert_eq!(
+        send(&mut c, "tcp://127.0.0.1:1"),
+        Err(CUDA_ERROR_UNKNOWN),
+        "unreachable"
+    );
+    assert_eq!(
+        send(&mut c, "tcp://127.0.0.1:1"),
+        Err(CUDA_ERROR_UNKNOWN),
+        "and again, the channel serves on"
+    );
     // A session without a list (a server with no --peer) sends nowhere.
     let bare = session(&r, 7, Vec::new(), Duration::from_secs(1));
     let mut c = Client::connect(&bare);
