@@ -529,6 +529,10 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
     for line in cfg.authority.started(&listening, &devices)? {
         let _ = writeln!(out, "vgpu server: {line}");
     }
+    if !listener.cfg.peers.is_empty() {
+        let peers: Vec<String> = listener.cfg.peers.iter().map(|p| p.to_string()).collect();
+        let _ = writeln!(out, "vgpu server: sends copies directly to {}", peers.join(", "));
+    }
     let l = listener.clone();
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_secs(1));
