@@ -305,6 +305,10 @@ impl Registry {
                 Ok(None)
             }
             OP_PEER_GRANT => self.grant_peer(who, &req.token).map(|_| None),
+            OP_PEER_WITHDRAW => {
+                self.peer_grants().remove(&(who.session, req.token));
+                Ok(None)
+            }
             _ => Err(CUDA_ERROR_INVALID_VALUE),
         };
         match outcome {
@@ -326,6 +330,7 @@ const OP_CLOSE: u16 = 3;
 const OP_REVOKE: u16 = 4;
 const OP_OPEN_COUNT: u16 = 5;
 const OP_PEER_GRANT: u16 = 6;
+const OP_PEER_WITHDRAW: u16 = 7;
 
 /// A worker's request to the registry (a descriptor may ride along with an export).
 #[repr(C)]
@@ -466,6 +471,11 @@ impl RegistryLink {
     /// Registers a server-to-server copy this session expects (see `Registry::grant_peer`).
     pub fn grant_peer(&self, token: Token) -> CuResult<()> {
         self.simple(OP_PEER_GRANT, token).map(|_| ())
+    }
+
+    /// Withdraws a grant no connection will use (the sender reused an earlier one).
+    pub fn withdraw_peer(&self, token: Token) -> CuResult<()> {
+        self.simple(OP_PEER_WITHDRAW, token).map(|_| ())
     }
 
     fn simple(&self, op: u16, token: Token) -> CuResult<u64> {

@@ -213,6 +213,17 @@ fn bench_copy(cuda: &Cuda, ctxs: &[CUcontext], mib: u64) -> Result<(), String> {
             (len * reps) as f64 / secs / 1e9,
             after.saturating_sub(before)
         );
+        // Latency: small synchronous copies, where setting a copy up costs more than moving it.
+        let small = 4096usize.min(len);
+        let t = Instant::now();
+        let n = 100;
+        for _ in 0..n {
+            cuda.check("cuMemcpyPeer", cuda.cuMemcpyPeer(dst, ctxs[1], src, ctxs[0], small))?;
+        }
+        println!(
+            "bench small peer copy: {:.1} us per {small}-byte copy",
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
         cuda.check("cuMemFree", cuda.cuMemFree_v2(dst))?;
         cuda.check("cuMemFree", cuda.cuMemFree_v2(src))
     }

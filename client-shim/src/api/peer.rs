@@ -2,8 +2,9 @@
 //! copies). Where both servers can (`CAP_PEER_COPY`) and the source server's operator lets it send to the
 //! destination (`vgpu server --peer`, asked once per pair with `PeerProbe`), the bytes go server to server: the
 //! destination server is told to expect the copy under a fresh random token (`PeerRecv`), the source server to
-//! send it there (`PeerSend`), and nothing but those two small messages leaves this process. Otherwise (or with
-//! `VGPU_PEER_COPY=relay`) they are relayed through this process in chunks.
+//! send it there (`PeerSend`), and nothing but those two small messages leaves this process; the servers keep the
+//! connection for the next copy between the same two sessions. Otherwise (or with `VGPU_PEER_COPY=relay`, or for
+//! copies under `VGPU_PEER_DIRECT_MIN` bytes) they are relayed through this process in chunks.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,11 +29,25 @@ static DIRECT: Mutex<Option<HashMap<(usize, usize), bool>>> = Mutex::new(None);
 /// after the stream's earlier work (an asynchronous relayed copy has finished when the call returns).
 pub(crate) fn copy(flags: u16, dst: u64, src: u64, n: usize, stream: Option<StreamId>) -> CuResult<()> {
     let (to, from) = (route_of_ptr(dst), route_of_ptr(src));
-    if n > 0 && direct_path(client::server_index(from)?, client::server_index(to)?)? {
+    if n > 0 && n >= direct_min() && direct_path(client::server_index(from)?, client::server_index(to)?)? {
         return direct(flags, (dst, to), (src, from), n, stream);
     }
     let flags = after_stream(flags, stream)?;
     relay(flags, dst, src, n)
+}
+
+/// Copies smaller than this are relayed even where the servers could copy directly (`VGPU_PEER_DIRECT_MIN`, in
+/// bytes; default 0). A direct copy costs the client one round trip and the servers three between them; a relayed
+/// one two client round trips and its bytes twice over the client's links: with the client on the servers' host
+/// (loopback), small copies are faster relayed (see README).
+fn direct_min() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::env::var("VGPU_PEER_DIRECT_MIN")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// Whether server `from` sends to server `to` itself: both announce `CAP_PEER_COPY` and `from` answers its

@@ -12,7 +12,8 @@
 
 use std::collections::HashMap;
 use std::net::ToSocketAddrs;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering::AcqRel};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use vgpu_dataplane::cuerr::*;
@@ -33,13 +34,33 @@ const INBOX_KEEP: Duration = Duration::from_secs(60);
 /// Most connections one session holds that no copy has taken yet (grants bound them already; this is the
 /// worker's own bound).
 const MAX_INBOX: usize = 64;
+/// Idle connections a sending session keeps to one receiving session, and in all: a later copy between the same
+/// two sessions reuses one instead of connecting, presenting its token first.
+const POOL_PER_PEER: usize = 4;
+const POOL_ALL: usize = 16;
+/// Connections a receiving session keeps open after their copies, each waiting (on a thread) for a next token.
+const MAX_KEPT: usize = 16;
+/// While the session keeps connections, a receiving copy first waits this long for its sender to reuse one
+/// before it registers a grant for a new connection (which costs a round trip to the listener, and another to
+/// withdraw it when a kept connection comes after all).
+const REUSE_GRACE: Duration = Duration::from_millis(5);
 /// What a copy whose peer connection failed answers: nothing more specific describes a lost link between
 /// servers. The server's log names the cause.
 const PEER_LOST: CUresult = CUDA_ERROR_UNKNOWN;
 
 type Token = [u8; 16];
-/// A sender's connection, by the token it presented, with when it arrived.
-type Inbox = HashMap<Token, (Instant, Box<dyn Transport>)>;
+/// A sender's connection, by the token it presented, with when it arrived and whether it came back from an
+/// earlier copy (parked) rather than through the listener.
+type Inbox = HashMap<Token, Arrival>;
+/// Idle connections of a sending session, by (receiving server as dialled, receiving session).
+type Pool = HashMap<(String, u64), Vec<Box<dyn Transport>>>;
+
+struct Arrival {
+    at: Instant,
+    transport: Box<dyn Transport>,
+    /// For a kept connection: where it goes back after its copy (its waiting thread), instead of a new thread.
+    back: Option<std::sync::mpsc::Sender<Box<dyn Transport>>>,
+}
 
 /// A session's part in server-to-server copies: where it may send, and connections that arrived for it.
 #[derive(Default)]
@@ -47,6 +68,9 @@ pub(super) struct Peers {
     allowed: OnceLock<(Vec<Endpoint>, Duration)>,
     inbox: Mutex<Inbox>,
     arrived: Condvar,
+    pool: Mutex<Pool>,
+    /// Connections kept open after their copies (waiting for a next token, or carrying a copy again).
+    kept: AtomicUsize,
 }
 
 impl Session {
@@ -62,22 +86,37 @@ impl Session {
 
     /// A sending server's connection for the copy granted under `token` (the listener checked the grant).
     pub fn deliver_peer(&self, token: Token, transport: Box<dyn Transport>) {
+        self.deliver(token, transport, None);
+    }
+
+    fn deliver(
+        &self,
+        token: Token,
+        transport: Box<dyn Transport>,
+        back: Option<std::sync::mpsc::Sender<Box<dyn Transport>>>,
+    ) {
         let mut inbox = self.peers.inbox.lock().unwrap_or_else(|p| p.into_inner());
-        inbox.retain(|_, (at, _)| at.elapsed() < INBOX_KEEP);
+        // A kept connection dropped here (its copy never came) ends its thread, which forgets it.
+        inbox.retain(|_, a| a.at.elapsed() < INBOX_KEEP);
         if inbox.len() >= MAX_INBOX {
             tracing::warn!("dropping a peer connection: {MAX_INBOX} already wait for their copies");
             return;
         }
-        inbox.insert(token, (Instant::now(), transport));
+        let arrival = Arrival {
+            at: Instant::now(),
+            transport,
+            back,
+        };
+        inbox.insert(token, arrival);
         self.peers.arrived.notify_all();
     }
 
-    fn take_peer(&self, token: &Token, wait: Duration) -> Option<Box<dyn Transport>> {
+    fn take_peer(&self, token: &Token, wait: Duration) -> Option<Arrival> {
         let deadline = Instant::now() + wait;
         let mut inbox = self.peers.inbox.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some((_, t)) = inbox.remove(token) {
-                return Some(t);
+            if let Some(a) = inbox.remove(token) {
+                return Some(a);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -89,6 +128,78 @@ impl Session {
                 .wait_timeout(inbox, deadline - now)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Keeps a connection whose copy ended cleanly: a thread waits for the sender's next token on it (the sender
+    /// keeps it in its pool) and delivers it as that copy's connection; after the copy the connection goes back to
+    /// the same thread (`back`). The thread ends, forgetting the connection, when the sender closes it or a
+    /// copy does not hand it back. Past `MAX_KEPT` a new one is closed.
+    fn park_peer(
+        self: &Arc<Self>,
+        transport: Box<dyn Transport>,
+        back: Option<std::sync::mpsc::Sender<Box<dyn Transport>>>,
+    ) {
+        if let Some(back) = back {
+            // The waiting thread ended only if the worker is going away; the connection goes with it.
+            let _ = back.send(transport);
+            return;
+        }
+        if self.peers.kept.fetch_add(1, AcqRel) >= MAX_KEPT {
+            self.peers.kept.fetch_sub(1, AcqRel);
+            return;
+        }
+        let session = self.clone();
+        let (back, returned) = std::sync::mpsc::channel::<Box<dyn Transport>>();
+        let spawned = std::thread::Builder::new()
+            .name("vgpu-peer-idle".into())
+            .spawn(move || {
+                let mut transport = transport;
+                loop {
+                    let mut token = [0u8; 16];
+                    if transport.recv_exact(&mut token).is_err() {
+                        break;
+                    }
+                    session.deliver(token, transport, Some(back.clone()));
+                    match returned.recv() {
+                        Ok(t) => transport = t,
+                        Err(_) => break,
+                    }
+                }
+                session.peers.kept.fetch_sub(1, AcqRel);
+            });
+        if spawned.is_err() {
+            self.peers.kept.fetch_sub(1, AcqRel);
+        }
+    }
+
+    /// Waits for the sender's connection of the copy under `token`: a kept one, or a new one through the
+    /// listener against a grant. Whether a grant was registered, with the connection.
+    fn await_peer(&self, token: Token) -> CuResult<(Option<Arrival>, bool)> {
+        if self.peers.kept.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            if let Some(a) = self.take_peer(&token, REUSE_GRACE) {
+                return Ok((Some(a), false));
+            }
+        }
+        self.registry()?.grant_peer(token)?;
+        Ok((self.take_peer(&token, self.peer_wait()), true))
+    }
+
+    /// An idle connection to `key`'s session from an earlier copy, if any.
+    fn pooled_peer(&self, key: &(String, u64)) -> Option<Box<dyn Transport>> {
+        let mut pool = self.peers.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = pool.get_mut(key)?.pop();
+        pool.retain(|_, v| !v.is_empty());
+        idle
+    }
+
+    /// Keeps a connection whose copy ended cleanly for the next copy to the same session (within the bounds).
+    fn pool_peer(&self, key: (String, u64), transport: Box<dyn Transport>) {
+        let mut pool = self.peers.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let all: usize = pool.values().map(Vec::len).sum();
+        let mine = pool.entry(key).or_default();
+        if mine.len() < POOL_PER_PEER && all < POOL_ALL {
+            mine.push(transport);
         }
     }
 
@@ -188,24 +299,25 @@ impl Channel {
         Ok((stream, len))
     }
 
-    /// The receiving half once the sender is connected: `Ok` carries the copy's outcome.
+    /// The receiving half once the sender is connected: `Ok` carries the copy's outcome and whether the connection
+    /// ended the exchange cleanly (so it can carry another copy).
     fn receive_from_peer(
         &mut self,
         peer: &mut dyn Transport,
         prepared: CuResult<(Stream, usize)>,
         dst: DevicePtr,
         size: u64,
-    ) -> Result<CuResult<()>, String> {
+    ) -> Result<(CuResult<()>, bool), String> {
         send_u32(peer, prepared.as_ref().err().map_or(0, |e| e.code()))?;
         let (stream, len) = match prepared {
             Ok(v) => v,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Ok((Err(e), true)),
         };
         let mut head = [0u8; std::mem::size_of::<PeerHeader>()];
         peer.recv_exact(&mut head).map_err(|e| e.to_string())?;
         let header = PeerHeader::read_from_bytes(&head[..]).map_err(|_| "short header".to_string())?;
         if header.status != 0 {
-            return Ok(Err(CUresult::from_code(header.status)));
+            return Ok((Err(CUresult::from_code(header.status)), true));
         }
         if header.size != size {
             return Err(format!(
@@ -222,18 +334,20 @@ impl Channel {
             (Ok(()), code) => Err(CUresult::from_code(code)),
         };
         send_u32(peer, outcome.err().map_or(0, |e| e.code()))?;
-        Ok(outcome)
+        Ok((outcome, true))
     }
 
-    /// The sending half once connected. `Ok(())`: the receiver heard the outcome (and reports it).
+    /// The sending half once the receiver answered `go` (0: ready). `Ok(())`: the receiver heard the outcome (and
+    /// reports it) and the connection can carry another copy.
     fn send_to_peer(
         &mut self,
         peer: &mut dyn Transport,
+        go: u32,
         prepared: CuResult<(Stream, usize)>,
         src: DevicePtr,
         size: u64,
     ) -> Result<(), String> {
-        if recv_u32(peer)? != 0 {
+        if go != 0 {
             return Ok(());
         }
         let header = PeerHeader {
@@ -248,6 +362,30 @@ impl Channel {
         send_u32(peer, error.map_or(0, |e| e.code()))?;
         recv_u32(peer).map(|_| ())
     }
+
+    /// Sends over an idle connection of the pool (its token first), or over a new one; the connection that
+    /// carried the copy, for the pool.
+    fn send_copy(
+        &mut self,
+        target: &Endpoint,
+        c: &PeerSend,
+        prepared: CuResult<(Stream, usize)>,
+    ) -> Result<Box<dyn Transport>, String> {
+        let key = (target.to_string(), c.session);
+        if let Some(mut peer) = self.s().pooled_peer(&key) {
+            // The receiver may have let an idle connection go: then nothing was delivered, and a new one is made.
+            let go = peer
+                .send(&[&c.token])
+                .map_err(|e| e.to_string())
+                .and_then(|_| recv_u32(&mut *peer));
+            if let Ok(go) = go {
+                return self.send_to_peer(&mut *peer, go, prepared, c.src, c.size).map(|_| peer);
+            }
+        }
+        let mut peer = connect_peer(target, c.session, c.token)?;
+        let go = recv_u32(&mut *peer)?;
+        self.send_to_peer(&mut *peer, go, prepared, c.src, c.size).map(|_| peer)
+    }
 }
 
 impl Serve<PeerRecv> for Channel {
@@ -256,20 +394,33 @@ impl Serve<PeerRecv> for Channel {
         self.s().order.advance(cx.header.seq);
         let prepared = self.prepare_peer_half(c.dst, c.size, c.stream, cx.per_thread);
         // The grant is registered even for a copy that fails here, so the sender learns of it at once.
-        if let Err(e) = self.s().registry().and_then(|link| link.grant_peer(c.token)) {
-            return Ok(Err(e));
-        }
-        let wait = self.s().peer_wait();
-        let Some(mut peer) = self.s().take_peer(&c.token, wait) else {
+        let (arrival, granted) = match self.s().await_peer(c.token) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(arrival) = arrival else {
             tracing::warn!(
                 "a copy from another server never arrived ({:.1} s): its sender is unreachable or stuck",
-                wait.as_secs_f64()
+                self.s().peer_wait().as_secs_f64()
             );
             return Ok(Err(PEER_LOST));
         };
+        let (mut peer, back) = (arrival.transport, arrival.back);
+        if back.is_some() && granted {
+            // The sender reused a kept connection after all: the grant for a new one goes.
+            if let Ok(link) = self.s().registry() {
+                let _ = link.withdraw_peer(c.token);
+            }
+        }
         Ok(match self.receive_from_peer(&mut *peer, prepared, c.dst, c.size) {
-            Ok(outcome) => outcome.map(|_| Empty {}),
+            Ok((outcome, clean)) => {
+                if clean {
+                    self.session.park_peer(peer, back);
+                }
+                outcome.map(|_| Empty {})
+            }
             Err(why) => {
+                // Dropping `back` ends the kept connection's thread.
                 tracing::warn!("a copy from another server failed: {why}");
                 Err(PEER_LOST)
             }
@@ -288,12 +439,16 @@ impl Serve<PeerSend> for Channel {
             return Ok(Err(CUDA_ERROR_NOT_PERMITTED));
         };
         let prepared = self.prepare_peer_half(c.src, c.size, c.stream, cx.per_thread);
-        let sent = connect_peer(&target, c.session, c.token)
-            .and_then(|mut peer| self.send_to_peer(&mut *peer, prepared, c.src, c.size));
-        Ok(sent.map(|_| Empty {}).map_err(|why| {
-            tracing::warn!("a copy to {target} failed: {why}");
-            PEER_LOST
-        }))
+        Ok(match self.send_copy(&target, &c, prepared) {
+            Ok(peer) => {
+                self.s().pool_peer((target.to_string(), c.session), peer);
+                Ok(Empty {})
+            }
+            Err(why) => {
+                tracing::warn!("a copy to {target} failed: {why}");
+                Err(PEER_LOST)
+            }
+        })
     }
 }
 
@@ -313,7 +468,6 @@ impl Serve<PeerProbe> for Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn e(text: &str) -> Endpoint {
         Endpoint::parse(text).expect("endpoint")

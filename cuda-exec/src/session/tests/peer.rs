@@ -78,8 +78,8 @@ fn receiving(dst_size: u64, copy_size: u64, wait: Duration) -> (Arc<Registry>, C
 }
 
 #[test]
-fn a_copy_from_another_server_lands_and_is_acknowledged() {
-    let (_r, mut c, dst, sender) = receiving(N as u64, N as u64, Duration::from_secs(5));
+fn a_copy_from_another_server_lands_is_acknowledged_and_its_connection_is_kept() {
+    let (r, mut c, dst, sender) = receiving(N as u64, N as u64, Duration::from_secs(5));
     let mut sender = sender.expect("connected");
     assert_eq!(word(&mut sender), 0, "the receiver is ready");
     let data = pattern(N, 9);
@@ -94,6 +94,46 @@ fn a_copy_from_another_server_lands_and_is_acknowledged() {
     assert_eq!(word(&mut sender), 0, "acknowledged once on the device");
     c.ok(&Ping {});
     assert_eq!(c.dtoh(dst, N as u64).expect("read back"), data);
+    // The receiver keeps the connection: the next copy's token comes first on it, and no new connection (nor a
+    // grant left behind at the listener) is needed.
+    let again = pattern(4096, 77);
+    let token: [u8; 16] = [4; 16];
+    c.post(&PeerRecv {
+        dst: DevicePtr(dst),
+        size: 4096,
+        stream: StreamId::NULL,
+        token,
+    });
+    sender.send(&[&token]).expect("token");
+    assert_eq!(word(&mut sender), 0, "the kept connection carries the next copy");
+    let header = PeerHeader {
+        status: 0,
+        _pad: 0,
+        size: 4096,
+    };
+    sender
+        .send(&[header.as_bytes(), &again, &0u32.to_le_bytes()])
+        .expect("send");
+    assert_eq!(word(&mut sender), 0);
+    c.ok(&Ping {});
+    assert_eq!(c.dtoh(dst, 4096).expect("read back"), again);
+    assert!(
+        !r.take_peer_grant(5, &token, Duration::ZERO),
+        "no grant outlives a reused connection"
+    );
+    // The sender lets the connection go: the next copy comes through the listener again.
+    drop(sender);
+    let token: [u8; 16] = [5; 16];
+    c.post(&PeerRecv {
+        dst: DevicePtr(dst),
+        size: 4096,
+        stream: StreamId::NULL,
+        token,
+    });
+    assert!(
+        r.take_peer_grant(5, &token, Duration::from_secs(5)),
+        "a grant for a new connection"
+    );
 }
 
 #[test]
