@@ -31,6 +31,10 @@ pub const CAP_MIRROR_DIGEST: u64 = 1 << 9;
 /// The server copies device memory to and from other servers directly (`PeerRecv`, `PeerSend`, `PeerProbe`;
 /// op codes 162 to 164) and accepts `MODE_PEER` connections.
 pub const CAP_PEER_COPY: u64 = 1 << 10;
+/// Compressed channel (`transports::packed`): in a hello, the client asks for it (`VGPU_COMPRESS=lz4`); in the
+/// welcome, the server agrees, and after the welcome both ends speak packed frames. Not in `CAPABILITIES`: it is
+/// asked for per channel.
+pub const CAP_PACKED: u64 = 1 << 11;
 pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
     | CAP_NVML
     | CAP_VMM

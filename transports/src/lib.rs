@@ -10,6 +10,7 @@
 pub mod fdpass;
 pub mod floor;
 pub mod link;
+pub mod packed;
 #[cfg(feature = "rdma")]
 pub mod rdma;
 /// Stand-in for the RDMA transport in builds without the `rdma` feature: same names, every call says why not.

@@ -5,6 +5,7 @@
 mod bench;
 mod bench_peer;
 mod controlled;
+mod copydata;
 mod cuda;
 mod fairness;
 mod ipccheck;
@@ -117,6 +118,9 @@ enum Cmd {
         /// through the client. Also read from VGPU_PEERS.
         #[arg(long = "peer", env = "VGPU_PEERS", value_delimiter = ',', value_parser = vgpu_dataplane::Endpoint::parse)]
         peers: Vec<vgpu_dataplane::Endpoint>,
+        /// Refuse compressed channels (clients' VGPU_COMPRESS=lz4): compression costs this server's CPU.
+        #[arg(long)]
+        no_compress: bool,
     },
     /// Start the control plane: REST API, web UI and store of tenants, keys, GPUs, assignments and usage.
     Control(vgpu_control::ControlArgs),
@@ -232,6 +236,17 @@ enum Cmd {
         #[arg(long)]
         link: Option<String>,
     },
+    /// Pageable copies of one kind of data to the device and back, timed and checked (compression measurements).
+    #[command(name = "__copy-data", hide = true)]
+    CopyData {
+        /// zeros, ids, floats or periodic.
+        #[arg(long)]
+        kind: String,
+        #[arg(long, default_value_t = 64)]
+        mib: u64,
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+    },
     /// A walk over every device the process sees (identities, unified addressing, peer answers and copies).
     #[command(name = "__multi-check", hide = true)]
     MultiCheck {
@@ -278,6 +293,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
             advertise,
             device_identity,
             peers,
+            no_compress,
         } => {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             let key = key.filter(|k| !k.is_empty());
@@ -354,6 +370,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 worker_command: vec![exe.display().to_string(), "__worker".into()],
                 identity: device_identity.unwrap_or(0),
                 peers,
+                compress: !no_compress,
             })
         }
         Cmd::Control(args) => vgpu_control::run_control(args),
@@ -448,5 +465,6 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 .transpose()?,
         }),
         Cmd::MultiCheck { bench_mib } => multicheck::run(bench_mib),
+        Cmd::CopyData { kind, mib, reps } => copydata::run(&kind, mib, reps),
     }
 }

@@ -271,8 +271,30 @@ pub fn call_on_primary<C: SyncCall>(server: &Server, call: &C) -> CuResult<C::Re
 
 type Opened = (Box<dyn Transport>, Welcome, Vec<DeviceFacts>, String);
 
+/// Whether this process asks for compressed channels to `endpoint` (`VGPU_COMPRESS=lz4`; TCP and TLS only: shared
+/// memory and RDMA move bytes faster than LZ4 compresses them).
+fn wants_packing(endpoint: &Endpoint) -> bool {
+    static MODE: OnceLock<bool> = OnceLock::new();
+    let on = *MODE.get_or_init(|| match std::env::var("VGPU_COMPRESS").as_deref() {
+        Ok("lz4") => true,
+        Ok("off") | Ok("") | Err(_) => false,
+        Ok(other) => {
+            log!(
+                WARN,
+                "VGPU_COMPRESS={other:?}: use lz4 or off; channels stay uncompressed"
+            );
+            false
+        }
+    });
+    on && matches!(endpoint, Endpoint::Tcp(_) | Endpoint::Tls { .. })
+}
+
 fn open_channel(endpoint: &Endpoint, hello: &Hello, credential: &[u8]) -> CuResult<Opened> {
-    let framed = encode_hello(hello, credential);
+    let mut hello = *hello;
+    if wants_packing(endpoint) {
+        hello.capabilities |= CAP_PACKED;
+    }
+    let framed = encode_hello(&hello, credential);
     let mut t = vgpu_transports::connect(endpoint, &framed).map_err(|e| {
         log!(
             ERROR,
@@ -301,7 +323,15 @@ fn open_channel(endpoint: &Endpoint, hello: &Hello, credential: &[u8]) -> CuResu
     stats::add(stats::BYTES_RECEIVED, (head.len() + tail_len) as u64);
     let (devices, message) = decode_welcome_tail(&welcome, &tail).map_err(|_| CUDA_ERROR_NO_DEVICE)?;
     match welcome.status {
-        STATUS_OK if welcome.version == PROTOCOL_VERSION => Ok((t, welcome, devices, message)),
+        STATUS_OK if welcome.version == PROTOCOL_VERSION => {
+            // The server agreed to compress: packed frames from here on, both ways.
+            let t: Box<dyn Transport> = if welcome.capabilities & hello.capabilities & CAP_PACKED != 0 {
+                Box::new(vgpu_transports::packed::PackedTransport::new(t))
+            } else {
+                t
+            };
+            Ok((t, welcome, devices, message))
+        }
         STATUS_OK | STATUS_VERSION_MISMATCH => {
             log!(ERROR, "GPU server at {endpoint} refused: {message}");
             Err(CUDA_ERROR_SYSTEM_DRIVER_MISMATCH)

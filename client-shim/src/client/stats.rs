@@ -1,5 +1,6 @@
 //! Traffic counters of the whole process (all channels), read through `vgpu_stat` and written at exit to
 //! `VGPU_STATS`: what a program pays the link for, so its time on a longer link can be predicted (issue 21).
+//! Bytes count before compression; the `packed_*` figures of `json` show what compressed channels put on the wire.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -66,6 +67,16 @@ pub fn json() -> String {
         .collect();
     calls.sort();
     let calls: Vec<String> = calls.iter().map(|(op, n)| format!("\"{op}\":{n}")).collect();
+    // Compressed channels (VGPU_COMPRESS=lz4): the bytes above count before packing; these are both sides of it.
+    let t = &vgpu_transports::packed::TOTALS;
+    for (name, c) in [
+        ("packed_raw_sent", &t.raw_sent),
+        ("packed_wire_sent", &t.wire_sent),
+        ("packed_raw_received", &t.raw_received),
+        ("packed_wire_received", &t.wire_received),
+    ] {
+        out += &format!(",\"{name}\":{}", c.load(Ordering::Relaxed));
+    }
     out + ",\"sync_by_call\":{" + &calls.join(",") + "}}"
 }
 

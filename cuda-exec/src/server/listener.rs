@@ -226,6 +226,7 @@ impl Listener {
                             session_id: hello.session_id,
                             secret: entry.secret,
                             pid: hello.pid,
+                            flags: self.channel_flags(&hello, &conn),
                             ..Default::default()
                         };
                         if let Err(e) = conn.hand_to(&entry.control, handoff, None) {
@@ -249,6 +250,17 @@ impl Listener {
             }
             MODE_PEER => self.admit_peer(conn, &hello, source),
             other => conn.refuse(STATUS_VERSION_MISMATCH, &format!("unknown hello mode {other}")),
+        }
+    }
+
+    /// What the channel of `hello` gets besides its session: compression where the client asks for it over a
+    /// network transport and this server allows it.
+    fn channel_flags(&self, hello: &Hello, conn: &Conn) -> u32 {
+        let network = matches!(conn, Conn::Tcp(_) | Conn::Tls(_));
+        if self.cfg.compress && network && hello.capabilities & CAP_PACKED != 0 {
+            HANDOFF_PACKED
+        } else {
+            0
         }
     }
 
@@ -313,11 +325,13 @@ impl Listener {
         claimed: &[(usize, Option<usize>)],
     ) -> Result<UnixStream, String> {
         let ticks = control.try_clone().map_err(|e| format!("socketpair: {e}"))?;
+        let flags = self.channel_flags(hello, &conn);
         let mut handoff = Handoff {
             primary: 1,
             session_id,
             secret,
             pid: hello.pid,
+            flags,
             slots: [crate::sched::host::NO_SLOT; MAX_VISIBLE],
             ..Default::default()
         };

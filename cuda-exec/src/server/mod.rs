@@ -206,6 +206,8 @@ pub struct ServerConfig {
     pub identity: u8,
     /// `--peer`: the servers this one may send copies to directly (`PeerSend`); empty: none.
     pub peers: Vec<vgpu_dataplane::Endpoint>,
+    /// Whether clients may ask for compressed channels (`CAP_PACKED`; `--no-compress` turns it off).
+    pub compress: bool,
 }
 
 /// Opens the chosen backend, its devices presented with `identity` (`crate::identity`). `Auto` falls back to the
@@ -240,7 +242,8 @@ struct Handoff {
     session_id: u64,
     secret: [u8; 16],
     pid: u32,
-    _pad: u32,
+    /// `HANDOFF_PACKED`: the client asked for a compressed channel and this server allows it.
+    flags: u32,
     /// The session's limits (read from the primary connection's handoff): memory in bytes (`u64::MAX`: none),
     /// and the visible devices (`device_count == u32::MAX`: all of them).
     memory_limit: u64,
@@ -260,6 +263,8 @@ impl Default for Handoff {
     }
 }
 
+/// `Handoff::flags`: the channel is compressed after the welcome (`CAP_PACKED`).
+const HANDOFF_PACKED: u32 = 1;
 /// `Handoff::primary` of a connection from another GPU server delivering a copy (`MODE_PEER`).
 const HANDOFF_PEER: u32 = 2;
 /// Most devices a ticket can make visible to one session.

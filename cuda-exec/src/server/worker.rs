@@ -160,10 +160,15 @@ fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
         return deliver_peer(&session, &handoff, transport);
     }
     let backend = session.backend().clone();
+    let packed = handoff.flags & HANDOFF_PACKED != 0;
     let welcome = Welcome {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
-        capabilities: CAPABILITIES,
+        capabilities: if packed {
+            CAPABILITIES | CAP_PACKED
+        } else {
+            CAPABILITIES
+        },
         status: STATUS_OK,
         backend: backend.kind(),
         session_id: handoff.session_id,
@@ -172,9 +177,17 @@ fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
         ..Default::default()
     };
     let bytes = encode_welcome(&welcome, &session.visible_devices(), &backend.describe());
+    let mut transport = transport;
+    let welcomed = transport.send(&[&bytes]);
+    // After the welcome, a compressed channel speaks packed frames both ways.
+    let transport: Box<dyn Transport> = if packed {
+        Box::new(vgpu_transports::packed::PackedTransport::new(transport))
+    } else {
+        transport
+    };
     // From here on a client that stops in the middle of a frame is disconnected (see `stall`).
     let mut transport = crate::stall::StallWatch::global(stall_timeout()).guard(transport, raw_fd);
-    let outcome = match transport.send(&[&bytes]) {
+    let outcome = match welcomed {
         Ok(()) => session.serve_channel(&mut transport),
         Err(e) => Err(e.into()),
     };

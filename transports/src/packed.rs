@@ -1,0 +1,355 @@
+//! LZ4 compression of a channel's bulk data, for links slower than compression (`VGPU_COMPRESS=lz4`, negotiated
+//! in the handshake with `CAP_PACKED`): wraps a transport so that every send travels as frames, and a frame of
+//! compressible bulk data travels compressed.
+//!
+//! A frame is `[u32 LE wire_len][u32 LE raw_len]` then `wire_len` bytes: stored as is when the two lengths are
+//! equal, LZ4 (block format) otherwise. A frame carries at most `UNIT` bytes of data: small sends are one stored
+//! frame, large ones are cut into units. Whether a large send is compressed is decided once per send from a sample
+//! (its first `SAMPLE` bytes): data that does not shrink by `WORTH` goes stored, at the cost of one sample. Each
+//! unit is compressed on its own (no dictionary across frames), and one that does not shrink is stored. The
+//! receiver checks every length before it allocates or decodes, and decodes into a buffer of at most `UNIT`.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use vgpu_dataplane::{Transport, TransportError};
+
+/// Most data one frame carries.
+pub const UNIT: usize = 1 << 20;
+/// Sends below this are never sampled (their frames go stored).
+const MIN_PACK: usize = 64 << 10;
+/// What a large send's sample is.
+const SAMPLE: usize = 64 << 10;
+/// A sample must shrink at least to this fraction for the send to be compressed.
+const WORTH: f64 = 0.85;
+const HEADER: usize = 8;
+
+/// What this process's packed channels moved: bytes before packing and on the wire, each way.
+#[derive(Debug, Default)]
+pub struct PackTotals {
+    pub raw_sent: AtomicU64,
+    pub wire_sent: AtomicU64,
+    pub raw_received: AtomicU64,
+    pub wire_received: AtomicU64,
+}
+
+/// The totals of every packed channel of this process.
+pub static TOTALS: PackTotals = PackTotals {
+    raw_sent: AtomicU64::new(0),
+    wire_sent: AtomicU64::new(0),
+    raw_received: AtomicU64::new(0),
+    wire_received: AtomicU64::new(0),
+};
+
+/// The largest wire length a frame of `UNIT` bytes may have (LZ4's bound for incompressible input).
+fn max_wire() -> usize {
+    lz4_flex::block::get_maximum_output_size(UNIT)
+}
+
+/// A transport whose sends and receives are frames, compressed where that pays.
+pub struct PackedTransport<T: Transport> {
+    inner: T,
+    /// Decoded bytes of the current frame not yet handed to `recv_exact`: `rx[rx_pos..rx_end]`.
+    rx: Vec<u8>,
+    rx_pos: usize,
+    rx_end: usize,
+    /// Stored bytes of the current frame still in the inner transport (read straight into the caller's buffer).
+    rx_stored_left: usize,
+    /// Compressed input, and compressed output, reused between frames.
+    wire_in: Vec<u8>,
+    wire_out: Vec<u8>,
+    /// The data of a send gathered when it spans several parts and is to be compressed.
+    gather: Vec<u8>,
+}
+
+impl<T: Transport> PackedTransport<T> {
+    pub fn new(inner: T) -> Self {
+        PackedTransport {
+            inner,
+            rx: Vec::new(),
+            rx_pos: 0,
+            rx_end: 0,
+            rx_stored_left: 0,
+            wire_in: Vec::new(),
+            wire_out: Vec::new(),
+            gather: Vec::new(),
+        }
+    }
+
+    fn header(wire_len: usize, raw_len: usize) -> [u8; HEADER] {
+        let mut h = [0u8; HEADER];
+        h[..4].copy_from_slice(&(wire_len as u32).to_le_bytes());
+        h[4..].copy_from_slice(&(raw_len as u32).to_le_bytes());
+        h
+    }
+
+    /// Sends `parts` (at most `UNIT` bytes together) as one stored frame.
+    fn send_stored(&mut self, parts: &[&[u8]], len: usize) -> Result<(), TransportError> {
+        let header = Self::header(len, len);
+        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        all.push(&header);
+        all.extend_from_slice(parts);
+        TOTALS.raw_sent.fetch_add(len as u64, Relaxed);
+        TOTALS.wire_sent.fetch_add((len + HEADER) as u64, Relaxed);
+        self.inner.send(&all)
+    }
+
+    /// Sends one unit of data, compressed when `pack` and it shrinks, else stored.
+    fn send_unit(&mut self, unit: &[u8], pack: bool) -> Result<(), TransportError> {
+        if pack {
+            self.wire_out
+                .resize(lz4_flex::block::get_maximum_output_size(unit.len()), 0);
+            if let Ok(n) = lz4_flex::block::compress_into(unit, &mut self.wire_out) {
+                if n < unit.len() {
+                    let header = Self::header(n, unit.len());
+                    TOTALS.raw_sent.fetch_add(unit.len() as u64, Relaxed);
+                    TOTALS.wire_sent.fetch_add((n + HEADER) as u64, Relaxed);
+                    return self.inner.send(&[&header, &self.wire_out[..n]]);
+                }
+            }
+        }
+        self.send_stored(&[unit], unit.len())
+    }
+
+    /// Whether a send whose bulk starts with `head` is worth compressing (from its first `SAMPLE` bytes).
+    fn worth_packing(&mut self, head: &[u8]) -> bool {
+        let sample = &head[..head.len().min(SAMPLE)];
+        self.wire_out
+            .resize(lz4_flex::block::get_maximum_output_size(sample.len()), 0);
+        lz4_flex::block::compress_into(sample, &mut self.wire_out)
+            .is_ok_and(|n| (n as f64) < sample.len() as f64 * WORTH)
+    }
+
+    /// Reads the next frame's header and makes its data available (decoded into `rx`, or left in the inner
+    /// transport when stored).
+    fn next_frame(&mut self) -> Result<(), TransportError> {
+        let mut h = [0u8; HEADER];
+        self.inner.recv_exact(&mut h)?;
+        let wire_len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let raw_len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+        if raw_len > UNIT || wire_len > max_wire() || wire_len == 0 && raw_len != 0 {
+            return Err(TransportError::Protocol(format!(
+                "packed frame of {wire_len} bytes for {raw_len} (at most {UNIT})"
+            )));
+        }
+        TOTALS.wire_received.fetch_add((wire_len + HEADER) as u64, Relaxed);
+        TOTALS.raw_received.fetch_add(raw_len as u64, Relaxed);
+        if wire_len == raw_len {
+            self.rx_stored_left = raw_len;
+            return Ok(());
+        }
+        self.wire_in.resize(wire_len, 0);
+        self.inner.recv_exact(&mut self.wire_in)?;
+        self.rx.resize(raw_len, 0);
+        let n = lz4_flex::block::decompress_into(&self.wire_in, &mut self.rx)
+            .map_err(|e| TransportError::Protocol(format!("packed frame does not decode: {e}")))?;
+        if n != raw_len {
+            return Err(TransportError::Protocol(format!(
+                "packed frame decodes to {n} bytes, announced {raw_len}"
+            )));
+        }
+        self.rx_pos = 0;
+        self.rx_end = raw_len;
+        Ok(())
+    }
+}
+
+impl<T: Transport> Transport for PackedTransport<T> {
+    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len < MIN_PACK {
+            return self.send_stored(parts, len);
+        }
+        // The bulk of a send is its largest part (a call's header and body come first, its data after).
+        let bulk = parts.iter().max_by_key(|p| p.len()).copied().unwrap_or(&[]);
+        let pack = self.worth_packing(bulk);
+        if !pack && len <= UNIT {
+            return self.send_stored(parts, len);
+        }
+        // Cut into units. A part larger than a unit is cut in place; small parts are gathered up to a unit.
+        let mut gather = std::mem::take(&mut self.gather);
+        gather.clear();
+        let mut result = Ok(());
+        for part in parts {
+            let mut rest: &[u8] = part;
+            while !rest.is_empty() && result.is_ok() {
+                if gather.is_empty() && rest.len() >= UNIT {
+                    let (unit, tail) = rest.split_at(UNIT);
+                    result = self.send_unit(unit, pack);
+                    rest = tail;
+                    continue;
+                }
+                let take = (UNIT - gather.len()).min(rest.len());
+                gather.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if gather.len() == UNIT {
+                    result = self.send_unit(&gather, pack);
+                    gather.clear();
+                }
+            }
+        }
+        if result.is_ok() && !gather.is_empty() {
+            result = self.send_unit(&gather, pack);
+        }
+        self.gather = gather;
+        result
+    }
+
+    fn recv_exact(&mut self, mut out: &mut [u8]) -> Result<(), TransportError> {
+        while !out.is_empty() {
+            if self.rx_pos < self.rx_end {
+                let n = (self.rx_end - self.rx_pos).min(out.len());
+                out[..n].copy_from_slice(&self.rx[self.rx_pos..self.rx_pos + n]);
+                self.rx_pos += n;
+                out = &mut out[n..];
+            } else if self.rx_stored_left > 0 {
+                let n = self.rx_stored_left.min(out.len());
+                self.inner.recv_exact(&mut out[..n])?;
+                self.rx_stored_left -= n;
+                out = &mut out[n..];
+            } else {
+                self.next_frame()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A transport that keeps what was sent, for the other end to receive, and counts the bytes that crossed.
+    #[derive(Default)]
+    struct Pipe {
+        bytes: VecDeque<u8>,
+        sent: usize,
+    }
+
+    impl Transport for Pipe {
+        fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+            for p in parts {
+                self.sent += p.len();
+                self.bytes.extend(p.iter());
+            }
+            Ok(())
+        }
+        fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+            if self.bytes.len() < buf.len() {
+                return Err(TransportError::Closed);
+            }
+            for b in buf.iter_mut() {
+                *b = self.bytes.pop_front().unwrap_or(0);
+            }
+            Ok(())
+        }
+        fn kind(&self) -> &'static str {
+            "pipe"
+        }
+    }
+
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Sends `sends` through a packed pipe and reads them back in `reads`-sized pieces: what came out, and the
+    /// bytes on the wire.
+    fn round_trip(sends: &[Vec<u8>], read: usize) -> (Vec<u8>, usize) {
+        let mut t = PackedTransport::new(Pipe::default());
+        for s in sends {
+            let (a, b) = s.split_at(s.len() / 3);
+            t.send(&[a, b]).expect("send");
+        }
+        let total: usize = sends.iter().map(Vec::len).sum();
+        let mut out = vec![0u8; total];
+        for piece in out.chunks_mut(read) {
+            t.recv_exact(piece).expect("recv");
+        }
+        (out, t.inner.sent)
+    }
+
+    #[test]
+    fn every_byte_comes_back_in_order_whatever_the_mix_and_the_reads() {
+        let zeros = vec![0u8; 3 * UNIT + 123];
+        let ids: Vec<u8> = (0..(2 * UNIT) as u64 / 8)
+            .flat_map(|i| (i % 50_000).to_le_bytes())
+            .collect();
+        let sends = vec![
+            b"small".to_vec(),
+            zeros,
+            noise(UNIT + 7, 3),
+            ids,
+            noise(100, 9),
+            Vec::new(),
+        ];
+        let want: Vec<u8> = sends.concat();
+        for read in [1, 4096, UNIT - 1, UNIT + 1, 7 << 20] {
+            let (got, _) = round_trip(&sends, read);
+            assert!(got == want, "reads of {read} bytes");
+        }
+    }
+
+    #[test]
+    fn compressible_data_shrinks_and_noise_costs_only_headers() {
+        let (_, wire) = round_trip(&[vec![0u8; 8 << 20]], 1 << 20);
+        assert!(wire < 100 << 10, "8 MiB of zeros took {wire} bytes");
+        // Random int64 token ids below 50,257: six of eight bytes are zero.
+        let ids: Vec<u8> = noise(8 << 20, 11)
+            .chunks(8)
+            .flat_map(|c| (u64::from_le_bytes(c.try_into().unwrap_or([0; 8])) % 50_257).to_le_bytes())
+            .collect();
+        let (_, wire) = round_trip(std::slice::from_ref(&ids), 1 << 20);
+        assert!(wire * 10 < ids.len() * 6, "int64 ids: {wire} of {}", ids.len());
+        let n = 8 << 20;
+        let (_, wire) = round_trip(&[noise(n, 5)], 1 << 20);
+        assert!(wire <= n + 8 * HEADER + 8, "noise: {wire} for {n}");
+    }
+
+    #[test]
+    fn hostile_frames_are_refused_before_anything_is_allocated() {
+        let frame = |wire: u32, raw: u32, body: &[u8]| {
+            let mut p = Pipe::default();
+            let mut bytes = wire.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&raw.to_le_bytes());
+            bytes.extend_from_slice(body);
+            p.bytes.extend(bytes);
+            let mut t = PackedTransport::new(p);
+            let mut out = [0u8; 16];
+            t.recv_exact(&mut out)
+        };
+        assert!(
+            matches!(frame(u32::MAX, 16, &[]), Err(TransportError::Protocol(_))),
+            "huge wire length"
+        );
+        assert!(
+            matches!(frame(8, u32::MAX, &[0; 8]), Err(TransportError::Protocol(_))),
+            "huge raw length"
+        );
+        assert!(
+            matches!(frame(4, 16, &[0xff; 4]), Err(TransportError::Protocol(_))),
+            "garbage LZ4"
+        );
+        assert!(
+            matches!(frame(0, 16, &[]), Err(TransportError::Protocol(_))),
+            "empty frame for data"
+        );
+        // A valid LZ4 block that decodes to fewer bytes than announced.
+        let block = lz4_flex::block::compress(&[7u8; 10]);
+        assert!(matches!(
+            frame(block.len() as u32, 16, &block),
+            Err(TransportError::Protocol(_))
+        ));
+    }
+}

@@ -1,0 +1,82 @@
+//! `vgpu __copy-data --kind KIND --mib N`: pageable copies of one kind of data to the device and back, timed and
+//! checked byte for byte, for measuring what compressed channels (`VGPU_COMPRESS=lz4`) gain on each kind.
+//!
+//! Kinds: `zeros`; `ids` (int64 token ids below 50,257, as a language model's batches hold); `floats` (fp32 values
+//! of a normal-looking distribution, as weights and activations are); `periodic` (a 251-byte pattern).
+
+use std::ffi::c_void;
+use std::time::Instant;
+
+use crate::cuda::Cuda;
+
+/// `n` bytes of `kind`, from a fixed seed.
+fn data(kind: &str, n: usize) -> Result<Vec<u8>, String> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out = Vec::with_capacity(n);
+    match kind {
+        "zeros" => out.resize(n, 0),
+        "periodic" => out.extend((0..n).map(|i| (i % 251) as u8)),
+        "ids" => {
+            while out.len() < n {
+                out.extend_from_slice(&(next() % 50_257).to_le_bytes());
+            }
+        }
+        "floats" => {
+            while out.len() < n {
+                // The sum of four uniforms: a bell around 0 with the exponent bits of real weights.
+                let u = |v: u64| (v >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                let v = (u(next()) + u(next()) + u(next()) + u(next())) * 0.05;
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        other => return Err(format!("unknown data kind {other:?}: zeros, ids, floats or periodic")),
+    }
+    out.truncate(n);
+    Ok(out)
+}
+
+pub fn run(kind: &str, mib: u64, reps: u32) -> Result<(), String> {
+    let n = usize::try_from(mib << 20).map_err(|_| "too large")?;
+    let src = data(kind, n)?;
+    let mut back = vec![0u8; n];
+    let cuda = Cuda::load()?;
+    cuda.open_device()?;
+    let mut dev = 0u64;
+    let (mut h2d, mut d2h) = (0f64, 0f64);
+    // SAFETY (this block): host buffers of `n` bytes and a device buffer of `n` bytes, freed at the end.
+    unsafe {
+        cuda.check("cuMemAlloc", cuda.cuMemAlloc_v2(&mut dev, n))?;
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            cuda.check(
+                "cuMemcpyHtoD",
+                cuda.cuMemcpyHtoD_v2(dev, src.as_ptr() as *const c_void, n),
+            )?;
+            h2d += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            cuda.check(
+                "cuMemcpyDtoH",
+                cuda.cuMemcpyDtoH_v2(back.as_mut_ptr() as *mut c_void, dev, n),
+            )?;
+            d2h += t.elapsed().as_secs_f64();
+        }
+        cuda.check("cuMemFree", cuda.cuMemFree_v2(dev))?;
+    }
+    if back != src {
+        return Err(format!("{kind}: the round trip changed the data"));
+    }
+    let bytes = n as f64 * f64::from(reps.max(1));
+    println!(
+        "copy-data {kind} {mib} MiB x {}: h2d {:.3} GB/s, d2h {:.3} GB/s (verified)",
+        reps.max(1),
+        bytes / h2d / 1e9,
+        bytes / d2h / 1e9
+    );
+    Ok(())
+}
