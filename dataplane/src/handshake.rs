@@ -35,6 +35,8 @@ pub const CAP_PEER_COPY: u64 = 1 << 10;
 /// welcome, the server agrees, and after the welcome both ends speak packed frames. Not in `CAPABILITIES`: it is
 /// asked for per channel.
 pub const CAP_PACKED: u64 = 1 << 11;
+/// With `CAP_PACKED` in a hello: compress only where it beats the link (`VGPU_COMPRESS=auto`), on both ends.
+pub const CAP_PACKED_AUTO: u64 = 1 << 12;
 pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
     | CAP_NVML
     | CAP_VMM

@@ -232,5 +232,9 @@ fn compressed_channels_carry_every_byte_and_shrink_compressible_copies() {
         packed * 2 < plain,
         "200 Mb/s: {packed:?} compressed against {plain:?} plain"
     );
+    // `auto` compresses from the first copy on (it learns the link's rate as it goes; see transports::packed).
+    let (s, auto) = copy_with_stats(&link.1, &dir, "link-auto", 8, &[("VGPU_COMPRESS", "auto")]);
+    assert!(n(&s, "packed_wire_sent") * 4 < n(&s, "packed_raw_sent"), "auto: {s}");
+    assert!(auto * 2 < plain, "200 Mb/s: {auto:?} auto against {plain:?} plain");
     let _ = std::fs::remove_dir_all(&dir);
 }

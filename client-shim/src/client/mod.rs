@@ -271,28 +271,33 @@ pub fn call_on_primary<C: SyncCall>(server: &Server, call: &C) -> CuResult<C::Re
 
 type Opened = (Box<dyn Transport>, Welcome, Vec<DeviceFacts>, String);
 
-/// Whether this process asks for compressed channels to `endpoint` (`VGPU_COMPRESS=lz4`; TCP and TLS only: shared
-/// memory and RDMA move bytes faster than LZ4 compresses them).
-fn wants_packing(endpoint: &Endpoint) -> bool {
-    static MODE: OnceLock<bool> = OnceLock::new();
-    let on = *MODE.get_or_init(|| match std::env::var("VGPU_COMPRESS").as_deref() {
-        Ok("lz4") => true,
-        Ok("off") | Ok("") | Err(_) => false,
+/// The compression this process asks for on channels to `endpoint` (`VGPU_COMPRESS=lz4` or `auto`; TCP and TLS
+/// only: shared memory and RDMA move bytes faster than LZ4 compresses them).
+fn packing(endpoint: &Endpoint) -> Option<vgpu_transports::packed::Policy> {
+    use vgpu_transports::packed::Policy;
+    static MODE: OnceLock<Option<Policy>> = OnceLock::new();
+    let mode = *MODE.get_or_init(|| match std::env::var("VGPU_COMPRESS").as_deref() {
+        Ok("lz4") => Some(Policy::Always),
+        Ok("auto") => Some(Policy::Auto),
+        Ok("off") | Ok("") | Err(_) => None,
         Ok(other) => {
             log!(
                 WARN,
-                "VGPU_COMPRESS={other:?}: use lz4 or off; channels stay uncompressed"
+                "VGPU_COMPRESS={other:?}: use lz4, auto or off; channels stay uncompressed"
             );
-            false
+            None
         }
     });
-    on && matches!(endpoint, Endpoint::Tcp(_) | Endpoint::Tls { .. })
+    mode.filter(|_| matches!(endpoint, Endpoint::Tcp(_) | Endpoint::Tls { .. }))
 }
 
 fn open_channel(endpoint: &Endpoint, hello: &Hello, credential: &[u8]) -> CuResult<Opened> {
     let mut hello = *hello;
-    if wants_packing(endpoint) {
-        hello.capabilities |= CAP_PACKED;
+    let policy = packing(endpoint);
+    match policy {
+        Some(vgpu_transports::packed::Policy::Auto) => hello.capabilities |= CAP_PACKED | CAP_PACKED_AUTO,
+        Some(_) => hello.capabilities |= CAP_PACKED,
+        None => {}
     }
     let framed = encode_hello(&hello, credential);
     let mut t = vgpu_transports::connect(endpoint, &framed).map_err(|e| {
@@ -325,10 +330,11 @@ fn open_channel(endpoint: &Endpoint, hello: &Hello, credential: &[u8]) -> CuResu
     match welcome.status {
         STATUS_OK if welcome.version == PROTOCOL_VERSION => {
             // The server agreed to compress: packed frames from here on, both ways.
-            let t: Box<dyn Transport> = if welcome.capabilities & hello.capabilities & CAP_PACKED != 0 {
-                Box::new(vgpu_transports::packed::PackedTransport::new(t))
-            } else {
-                t
+            let t: Box<dyn Transport> = match policy {
+                Some(p) if welcome.capabilities & CAP_PACKED != 0 => {
+                    Box::new(vgpu_transports::packed::PackedTransport::with_policy(t, p))
+                }
+                _ => t,
             };
             Ok((t, welcome, devices, message))
         }

@@ -257,10 +257,12 @@ impl Listener {
     /// network transport and this server allows it.
     fn channel_flags(&self, hello: &Hello, conn: &Conn) -> u32 {
         let network = matches!(conn, Conn::Tcp(_) | Conn::Tls(_));
-        if self.cfg.compress && network && hello.capabilities & CAP_PACKED != 0 {
-            HANDOFF_PACKED
-        } else {
+        if !(self.cfg.compress && network && hello.capabilities & CAP_PACKED != 0) {
             0
+        } else if hello.capabilities & CAP_PACKED_AUTO != 0 {
+            HANDOFF_PACKED | HANDOFF_PACKED_AUTO
+        } else {
+            HANDOFF_PACKED
         }
     }
 

@@ -263,8 +263,10 @@ impl Default for Handoff {
     }
 }
 
-/// `Handoff::flags`: the channel is compressed after the welcome (`CAP_PACKED`).
+/// `Handoff::flags`: the channel is compressed after the welcome (`CAP_PACKED`), where it beats the link
+/// (`CAP_PACKED_AUTO`).
 const HANDOFF_PACKED: u32 = 1;
+const HANDOFF_PACKED_AUTO: u32 = 2;
 /// `Handoff::primary` of a connection from another GPU server delivering a copy (`MODE_PEER`).
 const HANDOFF_PEER: u32 = 2;
 /// Most devices a ticket can make visible to one session.

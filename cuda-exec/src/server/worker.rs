@@ -181,7 +181,13 @@ fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
     let welcomed = transport.send(&[&bytes]);
     // After the welcome, a compressed channel speaks packed frames both ways.
     let transport: Box<dyn Transport> = if packed {
-        Box::new(vgpu_transports::packed::PackedTransport::new(transport))
+        use vgpu_transports::packed::{PackedTransport, Policy};
+        let policy = if handoff.flags & HANDOFF_PACKED_AUTO != 0 {
+            Policy::Auto
+        } else {
+            Policy::Always
+        };
+        Box::new(PackedTransport::with_policy(transport, policy))
     } else {
         transport
     };
