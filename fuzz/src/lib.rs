@@ -7,6 +7,7 @@
 pub mod fatbin;
 pub mod frames;
 pub mod handshake;
+pub mod packed;
 pub mod ptx;
 pub mod script;
 pub mod session;
@@ -20,4 +21,5 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("fatbin", fatbin::run),
     ("ptx", ptx::run),
     ("session", session::run),
+    ("packed", packed::run),
 ];

@@ -155,6 +155,16 @@ impl<T: Transport> PackedTransport<T> {
         }
     }
 
+    /// Memory the receiving side holds (its decode buffers), for the fuzzing harness's bound.
+    pub fn held_bytes(&self) -> usize {
+        self.rx.capacity() + self.wire_in.capacity()
+    }
+
+    /// The inner transport back.
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+
     fn header(wire_len: usize, raw_len: usize) -> [u8; HEADER] {
         let mut h = [0u8; HEADER];
         h[..4].copy_from_slice(&(wire_len as u32).to_le_bytes());
