@@ -113,7 +113,7 @@ pub fn run(bench_mib: u64) -> Result<(), String> {
 }
 
 /// Copies device `a`'s buffer (filled with a+1) into device `b`'s (filled with b+1) by `cuMemcpyPeer`,
-/// `cuMemcpyPeerAsync`, `cuMemcpyDtoD`, `cuMemcpy` (unified) and a pitched `cuMemcpy2D`, reading `b` back after
+/// `cuMemcpyPeerAsync`, `cuMemcpy3DPeer`, `cuMemcpyDtoD`, `cuMemcpy` (unified) and a pitched `cuMemcpy2D`, reading `b` back after
 /// each: one line per entry point ("<how> copy a -> b: <result> verified"). Each side: (buffer, context, ordinal).
 fn pair_copies(
     cuda: &Cuda,
@@ -156,6 +156,25 @@ fn pair_copies(
         cuda.check("cuStreamSynchronize", cuda.cuStreamSynchronize(stream))?;
         cuda.check("cuStreamDestroy", cuda.cuStreamDestroy_v2(stream))?;
         report("async peer", r)?;
+        // cuMemcpy3DPeer of the whole buffer as 1 KiB rows, 4 rows a slice.
+        let (row, rows) = (1024usize, 4usize);
+        let peer3d = vgpu_cuda_sys::driver::CUDA_MEMCPY3D_PEER {
+            srcMemoryType: vgpu_cuda_sys::driver::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            srcDevice: src,
+            srcContext: sctx,
+            srcPitch: row,
+            srcHeight: rows,
+            dstMemoryType: vgpu_cuda_sys::driver::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            dstDevice: dst,
+            dstContext: dctx,
+            dstPitch: row,
+            dstHeight: rows,
+            WidthInBytes: row,
+            Height: rows,
+            Depth: COPY_BYTES / (row * rows),
+            ..Default::default()
+        };
+        report("3d peer", cuda.cuMemcpy3DPeer(&peer3d))?;
         report("dtod", cuda.cuMemcpyDtoD_v2(dst, src, COPY_BYTES))?;
         report("unified", cuda.cuMemcpy(dst, src, COPY_BYTES))?;
         // Pitched: 3 rows of 1000 bytes from rows 4096 apart (at x = 8) into rows 2048 apart; only they change.

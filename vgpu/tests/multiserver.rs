@@ -37,7 +37,7 @@ fn bench_bytes(lines: &[String]) -> u64 {
 
 /// Every entry point's copies both ways read back right.
 fn all_copies_verified(servers: &str, lines: &[String]) {
-    for how in ["peer", "async peer", "dtod", "unified", "2d"] {
+    for how in ["peer", "async peer", "3d peer", "dtod", "unified", "2d"] {
         for (x, y) in [(0, 1), (1, 0)] {
             let want = format!("{how} copy {x} -> {y}: CUDA_SUCCESS verified");
             assert!(has(lines, &want), "{servers}: no '{want}' in {lines:?}");
@@ -108,7 +108,7 @@ fn two_servers_make_one_device_numbering_with_unified_addressing() {
         assert!(has(&lines, "pointer of device 1: ordinal 1"), "{lines:?}");
         assert!(has(&lines, "can access peer 0 -> 1: 0") && has(&lines, "can access peer 1 -> 0: 0"));
         // Copies between the two servers' devices, by every entry point and both ways, read back byte for byte.
-        for how in ["peer", "async peer", "dtod", "unified", "2d"] {
+        for how in ["peer", "async peer", "3d peer", "dtod", "unified", "2d"] {
             for (x, y) in [(0, 1), (1, 0)] {
                 let want = format!("{how} copy {x} -> {y}: CUDA_SUCCESS verified");
                 assert!(has(&lines, &want), "{servers}: no '{want}' in {lines:?}");

@@ -1,10 +1,11 @@
-//! Pitched copies: `cuMemcpy2D` and `cuMemcpy3D` (sync and async) between host and device memory, one 2D copy
-//! per slice; a CUDA array on either side goes to `array`. On a capturing stream they become graph nodes.
+//! Pitched copies: `cuMemcpy2D`, `cuMemcpy3D` and `cuMemcpy3DPeer` (sync and async) between host and device
+//! memory, one 2D copy per slice; a CUDA array on either side goes to `array`. On a capturing stream they become
+//! graph nodes.
 
 use std::ffi::c_void;
 use std::mem::size_of;
 
-use vgpu_cuda_sys::driver::{CUmemorytype, CUstream, CUDA_MEMCPY2D, CUDA_MEMCPY3D};
+use vgpu_cuda_sys::driver::{CUmemorytype, CUstream, CUDA_MEMCPY2D, CUDA_MEMCPY3D, CUDA_MEMCPY3D_PEER};
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
@@ -12,6 +13,7 @@ use super::array::{array_copy, Place};
 use super::graph;
 use super::need_ctx;
 use super::stream::{same_server, stream_id};
+use super::ClientHandle;
 use super::{route_of_ptr, route_of_stream};
 use crate::{client, ffi, state};
 
@@ -305,7 +307,54 @@ fn copy_2d_params(flags: u16, m: CUDA_MEMCPY2D, stream: Option<CUstream>) -> CuR
     }
 }
 
+/// `cuMemcpy3DPeer`/`cuMemcpy3DPeerAsync`: under unified addressing the pointers name their devices, so the copy
+/// is the `cuMemcpy3D` of the same description (between servers, server to server where it can, see `peer`); the
+/// two contexts must be live contexts of this process, as the driver requires.
+pub(crate) fn copy_3d_peer(flags: u16, params: *const CUDA_MEMCPY3D_PEER, stream: Option<CUstream>) -> CuResult<()> {
+    need_ctx()?;
+    let p: CUDA_MEMCPY3D_PEER = ffi::read(params)?;
+    for ctx in [p.srcContext, p.dstContext] {
+        if ctx.is_null() || !state::read().contexts.contains_key(&ctx.id()) {
+            return Err(CUDA_ERROR_INVALID_CONTEXT);
+        }
+    }
+    let m = CUDA_MEMCPY3D {
+        srcXInBytes: p.srcXInBytes,
+        srcY: p.srcY,
+        srcZ: p.srcZ,
+        srcLOD: p.srcLOD,
+        srcMemoryType: p.srcMemoryType,
+        srcHost: p.srcHost,
+        srcDevice: p.srcDevice,
+        srcArray: p.srcArray,
+        reserved0: std::ptr::null_mut(),
+        srcPitch: p.srcPitch,
+        srcHeight: p.srcHeight,
+        dstXInBytes: p.dstXInBytes,
+        dstY: p.dstY,
+        dstZ: p.dstZ,
+        dstLOD: p.dstLOD,
+        dstMemoryType: p.dstMemoryType,
+        dstHost: p.dstHost,
+        dstDevice: p.dstDevice,
+        dstArray: p.dstArray,
+        reserved1: std::ptr::null_mut(),
+        dstPitch: p.dstPitch,
+        dstHeight: p.dstHeight,
+        WidthInBytes: p.WidthInBytes,
+        Height: p.Height,
+        Depth: p.Depth,
+    };
+    copy_3d(flags, &m, stream)
+}
+
 entry! {
+    cuMemcpy3DPeer, cuMemcpy3DPeer_ptds => |f, params| {
+        copy_3d_peer(f, params, None)
+    }
+    cuMemcpy3DPeerAsync, cuMemcpy3DPeerAsync_ptsz => |f, params, stream| {
+        copy_3d_peer(f, params, Some(stream))
+    }
     cuMemcpy2D_v2, cuMemcpy2DUnaligned_v2, cuMemcpy2D_v2_ptds, cuMemcpy2DUnaligned_v2_ptds => |f, params| {
         copy_2d(f, params, None)
     }
