@@ -121,15 +121,7 @@ fn fetch_ticket(url: &str, key: &str) -> CuResult<Grant> {
 /// The endpoint to dial for a ticket's server address and the certificate fingerprint the server registered:
 /// a `tls://` address gets the pin (unless it names one itself); an address without a scheme is plain TCP.
 fn ticket_endpoint(address: &str, tls_cert_sha256: Option<&str>) -> String {
-    let url = if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("tcp://{address}")
-    };
-    match tls_cert_sha256 {
-        Some(pin) if url.starts_with("tls://") && !url.contains('#') => format!("{url}#sha256={pin}"),
-        _ => url,
-    }
+    vgpu_control::ticket::endpoint_url(address, tls_cert_sha256)
 }
 
 #[cfg(test)]

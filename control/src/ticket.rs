@@ -32,6 +32,28 @@ pub struct TicketGpu {
     pub tls_cert_sha256: Option<String>,
 }
 
+impl TicketGpu {
+    /// The endpoint a client dials for this GPU's server (see `endpoint_url`).
+    pub fn endpoint(&self) -> String {
+        endpoint_url(&self.server_address, self.tls_cert_sha256.as_deref())
+    }
+}
+
+/// A server's registered address as an endpoint (`VGPU_SERVER`'s form): as registered (`tcp://` where it names no
+/// scheme), with the certificate fingerprint the server registered pinned on a `tls://` address that pins none.
+/// Clients dial this; a GPU server also lets a session send copies to the other servers its ticket names by it.
+pub fn endpoint_url(address: &str, tls_cert_sha256: Option<&str>) -> String {
+    let url = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("tcp://{address}")
+    };
+    match tls_cert_sha256 {
+        Some(pin) if url.starts_with("tls://") && !url.contains('#') => format!("{url}#sha256={pin}"),
+        _ => url,
+    }
+}
+
 fn default_priority() -> String {
     "guaranteed".into()
 }

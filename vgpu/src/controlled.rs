@@ -511,6 +511,16 @@ impl Authority for TicketAuthority {
                 elsewhere.join(", ")
             ));
         }
+        // The other servers of the ticket: the control plane signed their addresses, so the session may send copies
+        // to them directly (`PeerSend`), as to the operator's `--peer` list.
+        let mut peers: Vec<vgpu_dataplane::Endpoint> = Vec::new();
+        for g in claims.gpus.iter().filter(|g| g.server_id != r.server_id) {
+            match vgpu_dataplane::Endpoint::parse(&g.endpoint()) {
+                Ok(e) if !peers.contains(&e) => peers.push(e),
+                Ok(_) => {}
+                Err(why) => tracing::warn!("a ticket names a server this server cannot dial: {why}"),
+            }
+        }
         let mut devices = Vec::new();
         let mut sharing = Vec::new();
         for g in &gpus {
@@ -563,6 +573,7 @@ impl Authority for TicketAuthority {
             tenant: format!("tenant {}", claims.sub),
             // Tickets carry no session bound yet: the server's --max-sessions-per-tenant applies.
             max_sessions: None,
+            peers,
         })
     }
 

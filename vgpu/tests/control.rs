@@ -75,11 +75,17 @@ impl Drop for TempDir {
 /// A GPU server registered with the control plane at `url`, serving TLS on loopback (which it advertises): the
 /// server, its start-up lines and its certificate's fingerprint.
 fn gpu_server(url: &str, shm: &str, state: &TempDir) -> (Killed, Vec<String>, String) {
+    gpu_server_as(url, shm, state, "test-node", &[])
+}
+
+/// `gpu_server` registered under `name`, with `extra` arguments.
+fn gpu_server_as(url: &str, shm: &str, state: &TempDir, name: &str, extra: &[&str]) -> (Killed, Vec<String>, String) {
     let mut cmd = Command::new(VGPU);
     cmd.args(["server", "--backend", "emulated", "--tcp", "127.0.0.1:0", "--shm", shm])
         .args(["--tls", "127.0.0.1:0", "--state-dir"])
         .arg(&state.0)
-        .args(["--control", url, "--name", "test-node"])
+        .args(["--control", url, "--name", name])
+        .args(extra)
         .env("VGPU_NODE_TOKEN", NODE_TOKEN)
         // The server's own credential, in the test's temp folder rather than the user's state folder.
         .env(
@@ -394,4 +400,75 @@ fn admin_cli_talks_to_a_live_control_plane() {
         .expect("vgpu admin");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
+}
+
+#[test]
+fn a_ticket_over_two_servers_lets_them_copy_to_each_other_directly() {
+    let (_control, url) = control_plane();
+    let tag = std::process::id();
+    let names = [format!("ctl-peer-a-{tag}"), format!("ctl-peer-b-{tag}")];
+    let states = names
+        .clone()
+        .map(|n| TempDir(std::env::temp_dir().join(format!("vgpu-control-test-state-{n}"))));
+    // Neither server lists the other (no --peer): only the ticket, signed by the control plane, lets them.
+    let _a = gpu_server_as(&url, &names[0], &states[0], "node-a", &["--device-identity", "1"]);
+    let _b = gpu_server_as(&url, &names[1], &states[1], "node-b", &["--device-identity", "2"]);
+    let admin = Client::new(&url, Some(ADMIN_KEY));
+    let tenant = admin
+        .call("POST", "/v1/tenants", Some(&json!({"name": "bob"})))
+        .expect("tenant");
+    let tenant_id = tenant["id"].as_str().expect("id").to_string();
+    let key = admin
+        .call("POST", &format!("/v1/tenants/{tenant_id}/keys"), Some(&json!({})))
+        .expect("key")["secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+    for node in ["node-a", "node-b"] {
+        let gpus = wait_for(10, || {
+            let all = admin.call("GET", "/v1/gpus", None).ok()?;
+            all["gpus"]
+                .as_array()?
+                .iter()
+                .find(|g| g["server_name"] == node)
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("{node} registered no GPU"));
+        admin
+            .call(
+                "POST",
+                "/v1/assignments",
+                Some(
+                    &json!({"tenant_id": tenant_id, "gpu_uuid": gpus["uuid"], "memory_limit_mib": 256,
+                             "compute_share": 0.5}),
+                ),
+            )
+            .expect("assignment");
+    }
+    let out = Command::new(VGPU)
+        .args(["run", "--control", &url, "--"])
+        .arg(VGPU)
+        .args(["__multi-check", "--bench-mib", "16"])
+        .env("VGPU_KEY", &key)
+        .env_remove("VGPU_TLS_FINGERPRINT")
+        .env_remove("VGPU_SERVER")
+        .env_remove("VGPU_TICKET")
+        .output()
+        .expect("vgpu run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("devices: 2"), "{text}");
+    for (x, y) in [(0, 1), (1, 0)] {
+        let want = format!("peer copy {x} -> {y}: CUDA_SUCCESS verified");
+        assert!(text.lines().any(|l| l == want), "no '{want}' in {text}");
+    }
+    let bytes: u64 = text
+        .lines()
+        .find_map(|l| l.split("client transport bytes during it: ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no bench line in {text}"));
+    assert!(
+        bytes < 64 << 10,
+        "{bytes} client bytes: the copies were relayed through the client"
+    );
 }

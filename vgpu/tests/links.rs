@@ -222,19 +222,23 @@ fn compressed_channels_carry_every_byte_and_shrink_compressible_copies() {
     let plain_server = start(&["--no-compress"]);
     let (s, _) = copy_with_stats(&plain_server.tcp_url(), &dir, "refused", mib, &lz4);
     assert_eq!(n(&s, "packed_wire_sent"), 0, "{s}");
-    // Through a 200 Mb/s link the compressed copy takes a fraction of the plain one's time (8 MiB each way plain:
-    // 0.67 s at the link's rate). A slow link keeps the comparison about the link: this debug build's own cost of
-    // compressing is several times a release build's.
-    let link = relay(&server.tcp_url(), "200m-1ms");
-    let (_, plain) = copy_with_stats(&link.1, &dir, "link-plain", 8, &[]);
-    let (_, packed) = copy_with_stats(&link.1, &dir, "link-lz4", 8, &lz4);
+    // Through a 50 Mb/s link the compressed copy takes a fraction of the plain one's time: 4 MiB each way plain
+    // take at least 1.34 s at the link's rate, compressed they are a few KiB. The slow link keeps the comparison
+    // about the link, even with this debug build's slower compression and other tests running beside it.
+    let link = relay(&server.tcp_url(), "50m-1ms");
+    let (_, plain) = copy_with_stats(&link.1, &dir, "link-plain", 4, &[]);
     assert!(
-        packed * 2 < plain,
-        "200 Mb/s: {packed:?} compressed against {plain:?} plain"
+        plain >= Duration::from_millis(1300),
+        "the link did not hold the plain copy: {plain:?}"
+    );
+    let (_, packed) = copy_with_stats(&link.1, &dir, "link-lz4", 4, &lz4);
+    assert!(
+        packed * 5 < plain * 3,
+        "50 Mb/s: {packed:?} compressed against {plain:?} plain"
     );
     // `auto` compresses from the first copy on (it learns the link's rate as it goes; see transports::packed).
-    let (s, auto) = copy_with_stats(&link.1, &dir, "link-auto", 8, &[("VGPU_COMPRESS", "auto")]);
+    let (s, auto) = copy_with_stats(&link.1, &dir, "link-auto", 4, &[("VGPU_COMPRESS", "auto")]);
     assert!(n(&s, "packed_wire_sent") * 4 < n(&s, "packed_raw_sent"), "auto: {s}");
-    assert!(auto * 2 < plain, "200 Mb/s: {auto:?} auto against {plain:?} plain");
+    assert!(auto * 5 < plain * 3, "50 Mb/s: {auto:?} auto against {plain:?} plain");
     let _ = std::fs::remove_dir_all(&dir);
 }

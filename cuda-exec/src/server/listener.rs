@@ -343,6 +343,7 @@ impl Listener {
             }
         }
         handoff.set_limits(&admission.limits)?;
+        handoff.set_peers(&admission.peers);
         // The session's own link to the IPC registry: whatever arrives on it is this session's, of this tenant.
         let (registry_end, worker_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         conn.hand_to(control, handoff, Some(&worker_end))

@@ -41,6 +41,9 @@ pub struct Admission {
     /// Most concurrent sessions of `tenant` on this server (the credential's own limit); `None`: the server's
     /// default (`AdmissionLimits::max_sessions_per_tenant`).
     pub max_sessions: Option<u32>,
+    /// Other servers the session may send copies to besides the operator's `--peer` list: those its (signed)
+    /// ticket names, as clients dial them.
+    pub peers: Vec<vgpu_dataplane::Endpoint>,
 }
 
 /// Where the server listens, as the authority is told at start.
@@ -135,6 +138,7 @@ impl Authority for StaticKey {
                 "anonymous clients".into()
             },
             max_sessions: None,
+            peers: Vec::new(),
         })
     }
 }
@@ -255,6 +259,9 @@ struct Handoff {
     /// A TLS connection's record state (`ResumeState::encode`); zero for other transports.
     tls: [u8; RESUME_LEN],
     _pad3: [u8; 6],
+    /// The session's first connection: `Admission::peers`, comma-separated (zero bytes after), as many whole
+    /// entries as fit.
+    peers: [u8; PEER_LIST_LEN],
 }
 
 impl Default for Handoff {
@@ -262,6 +269,9 @@ impl Default for Handoff {
         zerocopy::FromZeros::new_zeroed()
     }
 }
+
+/// Room in a handoff for a session's ticket peers (16 servers of the longest `tls://host:port#sha256=` form fit).
+const PEER_LIST_LEN: usize = 2048;
 
 /// `Handoff::flags`: the channel is compressed after the welcome (`CAP_PACKED`), where it beats the link
 /// (`CAP_PACKED_AUTO`).
@@ -273,6 +283,38 @@ const HANDOFF_PEER: u32 = 2;
 const MAX_VISIBLE: usize = 16;
 
 impl Handoff {
+    /// Writes the session's ticket peers, as many whole entries as fit (a longer list loses its tail: those copies
+    /// are relayed by the client).
+    fn set_peers(&mut self, peers: &[vgpu_dataplane::Endpoint]) {
+        let mut at = 0;
+        for p in peers {
+            let text = p.to_string();
+            let sep = usize::from(at > 0);
+            if at + sep + text.len() > PEER_LIST_LEN {
+                tracing::warn!(
+                    "a ticket names more servers than a handoff carries; copies to {p} go through the client"
+                );
+                continue;
+            }
+            if sep == 1 {
+                self.peers[at] = b',';
+            }
+            self.peers[at + sep..at + sep + text.len()].copy_from_slice(text.as_bytes());
+            at += sep + text.len();
+        }
+    }
+
+    /// The ticket peers `set_peers` wrote (entries that do not parse are left out).
+    fn peers(&self) -> Vec<vgpu_dataplane::Endpoint> {
+        let end = self.peers.iter().position(|&b| b == 0).unwrap_or(PEER_LIST_LEN);
+        std::str::from_utf8(&self.peers[..end])
+            .unwrap_or("")
+            .split(',')
+            .filter(|e| !e.is_empty())
+            .filter_map(|e| vgpu_dataplane::Endpoint::parse(e).ok())
+            .collect()
+    }
+
     fn set_limits(&mut self, limits: &Limits) -> Result<(), String> {
         self.memory_limit = limits.memory_bytes.unwrap_or(u64::MAX);
         match &limits.devices {
@@ -555,4 +597,30 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
         let _ = t.join();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vgpu_dataplane::Endpoint;
+
+    #[test]
+    fn ticket_peers_cross_the_handoff_whole_or_not_at_all() {
+        let pin = "ab".repeat(32);
+        let list: Vec<Endpoint> = (0..16)
+            .map(|i| Endpoint::parse(&format!("tls://gpu-server-{i:02}.example:7443#sha256={pin}")).expect("endpoint"))
+            .collect();
+        let mut h = Handoff::default();
+        h.set_peers(&list);
+        assert_eq!(h.peers(), list, "sixteen of the longest form fit");
+        let many: Vec<Endpoint> = (0..40)
+            .map(|i| Endpoint::parse(&format!("tls://gpu-server-{i:02}.example:7443#sha256={pin}")).expect("endpoint"))
+            .collect();
+        let mut h = Handoff::default();
+        h.set_peers(&many);
+        let got = h.peers();
+        assert!(got.len() < many.len() && !got.is_empty());
+        assert_eq!(got[..], many[..got.len()], "whole entries, in order");
+        assert!(Handoff::default().peers().is_empty());
+    }
 }

@@ -76,7 +76,10 @@ pub fn run_worker_from_env() -> Result<(), String> {
                 if let Some(link) = registry {
                     s.attach_registry(RegistryLink::new(UnixStream::from(link)));
                 }
-                s.allow_peers(peers.clone(), peer_wait());
+                // The operator's peers, and the other servers the session's ticket names.
+                let mut allowed = peers.clone();
+                allowed.extend(handoff.peers());
+                s.allow_peers(allowed, peer_wait());
                 let ticks = control.try_clone().map_err(|e| format!("control socket: {e}"))?;
                 let _ = METER.set((ticks, s.clone()));
                 std::thread::spawn(|| loop {
