@@ -1,4 +1,4 @@
-/* Pitched memory: cuMemAllocPitch, cuMemcpy2D host<->device and device<->device, cuMemcpy2DAsync. */
+/* Pitched memory: cuMemAllocPitch, cuMemcpy2D host<->device and device<->device, cuMemcpy2DAsync, cuMemcpy3DPeer. */
 #include "common.h"
 
 int main(void)
@@ -76,6 +76,34 @@ int main(void)
     for (size_t y = 0; y < height; y++)
         bad += memcmp(lin + y * pitch1, src + y * hpitch, width) != 0;
     expect(bad == 0, "pitched rows seen by a 1-D copy");
+
+    /* cuMemcpy3DPeer within one device (both contexts the current one): d1's rows into a cleared d2. */
+    CUcontext ctx;
+    CHECK(cuCtxGetCurrent(&ctx));
+    CHECK(cuMemsetD8(d2, 0, pitch2 * height));
+    CUDA_MEMCPY3D_PEER p;
+    memset(&p, 0, sizeof p);
+    p.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+    p.srcDevice = d1;
+    p.srcPitch = pitch1;
+    p.srcHeight = height;
+    p.srcContext = ctx;
+    p.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+    p.dstDevice = d2;
+    p.dstPitch = pitch2;
+    p.dstHeight = height;
+    p.dstContext = ctx;
+    p.WidthInBytes = width;
+    p.Height = height;
+    p.Depth = 1;
+    CHECK(cuMemcpy3DPeer(&p));
+    unsigned char *lin2 = xmalloc(pitch2 * height);
+    CHECK(cuMemcpyDtoH(lin2, d2, pitch2 * height));
+    bad = 0;
+    for (size_t y = 0; y < height; y++)
+        bad += memcmp(lin2 + y * pitch2, src + y * hpitch, width) != 0;
+    expect(bad == 0, "cuMemcpy3DPeer device->device rows");
+    free(lin2);
 
     CHECK(cuStreamDestroy(s));
     CHECK(cuMemFree(d1));
