@@ -38,6 +38,8 @@ const MAX_INBOX: usize = 64;
 /// two sessions reuses one instead of connecting, presenting its token first.
 const POOL_PER_PEER: usize = 4;
 const POOL_ALL: usize = 16;
+/// Endpoints whose `allowed_peer` answer a session remembers (a tenant naming ever new ones is asked afresh).
+const MAX_DECIDED: usize = 64;
 /// Connections a receiving session keeps open after their copies, each waiting (on a thread) for a next token.
 const MAX_KEPT: usize = 16;
 /// While the session keeps connections, a receiving copy first waits this long for its sender to reuse one
@@ -71,6 +73,8 @@ pub(super) struct Peers {
     pool: Mutex<Pool>,
     /// Connections kept open after their copies (waiting for a next token, or carrying a copy again).
     kept: AtomicUsize,
+    /// `allowed_peer`'s answers by the endpoint asked for.
+    decided: Mutex<HashMap<String, Option<Endpoint>>>,
 }
 
 impl Session {
@@ -206,16 +210,44 @@ impl Session {
     /// The endpoint to dial for `asked` when the operator listed that server, else `None`. The operator's own
     /// spelling is dialled (a name the client chose is only compared, never resolved again at connect time); a
     /// TLS pin comes from the operator's entry, else the client's.
+    /// Decisions are remembered per endpoint (a copy would otherwise resolve names on every call).
     fn allowed_peer(&self, asked: &Endpoint) -> Option<Endpoint> {
         let (listed, _) = self.peers.allowed.get()?;
-        let entry = listed.iter().find(|e| same_server(e, asked))?;
-        Some(match (entry, asked) {
-            (Endpoint::Tls { addr, sha256: None }, Endpoint::Tls { sha256, .. }) => Endpoint::Tls {
-                addr: addr.clone(),
-                sha256: sha256.clone(),
-            },
-            _ => entry.clone(),
-        })
+        let key = asked.to_string();
+        if let Some(known) = self.peers.decided.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return known.clone();
+        }
+        // The same spelling first; names are resolved only when none is.
+        let entry = listed
+            .iter()
+            .find(|e| same_spelling(e, asked))
+            .or_else(|| listed.iter().find(|e| same_server(e, asked)));
+        let decision = entry.map(|entry| dialled(entry, asked));
+        let mut decided = self.peers.decided.lock().unwrap_or_else(|p| p.into_inner());
+        if decided.len() < MAX_DECIDED {
+            decided.insert(key, decision.clone());
+        }
+        decision
+    }
+}
+
+/// What is dialled for `asked` when `entry` allowed it: the entry's spelling, with the client's TLS pin where the
+/// entry has none.
+fn dialled(entry: &Endpoint, asked: &Endpoint) -> Endpoint {
+    match (entry, asked) {
+        (Endpoint::Tls { addr, sha256: None }, Endpoint::Tls { sha256, .. }) => Endpoint::Tls {
+            addr: addr.clone(),
+            sha256: sha256.clone(),
+        },
+        _ => entry.clone(),
+    }
+}
+
+/// Whether two endpoints are written alike (a TLS pin aside).
+fn same_spelling(a: &Endpoint, b: &Endpoint) -> bool {
+    match (a, b) {
+        (Endpoint::Tls { addr: x, .. }, Endpoint::Tls { addr: y, .. }) => x == y,
+        _ => a == b,
     }
 }
 
@@ -526,5 +558,24 @@ mod tests {
             Some(e(&format!("tls://127.0.0.1:7444#sha256={pin}")))
         );
         assert_eq!(s.allowed_peer(&e("tcp://127.0.0.1:9")), None);
+        // Asked again: the remembered answers.
+        assert_eq!(
+            s.allowed_peer(&e("tcp://localhost:7070")),
+            Some(e("tcp://127.0.0.1:7070"))
+        );
+        assert_eq!(s.allowed_peer(&e("tcp://127.0.0.1:9")), None);
+        // Among entries that resolve alike, the one spelled as asked.
+        let both = Session::new(
+            Arc::new(crate::emulated::EmulatedBackend::new()),
+            super::super::Limits::default(),
+        );
+        both.allow_peers(
+            vec![e("tcp://localhost:7070"), e("tcp://127.0.0.1:7070")],
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            both.allowed_peer(&e("tcp://127.0.0.1:7070")),
+            Some(e("tcp://127.0.0.1:7070"))
+        );
     }
 }
