@@ -400,11 +400,11 @@ impl Channel {
     fn send_copy(
         &mut self,
         target: &Endpoint,
+        key: &(String, u64),
         c: &PeerSend,
         prepared: CuResult<(Stream, usize)>,
     ) -> Result<Box<dyn Transport>, String> {
-        let key = (target.to_string(), c.session);
-        if let Some(mut peer) = self.s().pooled_peer(&key) {
+        if let Some(mut peer) = self.s().pooled_peer(key) {
             // The receiver may have let an idle connection go: then nothing was delivered, and a new one is made.
             let go = peer
                 .send(&[&c.token])
@@ -471,9 +471,11 @@ impl Serve<PeerSend> for Channel {
             return Ok(Err(CUDA_ERROR_NOT_PERMITTED));
         };
         let prepared = self.prepare_peer_half(c.src, c.size, c.stream, cx.per_thread);
-        Ok(match self.send_copy(&target, &c, prepared) {
+        // The pool's key: the receiving server as dialled, and the receiving session.
+        let key = (target.to_string(), c.session);
+        Ok(match self.send_copy(&target, &key, &c, prepared) {
             Ok(peer) => {
-                self.s().pool_peer((target.to_string(), c.session), peer);
+                self.s().pool_peer(key, peer);
                 Ok(Empty {})
             }
             Err(why) => {
