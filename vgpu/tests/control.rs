@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use vgpu_control::client::Client;
 
+mod common;
+
 const VGPU: &str = env!("CARGO_BIN_EXE_vgpu");
 const ADMIN_KEY: &str = "vgpu_testadmin_0123456789abcdefghijklmnop";
 const NODE_TOKEN: &str = "node-token-for-tests-0123456789";
@@ -140,6 +142,21 @@ fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
+/// A new tenant named `name` and an API key of it: (tenant id, key secret).
+fn tenant_with_key(admin: &Client, name: &str) -> (String, String) {
+    let tenant = admin
+        .call("POST", "/v1/tenants", Some(&json!({ "name": name })))
+        .expect("tenant");
+    let tenant_id = tenant["id"].as_str().expect("id").to_string();
+    let key = admin
+        .call("POST", &format!("/v1/tenants/{tenant_id}/keys"), Some(&json!({})))
+        .expect("key")["secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+    (tenant_id, key)
+}
+
 struct Setup {
     _control: Killed,
     _server: Killed,
@@ -161,16 +178,7 @@ fn setup(slice_mib: u64) -> Setup {
     let state = TempDir(std::env::temp_dir().join(format!("vgpu-control-test-state-{shm}")));
     let (server, banner, pin) = gpu_server(&url, &shm, &state);
     let admin = Client::new(&url, Some(ADMIN_KEY));
-    let tenant = admin
-        .call("POST", "/v1/tenants", Some(&json!({"name": "alice"})))
-        .expect("tenant");
-    let tenant_id = tenant["id"].as_str().expect("id").to_string();
-    let key = admin
-        .call("POST", &format!("/v1/tenants/{tenant_id}/keys"), Some(&json!({})))
-        .expect("key")["secret"]
-        .as_str()
-        .expect("secret")
-        .to_string();
+    let (tenant_id, key) = tenant_with_key(&admin, "alice");
     let gpus = admin.call("GET", "/v1/gpus", None).expect("gpus");
     let gpu = gpus["gpus"][0].clone();
     assert_eq!(gpu["server_name"], "test-node", "{gpus}");
@@ -414,16 +422,7 @@ fn a_ticket_over_two_servers_lets_them_copy_to_each_other_directly() {
     let _a = gpu_server_as(&url, &names[0], &states[0], "node-a", &["--device-identity", "1"]);
     let _b = gpu_server_as(&url, &names[1], &states[1], "node-b", &["--device-identity", "2"]);
     let admin = Client::new(&url, Some(ADMIN_KEY));
-    let tenant = admin
-        .call("POST", "/v1/tenants", Some(&json!({"name": "bob"})))
-        .expect("tenant");
-    let tenant_id = tenant["id"].as_str().expect("id").to_string();
-    let key = admin
-        .call("POST", &format!("/v1/tenants/{tenant_id}/keys"), Some(&json!({})))
-        .expect("key")["secret"]
-        .as_str()
-        .expect("secret")
-        .to_string();
+    let (tenant_id, key) = tenant_with_key(&admin, "bob");
     for node in ["node-a", "node-b"] {
         let gpus = wait_for(10, || {
             let all = admin.call("GET", "/v1/gpus", None).ok()?;
@@ -462,11 +461,8 @@ fn a_ticket_over_two_servers_lets_them_copy_to_each_other_directly() {
         let want = format!("peer copy {x} -> {y}: CUDA_SUCCESS verified");
         assert!(text.lines().any(|l| l == want), "no '{want}' in {text}");
     }
-    let bytes: u64 = text
-        .lines()
-        .find_map(|l| l.split("client transport bytes during it: ").nth(1))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no bench line in {text}"));
+    let lines: Vec<&str> = text.lines().collect();
+    let bytes = common::bench_bytes(&lines);
     assert!(
         bytes < 64 << 10,
         "{bytes} client bytes: the copies were relayed through the client"

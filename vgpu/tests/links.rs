@@ -38,25 +38,40 @@ fn relay(to: &str, shape: &str) -> RelayChild {
     RelayChild(child, url)
 }
 
-/// Runs `vgpu sample` against `endpoint` with VGPU_STATS; returns its counters (the JSON line) and its wall time.
-fn sample_with_stats(endpoint: &str, dir: &std::path::Path, name: &str) -> (serde_json::Value, Duration) {
+/// Runs `vgpu run --server endpoint -- vgpu ARGS...` with `env` and VGPU_STATS (into `dir/name`); asserts it
+/// succeeded and printed `want` (when given); returns its counters (the JSON line) and its wall time.
+fn run_with_stats(
+    endpoint: &str,
+    dir: &std::path::Path,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    want: Option<&str>,
+) -> (serde_json::Value, Duration) {
     let stats = dir.join(name);
     let t = Instant::now();
     let out = Command::new(VGPU)
-        .args(["run", "--server", endpoint, "--", VGPU, "sample"])
+        .args(["run", "--server", endpoint, "--", VGPU])
+        .args(args)
         .env("VGPU_STATS", &stats)
+        .envs(env.iter().copied())
         .output()
         .expect("vgpu run");
     let wall = t.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success(),
-        "{endpoint}: {} {}",
-        String::from_utf8_lossy(&out.stdout),
+        out.status.success() && want.is_none_or(|w| text.contains(w)),
+        "{endpoint} {env:?}: {text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(&stats).expect("VGPU_STATS written at exit");
     let line = text.lines().last().expect("one JSON line");
     (serde_json::from_str(line).expect("stats JSON"), wall)
+}
+
+/// `vgpu sample` against `endpoint` (see `run_with_stats`).
+fn sample_with_stats(endpoint: &str, dir: &std::path::Path, name: &str) -> (serde_json::Value, Duration) {
+    run_with_stats(endpoint, dir, name, &["sample"], &[], None)
 }
 
 #[test]
@@ -153,7 +168,7 @@ fn bench_links_reports_round_trips_beside_a_prediction() {
 }
 
 /// `vgpu __memcheck --copy-mib MIB` (a pageable round trip of data that repeats every 251 bytes, checked byte for
-/// byte) against `endpoint` with `env`; its counters and wall time.
+/// byte) against `endpoint` with `env` (see `run_with_stats`).
 fn copy_with_stats(
     endpoint: &str,
     dir: &std::path::Path,
@@ -161,35 +176,9 @@ fn copy_with_stats(
     mib: u64,
     env: &[(&str, &str)],
 ) -> (serde_json::Value, Duration) {
-    let stats = dir.join(name);
-    let t = Instant::now();
-    let out = Command::new(VGPU)
-        .args([
-            "run",
-            "--server",
-            endpoint,
-            "--",
-            VGPU,
-            "__memcheck",
-            "--hold-ms",
-            "0",
-            "--copy-mib",
-        ])
-        .arg(mib.to_string())
-        .env("VGPU_STATS", &stats)
-        .envs(env.iter().copied())
-        .output()
-        .expect("vgpu run");
-    let wall = t.elapsed();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains(&format!("copied {mib}")),
-        "{endpoint} {env:?}: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&stats).expect("VGPU_STATS written at exit");
-    let line = text.lines().last().expect("one JSON line");
-    (serde_json::from_str(line).expect("stats JSON"), wall)
+    let mib_text = mib.to_string();
+    let args = ["__memcheck", "--hold-ms", "0", "--copy-mib", &mib_text];
+    run_with_stats(endpoint, dir, name, &args, env, Some(&format!("copied {mib}")))
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::process::Command;
 
 mod common;
 
-use common::{shm_name, start, start_named, Server, VGPU};
+use common::{bench_bytes, shm_name, start, start_named, Server, VGPU};
 
 fn two_servers() -> (Server, Server) {
     (start(&["--device-identity", "1"]), start(&["--device-identity", "2"]))
@@ -24,15 +24,6 @@ fn peered_servers() -> (Server, Server) {
     let a_peers = format!("shm://{name_b},{},{}", b.tcp_url(), b.tls);
     let a = start_named(&name_a, &["--device-identity", "1", "--peer", &a_peers]);
     (a, b)
-}
-
-/// The client bytes the check's `--bench-mib` line reports for its timed copies of device 0 to device 1.
-fn bench_bytes(lines: &[String]) -> u64 {
-    lines
-        .iter()
-        .find_map(|l| l.split("client transport bytes during it: ").nth(1))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no bench line: {lines:?}"))
 }
 
 /// Every entry point's copies both ways read back right.

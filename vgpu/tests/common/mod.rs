@@ -114,3 +114,17 @@ pub fn rand_tag() -> u32 {
         .map(|d| d.subsec_nanos())
         .unwrap_or(7)
 }
+
+/// The client bytes `vgpu __multi-check --bench-mib N` reports for its timed copies of device 0 to device 1.
+pub fn bench_bytes<S: AsRef<str>>(lines: &[S]) -> u64 {
+    lines
+        .iter()
+        .find_map(|l| l.as_ref().split("client transport bytes during it: ").nth(1))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no bench line in {:?}",
+                lines.iter().map(|l| l.as_ref()).collect::<Vec<_>>()
+            )
+        })
+}
