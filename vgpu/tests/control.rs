@@ -142,21 +142,6 @@ fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-/// A new tenant named `name` and an API key of it: (tenant id, key secret).
-fn tenant_with_key(admin: &Client, name: &str) -> (String, String) {
-    let tenant = admin
-        .call("POST", "/v1/tenants", Some(&json!({ "name": name })))
-        .expect("tenant");
-    let tenant_id = tenant["id"].as_str().expect("id").to_string();
-    let key = admin
-        .call("POST", &format!("/v1/tenants/{tenant_id}/keys"), Some(&json!({})))
-        .expect("key")["secret"]
-        .as_str()
-        .expect("secret")
-        .to_string();
-    (tenant_id, key)
-}
-
 struct Setup {
     _control: Killed,
     _server: Killed,
@@ -178,7 +163,7 @@ fn setup(slice_mib: u64) -> Setup {
     let state = TempDir(std::env::temp_dir().join(format!("vgpu-control-test-state-{shm}")));
     let (server, banner, pin) = gpu_server(&url, &shm, &state);
     let admin = Client::new(&url, Some(ADMIN_KEY));
-    let (tenant_id, key) = tenant_with_key(&admin, "alice");
+    let (tenant_id, key) = common::tenant_with_key(&admin, "alice");
     let gpus = admin.call("GET", "/v1/gpus", None).expect("gpus");
     let gpu = gpus["gpus"][0].clone();
     assert_eq!(gpu["server_name"], "test-node", "{gpus}");
@@ -422,7 +407,7 @@ fn a_ticket_over_two_servers_lets_them_copy_to_each_other_directly() {
     let _a = gpu_server_as(&url, &names[0], &states[0], "node-a", &["--device-identity", "1"]);
     let _b = gpu_server_as(&url, &names[1], &states[1], "node-b", &["--device-identity", "2"]);
     let admin = Client::new(&url, Some(ADMIN_KEY));
-    let (tenant_id, key) = tenant_with_key(&admin, "bob");
+    let (tenant_id, key) = common::tenant_with_key(&admin, "bob");
     for node in ["node-a", "node-b"] {
         let gpus = wait_for(10, || {
             let all = admin.call("GET", "/v1/gpus", None).ok()?;

@@ -158,16 +158,7 @@ fn another_tenants_process_cannot_open_the_memory() {
     let gpu = gpus["gpus"][0]["uuid"].clone();
     let mut keys = Vec::new();
     for name in ["alice", "bob"] {
-        let tenant = admin
-            .call("POST", "/v1/tenants", Some(&json!({"name": name})))
-            .expect("tenant");
-        let id = tenant["id"].as_str().expect("id").to_string();
-        let key = admin
-            .call("POST", &format!("/v1/tenants/{id}/keys"), Some(&json!({})))
-            .expect("key")["secret"]
-            .as_str()
-            .expect("secret")
-            .to_string();
+        let (id, key) = common::tenant_with_key(&admin, name);
         let slice = json!({"tenant_id": id, "gpu_uuid": gpu, "memory_limit_mib": 256, "compute_share": 0.4});
         admin.call("POST", "/v1/assignments", Some(&slice)).expect("assignment");
         keys.push(key);

@@ -128,3 +128,22 @@ pub fn bench_bytes<S: AsRef<str>>(lines: &[S]) -> u64 {
             )
         })
 }
+
+/// A new tenant named `name` and an API key of it: (tenant id, key secret).
+pub fn tenant_with_key(admin: &vgpu_control::client::Client, name: &str) -> (String, String) {
+    let tenant = admin
+        .call("POST", "/v1/tenants", Some(&serde_json::json!({ "name": name })))
+        .expect("tenant");
+    let tenant_id = tenant["id"].as_str().expect("id").to_string();
+    let key = admin
+        .call(
+            "POST",
+            &format!("/v1/tenants/{tenant_id}/keys"),
+            Some(&serde_json::json!({})),
+        )
+        .expect("key")["secret"]
+        .as_str()
+        .expect("secret")
+        .to_string();
+    (tenant_id, key)
+}
