@@ -180,24 +180,23 @@ fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
         ..Default::default()
     };
     let bytes = encode_welcome(&welcome, &session.visible_devices(), &backend.describe());
-    let mut transport = transport;
-    let welcomed = transport.send(&[&bytes]);
-    // After the welcome, a compressed channel speaks packed frames both ways.
-    let transport: Box<dyn Transport> = if packed {
+    // From here on a client that stops in the middle of a frame, or stops reading, is disconnected (see `stall`).
+    let mut guarded = crate::stall::StallWatch::global(stall_timeout()).guard(transport, raw_fd);
+    let welcomed = guarded.send(&[&bytes]);
+    // After the welcome, a compressed channel speaks packed frames both ways (over the guarded socket).
+    let mut transport: Box<dyn Transport> = if packed {
         use vgpu_transports::packed::{PackedTransport, Policy};
         let policy = if handoff.flags & HANDOFF_PACKED_AUTO != 0 {
             Policy::Auto
         } else {
             Policy::Always
         };
-        Box::new(PackedTransport::with_policy(transport, policy))
+        Box::new(PackedTransport::with_policy(guarded, policy))
     } else {
-        transport
+        Box::new(guarded)
     };
-    // From here on a client that stops in the middle of a frame is disconnected (see `stall`).
-    let mut transport = crate::stall::StallWatch::global(stall_timeout()).guard(transport, raw_fd);
     let outcome = match welcomed {
-        Ok(()) => session.serve_channel(&mut transport),
+        Ok(()) => session.serve_channel(&mut *transport),
         Err(e) => Err(e.into()),
     };
     match &outcome {
