@@ -3,30 +3,24 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-fn set_flag(fd: RawFd, cloexec: bool) -> std::io::Result<()> {
-    // SAFETY: fcntl on a descriptor the caller owns; F_GETFD/F_SETFD only read and write its flags.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
-        return Err(std::io::Error::last_os_error());
+/// Makes the child `cmd` starts inherit `fds`, and no other child: their close-on-exec flag is cleared between
+/// fork and exec, in the child only. (Clearing it in the parent would let a child another thread starts meanwhile
+/// inherit them too.)
+pub fn inherit_in_child(cmd: &mut std::process::Command, fds: Vec<RawFd>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec: it only calls fcntl, which is
+    // async-signal-safe, on descriptors inherited from the parent, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
-    let new = if cloexec {
-        flags | libc::FD_CLOEXEC
-    } else {
-        flags & !libc::FD_CLOEXEC
-    };
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFD, new) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-pub fn clear_cloexec(fd: RawFd) -> std::io::Result<()> {
-    set_flag(fd, false)
-}
-
-pub fn set_cloexec(fd: RawFd) -> std::io::Result<()> {
-    set_flag(fd, true)
 }
 
 /// A client's memory region mapped into this process (shared, read-write), unmapped on drop.
@@ -342,5 +336,64 @@ impl SharedRegion {
         let region = unsafe { &*(self.ptr as *const Region) };
         region.magic.store(MAGIC, std::sync::atomic::Ordering::Release);
         Some(region)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::process::Command;
+
+    fn cloexec(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only reads the flags of a descriptor this test owns.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+    }
+
+    fn has_fd(fd: RawFd) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("test -e /proc/self/fd/{fd}")]);
+        cmd
+    }
+
+    #[test]
+    fn the_child_inherits_the_descriptor_and_the_parent_keeps_it_close_on_exec() {
+        let (_a, b) = UnixStream::pair().expect("pair");
+        let fd = b.as_raw_fd();
+        let mut cmd = has_fd(fd);
+        inherit_in_child(&mut cmd, vec![fd]);
+        assert!(
+            cmd.status().expect("sh").success(),
+            "the child did not get descriptor {fd}"
+        );
+        assert!(cloexec(fd), "the parent's descriptor lost close-on-exec");
+        assert!(
+            !has_fd(fd).status().expect("sh").success(),
+            "a plain child inherited it"
+        );
+    }
+
+    #[test]
+    fn a_child_started_meanwhile_by_another_thread_never_inherits_it() {
+        let (_a, b) = UnixStream::pair().expect("pair");
+        let fd = b.as_raw_fd();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spawner = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut cmd = Command::new("true");
+                    inherit_in_child(&mut cmd, vec![fd]);
+                    let _ = cmd.status();
+                }
+            })
+        };
+        let leaks = (0..200).filter(|_| has_fd(fd).status().expect("sh").success()).count();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spawner.join().expect("spawner");
+        assert_eq!(
+            leaks, 0,
+            "{leaks} of 200 children started beside inheriting ones got descriptor {fd}"
+        );
     }
 }

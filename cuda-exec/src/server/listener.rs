@@ -541,11 +541,12 @@ impl Listener {
 
     fn spawn_worker(&self, child_end: &UnixStream, sm_percent: Option<u32>) -> std::io::Result<Child> {
         let fd = child_end.as_raw_fd();
-        // The worker inherits exactly these descriptors (its control socket and the scheduler's table): clear
-        // close-on-exec on them alone. The table's descriptor stays inheritable: every worker gets it.
-        crate::sys::clear_cloexec(fd)?;
+        // The worker inherits exactly these descriptors (its control socket and the scheduler's table), cleared of
+        // close-on-exec in the child alone: another thread starting a worker at the same moment must not inherit
+        // this one's control socket, or the socket would outlive this worker and its session never be seen to end.
+        let mut inherited = vec![fd];
         if let Some(s) = &self.sched {
-            crate::sys::clear_cloexec(s.fd())?;
+            inherited.push(s.fd());
         }
         let (program, args) = self
             .cfg
@@ -580,9 +581,8 @@ impl Listener {
         if let Some(p) = sm_percent {
             cmd.env("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", p.to_string());
         }
-        let child = cmd.spawn();
-        let _ = crate::sys::set_cloexec(fd);
-        child
+        crate::sys::inherit_in_child(&mut cmd, inherited);
+        cmd.spawn()
     }
 
     fn reap(&self, session_id: u64, mut child: Child) {
