@@ -11,7 +11,7 @@ use vgpu_dataplane::wire::*;
 use super::graph;
 use super::need_ctx;
 use super::staging::{staged_dtoh, staged_htod, STAGED_MIN};
-use super::stream::{same_server, stream_id};
+use super::stream::{after_stream_sync, same_server, stream_id, wait_for_stream};
 use super::ClientHandle;
 use super::{route_of_ptr, route_of_stream};
 use crate::client::Route;
@@ -36,7 +36,7 @@ pub(super) fn copy_via_host(
     n: usize,
 ) -> CuResult<()> {
     client::call_to(route_of_stream(stream), flags, &StreamSynchronize { stream }, &[])?;
-    mirror::after_sync()?;
+    after_stream_sync(flags, stream)?;
     match (dst_dev, src_dev) {
         (true, _) => client::call_to(
             route_of_ptr(dst),
@@ -98,7 +98,7 @@ fn region_of(ptr: *const c_void, n: usize, route: Route) -> Option<(RegionId, u6
 fn await_landings(src: *const c_void, n: usize) -> CuResult<()> {
     if let Some(server) = client::pending_overlaps(src as usize, n) {
         client::call_to(Route::Server(server), 0, &CtxSynchronize {}, &[])?;
-        mirror::after_sync()?;
+        mirror::after_sync_of(mirror::Covered::Server(server))?;
     }
     Ok(())
 }
@@ -190,7 +190,7 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
             },
             &[],
         )?;
-        mirror::mark_copied(dst as usize, n);
+        mirror::mark_copied(dst as usize, n, route, flags, StreamId::NULL);
         return mirror::after_sync();
     }
     if let Some((region, offset)) = region_of(dst, n, route) {
@@ -222,7 +222,7 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
 fn after_stream(flags: u16, stream: StreamId, then: impl FnOnce() -> CuResult<()>) -> CuResult<()> {
     client::flush_all()?;
     client::call_to(route_of_stream(stream), flags, &StreamSynchronize { stream }, &[])?;
-    mirror::after_sync()?;
+    after_stream_sync(flags, stream)?;
     then()
 }
 
@@ -316,7 +316,7 @@ pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, strea
             stream,
         };
         client::post_to(route, flags, &call, &[])?;
-        mirror::mark_copied(dst as usize, n);
+        mirror::mark_copied(dst as usize, n, route, flags, stream);
         return Ok(());
     }
     if let Some((region, offset)) = region_of(dst, n, route) {
@@ -347,7 +347,14 @@ pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, strea
             pending_id,
         },
         &[],
-    )
+    )?;
+    if mirror::find(dst as usize).is_none() {
+        // Into pageable memory the driver returns only once the copy is done, and libraries count on it
+        // (cuSPARSE reads a count it copied so at once): the bytes are in place before this returns. Pinned
+        // destinations (here: mirrored on another server) stay asynchronous, as natively.
+        return wait_for_stream(flags, stream);
+    }
+    Ok(())
 }
 
 pub(crate) fn dtod_async(f: u16, dst: u64, src: u64, n: usize, stream: CUstream) -> CuResult<()> {

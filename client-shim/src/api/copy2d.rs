@@ -302,7 +302,14 @@ fn copy_2d_params(flags: u16, m: CUDA_MEMCPY2D, stream: Option<CUstream>) -> CuR
                 direction,
                 _pad: 0,
             };
-            client::post_to(route, flags, &call, &tail)
+            client::post_to(route, flags, &call, &tail)?;
+            match dst {
+                // Into pageable memory the driver returns only once the copy is done, as for linear copies.
+                Side::Host(a, _) if packed_len > 0 && crate::mirror::find(a).is_none() => {
+                    super::stream::wait_for_stream(flags, stream)
+                }
+                _ => Ok(()),
+            }
         }
     }
 }

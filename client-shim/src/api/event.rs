@@ -1,13 +1,32 @@
 //! Events: creation with client-chosen ids (no round trip), records in stream order (or into a capture), waits,
 //! queries and elapsed time, answered by the server's driver.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use vgpu_cuda_sys::driver::{CUevent, CUevent_flags, CUevent_record_flags, CUstream};
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
 use super::stream::{same_server, stream_id};
 use super::{route_of_object, route_of_stream, ClientHandle};
-use crate::{client, ffi, state};
+use crate::mirror::Covered;
+use crate::{client, ffi, mirror, state};
+
+/// The stream each event was last recorded on: what waiting for the event waits for, so which queued writes into
+/// pinned memory a completed wait brings back (whichever thread queued them). One entry per live event.
+static RECORDED_ON: Mutex<Option<HashMap<EventId, Covered>>> = Mutex::new(None);
+
+fn recorded_on() -> std::sync::MutexGuard<'static, Option<HashMap<EventId, Covered>>> {
+    RECORDED_ON.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// After a wait for `event` completed: brings back what the work before its record wrote into pinned memory.
+fn after_event(event: EventId) -> CuResult<()> {
+    let covered = recorded_on().as_ref().and_then(|m| m.get(&event).copied());
+    // Never recorded: complete at once, having waited for nothing.
+    covered.map_or(Ok(()), mirror::after_sync_of)
+}
 
 /// The wire id of an event handle the app holds.
 pub(crate) fn event_id(event: CUevent) -> CuResult<EventId> {
@@ -35,6 +54,11 @@ fn record(flags: u16, event: CUevent, stream: CUstream) -> CuResult<()> {
         return Err(CUDA_ERROR_INVALID_HANDLE);
     }
     client::post_to(route, flags, &EventRecord { event, stream }, &[])?;
+    let covered = Covered::Stream {
+        server: client::server_index(route)?,
+        stream: mirror::stream_key(flags, stream),
+    };
+    recorded_on().get_or_insert_with(HashMap::new).insert(event, covered);
     let interprocess = CUevent_flags::CU_EVENT_INTERPROCESS.0;
     if state::read().events.get(&event).is_some_and(|f| f & interprocess != 0) {
         // Another process may wait for this record as soon as the app tells it (over a pipe, say): it must be on
@@ -78,11 +102,13 @@ entry! {
     cuEventSynchronize => |f, event| {
         let event = event_id(event)?;
         client::call_to(route_of_object(event.get()), 0, &EventSynchronize { event }, &[])?;
-        crate::mirror::after_sync()
+        after_event(event)
     }
     cuEventQuery => |f, event| {
         let event = event_id(event)?;
-        client::call_to(route_of_object(event.get()), 0, &EventQuery { event }, &[]).map(|_| ())
+        client::call_to(route_of_object(event.get()), 0, &EventQuery { event }, &[])?;
+        // Complete: a poller reads what the work before the record wrote, as after a wait.
+        after_event(event)
     }
     cuEventElapsedTime, cuEventElapsedTime_v2 => |f, ms, start, end| {
         if ms.is_null() {
@@ -115,6 +141,9 @@ entry! {
                 return Err(CUDA_ERROR_INVALID_HANDLE);
             }
             reg.owners.remove(&id.get());
+        }
+        if let Some(m) = recorded_on().as_mut() {
+            m.remove(&id);
         }
         client::post_to(route, 0, &EventDestroy { event: id }, &[])
     }

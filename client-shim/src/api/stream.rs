@@ -107,6 +107,31 @@ pub(crate) fn same_server(a: Route, b: Route) -> CuResult<bool> {
     Ok(client::server_index(a)? == client::server_index(b)?)
 }
 
+/// Waits for all the work queued on `stream` (of a call with `flags`), then brings back what it wrote into pinned
+/// memory. No round trip when this thread has just seen the stream idle and nothing was sent to its server since.
+pub(crate) fn wait_for_stream(flags: u16, stream: StreamId) -> CuResult<()> {
+    let route = route_of_stream(stream);
+    let server = client::server_index(route)?;
+    let key = crate::mirror::stream_key(flags, stream).unwrap_or(u64::MAX);
+    if client::stream_known_idle(server, key) {
+        client::sticky_error()?;
+    } else {
+        client::wait_noting_idle(server, key, || {
+            client::call_to(route, flags, &StreamSynchronize { stream }, &[])
+        })?;
+    }
+    after_stream_sync(flags, stream)
+}
+
+/// After a wait for `stream` (of a call with `flags`) returned: brings back what its work, whichever thread
+/// queued it, wrote into pinned memory.
+pub(crate) fn after_stream_sync(flags: u16, stream: StreamId) -> CuResult<()> {
+    crate::mirror::after_sync_of(crate::mirror::Covered::Stream {
+        server: client::server_index(route_of_stream(stream))?,
+        stream: crate::mirror::stream_key(flags, stream),
+    })
+}
+
 /// Runs a host function in stream order: once the work queued before it on `stream` has finished. The app
 /// thread waits for that here, so work queued after the call is queued after the function has run.
 pub(crate) fn host_callback(flags: u16, stream: CUstream, run: impl FnOnce(CUresult)) -> CuResult<()> {
@@ -114,7 +139,7 @@ pub(crate) fn host_callback(flags: u16, stream: CUstream, run: impl FnOnce(CUres
     let id = stream_id(stream)?;
     let status = match client::call_to(route_of_stream(id), flags, &StreamSynchronize { stream: id }, &[]) {
         // The function may read what kernels before it wrote into pinned memory.
-        Ok(_) => crate::mirror::after_sync().err().unwrap_or(CUDA_SUCCESS),
+        Ok(_) => after_stream_sync(flags, id).err().unwrap_or(CUDA_SUCCESS),
         Err(e) => e,
     };
     run(status);
@@ -157,14 +182,15 @@ entry! {
         need_ctx()?;
         let stream = stream_id(stream)?;
         super::graph::refuse_sync(super::graph::key(f, stream))?;
-        client::call_to(route_of_stream(stream), f, &StreamSynchronize { stream }, &[])?;
-        crate::mirror::after_sync()
+        wait_for_stream(f, stream)
     }
     cuStreamQuery, cuStreamQuery_ptsz => |f, stream| {
         need_ctx()?;
         let stream = stream_id(stream)?;
         super::graph::refuse_sync(super::graph::key(f, stream))?;
-        client::call_to(route_of_stream(stream), f, &StreamQuery { stream }, &[]).map(|_| ())
+        client::call_to(route_of_stream(stream), f, &StreamQuery { stream }, &[])?;
+        // Complete: a poller reads what the stream's work wrote into pinned memory, as after a wait.
+        after_stream_sync(f, stream)
     }
     cuStreamWaitEvent, cuStreamWaitEvent_ptsz => |f, stream, event, flags| {
         need_ctx()?;

@@ -26,6 +26,15 @@ pub struct Channel {
 
 static LOST_REPORTED: AtomicBool = AtomicBool::new(false);
 
+impl Drop for Channel {
+    /// A thread that queued work and ended without a synchronizing call: its batch still goes out, as the
+    /// driver runs work a thread queued after the thread is gone (the server also waits for these request
+    /// numbers before running later ones).
+    fn drop(&mut self) {
+        let _ = self.flush_own();
+    }
+}
+
 impl Channel {
     /// A channel over an open transport (after the handshake), to the first server. Public for the fuzzing
     /// harness, which plays a hostile server to it.
@@ -113,6 +122,7 @@ impl Channel {
     /// under this channel's lock right before the request joins the batch, so each channel's numbers rise in
     /// send order. Never 0 (the server's starting point).
     fn next_seq(&mut self, srv: &Server) -> u32 {
+        srv.requests.fetch_add(1, Ordering::SeqCst);
         let mut seq = srv.submit_order.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         if seq == 0 {
             seq = srv.submit_order.fetch_add(1, Ordering::Relaxed).wrapping_add(1);

@@ -52,6 +52,9 @@ pub struct Server {
     /// The request numbers of this server's channels: one series per server, because each server submits its
     /// channels' work in the order of its own series (and would wait for numbers only another server saw).
     submit_order: AtomicU32,
+    /// Requests sent to this server so far, by every thread (never wraps): a stream found idle stays idle while
+    /// this does not move (`stream_known_idle`).
+    requests: AtomicU64,
     primary: Arc<Mutex<Channel>>,
 }
 
@@ -71,6 +74,7 @@ impl Server {
             devices: Vec::new(),
             batch_limit: 0,
             submit_order: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
             primary: Arc::new(Mutex::new(channel)),
         }
     }
@@ -178,6 +182,7 @@ fn connect_session() -> CuResult<Session> {
             devices,
             batch_limit,
             submit_order: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
             primary,
         });
     }
@@ -505,6 +510,39 @@ fn note_sticky(code: CUresult) {
 /// `Err(the sticky error)` once a kernel fault was reported, until the primary context is reset.
 pub fn sticky_error() -> CuResult<()> {
     CUresult::from_code(STICKY.load(Ordering::Relaxed)).result()
+}
+
+thread_local! {
+    /// The stream this thread last saw idle: (server, stream as the caller names it, the server's request count
+    /// right after the wait).
+    static IDLE_STREAM: std::cell::Cell<Option<(usize, u64, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `wait`, one request that waits for all the work of `stream` (named by the caller's key) on server
+/// `server`, and remembers the stream as idle when no other request went to that server meanwhile: then every
+/// request that could have put work on the stream was numbered before the wait, which covers it.
+pub fn wait_noting_idle<R>(server: usize, stream: u64, wait: impl FnOnce() -> CuResult<R>) -> CuResult<R> {
+    let before = requests_sent(server);
+    let reply = wait()?;
+    if let Some(before) = before {
+        if requests_sent(server) == Some(before + 1) {
+            let _ = IDLE_STREAM.try_with(|c| c.set(Some((server, stream, before + 1))));
+        }
+    }
+    Ok(reply)
+}
+
+/// Whether `stream` of server `server` is known to have no work left: this thread saw it idle and no request has
+/// gone to that server since, from any thread (work reaches a stream only through requests). A library that
+/// copies into pageable memory, which returns only once the copy is done, and then waits for the stream, as
+/// PyTorch's `.item()` does, pays one round trip, not two.
+pub fn stream_known_idle(server: usize, stream: u64) -> bool {
+    let seen = IDLE_STREAM.try_with(|c| c.get()).ok().flatten();
+    seen.is_some_and(|(s, st, count)| s == server && st == stream && requests_sent(server) == Some(count))
+}
+
+fn requests_sent(server: usize) -> Option<u64> {
+    Some(session().ok()?.servers.get(server)?.requests.load(Ordering::SeqCst))
 }
 
 /// A successful `cuDevicePrimaryCtxReset` ends the sticky error (the faulted context is gone).

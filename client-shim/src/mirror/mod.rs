@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use vgpu_cuda_sys::driver::CUstream_flags;
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::digest::{chunk_hashes, CHUNK};
 use vgpu_dataplane::handshake::CAP_MIRROR_DIGEST;
@@ -23,6 +24,8 @@ use crate::log::{log, DEBUG, WARN};
 use crate::{client, ffi};
 
 mod pending;
+pub use pending::Covered;
+use pending::Writer;
 use pending::{Newest, Pending};
 
 const PAGE: usize = 4096;
@@ -371,16 +374,51 @@ pub fn find(addr: usize) -> Option<Mirror> {
     mirrors().holding(addr, 1)
 }
 
-/// Marks [addr, addr+n) of a mirrored region as written by a copy into the mirror, to be brought back at the
-/// calling thread's next synchronizing call.
-pub fn mark_copied(addr: usize, n: usize) {
+/// Marks [addr, addr+n) of a mirrored region as written by a copy into the mirror queued on `stream` of the
+/// server `route` leads to, to be brought back at the next synchronizing call that covers it (`Covered`).
+pub fn mark_copied(addr: usize, n: usize, route: Route, flags: u16, stream: StreamId) {
+    let writer = writer(route, flags, stream);
     let mut m = mirrors();
     let Some(mirror) = m.holding(addr, n) else {
         return;
     };
+    log!(
+        DEBUG,
+        "mirror {:#x}: copy into {addr:#x}+{n} queued ({writer:?})",
+        mirror.base
+    );
     let entry = m.pending.entry(mirror.base).or_default();
-    entry.owners.insert(this_thread());
+    entry.owners.insert(writer);
     entry.copied.push((addr - mirror.data, n));
+}
+
+/// The calling thread queueing work on `stream` of the server `route` leads to.
+fn writer(route: Route, flags: u16, stream: StreamId) -> Writer {
+    let key = stream_key(flags, stream);
+    let non_blocking = CUstream_flags::CU_STREAM_NON_BLOCKING.0;
+    // A stream destroyed meanwhile is taken as blocking (what most streams are).
+    let blocking = key.is_none_or(|k| k == StreamId::LEGACY.get())
+        || crate::state::read()
+            .streams
+            .get(&stream)
+            .is_none_or(|&(f, _)| f & non_blocking == 0);
+    Writer {
+        thread: this_thread(),
+        server: client::server_index(route).unwrap_or(usize::MAX),
+        stream: key,
+        blocking,
+    }
+}
+
+/// How mirrors name a stream: the null stream of a call without the per-thread flag is the legacy stream; the
+/// per-thread default stream is each thread's own, named by none other (`None`).
+pub fn stream_key(flags: u16, stream: StreamId) -> Option<u64> {
+    match stream {
+        StreamId::PER_THREAD => None,
+        StreamId::NULL if flags & FLAG_PER_THREAD != 0 => None,
+        StreamId::NULL | StreamId::LEGACY => Some(StreamId::LEGACY.get()),
+        s => Some(s.get()),
+    }
 }
 
 /// A small number naming the calling thread, for `Mirrors::pending`.
@@ -413,7 +451,15 @@ pub fn pending_source(addr: usize, n: usize) -> Source {
         Err(_) => return Source::Unsettled,
     };
     match p.newest(off, n, host) {
-        Newest::Mirror => Source::Mirror(mirror.dptr + (addr - mirror.base) as u64, mirror.device),
+        Newest::Mirror => {
+            log!(
+                DEBUG,
+                "mirror {:#x}: {addr:#x}+{n} read from the mirror ({})",
+                mirror.base,
+                p.summary()
+            );
+            Source::Mirror(mirror.dptr + (addr - mirror.base) as u64, mirror.device)
+        }
         Newest::Host => Source::Host,
         Newest::Unknown => Source::Unsettled,
     }
@@ -542,6 +588,7 @@ pub fn before_launch(flags: u16, route: Route, stream: StreamId, args: &[u8]) ->
         }
         named
     };
+    let me = writer(route, flags, stream);
     let server = match route {
         Route::Server(s) => s,
         Route::Device(d) => client::session()?.server_of(d)?,
@@ -558,7 +605,7 @@ pub fn before_launch(flags: u16, route: Route, stream: StreamId, args: &[u8]) ->
             if let Some(p) = m.pending.get_mut(&mirror.base) {
                 // The mirror may be newer than the host: this kernel works on it as it is. After a push, what it
                 // changes shows against the pushed hashes; after copies only, any byte may come back.
-                p.owners.insert(this_thread());
+                p.owners.insert(me);
                 p.whole |= p.pushed.is_none();
                 continue;
             }
@@ -577,14 +624,21 @@ pub fn before_launch(flags: u16, route: Route, stream: StreamId, args: &[u8]) ->
         )?;
         let mut m = mirrors();
         let entry = m.pending.entry(mirror.base).or_default();
-        entry.owners.insert(this_thread());
+        entry.owners.insert(me);
         entry.pushed = Some(pushed);
     }
     Ok(())
 }
 
-/// After a synchronizing call: brings back what kernels may have written into mirrored regions.
+/// After a synchronizing call that names no stream (a copy or memset on the legacy default stream, of the current
+/// context's server): brings back what the work it waited for may have written into mirrored regions.
 pub fn after_sync() -> CuResult<()> {
+    after_sync_of(Covered::Legacy(client::current_server()))
+}
+
+/// After a synchronizing call that waited for `covered`: brings back what that work (and the calling thread's)
+/// may have written into mirrored regions.
+pub fn after_sync_of(covered: Covered) -> CuResult<()> {
     let _transfer = TRANSFERS.read().unwrap_or_else(|p| p.into_inner());
     let me = this_thread();
     let due: Vec<Mirror> = {
@@ -594,7 +648,7 @@ pub fn after_sync() -> CuResult<()> {
         }
         m.pending
             .iter()
-            .filter(|(_, p)| p.owners.contains(&me))
+            .filter(|(_, p)| p.owners.iter().any(|w| covered.covers(w, me)))
             .filter_map(|(b, _)| m.by_base.get(b).copied())
             .collect()
     };
@@ -602,11 +656,17 @@ pub fn after_sync() -> CuResult<()> {
         let Some(pending) = mirrors().pending.remove(&mirror.base) else {
             continue;
         };
+        log!(
+            DEBUG,
+            "mirror {:#x}: pulled after {covered:?} on thread {me} ({})",
+            mirror.base,
+            pending.summary()
+        );
         let now = pull(&mirror, &pending)?;
-        // Other threads' work on the region may still be running: their syncs pull what it changes, compared
-        // with what the host holds now.
+        // Work this call did not wait for may still be running on the region: the syncs that cover it pull what
+        // it changes, compared with what the host holds now.
         let mut rest = pending;
-        rest.owners.remove(&me);
+        rest.owners.retain(|w| !covered.covers(w, me));
         if rest.owners.is_empty() {
             continue;
         }

@@ -11,14 +11,59 @@ use vgpu_dataplane::digest::{chunk_hash, CHUNK};
 /// (a kernel argument word that only looks like a pointer into the region pushes it but changes nothing there).
 #[derive(Debug, Default)]
 pub(super) struct Pending {
-    /// Threads that queued the work; each one's synchronizing call pulls the region.
-    pub(super) owners: BTreeSet<u64>,
+    /// Who queued the work: each one's synchronizing calls, and any call that waits for its stream, pull the
+    /// region.
+    pub(super) owners: BTreeSet<Writer>,
     /// Per `CHUNK` of the region's data: the hash of the bytes pushed before a kernel ran (mirror == host then).
     pub(super) pushed: Option<Vec<u64>>,
     /// Ranges (offset from the region's data, length) that device-to-host copies wrote into the mirror.
     pub(super) copied: Vec<(usize, usize)>,
     /// A kernel ran over a region whose mirror was already newer than the host somewhere: every byte comes back.
     pub(super) whole: bool,
+}
+
+/// A thread that queued work which may change a mirrored region, and the stream that work went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Writer {
+    pub(super) thread: u64,
+    pub(super) server: usize,
+    /// `None`: the thread's own per-thread default stream, which no other thread can name.
+    pub(super) stream: Option<u64>,
+    /// Whether the legacy default stream waits for this stream's work (every stream but non-blocking ones).
+    pub(super) blocking: bool,
+}
+
+/// What a synchronizing call waited for, and so whose queued writes into mirrors are done once it returns, as the
+/// driver orders streams: a stream's wait covers that stream's work, whichever thread queued it (a framework's
+/// worker thread waits for copies the main thread queued); a wait on the legacy default stream also covers every
+/// blocking stream of the context; a context's wait covers everything. Work on other streams may still be
+/// running: pulling it early would bring back stale bytes and lose the later ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Covered {
+    /// The legacy default stream of one server, and so its blocking streams (the copies and memsets that name no
+    /// stream, `cuStreamSynchronize` of the null stream).
+    Legacy(usize),
+    /// One stream of one server (`cuStreamSynchronize`, a stream or event found complete, a host function).
+    /// `None`: the calling thread's per-thread default stream, which also waits for the legacy stream.
+    Stream { server: usize, stream: Option<u64> },
+    /// Every stream of one server's context (`cuCtxSynchronize`).
+    Server(usize),
+}
+
+impl Covered {
+    /// Whether the work `w` queued is done once a call that waited for `self` returns on thread `me`.
+    pub(super) fn covers(self, w: &Writer, me: u64) -> bool {
+        let legacy = Some(vgpu_dataplane::ids::StreamId::LEGACY.get());
+        match self {
+            Covered::Server(server) => w.server == server,
+            Covered::Legacy(server) => w.server == server && w.blocking,
+            Covered::Stream { server, stream } if stream == legacy => w.server == server && w.blocking,
+            Covered::Stream { server, stream: None } => {
+                (w.thread == me && w.stream.is_none()) || (w.server == server && w.stream == legacy)
+            }
+            Covered::Stream { server, stream } => w.server == server && w.stream == stream,
+        }
+    }
 }
 
 /// Which side holds the newest bytes of a range (`Pending::newest`).
@@ -31,6 +76,17 @@ pub(super) enum Newest {
 }
 
 impl Pending {
+    /// A one-line account for the debug log (the pushed hashes themselves left out).
+    pub(super) fn summary(&self) -> String {
+        format!(
+            "owners {:?}, copied {:?}, pushed {}, whole {}",
+            self.owners,
+            self.copied,
+            self.pushed.is_some(),
+            self.whole
+        )
+    }
+
     /// Whether [off, off+n) lies inside one copied range (the mirror's bytes there are the newer ones).
     pub(super) fn copied_covers(&self, off: usize, n: usize) -> bool {
         self.copied.iter().any(|&(o, l)| off >= o && off + n <= o + l)
@@ -97,6 +153,64 @@ impl Pending {
 mod tests {
     use super::*;
     use vgpu_dataplane::digest::chunk_hashes;
+
+    fn writer(thread: u64, server: usize, stream: Option<u64>, blocking: bool) -> Writer {
+        Writer {
+            thread,
+            server,
+            stream,
+            blocking,
+        }
+    }
+
+    #[test]
+    fn a_wait_covers_what_the_driver_waited_for_and_nothing_else() {
+        const LEGACY: Option<u64> = Some(1);
+        let main_on_side = writer(1, 0, Some(0x100), false);
+        let main_on_blocking = writer(1, 0, Some(0x200), true);
+        let main_on_legacy = writer(1, 0, LEGACY, true);
+        let main_per_thread = writer(1, 0, None, true);
+        let on_other_server = writer(1, 1, Some(0x100), false);
+        let side = Covered::Stream {
+            server: 0,
+            stream: Some(0x100),
+        };
+        // A stream's wait covers its work whichever thread queued it, and not the waiting thread's other work
+        // (an event of another stream found complete must not bring back a copy still running).
+        assert!(side.covers(&main_on_side, 2));
+        assert!(!side.covers(&on_other_server, 1));
+        let another = Covered::Stream {
+            server: 0,
+            stream: Some(0x300),
+        };
+        for w in [main_on_side, main_on_blocking, main_on_legacy, main_per_thread] {
+            assert!(!another.covers(&w, 1), "{w:?}");
+        }
+        // The legacy stream waits for blocking streams (the per-thread default ones too), not non-blocking ones.
+        for legacy in [
+            Covered::Legacy(0),
+            Covered::Stream {
+                server: 0,
+                stream: LEGACY,
+            },
+        ] {
+            assert!(legacy.covers(&main_on_blocking, 2) && legacy.covers(&main_on_legacy, 2));
+            assert!(legacy.covers(&main_per_thread, 2));
+            assert!(!legacy.covers(&main_on_side, 1) && !legacy.covers(&on_other_server, 1));
+        }
+        // A thread's per-thread stream is its own; its wait also covers the legacy stream.
+        let per_thread = Covered::Stream {
+            server: 0,
+            stream: None,
+        };
+        assert!(per_thread.covers(&main_per_thread, 1) && !per_thread.covers(&main_per_thread, 2));
+        assert!(per_thread.covers(&main_on_legacy, 2) && !per_thread.covers(&main_on_side, 1));
+        // A context's wait covers every stream of its server.
+        for w in [main_on_side, main_on_blocking, main_on_legacy, main_per_thread] {
+            assert!(Covered::Server(0).covers(&w, 7));
+        }
+        assert!(!Covered::Server(0).covers(&on_other_server, 1));
+    }
 
     fn pushed_over(bytes: &[u8]) -> Pending {
         Pending {
