@@ -196,7 +196,7 @@ entry! {
         // buffers holding their bytes. A sticky error from that work is the reset's to clear, not to report.
         let server = Route::Server(client::session()?.server_of(dev)?);
         let _ = client::call_to(Route::Device(dev), 0, &CtxSynchronize {}, &[]);
-        let _ = crate::mirror::after_sync();
+        let _ = crate::mirror::after_sync_of(crate::mirror::Covered::Server(client::server_index(server)?));
         client::call_to(server, 0, &PrimaryCtxReset { dev: dev as u32, _pad: 0 }, &[])?;
         super::module::forget_context_functions(state::primary_ctx_id(dev));
         client::forget_current(state::primary_ctx_id(dev));

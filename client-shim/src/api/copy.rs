@@ -138,7 +138,7 @@ fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> CuResult<()> {
             size: n as u64,
         };
         client::call_to(route, flags, &call, &[])?;
-        return mirror::after_sync();
+        return mirror::after_sync_on(route);
     }
     if let Some(from) = newer_in_mirror(src as usize, n, route)? {
         client::call_to(
@@ -151,12 +151,12 @@ fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> CuResult<()> {
             },
             &[],
         )?;
-        return mirror::after_sync();
+        return mirror::after_sync_on(route);
     }
     await_landings(src, n)?;
     if n >= STAGED_MIN && staging_usable(route) {
         if let Some(done) = staged_htod(flags, ctx, dst, src, n) {
-            return done.and_then(|_| mirror::after_sync());
+            return done.and_then(|_| mirror::after_sync_on(route));
         }
     }
     let data = ffi::bytes(src as *const u8, n)?;
@@ -166,7 +166,7 @@ fn htod(flags: u16, dst: u64, src: *const c_void, n: usize) -> CuResult<()> {
     };
     client::call_to(route, flags, &call, data)?;
     // A synchronous copy waits for the work before it: kernels' writes to pinned memory are due now.
-    mirror::after_sync()
+    mirror::after_sync_on(route)
 }
 
 fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
@@ -191,7 +191,7 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
             &[],
         )?;
         mirror::mark_copied(dst as usize, n, route, flags, StreamId::NULL);
-        return mirror::after_sync();
+        return mirror::after_sync_on(route);
     }
     if let Some((region, offset)) = region_of(dst, n, route) {
         let call = MemcpyDtoHRegion {
@@ -201,11 +201,11 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
             size: n as u64,
         };
         client::call_to(route, flags, &call, &[])?;
-        return mirror::after_sync();
+        return mirror::after_sync_on(route);
     }
     if n >= STAGED_MIN && staging_usable(route) {
         if let Some(done) = staged_dtoh(flags, ctx, dst, src, n) {
-            return done.and_then(|_| mirror::after_sync());
+            return done.and_then(|_| mirror::after_sync_on(route));
         }
     }
     let out = ffi::bytes_mut(dst as *mut u8, n)?;
@@ -214,7 +214,7 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
         size: n as u64,
     };
     client::copy_to_host(route, flags, &call, out)?;
-    mirror::after_sync()
+    mirror::after_sync_on(route)
 }
 
 /// An asynchronous copy whose memory lives on another server than its stream: no stream there can order it, so

@@ -239,7 +239,7 @@ fn copy_2d_params(flags: u16, m: CUDA_MEMCPY2D, stream: Option<CUstream>) -> CuR
         // The memory is on another server than the stream: after the stream's work, synchronously.
         client::flush_all()?;
         client::call_to(route_of_stream(id), flags, &StreamSynchronize { stream: id }, &[])?;
-        crate::mirror::after_sync()?;
+        super::stream::after_stream_sync(flags, id)?;
         return copy_2d_params(flags & !FLAG_PER_THREAD, m, None);
     }
     let packed_len = w.checked_mul(h).ok_or(CUDA_ERROR_INVALID_VALUE)?;

@@ -10,7 +10,7 @@ use super::graph;
 use super::need_ctx;
 use super::stream::{same_server, stream_id};
 use super::{route_of_ptr, route_of_stream};
-use crate::{client, ffi, mirror, state};
+use crate::{client, ffi, state};
 
 /// The driver's own checks on a memset: element alignment of the address and pitch, and the range.
 fn check_memset(dst: u64, pitch: usize, elem: u32, width: usize, height: usize) -> CuResult<()> {
@@ -42,7 +42,7 @@ fn memset_host(
     height: usize,
 ) -> CuResult<()> {
     client::call_to(route_of_stream(stream), flags, &StreamSynchronize { stream }, &[])?;
-    mirror::after_sync()?;
+    super::stream::after_stream_sync(flags, stream)?;
     let bytes = value.to_le_bytes();
     let row_len = width.checked_mul(elem as usize).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     for row in 0..height {
@@ -106,7 +106,7 @@ pub(crate) fn memset_async(
         // Memory of another server than the stream's: after the stream's work, synchronously.
         client::flush_all()?;
         client::call_to(route, flags, &StreamSynchronize { stream }, &[])?;
-        mirror::after_sync()?;
+        super::stream::after_stream_sync(flags, stream)?;
         return memset(flags & !FLAG_PER_THREAD, dst, pitch, value, elem, width, height);
     }
     let call = MemsetAsync {

@@ -148,7 +148,7 @@ fn after_stream(flags: u16, stream: Option<StreamId>) -> CuResult<u16> {
     client::flush_all()?;
     if let Some(stream) = stream {
         client::call_to(route_of_stream(stream), flags, &StreamSynchronize { stream }, &[])?;
-        crate::mirror::after_sync()?;
+        super::stream::after_stream_sync(flags, stream)?;
         return Ok(flags & !FLAG_PER_THREAD);
     }
     Ok(flags)

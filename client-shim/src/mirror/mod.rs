@@ -630,10 +630,10 @@ pub fn before_launch(flags: u16, route: Route, stream: StreamId, args: &[u8]) ->
     Ok(())
 }
 
-/// After a synchronizing call that names no stream (a copy or memset on the legacy default stream, of the current
-/// context's server): brings back what the work it waited for may have written into mirrored regions.
-pub fn after_sync() -> CuResult<()> {
-    after_sync_of(Covered::Legacy(client::current_server()))
+/// After a synchronizing call that names no stream (a copy or memset on the legacy default stream) made to the
+/// server `route` leads to: brings back what the work it waited for may have written into mirrored regions.
+pub fn after_sync_on(route: Route) -> CuResult<()> {
+    after_sync_of(Covered::Legacy(client::server_index(route)?))
 }
 
 /// After a synchronizing call that waited for `covered`: brings back what that work (and the calling thread's)
