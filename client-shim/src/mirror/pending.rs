@@ -22,6 +22,23 @@ pub(super) struct Pending {
     pub(super) whole: bool,
 }
 
+/// `Pending::summary`.
+pub(super) struct Summary<'a>(&'a Pending);
+
+impl std::fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.0;
+        write!(
+            f,
+            "owners {:?}, copied {:?}, pushed {}, whole {}",
+            p.owners,
+            p.copied,
+            p.pushed.is_some(),
+            p.whole
+        )
+    }
+}
+
 /// A thread that queued work which may change a mirrored region, and the stream that work went to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Writer {
@@ -76,15 +93,9 @@ pub(super) enum Newest {
 }
 
 impl Pending {
-    /// A one-line account for the debug log (the pushed hashes themselves left out).
-    pub(super) fn summary(&self) -> String {
-        format!(
-            "owners {:?}, copied {:?}, pushed {}, whole {}",
-            self.owners,
-            self.copied,
-            self.pushed.is_some(),
-            self.whole
-        )
+    /// A one-line account for the debug log (the pushed hashes themselves left out), formatted only if printed.
+    pub(super) fn summary(&self) -> Summary<'_> {
+        Summary(self)
     }
 
     /// Whether [off, off+n) lies inside one copied range (the mirror's bytes there are the newer ones).
