@@ -70,7 +70,7 @@ pub(crate) fn copy_2d(flags: u16, params: *const CUDA_MEMCPY2D, stream: Option<C
     if let Some(r) = capture(flags, params, stream, graph::Node::Copy2D) {
         return r;
     }
-    copy_2d_params(flags, ffi::read(params)?, stream)
+    copy_2d_params(flags, ffi::read(params)?, stream, None)
 }
 
 /// `cuMemcpy3D`: one 2D copy per slice, each slice `pitch * height` bytes after the previous one.
@@ -114,6 +114,7 @@ pub(crate) fn copy_3d(flags: u16, params: *const CUDA_MEMCPY3D, stream: Option<C
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let slice = |pitch: usize, height: usize, z: usize| pitch.checked_mul(height)?.checked_mul(z);
+    let owed = std::cell::Cell::new(false);
     for z in 0..m.Depth {
         let src_off = slice(m.srcPitch, m.srcHeight, m.srcZ + z).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let dst_off = slice(m.dstPitch, m.dstHeight, m.dstZ + z).ok_or(CUDA_ERROR_INVALID_VALUE)?;
@@ -135,12 +136,23 @@ pub(crate) fn copy_3d(flags: u16, params: *const CUDA_MEMCPY3D, stream: Option<C
             WidthInBytes: m.WidthInBytes,
             Height: m.Height,
         };
-        copy_2d_params(flags, plane, stream)?;
+        copy_2d_params(flags, plane, stream, Some(&owed))?;
     }
-    Ok(())
+    match stream {
+        // Slices into pageable memory: one wait for all of them, as the driver returns once the copy is done.
+        Some(s) if owed.get() => super::stream::wait_for_stream(flags, stream_id(s)?),
+        _ => Ok(()),
+    }
 }
 
-fn copy_2d_params(flags: u16, m: CUDA_MEMCPY2D, stream: Option<CUstream>) -> CuResult<()> {
+/// `owed`: where an async copy into pageable memory records that its stream must still be waited for (a 3D copy
+/// waits once after its slices); `None`: it waits itself.
+fn copy_2d_params(
+    flags: u16,
+    m: CUDA_MEMCPY2D,
+    stream: Option<CUstream>,
+    owed: Option<&std::cell::Cell<bool>>,
+) -> CuResult<()> {
     if m.srcMemoryType == CUmemorytype::CU_MEMORYTYPE_ARRAY || m.dstMemoryType == CUmemorytype::CU_MEMORYTYPE_ARRAY {
         if let Some(s) = stream {
             // Array copies run synchronously on the server: after the stream's earlier work.
@@ -240,7 +252,7 @@ fn copy_2d_params(flags: u16, m: CUDA_MEMCPY2D, stream: Option<CUstream>) -> CuR
         client::flush_all()?;
         client::call_to(route_of_stream(id), flags, &StreamSynchronize { stream: id }, &[])?;
         super::stream::after_stream_sync(flags, id)?;
-        return copy_2d_params(flags & !FLAG_PER_THREAD, m, None);
+        return copy_2d_params(flags & !FLAG_PER_THREAD, m, None, None);
     }
     let packed_len = w.checked_mul(h).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     let host_rows = |addr: usize, pitch: usize| -> CuResult<Vec<u8>> {
@@ -305,9 +317,13 @@ fn copy_2d_params(flags: u16, m: CUDA_MEMCPY2D, stream: Option<CUstream>) -> CuR
             client::post_to(route, flags, &call, &tail)?;
             match dst {
                 // Into pageable memory the driver returns only once the copy is done, as for linear copies.
-                Side::Host(a, _) if packed_len > 0 && crate::mirror::find(a).is_none() => {
-                    super::stream::wait_for_stream(flags, stream)
-                }
+                Side::Host(a, _) if packed_len > 0 && crate::mirror::find(a).is_none() => match owed {
+                    Some(owed) => {
+                        owed.set(true);
+                        Ok(())
+                    }
+                    None => super::stream::wait_for_stream(flags, stream),
+                },
                 _ => Ok(()),
             }
         }

@@ -112,6 +112,24 @@ int main(void)
     CHECK(cuMemcpy2DAsync(&p, g_stream));
     expect(rows[3][2] == 5180 && rows[0][0] == 5180, "pageable async 2D copy in place when the call returns");
 
+    uint32_t slices[3][2][2];
+    memset(slices, 0, sizeof slices);
+    CUDA_MEMCPY3D p3;
+    memset(&p3, 0, sizeof p3);
+    p3.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+    p3.srcDevice = d;
+    p3.srcPitch = 64;
+    p3.srcHeight = 4;
+    p3.dstMemoryType = CU_MEMORYTYPE_HOST;
+    p3.dstHost = slices;
+    p3.dstPitch = sizeof slices[0][0];
+    p3.dstHeight = 2;
+    p3.WidthInBytes = sizeof slices[0][0];
+    p3.Height = 2;
+    p3.Depth = 3;
+    CHECK(cuMemcpy3DAsync(&p3, g_stream));
+    expect(slices[0][0][0] == 5180 && slices[2][1][1] == 5180, "pageable async 3D copy in place when the call returns");
+
     /* 2-4. Pinned memory, the copy queued by the main thread, the wait made by another. */
     queue_fill_and_copy(pinned, d, 12);
     in_other_thread(sync_stream, NULL);
