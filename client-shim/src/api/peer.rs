@@ -189,7 +189,9 @@ pub(crate) struct Rows {
 }
 
 /// `cuMemcpy2D`/`cuMemcpy3D` (one slice at a time) between devices of two servers: one copy when both sides are
-/// contiguous (pitch = width, server to server where it can), else one relay per row.
+/// contiguous (pitch = width, server to server where it can), else relayed through the client in blocks of whole
+/// rows of up to `RELAY_CHUNK` bytes (two requests a block: the source server packs the rows, the destination
+/// unpacks them), or one relay per row when a row alone is larger.
 pub(crate) fn copy_rows(flags: u16, rows: Rows, stream: Option<StreamId>) -> CuResult<()> {
     let w = usize::try_from(rows.width).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
     if rows.dst_pitch == rows.width && rows.src_pitch == rows.width {
@@ -199,13 +201,55 @@ pub(crate) fn copy_rows(flags: u16, rows: Rows, stream: Option<StreamId>) -> CuR
         return copy(flags, rows.dst, rows.src, n, stream);
     }
     let flags = after_stream(flags, stream)?;
-    for row in 0..rows.height {
-        let at = |base: u64, pitch: u64| {
-            row.checked_mul(pitch)
-                .and_then(|o| base.checked_add(o))
-                .ok_or(CUDA_ERROR_INVALID_VALUE)
+    let at = |base: u64, pitch: u64, row: u64| {
+        row.checked_mul(pitch)
+            .and_then(|o| base.checked_add(o))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)
+    };
+    if w == 0 || w > RELAY_CHUNK {
+        for row in 0..rows.height {
+            relay(
+                flags,
+                at(rows.dst, rows.dst_pitch, row)?,
+                at(rows.src, rows.src_pitch, row)?,
+                w,
+            )?;
+        }
+        return Ok(());
+    }
+    let (to, from) = (route_of_ptr(rows.dst), route_of_ptr(rows.src));
+    let per_block = (RELAY_CHUNK / w) as u64;
+    let mut packed = Vec::new();
+    let mut row = 0;
+    while row < rows.height {
+        let k = per_block.min(rows.height - row);
+        let read = Memcpy2D {
+            src: at(rows.src, rows.src_pitch, row)?,
+            src_pitch: rows.src_pitch,
+            dst: 0,
+            dst_pitch: 0,
+            width: rows.width,
+            height: k,
+            direction: 1,
+            _pad: 0,
         };
-        relay(flags, at(rows.dst, rows.dst_pitch)?, at(rows.src, rows.src_pitch)?, w)?;
+        packed.clear();
+        client::call_with_tail_to(from, flags, &read, &[], &mut packed)?;
+        if packed.len() as u64 != rows.width * k {
+            return Err(CUDA_ERROR_UNKNOWN);
+        }
+        let write = Memcpy2D {
+            src: 0,
+            src_pitch: 0,
+            dst: at(rows.dst, rows.dst_pitch, row)?,
+            dst_pitch: rows.dst_pitch,
+            width: rows.width,
+            height: k,
+            direction: 0,
+            _pad: 0,
+        };
+        client::call_with_tail_to(to, flags, &write, &packed, &mut Vec::new())?;
+        row += k;
     }
     Ok(())
 }
