@@ -195,6 +195,14 @@ pub trait Backend: DriverOps + GraphOps + Send + Sync + 'static {
     fn mem_pool_set_attribute(&self, _pool: MemPool, _attr: u32, _value: u64) -> CuResult<()> {
         Err(CUDA_ERROR_NOT_SUPPORTED)
     }
+    /// `cuDeviceCanAccessPeer` between two of this server's devices (server ordinals): 0 or 1.
+    fn device_can_access_peer(&self, _dev: i32, _peer: i32) -> CuResult<i32> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// `cuDeviceGetP2PAttribute` (`attr`: a `CUdevice_P2PAttribute`) from `src` to `dst` (server ordinals).
+    fn device_p2p_attribute(&self, _attr: u32, _src: i32, _dst: i32) -> CuResult<i32> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
+    }
     /// `cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags`.
     fn occupancy_active_blocks(
         &self,

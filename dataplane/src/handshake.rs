@@ -37,7 +37,11 @@ pub const CAP_PEER_COPY: u64 = 1 << 10;
 pub const CAP_PACKED: u64 = 1 << 11;
 /// With `CAP_PACKED` in a hello: compress only where it beats the link (`VGPU_COMPRESS=auto`), on both ends.
 pub const CAP_PACKED_AUTO: u64 = 1 << 12;
+/// The server answers peer-access questions and enables peer access between GPUs it holds (`DeviceCanAccessPeer`,
+/// `DeviceP2PAttribute`, `CtxEnablePeerAccess`, `CtxDisablePeerAccess`).
+pub const CAP_PEER_ACCESS: u64 = 1 << 13;
 pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
+    | CAP_PEER_ACCESS
     | CAP_NVML
     | CAP_VMM
     | CAP_STREAM_MEM_OPS

@@ -98,6 +98,8 @@ pub fn run(bench_mib: u64) -> Result<(), String> {
             cuda.check("cuStreamSynchronize", cuda.cuStreamSynchronize(stream))?;
             let r = cuda.cuCtxEnablePeerAccess(ctxs[0], 0);
             println!("enable peer access 1 -> 0: {}", name(&cuda, r));
+            let r = cuda.cuCtxDisablePeerAccess(ctxs[0]);
+            println!("disable peer access 1 -> 0: {}", name(&cuda, r));
         }
         if bench_mib > 0 && count >= 2 {
             bench_copy(&cuda, &ctxs, bench_mib)?;

@@ -111,6 +111,10 @@ fn two_servers_make_one_device_numbering_with_unified_addressing() {
             "{lines:?}"
         );
         assert!(
+            has(&lines, "disable peer access 1 -> 0: CUDA_ERROR_PEER_ACCESS_NOT_ENABLED"),
+            "{lines:?}"
+        );
+        assert!(
             has(
                 &lines,
                 "stream of device 1 waits for an event of device 0: CUDA_SUCCESS"
@@ -215,4 +219,29 @@ fn copies_between_servers_go_server_to_server_where_the_operator_allows() {
     let lines = check(&servers, &[], &["--bench-mib", "16"]);
     all_copies_verified(&servers, &lines);
     assert!(bench_bytes(&lines) >= relayed_at_least, "B sent to A: {lines:?}");
+}
+
+/// Two GPUs of one server (`VGPU_EMULATED_DEVICES=2`) and one of another: the first two have peer access, answered
+/// and enabled by their server's driver; neither has it with the third. Copies between all three read back right.
+#[test]
+fn gpus_of_one_server_have_peer_access_and_gpus_of_two_do_not() {
+    let a = common::start_with_env(
+        &shm_name(),
+        &["--device-identity", "1"],
+        &[("VGPU_EMULATED_DEVICES", "2")],
+    );
+    let b = start(&["--device-identity", "2"]);
+    let servers = format!("{},{}", a.tcp_url(), b.tcp_url());
+    let lines = check(&servers, &[], &[]);
+    assert!(has(&lines, "devices: 3"), "{lines:?}");
+    for (x, y, can) in [(0, 1, 1), (1, 0, 1), (0, 2, 0), (2, 0, 0), (1, 2, 0), (2, 1, 0)] {
+        let want = format!("can access peer {x} -> {y}: {can}");
+        assert!(has(&lines, &want), "no '{want}' in {lines:?}");
+    }
+    assert!(has(&lines, "enable peer access 1 -> 0: CUDA_SUCCESS"), "{lines:?}");
+    assert!(has(&lines, "disable peer access 1 -> 0: CUDA_SUCCESS"), "{lines:?}");
+    for (x, y) in [(0, 1), (1, 0), (0, 2), (2, 1)] {
+        let want = format!("peer copy {x} -> {y}: CUDA_SUCCESS verified");
+        assert!(has(&lines, &want), "no '{want}' in {lines:?}");
+    }
 }

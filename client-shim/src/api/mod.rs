@@ -208,6 +208,7 @@ mod memory;
 mod memset;
 mod module;
 mod peer;
+mod peer_access;
 mod pool;
 mod query;
 mod spread;

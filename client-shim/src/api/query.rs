@@ -449,40 +449,4 @@ entry! {
         let old = CAPTURE_MODE.with(|m| m.replace(new));
         ffi::write(mode, old)
     }
-    cuDeviceCanAccessPeer => |f, can, dev, peer| {
-        let n = client::session()?.devices.len() as c_int;
-        if dev < 0 || dev >= n || peer < 0 || peer >= n {
-            return Err(CUDA_ERROR_INVALID_DEVICE);
-        }
-        // Peer access between remoted GPUs is not offered yet.
-        ffi::write(can, 0)
-    }
-    // Across servers a kernel cannot reach the peer's memory, so access is refused as the driver refuses it for
-    // a pair without peer access. Within one server the driver's own peer path is not forwarded yet.
-    cuCtxEnablePeerAccess => |f, peer, flags| {
-        let ctx = need_ctx()?;
-        if flags != 0 {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        let (mine, theirs) = {
-            let reg = state::read();
-            let device = |c: ContextId| reg.contexts.get(&c).map(|i| i.device);
-            (device(ctx), device(peer.id()))
-        };
-        let (Some(mine), Some(theirs)) = (mine, theirs) else {
-            return Err(CUDA_ERROR_INVALID_CONTEXT);
-        };
-        let s = client::session()?;
-        if s.server_of(mine)? != s.server_of(theirs)? {
-            return Err(CUDA_ERROR_PEER_ACCESS_UNSUPPORTED);
-        }
-        Err(CUDA_ERROR_NOT_SUPPORTED)
-    }
-    cuDeviceGetP2PAttribute => |f, value, _attr, src, dst| {
-        let n = client::session()?.devices.len() as c_int;
-        if src < 0 || src >= n || dst < 0 || dst >= n || src == dst {
-            return Err(CUDA_ERROR_INVALID_DEVICE);
-        }
-        ffi::write(value, 0)
-    }
 }

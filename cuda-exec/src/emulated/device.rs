@@ -5,6 +5,31 @@ use vgpu_dataplane::handshake::DeviceFacts;
 
 use super::EMULATED_TOTAL_MEM;
 
+/// Most devices an emulated server may present (`VGPU_EMULATED_DEVICES`).
+const MAX_EMULATED_DEVICES: usize = 8;
+
+/// How many identical devices the emulated server presents: `VGPU_EMULATED_DEVICES` (1 to 8; default 1), for
+/// tests of several GPUs in one server (peer access between them).
+pub(super) fn count_from_env() -> usize {
+    let Ok(text) = std::env::var("VGPU_EMULATED_DEVICES") else {
+        return 1;
+    };
+    match text.trim().parse::<usize>() {
+        Ok(n @ 1..=MAX_EMULATED_DEVICES) => n,
+        _ => {
+            tracing::warn!("VGPU_EMULATED_DEVICES={text}: expected 1 to {MAX_EMULATED_DEVICES}; presenting one device");
+            1
+        }
+    }
+}
+
+/// Emulated device `index`: its UUID ends in the index's digit (device 0's is the single device's).
+pub(super) fn numbered(index: usize) -> DeviceFacts {
+    let mut d = emulated_device();
+    d.uuid[15] = b'0' + index as u8;
+    d
+}
+
 pub(super) fn emulated_device() -> DeviceFacts {
     let mut d = DeviceFacts::default();
     d.set_name("vGPU Emulated Device");

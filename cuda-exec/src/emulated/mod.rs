@@ -31,12 +31,12 @@ mod ipc;
 mod launch;
 mod memory;
 mod module;
+mod peer;
 mod state;
 #[cfg(test)]
 mod tests;
 mod vmm;
 
-use device::emulated_device;
 use launch::cubin_layouts;
 use state::{Mapping, Physical, Pool, State};
 
@@ -92,7 +92,7 @@ impl Default for EmulatedBackend {
 impl EmulatedBackend {
     pub fn new() -> Self {
         EmulatedBackend {
-            devices: vec![emulated_device()],
+            devices: (0..device::count_from_env()).map(device::numbered).collect(),
             state: Mutex::new(State {
                 next_addr: DEVICE_BASE,
                 ..Default::default()
@@ -145,7 +145,7 @@ impl EmulatedBackend {
     #[cfg(test)]
     pub(crate) fn with_devices(count: usize) -> Self {
         EmulatedBackend {
-            devices: vec![emulated_device(); count],
+            devices: vec![device::emulated_device(); count],
             ..Self::new()
         }
     }
@@ -269,6 +269,12 @@ impl DriverOps for EmulatedBackend {
         }
         CURRENT_CTX.with(|c| c.set(ctx.0));
         Ok(())
+    }
+    fn ctx_enable_peer_access(&self, peer: Context, flags: u32) -> CuResult<()> {
+        self.enable_peer_access(peer, flags)
+    }
+    fn ctx_disable_peer_access(&self, peer: Context) -> CuResult<()> {
+        self.disable_peer_access(peer)
     }
     fn ctx_synchronize(&self) -> CuResult<()> {
         self.require_ctx()?;
@@ -394,6 +400,12 @@ impl Backend for EmulatedBackend {
     }
     fn current_context(&self) -> Context {
         Context(self.current())
+    }
+    fn device_can_access_peer(&self, dev: i32, peer: i32) -> CuResult<i32> {
+        self.can_access_peer(dev, peer)
+    }
+    fn device_p2p_attribute(&self, attr: u32, src: i32, dst: i32) -> CuResult<i32> {
+        self.p2p_attribute(attr, src, dst)
     }
     fn context_device(&self) -> Option<i32> {
         let ctx = self.current();

@@ -17,6 +17,8 @@ pub(super) struct State {
     pub(super) used: u64,
     pub(super) next_addr: u64,
     pub(super) contexts: HashMap<u64, i32>,
+    /// (context, peer context) pairs with peer access enabled.
+    pub(super) peer_access: std::collections::HashSet<(u64, u64)>,
     pub(super) primary_refs: HashMap<i32, u32>,
     pub(super) streams: HashMap<u64, ()>,
     /// event → time it was last recorded.

@@ -175,7 +175,7 @@ fn vmm_follows_the_native_rules() {
 
 #[test]
 fn occupancy_follows_the_per_sm_limits() {
-    let dev = emulated_device();
+    let dev = device::emulated_device();
     let mut attrs = [0; FUNC_ATTR_COUNT];
     attrs[0] = 1024;
     attrs[4] = 32;

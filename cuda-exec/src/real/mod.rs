@@ -630,6 +630,22 @@ impl Backend for RealBackend {
         .result()?;
         Ok(AllocHandle(handle))
     }
+    fn device_can_access_peer(&self, dev: i32, peer: i32) -> CuResult<i32> {
+        let mut can = 0;
+        // SAFETY: out-pointer to a local; the driver checks the ordinals.
+        unsafe { self.driver.cuDeviceCanAccessPeer(&mut can, dev, peer) }.result()?;
+        Ok(can)
+    }
+    fn device_p2p_attribute(&self, attr: u32, src: i32, dst: i32) -> CuResult<i32> {
+        let mut value = 0;
+        // SAFETY: out-pointer to a local; the driver checks the attribute and ordinals.
+        unsafe {
+            self.driver
+                .cuDeviceGetP2PAttribute(&mut value, CUdevice_P2PAttribute(attr), src, dst)
+        }
+        .result()?;
+        Ok(value)
+    }
     fn ctx_get_limit(&self, limit: u32) -> CuResult<u64> {
         let mut v = 0usize;
         // SAFETY: out-pointer to a local.

@@ -178,3 +178,45 @@ impl Serve<Ping> for Channel {
         Ok(Ok(Empty {}))
     }
 }
+
+impl Serve<DeviceCanAccessPeer> for Channel {
+    fn serve(&mut self, c: DeviceCanAccessPeer, _cx: &mut Cx<'_>) -> Served<PeerValueReply> {
+        let s = self.s();
+        Ok(s.real_device(c.dev).and_then(|dev| {
+            let peer = s.real_device(c.peer)?;
+            let value = self.b().device_can_access_peer(dev, peer)?;
+            Ok(PeerValueReply { value: value.into() })
+        }))
+    }
+}
+
+impl Serve<DeviceP2PAttribute> for Channel {
+    fn serve(&mut self, c: DeviceP2PAttribute, _cx: &mut Cx<'_>) -> Served<PeerValueReply> {
+        let s = self.s();
+        Ok(s.real_device(c.src).and_then(|src| {
+            let dst = s.real_device(c.dst)?;
+            let value = self.b().device_p2p_attribute(c.attr, src, dst)?;
+            Ok(PeerValueReply { value: value.into() })
+        }))
+    }
+}
+
+impl Serve<CtxEnablePeerAccess> for Channel {
+    fn serve(&mut self, c: CtxEnablePeerAccess, _cx: &mut Cx<'_>) -> Served<Empty> {
+        let peer = self.s().objects().contexts.get(&c.peer).copied();
+        Ok(match peer {
+            Some(peer) => self.b().ctx_enable_peer_access(peer, c.flags).map(|_| Empty {}),
+            None => Err(CUDA_ERROR_INVALID_CONTEXT),
+        })
+    }
+}
+
+impl Serve<CtxDisablePeerAccess> for Channel {
+    fn serve(&mut self, c: CtxDisablePeerAccess, _cx: &mut Cx<'_>) -> Served<Empty> {
+        let peer = self.s().objects().contexts.get(&c.peer).copied();
+        Ok(match peer {
+            Some(peer) => self.b().ctx_disable_peer_access(peer).map(|_| Empty {}),
+            None => Err(CUDA_ERROR_INVALID_CONTEXT),
+        })
+    }
+}

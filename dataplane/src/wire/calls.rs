@@ -361,6 +361,18 @@ macro_rules! call_table {
             /// `source`; the tail pairs each of `count` nodes of `source` with the id its copy gets.
             GraphClone = 184, async, bytes(MAX_GRAPH_CLONE_BYTES) { source: GraphId, clone: GraphId, count: u32, _pad: u32 }
                 -> Empty;
+            // Peer access between GPUs of one server: the driver's own peer path. Only sent to a server that
+            // announced `CAP_PEER_ACCESS`; devices are the session's ordinals.
+            /// `cuDeviceCanAccessPeer`: whether contexts on `dev` can reach memory of `peer` (0 or 1).
+            DeviceCanAccessPeer = 185, sync { dev: u32, peer: u32 } -> PeerValueReply;
+            /// `cuDeviceGetP2PAttribute` (`attr`: a `CUdevice_P2PAttribute`) from `src` to `dst`.
+            DeviceP2PAttribute = 186, sync { attr: u32, src: u32, dst: u32, _pad: u32 } -> PeerValueReply;
+            /// `cuCtxEnablePeerAccess`: the current context may reach the memory of context `peer`.
+            CtxEnablePeerAccess = 187, sync { peer: ContextId, flags: u32, _pad: u32 } -> Empty
+                => ctx_enable_peer_access(peer: Context, flags: u32) = cuCtxEnablePeerAccess;
+            /// `cuCtxDisablePeerAccess`.
+            CtxDisablePeerAccess = 188, sync { peer: ContextId } -> Empty
+                => ctx_disable_peer_access(peer: Context) = cuCtxDisablePeerAccess;
             // Inter-process sharing between sessions of one tenant on one server. Only sent to a server that
             // announced `CAP_IPC`. Handles are `IpcHandle`s the server's IPC registry issued, never the driver's.
             /// `cuIpcGetMemHandle` of the `cuMemAlloc` allocation holding `dptr` (one handle per allocation).

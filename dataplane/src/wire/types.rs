@@ -279,6 +279,13 @@ pub struct OccupancyReply {
     pub value: i64,
 }
 
+/// `cuDeviceCanAccessPeer`'s answer (0 or 1) or a `cuDeviceGetP2PAttribute` value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
+pub struct PeerValueReply {
+    pub value: i64,
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout)]
 pub struct OccupancyPotentialReply {

@@ -66,6 +66,11 @@ pub fn shm_name() -> String {
 
 /// `start` with the shared-memory endpoint `shm://{shm}`.
 pub fn start_named(shm: &str, extra: &[&str]) -> Server {
+    start_with_env(shm, extra, &[])
+}
+
+/// `start_named` with these environment variables set for the server (`VGPU_EMULATED_DEVICES`, ...).
+pub fn start_with_env(shm: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let shm = shm.to_string();
     let state_dir = std::env::temp_dir().join(format!("vgpu-test-state-{shm}"));
     let mut child = Command::new(VGPU)
@@ -73,6 +78,7 @@ pub fn start_named(shm: &str, extra: &[&str]) -> Server {
         .args(["--backend", "emulated", "--state-dir"])
         .arg(&state_dir)
         .args(extra)
+        .envs(env.iter().copied())
         .env_remove("LD_LIBRARY_PATH")
         .stdout(Stdio::piped())
         .spawn()

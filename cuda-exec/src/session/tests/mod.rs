@@ -19,6 +19,7 @@ mod ipc;
 mod limits;
 mod multi;
 mod peer;
+mod peer_access;
 mod vmm;
 
 /// One client thread speaking the wire protocol to a channel of `session`.
