@@ -526,7 +526,8 @@ entry! {
         no_processes(handle, count)
     }
     nvmlDeviceGetP2PStatus => |device1, device2, index, status| {
-        // A GPU reaches itself; two GPUs never reach each other through vGPU (peer access is not remoted).
+        // A GPU reaches itself; NVML answers NOT_SUPPORTED for any two, even two of one server (whose CUDA peer
+        // access their server's driver does answer): NVML's peer status is not forwarded yet.
         let (a, _) = device(device1)?;
         let (b, _) = device(device2)?;
         let value = if a == b { NVML_P2P_STATUS_OK } else { NVML_P2P_STATUS_NOT_SUPPORTED };
