@@ -112,7 +112,7 @@ pub(crate) fn same_server(a: Route, b: Route) -> CuResult<bool> {
 pub(crate) fn wait_for_stream(flags: u16, stream: StreamId) -> CuResult<()> {
     let route = route_of_stream(stream);
     let server = client::server_index(route)?;
-    let key = crate::mirror::stream_key(flags, stream).unwrap_or(u64::MAX);
+    let key = crate::mirror::stream_key(flags, stream).as_u64();
     if client::stream_known_idle(server, key) {
         client::sticky_error()?;
     } else {

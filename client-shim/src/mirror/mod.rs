@@ -24,8 +24,8 @@ use crate::log::{log, DEBUG, WARN};
 use crate::{client, ffi};
 
 mod pending;
-pub use pending::Covered;
 use pending::Writer;
+pub use pending::{Covered, StreamKey};
 use pending::{Newest, Pending};
 
 const PAGE: usize = 4096;
@@ -397,11 +397,13 @@ fn writer(route: Route, flags: u16, stream: StreamId) -> Writer {
     let key = stream_key(flags, stream);
     let non_blocking = CUstream_flags::CU_STREAM_NON_BLOCKING.0;
     // A stream destroyed meanwhile is taken as blocking (what most streams are).
-    let blocking = key.is_none_or(|k| k == StreamId::LEGACY.get())
-        || crate::state::read()
+    let blocking = match key {
+        StreamKey::Legacy | StreamKey::PerThread(_) => true,
+        StreamKey::Created(_) => crate::state::read()
             .streams
             .get(&stream)
-            .is_none_or(|&(f, _)| f & non_blocking == 0);
+            .is_none_or(|&(f, _)| f & non_blocking == 0),
+    };
     Writer {
         thread: this_thread(),
         server: client::server_index(route).unwrap_or(usize::MAX),
@@ -410,14 +412,14 @@ fn writer(route: Route, flags: u16, stream: StreamId) -> Writer {
     }
 }
 
-/// How mirrors name a stream: the null stream of a call without the per-thread flag is the legacy stream; the
-/// per-thread default stream is each thread's own, named by none other (`None`).
-pub fn stream_key(flags: u16, stream: StreamId) -> Option<u64> {
+/// How mirrors name `stream` in a call with `flags` made by this thread: the null stream of a call without the
+/// per-thread flag is the legacy stream; the per-thread default stream is this thread's own.
+pub fn stream_key(flags: u16, stream: StreamId) -> StreamKey {
     match stream {
-        StreamId::PER_THREAD => None,
-        StreamId::NULL if flags & FLAG_PER_THREAD != 0 => None,
-        StreamId::NULL | StreamId::LEGACY => Some(StreamId::LEGACY.get()),
-        s => Some(s.get()),
+        StreamId::PER_THREAD => StreamKey::PerThread(this_thread()),
+        StreamId::NULL if flags & FLAG_PER_THREAD != 0 => StreamKey::PerThread(this_thread()),
+        StreamId::NULL | StreamId::LEGACY => StreamKey::Legacy,
+        s => StreamKey::Created(s.get()),
     }
 }
 
@@ -648,7 +650,7 @@ pub fn after_sync_of(covered: Covered) -> CuResult<()> {
         }
         m.pending
             .iter()
-            .filter(|(_, p)| p.owners.iter().any(|w| covered.covers(w, me)))
+            .filter(|(_, p)| p.owners.iter().any(|w| covered.covers(w)))
             .filter_map(|(b, _)| m.by_base.get(b).copied())
             .collect()
     };
@@ -666,7 +668,7 @@ pub fn after_sync_of(covered: Covered) -> CuResult<()> {
         // Work this call did not wait for may still be running on the region: the syncs that cover it pull what
         // it changes, compared with what the host holds now.
         let mut rest = pending;
-        rest.owners.retain(|w| !covered.covers(w, me));
+        rest.owners.retain(|w| !covered.covers(w));
         if rest.owners.is_empty() {
             continue;
         }

@@ -39,13 +39,35 @@ impl std::fmt::Display for Summary<'_> {
     }
 }
 
+/// How mirrors name a stream of one server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StreamKey {
+    /// The legacy default stream (the null stream of a call without the per-thread flag).
+    Legacy,
+    /// A thread's per-thread default stream (that thread's number): only that thread queues work on it, but any
+    /// thread may wait for it through an event recorded there.
+    PerThread(u64),
+    /// A stream the app created (its id).
+    Created(u64),
+}
+
+impl StreamKey {
+    /// One number per key (for remembering an idle stream).
+    pub fn as_u64(self) -> u64 {
+        match self {
+            StreamKey::Legacy => vgpu_dataplane::ids::StreamId::LEGACY.get(),
+            StreamKey::PerThread(thread) => u64::MAX - thread,
+            StreamKey::Created(id) => id,
+        }
+    }
+}
+
 /// A thread that queued work which may change a mirrored region, and the stream that work went to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Writer {
     pub(super) thread: u64,
     pub(super) server: usize,
-    /// `None`: the thread's own per-thread default stream, which no other thread can name.
-    pub(super) stream: Option<u64>,
+    pub(super) stream: StreamKey,
     /// Whether the legacy default stream waits for this stream's work (every stream but non-blocking ones).
     pub(super) blocking: bool,
 }
@@ -60,24 +82,27 @@ pub enum Covered {
     /// The legacy default stream of one server, and so its blocking streams (the copies and memsets that name no
     /// stream, `cuStreamSynchronize` of the null stream).
     Legacy(usize),
-    /// One stream of one server (`cuStreamSynchronize`, a stream or event found complete, a host function).
-    /// `None`: the calling thread's per-thread default stream, which also waits for the legacy stream.
-    Stream { server: usize, stream: Option<u64> },
+    /// One stream of one server (`cuStreamSynchronize`, a stream or event found complete, a host function); a
+    /// per-thread default stream also waits for the legacy stream.
+    Stream { server: usize, stream: StreamKey },
     /// Every stream of one server's context (`cuCtxSynchronize`).
     Server(usize),
 }
 
 impl Covered {
-    /// Whether the work `w` queued is done once a call that waited for `self` returns on thread `me`.
-    pub(super) fn covers(self, w: &Writer, me: u64) -> bool {
-        let legacy = Some(vgpu_dataplane::ids::StreamId::LEGACY.get());
+    /// Whether the work `w` queued is done once a call that waited for `self` returns.
+    pub(super) fn covers(self, w: &Writer) -> bool {
         match self {
             Covered::Server(server) => w.server == server,
-            Covered::Legacy(server) => w.server == server && w.blocking,
-            Covered::Stream { server, stream } if stream == legacy => w.server == server && w.blocking,
-            Covered::Stream { server, stream: None } => {
-                (w.thread == me && w.stream.is_none()) || (w.server == server && w.stream == legacy)
-            }
+            Covered::Legacy(server)
+            | Covered::Stream {
+                server,
+                stream: StreamKey::Legacy,
+            } => w.server == server && w.blocking,
+            Covered::Stream {
+                server,
+                stream: StreamKey::PerThread(t),
+            } => w.server == server && (w.stream == StreamKey::PerThread(t) || w.stream == StreamKey::Legacy),
             Covered::Stream { server, stream } => w.server == server && w.stream == stream,
         }
     }
@@ -165,7 +190,7 @@ mod tests {
     use super::*;
     use vgpu_dataplane::digest::chunk_hashes;
 
-    fn writer(thread: u64, server: usize, stream: Option<u64>, blocking: bool) -> Writer {
+    fn writer(thread: u64, server: usize, stream: StreamKey, blocking: bool) -> Writer {
         Writer {
             thread,
             server,
@@ -176,51 +201,36 @@ mod tests {
 
     #[test]
     fn a_wait_covers_what_the_driver_waited_for_and_nothing_else() {
-        const LEGACY: Option<u64> = Some(1);
-        let main_on_side = writer(1, 0, Some(0x100), false);
-        let main_on_blocking = writer(1, 0, Some(0x200), true);
-        let main_on_legacy = writer(1, 0, LEGACY, true);
-        let main_per_thread = writer(1, 0, None, true);
-        let on_other_server = writer(1, 1, Some(0x100), false);
-        let side = Covered::Stream {
-            server: 0,
-            stream: Some(0x100),
-        };
-        // A stream's wait covers its work whichever thread queued it, and not the waiting thread's other work
-        // (an event of another stream found complete must not bring back a copy still running).
-        assert!(side.covers(&main_on_side, 2));
-        assert!(!side.covers(&on_other_server, 1));
-        let another = Covered::Stream {
-            server: 0,
-            stream: Some(0x300),
-        };
+        use StreamKey::*;
+        let main_on_side = writer(1, 0, Created(0x100), false);
+        let main_on_blocking = writer(1, 0, Created(0x200), true);
+        let main_on_legacy = writer(1, 0, Legacy, true);
+        let main_per_thread = writer(1, 0, PerThread(1), true);
+        let on_other_server = writer(1, 1, Created(0x100), false);
+        let stream = |server, stream| Covered::Stream { server, stream };
+        // A stream's wait covers its work whichever thread waits, and not the work of other streams (an event of
+        // another stream found complete must not bring back a copy still running).
+        assert!(stream(0, Created(0x100)).covers(&main_on_side));
+        assert!(!stream(0, Created(0x100)).covers(&on_other_server));
         for w in [main_on_side, main_on_blocking, main_on_legacy, main_per_thread] {
-            assert!(!another.covers(&w, 1), "{w:?}");
+            assert!(!stream(0, Created(0x300)).covers(&w), "{w:?}");
         }
         // The legacy stream waits for blocking streams (the per-thread default ones too), not non-blocking ones.
-        for legacy in [
-            Covered::Legacy(0),
-            Covered::Stream {
-                server: 0,
-                stream: LEGACY,
-            },
-        ] {
-            assert!(legacy.covers(&main_on_blocking, 2) && legacy.covers(&main_on_legacy, 2));
-            assert!(legacy.covers(&main_per_thread, 2));
-            assert!(!legacy.covers(&main_on_side, 1) && !legacy.covers(&on_other_server, 1));
+        for legacy in [Covered::Legacy(0), stream(0, Legacy)] {
+            assert!(legacy.covers(&main_on_blocking) && legacy.covers(&main_on_legacy));
+            assert!(legacy.covers(&main_per_thread));
+            assert!(!legacy.covers(&main_on_side) && !legacy.covers(&on_other_server));
         }
-        // A thread's per-thread stream is its own; its wait also covers the legacy stream.
-        let per_thread = Covered::Stream {
-            server: 0,
-            stream: None,
-        };
-        assert!(per_thread.covers(&main_per_thread, 1) && !per_thread.covers(&main_per_thread, 2));
-        assert!(per_thread.covers(&main_on_legacy, 2) && !per_thread.covers(&main_on_side, 1));
+        // A thread's per-thread stream, waited for by that thread or through an event recorded there by another:
+        // its own work and the legacy stream's, not another thread's per-thread stream.
+        assert!(stream(0, PerThread(1)).covers(&main_per_thread));
+        assert!(!stream(0, PerThread(2)).covers(&main_per_thread));
+        assert!(stream(0, PerThread(2)).covers(&main_on_legacy) && !stream(0, PerThread(1)).covers(&main_on_side));
         // A context's wait covers every stream of its server.
         for w in [main_on_side, main_on_blocking, main_on_legacy, main_per_thread] {
-            assert!(Covered::Server(0).covers(&w, 7));
+            assert!(Covered::Server(0).covers(&w));
         }
-        assert!(!Covered::Server(0).covers(&on_other_server, 1));
+        assert!(!Covered::Server(0).covers(&on_other_server));
     }
 
     fn pushed_over(bytes: &[u8]) -> Pending {

@@ -3,7 +3,8 @@
  * by one thread are in place once another thread's cuStreamSynchronize, cuEventSynchronize or completed
  * cuStreamQuery returns, or once the main thread's cuCtxSynchronize does (as ProcessGroupGloo's worker thread
  * waits for copies the main thread queued); and a stream waited for right after such a copy costs no second wait
- * (expected/sync_scope.stats); and a wait for one stream does not end a copy still running on another. */
+ * (expected/sync_scope.stats); a wait for one stream does not end a copy still running on another; and an event
+ * recorded on another thread's per-thread default stream covers the copies queued there. */
 #include <pthread.h>
 
 #include "common.h"
@@ -46,6 +47,17 @@ struct queued {
     uint32_t *pinned;
     CUdeviceptr d;
 };
+
+/* Queues a fill and a copy into pinned memory on this thread's per-thread default stream and records g_event there. */
+static void *queue_on_own_stream(void *arg)
+{
+    struct queued *q = arg;
+    CHECK(cuCtxSetCurrent(g_ctx));
+    CHECK(cuMemsetD32Async(q->d, 17, WORDS, CU_STREAM_PER_THREAD));
+    CHECK(cuMemcpyDtoHAsync(q->pinned, q->d, WORDS * 4, CU_STREAM_PER_THREAD));
+    CHECK(cuEventRecord(g_event, CU_STREAM_PER_THREAD));
+    return NULL;
+}
 
 static void *queue_copy(void *arg)
 {
@@ -188,6 +200,13 @@ int main(void)
     CHECK(cuEventDestroy(other_event));
     CHECK(cuStreamDestroy(other));
     CHECK(cuModuleUnload(mod));
+
+    /* 8. A copy another thread queued on its per-thread default stream, waited for here through an event recorded
+     * there. */
+    memset(pinned, 0, WORDS * 4);
+    in_other_thread(queue_on_own_stream, &q);
+    CHECK(cuEventSynchronize(g_event));
+    expect(all_equal(pinned, 17), "pinned copy on another thread's per-thread stream, event synchronized here");
 
     CHECK(cuMemFreeHost(pinned));
     CHECK(cuMemFree(d));
