@@ -11,7 +11,7 @@ use vgpu_dataplane::wire::*;
 use super::graph;
 use super::need_ctx;
 use super::staging::{staged_dtoh, staged_htod, STAGED_MIN};
-use super::stream::{after_stream_sync, same_server, stream_id, wait_for_stream};
+use super::stream::{same_server, stream_id, wait_for_stream};
 use super::ClientHandle;
 use super::{route_of_ptr, route_of_stream};
 use crate::client::Route;
@@ -35,8 +35,7 @@ pub(super) fn copy_via_host(
     src_dev: bool,
     n: usize,
 ) -> CuResult<()> {
-    client::call_to(route_of_stream(stream), flags, &StreamSynchronize { stream }, &[])?;
-    after_stream_sync(flags, stream)?;
+    wait_for_stream(flags, stream)?;
     match (dst_dev, src_dev) {
         (true, _) => client::call_to(
             route_of_ptr(dst),
@@ -221,8 +220,7 @@ fn dtoh(flags: u16, dst: *mut c_void, src: u64, n: usize) -> CuResult<()> {
 /// it runs after the stream's work, synchronously (`then`), as the driver orders a copy after a stream's work.
 fn after_stream(flags: u16, stream: StreamId, then: impl FnOnce() -> CuResult<()>) -> CuResult<()> {
     client::flush_all()?;
-    client::call_to(route_of_stream(stream), flags, &StreamSynchronize { stream }, &[])?;
-    after_stream_sync(flags, stream)?;
+    wait_for_stream(flags, stream)?;
     then()
 }
 

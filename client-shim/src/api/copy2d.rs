@@ -250,8 +250,7 @@ fn copy_2d_params(
     if let Some(id) = stream.filter(|&id| !same_server(route_of_stream(id), route).unwrap_or(true)) {
         // The memory is on another server than the stream: after the stream's work, synchronously.
         client::flush_all()?;
-        client::call_to(route_of_stream(id), flags, &StreamSynchronize { stream: id }, &[])?;
-        super::stream::after_stream_sync(flags, id)?;
+        super::stream::wait_for_stream(flags, id)?;
         return copy_2d_params(flags & !FLAG_PER_THREAD, m, None, None);
     }
     let packed_len = w.checked_mul(h).ok_or(CUDA_ERROR_INVALID_VALUE)?;

@@ -54,10 +54,7 @@ fn record(flags: u16, event: CUevent, stream: CUstream) -> CuResult<()> {
         return Err(CUDA_ERROR_INVALID_HANDLE);
     }
     client::post_to(route, flags, &EventRecord { event, stream }, &[])?;
-    let covered = Covered::Stream {
-        server: client::server_index(route)?,
-        stream: mirror::stream_key(flags, stream),
-    };
+    let covered = super::stream::stream_covered(route, flags, stream)?;
     recorded_on().get_or_insert_with(HashMap::new).insert(event, covered);
     let interprocess = CUevent_flags::CU_EVENT_INTERPROCESS.0;
     if state::read().events.get(&event).is_some_and(|f| f & interprocess != 0) {

@@ -41,8 +41,7 @@ fn memset_host(
     width: usize,
     height: usize,
 ) -> CuResult<()> {
-    client::call_to(route_of_stream(stream), flags, &StreamSynchronize { stream }, &[])?;
-    super::stream::after_stream_sync(flags, stream)?;
+    super::stream::wait_for_stream(flags, stream)?;
     let bytes = value.to_le_bytes();
     let row_len = width.checked_mul(elem as usize).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     for row in 0..height {
@@ -105,8 +104,7 @@ pub(crate) fn memset_async(
     if !same_server(route, route_of_ptr(dst))? {
         // Memory of another server than the stream's: after the stream's work, synchronously.
         client::flush_all()?;
-        client::call_to(route, flags, &StreamSynchronize { stream }, &[])?;
-        super::stream::after_stream_sync(flags, stream)?;
+        super::stream::wait_for_stream(flags, stream)?;
         return memset(flags & !FLAG_PER_THREAD, dst, pitch, value, elem, width, height);
     }
     let call = MemsetAsync {

@@ -147,8 +147,7 @@ fn direct(
 fn after_stream(flags: u16, stream: Option<StreamId>) -> CuResult<u16> {
     client::flush_all()?;
     if let Some(stream) = stream {
-        client::call_to(route_of_stream(stream), flags, &StreamSynchronize { stream }, &[])?;
-        super::stream::after_stream_sync(flags, stream)?;
+        super::stream::wait_for_stream(flags, stream)?;
         return Ok(flags & !FLAG_PER_THREAD);
     }
     Ok(flags)

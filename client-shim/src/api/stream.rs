@@ -112,22 +112,22 @@ pub(crate) fn same_server(a: Route, b: Route) -> CuResult<bool> {
 pub(crate) fn wait_for_stream(flags: u16, stream: StreamId) -> CuResult<()> {
     let route = route_of_stream(stream);
     let server = client::server_index(route)?;
-    let key = crate::mirror::stream_key(flags, stream).as_u64();
-    if client::stream_known_idle(server, key) {
+    let key = crate::mirror::stream_key(flags, stream);
+    if client::stream_known_idle(server, key.as_u64()) {
         client::sticky_error()?;
     } else {
-        client::wait_noting_idle(server, key, || {
+        client::wait_noting_idle(server, key.as_u64(), || {
             client::call_to(route, flags, &StreamSynchronize { stream }, &[])
         })?;
     }
-    after_stream_sync(flags, stream)
+    crate::mirror::after_sync_of(crate::mirror::Covered::Stream { server, stream: key })
 }
 
-/// After a wait for `stream` (of a call with `flags`) returned: brings back what its work, whichever thread
-/// queued it, wrote into pinned memory.
-pub(crate) fn after_stream_sync(flags: u16, stream: StreamId) -> CuResult<()> {
-    crate::mirror::after_sync_of(crate::mirror::Covered::Stream {
-        server: client::server_index(route_of_stream(stream))?,
+/// What a wait for `stream` (of a call with `flags`, made by this thread; `route`: the stream's) waits for, as
+/// mirrors name it.
+pub(crate) fn stream_covered(route: Route, flags: u16, stream: StreamId) -> CuResult<crate::mirror::Covered> {
+    Ok(crate::mirror::Covered::Stream {
+        server: client::server_index(route)?,
         stream: crate::mirror::stream_key(flags, stream),
     })
 }
@@ -136,12 +136,8 @@ pub(crate) fn after_stream_sync(flags: u16, stream: StreamId) -> CuResult<()> {
 /// thread waits for that here, so work queued after the call is queued after the function has run.
 pub(crate) fn host_callback(flags: u16, stream: CUstream, run: impl FnOnce(CUresult)) -> CuResult<()> {
     need_ctx()?;
-    let id = stream_id(stream)?;
-    let status = match client::call_to(route_of_stream(id), flags, &StreamSynchronize { stream: id }, &[]) {
-        // The function may read what kernels before it wrote into pinned memory.
-        Ok(_) => after_stream_sync(flags, id).err().unwrap_or(CUDA_SUCCESS),
-        Err(e) => e,
-    };
+    // The function may read what kernels before it wrote into pinned memory.
+    let status = wait_for_stream(flags, stream_id(stream)?).err().unwrap_or(CUDA_SUCCESS);
     run(status);
     match status {
         CUDA_SUCCESS => Ok(()),
@@ -188,9 +184,10 @@ entry! {
         need_ctx()?;
         let stream = stream_id(stream)?;
         super::graph::refuse_sync(super::graph::key(f, stream))?;
-        client::call_to(route_of_stream(stream), f, &StreamQuery { stream }, &[])?;
+        let route = route_of_stream(stream);
+        client::call_to(route, f, &StreamQuery { stream }, &[])?;
         // Complete: a poller reads what the stream's work wrote into pinned memory, as after a wait.
-        after_stream_sync(f, stream)
+        crate::mirror::after_sync_of(stream_covered(route, f, stream)?)
     }
     cuStreamWaitEvent, cuStreamWaitEvent_ptsz => |f, stream, event, flags| {
         need_ctx()?;
