@@ -392,7 +392,7 @@ pub fn mark_copied(addr: usize, n: usize, route: Route, flags: u16, stream: Stre
     entry.copied.push((addr - mirror.data, n));
 }
 
-/// The calling thread queueing work on `stream` of the server `route` leads to.
+/// Work queued on `stream` (of a call with `flags`, by this thread) of the server `route` leads to.
 fn writer(route: Route, flags: u16, stream: StreamId) -> Writer {
     let key = stream_key(flags, stream);
     let non_blocking = CUstream_flags::CU_STREAM_NON_BLOCKING.0;
@@ -405,7 +405,6 @@ fn writer(route: Route, flags: u16, stream: StreamId) -> Writer {
             .is_none_or(|&(f, _)| f & non_blocking == 0),
     };
     Writer {
-        thread: this_thread(),
         server: client::server_index(route).unwrap_or(usize::MAX),
         stream: key,
         blocking,
@@ -423,7 +422,7 @@ pub fn stream_key(flags: u16, stream: StreamId) -> StreamKey {
     }
 }
 
-/// A small number naming the calling thread, for `Mirrors::pending`.
+/// A small number naming the calling thread (its per-thread default stream, `StreamKey::PerThread`).
 fn this_thread() -> u64 {
     static NEXT: AtomicUsize = AtomicUsize::new(1);
     thread_local! {
@@ -479,7 +478,7 @@ pub enum Source {
 }
 
 /// Waits for the work queued on the server of the region holding `addr` and brings back what it wrote into the
-/// region (for every thread that queued such work), so that the host's bytes are the newest.
+/// region (whichever streams it was queued on), so that the host's bytes are the newest.
 pub fn settle(addr: usize) -> CuResult<()> {
     let Some(mirror) = find(addr) else {
         return Ok(());
@@ -493,7 +492,7 @@ pub fn settle(addr: usize) -> CuResult<()> {
 }
 
 /// Brings back what queued work changed in `mirror` (see `Pending`). Where the whole region was compared,
-/// returns the hashes of what the mirror holds now (a later pull for another thread compares with those).
+/// returns the hashes of what the mirror holds now (a later pull, for work on other streams, compares with those).
 fn pull(mirror: &Mirror, pending: &Pending) -> CuResult<Option<Vec<u64>>> {
     let host = ffi::bytes_mut(mirror.data as *mut u8, mirror.data_len)?;
     let fetch = |off: usize, out: &mut [u8]| {
@@ -638,11 +637,10 @@ pub fn after_sync_on(route: Route) -> CuResult<()> {
     after_sync_of(Covered::Legacy(client::server_index(route)?))
 }
 
-/// After a synchronizing call that waited for `covered`: brings back what that work (and the calling thread's)
-/// may have written into mirrored regions.
+/// After a synchronizing call that waited for `covered`: brings back what that work may have written into mirrored
+/// regions.
 pub fn after_sync_of(covered: Covered) -> CuResult<()> {
     let _transfer = TRANSFERS.read().unwrap_or_else(|p| p.into_inner());
-    let me = this_thread();
     let due: Vec<Mirror> = {
         let m = mirrors();
         if m.pending.is_empty() {
@@ -660,7 +658,7 @@ pub fn after_sync_of(covered: Covered) -> CuResult<()> {
         };
         log!(
             DEBUG,
-            "mirror {:#x}: pulled after {covered:?} on thread {me} ({})",
+            "mirror {:#x}: pulled after {covered:?} ({})",
             mirror.base,
             pending.summary()
         );

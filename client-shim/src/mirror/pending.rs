@@ -11,8 +11,7 @@ use vgpu_dataplane::digest::{chunk_hash, CHUNK};
 /// (a kernel argument word that only looks like a pointer into the region pushes it but changes nothing there).
 #[derive(Debug, Default)]
 pub(super) struct Pending {
-    /// Who queued the work: each one's synchronizing calls, and any call that waits for its stream, pull the
-    /// region.
+    /// Where the work was queued: a call that waits for any of these streams pulls the region (`Covered`).
     pub(super) owners: BTreeSet<Writer>,
     /// Per `CHUNK` of the region's data: the hash of the bytes pushed before a kernel ran (mirror == host then).
     pub(super) pushed: Option<Vec<u64>>,
@@ -62,10 +61,9 @@ impl StreamKey {
     }
 }
 
-/// A thread that queued work which may change a mirrored region, and the stream that work went to.
+/// Where work that may change a mirrored region was queued: the stream (of one server) that a wait must cover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Writer {
-    pub(super) thread: u64,
     pub(super) server: usize,
     pub(super) stream: StreamKey,
     /// Whether the legacy default stream waits for this stream's work (every stream but non-blocking ones).
@@ -190,9 +188,8 @@ mod tests {
     use super::*;
     use vgpu_dataplane::digest::chunk_hashes;
 
-    fn writer(thread: u64, server: usize, stream: StreamKey, blocking: bool) -> Writer {
+    fn writer(server: usize, stream: StreamKey, blocking: bool) -> Writer {
         Writer {
-            thread,
             server,
             stream,
             blocking,
@@ -202,11 +199,11 @@ mod tests {
     #[test]
     fn a_wait_covers_what_the_driver_waited_for_and_nothing_else() {
         use StreamKey::*;
-        let main_on_side = writer(1, 0, Created(0x100), false);
-        let main_on_blocking = writer(1, 0, Created(0x200), true);
-        let main_on_legacy = writer(1, 0, Legacy, true);
-        let main_per_thread = writer(1, 0, PerThread(1), true);
-        let on_other_server = writer(1, 1, Created(0x100), false);
+        let main_on_side = writer(0, Created(0x100), false);
+        let main_on_blocking = writer(0, Created(0x200), true);
+        let main_on_legacy = writer(0, Legacy, true);
+        let main_per_thread = writer(0, PerThread(1), true);
+        let on_other_server = writer(1, Created(0x100), false);
         let stream = |server, stream| Covered::Stream { server, stream };
         // A stream's wait covers its work whichever thread waits, and not the work of other streams (an event of
         // another stream found complete must not bring back a copy still running).
