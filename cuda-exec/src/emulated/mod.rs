@@ -176,6 +176,14 @@ impl EmulatedBackend {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `CUDA_ERROR_INVALID_DEVICE` unless `dev` is one of this backend's device ordinals.
+    fn check_device(&self, dev: i32) -> CuResult<()> {
+        match usize::try_from(dev) {
+            Ok(d) if d < self.devices.len() => Ok(()),
+            _ => Err(CUDA_ERROR_INVALID_DEVICE),
+        }
+    }
+
     fn require_ctx(&self) -> CuResult<()> {
         let ctx = CURRENT_CTX.with(|c| c.get());
         if ctx == 0 || !self.state().contexts.contains_key(&ctx) {
@@ -228,10 +236,7 @@ impl EmulatedBackend {
         if prop.alloc_type != PINNED || prop.location_type != MEM_LOCATION_DEVICE {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        if usize::try_from(prop.location_id).map_or(true, |d| d >= self.devices.len()) {
-            return Err(CUDA_ERROR_INVALID_DEVICE);
-        }
-        Ok(())
+        self.check_device(prop.location_id)
     }
 }
 
@@ -247,9 +252,7 @@ impl DriverOps for EmulatedBackend {
         }
     }
     fn primary_ctx_reset(&self, dev: i32) -> CuResult<()> {
-        if dev < 0 || dev as usize >= self.devices.len() {
-            return Err(CUDA_ERROR_INVALID_DEVICE);
-        }
+        self.check_device(dev)?;
         // Limits go back to their defaults with the context.
         self.state().limits.clear();
         Ok(())
@@ -449,9 +452,7 @@ impl Backend for EmulatedBackend {
     }
 
     fn primary_ctx_retain(&self, dev: i32) -> CuResult<Context> {
-        if dev < 0 || dev as usize >= self.devices.len() {
-            return Err(CUDA_ERROR_INVALID_DEVICE);
-        }
+        self.check_device(dev)?;
         let mut st = self.state();
         *st.primary_refs.entry(dev).or_insert(0) += 1;
         let ctx = 0x100 + dev as u64;
@@ -459,9 +460,7 @@ impl Backend for EmulatedBackend {
         Ok(Context(ctx))
     }
     fn ctx_create(&self, _flags: u32, dev: i32) -> CuResult<Context> {
-        if dev < 0 || dev as usize >= self.devices.len() {
-            return Err(CUDA_ERROR_INVALID_DEVICE);
-        }
+        self.check_device(dev)?;
         let ctx = self.handle();
         self.state().contexts.insert(ctx, dev);
         CURRENT_CTX.with(|c| c.set(ctx));

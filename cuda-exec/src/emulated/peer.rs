@@ -8,13 +8,6 @@ use super::EmulatedBackend;
 use crate::backend::Context;
 
 impl EmulatedBackend {
-    fn check_device(&self, dev: i32) -> CuResult<()> {
-        match usize::try_from(dev) {
-            Ok(d) if d < self.devices.len() => Ok(()),
-            _ => Err(CUDA_ERROR_INVALID_DEVICE),
-        }
-    }
-
     pub(super) fn can_access_peer(&self, dev: i32, peer: i32) -> CuResult<i32> {
         self.check_device(dev)?;
         self.check_device(peer)?;

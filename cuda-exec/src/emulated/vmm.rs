@@ -190,9 +190,7 @@ impl EmulatedBackend {
             if d.location_type != MEM_LOCATION_DEVICE || !matches!(d.flags, 0 | 1 | 3) {
                 return Err(CUDA_ERROR_INVALID_VALUE);
             }
-            if usize::try_from(d.location_id).map_or(true, |id| id >= self.devices.len()) {
-                return Err(CUDA_ERROR_INVALID_DEVICE);
-            }
+            self.check_device(d.location_id)?;
             access = Some(d.flags);
         }
         if let Some(flags) = access {
@@ -209,9 +207,7 @@ impl EmulatedBackend {
         if location_type != MEM_LOCATION_DEVICE {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        if usize::try_from(location_id).map_or(true, |id| id >= self.devices.len()) {
-            return Err(CUDA_ERROR_INVALID_DEVICE);
-        }
+        self.check_device(location_id)?;
         let st = self.state();
         let (&va, m) = st.mappings.range(..=ptr).next_back().ok_or(CUDA_ERROR_INVALID_VALUE)?;
         if ptr >= va + m.size {
