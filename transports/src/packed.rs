@@ -137,6 +137,14 @@ pub struct PackedTransport<T: Transport> {
     parallel_out: Vec<Vec<u8>>,
 }
 
+/// `unit` compressed into `out` (resized to fit): the compressed length, or `None` when it does not shrink.
+fn compress_unit(unit: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    out.resize(lz4_flex::block::get_maximum_output_size(unit.len()), 0);
+    lz4_flex::block::compress_into(unit, out)
+        .ok()
+        .filter(|&n| n < unit.len())
+}
+
 /// Threads that compress the units of one large send side by side (whole units each, at most 4): LZ4 runs well
 /// under a fast link's rate on one core (~0.6 GB/s on token ids), so a send of several units uses several cores.
 fn pack_threads() -> usize {
@@ -193,18 +201,18 @@ impl<T: Transport> PackedTransport<T> {
         self.inner.send(&all)
     }
 
+    /// Sends one compressed frame: `wire`, which decodes to `raw_len` bytes.
+    fn send_packed(inner: &mut T, wire: &[u8], raw_len: usize) -> Result<(), TransportError> {
+        TOTALS.raw_sent.fetch_add(raw_len as u64, Relaxed);
+        TOTALS.wire_sent.fetch_add((wire.len() + HEADER) as u64, Relaxed);
+        inner.send(&[&Self::header(wire.len(), raw_len), wire])
+    }
+
     /// Sends one unit of data, compressed when `pack` and it shrinks, else stored.
     fn send_unit(&mut self, unit: &[u8], pack: bool) -> Result<(), TransportError> {
         if pack {
-            self.wire_out
-                .resize(lz4_flex::block::get_maximum_output_size(unit.len()), 0);
-            if let Ok(n) = lz4_flex::block::compress_into(unit, &mut self.wire_out) {
-                if n < unit.len() {
-                    let header = Self::header(n, unit.len());
-                    TOTALS.raw_sent.fetch_add(unit.len() as u64, Relaxed);
-                    TOTALS.wire_sent.fetch_add((n + HEADER) as u64, Relaxed);
-                    return self.inner.send(&[&header, &self.wire_out[..n]]);
-                }
+            if let Some(n) = compress_unit(unit, &mut self.wire_out) {
+                return Self::send_packed(&mut self.inner, &self.wire_out[..n], unit.len());
             }
         }
         self.send_stored(&[unit], unit.len())
@@ -222,25 +230,14 @@ impl<T: Transport> PackedTransport<T> {
             let work: Vec<_> = units
                 .iter()
                 .zip(outs.iter_mut())
-                .map(|(unit, out)| {
-                    scope.spawn(move || {
-                        out.resize(lz4_flex::block::get_maximum_output_size(unit.len()), 0);
-                        lz4_flex::block::compress_into(unit, out)
-                            .ok()
-                            .filter(|&n| n < unit.len())
-                    })
-                })
+                .map(|(unit, out)| scope.spawn(move || compress_unit(unit, out)))
                 .collect();
             work.into_iter().map(|w| w.join().ok().flatten()).collect()
         });
         let mut result = Ok(());
         for ((unit, out), size) in units.iter().zip(&outs).zip(sizes) {
             result = match size {
-                Some(n) => {
-                    TOTALS.raw_sent.fetch_add(unit.len() as u64, Relaxed);
-                    TOTALS.wire_sent.fetch_add((n + HEADER) as u64, Relaxed);
-                    self.inner.send(&[&Self::header(n, unit.len()), &out[..n]])
-                }
+                Some(n) => Self::send_packed(&mut self.inner, &out[..n], unit.len()),
                 None => self.send_stored(&[unit], unit.len()),
             };
             if result.is_err() {
