@@ -45,7 +45,7 @@ pub mod fuzzing {
 }
 
 /// Traffic counter `index` of this process's session (`client::stats`: 0 round trips, 1 batch flushes, 2 async
-/// calls, 3 bytes sent, 4 bytes received, 5 ns spent waiting for replies); `u64::MAX` past the last. Lets `vgpu
+/// calls, 3 bytes sent, 4 bytes received, 5 ns spent waiting for replies, 6 channels striped over lanes); `u64::MAX` past the last. Lets `vgpu
 /// bench` and the PyTorch workloads count the round trips each step pays.
 #[no_mangle]
 pub extern "C" fn vgpu_stat(index: u32) -> u64 {

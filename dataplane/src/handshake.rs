@@ -40,6 +40,9 @@ pub const CAP_PACKED_AUTO: u64 = 1 << 12;
 /// The server answers peer-access questions and enables peer access between GPUs it holds (`DeviceCanAccessPeer`,
 /// `DeviceP2PAttribute`, `CtxEnablePeerAccess`, `CtxDisablePeerAccess`).
 pub const CAP_PEER_ACCESS: u64 = 1 << 13;
+/// The server stripes a plain TCP channel's bulk bytes over extra connections (`MODE_LANE` hellos, `LanesJoin`,
+/// `transports::striped`).
+pub const CAP_LANES: u64 = 1 << 14;
 pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
     | CAP_PEER_ACCESS
     | CAP_NVML
@@ -50,13 +53,19 @@ pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
     | CAP_IPC
     | CAP_MULTI_SERVER
     | CAP_MIRROR_DIGEST
-    | CAP_PEER_COPY;
+    | CAP_PEER_COPY
+    | CAP_LANES;
 
 pub const MODE_NEW_SESSION: u32 = 0;
 pub const MODE_ATTACH: u32 = 1;
 /// Another GPU server delivering a copy: `session_id` names the receiving session and `secret` carries the
 /// one-time token of its `PeerRecv` grant (no credential).
 pub const MODE_PEER: u32 = 2;
+/// An extra connection of one client channel (`CAP_LANES`): `session_id` and `secret` as for an attach, and a
+/// credential of `LANE_CREDENTIAL` bytes: the 16-byte token the channel's `LanesJoin` will name, then the lane's
+/// index (u32 LE).
+pub const MODE_LANE: u32 = 3;
+pub const LANE_CREDENTIAL: usize = 20;
 
 /// Largest credential (static key or control-plane ticket) accepted in a hello.
 pub const MAX_CREDENTIAL: usize = 16 * 1024;

@@ -46,6 +46,25 @@ pub trait Transport: Send {
     }
 }
 
+/// A borrowed transport is one too: a wrapper (a striped channel) can sit on a transport its owner keeps.
+impl<T: Transport + ?Sized> Transport for &mut T {
+    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        (**self).send(parts)
+    }
+    fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+        (**self).recv_exact(buf)
+    }
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+    fn send_fd(&mut self, fd: std::os::fd::BorrowedFd<'_>, tag: u64) -> Result<(), TransportError> {
+        (**self).send_fd(fd, tag)
+    }
+    fn recv_fd(&mut self, tag: u64) -> Result<std::os::fd::OwnedFd, TransportError> {
+        (**self).recv_fd(tag)
+    }
+}
+
 impl<T: Transport + ?Sized> Transport for Box<T> {
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
         (**self).send(parts)

@@ -18,6 +18,7 @@ pub mod rdma;
 #[path = "rdma_off.rs"]
 pub mod rdma;
 pub mod shm;
+pub mod striped;
 mod sys;
 pub mod tcp;
 pub mod tls;

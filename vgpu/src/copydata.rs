@@ -3,6 +3,8 @@
 //!
 //! Kinds: `zeros`; `ids` (int64 token ids below 50,257, as a language model's batches hold); `floats` (fp32 values
 //! of a normal-looking distribution, as weights and activations are); `periodic` (a 251-byte pattern).
+//! Then the same bytes once more asynchronously (pageable, NULL stream), checked too, and through vGPU the shim's
+//! channel counters (`striped_channels`: channels that spread their bulk bytes over several TCP streams).
 
 use std::ffi::c_void;
 use std::time::Instant;
@@ -66,10 +68,29 @@ pub fn run(kind: &str, mib: u64, reps: u32) -> Result<(), String> {
             )?;
             d2h += t.elapsed().as_secs_f64();
         }
+        if back != src {
+            return Err(format!("{kind}: the round trip changed the data"));
+        }
+        // Asynchronously, into a fresh device buffer and a cleared host one: a copy that came back short or from
+        // the wrong place cannot pass.
+        let mut dev2 = 0u64;
+        back.fill(0);
+        let null = std::ptr::null_mut();
+        cuda.check("cuMemAlloc", cuda.cuMemAlloc_v2(&mut dev2, n))?;
+        cuda.check(
+            "cuMemcpyHtoDAsync",
+            cuda.cuMemcpyHtoDAsync_v2(dev2, src.as_ptr() as *const c_void, n, null),
+        )?;
+        cuda.check(
+            "cuMemcpyDtoHAsync",
+            cuda.cuMemcpyDtoHAsync_v2(back.as_mut_ptr() as *mut c_void, dev2, n, null),
+        )?;
+        cuda.check("cuStreamSynchronize", cuda.cuStreamSynchronize(null))?;
+        cuda.check("cuMemFree", cuda.cuMemFree_v2(dev2))?;
         cuda.check("cuMemFree", cuda.cuMemFree_v2(dev))?;
     }
     if back != src {
-        return Err(format!("{kind}: the round trip changed the data"));
+        return Err(format!("{kind}: the asynchronous round trip changed the data"));
     }
     let bytes = n as f64 * f64::from(reps.max(1));
     println!(
@@ -78,5 +99,12 @@ pub fn run(kind: &str, mib: u64, reps: u32) -> Result<(), String> {
         bytes / h2d / 1e9,
         bytes / d2h / 1e9
     );
+    if let Some(stats) = cuda.vgpu_stats() {
+        let striped = stats
+            .iter()
+            .find(|(name, _)| name == "striped_channels")
+            .map_or(0, |s| s.1);
+        println!("striped_channels {striped}");
+    }
     Ok(())
 }

@@ -14,14 +14,16 @@ const REPLY_TAIL_STEP: usize = 64 << 10;
 
 /// One app thread's link to its server thread on one server.
 pub struct Channel {
-    pub(super) transport: Box<dyn Transport>,
+    pub(super) transport: stats::Counted,
     batch: BytesMut,
-    broken: bool,
+    pub(super) broken: bool,
     /// The server this channel leads to (its index in `Session::servers`).
     server: usize,
     /// The context this channel's server thread has current, as this client last set it (`NO_CONTEXT`: none
     /// set yet).
     pub(super) mirrored: ContextId,
+    /// Whether the channel is striped over extra TCP connections (`lanes`).
+    pub(super) lanes: super::lanes::Lanes,
 }
 
 static LOST_REPORTED: AtomicBool = AtomicBool::new(false);
@@ -46,11 +48,12 @@ impl Channel {
     /// A channel to server `server` (its index in the session) over an open transport.
     pub(super) fn on_server(transport: Box<dyn Transport>, server: usize) -> Self {
         Channel {
-            transport: Box::new(stats::Counted(transport)),
+            transport: stats::Counted(transport, 0),
             batch: BytesMut::with_capacity(64 * 1024),
             broken: false,
             server,
             mirrored: crate::state::NO_CONTEXT,
+            lanes: super::lanes::Lanes::Untried,
         }
     }
 
@@ -181,6 +184,9 @@ impl Channel {
         if self.broken {
             return Err(LOST);
         }
+        if tail_len >= 256 * 1024 {
+            self.stripe_if_bulk(srv, tail_len);
+        }
         stats::add(stats::ASYNC_CALLS, 1);
         let seq = self.next_seq(srv);
         let header = request_header::<C>(seq, flags, tail_len);
@@ -246,6 +252,7 @@ impl Channel {
 
     /// `cuMemcpyDtoH`: the data lands straight in `dst`, then a final status word follows.
     pub fn copy_to_host(&mut self, srv: &Server, flags: u16, call: &MemcpyDtoH, dst: &mut [u8]) -> CuResult<()> {
+        self.stripe_if_bulk(srv, dst.len());
         let seq = self.send_sync::<MemcpyDtoH>(srv, flags, call, &[])?;
         let header = self.await_reply(seq)?;
         if header.status() != CUDA_SUCCESS {
@@ -265,6 +272,9 @@ impl Channel {
     fn send_sync<C: SyncCall>(&mut self, srv: &Server, flags: u16, call: &C, tail: &[u8]) -> CuResult<u32> {
         if self.broken {
             return Err(LOST);
+        }
+        if C::OP != Op::LanesJoin {
+            self.stripe_if_bulk(srv, tail.len());
         }
         flush_other_channels(self.server);
         stats::note_sync(C::OP);

@@ -21,6 +21,7 @@ use crate::log::{log, ERROR, INFO, WARN};
 mod channel;
 mod flusher;
 mod landing;
+mod lanes;
 pub mod stats;
 
 use channel::lock;

@@ -23,17 +23,20 @@ pub const BYTES_SENT: usize = 3;
 pub const BYTES_RECEIVED: usize = 4;
 /// Time app threads spent waiting for replies, in ns.
 pub const REPLY_WAIT_NS: usize = 5;
+/// Channels striped over extra TCP connections (`client::lanes`).
+pub const STRIPED_CHANNELS: usize = 6;
 
 /// Names by index (the order of `vgpu_stat`).
-pub const NAMES: [&CStr; 6] = [
+pub const NAMES: [&CStr; 7] = [
     c"round_trips",
     c"batch_flushes",
     c"async_calls",
     c"bytes_sent",
     c"bytes_received",
     c"reply_wait_ns",
+    c"striped_channels",
 ];
-static COUNTERS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+static COUNTERS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
 /// Synchronous requests by call: which calls a program's round trips are.
 static SYNC_BY_CALL: Mutex<Option<HashMap<Op, u64>>> = Mutex::new(None);
 
@@ -96,16 +99,19 @@ impl Drop for ReplyWait {
     }
 }
 
-/// A channel's transport, counting the bytes that cross it.
-pub struct Counted(pub Box<dyn Transport>);
+/// A channel's transport, counting the bytes that cross it (for the process, and in `.1` for the channel).
+pub struct Counted(pub Box<dyn Transport>, pub u64);
 
 impl Transport for Counted {
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
-        add(BYTES_SENT, parts.iter().map(|p| p.len() as u64).sum());
+        let n = parts.iter().map(|p| p.len() as u64).sum();
+        add(BYTES_SENT, n);
+        self.1 += n;
         self.0.send(parts)
     }
     fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
         add(BYTES_RECEIVED, buf.len() as u64);
+        self.1 += buf.len() as u64;
         self.0.recv_exact(buf)
     }
     fn kind(&self) -> &'static str {

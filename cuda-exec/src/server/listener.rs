@@ -249,6 +249,7 @@ impl Listener {
                 }
             }
             MODE_PEER => self.admit_peer(conn, &hello, source),
+            MODE_LANE => self.admit_lane(conn, &hello, &credential, source),
             other => conn.refuse(STATUS_VERSION_MISMATCH, &format!("unknown hello mode {other}")),
         }
     }
@@ -263,6 +264,49 @@ impl Listener {
             HANDOFF_PACKED | HANDOFF_PACKED_AUTO
         } else {
             HANDOFF_PACKED
+        }
+    }
+
+    /// An extra connection of a client channel (`MODE_LANE`): a plain TCP connection, admitted by the session
+    /// secret like an attach, handed to the worker with its join token and index.
+    fn admit_lane(&self, conn: Conn, hello: &Hello, credential: &[u8], source: Source) {
+        if !matches!(conn, Conn::Tcp(_)) {
+            return conn.refuse(STATUS_VERSION_MISMATCH, "lanes are plain TCP connections");
+        }
+        let Some((token, index)) = credential
+            .split_first_chunk::<16>()
+            .and_then(|(token, rest)| Some((*token, u32::from_le_bytes(*<&[u8; 4]>::try_from(rest).ok()?))))
+        else {
+            return conn.refuse(
+                STATUS_VERSION_MISMATCH,
+                &format!("a lane's hello carries {LANE_CREDENTIAL} bytes after it"),
+            );
+        };
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        match sessions.get(&hello.session_id) {
+            Some(entry) if constant_time_eq(&entry.secret, &hello.secret) => {
+                let handoff = Handoff {
+                    primary: HANDOFF_LANE,
+                    session_id: hello.session_id,
+                    secret: token,
+                    lane_index: index,
+                    pid: hello.pid,
+                    ..Default::default()
+                };
+                if let Err(e) = conn.hand_to(&entry.control, handoff, None) {
+                    tracing::warn!("session {:x}: cannot hand a lane to its worker: {e}", hello.session_id);
+                }
+            }
+            _ => {
+                drop(sessions);
+                self.auth_failed(
+                    conn,
+                    source,
+                    STATUS_NO_SUCH_SESSION,
+                    "no such session (it ended, or the secret is wrong)",
+                    hello.pid,
+                );
+            }
         }
     }
 

@@ -252,7 +252,8 @@ struct Handoff {
     /// and the visible devices (`device_count == u32::MAX`: all of them).
     memory_limit: u64,
     device_count: u32,
-    _pad2: u32,
+    /// `HANDOFF_LANE`: the lane's index among its channel's lanes (`secret` carries its join token).
+    lane_index: u32,
     devices: [u32; MAX_VISIBLE],
     /// The session's scheduler slot on each server device (by ordinal; `sched::host::NO_SLOT`: not scheduled there).
     slots: [u16; MAX_VISIBLE],
@@ -279,6 +280,8 @@ const HANDOFF_PACKED: u32 = 1;
 const HANDOFF_PACKED_AUTO: u32 = 2;
 /// `Handoff::primary` of a connection from another GPU server delivering a copy (`MODE_PEER`).
 const HANDOFF_PEER: u32 = 2;
+/// `Handoff::primary` of an extra connection of a client channel (`MODE_LANE`).
+const HANDOFF_LANE: u32 = 3;
 /// Most devices a ticket can make visible to one session.
 const MAX_VISIBLE: usize = 16;
 

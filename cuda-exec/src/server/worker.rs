@@ -133,6 +133,9 @@ fn stall_timeout() -> Duration {
 }
 
 fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
+    if handoff.primary == HANDOFF_LANE {
+        return deliver_lane(&session, &handoff, TcpStream::from(fd));
+    }
     let raw_fd = fd.as_raw_fd();
     let transport: Result<Box<dyn Transport>, String> = match handoff.transport {
         0 => TcpTransport::from_stream(TcpStream::from(fd))
@@ -232,6 +235,33 @@ fn deliver_peer(session: &Arc<Session>, handoff: &Handoff, mut transport: Box<dy
         Ok(()) => session.deliver_peer(handoff.secret, transport),
         Err(e) => tracing::warn!(
             "session {:016x}: a peer connection failed before its copy: {e}",
+            handoff.session_id
+        ),
+    }
+}
+
+/// An extra connection of a client channel: welcomed (no device facts, no secret), then parked until the
+/// channel's `LanesJoin` takes it. A lane read waits at most the stall timeout for bytes its segment announced.
+fn deliver_lane(session: &Arc<Session>, handoff: &Handoff, mut stream: TcpStream) {
+    use std::io::Write as _;
+    let welcome = Welcome {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        capabilities: CAPABILITIES,
+        status: STATUS_OK,
+        backend: session.backend().kind(),
+        session_id: handoff.session_id,
+        ..Default::default()
+    };
+    let bytes = encode_welcome(&welcome, &[], "lane");
+    let ready = stream
+        .set_read_timeout(Some(stall_timeout()))
+        .and_then(|()| stream.set_write_timeout(Some(stall_timeout())))
+        .and_then(|()| stream.write_all(&bytes));
+    match ready {
+        Ok(()) => session.deliver_lane(handoff.secret, handoff.lane_index, stream),
+        Err(e) => tracing::warn!(
+            "session {:016x}: a lane failed before its join: {e}",
             handoff.session_id
         ),
     }

@@ -103,6 +103,10 @@ pub(super) struct Channel {
     pub current: ContextId,
     /// The channel's gate to the GPU scheduler (inert for an unscheduled session).
     pub gate: crate::sched::ChannelGate,
+    /// Lanes a `LanesJoin` just took: the channel is striped over them after that call's reply.
+    pub joined_lanes: Option<Vec<std::net::TcpStream>>,
+    /// The channel is striped (one join per channel).
+    pub striped: bool,
 }
 
 /// Serves one client thread's channel until the client closes it or breaks the protocol.
@@ -120,6 +124,8 @@ pub(super) fn serve(session: &Arc<Session>, t: &mut dyn Transport) -> Result<(),
         epoch: 0,
         current: ContextId(0),
         gate: session.sched.as_ref().map(|s| s.gate()).unwrap_or_default(),
+        joined_lanes: None,
+        striped: false,
     };
     let result = ch.run(t);
     ch.release();
@@ -183,6 +189,13 @@ impl Channel {
             let r = self.dispatch(t, op, &header);
             order.advance(header.seq);
             r?;
+            if let Some(lanes) = self.joined_lanes.take() {
+                // The join's reply was the last unstriped frame: the rest of the channel runs striped.
+                let mut striped = vgpu_transports::striped::Striped::new(t, lanes)
+                    .map_err(|e| ChannelEnd::Transport(vgpu_dataplane::transport::TransportError::Io(e)))?;
+                self.striped = true;
+                return self.run(&mut striped);
+            }
         }
     }
 

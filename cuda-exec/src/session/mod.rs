@@ -21,6 +21,7 @@ mod context;
 mod copy;
 mod graph;
 mod ipc;
+mod lanes;
 mod launch;
 mod memory;
 mod module;
@@ -183,6 +184,8 @@ pub struct Session {
     ipc: ipc::Ipc,
     /// Copies to and from other GPU servers: where the session may send, and senders' connections.
     peers: peer::Peers,
+    /// Lanes of striped channels waiting for their channel's join.
+    lanes: lanes::LaneBox,
     /// The session's part of the GPU scheduler (`None`: unscheduled).
     sched: Option<Arc<crate::sched::SessionSched>>,
 }
@@ -213,6 +216,7 @@ impl Session {
             windows: Mutex::new(window::Windows::default()),
             ipc: ipc::Ipc::default(),
             peers: peer::Peers::default(),
+            lanes: lanes::LaneBox::default(),
             sched,
         })
     }

@@ -3,7 +3,8 @@
 //!
 //! Each direction is a reader and a writer around a timed queue. The reader gives every chunk it reads a departure
 //! time from a token bucket of the link's rate (a chunk leaves when the previous one has finished serialising) and a
-//! delivery time half a round trip later; the writer sleeps until the head chunk is due and writes it out. The queue
+//! delivery time half a round trip later; the bucket is the link's, one per direction shared by every connection, so
+//! several connections together get the link's rate, not each of them; the writer sleeps until the head chunk is due and writes it out. The queue
 //! holds at most one bandwidth-delay product plus `queue_cap` bytes: past that the reader stops reading, so the
 //! sender's own socket fills and it waits, as behind a full switch buffer. Nothing is dropped or reordered.
 //!
@@ -70,6 +71,10 @@ pub struct Relay {
     shape: LinkShape,
 }
 
+/// When the link is next free to start serialising a chunk, per direction (up, down): the token bucket as a time,
+/// shared by every connection of the relay.
+type LinkClock = Arc<[Mutex<Instant>; 2]>;
+
 impl Relay {
     /// Listens on `listen` (`host:port`, port 0 for any) and relays every connection to `upstream` through `shape`.
     pub fn start(listen: &str, upstream: &str, shape: &LinkShape) -> io::Result<Relay> {
@@ -86,11 +91,12 @@ impl Relay {
         let stats = Arc::new(RelayStats::default());
         let upstream = upstream.to_string();
         let lane = LaneConfig::new(shape, queue_cap);
+        let clock: LinkClock = Arc::new([Mutex::new(Instant::now()), Mutex::new(Instant::now())]);
         let accept = {
             let (stop, live, stats) = (stop.clone(), live.clone(), stats.clone());
             thread::Builder::new()
                 .name("vgpu-relay-accept".into())
-                .spawn(move || accept_loop(listener, &upstream, lane, &stop, &live, &stats))?
+                .spawn(move || accept_loop(listener, &upstream, lane, &clock, &stop, &live, &stats))?
         };
         Ok(Relay {
             addr,
@@ -175,6 +181,7 @@ fn accept_loop(
     listener: TcpListener,
     upstream: &str,
     lane: LaneConfig,
+    clock: &LinkClock,
     stop: &AtomicBool,
     live: &Arc<Mutex<Vec<LiveConnection>>>,
     stats: &Arc<RelayStats>,
@@ -204,7 +211,7 @@ fn accept_loop(
                 continue;
             }
         }
-        if let Err(e) = connect_pair(client, upstream, lane, live, stats) {
+        if let Err(e) = connect_pair(client, upstream, lane, clock, live, stats) {
             tracing::warn!("relay: cannot relay a connection to {upstream}: {e}");
         }
     }
@@ -214,6 +221,7 @@ fn connect_pair(
     client: TcpStream,
     upstream: &str,
     lane: LaneConfig,
+    clock: &LinkClock,
     live: &Arc<Mutex<Vec<LiveConnection>>>,
     stats: &Arc<RelayStats>,
 ) -> io::Result<()> {
@@ -231,12 +239,12 @@ fn connect_pair(
     spawn_direction(
         client.try_clone()?,
         server.try_clone()?,
-        lane,
+        (lane, clock.clone()),
         stats.clone(),
         true,
         &token,
     )?;
-    spawn_direction(server, client, lane, stats.clone(), false, &token)?;
+    spawn_direction(server, client, (lane, clock.clone()), stats.clone(), false, &token)?;
     Ok(())
 }
 
@@ -262,7 +270,7 @@ struct LaneState {
 fn spawn_direction(
     from: TcpStream,
     to: TcpStream,
-    cfg: LaneConfig,
+    (cfg, clock): (LaneConfig, LinkClock),
     stats: Arc<RelayStats>,
     up: bool,
     token: &Arc<()>,
@@ -290,7 +298,7 @@ fn spawn_direction(
     let token = token.clone();
     thread::Builder::new().name("vgpu-relay-read".into()).spawn(move || {
         let _serving = token;
-        reader(from, &lane, cfg, &stats)
+        reader(from, &lane, cfg, &clock[usize::from(!up)], &stats)
     })?;
     Ok(())
 }
@@ -314,9 +322,7 @@ fn pass_through(mut from: TcpStream, mut to: TcpStream, stats: &RelayStats, up: 
     let _ = to.shutdown(Shutdown::Write);
 }
 
-fn reader(mut from: TcpStream, lane: &Lane, cfg: LaneConfig, stats: &RelayStats) {
-    // When the link is next free to start serialising a chunk (the token bucket, as a time).
-    let mut link_free = Instant::now();
+fn reader(mut from: TcpStream, lane: &Lane, cfg: LaneConfig, link_free: &Mutex<Instant>, stats: &RelayStats) {
     loop {
         {
             let mut st = lock(&lane.state);
@@ -345,8 +351,9 @@ fn reader(mut from: TcpStream, lane: &Lane, cfg: LaneConfig, stats: &RelayStats)
         let now = Instant::now();
         let leaves = match cfg.rate {
             Some(rate) => {
-                link_free = link_free.max(now) + Duration::from_secs_f64(n as f64 / rate);
-                link_free
+                let mut free = lock(link_free);
+                *free = (*free).max(now) + Duration::from_secs_f64(n as f64 / rate);
+                *free
             }
             None => now,
         };
@@ -441,21 +448,34 @@ mod tests {
     use super::*;
 
     fn echo_server() -> (SocketAddr, JoinHandle<()>) {
+        echo_server_for(1)
+    }
+
+    /// Echoes `connections` connections, each on its own thread; the handle ends when all have.
+    fn echo_server_for(connections: usize) -> (SocketAddr, JoinHandle<()>) {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
         let t = thread::spawn(move || {
-            if let Ok((mut s, _)) = l.accept() {
-                let mut buf = vec![0u8; 1 << 16];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
+            let echoes: Vec<_> = (0..connections)
+                .filter_map(|_| l.accept().ok())
+                .map(|(mut s, _)| {
+                    thread::spawn(move || {
+                        let mut buf = vec![0u8; 1 << 16];
+                        loop {
+                            match s.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if s.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
                             }
                         }
-                    }
-                }
+                    })
+                })
+                .collect();
+            for e in echoes {
+                let _ = e.join();
             }
         });
         (addr, t)
@@ -524,6 +544,42 @@ mod tests {
         assert!(queued <= bound, "queued {queued} bytes, more than BDP + cap ({bound})");
         assert_eq!(relay.stats().bytes_up.load(Ordering::Relaxed), total as u64);
         drop(c);
+        drop(relay);
+        echo.join().expect("echo");
+    }
+
+    #[test]
+    fn connections_share_the_link_rate() {
+        let (addr, echo) = echo_server_for(2);
+        // 25 MB/s each way: two connections sending 4 MiB each at once get 25 MB/s together, not each.
+        let shape = LinkShape::parse("200m-2ms").expect("shape");
+        let relay = Relay::start("127.0.0.1:0", &addr.to_string(), &shape).expect("relay");
+        let per = 4usize << 20;
+        let t = Instant::now();
+        let senders: Vec<_> = (0..2u8)
+            .map(|k| {
+                let mut c = TcpStream::connect(relay.local_addr()).expect("connect");
+                thread::spawn(move || {
+                    let data = vec![k; per];
+                    let mut reader = c.try_clone().expect("clone");
+                    let back = thread::spawn(move || {
+                        let mut got = vec![0u8; per];
+                        reader.read_exact(&mut got).expect("read back");
+                        got
+                    });
+                    c.write_all(&data).expect("write");
+                    assert!(back.join().expect("reader") == data, "bytes changed on the way");
+                })
+            })
+            .collect();
+        for s in senders {
+            s.join().expect("sender");
+        }
+        let rate = (2 * per) as f64 / t.elapsed().as_secs_f64();
+        assert!(
+            rate < 25e6 * 1.05,
+            "two connections got {rate:.0} B/s through a 25 MB/s link"
+        );
         drop(relay);
         echo.join().expect("echo");
     }

@@ -1,0 +1,370 @@
+//! Striped channels: one channel's byte stream carried by its main transport plus extra TCP connections ("lanes"),
+//! so that a bulk transfer uses several TCP streams at once (one stream tops out below a fat link's rate; issue 21).
+//!
+//! Every `send` becomes segments, each announced on the main transport by a 4-byte word: bit 31 clear, an inline
+//! segment whose `len` bytes follow on the main transport; bit 31 set, a striped segment whose bytes are cut into
+//! `STRIPE_CHUNK` pieces, piece `i` going to stream `i % streams` (stream 0 is the main transport, stream `k` lane
+//! `k - 1`). Sends below `STRIPE_MIN` are one inline segment; a part at least that long is striped, the small parts
+//! around it inline. The receiver knows from the word where each byte is, so it reads any range of a striped
+//! segment straight into the caller's buffer from all streams at once, whatever sizes it asks for.
+//!
+//! Both ends switch to this framing at one agreed point (after the reply that joined the lanes); the lanes carry
+//! nothing but segment bytes. A lane that fails fails the channel, as the main transport would.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+
+use vgpu_dataplane::transport::{Transport, TransportError};
+
+use crate::{io_to_transport, protocol};
+
+/// A send at least this long has its large parts striped over the lanes.
+pub const STRIPE_MIN: usize = 2 << 20;
+/// The piece of a striped segment each stream carries in turn.
+pub const STRIPE_CHUNK: usize = 512 << 10;
+/// The largest segment (its length must fit the header's 31 bits); longer parts are several segments.
+const MAX_SEGMENT: usize = 1 << 30;
+/// Most lanes one channel may have besides its main transport.
+pub const MAX_LANES: usize = 15;
+const STRIPED: u32 = 1 << 31;
+
+/// The segment being received: how much of it is left, where the next byte is in it, and whether it is striped.
+#[derive(Default)]
+struct Incoming {
+    striped: bool,
+    len: usize,
+    at: usize,
+}
+
+/// A channel striped over its main transport and `lanes`.
+pub struct Striped<M> {
+    main: M,
+    lanes: Vec<TcpStream>,
+    incoming: Incoming,
+}
+
+impl<M: Transport> Striped<M> {
+    /// Stripes `main` over `lanes` (at most `MAX_LANES`), each already connected to the peer's side of the same
+    /// channel, in lane order. A lane's read timeout, if the caller set one, bounds how long a read waits for
+    /// bytes its segment announced (a server's guard against a client that stops mid-transfer).
+    pub fn new(main: M, lanes: Vec<TcpStream>) -> io::Result<Striped<M>> {
+        if lanes.is_empty() || lanes.len() > MAX_LANES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a striped channel has 1 to {MAX_LANES} lanes, not {}", lanes.len()),
+            ));
+        }
+        for lane in &lanes {
+            lane.set_nodelay(true)?;
+        }
+        Ok(Striped {
+            main,
+            lanes,
+            incoming: Incoming::default(),
+        })
+    }
+
+    /// Streams the bytes move on: the main transport and the lanes.
+    pub fn streams(&self) -> usize {
+        self.lanes.len() + 1
+    }
+
+    /// The main transport (its own state is unchanged by striping).
+    pub fn main(&self) -> &M {
+        &self.main
+    }
+
+    fn send_inline(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let word = (len as u32).to_le_bytes();
+        let mut all = Vec::with_capacity(parts.len() + 1);
+        all.push(&word[..]);
+        all.extend_from_slice(parts);
+        self.main.send(&all)
+    }
+
+    fn send_striped(&mut self, data: &[u8]) -> Result<(), TransportError> {
+        for segment in data.chunks(MAX_SEGMENT) {
+            let word = (segment.len() as u32 | STRIPED).to_le_bytes();
+            self.main.send(&[&word])?;
+            let streams = self.streams();
+            let mut first_error = None;
+            std::thread::scope(|scope| {
+                let lanes: Vec<_> = self
+                    .lanes
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(k, lane)| {
+                        scope.spawn(move || -> io::Result<()> {
+                            for piece in segment.chunks(STRIPE_CHUNK).skip(k + 1).step_by(streams) {
+                                lane.write_all(piece)?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                for piece in segment.chunks(STRIPE_CHUNK).step_by(streams) {
+                    if let Err(e) = self.main.send(&[piece]) {
+                        first_error = Some(e);
+                        break;
+                    }
+                }
+                for lane in lanes {
+                    let r = lane
+                        .join()
+                        .unwrap_or_else(|_| Err(io::Error::other("lane writer panicked")));
+                    if let (Err(e), None) = (r, &first_error) {
+                        first_error = Some(io_to_transport(e));
+                    }
+                }
+            });
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes of the current striped segment from offset `at`, every stream at once.
+    fn recv_striped(&mut self, buf: &mut [u8], at: usize) -> Result<(), TransportError> {
+        let streams = self.streams();
+        let mut pieces: Vec<Vec<&mut [u8]>> = (0..streams).map(|_| Vec::new()).collect();
+        let mut rest = buf;
+        let mut pos = at;
+        while !rest.is_empty() {
+            let chunk = pos / STRIPE_CHUNK;
+            let take = ((chunk + 1) * STRIPE_CHUNK - pos).min(rest.len());
+            let (piece, tail) = rest.split_at_mut(take);
+            pieces[chunk % streams].push(piece);
+            rest = tail;
+            pos += take;
+        }
+        let mut on_main = std::mem::take(&mut pieces[0]);
+        let busy_lanes = pieces.iter().skip(1).filter(|p| !p.is_empty()).count();
+        if busy_lanes == 0 {
+            return on_main.iter_mut().try_for_each(|p| self.main.recv_exact(p));
+        }
+        let mut result = Ok(());
+        std::thread::scope(|scope| {
+            let readers: Vec<_> = self
+                .lanes
+                .iter_mut()
+                .zip(pieces.into_iter().skip(1))
+                .filter(|(_, p)| !p.is_empty())
+                .map(|(lane, mut mine)| {
+                    scope.spawn(move || -> io::Result<()> { mine.iter_mut().try_for_each(|p| lane.read_exact(p)) })
+                })
+                .collect();
+            result = on_main.iter_mut().try_for_each(|p| self.main.recv_exact(p));
+            for reader in readers {
+                let r = reader
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("lane reader panicked")));
+                if let (Err(e), Ok(())) = (r, &result) {
+                    result = Err(lane_error(e));
+                }
+            }
+        });
+        result
+    }
+}
+
+/// A lane read that timed out is a peer that stopped mid-transfer; anything else as the main transport reports it.
+fn lane_error(e: io::Error) -> TransportError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            protocol("a lane stopped in the middle of a striped transfer")
+        }
+        _ => io_to_transport(e),
+    }
+}
+
+impl<M: Transport> Transport for Striped<M> {
+    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total < STRIPE_MIN {
+            return self.send_inline(parts);
+        }
+        let mut small_from = 0;
+        for (i, part) in parts.iter().enumerate() {
+            if part.len() >= STRIPE_MIN {
+                if small_from < i {
+                    self.send_inline(&parts[small_from..i])?;
+                }
+                self.send_striped(part)?;
+                small_from = i + 1;
+            }
+        }
+        if small_from < parts.len() {
+            self.send_inline(&parts[small_from..])?;
+        }
+        Ok(())
+    }
+
+    fn recv_exact(&mut self, mut buf: &mut [u8]) -> Result<(), TransportError> {
+        while !buf.is_empty() {
+            if self.incoming.at == self.incoming.len {
+                let mut word = [0u8; 4];
+                self.main.recv_exact(&mut word)?;
+                let word = u32::from_le_bytes(word);
+                let len = (word & !STRIPED) as usize;
+                if len > MAX_SEGMENT {
+                    return Err(protocol(format!("striped channel: segment of {len} bytes announced")));
+                }
+                self.incoming = Incoming {
+                    striped: word & STRIPED != 0,
+                    len,
+                    at: 0,
+                };
+                continue;
+            }
+            let take = (self.incoming.len - self.incoming.at).min(buf.len());
+            let (now, later) = std::mem::take(&mut buf).split_at_mut(take);
+            if self.incoming.striped {
+                self.recv_striped(now, self.incoming.at)?;
+            } else {
+                self.main.recv_exact(now)?;
+            }
+            self.incoming.at += take;
+            buf = later;
+        }
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        self.main.kind()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::TcpTransport;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// A striped pair over loopback: the client's and the server's end, each with `lanes` lanes.
+    fn pair(lanes: usize) -> (Striped<TcpTransport>, Striped<TcpTransport>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut client = Vec::new();
+        let mut server = Vec::new();
+        for _ in 0..=lanes {
+            client.push(TcpStream::connect(addr).expect("connect"));
+            server.push(listener.accept().expect("accept").0);
+        }
+        let main_c = TcpTransport::from_stream(client.remove(0)).expect("tcp");
+        let main_s = TcpTransport::from_stream(server.remove(0)).expect("tcp");
+        for lane in &server {
+            lane.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        }
+        (
+            Striped::new(main_c, client).expect("striped"),
+            Striped::new(main_s, server).expect("striped"),
+        )
+    }
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed ^ (i >> 13) as u8))
+            .collect()
+    }
+
+    #[test]
+    fn small_and_large_sends_arrive_whole_and_in_order_whatever_the_read_sizes() {
+        let (mut a, mut b) = pair(3);
+        let big = pattern(STRIPE_CHUNK * 9 + 12345, 7);
+        let header = pattern(16, 1);
+        let body = pattern(40, 2);
+        let small = pattern(1000, 3);
+        let expect: Vec<u8> = [&header[..], &body[..], &big[..], &small[..], &small[..100]].concat();
+        let sender = std::thread::spawn(move || {
+            a.send(&[&header, &body, &big, &small]).expect("send");
+            a.send(&[&small[..100]]).expect("send");
+            a
+        });
+        // Reads of odd sizes straddle segment and chunk boundaries.
+        let mut got = vec![0u8; expect.len()];
+        let mut at = 0;
+        for (i, size) in [16usize, 40, 3, 700_001, 1 << 20, 77, 3 << 20]
+            .iter()
+            .cycle()
+            .enumerate()
+        {
+            if at == got.len() || i > 10_000 {
+                break;
+            }
+            let end = (at + size).min(got.len());
+            b.recv_exact(&mut got[at..end]).expect("recv");
+            at = end;
+        }
+        sender.join().expect("sender");
+        assert_eq!(at, expect.len());
+        assert!(got == expect, "bytes differ");
+    }
+
+    #[test]
+    fn a_striped_segment_uses_every_lane() {
+        let (mut a, b) = pair(2);
+        let data = pattern(STRIPE_CHUNK * 6, 9);
+        let lanes: Vec<TcpStream> = b.lanes.iter().map(|l| l.try_clone().expect("clone")).collect();
+        let sender = std::thread::spawn(move || a.send(&[&data]).map(|_| a));
+        // Each lane carries its own chunks: lane 0 chunks 1 and 4, lane 1 chunks 2 and 5.
+        let expect = pattern(STRIPE_CHUNK * 6, 9);
+        for (k, mut lane) in lanes.into_iter().enumerate() {
+            let mut got = vec![0u8; 2 * STRIPE_CHUNK];
+            lane.read_exact(&mut got).expect("lane read");
+            let first = (k + 1) * STRIPE_CHUNK;
+            let second = (k + 4) * STRIPE_CHUNK;
+            assert!(got[..STRIPE_CHUNK] == expect[first..first + STRIPE_CHUNK]);
+            assert!(got[STRIPE_CHUNK..] == expect[second..second + STRIPE_CHUNK]);
+        }
+        drop(b);
+        let _ = sender.join();
+    }
+
+    #[test]
+    fn a_lane_that_stops_mid_segment_fails_the_read_in_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut main_c = TcpStream::connect(addr).expect("connect");
+        let main_s = listener.accept().expect("accept").0;
+        let _lane_c = TcpStream::connect(addr).expect("connect");
+        let lane_s = listener.accept().expect("accept").0;
+        lane_s
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut b = Striped::new(TcpTransport::from_stream(main_s).expect("tcp"), vec![lane_s]).expect("striped");
+        // A striped segment of two chunks announced; only the main transport's chunk ever comes.
+        main_c
+            .write_all(&((2 * STRIPE_CHUNK) as u32 | STRIPED).to_le_bytes())
+            .expect("write");
+        main_c.write_all(&vec![1u8; STRIPE_CHUNK]).expect("write");
+        let started = std::time::Instant::now();
+        let mut buf = vec![0u8; 2 * STRIPE_CHUNK];
+        let err = b.recv_exact(&mut buf).expect_err("a silent lane must fail the read");
+        assert!(matches!(err, TransportError::Protocol(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn an_oversized_segment_word_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut main_c = TcpStream::connect(addr).expect("connect");
+        let main_s = listener.accept().expect("accept").0;
+        let _lane_c = TcpStream::connect(addr).expect("connect");
+        let lane_s = listener.accept().expect("accept").0;
+        let mut b = Striped::new(TcpTransport::from_stream(main_s).expect("tcp"), vec![lane_s]).expect("s");
+        main_c.write_all(&(STRIPED | 0x7fff_ffff).to_le_bytes()).expect("write");
+        let mut buf = [0u8; 8];
+        assert!(matches!(b.recv_exact(&mut buf), Err(TransportError::Protocol(_))));
+    }
+
+    #[test]
+    fn lane_counts_outside_the_bounds_are_refused() {
+        let (a, _b) = pair(1);
+        let Striped { main, .. } = a;
+        assert!(Striped::new(main, Vec::new()).is_err());
+    }
+}

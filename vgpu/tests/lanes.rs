@@ -1,0 +1,205 @@
+//! Striped TCP channels (issue 21): a channel that moves bulk data opens lanes to its server and both ends spread
+//! large transfers over them. Through the shim: bytes read back right with any stream count, lanes only on plain
+//! TCP. On the wire: a lane needs its session's secret and a well-formed hello, a join names lanes that came, and
+//! after a join both ends speak the striped framing.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vgpu_dataplane::handshake::*;
+use vgpu_dataplane::wire::{request_header, LanesJoin, MemGetInfo, ReplyHeader};
+use zerocopy::{FromBytes, IntoBytes};
+
+mod common;
+
+use common::{start, VGPU};
+
+/// `vgpu run --server ENDPOINT -- vgpu __copy-data` with `env`: its stdout and stderr (the run must succeed).
+fn copy_data(endpoint: &str, env: &[(&str, &str)]) -> (String, String) {
+    let out = Command::new(VGPU)
+        .args(["run", "--server", endpoint, "--", VGPU, "__copy-data"])
+        .args(["--kind", "ids", "--mib", "24", "--reps", "1"])
+        .env_remove("VGPU_TCP_STREAMS")
+        .env_remove("VGPU_COMPRESS")
+        .envs(env.iter().copied())
+        .output()
+        .expect("vgpu run");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{endpoint} {env:?}: {stdout}\n{stderr}");
+    assert!(stdout.contains("(verified)"), "{stdout}");
+    (stdout, stderr)
+}
+
+fn striped_channels(stdout: &str) -> u64 {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("striped_channels "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no striped_channels line in {stdout}"))
+}
+
+#[test]
+fn bulk_copies_read_back_right_striped_or_not_and_lanes_are_only_plain_tcp() {
+    let server = start(&[]);
+    let tcp = server.tcp_url();
+    let (out, _) = copy_data(&tcp, &[]);
+    assert_eq!(
+        striped_channels(&out),
+        1,
+        "the default stripes the copying channel: {out}"
+    );
+    for streams in ["2", "16"] {
+        let (out, _) = copy_data(&tcp, &[("VGPU_TCP_STREAMS", streams)]);
+        assert_eq!(striped_channels(&out), 1, "{streams} streams: {out}");
+    }
+    let (out, _) = copy_data(&tcp, &[("VGPU_TCP_STREAMS", "1")]);
+    assert_eq!(striped_channels(&out), 0, "one stream is no lanes: {out}");
+    let (out, err) = copy_data(&tcp, &[("VGPU_TCP_STREAMS", "99")]);
+    assert!(err.contains("VGPU_TCP_STREAMS=\"99\""), "a bad value is named: {err}");
+    assert_eq!(striped_channels(&out), 1, "and the default used: {out}");
+    // Never beside encryption, compression or shared memory.
+    let (out, _) = copy_data(&server.tls, &[]);
+    assert_eq!(striped_channels(&out), 0, "TLS: {out}");
+    let (out, _) = copy_data(&tcp, &[("VGPU_COMPRESS", "lz4")]);
+    assert_eq!(striped_channels(&out), 0, "compressed: {out}");
+    let (out, _) = copy_data(&server.shm, &[]);
+    assert_eq!(striped_channels(&out), 0, "shm: {out}");
+}
+
+/// A raw client: a hello of `mode` for `session`/`secret` with `credential`; the welcome and the socket.
+fn raw_hello(addr: &str, mode: u32, session: u64, secret: [u8; 16], credential: &[u8]) -> (Welcome, String, TcpStream) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let h = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        capabilities: CAPABILITIES,
+        mode,
+        pid: 7,
+        session_id: session,
+        secret,
+        ..Default::default()
+    };
+    let _ = s.write_all(&encode_hello(&h, credential));
+    let mut head = [0u8; std::mem::size_of::<Welcome>()];
+    s.read_exact(&mut head).expect("a welcome or a refusal");
+    let w = Welcome::read_from_bytes(&head[..]).expect("welcome layout");
+    let mut tail = vec![0u8; welcome_tail_len(&w).expect("sane welcome")];
+    s.read_exact(&mut tail).expect("welcome tail");
+    let (_, msg) = decode_welcome_tail(&w, &tail).expect("tail");
+    (w, msg, s)
+}
+
+fn lane_credential(token: [u8; 16], index: u32) -> Vec<u8> {
+    [&token[..], &index.to_le_bytes()[..]].concat()
+}
+
+/// Sends `LanesJoin` as request `seq` (unstriped) and returns the reply's status.
+fn join(s: &mut TcpStream, seq: u32, token: [u8; 16], count: u32) -> u32 {
+    let call = LanesJoin { token, count, _pad: 0 };
+    s.write_all(request_header::<LanesJoin>(seq, 0, 0).as_bytes())
+        .expect("header");
+    s.write_all(call.as_bytes()).expect("body");
+    let mut head = ReplyHeader::default();
+    s.read_exact(head.as_mut_bytes()).expect("reply");
+    assert_eq!(head.seq, seq);
+    let mut rest = vec![0u8; head.len as usize];
+    s.read_exact(&mut rest).expect("reply body");
+    head.result
+}
+
+#[test]
+fn lanes_need_their_session_and_a_join_names_lanes_that_came() {
+    let server = start(&[]);
+    let (w, msg, mut main) = raw_hello(&server.tcp, MODE_NEW_SESSION, 0, [0; 16], &[]);
+    assert_eq!(w.status, STATUS_OK, "{msg}");
+    assert!(w.capabilities & CAP_LANES != 0);
+    let token = [7u8; 16];
+    // A wrong secret, a made-up session, a short credential: refused.
+    let (r, msg, _) = raw_hello(
+        &server.tcp,
+        MODE_LANE,
+        w.session_id,
+        [1; 16],
+        &lane_credential(token, 0),
+    );
+    assert_eq!(r.status, STATUS_NO_SUCH_SESSION, "{msg}");
+    let (r, msg, _) = raw_hello(
+        &server.tcp,
+        MODE_LANE,
+        w.session_id ^ 1,
+        w.secret,
+        &lane_credential(token, 0),
+    );
+    assert_eq!(r.status, STATUS_NO_SUCH_SESSION, "{msg}");
+    let (r, msg, _) = raw_hello(&server.tcp, MODE_LANE, w.session_id, w.secret, &[1, 2, 3]);
+    assert_eq!(r.status, STATUS_VERSION_MISMATCH, "{msg}");
+    let (r, msg, lane) = raw_hello(
+        &server.tcp,
+        MODE_LANE,
+        w.session_id,
+        w.secret,
+        &lane_credential(token, 0),
+    );
+    assert_eq!(r.status, STATUS_OK, "{msg}");
+    // A join naming lanes that never came: refused after a short wait; the channel serves on, unstriped.
+    let t = Instant::now();
+    assert_eq!(join(&mut main, 1, [9; 16], 1), 801, "CUDA_ERROR_NOT_SUPPORTED");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(join(&mut main, 2, token, 2), 801, "two lanes asked, one came");
+    // The lane that came was dropped with that refused join: joining it now finds nothing.
+    assert_eq!(join(&mut main, 3, token, 1), 801);
+    drop(lane);
+    let (r, msg, mut lane) = raw_hello(
+        &server.tcp,
+        MODE_LANE,
+        w.session_id,
+        w.secret,
+        &lane_credential(token, 0),
+    );
+    assert_eq!(r.status, STATUS_OK, "{msg}");
+    assert_eq!(join(&mut main, 4, token, 1), 0, "the lane joins");
+    // From here on both ways are striped frames: an inline segment word, then the request.
+    let header = request_header::<MemGetInfo>(5, 0, 0);
+    let request = [header.as_bytes(), MemGetInfo {}.as_bytes()].concat();
+    main.write_all(&(request.len() as u32).to_le_bytes()).expect("word");
+    main.write_all(&request).expect("request");
+    let mut word = [0u8; 4];
+    main.read_exact(&mut word).expect("segment word");
+    let word = u32::from_le_bytes(word);
+    assert_eq!(word >> 31, 0, "a small reply is inline");
+    let mut reply = vec![0u8; word as usize];
+    main.read_exact(&mut reply).expect("reply");
+    let head = ReplyHeader::read_from_prefix(&reply).expect("reply header").0;
+    // No context is current on this raw channel: the driver's CUDA_ERROR_INVALID_CONTEXT, answered striped.
+    assert_eq!(
+        (head.seq, head.result),
+        (5, 201),
+        "MemGetInfo answered on the striped channel"
+    );
+    // A second join on a striped channel is refused (one per channel), in striped framing.
+    let call = LanesJoin {
+        token,
+        count: 1,
+        _pad: 0,
+    };
+    let request = [request_header::<LanesJoin>(6, 0, 0).as_bytes(), call.as_bytes()].concat();
+    main.write_all(&(request.len() as u32).to_le_bytes()).expect("word");
+    main.write_all(&request).expect("request");
+    let mut word = [0u8; 4];
+    main.read_exact(&mut word).expect("segment word");
+    let mut reply = vec![0u8; u32::from_le_bytes(word) as usize];
+    main.read_exact(&mut reply).expect("reply");
+    let head = ReplyHeader::read_from_prefix(&reply).expect("reply header").0;
+    assert_eq!((head.seq, head.result), (6, 801));
+    // The lane carries nothing unasked: nothing is waiting on it.
+    lane.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let mut probe = [0u8; 1];
+    assert!(lane.read(&mut probe).is_err(), "the server wrote on an idle lane");
+}
