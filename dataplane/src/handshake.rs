@@ -43,6 +43,8 @@ pub const CAP_PEER_ACCESS: u64 = 1 << 13;
 /// The server stripes a plain TCP channel's bulk bytes over extra connections (`MODE_LANE` hellos, `LanesJoin`,
 /// `transports::striped`).
 pub const CAP_LANES: u64 = 1 << 14;
+/// The server copies pitched rows to and from other servers directly (`PeerRecvRows`, `PeerSendRows`).
+pub const CAP_PEER_ROWS: u64 = 1 << 15;
 pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
     | CAP_PEER_ACCESS
     | CAP_NVML
@@ -54,7 +56,8 @@ pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
     | CAP_MULTI_SERVER
     | CAP_MIRROR_DIGEST
     | CAP_PEER_COPY
-    | CAP_LANES;
+    | CAP_LANES
+    | CAP_PEER_ROWS;
 
 pub const MODE_NEW_SESSION: u32 = 0;
 pub const MODE_ATTACH: u32 = 1;

@@ -234,6 +234,31 @@ fn bench_copy(cuda: &Cuda, ctxs: &[CUcontext], mib: u64) -> Result<(), String> {
             (len * reps) as f64 / secs / 1e9,
             after.saturating_sub(before)
         );
+        // Pitched: every other 4 KiB row of the buffer (rows 8 KiB apart), half the bytes.
+        let (width, pitch) = (4096usize, 8192usize);
+        let rows2d = vgpu_cuda_sys::driver::CUDA_MEMCPY2D {
+            srcMemoryType: vgpu_cuda_sys::driver::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            srcDevice: src,
+            srcPitch: pitch,
+            dstMemoryType: vgpu_cuda_sys::driver::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            dstDevice: dst,
+            dstPitch: pitch,
+            WidthInBytes: width,
+            Height: len / pitch,
+            ..Default::default()
+        };
+        let before = traffic(cuda);
+        let t = Instant::now();
+        for _ in 0..reps {
+            cuda.check("cuMemcpy2D", cuda.cuMemcpy2D_v2(&rows2d))?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "bench pitched peer copy: {:.3} GB/s over {reps} x {} MiB of {width}-byte rows; client bytes: {}",
+            (width * (len / pitch) * reps) as f64 / secs / 1e9,
+            (width * (len / pitch)) >> 20,
+            traffic(cuda).saturating_sub(before)
+        );
         // Latency: small synchronous copies, where setting a copy up costs more than moving it.
         let small = 4096usize.min(len);
         let t = Instant::now();

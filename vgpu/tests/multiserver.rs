@@ -53,6 +53,15 @@ fn check(servers: &str, env: &[(&str, &str)], extra: &[&str]) -> Vec<String> {
     text.lines().map(str::to_string).collect()
 }
 
+/// Client bytes of the pitched bench line of `__multi-check --bench-mib`.
+fn pitched_bytes(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("bench pitched peer copy"))
+        .find_map(|l| l.split("client bytes: ").nth(1)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pitched bench line in {lines:?}"))
+}
+
 fn has(lines: &[String], want: &str) -> bool {
     lines.iter().any(|l| l == want)
 }
@@ -209,9 +218,14 @@ fn copies_between_servers_go_server_to_server_where_the_operator_allows() {
             direct < 64 << 10,
             "{servers}: {direct} client bytes for a server-to-server copy"
         );
+        // Pitched rows too (3 copies of 8 MiB in 4 KiB rows): server to server, only requests cross the client.
+        let pitched = pitched_bytes(&lines);
+        assert!(pitched < 64 << 10, "{servers}: {pitched} client bytes for pitched rows");
         let relayed = check(&servers, &[("VGPU_PEER_COPY", "relay")], &["--bench-mib", "16"]);
         all_copies_verified(&servers, &relayed);
         assert!(bench_bytes(&relayed) >= relayed_at_least, "{servers}: {relayed:?}");
+        // Relayed, each pitched byte crosses this process at least once (over shm one way rides the shared slots).
+        assert!(pitched_bytes(&relayed) >= 3 * (8 << 20), "{servers}: {relayed:?}");
     }
     // B may not send to A over TCP (its operator listed only A's shared memory): device 1 → device 0 copies pass
     // through the client and still land; device 0 → device 1 go direct.

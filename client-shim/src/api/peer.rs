@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use vgpu_dataplane::cuerr::*;
-use vgpu_dataplane::handshake::CAP_PEER_COPY;
+use vgpu_dataplane::handshake::{CAP_PEER_COPY, CAP_PEER_ROWS};
 use vgpu_dataplane::wire::*;
 
 use super::route_of_ptr;
@@ -29,8 +29,8 @@ static DIRECT: Mutex<Option<HashMap<(usize, usize), bool>>> = Mutex::new(None);
 /// after the stream's earlier work (an asynchronous relayed copy has finished when the call returns).
 pub(crate) fn copy(flags: u16, dst: u64, src: u64, n: usize, stream: Option<StreamId>) -> CuResult<()> {
     let (to, from) = (route_of_ptr(dst), route_of_ptr(src));
-    if n > 0 && n >= direct_min() && direct_path(client::server_index(from)?, client::server_index(to)?)? {
-        return direct(flags, (dst, to), (src, from), n, stream);
+    if n > 0 && n >= direct_min() && direct_path(client::server_index(from)?, client::server_index(to)?, 0)? {
+        return direct(flags, Shape::Bytes { dst, src, n }, stream);
     }
     let flags = after_stream(flags, stream)?;
     relay(flags, dst, src, n)
@@ -50,9 +50,10 @@ fn direct_min() -> usize {
     })
 }
 
-/// Whether server `from` sends to server `to` itself: both announce `CAP_PEER_COPY` and `from` answers its
-/// probe for `to`'s endpoint (its operator listed it). Asked once per pair and remembered.
-fn direct_path(from: usize, to: usize) -> CuResult<bool> {
+/// Whether server `from` sends to server `to` itself: both announce `CAP_PEER_COPY` (and the capabilities `also`
+/// names) and `from` answers its probe for `to`'s endpoint (its operator listed it). Asked once per pair and
+/// remembered.
+fn direct_path(from: usize, to: usize, also: u64) -> CuResult<bool> {
     if std::env::var("VGPU_PEER_COPY").is_ok_and(|v| v == "relay") {
         return Ok(false);
     }
@@ -60,7 +61,8 @@ fn direct_path(from: usize, to: usize) -> CuResult<bool> {
     let (Some(a), Some(b)) = (s.servers.get(from), s.servers.get(to)) else {
         return Err(CUDA_ERROR_INVALID_VALUE);
     };
-    if a.capabilities & b.capabilities & CAP_PEER_COPY == 0 {
+    let need = CAP_PEER_COPY | also;
+    if a.capabilities & b.capabilities & need != need {
         return Ok(false);
     }
     let known = DIRECT
@@ -94,16 +96,21 @@ fn direct_path(from: usize, to: usize) -> CuResult<bool> {
     Ok(allowed)
 }
 
-/// The server-to-server copy of `n` bytes from `src` (on server route `from`) to `dst` (on `to`). Each half runs
-/// on `stream` where the stream belongs to its server, else on that server's legacy stream. A synchronous copy
-/// (no stream) waits for the destination server's answer, which carries either side's error.
-fn direct(
-    flags: u16,
-    (dst, to): (u64, Route),
-    (src, from): (u64, Route),
-    n: usize,
-    stream: Option<StreamId>,
-) -> CuResult<()> {
+/// What a server-to-server copy moves: `n` contiguous bytes, or pitched rows.
+enum Shape {
+    Bytes { dst: u64, src: u64, n: usize },
+    Rows(Rows),
+}
+
+/// The server-to-server copy of `shape` from its source (on server route `from`) to its destination (on `to`).
+/// Each half runs on `stream` where the stream belongs to its server, else on that server's legacy stream. A
+/// synchronous copy (no stream) waits for the destination server's answer, which carries either side's error.
+fn direct(flags: u16, shape: Shape, stream: Option<StreamId>) -> CuResult<()> {
+    let (dst, src) = match &shape {
+        Shape::Bytes { dst, src, .. } => (*dst, *src),
+        Shape::Rows(r) => (r.dst, r.src),
+    };
+    let (to, from) = (route_of_ptr(dst), route_of_ptr(src));
     let s = client::session()?;
     let receiver = s
         .servers
@@ -119,22 +126,48 @@ fn direct(
     let token: [u8; 16] = rand::random();
     let (recv_stream, recv_flags) = on(to)?;
     let (send_stream, send_flags) = on(from)?;
-    let size = n as u64;
-    let recv = PeerRecv {
-        dst: DevicePtr(dst),
-        size,
-        stream: recv_stream,
-        token,
-    };
-    client::post_to(to, recv_flags, &recv, &[])?;
-    let send = PeerSend {
-        src: DevicePtr(src),
-        size,
-        stream: send_stream,
-        session: receiver.session_id,
-        token,
-    };
-    client::post_to(from, send_flags, &send, receiver.endpoint.to_string().as_bytes())?;
+    let endpoint = receiver.endpoint.to_string();
+    match shape {
+        Shape::Bytes { n, .. } => {
+            let size = n as u64;
+            let recv = PeerRecv {
+                dst: DevicePtr(dst),
+                size,
+                stream: recv_stream,
+                token,
+            };
+            client::post_to(to, recv_flags, &recv, &[])?;
+            let send = PeerSend {
+                src: DevicePtr(src),
+                size,
+                stream: send_stream,
+                session: receiver.session_id,
+                token,
+            };
+            client::post_to(from, send_flags, &send, endpoint.as_bytes())?;
+        }
+        Shape::Rows(r) => {
+            let recv = PeerRecvRows {
+                dst: DevicePtr(r.dst),
+                dst_pitch: r.dst_pitch,
+                width: r.width,
+                height: r.height,
+                stream: recv_stream,
+                token,
+            };
+            client::post_to(to, recv_flags, &recv, &[])?;
+            let send = PeerSendRows {
+                src: DevicePtr(r.src),
+                src_pitch: r.src_pitch,
+                width: r.width,
+                height: r.height,
+                stream: send_stream,
+                session: receiver.session_id,
+                token,
+            };
+            client::post_to(from, send_flags, &send, endpoint.as_bytes())?;
+        }
+    }
     // Both halves must be on the wire: each server waits for the other.
     client::flush_all()?;
     if stream.is_none() {
@@ -188,16 +221,25 @@ pub(crate) struct Rows {
 }
 
 /// `cuMemcpy2D`/`cuMemcpy3D` (one slice at a time) between devices of two servers: one copy when both sides are
-/// contiguous (pitch = width, server to server where it can), else relayed through the client in blocks of whole
-/// rows of up to `RELAY_CHUNK` bytes (two requests a block: the source server packs the rows, the destination
-/// unpacks them), or one relay per row when a row alone is larger.
+/// contiguous (pitch = width); otherwise server to server as rows where both servers can (`CAP_PEER_ROWS`, rows of
+/// at most `RELAY_CHUNK` bytes: the source server packs blocks of whole rows, the destination unpacks them), else
+/// relayed through the client in such blocks (two requests a block), or one relay per row when a row alone is
+/// larger.
 pub(crate) fn copy_rows(flags: u16, rows: Rows, stream: Option<StreamId>) -> CuResult<()> {
     let w = usize::try_from(rows.width).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+    let n = w
+        .checked_mul(usize::try_from(rows.height).map_err(|_| CUDA_ERROR_INVALID_VALUE)?)
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
     if rows.dst_pitch == rows.width && rows.src_pitch == rows.width {
-        let n = w
-            .checked_mul(usize::try_from(rows.height).map_err(|_| CUDA_ERROR_INVALID_VALUE)?)
-            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
         return copy(flags, rows.dst, rows.src, n, stream);
+    }
+    let (to, from) = (route_of_ptr(rows.dst), route_of_ptr(rows.src));
+    if n > 0
+        && n >= direct_min()
+        && w <= RELAY_CHUNK
+        && direct_path(client::server_index(from)?, client::server_index(to)?, CAP_PEER_ROWS)?
+    {
+        return direct(flags, Shape::Rows(rows), stream);
     }
     let flags = after_stream(flags, stream)?;
     let at = |base: u64, pitch: u64, row: u64| {
@@ -216,7 +258,6 @@ pub(crate) fn copy_rows(flags: u16, rows: Rows, stream: Option<StreamId>) -> CuR
         }
         return Ok(());
     }
-    let (to, from) = (route_of_ptr(rows.dst), route_of_ptr(rows.src));
     let per_block = (RELAY_CHUNK / w) as u64;
     let mut packed = Vec::new();
     let mut row = 0;

@@ -15,6 +15,59 @@ use super::channel::{Channel, Cx, InFlight, PendingCopy, Serve, Served, CHUNK};
 use super::ChannelEnd;
 use crate::backend::*;
 
+/// Device memory a streamed copy writes or reads: contiguous bytes, or `width`-byte rows at `pitch` (the packed
+/// data on the wire has the rows back to back; it moves in blocks of whole rows, so `width` is at most `CHUNK`).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Span {
+    Bytes(DevicePtr),
+    Rows { at: DevicePtr, pitch: u64, width: u64 },
+}
+
+impl From<DevicePtr> for Span {
+    fn from(at: DevicePtr) -> Span {
+        Span::Bytes(at)
+    }
+}
+
+impl Span {
+    /// The length of the chunk that starts `done` bytes into `len` bytes of packed data: at most `CHUNK`, whole
+    /// rows for `Rows`.
+    fn chunk(&self, done: usize, len: usize) -> usize {
+        let most = match *self {
+            Span::Bytes(_) => CHUNK,
+            Span::Rows { width, .. } => {
+                let w = (width as usize).clamp(1, CHUNK);
+                CHUNK / w * w
+            }
+        };
+        (len - done).min(most)
+    }
+
+    /// Queues the copy of `n` packed bytes at `done` from `buf` to the device.
+    fn write_chunk(&self, b: &dyn Backend, buf: &HostBuffer, done: usize, n: usize, stream: Stream) -> CuResult<()> {
+        match *self {
+            Span::Bytes(at) => b.memcpy_htod_async(at.offset(done as u64), buf, n, stream),
+            Span::Rows { at, pitch, width } => {
+                let row = done as u64 / width;
+                let dst = Place::Device(at.offset(row * pitch), pitch);
+                b.memcpy_2d_async(Place::Host(buf, width), dst, width, n as u64 / width, stream)
+            }
+        }
+    }
+
+    /// Queues the copy of `n` packed bytes at `done` from the device into `buf`.
+    fn read_chunk(&self, b: &dyn Backend, buf: &HostBuffer, done: usize, n: usize, stream: Stream) -> CuResult<()> {
+        match *self {
+            Span::Bytes(at) => b.memcpy_dtoh_async(buf, at.offset(done as u64), n, stream),
+            Span::Rows { at, pitch, width } => {
+                let row = done as u64 / width;
+                let src = Place::Device(at.offset(row * pitch), pitch);
+                b.memcpy_2d_async(src, Place::Host(buf, width), width, n as u64 / width, stream)
+            }
+        }
+    }
+}
+
 impl Channel {
     /// A memset's range check, then the backend's memset.
     fn memset(&self, dst: DevicePtr, fill: Fill, stream: Stream) -> CuResult<()> {
@@ -81,10 +134,11 @@ impl Channel {
     pub(super) fn htod_through_staging(
         &mut self,
         t: &mut dyn Transport,
-        dst: DevicePtr,
+        dst: impl Into<Span>,
         len: usize,
         stream: Stream,
     ) -> Result<CuResult<()>, ChannelEnd> {
+        let dst = dst.into();
         if let Err(e) = self.ensure_staging() {
             self.discard(t, len)?;
             return Ok(Err(e));
@@ -93,7 +147,7 @@ impl Channel {
         let mut which = 0;
         let mut error = None;
         while done < len {
-            let n = (len - done).min(CHUNK);
+            let n = dst.chunk(done, len);
             let buf = &mut self.staging[which];
             t.recv_exact(&mut buf.as_mut_slice()[..n])?;
             if error.is_none() {
@@ -105,10 +159,7 @@ impl Channel {
                 } else {
                     Ok(())
                 }
-                .and_then(|_| {
-                    self.b()
-                        .memcpy_htod_async(dst.offset(done as u64), &self.staging[which], n, stream)
-                });
+                .and_then(|_| dst.write_chunk(self.b(), &self.staging[which], done, n, stream));
                 error = r.err();
             }
             done += n;
@@ -159,28 +210,28 @@ impl Channel {
     pub(super) fn stream_to_client(
         &mut self,
         t: &mut dyn Transport,
-        src: DevicePtr,
+        src: impl Into<Span>,
         len: usize,
         stream: Stream,
     ) -> Result<Option<CUresult>, ChannelEnd> {
+        let src = src.into();
         let mut error: Option<CUresult> = None;
         let mut offset = 0usize;
         let mut which = 0;
-        let first = len.min(CHUNK);
-        if first > 0 {
-            error = self.b().memcpy_dtoh_async(&self.staging[0], src, first, stream).err();
+        if len > 0 {
+            let first = src.chunk(0, len);
+            error = src.read_chunk(self.b(), &self.staging[0], 0, first, stream).err();
         }
         while offset < len {
-            let n = (len - offset).min(CHUNK);
+            let n = src.chunk(offset, len);
             if error.is_none() {
                 error = self.b().stream_synchronize(stream).err();
             }
             let next = offset + n;
             if next < len && error.is_none() {
-                let m = (len - next).min(CHUNK);
-                error = self
-                    .b()
-                    .memcpy_dtoh_async(&self.staging[which ^ 1], src.offset(next as u64), m, stream)
+                let m = src.chunk(next, len);
+                error = src
+                    .read_chunk(self.b(), &self.staging[which ^ 1], next, m, stream)
                     .err();
             }
             if error.is_some() {
@@ -194,7 +245,7 @@ impl Channel {
     }
 
     /// The device span a 2D copy touches: `height` rows at `pitch`, `width` bytes each.
-    fn check_2d(&self, addr: u64, pitch: u64, width: u64, height: u64) -> CuResult<()> {
+    pub(super) fn check_2d(&self, addr: u64, pitch: u64, width: u64, height: u64) -> CuResult<()> {
         if height == 0 || width == 0 {
             return Ok(());
         }

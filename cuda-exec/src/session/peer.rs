@@ -22,7 +22,8 @@ use vgpu_dataplane::wire::*;
 use vgpu_dataplane::{shm_socket_path, Endpoint, Transport};
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::channel::{Channel, Cx, Serve, Served};
+use super::channel::{Channel, Cx, Serve, Served, CHUNK};
+use super::copy::Span;
 use super::{ChannelEnd, Session};
 use crate::backend::Stream;
 
@@ -316,16 +317,25 @@ fn peer_end(e: ChannelEnd) -> String {
 }
 
 impl Channel {
-    /// The stream, range and staging buffers of one half of a copy.
+    /// The stream, range and staging buffers of one half of a copy of `size` packed bytes.
     fn prepare_peer_half(
         &mut self,
-        addr: DevicePtr,
-        size: u64,
+        span: Span,
+        size: CuResult<u64>,
         stream: StreamId,
         per_thread: bool,
     ) -> CuResult<(Stream, usize)> {
         let stream = self.stream(stream, per_thread)?;
-        self.check_range(addr, size)?;
+        let size = size?;
+        match span {
+            Span::Bytes(at) => self.check_range(at, size)?,
+            Span::Rows { at, pitch, width } => {
+                if width == 0 || width > CHUNK as u64 || size % width != 0 {
+                    return Err(CUDA_ERROR_INVALID_VALUE);
+                }
+                self.check_2d(at.0, pitch, width, size / width)?;
+            }
+        }
         let len = usize::try_from(size).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
         self.ensure_staging()?;
         Ok((stream, len))
@@ -337,7 +347,7 @@ impl Channel {
         &mut self,
         peer: &mut dyn Transport,
         prepared: CuResult<(Stream, usize)>,
-        dst: DevicePtr,
+        dst: Span,
         size: u64,
     ) -> Result<(CuResult<()>, bool), String> {
         send_u32(peer, prepared.as_ref().err().map_or(0, |e| e.code()))?;
@@ -376,7 +386,7 @@ impl Channel {
         peer: &mut dyn Transport,
         go: u32,
         prepared: CuResult<(Stream, usize)>,
-        src: DevicePtr,
+        src: Span,
         size: u64,
     ) -> Result<(), String> {
         if go != 0 {
@@ -401,32 +411,39 @@ impl Channel {
         &mut self,
         target: &Endpoint,
         key: &(String, u64),
-        c: &PeerSend,
+        (session, token): (u64, Token),
+        (src, size): (Span, u64),
         prepared: CuResult<(Stream, usize)>,
     ) -> Result<Box<dyn Transport>, String> {
         if let Some(mut peer) = self.s().pooled_peer(key) {
             // The receiver may have let an idle connection go: then nothing was delivered, and a new one is made.
             let go = peer
-                .send(&[&c.token])
+                .send(&[&token])
                 .map_err(|e| e.to_string())
                 .and_then(|_| recv_u32(&mut *peer));
             if let Ok(go) = go {
-                return self.send_to_peer(&mut *peer, go, prepared, c.src, c.size).map(|_| peer);
+                return self.send_to_peer(&mut *peer, go, prepared, src, size).map(|_| peer);
             }
         }
-        let mut peer = connect_peer(target, c.session, c.token)?;
+        let mut peer = connect_peer(target, session, token)?;
         let go = recv_u32(&mut *peer)?;
-        self.send_to_peer(&mut *peer, go, prepared, c.src, c.size).map(|_| peer)
+        self.send_to_peer(&mut *peer, go, prepared, src, size).map(|_| peer)
     }
-}
 
-impl Serve<PeerRecv> for Channel {
-    fn serve(&mut self, c: PeerRecv, cx: &mut Cx<'_>) -> Served<Empty> {
+    /// The receiving half of a copy of `size` packed bytes into `dst`, from the server presenting `token`.
+    fn serve_peer_recv(
+        &mut self,
+        cx: &mut Cx<'_>,
+        (dst, size): (Span, CuResult<u64>),
+        stream: StreamId,
+        token: Token,
+    ) -> Served<Empty> {
         // This channel waits for the copy; the session's other channels need not wait for it to start.
         self.s().order.advance(cx.header.seq);
-        let prepared = self.prepare_peer_half(c.dst, c.size, c.stream, cx.per_thread);
+        let prepared = self.prepare_peer_half(dst, size, stream, cx.per_thread);
+        let size = *size.as_ref().unwrap_or(&0);
         // The grant is registered even for a copy that fails here, so the sender learns of it at once.
-        let (arrival, granted) = match self.s().await_peer(c.token) {
+        let (arrival, granted) = match self.s().await_peer(token) {
             Ok(v) => v,
             Err(e) => return Ok(Err(e)),
         };
@@ -441,10 +458,10 @@ impl Serve<PeerRecv> for Channel {
         if back.is_some() && granted {
             // The sender reused a kept connection after all: the grant for a new one goes.
             if let Ok(link) = self.s().registry() {
-                let _ = link.withdraw_peer(c.token);
+                let _ = link.withdraw_peer(token);
             }
         }
-        Ok(match self.receive_from_peer(&mut *peer, prepared, c.dst, c.size) {
+        Ok(match self.receive_from_peer(&mut *peer, prepared, dst, size) {
             Ok((outcome, clean)) => {
                 if clean {
                     self.session.park_peer(peer, back);
@@ -460,8 +477,52 @@ impl Serve<PeerRecv> for Channel {
     }
 }
 
+impl Serve<PeerRecv> for Channel {
+    fn serve(&mut self, c: PeerRecv, cx: &mut Cx<'_>) -> Served<Empty> {
+        self.serve_peer_recv(cx, (Span::Bytes(c.dst), Ok(c.size)), c.stream, c.token)
+    }
+}
+
+impl Serve<PeerRecvRows> for Channel {
+    fn serve(&mut self, c: PeerRecvRows, cx: &mut Cx<'_>) -> Served<Empty> {
+        let dst = Span::Rows {
+            at: c.dst,
+            pitch: c.dst_pitch,
+            width: c.width,
+        };
+        let size = c.width.checked_mul(c.height).ok_or(CUDA_ERROR_INVALID_VALUE);
+        self.serve_peer_recv(cx, (dst, size), c.stream, c.token)
+    }
+}
+
 impl Serve<PeerSend> for Channel {
     fn serve(&mut self, c: PeerSend, cx: &mut Cx<'_>) -> Served<Empty> {
+        self.serve_peer_send(cx, (Span::Bytes(c.src), Ok(c.size)), c.stream, (c.session, c.token))
+    }
+}
+
+impl Serve<PeerSendRows> for Channel {
+    fn serve(&mut self, c: PeerSendRows, cx: &mut Cx<'_>) -> Served<Empty> {
+        let src = Span::Rows {
+            at: c.src,
+            pitch: c.src_pitch,
+            width: c.width,
+        };
+        let size = c.width.checked_mul(c.height).ok_or(CUDA_ERROR_INVALID_VALUE);
+        self.serve_peer_send(cx, (src, size), c.stream, (c.session, c.token))
+    }
+}
+
+impl Channel {
+    /// The sending half of a copy of `size` packed bytes from `src` to the server in the call's tail, for the
+    /// receiving session's grant `token`.
+    fn serve_peer_send(
+        &mut self,
+        cx: &mut Cx<'_>,
+        (src, size): (Span, CuResult<u64>),
+        stream: StreamId,
+        (session, token): (u64, Token),
+    ) -> Served<Empty> {
         self.s().order.advance(cx.header.seq);
         let target = match endpoint_of(&self.tail) {
             Ok(e) => e,
@@ -470,19 +531,22 @@ impl Serve<PeerSend> for Channel {
         let Some(target) = self.s().allowed_peer(&target) else {
             return Ok(Err(CUDA_ERROR_NOT_PERMITTED));
         };
-        let prepared = self.prepare_peer_half(c.src, c.size, c.stream, cx.per_thread);
+        let prepared = self.prepare_peer_half(src, size, stream, cx.per_thread);
+        let size = *size.as_ref().unwrap_or(&0);
         // The pool's key: the receiving server as dialled, and the receiving session.
-        let key = (target.to_string(), c.session);
-        Ok(match self.send_copy(&target, &key, &c, prepared) {
-            Ok(peer) => {
-                self.s().pool_peer(key, peer);
-                Ok(Empty {})
-            }
-            Err(why) => {
-                tracing::warn!("a copy to {target} failed: {why}");
-                Err(PEER_LOST)
-            }
-        })
+        let key = (target.to_string(), session);
+        Ok(
+            match self.send_copy(&target, &key, (session, token), (src, size), prepared) {
+                Ok(peer) => {
+                    self.s().pool_peer(key, peer);
+                    Ok(Empty {})
+                }
+                Err(why) => {
+                    tracing::warn!("a copy to {target} failed: {why}");
+                    Err(PEER_LOST)
+                }
+            },
+        )
     }
 }
 

@@ -321,6 +321,15 @@ macro_rules! call_table {
             /// May this server send to the endpoint in the tail (its operator's list of peers, `vgpu server
             /// --peer`)? CUDA_SUCCESS or CUDA_ERROR_NOT_PERMITTED; the client then relays through itself.
             PeerProbe = 164, sync, bytes(MAX_PEER_ENDPOINT) { } -> Empty;
+            /// `PeerRecv` of a pitched copy (`CAP_PEER_ROWS`): `height` rows of `width` bytes (at most 8 MiB) written at
+            /// `dst` + row × `dst_pitch`; the bytes on the wire are the rows back to back.
+            PeerRecvRows = 166, async {
+                dst: DevicePtr, dst_pitch: u64, width: u64, height: u64, stream: StreamId, token: [u8; 16]
+            } -> Empty;
+            /// `PeerSend` of a pitched copy: `height` rows of `width` bytes read at `src` + row × `src_pitch`.
+            PeerSendRows = 167, async, bytes(MAX_PEER_ENDPOINT) {
+                src: DevicePtr, src_pitch: u64, width: u64, height: u64, stream: StreamId, session: u64, token: [u8; 16]
+            } -> Empty;
             /// Joins `count` lanes to this channel: TCP connections the client opened with `MODE_LANE` hellos naming
             /// `token`. Once all are there (the server waits briefly for them) the reply is the last unstriped frame
             /// from the server, this call the last from the client: from then on both ends speak
