@@ -86,6 +86,39 @@ pub fn run(kind: &str, mib: u64, reps: u32) -> Result<(), String> {
             cuda.cuMemcpyDtoHAsync_v2(back.as_mut_ptr() as *mut c_void, dev2, n, null),
         )?;
         cuda.check("cuStreamSynchronize", cuda.cuStreamSynchronize(null))?;
+        // One pageable buffer reused for four asynchronous copies back to back, overwritten as soon as each call
+        // returns: each copy must carry the bytes the buffer held at its call (the driver stages them before it
+        // returns), whatever the shim does with them after.
+        let piece = (2usize << 20).min(n / 4);
+        if piece > 0 {
+            let mut scratch = vec![0u8; piece];
+            for k in 0..4u8 {
+                scratch.fill(k.wrapping_mul(37).wrapping_add(1));
+                cuda.check(
+                    "cuMemcpyHtoDAsync",
+                    cuda.cuMemcpyHtoDAsync_v2(
+                        dev2 + (k as usize * piece) as u64,
+                        scratch.as_ptr() as *const c_void,
+                        piece,
+                        null,
+                    ),
+                )?;
+                scratch.fill(0xee);
+            }
+            let mut check = vec![0u8; 4 * piece];
+            cuda.check(
+                "cuMemcpyDtoH",
+                cuda.cuMemcpyDtoH_v2(check.as_mut_ptr() as *mut c_void, dev2, 4 * piece),
+            )?;
+            for (k, block) in check.chunks(piece).enumerate() {
+                let want = (k as u8).wrapping_mul(37).wrapping_add(1);
+                if block.iter().any(|&b| b != want) {
+                    return Err(format!(
+                        "{kind}: asynchronous copy {k} of a reused buffer carried other bytes"
+                    ));
+                }
+            }
+        }
         cuda.check("cuMemFree", cuda.cuMemFree_v2(dev2))?;
         cuda.check("cuMemFree", cuda.cuMemFree_v2(dev))?;
     }

@@ -10,7 +10,7 @@ use vgpu_dataplane::wire::*;
 
 use super::graph;
 use super::need_ctx;
-use super::staging::{staged_dtoh, staged_htod, STAGED_MIN};
+use super::staging::{staged_dtoh, staged_htod, staged_htod_async, STAGED_MIN};
 use super::stream::{same_server, stream_id, wait_for_stream};
 use super::ClientHandle;
 use super::{route_of_ptr, route_of_stream};
@@ -225,7 +225,7 @@ fn after_stream(flags: u16, stream: StreamId, then: impl FnOnce() -> CuResult<()
 }
 
 pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, stream: CUstream) -> CuResult<()> {
-    need_ctx()?;
+    let ctx = need_ctx()?;
     let stream = stream_id(stream)?;
     if let Some(r) = graph::capture(
         graph::key(flags, stream),
@@ -266,6 +266,11 @@ pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, str
         return client::post_to(route, flags, &call, &[]);
     }
     await_landings(src, n)?;
+    if n >= STAGED_MIN && staging_usable(route) {
+        if let Some(done) = staged_htod_async(flags, ctx, dst, src, n, stream) {
+            return done;
+        }
+    }
     let data = ffi::bytes(src as *const u8, n)?;
     client::post_to(
         route,

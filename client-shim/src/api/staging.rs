@@ -23,6 +23,8 @@ struct Staging {
     /// Events (created in `ctx`) marking when each slot's copy has landed.
     events: [EventId; 2],
     ctx: ContextId,
+    /// A slot an asynchronous copy may still be reading (`staged_htod_async`): its next user waits for its event.
+    busy: [bool; 2],
 }
 
 impl Drop for Staging {
@@ -49,7 +51,73 @@ pub(super) fn staged_dtoh(flags: u16, ctx: ContextId, dst: *mut c_void, src: u64
 /// while the GPU reads the other. Returns once every byte has reached the device.
 pub(super) fn staged_htod(flags: u16, ctx: ContextId, dst: u64, src: *const c_void, n: usize) -> Option<CuResult<()>> {
     let (base, region, events) = staging(flags, ctx)?;
-    Some(staged_copy_in(flags, base, region, events, dst, src as *const u8, n))
+    Some(staged_copy_in(
+        flags,
+        base,
+        region,
+        events,
+        dst,
+        src as *const u8,
+        n,
+        None,
+    ))
+}
+
+/// `cuMemcpyHtoDAsync` from pageable `src` on the NULL or per-thread stream, through the staging slots: returns once
+/// every byte is in a slot (as the driver's own staging returns once the bytes are staged), the GPU reading the
+/// last slots in stream order after the call; their next user waits for that. One CPU copy instead of two through
+/// the ring.
+pub(super) fn staged_htod_async(
+    flags: u16,
+    ctx: ContextId,
+    dst: u64,
+    src: *const c_void,
+    n: usize,
+    stream: StreamId,
+) -> Option<CuResult<()>> {
+    if stream != StreamId::NULL && stream != StreamId::PER_THREAD {
+        // The slots' events belong to the thread's context; another stream may be of another one.
+        return None;
+    }
+    let (base, region, events) = staging(flags, ctx)?;
+    Some(staged_copy_in(
+        flags,
+        base,
+        region,
+        events,
+        dst,
+        src as *const u8,
+        n,
+        Some(stream),
+    ))
+}
+
+/// This thread's slots on the current server: which an asynchronous copy may still be reading.
+fn busy_slots() -> [bool; 2] {
+    let server = client::current_server();
+    STAGING.with(|cell| {
+        cell.borrow()
+            .get(server)
+            .and_then(|s| s.as_ref().map(|s| s.busy))
+            .unwrap_or_default()
+    })
+}
+
+fn set_busy(busy: [bool; 2]) {
+    let server = client::current_server();
+    STAGING.with(|cell| {
+        if let Some(Some(s)) = cell.borrow_mut().get_mut(server) {
+            s.busy = busy;
+        }
+    });
+}
+
+/// Before slot `slot` is filled or written: an asynchronous copy that may still read it is waited for.
+fn free_slot(events: &[EventId; 2], busy: &mut [bool; 2], slot: usize) -> CuResult<()> {
+    if std::mem::take(&mut busy[slot]) {
+        client::call(0, &EventSynchronize { event: events[slot] }, &[])?;
+    }
+    Ok(())
 }
 
 /// This thread's staging slots (created on first use): base address, region id, and the two slot events.
@@ -62,11 +130,18 @@ fn staging(flags: u16, ctx: ContextId) -> Option<(*mut u8, RegionId, [EventId; 2
         }
         let slot = &mut all[server];
         if slot.as_ref().is_some_and(|s| s.ctx != ctx) {
-            // Events belong to a context: a thread that switched contexts needs new ones (slots stay).
+            // Events belong to a context: a thread that switched contexts needs new ones (slots stay), once the
+            // old ones say no asynchronous copy still reads a slot.
             let old = slot.take()?;
+            for (event, busy) in old.events.iter().zip(old.busy) {
+                if busy {
+                    client::call(0, &EventSynchronize { event: *event }, &[]).ok()?;
+                }
+            }
             *slot = Some(Staging {
                 events: staging_events()?,
                 ctx,
+                busy: [false; 2],
                 ..old
             });
         }
@@ -83,6 +158,7 @@ fn staging(flags: u16, ctx: ContextId) -> Option<(*mut u8, RegionId, [EventId; 2
                 region,
                 events: staging_events()?,
                 ctx,
+                busy: [false; 2],
             });
         }
         slot.as_ref().map(|s| (s.ptr as usize, s.region, s.events))
@@ -97,6 +173,9 @@ fn post_and_mark<C: AsyncCall>(flags: u16, copy: &C, event: EventId, stream: Str
     client::post(flags, &EventRecord { event, stream }, &[])
 }
 
+/// Fills the slots in turn and queues their copies to `dst`; synchronous (`on: None`, the NULL or per-thread stream by
+/// `flags`) returns once every byte is on the device, asynchronous (`on: Some(stream)`) once every byte is staged.
+#[allow(clippy::too_many_arguments)]
 fn staged_copy_in(
     flags: u16,
     base: *mut u8,
@@ -105,21 +184,22 @@ fn staged_copy_in(
     dst: u64,
     src: *const u8,
     n: usize,
+    on: Option<StreamId>,
 ) -> CuResult<()> {
     state::read().check_range(dst, n as u64)?;
     let input = ffi::bytes(src, n)?;
-    let stream = if flags & FLAG_PER_THREAD != 0 {
+    let stream = on.unwrap_or(if flags & FLAG_PER_THREAD != 0 {
         StreamId::PER_THREAD
     } else {
         StreamId::NULL
-    };
+    });
+    let mut busy = busy_slots();
     for (i, off) in (0..n).step_by(STAGING_SLOT).enumerate() {
         let len = STAGING_SLOT.min(n - off);
         let slot = i % 2;
-        if i >= 2 {
-            // The GPU must have finished reading this slot (chunk i - 2) before it is refilled.
-            client::call(0, &EventSynchronize { event: events[slot] }, &[])?;
-        }
+        // The GPU must have finished reading this slot (chunk i - 2, or an earlier asynchronous copy) before it is
+        // refilled.
+        free_slot(&events, &mut busy, slot)?;
         let staged = ffi::bytes_mut(base.wrapping_add(slot * STAGING_SLOT), len)?;
         copy_parallel(staged, &input[off..off + len]);
         let copy = MemcpyHtoDRegionAsync {
@@ -130,11 +210,18 @@ fn staged_copy_in(
             stream,
         };
         post_and_mark(flags, &copy, events[slot], stream)?;
+        busy[slot] = true;
+    }
+    if on.is_some() {
+        // The GPU reads the last slots after this returns: their next user waits.
+        set_busy(busy);
+        return Ok(());
     }
     // Both slots are free again when this returns, and every byte is on the device.
-    for event in events {
-        client::call(0, &EventSynchronize { event }, &[])?;
+    for slot in 0..2 {
+        free_slot(&events, &mut busy, slot)?;
     }
+    set_busy(busy);
     Ok(())
 }
 
@@ -178,6 +265,11 @@ fn staged_copy_out(
         .step_by(STAGING_SLOT)
         .map(|off| (off, STAGING_SLOT.min(n - off)))
         .collect();
+    let mut busy = busy_slots();
+    for slot in 0..2 {
+        free_slot(&events, &mut busy, slot)?;
+    }
+    set_busy(busy);
     let issue = |i: usize| -> CuResult<()> {
         let (off, len) = chunks[i];
         let slot = i % 2;
