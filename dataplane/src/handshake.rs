@@ -40,8 +40,8 @@ pub const CAP_PACKED_AUTO: u64 = 1 << 12;
 /// The server answers peer-access questions and enables peer access between GPUs it holds (`DeviceCanAccessPeer`,
 /// `DeviceP2PAttribute`, `CtxEnablePeerAccess`, `CtxDisablePeerAccess`).
 pub const CAP_PEER_ACCESS: u64 = 1 << 13;
-/// The server stripes a plain TCP channel's bulk bytes over extra connections (`MODE_LANE` hellos, `LanesJoin`,
-/// `transports::striped`).
+/// The server stripes a TCP or TLS channel's bulk bytes over extra connections of the same kind (`MODE_LANE` hellos,
+/// `LanesJoin`, `transports::striped`).
 pub const CAP_LANES: u64 = 1 << 14;
 /// The server copies pitched rows to and from other servers directly (`PeerRecvRows`, `PeerSendRows`).
 pub const CAP_PEER_ROWS: u64 = 1 << 15;

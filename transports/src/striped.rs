@@ -1,5 +1,6 @@
-//! Striped channels: one channel's byte stream carried by its main transport plus extra TCP connections ("lanes"),
-//! so that a bulk transfer uses several TCP streams at once (one stream tops out below a fat link's rate; issue 21).
+//! Striped channels: one channel's byte stream carried by its main transport plus extra connections ("lanes") of the
+//! same kind (TCP, or TLS with its own encryption per lane), so that a bulk transfer uses several streams, and cores,
+//! at once (one TCP stream tops out below a fat link's rate, one TLS stream at one core's cipher rate; issue 21).
 //!
 //! Every `send` becomes segments, each announced on the main transport by a 4-byte word: bit 31 clear, an inline
 //! segment whose `len` bytes follow on the main transport; bit 31 set, a striped segment whose bytes are cut into
@@ -11,12 +12,11 @@
 //! Both ends switch to this framing at one agreed point (after the reply that joined the lanes); the lanes carry
 //! nothing but segment bytes. A lane that fails fails the channel, as the main transport would.
 
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::io;
 
 use vgpu_dataplane::transport::{Transport, TransportError};
 
-use crate::{io_to_transport, protocol};
+use crate::protocol;
 
 /// A send at least this long has its large parts striped over the lanes.
 pub const STRIPE_MIN: usize = 2 << 20;
@@ -36,26 +36,33 @@ struct Incoming {
     at: usize,
 }
 
+/// One lane: a connection of the channel's own kind, set up (and welcomed) like a channel.
+pub type Lane = Box<dyn Transport>;
+
 /// A channel striped over its main transport and `lanes`.
 pub struct Striped<M> {
     main: M,
-    lanes: Vec<TcpStream>,
+    lanes: Vec<Lane>,
     incoming: Incoming,
 }
 
 impl<M: Transport> Striped<M> {
     /// Stripes `main` over `lanes` (at most `MAX_LANES`), each already connected to the peer's side of the same
-    /// channel, in lane order. A lane's read timeout, if the caller set one, bounds how long a read waits for
-    /// bytes its segment announced (a server's guard against a client that stops mid-transfer).
-    pub fn new(main: M, lanes: Vec<TcpStream>) -> io::Result<Striped<M>> {
+    /// channel, in lane order, and of `main`'s kind. A lane's socket read timeout, if the caller set one, bounds how
+    /// long a read waits for bytes its segment announced (a server's guard against a client that stops
+    /// mid-transfer).
+    pub fn new(main: M, lanes: Vec<Lane>) -> io::Result<Striped<M>> {
         if lanes.is_empty() || lanes.len() > MAX_LANES {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("a striped channel has 1 to {MAX_LANES} lanes, not {}", lanes.len()),
             ));
         }
-        for lane in &lanes {
-            lane.set_nodelay(true)?;
+        if let Some(odd) = lanes.iter().find(|l| l.kind() != main.kind()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a {} lane beside a {} channel", odd.kind(), main.kind()),
+            ));
         }
         Ok(Striped {
             main,
@@ -95,9 +102,9 @@ impl<M: Transport> Striped<M> {
                     .iter_mut()
                     .enumerate()
                     .map(|(k, lane)| {
-                        scope.spawn(move || -> io::Result<()> {
+                        scope.spawn(move || -> Result<(), TransportError> {
                             for piece in segment.chunks(STRIPE_CHUNK).skip(k + 1).step_by(streams) {
-                                lane.write_all(piece)?;
+                                lane.send(&[piece])?;
                             }
                             Ok(())
                         })
@@ -110,11 +117,9 @@ impl<M: Transport> Striped<M> {
                     }
                 }
                 for lane in lanes {
-                    let r = lane
-                        .join()
-                        .unwrap_or_else(|_| Err(io::Error::other("lane writer panicked")));
+                    let r = lane.join().unwrap_or_else(|_| Err(protocol("lane writer panicked")));
                     if let (Err(e), None) = (r, &first_error) {
-                        first_error = Some(io_to_transport(e));
+                        first_error = Some(e);
                     }
                 }
             });
@@ -152,14 +157,14 @@ impl<M: Transport> Striped<M> {
                 .zip(pieces.into_iter().skip(1))
                 .filter(|(_, p)| !p.is_empty())
                 .map(|(lane, mut mine)| {
-                    scope.spawn(move || -> io::Result<()> { mine.iter_mut().try_for_each(|p| lane.read_exact(p)) })
+                    scope.spawn(move || -> Result<(), TransportError> {
+                        mine.iter_mut().try_for_each(|p| lane.recv_exact(p))
+                    })
                 })
                 .collect();
             result = on_main.iter_mut().try_for_each(|p| self.main.recv_exact(p));
             for reader in readers {
-                let r = reader
-                    .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("lane reader panicked")));
+                let r = reader.join().unwrap_or_else(|_| Err(protocol("lane reader panicked")));
                 if let (Err(e), Ok(())) = (r, &result) {
                     result = Err(lane_error(e));
                 }
@@ -169,13 +174,13 @@ impl<M: Transport> Striped<M> {
     }
 }
 
-/// A lane read that timed out is a peer that stopped mid-transfer; anything else as the main transport reports it.
-fn lane_error(e: io::Error) -> TransportError {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+/// A lane read that timed out is a peer that stopped mid-transfer; anything else as the lane reported it.
+fn lane_error(e: TransportError) -> TransportError {
+    match e {
+        TransportError::Io(io) if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
             protocol("a lane stopped in the middle of a striped transfer")
         }
-        _ => io_to_transport(e),
+        other => other,
     }
 }
 
@@ -240,27 +245,40 @@ impl<M: Transport> Transport for Striped<M> {
 mod tests {
     use super::*;
     use crate::tcp::TcpTransport;
-    use std::net::TcpListener;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
     use std::time::Duration;
 
-    /// A striped pair over loopback: the client's and the server's end, each with `lanes` lanes.
-    fn pair(lanes: usize) -> (Striped<TcpTransport>, Striped<TcpTransport>) {
+    fn lane(s: TcpStream) -> Lane {
+        Box::new(TcpTransport::from_stream(s).expect("tcp"))
+    }
+
+    /// `n` connected pairs over loopback: (client ends, server ends).
+    fn sockets(n: usize) -> (Vec<TcpStream>, Vec<TcpStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut client = Vec::new();
-        let mut server = Vec::new();
-        for _ in 0..=lanes {
-            client.push(TcpStream::connect(addr).expect("connect"));
-            server.push(listener.accept().expect("accept").0);
-        }
+        (0..n)
+            .map(|_| {
+                let c = TcpStream::connect(addr).expect("connect");
+                (c, listener.accept().expect("accept").0)
+            })
+            .unzip()
+    }
+
+    /// A striped pair over loopback: the client's and the server's end, each with `lanes` lanes, and a clone of each
+    /// of the server's lane sockets.
+    fn pair(lanes: usize) -> (Striped<TcpTransport>, Striped<TcpTransport>, Vec<TcpStream>) {
+        let (mut client, mut server) = sockets(lanes + 1);
         let main_c = TcpTransport::from_stream(client.remove(0)).expect("tcp");
         let main_s = TcpTransport::from_stream(server.remove(0)).expect("tcp");
-        for lane in &server {
-            lane.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let clones = server.iter().map(|s| s.try_clone().expect("clone")).collect();
+        for s in &server {
+            s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         }
         (
-            Striped::new(main_c, client).expect("striped"),
-            Striped::new(main_s, server).expect("striped"),
+            Striped::new(main_c, client.into_iter().map(lane).collect()).expect("striped"),
+            Striped::new(main_s, server.into_iter().map(lane).collect()).expect("striped"),
+            clones,
         )
     }
 
@@ -272,7 +290,7 @@ mod tests {
 
     #[test]
     fn small_and_large_sends_arrive_whole_and_in_order_whatever_the_read_sizes() {
-        let (mut a, mut b) = pair(3);
+        let (mut a, mut b, _) = pair(3);
         let big = pattern(STRIPE_CHUNK * 9 + 12345, 7);
         let header = pattern(16, 1);
         let body = pattern(40, 2);
@@ -305,9 +323,8 @@ mod tests {
 
     #[test]
     fn a_striped_segment_uses_every_lane() {
-        let (mut a, b) = pair(2);
+        let (mut a, b, lanes) = pair(2);
         let data = pattern(STRIPE_CHUNK * 6, 9);
-        let lanes: Vec<TcpStream> = b.lanes.iter().map(|l| l.try_clone().expect("clone")).collect();
         let sender = std::thread::spawn(move || a.send(&[&data]).map(|_| a));
         // Each lane carries its own chunks: lane 0 chunks 1 and 4, lane 1 chunks 2 and 5.
         let expect = pattern(STRIPE_CHUNK * 6, 9);
@@ -325,16 +342,14 @@ mod tests {
 
     #[test]
     fn a_lane_that_stops_mid_segment_fails_the_read_in_time() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let mut main_c = TcpStream::connect(addr).expect("connect");
-        let main_s = listener.accept().expect("accept").0;
-        let _lane_c = TcpStream::connect(addr).expect("connect");
-        let lane_s = listener.accept().expect("accept").0;
-        lane_s
+        let (mut client, mut server) = sockets(2);
+        let mut main_c = client.remove(0);
+        let main_s = server.remove(0);
+        server[0]
             .set_read_timeout(Some(Duration::from_millis(200)))
             .expect("timeout");
-        let mut b = Striped::new(TcpTransport::from_stream(main_s).expect("tcp"), vec![lane_s]).expect("striped");
+        let lanes = server.into_iter().map(lane).collect();
+        let mut b = Striped::new(TcpTransport::from_stream(main_s).expect("tcp"), lanes).expect("striped");
         // A striped segment of two chunks announced; only the main transport's chunk ever comes.
         main_c
             .write_all(&((2 * STRIPE_CHUNK) as u32 | STRIPED).to_le_bytes())
@@ -349,22 +364,40 @@ mod tests {
 
     #[test]
     fn an_oversized_segment_word_is_refused() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let mut main_c = TcpStream::connect(addr).expect("connect");
-        let main_s = listener.accept().expect("accept").0;
-        let _lane_c = TcpStream::connect(addr).expect("connect");
-        let lane_s = listener.accept().expect("accept").0;
-        let mut b = Striped::new(TcpTransport::from_stream(main_s).expect("tcp"), vec![lane_s]).expect("s");
+        let (mut client, mut server) = sockets(2);
+        let mut main_c = client.remove(0);
+        let main_s = server.remove(0);
+        let lanes = server.into_iter().map(lane).collect();
+        let mut b = Striped::new(TcpTransport::from_stream(main_s).expect("tcp"), lanes).expect("s");
         main_c.write_all(&(STRIPED | 0x7fff_ffff).to_le_bytes()).expect("write");
         let mut buf = [0u8; 8];
         assert!(matches!(b.recv_exact(&mut buf), Err(TransportError::Protocol(_))));
     }
 
+    /// A transport of another kind, for the kind rule.
+    struct Other;
+    impl Transport for Other {
+        fn send(&mut self, _: &[&[u8]]) -> Result<(), TransportError> {
+            Ok(())
+        }
+        fn recv_exact(&mut self, _: &mut [u8]) -> Result<(), TransportError> {
+            Err(TransportError::Closed)
+        }
+        fn kind(&self) -> &'static str {
+            "tls"
+        }
+    }
+
     #[test]
-    fn lane_counts_outside_the_bounds_are_refused() {
-        let (a, _b) = pair(1);
+    fn lane_counts_outside_the_bounds_and_lanes_of_another_kind_are_refused() {
+        let (a, _b, _) = pair(1);
         let Striped { main, .. } = a;
         assert!(Striped::new(main, Vec::new()).is_err());
+        let (client, _server) = sockets(1);
+        let main = TcpTransport::from_stream(client.into_iter().next().expect("one")).expect("tcp");
+        let err = Striped::new(main, vec![Box::new(Other) as Lane])
+            .err()
+            .expect("a tls lane beside tcp");
+        assert!(err.to_string().contains("a tls lane beside a tcp channel"), "{err}");
     }
 }

@@ -1,7 +1,7 @@
-//! Striped TCP channels (issue 21): a channel that moves bulk data opens lanes to its server and both ends spread
-//! large transfers over them. Through the shim: bytes read back right with any stream count, lanes only on plain
-//! TCP. On the wire: a lane needs its session's secret and a well-formed hello, a join names lanes that came, and
-//! after a join both ends speak the striped framing.
+//! Striped channels (issue 21): a TCP or TLS channel that moves bulk data opens lanes to its server and both ends
+//! spread large transfers over them. Through the shim: bytes read back right with any stream count, never on
+//! compressed or shared-memory channels. On the wire: a lane needs its session's secret and a well-formed hello, a
+//! join names lanes that came and of the channel's kind, and after a join both ends speak the striped framing.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -62,9 +62,9 @@ fn bulk_copies_read_back_right_striped_or_not_and_lanes_are_only_plain_tcp() {
     let (out, err) = copy_data(&tcp, &[("VGPU_TCP_STREAMS", "99")]);
     assert!(err.contains("VGPU_TCP_STREAMS=\"99\""), "a bad value is named: {err}");
     assert_eq!(striped_channels(&out), 1, "and the default used: {out}");
-    // Never beside encryption, compression or shared memory.
+    // TLS channels stripe over TLS lanes (each its own session keys); never compressed or shared-memory ones.
     let (out, _) = copy_data(&server.tls, &[]);
-    assert_eq!(striped_channels(&out), 0, "TLS: {out}");
+    assert_eq!(striped_channels(&out), 1, "TLS: {out}");
     let (out, _) = copy_data(&tcp, &[("VGPU_COMPRESS", "lz4")]);
     assert_eq!(striped_channels(&out), 0, "compressed: {out}");
     let (out, _) = copy_data(&server.shm, &[]);
@@ -202,4 +202,73 @@ fn lanes_need_their_session_and_a_join_names_lanes_that_came() {
         .expect("timeout");
     let mut probe = [0u8; 1];
     assert!(lane.read(&mut probe).is_err(), "the server wrote on an idle lane");
+}
+
+/// The welcome on a transport already set up (TLS).
+fn welcome_on(t: &mut dyn vgpu_dataplane::Transport) -> (Welcome, String) {
+    let mut head = [0u8; std::mem::size_of::<Welcome>()];
+    t.recv_exact(&mut head).expect("a welcome");
+    let w = Welcome::read_from_bytes(&head[..]).expect("welcome layout");
+    let mut tail = vec![0u8; welcome_tail_len(&w).expect("sane welcome")];
+    t.recv_exact(&mut tail).expect("welcome tail");
+    let (_, msg) = decode_welcome_tail(&w, &tail).expect("tail");
+    (w, msg)
+}
+
+fn tls_hello(
+    endpoint: &vgpu_dataplane::Endpoint,
+    mode: u32,
+    w: Option<&Welcome>,
+    credential: &[u8],
+) -> Box<dyn vgpu_dataplane::Transport> {
+    let h = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        capabilities: CAPABILITIES,
+        mode,
+        pid: 7,
+        session_id: w.map_or(0, |w| w.session_id),
+        secret: w.map_or([0; 16], |w| w.secret),
+        ..Default::default()
+    };
+    vgpu_transports::connect(endpoint, &encode_hello(&h, credential)).expect("tls connect")
+}
+
+/// Sends `LanesJoin` as request `seq` over a transport and returns the reply's status.
+fn join_on(t: &mut dyn vgpu_dataplane::Transport, seq: u32, token: [u8; 16], count: u32) -> u32 {
+    let call = LanesJoin { token, count, _pad: 0 };
+    t.send(&[request_header::<LanesJoin>(seq, 0, 0).as_bytes(), call.as_bytes()])
+        .expect("join");
+    let mut head = ReplyHeader::default();
+    t.recv_exact(head.as_mut_bytes()).expect("reply");
+    assert_eq!(head.seq, seq);
+    let mut rest = vec![0u8; head.len as usize];
+    t.recv_exact(&mut rest).expect("reply body");
+    head.result
+}
+
+#[test]
+fn a_clear_lane_cannot_join_an_encrypted_channel_but_a_tls_lane_can() {
+    let server = start(&[]);
+    let tls = vgpu_dataplane::Endpoint::parse(&server.tls).expect("tls endpoint");
+    let mut main = tls_hello(&tls, MODE_NEW_SESSION, None, &[]);
+    let (w, msg) = welcome_on(&mut *main);
+    assert_eq!(w.status, STATUS_OK, "{msg}");
+    let token = [5u8; 16];
+    // A plain TCP lane with the session's secret is admitted (the secret is the same)...
+    let (r, msg, _clear) = raw_hello(
+        &server.tcp,
+        MODE_LANE,
+        w.session_id,
+        w.secret,
+        &lane_credential(token, 0),
+    );
+    assert_eq!(r.status, STATUS_OK, "{msg}");
+    // ...but cannot join the TLS channel: its bytes would travel in clear.
+    assert_eq!(join_on(&mut *main, 1, token, 1), 801);
+    let token = [6u8; 16];
+    let mut lane = tls_hello(&tls, MODE_LANE, Some(&w), &lane_credential(token, 0));
+    let (r, msg) = welcome_on(&mut *lane);
+    assert_eq!(r.status, STATUS_OK, "{msg}");
+    assert_eq!(join_on(&mut *main, 2, token, 1), 0, "a TLS lane joins a TLS channel");
 }

@@ -1,9 +1,9 @@
-//! Lanes for a plain TCP channel (`CAP_LANES`): once a channel moves bulk data, it opens extra connections to its
-//! server and both ends stripe large transfers over all of them (`transports::striped`), since one TCP stream
-//! tops out below a fat link's rate. `VGPU_TCP_STREAMS` sets the streams per channel (default 4; 1: off).
+//! Lanes for a TCP or TLS channel (`CAP_LANES`): once a channel moves bulk data, it opens extra connections of its
+//! own kind to its server and both ends stripe large transfers over all of them (`transports::striped`), since one
+//! TCP stream tops out below a fat link's rate and one TLS stream at one core's cipher rate. `VGPU_TCP_STREAMS` sets
+//! the streams per channel (default 4; 1: off).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use vgpu_transports::striped::Lane;
 
 use super::*;
 
@@ -43,13 +43,13 @@ fn lane_count() -> usize {
     })
 }
 
-/// Opens `count` lane connections to `addr` for the channel whose join will name `token`, each welcomed by the
-/// server; in index order. The connections are opened side by side, so a long link costs one round trip, not one
-/// per lane.
-fn connect_lanes(addr: &str, srv: &Server, token: &[u8; 16], count: usize) -> Result<Vec<TcpStream>, String> {
+/// Opens `count` lanes to `srv` for the channel whose join will name `token`, each a connection of the channel's own
+/// kind (TCP, or TLS with the same pin) welcomed by the server; in index order. They are opened side by side, so a
+/// long link costs one round trip (a TLS handshake's two), not one per lane.
+fn connect_lanes(srv: &Server, token: &[u8; 16], count: usize) -> Result<Vec<Lane>, String> {
     std::thread::scope(|scope| {
         let opening: Vec<_> = (0..count as u32)
-            .map(|index| scope.spawn(move || connect_lane(addr, srv, token, index)))
+            .map(|index| scope.spawn(move || connect_lane(srv, token, index)))
             .collect();
         opening
             .into_iter()
@@ -58,7 +58,7 @@ fn connect_lanes(addr: &str, srv: &Server, token: &[u8; 16], count: usize) -> Re
     })
 }
 
-fn connect_lane(addr: &str, srv: &Server, token: &[u8; 16], index: u32) -> Result<TcpStream, String> {
+fn connect_lane(srv: &Server, token: &[u8; 16], index: u32) -> Result<Lane, String> {
     let hello = Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
@@ -72,21 +72,18 @@ fn connect_lane(addr: &str, srv: &Server, token: &[u8; 16], index: u32) -> Resul
     let mut credential = [0u8; LANE_CREDENTIAL];
     credential[..16].copy_from_slice(token);
     credential[16..].copy_from_slice(&index.to_le_bytes());
-    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    stream
-        .write_all(&encode_hello(&hello, &credential))
-        .map_err(|e| format!("hello: {e}"))?;
+    let mut lane =
+        vgpu_transports::connect(&srv.endpoint, &encode_hello(&hello, &credential)).map_err(|e| e.to_string())?;
     let mut head = [0u8; std::mem::size_of::<Welcome>()];
-    stream.read_exact(&mut head).map_err(|e| format!("welcome: {e}"))?;
+    lane.recv_exact(&mut head).map_err(|e| format!("welcome: {e}"))?;
     let welcome = Welcome::read_from_bytes(&head[..]).map_err(|_| "short welcome".to_string())?;
     let mut tail = vec![0u8; welcome_tail_len(&welcome)?];
-    stream.read_exact(&mut tail).map_err(|e| format!("welcome: {e}"))?;
+    lane.recv_exact(&mut tail).map_err(|e| format!("welcome: {e}"))?;
     let (_, message) = decode_welcome_tail(&welcome, &tail)?;
     if welcome.status != STATUS_OK {
         return Err(format!("refused: {message}"));
     }
-    Ok(stream)
+    Ok(lane)
 }
 
 /// Reports a lane failure once per process: the channels go on unstriped.
@@ -106,16 +103,19 @@ impl Channel {
         }
         self.lanes = Lanes::NotUsed;
         let count = lane_count();
-        let Endpoint::Tcp(addr) = &srv.endpoint else {
-            return;
-        };
-        if count == 0 || srv.capabilities & CAP_LANES == 0 || packing(&srv.endpoint).is_some() || self.broken {
+        let network = matches!(srv.endpoint, Endpoint::Tcp(_) | Endpoint::Tls { .. });
+        if count == 0
+            || !network
+            || srv.capabilities & CAP_LANES == 0
+            || packing(&srv.endpoint).is_some()
+            || self.broken
+        {
             return;
         }
         let token: [u8; 16] = rand::random();
-        let lanes = match connect_lanes(addr, srv, &token, count) {
+        let lanes = match connect_lanes(srv, &token, count) {
             Ok(lanes) => lanes,
-            Err(why) => return report(&format!("cannot open lanes to {addr}: {why}")),
+            Err(why) => return report(&format!("cannot open lanes to {}: {why}", srv.endpoint)),
         };
         let join = LanesJoin {
             token,
@@ -125,7 +125,7 @@ impl Channel {
         match self.call(srv, 0, &join, &[], None) {
             Ok(_) => {}
             Err(LOST) => return,
-            Err(e) => return report(&format!("{addr} did not join the lanes ({e:?})")),
+            Err(e) => return report(&format!("{} did not join the lanes ({e:?})", srv.endpoint)),
         }
         // The join's reply was the last unstriped frame both ways.
         let main = std::mem::replace(&mut self.transport.0, Box::new(Gone));

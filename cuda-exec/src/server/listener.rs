@@ -267,11 +267,11 @@ impl Listener {
         }
     }
 
-    /// An extra connection of a client channel (`MODE_LANE`): a plain TCP connection, admitted by the session
+    /// An extra connection of a client channel (`MODE_LANE`): a TCP or TLS connection, admitted by the session
     /// secret like an attach, handed to the worker with its join token and index.
     fn admit_lane(&self, conn: Conn, hello: &Hello, credential: &[u8], source: Source) {
-        if !matches!(conn, Conn::Tcp(_)) {
-            return conn.refuse(STATUS_VERSION_MISMATCH, "lanes are plain TCP connections");
+        if !matches!(conn, Conn::Tcp(_) | Conn::Tls(_)) {
+            return conn.refuse(STATUS_VERSION_MISMATCH, "lanes are TCP or TLS connections");
         }
         let Some((token, index)) = credential
             .split_first_chunk::<16>()

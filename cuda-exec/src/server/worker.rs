@@ -134,7 +134,7 @@ fn stall_timeout() -> Duration {
 
 fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
     if handoff.primary == HANDOFF_LANE {
-        return deliver_lane(&session, &handoff, TcpStream::from(fd));
+        return deliver_lane(&session, &handoff, fd);
     }
     let raw_fd = fd.as_raw_fd();
     let transport: Result<Box<dyn Transport>, String> = match handoff.transport {
@@ -240,10 +240,24 @@ fn deliver_peer(session: &Arc<Session>, handoff: &Handoff, mut transport: Box<dy
     }
 }
 
-/// An extra connection of a client channel: welcomed (no device facts, no secret), then parked until the
-/// channel's `LanesJoin` takes it. A lane read waits at most the stall timeout for bytes its segment announced.
-fn deliver_lane(session: &Arc<Session>, handoff: &Handoff, mut stream: TcpStream) {
-    use std::io::Write as _;
+/// An extra connection of a client channel (TCP or TLS): welcomed (no device facts, no secret), then parked until
+/// the channel's `LanesJoin` takes it. A lane read waits at most the stall timeout for bytes its segment announced.
+fn deliver_lane(session: &Arc<Session>, handoff: &Handoff, fd: OwnedFd) {
+    let socket = TcpStream::from(fd);
+    let lane: Result<Box<dyn Transport>, String> = socket
+        .set_read_timeout(Some(stall_timeout()))
+        .and_then(|()| socket.set_write_timeout(Some(stall_timeout())))
+        .map_err(|e| e.to_string())
+        .and_then(|()| match handoff.transport {
+            0 => TcpTransport::from_stream(socket)
+                .map(|t| Box::new(t) as _)
+                .map_err(|e| e.to_string()),
+            3 => ResumeState::decode(&handoff.tls)
+                .and_then(|state| TlsTransport::resume(socket, &state))
+                .map(|t| Box::new(t) as _)
+                .map_err(|e| e.to_string()),
+            other => Err(format!("a lane over transport {other}")),
+        });
     let welcome = Welcome {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
@@ -254,12 +268,8 @@ fn deliver_lane(session: &Arc<Session>, handoff: &Handoff, mut stream: TcpStream
         ..Default::default()
     };
     let bytes = encode_welcome(&welcome, &[], "lane");
-    let ready = stream
-        .set_read_timeout(Some(stall_timeout()))
-        .and_then(|()| stream.set_write_timeout(Some(stall_timeout())))
-        .and_then(|()| stream.write_all(&bytes));
-    match ready {
-        Ok(()) => session.deliver_lane(handoff.secret, handoff.lane_index, stream),
+    match lane.and_then(|mut lane| lane.send(&[&bytes]).map(|()| lane).map_err(|e| e.to_string())) {
+        Ok(lane) => session.deliver_lane(handoff.secret, handoff.lane_index, lane),
         Err(e) => tracing::warn!(
             "session {:016x}: a lane failed before its join: {e}",
             handoff.session_id

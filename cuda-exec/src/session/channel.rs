@@ -104,7 +104,7 @@ pub(super) struct Channel {
     /// The channel's gate to the GPU scheduler (inert for an unscheduled session).
     pub gate: crate::sched::ChannelGate,
     /// Lanes a `LanesJoin` just took: the channel is striped over them after that call's reply.
-    pub joined_lanes: Option<Vec<std::net::TcpStream>>,
+    pub joined_lanes: Option<Vec<vgpu_transports::striped::Lane>>,
     /// The channel is striped (one join per channel).
     pub striped: bool,
 }

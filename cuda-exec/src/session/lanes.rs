@@ -1,16 +1,16 @@
-//! Lanes of striped channels (`CAP_LANES`): extra TCP connections a client opens for one channel, parked here by
-//! the worker until that channel's `LanesJoin` takes them, after which the channel speaks `transports::striped`.
+//! Lanes of striped channels (`CAP_LANES`): extra connections (TCP, or TLS) a client opens for one channel, parked
+//! here by the worker until that channel's `LanesJoin` takes them, after which the channel speaks
+//! `transports::striped`.
 //!
 //! Parked lanes are bounded per session and forgotten after a while, so a client that opens lanes and never joins
 //! them (or a hostile one) holds at most `MAX_PARKED` descriptors for at most `PARK_KEEP`.
 
-use std::net::TcpStream;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
-use vgpu_transports::striped::MAX_LANES;
+use vgpu_transports::striped::{Lane, MAX_LANES};
 
 use super::channel::{Channel, Cx, Serve, Served};
 use super::Session;
@@ -25,7 +25,7 @@ const JOIN_WAIT: Duration = Duration::from_secs(2);
 struct Parked {
     token: [u8; 16],
     index: u32,
-    stream: TcpStream,
+    lane: Lane,
     at: Instant,
 }
 
@@ -39,7 +39,7 @@ pub(crate) struct LaneBox {
 impl Session {
     /// A lane the listener admitted for this session (the client's session secret checked), welcomed: parked until
     /// the join naming `token` takes it.
-    pub fn deliver_lane(&self, token: [u8; 16], index: u32, stream: TcpStream) {
+    pub fn deliver_lane(&self, token: [u8; 16], index: u32, lane: Lane) {
         let mut parked = self.lanes.parked.lock().unwrap_or_else(|p| p.into_inner());
         parked.retain(|l| l.at.elapsed() < PARK_KEEP);
         if parked.len() >= MAX_PARKED || index as usize >= MAX_LANES {
@@ -49,7 +49,7 @@ impl Session {
         parked.push(Parked {
             token,
             index,
-            stream,
+            lane,
             at: Instant::now(),
         });
         self.lanes.arrived.notify_all();
@@ -57,7 +57,7 @@ impl Session {
 
     /// Lanes 0..count of `token`, in index order, once all are parked (waiting up to `wait`); `None` if they do not
     /// all come, in which case those that did are dropped.
-    fn take_lanes(&self, token: &[u8; 16], count: usize, wait: Duration) -> Option<Vec<TcpStream>> {
+    fn take_lanes(&self, token: &[u8; 16], count: usize, wait: Duration) -> Option<Vec<Lane>> {
         let deadline = Instant::now() + wait;
         let mut parked = self.lanes.parked.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -71,11 +71,11 @@ impl Session {
                 if !complete {
                     return None;
                 }
-                let mut lanes: Vec<Option<TcpStream>> = (0..count).map(|_| None).collect();
+                let mut lanes: Vec<Option<Lane>> = (0..count).map(|_| None).collect();
                 for l in mine {
                     // A duplicate index (a client's mistake) keeps the first; out-of-range ones are dropped.
                     if let Some(slot @ None) = lanes.get_mut(l.index as usize) {
-                        *slot = Some(l.stream);
+                        *slot = Some(l.lane);
                     }
                 }
                 return lanes.into_iter().collect();
@@ -93,12 +93,15 @@ impl Session {
 impl Serve<LanesJoin> for Channel {
     fn serve(&mut self, call: LanesJoin, cx: &mut Cx<'_>) -> Served<Empty> {
         let count = call.count as usize;
-        // Lanes are plain TCP: never beside an encrypted or a same-host channel.
-        if self.striped || !(1..=MAX_LANES).contains(&count) || cx.t.kind() != "tcp" {
+        // Network channels only (shared memory and RDMA move bytes faster than striping would help).
+        let kind = cx.t.kind();
+        if self.striped || !(1..=MAX_LANES).contains(&count) || !matches!(kind, "tcp" | "tls") {
             return Ok(Err(CUDA_ERROR_NOT_SUPPORTED));
         }
         let wait = self.s().limits.peer_wait.map_or(JOIN_WAIT, |w| w.min(JOIN_WAIT));
         match self.s().take_lanes(&call.token, count, wait) {
+            // A lane of another kind (a clear TCP lane beside a TLS channel) would carry its bytes unprotected.
+            Some(lanes) if lanes.iter().any(|l| l.kind() != kind) => Ok(Err(CUDA_ERROR_NOT_SUPPORTED)),
             Some(lanes) => {
                 self.joined_lanes = Some(lanes);
                 Ok(Ok(Empty::default()))

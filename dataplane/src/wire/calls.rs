@@ -334,8 +334,9 @@ macro_rules! call_table {
             /// `token`. Once all are there (the server waits briefly for them) the reply is the last unstriped frame
             /// from the server, this call the last from the client: from then on both ends speak
             /// `transports::striped` framing, bulk bytes spread over the main connection and the lanes. Only sent to a
-            /// server that announced `CAP_LANES`, over plain TCP; CUDA_ERROR_NOT_SUPPORTED (the channel stays as it
-            /// was) for any other channel, a second join, or lanes that never came.
+            /// server that announced `CAP_LANES`, over TCP or TLS with lanes of the same kind; CUDA_ERROR_NOT_SUPPORTED
+            /// (the channel stays as it was) for any other channel, a lane of another kind, a second join, or lanes
+            /// that never came.
             LanesJoin = 165, sync { token: [u8; 16], count: u32, _pad: u32 } -> Empty;
             // CUDA graphs the server holds (`wire::graph`). Only sent to a server that announced `CAP_GRAPHS`.
             // Graphs, nodes and executable graphs are client-chosen ids; the client checks handles, dependencies
