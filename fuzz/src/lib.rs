@@ -11,6 +11,7 @@ pub mod packed;
 pub mod ptx;
 pub mod script;
 pub mod session;
+pub mod striped;
 pub mod tickets;
 
 /// Every target by name, for the regression runner and `scripts/fuzz.sh`.
@@ -22,4 +23,5 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("ptx", ptx::run),
     ("session", session::run),
     ("packed", packed::run),
+    ("striped", striped::run),
 ];
