@@ -8,9 +8,9 @@
 use std::ffi::c_char;
 
 use vgpu_dataplane::cuerr::*;
-use vgpu_dataplane::handshake::{DeviceFacts, CAP_NVML, CAP_NVML_PCIE};
+use vgpu_dataplane::handshake::{DeviceFacts, CAP_NVML, CAP_NVML_P2P, CAP_NVML_PCIE};
 use vgpu_dataplane::wire::{
-    NvmlDevicePcie, NvmlDeviceStatus, NvmlFieldRequest, NvmlFieldValue, NvmlFieldValues, NvmlPcieReply,
+    NvmlDevicePcie, NvmlDeviceStatus, NvmlFieldRequest, NvmlFieldValue, NvmlFieldValues, NvmlP2PStatus, NvmlPcieReply,
     NvmlStatusReply, NvmlSystemInfo, MAX_NVML_FIELDS,
 };
 
@@ -18,7 +18,7 @@ use crate::client::Route;
 use crate::{client, ffi};
 
 /// Version of this bridge's functions and structs; the NVML shim refuses a `libcuda.so.1` with another.
-pub const NVML_BRIDGE_VERSION: u32 = 2;
+pub const NVML_BRIDGE_VERSION: u32 = 3;
 
 #[no_mangle]
 pub extern "C" fn vgpu_nvml_bridge_version() -> u32 {
@@ -105,6 +105,42 @@ fn driver_version(out: *mut c_char, len: usize) -> CuResult<()> {
     buf[..text.len()].copy_from_slice(&text);
     buf[text.len()] = 0;
     Ok(())
+}
+
+/// NVML's peer status between system devices `a` and `b` for capability `index` (an `nvmlGpuP2PStatus_t` into
+/// `out`): a device with itself is OK; devices of two servers are NOT_SUPPORTED (a kernel cannot reach the other
+/// server's memory); two devices of one server are what that server's NVML says (one round trip), NOT_SUPPORTED
+/// from a server older than `CAP_NVML_P2P`.
+#[no_mangle]
+pub extern "C" fn vgpu_nvml_p2p_status(a: u32, b: u32, index: u32, out: *mut u32) -> CUresult {
+    crate::api::code(p2p_status(a, b, index, out))
+}
+
+fn p2p_status(a: u32, b: u32, index: u32, out: *mut u32) -> CuResult<()> {
+    const STATUS_OK: u32 = 0;
+    const STATUS_NOT_SUPPORTED: u32 = 5;
+    let s = client::session()?;
+    let (pa, _) = s.system.get(a as usize).ok_or(CUDA_ERROR_INVALID_DEVICE)?;
+    let (pb, _) = s.system.get(b as usize).ok_or(CUDA_ERROR_INVALID_DEVICE)?;
+    let status = if a == b {
+        STATUS_OK
+    } else if pa.server != pb.server
+        || s.servers
+            .get(pa.server)
+            .is_none_or(|srv| srv.capabilities & CAP_NVML_P2P == 0)
+    {
+        STATUS_NOT_SUPPORTED
+    } else {
+        let call = NvmlP2PStatus {
+            dev_a: pa.index,
+            dev_b: pb.index,
+            index,
+            _pad: 0,
+        };
+        let reply = client::call_to(Route::Server(pa.server), 0, &call, &[])?;
+        u32::try_from(reply.value).map_err(|_| CUDA_ERROR_UNKNOWN)?
+    };
+    ffi::write(out, status)
 }
 
 /// The server's PCIe link values for device `index` (one round trip).

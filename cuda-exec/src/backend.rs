@@ -109,6 +109,12 @@ pub trait Backend: DriverOps + GraphOps + Send + Sync + 'static {
     fn device_pcie(&self, _dev: i32) -> Option<crate::nvml::PcieLink> {
         None
     }
+    /// `nvmlDeviceGetP2PStatus` between devices `a` and `b` (the server's ordinals) for capability `index`: the
+    /// `nvmlGpuP2PStatus_t`, or the `nvmlReturn_t` of the call.
+    fn device_p2p_status(&self, _a: i32, _b: i32, _index: u32) -> Result<u32, u32> {
+        // NVML_ERROR_NOT_SUPPORTED.
+        Err(3)
+    }
     /// NVML field values of device `dev`: each field's answer, or the `nvmlReturn_t` of the whole call.
     fn device_field_values(&self, _dev: i32, _fields: &[NvmlFieldRequest]) -> Result<Vec<NvmlFieldValue>, u32> {
         // NVML_ERROR_NOT_SUPPORTED.

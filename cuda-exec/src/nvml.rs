@@ -94,6 +94,24 @@ impl Nvml {
         Some(u.gpu as f64)
     }
 
+    /// `nvmlDeviceGetP2PStatus` between the GPUs with these `GPU-...` UUIDs for capability `index`: the status, or
+    /// NVML's error (NVML_ERROR_NOT_FOUND, 6, for a UUID it does not know).
+    pub fn p2p_status(&self, a: &str, b: &str, index: u32) -> Result<u32, u32> {
+        let (Some(a), Some(b)) = (self.device(a), self.device(b)) else {
+            return Err(6);
+        };
+        let mut status = nvmlGpuP2PStatus_t(0);
+        // SAFETY: two handles NVML gave and an out-pointer to a local; NVML checks the index itself.
+        let r = unsafe {
+            self.lib
+                .nvmlDeviceGetP2PStatus(a, b, nvmlGpuP2PCapsIndex_t(index), &mut status)
+        };
+        match r.0 {
+            0 => Ok(status.0),
+            code => Err(code),
+        }
+    }
+
     /// The display driver's version (`nvmlSystemGetDriverVersion`, e.g. "580.65.06").
     pub fn driver_version(&self) -> Option<String> {
         let mut buf = [0 as c_char; 80];

@@ -45,6 +45,8 @@ pub const CAP_PEER_ACCESS: u64 = 1 << 13;
 pub const CAP_LANES: u64 = 1 << 14;
 /// The server copies pitched rows to and from other servers directly (`PeerRecvRows`, `PeerSendRows`).
 pub const CAP_PEER_ROWS: u64 = 1 << 15;
+/// The server answers NVML's peer status between two of its devices (`NvmlP2PStatus`, op code 114).
+pub const CAP_NVML_P2P: u64 = 1 << 16;
 pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
     | CAP_PEER_ACCESS
     | CAP_NVML
@@ -57,7 +59,8 @@ pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
     | CAP_MIRROR_DIGEST
     | CAP_PEER_COPY
     | CAP_LANES
-    | CAP_PEER_ROWS;
+    | CAP_PEER_ROWS
+    | CAP_NVML_P2P;
 
 pub const MODE_NEW_SESSION: u32 = 0;
 pub const MODE_ATTACH: u32 = 1;

@@ -72,6 +72,7 @@ pub fn run(bench_mib: u64) -> Result<(), String> {
                 }
             }
         }
+        nvml_peers(count as u32);
         // Copies between every pair, by each entry point, each checked byte for byte.
         for a in 0..bufs.len() {
             for b in 0..bufs.len() {
@@ -295,5 +296,51 @@ fn name(cuda: &Cuda, r: CUresult) -> String {
     match cuda.check("", r) {
         Ok(()) => "CUDA_SUCCESS".into(),
         Err(e) => e.trim_start_matches(" failed: ").to_string(),
+    }
+}
+
+/// NVML's peer status between every two devices (read, NVLink, atomics), where an NVML library loads: the lines
+/// "nvml p2p A -> B: read R nvlink N atomics T" (`nvmlGpuP2PStatus_t` values; 0 is OK). NVML numbers devices as
+/// CUDA does here (no `CUDA_VISIBLE_DEVICES`).
+fn nvml_peers(count: u32) {
+    use vgpu_cuda_sys::nvml::{nvmlDevice_t, nvmlGpuP2PCapsIndex_t, nvmlGpuP2PStatus_t, nvmlReturn_t};
+    let Ok(nvml) = vgpu_cuda_sys::NvmlLibrary::load_any("libnvidia-ml.so.1") else {
+        println!("nvml: not loadable");
+        return;
+    };
+    // SAFETY (this block): nvml.h's entry points with out-pointers to locals and handles NVML gave.
+    unsafe {
+        if nvml.nvmlInit_v2() != nvmlReturn_t::NVML_SUCCESS {
+            println!("nvml: init failed");
+            return;
+        }
+        let handle = |i: u32| {
+            let mut h: nvmlDevice_t = std::ptr::null_mut();
+            (nvml.nvmlDeviceGetHandleByIndex_v2(i, &mut h) == nvmlReturn_t::NVML_SUCCESS).then_some(h)
+        };
+        for a in 0..count {
+            for b in 0..count {
+                let (Some(ha), Some(hb)) = (handle(a), handle(b)) else {
+                    continue;
+                };
+                if a == b {
+                    continue;
+                }
+                let status = |index: u32| {
+                    let mut s = nvmlGpuP2PStatus_t(99);
+                    match nvml.nvmlDeviceGetP2PStatus(ha, hb, nvmlGpuP2PCapsIndex_t(index), &mut s) {
+                        r if r == nvmlReturn_t::NVML_SUCCESS => s.0.to_string(),
+                        r => format!("error {}", r.0),
+                    }
+                };
+                println!(
+                    "nvml p2p {a} -> {b}: read {} nvlink {} atomics {}",
+                    status(0),
+                    status(2),
+                    status(3)
+                );
+            }
+        }
+        nvml.nvmlShutdown();
     }
 }

@@ -252,6 +252,17 @@ fn gpus_of_one_server_have_peer_access_and_gpus_of_two_do_not() {
         let want = format!("can access peer {x} -> {y}: {can}");
         assert!(has(&lines, &want), "no '{want}' in {lines:?}");
     }
+    // NVML agrees: the two GPUs of one server reach each other over PCIe with atomics, without NVLink (what that
+    // server's NVML, the emulator's here, says); GPUs of two servers do not (NVML_P2P_STATUS_NOT_SUPPORTED, 5).
+    for (x, y, status) in [
+        (0, 1, "read 0 nvlink 5 atomics 0"),
+        (1, 0, "read 0 nvlink 5 atomics 0"),
+        (0, 2, "read 5 nvlink 5 atomics 5"),
+        (2, 1, "read 5 nvlink 5 atomics 5"),
+    ] {
+        let want = format!("nvml p2p {x} -> {y}: {status}");
+        assert!(has(&lines, &want), "no '{want}' in {lines:?}");
+    }
     assert!(has(&lines, "enable peer access 1 -> 0: CUDA_SUCCESS"), "{lines:?}");
     assert!(has(&lines, "disable peer access 1 -> 0: CUDA_SUCCESS"), "{lines:?}");
     for (x, y) in [(0, 1), (1, 0), (0, 2), (2, 1)] {

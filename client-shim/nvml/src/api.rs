@@ -86,9 +86,7 @@ macro_rules! entry_fn {
     };
 }
 
-/// `nvmlGpuP2PStatus_t` values and the last `nvmlGpuP2PCapsIndex_t`.
-const NVML_P2P_STATUS_OK: nvmlGpuP2PStatus_t = nvmlGpuP2PStatus_t::NVML_P2P_STATUS_OK;
-const NVML_P2P_STATUS_NOT_SUPPORTED: nvmlGpuP2PStatus_t = nvmlGpuP2PStatus_t::NVML_P2P_STATUS_NOT_SUPPORTED;
+/// The last `nvmlGpuP2PCapsIndex_t` NVML answers for.
 const NVML_P2P_CAPS_INDEX_LAST: nvmlGpuP2PCapsIndex_t = nvmlGpuP2PCapsIndex_t::NVML_P2P_CAPS_INDEX_PROP;
 
 /// `nvmlMemory_v2` in nvml.h: `NVML_STRUCT_VERSION(Memory, 2)`, the struct's size with the version in the top byte.
@@ -526,15 +524,20 @@ entry! {
         no_processes(handle, count)
     }
     nvmlDeviceGetP2PStatus => |device1, device2, index, status| {
-        // A GPU reaches itself; NVML answers NOT_SUPPORTED for any two, even two of one server (whose CUDA peer
-        // access their server's driver does answer): NVML's peer status is not forwarded yet.
+        // A GPU reaches itself; two GPUs of one server are what that server's NVML says; GPUs of two servers never
+        // reach each other (a kernel cannot dereference another server's memory).
         let (a, _) = device(device1)?;
         let (b, _) = device(device2)?;
-        let value = if a == b { NVML_P2P_STATUS_OK } else { NVML_P2P_STATUS_NOT_SUPPORTED };
         if index.0 > NVML_P2P_CAPS_INDEX_LAST.0 {
             return Err(nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT);
         }
-        ffi::write(status, value)
+        let value = link::ready()?.p2p_status(a as u32, b as u32, index.0).map_err(|e| match e {
+            CUresult::CUDA_ERROR_INVALID_VALUE => nvmlReturn_t::NVML_ERROR_INVALID_ARGUMENT,
+            CUresult::CUDA_ERROR_NOT_SUPPORTED => nvmlReturn_t::NVML_ERROR_NOT_SUPPORTED,
+            CUresult::CUDA_ERROR_DEVICE_UNAVAILABLE => nvmlReturn_t::NVML_ERROR_GPU_IS_LOST,
+            _ => nvmlReturn_t::NVML_ERROR_UNKNOWN,
+        })?;
+        ffi::write(status, nvmlGpuP2PStatus_t(value))
     }
     nvmlDeviceGetNvLinkRemoteDeviceType, nvmlDeviceGetNvLinkState, nvmlDeviceGetNvLinkRemotePciInfo,
     nvmlDeviceGetNvLinkRemotePciInfo_v2 => |handle, link, out| {

@@ -79,6 +79,8 @@ type TextFn = extern "C" fn(*mut c_char, usize) -> CUresult;
 type PcieFn = extern "C" fn(u32, *mut NvmlPcieReply, usize) -> CUresult;
 // own ABI: bridge export.
 type FieldsFn = extern "C" fn(u32, usize, *const NvmlFieldRequest, *mut NvmlFieldValue, usize) -> CUresult;
+// own ABI: bridge export.
+type P2pFn = extern "C" fn(u32, u32, u32, *mut u32) -> CUresult;
 
 /// The bridge functions of vGPU's `libcuda.so.1` (`client-shim/src/nvml_bridge.rs`).
 pub(crate) struct Bridge {
@@ -91,6 +93,7 @@ pub(crate) struct Bridge {
     driver_version: TextFn,
     device_pcie: PcieFn,
     field_values: FieldsFn,
+    p2p_status: P2pFn,
 }
 
 impl Bridge {
@@ -138,11 +141,12 @@ impl Bridge {
             driver_version: find!("vgpu_nvml_driver_version": TextFn),
             device_pcie: find!("vgpu_nvml_device_pcie": PcieFn),
             field_values: find!("vgpu_nvml_field_values": FieldsFn),
+            p2p_status: find!("vgpu_nvml_p2p_status": P2pFn),
         };
         match (bridge.version)() {
-            2 => Ok(bridge),
+            3 => Ok(bridge),
             v => Err(format!(
-                "vGPU's libcuda.so.1 speaks NVML bridge version {v}; this libnvidia-ml.so.1 speaks 2"
+                "vGPU's libcuda.so.1 speaks NVML bridge version {v}; this libnvidia-ml.so.1 speaks 3"
             )),
         }
     }
@@ -184,6 +188,13 @@ impl Bridge {
         let size = std::mem::size_of::<NvmlFieldValue>();
         (self.field_values)(index, requests.len(), requests.as_ptr(), out.as_mut_ptr(), size).result()?;
         Ok(out)
+    }
+
+    /// NVML's peer status between system devices `a` and `b` for capability `index`.
+    pub(crate) fn p2p_status(&self, a: u32, b: u32, index: u32) -> CuResult<u32> {
+        let mut status = 0u32;
+        (self.p2p_status)(a, b, index, &mut status).result()?;
+        Ok(status)
     }
 
     pub(crate) fn driver_version(&self) -> CuResult<String> {

@@ -258,6 +258,14 @@ impl Backend for RealBackend {
         let uuid = self.hardware_uuids.get(usize::try_from(dev).ok()?)?;
         crate::nvml::Nvml::shared()?.read(uuid, pid)
     }
+    fn device_p2p_status(&self, a: i32, b: i32, index: u32) -> Result<u32, u32> {
+        let uuid = |d: i32| usize::try_from(d).ok().and_then(|d| self.hardware_uuids.get(d));
+        // NVML_ERROR_INVALID_ARGUMENT for a device that is not there, NVML_ERROR_NOT_SUPPORTED without NVML.
+        let (Some(a), Some(b)) = (uuid(a), uuid(b)) else {
+            return Err(2);
+        };
+        crate::nvml::Nvml::shared().ok_or(3u32)?.p2p_status(a, b, index)
+    }
     fn device_pcie(&self, dev: i32) -> Option<crate::nvml::PcieLink> {
         let facts = self.devices.get(usize::try_from(dev).ok()?)?;
         crate::nvml::Nvml::shared()?.pcie(&facts.uuid_string())

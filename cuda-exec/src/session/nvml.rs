@@ -130,6 +130,26 @@ impl Serve<NvmlDevicePcie> for Channel {
     }
 }
 
+impl Serve<NvmlP2PStatus> for Channel {
+    fn serve(&mut self, c: NvmlP2PStatus, cx: &mut Cx<'_>) -> Served<PeerValueReply> {
+        cx.keep_latched = true;
+        let s = self.s();
+        // NVML numbers the server's visible devices in their own order, whatever CUDA's numbering.
+        let r = s.visible_device(c.dev_a).and_then(|a| {
+            let b = s.visible_device(c.dev_b)?;
+            match self.b().device_p2p_status(a, b, c.index) {
+                Ok(status) => Ok(PeerValueReply {
+                    value: i64::from(status),
+                }),
+                // NVML_ERROR_INVALID_ARGUMENT.
+                Err(2) => Err(CUDA_ERROR_INVALID_VALUE),
+                Err(_) => Err(CUDA_ERROR_NOT_SUPPORTED),
+            }
+        });
+        Ok(r)
+    }
+}
+
 impl Serve<NvmlFieldValues> for Channel {
     fn serve(&mut self, c: NvmlFieldValues, cx: &mut Cx<'_>) -> Served<Empty> {
         cx.keep_latched = true;

@@ -266,6 +266,12 @@ macro_rules! call_table {
             /// `nvmlDeviceGetFieldValues`: the tail holds `count` `NvmlFieldRequest`s (at most `MAX_NVML_FIELDS`),
             /// the reply's tail as many `NvmlFieldValue`s. Only sent to a server that announced `CAP_NVML_PCIE`.
             NvmlFieldValues = 113, sync, bytes(MAX_NVML_FIELDS * 8) { device: u32, count: u32 } -> Empty;
+            /// `nvmlDeviceGetP2PStatus` between two of this server's devices (`dev_a`, `dev_b`: indices in its welcome
+            /// list, as NVML numbers them) for capability `index` (`nvmlGpuP2PCapsIndex_t`): the reply's value is the
+            /// `nvmlGpuP2PStatus_t`, from the server's NVML (real backend) or the emulator's rules. CUDA_ERROR_
+            /// NOT_SUPPORTED where NVML cannot say, CUDA_ERROR_INVALID_VALUE for an index NVML refuses. Only sent to a
+            /// server that announced `CAP_NVML_P2P`.
+            NvmlP2PStatus = 114, sync { dev_a: u32, dev_b: u32, index: u32, _pad: u32 } -> PeerValueReply;
             // Virtual memory management (`cuMem*` VMM calls). Only sent to a server that announced `CAP_VMM`.
             // Device ordinals in locations are the client's; allocation handles are client-chosen ids.
             /// `cuMemGetAllocationGranularity`: `option` 0 minimum, 1 recommended.
