@@ -95,7 +95,7 @@ fn report(why: &str) {
 }
 
 impl Channel {
-    /// Before a call that moves `coming` bytes: a plain TCP channel that has moved (or is about to move) enough gets
+    /// Before a call that moves `coming` bytes: a TCP or TLS channel that has moved (or is about to move) enough gets
     /// its lanes, once. Must run before the call takes its request number, since the join is a request itself.
     pub(super) fn stripe_if_bulk(&mut self, srv: &Server, coming: usize) {
         if self.lanes != Lanes::Untried || self.transport.1.saturating_add(coming as u64) < LANE_AFTER {

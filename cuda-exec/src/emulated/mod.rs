@@ -436,20 +436,7 @@ impl Backend for EmulatedBackend {
         })
     }
     fn device_p2p_status(&self, a: i32, b: i32, index: u32) -> Result<u32, u32> {
-        // As the emulator's CUDA peer answers (`peer.rs`): every two devices of this server have peer access over
-        // PCIe, with atomics; there is no NVLink. NVML_ERROR_INVALID_ARGUMENT for a device or index not there.
-        let there = |d: i32| usize::try_from(d).ok().and_then(|d| self.devices.get(d)).is_some();
-        if !there(a) || !there(b) || index > 4 {
-            return Err(2);
-        }
-        const NVLINK: u32 = 2;
-        const STATUS_OK: u32 = 0;
-        const STATUS_NOT_SUPPORTED: u32 = 5;
-        Ok(if a != b && index == NVLINK {
-            STATUS_NOT_SUPPORTED
-        } else {
-            STATUS_OK
-        })
+        self.nvml_p2p_status(a, b, index)
     }
     fn device_pcie(&self, dev: i32) -> Option<crate::nvml::PcieLink> {
         usize::try_from(dev).ok().and_then(|d| self.devices.get(d))?;

@@ -14,6 +14,22 @@ impl EmulatedBackend {
         Ok(i32::from(dev != peer))
     }
 
+    /// NVML's peer status, as the CUDA answers here: every two devices of this server have peer access over PCIe,
+    /// with atomics; there is no NVLink. NVML_ERROR_INVALID_ARGUMENT (2) for a device or index not there.
+    pub(super) fn nvml_p2p_status(&self, a: i32, b: i32, index: u32) -> Result<u32, u32> {
+        const NVLINK: u32 = 2;
+        const STATUS_OK: u32 = 0;
+        const STATUS_NOT_SUPPORTED: u32 = 5;
+        if self.check_device(a).is_err() || self.check_device(b).is_err() || index > 4 {
+            return Err(2);
+        }
+        Ok(if a != b && index == NVLINK {
+            STATUS_NOT_SUPPORTED
+        } else {
+            STATUS_OK
+        })
+    }
+
     pub(super) fn p2p_attribute(&self, attr: u32, src: i32, dst: i32) -> CuResult<i32> {
         self.check_device(src)?;
         self.check_device(dst)?;
