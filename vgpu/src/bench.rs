@@ -538,6 +538,7 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
             ""
         }
     );
+    println!("{}", channel_settings());
     let rdma_head = if rdma.is_some() {
         format!(" {:>10} {:>8}", "vgpu rdma", "ratio")
     } else {
@@ -605,4 +606,17 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The client settings that shape a network channel's bulk rate, as this run had them (the probes inherit them).
+pub(crate) fn channel_settings() -> String {
+    let setting = |name: &str, default: &str| match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => format!("{name}={}", v.trim()),
+        _ => format!("{name}={default} (default)"),
+    };
+    format!(
+        "network channels: {} streams each once 8 MiB moved, {}",
+        setting("VGPU_TCP_STREAMS", "4"),
+        setting("VGPU_COMPRESS", "off")
+    )
 }

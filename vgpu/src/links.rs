@@ -271,6 +271,7 @@ fn render(runs: &[ShapeRun], native: Option<&Value>) -> Report {
             ""
         }
     );
+    let _ = writeln!(text, "{}", crate::bench::channel_settings());
     let direct = runs.iter().find(|r| r.shape.direct);
     let unshaped = runs.iter().find(|r| r.shape.name == "relay" || r.shape.name == "wire");
     if let (Some(d), Some(r)) = (direct, unshaped) {

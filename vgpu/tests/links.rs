@@ -127,6 +127,11 @@ fn bench_links_reports_round_trips_beside_a_prediction() {
         .expect("vgpu bench --links");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    // The table says which channel settings its copy rows were measured with.
+    assert!(
+        text.contains("network channels: VGPU_TCP_STREAMS=") && text.contains("VGPU_COMPRESS="),
+        "{text}"
+    );
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parse");
     let _ = std::fs::remove_file(&json);
     let shapes = doc["shapes"].as_array().expect("shapes");
