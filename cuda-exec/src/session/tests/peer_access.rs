@@ -79,3 +79,43 @@ fn two_devices_of_one_server_answer_and_enable_peer_access_as_the_driver_does() 
     assert_eq!(disable(&mut c, a).err(), Some(CUDA_ERROR_PEER_ACCESS_NOT_ENABLED));
     assert!(enable(&mut c, a, 0).is_ok());
 }
+
+/// NVML's peer status between two devices of one server over the wire: the emulator's answers (PCIe with atomics,
+/// no NVLink), a device with itself, and the refusals of a device or an index that is not there.
+#[test]
+fn nvml_peer_status_answers_for_two_devices_of_one_server_and_refuses_what_is_not_there() {
+    let backend = Arc::new(EmulatedBackend::with_devices(2));
+    let session = Session::new(backend, Limits::default());
+    let mut c = Client::connect_bare(&session);
+    let status = |c: &mut Client, dev_a, dev_b, index| {
+        c.call(
+            &NvmlP2PStatus {
+                dev_a,
+                dev_b,
+                index,
+                _pad: 0,
+            },
+            &[],
+        )
+        .map(|r| r.value)
+    };
+    // READ, WRITE, NVLINK, ATOMICS, PCI: OK but NVLink (NVML_P2P_STATUS_NOT_SUPPORTED, 5).
+    for (index, want) in [(0, 0), (1, 0), (2, 5), (3, 0), (4, 0)] {
+        assert_eq!(status(&mut c, 0, 1, index), Ok(want), "index {index}");
+        assert_eq!(status(&mut c, 1, 0, index), Ok(want), "index {index}");
+    }
+    assert_eq!(status(&mut c, 1, 1, 2), Ok(0), "a device reaches itself");
+    assert_eq!(
+        status(&mut c, 0, 2, 0),
+        Err(CUDA_ERROR_INVALID_DEVICE),
+        "no third device"
+    );
+    assert_eq!(
+        status(&mut c, 0, 1, 9),
+        Err(CUDA_ERROR_INVALID_VALUE),
+        "no such capability"
+    );
+    // NVML questions leave the channel serving.
+    assert_eq!(status(&mut c, 0, 1, 0), Ok(0));
+    c.close();
+}
