@@ -21,7 +21,8 @@ pub(super) enum Lanes {
     Untried,
     /// Striped over lanes.
     Joined,
-    /// Not used: not a plain TCP channel, turned off, or opening them failed (the channel goes on as it was).
+    /// Not used: not a TCP or TLS channel, compressed, turned off, or opening them failed (the channel goes on as it
+    /// was).
     NotUsed,
 }
 
