@@ -218,35 +218,15 @@ impl Listener {
                 }
             }
             MODE_ATTACH => {
-                let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-                match sessions.get(&hello.session_id) {
-                    Some(entry) if constant_time_eq(&entry.secret, &hello.secret) => {
-                        let handoff = Handoff {
-                            primary: 0,
-                            session_id: hello.session_id,
-                            secret: entry.secret,
-                            pid: hello.pid,
-                            flags: self.channel_flags(&hello, &conn),
-                            ..Default::default()
-                        };
-                        if let Err(e) = conn.hand_to(&entry.control, handoff, None) {
-                            tracing::warn!(
-                                "session {:x}: cannot hand a connection to its worker: {e}",
-                                hello.session_id
-                            );
-                        }
-                    }
-                    _ => {
-                        drop(sessions);
-                        self.auth_failed(
-                            conn,
-                            source,
-                            STATUS_NO_SUCH_SESSION,
-                            "no such session (it ended, or the secret is wrong)",
-                            hello.pid,
-                        );
-                    }
-                }
+                let handoff = Handoff {
+                    primary: 0,
+                    session_id: hello.session_id,
+                    secret: hello.secret,
+                    pid: hello.pid,
+                    flags: self.channel_flags(&hello, &conn),
+                    ..Default::default()
+                };
+                self.hand_to_session(conn, &hello, source, handoff, "a connection");
             }
             MODE_PEER => self.admit_peer(conn, &hello, source),
             MODE_LANE => self.admit_lane(conn, &hello, &credential, source),
@@ -282,19 +262,26 @@ impl Listener {
                 &format!("a lane's hello carries {LANE_CREDENTIAL} bytes after it"),
             );
         };
+        let handoff = Handoff {
+            primary: HANDOFF_LANE,
+            session_id: hello.session_id,
+            secret: token,
+            lane_index: index,
+            pid: hello.pid,
+            ..Default::default()
+        };
+        self.hand_to_session(conn, hello, source, handoff, "a lane");
+    }
+
+    /// A further connection of a live session (a thread's channel, a lane), admitted by the session's secret in
+    /// `hello` and passed to its worker with `handoff`; a wrong secret or an ended session is an authentication
+    /// failure. `what` names the connection in the log.
+    fn hand_to_session(&self, conn: Conn, hello: &Hello, source: Source, handoff: Handoff, what: &str) {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         match sessions.get(&hello.session_id) {
             Some(entry) if constant_time_eq(&entry.secret, &hello.secret) => {
-                let handoff = Handoff {
-                    primary: HANDOFF_LANE,
-                    session_id: hello.session_id,
-                    secret: token,
-                    lane_index: index,
-                    pid: hello.pid,
-                    ..Default::default()
-                };
                 if let Err(e) = conn.hand_to(&entry.control, handoff, None) {
-                    tracing::warn!("session {:x}: cannot hand a lane to its worker: {e}", hello.session_id);
+                    tracing::warn!("session {:x}: cannot hand {what} to its worker: {e}", hello.session_id);
                 }
             }
             _ => {

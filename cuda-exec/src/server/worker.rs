@@ -138,13 +138,7 @@ fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
     }
     let raw_fd = fd.as_raw_fd();
     let transport: Result<Box<dyn Transport>, String> = match handoff.transport {
-        0 => TcpTransport::from_stream(TcpStream::from(fd))
-            .map(|t| Box::new(t) as _)
-            .map_err(|e| e.to_string()),
-        3 => ResumeState::decode(&handoff.tls)
-            .and_then(|state| TlsTransport::resume(TcpStream::from(fd), &state))
-            .map(|t| Box::new(t) as _)
-            .map_err(|e| e.to_string()),
+        0 | 3 => network_transport(&handoff, TcpStream::from(fd)),
         2 => RdmaTransport::accept(TcpStream::from(fd))
             .map(|t| Box::new(t) as _)
             .map_err(|e| e.to_string()),
@@ -218,9 +212,23 @@ fn serve_connection(session: Arc<Session>, handoff: Handoff, fd: OwnedFd) {
     }
 }
 
-/// A connection from another GPU server with a copy for this session: welcomed (with no device facts and no
-/// secret: the sender learns only that its token was taken) and handed to the channel whose `PeerRecv` waits.
-fn deliver_peer(session: &Arc<Session>, handoff: &Handoff, mut transport: Box<dyn Transport>) {
+/// A TCP (`transport` 0) or TLS (3, resumed from the handoff's record state) connection as a transport.
+fn network_transport(handoff: &Handoff, socket: TcpStream) -> Result<Box<dyn Transport>, String> {
+    match handoff.transport {
+        0 => TcpTransport::from_stream(socket)
+            .map(|t| Box::new(t) as _)
+            .map_err(|e| e.to_string()),
+        3 => ResumeState::decode(&handoff.tls)
+            .and_then(|state| TlsTransport::resume(socket, &state))
+            .map(|t| Box::new(t) as _)
+            .map_err(|e| e.to_string()),
+        other => Err(format!("transport {other} is neither TCP nor TLS")),
+    }
+}
+
+/// The welcome of a connection that is not a client channel (another server's copy, a lane): no device facts and
+/// no secret, so its sender learns only that it was taken.
+fn bare_welcome(session: &Session, handoff: &Handoff, message: &str) -> bytes::BytesMut {
     let welcome = Welcome {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
@@ -230,7 +238,13 @@ fn deliver_peer(session: &Arc<Session>, handoff: &Handoff, mut transport: Box<dy
         session_id: handoff.session_id,
         ..Default::default()
     };
-    let bytes = encode_welcome(&welcome, &[], "peer copy");
+    encode_welcome(&welcome, &[], message)
+}
+
+/// A connection from another GPU server with a copy for this session: welcomed (`bare_welcome`) and handed to the
+/// channel whose `PeerRecv` waits.
+fn deliver_peer(session: &Arc<Session>, handoff: &Handoff, mut transport: Box<dyn Transport>) {
+    let bytes = bare_welcome(session, handoff, "peer copy");
     match transport.send(&[&bytes]) {
         Ok(()) => session.deliver_peer(handoff.secret, transport),
         Err(e) => tracing::warn!(
@@ -240,34 +254,16 @@ fn deliver_peer(session: &Arc<Session>, handoff: &Handoff, mut transport: Box<dy
     }
 }
 
-/// An extra connection of a client channel (TCP or TLS): welcomed (no device facts, no secret), then parked until
-/// the channel's `LanesJoin` takes it. A lane read waits at most the stall timeout for bytes its segment announced.
+/// An extra connection of a client channel (TCP or TLS): welcomed (`bare_welcome`), then parked until the channel's
+/// `LanesJoin` takes it. A lane read waits at most the stall timeout for bytes its segment announced.
 fn deliver_lane(session: &Arc<Session>, handoff: &Handoff, fd: OwnedFd) {
     let socket = TcpStream::from(fd);
-    let lane: Result<Box<dyn Transport>, String> = socket
+    let lane = socket
         .set_read_timeout(Some(stall_timeout()))
         .and_then(|()| socket.set_write_timeout(Some(stall_timeout())))
         .map_err(|e| e.to_string())
-        .and_then(|()| match handoff.transport {
-            0 => TcpTransport::from_stream(socket)
-                .map(|t| Box::new(t) as _)
-                .map_err(|e| e.to_string()),
-            3 => ResumeState::decode(&handoff.tls)
-                .and_then(|state| TlsTransport::resume(socket, &state))
-                .map(|t| Box::new(t) as _)
-                .map_err(|e| e.to_string()),
-            other => Err(format!("a lane over transport {other}")),
-        });
-    let welcome = Welcome {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        capabilities: CAPABILITIES,
-        status: STATUS_OK,
-        backend: session.backend().kind(),
-        session_id: handoff.session_id,
-        ..Default::default()
-    };
-    let bytes = encode_welcome(&welcome, &[], "lane");
+        .and_then(|()| network_transport(handoff, socket));
+    let bytes = bare_welcome(session, handoff, "lane");
     match lane.and_then(|mut lane| lane.send(&[&bytes]).map(|()| lane).map_err(|e| e.to_string())) {
         Ok(lane) => session.deliver_lane(handoff.secret, handoff.lane_index, lane),
         Err(e) => tracing::warn!(
