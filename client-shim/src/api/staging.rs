@@ -50,17 +50,8 @@ pub(super) fn staged_dtoh(flags: u16, ctx: ContextId, dst: *mut c_void, src: u64
 /// Copies `n` bytes from pageable `src` to device `dst` through the staging slots: this thread fills one slot
 /// while the GPU reads the other. Returns once every byte has reached the device.
 pub(super) fn staged_htod(flags: u16, ctx: ContextId, dst: u64, src: *const c_void, n: usize) -> Option<CuResult<()>> {
-    let (base, region, events) = staging(flags, ctx)?;
-    Some(staged_copy_in(
-        flags,
-        base,
-        region,
-        events,
-        dst,
-        src as *const u8,
-        n,
-        None,
-    ))
+    let slots = staging(flags, ctx)?;
+    Some(staged_copy_in(flags, slots, dst, src as *const u8, n, None))
 }
 
 /// `cuMemcpyHtoDAsync` from pageable `src` on the NULL or per-thread stream, through the staging slots: returns once
@@ -79,17 +70,8 @@ pub(super) fn staged_htod_async(
         // The slots' events belong to the thread's context; another stream may be of another one.
         return None;
     }
-    let (base, region, events) = staging(flags, ctx)?;
-    Some(staged_copy_in(
-        flags,
-        base,
-        region,
-        events,
-        dst,
-        src as *const u8,
-        n,
-        Some(stream),
-    ))
+    let slots = staging(flags, ctx)?;
+    Some(staged_copy_in(flags, slots, dst, src as *const u8, n, Some(stream)))
 }
 
 /// This thread's slots on the current server: which an asynchronous copy may still be reading.
@@ -175,12 +157,9 @@ fn post_and_mark<C: AsyncCall>(flags: u16, copy: &C, event: EventId, stream: Str
 
 /// Fills the slots in turn and queues their copies to `dst`; synchronous (`on: None`, the NULL or per-thread stream by
 /// `flags`) returns once every byte is on the device, asynchronous (`on: Some(stream)`) once every byte is staged.
-#[allow(clippy::too_many_arguments)]
 fn staged_copy_in(
     flags: u16,
-    base: *mut u8,
-    region: RegionId,
-    events: [EventId; 2],
+    (base, region, events): (*mut u8, RegionId, [EventId; 2]),
     dst: u64,
     src: *const u8,
     n: usize,
