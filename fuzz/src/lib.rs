@@ -14,6 +14,10 @@ pub mod session;
 pub mod striped;
 pub mod tickets;
 
+use std::collections::VecDeque;
+
+use vgpu_dataplane::{Transport, TransportError};
+
 /// Every target by name, for the regression runner and `scripts/fuzz.sh`.
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("frames", frames::run),
@@ -25,3 +29,31 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("packed", packed::run),
     ("striped", striped::run),
 ];
+
+/// Bytes written on one side, read on the other, in order; a read the bytes cannot fill is a closed connection (and
+/// empties the pipe). The in-memory transport the stream targets (`packed`, `striped`) feed hostile bytes through.
+#[derive(Default)]
+pub struct Pipe(pub VecDeque<u8>);
+
+impl Transport for Pipe {
+    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        for p in parts {
+            self.0.extend(p.iter());
+        }
+        Ok(())
+    }
+    fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+        if self.0.len() < buf.len() {
+            self.0.clear();
+            return Err(TransportError::Closed);
+        }
+        let n = buf.len();
+        for (b, v) in buf.iter_mut().zip(self.0.drain(..n)) {
+            *b = v;
+        }
+        Ok(())
+    }
+    fn kind(&self) -> &'static str {
+        "pipe"
+    }
+}

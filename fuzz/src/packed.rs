@@ -5,11 +5,11 @@
 //! wire), whatever the announced lengths; a read either fills its buffer or fails, and after a failure nothing more
 //! is read; every send comes back byte for byte, in order, whichever policy packed it.
 
-use std::collections::VecDeque;
-
 use arbitrary::{Arbitrary, Unstructured};
-use vgpu_dataplane::{Transport, TransportError};
+use vgpu_dataplane::Transport;
 use vgpu_transports::packed::{PackedTransport, Policy, UNIT};
+
+use crate::Pipe;
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -19,33 +19,6 @@ struct Input {
     /// Sends for the round trip: each a byte to repeat, how often (in KiB), and noise after it.
     sends: Vec<(u8, u8, Vec<u8>)>,
     auto: bool,
-}
-
-/// Bytes written on one side, read on the other.
-#[derive(Default)]
-struct Pipe(VecDeque<u8>);
-
-impl Transport for Pipe {
-    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
-        for p in parts {
-            self.0.extend(p.iter());
-        }
-        Ok(())
-    }
-    fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
-        if self.0.len() < buf.len() {
-            self.0.clear();
-            return Err(TransportError::Closed);
-        }
-        let n = buf.len();
-        for (b, v) in buf.iter_mut().zip(self.0.drain(..n)) {
-            *b = v;
-        }
-        Ok(())
-    }
-    fn kind(&self) -> &'static str {
-        "pipe"
-    }
 }
 
 pub fn run(data: &[u8]) {

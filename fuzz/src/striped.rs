@@ -8,8 +8,10 @@
 use std::collections::VecDeque;
 
 use arbitrary::{Arbitrary, Unstructured};
-use vgpu_dataplane::{Transport, TransportError};
+use vgpu_dataplane::Transport;
 use vgpu_transports::striped::{Lane, Striped};
+
+use crate::Pipe;
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -22,32 +24,6 @@ struct Input {
     reads: Vec<u16>,
     /// An inline segment put first on the main connection, which must come back whole.
     inline: Vec<u8>,
-}
-
-/// Bytes a peer sent, read in order; short of bytes is a closed connection.
-struct Pipe(VecDeque<u8>);
-
-impl Transport for Pipe {
-    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
-        for p in parts {
-            self.0.extend(p.iter());
-        }
-        Ok(())
-    }
-    fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
-        if self.0.len() < buf.len() {
-            self.0.clear();
-            return Err(TransportError::Closed);
-        }
-        let n = buf.len();
-        for (b, v) in buf.iter_mut().zip(self.0.drain(..n)) {
-            *b = v;
-        }
-        Ok(())
-    }
-    fn kind(&self) -> &'static str {
-        "pipe"
-    }
 }
 
 pub fn run(data: &[u8]) {
