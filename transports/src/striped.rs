@@ -72,13 +72,8 @@ impl<M: Transport> Striped<M> {
     }
 
     /// Streams the bytes move on: the main transport and the lanes.
-    pub fn streams(&self) -> usize {
+    fn streams(&self) -> usize {
         self.lanes.len() + 1
-    }
-
-    /// The main transport (its own state is unchanged by striping).
-    pub fn main(&self) -> &M {
-        &self.main
     }
 
     fn send_inline(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {

@@ -3,13 +3,14 @@
 //! compressed or shared-memory channels. On the wire: a lane needs its session's secret and a well-formed hello, a
 //! join names lanes that came and of the channel's kind, and after a join both ends speak the striped framing.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vgpu_dataplane::handshake::*;
-use vgpu_dataplane::wire::{request_header, LanesJoin, MemGetInfo, ReplyHeader};
+use vgpu_dataplane::wire::{request_header, Call, LanesJoin, MemGetInfo, ReplyHeader};
+use vgpu_dataplane::{Endpoint, Transport};
+use vgpu_transports::tcp::TcpTransport;
 use zerocopy::{FromBytes, IntoBytes};
 
 mod common;
@@ -71,10 +72,8 @@ fn bulk_copies_read_back_right_striped_or_not_and_lanes_are_only_plain_tcp() {
     assert_eq!(striped_channels(&out), 0, "shm: {out}");
 }
 
-/// A raw client: a hello of `mode` for `session`/`secret` with `credential`; the welcome and the socket.
-fn raw_hello(addr: &str, mode: u32, session: u64, secret: [u8; 16], credential: &[u8]) -> (Welcome, String, TcpStream) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+/// The hello of `mode` for `session`/`secret` with `credential`.
+fn hello_bytes(mode: u32, session: u64, secret: [u8; 16], credential: &[u8]) -> Vec<u8> {
     let h = Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
@@ -85,14 +84,42 @@ fn raw_hello(addr: &str, mode: u32, session: u64, secret: [u8; 16], credential: 
         secret,
         ..Default::default()
     };
-    let _ = s.write_all(&encode_hello(&h, credential));
+    encode_hello(&h, credential).to_vec()
+}
+
+/// A raw TCP client (reads give up after 20 s): a hello of `mode` for `session`/`secret` with `credential`; the
+/// welcome and the connection.
+fn raw_hello(
+    addr: &str,
+    mode: u32,
+    session: u64,
+    secret: [u8; 16],
+    credential: &[u8],
+) -> (Welcome, String, TcpTransport) {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let mut t = TcpTransport::from_stream(s).expect("tcp");
+    // A refused client may find the socket shut before it has written everything: the welcome says why.
+    let _ = t.send(&[&hello_bytes(mode, session, secret, credential)]);
+    let (w, msg) = welcome_on(&mut t);
+    (w, msg, t)
+}
+
+/// A TLS client: a hello of `mode` for the session of `w` (none: a new one) with `credential`; the connection.
+fn tls_hello(endpoint: &Endpoint, mode: u32, w: Option<&Welcome>, credential: &[u8]) -> Box<dyn Transport> {
+    let (session, secret) = w.map_or((0, [0; 16]), |w| (w.session_id, w.secret));
+    vgpu_transports::connect(endpoint, &hello_bytes(mode, session, secret, credential)).expect("tls connect")
+}
+
+/// The welcome on a connection whose hello was sent.
+fn welcome_on(t: &mut dyn Transport) -> (Welcome, String) {
     let mut head = [0u8; std::mem::size_of::<Welcome>()];
-    s.read_exact(&mut head).expect("a welcome or a refusal");
+    t.recv_exact(&mut head).expect("a welcome or a refusal");
     let w = Welcome::read_from_bytes(&head[..]).expect("welcome layout");
     let mut tail = vec![0u8; welcome_tail_len(&w).expect("sane welcome")];
-    s.read_exact(&mut tail).expect("welcome tail");
+    t.recv_exact(&mut tail).expect("welcome tail");
     let (_, msg) = decode_welcome_tail(&w, &tail).expect("tail");
-    (w, msg, s)
+    (w, msg)
 }
 
 fn lane_credential(token: [u8; 16], index: u32) -> Vec<u8> {
@@ -100,17 +127,31 @@ fn lane_credential(token: [u8; 16], index: u32) -> Vec<u8> {
 }
 
 /// Sends `LanesJoin` as request `seq` (unstriped) and returns the reply's status.
-fn join(s: &mut TcpStream, seq: u32, token: [u8; 16], count: u32) -> u32 {
+fn join(t: &mut dyn Transport, seq: u32, token: [u8; 16], count: u32) -> u32 {
     let call = LanesJoin { token, count, _pad: 0 };
-    s.write_all(request_header::<LanesJoin>(seq, 0, 0).as_bytes())
-        .expect("header");
-    s.write_all(call.as_bytes()).expect("body");
+    t.send(&[request_header::<LanesJoin>(seq, 0, 0).as_bytes(), call.as_bytes()])
+        .expect("join");
     let mut head = ReplyHeader::default();
-    s.read_exact(head.as_mut_bytes()).expect("reply");
+    t.recv_exact(head.as_mut_bytes()).expect("reply");
     assert_eq!(head.seq, seq);
     let mut rest = vec![0u8; head.len as usize];
-    s.read_exact(&mut rest).expect("reply body");
+    t.recv_exact(&mut rest).expect("reply body");
     head.result
+}
+
+/// On a striped channel, by hand: `call` as request `seq` in an inline segment, and the reply's header, which must
+/// come back in an inline segment too.
+fn striped_call<C: Call>(t: &mut dyn Transport, seq: u32, call: &C) -> ReplyHeader {
+    let request = [request_header::<C>(seq, 0, 0).as_bytes(), call.as_bytes()].concat();
+    t.send(&[&(request.len() as u32).to_le_bytes(), &request])
+        .expect("request");
+    let mut word = [0u8; 4];
+    t.recv_exact(&mut word).expect("segment word");
+    let word = u32::from_le_bytes(word);
+    assert_eq!(word >> 31, 0, "a small reply is inline");
+    let mut reply = vec![0u8; word as usize];
+    t.recv_exact(&mut reply).expect("reply");
+    ReplyHeader::read_from_prefix(&reply).expect("reply header").0
 }
 
 #[test]
@@ -164,93 +205,37 @@ fn lanes_need_their_session_and_a_join_names_lanes_that_came() {
     );
     assert_eq!(r.status, STATUS_OK, "{msg}");
     assert_eq!(join(&mut main, 4, token, 1), 0, "the lane joins");
-    // From here on both ways are striped frames: an inline segment word, then the request.
-    let header = request_header::<MemGetInfo>(5, 0, 0);
-    let request = [header.as_bytes(), MemGetInfo {}.as_bytes()].concat();
-    main.write_all(&(request.len() as u32).to_le_bytes()).expect("word");
-    main.write_all(&request).expect("request");
-    let mut word = [0u8; 4];
-    main.read_exact(&mut word).expect("segment word");
-    let word = u32::from_le_bytes(word);
-    assert_eq!(word >> 31, 0, "a small reply is inline");
-    let mut reply = vec![0u8; word as usize];
-    main.read_exact(&mut reply).expect("reply");
-    let head = ReplyHeader::read_from_prefix(&reply).expect("reply header").0;
-    // No context is current on this raw channel: the driver's CUDA_ERROR_INVALID_CONTEXT, answered striped.
+    // From here on both ways are striped frames. No context is current on this raw channel: the driver's
+    // CUDA_ERROR_INVALID_CONTEXT, answered striped.
+    let head = striped_call(&mut main, 5, &MemGetInfo {});
     assert_eq!(
         (head.seq, head.result),
         (5, 201),
         "MemGetInfo answered on the striped channel"
     );
     // A second join on a striped channel is refused (one per channel), in striped framing.
-    let call = LanesJoin {
-        token,
-        count: 1,
-        _pad: 0,
-    };
-    let request = [request_header::<LanesJoin>(6, 0, 0).as_bytes(), call.as_bytes()].concat();
-    main.write_all(&(request.len() as u32).to_le_bytes()).expect("word");
-    main.write_all(&request).expect("request");
-    let mut word = [0u8; 4];
-    main.read_exact(&mut word).expect("segment word");
-    let mut reply = vec![0u8; u32::from_le_bytes(word) as usize];
-    main.read_exact(&mut reply).expect("reply");
-    let head = ReplyHeader::read_from_prefix(&reply).expect("reply header").0;
+    let head = striped_call(
+        &mut main,
+        6,
+        &LanesJoin {
+            token,
+            count: 1,
+            _pad: 0,
+        },
+    );
     assert_eq!((head.seq, head.result), (6, 801));
     // The lane carries nothing unasked: nothing is waiting on it.
-    lane.set_read_timeout(Some(Duration::from_millis(100)))
+    lane.stream()
+        .set_read_timeout(Some(Duration::from_millis(100)))
         .expect("timeout");
     let mut probe = [0u8; 1];
-    assert!(lane.read(&mut probe).is_err(), "the server wrote on an idle lane");
-}
-
-/// The welcome on a transport already set up (TLS).
-fn welcome_on(t: &mut dyn vgpu_dataplane::Transport) -> (Welcome, String) {
-    let mut head = [0u8; std::mem::size_of::<Welcome>()];
-    t.recv_exact(&mut head).expect("a welcome");
-    let w = Welcome::read_from_bytes(&head[..]).expect("welcome layout");
-    let mut tail = vec![0u8; welcome_tail_len(&w).expect("sane welcome")];
-    t.recv_exact(&mut tail).expect("welcome tail");
-    let (_, msg) = decode_welcome_tail(&w, &tail).expect("tail");
-    (w, msg)
-}
-
-fn tls_hello(
-    endpoint: &vgpu_dataplane::Endpoint,
-    mode: u32,
-    w: Option<&Welcome>,
-    credential: &[u8],
-) -> Box<dyn vgpu_dataplane::Transport> {
-    let h = Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        capabilities: CAPABILITIES,
-        mode,
-        pid: 7,
-        session_id: w.map_or(0, |w| w.session_id),
-        secret: w.map_or([0; 16], |w| w.secret),
-        ..Default::default()
-    };
-    vgpu_transports::connect(endpoint, &encode_hello(&h, credential)).expect("tls connect")
-}
-
-/// Sends `LanesJoin` as request `seq` over a transport and returns the reply's status.
-fn join_on(t: &mut dyn vgpu_dataplane::Transport, seq: u32, token: [u8; 16], count: u32) -> u32 {
-    let call = LanesJoin { token, count, _pad: 0 };
-    t.send(&[request_header::<LanesJoin>(seq, 0, 0).as_bytes(), call.as_bytes()])
-        .expect("join");
-    let mut head = ReplyHeader::default();
-    t.recv_exact(head.as_mut_bytes()).expect("reply");
-    assert_eq!(head.seq, seq);
-    let mut rest = vec![0u8; head.len as usize];
-    t.recv_exact(&mut rest).expect("reply body");
-    head.result
+    assert!(lane.recv_exact(&mut probe).is_err(), "the server wrote on an idle lane");
 }
 
 #[test]
 fn a_clear_lane_cannot_join_an_encrypted_channel_but_a_tls_lane_can() {
     let server = start(&[]);
-    let tls = vgpu_dataplane::Endpoint::parse(&server.tls).expect("tls endpoint");
+    let tls = Endpoint::parse(&server.tls).expect("tls endpoint");
     let mut main = tls_hello(&tls, MODE_NEW_SESSION, None, &[]);
     let (w, msg) = welcome_on(&mut *main);
     assert_eq!(w.status, STATUS_OK, "{msg}");
@@ -265,10 +250,10 @@ fn a_clear_lane_cannot_join_an_encrypted_channel_but_a_tls_lane_can() {
     );
     assert_eq!(r.status, STATUS_OK, "{msg}");
     // ...but cannot join the TLS channel: its bytes would travel in clear.
-    assert_eq!(join_on(&mut *main, 1, token, 1), 801);
+    assert_eq!(join(&mut *main, 1, token, 1), 801);
     let token = [6u8; 16];
     let mut lane = tls_hello(&tls, MODE_LANE, Some(&w), &lane_credential(token, 0));
     let (r, msg) = welcome_on(&mut *lane);
     assert_eq!(r.status, STATUS_OK, "{msg}");
-    assert_eq!(join_on(&mut *main, 2, token, 1), 0, "a TLS lane joins a TLS channel");
+    assert_eq!(join(&mut *main, 2, token, 1), 0, "a TLS lane joins a TLS channel");
 }
