@@ -5,7 +5,7 @@
 //! Every `send` becomes segments, each announced on the main transport by a 4-byte word: bit 31 clear, an inline
 //! segment whose `len` bytes follow on the main transport; bit 31 set, a striped segment whose bytes are cut into
 //! `STRIPE_CHUNK` pieces, piece `i` going to stream `i % streams` (stream 0 is the main transport, stream `k` lane
-//! `k - 1`). Sends below `STRIPE_MIN` are one inline segment; a part at least that long is striped, the small parts
+//! `k - 1`). Sends below `stripe_min()` are one inline segment; a part at least that long is striped, the small parts
 //! around it inline. The receiver knows from the word where each byte is, so it reads any range of a striped
 //! segment straight into the caller's buffer from all streams at once, whatever sizes it asks for.
 //!
@@ -18,8 +18,35 @@ use vgpu_dataplane::transport::{Transport, TransportError};
 
 use crate::protocol;
 
-/// A send at least this long has its large parts striped over the lanes.
+/// By default a send at least this long has its large parts striped over the lanes (`VGPU_STRIPE_MIN_KB` changes it).
 pub const STRIPE_MIN: usize = 2 << 20;
+/// The smallest and largest `VGPU_STRIPE_MIN_KB` accepted: below one piece striping only adds framing.
+const STRIPE_MIN_RANGE_KB: std::ops::RangeInclusive<usize> = (STRIPE_CHUNK >> 10)..=(1 << 20);
+
+/// The striping threshold this process uses: `VGPU_STRIPE_MIN_KB` (512..=1048576) where set and valid, else
+/// `STRIPE_MIN`. Each end decides for its own sends; a receiver reads any framing, so the two may differ.
+pub fn stripe_min() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| {
+        parse_stripe_min(std::env::var("VGPU_STRIPE_MIN_KB").ok().as_deref()).unwrap_or_else(|why| {
+            tracing::warn!("{why}; striping sends from {} KiB", STRIPE_MIN >> 10);
+            STRIPE_MIN
+        })
+    })
+}
+
+/// `VGPU_STRIPE_MIN_KB`'s value in bytes (unset: `STRIPE_MIN`), or why it is refused.
+pub fn parse_stripe_min(value: Option<&str>) -> Result<usize, String> {
+    let Some(text) = value else { return Ok(STRIPE_MIN) };
+    match text.trim().parse::<usize>() {
+        Ok(kb) if STRIPE_MIN_RANGE_KB.contains(&kb) => Ok(kb << 10),
+        _ => Err(format!(
+            "VGPU_STRIPE_MIN_KB={text:?} is not a whole number of KiB from {} to {}",
+            STRIPE_MIN_RANGE_KB.start(),
+            STRIPE_MIN_RANGE_KB.end()
+        )),
+    }
+}
 /// The piece of a striped segment each stream carries in turn.
 pub const STRIPE_CHUNK: usize = 512 << 10;
 /// The largest segment (its length must fit the header's 31 bits); longer parts are several segments.
@@ -182,12 +209,13 @@ fn lane_error(e: TransportError) -> TransportError {
 impl<M: Transport> Transport for Striped<M> {
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        if total < STRIPE_MIN {
+        let stripe_min = stripe_min();
+        if total < stripe_min {
             return self.send_inline(parts);
         }
         let mut small_from = 0;
         for (i, part) in parts.iter().enumerate() {
-            if part.len() >= STRIPE_MIN {
+            if part.len() >= stripe_min {
                 if small_from < i {
                     self.send_inline(&parts[small_from..i])?;
                 }
@@ -243,6 +271,17 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::time::Duration;
+
+    #[test]
+    fn the_stripe_threshold_setting_is_checked() {
+        assert_eq!(parse_stripe_min(None), Ok(STRIPE_MIN));
+        assert_eq!(parse_stripe_min(Some("1024")), Ok(1 << 20));
+        assert_eq!(parse_stripe_min(Some(" 512 ")), Ok(STRIPE_CHUNK));
+        for bad in ["511", "0", "1048577", "1M", "", "-4"] {
+            let why = parse_stripe_min(Some(bad)).expect_err(bad);
+            assert!(why.contains("VGPU_STRIPE_MIN_KB"), "{why}");
+        }
+    }
 
     fn lane(s: TcpStream) -> Lane {
         Box::new(TcpTransport::from_stream(s).expect("tcp"))
