@@ -20,6 +20,7 @@ pub mod digest;
 pub mod handshake;
 pub mod ids;
 pub mod image;
+pub mod pinned;
 pub mod ranges;
 pub mod transport;
 pub mod wire;

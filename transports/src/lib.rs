@@ -17,6 +17,7 @@ pub mod rdma;
 #[cfg(not(feature = "rdma"))]
 #[path = "rdma_off.rs"]
 pub mod rdma;
+pub mod rdma_stats;
 pub mod shm;
 pub mod striped;
 mod sys;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use vgpu_dataplane::transport::{Transport, TransportError};
 
+pub use crate::rdma_stats::{counters, RdmaCounters};
+
 const WHY: &str = "this vGPU was built without the `rdma` cargo feature";
 
 fn off() -> TransportError {
@@ -20,6 +22,8 @@ pub struct RdmaConfig {
     pub spin: Duration,
     pub sq_depth: u32,
     pub rq_depth: u32,
+    pub pull_min: usize,
+    pub reg_max_bytes: usize,
 }
 
 impl RdmaConfig {

@@ -444,6 +444,91 @@ pub(crate) mod verbs {
         guard.post()
     }
 
+    /// Memory the device may read into or send from: one of this module's own buffers, or a listed range.
+    pub(crate) trait LocalMemory {
+        fn lkey(&self) -> u32;
+        fn base(&self) -> usize;
+        fn size(&self) -> usize;
+    }
+
+    impl LocalMemory for Registered {
+        fn lkey(&self) -> u32 {
+            self.mr.lkey()
+        }
+        fn base(&self) -> usize {
+            self.map.addr()
+        }
+        fn size(&self) -> usize {
+            self.map.len()
+        }
+    }
+
+    /// A device registration of a range listed in `vgpu_dataplane::pinned` (memory this module did not allocate).
+    pub(crate) struct ListedRegistration {
+        mr: Arc<MemoryRegion>,
+        addr: usize,
+        len: usize,
+    }
+
+    impl ListedRegistration {
+        pub(crate) fn new(
+            pd: &Arc<ProtectionDomain>,
+            addr: usize,
+            len: usize,
+            access: AccessFlags,
+        ) -> io::Result<ListedRegistration> {
+            // SAFETY: a listed range is mapped for `len` bytes while listed (the registry's contract with whoever
+            // lists it). Registration takes the device's own reference to its pages, so the range being freed
+            // later cannot make the device touch memory this process reuses: the transport only uses a
+            // registration while its range is still listed under the same id, and drops it otherwise.
+            let mr = unsafe { pd.reg_mr(addr, len, access) }
+                .map_err(|e| io::Error::other(format!("cannot register {len} bytes with the RDMA device: {e}")))?;
+            Ok(ListedRegistration { mr, addr, len })
+        }
+        pub(crate) fn rkey(&self) -> u32 {
+            self.mr.rkey()
+        }
+    }
+
+    impl LocalMemory for ListedRegistration {
+        fn lkey(&self) -> u32 {
+            self.mr.lkey()
+        }
+        fn base(&self) -> usize {
+            self.addr
+        }
+        fn size(&self) -> usize {
+            self.len
+        }
+    }
+
+    /// Posts one signaled RDMA READ of `len` bytes from `remote_addr`/`rkey` in the peer's memory into `dst` at
+    /// `off`. The caller waits for its completion (or moves the queue pair to the error state, which flushes it)
+    /// before `dst`'s bytes are used or released.
+    pub(crate) fn post_read(
+        qp: &mut BasicQueuePair,
+        wr_id: u64,
+        dst: &dyn LocalMemory,
+        off: usize,
+        len: u32,
+        remote_addr: u64,
+        rkey: u32,
+    ) -> Result<(), PostSendError> {
+        assert!(
+            len > 0 && off.checked_add(len as usize).is_some_and(|e| e <= dst.size()),
+            "RDMA read destination out of range"
+        );
+        let mut guard = qp.start_post_send();
+        let wr = guard
+            .construct_wr(wr_id, WorkRequestFlags::Signaled)
+            .setup_read(rkey, remote_addr);
+        // SAFETY: the entry covers `len` bytes at `off` inside `dst` (checked above): a buffer of this module that
+        // lives as long as the queue pair, or a listed range the caller borrows until the read completes or is
+        // flushed (see the doc comment); the device writes nothing else.
+        unsafe { wr.setup_sge(dst.lkey(), (dst.base() + off) as u64, len) };
+        guard.post()
+    }
+
     /// Asks for a completion event on the channel at the next completion of `cq`.
     pub(crate) fn arm_cq(cq: &BasicCompletionQueue) -> io::Result<()> {
         // SAFETY: `cq` is a live completion queue (borrowed for the call); req_notify_cq only rings its doorbell.

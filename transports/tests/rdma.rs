@@ -1,6 +1,8 @@
 //! RDMA-only transport tests beyond the shared conformance suite: a full send queue (also mid-way through a large
-//! copy) and an exhausted receive queue wait instead of failing, a peer process killed mid-transfer ends the channel,
-//! a broken remote key fails cleanly, and bad setups are refused. Those that need devices run in the Soft-RoCE VM.
+//! copy) and an exhausted receive queue wait instead of failing, a peer process killed mid-transfer (also while its
+//! memory is being read) ends the channel, broken remote keys fail cleanly, bad setups are refused, and bytes read
+//! in place (pulled from the peer's ring, offered from registered memory) cross without a copy, shown by the
+//! channels' counters, whatever the boundaries. Those that need devices run in the Soft-RoCE VM.
 #![cfg(feature = "rdma")]
 
 mod common;
@@ -33,6 +35,23 @@ fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send
     match rx.recv_timeout(Duration::from_secs(secs)) {
         Ok(v) => v,
         Err(e) => panic!("{what}: no outcome within {secs} s ({e})"),
+    }
+}
+
+/// Bytes listed as pinned (`vgpu_dataplane::pinned`) while this lives, as an app's pinned buffer or a server's
+/// staging is: the transport may register them and read or offer them in place.
+struct Listed(Vec<u8>);
+
+impl Listed {
+    fn new(bytes: Vec<u8>) -> Listed {
+        vgpu_dataplane::pinned::add(bytes.as_ptr() as usize, bytes.len()).expect("listed");
+        Listed(bytes)
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        vgpu_dataplane::pinned::remove(self.0.as_ptr() as usize);
     }
 }
 
@@ -193,8 +212,12 @@ fn rdma_child_process_peer() {
     let mut c = rdma::connect_with(&dial, &framed_hello(), &cfg).expect("child connect");
     let chunk = pattern(1, 64 * 1024);
     let mut buf = vec![0u8; 4096];
+    let offered = Listed::new(pattern(2, 8 << 20));
     loop {
-        if mode == "send" {
+        if mode == "offer" {
+            // Larger than the ring and listed: offered in place, so the parent reads this process's memory.
+            c.send(&[&offered.0]).expect("child send");
+        } else if mode == "send" {
             c.send(&[&chunk]).expect("child send");
         } else {
             c.recv_exact(&mut buf).expect("child recv");
@@ -208,7 +231,7 @@ fn rdma_peer_killed_mid_transfer_ends_the_channel() {
     if rdma_env().is_none() {
         return skip("rdma_peer_killed_mid_transfer_ends_the_channel");
     }
-    for mode in ["send", "recv"] {
+    for mode in ["send", "recv", "offer"] {
         within(90, mode, move || {
             let (listener, dial) = common::rdma_listener();
             let server = common::rdma_accept(listener, RdmaConfig::default());
@@ -221,7 +244,7 @@ fn rdma_peer_killed_mid_transfer_ends_the_channel() {
                 .expect("spawn child");
             let mut s = server.join().expect("server end");
             let mut buf = vec![0u8; 64 * 1024];
-            if mode == "send" {
+            if mode != "recv" {
                 // Take 2 MiB of the child's stream, then kill it mid-transfer.
                 for _ in 0..32 {
                     s.recv_exact(&mut buf).expect("recv from child");
@@ -237,7 +260,7 @@ fn rdma_peer_killed_mid_transfer_ends_the_channel() {
             let err = loop {
                 // The reader drains what already arrived, then fails; the writer fails once the ring is full or a
                 // write is not acknowledged.
-                let r = if mode == "send" {
+                let r = if mode != "recv" {
                     s.recv_exact(&mut buf)
                 } else {
                     s.send(&[&buf])
@@ -304,4 +327,159 @@ fn rdma_bad_ring_sizes_and_missing_servers_are_errors() {
         .err()
         .expect("no server");
     assert!(matches!(err, TransportError::Io(_)), "{err:?}");
+}
+
+#[test]
+fn rdma_offered_and_pulled_bytes_are_read_in_place() {
+    if rdma_env().is_none() {
+        return skip("rdma_offered_and_pulled_bytes_are_read_in_place");
+    }
+    within(180, "in-place reads", || {
+        let cfg = RdmaConfig {
+            ring_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let (mut c, mut s) = rdma_pair_raw(&cfg);
+        // 16 MiB from listed memory into listed memory: offered in place, read by the server's NIC in odd pieces.
+        let len = 16 << 20;
+        let src = Listed::new(pattern(21, len));
+        let server = thread::spawn(move || {
+            let mut dst = Listed::new(vec![0u8; len]);
+            for piece in dst.0.chunks_mut(1_000_003) {
+                s.recv_exact(piece).expect("server recv");
+            }
+            (s, dst)
+        });
+        c.send(&[&src.0]).expect("offer");
+        let (mut s, dst) = server.join().expect("server");
+        assert!(dst.0 == src.0, "the offered bytes differ");
+        let (cc, sc) = (c.channel_counters(), s.channel_counters());
+        assert_eq!(
+            (cc.offered_in_place, cc.ring_copied_in),
+            (len as u64, 0),
+            "client {cc:?}"
+        );
+        assert_eq!(
+            (sc.pulled_in_place, sc.pulled_bounced, sc.ring_copied_out),
+            (len as u64, 0, 0),
+            "server {sc:?}"
+        );
+        // Back: 256 KiB of unlisted memory (copied into the server's ring, pulled by the client) into listed memory,
+        // the same into unlisted memory (read through the bounce buffer), and 100 bytes written as before.
+        let back = pattern(22, 256 << 10);
+        s.send(&[&back, &back, &back[..100]]).expect("server send");
+        let mut listed = Listed::new(vec![0u8; back.len()]);
+        let mut plain = vec![0u8; back.len()];
+        let mut small = [0u8; 100];
+        c.recv_exact(&mut listed.0).expect("recv in place");
+        c.recv_exact(&mut plain).expect("recv bounced");
+        c.recv_exact(&mut small).expect("recv written");
+        assert!(
+            listed.0 == back && plain == back && small[..] == back[..100],
+            "bytes back differ"
+        );
+        let (cc, sc) = (c.channel_counters(), s.channel_counters());
+        assert_eq!(sc.ring_copied_in, 2 * back.len() as u64 + 100, "server {sc:?}");
+        assert_eq!(
+            (cc.pulled_in_place, cc.pulled_bounced, cc.ring_copied_out),
+            (back.len() as u64, back.len() as u64, back.len() as u64 + 100),
+            "client {cc:?}"
+        );
+        assert!(rdma::counters().registrations >= 2, "{:?}", rdma::counters());
+    });
+}
+
+#[test]
+fn rdma_written_pulled_and_offered_parts_interleave_across_ring_ends() {
+    if rdma_env().is_none() {
+        return skip("rdma_written_pulled_and_offered_parts_interleave_across_ring_ends");
+    }
+    within(240, "interleaved parts", || {
+        let cap = 64 * 1024;
+        let cfg = RdmaConfig {
+            ring_bytes: cap,
+            ..Default::default()
+        };
+        let (mut c, mut s) = rdma_pair_raw(&cfg);
+        // A written part that leaves fewer than an offer's 24 positions before the ring's end (so the offer skips
+        // them), an offered part, a pulled one, and a written tail; three times, each shifted by a few bytes.
+        let offered = Listed::new(pattern(31, (2 << 20) + 12_345));
+        let pulled = pattern(32, 100_000);
+        let mut expect = Vec::new();
+        let mut sends = Vec::new();
+        for round in 0..3 {
+            let lead = pattern(33 + round, cap - 10 - round as usize * 3);
+            let tail = pattern(40 + round, 7 + round as usize);
+            expect.extend_from_slice(&lead);
+            expect.extend_from_slice(&offered.0);
+            expect.extend_from_slice(&pulled);
+            expect.extend_from_slice(&tail);
+            sends.push((lead, tail));
+        }
+        let total = expect.len();
+        let reader = thread::spawn(move || {
+            let mut got = Listed::new(vec![0u8; total]);
+            for piece in got.0.chunks_mut(4099) {
+                s.recv_exact(piece).expect("recv");
+            }
+            (s, got)
+        });
+        for (lead, tail) in &sends {
+            c.send(&[lead, &offered.0, &pulled, tail]).expect("send");
+        }
+        let (s, got) = reader.join().expect("reader");
+        assert!(got.0 == expect, "the interleaved stream differs");
+        let cc = c.channel_counters();
+        assert_eq!(cc.offered_in_place, 3 * offered.0.len() as u64, "{cc:?}");
+        assert!(s.channel_counters().pulled_in_place >= 3 * (offered.0.len() + pulled.len()) as u64);
+    });
+}
+
+#[test]
+fn rdma_registration_bound_and_broken_read_keys() {
+    if rdma_env().is_none() {
+        return skip("rdma_registration_bound_and_broken_read_keys");
+    }
+    within(120, "registration bound", || {
+        // A bound smaller than the listed source: nothing is registered for it, the bytes go through the ring.
+        let cfg = RdmaConfig {
+            ring_bytes: 1 << 20,
+            reg_max_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let (mut c, mut s) = rdma_pair_raw(&cfg);
+        let src = Listed::new(pattern(51, 4 << 20));
+        let expect = src.0.clone();
+        let reader = thread::spawn(move || {
+            let mut got = vec![0u8; expect.len()];
+            s.recv_exact(&mut got).expect("recv");
+            assert!(got == expect, "bytes differ");
+            s
+        });
+        c.send(&[&src.0]).expect("send");
+        let mut s = reader.join().expect("reader");
+        let cc = c.channel_counters();
+        assert_eq!((cc.offered_in_place, cc.ring_copied_in), (0, 4 << 20), "{cc:?}");
+        // A pulled read with a wrong key fails on the reading side with a clear error, and the channel stays broken.
+        s.debug_break_peer_tx_key();
+        c.send(&[&pattern(52, 300 << 10)])
+            .expect("fits the ring: no wait for the reader");
+        let mut buf = vec![0u8; 300 << 10];
+        let err = s.recv_exact(&mut buf).expect_err("a read with a wrong key must fail");
+        assert!(matches!(err, TransportError::Io(_)), "got {err:?}");
+        assert!(s.recv_exact(&mut buf[..1]).is_err(), "a broken channel stays broken");
+        // Pulls can be turned off: every byte is written into the peer's ring, as before.
+        let off = RdmaConfig {
+            pull_min: 0,
+            ..Default::default()
+        };
+        let (mut c, mut s) = rdma_pair_raw(&off);
+        let data = pattern(53, 2 << 20);
+        c.send(&[&data]).expect("send");
+        let mut got = Listed::new(vec![0u8; data.len()]);
+        s.recv_exact(&mut got.0).expect("recv");
+        assert!(got.0 == data);
+        assert_eq!(s.channel_counters().pulled_in_place, 0);
+        assert_eq!(s.channel_counters().ring_copied_out, data.len() as u64);
+    });
 }

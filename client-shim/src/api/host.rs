@@ -85,6 +85,8 @@ fn host_alloc(out: *mut *mut c_void, size: usize, flags: u32) -> CuResult<()> {
         return ffi::write(out, ptr as *mut c_void);
     }
     let (ptr, _) = mirror::alloc(len)?;
+    // Listed for transports that read and write it in place (RDMA registers it once, on first use).
+    vgpu_dataplane::pinned::add(ptr, len);
     let mut reg = state::write();
     reg.host_allocs.insert(ptr, len);
     reg.host_alloc_flags.insert(ptr, flags);
@@ -112,6 +114,7 @@ fn host_register(ptr: *mut c_void, size: usize, flags: c_uint) -> CuResult<()> {
     // (cuMemHostGetDevicePointer, cuPointerGetAttribute) and mirrored for kernels where the server can.
     reg.host_registered.insert(base, (size, flags));
     drop(reg);
+    vgpu_dataplane::pinned::add(base, size);
     mirror::register(base, size);
     Ok(())
 }
@@ -144,6 +147,7 @@ entry! {
                 unmapped
             }
             None => {
+                vgpu_dataplane::pinned::remove(ptr as usize);
                 mirror::free(ptr as usize, size);
                 Ok(())
             }
@@ -162,6 +166,7 @@ entry! {
         let removed = state::write().host_registered.remove(&(ptr as usize));
         match removed {
             Some(_) => {
+                vgpu_dataplane::pinned::remove(ptr as usize);
                 mirror::forget(ptr as usize);
                 Ok(())
             }

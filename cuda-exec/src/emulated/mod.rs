@@ -499,10 +499,12 @@ impl Backend for EmulatedBackend {
         std::mem::forget(v);
         let live = self.host_live.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
         self.host_peak.fetch_max(live, Ordering::Relaxed);
+        vgpu_dataplane::pinned::add(ptr as usize, len); // as the real backend lists its pinned buffers
         Ok(HostBuffer { ptr, len })
     }
     fn host_free(&self, buf: HostBuffer) {
         self.host_live.fetch_sub(buf.len as u64, Ordering::Relaxed);
+        vgpu_dataplane::pinned::remove(buf.ptr as usize);
         self.host_frees.fetch_add(1, Ordering::Relaxed);
         // SAFETY: buf was made by host_alloc from a boxed slice of max(len, 1) bytes that was forgotten there.
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(buf.ptr, buf.len.max(1))) });

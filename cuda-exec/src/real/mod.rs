@@ -348,12 +348,15 @@ impl Backend for RealBackend {
                 .cuMemHostAlloc(&mut ptr, len.max(1), CU_MEMHOSTALLOC_PORTABLE)
         }
         .result()?;
+        // Listed for transports that read and write it in place (RDMA registers it once, on first use).
+        vgpu_dataplane::pinned::add(ptr as usize, len);
         Ok(HostBuffer {
             ptr: ptr as *mut u8,
             len,
         })
     }
     fn host_free(&self, buf: HostBuffer) {
+        vgpu_dataplane::pinned::remove(buf.ptr as usize);
         // SAFETY: a buffer host_alloc returned, given back once.
         unsafe { self.driver.cuMemFreeHost(buf.ptr as *mut c_void) };
     }

@@ -31,6 +31,7 @@ use sideway::ibverbs::address::{AddressHandleAttribute, Gid};
 use sideway::ibverbs::completion::{BasicCompletionQueue, CompletionChannel, GenericCompletionQueue};
 use sideway::ibverbs::device::{DeviceInfo, DeviceList};
 use sideway::ibverbs::device_context::{DeviceContext, Mtu, PortState};
+use sideway::ibverbs::protection_domain::ProtectionDomain;
 use sideway::ibverbs::queue_pair::{BasicQueuePair, QueuePair, QueuePairAttribute, QueuePairState};
 use sideway::ibverbs::AccessFlags;
 use vgpu_dataplane::transport::{Transport, TransportError};
@@ -38,16 +39,22 @@ use vgpu_dataplane::transport::{Transport, TransportError};
 use crate::sys::verbs::{self, Registered};
 use crate::{io_to_transport, send_all};
 
+mod flow;
+mod regs;
 mod setup;
 mod verbs_end;
 
+pub use crate::rdma_stats::{counters, RdmaCounters};
+use flow::*;
+use regs::RegCache;
 use setup::*;
 use verbs_end::*;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"VGPURDM1");
-const SETUP_VERSION: u32 = 1;
+/// 2: rings readable by the peer (pulled and offered bytes, `flow.rs`).
+const SETUP_VERSION: u32 = 2;
 /// Bytes of the setup message each side sends over TCP.
-const SETUP_LEN: usize = 64;
+const SETUP_LEN: usize = 80;
 /// The byte the client sends once its queue pair is ready to receive, so the server never writes too early.
 const READY: u8 = 0x5a;
 
@@ -57,6 +64,10 @@ const DEFAULT_RING_MB: usize = 4;
 const DEFAULT_SPIN_US: u64 = 50;
 const DEFAULT_SQ: u32 = 256;
 const DEFAULT_RQ: u32 = 8192;
+const DEFAULT_PULL_MIN_KB: usize = 64;
+const DEFAULT_REG_MAX_MB: usize = 8192;
+/// RDMA READs in flight per channel at most (also bounded by the device and the peer).
+const MAX_READ_DEPTH: u32 = 16;
 /// Spinning without yielding the core lasts at most this long (as in the shared-memory transport).
 const PURE_SPIN: Duration = Duration::from_micros(4);
 /// A sleeping side wakes at least this often to look again (a lost event costs at most this).
@@ -84,6 +95,11 @@ pub struct RdmaConfig {
     pub sq_depth: u32,
     /// Receive requests kept posted: messages the peer may send before this side polls again.
     pub rq_depth: u32,
+    /// Sends at least this long are left in the sender's ring for the receiver to read in place (0: every send
+    /// is written into the receiver's ring, and nothing is offered in place).
+    pub pull_min: usize,
+    /// Most bytes of listed (pinned) memory one channel keeps registered with the device.
+    pub reg_max_bytes: usize,
 }
 
 impl Default for RdmaConfig {
@@ -93,16 +109,32 @@ impl Default for RdmaConfig {
             spin: Duration::from_micros(DEFAULT_SPIN_US),
             sq_depth: DEFAULT_SQ,
             rq_depth: DEFAULT_RQ,
+            pull_min: DEFAULT_PULL_MIN_KB << 10,
+            reg_max_bytes: DEFAULT_REG_MAX_MB << 20,
         }
     }
 }
 
 impl RdmaConfig {
-    /// Reads `VGPU_RDMA_RING_MB` (power of two, 1..=1024) and `VGPU_RDMA_SPIN_US` (0..=1000000); unset: default.
+    /// Reads `VGPU_RDMA_RING_MB` (power of two, 1..=1024), `VGPU_RDMA_SPIN_US` (0..=1000000),
+    /// `VGPU_RDMA_PULL_MIN_KB` (0: off, else 4..=1048576) and `VGPU_RDMA_REG_MAX_MB` (0..=1048576); unset: default.
     pub fn from_env() -> Result<RdmaConfig, TransportError> {
-        let ring = std::env::var("VGPU_RDMA_RING_MB").ok();
-        let spin = std::env::var("VGPU_RDMA_SPIN_US").ok();
-        RdmaConfig::from_values(ring.as_deref(), spin.as_deref())
+        let var = |name: &str| std::env::var(name).ok();
+        let mut c = RdmaConfig::from_values(var("VGPU_RDMA_RING_MB").as_deref(), var("VGPU_RDMA_SPIN_US").as_deref())?;
+        if let Some(kb) = number_setting(
+            "VGPU_RDMA_PULL_MIN_KB",
+            var("VGPU_RDMA_PULL_MIN_KB").as_deref(),
+            1 << 20,
+        )? {
+            if kb != 0 && kb < 4 {
+                return Err(bad_setting("VGPU_RDMA_PULL_MIN_KB", "0 (off) or 4 to 1048576"));
+            }
+            c.pull_min = kb << 10;
+        }
+        if let Some(mb) = number_setting("VGPU_RDMA_REG_MAX_MB", var("VGPU_RDMA_REG_MAX_MB").as_deref(), 1 << 20)? {
+            c.reg_max_bytes = mb << 20;
+        }
+        Ok(c)
     }
 
     /// As [`RdmaConfig::from_env`], from the two values as text.
@@ -120,6 +152,25 @@ impl RdmaConfig {
 }
 
 use crate::protocol;
+
+fn bad_setting(name: &str, range: &str) -> TransportError {
+    TransportError::Io(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{name}: must be {range}"),
+    ))
+}
+
+/// A whole-number setting from 0 to `max`; `None` when unset.
+fn number_setting(name: &str, value: Option<&str>, max: usize) -> Result<Option<usize>, TransportError> {
+    let Some(text) = value else { return Ok(None) };
+    match text.trim().parse::<usize>() {
+        Ok(n) if n <= max => Ok(Some(n)),
+        _ => Err(bad_setting(
+            name,
+            &format!("a whole number from 0 to {max}, not {text:?}"),
+        )),
+    }
+}
 
 fn rdma_err(what: &str, e: impl std::fmt::Display) -> TransportError {
     TransportError::Io(io::Error::other(format!("RDMA: {what}: {e}")))
@@ -188,7 +239,7 @@ pub fn connect_with(addr: &str, hello: &[u8], config: &RdmaConfig) -> Result<Rdm
     sock.set_read_timeout(None)?;
     sock.write_all(&[READY]).map_err(io_to_transport)?;
     tracing::debug!(device = %ep.local.name, ring_bytes = cap, "RDMA transport set up (client)");
-    Ok(RdmaTransport::new(ep, peer, sock, cap, config.spin))
+    Ok(RdmaTransport::new(ep, peer, sock, cap, config))
 }
 
 /// One end of an RDMA channel.
@@ -197,6 +248,10 @@ pub struct RdmaTransport {
     qp: BasicQueuePair,
     rx: Registered,
     tx: Registered,
+    /// Registrations of listed memory this channel reads into or offers, and the buffer reads land in otherwise.
+    regs: RegCache<verbs::ListedRegistration>,
+    bounce: Option<Registered>,
+    pd: Arc<ProtectionDomain>,
     cq: Arc<BasicCompletionQueue>,
     channel: Arc<CompletionChannel>,
     sock: TcpStream,
@@ -210,16 +265,32 @@ pub struct RdmaTransport {
     rq_depth: u32,
     peer_ring: u64,
     peer_rkey: u32,
-    /// Bytes copied into the staging ring / posted as writes / known consumed by the peer.
+    /// The peer's send ring, which this side reads pulled bytes from.
+    peer_tx: u64,
+    peer_tx_rkey: u32,
+    pull_min: usize,
+    /// Whether the staged, unannounced positions are a pulled part (else written).
+    staging_pulled: bool,
+    /// Offers this side made / the peer finished reading.
+    offers_sent: u64,
+    offers_done: u64,
+    /// Reads in flight, and how many may be.
+    reads_out: u32,
+    read_depth: u32,
+    /// Ring positions copied into the staging ring / posted as writes / known consumed by the peer.
     tx_head: u64,
     tx_posted: u64,
     tx_credit: u64,
     send_outstanding: u32,
-    /// Bytes that arrived / were consumed here / were returned to the peer as credits.
+    /// The incoming stream's segments not yet consumed.
+    incoming: Incoming,
+    /// Ring positions announced / consumed here / returned to the peer as credits.
     rx_head: u64,
     rx_tail: u64,
     rx_returned: u64,
     rq_posted: u32,
+    /// What this channel moved, and how (the byte counters of `RdmaCounters`).
+    moved: RdmaCounters,
     /// The first failure; every later call reports it again (as `Closed`).
     broken: Option<String>,
 }
@@ -248,26 +319,39 @@ impl RdmaTransport {
         }
         sock.set_read_timeout(None)?;
         tracing::debug!(device = %ep.local.name, ring_bytes = cap, "RDMA transport set up (server)");
-        Ok(RdmaTransport::new(ep, peer, sock, cap, config.spin))
+        Ok(RdmaTransport::new(ep, peer, sock, cap, config))
     }
 
-    fn new(ep: Verbs, peer: Setup, sock: TcpStream, cap: usize, spin: Duration) -> Self {
+    fn new(ep: Verbs, peer: Setup, sock: TcpStream, cap: usize, config: &RdmaConfig) -> Self {
         RdmaTransport {
             qp: ep.qp,
             rx: ep.rx,
             tx: ep.tx,
+            regs: RegCache::new(config.reg_max_bytes),
+            bounce: None,
+            pd: ep.pd,
             cq: ep.cq,
             channel: ep.channel,
             sock,
             device: ep.local.name,
             cap,
-            spin,
+            spin: config.spin,
             chunk: (cap / 8).clamp(MIN_RING / 2, 256 * 1024),
             credit_batch: (cap / 4) as u64,
             sq_depth: ep.sq_depth,
             rq_depth: ep.rq_depth,
             peer_ring: peer.ring_addr,
             peer_rkey: peer.rkey,
+            peer_tx: peer.tx_addr,
+            peer_tx_rkey: peer.tx_rkey,
+            pull_min: config.pull_min,
+            staging_pulled: false,
+            offers_sent: 0,
+            offers_done: 0,
+            reads_out: 0,
+            read_depth: ep.read_depth,
+            incoming: Incoming::default(),
+            moved: RdmaCounters::default(),
             tx_head: 0,
             tx_posted: 0,
             tx_credit: 0,
@@ -285,6 +369,11 @@ impl RdmaTransport {
         self.cap
     }
 
+    /// How this channel moved its bytes so far (byte counters only; registrations are counted per process).
+    pub fn channel_counters(&self) -> RdmaCounters {
+        self.moved
+    }
+
     /// The RDMA device this end uses (e.g. "rxe0", "mlx5_0").
     pub fn device(&self) -> &str {
         &self.device
@@ -297,10 +386,24 @@ impl RdmaTransport {
         self.peer_rkey ^= 0x5a5a_5a5a;
     }
 
+    /// Test hook: replaces the key of the peer's send ring with a wrong one; the next pulled read fails with a
+    /// remote access error.
+    #[doc(hidden)]
+    pub fn debug_break_peer_tx_key(&mut self) {
+        self.peer_tx_rkey ^= 0x5a5a_5a5a;
+    }
+
     fn fail(&mut self, e: TransportError) -> TransportError {
         if self.broken.is_none() {
             self.broken = Some(e.to_string());
             tracing::debug!(device = %self.device, "RDMA channel broken: {e}");
+            // Flushes every work request still queued: no read lands in a caller's buffer, and the peer reads
+            // nothing more of this side's memory, once the call that failed has returned.
+            let mut attr = QueuePairAttribute::new();
+            attr.setup_state(QueuePairState::Error);
+            if let Err(e) = self.qp.modify(&attr) {
+                tracing::debug!("RDMA: queue pair to the error state: {e}");
+            }
         }
         e
     }
@@ -328,6 +431,10 @@ impl RdmaTransport {
                 }
                 match wc.wr_id() {
                     WR_SEND => self.send_outstanding = self.send_outstanding.saturating_sub(1),
+                    WR_READ => {
+                        self.send_outstanding = self.send_outstanding.saturating_sub(1);
+                        self.reads_out = self.reads_out.saturating_sub(1);
+                    }
                     WR_RECV => {
                         self.rq_posted = self.rq_posted.saturating_sub(1);
                         if wc.opcode() != rdma_mummy_sys::ibv_wc_opcode::IBV_WC_RECV_RDMA_WITH_IMM {
@@ -372,30 +479,6 @@ impl RdmaTransport {
                 return Err(self.fail(e));
             }
             self.rq_posted += n;
-        }
-        Ok(())
-    }
-
-    fn on_imm(&mut self, imm: u32) -> Result<(), TransportError> {
-        if imm & IMM_CREDIT != 0 {
-            let n = (imm & !IMM_CREDIT) as u64;
-            if self.tx_credit + n > self.tx_posted {
-                return Err(protocol(format!(
-                    "the peer returned {n} bytes of credit, more than the {} it holds",
-                    self.tx_posted - self.tx_credit
-                )));
-            }
-            self.tx_credit += n;
-        } else {
-            let n = imm as u64;
-            if n == 0 || self.rx_head + n - self.rx_tail > self.cap as u64 {
-                return Err(protocol(format!(
-                    "the peer announced {n} bytes with {} unread in a ring of {}",
-                    self.rx_head - self.rx_tail,
-                    self.cap
-                )));
-            }
-            self.rx_head += n;
         }
         Ok(())
     }
@@ -455,7 +538,7 @@ impl RdmaTransport {
             return Ok(());
         }
         self.wait_raw(|t| t.send_outstanding < t.sq_depth)?;
-        let imm = IMM_CREDIT | n as u32;
+        let imm = Announce::Credit(n).encode();
         if let Err(e) = verbs::post_write_imm(
             &mut self.qp,
             WR_SEND,
@@ -473,89 +556,11 @@ impl RdmaTransport {
         Ok(())
     }
 
-    /// Posts the staged but not yet posted bytes (they never cross the ring's end) as one write.
-    fn post_staged(&mut self) -> Result<(), TransportError> {
-        let n = self.tx_head - self.tx_posted;
-        if n == 0 {
-            return Ok(());
-        }
-        self.wait_raw(|t| t.send_outstanding < t.sq_depth)?;
-        let pos = (self.tx_posted as usize) & (self.cap - 1);
-        if let Err(e) = verbs::post_write_imm(
-            &mut self.qp,
-            WR_SEND,
-            &self.tx,
-            pos,
-            n as u32,
-            self.peer_ring + pos as u64,
-            self.peer_rkey,
-            (n as u32).to_be(),
-        ) {
-            return Err(self.fail(rdma_err("post write", e)));
-        }
-        self.send_outstanding += 1;
-        self.tx_posted = self.tx_head;
-        Ok(())
-    }
-
     /// Waits for `ready` after handing back every pending credit (so two sides waiting on each other always can
     /// make progress).
     fn block_until(&mut self, ready: impl Fn(&Self) -> bool) -> Result<(), TransportError> {
         self.return_credits()?;
         self.wait_raw(ready)
-    }
-}
-
-impl Transport for RdmaTransport {
-    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
-        self.check()?;
-        for part in parts {
-            let mut off = 0;
-            while off < part.len() {
-                let used = (self.tx_head - self.tx_credit) as usize;
-                if used == self.cap {
-                    self.post_staged()?;
-                    self.block_until(|t| ((t.tx_head - t.tx_credit) as usize) < t.cap)?;
-                }
-                let free = self.cap - (self.tx_head - self.tx_credit) as usize;
-                let pos = (self.tx_head as usize) & (self.cap - 1);
-                let n = (part.len() - off).min(free).min(self.cap - pos).min(self.chunk);
-                self.tx.map().write(pos, &part[off..off + n]);
-                self.tx_head += n as u64;
-                off += n;
-                if pos + n == self.cap || self.tx_head - self.tx_posted >= self.chunk as u64 {
-                    self.post_staged()?;
-                }
-            }
-        }
-        self.post_staged()
-    }
-
-    fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
-        self.check()?;
-        let mut off = 0;
-        while off < buf.len() {
-            if self.rx_head == self.rx_tail {
-                self.pump()?;
-                if self.rx_head == self.rx_tail {
-                    self.block_until(|t| t.rx_head > t.rx_tail)?;
-                }
-            }
-            let avail = (self.rx_head - self.rx_tail) as usize;
-            let pos = (self.rx_tail as usize) & (self.cap - 1);
-            let n = (buf.len() - off).min(avail).min(self.cap - pos);
-            self.rx.map().read(pos, &mut buf[off..off + n]);
-            self.rx_tail += n as u64;
-            off += n;
-            if self.rx_tail - self.rx_returned >= self.credit_batch {
-                self.return_credits()?;
-            }
-        }
-        Ok(())
-    }
-
-    fn kind(&self) -> &'static str {
-        "rdma"
     }
 }
 
@@ -589,22 +594,27 @@ mod tests {
             psn: 0x12_3456,
             lid: 0,
             mtu: 3,
+            read_depth: 16,
             gid: [7; 16],
+            tx_addr: 0x7f00_9876_0000,
+            tx_rkey: 0x4321,
         };
         assert_eq!(Setup::decode(&s.encode()).expect("decode"), s);
         let mut bad = s.encode();
         bad[0] ^= 1;
         assert!(matches!(Setup::decode(&bad), Err(TransportError::Protocol(_))));
-        for (cap, qpn, mtu) in [
-            (5000u64, 17u32, 3u8),
-            (1 << 20, 0, 3),
-            (1 << 20, 1 << 24, 3),
-            (1 << 20, 17, 9),
+        for (cap, qpn, mtu, read_depth) in [
+            (5000u64, 17u32, 3u8, 16u8),
+            (1 << 20, 0, 3, 16),
+            (1 << 20, 1 << 24, 3, 16),
+            (1 << 20, 17, 9, 16),
+            (1 << 20, 17, 3, 0),
         ] {
             let b = Setup {
                 cap,
                 qpn,
                 mtu,
+                read_depth,
                 ..s.clone()
             }
             .encode();
@@ -627,6 +637,12 @@ mod tests {
             assert!(RdmaConfig::from_values(Some(bad), None).is_err(), "{bad}");
         }
         assert!(RdmaConfig::from_values(None, Some("2000000")).is_err());
+        assert_eq!(number_setting("N", None, 10).expect("unset"), None);
+        assert_eq!(number_setting("N", Some(" 7 "), 10).expect("valid"), Some(7));
+        for bad in ["11", "-1", "x", ""] {
+            let e = number_setting("VGPU_RDMA_REG_MAX_MB", Some(bad), 10).expect_err(bad);
+            assert!(e.to_string().contains("VGPU_RDMA_REG_MAX_MB"), "{e}");
+        }
     }
 
     #[test]

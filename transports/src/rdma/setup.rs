@@ -27,6 +27,9 @@ pub(super) struct Local {
     pub(super) mtu: u32,
     pub(super) max_wr: u32,
     pub(super) max_cqe: u32,
+    /// RDMA READs this end may have in flight as initiator / serve at once as responder.
+    pub(super) init_read_depth: u32,
+    pub(super) dest_read_depth: u32,
 }
 
 pub(super) fn gid_matches(gid: &Gid, ip: IpAddr) -> bool {
@@ -113,11 +116,14 @@ pub(super) fn open_local(ip: IpAddr) -> Result<Local, TransportError> {
         mtu: pa.active_mtu() as u32,
         max_wr: da.max_qp_wr().max(2) as u32,
         max_cqe: da.max_cqe().max(4) as u32,
+        init_read_depth: (da.max_qp_init_rd_atom().max(1) as u32).min(MAX_READ_DEPTH),
+        dest_read_depth: (da.max_qp_rd_atom().max(1) as u32).min(MAX_READ_DEPTH),
         ctx,
     })
 }
 
-/// What each side tells the other over TCP: its queue pair and the ring the other side writes into.
+/// What each side tells the other over TCP: its queue pair, the ring the other side writes into, and its own send
+/// ring, which the other side reads pulled bytes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Setup {
     pub(super) cap: u64,
@@ -127,7 +133,11 @@ pub(super) struct Setup {
     pub(super) psn: u32,
     pub(super) lid: u16,
     pub(super) mtu: u8,
+    /// RDMA READs this end serves at once (the peer keeps at most this many in flight).
+    pub(super) read_depth: u8,
     pub(super) gid: [u8; 16],
+    pub(super) tx_addr: u64,
+    pub(super) tx_rkey: u32,
 }
 
 impl Setup {
@@ -142,8 +152,29 @@ impl Setup {
         b[40..44].copy_from_slice(&self.psn.to_le_bytes());
         b[44..46].copy_from_slice(&self.lid.to_le_bytes());
         b[46] = self.mtu;
+        b[47] = self.read_depth;
         b[48..64].copy_from_slice(&self.gid);
+        b[64..72].copy_from_slice(&self.tx_addr.to_le_bytes());
+        b[72..76].copy_from_slice(&self.tx_rkey.to_le_bytes());
         b
+    }
+
+    /// Checks the magic number and version at the start of a setup.
+    pub(super) fn check_head(b: &[u8]) -> Result<(), TransportError> {
+        let magic = b.get(0..8).and_then(|m| m.try_into().ok()).map(u64::from_le_bytes);
+        if magic != Some(MAGIC) {
+            return Err(protocol(
+                "RDMA setup has a wrong magic number (is the peer a vGPU RDMA endpoint?)",
+            ));
+        }
+        let version = b.get(8..12).and_then(|v| v.try_into().ok()).map(u32::from_le_bytes);
+        if version != Some(SETUP_VERSION) {
+            return Err(protocol(format!(
+                "RDMA setup version {}, this side speaks {SETUP_VERSION} (update the older side)",
+                version.unwrap_or_default()
+            )));
+        }
+        Ok(())
     }
 
     pub(super) fn decode(b: &[u8; SETUP_LEN]) -> Result<Setup, TransportError> {
@@ -157,17 +188,7 @@ impl Setup {
             a.copy_from_slice(&b[o..o + 4]);
             u32::from_le_bytes(a)
         };
-        if u64_at(0) != MAGIC {
-            return Err(protocol(
-                "RDMA setup has a wrong magic number (is the peer a vGPU RDMA endpoint?)",
-            ));
-        }
-        let version = u32_at(8);
-        if version != SETUP_VERSION {
-            return Err(protocol(format!(
-                "RDMA setup version {version}, this side speaks {SETUP_VERSION}"
-            )));
-        }
+        Setup::check_head(b)?;
         let mut gid = [0u8; 16];
         gid.copy_from_slice(&b[48..64]);
         let s = Setup {
@@ -178,7 +199,10 @@ impl Setup {
             psn: u32_at(40),
             lid: u16::from_le_bytes([b[44], b[45]]),
             mtu: b[46],
+            read_depth: b[47],
             gid,
+            tx_addr: u64_at(64),
+            tx_rkey: u32_at(72),
         };
         let cap_ok = usize::try_from(s.cap).is_ok_and(|c| c.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&c));
         if !cap_ok {
@@ -191,6 +215,9 @@ impl Setup {
             return Err(protocol(
                 "RDMA setup carries an invalid queue pair or packet sequence number",
             ));
+        }
+        if s.read_depth == 0 {
+            return Err(protocol("RDMA setup serves no reads (read depth 0)"));
         }
         if mtu_of(s.mtu as u32).is_none() {
             return Err(protocol(format!(
@@ -223,12 +250,20 @@ pub(super) fn random_psn() -> u32 {
 
 pub(super) fn read_setup(sock: &mut TcpStream) -> Result<Setup, TransportError> {
     let mut b = [0u8; SETUP_LEN];
-    sock.read_exact(&mut b).map_err(|e| match e.kind() {
+    // Magic and version first: a peer of another version (or not a vGPU endpoint) is refused at once, not after
+    // waiting for bytes of a length it never sends.
+    read_part(sock, &mut b[..16])?;
+    Setup::check_head(&b)?;
+    read_part(sock, &mut b[16..])?;
+    Setup::decode(&b)
+}
+
+fn read_part(sock: &mut TcpStream, b: &mut [u8]) -> Result<(), TransportError> {
+    sock.read_exact(b).map_err(|e| match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => TransportError::Io(io::Error::new(
             io::ErrorKind::TimedOut,
             "RDMA setup: the peer did not answer",
         )),
         _ => io_to_transport(e),
-    })?;
-    Setup::decode(&b)
+    })
 }

@@ -11,6 +11,9 @@ pub(super) struct Verbs {
     pub(super) channel: Arc<CompletionChannel>,
     pub(super) rx: Registered,
     pub(super) tx: Registered,
+    pub(super) pd: Arc<ProtectionDomain>,
+    /// Reads this end keeps in flight at most (set by `connect`, from the peer's setup).
+    pub(super) read_depth: u32,
     pub(super) sq_depth: u32,
     pub(super) rq_depth: u32,
     pub(super) psn: u32,
@@ -58,10 +61,11 @@ impl Verbs {
         attr.setup_state(QueuePairState::Init)
             .setup_pkey_index(0)
             .setup_port(local.port)
-            .setup_access_flags(AccessFlags::LocalWrite | AccessFlags::RemoteWrite);
+            // Remote read: the peer reads pulled bytes from this side's send ring, and offered ones in place.
+            .setup_access_flags(AccessFlags::LocalWrite | AccessFlags::RemoteWrite | AccessFlags::RemoteRead);
         qp.modify(&attr).map_err(|e| rdma_err("queue pair to INIT", e))?;
         let rx = Registered::new(&pd, cap, AccessFlags::LocalWrite | AccessFlags::RemoteWrite)?;
-        let tx = Registered::new(&pd, cap, AccessFlags::LocalWrite)?;
+        let tx = Registered::new(&pd, cap, AccessFlags::LocalWrite | AccessFlags::RemoteRead)?;
         let mut ep = Verbs {
             local,
             qp,
@@ -69,6 +73,8 @@ impl Verbs {
             channel,
             rx,
             tx,
+            pd,
+            read_depth: 1,
             sq_depth,
             rq_depth,
             psn: random_psn(),
@@ -86,7 +92,10 @@ impl Verbs {
             psn: self.psn,
             lid: self.local.lid,
             mtu: self.local.mtu as u8,
+            read_depth: self.local.dest_read_depth as u8,
             gid: self.local.gid.raw,
+            tx_addr: self.tx.addr(),
+            tx_rkey: self.tx.rkey(),
         }
     }
 
@@ -98,7 +107,7 @@ impl Verbs {
             .setup_path_mtu(mtu)
             .setup_dest_qp_num(peer.qpn)
             .setup_rq_psn(peer.psn)
-            .setup_max_dest_read_atomic(1)
+            .setup_max_dest_read_atomic(self.local.dest_read_depth as u8)
             .setup_min_rnr_timer(12);
         let mut ah = AddressHandleAttribute::new();
         ah.setup_dest_lid(peer.lid)
@@ -123,9 +132,17 @@ impl Verbs {
             .setup_retry_cnt(7)
             // 7: a peer that has no receive posted is retried without limit (it is busy, not gone).
             .setup_rnr_retry(7)
-            .setup_max_read_atomic(1);
+            .setup_max_read_atomic(self.read_depth_towards(peer) as u8);
         self.qp.modify(&attr).map_err(|e| rdma_err("queue pair to RTS", e))?;
+        self.read_depth = self.read_depth_towards(peer);
         Ok(())
+    }
+}
+
+impl Verbs {
+    /// Reads in flight towards `peer`: what this device initiates and the peer serves, both at most.
+    fn read_depth_towards(&self, peer: &Setup) -> u32 {
+        self.local.init_read_depth.min(peer.read_depth as u32).max(1)
     }
 }
 
