@@ -104,6 +104,19 @@ if [ -n "$E2E" ] && [ -d "$E2E" ]; then
 else
   bad "e2e programs built on the host (run-vm.sh could not build them)"
 fi
+# Bulk bytes read in place (issue 19): `__copy-data` copies 16 MiB pageable and pinned each way, checked byte for
+# byte; the client's counters must show the pinned upload offered in place (no ring copy on the client) and the
+# downloads read with RDMA READ (into the pinned buffer in place, into pageable memory through the bounce buffer).
+out=$(env VGPU_LOG=warn "$VGPU" run --server rdma://10.77.0.2:7071 -- "$VGPU" __copy-data --kind periodic --mib 16 2>&1)
+echo "$out"
+counter() { echo "$out" | sed -n "s/^$1 \([0-9]*\)$/\1/p" | tail -1; }
+mib16=$((16 << 20))
+if echo "$out" | grep -q "16 MiB pinned: .*(verified)" && [ "$(counter rdma_offered_in_place)" -ge $mib16 ] \
+  && [ "$(counter rdma_pulled_in_place)" -ge $mib16 ] && [ "$(counter rdma_pulled_bounced)" -ge $mib16 ]; then
+  ok "copies over rdma read in place (offered $(counter rdma_offered_in_place), read in place $(counter rdma_pulled_in_place))"
+else
+  bad "copies over rdma read in place"
+fi
 # A client whose server dies mid-session gets an error from its next call, not a hang.
 (timeout 60 "$VGPU" run --server rdma://10.77.0.2:7071 -- "$VGPU" __memcheck --hold-ms 5000 64 \
   >/tmp/victim.log 2>&1) &

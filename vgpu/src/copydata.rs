@@ -3,8 +3,9 @@
 //!
 //! Kinds: `zeros`; `ids` (int64 token ids below 50,257, as a language model's batches hold); `floats` (fp32 values
 //! of a normal-looking distribution, as weights and activations are); `periodic` (a 251-byte pattern).
-//! Then the same bytes once more asynchronously (pageable, NULL stream), checked too, and through vGPU the shim's
-//! channel counters (`striped_channels`: channels that spread their bulk bytes over several TCP streams).
+//! Then the same bytes once more asynchronously (pageable, NULL stream), and once through page-locked memory
+//! (`cuMemAllocHost`), each checked too, and through vGPU the shim's channel counters (`striped_channels`: channels
+//! that spread their bulk bytes over several TCP streams; `rdma_*`: bytes RDMA channels copied or read in place).
 
 use std::ffi::c_void;
 use std::time::Instant;
@@ -51,7 +52,8 @@ pub fn run(kind: &str, mib: u64, reps: u32) -> Result<(), String> {
     cuda.open_device()?;
     let mut dev = 0u64;
     let (mut h2d, mut d2h) = (0f64, 0f64);
-    // SAFETY (this block): host buffers of `n` bytes and a device buffer of `n` bytes, freed at the end.
+    // SAFETY (this block): host buffers of `n` bytes (one page-locked, from cuMemAllocHost, viewed as a slice only
+    // until cuMemFreeHost) and device buffers of `n` bytes, all freed at the end.
     unsafe {
         cuda.check("cuMemAlloc", cuda.cuMemAlloc_v2(&mut dev, n))?;
         for _ in 0..reps.max(1) {
@@ -120,10 +122,33 @@ pub fn run(kind: &str, mib: u64, reps: u32) -> Result<(), String> {
             }
         }
         cuda.check("cuMemFree", cuda.cuMemFree_v2(dev2))?;
+        if back != src {
+            return Err(format!("{kind}: the asynchronous round trip changed the data"));
+        }
+        // Page-locked: to the device from one pinned buffer, back into it after clearing it.
+        let mut pinned = std::ptr::null_mut();
+        cuda.check("cuMemAllocHost", cuda.cuMemAllocHost_v2(&mut pinned, n))?;
+        let host = std::slice::from_raw_parts_mut(pinned as *mut u8, n);
+        host.copy_from_slice(&src);
+        let t = Instant::now();
+        let up = cuda.check("cuMemcpyHtoD", cuda.cuMemcpyHtoD_v2(dev, pinned, n));
+        let pinned_h2d = t.elapsed().as_secs_f64();
+        host.fill(0);
+        let t = Instant::now();
+        let down = up.and_then(|_| cuda.check("cuMemcpyDtoH", cuda.cuMemcpyDtoH_v2(pinned, dev, n)));
+        let pinned_d2h = t.elapsed().as_secs_f64();
+        let same = host[..] == src[..];
+        cuda.check("cuMemFreeHost", cuda.cuMemFreeHost(pinned))?;
+        down?;
+        if !same {
+            return Err(format!("{kind}: the pinned round trip changed the data"));
+        }
+        println!(
+            "copy-data {kind} {mib} MiB pinned: h2d {:.3} GB/s, d2h {:.3} GB/s (verified)",
+            n as f64 / pinned_h2d / 1e9,
+            n as f64 / pinned_d2h / 1e9
+        );
         cuda.check("cuMemFree", cuda.cuMemFree_v2(dev))?;
-    }
-    if back != src {
-        return Err(format!("{kind}: the asynchronous round trip changed the data"));
     }
     let bytes = n as f64 * f64::from(reps.max(1));
     println!(
@@ -138,6 +163,9 @@ pub fn run(kind: &str, mib: u64, reps: u32) -> Result<(), String> {
             .find(|(name, _)| name == "striped_channels")
             .map_or(0, |s| s.1);
         println!("striped_channels {striped}");
+        for (name, value) in stats.iter().filter(|(name, _)| name.starts_with("rdma_")) {
+            println!("{name} {value}");
+        }
     }
     Ok(())
 }

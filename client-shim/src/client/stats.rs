@@ -26,8 +26,11 @@ pub const REPLY_WAIT_NS: usize = 5;
 /// Channels striped over extra TCP connections (`client::lanes`).
 pub const STRIPED_CHANNELS: usize = 6;
 
+/// The first index past the counters kept here: the RDMA transport's byte counters follow (`rdma_stats`).
+const OWN: usize = 7;
+
 /// Names by index (the order of `vgpu_stat`).
-pub const NAMES: [&CStr; 7] = [
+pub const NAMES: [&CStr; 12] = [
     c"round_trips",
     c"batch_flushes",
     c"async_calls",
@@ -35,8 +38,14 @@ pub const NAMES: [&CStr; 7] = [
     c"bytes_received",
     c"reply_wait_ns",
     c"striped_channels",
+    // How RDMA channels moved bulk bytes: copied through a ring on this side, or read in place (no copy).
+    c"rdma_ring_copied_in",
+    c"rdma_ring_copied_out",
+    c"rdma_pulled_in_place",
+    c"rdma_pulled_bounced",
+    c"rdma_offered_in_place",
 ];
-static COUNTERS: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
+static COUNTERS: [AtomicU64; OWN] = [const { AtomicU64::new(0) }; OWN];
 /// Synchronous requests by call: which calls a program's round trips are.
 static SYNC_BY_CALL: Mutex<Option<HashMap<Op, u64>>> = Mutex::new(None);
 
@@ -52,7 +61,19 @@ pub fn add(index: usize, n: u64) {
 
 /// Counter `index`, `None` past the last.
 pub fn get(index: usize) -> Option<u64> {
-    COUNTERS.get(index).map(|c| c.load(Ordering::Relaxed))
+    if let Some(c) = COUNTERS.get(index) {
+        return Some(c.load(Ordering::Relaxed));
+    }
+    let r = vgpu_transports::rdma::counters();
+    [
+        r.ring_copied_in,
+        r.ring_copied_out,
+        r.pulled_in_place,
+        r.pulled_bounced,
+        r.offered_in_place,
+    ]
+    .get(index - OWN)
+    .copied()
 }
 
 /// One JSON object with every counter, the synchronous requests by call, and this process's id.
