@@ -79,6 +79,8 @@ server=$!
 for _ in $(seq 1 300); do grep -q "ready on" /tmp/server.log && break; sleep 0.2; done
 cat /tmp/server.log
 if grep -q "ready on.*rdma://10.77.0.2:7071" /tmp/server.log; then ok "server advertises rdma://"; else bad "server advertises rdma://"; fi
+# GPUDirect is detected and reported, never claimed: no nvidia-peermem in the VM.
+if grep -q "GPUDirect RDMA: not detected" /tmp/server.log; then ok "server reports GPUDirect"; else bad "server reports GPUDirect"; fi
 for i in 1 2; do
   out=$(env VGPU_LOG=warn "$VGPU" run --server rdma://10.77.0.2:7071 -- "$VGPU" sample 2>&1)
   rc=$?

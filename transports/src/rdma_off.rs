@@ -38,6 +38,11 @@ pub fn available() -> Result<Vec<String>, String> {
     Err(WHY.into())
 }
 
+/// No GPUDirect RDMA without RDMA.
+pub fn gpudirect() -> String {
+    format!("GPUDirect RDMA: no ({WHY})")
+}
+
 /// Refuses: no RDMA in this build.
 pub fn connect_with(_addr: &str, _hello: &[u8], _config: &RdmaConfig) -> Result<RdmaTransport, TransportError> {
     Err(off())

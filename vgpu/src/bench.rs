@@ -485,7 +485,10 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
     }
     // RDMA joins where this host has an active RDMA port (VGPU_BENCH_RDMA_ADDR: where to exchange queue pairs).
     let rdma_addr = match vgpu_transports::rdma::available() {
-        Ok(_) => Some(std::env::var("VGPU_BENCH_RDMA_ADDR").unwrap_or_else(|_| "127.0.0.1:0".into())),
+        Ok(_) => {
+            eprintln!("vgpu bench: {}", vgpu_transports::rdma::gpudirect());
+            Some(std::env::var("VGPU_BENCH_RDMA_ADDR").unwrap_or_else(|_| "127.0.0.1:0".into()))
+        }
         Err(why) => {
             eprintln!("vgpu bench: no RDMA column ({why})");
             None

@@ -565,6 +565,7 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
                 let rdma = TcpListener::bind(addr).map_err(|e| format!("cannot listen on rdma://{addr}: {e}"))?;
                 let local = rdma.local_addr().map_err(|e| e.to_string())?;
                 let _ = writeln!(out, "vgpu server: RDMA ports: {}", ports.join("; "));
+                let _ = writeln!(out, "vgpu server: {}", vgpu_transports::rdma::gpudirect());
                 let _ = writeln!(
                     out,
                     "vgpu server: note: rdma://{local} is not encrypted (keys and data travel in clear on the fabric)"

@@ -211,6 +211,24 @@ pub fn available() -> Result<Vec<String>, String> {
     Ok(lines)
 }
 
+/// Whether this host could let its RDMA devices reach GPU memory directly (GPUDirect RDMA), as one line for the
+/// server's start-up report. Detection only: vGPU does not register device memory yet (issue 19), so host-device
+/// bytes of `rdma://` channels go through the server's pinned staging either way.
+pub fn gpudirect() -> String {
+    let peermem = ["/sys/module/nvidia_peermem", "/sys/kernel/mm/memory_peers/nv_mem"]
+        .iter()
+        .find(|p| std::path::Path::new(p).exists());
+    match peermem {
+        Some(p) => format!(
+            "GPUDirect RDMA: nvidia-peermem is loaded ({p}), but vGPU does not register device memory yet: \
+             copies go through pinned staging"
+        ),
+        None => "GPUDirect RDMA: not detected (nvidia-peermem not loaded; dma-buf registration not tried): \
+                 copies go through pinned staging"
+            .to_string(),
+    }
+}
+
 /// Client side: connects to `addr` (`host:port`) over TCP, writes the already-framed `hello`, then exchanges queue
 /// pairs and rings with the server and returns the ready transport. The ring size comes from `config`.
 pub fn connect_with(addr: &str, hello: &[u8], config: &RdmaConfig) -> Result<RdmaTransport, TransportError> {
