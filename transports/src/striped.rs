@@ -117,12 +117,15 @@ impl<M: Transport> Striped<M> {
             let word = (segment.len() as u32 | STRIPED).to_le_bytes();
             self.main.send(&[&word])?;
             let streams = self.streams();
+            let pieces = segment.len().div_ceil(STRIPE_CHUNK);
             let mut first_error = None;
             std::thread::scope(|scope| {
+                // Only lanes with a piece of this segment get a writer (a 1 MiB segment is two pieces: one lane).
                 let lanes: Vec<_> = self
                     .lanes
                     .iter_mut()
                     .enumerate()
+                    .take(pieces.saturating_sub(1))
                     .map(|(k, lane)| {
                         scope.spawn(move || -> Result<(), TransportError> {
                             for piece in segment.chunks(STRIPE_CHUNK).skip(k + 1).step_by(streams) {
@@ -352,6 +355,27 @@ mod tests {
         }
         sender.join().expect("sender");
         assert_eq!(at, expect.len());
+        assert!(got == expect, "bytes differ");
+    }
+
+    #[test]
+    fn segments_of_fewer_pieces_than_streams_leave_the_last_lanes_idle() {
+        // 8 streams, segments of 4 and 5 pieces: lanes 4..7 (and 5..7) carry nothing and get no writer.
+        let (mut a, mut b, _) = pair(7);
+        let four = pattern(4 * STRIPE_CHUNK, 11);
+        let five = pattern(4 * STRIPE_CHUNK + 1, 12);
+        let expect: Vec<u8> = [&four[..], &five[..], &four[..]].concat();
+        let sender = std::thread::spawn(move || {
+            a.send(&[&four]).expect("send");
+            a.send(&[&five]).expect("send");
+            a.send(&[&four]).expect("send");
+            a
+        });
+        let mut got = vec![0u8; expect.len()];
+        for piece in got.chunks_mut(333_333) {
+            b.recv_exact(piece).expect("recv");
+        }
+        sender.join().expect("sender");
         assert!(got == expect, "bytes differ");
     }
 
