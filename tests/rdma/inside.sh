@@ -59,7 +59,7 @@ run_tests() { # name binary args...
   out=$(env VGPU_TEST_RDMA_ADDR=10.77.0.2 VGPU_TEST_ONLY=rdma \
         VGPU_TEST_TIME_SCALE=8 "$bin" "$@" 2>&1)
   local rc=$?
-  echo "$out" | grep -A1 -E '^test |test result|panicked|noticed in|FAILED' | grep -v ' \.\.\. ok$'
+  echo "$out" | grep -A1 -E '^test |test result|panicked|noticed in|atomics probe|FAILED' | grep -v ' \.\.\. ok$'
   local p f
   p=$(echo "$out" | grep -Eo '([0-9]+) passed' | awk '{s+=$1} END {print s+0}')
   f=$(echo "$out" | grep -Eo '([0-9]+) failed' | awk '{s+=$1} END {print s+0}')

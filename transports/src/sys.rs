@@ -529,6 +529,28 @@ pub(crate) mod verbs {
         guard.post()
     }
 
+    /// Posts one signaled RDMA FETCH_AND_ADD of `add` on the 8 bytes at `remote_addr`/`rkey` in the peer's memory; the
+    /// old value lands in `dst` at `off` (8-aligned) once it completes.
+    pub(crate) fn post_fetch_add(
+        qp: &mut BasicQueuePair,
+        wr_id: u64,
+        dst: &Registered,
+        off: usize,
+        remote_addr: u64,
+        rkey: u32,
+        add: u64,
+    ) -> Result<(), PostSendError> {
+        assert!(off.is_multiple_of(8) && off + 8 <= dst.map.len(), "atomic result out of range");
+        let mut guard = qp.start_post_send();
+        let wr = guard
+            .construct_wr(wr_id, WorkRequestFlags::Signaled)
+            .setup_atomic_fetch_add(rkey, remote_addr, add);
+        // SAFETY: the entry covers 8 bytes at `off` inside `dst`'s registered mapping (checked above), which lives as
+        // long as the queue pair.
+        unsafe { wr.setup_sge(dst.mr.lkey(), (dst.map.addr() + off) as u64, 8) };
+        guard.post()
+    }
+
     /// Asks for a completion event on the channel at the next completion of `cq`.
     pub(crate) fn arm_cq(cq: &BasicCompletionQueue) -> io::Result<()> {
         // SAFETY: `cq` is a live completion queue (borrowed for the call); req_notify_cq only rings its doorbell.

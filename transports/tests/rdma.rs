@@ -483,3 +483,42 @@ fn rdma_registration_bound_and_broken_read_keys() {
         assert_eq!(s.channel_counters().ring_copied_out, data.len() as u64);
     });
 }
+
+#[test]
+fn rdma_fetch_and_add_against_write_with_immediate() {
+    if rdma_env().is_none() {
+        return skip("rdma_fetch_and_add_against_write_with_immediate");
+    }
+    within(120, "atomics probe", || {
+        // Under Soft-RoCE these times rank the two operations; they say nothing about a real NIC's (bench/NOTES.md §18).
+        let (mut c, mut s) = rdma_pair_raw(&RdmaConfig::default());
+        let n = 300u32;
+        let (atomic, last) = c.probe_fetch_add(n).expect("fetch-and-add");
+        assert_eq!(last, u64::from(n) - 1, "each add saw the one before");
+        assert_eq!(s.counter(), u64::from(n), "the peer's counter holds every add");
+        // One byte each way, n times: two writes with immediate and two completions per round trip.
+        let echo = thread::spawn(move || {
+            let mut b = [0u8; 1];
+            for _ in 0..n {
+                s.recv_exact(&mut b).expect("echo recv");
+                s.send(&[&b]).expect("echo send");
+            }
+            s
+        });
+        let started = Instant::now();
+        let mut b = [7u8; 1];
+        for _ in 0..n {
+            c.send(&[&b]).expect("ping");
+            c.recv_exact(&mut b).expect("pong");
+        }
+        let ping_pong = started.elapsed();
+        drop(echo.join().expect("echo"));
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(n);
+        eprintln!(
+            "rdma atomics probe: fetch-and-add round trip {:.1} us; write-with-immediate ping-pong {:.1} us (one way {:.1} us)",
+            per(atomic),
+            per(ping_pong),
+            per(ping_pong) / 2.0
+        );
+    });
+}

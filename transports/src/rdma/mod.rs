@@ -83,6 +83,9 @@ const DRAIN_ON_DROP: Duration = Duration::from_secs(1);
 const IMM_CREDIT: u32 = 1 << 31;
 const WR_SEND: u64 = 1;
 const WR_RECV: u64 = 2;
+const WR_ATOMIC: u64 = 4;
+/// Bytes after each receive ring holding a counter the peer may change with RDMA atomics (`probe_fetch_add`).
+const COUNTER_BYTES: usize = 64;
 
 /// Tunables of the RDMA transport.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -292,8 +295,9 @@ pub struct RdmaTransport {
     /// Offers this side made / the peer finished reading.
     offers_sent: u64,
     offers_done: u64,
-    /// Reads in flight, and how many may be.
+    /// Reads and atomics in flight, and how many reads may be.
     reads_out: u32,
+    atomics_out: u32,
     read_depth: u32,
     /// Ring positions copied into the staging ring / posted as writes / known consumed by the peer.
     tx_head: u64,
@@ -367,6 +371,7 @@ impl RdmaTransport {
             offers_sent: 0,
             offers_done: 0,
             reads_out: 0,
+            atomics_out: 0,
             read_depth: ep.read_depth,
             incoming: Incoming::default(),
             moved: RdmaCounters::default(),
@@ -385,6 +390,38 @@ impl RdmaTransport {
     /// Data bytes per ring.
     pub fn ring_bytes(&self) -> usize {
         self.cap
+    }
+
+    /// Measures RDMA atomics against the write-with-immediate this transport uses for credits and doorbells (issue
+    /// 19): `n` FETCH_AND_ADDs of 1, one at a time, on the counter after the peer's receive ring. Returns their total
+    /// time and the value the last one found. Not used by the channel itself (bench/NOTES.md §16 and §18).
+    pub fn probe_fetch_add(&mut self, n: u32) -> Result<(Duration, u64), TransportError> {
+        self.check()?;
+        let result = Registered::new(&self.pd, 4096, AccessFlags::LocalWrite).map_err(|e| self.fail(e.into()))?;
+        let (remote, rkey) = (self.peer_ring + self.cap as u64, self.peer_rkey);
+        let started = Instant::now();
+        for _ in 0..n {
+            self.wait_raw(|t| t.send_outstanding < t.sq_depth)?;
+            if let Err(e) = verbs::post_fetch_add(&mut self.qp, WR_ATOMIC, &result, 0, remote, rkey, 1) {
+                return Err(self.fail(rdma_err("post fetch-and-add", e)));
+            }
+            self.atomics_out += 1;
+            self.send_outstanding += 1;
+            self.wait_raw(|t| t.atomics_out == 0)?;
+        }
+        let elapsed = started.elapsed();
+        Ok((
+            elapsed,
+            result.map().u64_at(0).load(std::sync::atomic::Ordering::Acquire),
+        ))
+    }
+
+    /// The counter after this side's receive ring, as the peer's atomics left it.
+    pub fn counter(&self) -> u64 {
+        self.rx
+            .map()
+            .u64_at(self.cap)
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// How this channel moved its bytes so far (byte counters only; registrations are counted per process).
@@ -449,6 +486,10 @@ impl RdmaTransport {
                 }
                 match wc.wr_id() {
                     WR_SEND => self.send_outstanding = self.send_outstanding.saturating_sub(1),
+                    WR_ATOMIC => {
+                        self.send_outstanding = self.send_outstanding.saturating_sub(1);
+                        self.atomics_out = self.atomics_out.saturating_sub(1);
+                    }
                     WR_READ => {
                         self.send_outstanding = self.send_outstanding.saturating_sub(1);
                         self.reads_out = self.reads_out.saturating_sub(1);

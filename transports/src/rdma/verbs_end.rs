@@ -62,9 +62,19 @@ impl Verbs {
             .setup_pkey_index(0)
             .setup_port(local.port)
             // Remote read: the peer reads pulled bytes from this side's send ring, and offered ones in place.
-            .setup_access_flags(AccessFlags::LocalWrite | AccessFlags::RemoteWrite | AccessFlags::RemoteRead);
+            // Remote atomic: the counter word after the receive ring (`COUNTER_BYTES`), for the atomics probe only.
+            .setup_access_flags(
+                AccessFlags::LocalWrite
+                    | AccessFlags::RemoteWrite
+                    | AccessFlags::RemoteRead
+                    | AccessFlags::RemoteAtomic,
+            );
         qp.modify(&attr).map_err(|e| rdma_err("queue pair to INIT", e))?;
-        let rx = Registered::new(&pd, cap, AccessFlags::LocalWrite | AccessFlags::RemoteWrite)?;
+        let rx = Registered::new(
+            &pd,
+            cap + COUNTER_BYTES,
+            AccessFlags::LocalWrite | AccessFlags::RemoteWrite | AccessFlags::RemoteAtomic,
+        )?;
         let tx = Registered::new(&pd, cap, AccessFlags::LocalWrite | AccessFlags::RemoteRead)?;
         let mut ep = Verbs {
             local,
