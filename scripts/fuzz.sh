@@ -19,7 +19,7 @@ elif [ $# -gt 0 ]; then
 fi
 if [ ${#limit[@]} -eq 0 ]; then limit=(-max_total_time="$seconds"); fi
 targets=("$@")
-if [ ${#targets[@]} -eq 0 ]; then targets=(frames handshake tickets fatbin ptx session packed striped); fi
+if [ ${#targets[@]} -eq 0 ]; then targets=(frames handshake tickets fatbin ptx session packed striped rdma_book); fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "installing cargo-fuzz (once)"

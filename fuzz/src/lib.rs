@@ -9,6 +9,7 @@ pub mod frames;
 pub mod handshake;
 pub mod packed;
 pub mod ptx;
+pub mod rdma_book;
 pub mod script;
 pub mod session;
 pub mod striped;
@@ -28,6 +29,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("session", session::run),
     ("packed", packed::run),
     ("striped", striped::run),
+    ("rdma_book", rdma_book::run),
 ];
 
 /// Bytes written on one side, read on the other, in order; a read the bytes cannot fill is a closed connection (and

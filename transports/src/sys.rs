@@ -540,7 +540,10 @@ pub(crate) mod verbs {
         rkey: u32,
         add: u64,
     ) -> Result<(), PostSendError> {
-        assert!(off.is_multiple_of(8) && off + 8 <= dst.map.len(), "atomic result out of range");
+        assert!(
+            off.is_multiple_of(8) && off + 8 <= dst.map.len(),
+            "atomic result out of range"
+        );
         let mut guard = qp.start_post_send();
         let wr = guard
             .construct_wr(wr_id, WorkRequestFlags::Signaled)

@@ -41,7 +41,7 @@ const KIND_OFFER: u32 = 1;
 const KIND_SKIP: u32 = 2;
 const KIND_DONE: u32 = 3;
 /// Ring positions an offer takes: address (8), length (8), key (4), magic (4).
-pub(super) const OFFER_LEN: usize = 24;
+pub const OFFER_LEN: usize = 24;
 const OFFER_MAGIC: u32 = u32::from_le_bytes(*b"OFR1");
 /// Largest offer accepted (a hostile length is refused before any read).
 const MAX_OFFER: u64 = 1 << 40;
@@ -55,7 +55,7 @@ pub(super) const WR_READ: u64 = 3;
 
 /// What one immediate announces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Announce {
+pub enum Announce {
     Credit(u64),
     Written(usize),
     Pulled(usize),
@@ -65,7 +65,7 @@ pub(super) enum Announce {
 }
 
 impl Announce {
-    pub(super) fn encode(self) -> u32 {
+    pub fn encode(self) -> u32 {
         let control = |kind: u32, n: usize| IMM_CONTROL | kind << KIND_SHIFT | n as u32 & COUNT_MASK;
         match self {
             Announce::Credit(n) => IMM_CREDIT | n as u32,
@@ -77,7 +77,7 @@ impl Announce {
         }
     }
 
-    pub(super) fn decode(imm: u32) -> Result<Announce, TransportError> {
+    pub fn decode(imm: u32) -> Result<Announce, TransportError> {
         if imm & IMM_CREDIT != 0 {
             return Ok(Announce::Credit((imm & !IMM_CREDIT) as u64));
         }
@@ -97,15 +97,15 @@ impl Announce {
 
 /// Bytes offered in place by the peer, and how many of them were read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Offer {
-    pub(super) addr: u64,
-    pub(super) rkey: u32,
-    pub(super) len: u64,
-    pub(super) done: u64,
+pub struct Offer {
+    pub addr: u64,
+    pub rkey: u32,
+    pub len: u64,
+    pub done: u64,
 }
 
 impl Offer {
-    pub(super) fn encode(&self) -> [u8; OFFER_LEN] {
+    pub fn encode(&self) -> [u8; OFFER_LEN] {
         let mut b = [0u8; OFFER_LEN];
         b[0..8].copy_from_slice(&self.addr.to_le_bytes());
         b[8..16].copy_from_slice(&self.len.to_le_bytes());
@@ -114,7 +114,7 @@ impl Offer {
         b
     }
 
-    pub(super) fn decode(b: &[u8; OFFER_LEN]) -> Result<Offer, TransportError> {
+    pub fn decode(b: &[u8; OFFER_LEN]) -> Result<Offer, TransportError> {
         let word = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or_default());
         let half = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or_default());
         let offer = Offer {
@@ -135,7 +135,7 @@ impl Offer {
 
 /// A stretch of the incoming stream, in ring order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Segment {
+pub enum Segment {
     /// Bytes written into this side's ring.
     Written(usize),
     /// Bytes at the same positions of the peer's ring, to be read.
@@ -148,10 +148,10 @@ pub(super) enum Segment {
 
 /// The incoming stream's segments, adjacent ones of one kind merged.
 #[derive(Default)]
-pub(super) struct Incoming(VecDeque<Segment>);
+struct Incoming(VecDeque<Segment>);
 
 impl Incoming {
-    pub(super) fn push(&mut self, s: Segment) {
+    fn push(&mut self, s: Segment) {
         match (self.0.back_mut(), s) {
             (Some(Segment::Written(n)), Segment::Written(m)) | (Some(Segment::Pulled(n)), Segment::Pulled(m)) => {
                 *n += m
@@ -159,14 +159,14 @@ impl Incoming {
             _ => self.0.push_back(s),
         }
     }
-    pub(super) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-    pub(super) fn front(&self) -> Option<Segment> {
+    fn front(&self) -> Option<Segment> {
         self.0.front().copied()
     }
     /// Records that `n` bytes of the front segment were consumed; returns whether it is finished (and removed).
-    pub(super) fn consume(&mut self, n: usize) -> bool {
+    fn consume(&mut self, n: usize) -> bool {
         let finished = match self.0.front_mut() {
             Some(Segment::Written(left) | Segment::Pulled(left)) => {
                 *left -= n;
@@ -185,11 +185,154 @@ impl Incoming {
     }
 }
 
+/// What an immediate means for the sending side (the rest is the receive side's, kept in the book).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Ring positions or segments were announced.
+    Received,
+    /// The peer returned this many bytes of credit.
+    Credit(u64),
+    /// The peer finished reading the oldest offer this side made.
+    Done,
+}
+
+/// The next thing the receiver does with its stream, for a caller wanting `want` more bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Consume `n` unused positions.
+    Skip(usize),
+    /// Copy `len` bytes at `pos` of this side's ring.
+    Copy { pos: usize, len: usize },
+    /// Read `len` bytes at `pos` of the peer's send ring.
+    ReadRing { pos: usize, len: usize },
+    /// Read `len` bytes at `addr` under `rkey` (an offer); `last`: the offer is then fully read.
+    ReadOffer {
+        addr: u64,
+        rkey: u32,
+        len: usize,
+        last: bool,
+    },
+}
+
+/// The receive side's bookkeeping, apart from the device so that a hostile peer's immediates can be fuzzed: ring
+/// positions announced and consumed, and the stream's segments in order.
+pub struct RxBook {
+    cap: usize,
+    incoming: Incoming,
+    /// Ring positions announced / consumed.
+    head: u64,
+    tail: u64,
+}
+
+impl RxBook {
+    /// A book for a ring of `cap` positions (a power of two).
+    pub fn new(cap: usize) -> RxBook {
+        RxBook {
+            cap,
+            incoming: Incoming::default(),
+            head: 0,
+            tail: 0,
+        }
+    }
+
+    /// Applies one immediate. `offer_at(pos)` gives the 24 ring bytes at `pos` an offer was written into.
+    pub fn announce(
+        &mut self,
+        imm: u32,
+        offer_at: impl FnOnce(usize) -> [u8; OFFER_LEN],
+    ) -> Result<Effect, TransportError> {
+        let (segment, positions) = match Announce::decode(imm)? {
+            Announce::Credit(n) => return Ok(Effect::Credit(n)),
+            Announce::Done => return Ok(Effect::Done),
+            Announce::Written(n) => (Segment::Written(n), n),
+            Announce::Pulled(n) => (Segment::Pulled(n), n),
+            Announce::Skip(n) => (Segment::Skip(n), n),
+            Announce::Offer => {
+                let pos = (self.head as usize) & (self.cap - 1);
+                if pos + OFFER_LEN > self.cap {
+                    return Err(protocol("the peer's offer crosses the end of the ring"));
+                }
+                (Segment::Offered(Offer::decode(&offer_at(pos))?), OFFER_LEN)
+            }
+        };
+        let n = positions as u64;
+        if n == 0 || self.head + n - self.tail > self.cap as u64 {
+            return Err(protocol(format!(
+                "the peer announced {n} bytes with {} unread in a ring of {}",
+                self.head - self.tail,
+                self.cap
+            )));
+        }
+        self.head += n;
+        self.incoming.push(segment);
+        Ok(Effect::Received)
+    }
+
+    /// Whether nothing announced is left to consume.
+    pub fn is_empty(&self) -> bool {
+        self.incoming.is_empty()
+    }
+
+    /// The next step for a caller wanting `want` (> 0) bytes; `None` until something is announced.
+    pub fn step(&self, want: usize) -> Option<Step> {
+        let pos = (self.tail as usize) & (self.cap - 1);
+        Some(match self.incoming.front()? {
+            Segment::Skip(n) => Step::Skip(n),
+            Segment::Written(n) => Step::Copy {
+                pos,
+                len: want.min(n).min(self.cap - pos),
+            },
+            Segment::Pulled(n) => Step::ReadRing {
+                pos,
+                len: want.min(n).min(self.cap - pos),
+            },
+            Segment::Offered(o) => {
+                let len = (want as u64).min(o.len - o.done) as usize;
+                Step::ReadOffer {
+                    addr: o.addr.wrapping_add(o.done),
+                    rkey: o.rkey,
+                    len,
+                    last: o.done + len as u64 == o.len,
+                }
+            }
+        })
+    }
+
+    /// Records that `step` was done; returns the stream bytes it delivered.
+    pub fn done(&mut self, step: Step) -> usize {
+        let (read, positions) = match step {
+            Step::Skip(n) => (0, n),
+            Step::Copy { len, .. } | Step::ReadRing { len, .. } => (len, len),
+            Step::ReadOffer { len, last, .. } => (len, if last { OFFER_LEN } else { 0 }),
+        };
+        self.incoming.consume(read);
+        self.tail += positions as u64;
+        read
+    }
+
+    /// Ring positions consumed so far (what credits return).
+    pub fn consumed(&self) -> u64 {
+        self.tail
+    }
+
+    /// Ring positions announced and not yet consumed.
+    pub fn unread(&self) -> u64 {
+        self.head - self.tail
+    }
+}
+
 impl RdmaTransport {
     /// Applies one immediate from the peer.
     pub(super) fn on_imm(&mut self, imm: u32) -> Result<(), TransportError> {
-        let (segment, positions) = match Announce::decode(imm)? {
-            Announce::Credit(n) => {
+        let rx = &self.rx;
+        let offer_at = |pos: usize| {
+            let mut b = [0u8; OFFER_LEN];
+            rx.map().read(pos, &mut b);
+            b
+        };
+        match self.book.announce(imm, offer_at)? {
+            Effect::Received => {}
+            Effect::Credit(n) => {
                 if self.tx_credit + n > self.tx_posted {
                     return Err(protocol(format!(
                         "the peer returned {n} bytes of credit, more than the {} it holds",
@@ -197,38 +340,14 @@ impl RdmaTransport {
                     )));
                 }
                 self.tx_credit += n;
-                return Ok(());
             }
-            Announce::Done => {
+            Effect::Done => {
                 if self.offers_done == self.offers_sent {
                     return Err(protocol("the peer finished an offer this side never made"));
                 }
                 self.offers_done += 1;
-                return Ok(());
             }
-            Announce::Written(n) => (Segment::Written(n), n),
-            Announce::Pulled(n) => (Segment::Pulled(n), n),
-            Announce::Skip(n) => (Segment::Skip(n), n),
-            Announce::Offer => {
-                let pos = (self.rx_head as usize) & (self.cap - 1);
-                if pos + OFFER_LEN > self.cap {
-                    return Err(protocol("the peer's offer crosses the end of the ring"));
-                }
-                let mut b = [0u8; OFFER_LEN];
-                self.rx.map().read(pos, &mut b);
-                (Segment::Offered(Offer::decode(&b)?), OFFER_LEN)
-            }
-        };
-        let n = positions as u64;
-        if n == 0 || self.rx_head + n - self.rx_tail > self.cap as u64 {
-            return Err(protocol(format!(
-                "the peer announced {n} bytes with {} unread in a ring of {}",
-                self.rx_head - self.rx_tail,
-                self.cap
-            )));
         }
-        self.rx_head += n;
-        self.incoming.push(segment);
         Ok(())
     }
 
@@ -482,42 +601,32 @@ impl Transport for RdmaTransport {
         self.check()?;
         let mut off = 0;
         while off < buf.len() {
-            if self.incoming.is_empty() {
+            if self.book.is_empty() {
                 self.pump()?;
-                if self.incoming.is_empty() {
-                    self.block_until(|t| !t.incoming.is_empty())?;
+                if self.book.is_empty() {
+                    self.block_until(|t| !t.book.is_empty())?;
                 }
             }
-            let Some(segment) = self.incoming.front() else { continue };
-            let want = buf.len() - off;
-            let pos = (self.rx_tail as usize) & (self.cap - 1);
-            let (read, positions) = match segment {
-                Segment::Skip(n) => (0, n),
-                Segment::Written(n) => {
-                    let k = want.min(n).min(self.cap - pos);
-                    self.rx.map().read(pos, &mut buf[off..off + k]);
-                    count!(self, ring_copied_out, k as u64);
-                    (k, k)
-                }
-                Segment::Pulled(n) => {
-                    let k = want.min(n).min(self.cap - pos);
-                    let (remote, rkey) = (self.peer_tx + pos as u64, self.peer_tx_rkey);
-                    self.read_remote(remote, rkey, &mut buf[off..off + k])?;
-                    (k, k)
-                }
-                Segment::Offered(o) => {
-                    let k = (want as u64).min(o.len - o.done) as usize;
-                    self.read_remote(o.addr.wrapping_add(o.done), o.rkey, &mut buf[off..off + k])?;
-                    (k, if o.done + k as u64 == o.len { OFFER_LEN } else { 0 })
-                }
+            let Some(step) = self.book.step(buf.len() - off) else {
+                continue;
             };
-            let finished = self.incoming.consume(read);
-            off += read;
-            self.rx_tail += positions as u64;
-            if finished && matches!(segment, Segment::Offered(_)) {
+            match step {
+                Step::Skip(_) => {}
+                Step::Copy { pos, len } => {
+                    self.rx.map().read(pos, &mut buf[off..off + len]);
+                    count!(self, ring_copied_out, len);
+                }
+                Step::ReadRing { pos, len } => {
+                    let (remote, rkey) = (self.peer_tx + pos as u64, self.peer_tx_rkey);
+                    self.read_remote(remote, rkey, &mut buf[off..off + len])?;
+                }
+                Step::ReadOffer { addr, rkey, len, .. } => self.read_remote(addr, rkey, &mut buf[off..off + len])?,
+            }
+            off += self.book.done(step);
+            if matches!(step, Step::ReadOffer { last: true, .. }) {
                 self.announce(Announce::Done)?;
             }
-            if self.rx_tail - self.rx_returned >= self.credit_batch {
+            if self.book.consumed() - self.rx_returned >= self.credit_batch {
                 self.return_credits()?;
             }
         }
@@ -583,6 +692,69 @@ mod tests {
         let mut b = o.encode();
         b[23] ^= 1;
         assert!(Offer::decode(&b).is_err(), "bad magic");
+    }
+
+    #[test]
+    fn the_book_steps_through_segments_and_refuses_announcements_beyond_the_ring() {
+        let offer = Offer {
+            addr: 0x1000,
+            rkey: 9,
+            len: 30,
+            done: 0,
+        };
+        let at = |_: usize| offer.encode();
+        let mut b = RxBook::new(4096);
+        assert_eq!(
+            b.announce(Announce::Written(100).encode(), at).expect("ok"),
+            Effect::Received
+        );
+        assert_eq!(b.step(60), Some(Step::Copy { pos: 0, len: 60 }));
+        assert_eq!(b.done(Step::Copy { pos: 0, len: 60 }), 60);
+        assert_eq!(b.step(1000), Some(Step::Copy { pos: 60, len: 40 }));
+        b.done(Step::Copy { pos: 60, len: 40 });
+        assert!(b.is_empty() && b.step(1).is_none());
+        // 3990 more positions: the ring (4096) now holds 3990 unread; 107 more would overflow it.
+        b.announce(Announce::Pulled(3990).encode(), at).expect("fits");
+        assert!(b.announce(Announce::Written(107).encode(), at).is_err());
+        assert_eq!(b.step(10_000), Some(Step::ReadRing { pos: 100, len: 3990 }));
+        b.done(Step::ReadRing { pos: 100, len: 3990 });
+        // Position 4090: an offer would cross the end; a skip of 6 first, then it lands at 0.
+        assert!(b.announce(Announce::Offer.encode(), at).is_err());
+        let mut b = RxBook::new(4096);
+        b.announce(Announce::Written(4090).encode(), at).expect("fits");
+        b.done(Step::Copy { pos: 0, len: 4090 });
+        b.announce(Announce::Skip(6).encode(), at).expect("skip");
+        b.announce(Announce::Offer.encode(), at).expect("offer at 0");
+        assert_eq!(b.step(5), Some(Step::Skip(6)));
+        b.done(Step::Skip(6));
+        let first = b.step(20).expect("offer");
+        assert_eq!(
+            first,
+            Step::ReadOffer {
+                addr: 0x1000,
+                rkey: 9,
+                len: 20,
+                last: false
+            }
+        );
+        assert_eq!(b.done(first), 20);
+        let last = b.step(64).expect("offer");
+        assert_eq!(
+            last,
+            Step::ReadOffer {
+                addr: 0x1000 + 20,
+                rkey: 9,
+                len: 10,
+                last: true
+            }
+        );
+        b.done(last);
+        assert_eq!((b.consumed(), b.unread()), (4096 + OFFER_LEN as u64, 0));
+        assert_eq!(
+            b.announce(Announce::Credit(5).encode(), at).expect("credit"),
+            Effect::Credit(5)
+        );
+        assert_eq!(b.announce(Announce::Done.encode(), at).expect("done"), Effect::Done);
     }
 
     #[test]

@@ -46,6 +46,9 @@ mod verbs_end;
 
 pub use crate::rdma_stats::{counters, RdmaCounters};
 use flow::*;
+/// The receive side's bookkeeping and its vocabulary, public for the fuzz target only.
+#[doc(hidden)]
+pub use flow::{Announce, Effect, Offer, RxBook, Segment, Step, OFFER_LEN};
 use regs::RegCache;
 use setup::*;
 use verbs_end::*;
@@ -304,11 +307,9 @@ pub struct RdmaTransport {
     tx_posted: u64,
     tx_credit: u64,
     send_outstanding: u32,
-    /// The incoming stream's segments not yet consumed.
-    incoming: Incoming,
-    /// Ring positions announced / consumed here / returned to the peer as credits.
-    rx_head: u64,
-    rx_tail: u64,
+    /// The incoming stream: ring positions announced and consumed, segments in order.
+    book: RxBook,
+    /// Ring positions returned to the peer as credits.
     rx_returned: u64,
     rq_posted: u32,
     /// What this channel moved, and how (the byte counters of `RdmaCounters`).
@@ -373,14 +374,12 @@ impl RdmaTransport {
             reads_out: 0,
             atomics_out: 0,
             read_depth: ep.read_depth,
-            incoming: Incoming::default(),
+            book: RxBook::new(cap),
             moved: RdmaCounters::default(),
             tx_head: 0,
             tx_posted: 0,
             tx_credit: 0,
             send_outstanding: 0,
-            rx_head: 0,
-            rx_tail: 0,
             rx_returned: 0,
             rq_posted: ep.rq_depth,
             broken: None,
@@ -592,7 +591,7 @@ impl RdmaTransport {
 
     /// Returns all consumed bytes to the peer as one credit message.
     fn return_credits(&mut self) -> Result<(), TransportError> {
-        let n = self.rx_tail - self.rx_returned;
+        let n = self.book.consumed() - self.rx_returned;
         if n == 0 {
             return Ok(());
         }
@@ -611,7 +610,7 @@ impl RdmaTransport {
             return Err(self.fail(rdma_err("post credit write", e)));
         }
         self.send_outstanding += 1;
-        self.rx_returned = self.rx_tail;
+        self.rx_returned = self.book.consumed();
         Ok(())
     }
 
