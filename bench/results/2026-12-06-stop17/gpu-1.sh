@@ -16,7 +16,7 @@ grep -E "^=== |compiled_step|=> " "$OUT/full/torch-compare.txt" | head -12
 t "full round done"
 for r in 2 3; do
   OUT=$OUT/compile-$r MODES="native tcp shm" SPLIT=1 WARMUP=0 TORCH_TIMEOUT_S=40 WORKLOADS=compile \
-    timeout 75 bash tests/torch/run-device.sh > "$OUT/torch-compile-$r.log" 2>&1; echo "compile round $r exit $?"
+    timeout 100 bash tests/torch/run-device.sh > "$OUT/torch-compile-$r.log" 2>&1; echo "compile round $r exit $?"
   grep -E "compiled_step" "$OUT/compile-$r/torch-compare.txt" | head -4
   t "compile round $r done"
 done
