@@ -39,16 +39,17 @@ use vgpu_dataplane::transport::{Transport, TransportError};
 use crate::sys::verbs::{self, Registered};
 use crate::{io_to_transport, send_all};
 
+mod book;
 mod flow;
 mod regs;
 mod setup;
 mod verbs_end;
 
 pub use crate::rdma_stats::{counters, RdmaCounters};
-use flow::*;
 /// The receive side's bookkeeping and its vocabulary, public for the fuzz target only.
 #[doc(hidden)]
-pub use flow::{Announce, Effect, Offer, RxBook, Segment, Step, OFFER_LEN};
+pub use book::{Announce, Effect, Offer, RxBook, Segment, Step, OFFER_LEN};
+use flow::*;
 use regs::RegCache;
 use setup::*;
 use verbs_end::*;
