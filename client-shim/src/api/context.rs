@@ -153,6 +153,7 @@ fn release_primary(dev: CUdevice) -> CuResult<()> {
 fn synchronize() -> CuResult<()> {
     super::need_ctx()?;
     client::call(0, &CtxSynchronize {}, &[])?;
+    super::staging::waited(client::current_server(), None);
     crate::mirror::after_sync_of(crate::mirror::Covered::Server(client::current_server()))
 }
 

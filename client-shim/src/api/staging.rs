@@ -7,7 +7,11 @@ use std::ffi::c_void;
 use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::*;
 
+use crate::mirror::StreamKey;
 use crate::{client, ffi, state};
+
+/// Per slot, the stream an asynchronous copy that may still read it was queued on.
+type Busy = [Option<StreamKey>; 2];
 
 /// Pageable copies at least this large go through the thread's shared staging slots.
 pub(super) const STAGED_MIN: usize = 1 << 20;
@@ -23,8 +27,9 @@ struct Staging {
     /// Events (created in `ctx`) marking when each slot's copy has landed.
     events: [EventId; 2],
     ctx: ContextId,
-    /// A slot an asynchronous copy may still be reading (`staged_htod_async`): its next user waits for its event.
-    busy: [bool; 2],
+    /// A slot an asynchronous copy may still be reading (`staged_htod_async`), and the stream it was queued on: its
+    /// next user waits for its event, unless this thread has since waited for that stream or the whole context.
+    busy: Busy,
 }
 
 impl Drop for Staging {
@@ -75,7 +80,7 @@ pub(super) fn staged_htod_async(
 }
 
 /// This thread's slots on the current server: which an asynchronous copy may still be reading.
-fn busy_slots() -> [bool; 2] {
+fn busy_slots() -> Busy {
     let server = client::current_server();
     STAGING.with(|cell| {
         cell.borrow()
@@ -85,7 +90,7 @@ fn busy_slots() -> [bool; 2] {
     })
 }
 
-fn set_busy(busy: [bool; 2]) {
+fn set_busy(busy: Busy) {
     let server = client::current_server();
     STAGING.with(|cell| {
         if let Some(Some(s)) = cell.borrow_mut().get_mut(server) {
@@ -94,9 +99,24 @@ fn set_busy(busy: [bool; 2]) {
     });
 }
 
+/// This thread has waited for `stream` on `server` (`None`: for its whole current context there): slots whose
+/// asynchronous copies were queued there are free again, and their next user need not wait for their events.
+pub(crate) fn waited(server: usize, stream: Option<StreamKey>) {
+    let ctx = state::current_ctx();
+    STAGING.with(|cell| {
+        if let Some(Some(s)) = cell.borrow_mut().get_mut(server) {
+            for b in &mut s.busy {
+                if b.is_some() && (stream.is_none() && s.ctx == ctx || *b == stream) {
+                    *b = None;
+                }
+            }
+        }
+    });
+}
+
 /// Before slot `slot` is filled or written: an asynchronous copy that may still read it is waited for.
-fn free_slot(events: &[EventId; 2], busy: &mut [bool; 2], slot: usize) -> CuResult<()> {
-    if std::mem::take(&mut busy[slot]) {
+fn free_slot(events: &[EventId; 2], busy: &mut Busy, slot: usize) -> CuResult<()> {
+    if busy[slot].take().is_some() {
         client::call(0, &EventSynchronize { event: events[slot] }, &[])?;
     }
     Ok(())
@@ -116,14 +136,14 @@ fn staging(flags: u16, ctx: ContextId) -> Option<(*mut u8, RegionId, [EventId; 2
             // old ones say no asynchronous copy still reads a slot.
             let old = slot.take()?;
             for (event, busy) in old.events.iter().zip(old.busy) {
-                if busy {
+                if busy.is_some() {
                     client::call(0, &EventSynchronize { event: *event }, &[]).ok()?;
                 }
             }
             *slot = Some(Staging {
                 events: staging_events()?,
                 ctx,
-                busy: [false; 2],
+                busy: [None; 2],
                 ..old
             });
         }
@@ -140,7 +160,7 @@ fn staging(flags: u16, ctx: ContextId) -> Option<(*mut u8, RegionId, [EventId; 2
                 region,
                 events: staging_events()?,
                 ctx,
-                busy: [false; 2],
+                busy: [None; 2],
             });
         }
         slot.as_ref().map(|s| (s.ptr as usize, s.region, s.events))
@@ -173,9 +193,12 @@ fn staged_copy_in(
         StreamId::NULL
     });
     let mut busy = busy_slots();
+    // Start with a free slot where there is one: back-to-back asynchronous copies then alternate, each waiting
+    // only for the copy two before it.
+    let first = usize::from(busy[0].is_some() && busy[1].is_none());
     for (i, off) in (0..n).step_by(STAGING_SLOT).enumerate() {
         let len = STAGING_SLOT.min(n - off);
-        let slot = i % 2;
+        let slot = (first + i) % 2;
         // The GPU must have finished reading this slot (chunk i - 2, or an earlier asynchronous copy) before it is
         // refilled.
         free_slot(&events, &mut busy, slot)?;
@@ -189,7 +212,7 @@ fn staged_copy_in(
             stream,
         };
         post_and_mark(flags, &copy, events[slot], stream)?;
-        busy[slot] = true;
+        busy[slot] = Some(crate::mirror::stream_key(flags, stream));
     }
     if on.is_some() {
         // The GPU reads the last slots after this returns: their next user waits.

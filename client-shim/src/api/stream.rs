@@ -120,6 +120,7 @@ pub(crate) fn wait_for_stream(flags: u16, stream: StreamId) -> CuResult<()> {
             client::call_to(route, flags, &StreamSynchronize { stream }, &[])
         })?;
     }
+    super::staging::waited(server, Some(key));
     crate::mirror::after_sync_of(crate::mirror::Covered::Stream { server, stream: key })
 }
 
