@@ -257,3 +257,30 @@ fn a_clear_lane_cannot_join_an_encrypted_channel_but_a_tls_lane_can() {
     assert_eq!(r.status, STATUS_OK, "{msg}");
     assert_eq!(join(&mut *main, 2, token, 1), 0, "a TLS lane joins a TLS channel");
 }
+
+/// A further connection of a session (a thread's channel, a lane) can come the moment the welcome arrives: the
+/// listener lists the session before the worker can welcome its client (sync_scope's threads once found "no such
+/// session" on a loaded host).
+#[test]
+fn a_thread_attaching_the_moment_the_welcome_arrives_finds_its_session() {
+    let server = start(&[]);
+    let tcp = server.tcp.clone();
+    // Several clients at once keep the listener's threads busy, which is when the window used to open.
+    let clients: Vec<_> = (0..8)
+        .map(|client| {
+            let tcp = tcp.clone();
+            std::thread::spawn(move || {
+                for round in 0..40 {
+                    let (w, msg, main) = raw_hello(&tcp, MODE_NEW_SESSION, 0, [0; 16], &[]);
+                    assert_eq!(w.status, STATUS_OK, "{msg}");
+                    let (r, msg, attached) = raw_hello(&tcp, MODE_ATTACH, w.session_id, w.secret, &[]);
+                    assert_eq!(r.status, STATUS_OK, "client {client} round {round}: {msg}");
+                    drop((attached, main));
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client found its session");
+    }
+}

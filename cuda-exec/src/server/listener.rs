@@ -415,23 +415,20 @@ impl Listener {
                 return Err(e);
             }
         };
+        // The session is listed before its worker can welcome the client (the lock is held across the hand-off):
+        // a thread of the app that attaches the moment the welcome arrives must find it.
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let handed = self.hand_off(conn, hello, &admission, &control, session_id, secret, &claimed);
         let ticks = match handed {
             Ok(ticks) => ticks,
             Err(e) => {
+                drop(sessions);
                 crate::sched::host::release(self.sched.as_ref(), &claimed);
                 return Err(e);
             }
         };
-        let me = self.clone();
-        std::thread::spawn(move || me.refill_spare());
-        tracing::info!(
-            "session {session_id:016x} started for client pid {} {}",
-            hello.pid,
-            admission.label
-        );
         let label = admission.label;
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        sessions.insert(
             session_id,
             SessionEntry {
                 secret,
@@ -440,6 +437,10 @@ impl Listener {
                 _slot: slot,
             },
         );
+        drop(sessions);
+        let me = self.clone();
+        std::thread::spawn(move || me.refill_spare());
+        tracing::info!("session {session_id:016x} started for client pid {} {label}", hello.pid);
         let me = self.clone();
         std::thread::spawn(move || {
             me.meter(&label, ticks, &claimed);
