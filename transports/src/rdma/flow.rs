@@ -71,22 +71,7 @@ impl RdmaTransport {
 
     /// Posts a zero-length write that carries only `what`.
     fn announce(&mut self, what: Announce) -> Result<(), TransportError> {
-        self.wait_raw(|t| t.send_outstanding < t.sq_depth)?;
-        let (peer_ring, rkey) = (self.peer_ring, self.peer_rkey);
-        if let Err(e) = verbs::post_write_imm(
-            &mut self.qp,
-            WR_SEND,
-            &self.tx,
-            0,
-            0,
-            peer_ring,
-            rkey,
-            what.encode().to_be(),
-        ) {
-            return Err(self.fail(rdma_err("post control write", e)));
-        }
-        self.send_outstanding += 1;
-        Ok(())
+        self.write_imm(0, 0, what, "post control write")
     }
 
     /// Announces the staged but not yet announced positions (they never cross the ring's end): as one write of
@@ -98,24 +83,10 @@ impl RdmaTransport {
         }
         if self.staging_pulled {
             self.announce(Announce::Pulled(n as usize))?;
-            self.tx_posted = self.tx_head;
-            return Ok(());
+        } else {
+            let pos = (self.tx_posted as usize) & (self.cap - 1);
+            self.write_imm(pos, n as usize, Announce::Written(n as usize), "post write")?;
         }
-        self.wait_raw(|t| t.send_outstanding < t.sq_depth)?;
-        let pos = (self.tx_posted as usize) & (self.cap - 1);
-        if let Err(e) = verbs::post_write_imm(
-            &mut self.qp,
-            WR_SEND,
-            &self.tx,
-            pos,
-            n as u32,
-            self.peer_ring + pos as u64,
-            self.peer_rkey,
-            Announce::Written(n as usize).encode().to_be(),
-        ) {
-            return Err(self.fail(rdma_err("post write", e)));
-        }
-        self.send_outstanding += 1;
         self.tx_posted = self.tx_head;
         Ok(())
     }
@@ -160,21 +131,7 @@ impl RdmaTransport {
             None => self.announce(what)?,
             Some(b) => {
                 self.tx.map().write(pos, b);
-                self.wait_raw(|t| t.send_outstanding < t.sq_depth)?;
-                let (remote, rkey) = (self.peer_ring + pos as u64, self.peer_rkey);
-                if let Err(e) = verbs::post_write_imm(
-                    &mut self.qp,
-                    WR_SEND,
-                    &self.tx,
-                    pos,
-                    n as u32,
-                    remote,
-                    rkey,
-                    what.encode().to_be(),
-                ) {
-                    return Err(self.fail(rdma_err("post offer", e)));
-                }
-                self.send_outstanding += 1;
+                self.write_imm(pos, n, what, "post offer")?;
             }
         }
         self.tx_head += n as u64;

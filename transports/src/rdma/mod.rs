@@ -596,22 +596,21 @@ impl RdmaTransport {
         if n == 0 {
             return Ok(());
         }
+        self.write_imm(0, 0, Announce::Credit(n), "post credit write")?;
+        self.rx_returned = self.book.consumed();
+        Ok(())
+    }
+
+    /// Writes `len` bytes at `pos` of the send ring into the same place of the peer's ring (none: `len` 0), with
+    /// `what` as the immediate, once the send queue has room. `doing` names the write in an error.
+    fn write_imm(&mut self, pos: usize, len: usize, what: Announce, doing: &str) -> Result<(), TransportError> {
         self.wait_raw(|t| t.send_outstanding < t.sq_depth)?;
-        let imm = Announce::Credit(n).encode();
-        if let Err(e) = verbs::post_write_imm(
-            &mut self.qp,
-            WR_SEND,
-            &self.tx,
-            0,
-            0,
-            self.peer_ring,
-            self.peer_rkey,
-            imm.to_be(),
-        ) {
-            return Err(self.fail(rdma_err("post credit write", e)));
+        let (remote, rkey) = (self.peer_ring + pos as u64, self.peer_rkey);
+        let imm = what.encode().to_be();
+        if let Err(e) = verbs::post_write_imm(&mut self.qp, WR_SEND, &self.tx, pos, len as u32, remote, rkey, imm) {
+            return Err(self.fail(rdma_err(doing, e)));
         }
         self.send_outstanding += 1;
-        self.rx_returned = self.book.consumed();
         Ok(())
     }
 
