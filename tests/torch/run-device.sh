@@ -20,6 +20,8 @@
 #   TORCH_TIMEOUT_S=300      wall-clock limit of one run (SPLIT=1: of one workload)
 #   WARMUP=1                 0: no unrecorded native --quick pass before the measured runs
 #   SPLIT=0                  1: one process per workload (a crash or hang costs one workload, not the rest)
+#   ROUNDS=1                 N: the whole comparison N times into OUT/round-K/ (the warm-up before the first only),
+#                            then the medians over the rounds (median.py) in torch-medians.txt / .json
 #   FRESH_INDUCTOR_CACHE=0   1: each mode compiles from an empty inductor/triton cache (default: the native run
 #                            fills a cache the vGPU runs reuse, which saves ~tens of seconds per mode)
 #   TORCH_BACKEND=real       the server's backend (emulated: to check this script, and count round trips, on a
@@ -43,6 +45,25 @@ TIMEOUT_S=${TORCH_TIMEOUT_S:-300}
 SPLIT=${SPLIT:-0}
 read -r -a EXTRA <<< "${TORCH_ARGS:-}"
 HERE=tests/torch
+ROUNDS=${ROUNDS:-1}
+if ! [[ "$ROUNDS" =~ ^[1-9][0-9]?$ ]]; then
+  echo "ROUNDS=$ROUNDS: a whole number from 1 to 99"; exit 2
+fi
+if [ "$ROUNDS" -gt 1 ]; then
+  STATUS=0
+  for k in $(seq "$ROUNDS"); do
+    warm=0; [ "$k" = 1 ] && warm=${WARMUP:-1}
+    ROUNDS=1 WARMUP=$warm OUT="$OUT/round-$k" bash "$0" || STATUS=1
+  done
+  compared=("$OUT"/round-*/torch-compare.json)
+  if [ -e "${compared[0]}" ]; then
+    "$PY" "$HERE/median.py" "${compared[@]}" --json "$OUT/torch-medians.json" --goal tcp=1.1 --goal shm=1.05 \
+      | tee "$OUT/torch-medians.txt"
+  else
+    echo "no round compared against native: no medians"; STATUS=1
+  fi
+  exit $STATUS
+fi
 SERVER_LOG="$OUT/torch-server.log"
 SERVER_PID=
 TCP_URL=
