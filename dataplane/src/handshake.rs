@@ -47,6 +47,11 @@ pub const CAP_LANES: u64 = 1 << 14;
 pub const CAP_PEER_ROWS: u64 = 1 << 15;
 /// The server answers NVML's peer status between two of its devices (`NvmlP2PStatus`, op code 114).
 pub const CAP_NVML_P2P: u64 = 1 << 16;
+/// The server cuts striped segments shorter than the streams' 512 KiB pieces into as many equal pieces as there
+/// are streams (`LanesJoin` with `LANES_FINE`, `transports::striped`).
+pub const CAP_LANES_FINE: u64 = 1 << 17;
+/// `LanesJoin::flags`: both ends use fine pieces (only sent to a server that announced `CAP_LANES_FINE`).
+pub const LANES_FINE: u32 = 1;
 pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
     | CAP_PEER_ACCESS
     | CAP_NVML
@@ -60,7 +65,8 @@ pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
     | CAP_PEER_COPY
     | CAP_LANES
     | CAP_PEER_ROWS
-    | CAP_NVML_P2P;
+    | CAP_NVML_P2P
+    | CAP_LANES_FINE;
 
 pub const MODE_NEW_SESSION: u32 = 0;
 pub const MODE_ATTACH: u32 = 1;

@@ -1,5 +1,5 @@
-//! Striped channels (`transports::striped`) read from a hostile peer: arbitrary bytes on the main connection and on
-//! each lane, read through a striped transport in arbitrary pieces.
+//! Striped channels (`transports::striped`, with or without fine pieces) read from a hostile peer: arbitrary bytes
+//! on the main connection and on each lane, read through a striped transport in arbitrary pieces.
 //!
 //! Asserts: nothing panics or allocates beyond the caller's buffers whatever the segment words announce (up to 1 GiB
 //! striped over lanes that bring a few bytes); a read either fills its buffer or fails, and after a failure nothing
@@ -24,6 +24,8 @@ struct Input {
     reads: Vec<u16>,
     /// An inline segment put first on the main connection, which must come back whole.
     inline: Vec<u8>,
+    /// Fine pieces (`LANES_FINE`): short striped segments cut into one piece a stream.
+    fine: bool,
 }
 
 pub fn run(data: &[u8]) {
@@ -38,7 +40,9 @@ pub fn run(data: &[u8]) {
     let lanes: Vec<Lane> = (0..usize::from(input.lane_count % 3) + 1)
         .map(|k| Box::new(Pipe(input.lanes.get(k).into_iter().flatten().copied().collect())) as Lane)
         .collect();
-    let mut t = Striped::new(Pipe(main), lanes).expect("one to three lanes of the channel's kind");
+    let mut t = Striped::new(Pipe(main), lanes)
+        .expect("one to three lanes of the channel's kind")
+        .fine_pieces(input.fine);
     let mut first = vec![0u8; inline.len()];
     t.recv_exact(&mut first)
         .expect("a well-formed inline segment reads back");

@@ -4,8 +4,9 @@
 //!
 //! Every `send` becomes segments, each announced on the main transport by a 4-byte word: bit 31 clear, an inline
 //! segment whose `len` bytes follow on the main transport; bit 31 set, a striped segment whose bytes are cut into
-//! `STRIPE_CHUNK` pieces, piece `i` going to stream `i % streams` (stream 0 is the main transport, stream `k` lane
-//! `k - 1`). Sends below `stripe_min()` are one inline segment; a part at least that long is striped, the small parts
+//! pieces of `STRIPE_CHUNK` (or, with fine pieces agreed at the join, `len / streams` rounded up to 64 KiB when that
+//! is smaller, so a short segment still uses every stream), piece `i` going to stream `i % streams` (stream 0 is the
+//! main transport, stream `k` lane `k - 1`). Sends below `stripe_min()` are one inline segment; a part at least that long is striped, the small parts
 //! around it inline. The receiver knows from the word where each byte is, so it reads any range of a striped
 //! segment straight into the caller's buffer from all streams at once, whatever sizes it asks for.
 //!
@@ -49,6 +50,8 @@ pub fn parse_stripe_min(value: Option<&str>) -> Result<usize, String> {
 }
 /// The piece of a striped segment each stream carries in turn.
 pub const STRIPE_CHUNK: usize = 512 << 10;
+/// With fine pieces, the smallest piece (and the unit pieces are rounded up to).
+const FINE_UNIT: usize = 64 << 10;
 /// The largest segment (its length must fit the header's 31 bits); longer parts are several segments.
 const MAX_SEGMENT: usize = 1 << 30;
 /// Most lanes one channel may have besides its main transport.
@@ -71,6 +74,8 @@ pub struct Striped<M> {
     main: M,
     lanes: Vec<Lane>,
     incoming: Incoming,
+    /// Segments shorter than `STRIPE_CHUNK` per stream are cut into one piece per stream (both ends agree).
+    fine: bool,
 }
 
 impl<M: Transport> Striped<M> {
@@ -95,7 +100,24 @@ impl<M: Transport> Striped<M> {
             main,
             lanes,
             incoming: Incoming::default(),
+            fine: false,
         })
+    }
+
+    /// Cuts short segments into one piece per stream (`LANES_FINE`, agreed by both ends at the join) when `fine`.
+    pub fn fine_pieces(mut self, fine: bool) -> Striped<M> {
+        self.fine = fine;
+        self
+    }
+
+    /// The piece a striped segment of `len` bytes is cut into.
+    fn piece(&self, len: usize) -> usize {
+        if !self.fine {
+            return STRIPE_CHUNK;
+        }
+        len.div_ceil(self.streams())
+            .next_multiple_of(FINE_UNIT)
+            .clamp(FINE_UNIT, STRIPE_CHUNK)
     }
 
     /// Streams the bytes move on: the main transport and the lanes.
@@ -117,7 +139,8 @@ impl<M: Transport> Striped<M> {
             let word = (segment.len() as u32 | STRIPED).to_le_bytes();
             self.main.send(&[&word])?;
             let streams = self.streams();
-            let pieces = segment.len().div_ceil(STRIPE_CHUNK);
+            let piece = self.piece(segment.len());
+            let pieces = segment.len().div_ceil(piece);
             let mut first_error = None;
             std::thread::scope(|scope| {
                 // Only lanes with a piece of this segment get a writer (a 1 MiB segment is two pieces: one lane).
@@ -128,15 +151,15 @@ impl<M: Transport> Striped<M> {
                     .take(pieces.saturating_sub(1))
                     .map(|(k, lane)| {
                         scope.spawn(move || -> Result<(), TransportError> {
-                            for piece in segment.chunks(STRIPE_CHUNK).skip(k + 1).step_by(streams) {
-                                lane.send(&[piece])?;
+                            for part in segment.chunks(piece).skip(k + 1).step_by(streams) {
+                                lane.send(&[part])?;
                             }
                             Ok(())
                         })
                     })
                     .collect();
-                for piece in segment.chunks(STRIPE_CHUNK).step_by(streams) {
-                    if let Err(e) = self.main.send(&[piece]) {
+                for part in segment.chunks(piece).step_by(streams) {
+                    if let Err(e) = self.main.send(&[part]) {
                         first_error = Some(e);
                         break;
                     }
@@ -158,12 +181,13 @@ impl<M: Transport> Striped<M> {
     /// Reads `buf.len()` bytes of the current striped segment from offset `at`, every stream at once.
     fn recv_striped(&mut self, buf: &mut [u8], at: usize) -> Result<(), TransportError> {
         let streams = self.streams();
+        let chunk_len = self.piece(self.incoming.len);
         let mut pieces: Vec<Vec<&mut [u8]>> = (0..streams).map(|_| Vec::new()).collect();
         let mut rest = buf;
         let mut pos = at;
         while !rest.is_empty() {
-            let chunk = pos / STRIPE_CHUNK;
-            let take = ((chunk + 1) * STRIPE_CHUNK - pos).min(rest.len());
+            let chunk = pos / chunk_len;
+            let take = ((chunk + 1) * chunk_len - pos).min(rest.len());
             let (piece, tail) = rest.split_at_mut(take);
             pieces[chunk % streams].push(piece);
             rest = tail;
@@ -396,6 +420,61 @@ mod tests {
         }
         drop(b);
         let _ = sender.join();
+    }
+
+    #[test]
+    fn fine_pieces_spread_a_short_segment_over_every_stream_and_read_back_whole() {
+        // 4 streams, a 1 MiB segment: 256 KiB a stream with fine pieces (two 512 KiB pieces, two streams, without).
+        let (a, b, lanes) = pair(3);
+        let (mut a, b) = (a.fine_pieces(true), b.fine_pieces(true));
+        assert_eq!(
+            (a.piece(1 << 20), a.piece(100), a.piece(64 << 20)),
+            (256 << 10, FINE_UNIT, STRIPE_CHUNK)
+        );
+        assert_eq!(
+            a.piece(5 * FINE_UNIT),
+            2 * FINE_UNIT,
+            "320 KiB over 4 streams: rounded up to 128 KiB"
+        );
+        let data = pattern(1 << 20, 21);
+        // Striped as a send of at least the threshold would be (this one is below the default 2 MiB).
+        let sender = std::thread::spawn(move || a.send_striped(&data).map(|_| a));
+        let expect = pattern(1 << 20, 21);
+        for (k, mut lane) in lanes.into_iter().enumerate() {
+            let mut got = vec![0u8; 256 << 10];
+            lane.read_exact(&mut got).expect("each lane carries one piece");
+            let at = (k + 1) * (256 << 10);
+            assert!(got == expect[at..at + (256 << 10)], "lane {k}");
+        }
+        drop(b);
+        let _ = sender.join();
+        // End to end, sizes around the piece boundaries, read in odd pieces.
+        let (a, b, _) = pair(3);
+        let (mut a, mut b) = (a.fine_pieces(true), b.fine_pieces(true));
+        let sizes = [
+            STRIPE_MIN / 2,
+            5 * FINE_UNIT + 1,
+            4 * STRIPE_CHUNK - 1,
+            4 * STRIPE_CHUNK + 7,
+        ];
+        let parts: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| pattern(n, 30 + i as u8))
+            .collect();
+        let expect = parts.concat();
+        let sender = std::thread::spawn(move || {
+            for p in &parts {
+                a.send_striped(p).expect("send");
+            }
+            a
+        });
+        let mut got = vec![0u8; expect.len()];
+        for piece in got.chunks_mut(99_999) {
+            b.recv_exact(piece).expect("recv");
+        }
+        sender.join().expect("sender");
+        assert!(got == expect, "bytes differ");
     }
 
     #[test]

@@ -58,6 +58,9 @@ fn bulk_copies_read_back_right_striped_or_not_and_lanes_are_only_plain_tcp() {
         let (out, _) = copy_data(&tcp, &[("VGPU_TCP_STREAMS", streams)]);
         assert_eq!(striped_channels(&out), 1, "{streams} streams: {out}");
     }
+    // The client striping its sends from 512 KiB: short segments cut into fine pieces, one a stream.
+    let (out, _) = copy_data(&tcp, &[("VGPU_STRIPE_MIN_KB", "512")]);
+    assert_eq!(striped_channels(&out), 1, "striped from 512 KiB: {out}");
     let (out, _) = copy_data(&tcp, &[("VGPU_TCP_STREAMS", "1")]);
     assert_eq!(striped_channels(&out), 0, "one stream is no lanes: {out}");
     let (out, err) = copy_data(&tcp, &[("VGPU_TCP_STREAMS", "99")]);
@@ -128,7 +131,12 @@ fn lane_credential(token: [u8; 16], index: u32) -> Vec<u8> {
 
 /// Sends `LanesJoin` as request `seq` (unstriped) and returns the reply's status.
 fn join(t: &mut dyn Transport, seq: u32, token: [u8; 16], count: u32) -> u32 {
-    let call = LanesJoin { token, count, _pad: 0 };
+    join_with(t, seq, token, count, 0)
+}
+
+/// As `join`, with `flags`.
+fn join_with(t: &mut dyn Transport, seq: u32, token: [u8; 16], count: u32, flags: u32) -> u32 {
+    let call = LanesJoin { token, count, flags };
     t.send(&[request_header::<LanesJoin>(seq, 0, 0).as_bytes(), call.as_bytes()])
         .expect("join");
     let mut head = ReplyHeader::default();
@@ -195,6 +203,8 @@ fn lanes_need_their_session_and_a_join_names_lanes_that_came() {
     assert_eq!(join(&mut main, 2, token, 2), 801, "two lanes asked, one came");
     // The lane that came was dropped with that refused join: joining it now finds nothing.
     assert_eq!(join(&mut main, 3, token, 1), 801);
+    // A join with flags this server does not know: refused at once.
+    assert_eq!(join_with(&mut main, 4, token, 1, 2), 801, "unknown join flags");
     drop(lane);
     let (r, msg, mut lane) = raw_hello(
         &server.tcp,
@@ -204,26 +214,30 @@ fn lanes_need_their_session_and_a_join_names_lanes_that_came() {
         &lane_credential(token, 0),
     );
     assert_eq!(r.status, STATUS_OK, "{msg}");
-    assert_eq!(join(&mut main, 4, token, 1), 0, "the lane joins");
+    assert_eq!(
+        join_with(&mut main, 5, token, 1, LANES_FINE),
+        0,
+        "the lane joins, with fine pieces"
+    );
     // From here on both ways are striped frames. No context is current on this raw channel: the driver's
     // CUDA_ERROR_INVALID_CONTEXT, answered striped.
-    let head = striped_call(&mut main, 5, &MemGetInfo {});
+    let head = striped_call(&mut main, 6, &MemGetInfo {});
     assert_eq!(
         (head.seq, head.result),
-        (5, 201),
+        (6, 201),
         "MemGetInfo answered on the striped channel"
     );
     // A second join on a striped channel is refused (one per channel), in striped framing.
     let head = striped_call(
         &mut main,
-        6,
+        7,
         &LanesJoin {
             token,
             count: 1,
-            _pad: 0,
+            flags: 0,
         },
     );
-    assert_eq!((head.seq, head.result), (6, 801));
+    assert_eq!((head.seq, head.result), (7, 801));
     // The lane carries nothing unasked: nothing is waiting on it.
     lane.stream()
         .set_read_timeout(Some(Duration::from_millis(100)))

@@ -7,7 +7,8 @@
 #  1. e2e `staged_async` natively: its expected output was written by hand at stop 17.
 #  2. compile's compiled step, three rounds natively / TCP / shm: the shm fix (no staging-slot wait after a stream
 #     wait; predicted 1.11 -> 1.0-1.05) and TCP with the default striping threshold.
-#  3. the same over TCP with VGPU_STRIPE_MIN_KB=1024, two rounds (one round at stop 17: 1.09).
+#  3. the same over TCP with VGPU_STRIPE_MIN_KB=1024, two rounds (one round at stop 17: 1.09, with two 512 KiB pieces;
+#     now fine pieces: 256 KiB on each of the 4 streams).
 #  4. `vgpu bench --quick --repeat 1`: TLS lanes' gain on a 16-core host (one TLS stream: 3.9-4.9 GB/s, stop 12).
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

@@ -118,10 +118,11 @@ impl Channel {
             Ok(lanes) => lanes,
             Err(why) => return report(&format!("cannot open lanes to {}: {why}", srv.endpoint)),
         };
+        let fine = srv.capabilities & CAP_LANES_FINE != 0;
         let join = LanesJoin {
             token,
             count: count as u32,
-            _pad: 0,
+            flags: if fine { LANES_FINE } else { 0 },
         };
         match self.call(srv, 0, &join, &[], None) {
             Ok(_) => {}
@@ -132,6 +133,7 @@ impl Channel {
         let main = std::mem::replace(&mut self.transport.0, Box::new(Gone));
         match vgpu_transports::striped::Striped::new(main, lanes) {
             Ok(striped) => {
+                let striped = striped.fine_pieces(fine);
                 self.transport.0 = Box::new(striped);
                 self.lanes = Lanes::Joined;
                 stats::add(stats::STRIPED_CHANNELS, 1);

@@ -103,8 +103,9 @@ pub(super) struct Channel {
     pub current: ContextId,
     /// The channel's gate to the GPU scheduler (inert for an unscheduled session).
     pub gate: crate::sched::ChannelGate,
-    /// Lanes a `LanesJoin` just took: the channel is striped over them after that call's reply.
-    pub joined_lanes: Option<Vec<vgpu_transports::striped::Lane>>,
+    /// Lanes a `LanesJoin` just took, and whether it asked for fine pieces: the channel is striped over them after
+    /// that call's reply.
+    pub joined_lanes: Option<(Vec<vgpu_transports::striped::Lane>, bool)>,
     /// The channel is striped (one join per channel).
     pub striped: bool,
 }
@@ -189,10 +190,11 @@ impl Channel {
             let r = self.dispatch(t, op, &header);
             order.advance(header.seq);
             r?;
-            if let Some(lanes) = self.joined_lanes.take() {
+            if let Some((lanes, fine)) = self.joined_lanes.take() {
                 // The join's reply was the last unstriped frame: the rest of the channel runs striped.
                 let mut striped = vgpu_transports::striped::Striped::new(t, lanes)
-                    .map_err(|e| ChannelEnd::Transport(vgpu_dataplane::transport::TransportError::Io(e)))?;
+                    .map_err(|e| ChannelEnd::Transport(vgpu_dataplane::transport::TransportError::Io(e)))?
+                    .fine_pieces(fine);
                 self.striped = true;
                 return self.run(&mut striped);
             }

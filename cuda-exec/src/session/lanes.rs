@@ -95,7 +95,8 @@ impl Serve<LanesJoin> for Channel {
         let count = call.count as usize;
         // Network channels only (shared memory and RDMA move bytes faster than striping would help).
         let kind = cx.t.kind();
-        if self.striped || !(1..=MAX_LANES).contains(&count) || !matches!(kind, "tcp" | "tls") {
+        let known_flags = call.flags & !vgpu_dataplane::handshake::LANES_FINE == 0;
+        if self.striped || !known_flags || !(1..=MAX_LANES).contains(&count) || !matches!(kind, "tcp" | "tls") {
             return Ok(Err(CUDA_ERROR_NOT_SUPPORTED));
         }
         let wait = self.s().limits.peer_wait.map_or(JOIN_WAIT, |w| w.min(JOIN_WAIT));
@@ -103,7 +104,7 @@ impl Serve<LanesJoin> for Channel {
             // A lane of another kind (a clear TCP lane beside a TLS channel) would carry its bytes unprotected.
             Some(lanes) if lanes.iter().any(|l| l.kind() != kind) => Ok(Err(CUDA_ERROR_NOT_SUPPORTED)),
             Some(lanes) => {
-                self.joined_lanes = Some(lanes);
+                self.joined_lanes = Some((lanes, call.flags & vgpu_dataplane::handshake::LANES_FINE != 0));
                 Ok(Ok(Empty::default()))
             }
             None => Ok(Err(CUDA_ERROR_NOT_SUPPORTED)),

@@ -342,8 +342,9 @@ macro_rules! call_table {
             /// `transports::striped` framing, bulk bytes spread over the main connection and the lanes. Only sent to a
             /// server that announced `CAP_LANES`, over TCP or TLS with lanes of the same kind; CUDA_ERROR_NOT_SUPPORTED
             /// (the channel stays as it was) for any other channel, a lane of another kind, a second join, or lanes
-            /// that never came.
-            LanesJoin = 165, sync { token: [u8; 16], count: u32, _pad: u32 } -> Empty;
+            /// that never came, or unknown `flags` (`handshake::LANES_FINE`: segments shorter than the streams' pieces
+            /// are cut into one piece per stream, on both ends).
+            LanesJoin = 165, sync { token: [u8; 16], count: u32, flags: u32 } -> Empty;
             // CUDA graphs the server holds (`wire::graph`). Only sent to a server that announced `CAP_GRAPHS`.
             // Graphs, nodes and executable graphs are client-chosen ids; the client checks handles, dependencies
             // and parameters first, so these are asynchronous except where the driver's answer is the result.
