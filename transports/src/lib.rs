@@ -74,36 +74,38 @@ pub(crate) fn ring_settings(
     ring: (&str, Option<&str>),
     spin: (&str, Option<&str>),
 ) -> Result<(Option<usize>, Option<std::time::Duration>), TransportError> {
-    let bad = |name: &str, value: &str, rule: &str| {
-        TransportError::Io(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{name}={value:?}: must be {rule}"),
-        ))
-    };
     let ring_bytes = match ring.1 {
         Some(v) => {
             let mb: usize = v
                 .trim()
                 .parse()
-                .map_err(|_| bad(ring.0, v, "a power of two from 1 to 1024"))?;
+                .map_err(|_| bad_setting(ring.0, v, "a power of two from 1 to 1024"))?;
             if !mb.is_power_of_two() || mb > 1024 {
-                return Err(bad(ring.0, v, "a power of two from 1 to 1024"));
+                return Err(bad_setting(ring.0, v, "a power of two from 1 to 1024"));
             }
             Some(mb << 20)
         }
         None => None,
     };
-    let spin_time = match spin.1 {
-        Some(v) => {
-            let us: u64 = v.trim().parse().map_err(|_| bad(spin.0, v, "0 to 1000000"))?;
-            if us > 1_000_000 {
-                return Err(bad(spin.0, v, "0 to 1000000"));
-            }
-            Some(std::time::Duration::from_micros(us))
-        }
-        None => None,
-    };
+    let spin_time = whole_setting(spin, 1_000_000)?.map(|us| std::time::Duration::from_micros(us as u64));
     Ok((ring_bytes, spin_time))
+}
+
+/// A whole-number setting `(name, value)` from 0 to `max`; `None` when unset, an error naming it otherwise.
+pub(crate) fn whole_setting((name, value): (&str, Option<&str>), max: usize) -> Result<Option<usize>, TransportError> {
+    let Some(text) = value else { return Ok(None) };
+    match text.trim().parse::<usize>() {
+        Ok(n) if n <= max => Ok(Some(n)),
+        _ => Err(bad_setting(name, text, &format!("a whole number from 0 to {max}"))),
+    }
+}
+
+/// The error for setting `name` set to `value`, which breaks `rule`.
+pub(crate) fn bad_setting(name: &str, value: &str, rule: &str) -> TransportError {
+    TransportError::Io(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{name}={value:?}: must be {rule}"),
+    ))
 }
 
 /// A peer broke the transport's protocol.

@@ -125,6 +125,11 @@ fn welcome_on(t: &mut dyn Transport) -> (Welcome, String) {
     (w, msg)
 }
 
+/// A raw TCP lane of `w`'s session, index 0 of join `token`: its welcome and the connection.
+fn lane_hello(addr: &str, w: &Welcome, token: [u8; 16]) -> (Welcome, String, TcpTransport) {
+    raw_hello(addr, MODE_LANE, w.session_id, w.secret, &lane_credential(token, 0))
+}
+
 fn lane_credential(token: [u8; 16], index: u32) -> Vec<u8> {
     [&token[..], &index.to_le_bytes()[..]].concat()
 }
@@ -188,13 +193,7 @@ fn lanes_need_their_session_and_a_join_names_lanes_that_came() {
     assert_eq!(r.status, STATUS_NO_SUCH_SESSION, "{msg}");
     let (r, msg, _) = raw_hello(&server.tcp, MODE_LANE, w.session_id, w.secret, &[1, 2, 3]);
     assert_eq!(r.status, STATUS_VERSION_MISMATCH, "{msg}");
-    let (r, msg, lane) = raw_hello(
-        &server.tcp,
-        MODE_LANE,
-        w.session_id,
-        w.secret,
-        &lane_credential(token, 0),
-    );
+    let (r, msg, lane) = lane_hello(&server.tcp, &w, token);
     assert_eq!(r.status, STATUS_OK, "{msg}");
     // A join naming lanes that never came: refused after a short wait; the channel serves on, unstriped.
     let t = Instant::now();
@@ -206,13 +205,7 @@ fn lanes_need_their_session_and_a_join_names_lanes_that_came() {
     // A join with flags this server does not know: refused at once.
     assert_eq!(join_with(&mut main, 4, token, 1, 2), 801, "unknown join flags");
     drop(lane);
-    let (r, msg, mut lane) = raw_hello(
-        &server.tcp,
-        MODE_LANE,
-        w.session_id,
-        w.secret,
-        &lane_credential(token, 0),
-    );
+    let (r, msg, mut lane) = lane_hello(&server.tcp, &w, token);
     assert_eq!(r.status, STATUS_OK, "{msg}");
     assert_eq!(
         join_with(&mut main, 5, token, 1, LANES_FINE),
@@ -255,13 +248,7 @@ fn a_clear_lane_cannot_join_an_encrypted_channel_but_a_tls_lane_can() {
     assert_eq!(w.status, STATUS_OK, "{msg}");
     let token = [5u8; 16];
     // A plain TCP lane with the session's secret is admitted (the secret is the same)...
-    let (r, msg, _clear) = raw_hello(
-        &server.tcp,
-        MODE_LANE,
-        w.session_id,
-        w.secret,
-        &lane_credential(token, 0),
-    );
+    let (r, msg, _clear) = lane_hello(&server.tcp, &w, token);
     assert_eq!(r.status, STATUS_OK, "{msg}");
     // ...but cannot join the TLS channel: its bytes would travel in clear.
     assert_eq!(join(&mut *main, 1, token, 1), 801);

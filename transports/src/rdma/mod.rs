@@ -128,17 +128,16 @@ impl RdmaConfig {
     pub fn from_env() -> Result<RdmaConfig, TransportError> {
         let var = |name: &str| std::env::var(name).ok();
         let mut c = RdmaConfig::from_values(var("VGPU_RDMA_RING_MB").as_deref(), var("VGPU_RDMA_SPIN_US").as_deref())?;
-        if let Some(kb) = number_setting(
-            "VGPU_RDMA_PULL_MIN_KB",
-            var("VGPU_RDMA_PULL_MIN_KB").as_deref(),
-            1 << 20,
-        )? {
+        let pull_min = var("VGPU_RDMA_PULL_MIN_KB");
+        if let Some(kb) = whole_setting(("VGPU_RDMA_PULL_MIN_KB", pull_min.as_deref()), 1 << 20)? {
             if kb != 0 && kb < 4 {
-                return Err(bad_setting("VGPU_RDMA_PULL_MIN_KB", "0 (off) or 4 to 1048576"));
+                let text = pull_min.unwrap_or_default();
+                return Err(bad_setting("VGPU_RDMA_PULL_MIN_KB", &text, "0 (off) or 4 to 1048576"));
             }
             c.pull_min = kb << 10;
         }
-        if let Some(mb) = number_setting("VGPU_RDMA_REG_MAX_MB", var("VGPU_RDMA_REG_MAX_MB").as_deref(), 1 << 20)? {
+        let reg_max = var("VGPU_RDMA_REG_MAX_MB");
+        if let Some(mb) = whole_setting(("VGPU_RDMA_REG_MAX_MB", reg_max.as_deref()), 1 << 20)? {
             c.reg_max_bytes = mb << 20;
         }
         Ok(c)
@@ -158,26 +157,7 @@ impl RdmaConfig {
     }
 }
 
-use crate::protocol;
-
-fn bad_setting(name: &str, range: &str) -> TransportError {
-    TransportError::Io(io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("{name}: must be {range}"),
-    ))
-}
-
-/// A whole-number setting from 0 to `max`; `None` when unset.
-fn number_setting(name: &str, value: Option<&str>, max: usize) -> Result<Option<usize>, TransportError> {
-    let Some(text) = value else { return Ok(None) };
-    match text.trim().parse::<usize>() {
-        Ok(n) if n <= max => Ok(Some(n)),
-        _ => Err(bad_setting(
-            name,
-            &format!("a whole number from 0 to {max}, not {text:?}"),
-        )),
-    }
-}
+use crate::{bad_setting, protocol, whole_setting};
 
 fn rdma_err(what: &str, e: impl std::fmt::Display) -> TransportError {
     TransportError::Io(io::Error::other(format!("RDMA: {what}: {e}")))
@@ -695,10 +675,10 @@ mod tests {
             assert!(RdmaConfig::from_values(Some(bad), None).is_err(), "{bad}");
         }
         assert!(RdmaConfig::from_values(None, Some("2000000")).is_err());
-        assert_eq!(number_setting("N", None, 10).expect("unset"), None);
-        assert_eq!(number_setting("N", Some(" 7 "), 10).expect("valid"), Some(7));
+        assert_eq!(whole_setting(("N", None), 10).expect("unset"), None);
+        assert_eq!(whole_setting(("N", Some(" 7 ")), 10).expect("valid"), Some(7));
         for bad in ["11", "-1", "x", ""] {
-            let e = number_setting("VGPU_RDMA_REG_MAX_MB", Some(bad), 10).expect_err(bad);
+            let e = whole_setting(("VGPU_RDMA_REG_MAX_MB", Some(bad)), 10).expect_err(bad);
             assert!(e.to_string().contains("VGPU_RDMA_REG_MAX_MB"), "{e}");
         }
     }
