@@ -11,7 +11,9 @@ refuses:
      whole file);
   4. a constant named like a header enumerator (`CUDA_ERROR_*`, `NVML_ERROR_*`, `CU_*`) given a number.
 A function-pointer type of vGPU's own ABI (its `vgpu_*` exports, NVIDIA-private tables no header declares) is
-marked `// own ABI: <why>` on its line or the line above.
+marked `// own ABI: <why>` on its line or the line above. NCCL's API (nccl.h, not among the headers cuda-sys is
+generated from yet) is typed by hand where it is called by pointer, each such line marked `// nccl.h:` with the
+function it types.
 Usage: python3 tools/check_declarations.py  (exit 1 and one line per finding when something is typed by hand)
 """
 import os
@@ -71,7 +73,9 @@ def main():
         lines = raw.split("\n")
         def marked(pos):
             n = line_of(pos) - 1
-            return any("// own ABI:" in lines[i] for i in (n, n - 1) if 0 <= i < len(lines))
+            return any(
+                "// own ABI:" in lines[i] or "// nccl.h:" in lines[i] for i in (n, n - 1) if 0 <= i < len(lines)
+            )
         for m in FN_POINTER.finditer(text):
             if not marked(m.start()):
                 findings.append(f"{rel}:{line_of(m.start())}: a C function-pointer type typed by hand")

@@ -3,6 +3,7 @@
 
 mod api;
 mod client;
+mod coll_bridge;
 mod dark;
 mod exports;
 mod ffi;

@@ -52,6 +52,8 @@ pub const CAP_NVML_P2P: u64 = 1 << 16;
 pub const CAP_LANES_FINE: u64 = 1 << 17;
 /// `LanesJoin::flags`: both ends use fine pieces (only sent to a server that announced `CAP_LANES_FINE`).
 pub const LANES_FINE: u32 = 1;
+/// The server runs collectives with other servers (`CollRun`, `vgpu_dataplane::coll`).
+pub const CAP_COLL: u64 = 1 << 18;
 pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
     | CAP_PEER_ACCESS
     | CAP_NVML
@@ -66,7 +68,8 @@ pub const CAPABILITIES: u64 = CAP_PUSH_DTOH
     | CAP_LANES
     | CAP_PEER_ROWS
     | CAP_NVML_P2P
-    | CAP_LANES_FINE;
+    | CAP_LANES_FINE
+    | CAP_COLL;
 
 pub const MODE_NEW_SESSION: u32 = 0;
 pub const MODE_ATTACH: u32 = 1;

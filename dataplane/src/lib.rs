@@ -15,6 +15,7 @@ macro_rules! snapshot {
     };
 }
 
+pub mod coll;
 pub mod cuerr;
 pub mod digest;
 pub mod handshake;

@@ -177,12 +177,21 @@ pub fn shim_dir() -> Result<PathBuf, String> {
         std::fs::create_dir_all(&shim).map_err(|e| format!("cannot create {}: {e}", shim.display()))?;
         // Programs that load NVML (PyTorch, monitoring tools) must find vGPU's, which answers for the same
         // session and devices, not NVIDIA's: both go in the folder `vgpu run` puts first.
-        for (built, soname) in [("libcuda.so", "libcuda.so.1"), ("libnvidia_ml.so", "libnvidia-ml.so.1")] {
+        for (built, soname) in [
+            ("libcuda.so", "libcuda.so.1"),
+            ("libnvidia_ml.so", "libnvidia-ml.so.1"),
+            ("libnccl.so", "libnccl.so.2"),
+        ] {
             let link = shim.join(soname);
             if bin_dir.join(built).exists() && !link.exists() {
                 let _ = std::fs::remove_file(&link);
-                std::os::unix::fs::symlink(Path::new("..").join(built), &link)
-                    .map_err(|e| format!("cannot link {}: {e}", link.display()))?;
+                // Another `vgpu run` starting at the same moment may have made it first.
+                match std::os::unix::fs::symlink(Path::new("..").join(built), &link) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                        return Err(format!("cannot link {}: {e}", link.display()));
+                    }
+                    _ => {}
+                }
             }
         }
         return Ok(shim);
@@ -206,6 +215,18 @@ pub fn through_shim(program: impl AsRef<std::ffi::OsStr>, server: Option<&str>) 
         format!("{}:{old}", dir.display())
     };
     cmd.env("LD_LIBRARY_PATH", path);
+    // vGPU's NCCL must win over NVIDIA's, which PyTorch's libraries find through their RPATH (searched before
+    // LD_LIBRARY_PATH): preloaded, its symbols come first. `VGPU_NCCL=off` leaves NCCL alone.
+    let nccl = dir.join("libnccl.so.2");
+    if nccl.exists() && std::env::var("VGPU_NCCL").map_or(true, |v| v != "off") {
+        let old = std::env::var("LD_PRELOAD").unwrap_or_default();
+        let preload = if old.is_empty() {
+            nccl.display().to_string()
+        } else {
+            format!("{}:{old}", nccl.display())
+        };
+        cmd.env("LD_PRELOAD", preload);
+    }
     if let Some(server) = server {
         cmd.env("VGPU_SERVER", server);
     }

@@ -12,6 +12,7 @@ mod ipccheck;
 mod links;
 mod local;
 mod multicheck;
+mod ncclcheck;
 mod nvml;
 mod pyhook;
 mod quickstart;
@@ -254,6 +255,23 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         bench_mib: u64,
     },
+    /// One rank of a communicator over vGPU's NCCL: every collective checked on known data.
+    #[command(name = "__nccl-check", hide = true)]
+    NcclCheck {
+        #[arg(long)]
+        rank: u32,
+        #[arg(long)]
+        nranks: u32,
+        /// Rank 0 writes the unique id here; the others read it.
+        #[arg(long)]
+        id_file: std::path::PathBuf,
+        /// Also time all-reduces of this many MiB.
+        #[arg(long, default_value_t = 0)]
+        bench_mib: u64,
+        /// Leave right after the communicator is ready (the other ranks' collectives then fail).
+        #[arg(long)]
+        exit_after_init: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -465,6 +483,21 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 .transpose()?,
         }),
         Cmd::MultiCheck { bench_mib } => multicheck::run(bench_mib),
+        Cmd::NcclCheck {
+            rank,
+            nranks,
+            id_file,
+            bench_mib,
+            exit_after_init,
+        } => ncclcheck::run(
+            rank,
+            nranks,
+            &id_file,
+            &ncclcheck::Extra {
+                bench_mib,
+                exit_after_init,
+            },
+        ),
         Cmd::CopyData { kind, mib, reps } => copydata::run(&kind, mib, reps),
     }
 }

@@ -277,7 +277,7 @@ fn bench_copy(cuda: &Cuda, ctxs: &[CUcontext], mib: u64) -> Result<(), String> {
 }
 
 /// Bytes this process's shim has sent and received over all its channels (0 natively).
-fn traffic(cuda: &Cuda) -> u64 {
+pub(crate) fn traffic(cuda: &Cuda) -> u64 {
     // own ABI: vgpu_client_traffic is vGPU's export, declared by no header.
     type Traffic = unsafe extern "C" fn(*mut u64, *mut u64);
     // SAFETY: an optional function only vGPU's shim exports; it writes two counters into the locals.

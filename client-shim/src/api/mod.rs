@@ -219,7 +219,7 @@ mod vmm;
 
 pub(crate) use device::{pci_location, reported_driver_version};
 pub(crate) use module::{load_module_image, module_functions};
-pub(crate) use stream::STREAM_ATTR_LEN;
+pub(crate) use stream::{stream_id, STREAM_ATTR_LEN};
 
 #[cfg(test)]
 mod tests {

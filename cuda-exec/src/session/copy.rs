@@ -203,10 +203,7 @@ impl Channel {
         Ok(error.map_or(Ok(()), Err))
     }
 
-    /// Sends `len` bytes from `src` chunk by chunk as the copy engine fills the staging buffers (the frame's
-    /// header is already out): issue the first chunk, then wait for chunk i, issue chunk i+1 into the other
-    /// buffer, send chunk i. A failed copy sends zeros for the rest, keeping the frame whole; its error is
-    /// returned for the status the caller reports.
+    /// Sends `len` bytes from `src` through the channel's staging buffers (`stream_out`).
     pub(super) fn stream_to_client(
         &mut self,
         t: &mut dyn Transport,
@@ -214,34 +211,7 @@ impl Channel {
         len: usize,
         stream: Stream,
     ) -> Result<Option<CUresult>, ChannelEnd> {
-        let src = src.into();
-        let mut error: Option<CUresult> = None;
-        let mut offset = 0usize;
-        let mut which = 0;
-        if len > 0 {
-            let first = src.chunk(0, len);
-            error = src.read_chunk(self.b(), &self.staging[0], 0, first, stream).err();
-        }
-        while offset < len {
-            let n = src.chunk(offset, len);
-            if error.is_none() {
-                error = self.b().stream_synchronize(stream).err();
-            }
-            let next = offset + n;
-            if next < len && error.is_none() {
-                let m = src.chunk(next, len);
-                error = src
-                    .read_chunk(self.b(), &self.staging[which ^ 1], next, m, stream)
-                    .err();
-            }
-            if error.is_some() {
-                self.staging[which].as_mut_slice()[..n].fill(0);
-            }
-            t.send(&[&self.staging[which].as_slice()[..n]])?;
-            offset = next;
-            which ^= 1;
-        }
-        Ok(error)
+        stream_out(&*self.session.backend, &mut self.staging, t, src.into(), len, stream)
     }
 
     /// The device span a 2D copy touches: `height` rows at `pitch`, `width` bytes each.
@@ -688,4 +658,43 @@ impl Serve<MemcpyDtoHRegionAsync> for Channel {
             .and_then(|s| self.region_copy(false, c.src, c.region, c.offset, c.size, s))
             .map(|_| Empty {}))
     }
+}
+
+/// Sends `len` bytes from `src` chunk by chunk as the copy engine fills the staging buffers (the frame's
+/// header is already out): issue the first chunk, then wait for chunk i, issue chunk i+1 into the other
+/// buffer, send chunk i. A failed copy sends zeros for the rest, keeping the frame whole; its error is
+/// returned for the status the caller reports.
+pub(super) fn stream_out(
+    b: &dyn Backend,
+    staging: &mut [HostBuffer],
+    t: &mut dyn Transport,
+    src: Span,
+    len: usize,
+    stream: Stream,
+) -> Result<Option<CUresult>, ChannelEnd> {
+    let mut error: Option<CUresult> = None;
+    let mut offset = 0usize;
+    let mut which = 0;
+    if len > 0 {
+        let first = src.chunk(0, len);
+        error = src.read_chunk(b, &staging[0], 0, first, stream).err();
+    }
+    while offset < len {
+        let n = src.chunk(offset, len);
+        if error.is_none() {
+            error = b.stream_synchronize(stream).err();
+        }
+        let next = offset + n;
+        if next < len && error.is_none() {
+            let m = src.chunk(next, len);
+            error = src.read_chunk(b, &staging[which ^ 1], next, m, stream).err();
+        }
+        if error.is_some() {
+            staging[which].as_mut_slice()[..n].fill(0);
+        }
+        t.send(&[&staging[which].as_slice()[..n]])?;
+        offset = next;
+        which ^= 1;
+    }
+    Ok(error)
 }

@@ -17,6 +17,7 @@ use crate::backend::Backend;
 
 mod array;
 mod channel;
+mod coll;
 mod context;
 mod copy;
 mod graph;

@@ -23,9 +23,10 @@ use vgpu_dataplane::{shm_socket_path, Endpoint, Transport};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::channel::{Channel, Cx, Serve, Served, CHUNK};
+use super::coll::Reduction;
 use super::copy::Span;
 use super::{ChannelEnd, Session};
-use crate::backend::Stream;
+use crate::backend::{HostBuffer, Stream};
 
 /// How long a receiving copy waits for its sender's connection, once its grant is registered, unless the
 /// server says otherwise (`vgpu server --peer-wait-s`).
@@ -51,7 +52,7 @@ const REUSE_GRACE: Duration = Duration::from_millis(5);
 /// servers. The server's log names the cause.
 const PEER_LOST: CUresult = CUDA_ERROR_UNKNOWN;
 
-type Token = [u8; 16];
+pub(super) type Token = [u8; 16];
 /// A sender's connection, by the token it presented, with when it arrived and whether it came back from an
 /// earlier copy (parked) rather than through the listener.
 type Inbox = HashMap<Token, Arrival>;
@@ -212,7 +213,7 @@ impl Session {
     /// spelling is dialled (a name the client chose is only compared, never resolved again at connect time); a
     /// TLS pin comes from the operator's entry, else the client's.
     /// Decisions are remembered per endpoint (a copy would otherwise resolve names on every call).
-    fn allowed_peer(&self, asked: &Endpoint) -> Option<Endpoint> {
+    pub(super) fn allowed_peer(&self, asked: &Endpoint) -> Option<Endpoint> {
         let (listed, _) = self.peers.allowed.get()?;
         let key = asked.to_string();
         if let Some(known) = self.peers.decided.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
@@ -271,7 +272,7 @@ fn same_server(a: &Endpoint, b: &Endpoint) -> bool {
 }
 
 /// The endpoint a `PeerSend`/`PeerProbe` tail names.
-fn endpoint_of(tail: &[u8]) -> CuResult<Endpoint> {
+pub(super) fn endpoint_of(tail: &[u8]) -> CuResult<Endpoint> {
     let text = std::str::from_utf8(tail).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
     Endpoint::parse(text).map_err(|_| CUDA_ERROR_INVALID_VALUE)
 }
@@ -318,7 +319,7 @@ fn peer_end(e: ChannelEnd) -> String {
 
 impl Channel {
     /// The stream, range and staging buffers of one half of a copy of `size` packed bytes.
-    fn prepare_peer_half(
+    pub(super) fn prepare_peer_half(
         &mut self,
         span: Span,
         size: CuResult<u64>,
@@ -349,6 +350,7 @@ impl Channel {
         prepared: CuResult<(Stream, usize)>,
         dst: Span,
         size: u64,
+        reduce: Option<Reduction>,
     ) -> Result<(CuResult<()>, bool), String> {
         send_u32(peer, prepared.as_ref().err().map_or(0, |e| e.code()))?;
         let (stream, len) = match prepared {
@@ -368,7 +370,12 @@ impl Channel {
             ));
         }
         self.s().count_moved(size);
-        let copied = self.htod_through_staging(peer, dst, len, stream).map_err(peer_end)?;
+        let copied = match (reduce, dst) {
+            (None, _) => self.htod_through_staging(peer, dst, len, stream),
+            (Some(r), Span::Bytes(at)) => self.reduce_through_staging(peer, at, len, stream, r),
+            (Some(_), Span::Rows { .. }) => return Err("a reduction of pitched rows".into()),
+        }
+        .map_err(peer_end)?;
         let sent = recv_u32(peer)?;
         let outcome = match (copied, sent) {
             (Err(e), _) => Err(e),
@@ -378,7 +385,16 @@ impl Channel {
         send_u32(peer, outcome.err().map_or(0, |e| e.code()))?;
         Ok((outcome, true))
     }
+}
 
+/// What the sending half of a copy uses: the session (its pool of connections) and two staging buffers of its own,
+/// so a collective's send can run on a thread of its own while the channel receives.
+pub(super) struct SendHalf<'a> {
+    pub session: &'a Session,
+    pub staging: &'a mut [HostBuffer],
+}
+
+impl SendHalf<'_> {
     /// The sending half once the receiver answered `go` (0: ready). `Ok(())`: the receiver heard the outcome (and
     /// reports it) and the connection can carry another copy.
     fn send_to_peer(
@@ -399,15 +415,16 @@ impl Channel {
         };
         peer.send(&[header.as_bytes()]).map_err(|e| e.to_string())?;
         let Ok((stream, len)) = prepared else { return Ok(()) };
-        self.s().count_moved(size);
-        let error = self.stream_to_client(peer, src, len, stream).map_err(peer_end)?;
+        self.session.count_moved(size);
+        let b = &*self.session.backend;
+        let error = super::copy::stream_out(b, self.staging, peer, src, len, stream).map_err(peer_end)?;
         send_u32(peer, error.map_or(0, |e| e.code()))?;
         recv_u32(peer).map(|_| ())
     }
 
     /// Sends over an idle connection of the pool (its token first), or over a new one; the connection that
     /// carried the copy, for the pool.
-    fn send_copy(
+    pub fn send_copy(
         &mut self,
         target: &Endpoint,
         key: &(String, u64),
@@ -415,7 +432,7 @@ impl Channel {
         (src, size): (Span, u64),
         prepared: CuResult<(Stream, usize)>,
     ) -> Result<Box<dyn Transport>, String> {
-        if let Some(mut peer) = self.s().pooled_peer(key) {
+        if let Some(mut peer) = self.session.pooled_peer(key) {
             // The receiver may have let an idle connection go: then nothing was delivered, and a new one is made.
             let go = peer
                 .send(&[&token])
@@ -430,6 +447,31 @@ impl Channel {
         self.send_to_peer(&mut *peer, go, prepared, src, size).map(|_| peer)
     }
 
+    /// The whole sending half to `target`'s session `session` under `token`, the connection kept for the next
+    /// copy to that session; a failed connection is the copy's `PEER_LOST` (the log names why).
+    pub fn send(
+        &mut self,
+        target: &Endpoint,
+        (session, token): (u64, Token),
+        (src, size): (Span, u64),
+        prepared: CuResult<(Stream, usize)>,
+    ) -> CuResult<()> {
+        // The pool's key: the receiving server as dialled, and the receiving session.
+        let key = (target.to_string(), session);
+        match self.send_copy(target, &key, (session, token), (src, size), prepared) {
+            Ok(peer) => {
+                self.session.pool_peer(key, peer);
+                Ok(())
+            }
+            Err(why) => {
+                tracing::warn!("a copy to {target} failed: {why}");
+                Err(PEER_LOST)
+            }
+        }
+    }
+}
+
+impl Channel {
     /// The receiving half of a copy of `size` packed bytes into `dst`, from the server presenting `token`.
     fn serve_peer_recv(
         &mut self,
@@ -442,17 +484,26 @@ impl Channel {
         self.s().order.advance(cx.header.seq);
         let prepared = self.prepare_peer_half(dst, size, stream, cx.per_thread);
         let size = *size.as_ref().unwrap_or(&0);
+        Ok(self.receive(token, prepared, (dst, size), None).map(|_| Empty {}))
+    }
+
+    /// The whole receiving half: waits for the sender's connection under `token`, takes the bytes (reduced into
+    /// `dst` where `reduce` says) and keeps the connection for the next copy from that sender.
+    pub(super) fn receive(
+        &mut self,
+        token: Token,
+        prepared: CuResult<(Stream, usize)>,
+        (dst, size): (Span, u64),
+        reduce: Option<Reduction>,
+    ) -> CuResult<()> {
         // The grant is registered even for a copy that fails here, so the sender learns of it at once.
-        let (arrival, granted) = match self.s().await_peer(token) {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(e)),
-        };
+        let (arrival, granted) = self.s().await_peer(token)?;
         let Some(arrival) = arrival else {
             tracing::warn!(
                 "a copy from another server never arrived ({:.1} s): its sender is unreachable or stuck",
                 self.s().peer_wait().as_secs_f64()
             );
-            return Ok(Err(PEER_LOST));
+            return Err(PEER_LOST);
         };
         let (mut peer, back) = (arrival.transport, arrival.back);
         if back.is_some() && granted {
@@ -461,19 +512,19 @@ impl Channel {
                 let _ = link.withdraw_peer(token);
             }
         }
-        Ok(match self.receive_from_peer(&mut *peer, prepared, dst, size) {
+        match self.receive_from_peer(&mut *peer, prepared, dst, size, reduce) {
             Ok((outcome, clean)) => {
                 if clean {
                     self.session.park_peer(peer, back);
                 }
-                outcome.map(|_| Empty {})
+                outcome
             }
             Err(why) => {
                 // Dropping `back` ends the kept connection's thread.
                 tracing::warn!("a copy from another server failed: {why}");
                 Err(PEER_LOST)
             }
-        })
+        }
     }
 }
 
@@ -533,20 +584,13 @@ impl Channel {
         };
         let prepared = self.prepare_peer_half(src, size, stream, cx.per_thread);
         let size = *size.as_ref().unwrap_or(&0);
-        // The pool's key: the receiving server as dialled, and the receiving session.
-        let key = (target.to_string(), session);
-        Ok(
-            match self.send_copy(&target, &key, (session, token), (src, size), prepared) {
-                Ok(peer) => {
-                    self.s().pool_peer(key, peer);
-                    Ok(Empty {})
-                }
-                Err(why) => {
-                    tracing::warn!("a copy to {target} failed: {why}");
-                    Err(PEER_LOST)
-                }
-            },
-        )
+        let mut half = SendHalf {
+            session: &self.session,
+            staging: &mut self.staging,
+        };
+        Ok(half
+            .send(&target, (session, token), (src, size), prepared)
+            .map(|_| Empty {}))
     }
 }
 

@@ -336,6 +336,20 @@ macro_rules! call_table {
             PeerSendRows = 167, async, bytes(MAX_PEER_ENDPOINT) {
                 src: DevicePtr, src_pitch: u64, width: u64, height: u64, stream: StreamId, session: u64, token: [u8; 16]
             } -> Empty;
+            /// One rank's part of a collective between servers (`vgpu_dataplane::coll`, vGPU's `libnccl.so.2`;
+            /// only sent to a server that announced `CAP_COLL`): the server plans the steps from these numbers as
+            /// every rank's server does, and runs them in `stream`'s order, sending to rank `send_peer` (session
+            /// `send_session` of the server the tail names) and receiving from rank `recv_peer`, each message under
+            /// a token derived from the group's `secret`. `seq`: the collective's number in the group (for
+            /// `KIND_SEND_RECV`: the index of this send between the two ranks; `seq2`: of this receive).
+            /// `scratch`: device memory of at least `scratch_size` bytes the plan may use. `recv_count`: for
+            /// `KIND_SEND_RECV` the elements received (`count` those sent; a peer of `coll::NO_PEER`: none). Errors
+            /// latch.
+            CollRun = 168, async, bytes(MAX_PEER_ENDPOINT) {
+                kind: u32, dtype: u32, op: u32, nranks: u32, rank: u32, root: u32, send_peer: u32, recv_peer: u32,
+                count: u64, recv_count: u64, src: DevicePtr, dst: DevicePtr, scratch: DevicePtr, scratch_size: u64,
+                stream: StreamId, send_session: u64, seq: u64, seq2: u64, secret: [u8; 16]
+            } -> Empty;
             /// Joins `count` lanes to this channel: TCP connections the client opened with `MODE_LANE` hellos naming
             /// `token`. Once all are there (the server waits briefly for them) the reply is the last unstriped frame
             /// from the server, this call the last from the client: from then on both ends speak
