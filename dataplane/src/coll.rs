@@ -501,5 +501,32 @@ pub fn reduce_into(dtype: u32, op: u32, acc: &mut [u8], incoming: &[u8], divide:
     Ok(())
 }
 
+/// `reduce_into` on up to `threads` threads for buffers of a MiB or more (the server's reduction runs on the host,
+/// between a chunk's arrival and its write back: one core would bound the collective, bench/NOTES.md §21).
+pub fn reduce_into_parallel(
+    dtype: u32,
+    op: u32,
+    acc: &mut [u8],
+    incoming: &[u8],
+    divide: u32,
+    threads: usize,
+) -> Result<(), PlanError> {
+    let elem = elem_size(dtype).ok_or(PlanError::Type)? as usize;
+    if threads <= 1 || acc.len() < (1 << 20) || acc.len() != incoming.len() {
+        return reduce_into(dtype, op, acc, incoming, divide);
+    }
+    let part = acc.len().div_ceil(threads).div_ceil(elem) * elem;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = acc
+            .chunks_mut(part)
+            .zip(incoming.chunks(part))
+            .map(|(a, b)| scope.spawn(move || reduce_into(dtype, op, a, b, divide)))
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().unwrap_or(Err(PlanError::Size)))
+    })
+}
+
 #[cfg(test)]
 mod tests;

@@ -221,12 +221,13 @@ impl Channel {
                     .and_then(|_| self.b().memcpy_dtoh_async(&acc, at, n, stream))
                     .and_then(|_| self.b().stream_synchronize(stream));
                 let reduced = read.and_then(|_| {
-                    coll::reduce_into(
+                    coll::reduce_into_parallel(
                         r.dtype,
                         r.op,
                         &mut acc.as_mut_slice()[..n],
                         &self.staging[0].as_slice()[..n],
                         r.divide,
+                        reduction_threads(),
                     )
                     .map_err(|_| CUDA_ERROR_INVALID_VALUE)
                 });
@@ -243,6 +244,19 @@ impl Channel {
         self.give_back(acc);
         Ok(outcome)
     }
+}
+
+/// Threads a reduction of one chunk uses: `VGPU_REDUCE_THREADS`, else up to 4 of the host's cores (a collective's
+/// receive waits for its reduction; the session's other work goes on meanwhile on its own threads).
+fn reduction_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::env::var("VGPU_REDUCE_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|n: &usize| (1..=64).contains(n))
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
+    })
 }
 
 /// A part's length as the copy helpers count it.

@@ -344,3 +344,28 @@ fn reductions_of_every_type() {
     assert_eq!(reduce_into(42, OP_SUM, &mut [0; 4], &[0; 4], 0), Err(PlanError::Type));
     assert_eq!(reduce_into(DTYPE_F32, 9, &mut [0; 4], &[0; 4], 0), Err(PlanError::Op));
 }
+
+#[test]
+fn parallel_reductions_match_the_serial_one() {
+    let len = (3 << 20) + 12; // not a multiple of the parts
+    let acc: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let inc: Vec<u8> = (0..len).map(|i| (i * 13 % 241) as u8).collect();
+    for (dtype, op, divide) in [
+        (DTYPE_F32, OP_SUM, 0),
+        (DTYPE_I32, OP_MAX, 0),
+        (DTYPE_F16, OP_AVG, 3),
+        (DTYPE_U8, OP_PROD, 0),
+    ] {
+        let mut serial = acc.clone();
+        reduce_into(dtype, op, &mut serial, &inc, divide).expect("serial");
+        for threads in [1, 2, 3, 4] {
+            let mut parallel = acc.clone();
+            reduce_into_parallel(dtype, op, &mut parallel, &inc, divide, threads).expect("parallel");
+            assert!(parallel == serial, "dtype {dtype} op {op} on {threads} threads");
+        }
+    }
+    assert_eq!(
+        reduce_into_parallel(DTYPE_F32, OP_SUM, &mut vec![0; 2 << 20], &vec![0; 2 << 20], 0, 4).map(|_| ()),
+        Ok(())
+    );
+}
