@@ -431,6 +431,20 @@ pub fn token(secret: &[u8; 16], series: Series, from: u32, to: u32, index: u64) 
     out
 }
 
+/// The secret of the communicator split number `split` of a group whose secret is `parent`, for ranks of `color`
+/// (every rank of that color derives the same; other colors and other splits get unrelated ones).
+pub fn derive_secret(parent: &[u8; 16], split: u64, color: u32) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"vgpu-coll-split-1");
+    h.update(parent);
+    h.update(split.to_le_bytes());
+    h.update(color.to_le_bytes());
+    let digest = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
 /// Reduces `incoming` into `acc` element by element (`acc = acc op incoming`), then divides by `divide` where it is
 /// above 1. Both hold whole elements of `dtype`; `Err` for a type or operation this module does not know or
 /// lengths that disagree.

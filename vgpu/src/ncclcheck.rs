@@ -243,6 +243,46 @@ pub fn run(rank: u32, nranks: u32, id_file: &Path, extra: &Extra) -> Result<(), 
         ok("ncclSend", send(src as _, count, FLOAT, next as c_int, comm, s))?;
         ok("ncclGroupEnd", group_end())?;
         verdict("send/recv ring", &download(dst, count)?, &|i| value(prev, i))?;
+        // A split: ranks in reverse order (keys descending); with three ranks or more the last joins none.
+        // nccl.h: ncclCommSplit
+        let split: unsafe extern "C" fn(Comm, c_int, c_int, *mut Comm, *mut c_void) -> c_int =
+            nccl.get("ncclCommSplit")?;
+        // nccl.h: ncclCommUserRank
+        let user_rank: unsafe extern "C" fn(Comm, *mut c_int) -> c_int = nccl.get("ncclCommUserRank")?;
+        let left_out = nranks > 2 && rank == nranks - 1;
+        let color = if left_out { -1 } else { 7 };
+        let mut child: Comm = std::ptr::null_mut();
+        ok(
+            "ncclCommSplit",
+            split(comm, color, (nranks - rank) as c_int, &mut child, std::ptr::null_mut()),
+        )?;
+        if left_out {
+            if !child.is_null() {
+                return Err("a rank without a color got a communicator".into());
+            }
+            println!("split: verified (no color)");
+        } else {
+            let members = if nranks > 2 { nranks - 1 } else { nranks };
+            let mut new_rank: c_int = -1;
+            ok("ncclCommUserRank", user_rank(child, &mut new_rank))?;
+            if new_rank != (members - 1 - rank) as c_int {
+                return Err(format!("split: rank {rank} became {new_rank}"));
+            }
+            upload(src, &mine)?;
+            ok(
+                "ncclAllReduce",
+                all_reduce(src as _, dst as _, count, FLOAT, SUM, child, s),
+            )?;
+            let sum_members = |i: usize| (0..members).map(|r| value(r, i)).sum::<f32>();
+            verdict(
+                "split: verified; all-reduce on it",
+                &download(dst, count)?,
+                &sum_members,
+            )?;
+            // nccl.h: ncclCommDestroy
+            let destroy: unsafe extern "C" fn(Comm) -> c_int = nccl.get("ncclCommDestroy")?;
+            ok("ncclCommDestroy", destroy(child))?;
+        }
         if extra.bench_mib > 0 {
             bench(&cuda, &nccl, comm, stream, extra.bench_mib, n)?;
         }

@@ -463,3 +463,60 @@ fn one_way(c: &Comm, s: Option<&P2p>, r: Option<&P2p>) -> Result<(), ncclResult_
     drop(counters);
     c.run(d)
 }
+
+/// `ncclCommSplit`'s color for a rank that joins no new communicator.
+const SPLIT_NOCOLOR: c_int = -1;
+
+/// Splits `parent` (every rank calls this): the ranks' (color, key) pairs are all-gathered over the parent on the
+/// legacy stream, then each rank with a color forms, with the others of its color ordered by key (then parent rank),
+/// a communicator whose secret derives from the parent's, the split's number and the color.
+pub(crate) fn split(parent: &Comm, color: c_int, key: c_int) -> Result<Option<Comm>, ncclResult_t> {
+    if color < SPLIT_NOCOLOR {
+        return Err(fail(ncclInvalidArgument, format!("ncclCommSplit: color {color}")));
+    }
+    let cuda = cuda()?;
+    let n = parent.nranks as usize;
+    let mine: Vec<u8> = [color.to_le_bytes(), key.to_le_bytes()].concat();
+    // The gathered pairs, then this rank's own pair.
+    let buf = cuda.mem_alloc((n + 1) * 8).map_err(|r| {
+        fail(
+            ncclUnhandledCudaError,
+            format!("cuMemAlloc for ncclCommSplit: CUDA error {r}"),
+        )
+    })?;
+    let gathered = (|| {
+        let own = buf + n as u64 * 8;
+        cu("cuMemcpyHtoD", cuda.memcpy_htod(own, &mine))?;
+        let d = parent.desc(coll::KIND_ALL_GATHER, coll::DTYPE_U8, 8, own, buf, 0);
+        parent.run(d)?;
+        let mut all = vec![0u8; n * 8];
+        // The legacy stream: this copy starts once the gather is done.
+        cu("cuMemcpyDtoH", cuda.memcpy_dtoh(&mut all, buf))?;
+        Ok(all)
+    })();
+    let _ = cuda.mem_free(buf);
+    let all = gathered?;
+    let pairs: Vec<(c_int, c_int)> = all
+        .chunks_exact(8)
+        .map(|c| {
+            let color = c_int::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let key = c_int::from_le_bytes([c[4], c[5], c[6], c[7]]);
+            (color, key)
+        })
+        .collect();
+    let number = parent.splits.fetch_add(1, Ordering::AcqRel);
+    if color == SPLIT_NOCOLOR {
+        return Ok(None);
+    }
+    let mut group: Vec<usize> = (0..n).filter(|&r| pairs[r].0 == color).collect();
+    group.sort_by_key(|&r| (pairs[r].1, r));
+    let rank = group.iter().position(|&r| r == parent.rank as usize).ok_or_else(|| {
+        fail(
+            ncclInternalError,
+            "ncclCommSplit: this rank is missing from its own color",
+        )
+    })?;
+    let members = group.iter().map(|&r| parent.members[r].clone()).collect();
+    let secret = coll::derive_secret(&parent.secret, number, color as u32);
+    Comm::new(rank as u32, parent.device, secret, members).map(Some)
+}

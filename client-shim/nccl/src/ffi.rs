@@ -112,6 +112,18 @@ impl Cuda {
         }
     }
 
+    /// A synchronous copy of `data` to device address `dst`.
+    pub fn memcpy_htod(&self, dst: u64, data: &[u8]) -> CuResult {
+        // SAFETY: `data` is readable for its length; the driver checks the device range.
+        unsafe { self.driver.cuMemcpyHtoD_v2(dst, data.as_ptr().cast(), data.len()) }.0
+    }
+
+    /// A synchronous copy of `out.len()` bytes from device address `src` (after the legacy stream's work).
+    pub fn memcpy_dtoh(&self, out: &mut [u8], src: u64) -> CuResult {
+        // SAFETY: `out` is writable for its length; the driver checks the device range.
+        unsafe { self.driver.cuMemcpyDtoH_v2(out.as_mut_ptr().cast(), src, out.len()) }.0
+    }
+
     pub fn mem_free(&self, ptr: u64) -> CuResult {
         // SAFETY: device memory this library or the app allocated; the driver checks the address.
         unsafe { self.driver.cuMemFree_v2(ptr) }.0

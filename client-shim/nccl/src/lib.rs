@@ -54,6 +54,32 @@ pub struct Comm {
     /// queued earlier may still use them).
     scratch: Mutex<Vec<(u64, u64)>>,
     async_error: AtomicI32,
+    /// Splits made from this communicator so far (each new one's secret derives from the number).
+    splits: AtomicU64,
+}
+
+impl Comm {
+    /// A communicator of `members` (rank order) on `device`, fresh series.
+    fn new(rank: u32, device: i32, secret: [u8; 16], members: Vec<Member>) -> Result<Comm, ncclResult_t> {
+        let endpoints = members
+            .iter()
+            .map(|m| CString::new(m.endpoint.clone()).map_err(|_| fail(ncclRemoteError, "an endpoint with a NUL byte")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let n = members.len();
+        Ok(Comm {
+            nranks: n as u32,
+            rank,
+            device,
+            secret,
+            members,
+            endpoints,
+            seq: AtomicU64::new(0),
+            p2p: Mutex::new((vec![0; n], vec![0; n])),
+            scratch: Mutex::new(Vec::new()),
+            async_error: AtomicI32::new(ncclSuccess),
+            splits: AtomicU64::new(0),
+        })
+    }
 }
 
 pub type ncclComm_t = *mut Comm;
@@ -176,22 +202,7 @@ fn init_rank(out: *mut ncclComm_t, nranks: c_int, id: &ncclUniqueId, rank: c_int
     })?;
     let me = Member { endpoint, session };
     let members = bootstrap::join(&id, n, r, &me).map_err(|why| fail(ncclRemoteError, why))?;
-    let endpoints = members
-        .iter()
-        .map(|m| CString::new(m.endpoint.clone()).map_err(|_| fail(ncclRemoteError, "an endpoint with a NUL byte")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let comm = Comm {
-        nranks: n,
-        rank: r,
-        device,
-        secret: id.secret,
-        members,
-        endpoints,
-        seq: AtomicU64::new(0),
-        p2p: Mutex::new((vec![0; n as usize], vec![0; n as usize])),
-        scratch: Mutex::new(Vec::new()),
-        async_error: AtomicI32::new(ncclSuccess),
-    };
+    let comm = Comm::new(r, device, id.secret, members)?;
     if !ffi::write(out, Box::into_raw(Box::new(comm))) {
         return Err(fail(ncclInvalidArgument, "ncclCommInitRank: NULL comm"));
     }
@@ -240,14 +251,28 @@ pub extern "C" fn ncclCommAbort(comm: ncclComm_t) -> ncclResult_t {
 
 #[no_mangle]
 pub extern "C" fn ncclCommSplit(
-    _comm: ncclComm_t,
-    _color: c_int,
-    _key: c_int,
+    comm: ncclComm_t,
+    color: c_int,
+    key: c_int,
     newcomm: *mut ncclComm_t,
     _config: *mut c_void,
 ) -> ncclResult_t {
     ffi::write(newcomm, std::ptr::null_mut());
-    fail(ncclInvalidUsage, "ncclCommSplit is not supported by vGPU's NCCL yet")
+    let Some(parent) = ffi::comm(comm) else {
+        return fail(ncclInvalidArgument, "ncclCommSplit: a NULL communicator");
+    };
+    match calls::split(parent, color, key) {
+        Ok(Some(child)) => {
+            if ffi::write(newcomm, Box::into_raw(Box::new(child))) {
+                ncclSuccess
+            } else {
+                fail(ncclInvalidArgument, "ncclCommSplit: NULL newcomm")
+            }
+        }
+        // NCCL_SPLIT_NOCOLOR: this rank joins no new communicator.
+        Ok(None) => ncclSuccess,
+        Err(code) => code,
+    }
 }
 
 #[no_mangle]

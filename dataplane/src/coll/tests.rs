@@ -299,6 +299,16 @@ fn tokens_differ_by_every_input_and_need_the_secret() {
 }
 
 #[test]
+fn split_secrets_differ_by_split_and_color() {
+    let a = derive_secret(&SECRET, 0, 1);
+    assert_eq!(a, derive_secret(&SECRET, 0, 1));
+    assert_ne!(a, derive_secret(&SECRET, 1, 1));
+    assert_ne!(a, derive_secret(&SECRET, 0, 2));
+    assert_ne!(a, derive_secret(&[9; 16], 0, 1));
+    assert_ne!(a, SECRET);
+}
+
+#[test]
 fn reductions_of_every_type() {
     let mut acc = vec![250u8, 3];
     reduce_into(DTYPE_U8, OP_SUM, &mut acc, &[10, 4], 0).expect("u8");
