@@ -484,7 +484,7 @@ pub(crate) fn split(parent: &Comm, color: c_int, key: c_int) -> Result<Option<Co
             format!("cuMemAlloc for ncclCommSplit: CUDA error {r}"),
         )
     })?;
-    let gathered = (|| {
+    let gathered = (|| -> Result<Vec<u8>, ncclResult_t> {
         let own = buf + n as u64 * 8;
         cu("cuMemcpyHtoD", cuda.memcpy_htod(own, &mine))?;
         let d = parent.desc(coll::KIND_ALL_GATHER, coll::DTYPE_U8, 8, own, buf, 0);
