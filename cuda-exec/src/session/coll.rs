@@ -191,7 +191,8 @@ impl Channel {
 
     /// Receives `len` bytes into `dst` chunk by chunk, each reduced with the bytes already there: the device's
     /// chunk is read into a host buffer, the arrived one reduced into it, and the result written back, in
-    /// `stream`'s order.
+    /// `stream`'s order. A reader thread takes the next chunk off the connection into the other staging buffer
+    /// meanwhile, so the network and the reduction overlap.
     pub(super) fn reduce_through_staging(
         &mut self,
         t: &mut dyn Transport,
@@ -207,43 +208,78 @@ impl Channel {
                 return Ok(Err(e));
             }
         };
-        let mut done = 0usize;
-        let mut error = None;
-        while done < len {
-            let n = (len - done).min(CHUNK);
-            t.recv_exact(&mut self.staging[0].as_mut_slice()[..n])?;
-            if error.is_none() {
-                let at = dst.offset(done as u64);
-                // Waiting for the stream also frees `acc` from the previous chunk's write.
-                let read = self
-                    .b()
-                    .stream_synchronize(stream)
-                    .and_then(|_| self.b().memcpy_dtoh_async(&acc, at, n, stream))
-                    .and_then(|_| self.b().stream_synchronize(stream));
-                let reduced = read.and_then(|_| {
-                    coll::reduce_into_parallel(
-                        r.dtype,
-                        r.op,
-                        &mut acc.as_mut_slice()[..n],
-                        &self.staging[0].as_slice()[..n],
-                        r.divide,
-                        reduction_threads(),
-                    )
-                    .map_err(|_| CUDA_ERROR_INVALID_VALUE)
-                });
-                error = reduced
-                    .and_then(|_| self.b().memcpy_htod_async(at, &acc, n, stream))
-                    .err();
+        let b = &*self.session.backend;
+        let (first, second) = self.staging.split_at_mut(1);
+        let (received, outcome) = std::thread::scope(|scope| {
+            // Buffers travel between the reader (to fill) and this thread (to reduce from) by channel.
+            let (free_tx, free_rx) = std::sync::mpsc::channel::<&mut HostBuffer>();
+            let (full_tx, full_rx) = std::sync::mpsc::channel::<(&mut HostBuffer, usize)>();
+            let reader = scope.spawn(move || -> Result<(), ChannelEnd> {
+                let mut done = 0usize;
+                while done < len {
+                    let n = (len - done).min(CHUNK);
+                    let Ok(buf) = free_rx.recv() else { return Ok(()) };
+                    t.recv_exact(&mut buf.as_mut_slice()[..n])?;
+                    if full_tx.send((buf, n)).is_err() {
+                        return Ok(());
+                    }
+                    done += n;
+                }
+                Ok(())
+            });
+            let _ = free_tx.send(&mut first[0]);
+            let _ = free_tx.send(&mut second[0]);
+            let mut done = 0usize;
+            let mut error = None;
+            while done < len {
+                // The reader ended early only on a failed connection, which its join reports.
+                let Ok((buf, n)) = full_rx.recv() else { break };
+                if error.is_none() {
+                    let at = dst.offset(done as u64);
+                    error = reduce_chunk(b, &mut acc, buf, at, n, stream, r).err();
+                }
+                let _ = free_tx.send(buf);
+                done += n;
             }
-            done += n;
-        }
-        let outcome = match error {
-            Some(e) => Err(e),
-            None => self.b().stream_synchronize(stream),
-        };
+            drop(free_tx);
+            let received = reader.join().unwrap_or(Err(ChannelEnd::Closed));
+            let outcome = match error {
+                Some(e) => Err(e),
+                None => b.stream_synchronize(stream),
+            };
+            (received, outcome)
+        });
         self.give_back(acc);
+        received?;
         Ok(outcome)
     }
+}
+
+/// One chunk of a reducing receive: the device's `n` bytes at `at` read into `acc`, `arrived` reduced into them,
+/// the result queued back to the device (the next chunk's read, on the same stream, waits for it).
+fn reduce_chunk(
+    b: &dyn crate::backend::Backend,
+    acc: &mut HostBuffer,
+    arrived: &HostBuffer,
+    at: DevicePtr,
+    n: usize,
+    stream: Stream,
+    r: Reduction,
+) -> CuResult<()> {
+    // Waiting first also frees `acc` from the previous chunk's write back.
+    b.stream_synchronize(stream)?;
+    b.memcpy_dtoh_async(acc, at, n, stream)?;
+    b.stream_synchronize(stream)?;
+    coll::reduce_into_parallel(
+        r.dtype,
+        r.op,
+        &mut acc.as_mut_slice()[..n],
+        &arrived.as_slice()[..n],
+        r.divide,
+        reduction_threads(),
+    )
+    .map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+    b.memcpy_htod_async(at, acc, n, stream)
 }
 
 /// Threads a reduction of one chunk uses: `VGPU_REDUCE_THREADS`, else up to 4 of the host's cores (a collective's
