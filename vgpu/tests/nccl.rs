@@ -165,3 +165,13 @@ fn a_rank_that_leaves_fails_the_others_collectives_without_a_hang() {
     );
     assert!(outs[1].status.success(), "{}", text(&outs[1]));
 }
+
+#[test]
+fn two_ranks_on_one_server_that_lists_itself() {
+    // One server holding both ranks' GPUs (here: both on its one emulated GPU, as two sessions): its messages go
+    // back to itself through its own listener, so the operator lists it among its peers.
+    let name = format!("{}-self", shm_name());
+    let s = start_named(&name, &["--peer", &format!("shm://{name}")]);
+    let outs = ranks(&[s.shm.clone(), s.shm.clone()], &[]);
+    all_verified(&outs);
+}

@@ -14,6 +14,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::emulated::EmulatedBackend;
 use crate::session::{Limits, Session};
 
+mod coll;
 mod graph;
 mod ipc;
 mod limits;
