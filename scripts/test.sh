@@ -98,6 +98,9 @@ if fw_env=$(scripts/setup-frameworks.sh); then
   python3 tests/frameworks/emulated.py --vgpu target/debug/vgpu --python "$FW_PYTHON" 2>&1 \
     | tee "$log/frameworks.log" | grep -Ev '^PASS '
   count "$log/frameworks.log"
+  step "PyTorch's NCCL process group over vGPU's libnccl.so.2, two ranks on two servers (tests/torch/nccl-emulated.sh)"
+  tests/torch/nccl-emulated.sh target/debug/vgpu "$FW_PYTHON" 2>&1 | tee "$log/torch-nccl.log"
+  count "$log/torch-nccl.log"
 else
   echo "setup-frameworks.sh failed"; total_fail=$((total_fail + 1))
 fi
