@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # PyTorch's NCCL process group over vGPU's libnccl.so.2 on the emulated backend (CI, issue 16): two ranks, each on
 # its own `vgpu server` (allowed to send to each other), over TCP and over shm, run tests/torch/nccl_collectives.py,
-# whose values only copies produce (kernels do not run on the emulated backend; copies and collectives do).
+# whose values only copies produce (kernels do not run on the emulated backend; copies and collectives do); then one
+# process driving both devices through torch.cuda.nccl (tests/torch/nccl_single_process.py).
 #   tests/torch/nccl-emulated.sh VGPU PYTHON     (ends with "N passed, N failed")
 set -u
 VGPU=${1:?vgpu binary}; PY=${2:?python with torch}
@@ -31,5 +32,15 @@ for tr in tcp shm; do
     fi
   done
 done
+# One process driving both devices (torch.cuda.nccl: ncclCommInitAll), each device on its own server.
+timeout 240 "$VGPU" run --server "tcp://127.0.0.1:$pa,tcp://127.0.0.1:$pb" -- "$PY" tests/torch/nccl_single_process.py \
+  > "$dir/single.log" 2>&1
+e=$?
+if [ $e = 0 ] && grep -q "^all ok" "$dir/single.log"; then
+  echo "PASS torch.cuda.nccl, one process, two devices on two servers: $(grep -v "all ok" "$dir/single.log" | grep -c " ok$") checks"
+  pass=$((pass + 1))
+else
+  echo "FAIL torch.cuda.nccl, one process, two devices (exit $e):"; tail -15 "$dir/single.log"; fail=$((fail + 1))
+fi
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -77,7 +77,7 @@ impl Comm {
         let size = bytes.next_power_of_two().max(1 << 20);
         let cuda = cuda()?;
         let len = usize::try_from(size).map_err(|_| fail(ncclInvalidArgument, "a buffer too large"))?;
-        let ptr = cuda.mem_alloc(len).map_err(|r| {
+        let ptr = cuda.mem_alloc_on(self.device, len).map_err(|r| {
             fail(
                 ncclUnhandledCudaError,
                 format!("cuMemAlloc of a collective's scratch: CUDA error {r}"),

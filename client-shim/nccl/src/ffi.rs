@@ -4,7 +4,7 @@
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::OnceLock;
 
-use vgpu_cuda_sys::driver::{CUdevice, CUdeviceptr, CUstream};
+use vgpu_cuda_sys::driver::{CUcontext, CUdevice, CUdeviceptr, CUstream};
 use vgpu_cuda_sys::DriverLibrary;
 
 use vgpu_dataplane::coll::CollDesc;
@@ -101,6 +101,34 @@ impl Cuda {
         }
     }
 
+    /// `mem_alloc` in device `device`'s primary context, whichever context is current (a process driving several
+    /// devices allocates each communicator's scratch on its own device); the current context is restored.
+    pub fn mem_alloc_on(&self, device: c_int, bytes: usize) -> Result<u64, CuResult> {
+        if self.ctx_get_device() == Ok(device) {
+            return self.mem_alloc(bytes);
+        }
+        let mut ctx: CUcontext = std::ptr::null_mut();
+        // SAFETY: an out-parameter on the stack. The retain is kept: releasing what may be the last reference would
+        // free the scratch with the context.
+        let r = unsafe { self.driver.cuDevicePrimaryCtxRetain(&mut ctx, device) };
+        if r.0 != 0 {
+            return Err(r.0);
+        }
+        // SAFETY: a context the driver just returned.
+        let pushed = unsafe { self.driver.cuCtxPushCurrent_v2(ctx) };
+        let result = if pushed.0 == 0 {
+            self.mem_alloc(bytes)
+        } else {
+            Err(pushed.0)
+        };
+        let mut popped: CUcontext = std::ptr::null_mut();
+        if pushed.0 == 0 {
+            // SAFETY: pops the context pushed above.
+            unsafe { self.driver.cuCtxPopCurrent_v2(&mut popped) };
+        }
+        result
+    }
+
     pub fn mem_alloc(&self, bytes: usize) -> Result<u64, CuResult> {
         let mut ptr: CUdeviceptr = 0;
         // SAFETY: an out-parameter on the stack.
@@ -147,6 +175,25 @@ pub fn write<T>(ptr: *mut T, value: T) -> bool {
     // SAFETY: NCCL's API makes a non-NULL out-parameter point to writable storage for a T.
     unsafe { ptr.write_unaligned(value) };
     true
+}
+
+/// Writes `value` as element `index` of the caller's array; `false` for NULL.
+pub fn write_at<T>(array: *mut T, index: usize, value: T) -> bool {
+    if array.is_null() {
+        return false;
+    }
+    // SAFETY: NCCL's API makes an output array hold as many elements as the count passed with it (`index` is below).
+    unsafe { array.add(index).write_unaligned(value) };
+    true
+}
+
+/// Reads `n` elements of a caller's array; `None` for NULL.
+pub fn read_array<T: Copy>(array: *const T, n: usize) -> Option<Vec<T>> {
+    if array.is_null() {
+        return None;
+    }
+    // SAFETY: NCCL's API makes an input array hold as many elements as the count passed with it.
+    Some((0..n).map(|i| unsafe { array.add(i).read_unaligned() }).collect())
 }
 
 /// Reads a value the caller points to; `None` for NULL.

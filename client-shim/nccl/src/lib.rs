@@ -209,12 +209,49 @@ fn init_rank(out: *mut ncclComm_t, nranks: c_int, id: &ncclUniqueId, rank: c_int
     Ok(())
 }
 
+/// One process driving several GPUs (`torch.cuda.nccl`, `DataParallel`'s broadcasts): a communicator per device,
+/// ranks in `devlist` order (NULL: devices 0 .. ndev − 1), whose members are already known here (no bootstrap).
 #[no_mangle]
-pub extern "C" fn ncclCommInitAll(_comm: *mut ncclComm_t, _ndev: c_int, _devlist: *const c_int) -> ncclResult_t {
-    fail(
-        ncclInvalidUsage,
-        "ncclCommInitAll (one process driving several GPUs) is not supported by vGPU's NCCL: use one rank per GPU",
-    )
+pub extern "C" fn ncclCommInitAll(comms: *mut ncclComm_t, ndev: c_int, devlist: *const c_int) -> ncclResult_t {
+    code(init_all(comms, ndev, devlist))
+}
+
+fn init_all(comms: *mut ncclComm_t, ndev: c_int, devlist: *const c_int) -> Result<(), ncclResult_t> {
+    let cuda = cuda()?;
+    let n = match u32::try_from(ndev) {
+        Ok(n) if (1..=MAX_RANKS).contains(&n) => n as usize,
+        _ => return Err(fail(ncclInvalidArgument, format!("ncclCommInitAll of {ndev} devices"))),
+    };
+    let devices: Vec<c_int> = if devlist.is_null() {
+        (0..n as c_int).collect()
+    } else {
+        ffi::read_array(devlist, n).ok_or_else(|| fail(ncclInvalidArgument, "ncclCommInitAll: a bad device list"))?
+    };
+    let members = devices
+        .iter()
+        .map(|&d| {
+            cuda.device_server(d)
+                .map(|(endpoint, session)| Member { endpoint, session })
+                .map_err(|r| {
+                    fail(
+                        ncclInvalidUsage,
+                        format!("device {d}'s server cannot run collectives (CUDA error {r})"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let secret: [u8; 16] = rand::random();
+    let made = devices
+        .iter()
+        .enumerate()
+        .map(|(rank, &d)| Comm::new(rank as u32, d, secret, members.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, comm) in made.into_iter().enumerate() {
+        if !ffi::write_at(comms, i, Box::into_raw(Box::new(comm))) {
+            return Err(fail(ncclInvalidArgument, "ncclCommInitAll: NULL comms"));
+        }
+    }
+    Ok(())
 }
 
 fn release(comm: &Comm) {
