@@ -4,7 +4,7 @@
 //! receives from the previous one, reducing arrived bytes into device memory through host staging.
 //!
 //! The bytes of a collective never pass through a client. Reductions run on the host (the staged bytes) so the
-//! emulated backend computes the same results as the real one; their cost is measured in bench/NOTES.md §21.
+//! emulated backend computes the same results as the real one; their cost is modelled in bench/NOTES.md §21.
 
 use vgpu_dataplane::coll::{self, Buf, Combine, Part, Series};
 use vgpu_dataplane::cuerr::*;
