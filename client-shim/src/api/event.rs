@@ -15,9 +15,9 @@ use crate::{client, ffi, mirror, state};
 
 /// The stream each event was last recorded on: what waiting for the event waits for, so which queued writes into
 /// pinned memory a completed wait brings back (whichever thread queued them). One entry per live event.
-static RECORDED_ON: Mutex<Option<HashMap<EventId, Covered>>> = Mutex::new(None);
+static RECORDED_ON: Mutex<Option<HashMap<EventId, (Covered, u64)>>> = Mutex::new(None);
 
-fn recorded_on() -> std::sync::MutexGuard<'static, Option<HashMap<EventId, Covered>>> {
+fn recorded_on() -> std::sync::MutexGuard<'static, Option<HashMap<EventId, (Covered, u64)>>> {
     RECORDED_ON.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -25,7 +25,7 @@ fn recorded_on() -> std::sync::MutexGuard<'static, Option<HashMap<EventId, Cover
 fn after_event(event: EventId) -> CuResult<()> {
     let covered = recorded_on().as_ref().and_then(|m| m.get(&event).copied());
     // Never recorded: complete at once, having waited for nothing.
-    covered.map_or(Ok(()), mirror::after_sync_of)
+    covered.map_or(Ok(()), |(covered, before)| mirror::after_sync_before(covered, before))
 }
 
 /// The wire id of an event handle the app holds.
@@ -55,7 +55,10 @@ fn record(flags: u16, event: CUevent, stream: CUstream) -> CuResult<()> {
     }
     client::post_to(route, flags, &EventRecord { event, stream }, &[])?;
     let covered = super::stream::stream_covered(route, flags, stream)?;
-    recorded_on().get_or_insert_with(HashMap::new).insert(event, covered);
+    // The work it covers is what was queued before it: a copy another thread queues later on the same stream is not.
+    recorded_on()
+        .get_or_insert_with(HashMap::new)
+        .insert(event, (covered, mirror::marks_so_far()));
     let interprocess = CUevent_flags::CU_EVENT_INTERPROCESS.0;
     if state::read().events.get(&event).is_some_and(|f| f & interprocess != 0) {
         // Another process may wait for this record as soon as the app tells it (over a pipe, say): it must be on

@@ -408,7 +408,16 @@ fn writer(route: Route, flags: u16, stream: StreamId) -> Writer {
         server: client::server_index(route).unwrap_or(usize::MAX),
         stream: key,
         blocking,
+        queued: MARKS.fetch_add(1, Ordering::AcqRel) + 1,
     }
+}
+
+/// Writers marked so far in this process (`Writer::queued`).
+static MARKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The count of writers marked so far: an event recorded now covers those (on its streams), not later ones.
+pub fn marks_so_far() -> u64 {
+    MARKS.load(Ordering::Acquire)
 }
 
 /// How mirrors name `stream` in a call with `flags` made by this thread: the null stream of a call without the
@@ -640,6 +649,13 @@ pub fn after_sync_on(route: Route) -> CuResult<()> {
 /// After a synchronizing call that waited for `covered`: brings back what that work may have written into mirrored
 /// regions.
 pub fn after_sync_of(covered: Covered) -> CuResult<()> {
+    after_sync_before(covered, u64::MAX)
+}
+
+/// `after_sync_of` for a wait that covered only work queued up to mark `before` (an event's record): work queued
+/// after it on the same streams (another thread's copy into the same pinned buffer) is left for its own wait.
+pub fn after_sync_before(covered: Covered, before: u64) -> CuResult<()> {
+    let done = |w: &pending::Writer| covered.covers(w) && w.queued <= before;
     let _transfer = TRANSFERS.read().unwrap_or_else(|p| p.into_inner());
     let due: Vec<Mirror> = {
         let m = mirrors();
@@ -648,7 +664,7 @@ pub fn after_sync_of(covered: Covered) -> CuResult<()> {
         }
         m.pending
             .iter()
-            .filter(|(_, p)| p.owners.iter().any(|w| covered.covers(w)))
+            .filter(|(_, p)| p.owners.iter().any(done))
             .filter_map(|(b, _)| m.by_base.get(b).copied())
             .collect()
     };
@@ -666,7 +682,7 @@ pub fn after_sync_of(covered: Covered) -> CuResult<()> {
         // Work this call did not wait for may still be running on the region: the syncs that cover it pull what
         // it changes, compared with what the host holds now.
         let mut rest = pending;
-        rest.owners.retain(|w| !covered.covers(w));
+        rest.owners.retain(|w| !done(w));
         if rest.owners.is_empty() {
             continue;
         }

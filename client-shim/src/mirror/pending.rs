@@ -68,6 +68,9 @@ pub(super) struct Writer {
     pub(super) stream: StreamKey,
     /// Whether the legacy default stream waits for this stream's work (every stream but non-blocking ones).
     pub(super) blocking: bool,
+    /// When the work was queued, in the process's count of marks (`mirror::marks_so_far`): an event recorded
+    /// before it does not cover it, whichever thread asks about that event.
+    pub(super) queued: u64,
 }
 
 /// What a synchronizing call waited for, and so whose queued writes into mirrors are done once it returns, as the
@@ -193,6 +196,7 @@ mod tests {
             server,
             stream,
             blocking,
+            queued: 0,
         }
     }
 

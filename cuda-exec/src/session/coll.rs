@@ -29,8 +29,11 @@ pub(super) struct Reduction {
 
 impl Serve<CollRun> for Channel {
     fn serve(&mut self, c: CollRun, cx: &mut Cx<'_>) -> Served<Empty> {
-        // This channel waits for the other ranks; the session's other channels go on meanwhile.
-        self.s().order.advance(cx.header.seq);
+        // This channel waits for the other ranks; the session's other channels go on meanwhile, and wait for
+        // what is queued behind this call rather than run ahead of it.
+        let session = self.session.clone();
+        let _held = session.order.hold();
+        session.order.advance(cx.header.seq);
         Ok(self.run_collective(&c, cx.per_thread).map(|_| Empty {}))
     }
 }

@@ -10,6 +10,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub(super) struct SubmitOrder {
     /// The last request number whose work has been submitted (or, for a synchronous call, started).
     done: AtomicU32,
+    /// Channels holding their thread in work that waits for other servers (a collective, a copy between
+    /// servers): the requests queued behind such a call are held, not lost, so no channel gives up waiting for them.
+    held: AtomicU32,
+}
+
+/// A channel's hold on the submission order (`SubmitOrder::hold`), released when dropped.
+pub(super) struct Held<'a>(&'a AtomicU32);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// How long a request waits for an earlier number before going ahead anyway. Normally the wait is microseconds
@@ -42,7 +54,10 @@ impl SubmitOrder {
             if done.wrapping_sub(want) < (1 << 31) {
                 return;
             }
-            if start.elapsed() > limit.unwrap_or(ORDER_WAIT_LIMIT) && gated.load(Ordering::Acquire) == 0 {
+            if start.elapsed() > limit.unwrap_or(ORDER_WAIT_LIMIT)
+                && gated.load(Ordering::Acquire) == 0
+                && self.held.load(Ordering::Acquire) == 0
+            {
                 tracing::warn!(seq, done, "request numbers missing; going ahead out of order");
                 return;
             }
@@ -55,6 +70,14 @@ impl SubmitOrder {
                 std::thread::sleep(std::time::Duration::from_micros(20));
             }
         }
+    }
+
+    /// Marks the calling channel as holding its thread for other servers until the guard drops (a rank arriving
+    /// late keeps a collective waiting for seconds: the app's other threads then wait their turn, as ordered,
+    /// instead of running ahead of requests that are only queued).
+    pub fn hold(&self) -> Held<'_> {
+        self.held.fetch_add(1, Ordering::AcqRel);
+        Held(&self.held)
     }
 
     /// Records that `seq` has been submitted (never moving backwards).

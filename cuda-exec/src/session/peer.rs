@@ -481,7 +481,9 @@ impl Channel {
         token: Token,
     ) -> Served<Empty> {
         // This channel waits for the copy; the session's other channels need not wait for it to start.
-        self.s().order.advance(cx.header.seq);
+        let session = self.session.clone();
+        let _held = session.order.hold();
+        session.order.advance(cx.header.seq);
         let prepared = self.prepare_peer_half(dst, size, stream, cx.per_thread);
         let size = *size.as_ref().unwrap_or(&0);
         Ok(self.receive(token, prepared, (dst, size), None).map(|_| Empty {}))
@@ -574,7 +576,9 @@ impl Channel {
         stream: StreamId,
         (session, token): (u64, Token),
     ) -> Served<Empty> {
-        self.s().order.advance(cx.header.seq);
+        let owner = self.session.clone();
+        let _held = owner.order.hold();
+        owner.order.advance(cx.header.seq);
         let target = match endpoint_of(&self.tail) {
             Ok(e) => e,
             Err(e) => return Ok(Err(e)),
