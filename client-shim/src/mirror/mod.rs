@@ -388,7 +388,7 @@ pub fn mark_copied(addr: usize, n: usize, route: Route, flags: u16, stream: Stre
         mirror.base
     );
     let entry = m.pending.entry(mirror.base).or_default();
-    entry.owners.insert(writer);
+    entry.add_owner(writer, next_mark());
     entry.copied.push((addr - mirror.data, n));
 }
 
@@ -408,14 +408,18 @@ fn writer(route: Route, flags: u16, stream: StreamId) -> Writer {
         server: client::server_index(route).unwrap_or(usize::MAX),
         stream: key,
         blocking,
-        queued: MARKS.fetch_add(1, Ordering::AcqRel) + 1,
     }
 }
 
-/// Writers marked so far in this process (`Writer::queued`).
+/// Work queued into mirrors so far in this process (`pending::Marks`).
 static MARKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// The count of writers marked so far: an event recorded now covers those (on its streams), not later ones.
+/// The mark of work queued now.
+fn next_mark() -> u64 {
+    MARKS.fetch_add(1, Ordering::AcqRel) + 1
+}
+
+/// The count of work queued into mirrors so far: an event recorded now covers that (on its streams), not later.
 pub fn marks_so_far() -> u64 {
     MARKS.load(Ordering::Acquire)
 }
@@ -599,6 +603,7 @@ pub fn before_launch(flags: u16, route: Route, stream: StreamId, args: &[u8]) ->
         named
     };
     let me = writer(route, flags, stream);
+    let at = if named.is_empty() { 0 } else { next_mark() };
     let server = match route {
         Route::Server(s) => s,
         Route::Device(d) => client::session()?.server_of(d)?,
@@ -615,7 +620,7 @@ pub fn before_launch(flags: u16, route: Route, stream: StreamId, args: &[u8]) ->
             if let Some(p) = m.pending.get_mut(&mirror.base) {
                 // The mirror may be newer than the host: this kernel works on it as it is. After a push, what it
                 // changes shows against the pushed hashes; after copies only, any byte may come back.
-                p.owners.insert(me);
+                p.add_owner(me, at);
                 p.whole |= p.pushed.is_none();
                 continue;
             }
@@ -634,7 +639,7 @@ pub fn before_launch(flags: u16, route: Route, stream: StreamId, args: &[u8]) ->
         )?;
         let mut m = mirrors();
         let entry = m.pending.entry(mirror.base).or_default();
-        entry.owners.insert(me);
+        entry.add_owner(me, at);
         entry.pushed = Some(pushed);
     }
     Ok(())
@@ -655,7 +660,6 @@ pub fn after_sync_of(covered: Covered) -> CuResult<()> {
 /// `after_sync_of` for a wait that covered only work queued up to mark `before` (an event's record): work queued
 /// after it on the same streams (another thread's copy into the same pinned buffer) is left for its own wait.
 pub fn after_sync_before(covered: Covered, before: u64) -> CuResult<()> {
-    let done = |w: &pending::Writer| covered.covers(w) && w.queued <= before;
     let _transfer = TRANSFERS.read().unwrap_or_else(|p| p.into_inner());
     let due: Vec<Mirror> = {
         let m = mirrors();
@@ -664,7 +668,7 @@ pub fn after_sync_before(covered: Covered, before: u64) -> CuResult<()> {
         }
         m.pending
             .iter()
-            .filter(|(_, p)| p.owners.iter().any(done))
+            .filter(|(_, p)| p.some_done(covered, before))
             .filter_map(|(b, _)| m.by_base.get(b).copied())
             .collect()
     };
@@ -682,7 +686,7 @@ pub fn after_sync_before(covered: Covered, before: u64) -> CuResult<()> {
         // Work this call did not wait for may still be running on the region: the syncs that cover it pull what
         // it changes, compared with what the host holds now.
         let mut rest = pending;
-        rest.owners.retain(|w| !done(w));
+        rest.forget_done(covered, before);
         if rest.owners.is_empty() {
             continue;
         }
@@ -693,7 +697,7 @@ pub fn after_sync_before(covered: Covered, before: u64) -> CuResult<()> {
         }
         let mut m = mirrors();
         let entry = m.pending.entry(mirror.base).or_default();
-        entry.owners.extend(rest.owners);
+        entry.add_owners(rest.owners);
         entry.copied.extend(rest.copied);
         entry.whole |= rest.whole;
         if entry.pushed.is_none() {

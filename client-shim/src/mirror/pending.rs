@@ -1,7 +1,7 @@
 //! What queued device work may have changed in a mirrored region, and the two decisions built on it: which side
 //! holds a range's newest bytes, and which bytes a pull brings back.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use vgpu_dataplane::digest::{chunk_hash, CHUNK};
 
@@ -11,8 +11,9 @@ use vgpu_dataplane::digest::{chunk_hash, CHUNK};
 /// (a kernel argument word that only looks like a pointer into the region pushes it but changes nothing there).
 #[derive(Debug, Default)]
 pub(super) struct Pending {
-    /// Where the work was queued: a call that waits for any of these streams pulls the region (`Covered`).
-    pub(super) owners: BTreeSet<Writer>,
+    /// Where the work was queued, with when (`Marks`): a call that waits for any of these streams, after the first
+    /// such work was queued, pulls the region (`Covered`). One entry per stream however much work it queued.
+    pub(super) owners: BTreeMap<Writer, Marks>,
     /// Per `CHUNK` of the region's data: the hash of the bytes pushed before a kernel ran (mirror == host then).
     pub(super) pushed: Option<Vec<u64>>,
     /// Ranges (offset from the region's data, length) that device-to-host copies wrote into the mirror.
@@ -68,9 +69,15 @@ pub(super) struct Writer {
     pub(super) stream: StreamKey,
     /// Whether the legacy default stream waits for this stream's work (every stream but non-blocking ones).
     pub(super) blocking: bool,
-    /// When the work was queued, in the process's count of marks (`mirror::marks_so_far`): an event recorded
-    /// before it does not cover it, whichever thread asks about that event.
-    pub(super) queued: u64,
+}
+
+/// When a writer's pending work on a region was queued, in the process's count of marks (`mirror::marks_so_far`):
+/// its first and its last still pending. An event recorded before a mark does not cover that work, whichever
+/// thread asks about the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Marks {
+    pub(super) first: u64,
+    pub(super) last: u64,
 }
 
 /// What a synchronizing call waited for, and so whose queued writes into mirrors are done once it returns, as the
@@ -119,6 +126,43 @@ pub(super) enum Newest {
 }
 
 impl Pending {
+    /// Records work `w` queued at mark `at`.
+    pub(super) fn add_owner(&mut self, w: Writer, at: u64) {
+        self.owners
+            .entry(w)
+            .and_modify(|m| m.last = m.last.max(at))
+            .or_insert(Marks { first: at, last: at });
+    }
+
+    /// Merges the owners of `other` (the same region's).
+    pub(super) fn add_owners(&mut self, other: BTreeMap<Writer, Marks>) {
+        for (w, m) in other {
+            let entry = self.owners.entry(w).or_insert(m);
+            entry.first = entry.first.min(m.first);
+            entry.last = entry.last.max(m.last);
+        }
+    }
+
+    /// Whether a wait for `covered`, which covered the work queued up to mark `before`, finished some of the work
+    /// pending here.
+    pub(super) fn some_done(&self, covered: Covered, before: u64) -> bool {
+        self.owners.iter().any(|(w, m)| covered.covers(w) && m.first <= before)
+    }
+
+    /// Forgets the work such a wait finished; what its streams queued after `before` stays pending.
+    pub(super) fn forget_done(&mut self, covered: Covered, before: u64) {
+        self.owners.retain(|w, m| {
+            if !covered.covers(w) || m.first > before {
+                return true;
+            }
+            if m.last <= before {
+                return false;
+            }
+            m.first = before + 1;
+            true
+        });
+    }
+
     /// A one-line account for the debug log (the pushed hashes themselves left out), formatted only if printed.
     pub(super) fn summary(&self) -> Summary<'_> {
         Summary(self)
@@ -196,8 +240,42 @@ mod tests {
             server,
             stream,
             blocking,
-            queued: 0,
         }
+    }
+
+    #[test]
+    fn an_event_covers_only_work_queued_before_it_and_a_stream_stays_one_owner() {
+        let legacy = writer(0, StreamKey::Legacy, true);
+        let side = writer(0, StreamKey::Created(7), false);
+        let mut p = Pending::default();
+        for at in [3, 5, 9] {
+            p.add_owner(legacy, at);
+        }
+        p.add_owner(side, 4);
+        assert_eq!(p.owners.len(), 2, "a stream's repeated work is one owner");
+        let on_legacy = Covered::Legacy(0);
+        assert!(
+            !p.some_done(on_legacy, 2),
+            "an event recorded before any of it covers none"
+        );
+        assert!(p.some_done(on_legacy, 5));
+        p.forget_done(on_legacy, 5);
+        assert_eq!(
+            p.owners.get(&legacy),
+            Some(&Marks { first: 6, last: 9 }),
+            "what came after stays pending"
+        );
+        assert_eq!(
+            p.owners.get(&side),
+            Some(&Marks { first: 4, last: 4 }),
+            "a non-blocking stream is not covered"
+        );
+        p.forget_done(on_legacy, u64::MAX);
+        assert!(!p.owners.contains_key(&legacy));
+        let mut other = BTreeMap::new();
+        other.insert(side, Marks { first: 2, last: 8 });
+        p.add_owners(other);
+        assert_eq!(p.owners.get(&side), Some(&Marks { first: 2, last: 8 }));
     }
 
     #[test]
