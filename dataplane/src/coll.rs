@@ -425,10 +425,7 @@ pub fn token(secret: &[u8; 16], series: Series, from: u32, to: u32, index: u64) 
     h.update(from.to_le_bytes());
     h.update(to.to_le_bytes());
     h.update(index.to_le_bytes());
-    let digest = h.finalize();
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&digest[..16]);
-    out
+    first_16(h)
 }
 
 /// The secret of the communicator split number `split` of a group whose secret is `parent`, for ranks of `color`
@@ -439,6 +436,11 @@ pub fn derive_secret(parent: &[u8; 16], split: u64, color: u32) -> [u8; 16] {
     h.update(parent);
     h.update(split.to_le_bytes());
     h.update(color.to_le_bytes());
+    first_16(h)
+}
+
+/// The first 16 bytes of `h`'s digest: tokens and secrets are 16 bytes.
+fn first_16(h: Sha256) -> [u8; 16] {
     let digest = h.finalize();
     let mut out = [0u8; 16];
     out.copy_from_slice(&digest[..16]);

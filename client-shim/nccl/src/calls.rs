@@ -122,6 +122,43 @@ fn ptr(p: *const c_void) -> u64 {
     p as usize as u64
 }
 
+/// What a collective entry point was given: its buffers, count and type, and its operation and root where it has
+/// them.
+struct Args {
+    kind: u32,
+    sendbuff: *const c_void,
+    recvbuff: *mut c_void,
+    count: usize,
+    dtype: c_int,
+    op: Option<c_int>,
+    root: Option<c_int>,
+    comm: ncclComm_t,
+    stream: *mut c_void,
+}
+
+/// Checks a collective's arguments (communicator, type, then operation and root) and issues it.
+fn collective(a: Args) -> ncclResult_t {
+    code((|| {
+        let c = comm_of(a.comm)?;
+        elem(a.dtype)?;
+        let mut d = c.desc(
+            a.kind,
+            a.dtype as u32,
+            a.count as u64,
+            ptr(a.sendbuff),
+            ptr(a.recvbuff),
+            ptr(a.stream),
+        );
+        if let Some(op) = a.op {
+            d.op = op_of(op)?;
+        }
+        if let Some(root) = a.root {
+            d.root = u32::try_from(root).map_err(|_| fail(ncclInvalidArgument, format!("root {root}")))?;
+        }
+        c.run(d)
+    })())
+}
+
 #[no_mangle]
 pub extern "C" fn ncclAllReduce(
     sendbuff: *const c_void,
@@ -132,20 +169,17 @@ pub extern "C" fn ncclAllReduce(
     comm: ncclComm_t,
     stream: *mut c_void,
 ) -> ncclResult_t {
-    code((|| {
-        let c = comm_of(comm)?;
-        elem(dtype)?;
-        let mut d = c.desc(
-            coll::KIND_ALL_REDUCE,
-            dtype as u32,
-            count as u64,
-            ptr(sendbuff),
-            ptr(recvbuff),
-            ptr(stream),
-        );
-        d.op = op_of(op)?;
-        c.run(d)
-    })())
+    collective(Args {
+        kind: coll::KIND_ALL_REDUCE,
+        sendbuff,
+        recvbuff,
+        count,
+        dtype,
+        op: Some(op),
+        root: None,
+        comm,
+        stream,
+    })
 }
 
 #[no_mangle]
@@ -158,20 +192,17 @@ pub extern "C" fn ncclBroadcast(
     comm: ncclComm_t,
     stream: *mut c_void,
 ) -> ncclResult_t {
-    code((|| {
-        let c = comm_of(comm)?;
-        elem(dtype)?;
-        let mut d = c.desc(
-            coll::KIND_BROADCAST,
-            dtype as u32,
-            count as u64,
-            ptr(sendbuff),
-            ptr(recvbuff),
-            ptr(stream),
-        );
-        d.root = u32::try_from(root).map_err(|_| fail(ncclInvalidArgument, format!("root {root}")))?;
-        c.run(d)
-    })())
+    collective(Args {
+        kind: coll::KIND_BROADCAST,
+        sendbuff,
+        recvbuff,
+        count,
+        dtype,
+        op: None,
+        root: Some(root),
+        comm,
+        stream,
+    })
 }
 
 #[no_mangle]
@@ -197,21 +228,17 @@ pub extern "C" fn ncclReduce(
     comm: ncclComm_t,
     stream: *mut c_void,
 ) -> ncclResult_t {
-    code((|| {
-        let c = comm_of(comm)?;
-        elem(dtype)?;
-        let mut d = c.desc(
-            coll::KIND_REDUCE,
-            dtype as u32,
-            count as u64,
-            ptr(sendbuff),
-            ptr(recvbuff),
-            ptr(stream),
-        );
-        d.op = op_of(op)?;
-        d.root = u32::try_from(root).map_err(|_| fail(ncclInvalidArgument, format!("root {root}")))?;
-        c.run(d)
-    })())
+    collective(Args {
+        kind: coll::KIND_REDUCE,
+        sendbuff,
+        recvbuff,
+        count,
+        dtype,
+        op: Some(op),
+        root: Some(root),
+        comm,
+        stream,
+    })
 }
 
 #[no_mangle]
@@ -223,19 +250,17 @@ pub extern "C" fn ncclAllGather(
     comm: ncclComm_t,
     stream: *mut c_void,
 ) -> ncclResult_t {
-    code((|| {
-        let c = comm_of(comm)?;
-        elem(dtype)?;
-        let d = c.desc(
-            coll::KIND_ALL_GATHER,
-            dtype as u32,
-            sendcount as u64,
-            ptr(sendbuff),
-            ptr(recvbuff),
-            ptr(stream),
-        );
-        c.run(d)
-    })())
+    collective(Args {
+        kind: coll::KIND_ALL_GATHER,
+        sendbuff,
+        recvbuff,
+        count: sendcount,
+        dtype,
+        op: None,
+        root: None,
+        comm,
+        stream,
+    })
 }
 
 #[no_mangle]
@@ -248,20 +273,17 @@ pub extern "C" fn ncclReduceScatter(
     comm: ncclComm_t,
     stream: *mut c_void,
 ) -> ncclResult_t {
-    code((|| {
-        let c = comm_of(comm)?;
-        elem(dtype)?;
-        let mut d = c.desc(
-            coll::KIND_REDUCE_SCATTER,
-            dtype as u32,
-            recvcount as u64,
-            ptr(sendbuff),
-            ptr(recvbuff),
-            ptr(stream),
-        );
-        d.op = op_of(op)?;
-        c.run(d)
-    })())
+    collective(Args {
+        kind: coll::KIND_REDUCE_SCATTER,
+        sendbuff,
+        recvbuff,
+        count: recvcount,
+        dtype,
+        op: Some(op),
+        root: None,
+        comm,
+        stream,
+    })
 }
 
 /// All-to-all: block j of the input goes to rank j, block i of the output comes from rank i; one group of sends
@@ -280,21 +302,17 @@ pub extern "C" fn ncclAlltoAll(
         let block = (count as u64)
             .checked_mul(elem(dtype)?)
             .ok_or_else(|| fail(ncclInvalidArgument, "a count too large"))?;
-        ncclGroupStart();
-        let mut queued = Ok(());
-        for peer in 0..c.nranks {
-            let at = u64::from(peer) * block;
-            for send in [true, false] {
-                let base = if send { ptr(sendbuff) } else { ptr(recvbuff) };
-                queued = queued.and(queue(comm, send, base + at, block, peer, ptr(stream)));
+        in_group(|| {
+            let mut queued = Ok(());
+            for peer in 0..c.nranks {
+                let at = u64::from(peer) * block;
+                for send in [true, false] {
+                    let base = if send { ptr(sendbuff) } else { ptr(recvbuff) };
+                    queued = queued.and(queue(comm, send, base + at, block, peer, ptr(stream)));
+                }
             }
-        }
-        let ended = ncclGroupEnd();
-        queued?;
-        if ended != ncclSuccess {
-            return Err(ended);
-        }
-        Ok(())
+            queued
+        })
     })())
 }
 
@@ -328,15 +346,21 @@ fn p2p(comm: ncclComm_t, send: bool, buf: u64, count: usize, dtype: c_int, peer:
             .checked_mul(elem(dtype)?)
             .ok_or_else(|| fail(ncclInvalidArgument, "a count too large"))?;
         let peer = u32::try_from(peer).map_err(|_| fail(ncclInvalidArgument, format!("peer {peer}")))?;
-        ncclGroupStart();
-        let queued = queue(comm, send, buf, bytes, peer, stream);
-        let ended = ncclGroupEnd();
-        queued?;
-        if ended != ncclSuccess {
-            return Err(ended);
-        }
-        Ok(())
+        in_group(|| queue(comm, send, buf, bytes, peer, stream))
     })())
+}
+
+/// Queues sends and receives with `queue_all` inside a group of their own, which runs them when it ends (inside the
+/// app's group: when that ends). A queueing error wins over the group's.
+fn in_group(queue_all: impl FnOnce() -> Result<(), ncclResult_t>) -> Result<(), ncclResult_t> {
+    ncclGroupStart();
+    let queued = queue_all();
+    let ended = ncclGroupEnd();
+    queued?;
+    if ended != ncclSuccess {
+        return Err(ended);
+    }
+    Ok(())
 }
 
 fn queue(comm: ncclComm_t, send: bool, buf: u64, bytes: u64, peer: u32, stream: u64) -> Result<(), ncclResult_t> {
