@@ -52,7 +52,7 @@ const REUSE_GRACE: Duration = Duration::from_millis(5);
 /// servers. The server's log names the cause.
 const PEER_LOST: CUresult = CUDA_ERROR_UNKNOWN;
 
-pub(super) type Token = [u8; 16];
+type Token = [u8; 16];
 /// A sender's connection, by the token it presented, with when it arrived and whether it came back from an
 /// earlier copy (parked) rather than through the listener.
 type Inbox = HashMap<Token, Arrival>;
@@ -319,7 +319,7 @@ fn peer_end(e: ChannelEnd) -> String {
 
 impl Channel {
     /// The stream, range and staging buffers of one half of a copy of `size` packed bytes.
-    pub(super) fn prepare_peer_half(
+    fn prepare_peer_half(
         &mut self,
         span: Span,
         size: CuResult<u64>,
@@ -424,7 +424,7 @@ impl SendHalf<'_> {
 
     /// Sends over an idle connection of the pool (its token first), or over a new one; the connection that
     /// carried the copy, for the pool.
-    pub fn send_copy(
+    fn send_copy(
         &mut self,
         target: &Endpoint,
         key: &(String, u64),
