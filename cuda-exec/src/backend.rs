@@ -7,6 +7,7 @@
 
 use std::ffi::CStr;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use vgpu_dataplane::cuerr::CUDA_ERROR_NOT_SUPPORTED;
 use vgpu_dataplane::handshake::DeviceFacts;
@@ -18,6 +19,7 @@ use vgpu_dataplane::wire::{
 
 pub use crate::graph_ops::{ExecUpdateInfo, GraphOps, NodeParams};
 pub use crate::handles::*;
+pub use crate::host_counter::HostCounter;
 /// A failed driver call: the non-zero CUresult.
 pub use vgpu_dataplane::cuerr::CuResult;
 
@@ -167,6 +169,10 @@ pub trait Backend: DriverOps + GraphOps + Send + Sync + 'static {
     fn stream_mem_ops(&self, _stream: Stream, _ops: &[MemOp], _flags: u32, _single: bool) -> CuResult<()> {
         Err(CUDA_ERROR_NOT_SUPPORTED)
     }
+    /// Holds the work queued on `stream` after this call until `counter` reaches `value` (in wrapping order),
+    /// without blocking the caller: the server gates the app's stream behind work a thread of its own runs (a
+    /// collective between servers).
+    fn stream_wait_counter(&self, stream: Stream, counter: &Arc<HostCounter>, value: u32) -> CuResult<()>;
     fn event_create(&self, flags: u32) -> CuResult<Event>;
     fn event_elapsed(&self, start: Event, end: Event) -> CuResult<f32>;
 

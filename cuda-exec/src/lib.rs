@@ -7,6 +7,7 @@ pub mod emulated;
 mod emulated_time;
 pub mod graph_ops;
 pub mod handles;
+pub mod host_counter;
 pub mod identity;
 pub mod nvml;
 pub mod ptx;

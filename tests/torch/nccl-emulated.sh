@@ -2,7 +2,8 @@
 # PyTorch's NCCL process group over vGPU's libnccl.so.2 on the emulated backend (CI, issue 16): two ranks, each on
 # its own `vgpu server` (allowed to send to each other), over TCP and over shm, run tests/torch/nccl_collectives.py,
 # whose values only copies produce (kernels do not run on the emulated backend; copies and collectives do); then one
-# process driving both devices through torch.cuda.nccl (tests/torch/nccl_single_process.py).
+# process driving both devices through torch.cuda.nccl (tests/torch/nccl_single_process.py), with the devices on two
+# servers and on one.
 #   tests/torch/nccl-emulated.sh VGPU PYTHON     (ends with "N passed, N failed")
 set -u
 VGPU=${1:?vgpu binary}; PY=${2:?python with torch}
@@ -12,7 +13,11 @@ tag="nccl-$$"; pa=$((20000 + RANDOM % 20000)); pb=$((pa + 1))
   --state-dir "$dir/a" --peer "tcp://127.0.0.1:$pb,shm://$tag-b" > "$dir/server-a.log" 2>&1 &
 "$VGPU" server --backend emulated --tcp 127.0.0.1:$pb --no-tls --shm "$tag-b" --device-identity 2 \
   --state-dir "$dir/b" --peer "tcp://127.0.0.1:$pa,shm://$tag-a" > "$dir/server-b.log" 2>&1 &
-for f in a b; do for _ in $(seq 120); do grep -q "ready on" "$dir/server-$f.log" && break; sleep 0.5; done; done
+# A third server with two devices that may send to itself: one process's two ranks on one server (below).
+pc=$((pa + 2))
+VGPU_EMULATED_DEVICES=2 "$VGPU" server --backend emulated --tcp 127.0.0.1:$pc --no-tls --device-identity 3 \
+  --state-dir "$dir/c" --peer "tcp://127.0.0.1:$pc" > "$dir/server-c.log" 2>&1 &
+for f in a b c; do for _ in $(seq 120); do grep -q "ready on" "$dir/server-$f.log" && break; sleep 0.5; done; done
 pass=0; fail=0
 for tr in tcp shm; do
   if [ $tr = tcp ]; then s0=tcp://127.0.0.1:$pa; s1=tcp://127.0.0.1:$pb; else s0=shm://$tag-a; s1=shm://$tag-b; fi
@@ -41,6 +46,18 @@ if [ $e = 0 ] && grep -q "^all ok" "$dir/single.log"; then
   pass=$((pass + 1))
 else
   echo "FAIL torch.cuda.nccl, one process, two devices (exit $e):"; tail -15 "$dir/single.log"; fail=$((fail + 1))
+fi
+# The same with both devices on one server, driven from one thread: each collective runs on its stream's lane on
+# the server, so the first rank's does not hold the channel the second rank's call comes on (it did until stop 19:
+# the two waited for each other until the peer wait ended).
+start=$(date +%s)
+timeout 240 "$VGPU" run --server "tcp://127.0.0.1:$pc" -- "$PY" tests/torch/nccl_single_process.py > "$dir/one.log" 2>&1
+e=$?
+if [ $e = 0 ] && grep -q "^all ok" "$dir/one.log"; then
+  echo "PASS torch.cuda.nccl, one thread, two devices of one server: $(grep -v "all ok" "$dir/one.log" | grep -c " ok$") checks in $(( $(date +%s) - start )) s"
+  pass=$((pass + 1))
+else
+  echo "FAIL torch.cuda.nccl, one thread, two devices of one server (exit $e):"; tail -15 "$dir/one.log"; fail=$((fail + 1))
 fi
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -36,6 +36,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 mod vmm;
+mod waits;
 
 use launch::cubin_layouts;
 use state::{Mapping, Physical, Pool, State};
@@ -81,6 +82,8 @@ pub struct EmulatedBackend {
     vmm_region: (u64, u64),
     /// Simulated kernel durations (`VGPU_EMULATED_KERNEL_NS`), off by default.
     time: crate::emulated_time::SimulatedTime,
+    /// Streams held behind host counters (`stream_wait_counter`).
+    waits: waits::Waits,
 }
 
 impl Default for EmulatedBackend {
@@ -104,6 +107,7 @@ impl EmulatedBackend {
             host_frees: AtomicU64::new(0),
             vmm_region: (VMM_BASE, VMM_END),
             time: crate::emulated_time::SimulatedTime::new(crate::emulated_time::KernelCost::from_env()),
+            waits: waits::Waits::default(),
         }
     }
 
@@ -118,15 +122,6 @@ impl EmulatedBackend {
         b
     }
 
-    /// A backend whose kernels take simulated time by `cost`, for tests.
-    #[cfg(test)]
-    pub(crate) fn with_kernel_cost(cost: crate::emulated_time::KernelCost) -> Self {
-        EmulatedBackend {
-            time: crate::emulated_time::SimulatedTime::new(Some(cost)),
-            ..Self::new()
-        }
-    }
-
     fn current(&self) -> u64 {
         CURRENT_CTX.with(|c| c.get())
     }
@@ -139,33 +134,6 @@ impl EmulatedBackend {
     /// How many host buffers were freed so far (on the GPU each free waits for the device's queued work).
     pub fn host_frees(&self) -> u64 {
         self.host_frees.load(Ordering::Relaxed)
-    }
-
-    /// A backend with `count` identical devices, for tests of device numbering.
-    #[cfg(test)]
-    pub(crate) fn with_devices(count: usize) -> Self {
-        EmulatedBackend {
-            devices: vec![device::emulated_device(); count],
-            ..Self::new()
-        }
-    }
-
-    /// The device ordinal of every piece of VMM physical memory alive, for tests.
-    #[cfg(test)]
-    pub(crate) fn physical_devices(&self) -> Vec<i32> {
-        self.state().physical.values().map(|p| p.prop.location_id).collect()
-    }
-
-    /// Kernels launched so far (graph nodes included), for tests.
-    #[cfg(test)]
-    pub(crate) fn launches(&self) -> u64 {
-        self.state().launches
-    }
-
-    /// Device memory in use (allocations and VMM physical memory), for tests.
-    #[cfg(test)]
-    pub(crate) fn used(&self) -> u64 {
-        self.state().used
     }
 
     fn handle(&self) -> u64 {
@@ -192,7 +160,14 @@ impl EmulatedBackend {
         Ok(())
     }
 
+    /// Checks `stream` and waits until work queued on it could run (`waits`).
     fn check_stream(&self, stream: Stream) -> CuResult<()> {
+        self.check_stream_handle(stream)?;
+        self.waits.await_stream(self.current(), stream.0);
+        Ok(())
+    }
+
+    fn check_stream_handle(&self, stream: Stream) -> CuResult<()> {
         let stream = stream.0;
         if stream <= 2 {
             // The NULL, legacy and per-thread streams are the current context's: without one, the driver
@@ -281,6 +256,7 @@ impl DriverOps for EmulatedBackend {
     }
     fn ctx_synchronize(&self) -> CuResult<()> {
         self.require_ctx()?;
+        self.waits.await_context(self.current());
         self.time.wait_until(self.time.all_done_at());
         Ok(())
     }
@@ -293,7 +269,12 @@ impl DriverOps for EmulatedBackend {
         self.with_range(dst.0, size, |d| d.copy_from_slice(&data))
     }
     fn stream_destroy(&self, stream: Stream) -> CuResult<()> {
-        self.state().streams.remove(&stream.0).ok_or(CUDA_ERROR_INVALID_HANDLE)
+        self.state()
+            .streams
+            .remove(&stream.0)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        self.waits.forget_stream(stream.0);
+        Ok(())
     }
     fn stream_synchronize(&self, stream: Stream) -> CuResult<()> {
         self.check_stream(stream)?;
@@ -301,24 +282,25 @@ impl DriverOps for EmulatedBackend {
         Ok(())
     }
     fn stream_query(&self, stream: Stream) -> CuResult<()> {
-        self.check_stream(stream)?;
-        if self.time.done_at(self.current(), stream.0) > crate::sys::monotonic_ns() {
+        self.check_stream_handle(stream)?;
+        if self.waits.stream_held(self.current(), stream.0)
+            || self.time.done_at(self.current(), stream.0) > crate::sys::monotonic_ns()
+        {
             return Err(CUDA_ERROR_NOT_READY);
         }
         Ok(())
     }
     fn stream_wait_event(&self, stream: Stream, event: Event, _flags: u32) -> CuResult<()> {
-        self.check_stream(stream)?;
-        self.state()
-            .events
-            .get(&event.0)
-            .map(|_| ())
-            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+        self.check_stream_handle(stream)?;
+        self.state().events.get(&event.0).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        self.waits.wait_event(self.current(), stream.0, event.0);
+        Ok(())
     }
     fn event_record(&self, event: Event, stream: Stream) -> CuResult<()> {
-        self.check_stream(stream)?;
+        self.check_stream_handle(stream)?;
         let mut st = self.state();
         let slot = st.events.get_mut(&event.0).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        self.waits.record(event.0, self.current(), stream.0);
         // With simulated kernel time the event completes when the stream's queued kernels would have.
         *slot = Some(if self.time.enabled() {
             self.time.instant_of(self.time.event_at(self.current(), stream.0))
@@ -329,6 +311,7 @@ impl DriverOps for EmulatedBackend {
     }
     fn event_synchronize(&self, event: Event) -> CuResult<()> {
         let at = *self.state().events.get(&event.0).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        self.waits.await_event(event.0);
         if let Some(at) = at {
             let now = Instant::now();
             if at > now {
@@ -339,6 +322,7 @@ impl DriverOps for EmulatedBackend {
     }
     fn event_query(&self, event: Event) -> CuResult<()> {
         match *self.state().events.get(&event.0).ok_or(CUDA_ERROR_INVALID_HANDLE)? {
+            _ if self.waits.event_held(event.0) => Err(CUDA_ERROR_NOT_READY),
             Some(at) if at > Instant::now() => Err(CUDA_ERROR_NOT_READY),
             _ => Ok(()),
         }
@@ -346,6 +330,7 @@ impl DriverOps for EmulatedBackend {
     fn event_destroy(&self, event: Event) -> CuResult<()> {
         let mut st = self.state();
         st.ipc.forget_event(event.0);
+        self.waits.forget_event(event.0);
         st.events.remove(&event.0).map(|_| ()).ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
     fn ipc_close_mem_handle(&self, dptr: DevicePtr) -> CuResult<()> {
@@ -537,11 +522,17 @@ impl Backend for EmulatedBackend {
         self.check_stream(stream)?;
         self.copy_2d(src, dst, width, height)
     }
-    fn stream_create(&self, _flags: u32, _priority: i32) -> CuResult<Stream> {
+    fn stream_create(&self, flags: u32, _priority: i32) -> CuResult<Stream> {
         self.require_ctx()?;
         let s = self.handle();
         self.state().streams.insert(s, ());
+        self.waits.note_stream(s, self.current(), flags);
         Ok(Stream(s))
+    }
+    fn stream_wait_counter(&self, stream: Stream, counter: &std::sync::Arc<HostCounter>, value: u32) -> CuResult<()> {
+        self.check_stream_handle(stream)?;
+        self.waits.hold(self.current(), stream.0, counter, value);
+        Ok(())
     }
     fn stream_mem_ops(&self, stream: Stream, ops: &[MemOp], _flags: u32, _single: bool) -> CuResult<()> {
         self.check_stream(stream)?;

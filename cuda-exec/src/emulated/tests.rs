@@ -4,6 +4,40 @@ use super::launch::active_blocks;
 use super::memory::{fill_repeated, wait_condition_holds};
 use super::*;
 
+/// Constructors and readings for tests elsewhere in the crate.
+impl EmulatedBackend {
+    /// A backend whose kernels take simulated time by `cost`, for tests.
+    pub(crate) fn with_kernel_cost(cost: crate::emulated_time::KernelCost) -> Self {
+        EmulatedBackend {
+            time: crate::emulated_time::SimulatedTime::new(Some(cost)),
+            ..Self::new()
+        }
+    }
+
+    /// A backend with `count` identical devices, for tests of device numbering.
+    pub(crate) fn with_devices(count: usize) -> Self {
+        EmulatedBackend {
+            devices: vec![device::emulated_device(); count],
+            ..Self::new()
+        }
+    }
+
+    /// The device ordinal of every piece of VMM physical memory alive, for tests.
+    pub(crate) fn physical_devices(&self) -> Vec<i32> {
+        self.state().physical.values().map(|p| p.prop.location_id).collect()
+    }
+
+    /// Kernels launched so far (graph nodes included), for tests.
+    pub(crate) fn launches(&self) -> u64 {
+        self.state().launches
+    }
+
+    /// Device memory in use (allocations and VMM physical memory), for tests.
+    pub(crate) fn used(&self) -> u64 {
+        self.state().used
+    }
+}
+
 #[test]
 fn memset_patterns_fill_whole_elements() {
     for elem in [&[0xabu8][..], &[1, 2], &[1, 2, 3, 4]] {
@@ -237,4 +271,86 @@ fn context_limits_answer_as_cublaslt_needs() {
     assert_eq!(b.ctx_get_limit(10), Err(CUDA_ERROR_INVALID_VALUE));
     b.ctx_set_limit(0, 4096).expect("stack size");
     assert_eq!(b.ctx_get_limit(0), Ok(4096));
+}
+
+#[test]
+fn a_stream_held_behind_a_counter_holds_what_waits_for_it_and_nothing_else() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let b = Arc::new(EmulatedBackend::new());
+    let ctx = b.primary_ctx_retain(0).expect("context");
+    b.ctx_set_current(ctx).expect("current");
+    let buf = b.host_alloc(4096).expect("pinned");
+    let counter = Arc::new(HostCounter::new(buf).expect("counter"));
+    let held = b.stream_create(0, 0).expect("blocking stream");
+    let free = b.stream_create(1, 0).expect("non-blocking stream");
+    let waiter = b.stream_create(1, 0).expect("non-blocking stream");
+    let dst = b.mem_alloc(64).expect("memory");
+    b.stream_wait_counter(held, &counter, 1).expect("hold");
+    let event = b.event_create(0).expect("event");
+    b.event_record(event, held).expect("record: does not block");
+    b.stream_wait_event(waiter, event, 0).expect("wait: does not block");
+    assert_eq!(b.stream_query(held), Err(CUDA_ERROR_NOT_READY));
+    assert_eq!(b.event_query(event), Err(CUDA_ERROR_NOT_READY));
+    assert_eq!(
+        b.stream_query(waiter),
+        Err(CUDA_ERROR_NOT_READY),
+        "held through the event"
+    );
+    assert_eq!(
+        b.stream_query(Stream(1)),
+        Err(CUDA_ERROR_NOT_READY),
+        "the legacy stream waits for blocking ones"
+    );
+    assert_eq!(b.stream_query(free), Ok(()), "a non-blocking stream is not held");
+    b.memset_async(
+        dst,
+        Fill {
+            value: 1,
+            elem_size: 1,
+            width: 64,
+            height: 1,
+            pitch: 64,
+        },
+        free,
+    )
+    .expect("runs at once");
+    // An operation on the held stream runs only once the counter is reached.
+    let opener = {
+        let counter = counter.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            counter.set(1);
+        })
+    };
+    let started = std::time::Instant::now();
+    b.memset_async(
+        dst,
+        Fill {
+            value: 2,
+            elem_size: 1,
+            width: 64,
+            height: 1,
+            pitch: 64,
+        },
+        waiter,
+    )
+    .expect("after the hold");
+    assert!(started.elapsed() >= Duration::from_millis(40), "waited for the counter");
+    opener.join().expect("opener");
+    assert_eq!(b.stream_query(held), Ok(()));
+    assert_eq!(b.event_query(event), Ok(()));
+    // A context synchronize waits for every hold of the context.
+    b.stream_wait_counter(free, &counter, 2).expect("hold");
+    let opener = {
+        let counter = counter.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            counter.set(2);
+        })
+    };
+    let started = std::time::Instant::now();
+    b.ctx_synchronize().expect("synchronize");
+    assert!(started.elapsed() >= Duration::from_millis(40));
+    opener.join().expect("opener");
 }

@@ -7,6 +7,7 @@
 //! out-pointers to locals or buffers the caller sized (each block says what else it relies on).
 
 use std::ffi::{c_char, c_void, CStr};
+use std::sync::Arc;
 
 use vgpu_cuda_sys::driver::*;
 use vgpu_cuda_sys::DriverLibrary;
@@ -433,6 +434,30 @@ impl Backend for RealBackend {
     }
     fn stream_mem_ops(&self, stream: Stream, ops: &[MemOp], flags: u32, single: bool) -> CuResult<()> {
         self.mem_ops(stream, ops, flags, single)
+    }
+    fn stream_wait_counter(&self, stream: Stream, counter: &Arc<HostCounter>, value: u32) -> CuResult<()> {
+        let addr = match counter.device_addr.get() {
+            Some(a) => *a,
+            None => {
+                let mut a: CUdeviceptr = 0;
+                // SAFETY: out-pointer to a local; the word lies in pinned memory of this backend's `host_alloc`.
+                let mapped = unsafe {
+                    self.driver
+                        .cuMemHostGetDevicePointer_v2(&mut a, counter.host_addr().cast(), 0)
+                };
+                // Under unified addressing pinned memory is mapped at its host address.
+                let a = if mapped.result().is_ok() {
+                    a
+                } else {
+                    counter.host_addr() as u64
+                };
+                *counter.device_addr.get_or_init(|| a)
+            }
+        };
+        let geq = CUstreamWaitValue_flags::CU_STREAM_WAIT_VALUE_GEQ.0;
+        // SAFETY: plain values; the address is the counter's pinned word, which outlives every wait on it (its
+        // owner frees it only after the last value it waits for was set).
+        unsafe { self.driver.cuStreamWaitValue32_v2(stream.to_driver(), addr, value, geq) }.result()
     }
     fn event_create(&self, flags: u32) -> CuResult<Event> {
         let mut e = std::ptr::null_mut();

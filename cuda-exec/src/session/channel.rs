@@ -108,29 +108,58 @@ pub(super) struct Channel {
     pub joined_lanes: Option<(Vec<vgpu_transports::striped::Lane>, bool)>,
     /// The channel is striped (one join per channel).
     pub striped: bool,
+    /// Where a collective this channel issued puts its error, for the channel's next synchronizing reply
+    /// (collectives run on lanes, `lane.rs`).
+    pub late: Arc<Mutex<Option<CUresult>>>,
 }
 
 /// Serves one client thread's channel until the client closes it or breaks the protocol.
 pub(super) fn serve(session: &Arc<Session>, t: &mut dyn Transport) -> Result<(), ChannelEnd> {
-    let mut ch = Channel {
-        session: session.clone(),
-        latched: None,
-        staging: Vec::new(),
-        pool: Vec::new(),
-        retired: Vec::new(),
-        pending: Vec::new(),
-        in_flight: Vec::new(),
-        body: Vec::new(),
-        tail: Vec::new(),
-        epoch: 0,
-        current: ContextId(0),
-        gate: session.sched.as_ref().map(|s| s.gate()).unwrap_or_default(),
-        joined_lanes: None,
-        striped: false,
-    };
+    let gate = session.sched.as_ref().map(|s| s.gate()).unwrap_or_default();
+    let mut ch = Channel::with_buffers(session.clone(), gate, Vec::new(), Vec::new());
     let result = ch.run(t);
     ch.release();
     result
+}
+
+impl Channel {
+    fn with_buffers(
+        session: Arc<Session>,
+        gate: crate::sched::ChannelGate,
+        staging: Vec<HostBuffer>,
+        pool: Vec<HostBuffer>,
+    ) -> Channel {
+        Channel {
+            epoch: session.reset_epoch.load(Ordering::Acquire),
+            session,
+            latched: None,
+            staging,
+            pool,
+            retired: Vec::new(),
+            pending: Vec::new(),
+            in_flight: Vec::new(),
+            body: Vec::new(),
+            tail: Vec::new(),
+            current: ContextId(0),
+            gate,
+            joined_lanes: None,
+            striped: false,
+            late: Arc::default(),
+        }
+    }
+
+    /// A channel without a client, for a collective's lane: its staging and pool are the lane's (the pool's bytes
+    /// held against the session's budget), handed back by `into_buffers` after the collective.
+    pub fn for_lane(session: Arc<Session>, staging: Vec<HostBuffer>, pool: Vec<HostBuffer>) -> Channel {
+        Channel::with_buffers(session, crate::sched::ChannelGate::default(), staging, pool)
+    }
+
+    /// The staging and pooled buffers back (a lane's), nothing freed.
+    pub fn into_buffers(mut self) -> (Vec<HostBuffer>, Vec<HostBuffer>) {
+        let mut pool = std::mem::take(&mut self.pool);
+        pool.append(&mut self.retired);
+        (std::mem::take(&mut self.staging), pool)
+    }
 }
 
 /// The dispatch: one arm per call-table row, each into that call's `Serve` impl.
@@ -244,6 +273,10 @@ impl Channel {
             keep_latched: false,
         };
         let outcome = <Channel as Serve<C>>::serve(self, call, &mut cx)?;
+        if C::SYNC && self.latched.is_none() {
+            // A collective that ended in error since the last reply (see `lane.rs`).
+            self.latched = self.late.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
         if self.tail.capacity() > TAIL_KEEP {
             self.tail = Vec::new();
         }

@@ -29,17 +29,26 @@ pub(super) struct Reduction {
 
 impl Serve<CollRun> for Channel {
     fn serve(&mut self, c: CollRun, cx: &mut Cx<'_>) -> Served<Empty> {
-        // This channel waits for the other ranks; the session's other channels go on meanwhile, and wait for
-        // what is queued behind this call rather than run ahead of it.
-        let session = self.session.clone();
-        let _held = session.order.hold();
-        session.order.advance(cx.header.seq);
-        Ok(self.run_collective(&c, cx.per_thread).map(|_| Empty {}))
+        // Checked here, run on the stream's lane (`lane.rs`): the channel goes on at once, the app's stream waits
+        // for the collective on the GPU.
+        let issued = self
+            .plan_collective(&c, cx.per_thread)
+            .and_then(|(stream, plan, target)| {
+                let context = self.b().current_context();
+                let session = self.session.clone();
+                super::lane::issue(&session, (context, stream), (c, plan, target), self)
+            });
+        Ok(issued.map(|_| Empty {}))
     }
 }
 
 impl Channel {
-    fn run_collective(&mut self, c: &CollRun, per_thread: bool) -> CuResult<()> {
+    /// The collective's stream, its checked plan and where it sends (the call's tail, when its operator listed it).
+    fn plan_collective(
+        &mut self,
+        c: &CollRun,
+        per_thread: bool,
+    ) -> CuResult<(Stream, coll::Plan, Option<vgpu_dataplane::Endpoint>)> {
         let stream = self.stream(c.stream, per_thread)?;
         let plan = if c.kind == coll::KIND_SEND_RECV {
             let sends = c.send_peer != coll::NO_PEER;
@@ -69,13 +78,23 @@ impl Channel {
                 self.check_range(at, len)?;
             }
         }
-        let sends = plan.steps.iter().any(|s| s.send.is_some());
-        let target = if sends {
+        let target = if plan.steps.iter().any(|s| s.send.is_some()) {
             let asked = endpoint_of(&self.tail)?;
             Some(self.s().allowed_peer(&asked).ok_or(CUDA_ERROR_NOT_PERMITTED)?)
         } else {
             None
         };
+        Ok((stream, plan, target))
+    }
+
+    /// Runs a checked collective's steps on `stream` (a lane's own), with this channel's staging buffers.
+    pub(super) fn run_collective(
+        &mut self,
+        c: &CollRun,
+        plan: &coll::Plan,
+        stream: Stream,
+        target: Option<&vgpu_dataplane::Endpoint>,
+    ) -> CuResult<()> {
         self.ensure_staging()?;
         let both = plan.steps.iter().any(|s| s.send.is_some() && s.recv.is_some());
         let mut own = Vec::new();
@@ -83,7 +102,7 @@ impl Channel {
             own.push(self.take_buffer(CHUNK)?);
             own.push(self.take_buffer(CHUNK)?);
         }
-        let result = self.run_steps(c, &plan.steps, stream, target.as_ref(), &mut own);
+        let result = self.run_steps(c, &plan.steps, stream, target, &mut own);
         for buf in own {
             self.give_back(buf);
         }

@@ -3,7 +3,7 @@
 //!
 //! Layout: `channel.rs` reads frames and dispatches each to its handler (generated from the call table), then
 //! replies or latches; the handlers live by area, mirroring the client shim: `context.rs`, `memory.rs`,
-//! `copy.rs`, `stream.rs`, `module.rs`, `launch.rs`, `array.rs`, `nvml.rs`, `vmm.rs`, `graph.rs`, `ipc.rs`, `peer.rs`. `objects.rs`
+//! `copy.rs`, `stream.rs`, `module.rs`, `launch.rs`, `array.rs`, `nvml.rs`, `vmm.rs`, `graph.rs`, `ipc.rs`, `peer.rs`, `coll.rs` (collectives, run on `lane.rs`'s threads). `objects.rs`
 //! holds the session's books (client id → backend handle), `order.rs` the submission order across channels.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +22,7 @@ mod context;
 mod copy;
 mod graph;
 mod ipc;
+mod lane;
 mod lanes;
 mod launch;
 mod memory;
@@ -187,6 +188,8 @@ pub struct Session {
     peers: peer::Peers,
     /// Lanes of striped channels waiting for their channel's join.
     lanes: lanes::LaneBox,
+    /// The threads that run collectives, one per app stream carrying them (`lane.rs`).
+    coll_lanes: lane::Lanes,
     /// The session's part of the GPU scheduler (`None`: unscheduled).
     sched: Option<Arc<crate::sched::SessionSched>>,
 }
@@ -218,6 +221,7 @@ impl Session {
             ipc: ipc::Ipc::default(),
             peers: peer::Peers::default(),
             lanes: lanes::LaneBox::default(),
+            coll_lanes: lane::Lanes::default(),
             sched,
         })
     }

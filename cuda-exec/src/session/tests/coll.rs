@@ -1,6 +1,8 @@
 //! One rank's collective (`CollRun`) as a hostile or mistaken client sends it: every bad number is refused with the
 //! driver's error for a bad argument, latched as an asynchronous call's, and the channel serves on; a one-rank
-//! collective runs without any peer.
+//! collective runs without any peer. And collectives off the channel (`lane.rs`): one waiting for its peer holds
+//! its stream, not the channel; work queued on that stream after it sees what it received; a failed one reports
+//! at its stream's synchronize.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,10 +43,11 @@ fn all_reduce(src: u64, dst: u64, nranks: u32, rank: u32) -> CollRun {
     }
 }
 
-/// Sends `call` with `tail` and returns the error the next synchronous call reports (Ok: none).
+/// Sends `call` with `tail` and returns the error a synchronize of its stream reports (Ok: none): a bad call's at
+/// once, a failed run's once its lane is done.
 fn outcome(c: &mut Client, call: &CollRun, tail: &str) -> Result<(), CUresult> {
     c.send(call, tail.as_bytes());
-    c.call(&Ping {}, &[]).map(|_| ())
+    c.call(&StreamSynchronize { stream: call.stream }, &[]).map(|_| ())
 }
 
 #[test]
@@ -133,4 +136,135 @@ fn a_one_rank_collective_needs_no_peer() {
     c.htod(dst, &[0; N as usize]).expect("clear");
     assert_eq!(outcome(&mut c, &gather, ""), Ok(()));
     assert_eq!(c.dtoh(dst, N).expect("read back"), data);
+}
+
+/// A session linked to a registry (for the grants of arriving senders), waiting `wait` for them.
+fn receiving_session(wait: Duration) -> (Arc<crate::registry::Registry>, Arc<Session>) {
+    let r = crate::registry::Registry::new();
+    let s = Session::new(Arc::new(EmulatedBackend::new()), Limits::default());
+    let who = crate::registry::Member {
+        session: 5,
+        tenant: "t".into(),
+    };
+    s.attach_registry(crate::registry::connect(&r, who).expect("registry link"));
+    s.allow_peers(Vec::new(), wait);
+    (r, s)
+}
+
+/// Rank 0 of two receiving `N` bytes from rank 1 into `dst` on `stream` (a send/recv with nothing to send).
+fn receive_only(dst: u64, stream: StreamId) -> CollRun {
+    CollRun {
+        kind: coll::KIND_SEND_RECV,
+        dtype: coll::DTYPE_U8,
+        send_peer: coll::NO_PEER,
+        recv_peer: 1,
+        count: 0,
+        recv_count: N,
+        dst: DevicePtr(dst),
+        stream,
+        ..all_reduce(0, 0, 2, 0)
+    }
+}
+
+fn word(t: &mut vgpu_transports::tcp::TcpTransport) -> u32 {
+    use vgpu_dataplane::Transport;
+    let mut w = [0u8; 4];
+    t.recv_exact(&mut w).expect("a status word");
+    u32::from_le_bytes(w)
+}
+
+#[test]
+fn a_collective_waiting_for_its_peer_holds_its_stream_not_its_channel() {
+    use vgpu_dataplane::Transport;
+    use zerocopy::IntoBytes;
+    let (r, s) = receiving_session(Duration::from_secs(20));
+    let mut c = Client::connect(&s);
+    let dst = c.ok(&MemAlloc { size: N }).dptr.get();
+    let copy = c.ok(&MemAlloc { size: N }).dptr.get();
+    let other = c.ok(&MemAlloc { size: N }).dptr.get();
+    let stream = StreamId(0x100);
+    c.post(&StreamCreate {
+        stream,
+        flags: 1,
+        priority: 0,
+    });
+    let call = receive_only(dst, stream);
+    c.send(&call, &[]);
+    // The collective waits for rank 1; its stream is busy, the channel is not.
+    assert_eq!(c.err(&StreamQuery { stream }), CUDA_ERROR_NOT_READY);
+    let started = std::time::Instant::now();
+    let data = pattern(N as usize, 21);
+    c.htod(other, &data).expect("upload on the NULL stream");
+    assert_eq!(c.dtoh(other, N).expect("read back"), data);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "other work went on while the collective waited"
+    );
+    // Queued behind the collective on its stream: runs on what it received.
+    c.post(&MemcpyDtoDAsync {
+        dst: DevicePtr(copy),
+        src: DevicePtr(dst),
+        size: N,
+        stream,
+    });
+    // Rank 1's server, played here: its connection arrives against the grant, with the bytes.
+    let token = coll::token(&call.secret, coll::Series::PointToPoint, 1, 0, 0);
+    assert!(
+        r.take_peer_grant(5, &token, Duration::from_secs(10)),
+        "the lane asked for rank 1's connection"
+    );
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let (b, _) = l.accept().expect("accept");
+    let mut sender = vgpu_transports::tcp::TcpTransport::from_stream(a).expect("transport");
+    s.deliver_peer(
+        token,
+        Box::new(vgpu_transports::tcp::TcpTransport::from_stream(b).expect("transport")),
+    );
+    assert_eq!(word(&mut sender), 0, "the receiver is ready");
+    let sent = pattern(N as usize, 33);
+    let header = PeerHeader {
+        status: 0,
+        _pad: 0,
+        size: N,
+    };
+    sender
+        .send(&[header.as_bytes(), &sent, &0u32.to_le_bytes()])
+        .expect("send");
+    assert_eq!(word(&mut sender), 0, "acknowledged");
+    assert_eq!(c.call(&StreamSynchronize { stream }, &[]).map(|_| ()), Ok(()));
+    assert_eq!(c.dtoh(dst, N).expect("read back"), sent);
+    assert_eq!(
+        c.dtoh(copy, N).expect("read back"),
+        sent,
+        "the later copy ran after the collective"
+    );
+}
+
+#[test]
+fn a_failed_collective_reports_at_its_streams_synchronize_once() {
+    let (_r, s) = receiving_session(Duration::from_millis(200));
+    let mut c = Client::connect(&s);
+    let dst = c.ok(&MemAlloc { size: N }).dptr.get();
+    let stream = StreamId(0x100);
+    c.post(&StreamCreate {
+        stream,
+        flags: 0,
+        priority: 0,
+    });
+    // Rank 1 never comes: the lane gives up after the session's wait.
+    c.send(&receive_only(dst, stream), &[]);
+    assert_eq!(
+        c.call(&StreamSynchronize { stream }, &[]).map(|_| ()),
+        Err(CUDA_ERROR_UNKNOWN)
+    );
+    assert_eq!(
+        c.call(&StreamSynchronize { stream }, &[]).map(|_| ()),
+        Ok(()),
+        "reported once"
+    );
+    // The stream serves on: a second collective on it, then a copy.
+    c.send(&receive_only(dst, stream), &[]);
+    assert_eq!(c.call(&CtxSynchronize {}, &[]).map(|_| ()), Err(CUDA_ERROR_UNKNOWN));
+    c.htod(dst, &[7; N as usize]).expect("the channel still works");
 }
