@@ -101,7 +101,12 @@ pub(super) fn issue(
         return Err(CUDA_ERROR_UNKNOWN);
     }
     lane.issued = number;
-    if let Err(e) = b.stream_wait_counter(stream, &lane.counter, number) {
+    let held = if channel_waits() {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
+    } else {
+        b.stream_wait_counter(stream, &lane.counter, number)
+    };
+    if let Err(e) = held {
         // Without a device-side wait the channel waits here, as it did before lanes: slower, still in order.
         tracing::debug!(
             code = e.code(),
@@ -112,6 +117,12 @@ pub(super) fn issue(
         counter.wait_for(number);
     }
     Ok(())
+}
+
+/// `VGPU_COLL_WAIT=channel`: the channel waits for each collective as it did before lanes (for comparisons).
+fn channel_waits() -> bool {
+    static WAITS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WAITS.get_or_init(|| std::env::var("VGPU_COLL_WAIT").is_ok_and(|v| v.trim() == "channel"))
 }
 
 impl Lane {
