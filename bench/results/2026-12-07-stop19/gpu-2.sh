@@ -4,7 +4,7 @@
 # carried.
 #  1. stop 18's gpu-2.sh with these binaries: __nccl-check over TCP (every collective; 256 MiB all-reduce bus
 #     bandwidth), PyTorch's NCCL process group, torch.cuda.nccl (two servers), DDP over NCCL vs native gloo.
-#  2. __nccl-check over shm between the servers.
+#  2. __nccl-check over shm between the servers; a 256 MiB cuMemcpyPeer between them over TCP (the all-reduce's floor).
 #  3. tests/torch/ddp_overlap.py, two ranks on two servers: DDP step vs its backward alone and its all-reduces alone,
 #     with lanes and with VGPU_COLL_WAIT=channel (the channel waits for each collective, as before stop 19).
 set -u
@@ -31,6 +31,9 @@ timeout 90 vgpu run --server shm://ov-b -- vgpu __nccl-check --rank 1 --nranks 2
   > "$OUT/nccl-shm-1.txt" 2>&1; e1=$?; wait $p0; e0=$?
 echo "nccl-check shm: exit $e0 $e1"; grep -hE "verified|bench|failed|rror" "$OUT/nccl-shm-0.txt" "$OUT/nccl-shm-1.txt" | sort | uniq -c
 t "shm done"
+# The floor the all-reduce is compared with: a 256 MiB copy between the same two servers over TCP (cuMemcpyPeer).
+timeout 60 vgpu run --server tcp://127.0.0.1:7521,tcp://127.0.0.1:7522 -- vgpu __multi-check --bench-mib 256 \
+  > "$OUT/peer-floor.txt" 2>&1; echo "peer copy floor (tcp): exit $? $(grep -h "^bench" "$OUT/peer-floor.txt" | tr '\n' ' ')"
 overlap() { # label, server environment
   local label=$1; shift
   servers "$@"
