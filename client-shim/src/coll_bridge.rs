@@ -79,6 +79,11 @@ fn run(desc: *const CollDesc, peer_endpoint: *const c_char) -> CuResult<()> {
     if !stream.is_builtin() && client::server_index(api::route_of_stream(stream))? != client::server_index(route)? {
         return Err(CUDA_ERROR_INVALID_HANDLE);
     }
+    // The collective would run now, not when the graph is launched: refused, as an unsupported operation in a
+    // capture is natively.
+    if api::is_capturing(stream) {
+        return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+    }
     let call = CollRun {
         kind: d.kind,
         dtype: d.dtype,

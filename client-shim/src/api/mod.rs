@@ -218,6 +218,7 @@ mod stream_mem;
 mod vmm;
 
 pub(crate) use device::{pci_location, reported_driver_version};
+pub(crate) use graph::is_capturing;
 pub(crate) use module::{load_module_image, module_functions};
 pub(crate) use stream::{stream_id, STREAM_ATTR_LEN};
 

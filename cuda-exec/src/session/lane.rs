@@ -249,7 +249,10 @@ impl Worker {
             let _release = Release(&self.counter, job.number);
             let outcome = match (self.session.upgrade(), entered) {
                 (Some(session), Ok(())) if session.reset_epoch.load(Ordering::Acquire) == self.epoch => {
-                    self.run_job(&session, &job, &mut kit)
+                    // A panic fails this collective only: the lane goes on releasing the ones queued behind it
+                    // (without staging, lost with the panic, they fail as out of memory).
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_job(&session, &job, &mut kit)))
+                        .unwrap_or(Err(CUDA_ERROR_UNKNOWN))
                 }
                 (_, Err(e)) => Err(e),
                 // A primary-context reset destroyed the lane's stream and the app's: nothing of it runs.
