@@ -258,13 +258,16 @@ enum Cmd {
     /// One rank of a communicator over vGPU's NCCL: every collective checked on known data.
     #[command(name = "__nccl-check", hide = true)]
     NcclCheck {
-        #[arg(long)]
-        rank: u32,
-        #[arg(long)]
-        nranks: u32,
+        #[arg(long, required_unless_present = "all_devices")]
+        rank: Option<u32>,
+        #[arg(long, required_unless_present = "all_devices")]
+        nranks: Option<u32>,
         /// Rank 0 writes the unique id here; the others read it.
-        #[arg(long)]
-        id_file: std::path::PathBuf,
+        #[arg(long, required_unless_present = "all_devices")]
+        id_file: Option<std::path::PathBuf>,
+        /// Instead: one thread drives every visible device as one communicator (ncclCommInitAll).
+        #[arg(long, conflicts_with_all = ["rank", "nranks", "id_file", "bench_mib", "exit_after_init"])]
+        all_devices: bool,
         /// Also time all-reduces of this many MiB.
         #[arg(long, default_value_t = 0)]
         bench_mib: u64,
@@ -483,12 +486,14 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 .transpose()?,
         }),
         Cmd::MultiCheck { bench_mib } => multicheck::run(bench_mib),
+        Cmd::NcclCheck { all_devices: true, .. } => ncclcheck::run_all_devices(),
         Cmd::NcclCheck {
-            rank,
-            nranks,
-            id_file,
+            rank: Some(rank),
+            nranks: Some(nranks),
+            id_file: Some(id_file),
             bench_mib,
             exit_after_init,
+            ..
         } => ncclcheck::run(
             rank,
             nranks,
@@ -498,6 +503,7 @@ fn run(cmd: Cmd) -> Result<(), String> {
                 exit_after_init,
             },
         ),
+        Cmd::NcclCheck { .. } => Err("__nccl-check needs --rank, --nranks and --id-file, or --all-devices".into()),
         Cmd::CopyData { kind, mib, reps } => copydata::run(&kind, mib, reps),
     }
 }

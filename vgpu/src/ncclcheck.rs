@@ -337,3 +337,77 @@ unsafe fn bench(
         cuda.check("cuMemFree", cuda.cuMemFree_v2(buf))
     }
 }
+
+/// `--all-devices`: one thread drives every visible device as one communicator (`ncclCommInitAll`), issuing an
+/// all-reduce on each device's stream in one group and only then waiting: each rank's collective must not wait for
+/// the next rank's, which this same thread issues after it (the devices may sit on one server, on one channel).
+pub fn run_all_devices() -> Result<(), String> {
+    let cuda = Cuda::load()?;
+    // SAFETY: loading NCCL runs only its initialisers (vGPU's has none).
+    let lib = unsafe { libloading::Library::new("libnccl.so.2") }.map_err(|e| format!("libnccl.so.2: {e}"))?;
+    let nccl = Nccl { lib };
+    // nccl.h: ncclCommInitAll
+    let init_all: unsafe extern "C" fn(*mut Comm, c_int, *const c_int) -> c_int = nccl.get("ncclCommInitAll")?;
+    // nccl.h: ncclGroupStart
+    let group_start: unsafe extern "C" fn() -> c_int = nccl.get("ncclGroupStart")?;
+    // nccl.h: ncclGroupEnd
+    let group_end: unsafe extern "C" fn() -> c_int = nccl.get("ncclGroupEnd")?;
+    let all_reduce: Coll = nccl.get("ncclAllReduce")?;
+    let count = (9 << 20) / 4 + 3;
+    // SAFETY (this function): documented driver and NCCL calls; out-pointers are locals, buffers outlive the calls
+    // (every stream is synchronized before its buffers are read).
+    unsafe {
+        cuda.check("cuInit", cuda.cuInit(0))?;
+        let mut n: c_int = 0;
+        cuda.check("cuDeviceGetCount", cuda.cuDeviceGetCount(&mut n))?;
+        if n < 2 {
+            return Err(format!("--all-devices needs two devices or more, sees {n}"));
+        }
+        let devices: Vec<c_int> = (0..n).collect();
+        let mut comms: Vec<Comm> = vec![std::ptr::null_mut(); n as usize];
+        ok("ncclCommInitAll", init_all(comms.as_mut_ptr(), n, devices.as_ptr()))?;
+        let mut per_device = Vec::new();
+        for d in 0..n {
+            let mut ctx = std::ptr::null_mut();
+            cuda.check("cuDevicePrimaryCtxRetain", cuda.cuDevicePrimaryCtxRetain(&mut ctx, d))?;
+            cuda.check("cuCtxSetCurrent", cuda.cuCtxSetCurrent(ctx))?;
+            let mut stream = std::ptr::null_mut();
+            cuda.check("cuStreamCreate", cuda.cuStreamCreate(&mut stream, 1))?;
+            let (mut src, mut dst) = (0u64, 0u64);
+            cuda.check("cuMemAlloc", cuda.cuMemAlloc_v2(&mut src, count * 4))?;
+            cuda.check("cuMemAlloc", cuda.cuMemAlloc_v2(&mut dst, count * 4))?;
+            let mine: Vec<f32> = (0..count).map(|i| value(d as u32, i)).collect();
+            cuda.check(
+                "cuMemcpyHtoD",
+                cuda.cuMemcpyHtoD_v2(src, mine.as_ptr() as *const c_void, count * 4),
+            )?;
+            per_device.push((ctx, stream, src, dst));
+        }
+        let started = Instant::now();
+        ok("ncclGroupStart", group_start())?;
+        for (d, &(ctx, stream, src, dst)) in per_device.iter().enumerate() {
+            cuda.check("cuCtxSetCurrent", cuda.cuCtxSetCurrent(ctx))?;
+            let r = all_reduce(src as _, dst as _, count, FLOAT, SUM, comms[d], stream as Stream);
+            ok("ncclAllReduce", r)?;
+        }
+        ok("ncclGroupEnd", group_end())?;
+        let want: Vec<f32> = (0..count).map(|i| (0..n as u32).map(|r| value(r, i)).sum()).collect();
+        for (d, &(ctx, stream, _, dst)) in per_device.iter().enumerate() {
+            cuda.check("cuCtxSetCurrent", cuda.cuCtxSetCurrent(ctx))?;
+            cuda.check("cuStreamSynchronize", cuda.cuStreamSynchronize(stream))?;
+            let mut got = vec![0f32; count];
+            cuda.check(
+                "cuMemcpyDtoH",
+                cuda.cuMemcpyDtoH_v2(got.as_mut_ptr() as *mut c_void, dst, count * 4),
+            )?;
+            if let Some(i) = (0..count).find(|&i| got[i] != want[i]) {
+                return Err(format!("device {d}: element {i} is {}, want {}", got[i], want[i]));
+            }
+        }
+        println!(
+            "all devices ({n}) from one thread: all-reduce verified in {} ms",
+            started.elapsed().as_millis()
+        );
+    }
+    Ok(())
+}

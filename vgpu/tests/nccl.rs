@@ -175,3 +175,33 @@ fn two_ranks_on_one_server_that_lists_itself() {
     let outs = ranks(&[s.shm.clone(), s.shm.clone()], &[]);
     all_verified(&outs);
 }
+
+#[test]
+fn one_thread_drives_two_devices_of_one_server() {
+    // Both ranks' collectives come on one channel of one session: each runs on its own stream's lane on the server,
+    // so the first does not hold the channel the second comes on (they waited for each other until the peer wait
+    // ended before lanes: 30 s here, far past the bound below). Over shm this also crossed a shim bug: a thread that
+    // switched contexts unmapped its own pageable-copy staging slots and crashed at the next copy.
+    let name = format!("{}-two", shm_name());
+    let s = common::start_with_env(
+        &name,
+        &["--peer", &format!("shm://{name}")],
+        &[("VGPU_EMULATED_DEVICES", "2")],
+    );
+    let started = Instant::now();
+    let out = Command::new(VGPU)
+        .args(["run", "--server", &s.shm, "--", VGPU, "__nccl-check", "--all-devices"])
+        .output()
+        .expect("vgpu run");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("all devices (2) from one thread: all-reduce verified"),
+        "{t}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}: {t}",
+        started.elapsed()
+    );
+}

@@ -131,21 +131,21 @@ fn staging(flags: u16, ctx: ContextId) -> Option<(*mut u8, RegionId, [EventId; 2
             all.resize_with(server + 1, || None);
         }
         let slot = &mut all[server];
-        if slot.as_ref().is_some_and(|s| s.ctx != ctx) {
-            // Events belong to a context: a thread that switched contexts needs new ones (slots stay), once the
-            // old ones say no asynchronous copy still reads a slot.
-            let old = slot.take()?;
-            for (event, busy) in old.events.iter().zip(old.busy) {
+        if let Some(s) = slot.as_mut().filter(|s| s.ctx != ctx) {
+            // Events belong to a context: a thread that switched contexts needs new ones (the slots stay mapped;
+            // replacing the whole `Staging` would unmap them in its drop), once the old ones say no asynchronous
+            // copy still reads a slot.
+            for (event, busy) in s.events.iter().zip(s.busy) {
                 if busy.is_some() {
                     client::call(0, &EventSynchronize { event: *event }, &[]).ok()?;
                 }
             }
-            *slot = Some(Staging {
-                events: staging_events()?,
-                ctx,
-                busy: [None; 2],
-                ..old
-            });
+            let events = staging_events()?;
+            for old in std::mem::replace(&mut s.events, events) {
+                let _ = client::post_now(0, &EventDestroy { event: old }, &[]);
+            }
+            s.ctx = ctx;
+            s.busy = [None; 2];
         }
         if slot.is_none() {
             let ptr = super::host::shared_alloc(flags, 2 * STAGING_SLOT, false, 0)?;
