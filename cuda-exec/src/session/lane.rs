@@ -108,10 +108,15 @@ pub(super) fn issue(
     };
     if let Err(e) = held {
         // Without a device-side wait the channel waits here, as it did before lanes: slower, still in order.
-        tracing::debug!(
-            code = e.code(),
-            "stream wait on a host counter refused; the channel waits instead"
-        );
+        if !channel_waits() {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    code = e.code(),
+                    "the driver refused a stream wait on a host counter: collectives hold their channel until they end"
+                )
+            });
+        }
         let counter = lane.counter.clone();
         drop(lanes);
         counter.wait_for(number);
