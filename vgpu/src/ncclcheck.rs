@@ -408,6 +408,29 @@ pub fn run_all_devices() -> Result<(), String> {
             "all devices ({n}) from one thread: all-reduce verified in {} ms",
             started.elapsed().as_millis()
         );
+        // A collective in a stream capture would run at once instead of at the graph's launch: refused.
+        let (ctx, stream, src, dst) = per_device[0];
+        cuda.check("cuCtxSetCurrent", cuda.cuCtxSetCurrent(ctx))?;
+        cuda.check(
+            "cuStreamBeginCapture",
+            cuda.cuStreamBeginCapture_v2(
+                stream,
+                vgpu_cuda_sys::driver::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL,
+            ),
+        )?;
+        let r = all_reduce(src as _, dst as _, count, FLOAT, SUM, comms[0], stream as Stream);
+        let mut graph = std::ptr::null_mut();
+        let ended = cuda.cuStreamEndCapture(stream, &mut graph);
+        if r == 0 {
+            return Err("a collective in a stream capture was accepted".into());
+        }
+        if !graph.is_null() {
+            cuda.cuGraphDestroy(graph);
+        }
+        println!(
+            "a collective in a stream capture: refused (ncclResult {r}, capture ended with {})",
+            ended.0
+        );
     }
     Ok(())
 }
