@@ -48,7 +48,7 @@ overlap() { # label, server environment
 }
 overlap lanes VGPU_X=1
 overlap channel-waits VGPU_COLL_WAIT=channel
-overlap lanes-again VGPU_X=1
+
 t "done"
 pkill -f "vgpu server"
 (cd "$OUT" && tar czf /tmp/r.tgz . && find . -mindepth 1 -delete && mv /tmp/r.tgz "$OUT/")
