@@ -131,8 +131,9 @@ fn channel_waits() -> bool {
 }
 
 impl Lane {
-    /// A lane for `context`'s stream: its stream, counter and staging made here, on the channel (pinned
-    /// allocations may wait for the device, which must not wait for a lane then), its thread started.
+    /// A lane for `context`'s stream: its stream, counter and staging made here, on the channel, before the stream
+    /// is held (bench/NOTES.md §22 says what is not known about such allocations while other lanes hold streams),
+    /// its thread started.
     fn start(session: &Arc<Session>, context: Context, epoch: u64) -> CuResult<Lane> {
         let b = session.backend.clone();
         let kit = Kit::allocate(&*b, session)?;
