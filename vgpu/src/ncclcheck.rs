@@ -243,6 +243,23 @@ pub fn run(rank: u32, nranks: u32, id_file: &Path, extra: &Extra) -> Result<(), 
         ok("ncclSend", send(src as _, count, FLOAT, next as c_int, comm, s))?;
         ok("ncclGroupEnd", group_end())?;
         verdict("send/recv ring", &download(dst, count)?, &|i| value(prev, i))?;
+        // The same with each rank's send on another stream than its receive: the two halves run at once on the
+        // server (each stream's lane), so neither rank's send waits for a receive queued behind it.
+        let mut other = std::ptr::null_mut();
+        cuda.check("cuStreamCreate", cuda.cuStreamCreate(&mut other, 1))?;
+        upload(dst, &vec![0f32; count])?;
+        ok("ncclGroupStart", group_start())?;
+        ok(
+            "ncclSend",
+            send(src as _, count, FLOAT, next as c_int, comm, other as Stream),
+        )?;
+        ok("ncclRecv", recv(dst as _, count, FLOAT, prev as c_int, comm, s))?;
+        ok("ncclGroupEnd", group_end())?;
+        cuda.check("cuStreamSynchronize", cuda.cuStreamSynchronize(other))?;
+        verdict("send/recv ring on two streams", &download(dst, count)?, &|i| {
+            value(prev, i)
+        })?;
+        cuda.check("cuStreamDestroy", cuda.cuStreamDestroy_v2(other))?;
         // A split: ranks in reverse order (keys descending); with three ranks or more the last joins none.
         // nccl.h: ncclCommSplit
         let split: unsafe extern "C" fn(Comm, c_int, c_int, *mut Comm, *mut c_void) -> c_int =

@@ -69,6 +69,7 @@ fn all_verified(outs: &[Output]) {
             "all-gather: verified",
             "reduce-scatter sum: verified",
             "send/recv ring: verified",
+            "send/recv ring on two streams: verified",
             &format!("rank {r}: every collective verified"),
         ] {
             assert!(t.lines().any(|l| l == what), "rank {r}: no '{what}' in {t}");

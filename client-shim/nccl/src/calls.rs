@@ -450,7 +450,8 @@ fn exchange(c: &Comm, ops: &[&P2p]) -> Result<(), ncclResult_t> {
             }
             if let (Some(s), Some(r)) = (s, r) {
                 if s.stream != r.stream {
-                    // Two streams: the halves go one after the other (each in its own stream's order).
+                    // Two streams: two calls, each in its own stream's order; the server runs them at once on the
+                    // streams' lanes, so neither waits for the other.
                     one_way(c, Some(s), None)?;
                     one_way(c, None, Some(r))?;
                     continue;
