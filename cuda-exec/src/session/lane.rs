@@ -140,7 +140,7 @@ impl Lane {
         let stream = match b.stream_create(NON_BLOCKING, 0) {
             Ok(s) => s,
             Err(e) => {
-                kit.free(&*b, session);
+                kit.free(&*b, Some(session));
                 return Err(e);
             }
         };
@@ -149,13 +149,13 @@ impl Lane {
                 Some(c) => Arc::new(c),
                 // `host_alloc` gives whole pages: always room for the word.
                 None => {
-                    kit.free(&*b, session);
+                    kit.free(&*b, Some(session));
                     let _ = b.stream_destroy(stream);
                     return Err(CUDA_ERROR_UNKNOWN);
                 }
             },
             Err(e) => {
-                kit.free(&*b, session);
+                kit.free(&*b, Some(session));
                 let _ = b.stream_destroy(stream);
                 return Err(e);
             }
@@ -209,7 +209,7 @@ impl Kit {
                 Err(e) => {
                     let held: u64 = kit.pool.iter().map(|b| b.len as u64).sum();
                     session.release_host(pooled - held);
-                    kit.free(b, session);
+                    kit.free(b, Some(session));
                     return Err(e);
                 }
             }
@@ -217,9 +217,11 @@ impl Kit {
         Ok(kit)
     }
 
-    /// Frees the buffers, giving the pool's bytes back to the session's budget.
-    fn free(self, b: &dyn Backend, session: &Session) {
-        session.release_host(self.pool.iter().map(|b| b.len as u64).sum());
+    /// Frees the buffers, giving the pool's bytes back to the session's budget (if the session is still there).
+    fn free(self, b: &dyn Backend, session: Option<&Session>) {
+        if let Some(session) = session {
+            session.release_host(self.pool.iter().map(|b| b.len as u64).sum());
+        }
         for buf in self.staging.into_iter().chain(self.pool) {
             b.host_free(buf);
         }
@@ -277,12 +279,8 @@ impl Worker {
         if current && entered.is_ok() {
             let _ = b.stream_synchronize(self.stream);
             let _ = b.stream_destroy(self.stream);
-            if let (Some(kit), Some(s)) = (kit.take(), &session) {
-                kit.free(b, s);
-            } else if let Some(kit) = kit.take() {
-                for buf in kit.staging.into_iter().chain(kit.pool) {
-                    b.host_free(buf);
-                }
+            if let Some(kit) = kit.take() {
+                kit.free(b, session.as_deref());
             }
             if let Ok(counter) = Arc::try_unwrap(self.counter) {
                 b.host_free(counter.into_buffer());
