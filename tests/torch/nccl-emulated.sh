@@ -37,27 +37,22 @@ for tr in tcp shm; do
     fi
   done
 done
-# One process driving both devices (torch.cuda.nccl: ncclCommInitAll), each device on its own server.
-timeout 240 "$VGPU" run --server "tcp://127.0.0.1:$pa,tcp://127.0.0.1:$pb" -- "$PY" tests/torch/nccl_single_process.py \
-  > "$dir/single.log" 2>&1
-e=$?
-if [ $e = 0 ] && grep -q "^all ok" "$dir/single.log"; then
-  echo "PASS torch.cuda.nccl, one process, two devices on two servers: $(grep -v "all ok" "$dir/single.log" | grep -c " ok$") checks"
-  pass=$((pass + 1))
-else
-  echo "FAIL torch.cuda.nccl, one process, two devices (exit $e):"; tail -15 "$dir/single.log"; fail=$((fail + 1))
-fi
-# The same with both devices on one server, driven from one thread: each collective runs on its stream's lane on
-# the server, so the first rank's does not hold the channel the second rank's call comes on (it did until stop 19:
-# the two waited for each other until the peer wait ended).
-start=$(date +%s)
-timeout 240 "$VGPU" run --server "tcp://127.0.0.1:$pc" -- "$PY" tests/torch/nccl_single_process.py > "$dir/one.log" 2>&1
-e=$?
-if [ $e = 0 ] && grep -q "^all ok" "$dir/one.log"; then
-  echo "PASS torch.cuda.nccl, one thread, two devices of one server: $(grep -v "all ok" "$dir/one.log" | grep -c " ok$") checks in $(( $(date +%s) - start )) s"
-  pass=$((pass + 1))
-else
-  echo "FAIL torch.cuda.nccl, one thread, two devices of one server (exit $e):"; tail -15 "$dir/one.log"; fail=$((fail + 1))
-fi
+# One process driving both devices (torch.cuda.nccl: ncclCommInitAll, one thread).
+single() { # what, servers, log name
+  local start=$(date +%s) e
+  timeout 240 "$VGPU" run --server "$2" -- "$PY" tests/torch/nccl_single_process.py > "$dir/$3.log" 2>&1
+  e=$?
+  if [ $e = 0 ] && grep -q "^all ok" "$dir/$3.log"; then
+    echo "PASS torch.cuda.nccl, $1: $(grep -v "all ok" "$dir/$3.log" | grep -c " ok$") checks in $(( $(date +%s) - start )) s"
+    pass=$((pass + 1))
+  else
+    echo "FAIL torch.cuda.nccl, $1 (exit $e):"; tail -15 "$dir/$3.log"; fail=$((fail + 1))
+  fi
+}
+single "one process, two devices on two servers" "tcp://127.0.0.1:$pa,tcp://127.0.0.1:$pb" single
+# Both devices on one server: each collective runs on its stream's lane on the server, so the first rank's does not
+# hold the channel the second rank's call comes on (it did until stop 19: the two waited for each other until the
+# peer wait ended).
+single "one thread, two devices of one server" "tcp://127.0.0.1:$pc" one
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

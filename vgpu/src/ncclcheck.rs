@@ -60,11 +60,16 @@ pub struct Extra {
     pub exit_after_init: bool,
 }
 
-pub fn run(rank: u32, nranks: u32, id_file: &Path, extra: &Extra) -> Result<(), String> {
+/// The driver (`libcuda.so.1`) and NCCL (`libnccl.so.2`), as the loader finds them.
+fn open() -> Result<(Cuda, Nccl), String> {
     let cuda = Cuda::load()?;
     // SAFETY: loading NCCL runs only its initialisers (vGPU's has none).
     let lib = unsafe { libloading::Library::new("libnccl.so.2") }.map_err(|e| format!("libnccl.so.2: {e}"))?;
-    let nccl = Nccl { lib };
+    Ok((cuda, Nccl { lib }))
+}
+
+pub fn run(rank: u32, nranks: u32, id_file: &Path, extra: &Extra) -> Result<(), String> {
+    let (cuda, nccl) = open()?;
     let mut version: c_int = 0;
     // nccl.h: ncclGetVersion
     let get_version: unsafe extern "C" fn(*mut c_int) -> c_int = nccl.get("ncclGetVersion")?;
@@ -359,10 +364,7 @@ unsafe fn bench(
 /// all-reduce on each device's stream in one group and only then waiting: each rank's collective must not wait for
 /// the next rank's, which this same thread issues after it (the devices may sit on one server, on one channel).
 pub fn run_all_devices() -> Result<(), String> {
-    let cuda = Cuda::load()?;
-    // SAFETY: loading NCCL runs only its initialisers (vGPU's has none).
-    let lib = unsafe { libloading::Library::new("libnccl.so.2") }.map_err(|e| format!("libnccl.so.2: {e}"))?;
-    let nccl = Nccl { lib };
+    let (cuda, nccl) = open()?;
     // nccl.h: ncclCommInitAll
     let init_all: unsafe extern "C" fn(*mut Comm, c_int, *const c_int) -> c_int = nccl.get("ncclCommInitAll")?;
     // nccl.h: ncclGroupStart

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stop 19, the lean device call (about 2.5 minutes; gpu-1.sh and gpu-2.sh were never lent a machine): collectives off
+# Stop 19, the lean device call (about 2.5 minutes; gpu-2.sh runs it first): collectives off
 # the channel on the GPU. Build as gpu-1.sh says; run from the repository root, `.device` carried.
 #  1. stop 18's gpu-2.sh with these binaries (every collective over TCP, 256 MiB all-reduce bus bandwidth, PyTorch's
 #     NCCL process group, torch.cuda.nccl, DDP over NCCL against native gloo: rank 0's stale .item() of stop 18).

@@ -6,7 +6,7 @@
 //! copies, lookups of client ids, and the worker's captured standard output (device-side `printf`).
 
 use std::ffi::CString;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vgpu_dataplane::cuerr::*;
@@ -108,9 +108,9 @@ pub(super) struct Channel {
     pub joined_lanes: Option<(Vec<vgpu_transports::striped::Lane>, bool)>,
     /// The channel is striped (one join per channel).
     pub striped: bool,
-    /// Where a collective this channel issued puts its error, for the channel's next synchronizing reply
-    /// (collectives run on lanes, `lane.rs`).
-    pub late: Arc<Mutex<Option<CUresult>>>,
+    /// Where a collective this channel issued puts its error code (0: none), for the channel's next synchronizing
+    /// reply (collectives run on lanes, `lane.rs`). An atomic: every synchronous call reads it.
+    pub late: Arc<AtomicU32>,
 }
 
 /// Serves one client thread's channel until the client closes it or breaks the protocol.
@@ -275,7 +275,10 @@ impl Channel {
         let outcome = <Channel as Serve<C>>::serve(self, call, &mut cx)?;
         if C::SYNC && self.latched.is_none() {
             // A collective that ended in error since the last reply (see `lane.rs`).
-            self.latched = self.late.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let code = self.late.swap(0, Ordering::AcqRel);
+            if code != 0 {
+                self.latched = Some(CUresult::from_code(code));
+            }
         }
         if self.tail.capacity() > TAIL_KEEP {
             self.tail = Vec::new();

@@ -10,7 +10,7 @@
 //! synchronize of the app's stream sees it).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -44,8 +44,8 @@ struct Job {
     ready: Event,
     /// The counter value that releases the app's stream.
     number: u32,
-    /// The issuing channel's slot for a collective's error.
-    late: Arc<Mutex<Option<CUresult>>>,
+    /// The issuing channel's slot for a collective's error code (0: none).
+    late: Arc<AtomicU32>,
 }
 
 struct Lane {
@@ -268,7 +268,10 @@ impl Worker {
             };
             if let Err(e) = outcome {
                 tracing::debug!(code = e.code(), "a collective failed; its channel reports it");
-                job.late.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                // The first error since the channel's last reply stays, as a latched one does.
+                let _ = job
+                    .late
+                    .compare_exchange(0, e.code(), Ordering::AcqRel, Ordering::Acquire);
             }
         }
         // The session ended or dropped this lane: what the lane made goes, unless a reset took it already.

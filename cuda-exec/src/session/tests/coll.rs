@@ -141,13 +141,7 @@ fn a_one_rank_collective_needs_no_peer() {
 /// A session linked to a registry (for the grants of arriving senders), waiting `wait` for them.
 fn receiving_session(wait: Duration) -> (Arc<crate::registry::Registry>, Arc<Session>) {
     let r = crate::registry::Registry::new();
-    let s = Session::new(Arc::new(EmulatedBackend::new()), Limits::default());
-    let who = crate::registry::Member {
-        session: 5,
-        tenant: "t".into(),
-    };
-    s.attach_registry(crate::registry::connect(&r, who).expect("registry link"));
-    s.allow_peers(Vec::new(), wait);
+    let s = super::peer::session(&r, 5, Vec::new(), wait);
     (r, s)
 }
 
@@ -164,13 +158,6 @@ fn receive_only(dst: u64, stream: StreamId) -> CollRun {
         stream,
         ..all_reduce(0, 0, 2, 0)
     }
-}
-
-fn word(t: &mut vgpu_transports::tcp::TcpTransport) -> u32 {
-    use vgpu_dataplane::Transport;
-    let mut w = [0u8; 4];
-    t.recv_exact(&mut w).expect("a status word");
-    u32::from_le_bytes(w)
 }
 
 #[test]
@@ -213,15 +200,9 @@ fn a_collective_waiting_for_its_peer_holds_its_stream_not_its_channel() {
         r.take_peer_grant(5, &token, Duration::from_secs(10)),
         "the lane asked for rank 1's connection"
     );
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let a = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
-    let (b, _) = l.accept().expect("accept");
-    let mut sender = vgpu_transports::tcp::TcpTransport::from_stream(a).expect("transport");
-    s.deliver_peer(
-        token,
-        Box::new(vgpu_transports::tcp::TcpTransport::from_stream(b).expect("transport")),
-    );
-    assert_eq!(word(&mut sender), 0, "the receiver is ready");
+    let (mut sender, receiver) = super::peer::pair();
+    s.deliver_peer(token, Box::new(receiver));
+    assert_eq!(super::peer::word(&mut sender), 0, "the receiver is ready");
     let sent = pattern(N as usize, 33);
     let header = PeerHeader {
         status: 0,
@@ -231,7 +212,7 @@ fn a_collective_waiting_for_its_peer_holds_its_stream_not_its_channel() {
     sender
         .send(&[header.as_bytes(), &sent, &0u32.to_le_bytes()])
         .expect("send");
-    assert_eq!(word(&mut sender), 0, "acknowledged");
+    assert_eq!(super::peer::word(&mut sender), 0, "acknowledged");
     assert_eq!(c.call(&StreamSynchronize { stream }, &[]).map(|_| ()), Ok(()));
     assert_eq!(c.dtoh(dst, N).expect("read back"), sent);
     assert_eq!(

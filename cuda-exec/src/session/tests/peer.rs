@@ -24,7 +24,7 @@ const N: usize = (9 << 20) + 5;
 const TOKEN: [u8; 16] = [3; 16];
 
 /// A session linked to `registry` that waits `wait` for senders and may send to `peers`.
-fn session(registry: &Arc<Registry>, id: u64, peers: Vec<Endpoint>, wait: Duration) -> Arc<Session> {
+pub(super) fn session(registry: &Arc<Registry>, id: u64, peers: Vec<Endpoint>, wait: Duration) -> Arc<Session> {
     let s = Session::new(Arc::new(EmulatedBackend::new()), Limits::default());
     let who = Member {
         session: id,
@@ -36,7 +36,7 @@ fn session(registry: &Arc<Registry>, id: u64, peers: Vec<Endpoint>, wait: Durati
 }
 
 /// Two ends of a loopback TCP connection, as transports: (the sending server's, the receiving session's).
-fn pair() -> (TcpTransport, TcpTransport) {
+pub(super) fn pair() -> (TcpTransport, TcpTransport) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let a = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
     let (b, _) = l.accept().expect("accept");
@@ -46,7 +46,7 @@ fn pair() -> (TcpTransport, TcpTransport) {
     )
 }
 
-fn word(t: &mut TcpTransport) -> u32 {
+pub(super) fn word(t: &mut TcpTransport) -> u32 {
     let mut w = [0u8; 4];
     t.recv_exact(&mut w).expect("a status word");
     u32::from_le_bytes(w)
