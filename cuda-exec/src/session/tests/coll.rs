@@ -249,3 +249,40 @@ fn a_failed_collective_reports_at_its_streams_synchronize_once() {
     assert_eq!(c.call(&CtxSynchronize {}, &[]).map(|_| ()), Err(CUDA_ERROR_UNKNOWN));
     c.htod(dst, &[7; N as usize]).expect("the channel still works");
 }
+
+#[test]
+fn a_session_gets_at_most_sixteen_lanes_and_the_seventeenth_stream_is_refused() {
+    let s = Session::new(Arc::new(EmulatedBackend::new()), Limits::default());
+    let mut c = Client::connect(&s);
+    let src = c.ok(&MemAlloc { size: N }).dptr.get();
+    let dst = c.ok(&MemAlloc { size: N }).dptr.get();
+    for i in 0..17u64 {
+        let stream = StreamId(0x100 + i);
+        c.post(&StreamCreate {
+            stream,
+            flags: 1,
+            priority: 0,
+        });
+        // A one-rank all-reduce needs no peer, but runs on its stream's lane all the same.
+        let call = CollRun {
+            stream,
+            ..all_reduce(src, dst, 1, 0)
+        };
+        let got = outcome(&mut c, &call, "");
+        if i < 16 {
+            assert_eq!(got, Ok(()), "lane {i}");
+        } else {
+            assert_eq!(
+                got,
+                Err(CUDA_ERROR_OUT_OF_MEMORY),
+                "a seventeenth stream carrying collectives"
+            );
+        }
+    }
+    // The sixteen lanes still serve.
+    let again = CollRun {
+        stream: StreamId(0x100),
+        ..all_reduce(src, dst, 1, 0)
+    };
+    assert_eq!(outcome(&mut c, &again, ""), Ok(()));
+}
