@@ -320,6 +320,21 @@ pub trait Backend: DriverOps + GraphOps + Send + Sync + 'static {
     fn mem_retain_allocation_handle(&self, _addr: DevicePtr) -> CuResult<AllocHandle> {
         Err(CUDA_ERROR_NOT_SUPPORTED)
     }
+    /// Whether this backend can export its device memory for an RDMA device to reach it directly (GPUDirect RDMA,
+    /// `crate::gpudirect`): how, or why not.
+    fn device_memory_export(&self) -> Result<String, String> {
+        Err("this backend cannot export device memory".into())
+    }
+    /// Exports the `len` bytes of device memory at `addr` (a whole allocation the session listed in
+    /// `pinned::DEVICE`) for registration with an RDMA device.
+    fn export_device_memory(&self, _addr: u64, _len: usize) -> CuResult<vgpu_dataplane::pinned::DeviceExport> {
+        Err(CUDA_ERROR_NOT_SUPPORTED)
+    }
+    /// Makes the RDMA device's writes into the current context's memory visible to work queued after this call
+    /// (`cuFlushGPUDirectRDMAWrites`), after bytes were received straight into device memory.
+    fn flush_direct_writes(&self) -> CuResult<()> {
+        Ok(())
+    }
     // Inter-process sharing (the session's IPC registry decides who may open what; these are the driver's own
     // operations). A backend without IPC refuses every call.
     /// `cuIpcGetMemHandle`: the driver's handle for the allocation holding `dptr`.

@@ -5,6 +5,7 @@ pub mod admission;
 pub mod backend;
 pub mod emulated;
 mod emulated_time;
+pub mod gpudirect;
 pub mod graph_ops;
 pub mod handles;
 pub mod host_counter;

@@ -213,6 +213,31 @@ impl<T: Transport> Transport for Guarded<T> {
     fn recv_fd(&mut self, tag: u64) -> Result<std::os::fd::OwnedFd, TransportError> {
         self.timed(|t| t.recv_fd(tag))
     }
+
+    fn moves_device_memory(&self) -> bool {
+        self.inner.moves_device_memory()
+    }
+
+    fn send_device(&mut self, addr: u64, len: usize) -> Result<bool, TransportError> {
+        self.timed(|t| t.send_device(addr, len))
+    }
+
+    fn recv_device(
+        &mut self,
+        addr: u64,
+        len: usize,
+        inline: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<bool, TransportError> {
+        // Device bytes are always a frame's tail: the frame's header was read through `recv_exact`.
+        if self.header_got != 0 || (len as u64) > self.frame_left {
+            return Ok(false);
+        }
+        let received = self.timed(|t| t.recv_device(addr, len, inline))?;
+        if received {
+            self.frame_left -= len as u64;
+        }
+        Ok(received)
+    }
 }
 
 impl<T: Transport> Drop for Guarded<T> {

@@ -44,6 +44,47 @@ pub trait Transport: Send {
             self.kind()
         )))
     }
+    /// Whether this transport may move listed device memory (`pinned::DEVICE`) directly, without host staging
+    /// (GPUDirect RDMA). When false, `send_device` and `recv_device` always answer false.
+    fn moves_device_memory(&self) -> bool {
+        false
+    }
+    /// Sends `len` bytes of listed device memory at `addr` as stream bytes, the peer reading them from the GPU.
+    /// `Ok(false)`: not done this way (nothing was sent); the caller sends them through host memory.
+    fn send_device(&mut self, _addr: u64, _len: usize) -> Result<bool, TransportError> {
+        Ok(false)
+    }
+    /// Receives the next `len` stream bytes straight into listed device memory at `addr`. Bytes that arrive in a
+    /// form the device cannot take directly (small writes into this side's ring) go to `inline(offset, bytes)`,
+    /// which writes them to `addr + offset` itself. `Ok(false)`: not done this way (nothing was received).
+    fn recv_device(
+        &mut self,
+        _addr: u64,
+        _len: usize,
+        _inline: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<bool, TransportError> {
+        Ok(false)
+    }
+}
+
+/// Forwards the device-memory methods of `Transport` to `(**self)` in the two blanket impls below.
+macro_rules! forward_device_methods {
+    () => {
+        fn moves_device_memory(&self) -> bool {
+            (**self).moves_device_memory()
+        }
+        fn send_device(&mut self, addr: u64, len: usize) -> Result<bool, TransportError> {
+            (**self).send_device(addr, len)
+        }
+        fn recv_device(
+            &mut self,
+            addr: u64,
+            len: usize,
+            inline: &mut dyn FnMut(usize, &[u8]),
+        ) -> Result<bool, TransportError> {
+            (**self).recv_device(addr, len, inline)
+        }
+    };
 }
 
 /// A borrowed transport is one too: a wrapper (a striped channel) can sit on a transport its owner keeps.
@@ -63,6 +104,7 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     fn recv_fd(&mut self, tag: u64) -> Result<std::os::fd::OwnedFd, TransportError> {
         (**self).recv_fd(tag)
     }
+    forward_device_methods!();
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -81,6 +123,7 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     fn recv_fd(&mut self, tag: u64) -> Result<std::os::fd::OwnedFd, TransportError> {
         (**self).recv_fd(tag)
     }
+    forward_device_methods!();
 }
 
 /// Where a GPU server listens, as written in `VGPU_SERVER`: `tcp://host:port`, `tls://host:port[#sha256=HEX]`,

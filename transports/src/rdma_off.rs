@@ -39,8 +39,8 @@ pub fn available() -> Result<Vec<String>, String> {
 }
 
 /// No GPUDirect RDMA without RDMA.
-pub fn gpudirect() -> String {
-    format!("GPUDirect RDMA: no ({WHY})")
+pub fn peer_memory() -> String {
+    format!("no RDMA: {WHY}")
 }
 
 /// Refuses: no RDMA in this build.

@@ -16,6 +16,10 @@ pub struct RdmaCounters {
     pub pulled_bounced: u64,
     /// Bytes a sender offered from registered memory for the peer to read in place: no copy there.
     pub offered_in_place: u64,
+    /// GPUDirect RDMA (a server's device memory registered with the NIC): bytes read straight into device memory,
+    /// and bytes of device memory offered for the peer to read, neither staged in host memory.
+    pub device_read_in_place: u64,
+    pub device_offered: u64,
     /// Registrations of listed memory made, refused by the device, and dropped to stay within the bound.
     pub registrations: u64,
     pub registration_failures: u64,
@@ -31,6 +35,8 @@ pub(crate) struct Counters {
     pub(crate) pulled_in_place: AtomicU64,
     pub(crate) pulled_bounced: AtomicU64,
     pub(crate) offered_in_place: AtomicU64,
+    pub(crate) device_read_in_place: AtomicU64,
+    pub(crate) device_offered: AtomicU64,
     pub(crate) registrations: AtomicU64,
     pub(crate) registration_failures: AtomicU64,
     pub(crate) evictions: AtomicU64,
@@ -44,6 +50,8 @@ pub(crate) static COUNTERS: Counters = Counters {
     pulled_in_place: AtomicU64::new(0),
     pulled_bounced: AtomicU64::new(0),
     offered_in_place: AtomicU64::new(0),
+    device_read_in_place: AtomicU64::new(0),
+    device_offered: AtomicU64::new(0),
     registrations: AtomicU64::new(0),
     registration_failures: AtomicU64::new(0),
     evictions: AtomicU64::new(0),
@@ -67,6 +75,8 @@ pub fn counters() -> RdmaCounters {
         pulled_in_place: get(&c.pulled_in_place),
         pulled_bounced: get(&c.pulled_bounced),
         offered_in_place: get(&c.offered_in_place),
+        device_read_in_place: get(&c.device_read_in_place),
+        device_offered: get(&c.device_offered),
         registrations: get(&c.registrations),
         registration_failures: get(&c.registration_failures),
         evictions: get(&c.evictions),

@@ -502,6 +502,104 @@ pub(crate) mod verbs {
         }
     }
 
+    /// A device registration of a listed device range (`vgpu_dataplane::pinned::DEVICE`), from the server backend's
+    /// export: a dma-buf of GPU memory, or (the emulated backend) a file whose mapping holds the bytes. Field order
+    /// matters: the registration is dropped before the mapping.
+    pub(crate) struct DeviceRegistration {
+        mr: Arc<MemoryRegion>,
+        _mapping: Option<SharedMap>,
+        /// The range's device address, and the address work requests name for its first byte.
+        device_addr: usize,
+        base: usize,
+        len: usize,
+    }
+
+    impl DeviceRegistration {
+        /// Registers `len` bytes of listed device memory at `addr` through `export` (which covers them).
+        pub(crate) fn new(
+            pd: &Arc<ProtectionDomain>,
+            export: vgpu_dataplane::pinned::DeviceExport,
+            addr: usize,
+            len: usize,
+            access: AccessFlags,
+        ) -> io::Result<DeviceRegistration> {
+            use std::os::fd::AsRawFd;
+            use vgpu_dataplane::pinned::DeviceExportKind;
+            if export.len < len {
+                return Err(io::Error::other(format!(
+                    "the device memory export covers {} of {len} bytes",
+                    export.len
+                )));
+            }
+            let refused = |e: &dyn std::fmt::Display| {
+                io::Error::other(format!(
+                    "cannot register {len} bytes of device memory with the RDMA device: {e}"
+                ))
+            };
+            match export.kind {
+                DeviceExportKind::DmaBuf => {
+                    // SAFETY: the descriptor is a dma-buf of the GPU allocation listed at `addr` for `export.len`
+                    // bytes from `export.offset` (the exporter's contract). The registration takes its own
+                    // reference to the buffer; the transport uses it only while the range stays listed under the
+                    // same id, and drops it otherwise. The I/O virtual address is the device address, so work
+                    // requests name device memory by its own addresses.
+                    let mr = unsafe {
+                        pd.reg_dmabuf_mr(export.offset, export.len, addr as u64, export.fd.as_raw_fd(), access)
+                    }
+                    .map_err(|e| refused(&e))?;
+                    Ok(DeviceRegistration {
+                        mr,
+                        _mapping: None,
+                        device_addr: addr,
+                        base: addr,
+                        len,
+                    })
+                }
+                DeviceExportKind::HostFile => {
+                    let skip = usize::try_from(export.offset).map_err(|e| refused(&e))?;
+                    let end = skip
+                        .checked_add(export.len)
+                        .ok_or_else(|| refused(&"export range overflows"))?;
+                    let file = std::fs::File::from(export.fd);
+                    if file.metadata()?.len() < end as u64 {
+                        return Err(refused(&"the exported file is shorter than the range"));
+                    }
+                    let map = SharedMap::new(&file, end)?;
+                    let base = map.addr() + skip;
+                    // SAFETY: the mapping is valid for `end` bytes, so for `export.len` bytes from `skip`, and is
+                    // owned by the returned value with the registration, which is dropped first (field order).
+                    let mr = unsafe { pd.reg_mr(base, export.len, access) }.map_err(|e| refused(&e))?;
+                    Ok(DeviceRegistration {
+                        mr,
+                        device_addr: addr,
+                        base,
+                        _mapping: Some(map),
+                        len,
+                    })
+                }
+            }
+        }
+        pub(crate) fn rkey(&self) -> u32 {
+            self.mr.rkey()
+        }
+        /// The device address of the registered range's first byte.
+        pub(crate) fn device_addr(&self) -> usize {
+            self.device_addr
+        }
+    }
+
+    impl LocalMemory for DeviceRegistration {
+        fn lkey(&self) -> u32 {
+            self.mr.lkey()
+        }
+        fn base(&self) -> usize {
+            self.base
+        }
+        fn size(&self) -> usize {
+            self.len
+        }
+    }
+
     /// Posts one signaled RDMA READ of `len` bytes from `remote_addr`/`rkey` in the peer's memory into `dst` at
     /// `off`. The caller waits for its completion (or moves the queue pair to the error state, which flushes it)
     /// before `dst`'s bytes are used or released.

@@ -522,3 +522,130 @@ fn rdma_fetch_and_add_against_write_with_immediate() {
         );
     });
 }
+
+/// Device memory as the emulated backend exports it for GPUDirect RDMA: a shared-memory file, listed in
+/// `pinned::DEVICE` at an address no host pointer has (so nothing but the NIC's registration can reach its bytes),
+/// mapped here only to check them.
+struct FakeDevice {
+    addr: usize,
+    map: memmap2::MmapMut,
+}
+
+/// The fake devices' files by listed address, which the process's exporter (set once) hands out.
+static FAKE_DEVICES: std::sync::Mutex<Vec<(usize, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
+
+impl FakeDevice {
+    fn new(addr: usize, len: usize) -> FakeDevice {
+        use vgpu_dataplane::pinned::{self, DeviceExport, DeviceExportKind};
+        pinned::set_device_exporter(Box::new(|addr, len| {
+            let devices = FAKE_DEVICES.lock().map_err(|e| e.to_string())?;
+            let (_, file) = devices
+                .iter()
+                .find(|(a, _)| *a == addr)
+                .ok_or("no such fake device range")?;
+            Ok(DeviceExport {
+                kind: DeviceExportKind::HostFile,
+                fd: file.try_clone().map_err(|e| e.to_string())?.into(),
+                offset: 0,
+                len,
+            })
+        }));
+        // SAFETY: memfd_create with a static NUL-terminated name; the result is checked.
+        let raw = unsafe { libc::memfd_create(c"fake-device".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(raw >= 0, "memfd_create");
+        // SAFETY: a fresh descriptor nothing else owns.
+        let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        file.set_len(len as u64).expect("size");
+        // SAFETY: the file is ours and keeps its size while mapped.
+        let map = unsafe { memmap2::MmapMut::map_mut(&file) }.expect("map");
+        FAKE_DEVICES.lock().expect("devices").push((addr, file));
+        pinned::DEVICE.add(addr, len).expect("listed");
+        FakeDevice { addr, map }
+    }
+}
+
+impl Drop for FakeDevice {
+    fn drop(&mut self) {
+        vgpu_dataplane::pinned::DEVICE.remove(self.addr);
+        FAKE_DEVICES.lock().expect("devices").retain(|(a, _)| *a != self.addr);
+    }
+}
+
+#[test]
+fn rdma_device_memory_is_read_into_and_offered_in_place() {
+    if rdma_env().is_none() {
+        return skip("rdma_device_memory_is_read_into_and_offered_in_place");
+    }
+    within(180, "GPUDirect path", || {
+        let cfg = RdmaConfig {
+            ring_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let (mut c, mut s) = rdma_pair_raw(&cfg);
+        let mib = 1 << 20;
+        let mut dev = FakeDevice::new(0x7e00_0000_0000, 8 * mib);
+        // Upload: 6 MiB offered from listed host memory, 256 KiB pulled from the client's ring, 100 bytes written
+        // into the server's ring; the first two land in device memory by RDMA READ, the last through `inline`.
+        let (offered, pulled) = (Listed::new(pattern(61, 6 * mib)), pattern(62, 256 << 10));
+        let small = pattern(63, 100);
+        let total = offered.0.len() + pulled.len() + small.len();
+        let (at, len) = (dev.addr as u64 + 4096, total);
+        let server = thread::spawn(move || {
+            let mut inlined = Vec::new();
+            let mut inline = |off: usize, bytes: &[u8]| inlined.push((off, bytes.to_vec()));
+            let direct = s.recv_device(at, len, &mut inline).expect("recv into device");
+            (s, direct, inlined)
+        });
+        c.send(&[&offered.0, &pulled, &small]).expect("send");
+        let (mut s, direct, inlined) = server.join().expect("server");
+        assert!(direct, "listed device memory must be read into directly");
+        let base = 4096;
+        assert!(
+            dev.map[base..base + offered.0.len()] == offered.0[..],
+            "offered bytes differ"
+        );
+        let p = base + offered.0.len();
+        assert!(dev.map[p..p + pulled.len()] == pulled[..], "pulled bytes differ");
+        assert_eq!(
+            inlined,
+            vec![(offered.0.len() + pulled.len(), small.clone())],
+            "written bytes go inline"
+        );
+        let sc = s.channel_counters();
+        assert_eq!(
+            (sc.device_read_in_place, sc.ring_copied_out, sc.pulled_in_place),
+            ((offered.0.len() + pulled.len()) as u64, 100, 0),
+            "server {sc:?}"
+        );
+        // Download: 3 MiB of device memory offered, read by the client into listed memory in place.
+        dev.map[mib..4 * mib].copy_from_slice(&pattern(64, 3 * mib));
+        let client = thread::spawn(move || {
+            let mut got = Listed::new(vec![0u8; 3 * mib]);
+            c.recv_exact(&mut got.0).expect("client recv");
+            (c, got)
+        });
+        assert!(s
+            .send_device(dev.addr as u64 + mib as u64, 3 * mib)
+            .expect("offer device memory"));
+        let (mut c, got) = client.join().expect("client");
+        assert!(got.0 == dev.map[mib..4 * mib], "device bytes read by the client differ");
+        assert_eq!(s.channel_counters().device_offered, 3 * mib as u64);
+        assert_eq!(c.channel_counters().pulled_in_place, 3 * mib as u64);
+        // Not done directly (nothing crosses, the stream stays whole): a part below the offer minimum, memory
+        // outside any listed range, a range crossing the listed end, and a range no longer listed.
+        assert!(!s.send_device(dev.addr as u64, 4096).expect("small"));
+        assert!(!s.send_device(0x7f00_0000_0000, 2 * mib).expect("unlisted"));
+        let mut none = |_: usize, _: &[u8]| panic!("nothing may arrive");
+        assert!(!s
+            .recv_device(dev.addr as u64 + 7 * mib as u64, 2 * mib, &mut none)
+            .expect("crossing"));
+        let addr = dev.addr as u64;
+        drop(dev);
+        assert!(!s.recv_device(addr, mib, &mut none).expect("unlisted now"));
+        c.send(&[b"still in order"]).expect("send");
+        let mut tail = [0u8; 14];
+        s.recv_exact(&mut tail).expect("recv");
+        assert_eq!(&tail, b"still in order");
+        assert!(rdma::counters().device_read_in_place >= total as u64 - 100);
+    });
+}

@@ -485,10 +485,7 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
     }
     // RDMA joins where this host has an active RDMA port (VGPU_BENCH_RDMA_ADDR: where to exchange queue pairs).
     let rdma_addr = match vgpu_transports::rdma::available() {
-        Ok(_) => {
-            eprintln!("vgpu bench: {}", vgpu_transports::rdma::gpudirect());
-            Some(std::env::var("VGPU_BENCH_RDMA_ADDR").unwrap_or_else(|_| "127.0.0.1:0".into()))
-        }
+        Ok(_) => Some(std::env::var("VGPU_BENCH_RDMA_ADDR").unwrap_or_else(|_| "127.0.0.1:0".into())),
         Err(why) => {
             eprintln!("vgpu bench: no RDMA column ({why})");
             None
@@ -496,6 +493,9 @@ pub fn run(quick: bool, json_path: Option<&std::path::Path>, backend: &str, repe
     };
     let extra: Vec<&str> = rdma_addr.iter().flat_map(|a| ["--rdma", a.as_str()]).collect();
     let server = LocalServer::start(backend, &extra)?;
+    for line in server.banner.iter().filter(|l| l.contains("GPUDirect")) {
+        eprintln!("vgpu bench: {}", line.trim_start_matches("vgpu server: "));
+    }
     let tcp_cmd = || through_shim(&exe, Some(&server.tcp));
     let tls_cmd = || through_shim(&exe, Some(&server.tls));
     let shm_cmd = || through_shim(&exe, Some(&server.shm));

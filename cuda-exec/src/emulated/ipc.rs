@@ -157,6 +157,31 @@ impl EmulatedBackend {
         })
     }
 
+    /// GPUDirect RDMA's stand-in: the `len` bytes at `addr` (an allocation, or memory mapped there: the session's
+    /// windows place `cuMemAlloc` memory with VMM), their allocation's or physical memory's bytes moved into a
+    /// shared-memory file (as an IPC export does) that the RDMA device registers through a mapping of its own.
+    pub(super) fn export_for_rdma(&self, addr: u64, len: usize) -> CuResult<vgpu_dataplane::pinned::DeviceExport> {
+        let mut guard = self.state();
+        let st = &mut *guard;
+        let piece = st.piece_at(addr).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if piece.len < len {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let bytes = if piece.in_physical {
+            st.physical.get_mut(&piece.key).map(|p| &mut p.bytes)
+        } else {
+            st.allocations.get_mut(&piece.key)
+        }
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let (_, fd) = share(bytes, &mut st.ipc.next_serial)?;
+        Ok(vgpu_dataplane::pinned::DeviceExport {
+            kind: vgpu_dataplane::pinned::DeviceExportKind::HostFile,
+            fd,
+            offset: piece.offset as u64,
+            len,
+        })
+    }
+
     /// `cuIpcOpenMemHandle`: `flags` 0 or `CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS`.
     pub(super) fn ipc_open_mem(&self, shared: SharedRef<'_>, flags: u32) -> CuResult<u64> {
         self.require_ctx()?;
@@ -421,5 +446,46 @@ mod tests {
         b.mem_unmap(vb, size).expect("unmap");
         b.mem_release(imported).expect("release");
         assert_eq!(b.used(), used, "the importer never counted the exporter's memory");
+    }
+
+    #[test]
+    fn device_memory_is_exported_for_rdma_from_allocations_and_mappings() {
+        let a = with_context();
+        let mib = 1usize << 20;
+        // A plain allocation: the file holds its bytes, and bytes written through the file (as a NIC would) are the
+        // device's.
+        let d = a.mem_alloc(3 * mib as u64).expect("alloc");
+        write(&a, d.0 + 5, b"plain");
+        let e = a.export_device_memory(d.0, 3 * mib).expect("export");
+        assert!(matches!(e.kind, vgpu_dataplane::pinned::DeviceExportKind::HostFile) && e.offset == 0);
+        let region = SharedRegion::map(&e.fd, 3 * mib, 0).expect("map");
+        assert_eq!(&region.as_slice()[5..10], b"plain");
+        let mut region = region;
+        region.as_mut_slice()[100..103].copy_from_slice(b"nic");
+        assert_eq!(read(&a, d.0 + 100, 3), b"nic");
+        // Memory mapped with VMM (as the session's windows place cuMemAlloc memory): the range's offset in the file.
+        let prop = MemAllocProp {
+            alloc_type: 1,
+            location_type: vgpu_dataplane::wire::MEM_LOCATION_DEVICE,
+            ..Default::default()
+        };
+        let h = a.mem_create(4 * mib as u64, &prop, 0).expect("create");
+        let va = a
+            .mem_address_reserve(4 * mib as u64, 0, DevicePtr(0), 0)
+            .expect("reserve");
+        a.mem_map(va, 4 * mib as u64, 0, h, 0).expect("map");
+        write(&a, va.0 + mib as u64 + 7, b"mapped");
+        let e = a
+            .export_device_memory(va.0 + mib as u64, 2 * mib)
+            .expect("export mapped");
+        assert_eq!((e.offset, e.len), (mib as u64, 2 * mib));
+        let region = SharedRegion::map(&e.fd, 4 * mib, 0).expect("map file");
+        assert_eq!(&region.as_slice()[mib + 7..mib + 13], b"mapped");
+        // Past the end of what is there, or nothing there at all.
+        assert_eq!(
+            a.export_device_memory(va.0 + 3 * mib as u64, 2 * mib).err(),
+            Some(CUDA_ERROR_INVALID_VALUE)
+        );
+        assert_eq!(a.export_device_memory(0x10, 4096).err(), Some(CUDA_ERROR_INVALID_VALUE));
     }
 }

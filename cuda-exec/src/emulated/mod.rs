@@ -652,6 +652,16 @@ impl Backend for EmulatedBackend {
     fn mem_alloc_managed(&self, size: u64, _flags: u32) -> CuResult<DevicePtr> {
         self.managed_alloc(size)
     }
+    fn device_memory_export(&self) -> Result<String, String> {
+        Ok(
+            "emulated: device memory exported as shared-memory files the RDMA device registers (a stand-in for \
+            dma-buf, for tests)"
+                .into(),
+        )
+    }
+    fn export_device_memory(&self, addr: u64, len: usize) -> CuResult<vgpu_dataplane::pinned::DeviceExport> {
+        self.export_for_rdma(addr, len)
+    }
     fn ipc_get_mem_handle(&self, dptr: DevicePtr) -> CuResult<Shared> {
         self.ipc_export_mem(dptr.0)
     }

@@ -33,6 +33,73 @@ impl RealBackend {
         })
     }
 
+    /// Whether the driver can export device memory as dma-bufs (every device says
+    /// `CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED`), for GPUDirect RDMA.
+    pub(super) fn dma_buf_support(&self) -> Result<String, String> {
+        let attr = CUdevice_attribute::CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED.0 as usize;
+        let without: Vec<usize> = (0..self.devices.len())
+            .filter(|&i| self.devices[i].attr(attr) != Some(1))
+            .collect();
+        if self.driver.require(&["cuMemGetHandleForAddressRange"]).is_err() {
+            return Err("the driver has no cuMemGetHandleForAddressRange".into());
+        }
+        match without.is_empty() {
+            true => Ok("dma-buf export of device memory (cuMemGetHandleForAddressRange)".into()),
+            false => Err(format!(
+                "no dma-buf support on device(s) {without:?} (open kernel module needed)"
+            )),
+        }
+    }
+
+    /// The allocation's `len` bytes at `addr` as a dma-buf descriptor. `addr` must be page-aligned (an allocation of
+    /// its own, not a slab's share); the length is rounded up to whole pages, which the allocation's granule holds.
+    pub(super) fn export_dma_buf(&self, addr: u64, len: usize) -> CuResult<vgpu_dataplane::pinned::DeviceExport> {
+        const PAGE: usize = 4096;
+        if !addr.is_multiple_of(PAGE as u64) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let len = len.checked_next_multiple_of(PAGE).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let mut fd: c_int = -1;
+        // SAFETY: out-pointer to a local int (the dma-buf handle type writes an int); the range is one allocation
+        // the session listed, checked by the caller.
+        unsafe {
+            self.driver.cuMemGetHandleForAddressRange(
+                (&mut fd as *mut c_int).cast::<c_void>(),
+                addr,
+                len,
+                CUmemRangeHandleType::CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD,
+                0,
+            )
+        }
+        .result()?;
+        if fd < 0 {
+            return Err(CUDA_ERROR_UNKNOWN);
+        }
+        Ok(vgpu_dataplane::pinned::DeviceExport {
+            kind: vgpu_dataplane::pinned::DeviceExportKind::DmaBuf,
+            // SAFETY: the driver returned a fresh descriptor that nothing else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            offset: 0,
+            len,
+        })
+    }
+
+    /// `cuFlushGPUDirectRDMAWrites` for the current context (a driver without it needs no flush: it predates the
+    /// call, CUDA 11.3, and orders such writes itself).
+    pub(super) fn flush_rdma_writes(&self) -> CuResult<()> {
+        if self.driver.require(&["cuFlushGPUDirectRDMAWrites"]).is_err() {
+            return Ok(());
+        }
+        // SAFETY: two enumerators by value; the channel's context is current.
+        unsafe {
+            self.driver.cuFlushGPUDirectRDMAWrites(
+                CUflushGPUDirectRDMAWritesTarget::CU_FLUSH_GPU_DIRECT_RDMA_WRITES_TARGET_CURRENT_CTX,
+                CUflushGPUDirectRDMAWritesScope::CU_FLUSH_GPU_DIRECT_RDMA_WRITES_TO_OWNER,
+            )
+        }
+        .result()
+    }
+
     pub(super) fn ipc_open_mem(&self, shared: SharedRef<'_>, flags: u32) -> CuResult<DevicePtr> {
         let h = CUipcMemHandle {
             reserved: to_reserved(shared.driver),

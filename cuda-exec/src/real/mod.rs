@@ -602,6 +602,15 @@ impl Backend for RealBackend {
         // SAFETY: a reservation of this session (the session checked it, and that it has no mapping left).
         unsafe { self.driver.cuMemAddressFree(ptr.0, size as usize) }.result()
     }
+    fn device_memory_export(&self) -> Result<String, String> {
+        self.dma_buf_support()
+    }
+    fn export_device_memory(&self, addr: u64, len: usize) -> CuResult<vgpu_dataplane::pinned::DeviceExport> {
+        self.export_dma_buf(addr, len)
+    }
+    fn flush_direct_writes(&self) -> CuResult<()> {
+        self.flush_rdma_writes()
+    }
     fn ipc_get_mem_handle(&self, dptr: DevicePtr) -> CuResult<Shared> {
         self.ipc_export_mem(dptr)
     }

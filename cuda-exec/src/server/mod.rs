@@ -462,6 +462,7 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
     if cfg.tcp.is_none() && cfg.tls.is_none() && cfg.shm.is_none() && cfg.rdma.is_none() {
         return Err("nothing to listen on: give --tls, --tcp, --shm and/or --rdma".into());
     }
+    let gpudirect = crate::gpudirect::Setting::from_env()?;
     let (backend, fallback) = open_backend(cfg.backend, cfg.driver.as_deref(), cfg.identity)?;
     let resolved = if backend.kind() == BACKEND_REAL {
         BackendChoice::Real
@@ -486,6 +487,7 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
     }
     let _ = writeln!(out, "vgpu server: clients authenticate with {}", cfg.auth_description);
     let devices = backend.devices().to_vec();
+    let gpudirect_line = crate::gpudirect::decide(&*backend, gpudirect).1;
     drop(backend);
     let sched = match crate::sched::host::SchedShared::create(resolved == BackendChoice::Real, devices.len()) {
         Ok(s) => {
@@ -565,7 +567,7 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
                 let rdma = TcpListener::bind(addr).map_err(|e| format!("cannot listen on rdma://{addr}: {e}"))?;
                 let local = rdma.local_addr().map_err(|e| e.to_string())?;
                 let _ = writeln!(out, "vgpu server: RDMA ports: {}", ports.join("; "));
-                let _ = writeln!(out, "vgpu server: {}", vgpu_transports::rdma::gpudirect());
+                let _ = writeln!(out, "vgpu server: {}", gpudirect_line);
                 let _ = writeln!(
                     out,
                     "vgpu server: note: rdma://{local} is not encrypted (keys and data travel in clear on the fabric)"

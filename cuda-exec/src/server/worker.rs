@@ -47,6 +47,9 @@ pub fn run_worker_from_env() -> Result<(), String> {
         Err(_) => Vec::new(),
     };
     let (backend, _) = open_backend(choice, driver.as_deref(), identity)?;
+    // Called outside the log macro: its arguments are evaluated only when its level is on.
+    let gpudirect = crate::gpudirect::enable(&backend, crate::gpudirect::Setting::from_env()?);
+    tracing::debug!("{gpudirect}");
     if let Some(r) = region {
         backend.share_device_timeline(&r.gpus[0].emulated_busy_until);
     }
@@ -113,6 +116,22 @@ fn report_usage() {
 /// Ends the worker process after a last usage report.
 fn exit_worker(code: i32) -> ! {
     report_usage();
+    let r = vgpu_transports::rdma::counters();
+    if r != Default::default() {
+        // What the operator (and the RDMA tests) read to see how this session's bytes crossed RDMA channels.
+        tracing::info!(
+            "RDMA bytes of this session: read into device memory {}, offered from device memory {}, read into host \
+             memory in place {}, offered from host memory {}, read through the bounce buffer {}, copied into rings {}, \
+             copied out of rings {}",
+            r.device_read_in_place,
+            r.device_offered,
+            r.pulled_in_place,
+            r.offered_in_place,
+            r.pulled_bounced,
+            r.ring_copied_in,
+            r.ring_copied_out
+        );
+    }
     std::process::exit(code)
 }
 

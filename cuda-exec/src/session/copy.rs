@@ -143,6 +143,11 @@ impl Channel {
             self.discard(t, len)?;
             return Ok(Err(e));
         }
+        if let Span::Bytes(at) = dst {
+            if let Some(r) = self.htod_direct(t, at, len, stream)? {
+                return Ok(r);
+            }
+        }
         let mut done = 0usize;
         let mut which = 0;
         let mut error = None;
@@ -169,6 +174,44 @@ impl Channel {
             Some(e) => Err(e),
             None => self.b().stream_synchronize(stream),
         })
+    }
+
+    /// GPUDirect RDMA: receives `len` bytes straight into device memory at `dst` when the transport can reach it
+    /// (`None`: it cannot, nothing was received). As a native synchronous copy, it starts once the stream's earlier
+    /// work is done. Bytes the device cannot take directly go through the first staging buffer.
+    fn htod_direct(
+        &mut self,
+        t: &mut dyn Transport,
+        dst: DevicePtr,
+        len: usize,
+        stream: Stream,
+    ) -> Result<Option<CuResult<()>>, ChannelEnd> {
+        if !direct(t, dst, len) || self.b().stream_synchronize(stream).is_err() {
+            return Ok(None);
+        }
+        let b = self.session.backend.clone();
+        let staging = &self.staging[0];
+        let mut error = None;
+        let mut inline = |off: usize, bytes: &[u8]| {
+            for (i, piece) in bytes.chunks(staging.len).enumerate() {
+                if error.is_some() {
+                    return;
+                }
+                staging.write_at(0, piece);
+                let at = dst.offset((off + i * staging.len) as u64);
+                error = b
+                    .memcpy_htod_async(at, staging, piece.len(), stream)
+                    .and_then(|_| b.stream_synchronize(stream))
+                    .err();
+            }
+        };
+        if !t.recv_device(dst.0, len, &mut inline)? {
+            return Ok(None);
+        }
+        Ok(Some(match error {
+            Some(e) => Err(e),
+            None => self.b().flush_direct_writes(),
+        }))
     }
 
     /// A device-to-host async copy done now (the session's host budget is spent): waits for its stream, then
@@ -211,7 +254,14 @@ impl Channel {
         len: usize,
         stream: Stream,
     ) -> Result<Option<CUresult>, ChannelEnd> {
-        stream_out(&*self.session.backend, &mut self.staging, t, src.into(), len, stream)
+        let src = src.into();
+        if let Span::Bytes(at) = src {
+            // GPUDirect RDMA: the peer reads the device memory itself, once the stream's earlier work is done.
+            if direct(t, at, len) && self.b().stream_synchronize(stream).is_ok() && t.send_device(at.0, len)? {
+                return Ok(None);
+            }
+        }
+        stream_out(&*self.session.backend, &mut self.staging, t, src, len, stream)
     }
 
     /// The device span a 2D copy touches: `height` rows at `pitch`, `width` bytes each.
@@ -659,6 +709,17 @@ impl Serve<MemcpyDtoHRegionAsync> for Channel {
             .map(|_| Empty {}))
     }
 }
+
+/// Whether a copy of `len` bytes at `at` may move between the transport and device memory directly (GPUDirect
+/// RDMA): large enough that registration and the offer's round trip pay, inside one listed allocation.
+fn direct(t: &dyn Transport, at: DevicePtr, len: usize) -> bool {
+    len >= DIRECT_MIN
+        && t.moves_device_memory()
+        && usize::try_from(at.0).is_ok_and(|a| vgpu_dataplane::pinned::DEVICE.find(a, len).is_some())
+}
+
+/// Smallest copy moved directly between an RDMA channel and device memory.
+const DIRECT_MIN: usize = 1 << 20;
 
 /// Sends `len` bytes from `src` chunk by chunk as the copy engine fills the staging buffers (the frame's
 /// header is already out): issue the first chunk, then wait for chunk i, issue chunk i+1 into the other

@@ -103,11 +103,9 @@ impl Session {
     /// and returns its bytes to the limit unless another session still has it open.
     pub(super) fn free_allocation(&self, dptr: DevicePtr) {
         let size = {
-            let mut objs = self.objects();
-            let Some(size) = objs.allocations.remove(&dptr.0) else {
+            let Some(size) = self.objects().remove_allocation(dptr) else {
                 return;
             };
-            objs.ranges.remove(&dptr.0);
             size
         };
         let mut books = self.books();

@@ -366,9 +366,11 @@ impl Session {
     fn forget_reset_context(&self) {
         let mut objs = self.objects();
         if objs.contexts.is_empty() {
-            let gone: Vec<(u64, u64)> = objs.allocations.drain().collect();
-            for (base, size) in gone {
-                objs.ranges.remove(&base);
+            let gone: Vec<u64> = objs.allocations.keys().copied().collect();
+            for base in gone {
+                let size = objs
+                    .remove_allocation(vgpu_dataplane::ids::DevicePtr(base))
+                    .unwrap_or(0);
                 objs.allocated_bytes = objs.allocated_bytes.saturating_sub(size);
             }
             // Window memory is the driver's VMM memory, which outlives contexts: freed here as the reset frees

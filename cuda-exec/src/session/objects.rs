@@ -68,5 +68,19 @@ impl Objects {
     pub fn add_allocation(&mut self, dptr: DevicePtr, size: u64) {
         self.ranges.insert(dptr.0, size);
         self.allocations.insert(dptr.0, size);
+        // A transport that reaches device memory directly (GPUDirect RDMA) registers it by this listing.
+        if let (Ok(addr), Ok(len)) = (usize::try_from(dptr.0), usize::try_from(size)) {
+            vgpu_dataplane::pinned::DEVICE.add(addr, len);
+        }
+    }
+
+    /// Forgets an allocation `add_allocation` recorded (the driver freed it); returns its size if it was one.
+    pub fn remove_allocation(&mut self, dptr: DevicePtr) -> Option<u64> {
+        let size = self.allocations.remove(&dptr.0)?;
+        self.ranges.remove(&dptr.0);
+        if let Ok(addr) = usize::try_from(dptr.0) {
+            vgpu_dataplane::pinned::DEVICE.remove(addr);
+        }
+        Some(size)
     }
 }

@@ -296,6 +296,8 @@ fn device_prop(dev: i32) -> MemAllocProp {
         alloc_type: PINNED,
         location_type: MEM_LOCATION_DEVICE,
         location_id: dev,
+        // Where this process moves device memory to and from RDMA devices directly, its memory must allow it.
+        gpu_direct_rdma: u8::from(vgpu_dataplane::pinned::device_exporter().is_some()),
         ..Default::default()
     }
 }

@@ -32,7 +32,7 @@ macro_rules! count {
 }
 
 /// Smallest part offered in place (below, the ring's copy costs less than the extra round trip).
-const OFFER_MIN: usize = 1 << 20;
+pub(super) const OFFER_MIN: usize = 1 << 20;
 /// One RDMA READ's length at most: reads of a long stretch are pipelined in pieces of this size.
 const READ_PIECE: usize = 1 << 20;
 /// The bounce buffer reads land in when the destination is not registered.
@@ -141,23 +141,29 @@ impl RdmaTransport {
 
     /// Offers `part` (in registered memory with key `rkey`) for the peer to read, and waits until it has.
     fn send_offered(&mut self, part: &[u8], rkey: u32) -> Result<(), TransportError> {
+        self.offer(part.as_ptr() as u64, part.len(), rkey)?;
+        count!(self, offered_in_place, part.len() as u64);
+        Ok(())
+    }
+
+    /// Offers `len` bytes at `addr` (as the peer names them, key `rkey`) for the peer to read, and waits until it
+    /// has.
+    pub(super) fn offer(&mut self, addr: u64, len: usize, rkey: u32) -> Result<(), TransportError> {
         self.post_staged()?;
         let pos = (self.tx_head as usize) & (self.cap - 1);
         if self.cap - pos < OFFER_LEN {
             self.send_positions(self.cap - pos, Announce::Skip(self.cap - pos), None)?;
         }
         let offer = Offer {
-            addr: part.as_ptr() as u64,
+            addr,
             rkey,
-            len: part.len() as u64,
+            len: len as u64,
             done: 0,
         };
         self.send_positions(OFFER_LEN, Announce::Offer, Some(&offer.encode()))?;
         self.offers_sent += 1;
         let target = self.offers_sent;
-        self.block_until(|t| t.offers_done >= target)?;
-        count!(self, offered_in_place, part.len() as u64);
-        Ok(())
+        self.block_until(|t| t.offers_done >= target)
     }
 
     /// The key under which the peer may read `part` in place, when it is offered that way.
@@ -215,8 +221,38 @@ impl RdmaTransport {
         Ok(())
     }
 
+    /// Takes the next `len` stream bytes step by step (`book.step`), each handed to `place` with its offset in the
+    /// `len` bytes, waiting for announcements as needed; finishes offers and returns credits as it goes.
+    pub(super) fn receive(
+        &mut self,
+        len: usize,
+        mut place: impl FnMut(&mut Self, Step, usize) -> Result<(), TransportError>,
+    ) -> Result<(), TransportError> {
+        let mut off = 0;
+        while off < len {
+            if self.book.is_empty() {
+                self.pump()?;
+                if self.book.is_empty() {
+                    self.block_until(|t| !t.book.is_empty())?;
+                }
+            }
+            let Some(step) = self.book.step(len - off) else {
+                continue;
+            };
+            place(self, step, off)?;
+            off += self.book.done(step);
+            if matches!(step, Step::ReadOffer { last: true, .. }) {
+                self.announce(Announce::Done)?;
+            }
+            if self.book.consumed() - self.rx_returned >= self.credit_batch {
+                self.return_credits()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Posts reads of `len` bytes in pieces, as many in flight as the queue pair allows, and waits for all.
-    fn read_pieces(
+    pub(super) fn read_pieces(
         &mut self,
         remote: u64,
         rkey: u32,
@@ -240,10 +276,10 @@ impl RdmaTransport {
 }
 
 /// A registered range's keys and bounds, borrowed for one read.
-struct Target {
-    lkey: u32,
-    base: usize,
-    size: usize,
+pub(super) struct Target {
+    pub(super) lkey: u32,
+    pub(super) base: usize,
+    pub(super) size: usize,
 }
 
 impl LocalMemory for Target {
@@ -274,38 +310,38 @@ impl Transport for RdmaTransport {
 
     fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
         self.check()?;
-        let mut off = 0;
-        while off < buf.len() {
-            if self.book.is_empty() {
-                self.pump()?;
-                if self.book.is_empty() {
-                    self.block_until(|t| !t.book.is_empty())?;
-                }
+        self.receive(buf.len(), |t, step, off| match step {
+            Step::Skip(_) => Ok(()),
+            Step::Copy { pos, len } => {
+                t.rx.map().read(pos, &mut buf[off..off + len]);
+                count!(t, ring_copied_out, len);
+                Ok(())
             }
-            let Some(step) = self.book.step(buf.len() - off) else {
-                continue;
-            };
-            match step {
-                Step::Skip(_) => {}
-                Step::Copy { pos, len } => {
-                    self.rx.map().read(pos, &mut buf[off..off + len]);
-                    count!(self, ring_copied_out, len);
-                }
-                Step::ReadRing { pos, len } => {
-                    let (remote, rkey) = (self.peer_tx + pos as u64, self.peer_tx_rkey);
-                    self.read_remote(remote, rkey, &mut buf[off..off + len])?;
-                }
-                Step::ReadOffer { addr, rkey, len, .. } => self.read_remote(addr, rkey, &mut buf[off..off + len])?,
+            Step::ReadRing { pos, len } => {
+                let (remote, rkey) = (t.peer_tx + pos as u64, t.peer_tx_rkey);
+                t.read_remote(remote, rkey, &mut buf[off..off + len])
             }
-            off += self.book.done(step);
-            if matches!(step, Step::ReadOffer { last: true, .. }) {
-                self.announce(Announce::Done)?;
-            }
-            if self.book.consumed() - self.rx_returned >= self.credit_batch {
-                self.return_credits()?;
-            }
-        }
-        Ok(())
+            Step::ReadOffer { addr, rkey, len, .. } => t.read_remote(addr, rkey, &mut buf[off..off + len]),
+        })
+    }
+
+    fn moves_device_memory(&self) -> bool {
+        self.device_capable()
+    }
+
+    fn send_device(&mut self, addr: u64, len: usize) -> Result<bool, TransportError> {
+        self.check()?;
+        self.offer_device(addr, len)
+    }
+
+    fn recv_device(
+        &mut self,
+        addr: u64,
+        len: usize,
+        inline: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<bool, TransportError> {
+        self.check()?;
+        self.read_into_device(addr, len, inline)
     }
 
     fn kind(&self) -> &'static str {

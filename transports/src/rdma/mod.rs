@@ -40,6 +40,7 @@ use crate::sys::verbs::{self, Registered};
 use crate::{io_to_transport, send_all};
 
 mod book;
+mod device;
 mod flow;
 mod regs;
 mod setup;
@@ -198,21 +199,15 @@ pub fn available() -> Result<Vec<String>, String> {
     Ok(lines)
 }
 
-/// Whether this host could let its RDMA devices reach GPU memory directly (GPUDirect RDMA), as one line for the
-/// server's start-up report. Detection only: vGPU does not register device memory yet (issue 19), so host-device
-/// bytes of `rdma://` channels go through the server's pinned staging either way.
-pub fn gpudirect() -> String {
+/// Whether the kernel's peer-memory module for NVIDIA GPUs (`nvidia-peermem`) is loaded, as words for the
+/// server's GPUDirect line. dma-buf registration (`ibv_reg_dmabuf_mr`) needs no module; this is for the report.
+pub fn peer_memory() -> String {
     let peermem = ["/sys/module/nvidia_peermem", "/sys/kernel/mm/memory_peers/nv_mem"]
         .iter()
         .find(|p| std::path::Path::new(p).exists());
     match peermem {
-        Some(p) => format!(
-            "GPUDirect RDMA: nvidia-peermem is loaded ({p}), but vGPU does not register device memory yet: \
-             copies go through pinned staging"
-        ),
-        None => "GPUDirect RDMA: not detected (nvidia-peermem not loaded; dma-buf registration not tried): \
-                 copies go through pinned staging"
-            .to_string(),
+        Some(p) => format!("nvidia-peermem loaded: {p}"),
+        None => "nvidia-peermem not loaded".to_string(),
     }
 }
 
@@ -255,6 +250,8 @@ pub struct RdmaTransport {
     tx: Registered,
     /// Registrations of listed memory this channel reads into or offers, and the buffer reads land in otherwise.
     regs: RegCache<verbs::ListedRegistration>,
+    /// Registrations of the server's listed device memory (GPUDirect RDMA, `device.rs`).
+    dev_regs: RegCache<verbs::DeviceRegistration>,
     bounce: Option<Registered>,
     pd: Arc<ProtectionDomain>,
     cq: Arc<BasicCompletionQueue>,
@@ -332,6 +329,7 @@ impl RdmaTransport {
             rx: ep.rx,
             tx: ep.tx,
             regs: RegCache::new(config.reg_max_bytes),
+            dev_regs: RegCache::of(&vgpu_dataplane::pinned::DEVICE, config.reg_max_bytes),
             bounce: None,
             pd: ep.pd,
             cq: ep.cq,

@@ -1,11 +1,12 @@
-//! One channel's device registrations of listed host ranges (`vgpu_dataplane::pinned`): made on first use, kept
-//! until the range is unlisted or the byte and count bounds need room (least recently used first), never per copy.
+//! One channel's device registrations of listed ranges (`vgpu_dataplane::pinned`: host memory, or a server's device
+//! memory): made on first use, kept until the range is unlisted or the byte and count bounds need room (least
+//! recently used first), never per copy.
 
 use std::collections::HashMap;
 use std::io;
 use std::time::Instant;
 
-use vgpu_dataplane::pinned;
+use vgpu_dataplane::pinned::{self, Listing};
 
 use crate::rdma_stats::{add, COUNTERS};
 
@@ -27,19 +28,28 @@ pub(super) struct RegCache<R> {
     bytes: usize,
     max_bytes: usize,
     clock: u64,
-    /// `pinned::removals()` when this cache last dropped registrations of unlisted ranges.
+    /// The listing whose ranges this cache registers.
+    listing: &'static Listing,
+    /// `listing.removals()` when this cache last dropped registrations of unlisted ranges.
     swept_at: u64,
 }
 
 impl<R> RegCache<R> {
+    /// A cache of host registrations (`pinned::HOST`).
     pub(super) fn new(max_bytes: usize) -> RegCache<R> {
+        Self::of(&pinned::HOST, max_bytes)
+    }
+
+    /// A cache of registrations of `listing`'s ranges.
+    pub(super) fn of(listing: &'static Listing, max_bytes: usize) -> RegCache<R> {
         RegCache {
+            listing,
             entries: HashMap::new(),
             refused: HashMap::new(),
             bytes: 0,
             max_bytes,
             clock: 0,
-            swept_at: pinned::removals(),
+            swept_at: listing.removals(),
         }
     }
 
@@ -54,8 +64,8 @@ impl<R> RegCache<R> {
         if self.max_bytes == 0 {
             return None;
         }
-        let range = pinned::find(addr, len)?;
-        let removals = pinned::removals();
+        let range = self.listing.find(addr, len)?;
+        let removals = self.listing.removals();
         if removals != self.swept_at {
             self.swept_at = removals;
             self.sweep();
@@ -100,16 +110,17 @@ impl<R> RegCache<R> {
 
     /// Drops the registrations (and refusals) of ranges no longer listed under the same id.
     fn sweep(&mut self) {
+        let listing = self.listing;
         let gone: Vec<u64> = self
             .entries
             .iter()
-            .filter(|(&id, e)| !pinned::is_listed(id, e.addr))
+            .filter(|(&id, e)| !listing.is_listed(id, e.addr))
             .map(|(&id, _)| id)
             .collect();
         for id in gone {
             self.drop_entry(id);
         }
-        self.refused.retain(|&id, &mut addr| pinned::is_listed(id, addr));
+        self.refused.retain(|&id, &mut addr| listing.is_listed(id, addr));
     }
 
     fn drop_entry(&mut self, id: u64) {

@@ -15,6 +15,7 @@ use crate::emulated::EmulatedBackend;
 use crate::session::{Limits, Session};
 
 mod coll;
+mod gpudirect;
 mod graph;
 mod ipc;
 mod limits;
