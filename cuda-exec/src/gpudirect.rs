@@ -37,8 +37,9 @@ impl Setting {
     }
 }
 
-/// Whether `backend`'s device memory is moved directly under `setting`, and the line the server reports.
-pub fn decide(backend: &dyn Backend, setting: Setting) -> (bool, String) {
+/// Whether `backend`'s device memory is moved directly under `setting`, given whether this host has an active RDMA
+/// port (`ports`), and the line the server reports.
+pub fn decide(backend: &dyn Backend, setting: Setting, ports: Result<(), String>) -> (bool, String) {
     let staged = "host-device bytes of rdma:// channels go through pinned staging";
     let host = vgpu_transports::rdma::peer_memory();
     if setting == Setting::Off {
@@ -46,6 +47,10 @@ pub fn decide(backend: &dyn Backend, setting: Setting) -> (bool, String) {
             false,
             format!("GPUDirect RDMA: off (VGPU_GPUDIRECT=off; {host}): {staged}"),
         );
+    }
+    if let Err(why) = ports {
+        // Nothing could reach device memory: the process changes nothing (its VMM memory keeps its usual flags).
+        return (false, format!("GPUDirect RDMA: not used ({why})"));
     }
     match backend.device_memory_export() {
         Err(why) => (
@@ -70,8 +75,8 @@ pub fn decide(backend: &dyn Backend, setting: Setting) -> (bool, String) {
 
 /// Decides for this process and, when on, lets its transports export `backend`'s listed device memory.
 /// Returns the report line.
-pub fn enable(backend: &Arc<dyn Backend>, setting: Setting) -> String {
-    let (on, line) = decide(&**backend, setting);
+pub fn enable(backend: &Arc<dyn Backend>, setting: Setting, ports: Result<(), String>) -> String {
+    let (on, line) = decide(&**backend, setting, ports);
     if on {
         let b = backend.clone();
         pinned::set_device_exporter(Box::new(move |addr, len| {
@@ -80,6 +85,11 @@ pub fn enable(backend: &Arc<dyn Backend>, setting: Setting) -> String {
         }));
     }
     line
+}
+
+/// Whether this host has an active RDMA port.
+pub fn host_ports() -> Result<(), String> {
+    vgpu_transports::rdma::available().map(|_| ())
 }
 
 #[cfg(test)]
@@ -95,11 +105,13 @@ mod tests {
         let e = Setting::parse(Some("yes")).expect_err("refused");
         assert!(e.contains("VGPU_GPUDIRECT=yes"), "{e}");
         let b = EmulatedBackend::new();
-        let (auto, line) = decide(&b, Setting::Auto);
+        let (auto, line) = decide(&b, Setting::Auto, Ok(()));
         assert!(!auto && line.contains("not used on the emulated backend"), "{line}");
-        let (on, line) = decide(&b, Setting::On);
+        let (on, line) = decide(&b, Setting::On, Ok(()));
         assert!(on && line.starts_with("GPUDirect RDMA: on"), "{line}");
-        let (off, line) = decide(&b, Setting::Off);
+        let (off, line) = decide(&b, Setting::Off, Ok(()));
         assert!(!off && line.contains("off"), "{line}");
+        let (no_port, line) = decide(&b, Setting::On, Err("no RDMA devices".into()));
+        assert!(!no_port && line.contains("no RDMA devices"), "{line}");
     }
 }

@@ -487,7 +487,7 @@ pub fn run_server(cfg: ServerConfig) -> Result<(), String> {
     }
     let _ = writeln!(out, "vgpu server: clients authenticate with {}", cfg.auth_description);
     let devices = backend.devices().to_vec();
-    let gpudirect_line = crate::gpudirect::decide(&*backend, gpudirect).1;
+    let gpudirect_line = crate::gpudirect::decide(&*backend, gpudirect, crate::gpudirect::host_ports()).1;
     drop(backend);
     let sched = match crate::sched::host::SchedShared::create(resolved == BackendChoice::Real, devices.len()) {
         Ok(s) => {

@@ -48,7 +48,11 @@ pub fn run_worker_from_env() -> Result<(), String> {
     };
     let (backend, _) = open_backend(choice, driver.as_deref(), identity)?;
     // Called outside the log macro: its arguments are evaluated only when its level is on.
-    let gpudirect = crate::gpudirect::enable(&backend, crate::gpudirect::Setting::from_env()?);
+    let gpudirect = crate::gpudirect::enable(
+        &backend,
+        crate::gpudirect::Setting::from_env()?,
+        crate::gpudirect::host_ports(),
+    );
     tracing::debug!("{gpudirect}");
     if let Some(r) = region {
         backend.share_device_timeline(&r.gpus[0].emulated_busy_until);

@@ -70,7 +70,7 @@ fn synchronous_copies_of_listed_memory_move_directly_and_the_rest_through_stagin
     // their memory at the default addresses.
     let as_dyn: Arc<dyn crate::backend::Backend> = Arc::new(EmulatedBackend::with_identity(9));
     let session = Session::new(as_dyn.clone(), Limits::default());
-    let line = crate::gpudirect::enable(&as_dyn, crate::gpudirect::Setting::On);
+    let line = crate::gpudirect::enable(&as_dyn, crate::gpudirect::Setting::On, Ok(()));
     assert!(line.starts_with("GPUDirect RDMA: on"), "{line}");
     let (sent, received) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -131,9 +131,7 @@ fn synchronous_copies_of_listed_memory_move_directly_and_the_rest_through_stagin
         data[512 << 10..(512 << 10) + 4096]
     );
     // Freed memory is no longer listed: its copies fail as before, none directly.
-    c.ok(&MemFree {
-        dptr: DevicePtr(d),
-    });
+    c.ok(&MemFree { dptr: DevicePtr(d) });
     assert!(
         pinned::DEVICE.find(d as usize, 1).is_none(),
         "a freed allocation is unlisted"
