@@ -272,7 +272,14 @@ impl Channel {
             replied: false,
             keep_latched: false,
         };
+        let started = slow_call_threshold().map(|_| std::time::Instant::now());
         let outcome = <Channel as Serve<C>>::serve(self, call, &mut cx)?;
+        if let (Some(at), Some(limit)) = (started, slow_call_threshold()) {
+            let took = at.elapsed();
+            if took >= limit {
+                tracing::warn!(op = ?C::OP, ms = took.as_millis() as u64, "a call held its channel this long");
+            }
+        }
         if C::SYNC && self.latched.is_none() {
             // A collective that ended in error since the last reply (see `lane.rs`).
             let code = self.late.swap(0, Ordering::AcqRel);
@@ -633,4 +640,14 @@ fn take_printed() -> Vec<u8> {
     crate::sys::flush_stdio();
     crate::sys::read_available(fd, &mut p.1);
     std::mem::take(&mut p.1)
+}
+
+/// `VGPU_SLOW_CALL_MS`: calls that hold their channel at least this long are logged with their name (off when
+/// unset): where a program stalls, or another channel waits for this one's requests.
+fn slow_call_threshold() -> Option<std::time::Duration> {
+    static LIMIT: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let ms = std::env::var("VGPU_SLOW_CALL_MS").ok()?.trim().parse::<u64>().ok()?;
+        Some(std::time::Duration::from_millis(ms))
+    })
 }

@@ -267,7 +267,13 @@ impl Worker {
                 _ => Err(CUDA_ERROR_CONTEXT_IS_DESTROYED),
             };
             if let Err(e) = outcome {
-                tracing::debug!(code = e.code(), "a collective failed; its channel reports it");
+                tracing::warn!(
+                    code = e.code(),
+                    kind = job.call.kind,
+                    seq = job.call.seq,
+                    number = job.number,
+                    "a collective failed on its lane; the issuing channel reports it"
+                );
                 // The first error since the channel's last reply stays, as a latched one does.
                 let _ = job
                     .late
