@@ -6,6 +6,8 @@
 # (VGPU_SLOW_CALL_MS) and each collective failing on a lane. Build as stop 19's gpu-1.sh says; `.device` carried.
 #  1. ddp_two.py natively with gloo (the reference), then through vGPU with NCCL, lanes, then VGPU_COLL_WAIT=channel.
 #  2. ddp_overlap.py with lanes (timeout 45 s), then with VGPU_COLL_WAIT=channel.
+#  Both again with lanes and the GPU scheduler off (VGPU_SCHED=off): its gate waits for batches whose end events sit
+#  on streams held behind a collective, a suspect for the stall.
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PATH=$PWD/.device/bin:$PATH
@@ -43,6 +45,14 @@ two ovl-lanes 45 tests/torch/ddp_overlap.py nccl
 grep -h "^rank" "$OUT/ovl-lanes-0.txt" "$OUT/ovl-lanes-1.txt"
 show lanes
 t "lanes done"
+servers nosched VGPU_SCHED=off
+two ddp-nosched 90 tests/torch/ddp_two.py nccl
+for r in 0 1; do diff -q "$OUT/native-$r.txt" "$OUT/ddp-nosched-$r.txt" >/dev/null && echo "  rank $r matches native gloo" \
+  || { echo "  rank $r differs:"; grep -v "^frame" "$OUT/ddp-nosched-$r.err" | grep -iE "error|what" | head -3; }; done
+two ovl-nosched 45 tests/torch/ddp_overlap.py nccl
+grep -h "^rank" "$OUT/ovl-nosched-0.txt" "$OUT/ovl-nosched-1.txt"
+show nosched
+t "lanes, scheduler off, done"
 servers channel VGPU_COLL_WAIT=channel
 two ddp-channel 90 tests/torch/ddp_two.py nccl
 for r in 0 1; do diff -q "$OUT/native-$r.txt" "$OUT/ddp-channel-$r.txt" >/dev/null && echo "  rank $r matches native gloo" \

@@ -261,6 +261,8 @@ impl DriverOps for EmulatedBackend {
         Ok(())
     }
     fn mem_free(&self, dptr: DevicePtr) -> CuResult<()> {
+        // As the driver's cuMemFree, which waits for the device's work first (implicit synchronization).
+        self.waits.await_context(self.current());
         self.free(dptr.0)
     }
     fn memcpy_dtod_async(&self, dst: DevicePtr, src: DevicePtr, size: u64, stream: Stream) -> CuResult<()> {
@@ -488,6 +490,8 @@ impl Backend for EmulatedBackend {
         Ok(HostBuffer { ptr, len })
     }
     fn host_free(&self, buf: HostBuffer) {
+        // As cuMemFreeHost, which waits for the device's work first (implicit synchronization).
+        self.waits.await_context(self.current());
         self.host_live.fetch_sub(buf.len as u64, Ordering::Relaxed);
         vgpu_dataplane::pinned::remove(buf.ptr as usize);
         self.host_frees.fetch_add(1, Ordering::Relaxed);

@@ -354,3 +354,40 @@ fn a_stream_held_behind_a_counter_holds_what_waits_for_it_and_nothing_else() {
     assert!(started.elapsed() >= Duration::from_millis(40));
     opener.join().expect("opener");
 }
+
+#[test]
+fn frees_wait_for_held_streams_as_the_drivers_implicit_synchronization_does() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let b = Arc::new(EmulatedBackend::new());
+    let ctx = b.primary_ctx_retain(0).expect("context");
+    b.ctx_set_current(ctx).expect("current");
+    let counter = Arc::new(HostCounter::new(b.host_alloc(4096).expect("pinned")).expect("counter"));
+    let held = b.stream_create(1, 0).expect("non-blocking stream");
+    let (dev, pinned) = (b.mem_alloc(64).expect("memory"), b.host_alloc(4096).expect("pinned"));
+    // cuMemFree and cuMemFreeHost wait for the device's work, a held stream's included.
+    for (value, free_device) in [(1, true), (2, false)] {
+        b.stream_wait_counter(held, &counter, value).expect("hold");
+        let opener = {
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                counter.set(value);
+            })
+        };
+        let started = Instant::now();
+        if free_device {
+            b.mem_free(dev).expect("free");
+        } else {
+            b.host_free(HostBuffer {
+                ptr: pinned.ptr,
+                len: pinned.len,
+            });
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(40),
+            "the free waited (device {free_device})"
+        );
+        opener.join().expect("opener");
+    }
+}
