@@ -105,7 +105,12 @@ fn run(desc: *const CollDesc, peer_endpoint: *const c_char) -> CuResult<()> {
         seq2: d.seq2,
         secret: d.secret,
     };
-    client::post_to(route, 0, &call, &tail)?;
+    let flags = if d.flags & vgpu_dataplane::coll::COLL_GROUPED != 0 {
+        vgpu_dataplane::wire::FLAG_COLL_LANE
+    } else {
+        0
+    };
+    client::post_to(route, flags, &call, &tail)?;
     // The other ranks' servers wait for this one: it goes out now, not at the next flush.
     client::flush_all()
 }

@@ -48,8 +48,13 @@ pub struct CollDesc {
     pub secret: [u8; 16],
     /// The device (the app's ordinal) whose server runs this part.
     pub device: i32,
-    pub _pad: u32,
+    /// `COLL_GROUPED` or 0.
+    pub flags: u32,
 }
+
+/// `CollDesc::flags`: issued inside an NCCL group (or a send/receive, always one), so it may have to run beside
+/// other collectives of the same thread, on other streams or devices: the server runs it on its stream's lane.
+pub const COLL_GROUPED: u32 = 1;
 
 /// Element types, numbered as `ncclDataType_t`.
 pub const DTYPE_I8: u32 = 0;

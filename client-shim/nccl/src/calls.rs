@@ -106,6 +106,11 @@ impl Comm {
             }
             d.seq = self.seq.fetch_add(1, Ordering::AcqRel);
         }
+        // Inside a group the thread may issue collectives whose parts wait for each other (one per device, or a
+        // ring's sends and receives on two streams): those run on their streams' lanes at the server.
+        if d.kind == coll::KIND_SEND_RECV || crate::GROUP.with(|g| g.borrow().0 > 0) {
+            d.flags |= coll::COLL_GROUPED;
+        }
         let peer = (d.send_peer != coll::NO_PEER).then(|| self.endpoints[d.send_peer as usize].as_c_str());
         let r = cuda.run(&d, peer);
         if r != 0 {

@@ -131,6 +131,10 @@ fn map_export(shared: &SharedRef<'_>, size: u64, serial: u64) -> CuResult<Bytes>
     Ok(Bytes::Shared { region, fd, serial })
 }
 
+/// How the emulated backend exports device memory for RDMA devices (`Backend::device_memory_export`).
+pub(super) const RDMA_EXPORT: &str =
+    "emulated: device memory exported as shared-memory files the RDMA device registers (a stand-in for dma-buf, for tests)";
+
 impl EmulatedBackend {
     /// `cuIpcGetMemHandle`: the `cuMemAlloc` allocation holding `dptr` (not pool memory, module globals, or
     /// memory opened from another process).

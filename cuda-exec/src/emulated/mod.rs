@@ -657,11 +657,7 @@ impl Backend for EmulatedBackend {
         self.managed_alloc(size)
     }
     fn device_memory_export(&self) -> Result<String, String> {
-        Ok(
-            "emulated: device memory exported as shared-memory files the RDMA device registers (a stand-in for \
-            dma-buf, for tests)"
-                .into(),
-        )
+        Ok(ipc::RDMA_EXPORT.into())
     }
     fn export_device_memory(&self, addr: u64, len: usize) -> CuResult<vgpu_dataplane::pinned::DeviceExport> {
         self.export_for_rdma(addr, len)

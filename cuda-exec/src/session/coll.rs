@@ -29,14 +29,15 @@ pub(super) struct Reduction {
 
 impl Serve<CollRun> for Channel {
     fn serve(&mut self, c: CollRun, cx: &mut Cx<'_>) -> Served<Empty> {
-        // Checked here, run on the stream's lane (`lane.rs`): the channel goes on at once, the app's stream waits
-        // for the collective on the GPU.
+        // Checked here, run on the stream's lane (`lane.rs`): for a collective of an NCCL group the channel goes on
+        // at once, the app's stream waiting for it on the GPU; otherwise the channel waits for it.
+        let on_lane = cx.header.flags & FLAG_COLL_LANE != 0;
         let issued = self
             .plan_collective(&c, cx.per_thread)
             .and_then(|(stream, plan, target)| {
                 let context = self.b().current_context();
                 let session = self.session.clone();
-                super::lane::issue(&session, (context, stream), (c, plan, target), self)
+                super::lane::issue(&session, (context, stream), (c, plan, target), self, on_lane)
             });
         Ok(issued.map(|_| Empty {}))
     }

@@ -61,13 +61,20 @@ struct Lane {
 pub(super) struct Lanes(Mutex<HashMap<(Context, Stream), Lane>>);
 
 /// Queues collective `call` (checked: `plan`, `target`) to the lane of `stream` in `context`, and holds `stream`
-/// behind it. `ch` is the issuing channel (its error slot, and the stream's ready event).
+/// behind it (`on_lane`, the client's `FLAG_COLL_LANE`) or waits for it here (`wait_mode` says which wins).
+/// `ch` is the issuing channel (its error slot, and the stream's ready event).
 pub(super) fn issue(
     session: &Arc<Session>,
     (context, stream): (Context, Stream),
     (call, plan, target): (CollRun, Plan, Option<Endpoint>),
     ch: &Channel,
+    on_lane: bool,
 ) -> CuResult<()> {
+    let channel_waits = match wait_mode() {
+        WaitMode::Channel => true,
+        WaitMode::Lanes => false,
+        WaitMode::Auto => !on_lane,
+    };
     let b = &*session.backend;
     let mut lanes = session.coll_lanes.0.lock().unwrap_or_else(|p| p.into_inner());
     let epoch = session.reset_epoch.load(Ordering::Acquire);
@@ -101,14 +108,14 @@ pub(super) fn issue(
         return Err(CUDA_ERROR_UNKNOWN);
     }
     lane.issued = number;
-    let held = if channel_waits() {
+    let held = if channel_waits {
         Err(CUDA_ERROR_NOT_SUPPORTED)
     } else {
         b.stream_wait_counter(stream, &lane.counter, number)
     };
     if let Err(e) = held {
         // Without a device-side wait the channel waits here, as it did before lanes: slower, still in order.
-        if !channel_waits() {
+        if !channel_waits {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
                 tracing::warn!(
@@ -124,10 +131,32 @@ pub(super) fn issue(
     Ok(())
 }
 
-/// `VGPU_COLL_WAIT=channel`: the channel waits for each collective as it did before lanes (for comparisons).
-fn channel_waits() -> bool {
-    static WAITS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WAITS.get_or_init(|| std::env::var("VGPU_COLL_WAIT").is_ok_and(|v| v.trim() == "channel"))
+/// Where a collective's channel waits: `VGPU_COLL_WAIT` = `channel` (always the channel, as before lanes), `lanes`
+/// (never: the app's stream is held on the GPU), unset or `auto` (lanes for collectives of an NCCL group only).
+///
+/// Why not lanes always: on an H100 and an H200, PyTorch's DDP over two servers stalled with every collective on a
+/// lane (`bench/results/2026-12-07-stop20/`): a stream held on the GPU behind a host counter meets calls that wait for
+/// the device (and the session's request order across channels) in ways not yet understood, while the channel
+/// waiting for a lone collective is what DDP ran correctly with. Groups need lanes: one thread's collectives on two
+/// devices of one server, or a ring's sends and receives on two streams, wait for each other.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WaitMode {
+    Auto,
+    Channel,
+    Lanes,
+}
+
+fn wait_mode() -> WaitMode {
+    static MODE: std::sync::OnceLock<WaitMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("VGPU_COLL_WAIT").as_deref().map(str::trim) {
+        Ok("channel") => WaitMode::Channel,
+        Ok("lanes") => WaitMode::Lanes,
+        Ok("") | Ok("auto") | Err(_) => WaitMode::Auto,
+        Ok(other) => {
+            tracing::warn!("VGPU_COLL_WAIT={other}: use auto, lanes or channel; auto it is");
+            WaitMode::Auto
+        }
+    })
 }
 
 impl Lane {

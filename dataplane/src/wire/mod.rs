@@ -26,6 +26,10 @@ pub use types::*;
 pub const MAX_BODY: usize = 256;
 /// Header flag: the call came through a `_ptds`/`_ptsz` entry point (per-thread default stream semantics).
 pub const FLAG_PER_THREAD: u16 = 1;
+/// Header flag of `CollRun`: run on the stream's lane, the app's stream held on the GPU behind it, the channel going
+/// on (a collective issued inside an NCCL group); without it the channel waits for the collective
+/// (`cuda-exec/src/session/lane.rs`, `VGPU_COLL_WAIT`).
+pub const FLAG_COLL_LANE: u16 = 2;
 
 /// Precedes every request. `len` counts body and tail; `body_len` the fixed body alone.
 #[repr(C)]

@@ -176,7 +176,8 @@ fn a_collective_waiting_for_its_peer_holds_its_stream_not_its_channel() {
         priority: 0,
     });
     let call = receive_only(dst, stream);
-    c.send(&call, &[]);
+    // As the NCCL shim sends a collective issued inside a group.
+    c.send_flagged(&call, &[], FLAG_COLL_LANE);
     // The collective waits for rank 1; its stream is busy, the channel is not.
     assert_eq!(c.err(&StreamQuery { stream }), CUDA_ERROR_NOT_READY);
     let started = std::time::Instant::now();
@@ -220,6 +221,51 @@ fn a_collective_waiting_for_its_peer_holds_its_stream_not_its_channel() {
         sent,
         "the later copy ran after the collective"
     );
+}
+
+#[test]
+fn a_lone_collective_holds_its_channel_until_it_ends() {
+    use vgpu_dataplane::Transport;
+    use zerocopy::IntoBytes;
+    let (r, s) = receiving_session(Duration::from_secs(20));
+    let mut c = Client::connect(&s);
+    let dst = c.ok(&MemAlloc { size: N }).dptr.get();
+    let stream = StreamId(0x100);
+    c.post(&StreamCreate {
+        stream,
+        flags: 1,
+        priority: 0,
+    });
+    // Without FLAG_COLL_LANE (a collective outside any NCCL group) the channel waits for it: the query behind it is
+    // answered once rank 1 (played by this thread) has delivered, and finds the stream idle.
+    let call = receive_only(dst, stream);
+    c.send(&call, &[]);
+    let sent = pattern(N as usize, 44);
+    let rank1 = {
+        let (r, s, sent) = (r.clone(), s.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let token = coll::token(&call.secret, coll::Series::PointToPoint, 1, 0, 0);
+            assert!(r.take_peer_grant(5, &token, Duration::from_secs(10)), "the grant");
+            std::thread::sleep(Duration::from_millis(300));
+            let (mut sender, receiver) = super::peer::pair();
+            s.deliver_peer(token, Box::new(receiver));
+            assert_eq!(super::peer::word(&mut sender), 0, "the receiver is ready");
+            let header = PeerHeader {
+                status: 0,
+                _pad: 0,
+                size: N,
+            };
+            sender
+                .send(&[header.as_bytes(), &sent, &0u32.to_le_bytes()])
+                .expect("send");
+            assert_eq!(super::peer::word(&mut sender), 0, "acknowledged");
+        })
+    };
+    let started = std::time::Instant::now();
+    assert_eq!(c.call(&StreamQuery { stream }, &[]).map(|_| ()), Ok(()), "done when answered");
+    assert!(started.elapsed() >= Duration::from_millis(250), "the channel waited for the collective");
+    rank1.join().expect("rank 1");
+    assert_eq!(c.dtoh(dst, N).expect("read back"), sent);
 }
 
 #[test]

@@ -63,9 +63,14 @@ impl Client {
     }
 
     pub fn send<C: Call>(&mut self, c: &C, tail: &[u8]) {
+        self.send_flagged(c, tail, 0);
+    }
+
+    /// `send` with header flags (`FLAG_PER_THREAD`, `FLAG_COLL_LANE`).
+    pub fn send_flagged<C: Call>(&mut self, c: &C, tail: &[u8], flags: u16) {
         self.seq += 1;
         let mut buf = BytesMut::new();
-        encode_request(&mut buf, self.seq, 0, c, tail);
+        encode_request(&mut buf, self.seq, flags, c, tail);
         self.t.send(&[&buf]).expect("send");
     }
 
