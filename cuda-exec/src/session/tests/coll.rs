@@ -262,8 +262,15 @@ fn a_lone_collective_holds_its_channel_until_it_ends() {
         })
     };
     let started = std::time::Instant::now();
-    assert_eq!(c.call(&StreamQuery { stream }, &[]).map(|_| ()), Ok(()), "done when answered");
-    assert!(started.elapsed() >= Duration::from_millis(250), "the channel waited for the collective");
+    assert_eq!(
+        c.call(&StreamQuery { stream }, &[]).map(|_| ()),
+        Ok(()),
+        "done when answered"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "the channel waited for the collective"
+    );
     rank1.join().expect("rank 1");
     assert_eq!(c.dtoh(dst, N).expect("read back"), sent);
 }
