@@ -75,6 +75,13 @@ pub(super) fn issue(
         WaitMode::Lanes => false,
         WaitMode::Auto => !on_lane,
     };
+    tracing::trace!(
+        kind = call.kind,
+        seq = call.seq,
+        on_lane,
+        channel_waits,
+        "collective issued"
+    );
     let b = &*session.backend;
     let mut lanes = session.coll_lanes.0.lock().unwrap_or_else(|p| p.into_inner());
     let epoch = session.reset_epoch.load(Ordering::Acquire);
