@@ -482,6 +482,7 @@ impl Channel {
         if retired + buf.len <= RETIRED_KEEP_BYTES && self.session.hold_host(buf.len as u64) {
             self.retired.push(buf);
         } else {
+            super::lane::await_idle(&self.session);
             self.b().host_free(buf);
         }
     }
@@ -493,6 +494,9 @@ impl Channel {
 
     /// Frees kept buffers and gives their bytes back to the session's budget.
     fn free_kept_buffers(&mut self, bufs: Vec<HostBuffer>) {
+        if !bufs.is_empty() {
+            super::lane::await_idle(&self.session);
+        }
         for buf in bufs {
             self.session.release_host(buf.len as u64);
             self.b().host_free(buf);

@@ -133,6 +133,9 @@ pub(super) fn issue(
         }
         let counter = lane.counter.clone();
         drop(lanes);
+        // The requests queued behind this one wait their turn however long the other ranks take (a rank late by
+        // seconds), rather than run ahead of it after the order's time limit.
+        let _held = session.order.hold();
         counter.wait_for(number);
     }
     Ok(())
@@ -164,6 +167,32 @@ fn wait_mode() -> WaitMode {
             WaitMode::Auto
         }
     })
+}
+
+thread_local! {
+    /// Set on a lane's thread: what it frees waits for no lane (it would wait for itself).
+    static ON_LANE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Before a call with which the driver waits for the whole device (`cuMemFree`, `cuMemFreeHost`): waits until every
+/// collective queued on the session's lanes has ended. Such a call can block the driver for other threads until the
+/// device is idle, while a stream held behind a lane's counter is idle only once the lane's own driver calls have
+/// run: the leading suspect for DDP stalling with every collective on a lane (bench/NOTES.md §22).
+pub(super) fn await_idle(session: &Session) {
+    if ON_LANE.with(|l| l.get()) {
+        return;
+    }
+    let busy: Vec<(Arc<HostCounter>, u32)> = {
+        let lanes = session.coll_lanes.0.lock().unwrap_or_else(|p| p.into_inner());
+        lanes
+            .values()
+            .filter(|l| !l.counter.reached(l.issued))
+            .map(|l| (l.counter.clone(), l.issued))
+            .collect()
+    };
+    for (counter, issued) in busy {
+        counter.wait_for(issued);
+    }
 }
 
 impl Lane {
@@ -286,6 +315,7 @@ impl Drop for Release<'_> {
 
 impl Worker {
     fn run(self, queue: Receiver<Job>, kit: Kit) {
+        ON_LANE.with(|l| l.set(true));
         let b = &*self.backend;
         let mut kit = Some(kit);
         let entered = b.ctx_set_current(self.context);
