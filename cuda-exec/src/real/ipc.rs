@@ -36,9 +36,13 @@ impl RealBackend {
     /// Whether the driver can export device memory as dma-bufs (every device says
     /// `CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED`), for GPUDirect RDMA.
     pub(super) fn dma_buf_support(&self) -> Result<String, String> {
-        let attr = CUdevice_attribute::CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED.0 as usize;
+        // Window memory (VMM) must be registrable too: the session places cuMemAlloc memory there.
+        let attrs = [
+            CUdevice_attribute::CU_DEVICE_ATTRIBUTE_DMA_BUF_SUPPORTED.0 as usize,
+            CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED.0 as usize,
+        ];
         let without: Vec<usize> = (0..self.devices.len())
-            .filter(|&i| self.devices[i].attr(attr) != Some(1))
+            .filter(|&i| attrs.iter().any(|&a| self.devices[i].attr(a) != Some(1)))
             .collect();
         if self.driver.require(&["cuMemGetHandleForAddressRange"]).is_err() {
             return Err("the driver has no cuMemGetHandleForAddressRange".into());
@@ -46,7 +50,7 @@ impl RealBackend {
         match without.is_empty() {
             true => Ok("dma-buf export of device memory (cuMemGetHandleForAddressRange)".into()),
             false => Err(format!(
-                "no dma-buf support on device(s) {without:?} (open kernel module needed)"
+                "no dma-buf or GPUDirect-with-VMM support on device(s) {without:?} (open kernel module needed)"
             )),
         }
     }

@@ -177,7 +177,8 @@ thread_local! {
 /// Before a call with which the driver waits for the whole device (`cuMemFree`, `cuMemFreeHost`): waits until every
 /// collective queued on the session's lanes has ended. Such a call can block the driver for other threads until the
 /// device is idle, while a stream held behind a lane's counter is idle only once the lane's own driver calls have
-/// run: the leading suspect for DDP stalling with every collective on a lane (bench/NOTES.md §22).
+/// run (bench/NOTES.md §22). At most `IDLE_WAIT` a lane: a grouped collective may wait for a later request of this
+/// very channel (its group's part on another device), which this wait must not block for good.
 pub(super) fn await_idle(session: &Session) {
     if ON_LANE.with(|l| l.get()) {
         return;
@@ -191,9 +192,17 @@ pub(super) fn await_idle(session: &Session) {
             .collect()
     };
     for (counter, issued) in busy {
-        counter.wait_for(issued);
+        if !counter.wait_for_at_most(issued, IDLE_WAIT) {
+            tracing::warn!(
+                "a collective's lane stayed busy {} s; freeing memory anyway",
+                IDLE_WAIT.as_secs()
+            );
+        }
     }
 }
+
+/// How long a free waits for one busy lane (`await_idle`).
+const IDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Lane {
     /// A lane for `context`'s stream: its stream, counter and staging made here, on the channel, before the stream
