@@ -66,8 +66,9 @@ pub fn decide(backend: &dyn Backend, setting: Setting, ports: Result<(), String>
         Ok(how) => (
             true,
             format!(
-                "GPUDirect RDMA: on ({how}; {host}): copies of 1 MiB or more between rdma:// clients and cuMemAlloc \
-                 memory skip host memory where the RDMA device registers it"
+                "GPUDirect RDMA: on ({how}; {host}): synchronous copies between rdma:// clients and cuMemAlloc \
+                 memory (uploads of 1 MiB or more, downloads larger than the ring) skip host memory where the RDMA \
+                 device registers it"
             ),
         ),
     }

@@ -78,24 +78,6 @@ impl HostCounter {
         }
     }
 
-    /// As `wait_for`, for at most `limit`; whether the value was reached.
-    pub fn wait_for_at_most(&self, value: u32, limit: std::time::Duration) -> bool {
-        let until = std::time::Instant::now() + limit;
-        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        while !self.reached(value) {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            guard = self
-                .changed
-                .wait_timeout(guard, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
-    }
-
     /// The buffer, for its owner to free with the backend that allocated it.
     pub fn into_buffer(self) -> HostBuffer {
         self.buffer
@@ -146,22 +128,5 @@ mod tests {
             len: 3,
         };
         assert!(HostCounter::new(buffer).is_none());
-    }
-
-    #[test]
-    fn a_bounded_wait_gives_up_at_its_limit_and_returns_once_reached() {
-        let c = Arc::new(counter());
-        let started = std::time::Instant::now();
-        assert!(!c.wait_for_at_most(1, std::time::Duration::from_millis(50)));
-        assert!(started.elapsed() >= std::time::Duration::from_millis(45));
-        let setter = {
-            let c = c.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                c.set(1);
-            })
-        };
-        assert!(c.wait_for_at_most(1, std::time::Duration::from_secs(5)));
-        setter.join().expect("setter");
     }
 }

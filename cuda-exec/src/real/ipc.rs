@@ -55,14 +55,17 @@ impl RealBackend {
         }
     }
 
-    /// The allocation's `len` bytes at `addr` as a dma-buf descriptor. `addr` must be page-aligned (an allocation of
-    /// its own, not a slab's share); the length is rounded up to whole pages, which the allocation's granule holds.
+    /// The allocation's `len` bytes at `addr` as a dma-buf descriptor: both must be multiples of the host's page size
+    /// (an allocation of its own; a slab's share or an odd length goes through staging rather than exposing its
+    /// neighbours' bytes to the NIC).
     pub(super) fn export_dma_buf(&self, addr: u64, len: usize) -> CuResult<vgpu_dataplane::pinned::DeviceExport> {
-        const PAGE: usize = 4096;
-        if !addr.is_multiple_of(PAGE as u64) {
+        // SAFETY: sysconf only reads a system setting.
+        let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .unwrap_or(4096)
+            .max(1);
+        if !addr.is_multiple_of(page) || !(len as u64).is_multiple_of(page) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let len = len.checked_next_multiple_of(PAGE).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let mut fd: c_int = -1;
         // SAFETY: out-pointer to a local int (the dma-buf handle type writes an int); the range is one allocation
         // the session listed, checked by the caller.

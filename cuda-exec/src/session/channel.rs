@@ -472,6 +472,13 @@ impl Channel {
     /// Keeps a buffer for reuse, within the pool's bounds and the session's host budget (kept buffers are pinned
     /// memory held for the session), or frees it.
     pub fn give_back(&mut self, buf: HostBuffer) {
+        if super::lane::on_lane() {
+            // A lane never frees during a collective: cuMemFreeHost may wait for the device, the app's stream
+            // included, which waits for this very lane. Its buffers go back to its kit, freed when the lane ends.
+            self.session.hold_host_anyway(buf.len as u64);
+            self.pool.push(buf);
+            return;
+        }
         let pooled: usize = self.pool.iter().map(|b| b.len).sum();
         if self.pool.len() < POOL_KEEP && pooled + buf.len <= POOL_KEEP_BYTES && self.session.hold_host(buf.len as u64)
         {
@@ -482,7 +489,6 @@ impl Channel {
         if retired + buf.len <= RETIRED_KEEP_BYTES && self.session.hold_host(buf.len as u64) {
             self.retired.push(buf);
         } else {
-            super::lane::await_idle(&self.session);
             self.b().host_free(buf);
         }
     }
@@ -494,9 +500,6 @@ impl Channel {
 
     /// Frees kept buffers and gives their bytes back to the session's budget.
     fn free_kept_buffers(&mut self, bufs: Vec<HostBuffer>) {
-        if !bufs.is_empty() {
-            super::lane::await_idle(&self.session);
-        }
         for buf in bufs {
             self.session.release_host(buf.len as u64);
             self.b().host_free(buf);

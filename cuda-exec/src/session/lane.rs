@@ -170,39 +170,14 @@ fn wait_mode() -> WaitMode {
 }
 
 thread_local! {
-    /// Set on a lane's thread: what it frees waits for no lane (it would wait for itself).
+    /// Set on a lane's thread (`on_lane`).
     static ON_LANE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Before a call with which the driver waits for the whole device (`cuMemFree`, `cuMemFreeHost`): waits until every
-/// collective queued on the session's lanes has ended. Such a call can block the driver for other threads until the
-/// device is idle, while a stream held behind a lane's counter is idle only once the lane's own driver calls have
-/// run (bench/NOTES.md §22). At most `IDLE_WAIT` a lane: a grouped collective may wait for a later request of this
-/// very channel (its group's part on another device), which this wait must not block for good.
-pub(super) fn await_idle(session: &Session) {
-    if ON_LANE.with(|l| l.get()) {
-        return;
-    }
-    let busy: Vec<(Arc<HostCounter>, u32)> = {
-        let lanes = session.coll_lanes.0.lock().unwrap_or_else(|p| p.into_inner());
-        lanes
-            .values()
-            .filter(|l| !l.counter.reached(l.issued))
-            .map(|l| (l.counter.clone(), l.issued))
-            .collect()
-    };
-    for (counter, issued) in busy {
-        if !counter.wait_for_at_most(issued, IDLE_WAIT) {
-            tracing::warn!(
-                "a collective's lane stayed busy {} s; freeing memory anyway",
-                IDLE_WAIT.as_secs()
-            );
-        }
-    }
+/// Whether this thread is a collective's lane, which must not free memory while it runs (`Channel::give_back`).
+pub(super) fn on_lane() -> bool {
+    ON_LANE.with(|l| l.get())
 }
-
-/// How long a free waits for one busy lane (`await_idle`).
-const IDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Lane {
     /// A lane for `context`'s stream: its stream, counter and staging made here, on the channel, before the stream

@@ -44,7 +44,6 @@ impl Channel {
 
     /// Frees device memory: the window's, or the driver's.
     fn free_memory(&self, dptr: DevicePtr) -> CuResult<()> {
-        super::lane::await_idle(self.s());
         let windowed = self.s().windows().free(self.b(), dptr.0);
         match windowed {
             Some(r) => r,

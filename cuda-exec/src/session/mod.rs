@@ -324,6 +324,11 @@ impl Session {
             .is_ok()
     }
 
+    /// Holds `n` bytes even past the budget: a lane's buffers kept until the lane ends (`Channel::give_back`).
+    fn hold_host_anyway(&self, n: u64) {
+        self.host_held.fetch_add(n, Ordering::AcqRel);
+    }
+
     fn release_host(&self, n: u64) {
         let _ = self
             .host_held

@@ -3,7 +3,8 @@
 //!
 //! Only bytes the receiver *reads* can land in device memory: offered parts and pulled ring stretches (sends of at
 //! least `pull_min`). Smaller sends arrive written into this side's ring and go to the caller's `inline` writer.
-//! Device memory is offered only in parts of at least `OFFER_MIN`; a smaller part goes through host staging as before.
+//! Device memory is offered only in parts larger than the ring (and of at least `OFFER_MIN`), as host memory is; a
+//! smaller part goes through host staging as before.
 
 use vgpu_dataplane::pinned;
 
@@ -39,9 +40,10 @@ impl RdmaTransport {
     }
 
     /// Offers `len` bytes of device memory at `addr` for the peer to read; false when it cannot be (too small, not
-    /// listed, not registrable), nothing sent then.
+    /// listed, not registrable), nothing sent then. As host memory, only a part larger than the ring is offered: it
+    /// waits for the reader, which a part that fits the ring never does.
     pub(super) fn offer_device(&mut self, addr: u64, len: usize) -> Result<bool, TransportError> {
-        if len < OFFER_MIN {
+        if len < OFFER_MIN || len <= self.cap {
             return Ok(false);
         }
         let Some((_, rkey, local, left)) = self.device_registration(addr, len) else {

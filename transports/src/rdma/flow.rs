@@ -297,6 +297,7 @@ impl LocalMemory for Target {
 impl Transport for RdmaTransport {
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
         self.check()?;
+        self.dev_regs.sweep_if_unlisted();
         for part in parts {
             if let Some(rkey) = self.offer_key(part) {
                 self.send_offered(part, rkey)?;
@@ -310,6 +311,7 @@ impl Transport for RdmaTransport {
 
     fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
         self.check()?;
+        self.dev_regs.sweep_if_unlisted();
         self.receive(buf.len(), |t, step, off| match step {
             Step::Skip(_) => Ok(()),
             Step::Copy { pos, len } => {

@@ -108,6 +108,17 @@ impl<R> RegCache<R> {
         }
     }
 
+    /// Drops the registrations of ranges unlisted since the last look (one atomic load when nothing was): called
+    /// at every send and receive, so freed memory does not stay registered (for device memory: pinned by the NIC)
+    /// until the channel's next use of this cache.
+    pub(super) fn sweep_if_unlisted(&mut self) {
+        let removals = self.listing.removals();
+        if removals != self.swept_at {
+            self.swept_at = removals;
+            self.sweep();
+        }
+    }
+
     /// Drops the registrations (and refusals) of ranges no longer listed under the same id.
     fn sweep(&mut self) {
         let listing = self.listing;
