@@ -65,11 +65,7 @@ impl<R> RegCache<R> {
             return None;
         }
         let range = self.listing.find(addr, len)?;
-        let removals = self.listing.removals();
-        if removals != self.swept_at {
-            self.swept_at = removals;
-            self.sweep();
-        }
+        self.sweep_if_unlisted();
         self.clock += 1;
         if self.entries.contains_key(&range.id) {
             let e = self.entries.get_mut(&range.id)?;
@@ -109,8 +105,8 @@ impl<R> RegCache<R> {
     }
 
     /// Drops the registrations of ranges unlisted since the last look (one atomic load when nothing was): called
-    /// at every send and receive, so freed memory does not stay registered (for device memory: pinned by the NIC)
-    /// until the channel's next use of this cache.
+    /// by `get` and at every send and receive, so freed memory does not stay registered (for device memory: pinned
+    /// by the NIC) until the channel's next use of this cache.
     pub(super) fn sweep_if_unlisted(&mut self) {
         let removals = self.listing.removals();
         if removals != self.swept_at {

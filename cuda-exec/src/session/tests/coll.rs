@@ -160,10 +160,33 @@ fn receive_only(dst: u64, stream: StreamId) -> CollRun {
     }
 }
 
-#[test]
-fn a_collective_waiting_for_its_peer_holds_its_stream_not_its_channel() {
+/// Rank 1's server for `call` (a `receive_only` of rank 0), played by the test: once the lane asked for its
+/// connection, it waits `delay`, delivers its connection against the grant and sends `sent`, acknowledged.
+fn play_rank_one(r: &crate::registry::Registry, s: &Arc<Session>, call: &CollRun, sent: &[u8], delay: Duration) {
     use vgpu_dataplane::Transport;
     use zerocopy::IntoBytes;
+    let token = coll::token(&call.secret, coll::Series::PointToPoint, 1, 0, 0);
+    assert!(
+        r.take_peer_grant(5, &token, Duration::from_secs(10)),
+        "the lane asked for rank 1's connection"
+    );
+    std::thread::sleep(delay);
+    let (mut sender, receiver) = super::peer::pair();
+    s.deliver_peer(token, Box::new(receiver));
+    assert_eq!(super::peer::word(&mut sender), 0, "the receiver is ready");
+    let header = PeerHeader {
+        status: 0,
+        _pad: 0,
+        size: sent.len() as u64,
+    };
+    sender
+        .send(&[header.as_bytes(), sent, &0u32.to_le_bytes()])
+        .expect("send");
+    assert_eq!(super::peer::word(&mut sender), 0, "acknowledged");
+}
+
+#[test]
+fn a_collective_waiting_for_its_peer_holds_its_stream_not_its_channel() {
     let (r, s) = receiving_session(Duration::from_secs(20));
     let mut c = Client::connect(&s);
     let dst = c.ok(&MemAlloc { size: N }).dptr.get();
@@ -196,24 +219,8 @@ fn a_collective_waiting_for_its_peer_holds_its_stream_not_its_channel() {
         stream,
     });
     // Rank 1's server, played here: its connection arrives against the grant, with the bytes.
-    let token = coll::token(&call.secret, coll::Series::PointToPoint, 1, 0, 0);
-    assert!(
-        r.take_peer_grant(5, &token, Duration::from_secs(10)),
-        "the lane asked for rank 1's connection"
-    );
-    let (mut sender, receiver) = super::peer::pair();
-    s.deliver_peer(token, Box::new(receiver));
-    assert_eq!(super::peer::word(&mut sender), 0, "the receiver is ready");
     let sent = pattern(N as usize, 33);
-    let header = PeerHeader {
-        status: 0,
-        _pad: 0,
-        size: N,
-    };
-    sender
-        .send(&[header.as_bytes(), &sent, &0u32.to_le_bytes()])
-        .expect("send");
-    assert_eq!(super::peer::word(&mut sender), 0, "acknowledged");
+    play_rank_one(&r, &s, &call, &sent, Duration::ZERO);
     assert_eq!(c.call(&StreamSynchronize { stream }, &[]).map(|_| ()), Ok(()));
     assert_eq!(c.dtoh(dst, N).expect("read back"), sent);
     assert_eq!(
@@ -225,8 +232,6 @@ fn a_collective_waiting_for_its_peer_holds_its_stream_not_its_channel() {
 
 #[test]
 fn a_lone_collective_holds_its_channel_until_it_ends() {
-    use vgpu_dataplane::Transport;
-    use zerocopy::IntoBytes;
     let (r, s) = receiving_session(Duration::from_secs(20));
     let mut c = Client::connect(&s);
     let dst = c.ok(&MemAlloc { size: N }).dptr.get();
@@ -243,23 +248,7 @@ fn a_lone_collective_holds_its_channel_until_it_ends() {
     let sent = pattern(N as usize, 44);
     let rank1 = {
         let (r, s, sent) = (r.clone(), s.clone(), sent.clone());
-        std::thread::spawn(move || {
-            let token = coll::token(&call.secret, coll::Series::PointToPoint, 1, 0, 0);
-            assert!(r.take_peer_grant(5, &token, Duration::from_secs(10)), "the grant");
-            std::thread::sleep(Duration::from_millis(300));
-            let (mut sender, receiver) = super::peer::pair();
-            s.deliver_peer(token, Box::new(receiver));
-            assert_eq!(super::peer::word(&mut sender), 0, "the receiver is ready");
-            let header = PeerHeader {
-                status: 0,
-                _pad: 0,
-                size: N,
-            };
-            sender
-                .send(&[header.as_bytes(), &sent, &0u32.to_le_bytes()])
-                .expect("send");
-            assert_eq!(super::peer::word(&mut sender), 0, "acknowledged");
-        })
+        std::thread::spawn(move || play_rank_one(&r, &s, &call, &sent, Duration::from_millis(300)))
     };
     let started = std::time::Instant::now();
     assert_eq!(
