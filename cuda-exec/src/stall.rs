@@ -184,6 +184,14 @@ impl<T: Transport> Transport for Guarded<T> {
         self.timed(|t| t.send(parts))
     }
 
+    fn send_stable(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        self.timed(|t| t.send_stable(parts))
+    }
+
+    fn send_awaited(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        self.timed(|t| t.send_awaited(parts))
+    }
+
     fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
         let mut done = 0;
         while done < buf.len() {

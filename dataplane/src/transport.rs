@@ -27,6 +27,21 @@ pub trait Transport: Send {
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError>;
     /// Receives exactly `buf.len()` bytes.
     fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError>;
+    /// Sends all parts in order, the caller promising that every part in page-locked memory listed in
+    /// `pinned::HOST` stays mapped and unchanged until the peer has received it (a synchronous call's tail, whose
+    /// reply comes after the peer read it; an asynchronous copy from an app's pinned buffer, which CUDA forbids
+    /// changing before the copy ran). A transport may then let the peer read such parts in place after this
+    /// returns (RDMA: offered, not waited for). Anything else goes as `send` sends it.
+    fn send_stable(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        self.send(parts)
+    }
+    /// Sends all parts in order while the peer is waiting to receive them (a synchronous copy's data): a
+    /// transport may make this wait until the peer has read listed parts in place rather than copy them (RDMA:
+    /// offered from the pull size up, the send returning once they were read). The caller may change the parts
+    /// once it returns, as after `send`.
+    fn send_awaited(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        self.send(parts)
+    }
     /// Short name used in logs and bench tables ("tcp", "shm", "rdma").
     fn kind(&self) -> &'static str;
     /// Hands a file descriptor to the peer, tagged so the peer can match it with the message it belongs to.
@@ -67,9 +82,16 @@ pub trait Transport: Send {
     }
 }
 
-/// Forwards the device-memory methods of `Transport` to `(**self)` in the two blanket impls below.
-macro_rules! forward_device_methods {
+/// Forwards the provided methods of `Transport` (in-place sends, device memory) to `(**self)` in the two blanket
+/// impls below.
+macro_rules! forward_provided_methods {
     () => {
+        fn send_stable(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+            (**self).send_stable(parts)
+        }
+        fn send_awaited(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+            (**self).send_awaited(parts)
+        }
         fn moves_device_memory(&self) -> bool {
             (**self).moves_device_memory()
         }
@@ -104,7 +126,7 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     fn recv_fd(&mut self, tag: u64) -> Result<std::os::fd::OwnedFd, TransportError> {
         (**self).recv_fd(tag)
     }
-    forward_device_methods!();
+    forward_provided_methods!();
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -123,7 +145,7 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     fn recv_fd(&mut self, tag: u64) -> Result<std::os::fd::OwnedFd, TransportError> {
         (**self).recv_fd(tag)
     }
-    forward_device_methods!();
+    forward_provided_methods!();
 }
 
 /// Where a GPU server listens, as written in `VGPU_SERVER`: `tcp://host:port`, `tls://host:port[#sha256=HEX]`,

@@ -109,13 +109,17 @@ fi
 # Bulk bytes read in place (issue 19): `__copy-data` copies 16 MiB pageable and pinned each way, checked byte for
 # byte; the client's counters must show the pinned upload offered in place (no ring copy on the client) and the
 # downloads read with RDMA READ (into the pinned buffer in place, into pageable memory through the bounce buffer).
+# Then 16 MiB asynchronously from pinned memory in 1 MiB pieces and a last piece whose buffer is freed before the
+# wait: those and the synchronous pinned upload are offered without waiting (at least 32 MiB).
 out=$(env VGPU_LOG=warn "$VGPU" run --server rdma://10.77.0.2:7071 -- "$VGPU" __copy-data --kind periodic --mib 16 2>&1)
 echo "$out"
 counter() { echo "$out" | sed -n "s/^$1 \([0-9]*\)$/\1/p" | tail -1; }
 mib16=$((16 << 20))
 if echo "$out" | grep -q "16 MiB pinned: .*(verified)" && [ "$(counter rdma_offered_in_place)" -ge $mib16 ] \
-  && [ "$(counter rdma_pulled_in_place)" -ge $mib16 ] && [ "$(counter rdma_pulled_bounced)" -ge $mib16 ]; then
-  ok "copies over rdma read in place (offered $(counter rdma_offered_in_place), read in place $(counter rdma_pulled_in_place))"
+  && [ "$(counter rdma_pulled_in_place)" -ge $mib16 ] && [ "$(counter rdma_pulled_bounced)" -ge $mib16 ] \
+  && echo "$out" | grep -q "16 MiB pinned async in 1024 KiB pieces: .*(verified" \
+  && [ "$(counter rdma_offered_unwaited)" -ge $((2 * mib16)) ]; then
+  ok "copies over rdma read in place (offered $(counter rdma_offered_in_place), of which unwaited $(counter rdma_offered_unwaited), read in place $(counter rdma_pulled_in_place))"
 else
   bad "copies over rdma read in place"
 fi

@@ -16,6 +16,8 @@ pub struct RdmaCounters {
     pub pulled_bounced: u64,
     /// Bytes a sender offered from registered memory for the peer to read in place: no copy there.
     pub offered_in_place: u64,
+    /// Of those, bytes offered without waiting for the peer's read (the caller keeps them unchanged until then).
+    pub offered_unwaited: u64,
     /// GPUDirect RDMA (a server's device memory registered with the NIC): bytes read straight into device memory,
     /// and bytes of device memory offered for the peer to read, neither staged in host memory.
     pub device_read_in_place: u64,
@@ -35,6 +37,7 @@ pub(crate) struct Counters {
     pub(crate) pulled_in_place: AtomicU64,
     pub(crate) pulled_bounced: AtomicU64,
     pub(crate) offered_in_place: AtomicU64,
+    pub(crate) offered_unwaited: AtomicU64,
     pub(crate) device_read_in_place: AtomicU64,
     pub(crate) device_offered: AtomicU64,
     pub(crate) registrations: AtomicU64,
@@ -50,6 +53,7 @@ pub(crate) static COUNTERS: Counters = Counters {
     pulled_in_place: AtomicU64::new(0),
     pulled_bounced: AtomicU64::new(0),
     offered_in_place: AtomicU64::new(0),
+    offered_unwaited: AtomicU64::new(0),
     device_read_in_place: AtomicU64::new(0),
     device_offered: AtomicU64::new(0),
     registrations: AtomicU64::new(0),
@@ -75,6 +79,7 @@ pub fn counters() -> RdmaCounters {
         pulled_in_place: get(&c.pulled_in_place),
         pulled_bounced: get(&c.pulled_bounced),
         offered_in_place: get(&c.offered_in_place),
+        offered_unwaited: get(&c.offered_unwaited),
         device_read_in_place: get(&c.device_read_in_place),
         device_offered: get(&c.device_offered),
         registrations: get(&c.registrations),

@@ -390,6 +390,86 @@ fn rdma_offered_and_pulled_bytes_are_read_in_place() {
 }
 
 #[test]
+fn rdma_stable_sends_are_read_in_place_unwaited_and_awaited_ones_in_place_waited() {
+    if rdma_env().is_none() {
+        return skip("rdma_stable_sends_are_read_in_place_unwaited_and_awaited_ones_in_place_waited");
+    }
+    within(180, "stable and awaited sends", || {
+        let cfg = RdmaConfig {
+            ring_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let (mut c, mut s) = rdma_pair_raw(&cfg);
+        // An async copy from pinned memory (`send_stable`): 256 KiB, smaller than the ring, offered in place and not
+        // waited for: the send returns before the server reads anything (it waits for `go`; a send that waited for
+        // its read would hang here).
+        let len = 256 << 10;
+        let src = Listed::new(pattern(61, len));
+        let (go, wait_go) = mpsc::channel::<()>();
+        let server = thread::spawn(move || {
+            wait_go.recv().expect("go");
+            let mut dst = Listed::new(vec![0u8; len]);
+            s.recv_exact(&mut dst.0).expect("server recv");
+            let mut tail = [0u8; 10];
+            s.recv_exact(&mut tail).expect("server recv tail");
+            (s, dst)
+        });
+        c.send_stable(&[&src.0]).expect("stable send");
+        let cc = c.channel_counters();
+        assert_eq!(
+            (cc.offered_in_place, cc.offered_unwaited, cc.ring_copied_in),
+            (len as u64, len as u64, 0),
+            "client {cc:?}"
+        );
+        // The app frees its buffer before the copy ran (the memory stays mapped here): the registration must
+        // outlive the unlisting until the server has read the offer, though the next send sweeps unlisted ranges.
+        vgpu_dataplane::pinned::remove(src.0.as_ptr() as usize);
+        c.send(&[&[7u8; 10]]).expect("a send that sweeps");
+        go.send(()).expect("go");
+        let (mut s, dst) = server.join().expect("server");
+        assert!(dst.0 == src.0, "the offered bytes differ");
+        assert_eq!(s.channel_counters().pulled_in_place, len as u64);
+        drop(src);
+        // A synchronous copy's reply (`send_awaited`): the client is receiving, so 128 KiB of listed staging is
+        // offered and read in place, the send returning once read; a plain send of the same goes through the ring.
+        let staging = Listed::new(pattern(62, 128 << 10));
+        let back = staging.0.clone();
+        let client = thread::spawn(move || {
+            let mut got = Listed::new(vec![0u8; 2 * back.len()]);
+            c.recv_exact(&mut got.0).expect("client recv");
+            assert!(
+                got.0[..back.len()] == back[..] && got.0[back.len()..] == back[..],
+                "bytes back differ"
+            );
+            c
+        });
+        s.send_awaited(&[&staging.0]).expect("awaited send");
+        let sc = s.channel_counters();
+        assert_eq!(
+            (sc.offered_in_place, sc.offered_unwaited, sc.ring_copied_in),
+            (128 << 10, 0, 0),
+            "{sc:?}"
+        );
+        s.send(&[&staging.0]).expect("plain send");
+        let mut c = client.join().expect("client");
+        assert_eq!(s.channel_counters().ring_copied_in, 128 << 10);
+        assert_eq!(c.channel_counters().pulled_in_place, 256 << 10);
+        // A channel closed right after a stable send waits for the peer's read: the copy is not lost.
+        let last = Listed::new(pattern(63, len));
+        let expect = last.0.clone();
+        let reader = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(300));
+            let mut got = vec![0u8; len];
+            s.recv_exact(&mut got).expect("read after the sender closed");
+            assert!(got == expect, "the last copy differs");
+        });
+        c.send_stable(&[&last.0]).expect("stable send");
+        drop(c);
+        reader.join().expect("reader");
+    });
+}
+
+#[test]
 fn rdma_written_pulled_and_offered_parts_interleave_across_ring_ends() {
     if rdma_env().is_none() {
         return skip("rdma_written_pulled_and_offered_parts_interleave_across_ring_ends");

@@ -272,16 +272,15 @@ pub(crate) fn htod_async(flags: u16, dst: u64, src: *const c_void, n: usize, str
         }
     }
     let data = ffi::bytes(src as *const u8, n)?;
-    client::post_to(
-        route,
-        flags,
-        &MemcpyHtoDAsync {
-            dst: DevicePtr(dst),
-            size: n as u64,
-            stream,
-        },
-        data,
-    )
+    let call = MemcpyHtoDAsync {
+        dst: DevicePtr(dst),
+        size: n as u64,
+        stream,
+    };
+    if vgpu_dataplane::pinned::find(src as usize, n).is_some() {
+        return client::post_pinned_to(route, flags, &call, data);
+    }
+    client::post_to(route, flags, &call, data)
 }
 
 pub(crate) fn dtoh_async(flags: u16, dst: *mut c_void, src: u64, n: usize, stream: CUstream) -> CuResult<()> {

@@ -7,6 +7,8 @@ pub(super) fn lock(ch: &Mutex<Channel>) -> MutexGuard<'_, Channel> {
     ch.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Asynchronous tails from this length up go out on their own, straight from where they are, not through the batch.
+const BULK_TAIL: usize = 256 * 1024;
 /// Largest reply tail a synchronous call accepts (the function table of the largest library images stays far
 /// below it), and the first piece one is received in (memory grows with the bytes that arrived, doubling).
 const MAX_REPLY_TAIL: usize = 256 << 20;
@@ -163,7 +165,57 @@ impl Channel {
 
     /// Queues an asynchronous call; its error, if any, latches on the server.
     pub fn post<C: AsyncCall>(&mut self, srv: &Server, flags: u16, call: &C, tail: &[u8]) -> CuResult<()> {
+        self.post_kept(srv, flags, call, tail, false)
+    }
+
+    /// `post`, for a tail in the app's page-locked memory (an asynchronous copy's source, which CUDA forbids
+    /// changing before the copy ran): a bulk one may be read by the transport after this returns.
+    pub fn post_pinned<C: AsyncCall>(&mut self, srv: &Server, flags: u16, call: &C, tail: &[u8]) -> CuResult<()> {
+        self.post_kept(srv, flags, call, tail, true)
+    }
+
+    fn post_kept<C: AsyncCall>(
+        &mut self,
+        srv: &Server,
+        flags: u16,
+        call: &C,
+        tail: &[u8],
+        stable: bool,
+    ) -> CuResult<()> {
+        if tail.len() >= BULK_TAIL {
+            return self.post_bulk(srv, flags, call, tail, stable);
+        }
         self.post_with(srv, flags, call, tail.len(), |buf| buf.put_slice(tail), srv.batch_limit)
+    }
+
+    /// Sends an asynchronous call with a bulk tail straight from the caller's memory (no copy into a buffer of
+    /// ours: the transport takes the bytes from where they are). `stable`: see `post_pinned`.
+    fn post_bulk<C: AsyncCall>(
+        &mut self,
+        srv: &Server,
+        flags: u16,
+        call: &C,
+        tail: &[u8],
+        stable: bool,
+    ) -> CuResult<()> {
+        if self.broken {
+            return Err(LOST);
+        }
+        self.stripe_if_bulk(srv, tail.len());
+        stats::add(stats::ASYNC_CALLS, 1);
+        let seq = self.next_seq(srv);
+        let header = request_header::<C>(seq, flags, tail.len());
+        self.flush()?;
+        flush_other_channels(self.server);
+        count_sent(header.as_bytes().len() + call.as_bytes().len() + tail.len());
+        stats::add(stats::BATCH_FLUSHES, 1);
+        let parts = [header.as_bytes(), call.as_bytes(), tail];
+        let sent = if stable {
+            self.transport.send_stable(&parts)
+        } else {
+            self.transport.send(&parts)
+        };
+        sent.map_err(|e| self.fail(&e))
     }
 
     /// Sends an asynchronous call at once (not batched).
@@ -184,25 +236,16 @@ impl Channel {
         if self.broken {
             return Err(LOST);
         }
-        if tail_len >= 256 * 1024 {
-            self.stripe_if_bulk(srv, tail_len);
+        if tail_len >= BULK_TAIL {
+            // Large tails written in place (not a slice of the caller's) go out directly rather than through the
+            // batch.
+            let mut tail = BytesMut::with_capacity(tail_len);
+            write_tail(&mut tail);
+            return self.post_bulk(srv, flags, call, &tail, false);
         }
         stats::add(stats::ASYNC_CALLS, 1);
         let seq = self.next_seq(srv);
         let header = request_header::<C>(seq, flags, tail_len);
-        if tail_len >= 256 * 1024 {
-            // Large tails (async host-to-device data) go out directly rather than through the batch.
-            let mut tail = BytesMut::with_capacity(tail_len);
-            write_tail(&mut tail);
-            self.flush()?;
-            flush_other_channels(self.server);
-            count_sent(header.as_bytes().len() + call.as_bytes().len() + tail.len());
-            stats::add(stats::BATCH_FLUSHES, 1);
-            return self
-                .transport
-                .send(&[header.as_bytes(), call.as_bytes(), &tail])
-                .map_err(|e| self.fail(&e));
-        }
         let was_empty = self.batch.is_empty();
         self.batch.put_slice(header.as_bytes());
         self.batch.put_slice(call.as_bytes());
@@ -280,14 +323,16 @@ impl Channel {
         stats::note_sync(C::OP);
         let seq = self.next_seq(srv);
         let header = request_header::<C>(seq, flags, tail.len());
+        // The reply comes after the server read the whole request: the tail (an app's buffer, say) is stable until
+        // then, so a transport may read it in place.
         let r = if self.batch.is_empty() {
             count_sent(header.as_bytes().len() + call.as_bytes().len() + tail.len());
-            self.transport.send(&[header.as_bytes(), call.as_bytes(), tail])
+            self.transport.send_stable(&[header.as_bytes(), call.as_bytes(), tail])
         } else {
             count_sent(self.batch.len() + header.as_bytes().len() + call.as_bytes().len() + tail.len());
             let r = self
                 .transport
-                .send(&[&self.batch, header.as_bytes(), call.as_bytes(), tail]);
+                .send_stable(&[&self.batch, header.as_bytes(), call.as_bytes(), tail]);
             self.batch.clear();
             r
         };

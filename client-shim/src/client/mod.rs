@@ -617,6 +617,12 @@ pub fn post_to<C: AsyncCall>(route: Route, flags: u16, c: &C, tail: &[u8]) -> Cu
     with_route(route, |ch, srv| ch.post(srv, flags, c, tail))
 }
 
+/// Sends an asynchronous copy's data from the app's page-locked memory to the server `route` names, the transport
+/// free to read it after this returns (CUDA forbids changing it before the copy ran).
+pub fn post_pinned_to<C: AsyncCall>(route: Route, flags: u16, c: &C, pinned: &[u8]) -> CuResult<()> {
+    with_route(route, |ch, srv| ch.post_pinned(srv, flags, c, pinned))
+}
+
 /// Sends an asynchronous call at once (not batched): for handle bindings other threads may use next.
 pub fn post_now<C: AsyncCall>(flags: u16, c: &C, tail: &[u8]) -> CuResult<()> {
     post_now_to(Route::Current, flags, c, tail)

@@ -30,7 +30,7 @@ pub const STRIPED_CHANNELS: usize = 6;
 const OWN: usize = 7;
 
 /// Names by index (the order of `vgpu_stat`).
-pub const NAMES: [&CStr; 12] = [
+pub const NAMES: [&CStr; 13] = [
     c"round_trips",
     c"batch_flushes",
     c"async_calls",
@@ -44,6 +44,7 @@ pub const NAMES: [&CStr; 12] = [
     c"rdma_pulled_in_place",
     c"rdma_pulled_bounced",
     c"rdma_offered_in_place",
+    c"rdma_offered_unwaited",
 ];
 static COUNTERS: [AtomicU64; OWN] = [const { AtomicU64::new(0) }; OWN];
 /// Synchronous requests by call: which calls a program's round trips are.
@@ -71,6 +72,7 @@ pub fn get(index: usize) -> Option<u64> {
         r.pulled_in_place,
         r.pulled_bounced,
         r.offered_in_place,
+        r.offered_unwaited,
     ]
     .get(index - OWN)
     .copied()
@@ -123,12 +125,22 @@ impl Drop for ReplyWait {
 /// A channel's transport, counting the bytes that cross it (for the process, and in `.1` for the channel).
 pub struct Counted(pub Box<dyn Transport>, pub u64);
 
-impl Transport for Counted {
-    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+impl Counted {
+    fn count_sent(&mut self, parts: &[&[u8]]) {
         let n = parts.iter().map(|p| p.len() as u64).sum();
         add(BYTES_SENT, n);
         self.1 += n;
+    }
+}
+
+impl Transport for Counted {
+    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        self.count_sent(parts);
         self.0.send(parts)
+    }
+    fn send_stable(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        self.count_sent(parts);
+        self.0.send_stable(parts)
     }
     fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
         add(BYTES_RECEIVED, buf.len() as u64);

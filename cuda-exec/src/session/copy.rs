@@ -242,17 +242,19 @@ impl Channel {
             len: len as u64,
         };
         t.send(&[header.as_bytes(), push.as_bytes()])?;
-        let error = self.stream_to_client(t, src, len, stream)?;
+        let error = self.stream_to_client(t, src, len, stream, false)?;
         Ok(error.map_or(Ok(()), Err))
     }
 
-    /// Sends `len` bytes from `src` through the channel's staging buffers (`stream_out`).
+    /// Sends `len` bytes from `src` through the channel's staging buffers (`stream_out`; `awaited`: the client is
+    /// waiting for them now).
     pub(super) fn stream_to_client(
         &mut self,
         t: &mut dyn Transport,
         src: impl Into<Span>,
         len: usize,
         stream: Stream,
+        awaited: bool,
     ) -> Result<Option<CUresult>, ChannelEnd> {
         let src = src.into();
         if let Span::Bytes(at) = src {
@@ -261,7 +263,7 @@ impl Channel {
                 return Ok(None);
             }
         }
-        stream_out(&*self.session.backend, &mut self.staging, t, src, len, stream)
+        stream_out(&*self.session.backend, &mut self.staging, t, src, len, stream, awaited)
     }
 
     /// The device span a 2D copy touches: `height` rows at `pitch`, `width` bytes each.
@@ -435,7 +437,7 @@ impl Serve<MemcpyDtoH> for Channel {
         };
         cx.t.send(&[header.as_bytes()])?;
         cx.replied = true;
-        let error = self.stream_to_client(cx.t, c.src, len, stream)?;
+        let error = self.stream_to_client(cx.t, c.src, len, stream, true)?;
         let status = error.or(latched).unwrap_or(CUDA_SUCCESS);
         cx.t.send(&[&status.code().to_le_bytes()])?;
         Ok(Ok(Empty {}))
@@ -724,7 +726,8 @@ const DIRECT_MIN: usize = 1 << 20;
 /// Sends `len` bytes from `src` chunk by chunk as the copy engine fills the staging buffers (the frame's
 /// header is already out): issue the first chunk, then wait for chunk i, issue chunk i+1 into the other
 /// buffer, send chunk i. A failed copy sends zeros for the rest, keeping the frame whole; its error is
-/// returned for the status the caller reports.
+/// returned for the status the caller reports. `awaited`: the peer is receiving these bytes now (a synchronous
+/// copy), so the transport may have it read each chunk in place before the chunk's buffer is filled again.
 pub(super) fn stream_out(
     b: &dyn Backend,
     staging: &mut [HostBuffer],
@@ -732,6 +735,7 @@ pub(super) fn stream_out(
     src: Span,
     len: usize,
     stream: Stream,
+    awaited: bool,
 ) -> Result<Option<CUresult>, ChannelEnd> {
     let mut error: Option<CUresult> = None;
     let mut offset = 0usize;
@@ -753,7 +757,12 @@ pub(super) fn stream_out(
         if error.is_some() {
             staging[which].as_mut_slice()[..n].fill(0);
         }
-        t.send(&[&staging[which].as_slice()[..n]])?;
+        let chunk = &staging[which].as_slice()[..n];
+        if awaited {
+            t.send_awaited(&[chunk])?;
+        } else {
+            t.send(&[chunk])?;
+        }
         offset = next;
         which ^= 1;
     }

@@ -417,7 +417,7 @@ impl SendHalf<'_> {
         let Ok((stream, len)) = prepared else { return Ok(()) };
         self.session.count_moved(size);
         let b = &*self.session.backend;
-        let error = super::copy::stream_out(b, self.staging, peer, src, len, stream).map_err(peer_end)?;
+        let error = super::copy::stream_out(b, self.staging, peer, src, len, stream, true).map_err(peer_end)?;
         send_u32(peer, error.map_or(0, |e| e.code()))?;
         recv_u32(peer).map(|_| ())
     }

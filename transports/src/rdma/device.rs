@@ -52,7 +52,7 @@ impl RdmaTransport {
         if left < len {
             return Ok(false);
         }
-        self.offer(local as u64, len, rkey)?;
+        self.offer(local as u64, len, rkey, true)?;
         self.moved.device_offered += len as u64;
         add(&COUNTERS.device_offered, len as u64);
         Ok(true)

@@ -8,11 +8,14 @@
 //!   immediate says "the next n positions are in my ring"; the receiver reads them with RDMA READ straight into its
 //!   destination when that is registered (no copy on its side), else into a bounce buffer. Credits return the
 //!   positions once read. The sender's semantics do not change: a send that fits the ring never waits for the peer.
-//! - *Offered in place* (a part larger than the ring whose memory is listed in `vgpu_dataplane::pinned`, i.e. an
-//!   app's pinned buffer or a server's staging): a 24-byte offer (address, length, key) goes through the ring and
-//!   the receiver reads the bytes from where they are, then answers DONE; the send returns at DONE. Such a send
-//!   waited for the receiver before too (it could not fit the ring), so no new wait between the two ends appears.
-//!   A 1 GiB copy from pinned memory into a server's staging is then read by the NIC with no CPU copy on either side.
+//! - *Offered in place* (a part whose memory is listed in `vgpu_dataplane::pinned`, i.e. an app's pinned buffer or
+//!   a server's staging): a 24-byte offer (address, length, key) goes through the ring and the receiver reads the
+//!   bytes from where they are, then answers DONE. Which parts, and whether the send waits for DONE, depends on
+//!   what the caller promised (`Keep`): a plain `send` offers only parts larger than the ring and returns at DONE
+//!   (such a send waited for the receiver before too: it could not fit the ring); `send_awaited` (the peer is
+//!   receiving now) offers parts from the pull size up and returns at DONE; `send_stable` (the parts stay unchanged
+//!   until the peer has them) offers them from the pull size up and returns at once, the registration kept until
+//!   DONE. A copy from pinned memory into a server's staging is then read by the NIC with no CPU copy on either side.
 //!
 //! Immediates (32 bits): bit 31 set: credit (`mod.rs`); bits 31 and 30 clear: n bytes written; bit 30 set: a
 //! control word, kind in bits 29..27, count in bits 26..0 (pulled positions, skipped positions before an offer that
@@ -64,6 +67,7 @@ impl RdmaTransport {
                     return Err(protocol("the peer finished an offer this side never made"));
                 }
                 self.offers_done += 1;
+                self.regs.taken(self.offers_done);
             }
         }
         Ok(())
@@ -139,16 +143,22 @@ impl RdmaTransport {
         Ok(())
     }
 
-    /// Offers `part` (in registered memory with key `rkey`) for the peer to read, and waits until it has.
-    fn send_offered(&mut self, part: &[u8], rkey: u32) -> Result<(), TransportError> {
-        self.offer(part.as_ptr() as u64, part.len(), rkey)?;
+    /// Offers `part` (in registered memory with key `rkey`) for the peer to read, waiting until it has unless the
+    /// caller keeps it unchanged until then (`Keep::UntilTaken`: the registration is lent until that offer is done).
+    fn send_offered(&mut self, part: &[u8], rkey: u32, keep: Keep) -> Result<(), TransportError> {
+        let wait = keep != Keep::UntilTaken;
+        self.offer(part.as_ptr() as u64, part.len(), rkey, wait)?;
+        if !wait {
+            self.regs.lend(part.as_ptr() as usize, part.len(), self.offers_sent);
+            count!(self, offered_unwaited, part.len() as u64);
+        }
         count!(self, offered_in_place, part.len() as u64);
         Ok(())
     }
 
-    /// Offers `len` bytes at `addr` (as the peer names them, key `rkey`) for the peer to read, and waits until it
-    /// has.
-    pub(super) fn offer(&mut self, addr: u64, len: usize, rkey: u32) -> Result<(), TransportError> {
+    /// Offers `len` bytes at `addr` (as the peer names them, key `rkey`) for the peer to read, and with `wait`
+    /// waits until it has.
+    pub(super) fn offer(&mut self, addr: u64, len: usize, rkey: u32, wait: bool) -> Result<(), TransportError> {
         self.post_staged()?;
         let pos = (self.tx_head as usize) & (self.cap - 1);
         if self.cap - pos < OFFER_LEN {
@@ -163,12 +173,20 @@ impl RdmaTransport {
         self.send_positions(OFFER_LEN, Announce::Offer, Some(&offer.encode()))?;
         self.offers_sent += 1;
         let target = self.offers_sent;
+        if !wait {
+            return Ok(());
+        }
         self.block_until(|t| t.offers_done >= target)
     }
 
-    /// The key under which the peer may read `part` in place, when it is offered that way.
-    fn offer_key(&mut self, part: &[u8]) -> Option<u32> {
-        if self.pull_min == 0 || part.len() <= self.cap || part.len() < OFFER_MIN {
+    /// The key under which the peer may read `part` in place, when it is offered that way (what the caller
+    /// promised about the part decides from which length).
+    fn offer_key(&mut self, part: &[u8], keep: Keep) -> Option<u32> {
+        let big_enough = match keep {
+            Keep::Nothing => part.len() > self.cap && part.len() >= OFFER_MIN,
+            Keep::PeerReading | Keep::UntilTaken => part.len() >= self.pull_min,
+        };
+        if self.pull_min == 0 || !big_enough {
             return None;
         }
         let pd = self.pd.clone();
@@ -294,19 +312,45 @@ impl LocalMemory for Target {
     }
 }
 
-impl Transport for RdmaTransport {
-    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+/// What the caller of a send promised about its parts, which decides what is offered in place and whether the send
+/// waits for the peer's reads (see the module's top).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Keep {
+    /// `send`: the caller may change the parts once it returns.
+    Nothing,
+    /// `send_awaited`: as `Nothing`, but the peer is receiving them now, so waiting for its reads costs nothing.
+    PeerReading,
+    /// `send_stable`: listed parts stay unchanged until the peer has read them.
+    UntilTaken,
+}
+
+impl RdmaTransport {
+    fn send_kept(&mut self, parts: &[&[u8]], keep: Keep) -> Result<(), TransportError> {
         self.check()?;
         self.dev_regs.sweep_if_unlisted();
         for part in parts {
-            if let Some(rkey) = self.offer_key(part) {
-                self.send_offered(part, rkey)?;
+            if let Some(rkey) = self.offer_key(part, keep) {
+                self.send_offered(part, rkey, keep)?;
                 continue;
             }
             let pulled = self.pull_min > 0 && part.len() >= self.pull_min;
             self.send_through_ring(part, pulled)?;
         }
         self.post_staged()
+    }
+}
+
+impl Transport for RdmaTransport {
+    fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        self.send_kept(parts, Keep::Nothing)
+    }
+
+    fn send_stable(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        self.send_kept(parts, Keep::UntilTaken)
+    }
+
+    fn send_awaited(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
+        self.send_kept(parts, Keep::PeerReading)
     }
 
     fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {

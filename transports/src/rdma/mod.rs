@@ -83,6 +83,10 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long dropping an end waits for its last writes to be acknowledged before tearing the queue pair down.
 const DRAIN_ON_DROP: Duration = Duration::from_secs(1);
+/// How long a closing channel waits for the peer to finish reading offers it did not wait for (`send_stable`):
+/// the copies they carry fail if the queue pair goes first. The peer reads them in stream order, after the requests
+/// before them, so this bounds how long those may still take.
+const LENT_ON_DROP: Duration = Duration::from_secs(30);
 
 /// Immediate value of a credit message (low 31 bits: bytes returned); any other immediate is a data byte count.
 const IMM_CREDIT: u32 = 1 << 31;
@@ -602,6 +606,21 @@ impl RdmaTransport {
 
 impl Drop for RdmaTransport {
     fn drop(&mut self) {
+        if self.broken.is_none() && self.offers_done < self.offers_sent {
+            let until = Instant::now() + LENT_ON_DROP;
+            while self.offers_done < self.offers_sent && Instant::now() < until {
+                if self.pump().is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            if self.offers_done < self.offers_sent {
+                tracing::warn!(
+                    "RDMA channel closed with {} offers the peer had not read: the copies they carry fail",
+                    self.offers_sent - self.offers_done
+                );
+            }
+        }
         // Let the last writes reach the peer (a server's final reply, say) before the queue pair goes away.
         if self.broken.is_none() && self.send_outstanding > 0 {
             let until = Instant::now() + DRAIN_ON_DROP;

@@ -1,6 +1,7 @@
 //! One channel's device registrations of listed ranges (`vgpu_dataplane::pinned`: host memory, or a server's device
 //! memory): made on first use, kept until the range is unlisted or the byte and count bounds need room (least
-//! recently used first), never per copy.
+//! recently used first), never per copy. A registration the peer may still read (an offer it has not finished) is
+//! retired rather than dropped, and goes once the channel learns the offer was read (`taken`).
 
 use std::collections::HashMap;
 use std::io;
@@ -18,6 +19,8 @@ struct Entry<R> {
     addr: usize,
     len: usize,
     last_use: u64,
+    /// The number of the last offer not waited for that the peer reads from this range (0: none).
+    lent_until: u64,
 }
 
 /// Registrations by the id of the listed range they cover.
@@ -32,6 +35,10 @@ pub(super) struct RegCache<R> {
     listing: &'static Listing,
     /// `listing.removals()` when this cache last dropped registrations of unlisted ranges.
     swept_at: u64,
+    /// Registrations out of `entries` that offers up to the number beside them still use (their bytes still
+    /// counted), and the number of offers the peer has finished so far.
+    retired: Vec<(u64, R, usize)>,
+    taken: u64,
 }
 
 impl<R> RegCache<R> {
@@ -50,6 +57,8 @@ impl<R> RegCache<R> {
             max_bytes,
             clock: 0,
             swept_at: listing.removals(),
+            retired: Vec::new(),
+            taken: 0,
         }
     }
 
@@ -92,6 +101,7 @@ impl<R> RegCache<R> {
                     addr: range.addr,
                     len: range.len,
                     last_use: self.clock,
+                    lent_until: 0,
                 };
                 Some(&self.entries.entry(range.id).or_insert(entry).reg)
             }
@@ -130,13 +140,45 @@ impl<R> RegCache<R> {
         self.refused.retain(|&id, &mut addr| listing.is_listed(id, addr));
     }
 
+    /// Marks the registration covering `len` bytes at `addr` as read by the peer until offer number `offer` is
+    /// finished: it is not deregistered before (an evicted or unlisted one waits in `retired`).
+    pub(super) fn lend(&mut self, addr: usize, len: usize, offer: u64) {
+        if let Some(e) = self.listing.find(addr, len).and_then(|r| self.entries.get_mut(&r.id)) {
+            e.lent_until = offer;
+        }
+    }
+
+    /// The peer has finished offers up to number `done`: retired registrations they used are dropped now.
+    pub(super) fn taken(&mut self, done: u64) {
+        self.taken = done;
+        if self.retired.iter().any(|(until, ..)| *until <= done) {
+            let mut freed = 0;
+            self.retired.retain(|(until, _, len)| {
+                let keep = *until > done;
+                if !keep {
+                    freed += len;
+                }
+                keep
+            });
+            self.release(freed);
+        }
+    }
+
     fn drop_entry(&mut self, id: u64) {
         if let Some(e) = self.entries.remove(&id) {
-            self.bytes -= e.len;
-            COUNTERS
-                .registered_bytes
-                .fetch_sub(e.len as u64, std::sync::atomic::Ordering::Relaxed);
+            if e.lent_until > self.taken {
+                self.retired.push((e.lent_until, e.reg, e.len));
+            } else {
+                self.release(e.len);
+            }
         }
+    }
+
+    fn release(&mut self, len: usize) {
+        self.bytes -= len;
+        COUNTERS
+            .registered_bytes
+            .fetch_sub(len as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Registered bytes now.
@@ -231,6 +273,39 @@ mod tests {
         for i in [0, 2, 4, 6, 16, 32] {
             pinned::remove(base + i * mb);
         }
+    }
+
+    #[test]
+    fn a_lent_registration_outlives_its_range_until_the_peer_took_the_offer() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        struct Reg(Arc<AtomicUsize>);
+        impl Drop for Reg {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let (a, b) = (BAND + 0x3000_0000, BAND + 0x3010_0000);
+        pinned::add(a, 4096).expect("listed");
+        pinned::add(b, 8192).expect("listed");
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut cache = RegCache::new(1 << 20);
+        assert!(cache.get(a, 10, |_, _| Ok(Reg(drops.clone()))).is_some());
+        assert!(cache.get(b, 10, |_, _| Ok(Reg(drops.clone()))).is_some());
+        cache.lend(a + 100, 10, 3);
+        cache.taken(2);
+        pinned::remove(a);
+        pinned::remove(b);
+        cache.sweep_if_unlisted();
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            1,
+            "b (never lent) goes at once; a waits for offer 3"
+        );
+        assert_eq!(cache.bytes(), 4096, "a's bytes stay counted while the peer may read it");
+        cache.taken(3);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.bytes(), 0);
     }
 
     #[test]
