@@ -350,7 +350,7 @@ impl Channel {
             }
             return Ok(());
         }
-        self.deliver_pending(t)?;
+        self.deliver_pending(t, true)?;
         let (mut result, body) = match &r {
             Ok(reply) => (CUDA_SUCCESS, reply.as_bytes()),
             Err(code) => (*code, &[][..]),
@@ -371,8 +371,9 @@ impl Channel {
     }
 
     /// Sends the bytes of every finished device-to-host async copy, so they land before this reply returns;
-    /// first, whatever the driver printed (device-side `printf`, emitted at synchronizing calls).
-    pub fn deliver_pending(&mut self, t: &mut dyn Transport) -> Result<(), ChannelEnd> {
+    /// first, whatever the driver printed (device-side `printf`, emitted at synchronizing calls). `awaited`: the
+    /// client is waiting for a reply, so it reads them now (a transport may have it read them in place).
+    pub fn deliver_pending(&mut self, t: &mut dyn Transport, awaited: bool) -> Result<(), ChannelEnd> {
         let printed = take_printed();
         if !printed.is_empty() {
             let header = ReplyHeader {
@@ -398,7 +399,8 @@ impl Channel {
                         kind: REPLY_KIND_PUSH,
                         seq: 0,
                     };
-                    let sent = t.send(&[header.as_bytes(), push.as_bytes(), &p.buf.as_slice()[..p.len]]);
+                    let parts = [header.as_bytes(), push.as_bytes(), &p.buf.as_slice()[..p.len]];
+                    let sent = super::copy::send_maybe_awaited(t, &parts, awaited);
                     let _ = self.b().event_destroy(p.event);
                     self.session.release_host(p.len as u64);
                     self.give_back(p.buf);
@@ -593,7 +595,7 @@ impl Channel {
         for p in &self.pending {
             let _ = self.b().event_synchronize(p.event);
         }
-        self.deliver_pending(t)
+        self.deliver_pending(t, false)
     }
 
     /// Returns buffers to the backend when the channel ends (the worker's exit frees the rest).

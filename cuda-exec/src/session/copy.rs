@@ -427,7 +427,7 @@ impl Serve<MemcpyDtoH> for Channel {
             ));
         }
         self.s().count_moved(c.size);
-        self.deliver_pending(cx.t)?;
+        self.deliver_pending(cx.t, true)?;
         let latched = self.latched.take();
         let header = ReplyHeader {
             len: (len + 4) as u32,
@@ -720,6 +720,19 @@ fn direct(t: &dyn Transport, at: DevicePtr, len: usize) -> bool {
         && usize::try_from(at.0).is_ok_and(|a| vgpu_dataplane::pinned::DEVICE.find(a, len).is_some())
 }
 
+/// `send_awaited` where the peer is receiving these bytes now, else `send`.
+pub(super) fn send_maybe_awaited(
+    t: &mut dyn Transport,
+    parts: &[&[u8]],
+    awaited: bool,
+) -> Result<(), vgpu_dataplane::transport::TransportError> {
+    if awaited {
+        t.send_awaited(parts)
+    } else {
+        t.send(parts)
+    }
+}
+
 /// Smallest copy moved directly between an RDMA channel and device memory.
 const DIRECT_MIN: usize = 1 << 20;
 
@@ -757,12 +770,7 @@ pub(super) fn stream_out(
         if error.is_some() {
             staging[which].as_mut_slice()[..n].fill(0);
         }
-        let chunk = &staging[which].as_slice()[..n];
-        if awaited {
-            t.send_awaited(&[chunk])?;
-        } else {
-            t.send(&[chunk])?;
-        }
+        send_maybe_awaited(t, &[&staging[which].as_slice()[..n]], awaited)?;
         offset = next;
         which ^= 1;
     }
