@@ -192,6 +192,10 @@ impl<T: Transport> Transport for Guarded<T> {
         self.timed(|t| t.send_awaited(parts))
     }
 
+    fn stable_in_place_min(&self) -> Option<usize> {
+        self.inner.stable_in_place_min()
+    }
+
     fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
         let mut done = 0;
         while done < buf.len() {

@@ -35,6 +35,12 @@ pub trait Transport: Send {
     fn send_stable(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
         self.send(parts)
     }
+    /// The length from which a `send_stable` part in listed memory is read by the peer in place rather than copied
+    /// (`None`: never, the transport always copies). Lets a caller send such parts on their own instead of batching
+    /// them with other bytes (which would copy them).
+    fn stable_in_place_min(&self) -> Option<usize> {
+        None
+    }
     /// Sends all parts in order while the peer is waiting to receive them (a synchronous copy's data): a
     /// transport may make this wait until the peer has read listed parts in place rather than copy them (RDMA:
     /// offered from the pull size up, the send returning once they were read). The caller may change the parts
@@ -91,6 +97,9 @@ macro_rules! forward_provided_methods {
         }
         fn send_awaited(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
             (**self).send_awaited(parts)
+        }
+        fn stable_in_place_min(&self) -> Option<usize> {
+            (**self).stable_in_place_min()
         }
         fn moves_device_memory(&self) -> bool {
             (**self).moves_device_memory()

@@ -13,11 +13,13 @@ use std::time::Instant;
 use crate::cuda::Cuda;
 
 /// Asynchronous uploads from page-locked memory in pieces of up to 1 MiB (over RDMA each is offered in place and not
-/// waited for), the last from a buffer freed before anything waited for the copies (`cuMemFreeHost` waits for them,
-/// as the driver's does): every byte read back must be the one the buffer held at its call.
+/// waited for), the last (an eighth of a piece: 128 KiB, below the shim's batching bound) from a buffer freed
+/// before anything waited for the copies (`cuMemFreeHost` waits for them, as the driver's does): every byte read
+/// back must be the one the buffer held at its call.
 fn pinned_async(cuda: &Cuda, kind: &str, src: &[u8], dev: u64) -> Result<(), String> {
     let n = src.len();
-    let piece = (1usize << 20).min(n / 4).max(1);
+    let piece = (1usize << 20).min(n / 4).max(8);
+    let small = piece / 8;
     let null = std::ptr::null_mut();
     let mut back = vec![0u8; n];
     // SAFETY: two page-locked buffers of `n` and `piece` bytes from cuMemAllocHost, viewed as slices only until
@@ -42,16 +44,16 @@ fn pinned_async(cuda: &Cuda, kind: &str, src: &[u8], dev: u64) -> Result<(), Str
         let secs = t.elapsed().as_secs_f64();
         cuda.check("cuMemFreeHost", cuda.cuMemFreeHost(pinned))?;
         synced?;
-        cuda.check("cuMemAllocHost", cuda.cuMemAllocHost_v2(&mut last, piece))?;
-        std::slice::from_raw_parts_mut(last as *mut u8, piece).fill(0x5a);
-        cuda.check("cuMemcpyHtoDAsync", cuda.cuMemcpyHtoDAsync_v2(dev, last, piece, null))?;
+        cuda.check("cuMemAllocHost", cuda.cuMemAllocHost_v2(&mut last, small))?;
+        std::slice::from_raw_parts_mut(last as *mut u8, small).fill(0x5a);
+        cuda.check("cuMemcpyHtoDAsync", cuda.cuMemcpyHtoDAsync_v2(dev, last, small, null))?;
         cuda.check("cuMemFreeHost", cuda.cuMemFreeHost(last))?;
         cuda.check("cuStreamSynchronize", cuda.cuStreamSynchronize(null))?;
         cuda.check(
             "cuMemcpyDtoH",
             cuda.cuMemcpyDtoH_v2(back.as_mut_ptr() as *mut c_void, dev, n),
         )?;
-        if back[..piece].iter().any(|&b| b != 0x5a) || back[piece..] != src[piece..] {
+        if back[..small].iter().any(|&b| b != 0x5a) || back[small..] != src[small..] {
             return Err(format!(
                 "{kind}: an asynchronous upload from page-locked memory carried other bytes"
             ));

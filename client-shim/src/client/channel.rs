@@ -182,7 +182,13 @@ impl Channel {
         tail: &[u8],
         stable: bool,
     ) -> CuResult<()> {
-        if tail.len() >= BULK_TAIL {
+        // A pinned tail the transport reads in place goes on its own: batching it would copy it.
+        let in_place = stable
+            && self
+                .transport
+                .stable_in_place_min()
+                .is_some_and(|min| tail.len() >= min);
+        if tail.len() >= BULK_TAIL || in_place {
             return self.post_bulk(srv, flags, call, tail, stable);
         }
         self.post_with(srv, flags, call, tail.len(), |buf| buf.put_slice(tail), srv.batch_limit)

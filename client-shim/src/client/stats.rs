@@ -142,6 +142,9 @@ impl Transport for Counted {
         self.count_sent(parts);
         self.0.send_stable(parts)
     }
+    fn stable_in_place_min(&self) -> Option<usize> {
+        self.0.stable_in_place_min()
+    }
     fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
         add(BYTES_RECEIVED, buf.len() as u64);
         self.1 += buf.len() as u64;

@@ -353,6 +353,10 @@ impl Transport for RdmaTransport {
         self.send_kept(parts, Keep::PeerReading)
     }
 
+    fn stable_in_place_min(&self) -> Option<usize> {
+        (self.pull_min > 0).then_some(self.pull_min)
+    }
+
     fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
         self.check()?;
         self.dev_regs.sweep_if_unlisted();
