@@ -16,7 +16,8 @@ use vgpu_dataplane::wire::RequestHeader;
 
 /// Reads inside a frame are split into pieces of this size, so a large tail that keeps arriving (slowly) shows
 /// progress: the timeout bounds the time without progress, not the time of a whole transfer (a piece must come
-/// within the timeout: 8 MiB in 60 s by default, about 140 KB/s). As large as the session's copy chunks, so the
+/// within the timeout: 8 MiB in 60 s by default, about 140 KB/s; a call that moves more at once, a direct device
+/// transfer say, is allowed the timeout once per piece). As large as the session's copy chunks, so the
 /// transports' large-transfer paths (TLS's two-thread pipeline) see whole chunks.
 const PIECE: usize = 8 << 20;
 const HEADER: usize = std::mem::size_of::<RequestHeader>();
@@ -138,7 +139,23 @@ pub struct Guarded<T: Transport> {
 impl<T: Transport> Guarded<T> {
     /// Runs a blocking call with the connection marked as waiting (the watchdog times it).
     fn timed<R>(&mut self, f: impl FnOnce(&mut T) -> Result<R, TransportError>) -> Result<R, TransportError> {
-        self.entry.blocked_since.store(self.watch.now(), Ordering::Release);
+        self.timed_bytes(0, f)
+    }
+
+    /// `timed` for one blocking call that moves `len` bytes at once (a direct device transfer, an offered send):
+    /// allowed the timeout once per `PIECE` of it, as reads split into pieces are, so a large transfer over a slow
+    /// link that keeps moving is not cut for lasting longer than one timeout.
+    fn timed_bytes<R>(
+        &mut self,
+        len: usize,
+        f: impl FnOnce(&mut T) -> Result<R, TransportError>,
+    ) -> Result<R, TransportError> {
+        let extra_pieces = (len.saturating_sub(1) / PIECE) as u64;
+        let grace = (self.watch.timeout.as_nanos() as u64).saturating_mul(extra_pieces);
+        // A start in the future: the watchdog measures from there.
+        self.entry
+            .blocked_since
+            .store(self.watch.now().saturating_add(grace), Ordering::Release);
         let r = f(&mut self.inner);
         self.entry.blocked_since.store(0, Ordering::Release);
         r.map_err(|e| self.cut_error(e))
@@ -181,15 +198,15 @@ impl<T: Transport> Guarded<T> {
 impl<T: Transport> Transport for Guarded<T> {
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
         // A reply the client does not read blocks here once the socket's buffers are full: timed too.
-        self.timed(|t| t.send(parts))
+        self.timed_bytes(total_len(parts), |t| t.send(parts))
     }
 
     fn send_stable(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
-        self.timed(|t| t.send_stable(parts))
+        self.timed_bytes(total_len(parts), |t| t.send_stable(parts))
     }
 
     fn send_awaited(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
-        self.timed(|t| t.send_awaited(parts))
+        self.timed_bytes(total_len(parts), |t| t.send_awaited(parts))
     }
 
     fn stable_in_place_min(&self) -> Option<usize> {
@@ -231,7 +248,7 @@ impl<T: Transport> Transport for Guarded<T> {
     }
 
     fn send_device(&mut self, addr: u64, len: usize) -> Result<bool, TransportError> {
-        self.timed(|t| t.send_device(addr, len))
+        self.timed_bytes(len, |t| t.send_device(addr, len))
     }
 
     fn recv_device(
@@ -244,7 +261,7 @@ impl<T: Transport> Transport for Guarded<T> {
         if self.header_got != 0 || (len as u64) > self.frame_left {
             return Ok(false);
         }
-        let received = self.timed(|t| t.recv_device(addr, len, inline))?;
+        let received = self.timed_bytes(len, |t| t.recv_device(addr, len, inline))?;
         if received {
             self.frame_left -= len as u64;
         }
@@ -258,6 +275,10 @@ impl<T: Transport> Drop for Guarded<T> {
         let mut watched = self.watch.watched.lock().unwrap_or_else(|p| p.into_inner());
         watched.retain(|w| !Arc::ptr_eq(w, &self.entry));
     }
+}
+
+fn total_len(parts: &[&[u8]]) -> usize {
+    parts.iter().map(|p| p.len()).sum()
 }
 
 #[cfg(test)]

@@ -103,3 +103,41 @@ fn the_servers_own_work_between_reads_does_not_count() {
     drop(s);
     assert_eq!(watch.watching(), 0, "a closed connection leaves the watch");
 }
+
+/// A transport whose direct device transfers take `0` each (nothing else is used).
+struct SlowDevice(Duration);
+
+impl Transport for SlowDevice {
+    fn send(&mut self, _: &[&[u8]]) -> Result<(), TransportError> {
+        Ok(())
+    }
+    fn recv_exact(&mut self, _: &mut [u8]) -> Result<(), TransportError> {
+        Ok(())
+    }
+    fn kind(&self) -> &'static str {
+        "slow-device"
+    }
+    fn moves_device_memory(&self) -> bool {
+        true
+    }
+    fn recv_device(&mut self, _: u64, _: usize, _: &mut dyn FnMut(usize, &[u8])) -> Result<bool, TransportError> {
+        std::thread::sleep(self.0);
+        Ok(true)
+    }
+}
+
+#[test]
+fn a_direct_transfer_is_allowed_the_timeout_once_per_piece() {
+    // 3 pieces moved by one call lasting twice the timeout: within its allowance, not cut; one piece taking as
+    // long: cut (the watchdog marks the connection, whose socket it shuts down).
+    for (pieces, cut) in [(3usize, false), (1, true)] {
+        let (_c, s, watch) = pair();
+        let fd = s.entry.fd;
+        let mut g = watch.guard(SlowDevice(TIMEOUT * 2), fd);
+        g.frame_left = (pieces * PIECE) as u64;
+        let moved = g.recv_device(0, pieces * PIECE, &mut |_, _| {});
+        assert!(matches!(moved, Ok(true)), "{moved:?}");
+        assert_eq!(g.entry.cut.load(Ordering::Acquire), cut, "{pieces} piece(s)");
+        assert_eq!(g.frame_left, 0);
+    }
+}
