@@ -16,8 +16,8 @@ use vgpu_dataplane::wire::RequestHeader;
 
 /// Reads inside a frame are split into pieces of this size, so a large tail that keeps arriving (slowly) shows
 /// progress: the timeout bounds the time without progress, not the time of a whole transfer (a piece must come
-/// within the timeout: 8 MiB in 60 s by default, about 140 KB/s; a call that moves more at once, a direct device
-/// transfer say, is allowed the timeout once per piece). As large as the session's copy chunks, so the
+/// within the timeout: 8 MiB in 60 s by default, about 140 KB/s). Sends are split the same way; a direct device
+/// transfer, which cannot be, is allowed the timeout once per piece of it. As large as the session's copy chunks, so the
 /// transports' large-transfer paths (TLS's two-thread pipeline) see whole chunks.
 const PIECE: usize = 8 << 20;
 const HEADER: usize = std::mem::size_of::<RequestHeader>();
@@ -142,7 +142,7 @@ impl<T: Transport> Guarded<T> {
         self.timed_bytes(0, f)
     }
 
-    /// `timed` for one blocking call that moves `len` bytes at once (a direct device transfer, an offered send):
+    /// `timed` for one blocking call that moves `len` bytes at once (a direct device transfer):
     /// allowed the timeout once per `PIECE` of it, as reads split into pieces are, so a large transfer over a slow
     /// link that keeps moving is not cut for lasting longer than one timeout.
     fn timed_bytes<R>(
@@ -159,6 +159,35 @@ impl<T: Transport> Guarded<T> {
         let r = f(&mut self.inner);
         self.entry.blocked_since.store(0, Ordering::Release);
         r.map_err(|e| self.cut_error(e))
+    }
+
+    /// Sends `parts` as consecutive sends of at most `PIECE` bytes, each timed: the timeout bounds the time without
+    /// progress of a large reply, as of a large request (a stream transport's bytes are the same either way).
+    fn send_in_pieces(
+        &mut self,
+        parts: &[&[u8]],
+        send: impl Fn(&mut T, &[&[u8]]) -> Result<(), TransportError>,
+    ) -> Result<(), TransportError> {
+        let mut group: Vec<&[u8]> = Vec::with_capacity(parts.len());
+        let mut group_len = 0;
+        for part in parts {
+            let mut rest: &[u8] = part;
+            while !rest.is_empty() {
+                let take = rest.len().min(PIECE - group_len);
+                group.push(&rest[..take]);
+                group_len += take;
+                rest = &rest[take..];
+                if group_len == PIECE {
+                    self.timed(|t| send(t, &group))?;
+                    group.clear();
+                    group_len = 0;
+                }
+            }
+        }
+        if group.is_empty() {
+            return Ok(());
+        }
+        self.timed(|t| send(t, &group))
     }
 
     /// Follows the frames through bytes the session has just received.
@@ -198,15 +227,15 @@ impl<T: Transport> Guarded<T> {
 impl<T: Transport> Transport for Guarded<T> {
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
         // A reply the client does not read blocks here once the socket's buffers are full: timed too.
-        self.timed_bytes(total_len(parts), |t| t.send(parts))
+        self.send_in_pieces(parts, |t, p| t.send(p))
     }
 
     fn send_stable(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
-        self.timed_bytes(total_len(parts), |t| t.send_stable(parts))
+        self.send_in_pieces(parts, |t, p| t.send_stable(p))
     }
 
     fn send_awaited(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
-        self.timed_bytes(total_len(parts), |t| t.send_awaited(parts))
+        self.send_in_pieces(parts, |t, p| t.send_awaited(p))
     }
 
     fn stable_in_place_min(&self) -> Option<usize> {
@@ -275,10 +304,6 @@ impl<T: Transport> Drop for Guarded<T> {
         let mut watched = self.watch.watched.lock().unwrap_or_else(|p| p.into_inner());
         watched.retain(|w| !Arc::ptr_eq(w, &self.entry));
     }
-}
-
-fn total_len(parts: &[&[u8]]) -> usize {
-    parts.iter().map(|p| p.len()).sum()
 }
 
 #[cfg(test)]

@@ -28,10 +28,11 @@ pub trait Transport: Send {
     /// Receives exactly `buf.len()` bytes.
     fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError>;
     /// Sends all parts in order, the caller promising that every part in page-locked memory listed in
-    /// `pinned::HOST` stays mapped and unchanged until the peer has received it (a synchronous call's tail, whose
-    /// reply comes after the peer read it; an asynchronous copy from an app's pinned buffer, which CUDA forbids
-    /// changing before the copy ran). A transport may then let the peer read such parts in place after this
-    /// returns (RDMA: offered, not waited for). Anything else goes as `send` sends it.
+    /// `pinned::HOST` stays unchanged until the peer has received it (a synchronous call's tail, whose reply comes
+    /// after the peer read it; an asynchronous copy from an app's pinned buffer, which CUDA forbids changing before
+    /// the copy ran). The memory may be freed meanwhile: a transport that lets the peer read such parts in place
+    /// after this returns (RDMA: offered, not waited for) keeps their registration, and so their pages, until read.
+    /// Anything else goes as `send` sends it.
     fn send_stable(&mut self, parts: &[&[u8]]) -> Result<(), TransportError> {
         self.send(parts)
     }

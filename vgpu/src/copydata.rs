@@ -14,8 +14,9 @@ use crate::cuda::Cuda;
 
 /// Asynchronous uploads from page-locked memory in pieces of up to 1 MiB (over RDMA each is offered in place and not
 /// waited for), the last (an eighth of a piece: 128 KiB, below the shim's batching bound) from a buffer freed
-/// before anything waited for the copies (`cuMemFreeHost` waits for them, as the driver's does): every byte read
-/// back must be the one the buffer held at its call.
+/// before anything waited for the copies (the driver's `cuMemFreeHost` waits for them; over RDMA the shim's may
+/// not, the registration keeping the pages until the server read them): every byte read back must be the one the
+/// buffer held at its call.
 fn pinned_async(cuda: &Cuda, kind: &str, src: &[u8], dev: u64) -> Result<(), String> {
     let n = src.len();
     let piece = (1usize << 20).min(n / 4).max(8);

@@ -209,10 +209,13 @@ impl Channel {
         }
         self.stripe_if_bulk(srv, tail.len());
         stats::add(stats::ASYNC_CALLS, 1);
+        // Everything batched goes first, then this request takes its number: a channel dropped while flushing
+        // (whose transport may wait for the server to read what it offered) never waits behind a number this
+        // thread holds unsent.
+        flush_other_channels(self.server);
+        self.flush_own()?;
         let seq = self.next_seq(srv);
         let header = request_header::<C>(seq, flags, tail.len());
-        self.flush()?;
-        flush_other_channels(self.server);
         count_sent(header.as_bytes().len() + call.as_bytes().len() + tail.len());
         stats::add(stats::BATCH_FLUSHES, 1);
         let parts = [header.as_bytes(), call.as_bytes(), tail];

@@ -25,6 +25,19 @@ pub(super) fn flush_other_channels(server: usize) {
         if let Ok(mut other) = ch.try_lock() {
             let _ = other.flush_own();
         }
+        release(ch);
+    }
+}
+
+/// Lets go of a channel borrowed from the list. When its thread ended meanwhile this was its last holder, and
+/// dropping it may wait for the server (an RDMA transport waits for reads of what it offered without waiting):
+/// that must not happen on this thread, which may hold a request number it has not sent yet, so another one
+/// drops it.
+fn release(ch: Arc<Mutex<Channel>>) {
+    if let Some(orphan) = Arc::into_inner(ch) {
+        let _ = std::thread::Builder::new()
+            .name("vgpu-channel-drop".into())
+            .spawn(move || drop(orphan));
     }
 }
 static FLUSH_SIGNAL: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
@@ -81,6 +94,7 @@ pub(super) fn flusher() {
                     // Its thread is in a call, which flushes; look again shortly in case it only appended.
                     Err(_) => again = true,
                 }
+                release(ch);
             }
             if !again {
                 break;

@@ -2,7 +2,7 @@
 //! frame that starts and stops is, within the timeout and a watchdog tick.
 
 use super::*;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use vgpu_transports::tcp::TcpTransport;
@@ -84,6 +84,26 @@ fn a_slow_transfer_that_keeps_moving_is_not_cut() {
     s.recv_exact(&mut tail).expect("slow but steady is fine");
     assert!(tail[..PIECE].iter().all(|&b| b == 0) && tail[2 * PIECE..].iter().all(|&b| b == 2));
     drop(sender.join().expect("sender"));
+}
+
+#[test]
+fn a_slow_reader_of_a_large_reply_that_keeps_reading_is_not_cut() {
+    // A 3-piece reply read a quarter piece every eighth of the timeout: 1.5 timeouts in all, but every piece within
+    // one (a send timed as a whole would be cut).
+    let (mut c, mut s, _w) = pair();
+    let reply: Vec<u8> = (0..3 * PIECE).map(|i| (i / PIECE) as u8).collect();
+    let reader = std::thread::spawn(move || {
+        let mut got = vec![0u8; 3 * PIECE];
+        for quarter in got.chunks_mut(PIECE / 4) {
+            std::thread::sleep(TIMEOUT / 8);
+            c.read_exact(quarter).expect("quarter piece");
+        }
+        got
+    });
+    s.send(&[&reply[..10], &reply[10..]]).expect("slow but steady is fine");
+    let got = reader.join().expect("reader");
+    assert!(got == reply, "the reply arrived changed");
+    assert!(!s.entry.cut.load(Ordering::Acquire));
 }
 
 #[test]

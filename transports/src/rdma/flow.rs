@@ -1,5 +1,6 @@
 //! How bytes cross an RDMA channel: small sends written into the peer's ring; larger ones left in the sender's ring
-//! for the receiver to read in place; sends from registered memory larger than the ring offered where they are.
+//! for the receiver to read in place; sends from registered memory offered where they are (which ones depends on
+//! what the caller promised about them).
 //!
 //! Three ways, all in one ordered stream of ring positions, so flow control stays the credit scheme of `mod.rs`:
 //! - *Written* (sends under `pull_min`): copied into the sender's ring and RDMA-written into the same positions of
@@ -7,7 +8,7 @@
 //! - *Pulled* (sends of at least `pull_min`): copied into the sender's ring, announced by a zero-length write whose
 //!   immediate says "the next n positions are in my ring"; the receiver reads them with RDMA READ straight into its
 //!   destination when that is registered (no copy on its side), else into a bounce buffer. Credits return the
-//!   positions once read. The sender's semantics do not change: a send that fits the ring never waits for the peer.
+//!   positions once read. A plain `send` that fits the ring never waits for the peer (only `send_awaited` may).
 //! - *Offered in place* (a part whose memory is listed in `vgpu_dataplane::pinned`, i.e. an app's pinned buffer or
 //!   a server's staging): a 24-byte offer (address, length, key) goes through the ring and the receiver reads the
 //!   bytes from where they are, then answers DONE. Which parts, and whether the send waits for DONE, depends on
@@ -34,7 +35,9 @@ macro_rules! count {
     }};
 }
 
-/// Smallest part offered in place (below, the ring's copy costs less than the extra round trip).
+/// Smallest part a plain `send` offers in place, waiting for the reader (below, the ring's copy costs less than
+/// the wait's round trip). Offers the caller need not wait for (`send_stable`) or waits for anyway (`send_awaited`)
+/// start at the pull size.
 pub(super) const OFFER_MIN: usize = 1 << 20;
 /// One RDMA READ's length at most: reads of a long stretch are pipelined in pieces of this size.
 const READ_PIECE: usize = 1 << 20;
@@ -325,9 +328,17 @@ pub(super) enum Keep {
 }
 
 impl RdmaTransport {
+    /// Drops registrations of ranges freed since the last look (one atomic load each when nothing was): freed
+    /// memory does not stay pinned by the device until the channel next registers something. Ranges an unwaited
+    /// offer still reads are retired until its DONE instead.
+    fn sweep_registrations(&mut self) {
+        self.regs.sweep_if_unlisted();
+        self.dev_regs.sweep_if_unlisted();
+    }
+
     fn send_kept(&mut self, parts: &[&[u8]], keep: Keep) -> Result<(), TransportError> {
         self.check()?;
-        self.dev_regs.sweep_if_unlisted();
+        self.sweep_registrations();
         for part in parts {
             if let Some(rkey) = self.offer_key(part, keep) {
                 self.send_offered(part, rkey, keep)?;
@@ -359,7 +370,7 @@ impl Transport for RdmaTransport {
 
     fn recv_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
         self.check()?;
-        self.dev_regs.sweep_if_unlisted();
+        self.sweep_registrations();
         self.receive(buf.len(), |t, step, off| match step {
             Step::Skip(_) => Ok(()),
             Step::Copy { pos, len } => {

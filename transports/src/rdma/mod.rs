@@ -612,7 +612,11 @@ impl Drop for RdmaTransport {
                 if self.pump().is_err() {
                     break;
                 }
-                std::thread::sleep(Duration::from_micros(50));
+                // A peer that closed its end will never read them: stop waiting at once.
+                let hung_up = crate::sys::poll_fds([self.sock.as_raw_fd()], libc::POLLRDHUP, Duration::from_millis(1));
+                if hung_up.map_or(true, |[revents]| revents != 0) {
+                    break;
+                }
             }
             if self.offers_done < self.offers_sent {
                 tracing::warn!(
