@@ -214,6 +214,28 @@ impl Channel {
         }))
     }
 
+    /// An asynchronous upload straight into device memory (GPUDirect RDMA), only while nothing can be ahead of it:
+    /// its stream and the legacy NULL stream (which blocking streams wait for) are idle, so no earlier work can
+    /// still read or write `dst` in stream order, and no later request runs before this one returns (the session's
+    /// submission order), so writing now is what the stream would do. A busy stream, or a copy on the NULL or
+    /// legacy stream itself, keeps the queued path through host memory, which never waits. `None`: not done so.
+    fn htod_direct_async(
+        &mut self,
+        t: &mut dyn Transport,
+        dst: DevicePtr,
+        len: usize,
+        stream: Stream,
+    ) -> Result<Option<CuResult<()>>, ChannelEnd> {
+        let idle = |s: Stream| self.b().stream_query(s).is_ok();
+        if stream.0 <= LEGACY_STREAM || !direct(t, dst, len) || !idle(stream) || !idle(Stream::NULL) {
+            return Ok(None);
+        }
+        if self.ensure_staging().is_err() {
+            return Ok(None);
+        }
+        self.htod_direct(t, dst, len, stream)
+    }
+
     /// A device-to-host async copy done now (the session's host budget is spent): waits for its stream, then
     /// pushes the bytes through the staging buffers. The client lands them at its next wait, as it would have.
     fn push_now(
@@ -375,6 +397,9 @@ impl Serve<MemcpyHtoDAsync> for Channel {
                 return Ok(Err(e));
             }
         };
+        if let Some(r) = self.htod_direct_async(cx.t, c.dst, len, stream)? {
+            return Ok(r.map(|_| Empty {}));
+        }
         if !self.hold_for_queue(cx.t, len as u64)? {
             // The session's host budget is spent: the copy is done now, through the staging buffers.
             return Ok(self.htod_through_staging(cx.t, c.dst, len, stream)?.map(|_| Empty {}));
@@ -732,6 +757,9 @@ pub(super) fn send_maybe_awaited(
         t.send(parts)
     }
 }
+
+/// Stream handles up to this one are the NULL stream (0) and `CU_STREAM_LEGACY` (1).
+const LEGACY_STREAM: u64 = 1;
 
 /// Smallest copy moved directly between an RDMA channel and device memory.
 const DIRECT_MIN: usize = 1 << 20;

@@ -1,7 +1,7 @@
 //! GPUDirect RDMA's channel side, without an RDMA device: a transport that says it moves device memory and does so
 //! through the backend's export (as the RDMA transport's registration does) stands between the channel and TCP.
-//! Synchronous copies of 1 MiB or more into and out of a listed allocation take that path; smaller ones, and memory
-//! freed since, do not. The RDMA transport's own half runs in the Soft-RoCE VM (`transports/tests/rdma.rs`).
+//! Synchronous copies of 1 MiB or more into and out of a listed allocation take that path, as do asynchronous uploads
+//! on an idle stream of the app's; smaller ones, uploads on the NULL stream, and memory freed since, do not. The RDMA transport's own half runs in the Soft-RoCE VM (`transports/tests/rdma.rs`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -65,7 +65,7 @@ impl Transport for DirectFake {
 }
 
 #[test]
-fn synchronous_copies_of_listed_memory_move_directly_and_the_rest_through_staging() {
+fn copies_of_listed_memory_move_directly_and_the_rest_through_staging() {
     // Addresses of its own (virtual GPU 9): the device listing is the process's, and other tests' sessions place
     // their memory at the default addresses.
     let as_dyn: Arc<dyn crate::backend::Backend> = Arc::new(EmulatedBackend::with_identity(9));
@@ -130,6 +130,31 @@ fn synchronous_copies_of_listed_memory_move_directly_and_the_rest_through_stagin
         c.dtoh(d + 4096 + (512 << 10), 4096).expect("staged read"),
         data[512 << 10..(512 << 10) + 4096]
     );
+    // Asynchronous uploads: on an idle stream of the app's own, directly (nothing queued can be ahead of them); on
+    // the NULL stream, whose implicit ordering with other streams a query does not show, through host memory.
+    let stream = StreamId(0x100);
+    c.post(&StreamCreate {
+        stream,
+        flags: 1,
+        priority: 0,
+    });
+    let later = pattern(2 * mib, 11);
+    let upload = |dst: u64, size: usize, stream| MemcpyHtoDAsync {
+        dst: DevicePtr(dst),
+        size: size as u64,
+        stream,
+    };
+    c.send(&upload(d + mib as u64, 2 * mib, stream), &later);
+    c.ok(&StreamSynchronize { stream });
+    assert_eq!(
+        received.load(Ordering::Relaxed),
+        4 * mib,
+        "the async upload went in directly"
+    );
+    assert_eq!(c.dtoh(d + mib as u64, 2 * mib as u64).expect("download"), later);
+    c.send(&upload(d, mib, StreamId::NULL), &later[..mib]);
+    assert_eq!(c.dtoh(d, mib as u64).expect("download"), later[..mib]);
+    assert_eq!(received.load(Ordering::Relaxed), 4 * mib, "on the NULL stream: staged");
     // Freed memory is no longer listed: its copies fail as before, none directly.
     c.ok(&MemFree { dptr: DevicePtr(d) });
     assert!(
@@ -137,6 +162,6 @@ fn synchronous_copies_of_listed_memory_move_directly_and_the_rest_through_stagin
         "a freed allocation is unlisted"
     );
     assert_eq!(c.htod(d, &data), Err(CUDA_ERROR_INVALID_VALUE));
-    assert_eq!(received.load(Ordering::Relaxed), 2 * mib);
+    assert_eq!(received.load(Ordering::Relaxed), 4 * mib);
     c.close();
 }
