@@ -20,6 +20,7 @@ mod channel;
 mod coll;
 mod context;
 mod copy;
+mod direct;
 mod graph;
 mod ipc;
 mod lane;
