@@ -168,6 +168,10 @@ impl<T: Transport> Guarded<T> {
         parts: &[&[u8]],
         send: impl Fn(&mut T, &[&[u8]]) -> Result<(), TransportError>,
     ) -> Result<(), TransportError> {
+        // Most sends (every small reply) are one piece: sent as they are, with no grouping to build.
+        if parts.iter().map(|p| p.len()).sum::<usize>() <= PIECE {
+            return self.timed(|t| send(t, parts));
+        }
         let mut group: Vec<&[u8]> = Vec::with_capacity(parts.len());
         let mut group_len = 0;
         for part in parts {

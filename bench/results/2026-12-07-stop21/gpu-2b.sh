@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stop 21, device call 2 (about 4.5 minutes; gpu-2.sh trimmed to the budget left): the loopback table, all seven
+# Stop 21, device call 2 (about 4.5 minutes, what the budget left allowed): the loopback table, all seven
 # PyTorch workloads each in its own process, natively / TCP / shm after a native warm-up, with this stop's
 # binaries (a third full round for issue 21's medians, after stop 16 run 3 and stop 17 run 1). `.device` carried.
 set -u
