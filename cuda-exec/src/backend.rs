@@ -54,6 +54,9 @@ vgpu_dataplane::call_table!(declare_driver_ops);
 pub struct HostBuffer {
     pub ptr: *mut u8,
     pub len: usize,
+    /// The context current when it was made (0: none, or not the driver's memory): the driver frees the buffer
+    /// with that context (its reset or destruction), so its holder must then forget it.
+    pub ctx: u64,
 }
 
 // SAFETY: a HostBuffer is plain memory owned by one channel thread at a time; moving it between threads is safe.

@@ -94,6 +94,7 @@ mod tests {
         let buffer = HostBuffer {
             ptr: bytes.as_mut_ptr().wrapping_add(1),
             len: 63,
+            ctx: 0,
         };
         HostCounter::new(buffer).expect("room for an aligned word")
     }
@@ -126,6 +127,7 @@ mod tests {
         let buffer = HostBuffer {
             ptr: bytes.as_mut_ptr().wrapping_add(at + 1),
             len: 3,
+            ctx: 0,
         };
         assert!(HostCounter::new(buffer).is_none());
     }

@@ -19,8 +19,11 @@ use std::collections::VecDeque;
 
 use vgpu_dataplane::{Transport, TransportError};
 
+/// A target's entry point: one input, asserting on what it decodes.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the regression runner and `scripts/fuzz.sh`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("frames", frames::run),
     ("handshake", handshake::run),
     ("tickets", tickets::run),

@@ -3,7 +3,7 @@
 //!
 //! Asserts: the channel ends (cleanly or refusing a malformed frame) without a panic; the session never holds
 //! more device memory than its limit or more host memory than its budget; the backend's host buffers stay
-//! within the budget plus the channel's bounded staging pool.
+//! within the budget plus the channel's bounded staging pool, and none is left once the session has ended.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,10 +64,12 @@ pub fn run(data: &[u8]) {
         let mut transport = ByteScript::new(stream);
         let _ = session.serve_channel(&mut transport);
         let usage = session.usage();
-        (usage, backend.host_peak())
+        drop(session);
+        // Every pinned buffer the session made is freed when it ends (or went with a context's reset).
+        (usage, backend.host_peak(), backend.host_live())
     })
     .join();
-    let (usage, host_peak) = outcome.unwrap_or_else(|_| panic!("serving the session panicked"));
+    let (usage, host_peak, host_left) = outcome.unwrap_or_else(|_| panic!("serving the session panicked"));
     assert!(
         usage.allocated_bytes <= MEMORY_LIMIT,
         "device memory past the limit: {usage:?}"
@@ -79,6 +81,10 @@ pub fn run(data: &[u8]) {
     assert!(
         host_peak <= HOST_BUDGET + STAGING_ALLOWANCE + MEMORY_LIMIT,
         "the backend held {host_peak} bytes of host buffers"
+    );
+    assert_eq!(
+        host_left, 0,
+        "pinned host bytes still allocated after the session ended"
     );
 }
 

@@ -90,15 +90,12 @@ pub fn run(data: &[u8]) {
                     .collect(),
             };
             let Ok(token) = ring.sign(&claims) else { return };
-            match verifier.verify(&token) {
-                Ok(got) => {
-                    assert!(
-                        typ_ok && i64::from(exp_in) > -5,
-                        "accepted a ticket of the wrong type or expired"
-                    );
-                    assert_plausible(&got);
-                }
-                Err(_) => {}
+            if let Ok(got) = verifier.verify(&token) {
+                assert!(
+                    typ_ok && i64::from(exp_in) > -5,
+                    "accepted a ticket of the wrong type or expired"
+                );
+                assert_plausible(&got);
             }
         }
         Input::Json(text) => {

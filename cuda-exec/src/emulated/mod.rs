@@ -27,6 +27,7 @@ use module::image_key;
 
 mod device;
 mod graph;
+mod host;
 mod ipc;
 mod launch;
 mod memory;
@@ -60,6 +61,11 @@ const IDENTITY_SHIFT: u64 = 2 << 40;
 const HINT_FLOOR: u64 = 0x1000_0000_0000;
 /// The host page size reservations are counted in (cuMemAddressReserve's documented unit).
 const HOST_PAGE: u64 = 4096;
+
+/// The handle of device `dev`'s primary context.
+fn primary_context(dev: i32) -> u64 {
+    0x100 + dev as u64
+}
 /// `CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR` and `CU_MEM_HANDLE_TYPE_FABRIC`.
 const HANDLE_TYPE_POSIX_FD: u32 = 1;
 const HANDLE_TYPE_FABRIC: u32 = 8;
@@ -74,10 +80,8 @@ pub struct EmulatedBackend {
     /// CUDA graphs (apart from `state`: a launch runs nodes that take `state` themselves).
     graphs: Mutex<graph::Graphs>,
     next_handle: AtomicU64,
-    /// Host buffers handed out and not yet freed (bytes), and the most there ever were: what the server held.
-    host_live: AtomicU64,
-    host_peak: AtomicU64,
-    host_frees: AtomicU64,
+    /// Pinned host buffers, by the context they were made in.
+    host: host::HostBuffers,
     /// Where reservations the backend places itself go: [start, end).
     vmm_region: (u64, u64),
     /// Simulated kernel durations (`VGPU_EMULATED_KERNEL_NS`), off by default.
@@ -102,9 +106,7 @@ impl EmulatedBackend {
             }),
             graphs: Mutex::default(),
             next_handle: AtomicU64::new(0x1000),
-            host_live: AtomicU64::new(0),
-            host_peak: AtomicU64::new(0),
-            host_frees: AtomicU64::new(0),
+            host: host::HostBuffers::default(),
             vmm_region: (VMM_BASE, VMM_END),
             time: crate::emulated_time::SimulatedTime::new(crate::emulated_time::KernelCost::from_env()),
             waits: waits::Waits::default(),
@@ -128,12 +130,17 @@ impl EmulatedBackend {
 
     /// The most host buffer bytes alive at once so far (staging, queued copies, pools).
     pub fn host_peak(&self) -> u64 {
-        self.host_peak.load(Ordering::Relaxed)
+        self.host.peak()
+    }
+
+    /// Host buffer bytes alive now (zero once every session that used the backend has ended).
+    pub fn host_live(&self) -> u64 {
+        self.host.live()
     }
 
     /// How many host buffers were freed so far (on the GPU each free waits for the device's queued work).
     pub fn host_frees(&self) -> u64 {
-        self.host_frees.load(Ordering::Relaxed)
+        self.host.frees()
     }
 
     fn handle(&self) -> u64 {
@@ -228,12 +235,15 @@ impl DriverOps for EmulatedBackend {
     }
     fn primary_ctx_reset(&self, dev: i32) -> CuResult<()> {
         self.check_device(dev)?;
-        // Limits go back to their defaults with the context.
+        // Limits go back to their defaults with the context, and its pinned host buffers are freed.
         self.state().limits.clear();
+        self.host.free_context(primary_context(dev));
         Ok(())
     }
     fn ctx_destroy(&self, ctx: Context) -> CuResult<()> {
         self.state().contexts.remove(&ctx.0).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
+        // Its pinned host buffers go with it, as the driver's do.
+        self.host.free_context(ctx.0);
         CURRENT_CTX.with(|c| {
             if c.get() == ctx.0 {
                 c.set(0)
@@ -445,7 +455,7 @@ impl Backend for EmulatedBackend {
         self.check_device(dev)?;
         let mut st = self.state();
         *st.primary_refs.entry(dev).or_insert(0) += 1;
-        let ctx = 0x100 + dev as u64;
+        let ctx = primary_context(dev);
         st.contexts.insert(ctx, dev);
         Ok(Context(ctx))
     }
@@ -481,22 +491,12 @@ impl Backend for EmulatedBackend {
         Ok((EMULATED_TOTAL_MEM - st.used, EMULATED_TOTAL_MEM))
     }
     fn host_alloc(&self, len: usize) -> CuResult<HostBuffer> {
-        let mut v = vec![0u8; len.max(1)].into_boxed_slice();
-        let ptr = v.as_mut_ptr();
-        std::mem::forget(v);
-        let live = self.host_live.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
-        self.host_peak.fetch_max(live, Ordering::Relaxed);
-        vgpu_dataplane::pinned::add(ptr as usize, len); // as the real backend lists its pinned buffers
-        Ok(HostBuffer { ptr, len })
+        Ok(self.host.alloc(len, self.current()))
     }
     fn host_free(&self, buf: HostBuffer) {
         // As cuMemFreeHost, which waits for the device's work first (implicit synchronization).
         self.waits.await_context(self.current());
-        self.host_live.fetch_sub(buf.len as u64, Ordering::Relaxed);
-        vgpu_dataplane::pinned::remove(buf.ptr as usize);
-        self.host_frees.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: buf was made by host_alloc from a boxed slice of max(len, 1) bytes that was forgotten there.
-        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(buf.ptr, buf.len.max(1))) });
+        self.host.free(buf.ptr);
     }
     fn host_register(&self, _ptr: *mut u8, _len: usize) -> CuResult<()> {
         self.require_ctx()

@@ -382,6 +382,7 @@ fn frees_wait_for_held_streams_as_the_drivers_implicit_synchronization_does() {
             b.host_free(HostBuffer {
                 ptr: pinned.ptr,
                 len: pinned.len,
+                ctx: pinned.ctx,
             });
         }
         assert!(
@@ -390,4 +391,30 @@ fn frees_wait_for_held_streams_as_the_drivers_implicit_synchronization_does() {
         );
         opener.join().expect("opener");
     }
+}
+
+#[test]
+fn a_primary_context_reset_frees_its_pinned_buffers_and_only_those() {
+    let b = EmulatedBackend::new();
+    let primary = b.primary_ctx_retain(0).expect("retain");
+    b.ctx_set_current(primary).expect("current");
+    let in_primary = b.host_alloc(1 << 20).expect("pinned");
+    let own = b.ctx_create(0, 0).expect("context"); // current now
+    let in_own = b.host_alloc(4096).expect("pinned");
+    assert!(vgpu_dataplane::pinned::find(in_primary.ptr as usize, 1 << 20).is_some());
+    let frees = b.host_frees();
+    b.primary_ctx_reset(0).expect("reset");
+    assert_eq!(b.host_frees(), frees + 1, "the primary context's buffer went with it");
+    assert!(
+        vgpu_dataplane::pinned::find(in_primary.ptr as usize, 1).is_none(),
+        "no longer listed as pinned"
+    );
+    // The app's own context keeps its buffer, still writable; freeing the reset one again frees nothing twice.
+    assert!(in_own.write_at(0, &[7; 16]));
+    assert_eq!(in_own.as_slice()[..16], [7; 16]);
+    b.host_free(in_primary);
+    assert_eq!(b.host_frees(), frees + 1);
+    b.host_free(in_own);
+    assert_eq!(b.host_frees(), frees + 2);
+    b.ctx_destroy(own).expect("destroy");
 }

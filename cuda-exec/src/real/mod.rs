@@ -354,6 +354,7 @@ impl Backend for RealBackend {
         Ok(HostBuffer {
             ptr: ptr as *mut u8,
             len,
+            ctx: self.current_context().0,
         })
     }
     fn host_free(&self, buf: HostBuffer) {

@@ -73,6 +73,8 @@ pub(super) struct PendingCopy {
     pub buf: HostBuffer,
     pub len: usize,
     pub event: Event,
+    /// The context current when the copy was queued (its stream's and its event's).
+    pub ctx: u64,
 }
 
 /// Host memory an async host-to-device copy still reads from, until `event` completes; `held` bytes of the
@@ -80,6 +82,8 @@ pub(super) struct PendingCopy {
 pub(super) struct InFlight {
     pub buf: HostBuffer,
     pub event: Event,
+    /// The context current when the copy was queued (its stream's and its event's).
+    pub ctx: u64,
     pub held: u64,
 }
 
@@ -230,22 +234,64 @@ impl Channel {
         }
     }
 
-    /// A primary-context reset freed the pinned buffers and events the channel held (they belonged to that
-    /// context): forget them rather than use or free them again. Copies still waiting are discarded, as the
-    /// reset discards them natively.
+    /// A context ended (a primary-context reset, `cuCtxDestroy`) and freed the pinned buffers made while it was
+    /// current: forget those rather than use or free them again, and the copies waiting in them (the context's
+    /// end discards them natively). Buffers of contexts still alive stay, and are freed as usual: forgetting them
+    /// too would let a client leak pinned memory past its budget, one reset at a time.
     fn forget_reset_buffers(&mut self) {
         let epoch = self.session.reset_epoch.load(Ordering::Acquire);
-        if epoch != self.epoch {
-            let held: u64 = self.pending.iter().map(|p| p.len as u64).sum::<u64>()
-                + self.in_flight.iter().map(|f| f.held).sum::<u64>()
-                + self.kept_bytes();
-            self.session.release_host(held);
-            self.staging.clear();
-            self.pool.clear();
-            self.retired.clear();
-            self.pending.clear();
-            self.in_flight.clear();
-            self.epoch = epoch;
+        if epoch == self.epoch {
+            return;
+        }
+        let (session, since) = (self.session.clone(), self.epoch);
+        let gone = |b: &HostBuffer| session.context_ended_since(b.ctx, since);
+        let mut released = 0u64;
+        self.staging.retain(|b| !gone(b));
+        for kept in [&mut self.pool, &mut self.retired] {
+            kept.retain(|b| {
+                let g = gone(b);
+                released += if g { b.len as u64 } else { 0 };
+                !g
+            });
+        }
+        // A copy queued in an ended context was discarded with it: its buffer, if still alive, is free again. A
+        // copy into or from an ended buffer is forgotten with the buffer, its event (alive) destroyed.
+        let (mut freed, mut stale_events) = (Vec::new(), Vec::new());
+        for p in std::mem::take(&mut self.pending) {
+            match (gone(&p.buf), session.context_ended_since(p.ctx, since)) {
+                (false, false) => self.pending.push(p),
+                (buf_gone, event_gone) => {
+                    released += p.len as u64;
+                    if !event_gone {
+                        stale_events.push(p.event);
+                    }
+                    if !buf_gone {
+                        freed.push(p.buf);
+                    }
+                }
+            }
+        }
+        for f in std::mem::take(&mut self.in_flight) {
+            match (gone(&f.buf), session.context_ended_since(f.ctx, since)) {
+                (false, false) => self.in_flight.push(f),
+                (buf_gone, event_gone) => {
+                    released += f.held;
+                    if !event_gone {
+                        stale_events.push(f.event);
+                    }
+                    if !buf_gone {
+                        freed.push(f.buf);
+                    }
+                }
+            }
+        }
+        self.session.release_host(released);
+        self.epoch = epoch;
+        for ev in stale_events {
+            let _ = self.b().event_destroy(ev);
+        }
+        for buf in freed {
+            self.give_back(buf);
         }
     }
 

@@ -14,6 +14,7 @@ impl Serve<PrimaryCtxRetain> for Channel {
             self.s().check_cap(|o| o.contexts.len(), |c| c.contexts)?;
             let real = self.b().primary_ctx_retain(d)?;
             let mut objs = self.s().objects();
+            objs.primary.insert(d, real);
             objs.contexts.insert(c.ctx, real);
             objs.context_device.insert(c.ctx, d);
             objs.context_devices.insert(d);
@@ -42,13 +43,13 @@ impl Serve<PrimaryCtxReset> for Channel {
         let r = self.s().real_device(c.dev).and_then(|d| {
             // The reset frees the events the scheduler measures with in that context.
             self.s().sched_forget_device(d);
-            self.b().primary_ctx_reset(d)
+            self.b().primary_ctx_reset(d).map(|_| d)
         });
-        if r.is_ok() {
+        if let Ok(d) = r {
             // The reset destroyed the context an earlier asynchronous call failed in (a launch after a kernel
             // fault, say): the reset itself succeeded, as the native call does.
             self.latched = None;
-            self.s().forget_reset_context();
+            self.s().forget_reset_context(d);
         }
         Ok(r.map(|_| Empty {}))
     }
@@ -89,7 +90,12 @@ impl Serve<CtxDestroy> for Channel {
                     // The context's events go with it.
                     sched.forget_context(real.0);
                 }
-                self.b().ctx_destroy(real).map(|_| Empty {})
+                let destroyed = self.b().ctx_destroy(real);
+                if destroyed.is_ok() {
+                    // So do pinned buffers a channel or lane made while it was current.
+                    self.s().end_context(real.0);
+                }
+                destroyed.map(|_| Empty {})
             }
             None => Err(CUDA_ERROR_INVALID_CONTEXT),
         })

@@ -105,7 +105,7 @@ impl Channel {
             .ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let ptr = region.at(offset, size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let len = usize::try_from(size).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
-        Ok((region, HostBuffer { ptr, len }))
+        Ok((region, HostBuffer { ptr, len, ctx: 0 }))
     }
 
     /// Queues a copy on `stream` between device memory `dev` and `size` bytes at `offset` of shared region
@@ -363,6 +363,7 @@ impl Serve<MemcpyHtoDAsync> for Channel {
                 self.in_flight.push(InFlight {
                     buf,
                     event,
+                    ctx: self.b().current_context().0,
                     held: len as u64,
                 });
                 Ok(Empty {})
@@ -444,6 +445,7 @@ impl Serve<MemcpyDtoHAsync> for Channel {
                     buf,
                     len,
                     event,
+                    ctx: self.b().current_context().0,
                 });
                 Ok(Empty {})
             }
@@ -619,6 +621,7 @@ impl Serve<Memcpy2DAsync> for Channel {
                     buf: b,
                     len: packed as usize,
                     event,
+                    ctx: self.b().current_context().0,
                 });
                 Ok(Empty {})
             }
@@ -626,6 +629,7 @@ impl Serve<Memcpy2DAsync> for Channel {
                 self.in_flight.push(InFlight {
                     buf: b,
                     event,
+                    ctx: self.b().current_context().0,
                     held: packed,
                 });
                 Ok(Empty {})

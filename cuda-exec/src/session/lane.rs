@@ -52,7 +52,8 @@ struct Lane {
     jobs: SyncSender<Job>,
     counter: Arc<HostCounter>,
     issued: u32,
-    /// The session's `reset_epoch` when the lane started: a primary-context reset took its stream and buffers.
+    /// The session's `reset_epoch` when the lane started: its context's end (a reset, `cuCtxDestroy`) after that
+    /// took its stream, and the buffers made in it.
     epoch: u64,
 }
 
@@ -85,8 +86,8 @@ pub(super) fn issue(
     let b = &*session.backend;
     let mut lanes = session.coll_lanes.0.lock().unwrap_or_else(|p| p.into_inner());
     let epoch = session.reset_epoch.load(Ordering::Acquire);
-    // Lanes of a reset context go (their threads end once their queues are done).
-    lanes.retain(|_, lane| lane.epoch == epoch);
+    // Lanes of an ended context go (their threads end once their queues are done).
+    lanes.retain(|(ctx, _), lane| !session.context_ended_since(ctx.0, lane.epoch));
     let key = (context, stream);
     if !lanes.contains_key(&key) {
         if lanes.len() >= MAX_LANES {
@@ -185,11 +186,11 @@ impl Lane {
     /// its thread started.
     fn start(session: &Arc<Session>, context: Context, epoch: u64) -> CuResult<Lane> {
         let b = session.backend.clone();
-        let kit = Kit::allocate(&*b, session)?;
+        let kit = Kit::allocate(&*b, session, epoch)?;
         let stream = match b.stream_create(NON_BLOCKING, 0) {
             Ok(s) => s,
             Err(e) => {
-                kit.free(&*b, Some(session));
+                kit.free(&*b, Some(session), epoch);
                 return Err(e);
             }
         };
@@ -198,13 +199,13 @@ impl Lane {
                 Some(c) => Arc::new(c),
                 // `host_alloc` gives whole pages: always room for the word.
                 None => {
-                    kit.free(&*b, Some(session));
+                    kit.free(&*b, Some(session), epoch);
                     let _ = b.stream_destroy(stream);
                     return Err(CUDA_ERROR_UNKNOWN);
                 }
             },
             Err(e) => {
-                kit.free(&*b, Some(session));
+                kit.free(&*b, Some(session), epoch);
                 let _ = b.stream_destroy(stream);
                 return Err(e);
             }
@@ -242,7 +243,7 @@ struct Kit {
 }
 
 impl Kit {
-    fn allocate(b: &dyn Backend, session: &Session) -> CuResult<Kit> {
+    fn allocate(b: &dyn Backend, session: &Session, epoch: u64) -> CuResult<Kit> {
         let pooled = (LANE_POOL * CHUNK) as u64;
         if !session.hold_host(pooled) {
             return Err(CUDA_ERROR_OUT_OF_MEMORY);
@@ -258,7 +259,7 @@ impl Kit {
                 Err(e) => {
                     let held: u64 = kit.pool.iter().map(|b| b.len as u64).sum();
                     session.release_host(pooled - held);
-                    kit.free(b, Some(session));
+                    kit.free(b, Some(session), epoch);
                     return Err(e);
                 }
             }
@@ -266,13 +267,16 @@ impl Kit {
         Ok(kit)
     }
 
-    /// Frees the buffers, giving the pool's bytes back to the session's budget (if the session is still there).
-    fn free(self, b: &dyn Backend, session: Option<&Session>) {
+    /// Frees the buffers, giving the pool's bytes back to the session's budget (if the session is still there);
+    /// those whose context ended after `epoch` went with it, and are only forgotten.
+    fn free(self, b: &dyn Backend, session: Option<&Session>, epoch: u64) {
         if let Some(session) = session {
             session.release_host(self.pool.iter().map(|b| b.len as u64).sum());
         }
         for buf in self.staging.into_iter().chain(self.pool) {
-            b.host_free(buf);
+            if !session.is_some_and(|s| s.context_ended_since(buf.ctx, epoch)) {
+                b.host_free(buf);
+            }
         }
     }
 }
@@ -306,14 +310,15 @@ impl Worker {
         while let Ok(job) = queue.recv() {
             let _release = Release(&self.counter, job.number);
             let outcome = match (self.session.upgrade(), entered) {
-                (Some(session), Ok(())) if session.reset_epoch.load(Ordering::Acquire) == self.epoch => {
+                (Some(session), Ok(())) if !session.context_ended_since(self.context.0, self.epoch) => {
                     // A panic fails this collective only: the lane goes on releasing the ones queued behind it
                     // (without staging, lost with the panic, they fail as out of memory).
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_job(&session, &job, &mut kit)))
                         .unwrap_or(Err(CUDA_ERROR_UNKNOWN))
                 }
                 (_, Err(e)) => Err(e),
-                // A primary-context reset destroyed the lane's stream and the app's: nothing of it runs.
+                // The context's end (a reset, `cuCtxDestroy`) destroyed the lane's stream and the app's: nothing of
+                // it runs.
                 _ => Err(CUDA_ERROR_CONTEXT_IS_DESTROYED),
             };
             if let Err(e) = outcome {
@@ -330,19 +335,20 @@ impl Worker {
                     .compare_exchange(0, e.code(), Ordering::AcqRel, Ordering::Acquire);
             }
         }
-        // The session ended or dropped this lane: what the lane made goes, unless a reset took it already.
+        // The session ended or dropped this lane: what the lane made goes, unless its context's end took it already.
         let session = self.session.upgrade();
-        let current = session
-            .as_ref()
-            .is_none_or(|s| s.reset_epoch.load(Ordering::Acquire) == self.epoch);
-        if current && entered.is_ok() {
+        let ended = |ctx: u64| session.as_ref().is_some_and(|s| s.context_ended_since(ctx, self.epoch));
+        if !ended(self.context.0) && entered.is_ok() {
             let _ = b.stream_synchronize(self.stream);
             let _ = b.stream_destroy(self.stream);
-            if let Some(kit) = kit.take() {
-                kit.free(b, session.as_deref());
-            }
-            if let Ok(counter) = Arc::try_unwrap(self.counter) {
-                b.host_free(counter.into_buffer());
+        }
+        if let Some(kit) = kit.take() {
+            kit.free(b, session.as_deref(), self.epoch);
+        }
+        if let Ok(counter) = Arc::try_unwrap(self.counter) {
+            let buf = counter.into_buffer();
+            if !ended(buf.ctx) {
+                b.host_free(buf);
             }
         }
     }

@@ -7,6 +7,7 @@
 //! holds the session's books (client id → backend handle), `order.rs` the submission order across channels.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vgpu_dataplane::cuerr::*;
@@ -175,9 +176,11 @@ pub struct Session {
     host_held: AtomicU64,
     /// The client's submission order across this session's channels.
     order: SubmitOrder,
-    /// Bumped by every primary-context reset: channels drop the pinned buffers and events they hold, which
-    /// the reset freed with the context that owned them.
+    /// Bumped whenever a context ends (a primary-context reset, `cuCtxDestroy`): channels and lanes then forget
+    /// the pinned buffers and events that went with it (`ended_contexts` says which), and keep the rest.
     reset_epoch: AtomicU64,
+    /// Real contexts that ended, with the `reset_epoch` they ended at (the latest, for a context reset again).
+    ended_contexts: Mutex<HashMap<u64, u64>>,
     /// How the client numbers this server's devices (`SetDeviceNumbering`): (client ordinal, index in the
     /// visible list). `None`: the visible list's own order.
     numbering: std::sync::RwLock<Option<Vec<(u32, u32)>>>,
@@ -216,6 +219,7 @@ impl Session {
             bytes_moved: AtomicU64::new(0),
             host_held: AtomicU64::new(0),
             reset_epoch: AtomicU64::new(0),
+            ended_contexts: Mutex::default(),
             order: SubmitOrder::default(),
             numbering: std::sync::RwLock::new(None),
             windows: Mutex::new(window::Windows::default()),
@@ -369,7 +373,7 @@ impl Session {
     /// longer counts against the limit and its addresses are no longer the client's to name. With contexts of
     /// the app's own alive, whose memory survives, the records stay (they cannot be told apart). VMM memory
     /// (`cuMemCreate`) belongs to no context and survives the reset: its bytes stay counted, its mappings named.
-    fn forget_reset_context(&self) {
+    fn forget_reset_context(&self, device: i32) {
         let mut objs = self.objects();
         if objs.contexts.is_empty() {
             let gone: Vec<u64> = objs.allocations.keys().copied().collect();
@@ -383,8 +387,26 @@ impl Session {
             // the driver's own allocations.
             self.windows().release_all(&*self.backend);
         }
+        let primary = objs.primary.get(&device).copied();
         drop(objs);
-        self.reset_epoch.fetch_add(1, Ordering::AcqRel);
+        self.end_context(primary.map_or(0, |c| c.0));
+    }
+
+    /// Records that real context `ctx` ended (its buffers and events went with it) and bumps the epoch, so every
+    /// channel and lane looks at what it holds before its next use.
+    fn end_context(&self, ctx: u64) {
+        let mut ended = self.ended_contexts.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = self.reset_epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        if ctx != 0 {
+            // One entry per context the session ever had: bounded by the context cap's churn, a few bytes each.
+            ended.insert(ctx, epoch);
+        }
+    }
+
+    /// Whether real context `ctx` ended after `epoch` (when a holder of its buffers last looked).
+    fn context_ended_since(&self, ctx: u64, epoch: u64) -> bool {
+        let ended = self.ended_contexts.lock().unwrap_or_else(|p| p.into_inner());
+        ended.get(&ctx).is_some_and(|&at| at > epoch)
     }
 
     /// Fails with out-of-memory when the count `of` the session's objects has reached its cap `cap`.

@@ -34,6 +34,8 @@ pub(super) struct BoundFunction {
 #[derive(Default)]
 pub(super) struct Objects {
     pub contexts: HashMap<ContextId, Context>,
+    /// Each device's primary context (the server's ordinal → the real context), once retained.
+    pub primary: HashMap<i32, Context>,
     /// Each context's device (the server's ordinal).
     pub context_device: HashMap<ContextId, i32>,
     pub streams: HashMap<StreamId, Stream>,

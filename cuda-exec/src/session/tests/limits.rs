@@ -78,6 +78,51 @@ fn large_upload_buffers_are_reused_not_freed() {
     assert_eq!(s.usage().host_bytes, 0, "kept buffers given back at the channel's end");
 }
 
+/// Pinned buffers a channel made while the app's own context was current survive a primary-context reset, as
+/// natively: kept and reused. Forgetting them on every reset (the session fuzz target's memory grew by them) let a
+/// client leak pinned memory past its budget, one reset at a time. Destroying that context takes them with it:
+/// the channel forgets them then, and frees nothing twice.
+#[test]
+fn resets_do_not_leak_the_buffers_of_the_apps_own_context() {
+    let (backend, s) = session(Limits {
+        caps: Caps {
+            host_bytes: Some(64 * MIB),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let mut c = Client::connect(&s);
+    let own = ContextId(0x2000);
+    c.ok(&CtxCreate { ctx: own, flags: 0, dev: 0 });
+    let dst = c.ok(&MemAlloc { size: 8 * MIB }).dptr;
+    let data = pattern((8 * MIB) as usize, 3);
+    let mut after_first = 0;
+    for round in 0..6 {
+        c.htod(dst.0, &data).expect("synchronous upload");
+        let call = MemcpyHtoDAsync {
+            dst,
+            size: 8 * MIB,
+            stream: StreamId::NULL,
+        };
+        c.send(&call, &data);
+        c.ok(&Ping {});
+        c.ok(&PrimaryCtxReset { dev: 0, _pad: 0 });
+        if round == 0 {
+            after_first = backend.host_live();
+            assert!(after_first >= 8 * MIB, "the copies made pinned buffers: {after_first}");
+        }
+    }
+    assert_eq!(backend.host_live(), after_first, "no pinned memory lost to the resets");
+    assert_eq!(c.dtoh(dst.0, 8 * MIB).expect("read back"), data);
+    let frees = backend.host_frees();
+    c.ok(&CtxDestroy { ctx: own });
+    assert!(backend.host_frees() > frees, "the context's buffers went with it");
+    c.ok(&Ping {});
+    assert_eq!(s.usage().host_bytes, 0, "their budget given back: {:?}", s.usage());
+    c.close();
+    assert_eq!(backend.host_live(), 0, "nothing left allocated");
+}
+
 /// Asynchronous host-to-device copies queued behind the budget are waited for, never dropped.
 #[test]
 fn queued_uploads_wait_and_all_land() {
