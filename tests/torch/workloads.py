@@ -344,22 +344,28 @@ def _vision_models(ctx: Ctx):
 
 def w_vision_infer(ctx: Ctx) -> dict:
     warm, iters = ctx.q((3, 20), (1, 3))
-    checks, timing, traffic = {}, {}, {}
+    checks, timing, traffic, samples = {}, {}, {}, {}
     for i, (name, build, batch, size) in enumerate(_vision_models(ctx)):
         seed_all(SEED + 10 + i)
         model = build().eval().to(ctx.device)
         x = torch.randn(batch, 3, size, size, generator=gen(SEED + 20 + i)).to(ctx.device)
-        lat = []
+        lat, enq = [], []
         with torch.no_grad():
             for it in range(warm + iters):
                 if it == warm:
                     tr0 = TRAFFIC.snapshot()
                 t = time.perf_counter()
                 out = model(x)
+                queued = time.perf_counter()
                 ctx.sync()
                 if it >= warm:
                     lat.append((time.perf_counter() - t) * 1e3)
+                    enq.append((queued - t) * 1e3)
             traffic[name] = TRAFFIC.per_step(tr0, iters)
+        # How long the forward pass took to queue, against the whole: near the whole, the step is bound by the
+        # host's launches (the app's thread, or the server's submissions behind it), not by the GPU.
+        timing[f"{name}_enqueue_ms"] = median(enq)
+        samples[name] = {"step_ms": [round(v, 3) for v in lat], "enqueue_ms": [round(v, 3) for v in enq]}
         o = out.double().cpu()
         checks[name] = {**tsum(o), "logits0": [float(v) for v in o[0, :5]],
                         "argmax": [int(v) for v in o.argmax(1)]}
@@ -368,7 +374,7 @@ def w_vision_infer(ctx: Ctx) -> dict:
               f"argmax {checks[name]['argmax'][:8]} median {median(lat):.3f} ms", flush=True)
         del model, out
     timing["primary"] = next(k for k in timing if k.endswith("_median_ms"))
-    return {"checks": checks, "timing": timing, "traffic": traffic}
+    return {"checks": checks, "timing": timing, "traffic": traffic, "samples": samples}
 
 
 def w_lm_infer(ctx: Ctx) -> dict:
