@@ -7,7 +7,6 @@
 //! holds the session's books (client id → backend handle), `order.rs` the submission order across channels.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vgpu_dataplane::cuerr::*;
@@ -22,6 +21,7 @@ mod coll;
 mod context;
 mod copy;
 mod direct;
+mod ended;
 mod graph;
 mod ipc;
 mod lane;
@@ -179,8 +179,8 @@ pub struct Session {
     /// Bumped whenever a context ends (a primary-context reset, `cuCtxDestroy`): channels and lanes then forget
     /// the pinned buffers and events that went with it (`ended_contexts` says which), and keep the rest.
     reset_epoch: AtomicU64,
-    /// Real contexts that ended, with the `reset_epoch` they ended at (the latest, for a context reset again).
-    ended_contexts: Mutex<HashMap<u64, u64>>,
+    /// Real contexts that ended, with the `reset_epoch` they ended at.
+    ended_contexts: Mutex<ended::EndedContexts>,
     /// How the client numbers this server's devices (`SetDeviceNumbering`): (client ordinal, index in the
     /// visible list). `None`: the visible list's own order.
     numbering: std::sync::RwLock<Option<Vec<(u32, u32)>>>,
@@ -398,15 +398,14 @@ impl Session {
         let mut ended = self.ended_contexts.lock().unwrap_or_else(|p| p.into_inner());
         let epoch = self.reset_epoch.fetch_add(1, Ordering::AcqRel) + 1;
         if ctx != 0 {
-            // One entry per context the session ever had: bounded by the context cap's churn, a few bytes each.
-            ended.insert(ctx, epoch);
+            ended.record(ctx, epoch);
         }
     }
 
     /// Whether real context `ctx` ended after `epoch` (when a holder of its buffers last looked).
     fn context_ended_since(&self, ctx: u64, epoch: u64) -> bool {
         let ended = self.ended_contexts.lock().unwrap_or_else(|p| p.into_inner());
-        ended.get(&ctx).is_some_and(|&at| at > epoch)
+        ended.since(ctx, epoch)
     }
 
     /// Fails with out-of-memory when the count `of` the session's objects has reached its cap `cap`.

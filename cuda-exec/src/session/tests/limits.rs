@@ -93,7 +93,11 @@ fn resets_do_not_leak_the_buffers_of_the_apps_own_context() {
     });
     let mut c = Client::connect(&s);
     let own = ContextId(0x2000);
-    c.ok(&CtxCreate { ctx: own, flags: 0, dev: 0 });
+    c.ok(&CtxCreate {
+        ctx: own,
+        flags: 0,
+        dev: 0,
+    });
     let dst = c.ok(&MemAlloc { size: 8 * MIB }).dptr;
     let data = pattern((8 * MIB) as usize, 3);
     let mut after_first = 0;
