@@ -501,10 +501,13 @@ impl Channel {
         vgpu_dataplane::ranges::covered(&self.s().objects().ranges, addr.0, len)
     }
 
-    /// A pinned buffer of at least `len` bytes, reusing a kept one when it fits.
+    /// A pinned buffer of at least `len` bytes, reusing a kept one when it fits. Only one made in the current
+    /// context fits: a copy queued in this context then never uses memory that another context's end could free
+    /// under it while it waits.
     pub fn take_buffer(&mut self, len: usize) -> CuResult<HostBuffer> {
         self.reclaim_in_flight();
-        let fits = |b: &HostBuffer| b.len >= len && b.len <= len.max(4096) * 2;
+        let ctx = self.b().current_context().0;
+        let fits = |b: &HostBuffer| b.len >= len && b.len <= len.max(4096) * 2 && b.ctx == ctx;
         let kept = match self.pool.iter().position(fits) {
             Some(i) => Some(self.pool.swap_remove(i)),
             None => self.retired.iter().position(fits).map(|i| self.retired.swap_remove(i)),

@@ -127,6 +127,45 @@ fn resets_do_not_leak_the_buffers_of_the_apps_own_context() {
     assert_eq!(backend.host_live(), 0, "nothing left allocated");
 }
 
+/// A kept buffer is reused only for copies in the context it was made in: one made in the primary context and reused
+/// by a copy queued in another could be freed under that copy by the primary's reset.
+#[test]
+fn kept_buffers_are_reused_within_their_context_only() {
+    let (backend, s) = session(Limits::default());
+    let mut c = Client::connect(&s);
+    let dst = c.ok(&MemAlloc { size: 24 * MIB }).dptr;
+    let data = pattern((24 * MIB) as usize, 5);
+    let upload = |c: &mut Client| {
+        let call = MemcpyHtoDAsync {
+            dst,
+            size: 24 * MIB,
+            stream: StreamId::NULL,
+        };
+        c.send(&call, &data);
+        c.ok(&Ping {});
+    };
+    upload(&mut c);
+    let in_primary = backend.host_live();
+    upload(&mut c);
+    assert_eq!(backend.host_live(), in_primary, "reused within the primary context");
+    c.ok(&CtxCreate {
+        ctx: ContextId(0x2000),
+        flags: 0,
+        dev: 0,
+    });
+    upload(&mut c);
+    assert!(
+        backend.host_live() >= in_primary + 24 * MIB,
+        "a buffer of the new context's own"
+    );
+    let both = backend.host_live();
+    c.post(&CtxSetCurrent { ctx: ContextId(0x1000) });
+    upload(&mut c);
+    assert_eq!(backend.host_live(), both, "the primary's buffer reused again");
+    assert_eq!(c.dtoh(dst.0, 24 * MIB).expect("read back"), data);
+    c.close();
+}
+
 /// Asynchronous host-to-device copies queued behind the budget are waited for, never dropped.
 #[test]
 fn queued_uploads_wait_and_all_land() {
