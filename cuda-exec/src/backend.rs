@@ -57,6 +57,9 @@ pub struct HostBuffer {
     /// The context current when it was made (0: none, or not the driver's memory): the driver frees the buffer
     /// with that context (its reset or destruction), so its holder must then forget it.
     pub ctx: u64,
+    /// The session's epoch of ended contexts just before it was made (0 from the backend; the session stamps it):
+    /// only an end after that can have taken it.
+    pub epoch: u64,
 }
 
 // SAFETY: a HostBuffer is plain memory owned by one channel thread at a time; moving it between threads is safe.
@@ -133,6 +136,11 @@ pub trait Backend: DriverOps + GraphOps + Send + Sync + 'static {
     /// The calling thread's current context (`Context(0)`: none), for the scheduler's bookkeeping.
     fn current_context(&self) -> Context {
         Context(0)
+    }
+    /// Whether device `dev`'s primary context is alive (`cuDevicePrimaryCtxGetState`); `None`: not known. The driver
+    /// destroys it when its last reference is released, which the worker's own references can hold off.
+    fn primary_ctx_active(&self, _dev: i32) -> Option<bool> {
+        None
     }
     /// The server ordinal of the device of the calling thread's current context (`None`: no context).
     fn context_device(&self) -> Option<i32> {

@@ -95,6 +95,7 @@ mod tests {
             ptr: bytes.as_mut_ptr().wrapping_add(1),
             len: 63,
             ctx: 0,
+            epoch: 0,
         };
         HostCounter::new(buffer).expect("room for an aligned word")
     }
@@ -128,6 +129,7 @@ mod tests {
             ptr: bytes.as_mut_ptr().wrapping_add(at + 1),
             len: 3,
             ctx: 0,
+            epoch: 0,
         };
         assert!(HostCounter::new(buffer).is_none());
     }

@@ -3,7 +3,8 @@
 //!
 //! Asserts: the channel ends (cleanly or refusing a malformed frame) without a panic; the session never holds
 //! more device memory than its limit or more host memory than its budget; the backend's host buffers stay
-//! within the budget plus the channel's bounded staging pool, and none is left once the session has ended.
+//! within the budget plus the channel's bounded staging pool, none is left once the session has ended, and none
+//! is freed twice (or after a context's end took it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,10 +67,15 @@ pub fn run(data: &[u8]) {
         let usage = session.usage();
         drop(session);
         // Every pinned buffer the session made is freed when it ends (or went with a context's reset).
-        (usage, backend.host_peak(), backend.host_live())
+        (
+            usage,
+            backend.host_peak(),
+            backend.host_live(),
+            backend.host_stale_frees(),
+        )
     })
     .join();
-    let (usage, host_peak, host_left) = outcome.unwrap_or_else(|_| panic!("serving the session panicked"));
+    let (usage, host_peak, host_left, stale_frees) = outcome.unwrap_or_else(|_| panic!("serving the session panicked"));
     assert!(
         usage.allocated_bytes <= MEMORY_LIMIT,
         "device memory past the limit: {usage:?}"
@@ -85,6 +91,10 @@ pub fn run(data: &[u8]) {
     assert_eq!(
         host_left, 0,
         "pinned host bytes still allocated after the session ended"
+    );
+    assert_eq!(
+        stale_frees, 0,
+        "a pinned buffer freed twice, or after a context's end took it"
     );
 }
 

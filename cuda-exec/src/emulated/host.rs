@@ -8,7 +8,32 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use super::EmulatedBackend;
 use crate::backend::HostBuffer;
+
+/// The backend's pinned-buffer readings, for tests and the fuzz targets.
+impl EmulatedBackend {
+    /// The most host buffer bytes alive at once so far (staging, queued copies, pools).
+    pub fn host_peak(&self) -> u64 {
+        self.host.peak()
+    }
+
+    /// Host buffer bytes alive now (zero once every session that used the backend has ended).
+    pub fn host_live(&self) -> u64 {
+        self.host.live()
+    }
+
+    /// Frees of pinned buffers that were not alive (double frees, or frees of what a context's end took): zero
+    /// unless the session lost track of a buffer.
+    pub fn host_stale_frees(&self) -> u64 {
+        self.host.stale_frees()
+    }
+
+    /// How many host buffers were freed so far (on the GPU each free waits for the device's queued work).
+    pub fn host_frees(&self) -> u64 {
+        self.host.frees()
+    }
+}
 
 #[derive(Default)]
 pub(super) struct HostBuffers {
@@ -18,6 +43,9 @@ pub(super) struct HostBuffers {
     live_bytes: AtomicU64,
     peak_bytes: AtomicU64,
     frees: AtomicU64,
+    /// Frees of a pointer that is no buffer (any more): on the driver a double free, or a free of memory a context's
+    /// end took, which could be someone else's buffer by then. Counted, for tests to assert none happen.
+    stale_frees: AtomicU64,
 }
 
 impl HostBuffers {
@@ -30,18 +58,23 @@ impl HostBuffers {
         let live = self.live_bytes.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
         self.peak_bytes.fetch_max(live, Ordering::Relaxed);
         vgpu_dataplane::pinned::add(ptr as usize, len); // as the real backend lists its pinned buffers
-        HostBuffer { ptr, len, ctx }
+        HostBuffer {
+            ptr,
+            len,
+            ctx,
+            epoch: 0,
+        }
     }
 
-    /// Frees the buffer at `ptr`; false when there is none (a reset took it), and nothing is freed twice.
-    pub(super) fn free(&self, ptr: *mut u8) -> bool {
+    /// Frees the buffer at `ptr`; when there is none (freed before, or taken by a context's end) nothing is freed
+    /// and the stale free is counted.
+    pub(super) fn free(&self, ptr: *mut u8) {
         let found = self.table().remove(&(ptr as usize));
         match found {
-            Some((len, _)) => {
-                self.release(ptr as usize, len);
-                true
+            Some((len, _)) => self.release(ptr as usize, len),
+            None => {
+                self.stale_frees.fetch_add(1, Ordering::Relaxed);
             }
-            None => false,
         }
     }
 
@@ -71,6 +104,10 @@ impl HostBuffers {
 
     pub(super) fn live(&self) -> u64 {
         self.live_bytes.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn stale_frees(&self) -> u64 {
+        self.stale_frees.load(Ordering::Relaxed)
     }
 
     pub(super) fn frees(&self) -> u64 {

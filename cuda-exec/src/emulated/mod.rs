@@ -128,21 +128,6 @@ impl EmulatedBackend {
         CURRENT_CTX.with(|c| c.get())
     }
 
-    /// The most host buffer bytes alive at once so far (staging, queued copies, pools).
-    pub fn host_peak(&self) -> u64 {
-        self.host.peak()
-    }
-
-    /// Host buffer bytes alive now (zero once every session that used the backend has ended).
-    pub fn host_live(&self) -> u64 {
-        self.host.live()
-    }
-
-    /// How many host buffers were freed so far (on the GPU each free waits for the device's queued work).
-    pub fn host_frees(&self) -> u64 {
-        self.host.frees()
-    }
-
     fn handle(&self) -> u64 {
         self.next_handle.fetch_add(16, Ordering::Relaxed)
     }
@@ -225,13 +210,20 @@ impl EmulatedBackend {
 impl DriverOps for EmulatedBackend {
     fn primary_ctx_release(&self, dev: i32) -> CuResult<()> {
         let mut st = self.state();
-        match st.primary_refs.get_mut(&dev) {
+        let last = match st.primary_refs.get_mut(&dev) {
             Some(n) if *n > 0 => {
                 *n -= 1;
-                Ok(())
+                *n == 0
             }
-            _ => Err(CUDA_ERROR_INVALID_CONTEXT),
+            _ => return Err(CUDA_ERROR_INVALID_CONTEXT),
+        };
+        if last {
+            // The last reference destroys the context, as a reset does.
+            st.limits.clear();
+            drop(st);
+            self.host.free_context(primary_context(dev));
         }
+        Ok(())
     }
     fn primary_ctx_reset(&self, dev: i32) -> CuResult<()> {
         self.check_device(dev)?;
@@ -400,6 +392,9 @@ impl Backend for EmulatedBackend {
     }
     fn current_context(&self) -> Context {
         Context(self.current())
+    }
+    fn primary_ctx_active(&self, dev: i32) -> Option<bool> {
+        Some(self.state().primary_refs.get(&dev).is_some_and(|&n| n > 0))
     }
     fn device_can_access_peer(&self, dev: i32, peer: i32) -> CuResult<i32> {
         self.can_access_peer(dev, peer)

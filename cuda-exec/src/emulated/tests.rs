@@ -383,6 +383,7 @@ fn frees_wait_for_held_streams_as_the_drivers_implicit_synchronization_does() {
                 ptr: pinned.ptr,
                 len: pinned.len,
                 ctx: pinned.ctx,
+                epoch: pinned.epoch,
             });
         }
         assert!(
@@ -414,6 +415,11 @@ fn a_primary_context_reset_frees_its_pinned_buffers_and_only_those() {
     assert_eq!(in_own.as_slice()[..16], [7; 16]);
     b.host_free(in_primary);
     assert_eq!(b.host_frees(), frees + 1);
+    assert_eq!(
+        b.host_stale_frees(),
+        1,
+        "the second free of the reset buffer is counted, not done"
+    );
     b.host_free(in_own);
     assert_eq!(b.host_frees(), frees + 2);
     b.ctx_destroy(own).expect("destroy");

@@ -306,6 +306,12 @@ impl Backend for RealBackend {
             .ok()
             .map(|_| dev)
     }
+    fn primary_ctx_active(&self, dev: i32) -> Option<bool> {
+        let (mut flags, mut active) = (0u32, 0i32);
+        // SAFETY: out-pointers to locals.
+        let r = unsafe { self.driver.cuDevicePrimaryCtxGetState(dev, &mut flags, &mut active) };
+        r.result().ok().map(|_| active != 0)
+    }
     fn primary_ctx_retain(&self, dev: i32) -> CuResult<Context> {
         let mut ctx = std::ptr::null_mut();
         // SAFETY: out-pointer to a local.
@@ -354,7 +360,9 @@ impl Backend for RealBackend {
         Ok(HostBuffer {
             ptr: ptr as *mut u8,
             len,
+            // 0 (no context) cannot happen: without a current context cuMemHostAlloc fails above.
             ctx: self.current_context().0,
+            epoch: 0,
         })
     }
     fn host_free(&self, buf: HostBuffer) {

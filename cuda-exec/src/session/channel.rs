@@ -101,7 +101,7 @@ pub(super) struct Channel {
     body: Vec<u8>,
     /// The current call's tail (calls with a `bytes` tail).
     pub tail: Vec<u8>,
-    /// The session's `reset_epoch` when this channel's buffers were allocated.
+    /// The session's `reset_epoch` when this channel last looked at what ended contexts took (`forget_reset_buffers`).
     epoch: u64,
     /// The context this channel's thread has current (the client's id; 0: none).
     pub current: ContextId,
@@ -234,17 +234,17 @@ impl Channel {
         }
     }
 
-    /// A context ended (a primary-context reset, `cuCtxDestroy`) and freed the pinned buffers made while it was
-    /// current: forget those rather than use or free them again, and the copies waiting in them (the context's
-    /// end discards them natively). Buffers of contexts still alive stay, and are freed as usual: forgetting them
-    /// too would let a client leak pinned memory past its budget, one reset at a time.
+    /// A context ended (a primary-context reset or last release, `cuCtxDestroy`) and freed the pinned buffers made
+    /// while it was current: forget those rather than use or free them again, and the copies waiting in them (the
+    /// context's end discards them natively). Buffers of contexts still alive stay, and are freed as usual:
+    /// forgetting them too would let a client leak pinned memory past its budget, one reset at a time.
     fn forget_reset_buffers(&mut self) {
         let epoch = self.session.reset_epoch.load(Ordering::Acquire);
         if epoch == self.epoch {
             return;
         }
         let (session, since) = (self.session.clone(), self.epoch);
-        let gone = |b: &HostBuffer| session.context_ended_since(b.ctx, since);
+        let gone = |b: &HostBuffer| session.buffer_gone(b, since);
         let mut released = 0u64;
         self.staging.retain(|b| !gone(b));
         for kept in [&mut self.pool, &mut self.retired] {
@@ -517,7 +517,7 @@ impl Channel {
             self.session.release_host(buf.len as u64);
             return Ok(buf);
         }
-        self.b().host_alloc(len.max(4096))
+        self.session.alloc_pinned(len.max(4096))
     }
 
     /// Keeps a buffer for reuse, within the pool's bounds and the session's host budget (kept buffers are pinned
@@ -587,7 +587,7 @@ impl Channel {
     /// The two staging buffers pipelined copies alternate between.
     pub fn ensure_staging(&mut self) -> CuResult<()> {
         while self.staging.len() < 2 {
-            let b = self.b().host_alloc(CHUNK)?;
+            let b = self.session.alloc_pinned(CHUNK)?;
             self.staging.push(b);
         }
         Ok(())
@@ -649,6 +649,8 @@ impl Channel {
 
     /// Returns buffers to the backend when the channel ends (the worker's exit frees the rest).
     fn release(&mut self) {
+        // A context that ended at the channel's last request took buffers the channel has not looked at since.
+        self.forget_reset_buffers();
         let b = self.session.backend.clone();
         self.session.release_host(self.kept_bytes());
         for buf in self

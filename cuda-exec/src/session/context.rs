@@ -32,9 +32,16 @@ impl Serve<PrimaryCtxRelease> for Channel {
             .and_then(|d| {
                 // The context may go with its last reference.
                 self.s().sched_forget_device(d);
-                self.b().primary_ctx_release(d)
+                self.b().primary_ctx_release(d).map(|_| d)
             })
-            .map(|_| Empty {}))
+            .map(|d| {
+                // With the last reference (the worker may hold one of its own) the driver destroyed the context, as
+                // a reset does: its memory and pinned buffers went with it. Unknown: kept (a leak at worst).
+                if self.b().primary_ctx_active(d) == Some(false) {
+                    self.s().forget_reset_context(d);
+                }
+                Empty {}
+            }))
     }
 }
 

@@ -105,7 +105,15 @@ impl Channel {
             .ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let ptr = region.at(offset, size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let len = usize::try_from(size).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
-        Ok((region, HostBuffer { ptr, len, ctx: 0 }))
+        Ok((
+            region,
+            HostBuffer {
+                ptr,
+                len,
+                ctx: 0,
+                epoch: 0,
+            },
+        ))
     }
 
     /// Queues a copy on `stream` between device memory `dev` and `size` bytes at `offset` of shared region

@@ -20,6 +20,7 @@ use vgpu_dataplane::wire::CollRun;
 use vgpu_dataplane::Endpoint;
 
 use super::channel::{Channel, CHUNK};
+use super::ended::EndedContexts;
 use super::Session;
 use crate::backend::{Backend, Context, Event, HostBuffer, HostCounter, Stream};
 
@@ -190,22 +191,22 @@ impl Lane {
         let stream = match b.stream_create(NON_BLOCKING, 0) {
             Ok(s) => s,
             Err(e) => {
-                kit.free(&*b, Some(session), epoch);
+                kit.free(&*b, Some(session), &session.ended_book(), epoch);
                 return Err(e);
             }
         };
-        let counter = match b.host_alloc(4096) {
+        let counter = match session.alloc_pinned(4096) {
             Ok(buf) => match HostCounter::new(buf) {
                 Some(c) => Arc::new(c),
                 // `host_alloc` gives whole pages: always room for the word.
                 None => {
-                    kit.free(&*b, Some(session), epoch);
+                    kit.free(&*b, Some(session), &session.ended_book(), epoch);
                     let _ = b.stream_destroy(stream);
                     return Err(CUDA_ERROR_UNKNOWN);
                 }
             },
             Err(e) => {
-                kit.free(&*b, Some(session), epoch);
+                kit.free(&*b, Some(session), &session.ended_book(), epoch);
                 let _ = b.stream_destroy(stream);
                 return Err(e);
             }
@@ -218,6 +219,7 @@ impl Lane {
             stream,
             counter: counter.clone(),
             epoch,
+            book: session.ended_book(),
         };
         let spawned = std::thread::Builder::new()
             .name("vgpu-coll-lane".into())
@@ -253,13 +255,13 @@ impl Kit {
             pool: Vec::new(),
         };
         for i in 0..LANE_STAGING + LANE_POOL {
-            match b.host_alloc(CHUNK) {
+            match session.alloc_pinned(CHUNK) {
                 Ok(buf) if i < LANE_STAGING => kit.staging.push(buf),
                 Ok(buf) => kit.pool.push(buf),
                 Err(e) => {
                     let held: u64 = kit.pool.iter().map(|b| b.len as u64).sum();
                     session.release_host(pooled - held);
-                    kit.free(b, Some(session), epoch);
+                    kit.free(b, Some(session), &session.ended_book(), epoch);
                     return Err(e);
                 }
             }
@@ -268,13 +270,14 @@ impl Kit {
     }
 
     /// Frees the buffers, giving the pool's bytes back to the session's budget (if the session is still there);
-    /// those whose context ended after `epoch` went with it, and are only forgotten.
-    fn free(self, b: &dyn Backend, session: Option<&Session>, epoch: u64) {
+    /// those a context's end took after `epoch` (the book says, even once the session is gone) are only forgotten.
+    fn free(self, b: &dyn Backend, session: Option<&Session>, book: &Mutex<EndedContexts>, epoch: u64) {
         if let Some(session) = session {
             session.release_host(self.pool.iter().map(|b| b.len as u64).sum());
         }
+        let book = book.lock().unwrap_or_else(|p| p.into_inner());
         for buf in self.staging.into_iter().chain(self.pool) {
-            if !session.is_some_and(|s| s.context_ended_since(buf.ctx, epoch)) {
+            if !book.since(buf.ctx, epoch.max(buf.epoch)) {
                 b.host_free(buf);
             }
         }
@@ -290,6 +293,9 @@ struct Worker {
     stream: Stream,
     counter: Arc<HostCounter>,
     epoch: u64,
+    /// The session's book of ended contexts, held strongly: the lane may end after the session and must still know
+    /// what a context's end took.
+    book: Arc<Mutex<EndedContexts>>,
 }
 
 /// Sets the counter to a collective's number however its run ends, so the app's stream is never held for good.
@@ -337,17 +343,20 @@ impl Worker {
         }
         // The session ended or dropped this lane: what the lane made goes, unless its context's end took it already.
         let session = self.session.upgrade();
-        let ended = |ctx: u64| session.as_ref().is_some_and(|s| s.context_ended_since(ctx, self.epoch));
-        if !ended(self.context.0) && entered.is_ok() {
+        let ended = |ctx: u64, made: u64| {
+            let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+            book.since(ctx, self.epoch.max(made))
+        };
+        if !ended(self.context.0, 0) && entered.is_ok() {
             let _ = b.stream_synchronize(self.stream);
             let _ = b.stream_destroy(self.stream);
         }
         if let Some(kit) = kit.take() {
-            kit.free(b, session.as_deref(), self.epoch);
+            kit.free(b, session.as_deref(), &self.book, self.epoch);
         }
         if let Ok(counter) = Arc::try_unwrap(self.counter) {
             let buf = counter.into_buffer();
-            if !ended(buf.ctx) {
+            if !ended(buf.ctx, buf.epoch) {
                 b.host_free(buf);
             }
         }

@@ -13,7 +13,7 @@ use vgpu_dataplane::cuerr::*;
 use vgpu_dataplane::wire::WireError;
 use vgpu_dataplane::{Transport, TransportError};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, HostBuffer};
 
 mod array;
 mod channel;
@@ -176,11 +176,11 @@ pub struct Session {
     host_held: AtomicU64,
     /// The client's submission order across this session's channels.
     order: SubmitOrder,
-    /// Bumped whenever a context ends (a primary-context reset, `cuCtxDestroy`): channels and lanes then forget
-    /// the pinned buffers and events that went with it (`ended_contexts` says which), and keep the rest.
+    /// Bumped whenever a context ends (a primary-context reset or last release, `cuCtxDestroy`): channels and lanes
+    /// then forget the pinned buffers and events that went with it (`ended_contexts` says which), keep the rest.
     reset_epoch: AtomicU64,
     /// Real contexts that ended, with the `reset_epoch` they ended at.
-    ended_contexts: Mutex<ended::EndedContexts>,
+    ended_contexts: Arc<Mutex<ended::EndedContexts>>,
     /// How the client numbers this server's devices (`SetDeviceNumbering`): (client ordinal, index in the
     /// visible list). `None`: the visible list's own order.
     numbering: std::sync::RwLock<Option<Vec<(u32, u32)>>>,
@@ -219,7 +219,7 @@ impl Session {
             bytes_moved: AtomicU64::new(0),
             host_held: AtomicU64::new(0),
             reset_epoch: AtomicU64::new(0),
-            ended_contexts: Mutex::default(),
+            ended_contexts: Arc::default(),
             order: SubmitOrder::default(),
             numbering: std::sync::RwLock::new(None),
             windows: Mutex::new(window::Windows::default()),
@@ -369,8 +369,9 @@ impl Session {
         objs.allocated_bytes = objs.allocated_bytes.saturating_sub(size);
     }
 
-    /// After a primary-context reset: the device memory the session allocated is gone (natively too), so it no
-    /// longer counts against the limit and its addresses are no longer the client's to name. With contexts of
+    /// After a primary-context reset (or its last release, which destroys it): the device memory the session
+    /// allocated is gone (natively too), so it no longer counts against the limit and its addresses are no longer
+    /// the client's to name. With contexts of
     /// the app's own alive, whose memory survives, the records stay (they cannot be told apart). VMM memory
     /// (`cuMemCreate`) belongs to no context and survives the reset: its bytes stay counted, its mappings named.
     fn forget_reset_context(&self, device: i32) {
@@ -400,6 +401,24 @@ impl Session {
         if ctx != 0 {
             ended.record(ctx, epoch);
         }
+    }
+
+    /// A pinned buffer made now for a channel or lane, stamped with the epoch just before it was made.
+    fn alloc_pinned(&self, len: usize) -> CuResult<HostBuffer> {
+        let epoch = self.reset_epoch.load(Ordering::Acquire);
+        let mut buf = self.backend.host_alloc(len)?;
+        buf.epoch = epoch;
+        Ok(buf)
+    }
+
+    /// Whether the driver freed `buf` with its context after its holder last looked (`looked`) or it was made.
+    fn buffer_gone(&self, buf: &HostBuffer, looked: u64) -> bool {
+        self.context_ended_since(buf.ctx, looked.max(buf.epoch))
+    }
+
+    /// The book of ended contexts, for a lane that outlives its session.
+    fn ended_book(&self) -> Arc<Mutex<ended::EndedContexts>> {
+        self.ended_contexts.clone()
     }
 
     /// Whether real context `ctx` ended after `epoch` (when a holder of its buffers last looked).

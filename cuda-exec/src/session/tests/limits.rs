@@ -118,13 +118,16 @@ fn resets_do_not_leak_the_buffers_of_the_apps_own_context() {
     }
     assert_eq!(backend.host_live(), after_first, "no pinned memory lost to the resets");
     assert_eq!(c.dtoh(dst.0, 8 * MIB).expect("read back"), data);
-    let frees = backend.host_frees();
     c.ok(&CtxDestroy { ctx: own });
-    assert!(backend.host_frees() > frees, "the context's buffers went with it");
     c.ok(&Ping {});
     assert_eq!(s.usage().host_bytes, 0, "their budget given back: {:?}", s.usage());
     c.close();
     assert_eq!(backend.host_live(), 0, "nothing left allocated");
+    assert_eq!(
+        backend.host_stale_frees(),
+        0,
+        "the destroyed context's buffers were not freed again"
+    );
 }
 
 /// A kept buffer is reused only for copies in the context it was made in: one made in the primary context and reused
@@ -164,6 +167,53 @@ fn kept_buffers_are_reused_within_their_context_only() {
     assert_eq!(backend.host_live(), both, "the primary's buffer reused again");
     assert_eq!(c.dtoh(dst.0, 24 * MIB).expect("read back"), data);
     c.close();
+}
+
+/// A context's end as the channel's last request (a reset, or the primary context's last release, after which
+/// the driver destroys it) leaves the channel's buffers to the driver: the channel's end frees none of them again,
+/// and a context retained anew gets buffers of its own instead of the ones its predecessor took.
+#[test]
+fn buffers_a_context_took_are_never_freed_or_used_again() {
+    for end in ["reset", "release"] {
+        let (backend, s) = session(Limits::default());
+        let mut c = Client::connect(&s);
+        let dst = c.ok(&MemAlloc { size: 8 * MIB }).dptr;
+        let data = pattern((8 * MIB) as usize, 8);
+        let upload = |c: &mut Client| {
+            let call = MemcpyHtoDAsync {
+                dst,
+                size: 8 * MIB,
+                stream: StreamId::NULL,
+            };
+            c.send(&call, &data);
+            c.ok(&Ping {});
+        };
+        upload(&mut c);
+        if end == "release" {
+            c.ok(&PrimaryCtxRelease { dev: 0, _pad: 0 });
+            // Retained again: a new context; the old one's buffers are not the channel's to reuse.
+            c.ok(&PrimaryCtxRetain {
+                ctx: ContextId(0x1000),
+                dev: 0,
+                _pad: 0,
+            });
+            c.post(&CtxSetCurrent { ctx: ContextId(0x1000) });
+            let dst2 = c.ok(&MemAlloc { size: 8 * MIB }).dptr;
+            let call = MemcpyHtoDAsync {
+                dst: dst2,
+                size: 8 * MIB,
+                stream: StreamId::NULL,
+            };
+            c.send(&call, &data);
+            assert_eq!(c.dtoh(dst2.0, 8 * MIB).expect("read back"), data);
+        } else {
+            c.ok(&PrimaryCtxReset { dev: 0, _pad: 0 });
+        }
+        c.close();
+        assert_eq!(backend.host_stale_frees(), 0, "{end}: a buffer freed twice");
+        assert_eq!(backend.host_live(), 0, "{end}: left allocated");
+        assert_eq!(s.usage().host_bytes, 0, "{end}: budget still held");
+    }
 }
 
 /// Asynchronous host-to-device copies queued behind the budget are waited for, never dropped.
