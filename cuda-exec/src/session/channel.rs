@@ -584,10 +584,30 @@ impl Channel {
         }
     }
 
-    /// The two staging buffers pipelined copies alternate between.
+    /// The two staging buffers pipelined copies alternate between, made in the current context: staging of another
+    /// context could be freed under a copy by that context's end on another thread (a primary reset while this
+    /// thread copies in a context of the app's own). Another context's pair is kept for reuse, not freed.
     pub fn ensure_staging(&mut self) -> CuResult<()> {
+        let ctx = self.b().current_context().0;
+        if self.staging.iter().any(|b| b.ctx != ctx) {
+            for b in std::mem::take(&mut self.staging) {
+                if b.ctx == ctx {
+                    self.staging.push(b);
+                } else {
+                    self.give_back(b);
+                }
+            }
+        }
         while self.staging.len() < 2 {
-            let b = self.session.alloc_pinned(CHUNK)?;
+            let kept = self.pool.iter().position(|b| b.len == CHUNK && b.ctx == ctx);
+            let b = match kept {
+                Some(i) => {
+                    let b = self.pool.swap_remove(i);
+                    self.session.release_host(b.len as u64);
+                    b
+                }
+                None => self.session.alloc_pinned(CHUNK)?,
+            };
             self.staging.push(b);
         }
         Ok(())

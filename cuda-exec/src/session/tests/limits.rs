@@ -216,6 +216,52 @@ fn buffers_a_context_took_are_never_freed_or_used_again() {
     }
 }
 
+/// Synchronous copies stage through buffers of the current context: a copy in a context of the app's own never
+/// goes through staging a primary reset (from another thread, natively legal) could free under it. Switching
+/// contexts back and forth reuses each context's pair; nothing grows, nothing is freed twice.
+#[test]
+fn staging_belongs_to_the_current_context() {
+    let (backend, s) = session(Limits::default());
+    let mut c = Client::connect(&s);
+    let dst = c.ok(&MemAlloc { size: 8 * MIB }).dptr;
+    let data = pattern((8 * MIB) as usize, 2);
+    c.htod(dst.0, &data).expect("upload in the primary context");
+    let primary_pair = backend.host_live();
+    let own = ContextId(0x2000);
+    c.ok(&CtxCreate {
+        ctx: own,
+        flags: 0,
+        dev: 0,
+    });
+    c.htod(dst.0, &data).expect("upload in the app's own context");
+    let both = backend.host_live();
+    assert!(
+        both >= 2 * primary_pair,
+        "a pair of the own context's: {both} against {primary_pair}"
+    );
+    for _ in 0..3 {
+        c.post(&CtxSetCurrent { ctx: ContextId(0x1000) });
+        c.htod(dst.0, &data).expect("primary again");
+        c.post(&CtxSetCurrent { ctx: own });
+        c.htod(dst.0, &data).expect("own again");
+    }
+    assert_eq!(backend.host_live(), both, "each context's pair reused");
+    // The primary's reset takes its pair (kept in the pool meanwhile); the own context's copies go on as they were.
+    c.ok(&PrimaryCtxReset { dev: 0, _pad: 0 });
+    c.htod(dst.0, &data).expect("upload after the primary's reset");
+    assert_eq!(c.dtoh(dst.0, 8 * MIB).expect("read back"), data);
+    assert_eq!(
+        backend.host_live(),
+        both - primary_pair,
+        "the own pair kept, nothing new made"
+    );
+    c.ok(&CtxDestroy { ctx: own });
+    c.close();
+    assert_eq!(backend.host_stale_frees(), 0, "nothing freed twice");
+    assert_eq!(backend.host_live(), 0);
+    assert_eq!(s.usage().host_bytes, 0, "budget given back: {:?}", s.usage());
+}
+
 /// Asynchronous host-to-device copies queued behind the budget are waited for, never dropped.
 #[test]
 fn queued_uploads_wait_and_all_land() {
