@@ -217,11 +217,10 @@ impl DriverOps for EmulatedBackend {
             }
             _ => return Err(CUDA_ERROR_INVALID_CONTEXT),
         };
+        drop(st);
         if last {
             // The last reference destroys the context, as a reset does.
-            st.limits.clear();
-            drop(st);
-            self.host.free_context(primary_context(dev));
+            self.primary_ctx_reset(dev)?;
         }
         Ok(())
     }

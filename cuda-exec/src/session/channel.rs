@@ -73,8 +73,6 @@ pub(super) struct PendingCopy {
     pub buf: HostBuffer,
     pub len: usize,
     pub event: Event,
-    /// The context current when the copy was queued (its stream's and its event's).
-    pub ctx: u64,
 }
 
 /// Host memory an async host-to-device copy still reads from, until `event` completes; `held` bytes of the
@@ -82,8 +80,6 @@ pub(super) struct PendingCopy {
 pub(super) struct InFlight {
     pub buf: HostBuffer,
     pub event: Event,
-    /// The context current when the copy was queued (its stream's and its event's).
-    pub ctx: u64,
     pub held: u64,
 }
 
@@ -254,45 +250,20 @@ impl Channel {
                 !g
             });
         }
-        // A copy queued in an ended context was discarded with it: its buffer, if still alive, is free again. A
-        // copy into or from an ended buffer is forgotten with the buffer, its event (alive) destroyed.
-        let (mut freed, mut stale_events) = (Vec::new(), Vec::new());
-        for p in std::mem::take(&mut self.pending) {
-            match (gone(&p.buf), session.context_ended_since(p.ctx, since)) {
-                (false, false) => self.pending.push(p),
-                (buf_gone, event_gone) => {
-                    released += p.len as u64;
-                    if !event_gone {
-                        stale_events.push(p.event);
-                    }
-                    if !buf_gone {
-                        freed.push(p.buf);
-                    }
-                }
-            }
-        }
-        for f in std::mem::take(&mut self.in_flight) {
-            match (gone(&f.buf), session.context_ended_since(f.ctx, since)) {
-                (false, false) => self.in_flight.push(f),
-                (buf_gone, event_gone) => {
-                    released += f.held;
-                    if !event_gone {
-                        stale_events.push(f.event);
-                    }
-                    if !buf_gone {
-                        freed.push(f.buf);
-                    }
-                }
-            }
-        }
+        // A queued copy's buffer comes from `take_buffer`, made in the context the copy was queued in (its stream's
+        // and its event's): that context's end discarded the copy and took buffer and event with it.
+        self.pending.retain(|p| {
+            let g = gone(&p.buf);
+            released += if g { p.len as u64 } else { 0 };
+            !g
+        });
+        self.in_flight.retain(|f| {
+            let g = gone(&f.buf);
+            released += if g { f.held } else { 0 };
+            !g
+        });
         self.session.release_host(released);
         self.epoch = epoch;
-        for ev in stale_events {
-            let _ = self.b().event_destroy(ev);
-        }
-        for buf in freed {
-            self.give_back(buf);
-        }
     }
 
     /// Decodes the call, receives its tail as the table says, runs its handler, then replies or latches.

@@ -371,7 +371,6 @@ impl Serve<MemcpyHtoDAsync> for Channel {
                 self.in_flight.push(InFlight {
                     buf,
                     event,
-                    ctx: self.b().current_context().0,
                     held: len as u64,
                 });
                 Ok(Empty {})
@@ -453,7 +452,6 @@ impl Serve<MemcpyDtoHAsync> for Channel {
                     buf,
                     len,
                     event,
-                    ctx: self.b().current_context().0,
                 });
                 Ok(Empty {})
             }
@@ -629,7 +627,6 @@ impl Serve<Memcpy2DAsync> for Channel {
                     buf: b,
                     len: packed as usize,
                     event,
-                    ctx: self.b().current_context().0,
                 });
                 Ok(Empty {})
             }
@@ -637,7 +634,6 @@ impl Serve<Memcpy2DAsync> for Channel {
                 self.in_flight.push(InFlight {
                     buf: b,
                     event,
-                    ctx: self.b().current_context().0,
                     held: packed,
                 });
                 Ok(Empty {})

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use crate::backend::HostBuffer;
+
 /// Entries kept; each context end adds at most one (a context ended again replaces its own).
 const KEEP: usize = 4096;
 
@@ -32,6 +34,12 @@ impl EndedContexts {
     /// Whether `ctx` ended after `epoch`.
     pub(super) fn since(&self, ctx: u64, epoch: u64) -> bool {
         epoch < self.forgotten_up_to || self.at.get(&ctx).is_some_and(|&at| at > epoch)
+    }
+
+    /// Whether the driver freed `buf` with its context: an end after its holder last looked (`looked`) or after
+    /// it was made, whichever is later.
+    pub(super) fn took(&self, buf: &HostBuffer, looked: u64) -> bool {
+        self.since(buf.ctx, looked.max(buf.epoch))
     }
 }
 

@@ -275,11 +275,17 @@ impl Kit {
         if let Some(session) = session {
             session.release_host(self.pool.iter().map(|b| b.len as u64).sum());
         }
-        let book = book.lock().unwrap_or_else(|p| p.into_inner());
-        for buf in self.staging.into_iter().chain(self.pool) {
-            if !book.since(buf.ctx, epoch.max(buf.epoch)) {
-                b.host_free(buf);
-            }
+        let alive: Vec<HostBuffer> = {
+            let book = book.lock().unwrap_or_else(|p| p.into_inner());
+            self.staging
+                .into_iter()
+                .chain(self.pool)
+                .filter(|buf| !book.took(buf, epoch))
+                .collect()
+        };
+        // Freed outside the book's lock: cuMemFreeHost may wait for the device.
+        for buf in alive {
+            b.host_free(buf);
         }
     }
 }
@@ -343,11 +349,8 @@ impl Worker {
         }
         // The session ended or dropped this lane: what the lane made goes, unless its context's end took it already.
         let session = self.session.upgrade();
-        let ended = |ctx: u64, made: u64| {
-            let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
-            book.since(ctx, self.epoch.max(made))
-        };
-        if !ended(self.context.0, 0) && entered.is_ok() {
+        let book = || self.book.lock().unwrap_or_else(|p| p.into_inner());
+        if !book().since(self.context.0, self.epoch) && entered.is_ok() {
             let _ = b.stream_synchronize(self.stream);
             let _ = b.stream_destroy(self.stream);
         }
@@ -356,7 +359,7 @@ impl Worker {
         }
         if let Ok(counter) = Arc::try_unwrap(self.counter) {
             let buf = counter.into_buffer();
-            if !ended(buf.ctx, buf.epoch) {
+            if !book().took(&buf, self.epoch) {
                 b.host_free(buf);
             }
         }

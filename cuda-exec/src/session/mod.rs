@@ -413,7 +413,10 @@ impl Session {
 
     /// Whether the driver freed `buf` with its context after its holder last looked (`looked`) or it was made.
     fn buffer_gone(&self, buf: &HostBuffer, looked: u64) -> bool {
-        self.context_ended_since(buf.ctx, looked.max(buf.epoch))
+        self.ended_contexts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .took(buf, looked)
     }
 
     /// The book of ended contexts, for a lane that outlives its session.

@@ -13,6 +13,17 @@ use crate::session::{Caps, Limits, Session};
 
 const MIB: u64 = 1 << 20;
 
+/// An asynchronous upload of `data` to `dst` on the NULL stream, served (a ping after it) before this returns.
+fn upload_async(c: &mut Client, dst: DevicePtr, data: &[u8]) {
+    let call = MemcpyHtoDAsync {
+        dst,
+        size: data.len() as u64,
+        stream: StreamId::NULL,
+    };
+    c.send(&call, data);
+    c.ok(&Ping {});
+}
+
 fn session(limits: Limits) -> (Arc<EmulatedBackend>, Arc<Session>) {
     let backend = Arc::new(EmulatedBackend::new());
     (backend.clone(), Session::new(backend, limits))
@@ -64,13 +75,7 @@ fn large_upload_buffers_are_reused_not_freed() {
     let dst = c.ok(&MemAlloc { size: 24 * MIB }).dptr;
     let data = pattern((24 * MIB) as usize, 6);
     for _ in 0..4 {
-        let call = MemcpyHtoDAsync {
-            dst,
-            size: 24 * MIB,
-            stream: StreamId::NULL,
-        };
-        c.send(&call, &data);
-        c.ok(&Ping {});
+        upload_async(&mut c, dst, &data);
     }
     assert_eq!(backend.host_frees(), 0, "a pinned buffer was freed between copies");
     assert!(s.usage().host_bytes <= 24 * MIB, "kept {:?}", s.usage());
@@ -103,13 +108,7 @@ fn resets_do_not_leak_the_buffers_of_the_apps_own_context() {
     let mut after_first = 0;
     for round in 0..6 {
         c.htod(dst.0, &data).expect("synchronous upload");
-        let call = MemcpyHtoDAsync {
-            dst,
-            size: 8 * MIB,
-            stream: StreamId::NULL,
-        };
-        c.send(&call, &data);
-        c.ok(&Ping {});
+        upload_async(&mut c, dst, &data);
         c.ok(&PrimaryCtxReset { dev: 0, _pad: 0 });
         if round == 0 {
             after_first = backend.host_live();
@@ -138,32 +137,23 @@ fn kept_buffers_are_reused_within_their_context_only() {
     let mut c = Client::connect(&s);
     let dst = c.ok(&MemAlloc { size: 24 * MIB }).dptr;
     let data = pattern((24 * MIB) as usize, 5);
-    let upload = |c: &mut Client| {
-        let call = MemcpyHtoDAsync {
-            dst,
-            size: 24 * MIB,
-            stream: StreamId::NULL,
-        };
-        c.send(&call, &data);
-        c.ok(&Ping {});
-    };
-    upload(&mut c);
+    upload_async(&mut c, dst, &data);
     let in_primary = backend.host_live();
-    upload(&mut c);
+    upload_async(&mut c, dst, &data);
     assert_eq!(backend.host_live(), in_primary, "reused within the primary context");
     c.ok(&CtxCreate {
         ctx: ContextId(0x2000),
         flags: 0,
         dev: 0,
     });
-    upload(&mut c);
+    upload_async(&mut c, dst, &data);
     assert!(
         backend.host_live() >= in_primary + 24 * MIB,
         "a buffer of the new context's own"
     );
     let both = backend.host_live();
     c.post(&CtxSetCurrent { ctx: ContextId(0x1000) });
-    upload(&mut c);
+    upload_async(&mut c, dst, &data);
     assert_eq!(backend.host_live(), both, "the primary's buffer reused again");
     assert_eq!(c.dtoh(dst.0, 24 * MIB).expect("read back"), data);
     c.close();
@@ -179,16 +169,7 @@ fn buffers_a_context_took_are_never_freed_or_used_again() {
         let mut c = Client::connect(&s);
         let dst = c.ok(&MemAlloc { size: 8 * MIB }).dptr;
         let data = pattern((8 * MIB) as usize, 8);
-        let upload = |c: &mut Client| {
-            let call = MemcpyHtoDAsync {
-                dst,
-                size: 8 * MIB,
-                stream: StreamId::NULL,
-            };
-            c.send(&call, &data);
-            c.ok(&Ping {});
-        };
-        upload(&mut c);
+        upload_async(&mut c, dst, &data);
         if end == "release" {
             c.ok(&PrimaryCtxRelease { dev: 0, _pad: 0 });
             // Retained again: a new context; the old one's buffers are not the channel's to reuse.
@@ -199,12 +180,7 @@ fn buffers_a_context_took_are_never_freed_or_used_again() {
             });
             c.post(&CtxSetCurrent { ctx: ContextId(0x1000) });
             let dst2 = c.ok(&MemAlloc { size: 8 * MIB }).dptr;
-            let call = MemcpyHtoDAsync {
-                dst: dst2,
-                size: 8 * MIB,
-                stream: StreamId::NULL,
-            };
-            c.send(&call, &data);
+            upload_async(&mut c, dst2, &data);
             assert_eq!(c.dtoh(dst2.0, 8 * MIB).expect("read back"), data);
         } else {
             c.ok(&PrimaryCtxReset { dev: 0, _pad: 0 });
